@@ -1,0 +1,53 @@
+"""Designer BFF: the Flask application factory."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask
+
+from .api.common import Services
+from .config import Settings
+from .db import Database
+from .errors import register_error_handlers
+from .queue import celery_init_app
+from .storage import make_storage
+
+
+def create_app(config: Mapping[str, Any] | None = None) -> Flask:
+    """Build the app. ``config`` uses the environment variables' names
+    (``DATABASE_URL``, ``STORAGE_BACKEND``, …) and is laid over ``os.environ``."""
+    env = {**os.environ, **{k: str(v) for k, v in (config or {}).items() if v is not None}}
+    settings = Settings.from_env(env)
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+    app = Flask(__name__)
+    # Room for a 10 MB image plus the multipart envelope; read_image checks the file itself.
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes + 256 * 1024
+    app.json.sort_keys = False
+    if settings.database_url.startswith("sqlite"):
+        settings.var_dir.mkdir(parents=True, exist_ok=True)
+
+    celery_app = celery_init_app(app, settings)
+    app.extensions["bff"] = Services(
+        settings=settings,
+        db=Database(settings.database_url),
+        storage=make_storage(settings),
+        celery=celery_app,
+    )
+    register_error_handlers(app)
+
+    from .api import account, generations, health, personas
+
+    for bp in (generations.bp, personas.bp, account.bp, health.bp):
+        app.register_blueprint(bp)
+
+    from .cli import register_commands
+
+    register_commands(app)
+    return app

@@ -1,0 +1,68 @@
+"""Helpers every blueprint uses: the app's services, JSON bodies, ownership."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from celery import Celery
+from flask import current_app, g, request
+
+from ..config import Settings
+from ..db import Database
+from ..errors import ApiError
+from ..storage import Storage
+
+
+@dataclass(frozen=True)
+class Services:
+    settings: Settings
+    db: Database
+    storage: Storage
+    celery: Celery
+
+
+def services() -> Services:
+    return current_app.extensions["bff"]
+
+
+def json_body() -> dict[str, Any]:
+    if not request.is_json:
+        raise ApiError(
+            415, "unsupported_media_type", "send a JSON body (Content-Type: application/json)"
+        )
+    data = request.get_json(silent=True)
+    if data is None:
+        raise ApiError(400, "malformed_json", "the request body is not valid JSON")
+    if not isinstance(data, dict):
+        raise ApiError(400, "malformed_json", "the request body must be a JSON object")
+    return data
+
+
+def check_user_id(claimed: Any) -> None:
+    """The seed's clients send ``userId``: it must be the key's own user."""
+    if claimed is not None and str(claimed) != str(g.user_id):
+        raise ApiError(403, "forbidden", "userId does not match the API key's user")
+
+
+def int_arg(name: str, default: int, low: int, high: int) -> int:
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError(
+            422,
+            "validation_error",
+            f"{name} must be an integer",
+            [{"field": name, "message": "not an integer"}],
+        ) from None
+    if not low <= value <= high:
+        raise ApiError(
+            422,
+            "validation_error",
+            f"{name} must be between {low} and {high}",
+            [{"field": name, "message": f"must be {low}-{high}"}],
+        )
+    return value

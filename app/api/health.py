@@ -1,0 +1,49 @@
+"""/health (real checks of database, broker and storage) and /cdn/ (local storage)."""
+
+from __future__ import annotations
+
+from flask import Blueprint, abort, send_from_directory
+
+from ..providers import PROVIDERS, unavailable_reason
+from ..storage import LocalStorage
+from .common import services
+
+bp = Blueprint("health", __name__)
+
+
+def _check(fn) -> str:
+    try:
+        fn()
+    except Exception as exc:
+        return f"error: {type(exc).__name__}"
+    return "ok"
+
+
+def _broker() -> None:
+    with services().celery.connection_for_write() as conn:
+        conn.ensure_connection(max_retries=1, timeout=2)
+
+
+@bp.get("/health")
+def health():
+    s = services()
+    checks = {
+        "database": _check(s.db.ping),
+        "broker": _check(_broker),
+        "storage": _check(s.storage.check),
+    }
+    ok = all(v == "ok" for v in checks.values())
+    providers = {pid: unavailable_reason(pid, s.settings) or "configured" for pid in PROVIDERS}
+    return (
+        {"status": "ok" if ok else "degraded", "checks": checks, "providers": providers},
+        200 if ok else 503,
+    )
+
+
+@bp.get("/cdn/<path:key>")
+def cdn(key: str):
+    storage = services().storage
+    if not isinstance(storage, LocalStorage):
+        abort(404)
+    resp = send_from_directory(storage.root, key, max_age=31536000)
+    return resp

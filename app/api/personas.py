@@ -1,0 +1,112 @@
+"""/api/personas: the caller's saved style profiles (owned like generations)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, g
+from sqlalchemy import select, update
+
+from ..auth import load_user
+from ..errors import not_found
+from ..generations import iso
+from ..models import Persona, new_id
+from ..schemas import PersonaIn, PersonaPatch
+from .common import json_body, services
+
+bp = Blueprint("personas", __name__, url_prefix="/api/personas")
+bp.before_request(load_user)
+
+FIELDS = {
+    "name": "name",
+    "description": "description",
+    "keywords": "keywords",
+    "palette": "palette",
+    "aesthetic": "aesthetic",
+    "isDefault": "is_default",
+}
+
+
+def to_json(p: Persona) -> dict[str, Any]:
+    return {
+        "id": p.id,
+        "name": p.name,
+        "description": p.description,
+        "keywords": p.keywords,
+        "palette": p.palette,
+        "aesthetic": p.aesthetic,
+        "isDefault": p.is_default,
+        "createdAt": iso(p.created_at),
+        "updatedAt": iso(p.updated_at),
+    }
+
+
+def _owned(session, persona_id: str) -> Persona:
+    p = session.scalar(
+        select(Persona).where(Persona.id == persona_id, Persona.user_id == g.user_id)
+    )
+    if p is None:
+        raise not_found("persona")
+    return p
+
+
+def _only_default(session, keep: str) -> None:
+    session.execute(
+        update(Persona)
+        .where(Persona.user_id == g.user_id, Persona.id != keep)
+        .values(is_default=False)
+    )
+
+
+@bp.get("")
+def index():
+    with services().db.session() as session:
+        rows = session.scalars(
+            select(Persona)
+            .where(Persona.user_id == g.user_id)
+            .order_by(Persona.created_at, Persona.id)
+        )
+        return {"items": [to_json(p) for p in rows]}
+
+
+@bp.post("")
+def create():
+    body = PersonaIn.model_validate(json_body())
+    with services().db.session() as session:
+        p = Persona(
+            id=new_id("per"),
+            user_id=g.user_id,
+            **{col: getattr(body, f) for f, col in FIELDS.items()},
+        )
+        session.add(p)
+        session.flush()
+        if p.is_default:
+            _only_default(session, p.id)
+        return to_json(p), 201, {"Location": f"/api/personas/{p.id}"}
+
+
+@bp.get("/<persona_id>")
+def show(persona_id: str):
+    with services().db.session() as session:
+        return to_json(_owned(session, persona_id))
+
+
+@bp.patch("/<persona_id>")
+def patch(persona_id: str):
+    body = PersonaPatch.model_validate(json_body())
+    with services().db.session() as session:
+        p = _owned(session, persona_id)
+        for f, col in FIELDS.items():
+            if f in body.model_fields_set and getattr(body, f) is not None:
+                setattr(p, col, getattr(body, f))
+        if p.is_default:
+            _only_default(session, p.id)
+        session.flush()
+        return to_json(p)
+
+
+@bp.delete("/<persona_id>")
+def delete(persona_id: str):
+    with services().db.session() as session:
+        session.delete(_owned(session, persona_id))
+    return "", 204

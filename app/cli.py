@@ -1,0 +1,249 @@
+"""The ``bff`` command: a Flask CLI group (``bff db upgrade``, ``bff users …``,
+``bff generate …``, ``bff dev``)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+import requests
+from flask import Flask, current_app
+from flask.cli import AppGroup, FlaskGroup
+
+ROOT = Path(__file__).resolve().parent.parent
+FINAL = ("completed", "failed", "canceled")
+
+
+def upgrade_database(url: str) -> None:
+    import logging
+
+    from alembic import command
+    from alembic.config import Config
+
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(ROOT / "migrations"))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    command.upgrade(cfg, "head")
+
+
+db_cli = AppGroup("db", help="Database migrations.")
+users_cli = AppGroup("users", help="Users and their API keys.")
+
+
+@db_cli.command("upgrade")
+def db_upgrade() -> None:
+    """Migrate the configured database (DATABASE_URL) to head."""
+    upgrade_database(current_app.extensions["bff"].settings.database_url)
+    click.echo("database is at head")
+
+
+@users_cli.command("create")
+@click.argument("name")
+def users_create(name: str) -> None:
+    """Create NAME (or add a key to it) and print a new API key, shown once."""
+    from .auth import create_user
+
+    with current_app.extensions["bff"].db.session() as session:
+        user, key = create_user(session, name)
+        user_id = user.id
+    click.echo(f"user {name} (id {user_id}); API key, shown once:")
+    click.echo(key)
+
+
+@users_cli.command("revoke")
+@click.argument("key_prefix")
+def users_revoke(key_prefix: str) -> None:
+    """Revoke every active key starting with KEY_PREFIX (e.g. bff_1a2b3c4d)."""
+    from .auth import revoke
+
+    with current_app.extensions["bff"].db.session() as session:
+        n = revoke(session, key_prefix)
+    if not n:
+        raise click.ClickException(f"no active key with prefix {key_prefix}")
+    click.echo(f"revoked {n} key(s)")
+
+
+def _api(method: str, path: str, **kwargs) -> requests.Response:
+    base = os.environ.get("BFF_API_URL", "http://127.0.0.1:3001").rstrip("/")
+    key = os.environ.get("BFF_API_KEY")
+    if not key:
+        raise click.ClickException("set BFF_API_KEY (from 'bff users create NAME')")
+    try:
+        return requests.request(
+            method, base + path, timeout=30, headers={"Authorization": f"Bearer {key}"}, **kwargs
+        )
+    except requests.ConnectionError:
+        raise click.ClickException(
+            f"cannot reach the API at {base} (is 'make dev' running?)"
+        ) from None
+
+
+def _error(resp: requests.Response) -> click.ClickException:
+    try:
+        err = resp.json()["error"]
+        return click.ClickException(f"{resp.status_code} {err['code']}: {err['message']}")
+    except Exception:
+        return click.ClickException(f"HTTP {resp.status_code}")
+
+
+@click.command("generate")
+@click.argument("prompt")
+@click.option("--image", type=click.Path(exists=True, dir_okay=False), help="garment photo")
+@click.option("--provider", default="auto", show_default=True)
+@click.option("--size", default="square", show_default=True)
+@click.option("--count", default=1, show_default=True)
+@click.option("--wait", is_flag=True, help="follow the stages and print the image URLs")
+@click.option("--timeout", default=600.0, show_default=True, help="seconds to wait")
+def generate(
+    prompt: str, image: str | None, provider: str, size: str, count: int, wait: bool, timeout: float
+) -> None:
+    """Submit PROMPT through the HTTP API (BFF_API_URL, BFF_API_KEY)."""
+    settings = {"provider": provider, "size": size, "count": count}
+    if image:
+        import json
+
+        with open(image, "rb") as f:
+            resp = _api(
+                "POST",
+                "/api/generate/from-image",
+                files={"image": f},
+                data={"prompt": prompt, "settings": json.dumps(settings)},
+            )
+    else:
+        resp = _api(
+            "POST", "/api/generate/from-prompt", json={"prompt": prompt, "settings": settings}
+        )
+    if resp.status_code != 202:
+        raise _error(resp)
+    gen_id = resp.json()["id"]
+    click.echo(f"submitted {gen_id}")
+    if not wait:
+        return
+    seen: dict[str, str] = {}
+    deadline = time.monotonic() + timeout
+    while True:
+        resp = _api("GET", f"/api/generate/{gen_id}")
+        if resp.status_code != 200:
+            raise _error(resp)
+        gen = resp.json()
+        for st in gen["stages"]:
+            if seen.get(st["name"]) != st["status"]:
+                seen[st["name"]] = st["status"]
+                ms = f" ({st['durationMs']} ms)" if st["durationMs"] is not None else ""
+                click.echo(f"  {st['name']:<9} {st['status']}{ms}")
+        if gen["status"] in FINAL:
+            break
+        if time.monotonic() > deadline:
+            raise click.ClickException(f"still {gen['status']} after {timeout:.0f}s")
+        time.sleep(float(resp.headers.get("Retry-After", 1)) / 2)
+    if gen["status"] != "completed":
+        err = gen.get("error") or {}
+        raise click.ClickException(f"{gen['status']}: {err.get('stage')}: {err.get('message')}")
+    click.echo(f"completed in {gen['provider']} / {gen['model']}, cost ${gen['cost']:.3f}")
+    for asset in gen["assets"]:
+        click.echo(asset["url"])
+
+
+@click.command("dev")
+@click.option("--port", type=int, default=None, help="API port (default: PORT or 3001)")
+@click.option("--concurrency", default=4, show_default=True)
+def dev(port: int | None, concurrency: int) -> None:
+    """Migrate and run API + worker on the embedded default; Ctrl-C stops all."""
+    from .auth import create_user
+
+    app = current_app
+    settings = app.extensions["bff"].settings
+    port = port or settings.port
+    upgrade_database(settings.database_url)
+    with app.extensions["bff"].db.session() as session:
+        _, key = create_user(session, "dev")
+    env = {**os.environ, "PORT": str(port)}
+    bin_dir = Path(sys.executable).parent
+    procs = [
+        subprocess.Popen(
+            [
+                str(bin_dir / "celery"),
+                "-A",
+                "workers",
+                "worker",
+                "-B",
+                "-Q",
+                "pipeline,generation",
+                "-P",
+                "threads",
+                "-c",
+                str(concurrency),
+                "--loglevel",
+                "INFO",
+            ],
+            env=env,
+        ),
+        subprocess.Popen(
+            [
+                str(bin_dir / "gunicorn"),
+                "-c",
+                str(ROOT / "gunicorn.conf.py"),
+                "-b",
+                f"127.0.0.1:{port}",
+                "app:create_app()",
+            ],
+            env=env,
+        ),
+    ]
+
+    def stop(*_: object) -> None:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        sys.exit(0)
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            if requests.get(base + "/health", timeout=1).ok:
+                break
+        except requests.RequestException:
+            pass
+        time.sleep(0.2)
+    click.echo(
+        f"\nDesigner BFF is running at {base} (Ctrl-C stops it).\n"
+        f'Try:  BFF_API_KEY={key} bff generate "emerald silk slip dress" --wait\n'
+        f"API key (user 'dev'):\n{key}",
+        err=False,
+    )
+    while all(p.poll() is None for p in procs):
+        time.sleep(0.5)
+    click.echo("a process exited; stopping the rest", err=True)
+    stop()
+
+
+def register_commands(app: Flask) -> None:
+    app.cli.add_command(db_cli)
+    app.cli.add_command(users_cli)
+    app.cli.add_command(dev)
+
+
+def main() -> None:
+    from . import create_app
+
+    cli = FlaskGroup(
+        create_app=lambda: create_app(),
+        add_default_commands=True,
+        load_dotenv=False,
+        help="Designer BFF",
+    )
+    cli.add_command(generate)
+    cli.main(prog_name="bff")

@@ -1,0 +1,115 @@
+"""Settings from the environment, in one place.
+
+Every variable in ARCHITECTURE.md's contract table is read here and nowhere
+else. Unset means the embedded default: SQLite and a filesystem broker under
+``./var/``, local-disk storage served at ``/cdn/``, the offline ``local``
+provider. ``create_app(config)`` lays a dict of the same names over the
+environment, so tests configure the app exactly as an operator would.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PROVIDER_KEY_VARS = {
+    "google-imagen": "REPLICATE_API_TOKEN",
+    "openai-dalle3": "OPENAI_API_KEY",
+    "openai-gpt-image": "OPENAI_API_KEY",
+}
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    return int(raw) if raw not in (None, "") else default
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    return float(raw) if raw not in (None, "") else default
+
+
+@dataclass(frozen=True)
+class Settings:
+    var_dir: Path
+    database_url: str
+    redis_url: str | None
+    broker_url: str
+    storage_backend: str
+    media_root: Path
+    public_url: str
+    port: int
+    r2_endpoint_url: str | None = None
+    r2_access_key_id: str | None = None
+    r2_secret_access_key: str | None = None
+    r2_bucket_name: str | None = None
+    r2_cdn_url: str | None = None
+    r2_region: str = "auto"
+    replicate_api_token: str | None = field(default=None, repr=False)
+    openai_api_key: str | None = field(default=None, repr=False)
+    replicate_base_url: str | None = None
+    openai_base_url: str | None = None
+    default_provider: str | None = None
+    stage_max_attempts: int = 3
+    max_upload_bytes: int = 10 * 1024 * 1024
+    max_image_pixels: int = 40_000_000
+    local_render_scale: float = 1.0
+    log_level: str = "INFO"
+
+    @property
+    def embedded_broker(self) -> bool:
+        return self.broker_url.startswith("filesystem://")
+
+    @property
+    def broker_folder(self) -> Path:
+        return self.var_dir / "broker"
+
+    def provider_key(self, provider_id: str) -> str | None:
+        var = PROVIDER_KEY_VARS.get(provider_id)
+        if var is None:
+            return None
+        return {
+            "REPLICATE_API_TOKEN": self.replicate_api_token,
+            "OPENAI_API_KEY": self.openai_api_key,
+        }[var]
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = dict(os.environ if env is None else env)
+        var_dir = Path(env.get("BFF_VAR_DIR") or "var").resolve()
+        port = _int(env, "PORT", 3001)
+        redis_url = env.get("REDIS_URL") or None
+        broker_url = env.get("CELERY_BROKER_URL") or redis_url or "filesystem://"
+        database_url = env.get("DATABASE_URL") or f"sqlite:///{var_dir / 'bff.db'}"
+        # Heroku-style URLs name the driver "postgres"; SQLAlchemy wants psycopg 3.
+        for prefix in ("postgres://", "postgresql://"):
+            if database_url.startswith(prefix):
+                database_url = "postgresql+psycopg://" + database_url[len(prefix) :]
+        return cls(
+            var_dir=var_dir,
+            database_url=database_url,
+            redis_url=redis_url,
+            broker_url=broker_url,
+            storage_backend=(env.get("STORAGE_BACKEND") or "local").lower(),
+            media_root=Path(env.get("BFF_MEDIA_ROOT") or var_dir / "media").resolve(),
+            public_url=(env.get("BFF_PUBLIC_URL") or f"http://127.0.0.1:{port}").rstrip("/"),
+            port=port,
+            r2_endpoint_url=env.get("R2_ENDPOINT_URL") or None,
+            r2_access_key_id=env.get("R2_ACCESS_KEY_ID") or None,
+            r2_secret_access_key=env.get("R2_SECRET_ACCESS_KEY") or None,
+            r2_bucket_name=env.get("R2_BUCKET_NAME") or None,
+            r2_cdn_url=(env.get("R2_CDN_URL") or "").rstrip("/") or None,
+            r2_region=env.get("R2_REGION") or "auto",
+            replicate_api_token=env.get("REPLICATE_API_TOKEN") or None,
+            openai_api_key=env.get("OPENAI_API_KEY") or None,
+            replicate_base_url=env.get("REPLICATE_BASE_URL") or None,
+            openai_base_url=env.get("OPENAI_BASE_URL") or None,
+            default_provider=env.get("BFF_DEFAULT_PROVIDER") or None,
+            stage_max_attempts=_int(env, "BFF_STAGE_MAX_ATTEMPTS", 3),
+            max_upload_bytes=_int(env, "BFF_MAX_UPLOAD_BYTES", 10 * 1024 * 1024),
+            max_image_pixels=_int(env, "BFF_MAX_IMAGE_PIXELS", 40_000_000),
+            local_render_scale=_float(env, "BFF_LOCAL_RENDER_SCALE", 1.0),
+            log_level=(env.get("BFF_LOG_LEVEL") or "INFO").upper(),
+        )

@@ -1,0 +1,212 @@
+"""The generations domain: create, read, list, cancel, retry, delete and the
+JSON shape clients see. Functions take the session and never commit."""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import and_, or_, select
+from sqlalchemy.orm import Session, selectinload
+
+from .models import Generation, GenerationStage, new_id, utcnow
+from .pipeline import STAGES
+from .states import CANCELED, FAILED, FINAL, PENDING, S_FAILED, S_PENDING, S_RUNNING, set_status
+
+
+def iso(dt: datetime | None) -> str | None:
+    if dt is None:
+        return None
+    if dt.tzinfo is None:  # SQLite hands back naive datetimes; we only ever store UTC
+        dt = dt.replace(tzinfo=UTC)
+    return dt.isoformat().replace("+00:00", "Z")
+
+
+def create(
+    session: Session,
+    *,
+    user_id: int,
+    mode: str,
+    settings: dict[str, Any],
+    prompt: str | None = None,
+    negative_prompt: str | None = None,
+    persona_id: str | None = None,
+    vlt_spec: dict[str, Any] | None = None,
+    webhook_url: str | None = None,
+    idempotency_key: str | None = None,
+    request_hash: str | None = None,
+    generation_id: str | None = None,
+    input_key: str | None = None,
+) -> Generation:
+    gen = Generation(
+        id=generation_id or new_id("gen"),
+        user_id=user_id,
+        status=PENDING,
+        mode=mode,
+        settings=settings,
+        prompt=prompt,
+        negative_prompt=negative_prompt,
+        persona_id=persona_id,
+        input_key=input_key,
+        webhook_url=webhook_url,
+        idempotency_key=idempotency_key,
+        request_hash=request_hash,
+        pipeline_data={"input": {"vltSpec": vlt_spec}} if vlt_spec else {},
+    )
+    gen.stages = [
+        GenerationStage(name=name, position=i, status=S_PENDING, attempts=0)
+        for i, name in enumerate(STAGES)
+    ]
+    session.add(gen)
+    return gen
+
+
+def get_owned(
+    session: Session, user_id: int, generation_id: str, lock: bool = False
+) -> Generation | None:
+    q = select(Generation).where(Generation.id == generation_id, Generation.user_id == user_id)
+    if lock:
+        q = q.with_for_update().execution_options(populate_existing=True)
+    else:
+        q = q.options(selectinload(Generation.stages), selectinload(Generation.assets))
+    return session.scalars(q).one_or_none()
+
+
+def encode_cursor(gen: Generation) -> str:
+    raw = json.dumps([iso(gen.created_at), gen.id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """Raises ValueError on anything that is not one of our cursors."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created, gid = json.loads(raw)
+        dt = datetime.fromisoformat(created.replace("Z", "+00:00"))
+    except Exception as exc:
+        raise ValueError("invalid cursor") from exc
+    if not isinstance(gid, str):
+        raise ValueError("invalid cursor")
+    return dt, gid
+
+
+def list_page(
+    session: Session, user_id: int, limit: int, cursor: str | None = None, status: str | None = None
+) -> tuple[list[Generation], str | None]:
+    q = (
+        select(Generation)
+        .where(Generation.user_id == user_id)
+        .options(selectinload(Generation.stages), selectinload(Generation.assets))
+        .order_by(Generation.created_at.desc(), Generation.id.desc())
+        .limit(limit + 1)
+    )
+    if status:
+        q = q.where(Generation.status == status)
+    if cursor:
+        created, gid = decode_cursor(cursor)
+        if session.get_bind().dialect.name == "sqlite":
+            created = created.replace(tzinfo=None)  # compare like with like
+        q = q.where(
+            or_(
+                Generation.created_at < created,
+                and_(Generation.created_at == created, Generation.id < gid),
+            )
+        )
+    rows = list(session.scalars(q))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return rows, encode_cursor(rows[-1]) if more and rows else None
+
+
+def cancel(gen: Generation) -> None:
+    """Raises IllegalTransition when the generation is already final."""
+    set_status(gen, CANCELED)
+    for s in gen.stages:
+        if s.status == S_RUNNING:
+            s.error = "canceled while running"
+
+
+def prepare_retry(gen: Generation) -> str:
+    """Reset a failed generation to resume at its first unfinished stage; returns it."""
+    if gen.status != FAILED:
+        from .states import IllegalTransition
+
+        raise IllegalTransition("generation", gen.status, PENDING)
+    set_status(gen, PENDING)
+    first = None
+    for s in gen.stages:
+        if s.status in (S_FAILED, S_RUNNING):
+            s.status, s.error = S_PENDING, None
+        if first is None and s.status == S_PENDING:
+            first = s.name
+        if s.status == S_PENDING:
+            s.attempts = 0
+    gen.dispatched_at = None
+    return first or STAGES[-1]
+
+
+def to_json(gen: Generation) -> dict[str, Any]:
+    data = gen.pipeline_data or {}
+    enhance, optimize = data.get("enhance") or {}, data.get("optimize") or {}
+    return {
+        "id": gen.id,
+        "status": gen.status,
+        "createdAt": iso(gen.created_at),
+        "updatedAt": iso(gen.updated_at),
+        "completedAt": iso(gen.completed_at),
+        "mode": gen.mode,
+        "settings": gen.settings,
+        "provider": gen.provider,
+        "model": gen.model,
+        "personaId": gen.persona_id,
+        "prompt": {
+            "original": gen.prompt,
+            "enhanced": enhance.get("mainPrompt"),
+            "final": optimize.get("finalPrompt"),
+            "negative": optimize.get("negativePrompt")
+            or enhance.get("negativePrompt")
+            or gen.negative_prompt,
+        },
+        "stages": [
+            {
+                "name": s.name,
+                "status": s.status,
+                "startedAt": iso(s.started_at),
+                "finishedAt": iso(s.finished_at),
+                "durationMs": s.duration_ms,
+                "attempts": s.attempts,
+                "error": s.error,
+                "output": s.output,
+            }
+            for s in gen.stages
+        ],
+        "assets": [
+            {
+                "id": a.id,
+                "url": a.cdn_url,
+                "width": a.width,
+                "height": a.height,
+                "contentType": a.content_type,
+                "fileSize": a.file_size,
+            }
+            for a in gen.assets
+        ],
+        "cost": float(gen.cost or 0),
+        "error": {"stage": gen.error_stage, "message": gen.error_message}
+        if gen.error_message
+        else None,
+        "webhookUrl": gen.webhook_url,
+        "links": {"self": f"/api/generate/{gen.id}"},
+    }
+
+
+def is_final(gen: Generation) -> bool:
+    return gen.status in FINAL
+
+
+def touch_dispatched(session: Session, generation_id: str) -> None:
+    gen = session.get(Generation, generation_id)
+    if gen is not None:
+        gen.dispatched_at = utcnow()

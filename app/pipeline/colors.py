@@ -1,0 +1,76 @@
+"""Named fashion colours: the vocabulary ``analyze`` names pixels with and
+the palette the ``local`` renderer paints from."""
+
+from __future__ import annotations
+
+FASHION_COLORS: dict[str, tuple[int, int, int]] = {
+    "black": (20, 20, 22),
+    "charcoal": (54, 69, 79),
+    "grey": (128, 128, 128),
+    "silver": (192, 192, 196),
+    "white": (250, 250, 250),
+    "ivory": (255, 255, 240),
+    "cream": (255, 253, 208),
+    "beige": (222, 203, 164),
+    "camel": (193, 154, 107),
+    "tan": (210, 180, 140),
+    "brown": (110, 68, 38),
+    "chocolate": (72, 40, 22),
+    "burgundy": (128, 0, 32),
+    "maroon": (110, 20, 35),
+    "red": (210, 30, 40),
+    "coral": (255, 127, 80),
+    "orange": (240, 120, 20),
+    "rust": (183, 65, 14),
+    "mustard": (225, 173, 1),
+    "yellow": (250, 220, 50),
+    "gold": (212, 175, 55),
+    "olive": (110, 110, 40),
+    "sage": (156, 175, 136),
+    "green": (40, 140, 60),
+    "emerald": (0, 120, 80),
+    "teal": (0, 128, 128),
+    "turquoise": (64, 224, 208),
+    "sky blue": (135, 190, 235),
+    "blue": (30, 80, 200),
+    "cobalt": (0, 71, 171),
+    "navy": (20, 30, 75),
+    "lavender": (190, 170, 220),
+    "purple": (110, 40, 140),
+    "plum": (100, 40, 80),
+    "blush": (240, 190, 190),
+    "pink": (240, 130, 170),
+    "fuchsia": (220, 40, 140),
+}
+
+
+def nearest_color(rgb: tuple[int, int, int]) -> str:
+    """Name of the closest fashion colour, by a perceptually weighted distance."""
+    r, g, b = rgb
+
+    def dist(c: tuple[int, int, int]) -> float:
+        # "redmean" weighting: cheap and much closer to perception than plain RGB.
+        rm = (r + c[0]) / 2
+        dr, dg, db = r - c[0], g - c[1], b - c[2]
+        return (2 + rm / 256) * dr * dr + 4 * dg * dg + (2 + (255 - rm) / 256) * db * db
+
+    return min(FASHION_COLORS, key=lambda name: dist(FASHION_COLORS[name]))
+
+
+def color_rgb(
+    name: str | None, default: tuple[int, int, int] = (128, 128, 128)
+) -> tuple[int, int, int]:
+    if not name:
+        return default
+    key = name.strip().lower()
+    if key in FASHION_COLORS:
+        return FASHION_COLORS[key]
+    if key.startswith("#") and len(key) == 7:
+        try:
+            return tuple(int(key[i : i + 2], 16) for i in (1, 3, 5))  # type: ignore[return-value]
+        except ValueError:
+            return default
+    for known, rgb in FASHION_COLORS.items():
+        if known in key or key in known:
+            return rgb
+    return default

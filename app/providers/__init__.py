@@ -1,0 +1,28 @@
+"""Image providers behind one Protocol (``base.ImageProvider``) and a registry."""
+
+from .base import (
+    ImageOutput,
+    ImageProvider,
+    ImageRequest,
+    ProviderError,
+    ProviderRejected,
+    ProviderResult,
+    ProviderTransient,
+    ProviderUnavailable,
+    unavailable_reason,
+)
+from .registry import PROVIDERS, get_provider
+
+__all__ = [
+    "PROVIDERS",
+    "ImageOutput",
+    "ImageProvider",
+    "ImageRequest",
+    "ProviderError",
+    "ProviderRejected",
+    "ProviderResult",
+    "ProviderTransient",
+    "ProviderUnavailable",
+    "get_provider",
+    "unavailable_reason",
+]

@@ -1,0 +1,110 @@
+"""The image-provider interface, its request/result types and its errors.
+
+Error tree (each adapter maps its vendor's errors here, once)::
+
+    ProviderError
+    ├── ProviderTransient   retry with backoff (429, 5xx, timeouts); retry_after
+    ├── ProviderRejected    fail the job with the provider's reason (policy, auth)
+    └── ProviderUnavailable not configured (missing key): fail, naming the variable
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ..config import Settings
+
+ASPECT_RATIOS = ("1:1", "3:4", "4:3", "16:9", "9:16")
+
+
+class ProviderError(Exception):
+    pass
+
+
+class ProviderTransient(ProviderError):
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class ProviderRejected(ProviderError):
+    pass
+
+
+class ProviderUnavailable(ProviderError):
+    pass
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    aspect_ratios: tuple[str, ...]
+    negative_prompt: bool
+    max_prompt_length: int
+    max_images: int
+    quality_score: float  # 0..1, editorial judgement of output quality
+    typical_latency_s: float
+
+
+@dataclass
+class ImageRequest:
+    generation_id: str
+    prompt: str
+    negative_prompt: str = ""
+    aspect_ratio: str = "1:1"
+    quality: str = "standard"
+    count: int = 1
+    palette: list[str] = field(default_factory=list)
+    garment_type: str | None = None
+    pattern: str | None = None
+
+
+@dataclass
+class ImageOutput:
+    """One produced image: bytes in hand, or a URL for ``store`` to fetch."""
+
+    data: bytes | None = None
+    url: str | None = None
+    content_type: str = "image/png"
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ProviderResult:
+    outputs: list[ImageOutput]
+    sent: dict[str, Any] = field(default_factory=dict)  # what was actually sent
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class ImageProvider(Protocol):
+    id: str
+    model: str
+    key_env_var: str | None
+    capabilities: Capabilities
+
+    @staticmethod
+    def price_for(request: ImageRequest) -> float:
+        """USD for one image of this request (the price table lives in ``pricing``)."""
+        ...
+
+    def generate(self, request: ImageRequest) -> ProviderResult: ...
+
+
+def unavailable_reason(provider_id: str, settings: Settings) -> str | None:
+    """Why a provider cannot be used with these settings, or None if it can."""
+    from .registry import PROVIDERS
+
+    cls = PROVIDERS.get(provider_id)
+    if cls is None:
+        return f"unknown provider {provider_id!r}"
+    if cls.key_env_var and not settings.provider_key(provider_id):
+        return f"{cls.key_env_var} not configured"
+    return None
+
+
+SIZE_ALIASES = {"square": "1:1", "portrait": "3:4", "landscape": "4:3"}
+
+
+def aspect_ratio_of(size: str) -> str:
+    """Our ``settings.size`` (a name or a ratio) as an aspect ratio."""
+    return SIZE_ALIASES.get(size, size)

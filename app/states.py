@@ -1,0 +1,78 @@
+"""The one place that decides which status transitions are legal.
+
+Generation:  pending -> processing -> completed
+                    \\-> failed  <-/      (failed -> pending on retry)
+                    \\-> canceled <-/
+Stage:       pending -> running -> completed | skipped | failed
+                           \\-> pending (transient error, retried)
+"""
+
+from __future__ import annotations
+
+from .models import Generation, GenerationStage, utcnow
+
+PENDING, PROCESSING, COMPLETED, FAILED, CANCELED = (
+    "pending",
+    "processing",
+    "completed",
+    "failed",
+    "canceled",
+)
+FINAL = frozenset({COMPLETED, FAILED, CANCELED})
+GENERATION_STATUSES = (PENDING, PROCESSING, COMPLETED, FAILED, CANCELED)
+
+_GENERATION = {
+    PENDING: {PROCESSING, FAILED, CANCELED},
+    PROCESSING: {COMPLETED, FAILED, CANCELED, PENDING},
+    FAILED: {PENDING},
+    COMPLETED: set(),
+    CANCELED: set(),
+}
+
+S_PENDING, S_RUNNING, S_COMPLETED, S_SKIPPED, S_FAILED = (
+    "pending",
+    "running",
+    "completed",
+    "skipped",
+    "failed",
+)
+STAGE_DONE = frozenset({S_COMPLETED, S_SKIPPED})
+_STAGE = {
+    S_PENDING: {S_RUNNING, S_SKIPPED, S_FAILED},
+    S_RUNNING: {S_COMPLETED, S_SKIPPED, S_FAILED, S_PENDING, S_RUNNING},
+    S_FAILED: {S_PENDING},
+    S_COMPLETED: set(),
+    S_SKIPPED: set(),
+}
+
+
+class IllegalTransition(Exception):
+    def __init__(self, kind: str, current: str, target: str) -> None:
+        super().__init__(f"{kind} cannot go from {current} to {target}")
+        self.current, self.target = current, target
+
+
+def can_transition(current: str, target: str) -> bool:
+    return target in _GENERATION[current]
+
+
+def set_status(gen: Generation, target: str) -> None:
+    if gen.status == target:
+        return
+    if not can_transition(gen.status, target):
+        raise IllegalTransition("generation", gen.status, target)
+    gen.status = target
+    gen.updated_at = utcnow()
+    if target in FINAL:
+        gen.completed_at = gen.updated_at if target == COMPLETED else None
+    if target == PENDING:
+        gen.error_stage = gen.error_message = None
+        gen.completed_at = None
+
+
+def set_stage_status(stage: GenerationStage, target: str) -> None:
+    if stage.status == target and target != S_RUNNING:
+        return
+    if target not in _STAGE[stage.status]:
+        raise IllegalTransition("stage", stage.status, target)
+    stage.status = target

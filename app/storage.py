@@ -1,0 +1,182 @@
+"""Where images live: an S3-compatible bucket (Cloudflare R2, MinIO) through
+boto3, or a local folder that the API serves under ``/cdn/``.
+
+Keys are deterministic (``users/<userId>/generations/<id>/<n>.<ext>``), so
+re-running ``store`` overwrites the same object instead of orphaning one.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Protocol
+
+from .config import Settings
+
+CACHE_CONTROL = "public, max-age=31536000, immutable"
+
+
+class StorageError(Exception):
+    """The backend could not be reached or refused the operation (transient)."""
+
+
+class Storage(Protocol):
+    def put(self, key: str, data: bytes, content_type: str) -> str: ...
+    def get(self, key: str) -> bytes: ...
+    def delete_prefix(self, prefix: str) -> int: ...
+    def url(self, key: str) -> str: ...
+    def check(self) -> None: ...
+
+
+def generation_prefix(user_id: int, generation_id: str) -> str:
+    return f"users/{user_id}/generations/{generation_id}/"
+
+
+def asset_key(user_id: int, generation_id: str, index: int, ext: str) -> str:
+    return f"{generation_prefix(user_id, generation_id)}{index}.{ext}"
+
+
+class LocalStorage:
+    def __init__(self, root: Path, base_url: str) -> None:
+        self.root = root
+        self.base_url = base_url.rstrip("/")
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if not path.is_relative_to(self.root.resolve()):
+            raise StorageError("key escapes the storage root")
+        return path
+
+    def put(self, key: str, data: bytes, content_type: str) -> str:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Write then rename: a reader never sees half a file.
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+        return self.url(key)
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError as exc:
+            raise KeyError(key) from exc
+
+    def delete_prefix(self, prefix: str) -> int:
+        base = self._path(prefix)
+        if not base.exists():
+            return 0
+        count = 0
+        for path in sorted(base.rglob("*"), reverse=True):
+            if path.is_file():
+                path.unlink()
+                count += 1
+            else:
+                path.rmdir()
+        base.rmdir()
+        return count
+
+    def url(self, key: str) -> str:
+        return f"{self.base_url}/cdn/{key}"
+
+    def check(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        if not os.access(self.root, os.W_OK):
+            raise StorageError(f"{self.root} is not writable")
+
+
+class S3Storage:
+    def __init__(self, settings: Settings, retries: int = 3) -> None:
+        import boto3
+        from botocore.config import Config
+
+        missing = [
+            name
+            for name, value in (
+                ("R2_BUCKET_NAME", settings.r2_bucket_name),
+                ("R2_CDN_URL", settings.r2_cdn_url),
+            )
+            if not value
+        ]
+        if missing:
+            raise StorageError(f"STORAGE_BACKEND=s3 needs {', '.join(missing)}")
+        self.bucket = settings.r2_bucket_name
+        self.cdn_url = settings.r2_cdn_url
+        self.retries = retries
+        self.client = boto3.client(
+            "s3",
+            endpoint_url=settings.r2_endpoint_url,
+            aws_access_key_id=settings.r2_access_key_id,
+            aws_secret_access_key=settings.r2_secret_access_key,
+            region_name=settings.r2_region,
+            config=Config(
+                connect_timeout=5,
+                read_timeout=30,
+                retries={"max_attempts": 2, "mode": "standard"},
+                s3={"addressing_style": "path"},
+            ),
+        )
+
+    def _call(self, fn, **kwargs):
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        delay = 0.5
+        for attempt in range(self.retries):
+            try:
+                return fn(**kwargs)
+            except ClientError as exc:
+                status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+                if status == 404 or exc.response.get("Error", {}).get("Code") in (
+                    "NoSuchKey",
+                    "404",
+                ):
+                    raise KeyError(kwargs.get("Key")) from exc
+                if status < 500 or attempt == self.retries - 1:
+                    raise StorageError(f"bucket error: {exc}") from exc
+            except BotoCoreError as exc:
+                if attempt == self.retries - 1:
+                    raise StorageError(f"bucket unreachable: {exc}") from exc
+            time.sleep(delay)
+            delay *= 2
+
+    def put(self, key: str, data: bytes, content_type: str) -> str:
+        self._call(
+            self.client.put_object,
+            Bucket=self.bucket,
+            Key=key,
+            Body=data,
+            ContentType=content_type,
+            CacheControl=CACHE_CONTROL,
+        )
+        return self.url(key)
+
+    def get(self, key: str) -> bytes:
+        return self._call(self.client.get_object, Bucket=self.bucket, Key=key)["Body"].read()
+
+    def delete_prefix(self, prefix: str) -> int:
+        resp = self._call(self.client.list_objects_v2, Bucket=self.bucket, Prefix=prefix)
+        keys = [{"Key": o["Key"]} for o in resp.get("Contents", [])]
+        if keys:
+            self._call(
+                self.client.delete_objects,
+                Bucket=self.bucket,
+                Delete={"Objects": keys, "Quiet": True},
+            )
+        return len(keys)
+
+    def url(self, key: str) -> str:
+        return f"{self.cdn_url}/{key}"
+
+    def check(self) -> None:
+        self._call(self.client.head_bucket, Bucket=self.bucket)
+
+
+def make_storage(settings: Settings) -> Storage:
+    if settings.storage_backend == "s3":
+        return S3Storage(settings)
+    if settings.storage_backend == "local":
+        return LocalStorage(settings.media_root, settings.public_url)
+    raise ValueError(f"unknown STORAGE_BACKEND {settings.storage_backend!r} (use s3 or local)")

@@ -1,0 +1,12 @@
+"""The Celery application: ``celery -A workers worker|beat|flower``.
+
+Two lines, as in Flask's Celery pattern: build the Flask app, take its
+Celery app. Tasks are registered by importing ``workers.tasks``.
+"""
+
+from app import create_app
+
+flask_app = create_app()
+celery = app = flask_app.extensions["celery"]
+
+from . import tasks  # noqa: E402,F401  (registers the tasks on the app)

@@ -1,0 +1,103 @@
+"""Thin Celery tasks: one per pipeline stage plus maintenance. Each takes an
+id, runs a plain function from ``app`` and turns its outcome into Celery
+terms (retry with a countdown, or stop the chain). No logic lives here."""
+
+from __future__ import annotations
+
+import logging
+
+from celery import shared_task
+from celery.signals import worker_process_init
+from flask import current_app
+from sqlalchemy.exc import OperationalError
+
+from app.maintenance import apply_one_feedback, apply_pending_feedback, redispatch_stalled
+from app.pipeline import STAGES
+from app.pipeline.runner import run_stage
+
+log = logging.getLogger(__name__)
+
+
+@worker_process_init.connect
+def _dispose_engine_after_fork(**_: object) -> None:
+    # A forked child must not reuse the parent's pooled connections.
+    from workers import flask_app
+
+    flask_app.extensions["bff"].db.dispose()
+
+
+# Stages are idempotent, so a message may be acked late and redelivered.
+# A database outage (OperationalError) is retried by Celery with backoff.
+STAGE_OPTIONS = {
+    "bind": True,
+    "acks_late": True,
+    "autoretry_for": (OperationalError,),
+    "retry_backoff": 2,
+    "retry_backoff_max": 60,
+    "max_retries": 20,
+}
+
+
+def _run(task, generation_id: str, name: str) -> None:
+    s = current_app.extensions["bff"]
+    outcome = run_stage(s.db, s.settings, s.storage, generation_id, name, task_id=task.request.id)
+    if outcome.retry_in is not None:
+        raise task.retry(countdown=outcome.retry_in, max_retries=None)
+    if not outcome.proceed:
+        task.request.chain = None  # stop here: later stages must not run
+
+
+@shared_task(name="pipeline.analyze", **STAGE_OPTIONS)
+def analyze(self, generation_id: str) -> None:
+    _run(self, generation_id, "analyze")
+
+
+@shared_task(name="pipeline.enhance", **STAGE_OPTIONS)
+def enhance(self, generation_id: str) -> None:
+    _run(self, generation_id, "enhance")
+
+
+@shared_task(name="pipeline.persona", **STAGE_OPTIONS)
+def persona(self, generation_id: str) -> None:
+    _run(self, generation_id, "persona")
+
+
+@shared_task(name="pipeline.route", **STAGE_OPTIONS)
+def route(self, generation_id: str) -> None:
+    _run(self, generation_id, "route")
+
+
+@shared_task(name="pipeline.optimize", **STAGE_OPTIONS)
+def optimize(self, generation_id: str) -> None:
+    _run(self, generation_id, "optimize")
+
+
+@shared_task(name="pipeline.generate", **STAGE_OPTIONS)
+def generate(self, generation_id: str) -> None:
+    _run(self, generation_id, "generate")
+
+
+@shared_task(name="pipeline.store", **STAGE_OPTIONS)
+def store(self, generation_id: str) -> None:
+    _run(self, generation_id, "store")
+
+
+STAGE_TASKS = {
+    t.name.split(".")[1]: t for t in (analyze, enhance, persona, route, optimize, generate, store)
+}
+assert tuple(STAGE_TASKS) == STAGES, "one task per stage, in order"
+
+
+@shared_task(name="feedback.apply", acks_late=True)
+def apply_feedback_task(feedback_id: int) -> None:
+    s = current_app.extensions["bff"]
+    apply_one_feedback(s.db, feedback_id)
+
+
+@shared_task(name="maintenance.redispatch", acks_late=True)
+def redispatch_task() -> None:
+    s = current_app.extensions["bff"]
+    sent = redispatch_stalled(s.db, s.celery)
+    applied = apply_pending_feedback(s.db)
+    if sent or applied:
+        log.info("maintenance: re-dispatched %d generation(s), applied %d feedback", sent, applied)
