@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,12 +25,32 @@ class StageTransient(Exception):
         self.retry_after = retry_after
 
 
+class StageWaiting(Exception):
+    """Not done yet, nothing wrong: run the stage again in ``retry_in`` seconds
+    (a provider still working, a rate-limit token not yet free). Waiting does
+    not count as an attempt and frees the worker meanwhile."""
+
+    def __init__(self, retry_in: float, reason: str) -> None:
+        super().__init__(reason)
+        self.retry_in = retry_in
+        self.reason = reason
+
+
+def _no_checkpoint(state: dict[str, Any]) -> None:
+    raise RuntimeError("checkpoint() is not available outside the runner")
+
+
 @dataclass
 class StageContext:
     session: Session  # read what you need, add rows; never commit
     generation: Generation
     settings: Settings
     storage: Storage
+    # What an earlier attempt of this stage saved with checkpoint(), or {}.
+    previous: dict[str, Any] = field(default_factory=dict)
+    # Durably save partial progress now, in its own transaction (e.g. a
+    # provider's prediction id before waiting on it), so a retry resumes it.
+    checkpoint: Callable[[dict[str, Any]], None] = _no_checkpoint
 
     @property
     def outputs(self) -> dict[str, Any]:

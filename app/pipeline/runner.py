@@ -14,15 +14,17 @@ from __future__ import annotations
 
 import logging
 import random
-import time
 from dataclasses import dataclass
+from datetime import UTC
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from .. import events
 from ..config import Settings
 from ..db import Database
 from ..models import Generation, GenerationStage, utcnow
+from ..providers.health import record_outcome
 from ..states import (
     COMPLETED,
     FAILED,
@@ -39,7 +41,7 @@ from ..states import (
 )
 from ..storage import Storage
 from . import STAGE_FUNCS, STAGES
-from .context import StageContext, StageFailed, StageTransient
+from .context import StageContext, StageFailed, StageTransient, StageWaiting
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,7 @@ class Outcome:
 
 
 CONTINUE = Outcome(True)
+CHECKPOINT, WAITING = "checkpoint", "waiting"
 
 
 def _lock(session: Session, generation_id: str) -> Generation | None:
@@ -110,13 +113,17 @@ def run_stage(
             log.warning("%s: %s delivered before earlier stages finished", generation_id, name)
             return Outcome.stop()
         set_status(gen, PROCESSING)
+        previous = dict(stage.output or {}) if (stage.output or {}).get(CHECKPOINT) else {}
+        resuming_wait = stage.status == S_RUNNING and previous.get(WAITING)
         set_stage_status(stage, S_RUNNING)
-        stage.attempts += 1
-        stage.started_at, stage.finished_at, stage.duration_ms = utcnow(), None, None
+        if not resuming_wait:  # waiting for a provider is not a new attempt
+            stage.attempts += 1
+            stage.started_at = utcnow()
+        stage.finished_at, stage.duration_ms = None, None
         stage.task_id, stage.error = task_id, None
-        attempt = stage.attempts
+        attempt, stage_id = stage.attempts, stage.id
+    events.stage_changed(settings, generation_id, name, S_RUNNING, None)
 
-    started = time.monotonic()
     error: str | None = None
     retry_in: float | None = None
     try:
@@ -124,19 +131,43 @@ def run_stage(
             gen = session.get(Generation, generation_id)
             if gen is None:
                 return Outcome.stop()
-            result = STAGE_FUNCS[name](StageContext(session, gen, settings, storage))
-            duration = round((time.monotonic() - started) * 1000)
+            ctx = StageContext(
+                session,
+                gen,
+                settings,
+                storage,
+                previous=previous,
+                checkpoint=_checkpointer(session, stage_id),
+            )
+            result = STAGE_FUNCS[name](ctx)
             gen = _lock(session, generation_id)  # re-read status under the lock
             stage = gen.stage(name)
-            set_stage_status(stage, S_SKIPPED if result.skipped else S_COMPLETED)
-            stage.finished_at, stage.duration_ms, stage.output = utcnow(), duration, result.output
+            status = S_SKIPPED if result.skipped else S_COMPLETED
+            set_stage_status(stage, status)
+            stage.finished_at, stage.output = utcnow(), result.output
+            stage.duration_ms = _elapsed_ms(stage)
             gen.pipeline_data = {**(gen.pipeline_data or {}), name: result.output}
             gen.updated_at = utcnow()
-            if gen.status in FINAL:
-                return Outcome.stop()
-            if name == STAGES[-1]:
+            if name == "generate" and gen.provider:
+                record_outcome(session, gen.provider, ok=True)
+            final = gen.status if gen.status in FINAL else None
+            if final is None and name == STAGES[-1]:
                 set_status(gen, COMPLETED)
-            return CONTINUE
+                final = COMPLETED
+            duration = stage.duration_ms
+        events.stage_changed(settings, generation_id, name, status, duration)
+        if final:
+            events.generation_final(settings, generation_id, final)
+            return Outcome.stop()
+        return CONTINUE
+    except StageWaiting as exc:
+        with db.session() as session:
+            gen = _lock(session, generation_id)
+            if gen is None or gen.status in FINAL:
+                return Outcome.stop()
+            stage = gen.stage(name)
+            stage.output = {**(stage.output or {}), CHECKPOINT: True, WAITING: exc.reason}
+        return Outcome(True, exc.retry_in)
     except StageFailed as exc:
         error = str(exc)
     except StageTransient as exc:
@@ -154,10 +185,37 @@ def run_stage(
         if gen is None:
             return Outcome.stop()
         stage = gen.stage(name)
-        stage.duration_ms = round((time.monotonic() - started) * 1000)
+        stage.duration_ms = _elapsed_ms(stage)
+        if name == "generate" and gen.provider:
+            record_outcome(session, gen.provider, ok=False, error=error)
         if retry_in is not None and gen.status not in FINAL:
             set_stage_status(stage, S_PENDING)
             stage.error = f"attempt {attempt} failed, retrying in {retry_in:.1f}s: {error}"
             return Outcome(True, retry_in)
+        was_final = gen.status in FINAL
         fail(session, gen, stage, error or "failed")
+    events.stage_changed(settings, generation_id, name, S_FAILED, None)
+    if not was_final:
+        events.generation_final(settings, generation_id, FAILED)
     return Outcome.stop()
+
+
+def _elapsed_ms(stage: GenerationStage) -> int | None:
+    if stage.started_at is None:
+        return None
+    started = stage.started_at
+    if started.tzinfo is None:  # SQLite returns naive UTC
+        started = started.replace(tzinfo=UTC)
+    return max(0, round((utcnow() - started).total_seconds() * 1000))
+
+
+def _checkpointer(session: Session, stage_id: int):
+    """Commit partial progress in the stage's own session (one transaction at a
+    time, so SQLite never sees two writers from one stage)."""
+
+    def checkpoint(state: dict) -> None:
+        stage = session.get(GenerationStage, stage_id)
+        stage.output = {**state, CHECKPOINT: True}
+        session.commit()
+
+    return checkpoint

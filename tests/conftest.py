@@ -1,0 +1,229 @@
+"""Fixtures. Unit and API tests: an app on a throw-away SQLite file with an
+in-memory broker (nothing consumes it). Integration tests: the Procfile's
+real processes on PostgreSQL, Redis and moto's S3 server, started once per
+session (``stack``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from app import create_app
+from app.auth import create_user
+from app.cli import upgrade_database
+from tests.support import procs as P
+from tests.support.services import (
+    free_port,
+    postgres_ok,
+    redis_db_number,
+    redis_ok,
+    release_redis_db,
+    scratch_postgres_db,
+    unavailable,
+)
+
+# Variables from the developer's shell must not leak into tests.
+CLEAN = {
+    name: ""
+    for name in (
+        "DATABASE_URL",
+        "REDIS_URL",
+        "CELERY_BROKER_URL",
+        "STORAGE_BACKEND",
+        "R2_ENDPOINT_URL",
+        "R2_ACCESS_KEY_ID",
+        "R2_SECRET_ACCESS_KEY",
+        "R2_BUCKET_NAME",
+        "R2_CDN_URL",
+        "REPLICATE_API_TOKEN",
+        "OPENAI_API_KEY",
+        "REPLICATE_BASE_URL",
+        "OPENAI_BASE_URL",
+        "BFF_DEFAULT_PROVIDER",
+        "BFF_PUBLIC_URL",
+        "BFF_MEDIA_ROOT",
+    )
+}
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("template") / "bff.db"
+    upgrade_database(f"sqlite:///{path}")
+    return path
+
+
+@pytest.fixture
+def app_config(tmp_path, sqlite_template) -> dict[str, str]:
+    db = tmp_path / "bff.db"
+    shutil.copy(sqlite_template, db)
+    return {
+        **CLEAN,
+        "DATABASE_URL": f"sqlite:///{db}",
+        "BFF_VAR_DIR": str(tmp_path / "var"),
+        "CELERY_BROKER_URL": "memory://",
+        "STORAGE_BACKEND": "local",
+        "BFF_MEDIA_ROOT": str(tmp_path / "media"),
+        "BFF_PUBLIC_URL": "http://testserver",
+    }
+
+
+@pytest.fixture
+def app(app_config):
+    return create_app(app_config)
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app):
+    return app.test_cli_runner()
+
+
+@dataclass
+class User:
+    id: int
+    key: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
+
+
+def make_user(app, name: str) -> User:
+    with app.extensions["bff"].db.session() as session:
+        user, key = create_user(session, name)
+        return User(user.id, key)
+
+
+@pytest.fixture
+def user(app) -> User:
+    return make_user(app, "alice")
+
+
+@pytest.fixture
+def other_user(app) -> User:
+    return make_user(app, "mallory")
+
+
+# ---------------------------------------------------------------- real services
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[str]:
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def service_env(tmp_path_factory, s3_server) -> Iterator[dict[str, str]]:
+    """Environment for the real system: a scratch Postgres database, our own
+    Redis db number, a bucket on moto's S3 server."""
+    if not postgres_ok():
+        unavailable("PostgreSQL on 127.0.0.1:5432")
+    if not redis_ok():
+        unavailable("Redis on 127.0.0.1:6379")
+    import boto3
+    import redis
+
+    db_number = redis_db_number()
+    redis.Redis("127.0.0.1", 6379, db=db_number).flushdb()
+    bucket = "bff-test"
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=s3_server,
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+        region_name="us-east-1",
+    )
+    s3.create_bucket(Bucket=bucket)
+    # Objects are public through the CDN URL, as with an R2 bucket behind a domain.
+    s3.put_bucket_policy(
+        Bucket=bucket,
+        Policy=json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {
+                        "Effect": "Allow",
+                        "Principal": "*",
+                        "Action": "s3:GetObject",
+                        "Resource": f"arn:aws:s3:::{bucket}/*",
+                    }
+                ],
+            }
+        ),
+    )
+    with scratch_postgres_db() as url:
+        upgrade_database(url)
+        try:
+            yield {
+                **{k: v for k, v in os.environ.items() if k not in CLEAN},
+                **CLEAN,
+                "DATABASE_URL": url,
+                "REDIS_URL": f"redis://127.0.0.1:6379/{db_number}",
+                "STORAGE_BACKEND": "s3",
+                "R2_ENDPOINT_URL": s3_server,
+                "R2_ACCESS_KEY_ID": "test",
+                "R2_SECRET_ACCESS_KEY": "test",
+                "R2_BUCKET_NAME": bucket,
+                "R2_CDN_URL": f"{s3_server}/{bucket}",
+                "R2_REGION": "us-east-1",
+                "BFF_VAR_DIR": str(tmp_path_factory.mktemp("var")),
+            }
+        finally:
+            release_redis_db(db_number)
+
+
+@dataclass
+class Stack:
+    base_url: str
+    env: dict[str, str]
+    procs: dict[str, P.Process]
+    app: object
+
+    def user(self, name: str) -> User:
+        return make_user(self.app, name)
+
+
+@pytest.fixture(scope="session")
+def stack(service_env, tmp_path_factory) -> Iterator[Stack]:
+    """The Procfile's ``web``, ``worker`` and ``generator`` processes, exactly as
+    an operator runs them, on PostgreSQL + Redis + S3."""
+    port = free_port()
+    env = {
+        **service_env,
+        "PORT": str(port),
+        "WORKER_CONCURRENCY": "2",
+        "GENERATOR_CONCURRENCY": "8",
+        "GUNICORN_WORKERS": "2",
+        "BFF_PUBLIC_URL": f"http://127.0.0.1:{port}",
+    }
+    logs = tmp_path_factory.mktemp("logs")
+    pf = P.procfile()
+    procs = {name: P.Process(name, pf[name], env, logs) for name in ("web", "worker", "generator")}
+    base = f"http://127.0.0.1:{port}"
+    try:
+        P.wait_for(lambda: P.http_ok(base + "/health"), 60, "the API", procs=procs.values())
+        for name in ("worker", "generator"):
+            P.wait_for(
+                lambda n=name: P.worker_ready(procs[n]), 60, f"the {name}", procs=procs.values()
+            )
+        yield Stack(base, env, procs, create_app({k: env[k] for k in env}))
+    finally:
+        for p in procs.values():
+            p.stop()

@@ -1,0 +1,103 @@
+"""Starting and stopping the real processes (gunicorn, Celery workers) that
+integration tests talk to."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def procfile() -> dict[str, str]:
+    entries = {}
+    for line in (ROOT / "Procfile").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, cmd = line.partition(":")
+            entries[name.strip()] = cmd.strip()
+    return entries
+
+
+class Process:
+    """A process in its own group, logging to a file; stopped with its children."""
+
+    def __init__(
+        self, name: str, cmd: str, env: dict[str, str], log_dir: Path, cwd: Path = ROOT
+    ) -> None:
+        self.name, self.cmd = name, cmd
+        self.log_path = log_dir / f"{name}.log"
+        full_env = {**env, "PATH": f"{BIN}{os.pathsep}{env.get('PATH', os.environ['PATH'])}"}
+        self.log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.popen = subprocess.Popen(
+            ["bash", "-c", f"exec {cmd}"],
+            env=full_env,
+            cwd=cwd,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        try:
+            os.killpg(self.popen.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def stop(self, timeout: float = 15) -> None:
+        if self.alive():
+            self.kill(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill(signal.SIGKILL)
+                self.popen.wait(5)
+        self.kill(signal.SIGKILL)  # stragglers in the group (prefork children)
+        self.log.close()
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.1, procs=()) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        for p in procs:
+            if not p.alive():
+                raise RuntimeError(
+                    f"{p.name} exited while waiting for {what}:\n" + p.output()[-4000:]
+                )
+        time.sleep(interval)
+    logs = "\n".join(f"--- {p.name}\n{p.output()[-3000:]}" for p in procs)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}\n{logs}")
+
+
+def http_ok(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=1).status_code < 500
+    except requests.RequestException:
+        return False
+
+
+def worker_ready(proc: Process) -> bool:
+    return " ready." in proc.output()
+
+
+def shell_quote(s: str) -> str:
+    return shlex.quote(s)
