@@ -1,47 +1,67 @@
 """Periodic maintenance (beat): nothing accepted is ever lost.
 
 - Generations committed but never handed to the broker (it was down at
-  submit) are dispatched from their first unfinished stage.
+  submit), or silent past their stage's stall timeout (worker killed, broker
+  restarted empty), are dispatched again from their first unfinished stage.
 - Feedback whose optimiser task never ran is applied.
 """
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 
 from celery import Celery
 from sqlalchemy import select
 
+from .config import Settings
 from .db import Database
 from .models import Generation, GenerationFeedback, utcnow
+from .pipeline import STAGES
 from .pipeline.optimize import apply_feedback
-from .pipeline.runner import first_unfinished
+from .pipeline.runner import first_unfinished, stalled
 from .queue import dispatch
-from .states import PENDING
+from .states import PENDING, PROCESSING
 
 UNDISPATCHED_GRACE = timedelta(seconds=10)
+log = logging.getLogger(__name__)
 
 
-def redispatch_stalled(db: Database, celery_app: Celery, limit: int = 200) -> int:
-    cutoff = utcnow() - UNDISPATCHED_GRACE
+def redispatch_stalled(
+    db: Database, celery_app: Celery, settings: Settings, limit: int = 200
+) -> int:
+    """Re-send every unfinished generation that is not making progress: never
+    handed to the broker, or silent past its current stage's stall timeout
+    (worker killed, broker restarted empty). The runner's lease keeps a
+    stage that is in fact still running from starting twice."""
+    now = utcnow()
+    shortest = min(settings.stall_timeout_for(s) for s in STAGES)
+    quiet_since = now - timedelta(seconds=min(shortest, UNDISPATCHED_GRACE.total_seconds()))
+    todo: list[tuple[str, str]] = []
     with db.session() as session:
         rows = session.scalars(
             select(Generation)
             .where(
-                Generation.status == PENDING,
-                Generation.dispatched_at.is_(None),
-                Generation.updated_at < cutoff,
+                Generation.status.in_((PENDING, PROCESSING)), Generation.updated_at < quiet_since
             )
-            .order_by(Generation.created_at)
+            .order_by(Generation.updated_at)
             .limit(limit)
         ).all()
-        todo = [(g.id, first_unfinished(g)) for g in rows]
+        for gen in rows:
+            stage = first_unfinished(gen)
+            if stage is None:
+                continue
+            never_sent = gen.status == PENDING and gen.dispatched_at is None
+            if never_sent or stalled(gen, stage, settings):
+                todo.append((gen.id, stage))
     sent = 0
     for gen_id, stage in todo:
-        if stage and dispatch(celery_app, gen_id, stage):
+        if dispatch(celery_app, gen_id, stage):
             with db.session() as session:
                 gen = session.get(Generation, gen_id)
                 gen.dispatched_at = utcnow()
+                gen.updated_at = utcnow()  # one re-dispatch per stall timeout
+            log.warning("re-dispatched %s from %s", gen_id, stage)
             sent += 1
     return sent
 

@@ -60,7 +60,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         },
         "broker_connection_timeout": 3,
         "beat_schedule": {
-            "redispatch-stalled": {"task": "maintenance.redispatch", "schedule": 30.0},
+            "redispatch-stalled": {
+                "task": "maintenance.redispatch",
+                "schedule": settings.maintenance_interval,
+            },
         },
         "worker_hijack_root_logger": False,
     }

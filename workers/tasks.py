@@ -97,7 +97,7 @@ def apply_feedback_task(feedback_id: int) -> None:
 @shared_task(name="maintenance.redispatch", acks_late=True)
 def redispatch_task() -> None:
     s = current_app.extensions["bff"]
-    sent = redispatch_stalled(s.db, s.celery)
+    sent = redispatch_stalled(s.db, s.celery, s.settings)
     applied = apply_pending_feedback(s.db)
     if sent or applied:
         log.info("maintenance: re-dispatched %d generation(s), applied %d feedback", sent, applied)

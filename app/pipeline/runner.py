@@ -69,6 +69,12 @@ def _lock(session: Session, generation_id: str) -> Generation | None:
     ).one_or_none()
 
 
+def stalled(gen: Generation, stage: str, settings: Settings) -> bool:
+    """No progress on this generation for longer than the stage may take."""
+    last = gen.updated_at if gen.updated_at.tzinfo else gen.updated_at.replace(tzinfo=UTC)
+    return (utcnow() - last).total_seconds() > settings.stall_timeout_for(stage)
+
+
 def first_unfinished(gen: Generation) -> str | None:
     for s in gen.stages:
         if s.status not in STAGE_DONE:
@@ -112,10 +118,27 @@ def run_stage(
             # Out of order (a stale message): the chain for the unfinished stage owns this.
             log.warning("%s: %s delivered before earlier stages finished", generation_id, name)
             return Outcome.stop()
-        set_status(gen, PROCESSING)
         previous = dict(stage.output or {}) if (stage.output or {}).get(CHECKPOINT) else {}
-        resuming_wait = stage.status == S_RUNNING and previous.get(WAITING)
+        own_retry = stage.status == S_RUNNING and task_id is not None and stage.task_id == task_id
+        if stage.status == S_RUNNING and not own_retry:
+            # Another delivery holds this stage. Its lease is the generation's
+            # progress clock: fresh means it is alive, so this copy stops here.
+            if not stalled(gen, name, settings):
+                log.info("%s: %s is already running elsewhere", generation_id, name)
+                return Outcome.stop()
+            if stage.attempts >= settings.stage_max_attempts:
+                fail(
+                    session,
+                    gen,
+                    stage,
+                    f"{name} made no progress in {stage.attempts} "
+                    "attempts (its worker was lost each time)",
+                )
+                return Outcome.stop()
+        resuming_wait = own_retry and previous.get(WAITING)
+        set_status(gen, PROCESSING)
         set_stage_status(stage, S_RUNNING)
+        gen.updated_at = utcnow()  # progress: renews the lease
         if not resuming_wait:  # waiting for a provider is not a new attempt
             stage.attempts += 1
             stage.started_at = utcnow()
@@ -167,6 +190,7 @@ def run_stage(
                 return Outcome.stop()
             stage = gen.stage(name)
             stage.output = {**(stage.output or {}), CHECKPOINT: True, WAITING: exc.reason}
+            gen.updated_at = utcnow()  # still alive: renews the lease
         return Outcome(True, exc.retry_in)
     except StageFailed as exc:
         error = str(exc)
@@ -191,6 +215,7 @@ def run_stage(
         if retry_in is not None and gen.status not in FINAL:
             set_stage_status(stage, S_PENDING)
             stage.error = f"attempt {attempt} failed, retrying in {retry_in:.1f}s: {error}"
+            gen.updated_at = utcnow()
             return Outcome(True, retry_in)
         was_final = gen.status in FINAL
         fail(session, gen, stage, error or "failed")

@@ -1,0 +1,127 @@
+"""Leases and the stall dispatcher: a lost stage is re-run, a live one is
+never started twice, and attempts are bounded."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from app import generations as svc
+from app import maintenance
+from app.models import Generation, utcnow
+from app.pipeline.runner import run_stage
+
+
+@pytest.fixture
+def sent(monkeypatch):
+    calls: list[tuple[str, str]] = []
+
+    def fake_dispatch(celery_app, generation_id, from_stage="analyze"):
+        calls.append((generation_id, from_stage))
+        return True
+
+    monkeypatch.setattr(maintenance, "dispatch", fake_dispatch)
+    return calls
+
+
+def _new(app, user, **changes) -> str:
+    s = app.extensions["bff"]
+    with s.db.session() as session:
+        gen = svc.create(
+            session, user_id=user.id, mode="prompt", settings={}, prompt="ivory linen shirt"
+        )
+        for k, v in changes.items():
+            setattr(gen, k, v)
+        return gen.id
+
+
+def _run(app, gen_id, stage, task_id):
+    s = app.extensions["bff"]
+    return run_stage(s.db, s.settings, s.storage, gen_id, stage, task_id=task_id)
+
+
+def _age(app, gen_id, seconds):
+    with app.extensions["bff"].db.session() as session:
+        session.get(Generation, gen_id).updated_at = utcnow() - timedelta(seconds=seconds)
+
+
+def _stage(app, gen_id, name):
+    with app.extensions["bff"].db.session() as session:
+        st = session.get(Generation, gen_id).stage(name)
+        return st.status, st.attempts, st.task_id
+
+
+def test_a_live_stage_is_not_started_twice(app, user, monkeypatch):
+    gen_id = _new(app, user)
+    with app.extensions["bff"].db.session() as session:
+        gen = session.get(Generation, gen_id)
+        st = gen.stage("analyze")
+        st.status, st.attempts, st.task_id = "running", 1, "task-a"
+        gen.status = "processing"
+    outcome = _run(app, gen_id, "analyze", "task-b")
+    assert not outcome.proceed
+    assert _stage(app, gen_id, "analyze") == ("running", 1, "task-a")
+
+
+def test_a_stalled_stage_is_taken_over_and_counted(app, user):
+    gen_id = _new(app, user)
+    with app.extensions["bff"].db.session() as session:
+        gen = session.get(Generation, gen_id)
+        st = gen.stage("analyze")
+        st.status, st.attempts, st.task_id = "running", 1, "task-a"
+        gen.status = "processing"
+    _age(app, gen_id, 3600)
+    outcome = _run(app, gen_id, "analyze", "task-b")
+    assert outcome.proceed
+    status, attempts, task_id = _stage(app, gen_id, "analyze")
+    assert (status, attempts, task_id) == ("skipped", 2, "task-b")
+
+
+def test_a_stage_lost_too_often_fails_the_generation(app, user):
+    gen_id = _new(app, user)
+    with app.extensions["bff"].db.session() as session:
+        gen = session.get(Generation, gen_id)
+        st = gen.stage("analyze")
+        st.status, st.attempts, st.task_id = "running", 3, "task-c"
+        gen.status = "processing"
+    _age(app, gen_id, 3600)
+    assert not _run(app, gen_id, "analyze", "task-d").proceed
+    with app.extensions["bff"].db.session() as session:
+        gen = session.get(Generation, gen_id)
+        assert gen.status == "failed"
+        assert gen.error_stage == "analyze" and "no progress in 3 attempts" in gen.error_message
+
+
+def test_dispatcher_sends_what_never_reached_the_broker(app, user, sent):
+    fresh = _new(app, user)
+    lost = _new(app, user)
+    _age(app, lost, 60)
+    s = app.extensions["bff"]
+    assert maintenance.redispatch_stalled(s.db, s.celery, s.settings) == 1
+    assert sent == [(lost, "analyze")]
+    with s.db.session() as session:
+        assert session.get(Generation, lost).dispatched_at is not None
+        assert session.get(Generation, fresh).dispatched_at is None
+    # Sent once per stall period, not on every tick.
+    assert maintenance.redispatch_stalled(s.db, s.celery, s.settings) == 0
+
+
+def test_dispatcher_resumes_a_silent_generation_at_its_first_unfinished_stage(app, user, sent):
+    gen_id = _new(app, user, dispatched_at=utcnow())
+    for stage in ("analyze", "enhance", "persona"):
+        assert _run(app, gen_id, stage, f"t-{stage}").proceed
+    s = app.extensions["bff"]
+    _age(app, gen_id, 30)  # quiet, but within route's stall timeout
+    assert maintenance.redispatch_stalled(s.db, s.celery, s.settings) == 0
+    _age(app, gen_id, 3600)
+    assert maintenance.redispatch_stalled(s.db, s.celery, s.settings) == 1
+    assert sent == [(gen_id, "route")]
+
+
+def test_dispatcher_leaves_final_generations_alone(app, user, sent):
+    gen_id = _new(app, user, status="canceled", dispatched_at=utcnow())
+    _age(app, gen_id, 3600)
+    s = app.extensions["bff"]
+    assert maintenance.redispatch_stalled(s.db, s.celery, s.settings) == 0
+    assert sent == []
