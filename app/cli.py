@@ -69,6 +69,29 @@ def users_revoke(key_prefix: str) -> None:
     click.echo(f"revoked {n} key(s)")
 
 
+@users_cli.command("cap")
+@click.argument("name")
+@click.argument("amount", required=False)
+def users_cap(name: str, amount: str | None) -> None:
+    """Set NAME's daily spend cap in USD (omit AMOUNT to remove it)."""
+    from decimal import Decimal, InvalidOperation
+
+    from sqlalchemy import select
+
+    from .models import User
+
+    try:
+        cap = Decimal(amount) if amount is not None else None
+    except InvalidOperation:
+        raise click.BadParameter(f"{amount!r} is not an amount in USD") from None
+    with current_app.extensions["bff"].db.session() as session:
+        user = session.scalar(select(User).where(User.name == name))
+        if user is None:
+            raise click.ClickException(f"no user named {name}")
+        user.daily_spend_cap = cap
+    click.echo(f"{name}: daily cap {'none' if cap is None else f'${cap}'}")
+
+
 def _api(method: str, path: str, **kwargs) -> requests.Response:
     base = os.environ.get("BFF_API_URL", "http://127.0.0.1:3001").rstrip("/")
     key = os.environ.get("BFF_API_KEY")

@@ -39,6 +39,12 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
     return int(raw) if raw not in (None, "") else default
 
 
+def _rate(raw: str) -> tuple[int, float]:
+    """ "COUNT/SECONDS" (e.g. "60/60"); "0" turns the limit off."""
+    count, _, window = raw.partition("/")
+    return int(count), float(window or 60)
+
+
 def _float(env: Mapping[str, str], name: str, default: float) -> float:
     raw = env.get(name)
     return float(raw) if raw not in (None, "") else default
@@ -70,6 +76,7 @@ class Settings:
     # broker emptied) and re-dispatched by the maintenance job. None: per-stage defaults.
     stall_timeout: float | None = None
     maintenance_interval: float = 30.0
+    submit_rate_limit: tuple[int, float] = (60, 60.0)  # (count, window seconds); 0 = off
     max_upload_bytes: int = 10 * 1024 * 1024
     max_image_pixels: int = 40_000_000
     local_render_scale: float = 1.0
@@ -130,6 +137,7 @@ class Settings:
             stage_max_attempts=_int(env, "BFF_STAGE_MAX_ATTEMPTS", 3),
             stall_timeout=_float(env, "BFF_STALL_TIMEOUT", 0.0) or None,
             maintenance_interval=_float(env, "BFF_MAINTENANCE_INTERVAL", 30.0),
+            submit_rate_limit=_rate(env.get("BFF_SUBMIT_RATE_LIMIT") or "60/60"),
             max_upload_bytes=_int(env, "BFF_MAX_UPLOAD_BYTES", 10 * 1024 * 1024),
             max_image_pixels=_int(env, "BFF_MAX_IMAGE_PIXELS", 40_000_000),
             local_render_scale=_float(env, "BFF_LOCAL_RENDER_SCALE", 1.0),

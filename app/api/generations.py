@@ -16,6 +16,7 @@ from ..errors import ApiError, not_found
 from ..models import Generation, GenerationAsset, GenerationFeedback, Persona, new_id
 from ..pipeline.route import exclusion, routing_request
 from ..queue import dispatch
+from ..quotas import check_submission
 from ..schemas import FeedbackIn, ImageSubmit, PromptSubmit
 from ..states import GENERATION_STATUSES, IllegalTransition
 from ..storage import StorageError, generation_prefix
@@ -64,6 +65,7 @@ def _replay(session, key: str | None, req_hash: str):
 
 def _check_submit(session, body: PromptSubmit | ImageSubmit) -> None:
     check_user_id(body.userId)
+    check_submission(session, services().settings, g.user_id)
     settings = body.settings.model_dump()
     if body.settings.provider != "auto":
         why = exclusion(body.settings.provider, routing_request(settings), services().settings)
@@ -302,11 +304,10 @@ def delete(generation_id: str):
 
 @bp.post("/<generation_id>/feedback")
 def feedback(generation_id: str):
-    payload = json_body()
-    body = FeedbackIn.model_validate(payload)
     s = services()
     with s.db.session() as session:
-        gen = _load(session, generation_id)
+        gen = _load(session, generation_id)  # ownership first: 404 before any 4xx
+        body = FeedbackIn.model_validate(json_body())
         if (
             body.assetId is not None
             and session.scalar(

@@ -1,0 +1,80 @@
+"""Nobody touches another user's work: every route that takes an id answers
+404 to another user's key, whatever the method, and changes nothing."""
+
+from __future__ import annotations
+
+import io
+import logging
+
+from PIL import Image
+
+from app.models import Generation, Persona
+
+BODIES = {"feedback": {"feedbackType": "heart"}, "personas": {"name": "x"}}
+
+
+def _owned_ids(app, client, user):
+    gen = client.post(
+        "/api/generate/from-prompt", json={"prompt": "teal silk scarf"}, headers=user.headers
+    ).json["id"]
+    per = client.post(
+        "/api/personas", json={"name": "Minimal", "keywords": ["clean"]}, headers=user.headers
+    ).json["id"]
+    return {"generation_id": gen, "persona_id": per}
+
+
+def test_every_id_route_is_owned(app, client, user, other_user):
+    ids = _owned_ids(app, client, user)
+    checked = []
+    for rule in app.url_map.iter_rules():
+        params = set(rule.arguments) & set(ids)
+        if not params:
+            continue
+        url = rule.rule
+        for p in params:
+            url = url.replace(f"<{p}>", ids[p])
+        for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
+            body = next((v for k, v in BODIES.items() if k in url), {})
+            resp = client.open(url, method=method, json=body, headers=other_user.headers)
+            assert resp.status_code == 404, (method, url, resp.status_code, resp.get_data())
+            assert resp.json["error"]["code"] == "not_found"
+            checked.append((method, rule.rule))
+    # The routes this contract names are all among those checked.
+    for expected in [
+        ("GET", "/api/generate/<generation_id>"),
+        ("DELETE", "/api/generate/<generation_id>"),
+        ("POST", "/api/generate/<generation_id>/cancel"),
+        ("POST", "/api/generate/<generation_id>/retry"),
+        ("POST", "/api/generate/<generation_id>/feedback"),
+        ("GET", "/api/personas/<persona_id>"),
+        ("PATCH", "/api/personas/<persona_id>"),
+        ("DELETE", "/api/personas/<persona_id>"),
+    ]:
+        assert expected in checked
+    with app.extensions["bff"].db.session() as session:
+        assert session.get(Generation, ids["generation_id"]).status == "pending"
+        assert session.get(Persona, ids["persona_id"]).name == "Minimal"
+
+
+def test_lists_show_only_the_callers_work(client, user, other_user):
+    _owned = client.post("/api/generate/from-prompt", json={"prompt": "a"}, headers=user.headers)
+    assert _owned.status_code == 202
+    assert client.get("/api/generate", headers=other_user.headers).json["items"] == []
+    assert client.get("/api/personas", headers=other_user.headers).json["items"] == []
+
+
+def test_logs_never_contain_api_keys(app, client, user, caplog):
+    caplog.set_level(logging.DEBUG)
+    png = io.BytesIO()
+    Image.new("RGB", (40, 60), "navy").save(png, "PNG")
+    client.post("/api/generate/from-prompt", json={"prompt": "x"}, headers=user.headers)
+    client.post(
+        "/api/generate/from-image",
+        headers=user.headers,
+        data={"image": (io.BytesIO(png.getvalue()), "a.png")},
+    )
+    client.get("/api/generate/nope", headers={"Authorization": "Bearer " + user.key + "x"})
+    client.get("/api/generate", headers={"Authorization": "Bearer bff_deadbeef_secret"})
+    text = caplog.text
+    assert user.key not in text and user.key.split("_")[-1] not in text
+    assert "bff_deadbeef_secret" not in text

@@ -1,0 +1,59 @@
+"""Per-user submission rate limit (429 + Retry-After) and daily spend cap (403)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from app import create_app
+from app.models import Generation, User
+from tests.conftest import make_user
+
+
+@pytest.fixture
+def limited_app(app_config):
+    return create_app({**app_config, "BFF_SUBMIT_RATE_LIMIT": "3/60"})
+
+
+def submit(client, user, prompt="red wool coat", **headers):
+    return client.post(
+        "/api/generate/from-prompt", json={"prompt": prompt}, headers={**user.headers, **headers}
+    )
+
+
+def test_submissions_over_the_rate_are_refused_with_retry_after(limited_app):
+    client = limited_app.test_client()
+    alice, bob = make_user(limited_app, "alice"), make_user(limited_app, "bob")
+    for _ in range(3):
+        assert submit(client, alice).status_code == 202
+    resp = submit(client, alice)
+    assert resp.status_code == 429
+    assert resp.json["error"]["code"] == "rate_limited"
+    assert 1 <= int(resp.headers["Retry-After"]) <= 60
+    # Limits are per user, and an idempotent replay is not a new submission.
+    assert submit(client, bob).status_code == 202
+
+
+def test_idempotent_replays_do_not_count(limited_app):
+    client = limited_app.test_client()
+    alice = make_user(limited_app, "alice")
+    first = submit(client, alice, **{"Idempotency-Key": "k1"})
+    for _ in range(5):
+        again = submit(client, alice, **{"Idempotency-Key": "k1"})
+        assert again.status_code == 202 and again.json["id"] == first.json["id"]
+
+
+def test_daily_spend_cap(app, client, user, runner):
+    result = runner.invoke(args=["users", "cap", "alice", "0.10"])
+    assert result.exit_code == 0, result.output
+    assert submit(client, user).status_code == 202
+    with app.extensions["bff"].db.session() as session:
+        gen = session.query(Generation).filter_by(user_id=user.id).one()
+        gen.cost = Decimal("0.12")
+        assert session.get(User, user.id).daily_spend_cap == Decimal("0.10")
+    resp = submit(client, user)
+    assert resp.status_code == 403
+    assert resp.json["error"]["code"] == "budget_exceeded"
+    assert runner.invoke(args=["users", "cap", "alice"]).exit_code == 0
+    assert submit(client, user).status_code == 202
