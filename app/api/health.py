@@ -40,6 +40,13 @@ def health():
     )
 
 
+@bp.get("/openapi.json")
+def openapi():
+    from ..openapi import build_spec
+
+    return build_spec()
+
+
 @bp.get("/cdn/<path:key>")
 def cdn(key: str):
     storage = services().storage
