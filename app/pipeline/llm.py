@@ -98,7 +98,8 @@ def user_content(text: str, image: bytes | None = None) -> str | list[dict[str, 
 
 def _describe(exc: openai.APIError) -> str:
     if isinstance(exc, openai.APIStatusError):
-        return f"OpenAI API error {exc.status_code}: {exc.message}"
+        body = exc.body if isinstance(exc.body, dict) else {}
+        return f"OpenAI API error {exc.status_code}: {body.get('message') or exc.message}"
     if isinstance(exc, openai.APITimeoutError):
         return "OpenAI API timed out"
     return f"OpenAI API unreachable: {exc}"
