@@ -322,3 +322,43 @@ def test_stage_with_a_key_uses_vision_and_falls_back_when_it_fails(
     assert out["fallback"]["from"] == "openai-vision"
     assert "no valid answer after 2 attempts" in out["fallback"]["reason"]
     assert out["spec"]["records"][0]["colors"]["primary"] == "emerald"
+
+
+def test_fake_server_runs_standalone_and_is_scriptable_over_http(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    import openai
+    import requests
+
+    from tests.support.services import free_port
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.fakes.openai_chat", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert "fake OpenAI chat server" in proc.stdout.readline()
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                requests.post(base + "/__fake__/script", json=[{"content": "hello"}], timeout=1)
+                break
+            except requests.ConnectionError:
+                time.sleep(0.05)
+        api = openai.OpenAI(api_key="sk-x", base_url=base + "/v1", max_retries=0)
+        msgs = [{"role": "user", "content": "hi"}]
+        done = api.chat.completions.create(model="m", messages=msgs)
+        assert done.object == "chat.completion"
+        assert done.choices[0].message.content == "hello"
+        requests.post(base + "/__fake__/script", json=[{"status": 429, "message": "slow down"}])
+        with pytest.raises(openai.RateLimitError) as err:
+            api.chat.completions.create(model="m", messages=msgs)
+        assert err.value.body["message"] == "slow down"
+    finally:
+        proc.terminate()
+        proc.wait(5)
