@@ -81,6 +81,14 @@ class Settings:
     max_image_pixels: int = 40_000_000
     local_render_scale: float = 1.0
     log_level: str = "INFO"
+    # The LLM behind analyze (vision) and enhance, used when OPENAI_API_KEY is set.
+    llm_model: str = "gpt-4o-mini"
+    llm_timeout_s: float = 30.0
+    # Circuit breaker for routing: a provider whose failure rate over the last
+    # window (with at least min_samples outcomes) exceeds the rate is skipped.
+    circuit_window_s: int = 300
+    circuit_min_samples: int = 5
+    circuit_failure_rate: float = 0.5
 
     @property
     def embedded_broker(self) -> bool:
@@ -101,6 +109,14 @@ class Settings:
             "REPLICATE_API_TOKEN": self.replicate_api_token,
             "OPENAI_API_KEY": self.openai_api_key,
         }[var]
+
+    def key_for(self, env_var: str | None) -> str | None:
+        """The configured value of a provider key variable (routing reads keys by
+        the adapter's ``key_env_var``, so a new adapter needs no table edit)."""
+        return {
+            "REPLICATE_API_TOKEN": self.replicate_api_token,
+            "OPENAI_API_KEY": self.openai_api_key,
+        }.get(env_var or "")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -142,4 +158,9 @@ class Settings:
             max_image_pixels=_int(env, "BFF_MAX_IMAGE_PIXELS", 40_000_000),
             local_render_scale=_float(env, "BFF_LOCAL_RENDER_SCALE", 1.0),
             log_level=(env.get("BFF_LOG_LEVEL") or "INFO").upper(),
+            llm_model=env.get("BFF_LLM_MODEL") or "gpt-4o-mini",
+            llm_timeout_s=_float(env, "BFF_LLM_TIMEOUT", 30.0),
+            circuit_window_s=_int(env, "BFF_CIRCUIT_WINDOW_S", 300),
+            circuit_min_samples=_int(env, "BFF_CIRCUIT_MIN_SAMPLES", 5),
+            circuit_failure_rate=_float(env, "BFF_CIRCUIT_FAILURE_RATE", 0.5),
         )

@@ -210,3 +210,15 @@ class PromptTokenScore(Base):
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, onupdate=utcnow
     )
+
+
+class ProviderOutcome(Base):
+    """One ``generate`` outcome: the rolling window routing's circuit breaker reads."""
+
+    __tablename__ = "provider_outcomes"
+    __table_args__ = (Index("ix_provider_outcomes_provider_created", "provider_id", "created_at"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    provider_id: Mapped[str] = mapped_column(String(40))
+    ok: Mapped[bool] = mapped_column(Boolean)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -227,3 +227,22 @@ def stack(service_env, tmp_path_factory) -> Iterator[Stack]:
     finally:
         for p in procs.values():
             p.stop()
+
+
+# ---------------------------------------------------------------- fake OpenAI chat
+
+
+@pytest.fixture(scope="session")
+def _openai_chat_server():
+    from tests.fakes.openai_chat import FakeOpenAIChat
+
+    with FakeOpenAIChat() as fake:
+        yield fake
+
+
+@pytest.fixture
+def openai_chat(_openai_chat_server):
+    """The fake OpenAI chat-completions server, emptied for this test."""
+    _openai_chat_server.reset()
+    yield _openai_chat_server
+    _openai_chat_server.reset()

@@ -1,15 +1,23 @@
 """Stage 5, ``optimize``: feedback-driven prompt optimisation.
 
-Tokens are the prompt's comma-separated terms, lower-cased. Each user has a
-score per token (start 0.5) in ``prompt_token_scores``. Feedback moves the
-scores of the tokens a generation's final prompt used by an exponential
-moving average toward the feedback's reward (alpha 0.1; exploratory tokens
-count 1.5x): outlier 1.0, heart 0.9, rating r -> (r - 1) / 4, comment none.
+Tokens are the prompt's comma-separated terms (compared lower-cased, written
+as they came). Each user has a score per token (start 0.5) in
+``prompt_token_scores``. Feedback moves the scores of the tokens a
+generation's final prompt used by an exponential moving average toward the
+feedback's reward (alpha 0.1; tokens the stage added while exploring move
+1.5x as far): outlier 1.0, heart 0.9, rating r -> (r - 1) / 4, comment none.
+The update runs in the ``feedback.apply`` task, never in the request.
 
-At generation time a random generator seeded from the generation id decides:
-80 % exploit (add the user's best learnt tokens not yet present), 20 %
-explore (add one or two terms from other templates). Tokens scoring below
-0.3 move to the negative prompt. Re-running the stage gives the same prompt.
+At generation time a random generator seeded from the generation id decides
+(so a rerun gives the same prompt):
+- exploit (80 %): add the user's best learnt tokens (score >= ``GOOD``) not
+  yet present, up to ``EXPLOIT_BUDGET``, right after the user's own words;
+- explore (20 %): add one or two terms of the *other* templates, untried or
+  not disliked.
+Tokens scoring below ``BAD`` go to the negative prompt (the user's own words
+excepted): present ones are moved there, and the user's worst known ones
+are added, up to ``NEGATIVE_BUDGET``. The prompt is fitted to the chosen
+provider's maximum prompt length.
 """
 
 from __future__ import annotations
@@ -19,9 +27,12 @@ import random
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from ..models import Generation, GenerationFeedback, PromptTokenScore, utcnow
+from ..providers import PROVIDERS
 from .context import StageContext, StageResult
 from .enhance import TEMPLATES, fit_prompt
 
@@ -29,18 +40,26 @@ ALPHA = 0.1
 EXPLORE_WEIGHT = 1.5
 EXPLORE_RATE = 0.2
 START = 0.5
-GOOD, BAD = 0.6, 0.3
+GOOD, BAD = 0.55, 0.3
 EXPLOIT_BUDGET = 3
+NEGATIVE_BUDGET = 8
+MAX_TOKEN = 80  # prompt_token_scores.token is VARCHAR(80)
 REWARDS = {"outlier": 1.0, "heart": 0.9}
 
 
-def tokens(prompt: str) -> list[str]:
+def terms(prompt: str) -> list[str]:
+    """The prompt's comma-separated terms, whitespace-normalised, first occurrence kept."""
     seen: list[str] = []
     for part in prompt.split(","):
-        t = " ".join(part.lower().split())
-        if t and len(t) <= 80 and t not in seen:
+        t = " ".join(part.split())
+        if t and t.lower() not in (s.lower() for s in seen):
             seen.append(t)
     return seen
+
+
+def tokens(prompt: str) -> list[str]:
+    """Score keys: the terms, lower-cased (terms too long to score are left out)."""
+    return [t.lower() for t in terms(prompt) if len(t) <= MAX_TOKEN]
 
 
 def reward_of(feedback_type: str, rating: int | None) -> float | None:
@@ -53,6 +72,10 @@ def _rng(generation_id: str) -> random.Random:
     return random.Random(int.from_bytes(hashlib.sha256(generation_id.encode()).digest()[:8]))
 
 
+def mode_for(generation_id: str) -> str:
+    return "explore" if _rng(generation_id).random() < EXPLORE_RATE else "exploit"
+
+
 def optimize(
     generation_id: str,
     prompt: str,
@@ -60,23 +83,43 @@ def optimize(
     scores: dict[str, float],
     user_words: str = "",
     max_len: int = 5000,
+    template_id: str | None = None,
 ) -> dict[str, Any]:
     rng = _rng(generation_id)
-    present = tokens(prompt)
-    protected = set(tokens(user_words))
     mode = "explore" if rng.random() < EXPLORE_RATE else "exploit"
+    present = terms(prompt)
+    keys = {t.lower() for t in present}
+    protected = set(tokens(user_words))
     if mode == "exploit":
         ranked = sorted(
-            ((s, t) for t, s in scores.items() if s >= GOOD and t not in present), reverse=True
+            ((s, t) for t, s in scores.items() if s >= GOOD and t not in keys),
+            key=lambda st: (-st[0], st[1]),
         )
         added = [t for _, t in ranked[:EXPLOIT_BUDGET]]
+        reason = f"exploit: the user's best tokens scoring >= {GOOD} not yet in the prompt"
     else:
-        pool = sorted({term for t in TEMPLATES.values() for term in t["terms"]} - set(present))
+        pool = sorted(
+            {
+                term
+                for tid, t in TEMPLATES.items()
+                if tid != template_id
+                for term in t["terms"]
+                if term.lower() not in keys and scores.get(term.lower(), START) >= BAD
+            }
+        )
         added = rng.sample(pool, k=min(len(pool), rng.choice((1, 2))))
-    demoted = [t for t in present if scores.get(t, START) < BAD and t not in protected]
+        reason = "explore: trying terms from other templates"
+    demoted = [
+        t for t in present if scores.get(t.lower(), START) < BAD and t.lower() not in protected
+    ]
     kept = [t for t in present if t not in demoted]
-    final = fit_prompt(kept[:1] + added + kept[1:], max_len) if kept else ", ".join(added)
-    negatives = tokens(negative) + [t for t in demoted if t not in tokens(negative)]
+    lead = 0
+    while lead < len(kept) and kept[lead].lower() in protected:
+        lead += 1
+    final = fit_prompt(kept[: max(lead, 1)] + added + kept[max(lead, 1) :], max_len)
+    disliked = sorted((s, t) for t, s in scores.items() if s < BAD and t not in protected)
+    negatives = terms(", ".join([negative, *demoted, *(t for _, t in disliked)]))
+    extra = len(terms(negative)) + len(demoted) + NEGATIVE_BUDGET
     used = tokens(final)
 
     def mean(ts: list[str]) -> float:
@@ -84,12 +127,14 @@ def optimize(
 
     return {
         "finalPrompt": final,
-        "negativePrompt": ", ".join(negatives),
+        "negativePrompt": ", ".join(negatives[:extra]),
         "mode": mode,
-        "addedTokens": added,
+        "addedTokens": [t for t in added if t.lower() in used],
         "demotedTokens": demoted,
-        "currentReward": mean(present),
+        "currentReward": mean([t.lower() for t in present]),
         "expectedReward": mean(used),
+        "reason": reason,
+        "promptLimit": max_len,
     }
 
 
@@ -102,6 +147,16 @@ def user_scores(session: Session, user_id: int) -> dict[str, float]:
     return {t: s for t, s in rows}
 
 
+def _ensure_rows(session: Session, user_id: int, toks: list[str]) -> None:
+    """Insert missing score rows without racing a concurrent feedback task."""
+    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    now = utcnow()
+    rows = [
+        {"user_id": user_id, "token": t, "score": START, "uses": 0, "updated_at": now} for t in toks
+    ]
+    session.execute(insert(PromptTokenScore).values(rows).on_conflict_do_nothing())
+
+
 def apply_feedback(session: Session, feedback: GenerationFeedback) -> int:
     """Move token scores toward this feedback's reward; returns tokens updated.
     Idempotent: a feedback row is applied once (``applied_at``)."""
@@ -111,22 +166,20 @@ def apply_feedback(session: Session, feedback: GenerationFeedback) -> int:
     reward = reward_of(feedback.feedback_type, feedback.rating)
     gen = session.get(Generation, feedback.generation_id)
     opt = (gen.pipeline_data or {}).get("optimize") if gen else None
-    if reward is None or not opt:
+    toks = tokens((opt or {}).get("finalPrompt", ""))
+    if reward is None or not toks:
         return 0
-    explored = set(opt.get("addedTokens", [])) if opt.get("mode") == "explore" else set()
-    existing = {
-        r.token: r
-        for r in session.scalars(
-            select(PromptTokenScore).where(PromptTokenScore.user_id == feedback.user_id)
-        )
-    }
-    toks = tokens(opt.get("finalPrompt", ""))
-    for t in toks:
-        row = existing.get(t)
-        if row is None:
-            row = PromptTokenScore(user_id=feedback.user_id, token=t, score=START, uses=0)
-            session.add(row)
-        step = min(1.0, ALPHA * (EXPLORE_WEIGHT if t in explored else 1.0))
+    explored = (
+        {t.lower() for t in opt.get("addedTokens", [])} if opt.get("mode") == "explore" else set()
+    )
+    _ensure_rows(session, feedback.user_id, toks)
+    rows = session.scalars(
+        select(PromptTokenScore)
+        .where(PromptTokenScore.user_id == feedback.user_id, PromptTokenScore.token.in_(toks))
+        .with_for_update()  # serialise concurrent updates of the same user's tokens
+    )
+    for row in rows:
+        step = min(1.0, ALPHA * (EXPLORE_WEIGHT if row.token in explored else 1.0))
         row.score = row.score + step * (reward - row.score)
         row.uses = (row.uses or 0) + 1
     return len(toks)
@@ -134,11 +187,20 @@ def apply_feedback(session: Session, feedback: GenerationFeedback) -> int:
 
 def run(ctx: StageContext) -> StageResult:
     gen = ctx.generation
-    enhance = ctx.output_of("enhance")
-    persona = ctx.output_of("persona")
+    enhance, persona = ctx.output_of("enhance"), ctx.output_of("persona")
+    provider = PROVIDERS.get(ctx.output_of("route").get("provider") or "")
+    max_len = provider.capabilities.max_prompt_length if provider else 5000
     prompt = persona.get("prompt") or enhance.get("mainPrompt") or gen.prompt or ""
     negative = enhance.get("negativePrompt") or gen.negative_prompt or ""
+    scores = user_scores(ctx.session, gen.user_id)
     result = optimize(
-        gen.id, prompt, negative, user_scores(ctx.session, gen.user_id), user_words=gen.prompt or ""
+        gen.id,
+        prompt,
+        negative,
+        scores,
+        user_words=gen.prompt or "",
+        max_len=max_len,
+        template_id=enhance.get("templateId"),
     )
+    result["inputs"] = {"learntTokens": len(scores), "promptLength": len(prompt)}
     return StageResult(result)

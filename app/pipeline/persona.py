@@ -1,51 +1,111 @@
 """Stage 3, ``persona``: blend in the user's best-matching saved style.
 
-Score = 0.7 x token Jaccard(prompt keywords, persona keywords + aesthetic)
-      + 0.3 x palette overlap (share of the persona's palette named in the prompt).
-An explicit ``personaId`` always wins; below ``THRESHOLD`` nothing is blended.
-Skipped when the user has no personas.
+Similarity between the prompt package and each persona (keywords, aesthetic
+and description) is TF-IDF cosine over word tokens, with inverse document
+frequencies from the user's personas plus the prompt, so words every persona
+shares count for little:
+
+    score = 0.75 x cosine + 0.25 x palette overlap
+    (palette overlap: share of the persona's colours the prompt names)
+
+An explicit ``personaId`` always wins; otherwise the best score wins (ties go
+to the default persona) if it reaches ``THRESHOLD``, and below it nothing is
+blended. Skipped when the user has no personas. Output: ``{personaId,
+personaName, matchScore, injectedKeywords, scores, threshold, reason,
+prompt}``.
 """
 
 from __future__ import annotations
 
+import math
+import re
+from collections import Counter
 from typing import Any
 
 from sqlalchemy import select
 
 from ..models import Persona
 from .context import StageContext, StageResult
-from .enhance import words
 
-THRESHOLD = 0.1
+THRESHOLD = 0.12
 MAX_INJECTED = 5
+COSINE_WEIGHT, PALETTE_WEIGHT = 0.75, 0.25
+STOP = frozenset(
+    "a an and at by for from in into of on or the to with without very style look".split()
+)
 
 
-def score(prompt_words: set[str], persona: Persona) -> float:
-    kw = words(" ".join([*persona.keywords, persona.aesthetic or ""]))
-    jaccard = len(prompt_words & kw) / len(prompt_words | kw) if kw else 0.0
-    palette = [p.lower() for p in persona.palette]
-    overlap = sum(1 for p in palette if p in prompt_words or p in " ".join(prompt_words))
-    return round(0.7 * jaccard + 0.3 * (overlap / len(palette) if palette else 0.0), 4)
+def tokens(text: str) -> list[str]:
+    return [t for t in re.findall(r"[a-z][a-z-]+", text.lower()) if t not in STOP]
+
+
+def persona_tokens(p: Persona) -> list[str]:
+    return tokens(" ".join([*p.keywords, p.aesthetic or "", p.description or ""]))
+
+
+def tfidf_cosines(query: list[str], docs: dict[str, list[str]]) -> dict[str, float]:
+    """Cosine of each doc's TF-IDF vector with the query's (smoothed IDF)."""
+    corpus = [query, *docs.values()]
+    n = len(corpus)
+    df = Counter(t for doc in corpus for t in set(doc))
+    idf = {t: math.log((1 + n) / (1 + d)) + 1 for t, d in df.items()}
+
+    def vector(doc: list[str]) -> dict[str, float]:
+        return {t: c * idf[t] for t, c in Counter(doc).items()}
+
+    def norm(v: dict[str, float]) -> float:
+        return math.sqrt(sum(x * x for x in v.values()))
+
+    q = vector(query)
+    out = {}
+    for key, doc in docs.items():
+        d = vector(doc)
+        denom = norm(q) * norm(d)
+        out[key] = sum(q[t] * d.get(t, 0.0) for t in q) / denom if denom else 0.0
+    return out
+
+
+def names_colour(text: str, colour: str) -> bool:
+    return re.search(rf"(?<![a-z]){re.escape(colour.lower())}(?![a-z])", text.lower()) is not None
+
+
+def palette_overlap(text: str, palette: list[str]) -> float:
+    return sum(names_colour(text, c) for c in palette) / len(palette) if palette else 0.0
 
 
 def match(prompt: str, personas: list[Persona], explicit_id: str | None) -> dict[str, Any]:
-    prompt_words = words(prompt)
-    scores = {p.id: score(prompt_words, p) for p in personas}
+    cosines = tfidf_cosines(tokens(prompt), {p.id: persona_tokens(p) for p in personas})
+    detail = {
+        p.id: {
+            "cosine": round(cosines[p.id], 4),
+            "palette": round(palette_overlap(prompt, p.palette), 4),
+        }
+        for p in personas
+    }
+    scores = {
+        pid: round(COSINE_WEIGHT * d["cosine"] + PALETTE_WEIGHT * d["palette"], 4)
+        for pid, d in detail.items()
+    }
+    best = max(personas, key=lambda p: (scores[p.id], p.is_default))
     chosen = next((p for p in personas if p.id == explicit_id), None)
-    reason = "explicit personaId"
-    if chosen is None:
-        best = max(personas, key=lambda p: (scores[p.id], p.is_default))
-        if scores[best.id] >= THRESHOLD:
-            chosen, reason = best, "best match"
-        else:
-            chosen = next((p for p in personas if p.is_default), None)
-            reason = "default persona" if chosen else f"no persona scored >= {THRESHOLD}"
+    if chosen is not None:
+        reason = "explicit personaId"
+    elif explicit_id:
+        reason = f"requested persona {explicit_id} no longer exists; nothing blended"
+    elif scores[best.id] >= THRESHOLD:
+        chosen, reason = best, f"best match ({scores[best.id]} >= {THRESHOLD})"
+    else:
+        reason = f"best match {best.name!r} scored {scores[best.id]} < {THRESHOLD}: nothing blended"
     injected = [k for k in (chosen.keywords if chosen else []) if k.lower() not in prompt.lower()]
     return {
         "personaId": chosen.id if chosen else None,
-        "matchScore": scores.get(chosen.id) if chosen else None,
+        "personaName": chosen.name if chosen else None,
+        "matchScore": scores[chosen.id] if chosen else None,
         "injectedKeywords": injected[:MAX_INJECTED],
+        "palette": list(chosen.palette) if chosen else [],
         "scores": scores,
+        "components": detail,
+        "threshold": THRESHOLD,
         "reason": reason,
     }
 
@@ -58,8 +118,12 @@ def run(ctx: StageContext) -> StageResult:
     )
     if not personas:
         return StageResult({"reason": "user has no personas"}, skipped=True)
-    prompt = ctx.output_of("enhance").get("mainPrompt", ctx.generation.prompt or "")
+    prompt = ctx.output_of("enhance").get("mainPrompt") or ctx.generation.prompt or ""
     result = match(prompt, personas, ctx.generation.persona_id)
-    if result["injectedKeywords"]:
-        result["prompt"] = prompt + ", " + ", ".join(result["injectedKeywords"])
+    result["inputs"] = {"personas": len(personas), "requested": ctx.generation.persona_id}
+    result["prompt"] = (
+        prompt + ", " + ", ".join(result["injectedKeywords"])
+        if result["injectedKeywords"]
+        else prompt
+    )
     return StageResult(result)

@@ -1,25 +1,36 @@
 """Stage 4, ``route``: choose provider + model. Routing is data: each adapter
-declares its capabilities, price, quality and latency; a strategy is a set
-of weights over normalised scores.
+in ``PROVIDERS`` declares its capabilities (aspect ratios, negative prompt,
+max prompt length, max images), price, quality score and typical latency;
+a strategy is a set of weights over normalised 0..1 components:
 
-Excluded: providers without keys, and providers that cannot serve the
-request (aspect ratio, image count). An explicit ``settings.provider`` wins
-(the API already refused one that cannot serve the request).
-Output: ``{provider, model, strategy, scores, excluded, aspectRatio, reason}``.
+- quality: the adapter's ``quality_score``;
+- suitability: 1.0, x0.7 without negative-prompt support when there is a
+  negative prompt, x0.6 when the prompt would have to be trimmed;
+- cost: 1 - price / dearest candidate's price;
+- speed: 1 - latency / slowest candidate's latency / 2;
+- success: recent success rate in the circuit window (Laplace-smoothed).
+
+Excluded: unknown providers, providers without their key, providers that
+cannot serve the request (aspect ratio, image count) and, unless asked for
+by name, providers whose circuit is open. An explicit ``settings.provider``
+wins (the API refuses one that cannot serve the request with a 422); with
+``auto``, ``BFF_DEFAULT_PROVIDER`` wins when it is a candidate, else the
+highest score (ties broken by id).
+Output: ``{provider, model, strategy, scores, components, excluded,
+aspectRatio, reason}``.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
-
 from ..config import Settings
-from ..models import Provider
-from ..providers import PROVIDERS, ImageRequest, unavailable_reason
+from ..providers import PROVIDERS, ImageRequest
 from ..providers.base import aspect_ratio_of
-from .context import StageContext, StageFailed, StageResult
+from ..providers.health import WindowStats, open_reason, window_stats
+from .context import StageContext, StageFailed, StageResult, StageTransient
 
+MAX_PROMPT = 5000  # our own API's limit, used when no provider is available
 WEIGHTS = {
     "balanced": {
         "quality": 0.30,
@@ -34,6 +45,15 @@ WEIGHTS = {
 }
 
 
+def key_missing(provider_id: str, settings: Settings) -> str | None:
+    cls = PROVIDERS.get(provider_id)
+    if cls is None:
+        return f"unknown provider {provider_id!r}"
+    if cls.key_env_var and not settings.key_for(cls.key_env_var):
+        return f"{cls.key_env_var} not configured"
+    return None
+
+
 def cannot_serve(provider_id: str, request: dict[str, Any]) -> str | None:
     caps = PROVIDERS[provider_id].capabilities
     if request["aspectRatio"] not in caps.aspect_ratios:
@@ -44,24 +64,33 @@ def cannot_serve(provider_id: str, request: dict[str, Any]) -> str | None:
 
 
 def exclusion(provider_id: str, request: dict[str, Any], settings: Settings) -> str | None:
-    return unavailable_reason(provider_id, settings) or cannot_serve(provider_id, request)
+    """Why this provider can never serve this request with these settings, or None."""
+    return key_missing(provider_id, settings) or cannot_serve(provider_id, request)
 
 
-def choose(
-    request: dict[str, Any], settings: Settings, success_rates: dict[str, float] | None = None
-) -> dict[str, Any]:
-    strategy = request.get("strategy") or "balanced"
-    weights = WEIGHTS[strategy]
+def prompt_budget(request: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """The prompt length ``enhance`` must fit (it runs before the provider is
+    chosen): the requested provider's limit, else the strictest among those
+    that could serve the request."""
     wanted = request.get("provider") or "auto"
-    if wanted == "auto" and settings.default_provider:
-        wanted = settings.default_provider
-    excluded = {pid: why for pid in PROVIDERS if (why := exclusion(pid, request, settings))}
-    candidates = [pid for pid in PROVIDERS if pid not in excluded]
-    if not candidates:
-        raise StageFailed(
-            "no image provider can serve this request: "
-            + "; ".join(f"{k}: {v}" for k, v in excluded.items())
-        )
+    if wanted != "auto" and wanted in PROVIDERS:
+        return {
+            "maxLength": PROVIDERS[wanted].capabilities.max_prompt_length,
+            "source": f"requested provider {wanted}",
+        }
+    usable = [pid for pid in PROVIDERS if not exclusion(pid, request, settings)]
+    if not usable:
+        return {"maxLength": MAX_PROMPT, "source": "no provider available: the API's limit"}
+    strictest = min(usable, key=lambda pid: (PROVIDERS[pid].capabilities.max_prompt_length, pid))
+    return {
+        "maxLength": PROVIDERS[strictest].capabilities.max_prompt_length,
+        "source": f"strictest available provider {strictest} (of {', '.join(sorted(usable))})",
+    }
+
+
+def _components(
+    candidates: list[str], request: dict[str, Any], health: dict[str, WindowStats]
+) -> dict[str, dict[str, float]]:
     probe = ImageRequest(
         generation_id="",
         prompt="",
@@ -69,45 +98,88 @@ def choose(
         aspect_ratio=request["aspectRatio"],
         count=1,
     )
-    prices = {pid: PROVIDERS[pid].price_for(probe) for pid in candidates}
+    prices = {pid: float(PROVIDERS[pid].price_for(probe)) for pid in candidates}
     latencies = {pid: PROVIDERS[pid].capabilities.typical_latency_s for pid in candidates}
-    max_price, max_latency = max(prices.values()) or 1.0, max(latencies.values()) or 1.0
-    rates = success_rates or {}
-    scores = {}
+    max_price, max_latency = max(prices.values()), max(latencies.values())
+    out = {}
     for pid in candidates:
         caps = PROVIDERS[pid].capabilities
-        parts = {
+        suitability = 1.0
+        if request.get("negativePrompt") and not caps.negative_prompt:
+            suitability *= 0.7
+        if request.get("promptLength", 0) > caps.max_prompt_length:
+            suitability *= 0.6
+        out[pid] = {
             "quality": caps.quality_score,
-            "suitability": 1.0
-            if (caps.negative_prompt or not request.get("negativePrompt"))
-            else 0.7,
-            "cost": 1 - prices[pid] / max_price if max_price else 1.0,
-            "speed": 1 - latencies[pid] / max_latency / 2,
-            "success": rates.get(pid, 1.0),
+            "suitability": suitability,
+            "cost": 1 - prices[pid] / max_price if max_price > 0 else 1.0,
+            "speed": 1 - latencies[pid] / max_latency / 2 if max_latency > 0 else 1.0,
+            "success": health.get(pid, WindowStats()).success_rate,
         }
-        scores[pid] = round(sum(weights[k] * v for k, v in parts.items()), 4)
-    if wanted != "auto" and wanted in candidates:
+    return out
+
+
+def choose(
+    request: dict[str, Any],
+    settings: Settings,
+    health: dict[str, WindowStats] | None = None,
+) -> dict[str, Any]:
+    health = health or {}
+    strategy = request.get("strategy") or "balanced"
+    weights = WEIGHTS[strategy]
+    wanted = request.get("provider") or "auto"
+    static = {pid: why for pid in PROVIDERS if (why := exclusion(pid, request, settings))}
+    circuits = {
+        pid: why
+        for pid in PROVIDERS
+        if pid not in static and (why := open_reason(health.get(pid, WindowStats()), settings))
+    }
+    notes: list[str] = []
+    if wanted != "auto":
+        if why := (static.get(wanted) or key_missing(wanted, settings)):
+            raise StageFailed(f"provider {wanted} cannot serve this request: {why}")
+        if wanted in circuits:  # asked for by name: use it, but say so
+            notes.append(f"{wanted}: {circuits.pop(wanted)}; used because it was requested")
+    excluded = {**static, **circuits}
+    candidates = [pid for pid in PROVIDERS if pid not in excluded]
+    if not candidates:
+        detail = "; ".join(f"{k}: {v}" for k, v in excluded.items())
+        if circuits:  # temporary: try again when the window has moved on
+            raise StageTransient(f"no provider available right now: {detail}")
+        raise StageFailed(f"no image provider can serve this request: {detail}")
+    components = _components(candidates, request, health)
+    scores = {
+        pid: round(sum(weights[k] * v for k, v in parts.items()), 4)
+        for pid, parts in components.items()
+    }
+    if wanted != "auto":
         chosen, reason = wanted, "explicitly requested"
-    elif wanted != "auto":
-        raise StageFailed(
-            f"provider {wanted} cannot serve this request: "
-            f"{excluded.get(wanted, 'unknown provider')}"
-        )
+    elif settings.default_provider in candidates:
+        chosen, reason = settings.default_provider, "BFF_DEFAULT_PROVIDER"
     else:
         chosen = max(candidates, key=lambda pid: (scores[pid], pid))
-        reason = f"highest {strategy} score"
+        reason = f"highest {strategy} score ({scores[chosen]})"
+        if settings.default_provider:
+            reason += f"; BFF_DEFAULT_PROVIDER {settings.default_provider} is excluded"
     return {
         "provider": chosen,
         "model": PROVIDERS[chosen].model,
         "strategy": strategy,
+        "weights": weights,
         "scores": scores,
+        "components": {
+            pid: {k: round(v, 4) for k, v in c.items()} for pid, c in components.items()
+        },
         "excluded": excluded,
         "aspectRatio": request["aspectRatio"],
         "reason": reason,
+        **({"notes": notes} if notes else {}),
     }
 
 
-def routing_request(settings: dict[str, Any], negative: str | None = None) -> dict[str, Any]:
+def routing_request(
+    settings: dict[str, Any], negative: str | None = None, prompt_length: int = 0
+) -> dict[str, Any]:
     return {
         "provider": settings.get("provider", "auto"),
         "strategy": settings.get("strategy", "balanced"),
@@ -115,13 +187,21 @@ def routing_request(settings: dict[str, Any], negative: str | None = None) -> di
         "aspectRatio": aspect_ratio_of(settings.get("size", "square")),
         "count": settings.get("count", 1),
         "negativePrompt": negative,
+        "promptLength": prompt_length,
     }
 
 
 def run(ctx: StageContext) -> StageResult:
     gen = ctx.generation
-    rows = ctx.session.scalars(select(Provider)).all()
-    rates = {r.id: (r.success_count + 1) / (r.success_count + r.failure_count + 1) for r in rows}
-    decision = choose(routing_request(gen.settings or {}, gen.negative_prompt), ctx.settings, rates)
+    enhance, persona = ctx.output_of("enhance"), ctx.output_of("persona")
+    prompt = persona.get("prompt") or enhance.get("mainPrompt") or gen.prompt or ""
+    negative = enhance.get("negativePrompt") or gen.negative_prompt
+    request = routing_request(gen.settings or {}, negative, len(prompt))
+    health = window_stats(ctx.session, ctx.settings.circuit_window_s)
+    decision = choose(request, ctx.settings, health)
+    decision["inputs"] = {k: v for k, v in request.items() if k != "negativePrompt"}
+    decision["health"] = {
+        pid: {"ok": s.ok, "failed": s.failed} for pid, s in sorted(health.items())
+    }
     gen.provider, gen.model = decision["provider"], decision["model"]
     return StageResult(decision)

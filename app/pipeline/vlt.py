@@ -70,3 +70,37 @@ class VltSpec(BaseModel):
 def normalize_spec(raw: Any) -> dict[str, Any]:
     """Validate and normalise; raises ``pydantic.ValidationError``."""
     return VltSpec.model_validate(raw).model_dump(mode="json")
+
+
+def _obj(props: dict[str, Any]) -> dict[str, Any]:
+    # OpenAI strict structured output: every property required, nothing extra.
+    return {
+        "type": "object",
+        "properties": props,
+        "required": list(props),
+        "additionalProperties": False,
+    }
+
+
+_S, _NS = {"type": "string"}, {"type": ["string", "null"]}
+
+RECORD_SCHEMA: dict[str, Any] = _obj(
+    {
+        "garmentType": _S,
+        "silhouette": _S,
+        "fabric": _obj({"type": _S, "texture": _NS, "weight": _NS, "finish": _NS}),
+        "colors": _obj({"primary": _S, "secondary": _NS, "pattern": _NS}),
+        "construction": _obj({"seams": _NS, "closure": _NS, "details": _NS}),
+        "style": _obj({"aesthetic": _S, "formality": _S, "season": _S}),
+        "promptText": _S,
+        "confidence": {"type": "number"},
+    }
+)
+"""JSON schema of one VLT record, as the vision model is asked to answer."""
+
+
+def normalize_record(raw: Any) -> dict[str, Any]:
+    """One record (the vision model's answer) validated into a whole spec."""
+    if not isinstance(raw, dict):
+        raise ValueError("a VLT record must be a JSON object")
+    return normalize_spec({"records": [raw]})

@@ -1,18 +1,116 @@
-"""Provider health as the workers see it: success and failure counts in the
-``providers`` table, updated after every ``generate`` stage outcome."""
+"""Provider health as the workers see it.
+
+After every ``generate`` outcome the runner calls ``record_outcome``: the
+lifetime counters in ``providers`` move, and a row goes into
+``provider_outcomes`` (rows older than ``RETENTION`` are pruned as new ones
+arrive). Routing reads the recent window:
+
+- ``window_stats``: successes and failures per provider in the window;
+- ``circuit_open``: why a provider's circuit is open (failure rate over
+  ``settings.circuit_failure_rate`` with at least ``circuit_min_samples``
+  outcomes in the last ``circuit_window_s`` seconds), or None. The circuit
+  closes by itself once the failures age out of the window.
+"""
 
 from __future__ import annotations
 
-from sqlalchemy import update
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
-from ..models import Provider
+from ..config import Settings
+from ..models import Provider, ProviderOutcome, utcnow
+
+RETENTION = timedelta(hours=24)
 
 
-def record_outcome(session: Session, provider_id: str, ok: bool, error: str | None = None) -> None:
+@dataclass(frozen=True)
+class WindowStats:
+    ok: int = 0
+    failed: int = 0
+
+    @property
+    def samples(self) -> int:
+        return self.ok + self.failed
+
+    @property
+    def failure_rate(self) -> float:
+        return self.failed / self.samples if self.samples else 0.0
+
+    @property
+    def success_rate(self) -> float:
+        """Laplace-smoothed, so one early failure does not read as 0 %."""
+        return (self.ok + 1) / (self.samples + 1) if self.samples else 1.0
+
+
+def _at(session: Session, when: datetime) -> datetime:
+    # SQLite stores naive UTC: compare like with like.
+    if session.get_bind().dialect.name == "sqlite":
+        return when.replace(tzinfo=None)
+    return when
+
+
+def record_outcome(
+    session: Session,
+    provider_id: str,
+    ok: bool,
+    error: str | None = None,
+    now: datetime | None = None,
+) -> None:
+    now = now or utcnow()
     values = (
         {"success_count": Provider.success_count + 1}
         if ok
         else {"failure_count": Provider.failure_count + 1, "last_error": (error or "")[:2000]}
     )
     session.execute(update(Provider).where(Provider.id == provider_id).values(**values))
+    session.add(
+        ProviderOutcome(
+            provider_id=provider_id,
+            ok=ok,
+            error=None if ok else (error or "")[:2000],
+            created_at=now,
+        )
+    )
+    session.execute(
+        delete(ProviderOutcome).where(
+            ProviderOutcome.provider_id == provider_id,
+            ProviderOutcome.created_at < _at(session, now - RETENTION),
+        )
+    )
+
+
+def window_stats(
+    session: Session, window_s: float, now: datetime | None = None
+) -> dict[str, WindowStats]:
+    cutoff = _at(session, (now or utcnow()) - timedelta(seconds=window_s))
+    rows = session.execute(
+        select(ProviderOutcome.provider_id, ProviderOutcome.ok, func.count())
+        .where(ProviderOutcome.created_at >= cutoff)
+        .group_by(ProviderOutcome.provider_id, ProviderOutcome.ok)
+    )
+    counts: dict[str, list[int]] = {}
+    for pid, ok, n in rows:
+        counts.setdefault(pid, [0, 0])[0 if ok else 1] += n
+    return {pid: WindowStats(ok=c[0], failed=c[1]) for pid, c in counts.items()}
+
+
+def open_reason(stats: WindowStats, settings: Settings) -> str | None:
+    if stats.samples < settings.circuit_min_samples:
+        return None
+    if stats.failure_rate <= settings.circuit_failure_rate:
+        return None
+    return (
+        f"circuit open: {stats.failed} of the last {stats.samples} calls failed "
+        f"within {settings.circuit_window_s}s"
+    )
+
+
+def circuit_open(
+    session: Session, provider_id: str, settings: Settings, now: datetime | None = None
+) -> str | None:
+    """Why ``provider_id``'s circuit is open, or None when it may be used."""
+    stats = window_stats(session, settings.circuit_window_s, now).get(provider_id, WindowStats())
+    return open_reason(stats, settings)

@@ -1,0 +1,161 @@
+"""The OpenAI chat/vision client ``analyze`` and ``enhance`` use when
+``OPENAI_API_KEY`` is set (``OPENAI_BASE_URL`` honoured, so tests point it at
+a fake server speaking the real wire format).
+
+One call shape: chat completions with a fixed system prompt, the user's
+content (text, optionally an image as a data URL) and a strict JSON schema as
+``response_format``. The answer is parsed and validated by the caller's
+function; an invalid answer is asked for once more, then ``LLMError`` is
+raised and the caller falls back to its offline engine, recording why.
+
+Errors (all ``LLMError``; the SDK has already retried 429/5xx/timeouts with
+backoff honouring ``Retry-After`` before we see them)::
+
+    LLMError
+    ├── LLMCallFailed     the API answered with an error or was unreachable
+    └── LLMInvalidOutput  the answer was not valid JSON for the schema, twice
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import openai
+from PIL import Image
+
+from ..config import Settings
+
+T = TypeVar("T")
+INVALID_RETRIES = 1
+SDK_RETRIES = 2
+IMAGE_SIDE = 1024  # vision models downscale anyway; smaller requests are faster
+
+
+class LLMError(Exception):
+    pass
+
+
+class LLMCallFailed(LLMError):
+    pass
+
+
+class LLMInvalidOutput(LLMError):
+    pass
+
+
+@dataclass
+class LLMAnswer:
+    value: Any
+    model: str
+    attempts: int
+    usage: dict[str, int] = field(default_factory=dict)
+    invalid: list[str] = field(default_factory=list)  # why earlier answers were rejected
+
+    def meta(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "attempts": self.attempts,
+            "usage": self.usage,
+            **({"rejectedAnswers": self.invalid} if self.invalid else {}),
+        }
+
+
+def available(settings: Settings) -> bool:
+    return bool(settings.openai_api_key)
+
+
+def client(settings: Settings) -> openai.OpenAI:
+    return openai.OpenAI(
+        api_key=settings.openai_api_key,
+        base_url=settings.openai_base_url,  # None: the SDK's own default / env
+        timeout=settings.llm_timeout_s,
+        max_retries=SDK_RETRIES,
+    )
+
+
+def image_data_url(data: bytes, side: int = IMAGE_SIDE) -> str:
+    """The image as a JPEG data URL no larger than ``side`` on its long edge."""
+    img = Image.open(io.BytesIO(data)).convert("RGB")
+    img.thumbnail((side, side))
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=88)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def user_content(text: str, image: bytes | None = None) -> str | list[dict[str, Any]]:
+    if image is None:
+        return text
+    return [
+        {"type": "text", "text": text},
+        {"type": "image_url", "image_url": {"url": image_data_url(image), "detail": "low"}},
+    ]
+
+
+def _describe(exc: openai.APIError) -> str:
+    if isinstance(exc, openai.APIStatusError):
+        body = exc.body if isinstance(exc.body, dict) else {}
+        return f"OpenAI API error {exc.status_code}: {body.get('message') or exc.message}"
+    if isinstance(exc, openai.APITimeoutError):
+        return "OpenAI API timed out"
+    return f"OpenAI API unreachable: {exc}"
+
+
+def chat_json(
+    settings: Settings,
+    *,
+    system: str,
+    content: str | list[dict[str, Any]],
+    schema_name: str,
+    schema: dict[str, Any],
+    validate: Callable[[Any], T],
+    api: openai.OpenAI | None = None,
+) -> LLMAnswer:
+    """Ask for a JSON document matching ``schema``; return ``validate(doc)``.
+
+    ``validate`` raises (ValueError, pydantic's ValidationError …) on an
+    answer it will not accept; that answer is asked for once more.
+    """
+    api = api or client(settings)
+    answer = LLMAnswer(value=None, model=settings.llm_model, attempts=0)
+    for _ in range(1 + INVALID_RETRIES):
+        answer.attempts += 1
+        try:
+            completion = api.chat.completions.create(
+                model=settings.llm_model,
+                messages=[
+                    {"role": "system", "content": system},
+                    {"role": "user", "content": content},
+                ],
+                response_format={
+                    "type": "json_schema",
+                    "json_schema": {"name": schema_name, "schema": schema, "strict": True},
+                },
+                temperature=0.2,
+            )
+        except openai.APIError as exc:
+            raise LLMCallFailed(_describe(exc)) from exc
+        answer.model = completion.model or answer.model
+        if completion.usage is not None:
+            answer.usage = {
+                "promptTokens": completion.usage.prompt_tokens,
+                "completionTokens": completion.usage.completion_tokens,
+            }
+        choice = completion.choices[0] if completion.choices else None
+        text = choice.message.content if choice and choice.message else None
+        try:
+            if not text:
+                raise ValueError(
+                    f"empty answer (finish_reason={choice.finish_reason if choice else None})"
+                )
+            answer.value = validate(json.loads(text))
+            return answer
+        except Exception as exc:  # anything the validator refuses: ask once more
+            answer.invalid.append(f"{type(exc).__name__}: {str(exc)[:300]}")
+    raise LLMInvalidOutput(
+        f"{schema_name}: no valid answer after {answer.attempts} attempts ({answer.invalid[-1]})"
+    )

@@ -1,0 +1,215 @@
+"""Stage 2: the template engine, prompt fitting, and the LLM engine against
+the fake OpenAI chat server."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from app.config import Settings
+from app.pipeline.enhance import (
+    NEGATIVE,
+    QUALITY_TERMS,
+    TEMPLATES,
+    build_package,
+    build_package_llm,
+    choose_template,
+)
+from app.pipeline.llm import LLMCallFailed, LLMInvalidOutput
+from app.providers import PROVIDERS
+from tests.test_route import fake_provider
+
+SPEC = {
+    "garmentType": "dress",
+    "silhouette": "fitted",
+    "fabric": {"type": "silk", "texture": "smooth", "finish": "glossy"},
+    "colors": {"primary": "black", "secondary": "white", "pattern": None},
+    "construction": {"seams": "princess seams", "closure": "side zipper", "details": None},
+    "style": {"aesthetic": "minimalist", "formality": "formal", "season": "all-season"},
+    "promptText": "Black fitted silk dress with princess seams",
+}
+
+
+@pytest.mark.parametrize(
+    "text, template",
+    [
+        ("black silk evening gown for a gala", "elegant-evening"),
+        ("boho floral maxi dress with lace", "romantic-bohemian"),
+        ("sculptural bold runway coat", "dramatic-avant-garde"),
+        ("clean tailored minimal trouser suit", "minimalist-modern"),
+        ("a coat", "minimalist-modern"),
+    ],
+)
+def test_template_is_chosen_from_the_prompts_words(text, template):
+    assert choose_template(text, None) == template
+    assert build_package(text, None)["templateId"] == template
+
+
+def test_spec_style_steers_the_template_and_fills_the_slots():
+    pkg = build_package(None, SPEC)
+    assert pkg["templateId"] == "minimalist-modern"  # aesthetic "minimalist" outweighs "formal"
+    main = pkg["mainPrompt"]
+    assert main.startswith(SPEC["promptText"])  # the designer's words lead
+    for slot in ("fitted black and white silk dress", "glossy smooth finish", "side zipper"):
+        assert slot in main
+    t = TEMPLATES["minimalist-modern"]
+    assert t["lighting"] in main and t["composition"] in main
+    assert pkg["photographyStyle"] == t["style"]
+    assert "matched" in pkg["reason"] and "minimalist" in pkg["reason"]
+
+
+def test_the_users_words_are_kept_verbatim_and_negative_prompts_merge():
+    pkg = build_package("Emerald SLIP dress, bias cut", None, user_negative="sequins, blurry")
+    assert pkg["mainPrompt"].startswith("Emerald SLIP dress, bias cut, ")
+    neg = pkg["negativePrompt"]
+    assert neg.startswith("sequins, blurry")
+    assert neg.count("blurry") == 1 and "watermark" in neg  # the default list, deduplicated
+    assert build_package("a coat", None)["negativePrompt"] == NEGATIVE
+
+
+def test_fitting_trims_the_lowest_value_terms_first():
+    full = build_package("ivory wool coat", None)
+    assert full["trimmed"] == [] and len(full["mainPrompt"]) > 200
+    short = build_package("ivory wool coat", None, max_len=150)
+    assert len(short["mainPrompt"]) <= 150
+    assert short["mainPrompt"].startswith("ivory wool coat, ")
+    assert short["promptLimit"] == 150
+    assert short["trimmed"][-len(QUALITY_TERMS) :] == QUALITY_TERMS  # quality terms go first
+    assert TEMPLATES["minimalist-modern"]["style"] in short["mainPrompt"]  # style stays
+    assert all(k.lower() in short["mainPrompt"].lower() for k in short["keywords"])
+    assert not set(short["keywords"]) & set(short["trimmed"])
+
+
+def test_deterministic():
+    assert build_package("red coat", SPEC, max_len=300) == build_package(
+        "red coat", SPEC, max_len=300
+    )
+
+
+# ------------------------------------------------------------------ the stage
+
+
+def _run_enhance(app, client, user, settings: dict) -> dict:
+    from app.pipeline.runner import run_stage
+
+    resp = client.post(
+        "/api/generate/from-prompt",
+        json={"prompt": "navy wool peacoat with brass buttons", "settings": settings},
+        headers=user.headers,
+    )
+    assert resp.status_code == 202, resp.get_json()
+    s = app.extensions["bff"]
+    gen_id = resp.get_json()["id"]
+    for stage in ("analyze", "enhance"):
+        run_stage(s.db, s.settings, s.storage, gen_id, stage)
+    body = client.get(f"/api/generate/{gen_id}", headers=user.headers).get_json()
+    assert body["stages"][1]["status"] == "completed"
+    return body
+
+
+def test_stage_fits_the_strictest_available_provider(app, client, user, monkeypatch):
+    monkeypatch.setitem(
+        PROVIDERS, "tiny", fake_provider("tiny", quality=0.5, price=0, latency=1, max_len=120)
+    )
+    body = _run_enhance(app, client, user, {})
+    out = body["stages"][1]["output"]
+    assert out["inputs"]["promptLimit"]["maxLength"] == 120
+    assert "tiny" in out["inputs"]["promptLimit"]["source"]
+    assert len(out["mainPrompt"]) <= 120 and out["trimmed"]
+    assert body["prompt"]["enhanced"] == out["mainPrompt"]
+
+    body = _run_enhance(app, client, user, {"provider": "local"})  # requested: its own limit
+    out = body["stages"][1]["output"]
+    assert out["inputs"]["promptLimit"] == {
+        "maxLength": 5000,
+        "source": "requested provider local",
+    }
+    assert out["trimmed"] == []
+
+
+# ------------------------------------------------------------------ LLM engine
+
+
+@pytest.fixture
+def llm_settings(openai_chat, tmp_path) -> Settings:
+    return Settings.from_env(
+        {
+            "OPENAI_API_KEY": "sk-test",
+            "OPENAI_BASE_URL": openai_chat.base_url,
+            "BFF_VAR_DIR": str(tmp_path),
+            "BFF_LLM_MODEL": "gpt-test-mini",
+        }
+    )
+
+
+def _answer(**over) -> dict:
+    return {
+        "mainPrompt": "editorial photo, navy wool peacoat with brass buttons, soft window light",
+        "negativePrompt": "blurry, cartoon",
+        "keywords": ["editorial"],
+        "photographyStyle": "editorial street photography",
+        "templateId": "minimalist-modern",
+        **over,
+    }
+
+
+def test_llm_engine_keeps_the_designers_words_in_front(openai_chat, llm_settings):
+    openai_chat.script_content(_answer())
+    pkg = build_package_llm(llm_settings, "navy wool peacoat with brass buttons", None, "fur")
+    assert pkg["engine"] == "openai-chat"
+    assert pkg["mainPrompt"] == (
+        "navy wool peacoat with brass buttons, editorial photo, soft window light"
+    )
+    assert pkg["negativePrompt"] == "fur, blurry, cartoon"
+    assert pkg["llm"]["model"] == "gpt-test-mini"
+    (body,) = openai_chat.requests
+    assert body["model"] == "gpt-test-mini"
+    assert body["response_format"]["json_schema"]["name"] == "prompt_package"
+    sent = json.loads(body["messages"][1]["content"])
+    assert sent["designerWords"] == "navy wool peacoat with brass buttons"
+    assert sent["maxLength"] == 5000
+
+
+def test_llm_answer_that_drops_the_users_words_gets_them_back_and_is_fitted(
+    openai_chat, llm_settings
+):
+    long_tail = ", ".join(f"term {i}" for i in range(60))
+    openai_chat.script_content(_answer(mainPrompt=f"a coat photo, {long_tail}"))
+    pkg = build_package_llm(llm_settings, "Navy peacoat", None, max_len=100)
+    assert pkg["mainPrompt"].startswith("Navy peacoat, a coat photo")
+    assert len(pkg["mainPrompt"]) <= 100 and pkg["trimmed"][-1] == "term 59"
+
+
+def test_llm_invalid_twice_or_errors_raise(openai_chat, llm_settings):
+    openai_chat.script_content(_answer(templateId="cyberpunk"))  # not one of ours
+    openai_chat.script_content(_answer(mainPrompt=""))
+    with pytest.raises(LLMInvalidOutput):
+        build_package_llm(llm_settings, "coat", None)
+    for _ in range(3):  # the SDK retries a 500 twice
+        openai_chat.script_error(500, "The server had an error", retry_after=0.01)
+    with pytest.raises(LLMCallFailed, match="500"):
+        build_package_llm(llm_settings, "coat", None)
+    assert len(openai_chat.requests) == 5
+
+
+def test_stage_falls_back_to_templates_and_says_why(app_config, openai_chat):
+    from app import create_app
+    from tests.conftest import make_user
+
+    app = create_app(
+        {**app_config, "OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": openai_chat.base_url}
+    )
+    user = make_user(app, "vera")
+    client = app.test_client()
+    out = _run_enhance(app, client, user, {})["stages"][1]["output"]
+    assert out["engine"] == "openai-chat"  # the fake's default answer
+    assert out["mainPrompt"].startswith("navy wool peacoat with brass buttons")
+
+    openai_chat.script_error(401, "Incorrect API key provided", code="invalid_api_key")
+    out = _run_enhance(app, client, user, {})["stages"][1]["output"]
+    assert out["engine"] == "offline-templates"
+    assert out["fallback"] == {
+        "from": "openai-chat",
+        "reason": "OpenAI API error 401: Incorrect API key provided",
+    }

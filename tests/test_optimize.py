@@ -1,0 +1,187 @@
+"""Stage 5: the optimiser's arithmetic and its decisions, and the whole
+feedback loop driven in-process (stages via run_stage, feedback through the
+API, applied as the ``feedback.apply`` task does)."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import select
+
+from app import generations as svc
+from app.maintenance import apply_one_feedback
+from app.models import PromptTokenScore
+from app.pipeline import STAGES
+from app.pipeline.enhance import TEMPLATES
+from app.pipeline.optimize import (
+    BAD,
+    EXPLOIT_BUDGET,
+    mode_for,
+    optimize,
+    reward_of,
+    tokens,
+)
+from app.pipeline.runner import run_stage
+
+
+def gen_id(mode: str, salt: str = "") -> str:
+    """A generation id whose seeded coin lands on ``mode``."""
+    return next(f"gen_{salt}{i:04d}" for i in range(1000) if mode_for(f"gen_{salt}{i:04d}") == mode)
+
+
+def test_rewards():
+    assert reward_of("outlier", None) == 1.0
+    assert reward_of("heart", None) == 0.9
+    assert [reward_of("rating", r) for r in range(1, 6)] == [0, 0.25, 0.5, 0.75, 1.0]
+    assert reward_of("comment", None) is None
+
+
+def test_explore_rate_is_about_one_in_five_and_seeded_by_the_id():
+    modes = [mode_for(f"gen_{i}") for i in range(2000)]
+    assert 0.17 < modes.count("explore") / len(modes) < 0.23
+    assert mode_for("gen_x") == mode_for("gen_x")
+
+
+def test_exploit_adds_the_best_learnt_tokens_after_the_users_words():
+    scores = {"candlelit glow": 0.7, "chiaroscuro": 0.65, "film grain": 0.6, "moody": 0.58}
+    scores |= {"soft light": 0.9, "neutral": 0.52}
+    out = optimize(gen_id("exploit"), "Velvet Coat, soft light", "blurry", scores, "Velvet Coat")
+    assert out["mode"] == "exploit"
+    assert out["addedTokens"] == ["candlelit glow", "chiaroscuro", "film grain"]  # budget 3
+    assert len(out["addedTokens"]) == EXPLOIT_BUDGET
+    assert out["finalPrompt"] == (
+        "Velvet Coat, candlelit glow, chiaroscuro, film grain, soft light"
+    )  # the user's words verbatim, first; "soft light" was already there
+    assert (out["currentReward"], out["expectedReward"]) == (0.7, 0.67)  # means of scores
+
+
+def test_explore_tries_terms_of_other_templates():
+    out = optimize(gen_id("explore"), "a coat", "", {}, "a coat", template_id="minimalist-modern")
+    others = {
+        t for tid, tpl in TEMPLATES.items() if tid != "minimalist-modern" for t in tpl["terms"]
+    }
+    assert out["mode"] == "explore" and 1 <= len(out["addedTokens"]) <= 2
+    assert set(out["addedTokens"]) <= others
+
+
+def test_disliked_tokens_move_to_the_negative_prompt_but_never_the_users_words():
+    scores = {"neon glare": 0.2, "harsh flash": 0.25, "mine": 0.1, "fine": 0.4}
+    out = optimize(gen_id("exploit"), "mine, neon glare, fine", "blurry", scores, "mine")
+    assert out["finalPrompt"] == "mine, fine"
+    assert out["demotedTokens"] == ["neon glare"]
+    assert out["negativePrompt"] == "blurry, neon glare, harsh flash"
+
+
+def test_fits_the_providers_limit_and_is_deterministic():
+    long = ", ".join(f"term {i}" for i in range(100))
+    args = (gen_id("exploit"), f"gown, {long}", "", {"learnt": 0.8}, "gown")
+    out = optimize(*args, max_len=60)
+    assert len(out["finalPrompt"]) <= 60 and out["finalPrompt"].startswith("gown, learnt")
+    assert optimize(*args, max_len=60) == out
+
+
+def test_tokens_are_lower_cased_terms():
+    assert tokens("Red Coat,  soft   light, red coat,") == ["red coat", "soft light"]
+
+
+# ------------------------------------------------------------------ the loop
+
+
+def make_generation(app, user, prompt: str, mode: str = "exploit", salt: str = "") -> str:
+    s = app.extensions["bff"]
+    with s.db.session() as session:
+        gid = gen_id(mode, f"{user.id}{salt}")
+        svc.create(
+            session, user_id=user.id, mode="prompt", settings={}, prompt=prompt, generation_id=gid
+        )
+    for stage in STAGES[: STAGES.index("optimize") + 1]:
+        run_stage(s.db, s.settings, s.storage, gid, stage)
+    return gid
+
+
+def feedback(app, client, user, gid: str, **body) -> None:
+    resp = client.post(f"/api/generate/{gid}/feedback", json=body, headers=user.headers)
+    assert resp.status_code == 201, resp.get_json()
+    assert apply_one_feedback(app.extensions["bff"].db, resp.get_json()["id"]) > 0
+
+
+def final(app, client, user, gid: str) -> dict:
+    body = client.get(f"/api/generate/{gid}", headers=user.headers).get_json()
+    return next(s for s in body["stages"] if s["name"] == "optimize")["output"]
+
+
+def score(app, user, token: str) -> float | None:
+    with app.extensions["bff"].db.session() as session:
+        return session.scalar(
+            select(PromptTokenScore.score).where(
+                PromptTokenScore.user_id == user.id, PromptTokenScore.token == token
+            )
+        )
+
+
+def test_hearts_teach_a_token_low_ratings_banish_one_and_users_stay_apart(
+    app, client, user, other_user
+):
+    # Three hearted generations in three different templates share one term.
+    for i, prompt in enumerate(
+        (
+            "velvet evening gown, candlelit glow",
+            "boho lace dress, candlelit glow",
+            "sculptural bold coat, candlelit glow",
+        )
+    ):
+        gid = make_generation(app, user, prompt, salt=f"h{i}")
+        assert "candlelit glow" in final(app, client, user, gid)["finalPrompt"]
+        feedback(app, client, user, gid, feedbackType="heart")
+    assert score(app, user, "candlelit glow") == pytest.approx(0.5 + 0.4 * (1 - 0.9**3))
+
+    later = final(app, client, user, make_generation(app, user, "grey wool trousers", salt="l"))
+    assert later["mode"] == "exploit"
+    assert "candlelit glow" in later["addedTokens"]
+    assert later["finalPrompt"].startswith("grey wool trousers, candlelit glow")
+
+    # The other user learnt nothing from that.
+    theirs = final(
+        app, client, other_user, make_generation(app, other_user, "grey wool trousers", salt="o")
+    )
+    assert theirs["addedTokens"] == [] and "candlelit glow" not in theirs["finalPrompt"]
+
+    # Five 1-star ratings on a generation with "neon glare" push it below BAD.
+    gid = make_generation(app, user, "leather jacket, neon glare", salt="b")
+    for _ in range(5):
+        feedback(app, client, user, gid, feedbackType="rating", rating=1)
+    assert score(app, user, "neon glare") < BAD
+    later = final(app, client, user, make_generation(app, user, "silk blouse", salt="l2"))
+    assert "neon glare" in later["negativePrompt"]
+    assert "neon glare" not in later["finalPrompt"]
+    theirs = final(
+        app, client, other_user, make_generation(app, other_user, "silk blouse", "exploit", "o2")
+    )
+    assert "neon glare" not in theirs["negativePrompt"]
+
+
+def test_comments_do_not_move_scores_and_feedback_applies_once(app, client, user):
+    gid = make_generation(app, user, "linen shirt")
+    resp = client.post(
+        f"/api/generate/{gid}/feedback",
+        json={"feedbackType": "comment", "comment": "nice"},
+        headers=user.headers,
+    )
+    assert apply_one_feedback(app.extensions["bff"].db, resp.get_json()["id"]) == 0
+    assert score(app, user, "linen shirt") is None
+    resp = client.post(
+        f"/api/generate/{gid}/feedback", json={"feedbackType": "outlier"}, headers=user.headers
+    )
+    fid = resp.get_json()["id"]
+    assert apply_one_feedback(app.extensions["bff"].db, fid) > 0
+    assert apply_one_feedback(app.extensions["bff"].db, fid) == 0  # already applied
+    assert score(app, user, "linen shirt") == pytest.approx(0.55)
+
+
+def test_explored_tokens_learn_one_and_a_half_times_as_fast(app, client, user):
+    gid = make_generation(app, user, "linen shirt", mode="explore")
+    out = final(app, client, user, gid)
+    assert out["mode"] == "explore" and out["addedTokens"]
+    feedback(app, client, user, gid, feedbackType="outlier")
+    explored = out["addedTokens"][0].lower()
+    assert score(app, user, explored) == pytest.approx(0.5 + 0.15 * 0.5)
+    assert score(app, user, "linen shirt") == pytest.approx(0.5 + 0.1 * 0.5)

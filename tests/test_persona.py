@@ -1,0 +1,131 @@
+"""Stage 3: persona matching (TF-IDF cosine + palette overlap) and the stage."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.models import Persona
+from app.pipeline.enhance import build_package
+from app.pipeline.persona import THRESHOLD, match, palette_overlap, tfidf_cosines, tokens
+
+
+def persona(pid: str, keywords, palette=(), aesthetic=None, default=False, desc="") -> Persona:
+    return Persona(
+        id=pid,
+        user_id=1,
+        name=pid.title(),
+        description=desc,
+        keywords=list(keywords),
+        palette=list(palette),
+        aesthetic=aesthetic,
+        is_default=default,
+    )
+
+
+EVENING = persona(
+    "evening", ["evening gown", "silk", "couture", "gala glamour"], ["emerald", "gold"], "elegant"
+)
+BOHO = persona(
+    "boho", ["flowing", "floral print", "lace", "festival"], ["sage", "cream"], "bohemian"
+)
+STREET = persona("street", ["oversized", "sneakers", "graphic tee"], ["black"], "streetwear")
+
+
+def enhanced(text: str) -> str:
+    return build_package(text, None)["mainPrompt"]
+
+
+def test_best_matching_persona_is_blended_with_its_missing_keywords():
+    prompt = enhanced("emerald silk evening gown with a low back")
+    out = match(prompt, [BOHO, EVENING, STREET], None)
+    assert out["personaId"] == "evening"
+    assert out["matchScore"] >= THRESHOLD
+    assert out["scores"]["evening"] > max(out["scores"]["boho"], out["scores"]["street"])
+    assert out["components"]["evening"]["palette"] == 0.5  # emerald named, gold not
+    # "silk", "evening gown" and "couture" (the template's "haute couture") are already there.
+    assert out["injectedKeywords"] == ["gala glamour"]
+    assert out["reason"].startswith("best match")
+
+
+def test_a_prompt_unlike_every_persona_blends_nothing():
+    out = match(enhanced("grey wool trousers, pleated"), [BOHO, EVENING, STREET], None)
+    assert out["personaId"] is None and out["injectedKeywords"] == []
+    assert "nothing blended" in out["reason"]
+    assert max(out["scores"].values()) < THRESHOLD
+
+
+def test_explicit_persona_wins_even_with_a_low_score():
+    out = match(enhanced("grey wool trousers"), [BOHO, STREET], "street")
+    assert out["personaId"] == "street" and out["reason"] == "explicit personaId"
+    assert out["injectedKeywords"] == ["oversized", "sneakers", "graphic tee"]
+    gone = match(enhanced("grey wool trousers"), [BOHO], "deleted-one")
+    assert gone["personaId"] is None and "no longer exists" in gone["reason"]
+
+
+def test_ties_go_to_the_default_persona():
+    a = persona("a", ["linen"])
+    b = persona("b", ["linen"], default=True)
+    assert match("linen shirt", [a, b], None)["personaId"] == "b"
+
+
+def test_tfidf_discounts_words_every_persona_shares():
+    docs = {"x": tokens("dress minimal"), "y": tokens("dress floral")}
+    cos = tfidf_cosines(tokens("floral dress"), docs)
+    assert cos["y"] > cos["x"] > 0
+
+
+def test_palette_overlap_matches_whole_colour_names_only():
+    assert palette_overlap("a tailored coat", ["red"]) == 0  # not inside "tailored"
+    assert palette_overlap("sky blue and red silk", ["sky blue", "red", "navy"]) == pytest.approx(
+        2 / 3
+    )
+    assert palette_overlap("anything", []) == 0
+
+
+# ------------------------------------------------------------------ the stage
+
+
+def _run(app, client, user, body: dict, until: str = "persona") -> dict:
+    from app.pipeline import STAGES
+    from app.pipeline.runner import run_stage
+
+    resp = client.post("/api/generate/from-prompt", json=body, headers=user.headers)
+    assert resp.status_code == 202, resp.get_json()
+    gen_id = resp.get_json()["id"]
+    s = app.extensions["bff"]
+    for stage in STAGES[: STAGES.index(until) + 1]:
+        run_stage(s.db, s.settings, s.storage, gen_id, stage)
+    return client.get(f"/api/generate/{gen_id}", headers=user.headers).get_json()
+
+
+def _stage(body: dict, name: str) -> dict:
+    return next(s for s in body["stages"] if s["name"] == name)
+
+
+def test_stage_is_skipped_without_personas(app, client, user):
+    body = _run(app, client, user, {"prompt": "emerald silk evening gown"})
+    st = _stage(body, "persona")
+    assert st["status"] == "skipped" and st["output"]["reason"] == "user has no personas"
+
+
+def test_stage_blends_the_match_into_the_final_prompt(app, client, user, other_user):
+    created = client.post(
+        "/api/personas",
+        json={
+            "name": "Evening",
+            "keywords": ["evening gown", "couture", "gala glamour"],
+            "palette": ["emerald", "gold"],
+            "aesthetic": "elegant",
+        },
+        headers=user.headers,
+    ).get_json()
+    body = _run(app, client, user, {"prompt": "emerald silk evening gown"}, until="optimize")
+    out = _stage(body, "persona")["output"]
+    assert out["personaId"] == created["id"]
+    assert out["inputs"] == {"personas": 1, "requested": None}
+    assert out["injectedKeywords"] == ["gala glamour"]
+    assert "gala glamour" in body["prompt"]["final"]
+
+    # Another user's personas are not theirs to match.
+    other = _run(app, client, other_user, {"prompt": "emerald silk evening gown"})
+    assert _stage(other, "persona")["status"] == "skipped"

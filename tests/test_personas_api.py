@@ -1,0 +1,117 @@
+"""/api/personas: CRUD, ownership (another user's persona is a 404), one
+default per user, validation errors as 422 JSON."""
+
+from __future__ import annotations
+
+import pytest
+
+BODY = {
+    "name": "Evening",
+    "description": "Gala looks",
+    "keywords": ["evening gown", "couture"],
+    "palette": ["emerald", "gold"],
+    "aesthetic": "elegant",
+}
+
+
+def create(client, user, **over) -> dict:
+    resp = client.post("/api/personas", json={**BODY, **over}, headers=user.headers)
+    assert resp.status_code == 201, resp.get_json()
+    assert resp.headers["Location"] == f"/api/personas/{resp.get_json()['id']}"
+    return resp.get_json()
+
+
+def test_create_show_list_patch_delete(client, user):
+    p = create(client, user)
+    assert p["id"].startswith("per_")
+    assert {k: p[k] for k in BODY} == BODY and p["isDefault"] is False
+    assert p["createdAt"].endswith("Z")
+    assert client.get(f"/api/personas/{p['id']}", headers=user.headers).get_json() == p
+
+    q = create(client, user, name="Boho", keywords=["lace"])
+    items = client.get("/api/personas", headers=user.headers).get_json()["items"]
+    assert [i["id"] for i in items] == [p["id"], q["id"]]
+
+    resp = client.patch(
+        f"/api/personas/{p['id']}", json={"keywords": ["gala"]}, headers=user.headers
+    )
+    assert resp.status_code == 200
+    patched = resp.get_json()
+    assert patched["keywords"] == ["gala"] and patched["name"] == "Evening"  # partial update
+
+    assert client.delete(f"/api/personas/{p['id']}", headers=user.headers).status_code == 204
+    assert client.get(f"/api/personas/{p['id']}", headers=user.headers).status_code == 404
+
+
+def test_only_one_default_persona_per_user(client, user, other_user):
+    a = create(client, user, isDefault=True)
+    theirs = create(client, other_user, isDefault=True)
+    b = create(client, user, name="Second", isDefault=True)
+    mine = {
+        i["id"]: i["isDefault"]
+        for i in client.get("/api/personas", headers=user.headers).get_json()["items"]
+    }
+    assert mine == {a["id"]: False, b["id"]: True}
+    client.patch(f"/api/personas/{a['id']}", json={"isDefault": True}, headers=user.headers)
+    mine = {
+        i["id"]: i["isDefault"]
+        for i in client.get("/api/personas", headers=user.headers).get_json()["items"]
+    }
+    assert mine == {a["id"]: True, b["id"]: False}
+    # Another user's default is untouched.
+    assert client.get(f"/api/personas/{theirs['id']}", headers=other_user.headers).get_json()[
+        "isDefault"
+    ]
+
+
+def test_another_users_persona_is_a_404_everywhere(client, user, other_user):
+    p = create(client, user)
+    url = f"/api/personas/{p['id']}"
+    for method in ("get", "patch", "delete"):
+        kwargs = {"json": {"name": "x"}} if method == "patch" else {}
+        resp = getattr(client, method)(url, headers=other_user.headers, **kwargs)
+        assert resp.status_code == 404, method
+        assert resp.get_json()["error"]["code"] == "not_found"
+    assert client.get("/api/personas", headers=other_user.headers).get_json()["items"] == []
+    assert client.get(url, headers=user.headers).status_code == 200  # still there
+    # Nor can it be named in a generation.
+    resp = client.post(
+        "/api/generate/from-prompt",
+        json={"prompt": "a gown", "personaId": p["id"]},
+        headers=other_user.headers,
+    )
+    assert resp.status_code == 422
+    assert resp.get_json()["error"]["details"][0]["field"] == "personaId"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},
+        {"name": ""},
+        {"name": "x", "keywords": "silk"},
+        {"name": "x", "keywords": ["k"] * 51},
+        {"name": "x", "palette": [1, 2]},
+        {"name": "x" * 121},
+        {"name": "x", "isDefault": "maybe"},
+    ],
+)
+def test_invalid_bodies_are_422(client, user, body):
+    resp = client.post("/api/personas", json=body, headers=user.headers)
+    assert resp.status_code == 422, resp.get_json()
+    err = resp.get_json()["error"]
+    assert err["code"] == "validation_error" and err["details"]
+
+
+def test_patch_validates_too_and_bad_requests_are_json(client, user):
+    p = create(client, user)
+    url = f"/api/personas/{p['id']}"
+    assert client.patch(url, json={"name": ""}, headers=user.headers).status_code == 422
+    resp = client.post("/api/personas", data="name=x", headers=user.headers)
+    assert resp.status_code == 415 and resp.get_json()["error"]["code"] == "unsupported_media_type"
+    resp = client.post(
+        "/api/personas", data="{oops", headers={**user.headers, "Content-Type": "application/json"}
+    )
+    assert resp.status_code == 400
+    assert client.get("/api/personas").status_code == 401
+    assert client.get("/api/personas/per_nope", headers=user.headers).status_code == 404

@@ -1,0 +1,259 @@
+"""Stage 4: routing as data over small fake provider classes registered in
+PROVIDERS, provider health windows and the circuit breaker."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import func, select
+
+from app.config import Settings
+from app.models import ProviderOutcome, utcnow
+from app.pipeline.context import StageFailed, StageTransient
+from app.pipeline.route import WEIGHTS, choose, prompt_budget, routing_request
+from app.providers import PROVIDERS
+from app.providers.base import ASPECT_RATIOS, Capabilities
+from app.providers.health import WindowStats, circuit_open, record_outcome, window_stats
+
+
+def fake_provider(
+    pid: str,
+    *,
+    quality: float,
+    price: float,
+    latency: float,
+    key: str | None = None,
+    ratios: tuple[str, ...] = ASPECT_RATIOS,
+    negative: bool = True,
+    max_len: int = 5000,
+    max_images: int = 4,
+) -> type:
+    caps = Capabilities(ratios, negative, max_len, max_images, quality, latency)
+    return type(
+        f"Fake{pid.title().replace('-', '')}",
+        (),
+        {
+            "id": pid,
+            "model": f"{pid}-v1",
+            "key_env_var": key,
+            "capabilities": caps,
+            "price_for": staticmethod(lambda request, p=price: p),
+        },
+    )
+
+
+@pytest.fixture
+def providers(monkeypatch):
+    """Replace the registry with three fakes: good-and-dear, cheap, fast."""
+    for pid in list(PROVIDERS):
+        monkeypatch.delitem(PROVIDERS, pid)
+    fakes = {
+        "hq": fake_provider("hq", quality=0.95, price=0.08, latency=20),
+        "cheap": fake_provider("cheap", quality=0.5, price=0.01, latency=10),
+        "fast": fake_provider("fast", quality=0.6, price=0.04, latency=2, max_len=400),
+    }
+    for pid, cls in fakes.items():
+        monkeypatch.setitem(PROVIDERS, pid, cls)
+    return fakes
+
+
+@pytest.fixture
+def settings(tmp_path) -> Settings:
+    return Settings.from_env({"BFF_VAR_DIR": str(tmp_path)})
+
+
+def req(**settings) -> dict:
+    return routing_request(settings)
+
+
+@pytest.mark.parametrize(
+    "strategy, expected",
+    [("balanced", "cheap"), ("quality", "hq"), ("cost", "cheap"), ("speed", "fast")],
+)
+def test_each_strategy_picks_by_its_weights(providers, settings, strategy, expected):
+    out = choose(req(strategy=strategy), settings)
+    assert out["provider"] == expected
+    assert out["model"] == f"{expected}-v1"
+    assert out["strategy"] == strategy
+    assert set(out["scores"]) == {"hq", "cheap", "fast"} and out["excluded"] == {}
+    assert max(out["scores"], key=out["scores"].get) == expected
+
+
+def test_balanced_score_is_the_documented_weighted_sum(providers, settings):
+    out = choose(req(), settings)
+    w = WEIGHTS["balanced"]
+    assert (w["quality"], w["suitability"], w["cost"], w["speed"], w["success"]) == (
+        0.30,
+        0.25,
+        0.20,
+        0.15,
+        0.10,
+    )
+    # hq: quality .95, suitable, dearest (cost 0), slowest (speed .5), no history (1.0)
+    assert out["components"]["hq"] == {
+        "quality": 0.95,
+        "suitability": 1.0,
+        "cost": 0.0,
+        "speed": 0.5,
+        "success": 1.0,
+    }
+    assert out["scores"]["hq"] == pytest.approx(0.3 * 0.95 + 0.25 + 0 + 0.15 * 0.5 + 0.1)
+
+
+def test_providers_without_keys_or_capabilities_are_excluded(providers, settings, monkeypatch):
+    monkeypatch.setitem(
+        PROVIDERS,
+        "keyed",
+        fake_provider("keyed", quality=1, price=0, latency=1, key="OPENAI_API_KEY"),
+    )
+    monkeypatch.setitem(
+        PROVIDERS,
+        "square-only",
+        fake_provider(
+            "square-only", quality=0.9, price=0, latency=1, ratios=("1:1",), max_images=1
+        ),
+    )
+    out = choose(req(size="16:9"), settings)
+    assert out["excluded"] == {
+        "keyed": "OPENAI_API_KEY not configured",
+        "square-only": "aspect ratio 16:9 not supported",
+    }
+    out = choose(req(count=2), settings)
+    assert out["excluded"]["square-only"] == "at most 1 images per request"
+    with_key = replace(settings, openai_api_key="sk-x")
+    assert choose(req(), with_key)["provider"] == "keyed"  # perfect on every component
+
+
+def test_suitability_penalises_missing_negative_prompt_and_long_prompts(providers, settings):
+    request = routing_request({}, negative="blurry", prompt_length=1000)
+    parts = choose(request, settings)["components"]
+    assert parts["fast"]["suitability"] == 0.6  # 1000 > its 400-character limit
+    assert parts["hq"]["suitability"] == 1.0
+
+
+def test_explicit_provider_wins_and_default_provider_is_preferred(providers, settings):
+    assert choose(req(provider="cheap"), settings)["reason"] == "explicitly requested"
+    with pytest.raises(StageFailed, match="unknown provider"):
+        choose(req(provider="nope"), settings)
+    dflt = replace(settings, default_provider="hq")
+    out = choose(req(), dflt)
+    assert (out["provider"], out["reason"]) == ("hq", "BFF_DEFAULT_PROVIDER")
+
+
+def test_prompt_budget_is_the_strictest_usable_or_the_requested_limit(providers, settings):
+    assert prompt_budget(req(), settings)["maxLength"] == 400
+    assert "fast" in prompt_budget(req(), settings)["source"]
+    assert prompt_budget(req(provider="hq"), settings)["maxLength"] == 5000
+
+
+# ---------------------------------------------------------------- health and circuits
+
+
+def test_failures_in_the_window_open_the_circuit(app, providers):
+    s = app.extensions["bff"]
+    settings = s.settings
+    now = utcnow()
+    with s.db.session() as session:
+        for i in range(5):  # old failures: outside the 300 s window
+            record_outcome(
+                session, "hq", ok=False, error="boom", now=now - timedelta(minutes=20 + i)
+            )
+        for _ in range(4):
+            record_outcome(session, "hq", ok=False, error="HTTP 500", now=now)
+        record_outcome(session, "hq", ok=True, now=now)
+        record_outcome(session, "cheap", ok=True, now=now)
+    with s.db.session() as session:
+        stats = window_stats(session, settings.circuit_window_s)
+        assert stats["hq"] == WindowStats(ok=1, failed=4)
+        assert "4 of the last 5 calls failed" in circuit_open(session, "hq", settings)
+        assert circuit_open(session, "cheap", settings) is None
+
+    out = choose(req(strategy="quality"), settings, stats)
+    assert out["provider"] != "hq"
+    assert out["excluded"]["hq"].startswith("circuit open")
+    assert out["components"]["cheap"]["success"] == 1.0  # (1 + 1) / (1 + 1)
+
+    explicit = choose(req(provider="hq"), settings, stats)
+    assert explicit["provider"] == "hq" and "circuit open" in explicit["notes"][0]
+
+
+def test_all_circuits_open_is_transient_not_fatal(providers, settings):
+    broken = {pid: WindowStats(ok=0, failed=9) for pid in providers}
+    with pytest.raises(StageTransient, match="no provider available right now"):
+        choose(req(), settings, broken)
+
+
+def test_recent_failures_lower_the_success_component(providers, settings):
+    out = choose(req(), settings, {"fast": WindowStats(ok=2, failed=2)})  # below min samples
+    assert "fast" not in out["excluded"]
+    assert out["components"]["fast"]["success"] == pytest.approx(0.6)
+
+
+def test_old_outcomes_are_pruned(app):
+    s = app.extensions["bff"]
+    now = utcnow()
+    with s.db.session() as session:
+        record_outcome(session, "local", ok=True, now=now - timedelta(days=2))
+        record_outcome(session, "local", ok=True, now=now)
+    with s.db.session() as session:
+        n = session.scalar(select(func.count()).select_from(ProviderOutcome))
+        assert n == 1
+
+
+# ---------------------------------------------------------------- API and stage
+
+
+@pytest.fixture
+def dalle(monkeypatch):
+    cls = fake_provider(
+        "openai-dalle3", quality=0.85, price=0.04, latency=15, key="OPENAI_API_KEY", ratios=("1:1",)
+    )
+    monkeypatch.setitem(PROVIDERS, "openai-dalle3", cls)
+    return cls
+
+
+def test_explicit_provider_that_cannot_serve_is_a_422_at_submit(app_config, dalle):
+    from app import create_app
+    from tests.conftest import make_user
+
+    for extra, body_settings, why in (
+        ({}, {"provider": "openai-dalle3"}, "OPENAI_API_KEY not configured"),
+        (
+            {"OPENAI_API_KEY": "sk-x"},
+            {"provider": "openai-dalle3", "size": "16:9"},
+            "aspect ratio 16:9 not supported",
+        ),
+    ):
+        app = create_app({**app_config, **extra})
+        user = make_user(app, f"u{len(extra)}")
+        resp = app.test_client().post(
+            "/api/generate/from-prompt",
+            json={"prompt": "a coat", "settings": body_settings},
+            headers=user.headers,
+        )
+        assert resp.status_code == 422
+        err = resp.get_json()["error"]
+        assert err["code"] == "provider_unavailable" and why in err["message"]
+
+
+def test_route_stage_records_its_decision_in_the_generation(app, client, user, dalle):
+    from app.pipeline.runner import run_stage
+
+    resp = client.post(
+        "/api/generate/from-prompt",
+        json={"prompt": "ivory wool coat", "settings": {"strategy": "cost"}},
+        headers=user.headers,
+    )
+    gen_id = resp.get_json()["id"]
+    s = app.extensions["bff"]
+    for stage in ("analyze", "enhance", "persona", "route"):
+        run_stage(s.db, s.settings, s.storage, gen_id, stage)
+    body = client.get(f"/api/generate/{gen_id}", headers=user.headers).get_json()
+    out = next(st for st in body["stages"] if st["name"] == "route")["output"]
+    assert body["provider"] == out["provider"] == "local"
+    assert body["model"] == "bff-local-v1"
+    assert out["strategy"] == "cost"
+    assert out["excluded"]["openai-dalle3"] == "OPENAI_API_KEY not configured"
+    assert out["inputs"]["promptLength"] > len("ivory wool coat")
