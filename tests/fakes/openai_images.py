@@ -69,6 +69,7 @@ class FakeOpenAIImages(FakeServer):
         self.latency = 0.0
         self.files: dict[str, bytes] = {}
         self.bodies: list[dict[str, Any]] = []
+        self.call_times: list[float] = []  # when each billed call was answered
 
     def calls(self, model: str | None = None) -> int:
         with self.lock:
@@ -77,6 +78,12 @@ class FakeOpenAIImages(FakeServer):
                 if (model is None)
                 else self.counters[f"generate:{model}"]
             )
+
+    def reset(self) -> None:
+        super().reset()
+        with self.lock:
+            self.bodies.clear()
+            self.call_times.clear()
 
     def route(self, request: Request) -> Response:
         parts = [p for p in request.path.split("/") if p]
@@ -186,6 +193,7 @@ class FakeOpenAIImages(FakeServer):
         w, h = (int(x) // SCALE for x in (size if size != "auto" else "1024x1024").split("x"))
         with self.lock:
             self.counters[f"generate:{model}"] += n
+            self.call_times.append(time.time())
         data = []
         for _ in range(n):
             image = png(w, h, secrets.token_hex(4))
