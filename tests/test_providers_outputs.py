@@ -89,3 +89,18 @@ def test_expired_output_fails_with_a_clear_message():
         fake.expire_outputs()
         with pytest.raises(StageFailed, match="expired"):
             download(s, url)
+
+
+def test_store_uploads_bytes_kept_inline_when_the_bucket_was_down():
+    import base64
+    from types import SimpleNamespace
+
+    from app.pipeline.store import _fetch
+
+    ctx = SimpleNamespace(settings=Settings.from_env({}), storage=None)
+    data = b"\x89PNG\r\n\x1a\n" + b"\x00" * 8
+    assert _fetch(ctx, {"data": base64.b64encode(data).decode()}) == data
+    with pytest.raises(StageFailed, match="corrupt"):
+        _fetch(ctx, {"data": "not base64!"})
+    with pytest.raises(StageFailed, match="no image reference"):
+        _fetch(ctx, {})
