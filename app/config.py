@@ -39,10 +39,25 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
     return int(raw) if raw not in (None, "") else default
 
 
+RATE_LIMIT_DEFAULTS = {
+    "google-imagen": "100/60",
+    "openai-dalle3": "50/60",
+    "openai-gpt-image": "50/60",
+}
+
+
 def _rate(raw: str) -> tuple[int, float]:
-    """ "COUNT/SECONDS" (e.g. "60/60"); "0" turns the limit off."""
-    count, _, window = raw.partition("/")
-    return int(count), float(window or 60)
+    """``"100/60"`` (100 per 60 s) or ``"100"`` (per minute)."""
+    count, _, per = raw.partition("/")
+    return int(count), float(per or 60)
+
+
+def _rate_limits(env: Mapping[str, str]) -> dict[str, tuple[int, float]]:
+    # BFF_RATE_LIMIT_GOOGLE_IMAGEN, BFF_RATE_LIMIT_OPENAI_DALLE3, BFF_RATE_LIMIT_OPENAI_GPT_IMAGE
+    return {
+        pid: _rate(env.get("BFF_RATE_LIMIT_" + pid.upper().replace("-", "_")) or default)
+        for pid, default in RATE_LIMIT_DEFAULTS.items()
+    }
 
 
 def _float(env: Mapping[str, str], name: str, default: float) -> float:
@@ -89,6 +104,12 @@ class Settings:
     circuit_window_s: int = 300
     circuit_min_samples: int = 5
     circuit_failure_rate: float = 0.5
+    # Global provider rate limits, id -> (requests, per seconds); shared via Redis.
+    rate_limits: dict[str, tuple[int, float]] = field(default_factory=dict)
+    # How long a generate run waits on a provider in-process before freeing the worker.
+    provider_poll_seconds: float = 2.0
+    # Redis broker: an unacked message is redelivered after this many seconds.
+    broker_visibility_timeout: int = 3600
 
     @property
     def embedded_broker(self) -> bool:
@@ -163,4 +184,7 @@ class Settings:
             circuit_window_s=_int(env, "BFF_CIRCUIT_WINDOW_S", 300),
             circuit_min_samples=_int(env, "BFF_CIRCUIT_MIN_SAMPLES", 5),
             circuit_failure_rate=_float(env, "BFF_CIRCUIT_FAILURE_RATE", 0.5),
+            rate_limits=_rate_limits(env),
+            provider_poll_seconds=_float(env, "BFF_PROVIDER_POLL_SECONDS", 2.0),
+            broker_visibility_timeout=_int(env, "BFF_BROKER_VISIBILITY_TIMEOUT", 3600),
         )

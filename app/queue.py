@@ -5,8 +5,10 @@
   Safe because stages are idempotent (``pipeline.runner``).
 - ``worker_prefetch_multiplier = 1``: a slow provider call never sits on
   messages another worker could run.
-- Redis ``visibility_timeout`` (1 h) is longer than any countdown we use, so
-  a retry scheduled with a countdown is not redelivered early.
+- Redis ``visibility_timeout`` (1 h, ``BFF_BROKER_VISIBILITY_TIMEOUT``) is
+  longer than any countdown we use, so a retry scheduled with a countdown is
+  not redelivered early. It is also how long a message held by a killed
+  worker waits before it is delivered again.
 - No result backend: Postgres is the source of truth for progress.
 - The embedded default broker is kombu's filesystem transport: no server,
   works across processes (file locks), supports fanout for revoke/inspect.
@@ -82,7 +84,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         }
         conf["beat_schedule_filename"] = str(settings.var_dir / "celerybeat-schedule")
     elif settings.broker_url.startswith(("redis://", "rediss://")):
-        conf["broker_transport_options"] = {"visibility_timeout": 3600}
+        vt = settings.broker_visibility_timeout
+        conf["broker_transport_options"] = {"visibility_timeout": vt}
+        if vt < 3600:  # a short timeout is only useful if abandoned messages are swept often
+            conf["broker_transport_options"].update(
+                unacked_restore_interval=max(1, min(10, vt // 4)), unacked_restore_throttle=1
+            )
     return conf
 
 

@@ -15,6 +15,7 @@ from ..auth import load_user
 from ..errors import ApiError, not_found
 from ..models import Generation, GenerationAsset, GenerationFeedback, Persona, new_id
 from ..pipeline.route import exclusion, routing_request
+from ..providers.cancel import cancel_remote
 from ..queue import dispatch
 from ..quotas import check_submission
 from ..schemas import FeedbackIn, ImageSubmit, PromptSubmit
@@ -240,6 +241,7 @@ def index():
 
 def _revoke_running(gen: Generation) -> None:
     """Best effort: the stage guard already stops every later stage."""
+    cancel_remote(services().settings, gen)  # a running Replicate prediction, too
     ids = [st.task_id for st in gen.stages if st.status == "running" and st.task_id]
     if ids:
         try:

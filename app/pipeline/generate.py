@@ -1,16 +1,27 @@
 """Stage 6, ``generate``: call the chosen image provider.
 
+The adapter gets a ``Job``: the state an earlier run saved (prediction ids,
+images already returned), a way to save more *before* waiting on anything
+paid, a global rate-limit token dispenser (``app.ratelimit``) and how long it
+may wait in-process. So a provider still working, or no token free, becomes
+``StageWaiting`` (the worker is freed, the stage re-runs later and resumes),
+and a retry never pays twice.
+
 Images a provider hands back as bytes are written straight to their final,
-deterministic storage key (``store`` then verifies and records them);
-images behind a URL are recorded for ``store`` to fetch. Provider errors
-arrive already mapped (``providers.base``) and become stage outcomes here.
+deterministic storage key (``store`` then verifies and records them); if the
+bucket is down they are kept inline (base64) for ``store``, because calling
+the provider again would pay again. Images behind a URL are recorded for
+``store`` to fetch. Provider errors arrive already mapped
+(``providers.base``) and become stage outcomes here.
 """
 
 from __future__ import annotations
 
+import base64
 from decimal import Decimal
 from typing import Any
 
+from .. import ratelimit
 from ..providers import (
     ImageRequest,
     ProviderRejected,
@@ -19,8 +30,11 @@ from ..providers import (
     get_provider,
     unavailable_reason,
 )
+from ..providers.base import Job, ProviderPending
 from ..storage import StorageError, asset_key
-from .context import StageContext, StageFailed, StageResult, StageTransient
+from .context import StageContext, StageFailed, StageResult, StageTransient, StageWaiting
+
+RUNNER_KEYS = ("checkpoint", "waiting")  # the runner's bookkeeping in a saved state
 
 EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
 
@@ -57,10 +71,18 @@ def run(ctx: StageContext) -> StageResult:
         raise StageFailed("no provider was chosen by the route stage")
     if reason := unavailable_reason(provider_id, ctx.settings):
         raise StageFailed(reason)
-    provider = get_provider(provider_id, ctx.settings)
+    job = Job(
+        state={k: v for k, v in ctx.previous.items() if k not in RUNNER_KEYS},
+        saver=ctx.checkpoint,
+        acquire=lambda: ratelimit.acquire(ctx.settings, provider_id),
+        poll_for=ctx.settings.provider_poll_seconds,
+    )
+    provider = get_provider(provider_id, ctx.settings, job)
     request = build_request(ctx)
     try:
         result = provider.generate(request)
+    except ProviderPending as exc:
+        raise StageWaiting(exc.retry_in, exc.reason) from exc
     except ProviderTransient as exc:
         raise StageTransient(str(exc), exc.retry_after) from exc
     except (ProviderRejected, ProviderUnavailable) as exc:
@@ -73,9 +95,9 @@ def run(ctx: StageContext) -> StageResult:
             key = asset_key(gen.user_id, gen.id, i, EXTENSIONS.get(out.content_type, "png"))
             try:
                 ctx.storage.put(key, out.data, out.content_type)
-            except StorageError as exc:
-                raise StageTransient(f"storage unavailable: {exc}") from exc
-            ref["storedKey"] = key
+                ref["storedKey"] = key
+            except StorageError:  # paid for: keep the bytes for ``store`` to upload
+                ref["data"] = base64.b64encode(out.data).decode()
         else:
             ref["url"] = out.url
         outputs.append(ref)

@@ -1,20 +1,36 @@
 """Stage 7, ``store``: fetch every output, verify it is an image, put it in the
 bucket under its deterministic key and record the asset (size, dimensions,
-content type, CDN URL). Re-running it overwrites the same keys and rows."""
+content type, CDN URL). Re-running it overwrites the same keys and rows.
+
+Downloads only from provider hosts (``providers.registry.is_output_url_allowed``:
+the providers' CDNs and the configured base URLs' hosts), never following a
+redirect elsewhere, size-capped and content-type checked. The bucket is
+retried with backoff (``S3Storage``, then this stage's attempts); if it stays
+down the generation fails here with the provider's output reference kept in
+``generate``'s output, and ``POST /api/generate/<id>/retry`` resumes at this
+stage without calling the provider again (while the provider still serves the
+output: Replicate deletes it after an hour, then the error says so).
+"""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import io
+from urllib.parse import urljoin
 
 import requests
 from PIL import Image
 from sqlalchemy import select
 
+from ..config import Settings
 from ..models import GenerationAsset
+from ..providers.registry import is_output_url_allowed
 from ..storage import StorageError, asset_key
 from .context import StageContext, StageFailed, StageResult, StageTransient
 
 MAX_DOWNLOAD_BYTES = 50 * 1024 * 1024
+MAX_REDIRECTS = 3
 FORMATS = {
     "PNG": ("image/png", "png"),
     "JPEG": ("image/jpeg", "jpg"),
@@ -22,30 +38,58 @@ FORMATS = {
 }
 
 
-def download(url: str, limit: int = MAX_DOWNLOAD_BYTES) -> bytes:
-    """Fetch a provider output, refusing non-images and anything over ``limit``."""
+def download(settings: Settings, url: str, limit: int = MAX_DOWNLOAD_BYTES) -> bytes:
+    """Fetch a provider output, refusing other hosts, non-images and anything over ``limit``."""
     try:
-        with requests.get(url, stream=True, timeout=(5, 60)) as resp:
-            if resp.status_code in (404, 410):
-                raise StageFailed(
-                    "the provider's output has expired or was deleted; generate the image again"
-                )
-            if resp.status_code >= 500 or resp.status_code == 429:
-                raise StageTransient(f"output download failed with HTTP {resp.status_code}")
-            if resp.status_code >= 400:
-                raise StageFailed(f"output download refused with HTTP {resp.status_code}")
-            ctype = resp.headers.get("Content-Type", "").split(";")[0].strip()
-            if ctype and not (ctype.startswith("image/") or ctype == "application/octet-stream"):
-                raise StageFailed(f"provider output is not an image ({ctype})")
-            chunks, size = [], 0
-            for chunk in resp.iter_content(64 * 1024):
-                size += len(chunk)
-                if size > limit:
-                    raise StageFailed(f"provider output exceeds {limit // (1024 * 1024)} MB")
-                chunks.append(chunk)
-            return b"".join(chunks)
+        for _ in range(MAX_REDIRECTS + 1):
+            if not is_output_url_allowed(settings, url):
+                raise StageFailed("refusing to download a provider output from an unexpected host")
+            with requests.get(url, stream=True, timeout=(5, 60), allow_redirects=False) as resp:
+                if resp.is_redirect:
+                    url = urljoin(url, resp.headers.get("Location", ""))
+                    continue
+                return _read(resp, limit)
+        raise StageFailed("too many redirects downloading the provider output")
     except requests.RequestException as exc:
         raise StageTransient(f"output download failed: {type(exc).__name__}") from exc
+
+
+def _read(resp: requests.Response, limit: int) -> bytes:
+    if resp.status_code in (404, 410):
+        raise StageFailed(
+            "the provider's output has expired or was deleted (Replicate keeps outputs "
+            "for an hour); generate the image again"
+        )
+    if resp.status_code >= 500 or resp.status_code == 429:
+        raise StageTransient(f"output download failed with HTTP {resp.status_code}")
+    if resp.status_code >= 400:
+        raise StageFailed(f"output download refused with HTTP {resp.status_code}")
+    ctype = resp.headers.get("Content-Type", "").split(";")[0].strip()
+    if ctype and not (ctype.startswith("image/") or ctype == "application/octet-stream"):
+        raise StageFailed(f"provider output is not an image ({ctype})")
+    declared = resp.headers.get("Content-Length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise StageFailed(f"provider output exceeds {limit // (1024 * 1024)} MB")
+    chunks, size = [], 0
+    for chunk in resp.iter_content(64 * 1024):
+        size += len(chunk)
+        if size > limit:
+            raise StageFailed(f"provider output exceeds {limit // (1024 * 1024)} MB")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _fetch(ctx: StageContext, ref: dict) -> bytes:
+    if ref.get("storedKey"):
+        return ctx.storage.get(ref["storedKey"])
+    if ref.get("data"):  # bytes kept inline because the bucket was down at generate
+        try:
+            return base64.b64decode(ref["data"], validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise StageFailed("the generated image data is corrupt") from exc
+    if ref.get("url"):
+        return download(ctx.settings, ref["url"])
+    raise StageFailed("the provider returned no image reference")
 
 
 def run(ctx: StageContext) -> StageResult:
@@ -63,9 +107,7 @@ def run(ctx: StageContext) -> StageResult:
     for ref in outputs:
         i = int(ref["index"])
         try:
-            data = (
-                ctx.storage.get(ref["storedKey"]) if ref.get("storedKey") else download(ref["url"])
-            )
+            data = _fetch(ctx, ref)
         except KeyError as exc:
             raise StageFailed("the generated image is missing from storage") from exc
         except StorageError as exc:
@@ -91,7 +133,7 @@ def run(ctx: StageContext) -> StageResult:
         asset.r2_key, asset.cdn_url, asset.content_type = key, url, content_type
         asset.file_size, asset.width, asset.height = len(data), width, height
         asset.provider_id, asset.asset_type = gen.provider, "image"
-        asset.meta = {k: v for k, v in ref.items() if k not in ("storedKey", "index")}
+        asset.meta = {k: v for k, v in ref.items() if k not in ("storedKey", "index", "data")}
         ctx.session.add(asset)
         recorded.append(
             {

@@ -6,10 +6,15 @@ Error tree (each adapter maps its vendor's errors here, once)::
     ├── ProviderTransient   retry with backoff (429, 5xx, timeouts); retry_after
     ├── ProviderRejected    fail the job with the provider's reason (policy, auth)
     └── ProviderUnavailable not configured (missing key): fail, naming the variable
+
+    ProviderPending         not an error: the provider is still working, or a
+                            rate-limit token is not free yet; call again later
 """
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -34,6 +39,43 @@ class ProviderRejected(ProviderError):
 
 class ProviderUnavailable(ProviderError):
     pass
+
+
+class ProviderPending(Exception):
+    """Nothing wrong, not done: call ``generate`` again in ``retry_in`` seconds."""
+
+    def __init__(self, retry_in: float, reason: str) -> None:
+        super().__init__(reason)
+        self.retry_in = retry_in
+        self.reason = reason
+
+
+def _no_wait() -> None:
+    return None
+
+
+@dataclass
+class Job:
+    """What a remote adapter needs besides the request, so a call can span
+    several runs of the stage without paying twice:
+
+    - ``state``: what an earlier run saved (e.g. prediction ids), else {};
+    - ``save(update)``: durably merge ``update`` into ``state`` now, before
+      waiting on anything that costs money;
+    - ``acquire()``: take a global rate-limit token before each paid call
+      (raises ``ProviderPending`` when none is free);
+    - ``poll_for``: seconds to wait in-process before yielding the worker.
+    """
+
+    state: dict[str, Any] = field(default_factory=dict)
+    saver: Callable[[dict[str, Any]], None] | None = None
+    acquire: Callable[[], None] = _no_wait
+    poll_for: float = 2.0
+
+    def save(self, update: dict[str, Any]) -> None:
+        self.state = {**self.state, **copy.deepcopy(update)}  # a snapshot, not aliases
+        if self.saver is not None:
+            self.saver(self.state)
 
 
 @dataclass(frozen=True)
@@ -87,7 +129,9 @@ class ImageProvider(Protocol):
         """USD for one image of this request (the price table lives in ``pricing``)."""
         ...
 
-    def generate(self, request: ImageRequest) -> ProviderResult: ...
+    def generate(self, request: ImageRequest) -> ProviderResult:
+        """Remote adapters take a ``Job`` in their constructor (``get_provider``)."""
+        ...
 
 
 def unavailable_reason(provider_id: str, settings: Settings) -> str | None:

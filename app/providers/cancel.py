@@ -1,0 +1,33 @@
+"""Canceling a generation also stops the provider's work where the provider
+allows it (Replicate predictions), so nobody keeps paying for an image that
+will never be stored. Best effort: the stage guard stops the pipeline anyway."""
+
+from __future__ import annotations
+
+import logging
+
+from ..config import Settings
+from ..models import Generation
+from ..states import STAGE_DONE
+from .registry import PROVIDERS
+
+log = logging.getLogger(__name__)
+
+
+def cancel_remote(settings: Settings, gen: Generation) -> int:
+    """Cancel the generation's running predictions (ids read from the ``generate``
+    stage's checkpoint); returns how many cancel requests were sent."""
+    cls = PROVIDERS.get(gen.provider or "")
+    if cls is None or not hasattr(cls, "cancel"):
+        return 0
+    stage = next((s for s in gen.stages if s.name == "generate"), None)
+    if stage is None or stage.status in STAGE_DONE:
+        return 0
+    ids = list((stage.output or {}).get("predictions") or [])
+    if not ids:
+        return 0
+    try:
+        return cls(settings).cancel(ids)
+    except Exception:  # noqa: BLE001 - never fail the user's cancel over this
+        log.warning("could not cancel predictions of %s", gen.id, exc_info=True)
+        return 0

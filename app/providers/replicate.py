@@ -1,0 +1,221 @@
+"""``google-imagen``: Google Imagen 4 Ultra on Replicate (``google/imagen-4-ultra``)
+through the ``replicate`` SDK.
+
+One prediction per image (the model returns one image URL). Per run of the
+stage: for each missing image take a rate-limit token, create the prediction
+(``POST /v1/models/google/imagen-4-ultra/predictions``) and save its id at
+once; then poll ``GET /v1/predictions/{id}`` for up to ``job.poll_for``
+seconds; still running means ``ProviderPending`` and the worker is freed. The
+next run resumes the saved ids, so a retried or redelivered stage never pays
+for a second prediction.
+
+Errors, mapped once here (``_mapped``): 429 (``detail``: "... resets in ~Ns"),
+5xx, timeouts and connection errors are transient; 401/403 (token), 402
+(billing), 4xx validation and a ``failed`` prediction with a safety error
+(E005) are rejected with the provider's words. ``aborted`` (never ran, not
+billed) and "interrupted" failures drop that prediction and retry anew.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import httpx
+import replicate
+from replicate.exceptions import ReplicateError
+
+from ..config import Settings
+from . import pricing
+from .base import (
+    ASPECT_RATIOS,
+    Capabilities,
+    ImageOutput,
+    ImageRequest,
+    Job,
+    ProviderPending,
+    ProviderRejected,
+    ProviderResult,
+    ProviderTransient,
+)
+
+MODEL = "google/imagen-4-ultra"
+RUNNING = ("starting", "processing")
+SAFETY = re.compile(r"\bE005\b|sensitive|safety|flagged|nsfw", re.IGNORECASE)
+INTERRUPTED = re.compile(r"\(code: PA\)|interrupted", re.IGNORECASE)
+RESETS_IN = re.compile(r"resets in ~?\s*(\d+(?:\.\d+)?)\s*s", re.IGNORECASE)
+NEGATIVE_HANDLING = "no negative_prompt input: folded into the prompt as 'Avoid: …'"
+
+
+def _detail(exc: ReplicateError) -> str:
+    return exc.detail or exc.title or f"HTTP {exc.status}"
+
+
+@contextmanager
+def _mapped(what: str) -> Iterator[None]:
+    """Replicate's and httpx's exceptions -> our error tree, in one place."""
+    try:
+        yield
+    except ReplicateError as exc:
+        status, detail = exc.status or 0, _detail(exc)
+        if status == 429:
+            m = RESETS_IN.search(detail)
+            raise ProviderTransient(
+                f"Replicate is rate limiting ({what}): {detail}",
+                float(m.group(1)) if m else None,
+            ) from exc
+        if status >= 500:
+            raise ProviderTransient(f"Replicate error {status} ({what}): {detail}") from exc
+        if status in (401, 403):
+            raise ProviderRejected(
+                f"Replicate refused REPLICATE_API_TOKEN ({status}): {detail}"
+            ) from exc
+        if status == 402:
+            raise ProviderRejected(f"Replicate billing problem: {detail}") from exc
+        raise ProviderRejected(f"Replicate rejected the request ({status}): {detail}") from exc
+    except httpx.TimeoutException as exc:
+        raise ProviderTransient(f"Replicate timed out ({what})") from exc
+    except httpx.TransportError as exc:
+        raise ProviderTransient(f"Replicate unreachable ({what}): {type(exc).__name__}") from exc
+
+
+class ReplicateImagen:
+    id = "google-imagen"
+    model = MODEL
+    key_env_var = "REPLICATE_API_TOKEN"
+    capabilities = Capabilities(
+        aspect_ratios=ASPECT_RATIOS,
+        negative_prompt=False,
+        max_prompt_length=2000,
+        max_images=4,
+        quality_score=0.95,
+        typical_latency_s=12.0,
+    )
+    # Where its outputs may be downloaded from (plus REPLICATE_BASE_URL's host).
+    output_hosts = ("replicate.delivery", ".replicate.delivery")
+
+    def __init__(
+        self, settings: Settings, job: Job | None = None, poll_interval: float = 0.5
+    ) -> None:
+        self.client = replicate.Client(
+            api_token=settings.replicate_api_token,
+            base_url=settings.replicate_base_url,
+            timeout=httpx.Timeout(30.0, connect=5.0),
+        )
+        # The SDK retries GETs on 429/503/504 up to 10 times behind our back;
+        # attempts are counted (and backed off) once, by the stage runner.
+        transport = getattr(self.client._client, "_transport", None)
+        if hasattr(transport, "max_attempts"):
+            transport.max_attempts = 1
+        self.job = job or Job()
+        self.poll_interval = poll_interval
+
+    @staticmethod
+    def price_for(request: ImageRequest) -> float:
+        return pricing.price(ReplicateImagen.id, request.quality)
+
+    def inputs(self, request: ImageRequest) -> dict[str, Any]:
+        """Only fields the model's schema accepts, plus notes on what we changed."""
+        prompt, notes = request.prompt, {}
+        if request.negative_prompt:
+            prompt = f"{prompt}. Avoid: {request.negative_prompt}"
+            notes["negativePromptHandling"] = NEGATIVE_HANDLING
+        limit = self.capabilities.max_prompt_length
+        if len(prompt) > limit:
+            prompt, notes["promptTruncatedFrom"] = prompt[:limit], len(prompt)
+        ratio = request.aspect_ratio if request.aspect_ratio in ASPECT_RATIOS else "1:1"
+        return {
+            "input": {
+                "prompt": prompt,
+                "aspect_ratio": ratio,
+                "output_format": "png",
+                "safety_filter_level": "block_only_high",
+            },
+            **notes,
+        }
+
+    def generate(self, request: ImageRequest) -> ProviderResult:
+        sent = self.job.state.get("sent") or self.inputs(request)
+        ids = list(self.job.state.get("predictions") or [])
+        while len(ids) < request.count:
+            self.job.acquire()  # ProviderPending when no token: ids so far are saved
+            with _mapped("create"):
+                prediction = self.client.predictions.create(model=MODEL, input=sent["input"])
+            ids.append(prediction.id)
+            self.job.save({"predictions": ids, "sent": sent})  # before waiting on it
+        finished = self._wait(ids)
+        outputs = []
+        for pid in ids:
+            for url in _urls(finished[pid].get("output")):
+                outputs.append(
+                    ImageOutput(url=url, content_type="image/png", meta={"predictionId": pid})
+                )
+        metrics = {pid: finished[pid].get("metrics") or {} for pid in ids}
+        return ProviderResult(
+            outputs=outputs, sent=sent, meta={"predictions": ids, "metrics": metrics}
+        )
+
+    def _wait(self, ids: list[str]) -> dict[str, dict[str, Any]]:
+        deadline = time.monotonic() + self.job.poll_for
+        done: dict[str, dict[str, Any]] = {}
+        while True:
+            running = []
+            for pid in ids:
+                if pid in done:
+                    continue
+                # Raw JSON, not the SDK's model: SDK 1.0.7 rejects status "aborted".
+                with _mapped("poll"):
+                    data = self.client._request("GET", f"/v1/predictions/{pid}").json()
+                status = data.get("status")
+                if status in RUNNING:
+                    running.append(f"{pid} {status}")
+                else:
+                    done[pid] = self._final(pid, data, ids)
+            if not running:
+                return done
+            if time.monotonic() + self.poll_interval > deadline:
+                raise ProviderPending(1.5, "waiting for Replicate prediction " + ", ".join(running))
+            time.sleep(self.poll_interval)
+
+    def _final(self, pid: str, data: dict[str, Any], ids: list[str]) -> dict[str, Any]:
+        status, error = data.get("status"), str(data.get("error") or "")
+        if status == "succeeded":
+            if not _urls(data.get("output")):
+                raise ProviderRejected(f"Replicate prediction {pid} succeeded without an image")
+            return data
+        # Past this point the prediction is dead: forget it, so a later retry
+        # (automatic, or POST /retry by the user) starts a fresh one.
+        ids.remove(pid)
+        self.job.save({"predictions": ids, "dropped": [*self.job.state.get("dropped", []), pid]})
+        if status == "aborted" or (status == "failed" and INTERRUPTED.search(error)):
+            # Never ran, or interrupted by Replicate (not billed): try again.
+            raise ProviderTransient(f"Replicate prediction {pid} {status}: {error or 'not run'}")
+        if status == "failed" and SAFETY.search(error):
+            raise ProviderRejected(f"Imagen's safety filter blocked the prompt: {error}")
+        if status == "failed":
+            raise ProviderRejected(f"Replicate prediction failed: {error or 'no reason given'}")
+        if status == "canceled":
+            raise ProviderRejected(f"the Replicate prediction {pid} was canceled")
+        raise ProviderRejected(f"Replicate prediction {pid} ended with unknown status {status!r}")
+
+    def cancel(self, prediction_ids: list[str]) -> int:
+        """Best effort: cancel running predictions; returns how many were asked."""
+        asked = 0
+        for pid in prediction_ids:
+            try:
+                self.client.predictions.cancel(pid)
+                asked += 1
+            except Exception:  # noqa: BLE001 - best effort; the stage guard stops us anyway
+                pass
+        return asked
+
+
+def _urls(output: Any) -> list[str]:
+    if isinstance(output, str):
+        return [output]
+    if isinstance(output, list):
+        return [u for u in output if isinstance(u, str)]
+    return []

@@ -1,0 +1,249 @@
+"""A fake Replicate API for ``google/imagen-4-ultra``, in Replicate's wire format.
+
+- ``POST /v1/models/google/imagen-4-ultra/predictions`` ``{"input": {...}}`` ->
+  201 and a prediction (``id, model, version, input, logs, output, data_removed,
+  error, status, created_at, started_at, completed_at, urls{get,cancel,stream,web},
+  metrics``); inputs are validated against the model's schema (422 with
+  ``invalid_fields`` for anything else).
+- ``GET /v1/predictions/{id}``: ``starting`` for ``starting_s``, ``processing``
+  until ``latency`` seconds after creation, then ``succeeded`` with ``output``
+  the URL of a real PNG this server serves under ``/files/``.
+- ``POST /v1/predictions/{id}/cancel``: ``canceled`` unless already final.
+- Errors are problem details: ``{"title", "detail", "status"}``.
+
+Injectable failures (``inject(kind, times)``; each applies to the next create):
+``throttle`` (429, "Request was throttled. Your rate limit resets in ~Ns.", option
+``seconds``), ``server_error`` (500), ``safety`` (the prediction ends ``failed``
+with an E005 safety error), ``aborted`` (it ends ``aborted``),
+``get_server_error`` (the next GET answers 500). ``expire_outputs()`` makes the
+output files 404, as after Replicate's one-hour retention.
+
+Standalone: ``python -m tests.fakes.replicate --port 8701 [--latency 2]``.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from werkzeug.wrappers import Request, Response
+
+from ._server import FakeServer, cli, json_response, png
+
+MODEL = "google/imagen-4-ultra"
+VERSION = "eb08b03f79ebc3d4b2542baacca07cc1e0729d24ed1730945555409f0ee30e1a"
+SCHEMA = {
+    "prompt": None,
+    "aspect_ratio": ("1:1", "9:16", "16:9", "3:4", "4:3"),
+    "output_format": ("jpg", "png"),
+    "safety_filter_level": ("block_low_and_above", "block_medium_and_above", "block_only_high"),
+}
+SIZES = {
+    "1:1": (256, 256),
+    "9:16": (144, 256),
+    "16:9": (256, 144),
+    "3:4": (192, 256),
+    "4:3": (256, 192),
+}
+E005 = (
+    "The input or output was flagged as sensitive. Please try again with different inputs. (E005)"
+)
+
+
+def _iso(t: float | None) -> str | None:
+    if t is None:
+        return None
+    return datetime.fromtimestamp(t, UTC).isoformat().replace("+00:00", "Z")
+
+
+def problem(status: int, title: str, detail: str, **extra: Any) -> Response:
+    return json_response({"title": title, "detail": detail, "status": status, **extra}, status)
+
+
+class FakeReplicate(FakeServer):
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, token: str | None = None) -> None:
+        super().__init__(host, port)
+        self.token = token  # None: any bearer token is accepted
+        self.starting_s = 0.1
+        self.latency = 0.6
+        self.predictions: dict[str, dict[str, Any]] = {}
+        self.expired = False
+        self.create_times: list[float] = []
+
+    @property
+    def creates(self) -> int:
+        return self.counters["create"]
+
+    def expire_outputs(self) -> None:
+        self.expired = True
+
+    def reset(self) -> None:
+        super().reset()
+        with self.lock:
+            self.predictions.clear()
+            self.create_times.clear()
+            self.expired = False
+
+    # -- routes
+    def route(self, request: Request) -> Response:
+        parts = [p for p in request.path.split("/") if p]
+        if parts[:1] == ["files"] and len(parts) == 2:
+            return self.file(parts[1])
+        auth = request.headers.get("Authorization", "")
+        if not auth.startswith("Bearer ") or (self.token and auth != f"Bearer {self.token}"):
+            return problem(401, "Unauthenticated", "You did not pass a valid authentication token")
+        if (
+            request.method == "POST"
+            and parts[:2] == ["v1", "models"]
+            and parts[-1:] == ["predictions"]
+        ):
+            model = "/".join(parts[2:-1])
+            if model != MODEL:
+                return problem(404, "Not found", f"Model {model} not found")
+            return self.create(request)
+        if parts[:2] == ["v1", "predictions"] and len(parts) == 3 and request.method == "GET":
+            return self.get(parts[2])
+        if parts[:2] == ["v1", "predictions"] and parts[3:] == ["cancel"]:
+            return self.cancel(parts[2])
+        return problem(404, "Not found", "Not found")
+
+    def create(self, request: Request) -> Response:
+        body = request.get_json(silent=True) or {}
+        inputs = body.get("input")
+        if not isinstance(inputs, dict):
+            return problem(422, "Invalid request", "input is required")
+        invalid = [
+            {
+                "type": "additional_property_not_allowed",
+                "field": "input",
+                "description": f"Additional property {k} is not allowed",
+            }
+            for k in inputs
+            if k not in SCHEMA
+        ]
+        invalid += [
+            {
+                "type": "enum",
+                "field": f"input.{k}",
+                "description": f"{k} must be one of the following: {', '.join(allowed)}",
+            }
+            for k, allowed in SCHEMA.items()
+            if allowed and k in inputs and inputs[k] not in allowed
+        ]
+        if not inputs.get("prompt"):
+            invalid.append(
+                {"type": "required", "field": "input", "description": "prompt is required"}
+            )
+        if invalid:
+            detail = "\n".join(f"- {i['field']}: {i['description']}" for i in invalid)
+            return problem(422, "Input validation failed", detail, invalid_fields=invalid)
+        failure = self.take_failure(("throttle", "server_error", "safety", "aborted"))
+        with self.lock:
+            self.counters["create_attempt"] += 1
+        if failure and failure["kind"] == "throttle":
+            secs = failure.get("seconds", 1)
+            return problem(
+                429,
+                "Request was throttled",
+                f"Request was throttled. Your rate limit resets in ~{secs}s.",
+            )
+        if failure and failure["kind"] == "server_error":
+            return problem(500, "Internal Server Error", "Internal server error")
+        pid = secrets.token_hex(13)[:26]
+        now = time.time()
+        with self.lock:
+            self.counters["create"] += 1
+            self.create_times.append(now)
+            self.predictions[pid] = {
+                "id": pid,
+                "input": inputs,
+                "created": now,
+                "latency": self.latency,
+                "starting_s": self.starting_s,
+                "outcome": failure["kind"] if failure else "succeeded",
+                "canceled_at": None,
+                "host": request.host_url.rstrip("/"),
+            }
+        return json_response(self.render(pid), 201)
+
+    def get(self, pid: str) -> Response:
+        with self.lock:
+            self.counters["get"] += 1
+        if self.take_failure(("get_server_error",)):
+            return problem(500, "Internal Server Error", "Internal server error")
+        if pid not in self.predictions:
+            return problem(404, "Not found", "The requested resource could not be found.")
+        return json_response(self.render(pid))
+
+    def cancel(self, pid: str) -> Response:
+        with self.lock:
+            self.counters["cancel"] += 1
+            p = self.predictions.get(pid)
+            if p is None:
+                return problem(404, "Not found", "The requested resource could not be found.")
+            if self.status(p)[0] in ("starting", "processing"):
+                p["canceled_at"] = time.time()
+        return json_response(self.render(pid))
+
+    def file(self, name: str) -> Response:
+        pid, _, ext = name.partition(".")
+        p = self.predictions.get(pid)
+        if self.expired or p is None or self.status(p)[0] != "succeeded":
+            return problem(404, "Not found", "Not found")
+        w, h = SIZES[p["input"].get("aspect_ratio", "1:1")]
+        return Response(png(w, h, pid), 200, content_type="image/png")
+
+    # -- the prediction document
+    def status(self, p: dict[str, Any]) -> tuple[str, float | None, float | None]:
+        """(status, started_at, completed_at) as of now."""
+        created, now = p["created"], time.time()
+        started = created + p["starting_s"]
+        done = created + p["latency"]
+        if p["canceled_at"] is not None:
+            return "canceled", (started if p["canceled_at"] > started else None), p["canceled_at"]
+        if p["outcome"] == "aborted" and now >= started:
+            return "aborted", None, started
+        if now < started:
+            return "starting", None, None
+        if now < done:
+            return "processing", started, None
+        return ("failed" if p["outcome"] == "safety" else "succeeded"), started, done
+
+    def render(self, pid: str) -> dict[str, Any]:
+        p = self.predictions[pid]
+        status, started, completed = self.status(p)
+        base = p["host"]
+        ext = "png" if p["input"].get("output_format") == "png" else "jpg"
+        ok = status == "succeeded"
+        return {
+            "id": pid,
+            "model": MODEL,
+            "version": VERSION,
+            "input": p["input"],
+            "logs": "" if status == "starting" else "Generating image...\n",
+            "output": f"{base}/files/{pid}.{ext}" if ok else None,
+            "data_removed": False,
+            "error": E005 if status == "failed" else None,
+            "status": status,
+            "source": "api",
+            "created_at": _iso(p["created"]),
+            "started_at": _iso(started),
+            "completed_at": _iso(completed),
+            "urls": {
+                "get": f"{base}/v1/predictions/{pid}",
+                "cancel": f"{base}/v1/predictions/{pid}/cancel",
+                "stream": f"{base}/v1/predictions/{pid}/stream",
+                "web": f"https://replicate.com/p/{pid}",
+            },
+            "metrics": (
+                {"predict_time": round(completed - started, 3)}
+                if ok and completed and started
+                else {}
+            ),
+        }
+
+
+if __name__ == "__main__":
+    cli(FakeReplicate, "fake Replicate")

@@ -1,0 +1,163 @@
+"""The ``google-imagen`` adapter: the real ``replicate`` SDK against the fake
+Replicate server over HTTP (in-process)."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.config import Settings
+from app.providers import ProviderRejected, ProviderTransient
+from app.providers.base import ImageRequest, Job, ProviderPending
+from app.providers.replicate import ReplicateImagen
+from tests.fakes.replicate import FakeReplicate
+
+TOKEN = "r8_unit_test_token"
+
+
+@pytest.fixture(scope="module")
+def server():
+    with FakeReplicate(token=TOKEN) as fake:
+        yield fake
+
+
+@pytest.fixture
+def fake(server):
+    server.reset()
+    server.latency, server.starting_s = 0.3, 0.05
+    return server
+
+
+def settings(fake, token: str = TOKEN) -> Settings:
+    return Settings.from_env({"REPLICATE_API_TOKEN": token, "REPLICATE_BASE_URL": fake.url})
+
+
+def request(**kw) -> ImageRequest:
+    return ImageRequest(generation_id="gen_test", prompt="red silk dress", **kw)
+
+
+def adapter(fake, job: Job | None = None, token: str = TOKEN) -> ReplicateImagen:
+    return ReplicateImagen(settings(fake, token), job=job or Job(poll_for=5), poll_interval=0.05)
+
+
+def test_creates_one_prediction_and_returns_its_output_url(fake):
+    job = Job(poll_for=5)
+    result = adapter(fake, job).generate(request(aspect_ratio="3:4"))
+    assert fake.creates == 1
+    [out] = result.outputs
+    assert out.url.startswith(fake.url + "/files/") and out.url.endswith(".png")
+    assert result.sent["input"] == {
+        "prompt": "red silk dress",
+        "aspect_ratio": "3:4",
+        "output_format": "png",
+        "safety_filter_level": "block_only_high",
+    }
+    assert job.state["predictions"] == [out.meta["predictionId"]]
+
+
+@pytest.mark.parametrize("ratio", ["1:1", "9:16", "16:9", "3:4", "4:3"])
+def test_every_aspect_ratio_is_sent_as_is(fake, ratio):
+    result = adapter(fake).generate(request(aspect_ratio=ratio))
+    assert result.sent["input"]["aspect_ratio"] == ratio
+
+
+def test_negative_prompt_is_folded_into_the_prompt_and_recorded(fake):
+    result = adapter(fake).generate(request(negative_prompt="blurry, text"))
+    assert result.sent["input"]["prompt"] == "red silk dress. Avoid: blurry, text"
+    assert "negative_prompt" not in result.sent["input"]
+    assert "folded" in result.sent["negativePromptHandling"]
+
+
+def test_saves_the_prediction_id_before_waiting_then_resumes_it(fake):
+    fake.latency = 1.0
+    saved: list[dict] = []
+    job = Job(saver=lambda s: saved.append(dict(s)), poll_for=0.2)
+    with pytest.raises(ProviderPending) as exc:
+        adapter(fake, job).generate(request())
+    assert 0 < exc.value.retry_in <= 2 and "waiting for Replicate prediction" in exc.value.reason
+    assert saved and saved[0]["predictions"], "the id was saved before polling"
+    # A later run (new adapter, same saved state) resumes instead of creating.
+    later = Job(state=saved[-1], poll_for=5)
+    result = adapter(fake, later).generate(request())
+    assert fake.creates == 1
+    assert result.outputs[0].meta["predictionId"] == saved[0]["predictions"][0]
+
+
+def test_count_makes_one_prediction_per_image(fake):
+    result = adapter(fake).generate(request(count=2))
+    assert fake.creates == 2 and len(result.outputs) == 2
+
+
+def test_no_rate_limit_token_means_no_create(fake):
+    def no_token() -> None:
+        raise ProviderPending(3.0, "waiting for a google-imagen rate-limit token")
+
+    with pytest.raises(ProviderPending):
+        adapter(fake, Job(acquire=no_token)).generate(request())
+    assert fake.counters["create_attempt"] == 0
+
+
+def test_throttled_create_is_transient_with_the_reset_time(fake):
+    fake.inject("throttle", seconds=7)
+    with pytest.raises(ProviderTransient) as exc:
+        adapter(fake).generate(request())
+    assert exc.value.retry_after == 7.0 and "throttled" in str(exc.value)
+
+
+def test_server_errors_are_transient_and_not_retried_by_the_sdk(fake):
+    fake.inject("server_error")
+    with pytest.raises(ProviderTransient):
+        adapter(fake).generate(request())
+    job = Job(poll_for=5)
+    fake.inject("get_server_error")
+    with pytest.raises(ProviderTransient):
+        adapter(fake, job).generate(request())
+    assert fake.counters["get"] == 1, "the SDK's hidden GET retries are off"
+    assert adapter(fake, job).generate(request()).outputs, "the next run resumes"
+    assert fake.creates == 1
+
+
+def test_safety_failure_is_rejected_with_the_providers_reason(fake):
+    fake.inject("safety")
+    job = Job(poll_for=5)
+    with pytest.raises(ProviderRejected) as exc:
+        adapter(fake, job).generate(request())
+    assert "E005" in str(exc.value) and "safety" in str(exc.value)
+    assert job.state["predictions"] == [] and len(job.state["dropped"]) == 1
+
+
+def test_aborted_prediction_is_transient_and_the_next_run_starts_a_new_one(fake):
+    fake.inject("aborted")
+    job = Job(poll_for=5)
+    with pytest.raises(ProviderTransient) as exc:
+        adapter(fake, job).generate(request())
+    assert "aborted" in str(exc.value)
+    assert adapter(fake, job).generate(request()).outputs
+    assert fake.creates == 2
+
+
+def test_canceled_prediction_is_rejected(fake):
+    fake.latency = 2.0
+    job = Job(poll_for=0.1)
+    with pytest.raises(ProviderPending):
+        adapter(fake, job).generate(request())
+    assert adapter(fake).cancel(job.state["predictions"]) == 1
+    with pytest.raises(ProviderRejected, match="canceled"):
+        adapter(fake, job).generate(request())
+
+
+def test_bad_token_is_rejected_naming_the_variable(fake):
+    with pytest.raises(ProviderRejected, match="REPLICATE_API_TOKEN"):
+        adapter(fake, token="r8_wrong").generate(request())
+
+
+def test_unreachable_server_is_transient():
+    s = Settings.from_env(
+        {"REPLICATE_API_TOKEN": TOKEN, "REPLICATE_BASE_URL": "http://127.0.0.1:9"}
+    )
+    with pytest.raises(ProviderTransient, match="unreachable"):
+        ReplicateImagen(s, job=Job()).generate(request())
+
+
+def test_price_follows_the_table():
+    assert ReplicateImagen.price_for(request()) == 0.04
+    assert ReplicateImagen.price_for(request(quality="hd")) == 0.048
