@@ -57,10 +57,22 @@ class Settings:
     max_image_pixels: int = 40_000_000
     local_render_scale: float = 1.0
     log_level: str = "INFO"
+    log_format: str = "text"  # BFF_LOG_FORMAT: text | json
+    sse_heartbeat: float = 15.0  # seconds between SSE comment heartbeats
+    sse_poll: float = 0.5  # DB poll interval for SSE without Redis (a safety net with it)
+    sse_max_streams: int = 24  # per web process: each open stream holds a gunicorn thread
+    allow_http_webhooks: bool = False  # BFF_ALLOW_HTTP_WEBHOOKS: http:// to loopback (dev)
+    webhook_retry_base: float = 5.0  # first retry delay; doubles per attempt
+    webhook_max_age: float = 86400.0  # give up on a delivery after this many seconds
 
     @property
     def embedded_broker(self) -> bool:
         return self.broker_url.startswith("filesystem://")
+
+    @property
+    def webhooks_allow_loopback(self) -> bool:
+        """Plain-http webhooks to loopback: the embedded default (a laptop) or opt-in."""
+        return self.allow_http_webhooks or self.embedded_broker
 
     @property
     def broker_folder(self) -> Path:
@@ -112,4 +124,12 @@ class Settings:
             max_image_pixels=_int(env, "BFF_MAX_IMAGE_PIXELS", 40_000_000),
             local_render_scale=_float(env, "BFF_LOCAL_RENDER_SCALE", 1.0),
             log_level=(env.get("BFF_LOG_LEVEL") or "INFO").upper(),
+            log_format=(env.get("BFF_LOG_FORMAT") or "text").lower(),
+            sse_heartbeat=_float(env, "BFF_SSE_HEARTBEAT", 15.0),
+            sse_poll=_float(env, "BFF_SSE_POLL", 0.5),
+            sse_max_streams=_int(env, "BFF_SSE_MAX_STREAMS", 24),
+            allow_http_webhooks=(env.get("BFF_ALLOW_HTTP_WEBHOOKS") or "").lower()
+            in ("1", "true", "yes", "on"),
+            webhook_retry_base=_float(env, "BFF_WEBHOOK_RETRY_BASE", 5.0),
+            webhook_max_age=_float(env, "BFF_WEBHOOK_MAX_AGE", 86400.0),
         )

@@ -44,6 +44,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "pipeline.*": {"queue": "pipeline"},
             "maintenance.*": {"queue": "pipeline"},
             "feedback.*": {"queue": "pipeline"},
+            "webhooks.*": {"queue": "pipeline"},
         },
         "task_soft_time_limit": 300,
         "task_time_limit": 360,
@@ -61,6 +62,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_connection_timeout": 3,
         "beat_schedule": {
             "redispatch-stalled": {"task": "maintenance.redispatch", "schedule": 30.0},
+            "webhooks-sweep": {"task": "webhooks.sweep", "schedule": 60.0},
         },
         "worker_hijack_root_logger": False,
     }
