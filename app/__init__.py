@@ -42,10 +42,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     )
     register_error_handlers(app)
 
-    from .api import account, generations, health, personas
+    from .api import account, generations, health, personas, web
     from .api import events as events_api
 
-    for bp in (generations.bp, events_api.bp, personas.bp, account.bp, health.bp):
+    for bp in (generations.bp, events_api.bp, personas.bp, account.bp, health.bp, web.bp):
         app.register_blueprint(bp)
 
     from .cli import register_commands
