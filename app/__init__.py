@@ -44,9 +44,11 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     from .api import account, generations, health, personas, web
     from .api import events as events_api
+    from .metrics import bp as metrics_bp
 
     for bp in (generations.bp, events_api.bp, personas.bp, account.bp, health.bp, web.bp):
         app.register_blueprint(bp)
+    app.register_blueprint(metrics_bp)  # no auth: scraped by Prometheus
 
     from .cli import register_commands
 

@@ -133,3 +133,29 @@ def test_stats_on_postgres(stack):
         f"{stack.base_url}/api/stats", headers=stack.user("stats-other").headers, timeout=5
     ).json()
     assert other["counts"]["total"] == 0 and other["successRate"] is None
+
+
+def test_metrics_on_postgres_and_redis(stack):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    user = stack.user("metrics-pg")
+    wait_final(stack.base_url, user.headers, submit(stack, user))
+    resp = requests.get(f"{stack.base_url}/metrics", timeout=10)
+    assert resp.status_code == 200
+    fams = {f.name: f.samples for f in text_string_to_metric_families(resp.text)}
+    queues = {s.labels["queue"]: s.value for s in fams["bff_queue_length"]}
+    assert set(queues) == {"pipeline", "generation"} and all(v >= 0 for v in queues.values())
+    with stack.app.extensions["bff"].db.session() as session:
+        completed = session.execute(
+            text(
+                "SELECT COUNT(*) FROM generations WHERE status = 'completed' AND provider = 'local'"
+            )
+        ).scalar_one()
+    got = [
+        s.value
+        for s in fams["bff_generations"]
+        if s.labels == {"status": "completed", "provider": "local"}
+    ]
+    assert got == [completed] and completed >= 1
+    durations = {s.labels["stage"] for s in fams["bff_stage_duration_seconds"]}
+    assert {"enhance", "generate", "store"} <= durations
