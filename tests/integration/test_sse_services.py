@@ -4,7 +4,11 @@ PostgreSQL answering the stats queries."""
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -61,6 +65,8 @@ def test_sse_streams_a_generation_live_and_resumes_exactly(stack):
     everything = [e for e in read_events(stack, user, gen_id) if e.get("event") == "stage"]
     assert [e["id"] for e in seen + resumed] == [e["id"] for e in everything]
     assert len(everything) == 14
+    # The workers' log lines name the generation and stage they were written for.
+    assert f"[{gen_id} generate]" in stack.procs["generator"].output()
     assert {e["data"]["stage"] for e in everything if e["data"]["status"] == "completed"} >= {
         "enhance",
         "route",
@@ -159,3 +165,38 @@ def test_metrics_on_postgres_and_redis(stack):
     assert got == [completed] and completed >= 1
     durations = {s.labels["stage"] for s in fams["bff_stage_duration_seconds"]}
     assert {"enhance", "generate", "store"} <= durations
+
+
+def bff(stack, user, *args: str) -> subprocess.CompletedProcess:
+    env = {**stack.env, "BFF_API_URL": stack.base_url, "BFF_API_KEY": user.key}
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "bff"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_cli_generate_wait_shows_live_stages_and_urls(stack):
+    user = stack.user("cli-user")
+    out = bff(stack, user, "generate", "olive trench coat", "--provider", "local", "--wait")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    gen_id = lines[0].removeprefix("submitted ")
+    assert re.fullmatch(r"gen_[0-9a-f]+", gen_id), out.stdout
+    # One line per transition, streamed: each stage starts, then finishes.
+    assert re.search(r"… generate\s+running\n\s+✓ generate\s+completed \(\d+ ms\)", out.stdout)
+    assert any("✓ store" in line for line in lines)
+    assert lines[-1].startswith(stack.env["R2_CDN_URL"]) and lines[-1].endswith(".png")
+
+    listed = bff(stack, user, "generations", "list")
+    assert listed.returncode == 0 and gen_id in listed.stdout and "completed" in listed.stdout
+    shown = bff(stack, user, "generations", "show", gen_id)
+    assert shown.returncode == 0 and "olive trench coat" in shown.stdout
+    assert lines[-1] in shown.stdout
+
+    missing = bff(stack, user, "generations", "show", "gen_nope")
+    assert missing.returncode != 0 and "404 not_found" in missing.stderr
+    refused = bff(stack, user, "generate", "x", "--provider", "google-imagen", "--wait")
+    assert refused.returncode != 0 and "422 provider_unavailable" in refused.stderr
