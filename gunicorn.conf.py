@@ -1,7 +1,12 @@
 """gunicorn settings for the API (Procfile ``web`` and ``make dev``).
 
 gthread workers: each open SSE stream or slow client holds a thread, not a
-process. Override with GUNICORN_WORKERS / GUNICORN_THREADS.
+process. A stream mostly sleeps in a Redis pub/sub wait (or a 0.5 s DB poll
+without Redis), so threads are cheap; the app admits at most
+BFF_SSE_MAX_STREAMS (24) streams per process, which keeps 8 of the 32 threads
+free for ordinary requests. ``timeout`` is the worker's heartbeat, not a
+per-request limit, so long streams are not killed by it.
+Override with GUNICORN_WORKERS / GUNICORN_THREADS (see docs/operations.md).
 """
 
 import os
@@ -9,7 +14,7 @@ import os
 bind = f"0.0.0.0:{os.environ.get('PORT', '3001')}"
 workers = int(os.environ.get("GUNICORN_WORKERS", "2"))
 worker_class = "gthread"
-threads = int(os.environ.get("GUNICORN_THREADS", "16"))
+threads = int(os.environ.get("GUNICORN_THREADS", "32"))
 timeout = 60
 graceful_timeout = 20
 accesslog = "-"

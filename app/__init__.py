@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Mapping
 from typing import Any
 
 from flask import Flask
 
+from . import logs
 from .api.common import Services
 from .config import Settings
 from .db import Database
@@ -22,9 +22,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     (``DATABASE_URL``, ``STORAGE_BACKEND``, …) and is laid over ``os.environ``."""
     env = {**os.environ, **{k: str(v) for k, v in (config or {}).items() if v is not None}}
     settings = Settings.from_env(env)
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logs.configure(settings)
 
     app = Flask(__name__)
     # Room for a 10 MB image plus the multipart envelope; read_image checks the file itself.
@@ -41,11 +39,15 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         celery=celery_app,
     )
     register_error_handlers(app)
+    logs.init_app(app)
 
-    from .api import account, generations, health, personas
+    from .api import account, generations, health, personas, web
+    from .api import events as events_api
+    from .metrics import bp as metrics_bp
 
-    for bp in (generations.bp, personas.bp, account.bp, health.bp):
+    for bp in (generations.bp, events_api.bp, personas.bp, account.bp, health.bp, web.bp):
         app.register_blueprint(bp)
+    app.register_blueprint(metrics_bp)  # no auth: scraped by Prometheus
 
     from .cli import register_commands
 

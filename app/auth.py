@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from .errors import ApiError
 from .models import ApiKey, User, utcnow
+from .webhooks import generate_secret
 
 
 def hash_key(key: str) -> str:
@@ -34,7 +35,7 @@ def issue_key(session: Session, user: User) -> str:
 def create_user(session: Session, name: str) -> tuple[User, str]:
     user = session.scalar(select(User).where(User.name == name))
     if user is None:
-        user = User(name=name, webhook_secret="whsec_" + secrets.token_urlsafe(32))
+        user = User(name=name, webhook_secret=generate_secret())
         session.add(user)
         session.flush()
     return user, issue_key(session, user)

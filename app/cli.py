@@ -16,7 +16,6 @@ from flask import Flask, current_app
 from flask.cli import AppGroup, FlaskGroup
 
 ROOT = Path(__file__).resolve().parent.parent
-FINAL = ("completed", "failed", "canceled")
 
 
 def upgrade_database(url: str) -> None:
@@ -90,87 +89,6 @@ def users_cap(name: str, amount: str | None) -> None:
             raise click.ClickException(f"no user named {name}")
         user.daily_spend_cap = cap
     click.echo(f"{name}: daily cap {'none' if cap is None else f'${cap}'}")
-
-
-def _api(method: str, path: str, **kwargs) -> requests.Response:
-    base = os.environ.get("BFF_API_URL", "http://127.0.0.1:3001").rstrip("/")
-    key = os.environ.get("BFF_API_KEY")
-    if not key:
-        raise click.ClickException("set BFF_API_KEY (from 'bff users create NAME')")
-    try:
-        return requests.request(
-            method, base + path, timeout=30, headers={"Authorization": f"Bearer {key}"}, **kwargs
-        )
-    except requests.ConnectionError:
-        raise click.ClickException(
-            f"cannot reach the API at {base} (is 'make dev' running?)"
-        ) from None
-
-
-def _error(resp: requests.Response) -> click.ClickException:
-    try:
-        err = resp.json()["error"]
-        return click.ClickException(f"{resp.status_code} {err['code']}: {err['message']}")
-    except Exception:
-        return click.ClickException(f"HTTP {resp.status_code}")
-
-
-@click.command("generate")
-@click.argument("prompt")
-@click.option("--image", type=click.Path(exists=True, dir_okay=False), help="garment photo")
-@click.option("--provider", default="auto", show_default=True)
-@click.option("--size", default="square", show_default=True)
-@click.option("--count", default=1, show_default=True)
-@click.option("--wait", is_flag=True, help="follow the stages and print the image URLs")
-@click.option("--timeout", default=600.0, show_default=True, help="seconds to wait")
-def generate(
-    prompt: str, image: str | None, provider: str, size: str, count: int, wait: bool, timeout: float
-) -> None:
-    """Submit PROMPT through the HTTP API (BFF_API_URL, BFF_API_KEY)."""
-    settings = {"provider": provider, "size": size, "count": count}
-    if image:
-        import json
-
-        with open(image, "rb") as f:
-            resp = _api(
-                "POST",
-                "/api/generate/from-image",
-                files={"image": f},
-                data={"prompt": prompt, "settings": json.dumps(settings)},
-            )
-    else:
-        resp = _api(
-            "POST", "/api/generate/from-prompt", json={"prompt": prompt, "settings": settings}
-        )
-    if resp.status_code != 202:
-        raise _error(resp)
-    gen_id = resp.json()["id"]
-    click.echo(f"submitted {gen_id}")
-    if not wait:
-        return
-    seen: dict[str, str] = {}
-    deadline = time.monotonic() + timeout
-    while True:
-        resp = _api("GET", f"/api/generate/{gen_id}")
-        if resp.status_code != 200:
-            raise _error(resp)
-        gen = resp.json()
-        for st in gen["stages"]:
-            if seen.get(st["name"]) != st["status"]:
-                seen[st["name"]] = st["status"]
-                ms = f" ({st['durationMs']} ms)" if st["durationMs"] is not None else ""
-                click.echo(f"  {st['name']:<9} {st['status']}{ms}")
-        if gen["status"] in FINAL:
-            break
-        if time.monotonic() > deadline:
-            raise click.ClickException(f"still {gen['status']} after {timeout:.0f}s")
-        time.sleep(float(resp.headers.get("Retry-After", 1)) / 2)
-    if gen["status"] != "completed":
-        err = gen.get("error") or {}
-        raise click.ClickException(f"{gen['status']}: {err.get('stage')}: {err.get('message')}")
-    click.echo(f"completed in {gen['provider']} / {gen['model']}, cost ${gen['cost']:.3f}")
-    for asset in gen["assets"]:
-        click.echo(asset["url"])
 
 
 @click.command("dev")
@@ -268,5 +186,8 @@ def main() -> None:
         load_dotenv=False,
         help="Designer BFF",
     )
+    from .cli_http import generate, generations_cli
+
     cli.add_command(generate)
+    cli.add_command(generations_cli)
     cli.main(prog_name="bff")

@@ -110,10 +110,22 @@ class Settings:
     provider_poll_seconds: float = 2.0
     # Redis broker: an unacked message is redelivered after this many seconds.
     broker_visibility_timeout: int = 3600
+    log_format: str = "text"  # BFF_LOG_FORMAT: text | json
+    sse_heartbeat: float = 15.0  # seconds between SSE comment heartbeats
+    sse_poll: float = 0.5  # DB poll interval for SSE without Redis (a safety net with it)
+    sse_max_streams: int = 24  # per web process: each open stream holds a gunicorn thread
+    allow_http_webhooks: bool = False  # BFF_ALLOW_HTTP_WEBHOOKS: http:// to loopback (dev)
+    webhook_retry_base: float = 5.0  # first retry delay; doubles per attempt
+    webhook_max_age: float = 86400.0  # give up on a delivery after this many seconds
 
     @property
     def embedded_broker(self) -> bool:
         return self.broker_url.startswith("filesystem://")
+
+    @property
+    def webhooks_allow_loopback(self) -> bool:
+        """Plain-http webhooks to loopback: the embedded default (a laptop) or opt-in."""
+        return self.allow_http_webhooks or self.embedded_broker
 
     @property
     def broker_folder(self) -> Path:
@@ -187,4 +199,12 @@ class Settings:
             rate_limits=_rate_limits(env),
             provider_poll_seconds=_float(env, "BFF_PROVIDER_POLL_SECONDS", 2.0),
             broker_visibility_timeout=_int(env, "BFF_BROKER_VISIBILITY_TIMEOUT", 3600),
+            log_format=(env.get("BFF_LOG_FORMAT") or "text").lower(),
+            sse_heartbeat=_float(env, "BFF_SSE_HEARTBEAT", 15.0),
+            sse_poll=_float(env, "BFF_SSE_POLL", 0.5),
+            sse_max_streams=_int(env, "BFF_SSE_MAX_STREAMS", 24),
+            allow_http_webhooks=(env.get("BFF_ALLOW_HTTP_WEBHOOKS") or "").lower()
+            in ("1", "true", "yes", "on"),
+            webhook_retry_base=_float(env, "BFF_WEBHOOK_RETRY_BASE", 5.0),
+            webhook_max_age=_float(env, "BFF_WEBHOOK_MAX_AGE", 86400.0),
         )

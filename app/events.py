@@ -1,20 +1,35 @@
-"""Live status: every stage transition and final state is announced here.
+"""Live status: every stage transition and final state is announced here, and
+the Server-Sent Events stream is built here.
 
-With Redis configured, events go to the pub/sub channel
-``bff:events:<generation id>`` (the SSE endpoint subscribes); without it,
-readers fall back to polling the database. Publishing never fails a stage.
+Publishing: with Redis configured, events go to the pub/sub channel
+``bff:events:<generation id>``; without it there is nothing to publish to and
+readers poll the database. Publishing never fails a stage.
+
+Streaming: the database is the truth and Redis only a wake-up call. On each
+wake-up (a pub/sub message, or a poll tick) the stream re-reads the stage rows
+and emits every transition it has not sent yet. Each transition has an id
+derived from the row itself, ``<position>.<attempt>.<rank>`` (rank 1 = the
+stage started, 2 = it finished, was skipped or failed, or its attempt was
+rescheduled), so ids grow with progress and a client that reconnects with
+``Last-Event-ID`` gets exactly the transitions it missed, from the snapshot.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
 from .config import Settings
+from .db import Database
 
 log = logging.getLogger(__name__)
+
+DONE_ID = "done"
 
 
 def channel(generation_id: str) -> str:
@@ -51,5 +66,159 @@ def stage_changed(
 
 
 def generation_final(settings: Settings, generation_id: str, status: str) -> None:
-    """Called once a generation reaches completed, failed or canceled."""
+    """Called once a generation reaches completed, failed or canceled: wakes the
+    streams and queues the webhook (when the generation has one)."""
     publish(settings, generation_id, "done", {"id": generation_id, "status": status})
+    from flask import current_app, has_app_context
+
+    if not has_app_context():  # plain unit use of the runner: no services to queue with
+        return
+    from .webhooks import queue_final
+
+    try:
+        queue_final(current_app.extensions["bff"], generation_id)
+    except Exception:  # never fail the stage that finished the job; the sweep retries
+        log.exception("could not queue the webhook for %s", generation_id)
+
+
+# ------------------------------------------------------------------ the stream
+
+Key = tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class StageEvent:
+    key: Key
+    data: dict[str, Any]
+
+    @property
+    def id(self) -> str:
+        return ".".join(str(k) for k in self.key)
+
+
+def parse_event_id(raw: str | None) -> Key | None:
+    """The last transition a client saw; None (start over) for anything else."""
+    if not raw:
+        return None
+    if raw == DONE_ID:
+        return (10**6, 0, 0)
+    try:
+        pos, attempt, rank = (int(x) for x in raw.split("."))
+    except ValueError:
+        return None
+    return (pos, attempt, rank)
+
+
+def _stage_event(pos: int, st: dict[str, Any], rank: int, status: str) -> StageEvent:
+    return StageEvent(
+        (pos, st["attempts"], rank),
+        {
+            "stage": st["name"],
+            "status": status,
+            "durationMs": st["durationMs"] if rank == 2 else None,
+            "attempt": st["attempts"],
+        },
+    )
+
+
+def stage_events(stages: list[dict[str, Any]]) -> list[StageEvent]:
+    """Every transition a snapshot of the stage rows implies, oldest first.
+    ``stages`` are the generation JSON's stage objects (in position order)."""
+    out: list[StageEvent] = []
+    for pos, st in enumerate(stages):
+        status, attempt, error = st["status"], st["attempts"], st.get("error")
+        if attempt > 0 and (status != "pending" or error):
+            out.append(_stage_event(pos, st, 1, "running"))
+        if status in ("completed", "skipped", "failed"):
+            out.append(_stage_event(pos, st, 2, status))
+        elif status == "pending" and attempt > 0 and error:
+            # This attempt failed transiently; another one is scheduled.
+            out.append(_stage_event(pos, st, 2, "pending"))
+    return out
+
+
+def sse(event: str, data: Any, event_id: str | None = None) -> str:
+    head = f"id: {event_id}\n" if event_id else ""
+    return f"{head}event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+
+
+class _Waker:
+    """Blocks until the next pub/sub message for one generation, or a timeout."""
+
+    def __init__(self, settings: Settings, generation_id: str) -> None:
+        self.pubsub = None
+        if settings.redis_url:
+            try:
+                import redis
+
+                client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2)
+                self.pubsub = client.pubsub(ignore_subscribe_messages=True)
+                self.pubsub.subscribe(channel(generation_id))
+            except Exception as exc:  # Redis down: fall back to polling the database
+                log.info("SSE without pub/sub (%s): polling", type(exc).__name__)
+                self.close()
+
+    def wait(self, timeout: float) -> None:
+        if self.pubsub is None:
+            time.sleep(timeout)
+            return
+        try:
+            if self.pubsub.get_message(timeout=timeout) is not None:
+                while self.pubsub.get_message(timeout=0) is not None:
+                    pass  # one reload covers a burst of messages
+        except Exception:
+            self.close()
+
+    def close(self) -> None:
+        if self.pubsub is not None:
+            try:
+                self.pubsub.close()
+            except Exception:
+                pass
+        self.pubsub = None
+
+
+def _snapshot(db: Database, user_id: int, generation_id: str) -> dict[str, Any] | None:
+    from . import generations as svc
+
+    with db.session() as session:
+        gen = svc.get_owned(session, user_id, generation_id)
+        return None if gen is None else svc.to_json(gen)
+
+
+def stream(
+    db: Database,
+    settings: Settings,
+    user_id: int,
+    generation_id: str,
+    last_event_id: str | None = None,
+) -> Iterator[str]:
+    """The SSE body: missed transitions first, then live ones, then ``done``."""
+    from .states import FINAL
+
+    waker = _Waker(settings, generation_id)  # subscribe before the first read: no gap
+    # With pub/sub the poll is only a safety net; without it, it is the feed.
+    poll = settings.sse_poll if waker.pubsub is None else max(settings.sse_poll, 5.0)
+    sent = parse_event_id(last_event_id)
+    try:
+        yield "retry: 2000\n\n"
+        last_write = time.monotonic()
+        while True:
+            gen = _snapshot(db, user_id, generation_id)
+            if gen is None:  # deleted meanwhile
+                yield sse("gone", {"id": generation_id})
+                return
+            for ev in stage_events(gen["stages"]):
+                if sent is None or ev.key > sent:
+                    yield sse("stage", ev.data, ev.id)
+                    sent, last_write = ev.key, time.monotonic()
+            if gen["status"] in FINAL:
+                yield sse("done", gen, DONE_ID)
+                return
+            until_beat = settings.sse_heartbeat - (time.monotonic() - last_write)
+            if until_beat <= 0:
+                yield ": keepalive\n\n"
+                last_write, until_beat = time.monotonic(), settings.sse_heartbeat
+            waker.wait(min(poll, until_beat))
+    finally:
+        waker.close()

@@ -46,6 +46,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "pipeline.*": {"queue": "pipeline"},
             "maintenance.*": {"queue": "pipeline"},
             "feedback.*": {"queue": "pipeline"},
+            "webhooks.*": {"queue": "pipeline"},
         },
         "task_soft_time_limit": 300,
         "task_time_limit": 360,
@@ -66,6 +67,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
                 "task": "maintenance.redispatch",
                 "schedule": settings.maintenance_interval,
             },
+            "webhooks-sweep": {"task": "webhooks.sweep", "schedule": 60.0},
         },
         "worker_hijack_root_logger": False,
     }

@@ -9,4 +9,4 @@ from app import create_app
 flask_app = create_app()
 celery = app = flask_app.extensions["celery"]
 
-from . import tasks  # noqa: E402,F401  (registers the tasks on the app)
+from . import notify, tasks  # noqa: E402,F401  (registers the tasks on the app)

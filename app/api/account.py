@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 from collections import defaultdict
 
 from flask import Blueprint, g
@@ -10,6 +9,7 @@ from sqlalchemy import func, select, text
 
 from ..auth import load_user
 from ..models import Generation, GenerationStage, User
+from ..webhooks import ensure_secret
 from .common import services
 
 bp = Blueprint("account", __name__, url_prefix="/api")
@@ -75,7 +75,4 @@ def stats():
 @bp.get("/webhooks/secret")
 def webhook_secret():
     with services().db.session() as session:
-        user = session.get(User, g.user_id)
-        if not user.webhook_secret:
-            user.webhook_secret = "whsec_" + secrets.token_urlsafe(32)
-        return {"secret": user.webhook_secret}
+        return {"secret": ensure_secret(session.get(User, g.user_id))}

@@ -10,6 +10,7 @@ from flask import Blueprint, g, request
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
+from .. import events
 from .. import generations as svc
 from ..auth import load_user
 from ..errors import ApiError, not_found
@@ -21,6 +22,7 @@ from ..quotas import check_submission
 from ..schemas import FeedbackIn, ImageSubmit, PromptSubmit
 from ..states import GENERATION_STATUSES, IllegalTransition
 from ..storage import StorageError, generation_prefix
+from ..webhooks import submit_url_problem
 from .common import check_user_id, int_arg, json_body, services
 from .uploads import read_image
 
@@ -90,12 +92,12 @@ def _check_submit(session, body: PromptSubmit | ImageSubmit) -> None:
             "personaId does not name one of your personas",
             [{"field": "personaId", "message": "unknown persona"}],
         )
-    if body.webhookUrl and not body.webhookUrl.startswith(("https://", "http://")):
+    if body.webhookUrl and (why := submit_url_problem(body.webhookUrl, services().settings)):
         raise ApiError(
             422,
             "validation_error",
-            "webhookUrl must be an http(s) URL",
-            [{"field": "webhookUrl", "message": "not an http(s) URL"}],
+            f"webhookUrl {why}",
+            [{"field": "webhookUrl", "message": why}],
         )
 
 
@@ -259,6 +261,7 @@ def cancel(generation_id: str):
         except IllegalTransition:
             raise ApiError(409, "conflict", f"generation is already {gen.status}") from None
     _revoke_running(gen)
+    events.generation_final(services().settings, generation_id, gen.status)
     with services().db.session() as session:
         return svc.to_json(_load(session, generation_id))
 
@@ -286,9 +289,12 @@ def delete(generation_id: str):
     s = services()
     with s.db.session() as session:
         gen = _load(session, generation_id, lock=True)
-        if not svc.is_final(gen):
+        was_running = not svc.is_final(gen)
+        if was_running:
             svc.cancel(gen)
     _revoke_running(gen)
+    if was_running:
+        events.generation_final(s.settings, generation_id, gen.status)
     try:
         s.storage.delete_prefix(generation_prefix(gen.user_id, gen.id))
     except StorageError:

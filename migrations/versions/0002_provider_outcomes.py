@@ -1,6 +1,6 @@
 """provider outcomes: the rolling window behind routing's circuit breaker
 
-Revision ID: 0002j
+Revision ID: 0002
 Revises: 0001
 Create Date: 2026-11-27
 
@@ -13,7 +13,7 @@ ones arrive.
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0002j"
+revision = "0002"
 down_revision = "0001"
 branch_labels = None
 depends_on = None

@@ -1,0 +1,66 @@
+"""GET /api/generate/<id>/events: the generation's progress as Server-Sent Events.
+
+Each open stream holds one gunicorn thread (gthread workers) for its whole
+life, so a process admits at most ``BFF_SSE_MAX_STREAMS`` at once and answers
+``503`` + ``Retry-After`` beyond that: streams can never take every thread
+and starve ordinary requests; clients fall back to polling the generation.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from flask import Blueprint, Response, current_app, g, request
+
+from .. import events
+from .. import generations as svc
+from ..auth import load_user
+from ..errors import ApiError, not_found
+from .common import services
+
+bp = Blueprint("events", __name__, url_prefix="/api/generate")
+bp.before_request(load_user)
+
+_LOCK = threading.Lock()
+
+
+def _slots() -> threading.BoundedSemaphore:
+    with _LOCK:
+        sem = current_app.extensions.get("bff_sse_slots")
+        if sem is None:
+            sem = threading.BoundedSemaphore(services().settings.sse_max_streams)
+            current_app.extensions["bff_sse_slots"] = sem
+        return sem
+
+
+@bp.get("/<generation_id>/events")
+def generation_events(generation_id: str) -> Response:
+    s = services()
+    with s.db.session() as session:
+        if svc.get_owned(session, g.user_id, generation_id) is None:
+            raise not_found()
+    slots = _slots()
+    if not slots.acquire(blocking=False):
+        raise ApiError(
+            503,
+            "service_unavailable",
+            "too many live streams on this server; poll GET /api/generate/<id> instead",
+            headers={"Retry-After": "5"},
+        )
+    try:
+        body = events.stream(
+            s.db,
+            s.settings,
+            g.user_id,
+            generation_id,
+            request.headers.get("Last-Event-ID"),
+        )
+        resp = Response(body, mimetype="text/event-stream")
+    except BaseException:
+        slots.release()
+        raise
+    # The WSGI server calls close() when the stream ends or the client goes away.
+    resp.call_on_close(slots.release)
+    resp.headers["Cache-Control"] = "no-cache"
+    resp.headers["X-Accel-Buffering"] = "no"  # proxies (nginx) must not buffer the stream
+    return resp

@@ -1,0 +1,315 @@
+// Designer BFF page: plain JS, no build step. Every API call sends the key as
+// "Authorization: Bearer"; live progress is read from the SSE endpoint with
+// fetch() streaming (EventSource cannot send headers), falling back to polling.
+"use strict";
+
+const KEY = "bff.apiKey";
+const $ = (sel, root = document) => root.querySelector(sel);
+let cursor = null;
+
+function apiKey() { return localStorage.getItem(KEY) || ""; }
+
+async function api(method, path, body) {
+  const headers = { Authorization: `Bearer ${apiKey()}` };
+  let payload = body;
+  if (body && !(body instanceof FormData)) {
+    headers["Content-Type"] = "application/json";
+    payload = JSON.stringify(body);
+  }
+  const resp = await fetch(path, { method, headers, body: payload });
+  if (resp.status === 204) return null;
+  const data = await resp.json().catch(() => ({}));
+  if (!resp.ok) {
+    const err = data.error || {};
+    const detail = (err.details || []).map((d) => `${d.field}: ${d.message}`).join("; ");
+    throw new Error(`${err.message || resp.statusText}${detail ? ` (${detail})` : ""}`);
+  }
+  return data;
+}
+
+// ---------------------------------------------------------------- key
+
+function showKeyState(text) { $("#key-status").textContent = text; }
+
+async function checkKey() {
+  if (!apiKey()) { showKeyState("No key saved."); return false; }
+  try {
+    await api("GET", "/api/generate?limit=1");
+    showKeyState("Key OK.");
+    return true;
+  } catch (e) {
+    showKeyState(`Key rejected: ${e.message}`);
+    return false;
+  }
+}
+
+// ---------------------------------------------------------------- stages
+
+const LABEL = {
+  idle: "waiting", pending: "retrying", running: "running…", completed: "done",
+  skipped: "skipped", failed: "failed",
+};
+
+function resetStages() {
+  for (const li of document.querySelectorAll("#stages li")) setStage(li.dataset.stage, "idle");
+  $("#result").replaceChildren();
+}
+
+function setStage(name, status, durationMs) {
+  const li = $(`#stages li[data-stage="${name}"]`);
+  if (!li) return;
+  li.dataset.status = status;
+  const ms = durationMs == null ? "" : ` in ${durationMs < 1000 ? `${durationMs} ms`
+    : `${(durationMs / 1000).toFixed(1)} s`}`;
+  $(".state", li).textContent = `${LABEL[status] || status}${ms}`;
+}
+
+function showStages(gen) {
+  for (const st of gen.stages) setStage(st.name, st.status === "pending" && !st.attempts
+    ? "idle" : st.status, st.durationMs);
+}
+
+function parseBlock(block) {
+  const ev = { event: "message", data: "" };
+  for (const line of block.split("\n")) {
+    if (!line || line.startsWith(":")) continue;
+    const i = line.indexOf(":");
+    const field = i < 0 ? line : line.slice(0, i);
+    const value = i < 0 ? "" : line.slice(i + 1).replace(/^ /, "");
+    if (field === "data") ev.data += value;
+    else ev[field] = value;
+  }
+  return ev;
+}
+
+// Follow a generation over SSE; resume with Last-Event-ID after a drop.
+async function follow(id) {
+  let lastId = null;
+  for (let attempt = 0; attempt < 5; attempt++) {
+    const headers = { Authorization: `Bearer ${apiKey()}` };
+    if (lastId) headers["Last-Event-ID"] = lastId;
+    let resp;
+    try {
+      resp = await fetch(`/api/generate/${id}/events`, { headers });
+    } catch (e) { await sleep(1000); continue; }
+    if (!resp.ok || !resp.body) break;  // e.g. 503: too many streams; poll instead
+    const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buf = "";
+    try {
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buf += value;
+        let cut;
+        while ((cut = buf.indexOf("\n\n")) >= 0) {
+          const ev = parseBlock(buf.slice(0, cut));
+          buf = buf.slice(cut + 2);
+          if (ev.id) lastId = ev.id;
+          if (ev.event === "stage") {
+            const d = JSON.parse(ev.data);
+            setStage(d.stage, d.status, d.durationMs);
+            $("#gen-status").textContent = `${d.stage}: ${LABEL[d.status] || d.status}`;
+          } else if (ev.event === "done") {
+            return JSON.parse(ev.data);
+          } else if (ev.event === "gone") {
+            throw new Error("this generation was deleted");
+          }
+        }
+      }
+    } catch (e) {
+      if (e.message.includes("deleted")) throw e;
+    }
+    await sleep(500);
+  }
+  return poll(id);
+}
+
+async function poll(id) {
+  for (;;) {
+    const gen = await api("GET", `/api/generate/${id}`);
+    showStages(gen);
+    if (["completed", "failed", "canceled"].includes(gen.status)) return gen;
+    await sleep(1000);
+  }
+}
+
+function sleep(ms) { return new Promise((r) => setTimeout(r, ms)); }
+
+function showResult(gen) {
+  showStages(gen);
+  const status = $("#gen-status");
+  if (gen.status === "completed") {
+    status.textContent = `Completed with ${gen.provider} (${gen.model}), cost $${gen.cost.toFixed(3)}.`;
+  } else if (gen.error) {
+    status.textContent = `${gen.status}: ${gen.error.stage}: ${gen.error.message}`;
+  } else {
+    status.textContent = `Generation ${gen.status}.`;
+  }
+  const imgs = gen.assets.map((a) => {
+    const link = document.createElement("a");
+    link.href = a.url; link.target = "_blank"; link.rel = "noopener";
+    const img = document.createElement("img");
+    img.src = a.url; img.width = a.width; img.height = a.height;
+    img.alt = `Generated image for “${gen.prompt.original || "garment photo"}”`;
+    link.append(img);
+    return link;
+  });
+  $("#result").replaceChildren(...imgs);
+}
+
+// ---------------------------------------------------------------- submit
+
+async function submit(event) {
+  event.preventDefault();
+  const errorBox = $("#form-error");
+  errorBox.textContent = "";
+  if (!apiKey()) { errorBox.textContent = "Save your API key first."; $("#api-key").focus(); return; }
+  const prompt = $("#prompt").value.trim();
+  const file = $("#image").files[0];
+  if (!prompt && !file) { errorBox.textContent = "Type a prompt or add a photo."; return; }
+  const settings = {
+    provider: $("#provider").value, quality: $("#quality").value,
+    size: $("#size").value, strategy: $("#strategy").value,
+  };
+  const button = $("#submit");
+  button.disabled = true;
+  try {
+    let accepted;
+    if (file) {
+      const form = new FormData();
+      form.append("image", file);
+      form.append("settings", JSON.stringify(settings));
+      if (prompt) form.append("prompt", prompt);
+      accepted = await api("POST", "/api/generate/from-image", form);
+    } else {
+      accepted = await api("POST", "/api/generate/from-prompt", { prompt, settings });
+    }
+    resetStages();
+    $("#gen-id").textContent = accepted.id;
+    $("#gen-status").textContent = "Queued…";
+    loadGallery(true);
+    const gen = await follow(accepted.id);
+    showResult(gen);
+    loadGallery(true);
+  } catch (e) {
+    errorBox.textContent = e.message;
+  } finally {
+    button.disabled = false;
+  }
+}
+
+// ---------------------------------------------------------------- gallery
+
+function card(gen) {
+  const li = $("#card-tpl").content.firstElementChild.cloneNode(true);
+  li.dataset.id = gen.id;
+  li.dataset.status = gen.status;
+  const asset = gen.assets[0];
+  const img = $("img", li);
+  const label = gen.prompt.original || "garment photo";
+  if (asset) {
+    img.src = asset.url; img.width = asset.width; img.height = asset.height;
+    img.alt = `Generated image for “${label}”`;
+    $(".img-link", li).href = asset.url;
+  } else {
+    $(".img-link", li).replaceWith(Object.assign(document.createElement("div"),
+      { className: "placeholder", textContent: gen.status }));
+  }
+  $(".badge", li).textContent = gen.status;
+  $(".badge", li).dataset.status = gen.status;
+  $(".prompt", li).textContent = label;
+  $(".meta", li).textContent = `${new Date(gen.createdAt).toLocaleString()}`
+    + `${gen.provider ? ` · ${gen.provider}` : ""}`;
+  const feedback = async (body, button) => {
+    try {
+      await api("POST", `/api/generate/${gen.id}/feedback`, { ...body, assetId: asset?.id });
+      if (button) button.setAttribute("aria-pressed", "true");
+      $(".meta", li).textContent = "Thanks, feedback saved.";
+    } catch (e) { $(".meta", li).textContent = e.message; }
+  };
+  const heart = $(".heart", li);
+  heart.setAttribute("aria-label", `Heart “${label}”`);
+  heart.addEventListener("click", () => feedback({ feedbackType: "heart" }, heart));
+  const flag = $(".flag", li);
+  flag.setAttribute("aria-label", `Flag “${label}” as an outlier`);
+  flag.addEventListener("click", () => feedback({ feedbackType: "outlier" }, flag));
+  const rating = $(".rating", li);
+  rating.setAttribute("aria-label", `Rate “${label}” from 1 to 5`);
+  rating.addEventListener("change", () => rating.value
+    && feedback({ feedbackType: "rating", rating: Number(rating.value) }));
+  const del = $(".delete", li);
+  del.setAttribute("aria-label", `Delete “${label}”`);
+  del.addEventListener("click", async () => {
+    if (!confirm("Delete this generation and its images?")) return;
+    try { await api("DELETE", `/api/generate/${gen.id}`); li.remove(); }
+    catch (e) { $(".meta", li).textContent = e.message; }
+  });
+  if (!asset) for (const b of [heart, flag, rating]) b.disabled = true;
+  return li;
+}
+
+async function loadGallery(reset) {
+  if (!apiKey()) return;
+  if (reset) cursor = null;
+  const query = new URLSearchParams({ limit: "12" });
+  if (cursor) query.set("cursor", cursor);
+  try {
+    const page = await api("GET", `/api/generate?${query}`);
+    const cards = page.items.map(card);
+    if (reset) $("#gallery").replaceChildren(...cards);
+    else $("#gallery").append(...cards);
+    cursor = page.nextCursor;
+    $("#more").hidden = !cursor;
+    $("#gallery-empty").textContent = $("#gallery").children.length ? "" : "No generations yet.";
+  } catch (e) {
+    $("#gallery-empty").textContent = e.message;
+  }
+}
+
+// ---------------------------------------------------------------- wiring
+
+function setupDrop() {
+  const drop = $("#drop");
+  const input = $("#image");
+  const show = () => {
+    const f = input.files[0];
+    $("#drop-name").textContent = f ? f.name : "";
+    $("#drop-clear").hidden = !f;
+    drop.classList.toggle("has-file", Boolean(f));
+  };
+  input.addEventListener("change", show);
+  drop.addEventListener("keydown", (e) => {
+    if (e.key === "Enter" || e.key === " ") { e.preventDefault(); input.click(); }
+  });
+  for (const type of ["dragenter", "dragover"]) {
+    drop.addEventListener(type, (e) => { e.preventDefault(); drop.classList.add("over"); });
+  }
+  for (const type of ["dragleave", "drop"]) {
+    drop.addEventListener(type, () => drop.classList.remove("over"));
+  }
+  drop.addEventListener("drop", (e) => {
+    e.preventDefault();
+    if (e.dataTransfer.files.length) { input.files = e.dataTransfer.files; show(); }
+  });
+  $("#drop-clear").addEventListener("click", () => { input.value = ""; show(); });
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("#api-key").value = apiKey();
+  $("#key-form").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    localStorage.setItem(KEY, $("#api-key").value.trim());
+    if (await checkKey()) loadGallery(true);
+  });
+  $("#key-forget").addEventListener("click", () => {
+    localStorage.removeItem(KEY);
+    $("#api-key").value = "";
+    $("#gallery").replaceChildren();
+    showKeyState("Key removed from this browser.");
+  });
+  $("#gen-form").addEventListener("submit", submit);
+  $("#refresh").addEventListener("click", () => loadGallery(true));
+  $("#more").addEventListener("click", () => loadGallery(false));
+  setupDrop();
+  checkKey().then((ok) => ok && loadGallery(true));
+});

@@ -1,0 +1,75 @@
+"""Flower, started from the Procfile's ``flower`` line against the test Redis,
+sees the stack's workers behind basic auth and shows which generation each
+task serves (the task argument is the generation id)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import requests
+
+from tests.integration.helpers import wait_final
+from tests.support import procs as P
+from tests.support.services import free_port
+
+pytestmark = pytest.mark.services
+AUTH = ("ops", "s3cret-flower")
+
+
+@pytest.fixture(scope="module")
+def flower(stack, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("flower")
+    port = free_port()
+    env = {
+        **stack.env,
+        "FLOWER_PORT": str(port),
+        "FLOWER_BASIC_AUTH": ":".join(AUTH),
+        "FLOWER_DB": str(folder / "flower.db"),
+    }
+    proc = P.Process("flower", P.procfile()["flower"], env, folder)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        P.wait_for(lambda: P.http_ok(base + "/healthcheck"), 60, "flower", procs=[proc])
+        yield base, proc, folder
+    finally:
+        proc.stop()
+
+
+def test_flower_lists_the_workers_behind_basic_auth(flower):
+    base, _, _ = flower
+    assert requests.get(base + "/api/workers", timeout=10).status_code == 401
+    assert requests.get(base + "/api/workers", auth=("ops", "wrong"), timeout=10).status_code == 401
+    deadline = time.monotonic() + 30
+    while True:
+        resp = requests.get(base + "/api/workers?refresh=1", auth=AUTH, timeout=20)
+        assert resp.status_code == 200, resp.text
+        names = set(resp.json())
+        if any(n.startswith("worker@") for n in names) and any(
+            n.startswith("generator@") for n in names
+        ):
+            break
+        assert time.monotonic() < deadline, names
+        time.sleep(0.5)
+
+
+def test_flower_shows_the_generation_id_of_each_task(flower, stack):
+    base, _, folder = flower
+    user = stack.user("flower-user")
+    resp = requests.post(
+        f"{stack.base_url}/api/generate/from-prompt",
+        headers=user.headers,
+        json={"prompt": "sage linen jumpsuit", "settings": {"provider": "local"}},
+        timeout=10,
+    )
+    gen_id = resp.json()["id"]
+    wait_final(stack.base_url, user.headers, gen_id)
+    deadline = time.monotonic() + 30
+    while True:
+        tasks = requests.get(base + "/api/tasks", auth=AUTH, timeout=10).json()
+        ours = {t["name"] for t in tasks.values() if gen_id in (t.get("args") or "")}
+        if {"pipeline.generate", "pipeline.store"} <= ours:
+            break
+        assert time.monotonic() < deadline, ours
+        time.sleep(0.5)
+    assert ours >= {"pipeline.enhance", "pipeline.route", "pipeline.optimize"}

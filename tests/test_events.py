@@ -1,0 +1,169 @@
+"""GET /api/generate/<id>/events on the embedded default (database polling):
+ids, resume with Last-Event-ID, heartbeats, the final ``done``, auth and the
+per-process stream limit."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+
+from app import create_app
+from app.events import parse_event_id, stage_events
+from app.pipeline import STAGES
+from app.pipeline.runner import run_stage
+from tests.conftest import make_user
+
+
+def parse_sse(text: str) -> list[dict]:
+    """A minimal, independent SSE parser (the WHATWG rules we rely on)."""
+    events = []
+    for block in text.split("\n\n"):
+        ev: dict = {"comment": []}
+        for line in filter(None, block.split("\n")):
+            if line.startswith(":"):
+                ev["comment"].append(line[1:].strip())
+                continue
+            field, _, value = line.partition(":")
+            ev[field] = value[1:] if value.startswith(" ") else value
+        if "data" in ev:
+            ev["data"] = json.loads(ev["data"])
+        if len(ev) > 1 or ev["comment"]:
+            events.append(ev)
+    return events
+
+
+def submit(client, user, prompt="ivory linen shirt dress") -> str:
+    resp = client.post("/api/generate/from-prompt", headers=user.headers, json={"prompt": prompt})
+    assert resp.status_code == 202, resp.json
+    return resp.json["id"]
+
+
+def run_all(app, gen_id: str, pause: float = 0.0) -> None:
+    s = app.extensions["bff"]
+    for name in STAGES:
+        run_stage(s.db, s.settings, s.storage, gen_id, name)
+        time.sleep(pause)
+
+
+def read_stream(client, user, gen_id, last_id=None) -> list[dict]:
+    headers = dict(user.headers)
+    if last_id:
+        headers["Last-Event-ID"] = last_id
+    resp = client.get(f"/api/generate/{gen_id}/events", headers=headers)
+    assert resp.status_code == 200
+    assert resp.mimetype == "text/event-stream"
+    assert resp.headers["Cache-Control"] == "no-cache"
+    return parse_sse(resp.get_data(as_text=True))
+
+
+def test_finished_generation_streams_every_transition_then_done(app, client, user):
+    gen_id = submit(client, user)
+    run_all(app, gen_id)
+    events = read_stream(client, user, gen_id)
+    assert events[0].get("retry") == "2000"
+    stages = [e for e in events if e.get("event") == "stage"]
+    done = events[-1]
+    final = {st["name"]: st["status"] for st in done["data"]["stages"]}
+    assert final["analyze"] == "skipped" and final["generate"] == "completed"
+    # Every stage started, then reached the status the database holds, in order.
+    assert [(e["data"]["stage"], e["data"]["status"]) for e in stages] == [
+        (name, status) for name in STAGES for status in ("running", final[name])
+    ]
+    ids = [parse_event_id(e["id"]) for e in stages]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    finished = [e["data"] for e in stages if e["data"]["status"] != "running"]
+    assert all(isinstance(d["durationMs"], int) for d in finished)
+    assert done["event"] == "done" and done["id"] == "done"
+    assert done["data"]["id"] == gen_id and done["data"]["status"] == "completed"
+    assert done["data"]["assets"][0]["url"]
+
+
+def test_last_event_id_resumes_exactly_after_what_the_client_saw(app, client, user):
+    gen_id = submit(client, user)
+    run_all(app, gen_id)
+    full = [e for e in read_stream(client, user, gen_id) if "id" in e]
+    for cut in (0, 5, len(full) - 2):
+        resumed = [e for e in read_stream(client, user, gen_id, full[cut]["id"]) if "id" in e]
+        assert [e["id"] for e in resumed] == [e["id"] for e in full[cut + 1 :]]
+    # A garbage id starts over rather than skipping anything.
+    assert len([e for e in read_stream(client, user, gen_id, "bogus") if "id" in e]) == len(full)
+
+
+def test_live_stream_follows_a_running_generation(app, client, user):
+    gen_id = submit(client, user)
+    worker = threading.Thread(target=run_all, args=(app, gen_id, 0.05))
+    resp = client.get(f"/api/generate/{gen_id}/events", headers=user.headers, buffered=False)
+    worker.start()
+    text = "".join(chunk.decode() for chunk in resp.response)
+    worker.join()
+    events = parse_sse(text)
+    assert [e["event"] for e in events if "event" in e][-1] == "done"
+    assert len([e for e in events if e.get("event") == "stage"]) == 2 * len(STAGES)
+
+
+def test_heartbeat_comment_while_nothing_happens(app_config, tmp_path):
+    app = create_app({**app_config, "BFF_SSE_HEARTBEAT": "0.2", "BFF_SSE_POLL": "0.05"})
+    client, user = app.test_client(), make_user(app, "hb")
+    gen_id = submit(client, user)
+    resp = client.get(f"/api/generate/{gen_id}/events", headers=user.headers, buffered=False)
+    chunks = iter(resp.response)
+    start = time.monotonic()
+    seen = ""
+    while ": keepalive" not in seen:
+        seen += next(chunks).decode()
+        assert time.monotonic() - start < 5
+    assert "event:" not in seen  # nothing ran, so nothing but the heartbeat
+    resp.close()
+
+
+def test_events_need_the_owners_key(client, user, other_user):
+    gen_id = submit(client, user)
+    assert client.get(f"/api/generate/{gen_id}/events").status_code == 401
+    resp = client.get(f"/api/generate/{gen_id}/events", headers=other_user.headers)
+    assert resp.status_code == 404 and resp.json["error"]["code"] == "not_found"
+
+
+def test_streams_beyond_the_limit_get_503_and_slots_come_back(app_config):
+    app = create_app({**app_config, "BFF_SSE_MAX_STREAMS": "1", "BFF_SSE_POLL": "0.05"})
+    client, user = app.test_client(), make_user(app, "lim")
+    gen_id = submit(client, user)
+    first = client.get(f"/api/generate/{gen_id}/events", headers=user.headers, buffered=False)
+    assert first.status_code == 200
+    second = client.get(f"/api/generate/{gen_id}/events", headers=user.headers, buffered=False)
+    assert second.status_code == 503 and second.headers["Retry-After"]
+    first.close()
+    third = client.get(f"/api/generate/{gen_id}/events", headers=user.headers, buffered=False)
+    assert third.status_code == 200
+    third.close()
+
+
+@pytest.mark.parametrize(
+    "stage,expected",
+    [
+        ({"name": "generate", "status": "pending", "attempts": 0, "durationMs": None}, []),
+        (
+            {"name": "generate", "status": "running", "attempts": 2, "durationMs": None},
+            [((0, 2, 1), "running")],
+        ),
+        (
+            {
+                "name": "generate",
+                "status": "pending",
+                "attempts": 1,
+                "durationMs": 12,
+                "error": "attempt 1 failed, retrying in 1.0s: HTTP 503",
+            },
+            [((0, 1, 1), "running"), ((0, 1, 2), "pending")],
+        ),
+        (
+            {"name": "analyze", "status": "skipped", "attempts": 0, "durationMs": 0},
+            [((0, 0, 2), "skipped")],
+        ),
+    ],
+)
+def test_transitions_derived_from_a_stage_row(stage, expected):
+    got = [(e.key, e.data["status"]) for e in stage_events([stage])]
+    assert got == expected

@@ -1,0 +1,72 @@
+"""Logs carry the generation id and stage, from requests and from tasks; JSON
+with BFF_LOG_FORMAT=json, plain text otherwise."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+from celery.signals import task_postrun, task_prerun
+
+from app import create_app, logs
+from app.config import Settings
+from app.errors import ApiError
+
+
+def capture(fmt: str) -> io.StringIO:
+    buf = io.StringIO()
+    logs.configure(Settings.from_env({"BFF_LOG_FORMAT": fmt}), stream=buf)
+    return buf
+
+
+def test_json_lines_carry_generation_and_stage_from_a_pipeline_task():
+    buf = capture("json")
+    task = type("GenerateTask", (), {"name": "pipeline.generate"})()
+    task_prerun.send(sender=task, task_id="t1", task=task, args=("gen_abc",), kwargs={})
+    logging.getLogger("app.pipeline.generate").warning("provider slow: %s", "HTTP 429")
+    task_postrun.send(sender=task, task_id="t1", task=task, args=("gen_abc",), kwargs={})
+    logging.getLogger("celery.worker").warning("idle")
+    first, second = (json.loads(line) for line in buf.getvalue().splitlines())
+    assert first["message"] == "provider slow: HTTP 429"
+    assert (first["generation_id"], first["stage"]) == ("gen_abc", "generate")
+    assert first["level"] == "WARNING" and first["logger"] == "app.pipeline.generate"
+    assert (second["generation_id"], second["stage"]) == (None, None)  # reset after the task
+
+
+def test_json_exception_is_one_line():
+    buf = capture("json")
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        logging.getLogger("x").exception("failed")
+    [line] = buf.getvalue().splitlines()
+    assert "ValueError: boom" in json.loads(line)["exc"]
+
+
+def test_text_is_the_default_and_shows_the_context():
+    buf = capture("text")
+    logs.bind("gen_xyz", "store")
+    logging.getLogger("app.pipeline.store").warning("uploaded")
+    logs.bind(None)
+    logging.getLogger("app").warning("plain")
+    tagged, plain = buf.getvalue().splitlines()
+    assert tagged.endswith("WARNING app.pipeline.store [gen_xyz store]: uploaded")
+    assert plain.endswith("WARNING app: plain")
+
+
+def test_requests_bind_the_generation_in_their_url(app_config):
+    app = create_app({**app_config, "BFF_LOG_FORMAT": "json"})
+    buf = capture("json")
+    with app.test_request_context("/api/generate/gen_fromurl/events"):
+        try:
+            app.preprocess_request()
+        except ApiError:  # no API key: the request stops at auth, the context is set
+            pass
+        logging.getLogger("app.api").warning("in the request")
+    with app.test_request_context("/health"):
+        app.preprocess_request()
+        logging.getLogger("app.api").warning("no generation here")
+    a, b = (json.loads(line) for line in buf.getvalue().splitlines())
+    assert a["generation_id"] == "gen_fromurl"
+    assert b["generation_id"] is None

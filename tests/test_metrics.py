@@ -1,0 +1,67 @@
+"""/metrics: Prometheus text computed from the database at scrape time."""
+
+from __future__ import annotations
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.test_events import run_all, submit
+
+
+def scrape(client) -> dict[str, list]:
+    resp = client.get("/metrics")  # no Authorization: Prometheus scrapes it as is
+    assert resp.status_code == 200
+    assert resp.mimetype == "text/plain"
+    return {fam.name: fam.samples for fam in text_string_to_metric_families(resp.get_data(True))}
+
+
+def value(samples, name, **labels) -> float:
+    hits = [s.value for s in samples if s.name == name and s.labels == labels]
+    assert len(hits) == 1, (name, labels, samples)
+    return hits[0]
+
+
+def test_metrics_follow_what_happened(app, client, user):
+    before = scrape(client)
+    assert value(before["bff_database_up"], "bff_database_up") == 1
+    assert before["bff_generations"] == []
+
+    done = [submit(client, user, f"dress {i}") for i in range(2)]
+    for gen_id in done:
+        run_all(app, gen_id)
+    pending = submit(client, user, "still queued")
+    m = scrape(client)
+    assert value(m["bff_generations"], "bff_generations", status="completed", provider="local") == 2
+    assert value(m["bff_generations"], "bff_generations", status="pending", provider="none") == 1
+    assert (
+        value(
+            m["bff_generation_cost_dollars"], "bff_generation_cost_dollars_total", provider="local"
+        )
+        == 0
+    )
+    # Stage histograms: every finished stage counted, buckets cumulative and consistent.
+    stage = m["bff_stage_duration_seconds"]
+    assert value(stage, "bff_stage_duration_seconds_count", stage="generate") == 2
+    buckets = [s for s in stage if s.name.endswith("_bucket") and s.labels["stage"] == "store"]
+    counts = [s.value for s in buckets]
+    assert counts == sorted(counts) and counts[-1] == 2 and buckets[-1].labels["le"] == "+Inf"
+    assert value(stage, "bff_stage_duration_seconds_sum", stage="generate") >= 0
+    latency = m["bff_provider_latency_seconds"]
+    assert value(latency, "bff_provider_latency_seconds_count", provider="local") == 2
+    calls = m["bff_provider_calls"]
+    assert value(calls, "bff_provider_calls_total", provider="local", outcome="success") == 2
+    assert "bff_stage_retries" in m
+    assert pending
+
+
+def test_retries_are_counted(app, client, user):
+    from app.models import GenerationStage
+
+    gen_id = submit(client, user)
+    run_all(app, gen_id)
+    with app.extensions["bff"].db.session() as session:
+        stage = (
+            session.query(GenerationStage).filter_by(generation_id=gen_id, name="generate").one()
+        )
+        stage.attempts = 3  # as if two attempts had failed transiently
+    m = scrape(client)
+    assert value(m["bff_stage_retries"], "bff_stage_retries_total", stage="generate") == 2

@@ -1,0 +1,37 @@
+"""Thin Celery tasks for webhooks (queue ``pipeline``): one delivery attempt,
+and the sweep that re-sends deliveries whose message was lost."""
+
+from __future__ import annotations
+
+from celery import shared_task
+from flask import current_app
+from sqlalchemy.exc import OperationalError
+
+from app.webhooks import attempt, due_deliveries, send
+
+# A Redis message held longer than the broker's visibility timeout (1 h) is
+# redelivered, so long waits are taken in hops; attempt() drops duplicates.
+MAX_COUNTDOWN = 1800.0
+
+
+@shared_task(
+    name="webhooks.deliver",
+    acks_late=True,
+    autoretry_for=(OperationalError,),
+    retry_backoff=2,
+    retry_backoff_max=60,
+    max_retries=20,
+)
+def deliver(delivery_id: str, attempt_no: int) -> None:
+    s = current_app.extensions["bff"]
+    nxt = attempt(s.db, s.settings, delivery_id, attempt_no)
+    if nxt is not None:
+        next_no, wait = nxt
+        send(s.celery, delivery_id, next_no, min(wait, MAX_COUNTDOWN))
+
+
+@shared_task(name="webhooks.sweep", acks_late=True)
+def sweep() -> None:
+    s = current_app.extensions["bff"]
+    for delivery_id, attempt_no in due_deliveries(s.db):
+        send(s.celery, delivery_id, attempt_no)
