@@ -12,6 +12,7 @@ from sqlalchemy.exc import IntegrityError
 
 from .. import generations as svc
 from ..auth import load_user
+from ..config import PROVIDER_KEY_VARS
 from ..errors import ApiError, not_found
 from ..models import Generation, GenerationAsset, GenerationFeedback, Persona, new_id
 from ..pipeline.route import exclusion, routing_request
@@ -65,13 +66,20 @@ def _replay(session, key: str | None, req_hash: str):
 def _check_submit(session, body: PromptSubmit | ImageSubmit) -> None:
     check_user_id(body.userId)
     settings = body.settings.model_dump()
-    if body.settings.provider != "auto":
-        why = exclusion(body.settings.provider, routing_request(settings), services().settings)
+    provider, config = body.settings.provider, services().settings
+    if provider != "auto":
+        # The missing key first: it is the cause a user can act on.
+        var = PROVIDER_KEY_VARS.get(provider)
+        why = (
+            f"{var} not configured"
+            if var and not config.provider_key(provider)
+            else exclusion(provider, routing_request(settings), config)
+        )
         if why:
             raise ApiError(
                 422,
                 "provider_unavailable",
-                f"provider {body.settings.provider} cannot be used: {why}",
+                f"provider {provider} cannot be used: {why}",
                 [{"field": "settings.provider", "message": why}],
             )
     if (
@@ -236,9 +244,13 @@ def index():
         return {"items": [svc.to_json(r) for r in rows], "nextCursor": cursor}
 
 
-def _revoke_running(gen: Generation) -> None:
+def _running_tasks(gen: Generation) -> list[str]:
+    """Call inside the session: the stages may not be loaded yet."""
+    return [st.task_id for st in gen.stages if st.status == "running" and st.task_id]
+
+
+def _revoke_running(ids: list[str]) -> None:
     """Best effort: the stage guard already stops every later stage."""
-    ids = [st.task_id for st in gen.stages if st.status == "running" and st.task_id]
     if ids:
         try:
             services().celery.control.revoke(ids)
@@ -254,7 +266,8 @@ def cancel(generation_id: str):
             svc.cancel(gen)
         except IllegalTransition:
             raise ApiError(409, "conflict", f"generation is already {gen.status}") from None
-    _revoke_running(gen)
+        running = _running_tasks(gen)
+    _revoke_running(running)
     with services().db.session() as session:
         return svc.to_json(_load(session, generation_id))
 
@@ -284,9 +297,10 @@ def delete(generation_id: str):
         gen = _load(session, generation_id, lock=True)
         if not svc.is_final(gen):
             svc.cancel(gen)
-    _revoke_running(gen)
+        running, prefix = _running_tasks(gen), generation_prefix(gen.user_id, gen.id)
+    _revoke_running(running)
     try:
-        s.storage.delete_prefix(generation_prefix(gen.user_id, gen.id))
+        s.storage.delete_prefix(prefix)
     except StorageError:
         raise ApiError(
             503,
