@@ -83,11 +83,8 @@ def register_error_handlers(app: Flask) -> None:
         message = exc.description or exc.name
         if status == 413:
             message = "request body too large"
-        headers = (
-            {"Allow": exc.response.headers["Allow"]}
-            if (status == 405 and exc.response is not None)
-            else None
-        )
+        # MethodNotAllowed carries the methods itself (it has no response yet).
+        headers = {k: v for k, v in exc.get_headers() if k == "Allow"} or None
         return error_response(
             status, _HTTP_CODES.get(status, "http_error"), message, headers=headers
         )
