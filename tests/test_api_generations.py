@@ -121,6 +121,7 @@ def test_non_json_body_is_415(client, user):
         ({"prompt": ""}, "prompt"),
         ({"prompt": "   "}, "prompt"),
         ({"prompt": "x" * 5001}, "prompt"),
+        ({"prompt": "nul\x00byte"}, "prompt"),
         ({"prompt": "ok", "negativePrompt": "n" * 5001}, "negativePrompt"),
         ({"prompt": "ok", "settings": {"size": "2:1"}}, "settings.size"),
         ({"prompt": "ok", "settings": {"aspectRatio": "21:9"}}, "settings.size"),
