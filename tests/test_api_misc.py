@@ -44,12 +44,12 @@ def test_health_503_when_storage_is_unwritable(app_config, tmp_path):
     "url",
     [
         "sqlite:////nonexistent-bff-dir/sub/bff.db",
-        f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/bff?connect_timeout=2",
+        "postgresql+psycopg://postgres@127.0.0.1:{port}/bff?connect_timeout=2",
     ],
     ids=["sqlite-missing-dir", "postgres-closed-port"],
 )
 def test_health_503_when_the_database_is_unreachable(app_config, url):
-    app = create_app({**app_config, "DATABASE_URL": url})
+    app = create_app({**app_config, "DATABASE_URL": url.format(port=free_port())})
     resp = app.test_client().get("/health")
     assert resp.status_code == 503
     body = resp.get_json()
