@@ -51,6 +51,8 @@ def revoke(session: Session, prefix: str) -> int:
 
 
 def authenticate(session: Session, key: str) -> User | None:
+    if "\x00" in key:  # never a key of ours, and PostgreSQL refuses NUL in text
+        return None
     candidates = session.scalars(
         select(ApiKey).where(ApiKey.prefix == key_prefix(key), ApiKey.revoked_at.is_(None))
     ).all()

@@ -142,11 +142,15 @@ def dev(port: int | None, concurrency: int) -> None:
         for p in procs:
             if p.poll() is None:
                 p.terminate()
+        # One shared deadline: waiting 10 s per process could outlast a
+        # supervisor's own stop timeout when the machine is busy.
+        deadline = time.monotonic() + 10
         for p in procs:
             try:
-                p.wait(timeout=10)
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 p.kill()
+                p.wait()
         sys.exit(0)
 
     signal.signal(signal.SIGINT, stop)

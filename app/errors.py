@@ -11,7 +11,7 @@ from typing import Any
 
 from flask import Flask, jsonify
 from pydantic import ValidationError
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
@@ -83,13 +83,19 @@ def register_error_handlers(app: Flask) -> None:
         message = exc.description or exc.name
         if status == 413:
             message = "request body too large"
-        headers = (
-            {"Allow": exc.response.headers["Allow"]}
-            if (status == 405 and exc.response is not None)
-            else None
-        )
+        # MethodNotAllowed carries the methods itself (it has no response yet).
+        headers = {k: v for k, v in exc.get_headers() if k == "Allow"} or None
         return error_response(
             status, _HTTP_CODES.get(status, "http_error"), message, headers=headers
+        )
+
+    @app.errorhandler(DataError)
+    def _unstorable(exc: DataError):
+        # A value the database refuses (PostgreSQL: a NUL in text) is the
+        # client's, not an outage: without this it would answer 503.
+        log.info("database refused a value: %s", exc.orig)
+        return error_response(
+            400, "bad_request", "the request contains a value that cannot be stored (e.g. NUL)"
         )
 
     @app.errorhandler(OperationalError)

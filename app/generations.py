@@ -13,7 +13,17 @@ from sqlalchemy.orm import Session, selectinload
 
 from .models import Generation, GenerationStage, new_id, utcnow
 from .pipeline import STAGES
-from .states import CANCELED, FAILED, FINAL, PENDING, S_FAILED, S_PENDING, S_RUNNING, set_status
+from .states import (
+    CANCELED,
+    FAILED,
+    FINAL,
+    PENDING,
+    S_FAILED,
+    S_PENDING,
+    S_RUNNING,
+    IllegalTransition,
+    set_status,
+)
 
 
 def iso(dt: datetime | None) -> str | None:
@@ -121,7 +131,10 @@ def list_page(
 
 
 def cancel(gen: Generation) -> None:
-    """Raises IllegalTransition when the generation is already final."""
+    """Raises IllegalTransition when the generation is already final (canceling
+    a canceled one too: set_status treats same-status as a no-op)."""
+    if gen.status in FINAL:
+        raise IllegalTransition("generation", gen.status, CANCELED)
     set_status(gen, CANCELED)
     for s in gen.stages:
         if s.status == S_RUNNING:
@@ -131,8 +144,6 @@ def cancel(gen: Generation) -> None:
 def prepare_retry(gen: Generation) -> str:
     """Reset a failed generation to resume at its first unfinished stage; returns it."""
     if gen.status != FAILED:
-        from .states import IllegalTransition
-
         raise IllegalTransition("generation", gen.status, PENDING)
     set_status(gen, PENDING)
     first = None

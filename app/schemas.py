@@ -17,6 +17,14 @@ class _Body(BaseModel):
     # Unknown fields are ignored so older clients keep working.
     model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
 
+    @field_validator("*")
+    @classmethod
+    def _no_nul(cls, v: Any) -> Any:
+        # PostgreSQL text cannot hold NUL; refuse it here as a 422 with the field.
+        if isinstance(v, str) and "\x00" in v:
+            raise ValueError("must not contain NUL characters")
+        return v
+
 
 class GenerationSettings(_Body):
     provider: Literal["auto", "google-imagen", "openai-dalle3", "openai-gpt-image", "local"] = (

@@ -13,6 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from .. import events
 from .. import generations as svc
 from ..auth import load_user
+from ..config import PROVIDER_KEY_VARS
 from ..errors import ApiError, not_found
 from ..models import Generation, GenerationAsset, GenerationFeedback, Persona, new_id
 from ..pipeline.route import exclusion, routing_request
@@ -70,13 +71,20 @@ def _check_submit(session, body: PromptSubmit | ImageSubmit) -> None:
     check_user_id(body.userId)
     check_submission(session, services().settings, g.user_id)
     settings = body.settings.model_dump()
-    if body.settings.provider != "auto":
-        why = exclusion(body.settings.provider, routing_request(settings), services().settings)
+    provider, config = body.settings.provider, services().settings
+    if provider != "auto":
+        # The missing key first: it is the cause a user can act on.
+        var = PROVIDER_KEY_VARS.get(provider)
+        why = (
+            f"{var} not configured"
+            if var and not config.provider_key(provider)
+            else exclusion(provider, routing_request(settings), config)
+        )
         if why:
             raise ApiError(
                 422,
                 "provider_unavailable",
-                f"provider {body.settings.provider} cannot be used: {why}",
+                f"provider {provider} cannot be used: {why}",
                 [{"field": "settings.provider", "message": why}],
             )
     if (
@@ -241,10 +249,15 @@ def index():
         return {"items": [svc.to_json(r) for r in rows], "nextCursor": cursor}
 
 
-def _revoke_running(gen: Generation) -> None:
-    """Best effort: the stage guard already stops every later stage."""
+def _running_tasks(gen: Generation) -> list[str]:
+    """Call inside the session: the stages may not be loaded yet."""
+    return [st.task_id for st in gen.stages if st.status == "running" and st.task_id]
+
+
+def _revoke_running(gen: Generation, ids: list[str]) -> None:
+    """Best effort: the stage guard already stops every later stage. ``gen``'s
+    stages must have been loaded inside the session (``_running_tasks``)."""
     cancel_remote(services().settings, gen)  # a running Replicate prediction, too
-    ids = [st.task_id for st in gen.stages if st.status == "running" and st.task_id]
     if ids:
         try:
             services().celery.control.revoke(ids)
@@ -260,7 +273,8 @@ def cancel(generation_id: str):
             svc.cancel(gen)
         except IllegalTransition:
             raise ApiError(409, "conflict", f"generation is already {gen.status}") from None
-    _revoke_running(gen)
+        running = _running_tasks(gen)
+    _revoke_running(gen, running)
     events.generation_final(services().settings, generation_id, gen.status)
     with services().db.session() as session:
         return svc.to_json(_load(session, generation_id))
@@ -292,11 +306,12 @@ def delete(generation_id: str):
         was_running = not svc.is_final(gen)
         if was_running:
             svc.cancel(gen)
-    _revoke_running(gen)
+        running, prefix = _running_tasks(gen), generation_prefix(gen.user_id, gen.id)
+    _revoke_running(gen, running)
     if was_running:
         events.generation_final(s.settings, generation_id, gen.status)
     try:
-        s.storage.delete_prefix(generation_prefix(gen.user_id, gen.id))
+        s.storage.delete_prefix(prefix)
     except StorageError:
         raise ApiError(
             503,

@@ -1,0 +1,138 @@
+"""``bff generate`` as a user runs it: a subprocess talking HTTP to the
+embedded system (``bff dev``), started once for this module."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+from PIL import Image
+
+from tests.conftest import CLEAN
+from tests.support.pipeline import png_bytes
+from tests.support.services import free_port
+
+BFF = str(Path(sys.executable).parent / "bff")
+URL = re.compile(r"^https?://\S+$", re.M)
+
+
+@dataclass
+class Embedded:
+    base_url: str
+    key: str
+    env: dict[str, str]
+
+
+@pytest.fixture(scope="module")
+def embedded(tmp_path_factory) -> Iterator[Embedded]:
+    folder = tmp_path_factory.mktemp("embedded")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in CLEAN}
+    proc = subprocess.Popen(
+        [BFF, "dev", "--port", str(port), "--concurrency", "2"],
+        cwd=folder,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    lines: list[str] = []
+    try:
+        key, deadline = None, time.monotonic() + 90
+        while key is None and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            assert line or proc.poll() is None, "".join(lines)
+            lines.append(line)
+            if len(lines) >= 2 and lines[-2].startswith("API key"):
+                key = line.strip()
+        assert key, "".join(lines)
+        # Keep draining the output so the child never blocks on a full pipe.
+        threading.Thread(target=lambda: [lines.append(x) for x in proc.stdout], daemon=True).start()
+        base = f"http://127.0.0.1:{port}"
+        yield Embedded(base, key, {**env, "BFF_API_URL": base, "BFF_API_KEY": key})
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def bff_generate(env: dict[str, str], *args: str, cwd: Path | None = None):
+    return subprocess.run(
+        [BFF, "generate", *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=120
+    )
+
+
+def assert_png_urls(stdout: str, size: tuple[int, int] | None = None) -> list[str]:
+    urls = URL.findall(stdout)
+    assert urls, stdout
+    for url in urls:
+        resp = requests.get(url, timeout=10)
+        assert resp.status_code == 200, url
+        img = Image.open(io.BytesIO(resp.content))
+        assert img.format == "PNG"
+        if size:
+            assert img.size == size
+    return urls
+
+
+def test_generate_from_a_prompt_and_wait(embedded):
+    done = bff_generate(embedded.env, "emerald silk slip dress", "--wait", "--size", "16:9")
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    assert re.search(r"^submitted gen_\w+$", out, re.M), out
+    for stage in ("enhance", "route", "generate", "store"):
+        assert re.search(rf"^\s+{stage}\s+completed", out, re.M), out
+    assert re.search(r"^\s+analyze\s+skipped", out, re.M), out
+    assert "completed in local" in out
+    [url] = assert_png_urls(out)
+    assert url.startswith(f"{embedded.base_url}/cdn/users/")
+    img = Image.open(io.BytesIO(requests.get(url, timeout=10).content))
+    assert img.width > img.height  # 16:9
+
+
+def test_generate_from_an_image_and_wait(embedded, tmp_path):
+    photo = tmp_path / "coat.jpg"
+    photo.write_bytes(png_bytes((120, 160), "navy", fmt="JPEG"))
+    done = bff_generate(embedded.env, "a navy coat", "--image", str(photo), "--wait")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert re.search(r"^\s+analyze\s+completed", done.stdout, re.M), done.stdout
+    assert_png_urls(done.stdout)
+
+
+def test_generate_without_wait_only_submits(embedded):
+    done = bff_generate(embedded.env, "red wool coat")
+    assert done.returncode == 0, done.stderr
+    [line] = done.stdout.strip().splitlines()
+    gen_id = line.removeprefix("submitted ")
+    resp = requests.get(
+        f"{embedded.base_url}/api/generate/{gen_id}",
+        headers={"Authorization": f"Bearer {embedded.key}"},
+        timeout=10,
+    )
+    assert resp.status_code == 200
+
+
+def test_generate_reports_errors_in_words(embedded):
+    no_key = bff_generate(embedded.env, "x", "--provider", "google-imagen")
+    assert no_key.returncode != 0
+    assert "422" in no_key.stderr and "REPLICATE_API_TOKEN" in no_key.stderr
+    bad = bff_generate({**embedded.env, "BFF_API_KEY": "bff_00000000_nope"}, "x")
+    assert bad.returncode != 0 and "401" in bad.stderr
+    unset = bff_generate({k: v for k, v in embedded.env.items() if k != "BFF_API_KEY"}, "x")
+    assert unset.returncode != 0 and "BFF_API_KEY" in unset.stderr
+    down = bff_generate({**embedded.env, "BFF_API_URL": f"http://127.0.0.1:{free_port()}"}, "x")
+    assert down.returncode != 0 and "cannot reach the API" in down.stderr

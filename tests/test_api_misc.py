@@ -1,0 +1,174 @@
+"""/health, /api/webhooks/secret, /api/stats and /cdn/."""
+
+from __future__ import annotations
+
+import io
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import pytest
+from PIL import Image
+
+from app import create_app
+from app.models import Generation
+from app.pipeline import STAGE_FUNCS
+from app.pipeline.context import StageFailed
+from tests.support.pipeline import load, run_all, services, submit_prompt
+from tests.support.services import free_port
+
+# ------------------------------------------------------------------ health
+
+
+def test_health_ok(client):
+    resp = client.get("/health")  # no key needed
+    assert resp.status_code == 200, resp.get_json()
+    body = resp.get_json()
+    assert body["status"] == "ok"
+    assert body["checks"] == {"database": "ok", "broker": "ok", "storage": "ok"}
+    assert body["providers"]["local"] == "configured"
+
+
+def test_health_503_when_storage_is_unwritable(app_config, tmp_path):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the media folder should be")
+    app = create_app({**app_config, "BFF_MEDIA_ROOT": str(blocker / "media")})
+    resp = app.test_client().get("/health")
+    assert resp.status_code == 503
+    body = resp.get_json()
+    assert body["status"] == "degraded"
+    assert body["checks"]["storage"].startswith("error")
+    assert body["checks"]["database"] == "ok"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "sqlite:////nonexistent-bff-dir/sub/bff.db",
+        "postgresql+psycopg://postgres@127.0.0.1:{port}/bff?connect_timeout=2",
+    ],
+    ids=["sqlite-missing-dir", "postgres-closed-port"],
+)
+def test_health_503_when_the_database_is_unreachable(app_config, url):
+    app = create_app({**app_config, "DATABASE_URL": url.format(port=free_port())})
+    resp = app.test_client().get("/health")
+    assert resp.status_code == 503
+    body = resp.get_json()
+    assert body["checks"]["database"].startswith("error")
+    assert body["checks"]["storage"] == "ok"
+    # Requests that need the database answer 503 in JSON too, not a 500.
+    resp = app.test_client().get("/api/generate", headers={"Authorization": "Bearer bff_x_y"})
+    assert resp.status_code == 503
+    assert resp.get_json()["error"]["code"] == "service_unavailable"
+    assert resp.headers["Retry-After"]
+
+
+# ------------------------------------------------------------ webhook secret
+
+
+def test_webhook_secret_is_stable_and_per_user(client, user, other_user):
+    assert client.get("/api/webhooks/secret").status_code == 401
+    a1 = client.get("/api/webhooks/secret", headers=user.headers)
+    a2 = client.get("/api/webhooks/secret", headers=user.headers)
+    b = client.get("/api/webhooks/secret", headers=other_user.headers)
+    assert a1.status_code == a2.status_code == b.status_code == 200
+    secret = a1.get_json()["secret"]
+    assert secret.startswith("whsec_") and len(secret) > 20
+    assert a2.get_json()["secret"] == secret
+    assert b.get_json()["secret"].startswith("whsec_") and b.get_json()["secret"] != secret
+
+
+# ------------------------------------------------------------------- stats
+
+
+def set_cost(app, gen_id: str, cost: str) -> None:
+    with services(app).db.session() as session:
+        session.get(Generation, gen_id).cost = Decimal(cost)
+
+
+def test_stats(app, client, user, other_user, monkeypatch):
+    assert client.get("/api/stats").status_code == 401
+    empty = client.get("/api/stats", headers=user.headers).get_json()
+    assert empty["counts"]["total"] == 0 and empty["successRate"] is None
+    assert empty["costByDay"] == []
+
+    done = [submit_prompt(client, user.headers, f"dress {i}") for i in range(3)]
+    for gen_id in done:
+        run_all(app, gen_id)
+    set_cost(app, done[0], "0.04")
+    set_cost(app, done[1], "0.02")
+    with monkeypatch.context() as m:
+        m.setitem(STAGE_FUNCS, "generate", lambda ctx: (_ for _ in ()).throw(StageFailed("no")))
+        broken = submit_prompt(client, user.headers)
+        run_all(app, broken)
+    canceled = submit_prompt(client, user.headers)
+    client.post(f"/api/generate/{canceled}/cancel", headers=user.headers)
+    submit_prompt(client, user.headers)  # still pending
+    theirs = submit_prompt(client, other_user.headers)
+    run_all(app, theirs)
+    set_cost(app, theirs, "1.00")
+
+    stats = client.get("/api/stats", headers=user.headers).get_json()
+    assert stats["counts"] == {
+        "total": 6,
+        "completed": 3,
+        "failed": 1,
+        "canceled": 1,
+        "in_progress": 1,
+    }
+    assert stats["successRate"] == 0.75
+    assert stats["assets"] == 3
+    assert stats["totalCost"] == pytest.approx(0.06)
+    assert stats["avgDurationSeconds"] is not None and stats["avgDurationSeconds"] >= 0
+    assert stats["stageDurationsMs"]["generate"]["count"] == 3
+    assert stats["stageDurationsMs"]["enhance"]["count"] == 4  # the failed one got past it
+    today = datetime.now(UTC).date().isoformat()
+    [day] = stats["costByDay"]
+    assert day["day"].startswith(today)
+    assert day["byProvider"] == {"local": pytest.approx(0.06)}
+    assert day["total"] == pytest.approx(0.06)
+
+    other = client.get("/api/stats", headers=other_user.headers).get_json()
+    assert other["counts"]["total"] == 1 and other["totalCost"] == pytest.approx(1.0)
+
+
+# --------------------------------------------------------------------- cdn
+
+
+def test_cdn_serves_stored_images(app, client, user):
+    gen_id = submit_prompt(client, user.headers)
+    run_all(app, gen_id)
+    asset = load(app, gen_id)["assets"][0]
+    path = asset["url"].removeprefix("http://testserver")
+    assert path.startswith("/cdn/users/")
+    resp = client.get(path)  # public, like a CDN: no key
+    assert resp.status_code == 200
+    assert resp.mimetype == "image/png"
+    assert len(resp.data) == asset["fileSize"]
+    assert Image.open(io.BytesIO(resp.data)).size == (asset["width"], asset["height"])
+    assert "max-age" in resp.headers["Cache-Control"]
+
+
+def test_cdn_missing_is_404_json(client):
+    resp = client.get("/cdn/users/1/generations/gen_nope/0.png")
+    assert resp.status_code == 404
+    assert resp.get_json()["error"]["code"] == "not_found"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/cdn/../bff.db",
+        "/cdn/..%2Fbff.db",
+        "/cdn/users/../../bff.db",
+        "/cdn/%2e%2e/bff.db",
+        "/cdn//etc/passwd",
+        "/cdn/%2Fetc%2Fpasswd",
+    ],
+)
+def test_cdn_refuses_path_traversal(app, client, path):
+    db_file = services(app).settings.media_root.parent / "bff.db"
+    assert db_file.exists()  # the secret next door
+    resp = client.get(path, follow_redirects=True)  # "//" is merged by a redirect first
+    assert resp.status_code in (400, 404), path
+    assert resp.get_json()["error"]
+    assert b"SQLite" not in resp.data and b"root:" not in resp.data

@@ -1,0 +1,107 @@
+"""The ``bff`` command: users, keys and migrations. (``bff generate`` against a
+running system is in tests/integration/test_cli_generate.py.)"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from sqlalchemy import create_engine, inspect
+
+from app.cli import users_create
+from tests.conftest import CLEAN
+
+BFF = str(Path(sys.executable).parent / "bff")
+KEY = re.compile(r"bff_[0-9a-f]{8}_\S+")
+
+
+def create_key(runner, name: str) -> str:
+    result = runner.invoke(args=["users", "create", name])
+    assert result.exit_code == 0, result.output
+    lines = result.output.strip().splitlines()
+    assert KEY.fullmatch(lines[-1]), result.output  # the key, alone on the last line
+    assert lines[-1] not in "\n".join(lines[:-1])  # and shown once
+    return lines[-1]
+
+
+def test_users_create_prints_a_working_key(runner, client):
+    key = create_key(runner, "carol")
+    resp = client.get("/api/generate", headers={"Authorization": f"Bearer {key}"})
+    assert resp.status_code == 200
+    # A second key for the same user: both work, they see the same generations.
+    key2 = create_key(runner, "carol")
+    assert key2 != key
+    h1, h2 = ({"Authorization": f"Bearer {k}"} for k in (key, key2))
+    gen = client.post("/api/generate/from-prompt", json={"prompt": "x"}, headers=h1).get_json()
+    assert client.get(f"/api/generate/{gen['id']}", headers=h2).status_code == 200
+
+
+def test_users_revoke(runner, client):
+    key = create_key(runner, "dave")
+    other = create_key(runner, "erin")
+    prefix = "_".join(key.split("_")[:2])
+    result = runner.invoke(args=["users", "revoke", prefix])
+    assert result.exit_code == 0, result.output
+    assert "revoked 1" in result.output
+    assert key.split("_")[2] not in result.output  # never the secret
+    assert (
+        client.get("/api/generate", headers={"Authorization": f"Bearer {key}"}).status_code == 401
+    )
+    assert (
+        client.get("/api/generate", headers={"Authorization": f"Bearer {other}"}).status_code == 200
+    )
+    again = runner.invoke(args=["users", "revoke", prefix])
+    assert again.exit_code != 0 and "no active key" in again.output
+
+
+def test_users_create_is_the_registered_command(app):
+    assert app.cli.get_command(None, "users").get_command(None, "create") is users_create
+
+
+def bff(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [BFF, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_db_upgrade_on_a_fresh_sqlite_database_then_create_a_user(tmp_path):
+    """The real console script, configured only by the environment."""
+    db = tmp_path / "fresh" / "bff.db"
+    db.parent.mkdir()
+    url = f"sqlite:///{db}"
+    env = {
+        **{k: v for k, v in os.environ.items() if k not in CLEAN},
+        "DATABASE_URL": url,
+        "BFF_VAR_DIR": str(tmp_path / "var"),
+    }
+    done = bff(["db", "upgrade"], env, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "database is at head" in done.stdout
+
+    insp = inspect(create_engine(url))
+    tables = set(insp.get_table_names())
+    for name in (
+        "users",
+        "api_keys",
+        "generations",
+        "generation_assets",
+        "generation_feedback",
+        "generation_stages",
+        "providers",
+        "personas",
+        "alembic_version",
+    ):
+        assert name in tables, tables
+    assert {"generation_summary", "user_generation_stats"} <= set(insp.get_view_names())
+    cols = {c["name"] for c in insp.get_columns("generation_summary")}
+    assert {"asset_count", "duration_seconds"} <= cols
+
+    again = bff(["db", "upgrade"], env, tmp_path)  # idempotent
+    assert again.returncode == 0, again.stderr
+
+    made = bff(["users", "create", "frank"], env, tmp_path)
+    assert made.returncode == 0, made.stderr
+    assert KEY.fullmatch(made.stdout.strip().splitlines()[-1]), made.stdout

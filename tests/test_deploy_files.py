@@ -1,0 +1,152 @@
+"""Procfile, docker-compose.yml and the Celery app agree with each other and
+with the contract (process types, commands, queues, task names, env vars)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from app.pipeline import STAGES
+from tests.conftest import CLEAN
+from tests.support.procs import ROOT, procfile
+
+PROCESSES = ("release", "web", "worker", "generator", "beat", "flower")
+# Procfile process type -> compose service.
+SERVICE = {"release": "migrate", **{p: p for p in PROCESSES[1:]}}
+APP_ENV = (
+    "DATABASE_URL",
+    "REDIS_URL",
+    "STORAGE_BACKEND",
+    "R2_ENDPOINT_URL",
+    "R2_ACCESS_KEY_ID",
+    "R2_SECRET_ACCESS_KEY",
+    "R2_BUCKET_NAME",
+    "R2_CDN_URL",
+    "REPLICATE_API_TOKEN",
+    "OPENAI_API_KEY",
+)
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def argv(command: str | list[str]) -> list[str]:
+    """A command as argv, with ``${VAR:-default}`` replaced by its default."""
+    if isinstance(command, list):
+        command = shlex.join(command)
+    return shlex.split(re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", command))
+
+
+def option(args: list[str], name: str) -> str | None:
+    for i, a in enumerate(args):
+        if a == name:
+            return args[i + 1]
+        if a.startswith(name + "="):
+            return a.split("=", 1)[1]
+    return None
+
+
+def test_procfile_has_exactly_the_contract_processes():
+    assert set(procfile()) == set(PROCESSES)
+
+
+def test_compose_runs_the_same_processes_with_the_same_commands(compose):
+    services = compose["services"]
+    assert {"postgres", "redis", "minio"} <= set(services)
+    pf = procfile()
+    for process, service in SERVICE.items():
+        assert service in services, service
+        assert argv(services[service]["command"]) == argv(pf[process]), process
+
+
+def test_release_migrates():
+    assert argv(procfile()["release"]) == ["bff", "db", "upgrade"]
+
+
+def test_web_is_gunicorn_on_the_app_factory():
+    args = argv(procfile()["web"])
+    assert args[0] == "gunicorn" and args[-1] == "app:create_app()"
+
+
+def test_workers_consume_their_queues():
+    pf = procfile()
+    worker, generator = argv(pf["worker"]), argv(pf["generator"])
+    for args in (worker, generator):
+        assert args[:4] == ["celery", "-A", "workers", "worker"]
+    assert option(worker, "-Q") == "pipeline"
+    assert option(generator, "-Q") == "generation"
+    # Waiting on providers must not hold a process each.
+    assert option(generator, "--pool") in ("threads", "gevent", "eventlet")
+    assert argv(pf["beat"])[:4] == ["celery", "-A", "workers", "beat"]
+    flower = argv(pf["flower"])
+    assert flower[:4] == ["celery", "-A", "workers", "flower"]
+    assert option(flower, "--port") == "5555"
+
+
+def test_compose_wires_the_contract_env_to_every_app_service(compose):
+    services = compose["services"]
+    for process, service in SERVICE.items():
+        env = services[service].get("environment") or {}
+        missing = [v for v in APP_ENV if v not in env]
+        assert not missing, (service, missing)
+        assert env["STORAGE_BACKEND"] == "s3"
+        assert env["DATABASE_URL"].startswith("postgresql")
+        assert env["REDIS_URL"].startswith("redis://")
+        assert env["R2_ENDPOINT_URL"].startswith("http://minio:")
+        if process != "release":
+            deps = services[service].get("depends_on") or {}
+            assert "migrate" in deps, service
+
+
+def test_compose_services_scale(compose):
+    # `--scale generator=N` needs no fixed container name or host port.
+    gen = compose["services"]["generator"]
+    assert "container_name" not in gen and "ports" not in gen
+
+
+def test_celery_app_registers_and_routes_the_pipeline_tasks(tmp_path):
+    """``celery -A workers`` imports ``workers``: do exactly that, in a clean
+    process configured like an operator's (only the environment)."""
+    script = (
+        "import json, workers\n"
+        "app = workers.celery\n"
+        "names = sorted(n for n in app.tasks if not n.startswith('celery.'))\n"
+        "routes = {n: app.amqp.router.route({}, n)['queue'].name for n in names}\n"
+        "print(json.dumps({'names': names, 'routes': routes, 'main': workers.app is app}))\n"
+    )
+    env = {
+        **{k: v for k, v in os.environ.items() if k not in CLEAN},
+        "BFF_VAR_DIR": str(tmp_path / "var"),
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'bff.db'}",
+        "REDIS_URL": "redis://127.0.0.1:6399/0",  # never contacted: routing is local
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    info = json.loads(done.stdout.strip().splitlines()[-1])
+    assert info["main"]
+    expected = {f"pipeline.{s}" for s in STAGES}
+    assert expected <= set(info["names"]), info["names"]
+    assert len(expected) == 7
+    for name in expected:
+        queue = "generation" if name == "pipeline.generate" else "pipeline"
+        assert info["routes"][name] == queue, (name, info["routes"][name])
+    # Everything else (maintenance, feedback) stays off the provider queue.
+    for name, queue in info["routes"].items():
+        if name not in expected:
+            assert queue == "pipeline", (name, queue)

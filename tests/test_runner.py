@@ -1,0 +1,289 @@
+"""app.pipeline.runner.run_stage in-process on SQLite (no Celery): claim → work
+→ record, failure and retry outcomes, cancellation, idempotency."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from PIL import Image
+from sqlalchemy import func, select
+
+from app import create_app
+from app.models import Generation, GenerationAsset, GenerationStage
+from app.pipeline import STAGE_FUNCS, STAGES
+from app.pipeline.context import (
+    StageContext,
+    StageFailed,
+    StageResult,
+    StageTransient,
+    StageWaiting,
+)
+from tests.conftest import make_user
+from tests.support.pipeline import (
+    load,
+    run_all,
+    services,
+    stage,
+    stages_by_name,
+    submit_image,
+    submit_prompt,
+)
+
+
+def stage_row(app, gen_id: str, name: str) -> GenerationStage:
+    with services(app).db.session() as session:
+        return session.scalars(
+            select(GenerationStage).where(
+                GenerationStage.generation_id == gen_id, GenerationStage.name == name
+            )
+        ).one()
+
+
+def assets(app, gen_id: str) -> list[GenerationAsset]:
+    with services(app).db.session() as session:
+        return list(
+            session.scalars(select(GenerationAsset).where(GenerationAsset.generation_id == gen_id))
+        )
+
+
+def test_prompt_generation_runs_to_completed_with_a_png(app, client, user):
+    gen_id = submit_prompt(client, user.headers, size="16:9")
+    outcomes = run_all(app, gen_id)
+    assert len(outcomes) == len(STAGES)
+    assert all(o.retry_in is None for o in outcomes)
+    assert outcomes[-1].proceed is False  # the last stage ends the chain
+
+    gen = load(app, gen_id)
+    assert gen["status"] == "completed", gen["error"]
+    assert gen["completedAt"] is not None and gen["error"] is None
+    stages = stages_by_name(gen)
+    assert list(stages) == list(STAGES)
+    assert stages["analyze"]["status"] == "skipped"  # from a prompt
+    assert stages["persona"]["status"] == "skipped"  # the user has no personas
+    for name in ("enhance", "route", "optimize", "generate", "store"):
+        assert stages[name]["status"] == "completed", stages[name]
+    for s in stages.values():
+        assert s["attempts"] == 1
+        assert s["startedAt"] and s["finishedAt"] and s["durationMs"] is not None
+        assert s["finishedAt"] >= s["startedAt"]
+    assert gen["provider"] == "local" and gen["prompt"]["enhanced"] and gen["prompt"]["final"]
+
+    [row] = assets(app, gen_id)
+    data = services(app).storage.get(row.r2_key)
+    img = Image.open(io.BytesIO(data))
+    assert img.format == "PNG"
+    assert img.size == (row.width, row.height)
+    assert row.width > row.height  # 16:9 was asked for
+    assert row.file_size == len(data) and row.content_type == "image/png"
+    assert row.cdn_url == f"http://testserver/cdn/{row.r2_key}"
+    assert gen["assets"][0]["url"] == row.cdn_url
+
+
+def test_image_generation_analyzes_the_upload(app, client, user):
+    resp = submit_image(client, user.headers)
+    assert resp.status_code == 202, resp.get_json()
+    gen_id = resp.get_json()["id"]
+    run_all(app, gen_id)
+    gen = load(app, gen_id)
+    assert gen["status"] == "completed", gen["error"]
+    assert gen["mode"] == "image"
+    stages = stages_by_name(gen)
+    assert stages["analyze"]["status"] == "completed"
+    spec = stages["analyze"]["output"]["spec"]
+    assert spec["records"][0]["colors"]["primary"]  # a colour was named from the photo
+    assert len(assets(app, gen_id)) == 1
+
+
+def test_canceled_generation_stops(app, client, user):
+    gen_id = submit_prompt(client, user.headers)
+    run_all(app, gen_id, STAGES[:2])
+    assert client.post(f"/api/generate/{gen_id}/cancel", headers=user.headers).status_code == 200
+    for name in STAGES[2:]:
+        assert stage(app, gen_id, name).proceed is False
+    gen = load(app, gen_id)
+    assert gen["status"] == "canceled"
+    stages = stages_by_name(gen)
+    assert stages["enhance"]["status"] == "completed"
+    assert all(stages[n]["status"] == "pending" and stages[n]["attempts"] == 0 for n in STAGES[2:])
+    assert assets(app, gen_id) == []
+
+
+def test_canceled_while_a_stage_works_keeps_canceled(app, client, user, monkeypatch):
+    gen_id = submit_prompt(client, user.headers)
+
+    def cancel_meanwhile(ctx: StageContext) -> StageResult:
+        resp = client.post(f"/api/generate/{gen_id}/cancel", headers=user.headers)
+        assert resp.status_code == 200
+        return StageResult({"done": True})
+
+    monkeypatch.setitem(STAGE_FUNCS, "enhance", cancel_meanwhile)
+    outcomes = run_all(app, gen_id)
+    assert [o.proceed for o in outcomes] == [True, False]
+    gen = load(app, gen_id)
+    assert gen["status"] == "canceled"
+    assert stages_by_name(gen)["persona"]["status"] == "pending"
+
+
+def test_stage_failed_fails_the_generation_and_stops(app, client, user, monkeypatch):
+    calls = []
+
+    def broken(ctx: StageContext) -> StageResult:
+        raise StageFailed("no provider can draw this")
+
+    def spy(ctx: StageContext) -> StageResult:
+        calls.append(ctx.generation.id)
+        return StageResult()
+
+    monkeypatch.setitem(STAGE_FUNCS, "route", broken)
+    for later in ("optimize", "generate", "store"):
+        monkeypatch.setitem(STAGE_FUNCS, later, spy)
+    gen_id = submit_prompt(client, user.headers)
+    outcomes = run_all(app, gen_id)
+    assert outcomes[-1].proceed is False and len(outcomes) == 4
+    # A stale message for a later stage does nothing either.
+    assert stage(app, gen_id, "optimize").proceed is False
+    assert calls == []
+    gen = load(app, gen_id)
+    assert gen["status"] == "failed"
+    assert gen["error"] == {"stage": "route", "message": "no provider can draw this"}
+    stages = stages_by_name(gen)
+    assert stages["route"]["status"] == "failed" and stages["route"]["finishedAt"]
+    assert all(stages[n]["status"] == "pending" for n in ("optimize", "generate", "store"))
+
+
+def test_unexpected_exception_fails_visibly(app, client, user, monkeypatch):
+    def crash(ctx: StageContext) -> StageResult:
+        raise ZeroDivisionError
+
+    monkeypatch.setitem(STAGE_FUNCS, "persona", crash)
+    gen_id = submit_prompt(client, user.headers)
+    run_all(app, gen_id)
+    gen = load(app, gen_id)
+    assert gen["status"] == "failed"
+    assert gen["error"] == {
+        "stage": "persona",
+        "message": "internal error in persona: ZeroDivisionError",
+    }
+
+
+@pytest.fixture
+def app2(app_config):
+    """An app that gives up after two attempts."""
+    return create_app({**app_config, "BFF_STAGE_MAX_ATTEMPTS": "2"})
+
+
+def test_transient_errors_retry_then_give_up(app2, monkeypatch):
+    user = make_user(app2, "tess")
+    client = app2.test_client()
+    calls = []
+
+    def flaky(ctx: StageContext) -> StageResult:
+        calls.append(1)
+        raise StageTransient("upstream timed out", retry_after=7)
+
+    monkeypatch.setitem(STAGE_FUNCS, "enhance", flaky)
+    gen_id = submit_prompt(client, user.headers)
+    stage(app2, gen_id, "analyze")
+
+    first = stage(app2, gen_id, "enhance")
+    assert first.proceed and first.retry_in is not None and first.retry_in >= 7  # Retry-After
+    row = stage_row(app2, gen_id, "enhance")
+    assert row.status == "pending" and row.attempts == 1
+    assert "attempt 1 failed" in row.error and "upstream timed out" in row.error
+    assert load(app2, gen_id)["status"] == "processing"
+
+    last = stage(app2, gen_id, "enhance")
+    assert last.proceed is False and last.retry_in is None
+    assert len(calls) == 2
+    gen = load(app2, gen_id)
+    assert gen["status"] == "failed"
+    assert gen["error"] == {
+        "stage": "enhance",
+        "message": "gave up after 2 attempts: upstream timed out",
+    }
+    assert stages_by_name(gen)["enhance"]["attempts"] == 2
+
+
+def test_transient_then_success_counts_attempts(app, client, user, monkeypatch):
+    real = STAGE_FUNCS["enhance"]
+    calls = []
+
+    def once_flaky(ctx: StageContext) -> StageResult:
+        calls.append(1)
+        if len(calls) == 1:
+            raise StageTransient("hiccup")
+        return real(ctx)
+
+    monkeypatch.setitem(STAGE_FUNCS, "enhance", once_flaky)
+    gen_id = submit_prompt(client, user.headers)
+    stage(app, gen_id, "analyze")
+    assert stage(app, gen_id, "enhance").retry_in is not None
+    run_all(app, gen_id)
+    gen = load(app, gen_id)
+    assert gen["status"] == "completed", gen["error"]
+    enhance = stages_by_name(gen)["enhance"]
+    assert enhance["attempts"] == 2 and enhance["error"] is None
+
+
+def test_waiting_keeps_the_checkpoint_and_is_not_an_attempt(app, client, user, monkeypatch):
+    seen = []
+
+    def slow_provider(ctx: StageContext) -> StageResult:
+        seen.append(dict(ctx.previous))
+        if not ctx.previous:
+            ctx.checkpoint({"predictionId": "p-1"})
+            raise StageWaiting(2.5, "provider still working")
+        return StageResult({"predictionId": ctx.previous["predictionId"]})
+
+    monkeypatch.setitem(STAGE_FUNCS, "optimize", slow_provider)
+    gen_id = submit_prompt(client, user.headers)
+    run_all(app, gen_id, STAGES[:4])
+
+    out = stage(app, gen_id, "optimize")
+    assert out.proceed and out.retry_in == 2.5
+    row = stage_row(app, gen_id, "optimize")
+    assert row.status == "running" and row.attempts == 1
+    assert row.output["predictionId"] == "p-1"
+    assert row.output["waiting"] == "provider still working"
+
+    again = stage(app, gen_id, "optimize")  # resuming a wait is not a new attempt
+    assert again.proceed and again.retry_in is None
+    row = stage_row(app, gen_id, "optimize")
+    assert seen[0] == {} and seen[1]["predictionId"] == "p-1"
+    assert row.status == "completed" and row.attempts == 1
+    assert row.output == {"predictionId": "p-1"}
+
+
+def test_running_a_finished_stage_again_is_a_no_op(app, client, user):
+    gen_id = submit_prompt(client, user.headers)
+    run_all(app, gen_id)
+    before = load(app, gen_id)
+    [asset] = assets(app, gen_id)
+
+    # Redelivered messages: the runner sees the stages are done.
+    assert stage(app, gen_id, "store").proceed is False  # final: the chain stops
+    after = load(app, gen_id)
+    assert after["stages"] == before["stages"]
+    assert after["updatedAt"] == before["updatedAt"]
+
+    # The store function itself is idempotent: same key, same single row.
+    s = services(app)
+    with s.db.session() as session:
+        gen = session.get(Generation, gen_id)
+        ctx = StageContext(session, gen, s.settings, s.storage)
+        result = STAGE_FUNCS["store"](ctx)
+    [again] = assets(app, gen_id)
+    assert again.id == asset.id and again.r2_key == asset.r2_key
+    assert result.output["assets"][0]["key"] == asset.r2_key
+    with s.db.session() as session:
+        n = session.scalar(
+            select(func.count())
+            .select_from(GenerationAsset)
+            .where(GenerationAsset.generation_id == gen_id)
+        )
+    assert n == 1
+
+
+def test_unknown_generation_stops(app):
+    assert stage(app, "gen_missing", "analyze").proceed is False
