@@ -6,7 +6,7 @@ last task both publish it on ``bff:events:<id>``)."""
 from __future__ import annotations
 
 import json
-import threading
+import queue
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,12 +45,12 @@ class Run:
 
 
 class Listener:
-    """Subscribed to every generation's channel in one Redis db."""
+    """Subscribed to every generation's channel. Redis pub/sub ignores db
+    numbers, so this also hears other users of the server (test sessions):
+    ``drive`` keeps only the generations it submitted."""
 
     def __init__(self, redis_url: str) -> None:
-        self.run: Run | None = None
-        self.slots = threading.Semaphore(0)
-        self.lock = threading.Lock()
+        self.events: queue.Queue[tuple[str, float, str]] = queue.Queue()
         self.pubsub = redis.Redis.from_url(redis_url).pubsub(ignore_subscribe_messages=True)
         self.pubsub.psubscribe(**{"bff:events:*": self.handle})
         self.thread = self.pubsub.run_in_thread(sleep_time=0.01, daemon=True)
@@ -58,13 +58,9 @@ class Listener:
 
     def handle(self, message: dict) -> None:  # called for every event
         data = json.loads(message["data"])
-        if data.get("event") != "done":
-            return
-        gid = message["channel"].decode().rsplit(":", 1)[1]
-        with self.lock:
-            if self.run is not None and gid not in self.run.done:
-                self.run.done[gid] = (time.monotonic(), data["data"]["status"])
-                self.slots.release()
+        if data.get("event") == "done":
+            gid = message["channel"].decode().rsplit(":", 1)[1]
+            self.events.put((gid, time.monotonic(), data["data"]["status"]))
 
     def close(self) -> None:
         self.thread.stop()
@@ -79,23 +75,33 @@ def drive(
     inflight: int,
     timeout: float = 600.0,
 ) -> Run:
+    """Closed loop: ``inflight`` outstanding until ``n`` have finished."""
     run = Run()
-    with listener.lock:
-        listener.run = run
-        listener.slots = threading.Semaphore(inflight)
+    early: dict[str, tuple[float, str]] = {}  # done before submit() returned
     deadline = time.monotonic() + timeout
     run.started = time.monotonic()
-    for i in range(n):
-        if not listener.slots.acquire(timeout=max(0.0, deadline - time.monotonic())):
-            raise TimeoutError(f"{len(run.done)}/{i} generations finished within {timeout:.0f} s")
-        t0 = time.monotonic()
-        gid = submit(i)
-        run.submitted[gid] = t0
+    outstanding = 0
     while len(run.done) < n:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{len(run.done)}/{n} generations finished within {timeout:.0f} s")
-        time.sleep(0.01)
+        if outstanding < inflight and len(run.submitted) < n:
+            t0 = time.monotonic()
+            gid = submit(len(run.submitted))
+            run.submitted[gid] = t0
+            outstanding += 1
+            if gid in early:
+                run.done[gid] = early.pop(gid)
+                outstanding -= 1
+            continue
+        try:
+            gid, t, status = listener.events.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            raise TimeoutError(
+                f"{len(run.done)}/{n} generations finished within {timeout:.0f} s"
+            ) from None
+        if gid in run.submitted:
+            if gid not in run.done:
+                run.done[gid] = (t, status)
+                outstanding -= 1
+        else:
+            early[gid] = (t, status)
     run.finished = max(t for t, _ in run.done.values())
-    with listener.lock:
-        listener.run = None
     return run
