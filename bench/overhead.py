@@ -53,8 +53,8 @@ def our_submitter(env: Env):
                 settings=settings,
                 prompt=f"emerald silk slip dress, look {i}",
             )
-        if dispatch(s.celery, gid):
-            with s.db.session() as session:
+        if dispatch(s.celery, gid):  # as app.api.generations._submit does
+            with s.db.session(durable=False) as session:
                 svc.touch_dispatched(session, gid)
         return gid
 
