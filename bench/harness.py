@@ -125,14 +125,16 @@ def services(**overrides: str) -> Iterator[Env]:
             env.flush_redis()
 
 
-def celery_workers(env: Env, app_module: str) -> list[P.Process]:
+def celery_workers(
+    env: Env, app_module: str, generator_concurrency: int = GENERATOR_CONCURRENCY
+) -> list[P.Process]:
     """The Procfile's ``worker`` and ``generator`` processes for a Celery app
     (``workers`` is ours; a baseline passes its own module), same pools and
     counts, started and ready."""
     pf = P.procfile()
     extra = {
         "WORKER_CONCURRENCY": str(WORKER_CONCURRENCY),
-        "GENERATOR_CONCURRENCY": str(GENERATOR_CONCURRENCY),
+        "GENERATOR_CONCURRENCY": str(generator_concurrency),
     }
     started = []
     for name in ("worker", "generator"):

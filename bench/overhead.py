@@ -26,7 +26,7 @@ INFLIGHT = int(os.environ.get("BENCH_INFLIGHT", "16"))
 REPEAT = int(os.environ.get("BENCH_REPEAT", "2"))
 
 
-def our_submitter(env: Env):
+def our_submitter(env: Env, provider: str = "local"):
     """Returns (submit(i) -> generation id, flask app)."""
     from app import create_app
     from app import generations as svc
@@ -40,7 +40,7 @@ def our_submitter(env: Env):
     with s.db.session() as session:
         user, _ = create_user(session, "bench")
         user_id = user.id
-    settings = GenerationSettings(provider="local").model_dump()
+    settings = GenerationSettings(provider=provider).model_dump()
 
     def submit(i: int) -> str:
         gid = new_id("gen")
