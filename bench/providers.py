@@ -26,6 +26,8 @@ RATE = float(os.environ.get("BENCH_PROVIDER_RATE", "8"))  # predictions created 
 # Few threads on purpose: holding one per prediction would cap us at
 # THREADS / LATENCY = 1 generation/s, far below the rate limit.
 THREADS = int(os.environ.get("BENCH_PROVIDER_THREADS", "2"))
+# How long one run of the generate stage polls before freeing its thread.
+POLL = os.environ.get("BENCH_PROVIDER_POLL_SECONDS", "0.25")
 
 
 def run() -> list[str]:
@@ -42,6 +44,7 @@ def run() -> list[str]:
             REPLICATE_API_TOKEN="r8_bench",
             BFF_DEFAULT_PROVIDER="google-imagen",
             BFF_RATE_LIMIT_GOOGLE_IMAGEN=f"{RATE:g}/1",
+            BFF_PROVIDER_POLL_SECONDS=POLL,
         ) as env,
     ):
         fake.latency = LATENCY
@@ -61,7 +64,8 @@ def run() -> list[str]:
     return [
         table(
             f"Waiting on a {LATENCY:g} s provider: {N} generations, rate limit {RATE:g}/s, "
-            f"1 generator process x {THREADS} threads (target <= 1.25x ideal)",
+            f"1 generator process x {THREADS} threads, polling {POLL} s per run "
+            "(target <= 1.25x ideal)",
             ["", "makespan s", "vs ideal"],
             [
                 ["ideal (N / rate + latency)", ideal, "1.00x"],
