@@ -33,6 +33,16 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10, pool_recycle=1800)
 
 
+RELAXED = text("SET LOCAL synchronous_commit = off")
+DURABLE = text("SET LOCAL synchronous_commit = on")
+
+
+def make_durable(session: Session) -> None:
+    """Make the session's current transaction wait for its WAL flush on commit."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(DURABLE)
+
+
 class Database:
     def __init__(self, url: str) -> None:
         self.url = url
@@ -44,9 +54,17 @@ class Database:
         return self.engine.dialect.name == "sqlite"
 
     @contextmanager
-    def session(self) -> Iterator[Session]:
+    def session(self, durable: bool = True) -> Iterator[Session]:
+        """``durable=False`` is for progress that may be lost in a database
+        server crash because it is re-derived (an idempotent stage runs
+        again): on PostgreSQL its commit does not wait for the WAL flush
+        (``synchronous_commit = off`` for that transaction only; no
+        corruption, at most the last few hundred ms of such commits lost).
+        A later durable commit flushes it too."""
         session = self._factory()
         try:
+            if not durable and self.engine.dialect.name == "postgresql":
+                session.execute(RELAXED)
             yield session
             session.commit()
         except BaseException:

@@ -8,8 +8,8 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, or_, select
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.orm import Session, joinedload, selectinload
 
 from .models import Generation, GenerationStage, new_id, utcnow
 from .pipeline import STAGES
@@ -80,8 +80,10 @@ def get_owned(
     if lock:
         q = q.with_for_update().execution_options(populate_existing=True)
     else:
-        q = q.options(selectinload(Generation.stages), selectinload(Generation.assets))
-    return session.scalars(q).one_or_none()
+        # One indexed query (primary key, then the generation_id indexes of
+        # both children): at most 7 stages x 4 assets joined rows.
+        q = q.options(joinedload(Generation.stages), joinedload(Generation.assets))
+    return session.scalars(q).unique().one_or_none()
 
 
 def encode_cursor(gen: Generation) -> str:
@@ -218,6 +220,6 @@ def is_final(gen: Generation) -> bool:
 
 
 def touch_dispatched(session: Session, generation_id: str) -> None:
-    gen = session.get(Generation, generation_id)
-    if gen is not None:
-        gen.dispatched_at = utcnow()
+    session.execute(
+        update(Generation).where(Generation.id == generation_id).values(dispatched_at=utcnow())
+    )

@@ -8,6 +8,10 @@ Three short transactions, so no row lock is held while a stage works:
 3. record: lock again; write the output, timings and status in the same
    transaction as the stage's own rows (assets). A generation canceled
    meanwhile keeps its status and the chain stops.
+
+Two commits per stage on the success path (claim; work + record), plus one
+per checkpoint. Progress commits do not wait for the WAL flush
+(``DURABLE_STAGES``).
 """
 
 from __future__ import annotations
@@ -18,11 +22,11 @@ from dataclasses import dataclass
 from datetime import UTC
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 
 from .. import events
 from ..config import Settings
-from ..db import Database
+from ..db import Database, make_durable
 from ..models import Generation, GenerationStage, utcnow
 from ..providers.health import record_outcome
 from ..states import (
@@ -57,16 +61,28 @@ class Outcome:
 
 
 CONTINUE = Outcome(True)
+# Their results must survive a database crash: ``generate`` has paid a
+# provider; the last stage sets the final status clients and webhooks see.
+# Every other commit here is progress an idempotent re-run re-derives, so it
+# does not wait for the WAL flush (``Database.session(durable=False)``).
+DURABLE_STAGES = ("generate", STAGES[-1])
 CHECKPOINT, WAITING = "checkpoint", "waiting"
 
 
 def _lock(session: Session, generation_id: str) -> Generation | None:
-    return session.scalars(
-        select(Generation)
-        .where(Generation.id == generation_id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    ).one_or_none()
+    # The stage rows come in the same round trip (an outer join); only the
+    # generation row is locked (FOR UPDATE OF generations).
+    return (
+        session.scalars(
+            select(Generation)
+            .where(Generation.id == generation_id)
+            .options(joinedload(Generation.stages))
+            .with_for_update(of=Generation)
+            .execution_options(populate_existing=True)
+        )
+        .unique()
+        .one_or_none()
+    )
 
 
 def stalled(gen: Generation, stage: str, settings: Settings) -> bool:
@@ -106,7 +122,7 @@ def run_stage(
     name: str,
     task_id: str | None = None,
 ) -> Outcome:
-    with db.session() as session:
+    with db.session(durable=False) as session:
         gen = _lock(session, generation_id)
         if gen is None or gen.status in FINAL:
             return Outcome.stop()
@@ -150,10 +166,10 @@ def run_stage(
     error: str | None = None
     retry_in: float | None = None
     try:
-        with db.session() as session:
-            gen = session.get(Generation, generation_id)
-            if gen is None:
-                return Outcome.stop()
+        with db.session(durable=name in DURABLE_STAGES) as session:
+            # The claim's copy is committed, hence clean: no need to read it
+            # again. The record step below re-reads it under the lock.
+            gen = session.merge(gen, load=False)
             ctx = StageContext(
                 session,
                 gen,
@@ -164,6 +180,8 @@ def run_stage(
             )
             result = STAGE_FUNCS[name](ctx)
             gen = _lock(session, generation_id)  # re-read status under the lock
+            if gen is None:  # deleted while the stage worked
+                return Outcome.stop()
             stage = gen.stage(name)
             status = S_SKIPPED if result.skipped else S_COMPLETED
             set_stage_status(stage, status)
@@ -184,7 +202,7 @@ def run_stage(
             return Outcome.stop()
         return CONTINUE
     except StageWaiting as exc:
-        with db.session() as session:
+        with db.session(durable=False) as session:
             gen = _lock(session, generation_id)
             if gen is None or gen.status in FINAL:
                 return Outcome.stop()
@@ -241,6 +259,7 @@ def _checkpointer(session: Session, stage_id: int):
     def checkpoint(state: dict) -> None:
         stage = session.get(GenerationStage, stage_id)
         stage.output = {**state, CHECKPOINT: True}
+        make_durable(session)  # e.g. a paid provider's prediction id: never lose it
         session.commit()
 
     return checkpoint

@@ -1,0 +1,299 @@
+"""What every benchmark needs: a scratch PostgreSQL database and our own Redis
+db number (the test suite's lease protocol, so benchmarks and test sessions
+running side by side never share queues), real processes started the way the
+Procfile starts them, the RSS of a process tree, percentiles and tables."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.support import procs as P
+from tests.support.services import (
+    free_port,
+    postgres_ok,
+    redis_db_number,
+    redis_ok,
+    release_redis_db,
+    scratch_postgres_db,
+)
+
+ROOT = P.ROOT
+
+# The developer's shell must not leak into a benchmark's configuration.
+CLEAN = (
+    "DATABASE_URL",
+    "REDIS_URL",
+    "CELERY_BROKER_URL",
+    "STORAGE_BACKEND",
+    "R2_ENDPOINT_URL",
+    "R2_ACCESS_KEY_ID",
+    "R2_SECRET_ACCESS_KEY",
+    "R2_BUCKET_NAME",
+    "R2_CDN_URL",
+    "REPLICATE_API_TOKEN",
+    "OPENAI_API_KEY",
+    "REPLICATE_BASE_URL",
+    "OPENAI_BASE_URL",
+    "BFF_DEFAULT_PROVIDER",
+    "BFF_PUBLIC_URL",
+    "BFF_MEDIA_ROOT",
+)
+
+# Worker settings shared by ours and the baselines (override from the shell).
+WORKER_CONCURRENCY = int(os.environ.get("BENCH_WORKER_CONCURRENCY", "2"))
+GENERATOR_CONCURRENCY = int(os.environ.get("BENCH_GENERATOR_CONCURRENCY", "8"))
+
+
+class Unavailable(Exception):
+    """A service or tool the benchmark needs is missing: it is skipped, loudly."""
+
+
+@dataclass
+class Env:
+    vars: dict[str, str]
+    tmp: Path
+    redis_db: int
+    procs: list[P.Process] = field(default_factory=list)
+
+    def flush_redis(self) -> None:
+        import redis
+
+        redis.Redis("127.0.0.1", 6379, db=self.redis_db).flushdb()
+
+    def start(self, name: str, cmd: str, extra: dict[str, str] | None = None) -> P.Process:
+        logs = self.tmp / "logs"
+        logs.mkdir(exist_ok=True)
+        proc = P.Process(name, cmd, {**self.vars, **(extra or {})}, logs)
+        self.procs.append(proc)
+        return proc
+
+    def stop(self, proc: P.Process) -> None:
+        proc.stop()
+        if proc in self.procs:
+            self.procs.remove(proc)
+
+
+@contextmanager
+def services(**overrides: str) -> Iterator[Env]:
+    """A scratch Postgres database at head, a leased Redis db, a temp folder
+    for media and logs; everything started here is stopped on exit."""
+    if not postgres_ok():
+        raise Unavailable("PostgreSQL on 127.0.0.1:5432")
+    if not redis_ok():
+        raise Unavailable("Redis on 127.0.0.1:6379")
+    from app.cli import upgrade_database
+
+    with ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bff-bench-")))
+        url = stack.enter_context(scratch_postgres_db())
+        upgrade_database(url)
+        db_number = redis_db_number()
+        stack.callback(release_redis_db, db_number)
+        env = Env(
+            vars={
+                **{k: v for k, v in os.environ.items() if k not in CLEAN},
+                "DATABASE_URL": url,
+                "REDIS_URL": f"redis://127.0.0.1:6379/{db_number}",
+                "STORAGE_BACKEND": "local",
+                "BFF_VAR_DIR": str(tmp / "var"),
+                "BFF_MEDIA_ROOT": str(tmp / "media"),
+                "BFF_DEFAULT_PROVIDER": "local",
+                "BFF_SUBMIT_RATE_LIMIT": "0",
+                "BFF_LOCAL_RENDER_SCALE": "0.02",
+                "BFF_LOG_LEVEL": "WARNING",
+                "PYTHONPATH": str(ROOT),
+                **overrides,
+            },
+            tmp=tmp,
+            redis_db=db_number,
+        )
+        env.flush_redis()
+        try:
+            yield env
+        finally:
+            for proc in list(env.procs):
+                proc.stop()
+            env.flush_redis()
+
+
+def celery_workers(
+    env: Env, app_module: str, generator_concurrency: int = GENERATOR_CONCURRENCY
+) -> list[P.Process]:
+    """The Procfile's ``worker`` and ``generator`` processes for a Celery app
+    (``workers`` is ours; a baseline passes its own module), same pools and
+    counts, started and ready."""
+    pf = P.procfile()
+    extra = {
+        "WORKER_CONCURRENCY": str(WORKER_CONCURRENCY),
+        "GENERATOR_CONCURRENCY": str(generator_concurrency),
+    }
+    started = []
+    for name in ("worker", "generator"):
+        cmd = pf[name].replace("-A workers", f"-A {app_module}")
+        started.append(env.start(f"{name}-{app_module}", cmd, extra))
+    for proc in started:
+        P.wait_for(lambda p=proc: P.worker_ready(p), 60, proc.name, procs=started)
+    return started
+
+
+def descendants(pid: int) -> set[int]:
+    """A process and all its descendants, from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    found, todo = set(), [pid]
+    while todo:
+        p = todo.pop()
+        found.add(p)
+        todo.extend(children.get(p, []))
+    return found
+
+
+def tree_rss_kb(pid: int) -> int:
+    """Resident memory of a process and all its descendants, from /proc."""
+    total = 0
+    for p in descendants(pid):
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[round(q) - 1]
+
+
+def ratio(ours: float, base: float) -> str:
+    return f"{ours / base:.2f}x" if base else "n/a"
+
+
+def table(title: str, header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    cells = [[str(c) for c in header]] + [[_fmt(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    line = "+".join("-" * (w + 2) for w in widths)
+
+    def row(r: list[str]) -> str:
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |"
+
+    out = [f"\n## {title}", row(cells[0]), "|" + line.replace("+", "|") + "|"]
+    out.extend(row(r) for r in cells[1:])
+    text = "\n".join(out)
+    print(text, flush=True)
+    return text
+
+
+def _fmt(c: object) -> str:
+    if isinstance(c, float):
+        return f"{c:.3g}" if abs(c) < 1000 else f"{c:.0f}"
+    return str(c)
+
+
+def machine() -> dict[str, str]:
+    import celery
+    import flask
+    import gunicorn
+    import psycopg
+    import sqlalchemy
+
+    mem_kb = 0
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                mem_kb = int(line.split()[1])
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in open("/proc/cpuinfo")
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+
+    def server_version(cmd: list[str]) -> str:
+        try:
+            return subprocess.run(cmd, capture_output=True, text=True, timeout=5).stdout.strip()
+        except OSError:
+            return "?"
+
+    return {
+        "cpu": f"{os.cpu_count()} x {cpu}",
+        "memory": f"{mem_kb / 1024 / 1024:.1f} GiB",
+        "python": sys.version.split()[0],
+        "postgres": server_version(["psql", "--version"]).split()[2],
+        "redis": server_version(["redis-server", "--version"]).split()[2].removeprefix("v="),
+        "celery": celery.__version__,
+        "flask": flask.__version__,
+        "gunicorn": gunicorn.__version__,
+        "sqlalchemy": sqlalchemy.__version__,
+        "psycopg": psycopg.__version__,
+        "workers": f"worker: prefork x{WORKER_CONCURRENCY} (queue pipeline); "
+        f"generator: threads x{GENERATOR_CONCURRENCY} (queue generation)",
+    }
+
+
+__all__ = ["free_port", "Env", "services", "celery_workers", "Unavailable"]
+
+
+def _cpu_groups(groups: dict[str, Callable[[int, str], bool]]) -> dict[str, float]:
+    tick = os.sysconf("SC_CLK_TCK")
+    totals = dict.fromkeys(groups, 0.0)
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        pid = int(entry)
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        cpu = (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+        for name, match in groups.items():
+            if match(pid, cmd):
+                totals[name] += cpu
+                break
+    return totals
+
+
+class CpuMeter:
+    """CPU seconds spent by groups of processes between start() and stop(),
+    from /proc (processes that exit in between are not counted; pooled
+    Postgres backends and worker children live through a run)."""
+
+    def __init__(self, groups: dict[str, Callable[[int, str], bool]]) -> None:
+        self.groups = groups
+        self.before: dict[str, float] = {}
+        self.used: dict[str, float] = {}
+
+    def start(self) -> None:
+        self.before = _cpu_groups(self.groups)
+
+    def stop(self) -> dict[str, float]:
+        after = _cpu_groups(self.groups)
+        self.used = {k: after[k] - self.before.get(k, 0.0) for k in after}
+        return self.used
