@@ -257,3 +257,24 @@ def test_route_stage_records_its_decision_in_the_generation(app, client, user, d
     assert out["strategy"] == "cost"
     assert out["excluded"]["openai-dalle3"] == "OPENAI_API_KEY not configured"
     assert out["inputs"]["promptLength"] > len("ivory wool coat")
+
+
+def test_auto_prefers_a_keyed_provider_and_keeps_local_as_the_fallback():
+    """The contract's default: best available; ``local`` only when no key is set."""
+    request = routing_request({"strategy": "cost"})
+    offline = choose(request, Settings.from_env({}))
+    assert offline["provider"] == "local"
+    keyed = choose(request, Settings.from_env({"REPLICATE_API_TOKEN": "r8_test"}))
+    assert keyed["provider"] == "google-imagen"
+    assert "fallback" in keyed["excluded"]["local"]
+    # Asking for local by name, or making it the default, still gets it.
+    named = choose(
+        routing_request({"provider": "local"}),
+        Settings.from_env({"REPLICATE_API_TOKEN": "r8_test"}),
+    )
+    assert named["provider"] == "local"
+    default = choose(
+        request,
+        Settings.from_env({"REPLICATE_API_TOKEN": "r8_test", "BFF_DEFAULT_PROVIDER": "local"}),
+    )
+    assert default["provider"] == "local"

@@ -31,6 +31,8 @@ from ..providers.health import WindowStats, open_reason, window_stats
 from .context import StageContext, StageFailed, StageResult, StageTransient
 
 MAX_PROMPT = 5000  # our own API's limit, used when no provider is available
+LOCAL = "local"
+
 WEIGHTS = {
     "balanced": {
         "quality": 0.30,
@@ -147,6 +149,13 @@ def choose(
         if circuits:  # temporary: try again when the window has moved on
             raise StageTransient(f"no provider available right now: {detail}")
         raise StageFailed(f"no image provider can serve this request: {detail}")
+    if wanted == "auto" and settings.default_provider != LOCAL:
+        # The contract's default is "best available; local when no key is set":
+        # the offline renderer is a fallback, not a competitor.
+        remote = [pid for pid in candidates if pid != LOCAL]
+        if remote and LOCAL in candidates:
+            candidates = remote
+            excluded[LOCAL] = "offline fallback: used only when no keyed provider can serve"
     components = _components(candidates, request, health)
     scores = {
         pid: round(sum(weights[k] * v for k, v in parts.items()), 4)
