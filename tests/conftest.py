@@ -18,6 +18,7 @@ from app import create_app
 from app.auth import create_user
 from app.cli import upgrade_database
 from tests.support import procs as P
+from tests.support.embedded import SERVICE_VARS, Embedded, embedded_system
 from tests.support.services import (
     free_port,
     postgres_ok,
@@ -29,27 +30,14 @@ from tests.support.services import (
 )
 
 # Variables from the developer's shell must not leak into tests.
-CLEAN = {
-    name: ""
-    for name in (
-        "DATABASE_URL",
-        "REDIS_URL",
-        "CELERY_BROKER_URL",
-        "STORAGE_BACKEND",
-        "R2_ENDPOINT_URL",
-        "R2_ACCESS_KEY_ID",
-        "R2_SECRET_ACCESS_KEY",
-        "R2_BUCKET_NAME",
-        "R2_CDN_URL",
-        "REPLICATE_API_TOKEN",
-        "OPENAI_API_KEY",
-        "REPLICATE_BASE_URL",
-        "OPENAI_BASE_URL",
-        "BFF_DEFAULT_PROVIDER",
-        "BFF_PUBLIC_URL",
-        "BFF_MEDIA_ROOT",
-    )
-}
+CLEAN = {name: "" for name in SERVICE_VARS}
+
+
+@pytest.fixture(scope="session")
+def embedded(tmp_path_factory) -> Iterator[Embedded]:
+    """`bff dev` (the embedded default), started once for the session."""
+    with embedded_system(tmp_path_factory.mktemp("embedded")) as system:
+        yield system
 
 
 @pytest.fixture(scope="session")

@@ -9,19 +9,13 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import sqlite3
-import subprocess
 import sys
-import threading
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import CLEAN
-from tests.support.services import REQUIRE, free_port
+from tests.support.services import REQUIRE
 
 ROOT = Path(__file__).resolve().parents[2]
 BFF = str(Path(sys.executable).parent / "bff")
@@ -38,38 +32,8 @@ ARGS = [
 
 
 @pytest.fixture(scope="module")
-def dev_server(tmp_path_factory) -> Iterator[tuple[str, str, Path]]:
-    folder = tmp_path_factory.mktemp("bff-dev")
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in CLEAN}
-    proc = subprocess.Popen(
-        [BFF, "dev", "--port", str(port), "--concurrency", "2"],
-        cwd=folder,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    lines: list[str] = []
-    try:
-        key = None
-        deadline = time.monotonic() + 90
-        while key is None and time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            assert line or proc.poll() is None, "".join(lines)
-            lines.append(line)
-            if lines[-2:-1] and lines[-2].startswith("API key"):
-                key = line.strip()
-        assert key and re.fullmatch(r"bff_[0-9a-f]{8}_\S+", key), "".join(lines)
-        threading.Thread(target=lambda: [lines.append(x) for x in proc.stdout], daemon=True).start()
-        yield f"http://127.0.0.1:{port}", key, folder / "var" / "bff.db"
-    finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+def dev_server(embedded) -> tuple[str, str, Path]:
+    return embedded.base_url, embedded.key, embedded.db_path
 
 
 @pytest.fixture(scope="module")

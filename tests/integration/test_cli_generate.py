@@ -4,70 +4,19 @@ embedded system (``bff dev``), started once for this module."""
 from __future__ import annotations
 
 import io
-import os
 import re
-import signal
 import subprocess
 import sys
-import threading
-import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
 import requests
 from PIL import Image
 
-from tests.conftest import CLEAN
 from tests.support.pipeline import png_bytes
 from tests.support.services import free_port
 
 BFF = str(Path(sys.executable).parent / "bff")
 URL = re.compile(r"^https?://\S+$", re.M)
-
-
-@dataclass
-class Embedded:
-    base_url: str
-    key: str
-    env: dict[str, str]
-
-
-@pytest.fixture(scope="module")
-def embedded(tmp_path_factory) -> Iterator[Embedded]:
-    folder = tmp_path_factory.mktemp("embedded")
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in CLEAN}
-    proc = subprocess.Popen(
-        [BFF, "dev", "--port", str(port), "--concurrency", "2"],
-        cwd=folder,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    lines: list[str] = []
-    try:
-        key, deadline = None, time.monotonic() + 90
-        while key is None and time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            assert line or proc.poll() is None, "".join(lines)
-            lines.append(line)
-            if len(lines) >= 2 and lines[-2].startswith("API key"):
-                key = line.strip()
-        assert key, "".join(lines)
-        # Keep draining the output so the child never blocks on a full pipe.
-        threading.Thread(target=lambda: [lines.append(x) for x in proc.stdout], daemon=True).start()
-        base = f"http://127.0.0.1:{port}"
-        yield Embedded(base, key, {**env, "BFF_API_URL": base, "BFF_API_KEY": key})
-    finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def bff_generate(env: dict[str, str], *args: str, cwd: Path | None = None):
