@@ -20,6 +20,7 @@ dev: $(STAMP)
 
 ## The whole suite. BFF_REQUIRE_SERVICES=1 turns "skip: no Postgres/Redis" into failures.
 test: $(STAMP)
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
