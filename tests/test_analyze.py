@@ -362,3 +362,14 @@ def test_fake_server_runs_standalone_and_is_scriptable_over_http(tmp_path):
     finally:
         proc.terminate()
         proc.wait(5)
+
+
+def test_colour_words_are_whole_words():
+    from app.pipeline.colors import named_in
+
+    assert named_in("Emerald silk slip dress, tailored, golden hour") == ["emerald"]
+    assert named_in("a sky blue shirt with navy and blue trim, navy") == [
+        "sky blue",
+        "navy",
+        "blue",
+    ]

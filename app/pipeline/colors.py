@@ -74,3 +74,17 @@ def color_rgb(
         if known in key or key in known:
             return rgb
     return default
+
+
+def named_in(text: str) -> list[str]:
+    """Fashion colours named in ``text`` as whole words, in order of appearance
+    ("tailored" does not name red; "sky blue" beats "blue")."""
+    import re
+
+    lowered = text.lower()
+    found: list[tuple[int, str]] = []
+    for name in sorted(FASHION_COLORS, key=len, reverse=True):
+        for m in re.finditer(rf"\b{re.escape(name)}\b", lowered):
+            if not any(start <= m.start() < start + len(n) for start, n in found):
+                found.append((m.start(), name))
+    return list(dict.fromkeys(name for _, name in sorted(found)))

@@ -32,6 +32,7 @@ from ..providers import (
 )
 from ..providers.base import Job, ProviderPending
 from ..storage import StorageError, asset_key
+from .colors import named_in
 from .context import StageContext, StageFailed, StageResult, StageTransient, StageWaiting
 
 RUNNER_KEYS = ("checkpoint", "waiting")  # the runner's bookkeeping in a saved state
@@ -45,12 +46,16 @@ def build_request(ctx: StageContext) -> ImageRequest:
     spec = ctx.output_of("analyze").get("spec") or ctx.output_of("input").get("vltSpec") or {}
     record = (spec.get("records") or [{}])[0]
     colors = record.get("colors") or {}
+    # The garment's colours: the spec's, else those the user named, else those
+    # the final prompt names; the matched persona's palette fills the rest.
     palette = [c for c in (colors.get("primary"), colors.get("secondary")) if c]
-    if not palette:  # from a prompt: the colour words it names, in order
-        from .colors import FASHION_COLORS
-
-        text = (opt.get("finalPrompt") or gen.prompt or "").lower()
-        palette = sorted((c for c in FASHION_COLORS if c in text), key=text.find)[:2]
+    palette = palette or named_in(gen.prompt or "") or named_in(opt.get("finalPrompt") or "")
+    for extra in ctx.output_of("persona").get("palette") or []:
+        if len(palette) >= 2:
+            break
+        if extra and extra.lower() not in palette:
+            palette.append(extra.lower())
+    palette = palette[:2]
     return ImageRequest(
         generation_id=gen.id,
         prompt=opt.get("finalPrompt") or gen.prompt or "",
