@@ -22,6 +22,7 @@ BENCHMARKS = {
     "api": "API requests/s and p99 vs a trivial JSON endpoint",
     "memory": "Worker RSS growth over 1,000 generations",
     "providers": "Makespan waiting on a 2 s provider vs the rate-limit ideal",
+    "latency": "One generation end to end: embedded default vs Postgres + Redis",
 }
 
 

@@ -1,0 +1,102 @@
+"""End-to-end latency of one generation at a time (nothing else queued):
+the embedded default (`bff dev`: SQLite, filesystem broker, local disk) vs
+the Procfile's web/worker/generator on PostgreSQL + Redis. Full-size local
+renders (1024 px), one client submitting and polling every 20 ms."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import requests
+
+from tests.support import procs as P
+from tests.support.embedded import embedded_system
+from tests.support.services import free_port
+
+from .harness import percentile, ratio, services, table
+
+N = int(os.environ.get("BENCH_LATENCY_N", "20"))
+FINAL = ("completed", "failed", "canceled")
+
+
+def _measure(base: str, headers: dict[str, str], n: int) -> list[float]:
+    times = []
+    for i in range(n + 2):  # two warm-ups
+        t0 = time.perf_counter()
+        resp = requests.post(
+            f"{base}/api/generate/from-prompt",
+            headers=headers,
+            json={"prompt": f"ivory silk blouse {i}"},
+            timeout=10,
+        )
+        assert resp.status_code == 202, resp.text
+        url = f"{base}/api/generate/{resp.json()['id']}"
+        while (body := requests.get(url, headers=headers, timeout=10).json())[
+            "status"
+        ] not in FINAL:
+            time.sleep(0.02)
+        assert body["status"] == "completed", body
+        if i >= 2:
+            times.append(time.perf_counter() - t0)
+    return times
+
+
+def _embedded() -> list[float]:
+    with (
+        tempfile.TemporaryDirectory(prefix="bff-latency-") as folder,
+        embedded_system(Path(folder)) as system,
+    ):
+        return _measure(system.base_url, system.headers, N)
+
+
+def _services() -> list[float]:
+    with services(BFF_LOCAL_RENDER_SCALE="1.0") as env:
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        pf = P.procfile()
+        extra = {
+            "PORT": str(port),
+            "BFF_PUBLIC_URL": base,
+            "WORKER_CONCURRENCY": "2",
+            "GENERATOR_CONCURRENCY": "8",
+        }
+        procs = [env.start(name, pf[name], extra) for name in ("web", "worker", "generator")]
+        P.wait_for(lambda: P.http_ok(base + "/health"), 60, "web", procs=procs)
+        for p in procs[1:]:
+            P.wait_for(lambda p=p: P.worker_ready(p), 60, p.name, procs=procs)
+        from app import create_app
+        from app.auth import create_user
+
+        app = create_app(env.vars)
+        with app.extensions["bff"].db.session() as session:
+            _, key = create_user(session, "latency")
+        return _measure(base, {"Authorization": f"Bearer {key}"}, N)
+
+
+def run() -> list[str]:
+    emb, svc = _embedded(), _services()
+    rows = [
+        [
+            "p50 submit → completed",
+            f"{statistics.median(emb) * 1000:.0f} ms",
+            f"{statistics.median(svc) * 1000:.0f} ms",
+            ratio(statistics.median(svc), statistics.median(emb)),
+        ],
+        [
+            "p90",
+            f"{percentile(emb, 90) * 1000:.0f} ms",
+            f"{percentile(svc, 90) * 1000:.0f} ms",
+            ratio(percentile(svc, 90), percentile(emb, 90)),
+        ],
+    ]
+    return [
+        table(
+            f"One generation at a time ({N} each)",
+            ["", "embedded default", "Postgres + Redis", "services / embedded"],
+            rows,
+        )
+    ]
