@@ -9,10 +9,10 @@
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from celery import Celery
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from .config import Settings
 from .db import Database
@@ -52,18 +52,41 @@ def redispatch_stalled(
             if stage is None:
                 continue
             never_sent = gen.status == PENDING and gen.dispatched_at is None
-            if never_sent or stalled(gen, stage, settings):
+            if never_sent or (
+                stalled(gen, stage, settings) and not _sent_within(gen, now, settings, stage)
+            ):
                 todo.append((gen.id, stage))
     sent = 0
     for gen_id, stage in todo:
         if dispatch(celery_app, gen_id, stage):
             with db.session() as session:
-                gen = session.get(Generation, gen_id)
-                gen.dispatched_at = utcnow()
-                gen.updated_at = utcnow()  # one re-dispatch per stall timeout
+                # updated_at is kept as it is (its onupdate would renew it): it
+                # is the stage's lease. Renewing it here made the copy just sent
+                # find the dead stage "alive" and stop, so only the broker's
+                # visibility timeout ever recovered from a killed worker.
+                session.execute(
+                    update(Generation)
+                    .where(Generation.id == gen_id)
+                    .values(dispatched_at=utcnow(), updated_at=Generation.updated_at)
+                )
             log.warning("re-dispatched %s from %s", gen_id, stage)
             sent += 1
     return sent
+
+
+def _aware(dt: datetime) -> datetime:
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)  # SQLite hands back naive UTC
+
+
+def _sent_within(gen: Generation, now: datetime, settings: Settings, stage: str) -> bool:
+    """Re-sent after the last stage activity and within this stage's stall
+    timeout: that copy is probably still queued, so do not pile up more."""
+    if gen.dispatched_at is None:
+        return False
+    sent = _aware(gen.dispatched_at)
+    activity = [_aware(t) for s in gen.stages for t in (s.started_at, s.finished_at) if t]
+    picked_up = bool(activity) and max(activity) >= sent
+    return not picked_up and (now - sent).total_seconds() < settings.stall_timeout_for(stage)
 
 
 def apply_one_feedback(db: Database, feedback_id: int) -> int:
