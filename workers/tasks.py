@@ -9,7 +9,7 @@ import logging
 from celery import shared_task
 from celery.signals import worker_process_init
 from flask import current_app
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from app.maintenance import apply_one_feedback, apply_pending_feedback, redispatch_stalled
 from app.pipeline import STAGES
@@ -27,11 +27,12 @@ def _dispose_engine_after_fork(**_: object) -> None:
 
 
 # Stages are idempotent, so a message may be acked late and redelivered.
-# A database outage (OperationalError) is retried by Celery with backoff.
+# A database outage (OperationalError, InterfaceError: the runner lets them
+# through instead of failing the job) is retried by Celery with backoff.
 STAGE_OPTIONS = {
     "bind": True,
     "acks_late": True,
-    "autoretry_for": (OperationalError,),
+    "autoretry_for": (OperationalError, InterfaceError),
     "retry_backoff": 2,
     "retry_backoff_max": 60,
     "max_retries": 20,

@@ -5,10 +5,12 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError, ProgrammingError
 
 from app import generations as svc
 from app import maintenance
 from app.models import Generation, utcnow
+from app.pipeline import runner
 from app.pipeline.runner import run_stage
 
 
@@ -64,3 +66,95 @@ def test_a_copy_still_queued_is_not_sent_again_on_every_tick(app, user, sent):
         session.get(Generation, gen_id).updated_at = utcnow() - timedelta(seconds=3600)
     assert maintenance.redispatch_stalled(s.db, s.celery, s.settings) == 1
     assert sent == [(gen_id, "enhance")] * 2
+
+
+def _db_gone() -> OperationalError:
+    return OperationalError("SELECT 1", {}, Exception("server closed the connection"))
+
+
+def test_a_database_outage_mid_stage_is_retried_not_failed(app, user, monkeypatch):
+    s = app.extensions["bff"]
+    with s.db.session() as session:
+        gen = svc.create(session, user_id=user.id, mode="prompt", settings={}, prompt="linen")
+        gen_id = gen.id
+    real = runner.STAGE_FUNCS["analyze"]
+
+    def db_dies(ctx):
+        raise _db_gone()
+
+    monkeypatch.setitem(runner.STAGE_FUNCS, "analyze", db_dies)
+    with pytest.raises(OperationalError):  # up to the task: autoretry_for
+        run_stage(s.db, s.settings, s.storage, gen_id, "analyze", task_id="t-1")
+    with s.db.session() as session:
+        gen = session.get(Generation, gen_id)
+        assert gen.status == "processing" and gen.error_message is None
+        assert gen.stage("analyze").status == "running"
+    monkeypatch.setitem(runner.STAGE_FUNCS, "analyze", real)
+    assert run_stage(s.db, s.settings, s.storage, gen_id, "analyze", task_id="t-1").proceed
+    with s.db.session() as session:
+        assert session.get(Generation, gen_id).stage("analyze").status == "skipped"
+
+
+def test_a_checkpoint_waits_out_a_short_database_outage(app, user, monkeypatch):
+    s = app.extensions["bff"]
+    with s.db.session() as session:
+        gen = svc.create(session, user_id=user.id, mode="prompt", settings={}, prompt="linen")
+        session.flush()
+        stage_id, gen_id = gen.stage("generate").id, gen.id
+    monkeypatch.setattr(runner.time, "sleep", lambda _s: None)
+    with s.db.session() as session:
+        failures = iter([_db_gone(), _db_gone()])
+        real_commit = session.commit
+
+        def flaky_commit():
+            if (exc := next(failures, None)) is not None:
+                raise exc
+            real_commit()
+
+        monkeypatch.setattr(session, "commit", flaky_commit)
+        runner._checkpointer(session, stage_id)({"predictions": ["p1"]})
+    with s.db.session() as session:
+        output = session.get(Generation, gen_id).stage("generate").output
+    assert output == {"predictions": ["p1"], "checkpoint": True}
+
+
+def test_a_checkpoint_does_not_retry_other_database_errors(app, user, monkeypatch):
+    s = app.extensions["bff"]
+    with s.db.session() as session:
+        gen = svc.create(session, user_id=user.id, mode="prompt", settings={}, prompt="linen")
+        session.flush()
+        stage_id = gen.stage("generate").id
+    with s.db.session() as session:
+        calls, real_commit = [], session.commit
+
+        def bad_commit():
+            calls.append(1)
+            raise IntegrityError("INSERT", {}, Exception("duplicate"))
+
+        monkeypatch.setattr(session, "commit", bad_commit)
+        with pytest.raises(IntegrityError):
+            runner._checkpointer(session, stage_id)({"x": 1})
+        monkeypatch.setattr(session, "commit", real_commit)
+    assert calls == [1]
+
+
+@pytest.mark.parametrize(
+    ("exc", "status", "code"),
+    [
+        (_db_gone(), 503, "service_unavailable"),
+        (InterfaceError("SELECT 1", {}, Exception("connection already closed")), 503, None),
+        (IntegrityError("INSERT", {}, Exception("duplicate key")), 409, "conflict"),
+        (ProgrammingError("SELEC", {}, Exception("syntax error")), 500, "internal_error"),
+    ],
+)
+def test_database_errors_map_to_the_right_status(app, exc, status, code):
+    def boom():
+        raise exc
+
+    app.add_url_rule("/boom", view_func=boom)
+    resp = app.test_client().get("/boom")
+    assert resp.status_code == status
+    body = resp.get_json()
+    assert set(body["error"]) == {"code", "message", "details"}
+    assert code is None or body["error"]["code"] == code
+    assert (resp.headers.get("Retry-After") is not None) == (status == 503)
