@@ -146,15 +146,17 @@ def fstack(service_env, s3_server, tmp_path_factory) -> Iterator[FaultStack]:
 
 @pytest.fixture
 def faults(fstack) -> FaultStack:
-    """The stack with every dependency up and the fakes' counters at zero."""
+    """The stack with every dependency up, nothing left in flight from an
+    earlier test, and the fakes' counters at zero."""
     fstack.bucket.restore()
     fstack.database.restore()
     if not fstack.redis.ping():
         fstack.redis.start()
-    fstack.replicate.reset()
-    fstack.openai.reset()
-    fstack.replicate.latency, fstack.openai.latency = 1.0, 0.0
     for name in ("web", "worker", "generator", "beat"):
         if not fstack.procs[name].alive():
             fstack.restart(name)
+    fstack.wait_idle(timeout=90)
+    fstack.replicate.reset()
+    fstack.openai.reset()
+    fstack.replicate.latency, fstack.openai.latency = 1.0, 0.0
     return fstack

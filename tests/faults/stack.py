@@ -133,6 +133,17 @@ class FaultStack:
                 raise AssertionError(f"not final after {timeout}s: {summary}\n{tails}")
             time.sleep(0.25)
 
+    def wait_idle(self, timeout: float) -> None:
+        """No generation pending or processing (a failed test's batch would
+        otherwise bill the next test's counters)."""
+
+        def idle() -> bool:
+            with self.app.extensions["bff"].db.session() as s:
+                busy = "SELECT count(*) FROM generations WHERE status IN ('pending', 'processing')"
+                return not s.execute(text(busy)).scalar_one()
+
+        P.wait_for(idle, timeout, "the previous test's generations to finish")
+
     # ------------------------------------------------------------ the promise
     def bucket_keys(self) -> set[str]:
         import boto3

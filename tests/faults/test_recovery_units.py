@@ -158,3 +158,18 @@ def test_database_errors_map_to_the_right_status(app, exc, status, code):
     assert set(body["error"]) == {"code", "message", "details"}
     assert code is None or body["error"]["code"] == code
     assert (resp.headers.get("Retry-After") is not None) == (status == 503)
+
+
+def test_after_a_database_outage_live_owners_get_a_stall_timeout_to_resume(
+    app, user, sent, monkeypatch
+):
+    # During an outage no stage can renew its lease, so every running stage
+    # looks stalled once the database is back; its owner is merely retrying.
+    s = app.extensions["bff"]
+    monkeypatch.setattr(maintenance, "_local_outage", {})
+    running = _running_since(app, user, 3600)
+    maintenance.note_db_outage(s.settings)
+    assert maintenance.redispatch_stalled(s.db, s.celery, s.settings) == 0
+    monkeypatch.setattr(maintenance, "_local_outage", {"at": 0.0})  # long ago
+    assert maintenance.redispatch_stalled(s.db, s.celery, s.settings) == 1
+    assert sent == [(running, "enhance")]
