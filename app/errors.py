@@ -11,8 +11,10 @@ from typing import Any
 
 from flask import Flask, jsonify
 from pydantic import ValidationError
-from sqlalchemy.exc import DataError, DBAPIError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from werkzeug.exceptions import HTTPException
+
+from .db import unavailable as db_unavailable
 
 log = logging.getLogger(__name__)
 
@@ -98,9 +100,20 @@ def register_error_handlers(app: Flask) -> None:
             400, "bad_request", "the request contains a value that cannot be stored (e.g. NUL)"
         )
 
-    @app.errorhandler(OperationalError)
+    @app.errorhandler(IntegrityError)
+    def _conflict(exc: IntegrityError):
+        # A uniqueness or reference race the endpoint did not resolve itself:
+        # the request conflicts with the current state, the database is fine.
+        log.info("integrity error: %s", exc.orig)
+        return error_response(409, "conflict", "the request conflicts with existing data")
+
     @app.errorhandler(DBAPIError)
-    def _database_down(exc: Exception):
+    def _database_error(exc: DBAPIError):
+        # Only a database that went away (OperationalError, InterfaceError, a
+        # cut connection) is a 503; a statement it refused is our bug: 500.
+        if not db_unavailable(exc):
+            log.error("database error: %s", exc.orig, exc_info=exc)
+            return error_response(500, "internal_error", "an internal error occurred")
         log.warning("database unavailable: %s", type(exc).__name__)
         return error_response(
             503, "service_unavailable", "the database is unavailable", headers={"Retry-After": "5"}

@@ -9,10 +9,11 @@
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+import time
+from datetime import UTC, datetime, timedelta
 
 from celery import Celery
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from .config import Settings
 from .db import Database
@@ -21,10 +22,47 @@ from .pipeline import STAGES
 from .pipeline.optimize import apply_feedback
 from .pipeline.runner import first_unfinished, stalled
 from .queue import dispatch
-from .states import PENDING, PROCESSING
+from .states import PENDING, PROCESSING, S_RUNNING
 
 UNDISPATCHED_GRACE = timedelta(seconds=10)
+OUTAGE_KEY = "bff:maintenance:db-unavailable"
 log = logging.getLogger(__name__)
+_local_outage: dict[str, float] = {}  # without Redis: this process's own observation
+
+
+def note_db_outage(settings: Settings) -> None:
+    """A worker saw the database unavailable. Every live stage then looks
+    stalled (none could renew its lease), though their owners are only waiting
+    for the database; taking them over would re-run work in flight, e.g.
+    create a prediction whose id the owner is still trying to save."""
+    now = time.time()
+    _local_outage["at"] = now
+    if settings.redis_url:
+        try:
+            _redis(settings.redis_url).set(OUTAGE_KEY, str(now), ex=_hold(settings) * 2)
+        except Exception:  # noqa: BLE001 - best effort; the local note still holds
+            pass
+
+
+def db_outage_recent(settings: Settings) -> bool:
+    """The database was seen unavailable less than a stall timeout ago."""
+    seen = _local_outage.get("at", 0.0)
+    if settings.redis_url:
+        try:
+            seen = max(seen, float(_redis(settings.redis_url).get(OUTAGE_KEY) or 0))
+        except Exception:  # noqa: BLE001
+            pass
+    return time.time() - seen < _hold(settings)
+
+
+def _hold(settings: Settings) -> int:
+    return int(min(settings.stall_timeout_for(s) for s in STAGES)) + 1
+
+
+def _redis(url: str):
+    import redis
+
+    return redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
 
 
 def redispatch_stalled(
@@ -38,6 +76,7 @@ def redispatch_stalled(
     shortest = min(settings.stall_timeout_for(s) for s in STAGES)
     quiet_since = now - timedelta(seconds=min(shortest, UNDISPATCHED_GRACE.total_seconds()))
     todo: list[tuple[str, str]] = []
+    owners_may_be_waiting = db_outage_recent(settings)
     with db.session() as session:
         rows = session.scalars(
             select(Generation)
@@ -52,18 +91,43 @@ def redispatch_stalled(
             if stage is None:
                 continue
             never_sent = gen.status == PENDING and gen.dispatched_at is None
-            if never_sent or stalled(gen, stage, settings):
+            if owners_may_be_waiting and gen.stage(stage).status == S_RUNNING:
+                continue  # give its owner a stall timeout to resume after the outage
+            if never_sent or (
+                stalled(gen, stage, settings) and not _sent_within(gen, now, settings, stage)
+            ):
                 todo.append((gen.id, stage))
     sent = 0
     for gen_id, stage in todo:
         if dispatch(celery_app, gen_id, stage):
             with db.session() as session:
-                gen = session.get(Generation, gen_id)
-                gen.dispatched_at = utcnow()
-                gen.updated_at = utcnow()  # one re-dispatch per stall timeout
+                # updated_at is kept as it is (its onupdate would renew it): it
+                # is the stage's lease. Renewing it here made the copy just sent
+                # find the dead stage "alive" and stop, so only the broker's
+                # visibility timeout ever recovered from a killed worker.
+                session.execute(
+                    update(Generation)
+                    .where(Generation.id == gen_id)
+                    .values(dispatched_at=utcnow(), updated_at=Generation.updated_at)
+                )
             log.warning("re-dispatched %s from %s", gen_id, stage)
             sent += 1
     return sent
+
+
+def _aware(dt: datetime) -> datetime:
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)  # SQLite hands back naive UTC
+
+
+def _sent_within(gen: Generation, now: datetime, settings: Settings, stage: str) -> bool:
+    """Re-sent after the last stage activity and within this stage's stall
+    timeout: that copy is probably still queued, so do not pile up more."""
+    if gen.dispatched_at is None:
+        return False
+    sent = _aware(gen.dispatched_at)
+    activity = [_aware(t) for s in gen.stages for t in (s.started_at, s.finished_at) if t]
+    picked_up = bool(activity) and max(activity) >= sent
+    return not picked_up and (now - sent).total_seconds() < settings.stall_timeout_for(stage)
 
 
 def apply_one_feedback(db: Database, feedback_id: int) -> int:

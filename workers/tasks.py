@@ -9,9 +9,14 @@ import logging
 from celery import shared_task
 from celery.signals import worker_process_init
 from flask import current_app
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import InterfaceError, OperationalError
 
-from app.maintenance import apply_one_feedback, apply_pending_feedback, redispatch_stalled
+from app.maintenance import (
+    apply_one_feedback,
+    apply_pending_feedback,
+    note_db_outage,
+    redispatch_stalled,
+)
 from app.pipeline import STAGES
 from app.pipeline.runner import run_stage
 
@@ -27,11 +32,12 @@ def _dispose_engine_after_fork(**_: object) -> None:
 
 
 # Stages are idempotent, so a message may be acked late and redelivered.
-# A database outage (OperationalError) is retried by Celery with backoff.
+# A database outage (OperationalError, InterfaceError: the runner lets them
+# through instead of failing the job) is retried by Celery with backoff.
 STAGE_OPTIONS = {
     "bind": True,
     "acks_late": True,
-    "autoretry_for": (OperationalError,),
+    "autoretry_for": (OperationalError, InterfaceError),
     "retry_backoff": 2,
     "retry_backoff_max": 60,
     "max_retries": 20,
@@ -40,7 +46,13 @@ STAGE_OPTIONS = {
 
 def _run(task, generation_id: str, name: str) -> None:
     s = current_app.extensions["bff"]
-    outcome = run_stage(s.db, s.settings, s.storage, generation_id, name, task_id=task.request.id)
+    try:
+        outcome = run_stage(
+            s.db, s.settings, s.storage, generation_id, name, task_id=task.request.id
+        )
+    except (OperationalError, InterfaceError):
+        note_db_outage(s.settings)  # owners are waiting, not dead: no takeovers yet
+        raise
     if outcome.retry_in is not None:
         raise task.retry(countdown=outcome.retry_in, max_retries=None)
     if not outcome.proceed:
@@ -97,7 +109,11 @@ def apply_feedback_task(feedback_id: int) -> None:
 @shared_task(name="maintenance.redispatch", acks_late=True)
 def redispatch_task() -> None:
     s = current_app.extensions["bff"]
-    sent = redispatch_stalled(s.db, s.celery, s.settings)
+    try:
+        sent = redispatch_stalled(s.db, s.celery, s.settings)
+    except (OperationalError, InterfaceError):
+        note_db_outage(s.settings)
+        raise
     applied = apply_pending_feedback(s.db)
     if sent or applied:
         log.info("maintenance: re-dispatched %d generation(s), applied %d feedback", sent, applied)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from dataclasses import dataclass
 from datetime import UTC
 
@@ -27,6 +28,7 @@ from sqlalchemy.orm import Session, joinedload
 from .. import events
 from ..config import Settings
 from ..db import Database, make_durable
+from ..db import unavailable as db_unavailable
 from ..models import Generation, GenerationStage, utcnow
 from ..providers.health import record_outcome
 from ..states import (
@@ -219,6 +221,11 @@ def run_stage(
         else:
             error = f"gave up after {attempt} attempts: {error}"
     except Exception as exc:  # a bug or an unmapped dependency error: fail, visibly
+        if db_unavailable(exc):
+            # The database went away mid-stage (or while recording it): not the
+            # job's fault. Let the task retry (autoretry_for); the re-run resumes
+            # from the last checkpoint, so a saved prediction is not paid again.
+            raise
         log.exception("%s: stage %s crashed", generation_id, name)
         error = f"internal error in {name}: {type(exc).__name__}"
 
@@ -252,14 +259,32 @@ def _elapsed_ms(stage: GenerationStage) -> int | None:
     return max(0, round((utcnow() - started).total_seconds() * 1000))
 
 
-def _checkpointer(session: Session, stage_id: int):
+CHECKPOINT_PATIENCE = 30.0  # seconds a checkpoint waits out a database outage
+
+
+def _checkpointer(session: Session, stage_id: int, patience: float = CHECKPOINT_PATIENCE):
     """Commit partial progress in the stage's own session (one transaction at a
-    time, so SQLite never sees two writers from one stage)."""
+    time, so SQLite never sees two writers from one stage).
+
+    A checkpoint usually records something just paid for (a prediction id), so
+    a database outage is waited out here for up to ``patience`` seconds rather
+    than lost: a re-run without it would pay again."""
 
     def checkpoint(state: dict) -> None:
-        stage = session.get(GenerationStage, stage_id)
-        stage.output = {**state, CHECKPOINT: True}
-        make_durable(session)  # e.g. a paid provider's prediction id: never lose it
-        session.commit()
+        deadline, delay = time.monotonic() + patience, 0.2
+        while True:
+            try:
+                stage = session.get(GenerationStage, stage_id)
+                stage.output = {**state, CHECKPOINT: True}
+                make_durable(session)  # e.g. a paid provider's prediction id: never lose it
+                session.commit()
+                return
+            except Exception as exc:
+                session.rollback()
+                if not db_unavailable(exc) or time.monotonic() + delay > deadline:
+                    raise
+                log.warning("checkpoint: database unavailable, retrying in %.1fs", delay)
+                time.sleep(delay)
+                delay = min(2.0, delay * 2)
 
     return checkpoint

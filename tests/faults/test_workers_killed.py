@@ -1,0 +1,74 @@
+"""Scenarios 1 and 2: a worker SIGKILLed with work in hand (no ack, no
+cleanup), a new one started. The message stays unacked in Redis; the beat's
+dispatcher re-sends the stalled stage after ``BFF_STALL_TIMEOUT`` and the
+runner's lease lets exactly one copy run it. No prediction is created twice."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from sqlalchemy import text
+
+from tests.faults.stack import FaultStack
+from tests.support import procs as P
+
+pytestmark = pytest.mark.services
+
+LIGHT_STAGES = ("enhance", "persona", "route", "optimize", "store")  # the `pipeline` queue
+
+
+def running_stages(st: FaultStack, ids: list[str], names: tuple[str, ...]) -> list[tuple]:
+    with st.app.extensions["bff"].db.session() as s:
+        rows = s.execute(
+            text(
+                "SELECT generation_id, name FROM generation_stages "
+                "WHERE status = 'running' AND generation_id = ANY(:ids) AND name = ANY(:names)"
+            ),
+            {"ids": ids, "names": list(names)},
+        ).all()
+    return [tuple(r) for r in rows]
+
+
+def attempts(st: FaultStack, gen_id: str, stage: str) -> int:
+    with st.app.extensions["bff"].db.session() as s:
+        return s.execute(
+            text("SELECT attempts FROM generation_stages WHERE generation_id = :g AND name = :n"),
+            {"g": gen_id, "n": stage},
+        ).scalar_one()
+
+
+def test_pipeline_worker_killed_mid_stage(faults: FaultStack):
+    faults.replicate.latency = 0.3
+    user = faults.user("killed-pipeline")
+    batch = faults.submit_batch(user, [("google-imagen", 1)] * 12)
+    ids = list(batch.counts)
+    caught: list[tuple] = []
+
+    def some_light_stage_running() -> bool:
+        caught[:] = running_stages(faults, ids, LIGHT_STAGES)
+        return bool(caught)
+
+    P.wait_for(some_light_stage_running, 20, "a pipeline stage to be running", interval=0.005)
+    faults.kill("worker")
+    faults.start("worker")
+
+    gens = faults.wait_final(batch, timeout=60)
+    faults.assert_nothing_lost(batch, gens)
+    for gen_id, stage in caught:  # the interrupted stage ran again
+        assert attempts(faults, gen_id, stage) >= 2, (gen_id, stage)
+
+
+def test_generator_killed_while_predictions_run(faults: FaultStack):
+    faults.replicate.latency = 4.0
+    user = faults.user("killed-generator")
+    batch = faults.submit_batch(user, [("google-imagen", 1)] * 8 + [("google-imagen", 2)] * 2)
+    P.wait_for(lambda: faults.replicate.creates >= 6, 30, "predictions to be created")
+    time.sleep(0.3)
+    faults.kill("generator")
+    killed_at = faults.replicate.creates
+    faults.start("generator")
+
+    gens = faults.wait_final(batch, timeout=60)
+    faults.assert_nothing_lost(batch, gens)  # resumed the saved predictions: 12 creates
+    assert killed_at >= 6
