@@ -71,10 +71,16 @@ class FakeReplicate(FakeServer):
         self.predictions: dict[str, dict[str, Any]] = {}
         self.expired = False
         self.create_times: list[float] = []
+        self.polled: set[str] = set()
 
     @property
     def creates(self) -> int:
         return self.counters["create"]
+
+    def never_polled(self) -> set[str]:
+        """Predictions nobody asked about after creating them: ids the client lost."""
+        with self.lock:
+            return set(self.predictions) - self.polled
 
     def expire_outputs(self) -> None:
         self.expired = True
@@ -84,6 +90,7 @@ class FakeReplicate(FakeServer):
         with self.lock:
             self.predictions.clear()
             self.create_times.clear()
+            self.polled.clear()
             self.expired = False
 
     # -- routes
@@ -171,6 +178,7 @@ class FakeReplicate(FakeServer):
     def get(self, pid: str) -> Response:
         with self.lock:
             self.counters["get"] += 1
+            self.polled.add(pid)
         if self.take_failure(("get_server_error",)):
             return problem(500, "Internal Server Error", "Internal server error")
         if pid not in self.predictions:
