@@ -48,6 +48,11 @@ class Database:
         self.url = url
         self.engine = make_engine(url)
         self._factory = sessionmaker(self.engine, expire_on_commit=False)
+        # Autocommit: no BEGIN / COMMIT round trips. Only for a read that is one
+        # statement (one statement sees one snapshot); never for writes.
+        self._read_factory = sessionmaker(
+            self.engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False
+        )
 
     @property
     def is_sqlite(self) -> bool:
@@ -70,6 +75,18 @@ class Database:
         except BaseException:
             session.rollback()
             raise
+        finally:
+            session.close()
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        """A session for a read done in ONE statement (e.g. the status read):
+        autocommit, so it costs that statement's round trip and the pool's
+        pre-ping, not a BEGIN and a COMMIT as well. Several statements here
+        would each see a different snapshot: use ``session()`` for those."""
+        session = self._read_factory()
+        try:
+            yield session
         finally:
             session.close()
 

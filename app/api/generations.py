@@ -21,7 +21,7 @@ from ..providers.cancel import cancel_remote
 from ..queue import dispatch
 from ..quotas import check_submission
 from ..schemas import FeedbackIn, ImageSubmit, PromptSubmit
-from ..states import GENERATION_STATUSES, IllegalTransition
+from ..states import FINAL, GENERATION_STATUSES, IllegalTransition
 from ..storage import StorageError, generation_prefix
 from ..webhooks import submit_url_problem
 from .common import check_user_id, int_arg, json_body, services
@@ -223,10 +223,12 @@ def _load(session, generation_id: str, lock: bool = False) -> Generation:
 
 @bp.get("/<generation_id>")
 def show(generation_id: str):
-    with services().db.session() as session:
-        gen = _load(session, generation_id)
-        body = svc.to_json(gen)
-    headers = {} if svc.is_final(gen) else {"Retry-After": "1"}
+    # One statement, so an autocommit read: no BEGIN/COMMIT round trips.
+    with services().db.read() as session:
+        body = svc.read_owned_json(session, g.user_id, generation_id)
+    if body is None:
+        raise not_found()
+    headers = {} if body["status"] in FINAL else {"Retry-After": "1"}
     return body, 200, headers
 
 
