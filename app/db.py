@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from sqlalchemy import create_engine, event, text
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 
@@ -68,14 +68,22 @@ class Database:
         return self.engine.dialect.name == "sqlite"
 
     @contextmanager
-    def session(self, durable: bool = True) -> Iterator[Session]:
+    def connection(self) -> Iterator[Connection]:
+        """One pooled connection (one checkout, one pre-ping) for several short
+        transactions in a row: pass it to ``session(conn=...)``."""
+        with self.engine.connect() as conn:
+            yield conn
+
+    @contextmanager
+    def session(self, durable: bool = True, conn: Connection | None = None) -> Iterator[Session]:
         """``durable=False`` is for progress that may be lost in a database
         server crash because it is re-derived (an idempotent stage runs
         again): on PostgreSQL its commit does not wait for the WAL flush
         (``synchronous_commit = off`` for that transaction only; no
         corruption, at most the last few hundred ms of such commits lost).
-        A later durable commit flushes it too."""
-        session = self._factory()
+        A later durable commit flushes it too. ``conn`` (from ``connection()``,
+        outside any transaction) runs this transaction on that connection."""
+        session = self._factory() if conn is None else self._factory(bind=conn)
         try:
             if not durable and self.engine.dialect.name == "postgresql":
                 session.execute(RELAXED)

@@ -67,11 +67,21 @@ def create(
         request_hash=request_hash,
         pipeline_data={"input": {"vltSpec": vlt_spec}} if vlt_spec else {},
     )
-    gen.stages = [
-        GenerationStage(name=name, position=i, status=S_PENDING, attempts=0)
-        for i, name in enumerate(STAGES)
-    ]
     session.add(gen)
+    session.flush()  # the parent row first; the stage rows go in as one Core executemany
+    session.execute(
+        GenerationStage.__table__.insert(),
+        [
+            {
+                "generation_id": gen.id,
+                "name": name,
+                "position": i,
+                "status": S_PENDING,
+                "attempts": 0,
+            }
+            for i, name in enumerate(STAGES)
+        ],
+    )
     return gen
 
 

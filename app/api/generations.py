@@ -119,52 +119,55 @@ def _submit(
     key = _idempotency_key()
     gen_id = new_id("gen")
     input_key = None
-    try:
-        with s.db.session() as session:
-            if (replay := _replay(session, key, req_hash)) is not None:
-                return replay
-            _check_submit(session, body)
-            if upload is not None:
-                data, ctype, ext = upload
-                input_key = f"{generation_prefix(g.user_id, gen_id)}input.{ext}"
-                try:
-                    s.storage.put(input_key, data, ctype)
-                except StorageError:
-                    raise ApiError(
-                        503,
-                        "service_unavailable",
-                        "storage is unavailable",
-                        headers={"Retry-After": "5"},
-                    ) from None
-            svc.create(
-                session,
-                user_id=g.user_id,
-                mode=mode,
-                generation_id=gen_id,
-                settings=body.settings.model_dump(),
-                prompt=body.prompt,
-                negative_prompt=body.negativePrompt,
-                persona_id=body.personaId,
-                vlt_spec=getattr(body, "vltSpec", None),
-                webhook_url=body.webhookUrl,
-                idempotency_key=key,
-                request_hash=req_hash,
-                input_key=input_key,
-            )
-    except IntegrityError:
-        # A concurrent request with the same Idempotency-Key committed first.
-        if input_key:
-            s.storage.delete_prefix(generation_prefix(g.user_id, gen_id))
-        with s.db.session() as session:
-            if (replay := _replay(session, key, req_hash)) is not None:
-                return replay
-        raise
-    if dispatch(s.celery, gen_id):
-        # Losing this mark only makes the dispatcher send the chain again,
-        # which the runner's claim de-duplicates: no need to wait for the flush.
-        with s.db.session(durable=False) as session:
-            svc.touch_dispatched(session, gen_id)
-    return _accepted(gen_id)
+    # One pooled connection (one checkout and pre-ping) for the durable insert
+    # and, after the enqueue, the relaxed dispatched mark.
+    with s.db.connection() as conn:
+        try:
+            with s.db.session(conn=conn) as session:
+                if (replay := _replay(session, key, req_hash)) is not None:
+                    return replay
+                _check_submit(session, body)
+                if upload is not None:
+                    data, ctype, ext = upload
+                    input_key = f"{generation_prefix(g.user_id, gen_id)}input.{ext}"
+                    try:
+                        s.storage.put(input_key, data, ctype)
+                    except StorageError:
+                        raise ApiError(
+                            503,
+                            "service_unavailable",
+                            "storage is unavailable",
+                            headers={"Retry-After": "5"},
+                        ) from None
+                svc.create(
+                    session,
+                    user_id=g.user_id,
+                    mode=mode,
+                    generation_id=gen_id,
+                    settings=body.settings.model_dump(),
+                    prompt=body.prompt,
+                    negative_prompt=body.negativePrompt,
+                    persona_id=body.personaId,
+                    vlt_spec=getattr(body, "vltSpec", None),
+                    webhook_url=body.webhookUrl,
+                    idempotency_key=key,
+                    request_hash=req_hash,
+                    input_key=input_key,
+                )
+        except IntegrityError:
+            # A concurrent request with the same Idempotency-Key committed first.
+            if input_key:
+                s.storage.delete_prefix(generation_prefix(g.user_id, gen_id))
+            with s.db.session(conn=conn) as session:
+                if (replay := _replay(session, key, req_hash)) is not None:
+                    return replay
+            raise
+        if dispatch(s.celery, gen_id):
+            # Losing this mark only makes the dispatcher send the chain again,
+            # which the runner's claim de-duplicates: no need to wait for the flush.
+            with s.db.session(durable=False, conn=conn) as session:
+                svc.touch_dispatched(session, gen_id)
+        return _accepted(gen_id)
 
 
 @bp.post("/from-prompt")
