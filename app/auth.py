@@ -1,12 +1,23 @@
 """API keys: random, high entropy, stored as SHA-256 hashes, compared in
 constant time. A key looks like ``bff_<8-char prefix>_<secret>``; the prefix
-is shown to operators (``bff users revoke PREFIX``) and never the secret."""
+is shown to operators (``bff users revoke PREFIX``) and never the secret.
+
+Each process remembers a key it has verified for ``KEY_CACHE_TTL`` seconds
+(keyed by the key's SHA-256, never the key itself), so a request does not
+spend a transaction on authentication. The cost: a key revoked by another
+process (``bff users revoke`` run elsewhere, or another API process) keeps
+working in this one for at most ``KEY_CACHE_TTL`` seconds. ``revoke()``
+forgets the key in its own process at once. Failed lookups are not cached.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
 import secrets
+import threading
+import time
+from collections.abc import Callable
 
 from flask import current_app, g, request
 from sqlalchemy import select
@@ -15,6 +26,48 @@ from sqlalchemy.orm import Session
 from .errors import ApiError
 from .models import ApiKey, User, utcnow
 from .webhooks import generate_secret
+
+# Seconds a verified key is trusted without asking the database (keep <= 10).
+KEY_CACHE_TTL = 5.0
+KEY_CACHE_MAX = 10_000
+
+
+class KeyCache:
+    """SHA-256 of a key -> (user id, prefix, expiry); shared by a process's threads."""
+
+    def __init__(
+        self,
+        ttl: float = KEY_CACHE_TTL,
+        max_entries: int = KEY_CACHE_MAX,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.ttl, self.max_entries, self.clock = ttl, max_entries, clock
+        self._entries: dict[tuple[str, str], tuple[int, str, float]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, scope: str, digest: str) -> int | None:
+        hit = self._entries.get((scope, digest))
+        if hit is None or hit[2] <= self.clock():
+            return None
+        return hit[0]
+
+    def put(self, scope: str, digest: str, user_id: int, prefix: str) -> None:
+        with self._lock:
+            if len(self._entries) >= self.max_entries:
+                self._entries.clear()  # rare, and only costs a lookup per key
+            self._entries[(scope, digest)] = (user_id, prefix, self.clock() + self.ttl)
+
+    def forget_prefix(self, prefix: str) -> None:
+        with self._lock:
+            for k in [k for k, v in self._entries.items() if v[1] == prefix]:
+                del self._entries[k]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+key_cache = KeyCache()  # module global, looked up at call time (tests swap it)
 
 
 def hash_key(key: str) -> str:
@@ -47,19 +100,28 @@ def revoke(session: Session, prefix: str) -> int:
     ).all()
     for k in keys:
         k.revoked_at = utcnow()
+    key_cache.forget_prefix(prefix)  # this process at once; others within KEY_CACHE_TTL
     return len(keys)
 
 
 def authenticate(session: Session, key: str) -> User | None:
+    user_id = authenticate_id(session, key)
+    return None if user_id is None else session.get(User, user_id)
+
+
+def authenticate_id(session: Session, key: str) -> int | None:
+    """The id of the user an active key belongs to, in one query (no cache)."""
     if "\x00" in key:  # never a key of ours, and PostgreSQL refuses NUL in text
         return None
-    candidates = session.scalars(
-        select(ApiKey).where(ApiKey.prefix == key_prefix(key), ApiKey.revoked_at.is_(None))
+    candidates = session.execute(
+        select(ApiKey.user_id, ApiKey.key_hash).where(
+            ApiKey.prefix == key_prefix(key), ApiKey.revoked_at.is_(None)
+        )
     ).all()
     digest = hash_key(key)
-    for k in candidates:
-        if hmac.compare_digest(k.key_hash, digest):
-            return session.get(User, k.user_id)
+    for user_id, key_hash in candidates:
+        if hmac.compare_digest(key_hash, digest):
+            return user_id
     return None
 
 
@@ -75,13 +137,19 @@ def load_user() -> None:
             "missing API key: send 'Authorization: Bearer <key>'",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    with current_app.extensions["bff"].db.session() as session:
-        user = authenticate(session, key.strip())
-        if user is None:
+    key = key.strip()
+    db = current_app.extensions["bff"].db
+    digest = hash_key(key)
+    user_id = key_cache.get(db.url, digest)
+    if user_id is None:
+        with db.session() as session:
+            user_id = authenticate_id(session, key)
+        if user_id is None:
             raise ApiError(
                 401,
                 "unauthorized",
                 "invalid or revoked API key",
                 headers={"WWW-Authenticate": "Bearer"},
             )
-        g.user_id = user.id
+        key_cache.put(db.url, digest, user_id, key_prefix(key))
+    g.user_id = user_id

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from sqlalchemy import create_engine, event, text
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -34,12 +34,21 @@ def unavailable(exc: BaseException) -> bool:
     return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
 
 
+POOL_SIZE = 15
+
+
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10, pool_recycle=1800)
+    # At most POOL_SIZE connections per process, as before (5 + 10 overflow),
+    # but all of them kept: an overflow connection is closed when it is
+    # returned, so under load every 4th-5th submit paid for a new Postgres
+    # backend (fork, authentication, cold caches, prepared statements lost).
+    return create_engine(
+        url, pool_pre_ping=True, pool_size=POOL_SIZE, max_overflow=0, pool_recycle=1800
+    )
 
 
 RELAXED = text("SET LOCAL synchronous_commit = off")
@@ -57,20 +66,33 @@ class Database:
         self.url = url
         self.engine = make_engine(url)
         self._factory = sessionmaker(self.engine, expire_on_commit=False)
+        # Autocommit: no BEGIN / COMMIT round trips. Only for a read that is one
+        # statement (one statement sees one snapshot); never for writes.
+        self._read_factory = sessionmaker(
+            self.engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False
+        )
 
     @property
     def is_sqlite(self) -> bool:
         return self.engine.dialect.name == "sqlite"
 
     @contextmanager
-    def session(self, durable: bool = True) -> Iterator[Session]:
+    def connection(self) -> Iterator[Connection]:
+        """One pooled connection (one checkout, one pre-ping) for several short
+        transactions in a row: pass it to ``session(conn=...)``."""
+        with self.engine.connect() as conn:
+            yield conn
+
+    @contextmanager
+    def session(self, durable: bool = True, conn: Connection | None = None) -> Iterator[Session]:
         """``durable=False`` is for progress that may be lost in a database
         server crash because it is re-derived (an idempotent stage runs
         again): on PostgreSQL its commit does not wait for the WAL flush
         (``synchronous_commit = off`` for that transaction only; no
         corruption, at most the last few hundred ms of such commits lost).
-        A later durable commit flushes it too."""
-        session = self._factory()
+        A later durable commit flushes it too. ``conn`` (from ``connection()``,
+        outside any transaction) runs this transaction on that connection."""
+        session = self._factory() if conn is None else self._factory(bind=conn)
         try:
             if not durable and self.engine.dialect.name == "postgresql":
                 session.execute(RELAXED)
@@ -79,6 +101,18 @@ class Database:
         except BaseException:
             session.rollback()
             raise
+        finally:
+            session.close()
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        """A session for a read done in ONE statement (e.g. the status read):
+        autocommit, so it costs that statement's round trip and the pool's
+        pre-ping, not a BEGIN and a COMMIT as well. Several statements here
+        would each see a different snapshot: use ``session()`` for those."""
+        session = self._read_factory()
+        try:
+            yield session
         finally:
             session.close()
 

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Iterable
 from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, bindparam, or_, select, update
 from sqlalchemy.orm import Session, joinedload, selectinload
 
-from .models import Generation, GenerationStage, new_id, utcnow
+from .models import Generation, GenerationAsset, GenerationStage, new_id, utcnow
 from .pipeline import STAGES
 from .states import (
     CANCELED,
@@ -65,11 +67,21 @@ def create(
         request_hash=request_hash,
         pipeline_data={"input": {"vltSpec": vlt_spec}} if vlt_spec else {},
     )
-    gen.stages = [
-        GenerationStage(name=name, position=i, status=S_PENDING, attempts=0)
-        for i, name in enumerate(STAGES)
-    ]
     session.add(gen)
+    session.flush()  # the parent row first; the stage rows go in as one Core executemany
+    session.execute(
+        GenerationStage.__table__.insert(),
+        [
+            {
+                "generation_id": gen.id,
+                "name": name,
+                "position": i,
+                "status": S_PENDING,
+                "attempts": 0,
+            }
+            for i, name in enumerate(STAGES)
+        ],
+    )
     return gen
 
 
@@ -163,6 +175,22 @@ def prepare_retry(gen: Generation) -> str:
 def to_json(gen: Generation) -> dict[str, Any]:
     data = gen.pipeline_data or {}
     enhance, optimize = data.get("enhance") or {}, data.get("optimize") or {}
+    prompts = (
+        enhance.get("mainPrompt"),
+        optimize.get("finalPrompt"),
+        optimize.get("negativePrompt"),
+        enhance.get("negativePrompt"),
+    )
+    return _shape(gen, prompts, gen.stages, gen.assets)
+
+
+def _shape(
+    gen: Any, prompts: tuple[str | None, ...], stages: Iterable[Any], assets: Iterable[Any]
+) -> dict[str, Any]:
+    """The client's JSON of a generation from anything with the model's attribute
+    names (ORM objects or Core rows); ``prompts`` = enhanced, final, and the
+    optimised and enhanced negative prompts."""
+    enhanced, final, negative_opt, negative_enh = prompts
     return {
         "id": gen.id,
         "status": gen.status,
@@ -176,11 +204,9 @@ def to_json(gen: Generation) -> dict[str, Any]:
         "personaId": gen.persona_id,
         "prompt": {
             "original": gen.prompt,
-            "enhanced": enhance.get("mainPrompt"),
-            "final": optimize.get("finalPrompt"),
-            "negative": optimize.get("negativePrompt")
-            or enhance.get("negativePrompt")
-            or gen.negative_prompt,
+            "enhanced": enhanced,
+            "final": final,
+            "negative": negative_opt or negative_enh or gen.negative_prompt,
         },
         "stages": [
             {
@@ -193,7 +219,7 @@ def to_json(gen: Generation) -> dict[str, Any]:
                 "error": s.error,
                 "output": s.output,
             }
-            for s in gen.stages
+            for s in stages
         ],
         "assets": [
             {
@@ -204,7 +230,7 @@ def to_json(gen: Generation) -> dict[str, Any]:
                 "contentType": a.content_type,
                 "fileSize": a.file_size,
             }
-            for a in gen.assets
+            for a in assets
         ],
         "cost": float(gen.cost or 0),
         "error": {"stage": gen.error_stage, "message": gen.error_message}
@@ -213,6 +239,80 @@ def to_json(gen: Generation) -> dict[str, Any]:
         "webhookUrl": gen.webhook_url,
         "links": {"self": f"/api/generate/{gen.id}"},
     }
+
+
+_G, _S, _A = Generation.__table__, GenerationStage.__table__, GenerationAsset.__table__
+_GEN_COLS = [
+    _G.c[n]
+    for n in (
+        "id", "status", "created_at", "updated_at", "completed_at", "mode", "settings",
+        "provider", "model", "persona_id", "prompt", "negative_prompt", "cost",
+        "error_stage", "error_message", "webhook_url",
+    )
+]  # fmt: skip
+# Only the four prompts the client sees, extracted by the database: the whole
+# pipeline_data (every stage's output) is not decoded once per joined row.
+_PROMPT_COLS = [
+    _G.c.pipeline_data[path].as_string().label(f"p{i}")
+    for i, path in enumerate(
+        (
+            ("enhance", "mainPrompt"),
+            ("optimize", "finalPrompt"),
+            ("optimize", "negativePrompt"),
+            ("enhance", "negativePrompt"),
+        )
+    )
+]
+_STAGE_COLS = (
+    "name",
+    "status",
+    "started_at",
+    "finished_at",
+    "duration_ms",
+    "attempts",
+    "error",
+    "output",
+)
+_ASSET_COLS = ("id", "cdn_url", "width", "height", "content_type", "file_size")
+_READ = (
+    select(
+        *_GEN_COLS,
+        *_PROMPT_COLS,
+        _S.c.position.label("s_position"),
+        *(_S.c[n].label(f"s_{n}") for n in _STAGE_COLS),
+        _A.c.position.label("a_position"),
+        *(_A.c[n].label(f"a_{n}") for n in _ASSET_COLS),
+    )
+    .select_from(
+        _G.outerjoin(_S, _S.c.generation_id == _G.c.id).outerjoin(_A, _A.c.generation_id == _G.c.id)
+    )
+    .where(_G.c.id == bindparam("generation_id"), _G.c.user_id == bindparam("user_id"))
+    .order_by(_S.c.position, _A.c.position)
+)  # built once: its compiled form and cache key are reused by every call
+
+
+def read_owned_json(session: Session, user_id: int, generation_id: str) -> dict[str, Any] | None:
+    """``to_json`` of an owned generation in one statement, without the ORM
+    (the status read clients poll): the primary key and both children's
+    generation_id indexes, one row per stage x asset."""
+    rows = session.execute(_READ, {"generation_id": generation_id, "user_id": user_id}).all()
+    if not rows:
+        return None
+    stages: dict[int, SimpleNamespace] = {}
+    assets: dict[int, SimpleNamespace] = {}
+    for r in rows:
+        m = r._mapping
+        if r.s_position is not None and r.s_position not in stages:
+            stages[r.s_position] = SimpleNamespace(**{n: m[f"s_{n}"] for n in _STAGE_COLS})
+        if r.a_position is not None and r.a_position not in assets:
+            assets[r.a_position] = SimpleNamespace(**{n: m[f"a_{n}"] for n in _ASSET_COLS})
+    first = rows[0]
+    return _shape(
+        first,
+        (first.p0, first.p1, first.p2, first.p3),
+        stages.values(),
+        (assets[k] for k in sorted(assets)),
+    )
 
 
 def is_final(gen: Generation) -> bool:

@@ -21,7 +21,7 @@ from ..providers.cancel import cancel_remote
 from ..queue import dispatch
 from ..quotas import check_submission
 from ..schemas import FeedbackIn, ImageSubmit, PromptSubmit
-from ..states import GENERATION_STATUSES, IllegalTransition
+from ..states import FINAL, GENERATION_STATUSES, IllegalTransition
 from ..storage import StorageError, generation_prefix
 from ..webhooks import submit_url_problem
 from .common import check_user_id, int_arg, json_body, services
@@ -119,52 +119,55 @@ def _submit(
     key = _idempotency_key()
     gen_id = new_id("gen")
     input_key = None
-    try:
-        with s.db.session() as session:
-            if (replay := _replay(session, key, req_hash)) is not None:
-                return replay
-            _check_submit(session, body)
-            if upload is not None:
-                data, ctype, ext = upload
-                input_key = f"{generation_prefix(g.user_id, gen_id)}input.{ext}"
-                try:
-                    s.storage.put(input_key, data, ctype)
-                except StorageError:
-                    raise ApiError(
-                        503,
-                        "service_unavailable",
-                        "storage is unavailable",
-                        headers={"Retry-After": "5"},
-                    ) from None
-            svc.create(
-                session,
-                user_id=g.user_id,
-                mode=mode,
-                generation_id=gen_id,
-                settings=body.settings.model_dump(),
-                prompt=body.prompt,
-                negative_prompt=body.negativePrompt,
-                persona_id=body.personaId,
-                vlt_spec=getattr(body, "vltSpec", None),
-                webhook_url=body.webhookUrl,
-                idempotency_key=key,
-                request_hash=req_hash,
-                input_key=input_key,
-            )
-    except IntegrityError:
-        # A concurrent request with the same Idempotency-Key committed first.
-        if input_key:
-            s.storage.delete_prefix(generation_prefix(g.user_id, gen_id))
-        with s.db.session() as session:
-            if (replay := _replay(session, key, req_hash)) is not None:
-                return replay
-        raise
-    if dispatch(s.celery, gen_id):
-        # Losing this mark only makes the dispatcher send the chain again,
-        # which the runner's claim de-duplicates: no need to wait for the flush.
-        with s.db.session(durable=False) as session:
-            svc.touch_dispatched(session, gen_id)
-    return _accepted(gen_id)
+    # One pooled connection (one checkout and pre-ping) for the durable insert
+    # and, after the enqueue, the relaxed dispatched mark.
+    with s.db.connection() as conn:
+        try:
+            with s.db.session(conn=conn) as session:
+                if (replay := _replay(session, key, req_hash)) is not None:
+                    return replay
+                _check_submit(session, body)
+                if upload is not None:
+                    data, ctype, ext = upload
+                    input_key = f"{generation_prefix(g.user_id, gen_id)}input.{ext}"
+                    try:
+                        s.storage.put(input_key, data, ctype)
+                    except StorageError:
+                        raise ApiError(
+                            503,
+                            "service_unavailable",
+                            "storage is unavailable",
+                            headers={"Retry-After": "5"},
+                        ) from None
+                svc.create(
+                    session,
+                    user_id=g.user_id,
+                    mode=mode,
+                    generation_id=gen_id,
+                    settings=body.settings.model_dump(),
+                    prompt=body.prompt,
+                    negative_prompt=body.negativePrompt,
+                    persona_id=body.personaId,
+                    vlt_spec=getattr(body, "vltSpec", None),
+                    webhook_url=body.webhookUrl,
+                    idempotency_key=key,
+                    request_hash=req_hash,
+                    input_key=input_key,
+                )
+        except IntegrityError:
+            # A concurrent request with the same Idempotency-Key committed first.
+            if input_key:
+                s.storage.delete_prefix(generation_prefix(g.user_id, gen_id))
+            with s.db.session(conn=conn) as session:
+                if (replay := _replay(session, key, req_hash)) is not None:
+                    return replay
+            raise
+        if dispatch(s.celery, gen_id):
+            # Losing this mark only makes the dispatcher send the chain again,
+            # which the runner's claim de-duplicates: no need to wait for the flush.
+            with s.db.session(durable=False, conn=conn) as session:
+                svc.touch_dispatched(session, gen_id)
+        return _accepted(gen_id)
 
 
 @bp.post("/from-prompt")
@@ -223,10 +226,12 @@ def _load(session, generation_id: str, lock: bool = False) -> Generation:
 
 @bp.get("/<generation_id>")
 def show(generation_id: str):
-    with services().db.session() as session:
-        gen = _load(session, generation_id)
-        body = svc.to_json(gen)
-    headers = {} if svc.is_final(gen) else {"Retry-After": "1"}
+    # One statement, so an autocommit read: no BEGIN/COMMIT round trips.
+    with services().db.read() as session:
+        body = svc.read_owned_json(session, g.user_id, generation_id)
+    if body is None:
+        raise not_found()
+    headers = {} if body["status"] in FINAL else {"Retry-After": "1"}
     return body, 200, headers
 
 

@@ -1,0 +1,96 @@
+"""The per-process cache of verified API keys: what it saves, and how long a
+revocation made elsewhere takes to bite."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import event, update
+
+from app import auth
+from app.auth import KEY_CACHE_TTL, KeyCache, key_prefix
+from app.models import ApiKey, utcnow
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch) -> Clock:
+    c = Clock()
+    monkeypatch.setattr(auth, "key_cache", KeyCache(clock=c))
+    return c
+
+
+def _count_statements(app) -> list[str]:
+    seen: list[str] = []
+    event.listen(
+        app.extensions["bff"].db.engine,
+        "before_cursor_execute",
+        lambda _c, _cur, stmt, *_a: seen.append(stmt),
+    )
+    return seen
+
+
+def test_ttl_is_short():
+    assert 0 < KEY_CACHE_TTL <= 10
+
+
+def test_a_verified_key_is_not_looked_up_again(app, client, user, clock):
+    assert client.get("/api/generate", headers=user.headers).status_code == 200
+    seen = _count_statements(app)
+    assert client.get("/api/generate", headers=user.headers).status_code == 200
+    assert not [s for s in seen if "api_keys" in s]
+    clock.now += KEY_CACHE_TTL + 0.1
+    assert client.get("/api/generate", headers=user.headers).status_code == 200
+    assert [s for s in seen if "api_keys" in s]  # expired: verified again
+
+
+def test_revocation_by_another_process_bites_within_the_ttl(app, client, user, clock):
+    """Another process (e.g. ``bff users revoke`` elsewhere) cannot reach this
+    process's cache: the key keeps working until its entry expires."""
+    assert client.get("/api/generate", headers=user.headers).status_code == 200
+    with app.extensions["bff"].db.session() as session:  # not auth.revoke: no local forget
+        session.execute(
+            update(ApiKey).where(ApiKey.prefix == key_prefix(user.key)).values(revoked_at=utcnow())
+        )
+    clock.now += KEY_CACHE_TTL - 0.5
+    assert client.get("/api/generate", headers=user.headers).status_code == 200
+    clock.now += 1.0
+    assert client.get("/api/generate", headers=user.headers).status_code == 401
+
+
+def test_revoke_in_this_process_bites_at_once(app, client, user, other_user, clock):
+    assert client.get("/api/generate", headers=user.headers).status_code == 200
+    assert client.get("/api/generate", headers=other_user.headers).status_code == 200
+    with app.extensions["bff"].db.session() as session:
+        assert auth.revoke(session, key_prefix(user.key)) == 1
+    assert client.get("/api/generate", headers=user.headers).status_code == 401
+    assert client.get("/api/generate", headers=other_user.headers).status_code == 200
+
+
+def test_failures_are_not_cached(app, client, user, clock):
+    bad = {"Authorization": f"Bearer {user.key}x"}
+    assert client.get("/api/generate", headers=bad).status_code == 401
+    seen = _count_statements(app)
+    assert client.get("/api/generate", headers=bad).status_code == 401
+    assert [s for s in seen if "api_keys" in s]
+
+
+def test_entries_are_scoped_to_one_database():
+    cache = KeyCache(clock=Clock())
+    cache.put("sqlite:///a.db", "d" * 64, 1, "bff_x")
+    assert cache.get("sqlite:///a.db", "d" * 64) == 1
+    assert cache.get("sqlite:///b.db", "d" * 64) is None
+
+
+def test_the_cache_is_bounded():
+    cache = KeyCache(max_entries=3, clock=Clock())
+    for i in range(10):
+        cache.put("db", f"{i:064d}", i, "bff_x")
+    assert len(cache._entries) <= 3
+    assert cache.get("db", f"{9:064d}") == 9
