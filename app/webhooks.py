@@ -6,7 +6,9 @@ the Standard Webhooks spec (standardwebhooks.com).
 - Headers: ``webhook-id`` (the delivery id, the same on every retry so the
   receiver can de-duplicate), ``webhook-timestamp`` (unix seconds of this
   attempt) and ``webhook-signature: v1,<base64 HMAC-SHA256(id.timestamp.body)>``.
-- Body: ``{"type": "generation.completed|failed|canceled", "timestamp", "data": <generation>}``.
+- Body: the final generation JSON, exactly as ``GET /api/generate/<id>`` shows
+  it (the contract: "the final generation is POSTed there"); its ``status``
+  names the event, also recorded as ``generation.<status>`` in the delivery row.
 - Delivery: one ``webhook_deliveries`` row per message; non-2xx or a network
   error is retried with exponential backoff until a day has passed.
 - SSRF: the host is resolved at delivery time and *every* address checked;
@@ -192,7 +194,7 @@ def post(url: str, ip: str, headers: dict[str, str], body: bytes, timeout: float
 def queue_final(services: Any, generation_id: str) -> str | None:
     """Record the final-state message for a generation with a webhookUrl and
     send the delivery task. Returns the delivery id (None: no webhook)."""
-    from .generations import iso, to_json
+    from .generations import to_json
 
     with services.db.session() as session:
         gen = session.get(Generation, generation_id)
@@ -201,7 +203,7 @@ def queue_final(services: Any, generation_id: str) -> str | None:
         user = session.get(User, gen.user_id)
         ensure_secret(user)
         event = f"generation.{gen.status}"
-        body = {"type": event, "timestamp": iso(utcnow()), "data": to_json(gen)}
+        body = to_json(gen)
         delivery = WebhookDelivery(
             id=new_id("msg"),
             user_id=gen.user_id,

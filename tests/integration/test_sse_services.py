@@ -91,8 +91,8 @@ def test_webhook_delivered_by_the_worker_signed_and_retried(stack):
         ).json()["secret"]
         for headers, body in receiver.received:
             payload = Webhook(secret).verify(body, headers)
-            assert payload["type"] == "generation.completed"
-            assert payload["data"]["id"] == gen_id
+            assert payload["status"] == "completed"
+            assert payload["id"] == gen_id
         with stack.app.extensions["bff"].db.session() as session:
             deadline = time.monotonic() + 10
             while True:
