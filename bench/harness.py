@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.support import procs as P
+from tests.support.embedded import SERVICE_VARS  # noqa: E402
 from tests.support.services import (
     free_port,
     postgres_ok,
@@ -29,24 +30,7 @@ from tests.support.services import (
 ROOT = P.ROOT
 
 # The developer's shell must not leak into a benchmark's configuration.
-CLEAN = (
-    "DATABASE_URL",
-    "REDIS_URL",
-    "CELERY_BROKER_URL",
-    "STORAGE_BACKEND",
-    "R2_ENDPOINT_URL",
-    "R2_ACCESS_KEY_ID",
-    "R2_SECRET_ACCESS_KEY",
-    "R2_BUCKET_NAME",
-    "R2_CDN_URL",
-    "REPLICATE_API_TOKEN",
-    "OPENAI_API_KEY",
-    "REPLICATE_BASE_URL",
-    "OPENAI_BASE_URL",
-    "BFF_DEFAULT_PROVIDER",
-    "BFF_PUBLIC_URL",
-    "BFF_MEDIA_ROOT",
-)
+CLEAN = SERVICE_VARS
 
 # Worker settings shared by ours and the baselines (override from the shell).
 WORKER_CONCURRENCY = int(os.environ.get("BENCH_WORKER_CONCURRENCY", "2"))
