@@ -41,11 +41,19 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     register_error_handlers(app)
     logs.init_app(app)
 
-    from .api import account, generations, health, personas, web
+    from .api import account, generations, health, personas, submit, web
     from .api import events as events_api
     from .metrics import bp as metrics_bp
 
-    for bp in (generations.bp, events_api.bp, personas.bp, account.bp, health.bp, web.bp):
+    for bp in (
+        submit.bp,
+        generations.bp,
+        events_api.bp,
+        personas.bp,
+        account.bp,
+        health.bp,
+        web.bp,
+    ):
         app.register_blueprint(bp)
     app.register_blueprint(metrics_bp)  # no auth: scraped by Prometheus
 

@@ -53,7 +53,7 @@ def our_submitter(env: Env, provider: str = "local"):
                 settings=settings,
                 prompt=f"emerald silk slip dress, look {i}",
             )
-        if dispatch(s.celery, gid):  # as app.api.generations._submit does
+        if dispatch(s.celery, gid):  # as app.api.submit._submit does
             with s.db.session(durable=False) as session:
                 svc.touch_dispatched(session, gid)
         return gid
