@@ -65,18 +65,30 @@ def stage_changed(
     )
 
 
-def generation_final(settings: Settings, generation_id: str, status: str) -> None:
+def generation_final(
+    settings: Settings,
+    generation_id: str,
+    status: str,
+    delivery_id: str | None = None,
+    record_webhook: bool = True,
+) -> None:
     """Called once a generation reaches completed, failed or canceled: wakes the
-    streams and queues the webhook (when the generation has one)."""
+    streams and sends the webhook. ``delivery_id``: the delivery recorded in the
+    transition's own transaction (``webhooks.record_final``); without one and
+    with ``record_webhook``, it is recorded now in a transaction of its own."""
     publish(settings, generation_id, "done", {"id": generation_id, "status": status})
     from flask import current_app, has_app_context
 
     if not has_app_context():  # plain unit use of the runner: no services to queue with
         return
-    from .webhooks import queue_final
+    from .webhooks import queue_final, send
 
+    services = current_app.extensions["bff"]
     try:
-        queue_final(current_app.extensions["bff"], generation_id)
+        if delivery_id:
+            send(services.celery, delivery_id, 1)
+        elif record_webhook:
+            queue_final(services, generation_id)
     except Exception:  # never fail the stage that finished the job; the sweep retries
         log.exception("could not queue the webhook for %s", generation_id)
 

@@ -33,7 +33,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from sqlalchemy import DateTime, ForeignKey, Integer, String, Text, select
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from .config import Settings
 from .db import Database
@@ -191,33 +191,41 @@ def post(url: str, ip: str, headers: dict[str, str], body: bytes, timeout: float
 # ------------------------------------------------------------------ delivery
 
 
-def queue_final(services: Any, generation_id: str) -> str | None:
-    """Record the final-state message for a generation with a webhookUrl and
-    send the delivery task. Returns the delivery id (None: no webhook)."""
+def record_final(session: Session, gen: Generation) -> str | None:
+    """Record the final-state message for ``gen`` in the caller's transaction,
+    so the transition and its webhook commit together (or not at all).
+    Returns the delivery id to send after the commit (None: no webhook)."""
     from .generations import to_json
 
+    if not gen.webhook_url:
+        return None
+    session.flush()
+    session.expire(gen, ["stages", "assets"])  # the payload shows what was just written
+    user = session.get(User, gen.user_id)
+    ensure_secret(user)
+    delivery = WebhookDelivery(
+        id=new_id("msg"),
+        user_id=gen.user_id,
+        generation_id=gen.id,
+        event_type=f"generation.{gen.status}",
+        url=gen.webhook_url,
+        payload=json.dumps(to_json(gen), separators=(",", ":")),
+        status=PENDING,
+        attempts=0,
+        next_attempt_at=utcnow(),
+    )
+    session.add(delivery)
+    return delivery.id
+
+
+def queue_final(services: Any, generation_id: str) -> str | None:
+    """Record and send the final-state message in a transaction of its own
+    (for callers that have already committed the transition)."""
     with services.db.session() as session:
         gen = session.get(Generation, generation_id)
-        if gen is None or not gen.webhook_url:
-            return None
-        user = session.get(User, gen.user_id)
-        ensure_secret(user)
-        event = f"generation.{gen.status}"
-        body = to_json(gen)
-        delivery = WebhookDelivery(
-            id=new_id("msg"),
-            user_id=gen.user_id,
-            generation_id=gen.id,
-            event_type=event,
-            url=gen.webhook_url,
-            payload=json.dumps(body, separators=(",", ":")),
-            status=PENDING,
-            attempts=0,
-            next_attempt_at=utcnow(),
-        )
-        session.add(delivery)
-        delivery_id = delivery.id
-    send(services.celery, delivery_id, 1)
+        delivery_id = record_final(session, gen) if gen is not None else None
+    if delivery_id:
+        send(services.celery, delivery_id, 1)
     return delivery_id
 
 

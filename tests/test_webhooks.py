@@ -228,3 +228,51 @@ def test_refused_target_is_recorded_and_never_called(dev_app):
     assert attempt(s.db, s.settings, d.id, 1) is None
     [d] = deliveries(dev_app, gen_id)
     assert d.status == REFUSED and "link-local" in d.last_error
+
+
+def _run_all(app, gen_id: str) -> None:
+    from app.pipeline import STAGES
+    from app.pipeline.runner import run_stage
+
+    s = app.extensions["bff"]
+    for name in STAGES:
+        if not run_stage(s.db, s.settings, s.storage, gen_id, name, task_id=f"t-{name}").proceed:
+            break
+
+
+def test_completion_and_its_webhook_commit_together(client, user, app):
+    gen_id = client.post(
+        "/api/generate/from-prompt",
+        headers=user.headers,
+        json={"prompt": "teal wrap dress", "webhookUrl": "https://hooks.example.com/x"},
+    ).json["id"]
+    with app.app_context():
+        _run_all(app, gen_id)
+    [d] = deliveries(app, gen_id)
+    payload = json.loads(d.payload)
+    # The message written in the completing transaction shows the finished job.
+    assert d.event_type == "generation.completed" and payload["status"] == "completed"
+    assert len(payload["assets"]) == 1 and payload["completedAt"]
+
+
+def test_a_job_canceled_mid_stage_gets_one_webhook(client, user, app, monkeypatch):
+    import app.pipeline as pipeline
+
+    gen_id = client.post(
+        "/api/generate/from-prompt",
+        headers=user.headers,
+        json={"prompt": "red coat", "webhookUrl": "https://hooks.example.com/x"},
+    ).json["id"]
+    original = pipeline.STAGE_FUNCS["enhance"]
+
+    def cancel_while_working(ctx):
+        assert (
+            client.post(f"/api/generate/{gen_id}/cancel", headers=user.headers).status_code == 200
+        )
+        return original(ctx)
+
+    monkeypatch.setitem(pipeline.STAGE_FUNCS, "enhance", cancel_while_working)
+    with app.app_context():
+        _run_all(app, gen_id)
+    [d] = deliveries(app, gen_id)
+    assert d.event_type == "generation.canceled"

@@ -15,6 +15,7 @@ from ..queue import dispatch
 from ..schemas import FeedbackIn
 from ..states import FINAL, GENERATION_STATUSES, IllegalTransition
 from ..storage import StorageError, generation_prefix
+from ..webhooks import record_final
 from .common import int_arg, json_body, services
 
 bp = Blueprint("generations", __name__, url_prefix="/api/generate")
@@ -85,8 +86,11 @@ def cancel(generation_id: str):
         except IllegalTransition:
             raise ApiError(409, "conflict", f"generation is already {gen.status}") from None
         running = _running_tasks(gen)
+        delivery_id = record_final(session, gen)  # commits with the cancel
     _revoke_running(gen, running)
-    events.generation_final(services().settings, generation_id, gen.status)
+    events.generation_final(
+        services().settings, generation_id, gen.status, delivery_id, record_webhook=False
+    )
     with services().db.session() as session:
         return svc.to_json(_load(session, generation_id))
 

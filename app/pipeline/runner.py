@@ -46,6 +46,7 @@ from ..states import (
     set_status,
 )
 from ..storage import Storage
+from ..webhooks import record_final
 from . import STAGE_FUNCS, STAGES
 from .context import StageContext, StageFailed, StageTransient, StageWaiting
 
@@ -193,14 +194,19 @@ def run_stage(
             gen.updated_at = utcnow()
             if name == "generate" and gen.provider:
                 record_outcome(session, gen.provider, ok=True)
-            final = gen.status if gen.status in FINAL else None
-            if final is None and name == STAGES[-1]:
+            ended_elsewhere = gen.status in FINAL  # e.g. canceled while this stage worked
+            delivery_id = None
+            if not ended_elsewhere and name == STAGES[-1]:
                 set_status(gen, COMPLETED)
-                final = COMPLETED
+                delivery_id = record_final(session, gen)  # commits with the transition
             duration = stage.duration_ms
         events.stage_changed(settings, generation_id, name, status, duration)
-        if final:
-            events.generation_final(settings, generation_id, final)
+        if ended_elsewhere:  # whoever ended it announced it
+            return Outcome.stop()
+        if name == STAGES[-1]:
+            events.generation_final(
+                settings, generation_id, COMPLETED, delivery_id, record_webhook=False
+            )
             return Outcome.stop()
         return CONTINUE
     except StageWaiting as exc:
@@ -244,9 +250,10 @@ def run_stage(
             return Outcome(True, retry_in)
         was_final = gen.status in FINAL
         fail(session, gen, stage, error or "failed")
+        delivery_id = None if was_final else record_final(session, gen)
     events.stage_changed(settings, generation_id, name, S_FAILED, None)
     if not was_final:
-        events.generation_final(settings, generation_id, FAILED)
+        events.generation_final(settings, generation_id, FAILED, delivery_id, record_webhook=False)
     return Outcome.stop()
 
 
