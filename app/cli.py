@@ -124,6 +124,7 @@ def dev(port: int | None, concurrency: int) -> None:
                 "INFO",
             ],
             env=env,
+            start_new_session=True,
         ),
         subprocess.Popen(
             [
@@ -135,13 +136,21 @@ def dev(port: int | None, concurrency: int) -> None:
                 "app:create_app()",
             ],
             env=env,
+            start_new_session=True,
         ),
     ]
 
+    def signal_group(p: subprocess.Popen, sig: int) -> None:
+        try:
+            os.killpg(p.pid, sig)
+        except ProcessLookupError:
+            pass
+
     def stop(*_: object) -> None:
+        # Each child runs in its own process group, so a stop reaches gunicorn's
+        # and celery's workers too, and nothing outlives `make dev`.
         for p in procs:
-            if p.poll() is None:
-                p.terminate()
+            signal_group(p, signal.SIGTERM)
         # One shared deadline: waiting 10 s per process could outlast a
         # supervisor's own stop timeout when the machine is busy.
         deadline = time.monotonic() + 10
@@ -149,8 +158,9 @@ def dev(port: int | None, concurrency: int) -> None:
             try:
                 p.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+                pass
+            signal_group(p, signal.SIGKILL)  # stragglers: workers of a master gone
+            p.wait()
         sys.exit(0)
 
     signal.signal(signal.SIGINT, stop)
