@@ -5,7 +5,6 @@ session (``stack``)."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ from app import create_app
 from app.auth import create_user
 from app.cli import upgrade_database
 from tests.support import procs as P
+from tests.support.buckets import public_bucket
 from tests.support.embedded import SERVICE_VARS, Embedded, embedded_system
 from tests.support.services import (
     free_port,
@@ -31,6 +31,21 @@ from tests.support.services import (
 
 # Variables from the developer's shell must not leak into tests.
 CLEAN = {name: "" for name in SERVICE_VARS}
+
+
+@pytest.fixture
+def sent(monkeypatch) -> list[tuple[str, str]]:
+    """What the maintenance dispatcher would have sent: (generation id, stage)."""
+    from app import maintenance
+
+    calls: list[tuple[str, str]] = []
+
+    def fake_dispatch(celery_app, generation_id, from_stage="analyze"):
+        calls.append((generation_id, from_stage))
+        return True
+
+    monkeypatch.setattr(maintenance, "dispatch", fake_dispatch)
+    return calls
 
 
 @pytest.fixture(scope="session")
@@ -125,37 +140,12 @@ def service_env(tmp_path_factory, s3_server) -> Iterator[dict[str, str]]:
         unavailable("PostgreSQL on 127.0.0.1:5432")
     if not redis_ok():
         unavailable("Redis on 127.0.0.1:6379")
-    import boto3
     import redis
 
     db_number = redis_db_number()
     redis.Redis("127.0.0.1", 6379, db=db_number).flushdb()
     bucket = "bff-test"
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=s3_server,
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
-        region_name="us-east-1",
-    )
-    s3.create_bucket(Bucket=bucket)
-    # Objects are public through the CDN URL, as with an R2 bucket behind a domain.
-    s3.put_bucket_policy(
-        Bucket=bucket,
-        Policy=json.dumps(
-            {
-                "Version": "2012-10-17",
-                "Statement": [
-                    {
-                        "Effect": "Allow",
-                        "Principal": "*",
-                        "Action": "s3:GetObject",
-                        "Resource": f"arn:aws:s3:::{bucket}/*",
-                    }
-                ],
-            }
-        ),
-    )
+    public_bucket(s3_server, bucket)
     with scratch_postgres_db() as url:
         upgrade_database(url)
         try:

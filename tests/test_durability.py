@@ -5,24 +5,10 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-import pytest
-
 from app import generations as svc
 from app import maintenance
 from app.models import Generation, utcnow
 from app.pipeline.runner import run_stage
-
-
-@pytest.fixture
-def sent(monkeypatch):
-    calls: list[tuple[str, str]] = []
-
-    def fake_dispatch(celery_app, generation_id, from_stage="analyze"):
-        calls.append((generation_id, from_stage))
-        return True
-
-    monkeypatch.setattr(maintenance, "dispatch", fake_dispatch)
-    return calls
 
 
 def _new(app, user, **changes) -> str:

@@ -15,7 +15,6 @@ A test that kills a process starts a new one (``FaultStack.restart``).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
@@ -27,6 +26,7 @@ from tests.fakes.openai_images import FakeOpenAIImages
 from tests.fakes.replicate import FakeReplicate
 from tests.fakes.tcp_switch import TcpSwitch
 from tests.faults.stack import FaultStack
+from tests.support.buckets import public_bucket
 from tests.support.redis_server import PrivateRedis
 from tests.support.services import (
     free_port,
@@ -40,32 +40,7 @@ BUCKET = "bff-faults"
 
 
 def _make_bucket(endpoint: str) -> None:
-    import boto3
-
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
-        region_name="us-east-1",
-    )
-    s3.create_bucket(Bucket=BUCKET)
-    s3.put_bucket_policy(
-        Bucket=BUCKET,
-        Policy=json.dumps(
-            {
-                "Version": "2012-10-17",
-                "Statement": [
-                    {
-                        "Effect": "Allow",
-                        "Principal": "*",
-                        "Action": "s3:GetObject",
-                        "Resource": f"arn:aws:s3:::{BUCKET}/*",
-                    }
-                ],
-            }
-        ),
-    )
+    public_bucket(endpoint, BUCKET)
 
 
 @pytest.fixture(scope="package")

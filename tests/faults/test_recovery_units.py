@@ -14,18 +14,6 @@ from app.pipeline import runner
 from app.pipeline.runner import run_stage
 
 
-@pytest.fixture
-def sent(monkeypatch):
-    calls: list[tuple[str, str]] = []
-
-    def fake_dispatch(celery_app, generation_id, from_stage="analyze"):
-        calls.append((generation_id, from_stage))
-        return True
-
-    monkeypatch.setattr(maintenance, "dispatch", fake_dispatch)
-    return calls
-
-
 def _running_since(app, user, seconds: float) -> str:
     """A generation whose ``enhance`` was claimed by a worker that then died."""
     with app.extensions["bff"].db.session() as session:
