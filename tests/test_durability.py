@@ -111,3 +111,54 @@ def test_dispatcher_leaves_final_generations_alone(app, user, sent):
     s = app.extensions["bff"]
     assert maintenance.redispatch_stalled(s.db, s.celery, s.settings) == 0
     assert sent == []
+
+
+def test_a_copy_that_was_taken_over_stops_before_paying(app, user, monkeypatch):
+    """A stage copy that stalled (say, blocked while Redis was down) and was taken
+    over must not go on to pay: the checkpoint before each paid call fences it."""
+    import app.pipeline as pipeline
+    from app.pipeline.context import StageResult
+
+    gen_id = _new(app, user)
+    paid: list[str] = []
+
+    def slow_then_pay(ctx):
+        # Meanwhile the dispatcher's copy (task-b) took the stage over.
+        with app.extensions["bff"].db.session() as session:
+            session.get(Generation, gen_id).stage("analyze").task_id = "task-b"
+        ctx.checkpoint({"intent": "create"})  # what generate does before paying
+        paid.append("create")
+        return StageResult({"done": True})
+
+    monkeypatch.setitem(pipeline.STAGE_FUNCS, "analyze", slow_then_pay)
+    outcome = _run(app, gen_id, "analyze", "task-a")
+    assert not outcome.proceed and paid == []
+    status, attempts, task_id = _stage(app, gen_id, "analyze")
+    assert (status, task_id) == ("running", "task-b")  # the owner's, untouched
+
+
+def test_the_owner_checkpoints_and_renews_its_lease(app, user, monkeypatch):
+    import app.pipeline as pipeline
+    from app.pipeline.context import StageResult
+
+    gen_id = _new(app, user)
+    seen: list[dict] = []
+
+    def checkpointing(ctx):
+        _age(app, gen_id, 3600)
+        ctx.checkpoint({"predictions": ["p1"]})
+        with app.extensions["bff"].db.session() as session:
+            gen = session.get(Generation, gen_id)
+            seen.append(dict(gen.stage("analyze").output))
+            assert not runner_stalled(gen, app)
+        return StageResult({"done": True})
+
+    monkeypatch.setitem(pipeline.STAGE_FUNCS, "analyze", checkpointing)
+    assert _run(app, gen_id, "analyze", "task-a").proceed
+    assert seen[0]["predictions"] == ["p1"] and seen[0]["checkpoint"] is True
+
+
+def runner_stalled(gen, app) -> bool:
+    from app.pipeline.runner import stalled
+
+    return stalled(gen, "analyze", app.extensions["bff"].settings)

@@ -25,6 +25,11 @@ class StageTransient(Exception):
         self.retry_after = retry_after
 
 
+class StageLeaseLost(Exception):
+    """This copy of the stage was presumed lost and another copy took it over:
+    stop at once, record nothing, pay for nothing."""
+
+
 class StageWaiting(Exception):
     """Not done yet, nothing wrong: run the stage again in ``retry_in`` seconds
     (a provider still working, a rate-limit token not yet free). Waiting does

@@ -76,10 +76,17 @@ def run(ctx: StageContext) -> StageResult:
         raise StageFailed("no provider was chosen by the route stage")
     if reason := unavailable_reason(provider_id, ctx.settings):
         raise StageFailed(reason)
+
+    def before_paid_call() -> None:
+        ratelimit.acquire(ctx.settings, provider_id)
+        # A checkpoint right before paying: it fences a copy of this stage that
+        # was taken over while it waited (StageLeaseLost) and renews the lease.
+        job.save({})
+
     job = Job(
         state={k: v for k, v in ctx.previous.items() if k not in RUNNER_KEYS},
         saver=ctx.checkpoint,
-        acquire=lambda: ratelimit.acquire(ctx.settings, provider_id),
+        acquire=before_paid_call,
         poll_for=ctx.settings.provider_poll_seconds,
     )
     provider = get_provider(provider_id, ctx.settings, job)

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, joinedload
 
 from .. import events
@@ -48,7 +48,7 @@ from ..states import (
 from ..storage import Storage
 from ..webhooks import record_final
 from . import STAGE_FUNCS, STAGES
-from .context import StageContext, StageFailed, StageTransient, StageWaiting
+from .context import StageContext, StageFailed, StageLeaseLost, StageTransient, StageWaiting
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +179,7 @@ def run_stage(
                 settings,
                 storage,
                 previous=previous,
-                checkpoint=_checkpointer(session, stage_id),
+                checkpoint=_checkpointer(session, stage_id, task_id),
             )
             result = STAGE_FUNCS[name](ctx)
             gen = _lock(session, generation_id)  # re-read status under the lock
@@ -209,6 +209,9 @@ def run_stage(
             )
             return Outcome.stop()
         return CONTINUE
+    except StageLeaseLost as exc:
+        log.warning("%s: %s stopped: %s", generation_id, name, exc)
+        return Outcome.stop()
     except StageWaiting as exc:
         with db.session(durable=False) as session:
             gen = _lock(session, generation_id)
@@ -269,7 +272,12 @@ def _elapsed_ms(stage: GenerationStage) -> int | None:
 CHECKPOINT_PATIENCE = 30.0  # seconds a checkpoint waits out a database outage
 
 
-def _checkpointer(session: Session, stage_id: int, patience: float = CHECKPOINT_PATIENCE):
+def _checkpointer(
+    session: Session,
+    stage_id: int,
+    task_id: str | None = None,
+    patience: float = CHECKPOINT_PATIENCE,
+):
     """Commit partial progress in the stage's own session (one transaction at a
     time, so SQLite never sees two writers from one stage).
 
@@ -281,11 +289,29 @@ def _checkpointer(session: Session, stage_id: int, patience: float = CHECKPOINT_
         deadline, delay = time.monotonic() + patience, 0.2
         while True:
             try:
-                stage = session.get(GenerationStage, stage_id)
+                # Fence: lock the stage row and make sure this copy still owns
+                # it. A copy that stalled (e.g. blocked while Redis was down)
+                # and was taken over must not go on to pay for anything.
+                stage = session.scalars(
+                    select(GenerationStage)
+                    .where(GenerationStage.id == stage_id)
+                    .with_for_update()
+                    .execution_options(populate_existing=True)
+                ).one()
+                if task_id is not None and stage.task_id != task_id:
+                    raise StageLeaseLost(f"{stage.name} was taken over by {stage.task_id}")
                 stage.output = {**state, CHECKPOINT: True}
+                session.execute(  # progress: renews the lease
+                    update(Generation)
+                    .where(Generation.id == stage.generation_id)
+                    .values(updated_at=utcnow())
+                )
                 make_durable(session)  # e.g. a paid provider's prediction id: never lose it
                 session.commit()
                 return
+            except StageLeaseLost:
+                session.rollback()
+                raise
             except Exception as exc:
                 session.rollback()
                 if not db_unavailable(exc) or time.monotonic() + delay > deadline:
