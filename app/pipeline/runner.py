@@ -12,6 +12,14 @@ Three short transactions, so no row lock is held while a stage works:
 Two commits per stage on the success path (claim; work + record), plus one
 per checkpoint. Progress commits do not wait for the WAL flush
 (``DURABLE_STAGES``).
+
+The claim and the record are the per-stage cost every generation pays seven
+times, so they bypass the ORM: one prebuilt Core SELECT ... FOR UPDATE reads
+the generation and its stage rows into ``Snapshot`` objects, the decisions
+below change those like model objects (``set_status`` et al. are duck-typed),
+and ``_save`` writes back only the attributes that changed, by primary key.
+The stage function itself still gets an ORM ``Generation`` (attached without
+a SELECT) and session, as before.
 """
 
 from __future__ import annotations
@@ -21,9 +29,10 @@ import random
 import time
 from dataclasses import dataclass
 from datetime import UTC
+from typing import Any
 
-from sqlalchemy import select, update
-from sqlalchemy.orm import Session, joinedload
+from sqlalchemy import Connection, Table, bindparam, case, select, update
+from sqlalchemy.orm import Session, make_transient_to_detached
 
 from .. import events
 from ..config import Settings
@@ -72,23 +81,112 @@ DURABLE_STAGES = ("generate", STAGES[-1])
 CHECKPOINT, WAITING = "checkpoint", "waiting"
 
 
-def _lock(session: Session, generation_id: str) -> Generation | None:
-    # The stage rows come in the same round trip (an outer join); only the
-    # generation row is locked (FOR UPDATE OF generations).
-    return (
-        session.scalars(
-            select(Generation)
-            .where(Generation.id == generation_id)
-            .options(joinedload(Generation.stages))
-            .with_for_update(of=Generation)
-            .execution_options(populate_existing=True)
-        )
-        .unique()
-        .one_or_none()
+_G: Table = Generation.__table__
+_S: Table = GenerationStage.__table__
+
+
+class Snapshot:
+    """A row's values as attributes, remembering which ones were assigned."""
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        self.__dict__["_values"] = values
+        self.__dict__["_dirty"] = {}
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            return self._values[key]
+        except KeyError:
+            raise AttributeError(key) from None
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        self._values[key] = value
+        self._dirty[key] = value
+
+
+class Locked:
+    """A generation locked FOR UPDATE and its stage rows."""
+
+    def __init__(self, gen: Snapshot, stages: dict[str, Snapshot]) -> None:
+        self.gen, self.stages = gen, stages
+
+    def stage(self, name: str) -> Snapshot:
+        return self.stages[name]
+
+
+_JSON_GEN_COLS = ("settings", "pipeline_data")
+# One round trip: the generation row (locked; its stage rows are not) joined
+# to its stages. JSON columns come back on the row of the stage being run only
+# (CASE ... END), so each document is decoded once, not once per stage row.
+_LOCK = (
+    select(
+        *(
+            case((_S.c.name == bindparam("stage"), c), else_=None).label(c.key)
+            if c.key in _JSON_GEN_COLS
+            else c
+            for c in _G.c
+        ),
+        *(
+            case((_S.c.name == bindparam("stage"), c), else_=None).label(f"s_{c.key}")
+            if c.key == "output"
+            else c.label(f"s_{c.key}")
+            for c in _S.c
+        ),
     )
+    .select_from(_G.join(_S, _S.c.generation_id == _G.c.id))
+    .where(_G.c.id == bindparam("generation_id"))
+    .order_by(_S.c.position)
+    .with_for_update(of=_G)
+)  # built once: compiled once, its cache key memoized
 
 
-def stalled(gen: Generation, stage: str, settings: Settings) -> bool:
+def _lock(conn: Connection, generation_id: str, stage: str) -> Locked | None:
+    """Lock the generation and read it with its stages. Only ``stage``'s row
+    carries its ``output`` (the others read None)."""
+    rows = conn.execute(_LOCK, {"generation_id": generation_id, "stage": stage}).all()
+    if not rows:
+        return None
+    gen: Snapshot | None = None
+    stages: dict[str, Snapshot] = {}
+    for r in rows:
+        m = r._mapping
+        if r.s_name == stage:
+            gen = Snapshot({c.key: m[c.key] for c in _G.c})
+        stages[r.s_name] = Snapshot({c.key: m[f"s_{c.key}"] for c in _S.c})
+    if gen is None:  # no row for this stage: a generation without it is not ours to run
+        return None
+    return Locked(gen, stages)
+
+
+_UPDATES: dict[tuple[str, frozenset[str]], Any] = {}
+
+
+def _save(conn: Connection, table: Table, row: Snapshot) -> None:
+    """UPDATE the columns assigned on ``row``, by primary key, with a statement
+    built once per (table, column set)."""
+    if not row._dirty:
+        return
+    key = (table.name, frozenset(row._dirty))
+    stmt = _UPDATES.get(key)
+    if stmt is None:
+        stmt = _UPDATES[key] = (
+            update(table)
+            .where(table.c.id == bindparam("_id"))
+            .values({c: bindparam(c) for c in key[1]})
+        )
+    conn.execute(stmt, {**row._dirty, "_id": row.id})
+    row.__dict__["_dirty"] = {}
+
+
+def _attach(session: Session, gen: Snapshot) -> Generation:
+    """The claim's committed copy of the generation as a clean ORM object of
+    ``session``, without reading it again."""
+    obj = Generation(**{c.key: gen._values[c.key] for c in _G.c})
+    make_transient_to_detached(obj)  # as if just loaded: no pending changes
+    session.add(obj)
+    return obj
+
+
+def stalled(gen: Any, stage: str, settings: Settings) -> bool:
     """No progress on this generation for longer than the stage may take."""
     last = gen.updated_at if gen.updated_at.tzinfo else gen.updated_at.replace(tzinfo=UTC)
     return (utcnow() - last).total_seconds() > settings.stall_timeout_for(stage)
@@ -107,7 +205,7 @@ def backoff(attempt: int, retry_after: float | None = None) -> float:
     return max(delay, retry_after or 0.0)
 
 
-def fail(session: Session, gen: Generation, stage: GenerationStage, message: str) -> None:
+def fail(gen: Any, stage: Any, message: str) -> None:
     if stage.status != S_FAILED:
         set_stage_status(stage, S_FAILED)
     stage.error = message
@@ -115,6 +213,19 @@ def fail(session: Session, gen: Generation, stage: GenerationStage, message: str
     if gen.status not in FINAL:
         set_status(gen, FAILED)
         gen.error_stage, gen.error_message = stage.name, message
+
+
+def _save_all(conn: Connection, locked: Locked, *stages: Snapshot) -> None:
+    for stage in stages:
+        _save(conn, _S, stage)
+    _save(conn, _G, locked.gen)
+
+
+def _final_delivery(session: Session, generation_id: str) -> str | None:
+    """``record_final`` for a transition just written with Core: the ORM copy is
+    read in this transaction, so the webhook shows what was written."""
+    gen = session.get(Generation, generation_id, populate_existing=True)
+    return record_final(session, gen) if gen is not None else None
 
 
 def run_stage(
@@ -126,14 +237,15 @@ def run_stage(
     task_id: str | None = None,
 ) -> Outcome:
     with db.session(durable=False) as session:
-        gen = _lock(session, generation_id)
-        if gen is None or gen.status in FINAL:
+        conn = session.connection()
+        locked = _lock(conn, generation_id, name)
+        if locked is None or locked.gen.status in FINAL:
             return Outcome.stop()
-        stage = gen.stage(name)
+        gen, stage = locked.gen, locked.stage(name)
         if stage.status in STAGE_DONE:
             return CONTINUE
         earlier = STAGES[: STAGES.index(name)]
-        if any(gen.stage(s).status not in STAGE_DONE for s in earlier):
+        if any(locked.stage(s).status not in STAGE_DONE for s in earlier):
             # Out of order (a stale message): the chain for the unfinished stage owns this.
             log.warning("%s: %s delivered before earlier stages finished", generation_id, name)
             return Outcome.stop()
@@ -147,12 +259,12 @@ def run_stage(
                 return Outcome.stop()
             if stage.attempts >= settings.stage_max_attempts:
                 fail(
-                    session,
                     gen,
                     stage,
                     f"{name} made no progress in {stage.attempts} "
                     "attempts (its worker was lost each time)",
                 )
+                _save_all(conn, locked, stage)
                 return Outcome.stop()
         resuming_wait = own_retry and previous.get(WAITING)
         set_status(gen, PROCESSING)
@@ -163,42 +275,44 @@ def run_stage(
             stage.started_at = utcnow()
         stage.finished_at, stage.duration_ms = None, None
         stage.task_id, stage.error = task_id, None
-        attempt, stage_id = stage.attempts, stage.id
+        attempt = stage.attempts
+        _save_all(conn, locked, stage)
     events.stage_changed(settings, generation_id, name, S_RUNNING, None)
 
     error: str | None = None
     retry_in: float | None = None
     try:
         with db.session(durable=name in DURABLE_STAGES) as session:
-            # The claim's copy is committed, hence clean: no need to read it
-            # again. The record step below re-reads it under the lock.
-            gen = session.merge(gen, load=False)
             ctx = StageContext(
                 session,
-                gen,
+                _attach(session, gen),
                 settings,
                 storage,
                 previous=previous,
-                checkpoint=_checkpointer(session, stage_id, task_id),
+                checkpoint=_checkpointer(session, stage.id, task_id),
             )
             result = STAGE_FUNCS[name](ctx)
-            gen = _lock(session, generation_id)  # re-read status under the lock
-            if gen is None:  # deleted while the stage worked
+            session.flush()  # the stage's own rows and changes (assets, provider, cost)
+            conn = session.connection()
+            locked = _lock(conn, generation_id, name)  # re-read status under the lock
+            if locked is None:  # deleted while the stage worked
                 return Outcome.stop()
-            stage = gen.stage(name)
+            gen, stage = locked.gen, locked.stage(name)
             status = S_SKIPPED if result.skipped else S_COMPLETED
             set_stage_status(stage, status)
             stage.finished_at, stage.output = utcnow(), result.output
             stage.duration_ms = _elapsed_ms(stage)
             gen.pipeline_data = {**(gen.pipeline_data or {}), name: result.output}
             gen.updated_at = utcnow()
+            ended_elsewhere = gen.status in FINAL  # e.g. canceled while this stage worked
+            completing = not ended_elsewhere and name == STAGES[-1]
+            if completing:
+                set_status(gen, COMPLETED)
+            _save_all(conn, locked, stage)
             if name == "generate" and gen.provider:
                 record_outcome(session, gen.provider, ok=True)
-            ended_elsewhere = gen.status in FINAL  # e.g. canceled while this stage worked
-            delivery_id = None
-            if not ended_elsewhere and name == STAGES[-1]:
-                set_status(gen, COMPLETED)
-                delivery_id = record_final(session, gen)  # commits with the transition
+            # the webhook message commits with the transition
+            delivery_id = _final_delivery(session, generation_id) if completing else None
             duration = stage.duration_ms
         events.stage_changed(settings, generation_id, name, status, duration)
         if ended_elsewhere:  # whoever ended it announced it
@@ -214,12 +328,14 @@ def run_stage(
         return Outcome.stop()
     except StageWaiting as exc:
         with db.session(durable=False) as session:
-            gen = _lock(session, generation_id)
-            if gen is None or gen.status in FINAL:
+            conn = session.connection()
+            locked = _lock(conn, generation_id, name)
+            if locked is None or locked.gen.status in FINAL:
                 return Outcome.stop()
-            stage = gen.stage(name)
+            stage = locked.stage(name)
             stage.output = {**(stage.output or {}), CHECKPOINT: True, WAITING: exc.reason}
-            gen.updated_at = utcnow()  # still alive: renews the lease
+            locked.gen.updated_at = utcnow()  # still alive: renews the lease
+            _save_all(conn, locked, stage)
         return Outcome(True, exc.retry_in)
     except StageFailed as exc:
         error = str(exc)
@@ -239,10 +355,11 @@ def run_stage(
         error = f"internal error in {name}: {type(exc).__name__}"
 
     with db.session() as session:
-        gen = _lock(session, generation_id)
-        if gen is None:
+        conn = session.connection()
+        locked = _lock(conn, generation_id, name)
+        if locked is None:
             return Outcome.stop()
-        stage = gen.stage(name)
+        gen, stage = locked.gen, locked.stage(name)
         stage.duration_ms = _elapsed_ms(stage)
         if name == "generate" and gen.provider:
             record_outcome(session, gen.provider, ok=False, error=error)
@@ -250,17 +367,19 @@ def run_stage(
             set_stage_status(stage, S_PENDING)
             stage.error = f"attempt {attempt} failed, retrying in {retry_in:.1f}s: {error}"
             gen.updated_at = utcnow()
+            _save_all(conn, locked, stage)
             return Outcome(True, retry_in)
         was_final = gen.status in FINAL
-        fail(session, gen, stage, error or "failed")
-        delivery_id = None if was_final else record_final(session, gen)
+        fail(gen, stage, error or "failed")
+        _save_all(conn, locked, stage)
+        delivery_id = None if was_final else _final_delivery(session, generation_id)
     events.stage_changed(settings, generation_id, name, S_FAILED, None)
     if not was_final:
         events.generation_final(settings, generation_id, FAILED, delivery_id, record_webhook=False)
     return Outcome.stop()
 
 
-def _elapsed_ms(stage: GenerationStage) -> int | None:
+def _elapsed_ms(stage: Any) -> int | None:
     if stage.started_at is None:
         return None
     started = stage.started_at
