@@ -53,6 +53,7 @@ def make_engine(url: str) -> Engine:
 
 RELAXED = text("SET LOCAL synchronous_commit = off")
 DURABLE = text("SET LOCAL synchronous_commit = on")
+_RELAXED_CONN = "bff_relaxed"  # connection info: its session default is synchronous_commit=off
 
 
 def make_durable(session: Session) -> None:
@@ -65,12 +66,34 @@ class Database:
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = make_engine(url)
+        self.relaxed_by_default = False
+        if self.engine.dialect.name == "postgresql":
+            event.listen(self.engine, "connect", self._on_connect)
         self._factory = sessionmaker(self.engine, expire_on_commit=False)
         # Autocommit: no BEGIN / COMMIT round trips. Only for a read that is one
         # statement (one statement sees one snapshot); never for writes.
         self._read_factory = sessionmaker(
             self.engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False
         )
+
+    def relax_by_default(self) -> None:
+        """New connections default to ``synchronous_commit = off``, so a
+        ``session(durable=False)`` costs no ``SET LOCAL`` round trip and a
+        durable one sets it back on for its transaction. For processes whose
+        transactions are mostly re-derivable progress (the pipeline workers)."""
+        self.relaxed_by_default = True
+
+    def _on_connect(self, dbapi_conn, record) -> None:
+        if self.relaxed_by_default:
+            cur = dbapi_conn.cursor()
+            cur.execute("SET synchronous_commit = off")
+            cur.close()
+            dbapi_conn.commit()  # psycopg opened a transaction for the SET
+            record.info[_RELAXED_CONN] = True
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.engine.dialect.name == "postgresql"
 
     @property
     def is_sqlite(self) -> bool:
@@ -94,8 +117,12 @@ class Database:
         outside any transaction) runs this transaction on that connection."""
         session = self._factory() if conn is None else self._factory(bind=conn)
         try:
-            if not durable and self.engine.dialect.name == "postgresql":
-                session.execute(RELAXED)
+            if self.engine.dialect.name == "postgresql":
+                relaxed_conn = session.connection().info.get(_RELAXED_CONN, False)
+                if durable and relaxed_conn:
+                    session.execute(DURABLE)
+                elif not durable and not relaxed_conn:
+                    session.execute(RELAXED)
             yield session
             session.commit()
         except BaseException:

@@ -24,6 +24,7 @@ a SELECT) and session, as before.
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import time
@@ -31,7 +32,18 @@ from dataclasses import dataclass
 from datetime import UTC
 from typing import Any
 
-from sqlalchemy import Connection, Table, bindparam, case, select, update
+from sqlalchemy import (
+    JSON,
+    Connection,
+    Integer,
+    String,
+    Table,
+    bindparam,
+    case,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.orm import Session, make_transient_to_detached
 
 from .. import events
@@ -186,6 +198,106 @@ def _attach(session: Session, gen: Snapshot) -> Generation:
     return obj
 
 
+# PostgreSQL: claim and record in one statement each (below); off = the
+# general path only, as on SQLite.
+ONE_STATEMENT = True
+_FINAL_SQL = ", ".join(f"'{s}'" for s in sorted(FINAL))
+_DONE_SQL = ", ".join(f"'{s}'" for s in sorted(STAGE_DONE))
+_GEN_TYPES = {c.name: c.type for c in _G.c}
+
+# PostgreSQL: the common claim (a pending stage whose predecessors are done, on
+# a live generation) in ONE statement, with exactly the changes the general
+# path below makes. The generation is locked first (FOR UPDATE re-checks its
+# status after any wait). It returns no row whenever the general path has to
+# decide (retries, takeovers, out-of-order messages, final generations): the
+# caller then runs that path in the same transaction, nothing having changed.
+_PG_CLAIM = text(
+    f"""
+    WITH g AS (
+        SELECT id FROM generations
+        WHERE id = :generation_id AND status NOT IN ({_FINAL_SQL})
+        FOR UPDATE
+    ), st AS (
+        UPDATE generation_stages AS s
+        SET status = '{S_RUNNING}', attempts = s.attempts + 1, started_at = :now,
+            finished_at = NULL, duration_ms = NULL, task_id = :task_id, error = NULL
+        FROM g
+        WHERE s.generation_id = g.id AND s.name = :stage AND s.status = '{S_PENDING}'
+          AND NOT EXISTS (
+              SELECT 1 FROM generation_stages AS e
+              WHERE e.generation_id = s.generation_id AND e.position < s.position
+                AND e.status NOT IN ({_DONE_SQL}))
+        RETURNING s.id, s.attempts, s.output
+    )
+    UPDATE generations AS gen SET status = '{PROCESSING}', updated_at = :now
+    FROM st WHERE gen.id = :generation_id
+    RETURNING gen.*, st.id AS s_id, st.attempts AS s_attempts, st.output AS s_output
+    """
+).columns(**_GEN_TYPES, s_id=Integer, s_attempts=Integer, s_output=JSON)
+
+# PostgreSQL: the record of a successful stage in ONE statement, as the general
+# path does it: the stage (still running) completed or skipped with its output
+# and duration; its output merged into pipeline_data (key order kept, values
+# verbatim: ``json``, not ``jsonb``); the generation completed if this is the
+# last stage and nobody ended it meanwhile. No row: the general path decides.
+_PG_RECORD = text(
+    f"""
+    WITH g AS (
+        SELECT id, status FROM generations WHERE id = :generation_id FOR UPDATE
+    ), st AS (
+        UPDATE generation_stages AS s
+        SET status = :status, finished_at = :now, output = CAST(:output AS json),
+            duration_ms = CASE WHEN s.started_at IS NULL THEN NULL ELSE
+                GREATEST(0, ROUND(EXTRACT(EPOCH FROM (:now - s.started_at)) * 1000)) END
+        FROM g
+        WHERE s.generation_id = g.id AND s.name = :stage AND s.status = '{S_RUNNING}'
+        RETURNING s.duration_ms
+    )
+    UPDATE generations AS gen SET
+        pipeline_data = (
+            SELECT json_object_agg(x.k, x.v ORDER BY x.o) FROM (
+                SELECT e.k, e.v, e.o FROM json_each(gen.pipeline_data)
+                    WITH ORDINALITY AS e(k, v, o) WHERE e.k <> :stage
+                UNION ALL SELECT :stage, CAST(:output AS json), 9223372036854775807
+            ) AS x),
+        updated_at = :now,
+        status = CASE WHEN :last AND g.status NOT IN ({_FINAL_SQL})
+            THEN '{COMPLETED}' ELSE gen.status END,
+        completed_at = CASE WHEN :last AND g.status NOT IN ({_FINAL_SQL})
+            THEN :now ELSE gen.completed_at END
+    FROM g, st WHERE gen.id = g.id
+    RETURNING g.status AS old_status, st.duration_ms, gen.provider
+    """
+).columns(old_status=String, duration_ms=Integer, provider=String)
+
+
+@dataclass(frozen=True)
+class Claim:
+    gen: Snapshot  # the generation as committed by the claim
+    stage_id: int
+    attempt: int
+    previous: dict[str, Any]  # what an earlier attempt checkpointed, or {}
+
+
+def _fast_claim(
+    conn: Connection, generation_id: str, name: str, task_id: str | None
+) -> Claim | None:
+    row = conn.execute(
+        _PG_CLAIM,
+        {"generation_id": generation_id, "stage": name, "task_id": task_id, "now": utcnow()},
+    ).first()
+    if row is None:
+        return None
+    m = row._mapping
+    output = m["s_output"] or {}
+    return Claim(
+        gen=Snapshot({c.key: m[c.name] for c in _G.c}),
+        stage_id=m["s_id"],
+        attempt=m["s_attempts"],
+        previous=dict(output) if output.get(CHECKPOINT) else {},
+    )
+
+
 def stalled(gen: Any, stage: str, settings: Settings) -> bool:
     """No progress on this generation for longer than the stage may take."""
     last = gen.updated_at if gen.updated_at.tzinfo else gen.updated_at.replace(tzinfo=UTC)
@@ -228,6 +340,93 @@ def _final_delivery(session: Session, generation_id: str) -> str | None:
     return record_final(session, gen) if gen is not None else None
 
 
+def _claim(
+    conn: Connection, settings: Settings, generation_id: str, name: str, task_id: str | None
+) -> Claim | Outcome:
+    """Take the stage for this delivery, or say why not (an Outcome)."""
+    locked = _lock(conn, generation_id, name)
+    if locked is None or locked.gen.status in FINAL:
+        return Outcome.stop()
+    gen, stage = locked.gen, locked.stage(name)
+    if stage.status in STAGE_DONE:
+        return CONTINUE
+    earlier = STAGES[: STAGES.index(name)]
+    if any(locked.stage(s).status not in STAGE_DONE for s in earlier):
+        # Out of order (a stale message): the chain for the unfinished stage owns this.
+        log.warning("%s: %s delivered before earlier stages finished", generation_id, name)
+        return Outcome.stop()
+    previous = dict(stage.output or {}) if (stage.output or {}).get(CHECKPOINT) else {}
+    own_retry = stage.status == S_RUNNING and task_id is not None and stage.task_id == task_id
+    if stage.status == S_RUNNING and not own_retry:
+        # Another delivery holds this stage. Its lease is the generation's
+        # progress clock: fresh means it is alive, so this copy stops here.
+        if not stalled(gen, name, settings):
+            log.info("%s: %s is already running elsewhere", generation_id, name)
+            return Outcome.stop()
+        if stage.attempts >= settings.stage_max_attempts:
+            fail(
+                gen,
+                stage,
+                f"{name} made no progress in {stage.attempts} "
+                "attempts (its worker was lost each time)",
+            )
+            _save_all(conn, locked, stage)
+            return Outcome.stop()
+    resuming_wait = own_retry and previous.get(WAITING)
+    set_status(gen, PROCESSING)
+    set_stage_status(stage, S_RUNNING)
+    gen.updated_at = utcnow()  # progress: renews the lease
+    if not resuming_wait:  # waiting for a provider is not a new attempt
+        stage.attempts += 1
+        stage.started_at = utcnow()
+    stage.finished_at, stage.duration_ms = None, None
+    stage.task_id, stage.error = task_id, None
+    _save_all(conn, locked, stage)
+    return Claim(gen, stage.id, stage.attempts, previous)
+
+
+def _record(
+    db: Database,
+    conn: Connection,
+    generation_id: str,
+    name: str,
+    status: str,
+    output: dict[str, Any],
+) -> tuple[str, int | None, str | None] | None:
+    """Write a successful stage's result under the generation's lock: the
+    generation's status before (final: someone ended it meanwhile), the
+    stage's duration and the generation's provider. None: it was deleted."""
+    now = utcnow()
+    if db.is_postgres and ONE_STATEMENT:
+        row = conn.execute(
+            _PG_RECORD,
+            {
+                "generation_id": generation_id,
+                "stage": name,
+                "status": status,
+                "output": json.dumps(output),
+                "now": now,
+                "last": name == STAGES[-1],
+            },
+        ).first()
+        if row is not None:
+            return row.old_status, row.duration_ms, row.provider
+    locked = _lock(conn, generation_id, name)
+    if locked is None:
+        return None
+    gen, stage = locked.gen, locked.stage(name)
+    old_status = gen.status
+    set_stage_status(stage, status)
+    stage.finished_at, stage.output = now, output
+    stage.duration_ms = _elapsed_ms(stage)
+    gen.pipeline_data = {**(gen.pipeline_data or {}), name: output}
+    gen.updated_at = now
+    if old_status not in FINAL and name == STAGES[-1]:
+        set_status(gen, COMPLETED)
+    _save_all(conn, locked, stage)
+    return old_status, stage.duration_ms, gen.provider
+
+
 def run_stage(
     db: Database,
     settings: Settings,
@@ -236,84 +435,58 @@ def run_stage(
     name: str,
     task_id: str | None = None,
 ) -> Outcome:
-    with db.session(durable=False) as session:
+    # One pooled connection (one checkout and pre-ping) for the claim and the
+    # work; the rarer waiting and failure paths take their own.
+    with db.connection() as conn:
+        return _run_stage(db, conn, settings, storage, generation_id, name, task_id)
+
+
+def _run_stage(
+    db: Database,
+    shared: Connection,
+    settings: Settings,
+    storage: Storage,
+    generation_id: str,
+    name: str,
+    task_id: str | None,
+) -> Outcome:
+    with db.session(durable=False, conn=shared) as session:
         conn = session.connection()
-        locked = _lock(conn, generation_id, name)
-        if locked is None or locked.gen.status in FINAL:
-            return Outcome.stop()
-        gen, stage = locked.gen, locked.stage(name)
-        if stage.status in STAGE_DONE:
-            return CONTINUE
-        earlier = STAGES[: STAGES.index(name)]
-        if any(locked.stage(s).status not in STAGE_DONE for s in earlier):
-            # Out of order (a stale message): the chain for the unfinished stage owns this.
-            log.warning("%s: %s delivered before earlier stages finished", generation_id, name)
-            return Outcome.stop()
-        previous = dict(stage.output or {}) if (stage.output or {}).get(CHECKPOINT) else {}
-        own_retry = stage.status == S_RUNNING and task_id is not None and stage.task_id == task_id
-        if stage.status == S_RUNNING and not own_retry:
-            # Another delivery holds this stage. Its lease is the generation's
-            # progress clock: fresh means it is alive, so this copy stops here.
-            if not stalled(gen, name, settings):
-                log.info("%s: %s is already running elsewhere", generation_id, name)
-                return Outcome.stop()
-            if stage.attempts >= settings.stage_max_attempts:
-                fail(
-                    gen,
-                    stage,
-                    f"{name} made no progress in {stage.attempts} "
-                    "attempts (its worker was lost each time)",
-                )
-                _save_all(conn, locked, stage)
-                return Outcome.stop()
-        resuming_wait = own_retry and previous.get(WAITING)
-        set_status(gen, PROCESSING)
-        set_stage_status(stage, S_RUNNING)
-        gen.updated_at = utcnow()  # progress: renews the lease
-        if not resuming_wait:  # waiting for a provider is not a new attempt
-            stage.attempts += 1
-            stage.started_at = utcnow()
-        stage.finished_at, stage.duration_ms = None, None
-        stage.task_id, stage.error = task_id, None
-        attempt = stage.attempts
-        _save_all(conn, locked, stage)
+        claim = None
+        if db.is_postgres and ONE_STATEMENT:
+            claim = _fast_claim(conn, generation_id, name, task_id)
+        if claim is None:
+            claim = _claim(conn, settings, generation_id, name, task_id)
+        if isinstance(claim, Outcome):
+            return claim
+    gen, attempt, previous = claim.gen, claim.attempt, claim.previous
     events.stage_changed(settings, generation_id, name, S_RUNNING, None)
 
     error: str | None = None
     retry_in: float | None = None
     try:
-        with db.session(durable=name in DURABLE_STAGES) as session:
+        with db.session(durable=name in DURABLE_STAGES, conn=shared) as session:
             ctx = StageContext(
                 session,
                 _attach(session, gen),
                 settings,
                 storage,
                 previous=previous,
-                checkpoint=_checkpointer(session, stage.id, task_id),
+                checkpoint=_checkpointer(session, claim.stage_id, task_id),
             )
             result = STAGE_FUNCS[name](ctx)
             session.flush()  # the stage's own rows and changes (assets, provider, cost)
-            conn = session.connection()
-            locked = _lock(conn, generation_id, name)  # re-read status under the lock
-            if locked is None:  # deleted while the stage worked
-                return Outcome.stop()
-            gen, stage = locked.gen, locked.stage(name)
             status = S_SKIPPED if result.skipped else S_COMPLETED
-            set_stage_status(stage, status)
-            stage.finished_at, stage.output = utcnow(), result.output
-            stage.duration_ms = _elapsed_ms(stage)
-            gen.pipeline_data = {**(gen.pipeline_data or {}), name: result.output}
-            gen.updated_at = utcnow()
-            ended_elsewhere = gen.status in FINAL  # e.g. canceled while this stage worked
+            rec = _record(db, session.connection(), generation_id, name, status, result.output)
+            if rec is None:  # deleted while the stage worked
+                return Outcome.stop()
+            old_status, duration, provider = rec
+            ended_elsewhere = old_status in FINAL  # e.g. canceled while this stage worked
             completing = not ended_elsewhere and name == STAGES[-1]
-            if completing:
-                set_status(gen, COMPLETED)
-            _save_all(conn, locked, stage)
-            if name == "generate" and gen.provider:
-                record_outcome(session, gen.provider, ok=True)
+            if name == "generate" and provider:
+                record_outcome(session, provider, ok=True)
             # the webhook message commits with the transition
             delivery_id = _final_delivery(session, generation_id) if completing else None
-            duration = stage.duration_ms
         events.stage_changed(settings, generation_id, name, status, duration)
         if ended_elsewhere:  # whoever ended it announced it
             return Outcome.stop()

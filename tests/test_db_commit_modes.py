@@ -1,0 +1,62 @@
+"""``Database.session(durable=...)`` decides whether a commit waits for the WAL
+flush, whatever the connection's default (``relax_by_default``, used by the
+pipeline workers): a durable session is always durable."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import event, text
+
+from app.db import Database
+
+
+@pytest.fixture
+def pg_url(service_env) -> str:
+    return service_env["DATABASE_URL"]
+
+
+def _mode(db: Database, **kw) -> tuple[str, int]:
+    """synchronous_commit inside a session, and the SET statements it cost."""
+    sets: list[str] = []
+
+    def count(conn, cursor, statement, *_):  # noqa: ARG001
+        if statement.lstrip().upper().startswith("SET"):
+            sets.append(statement)
+
+    event.listen(db.engine, "before_cursor_execute", count)
+    try:
+        with db.session(**kw) as session:
+            mode = session.execute(text("SHOW synchronous_commit")).scalar_one()
+    finally:
+        event.remove(db.engine, "before_cursor_execute", count)
+    return mode, len(sets)
+
+
+@pytest.mark.parametrize("relaxed_default", [False, True])
+def test_durable_sessions_are_durable_on_any_connection(pg_url, relaxed_default):
+    db = Database(pg_url)
+    if relaxed_default:
+        db.relax_by_default()
+    try:
+        assert _mode(db, durable=True)[0] == "on"
+        assert _mode(db, durable=False)[0] == "off"
+        # Outside a session the connection keeps its own default.
+        with db.engine.connect() as conn:
+            default = conn.execute(text("SHOW synchronous_commit")).scalar_one()
+        assert default == ("off" if relaxed_default else "on")
+    finally:
+        db.dispose()
+        db.engine.dispose()
+
+
+def test_relaxed_default_saves_the_set_for_progress_commits(pg_url):
+    plain, relaxed = Database(pg_url), Database(pg_url)
+    relaxed.relax_by_default()
+    try:
+        assert _mode(plain, durable=False) == ("off", 1)
+        assert _mode(relaxed, durable=False) == ("off", 0)
+        assert _mode(plain, durable=True) == ("on", 0)
+        assert _mode(relaxed, durable=True) == ("on", 1)
+    finally:
+        for db in (plain, relaxed):
+            db.engine.dispose()

@@ -1,0 +1,209 @@
+"""On PostgreSQL the runner claims and records a stage in one statement each
+(``_PG_CLAIM``, ``_PG_RECORD``) and falls back to the general path whenever
+that statement finds nothing to do. Both paths must leave the same rows, and
+every case the one-statement form declines must still be decided right."""
+
+from __future__ import annotations
+
+import secrets
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import event, select
+
+from app import create_app
+from app import generations as svc
+from app.models import Generation, GenerationStage, utcnow
+from app.pipeline import STAGE_FUNCS, STAGES, runner
+from app.pipeline.context import StageResult
+from tests.conftest import make_user
+from tests.support.pipeline import run_all, services, stage
+
+
+@pytest.fixture
+def pg_app(service_env, tmp_path):
+    app = create_app(
+        {
+            **service_env,
+            "CELERY_BROKER_URL": "memory://",
+            "STORAGE_BACKEND": "local",
+            "BFF_MEDIA_ROOT": str(tmp_path / "media"),
+            "BFF_SUBMIT_RATE_LIMIT": "0",
+        }
+    )
+    yield app
+    services(app).db.engine.dispose()
+
+
+@pytest.fixture
+def pg_user(pg_app):
+    return make_user(pg_app, f"runner-{secrets.token_hex(4)}")
+
+
+def _new(app, user) -> str:
+    with services(app).db.session() as session:
+        return svc.create(
+            session,
+            user_id=user.id,
+            mode="prompt",
+            settings={"provider": "local"},
+            prompt="emerald silk slip dress with a cowl neck",
+        ).id
+
+
+def _rows(app, gen_id: str) -> dict:
+    """What a path leaves behind, without what differs by nature (ids, clocks)."""
+    with services(app).db.session() as session:
+        gen = session.get(Generation, gen_id)
+        stages = session.scalars(
+            select(GenerationStage)
+            .where(GenerationStage.generation_id == gen_id)
+            .order_by(GenerationStage.position)
+        ).all()
+        return {
+            "status": gen.status,
+            "completed": gen.completed_at is not None,
+            "updated_after_created": gen.updated_at >= gen.created_at,
+            "provider": gen.provider,
+            "model": gen.model,
+            "pipeline_keys": list(gen.pipeline_data),
+            "pipeline_stages": {k: v for k, v in gen.pipeline_data.items() if k in STAGES},
+            "stages": [
+                (
+                    s.name,
+                    s.status,
+                    s.attempts,
+                    s.task_id,
+                    s.error,
+                    s.started_at is not None,
+                    s.finished_at is not None,
+                    s.duration_ms is not None and s.duration_ms >= 0,
+                )
+                for s in stages
+            ],
+            "outputs": {s.name: s.output for s in stages},
+        }
+
+
+def _deterministic(rows: dict) -> dict:
+    # Stage outputs may carry timings or generated keys: compare their shape.
+    out = dict(rows)
+    out["outputs"] = {k: sorted(v or {}) for k, v in rows["outputs"].items()}
+    out["pipeline_stages"] = {k: sorted(v or {}) for k, v in rows["pipeline_stages"].items()}
+    return out
+
+
+def test_both_paths_leave_the_same_rows(pg_app, pg_user, monkeypatch):
+    fast = _new(pg_app, pg_user)
+    assert all(o.proceed for o in run_all(pg_app, fast)[:-1])
+    with monkeypatch.context() as m:
+        m.setattr(runner, "ONE_STATEMENT", False)  # the general path, as on SQLite
+        general = _new(pg_app, pg_user)
+        run_all(pg_app, general)
+    a, b = _rows(pg_app, fast), _rows(pg_app, general)
+    assert a["status"] == "completed" and a["completed"]
+    assert a["pipeline_keys"] == b["pipeline_keys"] == list(STAGES)
+    assert _deterministic(a) == _deterministic(b)
+    # pipeline_data holds exactly each stage's recorded output
+    assert a["pipeline_stages"] == {k: v for k, v in a["outputs"].items()}
+
+
+def _count_statements(app) -> list[str]:
+    seen: list[str] = []
+
+    def on(conn, cursor, statement, *_):  # noqa: ARG001
+        seen.append(statement.strip().split(None, 1)[0].upper())
+
+    event.listen(services(app).db.engine, "before_cursor_execute", on)
+    return seen
+
+
+def test_a_stage_is_claimed_and_recorded_in_one_statement_each(pg_app, pg_user):
+    gen_id = _new(pg_app, pg_user)
+    seen = _count_statements(pg_app)
+    assert stage(pg_app, gen_id, "analyze").proceed
+    # SET LOCAL (progress commit) + claim, then SET LOCAL + record: analyze
+    # itself reads nothing.
+    assert seen == ["SET", "WITH", "SET", "WITH"], seen
+
+
+def test_a_canceled_generation_is_not_claimed(pg_app, pg_user):
+    gen_id = _new(pg_app, pg_user)
+    with services(pg_app).db.session() as session:
+        svc.cancel(session.get(Generation, gen_id))
+    assert not stage(pg_app, gen_id, "analyze").proceed
+    assert _rows(pg_app, gen_id)["stages"][0][1:3] == ("pending", 0)
+
+
+def test_a_stage_delivered_out_of_order_is_not_claimed(pg_app, pg_user):
+    gen_id = _new(pg_app, pg_user)
+    assert not stage(pg_app, gen_id, "enhance").proceed
+    assert [s[1] for s in _rows(pg_app, gen_id)["stages"]] == ["pending"] * len(STAGES)
+
+
+def test_a_finished_stage_redelivered_continues_without_running_again(pg_app, pg_user):
+    gen_id = _new(pg_app, pg_user)
+    stage(pg_app, gen_id, "analyze")
+    before = _rows(pg_app, gen_id)
+    assert stage(pg_app, gen_id, "analyze").proceed
+    assert _rows(pg_app, gen_id)["stages"] == before["stages"]
+
+
+def test_a_live_running_stage_is_left_to_its_owner(pg_app, pg_user):
+    gen_id = _new(pg_app, pg_user)
+    with services(pg_app).db.session() as session:
+        gen = session.get(Generation, gen_id)
+        gen.status = "processing"
+        st = gen.stage("analyze")
+        st.status, st.attempts, st.task_id = "running", 1, "owner"
+    assert not stage(pg_app, gen_id, "analyze").proceed
+    assert _rows(pg_app, gen_id)["stages"][0][1:4] == ("running", 1, "owner")
+
+
+def test_a_stalled_stage_is_taken_over(pg_app, pg_user):
+    gen_id = _new(pg_app, pg_user)
+    with services(pg_app).db.session() as session:
+        gen = session.get(Generation, gen_id)
+        gen.status = "processing"
+        st = gen.stage("analyze")
+        st.status, st.attempts, st.task_id = "running", 1, "lost"
+    with services(pg_app).db.session() as session:
+        session.get(Generation, gen_id).updated_at = utcnow() - timedelta(hours=1)
+    assert stage(pg_app, gen_id, "analyze").proceed
+    # (analyze skips a prompt-only generation)
+    assert _rows(pg_app, gen_id)["stages"][0][1:4] == ("skipped", 2, "t-analyze")
+
+
+def test_canceled_while_working_keeps_canceled_and_stops(pg_app, pg_user, monkeypatch):
+    gen_id = _new(pg_app, pg_user)
+
+    def cancel_meanwhile(ctx):
+        with services(pg_app).db.session() as session:
+            svc.cancel(session.get(Generation, gen_id))
+        return StageResult({"seen": True})
+
+    # the cancel commits from another connection while this stage's own
+    # transaction has not touched the generation yet
+    monkeypatch.setitem(STAGE_FUNCS, "analyze", cancel_meanwhile)
+    assert not stage(pg_app, gen_id, "analyze").proceed
+    rows = _rows(pg_app, gen_id)
+    assert rows["status"] == "canceled" and not rows["completed"]
+    assert rows["stages"][0][1] == "completed"
+    assert rows["pipeline_stages"] == {"analyze": {"seen": True}}
+
+
+def test_the_last_stage_completes_the_generation_once(pg_app, pg_user):
+    gen_id = _new(pg_app, pg_user)
+    outcomes = run_all(pg_app, gen_id)
+    assert [o.proceed for o in outcomes] == [True] * (len(STAGES) - 1) + [False]
+    rows = _rows(pg_app, gen_id)
+    assert rows["status"] == "completed" and rows["completed"]
+    # a redelivered last stage changes nothing
+    assert not stage(pg_app, gen_id, STAGES[-1]).proceed
+    assert _rows(pg_app, gen_id) == rows
+
+
+def test_general_path_still_serves_sqlite(app, user):
+    gen_id = _new(app, user)
+    run_all(app, gen_id)
+    assert _rows(app, gen_id)["status"] == "completed"
