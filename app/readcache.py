@@ -179,7 +179,9 @@ class ReadCache:
     # ------------------------------------------------------------ the subscriber
 
     def wait_ready(self, timeout: float) -> bool:
-        if self.enabled and self._thread is None:
+        if not self.enabled:
+            return False
+        if self._thread is None:
             self._start()
         return self._ready_event.wait(timeout)
 
@@ -204,21 +206,30 @@ class ReadCache:
         with self._lock:
             if not ready:
                 self._entries.clear()  # anything published from now on may be missed
-                self._epoch += 1  # and reads already in flight must not fill it
+            # Either way a read already in flight must not fill the cache: it may
+            # predate a deletion published while nobody was listening.
+            self._epoch += 1
             self._ready = ready
         (self._ready_event.set if ready else self._ready_event.clear)()
 
     def _run(self, stop: threading.Event) -> None:
-        delay = self.RETRY_MIN
+        delay, quiet = self.RETRY_MIN, False
         while not stop.is_set():
             conn = None
             try:
                 conn = self._subscribe()
                 self._set_ready(True)
-                delay = self.RETRY_MIN
+                delay, quiet = self.RETRY_MIN, False
                 self._listen(conn, stop)
             except Exception as exc:
-                log.warning("read cache off until Redis is back: %s: %s", type(exc).__name__, exc)
+                # Once per outage, not once per reconnect attempt.
+                log.log(
+                    logging.DEBUG if quiet else logging.WARNING,
+                    "read cache off until Redis is back: %s: %s",
+                    type(exc).__name__,
+                    exc,
+                )
+                quiet = True
             finally:
                 self._set_ready(False)
                 if conn is not None:

@@ -222,6 +222,14 @@ def test_a_read_that_overlaps_an_invalidation_is_not_cached(capp):
     assert cache.get("gen_x") is not None
 
 
+def test_a_read_begun_before_the_subscriber_was_ready_is_not_cached(make_app):
+    """A deletion published before we subscribed was never heard."""
+    cache = services(make_app()).read_cache
+    token = cache.token()
+    assert cache.wait_ready(5)
+    assert not cache.put("gen_x", 1, b"{}", {}, token)
+
+
 # ------------------------------------------------------------------ subscriber down
 
 
