@@ -114,8 +114,8 @@ class ReadCache:
 
     def token(self) -> int:
         """Take before reading the database; ``put`` refuses the result if any
-        invalidation (or a disconnect) happened since, because the read may
-        predate a deletion whose message has already been handled."""
+        invalidation, disconnect or (re)subscription happened since: the read
+        may predate a deletion whose message was handled, or never heard."""
         return self._epoch
 
     def put(
