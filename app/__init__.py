@@ -14,6 +14,7 @@ from .config import Settings
 from .db import Database
 from .errors import register_error_handlers
 from .queue import celery_init_app
+from .readcache import ReadCache
 from .storage import make_storage
 
 
@@ -37,6 +38,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         db=Database(settings.database_url),
         storage=make_storage(settings),
         celery=celery_app,
+        read_cache=ReadCache(settings.redis_url, settings.read_cache_size, settings.read_cache_ttl),
     )
     register_error_handlers(app)
     logs.init_app(app)

@@ -117,6 +117,10 @@ class Settings:
     allow_http_webhooks: bool = False  # BFF_ALLOW_HTTP_WEBHOOKS: http:// to loopback (dev)
     webhook_retry_base: float = 5.0  # first retry delay; doubles per attempt
     webhook_max_age: float = 86400.0  # give up on a delivery after this many seconds
+    # Per-process cache of status reads of completed/canceled generations
+    # (app/readcache.py): entries, 0 = off; seconds an entry may live.
+    read_cache_size: int = 10_000
+    read_cache_ttl: float = 60.0
 
     @property
     def embedded_broker(self) -> bool:
@@ -207,4 +211,6 @@ class Settings:
             in ("1", "true", "yes", "on"),
             webhook_retry_base=_float(env, "BFF_WEBHOOK_RETRY_BASE", 5.0),
             webhook_max_age=_float(env, "BFF_WEBHOOK_MAX_AGE", 86400.0),
+            read_cache_size=_int(env, "BFF_READ_CACHE_SIZE", 10_000),
+            read_cache_ttl=_float(env, "BFF_READ_CACHE_TTL", 60.0),
         )

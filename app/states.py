@@ -29,6 +29,9 @@ _GENERATION = {
     CANCELED: set(),
 }
 
+# No way out but deletion (failed has one: retry). What the read cache may keep.
+TERMINAL = frozenset(s for s, targets in _GENERATION.items() if not targets)
+
 S_PENDING, S_RUNNING, S_COMPLETED, S_SKIPPED, S_FAILED = (
     "pending",
     "running",

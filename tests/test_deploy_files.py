@@ -86,6 +86,20 @@ def test_web_is_gunicorn_on_the_app_factory():
     assert args[0] == "gunicorn" and args[-1] == "app:create_app()"
 
 
+def test_gunicorn_workers_freeze_the_loaded_app_out_of_gc():
+    """Full collections walking the whole loaded app were the API's p99."""
+    import gc
+    import runpy
+
+    conf = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
+    assert gc.get_freeze_count() == 0
+    try:
+        conf["post_worker_init"](None)
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+
+
 def test_workers_consume_their_queues():
     pf = procfile()
     worker, generator = argv(pf["worker"]), argv(pf["generator"])

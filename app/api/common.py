@@ -11,6 +11,7 @@ from flask import current_app, g, request
 from ..config import Settings
 from ..db import Database
 from ..errors import ApiError
+from ..readcache import ReadCache
 from ..storage import Storage
 
 
@@ -20,6 +21,7 @@ class Services:
     db: Database
     storage: Storage
     celery: Celery
+    read_cache: ReadCache  # status reads of generations that can no longer change
 
 
 def services() -> Services:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, g, request
+from typing import Any
+
+from flask import Blueprint, current_app, g, request
 from sqlalchemy import select
 
 from .. import events
@@ -13,7 +15,7 @@ from ..models import Generation, GenerationAsset, GenerationFeedback
 from ..providers.cancel import cancel_remote
 from ..queue import dispatch
 from ..schemas import FeedbackIn
-from ..states import FINAL, GENERATION_STATUSES, IllegalTransition
+from ..states import FINAL, GENERATION_STATUSES, S_RUNNING, TERMINAL, IllegalTransition
 from ..storage import StorageError, generation_prefix
 from ..webhooks import record_final
 from .common import int_arg, json_body, services
@@ -29,15 +31,33 @@ def _load(session, generation_id: str, lock: bool = False) -> Generation:
     return gen
 
 
+def _unchanging(body: dict[str, Any]) -> bool:
+    """Only deletion can change it: a status with no way out, and no stage copy
+    still in flight (one running when the job was canceled records its end)."""
+    return body["status"] in TERMINAL and all(s["status"] != S_RUNNING for s in body["stages"])
+
+
 @bp.get("/<generation_id>")
 def show(generation_id: str):
+    cache = services().read_cache
+    hit = cache.get(generation_id)  # no I/O (app/readcache.py)
+    if hit is not None:
+        if hit.user_id != g.user_id:  # ownership never changes: the same 404 as a read
+            raise not_found()
+        return current_app.response_class(hit.body, 200, hit.headers, mimetype="application/json")
+    token = cache.token()
     # One statement, so an autocommit read: no BEGIN/COMMIT round trips.
     with services().db.read() as session:
         body = svc.read_owned_json(session, g.user_id, generation_id)
     if body is None:
         raise not_found()
     headers = {} if body["status"] in FINAL else {"Retry-After": "1"}
-    return body, 200, headers
+    # What Flask makes of ``return body, 200, headers``; its bytes are what a hit serves.
+    resp = current_app.json.response(body)
+    resp.headers.update(headers)
+    if _unchanging(body):
+        cache.put(generation_id, g.user_id, resp.get_data(), headers, token)
+    return resp
 
 
 @bp.get("")
@@ -137,6 +157,7 @@ def delete(generation_id: str):
     with s.db.session() as session:
         gen = _load(session, generation_id, lock=True)
         session.delete(gen)
+    s.read_cache.invalidate(generation_id)  # here at once; other processes via Redis
     return "", 204
 
 
