@@ -29,6 +29,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping
+from functools import lru_cache
 from typing import NamedTuple
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,29 @@ def channel_for(redis_url: str) -> str:
     from redis.connection import parse_url
 
     return f"{CHANNEL}:{parse_url(redis_url).get('db', 0) or 0}"
+
+
+@lru_cache(maxsize=8)
+def _publisher_for(redis_url: str):
+    import redis
+
+    return redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2)
+
+
+def announce(redis_url: str | None, generation_id: str) -> None:
+    """Tell every process's cache that ``generation_id`` changed (from code that
+    holds no ``ReadCache``, e.g. a worker writing to a finished generation).
+    Best effort: a process that misses it drops the entry within its ttl."""
+    if not redis_url:
+        return
+    try:
+        _publisher_for(redis_url).publish(channel_for(redis_url), generation_id)
+    except Exception as exc:
+        log.warning(
+            "read cache: could not publish the invalidation of %s (%s)",
+            generation_id,
+            type(exc).__name__,
+        )
 
 
 class Entry(NamedTuple):

@@ -344,3 +344,36 @@ def test_a_size_of_zero_turns_it_off(make_app):
     seen = statements(app)
     get(client, user, gen_id)
     assert len(seen) == 1 and len(services(app).read_cache) == 0
+
+
+def test_a_stage_recorded_after_the_job_ended_drops_the_cached_read(capp, monkeypatch):
+    """A copy of a stage that stalled and was taken over can still record its
+    end on the completed generation: the runner announces the change."""
+    from app.models import Generation
+    from app.pipeline.context import StageResult
+    from app.pipeline.runner import run_stage
+
+    client, user = capp.test_client(), make_user(capp, "alice")
+    gen_id = completed(capp, client, user)
+    s = services(capp)
+    with s.db.session() as session:  # copy A holds ``store`` again
+        gen = session.get(Generation, gen_id)
+        gen.status, gen.completed_at = "processing", None
+        st = gen.stage("store")
+        st.status, st.task_id = "running", "copy-a"
+    cache = s.read_cache
+
+    def store_while_copy_b_finishes(ctx):
+        with s.db.session() as session:  # copy B ends the job meanwhile
+            gen = session.get(Generation, gen_id)
+            gen.status = "completed"
+            gen.stage("store").status = "completed"
+        assert get(client, user, gen_id).get_json()["status"] == "completed"
+        assert gen_id in cache._entries
+        return StageResult({"late": True})
+
+    monkeypatch.setitem(STAGE_FUNCS, "store", store_while_copy_b_finishes)
+    run_stage(s.db, s.settings, s.storage, gen_id, "store", task_id="copy-a")
+    assert wait_for(lambda: gen_id not in cache._entries, 2.0)
+    body = get(client, user, gen_id).get_json()
+    assert body["status"] == "completed" and body["stages"][-1]["output"] == {"late": True}

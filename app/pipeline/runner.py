@@ -46,7 +46,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session, make_transient_to_detached
 
-from .. import events
+from .. import events, readcache
 from ..config import Settings
 from ..db import Database, make_durable
 from ..db import unavailable as db_unavailable
@@ -63,6 +63,7 @@ from ..states import (
     S_RUNNING,
     S_SKIPPED,
     STAGE_DONE,
+    TERMINAL,
     set_stage_status,
     set_status,
 )
@@ -485,8 +486,12 @@ def _run_stage(
             completing = not ended_elsewhere and name == STAGES[-1]
             if name == "generate" and provider:
                 record_outcome(session, provider, ok=True)
+            # e.g. a stalled copy ending after the job did: a changed final generation
+            changed_final = old_status in TERMINAL
             # the webhook message commits with the transition
             delivery_id = _final_delivery(session, generation_id) if completing else None
+        if changed_final:  # status reads of it may be cached (app/readcache.py)
+            readcache.announce(settings.redis_url, generation_id)
         events.stage_changed(settings, generation_id, name, status, duration)
         if ended_elsewhere:  # whoever ended it announced it
             return Outcome.stop()
@@ -543,9 +548,12 @@ def _run_stage(
             _save_all(conn, locked, stage)
             return Outcome(True, retry_in)
         was_final = gen.status in FINAL
+        changed_final = gen.status in TERMINAL
         fail(gen, stage, error or "failed")
         _save_all(conn, locked, stage)
         delivery_id = None if was_final else _final_delivery(session, generation_id)
+    if changed_final:  # status reads of it may be cached (app/readcache.py)
+        readcache.announce(settings.redis_url, generation_id)
     events.stage_changed(settings, generation_id, name, S_FAILED, None)
     if not was_final:
         events.generation_final(settings, generation_id, FAILED, delivery_id, record_webhook=False)
