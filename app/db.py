@@ -7,12 +7,13 @@ take a session and never commit; the caller owns the transaction through
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 
@@ -46,9 +47,39 @@ def make_engine(url: str) -> Engine:
     # but all of them kept: an overflow connection is closed when it is
     # returned, so under load every 4th-5th submit paid for a new Postgres
     # backend (fork, authentication, cold caches, prepared statements lost).
-    return create_engine(
-        url, pool_pre_ping=True, pool_size=POOL_SIZE, max_overflow=0, pool_recycle=1800
-    )
+    engine = create_engine(url, pool_size=POOL_SIZE, max_overflow=0, pool_recycle=1800)
+    event.listen(engine, "checkin", _note_checkin)
+    event.listen(engine, "checkout", _ping_if_idle)
+    return engine
+
+
+# A pooled connection idle for longer than this is pinged before it is handed
+# out (a database restart cannot happen in less); one returned more recently
+# is trusted. Pinging on every checkout (``pool_pre_ping``) costs a round trip
+# per transaction of a busy process for nothing.
+PING_AFTER_IDLE = 1.0
+_CHECKED_IN = "bff_checked_in"
+
+
+def _note_checkin(_dbapi_conn, record) -> None:
+    if record is not None:
+        record.info[_CHECKED_IN] = time.monotonic()
+
+
+def _ping_if_idle(dbapi_conn, record, _proxy) -> None:
+    returned = record.info.get(_CHECKED_IN)
+    if returned is not None and time.monotonic() - returned < PING_AFTER_IDLE:
+        return
+    try:
+        cur = dbapi_conn.cursor()
+        cur.execute("SELECT 1")
+        cur.close()
+        if not dbapi_conn.autocommit:
+            dbapi_conn.rollback()  # the ping opened a transaction
+    except Exception as exc:
+        # The pool discards this connection and checks out another (up to 3
+        # times), as pool_pre_ping does.
+        raise DisconnectionError(f"stale pooled connection: {exc}") from exc
 
 
 RELAXED = text("SET LOCAL synchronous_commit = off")

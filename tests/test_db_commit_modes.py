@@ -1,6 +1,7 @@
 """``Database.session(durable=...)`` decides whether a commit waits for the WAL
 flush, whatever the connection's default (``relax_by_default``, used by the
-pipeline workers): a durable session is always durable."""
+pipeline workers): a durable session is always durable. And pooled
+connections are pinged only after being idle (``PING_AFTER_IDLE``)."""
 
 from __future__ import annotations
 
@@ -60,3 +61,49 @@ def test_relaxed_default_saves_the_set_for_progress_commits(pg_url):
     finally:
         for db in (plain, relaxed):
             db.engine.dispose()
+
+
+def _backend_pid(db: Database) -> int:
+    with db.session() as session:
+        return session.execute(text("SELECT pg_backend_pid()")).scalar_one()
+
+
+def _terminate(pg_url: str, pid: int) -> None:
+    admin = Database(pg_url)
+    try:
+        with admin.engine.connect() as conn:
+            conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+            conn.commit()
+    finally:
+        admin.engine.dispose()
+
+
+def test_an_idle_pooled_connection_that_died_is_replaced_unseen(pg_url, monkeypatch):
+    import app.db as dbmod
+
+    db = Database(pg_url)
+    try:
+        first = _backend_pid(db)
+        _terminate(pg_url, first)
+        monkeypatch.setattr(dbmod, "PING_AFTER_IDLE", 0.0)  # it has been idle "long enough"
+        assert _backend_pid(db) != first  # pinged, found dead, replaced: no error
+    finally:
+        db.engine.dispose()
+
+
+def test_a_connection_returned_just_now_is_not_pinged(pg_url, monkeypatch):
+    import app.db as dbmod
+
+    db = Database(pg_url)
+    try:
+        first = _backend_pid(db)
+        monkeypatch.setattr(dbmod, "PING_AFTER_IDLE", 3600.0)
+        # Trusting a fresh connection means the dead one is handed out as is.
+        _terminate(pg_url, first)
+        from sqlalchemy.exc import OperationalError
+
+        with pytest.raises(OperationalError):
+            _backend_pid(db)
+        assert _backend_pid(db) != first  # the pool dropped it after the error
+    finally:
+        db.engine.dispose()
