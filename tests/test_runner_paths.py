@@ -122,9 +122,10 @@ def test_a_stage_is_claimed_and_recorded_in_one_statement_each(pg_app, pg_user):
     gen_id = _new(pg_app, pg_user)
     seen = _count_statements(pg_app)
     assert stage(pg_app, gen_id, "analyze").proceed
-    # SET LOCAL (progress commit) + claim, then SET LOCAL + record: analyze
-    # itself reads nothing.
-    assert seen == ["SET", "WITH", "SET", "WITH"], seen
+    # The claim alone, in autocommit (no BEGIN/COMMIT); then SET LOCAL
+    # (a progress commit on a connection that defaults to durable) + the
+    # record: analyze itself reads nothing.
+    assert seen == ["WITH", "SET", "WITH"], seen
 
 
 def test_a_canceled_generation_is_not_claimed(pg_app, pg_user):
@@ -178,6 +179,8 @@ def test_canceled_while_working_keeps_canceled_and_stops(pg_app, pg_user, monkey
     gen_id = _new(pg_app, pg_user)
 
     def cancel_meanwhile(ctx):
+        # the work runs in a transaction again after the autocommit claim
+        assert ctx.session.connection().connection.dbapi_connection.autocommit is False
         with services(pg_app).db.session() as session:
             svc.cancel(session.get(Generation, gen_id))
         return StageResult({"seen": True})

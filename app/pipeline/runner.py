@@ -451,15 +451,22 @@ def _run_stage(
     name: str,
     task_id: str | None,
 ) -> Outcome:
-    with db.session(durable=False, conn=shared) as session:
-        conn = session.connection()
-        claim = None
-        if db.is_postgres and ONE_STATEMENT:
-            claim = _fast_claim(conn, generation_id, name, task_id)
-        if claim is None:
-            claim = _claim(conn, settings, generation_id, name, task_id)
-        if isinstance(claim, Outcome):
-            return claim
+    claim: Claim | Outcome | None = None
+    if db.is_postgres and ONE_STATEMENT:
+        # One statement is atomic by itself: run it in autocommit, without the
+        # BEGIN and COMMIT round trips. (Asynchronous commit where the
+        # connection defaults to it: the pipeline workers, Database.relax_by_default.)
+        shared.execution_options(isolation_level="AUTOCOMMIT")
+        try:
+            claim = _fast_claim(shared, generation_id, name, task_id)
+        finally:
+            shared.rollback()  # ends SQLAlchemy's autobegun no-op; nothing is sent
+            shared.execution_options(isolation_level=shared.default_isolation_level)
+    if claim is None:
+        with db.session(durable=False, conn=shared) as session:
+            claim = _claim(session.connection(), settings, generation_id, name, task_id)
+    if isinstance(claim, Outcome):
+        return claim
     gen, attempt, previous = claim.gen, claim.attempt, claim.previous
     events.stage_changed(settings, generation_id, name, S_RUNNING, None)
 
