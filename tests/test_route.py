@@ -278,3 +278,18 @@ def test_auto_prefers_a_keyed_provider_and_keeps_local_as_the_fallback():
         Settings.from_env({"REPLICATE_API_TOKEN": "r8_test", "BFF_DEFAULT_PROVIDER": "local"}),
     )
     assert default["provider"] == "local"
+
+
+def test_pruning_runs_at_most_once_a_minute_per_provider(app):
+    s = app.extensions["bff"]
+    now = utcnow()
+    with s.db.session() as session:
+        record_outcome(session, "local", ok=True, now=now)  # prunes (first time here)
+        record_outcome(session, "local", ok=True, now=now - timedelta(days=2))
+        record_outcome(session, "local", ok=True, now=now + timedelta(seconds=30))
+    with s.db.session() as session:  # the old row survived: no prune within the minute
+        assert session.scalar(select(func.count()).select_from(ProviderOutcome)) == 3
+    with s.db.session() as session:
+        record_outcome(session, "local", ok=True, now=now + timedelta(seconds=61))
+    with s.db.session() as session:
+        assert session.scalar(select(func.count()).select_from(ProviderOutcome)) == 3

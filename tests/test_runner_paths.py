@@ -102,6 +102,8 @@ def test_both_paths_leave_the_same_rows(pg_app, pg_user, monkeypatch):
         run_all(pg_app, general)
     a, b = _rows(pg_app, fast), _rows(pg_app, general)
     assert a["status"] == "completed" and a["completed"]
+    # what stage functions set on ctx.generation is written (route, generate)
+    assert a["provider"] == "local" and a["model"]
     assert a["pipeline_keys"] == b["pipeline_keys"] == list(STAGES)
     assert _deterministic(a) == _deterministic(b)
     # pipeline_data holds exactly each stage's recorded output

@@ -40,6 +40,7 @@ from sqlalchemy import (
     Table,
     bindparam,
     case,
+    column,
     select,
     text,
     update,
@@ -190,10 +191,17 @@ def _save(conn: Connection, table: Table, row: Snapshot) -> None:
     row.__dict__["_dirty"] = {}
 
 
+_GEN_MANAGER = Generation._sa_class_manager
+_GEN_KEYS = tuple(c.key for c in _G.c)
+
+
 def _attach(session: Session, gen: Snapshot) -> Generation:
     """The claim's committed copy of the generation as a clean ORM object of
     ``session``, without reading it again."""
-    obj = Generation(**{c.key: gen._values[c.key] for c in _G.c})
+    # Filled as the ORM's loader does (straight into the instance dict), not
+    # through 22 instrumented setattrs; then keyed and marked clean.
+    obj = _GEN_MANAGER.new_instance()
+    obj.__dict__.update({key: gen._values[key] for key in _GEN_KEYS})
     make_transient_to_detached(obj)  # as if just loaded: no pending changes
     session.add(obj)
     return obj
@@ -204,7 +212,6 @@ def _attach(session: Session, gen: Snapshot) -> Generation:
 ONE_STATEMENT = True
 _FINAL_SQL = ", ".join(f"'{s}'" for s in sorted(FINAL))
 _DONE_SQL = ", ".join(f"'{s}'" for s in sorted(STAGE_DONE))
-_GEN_TYPES = {c.name: c.type for c in _G.c}
 
 # PostgreSQL: the common claim (a pending stage whose predecessors are done, on
 # a live generation) in ONE statement, with exactly the changes the general
@@ -232,9 +239,12 @@ _PG_CLAIM = text(
     )
     UPDATE generations AS gen SET status = '{PROCESSING}', updated_at = :now
     FROM st WHERE gen.id = :generation_id
-    RETURNING gen.*, st.id AS s_id, st.attempts AS s_attempts, st.output AS s_output
+    RETURNING {", ".join(f"gen.{c.name}" for c in _G.c)},
+        st.id AS s_id, st.attempts AS s_attempts, st.output AS s_output
     """
-).columns(**_GEN_TYPES, s_id=Integer, s_attempts=Integer, s_output=JSON)
+).columns(  # by position: no per-call matching of result columns by name
+    *_G.c, column("s_id", Integer), column("s_attempts", Integer), column("s_output", JSON)
+)
 
 # PostgreSQL: the record of a successful stage in ONE statement, as the general
 # path does it: the stage (still running) completed or skipped with its output
@@ -292,7 +302,7 @@ def _fast_claim(
     m = row._mapping
     output = m["s_output"] or {}
     return Claim(
-        gen=Snapshot({c.key: m[c.name] for c in _G.c}),
+        gen=Snapshot({c.key: m[c] for c in _G.c}),
         stage_id=m["s_id"],
         attempt=m["s_attempts"],
         previous=dict(output) if output.get(CHECKPOINT) else {},

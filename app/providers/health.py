@@ -3,7 +3,7 @@
 After every ``generate`` outcome the runner calls ``record_outcome``: the
 lifetime counters in ``providers`` move, and a row goes into
 ``provider_outcomes`` (rows older than ``RETENTION`` are pruned as new ones
-arrive). Routing reads the recent window:
+arrive, at most once per ``PRUNE_EVERY`` per process and provider). Routing reads the recent window:
 
 - ``window_stats``: successes and failures per provider in the window;
 - ``circuit_open``: why a provider's circuit is open (failure rate over
@@ -24,6 +24,10 @@ from ..config import Settings
 from ..models import Provider, ProviderOutcome, utcnow
 
 RETENTION = timedelta(hours=24)
+# Pruning on every outcome is a DELETE per generation for rows that age out
+# once a day: a minute's worth more kept is nothing.
+PRUNE_EVERY = timedelta(minutes=1)
+_last_prune: dict[tuple[str, str], datetime] = {}
 
 
 @dataclass(frozen=True)
@@ -74,12 +78,16 @@ def record_outcome(
             created_at=now,
         )
     )
-    session.execute(
-        delete(ProviderOutcome).where(
-            ProviderOutcome.provider_id == provider_id,
-            ProviderOutcome.created_at < _at(session, now - RETENTION),
+    key = (str(session.get_bind().engine.url), provider_id)
+    last = _last_prune.get(key)
+    if last is None or now - last >= PRUNE_EVERY:
+        _last_prune[key] = now
+        session.execute(
+            delete(ProviderOutcome).where(
+                ProviderOutcome.provider_id == provider_id,
+                ProviderOutcome.created_at < _at(session, now - RETENTION),
+            )
         )
-    )
 
 
 def window_stats(
