@@ -68,13 +68,16 @@ class Database:
         self._factory = sessionmaker(self.engine, expire_on_commit=False)
         # Autocommit: no BEGIN / COMMIT round trips. Only for a read that is one
         # statement (one statement sees one snapshot); never for writes.
-        self._read_factory = sessionmaker(
-            self.engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False
-        )
+        self._autocommit_engine = self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._read_factory = sessionmaker(self._autocommit_engine, expire_on_commit=False)
 
     @property
     def is_sqlite(self) -> bool:
         return self.engine.dialect.name == "sqlite"
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.engine.dialect.name == "postgresql"
 
     @contextmanager
     def connection(self) -> Iterator[Connection]:
@@ -115,6 +118,15 @@ class Database:
             yield session
         finally:
             session.close()
+
+    @contextmanager
+    def autocommit(self) -> Iterator[Connection]:
+        """A pooled connection in autocommit: each statement is a transaction
+        of its own, without BEGIN and COMMIT round trips. For a write that is
+        ONE statement (atomic on its own); its commit is durable like any
+        other here (``synchronous_commit`` is only relaxed by ``SET LOCAL``)."""
+        with self._autocommit_engine.connect() as conn:
+            yield conn
 
     def ping(self) -> None:
         with self.engine.connect() as conn:

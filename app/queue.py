@@ -110,8 +110,8 @@ def celery_init_app(app: Flask, settings: Settings) -> Celery:
 
 def dispatch(celery_app: Celery, generation_id: str, from_stage: str = STAGES[0]) -> bool:
     """Send the chain from ``from_stage`` on. Call after the row is committed.
-    Returns False (and logs) when the broker is unreachable: the row stays
-    ``pending`` with no ``dispatched_at`` and the dispatcher sends it later."""
+    Returns False (and logs) when the broker is unreachable: the caller
+    leaves (or makes) ``dispatched_at`` empty and the dispatcher sends it later."""
     signatures = [
         celery_app.signature(f"pipeline.{name}", args=(generation_id,), immutable=True)
         for name in STAGES[STAGES.index(from_stage) :]
