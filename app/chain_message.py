@@ -28,9 +28,8 @@ import os
 import re
 import threading
 import time
-import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
@@ -53,8 +52,24 @@ def _task_token(i: int) -> str:
     return f"@@T{i}@@"
 
 
-def _uuid() -> str:
-    return str(uuid.uuid4())  # celery.utils.uuid and kombu's delivery tags alike
+def uuid4s(n: int) -> list[str]:
+    """``n`` random (version 4) UUIDs as text, like ``str(uuid.uuid4())``
+    (Celery's task ids, kombu's delivery tags) from one ``os.urandom`` call."""
+    raw = bytearray(os.urandom(16 * n))
+    for i in range(6, 16 * n, 16):
+        raw[i] = (raw[i] & 0x0F) | 0x40  # version 4
+        raw[i + 2] = (raw[i + 2] & 0x3F) | 0x80  # the RFC 4122 variant
+    h = raw.hex()
+    cuts = ((0, 8), (8, 12), (12, 16), (16, 20), (20, 32))
+    return ["-".join(h[j + a : j + b] for a, b in cuts) for j in range(0, 32 * n, 32)]
+
+
+def _resp(*parts: bytes) -> bytes:
+    """One Redis command in the protocol's own framing (RESP)."""
+    out = [b"*%d\r\n" % len(parts)]
+    for p in parts:
+        out += (b"$%d\r\n" % len(p), p, b"\r\n")
+    return b"".join(out)
 
 
 class _Recorder:
@@ -119,6 +134,18 @@ class Message:
     event: str | None
 
 
+_TOKEN = re.compile(r"(@@[A-Z0-9]+@@)")
+
+
+def _split(text: str) -> tuple[str, ...]:
+    """``text`` cut at its tokens: the tokens are the odd items."""
+    return tuple(_TOKEN.split(text))
+
+
+def _join(parts: tuple[str, ...], values: dict[str, str]) -> str:
+    return "".join([values[p] if i & 1 else p for i, p in enumerate(parts)])
+
+
 @dataclass(frozen=True)
 class Template:
     """What kombu sent, with tokens where a send differs from another."""
@@ -130,6 +157,11 @@ class Template:
     event_body: str | None  # GEN, task tokens, CLOCK, TIMESTAMP, UTCOFFSET
     event_envelope: str | None  # BODY, TAG
     tasks: int
+    _parts: tuple[tuple[str, ...], ...] = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        texts = (self.body, self.envelope, self.event_body or "", self.event_envelope or "")
+        object.__setattr__(self, "_parts", tuple(_split(t) for t in texts))
 
     def fill(
         self,
@@ -139,26 +171,16 @@ class Template:
         tags: tuple[str, str],
         event: tuple[str, str, str],
     ) -> Message:
-        ids = {_task_token(i): tid for i, tid in enumerate(task_ids)}
-        body = _fill(self.body, {GEN: generation_id, OID: oid, **ids})
-        payload = _fill(
-            self.envelope, {BODY: _b64(body), TAG: tags[0], OID: oid, GEN: generation_id, **ids}
-        )
-        if self.event_body is None or self.event_envelope is None:
+        body, envelope, event_body, event_envelope = self._parts
+        values = {_task_token(i): tid for i, tid in enumerate(task_ids)}
+        values[GEN], values[OID], values[TAG] = generation_id, oid, tags[0]
+        values[BODY] = _b64(_join(body, values))
+        payload = _join(envelope, values)
+        if self.event_body is None:
             return Message(self.queue, payload, (), None)
-        clock, stamp, offset = event
-        ev_body = _fill(
-            self.event_body,
-            {GEN: generation_id, **ids, CLOCK: clock, TIMESTAMP: stamp, UTCOFFSET: offset},
-        )
-        ev = _fill(self.event_envelope, {BODY: _b64(ev_body), TAG: tags[1]})
-        return Message(self.queue, payload, self.topics, ev)
-
-
-def _fill(text: str, values: dict[str, str]) -> str:
-    for token, value in values.items():
-        text = text.replace(token, value)
-    return text
+        values[CLOCK], values[TIMESTAMP], values[UTCOFFSET] = event
+        values[BODY], values[TAG] = _b64(_join(event_body, values)), tags[1]
+        return Message(self.queue, payload, self.topics, _join(event_envelope, values))
 
 
 def _b64(text: str) -> str:
@@ -258,9 +280,8 @@ class ChainSender:
                 conf.broker_url,
                 socket_connect_timeout=timeout,
                 socket_timeout=timeout,
-                # One immediate retry (a pooled connection the server closed);
-                # the publish retry policy below is the rest.
-                retry=Retry(NoBackoff(), 1),
+                # No retries of its own: the publish retry policy is ours.
+                retry=Retry(NoBackoff(), 0),
             )
 
     def template(self, task_names: tuple[str, ...]) -> Template | None:
@@ -292,34 +313,49 @@ class ChainSender:
         if template is None:
             return False
         app = self.celery_app
+        ids = uuid4s(template.tasks + 2)
         message = template.fill(
             generation_id,
-            [_uuid() for _ in range(template.tasks)],
+            ids[2:],
             app.thread_oid,
-            (_uuid(), _uuid()),
+            (ids[0], ids[1]),
             (str(app.clock.forward()), repr(time.time()), repr(utcoffset())),
         )
         self._push(message)
         return True
 
     def _push(self, message: Message) -> None:
+        """``LPUSH`` and the ``PUBLISH``es written at once on one pooled
+        connection, their replies read after (one round trip), with the publish
+        retry policy (as Celery's) on connection errors."""
+        data = _resp(b"LPUSH", message.queue.encode(), message.payload.encode())
+        if message.event is not None:
+            event = message.event.encode()
+            data += b"".join(_resp(b"PUBLISH", t.encode(), event) for t in message.topics)
+        replies = 1 + len(message.topics)
+        pool = self._client.connection_pool
         delay = float(self._policy["interval_start"] or 0)
         for attempt in range(self._retries + 1):
+            conn = pool.get_connection()
             try:
-                with self._client.pipeline(transaction=False) as pipe:
-                    pipe.lpush(message.queue, message.payload)
-                    for topic in message.topics:
-                        pipe.publish(topic, message.event)
-                    pipe.execute()
+                conn.send_packed_command([data], check_health=False)
+                for _ in range(replies):
+                    conn.read_response()
                 return
             except (redis.ConnectionError, redis.TimeoutError):
+                conn.disconnect()
                 if attempt == self._retries:
                     raise
-                time.sleep(delay)
-                delay = min(
-                    delay + float(self._policy["interval_step"] or 0),
-                    float(self._policy.get("interval_max") or delay),
-                )
+            except BaseException:
+                conn.disconnect()  # replies may be left unread
+                raise
+            finally:
+                pool.release(conn)
+            time.sleep(delay)
+            delay = min(
+                delay + float(self._policy["interval_step"] or 0),
+                float(self._policy.get("interval_max") or delay),
+            )
 
 
 def _plain_redis(conf) -> bool:

@@ -7,8 +7,11 @@ take a session and never commit; the caller owns the transaction through
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextvars
+import select
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from typing import Any
 
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Connection, Engine
@@ -36,6 +39,36 @@ def unavailable(exc: BaseException) -> bool:
 
 POOL_SIZE = 15
 
+# Set for a checkout whose caller accepts the socket check below instead of
+# the pre-ping's round trip (``Database.autocommit(ping=False)``).
+_socket_check = contextvars.ContextVar("socket_check", default=False)
+
+
+def _server_kept(dbapi_conn) -> bool:
+    """An idle psycopg connection has nothing to read: when there is something
+    (the server's "terminating connection" and its FIN on a restart, a
+    shutdown, ``pg_terminate_backend``, a cut link) or it is not open, the
+    real ping decides."""
+    try:
+        if dbapi_conn.closed or dbapi_conn.pgconn.transaction_status != 0:  # 0: IDLE
+            return False
+        poller = select.poll()
+        poller.register(dbapi_conn.pgconn.socket, select.POLLIN | select.POLLPRI)
+        return not poller.poll(0)
+    except Exception:  # noqa: BLE001 - anything odd: ping for real
+        return False
+
+
+def _install_socket_check(engine: Engine) -> None:
+    ping = engine.dialect.do_ping
+
+    def do_ping(dbapi_conn) -> bool:
+        if _socket_check.get() and _server_kept(dbapi_conn):
+            return True
+        return ping(dbapi_conn)
+
+    engine.dialect.do_ping = do_ping  # type: ignore[method-assign]
+
 
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
@@ -46,9 +79,12 @@ def make_engine(url: str) -> Engine:
     # but all of them kept: an overflow connection is closed when it is
     # returned, so under load every 4th-5th submit paid for a new Postgres
     # backend (fork, authentication, cold caches, prepared statements lost).
-    return create_engine(
+    engine = create_engine(
         url, pool_pre_ping=True, pool_size=POOL_SIZE, max_overflow=0, pool_recycle=1800
     )
+    if engine.dialect.driver == "psycopg":
+        _install_socket_check(engine)
+    return engine
 
 
 RELAXED = text("SET LOCAL synchronous_commit = off")
@@ -119,14 +155,57 @@ class Database:
         finally:
             session.close()
 
-    @contextmanager
-    def autocommit(self) -> Iterator[Connection]:
-        """A pooled connection in autocommit: each statement is a transaction
-        of its own, without BEGIN and COMMIT round trips. For a write that is
-        ONE statement (atomic on its own); its commit is durable like any
-        other here (``synchronous_commit`` is only relaxed by ``SET LOCAL``)."""
-        with self._autocommit_engine.connect() as conn:
-            yield conn
+    def execute_autocommit(
+        self, sql: str, params: Mapping[str, Any] | None = None, ping: bool = True
+    ) -> int:
+        """Run ONE statement (PostgreSQL, driver SQL: ``%(name)s`` parameters)
+        as a transaction of its own on a pooled psycopg connection: no BEGIN
+        or COMMIT round trips, and none of SQLAlchemy's Connection, context
+        and result objects (the submit's hot path). Returns its row count.
+        The commit is durable like any other here (``synchronous_commit`` is
+        only ever relaxed by ``SET LOCAL``). Errors come out as SQLAlchemy's
+        (OperationalError, IntegrityError, ...), and a connection found broken
+        leaves the pool, as with a Session.
+
+        ``ping=False``: the pooled connection is checked by looking at its
+        socket (has the server said goodbye?) instead of a ``SELECT 1`` round
+        trip; one that died silently (no FIN: a host gone, a partition) then
+        fails this statement instead of being replaced first."""
+        dialect = self.engine.dialect
+        token = _socket_check.set(not ping)
+        try:
+            fairy = self.engine.raw_connection()
+        except dialect.loaded_dbapi.Error as err:  # connecting failed: the database is down
+            raise DBAPIError.instance(
+                None, None, err, dialect.loaded_dbapi.Error, dialect=dialect
+            ) from err
+        finally:
+            _socket_check.reset(token)
+        conn = fairy.driver_connection
+        try:
+            conn.autocommit = True
+            if self.engine.dispatch.before_cursor_execute:
+                # Statement counters (tests, bench dbcost) see this one too.
+                self.engine.dispatch.before_cursor_execute(None, None, sql, params, None, False)
+            try:
+                return conn.execute(sql, params).rowcount
+            finally:
+                if not conn.closed:
+                    conn.autocommit = False
+        except dialect.loaded_dbapi.Error as err:
+            broken = dialect.is_disconnect(err, conn, None)
+            if broken:
+                fairy.invalidate(err)
+            raise DBAPIError.instance(
+                sql,
+                params,
+                err,
+                dialect.loaded_dbapi.Error,
+                connection_invalidated=broken,
+                dialect=dialect,
+            ) from err
+        finally:
+            fairy.close()  # back to the pool (its reset, a rollback, is a no-op when idle)
 
     def ping(self) -> None:
         with self.engine.connect() as conn:

@@ -11,9 +11,9 @@ from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import and_, bindparam, or_, select, update
-from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session, joinedload, selectinload
 
+from .db import Database
 from .models import Generation, GenerationAsset, GenerationStage, new_id, utcnow
 from .pipeline import STAGES
 from .states import (
@@ -133,7 +133,7 @@ _SUBMIT_SQL = {(p, r): _submit_sql(p, r) for p in (False, True) for r in (False,
 
 
 def insert_submitted(
-    conn: Connection,
+    db: Database,
     *,
     user_id: int,
     mode: str,
@@ -151,9 +151,10 @@ def insert_submitted(
 ) -> bool:
     """PostgreSQL: ``create`` and the submit checks that need the database
     (``quotas.check_submission``, the persona, the Idempotency-Key) in ONE
-    statement on ``conn`` (autocommit: that statement is the transaction).
-    Returns False when it inserted nothing: a check failed or the key was
-    used, and the caller takes the ordinary path to answer why."""
+    statement, committed on its own (``Database.execute_autocommit``; the
+    pooled connection is checked without a round trip). Returns False when
+    it inserted nothing: a check failed or the key was used, and the caller
+    takes the ordinary path to answer why."""
     limit, window = rate_limit
     midnight = dispatched_at.replace(hour=0, minute=0, second=0, microsecond=0)
     params = {
@@ -174,7 +175,7 @@ def insert_submitted(
         "limit": limit,
     }
     sql = _SUBMIT_SQL[bool(persona_id), limit > 0]
-    return conn.exec_driver_sql(sql, params).rowcount == len(STAGES)
+    return db.execute_autocommit(sql, params, ping=False) == len(STAGES)
 
 
 def clear_dispatched(session: Session, generation_id: str) -> None:

@@ -183,3 +183,11 @@ def test_an_unreachable_broker_is_reported_not_raised(app_config):
     started = time.monotonic()
     assert queue_mod.dispatch(celery_app, "gen_nobroker") is False
     assert time.monotonic() - started < 3  # the publish retry policy: 0.2 s + 0.5 s
+
+
+def test_task_ids_are_random_version_4_uuids():
+    ids = chain_message.uuid4s(500)
+    assert len(set(ids)) == 500
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122 and str(parsed) == text

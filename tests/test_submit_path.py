@@ -237,3 +237,66 @@ def test_a_refused_send_leaves_the_generation_to_the_dispatcher(backend, request
     gen_id = submit_prompt(client, user.headers)
     row = _row(app, gen_id)
     assert row["status"] == "pending" and row["dispatched_at"] is None
+
+
+def test_postgres_submit_checks_its_connection_without_a_round_trip(pg_env, monkeypatch):
+    from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
+
+    pings: list[int] = []
+    real = PGDialect_psycopg.do_ping
+    monkeypatch.setattr(
+        PGDialect_psycopg, "do_ping", lambda self, conn: pings.append(1) or real(self, conn)
+    )
+    app = create_app(pg_env)
+    try:
+        client, user = app.test_client(), _pg_user(app)
+        submit_prompt(client, user.headers)  # the key is now verified (auth cache)
+        pings.clear()
+        submit_prompt(client, user.headers)
+        assert pings == []  # the socket said the server kept the connection
+        client.get("/health")
+        assert pings  # everything else still pings
+    finally:
+        app.extensions["bff"].db.engine.dispose()
+
+
+def test_a_connection_the_server_closed_is_replaced_not_used(pg_env):
+    import time
+
+    import psycopg
+
+    from app.db import Database
+
+    db = Database(pg_env["DATABASE_URL"])
+    try:
+        db.execute_autocommit("SELECT 1", ping=False)  # the pool now holds one connection
+        with db.engine.connect() as conn:  # that one: the pool hands it out again
+            pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+        url = pg_env["DATABASE_URL"].replace("+psycopg", "")
+        with psycopg.connect(url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        time.sleep(0.2)  # the server's goodbye and FIN arrive
+        assert db.execute_autocommit("SELECT 1", ping=False) == 1  # on a new connection
+        with db.engine.connect() as conn:
+            assert conn.exec_driver_sql("SELECT pg_backend_pid()").scalar() != pid
+    finally:
+        db.dispose()
+
+
+def test_one_statement_errors_come_out_as_sqlalchemy_errors(pg_env):
+    from sqlalchemy.exc import DataError, OperationalError
+
+    from app.db import Database, unavailable
+    from tests.support.services import free_port
+
+    db = Database(pg_env["DATABASE_URL"])
+    try:
+        with pytest.raises(DataError):  # the client's kind of error, not "unavailable"
+            db.execute_autocommit("SELECT 1 / %(zero)s", {"zero": 0}, ping=False)
+        assert db.execute_autocommit("SELECT 1", ping=False) == 1  # the connection is fine
+    finally:
+        db.dispose()
+    down = Database(f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/x")
+    with pytest.raises(OperationalError) as err:
+        down.execute_autocommit("SELECT 1", ping=False)
+    assert unavailable(err.value)  # a 503 with Retry-After for the client

@@ -159,23 +159,22 @@ def _submit(
     if upload is None and s.db.is_postgres and _passes_checks_without_db(body):
         # One statement, one round trip: the checks the database answers, the
         # generation and its stage rows, committed (durably) on its own.
-        with s.db.autocommit() as conn:
-            inserted = svc.insert_submitted(
-                conn,
-                user_id=g.user_id,
-                mode=mode,
-                generation_id=gen_id,
-                dispatched_at=utcnow(),
-                settings=body.settings.model_dump(),
-                rate_limit=s.settings.submit_rate_limit,
-                prompt=body.prompt,
-                negative_prompt=body.negativePrompt,
-                persona_id=body.personaId,
-                vlt_spec=getattr(body, "vltSpec", None),
-                webhook_url=body.webhookUrl,
-                idempotency_key=key,
-                request_hash=req_hash,
-            )
+        inserted = svc.insert_submitted(
+            s.db,
+            user_id=g.user_id,
+            mode=mode,
+            generation_id=gen_id,
+            dispatched_at=utcnow(),
+            settings=body.settings.model_dump(),
+            rate_limit=s.settings.submit_rate_limit,
+            prompt=body.prompt,
+            negative_prompt=body.negativePrompt,
+            persona_id=body.personaId,
+            vlt_spec=getattr(body, "vltSpec", None),
+            webhook_url=body.webhookUrl,
+            idempotency_key=key,
+            request_hash=req_hash,
+        )
         if inserted:
             return _send(s, gen_id)
         # A check failed or the key was used before: the path below says which.
