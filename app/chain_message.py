@@ -2,7 +2,7 @@
 
 ``chain(...).apply_async()`` builds a signature per stage, freezes them,
 serialises the message, and publishes it and a ``task-sent`` event through
-kombu: about 2 ms of CPU per submit, more than the rest of the submit. The
+kombu: about 1.5 ms of CPU per submit, more than the rest of the submit. The
 message is the same every time but for its ids, so it is rendered once per
 process and first stage, by Celery and kombu themselves (a private Celery
 app configured like ours, whose Redis channel records the commands it would
@@ -13,9 +13,10 @@ Flower) in one round trip. A worker receives what the canvas would have
 sent: protocol 2, the later stages in the message's embedded chain, the same
 queue and routing, headers and properties.
 
-Only for a plain Redis broker (no key prefix, sentinel or failover list);
-for any other broker, or a rendering that fails its self-check (logged),
-``ChainSender.send`` returns None and the caller uses the canvas.
+Only for a plain Redis broker (no key prefix, sentinel, failover list or
+``broker_use_ssl``); for any other broker, or a rendering that fails its
+self-check (logged), ``ChainSender.send`` returns False and the caller uses
+the canvas.
 """
 
 from __future__ import annotations
@@ -137,13 +138,14 @@ class Message:
 _TOKEN = re.compile(r"(@@[A-Z0-9]+@@)")
 
 
-def _split(text: str) -> tuple[str, ...]:
-    """``text`` cut at its tokens: the tokens are the odd items."""
-    return tuple(_TOKEN.split(text))
-
-
-def _join(parts: tuple[str, ...], values: dict[str, str]) -> str:
-    return "".join([values[p] if i & 1 else p for i, p in enumerate(parts)])
+def _format(text: str) -> str:
+    """``text`` as a ``str.format_map`` template: its tokens become fields,
+    its braces (JSON's) are escaped."""
+    parts = _TOKEN.split(text)  # the tokens are the odd items
+    return "".join(
+        "{" + p + "}" if i & 1 else p.replace("{", "{{").replace("}", "}}")
+        for i, p in enumerate(parts)
+    )
 
 
 @dataclass(frozen=True)
@@ -157,11 +159,11 @@ class Template:
     event_body: str | None  # GEN, task tokens, CLOCK, TIMESTAMP, UTCOFFSET
     event_envelope: str | None  # BODY, TAG
     tasks: int
-    _parts: tuple[tuple[str, ...], ...] = field(init=False, compare=False, repr=False)
+    _parts: tuple[str, ...] = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         texts = (self.body, self.envelope, self.event_body or "", self.event_envelope or "")
-        object.__setattr__(self, "_parts", tuple(_split(t) for t in texts))
+        object.__setattr__(self, "_parts", tuple(_format(t) for t in texts))
 
     def fill(
         self,
@@ -174,27 +176,27 @@ class Template:
         body, envelope, event_body, event_envelope = self._parts
         values = {_task_token(i): tid for i, tid in enumerate(task_ids)}
         values[GEN], values[OID], values[TAG] = generation_id, oid, tags[0]
-        values[BODY] = _b64(_join(body, values))
-        payload = _join(envelope, values)
+        values[BODY] = _b64(body.format_map(values))
+        payload = envelope.format_map(values)
         if self.event_body is None:
             return Message(self.queue, payload, (), None)
         values[CLOCK], values[TIMESTAMP], values[UTCOFFSET] = event
-        values[BODY], values[TAG] = _b64(_join(event_body, values)), tags[1]
-        return Message(self.queue, payload, self.topics, _join(event_envelope, values))
+        values[BODY], values[TAG] = _b64(event_body.format_map(values)), tags[1]
+        return Message(self.queue, payload, self.topics, event_envelope.format_map(values))
 
 
 def _b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
 
 
-def _number_token(text: str, field: str, token: str) -> tuple[str, str]:
-    """``text`` with the number after ``"field": `` replaced by ``token``, and
+def _number_token(text: str, name: str, token: str) -> tuple[str, str]:
+    """``text`` with the number after ``"name": `` replaced by ``token``, and
     that number as it was written."""
-    pattern = re.compile(rf'"{field}": (-?[0-9][0-9.eE+-]*)')
+    pattern = re.compile(rf'"{name}": (-?[0-9][0-9.eE+-]*)')
     found = pattern.findall(text)
     if len(found) != 1:
-        raise ValueError(f"event field {field!r} found {len(found)} times")
-    return pattern.sub(f'"{field}": {token}', text), found[0]
+        raise ValueError(f"event field {name!r} found {len(found)} times")
+    return pattern.sub(f'"{name}": {token}', text), found[0]
 
 
 def render(main: str, config: dict[str, Any], task_names: Sequence[str]) -> Template:
@@ -258,9 +260,9 @@ def render(main: str, config: dict[str, Any], task_names: Sequence[str]) -> Temp
 
 
 class ChainSender:
-    """Sends chains from templates over a Redis client of its own (one pooled
-    connection per sending thread); templates are per process (the origin
-    and event carry the pid) and per list of tasks."""
+    """Sends chains from templates over a Redis connection pool of its own;
+    templates are per process (the origin and the event carry the pid) and
+    per list of tasks."""
 
     def __init__(self, celery_app: Celery, config: dict[str, Any]) -> None:
         conf = celery_app.conf
@@ -333,29 +335,32 @@ class ChainSender:
             event = message.event.encode()
             data += b"".join(_resp(b"PUBLISH", t.encode(), event) for t in message.topics)
         replies = 1 + len(message.topics)
-        pool = self._client.connection_pool
         delay = float(self._policy["interval_start"] or 0)
         for attempt in range(self._retries + 1):
-            conn = pool.get_connection()
             try:
-                conn.send_packed_command([data], check_health=False)
-                for _ in range(replies):
-                    conn.read_response()
+                self._write(data, replies)
                 return
             except (redis.ConnectionError, redis.TimeoutError):
-                conn.disconnect()
                 if attempt == self._retries:
                     raise
-            except BaseException:
-                conn.disconnect()  # replies may be left unread
-                raise
-            finally:
-                pool.release(conn)
             time.sleep(delay)
             delay = min(
                 delay + float(self._policy["interval_step"] or 0),
                 float(self._policy.get("interval_max") or delay),
             )
+
+    def _write(self, data: bytes, replies: int) -> None:
+        pool = self._client.connection_pool
+        conn = pool.get_connection()  # (re)connects; releases and raises if it cannot
+        try:
+            conn.send_packed_command([data], check_health=False)
+            for _ in range(replies):
+                conn.read_response()
+        except BaseException:
+            conn.disconnect()  # a reply may be left unread
+            raise
+        finally:
+            pool.release(conn)
 
 
 def _plain_redis(conf) -> bool:
@@ -366,6 +371,7 @@ def _plain_redis(conf) -> bool:
         and url.startswith(("redis://", "rediss://"))
         and ";" not in url
         and conf.broker_transport is None
+        and not conf.broker_use_ssl
         and not options.get("global_keyprefix")
         and not options.get("master_name")
         and conf.task_protocol == 2

@@ -191,3 +191,24 @@ def test_task_ids_are_random_version_4_uuids():
     for text in ids:
         parsed = uuid.UUID(text)
         assert parsed.version == 4 and parsed.variant == uuid.RFC_4122 and str(parsed) == text
+
+
+def test_a_dropped_connection_is_retried_by_the_publish_policy(app_config, redis_db, monkeypatch):
+    import redis
+
+    db, client = redis_db
+    celery_app = _app(app_config, f"redis://127.0.0.1:6379/{db}").extensions["celery"]
+    sender = chain_message.sender(celery_app)
+    pool = sender._client.connection_pool
+    real, calls = pool.get_connection, []
+
+    def flaky(*a, **k):
+        calls.append(1)
+        if len(calls) == 1:
+            raise redis.ConnectionError("connection reset")
+        return real(*a, **k)
+
+    monkeypatch.setattr(pool, "get_connection", flaky)
+    monkeypatch.setattr(chain_message.time, "sleep", lambda _s: None)
+    assert queue_mod.dispatch(celery_app, "gen_retried")
+    assert len(calls) == 2 and client.llen("pipeline") == 1
