@@ -40,7 +40,7 @@ def unavailable(exc: BaseException) -> bool:
 POOL_SIZE = 15
 
 # Set for a checkout whose caller accepts the socket check below instead of
-# the pre-ping's round trip (``Database.autocommit(ping=False)``).
+# the pre-ping's round trip (``Database.execute_autocommit(ping=False)``).
 _socket_check = contextvars.ContextVar("socket_check", default=False)
 
 
@@ -104,8 +104,9 @@ class Database:
         self._factory = sessionmaker(self.engine, expire_on_commit=False)
         # Autocommit: no BEGIN / COMMIT round trips. Only for a read that is one
         # statement (one statement sees one snapshot); never for writes.
-        self._autocommit_engine = self.engine.execution_options(isolation_level="AUTOCOMMIT")
-        self._read_factory = sessionmaker(self._autocommit_engine, expire_on_commit=False)
+        self._read_factory = sessionmaker(
+            self.engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False
+        )
 
     @property
     def is_sqlite(self) -> bool:
@@ -185,7 +186,8 @@ class Database:
         try:
             conn.autocommit = True
             if self.engine.dispatch.before_cursor_execute:
-                # Statement counters (tests, bench dbcost) see this one too.
+                # Statement counters (tests, bench dbcost) see this one too; there
+                # is no SQLAlchemy Connection or context to give them (None).
                 self.engine.dispatch.before_cursor_execute(None, None, sql, params, None, False)
             try:
                 return conn.execute(sql, params).rowcount
