@@ -7,9 +7,11 @@ take a session and never commit; the caller owns the transaction through
 
 from __future__ import annotations
 
+import select
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from typing import Any
 
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Connection, Engine
@@ -49,14 +51,16 @@ def make_engine(url: str) -> Engine:
     # backend (fork, authentication, cold caches, prepared statements lost).
     engine = create_engine(url, pool_size=POOL_SIZE, max_overflow=0, pool_recycle=1800)
     event.listen(engine, "checkin", _note_checkin)
-    event.listen(engine, "checkout", _ping_if_idle)
+    event.listen(engine, "checkout", _check_on_checkout)
     return engine
 
 
-# A pooled connection idle for longer than this is pinged before it is handed
-# out (a database restart cannot happen in less); one returned more recently
-# is trusted. Pinging on every checkout (``pool_pre_ping``) costs a round trip
-# per transaction of a busy process for nothing.
+# Instead of ``pool_pre_ping`` (a round trip per checkout, i.e. per
+# transaction of a busy process): a pooled connection returned less than
+# PING_AFTER_IDLE ago is handed out if its socket shows the server has not
+# said goodbye (on a restart, shutdown or pg_terminate_backend the server
+# sends a message and closes: there is something to read). Older ones, and
+# any that look odd, get the real ``SELECT 1``.
 PING_AFTER_IDLE = 1.0
 _CHECKED_IN = "bff_checked_in"
 
@@ -66,16 +70,39 @@ def _note_checkin(_dbapi_conn, record) -> None:
         record.info[_CHECKED_IN] = time.monotonic()
 
 
-def _ping_if_idle(dbapi_conn, record, _proxy) -> None:
+def _server_kept(dbapi_conn) -> bool:
+    """An idle psycopg connection has nothing to read: when there is something
+    (the server's "terminating connection" and its FIN on a restart, a
+    shutdown, ``pg_terminate_backend``, a cut link) or it is not open, the
+    real ping decides."""
+    try:
+        if dbapi_conn.closed or dbapi_conn.pgconn.transaction_status != 0:  # 0: IDLE
+            return False
+        poller = select.poll()
+        poller.register(dbapi_conn.pgconn.socket, select.POLLIN | select.POLLPRI)
+        return not poller.poll(0)
+    except Exception:  # noqa: BLE001 - anything odd: ping for real
+        return False
+
+
+def _ping(dbapi_conn) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("SELECT 1")
+    cur.close()
+    if not dbapi_conn.autocommit:
+        dbapi_conn.rollback()  # the ping opened a transaction
+
+
+def _check_on_checkout(dbapi_conn, record, _proxy) -> None:
     returned = record.info.get(_CHECKED_IN)
-    if returned is not None and time.monotonic() - returned < PING_AFTER_IDLE:
+    if (
+        returned is not None
+        and time.monotonic() - returned < PING_AFTER_IDLE
+        and _server_kept(dbapi_conn)
+    ):
         return
     try:
-        cur = dbapi_conn.cursor()
-        cur.execute("SELECT 1")
-        cur.close()
-        if not dbapi_conn.autocommit:
-            dbapi_conn.rollback()  # the ping opened a transaction
+        _ping(dbapi_conn)
     except Exception as exc:
         # The pool discards this connection and checks out another (up to 3
         # times), as pool_pre_ping does.
@@ -132,7 +159,7 @@ class Database:
 
     @contextmanager
     def connection(self) -> Iterator[Connection]:
-        """One pooled connection (one checkout, one pre-ping) for several short
+        """One pooled connection (one checkout and its check) for several short
         transactions in a row: pass it to ``session(conn=...)``."""
         with self.engine.connect() as conn:
             yield conn
@@ -165,14 +192,63 @@ class Database:
     @contextmanager
     def read(self) -> Iterator[Session]:
         """A session for a read done in ONE statement (e.g. the status read):
-        autocommit, so it costs that statement's round trip and the pool's
-        pre-ping, not a BEGIN and a COMMIT as well. Several statements here
+        autocommit, so it costs that statement's round trip, not a BEGIN and
+        a COMMIT as well. Several statements here
         would each see a different snapshot: use ``session()`` for those."""
         session = self._read_factory()
         try:
             yield session
         finally:
             session.close()
+
+    def execute_autocommit(self, sql: str, params: Mapping[str, Any] | None = None) -> int:
+        """Run ONE statement (PostgreSQL, driver SQL: ``%(name)s`` parameters)
+        as a transaction of its own on a pooled psycopg connection: no BEGIN
+        or COMMIT round trips, and none of SQLAlchemy's Connection, context
+        and result objects (the submit's hot path). Returns its row count.
+        The commit is durable (on a connection that defaults to asynchronous
+        commit, ``relax_by_default``, it runs in a transaction that sets it
+        back on). Errors come out as SQLAlchemy's (OperationalError,
+        IntegrityError, ...), and a connection found broken leaves the pool,
+        as with a Session."""
+        dialect = self.engine.dialect
+        try:
+            fairy = self.engine.raw_connection()
+        except dialect.loaded_dbapi.Error as err:  # connecting failed: the database is down
+            raise DBAPIError.instance(
+                None, None, err, dialect.loaded_dbapi.Error, dialect=dialect
+            ) from err
+        conn = fairy.driver_connection
+        try:
+            if self.engine.dispatch.before_cursor_execute:
+                # Statement counters (tests, bench dbcost) see this one too; there
+                # is no SQLAlchemy Connection or context to give them (None).
+                self.engine.dispatch.before_cursor_execute(None, None, sql, params, None, False)
+            if fairy.info.get(_RELAXED_CONN):
+                conn.execute("SET LOCAL synchronous_commit = on")
+                rowcount = conn.execute(sql, params).rowcount
+                conn.commit()
+                return rowcount
+            conn.autocommit = True
+            try:
+                return conn.execute(sql, params).rowcount
+            finally:
+                if not conn.closed:
+                    conn.autocommit = False
+        except dialect.loaded_dbapi.Error as err:
+            broken = dialect.is_disconnect(err, conn, None)
+            if broken:
+                fairy.invalidate(err)
+            raise DBAPIError.instance(
+                sql,
+                params,
+                err,
+                dialect.loaded_dbapi.Error,
+                connection_invalidated=broken,
+                dialect=dialect,
+            ) from err
+        finally:
+            fairy.close()  # back to the pool (its reset, a rollback, is a no-op when idle)
 
     def ping(self) -> None:
         with self.engine.connect() as conn:

@@ -3,6 +3,13 @@
 - Generations committed but never handed to the broker (it was down at
   submit), or silent past their stage's stall timeout (worker killed, broker
   restarted empty), are dispatched again from their first unfinished stage.
+
+``dispatched_at``: the submit writes it in the same insert as the row and
+sends the chain right after the commit; when the broker refuses the chain it
+is cleared again, and a pending generation without it is sent after
+``UNDISPATCHED_GRACE``. A process that dies between the commit and the send
+(a sub-millisecond window) leaves it set: nothing ever starts a stage, so the
+stall rule sends it once the first stage's stall timeout has passed.
 - Feedback whose optimiser task never ran is applied.
 """
 

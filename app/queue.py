@@ -22,6 +22,7 @@ from typing import Any
 from celery import Celery, Task, chain
 from flask import Flask
 
+from . import chain_message
 from .config import Settings
 from .pipeline import STAGES
 
@@ -102,7 +103,9 @@ def celery_init_app(app: Flask, settings: Settings) -> Celery:
                 return self.run(*args, **kwargs)
 
     celery_app = Celery(app.name, task_cls=FlaskTask)
-    celery_app.config_from_object(celery_config(settings))
+    config = celery_config(settings)
+    celery_app.config_from_object(config)
+    chain_message.attach(celery_app, config)
     celery_app.set_default()
     app.extensions["celery"] = celery_app
     return celery_app
@@ -110,15 +113,20 @@ def celery_init_app(app: Flask, settings: Settings) -> Celery:
 
 def dispatch(celery_app: Celery, generation_id: str, from_stage: str = STAGES[0]) -> bool:
     """Send the chain from ``from_stage`` on. Call after the row is committed.
-    Returns False (and logs) when the broker is unreachable: the row stays
-    ``pending`` with no ``dispatched_at`` and the dispatcher sends it later."""
-    signatures = [
-        celery_app.signature(f"pipeline.{name}", args=(generation_id,), immutable=True)
-        for name in STAGES[STAGES.index(from_stage) :]
-    ]
+    Returns False (and logs) when the broker is unreachable: the caller
+    leaves (or makes) ``dispatched_at`` empty and the dispatcher sends it later.
+
+    On a Redis broker the chain goes as one prebuilt message
+    (``app.chain_message``: the message the canvas below would send, without
+    building it each time); otherwise, or if that cannot be rendered, the canvas."""
+    names = [f"pipeline.{name}" for name in STAGES[STAGES.index(from_stage) :]]
     try:
-        chain(*signatures).apply_async()
-    except Exception as exc:  # kombu raises several types for "broker down"
+        sender = chain_message.sender(celery_app)
+        if sender is None or not sender.send(generation_id, names):
+            chain(
+                *(celery_app.signature(n, args=(generation_id,), immutable=True) for n in names)
+            ).apply_async()
+    except Exception as exc:  # kombu and redis-py raise several types for "broker down"
         log.warning("could not enqueue %s: %s", generation_id, type(exc).__name__)
         return False
     return True

@@ -91,19 +91,43 @@ def test_an_idle_pooled_connection_that_died_is_replaced_unseen(pg_url, monkeypa
         db.engine.dispose()
 
 
-def test_a_connection_returned_just_now_is_not_pinged(pg_url, monkeypatch):
+def test_a_connection_returned_just_now_is_trusted_unless_the_server_closed_it(pg_url, monkeypatch):
+    import time
+
     import app.db as dbmod
 
     db = Database(pg_url)
+    pings: list[int] = []
+    real = dbmod._ping
+    monkeypatch.setattr(dbmod, "_ping", lambda conn: pings.append(1) or real(conn))
+    monkeypatch.setattr(dbmod, "PING_AFTER_IDLE", 3600.0)
     try:
         first = _backend_pid(db)
-        monkeypatch.setattr(dbmod, "PING_AFTER_IDLE", 3600.0)
-        # Trusting a fresh connection means the dead one is handed out as is.
+        pings.clear()
+        assert _backend_pid(db) == first and pings == []  # no round trip to hand it out
         _terminate(pg_url, first)
-        from sqlalchemy.exc import OperationalError
+        time.sleep(0.2)  # the server's goodbye reaches the socket
+        assert _backend_pid(db) != first  # seen on the socket, pinged, replaced
+        assert pings
+    finally:
+        db.engine.dispose()
 
-        with pytest.raises(OperationalError):
-            _backend_pid(db)
-        assert _backend_pid(db) != first  # the pool dropped it after the error
+
+@pytest.mark.parametrize("relaxed_default", [False, True])
+def test_one_statement_autocommit_writes_are_durable(pg_url, relaxed_default):
+    db = Database(pg_url)
+    if relaxed_default:
+        db.relax_by_default()
+    try:
+        with db.session() as session:
+            session.execute(text("CREATE TABLE IF NOT EXISTS commit_probe (mode text)"))
+            session.execute(text("DELETE FROM commit_probe"))
+        n = db.execute_autocommit(
+            "INSERT INTO commit_probe SELECT current_setting('synchronous_commit')"
+        )
+        with db.session() as session:
+            assert n == 1
+            assert session.execute(text("SELECT mode FROM commit_probe")).scalar_one() == "on"
+            session.execute(text("DROP TABLE commit_probe"))
     finally:
         db.engine.dispose()

@@ -90,6 +90,23 @@ def test_dispatcher_sends_what_never_reached_the_broker(app, user, sent):
     assert maintenance.redispatch_stalled(s.db, s.celery, s.settings) == 0
 
 
+def test_dispatcher_sends_a_submit_whose_chain_never_left(app, user, sent):
+    """A submit writes ``dispatched_at`` with the row and sends the chain after
+    the commit; a process that died in between leaves a row that looks sent.
+    No worker ever picks it up, so it is sent once the first stage's stall
+    timeout has passed (a send that failed clears ``dispatched_at`` instead)."""
+    s = app.extensions["bff"]
+    gen_id = _new(app, user, dispatched_at=utcnow() - timedelta(seconds=60))
+    _age(app, gen_id, 60)  # a minute: could still be waiting in a busy queue
+    assert maintenance.redispatch_stalled(s.db, s.celery, s.settings) == 0
+    timeout = s.settings.stall_timeout_for("analyze")
+    with s.db.session() as session:
+        session.get(Generation, gen_id).dispatched_at = utcnow() - timedelta(seconds=timeout + 1)
+    _age(app, gen_id, timeout + 1)
+    assert maintenance.redispatch_stalled(s.db, s.celery, s.settings) == 1
+    assert sent == [(gen_id, "analyze")]
+
+
 def test_dispatcher_resumes_a_silent_generation_at_its_first_unfinished_stage(app, user, sent):
     gen_id = _new(app, user, dispatched_at=utcnow())
     for stage in ("analyze", "enhance", "persona"):

@@ -7,26 +7,28 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from typing import Any
 
 from flask import Blueprint, g, request
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from .. import generations as svc
 from ..auth import load_user
 from ..config import PROVIDER_KEY_VARS
 from ..errors import ApiError
-from ..models import Generation, Persona, new_id
+from ..models import Generation, Persona, new_id, utcnow
 from ..pipeline.route import exclusion, routing_request
 from ..queue import dispatch
 from ..quotas import check_submission
 from ..schemas import ImageSubmit, PromptSubmit
 from ..storage import StorageError, generation_prefix
 from ..webhooks import submit_url_problem
-from .common import check_user_id, json_body, services
+from .common import Services, check_user_id, json_body, services
 from .uploads import read_image
 
+log = logging.getLogger(__name__)
 bp = Blueprint("submit", __name__, url_prefix="/api/generate")
 bp.before_request(load_user)
 
@@ -67,9 +69,7 @@ def _replay(session, key: str | None, req_hash: str):
     return _accepted(prior.id)
 
 
-def _check_submit(session, body: PromptSubmit | ImageSubmit) -> None:
-    check_user_id(body.userId)
-    check_submission(session, services().settings, g.user_id)
+def _check_provider(body: PromptSubmit | ImageSubmit) -> None:
     settings = body.settings.model_dump()
     provider, config = body.settings.provider, services().settings
     if provider != "auto":
@@ -87,6 +87,9 @@ def _check_submit(session, body: PromptSubmit | ImageSubmit) -> None:
                 f"provider {provider} cannot be used: {why}",
                 [{"field": "settings.provider", "message": why}],
             )
+
+
+def _check_persona(session, body: PromptSubmit | ImageSubmit) -> None:
     if (
         body.personaId
         and session.scalar(
@@ -100,6 +103,9 @@ def _check_submit(session, body: PromptSubmit | ImageSubmit) -> None:
             "personaId does not name one of your personas",
             [{"field": "personaId", "message": "unknown persona"}],
         )
+
+
+def _check_webhook(body: PromptSubmit | ImageSubmit) -> None:
     if body.webhookUrl and (why := submit_url_problem(body.webhookUrl, services().settings)):
         raise ApiError(
             422,
@@ -107,6 +113,38 @@ def _check_submit(session, body: PromptSubmit | ImageSubmit) -> None:
             f"webhookUrl {why}",
             [{"field": "webhookUrl", "message": why}],
         )
+
+
+def _check_submit(session, body: PromptSubmit | ImageSubmit) -> None:
+    check_user_id(body.userId)
+    check_submission(session, services().settings, g.user_id)
+    _check_provider(body)
+    _check_persona(session, body)
+    _check_webhook(body)
+
+
+def _passes_checks_without_db(body: PromptSubmit | ImageSubmit) -> bool:
+    try:
+        check_user_id(body.userId)
+        _check_provider(body)
+        _check_webhook(body)
+    except ApiError:
+        return False  # the ordinary path answers, in its own order of checks
+    return True
+
+
+def _send(s: Services, gen_id: str) -> tuple[dict[str, Any], int, dict[str, str]]:
+    """Send the chain of a committed generation (its ``dispatched_at`` is set)
+    and answer 202; the generation is durable whatever the broker does."""
+    if not dispatch(s.celery, gen_id):
+        try:
+            with s.db.session() as session:
+                svc.clear_dispatched(session, gen_id)  # the dispatcher sends it in seconds
+        except SQLAlchemyError as exc:
+            # Still found: the dispatcher re-sends what no worker picked up
+            # within the first stage's stall timeout (app.maintenance).
+            log.warning("could not mark %s undispatched: %s", gen_id, type(exc).__name__)
+    return _accepted(gen_id)
 
 
 def _submit(
@@ -118,9 +156,31 @@ def _submit(
     s = services()
     key = _idempotency_key()
     gen_id = new_id("gen")
+    if upload is None and s.db.is_postgres and _passes_checks_without_db(body):
+        # One statement, one round trip: the checks the database answers, the
+        # generation and its stage rows, committed (durably) on its own.
+        inserted = svc.insert_submitted(
+            s.db,
+            user_id=g.user_id,
+            mode=mode,
+            generation_id=gen_id,
+            dispatched_at=utcnow(),
+            settings=body.settings.model_dump(),
+            rate_limit=s.settings.submit_rate_limit,
+            prompt=body.prompt,
+            negative_prompt=body.negativePrompt,
+            persona_id=body.personaId,
+            vlt_spec=getattr(body, "vltSpec", None),
+            webhook_url=body.webhookUrl,
+            idempotency_key=key,
+            request_hash=req_hash,
+        )
+        if inserted:
+            return _send(s, gen_id)
+        # A check failed or the key was used before: the path below says which.
     input_key = None
-    # One pooled connection (one checkout and pre-ping) for the durable insert
-    # and, after the enqueue, the relaxed dispatched mark.
+    # One pooled connection (one checkout and its check) for the insert and,
+    # should a concurrent request with the same key win, the replay.
     with s.db.connection() as conn:
         try:
             with s.db.session(conn=conn) as session:
@@ -153,6 +213,7 @@ def _submit(
                     idempotency_key=key,
                     request_hash=req_hash,
                     input_key=input_key,
+                    dispatched_at=utcnow(),
                 )
         except IntegrityError:
             # A concurrent request with the same Idempotency-Key committed first.
@@ -162,12 +223,7 @@ def _submit(
                 if (replay := _replay(session, key, req_hash)) is not None:
                     return replay
             raise
-        if dispatch(s.celery, gen_id):
-            # Losing this mark only makes the dispatcher send the chain again,
-            # which the runner's claim de-duplicates: no need to wait for the flush.
-            with s.db.session(durable=False, conn=conn) as session:
-                svc.touch_dispatched(session, gen_id)
-        return _accepted(gen_id)
+    return _send(s, gen_id)
 
 
 @bp.post("/from-prompt")

@@ -446,7 +446,7 @@ def run_stage(
     name: str,
     task_id: str | None = None,
 ) -> Outcome:
-    # One pooled connection (one checkout and pre-ping) for the claim and the
+    # One pooled connection (one checkout and its check) for the claim and the
     # work; the rarer waiting and failure paths take their own.
     with db.connection() as conn:
         return _run_stage(db, conn, settings, storage, generation_id, name, task_id)

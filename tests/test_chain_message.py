@@ -1,0 +1,214 @@
+"""The chain sent as one prebuilt message (app.chain_message) must be what
+Celery's canvas sends: compared here on a real Redis, message by message and
+event by event, for every first stage. (That real workers run it end to end
+is tests/integration, whose web process sends this way.)"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import uuid
+
+import pytest
+from celery import chain
+from celery.canvas import _chain
+
+from app import chain_message, create_app
+from app import queue as queue_mod
+from app.pipeline import STAGES
+from tests.support.services import (
+    free_port,
+    redis_db_number,
+    redis_ok,
+    release_redis_db,
+    unavailable,
+)
+
+
+@pytest.fixture
+def redis_db():
+    if not redis_ok():
+        unavailable("Redis on 127.0.0.1:6379")
+    import redis
+
+    n = redis_db_number()
+    client = redis.Redis("127.0.0.1", 6379, db=n)
+    client.flushdb()
+    try:
+        yield n, client
+    finally:
+        client.flushdb()
+        release_redis_db(n)
+
+
+def _app(app_config, broker_url: str):
+    return create_app({**app_config, "CELERY_BROKER_URL": broker_url})
+
+
+def _canvas(celery_app, gen_id: str, names: list[str]) -> None:
+    chain(*(celery_app.signature(n, args=(gen_id,), immutable=True) for n in names)).apply_async()
+
+
+def _decode(raw: bytes) -> dict:
+    env = json.loads(raw)
+    env["body"] = json.loads(base64.b64decode(env["body"]))
+    return env
+
+
+def _normalise(env: dict, ids: list[str]) -> dict:
+    """The message with what differs between two sends (task ids, delivery
+    tag, the event's clock and time) replaced by placeholders."""
+    text = json.dumps(env)
+    for i, tid in enumerate(ids):
+        text = text.replace(tid, f"<task {i}>")
+    out = json.loads(text)
+    out["properties"]["delivery_tag"] = "<tag>"
+    body = out["body"]
+    if isinstance(body, dict) and body.get("type") == "task-sent":
+        body["clock"], body["timestamp"] = "<clock>", "<timestamp>"
+    return out
+
+
+def _task_ids(env: dict) -> list[str]:
+    chained = env["body"][2]["chain"] or []
+    return [env["headers"]["id"], *(s["options"]["task_id"] for s in reversed(chained))]
+
+
+def _sends(client, db: int, send) -> tuple[list[tuple[str, dict]], list[dict]]:
+    """The messages (queue, envelope) and the task-sent events ``send()`` makes."""
+    pubsub = client.pubsub()
+    pubsub.subscribe(f"/{db}.celeryev/task.sent")
+    pubsub.get_message(timeout=1)  # the subscribe confirmation
+    send()
+    messages = [
+        (q, _decode(raw))
+        for q in ("pipeline", "generation")
+        for raw in reversed(client.lrange(q, 0, -1))
+    ]
+    client.delete("pipeline", "generation")
+    events = []
+    deadline = time.monotonic() + 2
+    while len(events) < len(messages) and time.monotonic() < deadline:
+        m = pubsub.get_message(timeout=0.2)
+        if m and m["type"] == "message":
+            events.append(_decode(m["data"]))
+    pubsub.close()
+    return messages, events
+
+
+@pytest.mark.parametrize("first", STAGES)
+def test_the_template_sends_what_the_canvas_sends(app_config, redis_db, first):
+    db, client = redis_db
+    app = _app(app_config, f"redis://127.0.0.1:6379/{db}")
+    celery_app = app.extensions["celery"]
+    names = [f"pipeline.{n}" for n in STAGES[STAGES.index(first) :]]
+    gen_id = f"gen_{uuid.uuid4().hex[:24]}"
+
+    canvas, canvas_events = _sends(client, db, lambda: _canvas(celery_app, gen_id, names))
+    sender = chain_message.sender(celery_app)
+    ours, our_events = _sends(client, db, lambda: sender.send(gen_id, names))
+
+    assert len(canvas) == len(ours) == 1 and len(canvas_events) == len(our_events) == 1
+    (q1, m1), (q2, m2) = canvas[0], ours[0]
+    assert q1 == q2 == ("generation" if first == "generate" else "pipeline")
+    ids1, ids2 = _task_ids(m1), _task_ids(m2)
+    assert len(ids2) == len(names) and len(set(ids2)) == len(names)
+    assert all(uuid.UUID(t).version == 4 for t in ids2)
+    assert _normalise(m2, ids2) == _normalise(m1, ids1)
+    assert _normalise(our_events[0], ids2) == _normalise(canvas_events[0], ids1)
+    assert our_events[0]["body"]["clock"] > canvas_events[0]["body"]["clock"]
+    assert m2["headers"]["argsrepr"] == f"('{gen_id}',)"
+
+
+def test_dispatch_uses_the_template_on_redis(app_config, redis_db, monkeypatch):
+    db, client = redis_db
+    celery_app = _app(app_config, f"redis://127.0.0.1:6379/{db}").extensions["celery"]
+    chain_message.sender(celery_app).template(tuple(f"pipeline.{n}" for n in STAGES))
+    # Rendered (by the canvas of a private app); from now on the canvas is not used.
+    monkeypatch.setattr(_chain, "apply_async", lambda *a, **k: pytest.fail("the canvas was used"))
+    assert queue_mod.dispatch(celery_app, "gen_0123abcd")
+    [raw] = client.lrange("pipeline", 0, -1)
+    assert _decode(raw)["headers"]["task"] == "pipeline.analyze"
+
+
+def test_without_redis_or_an_odd_id_the_canvas_sends(app_config, redis_db, monkeypatch):
+    db, client = redis_db
+    used: list[str] = []
+    real = _chain.apply_async
+
+    def canvas(self, *a, **k):
+        used.append(self.tasks[0]["args"][0])
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(_chain, "apply_async", canvas)
+    memory = _app(app_config, "memory://").extensions["celery"]
+    assert not chain_message.sender(memory).usable
+    assert queue_mod.dispatch(memory, "gen_memory")
+    redis_app = _app(app_config, f"redis://127.0.0.1:6379/{db}").extensions["celery"]
+    assert queue_mod.dispatch(redis_app, "gen_'quoted'")  # not a plain id: no template
+    assert used == ["gen_memory", "gen_'quoted'"]
+    assert client.llen("pipeline") == 1
+
+
+def test_a_template_that_cannot_be_rendered_falls_back_to_the_canvas(
+    app_config, redis_db, monkeypatch
+):
+    db, client = redis_db
+    celery_app = _app(app_config, f"redis://127.0.0.1:6379/{db}").extensions["celery"]
+
+    def broken(*_a, **_k):
+        raise ValueError("kombu changed")
+
+    monkeypatch.setattr(chain_message, "render", broken)
+    assert queue_mod.dispatch(celery_app, "gen_fallback")
+    [raw] = client.lrange("pipeline", 0, -1)
+    assert _decode(raw)["headers"]["argsrepr"] == "('gen_fallback',)"
+
+
+def test_templates_are_rendered_again_after_a_fork(app_config, redis_db, monkeypatch):
+    db, _ = redis_db
+    celery_app = _app(app_config, f"redis://127.0.0.1:6379/{db}").extensions["celery"]
+    sender = chain_message.sender(celery_app)
+    names = ("pipeline.store",)
+    first = sender.template(names)
+    assert sender.template(names) is first
+    monkeypatch.setattr(chain_message.os, "getpid", lambda: 1)  # as in a forked child
+    again = sender.template(names)
+    assert '"origin": "gen1@' in again.envelope and '"pid": 1,' in again.event_body
+
+
+def test_an_unreachable_broker_is_reported_not_raised(app_config):
+    celery_app = _app(app_config, f"redis://127.0.0.1:{free_port()}/0").extensions["celery"]
+    started = time.monotonic()
+    assert queue_mod.dispatch(celery_app, "gen_nobroker") is False
+    assert time.monotonic() - started < 3  # the publish retry policy: 0.2 s + 0.5 s
+
+
+def test_task_ids_are_random_version_4_uuids():
+    ids = chain_message.uuid4s(500)
+    assert len(set(ids)) == 500
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122 and str(parsed) == text
+
+
+def test_a_dropped_connection_is_retried_by_the_publish_policy(app_config, redis_db, monkeypatch):
+    import redis
+
+    db, client = redis_db
+    celery_app = _app(app_config, f"redis://127.0.0.1:6379/{db}").extensions["celery"]
+    sender = chain_message.sender(celery_app)
+    pool = sender._client.connection_pool
+    real, calls = pool.get_connection, []
+
+    def flaky(*a, **k):
+        calls.append(1)
+        if len(calls) == 1:
+            raise redis.ConnectionError("connection reset")
+        return real(*a, **k)
+
+    monkeypatch.setattr(pool, "get_connection", flaky)
+    monkeypatch.setattr(chain_message.time, "sleep", lambda _s: None)
+    assert queue_mod.dispatch(celery_app, "gen_retried")
+    assert len(calls) == 2 and client.llen("pipeline") == 1
