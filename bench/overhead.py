@@ -31,7 +31,7 @@ def our_submitter(env: Env, provider: str = "local"):
     from app import create_app
     from app import generations as svc
     from app.auth import create_user
-    from app.models import new_id
+    from app.models import new_id, utcnow
     from app.queue import dispatch
     from app.schemas import GenerationSettings
 
@@ -43,19 +43,21 @@ def our_submitter(env: Env, provider: str = "local"):
     settings = GenerationSettings(provider=provider).model_dump()
 
     def submit(i: int) -> str:
+        # What app.api.submit._submit does after validation on PostgreSQL: the
+        # one-statement insert (with its checks), then the chain.
         gid = new_id("gen")
-        with s.db.session() as session:
-            svc.create(
-                session,
-                user_id=user_id,
-                mode="prompt",
-                generation_id=gid,
-                settings=settings,
-                prompt=f"emerald silk slip dress, look {i}",
-            )
-        if dispatch(s.celery, gid):  # as app.api.submit._submit does
-            with s.db.session(durable=False) as session:
-                svc.touch_dispatched(session, gid)
+        inserted = svc.insert_submitted(
+            s.db,
+            user_id=user_id,
+            mode="prompt",
+            generation_id=gid,
+            dispatched_at=utcnow(),
+            settings=settings,
+            rate_limit=s.settings.submit_rate_limit,
+            prompt=f"emerald silk slip dress, look {i}",
+        )
+        if not inserted or not dispatch(s.celery, gid):
+            raise RuntimeError("submit refused")
         return gid
 
     return submit, app

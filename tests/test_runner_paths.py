@@ -212,3 +212,20 @@ def test_general_path_still_serves_sqlite(app, user):
     gen_id = _new(app, user)
     run_all(app, gen_id)
     assert _rows(app, gen_id)["status"] == "completed"
+
+
+def test_the_orm_copy_is_made_in_a_fresh_process():
+    """A worker's first stage may come before anything else used the ORM."""
+    import subprocess
+    import sys
+
+    code = (
+        "from sqlalchemy.orm import Session\n"
+        "from app.models import Generation, utcnow\n"
+        "from app.pipeline.runner import Snapshot, _attach, _G\n"
+        "values = {c.key: None for c in _G.c}\n"
+        "values.update(id='gen_x', user_id=1, status='processing', settings={}, pipeline_data={})\n"
+        "gen = _attach(Session(), Snapshot(values))\n"
+        "assert isinstance(gen, Generation) and gen.id == 'gen_x'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

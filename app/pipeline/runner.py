@@ -45,7 +45,7 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.orm import Session, make_transient_to_detached
+from sqlalchemy.orm import Session, configure_mappers, make_transient_to_detached
 
 from .. import events, readcache
 from ..config import Settings
@@ -200,6 +200,7 @@ def _attach(session: Session, gen: Snapshot) -> Generation:
     ``session``, without reading it again."""
     # Filled as the ORM's loader does (straight into the instance dict), not
     # through 22 instrumented setattrs; then keyed and marked clean.
+    configure_mappers()  # new_instance() does not (a constructor would); once, then a no-op
     obj = _GEN_MANAGER.new_instance()
     obj.__dict__.update({key: gen._values[key] for key in _GEN_KEYS})
     make_transient_to_detached(obj)  # as if just loaded: no pending changes
