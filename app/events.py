@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -43,11 +45,64 @@ def _redis(url: str):
     return redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
 
 
+class Publisher:
+    """PUBLISH without waiting for replies: one connection per process in
+    ``CLIENT REPLY OFF`` mode, so a publish is one ``sendall`` (a stage
+    announces two events; a round trip and redis-py's reply parsing each was
+    a visible share of a stage's cost). Best effort like any publish here: a
+    connection found broken is replaced on the next publish, and an event
+    lost with it is found by the streams' next database read."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._lock = threading.Lock()
+        self._conn: Any = None
+        self._pid = 0
+
+    def _connect(self) -> Any:
+        from redis.connection import Connection, parse_url
+
+        kwargs = parse_url(self.url)  # rediss:// and unix:// name their own class
+        cls = kwargs.pop("connection_class", Connection)
+        conn = cls(**kwargs, socket_timeout=2, socket_connect_timeout=2)
+        conn.connect()  # AUTH, SELECT, CLIENT SETINFO: with replies, as usual
+        conn.send_command("CLIENT", "REPLY", "OFF")  # from here on, nothing comes back
+        return conn
+
+    def publish(self, channel_name: str, message: str) -> None:
+        with self._lock:
+            for attempt in (1, 2):
+                if self._conn is None or self._pid != os.getpid():  # new, or inherited by a fork
+                    self._conn, self._pid = self._connect(), os.getpid()
+                try:
+                    self._conn.send_packed_command(
+                        self._conn.pack_command("PUBLISH", channel_name, message), False
+                    )
+                    return
+                except Exception:
+                    self._close()
+                    if attempt == 2:
+                        raise
+
+    def _close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.disconnect()
+            except Exception:
+                pass
+
+
+@lru_cache(maxsize=8)
+def _publisher(url: str) -> Publisher:
+    return Publisher(url)
+
+
 def publish(settings: Settings, generation_id: str, event: str, data: dict[str, Any]) -> None:
     if not settings.redis_url:
         return
     try:
-        _redis(settings.redis_url).publish(
+        _publisher(settings.redis_url).publish(
             channel(generation_id), json.dumps({"event": event, "data": data})
         )
     except Exception as exc:  # live status is best effort; Postgres stays the truth
