@@ -250,6 +250,44 @@ class Database:
         finally:
             fairy.close()  # back to the pool (its reset, a rollback, is a no-op when idle)
 
+    def fetchone(
+        self, conn: Connection, sql: str, params: Mapping[str, Any], autocommit: bool = False
+    ) -> tuple[Any, ...] | None:
+        """Run one statement (PostgreSQL, driver SQL: ``%(name)s``) on ``conn``'s
+        psycopg connection and return its first row as a plain tuple, without
+        SQLAlchemy's per-call result machinery (the runner's claim and record:
+        seven of each per generation). ``autocommit``: ``conn`` is outside any
+        transaction and the statement commits on its own (no BEGIN/COMMIT round
+        trips); otherwise it runs in ``conn``'s transaction (``conn`` from a
+        session: ``session.connection()``). Errors come out as SQLAlchemy's,
+        and a connection found broken is invalidated, as with ``execute``."""
+        dialect = self.engine.dialect
+        raw = conn.connection.driver_connection
+        if self.engine.dispatch.before_cursor_execute:  # statement counters see it too
+            self.engine.dispatch.before_cursor_execute(conn, None, sql, params, None, False)
+        try:
+            if autocommit:
+                raw.autocommit = True
+            try:
+                with raw.cursor() as cur:
+                    cur.execute(sql, params, prepare=True)
+                    return cur.fetchone()
+            finally:
+                if autocommit and not raw.closed:
+                    raw.autocommit = False
+        except dialect.loaded_dbapi.Error as err:
+            broken = dialect.is_disconnect(err, raw, None)
+            if broken:
+                conn.invalidate(err)
+            raise DBAPIError.instance(
+                sql,
+                params,
+                err,
+                dialect.loaded_dbapi.Error,
+                connection_invalidated=broken,
+                dialect=dialect,
+            ) from err
+
     def ping(self) -> None:
         with self.engine.connect() as conn:
             conn.execute(text("SELECT 1"))

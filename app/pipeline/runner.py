@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import re
 import time
 from dataclasses import dataclass
 from datetime import UTC
@@ -291,21 +292,31 @@ class Claim:
     previous: dict[str, Any]  # what an earlier attempt checkpointed, or {}
 
 
+# The same statements for the driver (``%(name)s``), run by
+# ``Database.fetchone``: results are plain tuples in RETURNING order.
+_PG_CLAIM_DRIVER = re.sub(r"(?<!:):(\w+)", r"%(\1)s", _PG_CLAIM.element.text)
+_PG_RECORD_DRIVER = re.sub(r"(?<!:):(\w+)", r"%(\1)s", _PG_RECORD.element.text)
+_CLAIM_GEN_KEYS = tuple(c.key for c in _G.c)
+
+
 def _fast_claim(
-    conn: Connection, generation_id: str, name: str, task_id: str | None
+    db: Database, conn: Connection, generation_id: str, name: str, task_id: str | None
 ) -> Claim | None:
-    row = conn.execute(
-        _PG_CLAIM,
+    row = db.fetchone(
+        conn,
+        _PG_CLAIM_DRIVER,
         {"generation_id": generation_id, "stage": name, "task_id": task_id, "now": utcnow()},
-    ).first()
+        autocommit=True,
+    )
     if row is None:
         return None
-    m = row._mapping
-    output = m["s_output"] or {}
+    n = len(_CLAIM_GEN_KEYS)
+    stage_id, attempts, output = row[n:]
+    output = output or {}
     return Claim(
-        gen=Snapshot({c.key: m[c] for c in _G.c}),
-        stage_id=m["s_id"],
-        attempt=m["s_attempts"],
+        gen=Snapshot(dict(zip(_CLAIM_GEN_KEYS, row[:n], strict=True))),
+        stage_id=stage_id,
+        attempt=attempts,
         previous=dict(output) if output.get(CHECKPOINT) else {},
     )
 
@@ -410,8 +421,9 @@ def _record(
     stage's duration and the generation's provider. None: it was deleted."""
     now = utcnow()
     if db.is_postgres and ONE_STATEMENT:
-        row = conn.execute(
-            _PG_RECORD,
+        row = db.fetchone(
+            conn,
+            _PG_RECORD_DRIVER,
             {
                 "generation_id": generation_id,
                 "stage": name,
@@ -420,9 +432,10 @@ def _record(
                 "now": now,
                 "last": name == STAGES[-1],
             },
-        ).first()
+        )
         if row is not None:
-            return row.old_status, row.duration_ms, row.provider
+            old_status, duration_ms, provider = row
+            return old_status, duration_ms, provider
     locked = _lock(conn, generation_id, name)
     if locked is None:
         return None
@@ -467,12 +480,7 @@ def _run_stage(
         # One statement is atomic by itself: run it in autocommit, without the
         # BEGIN and COMMIT round trips. (Asynchronous commit where the
         # connection defaults to it: the pipeline workers, Database.relax_by_default.)
-        shared.execution_options(isolation_level="AUTOCOMMIT")
-        try:
-            claim = _fast_claim(shared, generation_id, name, task_id)
-        finally:
-            shared.rollback()  # ends SQLAlchemy's autobegun no-op; nothing is sent
-            shared.execution_options(isolation_level=shared.default_isolation_level)
+        claim = _fast_claim(db, shared, generation_id, name, task_id)
     if claim is None:
         with db.session(durable=False, conn=shared) as session:
             claim = _claim(session.connection(), settings, generation_id, name, task_id)

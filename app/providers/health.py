@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from ..config import Settings
@@ -70,8 +70,8 @@ def record_outcome(
         else {"failure_count": Provider.failure_count + 1, "last_error": (error or "")[:2000]}
     )
     session.execute(update(Provider).where(Provider.id == provider_id).values(**values))
-    session.add(
-        ProviderOutcome(
+    session.execute(  # Core, not session.add: no unit-of-work flush per generation
+        insert(ProviderOutcome).values(
             provider_id=provider_id,
             ok=ok,
             error=None if ok else (error or "")[:2000],
