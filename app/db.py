@@ -228,13 +228,15 @@ class Database:
                 conn.execute("SET LOCAL synchronous_commit = on")
                 rowcount = conn.execute(sql, params).rowcount
                 conn.commit()
-                return rowcount
-            conn.autocommit = True
-            try:
-                return conn.execute(sql, params).rowcount
-            finally:
-                if not conn.closed:
-                    conn.autocommit = False
+            else:
+                conn.autocommit = True
+                try:
+                    rowcount = conn.execute(sql, params).rowcount
+                finally:
+                    if not conn.closed:
+                        conn.autocommit = False
+            self._committed(None)
+            return rowcount
         except dialect.loaded_dbapi.Error as err:
             broken = dialect.is_disconnect(err, conn, None)
             if broken:
@@ -249,6 +251,12 @@ class Database:
             ) from err
         finally:
             fairy.close()  # back to the pool (its reset, a rollback, is a no-op when idle)
+
+    def _committed(self, conn: Connection | None) -> None:
+        # A statement that committed on its own: commit counters (tests, bench
+        # dbcost) count it like a Session's commit.
+        if self.engine.dispatch.commit:
+            self.engine.dispatch.commit(conn)
 
     def fetchone(
         self, conn: Connection, sql: str, params: Mapping[str, Any], autocommit: bool = False
@@ -271,10 +279,13 @@ class Database:
             try:
                 with raw.cursor() as cur:
                     cur.execute(sql, params, prepare=True)
-                    return cur.fetchone()
+                    row = cur.fetchone()
             finally:
                 if autocommit and not raw.closed:
                     raw.autocommit = False
+            if autocommit:
+                self._committed(conn)
+            return row
         except dialect.loaded_dbapi.Error as err:
             broken = dialect.is_disconnect(err, raw, None)
             if broken:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import tempfile
 
@@ -130,8 +131,8 @@ def run() -> list[str]:
     summary = []
     for label, target in (("GET /api/generate/<id>", 0.7), ("POST /api/generate/from-prompt", 0.5)):
         mine = [(b, o) for lbl, b, o in results if lbl == label]
-        rps = sorted(o["rps"] / b["rps"] for b, o in mine)[len(mine) // 2]
-        p99 = sorted(b["p99"] / o["p99"] for b, o in mine)[len(mine) // 2]
+        rps = statistics.median(o["rps"] / b["rps"] for b, o in mine)
+        p99 = statistics.median(b["p99"] / o["p99"] for b, o in mine)
         summary.append(
             [
                 label,
