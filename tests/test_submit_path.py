@@ -103,7 +103,8 @@ def test_postgres_submit_is_one_statement_without_begin_or_commit(pg_app):
     statements, commits = _record(services(pg_app).db.engine)
     gen_id = submit_prompt(client, user.headers, "ivory linen shirt", provider="local", count=2)
     assert len(statements) == 1 and statements[0].startswith("WITH g AS (INSERT INTO generations")
-    assert commits == []  # autocommit: the statement is its own (durable) transaction
+    # autocommit: the statement is its own (durable) transaction, one commit
+    assert len(commits) == 1
     row = _row(pg_app, gen_id)
     assert row["status"] == "pending" and row["user_id"] == user.id
     assert row["dispatched_at"] == row["created_at"] == row["updated_at"]
