@@ -252,6 +252,12 @@ class Database:
         finally:
             fairy.close()  # back to the pool (its reset, a rollback, is a no-op when idle)
 
+    def idle(self, conn: Connection) -> bool:
+        """PostgreSQL: nothing has been sent in ``conn``'s transaction yet (no
+        BEGIN went out), so one statement could run as its own transaction."""
+        raw = conn.connection.driver_connection
+        return not raw.closed and raw.info.transaction_status == 0  # IDLE
+
     def _committed(self, conn: Connection | None) -> None:
         # A statement that committed on its own: commit counters (tests, bench
         # dbcost) count it like a Session's commit.

@@ -229,3 +229,29 @@ def test_the_orm_copy_is_made_in_a_fresh_process():
         "assert isinstance(gen, Generation) and gen.id == 'gen_x'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_on_a_worker_connection_a_light_stage_is_two_statements_and_two_commits(pg_app, pg_user):
+    """Worker connections default to asynchronous commit: a stage that reads
+    nothing (analyze on a prompt) is its claim and its record, each its own
+    transaction, with no BEGIN, SET or COMMIT round trips around them."""
+    db = services(pg_app).db
+    db.relax_by_default()
+    db.engine.dispose()  # new connections take the worker default
+    gen_id = _new(pg_app, pg_user)
+    seen = _count_statements(pg_app)
+    commits: list[object] = []
+    event.listen(db.engine, "commit", lambda conn: commits.append(conn))
+    assert stage(pg_app, gen_id, "analyze").proceed
+    assert seen == ["WITH", "WITH"], seen
+    assert len(commits) >= 2  # each statement committed (the session's no-op commit too)
+    rows = _rows(pg_app, gen_id)
+    assert rows["stages"][0][1:4] == ("skipped", 1, "t-analyze")
+    assert rows["pipeline_keys"][-1] == "analyze"
+    # a durable stage still runs its record in a transaction that says so
+    for name in STAGES[1:]:
+        seen.clear()
+        stage(pg_app, gen_id, name)
+        if name in runner.DURABLE_STAGES:
+            assert "SET" in seen, (name, seen)
+    assert _rows(pg_app, gen_id)["status"] == "completed"

@@ -356,9 +356,12 @@ def _save_all(conn: Connection, locked: Locked, *stages: Snapshot) -> None:
     _save(conn, _G, locked.gen)
 
 
-def _final_delivery(session: Session, generation_id: str) -> str | None:
+def _final_delivery(session: Session, generation_id: str, webhook_url: str | None) -> str | None:
     """``record_final`` for a transition just written with Core: the ORM copy is
-    read in this transaction, so the webhook shows what was written."""
+    read in this transaction, so the webhook shows what was written. Without a
+    webhook (set at submit, never changed) there is nothing to record or read."""
+    if not webhook_url:
+        return None
     gen = session.get(Generation, generation_id, populate_existing=True)
     return record_final(session, gen) if gen is not None else None
 
@@ -415,6 +418,7 @@ def _record(
     name: str,
     status: str,
     output: dict[str, Any],
+    alone: bool = False,
 ) -> tuple[str, int | None, str | None] | None:
     """Write a successful stage's result under the generation's lock: the
     generation's status before (final: someone ended it meanwhile), the
@@ -432,6 +436,7 @@ def _record(
                 "now": now,
                 "last": name == STAGES[-1],
             },
+            autocommit=alone,
         )
         if row is not None:
             old_status, duration_ms, provider = row
@@ -504,7 +509,12 @@ def _run_stage(
             result = STAGE_FUNCS[name](ctx)
             session.flush()  # the stage's own rows and changes (assets, provider, cost)
             status = S_SKIPPED if result.skipped else S_COMPLETED
-            rec = _record(db, session.connection(), generation_id, name, status, result.output)
+            conn = session.connection()
+            # Nothing read or written in this transaction yet (analyze and
+            # enhance, mostly) and a progress commit: the record is the whole
+            # transaction, so it can commit on its own, without BEGIN/COMMIT.
+            alone = db.is_postgres and name not in DURABLE_STAGES and db.idle(conn)
+            rec = _record(db, conn, generation_id, name, status, result.output, alone)
             if rec is None:  # deleted while the stage worked
                 return Outcome.stop()
             old_status, duration, provider = rec
@@ -515,7 +525,9 @@ def _run_stage(
             # e.g. a stalled copy ending after the job did: a changed final generation
             changed_final = old_status in TERMINAL
             # the webhook message commits with the transition
-            delivery_id = _final_delivery(session, generation_id) if completing else None
+            delivery_id = (
+                _final_delivery(session, generation_id, gen.webhook_url) if completing else None
+            )
         if changed_final:  # status reads of it may be cached (app/readcache.py)
             readcache.announce(settings.redis_url, generation_id)
         events.stage_changed(settings, generation_id, name, status, duration)
@@ -577,7 +589,9 @@ def _run_stage(
         changed_final = gen.status in TERMINAL
         fail(gen, stage, error or "failed")
         _save_all(conn, locked, stage)
-        delivery_id = None if was_final else _final_delivery(session, generation_id)
+        delivery_id = (
+            None if was_final else _final_delivery(session, generation_id, gen.webhook_url)
+        )
     if changed_final:  # status reads of it may be cached (app/readcache.py)
         readcache.announce(settings.redis_url, generation_id)
     events.stage_changed(settings, generation_id, name, S_FAILED, None)
