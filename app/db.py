@@ -114,6 +114,21 @@ DURABLE = text("SET LOCAL synchronous_commit = on")
 _RELAXED_CONN = "bff_relaxed"  # connection info: its session default is synchronous_commit=off
 
 
+_DURABLE_SESSION = "bff_durable"  # session info: its transactions must be durable
+
+
+def _apply_commit_mode(session: Session, _transaction, connection: Connection) -> None:
+    """On EVERY transaction a session begins (not only its first: a checkpoint
+    commits mid-session and the stage's result goes in the next one), make the
+    commit mode the session asked for, where the connection's default differs."""
+    durable = session.info.get(_DURABLE_SESSION, True)
+    relaxed_conn = connection.info.get(_RELAXED_CONN, False)
+    if durable and relaxed_conn:
+        connection.execute(DURABLE)
+    elif not durable and not relaxed_conn:
+        connection.execute(RELAXED)
+
+
 def make_durable(session: Session) -> None:
     """Make the session's current transaction wait for its WAL flush on commit."""
     if session.get_bind().dialect.name == "postgresql":
@@ -128,6 +143,8 @@ class Database:
         if self.engine.dialect.name == "postgresql":
             event.listen(self.engine, "connect", self._on_connect)
         self._factory = sessionmaker(self.engine, expire_on_commit=False)
+        if self.engine.dialect.name == "postgresql":
+            event.listen(self._factory, "after_begin", _apply_commit_mode)
         # Autocommit: no BEGIN / COMMIT round trips. Only for a read that is one
         # statement (one statement sees one snapshot); never for writes.
         self._read_factory = sessionmaker(
@@ -173,14 +190,9 @@ class Database:
         corruption, at most the last few hundred ms of such commits lost).
         A later durable commit flushes it too. ``conn`` (from ``connection()``,
         outside any transaction) runs this transaction on that connection."""
-        session = self._factory() if conn is None else self._factory(bind=conn)
+        info = {_DURABLE_SESSION: durable}
+        session = self._factory(info=info) if conn is None else self._factory(bind=conn, info=info)
         try:
-            if self.engine.dialect.name == "postgresql":
-                relaxed_conn = session.connection().info.get(_RELAXED_CONN, False)
-                if durable and relaxed_conn:
-                    session.execute(DURABLE)
-                elif not durable and not relaxed_conn:
-                    session.execute(RELAXED)
             yield session
             session.commit()
         except BaseException:

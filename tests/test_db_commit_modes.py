@@ -131,3 +131,24 @@ def test_one_statement_autocommit_writes_are_durable(pg_url, relaxed_default):
             session.execute(text("DROP TABLE commit_probe"))
     finally:
         db.engine.dispose()
+
+
+@pytest.mark.parametrize("relaxed_default", [False, True])
+def test_every_transaction_of_a_session_keeps_its_commit_mode(pg_url, relaxed_default):
+    """A checkpoint commits in the middle of a stage's session; what the
+    session writes afterwards (a paid provider's result) must be as durable
+    as the session asked for, whatever the connection's default."""
+    db = Database(pg_url)
+    if relaxed_default:
+        db.relax_by_default()
+    show = text("SHOW synchronous_commit")
+    try:
+        for durable, mode in ((True, "on"), (False, "off")):
+            with db.session(durable=durable) as session:
+                assert session.execute(show).scalar_one() == mode
+                session.commit()  # e.g. a checkpoint
+                assert session.execute(show).scalar_one() == mode
+                session.commit()
+                assert session.execute(show).scalar_one() == mode
+    finally:
+        db.engine.dispose()
