@@ -45,6 +45,9 @@ def _redis(url: str):
     return redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
 
 
+REPLY_OFF_CHECK = 0.05  # seconds to wait for a refusal of CLIENT REPLY OFF, once per connection
+
+
 class Publisher:
     """PUBLISH without waiting for replies: one connection per process in
     ``CLIENT REPLY OFF`` mode, so a publish is one ``sendall`` (a stage
@@ -58,6 +61,7 @@ class Publisher:
         self._lock = threading.Lock()
         self._conn: Any = None
         self._pid = 0
+        self._replies = False  # the server refused CLIENT REPLY OFF
 
     def _connect(self) -> Any:
         from redis.connection import Connection, parse_url
@@ -67,6 +71,16 @@ class Publisher:
         conn = cls(**kwargs, socket_timeout=2, socket_connect_timeout=2)
         conn.connect()  # AUTH, SELECT, CLIENT SETINFO: with replies, as usual
         conn.send_command("CLIENT", "REPLY", "OFF")  # from here on, nothing comes back
+        # ...unless the server refused it (an ACL without CLIENT, a proxy):
+        # then it answers with an error now, and every PUBLISH will be answered
+        # too, so read those replies rather than let them pile up.
+        self._replies = False
+        if conn.can_read(timeout=REPLY_OFF_CHECK):
+            try:
+                conn.read_response()
+            except Exception as exc:
+                log.info("events: CLIENT REPLY OFF refused (%s); reading replies", exc)
+            self._replies = True
         return conn
 
     def publish(self, channel_name: str, message: str) -> None:
@@ -78,6 +92,8 @@ class Publisher:
                     self._conn.send_packed_command(
                         self._conn.pack_command("PUBLISH", channel_name, message), False
                     )
+                    if self._replies:
+                        self._conn.read_response()
                     return
                 except Exception:
                     self._close()

@@ -85,3 +85,33 @@ def test_a_fork_gets_its_own_connection(redis_url):
     pub._pid = -1  # as seen from a forked child
     pub.publish("bff:test:fork", "y")
     assert pub._conn is not first
+
+
+def test_a_server_that_refuses_reply_off_still_gets_events_and_replies_are_read(redis_url):
+    """An ACL user without CLIENT (as some managed Redis offers): the refusal
+    is noticed and replies are read, so nothing piles up on the server."""
+    import redis
+
+    admin = redis.Redis.from_url(redis_url)
+    user, password = f"bff-pub-{os.getpid()}", "pw-test"
+    admin.acl_setuser(
+        user,
+        enabled=True,
+        passwords=[f"+{password}"],
+        keys=["*"],
+        channels=["*"],
+        commands=["+@all", "-client"],
+    )
+    try:
+        db = redis_url.rsplit("/", 1)[1]
+        url = f"redis://{user}:{password}@127.0.0.1:6379/{db}"
+        name = f"bff:test:acl:{os.getpid()}:{time.monotonic_ns()}"
+        sub = _listen(redis_url, name)
+        pub = Publisher(url)
+        for i in range(20):
+            pub.publish(name, str(i))
+        assert _received(sub, 20) == [str(i) for i in range(20)]
+        assert pub._replies is True
+        assert not pub._conn.can_read(timeout=0.1)  # every reply was read
+    finally:
+        admin.acl_deluser(user)
