@@ -10,7 +10,7 @@ from __future__ import annotations
 import select
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 from sqlalchemy import create_engine, event, text
@@ -129,6 +129,17 @@ def _apply_commit_mode(session: Session, _transaction, connection: Connection) -
         connection.execute(RELAXED)
 
 
+@contextmanager
+def _autocommit(raw: Any) -> Iterator[None]:
+    """The psycopg connection in autocommit for one statement (it must be idle)."""
+    raw.autocommit = True
+    try:
+        yield
+    finally:
+        if not raw.closed:
+            raw.autocommit = False
+
+
 def make_durable(session: Session) -> None:
     """Make the session's current transaction wait for its WAL flush on commit."""
     if session.get_bind().dialect.name == "postgresql":
@@ -232,49 +243,18 @@ class Database:
             ) from err
         conn = fairy.driver_connection
         try:
-            if self.engine.dispatch.before_cursor_execute:
-                # Statement counters (tests, bench dbcost) see this one too; there
-                # is no SQLAlchemy Connection or context to give them (None).
-                self.engine.dispatch.before_cursor_execute(None, None, sql, params, None, False)
-            if fairy.info.get(_RELAXED_CONN):
-                conn.execute("SET LOCAL synchronous_commit = on")
-                rowcount = conn.execute(sql, params).rowcount
-                conn.commit()
-            else:
-                conn.autocommit = True
-                try:
+            with self._driver_call(None, sql, params, conn, fairy.invalidate):
+                if fairy.info.get(_RELAXED_CONN):
+                    conn.execute("SET LOCAL synchronous_commit = on")
                     rowcount = conn.execute(sql, params).rowcount
-                finally:
-                    if not conn.closed:
-                        conn.autocommit = False
+                    conn.commit()
+                else:
+                    with _autocommit(conn):
+                        rowcount = conn.execute(sql, params).rowcount
             self._committed(None)
             return rowcount
-        except dialect.loaded_dbapi.Error as err:
-            broken = dialect.is_disconnect(err, conn, None)
-            if broken:
-                fairy.invalidate(err)
-            raise DBAPIError.instance(
-                sql,
-                params,
-                err,
-                dialect.loaded_dbapi.Error,
-                connection_invalidated=broken,
-                dialect=dialect,
-            ) from err
         finally:
             fairy.close()  # back to the pool (its reset, a rollback, is a no-op when idle)
-
-    def idle(self, conn: Connection) -> bool:
-        """PostgreSQL: nothing has been sent in ``conn``'s transaction yet (no
-        BEGIN went out), so one statement could run as its own transaction."""
-        raw = conn.connection.driver_connection
-        return not raw.closed and raw.info.transaction_status == 0  # IDLE
-
-    def _committed(self, conn: Connection | None) -> None:
-        # A statement that committed on its own: commit counters (tests, bench
-        # dbcost) count it like a Session's commit.
-        if self.engine.dispatch.commit:
-            self.engine.dispatch.commit(conn)
 
     def fetchone(
         self, conn: Connection, sql: str, params: Mapping[str, Any], autocommit: bool = False
@@ -287,27 +267,42 @@ class Database:
         trips); otherwise it runs in ``conn``'s transaction (``conn`` from a
         session: ``session.connection()``). Errors come out as SQLAlchemy's,
         and a connection found broken is invalidated, as with ``execute``."""
-        dialect = self.engine.dialect
         raw = conn.connection.driver_connection
-        if self.engine.dispatch.before_cursor_execute:  # statement counters see it too
+        with self._driver_call(conn, sql, params, raw, conn.invalidate):
+            with _autocommit(raw) if autocommit else nullcontext(), raw.cursor() as cur:
+                cur.execute(sql, params, prepare=True)
+                row = cur.fetchone()
+        if autocommit:
+            self._committed(conn)
+        return row
+
+    def idle(self, conn: Connection) -> bool:
+        """PostgreSQL: nothing has been sent in ``conn``'s transaction yet (no
+        BEGIN went out), so one statement could run as its own transaction."""
+        raw = conn.connection.driver_connection
+        return not raw.closed and raw.info.transaction_status == 0  # IDLE
+
+    @contextmanager
+    def _driver_call(
+        self,
+        conn: Connection | None,
+        sql: str,
+        params: Mapping[str, Any] | None,
+        raw: Any,
+        invalidate: Any,
+    ) -> Iterator[None]:
+        """A statement sent on the psycopg connection itself: statement counters
+        (tests, bench dbcost) see it, its errors come out as SQLAlchemy's, and
+        a connection it finds broken is invalidated."""
+        dialect = self.engine.dialect
+        if self.engine.dispatch.before_cursor_execute:
             self.engine.dispatch.before_cursor_execute(conn, None, sql, params, None, False)
         try:
-            if autocommit:
-                raw.autocommit = True
-            try:
-                with raw.cursor() as cur:
-                    cur.execute(sql, params, prepare=True)
-                    row = cur.fetchone()
-            finally:
-                if autocommit and not raw.closed:
-                    raw.autocommit = False
-            if autocommit:
-                self._committed(conn)
-            return row
+            yield
         except dialect.loaded_dbapi.Error as err:
             broken = dialect.is_disconnect(err, raw, None)
             if broken:
-                conn.invalidate(err)
+                invalidate(err)
             raise DBAPIError.instance(
                 sql,
                 params,
@@ -316,6 +311,12 @@ class Database:
                 connection_invalidated=broken,
                 dialect=dialect,
             ) from err
+
+    def _committed(self, conn: Connection | None) -> None:
+        # A statement that committed on its own: commit counters (tests, bench
+        # dbcost) count it like a Session's commit.
+        if self.engine.dispatch.commit:
+            self.engine.dispatch.commit(conn)
 
     def ping(self) -> None:
         with self.engine.connect() as conn:
