@@ -27,23 +27,17 @@ from __future__ import annotations
 import json
 import logging
 import random
-import re
 import time
 from dataclasses import dataclass
 from datetime import UTC
 from typing import Any
 
 from sqlalchemy import (
-    JSON,
     Connection,
-    Integer,
-    String,
     Table,
     bindparam,
     case,
-    column,
     select,
-    text,
     update,
 )
 from sqlalchemy.orm import Session, configure_mappers, make_transient_to_detached
@@ -221,67 +215,63 @@ _DONE_SQL = ", ".join(f"'{s}'" for s in sorted(STAGE_DONE))
 # status after any wait). It returns no row whenever the general path has to
 # decide (retries, takeovers, out-of-order messages, final generations): the
 # caller then runs that path in the same transaction, nothing having changed.
-_PG_CLAIM = text(
-    f"""
+# Driver SQL (``%(name)s``) for ``Database.fetchone``: rows are plain tuples in
+# RETURNING order, as are the record's below.
+_PG_CLAIM = f"""
     WITH g AS (
         SELECT id FROM generations
-        WHERE id = :generation_id AND status NOT IN ({_FINAL_SQL})
+        WHERE id = %(generation_id)s AND status NOT IN ({_FINAL_SQL})
         FOR UPDATE
     ), st AS (
         UPDATE generation_stages AS s
-        SET status = '{S_RUNNING}', attempts = s.attempts + 1, started_at = :now,
-            finished_at = NULL, duration_ms = NULL, task_id = :task_id, error = NULL
+        SET status = '{S_RUNNING}', attempts = s.attempts + 1, started_at = %(now)s,
+            finished_at = NULL, duration_ms = NULL, task_id = %(task_id)s, error = NULL
         FROM g
-        WHERE s.generation_id = g.id AND s.name = :stage AND s.status = '{S_PENDING}'
+        WHERE s.generation_id = g.id AND s.name = %(stage)s AND s.status = '{S_PENDING}'
           AND NOT EXISTS (
               SELECT 1 FROM generation_stages AS e
               WHERE e.generation_id = s.generation_id AND e.position < s.position
                 AND e.status NOT IN ({_DONE_SQL}))
         RETURNING s.id, s.attempts, s.output
     )
-    UPDATE generations AS gen SET status = '{PROCESSING}', updated_at = :now
-    FROM st WHERE gen.id = :generation_id
+    UPDATE generations AS gen SET status = '{PROCESSING}', updated_at = %(now)s
+    FROM st WHERE gen.id = %(generation_id)s
     RETURNING {", ".join(f"gen.{c.name}" for c in _G.c)},
         st.id AS s_id, st.attempts AS s_attempts, st.output AS s_output
     """
-).columns(  # by position: no per-call matching of result columns by name
-    *_G.c, column("s_id", Integer), column("s_attempts", Integer), column("s_output", JSON)
-)
 
 # PostgreSQL: the record of a successful stage in ONE statement, as the general
 # path does it: the stage (still running) completed or skipped with its output
 # and duration; its output merged into pipeline_data (key order kept, values
 # verbatim: ``json``, not ``jsonb``); the generation completed if this is the
 # last stage and nobody ended it meanwhile. No row: the general path decides.
-_PG_RECORD = text(
-    f"""
+_PG_RECORD = f"""
     WITH g AS (
-        SELECT id, status FROM generations WHERE id = :generation_id FOR UPDATE
+        SELECT id, status FROM generations WHERE id = %(generation_id)s FOR UPDATE
     ), st AS (
         UPDATE generation_stages AS s
-        SET status = :status, finished_at = :now, output = CAST(:output AS json),
+        SET status = %(status)s, finished_at = %(now)s, output = CAST(%(output)s AS json),
             duration_ms = CASE WHEN s.started_at IS NULL THEN NULL ELSE
-                GREATEST(0, ROUND(EXTRACT(EPOCH FROM (:now - s.started_at)) * 1000)) END
+                GREATEST(0, ROUND(EXTRACT(EPOCH FROM (%(now)s - s.started_at)) * 1000)) END
         FROM g
-        WHERE s.generation_id = g.id AND s.name = :stage AND s.status = '{S_RUNNING}'
+        WHERE s.generation_id = g.id AND s.name = %(stage)s AND s.status = '{S_RUNNING}'
         RETURNING s.duration_ms
     )
     UPDATE generations AS gen SET
         pipeline_data = (
             SELECT json_object_agg(x.k, x.v ORDER BY x.o) FROM (
                 SELECT e.k, e.v, e.o FROM json_each(gen.pipeline_data)
-                    WITH ORDINALITY AS e(k, v, o) WHERE e.k <> :stage
-                UNION ALL SELECT :stage, CAST(:output AS json), 9223372036854775807
+                    WITH ORDINALITY AS e(k, v, o) WHERE e.k <> %(stage)s
+                UNION ALL SELECT %(stage)s, CAST(%(output)s AS json), 9223372036854775807
             ) AS x),
-        updated_at = :now,
-        status = CASE WHEN :last AND g.status NOT IN ({_FINAL_SQL})
+        updated_at = %(now)s,
+        status = CASE WHEN %(last)s AND g.status NOT IN ({_FINAL_SQL})
             THEN '{COMPLETED}' ELSE gen.status END,
-        completed_at = CASE WHEN :last AND g.status NOT IN ({_FINAL_SQL})
-            THEN :now ELSE gen.completed_at END
+        completed_at = CASE WHEN %(last)s AND g.status NOT IN ({_FINAL_SQL})
+            THEN %(now)s ELSE gen.completed_at END
     FROM g, st WHERE gen.id = g.id
     RETURNING g.status AS old_status, st.duration_ms, gen.provider
     """
-).columns(old_status=String, duration_ms=Integer, provider=String)
 
 
 @dataclass(frozen=True)
@@ -292,29 +282,22 @@ class Claim:
     previous: dict[str, Any]  # what an earlier attempt checkpointed, or {}
 
 
-# The same statements for the driver (``%(name)s``), run by
-# ``Database.fetchone``: results are plain tuples in RETURNING order.
-_PG_CLAIM_DRIVER = re.sub(r"(?<!:):(\w+)", r"%(\1)s", _PG_CLAIM.element.text)
-_PG_RECORD_DRIVER = re.sub(r"(?<!:):(\w+)", r"%(\1)s", _PG_RECORD.element.text)
-_CLAIM_GEN_KEYS = tuple(c.key for c in _G.c)
-
-
 def _fast_claim(
     db: Database, conn: Connection, generation_id: str, name: str, task_id: str | None
 ) -> Claim | None:
     row = db.fetchone(
         conn,
-        _PG_CLAIM_DRIVER,
+        _PG_CLAIM,
         {"generation_id": generation_id, "stage": name, "task_id": task_id, "now": utcnow()},
         autocommit=True,
     )
     if row is None:
         return None
-    n = len(_CLAIM_GEN_KEYS)
+    n = len(_GEN_KEYS)
     stage_id, attempts, output = row[n:]
     output = output or {}
     return Claim(
-        gen=Snapshot(dict(zip(_CLAIM_GEN_KEYS, row[:n], strict=True))),
+        gen=Snapshot(dict(zip(_GEN_KEYS, row[:n], strict=True))),
         stage_id=stage_id,
         attempt=attempts,
         previous=dict(output) if output.get(CHECKPOINT) else {},
@@ -427,7 +410,7 @@ def _record(
     if db.is_postgres and ONE_STATEMENT:
         row = db.fetchone(
             conn,
-            _PG_RECORD_DRIVER,
+            _PG_RECORD,
             {
                 "generation_id": generation_id,
                 "stage": name,
