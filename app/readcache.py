@@ -54,17 +54,19 @@ def _publisher_for(redis_url: str):
     return redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2)
 
 
-def announce(redis_url: str | None, generation_id: str) -> None:
-    """Tell every process's cache that ``generation_id`` changed (from code that
-    holds no ``ReadCache``, e.g. a worker writing to a finished generation).
-    Best effort: a process that misses it drops the entry within its ttl."""
+def announce(redis_url: str | None, generation_id: str, channel: str | None = None) -> None:
+    """Tell every process's cache that ``generation_id`` changed (also from code
+    that holds no ``ReadCache``, e.g. a worker writing to a finished
+    generation). Best effort: a process that misses it drops the entry
+    within its ttl."""
     if not redis_url:
         return
     try:
-        _publisher_for(redis_url).publish(channel_for(redis_url), generation_id)
+        _publisher_for(redis_url).publish(channel or channel_for(redis_url), generation_id)
     except Exception as exc:
         log.warning(
-            "read cache: could not publish the invalidation of %s (%s)",
+            "read cache: could not publish the invalidation of %s (%s); other processes "
+            "may serve it until their entry expires",
             generation_id,
             type(exc).__name__,
         )
@@ -100,7 +102,6 @@ class ReadCache:
         self.enabled = bool(redis_url) and max_entries > 0 and ttl > 0
         self.channel = channel_for(redis_url) if redis_url else CHANNEL
         self.subscriber_client_id: int | None = None  # Redis CLIENT ID, for tests
-        self._publisher = None
         self._reset()
         ref = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: (c := ref()) is not None and c._reset())
@@ -181,24 +182,7 @@ class ReadCache:
         it here at once and tell every other process. Publishing is best
         effort; a process that misses it drops the entry within ``ttl``."""
         self.drop(generation_id)
-        if not self.redis_url:
-            return
-        try:
-            if self._publisher is None:
-                import redis
-
-                self._publisher = redis.Redis.from_url(
-                    self.redis_url, socket_timeout=2, socket_connect_timeout=2
-                )
-            self._publisher.publish(self.channel, generation_id)
-        except Exception as exc:
-            log.warning(
-                "read cache: could not publish the invalidation of %s (%s); other processes "
-                "may serve it for up to %.0f s",
-                generation_id,
-                type(exc).__name__,
-                self.ttl,
-            )
+        announce(self.redis_url, generation_id, self.channel)
 
     # ------------------------------------------------------------ the subscriber
 
