@@ -37,6 +37,10 @@ def iso(dt: datetime | None) -> str | None:
     return dt.isoformat().replace("+00:00", "Z")
 
 
+def _initial_pipeline_data(vlt_spec: dict[str, Any] | None) -> dict[str, Any]:
+    return {"input": {"vltSpec": vlt_spec}} if vlt_spec else {}
+
+
 def create(
     session: Session,
     *,
@@ -70,7 +74,7 @@ def create(
         webhook_url=webhook_url,
         idempotency_key=idempotency_key,
         request_hash=request_hash,
-        pipeline_data={"input": {"vltSpec": vlt_spec}} if vlt_spec else {},
+        pipeline_data=_initial_pipeline_data(vlt_spec),
         dispatched_at=dispatched_at,
     )
     session.add(gen)
@@ -165,7 +169,7 @@ def insert_submitted(
         "prompt": prompt,
         "negative_prompt": negative_prompt,
         "persona_id": persona_id,
-        "pipeline_data": json.dumps({"input": {"vltSpec": vlt_spec}} if vlt_spec else {}),
+        "pipeline_data": json.dumps(_initial_pipeline_data(vlt_spec)),
         "idempotency_key": idempotency_key,
         "request_hash": request_hash,
         "webhook_url": webhook_url,
