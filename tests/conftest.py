@@ -121,6 +121,22 @@ def other_user(app) -> User:
 # ---------------------------------------------------------------- real services
 
 
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    """Our own leased, empty Redis db number: test sessions side by side on one
+    server never share one (channels that must stay apart carry the number)."""
+    if not redis_ok():
+        unavailable("Redis on 127.0.0.1:6379")
+    import redis
+
+    n = redis_db_number()
+    redis.Redis("127.0.0.1", 6379, db=n).flushdb()
+    try:
+        yield f"redis://127.0.0.1:6379/{n}"
+    finally:
+        release_redis_db(n)
+
+
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[str]:
     from moto.server import ThreadedMotoServer

@@ -9,6 +9,7 @@ from app import generations as svc
 from app import maintenance
 from app.models import Generation, utcnow
 from app.pipeline.runner import run_stage
+from tests.support.pipeline import claimed
 
 
 def _new(app, user, **changes) -> str:
@@ -32,15 +33,6 @@ def _age(app, gen_id, seconds):
         session.get(Generation, gen_id).updated_at = utcnow() - timedelta(seconds=seconds)
 
 
-def _claimed(app, gen_id, attempts: int, task_id: str) -> None:
-    """``analyze`` as a worker left it: claimed (running) by ``task_id``."""
-    with app.extensions["bff"].db.session() as session:
-        gen = session.get(Generation, gen_id)
-        st = gen.stage("analyze")
-        st.status, st.attempts, st.task_id = "running", attempts, task_id
-        gen.status = "processing"
-
-
 def _stage(app, gen_id, name):
     with app.extensions["bff"].db.session() as session:
         st = session.get(Generation, gen_id).stage(name)
@@ -49,7 +41,7 @@ def _stage(app, gen_id, name):
 
 def test_a_live_stage_is_not_started_twice(app, user, monkeypatch):
     gen_id = _new(app, user)
-    _claimed(app, gen_id, attempts=1, task_id="task-a")
+    claimed(app, gen_id, attempts=1, task_id="task-a")
     outcome = _run(app, gen_id, "analyze", "task-b")
     assert not outcome.proceed
     assert _stage(app, gen_id, "analyze") == ("running", 1, "task-a")
@@ -57,7 +49,7 @@ def test_a_live_stage_is_not_started_twice(app, user, monkeypatch):
 
 def test_a_stalled_stage_is_taken_over_and_counted(app, user):
     gen_id = _new(app, user)
-    _claimed(app, gen_id, attempts=1, task_id="task-a")
+    claimed(app, gen_id, attempts=1, task_id="task-a")
     _age(app, gen_id, 3600)
     outcome = _run(app, gen_id, "analyze", "task-b")
     assert outcome.proceed
@@ -67,7 +59,7 @@ def test_a_stalled_stage_is_taken_over_and_counted(app, user):
 
 def test_a_stage_lost_too_often_fails_the_generation(app, user):
     gen_id = _new(app, user)
-    _claimed(app, gen_id, attempts=3, task_id="task-c")
+    claimed(app, gen_id, attempts=3, task_id="task-c")
     _age(app, gen_id, 3600)
     assert not _run(app, gen_id, "analyze", "task-d").proceed
     with app.extensions["bff"].db.session() as session:

@@ -8,22 +8,8 @@ import json
 import os
 import time
 
-import pytest
-
 from app.config import Settings
 from app.events import Publisher, channel, publish
-from tests.support.services import redis_db_number, redis_ok, release_redis_db, unavailable
-
-
-@pytest.fixture
-def redis_url():
-    if not redis_ok():
-        unavailable("Redis on 127.0.0.1:6379")
-    n = redis_db_number()
-    try:
-        yield f"redis://127.0.0.1:6379/{n}"
-    finally:
-        release_redis_db(n)
 
 
 def _listen(redis_url: str, name: str):

@@ -8,21 +8,6 @@ import pytest
 from app.config import Settings
 from app.providers.base import ProviderPending
 from app.ratelimit import LocalBuckets, RedisBuckets, acquire
-from tests.support.services import redis_db_number, redis_ok, release_redis_db, unavailable
-
-
-@pytest.fixture
-def redis_url():
-    if not redis_ok():
-        unavailable("Redis on 127.0.0.1:6379")
-    import redis
-
-    n = redis_db_number()
-    redis.Redis("127.0.0.1", 6379, db=n).flushdb()
-    try:
-        yield f"redis://127.0.0.1:6379/{n}"
-    finally:
-        release_redis_db(n)
 
 
 def test_rate_limits_are_read_from_the_environment():

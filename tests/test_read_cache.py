@@ -20,20 +20,6 @@ from app.pipeline.context import StageFailed
 from app.readcache import CHANNEL, CLEAR_ALL, ReadCache, channel_for
 from tests.conftest import make_user
 from tests.support.pipeline import run_all, services, submit_prompt
-from tests.support.services import redis_db_number, redis_ok, release_redis_db, unavailable
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    """Our own leased Redis db number; the cache's channel carries it, so test
-    sessions side by side (one Redis server) never see each other's messages."""
-    if not redis_ok():
-        unavailable("Redis on 127.0.0.1:6379")
-    n = redis_db_number()
-    try:
-        yield f"redis://127.0.0.1:6379/{n}"
-    finally:
-        release_redis_db(n)
 
 
 @pytest.fixture

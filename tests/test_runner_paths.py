@@ -17,7 +17,7 @@ from app.models import Generation, GenerationStage, utcnow
 from app.pipeline import STAGE_FUNCS, STAGES, runner
 from app.pipeline.context import StageResult
 from tests.conftest import make_user
-from tests.support.pipeline import run_all, services, stage
+from tests.support.pipeline import claimed, run_all, services, stage
 
 
 @pytest.fixture
@@ -154,22 +154,14 @@ def test_a_finished_stage_redelivered_continues_without_running_again(pg_app, pg
 
 def test_a_live_running_stage_is_left_to_its_owner(pg_app, pg_user):
     gen_id = _new(pg_app, pg_user)
-    with services(pg_app).db.session() as session:
-        gen = session.get(Generation, gen_id)
-        gen.status = "processing"
-        st = gen.stage("analyze")
-        st.status, st.attempts, st.task_id = "running", 1, "owner"
+    claimed(pg_app, gen_id, attempts=1, task_id="owner")
     assert not stage(pg_app, gen_id, "analyze").proceed
     assert _rows(pg_app, gen_id)["stages"][0][1:4] == ("running", 1, "owner")
 
 
 def test_a_stalled_stage_is_taken_over(pg_app, pg_user):
     gen_id = _new(pg_app, pg_user)
-    with services(pg_app).db.session() as session:
-        gen = session.get(Generation, gen_id)
-        gen.status = "processing"
-        st = gen.stage("analyze")
-        st.status, st.attempts, st.task_id = "running", 1, "lost"
+    claimed(pg_app, gen_id, attempts=1, task_id="lost")
     with services(pg_app).db.session() as session:
         session.get(Generation, gen_id).updated_at = utcnow() - timedelta(hours=1)
     assert stage(pg_app, gen_id, "analyze").proceed

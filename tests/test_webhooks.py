@@ -17,6 +17,7 @@ from app import create_app
 from app.config import Settings
 from app.webhooks import REFUSED, Refused, WebhookDelivery, attempt, resolve_target
 from tests.conftest import make_user
+from tests.support.pipeline import run_all as run_chain
 from tests.test_events import run_all
 
 
@@ -230,16 +231,6 @@ def test_refused_target_is_recorded_and_never_called(dev_app):
     assert d.status == REFUSED and "link-local" in d.last_error
 
 
-def _run_all(app, gen_id: str) -> None:
-    from app.pipeline import STAGES
-    from app.pipeline.runner import run_stage
-
-    s = app.extensions["bff"]
-    for name in STAGES:
-        if not run_stage(s.db, s.settings, s.storage, gen_id, name, task_id=f"t-{name}").proceed:
-            break
-
-
 def test_completion_and_its_webhook_commit_together(client, user, app):
     gen_id = client.post(
         "/api/generate/from-prompt",
@@ -247,7 +238,7 @@ def test_completion_and_its_webhook_commit_together(client, user, app):
         json={"prompt": "teal wrap dress", "webhookUrl": "https://hooks.example.com/x"},
     ).json["id"]
     with app.app_context():
-        _run_all(app, gen_id)
+        run_chain(app, gen_id)
     [d] = deliveries(app, gen_id)
     payload = json.loads(d.payload)
     # The message written in the completing transaction shows the finished job.
@@ -273,6 +264,6 @@ def test_a_job_canceled_mid_stage_gets_one_webhook(client, user, app, monkeypatc
 
     monkeypatch.setitem(pipeline.STAGE_FUNCS, "enhance", cancel_while_working)
     with app.app_context():
-        _run_all(app, gen_id)
+        run_chain(app, gen_id)
     [d] = deliveries(app, gen_id)
     assert d.event_type == "generation.canceled"

@@ -22,6 +22,15 @@ def stage(app, gen_id: str, name: str) -> Outcome:
     return run_stage(s.db, s.settings, s.storage, gen_id, name, task_id=f"t-{name}")
 
 
+def claimed(app, gen_id: str, attempts: int, task_id: str, name: str = "analyze") -> None:
+    """Stage ``name`` as a worker left it: claimed (running) by ``task_id``."""
+    with services(app).db.session() as session:
+        gen = session.get(Generation, gen_id)
+        st = gen.stage(name)
+        st.status, st.attempts, st.task_id = "running", attempts, task_id
+        gen.status = "processing"
+
+
 def run_all(app, gen_id: str, stages: tuple[str, ...] = STAGES) -> list[Outcome]:
     """Run stages in order as the chain would, stopping where the chain stops."""
     outcomes = []
