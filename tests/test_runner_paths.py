@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import secrets
 from datetime import timedelta
+from decimal import Decimal
 
 import pytest
 from sqlalchemy import event, select
@@ -206,21 +207,58 @@ def test_general_path_still_serves_sqlite(app, user):
     assert _rows(app, gen_id)["status"] == "completed"
 
 
-def test_the_orm_copy_is_made_in_a_fresh_process():
-    """A worker's first stage may come before anything else used the ORM."""
-    import subprocess
-    import sys
+def _route_writing(ctx):
+    ctx.generation.provider, ctx.generation.model = "local", "bff-local-v1"
+    ctx.generation.cost = Decimal("0.125")
+    return StageResult({"provider": "local"})
 
-    code = (
-        "from sqlalchemy.orm import Session\n"
-        "from app.models import Generation, utcnow\n"
-        "from app.pipeline.runner import Snapshot, _attach, _G\n"
-        "values = {c.key: None for c in _G.c}\n"
-        "values.update(id='gen_x', user_id=1, status='processing', settings={}, pipeline_data={})\n"
-        "gen = _attach(Session(), Snapshot(values))\n"
-        "assert isinstance(gen, Generation) and gen.id == 'gen_x'\n"
-    )
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+@pytest.mark.parametrize("one_statement", [True, False])
+def test_what_a_stage_assigns_on_its_generation_is_written_by_the_record(
+    pg_app, pg_user, monkeypatch, one_statement
+):
+    """No separate UPDATE: the record statement carries the stage's writes."""
+    monkeypatch.setattr(runner, "ONE_STATEMENT", one_statement)
+    gen_id = _new(pg_app, pg_user)
+    for name in STAGES[:3]:
+        assert stage(pg_app, gen_id, name).proceed
+    monkeypatch.setitem(STAGE_FUNCS, "route", _route_writing)
+    seen = _count_statements(pg_app)
+    assert stage(pg_app, gen_id, "route").proceed
+    if one_statement:
+        assert seen == ["WITH", "SET", "WITH"], seen  # claim; the work's SET LOCAL; record
+    with services(pg_app).db.session() as session:
+        gen = session.get(Generation, gen_id)
+        assert (gen.provider, gen.model, gen.cost) == ("local", "bff-local-v1", Decimal("0.125"))
+        assert gen.pipeline_data["route"] == {"provider": "local"}
+
+
+def test_a_stage_assigning_a_runner_owned_column_fails_and_writes_nothing(
+    pg_app, pg_user, monkeypatch
+):
+    gen_id = _new(pg_app, pg_user)
+
+    def rogue(ctx):
+        ctx.generation.provider = "local"
+        ctx.generation.status = "completed"
+        return StageResult({})
+
+    monkeypatch.setitem(STAGE_FUNCS, "analyze", rogue)
+    assert not stage(pg_app, gen_id, "analyze").proceed
+    rows = _rows(pg_app, gen_id)
+    assert rows["status"] == "failed" and rows["provider"] is None
+    assert "internal error in analyze" in rows["stages"][0][4]
+
+
+def test_stage_writes_on_the_general_path_sqlite(app, user, monkeypatch):
+    gen_id = _new(app, user)
+    for name in STAGES[:3]:
+        assert stage(app, gen_id, name).proceed
+    monkeypatch.setitem(STAGE_FUNCS, "route", _route_writing)
+    assert stage(app, gen_id, "route").proceed
+    with services(app).db.session() as session:
+        gen = session.get(Generation, gen_id)
+        assert (gen.provider, gen.model, gen.cost) == ("local", "bff-local-v1", Decimal("0.125"))
 
 
 def test_on_a_worker_connection_a_light_stage_is_two_statements_and_two_commits(pg_app, pg_user):
@@ -247,3 +285,24 @@ def test_on_a_worker_connection_a_light_stage_is_two_statements_and_two_commits(
         if name in runner.DURABLE_STAGES:
             assert "SET" in seen, (name, seen)
     assert _rows(pg_app, gen_id)["status"] == "completed"
+
+
+def test_generate_records_the_provider_outcome_in_one_statement(pg_app, pg_user):
+    from app.models import Provider, ProviderOutcome
+
+    gen_id = _new(pg_app, pg_user)
+    for name in STAGES[:5]:
+        assert stage(pg_app, gen_id, name).proceed
+    with services(pg_app).db.session() as session:
+        before = session.get(Provider, "local").success_count
+        outcomes = session.query(ProviderOutcome).filter_by(provider_id="local").count()
+    seen = _count_statements(pg_app)
+    assert stage(pg_app, gen_id, "generate").proceed
+    # claim; record (with the stage's cost); the provider's counters and outcome;
+    # the retention prune (at most once a minute per process)
+    assert seen[:3] == ["WITH", "WITH", "WITH"] and seen[3:] in ([], ["DELETE"]), seen
+    with services(pg_app).db.session() as session:
+        assert session.get(Provider, "local").success_count == before + 1
+        assert session.query(ProviderOutcome).filter_by(provider_id="local").count() == (
+            outcomes + 1
+        )

@@ -48,7 +48,10 @@ def _no_checkpoint(state: dict[str, Any]) -> None:
 @dataclass
 class StageContext:
     session: Session  # read what you need, add rows; never commit
-    generation: Generation
+    # The generation's columns as attributes: under the runner, the claim's
+    # snapshot of the row (not an ORM object, not in ``session``). Assign only
+    # what a stage owns (runner.STAGE_WRITABLE); the runner's record writes it.
+    generation: Generation | Any
     settings: Settings
     storage: Storage
     # What an earlier attempt of this stage saved with checkpoint(), or {}.

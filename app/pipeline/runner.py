@@ -18,8 +18,10 @@ times, so they bypass the ORM: one prebuilt Core SELECT ... FOR UPDATE reads
 the generation and its stage rows into ``Snapshot`` objects, the decisions
 below change those like model objects (``set_status`` et al. are duck-typed),
 and ``_save`` writes back only the attributes that changed, by primary key.
-The stage function itself still gets an ORM ``Generation`` (attached without
-a SELECT) and session, as before.
+The stage function gets the claim's snapshot of the generation (its column
+attributes, as on the model) and an ORM session for its own reads and rows;
+the generation columns it assigns (``STAGE_WRITABLE``: route's provider and
+model, generate's cost) are written by the record statement.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.orm import Session, configure_mappers, make_transient_to_detached
+from sqlalchemy.orm import Session
 
 from .. import events, readcache
 from ..config import Settings
@@ -186,21 +188,22 @@ def _save(conn: Connection, table: Table, row: Snapshot) -> None:
     row.__dict__["_dirty"] = {}
 
 
-_GEN_MANAGER = Generation._sa_class_manager
 _GEN_KEYS = tuple(c.key for c in _G.c)
+# What a stage function may assign on ``ctx.generation`` (route: provider and
+# model; generate: cost): written by the record, in the same statement. The
+# rest is the runner's (state, timings, outputs) or fixed at submit.
+_RUNNER_OWNED = frozenset(
+    {"id", "user_id", "status", "pipeline_data", "created_at", "updated_at", "completed_at"}
+)
+STAGE_WRITABLE = frozenset(_GEN_KEYS) - _RUNNER_OWNED
 
 
-def _attach(session: Session, gen: Snapshot) -> Generation:
-    """The claim's committed copy of the generation as a clean ORM object of
-    ``session``, without reading it again."""
-    # Filled as the ORM's loader does (straight into the instance dict), not
-    # through 22 instrumented setattrs; then keyed and marked clean.
-    configure_mappers()  # new_instance() does not (a constructor would); once, then a no-op
-    obj = _GEN_MANAGER.new_instance()
-    obj.__dict__.update({key: gen._values[key] for key in _GEN_KEYS})
-    make_transient_to_detached(obj)  # as if just loaded: no pending changes
-    session.add(obj)
-    return obj
+def _stage_writes(gen: Snapshot, name: str) -> dict[str, Any]:
+    """The generation columns the stage function assigned, checked."""
+    writes = dict(gen._dirty)
+    if bad := sorted(set(writes) - STAGE_WRITABLE):
+        raise RuntimeError(f"stage {name} may not write {', '.join(bad)} of a generation")
+    return writes
 
 
 # PostgreSQL: claim and record in one statement each (below); off = the
@@ -245,7 +248,7 @@ _PG_CLAIM = f"""
 # and duration; its output merged into pipeline_data (key order kept, values
 # verbatim: ``json``, not ``jsonb``); the generation completed if this is the
 # last stage and nobody ended it meanwhile. No row: the general path decides.
-_PG_RECORD = f"""
+_PG_RECORD_SQL = f"""
     WITH g AS (
         SELECT id, status FROM generations WHERE id = %(generation_id)s FOR UPDATE
     ), st AS (
@@ -264,7 +267,7 @@ _PG_RECORD = f"""
                     WITH ORDINALITY AS e(k, v, o) WHERE e.k <> %(stage)s
                 UNION ALL SELECT %(stage)s, CAST(%(output)s AS json), 9223372036854775807
             ) AS x),
-        updated_at = %(now)s,
+        updated_at = %(now)s,{{writes}}
         status = CASE WHEN %(last)s AND g.status NOT IN ({_FINAL_SQL})
             THEN '{COMPLETED}' ELSE gen.status END,
         completed_at = CASE WHEN %(last)s AND g.status NOT IN ({_FINAL_SQL})
@@ -272,6 +275,17 @@ _PG_RECORD = f"""
     FROM g, st WHERE gen.id = g.id
     RETURNING g.status AS old_status, st.duration_ms, gen.provider
     """
+_PG_RECORDS: dict[frozenset[str], str] = {}
+
+
+def _pg_record(columns: frozenset[str]) -> str:
+    """``_PG_RECORD_SQL`` also setting the columns the stage function wrote
+    (parameters ``w_<column>``); one text per column set."""
+    sql = _PG_RECORDS.get(columns)
+    if sql is None:
+        writes = "".join(f" {c} = %(w_{c})s," for c in sorted(columns))
+        sql = _PG_RECORDS[columns] = _PG_RECORD_SQL.replace("{writes}", writes)
+    return sql
 
 
 @dataclass(frozen=True)
@@ -401,16 +415,19 @@ def _record(
     name: str,
     status: str,
     output: dict[str, Any],
+    writes: dict[str, Any] | None = None,
     alone: bool = False,
 ) -> tuple[str, int | None, str | None] | None:
-    """Write a successful stage's result under the generation's lock: the
-    generation's status before (final: someone ended it meanwhile), the
-    stage's duration and the generation's provider. None: it was deleted."""
+    """Write a successful stage's result under the generation's lock, with the
+    generation columns the stage function wrote (``writes``): the generation's
+    status before (final: someone ended it meanwhile), the stage's duration
+    and the generation's provider. None: it was deleted."""
     now = utcnow()
+    writes = writes or {}
     if db.is_postgres and ONE_STATEMENT:
         row = db.fetchone(
             conn,
-            _PG_RECORD,
+            _pg_record(frozenset(writes)),
             {
                 "generation_id": generation_id,
                 "stage": name,
@@ -418,6 +435,7 @@ def _record(
                 "output": json.dumps(output),
                 "now": now,
                 "last": name == STAGES[-1],
+                **{f"w_{c}": v for c, v in writes.items()},
             },
             autocommit=alone,
         )
@@ -432,6 +450,8 @@ def _record(
     set_stage_status(stage, status)
     stage.finished_at, stage.output = now, output
     stage.duration_ms = _elapsed_ms(stage)
+    for column, value in writes.items():
+        setattr(gen, column, value)
     gen.pipeline_data = {**(gen.pipeline_data or {}), name: output}
     gen.updated_at = now
     if old_status not in FINAL and name == STAGES[-1]:
@@ -481,23 +501,26 @@ def _run_stage(
     retry_in: float | None = None
     try:
         with db.session(durable=name in DURABLE_STAGES, conn=shared) as session:
+            # The stage reads the claim's copy of the generation; what it
+            # assigns there (``STAGE_WRITABLE``) is written by the record.
             ctx = StageContext(
                 session,
-                _attach(session, gen),
+                gen,
                 settings,
                 storage,
                 previous=previous,
                 checkpoint=_checkpointer(session, claim.stage_id, task_id),
             )
             result = STAGE_FUNCS[name](ctx)
-            session.flush()  # the stage's own rows and changes (assets, provider, cost)
+            session.flush()  # the stage's own rows (assets)
             status = S_SKIPPED if result.skipped else S_COMPLETED
             conn = session.connection()
             # Nothing read or written in this transaction yet (analyze and
             # enhance, mostly) and a progress commit: the record is the whole
             # transaction, so it can commit on its own, without BEGIN/COMMIT.
             alone = db.is_postgres and name not in DURABLE_STAGES and db.idle(conn)
-            rec = _record(db, conn, generation_id, name, status, result.output, alone)
+            writes = _stage_writes(gen, name)
+            rec = _record(db, conn, generation_id, name, status, result.output, writes, alone)
             if rec is None:  # deleted while the stage worked
                 return Outcome.stop()
             old_status, duration, provider = rec

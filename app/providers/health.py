@@ -69,15 +69,20 @@ def record_outcome(
         if ok
         else {"failure_count": Provider.failure_count + 1, "last_error": (error or "")[:2000]}
     )
-    session.execute(update(Provider).where(Provider.id == provider_id).values(**values))
-    session.execute(  # Core, not session.add: no unit-of-work flush per generation
-        insert(ProviderOutcome).values(
-            provider_id=provider_id,
-            ok=ok,
-            error=None if ok else (error or "")[:2000],
-            created_at=now,
-        )
+    counters = update(Provider).where(Provider.id == provider_id).values(**values)
+    outcome = insert(ProviderOutcome).values(  # Core: no unit-of-work flush per generation
+        provider_id=provider_id,
+        ok=ok,
+        error=None if ok else (error or "")[:2000],
+        created_at=now,
     )
+    if session.get_bind().dialect.name == "postgresql":
+        # One statement (the UPDATE as a data-modifying CTE): one round trip
+        # per generation instead of two.
+        session.execute(outcome.add_cte(counters.cte("counters")))
+    else:
+        session.execute(counters)
+        session.execute(outcome)
     key = (str(session.get_bind().engine.url), provider_id)
     last = _last_prune.get(key)
     if last is None or now - last >= PRUNE_EVERY:
