@@ -111,11 +111,11 @@ def test_both_paths_leave_the_same_rows(pg_app, pg_user, monkeypatch):
     assert a["pipeline_stages"] == {k: v for k, v in a["outputs"].items()}
 
 
-def _count_statements(app) -> list[str]:
+def _count_statements(app, full: bool = False) -> list[str]:
     seen: list[str] = []
 
     def on(conn, cursor, statement, *_):  # noqa: ARG001
-        seen.append(statement.strip().split(None, 1)[0].upper())
+        seen.append(statement if full else statement.strip().split(None, 1)[0].upper())
 
     event.listen(services(app).db.engine, "before_cursor_execute", on)
     return seen
@@ -125,10 +125,9 @@ def test_a_stage_is_claimed_and_recorded_in_one_statement_each(pg_app, pg_user):
     gen_id = _new(pg_app, pg_user)
     seen = _count_statements(pg_app)
     assert stage(pg_app, gen_id, "analyze").proceed
-    # The claim alone, in autocommit (no BEGIN/COMMIT); then SET LOCAL
-    # (a progress commit on a connection that defaults to durable) + the
-    # record: analyze itself reads nothing.
-    assert seen == ["WITH", "SET", "WITH"], seen
+    # The claim and the record, each in autocommit (no BEGIN/SET/COMMIT):
+    # analyze itself reads nothing.
+    assert seen == ["WITH", "WITH"], seen
 
 
 def test_a_canceled_generation_is_not_claimed(pg_app, pg_user):
@@ -226,7 +225,7 @@ def test_what_a_stage_assigns_on_its_generation_is_written_by_the_record(
     seen = _count_statements(pg_app)
     assert stage(pg_app, gen_id, "route").proceed
     if one_statement:
-        assert seen == ["WITH", "SET", "WITH"], seen  # claim; the work's SET LOCAL; record
+        assert seen == ["WITH", "WITH"], seen  # claim; record, with the stage's writes
     with services(pg_app).db.session() as session:
         gen = session.get(Generation, gen_id)
         assert (gen.provider, gen.model, gen.cost) == ("local", "bff-local-v1", Decimal("0.125"))
@@ -278,13 +277,44 @@ def test_on_a_worker_connection_a_light_stage_is_two_statements_and_two_commits(
     rows = _rows(pg_app, gen_id)
     assert rows["stages"][0][1:4] == ("skipped", 1, "t-analyze")
     assert rows["pipeline_keys"][-1] == "analyze"
-    # a durable stage still runs its record in a transaction that says so
+    # A durable stage's commit still waits for the WAL flush: its transaction
+    # says so (SET LOCAL), or, when the record is the whole transaction
+    # (generate on the local provider reads and writes nothing else), the
+    # record statement itself does (set_config(..., true): for its own
+    # transaction, whose commit follows the setting in effect then).
+    texts = _count_statements(pg_app, full=True)
     for name in STAGES[1:]:
-        seen.clear()
+        texts.clear()
         stage(pg_app, gen_id, name)
         if name in runner.DURABLE_STAGES:
-            assert "SET" in seen, (name, seen)
+            words = [t.split(None, 1)[0].upper() for t in texts]
+            if name == "generate":
+                assert words[:2] == ["WITH", "WITH"], (name, words)
+                assert "set_config('synchronous_commit', 'on', true)" in texts[1]
+            else:
+                assert "SET" in words, (name, words)
     assert _rows(pg_app, gen_id)["status"] == "completed"
+
+
+def test_a_setting_made_for_the_statements_own_transaction_is_in_effect_then_only(pg_app):
+    """What the durable record relies on: in autocommit, set_config(..., true)
+    inside the statement holds for that statement's implicit transaction (so
+    its commit is synchronous) and is gone after it."""
+    db = services(pg_app).db
+    db.relax_by_default()
+    db.engine.dispose()
+    with db.connection() as conn:
+        during = db.fetchone(
+            conn,
+            f"WITH {runner._DURABLE_CTE.removeprefix(', ')}"
+            " SELECT current_setting('synchronous_commit') FROM durable",
+            {},
+            autocommit=True,
+        )
+        after = db.fetchone(
+            conn, "SELECT current_setting('synchronous_commit')", {}, autocommit=True
+        )
+    assert (during, after) == (("on",), ("off",))
 
 
 def test_generate_records_the_provider_outcome_in_one_statement(pg_app, pg_user):
@@ -298,9 +328,9 @@ def test_generate_records_the_provider_outcome_in_one_statement(pg_app, pg_user)
         outcomes = session.query(ProviderOutcome).filter_by(provider_id="local").count()
     seen = _count_statements(pg_app)
     assert stage(pg_app, gen_id, "generate").proceed
-    # claim; record (with the stage's cost); the provider's counters and outcome;
-    # the retention prune (at most once a minute per process)
-    assert seen[:3] == ["WITH", "WITH", "WITH"] and seen[3:] in ([], ["DELETE"]), seen
+    # claim; record (with the stage's cost) and the provider's counters and
+    # outcome, one statement; the retention prune (at most once a minute per process)
+    assert seen[:2] == ["WITH", "WITH"] and seen[2:] in ([], ["DELETE"]), seen
     with services(pg_app).db.session() as session:
         assert session.get(Provider, "local").success_count == before + 1
         assert session.query(ProviderOutcome).filter_by(provider_id="local").count() == (

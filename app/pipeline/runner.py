@@ -49,7 +49,7 @@ from ..config import Settings
 from ..db import Database, make_durable
 from ..db import unavailable as db_unavailable
 from ..models import Generation, GenerationStage, utcnow
-from ..providers.health import record_outcome
+from ..providers.health import PG_SUCCESS_CTES, prune_if_due, record_outcome
 from ..states import (
     COMPLETED,
     FAILED,
@@ -259,7 +259,7 @@ _PG_RECORD_SQL = f"""
         FROM g
         WHERE s.generation_id = g.id AND s.name = %(stage)s AND s.status = '{S_RUNNING}'
         RETURNING s.duration_ms
-    )
+    ){{ctes}}
     UPDATE generations AS gen SET
         pipeline_data = (
             SELECT json_object_agg(x.k, x.v ORDER BY x.o) FROM (
@@ -272,19 +272,33 @@ _PG_RECORD_SQL = f"""
             THEN '{COMPLETED}' ELSE gen.status END,
         completed_at = CASE WHEN %(last)s AND g.status NOT IN ({_FINAL_SQL})
             THEN %(now)s ELSE gen.completed_at END
-    FROM g, st WHERE gen.id = g.id
+    FROM g, st{{durable}} WHERE gen.id = g.id
     RETURNING g.status AS old_status, st.duration_ms, gen.provider
     """
-_PG_RECORDS: dict[frozenset[str], str] = {}
+# The commit of a transaction is synchronous or not by the setting in effect
+# when it commits (PostgreSQL's synchronous_commit documentation): set for
+# this statement's own transaction, it makes a record that commits on its own
+# durable on a connection that defaults to asynchronous commit, without a
+# SET LOCAL round trip (and harmless inside a transaction that set it).
+_DURABLE_CTE = ", durable AS (SELECT set_config('synchronous_commit', 'on', true))"
+_PG_RECORDS: dict[tuple[frozenset[str], bool, bool], str] = {}
 
 
-def _pg_record(columns: frozenset[str]) -> str:
-    """``_PG_RECORD_SQL`` also setting the columns the stage function wrote
-    (parameters ``w_<column>``); one text per column set."""
-    sql = _PG_RECORDS.get(columns)
+def _pg_record(columns: frozenset[str], durable: bool, success_of_provider: bool) -> str:
+    """``_PG_RECORD_SQL`` also setting the generation columns the stage
+    function wrote (parameters ``w_<column>``), durable on commit, and
+    recording the provider's success (``health.PG_SUCCESS_CTES``); one text
+    per combination."""
+    key = (columns, durable, success_of_provider)
+    sql = _PG_RECORDS.get(key)
     if sql is None:
         writes = "".join(f" {c} = %(w_{c})s," for c in sorted(columns))
-        sql = _PG_RECORDS[columns] = _PG_RECORD_SQL.replace("{writes}", writes)
+        ctes = (_DURABLE_CTE if durable else "") + (PG_SUCCESS_CTES if success_of_provider else "")
+        sql = _PG_RECORDS[key] = (
+            _PG_RECORD_SQL.replace("{writes}", writes)
+            .replace("{ctes}", ctes)
+            .replace("{durable}", ", durable" if durable else "")
+        )
     return sql
 
 
@@ -408,40 +422,58 @@ def _claim(
     return Claim(gen, stage.id, stage.attempts, previous)
 
 
-def _record(
+Recorded = tuple[str, int | None, str | None, bool]
+
+
+def _fast_record(
     db: Database,
     conn: Connection,
     generation_id: str,
     name: str,
     status: str,
     output: dict[str, Any],
-    writes: dict[str, Any] | None = None,
+    writes: dict[str, Any],
     alone: bool = False,
-) -> tuple[str, int | None, str | None] | None:
+    durable: bool = False,
+    success_of: str | None = None,
+) -> Recorded | None:
+    """PostgreSQL: ``_general_record`` in one statement (``_PG_RECORD_SQL``),
+    with provider ``success_of``'s success recorded too. ``alone``: ``conn``
+    is idle and the statement commits on its own (durably if ``durable``).
+    None: nothing written, the general path decides."""
+    params = {
+        "generation_id": generation_id,
+        "stage": name,
+        "status": status,
+        "output": json.dumps(output),
+        "now": utcnow(),
+        "last": name == STAGES[-1],
+        **{f"w_{c}": v for c, v in writes.items()},
+    }
+    if success_of:
+        params["outcome_provider"] = success_of
+    sql = _pg_record(frozenset(writes), alone and durable, success_of is not None)
+    row = db.fetchone(conn, sql, params, autocommit=alone)
+    if row is None:
+        return None
+    old_status, duration_ms, provider = row
+    return old_status, duration_ms, provider, success_of is not None
+
+
+def _general_record(
+    conn: Connection,
+    generation_id: str,
+    name: str,
+    status: str,
+    output: dict[str, Any],
+    writes: dict[str, Any],
+) -> Recorded | None:
     """Write a successful stage's result under the generation's lock, with the
     generation columns the stage function wrote (``writes``): the generation's
-    status before (final: someone ended it meanwhile), the stage's duration
-    and the generation's provider. None: it was deleted."""
+    status before (final: someone ended it meanwhile), the stage's duration,
+    the generation's provider, and False (no provider outcome recorded here).
+    None: it was deleted."""
     now = utcnow()
-    writes = writes or {}
-    if db.is_postgres and ONE_STATEMENT:
-        row = db.fetchone(
-            conn,
-            _pg_record(frozenset(writes)),
-            {
-                "generation_id": generation_id,
-                "stage": name,
-                "status": status,
-                "output": json.dumps(output),
-                "now": now,
-                "last": name == STAGES[-1],
-                **{f"w_{c}": v for c, v in writes.items()},
-            },
-            autocommit=alone,
-        )
-        if row is not None:
-            old_status, duration_ms, provider = row
-            return old_status, duration_ms, provider
     locked = _lock(conn, generation_id, name)
     if locked is None:
         return None
@@ -457,7 +489,7 @@ def _record(
     if old_status not in FINAL and name == STAGES[-1]:
         set_status(gen, COMPLETED)
     _save_all(conn, locked, stage)
-    return old_status, stage.duration_ms, gen.provider
+    return old_status, stage.duration_ms, gen.provider, False
 
 
 def run_stage(
@@ -514,20 +546,44 @@ def _run_stage(
             result = STAGE_FUNCS[name](ctx)
             session.flush()  # the stage's own rows (assets)
             status = S_SKIPPED if result.skipped else S_COMPLETED
-            conn = session.connection()
-            # Nothing read or written in this transaction yet (analyze and
-            # enhance, mostly) and a progress commit: the record is the whole
-            # transaction, so it can commit on its own, without BEGIN/COMMIT.
-            alone = db.is_postgres and name not in DURABLE_STAGES and db.idle(conn)
             writes = _stage_writes(gen, name)
-            rec = _record(db, conn, generation_id, name, status, result.output, writes, alone)
+            rec = None
+            if db.is_postgres and ONE_STATEMENT:
+                # Nothing sent in the stage's own transaction (it read and
+                # wrote nothing, or a checkpoint committed all it did): the
+                # record is the whole transaction and commits on its own, no
+                # BEGIN, SET LOCAL or COMMIT round trips. Not a final transition
+                # with a webhook: its delivery row commits in the same transaction.
+                alone = (
+                    not session.in_transaction()
+                    and db.idle(shared)
+                    and not (name == STAGES[-1] and gen.webhook_url)
+                )
+                rec = _fast_record(
+                    db,
+                    shared if alone else session.connection(),
+                    generation_id,
+                    name,
+                    status,
+                    result.output,
+                    writes,
+                    alone=alone,
+                    durable=name in DURABLE_STAGES,
+                    success_of=gen.provider if name == "generate" and gen.provider else None,
+                )
+            if rec is None:
+                conn = session.connection()
+                rec = _general_record(conn, generation_id, name, status, result.output, writes)
             if rec is None:  # deleted while the stage worked
                 return Outcome.stop()
-            old_status, duration, provider = rec
+            old_status, duration, provider, outcome_recorded = rec
             ended_elsewhere = old_status in FINAL  # e.g. canceled while this stage worked
             completing = not ended_elsewhere and name == STAGES[-1]
             if name == "generate" and provider:
-                record_outcome(session, provider, ok=True)
+                if outcome_recorded:
+                    prune_if_due(session, provider)
+                else:
+                    record_outcome(session, provider, ok=True)
             # e.g. a stalled copy ending after the job did: a changed final generation
             changed_final = old_status in TERMINAL
             # the webhook message commits with the transition

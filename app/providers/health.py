@@ -70,7 +70,9 @@ def record_outcome(
         else {"failure_count": Provider.failure_count + 1, "last_error": (error or "")[:2000]}
     )
     counters = update(Provider).where(Provider.id == provider_id).values(**values)
-    outcome = insert(ProviderOutcome).values(  # Core: no unit-of-work flush per generation
+    outcome = insert(
+        ProviderOutcome
+    ).values(  # Core: no unit-of-work flush per generation
         provider_id=provider_id,
         ok=ok,
         error=None if ok else (error or "")[:2000],
@@ -83,6 +85,27 @@ def record_outcome(
     else:
         session.execute(counters)
         session.execute(outcome)
+    prune_if_due(session, provider_id, now)
+
+
+# PostgreSQL, driver SQL: ``record_outcome(ok=True)`` as data-modifying CTEs for
+# a statement that defines ``st`` (a row when the outcome happened) and
+# parameters ``outcome_provider`` and ``now``: the runner's record of
+# ``generate`` carries them, so a success costs no statement of its own.
+PG_SUCCESS_CTES = """
+    , outcome_counters AS (
+        UPDATE providers SET success_count = success_count + 1, updated_at = %(now)s
+        WHERE id = %(outcome_provider)s AND EXISTS (SELECT 1 FROM st)
+    ), outcome_row AS (
+        INSERT INTO provider_outcomes (provider_id, ok, error, created_at)
+        SELECT %(outcome_provider)s, true, NULL, %(now)s FROM st
+    )"""
+
+
+def prune_if_due(session: Session, provider_id: str, now: datetime | None = None) -> None:
+    """Delete ``provider_id``'s outcomes older than ``RETENTION``, at most once
+    per ``PRUNE_EVERY`` per process and database."""
+    now = now or utcnow()
     key = (str(session.get_bind().engine.url), provider_id)
     last = _last_prune.get(key)
     if last is None or now - last >= PRUNE_EVERY:
