@@ -121,6 +121,8 @@ def _apply_commit_mode(session: Session, _transaction, connection: Connection) -
     """On EVERY transaction a session begins (not only its first: a checkpoint
     commits mid-session and the stage's result goes in the next one), make the
     commit mode the session asked for, where the connection's default differs."""
+    if connection.connection.driver_connection.autocommit:
+        return  # reads_in_autocommit: every statement commits on its own, by the default
     durable = session.info.get(_DURABLE_SESSION, True)
     relaxed_conn = connection.info.get(_RELAXED_CONN, False)
     if durable and relaxed_conn:
@@ -275,6 +277,17 @@ class Database:
         if autocommit:
             self._committed(conn)
         return row
+
+    @contextmanager
+    def reads_in_autocommit(self, conn: Connection) -> Iterator[None]:
+        """PostgreSQL: statements on ``conn`` (idle, from ``connection()``) each
+        commit on their own until the block ends, so reads cost no BEGIN and
+        COMMIT round trips; under READ COMMITTED each statement sees a fresh
+        snapshot in a transaction too. A session on ``conn`` sets no commit
+        mode meanwhile. For reads only: a write here is not atomic with
+        anything after the block."""
+        with _autocommit(conn.connection.driver_connection):
+            yield
 
     def idle(self, conn: Connection) -> bool:
         """PostgreSQL: nothing has been sent in ``conn``'s transaction yet (no

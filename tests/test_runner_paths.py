@@ -173,8 +173,8 @@ def test_canceled_while_working_keeps_canceled_and_stops(pg_app, pg_user, monkey
     gen_id = _new(pg_app, pg_user)
 
     def cancel_meanwhile(ctx):
-        # the work runs in a transaction again after the autocommit claim
-        assert ctx.session.connection().connection.dbapi_connection.autocommit is False
+        # analyze is read-only: what it reads commits on its own
+        assert ctx.session.connection().connection.dbapi_connection.autocommit is True
         with services(pg_app).db.session() as session:
             svc.cancel(session.get(Generation, gen_id))
         return StageResult({"seen": True})
@@ -336,3 +336,37 @@ def test_generate_records_the_provider_outcome_in_one_statement(pg_app, pg_user)
         assert session.query(ProviderOutcome).filter_by(provider_id="local").count() == (
             outcomes + 1
         )
+
+
+def test_a_read_only_stage_reads_without_a_transaction(pg_app, pg_user):
+    """persona reads the user's personas: claim, that SELECT and the record,
+    each its own transaction (no BEGIN, SET or COMMIT), on any connection."""
+    gen_id = _new(pg_app, pg_user)
+    for name in STAGES[:2]:
+        assert stage(pg_app, gen_id, name).proceed
+    seen = _count_statements(pg_app)
+    assert stage(pg_app, gen_id, "persona").proceed
+    assert seen == ["WITH", "SELECT", "WITH"], seen
+    # the connection is back in transactions for whoever uses it next
+    seen.clear()
+    assert stage(pg_app, gen_id, "route").proceed
+    with services(pg_app).db.connection() as conn:
+        assert conn.connection.dbapi_connection.autocommit is False
+
+
+def test_a_read_only_stage_that_adds_rows_fails_and_adds_none(pg_app, pg_user, monkeypatch):
+    from app.models import GenerationAsset
+
+    gen_id = _new(pg_app, pg_user)
+
+    def sneaky(ctx):
+        ctx.session.add(GenerationAsset(generation_id=ctx.generation.id, position=0))
+        return StageResult({})
+
+    monkeypatch.setitem(STAGE_FUNCS, "analyze", sneaky)
+    assert not stage(pg_app, gen_id, "analyze").proceed
+    rows = _rows(pg_app, gen_id)
+    assert rows["status"] == "failed"
+    assert "internal error in analyze" in rows["stages"][0][4]
+    with services(pg_app).db.session() as session:
+        assert session.query(GenerationAsset).filter_by(generation_id=gen_id).count() == 0

@@ -26,3 +26,8 @@ STAGE_FUNCS: dict[str, Callable[[StageContext], StageResult]] = {
     "generate": generate.run,
     "store": store.run,
 }
+# Stages whose functions only read the database: all they write is their
+# result, which the runner's record writes. The runner sends their reads in
+# autocommit (no BEGIN/COMMIT round trips; under READ COMMITTED each statement
+# sees a fresh snapshot either way) and fails one that adds or changes rows.
+READ_ONLY_STAGES: frozenset[str] = frozenset({"analyze", "enhance", "persona", "route", "optimize"})

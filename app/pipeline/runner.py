@@ -67,7 +67,7 @@ from ..states import (
 )
 from ..storage import Storage
 from ..webhooks import record_final
-from . import STAGE_FUNCS, STAGES
+from . import READ_ONLY_STAGES, STAGE_FUNCS, STAGES
 from .context import StageContext, StageFailed, StageLeaseLost, StageTransient, StageWaiting
 
 log = logging.getLogger(__name__)
@@ -543,22 +543,25 @@ def _run_stage(
                 previous=previous,
                 checkpoint=_checkpointer(session, claim.stage_id, task_id),
             )
-            result = STAGE_FUNCS[name](ctx)
+            if db.is_postgres and name in READ_ONLY_STAGES:
+                with db.reads_in_autocommit(shared):
+                    result = STAGE_FUNCS[name](ctx)
+                if session.new or session.dirty or session.deleted:
+                    raise RuntimeError(f"stage {name} is read-only but changed rows")
+            else:
+                result = STAGE_FUNCS[name](ctx)
             session.flush()  # the stage's own rows (assets)
             status = S_SKIPPED if result.skipped else S_COMPLETED
             writes = _stage_writes(gen, name)
             rec = None
             if db.is_postgres and ONE_STATEMENT:
-                # Nothing sent in the stage's own transaction (it read and
-                # wrote nothing, or a checkpoint committed all it did): the
-                # record is the whole transaction and commits on its own, no
-                # BEGIN, SET LOCAL or COMMIT round trips. Not a final transition
-                # with a webhook: its delivery row commits in the same transaction.
-                alone = (
-                    not session.in_transaction()
-                    and db.idle(shared)
-                    and not (name == STAGES[-1] and gen.webhook_url)
-                )
+                # No transaction open on the connection (the stage wrote
+                # nothing and read in autocommit or not at all, or a checkpoint
+                # committed all it did): the record is the whole transaction and
+                # commits on its own, no BEGIN, SET LOCAL or COMMIT round trips.
+                # Not a final transition with a webhook: its delivery row
+                # commits in the same transaction.
+                alone = db.idle(shared) and not (name == STAGES[-1] and gen.webhook_url)
                 rec = _fast_record(
                     db,
                     shared if alone else session.connection(),
