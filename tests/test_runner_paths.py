@@ -370,3 +370,41 @@ def test_a_read_only_stage_that_adds_rows_fails_and_adds_none(pg_app, pg_user, m
     assert "internal error in analyze" in rows["stages"][0][4]
     with services(pg_app).db.session() as session:
         assert session.query(GenerationAsset).filter_by(generation_id=gen_id).count() == 0
+
+
+def _seen_by_stage(app, gen_id: str, name: str, monkeypatch) -> tuple:
+    """The generation's status and updated_at as committed when ``name``'s
+    function runs (after its claim, before its record)."""
+    seen = []
+
+    def look(ctx):
+        with services(app).db.session() as session:
+            gen = session.get(Generation, gen_id)
+            seen.append((gen.status, gen.updated_at))
+        return StageResult({})
+
+    monkeypatch.setitem(STAGE_FUNCS, name, look)
+    assert stage(app, gen_id, name).proceed
+    return seen[0]
+
+
+def _set_updated_at(app, gen_id: str, when) -> None:
+    with services(app).db.session() as session:
+        session.get(Generation, gen_id).updated_at = when
+
+
+def test_the_claim_renews_a_lease_only_when_it_is_not_fresh(pg_app, pg_user, monkeypatch):
+    gen_id = _new(pg_app, pg_user)
+    before = utcnow()
+    # pending: the claim makes it processing and renews the lease
+    status, updated = _seen_by_stage(pg_app, gen_id, "analyze", monkeypatch)
+    assert status == "processing" and updated >= before
+    # processing, renewed just now by analyze's record: the claim leaves the row alone
+    with services(pg_app).db.session() as session:
+        recorded = session.get(Generation, gen_id).updated_at
+    assert _seen_by_stage(pg_app, gen_id, "enhance", monkeypatch) == ("processing", recorded)
+    # a lease older than LEASE_FRESH (the stage waited in the queue): renewed
+    stale = utcnow() - runner.LEASE_FRESH - timedelta(seconds=5)
+    _set_updated_at(pg_app, gen_id, stale)
+    status, updated = _seen_by_stage(pg_app, gen_id, "persona", monkeypatch)
+    assert status == "processing" and updated > stale + timedelta(seconds=4)
