@@ -22,7 +22,7 @@ import re
 from collections import Counter
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
 from ..models import Persona
 from .context import StageContext, StageResult
@@ -110,12 +110,15 @@ def match(prompt: str, personas: list[Persona], explicit_id: str | None) -> dict
     }
 
 
+_USER_PERSONAS = (
+    select(*Persona.__table__.c).where(Persona.user_id == bindparam("user_id")).order_by(Persona.id)
+)  # built once
+
+
 def run(ctx: StageContext) -> StageResult:
-    personas = list(
-        ctx.session.scalars(
-            select(Persona).where(Persona.user_id == ctx.generation.user_id).order_by(Persona.id)
-        )
-    )
+    # Rows, not ORM objects: the stage only reads them (an entity load's
+    # per-query setup cost more than the query).
+    personas = ctx.session.execute(_USER_PERSONAS, {"user_id": ctx.generation.user_id}).all()
     if not personas:
         return StageResult({"reason": "user has no personas"}, skipped=True)
     prompt = ctx.output_of("enhance").get("mainPrompt") or ctx.generation.prompt or ""

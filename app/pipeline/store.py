@@ -21,7 +21,7 @@ from urllib.parse import urljoin
 
 import requests
 from PIL import Image
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
 from ..config import Settings
 from ..models import GenerationAsset
@@ -92,17 +92,19 @@ def _fetch(ctx: StageContext, ref: dict) -> bytes:
     raise StageFailed("the provider returned no image reference")
 
 
+_ASSET_IDS = select(GenerationAsset.position, GenerationAsset.id).where(
+    GenerationAsset.generation_id == bindparam("generation_id")
+)  # built once
+
+
 def run(ctx: StageContext) -> StageResult:
     gen = ctx.generation
     outputs = ctx.output_of("generate").get("outputs") or []
     if not outputs:
         raise StageFailed("the provider returned no images")
-    existing = {
-        a.position: a
-        for a in ctx.session.scalars(
-            select(GenerationAsset).where(GenerationAsset.generation_id == gen.id)
-        )
-    }
+    # Asset rows an earlier attempt left (positions and ids: loading entities
+    # costs more than the query, and there are none on a first run).
+    existing = dict(ctx.session.execute(_ASSET_IDS, {"generation_id": gen.id}).all())
     recorded = []
     for ref in outputs:
         i = int(ref["index"])
@@ -129,7 +131,11 @@ def run(ctx: StageContext) -> StageResult:
             )
         except StorageError as exc:
             raise StageTransient(f"storage unavailable: {exc}") from exc
-        asset = existing.get(i) or GenerationAsset(generation_id=gen.id, position=i)
+        asset = (
+            ctx.session.get(GenerationAsset, existing[i])
+            if i in existing
+            else GenerationAsset(generation_id=gen.id, position=i)
+        )
         asset.r2_key, asset.cdn_url, asset.content_type = key, url, content_type
         asset.file_size, asset.width, asset.height = len(data), width, height
         asset.provider_id, asset.asset_type = gen.provider, "image"
