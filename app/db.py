@@ -124,6 +124,8 @@ def _apply_commit_mode(session: Session, _transaction, connection: Connection) -
     if connection.connection.driver_connection.autocommit:
         return  # reads_in_autocommit: every statement commits on its own, by the default
     durable = session.info.get(_DURABLE_SESSION, True)
+    if durable is None:
+        return  # the connection's default; the caller makes it durable if it must
     relaxed_conn = connection.info.get(_RELAXED_CONN, False)
     if durable and relaxed_conn:
         connection.execute(DURABLE)
@@ -195,14 +197,19 @@ class Database:
             yield conn
 
     @contextmanager
-    def session(self, durable: bool = True, conn: Connection | None = None) -> Iterator[Session]:
+    def session(
+        self, durable: bool | None = True, conn: Connection | None = None
+    ) -> Iterator[Session]:
         """``durable=False`` is for progress that may be lost in a database
         server crash because it is re-derived (an idempotent stage runs
         again): on PostgreSQL its commit does not wait for the WAL flush
         (``synchronous_commit = off`` for that transaction only; no
         corruption, at most the last few hundred ms of such commits lost).
-        A later durable commit flushes it too. ``conn`` (from ``connection()``,
-        outside any transaction) runs this transaction on that connection."""
+        A later durable commit flushes it too. ``durable=None``: no SET at all,
+        the connection's default, for a caller that makes the transaction
+        durable itself when it must (``make_durable``, or a statement's own
+        ``set_config``). ``conn`` (from ``connection()``, outside any
+        transaction) runs this transaction on that connection."""
         info = {_DURABLE_SESSION: durable}
         session = self._factory(info=info) if conn is None else self._factory(bind=conn, info=info)
         try:

@@ -277,22 +277,21 @@ def test_on_a_worker_connection_a_light_stage_is_two_statements_and_two_commits(
     rows = _rows(pg_app, gen_id)
     assert rows["stages"][0][1:4] == ("skipped", 1, "t-analyze")
     assert rows["pipeline_keys"][-1] == "analyze"
-    # A durable stage's commit still waits for the WAL flush: its transaction
-    # says so (SET LOCAL), or, when the record is the whole transaction
-    # (generate on the local provider reads and writes nothing else), the
-    # record statement itself does (set_config(..., true): for its own
-    # transaction, whose commit follows the setting in effect then).
+    # A durable stage's commit still waits for the WAL flush: its record
+    # says so (set_config(..., true): for the transaction it runs in, whose
+    # commit follows the setting in effect then), whether it is the whole
+    # transaction (generate on the local provider) or not (store: its asset
+    # rows), without a SET LOCAL round trip.
     texts = _count_statements(pg_app, full=True)
     for name in STAGES[1:]:
         texts.clear()
         stage(pg_app, gen_id, name)
-        if name in runner.DURABLE_STAGES:
-            words = [t.split(None, 1)[0].upper() for t in texts]
-            if name == "generate":
-                assert words[:2] == ["WITH", "WITH"], (name, words)
-                assert "set_config('synchronous_commit', 'on', true)" in texts[1]
-            else:
-                assert "SET" in words, (name, words)
+        words = [t.split(None, 1)[0].upper() for t in texts]
+        assert "SET" not in words, (name, words)
+        durable = "set_config('synchronous_commit', 'on', true)" in texts[-1]
+        assert durable == (name in runner.DURABLE_STAGES), (name, texts[-1])
+        if name == "generate":
+            assert words == ["WITH", "WITH"], (name, words)
     assert _rows(pg_app, gen_id)["status"] == "completed"
 
 
@@ -408,3 +407,17 @@ def test_the_claim_renews_a_lease_only_when_it_is_not_fresh(pg_app, pg_user, mon
     _set_updated_at(pg_app, gen_id, stale)
     status, updated = _seen_by_stage(pg_app, gen_id, "persona", monkeypatch)
     assert status == "processing" and updated > stale + timedelta(seconds=4)
+
+
+def test_the_general_path_makes_a_durable_stage_durable_itself(pg_app, pg_user, monkeypatch):
+    db = services(pg_app).db
+    db.relax_by_default()
+    db.engine.dispose()
+    monkeypatch.setattr(runner, "ONE_STATEMENT", False)
+    gen_id = _new(pg_app, pg_user)
+    for name in STAGES[:-1]:
+        assert stage(pg_app, gen_id, name).proceed
+    texts = _count_statements(pg_app, full=True)
+    assert not stage(pg_app, gen_id, "store").proceed
+    assert "SET LOCAL synchronous_commit = on" in texts, texts
+    assert _rows(pg_app, gen_id)["status"] == "completed"

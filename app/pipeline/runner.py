@@ -297,10 +297,10 @@ _PG_RECORD_SQL = f"""
     RETURNING g.status AS old_status, st.duration_ms, gen.provider
     """
 # The commit of a transaction is synchronous or not by the setting in effect
-# when it commits (PostgreSQL's synchronous_commit documentation): set for
-# this statement's own transaction, it makes a record that commits on its own
-# durable on a connection that defaults to asynchronous commit, without a
-# SET LOCAL round trip (and harmless inside a transaction that set it).
+# when it commits (PostgreSQL's synchronous_commit documentation): set by the
+# record of a durable stage for the transaction it runs in (its own, when it
+# commits alone, or the stage's), it makes that commit durable on a connection
+# that defaults to asynchronous commit, without a SET LOCAL round trip.
 _DURABLE_CTE = ", durable AS (SELECT set_config('synchronous_commit', 'on', true))"
 _PG_RECORDS: dict[tuple[frozenset[str], bool, bool], str] = {}
 
@@ -467,7 +467,8 @@ def _fast_record(
 ) -> Recorded | None:
     """PostgreSQL: ``_general_record`` in one statement (``_PG_RECORD_SQL``),
     with provider ``success_of``'s success recorded too. ``alone``: ``conn``
-    is idle and the statement commits on its own (durably if ``durable``).
+    is idle and the statement commits on its own. ``durable``: the
+    transaction it runs in commits durably.
     None: nothing written, the general path decides."""
     params = {
         "generation_id": generation_id,
@@ -480,7 +481,7 @@ def _fast_record(
     }
     if success_of:
         params["outcome_provider"] = success_of
-    sql = _pg_record(frozenset(writes), alone and durable, success_of is not None)
+    sql = _pg_record(frozenset(writes), durable, success_of is not None)
     row = db.fetchone(conn, sql, params, autocommit=alone)
     if row is None:
         return None
@@ -560,7 +561,10 @@ def _run_stage(
     error: str | None = None
     retry_in: float | None = None
     try:
-        with db.session(durable=name in DURABLE_STAGES, conn=shared) as session:
+        # The connection's commit mode for the work (no SET LOCAL round trip):
+        # a durable stage's record makes its transaction durable itself.
+        durable = name in DURABLE_STAGES
+        with db.session(durable=None, conn=shared) as session:
             # The stage reads the claim's copy of the generation; what it
             # assigns there (``STAGE_WRITABLE``) is written by the record.
             ctx = StageContext(
@@ -599,12 +603,14 @@ def _run_stage(
                     result.output,
                     writes,
                     alone=alone,
-                    durable=name in DURABLE_STAGES,
+                    durable=durable,
                     success_of=gen.provider if name == "generate" and gen.provider else None,
                 )
             if rec is None:
                 conn = session.connection()
                 rec = _general_record(conn, generation_id, name, status, result.output, writes)
+                if durable:
+                    make_durable(session)
             if rec is None:  # deleted while the stage worked
                 return Outcome.stop()
             old_status, duration, provider, outcome_recorded = rec
