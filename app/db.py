@@ -281,8 +281,8 @@ class Database:
             with _autocommit(raw) if autocommit else nullcontext(), raw.cursor() as cur:
                 cur.execute(sql, params, prepare=True)
                 row = cur.fetchone()
-        if autocommit:
-            self._committed(conn)
+                if autocommit:  # (still in autocommit: counters can tell it from a no-op)
+                    self._committed(conn)
         return row
 
     @contextmanager
@@ -334,7 +334,9 @@ class Database:
 
     def _committed(self, conn: Connection | None) -> None:
         # A statement that committed on its own: commit counters (tests, bench
-        # dbcost) count it like a Session's commit.
+        # dbcost) count it like a Session's commit. They get ``conn`` in
+        # autocommit (or None), where a Session's commit that had nothing to
+        # commit (its statements ran in autocommit) finds it idle.
         if self.engine.dispatch.commit:
             self.engine.dispatch.commit(conn)
 

@@ -46,8 +46,14 @@ def _attach(engine) -> Counter:
         c.statements.append((statement, parameters, c.commits))
 
     @event.listens_for(engine, "commit")
-    def _commit(conn):  # noqa: ARG001
-        c.commits += 1
+    def _commit(conn):
+        # Commits that commit something: a transaction's COMMIT, or a statement
+        # that committed on its own (Database._committed: None, or in
+        # autocommit). A Session's commit after statements that ran in
+        # autocommit finds the connection idle and sends nothing.
+        raw = conn.connection.driver_connection if conn is not None else None
+        if raw is None or raw.autocommit or raw.info.transaction_status != 0:  # 0: IDLE
+            c.commits += 1
 
     return c
 

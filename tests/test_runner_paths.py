@@ -327,9 +327,9 @@ def test_generate_records_the_provider_outcome_in_one_statement(pg_app, pg_user)
         outcomes = session.query(ProviderOutcome).filter_by(provider_id="local").count()
     seen = _count_statements(pg_app)
     assert stage(pg_app, gen_id, "generate").proceed
-    # claim; record (with the stage's cost) and the provider's counters and
-    # outcome, one statement; the retention prune (at most once a minute per process)
-    assert seen[:2] == ["WITH", "WITH"] and seen[2:] in ([], ["DELETE"]), seen
+    # claim; record (with the stage's cost), the provider's counters and
+    # outcome, and the retention prune when due: one statement
+    assert seen == ["WITH", "WITH"], seen
     with services(pg_app).db.session() as session:
         assert session.get(Provider, "local").success_count == before + 1
         assert session.query(ProviderOutcome).filter_by(provider_id="local").count() == (
@@ -421,3 +421,39 @@ def test_the_general_path_makes_a_durable_stage_durable_itself(pg_app, pg_user, 
     assert not stage(pg_app, gen_id, "store").proceed
     assert "SET LOCAL synchronous_commit = on" in texts, texts
     assert _rows(pg_app, gen_id)["status"] == "completed"
+
+
+def test_generate_prunes_old_outcomes_in_its_record_at_most_once_a_minute(pg_app, pg_user):
+    from app.models import ProviderOutcome
+    from app.providers import health
+
+    with services(pg_app).db.session() as session:
+        session.add(
+            ProviderOutcome(provider_id="local", ok=True, created_at=utcnow() - timedelta(days=2))
+        )
+    health._last_prune.clear()
+
+    def old_rows() -> int:
+        with services(pg_app).db.session() as session:
+            return (
+                session.query(ProviderOutcome)
+                .filter(ProviderOutcome.created_at < utcnow() - timedelta(days=1))
+                .count()
+            )
+
+    first, second = _new(pg_app, pg_user), _new(pg_app, pg_user)
+    for name in STAGES[:5]:
+        assert stage(pg_app, first, name).proceed
+        assert stage(pg_app, second, name).proceed
+    seen = _count_statements(pg_app, full=True)
+    assert stage(pg_app, first, "generate").proceed
+    record = seen[-1]
+    assert "DELETE FROM provider_outcomes" in record and old_rows() == 0
+    with services(pg_app).db.session() as session:
+        session.add(
+            ProviderOutcome(provider_id="local", ok=True, created_at=utcnow() - timedelta(days=2))
+        )
+    seen.clear()
+    assert stage(pg_app, second, "generate").proceed  # within the minute: no prune
+    record = seen[-1]
+    assert "DELETE" not in record and old_rows() == 1

@@ -49,7 +49,13 @@ from ..config import Settings
 from ..db import Database, make_durable
 from ..db import unavailable as db_unavailable
 from ..models import Generation, GenerationStage, utcnow
-from ..providers.health import PG_SUCCESS_CTES, prune_if_due, record_outcome
+from ..providers.health import (
+    PG_PRUNE_CTE,
+    PG_SUCCESS_CTES,
+    RETENTION,
+    prune_turn,
+    record_outcome,
+)
 from ..states import (
     COMPLETED,
     FAILED,
@@ -302,19 +308,25 @@ _PG_RECORD_SQL = f"""
 # commits alone, or the stage's), it makes that commit durable on a connection
 # that defaults to asynchronous commit, without a SET LOCAL round trip.
 _DURABLE_CTE = ", durable AS (SELECT set_config('synchronous_commit', 'on', true))"
-_PG_RECORDS: dict[tuple[frozenset[str], bool, bool], str] = {}
+_PG_RECORDS: dict[tuple[frozenset[str], bool, bool, bool], str] = {}
 
 
-def _pg_record(columns: frozenset[str], durable: bool, success_of_provider: bool) -> str:
+def _pg_record(
+    columns: frozenset[str], durable: bool, success_of_provider: bool, prune: bool = False
+) -> str:
     """``_PG_RECORD_SQL`` also setting the generation columns the stage
-    function wrote (parameters ``w_<column>``), durable on commit, and
-    recording the provider's success (``health.PG_SUCCESS_CTES``); one text
-    per combination."""
-    key = (columns, durable, success_of_provider)
+    function wrote (parameters ``w_<column>``), durable on commit, recording
+    the provider's success (``health.PG_SUCCESS_CTES``) and pruning its old
+    outcomes (``health.PG_PRUNE_CTE``); one text per combination."""
+    key = (columns, durable, success_of_provider, prune)
     sql = _PG_RECORDS.get(key)
     if sql is None:
         writes = "".join(f" {c} = %(w_{c})s," for c in sorted(columns))
-        ctes = (_DURABLE_CTE if durable else "") + (PG_SUCCESS_CTES if success_of_provider else "")
+        ctes = (
+            (_DURABLE_CTE if durable else "")
+            + (PG_SUCCESS_CTES if success_of_provider else "")
+            + (PG_PRUNE_CTE if prune else "")
+        )
         sql = _PG_RECORDS[key] = (
             _PG_RECORD_SQL.replace("{writes}", writes)
             .replace("{ctes}", ctes)
@@ -479,9 +491,13 @@ def _fast_record(
         "last": name == STAGES[-1],
         **{f"w_{c}": v for c, v in writes.items()},
     }
+    prune = False
     if success_of:
         params["outcome_provider"] = success_of
-    sql = _pg_record(frozenset(writes), durable, success_of is not None)
+        prune = prune_turn(str(db.engine.url), success_of, params["now"])
+        if prune:
+            params["prune_before"] = params["now"] - RETENTION
+    sql = _pg_record(frozenset(writes), durable, success_of is not None, prune)
     row = db.fetchone(conn, sql, params, autocommit=alone)
     if row is None:
         return None
@@ -616,11 +632,8 @@ def _run_stage(
             old_status, duration, provider, outcome_recorded = rec
             ended_elsewhere = old_status in FINAL  # e.g. canceled while this stage worked
             completing = not ended_elsewhere and name == STAGES[-1]
-            if name == "generate" and provider:
-                if outcome_recorded:
-                    prune_if_due(session, provider)
-                else:
-                    record_outcome(session, provider, ok=True)
+            if name == "generate" and provider and not outcome_recorded:
+                record_outcome(session, provider, ok=True)
             # e.g. a stalled copy ending after the job did: a changed final generation
             changed_final = old_status in TERMINAL
             # the webhook message commits with the transition

@@ -102,14 +102,32 @@ PG_SUCCESS_CTES = """
     )"""
 
 
+def prune_turn(database_url: str, provider_id: str, now: datetime) -> bool:
+    """Whether this process should prune ``provider_id``'s old outcomes now
+    (at most once per ``PRUNE_EVERY`` per process and database); True
+    takes the turn."""
+    key = (database_url, provider_id)
+    last = _last_prune.get(key)
+    if last is not None and now - last < PRUNE_EVERY:
+        return False
+    _last_prune[key] = now
+    return True
+
+
+# PostgreSQL, driver SQL: ``prune_if_due``'s DELETE as a data-modifying CTE,
+# for the statement ``PG_SUCCESS_CTES`` goes in (parameter ``prune_before``).
+PG_PRUNE_CTE = """
+    , outcome_prune AS (
+        DELETE FROM provider_outcomes
+        WHERE provider_id = %(outcome_provider)s AND created_at < %(prune_before)s
+    )"""
+
+
 def prune_if_due(session: Session, provider_id: str, now: datetime | None = None) -> None:
     """Delete ``provider_id``'s outcomes older than ``RETENTION``, at most once
     per ``PRUNE_EVERY`` per process and database."""
     now = now or utcnow()
-    key = (str(session.get_bind().engine.url), provider_id)
-    last = _last_prune.get(key)
-    if last is None or now - last >= PRUNE_EVERY:
-        _last_prune[key] = now
+    if prune_turn(str(session.get_bind().engine.url), provider_id, now):
         session.execute(
             delete(ProviderOutcome).where(
                 ProviderOutcome.provider_id == provider_id,
