@@ -24,6 +24,7 @@ from ..queue import dispatch
 from ..quotas import check_submission
 from ..schemas import ImageSubmit, PromptSubmit
 from ..storage import StorageError, generation_prefix
+from ..submissions import insert_submitted
 from ..webhooks import submit_url_problem
 from .common import Services, check_user_id, json_body, services
 from .uploads import read_image
@@ -159,7 +160,7 @@ def _submit(
     if upload is None and s.db.is_postgres and _passes_checks_without_db(body):
         # One statement, one round trip: the checks the database answers, the
         # generation and its stage rows, committed (durably) on its own.
-        inserted = svc.insert_submitted(
+        inserted = insert_submitted(
             s.db,
             user_id=g.user_id,
             mode=mode,
