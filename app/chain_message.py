@@ -309,32 +309,46 @@ class ChainSender:
     def send(self, generation_id: str, task_names: Sequence[str]) -> bool:
         """Send the chain; False when it cannot be templated (use the canvas).
         Raises what Redis raises once the publish retry policy is spent."""
-        if self._client is None or not PLAIN_ID.fullmatch(generation_id):
+        return self.send_many([generation_id], task_names)
+
+    def send_many(self, generation_ids: Sequence[str], task_names: Sequence[str]) -> bool:
+        """Send one chain per generation, all in one round trip (a batch of
+        submits, ``app.api.submit_batch``): each message with its own task
+        ids, delivery tags and event clock, as if sent one by one. False when
+        they cannot be templated (use the canvas). Raises what Redis raises
+        once the publish retry policy is spent; then none was sent."""
+        if self._client is None or not all(PLAIN_ID.fullmatch(g) for g in generation_ids):
             return False
         template = self.template(tuple(task_names))
         if template is None:
             return False
         app = self.celery_app
-        ids = uuid4s(template.tasks + 2)
-        message = template.fill(
-            generation_id,
-            ids[2:],
-            app.thread_oid,
-            (ids[0], ids[1]),
-            (str(app.clock.forward()), repr(time.time()), repr(utcoffset())),
-        )
-        self._push(message)
+        per = template.tasks + 2
+        ids = uuid4s(per * len(generation_ids))
+        oid, offset = app.thread_oid, repr(utcoffset())
+        messages = []
+        for i, generation_id in enumerate(generation_ids):
+            mine = ids[i * per : (i + 1) * per]
+            event = (str(app.clock.forward()), repr(time.time()), offset)
+            messages.append(template.fill(generation_id, mine[2:], oid, (mine[0], mine[1]), event))
+        self._push(messages)
         return True
 
-    def _push(self, message: Message) -> None:
-        """``LPUSH`` and the ``PUBLISH``es written at once on one pooled
-        connection, their replies read after (one round trip), with the publish
-        retry policy (as Celery's) on connection errors."""
-        data = _resp(b"LPUSH", message.queue.encode(), message.payload.encode())
-        if message.event is not None:
-            event = message.event.encode()
-            data += b"".join(_resp(b"PUBLISH", t.encode(), event) for t in message.topics)
-        replies = 1 + len(message.topics)
+    def _push(self, messages: Sequence[Message]) -> None:
+        """ONE ``LPUSH`` of every payload (they share the template's queue;
+        a worker takes them in this order, as after one LPUSH each) and the
+        ``PUBLISH``es of their events, written at once on one pooled
+        connection, their replies read after (one round trip), with the
+        publish retry policy (as Celery's) on connection errors. The LPUSH
+        is all or nothing; a PUBLISH only tells Flower."""
+        queue = messages[0].queue.encode()
+        data = _resp(b"LPUSH", queue, *(m.payload.encode() for m in messages))
+        replies = 1
+        for m in messages:
+            if m.event is not None:
+                event = m.event.encode()
+                data += b"".join(_resp(b"PUBLISH", t.encode(), event) for t in m.topics)
+                replies += len(m.topics)
         delay = float(self._policy["interval_start"] or 0)
         for attempt in range(self._retries + 1):
             try:
@@ -354,8 +368,22 @@ class ChainSender:
         conn = pool.get_connection()  # (re)connects; releases and raises if it cannot
         try:
             conn.send_packed_command([data], check_health=False)
-            for _ in range(replies):
-                conn.read_response()
+            conn.read_response()  # the LPUSH: an error reply raises (nothing was pushed)
+        except BaseException:
+            conn.disconnect()  # a reply may be left unread
+            pool.release(conn)
+            raise
+        # The chains are queued: a failed event (its reply an error, or the
+        # connection lost now) must not make the caller send them again.
+        try:
+            for _ in range(replies - 1):
+                try:
+                    conn.read_response()
+                except redis.ResponseError:
+                    pass
+        except Exception:  # noqa: BLE001 - see above
+            conn.disconnect()
+            log.warning("task-sent events may be lost (the chains were queued)")
         except BaseException:
             conn.disconnect()  # a reply may be left unread
             raise
