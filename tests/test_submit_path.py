@@ -16,7 +16,7 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import event, select, text
 
-from app import create_app
+from app import create_app, submit_batch
 from app import generations as svc
 from app.api import submit as submit_api
 from app.models import Generation, GenerationStage, Persona, User
@@ -236,6 +236,7 @@ def test_a_refused_send_leaves_the_generation_to_the_dispatcher(backend, request
     client = app.test_client()
     user = make_user(app, "alice") if backend == "sqlite" else _pg_user(app)
     monkeypatch.setattr(submit_api, "dispatch", lambda *a, **k: False)  # the broker is down
+    monkeypatch.setattr(submit_batch, "dispatch_many", lambda _app, ids: list(ids))
     gen_id = submit_prompt(client, user.headers)
     row = _row(app, gen_id)
     assert row["status"] == "pending" and row["dispatched_at"] is None

@@ -24,7 +24,7 @@ from ..queue import dispatch
 from ..quotas import check_submission
 from ..schemas import ImageSubmit, PromptSubmit
 from ..storage import StorageError, generation_prefix
-from ..submissions import insert_submitted
+from ..submissions import SubmitRow
 from ..webhooks import submit_url_problem
 from .common import Services, check_user_id, json_body, services
 from .uploads import read_image
@@ -158,16 +158,16 @@ def _submit(
     key = _idempotency_key()
     gen_id = new_id("gen")
     if upload is None and s.db.is_postgres and _passes_checks_without_db(body):
-        # One statement, one round trip: the checks the database answers, the
-        # generation and its stage rows, committed (durably) on its own.
-        inserted = insert_submitted(
-            s.db,
+        # With the submits that arrive meanwhile (app.submit_batch): one
+        # statement runs the checks the database answers and inserts the
+        # generations and their stage rows, committed durably once; one
+        # round trip sends their chains.
+        row = SubmitRow(
+            generation_id=gen_id,
             user_id=g.user_id,
             mode=mode,
-            generation_id=gen_id,
-            dispatched_at=utcnow(),
             settings=body.settings.model_dump(),
-            rate_limit=s.settings.submit_rate_limit,
+            now=utcnow(),
             prompt=body.prompt,
             negative_prompt=body.negativePrompt,
             persona_id=body.personaId,
@@ -176,9 +176,10 @@ def _submit(
             idempotency_key=key,
             request_hash=req_hash,
         )
-        if inserted:
-            return _send(s, gen_id)
-        # A check failed or the key was used before: the path below says which.
+        if s.submits.accept(row):
+            return _accepted(gen_id)
+        # A check failed, the key was used before, or the statement failed:
+        # the path below says which (or answers 503).
     input_key = None
     # One pooled connection (one checkout and its check) for the insert and,
     # should a concurrent request with the same key win, the replay.
