@@ -48,7 +48,7 @@ class _State:
         self.pid = os.getpid()
         self.lock = threading.Lock()
         self.queue: list[_Slot] = []
-        self.busy = False  # a leader is running a batch (or about to)
+        self.busy = False  # a batch is in flight (its leader running it, or about to)
 
 
 _STATE_LOCK = threading.Lock()
@@ -61,6 +61,8 @@ class Combiner(Generic[T, R]):
     it; nobody is left waiting."""
 
     def __init__(self, run: Callable[[Sequence[T]], Sequence[R]], max_batch: int = 64) -> None:
+        if max_batch < 1:
+            raise ValueError("max_batch must be at least 1")
         self._run = run
         self._max = max_batch
         self._state: _State | None = None
@@ -78,20 +80,24 @@ class Combiner(Generic[T, R]):
         state = self._here()
         slot: _Slot[T, R] = _Slot(item)
         with state.lock:
-            state.queue.append(slot)
-            follow, state.busy = state.busy, True
-        if follow:
-            slot.wait()  # until served, or made the next leader
-        if slot.leads or not follow:
-            self._lead(state)  # our slot is the queue's first: it is in the batch
+            # Invariant: calls queue only while a batch is in flight.
+            lead = not state.busy
+            if lead:
+                state.busy = True
+            else:
+                state.queue.append(slot)
+        if not lead:
+            slot.wait()  # until served, or handed the turn of a batch that ended
+        if lead or slot.leads:
+            self._lead(state, slot)
         if slot.error is not None:
             raise slot.error
         return slot.result  # type: ignore[return-value]
 
-    def _lead(self, state: _State) -> None:
+    def _lead(self, state: _State, first: _Slot[T, R]) -> None:
         with state.lock:
-            batch = state.queue[: self._max]
-            del state.queue[: self._max]
+            batch = [first, *state.queue[: self._max - 1]]
+            del state.queue[: self._max - 1]
         finished = False
         try:
             results = self._run([s.item for s in batch])
@@ -108,14 +114,17 @@ class Combiner(Generic[T, R]):
             if not finished:  # e.g. the worker exiting: it goes on up the leader's stack
                 for s in batch:
                     s.error = RuntimeError("the batch was interrupted")
-            # Whatever happened, nobody is left waiting: the next leader (the
-            # first who queued meanwhile) and everyone this batch served.
+            # Whatever happened, nobody is left waiting: the turn goes to the
+            # first who queued meanwhile (taken off the queue now, under the
+            # lock, so it is handed one turn only), else the process has no
+            # batch in flight; then everyone this batch served is woken.
             with state.lock:
-                nxt = state.queue[0] if state.queue else None
-                if nxt is None:
-                    state.busy = False
-                else:
+                if state.queue:
+                    nxt: _Slot | None = state.queue.pop(0)
                     nxt.leads = True
+                else:
+                    nxt = None
+                    state.busy = False
             if nxt is not None:
                 nxt.wake()
             for s in batch[1:]:

@@ -161,3 +161,35 @@ def test_a_forked_child_starts_with_its_own_state(monkeypatch):
     monkeypatch.setattr(batching.os, "getpid", lambda: parent.pid + 1)
     assert combiner.submit(2) == 2  # the child does not wait for the parent's batch
     assert combiner._here() is not parent
+
+
+def test_many_threads_each_get_their_own_result():
+    running, most = [0], [0]
+    guard = threading.Lock()
+
+    def run(items):
+        with guard:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.0005)  # I/O: the GIL is released, others queue
+        with guard:
+            running[0] -= 1
+        return [i * 2 for i in items]
+
+    combiner: Combiner[int, int] = Combiner(run, max_batch=5)
+    results: dict[int, int] = {}
+
+    def call(t: int) -> None:
+        for j in range(30):
+            results[t * 100 + j] = combiner.submit(t * 100 + j)
+
+    _join(_threads(16, call))
+    assert results == {i: i * 2 for i in results} and len(results) == 16 * 30
+    assert most[0] == 1  # one batch in flight at a time
+    state = combiner._here()
+    assert state.busy is False and state.queue == []
+
+
+def test_max_batch_is_at_least_one():
+    with pytest.raises(ValueError):
+        Combiner(lambda items: items, max_batch=0)
