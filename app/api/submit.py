@@ -10,7 +10,7 @@ import json
 import logging
 from typing import Any
 
-from flask import Blueprint, g, request
+from flask import Blueprint, Response, current_app, g, request
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
@@ -34,9 +34,22 @@ bp = Blueprint("submit", __name__, url_prefix="/api/generate")
 bp.before_request(load_user)
 
 
-def _accepted(gen_id: str) -> tuple[dict[str, Any], int, dict[str, str]]:
+def _accepted(gen_id: str) -> Response | tuple[dict[str, Any], int, dict[str, str]]:
     link = f"/api/generate/{gen_id}"
-    return ({"id": gen_id, "status": "pending", "links": {"self": link}}, 202, {"Location": link})
+    provider = current_app.json
+    if provider.compact is False or (provider.compact is None and current_app.debug):
+        # Pretty-printed (debug): as jsonify makes it.
+        return {"id": gen_id, "status": "pending", "links": {"self": link}}, 202, {"Location": link}
+    # The bytes jsonify makes of that dict (compact, keys in this order, then a
+    # newline), written directly: it is the answer to every submit, and ids
+    # are ours (letters, digits, "_"), so nothing needs escaping.
+    resp = current_app.response_class(
+        f'{{"id":"{gen_id}","status":"pending","links":{{"self":"{link}"}}}}\n',
+        202,
+        mimetype=provider.mimetype,
+    )
+    resp.headers["Location"] = link
+    return resp
 
 
 def _request_hash(payload: dict[str, Any], image_digest: str | None = None) -> str:
@@ -71,15 +84,15 @@ def _replay(session, key: str | None, req_hash: str):
 
 
 def _check_provider(body: PromptSubmit | ImageSubmit) -> None:
-    settings = body.settings.model_dump()
-    provider, config = body.settings.provider, services().settings
+    provider = body.settings.provider
     if provider != "auto":
+        config = services().settings
         # The missing key first: it is the cause a user can act on.
         var = PROVIDER_KEY_VARS.get(provider)
         why = (
             f"{var} not configured"
             if var and not config.provider_key(provider)
-            else exclusion(provider, routing_request(settings), config)
+            else exclusion(provider, routing_request(body.settings.model_dump()), config)
         )
         if why:
             raise ApiError(
