@@ -40,6 +40,8 @@ from kombu.transport import redis as kombu_redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from .randomness import random_bytes
+
 log = logging.getLogger(__name__)
 
 GEN, OID = "@@GEN@@", "@@OID@@"
@@ -67,15 +69,17 @@ _UUID_BITS: dict[int, tuple[int, int]] = {}
 
 def uuid4s(n: int) -> list[str]:
     """``n`` random (version 4) UUIDs as text, like ``str(uuid.uuid4())``
-    (Celery's task ids, kombu's delivery tags) from one ``os.urandom`` call,
-    their fixed bits set by one integer operation for all."""
+    (Celery's task ids, kombu's delivery tags) from ``os.urandom`` (drawn in
+    chunks, ``app.randomness``), their fixed bits set by one integer
+    operation for all."""
     bits = _UUID_BITS.get(n)
     if bits is None:
         if len(_UUID_BITS) >= 256:  # few sizes occur (ids per chain x batch size); bound it
             _UUID_BITS.clear()
         bits = _UUID_BITS[n] = _uuid_bits(n)
     keep, mark = bits
-    h = ((int.from_bytes(os.urandom(16 * n), "big") & keep) | mark).to_bytes(16 * n, "big").hex()
+    raw = random_bytes(16 * n)
+    h = ((int.from_bytes(raw, "big") & keep) | mark).to_bytes(16 * n, "big").hex()
     return [
         f"{h[j : j + 8]}-{h[j + 8 : j + 12]}-{h[j + 12 : j + 16]}-"
         f"{h[j + 16 : j + 20]}-{h[j + 20 : j + 32]}"
