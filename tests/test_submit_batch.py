@@ -364,3 +364,16 @@ def test_insert_many_decides_each_row_as_the_single_statement_would(make_app):
     # Without a rate limit b's keyed row goes in; its key then stops a second use.
     assert insert_many(db, [rows[-1]], (0, 60)) == {ids[-1]}
     assert insert_many(db, [row(b, idempotency_key="kb")], (0, 60)) == set()
+
+
+def test_the_request_hash_is_stored_only_with_an_idempotency_key(make_app):
+    """It tells a replay from a conflict; nothing reads it without a key."""
+    app = make_app()
+    user = _user(app)
+    keyed = _post(app, user, {"prompt": "coat"}, key="k").get_json()["id"]
+    keyless = _post(app, user, {"prompt": "coat"}).get_json()["id"]
+    with services(app).db.session() as session:
+        assert len(session.get(Generation, keyed).request_hash) == 64
+        assert session.get(Generation, keyless).request_hash is None
+    assert _post(app, user, {"prompt": "coat"}, key="k").get_json()["id"] == keyed
+    assert _post(app, user, {"prompt": "hat"}, key="k").status_code == 409

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from flask import Blueprint, Response, current_app, g, request
@@ -66,7 +67,7 @@ def _idempotency_key() -> str | None:
     return key
 
 
-def _replay(session, key: str | None, req_hash: str):
+def _replay(session, key: str | None, req_hash: str | None):
     if key is None:
         return None
     prior = session.scalar(
@@ -164,11 +165,15 @@ def _send(s: Services, gen_id: str) -> tuple[dict[str, Any], int, dict[str, str]
 def _submit(
     body: PromptSubmit | ImageSubmit,
     mode: str,
-    req_hash: str,
+    fingerprint: Callable[[], str],
     upload: tuple[bytes, str, str] | None = None,
 ):
+    """``fingerprint``: the request's hash, stored to tell a replay (same
+    Idempotency-Key, same request) from a conflict; computed only when the
+    request has a key, since nothing else reads it."""
     s = services()
     key = _idempotency_key()
+    req_hash = fingerprint() if key is not None else None
     gen_id = new_id("gen")
     if upload is None and s.db.is_postgres and _passes_checks_without_db(body):
         # With the submits that arrive meanwhile (app.submit_batch): one
@@ -245,7 +250,7 @@ def _submit(
 def from_prompt():
     payload = json_body()
     body = PromptSubmit.model_validate(payload)
-    return _submit(body, "prompt", _request_hash(payload))
+    return _submit(body, "prompt", lambda: _request_hash(payload))
 
 
 @bp.post("/from-image")
@@ -261,7 +266,7 @@ def from_image():
                 "send an image file or a vltSpec",
                 [{"field": "vltSpec", "message": "required without an image"}],
             )
-        return _submit(body, "image", _request_hash(payload))
+        return _submit(body, "image", lambda: _request_hash(payload))
     if not request.mimetype.startswith("multipart/form-data"):
         raise ApiError(
             415,
@@ -284,5 +289,9 @@ def from_image():
             raise ApiError(400, "malformed_json", "the settings field is not valid JSON") from None
     body = ImageSubmit.model_validate(fields)
     upload = read_image(file, s.max_upload_bytes, s.max_image_pixels)
-    digest = hashlib.sha256(upload[0]).hexdigest()
-    return _submit(body, "image", _request_hash(fields, digest), upload)
+    return _submit(
+        body,
+        "image",
+        lambda: _request_hash(fields, hashlib.sha256(upload[0]).hexdigest()),
+        upload,
+    )
