@@ -8,7 +8,9 @@ The statement decides per row exactly as it does for one (``app.submissions``):
 a row that fails a check, or whose Idempotency-Key was used, is not
 inserted, and that request takes the ordinary path, which answers why (or
 replays the key). So do all of a batch's requests when the statement fails
-(the database is down: each then answers as it would alone, e.g. 503). If
+(the database is down: each then answers as it would alone, e.g. 503),
+unless the rows turn out to be stored (the connection was lost after the
+commit): then they are accepted as if the statement had answered. If
 the broker refuses the chains, the batch's generations are left to the
 maintenance dispatcher, as a single submit's would be.
 """
@@ -19,11 +21,13 @@ import logging
 from collections.abc import Sequence
 
 from celery import Celery
+from sqlalchemy import select
 
 from . import generations as svc
 from .batching import Combiner
 from .config import Settings
 from .db import Database
+from .models import Generation
 from .queue import dispatch_many
 from .submissions import SubmitRow, insert_many
 
@@ -66,11 +70,23 @@ class SubmitBatcher:
         try:
             inserted = insert_many(self.db, unique, self.settings.submit_rate_limit)
         except Exception as exc:  # noqa: BLE001 - each request alone says what it is
-            log.warning("submit batch of %d not inserted: %s", len(unique), type(exc).__name__)
-            return [False] * len(rows)
+            log.warning("submit batch of %d failed: %s", len(unique), type(exc).__name__)
+            # A connection lost after the commit: the rows are there, and
+            # inserting them again by the ordinary path would be a conflict.
+            inserted = self._stored([row.generation_id for row in unique])
+            if not inserted:
+                return [False] * len(rows)
         ids = [row.generation_id for row in unique if row.generation_id in inserted]
         self._send(ids)
         return [row.generation_id in inserted for row in rows]
+
+    def _stored(self, ids: list[str]) -> set[str]:
+        """Which of ``ids`` exist (none when the database cannot say)."""
+        try:
+            with self.db.read() as session:
+                return set(session.scalars(select(Generation.id).where(Generation.id.in_(ids))))
+        except Exception:  # noqa: BLE001 - then the ordinary path answers each
+            return set()
 
     def _send(self, ids: list[str]) -> None:
         """The chains of committed generations; never raises: they are

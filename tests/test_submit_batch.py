@@ -377,3 +377,28 @@ def test_the_request_hash_is_stored_only_with_an_idempotency_key(make_app):
         assert session.get(Generation, keyless).request_hash is None
     assert _post(app, user, {"prompt": "coat"}, key="k").get_json()["id"] == keyed
     assert _post(app, user, {"prompt": "hat"}, key="k").status_code == 409
+
+
+def test_a_statement_that_committed_before_failing_is_not_inserted_twice(
+    make_app, queue, monkeypatch
+):
+    """The connection is lost after the commit (the statement raises, yet its
+    rows are stored): the requests get those generations, sent as usual."""
+    app = make_app()
+    user = _user(app)
+    _post(app, user, {"prompt": "first"})
+    real = submit_batch.insert_many
+
+    def committed_then_lost(db, rows, rate_limit):
+        real(db, rows, rate_limit)
+        raise OperationalError("INSERT", {}, Exception("server closed the connection"))
+
+    monkeypatch.setattr(submit_batch, "insert_many", committed_then_lost)
+    queue.delete("pipeline")
+    answers = [_post(app, user, {"prompt": f"coat {i}"}) for i in range(2)]
+    assert [r.status_code for r in answers] == [202, 202], [r.get_json() for r in answers]
+    ids = [r.get_json()["id"] for r in answers]
+    stored = {g.id: g for g in _rows(app, user.id)}
+    assert len(stored) == 3 and set(ids) <= set(stored)
+    assert all(stored[i].dispatched_at is not None for i in ids)
+    assert _queued_ids(queue) == ids
