@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import select
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
+
+T = TypeVar("T")
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:  # pragma: no cover - trivial
@@ -243,6 +245,17 @@ class Database:
         back on). Errors come out as SQLAlchemy's (OperationalError,
         IntegrityError, ...), and a connection found broken leaves the pool,
         as with a Session."""
+        return self._autocommit_statement(sql, params, lambda cur: cur.rowcount)
+
+    def fetchall_autocommit(
+        self, sql: str, params: Mapping[str, Any] | None = None
+    ) -> list[tuple[Any, ...]]:
+        """``execute_autocommit`` returning the statement's rows (plain tuples)."""
+        return self._autocommit_statement(sql, params, lambda cur: cur.fetchall())
+
+    def _autocommit_statement(
+        self, sql: str, params: Mapping[str, Any] | None, result: Callable[[Any], T]
+    ) -> T:
         dialect = self.engine.dialect
         try:
             fairy = self.engine.raw_connection()
@@ -255,13 +268,13 @@ class Database:
             with self._driver_call(None, sql, params, conn, fairy.invalidate):
                 if fairy.info.get(_RELAXED_CONN):
                     conn.execute("SET LOCAL synchronous_commit = on")
-                    rowcount = conn.execute(sql, params).rowcount
+                    out = result(conn.execute(sql, params))
                     conn.commit()
                 else:
                     with _autocommit(conn):
-                        rowcount = conn.execute(sql, params).rowcount
+                        out = result(conn.execute(sql, params))
             self._committed(None)
-            return rowcount
+            return out
         finally:
             fairy.close()  # back to the pool (its reset, a rollback, is a no-op when idle)
 

@@ -6,14 +6,13 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Iterable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import and_, bindparam, or_, select, update
 from sqlalchemy.orm import Session, joinedload, selectinload
 
-from .db import Database
 from .models import Generation, GenerationAsset, GenerationStage, new_id, utcnow
 from .pipeline import STAGES
 from .states import (
@@ -37,7 +36,7 @@ def iso(dt: datetime | None) -> str | None:
     return dt.isoformat().replace("+00:00", "Z")
 
 
-def _initial_pipeline_data(vlt_spec: dict[str, Any] | None) -> dict[str, Any]:
+def initial_pipeline_data(vlt_spec: dict[str, Any] | None) -> dict[str, Any]:
     return {"input": {"vltSpec": vlt_spec}} if vlt_spec else {}
 
 
@@ -74,7 +73,7 @@ def create(
         webhook_url=webhook_url,
         idempotency_key=idempotency_key,
         request_hash=request_hash,
-        pipeline_data=_initial_pipeline_data(vlt_spec),
+        pipeline_data=initial_pipeline_data(vlt_spec),
         dispatched_at=dispatched_at,
     )
     session.add(gen)
@@ -95,98 +94,11 @@ def create(
     return gen
 
 
-_STAGE_VALUES = ", ".join(f"('{name}', {i})" for i, name in enumerate(STAGES))
-
-
-def _submit_sql(persona: bool, rate_limited: bool) -> str:
-    # The generation row only if the checks the database answers pass (the
-    # daily spend cap; the persona is the user's; the submission rate), and
-    # not if the Idempotency-Key was used already; its stage rows from the
-    # generation the CTE inserted: so nothing or everything, in one statement.
-    checks = [
-        "(u.daily_spend_cap IS NULL OR u.daily_spend_cap > (SELECT coalesce(sum(x.cost), 0)"
-        " FROM generations x WHERE x.user_id = %(user_id)s AND x.created_at >= %(midnight)s))"
-    ]
-    if persona:
-        checks.append(
-            "EXISTS (SELECT 1 FROM personas p"
-            " WHERE p.id = %(persona_id)s::varchar AND p.user_id = %(user_id)s)"
-        )
-    if rate_limited:
-        checks.append(
-            "(SELECT count(*) FROM (SELECT 1 FROM generations r WHERE r.user_id = %(user_id)s"
-            " AND r.created_at >= %(since)s LIMIT %(limit)s) recent) < %(limit)s"
-        )
-    return (
-        "WITH g AS ("
-        "INSERT INTO generations (id, user_id, status, mode, settings, prompt, negative_prompt,"
-        " persona_id, cost, pipeline_data, idempotency_key, request_hash,"
-        " webhook_url, dispatched_at, created_at, updated_at)"
-        f" SELECT %(id)s, u.id, '{PENDING}', %(mode)s, %(settings)s::json, %(prompt)s,"
-        " %(negative_prompt)s, %(persona_id)s::varchar, 0, %(pipeline_data)s::json,"
-        " %(idempotency_key)s, %(request_hash)s, %(webhook_url)s, %(now)s, %(now)s, %(now)s"
-        f" FROM users u WHERE u.id = %(user_id)s AND {' AND '.join(checks)}"
-        " ON CONFLICT ON CONSTRAINT uq_generations_idempotency DO NOTHING RETURNING id)"
-        " INSERT INTO generation_stages (generation_id, name, position, status, attempts)"
-        f" SELECT g.id, s.name, s.position, '{S_PENDING}', 0"
-        f" FROM g CROSS JOIN (VALUES {_STAGE_VALUES}) AS s(name, position)"
-    )
-
-
-_SUBMIT_SQL = {(p, r): _submit_sql(p, r) for p in (False, True) for r in (False, True)}
-
-
-def insert_submitted(
-    db: Database,
-    *,
-    user_id: int,
-    mode: str,
-    settings: dict[str, Any],
-    rate_limit: tuple[int, float],
-    generation_id: str,
-    dispatched_at: datetime,
-    prompt: str | None = None,
-    negative_prompt: str | None = None,
-    persona_id: str | None = None,
-    vlt_spec: dict[str, Any] | None = None,
-    webhook_url: str | None = None,
-    idempotency_key: str | None = None,
-    request_hash: str | None = None,
-) -> bool:
-    """PostgreSQL: ``create`` and the submit checks that need the database
-    (``quotas.check_submission``, the persona, the Idempotency-Key) in ONE
-    statement, committed on its own (``Database.execute_autocommit``; the
-    pooled connection is checked without a round trip). Returns False when
-    it inserted nothing: a check failed or the key was used, and the caller
-    takes the ordinary path to answer why."""
-    limit, window = rate_limit
-    midnight = dispatched_at.replace(hour=0, minute=0, second=0, microsecond=0)
-    params = {
-        "id": generation_id,
-        "user_id": user_id,
-        "mode": mode,
-        "settings": json.dumps(settings),
-        "prompt": prompt,
-        "negative_prompt": negative_prompt,
-        "persona_id": persona_id,
-        "pipeline_data": json.dumps(_initial_pipeline_data(vlt_spec)),
-        "idempotency_key": idempotency_key,
-        "request_hash": request_hash,
-        "webhook_url": webhook_url,
-        "now": dispatched_at,
-        "midnight": midnight,
-        "since": dispatched_at - timedelta(seconds=window),
-        "limit": limit,
-    }
-    sql = _SUBMIT_SQL[bool(persona_id), limit > 0]
-    return db.execute_autocommit(sql, params) == len(STAGES)
-
-
-def clear_dispatched(session: Session, generation_id: str) -> None:
-    """The chain was not sent after all: the maintenance dispatcher sends
+def clear_dispatched(session: Session, *generation_ids: str) -> None:
+    """Their chains were not sent after all: the maintenance dispatcher sends
     generations without ``dispatched_at`` once they are a few seconds old."""
     session.execute(
-        update(Generation).where(Generation.id == generation_id).values(dispatched_at=None)
+        update(Generation).where(Generation.id.in_(generation_ids)).values(dispatched_at=None)
     )
 
 

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import secrets
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -23,13 +22,16 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from .randomness import random_bytes
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
 def new_id(prefix: str) -> str:
-    return f"{prefix}_{secrets.token_hex(12)}"
+    """``prefix_`` and 24 hex digits (96 random bits)."""
+    return f"{prefix}_{random_bytes(12).hex()}"
 
 
 class Base(DeclarativeBase):

@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from celery import Celery, Task, chain
@@ -130,3 +131,26 @@ def dispatch(celery_app: Celery, generation_id: str, from_stage: str = STAGES[0]
         log.warning("could not enqueue %s: %s", generation_id, type(exc).__name__)
         return False
     return True
+
+
+def dispatch_many(celery_app: Celery, generation_ids: Sequence[str]) -> list[str]:
+    """``dispatch`` of several new generations (a batch of submits): on a
+    Redis broker their prebuilt chains go in ONE round trip, all or none;
+    otherwise one ``dispatch`` each. Returns the ids whose chain was not
+    sent (logged), for the caller to leave to the dispatcher."""
+    if not generation_ids:
+        return []
+    names = [f"pipeline.{name}" for name in STAGES]
+    try:
+        sender = chain_message.sender(celery_app)
+        if sender is not None and sender.send_many(generation_ids, names):
+            return []
+    except Exception as exc:  # as in dispatch: "broker down" has several types
+        log.warning(
+            "could not enqueue %d generations (%s): %s",
+            len(generation_ids),
+            ", ".join(generation_ids),
+            type(exc).__name__,
+        )
+        return list(generation_ids)
+    return [gid for gid in generation_ids if not dispatch(celery_app, gid)]

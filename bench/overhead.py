@@ -29,11 +29,11 @@ REPEAT = int(os.environ.get("BENCH_REPEAT", "2"))
 def our_submitter(env: Env, provider: str = "local"):
     """Returns (submit(i) -> generation id, flask app)."""
     from app import create_app
-    from app import generations as svc
     from app.auth import create_user
     from app.models import new_id, utcnow
     from app.queue import dispatch
     from app.schemas import GenerationSettings
+    from app.submissions import insert_submitted
 
     app = create_app(env.vars)
     s = app.extensions["bff"]
@@ -46,7 +46,7 @@ def our_submitter(env: Env, provider: str = "local"):
         # What app.api.submit._submit does after validation on PostgreSQL: the
         # one-statement insert (with its checks), then the chain.
         gid = new_id("gen")
-        inserted = svc.insert_submitted(
+        inserted = insert_submitted(
             s.db,
             user_id=user_id,
             mode="prompt",

@@ -212,3 +212,55 @@ def test_a_dropped_connection_is_retried_by_the_publish_policy(app_config, redis
     monkeypatch.setattr(chain_message.time, "sleep", lambda _s: None)
     assert queue_mod.dispatch(celery_app, "gen_retried")
     assert len(calls) == 2 and client.llen("pipeline") == 1
+
+
+def _as_for(message: dict, task_ids: list[str], gen_id: str, other: str) -> dict:
+    """``message`` normalised, and as if it were for generation ``other``."""
+    return json.loads(json.dumps(_normalise(message, task_ids)).replace(gen_id, other))
+
+
+def test_many_chains_in_one_send_are_the_messages_of_one_send_each(app_config, redis_db):
+    """``send_many`` (a batch of submits): one LPUSH of all the messages and
+    an event each, in one round trip; each message is what ``send`` makes
+    for its generation, with ids of its own, in order."""
+    db, client = redis_db
+    celery_app = _app(app_config, f"redis://127.0.0.1:6379/{db}").extensions["celery"]
+    sender = chain_message.sender(celery_app)
+    names = [f"pipeline.{n}" for n in STAGES]
+    gen_ids = [f"gen_{uuid.uuid4().hex[:24]}" for _ in range(3)]
+    one, one_events = _sends(client, db, lambda: sender.send(gen_ids[0], names))
+    many, many_events = _sends(client, db, lambda: sender.send_many(gen_ids, names))
+
+    assert [m["headers"]["argsrepr"] for _, m in many] == [f"('{g}',)" for g in gen_ids]
+    ids = [_task_ids(m) for _, m in many]
+    assert len({t for i in ids for t in i}) == 3 * len(names)
+    assert len({m["properties"]["delivery_tag"] for _, m in many}) == 3
+    reference = _normalise(one[0][1], _task_ids(one[0][1]))
+    event = _normalise(one_events[0], _task_ids(one[0][1]))
+    assert len(many_events) == 3
+    for (queue, message), ev, task_ids, gen_id in zip(many, many_events, ids, gen_ids, strict=True):
+        assert queue == "pipeline"
+        assert _as_for(message, task_ids, gen_id, gen_ids[0]) == reference
+        assert _as_for(ev, task_ids, gen_id, gen_ids[0]) == event
+    clocks = [e["body"]["clock"] for e in many_events]
+    assert clocks == sorted(clocks) and len(set(clocks)) == 3
+
+
+def test_a_batch_redis_refuses_is_reported_and_queues_nothing(app_config, redis_db, monkeypatch):
+    db, client = redis_db
+    celery_app = _app(app_config, f"redis://127.0.0.1:6379/{db}").extensions["celery"]
+    client.set("pipeline", "not a list")  # the LPUSH gets an error reply (WRONGTYPE)
+    assert queue_mod.dispatch_many(celery_app, ["gen_a", "gen_b"]) == ["gen_a", "gen_b"]
+    assert client.get("pipeline") == b"not a list"
+    client.delete("pipeline")
+    assert queue_mod.dispatch_many(celery_app, ["gen_a", "gen_b"]) == []
+    assert [_decode(m)["headers"]["argsrepr"] for m in client.lrange("pipeline", 0, -1)] == [
+        "('gen_b',)",
+        "('gen_a',)",  # LPUSH: the first is taken first from the other end
+    ]
+    # A sender that cannot template them: one dispatch each, as for one.
+    monkeypatch.setattr(chain_message.ChainSender, "send_many", lambda *a: False)
+    sent: list[str] = []
+    monkeypatch.setattr(queue_mod, "dispatch", lambda _app, gid: sent.append(gid) or gid != "x")
+    assert queue_mod.dispatch_many(celery_app, ["gen_c", "x"]) == ["x"]
+    assert sent == ["gen_c", "x"]

@@ -16,11 +16,12 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import event, select, text
 
-from app import create_app
+from app import create_app, submit_batch
 from app import generations as svc
 from app.api import submit as submit_api
 from app.models import Generation, GenerationStage, Persona, User
 from app.pipeline import STAGES
+from app.submissions import SUBMIT_SQL
 from tests.conftest import make_user
 from tests.support.pipeline import services, submit_prompt
 
@@ -67,7 +68,7 @@ def _one_statement(app, send):
     resp = send()
     assert resp.status_code == 202, resp.get_json()
     submit = [s for s in statements if "api_keys" not in s]  # not authentication
-    assert [s.split(None, 3)[:3] for s in submit] == [["WITH", "g", "AS"]], statements
+    assert [s in SUBMIT_SQL.values() for s in submit] == [True], statements
     return resp
 
 
@@ -102,7 +103,7 @@ def test_postgres_submit_is_one_statement_without_begin_or_commit(pg_app):
     submit_prompt(client, user.headers)  # the key is now verified (auth cache)
     statements, commits = _record(services(pg_app).db.engine)
     gen_id = submit_prompt(client, user.headers, "ivory linen shirt", provider="local", count=2)
-    assert len(statements) == 1 and statements[0].startswith("WITH g AS (INSERT INTO generations")
+    assert statements == [SUBMIT_SQL[False]]
     # autocommit: the statement is its own (durable) transaction, one commit
     assert len(commits) == 1
     row = _row(pg_app, gen_id)
@@ -235,6 +236,7 @@ def test_a_refused_send_leaves_the_generation_to_the_dispatcher(backend, request
     client = app.test_client()
     user = make_user(app, "alice") if backend == "sqlite" else _pg_user(app)
     monkeypatch.setattr(submit_api, "dispatch", lambda *a, **k: False)  # the broker is down
+    monkeypatch.setattr(submit_batch, "dispatch_many", lambda _app, ids: list(ids))
     gen_id = submit_prompt(client, user.headers)
     row = _row(app, gen_id)
     assert row["status"] == "pending" and row["dispatched_at"] is None

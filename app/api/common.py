@@ -13,6 +13,7 @@ from ..db import Database
 from ..errors import ApiError
 from ..readcache import ReadCache
 from ..storage import Storage
+from ..submit_batch import SubmitBatcher
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,7 @@ class Services:
     storage: Storage
     celery: Celery
     read_cache: ReadCache  # status reads of generations that can no longer change
+    submits: SubmitBatcher  # PostgreSQL submits, committed and sent in batches
 
 
 def services() -> Services:

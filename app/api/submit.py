@@ -8,9 +8,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
-from flask import Blueprint, g, request
+from flask import Blueprint, Response, current_app, g, request
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
@@ -24,6 +25,7 @@ from ..queue import dispatch
 from ..quotas import check_submission
 from ..schemas import ImageSubmit, PromptSubmit
 from ..storage import StorageError, generation_prefix
+from ..submissions import SubmitRow
 from ..webhooks import submit_url_problem
 from .common import Services, check_user_id, json_body, services
 from .uploads import read_image
@@ -33,9 +35,22 @@ bp = Blueprint("submit", __name__, url_prefix="/api/generate")
 bp.before_request(load_user)
 
 
-def _accepted(gen_id: str) -> tuple[dict[str, Any], int, dict[str, str]]:
+def _accepted(gen_id: str) -> Response | tuple[dict[str, Any], int, dict[str, str]]:
     link = f"/api/generate/{gen_id}"
-    return ({"id": gen_id, "status": "pending", "links": {"self": link}}, 202, {"Location": link})
+    provider = current_app.json
+    if provider.compact is False or (provider.compact is None and current_app.debug):
+        # Pretty-printed (debug): as jsonify makes it.
+        return {"id": gen_id, "status": "pending", "links": {"self": link}}, 202, {"Location": link}
+    # The bytes jsonify makes of that dict (compact, keys in this order, then a
+    # newline), written directly: it is the answer to every submit, and ids
+    # are ours (letters, digits, "_"), so nothing needs escaping.
+    resp = current_app.response_class(
+        f'{{"id":"{gen_id}","status":"pending","links":{{"self":"{link}"}}}}\n',
+        202,
+        mimetype=provider.mimetype,
+    )
+    resp.headers["Location"] = link
+    return resp
 
 
 def _request_hash(payload: dict[str, Any], image_digest: str | None = None) -> str:
@@ -52,7 +67,7 @@ def _idempotency_key() -> str | None:
     return key
 
 
-def _replay(session, key: str | None, req_hash: str):
+def _replay(session, key: str | None, req_hash: str | None):
     if key is None:
         return None
     prior = session.scalar(
@@ -70,15 +85,15 @@ def _replay(session, key: str | None, req_hash: str):
 
 
 def _check_provider(body: PromptSubmit | ImageSubmit) -> None:
-    settings = body.settings.model_dump()
-    provider, config = body.settings.provider, services().settings
+    provider = body.settings.provider
     if provider != "auto":
+        config = services().settings
         # The missing key first: it is the cause a user can act on.
         var = PROVIDER_KEY_VARS.get(provider)
         why = (
             f"{var} not configured"
             if var and not config.provider_key(provider)
-            else exclusion(provider, routing_request(settings), config)
+            else exclusion(provider, routing_request(body.settings.model_dump()), config)
         )
         if why:
             raise ApiError(
@@ -150,23 +165,27 @@ def _send(s: Services, gen_id: str) -> tuple[dict[str, Any], int, dict[str, str]
 def _submit(
     body: PromptSubmit | ImageSubmit,
     mode: str,
-    req_hash: str,
+    fingerprint: Callable[[], str],
     upload: tuple[bytes, str, str] | None = None,
 ):
+    """``fingerprint``: the request's hash, stored to tell a replay (same
+    Idempotency-Key, same request) from a conflict; computed only when the
+    request has a key, since nothing else reads it."""
     s = services()
     key = _idempotency_key()
+    req_hash = fingerprint() if key is not None else None
     gen_id = new_id("gen")
     if upload is None and s.db.is_postgres and _passes_checks_without_db(body):
-        # One statement, one round trip: the checks the database answers, the
-        # generation and its stage rows, committed (durably) on its own.
-        inserted = svc.insert_submitted(
-            s.db,
+        # With the submits that arrive meanwhile (app.submit_batch): one
+        # statement runs the checks the database answers and inserts the
+        # generations and their stage rows, committed durably once; one
+        # round trip sends their chains.
+        row = SubmitRow(
+            generation_id=gen_id,
             user_id=g.user_id,
             mode=mode,
-            generation_id=gen_id,
-            dispatched_at=utcnow(),
             settings=body.settings.model_dump(),
-            rate_limit=s.settings.submit_rate_limit,
+            now=utcnow(),
             prompt=body.prompt,
             negative_prompt=body.negativePrompt,
             persona_id=body.personaId,
@@ -175,9 +194,10 @@ def _submit(
             idempotency_key=key,
             request_hash=req_hash,
         )
-        if inserted:
-            return _send(s, gen_id)
-        # A check failed or the key was used before: the path below says which.
+        if s.submits.accept(row):
+            return _accepted(gen_id)
+        # A check failed, the key was used before, or the statement failed:
+        # the path below says which (or answers 503).
     input_key = None
     # One pooled connection (one checkout and its check) for the insert and,
     # should a concurrent request with the same key win, the replay.
@@ -230,7 +250,7 @@ def _submit(
 def from_prompt():
     payload = json_body()
     body = PromptSubmit.model_validate(payload)
-    return _submit(body, "prompt", _request_hash(payload))
+    return _submit(body, "prompt", lambda: _request_hash(payload))
 
 
 @bp.post("/from-image")
@@ -246,7 +266,7 @@ def from_image():
                 "send an image file or a vltSpec",
                 [{"field": "vltSpec", "message": "required without an image"}],
             )
-        return _submit(body, "image", _request_hash(payload))
+        return _submit(body, "image", lambda: _request_hash(payload))
     if not request.mimetype.startswith("multipart/form-data"):
         raise ApiError(
             415,
@@ -269,5 +289,9 @@ def from_image():
             raise ApiError(400, "malformed_json", "the settings field is not valid JSON") from None
     body = ImageSubmit.model_validate(fields)
     upload = read_image(file, s.max_upload_bytes, s.max_image_pixels)
-    digest = hashlib.sha256(upload[0]).hexdigest()
-    return _submit(body, "image", _request_hash(fields, digest), upload)
+    return _submit(
+        body,
+        "image",
+        lambda: _request_hash(fields, hashlib.sha256(upload[0]).hexdigest()),
+        upload,
+    )
