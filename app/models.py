@@ -114,9 +114,8 @@ class GenerationStage(Base):
     __tablename__ = "generation_stages"
     __table_args__ = (UniqueConstraint("generation_id", "name", name="uq_generation_stage"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    generation_id: Mapped[str] = mapped_column(
-        ForeignKey("generations.id", ondelete="CASCADE"), index=True
-    )
+    # Looked up through the unique constraint's index (generation_id first).
+    generation_id: Mapped[str] = mapped_column(ForeignKey("generations.id", ondelete="CASCADE"))
     name: Mapped[str] = mapped_column(String(20))
     position: Mapped[int] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String(20), default="pending")
@@ -133,9 +132,8 @@ class GenerationAsset(Base):
     __tablename__ = "generation_assets"
     __table_args__ = (UniqueConstraint("generation_id", "position", name="uq_asset_position"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    generation_id: Mapped[str] = mapped_column(
-        ForeignKey("generations.id", ondelete="CASCADE"), index=True
-    )
+    # Looked up through the unique constraint's index (generation_id first).
+    generation_id: Mapped[str] = mapped_column(ForeignKey("generations.id", ondelete="CASCADE"))
     position: Mapped[int] = mapped_column(Integer, default=0)
     r2_key: Mapped[str] = mapped_column(String(400))
     cdn_url: Mapped[str] = mapped_column(String(2000))

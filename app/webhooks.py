@@ -32,7 +32,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import DateTime, ForeignKey, Integer, String, Text, select
+from sqlalchemy import DateTime, ForeignKey, Index, Integer, String, Text, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from .config import Settings
@@ -48,9 +48,14 @@ LOOPBACK_NAMES = ("localhost", "localhost.")
 
 class WebhookDelivery(Base):
     __tablename__ = "webhook_deliveries"
+    # As migration 0003 made them: a generation's deliveries; the sweep's due ones.
+    __table_args__ = (
+        Index("ix_webhook_deliveries_generation", "generation_id"),
+        Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
+    )
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
-    generation_id: Mapped[str] = mapped_column(String(40), index=True)
+    generation_id: Mapped[str] = mapped_column(String(40))
     event_type: Mapped[str] = mapped_column(String(40))
     url: Mapped[str] = mapped_column(String(2000))
     payload: Mapped[str] = mapped_column(Text)
