@@ -34,6 +34,19 @@ def _queued(combiner: Combiner, n: int) -> None:
         time.sleep(0.001)
 
 
+def _behind_a_held_batch(combiner, started: list, release, first, n: int, target) -> None:
+    """``first`` leads a batch that ``run`` holds until ``release``; once it
+    runs (``started`` is no longer empty), ``n`` calls of ``target`` queue
+    behind it; then the batch is released and every call must finish."""
+    leader = _threads(1, first)
+    while not started:
+        time.sleep(0.001)
+    rest = _threads(n, target)
+    _queued(combiner, n)
+    release.set()
+    _join(leader + rest)
+
+
 def test_a_lone_call_is_its_own_batch_at_once():
     batches: list[list[int]] = []
     combiner: Combiner[int, int] = Combiner(lambda items: batches.append(list(items)) or items)
@@ -52,13 +65,14 @@ def test_calls_arriving_during_a_batch_make_the_next_batch():
 
     combiner: Combiner[int, int] = Combiner(run)
     results: dict[int, int] = {}
-    first = _threads(1, lambda i: results.__setitem__(-1, combiner.submit(-1)))
-    while not batches:
-        time.sleep(0.001)
-    rest = _threads(8, lambda i: results.__setitem__(i, combiner.submit(i)))
-    _queued(combiner, 8)
-    release.set()
-    _join(first + rest)
+    _behind_a_held_batch(
+        combiner,
+        batches,
+        release,
+        lambda i: results.__setitem__(-1, combiner.submit(-1)),
+        8,
+        lambda i: results.__setitem__(i, combiner.submit(i)),
+    )
     assert results == {i: i * 10 for i in range(-1, 8)}
     assert batches[0] == [-1] and sorted(batches[1]) == list(range(8)) and len(batches) == 2
     assert combiner._here().busy is False and combiner._here().queue == []
@@ -74,13 +88,7 @@ def test_a_batch_is_at_most_max_batch_long():
         return items
 
     combiner: Combiner[int, int] = Combiner(run, max_batch=3)
-    first = _threads(1, combiner.submit)
-    while not batches:
-        time.sleep(0.001)
-    rest = _threads(7, combiner.submit)
-    _queued(combiner, 7)
-    release.set()
-    _join(first + rest)
+    _behind_a_held_batch(combiner, batches, release, combiner.submit, 7, combiner.submit)
     assert batches == [1, 3, 3, 1]
 
 
@@ -104,13 +112,7 @@ def test_a_failing_batch_fails_every_call_in_it_and_the_next_batch_still_runs():
         except ValueError as exc:
             errors[i] = exc
 
-    first = _threads(1, lambda i: call(100))
-    while not calls:
-        time.sleep(0.001)
-    rest = _threads(4, call)
-    _queued(combiner, 4)
-    release.set()
-    _join(first + rest)
+    _behind_a_held_batch(combiner, calls, release, lambda i: call(100), 4, call)
     assert set(errors) == {100} and results == {i: i for i in range(4)}
 
 
@@ -133,13 +135,7 @@ def test_an_interrupted_leader_leaves_no_follower_waiting():
         except RuntimeError:
             outcome[i] = "failed"
 
-    first = _threads(1, lambda i: call(100))
-    while not calls:
-        time.sleep(0.001)
-    rest = _threads(3, call)
-    _queued(combiner, 3)
-    release.set()
-    _join(first + rest)
+    _behind_a_held_batch(combiner, calls, release, lambda i: call(100), 3, call)
     # Each leader's interruption goes on up its own stack (the next batch's
     # leader was interrupted too); its followers fail: nobody hangs.
     assert outcome[100] == "interrupted"
