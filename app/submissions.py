@@ -127,39 +127,9 @@ def insert_many(db: Database, rows: Sequence[SubmitRow], rate_limit: tuple[int, 
     return {row[0] for row in db.fetchall_autocommit(SUBMIT_SQL[limit > 0], params)}
 
 
-def insert_submitted(
-    db: Database,
-    *,
-    user_id: int,
-    mode: str,
-    settings: dict[str, Any],
-    rate_limit: tuple[int, float],
-    generation_id: str,
-    dispatched_at: datetime,
-    prompt: str | None = None,
-    negative_prompt: str | None = None,
-    persona_id: str | None = None,
-    vlt_spec: dict[str, Any] | None = None,
-    webhook_url: str | None = None,
-    idempotency_key: str | None = None,
-    request_hash: str | None = None,
-) -> bool:
+def insert_submitted(db: Database, row: SubmitRow, rate_limit: tuple[int, float]) -> bool:
     """``insert_many`` of one submit: ``generations.create`` and the submit
     checks that need the database (``quotas.check_submission``, the persona,
     the Idempotency-Key). False when it inserted nothing: a check failed or
     the key was used, and the caller takes the ordinary path to answer why."""
-    row = SubmitRow(
-        generation_id=generation_id,
-        user_id=user_id,
-        mode=mode,
-        settings=settings,
-        now=dispatched_at,
-        prompt=prompt,
-        negative_prompt=negative_prompt,
-        persona_id=persona_id,
-        vlt_spec=vlt_spec,
-        webhook_url=webhook_url,
-        idempotency_key=idempotency_key,
-        request_hash=request_hash,
-    )
-    return generation_id in insert_many(db, [row], rate_limit)
+    return row.generation_id in insert_many(db, [row], rate_limit)

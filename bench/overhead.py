@@ -33,7 +33,7 @@ def our_submitter(env: Env, provider: str = "local"):
     from app.models import new_id, utcnow
     from app.queue import dispatch
     from app.schemas import GenerationSettings
-    from app.submissions import insert_submitted
+    from app.submissions import SubmitRow, insert_submitted
 
     app = create_app(env.vars)
     s = app.extensions["bff"]
@@ -46,16 +46,10 @@ def our_submitter(env: Env, provider: str = "local"):
         # What app.api.submit._submit does after validation on PostgreSQL: the
         # one-statement insert (with its checks), then the chain.
         gid = new_id("gen")
-        inserted = insert_submitted(
-            s.db,
-            user_id=user_id,
-            mode="prompt",
-            generation_id=gid,
-            dispatched_at=utcnow(),
-            settings=settings,
-            rate_limit=s.settings.submit_rate_limit,
-            prompt=f"emerald silk slip dress, look {i}",
+        row = SubmitRow(
+            gid, user_id, "prompt", settings, utcnow(), prompt=f"emerald silk slip dress, look {i}"
         )
+        inserted = insert_submitted(s.db, row, s.settings.submit_rate_limit)
         if not inserted or not dispatch(s.celery, gid):
             raise RuntimeError("submit refused")
         return gid

@@ -350,10 +350,7 @@ def test_insert_many_decides_each_row_as_the_single_statement_would(make_app):
     def row(user, **kw) -> SubmitRow:
         return SubmitRow(f"gen_{uuid.uuid4().hex[:24]}", user.id, "prompt", {"count": 1}, now, **kw)
 
-    assert insert_submitted(
-        db, user_id=a.id, mode="prompt", settings={}, rate_limit=(3, 60),
-        generation_id=row(a).generation_id, dispatched_at=now,
-    )  # fmt: skip
+    assert insert_submitted(db, row(a), (3, 60))
     rows = [row(a, prompt=f"a{i}") for i in range(3)] + [row(b), row(capped), row(b)]
     rows += [row(b, persona_id="per_nobody"), row(b, idempotency_key="kb")]
     inserted = insert_many(db, rows, (3, 60))

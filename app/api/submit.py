@@ -175,26 +175,26 @@ def _submit(
     key = _idempotency_key()
     req_hash = fingerprint() if key is not None else None
     gen_id = new_id("gen")
+    # The generation as the request describes it, for either insert below.
+    fields: dict[str, Any] = {
+        "generation_id": gen_id,
+        "user_id": g.user_id,
+        "mode": mode,
+        "settings": body.settings.model_dump(),
+        "prompt": body.prompt,
+        "negative_prompt": body.negativePrompt,
+        "persona_id": body.personaId,
+        "vlt_spec": getattr(body, "vltSpec", None),
+        "webhook_url": body.webhookUrl,
+        "idempotency_key": key,
+        "request_hash": req_hash,
+    }
     if upload is None and s.db.is_postgres and _passes_checks_without_db(body):
         # With the submits that arrive meanwhile (app.submit_batch): one
         # statement runs the checks the database answers and inserts the
         # generations and their stage rows, committed durably once; one
         # round trip sends their chains.
-        row = SubmitRow(
-            generation_id=gen_id,
-            user_id=g.user_id,
-            mode=mode,
-            settings=body.settings.model_dump(),
-            now=utcnow(),
-            prompt=body.prompt,
-            negative_prompt=body.negativePrompt,
-            persona_id=body.personaId,
-            vlt_spec=getattr(body, "vltSpec", None),
-            webhook_url=body.webhookUrl,
-            idempotency_key=key,
-            request_hash=req_hash,
-        )
-        if s.submits.accept(row):
+        if s.submits.accept(SubmitRow(**fields, now=utcnow())):
             return _accepted(gen_id)
         # A check failed, the key was used before, or the statement failed:
         # the path below says which (or answers 503).
@@ -219,22 +219,7 @@ def _submit(
                             "storage is unavailable",
                             headers={"Retry-After": "5"},
                         ) from None
-                svc.create(
-                    session,
-                    user_id=g.user_id,
-                    mode=mode,
-                    generation_id=gen_id,
-                    settings=body.settings.model_dump(),
-                    prompt=body.prompt,
-                    negative_prompt=body.negativePrompt,
-                    persona_id=body.personaId,
-                    vlt_spec=getattr(body, "vltSpec", None),
-                    webhook_url=body.webhookUrl,
-                    idempotency_key=key,
-                    request_hash=req_hash,
-                    input_key=input_key,
-                    dispatched_at=utcnow(),
-                )
+                svc.create(session, **fields, input_key=input_key, dispatched_at=utcnow())
         except IntegrityError:
             # A concurrent request with the same Idempotency-Key committed first.
             if input_key:
