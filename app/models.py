@@ -216,7 +216,8 @@ class ProviderOutcome(Base):
     """One ``generate`` outcome: the rolling window routing's circuit breaker reads."""
 
     __tablename__ = "provider_outcomes"
-    __table_args__ = (Index("ix_provider_outcomes_provider_created", "provider_id", "created_at"),)
+    # Time first: routing reads every provider's window (migration 0006).
+    __table_args__ = (Index("ix_provider_outcomes_created_provider", "created_at", "provider_id"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     provider_id: Mapped[str] = mapped_column(String(40))
     ok: Mapped[bool] = mapped_column(Boolean)

@@ -3,6 +3,7 @@ PROVIDERS, provider health windows and the circuit breaker."""
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import replace
 from datetime import timedelta
 
@@ -13,9 +14,15 @@ from app.config import Settings
 from app.models import ProviderOutcome, utcnow
 from app.pipeline.context import StageFailed, StageTransient
 from app.pipeline.route import WEIGHTS, choose, prompt_budget, routing_request
-from app.providers import PROVIDERS
+from app.providers import PROVIDERS, health
 from app.providers.base import ASPECT_RATIOS, Capabilities
-from app.providers.health import WindowStats, circuit_open, record_outcome, window_stats
+from app.providers.health import (
+    WindowStats,
+    circuit_open,
+    recent_window_stats,
+    record_outcome,
+    window_stats,
+)
 
 
 def fake_provider(
@@ -189,6 +196,52 @@ def test_recent_failures_lower_the_success_component(providers, settings):
     out = choose(req(), settings, {"fast": WindowStats(ok=2, failed=2)})  # below min samples
     assert "fast" not in out["excluded"]
     assert out["components"]["fast"]["success"] == pytest.approx(0.6)
+
+
+def test_routing_reads_the_window_at_most_once_per_ttl_in_a_process(app, monkeypatch):
+    s = app.extensions["bff"]
+    window = s.settings.circuit_window_s
+    clock = [1000.0]
+    monkeypatch.setattr(health, "_clock", lambda: clock[0])
+    with s.db.session() as session:
+        record_outcome(session, "hq", ok=True)
+    with s.db.session() as session:
+        assert recent_window_stats(session, window)["hq"] == WindowStats(ok=1, failed=0)
+        # Another process's outcome (a row this process did not record) ...
+        session.add(ProviderOutcome(provider_id="hq", ok=False, error="x", created_at=utcnow()))
+        session.flush()
+        # ... is not read again within the TTL ...
+        clock[0] += health.WINDOW_TTL / 2
+        assert recent_window_stats(session, window)["hq"] == WindowStats(ok=1, failed=0)
+        # ... and is once it has passed.
+        clock[0] += health.WINDOW_TTL
+        assert recent_window_stats(session, window)["hq"] == WindowStats(ok=1, failed=1)
+
+
+def test_an_outcome_recorded_in_the_process_is_routed_on_at_once(app, monkeypatch):
+    s = app.extensions["bff"]
+    window = s.settings.circuit_window_s
+    monkeypatch.setattr(health, "_clock", lambda: 1000.0)  # the TTL never passes
+    with s.db.session() as session:
+        assert "hq" not in recent_window_stats(session, window)
+        record_outcome(session, "hq", ok=False, error="HTTP 500")
+        assert recent_window_stats(session, window)["hq"] == WindowStats(ok=0, failed=1)
+
+
+def test_windows_are_kept_per_database(app_config, sqlite_template, tmp_path, monkeypatch):
+    from app import create_app
+
+    monkeypatch.setattr(health, "_clock", lambda: 1000.0)
+    shutil.copy(sqlite_template, tmp_path / "other.db")
+    one = create_app(app_config).extensions["bff"]
+    two = create_app(
+        {**app_config, "DATABASE_URL": f"sqlite:///{tmp_path / 'other.db'}"}
+    ).extensions["bff"]
+    with one.db.session() as session:
+        session.add(ProviderOutcome(provider_id="hq", ok=True, created_at=utcnow()))
+    for s, expected in ((one, {"hq": WindowStats(ok=1, failed=0)}), (two, {})):
+        with s.db.session() as session:
+            assert recent_window_stats(session, s.settings.circuit_window_s) == expected
 
 
 def test_old_outcomes_are_pruned(app):

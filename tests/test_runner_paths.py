@@ -337,6 +337,23 @@ def test_generate_records_the_provider_outcome_in_one_statement(pg_app, pg_user)
         )
 
 
+def test_the_routing_window_reads_only_the_windows_rows(pg_app):
+    # Time first in the index (migration 0006): a range scan from the cutoff,
+    # never the whole 24 hours of outcomes.
+    from sqlalchemy import text
+
+    from app.providers.health import WINDOW_QUERY
+
+    sql = str(WINDOW_QUERY.compile(dialect=services(pg_app).db.engine.dialect))
+    with services(pg_app).db.engine.begin() as conn:
+        conn.execute(text("SET LOCAL enable_seqscan = off"))
+        plan = "\n".join(
+            row[0] for row in conn.exec_driver_sql("EXPLAIN " + sql, {"cutoff": utcnow()})
+        )
+    assert "on ix_provider_outcomes_created_provider" in plan, plan  # (bitmap) index scan
+    assert "Index Cond: (created_at >=" in plan, plan
+
+
 def test_a_read_only_stage_reads_without_a_transaction(pg_app, pg_user):
     """persona reads the user's personas: claim, that SELECT and the record,
     each its own transaction (no BEGIN, SET or COMMIT), on any connection."""

@@ -27,7 +27,7 @@ from typing import Any
 from ..config import Settings
 from ..providers import PROVIDERS, ImageRequest
 from ..providers.base import aspect_ratio_of
-from ..providers.health import WindowStats, open_reason, window_stats
+from ..providers.health import WindowStats, open_reason, recent_window_stats
 from .context import StageContext, StageFailed, StageResult, StageTransient
 
 MAX_PROMPT = 5000  # our own API's limit, used when no provider is available
@@ -206,7 +206,7 @@ def run(ctx: StageContext) -> StageResult:
     prompt = persona.get("prompt") or enhance.get("mainPrompt") or gen.prompt or ""
     negative = enhance.get("negativePrompt") or gen.negative_prompt
     request = routing_request(gen.settings or {}, negative, len(prompt))
-    health = window_stats(ctx.session, ctx.settings.circuit_window_s)
+    health = recent_window_stats(ctx.session, ctx.settings.circuit_window_s)
     decision = choose(request, ctx.settings, health)
     decision["inputs"] = {k: v for k, v in request.items() if k != "negativePrompt"}
     decision["health"] = {

@@ -6,6 +6,9 @@ lifetime counters in ``providers`` move, and a row goes into
 arrive, at most once per ``PRUNE_EVERY`` per process and provider). Routing reads the recent window:
 
 - ``window_stats``: successes and failures per provider in the window;
+  ``recent_window_stats``, what routing calls: the same, read at most once
+  per ``WINDOW_TTL`` per process (an outcome this process records is seen at
+  once; another process's within ``WINDOW_TTL``);
 - ``circuit_open``: why a provider's circuit is open (failure rate over
   ``settings.circuit_failure_rate`` with at least ``circuit_min_samples``
   outcomes in the last ``circuit_window_s`` seconds), or None. The circuit
@@ -14,10 +17,14 @@ arrive, at most once per ``PRUNE_EVERY`` per process and provider). Routing read
 
 from __future__ import annotations
 
+import threading
+import time
+import weakref
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from ..config import Settings
@@ -28,6 +35,16 @@ RETENTION = timedelta(hours=24)
 # once a day: a minute's worth more kept is nothing.
 PRUNE_EVERY = timedelta(minutes=1)
 _last_prune: dict[tuple[str, str], datetime] = {}
+# Routing's window read is one query over the window's outcomes, one per
+# generation: under load, thousands of rows per read for a breaker that looks
+# at minutes. Read at most this often per process instead.
+WINDOW_TTL = 1.0  # seconds
+_clock = time.monotonic
+# Per engine (one per app's database), then per window length.
+_windows: weakref.WeakKeyDictionary[Any, dict[float, tuple[float, dict[str, WindowStats]]]] = (
+    weakref.WeakKeyDictionary()
+)
+_windows_lock = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -86,6 +103,7 @@ def record_outcome(
         session.execute(counters)
         session.execute(outcome)
     prune_if_due(session, provider_id, now)
+    forget_windows()  # this process's next route reads the window again
 
 
 # PostgreSQL, driver SQL: ``record_outcome(ok=True)`` as data-modifying CTEs for
@@ -136,19 +154,42 @@ def prune_if_due(session: Session, provider_id: str, now: datetime | None = None
         )
 
 
+# Every provider's outcomes since ``cutoff``: a range of the time-first index
+# (migration 0006), the window's rows only.
+WINDOW_QUERY = (
+    select(ProviderOutcome.provider_id, ProviderOutcome.ok, func.count())
+    .where(ProviderOutcome.created_at >= bindparam("cutoff"))
+    .group_by(ProviderOutcome.provider_id, ProviderOutcome.ok)
+)
+
+
 def window_stats(
     session: Session, window_s: float, now: datetime | None = None
 ) -> dict[str, WindowStats]:
     cutoff = _at(session, (now or utcnow()) - timedelta(seconds=window_s))
-    rows = session.execute(
-        select(ProviderOutcome.provider_id, ProviderOutcome.ok, func.count())
-        .where(ProviderOutcome.created_at >= cutoff)
-        .group_by(ProviderOutcome.provider_id, ProviderOutcome.ok)
-    )
+    rows = session.execute(WINDOW_QUERY, {"cutoff": cutoff})
     counts: dict[str, list[int]] = {}
     for pid, ok, n in rows:
         counts.setdefault(pid, [0, 0])[0 if ok else 1] += n
     return {pid: WindowStats(ok=c[0], failed=c[1]) for pid, c in counts.items()}
+
+
+def recent_window_stats(session: Session, window_s: float) -> dict[str, WindowStats]:
+    """``window_stats`` as of at most ``WINDOW_TTL`` ago in this process."""
+    engine = session.get_bind().engine
+    now = _clock()
+    hit = _windows.get(engine, {}).get(window_s)
+    if hit is not None and now < hit[0]:
+        return hit[1]
+    stats = window_stats(session, window_s)
+    with _windows_lock:
+        _windows.setdefault(engine, {})[window_s] = (now + WINDOW_TTL, stats)
+    return stats
+
+
+def forget_windows() -> None:
+    with _windows_lock:
+        _windows.clear()
 
 
 def open_reason(stats: WindowStats, settings: Settings) -> str | None:
