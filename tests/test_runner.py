@@ -285,5 +285,29 @@ def test_running_a_finished_stage_again_is_a_no_op(app, client, user):
     assert n == 1
 
 
+def test_store_rewrites_the_asset_row_an_earlier_attempt_left(app, client, user):
+    gen_id = submit_prompt(client, user.headers)
+    for name in STAGES[:-1]:
+        assert stage(app, gen_id, name).proceed
+    with services(app).db.session() as session:  # a crashed attempt's row, stale
+        stale = GenerationAsset(
+            generation_id=gen_id,
+            position=0,
+            r2_key="old",
+            cdn_url="old",
+            file_size=1,
+            width=1,
+            height=1,
+            meta={"old": True},
+        )
+        session.add(stale)
+        session.flush()
+        stale_id = stale.id
+    stage(app, gen_id, "store")
+    [asset] = assets(app, gen_id)
+    assert asset.id == stale_id  # feedback on it still points at it
+    assert asset.r2_key != "old" and asset.width > 1 and "old" not in asset.meta
+
+
 def test_unknown_generation_stops(app):
     assert stage(app, "gen_missing", "analyze").proceed is False

@@ -17,14 +17,18 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+from typing import Any
 from urllib.parse import urljoin
 
 import requests
 from PIL import Image
-from sqlalchemy import bindparam, select
+from sqlalchemy import bindparam
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
 
 from ..config import Settings
-from ..models import GenerationAsset
+from ..models import GenerationAsset, utcnow
 from ..providers.registry import is_output_url_allowed
 from ..storage import StorageError, asset_key
 from .context import StageContext, StageFailed, StageResult, StageTransient
@@ -92,9 +96,39 @@ def _fetch(ctx: StageContext, ref: dict) -> bytes:
     raise StageFailed("the provider returned no image reference")
 
 
-_ASSET_IDS = select(GenerationAsset.position, GenerationAsset.id).where(
-    GenerationAsset.generation_id == bindparam("generation_id")
-)  # built once
+_ASSETS = GenerationAsset.__table__
+# What a re-run rewrites of an asset row it finds (not its id, generation,
+# position or created_at: feedback keeps pointing at the same asset).
+_REWRITTEN = (
+    "r2_key",
+    "cdn_url",
+    "content_type",
+    "file_size",
+    "width",
+    "height",
+    "provider_id",
+    "asset_type",
+    "metadata",
+)
+_COLUMNS = ("generation_id", "position", *_REWRITTEN, "created_at")
+
+
+def _upsert(insert: Any) -> Any:
+    stmt = insert(_ASSETS).values({c: bindparam(c) for c in _COLUMNS})
+    return stmt.on_conflict_do_update(
+        index_elements=["generation_id", "position"],
+        set_={c: stmt.excluded[c] for c in _REWRITTEN},
+    )
+
+
+_UPSERTS = {"postgresql": _upsert(pg_insert), "sqlite": _upsert(sqlite_insert)}  # built once
+_NOT_METADATA = ("storedKey", "index", "data")  # generate's bookkeeping, and the bytes
+
+
+def _put_asset(session: Session, values: dict[str, Any]) -> None:
+    """Insert the asset row, or rewrite the one an earlier attempt left at
+    its position: one statement, no read first."""
+    session.execute(_UPSERTS[session.get_bind().dialect.name], values)
 
 
 def run(ctx: StageContext) -> StageResult:
@@ -102,9 +136,6 @@ def run(ctx: StageContext) -> StageResult:
     outputs = ctx.output_of("generate").get("outputs") or []
     if not outputs:
         raise StageFailed("the provider returned no images")
-    # Asset rows an earlier attempt left (positions and ids: loading entities
-    # costs more than the query, and there are none on a first run).
-    existing = dict(ctx.session.execute(_ASSET_IDS, {"generation_id": gen.id}).all())
     recorded = []
     for ref in outputs:
         i = int(ref["index"])
@@ -131,16 +162,23 @@ def run(ctx: StageContext) -> StageResult:
             )
         except StorageError as exc:
             raise StageTransient(f"storage unavailable: {exc}") from exc
-        asset = (
-            ctx.session.get(GenerationAsset, existing[i])
-            if i in existing
-            else GenerationAsset(generation_id=gen.id, position=i)
+        _put_asset(
+            ctx.session,
+            {
+                "generation_id": gen.id,
+                "position": i,
+                "r2_key": key,
+                "cdn_url": url,
+                "content_type": content_type,
+                "file_size": len(data),
+                "width": width,
+                "height": height,
+                "provider_id": gen.provider,
+                "asset_type": "image",
+                "metadata": {k: v for k, v in ref.items() if k not in _NOT_METADATA},
+                "created_at": utcnow(),
+            },
         )
-        asset.r2_key, asset.cdn_url, asset.content_type = key, url, content_type
-        asset.file_size, asset.width, asset.height = len(data), width, height
-        asset.provider_id, asset.asset_type = gen.provider, "image"
-        asset.meta = {k: v for k, v in ref.items() if k not in ("storedKey", "index", "data")}
-        ctx.session.add(asset)
         recorded.append(
             {
                 "index": i,
