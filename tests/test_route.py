@@ -218,7 +218,7 @@ def test_routing_reads_the_window_at_most_once_per_ttl_in_a_process(app, monkeyp
         assert recent_window_stats(session, window)["hq"] == WindowStats(ok=1, failed=1)
 
 
-def test_an_outcome_recorded_in_the_process_is_routed_on_at_once(app, monkeypatch):
+def test_a_failure_recorded_in_the_process_is_routed_on_at_once(app, monkeypatch):
     s = app.extensions["bff"]
     window = s.settings.circuit_window_s
     monkeypatch.setattr(health, "_clock", lambda: 1000.0)  # the TTL never passes

@@ -7,8 +7,9 @@ arrive, at most once per ``PRUNE_EVERY`` per process and provider). Routing read
 
 - ``window_stats``: successes and failures per provider in the window;
   ``recent_window_stats``, what routing calls: the same, read at most once
-  per ``WINDOW_TTL`` per process (an outcome this process records is seen at
-  once; another process's within ``WINDOW_TTL``);
+  per ``WINDOW_TTL`` per process (a failure this process records is seen at
+  once; a success, which can only close a circuit, and another process's
+  outcomes within ``WINDOW_TTL``);
 - ``circuit_open``: why a provider's circuit is open (failure rate over
   ``settings.circuit_failure_rate`` with at least ``circuit_min_samples``
   outcomes in the last ``circuit_window_s`` seconds), or None. The circuit
@@ -103,7 +104,8 @@ def record_outcome(
         session.execute(counters)
         session.execute(outcome)
     prune_if_due(session, provider_id, now)
-    forget_windows()  # this process's next route reads the window again
+    if not ok:  # it may open a circuit: this process's next route reads the window
+        forget_windows()
 
 
 # PostgreSQL, driver SQL: ``record_outcome(ok=True)`` as data-modifying CTEs for
