@@ -40,6 +40,7 @@ from kombu.transport import redis as kombu_redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from . import resp
 from .randomness import random_bytes
 
 log = logging.getLogger(__name__)
@@ -85,19 +86,6 @@ def uuid4s(n: int) -> list[str]:
         f"{h[j + 16 : j + 20]}-{h[j + 20 : j + 32]}"
         for j in range(0, 32 * n, 32)
     ]
-
-
-def _resp(*parts: bytes) -> bytes:
-    """One Redis command in the protocol's own framing (RESP)."""
-    out = [b"*%d\r\n" % len(parts)]
-    for p in parts:
-        out += (b"$%d\r\n" % len(p), p, b"\r\n")
-    return b"".join(out)
-
-
-def _publish_head(topic: bytes) -> bytes:
-    """``PUBLISH topic <message>`` in RESP but for its last part, the message."""
-    return b"*3\r\n$7\r\nPUBLISH\r\n$%d\r\n%s\r\n" % (len(topic), topic)
 
 
 class _Recorder:
@@ -369,12 +357,11 @@ class ChainSender:
         publish retry policy (as Celery's) on connection errors. The LPUSH
         is all or nothing; a PUBLISH only tells Flower."""
         queue = messages[0].queue.encode()
-        parts = [_resp(b"LPUSH", queue, *(m.payload.encode() for m in messages))]
-        heads = {t: _publish_head(t.encode()) for t in messages[0].topics}
+        parts = [resp.command(b"LPUSH", queue, *(m.payload.encode() for m in messages))]
+        heads = {t: resp.publish_head(t.encode()) for t in messages[0].topics}
         for m in messages:
             if m.event is not None:
-                event = m.event.encode()
-                bulk = b"$%d\r\n%s\r\n" % (len(event), event)
+                bulk = resp.bulk(m.event.encode())
                 for t in m.topics:
                     parts += (heads[t], bulk)
         replies = 1 + sum(len(m.topics) for m in messages if m.event is not None)

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+from . import resp
 from .config import Settings
 from .db import Database
 
@@ -89,7 +90,9 @@ class Publisher:
                 if self._conn is None or self._pid != os.getpid():  # new, or inherited by a fork
                     self._conn, self._pid = self._connect(), os.getpid()
                 try:
-                    self._conn.send_packed_command([_publish_command(channel_name, message)], False)
+                    self._conn.send_packed_command(
+                        [resp.publish(channel_name.encode(), message.encode())], False
+                    )
                     if self._replies:
                         self._conn.read_response()
                     return
@@ -105,13 +108,6 @@ class Publisher:
                 conn.disconnect()
             except Exception:
                 pass
-
-
-def _publish_command(channel_name: str, message: str) -> bytes:
-    """``PUBLISH channel message`` in the protocol's framing (RESP), built
-    directly: redis-py's general ``pack_command`` was a third of a publish."""
-    c, m = channel_name.encode(), message.encode()
-    return b"*3\r\n$7\r\nPUBLISH\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(c), c, len(m), m)
 
 
 @lru_cache(maxsize=8)

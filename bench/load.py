@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from app import resp
+
 from .harness import percentile
 
 
@@ -62,8 +64,8 @@ class Listener:
         address = (opts.get("host", "127.0.0.1"), opts.get("port", 6379))
         self.sock = socket.create_connection(address)
         if opts.get("password"):
-            self.sock.sendall(_resp(b"AUTH", opts["password"].encode()))
-        self.sock.sendall(_resp(b"PSUBSCRIBE", b"bff:events:*"))
+            self.sock.sendall(resp.command(b"AUTH", opts["password"].encode()))
+        self.sock.sendall(resp.command(b"PSUBSCRIBE", b"bff:events:*"))
         self.thread = threading.Thread(target=self._read, daemon=True)
         self.thread.start()
         time.sleep(0.2)  # the subscription is live before the first submit
@@ -96,10 +98,6 @@ class Listener:
 
 
 _DONE = b'{"event": "done"'
-
-
-def _resp(*parts: bytes) -> bytes:
-    return b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
 
 
 def drive(
