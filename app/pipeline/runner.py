@@ -494,7 +494,7 @@ def _fast_record(
     prune = False
     if success_of:
         params["outcome_provider"] = success_of
-        prune = prune_turn(str(db.engine.url), success_of, params["now"])
+        prune = prune_turn(db.engine, success_of, params["now"])
         if prune:
             params["prune_before"] = params["now"] - RETENTION
     sql = _pg_record(frozenset(writes), durable, success_of is not None, prune)

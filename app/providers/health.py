@@ -35,7 +35,8 @@ RETENTION = timedelta(hours=24)
 # Pruning on every outcome is a DELETE per generation for rows that age out
 # once a day: a minute's worth more kept is nothing.
 PRUNE_EVERY = timedelta(minutes=1)
-_last_prune: dict[tuple[str, str], datetime] = {}
+# Per engine (one per app's database), then per provider.
+_last_prune: weakref.WeakKeyDictionary[Any, dict[str, datetime]] = weakref.WeakKeyDictionary()
 # Routing's window read is one query over the window's outcomes, one per
 # generation: under load, thousands of rows per read for a breaker that looks
 # at minutes. Read at most this often per process instead.
@@ -45,7 +46,7 @@ _clock = time.monotonic
 _windows: weakref.WeakKeyDictionary[Any, dict[float, tuple[float, dict[str, WindowStats]]]] = (
     weakref.WeakKeyDictionary()
 )
-_windows_lock = threading.Lock()
+_lock = threading.Lock()  # the two per-engine maps
 
 
 @dataclass(frozen=True)
@@ -122,16 +123,17 @@ PG_SUCCESS_CTES = """
     )"""
 
 
-def prune_turn(database_url: str, provider_id: str, now: datetime) -> bool:
-    """Whether this process should prune ``provider_id``'s old outcomes now
-    (at most once per ``PRUNE_EVERY`` per process and database); True
-    takes the turn."""
-    key = (database_url, provider_id)
-    last = _last_prune.get(key)
-    if last is not None and now - last < PRUNE_EVERY:
-        return False
-    _last_prune[key] = now
-    return True
+def prune_turn(engine: Any, provider_id: str, now: datetime) -> bool:
+    """Whether this process should prune ``provider_id``'s old outcomes in
+    ``engine``'s database now (at most once per ``PRUNE_EVERY`` per process
+    and database); True takes the turn."""
+    with _lock:
+        turns = _last_prune.setdefault(engine, {})
+        last = turns.get(provider_id)
+        if last is not None and now - last < PRUNE_EVERY:
+            return False
+        turns[provider_id] = now
+        return True
 
 
 # PostgreSQL, driver SQL: ``prune_if_due``'s DELETE as a data-modifying CTE,
@@ -147,7 +149,7 @@ def prune_if_due(session: Session, provider_id: str, now: datetime | None = None
     """Delete ``provider_id``'s outcomes older than ``RETENTION``, at most once
     per ``PRUNE_EVERY`` per process and database."""
     now = now or utcnow()
-    if prune_turn(str(session.get_bind().engine.url), provider_id, now):
+    if prune_turn(session.get_bind().engine, provider_id, now):
         session.execute(
             delete(ProviderOutcome).where(
                 ProviderOutcome.provider_id == provider_id,
@@ -184,13 +186,13 @@ def recent_window_stats(session: Session, window_s: float) -> dict[str, WindowSt
     if hit is not None and now < hit[0]:
         return hit[1]
     stats = window_stats(session, window_s)
-    with _windows_lock:
+    with _lock:
         _windows.setdefault(engine, {})[window_s] = (now + WINDOW_TTL, stats)
     return stats
 
 
 def forget_windows() -> None:
-    with _windows_lock:
+    with _lock:
         _windows.clear()
 
 
