@@ -84,7 +84,8 @@ def _replay(session, key: str | None, req_hash: str | None):
     return _accepted(prior.id)
 
 
-def _check_provider(body: PromptSubmit | ImageSubmit) -> None:
+def _check_provider(body: PromptSubmit | ImageSubmit, settings: dict[str, Any]) -> None:
+    """``settings``: ``body.settings`` dumped (once per request, by the caller)."""
     provider = body.settings.provider
     if provider != "auto":
         config = services().settings
@@ -93,7 +94,7 @@ def _check_provider(body: PromptSubmit | ImageSubmit) -> None:
         why = (
             f"{var} not configured"
             if var and not config.provider_key(provider)
-            else exclusion(provider, routing_request(body.settings.model_dump()), config)
+            else exclusion(provider, routing_request(settings), config)
         )
         if why:
             raise ApiError(
@@ -130,18 +131,18 @@ def _check_webhook(body: PromptSubmit | ImageSubmit) -> None:
         )
 
 
-def _check_submit(session, body: PromptSubmit | ImageSubmit) -> None:
+def _check_submit(session, body: PromptSubmit | ImageSubmit, settings: dict[str, Any]) -> None:
     check_user_id(body.userId)
     check_submission(session, services().settings, g.user_id)
-    _check_provider(body)
+    _check_provider(body, settings)
     _check_persona(session, body)
     _check_webhook(body)
 
 
-def _passes_checks_without_db(body: PromptSubmit | ImageSubmit) -> bool:
+def _passes_checks_without_db(body: PromptSubmit | ImageSubmit, settings: dict[str, Any]) -> bool:
     try:
         check_user_id(body.userId)
-        _check_provider(body)
+        _check_provider(body, settings)
         _check_webhook(body)
     except ApiError:
         return False  # the ordinary path answers, in its own order of checks
@@ -189,7 +190,8 @@ def _submit(
         "idempotency_key": key,
         "request_hash": req_hash,
     }
-    if upload is None and s.db.is_postgres and _passes_checks_without_db(body):
+    settings = fields["settings"]
+    if upload is None and s.db.is_postgres and _passes_checks_without_db(body, settings):
         # With the submits that arrive meanwhile (app.submit_batch): one
         # statement runs the checks the database answers and inserts the
         # generations and their stage rows, committed durably once; one
@@ -206,7 +208,7 @@ def _submit(
             with s.db.session(conn=conn) as session:
                 if (replay := _replay(session, key, req_hash)) is not None:
                     return replay
-                _check_submit(session, body)
+                _check_submit(session, body, settings)
                 if upload is not None:
                     data, ctype, ext = upload
                     input_key = f"{generation_prefix(g.user_id, gen_id)}input.{ext}"
