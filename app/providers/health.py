@@ -83,19 +83,16 @@ def record_outcome(
     now: datetime | None = None,
 ) -> None:
     now = now or utcnow()
+    message = None if ok else (error or "")[:2000]
     values = (
         {"success_count": Provider.success_count + 1}
         if ok
-        else {"failure_count": Provider.failure_count + 1, "last_error": (error or "")[:2000]}
+        else {"failure_count": Provider.failure_count + 1, "last_error": message}
     )
     counters = update(Provider).where(Provider.id == provider_id).values(**values)
-    outcome = insert(
-        ProviderOutcome
-    ).values(  # Core: no unit-of-work flush per generation
-        provider_id=provider_id,
-        ok=ok,
-        error=None if ok else (error or "")[:2000],
-        created_at=now,
+    # Core, not session.add: no unit-of-work flush per generation.
+    outcome = insert(ProviderOutcome).values(
+        provider_id=provider_id, ok=ok, error=message, created_at=now
     )
     if session.get_bind().dialect.name == "postgresql":
         # One statement (the UPDATE as a data-modifying CTE): one round trip
