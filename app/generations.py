@@ -23,6 +23,7 @@ from .states import (
     S_FAILED,
     S_PENDING,
     S_RUNNING,
+    STAGE_DONE,
     IllegalTransition,
     set_status,
 )
@@ -57,7 +58,8 @@ def create(
     input_key: str | None = None,
     dispatched_at: datetime | None = None,
 ) -> Generation:
-    """The generation and its stage rows. ``dispatched_at``: the submit sets
+    """The generation (its stage rows are written by its first stage's claim:
+    see ``stage_list``). ``dispatched_at``: the submit sets
     it in the same insert (the chain is sent right after the commit); see
     ``app.maintenance`` for how a send that never happened is found."""
     gen = Generation(
@@ -77,21 +79,49 @@ def create(
         dispatched_at=dispatched_at,
     )
     session.add(gen)
-    session.flush()  # the parent row first; the stage rows go in as one Core executemany
-    session.execute(
-        GenerationStage.__table__.insert(),
-        [
-            {
-                "generation_id": gen.id,
-                "name": name,
-                "position": i,
-                "status": S_PENDING,
-                "attempts": 0,
-            }
-            for i, name in enumerate(STAGES)
-        ],
-    )
     return gen
+
+
+# A generation's stage rows are written by its first stage's claim (all seven
+# at once, ``app.pipeline.runner``), not by the submit: the API inserts one
+# row per job instead of eight. Until then every stage is pending, and rows
+# read so (a stage without its row is a pending one).
+_PENDING_STAGES = {
+    name: SimpleNamespace(
+        name=name,
+        position=i,
+        status=S_PENDING,
+        started_at=None,
+        finished_at=None,
+        duration_ms=None,
+        attempts=0,
+        error=None,
+        output=None,
+        task_id=None,
+    )
+    for i, name in enumerate(STAGES)
+}
+
+
+def stage_list(stages: Iterable[Any]) -> list[Any]:
+    """All seven stages in order: the rows given (ORM objects or Core rows),
+    and a pending stand-in for each stage without one."""
+    rows = list(stages)
+    if len(rows) == len(STAGES):
+        return rows
+    by_name = {s.name: s for s in rows}
+    return [by_name.get(name) or _PENDING_STAGES[name] for name in STAGES]
+
+
+def stage_status(gen: Generation, name: str) -> str:
+    """The status of one of ``gen``'s stages (pending while it has no row)."""
+    return next((s.status for s in gen.stages if s.name == name), S_PENDING)
+
+
+def first_unfinished(gen: Generation) -> str | None:
+    """The stage a chain for ``gen`` starts at; None when all are done."""
+    done = {s.name for s in gen.stages if s.status in STAGE_DONE}
+    return next((name for name in STAGES if name not in done), None)
 
 
 def clear_dispatched(session: Session, *generation_ids: str) -> None:
@@ -177,16 +207,13 @@ def prepare_retry(gen: Generation) -> str:
     if gen.status != FAILED:
         raise IllegalTransition("generation", gen.status, PENDING)
     set_status(gen, PENDING)
-    first = None
     for s in gen.stages:
         if s.status in (S_FAILED, S_RUNNING):
             s.status, s.error = S_PENDING, None
-        if first is None and s.status == S_PENDING:
-            first = s.name
         if s.status == S_PENDING:
             s.attempts = 0
     gen.dispatched_at = None
-    return first or STAGES[-1]
+    return first_unfinished(gen) or STAGES[-1]
 
 
 def to_json(gen: Generation) -> dict[str, Any]:
@@ -236,7 +263,7 @@ def _shape(
                 "error": s.error,
                 "output": s.output,
             }
-            for s in stages
+            for s in stage_list(stages)
         ],
         "assets": [
             {

@@ -24,10 +24,11 @@ from sqlalchemy import select, update
 
 from .config import Settings
 from .db import Database
+from .generations import first_unfinished, stage_status
 from .models import Generation, GenerationFeedback, utcnow
 from .pipeline import STAGES
 from .pipeline.optimize import apply_feedback
-from .pipeline.runner import first_unfinished, stalled
+from .pipeline.runner import stalled
 from .queue import dispatch
 from .states import PENDING, PROCESSING, S_RUNNING
 
@@ -98,7 +99,7 @@ def redispatch_stalled(
             if stage is None:
                 continue
             never_sent = gen.status == PENDING and gen.dispatched_at is None
-            if owners_may_be_waiting and gen.stage(stage).status == S_RUNNING:
+            if owners_may_be_waiting and stage_status(gen, stage) == S_RUNNING:
                 continue  # give its owner a stall timeout to resume after the outage
             if never_sent or (
                 stalled(gen, stage, settings) and not _sent_within(gen, now, settings, stage)

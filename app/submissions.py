@@ -3,11 +3,12 @@ for a batch of them (``app.api.submit_batch``).
 
 The statement runs, per row, the checks the database answers (the daily
 spend cap, the persona is the user's, the submission rate) and inserts the
-generation only if they pass and its Idempotency-Key was not used; then the
-stage rows of every generation it inserted. It commits on its own, durably,
-once for all rows (``Database.fetchall_autocommit``). A row it did not
-insert is left to the caller's ordinary path, which answers why (or replays
-the key): the statement decides "insert or not", never the error.
+generation only if they pass and its Idempotency-Key was not used. Its stage
+rows are not written here but by its first stage's claim
+(``generations.stage_list``). It commits on its own, durably, once for all
+rows (``Database.fetchall_autocommit``). A row it did not insert is left to
+the caller's ordinary path, which answers why (or replays the key): the
+statement decides "insert or not", never the error.
 """
 
 from __future__ import annotations
@@ -20,8 +21,7 @@ from typing import Any
 
 from .db import Database
 from .generations import initial_pipeline_data
-from .pipeline import STAGES
-from .states import PENDING, S_PENDING
+from .states import PENDING
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,9 +43,6 @@ class SubmitRow:
     webhook_url: str | None = None
     idempotency_key: str | None = None
     request_hash: str | None = None
-
-
-_STAGE_VALUES = ", ".join(f"('{name}', {i})" for i, name in enumerate(STAGES))
 
 
 def _submit_sql(rate_limited: bool) -> str:
@@ -84,10 +81,7 @@ def _submit_sql(rate_limited: bool) -> str:
         # One order of the unique index's entries for every batch: two batches
         # racing on the same keys wait for each other instead of deadlocking.
         " ORDER BY r.user_id, r.idempotency_key"
-        " ON CONFLICT ON CONSTRAINT uq_generations_idempotency DO NOTHING RETURNING id),"
-        " s AS (INSERT INTO generation_stages (generation_id, name, position, status, attempts)"
-        f" SELECT g.id, s.name, s.position, '{S_PENDING}', 0"
-        f" FROM g CROSS JOIN (VALUES {_STAGE_VALUES}) AS s(name, position))"
+        " ON CONFLICT ON CONSTRAINT uq_generations_idempotency DO NOTHING RETURNING id)"
         " SELECT id FROM g"
     )
 
@@ -96,10 +90,10 @@ SUBMIT_SQL = {rate_limited: _submit_sql(rate_limited) for rate_limited in (False
 
 
 def insert_many(db: Database, rows: Sequence[SubmitRow], rate_limit: tuple[int, float]) -> set[str]:
-    """Insert those of ``rows`` whose checks pass, with their stage rows, in
-    one durable autocommit statement; returns the ids it inserted. Two rows
-    with the same user and Idempotency-Key: at most one goes in (the caller
-    sends only one). Raises what the database raises (SQLAlchemy's errors)."""
+    """Insert those of ``rows`` whose checks pass, in one durable autocommit
+    statement; returns the ids it inserted. Two rows with the same user and
+    Idempotency-Key: at most one goes in (the caller sends only one).
+    Raises what the database raises (SQLAlchemy's errors)."""
     limit, window = rate_limit
     doc = json.dumps(
         [

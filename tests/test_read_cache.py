@@ -17,6 +17,7 @@ from app.config import Settings
 from app.models import GenerationStage
 from app.pipeline import STAGE_FUNCS
 from app.pipeline.context import StageFailed
+from app.pipeline.runner import write_stage_rows
 from app.readcache import CHANNEL, CLEAR_ALL, ReadCache, channel_for
 from tests.conftest import make_user
 from tests.support.pipeline import run_all, services, submit_prompt
@@ -135,6 +136,7 @@ def test_canceled_is_cached_unless_a_stage_is_still_running(capp):
     cache = services(capp).read_cache
     quiet, busy = submit_prompt(client, user.headers), submit_prompt(client, user.headers)
     with services(capp).db.session() as session:  # a stage copy in flight on ``busy``
+        write_stage_rows(session.connection(), busy)  # as its claim would
         session.execute(
             update(GenerationStage)
             .where(GenerationStage.generation_id == busy, GenerationStage.name == "analyze")

@@ -16,7 +16,7 @@ from app import create_app
 from app import generations as svc
 from app.models import Generation, GenerationStage, utcnow
 from app.pipeline import STAGE_FUNCS, STAGES, runner
-from app.pipeline.context import StageResult
+from app.pipeline.context import StageFailed, StageResult
 from tests.conftest import make_user
 from tests.support.pipeline import claimed, run_all, services, stage
 
@@ -135,7 +135,55 @@ def test_a_canceled_generation_is_not_claimed(pg_app, pg_user):
     with services(pg_app).db.session() as session:
         svc.cancel(session.get(Generation, gen_id))
     assert not stage(pg_app, gen_id, "analyze").proceed
-    assert _rows(pg_app, gen_id)["stages"][0][1:3] == ("pending", 0)
+    assert _rows(pg_app, gen_id)["stages"] == []  # nothing ran: no stage rows written
+
+
+def test_the_first_claim_writes_the_stage_rows_in_its_one_statement(pg_app, pg_user):
+    gen_id = _new(pg_app, pg_user)
+    assert _rows(pg_app, gen_id)["stages"] == []  # the submit writes the generation only
+    seen = _count_statements(pg_app)
+    assert stage(pg_app, gen_id, "analyze").proceed
+    assert seen == ["WITH", "WITH"], seen
+    rows = _rows(pg_app, gen_id)["stages"]
+    assert [r[:4] for r in rows] == [("analyze", "skipped", 1, "t-analyze")] + [
+        (name, "pending", 0, None) for name in STAGES[1:]
+    ]
+    assert rows[0][5:] == (True, True, True)  # started, finished, duration
+    assert stage(pg_app, gen_id, "enhance").proceed
+
+
+def test_a_second_copy_of_the_first_stage_leaves_it_to_the_first(pg_app, pg_user, monkeypatch):
+    gen_id = _new(pg_app, pg_user)
+    real, copies = STAGE_FUNCS["analyze"], []
+
+    def analyze(ctx):  # another delivery arrives while this one runs
+        s = services(pg_app)
+        copies.append(runner.run_stage(s.db, s.settings, s.storage, gen_id, "analyze", "copy-b"))
+        return real(ctx)
+
+    monkeypatch.setitem(STAGE_FUNCS, "analyze", analyze)
+    assert stage(pg_app, gen_id, "analyze").proceed
+    assert not copies[0].proceed
+    rows = _rows(pg_app, gen_id)["stages"]
+    assert len(rows) == len(STAGES) and rows[0][:4] == ("analyze", "skipped", 1, "t-analyze")
+
+
+def test_a_retry_from_the_first_stage_claims_its_row_in_one_statement(pg_app, pg_user, monkeypatch):
+    gen_id = _new(pg_app, pg_user)
+    with monkeypatch.context() as m:
+
+        def broken(ctx):
+            raise StageFailed("the sketch could not be read")
+
+        m.setitem(STAGE_FUNCS, "analyze", broken)
+        assert not stage(pg_app, gen_id, "analyze").proceed
+    with services(pg_app).db.session() as session:
+        assert svc.prepare_retry(session.get(Generation, gen_id)) == "analyze"
+    seen = _count_statements(pg_app)
+    assert stage(pg_app, gen_id, "analyze").proceed
+    assert seen == ["WITH", "WITH"], seen
+    rows = _rows(pg_app, gen_id)["stages"]
+    assert len(rows) == len(STAGES) and rows[0][:3] == ("analyze", "skipped", 1)
 
 
 def test_a_stage_delivered_out_of_order_is_not_claimed(pg_app, pg_user):

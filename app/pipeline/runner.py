@@ -42,6 +42,8 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from .. import events, readcache
@@ -159,9 +161,12 @@ _LOCK = (
 def _lock(conn: Connection, generation_id: str, stage: str) -> Locked | None:
     """Lock the generation and read it with its stages. Only ``stage``'s row
     carries its ``output`` (the others read None)."""
-    rows = conn.execute(_LOCK, {"generation_id": generation_id, "stage": stage}).all()
+    params = {"generation_id": generation_id, "stage": stage}
+    rows = conn.execute(_LOCK, params).all()
     if not rows:
-        return None
+        if not write_stage_rows(conn, generation_id):
+            return None
+        rows = conn.execute(_LOCK, params).all()
     gen: Snapshot | None = None
     stages: dict[str, Snapshot] = {}
     for r in rows:
@@ -172,6 +177,30 @@ def _lock(conn: Connection, generation_id: str, stage: str) -> Locked | None:
     if gen is None:  # no row for this stage: a generation without it is not ours to run
         return None
     return Locked(gen, stages)
+
+
+_STAGE_ROWS = [
+    {"name": name, "position": i, "status": S_PENDING, "attempts": 0}
+    for i, name in enumerate(STAGES)
+]
+
+
+def write_stage_rows(conn: Connection, generation_id: str) -> bool:
+    """A generation's pending stage rows, written by its first claim (the
+    submit writes only the generation: ``generations.stage_list``), under
+    its lock. False: there is no such generation, or it has ended (nothing
+    will run: a job canceled before it started keeps no stage rows)."""
+    found = conn.execute(
+        select(_G.c.id).where(_G.c.id == generation_id, _G.c.status.not_in(FINAL)).with_for_update()
+    ).first()
+    if found is None:
+        return False
+    insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    conn.execute(
+        insert(_S).on_conflict_do_nothing(index_elements=["generation_id", "name"]),
+        [{"generation_id": generation_id, **row} for row in _STAGE_ROWS],
+    )
+    return True
 
 
 _UPDATES: dict[tuple[str, frozenset[str]], Any] = {}
@@ -233,12 +262,7 @@ _DONE_SQL = ", ".join(f"'{s}'" for s in sorted(STAGE_DONE))
 # Driver SQL (``%(name)s``) for ``Database.fetchone``: rows are plain tuples in
 # RETURNING order, as are the record's below.
 LEASE_FRESH = timedelta(seconds=1)
-_PG_CLAIM = f"""
-    WITH g AS (
-        SELECT * FROM generations
-        WHERE id = %(generation_id)s AND status NOT IN ({_FINAL_SQL})
-        FOR UPDATE
-    ), st AS (
+_CLAIM_ROW = f"""
         UPDATE generation_stages AS s
         SET status = '{S_RUNNING}', attempts = s.attempts + 1, started_at = %(now)s,
             finished_at = NULL, duration_ms = NULL, task_id = %(task_id)s, error = NULL
@@ -248,16 +272,36 @@ _PG_CLAIM = f"""
               SELECT 1 FROM generation_stages AS e
               WHERE e.generation_id = s.generation_id AND e.position < s.position
                 AND e.status NOT IN ({_DONE_SQL}))
-        RETURNING s.id, s.attempts, s.output
-    ), renewed AS (
-        UPDATE generations AS gen SET status = '{PROCESSING}', updated_at = %(now)s
-        FROM g, st
-        WHERE gen.id = g.id
-          AND (g.status <> '{PROCESSING}' OR g.updated_at < %(fresh_since)s)
-        RETURNING gen.updated_at
+        RETURNING s.id, s.attempts, s.output"""
+_STAGE_VALUES = ", ".join(f"('{name}', {i})" for i, name in enumerate(STAGES))
+# The first stage's claim: as above when the generation has its stage rows
+# (a retry from the first stage), else it writes them (the submit writes only
+# the generation: ``generations.stage_list``), the claimed one running. The
+# two cannot both write: one needs the rows, the other their absence.
+_CLAIM_FIRST = """
+        SELECT id, attempts, output FROM claimed
+        UNION ALL SELECT id, attempts, output FROM written WHERE name = %(stage)s"""
+_WRITE_ROWS = f"""
+        INSERT INTO generation_stages AS s
+            (generation_id, name, position, status, attempts, started_at, task_id)
+        SELECT g.id, v.name, v.position,
+            CASE WHEN v.name = %(stage)s THEN '{S_RUNNING}' ELSE '{S_PENDING}' END,
+            CASE WHEN v.name = %(stage)s THEN 1 ELSE 0 END,
+            CASE WHEN v.name = %(stage)s THEN %(now)s END,
+            CASE WHEN v.name = %(stage)s THEN %(task_id)s END
+        FROM g CROSS JOIN (VALUES {_STAGE_VALUES}) AS v(name, position)
+        WHERE NOT EXISTS (SELECT 1 FROM generation_stages AS e WHERE e.generation_id = g.id)
+        ON CONFLICT ON CONSTRAINT uq_generation_stage DO NOTHING
+        RETURNING s.id, s.attempts, s.output, s.name"""
+
+
+def _claim_sql(first: bool) -> str:
+    rows = (
+        f"claimed AS ({_CLAIM_ROW}), written AS ({_WRITE_ROWS}), st AS ({_CLAIM_FIRST})"
+        if first
+        else f"st AS ({_CLAIM_ROW})"
     )
-    SELECT {
-    ", ".join(
+    gen_cols = ", ".join(
         "'" + PROCESSING + "'"
         if c.name == "status"
         else "coalesce(renewed.updated_at, g.updated_at)"
@@ -265,10 +309,24 @@ _PG_CLAIM = f"""
         else f"g.{c.name}"
         for c in _G.c
     )
-},
-        st.id AS s_id, st.attempts AS s_attempts, st.output AS s_output
+    return f"""
+    WITH g AS (
+        SELECT * FROM generations
+        WHERE id = %(generation_id)s AND status NOT IN ({_FINAL_SQL})
+        FOR UPDATE
+    ), {rows}, renewed AS (
+        UPDATE generations AS gen SET status = '{PROCESSING}', updated_at = %(now)s
+        FROM g, st
+        WHERE gen.id = g.id
+          AND (g.status <> '{PROCESSING}' OR g.updated_at < %(fresh_since)s)
+        RETURNING gen.updated_at
+    )
+    SELECT {gen_cols}, st.id AS s_id, st.attempts AS s_attempts, st.output AS s_output
     FROM g CROSS JOIN st LEFT JOIN renewed ON true
     """
+
+
+_PG_CLAIM = {name: _claim_sql(first=i == 0) for i, name in enumerate(STAGES)}
 
 # PostgreSQL: the record of a successful stage in ONE statement, as the general
 # path does it: the stage (still running) completed or skipped with its output
@@ -349,7 +407,7 @@ def _fast_claim(
     now = utcnow()
     row = db.fetchone(
         conn,
-        _PG_CLAIM,
+        _PG_CLAIM[name],
         {
             "generation_id": generation_id,
             "stage": name,
@@ -376,13 +434,6 @@ def stalled(gen: Any, stage: str, settings: Settings) -> bool:
     """No progress on this generation for longer than the stage may take."""
     last = gen.updated_at if gen.updated_at.tzinfo else gen.updated_at.replace(tzinfo=UTC)
     return (utcnow() - last).total_seconds() > settings.stall_timeout_for(stage)
-
-
-def first_unfinished(gen: Generation) -> str | None:
-    for s in gen.stages:
-        if s.status not in STAGE_DONE:
-            return s.name
-    return None
 
 
 def backoff(attempt: int, retry_after: float | None = None) -> float:

@@ -12,12 +12,14 @@ from app import maintenance
 from app.models import Generation, utcnow
 from app.pipeline import runner
 from app.pipeline.runner import run_stage
+from tests.support.pipeline import with_stage_rows
 
 
 def _running_since(app, user, seconds: float) -> str:
     """A generation whose ``enhance`` was claimed by a worker that then died."""
     with app.extensions["bff"].db.session() as session:
         gen = svc.create(session, user_id=user.id, mode="prompt", settings={}, prompt="linen")
+        gen = with_stage_rows(session, gen)
         gen.status, gen.dispatched_at = "processing", utcnow() - timedelta(seconds=seconds)
         gen.stage("analyze").status = "skipped"
         st = gen.stage("enhance")
@@ -87,7 +89,7 @@ def test_a_checkpoint_waits_out_a_short_database_outage(app, user, monkeypatch):
     s = app.extensions["bff"]
     with s.db.session() as session:
         gen = svc.create(session, user_id=user.id, mode="prompt", settings={}, prompt="linen")
-        session.flush()
+        gen = with_stage_rows(session, gen)
         stage_id, gen_id = gen.stage("generate").id, gen.id
     monkeypatch.setattr(runner.time, "sleep", lambda _s: None)
     with s.db.session() as session:
@@ -110,8 +112,7 @@ def test_a_checkpoint_does_not_retry_other_database_errors(app, user, monkeypatc
     s = app.extensions["bff"]
     with s.db.session() as session:
         gen = svc.create(session, user_id=user.id, mode="prompt", settings={}, prompt="linen")
-        session.flush()
-        stage_id = gen.stage("generate").id
+        stage_id = with_stage_rows(session, gen).stage("generate").id
     with s.db.session() as session:
         calls, real_commit = [], session.commit
 
