@@ -7,18 +7,23 @@ take a session and never commit; the caller owns the transaction through
 
 from __future__ import annotations
 
+import os
 import select
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from typing import Any, TypeVar
 
+import psycopg
+from psycopg import pq
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 T = TypeVar("T")
+_OWN_LOCK = threading.Lock()
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:  # pragma: no cover - trivial
@@ -157,6 +162,10 @@ class Database:
         self.url = url
         self.engine = make_engine(url)
         self.relaxed_by_default = False
+        self._own: dict[str, OwnStatement] = {}
+        # Disposing of the engine (tests, shutdown; after a fork, where the
+        # parent's connections are only forgotten) closes these too.
+        event.listen(self.engine, "engine_disposed", lambda _engine: self._close_own())
         if self.engine.dialect.name == "postgresql":
             event.listen(self.engine, "connect", self._on_connect)
         self._factory = sessionmaker(self.engine, expire_on_commit=False)
@@ -353,6 +362,20 @@ class Database:
         if self.engine.dispatch.commit:
             self.engine.dispatch.commit(conn)
 
+    def own_statement(self, name: str, sql: str, params: Mapping[str, str]) -> OwnStatement:
+        """The ``OwnStatement`` named ``name`` (made on first use)."""
+        own = self._own.get(name)
+        if own is None:
+            with _OWN_LOCK:
+                own = self._own.setdefault(name, OwnStatement(self, name, sql, params))
+        if own.sql != sql:
+            raise ValueError(f"statement {name} is already another statement")
+        return own
+
+    def _close_own(self) -> None:
+        for own in list(self._own.values()):
+            own.close()
+
     def ping(self) -> None:
         with self.engine.connect() as conn:
             conn.execute(text("SELECT 1"))
@@ -360,3 +383,92 @@ class Database:
     def dispose(self) -> None:
         """Drop pooled connections; called after fork so children never share one."""
         self.engine.dispose(close=False)
+
+
+class OwnStatement:
+    """ONE statement, prepared once, on a PostgreSQL connection of its own
+    (outside the pool), for the one hot write of the API: the submit batch
+    (``app.submit_batch``; its combiner runs one batch at a time per process,
+    the lock here only guards against a second caller).
+
+    A pooled round trip costs the calling thread ~8x the CPU of libpq's own
+    (pool checkout and check-in, psycopg's generator protocol, autocommit
+    toggles: ~160 against ~20 us here), and every one of psycopg's waits lets
+    the GIL go to another of the API's threads and then waits to get it back.
+    Here the round trip is one blocking ``PQexecPrepared``: one release of
+    the GIL. It runs in autocommit, so the statement is its own transaction;
+    the API's connections commit durably (``synchronous_commit`` on).
+
+    Statement counters see it and its errors come out as SQLAlchemy's, as
+    with ``Database.fetchall_autocommit``; a connection found broken is closed
+    and the next call opens another (a forked child never uses its parent's).
+    """
+
+    _TEXT_TYPES = {"json": 114, "int8": 20, "float8": 701, "text": 25}
+
+    def __init__(self, db: Database, name: str, sql: str, params: Mapping[str, str]) -> None:
+        """``sql``: driver SQL with ``%(name)s`` parameters, each named in
+        ``params`` with its PostgreSQL type (json, int8, float8, text)."""
+        self.db, self.sql = db, sql
+        self._name = name.encode()
+        self._params = list(params)
+        native = sql
+        for i, key in enumerate(self._params, 1):
+            native = native.replace(f"%({key})s", f"${i}")
+        if "%(" in native:
+            raise ValueError(f"{name}: a parameter of the statement is not declared")
+        self._native = native.encode()
+        self._types = [self._TEXT_TYPES[params[key]] for key in self._params]
+        self._lock = threading.Lock()
+        self._conn: Any = None
+        self._pid = 0
+
+    def first_column(self, params: Mapping[str, Any]) -> list[str]:
+        """The first column of the statement's rows, as text."""
+        values = [None if params[k] is None else str(params[k]).encode() for k in self._params]
+        with self._lock:
+            conn = self._connection()
+            with self.db._driver_call(None, self.sql, params, conn, self._broken):
+                res = conn.pgconn.exec_prepared(self._name, values)
+                if res.status != pq.ExecStatus.TUPLES_OK:
+                    raise _psycopg_error(res, conn)
+            self.db._committed(None)
+            return [res.get_value(i, 0).decode() for i in range(res.ntuples)]
+
+    def close(self) -> None:
+        """Close its connection (in the process that opened it; elsewhere it
+        is only forgotten)."""
+        with self._lock:
+            self._broken(None)
+
+    def _connection(self) -> Any:
+        conn = self._conn
+        if conn is not None and (self._pid != os.getpid() or not _server_kept(conn)):
+            self._broken(None)  # closed, said goodbye, or the parent process's
+            conn = None
+        if conn is None:
+            dialect = self.db.engine.dialect
+            args, kwargs = dialect.create_connect_args(self.db.engine.url)
+            try:
+                conn = psycopg.connect(*args, **kwargs, autocommit=True)
+                res = conn.pgconn.prepare(self._name, self._native, self._types)
+                if res.status != pq.ExecStatus.COMMAND_OK:
+                    error = _psycopg_error(res, conn)
+                    conn.close()
+                    raise error
+            except psycopg.Error as err:  # as SQLAlchemy's, like a pooled connect's
+                raise DBAPIError.instance(None, None, err, psycopg.Error, dialect=dialect) from err
+            self._conn, self._pid = conn, os.getpid()
+        return conn
+
+    def _broken(self, _err: BaseException | None) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None and self._pid == os.getpid():
+            try:
+                conn.close()
+            except Exception:  # noqa: BLE001, S110 - it is being thrown away
+                pass
+
+
+def _psycopg_error(res: Any, conn: Any) -> Exception:
+    return psycopg.errors.error_from_result(res, encoding=conn.info.encoding)

@@ -89,11 +89,8 @@ def _submit_sql(rate_limited: bool) -> str:
 SUBMIT_SQL = {rate_limited: _submit_sql(rate_limited) for rate_limited in (False, True)}
 
 
-def insert_many(db: Database, rows: Sequence[SubmitRow], rate_limit: tuple[int, float]) -> set[str]:
-    """Insert those of ``rows`` whose checks pass, in one durable autocommit
-    statement; returns the ids it inserted. Two rows with the same user and
-    Idempotency-Key: at most one goes in (the caller sends only one).
-    Raises what the database raises (SQLAlchemy's errors)."""
+def statement(rows: Sequence[SubmitRow], rate_limit: tuple[int, float]) -> tuple[str, dict]:
+    """The submit statement for ``rows`` and its parameters (``PARAM_TYPES``)."""
     limit, window = rate_limit
     doc = json.dumps(
         [
@@ -118,7 +115,23 @@ def insert_many(db: Database, rows: Sequence[SubmitRow], rate_limit: tuple[int, 
     params: dict[str, Any] = {"rows": doc}
     if limit > 0:
         params |= {"limit": limit, "window": float(window)}
-    return {row[0] for row in db.fetchall_autocommit(SUBMIT_SQL[limit > 0], params)}
+    return SUBMIT_SQL[limit > 0], params
+
+
+# The statement's parameters and their PostgreSQL types (``db.OwnStatement``).
+PARAM_TYPES = {False: {"rows": "json"}, True: {"rows": "json", "limit": "int8", "window": "float8"}}
+
+
+def insert_many(db: Database, rows: Sequence[SubmitRow], rate_limit: tuple[int, float]) -> set[str]:
+    """Insert those of ``rows`` whose checks pass, in one durable autocommit
+    statement (on the process's own connection for it: ``db.OwnStatement``);
+    returns the ids it inserted. Two rows with the same user and
+    Idempotency-Key: at most one goes in (the caller sends only one). Raises
+    what the database raises (SQLAlchemy's errors)."""
+    sql, params = statement(rows, rate_limit)
+    limited = rate_limit[0] > 0
+    own = db.own_statement(f"bff_submit_{int(limited)}", sql, PARAM_TYPES[limited])
+    return set(own.first_column(params))
 
 
 def insert_submitted(db: Database, row: SubmitRow, rate_limit: tuple[int, float]) -> bool:

@@ -10,9 +10,12 @@ broker refused the chain (the maintenance dispatcher then sends it)."""
 
 from __future__ import annotations
 
+import select as io_select
+import time
 import uuid
 from decimal import Decimal
 
+import psycopg
 import pytest
 from sqlalchemy import event, select, text
 
@@ -241,24 +244,34 @@ def test_a_refused_send_leaves_the_generation_to_the_dispatcher(backend, request
     assert row["status"] == "pending" and row["dispatched_at"] is None
 
 
-def test_postgres_submit_checks_its_connection_without_a_round_trip(pg_env, monkeypatch):
-    import app.db as dbmod
-
-    pings: list[int] = []
-    real = dbmod._ping
-    monkeypatch.setattr(dbmod, "_ping", lambda conn: pings.append(1) or real(conn))
+def test_postgres_submit_runs_on_its_own_connection_checked_without_a_round_trip(pg_env):
+    """The submit statement runs on a connection of the process's own
+    (``db.OwnStatement``): no pool checkout, no ping; one the server ended
+    (restart, ``pg_terminate_backend``) is found by its socket and replaced
+    before the next submit, which still takes the one-statement path."""
     app = create_app(pg_env)
+    db = services(app).db
     try:
         client, user = app.test_client(), _pg_user(app)
         submit_prompt(client, user.headers)  # the key is now verified (auth cache)
-        pings.clear()
+        (own,) = db._own.values()
+        first = own._conn
+        checkouts: list[object] = []
+        event.listen(db.engine, "checkout", lambda *a: checkouts.append(a))
+        statements, _ = _record(db.engine)
         submit_prompt(client, user.headers)
-        assert pings == []  # returned just now, and the socket says the server kept it
-        monkeypatch.setattr(dbmod, "PING_AFTER_IDLE", 0.0)
+        assert own._conn is first and statements == [SUBMIT_SQL[False]] and checkouts == []
+        with psycopg.connect(db.engine.url.render_as_string(False).replace("+psycopg", "")) as c:
+            c.execute("SELECT pg_terminate_backend(%s)", (first.info.backend_pid,))
+        deadline = time.monotonic() + 5
+        while not io_select.select([first.pgconn.socket], [], [], 0.05)[0]:  # its goodbye
+            assert time.monotonic() < deadline
         submit_prompt(client, user.headers)
-        assert pings  # one idle for longer is pinged for real
+        assert own._conn is not first and own._conn is not None
+        assert statements == [SUBMIT_SQL[False]] * 2 and checkouts == []
     finally:
-        app.extensions["bff"].db.engine.dispose()
+        db.engine.dispose()
+    assert own._conn is None  # closed with the engine
 
 
 def test_a_connection_the_server_closed_is_replaced_not_used(pg_env):
@@ -301,3 +314,17 @@ def test_one_statement_errors_come_out_as_sqlalchemy_errors(pg_env):
     with pytest.raises(OperationalError) as err:
         down.execute_autocommit("SELECT 1")
     assert unavailable(err.value)  # a 503 with Retry-After for the client
+
+
+def test_an_own_statement_error_comes_out_as_sqlalchemys_and_the_connection_stays(pg_app):
+    from sqlalchemy.exc import DataError
+
+    db = services(pg_app).db
+    own = db.own_statement("bff_test_div", "SELECT 10 / %(x)s::int", {"x": "int8"})
+    assert own.first_column({"x": 2}) == ["5"]
+    conn = own._conn
+    with pytest.raises(DataError, match="division by zero"):
+        own.first_column({"x": 0})
+    assert own.first_column({"x": 5}) == ["2"] and own._conn is conn
+    with pytest.raises(ValueError, match="not declared"):
+        db.own_statement("bff_test_undeclared", "SELECT %(x)s, %(y)s", {"x": "int8"})
