@@ -11,18 +11,19 @@ import os
 import select
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, nullcontext
-from typing import Any, TypeVar
+from typing import Any
 
 import psycopg
 from psycopg import pq
 from sqlalchemy import create_engine, event, text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-T = TypeVar("T")
 _OWN_LOCK = threading.Lock()
 
 
@@ -151,6 +152,12 @@ def _autocommit(raw: Any) -> Iterator[None]:
             raw.autocommit = False
 
 
+def dialect_insert(dialect_name: str) -> Any:
+    """The ``insert`` construct with ``on_conflict_do_*`` for the dialect
+    (PostgreSQL's or SQLite's, the two we run on)."""
+    return pg_insert if dialect_name == "postgresql" else sqlite_insert
+
+
 def make_durable(session: Session) -> None:
     """Make the session's current transaction wait for its WAL flush on commit."""
     if session.get_bind().dialect.name == "postgresql":
@@ -243,49 +250,6 @@ class Database:
             yield session
         finally:
             session.close()
-
-    def execute_autocommit(self, sql: str, params: Mapping[str, Any] | None = None) -> int:
-        """Run ONE statement (PostgreSQL, driver SQL: ``%(name)s`` parameters)
-        as a transaction of its own on a pooled psycopg connection: no BEGIN
-        or COMMIT round trips, and none of SQLAlchemy's Connection, context
-        and result objects (the submit's hot path). Returns its row count.
-        The commit is durable (on a connection that defaults to asynchronous
-        commit, ``relax_by_default``, it runs in a transaction that sets it
-        back on). Errors come out as SQLAlchemy's (OperationalError,
-        IntegrityError, ...), and a connection found broken leaves the pool,
-        as with a Session."""
-        return self._autocommit_statement(sql, params, lambda cur: cur.rowcount)
-
-    def fetchall_autocommit(
-        self, sql: str, params: Mapping[str, Any] | None = None
-    ) -> list[tuple[Any, ...]]:
-        """``execute_autocommit`` returning the statement's rows (plain tuples)."""
-        return self._autocommit_statement(sql, params, lambda cur: cur.fetchall())
-
-    def _autocommit_statement(
-        self, sql: str, params: Mapping[str, Any] | None, result: Callable[[Any], T]
-    ) -> T:
-        dialect = self.engine.dialect
-        try:
-            fairy = self.engine.raw_connection()
-        except dialect.loaded_dbapi.Error as err:  # connecting failed: the database is down
-            raise DBAPIError.instance(
-                None, None, err, dialect.loaded_dbapi.Error, dialect=dialect
-            ) from err
-        conn = fairy.driver_connection
-        try:
-            with self._driver_call(None, sql, params, conn, fairy.invalidate):
-                if fairy.info.get(_RELAXED_CONN):
-                    conn.execute("SET LOCAL synchronous_commit = on")
-                    out = result(conn.execute(sql, params))
-                    conn.commit()
-                else:
-                    with _autocommit(conn):
-                        out = result(conn.execute(sql, params))
-            self._committed(None)
-            return out
-        finally:
-            fairy.close()  # back to the pool (its reset, a rollback, is a no-op when idle)
 
     def fetchone(
         self, conn: Connection, sql: str, params: Mapping[str, Any], autocommit: bool = False
@@ -400,8 +364,9 @@ class OwnStatement:
     the API's connections commit durably (``synchronous_commit`` on).
 
     Statement counters see it and its errors come out as SQLAlchemy's, as
-    with ``Database.fetchall_autocommit``; a connection found broken is closed
-    and the next call opens another (a forked child never uses its parent's).
+    with ``Database.fetchone``; a connection found broken is closed and the
+    next call opens another (a forked child never uses its parent's). It
+    never takes a process's ``relax_by_default``: its commits are durable.
     """
 
     _TEXT_TYPES = {"json": 114, "int8": 20, "float8": 701, "text": 25}

@@ -89,7 +89,6 @@ def create(
 _PENDING_STAGES = {
     name: SimpleNamespace(
         name=name,
-        position=i,
         status=S_PENDING,
         started_at=None,
         finished_at=None,
@@ -97,9 +96,8 @@ _PENDING_STAGES = {
         attempts=0,
         error=None,
         output=None,
-        task_id=None,
     )
-    for i, name in enumerate(STAGES)
+    for name in STAGES
 }
 
 

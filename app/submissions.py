@@ -6,7 +6,7 @@ spend cap, the persona is the user's, the submission rate) and inserts the
 generation only if they pass and its Idempotency-Key was not used. Its stage
 rows are not written here but by its first stage's claim
 (``generations.stage_list``). It commits on its own, durably, once for all
-rows (``Database.fetchall_autocommit``). A row it did not insert is left to
+rows (``db.OwnStatement``). A row it did not insert is left to
 the caller's ordinary path, which answers why (or replays the key): the
 statement decides "insert or not", never the error.
 """
@@ -87,10 +87,16 @@ def _submit_sql(rate_limited: bool) -> str:
 
 
 SUBMIT_SQL = {rate_limited: _submit_sql(rate_limited) for rate_limited in (False, True)}
+# The statement's parameters and their PostgreSQL types (``db.OwnStatement``).
+PARAM_TYPES = {False: {"rows": "json"}, True: {"rows": "json", "limit": "int8", "window": "float8"}}
 
 
-def statement(rows: Sequence[SubmitRow], rate_limit: tuple[int, float]) -> tuple[str, dict]:
-    """The submit statement for ``rows`` and its parameters (``PARAM_TYPES``)."""
+def insert_many(db: Database, rows: Sequence[SubmitRow], rate_limit: tuple[int, float]) -> set[str]:
+    """Insert those of ``rows`` whose checks pass, in one durable autocommit
+    statement (on the process's own connection for it: ``db.OwnStatement``);
+    returns the ids it inserted. Two rows with the same user and
+    Idempotency-Key: at most one goes in (the caller sends only one). Raises
+    what the database raises (SQLAlchemy's errors)."""
     limit, window = rate_limit
     doc = json.dumps(
         [
@@ -113,24 +119,10 @@ def statement(rows: Sequence[SubmitRow], rate_limit: tuple[int, float]) -> tuple
         ]
     )
     params: dict[str, Any] = {"rows": doc}
-    if limit > 0:
+    limited = limit > 0
+    if limited:
         params |= {"limit": limit, "window": float(window)}
-    return SUBMIT_SQL[limit > 0], params
-
-
-# The statement's parameters and their PostgreSQL types (``db.OwnStatement``).
-PARAM_TYPES = {False: {"rows": "json"}, True: {"rows": "json", "limit": "int8", "window": "float8"}}
-
-
-def insert_many(db: Database, rows: Sequence[SubmitRow], rate_limit: tuple[int, float]) -> set[str]:
-    """Insert those of ``rows`` whose checks pass, in one durable autocommit
-    statement (on the process's own connection for it: ``db.OwnStatement``);
-    returns the ids it inserted. Two rows with the same user and
-    Idempotency-Key: at most one goes in (the caller sends only one). Raises
-    what the database raises (SQLAlchemy's errors)."""
-    sql, params = statement(rows, rate_limit)
-    limited = rate_limit[0] > 0
-    own = db.own_statement(f"bff_submit_{int(limited)}", sql, PARAM_TYPES[limited])
+    own = db.own_statement(f"bff_submit_{int(limited)}", SUBMIT_SQL[limited], PARAM_TYPES[limited])
     return set(own.first_column(params))
 
 

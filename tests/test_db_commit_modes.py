@@ -121,9 +121,15 @@ def test_one_statement_autocommit_writes_are_durable(make_db, relaxed_default):
     with db.session() as session:
         session.execute(text("CREATE TABLE IF NOT EXISTS commit_probe (mode text)"))
         session.execute(text("DELETE FROM commit_probe"))
-    n = db.execute_autocommit(
+    # The one write that commits on its own outside a session: the submit's
+    # statement on the process's own connection (``db.OwnStatement``).
+    own = db.own_statement(
+        "bff_commit_probe",
         "INSERT INTO commit_probe SELECT current_setting('synchronous_commit')"
+        " || %(suffix)s RETURNING mode",
+        {"suffix": "text"},
     )
+    n = len(own.first_column({"suffix": ""}))
     with db.session() as session:
         assert n == 1
         assert session.execute(text("SELECT mode FROM commit_probe")).scalar_one() == "on"

@@ -275,26 +275,19 @@ def test_postgres_submit_runs_on_its_own_connection_checked_without_a_round_trip
 
 
 def test_a_connection_the_server_closed_is_replaced_not_used(pg_env):
-    import time
-
-    import psycopg
-
     from app.db import Database
 
     db = Database(pg_env["DATABASE_URL"])
     try:
-        db.execute_autocommit("SELECT 1")  # the pool now holds one connection
-        with db.engine.connect() as conn:  # that one: the pool hands it out again
-            pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+        own = db.own_statement("bff_probe_pid", "SELECT pg_backend_pid()", {})
+        (pid,) = own.first_column({})  # its connection is now open
         url = pg_env["DATABASE_URL"].replace("+psycopg", "")
         with psycopg.connect(url, autocommit=True) as admin:
-            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            admin.execute("SELECT pg_terminate_backend(%s)", (int(pid),))
         time.sleep(0.2)  # the server's goodbye and FIN arrive
-        assert db.execute_autocommit("SELECT 1") == 1  # on a new connection
-        with db.engine.connect() as conn:
-            assert conn.exec_driver_sql("SELECT pg_backend_pid()").scalar() != pid
+        assert own.first_column({}) != [pid]  # on a new connection
     finally:
-        db.dispose()
+        db.engine.dispose()
 
 
 def test_one_statement_errors_come_out_as_sqlalchemy_errors(pg_env):
@@ -305,26 +298,17 @@ def test_one_statement_errors_come_out_as_sqlalchemy_errors(pg_env):
 
     db = Database(pg_env["DATABASE_URL"])
     try:
-        with pytest.raises(DataError):  # the client's kind of error, not "unavailable"
-            db.execute_autocommit("SELECT 1 / %(zero)s", {"zero": 0})
-        assert db.execute_autocommit("SELECT 1") == 1  # the connection is fine
+        own = db.own_statement("bff_test_div", "SELECT 10 / %(x)s::int", {"x": "int8"})
+        assert own.first_column({"x": 2}) == ["5"]
+        conn = own._conn
+        with pytest.raises(DataError, match="division by zero"):  # the client's kind
+            own.first_column({"x": 0})
+        assert own.first_column({"x": 5}) == ["2"] and own._conn is conn  # the connection is fine
+        with pytest.raises(ValueError, match="not declared"):
+            db.own_statement("bff_test_undeclared", "SELECT %(x)s, %(y)s", {"x": "int8"})
     finally:
-        db.dispose()
+        db.engine.dispose()
     down = Database(f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/x")
     with pytest.raises(OperationalError) as err:
-        down.execute_autocommit("SELECT 1")
+        down.own_statement("bff_probe", "SELECT 1", {}).first_column({})
     assert unavailable(err.value)  # a 503 with Retry-After for the client
-
-
-def test_an_own_statement_error_comes_out_as_sqlalchemys_and_the_connection_stays(pg_app):
-    from sqlalchemy.exc import DataError
-
-    db = services(pg_app).db
-    own = db.own_statement("bff_test_div", "SELECT 10 / %(x)s::int", {"x": "int8"})
-    assert own.first_column({"x": 2}) == ["5"]
-    conn = own._conn
-    with pytest.raises(DataError, match="division by zero"):
-        own.first_column({"x": 0})
-    assert own.first_column({"x": 5}) == ["2"] and own._conn is conn
-    with pytest.raises(ValueError, match="not declared"):
-        db.own_statement("bff_test_undeclared", "SELECT %(x)s, %(y)s", {"x": "int8"})

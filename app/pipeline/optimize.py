@@ -27,10 +27,9 @@ import random
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from ..db import dialect_insert
 from ..models import Generation, GenerationFeedback, PromptTokenScore, utcnow
 from ..providers import PROVIDERS
 from .context import StageContext, StageResult
@@ -149,7 +148,7 @@ def user_scores(session: Session, user_id: int) -> dict[str, float]:
 
 def _ensure_rows(session: Session, user_id: int, toks: list[str]) -> None:
     """Insert missing score rows without racing a concurrent feedback task."""
-    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    insert = dialect_insert(session.get_bind().dialect.name)
     now = utcnow()
     rows = [
         {"user_id": user_id, "token": t, "score": START, "uses": 0, "updated_at": now} for t in toks

@@ -42,13 +42,11 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from .. import events, readcache
 from ..config import Settings
-from ..db import Database, make_durable
+from ..db import Database, dialect_insert, make_durable
 from ..db import unavailable as db_unavailable
 from ..models import Generation, GenerationStage, utcnow
 from ..providers.health import (
@@ -195,9 +193,10 @@ def write_stage_rows(conn: Connection, generation_id: str) -> bool:
     ).first()
     if found is None:
         return False
-    insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
     conn.execute(
-        insert(_S).on_conflict_do_nothing(index_elements=["generation_id", "name"]),
+        dialect_insert(conn.dialect.name)(_S).on_conflict_do_nothing(
+            index_elements=["generation_id", "name"]
+        ),
         [{"generation_id": generation_id, **row} for row in _STAGE_ROWS],
     )
     return True

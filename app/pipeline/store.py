@@ -23,11 +23,10 @@ from urllib.parse import urljoin
 import requests
 from PIL import Image
 from sqlalchemy import bindparam
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from ..config import Settings
+from ..db import dialect_insert
 from ..models import GenerationAsset, utcnow
 from ..providers.registry import is_output_url_allowed
 from ..storage import StorageError, asset_key
@@ -113,15 +112,15 @@ _REWRITTEN = (
 _COLUMNS = ("generation_id", "position", *_REWRITTEN, "created_at")
 
 
-def _upsert(insert: Any) -> Any:
-    stmt = insert(_ASSETS).values({c: bindparam(c) for c in _COLUMNS})
+def _upsert(dialect_name: str) -> Any:
+    stmt = dialect_insert(dialect_name)(_ASSETS).values({c: bindparam(c) for c in _COLUMNS})
     return stmt.on_conflict_do_update(
         index_elements=["generation_id", "position"],
         set_={c: stmt.excluded[c] for c in _REWRITTEN},
     )
 
 
-_UPSERTS = {"postgresql": _upsert(pg_insert), "sqlite": _upsert(sqlite_insert)}  # built once
+_UPSERTS = {name: _upsert(name) for name in ("postgresql", "sqlite")}  # built once
 _NOT_METADATA = ("storedKey", "index", "data")  # generate's bookkeeping, and the bytes
 
 
