@@ -45,13 +45,19 @@ def _dispose_engine_after_fork(**_: object) -> None:
 # Stages are idempotent, so a message may be acked late and redelivered.
 # A database outage (OperationalError, InterfaceError: the runner lets them
 # through instead of failing the job) is retried by Celery with backoff.
+# No Celery retry limit (``max_retries=None``): every re-send of a stage is a
+# wait the runner chose (a provider still working, a rate-limit token, a
+# transient failure it counts and caps itself) or a database outage, and
+# Celery's count covers all of them. With a cap, a prediction polled more
+# than that many times raised MaxRetriesExceededError and dropped the
+# message, leaving the job to the stall sweep.
 STAGE_OPTIONS = {
     "bind": True,
     "acks_late": True,
     "autoretry_for": (OperationalError, InterfaceError),
     "retry_backoff": 2,
     "retry_backoff_max": 60,
-    "max_retries": 20,
+    "max_retries": None,
 }
 
 
