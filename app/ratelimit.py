@@ -5,9 +5,18 @@ provider's quota (Celery's ``rate_limit`` is per worker and would not).
 One bucket per provider (``bff:ratelimit:<provider>``), ``capacity`` tokens
 refilled at ``capacity / per`` tokens a second (``BFF_RATE_LIMIT_<ID>=100/60``).
 Taking a token is one Lua script, atomic in Redis, timed by Redis's own clock
-(``TIME``) so workers on different machines agree. No token free: the caller
-is told how long until one is, and the stage waits (``StageWaiting``) instead
-of failing or holding the worker.
+(``TIME``) so workers on different machines agree.
+
+No token free: the caller *reserves* the next one (the balance goes below
+zero, up to ``RESERVE_AHEAD`` seconds of tokens) and is told when it is
+due; the stage waits (``StageWaiting``, the worker is freed) and, when it
+runs again, uses its reservation without taking another. Each waiter gets
+its own time, one token apart: a burst of waiters is served in order at the
+limit's pace, instead of all of them asking again at once and one winning
+each time (a thundering herd that filled the generator with futile runs).
+Past the horizon nothing is reserved: the caller is told to ask again when a
+reservation fits. A reservation its holder never uses (the job was canceled)
+is a token lost, never one too many.
 
 Without ``REDIS_URL`` (the embedded default: one machine, a few processes)
 the bucket is process-local: correct for one worker process, N times too
@@ -27,25 +36,36 @@ from .providers.base import ProviderPending, ProviderTransient
 
 log = logging.getLogger(__name__)
 
+# How far ahead a token may be reserved, in seconds of the limit's pace.
+RESERVE_AHEAD = 60.0
+# Where a waiting job keeps its reservation (``time.time()`` it is due at).
+RESERVED = "rateLimitTokenAt"
+# A run this early for its reservation (timer granularity) may use it.
+EARLY_OK = 0.005
+
 TAKE = """
 local capacity = tonumber(ARGV[1])
 local rate = tonumber(ARGV[2])
+local ahead = tonumber(ARGV[3])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local b = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
 local tokens = tonumber(b[1]) or capacity
 local ts = tonumber(b[2]) or now
 tokens = math.min(capacity, tokens + math.max(0, now - ts) * rate)
-local wait = 0
-if tokens >= 1 then
+local wait, reserved = 0, 1
+if tokens - 1 >= -ahead * rate then
   tokens = tokens - 1
+  if tokens < 0 then wait = -tokens / rate end
 else
-  wait = (1 - tokens) / rate
+  reserved = 0
+  wait = (1 - tokens - ahead * rate) / rate
 end
 redis.call('HSET', KEYS[1], 'tokens', string.format('%.6f', tokens),
            'ts', string.format('%.6f', now))
-redis.call('PEXPIRE', KEYS[1], math.ceil(capacity / rate * 1000) + 1000)
-return string.format('%.6f', wait)
+-- until a full bucket again (debts included): expiring earlier would forgive them
+redis.call('PEXPIRE', KEYS[1], math.ceil((capacity / rate + ahead) * 1000) + 1000)
+return string.format('%.6f %d', wait, reserved)
 """
 
 
@@ -60,14 +80,19 @@ class RedisBuckets:
         self.client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
         self.script = self.client.register_script(TAKE)
 
-    def take(self, name: str, capacity: int, per: float) -> float:
+    def take(self, name: str, capacity: int, per: float) -> tuple[float, bool]:
+        """(seconds until the token is due, whether it is reserved): (0, True)
+        is a token now; (w, False) means none could be reserved, ask in w s."""
         import redis
 
         try:
-            raw = self.script(keys=[f"bff:ratelimit:{name}"], args=[capacity, capacity / per])
+            raw = self.script(
+                keys=[f"bff:ratelimit:{name}"], args=[capacity, capacity / per, RESERVE_AHEAD]
+            )
         except redis.RedisError as exc:
             raise ProviderTransient(f"rate limiter unavailable: {type(exc).__name__}") from exc
-        return float(raw)
+        wait, reserved = raw.split()
+        return float(wait), reserved == b"1"
 
 
 class LocalBuckets:
@@ -79,19 +104,21 @@ class LocalBuckets:
         self.lock = threading.Lock()
         self.buckets: dict[str, tuple[float, float]] = {}
 
-    def take(self, name: str, capacity: int, per: float) -> float:
+    def take(self, name: str, capacity: int, per: float) -> tuple[float, bool]:
         rate = capacity / per
         with self.lock:
             now = time.monotonic()
             tokens, ts = self.buckets.get(name, (float(capacity), now))
             tokens = min(capacity, tokens + max(0.0, now - ts) * rate)
-            wait = 0.0
-            if tokens >= 1:
+            wait, reserved = 0.0, True
+            if tokens - 1 >= -RESERVE_AHEAD * rate:
                 tokens -= 1
+                wait = max(0.0, -tokens / rate)
             else:
-                wait = (1 - tokens) / rate
+                reserved = False
+                wait = (1 - tokens - RESERVE_AHEAD * rate) / rate
             self.buckets[name] = (tokens, now)
-        return wait
+        return wait, reserved
 
 
 @lru_cache(maxsize=8)
@@ -106,15 +133,26 @@ def buckets_for(settings: Settings) -> RedisBuckets | LocalBuckets:
     return _buckets(settings.redis_url)
 
 
-def acquire(settings: Settings, provider_id: str) -> None:
-    """Take one token for ``provider_id`` or raise ``ProviderPending`` saying how
-    long until one is free. Providers without a configured limit are unlimited."""
+def acquire(settings: Settings, provider_id: str, reserved_at: float | None = None) -> None:
+    """Take one token for ``provider_id``, or use the one reserved for
+    ``reserved_at`` (``time.time()``, saved from an earlier ``ProviderPending``).
+    Returns when the call may go ahead; else raises ``ProviderPending`` saying
+    how long to wait, its ``state`` holding the reservation to save and pass
+    back. Providers without a configured limit are unlimited."""
+    reason = f"waiting for a {provider_id} rate-limit token"
+    if reserved_at is not None:
+        early = reserved_at - time.time()
+        if early > EARLY_OK:
+            raise ProviderPending(early, reason, {RESERVED: reserved_at})
+        return
     limit = settings.rate_limits.get(provider_id)
     if limit is None:
         return
     capacity, per = limit
-    wait = buckets_for(settings).take(provider_id, capacity, per)
-    if wait > 0:  # jitter: waiters that all woke at once would collide again
-        raise ProviderPending(
-            wait * random.uniform(1.0, 1.25), f"waiting for a {provider_id} rate-limit token"
-        )
+    wait, reserved = buckets_for(settings).take(provider_id, capacity, per)
+    if wait <= 0:
+        return
+    if reserved:  # its own time, one token after the waiter before it: no jitter
+        raise ProviderPending(wait, reason, {RESERVED: time.time() + wait})
+    # Nothing reserved: waiters that all woke at once would collide again.
+    raise ProviderPending(wait * random.uniform(1.0, 1.25), reason)

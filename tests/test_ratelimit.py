@@ -3,11 +3,14 @@ separate worker processes are), and the process-local fallback."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
+from app import ratelimit
 from app.config import Settings
 from app.providers.base import ProviderPending
-from app.ratelimit import LocalBuckets, RedisBuckets, acquire
+from app.ratelimit import RESERVED, LocalBuckets, RedisBuckets, acquire
 
 
 def test_rate_limits_are_read_from_the_environment():
@@ -20,37 +23,81 @@ def test_rate_limits_are_read_from_the_environment():
     assert Settings.from_env({}).rate_limits["google-imagen"] == (100, 60.0)
 
 
-def test_local_bucket_allows_capacity_then_says_how_long_to_wait():
+def test_local_bucket_allows_capacity_then_reserves_tokens_in_turn():
     b = LocalBuckets()
-    assert [b.take("p", 3, 3.0) for _ in range(3)] == [0.0, 0.0, 0.0]
-    wait = b.take("p", 3, 3.0)
-    assert 0.9 < wait <= 1.0  # one token a second
-    assert b.take("other", 3, 3.0) == 0.0, "buckets are per provider"
+    assert [b.take("p", 3, 3.0) for _ in range(3)] == [(0.0, True)] * 3
+    waits = [b.take("p", 3, 3.0) for _ in range(3)]
+    assert all(reserved for _, reserved in waits)
+    # one token a second: each waiter gets the next one, not the same one
+    assert [round(w) for w, _ in waits] == [1, 2, 3]
+    assert b.take("other", 3, 3.0) == (0.0, True), "buckets are per provider"
+
+
+def test_nothing_is_reserved_past_the_horizon(monkeypatch):
+    monkeypatch.setattr(ratelimit, "RESERVE_AHEAD", 2.0)
+    for b in (LocalBuckets(),):
+        assert b.take("p", 1, 1.0) == (0.0, True)
+        assert [round(b.take("p", 1, 1.0)[0]) for _ in range(2)] == [1, 2]
+        wait, reserved = b.take("p", 1, 1.0)
+        assert not reserved and 0.9 < wait <= 1.0  # when a third reservation fits
 
 
 def test_redis_bucket_is_shared_by_separate_clients(redis_url):
     a, b = RedisBuckets(redis_url), RedisBuckets(redis_url)  # two "processes"
     taken = [c.take("google-imagen", 4, 60.0) for c in (a, b, a, b)]
-    assert taken == [0.0] * 4
-    wait_a, wait_b = a.take("google-imagen", 4, 60.0), b.take("google-imagen", 4, 60.0)
-    assert 14 < wait_a <= 15 and 14 < wait_b <= 15  # 4 per minute: one per 15 s
+    assert taken == [(0.0, True)] * 4
+    (wait_a, ra), (wait_b, rb) = a.take("google-imagen", 4, 60.0), b.take("google-imagen", 4, 60.0)
+    assert ra and rb
+    # 4 per minute: one per 15 s, and the second waiter is a token behind the first
+    assert 14 < wait_a <= 15 and 29 < wait_b <= 30
+
+
+def test_redis_bucket_reserves_up_to_the_horizon(redis_url, monkeypatch):
+    monkeypatch.setattr(ratelimit, "RESERVE_AHEAD", 30.0)
+    b = RedisBuckets(redis_url)
+    assert b.take("slow", 4, 60.0) == (0.0, True)
+    b.client.hset("bff:ratelimit:slow", "tokens", "-0.5")  # half a token already reserved
+    wait, reserved = b.take("slow", 4, 60.0)
+    assert reserved and 22 < wait <= 22.5  # 1.5 tokens at 15 s each
+    wait, reserved = b.take("slow", 4, 60.0)  # 2.5 tokens: past 30 s (2 tokens)
+    assert not reserved and 7 < wait <= 7.5  # until a reservation within 30 s fits
+    assert b.client.pttl("bff:ratelimit:slow") > 60_000 + 30_000, "outlives its debt"
 
 
 def test_redis_bucket_refills_over_time(redis_url):
     import time
 
     b = RedisBuckets(redis_url)
-    assert b.take("fast", 2, 0.2) == 0.0 and b.take("fast", 2, 0.2) == 0.0
-    assert b.take("fast", 2, 0.2) > 0
-    time.sleep(0.15)
-    assert b.take("fast", 2, 0.2) == 0.0
+    assert b.take("fast", 2, 0.2) == (0.0, True) and b.take("fast", 2, 0.2) == (0.0, True)
+    wait, reserved = b.take("fast", 2, 0.2)
+    assert reserved and 0 < wait <= 0.1
+    time.sleep(0.25)  # the reserved token, then a free one
+    assert b.take("fast", 2, 0.2) == (0.0, True)
 
 
-def test_acquire_raises_pending_naming_the_provider(redis_url):
+def test_acquire_reserves_a_token_and_uses_it_later(redis_url, monkeypatch):
     s = Settings.from_env({"REDIS_URL": redis_url, "BFF_RATE_LIMIT_OPENAI_DALLE3": "1/60"})
     acquire(s, "openai-dalle3")
     with pytest.raises(ProviderPending) as exc:
         acquire(s, "openai-dalle3")
     assert exc.value.reason == "waiting for a openai-dalle3 rate-limit token"
-    assert 59 < exc.value.retry_in <= 75
+    assert 59 < exc.value.retry_in <= 60  # reserved: its own time, no jitter
+    due = exc.value.state[RESERVED]
+    assert abs(due - (time.time() + exc.value.retry_in)) < 1
+    # back early: wait the rest, keeping the reservation
+    with pytest.raises(ProviderPending) as early:
+        acquire(s, "openai-dalle3", due)
+    assert early.value.state == {RESERVED: due} and 58 < early.value.retry_in <= 60
+    # on time: the call goes ahead without taking another token
+    monkeypatch.setattr(time, "time", lambda: due)
+    acquire(s, "openai-dalle3", due)
     acquire(s, "local")  # no limit configured: never waits
+
+
+def test_acquire_without_a_reservation_jitters_the_wait(redis_url, monkeypatch):
+    monkeypatch.setattr(ratelimit, "RESERVE_AHEAD", 0.0)
+    s = Settings.from_env({"REDIS_URL": redis_url, "BFF_RATE_LIMIT_OPENAI_DALLE3": "1/60"})
+    acquire(s, "openai-dalle3")
+    with pytest.raises(ProviderPending) as exc:
+        acquire(s, "openai-dalle3")
+    assert exc.value.state == {} and 59 < exc.value.retry_in <= 75

@@ -33,12 +33,15 @@ class StageLeaseLost(Exception):
 class StageWaiting(Exception):
     """Not done yet, nothing wrong: run the stage again in ``retry_in`` seconds
     (a provider still working, a rate-limit token not yet free). Waiting does
-    not count as an attempt and frees the worker meanwhile."""
+    not count as an attempt and frees the worker meanwhile. ``state`` is
+    merged into the stage's checkpoint with the wait (``ctx.previous`` of the
+    next run)."""
 
-    def __init__(self, retry_in: float, reason: str) -> None:
+    def __init__(self, retry_in: float, reason: str, state: dict[str, Any] | None = None) -> None:
         super().__init__(reason)
         self.retry_in = retry_in
         self.reason = reason
+        self.state = state or {}
 
 
 def _no_checkpoint(state: dict[str, Any]) -> None:

@@ -78,10 +78,11 @@ def run(ctx: StageContext) -> StageResult:
         raise StageFailed(reason)
 
     def before_paid_call() -> None:
-        ratelimit.acquire(ctx.settings, provider_id)
+        # A token reserved by an earlier run is this call's (and only this one's).
+        ratelimit.acquire(ctx.settings, provider_id, job.state.get(ratelimit.RESERVED))
         # A checkpoint right before paying: it fences a copy of this stage that
         # was taken over while it waited (StageLeaseLost) and renews the lease.
-        job.save({})
+        job.save({ratelimit.RESERVED: None})
 
     job = Job(
         state={k: v for k, v in ctx.previous.items() if k not in RUNNER_KEYS},
@@ -94,7 +95,7 @@ def run(ctx: StageContext) -> StageResult:
     try:
         result = provider.generate(request)
     except ProviderPending as exc:
-        raise StageWaiting(exc.retry_in, exc.reason) from exc
+        raise StageWaiting(exc.retry_in, exc.reason, exc.state) from exc
     except ProviderTransient as exc:
         raise StageTransient(str(exc), exc.retry_after) from exc
     except (ProviderRejected, ProviderUnavailable) as exc:

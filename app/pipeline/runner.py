@@ -711,7 +711,12 @@ def _run_stage(
             if locked is None or locked.gen.status in FINAL:
                 return Outcome.stop()
             stage = locked.stage(name)
-            stage.output = {**(stage.output or {}), CHECKPOINT: True, WAITING: exc.reason}
+            stage.output = {
+                **(stage.output or {}),
+                **exc.state,
+                CHECKPOINT: True,
+                WAITING: exc.reason,
+            }
             locked.gen.updated_at = utcnow()  # still alive: renews the lease
             _save_all(conn, locked, stage)
         return Outcome(True, exc.retry_in)

@@ -42,12 +42,15 @@ class ProviderUnavailable(ProviderError):
 
 
 class ProviderPending(Exception):
-    """Nothing wrong, not done: call ``generate`` again in ``retry_in`` seconds."""
+    """Nothing wrong, not done: call ``generate`` again in ``retry_in`` seconds.
+    ``state``: what to merge into the job's saved state with the wait (e.g. a
+    reserved rate-limit token), kept for the next run."""
 
-    def __init__(self, retry_in: float, reason: str) -> None:
+    def __init__(self, retry_in: float, reason: str, state: dict[str, Any] | None = None) -> None:
         super().__init__(reason)
         self.retry_in = retry_in
         self.reason = reason
+        self.state = state or {}
 
 
 def _no_wait() -> None:

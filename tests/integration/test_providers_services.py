@@ -5,6 +5,7 @@ and boto3 going to the bucket through a switch we can turn off."""
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -237,6 +238,15 @@ def test_rate_limit_is_global_across_two_generator_processes(fakes):
         n: "pipeline.generate" in fakes.procs[n].output() for n in ("generator-a", "generator-b")
     }
     assert all(served.values()), f"both generators took work: {served}"
+    # Each waiter reserved the next token, its own: it waited once (twice if its
+    # timer fired early), instead of all of them asking again together.
+    logs = "".join(fakes.procs[n].output() for n in ("generator-a", "generator-b"))
+    waits = {
+        gen_id: len(re.findall(rf"\[{gen_id} generate\]: Task pipeline\.generate\S* retry:", logs))
+        for gen_id in ids
+    }
+    assert sum(waits.values()) >= len(ids) - capacity, waits
+    assert max(waits.values()) <= 2, waits
 
 
 def test_kill_9_mid_prediction_resumes_it_without_a_second_create(fakes):
