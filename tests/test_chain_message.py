@@ -264,3 +264,61 @@ def test_a_batch_redis_refuses_is_reported_and_queues_nothing(app_config, redis_
     monkeypatch.setattr(queue_mod, "dispatch", lambda _app, gid: sent.append(gid) or gid != "x")
     assert queue_mod.dispatch_many(celery_app, ["gen_c", "x"]) == ["x"]
     assert sent == ["gen_c", "x"]
+
+
+def test_a_finished_stage_sends_the_rest_of_its_chain_prebuilt(app_config, redis_db):
+    """``workers.tasks._continue``: after a stage, the rest of the chain goes
+    as the prebuilt message, the one Celery's continuation would send, and
+    Celery's continuation is cleared (it would send it twice)."""
+    from types import SimpleNamespace
+
+    from workers import tasks
+
+    db, client = redis_db
+    celery_app = _app(app_config, f"redis://127.0.0.1:6379/{db}").extensions["celery"]
+    names = [f"pipeline.{n}" for n in STAGES]
+    gen_id = f"gen_{uuid.uuid4().hex[:24]}"
+    [(_, first)], _ = _sends(client, db, lambda: _canvas(celery_app, gen_id, names))
+    rest = first["body"][2]["chain"]  # what a worker running `analyze` has in request.chain
+    task = SimpleNamespace(app=celery_app, request=SimpleNamespace(chain=list(rest)))
+
+    canvas, canvas_events = _sends(client, db, lambda: _canvas(celery_app, gen_id, names[1:]))
+    ours, our_events = _sends(client, db, lambda: tasks._continue(task, gen_id, "analyze"))
+    assert task.request.chain is None
+    assert len(ours) == len(our_events) == 1
+    (q1, m1), (q2, m2) = canvas[0], ours[0]
+    assert q1 == q2 == "pipeline" and m2["headers"]["task"] == "pipeline.enhance"
+    assert _normalise(m2, _task_ids(m2)) == _normalise(m1, _task_ids(m1))
+    assert _normalise(our_events[0], _task_ids(m2)) == _normalise(canvas_events[0], _task_ids(m1))
+
+    # The last stage before `generate` sends to the generation queue.
+    task.request.chain = [s for s in rest if s["task"] in ("pipeline.generate", "pipeline.store")]
+    ours, _ = _sends(client, db, lambda: tasks._continue(task, gen_id, "optimize"))
+    assert [(q, m["headers"]["task"]) for q, m in ours] == [("generation", "pipeline.generate")]
+
+
+def test_a_chain_that_is_not_the_rest_of_the_stages_is_left_to_celery(
+    app_config, redis_db, monkeypatch
+):
+    from types import SimpleNamespace
+
+    from workers import tasks
+
+    db, client = redis_db
+    celery_app = _app(app_config, f"redis://127.0.0.1:6379/{db}").extensions["celery"]
+    odd = [{"task": "pipeline.store", "args": ["gen_x"]}, {"task": "pipeline.persona"}]
+    task = SimpleNamespace(app=celery_app, request=SimpleNamespace(chain=list(odd)))
+    sent, _ = _sends(client, db, lambda: tasks._continue(task, "gen_x", "enhance"))
+    assert sent == [] and task.request.chain == odd
+
+    # A broker that refuses the prebuilt message: Celery's continuation sends it.
+    names = [f"pipeline.{n}" for n in STAGES]
+    rest = [{"task": n} for n in reversed(names[2:])]
+    task.request.chain = list(rest)
+    sender = chain_message.sender(celery_app)
+    monkeypatch.setattr(sender, "send", lambda *a: (_ for _ in ()).throw(ConnectionError("down")))
+    tasks._continue(task, "gen_x", "enhance")
+    assert task.request.chain == rest
+    monkeypatch.setattr(sender, "send", lambda *a: False)  # no template: the canvas
+    tasks._continue(task, "gen_x", "enhance")
+    assert task.request.chain == rest
