@@ -321,12 +321,16 @@ class ChainSender:
                     self._templates[task_names] = None
             return self._templates[task_names]
 
-    def send(self, generation_id: str, task_names: Sequence[str]) -> bool:
+    def send(self, generation_id: str, task_names: Sequence[str], front: bool = False) -> bool:
         """Send the chain; False when it cannot be templated (use the canvas).
-        Raises what Redis raises once the publish retry policy is spent."""
-        return self.send_many([generation_id], task_names)
+        Raises what Redis raises once the publish retry policy is spent.
+        ``front``: at the end of the queue workers take from next (``RPUSH``;
+        kombu's consumer pops with ``BRPOP``), ahead of what waits there."""
+        return self.send_many([generation_id], task_names, front)
 
-    def send_many(self, generation_ids: Sequence[str], task_names: Sequence[str]) -> bool:
+    def send_many(
+        self, generation_ids: Sequence[str], task_names: Sequence[str], front: bool = False
+    ) -> bool:
         """Send one chain per generation, all in one round trip (a batch of
         submits, ``app.api.submit_batch``): each message with its own task
         ids, delivery tags and event clock, as if sent one by one. False when
@@ -346,18 +350,23 @@ class ChainSender:
             mine = ids[i * per : (i + 1) * per]
             event = (str(app.clock.forward()), repr(time.time()), offset)
             messages.append(template.fill(generation_id, mine[2:], oid, (mine[0], mine[1]), event))
-        self._push(messages)
+        self._push(messages, front)
         return True
 
-    def _push(self, messages: Sequence[Message]) -> None:
+    def _push(self, messages: Sequence[Message], front: bool = False) -> None:
         """ONE ``LPUSH`` of every payload (they share the template's queue;
-        a worker takes them in this order, as after one LPUSH each) and the
+        a worker takes them in this order, as after one LPUSH each; with
+        ``front`` one ``RPUSH``, in reverse so the first is taken first) and the
         ``PUBLISH``es of their events, written at once on one pooled
         connection, their replies read after (one round trip), with the
         publish retry policy (as Celery's) on connection errors. The LPUSH
         is all or nothing; a PUBLISH only tells Flower."""
         queue = messages[0].queue.encode()
-        parts = [resp.command(b"LPUSH", queue, *(m.payload.encode() for m in messages))]
+        payloads = [m.payload.encode() for m in messages]
+        if front:
+            parts = [resp.command(b"RPUSH", queue, *reversed(payloads))]
+        else:
+            parts = [resp.command(b"LPUSH", queue, *payloads)]
         heads = {t: resp.publish_head(t.encode()) for t in messages[0].topics}
         for m in messages:
             if m.event is not None:
@@ -385,7 +394,7 @@ class ChainSender:
         conn = pool.get_connection()  # (re)connects; releases and raises if it cannot
         try:
             conn.send_packed_command([data], check_health=False)
-            conn.read_response()  # the LPUSH: an error reply raises (nothing was pushed)
+            conn.read_response()  # the push: an error reply raises (nothing was pushed)
         except BaseException:
             conn.disconnect()  # a reply may be left unread
             pool.release(conn)

@@ -322,3 +322,33 @@ def test_a_chain_that_is_not_the_rest_of_the_stages_is_left_to_celery(
     monkeypatch.setattr(sender, "send", lambda *a: False)  # no template: the canvas
     tasks._continue(task, "gen_x", "enhance")
     assert task.request.chain == rest
+
+
+def test_a_finished_stage_jumps_the_queue_of_new_generations(app_config, redis_db):
+    """Depth first: a started generation's next stage is taken before the new
+    generations waiting in the queue, which keep their order."""
+    from types import SimpleNamespace
+
+    from workers import tasks
+
+    db, client = redis_db
+    celery_app = _app(app_config, f"redis://127.0.0.1:6379/{db}").extensions["celery"]
+    sender = chain_message.sender(celery_app)
+    names = [f"pipeline.{n}" for n in STAGES]
+    new = [f"gen_new{i}" for i in range(3)]
+    sender.send_many(new, names)  # waiting: three new generations
+    rest = [{"task": n} for n in reversed(names[2:])]
+    task = SimpleNamespace(app=celery_app, request=SimpleNamespace(chain=rest))
+    tasks._continue(task, "gen_started", "enhance")
+    # kombu's consumer pops the right end (BRPOP), as rpop does here
+    taken = [_decode(client.rpop("pipeline")) for _ in range(4)]
+    assert [(m["headers"]["task"], m["headers"]["argsrepr"]) for m in taken] == [
+        ("pipeline.persona", "('gen_started',)"),
+        *(("pipeline.analyze", f"('{g}',)") for g in new),
+    ]
+    # Several sent to the front at once are taken in the order given.
+    sender.send_many(["gen_a", "gen_b"], names[3:], front=True)
+    assert [_decode(client.rpop("pipeline"))["headers"]["argsrepr"] for _ in range(2)] == [
+        "('gen_a',)",
+        "('gen_b',)",
+    ]

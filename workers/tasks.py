@@ -88,7 +88,13 @@ def _continue(task, generation_id: str, name: str) -> None:
     first task, with no parent: only Flower's task tree shows the difference).
     Acked after the send, as Celery's; a chain that is not the rest of our
     stages, or a broker that cannot take the prebuilt message, is left to
-    Celery."""
+    Celery.
+
+    It goes to the front of its queue (the end workers take from next), so a
+    worker finishes the generations it started before it starts new ones
+    (depth first). With the queue first in, first out, a burst of N jobs went
+    through each light stage in turn, and none reached ``generate``, or
+    finished, before all N had passed the stages before it."""
     rest = task.request.chain
     if not rest:
         return
@@ -99,7 +105,7 @@ def _continue(task, generation_id: str, name: str) -> None:
     if sender is None:
         return
     try:
-        sent = sender.send(generation_id, names)
+        sent = sender.send(generation_id, names, front=True)
     except Exception as exc:  # noqa: BLE001 - Celery's continuation, with its retry policy
         log.warning("%s: prebuilt chain not sent (%s); Celery sends it", generation_id, exc)
         return
