@@ -41,11 +41,12 @@ def asset_key(user_id: int, generation_id: str, index: int, ext: str) -> str:
 class LocalStorage:
     def __init__(self, root: Path, base_url: str) -> None:
         self.root = root
+        self._resolved_root = root.resolve()  # once: resolving walks every component
         self.base_url = base_url.rstrip("/")
 
     def _path(self, key: str) -> Path:
-        path = (self.root / key).resolve()
-        if not path.is_relative_to(self.root.resolve()):
+        path = (self._resolved_root / key).resolve()
+        if not path.is_relative_to(self._resolved_root):
             raise StorageError("key escapes the storage root")
         return path
 
