@@ -312,14 +312,31 @@ class ChainSender:
         with self._lock:
             if task_names not in self._templates:
                 try:
-                    self._templates[task_names] = render(
-                        self.celery_app.main, self.config, task_names
-                    )
+                    self._templates[task_names] = self._render(task_names)
                 except Exception:  # noqa: BLE001 - the canvas still works
                     log.warning("chain template for %s failed; using the canvas", task_names[0])
                     log.debug("chain template failure", exc_info=True)
                     self._templates[task_names] = None
             return self._templates[task_names]
+
+    def _render(self, task_names: tuple[str, ...]) -> Template:
+        """``render`` in a thread of its own: called inside a running task (a
+        worker sending the rest of a chain), Celery would make that task the
+        template's parent and root, and every later send would name it."""
+        done: list[Template | BaseException] = []
+
+        def work() -> None:
+            try:
+                done.append(render(self.celery_app.main, self.config, task_names))
+            except BaseException as exc:  # noqa: BLE001 - raised in the caller's thread
+                done.append(exc)
+
+        thread = threading.Thread(target=work, name="chain-template", daemon=True)
+        thread.start()
+        thread.join()
+        if isinstance(done[0], BaseException):
+            raise done[0]
+        return done[0]
 
     def send(self, generation_id: str, task_names: Sequence[str], front: bool = False) -> bool:
         """Send the chain; False when it cannot be templated (use the canvas).

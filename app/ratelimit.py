@@ -16,7 +16,10 @@ limit's pace, instead of all of them asking again at once and one winning
 each time (a thundering herd that filled the generator with futile runs).
 Past the horizon nothing is reserved: the caller is told to ask again when a
 reservation fits. A reservation its holder never uses (the job was canceled)
-is a token lost, never one too many.
+is a token lost, never one too many; one used more than ``LATE_OK`` after
+it was due is dropped and a token taken again. The due time is the worker's
+clock (``time.time()``): a job may run again on another machine, so the
+workers' clocks must agree (NTP) to well under a token's interval.
 
 Without ``REDIS_URL`` (the embedded default: one machine, a few processes)
 the bucket is process-local: correct for one worker process, N times too
@@ -42,6 +45,11 @@ RESERVE_AHEAD = 60.0
 RESERVED = "rateLimitTokenAt"
 # A run this early for its reservation (timer granularity) may use it.
 EARLY_OK = 0.005
+# A reservation used this long after it was due is dropped and a token taken
+# again: the bucket may have refilled meanwhile, and late holders calling on
+# top of a full bucket would exceed the limit (a backlog, a worker lost and
+# its message restored an hour later, a job retried by its owner).
+LATE_OK = 5.0
 
 TAKE = """
 local capacity = tonumber(ARGV[1])
@@ -144,7 +152,8 @@ def acquire(settings: Settings, provider_id: str, reserved_at: float | None = No
         early = reserved_at - time.time()
         if early > EARLY_OK:
             raise ProviderPending(early, reason, {RESERVED: reserved_at})
-        return
+        if early >= -LATE_OK:
+            return
     limit = settings.rate_limits.get(provider_id)
     if limit is None:
         return

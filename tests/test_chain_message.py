@@ -352,3 +352,53 @@ def test_a_finished_stage_jumps_the_queue_of_new_generations(app_config, redis_d
         "('gen_a',)",
         "('gen_b',)",
     ]
+
+
+def test_a_template_rendered_inside_a_running_task_names_no_other_task(app_config, redis_db):
+    """A worker renders the templates of its continuations while a stage task
+    runs: Celery would make that task every later message's parent and root."""
+    from types import SimpleNamespace
+
+    from celery._state import _task_stack
+
+    db, client = redis_db
+    celery_app = _app(app_config, f"redis://127.0.0.1:6379/{db}").extensions["celery"]
+    names = [f"pipeline.{n}" for n in STAGES[2:]]
+    gen_id = f"gen_{uuid.uuid4().hex[:24]}"
+    canvas, _ = _sends(client, db, lambda: _canvas(celery_app, gen_id, names))
+    running = SimpleNamespace(
+        request=SimpleNamespace(
+            id="RUNNING-TASK-ID", root_id="ITS-ROOT-ID", called_directly=False, priority=None
+        )
+    )
+    _task_stack.push(running)
+    try:
+        sender = chain_message.sender(celery_app)
+        ours, events = _sends(client, db, lambda: sender.send(gen_id, names))
+    finally:
+        _task_stack.pop()
+    raw = json.dumps(ours) + json.dumps(events)
+    assert "RUNNING-TASK-ID" not in raw and "ITS-ROOT-ID" not in raw
+    (_, m1), (_, m2) = canvas[0], ours[0]
+    assert _normalise(m2, _task_ids(m2)) == _normalise(m1, _task_ids(m1))
+    assert m2["headers"]["parent_id"] is None and m2["headers"]["root_id"] == _task_ids(m2)[0]
+
+
+def test_generate_keeps_its_queue_first_in_first_out(app_config, redis_db):
+    """Only ``pipeline`` takes a continuation first: every job waiting in
+    ``generation`` has started, and the oldest goes first."""
+    from types import SimpleNamespace
+
+    from workers import tasks
+
+    db, client = redis_db
+    celery_app = _app(app_config, f"redis://127.0.0.1:6379/{db}").extensions["celery"]
+    sender = chain_message.sender(celery_app)
+    names = [f"pipeline.{n}" for n in STAGES]
+    sender.send("gen_older", names[5:])  # already waiting at generate
+    rest = [{"task": n} for n in reversed(names[5:])]
+    task = SimpleNamespace(app=celery_app, request=SimpleNamespace(chain=rest))
+    tasks._continue(task, "gen_newer", "optimize")
+    assert task.request.chain is None
+    taken = [_decode(client.rpop("generation"))["headers"]["argsrepr"] for _ in range(2)]
+    assert taken == ["('gen_older',)", "('gen_newer',)"]

@@ -92,6 +92,12 @@ def test_acquire_reserves_a_token_and_uses_it_later(redis_url, monkeypatch):
     monkeypatch.setattr(time, "time", lambda: due)
     acquire(s, "openai-dalle3", due)
     acquire(s, "local")  # no limit configured: never waits
+    # too late: the reservation is dropped and the bucket asked again (which
+    # has nothing free here, nor a reservation within its one-token horizon)
+    monkeypatch.setattr(time, "time", lambda: due + ratelimit.LATE_OK + 1)
+    with pytest.raises(ProviderPending) as late:
+        acquire(s, "openai-dalle3", due)
+    assert late.value.state == {} and late.value.retry_in > 0
 
 
 def test_acquire_without_a_reservation_jitters_the_wait(redis_url, monkeypatch):

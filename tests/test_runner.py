@@ -255,6 +255,46 @@ def test_waiting_keeps_the_checkpoint_and_is_not_an_attempt(app, client, user, m
     assert row.output == {"predictionId": "p-1"}
 
 
+def test_a_wait_saves_its_state_and_a_copy_taken_over_saves_nothing(app, client, user, monkeypatch):
+    """``StageWaiting.state`` (e.g. a reserved rate-limit token) is merged into
+    the checkpoint with the wait; a copy that lost the stage while it worked
+    stops without writing over the owner's checkpoint."""
+    seen = []
+
+    def waits(ctx: StageContext) -> StageResult:
+        seen.append(dict(ctx.previous))
+        if "token" not in ctx.previous:
+            raise StageWaiting(0.5, "waiting for a token", {"token": 42.0})
+        return StageResult({"used": ctx.previous["token"]})
+
+    monkeypatch.setitem(STAGE_FUNCS, "optimize", waits)
+    gen_id = submit_prompt(client, user.headers)
+    run_all(app, gen_id, STAGES[:4])
+    assert stage(app, gen_id, "optimize").retry_in == 0.5
+    assert stage_row(app, gen_id, "optimize").output["token"] == 42.0
+    assert stage(app, gen_id, "optimize").proceed
+    assert seen[1]["token"] == 42.0
+    assert stage_row(app, gen_id, "optimize").output == {"used": 42.0}
+
+    def taken_over(ctx: StageContext) -> StageResult:
+        with services(app).db.session() as session:  # another copy took the stage
+            row = session.scalars(
+                select(GenerationStage).where(
+                    GenerationStage.generation_id == ctx.generation.id,
+                    GenerationStage.name == "optimize",
+                )
+            ).one()
+            row.task_id, row.output = "t-other", {"token": 7.0, "checkpoint": True}
+        raise StageWaiting(0.5, "waiting for a token", {"token": 99.0})
+
+    monkeypatch.setitem(STAGE_FUNCS, "optimize", taken_over)
+    other = submit_prompt(client, user.headers)
+    run_all(app, other, STAGES[:4])
+    out = stage(app, other, "optimize")
+    assert not out.proceed and out.retry_in is None
+    assert stage_row(app, other, "optimize").output["token"] == 7.0
+
+
 def test_running_a_finished_stage_again_is_a_no_op(app, client, user):
     gen_id = submit_prompt(client, user.headers)
     run_all(app, gen_id)

@@ -21,6 +21,7 @@ from app.maintenance import (
 )
 from app.pipeline import STAGES
 from app.pipeline.runner import run_stage
+from app.queue import GENERATION_QUEUE_TASKS
 
 log = logging.getLogger(__name__)
 
@@ -90,11 +91,13 @@ def _continue(task, generation_id: str, name: str) -> None:
     stages, or a broker that cannot take the prebuilt message, is left to
     Celery.
 
-    It goes to the front of its queue (the end workers take from next), so a
-    worker finishes the generations it started before it starts new ones
+    To ``pipeline`` it goes to the front (the end workers take from next), so
+    a worker finishes the generations it started before it starts new ones
     (depth first). With the queue first in, first out, a burst of N jobs went
     through each light stage in turn, and none reached ``generate``, or
-    finished, before all N had passed the stages before it."""
+    finished, before all N had passed the stages before it. To
+    ``generation`` it goes to the back, as Celery's: every job there has
+    started, and first in, first out is their fair order."""
     rest = task.request.chain
     if not rest:
         return
@@ -105,7 +108,7 @@ def _continue(task, generation_id: str, name: str) -> None:
     if sender is None:
         return
     try:
-        sent = sender.send(generation_id, names, front=True)
+        sent = sender.send(generation_id, names, front=names[0] not in GENERATION_QUEUE_TASKS)
     except Exception as exc:  # noqa: BLE001 - Celery's continuation, with its retry policy
         log.warning("%s: prebuilt chain not sent (%s); Celery sends it", generation_id, exc)
         return

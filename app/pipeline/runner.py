@@ -711,6 +711,11 @@ def _run_stage(
             if locked is None or locked.gen.status in FINAL:
                 return Outcome.stop()
             stage = locked.stage(name)
+            if task_id is not None and stage.task_id != task_id:
+                # Taken over while it waited (as checkpoint()'s fence): the
+                # owner's checkpoint (e.g. its reserved token) is not ours.
+                log.warning("%s: %s stopped: taken over by %s", generation_id, name, stage.task_id)
+                return Outcome.stop()
             stage.output = {
                 **(stage.output or {}),
                 **exc.state,
