@@ -3,6 +3,8 @@ the palette the ``local`` renderer paints from."""
 
 from __future__ import annotations
 
+import re
+
 FASHION_COLORS: dict[str, tuple[int, int, int]] = {
     "black": (20, 20, 22),
     "charcoal": (54, 69, 79),
@@ -76,15 +78,22 @@ def color_rgb(
     return default
 
 
+# Longest first ("sky blue" before "blue"), each compiled once.
+_WORDS = [
+    (name, re.compile(rf"\b{re.escape(name)}\b"))
+    for name in sorted(FASHION_COLORS, key=len, reverse=True)
+]
+
+
 def named_in(text: str) -> list[str]:
     """Fashion colours named in ``text`` as whole words, in order of appearance
     ("tailored" does not name red; "sky blue" beats "blue")."""
-    import re
-
     lowered = text.lower()
     found: list[tuple[int, str]] = []
-    for name in sorted(FASHION_COLORS, key=len, reverse=True):
-        for m in re.finditer(rf"\b{re.escape(name)}\b", lowered):
+    for name, word in _WORDS:
+        if name not in lowered:  # most are not: a substring test is far cheaper
+            continue
+        for m in word.finditer(lowered):
             if not any(start <= m.start() < start + len(n) for start, n in found):
                 found.append((m.start(), name))
     return list(dict.fromkeys(name for _, name in sorted(found)))
