@@ -162,10 +162,12 @@ def _package(
 
 def merge_negative(*parts: str | None) -> str:
     seen: list[str] = []
+    keys: set[str] = set()
     for part in parts:
         for term in (part or "").split(","):
             term = term.strip()
-            if term and term.lower() not in (x.lower() for x in seen):
+            if term and (key := term.lower()) not in keys:
+                keys.add(key)
                 seen.append(term)
     return ", ".join(seen)
 
