@@ -6,6 +6,7 @@ session (``stack``)."""
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -119,6 +120,28 @@ def other_user(app) -> User:
 
 
 # ---------------------------------------------------------------- real services
+
+
+@pytest.fixture
+def pg_app(service_env, tmp_path):
+    """The app in-process on the session's PostgreSQL database (local-disk
+    storage, an in-memory broker nothing consumes)."""
+    app = create_app(
+        {
+            **service_env,
+            "CELERY_BROKER_URL": "memory://",
+            "STORAGE_BACKEND": "local",
+            "BFF_MEDIA_ROOT": str(tmp_path / "media"),
+            "BFF_SUBMIT_RATE_LIMIT": "0",
+        }
+    )
+    yield app
+    app.extensions["bff"].db.engine.dispose()
+
+
+@pytest.fixture
+def pg_user(pg_app) -> User:
+    return make_user(pg_app, f"pg-{secrets.token_hex(4)}")
 
 
 @pytest.fixture

@@ -4,14 +4,10 @@ palette as lists, on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
-import secrets
-
 import pytest
 
-from app import create_app
 from app.pipeline import STAGES
-from tests.conftest import make_user
-from tests.support.pipeline import load, run_all, services, stage, stages_by_name
+from tests.support.pipeline import load, run_all, stage, stages_by_name
 
 PERSONA = {
     "name": "Evening",
@@ -53,17 +49,5 @@ def test_the_persona_stage_blends_a_stored_persona_sqlite(app, user):
 
 
 @pytest.mark.services
-def test_the_persona_stage_blends_a_stored_persona_postgres(service_env, tmp_path):
-    app = create_app(
-        {
-            **service_env,
-            "CELERY_BROKER_URL": "memory://",
-            "STORAGE_BACKEND": "local",
-            "BFF_MEDIA_ROOT": str(tmp_path / "media"),
-            "BFF_SUBMIT_RATE_LIMIT": "0",
-        }
-    )
-    try:
-        _blends_the_stored_persona(app, make_user(app, f"persona-{secrets.token_hex(4)}"))
-    finally:
-        services(app).db.engine.dispose()
+def test_the_persona_stage_blends_a_stored_persona_postgres(pg_app, pg_user):
+    _blends_the_stored_persona(pg_app, pg_user)

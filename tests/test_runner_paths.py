@@ -5,40 +5,17 @@ every case the one-statement form declines must still be decided right."""
 
 from __future__ import annotations
 
-import secrets
 from datetime import timedelta
 from decimal import Decimal
 
 import pytest
 from sqlalchemy import event, select
 
-from app import create_app
 from app import generations as svc
 from app.models import Generation, GenerationStage, utcnow
 from app.pipeline import STAGE_FUNCS, STAGES, runner
 from app.pipeline.context import StageFailed, StageResult
-from tests.conftest import make_user
 from tests.support.pipeline import claimed, run_all, services, stage
-
-
-@pytest.fixture
-def pg_app(service_env, tmp_path):
-    app = create_app(
-        {
-            **service_env,
-            "CELERY_BROKER_URL": "memory://",
-            "STORAGE_BACKEND": "local",
-            "BFF_MEDIA_ROOT": str(tmp_path / "media"),
-            "BFF_SUBMIT_RATE_LIMIT": "0",
-        }
-    )
-    yield app
-    services(app).db.engine.dispose()
-
-
-@pytest.fixture
-def pg_user(pg_app):
-    return make_user(pg_app, f"runner-{secrets.token_hex(4)}")
 
 
 def _new(app, user) -> str:
