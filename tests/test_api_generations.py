@@ -370,6 +370,9 @@ def test_accepted_answer(client, user):
     assert body["id"].startswith("gen_") and body["status"] == "pending"
     assert body["links"] == {"self": f"/api/generate/{body['id']}"}
     assert resp.headers["Location"] == body["links"]["self"]
+    # The answer's headers as sent (the 202 skips Werkzeug's last pass on them).
+    assert resp.headers["Content-Type"] == "application/json"
+    assert int(resp.headers["Content-Length"]) == len(resp.get_data())
 
 
 def test_generation_shape_while_pending(client, user):
