@@ -199,19 +199,51 @@ def test_a_dropped_connection_is_retried_by_the_publish_policy(app_config, redis
     db, client = redis_db
     celery_app = _app(app_config, f"redis://127.0.0.1:6379/{db}").extensions["celery"]
     sender = chain_message.sender(celery_app)
-    pool = sender._client.connection_pool
-    real, calls = pool.get_connection, []
+    real, calls = sender._connection, []
 
-    def flaky(*a, **k):
+    def flaky():
         calls.append(1)
         if len(calls) == 1:
             raise redis.ConnectionError("connection reset")
-        return real(*a, **k)
+        return real()
 
-    monkeypatch.setattr(pool, "get_connection", flaky)
+    monkeypatch.setattr(sender, "_connection", flaky)
     monkeypatch.setattr(chain_message.time, "sleep", lambda _s: None)
     assert queue_mod.dispatch(celery_app, "gen_retried")
     assert len(calls) == 2 and client.llen("pipeline") == 1
+
+
+def test_a_connection_redis_closed_is_replaced_and_the_send_retried(
+    app_config, redis_db, monkeypatch
+):
+    """The sender keeps its connections between sends: one the server has
+    closed meanwhile (a restart, ``CLIENT KILL``) fails the next send, which
+    the publish policy retries on a new connection; nothing is lost."""
+    db, client = redis_db
+    celery_app = _app(app_config, f"redis://127.0.0.1:6379/{db}").extensions["celery"]
+    sender = chain_message.sender(celery_app)
+    assert queue_mod.dispatch(celery_app, "gen_one")
+    [kept] = sender._idle
+    client.client_kill(f"127.0.0.1:{kept._sock.getsockname()[1]}")
+    monkeypatch.setattr(chain_message.time, "sleep", lambda _s: None)
+    assert queue_mod.dispatch(celery_app, "gen_two")
+    assert client.llen("pipeline") == 2
+    [again] = sender._idle
+    assert again is not kept
+    assert queue_mod.dispatch_many(celery_app, ["gen_3", "gen_4"]) == []
+    assert client.llen("pipeline") == 4 and sender._idle == [again]
+
+
+def test_a_connection_lost_after_the_push_does_not_send_again(app_config, redis_db, caplog):
+    """The push's reply read, the events' not: the chains are queued, so the
+    send succeeds (a lost ``task-sent`` event only tells Flower less)."""
+    db, client = redis_db
+    celery_app = _app(app_config, f"redis://127.0.0.1:6379/{db}").extensions["celery"]
+    sender = chain_message.sender(celery_app)
+    sender._timeout = 0.3  # the socket's: how long it waits for the replies that never come
+    sender._write(chain_message.resp.command(b"LPUSH", b"pipeline", b"x"), 3)  # 1 reply of 3
+    assert client.llen("pipeline") == 1 and sender._idle == []
+    assert "task-sent events may be lost" in caplog.text
 
 
 def _as_for(message: dict, task_ids: list[str], gen_id: str, other: str) -> dict:
