@@ -94,3 +94,57 @@ def test_the_cache_is_bounded():
         cache.put("db", f"{i:064d}", i, "bff_x")
     assert len(cache._entries) <= 3
     assert cache.get("db", f"{9:064d}") == 9
+
+
+def test_an_expired_entry_sends_one_caller_to_the_database_at_a_time():
+    """Under load every thread of a process met an expired entry at once and
+    each asked the database; now the first does, and the others are answered
+    from the entry while it does, for at most one more TTL."""
+    clock = Clock()
+    cache = KeyCache(clock=clock)
+    cache.put("db", "d" * 64, 7, "bff_x")
+    clock.now += KEY_CACHE_TTL
+    assert cache.get("db", "d" * 64) is None  # the first: it verifies the key
+    assert cache.get("db", "d" * 64) == 7  # the others, meanwhile
+    assert cache.get("db", "d" * 64) == 7
+    cache.put("db", "d" * 64, 7, "bff_x")  # verified
+    clock.now += KEY_CACHE_TTL - 0.1
+    assert cache.get("db", "d" * 64) == 7
+    clock.now += 0.1
+    assert cache.get("db", "d" * 64) is None  # expired again: one verifies
+    assert cache.get("db", "d" * 64) == 7
+    clock.now += KEY_CACHE_TTL  # that lookup never came back (its request failed)
+    assert cache.get("db", "d" * 64) is None
+    assert cache.get("db", "d" * 64) is None  # too old for anyone: each verifies
+
+
+def test_a_key_that_fails_its_lookup_answers_nobody_from_its_entry():
+    clock = Clock()
+    cache = KeyCache(clock=clock)
+    cache.put("db", "d" * 64, 7, "bff_x")
+    clock.now += KEY_CACHE_TTL
+    assert cache.get("db", "d" * 64) is None
+    cache.forget("db", "d" * 64)
+    assert cache.get("db", "d" * 64) is None
+    assert cache.get("db", "d" * 64) is None
+
+
+def test_revoked_elsewhere_while_a_lookup_runs(app, client, user, clock):
+    """While one request verifies an expired key, the others are answered
+    from its entry without a query; once the entry is a TTL past expiry,
+    nobody is, and a revoked key gets 401 from every request."""
+    assert client.get("/api/generate", headers=user.headers).status_code == 200
+    with app.extensions["bff"].db.session() as session:
+        session.execute(
+            update(ApiKey).where(ApiKey.prefix == key_prefix(user.key)).values(revoked_at=utcnow())
+        )
+    clock.now += KEY_CACHE_TTL
+    db_url = app.extensions["bff"].db.url
+    assert auth.key_cache.get(db_url, auth.hash_key(user.key)) is None  # a request verifying it
+    seen = _count_statements(app)
+    assert client.get("/api/generate", headers=user.headers).status_code == 200  # meanwhile
+    assert not [s for s in seen if "api_keys" in s]
+    clock.now += KEY_CACHE_TTL  # that lookup never ended: the entry is too old to answer
+    assert client.get("/api/generate", headers=user.headers).status_code == 401
+    assert client.get("/api/generate", headers=user.headers).status_code == 401
+    assert [s for s in seen if "api_keys" in s]
