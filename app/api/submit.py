@@ -197,7 +197,7 @@ def _submit(
         "prompt": body.prompt,
         "negative_prompt": body.negativePrompt,
         "persona_id": body.personaId,
-        "vlt_spec": getattr(body, "vltSpec", None),
+        "vlt_spec": body.vltSpec if isinstance(body, ImageSubmit) else None,
         "webhook_url": body.webhookUrl,
         "idempotency_key": key,
         "request_hash": req_hash,
