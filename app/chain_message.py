@@ -402,16 +402,18 @@ class ChainSender:
                 float(self._policy.get("interval_max") or delay),
             )
 
-    def _connection(self) -> Connection:
-        """An idle connection of this process's, or a new one: made by
-        redis-py from the broker URL (TLS, a Unix socket, AUTH and SELECT as
-        the URL says); raises redis-py's errors when it cannot connect."""
+    def _connection(self, idle: bool = True) -> tuple[Connection, bool]:
+        """An idle connection of this process's (``idle``), or a new one: made
+        by redis-py from the broker URL (TLS, AUTH and SELECT as the URL
+        says); and whether it is new. Raises redis-py's errors when it
+        cannot connect."""
         if self._idle_pid != os.getpid():  # forked: the parent's sockets are not ours
             self._idle, self._idle_pid = [], os.getpid()
-        try:
-            return self._idle.pop()
-        except IndexError:
-            pass
+        if idle:
+            try:
+                return self._idle.pop(), False
+            except IndexError:
+                pass
         kwargs = parse_url(self._url)
         cls = kwargs.pop("connection_class", Connection)
         conn = cls(
@@ -422,7 +424,7 @@ class ChainSender:
             retry=Retry(NoBackoff(), 0),
         )
         conn.connect()
-        return conn
+        return conn, True
 
     def _write(self, data: bytes, replies: int) -> None:
         """Write ``data`` and read its ``replies``, each one line (the
@@ -430,17 +432,29 @@ class ChainSender:
         connection's socket directly: a connection pool's checkout and
         return and a reply parser's call per reply were most of a send's
         CPU (47 against 11 us for a batch of five chains)."""
-        conn = self._connection()
+        conn, new = self._connection()
+        try:
+            self._exchange(conn, data, replies)
+        except _Unanswered:
+            if new:
+                raise
+            # An idle connection the server had closed (a restart, its
+            # client idle timeout): write on a new one at once rather than
+            # after the publish policy's first pause.
+            self._exchange(self._connection(idle=False)[0], data, replies)
+
+    def _exchange(self, conn: Connection, data: bytes, replies: int) -> None:
         sock = conn._sock  # connected: redis-py has done the handshake
-        pushed = False
+        pushed, buf = False, b""
         try:
             try:
                 sock.sendall(data)
-                buf = b""
                 while True:
                     chunk = sock.recv(65536)
                     if not chunk:
-                        raise redis.ConnectionError("Redis closed the connection")
+                        raise (_Unanswered if not buf else redis.ConnectionError)(
+                            "Redis closed the connection"
+                        )
                     buf += chunk
                     if not pushed and b"\r\n" in buf:
                         head = buf[: buf.index(b"\r\n")]
@@ -453,6 +467,10 @@ class ChainSender:
                         break
             except TimeoutError as exc:  # socket.timeout
                 raise redis.TimeoutError(str(exc)) from exc
+            except (BrokenPipeError, ConnectionResetError) as exc:
+                if buf:
+                    raise redis.ConnectionError(str(exc)) from exc
+                raise _Unanswered(str(exc)) from exc
             except OSError as exc:
                 raise redis.ConnectionError(str(exc)) from exc
         except Exception:
@@ -467,6 +485,10 @@ class ChainSender:
             conn.disconnect()
             raise
         self._idle.append(conn)
+
+
+class _Unanswered(redis.ConnectionError):
+    """The connection ended before any reply to a send came back."""
 
 
 def _plain_redis(conf) -> bool:
