@@ -38,7 +38,7 @@ from celery import Celery, chain
 from celery.utils.time import utcoffset
 from kombu.transport import redis as kombu_redis
 from redis.backoff import NoBackoff
-from redis.connection import Connection, parse_url
+from redis.connection import Connection
 from redis.retry import Retry
 
 from . import resp
@@ -414,16 +414,13 @@ class ChainSender:
                 return self._idle.pop(), False
             except IndexError:
                 pass
-        kwargs = parse_url(self._url)
-        cls = kwargs.pop("connection_class", Connection)
-        conn = cls(
-            **kwargs,
+        conn = resp.connect(
+            self._url,
             socket_connect_timeout=self._timeout,
             socket_timeout=self._timeout,
             # No retries of its own: the publish retry policy is ours.
             retry=Retry(NoBackoff(), 0),
         )
-        conn.connect()
         return conn, True
 
     def _write(self, data: bytes, replies: int) -> None:

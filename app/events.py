@@ -65,12 +65,8 @@ class Publisher:
         self._replies = False  # the server refused CLIENT REPLY OFF
 
     def _connect(self) -> Any:
-        from redis.connection import Connection, parse_url
-
-        kwargs = parse_url(self.url)  # rediss:// and unix:// name their own class
-        cls = kwargs.pop("connection_class", Connection)
-        conn = cls(**kwargs, socket_timeout=2, socket_connect_timeout=2)
-        conn.connect()  # AUTH, SELECT, CLIENT SETINFO: with replies, as usual
+        # AUTH, SELECT, CLIENT SETINFO: with replies, as usual
+        conn = resp.connect(self.url, socket_timeout=2, socket_connect_timeout=2)
         conn.send_command("CLIENT", "REPLY", "OFF")  # from here on, nothing comes back
         # ...unless the server refused it (an ACL without CLIENT, a proxy):
         # then it answers with an error now, and every PUBLISH will be answered

@@ -32,6 +32,8 @@ from collections.abc import Callable, Mapping
 from functools import lru_cache
 from typing import NamedTuple
 
+from . import resp
+
 log = logging.getLogger(__name__)
 
 CHANNEL = "bff:cache:invalidate"
@@ -251,17 +253,14 @@ class ReadCache:
     def _subscribe(self):
         # A bare connection, not redis-py's PubSub: that one reconnects and
         # re-subscribes by itself, hiding exactly the gap we must see.
-        from redis.connection import Connection, parse_url
-
         assert self.redis_url
-        conn = Connection(
-            **parse_url(self.redis_url),
+        conn = resp.connect(
+            self.redis_url,
             protocol=2,  # plain arrays for subscribe replies and messages
             socket_connect_timeout=2,
             socket_timeout=self.PONG_TIMEOUT + 3,
             client_name=f"bff-read-cache-{os.getpid()}",
         )
-        conn.connect()
         conn.send_command("CLIENT", "ID")
         self.subscriber_client_id = int(conn.read_response())
         conn.send_command("SUBSCRIBE", self.channel)
