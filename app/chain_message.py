@@ -293,14 +293,19 @@ class ChainSender:
         self._policy = policy
         self._url: str | None = conf.broker_url if self.usable else None
         self._timeout = conf.broker_connection_timeout or 4
-        # Connections of our own (see ``_write``), per process.
+        # Connections of our own (see ``_write``), idle between sends.
         self._idle: list[Connection] = []
-        self._idle_pid = os.getpid()
+
+    def _here(self) -> None:
+        """Forked: the templates name the parent (origin, hostname, pid) and
+        the connections are the parent's sockets; start afresh."""
+        if os.getpid() != self._pid:
+            with self._lock:
+                if os.getpid() != self._pid:
+                    self._templates, self._idle, self._pid = {}, [], os.getpid()
 
     def template(self, task_names: tuple[str, ...]) -> Template | None:
-        if os.getpid() != self._pid:  # forked: origin, hostname and pid changed
-            with self._lock:
-                self._templates, self._pid = {}, os.getpid()
+        self._here()
         try:
             return self._templates[task_names]
         except KeyError:
@@ -370,8 +375,8 @@ class ChainSender:
         """ONE ``LPUSH`` of every payload (they share the template's queue;
         a worker takes them in this order, as after one LPUSH each; with
         ``front`` one ``RPUSH``, in reverse so the first is taken first) and the
-        ``PUBLISH``es of their events, written at once on one pooled
-        connection, their replies read after (one round trip), with the
+        ``PUBLISH``es of their events, written at once on one connection,
+        their replies read after (one round trip, ``_write``), with the
         publish retry policy (as Celery's) on connection errors. The LPUSH
         is all or nothing; a PUBLISH only tells Flower."""
         queue = messages[0].queue.encode()
@@ -407,8 +412,7 @@ class ChainSender:
         by redis-py from the broker URL (TLS, AUTH and SELECT as the URL
         says); and whether it is new. Raises redis-py's errors when it
         cannot connect."""
-        if self._idle_pid != os.getpid():  # forked: the parent's sockets are not ours
-            self._idle, self._idle_pid = [], os.getpid()
+        self._here()
         if idle:
             try:
                 return self._idle.pop(), False
@@ -444,44 +448,48 @@ class ChainSender:
         sock = conn._sock  # connected: redis-py has done the handshake
         pushed, buf = False, b""
         try:
-            try:
-                sock.sendall(data)
-                while True:
-                    chunk = sock.recv(65536)
-                    if not chunk:
-                        raise (_Unanswered if not buf else redis.ConnectionError)(
-                            "Redis closed the connection"
-                        )
-                    buf += chunk
-                    if not pushed and b"\r\n" in buf:
-                        head = buf[: buf.index(b"\r\n")]
-                        if head[:1] == b"-":  # nothing was pushed
-                            raise redis.ResponseError(head[1:].decode(errors="replace"))
-                        if head[:1] != b":":
-                            raise redis.ConnectionError(f"unexpected reply {head[:40]!r}")
-                        pushed = True
-                    if buf.count(b"\r\n") >= replies:
-                        break
-            except TimeoutError as exc:  # socket.timeout
-                raise redis.TimeoutError(str(exc)) from exc
-            except (BrokenPipeError, ConnectionResetError) as exc:
-                if buf:
-                    raise redis.ConnectionError(str(exc)) from exc
-                raise _Unanswered(str(exc)) from exc
-            except OSError as exc:
-                raise redis.ConnectionError(str(exc)) from exc
-        except Exception:
+            sock.sendall(data)
+            while buf.count(b"\r\n") < replies:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    raise ConnectionResetError("Redis closed the connection")
+                buf += chunk
+                if not pushed and b"\r\n" in buf:
+                    head = buf[: buf.index(b"\r\n")]
+                    if head[:1] == b"-":  # nothing was pushed
+                        raise redis.ResponseError(head[1:].decode(errors="replace"))
+                    if head[:1] != b":":
+                        raise redis.ConnectionError(f"unexpected reply {head[:40]!r}")
+                    pushed = True
+        except Exception as exc:
             conn.disconnect()  # a reply may be left unread
-            if not pushed:
+            if pushed:
+                # The chains are queued: the events' replies lost with the
+                # connection must not make the caller send them again.
+                log.warning("task-sent events may be lost (the chains were queued)")
+                return
+            err = _redis_error(exc, answered=bool(buf))
+            if err is exc:
                 raise
-            # The chains are queued: the events' replies lost with the
-            # connection must not make the caller send them again.
-            log.warning("task-sent events may be lost (the chains were queued)")
-            return
+            raise err from exc
         except BaseException:
             conn.disconnect()
             raise
         self._idle.append(conn)
+
+
+def _redis_error(exc: Exception, answered: bool) -> Exception:
+    """``exc`` of a send as redis-py would raise it (the publish policy
+    retries its connection errors and timeouts)."""
+    if isinstance(exc, redis.RedisError):
+        return exc
+    if isinstance(exc, TimeoutError):  # socket.timeout
+        return redis.TimeoutError(str(exc))
+    if isinstance(exc, (BrokenPipeError, ConnectionResetError)) and not answered:
+        return _Unanswered(str(exc))
+    if isinstance(exc, OSError):
+        return redis.ConnectionError(str(exc))
+    return exc
 
 
 class _Unanswered(redis.ConnectionError):
