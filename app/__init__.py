@@ -14,9 +14,7 @@ from .config import Settings
 from .db import Database
 from .errors import register_error_handlers
 from .queue import celery_init_app
-from .readcache import ReadCache
 from .storage import make_storage
-from .submit_batch import SubmitBatcher
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
@@ -34,14 +32,11 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         settings.var_dir.mkdir(parents=True, exist_ok=True)
 
     celery_app = celery_init_app(app, settings)
-    db = Database(settings.database_url)
     app.extensions["bff"] = Services(
         settings=settings,
-        db=db,
+        db=Database(settings.database_url, settings.db_statement_timeout),
         storage=make_storage(settings),
         celery=celery_app,
-        read_cache=ReadCache(settings.redis_url, settings.read_cache_size, settings.read_cache_ttl),
-        submits=SubmitBatcher(db, celery_app, settings),
     )
     register_error_handlers(app)
     logs.init_app(app)

@@ -117,10 +117,8 @@ class Settings:
     allow_http_webhooks: bool = False  # BFF_ALLOW_HTTP_WEBHOOKS: http:// to loopback (dev)
     webhook_retry_base: float = 5.0  # first retry delay; doubles per attempt
     webhook_max_age: float = 86400.0  # give up on a delivery after this many seconds
-    # Per-process cache of status reads of completed/canceled generations
-    # (app/readcache.py): entries, 0 = off; seconds an entry may live.
-    read_cache_size: int = 10_000
-    read_cache_ttl: float = 60.0
+    # Longest any one SQL statement may run (lock waits included), seconds.
+    db_statement_timeout: float = 30.0
 
     @property
     def embedded_broker(self) -> bool:
@@ -211,6 +209,5 @@ class Settings:
             in ("1", "true", "yes", "on"),
             webhook_retry_base=_float(env, "BFF_WEBHOOK_RETRY_BASE", 5.0),
             webhook_max_age=_float(env, "BFF_WEBHOOK_MAX_AGE", 86400.0),
-            read_cache_size=_int(env, "BFF_READ_CACHE_SIZE", 10_000),
-            read_cache_ttl=_float(env, "BFF_READ_CACHE_TTL", 60.0),
+            db_statement_timeout=_float(env, "BFF_DB_STATEMENT_TIMEOUT", 30.0),
         )

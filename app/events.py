@@ -18,17 +18,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
-from . import resp
 from .config import Settings
 from .db import Database
+from .redisclient import client
 
 log = logging.getLogger(__name__)
 
@@ -39,83 +36,11 @@ def channel(generation_id: str) -> str:
     return f"bff:events:{generation_id}"
 
 
-@lru_cache(maxsize=8)
-def _redis(url: str):
-    import redis
-
-    return redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
-
-
-REPLY_OFF_CHECK = 0.05  # seconds to wait for a refusal of CLIENT REPLY OFF, once per connection
-
-
-class Publisher:
-    """PUBLISH without waiting for replies: one connection per process in
-    ``CLIENT REPLY OFF`` mode, so a publish is one ``sendall`` (a stage
-    announces two events; a round trip and redis-py's reply parsing each was
-    a visible share of a stage's cost). Best effort like any publish here: a
-    connection found broken is replaced on the next publish, and an event
-    lost with it is found by the streams' next database read."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self._lock = threading.Lock()
-        self._conn: Any = None
-        self._pid = 0
-        self._replies = False  # the server refused CLIENT REPLY OFF
-
-    def _connect(self) -> Any:
-        # AUTH, SELECT, CLIENT SETINFO: with replies, as usual
-        conn = resp.connect(self.url, socket_timeout=2, socket_connect_timeout=2)
-        conn.send_command("CLIENT", "REPLY", "OFF")  # from here on, nothing comes back
-        # ...unless the server refused it (an ACL without CLIENT, a proxy):
-        # then it answers with an error now, and every PUBLISH will be answered
-        # too, so read those replies rather than let them pile up.
-        self._replies = False
-        if conn.can_read(timeout=REPLY_OFF_CHECK):
-            try:
-                conn.read_response()
-            except Exception as exc:
-                log.info("events: CLIENT REPLY OFF refused (%s); reading replies", exc)
-            self._replies = True
-        return conn
-
-    def publish(self, channel_name: str, message: str) -> None:
-        with self._lock:
-            for attempt in (1, 2):
-                if self._conn is None or self._pid != os.getpid():  # new, or inherited by a fork
-                    self._conn, self._pid = self._connect(), os.getpid()
-                try:
-                    self._conn.send_packed_command(
-                        [resp.publish(channel_name.encode(), message.encode())], False
-                    )
-                    if self._replies:
-                        self._conn.read_response()
-                    return
-                except Exception:
-                    self._close()
-                    if attempt == 2:
-                        raise
-
-    def _close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            try:
-                conn.disconnect()
-            except Exception:
-                pass
-
-
-@lru_cache(maxsize=8)
-def _publisher(url: str) -> Publisher:
-    return Publisher(url)
-
-
 def publish(settings: Settings, generation_id: str, event: str, data: dict[str, Any]) -> None:
     if not settings.redis_url:
         return
     try:
-        _publisher(settings.redis_url).publish(
+        client(settings.redis_url).publish(
             channel(generation_id), json.dumps({"event": event, "data": data})
         )
     except Exception as exc:  # live status is best effort; Postgres stays the truth
@@ -229,10 +154,7 @@ class _Waker:
         self.pubsub = None
         if settings.redis_url:
             try:
-                import redis
-
-                client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2)
-                self.pubsub = client.pubsub(ignore_subscribe_messages=True)
+                self.pubsub = client(settings.redis_url).pubsub(ignore_subscribe_messages=True)
                 self.pubsub.subscribe(channel(generation_id))
             except Exception as exc:  # Redis down: fall back to polling the database
                 log.info("SSE without pub/sub (%s): polling", type(exc).__name__)

@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterable
 from datetime import UTC, datetime
-from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import and_, bindparam, or_, select, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session, joinedload, selectinload
 
-from .models import Generation, GenerationAsset, GenerationStage, new_id, utcnow
+from .models import Generation, GenerationStage, new_id, utcnow
 from .pipeline import STAGES
 from .states import (
     CANCELED,
@@ -58,10 +56,9 @@ def create(
     input_key: str | None = None,
     dispatched_at: datetime | None = None,
 ) -> Generation:
-    """The generation (its stage rows are written by its first stage's claim:
-    see ``stage_list``). ``dispatched_at``: the submit sets
-    it in the same insert (the chain is sent right after the commit); see
-    ``app.maintenance`` for how a send that never happened is found."""
+    """The generation and its pending stages. ``dispatched_at``: the submit
+    sets it in the same insert (the chain is sent right after the commit);
+    see ``app.maintenance`` for how a send that never happened is found."""
     gen = Generation(
         id=generation_id or new_id("gen"),
         user_id=user_id,
@@ -77,38 +74,18 @@ def create(
         request_hash=request_hash,
         pipeline_data=initial_pipeline_data(vlt_spec),
         dispatched_at=dispatched_at,
+        stages=new_stages(),
     )
     session.add(gen)
     return gen
 
 
-# A generation's stage rows are written by its first stage's claim (all seven
-# at once, ``app.pipeline.runner``), not by the submit: the API inserts one
-# row per job instead of eight. Until then every stage is pending, and rows
-# read so (a stage without its row is a pending one).
-_PENDING_STAGES = {
-    name: SimpleNamespace(
-        name=name,
-        status=S_PENDING,
-        started_at=None,
-        finished_at=None,
-        duration_ms=None,
-        attempts=0,
-        error=None,
-        output=None,
-    )
-    for name in STAGES
-}
-
-
-def stage_list(stages: Iterable[Any]) -> list[Any]:
-    """All seven stages in order: the rows given (ORM objects or Core rows),
-    and a pending stand-in for each stage without one."""
-    rows = list(stages)
-    if len(rows) == len(STAGES):
-        return rows
-    by_name = {s.name: s for s in rows}
-    return [by_name.get(name) or _PENDING_STAGES[name] for name in STAGES]
+def new_stages() -> list[GenerationStage]:
+    """A new generation's stage rows: all pending, in pipeline order."""
+    return [
+        GenerationStage(name=name, position=i, status=S_PENDING, attempts=0)
+        for i, name in enumerate(STAGES)
+    ]
 
 
 def stage_status(gen: Generation, name: str) -> str:
@@ -215,24 +192,9 @@ def prepare_retry(gen: Generation) -> str:
 
 
 def to_json(gen: Generation) -> dict[str, Any]:
-    data = gen.pipeline_data or {}
-    enhance, optimize = data.get("enhance") or {}, data.get("optimize") or {}
-    prompts = (
-        enhance.get("mainPrompt"),
-        optimize.get("finalPrompt"),
-        optimize.get("negativePrompt"),
-        enhance.get("negativePrompt"),
-    )
-    return _shape(gen, prompts, gen.stages, gen.assets)
-
-
-def _shape(
-    gen: Any, prompts: tuple[str | None, ...], stages: Iterable[Any], assets: Iterable[Any]
-) -> dict[str, Any]:
-    """The client's JSON of a generation from anything with the model's attribute
-    names (ORM objects or Core rows); ``prompts`` = enhanced, final, and the
-    optimised and enhanced negative prompts."""
-    enhanced, final, negative_opt, negative_enh = prompts
+    """The generation as clients see it (``GET /api/generate/<id>``)."""
+    outputs = {s.name: s.output or {} for s in gen.stages}
+    enhance, optimize = outputs.get("enhance", {}), outputs.get("optimize", {})
     return {
         "id": gen.id,
         "status": gen.status,
@@ -246,9 +208,11 @@ def _shape(
         "personaId": gen.persona_id,
         "prompt": {
             "original": gen.prompt,
-            "enhanced": enhanced,
-            "final": final,
-            "negative": negative_opt or negative_enh or gen.negative_prompt,
+            "enhanced": enhance.get("mainPrompt"),
+            "final": optimize.get("finalPrompt"),
+            "negative": optimize.get("negativePrompt")
+            or enhance.get("negativePrompt")
+            or gen.negative_prompt,
         },
         "stages": [
             {
@@ -261,7 +225,7 @@ def _shape(
                 "error": s.error,
                 "output": s.output,
             }
-            for s in stage_list(stages)
+            for s in gen.stages
         ],
         "assets": [
             {
@@ -272,7 +236,7 @@ def _shape(
                 "contentType": a.content_type,
                 "fileSize": a.file_size,
             }
-            for a in assets
+            for a in gen.assets
         ],
         "cost": float(gen.cost or 0),
         "error": {"stage": gen.error_stage, "message": gen.error_message}
@@ -281,80 +245,6 @@ def _shape(
         "webhookUrl": gen.webhook_url,
         "links": {"self": f"/api/generate/{gen.id}"},
     }
-
-
-_G, _S, _A = Generation.__table__, GenerationStage.__table__, GenerationAsset.__table__
-_GEN_COLS = [
-    _G.c[n]
-    for n in (
-        "id", "status", "created_at", "updated_at", "completed_at", "mode", "settings",
-        "provider", "model", "persona_id", "prompt", "negative_prompt", "cost",
-        "error_stage", "error_message", "webhook_url",
-    )
-]  # fmt: skip
-# Only the four prompts the client sees, extracted by the database: the whole
-# pipeline_data (every stage's output) is not decoded once per joined row.
-_PROMPT_COLS = [
-    _G.c.pipeline_data[path].as_string().label(f"p{i}")
-    for i, path in enumerate(
-        (
-            ("enhance", "mainPrompt"),
-            ("optimize", "finalPrompt"),
-            ("optimize", "negativePrompt"),
-            ("enhance", "negativePrompt"),
-        )
-    )
-]
-_STAGE_COLS = (
-    "name",
-    "status",
-    "started_at",
-    "finished_at",
-    "duration_ms",
-    "attempts",
-    "error",
-    "output",
-)
-_ASSET_COLS = ("id", "cdn_url", "width", "height", "content_type", "file_size")
-_READ = (
-    select(
-        *_GEN_COLS,
-        *_PROMPT_COLS,
-        _S.c.position.label("s_position"),
-        *(_S.c[n].label(f"s_{n}") for n in _STAGE_COLS),
-        _A.c.position.label("a_position"),
-        *(_A.c[n].label(f"a_{n}") for n in _ASSET_COLS),
-    )
-    .select_from(
-        _G.outerjoin(_S, _S.c.generation_id == _G.c.id).outerjoin(_A, _A.c.generation_id == _G.c.id)
-    )
-    .where(_G.c.id == bindparam("generation_id"), _G.c.user_id == bindparam("user_id"))
-    .order_by(_S.c.position, _A.c.position)
-)  # built once: its compiled form and cache key are reused by every call
-
-
-def read_owned_json(session: Session, user_id: int, generation_id: str) -> dict[str, Any] | None:
-    """``to_json`` of an owned generation in one statement, without the ORM
-    (the status read clients poll): the primary key and both children's
-    generation_id indexes, one row per stage x asset."""
-    rows = session.execute(_READ, {"generation_id": generation_id, "user_id": user_id}).all()
-    if not rows:
-        return None
-    stages: dict[int, SimpleNamespace] = {}
-    assets: dict[int, SimpleNamespace] = {}
-    for r in rows:
-        m = r._mapping
-        if r.s_position is not None and r.s_position not in stages:
-            stages[r.s_position] = SimpleNamespace(**{n: m[f"s_{n}"] for n in _STAGE_COLS})
-        if r.a_position is not None and r.a_position not in assets:
-            assets[r.a_position] = SimpleNamespace(**{n: m[f"a_{n}"] for n in _ASSET_COLS})
-    first = rows[0]
-    return _shape(
-        first,
-        (first.p0, first.p1, first.p2, first.p3),
-        stages.values(),
-        (assets[k] for k in sorted(assets)),
-    )
 
 
 def is_final(gen: Generation) -> bool:

@@ -30,6 +30,7 @@ from .pipeline import STAGES
 from .pipeline.optimize import apply_feedback
 from .pipeline.runner import stalled
 from .queue import dispatch
+from .redisclient import client
 from .states import PENDING, PROCESSING, S_RUNNING
 
 UNDISPATCHED_GRACE = timedelta(seconds=10)
@@ -47,7 +48,7 @@ def note_db_outage(settings: Settings) -> None:
     _local_outage["at"] = now
     if settings.redis_url:
         try:
-            _redis(settings.redis_url).set(OUTAGE_KEY, str(now), ex=_hold(settings) * 2)
+            client(settings.redis_url).set(OUTAGE_KEY, str(now), ex=_hold(settings) * 2)
         except Exception:  # noqa: BLE001 - best effort; the local note still holds
             pass
 
@@ -57,7 +58,7 @@ def db_outage_recent(settings: Settings) -> bool:
     seen = _local_outage.get("at", 0.0)
     if settings.redis_url:
         try:
-            seen = max(seen, float(_redis(settings.redis_url).get(OUTAGE_KEY) or 0))
+            seen = max(seen, float(client(settings.redis_url).get(OUTAGE_KEY) or 0))
         except Exception:  # noqa: BLE001
             pass
     return time.time() - seen < _hold(settings)
@@ -65,12 +66,6 @@ def db_outage_recent(settings: Settings) -> bool:
 
 def _hold(settings: Settings) -> int:
     return int(min(settings.stall_timeout_for(s) for s in STAGES)) + 1
-
-
-def _redis(url: str):
-    import redis
-
-    return redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
 
 
 def redispatch_stalled(

@@ -28,6 +28,7 @@ from prometheus_client.core import (
 from sqlalchemy import case, func, select
 
 from .models import Generation, GenerationStage, Provider
+from .redisclient import client
 from .webhooks import WebhookDelivery
 
 log = logging.getLogger(__name__)
@@ -158,9 +159,7 @@ class DatabaseCollector:
             return
         fam = GaugeMetricFamily("bff_queue_length", "Messages waiting in a queue", labels=["queue"])
         try:
-            import redis
-
-            r = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+            r = client(url)
             for q in QUEUES:
                 keys = [q] + [f"{q}{PRIORITY_SEP}{n}" for n in range(1, 10)]
                 with r.pipeline() as pipe:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import secrets
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -22,8 +23,6 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from .randomness import random_bytes
-
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -31,7 +30,7 @@ def utcnow() -> datetime:
 
 def new_id(prefix: str) -> str:
     """``prefix_`` and 24 hex digits (96 random bits)."""
-    return f"{prefix}_{random_bytes(12).hex()}"
+    return f"{prefix}_{secrets.token_hex(12)}"
 
 
 class Base(DeclarativeBase):

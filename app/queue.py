@@ -17,13 +17,11 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from typing import Any
 
 from celery import Celery, Task, chain
 from flask import Flask
 
-from . import chain_message
 from .config import Settings
 from .pipeline import STAGES
 
@@ -106,51 +104,30 @@ def celery_init_app(app: Flask, settings: Settings) -> Celery:
     celery_app = Celery(app.name, task_cls=FlaskTask)
     config = celery_config(settings)
     celery_app.config_from_object(config)
-    chain_message.attach(celery_app, config)
     celery_app.set_default()
     app.extensions["celery"] = celery_app
     return celery_app
 
 
+def pipeline_chain(celery_app: Celery, generation_id: str, from_stage: str = STAGES[0]) -> chain:
+    """The chain of stage tasks from ``from_stage`` on, each taking the
+    generation id only (immutable: a stage's return value is not passed on)."""
+    names = STAGES[STAGES.index(from_stage) :]
+    return chain(
+        *(
+            celery_app.signature(f"pipeline.{n}", args=(generation_id,), immutable=True)
+            for n in names
+        )
+    )
+
+
 def dispatch(celery_app: Celery, generation_id: str, from_stage: str = STAGES[0]) -> bool:
     """Send the chain from ``from_stage`` on. Call after the row is committed.
     Returns False (and logs) when the broker is unreachable: the caller
-    leaves (or makes) ``dispatched_at`` empty and the dispatcher sends it later.
-
-    On a Redis broker the chain goes as one prebuilt message
-    (``app.chain_message``: the message the canvas below would send, without
-    building it each time); otherwise, or if that cannot be rendered, the canvas."""
-    names = [f"pipeline.{name}" for name in STAGES[STAGES.index(from_stage) :]]
+    leaves (or makes) ``dispatched_at`` empty and the dispatcher sends it later."""
     try:
-        sender = chain_message.sender(celery_app)
-        if sender is None or not sender.send(generation_id, names):
-            chain(
-                *(celery_app.signature(n, args=(generation_id,), immutable=True) for n in names)
-            ).apply_async()
+        pipeline_chain(celery_app, generation_id, from_stage).apply_async()
     except Exception as exc:  # kombu and redis-py raise several types for "broker down"
         log.warning("could not enqueue %s: %s", generation_id, type(exc).__name__)
         return False
     return True
-
-
-def dispatch_many(celery_app: Celery, generation_ids: Sequence[str]) -> list[str]:
-    """``dispatch`` of several new generations (a batch of submits): on a
-    Redis broker their prebuilt chains go in ONE round trip, all or none;
-    otherwise one ``dispatch`` each. Returns the ids whose chain was not
-    sent (logged), for the caller to leave to the dispatcher."""
-    if not generation_ids:
-        return []
-    names = [f"pipeline.{name}" for name in STAGES]
-    try:
-        sender = chain_message.sender(celery_app)
-        if sender is not None and sender.send_many(generation_ids, names):
-            return []
-    except Exception as exc:  # as in dispatch: "broker down" has several types
-        log.warning(
-            "could not enqueue %d generations (%s): %s",
-            len(generation_ids),
-            ", ".join(generation_ids),
-            type(exc).__name__,
-        )
-        return list(generation_ids)
-    return [gid for gid in generation_ids if not dispatch(celery_app, gid)]

@@ -34,8 +34,11 @@ import threading
 import time
 from functools import lru_cache
 
+import redis
+
 from .config import Settings
 from .providers.base import ProviderPending, ProviderTransient
+from .redisclient import client
 
 log = logging.getLogger(__name__)
 
@@ -82,17 +85,13 @@ class RedisBuckets:
 
     shared = True
 
-    def __init__(self, url: str) -> None:
-        import redis
-
-        self.client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
-        self.script = self.client.register_script(TAKE)
+    def __init__(self, redis_client: redis.Redis) -> None:
+        self.client = redis_client
+        self.script = redis_client.register_script(TAKE)
 
     def take(self, name: str, capacity: int, per: float) -> tuple[float, bool]:
         """(seconds until the token is due, whether it is reserved): (0, True)
         is a token now; (w, False) means none could be reserved, ask in w s."""
-        import redis
-
         try:
             raw = self.script(
                 keys=[f"bff:ratelimit:{name}"], args=[capacity, capacity / per, RESERVE_AHEAD]
@@ -132,7 +131,7 @@ class LocalBuckets:
 @lru_cache(maxsize=8)
 def _buckets(redis_url: str | None) -> RedisBuckets | LocalBuckets:
     if redis_url:
-        return RedisBuckets(redis_url)
+        return RedisBuckets(client(redis_url))
     log.warning("no REDIS_URL: provider rate limits are per process, not global")
     return LocalBuckets()
 

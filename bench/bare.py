@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from celery import Celery
 
-from app import chain_message
 from app.config import Settings
 from app.events import generation_final
 from app.pipeline import STAGES
@@ -19,7 +18,6 @@ settings = Settings.from_env()
 app = celery = Celery("bare")
 _config = celery_config(settings)
 app.config_from_object(_config)
-chain_message.attach(app, _config)  # dispatch sends the same prebuilt message as ours
 
 
 def _noop(name: str):

@@ -7,13 +7,10 @@ from __future__ import annotations
 
 import json
 import queue
-import socket
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-
-from app import resp
 
 from .harness import percentile
 
@@ -57,43 +54,28 @@ class Listener:
     of ours on the same two cores as the system it measures."""
 
     def __init__(self, redis_url: str) -> None:
-        from redis.connection import parse_url
+        import redis
 
         self.events: queue.Queue[tuple[str, float, str]] = queue.Queue()
-        opts = parse_url(redis_url)
-        address = (opts.get("host", "127.0.0.1"), opts.get("port", 6379))
-        self.sock = socket.create_connection(address)
-        if opts.get("password"):
-            self.sock.sendall(resp.command(b"AUTH", opts["password"].encode()))
-        self.sock.sendall(resp.command(b"PSUBSCRIBE", b"bff:events:*"))
+        self.pubsub = redis.Redis.from_url(redis_url).pubsub(ignore_subscribe_messages=True)
+        self.pubsub.psubscribe("bff:events:*")
         self.thread = threading.Thread(target=self._read, daemon=True)
         self.thread.start()
         time.sleep(0.2)  # the subscription is live before the first submit
 
     def _read(self) -> None:
-        rest = b""
         while True:
             try:
-                chunk = self.sock.recv(1 << 16)
-            except OSError:
+                message = self.pubsub.get_message(timeout=1.0)
+            except Exception:  # closed
                 return
-            if not chunk:
-                return
-            # RESP lines end in CRLF and a JSON payload (json.dumps) has none
-            # inside: every complete line is a whole payload or framing.
-            *lines, rest = (rest + chunk).split(b"\r\n")
-            now = time.monotonic()
-            for line in lines:
-                if line.startswith(_DONE):
-                    data = json.loads(line)["data"]
-                    self.events.put((data["id"], now, data["status"]))
+            if message is None or not message["data"].startswith(_DONE):
+                continue
+            data = json.loads(message["data"])["data"]
+            self.events.put((data["id"], time.monotonic(), data["status"]))
 
     def close(self) -> None:
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.sock.close()
+        self.pubsub.close()
         self.thread.join(2)
 
 

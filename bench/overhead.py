@@ -28,12 +28,13 @@ REPEAT = int(os.environ.get("BENCH_REPEAT", "2"))
 
 def our_submitter(env: Env, provider: str = "local"):
     """Returns (submit(i) -> generation id, flask app)."""
+    from app.submissions import SubmitRow, insert_submitted
+
     from app import create_app
     from app.auth import create_user
     from app.models import new_id, utcnow
     from app.queue import dispatch
     from app.schemas import GenerationSettings
-    from app.submissions import SubmitRow, insert_submitted
 
     app = create_app(env.vars)
     s = app.extensions["bff"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 
+import fakeredis
 import pytest
 
 from app import ratelimit
@@ -42,8 +43,9 @@ def test_nothing_is_reserved_past_the_horizon(monkeypatch):
         assert not reserved and 0.9 < wait <= 1.0  # when a third reservation fits
 
 
-def test_redis_bucket_is_shared_by_separate_clients(redis_url):
-    a, b = RedisBuckets(redis_url), RedisBuckets(redis_url)  # two "processes"
+def test_redis_bucket_is_shared_by_separate_clients():
+    server = fakeredis.FakeServer()  # two "processes", one Redis
+    a, b = (RedisBuckets(fakeredis.FakeRedis(server=server)) for _ in range(2))
     taken = [c.take("google-imagen", 4, 60.0) for c in (a, b, a, b)]
     assert taken == [(0.0, True)] * 4
     (wait_a, ra), (wait_b, rb) = a.take("google-imagen", 4, 60.0), b.take("google-imagen", 4, 60.0)
@@ -52,9 +54,9 @@ def test_redis_bucket_is_shared_by_separate_clients(redis_url):
     assert 14 < wait_a <= 15 and 29 < wait_b <= 30
 
 
-def test_redis_bucket_reserves_up_to_the_horizon(redis_url, monkeypatch):
+def test_redis_bucket_reserves_up_to_the_horizon(monkeypatch):
     monkeypatch.setattr(ratelimit, "RESERVE_AHEAD", 30.0)
-    b = RedisBuckets(redis_url)
+    b = RedisBuckets(fakeredis.FakeRedis())
     assert b.take("slow", 4, 60.0) == (0.0, True)
     b.client.hset("bff:ratelimit:slow", "tokens", "-0.5")  # half a token already reserved
     wait, reserved = b.take("slow", 4, 60.0)
@@ -64,10 +66,10 @@ def test_redis_bucket_reserves_up_to_the_horizon(redis_url, monkeypatch):
     assert b.client.pttl("bff:ratelimit:slow") > 60_000 + 30_000, "outlives its debt"
 
 
-def test_redis_bucket_refills_over_time(redis_url):
+def test_redis_bucket_refills_over_time():
     import time
 
-    b = RedisBuckets(redis_url)
+    b = RedisBuckets(fakeredis.FakeRedis())
     assert b.take("fast", 2, 0.2) == (0.0, True) and b.take("fast", 2, 0.2) == (0.0, True)
     wait, reserved = b.take("fast", 2, 0.2)
     assert reserved and 0 < wait <= 0.1

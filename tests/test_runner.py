@@ -19,6 +19,7 @@ from app.pipeline.context import (
     StageTransient,
     StageWaiting,
 )
+from app.pipeline.runner import Outcome
 from tests.conftest import make_user
 from tests.support.pipeline import (
     load,
@@ -52,7 +53,7 @@ def test_prompt_generation_runs_to_completed_with_a_png(app, client, user):
     outcomes = run_all(app, gen_id)
     assert len(outcomes) == len(STAGES)
     assert all(o.retry_in is None for o in outcomes)
-    assert outcomes[-1].proceed is False  # the last stage ends the chain
+    assert outcomes[-1] == Outcome(True)  # nothing follows the last stage
 
     gen = load(app, gen_id)
     assert gen["status"] == "completed", gen["error"]

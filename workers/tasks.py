@@ -8,11 +8,11 @@ import gc
 import logging
 
 from celery import shared_task
+from celery.exceptions import Ignore
 from celery.signals import worker_init, worker_process_init
 from flask import current_app
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from app import chain_message
 from app.maintenance import (
     apply_one_feedback,
     apply_pending_feedback,
@@ -21,7 +21,6 @@ from app.maintenance import (
 )
 from app.pipeline import STAGES
 from app.pipeline.runner import run_stage
-from app.queue import GENERATION_QUEUE_TASKS
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +43,12 @@ def _dispose_engine_after_fork(**_: object) -> None:
     gc.freeze()  # what the child set up, as above
 
 
+class GenerationFailed(Exception):
+    """The generation failed at this stage (its error is recorded): the chain
+    stops and Flower shows the task failed with the reason. Declared in the
+    stage tasks' ``throws``, so it is logged as an expected outcome."""
+
+
 # Stages are idempotent, so a message may be acked late and redelivered.
 # A database outage (OperationalError, InterfaceError: the runner lets them
 # through instead of failing the job) is retried by Celery with backoff.
@@ -60,10 +65,15 @@ STAGE_OPTIONS = {
     "retry_backoff": 2,
     "retry_backoff_max": 60,
     "max_retries": None,
+    "throws": (GenerationFailed,),
 }
 
 
 def _run(task, generation_id: str, name: str) -> None:
+    """Run the stage; Celery's chain sends the next one when this returns.
+    A wait is a retry with a countdown (same task id, same chain); a stop
+    (canceled, already running or done elsewhere) is ``Ignore``, which acks
+    the message and ends the chain."""
     s = current_app.extensions["bff"]
     try:
         outcome = run_stage(
@@ -74,46 +84,10 @@ def _run(task, generation_id: str, name: str) -> None:
         raise
     if outcome.retry_in is not None:
         raise task.retry(countdown=outcome.retry_in, max_retries=None)
+    if outcome.error is not None:
+        raise GenerationFailed(outcome.error)
     if not outcome.proceed:
-        task.request.chain = None  # stop here: later stages must not run
-    else:
-        _continue(task, generation_id, name)
-
-
-def _continue(task, generation_id: str, name: str) -> None:
-    """Send the rest of the chain as the prebuilt message (``app.chain_message``,
-    as the submit does) instead of leaving it to Celery, whose continuation
-    builds a signature, a message and an event from scratch after every stage:
-    about a third of a pipeline worker's CPU. The message is the one the
-    canvas would send for these stages (new task ids; its root is its own
-    first task, with no parent: only Flower's task tree shows the difference).
-    Acked after the send, as Celery's; a chain that is not the rest of our
-    stages, or a broker that cannot take the prebuilt message, is left to
-    Celery.
-
-    To ``pipeline`` it goes to the front (the end workers take from next), so
-    a worker finishes the generations it started before it starts new ones
-    (depth first). With the queue first in, first out, a burst of N jobs went
-    through each light stage in turn, and none reached ``generate``, or
-    finished, before all N had passed the stages before it. To
-    ``generation`` it goes to the back, as Celery's: every job there has
-    started, and first in, first out is their fair order."""
-    rest = task.request.chain
-    if not rest:
-        return
-    names = [f"pipeline.{n}" for n in STAGES[STAGES.index(name) + 1 :]]
-    if [sig.get("task") for sig in reversed(rest)] != names:
-        return
-    sender = chain_message.sender(task.app)
-    if sender is None:
-        return
-    try:
-        sent = sender.send(generation_id, names, front=names[0] not in GENERATION_QUEUE_TASKS)
-    except Exception as exc:  # noqa: BLE001 - Celery's continuation, with its retry policy
-        log.warning("%s: prebuilt chain not sent (%s); Celery sends it", generation_id, exc)
-        return
-    if sent:
-        task.request.chain = None
+        raise Ignore()
 
 
 @shared_task(name="pipeline.analyze", **STAGE_OPTIONS)

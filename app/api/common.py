@@ -11,9 +11,7 @@ from flask import current_app, g, request
 from ..config import Settings
 from ..db import Database
 from ..errors import ApiError
-from ..readcache import ReadCache
 from ..storage import Storage
-from ..submit_batch import SubmitBatcher
 
 
 @dataclass(frozen=True)
@@ -22,8 +20,6 @@ class Services:
     db: Database
     storage: Storage
     celery: Celery
-    read_cache: ReadCache  # status reads of generations that can no longer change
-    submits: SubmitBatcher  # PostgreSQL submits, committed and sent in batches
 
 
 def services() -> Services:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import UTC, datetime
 
-from flask import Blueprint, current_app, g, request
+from flask import Blueprint, current_app, g, jsonify, request
 from sqlalchemy import select
 
 from .. import events
@@ -15,7 +15,7 @@ from ..models import Generation, GenerationAsset, GenerationFeedback
 from ..providers.cancel import cancel_remote
 from ..queue import dispatch
 from ..schemas import FeedbackIn
-from ..states import FINAL, GENERATION_STATUSES, S_RUNNING, TERMINAL, IllegalTransition
+from ..states import FINAL, GENERATION_STATUSES, TERMINAL, IllegalTransition
 from ..storage import StorageError, generation_prefix
 from ..webhooks import record_final
 from .common import int_arg, json_body, services
@@ -31,32 +31,41 @@ def _load(session, generation_id: str, lock: bool = False) -> Generation:
     return gen
 
 
-def _unchanging(body: dict[str, Any]) -> bool:
-    """Only deletion can change it: a status with no way out, and no stage copy
-    still in flight (one running when the job was canceled records its end)."""
-    return body["status"] in TERMINAL and all(s["status"] != S_RUNNING for s in body["stages"])
+def _etag(updated_at: datetime) -> str:
+    """Every change a client can see renews the generation's ``updated_at``
+    (stages, assets, status), so it names the representation."""
+    return str(round(_aware(updated_at).timestamp() * 1_000_000))
+
+
+def _aware(dt: datetime) -> datetime:
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)  # SQLite hands back naive UTC
 
 
 @bp.get("/<generation_id>")
 def show(generation_id: str):
-    cache = services().read_cache
-    hit = cache.get(generation_id)  # no I/O (app/readcache.py)
-    if hit is not None:
-        if hit.user_id != g.user_id:  # ownership never changes: the same 404 as a read
-            raise not_found()
-        return current_app.response_class(hit.body, 200, hit.headers, mimetype="application/json")
-    token = cache.token()
-    # One statement, so an autocommit read: no BEGIN/COMMIT round trips.
-    with services().db.read() as session:
-        body = svc.read_owned_json(session, g.user_id, generation_id)
-    if body is None:
-        raise not_found()
-    headers = {} if body["status"] in FINAL else {"Retry-After": "1"}
-    # What Flask makes of ``return body, 200, headers``; its bytes are what a hit serves.
-    resp = current_app.json.response(body)
-    resp.headers.update(headers)
-    if _unchanging(body):
-        cache.put(generation_id, g.user_id, resp.get_data(), headers, token)
+    with services().db.session() as session:
+        if request.if_none_match:  # a poller's revalidation: answered from one column
+            updated_at = session.scalar(
+                select(Generation.updated_at).where(
+                    Generation.id == generation_id, Generation.user_id == g.user_id
+                )
+            )
+            if updated_at is None:
+                raise not_found()
+            if request.if_none_match.contains_weak(_etag(updated_at)):
+                resp = current_app.response_class(status=304)
+                resp.set_etag(_etag(updated_at))
+                return resp
+        gen = _load(session, generation_id)
+        body, tag = svc.to_json(gen), _etag(gen.updated_at)
+    resp = jsonify(body)
+    resp.set_etag(tag)
+    if body["status"] in TERMINAL:  # only deletion changes it now
+        resp.cache_control.private, resp.cache_control.max_age = True, 60
+    else:
+        resp.cache_control.private, resp.cache_control.no_cache = True, True
+        if body["status"] not in FINAL:
+            resp.headers["Retry-After"] = "1"
     return resp
 
 
@@ -157,7 +166,6 @@ def delete(generation_id: str):
     with s.db.session() as session:
         gen = _load(session, generation_id, lock=True)
         session.delete(gen)
-    s.read_cache.invalidate(generation_id)  # here at once; other processes via Redis
     return "", 204
 
 

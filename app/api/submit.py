@@ -1,5 +1,5 @@
-"""POST /api/generate/from-prompt and /from-image: validate, authorise,
-store the row (and the upload) durably, then enqueue; answer 202 at once.
+"""POST /api/generate/from-prompt and /from-image: validate, authorise, store
+the row (and the upload) in one transaction, then enqueue; answer 202 at once.
 An ``Idempotency-Key`` replays the first answer; the same key with another
 body is 409."""
 
@@ -8,13 +8,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable
 from typing import Any
 
-from flask import Blueprint, Response, current_app, g, request
+from flask import Blueprint, g, request
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-from werkzeug.datastructures import Headers
+from sqlalchemy.orm import Session
 
 from .. import generations as svc
 from ..auth import load_user
@@ -26,7 +25,6 @@ from ..queue import dispatch
 from ..quotas import check_submission
 from ..schemas import ImageSubmit, PromptSubmit
 from ..storage import StorageError, generation_prefix
-from ..submissions import SubmitRow
 from ..webhooks import submit_url_problem
 from .common import Services, check_user_id, json_body, services
 from .uploads import read_image
@@ -35,40 +33,17 @@ log = logging.getLogger(__name__)
 bp = Blueprint("submit", __name__, url_prefix="/api/generate")
 bp.before_request(load_user)
 
-
-class _Accepted(Response):
-    """A submit's 202 as ``_accepted`` makes it: its headers are final when
-    made (an ASCII relative ``Location``, ``Content-Length`` set with the
-    body), so Werkzeug's last pass over them (``get_wsgi_headers``: a copy,
-    IRI conversion, the length) would change nothing; skipped, it halves the
-    response's cost (26 against 13 us)."""
-
-    def get_wsgi_headers(self, environ: dict[str, Any]) -> Headers:
-        return self.headers
+Upload = tuple[bytes, str, str]  # bytes, content type, extension
 
 
-def _accepted(gen_id: str) -> Response | tuple[dict[str, Any], int, dict[str, str]]:
+def _accepted(gen_id: str) -> tuple[dict[str, Any], int, dict[str, str]]:
     link = f"/api/generate/{gen_id}"
-    provider = current_app.json
-    if provider.compact is False or (provider.compact is None and current_app.debug):
-        # Pretty-printed (debug): as jsonify makes it.
-        return {"id": gen_id, "status": "pending", "links": {"self": link}}, 202, {"Location": link}
-    # The bytes jsonify makes of that dict (compact, keys in this order, then a
-    # newline), written directly: it is the answer to every submit, and ids
-    # are ours (letters, digits, "_"), so nothing needs escaping.
-    resp = _Accepted(
-        f'{{"id":"{gen_id}","status":"pending","links":{{"self":"{link}"}}}}\n',
-        202,
-        mimetype=provider.mimetype,
-    )
-    resp.headers["Location"] = link
-    return resp
+    return {"id": gen_id, "status": "pending", "links": {"self": link}}, 202, {"Location": link}
 
 
-def _request_hash(payload: dict[str, Any], image_digest: str | None = None) -> str:
-    canon = json.dumps(
-        {"path": request.path, "body": payload, "image": image_digest}, sort_keys=True, default=str
-    )
+def _request_hash(payload: dict[str, Any], upload: Upload | None) -> str:
+    image = hashlib.sha256(upload[0]).hexdigest() if upload else None
+    canon = json.dumps({"path": request.path, "body": payload, "image": image}, sort_keys=True)
     return hashlib.sha256(canon.encode()).hexdigest()
 
 
@@ -79,12 +54,16 @@ def _idempotency_key() -> str | None:
     return key
 
 
-def _replay(session, key: str | None, req_hash: str | None):
+def _replay(session: Session, key: str | None, req_hash: str | None) -> str | None:
+    """The id of the generation this key made before, or None; 409 if the
+    key came with another request."""
     if key is None:
         return None
-    prior = session.scalar(
-        select(Generation).where(Generation.user_id == g.user_id, Generation.idempotency_key == key)
-    )
+    prior = session.execute(
+        select(Generation.id, Generation.request_hash).where(
+            Generation.user_id == g.user_id, Generation.idempotency_key == key
+        )
+    ).first()
     if prior is None:
         return None
     if prior.request_hash != req_hash:
@@ -93,14 +72,24 @@ def _replay(session, key: str | None, req_hash: str | None):
             "idempotency_conflict",
             "this Idempotency-Key was already used with a different request",
         )
-    return _accepted(prior.id)
+    return prior.id
 
 
-def _check_provider(body: PromptSubmit | ImageSubmit, settings: dict[str, Any]) -> None:
-    """``settings``: ``body.settings`` dumped (once per request, by the caller)."""
+def _invalid(field: str, message: str, summary: str | None = None) -> ApiError:
+    return ApiError(
+        422,
+        "validation_error",
+        summary or f"{field} {message}",
+        [{"field": field, "message": message}],
+    )
+
+
+def _check_request(body: PromptSubmit | ImageSubmit, settings: dict[str, Any]) -> None:
+    """The checks that need no database."""
+    check_user_id(body.userId)
+    config = services().settings
     provider = body.settings.provider
     if provider != "auto":
-        config = services().settings
         # The missing key first: it is the cause a user can act on.
         var = PROVIDER_KEY_VARS.get(provider)
         why = (
@@ -115,15 +104,13 @@ def _check_provider(body: PromptSubmit | ImageSubmit, settings: dict[str, Any]) 
                 f"provider {provider} cannot be used: {why}",
                 [{"field": "settings.provider", "message": why}],
             )
+    if body.webhookUrl and (why := submit_url_problem(body.webhookUrl, config)):
+        raise _invalid("webhookUrl", why)
 
 
-def _check_persona(session, body: PromptSubmit | ImageSubmit) -> None:
-    if (
-        body.personaId
-        and session.scalar(
-            select(Persona.id).where(Persona.id == body.personaId, Persona.user_id == g.user_id)
-        )
-        is None
+def _check_persona(session: Session, persona_id: str | None) -> None:
+    if persona_id and not session.scalar(
+        select(Persona.id).where(Persona.id == persona_id, Persona.user_id == g.user_id)
     ):
         raise ApiError(
             422,
@@ -133,139 +120,99 @@ def _check_persona(session, body: PromptSubmit | ImageSubmit) -> None:
         )
 
 
-def _check_webhook(body: PromptSubmit | ImageSubmit) -> None:
-    if body.webhookUrl and (why := submit_url_problem(body.webhookUrl, services().settings)):
-        raise ApiError(
-            422,
-            "validation_error",
-            f"webhookUrl {why}",
-            [{"field": "webhookUrl", "message": why}],
-        )
-
-
-def _check_submit(session, body: PromptSubmit | ImageSubmit, settings: dict[str, Any]) -> None:
-    check_user_id(body.userId)
-    check_submission(session, services().settings, g.user_id)
-    _check_provider(body, settings)
-    _check_persona(session, body)
-    _check_webhook(body)
-
-
-def _passes_checks_without_db(body: PromptSubmit | ImageSubmit, settings: dict[str, Any]) -> bool:
+def _store_upload(s: Services, gen_id: str, upload: Upload) -> str:
+    data, content_type, ext = upload
+    key = f"{generation_prefix(g.user_id, gen_id)}input.{ext}"
     try:
-        check_user_id(body.userId)
-        _check_provider(body, settings)
-        _check_webhook(body)
-    except ApiError:
-        return False  # the ordinary path answers, in its own order of checks
-    return True
-
-
-def _send(s: Services, gen_id: str) -> tuple[dict[str, Any], int, dict[str, str]]:
-    """Send the chain of a committed generation (its ``dispatched_at`` is set)
-    and answer 202; the generation is durable whatever the broker does."""
-    if not dispatch(s.celery, gen_id):
-        try:
-            with s.db.session() as session:
-                svc.clear_dispatched(session, gen_id)  # the dispatcher sends it in seconds
-        except SQLAlchemyError as exc:
-            # Still found: the dispatcher re-sends what no worker picked up
-            # within the first stage's stall timeout (app.maintenance).
-            log.warning("could not mark %s undispatched: %s", gen_id, type(exc).__name__)
-    return _accepted(gen_id)
+        s.storage.put(key, data, content_type)
+    except StorageError:
+        raise ApiError(
+            503, "service_unavailable", "storage is unavailable", headers={"Retry-After": "5"}
+        ) from None
+    return key
 
 
 def _submit(
     body: PromptSubmit | ImageSubmit,
     mode: str,
-    fingerprint: Callable[[], str],
-    upload: tuple[bytes, str, str] | None = None,
-):
-    """``fingerprint``: the request's hash, stored to tell a replay (same
-    Idempotency-Key, same request) from a conflict; computed only when the
-    request has a key, since nothing else reads it."""
+    payload: dict[str, Any],
+    upload: Upload | None = None,
+) -> tuple[dict[str, Any], int, dict[str, str]]:
     s = services()
     key = _idempotency_key()
-    req_hash = fingerprint() if key is not None else None
-    gen_id = new_id("gen")
-    # The generation as the request describes it, for either insert below.
-    fields: dict[str, Any] = {
-        "generation_id": gen_id,
-        "user_id": g.user_id,
-        "mode": mode,
-        "settings": body.settings.model_dump(),
-        "prompt": body.prompt,
-        "negative_prompt": body.negativePrompt,
-        "persona_id": body.personaId,
-        "vlt_spec": body.vltSpec if isinstance(body, ImageSubmit) else None,
-        "webhook_url": body.webhookUrl,
-        "idempotency_key": key,
-        "request_hash": req_hash,
-    }
-    settings = fields["settings"]
-    if upload is None and s.db.is_postgres and _passes_checks_without_db(body, settings):
-        # With the submits that arrive meanwhile (app.submit_batch): one
-        # statement runs the checks the database answers and inserts the
-        # generations and their stage rows, committed durably once; one
-        # round trip sends their chains.
-        if s.submits.accept(SubmitRow(**fields, now=utcnow())):
-            return _accepted(gen_id)
-        # A check failed, the key was used before, or the statement failed:
-        # the path below says which (or answers 503).
-    input_key = None
-    # One pooled connection (one checkout and its check) for the insert and,
-    # should a concurrent request with the same key win, the replay.
-    with s.db.connection() as conn:
-        try:
-            with s.db.session(conn=conn) as session:
-                if (replay := _replay(session, key, req_hash)) is not None:
-                    return replay
-                _check_submit(session, body, settings)
-                if upload is not None:
-                    data, ctype, ext = upload
-                    input_key = f"{generation_prefix(g.user_id, gen_id)}input.{ext}"
-                    try:
-                        s.storage.put(input_key, data, ctype)
-                    except StorageError:
-                        raise ApiError(
-                            503,
-                            "service_unavailable",
-                            "storage is unavailable",
-                            headers={"Retry-After": "5"},
-                        ) from None
-                svc.create(session, **fields, input_key=input_key, dispatched_at=utcnow())
-        except IntegrityError:
-            # A concurrent request with the same Idempotency-Key committed first.
-            if input_key:
-                s.storage.delete_prefix(generation_prefix(g.user_id, gen_id))
-            with s.db.session(conn=conn) as session:
-                if (replay := _replay(session, key, req_hash)) is not None:
-                    return replay
-            raise
-    return _send(s, gen_id)
+    req_hash = _request_hash(payload, upload) if key is not None else None
+    settings = body.settings.model_dump()
+    _check_request(body, settings)
+    gen_id, input_key = new_id("gen"), None
+    try:
+        with s.db.session() as session:
+            if (prior := _replay(session, key, req_hash)) is not None:
+                return _accepted(prior)
+            check_submission(session, s.settings, g.user_id)
+            _check_persona(session, body.personaId)
+            if upload is not None:
+                input_key = _store_upload(s, gen_id, upload)
+            svc.create(
+                session,
+                generation_id=gen_id,
+                user_id=g.user_id,
+                mode=mode,
+                settings=settings,
+                prompt=body.prompt,
+                negative_prompt=body.negativePrompt,
+                persona_id=body.personaId,
+                vlt_spec=body.vltSpec if isinstance(body, ImageSubmit) else None,
+                webhook_url=body.webhookUrl,
+                idempotency_key=key,
+                request_hash=req_hash,
+                input_key=input_key,
+                dispatched_at=utcnow(),
+            )
+    except IntegrityError:
+        # A concurrent request with the same Idempotency-Key committed first.
+        if input_key:
+            s.storage.delete_prefix(generation_prefix(g.user_id, gen_id))
+        with s.db.session() as session:
+            if (prior := _replay(session, key, req_hash)) is not None:
+                return _accepted(prior)
+        raise
+    except BaseException:
+        if input_key:  # nothing was stored for this request: neither is its upload
+            s.storage.delete_prefix(generation_prefix(g.user_id, gen_id))
+        raise
+    if not dispatch(s.celery, gen_id):
+        _leave_to_dispatcher(s, gen_id)
+    return _accepted(gen_id)
+
+
+def _leave_to_dispatcher(s: Services, gen_id: str) -> None:
+    """The broker refused the chain: the maintenance dispatcher sends a
+    generation without ``dispatched_at`` within seconds."""
+    try:
+        with s.db.session() as session:
+            svc.clear_dispatched(session, gen_id)
+    except SQLAlchemyError as exc:
+        # Still found: the dispatcher re-sends what no worker picked up
+        # within the first stage's stall timeout (app.maintenance).
+        log.warning("could not mark %s undispatched: %s", gen_id, type(exc).__name__)
 
 
 @bp.post("/from-prompt")
 def from_prompt():
     payload = json_body()
-    body = PromptSubmit.model_validate(payload)
-    return _submit(body, "prompt", lambda: _request_hash(payload))
+    return _submit(PromptSubmit.model_validate(payload), "prompt", payload)
 
 
 @bp.post("/from-image")
 def from_image():
-    s = services().settings
     if request.is_json:
         payload = json_body()
         body = ImageSubmit.model_validate(payload)
         if body.vltSpec is None:
-            raise ApiError(
-                422,
-                "validation_error",
-                "send an image file or a vltSpec",
-                [{"field": "vltSpec", "message": "required without an image"}],
+            raise _invalid(
+                "vltSpec", "required without an image", "send an image file or a vltSpec"
             )
-        return _submit(body, "image", lambda: _request_hash(payload))
+        return _submit(body, "image", payload)
     if not request.mimetype.startswith("multipart/form-data"):
         raise ApiError(
             415,
@@ -274,12 +221,7 @@ def from_image():
         )
     file = request.files.get("image")
     if file is None:
-        raise ApiError(
-            422,
-            "validation_error",
-            "the 'image' file field is required",
-            [{"field": "image", "message": "required"}],
-        )
+        raise _invalid("image", "required", "the 'image' file field is required")
     fields: dict[str, Any] = {k: v for k, v in request.form.items() if k != "settings"}
     if "settings" in request.form:
         try:
@@ -287,10 +229,6 @@ def from_image():
         except ValueError:
             raise ApiError(400, "malformed_json", "the settings field is not valid JSON") from None
     body = ImageSubmit.model_validate(fields)
-    upload = read_image(file, s.max_upload_bytes, s.max_image_pixels)
-    return _submit(
-        body,
-        "image",
-        lambda: _request_hash(fields, hashlib.sha256(upload[0]).hexdigest()),
-        upload,
-    )
+    limits = services().settings
+    upload = read_image(file, limits.max_upload_bytes, limits.max_image_pixels)
+    return _submit(body, "image", fields, upload)

@@ -51,10 +51,9 @@ def _no_checkpoint(state: dict[str, Any]) -> None:
 @dataclass
 class StageContext:
     session: Session  # read what you need, add rows; never commit
-    # The generation's columns as attributes: under the runner, the claim's
-    # snapshot of the row (not an ORM object, not in ``session``). Assign only
-    # what a stage owns (runner.STAGE_WRITABLE); the runner's record writes it.
-    generation: Generation | Any
+    # The generation with its stages, as the claim left it. A stage assigns
+    # only the columns it owns (route: provider, model; generate: cost).
+    generation: Generation
     settings: Settings
     storage: Storage
     # What an earlier attempt of this stage saved with checkpoint(), or {}.
@@ -63,12 +62,11 @@ class StageContext:
     # provider's prediction id before waiting on it), so a retry resumes it.
     checkpoint: Callable[[dict[str, Any]], None] = _no_checkpoint
 
-    @property
-    def outputs(self) -> dict[str, Any]:
-        return self.generation.pipeline_data or {}
-
     def output_of(self, stage: str) -> dict[str, Any]:
-        return dict(self.outputs.get(stage) or {})
+        """What an earlier stage recorded (``"input"``: what the request supplied)."""
+        if stage == "input":
+            return dict((self.generation.pipeline_data or {}).get("input") or {})
+        return dict(self.generation.stage(stage).output or {})
 
 
 @dataclass

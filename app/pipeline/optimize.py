@@ -30,7 +30,7 @@ from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from ..db import dialect_insert
-from ..models import Generation, GenerationFeedback, PromptTokenScore, utcnow
+from ..models import GenerationFeedback, GenerationStage, PromptTokenScore, utcnow
 from ..providers import PROVIDERS
 from .context import StageContext, StageResult
 from .enhance import TEMPLATES, fit_prompt
@@ -164,8 +164,12 @@ def apply_feedback(session: Session, feedback: GenerationFeedback) -> int:
         return 0
     feedback.applied_at = utcnow()
     reward = reward_of(feedback.feedback_type, feedback.rating)
-    gen = session.get(Generation, feedback.generation_id)
-    opt = (gen.pipeline_data or {}).get("optimize") if gen else None
+    opt = session.scalar(
+        select(GenerationStage.output).where(
+            GenerationStage.generation_id == feedback.generation_id,
+            GenerationStage.name == "optimize",
+        )
+    )
     toks = tokens((opt or {}).get("finalPrompt", ""))
     if reward is None or not toks:
         return 0

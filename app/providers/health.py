@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, insert, select, update
+from sqlalchemy import bindparam, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from ..config import Settings
@@ -89,35 +89,11 @@ def record_outcome(
         if ok
         else {"failure_count": Provider.failure_count + 1, "last_error": message}
     )
-    counters = update(Provider).where(Provider.id == provider_id).values(**values)
-    # Core, not session.add: no unit-of-work flush per generation.
-    outcome = insert(ProviderOutcome).values(
-        provider_id=provider_id, ok=ok, error=message, created_at=now
-    )
-    if session.get_bind().dialect.name == "postgresql":
-        # One statement (the UPDATE as a data-modifying CTE): one round trip
-        # per generation instead of two.
-        session.execute(outcome.add_cte(counters.cte("counters")))
-    else:
-        session.execute(counters)
-        session.execute(outcome)
+    session.execute(update(Provider).where(Provider.id == provider_id).values(**values))
+    session.add(ProviderOutcome(provider_id=provider_id, ok=ok, error=message, created_at=now))
     prune_if_due(session, provider_id, now)
     if not ok:  # it may open a circuit: this process's next route reads the window
         forget_windows()
-
-
-# PostgreSQL, driver SQL: ``record_outcome(ok=True)`` as data-modifying CTEs for
-# a statement that defines ``st`` (a row when the outcome happened) and
-# parameters ``outcome_provider`` and ``now``: the runner's record of
-# ``generate`` carries them, so a success costs no statement of its own.
-PG_SUCCESS_CTES = """
-    , outcome_counters AS (
-        UPDATE providers SET success_count = success_count + 1, updated_at = %(now)s
-        WHERE id = %(outcome_provider)s AND EXISTS (SELECT 1 FROM st)
-    ), outcome_row AS (
-        INSERT INTO provider_outcomes (provider_id, ok, error, created_at)
-        SELECT %(outcome_provider)s, true, NULL, %(now)s FROM st
-    )"""
 
 
 def prune_turn(engine: Any, provider_id: str, now: datetime) -> bool:
@@ -131,15 +107,6 @@ def prune_turn(engine: Any, provider_id: str, now: datetime) -> bool:
             return False
         turns[provider_id] = now
         return True
-
-
-# PostgreSQL, driver SQL: ``prune_if_due``'s DELETE as a data-modifying CTE,
-# for the statement ``PG_SUCCESS_CTES`` goes in (parameter ``prune_before``).
-PG_PRUNE_CTE = """
-    , outcome_prune AS (
-        DELETE FROM provider_outcomes
-        WHERE provider_id = %(outcome_provider)s AND created_at < %(prune_before)s
-    )"""
 
 
 def prune_if_due(session: Session, provider_id: str, now: datetime | None = None) -> None:

@@ -12,14 +12,13 @@ from app import maintenance
 from app.models import Generation, utcnow
 from app.pipeline import runner
 from app.pipeline.runner import run_stage
-from tests.support.pipeline import with_stage_rows
 
 
 def _running_since(app, user, seconds: float) -> str:
     """A generation whose ``enhance`` was claimed by a worker that then died."""
     with app.extensions["bff"].db.session() as session:
         gen = svc.create(session, user_id=user.id, mode="prompt", settings={}, prompt="linen")
-        gen = with_stage_rows(session, gen)
+        session.flush()
         gen.status, gen.dispatched_at = "processing", utcnow() - timedelta(seconds=seconds)
         gen.stage("analyze").status = "skipped"
         st = gen.stage("enhance")
@@ -89,10 +88,10 @@ def test_a_checkpoint_waits_out_a_short_database_outage(app, user, monkeypatch):
     s = app.extensions["bff"]
     with s.db.session() as session:
         gen = svc.create(session, user_id=user.id, mode="prompt", settings={}, prompt="linen")
-        gen = with_stage_rows(session, gen)
+        session.flush()
         stage_id, gen_id = gen.stage("generate").id, gen.id
     monkeypatch.setattr(runner.time, "sleep", lambda _s: None)
-    with s.db.session() as session:
+    with s.db.Session() as session:
         failures = iter([_db_gone(), _db_gone()])
         real_commit = session.commit
 
@@ -102,7 +101,7 @@ def test_a_checkpoint_waits_out_a_short_database_outage(app, user, monkeypatch):
             real_commit()
 
         monkeypatch.setattr(session, "commit", flaky_commit)
-        runner._checkpointer(session, stage_id)({"predictions": ["p1"]})
+        runner.checkpointer(session, stage_id, None)({"predictions": ["p1"]})
     with s.db.session() as session:
         output = session.get(Generation, gen_id).stage("generate").output
     assert output == {"predictions": ["p1"], "checkpoint": True}
@@ -112,8 +111,9 @@ def test_a_checkpoint_does_not_retry_other_database_errors(app, user, monkeypatc
     s = app.extensions["bff"]
     with s.db.session() as session:
         gen = svc.create(session, user_id=user.id, mode="prompt", settings={}, prompt="linen")
-        stage_id = with_stage_rows(session, gen).stage("generate").id
-    with s.db.session() as session:
+        session.flush()
+        stage_id = gen.stage("generate").id
+    with s.db.Session() as session:
         calls, real_commit = [], session.commit
 
         def bad_commit():
@@ -122,7 +122,7 @@ def test_a_checkpoint_does_not_retry_other_database_errors(app, user, monkeypatc
 
         monkeypatch.setattr(session, "commit", bad_commit)
         with pytest.raises(IntegrityError):
-            runner._checkpointer(session, stage_id)({"x": 1})
+            runner.checkpointer(session, stage_id, None)({"x": 1})
         monkeypatch.setattr(session, "commit", real_commit)
     assert calls == [1]
 

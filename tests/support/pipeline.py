@@ -10,7 +10,7 @@ from PIL import Image
 from app import generations as svc
 from app.models import Generation
 from app.pipeline import STAGES
-from app.pipeline.runner import Outcome, run_stage, write_stage_rows
+from app.pipeline.runner import Outcome, run_stage
 
 
 def services(app):
@@ -25,20 +25,10 @@ def stage(app, gen_id: str, name: str) -> Outcome:
 def claimed(app, gen_id: str, attempts: int, task_id: str, name: str = "analyze") -> None:
     """Stage ``name`` as a worker left it: claimed (running) by ``task_id``."""
     with services(app).db.session() as session:
-        write_stage_rows(session.connection(), gen_id)  # as the first claim would
         gen = session.get(Generation, gen_id)
         st = gen.stage(name)
         st.status, st.attempts, st.task_id = "running", attempts, task_id
         gen.status = "processing"
-
-
-def with_stage_rows(session, gen: Generation) -> Generation:
-    """``gen`` with its stage rows, written as its first claim writes them
-    (the submit writes none)."""
-    session.flush()
-    write_stage_rows(session.connection(), gen.id)
-    session.expire(gen, ["stages"])
-    return gen
 
 
 def run_all(app, gen_id: str, stages: tuple[str, ...] = STAGES) -> list[Outcome]:
