@@ -8,13 +8,13 @@ from typing import Any
 
 from flask import Flask
 
-from . import logs
-from .api.common import Services
-from .config import Settings
-from .db import Database
-from .errors import register_error_handlers
-from .queue import celery_init_app
-from .storage import make_storage
+from app.api.common import Services
+from app.api.errors import register_error_handlers
+from app.platform import logs
+from app.platform.config import Settings
+from app.platform.db import Database
+from app.platform.queue import celery_init_app
+from app.platform.storage import make_storage
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
@@ -41,9 +41,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     register_error_handlers(app)
     logs.init_app(app)
 
-    from .api import account, generations, health, personas, submit, web
-    from .api import events as events_api
-    from .metrics import bp as metrics_bp
+    from app.api import account, generations, health, personas, submit, web
+    from app.api import events as events_api
+    from app.platform.metrics import bp as metrics_bp
 
     for bp in (
         submit.bp,
@@ -57,7 +57,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         app.register_blueprint(bp)
     app.register_blueprint(metrics_bp)  # no auth: scraped by Prometheus
 
-    from .cli import register_commands
+    from app.cli import register_commands
 
     register_commands(app)
     return app

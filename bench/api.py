@@ -68,7 +68,7 @@ def wrk(
 def _completed_generation(env_vars: dict[str, str]) -> tuple[str, str]:
     """A user's API key and one completed generation of theirs."""
     from app import create_app
-    from app.auth import create_user
+    from app.api.auth import create_user
     from app.pipeline import STAGES
     from app.pipeline.runner import run_stage
 

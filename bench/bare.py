@@ -1,7 +1,7 @@
 """The baseline for the orchestration benchmark: a bare Celery app with seven
-no-op tasks under our task names, so ``app.queue.dispatch`` builds the very
+no-op tasks under our task names, so ``app.platform.queue.dispatch`` builds the very
 same chain, on the same broker, queues and Celery settings
-(``app.queue.celery_config``). The last task announces completion on the
+(``app.platform.queue.celery_config``). The last task announces completion on the
 same Redis channel our ``store`` stage does, so the benchmark waits on both
 the same way. ``celery -A bench.bare worker ...``."""
 
@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from celery import Celery
 
-from app.config import Settings
-from app.events import generation_final
 from app.pipeline import STAGES
-from app.queue import celery_config
+from app.platform.config import Settings
+from app.platform.events import generation_final
+from app.platform.queue import celery_config
 
 settings = Settings.from_env()
 app = celery = Celery("bare")

@@ -26,7 +26,7 @@ N = 20
 class Counter:
     # (statement, parameters, commits before it). Authentication is the
     # statements on api_keys (none once the process has verified the key:
-    # app.auth caches it for KEY_CACHE_TTL seconds).
+    # app.api.auth caches it for KEY_CACHE_TTL seconds).
     statements: list[tuple[str, object, int]] = field(default_factory=list)
     commits: int = 0
 
@@ -64,7 +64,7 @@ def _kind(stmt: str) -> str:
 
 def run() -> list[str]:
     from app import create_app
-    from app.auth import create_user
+    from app.api.auth import create_user
     from app.pipeline import STAGES
     from app.pipeline.runner import run_stage
 

@@ -69,7 +69,7 @@ def _services() -> list[float]:
         for p in procs[1:]:
             P.wait_for(lambda p=p: P.worker_ready(p), 60, p.name, procs=procs)
         from app import create_app
-        from app.auth import create_user
+        from app.api.auth import create_user
 
         app = create_app(env.vars)
         with app.extensions["bff"].db.session() as session:

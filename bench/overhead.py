@@ -31,10 +31,10 @@ def our_submitter(env: Env, provider: str = "local"):
     from app.submissions import SubmitRow, insert_submitted
 
     from app import create_app
-    from app.auth import create_user
-    from app.models import new_id, utcnow
-    from app.queue import dispatch
-    from app.schemas import GenerationSettings
+    from app.api.auth import create_user
+    from app.api.schemas import GenerationSettings
+    from app.domain.models import new_id, utcnow
+    from app.platform.queue import dispatch
 
     app = create_app(env.vars)
     s = app.extensions["bff"]
@@ -59,8 +59,8 @@ def our_submitter(env: Env, provider: str = "local"):
 
 
 def bare_submitter(env: Env):
-    from app.models import new_id
-    from app.queue import dispatch
+    from app.domain.models import new_id
+    from app.platform.queue import dispatch
 
     os.environ.update({k: v for k, v in env.vars.items() if k in ("REDIS_URL", "BFF_VAR_DIR")})
     from . import bare

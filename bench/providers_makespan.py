@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from app import create_app  # noqa: E402
-from app.auth import create_user  # noqa: E402
+from app.api.auth import create_user  # noqa: E402
 from app.cli import upgrade_database  # noqa: E402
 from tests.fakes.replicate import FakeReplicate  # noqa: E402
 from tests.support import procs as P  # noqa: E402

@@ -2,9 +2,9 @@
 
 from alembic import context
 
-from app.config import Settings
-from app.db import make_engine
-from app.models import Base
+from app.domain.models import Base
+from app.platform.config import Settings
+from app.platform.db import make_engine
 
 config = context.config
 target_metadata = Base.metadata

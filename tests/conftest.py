@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from app import create_app
-from app.auth import create_user
+from app.api.auth import create_user
 from app.cli import upgrade_database
 from tests.support import procs as P
 from tests.support.buckets import public_bucket
@@ -37,7 +37,7 @@ CLEAN = {name: "" for name in SERVICE_VARS}
 @pytest.fixture
 def sent(monkeypatch) -> list[tuple[str, str]]:
     """What the maintenance dispatcher would have sent: (generation id, stage)."""
-    from app import maintenance
+    from app.pipeline import maintenance
 
     calls: list[tuple[str, str]] = []
 

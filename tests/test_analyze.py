@@ -11,10 +11,10 @@ import random
 import pytest
 from PIL import Image, ImageDraw
 
-from app.config import Settings
 from app.pipeline.analyze import analyze_image, analyze_with_vision
 from app.pipeline.llm import LLMCallFailed, LLMInvalidOutput
 from app.pipeline.vlt import normalize_spec
+from app.platform.config import Settings
 from tests.fakes.openai_chat import DEFAULT_RECORD
 
 

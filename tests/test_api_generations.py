@@ -9,8 +9,8 @@ import zlib
 import pytest
 from sqlalchemy import func, select
 
-from app.auth import key_prefix, revoke
-from app.models import Generation, GenerationAsset, GenerationFeedback, GenerationStage
+from app.api.auth import key_prefix, revoke
+from app.domain.models import Generation, GenerationAsset, GenerationFeedback, GenerationStage
 from app.pipeline import STAGE_FUNCS, STAGES
 from app.pipeline.context import StageFailed
 from tests.support.pipeline import (

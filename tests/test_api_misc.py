@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from app import create_app
-from app.models import Generation
+from app.domain.models import Generation
 from app.pipeline import STAGE_FUNCS
 from app.pipeline.context import StageFailed
 from tests.support.pipeline import load, run_all, services, submit_prompt

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import event, update
 
-from app import auth
-from app.auth import KEY_CACHE_TTL, KeyCache, key_prefix
-from app.models import ApiKey, utcnow
+from app.api import auth
+from app.api.auth import KEY_CACHE_TTL, KeyCache, key_prefix
+from app.domain.models import ApiKey, utcnow
 
 
 class Clock:

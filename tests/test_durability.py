@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from app import generations as svc
-from app import maintenance
-from app.models import Generation, utcnow
+from app.domain import generations as svc
+from app.domain.models import Generation, utcnow
+from app.pipeline import maintenance
 from app.pipeline.runner import run_stage
 from tests.support.pipeline import claimed
 

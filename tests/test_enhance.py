@@ -7,7 +7,6 @@ import json
 
 import pytest
 
-from app.config import Settings
 from app.pipeline.enhance import (
     NEGATIVE,
     QUALITY_TERMS,
@@ -17,6 +16,7 @@ from app.pipeline.enhance import (
     choose_template,
 )
 from app.pipeline.llm import LLMCallFailed, LLMInvalidOutput
+from app.platform.config import Settings
 from app.providers import PROVIDERS
 from tests.test_route import fake_provider
 

@@ -11,9 +11,9 @@ import time
 import pytest
 
 from app import create_app
-from app.events import parse_event_id, stage_events
 from app.pipeline import STAGES
 from app.pipeline.runner import run_stage
+from app.platform.events import parse_event_id, stage_events
 from tests.conftest import make_user
 
 

@@ -9,9 +9,10 @@ import logging
 
 from celery.signals import task_postrun, task_prerun
 
-from app import create_app, logs
-from app.config import Settings
-from app.errors import ApiError
+from app import create_app
+from app.api.errors import ApiError
+from app.platform import logs
+from app.platform.config import Settings
 
 
 def capture(fmt: str) -> io.StringIO:

@@ -54,7 +54,7 @@ def test_metrics_follow_what_happened(app, client, user):
 
 
 def test_retries_are_counted(app, client, user):
-    from app.models import GenerationStage
+    from app.domain.models import GenerationStage
 
     gen_id = submit(client, user)
     run_all(app, gen_id)

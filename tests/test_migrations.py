@@ -10,7 +10,7 @@ from sqlalchemy import create_engine
 
 import app.webhooks  # noqa: F401  (registers webhook_deliveries on the metadata)
 from app.cli import upgrade_database
-from app.models import Base
+from app.domain.models import Base
 
 
 def _differences(url: str) -> list:

@@ -7,19 +7,12 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
-from app import generations as svc
-from app.maintenance import apply_one_feedback
-from app.models import PromptTokenScore
+from app.domain import generations as svc
+from app.domain.models import PromptTokenScore
 from app.pipeline import STAGES
 from app.pipeline.enhance import TEMPLATES
-from app.pipeline.optimize import (
-    BAD,
-    EXPLOIT_BUDGET,
-    mode_for,
-    optimize,
-    reward_of,
-    tokens,
-)
+from app.pipeline.maintenance import apply_one_feedback
+from app.pipeline.optimize import BAD, EXPLOIT_BUDGET, mode_for, optimize, reward_of, tokens
 from app.pipeline.runner import run_stage
 
 

@@ -8,7 +8,7 @@ import logging
 
 from PIL import Image
 
-from app.models import Generation, Persona
+from app.domain.models import Generation, Persona
 
 BODIES = {"feedback": {"feedbackType": "heart"}, "personas": {"name": "x"}}
 

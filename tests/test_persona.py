@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.models import Persona
+from app.domain.models import Persona
 from app.pipeline.enhance import build_package
 from app.pipeline.persona import THRESHOLD, match, palette_overlap, tfidf_cosines, tokens
 

@@ -8,7 +8,7 @@ import io
 import pytest
 from PIL import Image
 
-from app.config import Settings
+from app.platform.config import Settings
 from app.providers import ProviderRejected, ProviderTransient
 from app.providers.base import ImageRequest, Job
 from app.providers.openai_images import DallE3, GptImage

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from app.config import Settings
 from app.pipeline.context import StageFailed
 from app.pipeline.route import choose, routing_request
 from app.pipeline.store import download
+from app.platform.config import Settings
 from app.providers import PROVIDERS, get_provider, unavailable_reason
 from app.providers.base import ImageRequest, Job
 from app.providers.pricing import price

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.config import Settings
+from app.platform.config import Settings
 from app.providers import ProviderRejected, ProviderTransient
 from app.providers.base import ImageRequest, Job, ProviderPending
 from app.providers.replicate import ReplicateImagen

@@ -7,7 +7,7 @@ from decimal import Decimal
 import pytest
 
 from app import create_app
-from app.models import Generation, User
+from app.domain.models import Generation, User
 from tests.conftest import make_user
 
 

@@ -8,10 +8,10 @@ import time
 import fakeredis
 import pytest
 
-from app import ratelimit
-from app.config import Settings
+from app.platform import ratelimit
+from app.platform.config import Settings
+from app.platform.ratelimit import RESERVED, LocalBuckets, RedisBuckets, acquire
 from app.providers.base import ProviderPending
-from app.ratelimit import RESERVED, LocalBuckets, RedisBuckets, acquire
 
 
 def test_rate_limits_are_read_from_the_environment():

@@ -10,10 +10,10 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select
 
-from app.config import Settings
-from app.models import ProviderOutcome, utcnow
+from app.domain.models import ProviderOutcome, utcnow
 from app.pipeline.context import StageFailed, StageTransient
 from app.pipeline.route import WEIGHTS, choose, prompt_budget, routing_request
+from app.platform.config import Settings
 from app.providers import PROVIDERS, health
 from app.providers.base import ASPECT_RATIOS, Capabilities
 from app.providers.health import (

@@ -10,7 +10,7 @@ from PIL import Image
 from sqlalchemy import func, select
 
 from app import create_app
-from app.models import Generation, GenerationAsset, GenerationStage
+from app.domain.models import Generation, GenerationAsset, GenerationStage
 from app.pipeline import STAGE_FUNCS, STAGES
 from app.pipeline.context import (
     StageContext,

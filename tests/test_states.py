@@ -1,11 +1,11 @@
-"""Status transitions: app/states.py is the one place that decides them."""
+"""Status transitions: app/domain/states.py is the one place that decides them."""
 
 from __future__ import annotations
 
 import pytest
 
-from app.models import Generation, GenerationStage
-from app.states import (
+from app.domain.models import Generation, GenerationStage
+from app.domain.states import (
     CANCELED,
     COMPLETED,
     FAILED,

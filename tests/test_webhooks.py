@@ -14,7 +14,7 @@ import pytest
 from standardwebhooks import Webhook
 
 from app import create_app
-from app.config import Settings
+from app.platform.config import Settings
 from app.webhooks import REFUSED, Refused, WebhookDelivery, attempt, resolve_target
 from tests.conftest import make_user
 from tests.support.pipeline import run_all as run_chain
@@ -65,7 +65,7 @@ def test_secret_follows_the_spec_and_old_style_secrets_are_replaced(app, client,
     assert secret.startswith("whsec_")
     assert len(base64.b64decode(secret[6:], validate=True)) == 32
     assert client.get("/api/webhooks/secret", headers=user.headers).json["secret"] == secret
-    from app.models import User
+    from app.domain.models import User
 
     with app.extensions["bff"].db.session() as session:
         session.get(User, user.id).webhook_secret = "whsec_not-base64_url-safe-token"

@@ -13,13 +13,13 @@ from celery.signals import worker_init, worker_process_init
 from flask import current_app
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from app.maintenance import (
+from app.pipeline import STAGES
+from app.pipeline.maintenance import (
     apply_one_feedback,
     apply_pending_feedback,
     note_db_outage,
     redispatch_stalled,
 )
-from app.pipeline import STAGES
 from app.pipeline.runner import run_stage
 
 log = logging.getLogger(__name__)

@@ -7,10 +7,10 @@ from collections import defaultdict
 from flask import Blueprint, g
 from sqlalchemy import func, select, text
 
-from ..auth import load_user
-from ..models import Generation, GenerationStage, User
-from ..webhooks import ensure_secret
-from .common import services
+from app.api.auth import load_user
+from app.api.common import services
+from app.domain.models import Generation, GenerationStage, User
+from app.webhooks import ensure_secret
 
 bp = Blueprint("account", __name__, url_prefix="/api")
 bp.before_request(load_user)

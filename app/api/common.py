@@ -8,10 +8,10 @@ from typing import Any
 from celery import Celery
 from flask import current_app, g, request
 
-from ..config import Settings
-from ..db import Database
-from ..errors import ApiError
-from ..storage import Storage
+from app.api.errors import ApiError
+from app.platform.config import Settings
+from app.platform.db import Database
+from app.platform.storage import Storage
 
 
 @dataclass(frozen=True)

@@ -12,11 +12,11 @@ import threading
 
 from flask import Blueprint, Response, current_app, g, request
 
-from .. import events
-from .. import generations as svc
-from ..auth import load_user
-from ..errors import ApiError, not_found
-from .common import services
+from app.api.auth import load_user
+from app.api.common import services
+from app.api.errors import ApiError, not_found
+from app.domain import generations as svc
+from app.platform import events
 
 bp = Blueprint("events", __name__, url_prefix="/api/generate")
 bp.before_request(load_user)

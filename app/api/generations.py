@@ -7,18 +7,18 @@ from datetime import UTC, datetime
 from flask import Blueprint, current_app, g, jsonify, request
 from sqlalchemy import select
 
-from .. import events
-from .. import generations as svc
-from ..auth import load_user
-from ..errors import ApiError, not_found
-from ..models import Generation, GenerationAsset, GenerationFeedback
-from ..providers.cancel import cancel_remote
-from ..queue import dispatch
-from ..schemas import FeedbackIn
-from ..states import FINAL, GENERATION_STATUSES, TERMINAL, IllegalTransition
-from ..storage import StorageError, generation_prefix
-from ..webhooks import record_final
-from .common import int_arg, json_body, services
+from app.api.auth import load_user
+from app.api.common import int_arg, json_body, services
+from app.api.errors import ApiError, not_found
+from app.api.schemas import FeedbackIn
+from app.domain import generations as svc
+from app.domain.models import Generation, GenerationAsset, GenerationFeedback
+from app.domain.states import FINAL, GENERATION_STATUSES, TERMINAL, IllegalTransition
+from app.platform import events
+from app.platform.queue import dispatch
+from app.platform.storage import StorageError, generation_prefix
+from app.providers.cancel import cancel_remote
+from app.webhooks import record_final
 
 bp = Blueprint("generations", __name__, url_prefix="/api/generate")
 bp.before_request(load_user)

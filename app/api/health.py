@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from flask import Blueprint, abort, send_from_directory
 
-from ..providers import PROVIDERS, unavailable_reason
-from ..storage import LocalStorage
-from .common import services
+from app.api.common import services
+from app.platform.storage import LocalStorage
+from app.providers import PROVIDERS, unavailable_reason
 
 bp = Blueprint("health", __name__)
 
@@ -42,7 +42,7 @@ def health():
 
 @bp.get("/openapi.json")
 def openapi():
-    from ..openapi import build_spec
+    from app.api.openapi import build_spec
 
     return build_spec()
 

@@ -7,12 +7,12 @@ from typing import Any
 from flask import Blueprint, g
 from sqlalchemy import select, update
 
-from ..auth import load_user
-from ..errors import not_found
-from ..generations import iso
-from ..models import Persona, new_id
-from ..schemas import PersonaIn, PersonaPatch
-from .common import json_body, services
+from app.api.auth import load_user
+from app.api.common import json_body, services
+from app.api.errors import not_found
+from app.api.schemas import PersonaIn, PersonaPatch
+from app.domain.generations import iso
+from app.domain.models import Persona, new_id
 
 bp = Blueprint("personas", __name__, url_prefix="/api/personas")
 bp.before_request(load_user)

@@ -15,19 +15,19 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from .. import generations as svc
-from ..auth import load_user
-from ..config import PROVIDER_KEY_VARS
-from ..errors import ApiError
-from ..models import Generation, Persona, new_id, utcnow
-from ..pipeline.route import exclusion, routing_request
-from ..queue import dispatch
-from ..quotas import check_submission
-from ..schemas import ImageSubmit, PromptSubmit
-from ..storage import StorageError, generation_prefix
-from ..webhooks import submit_url_problem
-from .common import Services, check_user_id, json_body, services
-from .uploads import read_image
+from app.api.auth import load_user
+from app.api.common import Services, check_user_id, json_body, services
+from app.api.errors import ApiError
+from app.api.schemas import ImageSubmit, PromptSubmit
+from app.api.uploads import read_image
+from app.domain import generations as svc
+from app.domain.models import Generation, Persona, new_id, utcnow
+from app.domain.quotas import check_submission
+from app.pipeline.route import exclusion, routing_request
+from app.platform.config import PROVIDER_KEY_VARS
+from app.platform.queue import dispatch
+from app.platform.storage import StorageError, generation_prefix
+from app.webhooks import submit_url_problem
 
 log = logging.getLogger(__name__)
 bp = Blueprint("submit", __name__, url_prefix="/api/generate")
@@ -193,7 +193,7 @@ def _leave_to_dispatcher(s: Services, gen_id: str) -> None:
             svc.clear_dispatched(session, gen_id)
     except SQLAlchemyError as exc:
         # Still found: the dispatcher re-sends what no worker picked up
-        # within the first stage's stall timeout (app.maintenance).
+        # within the first stage's stall timeout (app.pipeline.maintenance).
         log.warning("could not mark %s undispatched: %s", gen_id, type(exc).__name__)
 
 

@@ -8,7 +8,7 @@ import warnings
 from PIL import Image
 from werkzeug.datastructures import FileStorage
 
-from ..errors import ApiError
+from app.api.errors import ApiError
 
 ALLOWED = {
     "PNG": ("image/png", "png"),

@@ -12,8 +12,8 @@ from typing import get_args
 
 from flask import Blueprint, render_template
 
-from ..pipeline import STAGES
-from ..schemas import SIZE_CHOICES, GenerationSettings
+from app.api.schemas import SIZE_CHOICES, GenerationSettings
+from app.pipeline import STAGES
 
 WEB = Path(__file__).resolve().parent.parent / "web"
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from . import analyze, enhance, generate, optimize, persona, route, store
-from .context import StageContext, StageResult
+from app.pipeline import analyze, enhance, generate, optimize, persona, route, store
+from app.pipeline.context import StageContext, StageResult
 
 STAGES: tuple[str, ...] = (
     "analyze",

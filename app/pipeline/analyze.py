@@ -16,10 +16,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import llm
-from .context import StageContext, StageFailed, StageResult
-from .garment import GarmentReading, read_garment
-from .vlt import RECORD_SCHEMA, normalize_record, normalize_spec
+from app.pipeline import llm
+from app.pipeline.context import StageContext, StageFailed, StageResult
+from app.pipeline.garment import GarmentReading, read_garment
+from app.pipeline.vlt import RECORD_SCHEMA, normalize_record, normalize_spec
 
 NEUTRALS = {"black", "white", "grey", "charcoal", "ivory", "cream", "beige", "camel", "tan"}
 JEWELS = {"burgundy", "emerald", "gold", "navy", "plum", "maroon", "cobalt", "purple", "silver"}

@@ -8,9 +8,9 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from ..config import Settings
-from ..models import Generation
-from ..storage import Storage
+from app.domain.models import Generation
+from app.platform.config import Settings
+from app.platform.storage import Storage
 
 
 class StageFailed(Exception):

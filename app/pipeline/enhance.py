@@ -27,10 +27,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from ..config import Settings
-from . import llm
-from .context import StageContext, StageResult
-from .route import prompt_budget, routing_request
+from app.pipeline import llm
+from app.pipeline.context import StageContext, StageResult
+from app.pipeline.route import prompt_budget, routing_request
+from app.platform.config import Settings
 
 TEMPLATES: dict[str, dict[str, Any]] = {
     "elegant-evening": {

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageDraw, ImageFilter
 
-from .colors import nearest_color
+from app.pipeline.colors import nearest_color
 
 SIDE = 128
 EDGE_STEP = 80  # colour distance that counts as a pattern edge between neighbours

@@ -2,7 +2,7 @@
 
 The adapter gets a ``Job``: the state an earlier run saved (prediction ids,
 images already returned), a way to save more *before* waiting on anything
-paid, a global rate-limit token dispenser (``app.ratelimit``) and how long it
+paid, a global rate-limit token dispenser (``app.platform.ratelimit``) and how long it
 may wait in-process. So a provider still working, or no token free, becomes
 ``StageWaiting`` (the worker is freed, the stage re-runs later and resumes),
 and a retry never pays twice.
@@ -21,8 +21,17 @@ import base64
 from decimal import Decimal
 from typing import Any
 
-from .. import ratelimit
-from ..providers import (
+from app.pipeline.colors import named_in
+from app.pipeline.context import (
+    StageContext,
+    StageFailed,
+    StageResult,
+    StageTransient,
+    StageWaiting,
+)
+from app.platform import ratelimit
+from app.platform.storage import StorageError, asset_key
+from app.providers import (
     ImageRequest,
     ProviderRejected,
     ProviderTransient,
@@ -30,10 +39,7 @@ from ..providers import (
     get_provider,
     unavailable_reason,
 )
-from ..providers.base import Job, ProviderPending
-from ..storage import StorageError, asset_key
-from .colors import named_in
-from .context import StageContext, StageFailed, StageResult, StageTransient, StageWaiting
+from app.providers.base import Job, ProviderPending
 
 RUNNER_KEYS = ("checkpoint", "waiting")  # the runner's bookkeeping in a saved state
 

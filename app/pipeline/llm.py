@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 import openai
 from PIL import Image
 
-from ..config import Settings
+from app.platform.config import Settings
 
 T = TypeVar("T")
 INVALID_RETRIES = 1

@@ -29,11 +29,11 @@ from typing import Any
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
-from ..db import dialect_insert
-from ..models import GenerationFeedback, GenerationStage, PromptTokenScore, utcnow
-from ..providers import PROVIDERS
-from .context import StageContext, StageResult
-from .enhance import TEMPLATES, fit_prompt
+from app.domain.models import GenerationFeedback, GenerationStage, PromptTokenScore, utcnow
+from app.pipeline.context import StageContext, StageResult
+from app.pipeline.enhance import TEMPLATES, fit_prompt
+from app.platform.db import dialect_insert
+from app.providers import PROVIDERS
 
 ALPHA = 0.1
 EXPLORE_WEIGHT = 1.5

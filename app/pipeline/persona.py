@@ -24,8 +24,8 @@ from typing import Any
 
 from sqlalchemy import text
 
-from ..models import Persona
-from .context import StageContext, StageResult
+from app.domain.models import Persona
+from app.pipeline.context import StageContext, StageResult
 
 THRESHOLD = 0.12
 MAX_INJECTED = 5

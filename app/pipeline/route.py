@@ -24,11 +24,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..config import Settings
-from ..providers import PROVIDERS, ImageRequest
-from ..providers.base import aspect_ratio_of
-from ..providers.health import WindowStats, open_reason, recent_window_stats
-from .context import StageContext, StageFailed, StageResult, StageTransient
+from app.pipeline.context import StageContext, StageFailed, StageResult, StageTransient
+from app.platform.config import Settings
+from app.providers import PROVIDERS, ImageRequest
+from app.providers.base import aspect_ratio_of
+from app.providers.health import WindowStats, open_reason, recent_window_stats
 
 MAX_PROMPT = 5000  # our own API's limit, used when no provider is available
 LOCAL = "local"

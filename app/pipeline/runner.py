@@ -29,14 +29,9 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, selectinload
 
-from .. import events
-from ..config import Settings
-from ..db import Database
-from ..db import unavailable as db_unavailable
-from ..generations import new_stages
-from ..models import Generation, GenerationStage, utcnow
-from ..providers.health import record_outcome
-from ..states import (
+from app.domain.generations import new_stages
+from app.domain.models import Generation, GenerationStage, utcnow
+from app.domain.states import (
     COMPLETED,
     FAILED,
     FINAL,
@@ -50,10 +45,21 @@ from ..states import (
     set_stage_status,
     set_status,
 )
-from ..storage import Storage
-from ..webhooks import record_final
-from . import STAGE_FUNCS, STAGES
-from .context import StageContext, StageFailed, StageLeaseLost, StageTransient, StageWaiting
+from app.pipeline import STAGE_FUNCS, STAGES
+from app.pipeline.context import (
+    StageContext,
+    StageFailed,
+    StageLeaseLost,
+    StageTransient,
+    StageWaiting,
+)
+from app.platform import events
+from app.platform.config import Settings
+from app.platform.db import Database
+from app.platform.db import unavailable as db_unavailable
+from app.platform.storage import Storage
+from app.providers.health import record_outcome
+from app.webhooks import record_final
 
 log = logging.getLogger(__name__)
 

@@ -25,12 +25,12 @@ from PIL import Image
 from sqlalchemy import bindparam
 from sqlalchemy.orm import Session
 
-from ..config import Settings
-from ..db import dialect_insert
-from ..models import GenerationAsset, utcnow
-from ..providers.registry import is_output_url_allowed
-from ..storage import StorageError, asset_key
-from .context import StageContext, StageFailed, StageResult, StageTransient
+from app.domain.models import GenerationAsset, utcnow
+from app.pipeline.context import StageContext, StageFailed, StageResult, StageTransient
+from app.platform.config import Settings
+from app.platform.db import dialect_insert
+from app.platform.storage import StorageError, asset_key
+from app.providers.registry import is_output_url_allowed
 
 MAX_DOWNLOAD_BYTES = 50 * 1024 * 1024
 MAX_REDIRECTS = 3

@@ -1,6 +1,6 @@
 """Image providers behind one Protocol (``base.ImageProvider``) and a registry."""
 
-from .base import (
+from app.providers.base import (
     ImageOutput,
     ImageProvider,
     ImageRequest,
@@ -11,7 +11,7 @@ from .base import (
     ProviderUnavailable,
     unavailable_reason,
 )
-from .registry import PROVIDERS, get_provider
+from app.providers.registry import PROVIDERS, get_provider
 
 __all__ = [
     "PROVIDERS",

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ..config import Settings
+from app.platform.config import Settings
 
 ASPECT_RATIOS = ("1:1", "3:4", "4:3", "16:9", "9:16")
 
@@ -139,7 +139,7 @@ class ImageProvider(Protocol):
 
 def unavailable_reason(provider_id: str, settings: Settings) -> str | None:
     """Why a provider cannot be used with these settings, or None if it can."""
-    from .registry import PROVIDERS
+    from app.providers.registry import PROVIDERS
 
     cls = PROVIDERS.get(provider_id)
     if cls is None:

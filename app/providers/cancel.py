@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import logging
 
-from ..config import Settings
-from ..models import Generation
-from ..states import STAGE_DONE
-from .registry import PROVIDERS
+from app.domain.models import Generation
+from app.domain.states import STAGE_DONE
+from app.platform.config import Settings
+from app.providers.registry import PROVIDERS
 
 log = logging.getLogger(__name__)
 

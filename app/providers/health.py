@@ -28,8 +28,8 @@ from typing import Any
 from sqlalchemy import bindparam, delete, func, select, update
 from sqlalchemy.orm import Session
 
-from ..config import Settings
-from ..models import Provider, ProviderOutcome, utcnow
+from app.domain.models import Provider, ProviderOutcome, utcnow
+from app.platform.config import Settings
 
 RETENTION = timedelta(hours=24)
 # Pruning on every outcome is a DELETE per generation for rows that age out

@@ -11,8 +11,14 @@ import random
 
 from PIL import Image, ImageDraw, ImageFilter
 
-from ..pipeline.colors import color_rgb
-from .base import ASPECT_RATIOS, Capabilities, ImageOutput, ImageRequest, ProviderResult
+from app.pipeline.colors import color_rgb
+from app.providers.base import (
+    ASPECT_RATIOS,
+    Capabilities,
+    ImageOutput,
+    ImageRequest,
+    ProviderResult,
+)
 
 LONG_SIDE = 1024
 _RATIO = {"1:1": (1, 1), "3:4": (3, 4), "4:3": (4, 3), "16:9": (16, 9), "9:16": (9, 16)}

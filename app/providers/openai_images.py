@@ -31,9 +31,9 @@ from typing import Any
 
 import openai
 
-from ..config import Settings
-from . import pricing
-from .base import (
+from app.platform.config import Settings
+from app.providers import pricing
+from app.providers.base import (
     ASPECT_RATIOS,
     Capabilities,
     ImageOutput,

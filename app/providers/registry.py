@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from ..config import Settings
-from .base import ImageProvider, Job
-from .local import LONG_SIDE, LocalProvider
-from .openai_images import DallE3, GptImage
-from .replicate import ReplicateImagen
+from app.platform.config import Settings
+from app.providers.base import ImageProvider, Job
+from app.providers.local import LONG_SIDE, LocalProvider
+from app.providers.openai_images import DallE3, GptImage
+from app.providers.replicate import ReplicateImagen
 
 PROVIDERS: dict[str, type] = {
     cls.id: cls for cls in (ReplicateImagen, DallE3, GptImage, LocalProvider)

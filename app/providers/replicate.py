@@ -28,9 +28,9 @@ import httpx
 import replicate
 from replicate.exceptions import ReplicateError
 
-from ..config import Settings
-from . import pricing
-from .base import (
+from app.platform.config import Settings
+from app.providers import pricing
+from app.providers.base import (
     ASPECT_RATIOS,
     Capabilities,
     ImageOutput,

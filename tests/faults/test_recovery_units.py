@@ -7,10 +7,9 @@ from datetime import timedelta
 import pytest
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError, ProgrammingError
 
-from app import generations as svc
-from app import maintenance
-from app.models import Generation, utcnow
-from app.pipeline import runner
+from app.domain import generations as svc
+from app.domain.models import Generation, utcnow
+from app.pipeline import maintenance, runner
 from app.pipeline.runner import run_stage
 
 

@@ -7,8 +7,8 @@ from typing import Any
 
 from PIL import Image
 
-from app import generations as svc
-from app.models import Generation
+from app.domain import generations as svc
+from app.domain.models import Generation
 from app.pipeline import STAGES
 from app.pipeline.runner import Outcome, run_stage
 

@@ -17,7 +17,7 @@ from typing import IO, Any
 
 from flask import Flask, request
 
-from .config import Settings
+from app.platform.config import Settings
 
 generation_id_var: ContextVar[str | None] = ContextVar("generation_id", default=None)
 stage_var: ContextVar[str | None] = ContextVar("stage", default=None)

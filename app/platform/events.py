@@ -23,9 +23,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from .config import Settings
-from .db import Database
-from .redisclient import client
+from app.platform.config import Settings
+from app.platform.db import Database
+from app.platform.redis import client
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ def generation_final(
 
     if not has_app_context():  # plain unit use of the runner: no services to queue with
         return
-    from .webhooks import queue_final, send
+    from app.webhooks import queue_final, send
 
     services = current_app.extensions["bff"]
     try:
@@ -181,7 +181,7 @@ class _Waker:
 
 
 def _snapshot(db: Database, user_id: int, generation_id: str) -> dict[str, Any] | None:
-    from . import generations as svc
+    from app.domain import generations as svc
 
     with db.session() as session:
         gen = svc.get_owned(session, user_id, generation_id)
@@ -196,7 +196,7 @@ def stream(
     last_event_id: str | None = None,
 ) -> Iterator[str]:
     """The SSE body: missed transitions first, then live ones, then ``done``."""
-    from .states import FINAL
+    from app.domain.states import FINAL
 
     waker = _Waker(settings, generation_id)  # subscribe before the first read: no gap
     # With pub/sub the poll is only a safety net; without it, it is the feed.

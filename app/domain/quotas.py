@@ -17,9 +17,9 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from .config import Settings
-from .errors import ApiError
-from .models import Generation, User, utcnow
+from app.api.errors import ApiError
+from app.domain.models import Generation, User, utcnow
+from app.platform.config import Settings
 
 
 def check_submission(session: Session, settings: Settings, user_id: int) -> None:

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .pipeline.vlt import normalize_spec
+from app.pipeline.vlt import normalize_spec
 
 PROVIDER_CHOICES = ("auto", "google-imagen", "openai-dalle3", "openai-gpt-image", "local")
 SIZE_CHOICES = ("square", "portrait", "landscape", "1:1", "16:9", "9:16", "4:3", "3:4")

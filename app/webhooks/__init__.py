@@ -35,9 +35,9 @@ from urllib.parse import urlsplit
 from sqlalchemy import DateTime, ForeignKey, Index, Integer, String, Text, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from .config import Settings
-from .db import Database
-from .models import Base, Generation, User, new_id, utcnow
+from app.domain.models import Base, Generation, User, new_id, utcnow
+from app.platform.config import Settings
+from app.platform.db import Database
 
 SECRET_PREFIX = "whsec_"
 CLAIM = timedelta(seconds=120)  # an attempt in flight; after this the sweep may take over
@@ -200,7 +200,7 @@ def record_final(session: Session, gen: Generation) -> str | None:
     """Record the final-state message for ``gen`` in the caller's transaction,
     so the transition and its webhook commit together (or not at all).
     Returns the delivery id to send after the commit (None: no webhook)."""
-    from .generations import to_json
+    from app.domain.generations import to_json
 
     if not gen.webhook_url:
         return None

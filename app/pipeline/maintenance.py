@@ -22,16 +22,16 @@ from datetime import UTC, datetime, timedelta
 from celery import Celery
 from sqlalchemy import select, update
 
-from .config import Settings
-from .db import Database
-from .generations import first_unfinished, stage_status
-from .models import Generation, GenerationFeedback, utcnow
-from .pipeline import STAGES
-from .pipeline.optimize import apply_feedback
-from .pipeline.runner import stalled
-from .queue import dispatch
-from .redisclient import client
-from .states import PENDING, PROCESSING, S_RUNNING
+from app.domain.generations import first_unfinished, stage_status
+from app.domain.models import Generation, GenerationFeedback, utcnow
+from app.domain.states import PENDING, PROCESSING, S_RUNNING
+from app.pipeline import STAGES
+from app.pipeline.optimize import apply_feedback
+from app.pipeline.runner import stalled
+from app.platform.config import Settings
+from app.platform.db import Database
+from app.platform.queue import dispatch
+from app.platform.redis import client
 
 UNDISPATCHED_GRACE = timedelta(seconds=10)
 OUTAGE_KEY = "bff:maintenance:db-unavailable"

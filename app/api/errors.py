@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from werkzeug.exceptions import HTTPException
 
-from .db import unavailable as db_unavailable
+from app.platform.db import unavailable as db_unavailable
 
 log = logging.getLogger(__name__)
 

@@ -27,9 +27,9 @@ from prometheus_client.core import (
 )
 from sqlalchemy import case, func, select
 
-from .models import Generation, GenerationStage, Provider
-from .redisclient import client
-from .webhooks import WebhookDelivery
+from app.domain.models import Generation, GenerationStage, Provider
+from app.platform.redis import client
+from app.webhooks import WebhookDelivery
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +174,7 @@ class DatabaseCollector:
 
 @bp.get("/metrics")
 def metrics() -> Response:
-    from .api.common import services
+    from app.api.common import services
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(DatabaseCollector(services()))

@@ -28,9 +28,9 @@ from flask import current_app, g, request
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from .errors import ApiError
-from .models import ApiKey, User, utcnow
-from .webhooks import generate_secret
+from app.api.errors import ApiError
+from app.domain.models import ApiKey, User, utcnow
+from app.webhooks import generate_secret
 
 # Seconds a verified key is trusted without asking the database (keep <= 10).
 KEY_CACHE_TTL = 5.0

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .schemas import FeedbackIn, ImageSubmit, PersonaIn, PersonaPatch, PromptSubmit
-from .states import GENERATION_STATUSES
+from app.api.schemas import FeedbackIn, ImageSubmit, PersonaIn, PersonaPatch, PromptSubmit
+from app.domain.states import GENERATION_STATUSES
 
 NULLABLE_STR = {"type": ["string", "null"]}
 NULLABLE_INT = {"type": ["integer", "null"]}

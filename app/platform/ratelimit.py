@@ -36,9 +36,9 @@ from functools import lru_cache
 
 import redis
 
-from .config import Settings
-from .providers.base import ProviderPending, ProviderTransient
-from .redisclient import client
+from app.platform.config import Settings
+from app.platform.redis import client
+from app.providers.base import ProviderPending, ProviderTransient
 
 log = logging.getLogger(__name__)
 

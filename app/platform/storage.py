@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Protocol
 
-from .config import Settings
+from app.platform.config import Settings
 
 CACHE_CONTROL = "public, max-age=31536000, immutable"
 

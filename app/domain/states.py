@@ -9,7 +9,7 @@ Stage:       pending -> running -> completed | skipped | failed
 
 from __future__ import annotations
 
-from .models import Generation, GenerationStage, utcnow
+from app.domain.models import Generation, GenerationStage, utcnow
 
 PENDING, PROCESSING, COMPLETED, FAILED, CANCELED = (
     "pending",

@@ -11,9 +11,8 @@ from typing import Any
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session, joinedload, selectinload
 
-from .models import Generation, GenerationStage, new_id, utcnow
-from .pipeline import STAGES
-from .states import (
+from app.domain.models import Generation, GenerationStage, new_id, utcnow
+from app.domain.states import (
     CANCELED,
     FAILED,
     FINAL,
@@ -25,6 +24,7 @@ from .states import (
     IllegalTransition,
     set_status,
 )
+from app.pipeline import STAGES
 
 
 def iso(dt: datetime | None) -> str | None:
@@ -58,7 +58,7 @@ def create(
 ) -> Generation:
     """The generation and its pending stages. ``dispatched_at``: the submit
     sets it in the same insert (the chain is sent right after the commit);
-    see ``app.maintenance`` for how a send that never happened is found."""
+    see ``app.pipeline.maintenance`` for how a send that never happened is found."""
     gen = Generation(
         id=generation_id or new_id("gen"),
         user_id=user_id,

@@ -15,7 +15,7 @@ import requests
 from flask import Flask, current_app
 from flask.cli import AppGroup, FlaskGroup
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def upgrade_database(url: str) -> None:
@@ -46,7 +46,7 @@ def db_upgrade() -> None:
 @click.argument("name")
 def users_create(name: str) -> None:
     """Create NAME (or add a key to it) and print a new API key, shown once."""
-    from .auth import create_user
+    from app.api.auth import create_user
 
     with current_app.extensions["bff"].db.session() as session:
         user, key = create_user(session, name)
@@ -59,7 +59,7 @@ def users_create(name: str) -> None:
 @click.argument("key_prefix")
 def users_revoke(key_prefix: str) -> None:
     """Revoke every active key starting with KEY_PREFIX (e.g. bff_1a2b3c4d)."""
-    from .auth import revoke
+    from app.api.auth import revoke
 
     with current_app.extensions["bff"].db.session() as session:
         n = revoke(session, key_prefix)
@@ -77,7 +77,7 @@ def users_cap(name: str, amount: str | None) -> None:
 
     from sqlalchemy import select
 
-    from .models import User
+    from app.domain.models import User
 
     try:
         cap = Decimal(amount) if amount is not None else None
@@ -96,7 +96,7 @@ def users_cap(name: str, amount: str | None) -> None:
 @click.option("--concurrency", default=4, show_default=True)
 def dev(port: int | None, concurrency: int) -> None:
     """Migrate and run API + worker on the embedded default; Ctrl-C stops all."""
-    from .auth import create_user
+    from app.api.auth import create_user
 
     app = current_app
     settings = app.extensions["bff"].settings
@@ -192,7 +192,7 @@ def register_commands(app: Flask) -> None:
 
 
 def main() -> None:
-    from . import create_app
+    from app import create_app
 
     cli = FlaskGroup(
         create_app=lambda: create_app(),
@@ -200,7 +200,7 @@ def main() -> None:
         load_dotenv=False,
         help="Designer BFF",
     )
-    from .cli_http import generate, generations_cli
+    from app.cli.client import generate, generations_cli
 
     cli.add_command(generate)
     cli.add_command(generations_cli)

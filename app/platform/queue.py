@@ -22,8 +22,8 @@ from typing import Any
 from celery import Celery, Task, chain
 from flask import Flask
 
-from .config import Settings
-from .pipeline import STAGES
+from app.pipeline import STAGES
+from app.platform.config import Settings
 
 log = logging.getLogger(__name__)
 
