@@ -165,6 +165,6 @@ def test_the_owner_checkpoints_and_renews_its_lease(app, user, monkeypatch):
 
 
 def runner_stalled(gen, app) -> bool:
-    from app.pipeline.runner import stalled
+    from app.pipeline.lease import stalled
 
     return stalled(gen, "analyze", app.extensions["bff"].settings)

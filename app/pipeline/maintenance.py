@@ -26,8 +26,8 @@ from app.domain.generations import first_unfinished, stage_status
 from app.domain.models import Generation, GenerationFeedback, utcnow
 from app.domain.states import PENDING, PROCESSING, S_RUNNING
 from app.pipeline import STAGES
+from app.pipeline.lease import stalled
 from app.pipeline.optimize import apply_feedback
-from app.pipeline.runner import stalled
 from app.platform.config import Settings
 from app.platform.db import Database
 from app.platform.queue import dispatch

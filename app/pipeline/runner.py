@@ -20,14 +20,12 @@ from __future__ import annotations
 
 import logging
 import random
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC
 from typing import Any
 
-from sqlalchemy import select, update
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session
 
 from app.domain.generations import new_stages
 from app.domain.models import Generation, GenerationStage, utcnow
@@ -53,6 +51,7 @@ from app.pipeline.context import (
     StageTransient,
     StageWaiting,
 )
+from app.pipeline.lease import CHECKPOINT, WAITING, checkpoint_of, checkpointer, lock, stalled
 from app.platform import events
 from app.platform.config import Settings
 from app.platform.db import Database
@@ -63,8 +62,6 @@ from app.webhooks import record_final
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT, WAITING = "checkpoint", "waiting"  # the runner's keys in a stage's output
-CHECKPOINT_PATIENCE = 30.0  # seconds a checkpoint waits out a database outage
 After = list[Callable[[], None]]  # what to announce once the transaction has committed
 
 
@@ -96,7 +93,7 @@ def run_stage(
             gen,
             settings,
             storage,
-            previous=_checkpoint_of(stage),
+            previous=checkpoint_of(stage),
             checkpoint=checkpointer(session, stage.id, task_id),
         )
         return _work(ctx, name, task_id, stage.attempts)
@@ -149,17 +146,6 @@ def transaction(session: Session, step: Callable[..., Any], *args: Any) -> Any:
     return result
 
 
-def lock(session: Session, generation_id: str) -> Generation | None:
-    """The generation, locked FOR UPDATE, with its stages, as committed now."""
-    return session.scalars(
-        select(Generation)
-        .where(Generation.id == generation_id)
-        .options(selectinload(Generation.stages))
-        .with_for_update(of=Generation)
-        .execution_options(populate_existing=True)
-    ).one_or_none()
-
-
 def claim_stage(
     session: Session,
     settings: Settings,
@@ -191,7 +177,7 @@ def claim_stage(
             lost = f"{name} made no progress in {stage.attempts} attempts"
             lost += " (its worker was lost each time)"
             return end_failed(session, settings, gen, stage, lost, after)
-    waited = own_retry and _checkpoint_of(stage).get(WAITING)
+    waited = own_retry and checkpoint_of(stage).get(WAITING)
     set_status(gen, PROCESSING)
     set_stage_status(stage, S_RUNNING)
     gen.updated_at = utcnow()  # progress: renews the lease
@@ -322,21 +308,10 @@ def fail(gen: Any, stage: Any, message: str) -> None:
         gen.error_stage, gen.error_message = stage.name, message
 
 
-def stalled(gen: Any, stage: str, settings: Settings) -> bool:
-    """No progress on this generation for longer than the stage may take."""
-    last = gen.updated_at if gen.updated_at.tzinfo else gen.updated_at.replace(tzinfo=UTC)
-    return (utcnow() - last).total_seconds() > settings.stall_timeout_for(stage)
-
-
 def backoff(attempt: int, retry_after: float | None = None) -> float:
     """Exponential backoff with full jitter, never shorter than the server asked."""
     delay = random.uniform(0.5, 1.0) * min(60.0, 2.0**attempt)
     return max(delay, retry_after or 0.0)
-
-
-def _checkpoint_of(stage: GenerationStage) -> dict[str, Any]:
-    output = stage.output or {}
-    return dict(output) if output.get(CHECKPOINT) else {}
 
 
 def _elapsed_ms(stage: GenerationStage) -> int | None:
@@ -346,48 +321,3 @@ def _elapsed_ms(stage: GenerationStage) -> int | None:
     if started.tzinfo is None:  # SQLite returns naive UTC
         started = started.replace(tzinfo=UTC)
     return max(0, round((utcnow() - started).total_seconds() * 1000))
-
-
-def checkpointer(
-    session: Session, stage_id: int, task_id: str | None, patience: float = CHECKPOINT_PATIENCE
-) -> Callable[[dict[str, Any]], None]:
-    """Commit partial progress in the stage's session. A checkpoint usually
-    records something just paid for (a prediction id), so a database outage
-    is waited out for up to ``patience`` seconds rather than lose it."""
-
-    def checkpoint(state: dict[str, Any]) -> None:
-        deadline, delay = time.monotonic() + patience, 0.2
-        while True:
-            try:
-                _save_checkpoint(session, stage_id, task_id, state)
-                return
-            except StageLeaseLost:
-                session.rollback()
-                raise
-            except Exception as exc:
-                session.rollback()
-                if not db_unavailable(exc) or time.monotonic() + delay > deadline:
-                    raise
-                log.warning("checkpoint: database unavailable, retrying in %.1fs", delay)
-                time.sleep(delay)
-                delay = min(2.0, delay * 2)
-
-    return checkpoint
-
-
-def _save_checkpoint(
-    session: Session, stage_id: int, task_id: str | None, state: dict[str, Any]
-) -> None:
-    # Fence: lock the stage row and make sure this copy still owns it. A copy
-    # that stalled (e.g. blocked while Redis was down) and was taken over
-    # must not go on to pay for anything.
-    stage = session.get(GenerationStage, stage_id, with_for_update=True, populate_existing=True)
-    if stage is None:
-        raise StageLeaseLost("the generation was deleted")
-    if task_id is not None and stage.task_id != task_id:
-        raise StageLeaseLost(f"{stage.name} was taken over by {stage.task_id}")
-    stage.output = {**state, CHECKPOINT: True}
-    session.execute(  # progress: renews the lease
-        update(Generation).where(Generation.id == stage.generation_id).values(updated_at=utcnow())
-    )
-    session.commit()

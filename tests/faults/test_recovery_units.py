@@ -9,7 +9,7 @@ from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError, Pro
 
 from app.domain import generations as svc
 from app.domain.models import Generation, utcnow
-from app.pipeline import maintenance, runner
+from app.pipeline import lease, maintenance, runner
 from app.pipeline.runner import run_stage
 
 
@@ -89,7 +89,7 @@ def test_a_checkpoint_waits_out_a_short_database_outage(app, user, monkeypatch):
         gen = svc.create(session, user_id=user.id, mode="prompt", settings={}, prompt="linen")
         session.flush()
         stage_id, gen_id = gen.stage("generate").id, gen.id
-    monkeypatch.setattr(runner.time, "sleep", lambda _s: None)
+    monkeypatch.setattr(lease.time, "sleep", lambda _s: None)
     with s.db.Session() as session:
         failures = iter([_db_gone(), _db_gone()])
         real_commit = session.commit
@@ -100,7 +100,7 @@ def test_a_checkpoint_waits_out_a_short_database_outage(app, user, monkeypatch):
             real_commit()
 
         monkeypatch.setattr(session, "commit", flaky_commit)
-        runner.checkpointer(session, stage_id, None)({"predictions": ["p1"]})
+        lease.checkpointer(session, stage_id, None)({"predictions": ["p1"]})
     with s.db.session() as session:
         output = session.get(Generation, gen_id).stage("generate").output
     assert output == {"predictions": ["p1"], "checkpoint": True}
@@ -121,7 +121,7 @@ def test_a_checkpoint_does_not_retry_other_database_errors(app, user, monkeypatc
 
         monkeypatch.setattr(session, "commit", bad_commit)
         with pytest.raises(IntegrityError):
-            runner.checkpointer(session, stage_id, None)({"x": 1})
+            lease.checkpointer(session, stage_id, None)({"x": 1})
         monkeypatch.setattr(session, "commit", real_commit)
     assert calls == [1]
 

@@ -1,0 +1,98 @@
+"""A stage's lease and its fence.
+
+The lease is the generation's progress clock (``updated_at``): every claim,
+record, wait and checkpoint renews it, and a stage whose generation has been
+quiet longer than the stage's stall timeout is presumed lost (``stalled``):
+the dispatcher re-sends it and the next copy takes it over.
+
+The fence keeps a copy that was taken over from paying: a checkpoint locks
+the stage row and goes on only while this copy's task id still owns it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, selectinload
+
+from app.domain.models import Generation, GenerationStage, utcnow
+from app.pipeline.context import StageLeaseLost
+from app.platform.config import Settings
+from app.platform.db import unavailable as db_unavailable
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT, WAITING = "checkpoint", "waiting"  # the runner's keys in a stage's output
+CHECKPOINT_PATIENCE = 30.0  # seconds a checkpoint waits out a database outage
+
+
+def lock(session: Session, generation_id: str) -> Generation | None:
+    """The generation, locked FOR UPDATE, with its stages, as committed now."""
+    return session.scalars(
+        select(Generation)
+        .where(Generation.id == generation_id)
+        .options(selectinload(Generation.stages))
+        .with_for_update(of=Generation)
+        .execution_options(populate_existing=True)
+    ).one_or_none()
+
+
+def stalled(gen: Any, stage: str, settings: Settings) -> bool:
+    """No progress on this generation for longer than the stage may take."""
+    last = gen.updated_at if gen.updated_at.tzinfo else gen.updated_at.replace(tzinfo=UTC)
+    return (utcnow() - last).total_seconds() > settings.stall_timeout_for(stage)
+
+
+def checkpoint_of(stage: GenerationStage) -> dict[str, Any]:
+    output = stage.output or {}
+    return dict(output) if output.get(CHECKPOINT) else {}
+
+
+def checkpointer(
+    session: Session, stage_id: int, task_id: str | None, patience: float = CHECKPOINT_PATIENCE
+) -> Callable[[dict[str, Any]], None]:
+    """Commit partial progress in the stage's session. A checkpoint usually
+    records something just paid for (a prediction id), so a database outage
+    is waited out for up to ``patience`` seconds rather than lose it."""
+
+    def checkpoint(state: dict[str, Any]) -> None:
+        deadline, delay = time.monotonic() + patience, 0.2
+        while True:
+            try:
+                _save_checkpoint(session, stage_id, task_id, state)
+                return
+            except StageLeaseLost:
+                session.rollback()
+                raise
+            except Exception as exc:
+                session.rollback()
+                if not db_unavailable(exc) or time.monotonic() + delay > deadline:
+                    raise
+                log.warning("checkpoint: database unavailable, retrying in %.1fs", delay)
+                time.sleep(delay)
+                delay = min(2.0, delay * 2)
+
+    return checkpoint
+
+
+def _save_checkpoint(
+    session: Session, stage_id: int, task_id: str | None, state: dict[str, Any]
+) -> None:
+    # Fence: lock the stage row and make sure this copy still owns it. A copy
+    # that stalled (e.g. blocked while Redis was down) and was taken over
+    # must not go on to pay for anything.
+    stage = session.get(GenerationStage, stage_id, with_for_update=True, populate_existing=True)
+    if stage is None:
+        raise StageLeaseLost("the generation was deleted")
+    if task_id is not None and stage.task_id != task_id:
+        raise StageLeaseLost(f"{stage.name} was taken over by {stage.task_id}")
+    stage.output = {**state, CHECKPOINT: True}
+    session.execute(  # progress: renews the lease
+        update(Generation).where(Generation.id == stage.generation_id).values(updated_at=utcnow())
+    )
+    session.commit()
