@@ -65,3 +65,21 @@ def test_retries_are_counted(app, client, user):
         stage.attempts = 3  # as if two attempts had failed transiently
     m = scrape(client)
     assert value(m["bff_stage_retries"], "bff_stage_retries_total", stage="generate") == 2
+
+
+def test_a_known_duration_lands_in_its_bucket_in_seconds(app, client, user):
+    from app.domain.models import GenerationStage
+
+    gen_id = submit(client, user)
+    run_all(app, gen_id)
+    with app.extensions["bff"].db.session() as session:
+        stage = (
+            session.query(GenerationStage).filter_by(generation_id=gen_id, name="generate").one()
+        )
+        stage.duration_ms = 1200  # 1.2 s
+    latency = scrape(client)["bff_provider_latency_seconds"]
+    bucket = {
+        s.labels["le"]: s.value for s in latency if s.name.endswith("_bucket")
+    }  # cumulative: le="1.0" holds durations up to one second
+    assert bucket["1.0"] == 0 and bucket["2.5"] == 1 and bucket["+Inf"] == 1
+    assert value(latency, "bff_provider_latency_seconds_sum", provider="local") == 1.2

@@ -3,15 +3,9 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import click
-import requests
 from flask import Flask, current_app
 from flask.cli import AppGroup, FlaskGroup
 
@@ -91,101 +85,9 @@ def users_cap(name: str, amount: str | None) -> None:
     click.echo(f"{name}: daily cap {'none' if cap is None else f'${cap}'}")
 
 
-@click.command("dev")
-@click.option("--port", type=int, default=None, help="API port (default: PORT or 3001)")
-@click.option("--concurrency", default=4, show_default=True)
-def dev(port: int | None, concurrency: int) -> None:
-    """Migrate and run API + worker on the embedded default; Ctrl-C stops all."""
-    from app.api.auth import create_user
-
-    app = current_app
-    settings = app.extensions["bff"].settings
-    port = port or settings.port
-    upgrade_database(settings.database_url)
-    with app.extensions["bff"].db.session() as session:
-        _, key = create_user(session, "dev")
-    env = {**os.environ, "PORT": str(port)}
-    bin_dir = Path(sys.executable).parent
-    procs = [
-        subprocess.Popen(
-            [
-                str(bin_dir / "celery"),
-                "-A",
-                "workers",
-                "worker",
-                "-B",
-                "-Q",
-                "pipeline,generation",
-                "-P",
-                "threads",
-                "-c",
-                str(concurrency),
-                "--loglevel",
-                "INFO",
-            ],
-            env=env,
-            start_new_session=True,
-        ),
-        subprocess.Popen(
-            [
-                str(bin_dir / "gunicorn"),
-                "-c",
-                str(ROOT / "gunicorn.conf.py"),
-                "-b",
-                f"127.0.0.1:{port}",
-                "app:create_app()",
-            ],
-            env=env,
-            start_new_session=True,
-        ),
-    ]
-
-    def signal_group(p: subprocess.Popen, sig: int) -> None:
-        try:
-            os.killpg(p.pid, sig)
-        except ProcessLookupError:
-            pass
-
-    def stop(*_: object) -> None:
-        # Each child runs in its own process group, so a stop reaches gunicorn's
-        # and celery's workers too, and nothing outlives `make dev`.
-        for p in procs:
-            signal_group(p, signal.SIGTERM)
-        # One shared deadline: waiting 10 s per process could outlast a
-        # supervisor's own stop timeout when the machine is busy.
-        deadline = time.monotonic() + 10
-        for p in procs:
-            try:
-                p.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
-            signal_group(p, signal.SIGKILL)  # stragglers: workers of a master gone
-            p.wait()
-        sys.exit(0)
-
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(100):
-        try:
-            if requests.get(base + "/health", timeout=1).ok:
-                break
-        except requests.RequestException:
-            pass
-        time.sleep(0.2)
-    click.echo(
-        f"\nDesigner BFF is running at {base} (Ctrl-C stops it).\n"
-        f'Try:  BFF_API_KEY={key} bff generate "emerald silk slip dress" --wait\n'
-        f"API key (user 'dev'):\n{key}",
-        err=False,
-    )
-    while all(p.poll() is None for p in procs):
-        time.sleep(0.5)
-    click.echo("a process exited; stopping the rest", err=True)
-    stop()
-
-
 def register_commands(app: Flask) -> None:
+    from app.cli.dev import dev
+
     app.cli.add_command(db_cli)
     app.cli.add_command(users_cli)
     app.cli.add_command(dev)

@@ -121,14 +121,10 @@ def _components(
     return out
 
 
-def choose(
-    request: dict[str, Any],
-    settings: Settings,
-    health: dict[str, WindowStats] | None = None,
-) -> dict[str, Any]:
-    health = health or {}
-    strategy = request.get("strategy") or "balanced"
-    weights = WEIGHTS[strategy]
+def _candidates(
+    request: dict[str, Any], settings: Settings, health: dict[str, WindowStats]
+) -> tuple[list[str], dict[str, str], list[str]]:
+    """The providers that may serve ``request``; why the others may not; notes."""
     wanted = request.get("provider") or "auto"
     static = {pid: why for pid in PROVIDERS if (why := exclusion(pid, request, settings))}
     circuits = {
@@ -156,6 +152,19 @@ def choose(
         if remote and LOCAL in candidates:
             candidates = remote
             excluded[LOCAL] = "offline fallback: used only when no keyed provider can serve"
+    return candidates, excluded, notes
+
+
+def choose(
+    request: dict[str, Any],
+    settings: Settings,
+    health: dict[str, WindowStats] | None = None,
+) -> dict[str, Any]:
+    health = health or {}
+    strategy = request.get("strategy") or "balanced"
+    weights = WEIGHTS[strategy]
+    wanted = request.get("provider") or "auto"
+    candidates, excluded, notes = _candidates(request, settings, health)
     components = _components(candidates, request, health)
     scores = {
         pid: round(sum(weights[k] * v for k, v in parts.items()), 4)

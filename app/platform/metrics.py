@@ -28,36 +28,31 @@ from prometheus_client.core import (
 from sqlalchemy import case, func, select
 
 from app.domain.models import Generation, GenerationStage, Provider
-from app.platform.redis import client
 from app.webhooks import WebhookDelivery
 
 log = logging.getLogger(__name__)
 
 # Stage and provider latencies span milliseconds (planning) to minutes (images).
-BUCKETS_MS = (10, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 120000, 300000)
+BUCKETS_S = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 QUEUES = ("pipeline", "generation")
-# kombu stores priority levels 1-9 of a Redis queue under "<queue>\x06\x16<n>".
-PRIORITY_SEP = "\x06\x16"
 
 bp = Blueprint("metrics", __name__)
 
 
 def _histograms(session, group_col, where, name: str, doc: str, label: str) -> Metric:
-    cols = [
-        func.sum(case((GenerationStage.duration_ms <= b, 1), else_=0)).label(f"le{b}")
-        for b in BUCKETS_MS
-    ]
+    """Durations (stored in ms) as a Prometheus histogram in seconds."""
+    ms = GenerationStage.duration_ms
+    cols = [func.sum(case((ms <= b * 1000, 1), else_=0)) for b in BUCKETS_S]
     q = (
-        select(group_col, func.count(), func.sum(GenerationStage.duration_ms), *cols)
+        select(group_col, func.count(), func.sum(ms), *cols)
         .join(Generation, Generation.id == GenerationStage.generation_id)
-        .where(GenerationStage.duration_ms.is_not(None), *where)
+        .where(ms.is_not(None), *where)
         .group_by(group_col)
     )
     fam = HistogramMetricFamily(name, doc, labels=[label])
-    for row in session.execute(q):
-        key, count, total = row[0], int(row[1]), float(row[2] or 0)
-        buckets = [(str(float(b)), int(row[3 + i] or 0)) for i, b in enumerate(BUCKETS_MS)]
-        fam.add_metric([str(key)], buckets + [("+Inf", count)], total / 1000.0)
+    for key, count, total, *le in session.execute(q):
+        buckets = [(str(float(b)), int(n or 0)) for b, n in zip(BUCKETS_S, le, strict=True)]
+        fam.add_metric([str(key)], buckets + [("+Inf", int(count))], float(total or 0) / 1000.0)
     return fam
 
 
@@ -68,7 +63,9 @@ class DatabaseCollector:
     def collect(self) -> Iterator[Metric]:
         try:
             with self.services.db.session() as session:
-                yield from self._from_db(session)
+                yield from self._generations(session)
+                yield from self._durations(session)
+                yield from self._outcomes(session)
             up = 1
         except Exception as exc:  # the database is down: say so, keep serving the rest
             log.warning("metrics: database unavailable: %s", type(exc).__name__)
@@ -78,7 +75,7 @@ class DatabaseCollector:
         yield g
         yield from self._queues()
 
-    def _from_db(self, session) -> Iterator[Metric]:
+    def _generations(self, session) -> Iterator[Metric]:
         gens = GaugeMetricFamily(
             "bff_generations", "Generations by status and provider", labels=["status", "provider"]
         )
@@ -99,6 +96,7 @@ class DatabaseCollector:
         yield gens
         yield cost
 
+    def _durations(self, session) -> Iterator[Metric]:
         yield _histograms(
             session,
             GenerationStage.name,
@@ -115,7 +113,6 @@ class DatabaseCollector:
             "Duration of the generate stage (the provider call) by provider",
             "provider",
         )
-
         retries = CounterMetricFamily(
             "bff_stage_retries", "Stage attempts beyond the first", labels=["stage"]
         )
@@ -127,6 +124,7 @@ class DatabaseCollector:
             retries.add_metric([name], int(extra or 0))
         yield retries
 
+    def _outcomes(self, session) -> Iterator[Metric]:
         calls = CounterMetricFamily(
             "bff_provider_calls", "Provider outcomes", labels=["provider", "outcome"]
         )
@@ -136,7 +134,6 @@ class DatabaseCollector:
             calls.add_metric([pid, "success"], ok)
             calls.add_metric([pid, "error"], bad)
         yield calls
-
         hooks = GaugeMetricFamily(
             "bff_webhook_deliveries", "Webhook deliveries by status", labels=["status"]
         )
@@ -154,18 +151,20 @@ class DatabaseCollector:
         yield hook_attempts
 
     def _queues(self) -> Iterator[Metric]:
-        url = self.services.settings.broker_url
-        if not url.startswith(("redis://", "rediss://")):
-            return
+        """Messages waiting per queue, as the broker counts them (a passive
+        declare: every broker kombu speaks answers it, priorities included)."""
         fam = GaugeMetricFamily("bff_queue_length", "Messages waiting in a queue", labels=["queue"])
         try:
-            r = client(url)
-            for q in QUEUES:
-                keys = [q] + [f"{q}{PRIORITY_SEP}{n}" for n in range(1, 10)]
-                with r.pipeline() as pipe:
-                    for k in keys:
-                        pipe.llen(k)
-                    fam.add_metric([q], sum(pipe.execute()))
+            with self.services.celery.connection_for_read() as conn:
+                conn.ensure_connection(max_retries=1, timeout=2)
+                channel = conn.default_channel
+                for q in QUEUES:
+                    try:
+                        fam.add_metric(
+                            [q], channel.queue_declare(queue=q, passive=True).message_count
+                        )
+                    except conn.channel_errors:  # never declared: no worker has consumed it yet
+                        fam.add_metric([q], 0)
         except Exception as exc:
             log.warning("metrics: broker unavailable: %s", type(exc).__name__)
             return

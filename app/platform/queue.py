@@ -71,28 +71,36 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         },
         "worker_hijack_root_logger": False,
     }
+    conf.update(_transport_options(settings))
+    return conf
+
+
+def _transport_options(settings: Settings) -> dict[str, Any]:
     if settings.embedded_broker:
         folder = settings.broker_folder
         for sub in ("queue", "control", "processed"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
-        conf["broker_transport_options"] = {
-            "data_folder_in": str(folder / "queue"),
-            "data_folder_out": str(folder / "queue"),
-            "control_folder": str(folder / "control"),
-            "processed_folder": str(folder / "processed"),
-            "store_processed": False,
-            # The transport polls the folder; 1 s (the default) would add a second per stage.
-            "polling_interval": 0.05,
+        return {
+            "broker_transport_options": {
+                "data_folder_in": str(folder / "queue"),
+                "data_folder_out": str(folder / "queue"),
+                "control_folder": str(folder / "control"),
+                "processed_folder": str(folder / "processed"),
+                "store_processed": False,
+                # The transport polls the folder; 1 s (the default) would add a second per stage.
+                "polling_interval": 0.05,
+            },
+            "beat_schedule_filename": str(settings.var_dir / "celerybeat-schedule"),
         }
-        conf["beat_schedule_filename"] = str(settings.var_dir / "celerybeat-schedule")
-    elif settings.broker_url.startswith(("redis://", "rediss://")):
-        vt = settings.broker_visibility_timeout
-        conf["broker_transport_options"] = {"visibility_timeout": vt}
-        if vt < 3600:  # a short timeout is only useful if abandoned messages are swept often
-            conf["broker_transport_options"].update(
-                unacked_restore_interval=max(1, min(10, vt // 4)), unacked_restore_throttle=1
-            )
-    return conf
+    if not settings.broker_url.startswith(("redis://", "rediss://")):
+        return {}
+    vt = settings.broker_visibility_timeout
+    options: dict[str, Any] = {"visibility_timeout": vt}
+    if vt < 3600:  # a short timeout is only useful if abandoned messages are swept often
+        options.update(
+            unacked_restore_interval=max(1, min(10, vt // 4)), unacked_restore_throttle=1
+        )
+    return {"broker_transport_options": options}
 
 
 def celery_init_app(app: Flask, settings: Settings) -> Celery:
