@@ -1,7 +1,7 @@
 FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 WORKDIR /srv
-COPY pyproject.toml README.md alembic.ini gunicorn.conf.py ./
+COPY pyproject.toml README.md alembic.ini gunicorn.conf.py flowerconfig.py ./
 COPY app ./app
 COPY workers ./workers
 COPY migrations ./migrations

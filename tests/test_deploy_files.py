@@ -111,8 +111,7 @@ def test_workers_consume_their_queues():
     assert option(generator, "--pool") in ("threads", "gevent", "eventlet")
     assert argv(pf["beat"])[:4] == ["celery", "-A", "workers", "beat"]
     flower = argv(pf["flower"])
-    assert flower[:4] == ["celery", "-A", "workers", "flower"]
-    assert option(flower, "--port") == "5555"
+    assert flower == ["celery", "-A", "workers", "flower", "--conf=./flowerconfig.py"]
 
 
 def test_compose_wires_the_contract_env_to_every_app_service(compose):

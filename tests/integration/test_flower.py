@@ -36,6 +36,33 @@ def flower(stack, tmp_path_factory):
         proc.stop()
 
 
+def _listening_addresses(port: int) -> set[str]:
+    """The local addresses of the sockets listening on ``port`` (IPv4)."""
+    found = set()
+    for line in open("/proc/net/tcp").read().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        addr, hexport = local.split(":")
+        if state == "0A" and int(hexport, 16) == port:  # 0A: LISTEN
+            found.add(".".join(str(int(addr[i : i + 2], 16)) for i in (6, 4, 2, 0)))
+    return found
+
+
+def test_flower_refuses_to_start_without_credentials(stack, tmp_path):
+    env = {**stack.env, "FLOWER_PORT": str(free_port()), "FLOWER_BASIC_AUTH": ""}
+    proc = P.Process("flower-open", P.procfile()["flower"], env, tmp_path)
+    try:
+        P.wait_for(lambda: not proc.alive(), 60, "flower to refuse", procs=[])
+        assert proc.popen.returncode != 0
+        assert "set FLOWER_BASIC_AUTH=user:password" in proc.output()
+    finally:
+        proc.stop()
+
+
+def test_flower_listens_on_loopback_only(flower):
+    base, _, _ = flower
+    assert _listening_addresses(int(base.rsplit(":", 1)[1])) == {"127.0.0.1"}
+
+
 def test_flower_lists_the_workers_behind_basic_auth(flower):
     base, _, _ = flower
     assert requests.get(base + "/api/workers", timeout=10).status_code == 401
