@@ -3,13 +3,15 @@ never started twice, and attempts are bounded."""
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import timedelta
 
 from app.domain import generations as svc
 from app.domain.models import Generation, utcnow
 from app.pipeline import maintenance
 from app.pipeline.runner import run_stage
-from tests.support.pipeline import claimed
+from tests.support.pipeline import claimed, load
 
 
 def _new(app, user, **changes) -> str:
@@ -88,10 +90,10 @@ def test_dispatcher_sends_a_submit_whose_chain_never_left(app, user, sent):
     No worker ever picks it up, so it is sent once the first stage's stall
     timeout has passed (a send that failed clears ``dispatched_at`` instead)."""
     s = app.extensions["bff"]
-    gen_id = _new(app, user, dispatched_at=utcnow() - timedelta(seconds=60))
-    _age(app, gen_id, 60)  # a minute: could still be waiting in a busy queue
+    timeout = s.settings.stall_timeout
+    gen_id = _new(app, user, dispatched_at=utcnow() - timedelta(seconds=timeout - 5))
+    _age(app, gen_id, timeout - 5)  # could still be waiting in a busy queue
     assert maintenance.redispatch_stalled(s.db, s.celery, s.settings) == 0
-    timeout = s.settings.stall_timeout_for("analyze")
     with s.db.session() as session:
         session.get(Generation, gen_id).dispatched_at = utcnow() - timedelta(seconds=timeout + 1)
     _age(app, gen_id, timeout + 1)
@@ -104,7 +106,7 @@ def test_dispatcher_resumes_a_silent_generation_at_its_first_unfinished_stage(ap
     for stage in ("analyze", "enhance", "persona"):
         assert _run(app, gen_id, stage, f"t-{stage}").proceed
     s = app.extensions["bff"]
-    _age(app, gen_id, 30)  # quiet, but within route's stall timeout
+    _age(app, gen_id, s.settings.stall_timeout - 5)  # quiet, but within the stall timeout
     assert maintenance.redispatch_stalled(s.db, s.celery, s.settings) == 0
     _age(app, gen_id, 3600)
     assert maintenance.redispatch_stalled(s.db, s.celery, s.settings) == 1
@@ -167,4 +169,70 @@ def test_the_owner_checkpoints_and_renews_its_lease(app, user, monkeypatch):
 def runner_stalled(gen, app) -> bool:
     from app.pipeline.lease import stalled
 
-    return stalled(gen, "analyze", app.extensions["bff"].settings)
+    return stalled(gen, app.extensions["bff"].settings)
+
+
+def test_a_generation_past_its_deadline_times_out_and_its_prediction_is_canceled(
+    app, user, monkeypatch
+):
+    canceled: list[list[str]] = []
+    monkeypatch.setattr(
+        maintenance, "cancel_remote", lambda _s, gen: canceled.append(_predictions(gen))
+    )
+    s = app.extensions["bff"]
+    late = _new(app, user, deadline_at=utcnow() - timedelta(seconds=1), provider="google-imagen")
+    on_time = _new(app, user, deadline_at=utcnow() + timedelta(seconds=60))
+    legacy = _new(app, user)  # no deadline: created long ago counts from its creation
+    with s.db.session() as session:
+        session.get(Generation, legacy).created_at = utcnow() - timedelta(hours=1)
+        gen = session.get(Generation, late)
+        gen.status = "processing"
+        for st in gen.stages[:5]:
+            st.status = "completed"
+        gen.stage("generate").status = "running"
+        gen.stage("generate").output = {"predictions": ["p-1"], "checkpoint": True}
+    assert maintenance.expire_overdue(s.db, s.settings) == 2
+    assert sorted(canceled) == [[], ["p-1"]]  # legacy had not started: nothing to cancel
+    body = load(app, late)
+    assert body["status"] == "failed"
+    assert (
+        body["error"]["stage"] == "generate"
+        and "timed out after 15 min" in body["error"]["message"]
+    )
+    with s.db.session() as session:
+        assert session.get(Generation, late).error_code == "timeout"
+        assert session.get(Generation, legacy).error_stage == "analyze"
+    assert load(app, on_time)["status"] == "pending"
+    assert maintenance.expire_overdue(s.db, s.settings) == 0  # once
+
+
+def _predictions(gen: Generation) -> list[str]:
+    return list((gen.stage("generate").output or {}).get("predictions") or [])
+
+
+def test_a_stage_that_works_past_the_stall_timeout_keeps_its_lease(app_config, monkeypatch):
+    """The heartbeat renews the lease while the stage works, so a second copy
+    finds it alive however long it takes; once it ends, the beats stop."""
+    import app.pipeline as pipeline
+    from app import create_app
+    from tests.conftest import make_user
+
+    app = create_app({**app_config, "BFF_STALL_TIMEOUT": "0.6"})  # a beat every 0.2 s
+    gen_id = _new(app, make_user(app, "slow"))
+    release, started = threading.Event(), threading.Event()
+    real = pipeline.STAGE_FUNCS["analyze"]
+
+    def slow(ctx):
+        started.set()
+        release.wait(10)
+        return real(ctx)
+
+    monkeypatch.setitem(pipeline.STAGE_FUNCS, "analyze", slow)
+    first = threading.Thread(target=_run, args=(app, gen_id, "analyze", "task-a"))
+    first.start()
+    started.wait(5)
+    time.sleep(1.5)  # well past the stall timeout
+    assert not _run(app, gen_id, "analyze", "task-b").proceed  # alive: left to its owner
+    release.set()
+    first.join(10)
+    assert _stage(app, gen_id, "analyze") == ("skipped", 1, "task-a")

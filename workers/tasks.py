@@ -17,6 +17,7 @@ from app.pipeline import STAGES
 from app.pipeline.maintenance import (
     apply_one_feedback,
     apply_pending_feedback,
+    expire_overdue,
     note_db_outage,
     redispatch_stalled,
 )
@@ -142,9 +143,15 @@ def redispatch_task() -> None:
     s = current_app.extensions["bff"]
     try:
         sent = redispatch_stalled(s.db, s.celery, s.settings)
+        expired = expire_overdue(s.db, s.settings)
     except (OperationalError, InterfaceError):
         note_db_outage(s.settings)
         raise
     applied = apply_pending_feedback(s.db)
-    if sent or applied:
-        log.info("maintenance: re-dispatched %d generation(s), applied %d feedback", sent, applied)
+    if sent or applied or expired:
+        log.info(
+            "maintenance: re-dispatched %d generation(s), timed out %d, applied %d feedback",
+            sent,
+            expired,
+            applied,
+        )

@@ -130,7 +130,7 @@ def retry(generation_id: str):
     with s.db.session() as session:
         gen = _load(session, generation_id, lock=True)
         try:
-            first = svc.prepare_retry(gen)
+            first = svc.prepare_retry(gen, s.settings.generation_timeout)
         except IllegalTransition:
             raise ApiError(
                 409, "conflict", f"only failed generations can be retried; this one is {gen.status}"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from datetime import timedelta
 from typing import Any
 
 from flask import Blueprint, g, request
@@ -167,6 +168,7 @@ def _submit(
                 request_hash=req_hash,
                 input_key=input_key,
                 dispatched_at=utcnow(),
+                deadline_at=utcnow() + timedelta(seconds=s.settings.generation_timeout),
             )
     except IntegrityError:
         # A concurrent request with the same Idempotency-Key committed first.

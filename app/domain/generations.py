@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, or_, select, update
@@ -55,6 +55,7 @@ def create(
     generation_id: str | None = None,
     input_key: str | None = None,
     dispatched_at: datetime | None = None,
+    deadline_at: datetime | None = None,
 ) -> Generation:
     """The generation and its pending stages. ``dispatched_at``: the submit
     sets it in the same insert (the chain is sent right after the commit);
@@ -74,6 +75,7 @@ def create(
         request_hash=request_hash,
         pipeline_data=initial_pipeline_data(vlt_spec),
         dispatched_at=dispatched_at,
+        deadline_at=deadline_at,
         stages=new_stages(),
     )
     session.add(gen)
@@ -177,11 +179,13 @@ def cancel(gen: Generation) -> None:
             s.error = "canceled while running"
 
 
-def prepare_retry(gen: Generation) -> str:
-    """Reset a failed generation to resume at its first unfinished stage; returns it."""
+def prepare_retry(gen: Generation, timeout: float) -> str:
+    """Reset a failed generation to resume at its first unfinished stage
+    within ``timeout`` seconds; returns that stage."""
     if gen.status != FAILED:
         raise IllegalTransition("generation", gen.status, PENDING)
     set_status(gen, PENDING)
+    gen.deadline_at = utcnow() + timedelta(seconds=timeout)
     for s in gen.stages:
         if s.status in (S_FAILED, S_RUNNING):
             s.status, s.error = S_PENDING, None

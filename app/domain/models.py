@@ -79,10 +79,13 @@ class Generation(Base):
     pipeline_data: Mapped[dict[str, Any]] = mapped_column(default=dict)
     error_stage: Mapped[str | None] = mapped_column(String(20))
     error_message: Mapped[str | None] = mapped_column(Text)
+    error_code: Mapped[str | None] = mapped_column(String(40))  # e.g. "timeout"
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
     request_hash: Mapped[str | None] = mapped_column(String(64))
     webhook_url: Mapped[str | None] = mapped_column(String(2000))
     dispatched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Not final by then: failed with code "timeout" (BFF_GENERATION_TIMEOUT).
+    deadline_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, onupdate=utcnow

@@ -69,7 +69,7 @@ def set_status(gen: Generation, target: str) -> None:
     if target in FINAL:
         gen.completed_at = gen.updated_at if target == COMPLETED else None
     if target == PENDING:
-        gen.error_stage = gen.error_message = None
+        gen.error_stage = gen.error_message = gen.error_code = None
         gen.completed_at = None
 
 

@@ -12,17 +12,21 @@ the stage row and goes on only while this copy's task id still owns it.
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import exists, select, update
 from sqlalchemy.orm import Session, selectinload
 
 from app.domain.models import Generation, GenerationStage, utcnow
+from app.domain.states import S_RUNNING
 from app.pipeline.context import StageLeaseLost
 from app.platform.config import Settings
+from app.platform.db import Database
 from app.platform.db import unavailable as db_unavailable
 
 log = logging.getLogger(__name__)
@@ -42,10 +46,42 @@ def lock(session: Session, generation_id: str) -> Generation | None:
     ).one_or_none()
 
 
-def stalled(gen: Any, stage: str, settings: Settings) -> bool:
-    """No progress on this generation for longer than the stage may take."""
+def stalled(gen: Any, settings: Settings) -> bool:
+    """No progress on this generation for longer than the stall timeout."""
     last = gen.updated_at if gen.updated_at.tzinfo else gen.updated_at.replace(tzinfo=UTC)
-    return (utcnow() - last).total_seconds() > settings.stall_timeout_for(stage)
+    return (utcnow() - last).total_seconds() > settings.stall_timeout
+
+
+@contextmanager
+def heartbeat(
+    db: Database, stage: GenerationStage, task_id: str | None, every: float
+) -> Iterator[None]:
+    """While the block runs, renew the generation's lease every ``every``
+    seconds, for as long as this copy owns the running stage: a stage that
+    works for minutes (a synchronous provider call, a big upload) is never
+    taken for lost, so the stall timeout can be short."""
+    done, gen_id = threading.Event(), stage.generation_id
+    owned = [GenerationStage.id == stage.id, GenerationStage.status == S_RUNNING]
+    if task_id is not None:
+        owned.append(GenerationStage.task_id == task_id)
+    renew = update(Generation).where(Generation.id == gen_id, exists().where(*owned))
+
+    def beat() -> None:
+        while not done.wait(every):
+            try:
+                with db.session() as session:
+                    session.execute(
+                        renew.values(updated_at=utcnow()),
+                        execution_options={"synchronize_session": False},
+                    )
+            except Exception as exc:  # the next beat tries again; the lease says the rest
+                log.warning("heartbeat of %s: %s", gen_id, type(exc).__name__)
+
+    threading.Thread(target=beat, name=f"lease-{gen_id}", daemon=True).start()
+    try:
+        yield
+    finally:
+        done.set()
 
 
 def checkpoint_of(stage: GenerationStage) -> dict[str, Any]:

@@ -10,6 +10,9 @@ is cleared again, and a pending generation without it is sent after
 ``UNDISPATCHED_GRACE``. A process that dies between the commit and the send
 (a sub-millisecond window) leaves it set: nothing ever starts a stage, so the
 stall rule sends it once the first stage's stall timeout has passed.
+- Generations not final by their deadline (``BFF_GENERATION_TIMEOUT``) fail
+  with code ``timeout`` at the stage they were in; their running provider
+  predictions are canceled.
 - Feedback whose optimiser task never ran is applied.
 """
 
@@ -20,18 +23,19 @@ import time
 from datetime import UTC, datetime, timedelta
 
 from celery import Celery
-from sqlalchemy import select, update
+from sqlalchemy import and_, or_, select, update
 
 from app.domain.generations import first_unfinished, stage_status
 from app.domain.models import Generation, GenerationFeedback, utcnow
 from app.domain.states import PENDING, PROCESSING, S_RUNNING
-from app.pipeline import STAGES
 from app.pipeline.lease import stalled
 from app.pipeline.optimize import apply_feedback
+from app.pipeline.runner import time_out, transaction
 from app.platform.config import Settings
 from app.platform.db import Database
 from app.platform.queue import dispatch
 from app.platform.redis import client
+from app.providers.cancel import cancel_remote
 
 UNDISPATCHED_GRACE = timedelta(seconds=10)
 OUTAGE_KEY = "bff:maintenance:db-unavailable"
@@ -65,7 +69,7 @@ def db_outage_recent(settings: Settings) -> bool:
 
 
 def _hold(settings: Settings) -> int:
-    return int(min(settings.stall_timeout_for(s) for s in STAGES)) + 1
+    return int(settings.stall_timeout) + 1
 
 
 def redispatch_stalled(
@@ -76,8 +80,9 @@ def redispatch_stalled(
     (worker killed, broker restarted empty). The runner's lease keeps a
     stage that is in fact still running from starting twice."""
     now = utcnow()
-    shortest = min(settings.stall_timeout_for(s) for s in STAGES)
-    quiet_since = now - timedelta(seconds=min(shortest, UNDISPATCHED_GRACE.total_seconds()))
+    quiet_since = now - timedelta(
+        seconds=min(settings.stall_timeout, UNDISPATCHED_GRACE.total_seconds())
+    )
     todo: list[tuple[str, str]] = []
     owners_may_be_waiting = db_outage_recent(settings)
     with db.session() as session:
@@ -97,7 +102,7 @@ def redispatch_stalled(
             if owners_may_be_waiting and stage_status(gen, stage) == S_RUNNING:
                 continue  # give its owner a stall timeout to resume after the outage
             if never_sent or (
-                stalled(gen, stage, settings) and not _sent_within(gen, now, settings, stage)
+                stalled(gen, settings) and not _sent_within(gen, now, settings, stage)
             ):
                 todo.append((gen.id, stage))
     sent = 0
@@ -130,7 +135,33 @@ def _sent_within(gen: Generation, now: datetime, settings: Settings, stage: str)
     sent = _aware(gen.dispatched_at)
     activity = [_aware(t) for s in gen.stages for t in (s.started_at, s.finished_at) if t]
     picked_up = bool(activity) and max(activity) >= sent
-    return not picked_up and (now - sent).total_seconds() < settings.stall_timeout_for(stage)
+    return not picked_up and (now - sent).total_seconds() < settings.stall_timeout
+
+
+def expire_overdue(db: Database, settings: Settings, limit: int = 100) -> int:
+    """Fail every generation past its deadline; returns how many."""
+    now = utcnow()
+    created_before = now - timedelta(seconds=settings.generation_timeout)
+    with db.session() as session:
+        ids = session.scalars(
+            select(Generation.id)
+            .where(
+                Generation.status.in_((PENDING, PROCESSING)),
+                or_(
+                    Generation.deadline_at < now,
+                    and_(Generation.deadline_at.is_(None), Generation.created_at < created_before),
+                ),
+            )
+            .limit(limit)
+        ).all()
+    expired = 0
+    for gen_id in ids:
+        with db.Session() as session:
+            gen = transaction(session, time_out, settings, gen_id)
+            if gen is not None:
+                cancel_remote(settings, gen)  # stop paying for what will never be stored
+                expired += 1
+    return expired
 
 
 def apply_one_feedback(db: Database, feedback_id: int) -> int:

@@ -27,7 +27,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from app.domain.generations import new_stages
+from app.domain.generations import first_unfinished, new_stages
 from app.domain.models import Generation, GenerationStage, utcnow
 from app.domain.states import (
     COMPLETED,
@@ -51,7 +51,15 @@ from app.pipeline.context import (
     StageTransient,
     StageWaiting,
 )
-from app.pipeline.lease import CHECKPOINT, WAITING, checkpoint_of, checkpointer, lock, stalled
+from app.pipeline.lease import (
+    CHECKPOINT,
+    WAITING,
+    checkpoint_of,
+    checkpointer,
+    heartbeat,
+    lock,
+    stalled,
+)
 from app.platform import events
 from app.platform.config import Settings
 from app.platform.db import Database
@@ -96,7 +104,8 @@ def run_stage(
             previous=checkpoint_of(stage),
             checkpoint=checkpointer(session, stage.id, task_id),
         )
-        return _work(ctx, name, task_id, stage.attempts)
+        with heartbeat(db, stage, task_id, every=settings.stall_timeout / 3):
+            return _work(ctx, name, task_id, stage.attempts)
 
 
 def _work(ctx: StageContext, name: str, task_id: str | None, attempt: int) -> Outcome:
@@ -111,7 +120,7 @@ def _work(ctx: StageContext, name: str, task_id: str | None, attempt: int) -> Ou
         return STOP
     except StageWaiting as exc:
         session.rollback()
-        return transaction(session, wait, gen_id, name, task_id, exc)
+        return transaction(session, wait, settings, gen_id, name, task_id, exc)
     except (StageFailed, StageTransient) as exc:
         error, problem = str(exc), exc
     except Exception as exc:
@@ -170,7 +179,7 @@ def claim_stage(
     if stage.status == S_RUNNING and not own_retry:
         # Another delivery holds the stage. Its lease is the generation's
         # progress clock: fresh means it is alive, so this copy stops here.
-        if not stalled(gen, name, settings):
+        if not stalled(gen, settings):
             log.info("%s: %s is already running elsewhere", generation_id, name)
             return STOP
         if stage.attempts >= settings.stage_max_attempts:
@@ -229,6 +238,7 @@ def record(
 
 def wait(
     session: Session,
+    settings: Settings,
     generation_id: str,
     name: str,
     task_id: str | None,
@@ -247,7 +257,10 @@ def wait(
         return STOP
     stage.output = {**(stage.output or {}), **exc.state, CHECKPOINT: True, WAITING: exc.reason}
     gen.updated_at = utcnow()  # still alive: renews the lease
-    return Outcome(True, exc.retry_in)
+    # A longer wait is taken in hops, each renewing the lease, so a waiting
+    # stage never looks lost; a run before its time waits again (the
+    # provider is polled, a reserved token is kept in the checkpoint).
+    return Outcome(True, min(exc.retry_in, settings.stall_timeout / 2))
 
 
 def fail_or_retry(
@@ -296,6 +309,22 @@ def end_failed(
         lambda: events.generation_final(settings, gen_id, FAILED, delivery, record_webhook=False)
     )
     return Outcome(False, error=error)
+
+
+def time_out(
+    session: Session, settings: Settings, generation_id: str, after: After
+) -> Generation | None:
+    """Fail a generation past its deadline at the stage it is in (None: it
+    ended meanwhile)."""
+    gen = lock(session, generation_id)
+    if gen is None or gen.status in FINAL:
+        return None
+    stage = gen.stage(first_unfinished(gen) or STAGES[-1])
+    minutes = settings.generation_timeout / 60
+    error = f"timed out after {minutes:g} min at {stage.name} (BFF_GENERATION_TIMEOUT)"
+    end_failed(session, settings, gen, stage, error, after)
+    gen.error_code = "timeout"
+    return gen
 
 
 def fail(gen: Any, stage: Any, message: str) -> None:

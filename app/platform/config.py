@@ -20,19 +20,6 @@ PROVIDER_KEY_VARS = {
     "openai-gpt-image": "OPENAI_API_KEY",
 }
 
-# Longest a stage may go without progress before it is presumed lost. Waiting
-# stages (a provider working) record progress on every poll, so these bound
-# one poll or one synchronous provider call, not a whole prediction.
-STALL_TIMEOUTS = {
-    "analyze": 180.0,
-    "enhance": 180.0,
-    "persona": 120.0,
-    "route": 120.0,
-    "optimize": 120.0,
-    "generate": 420.0,
-    "store": 180.0,
-}
-
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
     raw = env.get(name)
@@ -87,10 +74,16 @@ class Settings:
     openai_base_url: str | None = None
     default_provider: str | None = None
     stage_max_attempts: int = 3
-    # A stage with no progress for this long is presumed lost (worker killed,
-    # broker emptied) and re-dispatched by the maintenance job. None: per-stage defaults.
-    stall_timeout: float | None = None
-    maintenance_interval: float = 30.0
+    # A generation whose lease (updated_at) is older than this is presumed
+    # lost (worker killed, broker emptied) and re-dispatched by maintenance. A
+    # running stage renews it every third of it (lease.heartbeat), a waiting
+    # one each time it runs again, so it bounds recovery, not how long a
+    # stage may take.
+    stall_timeout: float = 30.0
+    # A generation not final this many seconds after its submit (or retry)
+    # fails with code "timeout" and its provider work is canceled.
+    generation_timeout: float = 900.0
+    maintenance_interval: float = 10.0
     submit_rate_limit: tuple[int, float] = (60, 60.0)  # (count, window seconds); 0 = off
     max_upload_bytes: int = 10 * 1024 * 1024
     max_image_pixels: int = 40_000_000
@@ -132,9 +125,6 @@ class Settings:
     @property
     def broker_folder(self) -> Path:
         return self.var_dir / "broker"
-
-    def stall_timeout_for(self, stage: str) -> float:
-        return self.stall_timeout or STALL_TIMEOUTS.get(stage, 120.0)
 
     def provider_key(self, provider_id: str) -> str | None:
         var = PROVIDER_KEY_VARS.get(provider_id)
@@ -186,8 +176,9 @@ class Settings:
             openai_base_url=env.get("OPENAI_BASE_URL") or None,
             default_provider=env.get("BFF_DEFAULT_PROVIDER") or None,
             stage_max_attempts=_int(env, "BFF_STAGE_MAX_ATTEMPTS", 3),
-            stall_timeout=_float(env, "BFF_STALL_TIMEOUT", 0.0) or None,
-            maintenance_interval=_float(env, "BFF_MAINTENANCE_INTERVAL", 30.0),
+            stall_timeout=_float(env, "BFF_STALL_TIMEOUT", 30.0),
+            generation_timeout=_float(env, "BFF_GENERATION_TIMEOUT", 900.0),
+            maintenance_interval=_float(env, "BFF_MAINTENANCE_INTERVAL", 10.0),
             submit_rate_limit=_rate(env.get("BFF_SUBMIT_RATE_LIMIT") or "60/60"),
             max_upload_bytes=_int(env, "BFF_MAX_UPLOAD_BYTES", 10 * 1024 * 1024),
             max_image_pixels=_int(env, "BFF_MAX_IMAGE_PIXELS", 40_000_000),

@@ -9,13 +9,13 @@ generator and beat processes on
 - its own bucket on moto's S3 server, behind another switch,
 - the fake Replicate and OpenAI servers (this process), counting paid creates.
 
-Short stall timeouts and a 2 s maintenance beat make recovery take seconds.
 A test that kills a process starts a new one (``FaultStack.restart``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from urllib.parse import urlsplit
 
 import pytest
@@ -39,12 +39,20 @@ REPLICATE_TOKEN, OPENAI_KEY = "r8_faults", "sk-faults"
 BUCKET = "bff-faults"
 
 
-def _make_bucket(endpoint: str) -> None:
-    public_bucket(endpoint, BUCKET)
+# Short stall timeouts and a 2 s maintenance beat make recovery take seconds.
+FAST = {
+    "BFF_STALL_TIMEOUT": "6",
+    "BFF_MAINTENANCE_INTERVAL": "2",
+    "BFF_BROKER_VISIBILITY_TIMEOUT": "20",
+}
 
 
-@pytest.fixture(scope="package")
-def fstack(service_env, s3_server, tmp_path_factory) -> Iterator[FaultStack]:
+@contextmanager
+def fault_stack(
+    service_env, s3_server, tmp_path_factory, timings: dict[str, str], bucket: str = BUCKET
+) -> Iterator[FaultStack]:
+    """The Procfile's processes on their own database, Redis and ``bucket``,
+    with ``timings`` (stall timeout, maintenance interval) over the defaults."""
     if not postgres_ok():
         unavailable("PostgreSQL on 127.0.0.1:5432")
     logs = tmp_path_factory.mktemp("fault-logs")
@@ -53,7 +61,7 @@ def fstack(service_env, s3_server, tmp_path_factory) -> Iterator[FaultStack]:
         redis.start()
     except RuntimeError as exc:
         unavailable(f"a private redis-server ({exc})")
-    _make_bucket(s3_server)
+    public_bucket(s3_server, bucket)
     moto = urlsplit(s3_server)
     bucket_switch = TcpSwitch(moto.hostname, moto.port)
     replicate, openai = FakeReplicate(token=REPLICATE_TOKEN), FakeOpenAIImages(key=OPENAI_KEY)
@@ -72,16 +80,13 @@ def fstack(service_env, s3_server, tmp_path_factory) -> Iterator[FaultStack]:
             "DATABASE_URL": via_switch,
             "REDIS_URL": redis.url,
             "R2_ENDPOINT_URL": bucket_switch.url,
-            "R2_BUCKET_NAME": BUCKET,
-            "R2_CDN_URL": f"{s3_server}/{BUCKET}",
+            "R2_BUCKET_NAME": bucket,
+            "R2_CDN_URL": f"{s3_server}/{bucket}",
             "REPLICATE_API_TOKEN": REPLICATE_TOKEN,
             "REPLICATE_BASE_URL": replicate.url,
             "OPENAI_API_KEY": OPENAI_KEY,
             "OPENAI_BASE_URL": openai.url + "/v1",
             "BFF_PROVIDER_POLL_SECONDS": "0.3",
-            "BFF_STALL_TIMEOUT": "6",
-            "BFF_MAINTENANCE_INTERVAL": "2",
-            "BFF_BROKER_VISIBILITY_TIMEOUT": "20",
             "BFF_STAGE_MAX_ATTEMPTS": "4",
             "BFF_SUBMIT_RATE_LIMIT": "1000/60",
             "PORT": str(port),
@@ -90,6 +95,7 @@ def fstack(service_env, s3_server, tmp_path_factory) -> Iterator[FaultStack]:
             "GUNICORN_WORKERS": "2",
             "BFF_PUBLIC_URL": f"http://127.0.0.1:{port}",
             "BFF_VAR_DIR": str(tmp_path_factory.mktemp("fault-var")),
+            **timings,
         }
         app = create_app({**env, "DATABASE_URL": direct_url, "CELERY_BROKER_URL": "memory://"})
         st = FaultStack(
@@ -102,7 +108,7 @@ def fstack(service_env, s3_server, tmp_path_factory) -> Iterator[FaultStack]:
             database=db_switch,
             redis=redis,
             s3_endpoint=s3_server,
-            bucket_name=BUCKET,
+            bucket_name=bucket,
             logs=logs,
         )
         try:
@@ -117,6 +123,12 @@ def fstack(service_env, s3_server, tmp_path_factory) -> Iterator[FaultStack]:
             bucket_switch.close()
             db_switch.close()
             redis.kill()
+
+
+@pytest.fixture(scope="package")
+def fstack(service_env, s3_server, tmp_path_factory) -> Iterator[FaultStack]:
+    with fault_stack(service_env, s3_server, tmp_path_factory, FAST) as st:
+        yield st
 
 
 @pytest.fixture
