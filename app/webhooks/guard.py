@@ -1,52 +1,38 @@
-"""The SSRF guard: the host is resolved at delivery time and *every* address
-checked; private, link-local, reserved, multicast and (outside development)
-loopback targets are refused. The request is then sent to the checked address
-itself (TLS still verifies the host name), so DNS cannot be re-pointed in between."""
+"""The SSRF guard: which webhook URLs we call. The same rules at submit (a bad
+URL is a 422 there) and before every delivery (DNS can change in between):
+https, and a host that resolves to public addresses only: not private,
+loopback (except in development), link-local, reserved, multicast or
+unspecified. Plain http is for loopback in development only. The request then
+goes to the checked address itself (TLS still verifies the host name), so DNS
+cannot be re-pointed between the check and the call."""
 
 from __future__ import annotations
 
 import ipaddress
 import socket
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from app.platform.config import Settings
 
-LOOPBACK_NAMES = ("localhost", "localhost.")
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+HTTP_ONLY_LOOPBACK = "must be https (plain http only to loopback in development)"
 
 
 class Refused(Exception):
     """The target is not an address we are willing to call."""
 
 
-def _is_loopback_host(host: str) -> bool:
-    if host.lower() in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def submit_url_problem(url: str, settings: Settings) -> str | None:
-    """Why ``url`` cannot be a webhookUrl, checked at submit (None if fine)."""
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError:
-        return "not a valid URL"
-    if not parts.hostname or parts.scheme not in ("https", "http"):
-        return "must be an https:// URL"
-    if parts.scheme == "http" and not (
-        settings.webhooks_allow_loopback and _is_loopback_host(parts.hostname)
-    ):
-        return "must be https (plain http only to localhost in development)"
-    return None
-
-
-def _refusal(addr: ipaddress.IPv4Address | ipaddress.IPv6Address, settings: Settings) -> str | None:
+def _ip(raw: str) -> Address:
+    addr = ipaddress.ip_address(raw)
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
-        addr = addr.ipv4_mapped
+        return addr.ipv4_mapped  # ::ffff:10.0.0.1 is 10.0.0.1
+    return addr
+
+
+def address_problem(raw: str, settings: Settings) -> str | None:
+    """Why we will not call the address ``raw`` (None: we will)."""
+    addr = _ip(raw)
     if addr.is_loopback:
         return None if settings.webhooks_allow_loopback else "a loopback address"
     if addr.is_link_local:
@@ -58,23 +44,53 @@ def _refusal(addr: ipaddress.IPv4Address | ipaddress.IPv6Address, settings: Sett
     return None
 
 
-def resolve_target(url: str, settings: Settings) -> str:
-    """Resolve the host now and check every address; return the one to connect to."""
-    problem = submit_url_problem(url, settings)
-    if problem:
-        raise Refused(problem)
-    parts = urlsplit(url)
+def _split(url: str, settings: Settings) -> SplitResult:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise Refused("not a valid URL") from None
+    if not parts.hostname or parts.scheme not in ("https", "http"):
+        raise Refused("must be an https:// URL")
+    if parts.scheme == "http" and not settings.webhooks_allow_loopback:
+        raise Refused(HTTP_ONLY_LOOPBACK)
+    return parts
+
+
+def _resolve(parts: SplitResult) -> list[str]:
     port = parts.port or (443 if parts.scheme == "https" else 80)
     try:
         infos = socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
         raise Refused(f"cannot resolve {parts.hostname}: {exc.strerror}") from None
-    addrs = sorted({info[4][0].split("%")[0] for info in infos})
+    except UnicodeError:  # IDNA refuses the name (an empty or over-long label)
+        raise Refused(f"{parts.hostname} is not a valid host name") from None
+    # A scope id (fe80::1%eth0) is no part of the address checked.
+    return sorted({info[4][0].split("%")[0] for info in infos})
+
+
+def resolve_target(url: str, settings: Settings) -> str:
+    """Resolve the host now and check every address; return the one to connect
+    to. Raises Refused."""
+    parts = _split(url, settings)
+    addrs = _resolve(parts)
     for raw in addrs:
-        why = _refusal(ipaddress.ip_address(raw), settings)
-        if why:
-            raise Refused(f"{parts.hostname} resolves to {raw}, {why}")
+        if why := address_problem(raw, settings):
+            where = f"{raw} is" if raw == parts.hostname else f"{parts.hostname} resolves to {raw},"
+            raise Refused(f"{where} {why}")
+    if parts.scheme == "http" and not all(_ip(raw).is_loopback for raw in addrs):
+        raise Refused(HTTP_ONLY_LOOPBACK)
     return addrs[0]
+
+
+def submit_url_problem(url: str, settings: Settings) -> str | None:
+    """Why ``url`` cannot be a webhookUrl (None if fine): the delivery's own check,
+    made at submit so a URL it would refuse is never accepted."""
+    try:
+        resolve_target(url, settings)
+    except Refused as exc:
+        return str(exc)
+    return None
 
 
 def post(url: str, ip: str, headers: dict[str, str], body: bytes, timeout: float = 10) -> int:
