@@ -1,0 +1,158 @@
+"""Delivery: one ``webhook_deliveries`` row per message, recorded with the
+transition it reports; sent at least once (the same ``webhook-id`` on every
+retry, so the receiver can de-duplicate); non-2xx or a network error retried
+with exponential backoff until a day has passed; a refused target recorded as
+``refused`` and never called."""
+
+from __future__ import annotations
+
+import json
+import random
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.domain.models import Generation, User, new_id, utcnow
+from app.platform.config import Settings
+from app.platform.db import Database
+from app.webhooks.guard import Refused, post, resolve_target
+from app.webhooks.model import DELIVERED, FAILED, PENDING, REFUSED, WebhookDelivery
+from app.webhooks.signing import ensure_secret, signed_headers
+
+CLAIM = timedelta(seconds=120)  # an attempt in flight; after this the sweep may take over
+MAX_DELAY = 4 * 3600.0
+
+
+def record_final(session: Session, gen: Generation) -> str | None:
+    """Record the final-state message for ``gen`` in the caller's transaction,
+    so the transition and its webhook commit together (or not at all).
+    Returns the delivery id to send after the commit (None: no webhook)."""
+    from app.domain.generations import to_json  # it imports the pipeline, which imports us
+
+    if not gen.webhook_url:
+        return None
+    session.flush()
+    session.expire(gen, ["stages", "assets"])  # the payload shows what was just written
+    ensure_secret(session.get(User, gen.user_id))
+    delivery = WebhookDelivery(
+        id=new_id("msg"),
+        user_id=gen.user_id,
+        generation_id=gen.id,
+        event_type=f"generation.{gen.status}",
+        url=gen.webhook_url,
+        payload=json.dumps(to_json(gen), separators=(",", ":")),
+        status=PENDING,
+        attempts=0,
+        next_attempt_at=utcnow(),
+    )
+    session.add(delivery)
+    return delivery.id
+
+
+def queue_final(services: Any, generation_id: str) -> str | None:
+    """Record and send the final-state message in a transaction of its own
+    (for callers that have already committed the transition)."""
+    with services.db.session() as session:
+        gen = session.get(Generation, generation_id)
+        delivery_id = record_final(session, gen) if gen is not None else None
+    if delivery_id:
+        send(services.celery, delivery_id, 1)
+    return delivery_id
+
+
+def send(celery_app: Any, delivery_id: str, attempt_no: int, countdown: float = 0) -> None:
+    try:
+        celery_app.send_task(
+            "webhooks.deliver", args=(delivery_id, attempt_no), countdown=countdown or None
+        )
+    except Exception:  # broker down: the sweep (beat) sends it when it is due
+        pass
+
+
+def backoff(attempts: int, base: float) -> float:
+    return min(MAX_DELAY, base * 2 ** (attempts - 1)) * random.uniform(0.9, 1.1)
+
+
+def _aware(dt: datetime) -> datetime:
+    return dt if dt.tzinfo else dt.replace(tzinfo=utcnow().tzinfo)
+
+
+def attempt(
+    db: Database, settings: Settings, delivery_id: str, attempt_no: int
+) -> tuple[int, float] | None:
+    """Make attempt ``attempt_no`` of a delivery if it is due. Returns the
+    attempt to schedule next and in how many seconds: the same one when it is
+    not due yet, the following one when this one failed; None when there is
+    nothing more to do. A message for an attempt already made (a duplicate, a
+    redelivery) is dropped."""
+    now = utcnow()
+    with db.session() as session:
+        d = session.get(WebhookDelivery, delivery_id, with_for_update=True)
+        if d is None or d.status != PENDING or d.attempts != attempt_no - 1:
+            return None
+        due = _aware(d.next_attempt_at or now)
+        if due > now + timedelta(seconds=1):
+            return attempt_no, (due - now).total_seconds()
+        d.attempts, d.next_attempt_at = attempt_no, now + CLAIM  # claimed
+        secret = ensure_secret(session.get(User, d.user_id))
+        url, payload, created = d.url, d.payload, _aware(d.created_at)
+    try:
+        code, error = _call(settings, url, delivery_id, secret, payload, now)
+    except Refused as exc:
+        return _record(db, delivery_id, REFUSED, None, f"refused: {exc}")
+    if error is None:
+        return _record(db, delivery_id, DELIVERED, code, None)
+    delay = backoff(attempt_no, settings.webhook_retry_base)
+    if (now - created).total_seconds() + delay > settings.webhook_max_age:
+        return _record(db, delivery_id, FAILED, code, f"gave up: {error}")
+    _record(db, delivery_id, PENDING, code, error, now + timedelta(seconds=delay))
+    return attempt_no + 1, delay
+
+
+def _call(
+    settings: Settings, url: str, msg_id: str, secret: str, payload: str, now: datetime
+) -> tuple[int | None, str | None]:
+    """POST one signed attempt: ``(status code, error)``, the error None on a
+    2xx. Raises Refused when the target fails the guard."""
+    ip = resolve_target(url, settings)
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": "designer-bff-webhooks/1",
+        **signed_headers(secret, msg_id, now, payload),
+    }
+    try:
+        code = post(url, ip, headers, payload.encode())
+    except Exception as exc:  # network errors are the receiver's outage: retry
+        return None, f"{type(exc).__name__}: {exc}"[:500]
+    return code, None if 200 <= code < 300 else f"HTTP {code}"
+
+
+def _record(
+    db: Database,
+    delivery_id: str,
+    status: str,
+    code: int | None,
+    error: str | None,
+    next_at: datetime | None = None,
+) -> None:
+    with db.session() as session:
+        d = session.get(WebhookDelivery, delivery_id, with_for_update=True)
+        d.status, d.last_status_code, d.last_error = status, code, error
+        d.next_attempt_at = next_at
+        if status == DELIVERED:
+            d.delivered_at = utcnow()
+
+
+def due_deliveries(db: Database, limit: int = 200) -> list[tuple[str, int]]:
+    """Pending deliveries whose attempt is overdue (a lost message, a dead
+    worker's claim): ``(id, next attempt number)`` for the sweep to send."""
+    cutoff = utcnow() - timedelta(seconds=60)
+    with db.session() as session:
+        rows = session.execute(
+            select(WebhookDelivery.id, WebhookDelivery.attempts)
+            .where(WebhookDelivery.status == PENDING, WebhookDelivery.next_attempt_at < cutoff)
+            .limit(limit)
+        ).all()
+    return [(rid, attempts + 1) for rid, attempts in rows]

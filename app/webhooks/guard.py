@@ -1,0 +1,116 @@
+"""The SSRF guard: which webhook URLs we call. The same rules at submit (a bad
+URL is a 422 there) and before every delivery (DNS can change in between):
+https, and a host that resolves to public addresses only: not private,
+loopback (except in development), link-local, reserved, multicast or
+unspecified. Plain http is for loopback in development only. The request then
+goes to the checked address itself (TLS still verifies the host name), so DNS
+cannot be re-pointed between the check and the call."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from typing import Any
+from urllib.parse import SplitResult, urlsplit
+
+from app.platform.config import Settings
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+HTTP_ONLY_LOOPBACK = "must be https (plain http only to loopback in development)"
+
+
+class Refused(Exception):
+    """The target is not an address we are willing to call."""
+
+
+def _ip(raw: str) -> Address:
+    addr = ipaddress.ip_address(raw)
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
+        return addr.ipv4_mapped  # ::ffff:10.0.0.1 is 10.0.0.1
+    return addr
+
+
+def address_problem(raw: str, settings: Settings) -> str | None:
+    """Why we will not call the address ``raw`` (None: we will)."""
+    addr = _ip(raw)
+    if addr.is_loopback:
+        return None if settings.webhooks_allow_loopback else "a loopback address"
+    if addr.is_link_local:
+        return "a link-local address"
+    if addr.is_private:
+        return "a private address"
+    if addr.is_multicast or addr.is_reserved or addr.is_unspecified or not addr.is_global:
+        return "not a public address"
+    return None
+
+
+def _split(url: str, settings: Settings) -> SplitResult:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise Refused("not a valid URL") from None
+    if not parts.hostname or parts.scheme not in ("https", "http"):
+        raise Refused("must be an https:// URL")
+    if parts.scheme == "http" and not settings.webhooks_allow_loopback:
+        raise Refused(HTTP_ONLY_LOOPBACK)
+    return parts
+
+
+def _resolve(parts: SplitResult) -> list[str]:
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        infos = socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise Refused(f"cannot resolve {parts.hostname}: {exc.strerror}") from None
+    except UnicodeError:  # IDNA refuses the name (an empty or over-long label)
+        raise Refused(f"{parts.hostname} is not a valid host name") from None
+    # A scope id (fe80::1%eth0) is no part of the address checked.
+    return sorted({info[4][0].split("%")[0] for info in infos})
+
+
+def resolve_target(url: str, settings: Settings) -> str:
+    """Resolve the host now and check every address; return the one to connect
+    to. Raises Refused."""
+    parts = _split(url, settings)
+    addrs = _resolve(parts)
+    for raw in addrs:
+        if why := address_problem(raw, settings):
+            where = f"{raw} is" if raw == parts.hostname else f"{parts.hostname} resolves to {raw},"
+            raise Refused(f"{where} {why}")
+    if parts.scheme == "http" and not all(_ip(raw).is_loopback for raw in addrs):
+        raise Refused(HTTP_ONLY_LOOPBACK)
+    return addrs[0]
+
+
+def submit_url_problem(url: str, settings: Settings) -> str | None:
+    """Why ``url`` cannot be a webhookUrl (None if fine): the delivery's own check,
+    made at submit so a URL it would refuse is never accepted."""
+    try:
+        resolve_target(url, settings)
+    except Refused as exc:
+        return str(exc)
+    return None
+
+
+def post(url: str, ip: str, headers: dict[str, str], body: bytes, timeout: float = 10) -> int:
+    """POST to the already-checked ``ip``; no redirects followed."""
+    import urllib3
+
+    parts = urlsplit(url)
+    host = parts.hostname
+    https = parts.scheme == "https"
+    port = parts.port or (443 if https else 80)
+    kw: dict[str, Any] = {"server_hostname": host, "assert_hostname": host} if https else {}
+    pool_cls = urllib3.HTTPSConnectionPool if https else urllib3.HTTPConnectionPool
+    with pool_cls(ip, port, timeout=urllib3.Timeout(connect=5, read=timeout), **kw) as pool:
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        resp = pool.urlopen(
+            "POST",
+            path,
+            body=body,
+            headers={**headers, "Host": parts.netloc.rsplit("@", 1)[-1]},
+            redirect=False,
+            retries=False,
+        )
+        return resp.status
