@@ -126,6 +126,37 @@ def test_canceled_while_a_stage_works_keeps_canceled(app, client, user, monkeypa
     assert stages_by_name(gen)["persona"]["status"] == "pending"
 
 
+def _stored(app, gen_id: str) -> list[str]:
+    return [o.key for o in services(app).storage.list("users/", None, 100) if gen_id in o.key]
+
+
+@pytest.mark.parametrize(
+    ("name", "ends"), [("generate", "delete"), ("store", "delete"), ("generate", "cancel")]
+)
+def test_a_stage_leaves_no_object_of_a_generation_ended_while_it_worked(
+    app, client, user, monkeypatch, name, ends
+):
+    """Deleted (or, for generate's outputs, canceled) while the stage worked:
+    what the stage stored is removed, so every object in the bucket has a row."""
+    gen_id = submit_prompt(client, user.headers)
+    run_all(app, gen_id, STAGES[: STAGES.index(name)])
+    real = STAGE_FUNCS[name]
+
+    def meanwhile(ctx: StageContext) -> StageResult:
+        path = f"/api/generate/{gen_id}" + ("" if ends == "delete" else "/cancel")
+        assert (
+            client.open(
+                path, method="DELETE" if ends == "delete" else "POST", headers=user.headers
+            ).status_code
+            < 300
+        )
+        return real(ctx)  # stores its images after the user ended the job
+
+    monkeypatch.setitem(STAGE_FUNCS, name, meanwhile)
+    assert stage(app, gen_id, name).proceed is False
+    assert _stored(app, gen_id) == []
+
+
 def test_stage_failed_fails_the_generation_and_stops(app, client, user, monkeypatch):
     calls = []
 

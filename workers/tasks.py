@@ -13,7 +13,7 @@ from celery.signals import worker_init, worker_process_init
 from flask import current_app
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from app.pipeline import STAGES
+from app.pipeline import STAGES, orphans
 from app.pipeline.maintenance import (
     apply_one_feedback,
     apply_pending_feedback,
@@ -155,3 +155,9 @@ def redispatch_task() -> None:
             expired,
             applied,
         )
+
+
+@shared_task(name="maintenance.sweep_storage", acks_late=True)
+def sweep_storage_task() -> None:
+    s = current_app.extensions["bff"]
+    orphans.sweep(s.db, s.storage)

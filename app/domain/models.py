@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Float,
@@ -212,6 +213,16 @@ class PromptTokenScore(Base):
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, onupdate=utcnow
     )
+
+
+class MaintenanceState(Base):
+    """Where a paged periodic job (the storage sweep) stopped, and its tally."""
+
+    __tablename__ = "maintenance_state"
+    name: Mapped[str] = mapped_column(String(40), primary_key=True)
+    position: Mapped[str | None] = mapped_column(Text)
+    removed: Mapped[int] = mapped_column(BigInteger, default=0)
+    updated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class ProviderOutcome(Base):

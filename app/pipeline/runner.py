@@ -26,10 +26,12 @@ from datetime import UTC
 from typing import Any
 
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.exc import ObjectDeletedError, StaleDataError
 
 from app.domain.generations import first_unfinished, new_stages
 from app.domain.models import Generation, GenerationStage, utcnow
 from app.domain.states import (
+    CANCELED,
     COMPLETED,
     FAILED,
     FINAL,
@@ -64,7 +66,7 @@ from app.platform import events
 from app.platform.config import Settings
 from app.platform.db import Database
 from app.platform.db import unavailable as db_unavailable
-from app.platform.storage import Storage
+from app.platform.storage import Storage, generation_prefix
 from app.providers.health import record_outcome
 from app.webhooks import record_final
 
@@ -78,9 +80,10 @@ class Outcome:
     proceed: bool  # False: stop the chain here
     retry_in: float | None = None  # set: run this stage again after that many seconds
     error: str | None = None  # set: the generation failed at this stage
+    gone: bool = False  # the generation was deleted while this stage worked
 
 
-CONTINUE, STOP = Outcome(True), Outcome(False)
+CONTINUE, STOP, GONE = Outcome(True), Outcome(False), Outcome(False, gone=True)
 
 
 def run_stage(
@@ -104,8 +107,12 @@ def run_stage(
             previous=checkpoint_of(stage),
             checkpoint=checkpointer(session, stage.id, task_id),
         )
+        prefix = generation_prefix(gen.user_id, gen.id)
         with heartbeat(db, stage, task_id, every=settings.stall_timeout / 3):
-            return _work(ctx, name, task_id, stage.attempts)
+            outcome = _work(ctx, name, task_id, stage.attempts)
+    if outcome.gone:  # whatever this stage stored went after the delete removed the rest
+        storage.delete_prefix(prefix)
+    return outcome
 
 
 def _work(ctx: StageContext, name: str, task_id: str | None, attempt: int) -> Outcome:
@@ -114,10 +121,13 @@ def _work(ctx: StageContext, name: str, task_id: str | None, attempt: int) -> Ou
     try:
         result = STAGE_FUNCS[name](ctx)
         status = S_SKIPPED if result.skipped else S_COMPLETED
-        return transaction(session, record, settings, ctx.generation, name, status, result.output)
+        return transaction(session, record, ctx, name, status, result.output)
     except StageLeaseLost as exc:
         log.warning("%s: %s stopped: %s", gen_id, name, exc)
         return STOP
+    except (ObjectDeletedError, StaleDataError):
+        session.rollback()
+        return GONE
     except StageWaiting as exc:
         session.rollback()
         return transaction(session, wait, settings, gen_id, name, task_id, exc)
@@ -201,8 +211,7 @@ def claim_stage(
 
 def record(
     session: Session,
-    settings: Settings,
-    gen: Generation,
+    ctx: StageContext,
     name: str,
     status: str,
     output: dict[str, Any],
@@ -210,7 +219,8 @@ def record(
 ) -> Outcome:
     """Write a successful stage's result under the generation's lock, with
     what the stage function wrote (its rows; route's provider, generate's cost)."""
-    session.flush()
+    settings, gen = ctx.settings, ctx.generation
+    session.flush()  # (a deleted generation: StaleDataError, or an asset's foreign key)
     session.refresh(gen, ["status"], with_for_update=True)  # ended by someone meanwhile?
     stage = gen.stage(name)
     session.refresh(stage)
@@ -224,6 +234,9 @@ def record(
         record_outcome(session, gen.provider, ok=True)
     after.append(lambda: events.stage_changed(settings, gen.id, name, status, duration))
     if gen.status in FINAL:  # e.g. canceled while it worked: whoever ended it announced that
+        if name == "generate" and gen.status == CANCELED:  # store will never record them
+            stored = [o["storedKey"] for o in output.get("outputs", []) if o.get("storedKey")]
+            after.append(lambda: ctx.storage.delete(stored))
         return STOP
     if name == STAGES[-1]:
         set_status(gen, COMPLETED)
@@ -248,7 +261,9 @@ def wait(
     """The stage is waiting (a provider working, a rate-limit token not yet
     free): keep what it asked to keep, renew the lease, run it again later."""
     gen = lock(session, generation_id)
-    if gen is None or gen.status in FINAL:
+    if gen is None:
+        return GONE
+    if gen.status in FINAL:
         return STOP
     stage = gen.stage(name)
     if task_id is not None and stage.task_id != task_id:
@@ -274,7 +289,7 @@ def fail_or_retry(
 ) -> Outcome:
     gen = lock(session, generation_id)
     if gen is None:
-        return STOP
+        return GONE
     stage = gen.stage(name)
     stage.duration_ms = _elapsed_ms(stage)
     if name == "generate" and gen.provider:

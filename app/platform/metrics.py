@@ -27,7 +27,7 @@ from prometheus_client.core import (
 )
 from sqlalchemy import case, func, select
 
-from app.domain.models import Generation, GenerationStage, Provider
+from app.domain.models import Generation, GenerationStage, MaintenanceState, Provider
 from app.webhooks import WebhookDelivery
 
 log = logging.getLogger(__name__)
@@ -149,6 +149,11 @@ class DatabaseCollector:
             hook_attempts.add_metric([status], int(tries or 0))
         yield hooks
         yield hook_attempts
+        swept = CounterMetricFamily(
+            "bff_storage_orphans_removed", "Objects without a row the storage sweep removed"
+        )
+        swept.add_metric([], sum(session.scalars(select(MaintenanceState.removed))))
+        yield swept
 
     def _queues(self) -> Iterator[Metric]:
         """Messages waiting per queue, as the broker counts them (a passive

@@ -68,6 +68,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
                 "schedule": settings.maintenance_interval,
             },
             "webhooks-sweep": {"task": "webhooks.sweep", "schedule": 60.0},
+            "storage-sweep": {"task": "maintenance.sweep_storage", "schedule": 60.0},
         },
         "worker_hijack_root_logger": False,
     }

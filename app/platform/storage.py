@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
@@ -22,10 +24,22 @@ class StorageError(Exception):
     """The backend could not be reached or refused the operation (transient)."""
 
 
+@dataclass(frozen=True)
+class StoredObject:
+    key: str
+    modified: datetime  # UTC
+
+
 class Storage(Protocol):
     def put(self, key: str, data: bytes, content_type: str) -> str: ...
     def get(self, key: str) -> bytes: ...
     def delete_prefix(self, prefix: str) -> int: ...
+    def delete(self, keys: list[str]) -> None: ...
+    def list(self, prefix: str, after: str | None, limit: int) -> list[StoredObject]:
+        """Up to ``limit`` objects under ``prefix`` whose keys sort after
+        ``after``, in key order (a page of a walk that can resume)."""
+        ...
+
     def url(self, key: str) -> str: ...
     def check(self) -> None: ...
 
@@ -79,6 +93,22 @@ class LocalStorage:
                 path.rmdir()
         base.rmdir()
         return count
+
+    def delete(self, keys: list[str]) -> None:
+        for key in keys:
+            self._path(key).unlink(missing_ok=True)
+
+    def list(self, prefix: str, after: str | None, limit: int) -> list[StoredObject]:
+        found = []
+        for path in self._resolved_root.rglob("*"):
+            key = path.relative_to(self._resolved_root).as_posix()
+            if key.startswith(prefix) and (after is None or key > after) and path.is_file():
+                if not path.name.startswith(".tmp-"):  # a put in progress
+                    found.append(key)
+        return [
+            StoredObject(k, datetime.fromtimestamp(self._path(k).stat().st_mtime, UTC))
+            for k in sorted(found)[:limit]
+        ]
 
     def url(self, key: str) -> str:
         return f"{self.base_url}/cdn/{key}"
@@ -159,14 +189,27 @@ class S3Storage:
 
     def delete_prefix(self, prefix: str) -> int:
         resp = self._call(self.client.list_objects_v2, Bucket=self.bucket, Prefix=prefix)
-        keys = [{"Key": o["Key"]} for o in resp.get("Contents", [])]
+        keys = [o["Key"] for o in resp.get("Contents", [])]
+        self.delete(keys)
+        return len(keys)
+
+    def delete(self, keys: list[str]) -> None:
         if keys:
             self._call(
                 self.client.delete_objects,
                 Bucket=self.bucket,
-                Delete={"Objects": keys, "Quiet": True},
+                Delete={"Objects": [{"Key": k} for k in keys], "Quiet": True},
             )
-        return len(keys)
+
+    def list(self, prefix: str, after: str | None, limit: int) -> list[StoredObject]:
+        resp = self._call(
+            self.client.list_objects_v2,
+            Bucket=self.bucket,
+            Prefix=prefix,
+            StartAfter=after or "",
+            MaxKeys=limit,
+        )
+        return [StoredObject(o["Key"], o["LastModified"]) for o in resp.get("Contents", [])]
 
     def url(self, key: str) -> str:
         return f"{self.cdn_url}/{key}"

@@ -1,0 +1,86 @@
+"""The storage sweep: every object in the bucket has a row.
+
+A stage that finds its generation deleted removes what it stored, and a
+delete removes the generation's objects before and after its row. What can
+still slip through is an object stored by a worker that died before it
+could look (killed between its upload and its record). The sweep walks the
+bucket's generation objects a page per run (``PAGE`` keys, resuming where
+the last run stopped, round and round) and removes each object older than
+``GRACE`` whose generation is gone, or has ended for good (completed,
+canceled) without recording it. Younger objects may belong to a request or
+a stage that has not committed yet; a failed generation keeps its objects,
+since a retry may still store them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from datetime import timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.domain.models import Generation, GenerationAsset, MaintenanceState, utcnow
+from app.domain.states import TERMINAL
+from app.platform.db import Database
+from app.platform.storage import Storage, StoredObject
+
+log = logging.getLogger(__name__)
+
+NAME = "storage-sweep"
+ROOT = "users/"  # generation objects: users/<user>/generations/<generation>/...
+PAGE = 500
+GRACE = timedelta(minutes=10)
+
+
+def sweep(db: Database, storage: Storage, page: int = PAGE) -> int:
+    """One page of the walk; returns how many objects it removed."""
+    with db.session() as session:
+        state = session.get(MaintenanceState, NAME, with_for_update=True)
+        if state is None:
+            state = MaintenanceState(name=NAME, removed=0)
+            session.add(state)
+        objects = storage.list(ROOT, state.position, page)
+        orphans = _orphans(session, objects)
+        storage.delete(orphans)  # first: if it fails, the walk does not move on
+        state.position = objects[-1].key if len(objects) == page else None
+        state.removed = (state.removed or 0) + len(orphans)
+        state.updated_at = utcnow()
+    if orphans:
+        log.warning("storage sweep removed %d object(s) without a row: %s", len(orphans), orphans)
+    return len(orphans)
+
+
+def _orphans(session: Session, objects: list[StoredObject]) -> list[str]:
+    settled = utcnow() - GRACE
+    by_generation: dict[str, list[str]] = defaultdict(list)
+    for obj in objects:
+        parts = obj.key.split("/")
+        if len(parts) >= 5 and parts[2] == "generations" and obj.modified < settled:
+            by_generation[parts[3]].append(obj.key)
+    if not by_generation:
+        return []
+    ids = list(by_generation)
+    gens = {
+        row.id: row
+        for row in session.execute(
+            select(Generation.id, Generation.status, Generation.input_key).where(
+                Generation.id.in_(ids)
+            )
+        )
+    }
+    recorded = set(
+        session.scalars(
+            select(GenerationAsset.r2_key).where(GenerationAsset.generation_id.in_(ids))
+        )
+    )
+    orphans = []
+    for gen_id, keys in by_generation.items():
+        gen = gens.get(gen_id)
+        for key in keys:
+            if gen is None or (
+                gen.status in TERMINAL and key not in recorded and key != gen.input_key
+            ):
+                orphans.append(key)
+    return orphans
