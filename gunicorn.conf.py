@@ -19,6 +19,9 @@ threads = int(os.environ.get("GUNICORN_THREADS", "32"))
 timeout = 60
 graceful_timeout = 20
 accesslog = "-"
+# gunicorn 27's control socket (one per user home by default) is not used,
+# and concurrent servers (a dev server beside the test suite) fought over it.
+control_socket_disable = True
 
 
 def post_worker_init(worker) -> None:

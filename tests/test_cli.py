@@ -80,6 +80,7 @@ def test_db_upgrade_on_a_fresh_sqlite_database_then_create_a_user(tmp_path):
     done = bff(["db", "upgrade"], env, tmp_path)
     assert done.returncode == 0, done.stderr
     assert "database is at head" in done.stdout
+    assert "alembic" not in done.stderr  # its plugins' INFO lines are not ours to print
 
     insp = inspect(create_engine(url))
     tables = set(insp.get_table_names())
@@ -105,3 +106,13 @@ def test_db_upgrade_on_a_fresh_sqlite_database_then_create_a_user(tmp_path):
     made = bff(["users", "create", "frank"], env, tmp_path)
     assert made.returncode == 0, made.stderr
     assert KEY.fullmatch(made.stdout.strip().splitlines()[-1]), made.stdout
+
+
+def test_the_embedded_broker_url_names_a_host(app):
+    """kombu warns "No hostname was supplied" on every connection otherwise."""
+    from kombu import Connection
+
+    from app.platform.config import Settings
+
+    url = Settings.from_env({"BFF_VAR_DIR": "var"}).broker_url
+    assert url.startswith("filesystem://") and Connection(url).hostname

@@ -15,10 +15,11 @@ ROOT = Path(__file__).resolve().parents[2]
 def upgrade_database(url: str) -> None:
     import logging
 
+    # Before alembic loads: it announces each of its plugins at INFO.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     from alembic import command
     from alembic.config import Config
 
-    logging.getLogger("alembic").setLevel(logging.WARNING)
     cfg = Config()
     cfg.set_main_option("script_location", str(ROOT / "migrations"))
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))

@@ -149,7 +149,8 @@ class Settings:
         var_dir = Path(env.get("BFF_VAR_DIR") or "var").resolve()
         port = _int(env, "PORT", 3001)
         redis_url = env.get("REDIS_URL") or None
-        broker_url = env.get("CELERY_BROKER_URL") or redis_url or "filesystem://"
+        # (a host name in the URL, or kombu warns "No hostname was supplied" per connection)
+        broker_url = env.get("CELERY_BROKER_URL") or redis_url or "filesystem://localhost/"
         database_url = env.get("DATABASE_URL") or f"sqlite:///{var_dir / 'bff.db'}"
         # Heroku-style URLs name the driver "postgres"; SQLAlchemy wants psycopg 3.
         for prefix in ("postgres://", "postgresql://"):
