@@ -88,9 +88,23 @@ def client(app):
     return app.test_client()
 
 
+class CliRunner:
+    """``bff`` in-process, on the test's app."""
+
+    def __init__(self, app) -> None:
+        from click.testing import CliRunner as Click
+
+        self.app, self.click = app, Click()
+
+    def invoke(self, args: list[str]):
+        from app.cli import cli
+
+        return self.click.invoke(cli, args, obj=self.app)
+
+
 @pytest.fixture
 def runner(app):
-    return app.test_cli_runner()
+    return CliRunner(app)
 
 
 @dataclass

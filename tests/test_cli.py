@@ -7,11 +7,12 @@ import os
 import re
 import subprocess
 import sys
+from importlib.metadata import version
 from pathlib import Path
 
+import pytest
 from sqlalchemy import create_engine, inspect
 
-from app.cli import users_create
 from tests.conftest import CLEAN
 
 BFF = str(Path(sys.executable).parent / "bff")
@@ -57,8 +58,35 @@ def test_users_revoke(runner, client):
     assert again.exit_code != 0 and "no active key" in again.output
 
 
-def test_users_create_is_the_registered_command(app):
-    assert app.cli.get_command(None, "users").get_command(None, "create") is users_create
+def test_bff_is_a_command_of_its_own_with_a_version():
+    done = subprocess.run([BFF, "--help"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0
+    for flask_command in ("run", "shell", "routes"):
+        assert f"\n  {flask_command} " not in done.stdout, done.stdout
+    for ours in ("db", "users", "dev", "generate", "generations"):
+        assert f"\n  {ours} " in done.stdout, done.stdout
+    shown = subprocess.run([BFF, "--version"], capture_output=True, text=True, timeout=60)
+    assert shown.stdout.strip() == f"bff, version {version('designer-bff')}"
+
+
+def test_a_negative_cap_is_refused(runner):
+    create_key(runner, "gina")
+    result = runner.invoke(args=["users", "cap", "gina", "--", "-5"])
+    assert result.exit_code == 2 and "give 0 or more USD" in result.output
+
+
+def test_a_database_that_is_not_set_up_is_one_sentence(tmp_path):
+    env = {
+        **{k: v for k, v in os.environ.items() if k not in CLEAN},
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'empty.db'}",
+    }
+    done = bff(["users", "create", "henry"], env, tmp_path)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        f"Error: the database sqlite:///{tmp_path / 'empty.db'} is not set up: "
+        "run 'bff db upgrade' first"
+    ]
+    assert not (tmp_path / "var").exists()  # nothing left behind in the working directory
 
 
 def bff(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
@@ -116,3 +144,43 @@ def test_the_embedded_broker_url_names_a_host(app):
 
     url = Settings.from_env({"BFF_VAR_DIR": "var"}).broker_url
     assert url.startswith("filesystem://") and Connection(url).hostname
+
+
+def test_the_dev_key_is_kept_across_restarts(app):
+    from app.api.auth import revoke
+    from app.cli.dev import _dev_key
+
+    with app.app_context():
+        first = _dev_key(app)
+        assert _dev_key(app) == first  # a restart shows the same key
+        with app.extensions["bff"].db.session() as session:
+            revoke(session, "_".join(first.split("_")[:2]))
+        assert _dev_key(app) not in (first, "")  # a revoked one is replaced
+
+
+@pytest.mark.parametrize(
+    ("env", "backend", "endpoint", "refused"),
+    [
+        ({}, "local", None, None),
+        ({"R2_BUCKET_NAME": "b", "R2_CDN_URL": "https://cdn"}, "s3", None, None),
+        (
+            {"R2_ACCOUNT_ID": "acc", "R2_BUCKET_NAME": "b", "R2_CDN_URL": "https://cdn"},
+            "s3",
+            "https://acc.r2.cloudflarestorage.com",
+            None,
+        ),
+        ({"R2_ACCESS_KEY_ID": "k"}, None, None, "R2_ACCESS_KEY_ID set but R2_BUCKET_NAME is not"),
+        ({"R2_BUCKET_NAME": "b"}, None, None, "needs R2_CDN_URL"),
+        ({"STORAGE_BACKEND": "local", "R2_ACCESS_KEY_ID": "k"}, "local", None, None),
+    ],
+)
+def test_storage_follows_the_r2_variables(env, backend, endpoint, refused):
+    """The seed's .env sets only R2_*: the bucket is used, or one sentence says why not."""
+    from app.platform.config import ConfigError, Settings
+
+    if refused:
+        with pytest.raises(ConfigError, match=refused):
+            Settings.from_env(env)
+        return
+    settings = Settings.from_env(env)
+    assert (settings.storage_backend, settings.r2_endpoint_url) == (backend, endpoint)

@@ -1,13 +1,20 @@
-"""The ``bff`` command: a Flask CLI group (``bff db upgrade``, ``bff users …``,
-``bff generate …``, ``bff dev``)."""
+"""The ``bff`` command: one click group of its own (not Flask's: no ``run``,
+``shell`` or ``routes``). Administration works on the configured database
+(``admin``), ``bff dev`` runs the embedded system (``dev``), and the rest
+talks to a running API over HTTP as any client would (``client``)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import wraps
+from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 import click
-from flask import Flask, current_app
-from flask.cli import AppGroup, FlaskGroup
+from flask import Flask
+from sqlalchemy.exc import DBAPIError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -26,85 +33,65 @@ def upgrade_database(url: str) -> None:
     command.upgrade(cfg, "head")
 
 
-db_cli = AppGroup("db", help="Database migrations.")
-users_cli = AppGroup("users", help="Users and their API keys.")
+def the_app() -> Flask:
+    """The application of the command being run: the one a test passed as
+    ``obj``, else one built from the environment (a configuration it cannot
+    run with is one sentence, not a traceback)."""
+    ctx = click.get_current_context()
+    if not isinstance(ctx.obj, Flask):
+        from app import create_app
+        from app.platform.config import ConfigError
+
+        try:
+            ctx.obj = create_app()
+        except ConfigError as exc:
+            raise click.ClickException(str(exc)) from None
+    return ctx.obj
 
 
-@db_cli.command("upgrade")
-def db_upgrade() -> None:
-    """Migrate the configured database (DATABASE_URL) to head."""
-    upgrade_database(current_app.extensions["bff"].settings.database_url)
-    click.echo("database is at head")
+@contextmanager
+def database_errors(url: str) -> Iterator[None]:
+    """A database that is not there or not migrated is one sentence."""
+    from sqlalchemy.engine import make_url
 
-
-@users_cli.command("create")
-@click.argument("name")
-def users_create(name: str) -> None:
-    """Create NAME (or add a key to it) and print a new API key, shown once."""
-    from app.api.auth import create_user
-
-    with current_app.extensions["bff"].db.session() as session:
-        user, key = create_user(session, name)
-        user_id = user.id
-    click.echo(f"user {name} (id {user_id}); API key, shown once:")
-    click.echo(key)
-
-
-@users_cli.command("revoke")
-@click.argument("key_prefix")
-def users_revoke(key_prefix: str) -> None:
-    """Revoke every active key starting with KEY_PREFIX (e.g. bff_1a2b3c4d)."""
-    from app.api.auth import revoke
-
-    with current_app.extensions["bff"].db.session() as session:
-        n = revoke(session, key_prefix)
-    if not n:
-        raise click.ClickException(f"no active key with prefix {key_prefix}")
-    click.echo(f"revoked {n} key(s)")
-
-
-@users_cli.command("cap")
-@click.argument("name")
-@click.argument("amount", required=False)
-def users_cap(name: str, amount: str | None) -> None:
-    """Set NAME's daily spend cap in USD (omit AMOUNT to remove it)."""
-    from decimal import Decimal, InvalidOperation
-
-    from sqlalchemy import select
-
-    from app.domain.models import User
-
+    where = make_url(url).render_as_string(hide_password=True)
     try:
-        cap = Decimal(amount) if amount is not None else None
-    except InvalidOperation:
-        raise click.BadParameter(f"{amount!r} is not an amount in USD") from None
-    with current_app.extensions["bff"].db.session() as session:
-        user = session.scalar(select(User).where(User.name == name))
-        if user is None:
-            raise click.ClickException(f"no user named {name}")
-        user.daily_spend_cap = cap
-    click.echo(f"{name}: daily cap {'none' if cap is None else f'${cap}'}")
+        yield
+    except DBAPIError as exc:
+        text = str(exc.orig).lower()
+        if "no such table" in text or "does not exist" in text:
+            raise click.ClickException(
+                f"the database {where} is not set up: run 'bff db upgrade' first"
+            ) from None
+        first = (
+            str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else type(exc).__name__
+        )
+        raise click.ClickException(f"cannot use the database {where}: {first}") from None
 
 
-def register_commands(app: Flask) -> None:
-    from app.cli.dev import dev
+def with_app(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """A command that needs the application: it gets it as its first argument."""
 
-    app.cli.add_command(db_cli)
-    app.cli.add_command(users_cli)
-    app.cli.add_command(dev)
+    @wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        app = the_app()
+        with app.app_context(), database_errors(app.extensions["bff"].settings.database_url):
+            return fn(app, *args, **kwargs)
+
+    return run
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(version("designer-bff"), prog_name="bff")
+def cli() -> None:
+    """Designer BFF: garment photo or prompt in, finished stored images out."""
 
 
 def main() -> None:
-    from app import create_app
+    cli(prog_name="bff")
 
-    cli = FlaskGroup(
-        create_app=lambda: create_app(),
-        add_default_commands=True,
-        load_dotenv=False,
-        help="Designer BFF",
-    )
-    from app.cli.client import generate, generations_cli
 
-    cli.add_command(generate)
-    cli.add_command(generations_cli)
-    cli.main(prog_name="bff")
+from app.cli import admin, client, dev  # noqa: E402  (they use the helpers above)
+
+for _command in (*admin.COMMANDS, dev.dev, *client.COMMANDS):
+    cli.add_command(_command)

@@ -7,11 +7,17 @@ from __future__ import annotations
 import json
 import os
 import time
+from typing import get_args
 
 import click
 import requests
 
+from app.api.schemas import PROVIDER_CHOICES, SIZE_CHOICES, GenerationSettings
+
 FINAL = ("completed", "failed", "canceled")
+# The choices the API accepts, from the request model it validates with.
+STRATEGIES = get_args(GenerationSettings.model_fields["strategy"].annotation)
+QUALITIES = get_args(GenerationSettings.model_fields["quality"].annotation)
 
 
 def _api(
@@ -36,38 +42,52 @@ def _api(
 
 
 def _error(resp: requests.Response) -> click.ClickException:
+    """The API's error as it said it: code, message and each field's problem."""
     try:
         err = resp.json()["error"]
-        return click.ClickException(f"{resp.status_code} {err['code']}: {err['message']}")
-    except Exception:
+    except (ValueError, KeyError, TypeError):
         return click.ClickException(f"HTTP {resp.status_code}")
+    lines = [f"{resp.status_code} {err['code']}: {err['message']}"]
+    for d in err.get("details") or []:
+        if isinstance(d, dict) and "field" in d:
+            lines.append(f"  {d['field']}: {d.get('message', '')}")
+    return click.ClickException("\n".join(lines))
+
+
+def _choice(values: tuple[str, ...]) -> click.Choice:
+    return click.Choice(values, case_sensitive=False)
 
 
 @click.command("generate")
 @click.argument("prompt")
 @click.option("--image", type=click.Path(exists=True, dir_okay=False), help="garment photo")
-@click.option("--provider", default="auto", show_default=True)
-@click.option("--size", default="square", show_default=True)
-@click.option("--count", default=1, show_default=True)
+@click.option("--negative", help="what the image must not show")
+@click.option("--persona", "persona_id", help="one of your personas' ids")
+@click.option("--provider", type=_choice(PROVIDER_CHOICES), default="auto", show_default=True)
+@click.option("--strategy", type=_choice(STRATEGIES), default="balanced", show_default=True)
+@click.option("--quality", type=_choice(QUALITIES), default="standard", show_default=True)
+@click.option("--size", type=_choice(SIZE_CHOICES), default="square", show_default=True)
+@click.option("--count", type=click.IntRange(1, 4), default=1, show_default=True)
 @click.option("--wait", is_flag=True, help="follow the stages and print the image URLs")
 @click.option("--timeout", default=600.0, show_default=True, help="seconds to wait")
 def generate(
-    prompt: str, image: str | None, provider: str, size: str, count: int, wait: bool, timeout: float
+    prompt: str,
+    image: str | None,
+    negative: str | None,
+    persona_id: str | None,
+    wait: bool,
+    timeout: float,
+    **settings: str | int,
 ) -> None:
     """Submit PROMPT through the HTTP API (BFF_API_URL, BFF_API_KEY)."""
-    settings = {"provider": provider, "size": size, "count": count}
+    body = {"prompt": prompt, "negativePrompt": negative, "personaId": persona_id}
+    body = {k: v for k, v in body.items() if v is not None}
     if image:
         with open(image, "rb") as f:
-            resp = _api(
-                "POST",
-                "/api/generate/from-image",
-                files={"image": f},
-                data={"prompt": prompt, "settings": json.dumps(settings)},
-            )
+            form = {**body, "settings": json.dumps(settings)}
+            resp = _api("POST", "/api/generate/from-image", files={"image": f}, data=form)
     else:
-        resp = _api(
-            "POST", "/api/generate/from-prompt", json={"prompt": prompt, "settings": settings}
-        )
+        resp = _api("POST", "/api/generate/from-prompt", json={**body, "settings": settings})
     if resp.status_code != 202:
         raise _error(resp)
     gen_id = resp.json()["id"]
@@ -156,25 +176,33 @@ generations_cli = click.Group("generations", help="Your generations, over the HT
 
 
 @generations_cli.command("list")
-@click.option("--status", default=None, help="only this status")
-@click.option("--limit", default=20, show_default=True)
-def generations_list(status: str | None, limit: int) -> None:
+@click.option("--status", type=_choice(FINAL + ("pending", "processing")), help="only this status")
+@click.option("--limit", type=click.IntRange(1, 100), default=20, show_default=True)
+@click.option("--cursor", help="the page after this one (printed at the end of a page)")
+@click.option("--all", "every", is_flag=True, help="every page, not just one")
+def generations_list(status: str | None, limit: int, cursor: str | None, every: bool) -> None:
     """Newest first: id, status, provider, images, prompt."""
-    params = {"limit": limit, **({"status": status} if status else {})}
-    resp = _api("GET", "/api/generate", params=params)
-    if resp.status_code != 200:
-        raise _error(resp)
-    body = resp.json()
-    for gen in body["items"]:
-        prompt = (gen["prompt"]["original"] or "(image)").replace("\n", " ")
-        click.echo(
-            f"{gen['id']}  {gen['status']:<10} {gen['provider'] or '-':<16} "
-            f"{len(gen['assets'])} img  {gen['createdAt'][:19]}  {prompt[:50]}"
-        )
-    if not body["items"]:
+    shown = 0
+    while True:
+        params = {"limit": limit, "status": status, "cursor": cursor}
+        resp = _api("GET", "/api/generate", params={k: v for k, v in params.items() if v})
+        if resp.status_code != 200:
+            raise _error(resp)
+        body = resp.json()
+        for gen in body["items"]:
+            prompt = (gen["prompt"]["original"] or "(image)").replace("\n", " ")
+            click.echo(
+                f"{gen['id']}  {gen['status']:<10} {gen['provider'] or '-':<16} "
+                f"{len(gen['assets'])} img  {gen['createdAt'][:19]}  {prompt[:50]}"
+            )
+        shown += len(body["items"])
+        cursor = body["nextCursor"]
+        if not (every and cursor):
+            break
+    if not shown:
         click.echo("no generations")
-    elif body["nextCursor"]:
-        click.echo(f"(more: the API's ?cursor={body['nextCursor']})")
+    elif cursor:
+        click.echo(f"(more: --cursor {cursor}, or --all)")
 
 
 @generations_cli.command("show")
@@ -197,3 +225,35 @@ def generations_show(generation_id: str) -> None:
         click.echo(f"error in {gen['error']['stage']}: {gen['error']['message']}")
     for asset in gen["assets"]:
         click.echo(asset["url"])
+
+
+@click.command("feedback")
+@click.argument("generation_id")
+@click.option("--heart", "kind", flag_value="heart", help="you love it")
+@click.option("--outlier", "kind", flag_value="outlier", help="an exceptional result")
+@click.option("--rating", type=click.IntRange(1, 5), help="1-5")
+@click.option("--comment", help="a note")
+@click.option("--asset", "asset_id", type=int, help="one image of the generation")
+def feedback(
+    generation_id: str,
+    kind: str | None,
+    rating: int | None,
+    comment: str | None,
+    asset_id: int | None,
+) -> None:
+    """Tell the optimiser what worked: --heart, --outlier, --rating N or --comment TEXT."""
+    kind = kind or ("rating" if rating is not None else "comment" if comment else None)
+    if kind is None:
+        raise click.UsageError("give --heart, --outlier, --rating N or --comment TEXT")
+    body = {"feedbackType": kind, "rating": rating, "comment": comment, "assetId": asset_id}
+    resp = _api(
+        "POST",
+        f"/api/generate/{generation_id}/feedback",
+        json={k: v for k, v in body.items() if v is not None},
+    )
+    if resp.status_code != 201:
+        raise _error(resp)
+    click.echo(f"recorded {kind} for {generation_id}")
+
+
+COMMANDS = (generate, generations_cli, feedback)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -12,9 +13,9 @@ from pathlib import Path
 
 import click
 import requests
-from flask import current_app
+from flask import Flask
 
-from app.cli import ROOT, upgrade_database
+from app.cli import ROOT, upgrade_database, with_app
 
 
 def _start(port: int, concurrency: int) -> list[subprocess.Popen]:
@@ -64,18 +65,44 @@ def _wait_ready(base: str) -> None:
         time.sleep(0.2)
 
 
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _dev_key(app: Flask) -> str:
+    """The development user's key, kept in ``var/dev-api-key`` so a restart
+    does not hand out a new one (a key that no longer works is replaced)."""
+    from app.api.auth import authenticate_id, create_user
+
+    services = app.extensions["bff"]
+    path = services.settings.var_dir / "dev-api-key"
+    with services.db.session() as session:
+        if path.exists() and authenticate_id(session, key := path.read_text().strip()):
+            return key
+        _, key = create_user(session, "dev")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600)
+    path.write_text(key + "\n")
+    return key
+
+
 @click.command("dev")
 @click.option("--port", type=int, default=None, help="API port (default: PORT or 3001)")
 @click.option("--concurrency", default=4, show_default=True)
-def dev(port: int | None, concurrency: int) -> None:
+@with_app
+def dev(app: Flask, port: int | None, concurrency: int) -> None:
     """Migrate and run API + worker on the embedded default; Ctrl-C stops all."""
-    from app.api.auth import create_user
-
-    services = current_app.extensions["bff"]
+    services = app.extensions["bff"]
     port = port or services.settings.port
+    if not _port_free(port):
+        raise click.ClickException(f"port {port} is in use: stop what runs there, or set PORT")
     upgrade_database(services.settings.database_url)
-    with services.db.session() as session:
-        _, key = create_user(session, "dev")
+    key = _dev_key(app)
     procs = _start(port, concurrency)
 
     def stop(*_: object) -> None:
@@ -86,9 +113,11 @@ def dev(port: int | None, concurrency: int) -> None:
     signal.signal(signal.SIGTERM, stop)
     base = f"http://127.0.0.1:{port}"
     _wait_ready(base)
+    bff = Path(sys.executable).parent / "bff"
     click.echo(
         f"\nDesigner BFF is running at {base} (Ctrl-C stops it).\n"
-        f'Try:  BFF_API_KEY={key} bff generate "emerald silk slip dress" --wait\n'
+        f"Try:  BFF_API_URL={base} BFF_API_KEY={key} {bff} generate "
+        '"emerald silk slip dress" --wait\n'
         f"API key (user 'dev'):\n{key}"
     )
     while all(p.poll() is None for p in procs):

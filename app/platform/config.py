@@ -47,6 +47,48 @@ def _rate_limits(env: Mapping[str, str]) -> dict[str, tuple[int, float]]:
     }
 
 
+def _default_var_dir() -> Path:
+    """The checkout's ``var/`` when running from one (``make dev``, ``bff``
+    from any directory find the same embedded database), else ``./var``."""
+    checkout = Path(__file__).resolve().parents[2]
+    return checkout / "var" if (checkout / "pyproject.toml").exists() else Path("var")
+
+
+class ConfigError(ValueError):
+    """The environment cannot be run as it is; the message says what to set."""
+
+
+R2_VARS = ("R2_ENDPOINT_URL", "R2_ACCOUNT_ID", "R2_ACCESS_KEY_ID", "R2_SECRET_ACCESS_KEY")
+
+
+def _storage(env: Mapping[str, str]) -> tuple[str, str | None]:
+    """The storage backend and the bucket's endpoint. Without STORAGE_BACKEND,
+    a configured bucket (R2_BUCKET_NAME) is used: the seed's ``.env`` sets
+    only the R2_* variables, and images silently on local disk would be a
+    surprise. Cloudflare's R2_ACCOUNT_ID gives the endpoint."""
+    endpoint = env.get("R2_ENDPOINT_URL") or None
+    if not endpoint and env.get("R2_ACCOUNT_ID"):
+        endpoint = f"https://{env['R2_ACCOUNT_ID']}.r2.cloudflarestorage.com"
+    backend = (env.get("STORAGE_BACKEND") or "").lower()
+    if not backend:
+        if env.get("R2_BUCKET_NAME"):
+            backend = "s3"
+        elif partial := [v for v in R2_VARS if env.get(v)]:
+            raise ConfigError(
+                f"{', '.join(partial)} set but R2_BUCKET_NAME is not: set it to store images "
+                "in the bucket, or STORAGE_BACKEND=local to keep them on local disk"
+            )
+        else:
+            backend = "local"
+    if backend == "s3":
+        missing = [v for v in ("R2_BUCKET_NAME", "R2_CDN_URL") if not env.get(v)]
+        if missing:
+            raise ConfigError(f"the bucket (STORAGE_BACKEND=s3) needs {' and '.join(missing)}")
+    elif backend != "local":
+        raise ConfigError(f"STORAGE_BACKEND={backend} is not one of s3, local")
+    return backend, endpoint
+
+
 def _float(env: Mapping[str, str], name: str, default: float) -> float:
     raw = env.get(name)
     return float(raw) if raw not in (None, "") else default
@@ -146,12 +188,13 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = dict(os.environ if env is None else env)
-        var_dir = Path(env.get("BFF_VAR_DIR") or "var").resolve()
+        var_dir = Path(env.get("BFF_VAR_DIR") or _default_var_dir()).resolve()
         port = _int(env, "PORT", 3001)
         redis_url = env.get("REDIS_URL") or None
         # (a host name in the URL, or kombu warns "No hostname was supplied" per connection)
         broker_url = env.get("CELERY_BROKER_URL") or redis_url or "filesystem://localhost/"
         database_url = env.get("DATABASE_URL") or f"sqlite:///{var_dir / 'bff.db'}"
+        storage_backend, r2_endpoint_url = _storage(env)
         # Heroku-style URLs name the driver "postgres"; SQLAlchemy wants psycopg 3.
         for prefix in ("postgres://", "postgresql://"):
             if database_url.startswith(prefix):
@@ -161,11 +204,11 @@ class Settings:
             database_url=database_url,
             redis_url=redis_url,
             broker_url=broker_url,
-            storage_backend=(env.get("STORAGE_BACKEND") or "local").lower(),
+            storage_backend=storage_backend,
             media_root=Path(env.get("BFF_MEDIA_ROOT") or var_dir / "media").resolve(),
             public_url=(env.get("BFF_PUBLIC_URL") or f"http://127.0.0.1:{port}").rstrip("/"),
             port=port,
-            r2_endpoint_url=env.get("R2_ENDPOINT_URL") or None,
+            r2_endpoint_url=r2_endpoint_url,
             r2_access_key_id=env.get("R2_ACCESS_KEY_ID") or None,
             r2_secret_access_key=env.get("R2_SECRET_ACCESS_KEY") or None,
             r2_bucket_name=env.get("R2_BUCKET_NAME") or None,

@@ -124,16 +124,6 @@ class S3Storage:
         import boto3
         from botocore.config import Config
 
-        missing = [
-            name
-            for name, value in (
-                ("R2_BUCKET_NAME", settings.r2_bucket_name),
-                ("R2_CDN_URL", settings.r2_cdn_url),
-            )
-            if not value
-        ]
-        if missing:
-            raise StorageError(f"STORAGE_BACKEND=s3 needs {', '.join(missing)}")
         self.bucket = settings.r2_bucket_name
         self.cdn_url = settings.r2_cdn_url
         self.retries = retries
@@ -221,6 +211,4 @@ class S3Storage:
 def make_storage(settings: Settings) -> Storage:
     if settings.storage_backend == "s3":
         return S3Storage(settings)
-    if settings.storage_backend == "local":
-        return LocalStorage(settings.media_root, settings.public_url)
-    raise ValueError(f"unknown STORAGE_BACKEND {settings.storage_backend!r} (use s3 or local)")
+    return LocalStorage(settings.media_root, settings.public_url)

@@ -3,11 +3,13 @@ subprocess in an empty folder, no services, no keys."""
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 import requests
 
 from tests.integration.helpers import assert_completed_with_png, wait_final
-from tests.support.embedded import embedded_system
+from tests.support.embedded import BFF, embedded_system
 
 
 def test_make_dev_runs_the_whole_system_without_services(tmp_path):
@@ -26,6 +28,25 @@ def test_make_dev_runs_the_whole_system_without_services(tmp_path):
         assert_completed_with_png(gen, "prompt")
         assert gen["assets"][0]["url"].startswith(f"{base}/cdn/users/")
         assert system.db_path.exists()
+        # The line it suggests works when pasted into a shell (here: without --wait).
+        pasted = subprocess.run(
+            ["bash", "-c", system.try_line.replace(" --wait", "")],
+            cwd=tmp_path,
+            env={k: v for k, v in system.env.items() if not k.startswith("BFF_API")},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert pasted.returncode == 0 and "submitted gen_" in pasted.stdout, pasted
+        # A second `bff dev` on the same port says why it cannot start.
+        again = subprocess.run(
+            [BFF, "dev", "--port", base.rsplit(":", 1)[1]],
+            env=system.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert again.returncode != 0 and "is in use" in again.stderr, again
         assert system.stop(), "bff dev did not stop on Ctrl-C"
     # Every process it started has gone too: nothing answers on its port.
     with pytest.raises(requests.ConnectionError):

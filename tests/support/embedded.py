@@ -44,6 +44,7 @@ class Embedded:
     base_url: str
     key: str
     folder: Path
+    try_line: str  # what `bff dev` printed after "Try:"
     env: dict[str, str]  # for `bff` subprocesses: BFF_API_URL and BFF_API_KEY set
     proc: subprocess.Popen
     output: list[str] = field(default_factory=list)
@@ -71,6 +72,7 @@ class Embedded:
 def embedded_system(folder: Path) -> Iterator[Embedded]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in SERVICE_VARS}
+    env["BFF_VAR_DIR"] = str(folder / "var")  # not the checkout's own var/
     proc = subprocess.Popen(
         [BFF, "dev", "--port", str(port), "--concurrency", "2"],
         cwd=folder,
@@ -93,10 +95,17 @@ def embedded_system(folder: Path) -> Iterator[Embedded]:
         # Keep draining the output so the child never blocks on a full pipe.
         threading.Thread(target=lambda: [lines.append(x) for x in proc.stdout], daemon=True).start()
         base = f"http://127.0.0.1:{port}"
+        [try_line] = [x.split("Try:", 1)[1].strip() for x in lines if x.startswith("Try:")]
         system = Embedded(
-            base, key, folder, {**env, "BFF_API_URL": base, "BFF_API_KEY": key}, proc, lines
+            base,
+            key,
+            folder,
+            try_line,
+            {**env, "BFF_API_URL": base, "BFF_API_KEY": key},
+            proc,
+            lines,
         )
         yield system
     finally:
         if proc.poll() is None:
-            Embedded("", "", folder, env, proc).stop()
+            Embedded("", "", folder, "", env, proc).stop()

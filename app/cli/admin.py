@@ -1,0 +1,90 @@
+"""Administration on the configured database: ``bff db upgrade``,
+``bff users create|revoke|cap``."""
+
+from __future__ import annotations
+
+from decimal import Decimal, InvalidOperation
+
+import click
+from flask import Flask
+from sqlalchemy import select
+
+from app.cli import upgrade_database, with_app
+
+
+@click.group("db")
+def db_cli() -> None:
+    """Database migrations."""
+
+
+@db_cli.command("upgrade")
+@with_app
+def db_upgrade(app: Flask) -> None:
+    """Migrate the configured database (DATABASE_URL) to head."""
+    upgrade_database(app.extensions["bff"].settings.database_url)
+    click.echo("database is at head")
+
+
+@click.group("users")
+def users_cli() -> None:
+    """Users and their API keys."""
+
+
+@users_cli.command("create")
+@click.argument("name")
+@with_app
+def users_create(app: Flask, name: str) -> None:
+    """Create NAME (or add a key to it) and print a new API key, shown once."""
+    from app.api.auth import create_user
+
+    with app.extensions["bff"].db.session() as session:
+        user, key = create_user(session, name)
+        user_id = user.id
+    click.echo(f"user {name} (id {user_id}); API key, shown once:")
+    click.echo(key)
+
+
+@users_cli.command("revoke")
+@click.argument("key_prefix")
+@with_app
+def users_revoke(app: Flask, key_prefix: str) -> None:
+    """Revoke every active key starting with KEY_PREFIX (e.g. bff_1a2b3c4d)."""
+    from app.api.auth import revoke
+
+    with app.extensions["bff"].db.session() as session:
+        n = revoke(session, key_prefix)
+    if not n:
+        raise click.ClickException(f"no active key with prefix {key_prefix}")
+    click.echo(f"revoked {n} key(s)")
+
+
+def _amount(raw: str | None) -> Decimal | None:
+    if raw is None:
+        return None
+    try:
+        cap = Decimal(raw)
+    except InvalidOperation:
+        raise click.BadParameter(f"{raw!r} is not an amount in USD", param_hint="AMOUNT") from None
+    if not cap.is_finite() or cap < 0:
+        raise click.BadParameter(f"{raw} is not a cap: give 0 or more USD", param_hint="AMOUNT")
+    return cap
+
+
+@users_cli.command("cap")
+@click.argument("name")
+@click.argument("amount", required=False)
+@with_app
+def users_cap(app: Flask, name: str, amount: str | None) -> None:
+    """Set NAME's daily spend cap in USD (omit AMOUNT to remove it)."""
+    from app.domain.models import User
+
+    cap = _amount(amount)
+    with app.extensions["bff"].db.session() as session:
+        user = session.scalar(select(User).where(User.name == name))
+        if user is None:
+            raise click.ClickException(f"no user named {name}")
+        user.daily_spend_cap = cap
+    click.echo(f"{name}: daily cap {'none' if cap is None else f'${cap}'}")
+
+
+COMMANDS = (db_cli, users_cli)
