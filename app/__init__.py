@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from flask import Flask
@@ -29,10 +28,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     # Room for a 10 MB image plus the multipart envelope; read_image checks the file itself.
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes + 256 * 1024
     app.json.sort_keys = False
-    if settings.database_url.startswith("sqlite:///"):  # SQLite makes the file, not its folder
-        Path(settings.database_url.removeprefix("sqlite:///")).parent.mkdir(
-            parents=True, exist_ok=True
-        )
+    if settings.database_url == f"sqlite:///{settings.var_dir / 'bff.db'}":
+        settings.var_dir.mkdir(parents=True, exist_ok=True)  # SQLite makes the file, not its folder
 
     celery_app = celery_init_app(app, settings)
     app.extensions["bff"] = Services(

@@ -194,7 +194,7 @@ def test_a_generation_past_its_deadline_times_out_and_its_prediction_is_canceled
     assert maintenance.expire_overdue(s.db, s.settings) == 2
     assert sorted(canceled) == [[], ["p-1"]]  # legacy had not started: nothing to cancel
     body = load(app, late)
-    assert body["status"] == "failed"
+    assert body["status"] == "failed" and body["error"]["code"] == "timeout"
     assert (
         body["error"]["stage"] == "generate"
         and "timed out after 15 min" in body["error"]["message"]

@@ -21,6 +21,11 @@ def create(client, user, **over) -> dict:
     return resp.get_json()
 
 
+def defaults(client, user) -> dict[str, bool]:
+    items = client.get("/api/personas", headers=user.headers).get_json()["items"]
+    return {i["id"]: i["isDefault"] for i in items}
+
+
 def test_create_show_list_patch_delete(client, user):
     p = create(client, user)
     assert p["id"].startswith("per_")
@@ -47,17 +52,9 @@ def test_only_one_default_persona_per_user(client, user, other_user):
     a = create(client, user, isDefault=True)
     theirs = create(client, other_user, isDefault=True)
     b = create(client, user, name="Second", isDefault=True)
-    mine = {
-        i["id"]: i["isDefault"]
-        for i in client.get("/api/personas", headers=user.headers).get_json()["items"]
-    }
-    assert mine == {a["id"]: False, b["id"]: True}
+    assert defaults(client, user) == {a["id"]: False, b["id"]: True}
     client.patch(f"/api/personas/{a['id']}", json={"isDefault": True}, headers=user.headers)
-    mine = {
-        i["id"]: i["isDefault"]
-        for i in client.get("/api/personas", headers=user.headers).get_json()["items"]
-    }
-    assert mine == {a["id"]: True, b["id"]: False}
+    assert defaults(client, user) == {a["id"]: True, b["id"]: False}
     # Another user's default is untouched.
     assert client.get(f"/api/personas/{theirs['id']}", headers=other_user.headers).get_json()[
         "isDefault"

@@ -178,7 +178,11 @@ def test_stage_failed_fails_the_generation_and_stops(app, client, user, monkeypa
     assert calls == []
     gen = load(app, gen_id)
     assert gen["status"] == "failed"
-    assert gen["error"] == {"stage": "route", "message": "no provider can draw this"}
+    assert gen["error"] == {
+        "stage": "route",
+        "message": "no provider can draw this",
+        "code": "stage_failed",
+    }
     stages = stages_by_name(gen)
     assert stages["route"]["status"] == "failed" and stages["route"]["finishedAt"]
     assert all(stages[n]["status"] == "pending" for n in ("optimize", "generate", "store"))
@@ -196,6 +200,7 @@ def test_unexpected_exception_fails_visibly(app, client, user, monkeypatch):
     assert gen["error"] == {
         "stage": "persona",
         "message": "internal error in persona: ZeroDivisionError",
+        "code": "stage_failed",
     }
 
 
@@ -233,6 +238,7 @@ def test_transient_errors_retry_then_give_up(app2, monkeypatch):
     assert gen["error"] == {
         "stage": "enhance",
         "message": "gave up after 2 attempts: upstream timed out",
+        "code": "stage_failed",
     }
     assert stages_by_name(gen)["enhance"]["attempts"] == 2
 

@@ -9,6 +9,7 @@ from sqlalchemy import func, select, text
 
 from app.api.auth import load_user
 from app.api.common import services
+from app.api.responses import StatsOut, WebhookSecretOut, respond
 from app.domain.models import Generation, GenerationStage, User
 from app.webhooks import ensure_secret
 
@@ -51,28 +52,31 @@ def stats():
     total = int(row.get("total_generations") or 0)
     completed = int(row.get("completed") or 0)
     finished = completed + int(row.get("failed") or 0)
-    return {
-        "counts": {
-            k: int(row.get(k) or 0) for k in ("completed", "failed", "canceled", "in_progress")
-        }
-        | {"total": total},
-        "successRate": round(completed / finished, 4) if finished else None,
-        "assets": int(row.get("total_assets") or 0),
-        "totalCost": round(float(row.get("total_cost") or 0), 4),
-        "avgDurationSeconds": round(float(row["avg_duration_seconds"]), 3)
-        if row.get("avg_duration_seconds") is not None
-        else None,
-        "stageDurationsMs": {
-            name: {"avg": round(float(avg or 0), 1), "count": n} for name, avg, n in stages
+    return respond(
+        StatsOut,
+        {
+            "counts": {
+                k: int(row.get(k) or 0) for k in ("completed", "failed", "canceled", "in_progress")
+            }
+            | {"total": total},
+            "success_rate": round(completed / finished, 4) if finished else None,
+            "assets": int(row.get("total_assets") or 0),
+            "total_cost": round(float(row.get("total_cost") or 0), 4),
+            "avg_duration_seconds": round(float(row["avg_duration_seconds"]), 3)
+            if row.get("avg_duration_seconds") is not None
+            else None,
+            "stage_durations_ms": {
+                name: {"avg": round(float(avg or 0), 1), "count": n} for name, avg, n in stages
+            },
+            "cost_by_day": [
+                {"day": d, "by_provider": p, "total": round(sum(p.values()), 4)}
+                for d, p in by_day.items()
+            ],
         },
-        "costByDay": [
-            {"day": d, "byProvider": p, "total": round(sum(p.values()), 4)}
-            for d, p in by_day.items()
-        ],
-    }
+    )
 
 
 @bp.get("/webhooks/secret")
 def webhook_secret():
     with services().db.session() as session:
-        return {"secret": ensure_secret(session.get(User, g.user_id))}
+        return respond(WebhookSecretOut, {"secret": ensure_secret(session.get(User, g.user_id))})

@@ -9,11 +9,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Flask, jsonify
+from flask import Flask, Response
 from pydantic import ValidationError
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from werkzeug.exceptions import HTTPException
 
+from app.api.responses import ErrorOut, respond
 from app.platform.db import unavailable as db_unavailable
 
 log = logging.getLogger(__name__)
@@ -60,12 +61,9 @@ def validation_details(exc: ValidationError) -> list[dict[str, str]]:
 
 def error_response(
     status: int, code: str, message: str, details: Any = None, headers: dict[str, str] | None = None
-):
-    resp = jsonify({"error": {"code": code, "message": message, "details": details}})
-    resp.status_code = status
-    for k, v in (headers or {}).items():
-        resp.headers[k] = v
-    return resp
+) -> Response:
+    body = {"error": {"code": code, "message": message, "details": details}}
+    return respond(ErrorOut, body, status, headers)
 
 
 def register_error_handlers(app: Flask) -> None:

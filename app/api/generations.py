@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from flask import Blueprint, current_app, g, jsonify, request
+from flask import Blueprint, current_app, g, request
 from sqlalchemy import select
 
 from app.api.auth import load_user
 from app.api.common import int_arg, json_body, services
 from app.api.errors import ApiError, not_found
+from app.api.responses import FeedbackOut, GenerationOut, GenerationPage, respond
 from app.api.schemas import FeedbackIn
 from app.domain import generations as svc
 from app.domain.models import Generation, GenerationAsset, GenerationFeedback
@@ -57,14 +58,13 @@ def show(generation_id: str):
                 resp.set_etag(_etag(updated_at))
                 return resp
         gen = _load(session, generation_id)
-        body, tag = svc.to_json(gen), _etag(gen.updated_at)
-    resp = jsonify(body)
-    resp.set_etag(tag)
-    if body["status"] in TERMINAL:  # only deletion changes it now
+        resp, status = respond(GenerationOut, gen), gen.status
+        resp.set_etag(_etag(gen.updated_at))
+    if status in TERMINAL:  # only deletion changes it now
         resp.cache_control.private, resp.cache_control.max_age = True, 60
     else:
         resp.cache_control.private, resp.cache_control.no_cache = True, True
-        if body["status"] not in FINAL:
+        if status not in FINAL:
             resp.headers["Retry-After"] = "1"
     return resp
 
@@ -87,7 +87,7 @@ def index():
             )
         except ValueError:
             raise ApiError(400, "bad_request", "cursor is not valid") from None
-        return {"items": [svc.to_json(r) for r in rows], "nextCursor": cursor}
+        return respond(GenerationPage, {"items": rows, "next_cursor": cursor})
 
 
 def _running_tasks(gen: Generation) -> list[str]:
@@ -121,7 +121,7 @@ def cancel(generation_id: str):
         services().settings, generation_id, gen.status, delivery_id, record_webhook=False
     )
     with services().db.session() as session:
-        return svc.to_json(_load(session, generation_id))
+        return respond(GenerationOut, _load(session, generation_id))
 
 
 @bp.post("/<generation_id>/retry")
@@ -139,7 +139,7 @@ def retry(generation_id: str):
         with s.db.session() as session:
             svc.touch_dispatched(session, generation_id)
     with s.db.session() as session:
-        return svc.to_json(_load(session, generation_id)), 202
+        return respond(GenerationOut, _load(session, generation_id), 202)
 
 
 @bp.delete("/<generation_id>")
@@ -201,17 +201,9 @@ def feedback(generation_id: str):
         )
         session.add(fb)
         session.flush()
-        out = {
-            "id": fb.id,
-            "generationId": gen.id,
-            "assetId": fb.asset_id,
-            "feedbackType": fb.feedback_type,
-            "rating": fb.rating,
-            "comment": fb.comment,
-            "createdAt": svc.iso(fb.created_at),
-        }
+        resp, feedback_id = respond(FeedbackOut, fb, 201), fb.id
     try:  # the optimiser learns in a task, not in the request
-        s.celery.send_task("feedback.apply", args=(out["id"],))
+        s.celery.send_task("feedback.apply", args=(feedback_id,))
     except Exception:
         pass  # the maintenance job applies feedback that was never sent
-    return out, 201
+    return resp

@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, abort, send_from_directory
 
 from app.api.common import services
+from app.api.responses import HealthOut, respond
 from app.platform.storage import LocalStorage
 from app.providers import PROVIDERS, unavailable_reason
 
@@ -34,7 +35,8 @@ def health():
     }
     ok = all(v == "ok" for v in checks.values())
     providers = {pid: unavailable_reason(pid, s.settings) or "configured" for pid in PROVIDERS}
-    return (
+    return respond(
+        HealthOut,
         {"status": "ok" if ok else "degraded", "checks": checks, "providers": providers},
         200 if ok else 503,
     )

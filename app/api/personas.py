@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from flask import Blueprint, g
 from sqlalchemy import select, update
 
 from app.api.auth import load_user
 from app.api.common import json_body, services
 from app.api.errors import not_found
+from app.api.responses import PersonaOut, PersonaPage, respond
 from app.api.schemas import PersonaIn, PersonaPatch
-from app.domain.generations import iso
 from app.domain.models import Persona, new_id
 
 bp = Blueprint("personas", __name__, url_prefix="/api/personas")
@@ -25,20 +23,6 @@ FIELDS = {
     "aesthetic": "aesthetic",
     "isDefault": "is_default",
 }
-
-
-def to_json(p: Persona) -> dict[str, Any]:
-    return {
-        "id": p.id,
-        "name": p.name,
-        "description": p.description,
-        "keywords": p.keywords,
-        "palette": p.palette,
-        "aesthetic": p.aesthetic,
-        "isDefault": p.is_default,
-        "createdAt": iso(p.created_at),
-        "updatedAt": iso(p.updated_at),
-    }
 
 
 def _owned(session, persona_id: str) -> Persona:
@@ -66,7 +50,7 @@ def index():
             .where(Persona.user_id == g.user_id)
             .order_by(Persona.created_at, Persona.id)
         )
-        return {"items": [to_json(p) for p in rows]}
+        return respond(PersonaPage, {"items": rows})
 
 
 @bp.post("")
@@ -82,13 +66,13 @@ def create():
         session.flush()
         if p.is_default:
             _only_default(session, p.id)
-        return to_json(p), 201, {"Location": f"/api/personas/{p.id}"}
+        return respond(PersonaOut, p, 201, {"Location": f"/api/personas/{p.id}"})
 
 
 @bp.get("/<persona_id>")
 def show(persona_id: str):
     with services().db.session() as session:
-        return to_json(_owned(session, persona_id))
+        return respond(PersonaOut, _owned(session, persona_id))
 
 
 @bp.patch("/<persona_id>")
@@ -102,7 +86,7 @@ def patch(persona_id: str):
         if p.is_default:
             _only_default(session, p.id)
         session.flush()
-        return to_json(p)
+        return respond(PersonaOut, p)
 
 
 @bp.delete("/<persona_id>")

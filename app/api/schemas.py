@@ -11,6 +11,7 @@ from app.pipeline.vlt import normalize_spec
 PROVIDER_CHOICES = ("auto", "google-imagen", "openai-dalle3", "openai-gpt-image", "local")
 SIZE_CHOICES = ("square", "portrait", "landscape", "1:1", "16:9", "9:16", "4:3", "3:4")
 MAX_PROMPT = 5000
+FeedbackType = Literal["outlier", "heart", "rating", "comment"]
 
 
 class _Body(BaseModel):
@@ -77,7 +78,7 @@ class ImageSubmit(_Submit):
 
 
 class FeedbackIn(_Body):
-    feedbackType: Literal["outlier", "heart", "rating", "comment"]
+    feedbackType: FeedbackType
     rating: int | None = Field(None, ge=1, le=5)
     comment: str | None = Field(None, max_length=5000)
     assetId: int | None = None

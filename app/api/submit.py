@@ -11,7 +11,7 @@ import logging
 from datetime import timedelta
 from typing import Any
 
-from flask import Blueprint, g, request
+from flask import Blueprint, Response, g, request
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from app.api.auth import load_user
 from app.api.common import Services, check_user_id, json_body, services
 from app.api.errors import ApiError
+from app.api.responses import AcceptedOut, generation_path, respond
 from app.api.schemas import ImageSubmit, PromptSubmit
 from app.api.uploads import read_image
 from app.domain import generations as svc
@@ -37,9 +38,8 @@ bp.before_request(load_user)
 Upload = tuple[bytes, str, str]  # bytes, content type, extension
 
 
-def _accepted(gen_id: str) -> tuple[dict[str, Any], int, dict[str, str]]:
-    link = f"/api/generate/{gen_id}"
-    return {"id": gen_id, "status": "pending", "links": {"self": link}}, 202, {"Location": link}
+def _accepted(gen_id: str) -> Response:
+    return respond(AcceptedOut, {"id": gen_id}, 202, {"Location": generation_path(gen_id)})
 
 
 def _request_hash(payload: dict[str, Any], upload: Upload | None) -> str:
@@ -138,7 +138,7 @@ def _submit(
     mode: str,
     payload: dict[str, Any],
     upload: Upload | None = None,
-) -> tuple[dict[str, Any], int, dict[str, str]]:
+) -> Response:
     s = services()
     key = _idempotency_key()
     req_hash = _request_hash(payload, upload) if key is not None else None

@@ -1,5 +1,6 @@
-"""The generations domain: create, read, list, cancel, retry, delete and the
-JSON shape clients see. Functions take the session and never commit."""
+"""The generations domain: create, read, list, cancel, retry and delete
+(the JSON shape clients see: ``app.api.responses``). Functions take the
+session and never commit."""
 
 from __future__ import annotations
 
@@ -193,62 +194,6 @@ def prepare_retry(gen: Generation, timeout: float) -> str:
             s.attempts = 0
     gen.dispatched_at = None
     return first_unfinished(gen) or STAGES[-1]
-
-
-def to_json(gen: Generation) -> dict[str, Any]:
-    """The generation as clients see it (``GET /api/generate/<id>``)."""
-    outputs = {s.name: s.output or {} for s in gen.stages}
-    enhance, optimize = outputs.get("enhance", {}), outputs.get("optimize", {})
-    return {
-        "id": gen.id,
-        "status": gen.status,
-        "createdAt": iso(gen.created_at),
-        "updatedAt": iso(gen.updated_at),
-        "completedAt": iso(gen.completed_at),
-        "mode": gen.mode,
-        "settings": gen.settings,
-        "provider": gen.provider,
-        "model": gen.model,
-        "personaId": gen.persona_id,
-        "prompt": {
-            "original": gen.prompt,
-            "enhanced": enhance.get("mainPrompt"),
-            "final": optimize.get("finalPrompt"),
-            "negative": optimize.get("negativePrompt")
-            or enhance.get("negativePrompt")
-            or gen.negative_prompt,
-        },
-        "stages": [
-            {
-                "name": s.name,
-                "status": s.status,
-                "startedAt": iso(s.started_at),
-                "finishedAt": iso(s.finished_at),
-                "durationMs": s.duration_ms,
-                "attempts": s.attempts,
-                "error": s.error,
-                "output": s.output,
-            }
-            for s in gen.stages
-        ],
-        "assets": [
-            {
-                "id": a.id,
-                "url": a.cdn_url,
-                "width": a.width,
-                "height": a.height,
-                "contentType": a.content_type,
-                "fileSize": a.file_size,
-            }
-            for a in gen.assets
-        ],
-        "cost": float(gen.cost or 0),
-        "error": {"stage": gen.error_stage, "message": gen.error_message}
-        if gen.error_message
-        else None,
-        "webhookUrl": gen.webhook_url,
-        "links": {"self": f"/api/generate/{gen.id}"},
-    }
 
 
 def is_final(gen: Generation) -> bool:

@@ -181,11 +181,12 @@ class _Waker:
 
 
 def _snapshot(db: Database, user_id: int, generation_id: str) -> dict[str, Any] | None:
+    from app.api.responses import generation_json
     from app.domain import generations as svc
 
     with db.session() as session:
         gen = svc.get_owned(session, user_id, generation_id)
-        return None if gen is None else svc.to_json(gen)
+        return None if gen is None else generation_json(gen)
 
 
 def stream(

@@ -29,7 +29,7 @@ def record_final(session: Session, gen: Generation) -> str | None:
     """Record the final-state message for ``gen`` in the caller's transaction,
     so the transition and its webhook commit together (or not at all).
     Returns the delivery id to send after the commit (None: no webhook)."""
-    from app.domain.generations import to_json  # it imports the pipeline, which imports us
+    from app.api.responses import generation_json  # it imports the pipeline, which imports us
 
     if not gen.webhook_url:
         return None
@@ -42,7 +42,7 @@ def record_final(session: Session, gen: Generation) -> str | None:
         generation_id=gen.id,
         event_type=f"generation.{gen.status}",
         url=gen.webhook_url,
-        payload=json.dumps(to_json(gen), separators=(",", ":")),
+        payload=json.dumps(generation_json(gen), separators=(",", ":")),
         status=PENDING,
         attempts=0,
         next_attempt_at=utcnow(),

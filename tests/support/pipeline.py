@@ -7,7 +7,7 @@ from typing import Any
 
 from PIL import Image
 
-from app.domain import generations as svc
+from app.api.responses import generation_json
 from app.domain.models import Generation
 from app.pipeline import STAGES
 from app.pipeline.runner import Outcome, run_stage
@@ -46,7 +46,7 @@ def load(app, gen_id: str) -> dict[str, Any]:
     """The generation as the API shows it."""
     with services(app).db.session() as session:
         gen = session.get(Generation, gen_id)
-        return svc.to_json(gen) if gen is not None else None
+        return generation_json(gen) if gen is not None else None
 
 
 def stages_by_name(gen: dict[str, Any]) -> dict[str, dict[str, Any]]:

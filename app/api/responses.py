@@ -1,0 +1,273 @@
+"""The API's answers as pydantic models: every route's JSON, the webhook
+payload, the SSE ``done`` event and the OpenAPI document's response schemas
+all come from these, so none of them can drift from another.
+
+Fields are named like the ORM's attributes, so ``from_attributes`` reads rows
+as they are, and are written out under their camelCase alias.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Annotated, Any, Literal, TypeVar
+
+from flask import Response, current_app
+from pydantic import (
+    AliasGenerator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    WithJsonSchema,
+    computed_field,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+from app.api.schemas import FeedbackType
+from app.domain.generations import iso
+from app.domain.models import Generation
+from app.domain.states import (
+    GENERATION_STATUSES,
+    S_COMPLETED,
+    S_FAILED,
+    S_PENDING,
+    S_RUNNING,
+    S_SKIPPED,
+)
+from app.pipeline import STAGES
+
+# What ``iso`` writes: UTC with a trailing Z (SQLite's naive datetimes included).
+Timestamp = Annotated[
+    datetime,
+    PlainSerializer(iso, return_type=str),
+    WithJsonSchema({"type": "string", "format": "date-time"}),
+]
+
+
+class Out(BaseModel):
+    model_config = ConfigDict(
+        from_attributes=True,
+        alias_generator=AliasGenerator(serialization_alias=to_camel),
+        json_schema_serialization_defaults_required=True,  # defaults are written out too
+    )
+
+
+M = TypeVar("M", bound=Out)
+
+
+class Links(Out):
+    self: str
+
+
+def generation_path(generation_id: str) -> str:
+    return f"/api/generate/{generation_id}"
+
+
+class _Linked(Out):
+    id: str
+
+    @computed_field
+    @property
+    def links(self) -> Links:
+        return Links(self=generation_path(self.id))
+
+
+class AcceptedOut(_Linked):
+    """The 202 answer to a submission (and to its replay)."""
+
+    status: Literal["pending"] = "pending"
+
+
+class PromptOut(Out):
+    original: str | None
+    enhanced: str | None
+    final: str | None
+    negative: str | None
+
+
+class StageOut(Out):
+    name: Literal[STAGES]
+    status: Literal[S_PENDING, S_RUNNING, S_COMPLETED, S_SKIPPED, S_FAILED]
+    started_at: Timestamp | None
+    finished_at: Timestamp | None
+    duration_ms: int | None
+    attempts: int = Field(ge=0)
+    error: str | None
+    output: dict[str, Any] | None
+
+
+class AssetOut(Out):
+    id: int
+    url: str = Field(validation_alias="cdn_url")
+    width: int
+    height: int
+    content_type: str
+    file_size: int
+
+
+class GenerationErrorOut(Out):
+    stage: str | None
+    message: str
+    code: Literal["stage_failed", "timeout"] = Field(
+        description="timeout: not final by BFF_GENERATION_TIMEOUT; stage_failed: anything else"
+    )
+
+
+class GenerationOut(_Linked):
+    """A generation as clients see it: the API, its webhook and its event stream."""
+
+    status: Literal[GENERATION_STATUSES]
+    created_at: Timestamp
+    updated_at: Timestamp
+    completed_at: Timestamp | None
+    mode: Literal["prompt", "image"]
+    settings: dict[str, Any]
+    provider: str | None
+    model: str | None
+    persona_id: str | None
+    prompt: PromptOut
+    stages: list[StageOut]
+    assets: list[AssetOut]
+    cost: float
+    error: GenerationErrorOut | None
+    webhook_url: str | None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_row(cls, gen: Any) -> Any:
+        """``prompt`` and ``error`` are made from several columns (the row's
+        own ``prompt`` is only the original); the rest is read by name."""
+        if not isinstance(gen, Generation):
+            return gen
+        outputs = {s.name: s.output or {} for s in gen.stages}
+        enhance, optimize = outputs.get("enhance", {}), outputs.get("optimize", {})
+        derived = {
+            "prompt": {
+                "original": gen.prompt,
+                "enhanced": enhance.get("mainPrompt"),
+                "final": optimize.get("finalPrompt"),
+                "negative": optimize.get("negativePrompt")
+                or enhance.get("negativePrompt")
+                or gen.negative_prompt,
+            },
+            "error": {
+                "stage": gen.error_stage,
+                "message": gen.error_message,
+                "code": gen.error_code or "stage_failed",
+            }
+            if gen.error_message
+            else None,
+        }
+        return {f: derived[f] if f in derived else getattr(gen, f) for f in cls.model_fields}
+
+
+class GenerationPage(Out):
+    items: list[GenerationOut]
+    next_cursor: str | None
+
+
+class FeedbackOut(Out):
+    id: int
+    generation_id: str
+    asset_id: int | None
+    feedback_type: FeedbackType
+    rating: int | None
+    comment: str | None
+    created_at: Timestamp
+
+
+class PersonaOut(Out):
+    id: str
+    name: str
+    description: str
+    keywords: list[str]
+    palette: list[str]
+    aesthetic: str | None
+    is_default: bool
+    created_at: Timestamp
+    updated_at: Timestamp
+
+
+class PersonaPage(Out):
+    items: list[PersonaOut]
+
+
+class HealthChecks(Out):
+    database: str
+    broker: str
+    storage: str
+
+
+class HealthOut(Out):
+    status: Literal["ok", "degraded"]
+    checks: HealthChecks
+    providers: dict[str, str] = Field(description="provider id: 'configured' or why not")
+
+
+class StatsCounts(Out):
+    completed: int
+    failed: int
+    canceled: int
+    in_progress: int = Field(serialization_alias="in_progress")  # the view's column name
+    total: int
+
+
+class StageDuration(Out):
+    avg: float
+    count: int
+
+
+class DayCost(Out):
+    day: str
+    by_provider: dict[str, float]
+    total: float
+
+
+class StatsOut(Out):
+    counts: StatsCounts
+    success_rate: float | None
+    assets: int
+    total_cost: float
+    avg_duration_seconds: float | None
+    stage_durations_ms: dict[str, StageDuration]
+    cost_by_day: list[DayCost]
+
+
+class WebhookSecretOut(Out):
+    secret: str = Field(pattern="^whsec_")
+
+
+class ErrorBody(Out):
+    code: str
+    message: str
+    details: Any = None
+
+
+class ErrorOut(Out):
+    """Every error answer (4xx and 5xx): ``{"error": {code, message, details}}``."""
+
+    error: ErrorBody
+
+
+def _build(model: type[M], data: Any) -> M:
+    """``data`` (a row, or a mapping of field names) as a ``model``."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        # Not the client's fault (the app answers those 422): our bug, so a 500.
+        raise TypeError(f"the answer does not fit {model.__name__}") from exc
+
+
+def respond(
+    model: type[Out], data: Any, status: int = 200, headers: Mapping[str, str] | None = None
+) -> Response:
+    body = _build(model, data).model_dump_json(by_alias=True)
+    return current_app.response_class(body, status, headers, mimetype="application/json")
+
+
+def generation_json(gen: Generation) -> dict[str, Any]:
+    """The generation's JSON as a dict (webhook payloads, SSE events, tests)."""
+    return _build(GenerationOut, gen).model_dump(mode="json", by_alias=True)
