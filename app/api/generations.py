@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 
 from flask import Blueprint, current_app, g, request
@@ -21,6 +22,7 @@ from app.platform.storage import StorageError, generation_prefix
 from app.providers.cancel import cancel_remote
 from app.webhooks import record_final
 
+log = logging.getLogger(__name__)
 bp = Blueprint("generations", __name__, url_prefix="/api/generate")
 bp.before_request(load_user)
 
@@ -166,6 +168,12 @@ def delete(generation_id: str):
     with s.db.session() as session:
         gen = _load(session, generation_id, lock=True)
         session.delete(gen)
+    # Again: a stage may have stored something between the first pass and the
+    # row's delete (one storing after it finds the row gone and cleans up).
+    try:
+        s.storage.delete_prefix(prefix)
+    except StorageError as exc:  # the storage sweep removes what is left
+        log.warning("delete of %s: second pass failed: %s", generation_id, exc)
     return "", 204
 
 
