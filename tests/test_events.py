@@ -8,6 +8,7 @@ import json
 import threading
 import time
 
+import fakeredis
 import pytest
 
 from app import create_app
@@ -102,6 +103,44 @@ def test_live_stream_follows_a_running_generation(app, client, user):
     events = parse_sse(text)
     assert [e["event"] for e in events if "event" in e][-1] == "done"
     assert len([e for e in events if e.get("event") == "stage"]) == 2 * len(STAGES)
+
+
+def test_stage_events_fan_out_to_every_stream_through_redis(app_config, monkeypatch):
+    """With Redis, streams wake on the runner's PUBLISH (fakeredis gives its
+    pub/sub semantics without a server), not on database polls: with a 60 s
+    poll, two streams still follow the whole run at once."""
+    from app.platform import events
+
+    server = fakeredis.FakeServer()
+    monkeypatch.setattr(events, "client", lambda _url: fakeredis.FakeRedis(server=server))
+    app = create_app({**app_config, "REDIS_URL": "redis://redis.test/0", "BFF_SSE_POLL": "60"})
+    client, user = app.test_client(), make_user(app, "fan")
+    gen_id = submit(client, user)
+    streams = [
+        client.get(f"/api/generate/{gen_id}/events", headers=user.headers, buffered=False)
+        for _ in range(2)
+    ]
+    texts = [""] * 2
+    readers = [
+        threading.Thread(target=lambda i=i: texts.__setitem__(i, _read_all(streams[i])))
+        for i in range(2)
+    ]
+    for r in readers:
+        r.start()
+    time.sleep(0.3)  # both subscribed and waiting
+    started = time.monotonic()
+    run_all(app, gen_id, pause=0.05)
+    for r in readers:
+        r.join(10)
+    assert time.monotonic() - started < 10  # woken by messages, not by the 60 s poll
+    for text in texts:
+        got = parse_sse(text)
+        assert got[-1]["event"] == "done"
+        assert len([e for e in got if e.get("event") == "stage"]) == 2 * len(STAGES)
+
+
+def _read_all(resp) -> str:
+    return "".join(chunk.decode() for chunk in resp.response)
 
 
 def test_heartbeat_comment_while_nothing_happens(app_config, tmp_path):
