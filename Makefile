@@ -15,10 +15,15 @@ UV := UV_PROJECT_ENVIRONMENT=$(VENV) UV_PYTHON_DOWNLOADS=never $(TOOLS)/bin/uv
 
 .PHONY: dev test install lock lint format bench clean
 
+# uv is one binary: pip --target is enough (a venv's own pip costs ~5 s more);
+# where $(PYTHON) has no usable pip, a venv of its own.
 $(UV_STAMP):
 	rm -rf $(TOOLS)
-	$(PYTHON) -m venv $(TOOLS)
-	$(TOOLS)/bin/python -m pip install --quiet uv==$(UV_VERSION)
+	$(PYTHON) -m pip install --quiet --root-user-action=ignore --target $(TOOLS) \
+	    uv==$(UV_VERSION) 2>/dev/null \
+	  || { rm -rf $(TOOLS) && $(PYTHON) -m venv $(TOOLS) \
+	       && $(TOOLS)/bin/python -m pip install --quiet uv==$(UV_VERSION); }
+	$(TOOLS)/bin/uv --version
 	touch $(UV_STAMP)
 
 # --locked: install the lock as it is (editable project, test extra), and fail
