@@ -27,28 +27,18 @@ def test_redis_restarted_empty_loses_nothing(faults: FaultStack):
     faults.redis.kill()
     time.sleep(2)
     faults.redis.start()  # empty: no persistence
-    # Celery 5.7 / kombu 5.7 workers (prefork and threads alike) can exit here
-    # ("Unrecoverable error: AttributeError ... 'hostname'") when a finishing
-    # task rejects its message while the consumer tears the connection down.
-    # Their process manager restarts them (compose: restart: unless-stopped);
-    # here the test plays that part. The web and the beat must survive alone.
-    crashed: set[str] = set()
+    # Every process rides it out on its own: no restart, no manual action.
+    # (Celery 5.7.0 workers exited here in most restarts, "Unrecoverable
+    # error: AttributeError ... 'hostname'": a second close of the broker
+    # connection its reconnect added; pyproject keeps Celery below 5.7.)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        for kind in ("worker", "generator"):
-            if not faults.procs[kind].alive():
-                assert "Unrecoverable error" in faults.log(kind), faults.log(kind)[-3000:]
-                crashed.add(kind)
-                faults.start(kind, wait=False)
+        for kind in ("web", "worker", "generator", "beat"):
+            assert faults.procs[kind].alive(), f"{kind} died: {faults.log(kind)[-3000:]}"
         time.sleep(0.2)
-    for kind in ("web", "beat"):
-        assert faults.procs[kind].alive(), f"{kind} died with the broker"
 
     gens = faults.wait_final(batch, timeout=90)
-    # A generator that died may have had creates in flight whose ids it never
-    # received (one per thread at most): the documented gap, nothing more.
-    in_flight = int(faults.env["GENERATOR_CONCURRENCY"]) if "generator" in crashed else 0
-    faults.assert_nothing_lost(batch, gens, lost_in_crash=in_flight)
+    faults.assert_nothing_lost(batch, gens)
     # The beat still ticks on the new server: its dispatcher ran after the restart.
     mark = len(faults.log("worker"))
     P.wait_for(lambda: "maintenance.redispatch" in faults.log("worker")[mark:], 15, "a beat tick")
