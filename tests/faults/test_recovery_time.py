@@ -62,3 +62,22 @@ def test_pipeline_worker_killed_mid_burst(defaults: FaultStack):
     st.assert_nothing_lost(batch, gens)
     assert took < RESUMED_WITHIN, f"recovered {took:.0f} s after the kill"
     print(f"pipeline worker killed: all final {took:.1f} s after the kill")
+
+
+def test_redis_restarted_empty_mid_burst(defaults: FaultStack):
+    st = defaults
+    st.replicate.reset()
+    st.replicate.latency = 3.0
+    batch = st.submit_batch(st.user("redis-restart"), [("google-imagen", 1)] * 8)
+    P.wait_for(lambda: st.replicate.creates >= 3, 30, "predictions to be created")
+    st.redis.kill()
+    lost = time.monotonic()
+    time.sleep(2)
+    st.redis.start()  # empty: every queued and countdown message is gone
+    gens = st.wait_final(batch, timeout=RESUMED_WITHIN + 30)
+    took = time.monotonic() - lost
+    for kind in ("web", "worker", "generator", "beat"):  # nobody restarted anything
+        assert st.procs[kind].alive(), kind
+    st.assert_nothing_lost(batch, gens)
+    assert took < RESUMED_WITHIN, f"recovered {took:.0f} s after Redis went"
+    print(f"redis restarted empty: all final {took:.1f} s after it went")
