@@ -15,6 +15,7 @@ from app.platform.config import Settings
 from app.platform.db import Database
 from app.platform.queue import celery_init_app
 from app.platform.storage import make_storage
+from app.providers import pricing
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
@@ -23,6 +24,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     env = {**os.environ, **{k: str(v) for k, v in (config or {}).items() if v is not None}}
     settings = Settings.from_env(env)
     logs.configure(settings)
+    pricing.configure(settings.prices_file)
 
     app = Flask(__name__)
     # Room for a 10 MB image plus the multipart envelope; read_image checks the file itself.
@@ -41,7 +43,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     register_error_handlers(app)
     logs.init_app(app)
 
-    from app.api import account, generations, health, personas, submit, web
+    from app.api import account, generations, health, personas, providers, submit, web
     from app.api import events as events_api
     from app.platform.metrics import bp as metrics_bp
 
@@ -51,6 +53,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         events_api.bp,
         personas.bp,
         account.bp,
+        providers.bp,
         health.bp,
         web.bp,
     ):

@@ -172,3 +172,21 @@ def test_cdn_refuses_path_traversal(app, client, path):
     assert resp.status_code in (400, 404), path
     assert resp.get_json()["error"]
     assert b"SQLite" not in resp.data and b"root:" not in resp.data
+
+
+def test_providers_say_what_each_model_can_do_and_costs(client, user):
+    assert client.get("/api/providers").status_code == 401
+    body = client.get("/api/providers", headers=user.headers).get_json()
+    models = {p["id"]: p for p in body["items"]}
+    assert set(models) == {"google-imagen", "openai-dalle3", "openai-gpt-image", "local"}
+    assert models["local"]["available"] and models["local"]["prices"]["hd"]["16:9"] == 0
+    imagen = models["google-imagen"]
+    assert (
+        not imagen["available"]
+        and imagen["unavailableReason"] == "REPLICATE_API_TOKEN not configured"
+    )
+    assert imagen["prices"]["standard"]["1:1"] == imagen["prices"]["hd"]["1:1"] == 0.06
+    assert imagen["capabilities"]["safetyLevels"][-1] == "block_only_high"
+    dalle = models["openai-dalle3"]
+    assert dalle["prices"]["hd"]["16:9"] == 0.12 and dalle["capabilities"]["styles"]
+    assert body["priceTable"].startswith("builtin ")

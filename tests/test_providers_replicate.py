@@ -49,9 +49,21 @@ def test_creates_one_prediction_and_returns_its_output_url(fake):
         "prompt": "red silk dress",
         "aspect_ratio": "3:4",
         "output_format": "png",
+        "image_size": "1K",
         "safety_filter_level": "block_only_high",
     }
     assert job.state["predictions"] == [out.meta["predictionId"]]
+
+
+def test_hd_asks_for_2k_and_costs_what_the_price_table_says(fake):
+    from app.providers import pricing
+
+    hd = request(quality="hd", safety_level="block_medium_and_above")
+    sent = adapter(fake).generate(hd).sent["input"]
+    assert sent["image_size"] == "2K" and sent["safety_filter_level"] == "block_medium_and_above"
+    row = pricing.table().price("google-imagen", "*", "2K")
+    assert ReplicateImagen.price_for(hd) == ReplicateImagen.price_for(request()) == row.usd == 0.06
+    assert row.source == "https://replicate.com/google/imagen-4-ultra" and row.checked
 
 
 @pytest.mark.parametrize("ratio", ["1:1", "9:16", "16:9", "3:4", "4:3"])
@@ -158,6 +170,20 @@ def test_unreachable_server_is_transient():
         ReplicateImagen(s, job=Job()).generate(request())
 
 
-def test_price_follows_the_table():
-    assert ReplicateImagen.price_for(request()) == 0.04
-    assert ReplicateImagen.price_for(request(quality="hd")) == 0.048
+def test_an_operators_price_file_overrides_rows_without_a_code_change(app_config, tmp_path):
+    from app import create_app
+    from app.providers import pricing
+
+    override = tmp_path / "prices.toml"
+    override.write_text(
+        '[[price]]\nprovider = "google-imagen"\nmodel = "google/imagen-4-ultra"\n'
+        'size = "2K"\nquality = "*"\nusd = 0.09\nunit = "image"\n'
+        'source = "our contract"\nchecked = 2026-12-01\n'
+    )
+    try:
+        create_app({**app_config, "BFF_PRICES_FILE": str(override)})
+        assert ReplicateImagen.price_for(request(quality="hd")) == 0.09
+        assert ReplicateImagen.price_for(request()) == 0.06  # the builtin row still applies
+        assert pricing.table().name.startswith(str(override))
+    finally:
+        pricing.configure(None)

@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from app.api import responses as r
+from app.api.providers import ProviderList
 from app.api.schemas import FeedbackIn, ImageSubmit, PersonaIn, PersonaPatch, PromptSubmit
 from app.domain.states import GENERATION_STATUSES
 
@@ -92,6 +93,8 @@ ROUTES = (
     Route("delete", PERSONA, "Delete a persona", None, (204,), (401, 404)),
     Route("get", "/api/stats", "The caller's statistics", r.StatsOut),
     Route("get", "/api/webhooks/secret", "The caller's webhook signing secret", r.WebhookSecretOut),
+    Route("get", "/api/providers", "Each model: availability, capabilities, price per image",
+          ProviderList),
     Route("get", "/health", "Health of database, broker and storage",
           r.HealthOut, (200, 503), (), auth=False),
 )

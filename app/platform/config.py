@@ -152,6 +152,7 @@ class Settings:
     allow_http_webhooks: bool = False  # BFF_ALLOW_HTTP_WEBHOOKS: http:// to loopback (dev)
     webhook_retry_base: float = 5.0  # first retry delay; doubles per attempt
     webhook_max_age: float = 86400.0  # give up on a delivery after this many seconds
+    prices_file: str | None = None  # BFF_PRICES_FILE: rows laid over app/providers/prices.toml
     # Longest any one SQL statement may run (lock waits included), seconds.
     db_statement_timeout: float = 30.0
 
@@ -245,4 +246,5 @@ class Settings:
             webhook_retry_base=_float(env, "BFF_WEBHOOK_RETRY_BASE", 5.0),
             webhook_max_age=_float(env, "BFF_WEBHOOK_MAX_AGE", 86400.0),
             db_statement_timeout=_float(env, "BFF_DB_STATEMENT_TIMEOUT", 30.0),
+            prices_file=env.get("BFF_PRICES_FILE") or None,
         )

@@ -89,6 +89,8 @@ class Capabilities:
     max_images: int
     quality_score: float  # 0..1, editorial judgement of output quality
     typical_latency_s: float
+    styles: tuple[str, ...] = ()  # settings.style values it takes (DALL-E 3)
+    safety_levels: tuple[str, ...] = ()  # settings.safetyLevel values it takes (Imagen)
 
 
 @dataclass
@@ -102,6 +104,8 @@ class ImageRequest:
     palette: list[str] = field(default_factory=list)
     garment_type: str | None = None
     pattern: str | None = None
+    style: str = "natural"  # DALL-E 3: natural (photographic) or vivid
+    safety_level: str = "block_only_high"  # Imagen's safety_filter_level
 
 
 @dataclass

@@ -155,6 +155,7 @@ class DallE3(_OpenAIImages):
         max_images=4,
         quality_score=0.8,
         typical_latency_s=15.0,
+        styles=("natural", "vivid"),
     )
     SIZES = {"square": "1024x1024", "landscape": "1792x1024", "portrait": "1024x1792"}
     QUALITY = {"standard": "standard", "hd": "hd"}
@@ -167,7 +168,7 @@ class DallE3(_OpenAIImages):
             "n": 1,
             "size": self.size_for(request),
             "quality": self.quality_for(request),
-            "style": "natural",  # photographic, not "vivid" hyper-real
+            "style": request.style,  # natural (photographic, the default) or vivid
             "response_format": "url",
         }
         images = list(self.job.state.get("images") or [])

@@ -1,43 +1,79 @@
-"""Every price we pay, per image, in one table (USD). Adapters' ``price_for``
-and the ``generate`` stage's ``gen.cost`` read it; nothing else hard-codes a
-price.
-
-- Imagen 4 Ultra (Replicate): one price per output image; our ``hd`` tier is
-  billed at the higher rate.
-- DALL-E 3: by size and quality (``standard``/``hd``).
-- gpt-image-1: OpenAI's published per-image prices by quality and size; our
-  ``standard`` maps to ``medium`` and ``hd`` to ``high`` (see ``openai_images``).
-"""
+"""Every price we pay comes from one table of data: ``prices.toml`` beside
+this module (each row with its source and the date it was checked), with
+the rows of ``BFF_PRICES_FILE`` laid over it when an operator sets one. The
+adapters' ``price_for``, routing's cost score and the ``generate`` stage's
+cost read it; nothing hard-codes a price. A generation's ``generate`` output
+names the table its cost came from."""
 
 from __future__ import annotations
 
-PRICES: dict[tuple[str, str, str], float] = {
-    # (provider, size or "*", quality as sent) -> USD per image
-    ("google-imagen", "*", "standard"): 0.04,
-    ("google-imagen", "*", "hd"): 0.048,
-    ("openai-dalle3", "1024x1024", "standard"): 0.04,
-    ("openai-dalle3", "1024x1024", "hd"): 0.08,
-    ("openai-dalle3", "1792x1024", "standard"): 0.08,
-    ("openai-dalle3", "1792x1024", "hd"): 0.12,
-    ("openai-dalle3", "1024x1792", "standard"): 0.08,
-    ("openai-dalle3", "1024x1792", "hd"): 0.12,
-    ("openai-gpt-image", "1024x1024", "low"): 0.011,
-    ("openai-gpt-image", "1536x1024", "low"): 0.016,
-    ("openai-gpt-image", "1024x1536", "low"): 0.016,
-    ("openai-gpt-image", "1024x1024", "medium"): 0.042,
-    ("openai-gpt-image", "1536x1024", "medium"): 0.063,
-    ("openai-gpt-image", "1024x1536", "medium"): 0.063,
-    ("openai-gpt-image", "1024x1024", "high"): 0.167,
-    ("openai-gpt-image", "1536x1024", "high"): 0.25,
-    ("openai-gpt-image", "1024x1536", "high"): 0.25,
-}
+import tomllib
+from dataclasses import dataclass
+from datetime import date
+from functools import lru_cache
+from pathlib import Path
+
+BUILTIN = Path(__file__).with_name("prices.toml")
+
+
+@dataclass(frozen=True)
+class Price:
+    provider: str
+    model: str
+    size: str  # as sent to the provider, or "*"
+    quality: str  # as sent to the provider, or "*"
+    usd: float
+    unit: str
+    source: str
+    checked: date
+
+
+@dataclass(frozen=True)
+class PriceTable:
+    name: str  # which table: "builtin 2026-12-06", or the override file's path over it
+    rows: dict[tuple[str, str, str], Price]
+
+    def price(self, provider: str, quality: str, size: str = "*") -> Price:
+        for key in ((provider, size, quality), (provider, size, "*"), (provider, "*", quality)):
+            if key in self.rows:
+                return self.rows[key]
+        if (provider, "*", "*") in self.rows:
+            return self.rows[(provider, "*", "*")]
+        raise KeyError(f"no price for {provider} {size} {quality} in {self.name}")
+
+
+def _rows(path: Path) -> dict[tuple[str, str, str], Price]:
+    with path.open("rb") as f:
+        return {
+            (p.provider, p.size, p.quality): p
+            for p in (Price(**r) for r in tomllib.load(f)["price"])
+        }
+
+
+@lru_cache(maxsize=4)
+def _table(override: str | None) -> PriceTable:
+    rows = _rows(BUILTIN)
+    name = f"builtin {max(p.checked for p in rows.values())}"
+    if override:
+        rows = {**rows, **_rows(Path(override))}
+        name = f"{override} over {name}"
+    return PriceTable(name, rows)
+
+
+_override: str | None = None
+
+
+def configure(prices_file: str | None) -> None:
+    """The operator's file (``BFF_PRICES_FILE``), set once when the app is made."""
+    global _override
+    _table(prices_file)  # a file that does not parse stops the start, not a stage
+    _override = prices_file
+
+
+def table() -> PriceTable:
+    return _table(_override)
 
 
 def price(provider_id: str, quality: str, size: str = "*") -> float:
-    """USD for one image. ``local`` (and any provider we do not pay) is free."""
-    if provider_id == "local":
-        return 0.0
-    for key in ((provider_id, size, quality), (provider_id, "*", quality)):
-        if key in PRICES:
-            return PRICES[key]
-    raise KeyError(f"no price for {provider_id} {size} {quality}")
+    """USD for one image."""
+    return table().price(provider_id, quality, size).usd

@@ -48,6 +48,7 @@ SAFETY = re.compile(r"\bE005\b|sensitive|safety|flagged|nsfw", re.IGNORECASE)
 INTERRUPTED = re.compile(r"\(code: PA\)|interrupted", re.IGNORECASE)
 RESETS_IN = re.compile(r"resets in ~?\s*(\d+(?:\.\d+)?)\s*s", re.IGNORECASE)
 NEGATIVE_HANDLING = "no negative_prompt input: folded into the prompt as 'Avoid: …'"
+IMAGE_SIZES = {"standard": "1K", "hd": "2K"}  # the model's resolutions, one price
 
 
 def _detail(exc: ReplicateError) -> str:
@@ -93,6 +94,7 @@ class ReplicateImagen:
         max_images=4,
         quality_score=0.95,
         typical_latency_s=12.0,
+        safety_levels=("block_low_and_above", "block_medium_and_above", "block_only_high"),
     )
     # Where its outputs may be downloaded from (plus REPLICATE_BASE_URL's host).
     output_hosts = ("replicate.delivery", ".replicate.delivery")
@@ -115,7 +117,7 @@ class ReplicateImagen:
 
     @staticmethod
     def price_for(request: ImageRequest) -> float:
-        return pricing.price(ReplicateImagen.id, request.quality)
+        return pricing.price(ReplicateImagen.id, "*", IMAGE_SIZES[request.quality])
 
     def inputs(self, request: ImageRequest) -> dict[str, Any]:
         """Only fields the model's schema accepts, plus notes on what we changed."""
@@ -132,7 +134,8 @@ class ReplicateImagen:
                 "prompt": prompt,
                 "aspect_ratio": ratio,
                 "output_format": "png",
-                "safety_filter_level": "block_only_high",
+                "image_size": IMAGE_SIZES[request.quality],
+                "safety_filter_level": request.safety_level,
             },
             **notes,
         }

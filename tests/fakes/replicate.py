@@ -33,11 +33,13 @@ from werkzeug.wrappers import Request, Response
 from ._server import FakeServer, cli, json_response, png
 
 MODEL = "google/imagen-4-ultra"
-VERSION = "eb08b03f79ebc3d4b2542baacca07cc1e0729d24ed1730945555409f0ee30e1a"
+# The current version, whose schema has image_size (1K default, 2K).
+VERSION = "94d9d5a0e8bf7691286756bf150fa0c81e1bc3d6e2cddfc7084781f54e0199b5"
 SCHEMA = {
     "prompt": None,
     "aspect_ratio": ("1:1", "9:16", "16:9", "3:4", "4:3"),
     "output_format": ("jpg", "png"),
+    "image_size": ("1K", "2K"),
     "safety_filter_level": ("block_low_and_above", "block_medium_and_above", "block_only_high"),
 }
 SIZES = {
