@@ -25,7 +25,13 @@ def test_health_ok(client):
     body = resp.get_json()
     assert body["status"] == "ok"
     assert body["checks"] == {"database": "ok", "broker": "ok", "storage": "ok"}
-    assert body["providers"]["local"] == "configured"
+    assert body["storageBackend"] == "local"
+    assert body["providers"]["local"] == {
+        "configured": True,
+        "verified": None,
+        "detail": "needs no key",
+    }
+    assert body["providers"]["google-imagen"]["detail"] == "REPLICATE_API_TOKEN not configured"
 
 
 def test_health_503_when_storage_is_unwritable(app_config, tmp_path):

@@ -7,7 +7,7 @@ from flask import Blueprint, abort, send_from_directory
 from app.api.common import services
 from app.api.responses import HealthOut, respond
 from app.platform.storage import LocalStorage
-from app.providers import PROVIDERS, unavailable_reason
+from app.providers import PROVIDERS, verify
 
 bp = Blueprint("health", __name__)
 
@@ -34,12 +34,13 @@ def health():
         "storage": _check(s.storage.check),
     }
     ok = all(v == "ok" for v in checks.values())
-    providers = {pid: unavailable_reason(pid, s.settings) or "configured" for pid in PROVIDERS}
-    return respond(
-        HealthOut,
-        {"status": "ok" if ok else "degraded", "checks": checks, "providers": providers},
-        200 if ok else 503,
-    )
+    body = {
+        "status": "ok" if ok else "degraded",
+        "checks": checks,
+        "storage_backend": s.settings.storage_backend,
+        "providers": {pid: verify.recent(pid, s.settings) for pid in PROVIDERS},
+    }
+    return respond(HealthOut, body, 200 if ok else 503)
 
 
 @bp.get("/openapi.json")

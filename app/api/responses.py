@@ -201,10 +201,17 @@ class HealthChecks(Out):
     storage: str
 
 
+class ProviderKeyOut(Out):
+    configured: bool
+    verified: bool | None = Field(description="the key worked in a free call (null: not asked)")
+    detail: str
+
+
 class HealthOut(Out):
     status: Literal["ok", "degraded"]
     checks: HealthChecks
-    providers: dict[str, str] = Field(description="provider id: 'configured' or why not")
+    storage_backend: Literal["s3", "local"]
+    providers: dict[str, ProviderKeyOut]
 
 
 class StatsCounts(Out):

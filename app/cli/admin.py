@@ -87,4 +87,25 @@ def users_cap(app: Flask, name: str, amount: str | None) -> None:
     click.echo(f"{name}: daily cap {'none' if cap is None else f'${cap}'}")
 
 
-COMMANDS = (db_cli, users_cli)
+@click.group("providers")
+def providers_cli() -> None:
+    """The image providers."""
+
+
+@providers_cli.command("check")
+@with_app
+def providers_check(app: Flask) -> None:
+    """Verify each configured key with a free call; say which work."""
+    from app.providers import PROVIDERS, verify
+
+    broken = 0
+    for pid in PROVIDERS:
+        result = verify.check(pid, app.extensions["bff"].settings)
+        mark = {True: "ok", False: "FAILED", None: "-"}[result.verified]
+        click.echo(f"{pid:<18} {mark:<7} {result.detail}")
+        broken += result.verified is False
+    if broken:
+        raise click.ClickException(f"{broken} provider key(s) did not work")
+
+
+COMMANDS = (db_cli, users_cli, providers_cli)

@@ -118,6 +118,13 @@ class _OpenAIImages:
         self.job = job or Job()
 
     @classmethod
+    def verify_key(cls, settings: Settings) -> str:
+        """A free call that needs the key (the model list)."""
+        with _mapped():
+            models = {m.id for m in cls(settings).client.models.list()}
+        return "works" if cls.model in models else f"works, but {cls.model} is not listed"
+
+    @classmethod
     def size_for(cls, request: ImageRequest) -> str:
         return cls.SIZES[_orientation(request.aspect_ratio)]
 

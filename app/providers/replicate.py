@@ -204,6 +204,13 @@ class ReplicateImagen:
             raise ProviderRejected(f"the Replicate prediction {pid} was canceled")
         raise ProviderRejected(f"Replicate prediction {pid} ended with unknown status {status!r}")
 
+    @staticmethod
+    def verify_key(settings: Settings) -> str:
+        """A free call that needs the token (Replicate's account endpoint)."""
+        with _mapped("account"):
+            account = ReplicateImagen(settings).client.accounts.current()
+        return f"works (account {account.username})"
+
     def cancel(self, prediction_ids: list[str]) -> int:
         """Best effort: cancel running predictions; returns how many were asked."""
         asked = 0

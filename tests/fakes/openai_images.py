@@ -89,14 +89,19 @@ class FakeOpenAIImages(FakeServer):
         parts = [p for p in request.path.split("/") if p]
         if parts[:1] == ["files"] and len(parts) == 2 and parts[1] in self.files:
             return Response(self.files[parts[1]], 200, content_type="image/png")
-        if request.path.rstrip("/") != "/v1/images/generations" or request.method != "POST":
-            return error(
-                404, f"Invalid URL ({request.method} {request.path})", "invalid_request_error"
-            )
         auth = request.headers.get("Authorization", "")
         if not auth.startswith("Bearer ") or (self.key and auth != f"Bearer {self.key}"):
             return error(
                 401, "Incorrect API key provided.", "invalid_request_error", None, "invalid_api_key"
+            )
+        if request.path.rstrip("/") == "/v1/models" and request.method == "GET":  # a key check
+            models = [
+                {"id": m, "object": "model", "created": 0, "owned_by": "system"} for m in MODELS
+            ]
+            return json_response({"object": "list", "data": models})
+        if request.path.rstrip("/") != "/v1/images/generations" or request.method != "POST":
+            return error(
+                404, f"Invalid URL ({request.method} {request.path})", "invalid_request_error"
             )
         body = request.get_json(silent=True) or {}
         with self.lock:

@@ -112,6 +112,10 @@ class FakeReplicate(FakeServer):
             if model != MODEL:
                 return problem(404, "Not found", f"Model {model} not found")
             return self.create(request)
+        if (
+            parts == ["v1", "account"] and request.method == "GET"
+        ):  # the free call a key check makes
+            return json_response({"type": "user", "username": "bff-test", "name": "BFF test"})
         if parts[:2] == ["v1", "predictions"] and len(parts) == 3 and request.method == "GET":
             return self.get(parts[2])
         if parts[:2] == ["v1", "predictions"] and parts[3:] == ["cancel"]:

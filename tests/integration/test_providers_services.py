@@ -6,6 +6,7 @@ and boto3 going to the bucket through a switch we can turn off."""
 from __future__ import annotations
 
 import re
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from tests.fakes.replicate import FakeReplicate
 from tests.fakes.tcp_switch import TcpSwitch
 from tests.integration.helpers import assert_completed_with_png, wait_final
 from tests.support import procs as P
+from tests.support.embedded import BFF
 from tests.support.services import free_port, redis_db_number, release_redis_db
 
 pytestmark = pytest.mark.services
@@ -135,20 +137,33 @@ def wait_for_create(fake: FakeReplicate, n: int = 1, timeout: float = 20) -> Non
     P.wait_for(lambda: fake.creates >= n, timeout, f"{n} prediction(s) to be created")
 
 
-def test_health_reports_the_configured_providers(pstack):
+def test_health_and_bff_providers_check_verify_the_keys(pstack):
     body = requests.get(pstack.base_url + "/health", timeout=10).json()
-    assert body["providers"] == {
-        "google-imagen": "configured",
-        "openai-dalle3": "configured",
-        "openai-gpt-image": "configured",
-        "local": "configured",
-    }
+    assert body["storageBackend"] == "s3"
+    for pid in ("google-imagen", "openai-dalle3", "openai-gpt-image"):
+        assert body["providers"][pid]["verified"] is True, body["providers"]
+    assert "account bff-test" in body["providers"]["google-imagen"]["detail"]
+
+    def check(**env: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [BFF, "providers", "check"],
+            env={**pstack.env, **env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    good = check()
+    assert good.returncode == 0, good.stderr
+    assert "google-imagen      ok      REPLICATE_API_TOKEN works" in good.stdout
+    bad = check(OPENAI_API_KEY="sk-wrong")
+    assert bad.returncode == 1 and "openai-dalle3      FAILED" in bad.stdout, bad.stdout
 
 
 @pytest.mark.parametrize(
     ("provider", "size", "quality", "count", "cost"),
     [
-        ("google-imagen", "portrait", "standard", 2, 0.08),
+        ("google-imagen", "portrait", "standard", 2, 0.12),
         ("openai-dalle3", "landscape", "hd", 1, 0.12),
         ("openai-gpt-image", "square", "standard", 2, 0.084),
     ],

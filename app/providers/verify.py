@@ -1,0 +1,54 @@
+"""Whether each provider's key works, checked with a free call (Replicate's
+account endpoint, OpenAI's model list): ``bff providers check`` asks now;
+``/health`` shows an answer at most ``TTL`` seconds old per process, so a
+health probe does not call the providers each time."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+from app.platform.config import Settings
+from app.providers.base import ProviderRejected, ProviderTransient
+from app.providers.registry import PROVIDERS
+
+TTL = 600.0
+
+
+@dataclass(frozen=True)
+class KeyCheck:
+    configured: bool
+    verified: bool | None  # None: nothing to verify, or the provider could not be asked
+    detail: str
+
+
+def check(provider_id: str, settings: Settings) -> KeyCheck:
+    cls = PROVIDERS[provider_id]
+    if cls.key_env_var is None:
+        return KeyCheck(True, None, "needs no key")
+    if not settings.provider_key(provider_id):
+        return KeyCheck(False, None, f"{cls.key_env_var} not configured")
+    try:
+        return KeyCheck(True, True, f"{cls.key_env_var} {cls.verify_key(settings)}")
+    except ProviderRejected as exc:
+        return KeyCheck(True, False, str(exc))
+    except ProviderTransient as exc:
+        return KeyCheck(True, None, f"could not check: {exc}")
+
+
+_recent: dict[tuple[str, str | None], tuple[float, KeyCheck]] = {}
+_lock = threading.Lock()
+
+
+def recent(provider_id: str, settings: Settings) -> KeyCheck:
+    """``check``, answered from this process's last one for up to ``TTL`` s."""
+    key = (provider_id, settings.provider_key(provider_id))
+    with _lock:
+        hit = _recent.get(key)
+    if hit is not None and time.monotonic() < hit[0]:
+        return hit[1]
+    result = check(provider_id, settings)
+    with _lock:
+        _recent[key] = (time.monotonic() + TTL, result)
+    return result
