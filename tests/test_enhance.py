@@ -7,17 +7,20 @@ import json
 
 import pytest
 
-from app.pipeline.enhance import (
+from app.pipeline.enhance_llm import build_package_llm
+from app.pipeline.llm import LLMCallFailed, LLMInvalidOutput
+from app.pipeline.optimize import pass_through as optimize_pass_through
+from app.pipeline.subject import resolve
+from app.pipeline.templates import (
     NEGATIVE,
     QUALITY_TERMS,
     TEMPLATES,
     build_package,
-    build_package_llm,
     choose_template,
 )
-from app.pipeline.llm import LLMCallFailed, LLMInvalidOutput
 from app.platform.config import Settings
 from app.providers import PROVIDERS
+from tests.support.pipeline import load, png_bytes, run_all, stages_by_name, submit_image
 from tests.test_route import fake_provider
 
 SPEC = {
@@ -128,6 +131,88 @@ def test_stage_fits_the_strictest_available_provider(app, client, user, monkeypa
     assert out["trimmed"] == []
 
 
+def _stage_outputs(app, gen_id: str) -> dict[str, dict]:
+    run_all(app, gen_id)
+    return {n: st["output"] for n, st in stages_by_name(load(app, gen_id)).items()}
+
+
+MAROON_DRESS = png_bytes(color="#6e1423")  # a tall block: the photo reads as a maroon dress
+
+
+def test_the_designers_words_win_over_the_photo_in_the_prompt_and_the_request(app, client, user):
+    resp = submit_image(
+        client,
+        user.headers,
+        MAROON_DRESS,
+        prompt="cobalt satin midi skirt",
+        settings=json.dumps({"provider": "local"}),
+    )
+    out = _stage_outputs(app, resp.get_json()["id"])
+    photo = out["analyze"]["spec"]["records"][0]
+    assert (photo["garmentType"], photo["colors"]["primary"]) == ("dress", "maroon")
+    final = out["optimize"]["finalPrompt"].lower()
+    assert final.startswith("cobalt satin midi skirt")
+    assert "maroon" not in final and "dress" not in final
+    assert out["enhance"]["overridden"] == [
+        {"field": "garment", "photo": "dress", "words": "skirt"},
+        {"field": "colours", "photo": "maroon", "words": "cobalt"},
+    ]
+    assert out["enhance"]["subject"]["from"] == {
+        "garment": "words",
+        "colours": "words",
+        "materials": "words",
+    }
+    sent = out["generate"]["sent"]
+    assert (sent["palette"], sent["garment"], sent["drawn"]) == (["cobalt"], "skirt", "skirt")
+
+
+@pytest.mark.parametrize(
+    "words, garment, colours, materials",
+    [
+        ("cobalt satin midi skirt", "skirt", ["cobalt"], ["satin"]),
+        ("dress shirt in sage green poplin", "shirt", ["sage"], ["poplin"]),
+        ("navy-blue shirt dress", "dress", ["navy"], []),
+        ("a silk blouse with wide black trousers", "blouse", ["black"], ["silk"]),
+        ("top-notch lighting, lace-up boots, tailored", None, [], []),
+    ],
+)
+def test_what_the_words_name(words, garment, colours, materials):
+    said = resolve(words, None)
+    assert (said.garment, said.colours, said.materials) == (garment, colours, materials)
+
+
+def test_the_photo_fills_in_what_the_words_leave_open():
+    pkg = build_package("satin midi skirt", SPEC)  # no colour named: the photo's
+    assert pkg["mainPrompt"].startswith("satin midi skirt, black and white skirt")
+    assert "silk" not in pkg["mainPrompt"] and "princess seams" not in pkg["mainPrompt"]
+    assert pkg["subject"]["colours"] == ["black", "white"]
+    same = build_package("ivory dress", SPEC)  # the same garment: its cut and seams stay
+    assert "fitted silk dress" in same["mainPrompt"] and "princess seams" in same["mainPrompt"]
+
+
+def test_enhance_off_sends_the_designers_words_as_written(app, client, user):
+    words = "Emerald slip dress, bias cut, NO sequins"
+    resp = client.post(
+        "/api/generate/from-prompt",
+        json={
+            "prompt": words,
+            "negativePrompt": "lace",
+            "settings": {"enhance": "off", "provider": "local"},
+        },
+        headers=user.headers,
+    )
+    assert resp.status_code == 202, resp.get_json()
+    out = _stage_outputs(app, resp.get_json()["id"])
+    for name in ("enhance", "persona", "optimize"):
+        assert out[name]["passedThrough"] is True, name
+        assert "enhance is off" in out[name]["reason"]
+    sent = out["generate"]["sent"]
+    assert (sent["prompt"], sent["negativePrompt"]) == (words, "lace")
+    assert sent["garment"] == "dress" and sent["palette"] == ["emerald"]
+    cut = optimize_pass_through("x" * 30, "", 10)  # only the provider's limit changes it
+    assert cut["finalPrompt"] == "x" * 10 and "limit of 10" in cut["reason"]
+
+
 # ------------------------------------------------------------------ LLM engine
 
 
@@ -179,6 +264,17 @@ def test_llm_answer_that_drops_the_users_words_gets_them_back_and_is_fitted(
     pkg = build_package_llm(llm_settings, "Navy peacoat", None, max_len=100)
     assert pkg["mainPrompt"].startswith("Navy peacoat, a coat photo")
     assert len(pkg["mainPrompt"]) <= 100 and pkg["trimmed"][-1] == "term 59"
+
+
+def test_llm_phrases_contradicting_the_words_are_dropped(openai_chat, llm_settings):
+    words = "cobalt satin midi skirt"
+    main = f"{words}, maroon dress with lace trim, pleated, soft window light"
+    openai_chat.script_content(_answer(mainPrompt=main))
+    pkg = build_package_llm(llm_settings, words, SPEC)
+    assert pkg["mainPrompt"] == f"{words}, pleated, soft window light"
+    assert pkg["droppedTerms"] == ["maroon dress with lace trim"]
+    sent = json.loads(openai_chat.requests[0]["messages"][1]["content"])["garmentSpec"]
+    assert sent["garmentType"] == "skirt" and sent["colors"]["primary"] is None  # reconciled
 
 
 def test_llm_invalid_twice_or_errors_raise(openai_chat, llm_settings):

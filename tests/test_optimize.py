@@ -10,10 +10,10 @@ from sqlalchemy import select
 from app.domain import generations as svc
 from app.domain.models import PromptTokenScore
 from app.pipeline import STAGES
-from app.pipeline.enhance import TEMPLATES
 from app.pipeline.maintenance import apply_one_feedback
 from app.pipeline.optimize import BAD, EXPLOIT_BUDGET, mode_for, optimize, reward_of, tokens
 from app.pipeline.runner import run_stage
+from app.pipeline.templates import TEMPLATES
 
 
 def gen_id(mode: str, salt: str = "") -> str:
@@ -146,10 +146,26 @@ def test_hearts_teach_a_token_low_ratings_banish_one_and_users_stay_apart(
     later = final(app, client, user, make_generation(app, user, "silk blouse", salt="l2"))
     assert "neon glare" in later["negativePrompt"]
     assert "neon glare" not in later["finalPrompt"]
+    assert "leather jacket" not in later["negativePrompt"]  # the garment is not learnt
     theirs = final(
         app, client, other_user, make_generation(app, other_user, "silk blouse", "exploit", "o2")
     )
     assert "neon glare" not in theirs["negativePrompt"]
+
+
+def test_feedback_on_a_maroon_dress_teaches_style_never_the_garment(app, client, user):
+    gid = make_generation(app, user, "a-line maroon dress, candlelit glow", salt="m")
+    for body in ({"feedbackType": "heart"}, {"feedbackType": "outlier"}):
+        feedback(app, client, user, gid, **body)
+    for _ in range(2):
+        feedback(app, client, user, gid, feedbackType="rating", rating=5)
+    assert score(app, user, "a-line maroon dress") > 0.6
+    later = final(app, client, user, make_generation(app, user, "sage green pleated midi skirt"))
+    assert later["addedTokens"] == ["candlelit glow"]  # the lighting is learnt
+    assert later["heldBackTokens"] == ["a-line maroon dress"]
+    assert "maroon" not in later["finalPrompt"] and "dress" not in later["finalPrompt"]
+    again = final(app, client, user, make_generation(app, user, "maroon wool dress", salt="a"))
+    assert "a-line maroon dress" in again["addedTokens"]  # asked for: it may join
 
 
 def test_comments_do_not_move_scores_and_feedback_applies_once(app, client, user):

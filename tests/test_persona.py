@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from app.domain.models import Persona
-from app.pipeline.enhance import build_package
 from app.pipeline.persona import THRESHOLD, match, palette_overlap, tfidf_cosines, tokens
+from app.pipeline.templates import build_package
 
 
 def persona(pid: str, keywords, palette=(), aesthetic=None, default=False, desc="") -> Persona:
@@ -60,6 +60,13 @@ def test_explicit_persona_wins_even_with_a_low_score():
     assert out["injectedKeywords"] == ["oversized", "sneakers", "graphic tee"]
     gone = match(enhanced("grey wool trousers"), [BOHO], "deleted-one")
     assert gone["personaId"] is None and "no longer exists" in gone["reason"]
+
+
+def test_keywords_contradicting_the_designers_words_are_not_injected():
+    words = "cobalt satin midi skirt"
+    out = match(enhanced(words), [EVENING], "evening", words=words)
+    assert out["injectedKeywords"] == ["gala glamour"]
+    assert out["skippedKeywords"] == ["evening gown", "silk"]  # another garment, material
 
 
 def test_ties_go_to_the_default_persona():
