@@ -114,28 +114,26 @@ def score(app, user, token: str) -> float | None:
 def test_hearts_teach_a_token_low_ratings_banish_one_and_users_stay_apart(
     app, client, user, other_user
 ):
-    # Three hearted generations in three different templates share one term.
-    for i, prompt in enumerate(
-        (
-            "velvet evening gown, candlelit glow",
-            "boho lace dress, candlelit glow",
-            "sculptural bold coat, candlelit glow",
-        )
-    ):
+    # Three hearted generations in three different templates share two terms.
+    for i, style in enumerate(("velvet evening", "boho lace", "sculptural bold")):
+        prompt = f"a-line maroon dress, {style}, candlelit glow"
         gid = make_generation(app, user, prompt, salt=f"h{i}")
         assert "candlelit glow" in final(app, client, user, gid)["finalPrompt"]
         feedback(app, client, user, gid, feedbackType="heart")
     assert score(app, user, "candlelit glow") == pytest.approx(0.5 + 0.4 * (1 - 0.9**3))
 
-    later = final(app, client, user, make_generation(app, user, "grey wool trousers", salt="l"))
+    skirt = "sage green pleated midi skirt"
+    later = final(app, client, user, make_generation(app, user, skirt, salt="l"))
     assert later["mode"] == "exploit"
-    assert "candlelit glow" in later["addedTokens"]
-    assert later["finalPrompt"].startswith("grey wool trousers, candlelit glow")
+    assert later["addedTokens"] == ["candlelit glow"]  # the lighting is learnt, not the dress
+    assert later["heldBackTokens"] == ["a-line maroon dress"]
+    assert later["finalPrompt"].startswith(f"{skirt}, candlelit glow")
+    assert "maroon" not in later["finalPrompt"] and "dress" not in later["finalPrompt"]
+    asked = final(app, client, user, make_generation(app, user, "maroon wool dress", salt="a"))
+    assert "a-line maroon dress" in asked["addedTokens"]  # asked for: it may join
 
     # The other user learnt nothing from that.
-    theirs = final(
-        app, client, other_user, make_generation(app, other_user, "grey wool trousers", salt="o")
-    )
+    theirs = final(app, client, other_user, make_generation(app, other_user, skirt, salt="o"))
     assert theirs["addedTokens"] == [] and "candlelit glow" not in theirs["finalPrompt"]
 
     # Five 1-star ratings on a generation with "neon glare" push it below BAD.
@@ -151,21 +149,6 @@ def test_hearts_teach_a_token_low_ratings_banish_one_and_users_stay_apart(
         app, client, other_user, make_generation(app, other_user, "silk blouse", "exploit", "o2")
     )
     assert "neon glare" not in theirs["negativePrompt"]
-
-
-def test_feedback_on_a_maroon_dress_teaches_style_never_the_garment(app, client, user):
-    gid = make_generation(app, user, "a-line maroon dress, candlelit glow", salt="m")
-    for body in ({"feedbackType": "heart"}, {"feedbackType": "outlier"}):
-        feedback(app, client, user, gid, **body)
-    for _ in range(2):
-        feedback(app, client, user, gid, feedbackType="rating", rating=5)
-    assert score(app, user, "a-line maroon dress") > 0.6
-    later = final(app, client, user, make_generation(app, user, "sage green pleated midi skirt"))
-    assert later["addedTokens"] == ["candlelit glow"]  # the lighting is learnt
-    assert later["heldBackTokens"] == ["a-line maroon dress"]
-    assert "maroon" not in later["finalPrompt"] and "dress" not in later["finalPrompt"]
-    again = final(app, client, user, make_generation(app, user, "maroon wool dress", salt="a"))
-    assert "a-line maroon dress" in again["addedTokens"]  # asked for: it may join
 
 
 def test_comments_do_not_move_scores_and_feedback_applies_once(app, client, user):
