@@ -16,6 +16,7 @@ from app.pipeline.llm import LLMCallFailed, LLMInvalidOutput
 from app.pipeline.vlt import normalize_spec
 from app.platform.config import Settings
 from tests.fakes.openai_chat import DEFAULT_RECORD
+from tests.support.pipeline import load, run_all, stage, stages_by_name, submit_image
 
 
 def png(img: Image.Image, fmt: str = "PNG") -> bytes:
@@ -255,13 +256,7 @@ def test_valid_supplied_spec_is_accepted_and_passed_through_analyze(app, client,
     spec = {"records": [{"garmentType": "Blazer", "colors": {"primary": "NAVY"}}]}
     resp = client.post("/api/generate/from-image", json={"vltSpec": spec}, headers=user.headers)
     assert resp.status_code == 202
-    gen_id = resp.get_json()["id"]
-    s = app.extensions["bff"]
-    from app.pipeline.runner import run_stage
-
-    run_stage(s.db, s.settings, s.storage, gen_id, "analyze")
-    body = client.get(f"/api/generate/{gen_id}", headers=user.headers).get_json()
-    analyze = body["stages"][0]
+    analyze = _analyzed(app, resp.get_json()["id"])
     assert analyze["status"] == "completed"
     assert analyze["output"]["engine"] == "supplied"
     assert analyze["output"]["spec"]["records"][0]["colors"]["primary"] == "navy"
@@ -271,21 +266,15 @@ def test_valid_supplied_spec_is_accepted_and_passed_through_analyze(app, client,
 # ------------------------------------------------------------------ the stage
 
 
-def _upload_and_analyze(app, user) -> dict:
-    from app.pipeline.runner import run_stage
+def _analyzed(app, gen_id: str) -> dict:
+    stage(app, gen_id, "analyze")
+    return stages_by_name(load(app, gen_id))["analyze"]
 
-    client = app.test_client()
-    resp = client.post(
-        "/api/generate/from-image",
-        data={"image": (io.BytesIO(_garment()), "dress.png", "image/png")},
-        headers=user.headers,
-        content_type="multipart/form-data",
-    )
+
+def _upload_and_analyze(app, user) -> dict:
+    resp = submit_image(app.test_client(), user.headers, _garment())
     assert resp.status_code == 202, resp.get_json()
-    gen_id = resp.get_json()["id"]
-    s = app.extensions["bff"]
-    run_stage(s.db, s.settings, s.storage, gen_id, "analyze")
-    return client.get(f"/api/generate/{gen_id}", headers=user.headers).get_json()["stages"][0]
+    return _analyzed(app, resp.get_json()["id"])
 
 
 def test_stage_offline_records_inputs_output_and_reasoning(app, user):
@@ -298,9 +287,7 @@ def test_stage_offline_records_inputs_output_and_reasoning(app, user):
     assert out["reasoning"] and "fallback" not in out
 
 
-def test_stage_with_a_key_uses_vision_and_falls_back_when_it_fails(
-    app_config, openai_chat, monkeypatch
-):
+def test_stages_with_a_key_use_openai_and_fall_back_saying_why(app_config, openai_chat):
     from app import create_app
     from tests.conftest import make_user
 
@@ -308,20 +295,31 @@ def test_stage_with_a_key_uses_vision_and_falls_back_when_it_fails(
         {**app_config, "OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": openai_chat.base_url}
     )
     user = make_user(app, "vera")
-    openai_chat.script_content({**DEFAULT_RECORD, "garmentType": "Gown"})
-    stage = _upload_and_analyze(app, user)
-    assert stage["output"]["engine"] == "openai-vision"
-    assert stage["output"]["spec"]["records"][0]["garmentType"] == "gown"
+
+    def analyze_and_enhance() -> tuple[dict, dict]:
+        resp = submit_image(app.test_client(), user.headers, _garment(), prompt="wool peacoat")
+        run_all(app, resp.get_json()["id"], ("analyze", "enhance"))
+        stages = stages_by_name(load(app, resp.get_json()["id"]))
+        return stages["analyze"]["output"], stages["enhance"]["output"]
+
+    openai_chat.script_content({**DEFAULT_RECORD, "garmentType": "Gown"})  # enhance: the default
+    analyzed, enhanced = analyze_and_enhance()
+    assert analyzed["engine"] == "openai-vision"
+    assert analyzed["spec"]["records"][0]["garmentType"] == "gown"
+    assert enhanced["engine"] == "openai-chat" and enhanced["mainPrompt"].startswith("wool peacoat")
 
     openai_chat.script_content("{not json")
     openai_chat.script_content('{"garmentType": 3}')
-    stage = _upload_and_analyze(app, user)
-    out = stage["output"]
-    assert stage["status"] == "completed"
-    assert out["engine"] == "offline-pillow"
-    assert out["fallback"]["from"] == "openai-vision"
-    assert "no valid answer after 2 attempts" in out["fallback"]["reason"]
-    assert out["spec"]["records"][0]["colors"]["primary"] == "emerald"
+    openai_chat.script_error(401, "Incorrect API key provided", code="invalid_api_key")
+    analyzed, enhanced = analyze_and_enhance()
+    assert analyzed["engine"] == "offline-pillow"
+    assert analyzed["fallback"]["from"] == "openai-vision"
+    assert "no valid answer after 2 attempts" in analyzed["fallback"]["reason"]
+    assert analyzed["spec"]["records"][0]["colors"]["primary"] == "emerald"
+    assert (enhanced["engine"], enhanced["fallback"]) == (
+        "offline-templates",
+        {"from": "openai-chat", "reason": "OpenAI API error 401: Incorrect API key provided"},
+    )
 
 
 def test_fake_server_runs_standalone_and_is_scriptable_over_http(tmp_path):
@@ -362,14 +360,3 @@ def test_fake_server_runs_standalone_and_is_scriptable_over_http(tmp_path):
     finally:
         proc.terminate()
         proc.wait(5)
-
-
-def test_colour_words_are_whole_words():
-    from app.pipeline.colors import named_in
-
-    assert named_in("Emerald silk slip dress, tailored, golden hour") == ["emerald"]
-    assert named_in("a sky blue shirt with navy and blue trim, navy") == [
-        "sky blue",
-        "navy",
-        "blue",
-    ]

@@ -383,6 +383,7 @@ def test_generation_shape_while_pending(client, user):
         "quality": "standard",
         "size": "landscape",
         "count": 1,
+        "enhance": "auto",
     }
     assert gen["prompt"]["original"] == "red dress" and gen["prompt"]["enhanced"] is None
     assert [s["name"] for s in gen["stages"]] == list(STAGES)

@@ -7,17 +7,27 @@ import json
 
 import pytest
 
-from app.pipeline.enhance import (
+from app.pipeline.enhance_llm import build_package_llm
+from app.pipeline.llm import LLMInvalidOutput
+from app.pipeline.optimize import pass_through as optimize_pass_through
+from app.pipeline.subject import resolve
+from app.pipeline.templates import (
     NEGATIVE,
     QUALITY_TERMS,
     TEMPLATES,
     build_package,
-    build_package_llm,
     choose_template,
 )
-from app.pipeline.llm import LLMCallFailed, LLMInvalidOutput
 from app.platform.config import Settings
 from app.providers import PROVIDERS
+from tests.support.pipeline import (
+    load,
+    png_bytes,
+    run_all,
+    stages_by_name,
+    submit_image,
+    submit_prompt,
+)
 from tests.test_route import fake_provider
 
 SPEC = {
@@ -91,19 +101,9 @@ def test_deterministic():
 
 
 def _run_enhance(app, client, user, settings: dict) -> dict:
-    from app.pipeline.runner import run_stage
-
-    resp = client.post(
-        "/api/generate/from-prompt",
-        json={"prompt": "navy wool peacoat with brass buttons", "settings": settings},
-        headers=user.headers,
-    )
-    assert resp.status_code == 202, resp.get_json()
-    s = app.extensions["bff"]
-    gen_id = resp.get_json()["id"]
-    for stage in ("analyze", "enhance"):
-        run_stage(s.db, s.settings, s.storage, gen_id, stage)
-    body = client.get(f"/api/generate/{gen_id}", headers=user.headers).get_json()
+    gen_id = submit_prompt(client, user.headers, "navy wool peacoat with brass buttons", **settings)
+    run_all(app, gen_id, ("analyze", "enhance"))
+    body = load(app, gen_id)
     assert body["stages"][1]["status"] == "completed"
     return body
 
@@ -126,6 +126,94 @@ def test_stage_fits_the_strictest_available_provider(app, client, user, monkeypa
         "source": "requested provider local",
     }
     assert out["trimmed"] == []
+
+
+def _stage_outputs(app, gen_id: str) -> dict[str, dict]:
+    run_all(app, gen_id)
+    return {n: st["output"] for n, st in stages_by_name(load(app, gen_id)).items()}
+
+
+MAROON_DRESS = png_bytes(color="#6e1423")  # a tall block: the photo reads as a maroon dress
+
+
+def test_the_designers_words_win_over_the_photo_in_the_prompt_and_the_request(app, client, user):
+    resp = submit_image(
+        client,
+        user.headers,
+        MAROON_DRESS,
+        prompt="cobalt satin midi skirt",
+        settings=json.dumps({"provider": "local"}),
+    )
+    out = _stage_outputs(app, resp.get_json()["id"])
+    photo = out["analyze"]["spec"]["records"][0]
+    assert (photo["garmentType"], photo["colors"]["primary"]) == ("dress", "maroon")
+    final = out["optimize"]["finalPrompt"].lower()
+    assert final.startswith("cobalt satin midi skirt")
+    assert "maroon" not in final and "dress" not in final
+    assert out["enhance"]["overridden"] == [
+        {"field": "garment", "photo": "dress", "words": "skirt"},
+        {"field": "colours", "photo": "maroon", "words": "cobalt"},
+    ]
+    assert out["enhance"]["subject"]["from"] == {
+        "garment": "words",
+        "colours": "words",
+        "materials": "words",
+    }
+    sent = out["generate"]["sent"]
+    assert (sent["palette"], sent["garment"], sent["drawn"]) == (["cobalt"], "skirt", "skirt")
+
+
+@pytest.mark.parametrize(
+    "words, garment, colours, materials",
+    [
+        ("cobalt satin midi skirt", "skirt", ["cobalt"], ["satin"]),
+        ("dress shirt in sage green poplin", "shirt", ["sage"], ["poplin"]),
+        ("navy-blue shirt dress", "dress", ["navy"], []),
+        ("a silk blouse with wide black trousers", "blouse", ["black"], ["silk"]),
+        ("top-notch lighting, lace-up boots, tailored, golden hour", None, [], []),
+        (
+            "a sky blue shirt with navy and blue trim, navy",
+            "shirt",
+            ["sky blue", "navy", "blue"],
+            [],
+        ),
+    ],
+)
+def test_what_the_words_name(words, garment, colours, materials):
+    said = resolve(words, None)
+    assert (said.garment, said.colours, said.materials) == (garment, colours, materials)
+
+
+def test_the_photo_fills_in_what_the_words_leave_open():
+    pkg = build_package("satin midi skirt", SPEC)  # no colour named: the photo's
+    assert pkg["mainPrompt"].startswith("satin midi skirt, black and white skirt")
+    assert "silk" not in pkg["mainPrompt"] and "princess seams" not in pkg["mainPrompt"]
+    assert pkg["subject"]["colours"] == ["black", "white"]
+    same = build_package("ivory dress", SPEC)  # the same garment: its cut and seams stay
+    assert "fitted silk dress" in same["mainPrompt"] and "princess seams" in same["mainPrompt"]
+
+
+def test_enhance_off_sends_the_designers_words_as_written(app, client, user):
+    words = "Emerald slip dress, bias cut, NO sequins"
+    resp = client.post(
+        "/api/generate/from-prompt",
+        json={
+            "prompt": words,
+            "negativePrompt": "lace",
+            "settings": {"enhance": "off", "provider": "local"},
+        },
+        headers=user.headers,
+    )
+    assert resp.status_code == 202, resp.get_json()
+    out = _stage_outputs(app, resp.get_json()["id"])
+    for name in ("enhance", "persona", "optimize"):
+        assert out[name]["passedThrough"] is True, name
+        assert "enhance is off" in out[name]["reason"]
+    sent = out["generate"]["sent"]
+    assert (sent["prompt"], sent["negativePrompt"]) == (words, "lace")
+    assert sent["garment"] == "dress" and sent["palette"] == ["emerald"]
+    cut = optimize_pass_through("x" * 30, "", 10)  # only the provider's limit changes it
+    assert cut["finalPrompt"] == "x" * 10 and "limit of 10" in cut["reason"]
 
 
 # ------------------------------------------------------------------ LLM engine
@@ -181,35 +269,20 @@ def test_llm_answer_that_drops_the_users_words_gets_them_back_and_is_fitted(
     assert len(pkg["mainPrompt"]) <= 100 and pkg["trimmed"][-1] == "term 59"
 
 
-def test_llm_invalid_twice_or_errors_raise(openai_chat, llm_settings):
+def test_llm_phrases_contradicting_the_words_are_dropped(openai_chat, llm_settings):
+    words = "cobalt satin midi skirt"
+    main = f"{words}, maroon dress with lace trim, pleated, soft window light"
+    openai_chat.script_content(_answer(mainPrompt=main))
+    pkg = build_package_llm(llm_settings, words, SPEC)
+    assert pkg["mainPrompt"] == f"{words}, pleated, soft window light"
+    assert pkg["droppedTerms"] == ["maroon dress with lace trim"]
+    sent = json.loads(openai_chat.requests[0]["messages"][1]["content"])["garmentSpec"]
+    assert sent["garmentType"] == "skirt" and sent["colors"]["primary"] is None  # reconciled
+
+
+def test_llm_answers_invalid_twice_raise(openai_chat, llm_settings):
     openai_chat.script_content(_answer(templateId="cyberpunk"))  # not one of ours
     openai_chat.script_content(_answer(mainPrompt=""))
     with pytest.raises(LLMInvalidOutput):
         build_package_llm(llm_settings, "coat", None)
-    for _ in range(3):  # the SDK retries a 500 twice
-        openai_chat.script_error(500, "The server had an error", retry_after=0.01)
-    with pytest.raises(LLMCallFailed, match="500"):
-        build_package_llm(llm_settings, "coat", None)
-    assert len(openai_chat.requests) == 5
-
-
-def test_stage_falls_back_to_templates_and_says_why(app_config, openai_chat):
-    from app import create_app
-    from tests.conftest import make_user
-
-    app = create_app(
-        {**app_config, "OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": openai_chat.base_url}
-    )
-    user = make_user(app, "vera")
-    client = app.test_client()
-    out = _run_enhance(app, client, user, {})["stages"][1]["output"]
-    assert out["engine"] == "openai-chat"  # the fake's default answer
-    assert out["mainPrompt"].startswith("navy wool peacoat with brass buttons")
-
-    openai_chat.script_error(401, "Incorrect API key provided", code="invalid_api_key")
-    out = _run_enhance(app, client, user, {})["stages"][1]["output"]
-    assert out["engine"] == "offline-templates"
-    assert out["fallback"] == {
-        "from": "openai-chat",
-        "reason": "OpenAI API error 401: Incorrect API key provided",
-    }
+    assert len(openai_chat.requests) == 2

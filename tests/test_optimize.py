@@ -10,10 +10,10 @@ from sqlalchemy import select
 from app.domain import generations as svc
 from app.domain.models import PromptTokenScore
 from app.pipeline import STAGES
-from app.pipeline.enhance import TEMPLATES
 from app.pipeline.maintenance import apply_one_feedback
 from app.pipeline.optimize import BAD, EXPLOIT_BUDGET, mode_for, optimize, reward_of, tokens
 from app.pipeline.runner import run_stage
+from app.pipeline.templates import TEMPLATES
 
 
 def gen_id(mode: str, salt: str = "") -> str:
@@ -114,28 +114,26 @@ def score(app, user, token: str) -> float | None:
 def test_hearts_teach_a_token_low_ratings_banish_one_and_users_stay_apart(
     app, client, user, other_user
 ):
-    # Three hearted generations in three different templates share one term.
-    for i, prompt in enumerate(
-        (
-            "velvet evening gown, candlelit glow",
-            "boho lace dress, candlelit glow",
-            "sculptural bold coat, candlelit glow",
-        )
-    ):
+    # Three hearted generations in three different templates share two terms.
+    for i, style in enumerate(("velvet evening", "boho lace", "sculptural bold")):
+        prompt = f"a-line maroon dress, {style}, candlelit glow"
         gid = make_generation(app, user, prompt, salt=f"h{i}")
         assert "candlelit glow" in final(app, client, user, gid)["finalPrompt"]
         feedback(app, client, user, gid, feedbackType="heart")
     assert score(app, user, "candlelit glow") == pytest.approx(0.5 + 0.4 * (1 - 0.9**3))
 
-    later = final(app, client, user, make_generation(app, user, "grey wool trousers", salt="l"))
+    skirt = "sage green pleated midi skirt"
+    later = final(app, client, user, make_generation(app, user, skirt, salt="l"))
     assert later["mode"] == "exploit"
-    assert "candlelit glow" in later["addedTokens"]
-    assert later["finalPrompt"].startswith("grey wool trousers, candlelit glow")
+    assert later["addedTokens"] == ["candlelit glow"]  # the lighting is learnt, not the dress
+    assert later["heldBackTokens"] == ["a-line maroon dress"]
+    assert later["finalPrompt"].startswith(f"{skirt}, candlelit glow")
+    assert "maroon" not in later["finalPrompt"] and "dress" not in later["finalPrompt"]
+    asked = final(app, client, user, make_generation(app, user, "maroon wool dress", salt="a"))
+    assert "a-line maroon dress" in asked["addedTokens"]  # asked for: it may join
 
     # The other user learnt nothing from that.
-    theirs = final(
-        app, client, other_user, make_generation(app, other_user, "grey wool trousers", salt="o")
-    )
+    theirs = final(app, client, other_user, make_generation(app, other_user, skirt, salt="o"))
     assert theirs["addedTokens"] == [] and "candlelit glow" not in theirs["finalPrompt"]
 
     # Five 1-star ratings on a generation with "neon glare" push it below BAD.
@@ -146,6 +144,7 @@ def test_hearts_teach_a_token_low_ratings_banish_one_and_users_stay_apart(
     later = final(app, client, user, make_generation(app, user, "silk blouse", salt="l2"))
     assert "neon glare" in later["negativePrompt"]
     assert "neon glare" not in later["finalPrompt"]
+    assert "leather jacket" not in later["negativePrompt"]  # the garment is not learnt
     theirs = final(
         app, client, other_user, make_generation(app, other_user, "silk blouse", "exploit", "o2")
     )

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from app.domain.models import Persona
-from app.pipeline.enhance import build_package
 from app.pipeline.persona import THRESHOLD, match, palette_overlap, tfidf_cosines, tokens
+from app.pipeline.templates import build_package
 
 
 def persona(pid: str, keywords, palette=(), aesthetic=None, default=False, desc="") -> Persona:
@@ -62,6 +62,13 @@ def test_explicit_persona_wins_even_with_a_low_score():
     assert gone["personaId"] is None and "no longer exists" in gone["reason"]
 
 
+def test_keywords_contradicting_the_designers_words_are_not_injected():
+    words = "cobalt satin midi skirt"
+    out = match(enhanced(words), [EVENING], "evening", words=words)
+    assert out["injectedKeywords"] == ["gala glamour"]
+    assert out["skippedKeywords"] == ["evening gown", "silk"]  # another garment, material
+
+
 def test_ties_go_to_the_default_persona():
     a = persona("a", ["linen"])
     b = persona("b", ["linen"], default=True)
@@ -80,52 +87,3 @@ def test_palette_overlap_matches_whole_colour_names_only():
         2 / 3
     )
     assert palette_overlap("anything", []) == 0
-
-
-# ------------------------------------------------------------------ the stage
-
-
-def _run(app, client, user, body: dict, until: str = "persona") -> dict:
-    from app.pipeline import STAGES
-    from app.pipeline.runner import run_stage
-
-    resp = client.post("/api/generate/from-prompt", json=body, headers=user.headers)
-    assert resp.status_code == 202, resp.get_json()
-    gen_id = resp.get_json()["id"]
-    s = app.extensions["bff"]
-    for stage in STAGES[: STAGES.index(until) + 1]:
-        run_stage(s.db, s.settings, s.storage, gen_id, stage)
-    return client.get(f"/api/generate/{gen_id}", headers=user.headers).get_json()
-
-
-def _stage(body: dict, name: str) -> dict:
-    return next(s for s in body["stages"] if s["name"] == name)
-
-
-def test_stage_is_skipped_without_personas(app, client, user):
-    body = _run(app, client, user, {"prompt": "emerald silk evening gown"})
-    st = _stage(body, "persona")
-    assert st["status"] == "skipped" and st["output"]["reason"] == "user has no personas"
-
-
-def test_stage_blends_the_match_into_the_final_prompt(app, client, user, other_user):
-    created = client.post(
-        "/api/personas",
-        json={
-            "name": "Evening",
-            "keywords": ["evening gown", "couture", "gala glamour"],
-            "palette": ["emerald", "gold"],
-            "aesthetic": "elegant",
-        },
-        headers=user.headers,
-    ).get_json()
-    body = _run(app, client, user, {"prompt": "emerald silk evening gown"}, until="optimize")
-    out = _stage(body, "persona")["output"]
-    assert out["personaId"] == created["id"]
-    assert out["inputs"] == {"personas": 1, "requested": None}
-    assert out["injectedKeywords"] == ["gala glamour"]
-    assert "gala glamour" in body["prompt"]["final"]
-
-    # Another user's personas are not theirs to match.
-    other = _run(app, client, other_user, {"prompt": "emerald silk evening gown"})
-    assert _stage(other, "persona")["status"] == "skipped"

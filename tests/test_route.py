@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import func, select
 
 from app.domain.models import ProviderOutcome, utcnow
+from app.pipeline import STAGES
 from app.pipeline.context import StageFailed, StageTransient
 from app.pipeline.route import WEIGHTS, choose, prompt_budget, routing_request
 from app.platform.config import Settings
@@ -23,6 +24,7 @@ from app.providers.health import (
     record_outcome,
     window_stats,
 )
+from tests.support.pipeline import load, run_all, stages_by_name, submit_prompt
 
 
 def fake_provider(
@@ -90,22 +92,13 @@ def test_each_strategy_picks_by_its_weights(providers, settings, strategy, expec
 
 def test_balanced_score_is_the_documented_weighted_sum(providers, settings):
     out = choose(req(), settings)
-    w = WEIGHTS["balanced"]
-    assert (w["quality"], w["suitability"], w["cost"], w["speed"], w["success"]) == (
-        0.30,
-        0.25,
-        0.20,
-        0.15,
-        0.10,
+    assert WEIGHTS["balanced"] == dict(
+        quality=0.3, suitability=0.25, cost=0.2, speed=0.15, success=0.1
     )
     # hq: quality .95, suitable, dearest (cost 0), slowest (speed .5), no history (1.0)
-    assert out["components"]["hq"] == {
-        "quality": 0.95,
-        "suitability": 1.0,
-        "cost": 0.0,
-        "speed": 0.5,
-        "success": 1.0,
-    }
+    assert out["components"]["hq"] == dict(
+        quality=0.95, suitability=1, cost=0, speed=0.5, success=1
+    )
     assert out["scores"]["hq"] == pytest.approx(0.3 * 0.95 + 0.25 + 0 + 0.15 * 0.5 + 0.1)
 
 
@@ -244,17 +237,6 @@ def test_windows_are_kept_per_database(app_config, sqlite_template, tmp_path, mo
             assert recent_window_stats(session, s.settings.circuit_window_s) == expected
 
 
-def test_old_outcomes_are_pruned(app):
-    s = app.extensions["bff"]
-    now = utcnow()
-    with s.db.session() as session:
-        record_outcome(session, "local", ok=True, now=now - timedelta(days=2))
-        record_outcome(session, "local", ok=True, now=now)
-    with s.db.session() as session:
-        n = session.scalar(select(func.count()).select_from(ProviderOutcome))
-        assert n == 1
-
-
 # ---------------------------------------------------------------- API and stage
 
 
@@ -292,19 +274,10 @@ def test_explicit_provider_that_cannot_serve_is_a_422_at_submit(app_config, dall
 
 
 def test_route_stage_records_its_decision_in_the_generation(app, client, user, dalle):
-    from app.pipeline.runner import run_stage
-
-    resp = client.post(
-        "/api/generate/from-prompt",
-        json={"prompt": "ivory wool coat", "settings": {"strategy": "cost"}},
-        headers=user.headers,
-    )
-    gen_id = resp.get_json()["id"]
-    s = app.extensions["bff"]
-    for stage in ("analyze", "enhance", "persona", "route"):
-        run_stage(s.db, s.settings, s.storage, gen_id, stage)
-    body = client.get(f"/api/generate/{gen_id}", headers=user.headers).get_json()
-    out = next(st for st in body["stages"] if st["name"] == "route")["output"]
+    gen_id = submit_prompt(client, user.headers, "ivory wool coat", strategy="cost")
+    run_all(app, gen_id, STAGES[: STAGES.index("route") + 1])
+    body = load(app, gen_id)
+    out = stages_by_name(body)["route"]["output"]
     assert body["provider"] == out["provider"] == "local"
     assert body["model"] == "bff-local-v1"
     assert out["strategy"] == "cost"
@@ -314,23 +287,15 @@ def test_route_stage_records_its_decision_in_the_generation(app, client, user, d
 
 def test_auto_prefers_a_keyed_provider_and_keeps_local_as_the_fallback():
     """The contract's default: best available; ``local`` only when no key is set."""
-    request = routing_request({"strategy": "cost"})
-    offline = choose(request, Settings.from_env({}))
-    assert offline["provider"] == "local"
-    keyed = choose(request, Settings.from_env({"REPLICATE_API_TOKEN": "r8_test"}))
+    request, token = routing_request({"strategy": "cost"}), {"REPLICATE_API_TOKEN": "r8_test"}
+    assert choose(request, Settings.from_env({}))["provider"] == "local"
+    keyed = choose(request, Settings.from_env(token))
     assert keyed["provider"] == "google-imagen"
     assert "fallback" in keyed["excluded"]["local"]
     # Asking for local by name, or making it the default, still gets it.
-    named = choose(
-        routing_request({"provider": "local"}),
-        Settings.from_env({"REPLICATE_API_TOKEN": "r8_test"}),
-    )
-    assert named["provider"] == "local"
-    default = choose(
-        request,
-        Settings.from_env({"REPLICATE_API_TOKEN": "r8_test", "BFF_DEFAULT_PROVIDER": "local"}),
-    )
-    assert default["provider"] == "local"
+    named = choose(routing_request({"provider": "local"}), Settings.from_env(token))
+    default = choose(request, Settings.from_env({**token, "BFF_DEFAULT_PROVIDER": "local"}))
+    assert named["provider"] == default["provider"] == "local"
 
 
 def test_pruning_runs_at_most_once_a_minute_per_provider(app):

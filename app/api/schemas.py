@@ -35,6 +35,7 @@ class GenerationSettings(_Body):
     quality: Literal["standard", "hd"] = "standard"
     size: str = "square"
     count: int = Field(1, ge=1, le=4)
+    enhance: Literal["auto", "off"] = "auto"  # off: the prompt goes to the provider as written
 
     @model_validator(mode="before")
     @classmethod

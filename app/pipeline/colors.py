@@ -46,6 +46,37 @@ FASHION_COLORS: dict[str, tuple[int, int, int]] = {
 }
 
 
+# Names a designer may write that ``analyze`` does not name pixels with (so
+# its vocabulary stays stable): recognised in words and painted by ``local``.
+EXTRA_COLORS: dict[str, tuple[int, int, int]] = {
+    "gray": (128, 128, 128),
+    "crimson": (190, 20, 50),
+    "scarlet": (230, 36, 20),
+    "ruby": (155, 17, 30),
+    "wine": (114, 47, 55),
+    "mint": (170, 230, 200),
+    "lime": (150, 200, 50),
+    "khaki": (195, 176, 145),
+    "lilac": (200, 162, 200),
+    "mauve": (190, 140, 170),
+    "peach": (255, 203, 164),
+    "nude": (227, 188, 154),
+    "taupe": (150, 130, 115),
+    "ecru": (215, 200, 160),
+    "champagne": (247, 231, 206),
+    "indigo": (50, 40, 110),
+    "magenta": (220, 0, 140),
+    "aqua": (0, 200, 200),
+    "copper": (184, 115, 51),
+    "bronze": (205, 127, 50),
+    "terracotta": (200, 100, 70),
+    "mocha": (120, 90, 70),
+}
+NAMED_COLORS = {**FASHION_COLORS, **EXTRA_COLORS}
+# Basic hues that, right after another colour, only qualify it ("sage green").
+HUES = frozenset("green blue red pink yellow purple orange brown grey gray".split())
+
+
 def nearest_color(rgb: tuple[int, int, int]) -> str:
     """Name of the closest fashion colour, by a perceptually weighted distance."""
     r, g, b = rgb
@@ -65,13 +96,16 @@ def color_rgb(
     if not name:
         return default
     key = name.strip().lower()
-    if key in FASHION_COLORS:
-        return FASHION_COLORS[key]
+    if key in NAMED_COLORS:
+        return NAMED_COLORS[key]
     if key.startswith("#") and len(key) == 7:
         try:
             return tuple(int(key[i : i + 2], 16) for i in (1, 3, 5))  # type: ignore[return-value]
         except ValueError:
             return default
+    named = named_in(key)  # "deep sage green" -> sage
+    if named:
+        return NAMED_COLORS[named[0]]
     for known, rgb in FASHION_COLORS.items():
         if known in key or key in known:
             return rgb
@@ -81,13 +115,14 @@ def color_rgb(
 # Longest first ("sky blue" before "blue"), each compiled once.
 _WORDS = [
     (name, re.compile(rf"\b{re.escape(name)}\b"))
-    for name in sorted(FASHION_COLORS, key=len, reverse=True)
+    for name in sorted(NAMED_COLORS, key=len, reverse=True)
 ]
 
 
 def named_in(text: str) -> list[str]:
     """Fashion colours named in ``text`` as whole words, in order of appearance
-    ("tailored" does not name red; "sky blue" beats "blue")."""
+    ("tailored" does not name red; "sky blue" beats "blue"; "sage green" is
+    sage)."""
     lowered = text.lower()
     found: list[tuple[int, str]] = []
     for name, word in _WORDS:
@@ -96,4 +131,11 @@ def named_in(text: str) -> list[str]:
         for m in word.finditer(lowered):
             if not any(start <= m.start() < start + len(n) for start, n in found):
                 found.append((m.start(), name))
-    return list(dict.fromkeys(name for _, name in sorted(found)))
+    kept: list[str] = []
+    end = -2
+    for start, name in sorted(found):
+        qualifies = name in HUES and start - end <= 1 and lowered[end:start] in ("", " ", "-")
+        if not qualifies:
+            kept.append(name)
+        end = start + len(name)
+    return list(dict.fromkeys(kept))

@@ -29,6 +29,7 @@ from app.pipeline.context import (
     StageTransient,
     StageWaiting,
 )
+from app.pipeline.subject import head_garment, resolve
 from app.platform import ratelimit
 from app.platform.storage import StorageError, asset_key
 from app.providers import (
@@ -50,18 +51,18 @@ def build_request(ctx: StageContext) -> ImageRequest:
     gen = ctx.generation
     route, opt = ctx.output_of("route"), ctx.output_of("optimize")
     spec = ctx.output_of("analyze").get("spec") or ctx.output_of("input").get("vltSpec") or {}
-    record = (spec.get("records") or [{}])[0]
-    colors = record.get("colors") or {}
-    # The garment's colours: the spec's, else those the user named, else those
-    # the final prompt names; the matched persona's palette fills the rest.
-    palette = [c for c in (colors.get("primary"), colors.get("secondary")) if c]
-    palette = palette or named_in(gen.prompt or "") or named_in(opt.get("finalPrompt") or "")
+    # The designer's words win over the photo's analysis (garment, colours,
+    # pattern); the photo fills in the rest, as in ``enhance``.
+    subject = resolve(gen.prompt, (spec.get("records") or [None])[0])
+    # The garment's colours: the resolved ones, else those the final prompt
+    # names; the matched persona's palette fills the rest.
+    palette = subject.colours or named_in(opt.get("finalPrompt") or "")
+    palette = [c.lower() for c in palette]
     for extra in ctx.output_of("persona").get("palette") or []:
         if len(palette) >= 2:
             break
         if extra and extra.lower() not in palette:
             palette.append(extra.lower())
-    palette = palette[:2]
     return ImageRequest(
         generation_id=gen.id,
         prompt=opt.get("finalPrompt") or gen.prompt or "",
@@ -69,9 +70,9 @@ def build_request(ctx: StageContext) -> ImageRequest:
         aspect_ratio=route.get("aspectRatio", "1:1"),
         quality=(gen.settings or {}).get("quality", "standard"),
         count=int((gen.settings or {}).get("count", 1)),
-        palette=palette,
-        garment_type=record.get("garmentType"),
-        pattern=colors.get("pattern"),
+        palette=palette[:2],
+        garment_type=subject.garment or head_garment(opt.get("finalPrompt") or ""),
+        pattern=subject.pattern,
     )
 
 

@@ -18,6 +18,11 @@ Tokens scoring below ``BAD`` go to the negative prompt (the user's own words
 excepted): present ones are moved there, and the user's worst known ones
 are added, up to ``NEGATIVE_BUDGET``. The prompt is fitted to the chosen
 provider's maximum prompt length.
+
+Feedback teaches style, lighting, composition and quality, never the subject:
+a learnt term naming a garment, colour, material or pattern the prompt does
+not name is never added (``heldBackTokens``), and terms naming any are never
+demoted or made negative. Under ``enhance: off`` nothing is added or moved.
 """
 
 from __future__ import annotations
@@ -31,7 +36,9 @@ from sqlalchemy.orm import Session
 
 from app.domain.models import GenerationFeedback, GenerationStage, PromptTokenScore, utcnow
 from app.pipeline.context import StageContext, StageResult
-from app.pipeline.enhance import TEMPLATES, fit_prompt
+from app.pipeline.enhance import passes_through
+from app.pipeline.subject import Subject, strays, subject_of
+from app.pipeline.templates import TEMPLATES, fit_prompt
 from app.platform.db import dialect_insert
 from app.providers import PROVIDERS
 
@@ -77,6 +84,37 @@ def mode_for(generation_id: str) -> str:
     return "explore" if _rng(generation_id).random() < EXPLORE_RATE else "exploit"
 
 
+def _additions(
+    mode: str,
+    rng: random.Random,
+    scores: dict[str, float],
+    keys: set[str],
+    request: Subject,
+    template_id: str | None,
+) -> tuple[list[str], list[str]]:
+    """Terms to add, and learnt ones held back because they name a garment,
+    colour, material or pattern the request does not."""
+    if mode == "exploit":
+        ranked = sorted(
+            ((s, t) for t, s in scores.items() if s >= GOOD and t not in keys),
+            key=lambda st: (-st[0], st[1]),
+        )
+        held = [t for _, t in ranked if strays(t, request)]
+        return [t for _, t in ranked if t not in held][:EXPLOIT_BUDGET], held[:EXPLOIT_BUDGET]
+    pool = sorted(
+        {
+            term
+            for tid, t in TEMPLATES.items()
+            if tid != template_id
+            for term in t["terms"]
+            if term.lower() not in keys
+            and scores.get(term.lower(), START) >= BAD
+            and not strays(term, request)
+        }
+    )
+    return rng.sample(pool, k=min(len(pool), rng.choice((1, 2)))), []
+
+
 def optimize(
     generation_id: str,
     prompt: str,
@@ -90,35 +128,22 @@ def optimize(
     mode = "explore" if rng.random() < EXPLORE_RATE else "exploit"
     present = terms(prompt)
     keys = {t.lower() for t in present}
+    request = subject_of(prompt)
+    added, held = _additions(mode, rng, scores, keys, request, template_id)
+    # The designer's words and the garment itself (terms naming a garment,
+    # colour, material or pattern) are never demoted or made negative.
     protected = set(tokens(user_words))
-    if mode == "exploit":
-        ranked = sorted(
-            ((s, t) for t, s in scores.items() if s >= GOOD and t not in keys),
-            key=lambda st: (-st[0], st[1]),
-        )
-        added = [t for _, t in ranked[:EXPLOIT_BUDGET]]
-        reason = f"exploit: the user's best tokens scoring >= {GOOD} not yet in the prompt"
-    else:
-        pool = sorted(
-            {
-                term
-                for tid, t in TEMPLATES.items()
-                if tid != template_id
-                for term in t["terms"]
-                if term.lower() not in keys and scores.get(term.lower(), START) >= BAD
-            }
-        )
-        added = rng.sample(pool, k=min(len(pool), rng.choice((1, 2))))
-        reason = "explore: trying terms from other templates"
-    demoted = [
-        t for t in present if scores.get(t.lower(), START) < BAD and t.lower() not in protected
-    ]
+
+    def learnable(t: str) -> bool:
+        return t.lower() not in protected and not subject_of(t)
+
+    demoted = [t for t in present if scores.get(t.lower(), START) < BAD and learnable(t)]
     kept = [t for t in present if t not in demoted]
     lead = 0
     while lead < len(kept) and kept[lead].lower() in protected:
         lead += 1
     final = fit_prompt(kept[: max(lead, 1)] + added + kept[max(lead, 1) :], max_len)
-    disliked = sorted((s, t) for t, s in scores.items() if s < BAD and t not in protected)
+    disliked = sorted((s, t) for t, s in scores.items() if s < BAD and learnable(t))
     negatives = terms(", ".join([negative, *demoted, *(t for _, t in disliked)]))
     extra = len(terms(negative)) + len(demoted) + NEGATIVE_BUDGET
     used = tokens(final)
@@ -126,14 +151,39 @@ def optimize(
     def mean(ts: list[str]) -> float:
         return round(sum(scores.get(t, START) for t in ts) / len(ts), 4) if ts else START
 
+    reason = (
+        f"exploit: the user's best tokens scoring >= {GOOD} not yet in the prompt"
+        if mode == "exploit"
+        else "explore: trying terms from other templates"
+    )
+    if held:
+        reason += f"; held back learnt terms naming what the request does not ask for: {held}"
     return {
         "finalPrompt": final,
         "negativePrompt": ", ".join(negatives[:extra]),
         "mode": mode,
         "addedTokens": [t for t in added if t.lower() in used],
         "demotedTokens": demoted,
+        "heldBackTokens": held,
         "currentReward": mean([t.lower() for t in present]),
         "expectedReward": mean(used),
+        "reason": reason,
+        "promptLimit": max_len,
+    }
+
+
+def pass_through(prompt: str, negative: str, max_len: int) -> dict[str, Any]:
+    """``enhance: off``: the designer's prompt, cut only to the provider's limit."""
+    reason = "settings.enhance is off: the designer's prompt is passed on, nothing learnt added"
+    if len(prompt) > max_len:
+        reason += f"; cut to the provider's limit of {max_len} characters"
+    return {
+        "finalPrompt": prompt[:max_len],
+        "negativePrompt": negative,
+        "mode": "off",
+        "addedTokens": [],
+        "demotedTokens": [],
+        "passedThrough": True,
         "reason": reason,
         "promptLimit": max_len,
     }
@@ -196,6 +246,10 @@ def run(ctx: StageContext) -> StageResult:
     max_len = provider.capabilities.max_prompt_length if provider else 5000
     prompt = persona.get("prompt") or enhance.get("mainPrompt") or gen.prompt or ""
     negative = enhance.get("negativePrompt") or gen.negative_prompt or ""
+    if passes_through(gen):
+        result = pass_through(prompt, negative, max_len)
+        result["inputs"] = {"promptLength": len(prompt)}
+        return StageResult(result)
     scores = user_scores(ctx.session, gen.user_id)
     result = optimize(
         gen.id,

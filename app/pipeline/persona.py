@@ -10,9 +10,11 @@ shares count for little:
 
 An explicit ``personaId`` always wins; otherwise the best score wins (ties go
 to the default persona) if it reaches ``THRESHOLD``, and below it nothing is
-blended. Skipped when the user has no personas. Output: ``{personaId,
-personaName, matchScore, injectedKeywords, scores, threshold, reason,
-prompt}``.
+blended. Keywords naming another garment, colour, material or pattern than
+the designer's words name are not injected (``skippedKeywords``). Skipped
+when the user has no personas, or under ``enhance: off``. Output:
+``{personaId, personaName, matchScore, injectedKeywords, skippedKeywords,
+scores, threshold, reason, prompt}``.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from sqlalchemy import select
 
 from app.domain.models import Persona
 from app.pipeline.context import StageContext, StageResult
+from app.pipeline.enhance import OFF_REASON, passes_through
+from app.pipeline.subject import conflicts, subject_of
 
 THRESHOLD = 0.12
 MAX_INJECTED = 5
@@ -73,7 +77,10 @@ def palette_overlap(text: str, palette: list[str]) -> float:
     return sum(names_colour(text, c) for c in palette) / len(palette) if palette else 0.0
 
 
-def match(prompt: str, personas: list[Persona], explicit_id: str | None) -> dict[str, Any]:
+def match(
+    prompt: str, personas: list[Persona], explicit_id: str | None, words: str = ""
+) -> dict[str, Any]:
+    """The persona to blend into ``prompt``; ``words``: the designer's own."""
     cosines = tfidf_cosines(tokens(prompt), {p.id: persona_tokens(p) for p in personas})
     detail = {
         p.id: {
@@ -96,12 +103,18 @@ def match(prompt: str, personas: list[Persona], explicit_id: str | None) -> dict
         chosen, reason = best, f"best match ({scores[best.id]} >= {THRESHOLD})"
     else:
         reason = f"best match {best.name!r} scored {scores[best.id]} < {THRESHOLD}: nothing blended"
-    injected = [k for k in (chosen.keywords if chosen else []) if k.lower() not in prompt.lower()]
+    # A keyword naming another garment, colour, material or pattern than the
+    # designer's words do would override them: it is left out.
+    said = subject_of(words)
+    missing = [k for k in (chosen.keywords if chosen else []) if k.lower() not in prompt.lower()]
+    conflicting = [k for k in missing if conflicts(k, said)]
+    injected = [k for k in missing if k not in conflicting]
     return {
         "personaId": chosen.id if chosen else None,
         "personaName": chosen.name if chosen else None,
         "matchScore": scores[chosen.id] if chosen else None,
         "injectedKeywords": injected[:MAX_INJECTED],
+        "skippedKeywords": conflicting,
         "palette": list(chosen.palette) if chosen else [],
         "scores": scores,
         "components": detail,
@@ -111,14 +124,19 @@ def match(prompt: str, personas: list[Persona], explicit_id: str | None) -> dict
 
 
 def run(ctx: StageContext) -> StageResult:
+    gen = ctx.generation
+    prompt = ctx.output_of("enhance").get("mainPrompt") or gen.prompt or ""
+    if passes_through(gen):
+        return StageResult(
+            {"reason": OFF_REASON, "passedThrough": True, "prompt": prompt}, skipped=True
+        )
     personas = ctx.session.scalars(
-        select(Persona).where(Persona.user_id == ctx.generation.user_id).order_by(Persona.id)
+        select(Persona).where(Persona.user_id == gen.user_id).order_by(Persona.id)
     ).all()
     if not personas:
         return StageResult({"reason": "user has no personas"}, skipped=True)
-    prompt = ctx.output_of("enhance").get("mainPrompt") or ctx.generation.prompt or ""
-    result = match(prompt, personas, ctx.generation.persona_id)
-    result["inputs"] = {"personas": len(personas), "requested": ctx.generation.persona_id}
+    result = match(prompt, personas, gen.persona_id, words=gen.prompt or "")
+    result["inputs"] = {"personas": len(personas), "requested": gen.persona_id}
     result["prompt"] = (
         prompt + ", " + ", ".join(result["injectedKeywords"])
         if result["injectedKeywords"]
