@@ -129,6 +129,32 @@ def celery_workers(
     return started
 
 
+def web(env: Env, app_spec: str | None = None, name: str = "web") -> tuple[P.Process, str]:
+    """The Procfile's ``web`` (gunicorn with ``gunicorn.conf.py``) serving our app,
+    or ``app_spec`` instead (a baseline), on a free port; returns it and its URL."""
+    port = free_port()
+    cmd = P.procfile()["web"]
+    if app_spec:
+        cmd = cmd.replace('"app:create_app()"', app_spec)
+    base = f"http://127.0.0.1:{port}"
+    proc = env.start(name, cmd, {"PORT": str(port), "BFF_PUBLIC_URL": base})
+    P.wait_for(lambda: P.http_ok(base + "/health"), 60, name, procs=[proc])
+    return proc, base
+
+
+def api_key(env: Env, user: str = "bench") -> str:
+    """A user's API key, made in the scratch database (set-up, not measured)."""
+    from app import create_app
+    from app.api.auth import create_user
+
+    db = create_app(env.vars).extensions["bff"].db
+    try:
+        with db.session() as session:
+            return create_user(session, user)[1]
+    finally:
+        db.engine.dispose()
+
+
 def descendants(pid: int) -> set[int]:
     """A process and all its descendants, from /proc."""
     children: dict[int, list[int]] = {}
@@ -236,10 +262,13 @@ def machine() -> dict[str, str]:
         "psycopg": psycopg.__version__,
         "workers": f"worker: prefork x{WORKER_CONCURRENCY} (queue pipeline); "
         f"generator: threads x{GENERATOR_CONCURRENCY} (queue generation)",
+        "load average": load_average(),
     }
 
 
-__all__ = ["free_port", "Env", "services", "celery_workers", "Unavailable"]
+def load_average() -> str:
+    """The machine's 1/5/15-minute load: a shared machine's neighbours show here."""
+    return " / ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
 def _cpu_groups(groups: dict[str, Callable[[int, str], bool]]) -> dict[str, float]:
