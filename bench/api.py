@@ -25,7 +25,8 @@ import statistics
 import subprocess
 import tempfile
 
-from .harness import CpuMeter, Env, Unavailable, api_key, descendants, services, table, web
+from .harness import Env, Unavailable, api_key, services, table, web
+from .procstat import CpuMeter, descendants
 
 DURATION = int(os.environ.get("BENCH_API_SECONDS", "5"))
 CONNECTIONS = int(os.environ.get("BENCH_API_CONNECTIONS", "32"))
@@ -166,27 +167,30 @@ def run() -> list[str]:
 
 
 def _tables(results: list[tuple[int, str, dict, dict]], cases) -> list[str]:
+    return [_rounds_table(results), _summary_table(results, cases)]
+
+
+def _rounds_table(results: list[tuple[int, str, dict, dict]]) -> str:
     rows = [
-        [
-            rnd,
-            label,
-            b["cpu"],
-            o["cpu"],
-            f"{b['cpu'] / o['cpu']:.2f}x",
-            o["db"],
-            b["rps"],
-            o["rps"],
-            b["p99"],
-            o["p99"],
-            b["errors"] + o["errors"],
-        ]
+        [rnd, label, b["cpu"], o["cpu"], f"{b['cpu'] / o['cpu']:.2f}x", o["db"]]
+        + [b["rps"], o["rps"], b["p99"], o["p99"], b["errors"] + o["errors"]]
         for rnd, label, b, o in results
     ]
+    header = ["round", "endpoint", "trivial CPU", "ours CPU", "efficiency", "ours Postgres CPU"]
+    header += ["trivial req/s", "ours req/s", "trivial p99 ms", "ours p99 ms", "errors"]
+    return table(
+        f"API runs (gunicorn.conf.py for both; wrk -t2 -c{CONNECTIONS} -d{DURATION}s); "
+        "CPU is the gunicorn tree's, ms per request",
+        header,
+        rows,
+    )
+
+
+def _summary_table(results: list[tuple[int, str, dict, dict]], cases) -> str:
     summary = []
     for label, *_, floor in cases:
         mine = [(b, o) for _, lbl, b, o in results if lbl == label]
         eff = statistics.median(b["cpu"] / o["cpu"] for b, o in mine)
-        verdict = "" if floor is None else ("ok" if eff >= floor else "UNDER")
         summary.append(
             [
                 label,
@@ -194,44 +198,16 @@ def _tables(results: list[tuple[int, str, dict, dict]], cases) -> list[str]:
                 statistics.median(o["cpu"] for _, o in mine),
                 f"{eff:.2f}x",
                 "" if floor is None else f">= {floor}x",
-                verdict,
+                "" if floor is None else ("ok" if eff >= floor else "UNDER"),
                 statistics.median(o["db"] for _, o in mine),
                 f"{statistics.median(o['rps'] / b['rps'] for b, o in mine):.2f}x",
                 statistics.median(o["p99"] for _, o in mine),
             ]
         )
-    return [
-        table(
-            f"API runs (gunicorn.conf.py for both; wrk -t2 -c{CONNECTIONS} -d{DURATION}s); "
-            "CPU is the gunicorn tree's, ms per request",
-            [
-                "round",
-                "endpoint",
-                "trivial CPU",
-                "ours CPU",
-                "efficiency",
-                "ours Postgres CPU",
-                "trivial req/s",
-                "ours req/s",
-                "trivial p99 ms",
-                "ours p99 ms",
-                "errors",
-            ],
-            rows,
-        ),
-        table(
-            f"API efficiency = trivial CPU per request / ours, median of {ROUNDS} rounds",
-            [
-                "endpoint",
-                "trivial ms CPU",
-                "ours ms CPU",
-                "efficiency",
-                "floor",
-                "",
-                "ours Postgres ms",
-                "req/s ratio",
-                "ours p99 ms",
-            ],
-            summary,
-        ),
-    ]
+    header = ["endpoint", "trivial ms CPU", "ours ms CPU", "efficiency", "floor", ""]
+    header += ["ours Postgres ms", "req/s ratio", "ours p99 ms"]
+    return table(
+        f"API efficiency = trivial CPU per request / ours, median of {ROUNDS} rounds",
+        header,
+        summary,
+    )

@@ -79,6 +79,51 @@ class Listener:
         self.close()
 
 
+class _Loop:
+    """The shared state of one ``drive``: slots, counts, and jobs heard of
+    before their submit returned."""
+
+    def __init__(self, submit: Callable[[int], str], n: int, inflight: int) -> None:
+        self.submit, self.run, self.lock = submit, Run(), threading.Lock()
+        self.slots = threading.Semaphore(inflight)
+        self.count = iter(range(n))
+        self.early: dict[str, tuple[float, str]] = {}  # done before submit() returned
+        self.errors: list[Exception] = []
+
+    def submitter(self, timeout: float) -> None:
+        cpu = 0.0
+        try:
+            while self.slots.acquire(timeout=timeout):
+                with self.lock:
+                    i = next(self.count, None)
+                if i is None:
+                    return
+                c0, t0 = time.thread_time(), time.monotonic()
+                gid = self.submit(i)
+                cpu += time.thread_time() - c0
+                with self.lock:
+                    self.run.submitted[gid] = t0
+                    if gid in self.early:
+                        self._finish(gid, *self.early.pop(gid))
+        except Exception as exc:
+            self.errors.append(exc)
+        finally:
+            with self.lock:
+                self.run.submit_cpu += cpu
+
+    def heard(self, gid: str, t: float, status: str) -> None:
+        with self.lock:
+            if gid in self.run.submitted:
+                self._finish(gid, t, status)
+            else:  # not submitted yet, or someone else's
+                self.early[gid] = (t, status)
+
+    def _finish(self, gid: str, t: float, status: str) -> None:  # under the lock
+        if gid not in self.run.done:
+            self.run.done[gid] = (t, status)
+            self.slots.release()
+
+
 def drive(
     listener: Listener,
     submit: Callable[[int], str],
@@ -88,59 +133,27 @@ def drive(
     timeout: float = 600.0,
 ) -> Run:
     """Closed loop: at most ``inflight`` outstanding until ``n`` have finished."""
-    run, lock = Run(), threading.Lock()
-    slots = threading.Semaphore(inflight)
-    early: dict[str, tuple[float, str]] = {}  # done before submit() returned
-    count, errors = iter(range(n)), []
-
-    def finish(gid: str, t: float, status: str) -> None:  # under the lock
-        if gid not in run.done:
-            run.done[gid] = (t, status)
-            slots.release()
-
-    def submitter() -> None:
-        cpu = 0.0
-        try:
-            while slots.acquire(timeout=timeout):
-                with lock:
-                    i = next(count, None)
-                if i is None:
-                    return
-                c0, t0 = time.thread_time(), time.monotonic()
-                gid = submit(i)
-                cpu += time.thread_time() - c0
-                with lock:
-                    run.submitted[gid] = t0
-                    if gid in early:
-                        finish(gid, *early.pop(gid))
-        except Exception as exc:
-            errors.append(exc)
-        finally:
-            with lock:
-                run.submit_cpu += cpu
-
-    threads = [threading.Thread(target=submitter, daemon=True) for _ in range(submitters)]
+    loop = _Loop(submit, n, inflight)
+    threads = [
+        threading.Thread(target=loop.submitter, args=(timeout,), daemon=True)
+        for _ in range(submitters)
+    ]
     deadline = time.monotonic() + timeout
-    run.started = time.monotonic()
+    loop.run.started = time.monotonic()
     for t in threads:
         t.start()
-    while len(run.done) < n and not errors:
+    while len(loop.run.done) < n and not loop.errors:
         try:
-            gid, t, status = listener.events.get(timeout=1.0)
+            loop.heard(*listener.events.get(timeout=1.0))
         except queue.Empty:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{len(run.done)}/{n} finished within {timeout:.0f} s") from None
-            continue
-        with lock:
-            if gid in run.submitted:
-                finish(gid, t, status)
-            else:
-                early[gid] = (t, status)
+                done = len(loop.run.done)
+                raise TimeoutError(f"{done}/{n} finished within {timeout:.0f} s") from None
     for _ in threads:
-        slots.release()  # wake the submitters that wait for a slot that never comes
+        loop.slots.release()  # wake the submitters waiting for a slot that never comes
     for t in threads:
         t.join(30)
-    if errors:
-        raise errors[0]
-    run.finished = max(t for t, _ in run.done.values())
-    return run
+    if loop.errors:
+        raise loop.errors[0]
+    loop.run.finished = max(t for t, _ in loop.run.done.values())
+    return loop.run

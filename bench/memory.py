@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import os
 
-from .harness import Env, services, table, tree_rss_kb
+from .harness import Env, services, table
 from .load import Listener, drive
 from .overhead import INFLIGHT, SUBMITTERS, system
+from .procstat import tree_rss_kb
 
 N = int(os.environ.get("BENCH_MEMORY_N", "1000"))
 WARMUP = 100

@@ -35,17 +35,16 @@ from tests.support import procs as P
 from . import bare
 from .harness import (
     GENERATOR_CONCURRENCY,
-    CpuMeter,
     Env,
     api_key,
     celery_workers,
-    descendants,
     ratio,
     services,
     table,
     web,
 )
 from .load import Listener, Run, drive
+from .procstat import CpuMeter, descendants
 
 N = int(os.environ.get("BENCH_OVERHEAD_N", "300"))
 WARMUP = 30
@@ -162,55 +161,56 @@ def run() -> list[str]:
             order = ("bare", "ours") if i % 2 == 0 else ("ours", "bare")
             runs = {which: measure(env, which) for which in order}
             pairs.append((runs["bare"], runs["ours"]))
+    return [_rounds(pairs), *_summary(pairs)]
+
+
+def _rounds(pairs: list[tuple[Run, Run]]) -> str:
     rows = []
     for i, (base, ours) in enumerate(pairs, 1):
         for label, r in (("bare 7-task chain", base), ("ours over HTTP", ours)):
             vs = ratio(r.throughput, base.throughput) if r is ours else ""
             rows.append([i, label, r.throughput, 1000 * r.p(50), 1000 * r.p(99), r.failed, vs])
+    return table(
+        f"Orchestration: {N} jobs a round after {WARMUP} warm-up, {INFLIGHT} in flight, "
+        f"{SUBMITTERS} submitting threads, {len(pairs)} rounds",
+        ["round", "chain", "jobs/s", "p50 ms", "p99 ms", "failed", "throughput vs bare"],
+        rows,
+    )
 
+
+def _per_gen(r: Run, k: str) -> float:
+    return 1000 * r.cpu.get(k, 0.0) / len(r.done)
+
+
+def _summary(pairs: list[tuple[Run, Run]]) -> list[str]:
     def med(f: Callable[[Run, Run], float]) -> float:
         return statistics.median(f(b, o) for b, o in pairs)
 
     tput = med(lambda b, o: o.throughput / b.throughput)
-
-    def per_gen(r: Run, k: str) -> float:
-        return 1000 * r.cpu.get(k, 0.0) / len(r.done)
-
-    cpu_rows = [
-        [
-            k,
-            med(lambda b, o, k=k: per_gen(b, k)),
-            med(lambda b, o, k=k: per_gen(o, k)),
-            f"{med(lambda b, o, k=k: per_gen(o, k) / per_gen(b, k) if per_gen(b, k) else 0):.2f}x",
-        ]
-        for k in (*COMPONENTS, "system", "driver")
+    ratios = [
+        f"{tput:.2f}x",
+        f">= {FLOOR}x",
+        "ok" if tput >= FLOOR else "UNDER",
+        f"{med(lambda b, o: o.p(50) / b.p(50)):.2f}x",
+        f"{med(lambda b, o: o.p(99) / b.p(99)):.2f}x",
+        f"{med(lambda b, o: _per_gen(o, 'system') / _per_gen(b, 'system')):.2f}x",
     ]
+    cpu = []
+    for k in (*COMPONENTS, "system", "driver"):
+        base = med(lambda b, o, k=k: _per_gen(b, k))
+        ours = med(lambda b, o, k=k: _per_gen(o, k))
+        cpu.append([k, base, ours, ratio(ours, base)])
     return [
-        table(
-            f"Orchestration: {N} jobs a round after {WARMUP} warm-up, {INFLIGHT} in flight, "
-            f"{SUBMITTERS} submitting threads, {REPEAT} rounds",
-            ["round", "chain", "jobs/s", "p50 ms", "p99 ms", "failed", "throughput vs bare"],
-            rows,
-        ),
         table(
             "Ours / bare, median over rounds",
             ["throughput", "floor", "", "p50 latency", "p99 latency", "CPU per generation"],
-            [
-                [
-                    f"{tput:.2f}x",
-                    f">= {FLOOR}x",
-                    "ok" if tput >= FLOOR else "UNDER",
-                    f"{med(lambda b, o: o.p(50) / b.p(50)):.2f}x",
-                    f"{med(lambda b, o: o.p(99) / b.p(99)):.2f}x",
-                    f"{med(lambda b, o: per_gen(o, 'system') / per_gen(b, 'system')):.2f}x",
-                ]
-            ],
+            [ratios],
         ),
         table(
             "CPU ms per generation by component, median over rounds (submit: ours is the "
             "gunicorn tree, bare the driver's apply_async; system = the five above; the driver "
             "(HTTP client, listener) is counted for neither)",
             ["component", "bare", "ours", "ours / bare"],
-            cpu_rows,
+            cpu,
         ),
     ]
