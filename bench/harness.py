@@ -110,14 +110,17 @@ def services(**overrides: str) -> Iterator[Env]:
 
 
 def celery_workers(
-    env: Env, app_module: str, generator_concurrency: int = GENERATOR_CONCURRENCY
+    env: Env,
+    app_module: str,
+    generator_concurrency: int = GENERATOR_CONCURRENCY,
+    worker_concurrency: int = WORKER_CONCURRENCY,
 ) -> list[P.Process]:
     """The Procfile's ``worker`` and ``generator`` processes for a Celery app
     (``workers`` is ours; a baseline passes its own module), same pools and
     counts, started and ready."""
     pf = P.procfile()
     extra = {
-        "WORKER_CONCURRENCY": str(WORKER_CONCURRENCY),
+        "WORKER_CONCURRENCY": str(worker_concurrency),
         "GENERATOR_CONCURRENCY": str(generator_concurrency),
     }
     started = []

@@ -35,6 +35,7 @@ from tests.support import procs as P
 from . import bare
 from .harness import (
     GENERATOR_CONCURRENCY,
+    WORKER_CONCURRENCY,
     Env,
     api_key,
     celery_workers,
@@ -96,6 +97,7 @@ def system(
     which: str,
     provider: str = "local",
     generator_concurrency: int = GENERATOR_CONCURRENCY,
+    worker_concurrency: int = WORKER_CONCURRENCY,
 ) -> Iterator[System]:
     """Ours (web, worker, generator) or the bare chain (worker, generator),
     started and ready, with the submit the driver calls; stopped on exit."""
@@ -109,7 +111,7 @@ def system(
         else:
             submit = bare.submitter(env.vars)
         app = "workers" if which == "ours" else "bench.bare"
-        for proc in celery_workers(env, app, generator_concurrency):
+        for proc in celery_workers(env, app, generator_concurrency, worker_concurrency):
             procs[proc.name.split("-")[0]] = proc
         yield System(which, submit, procs, base)
     finally:

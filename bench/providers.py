@@ -27,7 +27,7 @@ POLL = os.environ.get("BENCH_PROVIDER_POLL_SECONDS", "0.25")
 FLOOR = 1.1
 
 
-def _generate_window(url: str, ids: list[str]) -> float:
+def generate_window(url: str, ids: list[str]) -> float:
     """Seconds from the first generate stage's start to the last one's finish."""
     from sqlalchemy import create_engine, text
 
@@ -68,7 +68,7 @@ def run() -> list[str]:
             Listener(env.vars["REDIS_URL"]) as listener,
         ):
             result = drive(listener, sysm.submit, N, N, SUBMITTERS, timeout=1800)
-        window = _generate_window(env.vars["DATABASE_URL"], list(result.submitted))
+        window = generate_window(env.vars["DATABASE_URL"], list(result.submitted))
     ideal = N / RATE + LATENCY
     naive = N * LATENCY / THREADS
     ratio = result.makespan / ideal
