@@ -13,13 +13,13 @@ import sys
 import time
 from pathlib import Path
 
-from .harness import ROOT, Unavailable, machine, table
+from .harness import ROOT, Unavailable, load_average, machine, table
 
 # Run order: the priorities.
 BENCHMARKS = {
-    "overhead": "Orchestration overhead: our chain vs a bare seven-task Celery chain",
+    "overhead": "Orchestration: ours end to end over HTTP vs a bare seven-task Celery chain",
     "dbcost": "Database statements and commits per generation",
-    "api": "API requests/s and p99 vs a trivial JSON endpoint",
+    "api": "API server CPU per request vs a trivial Flask route",
     "memory": "Worker RSS growth over 1,000 generations",
     "providers": "Makespan waiting on a 2 s provider vs the rate-limit ideal",
     "latency": "One generation end to end: embedded default vs Postgres + Redis",
@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
             continue
         Path(out_dir / f"{name}.txt").write_text("\n".join(texts) + "\n")
-        print(f"({name} took {time.monotonic() - started:.0f} s)", flush=True)
+        took = time.monotonic() - started
+        print(f"({name} took {took:.0f} s; load average {load_average()})", flush=True)
     return 1 if failed else 0
 
 

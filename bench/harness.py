@@ -1,7 +1,7 @@
 """What every benchmark needs: a scratch PostgreSQL database and our own Redis
 db number (the test suite's lease protocol, so benchmarks and test sessions
 running side by side never share queues), real processes started the way the
-Procfile starts them, the RSS of a process tree, percentiles and tables."""
+Procfile starts them, percentiles and tables."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,14 +110,17 @@ def services(**overrides: str) -> Iterator[Env]:
 
 
 def celery_workers(
-    env: Env, app_module: str, generator_concurrency: int = GENERATOR_CONCURRENCY
+    env: Env,
+    app_module: str,
+    generator_concurrency: int = GENERATOR_CONCURRENCY,
+    worker_concurrency: int = WORKER_CONCURRENCY,
 ) -> list[P.Process]:
     """The Procfile's ``worker`` and ``generator`` processes for a Celery app
     (``workers`` is ours; a baseline passes its own module), same pools and
     counts, started and ready."""
     pf = P.procfile()
     extra = {
-        "WORKER_CONCURRENCY": str(WORKER_CONCURRENCY),
+        "WORKER_CONCURRENCY": str(worker_concurrency),
         "GENERATOR_CONCURRENCY": str(generator_concurrency),
     }
     started = []
@@ -129,38 +132,30 @@ def celery_workers(
     return started
 
 
-def descendants(pid: int) -> set[int]:
-    """A process and all its descendants, from /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(entry))
-    found, todo = set(), [pid]
-    while todo:
-        p = todo.pop()
-        found.add(p)
-        todo.extend(children.get(p, []))
-    return found
+def web(env: Env, app_spec: str | None = None, name: str = "web") -> tuple[P.Process, str]:
+    """The Procfile's ``web`` (gunicorn with ``gunicorn.conf.py``) serving our app,
+    or ``app_spec`` instead (a baseline), on a free port; returns it and its URL."""
+    port = free_port()
+    cmd = P.procfile()["web"]
+    if app_spec:
+        cmd = cmd.replace('"app:create_app()"', app_spec)
+    base = f"http://127.0.0.1:{port}"
+    proc = env.start(name, cmd, {"PORT": str(port), "BFF_PUBLIC_URL": base})
+    P.wait_for(lambda: P.http_ok(base + "/health"), 60, name, procs=[proc])
+    return proc, base
 
 
-def tree_rss_kb(pid: int) -> int:
-    """Resident memory of a process and all its descendants, from /proc."""
-    total = 0
-    for p in descendants(pid):
-        try:
-            with open(f"/proc/{p}/status") as f:
-                for line in f:
-                    if line.startswith("VmRSS:"):
-                        total += int(line.split()[1])
-        except OSError:
-            pass
-    return total
+def api_key(env: Env, user: str = "bench") -> str:
+    """A user's API key, made in the scratch database (set-up, not measured)."""
+    from app import create_app
+    from app.api.auth import create_user
+
+    db = create_app(env.vars).extensions["bff"].db
+    try:
+        with db.session() as session:
+            return create_user(session, user)[1]
+    finally:
+        db.engine.dispose()
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -236,48 +231,10 @@ def machine() -> dict[str, str]:
         "psycopg": psycopg.__version__,
         "workers": f"worker: prefork x{WORKER_CONCURRENCY} (queue pipeline); "
         f"generator: threads x{GENERATOR_CONCURRENCY} (queue generation)",
+        "load average": load_average(),
     }
 
 
-__all__ = ["free_port", "Env", "services", "celery_workers", "Unavailable"]
-
-
-def _cpu_groups(groups: dict[str, Callable[[int, str], bool]]) -> dict[str, float]:
-    tick = os.sysconf("SC_CLK_TCK")
-    totals = dict.fromkeys(groups, 0.0)
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        pid = int(entry)
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        cpu = (int(fields[11]) + int(fields[12])) / tick  # utime + stime
-        for name, match in groups.items():
-            if match(pid, cmd):
-                totals[name] += cpu
-                break
-    return totals
-
-
-class CpuMeter:
-    """CPU seconds spent by groups of processes between start() and stop(),
-    from /proc (processes that exit in between are not counted; pooled
-    Postgres backends and worker children live through a run)."""
-
-    def __init__(self, groups: dict[str, Callable[[int, str], bool]]) -> None:
-        self.groups = groups
-        self.before: dict[str, float] = {}
-        self.used: dict[str, float] = {}
-
-    def start(self) -> None:
-        self.before = _cpu_groups(self.groups)
-
-    def stop(self) -> dict[str, float]:
-        after = _cpu_groups(self.groups)
-        self.used = {k: after[k] - self.before.get(k, 0.0) for k in after}
-        return self.used
+def load_average() -> str:
+    """The machine's 1/5/15-minute load: a shared machine's neighbours show here."""
+    return " / ".join(f"{x:.1f}" for x in os.getloadavg())

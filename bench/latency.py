@@ -13,11 +13,10 @@ from pathlib import Path
 
 import requests
 
-from tests.support import procs as P
 from tests.support.embedded import embedded_system
-from tests.support.services import free_port
 
-from .harness import percentile, ratio, services, table
+from .harness import api_key, percentile, ratio, services, table
+from .overhead import system
 
 N = int(os.environ.get("BENCH_LATENCY_N", "20"))
 FINAL = ("completed", "failed", "canceled")
@@ -48,33 +47,14 @@ def _measure(base: str, headers: dict[str, str], n: int) -> list[float]:
 def _embedded() -> list[float]:
     with (
         tempfile.TemporaryDirectory(prefix="bff-latency-") as folder,
-        embedded_system(Path(folder)) as system,
+        embedded_system(Path(folder)) as emb,
     ):
-        return _measure(system.base_url, system.headers, N)
+        return _measure(emb.base_url, emb.headers, N)
 
 
 def _services() -> list[float]:
-    with services(BFF_LOCAL_RENDER_SCALE="1.0") as env:
-        port = free_port()
-        base = f"http://127.0.0.1:{port}"
-        pf = P.procfile()
-        extra = {
-            "PORT": str(port),
-            "BFF_PUBLIC_URL": base,
-            "WORKER_CONCURRENCY": "2",
-            "GENERATOR_CONCURRENCY": "8",
-        }
-        procs = [env.start(name, pf[name], extra) for name in ("web", "worker", "generator")]
-        P.wait_for(lambda: P.http_ok(base + "/health"), 60, "web", procs=procs)
-        for p in procs[1:]:
-            P.wait_for(lambda p=p: P.worker_ready(p), 60, p.name, procs=procs)
-        from app import create_app
-        from app.api.auth import create_user
-
-        app = create_app(env.vars)
-        with app.extensions["bff"].db.session() as session:
-            _, key = create_user(session, "latency")
-        return _measure(base, {"Authorization": f"Bearer {key}"}, N)
+    with services(BFF_LOCAL_RENDER_SCALE="1.0") as env, system(env, "ours") as sysm:
+        return _measure(sysm.base, {"Authorization": f"Bearer {api_key(env, 'latency')}"}, N)
 
 
 def run() -> list[str]:

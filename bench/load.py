@@ -1,7 +1,8 @@
-"""A closed-loop load driver for the pipeline benchmarks: keep ``inflight``
-generations outstanding, submit the next as one finishes, and time each from
-submit to its ``done`` event on Redis (our ``store`` stage and the baseline's
-last task both publish it on ``bff:events:<id>``)."""
+"""The closed-loop driver of the pipeline benchmarks, the same for ours and the
+baselines: ``submitters`` threads keep ``inflight`` jobs outstanding, each
+timed from the start of its submit to its ``done`` message on Redis (our
+``store`` stage and the bare chain's last task both publish one on
+``bff:events:<id>``)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ class Run:
     done: dict[str, tuple[float, str]] = field(default_factory=dict)
     started: float = 0.0
     finished: float = 0.0
+    submit_cpu: float = 0.0  # CPU seconds of the submitting threads inside submit()
     cpu: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -44,42 +46,82 @@ class Run:
 
 
 class Listener:
-    """Subscribed to every generation's channel. Redis pub/sub ignores db
-    numbers, so this also hears other users of the server (test sessions):
-    ``drive`` keeps only the generations it submitted.
-
-    It reads the subscription's raw bytes and decodes only ``done`` events:
-    ours announces 15 events per generation and the bare chain 1, and a
-    listener that parsed each with redis-py spent ~2 ms of CPU per generation
-    of ours on the same two cores as the system it measures."""
+    """Pattern-subscribed to every job's channel, with redis-py's pub/sub
+    worker thread. Pub/sub ignores db numbers, so it also hears other users
+    of the server (test sessions): ``drive`` keeps only the jobs it submitted."""
 
     def __init__(self, redis_url: str) -> None:
         import redis
 
         self.events: queue.Queue[tuple[str, float, str]] = queue.Queue()
-        self.pubsub = redis.Redis.from_url(redis_url).pubsub(ignore_subscribe_messages=True)
-        self.pubsub.psubscribe("bff:events:*")
-        self.thread = threading.Thread(target=self._read, daemon=True)
-        self.thread.start()
-        time.sleep(0.2)  # the subscription is live before the first submit
+        self.pubsub = redis.Redis.from_url(redis_url).pubsub()
+        self.pubsub.psubscribe(**{"bff:events:*": self._on_message})
+        # The confirmation: from here on, every publish reaches us.
+        confirmed = self.pubsub.get_message(timeout=5.0)
+        if confirmed is None or confirmed["type"] != "psubscribe":
+            raise RuntimeError(f"no subscription confirmed: {confirmed!r}")
+        self.thread = self.pubsub.run_in_thread(sleep_time=1.0, daemon=True)
 
-    def _read(self) -> None:
-        while True:
-            try:
-                message = self.pubsub.get_message(timeout=1.0)
-            except Exception:  # closed
-                return
-            if message is None or not message["data"].startswith(_DONE):
-                continue
-            data = json.loads(message["data"])["data"]
-            self.events.put((data["id"], time.monotonic(), data["status"]))
+    def _on_message(self, message: dict) -> None:
+        now = time.monotonic()
+        body = json.loads(message["data"])
+        if body.get("event") == "done":
+            self.events.put((body["data"]["id"], now, body["data"]["status"]))
 
     def close(self) -> None:
-        self.pubsub.close()
-        self.thread.join(2)
+        self.thread.stop()
+        self.thread.join(5)
+
+    def __enter__(self) -> Listener:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
-_DONE = b'{"event": "done"'
+class _Loop:
+    """The shared state of one ``drive``: slots, counts, and jobs heard of
+    before their submit returned."""
+
+    def __init__(self, submit: Callable[[int], str], n: int, inflight: int) -> None:
+        self.submit, self.run, self.lock = submit, Run(), threading.Lock()
+        self.slots = threading.Semaphore(inflight)
+        self.count = iter(range(n))
+        self.early: dict[str, tuple[float, str]] = {}  # done before submit() returned
+        self.errors: list[Exception] = []
+
+    def submitter(self, timeout: float) -> None:
+        cpu = 0.0
+        try:
+            while self.slots.acquire(timeout=timeout):
+                with self.lock:
+                    i = next(self.count, None)
+                if i is None:
+                    return
+                c0, t0 = time.thread_time(), time.monotonic()
+                gid = self.submit(i)
+                cpu += time.thread_time() - c0
+                with self.lock:
+                    self.run.submitted[gid] = t0
+                    if gid in self.early:
+                        self._finish(gid, *self.early.pop(gid))
+        except Exception as exc:
+            self.errors.append(exc)
+        finally:
+            with self.lock:
+                self.run.submit_cpu += cpu
+
+    def heard(self, gid: str, t: float, status: str) -> None:
+        with self.lock:
+            if gid in self.run.submitted:
+                self._finish(gid, t, status)
+            else:  # not submitted yet, or someone else's
+                self.early[gid] = (t, status)
+
+    def _finish(self, gid: str, t: float, status: str) -> None:  # under the lock
+        if gid not in self.run.done:
+            self.run.done[gid] = (t, status)
+            self.slots.release()
 
 
 def drive(
@@ -87,35 +129,31 @@ def drive(
     submit: Callable[[int], str],
     n: int,
     inflight: int,
+    submitters: int = 1,
     timeout: float = 600.0,
 ) -> Run:
-    """Closed loop: ``inflight`` outstanding until ``n`` have finished."""
-    run = Run()
-    early: dict[str, tuple[float, str]] = {}  # done before submit() returned
+    """Closed loop: at most ``inflight`` outstanding until ``n`` have finished."""
+    loop = _Loop(submit, n, inflight)
+    threads = [
+        threading.Thread(target=loop.submitter, args=(timeout,), daemon=True)
+        for _ in range(submitters)
+    ]
     deadline = time.monotonic() + timeout
-    run.started = time.monotonic()
-    outstanding = 0
-    while len(run.done) < n:
-        if outstanding < inflight and len(run.submitted) < n:
-            t0 = time.monotonic()
-            gid = submit(len(run.submitted))
-            run.submitted[gid] = t0
-            outstanding += 1
-            if gid in early:
-                run.done[gid] = early.pop(gid)
-                outstanding -= 1
-            continue
+    loop.run.started = time.monotonic()
+    for t in threads:
+        t.start()
+    while len(loop.run.done) < n and not loop.errors:
         try:
-            gid, t, status = listener.events.get(timeout=max(0.0, deadline - time.monotonic()))
+            loop.heard(*listener.events.get(timeout=1.0))
         except queue.Empty:
-            raise TimeoutError(
-                f"{len(run.done)}/{n} generations finished within {timeout:.0f} s"
-            ) from None
-        if gid in run.submitted:
-            if gid not in run.done:
-                run.done[gid] = (t, status)
-                outstanding -= 1
-        else:
-            early[gid] = (t, status)
-    run.finished = max(t for t, _ in run.done.values())
-    return run
+            if time.monotonic() > deadline:
+                done = len(loop.run.done)
+                raise TimeoutError(f"{done}/{n} finished within {timeout:.0f} s") from None
+    for _ in threads:
+        loop.slots.release()  # wake the submitters waiting for a slot that never comes
+    for t in threads:
+        t.join(30)
+    if loop.errors:
+        raise loop.errors[0]
+    loop.run.finished = max(t for t, _ in loop.run.done.values())
+    return loop.run

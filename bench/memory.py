@@ -1,38 +1,30 @@
-"""Benchmark 5: steady memory.
-
-The worker and generator process trees' resident memory (from /proc, each
-process and its prefork children) after a warm-up, and again after 1,000
-more generations through our chain; the bare Celery chain's workers
-(``bench.bare``), run the same way, are the baseline. Target: ours grows by
-less than 10 %.
+"""Steady memory: the worker and generator process trees' resident memory
+(from /proc, each process and its prefork children) after a warm-up, and
+again after 1,000 more generations; ours (submitted over HTTP, as in
+``overhead``) and the bare chain's (``bench.bare``) run the same way.
+Target: ours grows by less than 10 %.
 """
 
 from __future__ import annotations
 
 import os
 
-from .harness import Env, celery_workers, services, table, tree_rss_kb
+from .harness import Env, services, table
 from .load import Listener, drive
-from .overhead import INFLIGHT, bare_submitter, our_submitter
+from .overhead import INFLIGHT, SUBMITTERS, system
+from .procstat import tree_rss_kb
 
 N = int(os.environ.get("BENCH_MEMORY_N", "1000"))
 WARMUP = 100
 
 
 def measure(env: Env, which: str) -> list[list[object]]:
-    env.flush_redis()
-    submit = our_submitter(env)[0] if which == "ours" else bare_submitter(env)
-    workers = celery_workers(env, "workers" if which == "ours" else "bench.bare")
-    listener = Listener(env.vars["REDIS_URL"])
-    try:
-        drive(listener, submit, WARMUP, INFLIGHT)
-        before = {w.name.split("-")[0]: tree_rss_kb(w.pid) for w in workers}
-        run = drive(listener, submit, N, INFLIGHT, timeout=1800)
-        after = {w.name.split("-")[0]: tree_rss_kb(w.pid) for w in workers}
-    finally:
-        listener.close()
-        for w in workers:
-            env.stop(w)
+    with system(env, which) as sysm, Listener(env.vars["REDIS_URL"]) as listener:
+        workers = {k: p for k, p in sysm.procs.items() if k != "web"}
+        drive(listener, sysm.submit, WARMUP, INFLIGHT, SUBMITTERS)
+        before = {name: tree_rss_kb(p.pid) for name, p in workers.items()}
+        run = drive(listener, sysm.submit, N, INFLIGHT, SUBMITTERS, timeout=1800)
+        after = {name: tree_rss_kb(p.pid) for name, p in workers.items()}
     rows = []
     for name in before:
         growth = (after[name] - before[name]) / before[name]
@@ -48,16 +40,8 @@ def measure(env: Env, which: str) -> list[list[object]]:
         )
     total_b, total_a = sum(before.values()), sum(after.values())
     growth = (total_a - total_b) / total_b
-    rows.append(
-        [
-            which,
-            "both",
-            total_b / 1024,
-            total_a / 1024,
-            f"{100 * growth:+.1f} %",
-            "ok" if which == "bare" or growth < 0.10 else "OVER 10 %",
-        ]
-    )
+    verdict = "" if which == "bare" else ("ok" if growth < 0.10 else "OVER 10 %")
+    rows.append([which, "both", total_b / 1024, total_a / 1024, f"{100 * growth:+.1f} %", verdict])
     return rows
 
 

@@ -1,14 +1,10 @@
-"""Benchmark 2: waiting on providers.
-
-200 generations against the fake Replicate server (``tests.fakes.replicate``,
-Replicate's wire format) at 2 s per prediction, one ``generator`` process
-with a small thread pool, and a global provider rate limit. The ideal
-makespan is set by the rate limit: N / rate + one prediction's latency. The
-naive design (a worker held for each whole prediction) needs about
-N x latency / threads. Target: makespan <= 1.25x ideal.
-
-Needs ``app/providers/replicate.py`` and ``tests/fakes/replicate.py`` (issue
-#3); skipped, saying so, where they do not exist yet.
+"""Waiting on a slow provider: 200 generations against the fake Replicate
+server (``tests.fakes.replicate``, Replicate's wire format) at 2 s per
+prediction, one ``generator`` process with a small thread pool, and a global
+provider rate limit. Ours runs end to end as in ``overhead`` (submitted over
+HTTP, all at once). The ideal makespan is set by the rate limit: N / rate +
+one prediction's latency. A design that holds a thread for each whole
+prediction needs about N x latency / threads. Floor: makespan <= 1.1x ideal.
 """
 
 from __future__ import annotations
@@ -16,9 +12,9 @@ from __future__ import annotations
 import logging
 import os
 
-from .harness import ROOT, Unavailable, celery_workers, services, table
+from .harness import services, table
 from .load import Listener, drive
-from .overhead import our_submitter
+from .overhead import SUBMITTERS, system
 
 N = int(os.environ.get("BENCH_PROVIDERS_N", "200"))
 LATENCY = float(os.environ.get("BENCH_PROVIDER_LATENCY", "2"))
@@ -28,16 +24,34 @@ RATE = float(os.environ.get("BENCH_PROVIDER_RATE", "8"))  # predictions created 
 THREADS = int(os.environ.get("BENCH_PROVIDER_THREADS", "2"))
 # How long one run of the generate stage polls before freeing its thread.
 POLL = os.environ.get("BENCH_PROVIDER_POLL_SECONDS", "0.25")
+FLOOR = 1.1
+
+
+def generate_window(url: str, ids: list[str]) -> float:
+    """Seconds from the first generate stage's start to the last one's finish."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return float(
+                conn.execute(
+                    text(
+                        "SELECT EXTRACT(EPOCH FROM MAX(finished_at) - MIN(started_at)) "
+                        "FROM generation_stages "
+                        "WHERE name = 'generate' AND generation_id = ANY(:ids)"
+                    ),
+                    {"ids": ids},
+                ).scalar_one()
+            )
+    finally:
+        engine.dispose()
 
 
 def run() -> list[str]:
-    for path in ("app/providers/replicate.py", "tests/fakes/replicate.py"):
-        if not (ROOT / path).exists():
-            raise Unavailable(f"{path} (the Replicate adapter and its fake, issue #3)")
     from tests.fakes.replicate import FakeReplicate
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # the fake's access log
-
     with (
         FakeReplicate() as fake,
         services(
@@ -49,15 +63,12 @@ def run() -> list[str]:
     ):
         fake.latency = LATENCY
         env.vars["REPLICATE_BASE_URL"] = fake.url
-        submit = our_submitter(env, provider="google-imagen")[0]
-        workers = celery_workers(env, "workers", generator_concurrency=THREADS)
-        listener = Listener(env.vars["REDIS_URL"])
-        try:
-            result = drive(listener, submit, N, inflight=N, timeout=1800)
-        finally:
-            listener.close()
-            for w in workers:
-                env.stop(w)
+        with (
+            system(env, "ours", "google-imagen", generator_concurrency=THREADS) as sysm,
+            Listener(env.vars["REDIS_URL"]) as listener,
+        ):
+            result = drive(listener, sysm.submit, N, N, SUBMITTERS, timeout=1800)
+        window = generate_window(env.vars["DATABASE_URL"], list(result.submitted))
     ideal = N / RATE + LATENCY
     naive = N * LATENCY / THREADS
     ratio = result.makespan / ideal
@@ -65,15 +76,24 @@ def run() -> list[str]:
         table(
             f"Waiting on a {LATENCY:g} s provider: {N} generations, rate limit {RATE:g}/s, "
             f"1 generator process x {THREADS} threads, polling {POLL} s per run "
-            "(target <= 1.25x ideal)",
+            f"(floor <= {FLOOR}x ideal)",
             ["", "makespan s", "vs ideal"],
             [
                 ["ideal (N / rate + latency)", ideal, "1.00x"],
-                ["naive (N x latency / threads)", naive, f"{naive / ideal:.2f}x"],
+                [
+                    "holding a thread per prediction (N x latency / threads)",
+                    naive,
+                    f"{naive / ideal:.2f}x",
+                ],
                 [
                     f"ours ({result.failed} failed, {fake.creates} predictions created)",
                     result.makespan,
-                    f"{ratio:.2f}x {'ok' if ratio <= 1.25 else 'OVER'}",
+                    f"{ratio:.2f}x {'ok' if ratio <= FLOOR else 'OVER'}",
+                ],
+                [
+                    "of which the generate stages' window (first start to last finish)",
+                    window,
+                    f"{window / ideal:.2f}x",
                 ],
             ],
         )
