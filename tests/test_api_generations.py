@@ -384,6 +384,8 @@ def test_generation_shape_while_pending(client, user):
         "size": "landscape",
         "count": 1,
         "enhance": "auto",
+        "style": "natural",
+        "safetyLevel": "block_only_high",
     }
     assert gen["prompt"]["original"] == "red dress" and gen["prompt"]["enhanced"] is None
     assert [s["name"] for s in gen["stages"]] == list(STAGES)

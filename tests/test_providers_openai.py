@@ -146,3 +146,17 @@ def test_unreachable_is_transient():
     s = Settings.from_env({"OPENAI_API_KEY": KEY, "OPENAI_BASE_URL": "http://127.0.0.1:9/v1"})
     with pytest.raises(ProviderTransient, match="unreachable"):
         DallE3(s, Job()).generate(request())
+
+
+def test_style_and_safety_level_are_settings_the_api_validates(client, user):
+    ok = {"prompt": "x", "settings": {"style": "vivid", "safetyLevel": "block_low_and_above"}}
+    assert (
+        client.post("/api/generate/from-prompt", json=ok, headers=user.headers).status_code == 202
+    )
+    for bad in ({"style": "moody"}, {"safetyLevel": "off"}):
+        resp = client.post(
+            "/api/generate/from-prompt", json={"prompt": "x", "settings": bad}, headers=user.headers
+        )
+        assert resp.status_code == 422 and resp.get_json()["error"]["details"][0][
+            "field"
+        ].startswith("settings.")

@@ -58,7 +58,7 @@ def test_asking_for_an_unconfigured_provider_is_422_at_submit(client, user, prov
 def test_prices():
     assert price("local", "hd") == 0.0
     assert price("openai-dalle3", "hd", "1792x1024") == 0.12
-    assert price("openai-gpt-image", "low", "1024x1536") == 0.016
+    assert price("openai-gpt-image", "medium", "1024x1536") == 0.063
     with pytest.raises(KeyError):
         price("openai-gpt-image", "ultra", "1024x1024")
 

@@ -36,6 +36,10 @@ class GenerationSettings(_Body):
     size: str = "square"
     count: int = Field(1, ge=1, le=4)
     enhance: Literal["auto", "off"] = "auto"  # off: the prompt goes to the provider as written
+    style: Literal["natural", "vivid"] = "natural"  # DALL-E 3's
+    safetyLevel: Literal[  # noqa: N815 - the API's camelCase
+        "block_low_and_above", "block_medium_and_above", "block_only_high"
+    ] = "block_only_high"  # Imagen's safety filter
 
     @model_validator(mode="before")
     @classmethod

@@ -63,16 +63,19 @@ def build_request(ctx: StageContext) -> ImageRequest:
             break
         if extra and extra.lower() not in palette:
             palette.append(extra.lower())
+    settings = gen.settings or {}
     return ImageRequest(
         generation_id=gen.id,
         prompt=opt.get("finalPrompt") or gen.prompt or "",
         negative_prompt=opt.get("negativePrompt") or "",
         aspect_ratio=route.get("aspectRatio", "1:1"),
-        quality=(gen.settings or {}).get("quality", "standard"),
-        count=int((gen.settings or {}).get("count", 1)),
+        quality=settings.get("quality", "standard"),
+        count=int(settings.get("count", 1)),
         palette=palette[:2],
         garment_type=subject.garment or head_garment(opt.get("finalPrompt") or ""),
         pattern=subject.pattern,
+        style=settings.get("style", "natural"),
+        safety_level=settings.get("safetyLevel", "block_only_high"),
     )
 
 
