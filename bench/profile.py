@@ -1,9 +1,10 @@
 """Where the CPU goes, in-process on PostgreSQL, for reading the benchmarks'
 figures; not one of ``make bench``'s benchmarks.
 
-    .venv/bin/python -m bench.profile [stages|get|post] [--n 200] [--sort tottime]
+    .venv/bin/python -m bench.profile [stages|get|etag|post] [--n 200] [--sort tottime]
                                       [--top 40] [--out FILE]
 
+``etag``: the GET a poller makes with ``If-None-Match`` (a 304).
 ``stages``: ``app.pipeline.runner.run_stage`` (what the Celery tasks call) for
 N generations, one stage after another, no broker. ``get`` / ``post``: N
 requests of ``GET /api/generate/<id>`` (a pending generation) or ``POST
@@ -45,6 +46,8 @@ def _workload(env: Env, what: str) -> Item:
         return client.post("/api/generate/from-prompt", json=BODY, headers=headers).get_json()["id"]
 
     pending = submit()
+    tag = client.get(f"/api/generate/{pending}", headers=headers).headers["ETag"]
+    revalidate = {**headers, "If-None-Match": tag}
 
     def item(i: int, cpu: dict[str, float], profiler: cProfile.Profile | None) -> None:
         def timed(part: str, fn: Callable[[], object]) -> None:
@@ -60,6 +63,8 @@ def _workload(env: Env, what: str) -> Item:
             env.flush_redis()  # the chains nobody reads
         if what == "get":
             timed("GET", lambda: client.get(f"/api/generate/{pending}", headers=headers))
+        elif what == "etag":
+            timed("304", lambda: client.get(f"/api/generate/{pending}", headers=revalidate))
         elif what == "post":
             timed("POST", submit)
         else:
@@ -73,7 +78,9 @@ def _workload(env: Env, what: str) -> Item:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.profile")
-    parser.add_argument("what", nargs="?", choices=("stages", "get", "post"), default="stages")
+    parser.add_argument(
+        "what", nargs="?", choices=("stages", "get", "etag", "post"), default="stages"
+    )
     parser.add_argument("--n", type=int, default=200)
     parser.add_argument("--sort", default="tottime")
     parser.add_argument("--top", type=int, default=40)

@@ -186,7 +186,7 @@ def test_a_generation_past_its_deadline_times_out_and_its_prediction_is_canceled
     with s.db.session() as session:
         session.get(Generation, legacy).created_at = utcnow() - timedelta(hours=1)
         gen = session.get(Generation, late)
-        gen.status = "processing"
+        gen.status, gen.stages = "processing", svc.new_stages()
         for st in gen.stages[:5]:
             st.status = "completed"
         gen.stage("generate").status = "running"

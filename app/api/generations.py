@@ -6,7 +6,7 @@ import logging
 from datetime import UTC, datetime
 
 from flask import Blueprint, current_app, g, request
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
 from app.api.auth import load_user
 from app.api.common import int_arg, json_body, services
@@ -34,6 +34,12 @@ def _load(session, generation_id: str, lock: bool = False) -> Generation:
     return gen
 
 
+# Built once (its cache key too): the column every visible change renews.
+STAMP = select(Generation.updated_at).where(
+    Generation.id == bindparam("id"), Generation.user_id == bindparam("user_id")
+)
+
+
 def _etag(updated_at: datetime) -> str:
     """Every change a client can see renews the generation's ``updated_at``
     (stages, assets, status), so it names the representation."""
@@ -46,13 +52,9 @@ def _aware(dt: datetime) -> datetime:
 
 @bp.get("/<generation_id>")
 def show(generation_id: str):
-    with services().db.session() as session:
+    with services().db.read() as session:
         if request.if_none_match:  # a poller's revalidation: answered from one column
-            updated_at = session.scalar(
-                select(Generation.updated_at).where(
-                    Generation.id == generation_id, Generation.user_id == g.user_id
-                )
-            )
+            updated_at = session.scalar(STAMP, {"id": generation_id, "user_id": g.user_id})
             if updated_at is None:
                 raise not_found()
             if request.if_none_match.contains_weak(_etag(updated_at)):

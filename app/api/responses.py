@@ -27,7 +27,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from app.api.schemas import FeedbackType
-from app.domain.generations import iso
+from app.domain.generations import iso, stage_list
 from app.domain.models import Generation
 from app.domain.states import (
     GENERATION_STATUSES,
@@ -139,12 +139,15 @@ class GenerationOut(_Linked):
     @classmethod
     def _from_row(cls, gen: Any) -> Any:
         """``prompt`` and ``error`` are made from several columns (the row's
-        own ``prompt`` is only the original); the rest is read by name."""
+        own ``prompt`` is only the original), ``stages`` are pending before the
+        first claim writes them; the rest is read by name."""
         if not isinstance(gen, Generation):
             return gen
-        outputs = {s.name: s.output or {} for s in gen.stages}
+        stages = stage_list(gen)
+        outputs = {s.name: s.output or {} for s in stages}
         enhance, optimize = outputs.get("enhance", {}), outputs.get("optimize", {})
         derived = {
+            "stages": stages,
             "prompt": {
                 "original": gen.prompt,
                 "enhanced": enhance.get("mainPrompt"),

@@ -7,12 +7,13 @@ from __future__ import annotations
 import base64
 import json
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
-from sqlalchemy.orm import Session, joinedload, selectinload
+from sqlalchemy import and_, bindparam, or_, select, update
+from sqlalchemy.orm import Session, joinedload, load_only, selectinload
 
-from app.domain.models import Generation, GenerationStage, new_id, utcnow
+from app.domain.models import Generation, GenerationAsset, GenerationStage, new_id, utcnow
 from app.domain.states import (
     CANCELED,
     FAILED,
@@ -58,9 +59,11 @@ def create(
     dispatched_at: datetime | None = None,
     deadline_at: datetime | None = None,
 ) -> Generation:
-    """The generation and its pending stages. ``dispatched_at``: the submit
-    sets it in the same insert (the chain is sent right after the commit);
-    see ``app.pipeline.maintenance`` for how a send that never happened is found."""
+    """The generation (its stage rows are written by its first claim: a
+    submit inserts one row, not eight; until then ``stage_list`` shows seven
+    pending stages). ``dispatched_at``: the submit sets it in the same insert
+    (the chain is sent right after the commit); see ``app.pipeline.maintenance``
+    for how a send that never happened is found."""
     gen = Generation(
         id=generation_id or new_id("gen"),
         user_id=user_id,
@@ -77,10 +80,29 @@ def create(
         pipeline_data=initial_pipeline_data(vlt_spec),
         dispatched_at=dispatched_at,
         deadline_at=deadline_at,
-        stages=new_stages(),
     )
     session.add(gen)
     return gen
+
+
+_PENDING = [
+    SimpleNamespace(
+        name=name,
+        status=S_PENDING,
+        started_at=None,
+        finished_at=None,
+        duration_ms=None,
+        attempts=0,
+        error=None,
+        output=None,
+    )
+    for name in STAGES
+]
+
+
+def stage_list(gen: Generation) -> list[Any]:
+    """The generation's stages, or seven pending ones before its first claim."""
+    return gen.stages or _PENDING
 
 
 def new_stages() -> list[GenerationStage]:
@@ -113,14 +135,56 @@ def clear_dispatched(session: Session, *generation_ids: str) -> None:
 def get_owned(
     session: Session, user_id: int, generation_id: str, lock: bool = False
 ) -> Generation | None:
-    q = select(Generation).where(Generation.id == generation_id, Generation.user_id == user_id)
     if lock:
-        q = q.with_for_update().execution_options(populate_existing=True)
-    else:
-        # One indexed query (primary key, then the generation_id indexes of
-        # both children): at most 7 stages x 4 assets joined rows.
-        q = q.options(joinedload(Generation.stages), joinedload(Generation.assets))
-    return session.scalars(q).unique().one_or_none()
+        q = (
+            select(Generation)
+            .where(Generation.id == generation_id, Generation.user_id == user_id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+        return session.scalars(q).one_or_none()
+    params = {"generation_id": generation_id, "user_id": user_id}
+    return session.scalars(SHOW, params).unique().one_or_none()
+
+
+# What clients see of one generation, in one indexed query (primary key, then
+# the generation_id indexes of both children: at most 7 stages x 4 assets
+# joined rows), without the bookkeeping columns (they load if asked for).
+# Built once, so its cache key is too.
+SHOW = (
+    select(Generation)
+    .where(Generation.id == bindparam("generation_id"), Generation.user_id == bindparam("user_id"))
+    .options(
+        load_only(
+            Generation.status,
+            Generation.mode,
+            Generation.settings,
+            Generation.prompt,
+            Generation.negative_prompt,
+            Generation.persona_id,
+            Generation.provider,
+            Generation.model,
+            Generation.cost,
+            Generation.error_stage,
+            Generation.error_message,
+            Generation.error_code,
+            Generation.webhook_url,
+            Generation.created_at,
+            Generation.updated_at,
+            Generation.completed_at,
+        ),
+        joinedload(Generation.stages).defer(GenerationStage.task_id),
+        joinedload(Generation.assets).load_only(
+            GenerationAsset.id,
+            GenerationAsset.position,
+            GenerationAsset.cdn_url,
+            GenerationAsset.width,
+            GenerationAsset.height,
+            GenerationAsset.content_type,
+            GenerationAsset.file_size,
+        ),
+    )
+)
 
 
 def encode_cursor(gen: Generation) -> str:

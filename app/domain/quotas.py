@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
 from app.api.errors import ApiError
@@ -22,39 +22,57 @@ from app.domain.models import Generation, User, utcnow
 from app.platform.config import Settings
 
 
+def _quota_statement():
+    """Built once, its parameters bound per call: the user's submissions in the
+    rate window (as many as the limit at most: index user_id, created_at), the
+    oldest of them, the user's daily cap and today's spend (summed only when
+    there is a cap)."""
+    mine = Generation.user_id == bindparam("user_id")
+    recent = (
+        select(Generation.created_at)
+        .where(mine, Generation.created_at >= bindparam("since"))
+        .limit(bindparam("limit"))
+        .subquery()
+    )
+    cap = select(User.daily_spend_cap).where(User.id == bindparam("user_id")).scalar_subquery()
+    spent = (
+        select(func.coalesce(func.sum(Generation.cost), 0))
+        .where(mine, Generation.created_at >= bindparam("midnight"), cap.is_not(None))
+        .scalar_subquery()
+    )
+    return select(func.count(), func.min(recent.c.created_at), cap, spent).select_from(recent)
+
+
+QUOTA = _quota_statement()
+
+
 def check_submission(session: Session, settings: Settings, user_id: int) -> None:
     limit, window = settings.submit_rate_limit
-    if limit > 0:
-        since = utcnow() - timedelta(seconds=window)
-        recent = session.scalars(
-            select(Generation.created_at)
-            .where(Generation.user_id == user_id, Generation.created_at >= _db_time(session, since))
-            .order_by(Generation.created_at)
-            .limit(limit)
-        ).all()
-        if len(recent) >= limit:
-            oldest = recent[0] if recent[0].tzinfo else recent[0].replace(tzinfo=UTC)
-            wait = max(1, math.ceil(window - (utcnow() - oldest).total_seconds()))
-            raise ApiError(
-                429,
-                "rate_limited",
-                f"at most {limit} generations per {window:g} s; try again in {wait} s",
-                headers={"Retry-After": str(wait)},
-            )
-    cap = session.scalar(select(User.daily_spend_cap).where(User.id == user_id))
-    if cap is not None:
-        midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-        spent = session.scalar(
-            select(func.coalesce(func.sum(Generation.cost), 0)).where(
-                Generation.user_id == user_id, Generation.created_at >= _db_time(session, midnight)
-            )
+    now = utcnow()
+    midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    params = {
+        "user_id": user_id,
+        "since": _db_time(session, now - timedelta(seconds=window)),
+        "midnight": _db_time(session, midnight),
+        "limit": max(limit, 1),
+    }
+    count, oldest, cap_usd, spent_usd = session.execute(QUOTA, params).one()
+    if limit > 0 and count >= limit:
+        oldest = oldest if oldest.tzinfo else oldest.replace(tzinfo=UTC)
+        wait = max(1, math.ceil(window - (now - oldest).total_seconds()))
+        raise ApiError(
+            429,
+            "rate_limited",
+            f"at most {limit} generations per {window:g} s; try again in {wait} s",
+            headers={"Retry-After": str(wait)},
         )
-        if spent >= cap:
-            raise ApiError(
-                403,
-                "budget_exceeded",
-                f"today's spend ${float(spent):.2f} has reached your daily cap ${float(cap):.2f}",
-            )
+    if cap_usd is not None and spent_usd >= cap_usd:
+        raise ApiError(
+            403,
+            "budget_exceeded",
+            f"today's spend ${float(spent_usd):.2f} has reached "
+            f"your daily cap ${float(cap_usd):.2f}",
+        )
 
 
 def _db_time(session: Session, dt: datetime) -> datetime:

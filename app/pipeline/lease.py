@@ -19,8 +19,8 @@ from contextlib import contextmanager
 from datetime import UTC
 from typing import Any
 
-from sqlalchemy import exists, select, update
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy import bindparam, exists, select, update
+from sqlalchemy.orm import Session, joinedload
 
 from app.domain.models import Generation, GenerationStage, utcnow
 from app.domain.states import S_RUNNING
@@ -37,13 +37,18 @@ CHECKPOINT_PATIENCE = 30.0  # seconds a checkpoint waits out a database outage
 
 def lock(session: Session, generation_id: str) -> Generation | None:
     """The generation, locked FOR UPDATE, with its stages, as committed now."""
-    return session.scalars(
-        select(Generation)
-        .where(Generation.id == generation_id)
-        .options(selectinload(Generation.stages))
-        .with_for_update(of=Generation)
-        .execution_options(populate_existing=True)
-    ).one_or_none()
+    return session.scalars(LOCK, {"generation_id": generation_id}).unique().one_or_none()
+
+
+# One statement, built once: the generation's row locked (not its stages'),
+# joined to its stages.
+LOCK = (
+    select(Generation)
+    .where(Generation.id == bindparam("generation_id"))
+    .options(joinedload(Generation.stages))
+    .with_for_update(of=Generation)
+    .execution_options(populate_existing=True)
+)
 
 
 def stalled(gen: Any, settings: Settings) -> bool:

@@ -86,6 +86,10 @@ class Outcome:
 CONTINUE, STOP, GONE = Outcome(True), Outcome(False), Outcome(False, gone=True)
 
 
+class GenerationGone(Exception):
+    """The generation was deleted while its stage worked."""
+
+
 def run_stage(
     db: Database,
     settings: Settings,
@@ -94,7 +98,8 @@ def run_stage(
     name: str,
     task_id: str | None = None,
 ) -> Outcome:
-    with db.Session() as session:
+    # One connection (one checkout, one ping) for every transaction of the stage.
+    with db.engine.connect() as conn, db.Session(bind=conn) as session:
         claim = transaction(session, claim_stage, settings, generation_id, name, task_id)
         if isinstance(claim, Outcome):
             return claim
@@ -125,7 +130,7 @@ def _work(ctx: StageContext, name: str, task_id: str | None, attempt: int) -> Ou
     except StageLeaseLost as exc:
         log.warning("%s: %s stopped: %s", gen_id, name, exc)
         return STOP
-    except (ObjectDeletedError, StaleDataError):
+    except (GenerationGone, ObjectDeletedError, StaleDataError):
         session.rollback()
         return GONE
     except StageWaiting as exc:
@@ -177,7 +182,7 @@ def claim_stage(
     gen = lock(session, generation_id)
     if gen is None or gen.status in FINAL:
         return STOP
-    if not gen.stages:  # submitted by a version that left them to the first claim
+    if not gen.stages:  # the first claim writes the generation's stage rows
         gen.stages = new_stages()
     stage = gen.stage(name)
     if stage.status in STAGE_DONE:
@@ -219,11 +224,12 @@ def record(
 ) -> Outcome:
     """Write a successful stage's result under the generation's lock, with
     what the stage function wrote (its rows; route's provider, generate's cost)."""
-    settings, gen = ctx.settings, ctx.generation
+    settings = ctx.settings
     session.flush()  # (a deleted generation: StaleDataError, or an asset's foreign key)
-    session.refresh(gen, ["status"], with_for_update=True)  # ended by someone meanwhile?
+    gen = lock(session, ctx.generation.id)  # ended, or taken over, by someone meanwhile?
+    if gen is None:
+        raise GenerationGone(ctx.generation.id)
     stage = gen.stage(name)
-    session.refresh(stage)
     if stage.status != S_RUNNING:  # finished by a copy that took it over
         return STOP
     set_stage_status(stage, status)
@@ -334,6 +340,8 @@ def time_out(
     gen = lock(session, generation_id)
     if gen is None or gen.status in FINAL:
         return None
+    if not gen.stages:  # never claimed
+        gen.stages = new_stages()
     stage = gen.stage(first_unfinished(gen) or STAGES[-1])
     minutes = settings.generation_timeout / 60
     error = f"timed out after {minutes:g} min at {stage.name} (BFF_GENERATION_TIMEOUT)"

@@ -82,6 +82,11 @@ class Database:
         # Objects stay readable after a commit (a stage reads the generation
         # its claim committed; a route answers with what it just wrote).
         self.Session = sessionmaker(self.engine, expire_on_commit=False)
+        # Reads (GET of a generation, a page of them) in autocommit: no BEGIN
+        # and COMMIT round trips around what is one statement, or a few.
+        self._Reader = sessionmaker(
+            self.engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False
+        )
 
     @property
     def is_postgres(self) -> bool:
@@ -95,6 +100,13 @@ class Database:
     def session(self) -> Iterator[Session]:
         """One transaction: committed if the block ends normally, else rolled back."""
         with self.Session() as session, session.begin():
+            yield session
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        """A session for reads only: each statement sees the data as committed
+        when it runs (there is no transaction to make them agree)."""
+        with self._Reader() as session:
             yield session
 
     def ping(self) -> None:

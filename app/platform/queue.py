@@ -50,8 +50,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         },
         "task_soft_time_limit": 300,
         "task_time_limit": 360,
-        "worker_send_task_events": True,
-        "task_send_sent_event": True,
+        "worker_send_task_events": True,  # Flower follows tasks by the workers' events
         "broker_connection_retry_on_startup": True,
         # Submitting must not hang when the broker is down: the row is committed
         # and the dispatcher (beat) sends it later.
@@ -120,14 +119,14 @@ def celery_init_app(app: Flask, settings: Settings) -> Celery:
 
 def pipeline_chain(celery_app: Celery, generation_id: str, from_stage: str = STAGES[0]) -> chain:
     """The chain of stage tasks from ``from_stage`` on, each taking the
-    generation id only (immutable: a stage's return value is not passed on)."""
+    generation id only (immutable: a stage's return value is not passed on).
+    Given its app, ``chain`` takes the signatures as they are, instead of
+    folding them with ``|`` (which clones the chain at every step)."""
     names = STAGES[STAGES.index(from_stage) :]
-    return chain(
-        *(
-            celery_app.signature(f"pipeline.{n}", args=(generation_id,), immutable=True)
-            for n in names
-        )
-    )
+    sigs = [
+        celery_app.signature(f"pipeline.{n}", args=(generation_id,), immutable=True) for n in names
+    ]
+    return chain(*sigs, app=celery_app)
 
 
 def dispatch(celery_app: Celery, generation_id: str, from_stage: str = STAGES[0]) -> bool:

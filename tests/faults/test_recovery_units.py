@@ -17,6 +17,7 @@ def _running_since(app, user, seconds: float) -> str:
     """A generation whose ``enhance`` was claimed by a worker that then died."""
     with app.extensions["bff"].db.session() as session:
         gen = svc.create(session, user_id=user.id, mode="prompt", settings={}, prompt="linen")
+        gen.stages = svc.new_stages()  # as its first claim writes them
         session.flush()
         gen.status, gen.dispatched_at = "processing", utcnow() - timedelta(seconds=seconds)
         gen.stage("analyze").status = "skipped"
@@ -87,6 +88,7 @@ def test_a_checkpoint_waits_out_a_short_database_outage(app, user, monkeypatch):
     s = app.extensions["bff"]
     with s.db.session() as session:
         gen = svc.create(session, user_id=user.id, mode="prompt", settings={}, prompt="linen")
+        gen.stages = svc.new_stages()  # as its first claim writes them
         session.flush()
         stage_id, gen_id = gen.stage("generate").id, gen.id
     monkeypatch.setattr(lease.time, "sleep", lambda _s: None)
@@ -110,6 +112,7 @@ def test_a_checkpoint_does_not_retry_other_database_errors(app, user, monkeypatc
     s = app.extensions["bff"]
     with s.db.session() as session:
         gen = svc.create(session, user_id=user.id, mode="prompt", settings={}, prompt="linen")
+        gen.stages = svc.new_stages()  # as its first claim writes them
         session.flush()
         stage_id = gen.stage("generate").id
     with s.db.Session() as session:

@@ -8,6 +8,7 @@ from typing import Any
 from PIL import Image
 
 from app.api.responses import generation_json
+from app.domain import generations as svc
 from app.domain.models import Generation
 from app.pipeline import STAGES
 from app.pipeline.runner import Outcome, run_stage
@@ -26,6 +27,7 @@ def claimed(app, gen_id: str, attempts: int, task_id: str, name: str = "analyze"
     """Stage ``name`` as a worker left it: claimed (running) by ``task_id``."""
     with services(app).db.session() as session:
         gen = session.get(Generation, gen_id)
+        gen.stages = gen.stages or svc.new_stages()  # as the first claim writes them
         st = gen.stage(name)
         st.status, st.attempts, st.task_id = "running", attempts, task_id
         gen.status = "processing"
