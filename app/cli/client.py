@@ -68,6 +68,13 @@ def _choice(values: tuple[str, ...]) -> click.Choice:
 @click.option("--quality", type=_choice(QUALITIES), default="standard", show_default=True)
 @click.option("--size", type=_choice(SIZE_CHOICES), default="square", show_default=True)
 @click.option("--count", type=click.IntRange(1, 4), default=1, show_default=True)
+@click.option(
+    "--enhance",
+    type=_choice(("auto", "off")),
+    default="auto",
+    show_default=True,
+    help="off: the prompt goes to the provider as written",
+)
 @click.option("--wait", is_flag=True, help="follow the stages and print the image URLs")
 @click.option("--timeout", default=600.0, show_default=True, help="seconds to wait")
 def generate(

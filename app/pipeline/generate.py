@@ -38,6 +38,7 @@ from app.providers import (
     ProviderTransient,
     ProviderUnavailable,
     get_provider,
+    pricing,
     unavailable_reason,
 )
 from app.providers.base import Job, ProviderPending
@@ -133,6 +134,7 @@ def run(ctx: StageContext) -> StageResult:
             "outputs": outputs,
             "sent": result.sent,
             "cost": float(cost),
+            "priceTable": pricing.table().name,  # which prices the cost was computed with
             **result.meta,
         }
     )
