@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from app.api.auth import load_user
-from app.api.common import Services, check_user_id, json_body, services
+from app.api.common import Services, check_user_id, json_body, parse_json, services
 from app.api.errors import ApiError
 from app.api.responses import AcceptedOut, generation_path, respond
 from app.api.schemas import ImageSubmit, PromptSubmit
@@ -226,10 +226,7 @@ def from_image():
         raise _invalid("image", "required", "the 'image' file field is required")
     fields: dict[str, Any] = {k: v for k, v in request.form.items() if k != "settings"}
     if "settings" in request.form:
-        try:
-            fields["settings"] = json.loads(request.form["settings"])
-        except ValueError:
-            raise ApiError(400, "malformed_json", "the settings field is not valid JSON") from None
+        fields["settings"] = parse_json(request.form["settings"], "the settings field")
     body = ImageSubmit.model_validate(fields)
     limits = services().settings
     upload = read_image(file, limits.max_upload_bytes, limits.max_image_pixels)

@@ -1,0 +1,51 @@
+"""Hostile input gets a clear 4xx in the JSON error envelope, never a 5xx or
+HTML, and nothing is stored for a refused request."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import func, select
+
+from app.domain.models import Generation
+from tests.support.pipeline import services, submit_image
+
+
+def nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+def assert_refused(app, resp, status: int, code: str | None = None) -> dict:
+    """A JSON error with ``status``, and no generation row or stored object."""
+    assert resp.status_code == status, (resp.status_code, resp.get_data(as_text=True)[:300])
+    assert resp.mimetype == "application/json"
+    err = resp.get_json()["error"]
+    assert err["message"] and set(err) == {"code", "message", "details"}
+    assert code is None or err["code"] == code, err
+    s = services(app)
+    with s.db.session() as session:
+        assert session.scalar(select(func.count()).select_from(Generation)) == 0
+    assert not any(p.is_file() for p in s.settings.media_root.rglob("*"))
+    return err
+
+
+@pytest.mark.parametrize(
+    "method,path,template,depth",
+    [
+        ("post", "/api/generate/from-prompt", '{"prompt": "x", "settings": %s}', 5000),
+        ("post", "/api/generate/from-prompt", '{"prompt": "x", "settings": %s}', 33),
+        ("post", "/api/generate/from-image", '{"vltSpec": {"records": %s}}', 1500),
+        ("post", "/api/personas", '{"name": %s}', 100_000),
+        ("patch", "/api/personas/per_x", '{"keywords": %s}', 1000),
+    ],
+)
+def test_deeply_nested_json_is_400(app, client, user, method, path, template, depth):
+    body = template % nested(depth)
+    resp = getattr(client, method)(
+        path, data=body, content_type="application/json", headers=user.headers
+    )
+    assert_refused(app, resp, 400, "malformed_json")
+
+
+def test_deeply_nested_settings_field_is_400(app, client, user):
+    resp = submit_image(client, user.headers, settings=nested(5000))
+    assert_refused(app, resp, 400, "malformed_json")
