@@ -7,7 +7,7 @@ import pytest
 from sqlalchemy import func, select
 
 from app.domain.models import Generation
-from tests.support.pipeline import services, submit_image
+from tests.support.pipeline import png_bytes, services, submit_image
 
 
 def nested(depth: int) -> str:
@@ -49,3 +49,12 @@ def test_deeply_nested_json_is_400(app, client, user, method, path, template, de
 def test_deeply_nested_settings_field_is_400(app, client, user):
     resp = submit_image(client, user.headers, settings=nested(5000))
     assert_refused(app, resp, 400, "malformed_json")
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+@pytest.mark.parametrize("keep", [0.5, 0.9])
+def test_truncated_image_is_422(app, client, user, fmt, keep):
+    data = png_bytes((200, 240), fmt=fmt)
+    resp = submit_image(client, user.headers, data[: int(len(data) * keep)])
+    err = assert_refused(app, resp, 422, "invalid_image")
+    assert err["details"][0]["field"] == "image"
