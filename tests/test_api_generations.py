@@ -562,3 +562,19 @@ def test_an_answer_that_breaks_its_model_is_a_500_not_a_422(app, client, user):
     with services(app).db.session() as session:
         session.get(Generation, gen_id).mode = "video"  # no such mode: our bug, not the client's
     assert_error(client.get(f"/api/generate/{gen_id}", headers=user.headers), 500, "internal_error")
+
+
+@pytest.mark.parametrize(
+    "path,allow",
+    [
+        (PROMPT, "OPTIONS, POST"),  # not the GET and DELETE of /api/generate/<id>
+        ("/api/generate/gen_x", "DELETE, GET, HEAD, OPTIONS"),
+        ("/api/personas", "GET, HEAD, OPTIONS, POST"),
+        ("/health", "GET, HEAD, OPTIONS"),
+    ],
+)
+def test_options_is_204_with_the_routes_methods(client, path, allow):
+    resp = client.options(path)
+    assert (resp.status_code, resp.headers["Allow"], resp.get_data()) == (204, allow, b"")
+    assert "Content-Type" not in resp.headers
+    assert_error(client.options("/api/nothing-here"), 404)

@@ -4,9 +4,11 @@ HTML, and nothing is stored for a refused request."""
 from __future__ import annotations
 
 import pytest
+import requests
 from sqlalchemy import func, select
 
 from app.domain.models import Generation
+from tests.support.live import live_api
 from tests.support.pipeline import png_bytes, services, submit_image
 
 
@@ -58,3 +60,37 @@ def test_truncated_image_is_422(app, client, user, fmt, keep):
     resp = submit_image(client, user.headers, data[: int(len(data) * keep)])
     err = assert_refused(app, resp, 422, "invalid_image")
     assert err["details"][0]["field"] == "image"
+
+
+# ------------------------------------------------- the HTTP server in front
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    with live_api(tmp_path_factory.mktemp("live")) as api:
+        yield api
+
+
+@pytest.mark.parametrize(
+    "url,headers,status,layer",
+    [
+        ("/api/generate?cursor=" + "c" * 5_000, {}, 414, "flask"),
+        ("/api/generate?cursor=" + "c" * 20_000, {}, 414, "gunicorn"),
+        ("/api/generate", {f"X-Pad-{i}": "p" * 2_000 for i in range(10)}, 431, "flask"),
+        ("/api/generate", {f"X-Pad-{i}": "p" for i in range(80)}, 431, "flask"),
+        ("/api/generate", {"X-Pad": "p" * 40_000}, 431, "gunicorn"),
+    ],
+    ids=["url-5k", "url-20k", "headers-20k", "headers-80", "header-40k"],
+)
+def test_oversized_heads_answer_as_docs_operations_says(live, url, headers, status, layer):
+    """Our limits answer JSON; past gunicorn's own (a request line over 8190
+    bytes, one header field over 8190) gunicorn answers, in HTML, before the
+    app: its limits stay bounded because its parser's cost grows with the
+    square of the head's size (docs/operations.md, "Request limits")."""
+    resp = requests.get(live.base_url + url, headers={**live.headers, **headers}, timeout=10)
+    assert resp.status_code == status
+    if layer == "flask":
+        assert resp.headers["Content-Type"] == "application/json"
+        assert resp.json()["error"]["code"] in ("uri_too_long", "headers_too_large")
+    else:
+        assert resp.headers["Content-Type"] == "text/html"
