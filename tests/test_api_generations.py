@@ -133,13 +133,16 @@ def test_non_json_body_is_415(client, user):
         ({"prompt": "nul\x00byte"}, "prompt"),
         ({"prompt": "ok", "negativePrompt": "n" * 5001}, "negativePrompt"),
         ({"prompt": "ok", "settings": {"size": "2:1"}}, "settings.size"),
-        ({"prompt": "ok", "settings": {"aspectRatio": "21:9"}}, "settings.size"),
+        ({"prompt": "ok", "settings": {"aspectRatio": "21:9"}}, "settings.aspectRatio"),
         ({"prompt": "ok", "settings": {"count": 0}}, "settings.count"),
         ({"prompt": "ok", "settings": {"count": 5}}, "settings.count"),
         ({"prompt": "ok", "settings": {"provider": "midjourney"}}, "settings.provider"),
         ({"prompt": "ok", "settings": {"strategy": "cheapest"}}, "settings.strategy"),
         ({"prompt": "ok", "settings": {"quality": "ultra"}}, "settings.quality"),
         ({"prompt": "ok", "settings": "square"}, "settings"),
+        ({"prompt": "ok", "colour": "red"}, "colour"),  # unknown fields are refused, named
+        ({"prompt": "ok", "settings": {"colour": "red"}}, "settings.colour"),
+        ({"prompt": "ok", "settings": {"count": "2"}}, "settings.count"),  # no coercion
     ],
 )
 def test_invalid_prompt_submissions_are_422(client, user, body, field):
@@ -243,6 +246,9 @@ def test_upload_settings_field_is_validated(client, user):
     assert_error(bad, 400)
     bad = submit_image(client, user.headers, settings='{"count": 9}')
     assert_error(bad, 422)
+    for extra in ({"settings": '{"colour": "red"}'}, {"colour": "red"}, {"vltSpec": "{}"}):
+        err = assert_error(submit_image(client, user.headers, **extra), 422)
+        assert err["details"][0]["field"] in ("settings.colour", "colour", "vltSpec"), err
     ok = submit_image(client, user.headers, settings='{"count": 2, "size": "portrait"}')
     assert ok.status_code == 202
     gen = client.get(ok.headers["Location"], headers=user.headers).get_json()
@@ -523,6 +529,7 @@ def test_feedback_types(app, client, user):
         {"feedbackType": "comment"},
         {"feedbackType": "like"},
         {},
+        {"feedbackType": "heart", "colour": "red"},
     ],
 )
 def test_invalid_feedback_is_422(app, client, user, body):

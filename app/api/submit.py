@@ -20,7 +20,7 @@ from app.api.auth import load_user
 from app.api.common import Services, check_user_id, json_body, parse_json, services
 from app.api.errors import ApiError
 from app.api.responses import AcceptedOut, generation_path, respond
-from app.api.schemas import ImageSubmit, PromptSubmit
+from app.api.schemas import FORM_FIELDS, ImageSubmit, PromptSubmit, parse
 from app.api.uploads import read_image
 from app.domain import generations as svc
 from app.domain.models import Generation, Persona, new_id, utcnow
@@ -83,6 +83,11 @@ def _invalid(field: str, message: str, summary: str | None = None) -> ApiError:
         summary or f"{field} {message}",
         [{"field": field, "message": message}],
     )
+
+
+def _spec(body: PromptSubmit | ImageSubmit) -> dict[str, Any] | None:
+    spec = body.vltSpec if isinstance(body, ImageSubmit) else None
+    return spec.model_dump(mode="json") if spec is not None else None
 
 
 def _check_request(body: PromptSubmit | ImageSubmit, settings: dict[str, Any]) -> None:
@@ -162,7 +167,7 @@ def _submit(
                 prompt=body.prompt,
                 negative_prompt=body.negativePrompt,
                 persona_id=body.personaId,
-                vlt_spec=body.vltSpec if isinstance(body, ImageSubmit) else None,
+                vlt_spec=_spec(body),
                 webhook_url=body.webhookUrl,
                 idempotency_key=key,
                 request_hash=req_hash,
@@ -202,14 +207,14 @@ def _leave_to_dispatcher(s: Services, gen_id: str) -> None:
 @bp.post("/from-prompt")
 def from_prompt():
     payload = json_body()
-    return _submit(PromptSubmit.model_validate(payload), "prompt", payload)
+    return _submit(parse(PromptSubmit, payload), "prompt", payload)
 
 
 @bp.post("/from-image")
 def from_image():
     if request.is_json:
         payload = json_body()
-        body = ImageSubmit.model_validate(payload)
+        body = parse(ImageSubmit, payload)
         if body.vltSpec is None:
             raise _invalid(
                 "vltSpec", "required without an image", "send an image file or a vltSpec"
@@ -221,13 +226,21 @@ def from_image():
             "unsupported_media_type",
             "send multipart/form-data with an 'image' file, or JSON with a vltSpec",
         )
+    unknown = sorted(set(request.form) - {*FORM_FIELDS, "image"} | set(request.files) - {"image"})
+    if unknown:
+        raise ApiError(
+            422,
+            "validation_error",
+            f"unknown form fields: {', '.join(unknown)}",
+            [{"field": name, "message": "unknown field"} for name in unknown],
+        )
     file = request.files.get("image")
     if file is None:
         raise _invalid("image", "required", "the 'image' file field is required")
     fields: dict[str, Any] = {k: v for k, v in request.form.items() if k != "settings"}
     if "settings" in request.form:
         fields["settings"] = parse_json(request.form["settings"], "the settings field")
-    body = ImageSubmit.model_validate(fields)
+    body = parse(ImageSubmit, fields)
     limits = services().settings
     upload = read_image(file, limits.max_upload_bytes, limits.max_image_pixels)
     return _submit(body, "image", fields, upload)
