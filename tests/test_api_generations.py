@@ -538,6 +538,17 @@ def test_invalid_feedback_is_422(app, client, user, body):
     assert_error(resp, 422, "validation_error")
 
 
+def test_no_feedback_on_a_generation_that_ended_without_images(app, client, user, monkeypatch):
+    canceled = submit_prompt(client, user.headers)
+    client.post(f"/api/generate/{canceled}/cancel", headers=user.headers)
+    for gen_id in (canceled, failed(app, client, user, monkeypatch)):
+        url = f"/api/generate/{gen_id}/feedback"
+        resp = client.post(url, json={"feedbackType": "heart"}, headers=user.headers)
+        assert "nothing to give feedback on" in assert_error(resp, 409, "conflict")["message"]
+    with services(app).db.session() as session:
+        assert session.scalar(select(func.count()).select_from(GenerationFeedback)) == 0
+
+
 def test_feedback_asset_must_belong_to_the_generation(app, client, user):
     a = completed(app, client, user)
     b = submit_prompt(client, user.headers)

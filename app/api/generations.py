@@ -15,7 +15,14 @@ from app.api.responses import FeedbackOut, GenerationOut, GenerationPage, respon
 from app.api.schemas import FeedbackIn, parse
 from app.domain import generations as svc
 from app.domain.models import Generation, GenerationAsset, GenerationFeedback
-from app.domain.states import FINAL, GENERATION_STATUSES, TERMINAL, IllegalTransition
+from app.domain.states import (
+    CANCELED,
+    FAILED,
+    FINAL,
+    GENERATION_STATUSES,
+    TERMINAL,
+    IllegalTransition,
+)
 from app.platform import events
 from app.platform.queue import dispatch
 from app.platform.storage import StorageError, generation_prefix
@@ -183,6 +190,12 @@ def feedback(generation_id: str):
     with s.db.session() as session:
         gen = _load(session, generation_id)  # ownership first: 404 before any 4xx
         body = parse(FeedbackIn, json_body())
+        if gen.status in (FAILED, CANCELED) and not gen.assets:
+            raise ApiError(
+                409,
+                "conflict",
+                f"generation is {gen.status} without images: there is nothing to give feedback on",
+            )
         if (
             body.assetId is not None
             and session.scalar(
