@@ -3,6 +3,7 @@ pagination, the generation's JSON shape, cancel, retry, delete, feedback."""
 
 from __future__ import annotations
 
+import re
 import struct
 import zlib
 
@@ -336,9 +337,20 @@ def test_bad_list_parameters_are_422(client, user, query):
     assert_error(client.get(f"/api/generate?{query}", headers=user.headers), 422)
 
 
-@pytest.mark.parametrize("cursor", ["garbage", "W10", "WyJ4IiwgMV0"])
+@pytest.mark.parametrize(
+    "cursor", ["garbage", "W10", "WyJ4IiwgMV0", "1.gen_x", "1.gen_" + "0" * 25]
+)
 def test_bad_cursor_is_400(client, user, cursor):
     assert_error(client.get(f"/api/generate?cursor={cursor}", headers=user.headers), 400)
+
+
+def test_any_cursor_the_document_allows_is_a_page(client, user):
+    pattern = build_spec()["paths"]["/api/generate"]["get"]["parameters"][1]["schema"]["pattern"]
+    gen_id = submit_prompt(client, user.headers)
+    for cursor, items in (("1." + gen_id, []), ("9" * 17 + ".gen_" + "f" * 24, [gen_id])):
+        assert re.fullmatch(pattern, cursor)
+        page = client.get(f"/api/generate?cursor={cursor}", headers=user.headers).get_json()
+        assert [i["id"] for i in page["items"]] == items
 
 
 def test_status_filter(app, client, user):

@@ -12,7 +12,6 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     AfterValidator,
-    AliasChoices,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -26,19 +25,21 @@ PROVIDER_CHOICES = ("auto", "google-imagen", "openai-dalle3", "openai-gpt-image"
 SIZE_CHOICES = ("square", "portrait", "landscape", "1:1", "16:9", "9:16", "4:3", "3:4")
 MAX_PROMPT = 5000
 FeedbackType = Literal["outlier", "heart", "rating", "comment"]
-FORM_FIELDS = ("settings", "prompt", "negativePrompt", "personaId", "webhookUrl", "userId")
-"""from-image's multipart fields besides the ``image`` file."""
 
 NO_NUL = "^[^\\u0000]*$"
 NOT_BLANK = "^[^\\u0000]*[^\\s\\u0000][^\\u0000]*$"  # and something besides whitespace
 
 
-def _tidy(v: str) -> str:
+def _no_nul(v: str) -> str:
     # PostgreSQL text cannot hold NUL: a 422 naming the field, not a DataError.
-    # Lengths are checked before the strip, as the document's maxLength says.
     if "\x00" in v:
         raise ValueError("must not contain NUL characters")
-    return v.strip()
+    return v
+
+
+def _tidy(v: str) -> str:
+    # Lengths are checked before the strip, as the document's maxLength says.
+    return _no_nul(v).strip()
 
 
 def _not_blank(v: str) -> str:
@@ -52,27 +53,33 @@ def _integral(v: Any) -> Any:
     return int(v) if isinstance(v, float) and v.is_integer() else v
 
 
-Text = Annotated[str, AfterValidator(_tidy), Field(json_schema_extra={"pattern": NO_NUL})]
-Words = Annotated[
-    str,
-    AfterValidator(_tidy),
-    AfterValidator(_not_blank),
-    Field(min_length=1, json_schema_extra={"pattern": NOT_BLANK}),
-]
+def text(max_length: int | None = None) -> Any:
+    """A string type: its length is checked as sent (the constraint comes
+    before the validators, as in the document), then it is stripped."""
+    limits = Field(max_length=max_length, json_schema_extra={"pattern": NO_NUL})
+    return Annotated[str, limits, AfterValidator(_tidy)]
+
+
+def words(max_length: int) -> Any:
+    """A string type that must hold more than whitespace."""
+    limits = Field(min_length=1, max_length=max_length, json_schema_extra={"pattern": NOT_BLANK})
+    return Annotated[str, limits, AfterValidator(_tidy), AfterValidator(_not_blank)]
+
+
 Int = Annotated[int, BeforeValidator(_integral)]
 WebhookUrl = Annotated[
     str,
-    AfterValidator(_tidy),
+    AfterValidator(_no_nul),
     Field(
         max_length=2000,
         json_schema_extra={
-            "pattern": "^https://[^\\u0000]*$",
-            "description": "https, to a host that resolves to public addresses only; "
-            "plain http to loopback in development (BFF_ALLOW_HTTP_WEBHOOKS)",
+            "pattern": "^https?://[^\\u0000]*$",
+            "description": "https, to a host that resolves to public addresses only "
+            "(plain http only to loopback, in development: BFF_ALLOW_HTTP_WEBHOOKS)",
         },
     ),
 ]
-PersonaId = Annotated[Text, Field(max_length=40, description="one of the caller's personas")]
+PersonaId = Annotated[text(40), Field(description="one of the caller's personas")]
 
 
 class _Body(BaseModel):
@@ -88,28 +95,26 @@ def parse(model: type[B], data: Any) -> B:
     return model.model_validate(data, strict=True)
 
 
-def _document_aspect_ratio(schema: dict[str, Any]) -> None:
-    props = schema["properties"]
-    props["aspectRatio"] = {
-        "enum": props["size"]["enum"],
-        "deprecated": True,
-        "description": "the older name of size",
-    }
-    schema["not"] = {"required": ["size", "aspectRatio"]}
-
-
 class GenerationSettings(_Body):
-    model_config = ConfigDict(json_schema_extra=_document_aspect_ratio)
-
     provider: Literal["auto", "google-imagen", "openai-dalle3", "openai-gpt-image", "local"] = (
         "auto"
     )
     strategy: Literal["balanced", "quality", "cost", "speed"] = "balanced"
     quality: Literal["standard", "hd"] = "standard"
-    size: Literal[SIZE_CHOICES] = Field(
-        "square", validation_alias=AliasChoices("size", "aspectRatio")
-    )
+    size: Literal[SIZE_CHOICES] = "square"
     count: Int = Field(1, ge=1, le=4)
+    aspectRatio: Literal[SIZE_CHOICES] | None = Field(
+        None,
+        exclude=True,  # stored and shown as size
+        description="the older name of size, used when size is not sent",
+        json_schema_extra={"deprecated": True},
+    )
+
+    @model_validator(mode="after")
+    def _older_name(self) -> GenerationSettings:
+        if self.aspectRatio is not None and "size" not in self.model_fields_set:
+            self.size = self.aspectRatio
+        return self
 
 
 class _Submit(_Body):
@@ -119,18 +124,23 @@ class _Submit(_Body):
 
 
 class PromptSubmit(_Submit):
-    prompt: Annotated[Words, Field(max_length=MAX_PROMPT)]
-    negativePrompt: Annotated[Text, Field(max_length=MAX_PROMPT)] | None = None
+    prompt: words(MAX_PROMPT)
+    negativePrompt: text(MAX_PROMPT) | None = None
     personaId: PersonaId | None = None
 
 
 class ImageSubmit(_Submit):
-    """JSON form of from-image (a ready ``vltSpec``) and the multipart fields."""
+    """from-image's multipart fields, beside the ``image`` file."""
 
-    vltSpec: VltSpec | None = None
-    prompt: Annotated[Text, Field(max_length=MAX_PROMPT)] | None = None
-    negativePrompt: Annotated[Text, Field(max_length=MAX_PROMPT)] | None = None
+    prompt: text(MAX_PROMPT) | None = None
+    negativePrompt: text(MAX_PROMPT) | None = None
     personaId: PersonaId | None = None
+
+
+class SpecSubmit(ImageSubmit):
+    """from-image as JSON: a ready VLT spec instead of the photo."""
+
+    vltSpec: VltSpec
 
 
 class FeedbackIn(_Body):
@@ -153,8 +163,11 @@ class FeedbackIn(_Body):
     )
 
     feedbackType: FeedbackType
-    rating: Int | None = Field(None, ge=1, le=5, description="required when feedbackType is rating")
-    comment: Annotated[Text, Field(max_length=5000)] | None = Field(
+    # Constraints before the validator: after it, the document reads "ge", not "minimum".
+    rating: Annotated[int, Field(ge=1, le=5), BeforeValidator(_integral)] | None = Field(
+        None, description="required when feedbackType is rating"
+    )
+    comment: text(5000) | None = Field(
         None, description="required (not blank) when feedbackType is comment"
     )
     assetId: Int | None = Field(None, description="one of this generation's assets")
@@ -170,18 +183,21 @@ class FeedbackIn(_Body):
 
 
 class PersonaIn(_Body):
-    name: Annotated[Words, Field(max_length=120)]
-    description: Annotated[Text, Field(max_length=5000)] = ""
-    keywords: list[Text] = Field(default_factory=list, max_length=50)
-    palette: list[Text] = Field(default_factory=list, max_length=20)
-    aesthetic: Annotated[Text, Field(max_length=60)] | None = None
+    name: words(120)
+    description: text(5000) = ""
+    keywords: list[text()] = Field(default_factory=list, max_length=50)
+    palette: list[text()] = Field(default_factory=list, max_length=20)
+    aesthetic: text(60) | None = None
     isDefault: bool = False
 
 
 class PersonaPatch(_Body):
-    name: Annotated[Words, Field(max_length=120)] | None = None
-    description: Annotated[Text, Field(max_length=5000)] | None = None
-    keywords: list[Text] | None = Field(None, max_length=50)
-    palette: list[Text] | None = Field(None, max_length=20)
-    aesthetic: Annotated[Text, Field(max_length=60)] | None = None
+    name: words(120) | None = None
+    description: text(5000) | None = None
+    keywords: list[text()] | None = Field(None, max_length=50)
+    palette: list[text()] | None = Field(None, max_length=20)
+    aesthetic: text(60) | None = None
     isDefault: bool | None = None
+
+
+FORM_FIELDS = tuple(ImageSubmit.model_fields)

@@ -20,7 +20,7 @@ from app.api.auth import load_user
 from app.api.common import Services, check_user_id, json_body, parse_json, services
 from app.api.errors import ApiError
 from app.api.responses import AcceptedOut, generation_path, respond
-from app.api.schemas import FORM_FIELDS, ImageSubmit, PromptSubmit, parse
+from app.api.schemas import FORM_FIELDS, ImageSubmit, PromptSubmit, SpecSubmit, parse
 from app.api.uploads import read_image
 from app.domain import generations as svc
 from app.domain.models import Generation, Persona, new_id, utcnow
@@ -36,6 +36,7 @@ bp = Blueprint("submit", __name__, url_prefix="/api/generate")
 bp.before_request(load_user)
 
 Upload = tuple[bytes, str, str]  # bytes, content type, extension
+Body = PromptSubmit | ImageSubmit  # SpecSubmit is an ImageSubmit
 
 
 def _accepted(gen_id: str) -> Response:
@@ -85,12 +86,11 @@ def _invalid(field: str, message: str, summary: str | None = None) -> ApiError:
     )
 
 
-def _spec(body: PromptSubmit | ImageSubmit) -> dict[str, Any] | None:
-    spec = body.vltSpec if isinstance(body, ImageSubmit) else None
-    return spec.model_dump(mode="json") if spec is not None else None
+def _spec(body: Body) -> dict[str, Any] | None:
+    return body.vltSpec.model_dump(mode="json") if isinstance(body, SpecSubmit) else None
 
 
-def _check_request(body: PromptSubmit | ImageSubmit, settings: dict[str, Any]) -> None:
+def _check_request(body: Body, settings: dict[str, Any]) -> None:
     """The checks that need no database."""
     check_user_id(body.userId)
     config = services().settings
@@ -110,7 +110,7 @@ def _check_request(body: PromptSubmit | ImageSubmit, settings: dict[str, Any]) -
                 f"provider {provider} cannot be used: {why}",
                 [{"field": "settings.provider", "message": why}],
             )
-    if body.webhookUrl and (why := submit_url_problem(body.webhookUrl, config)):
+    if body.webhookUrl is not None and (why := submit_url_problem(body.webhookUrl, config)):
         raise _invalid("webhookUrl", why)
 
 
@@ -139,7 +139,7 @@ def _store_upload(s: Services, gen_id: str, upload: Upload) -> str:
 
 
 def _submit(
-    body: PromptSubmit | ImageSubmit,
+    body: Body,
     mode: str,
     payload: dict[str, Any],
     upload: Upload | None = None,
@@ -214,12 +214,7 @@ def from_prompt():
 def from_image():
     if request.is_json:
         payload = json_body()
-        body = parse(ImageSubmit, payload)
-        if body.vltSpec is None:
-            raise _invalid(
-                "vltSpec", "required without an image", "send an image file or a vltSpec"
-            )
-        return _submit(body, "image", payload)
+        return _submit(parse(SpecSubmit, payload), "image", payload)
     if not request.mimetype.startswith("multipart/form-data"):
         raise ApiError(
             415,

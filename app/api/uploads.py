@@ -25,6 +25,11 @@ ALLOWED = {
 _DECODES = threading.BoundedSemaphore(2)
 
 
+def _unsupported(message: str) -> ApiError:
+    details = [{"field": "image", "message": message}]
+    return ApiError(415, "unsupported_media_type", message, details)
+
+
 def _invalid(why: str) -> ApiError:
     return ApiError(
         422,
@@ -60,9 +65,7 @@ def read_image(file: FileStorage, max_bytes: int, max_pixels: int) -> tuple[byte
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ApiError(422, "image_too_large", "image has too many pixels") from None
     except UnidentifiedImageError:
-        raise ApiError(
-            415, "unsupported_media_type", "the upload is not a readable PNG, JPEG or WebP image"
-        ) from None
+        raise _unsupported("the upload is not a readable PNG, JPEG or WebP image") from None
     except Exception as exc:  # Pillow's decoders raise OSError, SyntaxError, ValueError, ...
         raise _invalid(str(exc) or type(exc).__name__) from None
     content_type, ext = ALLOWED[img.format]
@@ -72,11 +75,7 @@ def read_image(file: FileStorage, max_bytes: int, max_pixels: int) -> tuple[byte
 def _check(img: Image.Image, max_pixels: int) -> None:
     """Format and size from the header alone: before anything is decoded."""
     if img.format not in ALLOWED:
-        raise ApiError(
-            415,
-            "unsupported_media_type",
-            f"{img.format} images are not accepted: send PNG, JPEG or WebP",
-        )
+        raise _unsupported(f"{img.format} images are not accepted: send PNG, JPEG or WebP")
     w, h = img.size
     if w * h > max_pixels:
         raise ApiError(
