@@ -221,7 +221,8 @@ def from_image():
             "unsupported_media_type",
             "send multipart/form-data with an 'image' file, or JSON with a vltSpec",
         )
-    unknown = sorted(set(request.form) - {*FORM_FIELDS, "image"} | set(request.files) - {"image"})
+    extra = set(request.form) - {*FORM_FIELDS, "image"} | set(request.files) - {"image"}
+    unknown = sorted(name or "(a part without a name)" for name in extra)
     if unknown:
         raise ApiError(
             422,
