@@ -22,6 +22,15 @@ accesslog = "-"
 # gunicorn 27's control socket (one per user home by default) is not used,
 # and concurrent servers (a dev server beside the test suite) fought over it.
 control_socket_disable = True
+# The request head: the app's own limits (app/api/protocol.py: a 4096-byte URL,
+# 64 fields, 16 KiB of headers) answer in JSON, so gunicorn's sit above them.
+# They stay bounded: its parser copies the buffered head on every read, so the
+# work grows with the square of the head's size (a 20 MB request line, allowed
+# by limit_request_line = 0, took 76 s of CPU). 8190 is the largest bounded
+# request line; past these gunicorn answers with its own HTML page.
+limit_request_line = 8190
+limit_request_fields = 100
+limit_request_field_size = 8190
 
 
 def post_worker_init(worker) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 
 from flask import Flask
 
+from app.api import protocol
 from app.api.common import Services
 from app.api.errors import register_error_handlers
 from app.platform import logs
@@ -41,6 +42,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         celery=celery_app,
     )
     register_error_handlers(app)
+    protocol.register(app)  # limits and OPTIONS: before any route
     logs.init_app(app)
 
     from app.api import account, generations, health, personas, providers, submit, web

@@ -91,6 +91,8 @@ def test_another_users_persona_is_a_404_everywhere(client, user, other_user):
         {"name": "x", "palette": [1, 2]},
         {"name": "x" * 121},
         {"name": "x", "isDefault": "maybe"},
+        {"name": "x", "isDefault": 0},
+        {"name": "x", "colour": "red"},
     ],
 )
 def test_invalid_bodies_are_422(client, user, body):

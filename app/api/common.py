@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,14 +27,40 @@ def services() -> Services:
     return current_app.extensions["bff"]
 
 
+MAX_JSON_DEPTH = 32  # our deepest document (a vltSpec) is 4 levels deep
+
+
+def parse_json(raw: str | bytes, what: str = "the request body") -> Any:
+    """Every JSON a request carries is read here: nesting is bounded, so a
+    document nested thousands deep is a 400, not a RecursionError (a 500)
+    here or in whatever walks it next (validation, hashing, the database)."""
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise ApiError(400, "malformed_json", f"{what} is not valid JSON") from None
+    containers, depth = [data], 0
+    while containers:  # level by level, no recursion
+        depth += 1
+        if depth > MAX_JSON_DEPTH:
+            raise ApiError(
+                400, "malformed_json", f"{what} is nested deeper than {MAX_JSON_DEPTH} levels"
+            )
+        containers = [
+            child
+            for c in containers
+            if isinstance(c, (dict, list))
+            for child in (c.values() if isinstance(c, dict) else c)
+            if isinstance(child, (dict, list))
+        ]
+    return data
+
+
 def json_body() -> dict[str, Any]:
     if not request.is_json:
         raise ApiError(
             415, "unsupported_media_type", "send a JSON body (Content-Type: application/json)"
         )
-    data = request.get_json(silent=True)
-    if data is None:
-        raise ApiError(400, "malformed_json", "the request body is not valid JSON")
+    data = parse_json(request.get_data())
     if not isinstance(data, dict):
         raise ApiError(400, "malformed_json", "the request body must be a JSON object")
     return data

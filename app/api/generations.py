@@ -12,10 +12,17 @@ from app.api.auth import load_user
 from app.api.common import int_arg, json_body, services
 from app.api.errors import ApiError, not_found
 from app.api.responses import FeedbackOut, GenerationOut, GenerationPage, respond
-from app.api.schemas import FeedbackIn
+from app.api.schemas import FeedbackIn, parse
 from app.domain import generations as svc
 from app.domain.models import Generation, GenerationAsset, GenerationFeedback
-from app.domain.states import FINAL, GENERATION_STATUSES, TERMINAL, IllegalTransition
+from app.domain.states import (
+    CANCELED,
+    FAILED,
+    FINAL,
+    GENERATION_STATUSES,
+    TERMINAL,
+    IllegalTransition,
+)
 from app.platform import events
 from app.platform.queue import dispatch
 from app.platform.storage import StorageError, generation_prefix
@@ -184,7 +191,13 @@ def feedback(generation_id: str):
     s = services()
     with s.db.session() as session:
         gen = _load(session, generation_id)  # ownership first: 404 before any 4xx
-        body = FeedbackIn.model_validate(json_body())
+        body = parse(FeedbackIn, json_body())
+        if gen.status in (FAILED, CANCELED) and not gen.assets:
+            raise ApiError(
+                409,
+                "conflict",
+                f"generation is {gen.status} without images: there is nothing to give feedback on",
+            )
         if (
             body.assetId is not None
             and session.scalar(

@@ -19,7 +19,16 @@ from pydantic.json_schema import models_json_schema
 
 from app.api import responses as r
 from app.api.providers import ProviderList
-from app.api.schemas import FeedbackIn, ImageSubmit, PersonaIn, PersonaPatch, PromptSubmit
+from app.api.schemas import (
+    FeedbackIn,
+    ImageSubmit,
+    PersonaIn,
+    PersonaPatch,
+    PromptSubmit,
+    SpecSubmit,
+)
+from app.api.uploads import ALLOWED
+from app.domain.generations import CURSOR_PATTERN
 from app.domain.states import GENERATION_STATUSES
 
 Content = dict[str, Any]  # media type -> {"schema": ...}
@@ -34,31 +43,24 @@ class Route:
     ok: tuple[int, ...] = (200,)  # the statuses that answer with ``answer``
     errors: tuple[int, ...] = (401,)  # the statuses that answer with ``ErrorOut``
     body: type[BaseModel] | None = None  # a JSON request body
-    form: Content | None = None  # another way to send the body
+    form: type[BaseModel] | None = None  # the fields of a multipart form, beside the image
     query: tuple[dict[str, Any], ...] = ()
     auth: bool = True
 
 
-MULTIPART = {
-    "multipart/form-data": {
-        "schema": {
-            "type": "object",
-            "required": ["image"],
-            "properties": {
-                "image": {"type": "string", "format": "binary"},
-                "settings": {"type": "string", "description": "settings as JSON"},
-                "prompt": {"type": "string"},
-                "webhookUrl": {"type": "string"},
-            },
-        }
-    }
-}
+IMAGE_TYPES = ", ".join(content_type for content_type, _ in ALLOWED.values())
 EVENT_STREAM = {"text/event-stream": {"schema": {"type": "string"}}}
 PAGE_QUERY = (
     {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100}},
-    {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+    {
+        "name": "cursor",
+        "in": "query",
+        "description": "a page's nextCursor",
+        "schema": {"type": "string", "pattern": CURSOR_PATTERN},
+    },
     {"name": "status", "in": "query", "schema": {"enum": list(GENERATION_STATUSES)}},
 )
+HEAD_ERRORS = (414, 431)  # any request: app/api/protocol.py
 SUBMIT_ERRORS = (400, 401, 403, 409, 413, 415, 422, 429)
 BODY_ERRORS = (400, 401, 415, 422)
 GEN, PERSONA = "/api/generate/{generation_id}", "/api/personas/{persona_id}"
@@ -69,7 +71,7 @@ ROUTES = (
           r.AcceptedOut, (202,), SUBMIT_ERRORS, PromptSubmit),
     Route("post", "/api/generate/from-image",
           "Submit a garment photo (multipart) or a ready VLT spec (JSON)",
-          r.AcceptedOut, (202,), SUBMIT_ERRORS, ImageSubmit, MULTIPART),
+          r.AcceptedOut, (202,), SUBMIT_ERRORS, SpecSubmit, form=ImageSubmit),
     Route("get", "/api/generate", "The caller's generations, newest first",
           r.GenerationPage, errors=(400, 401, 422), query=PAGE_QUERY),
     Route("get", GEN, "One generation", r.GenerationOut, errors=(401, 404)),
@@ -80,7 +82,7 @@ ROUTES = (
     Route("post", f"{GEN}/retry", "Resume a failed generation from its first unfinished stage",
           r.GenerationOut, (202,), (401, 404, 409)),
     Route("post", f"{GEN}/feedback", "Feedback on a generation",
-          r.FeedbackOut, (201,), (*BODY_ERRORS, 404), FeedbackIn),
+          r.FeedbackOut, (201,), (*BODY_ERRORS, 404, 409), FeedbackIn),
     Route("get", f"{GEN}/events",
           "Server-Sent Events: a `stage` event per stage change, then `done`",
           EVENT_STREAM, errors=(401, 404, 503)),
@@ -105,7 +107,7 @@ def build_spec() -> dict[str, Any]:
     refs, schemas = _schemas()
     paths: dict[str, dict[str, Any]] = {}
     for route in ROUTES:
-        paths.setdefault(route.path, {})[route.method] = _operation(route, refs)
+        paths.setdefault(route.path, {})[route.method] = _operation(route, refs, schemas)
     return {
         "openapi": "3.1.0",
         "info": {
@@ -122,7 +124,9 @@ def build_spec() -> dict[str, Any]:
     }
 
 
-def _operation(route: Route, refs: dict[type[BaseModel], Any]) -> dict[str, Any]:
+def _operation(
+    route: Route, refs: dict[type[BaseModel], Any], schemas: dict[str, Any]
+) -> dict[str, Any]:
     def answer(status: int, content: type[BaseModel] | Content | None) -> dict[str, Any]:
         if isinstance(content, type):
             content = {"application/json": {"schema": refs[content]}}
@@ -132,7 +136,7 @@ def _operation(route: Route, refs: dict[type[BaseModel], Any]) -> dict[str, Any]
     op: dict[str, Any] = {
         "summary": route.summary,
         "responses": {str(s): answer(s, route.answer) for s in route.ok}
-        | {str(s): answer(s, r.ErrorOut) for s in route.errors},
+        | {str(s): answer(s, r.ErrorOut) for s in (*route.errors, *HEAD_ERRORS)},
     }
     params = [
         {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
@@ -141,17 +145,49 @@ def _operation(route: Route, refs: dict[type[BaseModel], Any]) -> dict[str, Any]
     if params:
         op["parameters"] = params
     if route.body is not None:
-        json_body = {"application/json": {"schema": refs[route.body]}}
-        op["requestBody"] = {"required": True, "content": (route.form or {}) | json_body}
+        content = {"application/json": {"schema": refs[route.body]}}
+        if route.form is not None:
+            content = _multipart(schemas[route.form.__name__]["properties"]) | content
+        op["requestBody"] = {"required": True, "content": content}
     if not route.auth:
         op["security"] = []
     return op
 
 
+def _multipart(fields: dict[str, Any]) -> Content:
+    """from-image's form: the image, and ``ImageSubmit``'s fields but the
+    vltSpec, each a string (a field is sent or not: never null) but
+    ``settings``, a JSON part."""
+
+    def one(schema: dict[str, Any]) -> dict[str, Any]:
+        if "anyOf" not in schema:
+            return schema
+        [text] = [kind for kind in schema["anyOf"] if kind.get("type") == "string"]
+        return {k: v for k, v in schema.items() if k not in ("anyOf", "default", "title")} | text
+
+    properties = {"image": {"type": "string", "format": "binary"}} | {
+        name: one(schema) for name, schema in fields.items()
+    }
+    return {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["image"],
+                "properties": properties,
+                "additionalProperties": False,
+            },
+            "encoding": {
+                "image": {"contentType": IMAGE_TYPES},
+                "settings": {"contentType": "application/json"},
+            },
+        }
+    }
+
+
 def _schemas() -> tuple[dict[type[BaseModel], Any], dict[str, Any]]:
     """Refs to, and the schemas of, every model the routes name (and the
     models those use): requests as validated, answers as serialised."""
-    bodies = dict.fromkeys(route.body for route in ROUTES if route.body is not None)
+    bodies = dict.fromkeys(m for route in ROUTES for m in (route.body, route.form) if m is not None)
     answers = dict.fromkeys(route.answer for route in ROUTES if isinstance(route.answer, type))
     refs, top = models_json_schema(
         [(m, "validation") for m in bodies]

@@ -9,7 +9,7 @@ from app.api.auth import load_user
 from app.api.common import json_body, services
 from app.api.errors import not_found
 from app.api.responses import PersonaOut, PersonaPage, respond
-from app.api.schemas import PersonaIn, PersonaPatch
+from app.api.schemas import PersonaIn, PersonaPatch, parse
 from app.domain.models import Persona, new_id
 
 bp = Blueprint("personas", __name__, url_prefix="/api/personas")
@@ -55,7 +55,7 @@ def index():
 
 @bp.post("")
 def create():
-    body = PersonaIn.model_validate(json_body())
+    body = parse(PersonaIn, json_body())
     with services().db.session() as session:
         p = Persona(
             id=new_id("per"),
@@ -77,7 +77,7 @@ def show(persona_id: str):
 
 @bp.patch("/<persona_id>")
 def patch(persona_id: str):
-    body = PersonaPatch.model_validate(json_body())
+    body = parse(PersonaPatch, json_body())
     with services().db.session() as session:
         p = _owned(session, persona_id)
         for f, col in FIELDS.items():

@@ -1,30 +1,98 @@
-"""Request bodies, validated with pydantic. Field names are the API's camelCase."""
+"""Request bodies, validated with pydantic. Field names are the API's camelCase.
+
+The models are what /openapi.json says the API accepts, so they refuse what
+the document refuses: unknown fields (named in the 422), and values of
+another JSON type (no coercion: ``0`` is not a boolean, ``"2"`` no integer).
+Rules a JSON type cannot carry are in the document too, as patterns.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    model_validator,
+)
 
-from app.pipeline.vlt import normalize_spec
+from app.pipeline.vlt import VltSpec
 
 PROVIDER_CHOICES = ("auto", "google-imagen", "openai-dalle3", "openai-gpt-image", "local")
 SIZE_CHOICES = ("square", "portrait", "landscape", "1:1", "16:9", "9:16", "4:3", "3:4")
 MAX_PROMPT = 5000
 FeedbackType = Literal["outlier", "heart", "rating", "comment"]
 
+NO_NUL = "^[^\\u0000]*$"
+NOT_BLANK = "^[^\\u0000]*[^\\s\\u0000][^\\u0000]*$"  # and something besides whitespace
+
+
+def _no_nul(v: str) -> str:
+    # PostgreSQL text cannot hold NUL: a 422 naming the field, not a DataError.
+    if "\x00" in v:
+        raise ValueError("must not contain NUL characters")
+    return v
+
+
+def _tidy(v: str) -> str:
+    # Lengths are checked before the strip, as the document's maxLength says.
+    return _no_nul(v).strip()
+
+
+def _not_blank(v: str) -> str:
+    if not v:
+        raise ValueError("must not be empty or only whitespace")
+    return v
+
+
+def _integral(v: Any) -> Any:
+    # JSON has one number type: 2.0 is the integer 2 (as JSON Schema says).
+    return int(v) if isinstance(v, float) and v.is_integer() else v
+
+
+def text(max_length: int | None = None) -> Any:
+    """A string type: its length is checked as sent (the constraint comes
+    before the validators, as in the document), then it is stripped."""
+    limits = Field(max_length=max_length, json_schema_extra={"pattern": NO_NUL})
+    return Annotated[str, limits, AfterValidator(_tidy)]
+
+
+def words(max_length: int) -> Any:
+    """A string type that must hold more than whitespace."""
+    limits = Field(min_length=1, max_length=max_length, json_schema_extra={"pattern": NOT_BLANK})
+    return Annotated[str, limits, AfterValidator(_tidy), AfterValidator(_not_blank)]
+
+
+Int = Annotated[int, BeforeValidator(_integral)]
+WebhookUrl = Annotated[
+    str,
+    AfterValidator(_no_nul),
+    Field(
+        max_length=2000,
+        json_schema_extra={
+            "pattern": "^https?://[^\\u0000]*$",
+            "description": "https, to a host that resolves to public addresses only "
+            "(plain http only to loopback, in development: BFF_ALLOW_HTTP_WEBHOOKS)",
+        },
+    ),
+]
+PersonaId = Annotated[text(40), Field(description="one of the caller's personas")]
+
 
 class _Body(BaseModel):
-    # Unknown fields are ignored so older clients keep working.
-    model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
+    model_config = ConfigDict(extra="forbid", strict=True)
 
-    @field_validator("*")
-    @classmethod
-    def _no_nul(cls, v: Any) -> Any:
-        # PostgreSQL text cannot hold NUL; refuse it here as a 422 with the field.
-        if isinstance(v, str) and "\x00" in v:
-            raise ValueError("must not contain NUL characters")
-        return v
+
+B = TypeVar("B", bound=_Body)
+
+
+def parse(model: type[B], data: Any) -> B:
+    """``data`` as ``model``, strictly all the way down: the vltSpec's own
+    models are not ours and are lax unless the validation says so."""
+    return model.model_validate(data, strict=True)
 
 
 class GenerationSettings(_Body):
@@ -33,60 +101,84 @@ class GenerationSettings(_Body):
     )
     strategy: Literal["balanced", "quality", "cost", "speed"] = "balanced"
     quality: Literal["standard", "hd"] = "standard"
-    size: str = "square"
-    count: int = Field(1, ge=1, le=4)
+    size: Literal[SIZE_CHOICES] = "square"
+    count: Int = Field(1, ge=1, le=4)
     enhance: Literal["auto", "off"] = "auto"  # off: the prompt goes to the provider as written
     style: Literal["natural", "vivid"] = "natural"  # DALL-E 3's
     safetyLevel: Literal[  # noqa: N815 - the API's camelCase
         "block_low_and_above", "block_medium_and_above", "block_only_high"
     ] = "block_only_high"  # Imagen's safety filter
+    aspectRatio: Literal[SIZE_CHOICES] | None = Field(
+        None,
+        exclude=True,  # stored and shown as size
+        description="the older name of size, used when size is not sent",
+        json_schema_extra={"deprecated": True},
+    )
 
-    @model_validator(mode="before")
-    @classmethod
-    def _aliases(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "size" not in data and "aspectRatio" in data:
-            data = {**data, "size": data["aspectRatio"]}
-        return data
-
-    @field_validator("size")
-    @classmethod
-    def _size(cls, v: str) -> str:
-        if v not in SIZE_CHOICES:
-            raise ValueError(f"size must be one of {', '.join(SIZE_CHOICES)}")
-        return v
+    @model_validator(mode="after")
+    def _older_name(self) -> GenerationSettings:
+        if self.aspectRatio is not None and "size" not in self.model_fields_set:
+            self.size = self.aspectRatio
+        return self
 
 
 class _Submit(_Body):
     settings: GenerationSettings = Field(default_factory=GenerationSettings)
-    webhookUrl: str | None = Field(None, max_length=2000)
-    userId: int | str | None = None
+    webhookUrl: WebhookUrl | None = None
+    userId: Int | str | None = Field(None, description="if sent, the API key's own user")
 
 
 class PromptSubmit(_Submit):
-    prompt: str = Field(min_length=1, max_length=MAX_PROMPT)
-    negativePrompt: str | None = Field(None, max_length=MAX_PROMPT)
-    personaId: str | None = Field(None, max_length=40)
+    prompt: words(MAX_PROMPT)
+    negativePrompt: text(MAX_PROMPT) | None = None
+    personaId: PersonaId | None = None
 
 
 class ImageSubmit(_Submit):
-    """JSON form of from-image (a ready ``vltSpec``) and the multipart fields."""
+    """from-image's multipart fields, beside the ``image`` file."""
 
-    vltSpec: dict[str, Any] | None = None
-    prompt: str | None = Field(None, max_length=MAX_PROMPT)
-    negativePrompt: str | None = Field(None, max_length=MAX_PROMPT)
-    personaId: str | None = Field(None, max_length=40)
+    prompt: text(MAX_PROMPT) | None = None
+    negativePrompt: text(MAX_PROMPT) | None = None
+    personaId: PersonaId | None = None
 
-    @field_validator("vltSpec")
-    @classmethod
-    def _spec(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
-        return normalize_spec(v) if v is not None else None
+
+class SpecSubmit(ImageSubmit):
+    """from-image as JSON: a ready VLT spec instead of the photo."""
+
+    vltSpec: VltSpec
 
 
 class FeedbackIn(_Body):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "allOf": [
+                {
+                    "if": {"properties": {"feedbackType": {"const": "rating"}}},
+                    "then": {"required": ["rating"], "properties": {"rating": {"type": "integer"}}},
+                },
+                {
+                    "if": {"properties": {"feedbackType": {"const": "comment"}}},
+                    "then": {
+                        "required": ["comment"],
+                        "properties": {"comment": {"type": "string", "pattern": NOT_BLANK}},
+                    },
+                },
+            ]
+        }
+    )
+
     feedbackType: FeedbackType
-    rating: int | None = Field(None, ge=1, le=5)
-    comment: str | None = Field(None, max_length=5000)
-    assetId: int | None = None
+    # Constraints before the validator: after it, the document reads "ge", not "minimum".
+    rating: Annotated[int, Field(ge=1, le=5), BeforeValidator(_integral)] | None = Field(
+        None, description="required when feedbackType is rating"
+    )
+    comment: text(5000) | None = Field(
+        None, description="required (not blank) when feedbackType is comment"
+    )
+    # Ids are 64-bit: a larger number names no asset, and the database cannot hold it.
+    assetId: Annotated[int, Field(ge=1, le=2**63 - 1), BeforeValidator(_integral)] | None = Field(
+        None, description="one of this generation's assets"
+    )
     metadata: dict[str, Any] | None = None
 
     @model_validator(mode="after")
@@ -99,18 +191,21 @@ class FeedbackIn(_Body):
 
 
 class PersonaIn(_Body):
-    name: str = Field(min_length=1, max_length=120)
-    description: str = Field("", max_length=5000)
-    keywords: list[str] = Field(default_factory=list, max_length=50)
-    palette: list[str] = Field(default_factory=list, max_length=20)
-    aesthetic: str | None = Field(None, max_length=60)
+    name: words(120)
+    description: text(5000) = ""
+    keywords: list[text()] = Field(default_factory=list, max_length=50)
+    palette: list[text()] = Field(default_factory=list, max_length=20)
+    aesthetic: text(60) | None = None
     isDefault: bool = False
 
 
 class PersonaPatch(_Body):
-    name: str | None = Field(None, min_length=1, max_length=120)
-    description: str | None = Field(None, max_length=5000)
-    keywords: list[str] | None = Field(None, max_length=50)
-    palette: list[str] | None = Field(None, max_length=20)
-    aesthetic: str | None = Field(None, max_length=60)
+    name: words(120) | None = None
+    description: text(5000) | None = None
+    keywords: list[text()] | None = Field(None, max_length=50)
+    palette: list[text()] | None = Field(None, max_length=20)
+    aesthetic: text(60) | None = None
     isDefault: bool | None = None
+
+
+FORM_FIELDS = tuple(ImageSubmit.model_fields)

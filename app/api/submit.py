@@ -17,10 +17,10 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from app.api.auth import load_user
-from app.api.common import Services, check_user_id, json_body, services
+from app.api.common import Services, check_user_id, json_body, parse_json, services
 from app.api.errors import ApiError
 from app.api.responses import AcceptedOut, generation_path, respond
-from app.api.schemas import ImageSubmit, PromptSubmit
+from app.api.schemas import FORM_FIELDS, ImageSubmit, PromptSubmit, SpecSubmit, parse
 from app.api.uploads import read_image
 from app.domain import generations as svc
 from app.domain.models import Generation, Persona, new_id, utcnow
@@ -36,6 +36,7 @@ bp = Blueprint("submit", __name__, url_prefix="/api/generate")
 bp.before_request(load_user)
 
 Upload = tuple[bytes, str, str]  # bytes, content type, extension
+Body = PromptSubmit | ImageSubmit  # SpecSubmit is an ImageSubmit
 
 
 def _accepted(gen_id: str) -> Response:
@@ -85,7 +86,11 @@ def _invalid(field: str, message: str, summary: str | None = None) -> ApiError:
     )
 
 
-def _check_request(body: PromptSubmit | ImageSubmit, settings: dict[str, Any]) -> None:
+def _spec(body: Body) -> dict[str, Any] | None:
+    return body.vltSpec.model_dump(mode="json") if isinstance(body, SpecSubmit) else None
+
+
+def _check_request(body: Body, settings: dict[str, Any]) -> None:
     """The checks that need no database."""
     check_user_id(body.userId)
     config = services().settings
@@ -105,7 +110,7 @@ def _check_request(body: PromptSubmit | ImageSubmit, settings: dict[str, Any]) -
                 f"provider {provider} cannot be used: {why}",
                 [{"field": "settings.provider", "message": why}],
             )
-    if body.webhookUrl and (why := submit_url_problem(body.webhookUrl, config)):
+    if body.webhookUrl is not None and (why := submit_url_problem(body.webhookUrl, config)):
         raise _invalid("webhookUrl", why)
 
 
@@ -134,7 +139,7 @@ def _store_upload(s: Services, gen_id: str, upload: Upload) -> str:
 
 
 def _submit(
-    body: PromptSubmit | ImageSubmit,
+    body: Body,
     mode: str,
     payload: dict[str, Any],
     upload: Upload | None = None,
@@ -162,7 +167,7 @@ def _submit(
                 prompt=body.prompt,
                 negative_prompt=body.negativePrompt,
                 persona_id=body.personaId,
-                vlt_spec=body.vltSpec if isinstance(body, ImageSubmit) else None,
+                vlt_spec=_spec(body),
                 webhook_url=body.webhookUrl,
                 idempotency_key=key,
                 request_hash=req_hash,
@@ -202,35 +207,36 @@ def _leave_to_dispatcher(s: Services, gen_id: str) -> None:
 @bp.post("/from-prompt")
 def from_prompt():
     payload = json_body()
-    return _submit(PromptSubmit.model_validate(payload), "prompt", payload)
+    return _submit(parse(PromptSubmit, payload), "prompt", payload)
 
 
 @bp.post("/from-image")
 def from_image():
     if request.is_json:
         payload = json_body()
-        body = ImageSubmit.model_validate(payload)
-        if body.vltSpec is None:
-            raise _invalid(
-                "vltSpec", "required without an image", "send an image file or a vltSpec"
-            )
-        return _submit(body, "image", payload)
+        return _submit(parse(SpecSubmit, payload), "image", payload)
     if not request.mimetype.startswith("multipart/form-data"):
         raise ApiError(
             415,
             "unsupported_media_type",
             "send multipart/form-data with an 'image' file, or JSON with a vltSpec",
         )
+    extra = set(request.form) - {*FORM_FIELDS, "image"} | set(request.files) - {"image"}
+    unknown = sorted(name or "(a part without a name)" for name in extra)
+    if unknown:
+        raise ApiError(
+            422,
+            "validation_error",
+            f"unknown form fields: {', '.join(unknown)}",
+            [{"field": name, "message": "unknown field"} for name in unknown],
+        )
     file = request.files.get("image")
     if file is None:
         raise _invalid("image", "required", "the 'image' file field is required")
     fields: dict[str, Any] = {k: v for k, v in request.form.items() if k != "settings"}
     if "settings" in request.form:
-        try:
-            fields["settings"] = json.loads(request.form["settings"])
-        except ValueError:
-            raise ApiError(400, "malformed_json", "the settings field is not valid JSON") from None
-    body = ImageSubmit.model_validate(fields)
+        fields["settings"] = parse_json(request.form["settings"], "the settings field")
+    body = parse(ImageSubmit, fields)
     limits = services().settings
     upload = read_image(file, limits.max_upload_bytes, limits.max_image_pixels)
     return _submit(body, "image", fields, upload)

@@ -1,11 +1,15 @@
-"""Checking an uploaded garment photo by its content, never its name."""
+"""Checking an uploaded garment photo by its content, never its name: the
+format from its bytes, the pixel count from its header, then a full decode,
+so a truncated or corrupt file is refused at submit rather than failing the
+``analyze`` stage later."""
 
 from __future__ import annotations
 
 import io
+import threading
 import warnings
 
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from werkzeug.datastructures import FileStorage
 
 from app.api.errors import ApiError
@@ -15,6 +19,24 @@ ALLOWED = {
     "JPEG": ("image/jpeg", "jpg"),
     "WEBP": ("image/webp", "webp"),
 }
+# Decoding a 40 M pixel image holds ~150 MB (PNG) to ~600 MB (WebP) for about
+# a second; one web process decodes at most this many at once, so a burst of
+# small files that claim many pixels cannot exhaust its memory.
+_DECODES = threading.BoundedSemaphore(2)
+
+
+def _unsupported(message: str) -> ApiError:
+    details = [{"field": "image", "message": message}]
+    return ApiError(415, "unsupported_media_type", message, details)
+
+
+def _invalid(why: str) -> ApiError:
+    return ApiError(
+        422,
+        "invalid_image",
+        f"the image cannot be decoded ({why}): it is corrupt or truncated",
+        [{"field": "image", "message": why}],
+    )
 
 
 def read_image(file: FileStorage, max_bytes: int, max_pixels: int) -> tuple[bytes, str, str]:
@@ -33,22 +55,29 @@ def read_image(file: FileStorage, max_bytes: int, max_pixels: int) -> tuple[byte
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as img:
-                fmt, (w, h) = img.format, img.size
-                if fmt in ALLOWED and w * h <= max_pixels:
-                    img.verify()
+                _check(img, max_pixels)
+                if img.format == "JPEG":
+                    img.draft("RGB", (1, 1))  # every block still decoded, at 1/8 scale
+                with _DECODES:
+                    img.load()
+    except ApiError:
+        raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ApiError(422, "image_too_large", "image has too many pixels") from None
-    except Exception:
-        raise ApiError(
-            415, "unsupported_media_type", "the upload is not a readable PNG, JPEG or WebP image"
-        ) from None
-    if fmt not in ALLOWED:
-        raise ApiError(
-            415, "unsupported_media_type", f"{fmt} images are not accepted: send PNG, JPEG or WebP"
-        )
+    except UnidentifiedImageError:
+        raise _unsupported("the upload is not a readable PNG, JPEG or WebP image") from None
+    except Exception as exc:  # Pillow's decoders raise OSError, SyntaxError, ValueError, ...
+        raise _invalid(str(exc) or type(exc).__name__) from None
+    content_type, ext = ALLOWED[img.format]
+    return data, content_type, ext
+
+
+def _check(img: Image.Image, max_pixels: int) -> None:
+    """Format and size from the header alone: before anything is decoded."""
+    if img.format not in ALLOWED:
+        raise _unsupported(f"{img.format} images are not accepted: send PNG, JPEG or WebP")
+    w, h = img.size
     if w * h > max_pixels:
         raise ApiError(
             422, "image_too_large", f"image has {w * h} pixels; at most {max_pixels} are accepted"
         )
-    content_type, ext = ALLOWED[fmt]
-    return data, content_type, ext

@@ -4,8 +4,7 @@ session and never commit."""
 
 from __future__ import annotations
 
-import base64
-import json
+import re
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
@@ -187,22 +186,25 @@ SHOW = (
 )
 
 
+CURSOR_PATTERN = "^[0-9]{1,17}\\.gen_[0-9a-f]{24}$"
+"""A page's position: microseconds since the epoch of the last item's
+``created_at``, and its id. Every string of this shape is a position, so any
+cursor the API's document allows is one the API answers."""
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
 def encode_cursor(gen: Generation) -> str:
-    raw = json.dumps([iso(gen.created_at), gen.id]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    created = gen.created_at if gen.created_at.tzinfo else gen.created_at.replace(tzinfo=UTC)
+    return f"{(created - _EPOCH) // _MICROSECOND}.{gen.id}"
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, str]:
     """Raises ValueError on anything that is not one of our cursors."""
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        created, gid = json.loads(raw)
-        dt = datetime.fromisoformat(created.replace("Z", "+00:00"))
-    except Exception as exc:
-        raise ValueError("invalid cursor") from exc
-    if not isinstance(gid, str):
+    if not re.fullmatch(CURSOR_PATTERN, cursor):
         raise ValueError("invalid cursor")
-    return dt, gid
+    micros, gid = cursor.split(".")
+    return _EPOCH + int(micros) * _MICROSECOND, gid
 
 
 def list_page(
@@ -217,7 +219,7 @@ def list_page(
     )
     if status:
         q = q.where(Generation.status == status)
-    if cursor:
+    if cursor is not None:
         created, gid = decode_cursor(cursor)
         if session.get_bind().dialect.name == "sqlite":
             created = created.replace(tzinfo=None)  # compare like with like

@@ -95,7 +95,11 @@ def checkpoint_of(stage: GenerationStage) -> dict[str, Any]:
 
 
 def checkpointer(
-    session: Session, stage_id: int, task_id: str | None, patience: float = CHECKPOINT_PATIENCE
+    session: Session,
+    generation_id: str,
+    stage_id: int,
+    task_id: str | None,
+    patience: float = CHECKPOINT_PATIENCE,
 ) -> Callable[[dict[str, Any]], None]:
     """Commit partial progress in the stage's session. A checkpoint usually
     records something just paid for (a prediction id), so a database outage
@@ -105,7 +109,7 @@ def checkpointer(
         deadline, delay = time.monotonic() + patience, 0.2
         while True:
             try:
-                _save_checkpoint(session, stage_id, task_id, state)
+                _save_checkpoint(session, generation_id, stage_id, task_id, state)
                 return
             except StageLeaseLost:
                 session.rollback()
@@ -122,18 +126,18 @@ def checkpointer(
 
 
 def _save_checkpoint(
-    session: Session, stage_id: int, task_id: str | None, state: dict[str, Any]
+    session: Session, generation_id: str, stage_id: int, task_id: str | None, state: dict
 ) -> None:
-    # Fence: lock the stage row and make sure this copy still owns it. A copy
-    # that stalled (e.g. blocked while Redis was down) and was taken over
-    # must not go on to pay for anything.
-    stage = session.get(GenerationStage, stage_id, with_for_update=True, populate_existing=True)
+    # Fence: lock the generation (first, as everyone who changes it does, so
+    # two writers never wait on each other in opposite orders) and make sure
+    # this copy still owns the stage. A copy that stalled (e.g. blocked while
+    # Redis was down) and was taken over must not go on to pay for anything.
+    gen = lock(session, generation_id)
+    stage = next((s for s in gen.stages if s.id == stage_id), None) if gen else None
     if stage is None:
         raise StageLeaseLost("the generation was deleted")
     if task_id is not None and stage.task_id != task_id:
         raise StageLeaseLost(f"{stage.name} was taken over by {stage.task_id}")
     stage.output = {**state, CHECKPOINT: True}
-    session.execute(  # progress: renews the lease
-        update(Generation).where(Generation.id == stage.generation_id).values(updated_at=utcnow())
-    )
+    gen.updated_at = utcnow()  # progress: renews the lease
     session.commit()

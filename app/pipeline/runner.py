@@ -110,7 +110,7 @@ def run_stage(
             settings,
             storage,
             previous=checkpoint_of(stage),
-            checkpoint=checkpointer(session, stage.id, task_id),
+            checkpoint=checkpointer(session, gen.id, stage.id, task_id),
         )
         prefix = generation_prefix(gen.user_id, gen.id)
         with heartbeat(db, stage, task_id, every=settings.stall_timeout / 3):

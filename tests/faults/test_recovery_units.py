@@ -102,7 +102,7 @@ def test_a_checkpoint_waits_out_a_short_database_outage(app, user, monkeypatch):
             real_commit()
 
         monkeypatch.setattr(session, "commit", flaky_commit)
-        lease.checkpointer(session, stage_id, None)({"predictions": ["p1"]})
+        lease.checkpointer(session, gen_id, stage_id, None)({"predictions": ["p1"]})
     with s.db.session() as session:
         output = session.get(Generation, gen_id).stage("generate").output
     assert output == {"predictions": ["p1"], "checkpoint": True}
@@ -114,7 +114,7 @@ def test_a_checkpoint_does_not_retry_other_database_errors(app, user, monkeypatc
         gen = svc.create(session, user_id=user.id, mode="prompt", settings={}, prompt="linen")
         gen.stages = svc.new_stages()  # as its first claim writes them
         session.flush()
-        stage_id = gen.stage("generate").id
+        stage_id, gen_id = gen.stage("generate").id, gen.id
     with s.db.Session() as session:
         calls, real_commit = [], session.commit
 
@@ -124,7 +124,7 @@ def test_a_checkpoint_does_not_retry_other_database_errors(app, user, monkeypatc
 
         monkeypatch.setattr(session, "commit", bad_commit)
         with pytest.raises(IntegrityError):
-            lease.checkpointer(session, stage_id, None)({"x": 1})
+            lease.checkpointer(session, gen_id, stage_id, None)({"x": 1})
         monkeypatch.setattr(session, "commit", real_commit)
     assert calls == [1]
 

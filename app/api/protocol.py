@@ -1,0 +1,54 @@
+"""What every request meets before its route: our size limits on the URL and
+the headers (414 and 431 in the JSON error envelope) and ``OPTIONS``.
+
+gunicorn parses the request head first and answers what it refuses with its
+own HTML page, so its limits (gunicorn.conf.py) sit above these: everything
+it lets through and these refuse is answered here, as JSON. Which layer
+answers what: docs/operations.md, "Request limits".
+"""
+
+from __future__ import annotations
+
+from flask import Flask, Response, current_app, request
+
+from app.api.errors import ApiError
+
+MAX_URL_BYTES = 4096  # path and query string, as sent
+MAX_HEADER_FIELDS = 64
+MAX_HEADER_BYTES = 16 * 1024  # all fields, names and values
+
+
+def register(app: Flask) -> None:
+    app.before_request(_check_limits)
+    app.before_request(_options)
+
+
+def _check_limits() -> None:
+    target = request.environ.get("RAW_URI") or request.full_path
+    if len(target) > MAX_URL_BYTES:
+        raise ApiError(
+            414, "uri_too_long", f"the URL is {len(target)} bytes; at most {MAX_URL_BYTES} are read"
+        )
+    fields = list(request.headers.items())
+    size = sum(len(name) + len(value) + 4 for name, value in fields)  # "name: value\r\n"
+    if len(fields) > MAX_HEADER_FIELDS or size > MAX_HEADER_BYTES:
+        raise ApiError(
+            431,
+            "headers_too_large",
+            f"the request has {len(fields)} header fields, {size} bytes; at most "
+            f"{MAX_HEADER_FIELDS} fields and {MAX_HEADER_BYTES} bytes are read",
+        )
+
+
+def _options() -> Response | None:
+    """``204`` and ``Allow``: the methods of the route the path names (not of
+    a dynamic route it also matches: from-prompt is no generation id)."""
+    rule = request.url_rule
+    if request.method != "OPTIONS" or rule is None:
+        return None  # an unknown path's OPTIONS is the usual JSON 404
+    same_path = (r for r in current_app.url_map.iter_rules() if r.rule == rule.rule)
+    methods = {m for r in same_path for m in r.methods}
+    resp = current_app.response_class(status=204)
+    del resp.headers["Content-Type"]  # no body, so no media type (not text/html)
+    resp.headers["Allow"] = ", ".join(sorted(methods))
+    return resp

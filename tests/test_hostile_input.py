@@ -1,0 +1,248 @@
+"""Hostile input gets a clear 4xx in the JSON error envelope, never a 5xx or
+HTML, and nothing is stored for a refused request."""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+import zlib
+
+import pytest
+import requests
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+from sqlalchemy import func, select
+
+from app import create_app
+from app.api.schemas import SIZE_CHOICES
+from app.domain.models import Generation
+from tests.conftest import make_user
+from tests.support.live import live_api
+from tests.support.pipeline import png_bytes, services, submit_image
+
+FIELDS = ("prompt", "negativePrompt", "personaId", "settings", "vltSpec", "webhookUrl", "userId")
+RECORD = ("garmentType", "silhouette", "colors", "confidence", "promptText")
+
+
+def nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+def stored(app) -> tuple[int, int]:
+    """Generation rows and stored objects."""
+    s = services(app)
+    with s.db.session() as session:
+        rows = session.scalar(select(func.count()).select_from(Generation))
+    return rows, sum(p.is_file() for p in s.settings.media_root.rglob("*"))
+
+
+def assert_refused(app, resp, status: int | None = None, code: str | None = None) -> dict:
+    """A 4xx JSON error (``status`` if given), and no generation row or object."""
+    assert 400 <= resp.status_code < 500, (resp.status_code, resp.get_data(as_text=True)[:300])
+    assert status is None or resp.status_code == status, resp.get_data(as_text=True)[:300]
+    assert resp.mimetype == "application/json"
+    err = resp.get_json()["error"]
+    assert err["message"] and set(err) == {"code", "message", "details"}
+    assert code is None or err["code"] == code, err
+    assert stored(app) == (0, 0)
+    return err
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG whose header claims ``width`` x ``height``: a decompression bomb
+    needs no real pixels to be refused."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        return struct.pack(">I", len(data)) + kind + data + crc
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0"))
+        + chunk(b"IEND", b"")
+    )
+
+
+@pytest.mark.parametrize(
+    "method,path,template,depth",
+    [
+        ("post", "/api/generate/from-prompt", '{"prompt": "x", "settings": %s}', 5000),
+        ("post", "/api/generate/from-prompt", '{"prompt": "x", "settings": %s}', 33),
+        ("post", "/api/generate/from-image", '{"vltSpec": {"records": %s}}', 1500),
+        ("post", "/api/personas", '{"name": %s}', 100_000),
+        ("patch", "/api/personas/per_x", '{"keywords": %s}', 1000),
+    ],
+)
+def test_deeply_nested_json_is_400(app, client, user, method, path, template, depth):
+    body = template % nested(depth)
+    resp = getattr(client, method)(
+        path, data=body, content_type="application/json", headers=user.headers
+    )
+    assert_refused(app, resp, 400, "malformed_json")
+
+
+def test_deeply_nested_settings_field_is_400(app, client, user):
+    resp = submit_image(client, user.headers, settings=nested(5000))
+    assert_refused(app, resp, 400, "malformed_json")
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+@pytest.mark.parametrize("keep", [0.5, 0.9])
+def test_truncated_image_is_422(app, client, user, fmt, keep):
+    data = png_bytes((200, 240), fmt=fmt)
+    resp = submit_image(client, user.headers, data[: int(len(data) * keep)])
+    err = assert_refused(app, resp, 422, "invalid_image")
+    assert err["details"][0]["field"] == "image"
+
+
+@pytest.mark.parametrize("w,h", [(7000, 7000), (20000, 20000)])  # our cap; Pillow's bomb limit
+def test_too_many_pixels_is_422(app, client, user, w, h):
+    assert_refused(
+        app, submit_image(client, user.headers, png_header(w, h)), 422, "image_too_large"
+    )
+
+
+# ------------------------------------------------------ properties, at random
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+SETTINGS_JSON = st.fixed_dictionaries(  # mostly valid values, some not
+    {},
+    optional={
+        "provider": st.sampled_from(["auto", "local", "openai-dalle3", "midjourney"]),
+        "size": st.sampled_from([*SIZE_CHOICES, "2:1"]),
+        "aspectRatio": st.sampled_from(SIZE_CHOICES) | JSON,
+        "count": st.integers(0, 5) | st.floats(0, 5),
+        "quality": JSON,
+    },
+)
+NEAR_VALID = st.fixed_dictionaries(
+    {"prompt": st.text(min_size=1, max_size=30)},
+    optional={
+        "settings": SETTINGS_JSON,
+        "negativePrompt": st.text(max_size=10) | JSON,
+        "vltSpec": st.fixed_dictionaries(
+            {"records": st.lists(st.dictionaries(st.sampled_from(RECORD), JSON), max_size=2)}
+        ),
+    },
+)
+BODIES = st.one_of(
+    NEAR_VALID,
+    JSON,
+    st.dictionaries(st.sampled_from(FIELDS) | st.text(max_size=8), JSON, max_size=5),
+    st.integers(1, 3000).map(nested),
+)
+FORMS = st.dictionaries(
+    st.sampled_from(["prompt", "negativePrompt", "userId", "webhookUrl"]) | st.text(max_size=8),
+    st.text(max_size=30),
+    max_size=3,
+)
+
+
+def image_bytes():
+    """Random bytes, real images cut at a random offset, headers claiming huge sizes."""
+    real = st.sampled_from(["PNG", "JPEG", "WEBP"]).map(lambda fmt: png_bytes((48, 40), fmt=fmt))
+    cut = st.tuples(real, st.floats(0, 1)).map(lambda t: t[0][: int(len(t[0]) * t[1])])
+    huge = st.tuples(st.integers(1, 2**31 - 1), st.integers(1, 2**31 - 1)).map(
+        lambda wh: png_header(*wh)
+    )
+    return st.one_of(st.binary(max_size=300), cut, huge, real)
+
+
+def check_answer(app, resp, before: tuple[int, int]) -> None:
+    """Never a 5xx; a 4xx is the JSON envelope and stores nothing."""
+    assert resp.status_code < 500, resp.get_data(as_text=True)[:300]
+    if resp.status_code >= 400:
+        assert resp.mimetype == "application/json"
+        assert set(resp.get_json()["error"]) == {"code", "message", "details"}
+        assert stored(app) == before
+    else:
+        assert resp.status_code == 202 and stored(app)[0] == before[0] + 1
+
+
+HYPOTHESIS = settings(
+    max_examples=100,
+    derandomize=True,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
+
+@pytest.fixture
+def unlimited(app_config):
+    app = create_app({**app_config, "BFF_SUBMIT_RATE_LIMIT": "0"})
+    return app, app.test_client(), make_user(app, "fuzz").headers
+
+
+@HYPOTHESIS
+@given(path=st.sampled_from(["from-prompt", "from-image"]), body=BODIES, raw=st.binary(max_size=64))
+def test_any_json_body_gets_an_answer_not_an_error(unlimited, path, body, raw):
+    app, client, headers = unlimited
+    for data in (body if isinstance(body, str) else json.dumps(body), raw):
+        before = stored(app)
+        resp = client.post(
+            f"/api/generate/{path}", data=data, content_type="application/json", headers=headers
+        )
+        check_answer(app, resp, before)
+
+
+@HYPOTHESIS
+@given(
+    image=image_bytes(),
+    form=st.dictionaries(
+        st.sampled_from(FIELDS) | st.text(min_size=1, max_size=8), st.text(max_size=30), max_size=3
+    ),
+    settings_json=st.none() | SETTINGS_JSON.map(json.dumps) | st.text(max_size=20),
+)
+def test_any_upload_gets_an_answer_not_an_error(unlimited, image, form, settings_json):
+    app, client, headers = unlimited
+    if settings_json is not None:
+        form["settings"] = settings_json
+    before = stored(app)
+    resp = submit_image(client, headers, image, **form)
+    check_answer(app, resp, before)
+    if resp.status_code == 202:  # what the analyze stage will read decodes in full
+        Image.open(io.BytesIO(image)).convert("RGB")
+
+
+# ------------------------------------------------- the HTTP server in front
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    with live_api(tmp_path_factory.mktemp("live")) as api:
+        yield api
+
+
+@pytest.mark.parametrize(
+    "url,headers,status,layer",
+    [
+        ("/api/generate?cursor=" + "c" * 5_000, {}, 414, "flask"),
+        ("/api/generate?cursor=" + "c" * 20_000, {}, 414, "gunicorn"),
+        ("/api/generate", {f"X-Pad-{i}": "p" * 2_000 for i in range(10)}, 431, "flask"),
+        ("/api/generate", {f"X-Pad-{i}": "p" for i in range(80)}, 431, "flask"),
+        ("/api/generate", {"X-Pad": "p" * 40_000}, 431, "gunicorn"),
+    ],
+    ids=["url-5k", "url-20k", "headers-20k", "headers-80", "header-40k"],
+)
+def test_oversized_heads_answer_as_docs_operations_says(live, url, headers, status, layer):
+    """Our limits answer JSON; past gunicorn's own (a request line over 8190
+    bytes, one header field over 8190) gunicorn answers, in HTML, before the
+    app: its limits stay bounded because its parser's cost grows with the
+    square of the head's size (docs/operations.md, "Request limits")."""
+    resp = requests.get(live.base_url + url, headers={**live.headers, **headers}, timeout=10)
+    assert resp.status_code == status
+    if layer == "flask":
+        assert resp.headers["Content-Type"] == "application/json"
+        assert resp.json()["error"]["code"] in ("uri_too_long", "headers_too_large")
+    else:
+        assert resp.headers["Content-Type"] == "text/html"
