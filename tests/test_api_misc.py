@@ -127,6 +127,8 @@ def test_stats(app, client, user, other_user, monkeypatch):
     assert stats["avgDurationSeconds"] is not None and stats["avgDurationSeconds"] >= 0
     assert stats["stageDurationsMs"]["generate"]["count"] == 3
     assert stats["stageDurationsMs"]["enhance"]["count"] == 4  # the failed one got past it
+    [table] = stats["costByPriceTable"]  # which prices the costs were computed with
+    assert table["table"].startswith("builtin ") and table["cost"] == pytest.approx(0.06)
     today = datetime.now(UTC).date().isoformat()
     [day] = stats["costByDay"]
     assert day["day"].startswith(today)

@@ -57,3 +57,24 @@ def test_daily_spend_cap(app, client, user, runner):
     assert resp.json["error"]["code"] == "budget_exceeded"
     assert runner.invoke(args=["users", "cap", "alice"]).exit_code == 0
     assert submit(client, user).status_code == 202
+
+
+def test_a_request_the_cap_cannot_cover_is_refused_with_its_estimate(app_config, runner):
+    app = create_app({**app_config, "REPLICATE_API_TOKEN": "r8_test"})  # Imagen: $0.06 an image
+    client, alice = app.test_client(), make_user(app, "alice")
+    runner.app = app
+    assert runner.invoke(args=["users", "cap", "alice", "0.10"]).exit_code == 0
+    body = {"prompt": "red wool coat", "settings": {"provider": "google-imagen", "count": 2}}
+    resp = client.post("/api/generate/from-prompt", json=body, headers=alice.headers)
+    assert resp.status_code == 403 and resp.json["error"]["code"] == "budget_exceeded"
+    assert resp.json["error"]["details"] == {"spent": 0, "cap": 0.1, "estimate": 0.12}
+    body["settings"]["count"] = 1  # $0.06 fits
+    assert (
+        client.post("/api/generate/from-prompt", json=body, headers=alice.headers).status_code
+        == 202
+    )
+    body["settings"] = {"provider": "auto", "count": 2}  # auto: the dearest that could serve
+    assert (
+        client.post("/api/generate/from-prompt", json=body, headers=alice.headers).status_code
+        == 403
+    )

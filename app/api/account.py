@@ -49,6 +49,14 @@ def stats():
             {"u": g.user_id},
         ):
             by_day[str(day)][provider] = round(float(cost or 0), 4)
+        table = GenerationStage.output["priceTable"].as_string()
+        by_table = session.execute(
+            select(table, func.sum(Generation.cost))
+            .join(Generation, Generation.id == GenerationStage.generation_id)
+            .where(Generation.user_id == g.user_id, GenerationStage.name == "generate")
+            .where(GenerationStage.status == "completed")
+            .group_by(table)
+        ).all()
     total = int(row.get("total_generations") or 0)
     completed = int(row.get("completed") or 0)
     finished = completed + int(row.get("failed") or 0)
@@ -68,6 +76,10 @@ def stats():
             "stage_durations_ms": {
                 name: {"avg": round(float(avg or 0), 1), "count": n} for name, avg, n in stages
             },
+            "cost_by_price_table": [
+                {"table": name or "before price tables were recorded", "cost": round(float(c), 4)}
+                for name, c in by_table
+            ],
             "cost_by_day": [
                 {"day": d, "by_provider": p, "total": round(sum(p.values()), 4)}
                 for d, p in by_day.items()

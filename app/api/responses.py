@@ -236,6 +236,11 @@ class DayCost(Out):
     total: float
 
 
+class TableCost(Out):
+    table: str  # the price table the costs were computed with (app/providers/prices.toml)
+    cost: float
+
+
 class StatsOut(Out):
     counts: StatsCounts
     success_rate: float | None
@@ -244,6 +249,7 @@ class StatsOut(Out):
     avg_duration_seconds: float | None
     stage_durations_ms: dict[str, StageDuration]
     cost_by_day: list[DayCost]
+    cost_by_price_table: list[TableCost]
 
 
 class WebhookSecretOut(Out):

@@ -25,7 +25,7 @@ from app.api.uploads import read_image
 from app.domain import generations as svc
 from app.domain.models import Generation, Persona, new_id, utcnow
 from app.domain.quotas import check_submission
-from app.pipeline.route import exclusion, routing_request
+from app.pipeline.route import estimate, exclusion, routing_request
 from app.platform.config import PROVIDER_KEY_VARS
 from app.platform.queue import dispatch
 from app.platform.storage import StorageError, generation_prefix
@@ -154,7 +154,7 @@ def _submit(
         with s.db.session() as session:
             if (prior := _replay(session, key, req_hash)) is not None:
                 return _accepted(prior)
-            check_submission(session, s.settings, g.user_id)
+            check_submission(session, s.settings, g.user_id, estimate(settings, s.settings)[0])
             _check_persona(session, body.personaId)
             if upload is not None:
                 input_key = _store_upload(s, gen_id, upload)

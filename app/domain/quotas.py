@@ -46,7 +46,11 @@ def _quota_statement():
 QUOTA = _quota_statement()
 
 
-def check_submission(session: Session, settings: Settings, user_id: int) -> None:
+def check_submission(
+    session: Session, settings: Settings, user_id: int, estimate: float = 0.0
+) -> None:
+    """429 over the submission rate; 403 when today's spend has reached the
+    daily cap, or this request's ``estimate`` (USD at most) would pass it."""
     limit, window = settings.submit_rate_limit
     now = utcnow()
     midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
@@ -66,12 +70,19 @@ def check_submission(session: Session, settings: Settings, user_id: int) -> None
             f"at most {limit} generations per {window:g} s; try again in {wait} s",
             headers={"Retry-After": str(wait)},
         )
-    if cap_usd is not None and spent_usd >= cap_usd:
+    if cap_usd is None:
+        return
+    spent, cap = float(spent_usd), float(cap_usd)
+    if spent >= cap or spent + estimate > cap:
+        reached = spent >= cap
         raise ApiError(
             403,
             "budget_exceeded",
-            f"today's spend ${float(spent_usd):.2f} has reached "
-            f"your daily cap ${float(cap_usd):.2f}",
+            f"today's spend ${spent:.2f} has reached your daily cap ${cap:.2f}"
+            if reached
+            else f"this request may cost ${estimate:.2f}: with today's ${spent:.2f} "
+            f"it would pass your daily cap ${cap:.2f}",
+            {"spent": round(spent, 4), "cap": round(cap, 4), "estimate": round(estimate, 4)},
         )
 
 

@@ -209,6 +209,27 @@ def routing_request(
     }
 
 
+def estimate(settings: dict[str, Any], config: Settings) -> tuple[float, str | None]:
+    """What a request will cost at most, before routing has chosen, and the
+    provider that price is for: the named provider's price, or with ``auto``
+    the dearest provider that could serve it (what a daily cap must cover)."""
+    request = routing_request(settings)
+    wanted = request["provider"]
+    names = [wanted] if wanted != "auto" else list(PROVIDERS)
+    probe = ImageRequest(
+        "estimate", "", aspect_ratio=request["aspectRatio"], quality=request["quality"]
+    )
+    prices = {
+        pid: PROVIDERS[pid].price_for(probe) * int(request["count"])
+        for pid in names
+        if not exclusion(pid, request, config)
+    }
+    if not prices:
+        return 0.0, None
+    dearest = max(prices, key=lambda pid: prices[pid])
+    return round(prices[dearest], 4), dearest
+
+
 def run(ctx: StageContext) -> StageResult:
     gen = ctx.generation
     enhance, persona = ctx.output_of("enhance"), ctx.output_of("persona")
