@@ -22,7 +22,7 @@ RATE = float(os.environ.get("BENCH_PROVIDER_RATE", "8"))  # predictions created 
 # Few threads on purpose: holding one per prediction would cap us at
 # THREADS / LATENCY = 1 generation/s, far below the rate limit.
 THREADS = int(os.environ.get("BENCH_PROVIDER_THREADS", "2"))
-# How long one run of the generate stage polls before freeing its thread.
+# Seconds between looks at a running prediction (a countdown, not a sleep).
 POLL = os.environ.get("BENCH_PROVIDER_POLL_SECONDS", "0.25")
 FLOOR = 1.1
 
@@ -75,7 +75,7 @@ def run() -> list[str]:
     return [
         table(
             f"Waiting on a {LATENCY:g} s provider: {N} generations, rate limit {RATE:g}/s, "
-            f"1 generator process x {THREADS} threads, polling {POLL} s per run "
+            f"1 generator process x {THREADS} threads, a look every {POLL} s "
             f"(floor <= {FLOOR}x ideal)",
             ["", "makespan s", "vs ideal"],
             [

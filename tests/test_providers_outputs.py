@@ -81,9 +81,9 @@ def test_outputs_are_only_fetched_from_provider_hosts():
 
 def test_expired_output_fails_with_a_clear_message():
     with FakeReplicate() as fake:
-        fake.latency = 0.0
+        fake.latency = fake.starting_s = 0.0
         s = Settings.from_env({"REPLICATE_API_TOKEN": "t", "REPLICATE_BASE_URL": fake.url})
-        adapter = get_provider("google-imagen", s, Job(poll_for=3))
+        adapter = get_provider("google-imagen", s, Job())
         url = adapter.generate(ImageRequest(generation_id="g", prompt="p")).outputs[0].url
         assert download(s, url)[:8] == b"\x89PNG\r\n\x1a\n"
         fake.expire_outputs()

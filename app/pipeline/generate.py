@@ -2,10 +2,10 @@
 
 The adapter gets a ``Job``: the state an earlier run saved (prediction ids,
 images already returned), a way to save more *before* waiting on anything
-paid, a global rate-limit token dispenser (``app.platform.ratelimit``) and how long it
-may wait in-process. So a provider still working, or no token free, becomes
-``StageWaiting`` (the worker is freed, the stage re-runs later and resumes),
-and a retry never pays twice.
+paid, a global rate-limit token dispenser (``app.platform.ratelimit``) and how
+long until it looks again at work still running. So a provider still working,
+or no token free, becomes ``StageWaiting`` (the worker is freed, the stage
+re-runs later and resumes), and a retry never pays twice.
 
 Images a provider hands back as bytes are written straight to their final,
 deterministic storage key (``store`` then verifies and records them); if the
@@ -99,7 +99,7 @@ def run(ctx: StageContext) -> StageResult:
         state={k: v for k, v in ctx.previous.items() if k not in RUNNER_KEYS},
         saver=ctx.checkpoint,
         acquire=before_paid_call,
-        poll_for=ctx.settings.provider_poll_seconds,
+        poll_every=ctx.settings.provider_poll_seconds,
     )
     provider = get_provider(provider_id, ctx.settings, job)
     request = build_request(ctx)

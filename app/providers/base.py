@@ -67,13 +67,14 @@ class Job:
       waiting on anything that costs money;
     - ``acquire()``: take a global rate-limit token before each paid call
       (raises ``ProviderPending`` when none is free);
-    - ``poll_for``: seconds to wait in-process before yielding the worker.
+    - ``poll_every``: seconds between looks at work still running at the
+      provider (each look is one run of the stage; no run sleeps).
     """
 
     state: dict[str, Any] = field(default_factory=dict)
     saver: Callable[[dict[str, Any]], None] | None = None
     acquire: Callable[[], None] = _no_wait
-    poll_for: float = 2.0
+    poll_every: float = 2.0
 
     def save(self, update: dict[str, Any]) -> None:
         self.state = {**self.state, **copy.deepcopy(update)}  # a snapshot, not aliases

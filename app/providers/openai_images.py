@@ -25,6 +25,7 @@ saved and not asked for twice).
 from __future__ import annotations
 
 import base64
+import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -100,6 +101,12 @@ def _orientation(aspect_ratio: str) -> str:
     return "square" if ratio == 1 else ("landscape" if ratio > 1 else "portrait")
 
 
+@functools.cache
+def _client(api_key: str | None, base_url: str | None) -> openai.OpenAI:
+    """One client per process and endpoint (each builds a TLS context)."""
+    return openai.OpenAI(api_key=api_key, base_url=base_url, max_retries=0, timeout=180.0)
+
+
 class _OpenAIImages:
     id: str
     model: str
@@ -109,12 +116,7 @@ class _OpenAIImages:
     QUALITY: dict[str, str]
 
     def __init__(self, settings: Settings, job: Job | None = None) -> None:
-        self.client = openai.OpenAI(
-            api_key=settings.openai_api_key,
-            base_url=settings.openai_base_url,
-            max_retries=0,
-            timeout=180.0,
-        )
+        self.client = _client(settings.openai_api_key, settings.openai_base_url)
         self.job = job or Job()
 
     @classmethod

@@ -4,10 +4,11 @@ through the ``replicate`` SDK.
 One prediction per image (the model returns one image URL). Per run of the
 stage: for each missing image take a rate-limit token, create the prediction
 (``POST /v1/models/google/imagen-4-ultra/predictions``) and save its id at
-once; then poll ``GET /v1/predictions/{id}`` for up to ``job.poll_for``
-seconds; still running means ``ProviderPending`` and the worker is freed. The
-next run resumes the saved ids, so a retried or redelivered stage never pays
-for a second prediction.
+once; then look once at each (``GET /v1/predictions/{id}``). Still running
+means ``ProviderPending``: the worker is freed at once (no sleep on its
+thread) and the stage looks again ``job.poll_every`` seconds later. The next
+run resumes the saved ids, so a retried or redelivered stage never pays for a
+second prediction.
 
 Errors, mapped once here (``_mapped``): 429 (``detail``: "... resets in ~Ns"),
 5xx, timeouts and connection errors are transient; 401/403 (token), 402
@@ -18,8 +19,8 @@ billed) and "interrupted" failures drop that prediction and retry anew.
 
 from __future__ import annotations
 
+import functools
 import re
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -83,6 +84,21 @@ def _mapped(what: str) -> Iterator[None]:
         raise ProviderTransient(f"Replicate unreachable ({what}): {type(exc).__name__}") from exc
 
 
+@functools.cache
+def _client(token: str | None, base_url: str | None) -> replicate.Client:
+    """One client per process and endpoint: each builds an httpx client and
+    its TLS context, which costs more CPU than a whole look at a prediction."""
+    client = replicate.Client(
+        api_token=token, base_url=base_url, timeout=httpx.Timeout(30.0, connect=5.0)
+    )
+    # The SDK retries GETs on 429/503/504 up to 10 times behind our back;
+    # attempts are counted (and backed off) once, by the stage runner.
+    transport = getattr(client._client, "_transport", None)
+    if hasattr(transport, "max_attempts"):
+        transport.max_attempts = 1
+    return client
+
+
 class ReplicateImagen:
     id = "google-imagen"
     model = MODEL
@@ -99,21 +115,9 @@ class ReplicateImagen:
     # Where its outputs may be downloaded from (plus REPLICATE_BASE_URL's host).
     output_hosts = ("replicate.delivery", ".replicate.delivery")
 
-    def __init__(
-        self, settings: Settings, job: Job | None = None, poll_interval: float = 0.5
-    ) -> None:
-        self.client = replicate.Client(
-            api_token=settings.replicate_api_token,
-            base_url=settings.replicate_base_url,
-            timeout=httpx.Timeout(30.0, connect=5.0),
-        )
-        # The SDK retries GETs on 429/503/504 up to 10 times behind our back;
-        # attempts are counted (and backed off) once, by the stage runner.
-        transport = getattr(self.client._client, "_transport", None)
-        if hasattr(transport, "max_attempts"):
-            transport.max_attempts = 1
+    def __init__(self, settings: Settings, job: Job | None = None) -> None:
+        self.client = _client(settings.replicate_api_token, settings.replicate_base_url)
         self.job = job or Job()
-        self.poll_interval = poll_interval
 
     @staticmethod
     def price_for(request: ImageRequest) -> float:
@@ -162,26 +166,22 @@ class ReplicateImagen:
         )
 
     def _wait(self, ids: list[str]) -> dict[str, dict[str, Any]]:
-        deadline = time.monotonic() + self.job.poll_for
+        """One look at each prediction: all final, or wait for the next run."""
         done: dict[str, dict[str, Any]] = {}
-        while True:
-            running = []
-            for pid in ids:
-                if pid in done:
-                    continue
-                # Raw JSON, not the SDK's model: SDK 1.0.7 rejects status "aborted".
-                with _mapped("poll"):
-                    data = self.client._request("GET", f"/v1/predictions/{pid}").json()
-                status = data.get("status")
-                if status in RUNNING:
-                    running.append(f"{pid} {status}")
-                else:
-                    done[pid] = self._final(pid, data, ids)
-            if not running:
-                return done
-            if time.monotonic() + self.poll_interval > deadline:
-                raise ProviderPending(1.5, "waiting for Replicate prediction " + ", ".join(running))
-            time.sleep(self.poll_interval)
+        running = []
+        for pid in ids:
+            # Raw JSON, not the SDK's model: SDK 1.0.7 rejects status "aborted".
+            with _mapped("poll"):
+                data = self.client._request("GET", f"/v1/predictions/{pid}").json()
+            status = data.get("status")
+            if status in RUNNING:
+                running.append(f"{pid} {status}")
+            else:
+                done[pid] = self._final(pid, data, ids)
+        if running:
+            reason = "waiting for Replicate prediction " + ", ".join(running)
+            raise ProviderPending(self.job.poll_every, reason)
+        return done
 
     def _final(self, pid: str, data: dict[str, Any], ids: list[str]) -> dict[str, Any]:
         status, error = data.get("status"), str(data.get("error") or "")
