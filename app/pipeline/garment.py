@@ -7,17 +7,16 @@ from __future__ import annotations
 import io
 import statistics
 from dataclasses import dataclass
+from math import dist
 
 from PIL import Image, ImageDraw, ImageFilter
 
-from app.pipeline.colors import nearest_color
+from app.pipeline.colors import RGB, nearest_color
 
 SIDE = 128
 EDGE_STEP = 80  # colour distance that counts as a pattern edge between neighbours
 PATTERN_EDGES = 0.06  # share of neighbour pairs that must be edges for a pattern
 MIN_SHARE = 0.12  # a colour must cover this much of the garment to be named
-
-RGB = tuple[int, int, int]
 
 
 @dataclass
@@ -37,10 +36,6 @@ class GarmentReading:
     garment: str
     silhouette: str
     confidence: float
-
-
-def _dist(a: RGB, b: RGB) -> float:
-    return ((a[0] - b[0]) ** 2 + (a[1] - b[1]) ** 2 + (a[2] - b[2]) ** 2) ** 0.5
 
 
 def otsu(values: list[int]) -> float:
@@ -67,7 +62,7 @@ def _mask(img: Image.Image, bg: RGB) -> tuple[Image.Image, float]:
     w, h = img.size
     raw = img.tobytes()  # row-major RGB triples
     pixels = zip(raw[0::3], raw[1::3], raw[2::3], strict=True)
-    dists = [min(255, round(_dist(p, bg))) for p in pixels]
+    dists = [min(255, round(dist(p, bg))) for p in pixels]
     threshold = min(120.0, max(30.0, otsu(dists)))
     mask = Image.new("L", (w, h))
     mask.putdata([255 if d > threshold else 0 for d in dists])
@@ -151,7 +146,7 @@ def read_garment(data: bytes) -> GarmentReading:
     border = [px[x, y] for x in range(w) for y in (0, h - 1)]
     border += [px[x, y] for y in range(h) for x in (0, w - 1)]
     bg: RGB = tuple(int(statistics.median(c[i] for c in border)) for i in range(3))  # type: ignore
-    uniformity = sum(_dist(c, bg) < 40 for c in border) / len(border)
+    uniformity = sum(dist(c, bg) < 40 for c in border) / len(border)
     mask, threshold = _mask(img, bg)
     mpx = mask.load()
     inside = {(x, y) for y in range(h) for x in range(w) if mpx[x, y]}
@@ -166,7 +161,7 @@ def read_garment(data: bytes) -> GarmentReading:
         for axis, (nx, ny) in (("h", (x + 1, y)), ("v", (x, y + 1))):
             if (nx, ny) in inside:
                 pairs[axis][0] += 1
-                pairs[axis][1] += _dist(px[x, y], px[nx, ny]) > EDGE_STEP
+                pairs[axis][1] += dist(px[x, y], px[nx, ny]) > EDGE_STEP
     h_rate = pairs["h"][1] / pairs["h"][0] if pairs["h"][0] else 0.0
     v_rate = pairs["v"][1] / pairs["v"][0] if pairs["v"][0] else 0.0
     pattern = _pattern(h_rate, v_rate, colours)
@@ -174,7 +169,7 @@ def read_garment(data: bytes) -> GarmentReading:
     garment, silhouette = _classify(aspect, flare, legs)
 
     mean_fg: RGB = tuple(int(statistics.mean(px[p][i] for p in inside)) for i in range(3))  # type: ignore
-    separation = 0.0 if whole_frame else min(1.0, _dist(mean_fg, bg) / 200)
+    separation = 0.0 if whole_frame else min(1.0, dist(mean_fg, bg) / 200)
     plausible = 1.0 if 0.08 <= fg_fraction <= 0.85 else 0.4
     confidence = 0.25 + 0.3 * separation + 0.2 * uniformity + 0.15 * plausible
     return GarmentReading(
