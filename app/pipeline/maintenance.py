@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from celery import Celery
 from sqlalchemy import and_, or_, select, update
@@ -28,7 +28,7 @@ from sqlalchemy import and_, or_, select, update
 from app.domain.generations import first_unfinished, stage_status
 from app.domain.models import Generation, GenerationFeedback, utcnow
 from app.domain.states import PENDING, PROCESSING, S_RUNNING
-from app.pipeline.lease import stalled
+from app.pipeline.lease import aware, stalled
 from app.pipeline.optimize import apply_feedback
 from app.pipeline.runner import time_out, transaction
 from app.platform.config import Settings
@@ -123,17 +123,13 @@ def redispatch_stalled(
     return sent
 
 
-def _aware(dt: datetime) -> datetime:
-    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)  # SQLite hands back naive UTC
-
-
 def _sent_within(gen: Generation, now: datetime, settings: Settings, stage: str) -> bool:
     """Re-sent after the last stage activity and within this stage's stall
     timeout: that copy is probably still queued, so do not pile up more."""
     if gen.dispatched_at is None:
         return False
-    sent = _aware(gen.dispatched_at)
-    activity = [_aware(t) for s in gen.stages for t in (s.started_at, s.finished_at) if t]
+    sent = aware(gen.dispatched_at)
+    activity = [aware(t) for s in gen.stages for t in (s.started_at, s.finished_at) if t]
     picked_up = bool(activity) and max(activity) >= sent
     return not picked_up and (now - sent).total_seconds() < settings.stall_timeout
 
