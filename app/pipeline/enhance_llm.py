@@ -1,10 +1,7 @@
-"""The ``enhance`` stage's LLM engine (with ``OPENAI_API_KEY``): a chat model
-writes the prompt package from the designer's words and the photo's spec
-(already reconciled with the words, ``subject.resolve``), through
-``llm.chat_json`` with a fixed system prompt and a strict JSON schema. The
-designer's words are put back in front verbatim if the model lost them, and
-its phrases that contradict them (another garment, colour, material or
-pattern than the one named) are dropped and listed."""
+"""The ``enhance`` stage's LLM engine: a chat model writes the prompt package
+from the designer's words and the photo's spec (``llm.chat_json``). The
+words are put back in front verbatim if the model lost them, and its
+phrases that contradict them are dropped and listed."""
 
 from __future__ import annotations
 

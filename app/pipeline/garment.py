@@ -1,6 +1,6 @@
 """Pixel work for the offline ``analyze`` engine: read a garment photo into a
 ``GarmentReading`` (mask, colours, pattern, shape, confidence). Pure Pillow,
-deterministic, some 30 ms on a 128-pixel thumbnail."""
+deterministic, on a 128-pixel thumbnail."""
 
 from __future__ import annotations
 

@@ -1,15 +1,9 @@
-"""Stage 7, ``store``: fetch every output, verify it is an image, put it in the
-bucket under its deterministic key and record the asset (size, dimensions,
-content type, CDN URL). Re-running it overwrites the same keys and rows.
-
-Downloads only from provider hosts (``providers.registry.is_output_url_allowed``:
-the providers' CDNs and the configured base URLs' hosts), never following a
-redirect elsewhere, size-capped and content-type checked. The bucket is
-retried with backoff (``S3Storage``, then this stage's attempts); if it stays
-down the generation fails here with the provider's output reference kept in
-``generate``'s output, and ``POST /api/generate/<id>/retry`` resumes at this
-stage without calling the provider again (while the provider still serves the
-output: Replicate deletes it after an hour, then the error says so).
+"""Stage 7, ``store``: fetch every output, check it is an image, put it in the
+bucket under its deterministic key and record the asset; a re-run overwrites
+the same keys and rows. Downloads come only from provider hosts
+(``registry.is_output_url_allowed``), never following a redirect elsewhere,
+size-capped. A bucket outage fails the job here with ``generate``'s output
+reference kept, so a retry resumes at this stage without paying again.
 """
 
 from __future__ import annotations

@@ -1,11 +1,9 @@
 """What a designer asks for: the garment, its colours, materials and pattern.
 
-``subject_of(text)`` reads them from words; ``resolve(words, record)`` merges
-the designer's words with a photo's analysis (the words win wherever they name
-a garment, a colour, a material or a pattern; the photo fills in the rest).
-``strays`` and ``conflicts`` say which subject words of a candidate term the
-request does not ask for, so learnt terms, persona keywords and an LLM's
-phrases never override the request (see docs/judgement.md).
+``subject_of`` reads them from words; ``resolve`` merges the words with a
+photo's analysis (the words win wherever they name one). ``strays`` and
+``conflicts`` keep learnt terms, persona keywords and an LLM's phrases from
+overriding the request (docs/judgement.md).
 """
 
 from __future__ import annotations

@@ -1,14 +1,8 @@
-"""The ``enhance`` stage's offline engine: four style templates (elegant
-evening, minimalist modern, romantic bohemian, dramatic avant-garde), chosen
-from the spec's aesthetic and formality or from the prompt's words, with
-slots for garment, silhouette, fabric, colours, construction, lighting,
-composition and quality terms.
-
-The designer's words lead the prompt verbatim. A photo's spec fills in only
-what the words leave open (``subject.resolve``): where they name a garment,
-colour, material or pattern, the photo's is left out and recorded in
-``overridden``. The prompt is fitted to a length limit by dropping the
-lowest-value terms (quality, then template, then spec terms) first.
+"""The ``enhance`` stage's offline engine: four style templates chosen from the
+spec's style or the prompt's words, with slots for garment, fabric, colours,
+construction, lighting, composition and quality terms. The designer's words
+lead verbatim (``subject.resolve``); the prompt is fitted to a length limit
+by dropping the lowest-value terms first (quality, then template, then spec).
 """
 
 from __future__ import annotations
