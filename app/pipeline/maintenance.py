@@ -1,19 +1,14 @@
 """Periodic maintenance (beat): nothing accepted is ever lost.
 
-- Generations committed but never handed to the broker (it was down at
-  submit), or silent past their stage's stall timeout (worker killed, broker
-  restarted empty), are dispatched again from their first unfinished stage.
-
-``dispatched_at``: the submit writes it in the same insert as the row and
-sends the chain right after the commit; when the broker refuses the chain it
-is cleared again, and a pending generation without it is sent after
-``UNDISPATCHED_GRACE``. A process that dies between the commit and the send
-(a sub-millisecond window) leaves it set: nothing ever starts a stage, so the
-stall rule sends it once the first stage's stall timeout has passed.
-- Generations not final by their deadline (``BFF_GENERATION_TIMEOUT``) fail
-  with code ``timeout`` at the stage they were in; their running provider
-  predictions are canceled.
-- Feedback whose optimiser task never ran is applied.
+- ``redispatch_stalled``: a generation never handed to the broker, or silent
+  past its stage's stall timeout, is sent again from its first unfinished
+  stage. The submit writes ``dispatched_at`` with the row and clears it when
+  the broker refuses the chain, so one without it is sent after
+  ``UNDISPATCHED_GRACE``; a process that died between the commit and the send
+  leaves it set, and the stall rule sends it.
+- ``expire_overdue``: a generation past its deadline fails with code
+  ``timeout`` at the stage it was in; its provider predictions are canceled.
+- ``apply_pending_feedback``: feedback whose optimiser task never ran.
 """
 
 from __future__ import annotations

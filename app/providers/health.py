@@ -86,30 +86,21 @@ def record_outcome(
         forget_windows()
 
 
-def prune_turn(engine: Any, provider_id: str, now: datetime) -> bool:
-    """Whether this process should prune ``provider_id``'s old outcomes in
-    ``engine``'s database now (at most once per ``PRUNE_EVERY`` per process
-    and database); True takes the turn."""
-    with _lock:
-        turns = _last_prune.setdefault(engine, {})
-        last = turns.get(provider_id)
-        if last is not None and now - last < PRUNE_EVERY:
-            return False
-        turns[provider_id] = now
-        return True
-
-
 def prune_if_due(session: Session, provider_id: str, now: datetime | None = None) -> None:
     """Delete ``provider_id``'s outcomes older than ``RETENTION``, at most once
     per ``PRUNE_EVERY`` per process and database."""
     now = now or utcnow()
-    if prune_turn(session.get_bind().engine, provider_id, now):
-        session.execute(
-            delete(ProviderOutcome).where(
-                ProviderOutcome.provider_id == provider_id,
-                ProviderOutcome.created_at < _at(session, now - RETENTION),
-            )
+    with _lock:
+        turns = _last_prune.setdefault(session.get_bind().engine, {})
+        if provider_id in turns and now - turns[provider_id] < PRUNE_EVERY:
+            return
+        turns[provider_id] = now
+    session.execute(
+        delete(ProviderOutcome).where(
+            ProviderOutcome.provider_id == provider_id,
+            ProviderOutcome.created_at < _at(session, now - RETENTION),
         )
+    )
 
 
 # Every provider's outcomes since ``cutoff``: a range of the time-first index
