@@ -34,18 +34,16 @@ class LlmPackage(BaseModel):
     templateId: Literal[tuple(TEMPLATES)]  # type: ignore[valid-type]
 
 
-PACKAGE_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "mainPrompt": {"type": "string"},
-        "negativePrompt": {"type": "string"},
-        "keywords": {"type": "array", "items": {"type": "string"}},
-        "photographyStyle": {"type": "string"},
+_TEXT = {"type": "string"}
+PACKAGE_SCHEMA = llm.strict_object(
+    {
+        "mainPrompt": _TEXT,
+        "negativePrompt": _TEXT,
+        "keywords": {"type": "array", "items": _TEXT},
+        "photographyStyle": _TEXT,
         "templateId": {"type": "string", "enum": list(TEMPLATES)},
-    },
-    "required": ["mainPrompt", "negativePrompt", "keywords", "photographyStyle", "templateId"],
-    "additionalProperties": False,
-}
+    }
+)
 
 
 def _terms_after(text: str, main: str) -> list[str]:
