@@ -8,6 +8,7 @@ import io
 import statistics
 from dataclasses import dataclass
 from math import dist
+from typing import Any
 
 from PIL import Image, ImageDraw, ImageFilter
 
@@ -90,7 +91,7 @@ def _colours(pixels: list[RGB]) -> list[tuple[str, float]]:
     return [(n, s) for n, s in ranked if s >= MIN_SHARE]
 
 
-def _shape(inside: set[tuple[int, int]]) -> tuple[float, float, bool, int, int]:
+def _shape(inside: set[tuple[int, int]]) -> tuple[float, float, bool]:
     xs, ys = [p[0] for p in inside], [p[1] for p in inside]
     x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
     bw, bh = x1 - x0 + 1, y1 - y0 + 1
@@ -108,7 +109,14 @@ def _shape(inside: set[tuple[int, int]]) -> tuple[float, float, bool, int, int]:
 
     hem = rows[-max(1, bh // 4) :]
     legs = sum(split_at_centre(r) for r in hem) >= 0.6 * len(hem)
-    return bh / bw, bottom / top, legs, bw, bh
+    return bh / bw, bottom / top, legs
+
+
+def _edge_rate(px: Any, inside: set[tuple[int, int]], dx: int, dy: int) -> float:
+    """Share of neighbouring garment pixels (``dx``, ``dy`` apart) whose
+    colours differ like a pattern's edge."""
+    pairs = [((x, y), (x + dx, y + dy)) for x, y in inside if (x + dx, y + dy) in inside]
+    return sum(dist(px[a], px[b]) > EDGE_STEP for a, b in pairs) / len(pairs) if pairs else 0.0
 
 
 def _classify(aspect: float, flare: float, legs: bool) -> tuple[str, str]:
@@ -156,16 +164,9 @@ def read_garment(data: bytes) -> GarmentReading:
         inside = {(x, y) for y in range(h) for x in range(w)}
 
     colours = _colours([px[p] for p in sorted(inside)])
-    pairs = {"h": [0, 0], "v": [0, 0]}
-    for x, y in inside:
-        for axis, (nx, ny) in (("h", (x + 1, y)), ("v", (x, y + 1))):
-            if (nx, ny) in inside:
-                pairs[axis][0] += 1
-                pairs[axis][1] += dist(px[x, y], px[nx, ny]) > EDGE_STEP
-    h_rate = pairs["h"][1] / pairs["h"][0] if pairs["h"][0] else 0.0
-    v_rate = pairs["v"][1] / pairs["v"][0] if pairs["v"][0] else 0.0
+    h_rate, v_rate = _edge_rate(px, inside, 1, 0), _edge_rate(px, inside, 0, 1)
     pattern = _pattern(h_rate, v_rate, colours)
-    aspect, flare, legs, _, _ = _shape(inside)
+    aspect, flare, legs = _shape(inside)
     garment, silhouette = _classify(aspect, flare, legs)
 
     mean_fg: RGB = tuple(int(statistics.mean(px[p][i] for p in inside)) for i in range(3))  # type: ignore
