@@ -78,12 +78,8 @@ def _mapped() -> Iterator[None]:
 
 
 def _orientation(aspect_ratio: str) -> str:
-    w, _, h = aspect_ratio.partition(":")
-    try:
-        ratio = float(w) / float(h)
-    except (ValueError, ZeroDivisionError):
-        return "square"
-    return "square" if ratio == 1 else ("landscape" if ratio > 1 else "portrait")
+    w, h = map(int, aspect_ratio.split(":"))  # one of ASPECT_RATIOS
+    return "square" if w == h else "landscape" if w > h else "portrait"
 
 
 class _OpenAIImages:
