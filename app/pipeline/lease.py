@@ -6,7 +6,7 @@ quiet longer than the stage's stall timeout is presumed lost (``stalled``):
 the dispatcher re-sends it and the next copy takes it over.
 
 The fence keeps a copy that was taken over from paying: a checkpoint locks
-the stage row and goes on only while this copy's task id still owns it.
+the generation and goes on only while this copy's task id still owns the stage.
 """
 
 from __future__ import annotations
