@@ -1,15 +1,8 @@
-"""Stage 1, ``analyze``: garment photo -> VLT spec.
-
-With ``OPENAI_API_KEY``: a vision model (``llm.chat_json``) answers one VLT
-record as strict JSON; an invalid answer is asked for once more, then (as on
-any API error) the offline engine runs and the fallback is recorded.
-
-Offline engine (Pillow, deterministic; ``garment.py`` does the pixel work):
-background from the border, garment mask by an Otsu threshold on the distance
-to it (closed and hole-filled), dominant colours named from the fashion
-table, pattern from edge density and direction, silhouette from the mask's
-proportions and width profile, and a confidence from how clean all that was.
-From a text prompt the stage is skipped; a supplied ``vltSpec`` is passed on.
+"""Stage 1, ``analyze``: garment photo -> VLT spec. With ``OPENAI_API_KEY`` a
+vision model answers one record (``llm.chat_json``); on any LLM failure the
+offline Pillow engine (``garment.py``) runs and the fallback is recorded. From
+a text prompt the stage is skipped; a supplied ``vltSpec`` is validated and
+passed on.
 """
 
 from __future__ import annotations

@@ -1,17 +1,9 @@
-"""Stage 2, ``enhance``: spec or prompt -> a fashion-photography prompt package.
-
-Engines: the offline templates (``templates.py``) or, with ``OPENAI_API_KEY``,
-an LLM (``enhance_llm.py``; on any LLM failure the templates run and the
-fallback is recorded). Either way the designer's words lead and win over the
-photo's analysis, and the prompt is fitted to the strictest prompt length
-among the providers that could serve the request (or the requested
-provider's). Output: ``{mainPrompt, negativePrompt, keywords,
-photographyStyle, templateId, promptLimit, trimmed, subject, overridden,
-engine, reason, inputs}``.
-
-``settings.enhance: "off"`` passes the designer's prompt and negative prompt
-on as written (``passedThrough``); only the chosen provider's own needs (its
-length limit, folding a negative prompt it cannot take) change it later.
+"""Stage 2, ``enhance``: spec or prompt -> a fashion-photography prompt package,
+from the offline templates (``templates.py``) or, with ``OPENAI_API_KEY``, an
+LLM (``enhance_llm.py``; on any LLM failure the templates run and the
+fallback is recorded). The designer's words lead, and the prompt is fitted
+to the strictest length among the providers that could serve the request.
+``settings.enhance: "off"`` passes the designer's words on as written.
 """
 
 from __future__ import annotations

@@ -1,10 +1,7 @@
-"""The ``enhance`` stage's LLM engine (with ``OPENAI_API_KEY``): a chat model
-writes the prompt package from the designer's words and the photo's spec
-(already reconciled with the words, ``subject.resolve``), through
-``llm.chat_json`` with a fixed system prompt and a strict JSON schema. The
-designer's words are put back in front verbatim if the model lost them, and
-its phrases that contradict them (another garment, colour, material or
-pattern than the one named) are dropped and listed."""
+"""The ``enhance`` stage's LLM engine: a chat model writes the prompt package
+from the designer's words and the photo's spec (``llm.chat_json``). The
+words are put back in front verbatim if the model lost them, and its
+phrases that contradict them are dropped and listed."""
 
 from __future__ import annotations
 
@@ -37,18 +34,16 @@ class LlmPackage(BaseModel):
     templateId: Literal[tuple(TEMPLATES)]  # type: ignore[valid-type]
 
 
-PACKAGE_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "mainPrompt": {"type": "string"},
-        "negativePrompt": {"type": "string"},
-        "keywords": {"type": "array", "items": {"type": "string"}},
-        "photographyStyle": {"type": "string"},
+_TEXT = {"type": "string"}
+PACKAGE_SCHEMA = llm.strict_object(
+    {
+        "mainPrompt": _TEXT,
+        "negativePrompt": _TEXT,
+        "keywords": {"type": "array", "items": _TEXT},
+        "photographyStyle": _TEXT,
         "templateId": {"type": "string", "enum": list(TEMPLATES)},
-    },
-    "required": ["mainPrompt", "negativePrompt", "keywords", "photographyStyle", "templateId"],
-    "additionalProperties": False,
-}
+    }
+)
 
 
 def _terms_after(text: str, main: str) -> list[str]:

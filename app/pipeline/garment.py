@@ -1,23 +1,23 @@
 """Pixel work for the offline ``analyze`` engine: read a garment photo into a
 ``GarmentReading`` (mask, colours, pattern, shape, confidence). Pure Pillow,
-deterministic, some 30 ms on a 128-pixel thumbnail."""
+deterministic, on a 128-pixel thumbnail."""
 
 from __future__ import annotations
 
 import io
 import statistics
 from dataclasses import dataclass
+from math import dist
+from typing import Any
 
 from PIL import Image, ImageDraw, ImageFilter
 
-from app.pipeline.colors import nearest_color
+from app.pipeline.colors import RGB, nearest_color
 
 SIDE = 128
 EDGE_STEP = 80  # colour distance that counts as a pattern edge between neighbours
 PATTERN_EDGES = 0.06  # share of neighbour pairs that must be edges for a pattern
 MIN_SHARE = 0.12  # a colour must cover this much of the garment to be named
-
-RGB = tuple[int, int, int]
 
 
 @dataclass
@@ -37,10 +37,6 @@ class GarmentReading:
     garment: str
     silhouette: str
     confidence: float
-
-
-def _dist(a: RGB, b: RGB) -> float:
-    return ((a[0] - b[0]) ** 2 + (a[1] - b[1]) ** 2 + (a[2] - b[2]) ** 2) ** 0.5
 
 
 def otsu(values: list[int]) -> float:
@@ -67,7 +63,7 @@ def _mask(img: Image.Image, bg: RGB) -> tuple[Image.Image, float]:
     w, h = img.size
     raw = img.tobytes()  # row-major RGB triples
     pixels = zip(raw[0::3], raw[1::3], raw[2::3], strict=True)
-    dists = [min(255, round(_dist(p, bg))) for p in pixels]
+    dists = [min(255, round(dist(p, bg))) for p in pixels]
     threshold = min(120.0, max(30.0, otsu(dists)))
     mask = Image.new("L", (w, h))
     mask.putdata([255 if d > threshold else 0 for d in dists])
@@ -95,7 +91,7 @@ def _colours(pixels: list[RGB]) -> list[tuple[str, float]]:
     return [(n, s) for n, s in ranked if s >= MIN_SHARE]
 
 
-def _shape(inside: set[tuple[int, int]]) -> tuple[float, float, bool, int, int]:
+def _shape(inside: set[tuple[int, int]]) -> tuple[float, float, bool]:
     xs, ys = [p[0] for p in inside], [p[1] for p in inside]
     x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
     bw, bh = x1 - x0 + 1, y1 - y0 + 1
@@ -113,7 +109,14 @@ def _shape(inside: set[tuple[int, int]]) -> tuple[float, float, bool, int, int]:
 
     hem = rows[-max(1, bh // 4) :]
     legs = sum(split_at_centre(r) for r in hem) >= 0.6 * len(hem)
-    return bh / bw, bottom / top, legs, bw, bh
+    return bh / bw, bottom / top, legs
+
+
+def _edge_rate(px: Any, inside: set[tuple[int, int]], dx: int, dy: int) -> float:
+    """Share of neighbouring garment pixels (``dx``, ``dy`` apart) whose
+    colours differ like a pattern's edge."""
+    pairs = [((x, y), (x + dx, y + dy)) for x, y in inside if (x + dx, y + dy) in inside]
+    return sum(dist(px[a], px[b]) > EDGE_STEP for a, b in pairs) / len(pairs) if pairs else 0.0
 
 
 def _classify(aspect: float, flare: float, legs: bool) -> tuple[str, str]:
@@ -151,7 +154,7 @@ def read_garment(data: bytes) -> GarmentReading:
     border = [px[x, y] for x in range(w) for y in (0, h - 1)]
     border += [px[x, y] for y in range(h) for x in (0, w - 1)]
     bg: RGB = tuple(int(statistics.median(c[i] for c in border)) for i in range(3))  # type: ignore
-    uniformity = sum(_dist(c, bg) < 40 for c in border) / len(border)
+    uniformity = sum(dist(c, bg) < 40 for c in border) / len(border)
     mask, threshold = _mask(img, bg)
     mpx = mask.load()
     inside = {(x, y) for y in range(h) for x in range(w) if mpx[x, y]}
@@ -161,20 +164,13 @@ def read_garment(data: bytes) -> GarmentReading:
         inside = {(x, y) for y in range(h) for x in range(w)}
 
     colours = _colours([px[p] for p in sorted(inside)])
-    pairs = {"h": [0, 0], "v": [0, 0]}
-    for x, y in inside:
-        for axis, (nx, ny) in (("h", (x + 1, y)), ("v", (x, y + 1))):
-            if (nx, ny) in inside:
-                pairs[axis][0] += 1
-                pairs[axis][1] += _dist(px[x, y], px[nx, ny]) > EDGE_STEP
-    h_rate = pairs["h"][1] / pairs["h"][0] if pairs["h"][0] else 0.0
-    v_rate = pairs["v"][1] / pairs["v"][0] if pairs["v"][0] else 0.0
+    h_rate, v_rate = _edge_rate(px, inside, 1, 0), _edge_rate(px, inside, 0, 1)
     pattern = _pattern(h_rate, v_rate, colours)
-    aspect, flare, legs, _, _ = _shape(inside)
+    aspect, flare, legs = _shape(inside)
     garment, silhouette = _classify(aspect, flare, legs)
 
     mean_fg: RGB = tuple(int(statistics.mean(px[p][i] for p in inside)) for i in range(3))  # type: ignore
-    separation = 0.0 if whole_frame else min(1.0, _dist(mean_fg, bg) / 200)
+    separation = 0.0 if whole_frame else min(1.0, dist(mean_fg, bg) / 200)
     plausible = 1.0 if 0.08 <= fg_fraction <= 0.85 else 0.4
     confidence = 0.25 + 0.3 * separation + 0.2 * uniformity + 0.15 * plausible
     return GarmentReading(

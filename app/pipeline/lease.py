@@ -6,7 +6,7 @@ quiet longer than the stage's stall timeout is presumed lost (``stalled``):
 the dispatcher re-sends it and the next copy takes it over.
 
 The fence keeps a copy that was taken over from paying: a checkpoint locks
-the stage row and goes on only while this copy's task id still owns it.
+the generation and goes on only while this copy's task id still owns the stage.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import bindparam, exists, select, update
@@ -51,10 +51,14 @@ LOCK = (
 )
 
 
+def aware(dt: datetime) -> datetime:
+    """A database time as aware UTC (SQLite hands back naive UTC)."""
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+
+
 def stalled(gen: Any, settings: Settings) -> bool:
     """No progress on this generation for longer than the stall timeout."""
-    last = gen.updated_at if gen.updated_at.tzinfo else gen.updated_at.replace(tzinfo=UTC)
-    return (utcnow() - last).total_seconds() > settings.stall_timeout
+    return (utcnow() - aware(gen.updated_at)).total_seconds() > settings.stall_timeout
 
 
 @contextmanager

@@ -1,19 +1,10 @@
 """The OpenAI chat/vision client ``analyze`` and ``enhance`` use when
-``OPENAI_API_KEY`` is set (``OPENAI_BASE_URL`` honoured, so tests point it at
-a fake server speaking the real wire format).
-
-One call shape: chat completions with a fixed system prompt, the user's
-content (text, optionally an image as a data URL) and a strict JSON schema as
-``response_format``. The answer is parsed and validated by the caller's
-function; an invalid answer is asked for once more, then ``LLMError`` is
-raised and the caller falls back to its offline engine, recording why.
-
-Errors (all ``LLMError``; the SDK has already retried 429/5xx/timeouts with
-backoff honouring ``Retry-After`` before we see them)::
-
-    LLMError
-    ├── LLMCallFailed     the API answered with an error or was unreachable
-    └── LLMInvalidOutput  the answer was not valid JSON for the schema, twice
+``OPENAI_API_KEY`` is set: one call shape (a system prompt, the user's
+content, a strict JSON schema as ``response_format``), the answer validated
+by the caller and asked for once more when invalid. Every failure is an
+``LLMError`` (``LLMCallFailed``: the API erred or was unreachable, after the
+SDK's own retries; ``LLMInvalidOutput``: no valid answer twice), and the
+caller falls back to its offline engine.
 """
 
 from __future__ import annotations
@@ -94,6 +85,17 @@ def user_content(text: str, image: bytes | None = None) -> str | list[dict[str, 
         {"type": "text", "text": text},
         {"type": "image_url", "image_url": {"url": image_data_url(image), "detail": "low"}},
     ]
+
+
+def strict_object(props: dict[str, Any]) -> dict[str, Any]:
+    """A JSON schema object as OpenAI's strict structured output wants it:
+    every property required, nothing extra."""
+    return {
+        "type": "object",
+        "properties": props,
+        "required": list(props),
+        "additionalProperties": False,
+    }
 
 
 def _describe(exc: openai.APIError) -> str:

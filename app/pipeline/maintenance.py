@@ -1,26 +1,21 @@
 """Periodic maintenance (beat): nothing accepted is ever lost.
 
-- Generations committed but never handed to the broker (it was down at
-  submit), or silent past their stage's stall timeout (worker killed, broker
-  restarted empty), are dispatched again from their first unfinished stage.
-
-``dispatched_at``: the submit writes it in the same insert as the row and
-sends the chain right after the commit; when the broker refuses the chain it
-is cleared again, and a pending generation without it is sent after
-``UNDISPATCHED_GRACE``. A process that dies between the commit and the send
-(a sub-millisecond window) leaves it set: nothing ever starts a stage, so the
-stall rule sends it once the first stage's stall timeout has passed.
-- Generations not final by their deadline (``BFF_GENERATION_TIMEOUT``) fail
-  with code ``timeout`` at the stage they were in; their running provider
-  predictions are canceled.
-- Feedback whose optimiser task never ran is applied.
+- ``redispatch_stalled``: a generation never handed to the broker, or silent
+  past its stage's stall timeout, is sent again from its first unfinished
+  stage. The submit writes ``dispatched_at`` with the row and clears it when
+  the broker refuses the chain, so one without it is sent after
+  ``UNDISPATCHED_GRACE``; a process that died between the commit and the send
+  leaves it set, and the stall rule sends it.
+- ``expire_overdue``: a generation past its deadline fails with code
+  ``timeout`` at the stage it was in; its provider predictions are canceled.
+- ``apply_pending_feedback``: feedback whose optimiser task never ran.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from celery import Celery
 from sqlalchemy import and_, or_, select, update
@@ -28,7 +23,7 @@ from sqlalchemy import and_, or_, select, update
 from app.domain.generations import first_unfinished, stage_status
 from app.domain.models import Generation, GenerationFeedback, utcnow
 from app.domain.states import PENDING, PROCESSING, S_RUNNING
-from app.pipeline.lease import stalled
+from app.pipeline.lease import aware, stalled
 from app.pipeline.optimize import apply_feedback
 from app.pipeline.runner import time_out, transaction
 from app.platform.config import Settings
@@ -123,17 +118,13 @@ def redispatch_stalled(
     return sent
 
 
-def _aware(dt: datetime) -> datetime:
-    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)  # SQLite hands back naive UTC
-
-
 def _sent_within(gen: Generation, now: datetime, settings: Settings, stage: str) -> bool:
     """Re-sent after the last stage activity and within this stage's stall
     timeout: that copy is probably still queued, so do not pile up more."""
     if gen.dispatched_at is None:
         return False
-    sent = _aware(gen.dispatched_at)
-    activity = [_aware(t) for s in gen.stages for t in (s.started_at, s.finished_at) if t]
+    sent = aware(gen.dispatched_at)
+    activity = [aware(t) for s in gen.stages for t in (s.started_at, s.finished_at) if t]
     picked_up = bool(activity) and max(activity) >= sent
     return not picked_up and (now - sent).total_seconds() < settings.stall_timeout
 

@@ -1,15 +1,11 @@
 """The storage sweep: every object in the bucket has a row.
 
-A stage that finds its generation deleted removes what it stored, and a
-delete removes the generation's objects before and after its row. What can
-still slip through is an object stored by a worker that died before it
-could look (killed between its upload and its record). The sweep walks the
-bucket's generation objects a page per run (``PAGE`` keys, resuming where
-the last run stopped, round and round) and removes each object older than
-``GRACE`` whose generation is gone, or has ended for good (completed,
-canceled) without recording it. Younger objects may belong to a request or
-a stage that has not committed yet; a failed generation keeps its objects,
-since a retry may still store them.
+Stages and deletes clean up after themselves; what slips through is an
+object stored by a worker killed between its upload and its record. Each run
+walks a page of the bucket (resuming where the last stopped) and removes
+objects older than ``GRACE`` whose generation is gone or has ended for good
+without recording them. Younger objects may belong to work not yet
+committed; a failed generation keeps its objects, since a retry may store them.
 """
 
 from __future__ import annotations

@@ -1,20 +1,10 @@
 """Stage 3, ``persona``: blend in the user's best-matching saved style.
 
-Similarity between the prompt package and each persona (keywords, aesthetic
-and description) is TF-IDF cosine over word tokens, with inverse document
-frequencies from the user's personas plus the prompt, so words every persona
-shares count for little:
+    score = 0.75 x TF-IDF cosine + 0.25 x palette overlap
 
-    score = 0.75 x cosine + 0.25 x palette overlap
-    (palette overlap: share of the persona's colours the prompt names)
-
-An explicit ``personaId`` always wins; otherwise the best score wins (ties go
-to the default persona) if it reaches ``THRESHOLD``, and below it nothing is
-blended. Keywords naming another garment, colour, material or pattern than
-the designer's words name are not injected (``skippedKeywords``). Skipped
-when the user has no personas, or under ``enhance: off``. Output:
-``{personaId, personaName, matchScore, injectedKeywords, skippedKeywords,
-scores, threshold, reason, prompt}``.
+An explicit ``personaId`` wins, else the best score if it reaches
+``THRESHOLD``; keywords that contradict the designer's words are not
+injected. Rules and examples: docs/judgement.md, "Personas".
 """
 
 from __future__ import annotations

@@ -1,23 +1,9 @@
 """Stage 4, ``route``: choose provider + model. Routing is data: each adapter
-in ``PROVIDERS`` declares its capabilities (aspect ratios, negative prompt,
-max prompt length, max images), price, quality score and typical latency;
-a strategy is a set of weights over normalised 0..1 components:
-
-- quality: the adapter's ``quality_score``;
-- suitability: 1.0, x0.7 without negative-prompt support when there is a
-  negative prompt, x0.6 when the prompt would have to be trimmed;
-- cost: 1 - price / dearest candidate's price;
-- speed: 1 - latency / slowest candidate's latency / 2;
-- success: recent success rate in the circuit window (Laplace-smoothed).
-
-Excluded: unknown providers, providers without their key, providers that
-cannot serve the request (aspect ratio, image count) and, unless asked for
-by name, providers whose circuit is open. An explicit ``settings.provider``
-wins (the API refuses one that cannot serve the request with a 422); with
-``auto``, ``BFF_DEFAULT_PROVIDER`` wins when it is a candidate, else the
-highest score (ties broken by id).
-Output: ``{provider, model, strategy, scores, components, excluded,
-aspectRatio, reason}``.
+in ``PROVIDERS`` declares its capabilities, price, quality score and typical
+latency, and a strategy weighs normalised 0..1 components of them (the
+weights, the components and who is excluded: docs/judgement.md, "Routing
+strategies"). An explicit ``settings.provider`` wins; with ``auto``,
+``BFF_DEFAULT_PROVIDER`` when it is a candidate, else the highest score.
 """
 
 from __future__ import annotations
@@ -34,13 +20,7 @@ MAX_PROMPT = 5000  # our own API's limit, used when no provider is available
 LOCAL = "local"
 
 WEIGHTS = {
-    "balanced": {
-        "quality": 0.30,
-        "suitability": 0.25,
-        "cost": 0.20,
-        "speed": 0.15,
-        "success": 0.10,
-    },
+    "balanced": {"quality": 0.3, "suitability": 0.25, "cost": 0.2, "speed": 0.15, "success": 0.1},
     "quality": {"quality": 0.60, "suitability": 0.20, "cost": 0.05, "speed": 0.05, "success": 0.10},
     "cost": {"quality": 0.10, "suitability": 0.20, "cost": 0.55, "speed": 0.05, "success": 0.10},
     "speed": {"quality": 0.10, "suitability": 0.20, "cost": 0.05, "speed": 0.55, "success": 0.10},
@@ -90,17 +70,16 @@ def prompt_budget(request: dict[str, Any], settings: Settings) -> dict[str, Any]
     }
 
 
+def _probe(request: dict[str, Any]) -> ImageRequest:
+    """One image of ``request``, as much of it as a price depends on."""
+    quality = request.get("quality", "standard")
+    return ImageRequest("", "", aspect_ratio=request["aspectRatio"], quality=quality)
+
+
 def _components(
     candidates: list[str], request: dict[str, Any], health: dict[str, WindowStats]
 ) -> dict[str, dict[str, float]]:
-    probe = ImageRequest(
-        generation_id="",
-        prompt="",
-        quality=request.get("quality", "standard"),
-        aspect_ratio=request["aspectRatio"],
-        count=1,
-    )
-    prices = {pid: float(PROVIDERS[pid].price_for(probe)) for pid in candidates}
+    prices = {pid: float(PROVIDERS[pid].price_for(_probe(request))) for pid in candidates}
     latencies = {pid: PROVIDERS[pid].capabilities.typical_latency_s for pid in candidates}
     max_price, max_latency = max(prices.values()), max(latencies.values())
     out = {}
@@ -216,11 +195,8 @@ def estimate(settings: dict[str, Any], config: Settings) -> tuple[float, str | N
     request = routing_request(settings)
     wanted = request["provider"]
     names = [wanted] if wanted != "auto" else list(PROVIDERS)
-    probe = ImageRequest(
-        "estimate", "", aspect_ratio=request["aspectRatio"], quality=request["quality"]
-    )
     prices = {
-        pid: PROVIDERS[pid].price_for(probe) * int(request["count"])
+        pid: PROVIDERS[pid].price_for(_probe(request)) * int(request["count"])
         for pid in names
         if not exclusion(pid, request, config)
     }

@@ -1,19 +1,13 @@
-"""Run one stage of one generation and record it. The Celery tasks call
+"""Run one stage of one generation and record it; the Celery tasks call
 ``run_stage`` and nothing else.
 
-One session and short transactions, so no row lock is held while a stage works:
-
-1. ``claim``: lock the generation; stop if it is final or the stage already
-   finished (a redelivered message); mark the stage running, which renews the
-   lease (the generation's ``updated_at``, its progress clock);
-2. the stage function, then ``record``: lock the generation again and write the
-   output, timings and status in the same transaction as the stage's own rows
-   (assets). A generation ended meanwhile (canceled) keeps its status.
-
-A wait (``StageWaiting``) and a failure are recorded in transactions of their
-own (``wait``, ``fail_or_retry``). A stage's ``checkpoint`` commits partial
-progress (a paid prediction's id) under a fence: a copy that was taken over
-stops there instead of paying. Events and webhooks go out after the commit.
+Short transactions on one session, so no row lock is held while a stage
+works: ``claim_stage`` locks the generation, marks the stage running and
+renews the lease; after the stage function, ``record`` locks it again and
+writes the result in one transaction with the stage's own rows (a
+generation canceled meanwhile keeps its status). A wait and a failure are
+recorded in transactions of their own. Events and webhooks go out only after
+the commit.
 """
 
 from __future__ import annotations
@@ -22,7 +16,6 @@ import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -45,22 +38,13 @@ from app.domain.states import (
     set_stage_status,
     set_status,
 )
-from app.pipeline import STAGE_FUNCS, STAGES
+from app.pipeline import STAGE_FUNCS, STAGES, lease
 from app.pipeline.context import (
     StageContext,
     StageFailed,
     StageLeaseLost,
     StageTransient,
     StageWaiting,
-)
-from app.pipeline.lease import (
-    CHECKPOINT,
-    WAITING,
-    checkpoint_of,
-    checkpointer,
-    heartbeat,
-    lock,
-    stalled,
 )
 from app.platform import events
 from app.platform.config import Settings
@@ -109,11 +93,11 @@ def run_stage(
             gen,
             settings,
             storage,
-            previous=checkpoint_of(stage),
-            checkpoint=checkpointer(session, gen.id, stage.id, task_id),
+            previous=lease.checkpoint_of(stage),
+            checkpoint=lease.checkpointer(session, gen.id, stage.id, task_id),
         )
         prefix = generation_prefix(gen.user_id, gen.id)
-        with heartbeat(db, stage, task_id, every=settings.stall_timeout / 3):
+        with lease.heartbeat(db, stage, task_id, every=settings.stall_timeout / 3):
             outcome = _work(ctx, name, task_id, stage.attempts)
     if outcome.gone:  # whatever this stage stored went after the delete removed the rest
         storage.delete_prefix(prefix)
@@ -179,7 +163,7 @@ def claim_stage(
     after: After,
 ) -> tuple[Generation, GenerationStage] | Outcome:
     """Take the stage for this delivery, or say why not (an Outcome)."""
-    gen = lock(session, generation_id)
+    gen = lease.lock(session, generation_id)
     if gen is None or gen.status in FINAL:
         return STOP
     if not gen.stages:  # the first claim writes the generation's stage rows
@@ -194,14 +178,14 @@ def claim_stage(
     if stage.status == S_RUNNING and not own_retry:
         # Another delivery holds the stage. Its lease is the generation's
         # progress clock: fresh means it is alive, so this copy stops here.
-        if not stalled(gen, settings):
+        if not lease.stalled(gen, settings):
             log.info("%s: %s is already running elsewhere", generation_id, name)
             return STOP
         if stage.attempts >= settings.stage_max_attempts:
             lost = f"{name} made no progress in {stage.attempts} attempts"
             lost += " (its worker was lost each time)"
             return end_failed(session, settings, gen, stage, lost, after)
-    waited = own_retry and checkpoint_of(stage).get(WAITING)
+    waited = own_retry and lease.checkpoint_of(stage).get(lease.WAITING)
     set_status(gen, PROCESSING)
     set_stage_status(stage, S_RUNNING)
     gen.updated_at = utcnow()  # progress: renews the lease
@@ -226,7 +210,7 @@ def record(
     what the stage function wrote (its rows; route's provider, generate's cost)."""
     settings = ctx.settings
     session.flush()  # (a deleted generation: StaleDataError, or an asset's foreign key)
-    gen = lock(session, ctx.generation.id)  # ended, or taken over, by someone meanwhile?
+    gen = lease.lock(session, ctx.generation.id)  # ended, or taken over, by someone meanwhile?
     if gen is None:
         raise GenerationGone(ctx.generation.id)
     stage = gen.stage(name)
@@ -266,7 +250,7 @@ def wait(
 ) -> Outcome:
     """The stage is waiting (a provider working, a rate-limit token not yet
     free): keep what it asked to keep, renew the lease, run it again later."""
-    gen = lock(session, generation_id)
+    gen = lease.lock(session, generation_id)
     if gen is None:
         return GONE
     if gen.status in FINAL:
@@ -276,7 +260,12 @@ def wait(
         # Taken over while it waited: the owner's checkpoint is not ours.
         log.warning("%s: %s stopped: taken over by %s", generation_id, name, stage.task_id)
         return STOP
-    stage.output = {**(stage.output or {}), **exc.state, CHECKPOINT: True, WAITING: exc.reason}
+    stage.output = {
+        **(stage.output or {}),
+        **exc.state,
+        lease.CHECKPOINT: True,
+        lease.WAITING: exc.reason,
+    }
     gen.updated_at = utcnow()  # still alive: renews the lease
     # A longer wait is taken in hops, each renewing the lease, so a waiting
     # stage never looks lost; a run before its time waits again (the
@@ -293,7 +282,7 @@ def fail_or_retry(
     retry_in: float | None,
     after: After,
 ) -> Outcome:
-    gen = lock(session, generation_id)
+    gen = lease.lock(session, generation_id)
     if gen is None:
         return GONE
     stage = gen.stage(name)
@@ -319,7 +308,11 @@ def end_failed(
 ) -> Outcome:
     """Fail the stage and, unless it has ended already, the generation."""
     was_final = gen.status in FINAL
-    fail(gen, stage, error)
+    set_stage_status(stage, S_FAILED)
+    stage.error, stage.finished_at = error, utcnow()
+    if not was_final:
+        set_status(gen, FAILED)
+        gen.error_stage, gen.error_message = stage.name, error
     gen.updated_at = utcnow()  # a change clients see, even of an ended generation
     gen_id, name = gen.id, stage.name
     after.append(lambda: events.stage_changed(settings, gen_id, name, S_FAILED, None))
@@ -337,7 +330,7 @@ def time_out(
 ) -> Generation | None:
     """Fail a generation past its deadline at the stage it is in (None: it
     ended meanwhile)."""
-    gen = lock(session, generation_id)
+    gen = lease.lock(session, generation_id)
     if gen is None or gen.status in FINAL:
         return None
     if not gen.stages:  # never claimed
@@ -350,16 +343,6 @@ def time_out(
     return gen
 
 
-def fail(gen: Any, stage: Any, message: str) -> None:
-    if stage.status != S_FAILED:
-        set_stage_status(stage, S_FAILED)
-    stage.error = message
-    stage.finished_at = utcnow()
-    if gen.status not in FINAL:
-        set_status(gen, FAILED)
-        gen.error_stage, gen.error_message = stage.name, message
-
-
 def backoff(attempt: int, retry_after: float | None = None) -> float:
     """Exponential backoff with full jitter, never shorter than the server asked."""
     delay = random.uniform(0.5, 1.0) * min(60.0, 2.0**attempt)
@@ -369,7 +352,4 @@ def backoff(attempt: int, retry_after: float | None = None) -> float:
 def _elapsed_ms(stage: GenerationStage) -> int | None:
     if stage.started_at is None:
         return None
-    started = stage.started_at
-    if started.tzinfo is None:  # SQLite returns naive UTC
-        started = started.replace(tzinfo=UTC)
-    return max(0, round((utcnow() - started).total_seconds() * 1000))
+    return max(0, round((utcnow() - lease.aware(stage.started_at)).total_seconds() * 1000))

@@ -1,15 +1,9 @@
-"""Stage 7, ``store``: fetch every output, verify it is an image, put it in the
-bucket under its deterministic key and record the asset (size, dimensions,
-content type, CDN URL). Re-running it overwrites the same keys and rows.
-
-Downloads only from provider hosts (``providers.registry.is_output_url_allowed``:
-the providers' CDNs and the configured base URLs' hosts), never following a
-redirect elsewhere, size-capped and content-type checked. The bucket is
-retried with backoff (``S3Storage``, then this stage's attempts); if it stays
-down the generation fails here with the provider's output reference kept in
-``generate``'s output, and ``POST /api/generate/<id>/retry`` resumes at this
-stage without calling the provider again (while the provider still serves the
-output: Replicate deletes it after an hour, then the error says so).
+"""Stage 7, ``store``: fetch every output, check it is an image, put it in the
+bucket under its deterministic key and record the asset; a re-run overwrites
+the same keys and rows. Downloads come only from provider hosts
+(``registry.is_output_url_allowed``), never following a redirect elsewhere,
+size-capped. A bucket outage fails the job here with ``generate``'s output
+reference kept, so a retry resumes at this stage without paying again.
 """
 
 from __future__ import annotations
@@ -22,7 +16,6 @@ from urllib.parse import urljoin
 
 import requests
 from PIL import Image
-from sqlalchemy import bindparam
 from sqlalchemy.orm import Session
 
 from app.domain.models import GenerationAsset, utcnow
@@ -84,7 +77,10 @@ def _read(resp: requests.Response, limit: int) -> bytes:
 
 def _fetch(ctx: StageContext, ref: dict) -> bytes:
     if ref.get("storedKey"):
-        return ctx.storage.get(ref["storedKey"])
+        try:
+            return ctx.storage.get(ref["storedKey"])
+        except KeyError as exc:
+            raise StageFailed("the generated image is missing from storage") from exc
     if ref.get("data"):  # bytes kept inline because the bucket was down at generate
         try:
             return base64.b64decode(ref["data"], validate=True)
@@ -95,97 +91,70 @@ def _fetch(ctx: StageContext, ref: dict) -> bytes:
     raise StageFailed("the provider returned no image reference")
 
 
-_ASSETS = GenerationAsset.__table__
 # What a re-run rewrites of an asset row it finds (not its id, generation,
 # position or created_at: feedback keeps pointing at the same asset).
-_REWRITTEN = (
-    "r2_key",
-    "cdn_url",
-    "content_type",
-    "file_size",
-    "width",
-    "height",
-    "provider_id",
-    "asset_type",
-    "metadata",
-)
-_COLUMNS = ("generation_id", "position", *_REWRITTEN, "created_at")
-
-
-def _upsert(dialect_name: str) -> Any:
-    stmt = dialect_insert(dialect_name)(_ASSETS).values({c: bindparam(c) for c in _COLUMNS})
-    return stmt.on_conflict_do_update(
-        index_elements=["generation_id", "position"],
-        set_={c: stmt.excluded[c] for c in _REWRITTEN},
-    )
-
-
-_UPSERTS = {name: _upsert(name) for name in ("postgresql", "sqlite")}  # built once
+_REWRITTEN = "r2_key cdn_url content_type file_size width height provider_id asset_type metadata"
 _NOT_METADATA = ("storedKey", "index", "data")  # generate's bookkeeping, and the bytes
 
 
 def _put_asset(session: Session, values: dict[str, Any]) -> None:
     """Insert the asset row, or rewrite the one an earlier attempt left at
     its position: one statement, no read first."""
-    session.execute(_UPSERTS[session.get_bind().dialect.name], values)
+    insert = dialect_insert(session.get_bind().dialect.name)
+    stmt = insert(GenerationAsset.__table__).values(values)
+    session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["generation_id", "position"],
+            set_={c: stmt.excluded[c] for c in _REWRITTEN.split()},
+        )
+    )
+
+
+def _image(data: bytes) -> tuple[str, str, int, int]:
+    """Content type, file extension, width and height of an image we store."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            fmt, (width, height) = img.format, img.size
+    except Exception as exc:
+        raise StageFailed("the provider returned data that is not an image") from exc
+    if fmt not in FORMATS:
+        raise StageFailed(f"the provider returned an unsupported image format ({fmt})")
+    return *FORMATS[fmt], width, height
+
+
+def _store(ctx: StageContext, ref: dict[str, Any]) -> dict[str, Any]:
+    gen, i = ctx.generation, int(ref["index"])
+    data = _fetch(ctx, ref)
+    size = len(data)
+    content_type, ext, width, height = _image(data)
+    key = asset_key(gen.user_id, gen.id, i, ext)
+    stored = ref.get("storedKey") == key  # generate already put it there
+    url = ctx.storage.url(key) if stored else ctx.storage.put(key, data, content_type)
+    _put_asset(
+        ctx.session,
+        {
+            "generation_id": gen.id,
+            "position": i,
+            "r2_key": key,
+            "cdn_url": url,
+            "content_type": content_type,
+            "file_size": size,
+            "width": width,
+            "height": height,
+            "provider_id": gen.provider,
+            "asset_type": "image",
+            "metadata": {k: v for k, v in ref.items() if k not in _NOT_METADATA},
+            "created_at": utcnow(),
+        },
+    )
+    return {"index": i, "key": key, "url": url, "width": width, "height": height, "fileSize": size}
 
 
 def run(ctx: StageContext) -> StageResult:
-    gen = ctx.generation
     outputs = ctx.output_of("generate").get("outputs") or []
     if not outputs:
         raise StageFailed("the provider returned no images")
-    recorded = []
-    for ref in outputs:
-        i = int(ref["index"])
-        try:
-            data = _fetch(ctx, ref)
-        except KeyError as exc:
-            raise StageFailed("the generated image is missing from storage") from exc
-        except StorageError as exc:
-            raise StageTransient(f"storage unavailable: {exc}") from exc
-        try:
-            with Image.open(io.BytesIO(data)) as img:
-                fmt, (width, height) = img.format, img.size
-        except Exception as exc:
-            raise StageFailed("the provider returned data that is not an image") from exc
-        if fmt not in FORMATS:
-            raise StageFailed(f"the provider returned an unsupported image format ({fmt})")
-        content_type, ext = FORMATS[fmt]
-        key = asset_key(gen.user_id, gen.id, i, ext)
-        try:
-            url = (
-                ctx.storage.url(key)
-                if ref.get("storedKey") == key
-                else ctx.storage.put(key, data, content_type)
-            )
-        except StorageError as exc:
-            raise StageTransient(f"storage unavailable: {exc}") from exc
-        _put_asset(
-            ctx.session,
-            {
-                "generation_id": gen.id,
-                "position": i,
-                "r2_key": key,
-                "cdn_url": url,
-                "content_type": content_type,
-                "file_size": len(data),
-                "width": width,
-                "height": height,
-                "provider_id": gen.provider,
-                "asset_type": "image",
-                "metadata": {k: v for k, v in ref.items() if k not in _NOT_METADATA},
-                "created_at": utcnow(),
-            },
-        )
-        recorded.append(
-            {
-                "index": i,
-                "key": key,
-                "url": url,
-                "width": width,
-                "height": height,
-                "fileSize": len(data),
-            }
-        )
-    return StageResult({"assets": recorded})
+    try:
+        return StageResult({"assets": [_store(ctx, ref) for ref in outputs]})
+    except StorageError as exc:
+        raise StageTransient(f"storage unavailable: {exc}") from exc

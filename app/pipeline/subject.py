@@ -1,11 +1,9 @@
 """What a designer asks for: the garment, its colours, materials and pattern.
 
-``subject_of(text)`` reads them from words; ``resolve(words, record)`` merges
-the designer's words with a photo's analysis (the words win wherever they name
-a garment, a colour, a material or a pattern; the photo fills in the rest).
-``strays`` and ``conflicts`` say which subject words of a candidate term the
-request does not ask for, so learnt terms, persona keywords and an LLM's
-phrases never override the request (see docs/judgement.md).
+``subject_of`` reads them from words; ``resolve`` merges the words with a
+photo's analysis (the words win wherever they name one). ``strays`` and
+``conflicts`` keep learnt terms, persona keywords and an LLM's phrases from
+overriding the request (docs/judgement.md).
 """
 
 from __future__ import annotations
@@ -116,12 +114,13 @@ def subject_of(text: str) -> Subject:
     )
 
 
-def _kinds(term: Subject, request: Subject) -> list[tuple[str, list[str]]]:
+def _kinds(term: Subject, request: Subject) -> list[tuple[tuple[str, ...], list[str]]]:
+    """Per kind: what the request names, and the words of ``term`` it does not."""
     return [
-        ("garment", [g for g in term.garments if GARMENTS[g] not in request.categories]),
-        ("colour", [c for c in term.colours if c not in request.colours]),
-        ("material", [m for m in term.materials if m not in request.materials]),
-        ("pattern", [p for p in term.patterns if p not in request.patterns]),
+        (request.garments, [g for g in term.garments if GARMENTS[g] not in request.categories]),
+        (request.colours, [c for c in term.colours if c not in request.colours]),
+        (request.materials, [m for m in term.materials if m not in request.materials]),
+        (request.patterns, [p for p in term.patterns if p not in request.patterns]),
     ]
 
 
@@ -134,13 +133,7 @@ def strays(term: str, request: Subject) -> list[str]:
 def conflicts(term: str, words: Subject) -> list[str]:
     """Words of ``term`` that contradict the designer's: a garment, colour,
     material or pattern of a kind the designer named, but not the one named."""
-    named = {
-        "garment": words.garments,
-        "colour": words.colours,
-        "material": words.materials,
-        "pattern": words.patterns,
-    }
-    return [w for kind, ws in _kinds(subject_of(term), words) if named[kind] for w in ws]
+    return [w for named, ws in _kinds(subject_of(term), words) if named for w in ws]
 
 
 @dataclass
@@ -182,7 +175,7 @@ def resolve(words: str | None, record: dict[str, Any] | None) -> Resolved:
     the photo's analysis (``record``) fills in the rest."""
     said = subject_of(words or "")
     head = head_garment(words or "")
-    photo = _photo(record) if record else {"garment": None, "colours": [], "materials": []}
+    photo = _photo(record or {})
     rec = copy.deepcopy(record) if record else None
     out = Resolved(record=rec)
     wins = {
@@ -194,11 +187,11 @@ def resolve(words: str | None, record: dict[str, Any] | None) -> Resolved:
     for name, value in wins.items():
         if value:
             out.sources[name] = "words"
-            if photo.get(name) and rec is not None:
+            if photo[name]:
                 out.overridden.append(
                     {"field": name, "photo": _text(photo[name]), "words": _text(value)}
                 )
-        elif photo.get(name):
+        elif photo[name]:
             out.sources[name], value = "photo", photo[name]
         setattr(out, name, value)
     if rec is not None:

@@ -1,14 +1,8 @@
-"""The ``enhance`` stage's offline engine: four style templates (elegant
-evening, minimalist modern, romantic bohemian, dramatic avant-garde), chosen
-from the spec's aesthetic and formality or from the prompt's words, with
-slots for garment, silhouette, fabric, colours, construction, lighting,
-composition and quality terms.
-
-The designer's words lead the prompt verbatim. A photo's spec fills in only
-what the words leave open (``subject.resolve``): where they name a garment,
-colour, material or pattern, the photo's is left out and recorded in
-``overridden``. The prompt is fitted to a length limit by dropping the
-lowest-value terms (quality, then template, then spec terms) first.
+"""The ``enhance`` stage's offline engine: four style templates chosen from the
+spec's style or the prompt's words, with slots for garment, fabric, colours,
+construction, lighting, composition and quality terms. The designer's words
+lead verbatim (``subject.resolve``); the prompt is fitted to a length limit
+by dropping the lowest-value terms first (quality, then template, then spec).
 """
 
 from __future__ import annotations
@@ -73,23 +67,19 @@ def _sources(text: str, record: dict[str, Any] | None) -> list[tuple[set[str], i
     return sources
 
 
-def template_evidence(text: str, record: dict[str, Any] | None) -> dict[str, list[str]]:
-    """Trigger words per template found in the prompt and the spec's style."""
-    bag = set().union(*(ws for ws, _ in _sources(text, record)))
-    return {tid: sorted(bag & t["triggers"]) for tid, t in TEMPLATES.items()}
-
-
-def template_scores(text: str, record: dict[str, Any] | None) -> dict[str, int]:
+def choose_template(text: str, record: dict[str, Any] | None) -> str:
     sources = _sources(text, record)
-    return {
+    scores = {
         tid: sum(w * len(ws & t["triggers"]) for ws, w in sources) for tid, t in TEMPLATES.items()
     }
-
-
-def choose_template(text: str, record: dict[str, Any] | None) -> str:
-    scores = template_scores(text, record)
     best = max(scores, key=lambda tid: (scores[tid], tid == DEFAULT_TEMPLATE))
     return best if scores[best] > 0 else DEFAULT_TEMPLATE
+
+
+def _matched(text: str, record: dict[str, Any] | None, tid: str) -> list[str]:
+    """The trigger words of template ``tid`` in the prompt and the spec's style."""
+    found = set().union(*(ws for ws, _ in _sources(text, record)))
+    return sorted(found & TEMPLATES[tid]["triggers"])
 
 
 def _spec_phrase(record: dict[str, Any]) -> list[str]:
@@ -173,16 +163,16 @@ def build_package(
     resolved = resolve(prompt, record)
     rec = resolved.record
     text = (prompt or (record or {}).get("promptText") or "").strip()
-    evidence = template_evidence(text, rec)
     tid = choose_template(text, rec)
+    matched = _matched(text, rec, tid)
     t = TEMPLATES[tid]
     segments = [text] if text else []
     if rec:
         segments += [p for p in _spec_phrase(rec) if p and p.lower() not in text.lower()]
     segments += [t["style"], t["lighting"], t["composition"], *t["terms"], *QUALITY_TERMS]
     why = (
-        f"template {tid}: matched {', '.join(evidence[tid])}"
-        if evidence[tid]
+        f"template {tid}: matched {', '.join(matched)}"
+        if matched
         else f"template {tid}: no style words matched, the default"
     )
     return package(

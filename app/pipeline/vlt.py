@@ -11,6 +11,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from app.pipeline.llm import strict_object
+
 
 class _Part(BaseModel):
     model_config = ConfigDict(extra="allow")
@@ -72,26 +74,16 @@ def normalize_spec(raw: Any) -> dict[str, Any]:
     return VltSpec.model_validate(raw).model_dump(mode="json")
 
 
-def _obj(props: dict[str, Any]) -> dict[str, Any]:
-    # OpenAI strict structured output: every property required, nothing extra.
-    return {
-        "type": "object",
-        "properties": props,
-        "required": list(props),
-        "additionalProperties": False,
-    }
-
-
 _S, _NS = {"type": "string"}, {"type": ["string", "null"]}
 
-RECORD_SCHEMA: dict[str, Any] = _obj(
+RECORD_SCHEMA: dict[str, Any] = strict_object(
     {
         "garmentType": _S,
         "silhouette": _S,
-        "fabric": _obj({"type": _S, "texture": _NS, "weight": _NS, "finish": _NS}),
-        "colors": _obj({"primary": _S, "secondary": _NS, "pattern": _NS}),
-        "construction": _obj({"seams": _NS, "closure": _NS, "details": _NS}),
-        "style": _obj({"aesthetic": _S, "formality": _S, "season": _S}),
+        "fabric": strict_object({"type": _S, "texture": _NS, "weight": _NS, "finish": _NS}),
+        "colors": strict_object({"primary": _S, "secondary": _NS, "pattern": _NS}),
+        "construction": strict_object({"seams": _NS, "closure": _NS, "details": _NS}),
+        "style": strict_object({"aesthetic": _S, "formality": _S, "season": _S}),
         "promptText": _S,
         "confidence": {"type": "number"},
     }

@@ -1,19 +1,9 @@
-"""Provider health as the workers see it.
-
-After every ``generate`` outcome the runner calls ``record_outcome``: the
-lifetime counters in ``providers`` move, and a row goes into
-``provider_outcomes`` (rows older than ``RETENTION`` are pruned as new ones
-arrive, at most once per ``PRUNE_EVERY`` per process and provider). Routing reads the recent window:
-
-- ``window_stats``: successes and failures per provider in the window;
-  ``recent_window_stats``, what routing calls: the same, read at most once
-  per ``WINDOW_TTL`` per process (a failure this process records is seen at
-  once; a success, which can only close a circuit, and another process's
-  outcomes within ``WINDOW_TTL``);
-- ``circuit_open``: why a provider's circuit is open (failure rate over
-  ``settings.circuit_failure_rate`` with at least ``circuit_min_samples``
-  outcomes in the last ``circuit_window_s`` seconds), or None. The circuit
-  closes by itself once the failures age out of the window.
+"""Provider health as the workers see it: the runner records every
+``generate`` outcome (lifetime counters in ``providers``, a row in
+``provider_outcomes``), and routing reads the recent window per provider. A
+circuit is open while failures exceed ``settings.circuit_failure_rate`` of at
+least ``circuit_min_samples`` outcomes in the window; it closes by itself as
+they age out.
 """
 
 from __future__ import annotations
@@ -96,30 +86,21 @@ def record_outcome(
         forget_windows()
 
 
-def prune_turn(engine: Any, provider_id: str, now: datetime) -> bool:
-    """Whether this process should prune ``provider_id``'s old outcomes in
-    ``engine``'s database now (at most once per ``PRUNE_EVERY`` per process
-    and database); True takes the turn."""
-    with _lock:
-        turns = _last_prune.setdefault(engine, {})
-        last = turns.get(provider_id)
-        if last is not None and now - last < PRUNE_EVERY:
-            return False
-        turns[provider_id] = now
-        return True
-
-
 def prune_if_due(session: Session, provider_id: str, now: datetime | None = None) -> None:
     """Delete ``provider_id``'s outcomes older than ``RETENTION``, at most once
     per ``PRUNE_EVERY`` per process and database."""
     now = now or utcnow()
-    if prune_turn(session.get_bind().engine, provider_id, now):
-        session.execute(
-            delete(ProviderOutcome).where(
-                ProviderOutcome.provider_id == provider_id,
-                ProviderOutcome.created_at < _at(session, now - RETENTION),
-            )
+    with _lock:
+        turns = _last_prune.setdefault(session.get_bind().engine, {})
+        if provider_id in turns and now - turns[provider_id] < PRUNE_EVERY:
+            return
+        turns[provider_id] = now
+    session.execute(
+        delete(ProviderOutcome).where(
+            ProviderOutcome.provider_id == provider_id,
+            ProviderOutcome.created_at < _at(session, now - RETENTION),
         )
+    )
 
 
 # Every provider's outcomes since ``cutoff``: a range of the time-first index

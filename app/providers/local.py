@@ -10,10 +10,11 @@ from __future__ import annotations
 import hashlib
 import io
 import random
+from math import dist
 
 from PIL import Image, ImageDraw, ImageFilter
 
-from app.pipeline.colors import color_rgb
+from app.pipeline.colors import RGB, color_rgb
 from app.pipeline.subject import garment_category
 from app.providers.base import (
     ASPECT_RATIOS,
@@ -35,7 +36,6 @@ def dimensions(aspect_ratio: str, long_side: int = LONG_SIDE) -> tuple[int, int]
     return max(8, round(long_side * w / h)), long_side
 
 
-RGB = tuple[int, int, int]
 MIN_CONTRAST = 110  # garment-to-backdrop colour distance below which the backdrop turns
 DARK_BACKDROP, DEFAULT_PALETTE = (52, 56, 62), [(110, 40, 140), (240, 235, 225)]
 
@@ -44,15 +44,11 @@ def _mix(a: RGB, b: RGB, t: float) -> RGB:
     return tuple(round(x + (y - x) * t) for x, y in zip(a, b, strict=True))  # type: ignore
 
 
-def _dist(a: RGB, b: RGB) -> float:
-    return sum((x - y) ** 2 for x, y in zip(a, b, strict=True)) ** 0.5
-
-
 def backdrop_colours(primary: RGB, secondary: RGB) -> tuple[RGB, RGB]:
     """Top and bottom of the studio backdrop: a light tint of the secondary
     colour, or a dark one when that would not set the garment off."""
     base = _mix(secondary, (255, 255, 255), 0.55)
-    if _dist(base, primary) < MIN_CONTRAST:
+    if dist(base, primary) < MIN_CONTRAST:
         base = DARK_BACKDROP
     return _mix(base, (255, 255, 255), 0.15), _mix(base, (0, 0, 0), 0.15)
 

@@ -1,25 +1,11 @@
 """``openai-dalle3`` and ``openai-gpt-image``: ``POST /v1/images/generations``
-through the ``openai`` SDK (``max_retries=0``: attempts are counted once, by
-the stage runner, which honours ``retry-after-ms`` / ``retry-after``).
+through the ``openai`` SDK with its retries off (the stage runner counts
+attempts and honours ``retry-after-ms`` / ``retry-after``). How our settings
+map to each model's: docs/providers.md, "What is sent".
 
-Our settings -> what each model accepts (recorded in ``sent``):
-
-==============  ===========================  ==============================
-our setting     dall-e-3                     gpt-image-1
-==============  ===========================  ==============================
-1:1             1024x1024                    1024x1024
-4:3, 16:9       1792x1024                    1536x1024
-3:4, 9:16       1024x1792                    1024x1536
-standard / hd   standard / hd                medium / high
-count N         N calls with n=1 (model      one call, n=N
-                limit), each saved as done
-output          url (fetched by ``store``)   b64_json (the only format)
-==============  ===========================  ==============================
-
-A synchronous call holds a thread of the ``generation`` queue (threads pool,
-cheap) for its duration; there is no id to resume, so a worker killed
-mid-call means the retry calls again (dall-e-3 images already returned are
-saved and not asked for twice).
+A synchronous call has no id to resume: a worker killed mid-call means the
+retry calls again (dall-e-3 images already returned are saved, not asked for
+twice).
 """
 
 from __future__ import annotations
@@ -93,12 +79,8 @@ def _mapped() -> Iterator[None]:
 
 
 def _orientation(aspect_ratio: str) -> str:
-    w, _, h = aspect_ratio.partition(":")
-    try:
-        ratio = float(w) / float(h)
-    except (ValueError, ZeroDivisionError):
-        return "square"
-    return "square" if ratio == 1 else ("landscape" if ratio > 1 else "portrait")
+    w, h = map(int, aspect_ratio.split(":"))  # one of ASPECT_RATIOS
+    return "square" if w == h else "landscape" if w > h else "portrait"
 
 
 @functools.cache

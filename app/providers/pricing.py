@@ -34,20 +34,15 @@ class PriceTable:
     rows: dict[tuple[str, str, str], Price]
 
     def price(self, provider: str, quality: str, size: str = "*") -> Price:
-        for key in ((provider, size, quality), (provider, size, "*"), (provider, "*", quality)):
-            if key in self.rows:
-                return self.rows[key]
-        if (provider, "*", "*") in self.rows:
-            return self.rows[(provider, "*", "*")]
+        for key in ((size, quality), (size, "*"), ("*", quality), ("*", "*")):
+            if (provider, *key) in self.rows:
+                return self.rows[(provider, *key)]
         raise KeyError(f"no price for {provider} {size} {quality} in {self.name}")
 
 
 def _rows(path: Path) -> dict[tuple[str, str, str], Price]:
-    with path.open("rb") as f:
-        return {
-            (p.provider, p.size, p.quality): p
-            for p in (Price(**r) for r in tomllib.load(f)["price"])
-        }
+    prices = (Price(**r) for r in tomllib.loads(path.read_text("utf-8"))["price"])
+    return {(p.provider, p.size, p.quality): p for p in prices}
 
 
 @lru_cache(maxsize=4)

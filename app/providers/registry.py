@@ -24,31 +24,19 @@ def get_provider(provider_id: str, settings: Settings, job: Job | None = None) -
     return cls(settings, job=job)
 
 
-def output_hosts(settings: Settings) -> tuple[set[str], set[str]]:
-    """Hosts provider outputs may be downloaded from: (exact names, dot-suffixes).
-    The adapters' own CDNs plus the hosts of the configured base URLs (where a
-    self-hosted gateway or a test fake serves its outputs). Nothing else."""
-    exact: set[str] = set()
-    suffixes: set[str] = set()
-    for cls in PROVIDERS.values():
-        for host in getattr(cls, "output_hosts", ()):
-            (suffixes if host.startswith(".") else exact).add(host.lower())
-    for base in (settings.replicate_base_url, settings.openai_base_url):
-        if base and (host := urlsplit(base).hostname):
-            exact.add(host.lower())
-    return exact, suffixes
-
-
 def is_output_url_allowed(settings: Settings, url: str) -> bool:
+    """Provider outputs are downloaded only from the adapters' own CDNs
+    (``output_hosts``; a leading dot: any subdomain) and the hosts of the
+    configured base URLs (a self-hosted gateway or a test fake), the latter
+    alone over plain http."""
     parts = urlsplit(url)
     host = (parts.hostname or "").lower()
-    exact, suffixes = output_hosts(settings)
-    configured = {
-        (urlsplit(b).hostname or "").lower()
-        for b in (settings.replicate_base_url, settings.openai_base_url)
-        if b
-    }
-    # Plain http only for a configured endpoint (a local gateway or fake).
-    if parts.scheme != "https" and not (parts.scheme == "http" and host in configured):
-        return False
-    return host in exact or any(host.endswith(s) for s in suffixes)
+    bases = (settings.replicate_base_url, settings.openai_base_url)
+    configured = {h.lower() for b in bases if b and (h := urlsplit(b).hostname)}
+    if host in configured:
+        return parts.scheme in ("https", "http")
+    return parts.scheme == "https" and any(
+        host == h or (h.startswith(".") and host.endswith(h))
+        for cls in PROVIDERS.values()
+        for h in getattr(cls, "output_hosts", ())
+    )

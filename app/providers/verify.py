@@ -5,7 +5,6 @@ health probe does not call the providers each time."""
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import dataclass
 
@@ -37,18 +36,15 @@ def check(provider_id: str, settings: Settings) -> KeyCheck:
         return KeyCheck(True, None, f"could not check: {exc}")
 
 
-_recent: dict[tuple[str, str | None], tuple[float, KeyCheck]] = {}
-_lock = threading.Lock()
+_recent: dict[tuple[str, str | None], tuple[float, KeyCheck]] = {}  # key -> (expiry, check)
 
 
 def recent(provider_id: str, settings: Settings) -> KeyCheck:
     """``check``, answered from this process's last one for up to ``TTL`` s."""
     key = (provider_id, settings.provider_key(provider_id))
-    with _lock:
-        hit = _recent.get(key)
+    hit = _recent.get(key)
     if hit is not None and time.monotonic() < hit[0]:
         return hit[1]
     result = check(provider_id, settings)
-    with _lock:
-        _recent[key] = (time.monotonic() + TTL, result)
+    _recent[key] = (time.monotonic() + TTL, result)
     return result
