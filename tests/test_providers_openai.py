@@ -160,3 +160,19 @@ def test_style_and_safety_level_are_settings_the_api_validates(client, user):
         assert resp.status_code == 422 and resp.get_json()["error"]["details"][0][
             "field"
         ].startswith("settings.")
+
+
+@pytest.mark.parametrize(
+    ("headers", "seconds"),
+    [
+        ({"retry-after-ms": "1500", "retry-after": "2"}, 1.5),
+        ({"retry-after": "7"}, 7.0),
+        ({}, None),
+    ],
+)
+def test_retry_after_reads_the_ms_header_else_the_standard_one(headers, seconds):
+    import httpx
+
+    from app.providers.openai_images import _retry_after
+
+    assert _retry_after(httpx.Headers(headers)) == seconds

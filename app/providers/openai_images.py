@@ -38,11 +38,11 @@ OPENAI_OUTPUT_HOSTS = ("oaidalleapiprodscus.blob.core.windows.net",)
 
 
 def _retry_after(headers: Any) -> float | None:
+    """OpenAI's ``retry-after-ms``, else the standard ``Retry-After`` (seconds)."""
     for name, divisor in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
-        raw = headers.get(name)
         try:
-            return float(raw) / divisor if raw is not None else None
-        except ValueError:
+            return float(headers[name]) / divisor
+        except (KeyError, ValueError):
             continue
     return None
 
