@@ -100,11 +100,16 @@ def finished(app, gen_id: str) -> WebhookDelivery:
     return d
 
 
-def test_secret_follows_the_spec_and_old_style_secrets_are_replaced(app, client, user):
+def test_secret_follows_the_spec_per_user_and_old_style_secrets_are_replaced(
+    app, client, user, other_user
+):
+    assert client.get("/api/webhooks/secret").status_code == 401
     secret = client.get("/api/webhooks/secret", headers=user.headers).json["secret"]
     assert secret.startswith("whsec_")
     assert len(base64.b64decode(secret[6:], validate=True)) == 32
     assert client.get("/api/webhooks/secret", headers=user.headers).json["secret"] == secret
+    theirs = client.get("/api/webhooks/secret", headers=other_user.headers).json["secret"]
+    assert theirs.startswith("whsec_") and theirs != secret
     with app.extensions["bff"].db.session() as session:
         session.get(User, user.id).webhook_secret = "whsec_not-base64_url-safe-token"
     fresh = client.get("/api/webhooks/secret", headers=user.headers).json["secret"]
