@@ -20,18 +20,8 @@ from tests.support.procs import ROOT, procfile
 PROCESSES = ("release", "web", "worker", "generator", "beat", "flower")
 # Procfile process type -> compose service.
 SERVICE = {"release": "migrate", **{p: p for p in PROCESSES[1:]}}
-APP_ENV = (
-    "DATABASE_URL",
-    "REDIS_URL",
-    "STORAGE_BACKEND",
-    "R2_ENDPOINT_URL",
-    "R2_ACCESS_KEY_ID",
-    "R2_SECRET_ACCESS_KEY",
-    "R2_BUCKET_NAME",
-    "R2_CDN_URL",
-    "REPLICATE_API_TOKEN",
-    "OPENAI_API_KEY",
-)
+APP_ENV = """DATABASE_URL REDIS_URL STORAGE_BACKEND R2_ENDPOINT_URL R2_ACCESS_KEY_ID
+R2_SECRET_ACCESS_KEY R2_BUCKET_NAME R2_CDN_URL REPLICATE_API_TOKEN OPENAI_API_KEY""".split()
 
 
 @pytest.fixture(scope="module")
