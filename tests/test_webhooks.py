@@ -20,8 +20,7 @@ from app.domain.models import User
 from app.platform.config import Settings
 from app.webhooks import REFUSED, Refused, WebhookDelivery, attempt, resolve_target
 from tests.conftest import make_user
-from tests.support.pipeline import run_all as run_chain
-from tests.test_events import run_all
+from tests.support.pipeline import run_all
 
 
 class Receiver:
@@ -255,7 +254,7 @@ def test_target_re_pointed_after_submit_is_refused_at_delivery(dev_app, dns):
 def test_completion_and_its_webhook_commit_together(client, user, app):
     gen_id = submit(client, user, "https://hooks.example.com/x")
     with app.app_context():
-        run_chain(app, gen_id)
+        run_all(app, gen_id)
     [d] = deliveries(app, gen_id)
     payload = json.loads(d.payload)
     # The message written in the completing transaction shows the finished job.
@@ -277,6 +276,6 @@ def test_a_job_canceled_mid_stage_gets_one_webhook(client, user, app, monkeypatc
 
     monkeypatch.setitem(pipeline.STAGE_FUNCS, "enhance", cancel_while_working)
     with app.app_context():
-        run_chain(app, gen_id)
+        run_all(app, gen_id)
     [d] = deliveries(app, gen_id)
     assert d.event_type == "generation.canceled"
