@@ -238,11 +238,7 @@ def stack(service_env, tmp_path_factory) -> Iterator[Stack]:
     port = free_port()
     env = {
         **service_env,
-        "PORT": str(port),
-        "WORKER_CONCURRENCY": "2",
-        "GENERATOR_CONCURRENCY": "8",
-        "GUNICORN_WORKERS": "2",
-        "BFF_PUBLIC_URL": f"http://127.0.0.1:{port}",
+        **P.procfile_env(port),
         # Webhook tests deliver to a receiver on 127.0.0.1, retrying quickly.
         "BFF_ALLOW_HTTP_WEBHOOKS": "1",
         "BFF_WEBHOOK_RETRY_BASE": "0.5",

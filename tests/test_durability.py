@@ -1,28 +1,27 @@
 """Leases and the stall dispatcher: a lost stage is re-run, a live one is
-never started twice, and attempts are bounded."""
+never started twice, and attempts are bounded; the storage sweep of orphans."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from datetime import timedelta
 
 from app.domain import generations as svc
 from app.domain.models import Generation, utcnow
-from app.pipeline import maintenance
+from app.pipeline import maintenance, orphans
 from app.pipeline.runner import run_stage
-from tests.support.pipeline import claimed, load
-
-
-def _new(app, user, **changes) -> str:
-    s = app.extensions["bff"]
-    with s.db.session() as session:
-        gen = svc.create(
-            session, user_id=user.id, mode="prompt", settings={}, prompt="ivory linen shirt"
-        )
-        for k, v in changes.items():
-            setattr(gen, k, v)
-        return gen.id
+from tests.support.pipeline import (
+    claimed,
+    load,
+    new_generation,
+    redispatch,
+    run_all,
+    services,
+    submit_prompt,
+)
+from tests.test_metrics import scrape, value
 
 
 def _run(app, gen_id, stage, task_id):
@@ -42,25 +41,15 @@ def _stage(app, gen_id, name):
 
 
 def test_a_live_stage_is_not_started_twice(app, user, monkeypatch):
-    gen_id = _new(app, user)
+    gen_id = new_generation(app, user)
     claimed(app, gen_id, attempts=1, task_id="task-a")
     outcome = _run(app, gen_id, "analyze", "task-b")
     assert not outcome.proceed
     assert _stage(app, gen_id, "analyze") == ("running", 1, "task-a")
 
 
-def test_a_stalled_stage_is_taken_over_and_counted(app, user):
-    gen_id = _new(app, user)
-    claimed(app, gen_id, attempts=1, task_id="task-a")
-    _age(app, gen_id, 3600)
-    outcome = _run(app, gen_id, "analyze", "task-b")
-    assert outcome.proceed
-    status, attempts, task_id = _stage(app, gen_id, "analyze")
-    assert (status, attempts, task_id) == ("skipped", 2, "task-b")
-
-
 def test_a_stage_lost_too_often_fails_the_generation(app, user):
-    gen_id = _new(app, user)
+    gen_id = new_generation(app, user)
     claimed(app, gen_id, attempts=3, task_id="task-c")
     _age(app, gen_id, 3600)
     assert not _run(app, gen_id, "analyze", "task-d").proceed
@@ -71,17 +60,17 @@ def test_a_stage_lost_too_often_fails_the_generation(app, user):
 
 
 def test_dispatcher_sends_what_never_reached_the_broker(app, user, sent):
-    fresh = _new(app, user)
-    lost = _new(app, user)
+    fresh = new_generation(app, user)
+    lost = new_generation(app, user)
     _age(app, lost, 60)
     s = app.extensions["bff"]
-    assert maintenance.redispatch_stalled(s.db, s.celery, s.settings) == 1
+    assert redispatch(app) == 1
     assert sent == [(lost, "analyze")]
     with s.db.session() as session:
         assert session.get(Generation, lost).dispatched_at is not None
         assert session.get(Generation, fresh).dispatched_at is None
     # Sent once per stall period, not on every tick.
-    assert maintenance.redispatch_stalled(s.db, s.celery, s.settings) == 0
+    assert redispatch(app) == 0
 
 
 def test_dispatcher_sends_a_submit_whose_chain_never_left(app, user, sent):
@@ -91,33 +80,32 @@ def test_dispatcher_sends_a_submit_whose_chain_never_left(app, user, sent):
     timeout has passed (a send that failed clears ``dispatched_at`` instead)."""
     s = app.extensions["bff"]
     timeout = s.settings.stall_timeout
-    gen_id = _new(app, user, dispatched_at=utcnow() - timedelta(seconds=timeout - 5))
+    gen_id = new_generation(app, user, dispatched_at=utcnow() - timedelta(seconds=timeout - 5))
     _age(app, gen_id, timeout - 5)  # could still be waiting in a busy queue
-    assert maintenance.redispatch_stalled(s.db, s.celery, s.settings) == 0
+    assert redispatch(app) == 0
     with s.db.session() as session:
         session.get(Generation, gen_id).dispatched_at = utcnow() - timedelta(seconds=timeout + 1)
     _age(app, gen_id, timeout + 1)
-    assert maintenance.redispatch_stalled(s.db, s.celery, s.settings) == 1
+    assert redispatch(app) == 1
     assert sent == [(gen_id, "analyze")]
 
 
 def test_dispatcher_resumes_a_silent_generation_at_its_first_unfinished_stage(app, user, sent):
-    gen_id = _new(app, user, dispatched_at=utcnow())
+    gen_id = new_generation(app, user, dispatched_at=utcnow())
     for stage in ("analyze", "enhance", "persona"):
         assert _run(app, gen_id, stage, f"t-{stage}").proceed
     s = app.extensions["bff"]
     _age(app, gen_id, s.settings.stall_timeout - 5)  # quiet, but within the stall timeout
-    assert maintenance.redispatch_stalled(s.db, s.celery, s.settings) == 0
+    assert redispatch(app) == 0
     _age(app, gen_id, 3600)
-    assert maintenance.redispatch_stalled(s.db, s.celery, s.settings) == 1
+    assert redispatch(app) == 1
     assert sent == [(gen_id, "route")]
 
 
 def test_dispatcher_leaves_final_generations_alone(app, user, sent):
-    gen_id = _new(app, user, status="canceled", dispatched_at=utcnow())
+    gen_id = new_generation(app, user, status="canceled", dispatched_at=utcnow())
     _age(app, gen_id, 3600)
-    s = app.extensions["bff"]
-    assert maintenance.redispatch_stalled(s.db, s.celery, s.settings) == 0
+    assert redispatch(app) == 0
     assert sent == []
 
 
@@ -127,7 +115,7 @@ def test_a_copy_that_was_taken_over_stops_before_paying(app, user, monkeypatch):
     import app.pipeline as pipeline
     from app.pipeline.context import StageResult
 
-    gen_id = _new(app, user)
+    gen_id = new_generation(app, user)
     paid: list[str] = []
 
     def slow_then_pay(ctx):
@@ -149,7 +137,7 @@ def test_the_owner_checkpoints_and_renews_its_lease(app, user, monkeypatch):
     import app.pipeline as pipeline
     from app.pipeline.context import StageResult
 
-    gen_id = _new(app, user)
+    gen_id = new_generation(app, user)
     seen: list[dict] = []
 
     def checkpointing(ctx):
@@ -180,9 +168,11 @@ def test_a_generation_past_its_deadline_times_out_and_its_prediction_is_canceled
         maintenance, "cancel_remote", lambda _s, gen: canceled.append(_predictions(gen))
     )
     s = app.extensions["bff"]
-    late = _new(app, user, deadline_at=utcnow() - timedelta(seconds=1), provider="google-imagen")
-    on_time = _new(app, user, deadline_at=utcnow() + timedelta(seconds=60))
-    legacy = _new(app, user)  # no deadline: created long ago counts from its creation
+    late = new_generation(
+        app, user, deadline_at=utcnow() - timedelta(seconds=1), provider="google-imagen"
+    )
+    on_time = new_generation(app, user, deadline_at=utcnow() + timedelta(seconds=60))
+    legacy = new_generation(app, user)  # no deadline: created long ago counts from its creation
     with s.db.session() as session:
         session.get(Generation, legacy).created_at = utcnow() - timedelta(hours=1)
         gen = session.get(Generation, late)
@@ -218,7 +208,7 @@ def test_a_stage_that_works_past_the_stall_timeout_keeps_its_lease(app_config, m
     from tests.conftest import make_user
 
     app = create_app({**app_config, "BFF_STALL_TIMEOUT": "0.6"})  # a beat every 0.2 s
-    gen_id = _new(app, make_user(app, "slow"))
+    gen_id = new_generation(app, make_user(app, "slow"))
     release, started = threading.Event(), threading.Event()
     real = pipeline.STAGE_FUNCS["analyze"]
 
@@ -236,3 +226,43 @@ def test_a_stage_that_works_past_the_stall_timeout_keeps_its_lease(app_config, m
     release.set()
     first.join(10)
     assert _stage(app, gen_id, "analyze") == ("skipped", 1, "task-a")
+
+
+# ----------------------------------------------------------- the storage sweep
+
+
+def _put(app, key: str, age_s: float) -> None:
+    storage = services(app).storage
+    storage.put(key, b"x", "image/png")
+    old = time.time() - age_s
+    os.utime(storage._path(key), (old, old))
+
+
+def _keys(app) -> set[str]:
+    return {o.key for o in services(app).storage.list("users/", None, 1000)}
+
+
+def test_the_sweep_removes_old_objects_without_a_row(app, client, user):
+    s, old = services(app), orphans.GRACE.total_seconds() + 60
+    done = submit_prompt(client, user.headers)
+    run_all(app, done)  # completed: its image has a row
+    with s.db.session() as session:
+        failed = svc.create(session, user_id=user.id, mode="prompt", settings={}, prompt="x")
+        failed.status = "failed"  # a retry may still store what it left
+    prefix = f"users/{user.id}/generations"
+    _put(app, f"{prefix}/gen_deleted/0.png", old)  # its generation is gone
+    _put(app, f"{prefix}/gen_recent/0.png", 5)  # too young: its row may not be committed
+    _put(app, f"{prefix}/{done}/9.png", old)  # not recorded by a finished generation
+    _put(app, f"{prefix}/{failed.id}/0.png", old)
+    before = _keys(app)
+    for key in before:
+        if done in key:
+            os.utime(s.storage._path(key), (time.time() - old,) * 2)
+
+    removed = sum(orphans.sweep(s.db, s.storage, page=2) for _ in range(4))  # wraps around
+    assert removed == 2
+    assert before - _keys(app) == {f"{prefix}/gen_deleted/0.png", f"{prefix}/{done}/9.png"}
+    with s.db.session() as session:
+        assert session.get(Generation, done).assets[0].r2_key in _keys(app)
+    m = scrape(client)["bff_storage_orphans_removed"]
+    assert value(m, "bff_storage_orphans_removed_total") == 2

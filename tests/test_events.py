@@ -13,9 +13,9 @@ import pytest
 
 from app import create_app
 from app.pipeline import STAGES
-from app.pipeline.runner import run_stage
 from app.platform.events import parse_event_id, stage_events
 from tests.conftest import make_user
+from tests.support.pipeline import run_all, submit_prompt
 
 
 def parse_sse(text: str) -> list[dict]:
@@ -36,19 +36,6 @@ def parse_sse(text: str) -> list[dict]:
     return events
 
 
-def submit(client, user, prompt="ivory linen shirt dress") -> str:
-    resp = client.post("/api/generate/from-prompt", headers=user.headers, json={"prompt": prompt})
-    assert resp.status_code == 202, resp.json
-    return resp.json["id"]
-
-
-def run_all(app, gen_id: str, pause: float = 0.0) -> None:
-    s = app.extensions["bff"]
-    for name in STAGES:
-        run_stage(s.db, s.settings, s.storage, gen_id, name)
-        time.sleep(pause)
-
-
 def read_stream(client, user, gen_id, last_id=None) -> list[dict]:
     headers = dict(user.headers)
     if last_id:
@@ -61,7 +48,7 @@ def read_stream(client, user, gen_id, last_id=None) -> list[dict]:
 
 
 def test_finished_generation_streams_every_transition_then_done(app, client, user):
-    gen_id = submit(client, user)
+    gen_id = submit_prompt(client, user.headers)
     run_all(app, gen_id)
     events = read_stream(client, user, gen_id)
     assert events[0].get("retry") == "2000"
@@ -83,7 +70,7 @@ def test_finished_generation_streams_every_transition_then_done(app, client, use
 
 
 def test_last_event_id_resumes_exactly_after_what_the_client_saw(app, client, user):
-    gen_id = submit(client, user)
+    gen_id = submit_prompt(client, user.headers)
     run_all(app, gen_id)
     full = [e for e in read_stream(client, user, gen_id) if "id" in e]
     for cut in (0, 5, len(full) - 2):
@@ -94,8 +81,8 @@ def test_last_event_id_resumes_exactly_after_what_the_client_saw(app, client, us
 
 
 def test_live_stream_follows_a_running_generation(app, client, user):
-    gen_id = submit(client, user)
-    worker = threading.Thread(target=run_all, args=(app, gen_id, 0.05))
+    gen_id = submit_prompt(client, user.headers)
+    worker = threading.Thread(target=run_all, args=(app, gen_id), kwargs={"pause": 0.05})
     resp = client.get(f"/api/generate/{gen_id}/events", headers=user.headers, buffered=False)
     worker.start()
     text = "".join(chunk.decode() for chunk in resp.response)
@@ -115,7 +102,7 @@ def test_stage_events_fan_out_to_every_stream_through_redis(app_config, monkeypa
     monkeypatch.setattr(events, "client", lambda _url: fakeredis.FakeRedis(server=server))
     app = create_app({**app_config, "REDIS_URL": "redis://redis.test/0", "BFF_SSE_POLL": "60"})
     client, user = app.test_client(), make_user(app, "fan")
-    gen_id = submit(client, user)
+    gen_id = submit_prompt(client, user.headers)
     streams = [
         client.get(f"/api/generate/{gen_id}/events", headers=user.headers, buffered=False)
         for _ in range(2)
@@ -146,7 +133,7 @@ def _read_all(resp) -> str:
 def test_heartbeat_comment_while_nothing_happens(app_config, tmp_path):
     app = create_app({**app_config, "BFF_SSE_HEARTBEAT": "0.2", "BFF_SSE_POLL": "0.05"})
     client, user = app.test_client(), make_user(app, "hb")
-    gen_id = submit(client, user)
+    gen_id = submit_prompt(client, user.headers)
     resp = client.get(f"/api/generate/{gen_id}/events", headers=user.headers, buffered=False)
     chunks = iter(resp.response)
     start = time.monotonic()
@@ -159,7 +146,7 @@ def test_heartbeat_comment_while_nothing_happens(app_config, tmp_path):
 
 
 def test_events_need_the_owners_key(client, user, other_user):
-    gen_id = submit(client, user)
+    gen_id = submit_prompt(client, user.headers)
     assert client.get(f"/api/generate/{gen_id}/events").status_code == 401
     resp = client.get(f"/api/generate/{gen_id}/events", headers=other_user.headers)
     assert resp.status_code == 404 and resp.json["error"]["code"] == "not_found"
@@ -168,7 +155,7 @@ def test_events_need_the_owners_key(client, user, other_user):
 def test_streams_beyond_the_limit_get_503_and_slots_come_back(app_config):
     app = create_app({**app_config, "BFF_SSE_MAX_STREAMS": "1", "BFF_SSE_POLL": "0.05"})
     client, user = app.test_client(), make_user(app, "lim")
-    gen_id = submit(client, user)
+    gen_id = submit_prompt(client, user.headers)
     first = client.get(f"/api/generate/{gen_id}/events", headers=user.headers, buffered=False)
     assert first.status_code == 200
     second = client.get(f"/api/generate/{gen_id}/events", headers=user.headers, buffered=False)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.test_events import run_all, submit
+from app.domain.models import Generation
+from tests.support.pipeline import run_all, submit_prompt
 
 
 def scrape(client) -> dict[str, list]:
@@ -25,19 +26,15 @@ def test_metrics_follow_what_happened(app, client, user):
     assert value(before["bff_database_up"], "bff_database_up") == 1
     assert before["bff_generations"] == []
 
-    done = [submit(client, user, f"dress {i}") for i in range(2)]
+    done = [submit_prompt(client, user.headers, f"dress {i}") for i in range(2)]
     for gen_id in done:
         run_all(app, gen_id)
-    pending = submit(client, user, "still queued")
+    pending = submit_prompt(client, user.headers, "still queued")
     m = scrape(client)
     assert value(m["bff_generations"], "bff_generations", status="completed", provider="local") == 2
     assert value(m["bff_generations"], "bff_generations", status="pending", provider="none") == 1
-    assert (
-        value(
-            m["bff_generation_cost_dollars"], "bff_generation_cost_dollars_total", provider="local"
-        )
-        == 0
-    )
+    cost = m["bff_generation_cost_dollars"]
+    assert value(cost, "bff_generation_cost_dollars_total", provider="local") == 0
     # Stage histograms: every finished stage counted, buckets cumulative and consistent.
     stage = m["bff_stage_duration_seconds"]
     assert value(stage, "bff_stage_duration_seconds_count", stage="generate") == 2
@@ -53,33 +50,25 @@ def test_metrics_follow_what_happened(app, client, user):
     assert pending
 
 
-def test_retries_are_counted(app, client, user):
-    from app.domain.models import GenerationStage
-
-    gen_id = submit(client, user)
+def finished_with(app, client, user, **stage) -> None:
+    """A completed job whose generate stage row is then given ``stage``'s values."""
+    gen_id = submit_prompt(client, user.headers)
     run_all(app, gen_id)
     with app.extensions["bff"].db.session() as session:
-        stage = (
-            session.query(GenerationStage).filter_by(generation_id=gen_id, name="generate").one()
-        )
-        stage.attempts = 3  # as if two attempts had failed transiently
+        for k, v in stage.items():
+            setattr(session.get(Generation, gen_id).stage("generate"), k, v)
+
+
+def test_retries_are_counted(app, client, user):
+    finished_with(app, client, user, attempts=3)  # as if two attempts had failed transiently
     m = scrape(client)
     assert value(m["bff_stage_retries"], "bff_stage_retries_total", stage="generate") == 2
 
 
 def test_a_known_duration_lands_in_its_bucket_in_seconds(app, client, user):
-    from app.domain.models import GenerationStage
-
-    gen_id = submit(client, user)
-    run_all(app, gen_id)
-    with app.extensions["bff"].db.session() as session:
-        stage = (
-            session.query(GenerationStage).filter_by(generation_id=gen_id, name="generate").one()
-        )
-        stage.duration_ms = 1200  # 1.2 s
+    finished_with(app, client, user, duration_ms=1200)  # 1.2 s
     latency = scrape(client)["bff_provider_latency_seconds"]
-    bucket = {
-        s.labels["le"]: s.value for s in latency if s.name.endswith("_bucket")
-    }  # cumulative: le="1.0" holds durations up to one second
+    # cumulative: le="1.0" holds durations up to one second
+    bucket = {s.labels["le"]: s.value for s in latency if s.name.endswith("_bucket")}
     assert bucket["1.0"] == 0 and bucket["2.5"] == 1 and bucket["+Inf"] == 1
     assert value(latency, "bff_provider_latency_seconds_sum", provider="local") == 1.2

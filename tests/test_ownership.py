@@ -3,28 +3,20 @@
 
 from __future__ import annotations
 
-import io
 import logging
 
-from PIL import Image
-
 from app.domain.models import Generation, Persona
+from tests.support.pipeline import submit_image, submit_prompt
 
 BODIES = {"feedback": {"feedbackType": "heart"}, "personas": {"name": "x"}}
 
 
-def _owned_ids(app, client, user):
-    gen = client.post(
-        "/api/generate/from-prompt", json={"prompt": "teal silk scarf"}, headers=user.headers
-    ).json["id"]
-    per = client.post(
-        "/api/personas", json={"name": "Minimal", "keywords": ["clean"]}, headers=user.headers
-    ).json["id"]
-    return {"generation_id": gen, "persona_id": per}
-
-
 def test_every_id_route_is_owned(app, client, user, other_user):
-    ids = _owned_ids(app, client, user)
+    persona = {"name": "Minimal", "keywords": ["clean"]}
+    ids = {
+        "generation_id": submit_prompt(client, user.headers, "teal silk scarf"),
+        "persona_id": client.post("/api/personas", json=persona, headers=user.headers).json["id"],
+    }
     checked = []
     for rule in app.url_map.iter_rules():
         params = set(rule.arguments) & set(ids)
@@ -56,23 +48,10 @@ def test_every_id_route_is_owned(app, client, user, other_user):
         assert session.get(Persona, ids["persona_id"]).name == "Minimal"
 
 
-def test_lists_show_only_the_callers_work(client, user, other_user):
-    _owned = client.post("/api/generate/from-prompt", json={"prompt": "a"}, headers=user.headers)
-    assert _owned.status_code == 202
-    assert client.get("/api/generate", headers=other_user.headers).json["items"] == []
-    assert client.get("/api/personas", headers=other_user.headers).json["items"] == []
-
-
 def test_logs_never_contain_api_keys(app, client, user, caplog):
     caplog.set_level(logging.DEBUG)
-    png = io.BytesIO()
-    Image.new("RGB", (40, 60), "navy").save(png, "PNG")
     client.post("/api/generate/from-prompt", json={"prompt": "x"}, headers=user.headers)
-    client.post(
-        "/api/generate/from-image",
-        headers=user.headers,
-        data={"image": (io.BytesIO(png.getvalue()), "a.png")},
-    )
+    submit_image(client, user.headers)
     client.get("/api/generate/nope", headers={"Authorization": "Bearer " + user.key + "x"})
     client.get("/api/generate", headers={"Authorization": "Bearer bff_deadbeef_secret"})
     text = caplog.text

@@ -38,34 +38,43 @@ def request(**kw) -> ImageRequest:
     return ImageRequest(generation_id="gen_test", prompt="linen suit", **kw)
 
 
+DALLE3 = {"model": "dall-e-3", "n": 1, "style": "natural", "response_format": "url"}
+
+
 @pytest.mark.parametrize(
-    ("ratio", "quality", "size", "sent_quality", "price"),
+    ("cls", "ratio", "quality", "size", "sent_quality", "price"),
     [
-        ("1:1", "standard", "1024x1024", "standard", 0.04),
-        ("1:1", "hd", "1024x1024", "hd", 0.08),
-        ("16:9", "standard", "1792x1024", "standard", 0.08),
-        ("4:3", "hd", "1792x1024", "hd", 0.12),
-        ("9:16", "hd", "1024x1792", "hd", 0.12),
-        ("3:4", "standard", "1024x1792", "standard", 0.08),
+        (DallE3, "1:1", "standard", "1024x1024", "standard", 0.04),
+        (DallE3, "1:1", "hd", "1024x1024", "hd", 0.08),
+        (DallE3, "16:9", "standard", "1792x1024", "standard", 0.08),
+        (DallE3, "4:3", "hd", "1792x1024", "hd", 0.12),
+        (DallE3, "9:16", "hd", "1024x1792", "hd", 0.12),
+        (DallE3, "3:4", "standard", "1024x1792", "standard", 0.08),
+        (GptImage, "1:1", "standard", "1024x1024", "medium", 0.042),
+        (GptImage, "1:1", "hd", "1024x1024", "high", 0.167),
+        (GptImage, "16:9", "standard", "1536x1024", "medium", 0.063),
+        (GptImage, "3:4", "hd", "1024x1536", "high", 0.25),
     ],
 )
-def test_dalle3_maps_size_and_quality(fake, ratio, quality, size, sent_quality, price):
-    req = request(aspect_ratio=ratio, quality=quality)
-    result = DallE3(settings(fake), Job()).generate(req)
+def test_size_and_quality_are_mapped_and_priced(
+    fake, cls, ratio, quality, size, sent_quality, price
+):
+    """dall-e-3: one image, a URL and a revised prompt; gpt-image-1: n images as bytes."""
+    count = 1 if cls is DallE3 else 2
+    req = request(aspect_ratio=ratio, quality=quality, count=count)
+    result = cls(settings(fake), Job()).generate(req)
+    extra = DALLE3 if cls is DallE3 else {"model": "gpt-image-1", "n": 2}
     [body] = fake.bodies
-    assert body == {
-        "model": "dall-e-3",
-        "prompt": "linen suit",
-        "n": 1,
-        "size": size,
-        "quality": sent_quality,
-        "style": "natural",
-        "response_format": "url",
-    }
+    assert body == {"prompt": "linen suit", "size": size, "quality": sent_quality, **extra}
     assert result.sent["size"] == size and result.sent["quality"] == sent_quality
-    assert result.outputs[0].url.startswith(fake.url + "/files/")
-    assert result.outputs[0].meta["revisedPrompt"] == "A photograph: linen suit"
-    assert DallE3.price_for(req) == price
+    assert len(result.outputs) == count
+    if cls is DallE3:
+        assert result.outputs[0].url.startswith(fake.url + "/files/")
+        assert result.outputs[0].meta["revisedPrompt"] == "A photograph: linen suit"
+    else:
+        assert Image.open(io.BytesIO(result.outputs[0].data)).format == "PNG"
+        assert result.meta["usage"]["total_tokens"] > 0
+    assert cls.price_for(req) == price
 
 
 def test_dalle3_count_is_several_single_image_calls_each_saved(fake):
@@ -80,61 +89,29 @@ def test_dalle3_count_is_several_single_image_calls_each_saved(fake):
     assert fake.calls("dall-e-3") == 1 and len(again.outputs) == 3
 
 
-@pytest.mark.parametrize(
-    ("ratio", "quality", "size", "sent_quality", "price"),
-    [
-        ("1:1", "standard", "1024x1024", "medium", 0.042),
-        ("1:1", "hd", "1024x1024", "high", 0.167),
-        ("16:9", "standard", "1536x1024", "medium", 0.063),
-        ("3:4", "hd", "1024x1536", "high", 0.25),
-    ],
-)
-def test_gpt_image_maps_size_and_quality_and_returns_bytes(
-    fake, ratio, quality, size, sent_quality, price
-):
-    req = request(aspect_ratio=ratio, quality=quality, count=2)
-    result = GptImage(settings(fake), Job()).generate(req)
-    [body] = fake.bodies
-    assert body == {
-        "model": "gpt-image-1",
-        "prompt": "linen suit",
-        "n": 2,
-        "size": size,
-        "quality": sent_quality,
-    }
-    assert len(result.outputs) == 2
-    img = Image.open(io.BytesIO(result.outputs[0].data))
-    assert img.format == "PNG"
-    assert result.meta["usage"]["total_tokens"] > 0
-    assert GptImage.price_for(req) == price
-
-
 def test_negative_prompt_is_folded_and_recorded(fake):
     result = GptImage(settings(fake), Job()).generate(request(negative_prompt="logos"))
     assert fake.bodies[0]["prompt"] == "linen suit. Avoid: logos"
     assert "folded" in result.sent["negativePromptHandling"]
 
 
-def test_rate_limit_is_transient_with_retry_after_ms_and_no_hidden_retry(fake):
-    fake.inject("rate_limit", ms=1500)
-    with pytest.raises(ProviderTransient) as exc:
-        GptImage(settings(fake), Job()).generate(request())
-    assert exc.value.retry_after == 1.5
+@pytest.mark.parametrize(
+    ("cls", "inject", "raised", "match"),
+    [
+        (GptImage, "rate_limit", ProviderTransient, "429"),
+        (DallE3, "server_error", ProviderTransient, "500"),
+        (DallE3, "content_policy", ProviderRejected, "safety system"),
+    ],
+)
+def test_provider_errors_are_classified_and_not_retried_by_the_sdk(
+    fake, cls, inject, raised, match
+):
+    fake.inject(inject, ms=1500)
+    with pytest.raises(raised, match=match) as exc:
+        cls(settings(fake), Job()).generate(request())
     assert len(fake.bodies) == 1, "the SDK must not retry on its own"
-
-
-def test_server_error_is_transient(fake):
-    fake.inject("server_error")
-    with pytest.raises(ProviderTransient, match="500"):
-        DallE3(settings(fake), Job()).generate(request())
-    assert len(fake.bodies) == 1
-
-
-def test_content_policy_is_rejected_with_openais_words(fake):
-    fake.inject("content_policy")
-    with pytest.raises(ProviderRejected) as exc:
-        DallE3(settings(fake), Job()).generate(request())
-    assert "safety system" in str(exc.value)
+    if inject == "rate_limit":
+        assert exc.value.retry_after == 1.5  # from retry-after-ms
 
 
 def test_bad_key_is_rejected_naming_the_variable(fake):

@@ -28,18 +28,10 @@ from tests.support.pipeline import load, run_all, stages_by_name, submit_prompt
 
 
 def fake_provider(
-    pid: str,
-    *,
-    quality: float,
-    price: float,
-    latency: float,
-    key: str | None = None,
-    ratios: tuple[str, ...] = ASPECT_RATIOS,
-    negative: bool = True,
-    max_len: int = 5000,
-    max_images: int = 4,
+    pid, *, quality, price, latency, key=None, ratios=ASPECT_RATIOS, max_len=5000, max_images=4
 ) -> type:
-    caps = Capabilities(ratios, negative, max_len, max_images, quality, latency)
+    """A provider class as the registry holds them, declaring only what routing reads."""
+    caps = Capabilities(ratios, True, max_len, max_images, quality, latency)
     return type(
         f"Fake{pid.title().replace('-', '')}",
         (),

@@ -24,15 +24,10 @@ from app.domain.states import (
     set_status,
 )
 
-LEGAL = {
-    (PENDING, PROCESSING),
-    (PENDING, FAILED),
-    (PENDING, CANCELED),
-    (PROCESSING, COMPLETED),
-    (PROCESSING, FAILED),
-    (PROCESSING, CANCELED),
-    (PROCESSING, PENDING),
-    (FAILED, PENDING),
+LEGAL = {  # current -> the statuses it may move to
+    PENDING: {PROCESSING, FAILED, CANCELED},
+    PROCESSING: {COMPLETED, FAILED, CANCELED, PENDING},
+    FAILED: {PENDING},
 }
 ALL_PAIRS = [(a, b) for a in GENERATION_STATUSES for b in GENERATION_STATUSES if a != b]
 
@@ -51,9 +46,10 @@ def test_final_states():
 
 @pytest.mark.parametrize("current,target", ALL_PAIRS)
 def test_generation_transition_table(current, target):
-    assert can_transition(current, target) == ((current, target) in LEGAL)
+    legal = target in LEGAL.get(current, ())
+    assert can_transition(current, target) == legal
     g = gen(current)
-    if (current, target) in LEGAL:
+    if legal:
         set_status(g, target)
         assert g.status == target
         assert g.updated_at is not None
@@ -62,14 +58,6 @@ def test_generation_transition_table(current, target):
             set_status(g, target)
         assert g.status == current
         assert (err.value.current, err.value.target) == (current, target)
-
-
-@pytest.mark.parametrize("final", [COMPLETED, CANCELED])
-def test_completed_and_canceled_are_terminal(final):
-    for target in GENERATION_STATUSES:
-        if target != final:
-            with pytest.raises(IllegalTransition):
-                set_status(gen(final), target)
 
 
 def test_same_status_is_a_no_op():
@@ -98,38 +86,21 @@ def test_retry_failed_to_pending_clears_the_error():
 
 
 STAGE_LEGAL = {
-    (S_PENDING, S_RUNNING),
-    (S_PENDING, S_SKIPPED),
-    (S_PENDING, S_FAILED),
-    (S_RUNNING, S_COMPLETED),
-    (S_RUNNING, S_SKIPPED),
-    (S_RUNNING, S_FAILED),
-    (S_RUNNING, S_PENDING),
-    (S_RUNNING, S_RUNNING),  # a redelivered message re-claims a running stage
-    (S_FAILED, S_PENDING),
+    S_PENDING: {S_RUNNING, S_SKIPPED, S_FAILED},
+    S_RUNNING: {S_COMPLETED, S_SKIPPED, S_FAILED, S_PENDING, S_RUNNING},  # re-claimed on redelivery
+    S_FAILED: {S_PENDING},
 }
 STAGE_STATUSES = (S_PENDING, S_RUNNING, S_COMPLETED, S_SKIPPED, S_FAILED)
 
 
-@pytest.mark.parametrize(
-    "current,target",
-    [(a, b) for a in STAGE_STATUSES for b in STAGE_STATUSES if a != b or a == S_RUNNING],
-)
+@pytest.mark.parametrize("current,target", [(a, b) for a in STAGE_STATUSES for b in STAGE_STATUSES])
 def test_stage_transition_table(current, target):
+    """Finished stages never run again; the same status again is a no-op but for running."""
     s = stage(current)
-    if (current, target) in STAGE_LEGAL:
+    if target in STAGE_LEGAL.get(current, ()) or current == target != S_RUNNING:
         set_stage_status(s, target)
         assert s.status == target
     else:
         with pytest.raises(IllegalTransition):
             set_stage_status(s, target)
         assert s.status == current
-
-
-@pytest.mark.parametrize("done", [S_COMPLETED, S_SKIPPED])
-def test_finished_stages_never_run_again(done):
-    s = stage(done)
-    set_stage_status(s, done)  # same status: no-op
-    for target in (S_PENDING, S_RUNNING, S_FAILED):
-        with pytest.raises(IllegalTransition):
-            set_stage_status(s, target)

@@ -20,8 +20,7 @@ from app.domain.models import User
 from app.platform.config import Settings
 from app.webhooks import REFUSED, Refused, WebhookDelivery, attempt, resolve_target
 from tests.conftest import make_user
-from tests.support.pipeline import run_all as run_chain
-from tests.test_events import run_all
+from tests.support.pipeline import run_all
 
 
 class Receiver:
@@ -100,11 +99,16 @@ def finished(app, gen_id: str) -> WebhookDelivery:
     return d
 
 
-def test_secret_follows_the_spec_and_old_style_secrets_are_replaced(app, client, user):
+def test_secret_follows_the_spec_per_user_and_old_style_secrets_are_replaced(
+    app, client, user, other_user
+):
+    assert client.get("/api/webhooks/secret").status_code == 401
     secret = client.get("/api/webhooks/secret", headers=user.headers).json["secret"]
     assert secret.startswith("whsec_")
     assert len(base64.b64decode(secret[6:], validate=True)) == 32
     assert client.get("/api/webhooks/secret", headers=user.headers).json["secret"] == secret
+    theirs = client.get("/api/webhooks/secret", headers=other_user.headers).json["secret"]
+    assert theirs.startswith("whsec_") and theirs != secret
     with app.extensions["bff"].db.session() as session:
         session.get(User, user.id).webhook_secret = "whsec_not-base64_url-safe-token"
     fresh = client.get("/api/webhooks/secret", headers=user.headers).json["secret"]
@@ -250,7 +254,7 @@ def test_target_re_pointed_after_submit_is_refused_at_delivery(dev_app, dns):
 def test_completion_and_its_webhook_commit_together(client, user, app):
     gen_id = submit(client, user, "https://hooks.example.com/x")
     with app.app_context():
-        run_chain(app, gen_id)
+        run_all(app, gen_id)
     [d] = deliveries(app, gen_id)
     payload = json.loads(d.payload)
     # The message written in the completing transaction shows the finished job.
@@ -272,6 +276,6 @@ def test_a_job_canceled_mid_stage_gets_one_webhook(client, user, app, monkeypatc
 
     monkeypatch.setitem(pipeline.STAGE_FUNCS, "enhance", cancel_while_working)
     with app.app_context():
-        run_chain(app, gen_id)
+        run_all(app, gen_id)
     [d] = deliveries(app, gen_id)
     assert d.event_type == "generation.canceled"

@@ -1,5 +1,4 @@
-"""What both fakes share: a WSGI app served from a thread (werkzeug), a real
-PNG to hand out, failure injection and request counters."""
+"""What the fakes share: a WSGI app served from a thread, a real PNG, failure injection."""
 
 from __future__ import annotations
 
@@ -16,7 +15,6 @@ from werkzeug.wrappers import Request, Response
 
 
 def png(width: int, height: int, seed: str = "") -> bytes:
-    """A small but real PNG of the given size."""
     h = abs(hash(seed)) % 200
     img = Image.new("RGB", (width, height), (30 + h % 50, 60, 90 + h % 100))
     ImageDraw.Draw(img).ellipse([width // 4, height // 4, 3 * width // 4, 3 * height // 4], "white")
@@ -36,7 +34,6 @@ class FakeServer:
         self.lock = threading.RLock()
         self.counters: Counter[str] = Counter()
         self.failures: deque[dict[str, Any]] = deque()
-        self.requests: list[tuple[str, str]] = []
         self.server = make_server(host, port, self.wsgi, threaded=True)
         self.host, self.port = host, self.server.server_port
         self.thread: threading.Thread | None = None
@@ -64,7 +61,6 @@ class FakeServer:
         with self.lock:
             self.failures.clear()
             self.counters.clear()
-            self.requests.clear()
 
     def stats(self) -> dict[str, Any]:
         with self.lock:
@@ -73,8 +69,6 @@ class FakeServer:
     # -- serving
     def wsgi(self, environ, start_response):
         request = Request(environ)
-        with self.lock:
-            self.requests.append((request.method, request.path))
         if request.path == "/_fake/inject" and request.method == "POST":
             body = request.get_json(force=True)
             self.inject(body.pop("kind"), int(body.pop("times", 1)), **body)

@@ -1,23 +1,9 @@
-"""A fake OpenAI Images API (``POST /v1/images/generations``) for ``dall-e-3``
-and ``gpt-image-1``, in OpenAI's wire format.
-
-- dall-e-3: ``n`` must be 1; ``size`` 1024x1024 | 1792x1024 | 1024x1792;
-  ``quality`` standard | hd; ``style`` vivid | natural; ``response_format`` url
-  (default; a PNG this server serves under ``/files/``) | b64_json; each image
-  has a ``revised_prompt``.
-- gpt-image-1: ``n`` 1-10; ``size`` 1024x1024 | 1536x1024 | 1024x1536 | auto;
-  ``quality`` low | medium | high | auto; always ``b64_json`` (sending
-  ``response_format`` is a 400); the response carries ``usage``.
-- Answer: ``{"created", "data": [{"url"|"b64_json", "revised_prompt"?}], "usage"?}``.
-- Errors: ``{"error": {"message", "type", "param", "code"}}``.
-
-Injectable failures (``inject(kind, times)``, next matching calls): ``rate_limit``
-(429 with ``retry-after-ms``, option ``ms``), ``server_error`` (500),
-``content_policy`` (400 ``content_policy_violation``). ``latency``: seconds per
-call. ``calls`` counts successful (billed) generations per model.
-
-Standalone: ``python -m tests.fakes.openai_images --port 8702``; point
-``OPENAI_BASE_URL`` at ``http://127.0.0.1:8702/v1``.
+"""A fake OpenAI Images API (``POST /v1/images/generations``) for ``dall-e-3`` and
+``gpt-image-1`` in OpenAI's wire format, validating each model's parameters
+(``MODELS``; dall-e-3 only ``n=1``, gpt-image-1 always ``b64_json``); see "Tests
+and fakes" in docs/providers.md. ``inject(kind)``: a ``FAILURES`` entry for the
+next call. ``calls`` counts billed images per model. Standalone:
+``python -m tests.fakes.openai_images --port 8702``.
 """
 
 from __future__ import annotations
@@ -48,6 +34,27 @@ MODELS = {
 }
 COMMON = {"model", "prompt", "n", "user"}
 SCALE = 8  # served images are 1/8 of the nominal size: real PNGs, small and fast
+FAILURES = {  # kind: status, message, type, code
+    "rate_limit": (
+        429,
+        "Rate limit reached for images per minute. Please try again later.",
+        "requests",
+        "rate_limit_exceeded",
+    ),
+    "server_error": (
+        500,
+        "The server had an error while processing your request. Sorry about that!",
+        "server_error",
+        None,
+    ),
+    "content_policy": (
+        400,
+        "Your request was rejected as a result of our safety system. Your "
+        "prompt may contain text that is not allowed by our safety system.",
+        "invalid_request_error",
+        "content_policy_violation",
+    ),
+}
 
 
 def error(
@@ -62,6 +69,10 @@ def error(
     return json_response(body, status, headers)
 
 
+def invalid(param: str, code: str, message: str) -> Response:
+    return error(400, message, "invalid_request_error", param, code)
+
+
 class FakeOpenAIImages(FakeServer):
     def __init__(self, host: str = "127.0.0.1", port: int = 0, key: str | None = None) -> None:
         super().__init__(host, port)
@@ -73,11 +84,9 @@ class FakeOpenAIImages(FakeServer):
 
     def calls(self, model: str | None = None) -> int:
         with self.lock:
-            return (
-                sum(v for k, v in self.counters.items() if k.startswith("generate:"))
-                if (model is None)
-                else self.counters[f"generate:{model}"]
-            )
+            if model is not None:
+                return self.counters[f"generate:{model}"]
+            return sum(v for k, v in self.counters.items() if k.startswith("generate:"))
 
     def reset(self) -> None:
         super().reset()
@@ -91,18 +100,16 @@ class FakeOpenAIImages(FakeServer):
             return Response(self.files[parts[1]], 200, content_type="image/png")
         auth = request.headers.get("Authorization", "")
         if not auth.startswith("Bearer ") or (self.key and auth != f"Bearer {self.key}"):
-            return error(
-                401, "Incorrect API key provided.", "invalid_request_error", None, "invalid_api_key"
-            )
+            message = "Incorrect API key provided."
+            return error(401, message, "invalid_request_error", None, "invalid_api_key")
         if request.path.rstrip("/") == "/v1/models" and request.method == "GET":  # a key check
             models = [
                 {"id": m, "object": "model", "created": 0, "owned_by": "system"} for m in MODELS
             ]
             return json_response({"object": "list", "data": models})
         if request.path.rstrip("/") != "/v1/images/generations" or request.method != "POST":
-            return error(
-                404, f"Invalid URL ({request.method} {request.path})", "invalid_request_error"
-            )
+            message = f"Invalid URL ({request.method} {request.path})"
+            return error(404, message, "invalid_request_error")
         body = request.get_json(silent=True) or {}
         with self.lock:
             self.bodies.append(body)
@@ -110,86 +117,38 @@ class FakeOpenAIImages(FakeServer):
             return bad
         if self.latency:
             time.sleep(self.latency)
-        failure = self.take_failure(("rate_limit", "server_error", "content_policy"))
-        if failure and failure["kind"] == "rate_limit":
+        if failure := self.take_failure(tuple(FAILURES)):
+            status, message, type_, code = FAILURES[failure["kind"]]
             ms = str(failure.get("ms", 500))
             after = {"retry-after-ms": ms, "retry-after": str(max(1, int(ms) // 1000))}
-            return error(
-                429,
-                "Rate limit reached for images per minute. Please try again later.",
-                "requests",
-                None,
-                "rate_limit_exceeded",
-                after,
-            )
-        if failure and failure["kind"] == "server_error":
-            return error(
-                500,
-                "The server had an error while processing your request. Sorry about that!",
-                "server_error",
-            )
-        if failure and failure["kind"] == "content_policy":
-            return error(
-                400,
-                "Your request was rejected as a result of our safety system. Your "
-                "prompt may contain text that is not allowed by our safety system.",
-                "invalid_request_error",
-                None,
-                "content_policy_violation",
-            )
+            return error(status, message, type_, None, code, after if status == 429 else None)
         return json_response(self.generate(request, body))
 
     def validate(self, body: dict[str, Any]) -> Response | None:
         model = body.get("model", "dall-e-2")
         if model not in MODELS:
-            return error(
-                400,
-                f"Invalid value for 'model' = {model}.",
-                "invalid_request_error",
-                "model",
-                "invalid_value",
-            )
+            return invalid("model", "invalid_value", f"Invalid value for 'model' = {model}.")
         if not isinstance(body.get("prompt"), str) or not body["prompt"]:
-            return error(
-                400,
-                "Missing required parameter: 'prompt'.",
-                "invalid_request_error",
-                "prompt",
-                "missing_required_parameter",
-            )
+            message = "Missing required parameter: 'prompt'."
+            return invalid("prompt", "missing_required_parameter", message)
         spec = MODELS[model]
         for key, value in body.items():
             if key in COMMON:
                 continue
             if key not in spec:
-                return error(
-                    400,
-                    f"Unknown parameter: '{key}'.",
-                    "invalid_request_error",
-                    key,
-                    "unknown_parameter",
-                )
+                return invalid(key, "unknown_parameter", f"Unknown parameter: '{key}'.")
             if value not in spec[key]:
-                return error(
-                    400,
-                    f"Invalid value: '{value}'. Supported values are: "
-                    + ", ".join(f"'{v}'" for v in spec[key])
-                    + ".",
-                    "invalid_request_error",
-                    key,
-                    "invalid_value",
-                )
+                allowed = ", ".join(f"'{v}'" for v in spec[key])
+                message = f"Invalid value: '{value}'. Supported values are: {allowed}."
+                return invalid(key, "invalid_value", message)
         n = body.get("n", 1)
         limit = 1 if model == "dall-e-3" else 10
         if not isinstance(n, int) or not 1 <= n <= limit:
-            return error(
-                400,
-                f"Invalid 'n': integer above maximum value. Expected a value <= "
-                f"{limit}, but got {n} instead.",
-                "invalid_request_error",
-                "n",
-                "integer_above_max_value",
+            message = (
+                "Invalid 'n': integer above maximum value. "
+                f"Expected a value <= {limit}, but got {n} instead."
             )
+            return invalid("n", "integer_above_max_value", message)
         return None
 
     def generate(self, request: Request, body: dict[str, Any]) -> dict[str, Any]:

@@ -1,23 +1,13 @@
-"""A fake Replicate API for ``google/imagen-4-ultra``, in Replicate's wire format.
+"""A fake Replicate API for ``google/imagen-4-ultra`` in Replicate's wire format
+(see "Tests and fakes" in docs/providers.md): creates are validated against the
+model's ``SCHEMA`` (422 with ``invalid_fields``); a prediction is ``starting`` for
+``starting_s``, ``processing`` until ``latency`` s after its creation, then
+``succeeded`` with a PNG served under ``/files/`` (404 after ``expire_outputs()``,
+as after Replicate's one-hour retention); cancel works until it is final.
 
-- ``POST /v1/models/google/imagen-4-ultra/predictions`` ``{"input": {...}}`` ->
-  201 and a prediction (``id, model, version, input, logs, output, data_removed,
-  error, status, created_at, started_at, completed_at, urls{get,cancel,stream,web},
-  metrics``); inputs are validated against the model's schema (422 with
-  ``invalid_fields`` for anything else).
-- ``GET /v1/predictions/{id}``: ``starting`` for ``starting_s``, ``processing``
-  until ``latency`` seconds after creation, then ``succeeded`` with ``output``
-  the URL of a real PNG this server serves under ``/files/``.
-- ``POST /v1/predictions/{id}/cancel``: ``canceled`` unless already final.
-- Errors are problem details: ``{"title", "detail", "status"}``.
-
-Injectable failures (``inject(kind, times)``; each applies to the next create):
-``throttle`` (429, "Request was throttled. Your rate limit resets in ~Ns.", option
-``seconds``), ``server_error`` (500), ``safety`` (the prediction ends ``failed``
-with an E005 safety error), ``aborted`` (it ends ``aborted``),
-``get_server_error`` (the next GET answers 500). ``expire_outputs()`` makes the
-output files 404, as after Replicate's one-hour retention.
-
+``inject(kind, times)`` on the next creates: ``throttle`` (429 "Your rate limit
+resets in ~Ns", option ``seconds``), ``server_error`` (500), ``safety`` (ends
+``failed`` with E005), ``aborted``; ``get_server_error``: the next GET is a 500.
 Standalone: ``python -m tests.fakes.replicate --port 8701 [--latency 2]``.
 """
 
@@ -64,6 +54,10 @@ def problem(status: int, title: str, detail: str, **extra: Any) -> Response:
     return json_response({"title": title, "detail": detail, "status": status, **extra}, status)
 
 
+def invalid_field(type_: str, field: str, description: str) -> dict[str, str]:
+    return {"type": type_, "field": field, "description": description}
+
+
 class FakeReplicate(FakeServer):
     def __init__(self, host: str = "127.0.0.1", port: int = 0, token: str | None = None) -> None:
         super().__init__(host, port)
@@ -103,18 +97,12 @@ class FakeReplicate(FakeServer):
         auth = request.headers.get("Authorization", "")
         if not auth.startswith("Bearer ") or (self.token and auth != f"Bearer {self.token}"):
             return problem(401, "Unauthenticated", "You did not pass a valid authentication token")
-        if (
-            request.method == "POST"
-            and parts[:2] == ["v1", "models"]
-            and parts[-1:] == ["predictions"]
-        ):
+        if parts[:2] == ["v1", "models"] and request.method == "POST":
             model = "/".join(parts[2:-1])
-            if model != MODEL:
+            if parts[-1] != "predictions" or model != MODEL:
                 return problem(404, "Not found", f"Model {model} not found")
             return self.create(request)
-        if (
-            parts == ["v1", "account"] and request.method == "GET"
-        ):  # the free call a key check makes
+        if parts == ["v1", "account"] and request.method == "GET":  # what a key check calls
             return json_response({"type": "user", "username": "bff-test", "name": "BFF test"})
         if parts[:2] == ["v1", "predictions"] and len(parts) == 3 and request.method == "GET":
             return self.get(parts[2])
@@ -127,28 +115,16 @@ class FakeReplicate(FakeServer):
         inputs = body.get("input")
         if not isinstance(inputs, dict):
             return problem(422, "Invalid request", "input is required")
-        invalid = [
-            {
-                "type": "additional_property_not_allowed",
-                "field": "input",
-                "description": f"Additional property {k} is not allowed",
-            }
-            for k in inputs
-            if k not in SCHEMA
-        ]
-        invalid += [
-            {
-                "type": "enum",
-                "field": f"input.{k}",
-                "description": f"{k} must be one of the following: {', '.join(allowed)}",
-            }
-            for k, allowed in SCHEMA.items()
-            if allowed and k in inputs and inputs[k] not in allowed
-        ]
+        invalid = []
+        for k in [k for k in inputs if k not in SCHEMA]:
+            extra = f"Additional property {k} is not allowed"
+            invalid.append(invalid_field("additional_property_not_allowed", "input", extra))
+        for k, allowed in SCHEMA.items():
+            if allowed and k in inputs and inputs[k] not in allowed:
+                must = f"{k} must be one of the following: {', '.join(allowed)}"
+                invalid.append(invalid_field("enum", f"input.{k}", must))
         if not inputs.get("prompt"):
-            invalid.append(
-                {"type": "required", "field": "input", "description": "prompt is required"}
-            )
+            invalid.append(invalid_field("required", "input", "prompt is required"))
         if invalid:
             detail = "\n".join(f"- {i['field']}: {i['description']}" for i in invalid)
             return problem(422, "Input validation failed", detail, invalid_fields=invalid)

@@ -26,6 +26,7 @@ from tests.fakes.openai_images import FakeOpenAIImages
 from tests.fakes.replicate import FakeReplicate
 from tests.fakes.tcp_switch import TcpSwitch
 from tests.faults.stack import FaultStack
+from tests.support import procs as P
 from tests.support.buckets import public_bucket
 from tests.support.redis_server import PrivateRedis
 from tests.support.services import (
@@ -64,9 +65,8 @@ def fault_stack(
     public_bucket(s3_server, bucket)
     moto = urlsplit(s3_server)
     bucket_switch = TcpSwitch(moto.hostname, moto.port)
-    replicate, openai = FakeReplicate(token=REPLICATE_TOKEN), FakeOpenAIImages(key=OPENAI_KEY)
-    replicate.start()
-    openai.start()
+    replicate = FakeReplicate(token=REPLICATE_TOKEN).start()
+    openai = FakeOpenAIImages(key=OPENAI_KEY).start()
     # Our own database: the beat below re-dispatches every stalled generation
     # it can see, and must not pick up the other integration stacks' jobs.
     with scratch_postgres_db() as direct_url:
@@ -82,18 +82,10 @@ def fault_stack(
             "R2_ENDPOINT_URL": bucket_switch.url,
             "R2_BUCKET_NAME": bucket,
             "R2_CDN_URL": f"{s3_server}/{bucket}",
-            "REPLICATE_API_TOKEN": REPLICATE_TOKEN,
-            "REPLICATE_BASE_URL": replicate.url,
-            "OPENAI_API_KEY": OPENAI_KEY,
-            "OPENAI_BASE_URL": openai.url + "/v1",
-            "BFF_PROVIDER_POLL_SECONDS": "0.3",
+            **P.fake_providers_env(replicate, openai),
             "BFF_STAGE_MAX_ATTEMPTS": "4",
             "BFF_SUBMIT_RATE_LIMIT": "1000/60",
-            "PORT": str(port),
-            "WORKER_CONCURRENCY": "2",
-            "GENERATOR_CONCURRENCY": "8",
-            "GUNICORN_WORKERS": "2",
-            "BFF_PUBLIC_URL": f"http://127.0.0.1:{port}",
+            **P.procfile_env(port),
             "BFF_VAR_DIR": str(tmp_path_factory.mktemp("fault-var")),
             **timings,
         }

@@ -16,8 +16,9 @@ from tests.conftest import User, make_user
 from tests.fakes.openai_images import FakeOpenAIImages
 from tests.fakes.replicate import FakeReplicate
 from tests.fakes.tcp_switch import TcpSwitch
-from tests.integration.helpers import FINAL
+from tests.integration.helpers import FINAL, submit
 from tests.support import procs as P
+from tests.support.buckets import s3_client
 from tests.support.redis_server import PrivateRedis
 
 PROCESS_TYPES = ("web", "worker", "generator", "beat")
@@ -87,14 +88,9 @@ class FaultStack:
         return make_user(self.app, f"{name}-{next(_serial)}")
 
     def submit(self, user: User, provider: str, prompt: str, **settings: Any) -> str:
-        resp = requests.post(
-            f"{self.base_url}/api/generate/from-prompt",
-            headers=user.headers,
-            json={"prompt": prompt, "settings": {"provider": provider, **settings}},
-            timeout=10,
+        return submit(
+            self.base_url, user.headers, prompt, settings={"provider": provider, **settings}
         )
-        assert resp.status_code == 202, resp.text
-        return resp.json()["id"]
 
     def submit_batch(self, user: User, plan: list[tuple[str, int]]) -> Batch:
         """``plan``: (provider, images) per generation."""
@@ -146,17 +142,9 @@ class FaultStack:
 
     # ------------------------------------------------------------ the promise
     def bucket_keys(self) -> set[str]:
-        import boto3
-
-        s3 = boto3.client(
-            "s3",
-            endpoint_url=self.s3_endpoint,
-            aws_access_key_id="test",
-            aws_secret_access_key="test",
-            region_name="us-east-1",
-        )
         keys: set[str] = set()
-        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket_name):
+        pages = s3_client(self.s3_endpoint).get_paginator("list_objects_v2")
+        for page in pages.paginate(Bucket=self.bucket_name):
             keys |= {o["Key"] for o in page.get("Contents", [])}
         return keys
 

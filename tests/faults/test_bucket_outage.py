@@ -14,6 +14,7 @@ import requests
 from sqlalchemy import text
 
 from tests.faults.stack import FaultStack
+from tests.integration.helpers import stage_of
 from tests.support import procs as P
 
 pytestmark = pytest.mark.services
@@ -32,7 +33,7 @@ def test_short_outage_is_ridden_out(faults: FaultStack):
         faults.bucket.restore()
     gens = faults.wait_final(batch, timeout=60)
     faults.assert_nothing_lost(batch, gens)
-    assert any(_stage(g, "store")["attempts"] > 1 for g in gens.values())
+    assert any(stage_of(g, "store")["attempts"] > 1 for g in gens.values())
 
 
 def _store_retrying(st: FaultStack, ids: list[str]) -> bool:
@@ -73,7 +74,3 @@ def test_long_outage_fails_at_store_and_retry_completes_without_a_new_create(
     gens = faults.wait_final(batch, timeout=40)
     faults.assert_nothing_lost(batch, gens)
     assert faults.paid_images() == paid, "no image was paid for twice"
-
-
-def _stage(gen: dict, name: str) -> dict:
-    return next(s for s in gen["stages"] if s["name"] == name)

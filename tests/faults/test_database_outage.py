@@ -41,21 +41,12 @@ def test_postgres_outage_answers_503_and_workers_finish_afterwards(faults: Fault
     cut_at = time.monotonic()
     try:
         checks = 0
+        api, h = f"{faults.base_url}/api/generate", user.headers
+        body = {"prompt": "submitted while the database is down"}
         while time.monotonic() - cut_at < OUTAGE_S:
-            _assert_503_json(
-                requests.get(
-                    f"{faults.base_url}/api/generate/{some_id}", headers=user.headers, timeout=10
-                )
-            )
-            _assert_503_json(
-                requests.post(
-                    f"{faults.base_url}/api/generate/from-prompt",
-                    headers=user.headers,
-                    json={"prompt": "submitted while the database is down"},
-                    timeout=10,
-                )
-            )
-            _assert_503_json(requests.get(f"{faults.base_url}/api/generate", headers=user.headers))
+            _assert_503_json(requests.get(f"{api}/{some_id}", headers=h, timeout=10))
+            _assert_503_json(requests.post(f"{api}/from-prompt", headers=h, json=body, timeout=10))
+            _assert_503_json(requests.get(api, headers=h, timeout=10))
             health = requests.get(f"{faults.base_url}/health", timeout=10)
             assert health.status_code == 503
             assert health.json()["checks"]["database"] != "ok", health.json()

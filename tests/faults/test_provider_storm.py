@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 
 from tests.faults.stack import FaultStack
+from tests.integration.helpers import stage_of
 
 pytestmark = pytest.mark.services
 
@@ -25,9 +26,5 @@ def test_429s_and_500s_then_recovery(faults: FaultStack):
     faults.assert_nothing_lost(batch, gens)
     assert not faults.replicate.failures and not faults.openai.failures, "the storm happened"
     assert faults.replicate.counters["create_attempt"] == faults.replicate.creates + 10
-    retried = [g for g in gens.values() if _stage(g, "generate")["attempts"] > 1]
+    retried = [g for g in gens.values() if stage_of(g, "generate")["attempts"] > 1]
     assert retried, "some generations rode the storm out with retries"
-
-
-def _stage(gen: dict, name: str) -> dict:
-    return next(s for s in gen["stages"] if s["name"] == name)

@@ -11,29 +11,35 @@ from app.domain import generations as svc
 from app.domain.models import Generation, utcnow
 from app.pipeline import lease, maintenance, runner
 from app.pipeline.runner import run_stage
+from tests.support.pipeline import new_generation, redispatch
+
+
+def _with_stages(app, user) -> tuple[str, int]:
+    """A new generation with its stage rows (as its first claim writes them)."""
+    gen_id = new_generation(app, user, stages=svc.new_stages())
+    with app.extensions["bff"].db.session() as session:
+        return gen_id, session.get(Generation, gen_id).stage("generate").id
 
 
 def _running_since(app, user, seconds: float) -> str:
     """A generation whose ``enhance`` was claimed by a worker that then died."""
+    gen_id, _ = _with_stages(app, user)
+    since = utcnow() - timedelta(seconds=seconds)
     with app.extensions["bff"].db.session() as session:
-        gen = svc.create(session, user_id=user.id, mode="prompt", settings={}, prompt="linen")
-        gen.stages = svc.new_stages()  # as its first claim writes them
-        session.flush()
-        gen.status, gen.dispatched_at = "processing", utcnow() - timedelta(seconds=seconds)
+        gen = session.get(Generation, gen_id)
+        gen.status, gen.dispatched_at = "processing", since
         gen.stage("analyze").status = "skipped"
         st = gen.stage("enhance")
-        st.status, st.attempts, st.task_id = "running", 1, "dead-task"
-        st.started_at = utcnow() - timedelta(seconds=seconds)
-        gen_id = gen.id
+        st.status, st.attempts, st.task_id, st.started_at = "running", 1, "dead-task", since
     with app.extensions["bff"].db.session() as session:
-        session.get(Generation, gen_id).updated_at = utcnow() - timedelta(seconds=seconds)
+        session.get(Generation, gen_id).updated_at = since
     return gen_id
 
 
 def test_a_redispatched_copy_takes_over_the_dead_stage(app, user, sent):
     s = app.extensions["bff"]
     gen_id = _running_since(app, user, 3600)
-    assert maintenance.redispatch_stalled(s.db, s.celery, s.settings) == 1
+    assert redispatch(app) == 1
     assert sent == [(gen_id, "enhance")]
     # Re-sending must not renew the lease, or the copy finds the stage "alive"
     # and stops, and nothing but the broker's visibility timeout recovers it.
@@ -47,13 +53,13 @@ def test_a_redispatched_copy_takes_over_the_dead_stage(app, user, sent):
 def test_a_copy_still_queued_is_not_sent_again_on_every_tick(app, user, sent):
     s = app.extensions["bff"]
     gen_id = _running_since(app, user, 3600)
-    assert maintenance.redispatch_stalled(s.db, s.celery, s.settings) == 1
-    assert maintenance.redispatch_stalled(s.db, s.celery, s.settings) == 0
+    assert redispatch(app) == 1
+    assert redispatch(app) == 0
     with s.db.session() as session:  # a stall timeout later, still nobody took it
         session.get(Generation, gen_id).dispatched_at = utcnow() - timedelta(seconds=3600)
     with s.db.session() as session:
         session.get(Generation, gen_id).updated_at = utcnow() - timedelta(seconds=3600)
-    assert maintenance.redispatch_stalled(s.db, s.celery, s.settings) == 1
+    assert redispatch(app) == 1
     assert sent == [(gen_id, "enhance")] * 2
 
 
@@ -62,10 +68,7 @@ def _db_gone() -> OperationalError:
 
 
 def test_a_database_outage_mid_stage_is_retried_not_failed(app, user, monkeypatch):
-    s = app.extensions["bff"]
-    with s.db.session() as session:
-        gen = svc.create(session, user_id=user.id, mode="prompt", settings={}, prompt="linen")
-        gen_id = gen.id
+    s, gen_id = app.extensions["bff"], new_generation(app, user)
     real = runner.STAGE_FUNCS["analyze"]
 
     def db_dies(ctx):
@@ -85,12 +88,7 @@ def test_a_database_outage_mid_stage_is_retried_not_failed(app, user, monkeypatc
 
 
 def test_a_checkpoint_waits_out_a_short_database_outage(app, user, monkeypatch):
-    s = app.extensions["bff"]
-    with s.db.session() as session:
-        gen = svc.create(session, user_id=user.id, mode="prompt", settings={}, prompt="linen")
-        gen.stages = svc.new_stages()  # as its first claim writes them
-        session.flush()
-        stage_id, gen_id = gen.stage("generate").id, gen.id
+    s, (gen_id, stage_id) = app.extensions["bff"], _with_stages(app, user)
     monkeypatch.setattr(lease.time, "sleep", lambda _s: None)
     with s.db.Session() as session:
         failures = iter([_db_gone(), _db_gone()])
@@ -109,12 +107,7 @@ def test_a_checkpoint_waits_out_a_short_database_outage(app, user, monkeypatch):
 
 
 def test_a_checkpoint_does_not_retry_other_database_errors(app, user, monkeypatch):
-    s = app.extensions["bff"]
-    with s.db.session() as session:
-        gen = svc.create(session, user_id=user.id, mode="prompt", settings={}, prompt="linen")
-        gen.stages = svc.new_stages()  # as its first claim writes them
-        session.flush()
-        stage_id, gen_id = gen.stage("generate").id, gen.id
+    s, (gen_id, stage_id) = app.extensions["bff"], _with_stages(app, user)
     with s.db.Session() as session:
         calls, real_commit = [], session.commit
 
@@ -160,7 +153,7 @@ def test_after_a_database_outage_live_owners_get_a_stall_timeout_to_resume(
     monkeypatch.setattr(maintenance, "_local_outage", {})
     running = _running_since(app, user, 3600)
     maintenance.note_db_outage(s.settings)
-    assert maintenance.redispatch_stalled(s.db, s.celery, s.settings) == 0
+    assert redispatch(app) == 0
     monkeypatch.setattr(maintenance, "_local_outage", {"at": 0.0})  # long ago
-    assert maintenance.redispatch_stalled(s.db, s.celery, s.settings) == 1
+    assert redispatch(app) == 1
     assert sent == [(running, "enhance")]

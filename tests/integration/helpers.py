@@ -2,12 +2,31 @@
 
 from __future__ import annotations
 
+import io
 import time
 from typing import Any
 
 import requests
+from PIL import Image
+
+from app.pipeline import STAGES
 
 FINAL = ("completed", "failed", "canceled")
+
+
+def submit(base_url: str, headers: dict[str, str], prompt: str, **body: Any) -> str:
+    resp = requests.post(
+        f"{base_url}/api/generate/from-prompt",
+        headers=headers,
+        json={"prompt": prompt, **body},
+        timeout=10,
+    )
+    assert resp.status_code == 202, resp.text
+    return resp.json()["id"]
+
+
+def stage_of(gen: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(s for s in gen["stages"] if s["name"] == name)
 
 
 def wait_final(
@@ -25,21 +44,9 @@ def wait_final(
 
 
 def assert_completed_with_png(gen: dict[str, Any], mode: str) -> None:
-    import io
-
-    from PIL import Image
-
     assert gen["status"] == "completed", gen
     stages = {s["name"]: s for s in gen["stages"]}
-    assert list(stages) == [
-        "analyze",
-        "enhance",
-        "persona",
-        "route",
-        "optimize",
-        "generate",
-        "store",
-    ]
+    assert list(stages) == list(STAGES)
     for s in stages.values():
         assert s["status"] in ("completed", "skipped"), s
         assert s["startedAt"] and s["finishedAt"] and s["durationMs"] is not None, s

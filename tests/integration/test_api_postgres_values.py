@@ -3,28 +3,9 @@
 
 from __future__ import annotations
 
-import pytest
 
-from app import create_app
-from tests.conftest import make_user
-
-
-@pytest.fixture(scope="module")
-def pg_app(service_env, tmp_path_factory):
-    # Nothing here is dispatched: keep the stack's Redis queues out of it.
-    env = {
-        **service_env,
-        "CELERY_BROKER_URL": "memory://",
-        "STORAGE_BACKEND": "local",
-        "BFF_MEDIA_ROOT": str(tmp_path_factory.mktemp("media")),
-    }
-    app = create_app(env)
-    yield app
-    app.extensions["bff"].db.engine.dispose()
-
-
-def test_nul_characters_are_client_errors(pg_app):
-    client, user = pg_app.test_client(), make_user(pg_app, "nul-tester")
+def test_nul_characters_are_client_errors(pg_app, pg_user):
+    client, user = pg_app.test_client(), pg_user
     resp = client.post("/api/generate/from-prompt", json={"prompt": "a\x00b"}, headers=user.headers)
     assert resp.status_code == 422, resp.get_json()
     assert resp.get_json()["error"]["details"][0]["field"] == "prompt"

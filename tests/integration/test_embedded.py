@@ -8,7 +8,7 @@ import subprocess
 import pytest
 import requests
 
-from tests.integration.helpers import assert_completed_with_png, wait_final
+from tests.integration.helpers import assert_completed_with_png, submit, wait_final
 from tests.support.embedded import BFF, embedded_system
 
 
@@ -17,14 +17,7 @@ def test_make_dev_runs_the_whole_system_without_services(tmp_path):
         base, headers = system.base_url, system.headers
         health = requests.get(base + "/health", timeout=5).json()
         assert health["checks"] == {"database": "ok", "broker": "ok", "storage": "ok"}
-        resp = requests.post(
-            base + "/api/generate/from-prompt",
-            headers=headers,
-            json={"prompt": "emerald silk slip dress"},
-            timeout=10,
-        )
-        assert resp.status_code == 202, resp.text
-        gen = wait_final(base, headers, resp.json()["id"], timeout=60)
+        gen = wait_final(base, headers, submit(base, headers, "emerald silk slip dress"))
         assert_completed_with_png(gen, "prompt")
         assert gen["assets"][0]["url"].startswith(f"{base}/cdn/users/")
         assert system.db_path.exists()

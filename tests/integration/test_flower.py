@@ -9,7 +9,7 @@ import time
 import pytest
 import requests
 
-from tests.integration.helpers import wait_final
+from tests.integration.helpers import submit, wait_final
 from tests.support import procs as P
 from tests.support.services import free_port
 
@@ -83,13 +83,9 @@ def test_flower_lists_the_workers_behind_basic_auth(flower):
 def test_flower_shows_the_generation_id_of_each_task(flower, stack):
     base, _, folder = flower
     user = stack.user("flower-user")
-    resp = requests.post(
-        f"{stack.base_url}/api/generate/from-prompt",
-        headers=user.headers,
-        json={"prompt": "sage linen jumpsuit", "settings": {"provider": "local"}},
-        timeout=10,
+    gen_id = submit(
+        stack.base_url, user.headers, "sage linen jumpsuit", settings={"provider": "local"}
     )
-    gen_id = resp.json()["id"]
     wait_final(stack.base_url, user.headers, gen_id)
     deadline = time.monotonic() + 30
     while True:

@@ -1,7 +1,6 @@
-"""The real providers' code paths end to end: the Procfile's web, worker and
-two generator processes on PostgreSQL + Redis + S3 (moto), with the official
-``replicate`` and ``openai`` SDKs pointed at the fake servers (this process)
-and boto3 going to the bucket through a switch we can turn off."""
+"""The real providers' code paths end to end: the Procfile's web, worker and two
+generator processes on PostgreSQL + Redis + S3 (moto), the official SDKs against
+the fake servers, and the bucket behind a switch we can turn off."""
 
 from __future__ import annotations
 
@@ -21,15 +20,15 @@ from tests.conftest import User, make_user
 from tests.fakes.openai_images import FakeOpenAIImages
 from tests.fakes.replicate import FakeReplicate
 from tests.fakes.tcp_switch import TcpSwitch
-from tests.integration.helpers import assert_completed_with_png, wait_final
+from tests.integration.helpers import assert_completed_with_png, stage_of, submit, wait_final
 from tests.support import procs as P
 from tests.support.embedded import BFF
 from tests.support.services import free_port, redis_db_number, release_redis_db
 
 pytestmark = pytest.mark.services
 
-REPLICATE_TOKEN, OPENAI_KEY = "r8_integration", "sk-integration"
 DALLE_LIMIT = (2, 2.0)  # BFF_RATE_LIMIT_OPENAI_DALLE3=2/2: 2 tokens, refilled at one a second
+GENERATORS = ("generator-a", "generator-b")
 
 
 @dataclass
@@ -48,26 +47,19 @@ class ProviderStack:
 
     def start_generators(self) -> None:
         cmd = P.procfile()["generator"]
-        for name in ("generator-a", "generator-b"):
-            self.procs[name] = P.Process(
-                name, cmd.replace("generator@", f"{name}@"), self.env, self.logs
-            )
-        for name in ("generator-a", "generator-b"):
+        for name in GENERATORS:
+            named = cmd.replace("generator@", f"{name}@")
+            self.procs[name] = P.Process(name, named, self.env, self.logs)
+        for name in GENERATORS:
             P.wait_for(lambda n=name: P.worker_ready(self.procs[n]), 60, name)
 
-    def submit(self, user: User, provider: str, **settings) -> str:
-        resp = requests.post(
-            f"{self.base_url}/api/generate/from-prompt",
-            headers=user.headers,
-            json={
-                "prompt": settings.pop("prompt", "ivory silk slip dress"),
-                "negativePrompt": settings.pop("negative", None),
-                "settings": {"provider": provider, **settings},
-            },
-            timeout=10,
-        )
-        assert resp.status_code == 202, resp.text
-        return resp.json()["id"]
+    def submit(self, user: User, provider: str, negative: str | None = None, **settings) -> str:
+        prompt = settings.pop("prompt", "ivory silk slip dress")
+        body = {"negativePrompt": negative, "settings": {"provider": provider, **settings}}
+        return submit(self.base_url, user.headers, prompt, **body)
+
+    def get(self, user: User, gen_id: str) -> dict:
+        return requests.get(f"{self.base_url}/api/generate/{gen_id}", headers=user.headers).json()
 
 
 @pytest.fixture(scope="module")
@@ -78,32 +70,22 @@ def pstack(service_env, tmp_path_factory) -> Iterator[ProviderStack]:
     redis.Redis("127.0.0.1", 6379, db=db).flushdb()
     moto = urlsplit(service_env["R2_ENDPOINT_URL"])
     bucket = TcpSwitch(moto.hostname, moto.port)
-    replicate, openai = FakeReplicate(token=REPLICATE_TOKEN), FakeOpenAIImages(key=OPENAI_KEY)
-    replicate.start()
-    openai.start()
+    replicate = FakeReplicate(token="r8_integration").start()
+    openai = FakeOpenAIImages(key="sk-integration").start()
     port = free_port()
     env = {
         **service_env,
         "REDIS_URL": f"redis://127.0.0.1:6379/{db}",
         "R2_ENDPOINT_URL": bucket.url,  # the CDN URL still reaches moto directly
-        "REPLICATE_API_TOKEN": REPLICATE_TOKEN,
-        "REPLICATE_BASE_URL": replicate.url,
-        "OPENAI_API_KEY": OPENAI_KEY,
-        "OPENAI_BASE_URL": openai.url + "/v1",
+        **P.fake_providers_env(replicate, openai),
         "BFF_RATE_LIMIT_OPENAI_DALLE3": "{}/{}".format(*DALLE_LIMIT),
-        "BFF_PROVIDER_POLL_SECONDS": "0.3",
         "BFF_BROKER_VISIBILITY_TIMEOUT": "8",
         "BFF_STAGE_MAX_ATTEMPTS": "3",
-        "PORT": str(port),
-        "WORKER_CONCURRENCY": "2",
-        "GENERATOR_CONCURRENCY": "8",
-        "GUNICORN_WORKERS": "2",
-        "BFF_PUBLIC_URL": f"http://127.0.0.1:{port}",
+        **P.procfile_env(port),
         "BFF_VAR_DIR": str(tmp_path_factory.mktemp("pvar")),
     }
     logs = tmp_path_factory.mktemp("plogs")
-    pf = P.procfile()
-    procs = {name: P.Process(name, pf[name], env, logs) for name in ("web", "worker")}
+    procs = {name: P.Process(name, P.procfile()[name], env, logs) for name in ("web", "worker")}
     base = f"http://127.0.0.1:{port}"
     st = ProviderStack(base, env, procs, create_app(dict(env)), replicate, openai, bucket, logs)
     try:
@@ -127,10 +109,6 @@ def fakes(pstack):
     pstack.replicate.latency, pstack.openai.latency = 0.6, 0.0
     pstack.bucket.restore()
     return pstack
-
-
-def stage(gen: dict, name: str) -> dict:
-    return next(s for s in gen["stages"] if s["name"] == name)
 
 
 def wait_for_create(fake: FakeReplicate, n: int = 1, timeout: float = 20) -> None:
@@ -181,12 +159,12 @@ def test_each_provider_completes_with_assets_in_the_bucket(
     for asset in gen["assets"]:
         assert asset["url"].startswith(fakes.env["R2_CDN_URL"] + f"/users/{user.id}/")
     assert gen["cost"] == pytest.approx(cost)
-    out = stage(gen, "generate")["output"]
+    out = stage_of(gen, "generate")["output"]
     assert out["sent"]["negativePromptHandling"]
     if provider == "google-imagen":
         assert fakes.replicate.creates == count, "one paid prediction per image"
         assert out["sent"]["input"]["aspect_ratio"] == "3:4"
-        assert stage(gen, "generate")["attempts"] == 1, "waiting is not an attempt"
+        assert stage_of(gen, "generate")["attempts"] == 1, "waiting is not an attempt"
     elif provider == "openai-dalle3":
         assert out["sent"]["size"] == "1792x1024" and out["revisedPrompts"][0]
     else:
@@ -212,7 +190,7 @@ def test_a_rejected_prompt_fails_with_the_providers_reason(fakes, provider, inje
     gen = wait_final(fakes.base_url, user.headers, fakes.submit(user, provider), timeout=30)
     assert gen["status"] == "failed"
     assert gen["error"]["stage"] == "generate" and words in gen["error"]["message"]
-    assert stage(gen, "generate")["attempts"] == 1, "a rejection is not retried"
+    assert stage_of(gen, "generate")["attempts"] == 1, "a rejection is not retried"
 
 
 def test_transient_errors_are_retried_then_succeed(fakes):
@@ -224,7 +202,7 @@ def test_transient_errors_are_retried_then_succeed(fakes):
     for gen_id in (imagen, gpt):
         gen = wait_final(fakes.base_url, user.headers, gen_id, timeout=40)
         assert gen["status"] == "completed", gen
-        assert stage(gen, "generate")["attempts"] == 2
+        assert stage_of(gen, "generate")["attempts"] == 2
     assert fakes.replicate.creates == 1 and fakes.replicate.counters["create_attempt"] == 2
 
 
@@ -249,13 +227,11 @@ def test_rate_limit_is_global_across_two_generator_processes(fakes):
     for i, t in enumerate(times):  # never more than the bucket allows since the first call
         allowed = capacity + (t - times[0]) * per_second + 0.5
         assert i + 1 <= allowed, f"call {i + 1} at +{t - times[0]:.2f}s exceeds the limit"
-    served = {
-        n: "pipeline.generate" in fakes.procs[n].output() for n in ("generator-a", "generator-b")
-    }
+    served = {n: "pipeline.generate" in fakes.procs[n].output() for n in GENERATORS}
     assert all(served.values()), f"both generators took work: {served}"
     # Each waiter reserved the next token, its own: it waited once (twice if its
     # timer fired early), instead of all of them asking again together.
-    logs = "".join(fakes.procs[n].output() for n in ("generator-a", "generator-b"))
+    logs = "".join(fakes.procs[n].output() for n in GENERATORS)
     waits = {
         gen_id: len(re.findall(rf"\[{gen_id} generate\]: Task pipeline\.generate\S* retry:", logs))
         for gen_id in ids
@@ -270,15 +246,15 @@ def test_kill_9_mid_prediction_resumes_it_without_a_second_create(fakes):
     gen_id = fakes.submit(user, "google-imagen")
     wait_for_create(fakes.replicate)
     time.sleep(0.5)  # the id is saved; the stage is polling or waiting on it
-    for name in ("generator-a", "generator-b"):
+    for name in GENERATORS:
         fakes.procs[name].kill()  # SIGKILL: no ack, no cleanup
-    for name in ("generator-a", "generator-b"):
+    for name in GENERATORS:
         fakes.procs[name].stop()
     fakes.start_generators()  # the unacked message is redelivered after the visibility timeout
     gen = wait_final(fakes.base_url, user.headers, gen_id, timeout=60)
     assert gen["status"] == "completed", gen
     assert fakes.replicate.creates == 1, "resumed the stored prediction, no second create"
-    assert stage(gen, "generate")["output"]["predictions"] == list(fakes.replicate.predictions)
+    assert stage_of(gen, "generate")["output"]["predictions"] == list(fakes.replicate.predictions)
 
 
 def test_storage_outage_fails_at_store_and_retry_resumes_without_the_provider(fakes):
@@ -288,7 +264,7 @@ def test_storage_outage_fails_at_store_and_retry_resumes_without_the_provider(fa
     gen = wait_final(fakes.base_url, user.headers, gen_id, timeout=60)
     assert gen["status"] == "failed" and gen["error"]["stage"] == "store", gen
     assert "storage unavailable" in gen["error"]["message"]
-    assert stage(gen, "generate")["output"]["outputs"][0]["url"], "the output reference is kept"
+    assert stage_of(gen, "generate")["output"]["outputs"][0]["url"], "the output reference is kept"
     fakes.bucket.restore()
     resp = requests.post(f"{fakes.base_url}/api/generate/{gen_id}/retry", headers=user.headers)
     assert resp.status_code == 202, resp.text
@@ -314,7 +290,7 @@ def test_cancel_mid_prediction_cancels_it_at_replicate(fakes):
     gen_id = fakes.submit(user, "google-imagen")
     wait_for_create(fakes.replicate)
     P.wait_for(
-        lambda: stage(wait_state(fakes, user, gen_id), "generate")["status"] == "running",
+        lambda: stage_of(fakes.get(user, gen_id), "generate")["status"] == "running",
         10,
         "the generate stage to run",
     )
@@ -324,10 +300,6 @@ def test_cancel_mid_prediction_cancels_it_at_replicate(fakes):
     [prediction] = fakes.replicate.predictions.values()
     assert fakes.replicate.status(prediction)[0] == "canceled"
     time.sleep(2)  # a waiting run wakes up, sees the cancel and stops
-    gen = wait_state(fakes, user, gen_id)
+    gen = fakes.get(user, gen_id)
     assert gen["status"] == "canceled" and not gen["assets"]
     assert fakes.replicate.creates == 1
-
-
-def wait_state(st: ProviderStack, user: User, gen_id: str) -> dict:
-    return requests.get(f"{st.base_url}/api/generate/{gen_id}", headers=user.headers).json()

@@ -3,28 +3,17 @@ Procfile's web, worker and generator processes."""
 
 from __future__ import annotations
 
-import io
 import json
 import uuid
 
 import pytest
 import requests
-from PIL import Image
 from sqlalchemy import text
 
-from tests.integration.helpers import assert_completed_with_png, wait_final
+from tests.integration.helpers import assert_completed_with_png, submit, wait_final
+from tests.support.pipeline import png_bytes
 
 pytestmark = pytest.mark.services
-
-
-def garment_png() -> bytes:
-    img = Image.new("RGB", (300, 420), "white")
-    from PIL import ImageDraw
-
-    ImageDraw.Draw(img).polygon([(120, 40), (180, 40), (240, 400), (60, 400)], fill=(128, 0, 32))
-    buf = io.BytesIO()
-    img.save(buf, "PNG")
-    return buf.getvalue()
 
 
 def test_prompt_generation_completes_on_postgres_redis_s3(stack):
@@ -49,7 +38,7 @@ def test_image_generation_completes_and_analyses_the_photo(stack):
     resp = requests.post(
         f"{stack.base_url}/api/generate/from-image",
         headers=user.headers,
-        files={"image": ("dress.png", garment_png(), "image/png")},
+        files={"image": ("dress.png", png_bytes((300, 420), "#800020"), "image/png")},
         data={"settings": json.dumps({"size": "1:1", "count": 2})},
         timeout=10,
     )
@@ -63,21 +52,13 @@ def test_image_generation_completes_and_analyses_the_photo(stack):
 
 def test_each_stage_is_recorded_in_postgres(stack):
     user = stack.user("integration-rows")
-    resp = requests.post(
-        f"{stack.base_url}/api/generate/from-prompt",
-        headers=user.headers,
-        json={"prompt": "navy wool coat"},
-        timeout=10,
-    )
-    gen_id = resp.json()["id"]
+    gen_id = submit(stack.base_url, user.headers, "navy wool coat")
     wait_final(stack.base_url, user.headers, gen_id)
-    db = stack.app.extensions["bff"].db
-    with db.session() as session:
+    with stack.app.extensions["bff"].db.session() as session:
         rows = session.execute(
             text(
                 "SELECT name, status, attempts, task_id FROM generation_stages"
-                " WHERE generation_id = :g "
-                "ORDER BY position"
+                " WHERE generation_id = :g ORDER BY position"
             ),
             {"g": gen_id},
         ).all()

@@ -6,16 +6,16 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 import requests
 from sqlalchemy import text
 from standardwebhooks import Webhook
 
+from tests.integration import helpers
 from tests.integration.helpers import wait_final
+from tests.support.embedded import BFF
 from tests.test_events import parse_sse
 from tests.test_webhooks import Receiver
 
@@ -23,14 +23,9 @@ pytestmark = pytest.mark.services
 
 
 def submit(stack, user, **extra) -> str:
-    resp = requests.post(
-        f"{stack.base_url}/api/generate/from-prompt",
-        headers=user.headers,
-        json={"prompt": "camel cashmere coat", "settings": {"provider": "local"}, **extra},
-        timeout=10,
+    return helpers.submit(
+        stack.base_url, user.headers, "camel cashmere coat", settings={"provider": "local"}, **extra
     )
-    assert resp.status_code == 202, resp.text
-    return resp.json()["id"]
 
 
 def read_events(stack, user, gen_id, last_id=None, stop_after=None) -> list[dict]:
@@ -169,13 +164,7 @@ def test_metrics_on_postgres_and_redis(stack):
 
 def bff(stack, user, *args: str) -> subprocess.CompletedProcess:
     env = {**stack.env, "BFF_API_URL": stack.base_url, "BFF_API_KEY": user.key}
-    return subprocess.run(
-        [str(Path(sys.executable).parent / "bff"), *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return subprocess.run([BFF, *args], env=env, capture_output=True, text=True, timeout=120)
 
 
 def test_cli_generate_wait_shows_live_stages_and_urls(stack):

@@ -19,23 +19,11 @@ from tests.support.services import free_port
 
 BFF = str(Path(sys.executable).parent / "bff")
 # Variables from the developer's shell must not leak into the embedded default.
-SERVICE_VARS = (
-    "DATABASE_URL",
-    "REDIS_URL",
-    "CELERY_BROKER_URL",
-    "STORAGE_BACKEND",
-    "R2_ENDPOINT_URL",
-    "R2_ACCESS_KEY_ID",
-    "R2_SECRET_ACCESS_KEY",
-    "R2_BUCKET_NAME",
-    "R2_CDN_URL",
-    "REPLICATE_API_TOKEN",
-    "OPENAI_API_KEY",
-    "REPLICATE_BASE_URL",
-    "OPENAI_BASE_URL",
-    "BFF_DEFAULT_PROVIDER",
-    "BFF_PUBLIC_URL",
-    "BFF_MEDIA_ROOT",
+SERVICE_VARS = tuple(
+    """DATABASE_URL REDIS_URL CELERY_BROKER_URL STORAGE_BACKEND R2_ENDPOINT_URL
+    R2_ACCESS_KEY_ID R2_SECRET_ACCESS_KEY R2_BUCKET_NAME R2_CDN_URL REPLICATE_API_TOKEN
+    OPENAI_API_KEY REPLICATE_BASE_URL OPENAI_BASE_URL BFF_DEFAULT_PROVIDER BFF_PUBLIC_URL
+    BFF_MEDIA_ROOT""".split()
 )
 
 
@@ -96,16 +84,8 @@ def embedded_system(folder: Path) -> Iterator[Embedded]:
         threading.Thread(target=lambda: [lines.append(x) for x in proc.stdout], daemon=True).start()
         base = f"http://127.0.0.1:{port}"
         [try_line] = [x.split("Try:", 1)[1].strip() for x in lines if x.startswith("Try:")]
-        system = Embedded(
-            base,
-            key,
-            folder,
-            try_line,
-            {**env, "BFF_API_URL": base, "BFF_API_KEY": key},
-            proc,
-            lines,
-        )
-        yield system
+        cli_env = {**env, "BFF_API_URL": base, "BFF_API_KEY": key}
+        yield Embedded(base, key, folder, try_line, cli_env, proc, lines)
     finally:
         if proc.poll() is None:
             Embedded("", "", folder, "", env, proc).stop()

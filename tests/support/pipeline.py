@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 from typing import Any
 
 from PIL import Image
@@ -10,7 +11,7 @@ from PIL import Image
 from app.api.responses import generation_json
 from app.domain import generations as svc
 from app.domain.models import Generation
-from app.pipeline import STAGES
+from app.pipeline import STAGES, maintenance
 from app.pipeline.runner import Outcome, run_stage
 
 
@@ -23,6 +24,21 @@ def stage(app, gen_id: str, name: str) -> Outcome:
     return run_stage(s.db, s.settings, s.storage, gen_id, name, task_id=f"t-{name}")
 
 
+def new_generation(app, user, **changes: Any) -> str:
+    """A prompt generation as a submit writes it (nothing dispatched), then ``changes``."""
+    with services(app).db.session() as session:
+        gen = svc.create(session, user_id=user.id, mode="prompt", settings={}, prompt="linen")
+        for k, v in changes.items():
+            setattr(gen, k, v)
+        return gen.id
+
+
+def redispatch(app) -> int:
+    """One tick of the maintenance beat's stall dispatcher."""
+    s = services(app)
+    return maintenance.redispatch_stalled(s.db, s.celery, s.settings)
+
+
 def claimed(app, gen_id: str, attempts: int, task_id: str, name: str = "analyze") -> None:
     """Stage ``name`` as a worker left it: claimed (running) by ``task_id``."""
     with services(app).db.session() as session:
@@ -33,12 +49,13 @@ def claimed(app, gen_id: str, attempts: int, task_id: str, name: str = "analyze"
         gen.status = "processing"
 
 
-def run_all(app, gen_id: str, stages: tuple[str, ...] = STAGES) -> list[Outcome]:
+def run_all(app, gen_id: str, stages=STAGES, pause: float = 0.0) -> list[Outcome]:
     """Run stages in order as the chain would, stopping where the chain stops."""
     outcomes = []
     for name in stages:
         out = stage(app, gen_id, name)
         outcomes.append(out)
+        time.sleep(pause)
         if not out.proceed or out.retry_in is not None:
             break
     return outcomes

@@ -73,6 +73,28 @@ class Process:
         self.log.close()
 
 
+def procfile_env(port: int) -> dict[str, str]:
+    """The Procfile's variables for a stack on ``port``: two of each worker."""
+    return {
+        "PORT": str(port),
+        "WORKER_CONCURRENCY": "2",
+        "GENERATOR_CONCURRENCY": "8",
+        "GUNICORN_WORKERS": "2",
+        "BFF_PUBLIC_URL": f"http://127.0.0.1:{port}",
+    }
+
+
+def fake_providers_env(replicate, openai) -> dict[str, str]:
+    """The provider variables pointing the SDKs at the fake servers."""
+    return {
+        "REPLICATE_API_TOKEN": replicate.token,
+        "REPLICATE_BASE_URL": replicate.url,
+        "OPENAI_API_KEY": openai.key,
+        "OPENAI_BASE_URL": openai.url + "/v1",
+        "BFF_PROVIDER_POLL_SECONDS": "0.3",
+    }
+
+
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.1, procs=()) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -26,20 +26,9 @@ class PrivateRedis:
     def start(self, timeout: float = 10) -> None:
         """Start empty: ``--save ""`` and no AOF, so a restart loses everything."""
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child holds it
+        args = ["--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
         self.popen = subprocess.Popen(
-            [
-                self.binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.log_path.parent),
-            ],
+            [self.binary, *args, "--dir", str(self.log_path.parent)],
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
