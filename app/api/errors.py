@@ -54,6 +54,11 @@ def not_found(what: str = "generation") -> ApiError:
     return ApiError(404, "not_found", f"{what} not found")
 
 
+def invalid(field: str, message: str, problem: str, code: str = "validation_error") -> ApiError:
+    """A 422 about one field: ``message`` for people, ``problem`` beside the field."""
+    return ApiError(422, code, message, [{"field": field, "message": problem}])
+
+
 def validation_details(exc: ValidationError) -> list[dict[str, str]]:
     return [
         {"field": ".".join(str(p) for p in err["loc"]) or "body", "message": err["msg"]}
