@@ -8,6 +8,7 @@ re-running ``store`` overwrites the same object instead of orphaning one.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -83,14 +84,8 @@ class LocalStorage:
         base = self._path(prefix)
         if not base.exists():
             return 0
-        count = 0
-        for path in sorted(base.rglob("*"), reverse=True):
-            if path.is_file():
-                path.unlink()
-                count += 1
-            else:
-                path.rmdir()
-        base.rmdir()
+        count = sum(1 for path in base.rglob("*") if path.is_file())
+        shutil.rmtree(base)
         return count
 
     def delete(self, keys: list[str]) -> None:
