@@ -1,8 +1,6 @@
-"""Client-visible errors: always ``{"error": {code, message, details}}`` JSON.
-
-Handlers here turn every exception that reaches Flask into that shape with
-the right status, so no client ever sees HTML or a stack trace.
-"""
+"""Client-visible errors: every exception that reaches Flask becomes
+``{"error": {code, message, details}}`` JSON with the right status, never HTML
+or a stack trace."""
 
 from __future__ import annotations
 
