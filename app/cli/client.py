@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from pathlib import Path
 from typing import get_args
 
 import click
@@ -92,14 +93,12 @@ def generate(
     body = {"prompt": prompt, "negativePrompt": negative, "personaId": persona_id}
     body = {k: v for k, v in body.items() if v is not None}
     if image:
-        with open(image, "rb") as f:
-            form = {**body, "settings": json.dumps(settings)}
-            answer = _json("POST", "/api/generate/from-image", 202, files={"image": f}, data=form)
+        upload = {"image": (Path(image).name, Path(image).read_bytes())}
+        form = {**body, "settings": json.dumps(settings)}
+        gen_id = _json("POST", "/api/generate/from-image", 202, files=upload, data=form)["id"]
     else:
-        answer = _json(
-            "POST", "/api/generate/from-prompt", 202, json={**body, "settings": settings}
-        )
-    gen_id = answer["id"]
+        body = {**body, "settings": settings}
+        gen_id = _json("POST", "/api/generate/from-prompt", 202, json=body)["id"]
     click.echo(f"submitted {gen_id}")
     if not wait:
         return
