@@ -45,20 +45,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     protocol.register(app)  # limits and OPTIONS: before any route
     logs.init_app(app)
 
-    from app.api import account, generations, health, personas, providers, submit, web
-    from app.api import events as events_api
-    from app.platform.metrics import bp as metrics_bp
+    from app.api import account, events, generations, health, personas, providers, submit, web
+    from app.platform import metrics  # no auth: scraped by Prometheus
 
-    for bp in (
-        submit.bp,
-        generations.bp,
-        events_api.bp,
-        personas.bp,
-        account.bp,
-        providers.bp,
-        health.bp,
-        web.bp,
-    ):
-        app.register_blueprint(bp)
-    app.register_blueprint(metrics_bp)  # no auth: scraped by Prometheus
+    for module in (submit, generations, events, personas, account, providers, health, web, metrics):
+        app.register_blueprint(module.bp)
     return app

@@ -1,8 +1,5 @@
-"""The Celery application: ``celery -A workers worker|beat|flower``.
-
-Two lines, as in Flask's Celery pattern: build the Flask app, take its
-Celery app. Tasks are registered by importing ``workers.tasks``.
-"""
+"""The Celery application (``celery -A workers worker|beat|flower``), as in
+Flask's Celery pattern: build the Flask app, take its Celery app."""
 
 from app import create_app
 

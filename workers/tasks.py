@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import gc
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from celery import shared_task
 from celery.exceptions import Ignore
@@ -28,10 +30,9 @@ log = logging.getLogger(__name__)
 
 @worker_init.connect
 def _freeze_loaded_objects(**_: object) -> None:
-    # The loaded app (SQLAlchemy, Celery, kombu, boto3, ...) is ~200k long-lived
-    # objects every full collection would walk again (~0.14 s each, about one
-    # per 200 generations): moved out of the collector's sight. In the prefork
-    # parent this is also before the fork, so children inherit it.
+    # The loaded app is ~200k long-lived objects every full collection would
+    # walk again: moved out of the collector's sight (before the fork, so
+    # prefork children inherit it).
     gc.freeze()
 
 
@@ -44,21 +45,30 @@ def _dispose_engine_after_fork(**_: object) -> None:
     gc.freeze()  # what the child set up, as above
 
 
+@contextmanager
+def _noting_db_outage(settings) -> Iterator[None]:
+    """A database outage is re-raised for Celery to retry, and noted: the
+    stages' owners are waiting, not dead, so no takeovers yet."""
+    try:
+        yield
+    except (OperationalError, InterfaceError):
+        note_db_outage(settings)
+        raise
+
+
 class GenerationFailed(Exception):
     """The generation failed at this stage (its error is recorded): the chain
     stops and Flower shows the task failed with the reason. Declared in the
     stage tasks' ``throws``, so it is logged as an expected outcome."""
 
 
-# Stages are idempotent, so a message may be acked late and redelivered.
-# A database outage (OperationalError, InterfaceError: the runner lets them
-# through instead of failing the job) is retried by Celery with backoff.
-# No Celery retry limit (``max_retries=None``): every re-send of a stage is a
-# wait the runner chose (a provider still working, a rate-limit token, a
-# transient failure it counts and caps itself) or a database outage, and
-# Celery's count covers all of them. With a cap, a prediction polled more
-# than that many times raised MaxRetriesExceededError and dropped the
-# message, leaving the job to the stall sweep.
+# Stages are idempotent, so a message may be acked late and redelivered; a
+# database outage (the runner lets it through) is retried with backoff.
+# No Celery retry limit: Celery counts every re-send, including the waits the
+# runner chose (provider polls, rate-limit tokens, transient failures it caps
+# itself). With a cap, a long-polled prediction raised
+# MaxRetriesExceededError and its message was dropped
+# (tests/test_worker_process.py).
 STAGE_OPTIONS = {
     "bind": True,
     "acks_late": True,
@@ -76,13 +86,10 @@ def _run(task, generation_id: str, name: str) -> None:
     (canceled, already running or done elsewhere) is ``Ignore``, which acks
     the message and ends the chain."""
     s = current_app.extensions["bff"]
-    try:
+    with _noting_db_outage(s.settings):
         outcome = run_stage(
             s.db, s.settings, s.storage, generation_id, name, task_id=task.request.id
         )
-    except (OperationalError, InterfaceError):
-        note_db_outage(s.settings)  # owners are waiting, not dead: no takeovers yet
-        raise
     if outcome.retry_in is not None:
         raise task.retry(countdown=outcome.retry_in, max_retries=None)
     if outcome.error is not None:
@@ -91,45 +98,16 @@ def _run(task, generation_id: str, name: str) -> None:
         raise Ignore()
 
 
-@shared_task(name="pipeline.analyze", **STAGE_OPTIONS)
-def analyze(self, generation_id: str) -> None:
-    _run(self, generation_id, "analyze")
+def _stage_task(name: str):
+    @shared_task(name=f"pipeline.{name}", **STAGE_OPTIONS)
+    def stage(self, generation_id: str) -> None:
+        _run(self, generation_id, name)
+
+    return stage
 
 
-@shared_task(name="pipeline.enhance", **STAGE_OPTIONS)
-def enhance(self, generation_id: str) -> None:
-    _run(self, generation_id, "enhance")
-
-
-@shared_task(name="pipeline.persona", **STAGE_OPTIONS)
-def persona(self, generation_id: str) -> None:
-    _run(self, generation_id, "persona")
-
-
-@shared_task(name="pipeline.route", **STAGE_OPTIONS)
-def route(self, generation_id: str) -> None:
-    _run(self, generation_id, "route")
-
-
-@shared_task(name="pipeline.optimize", **STAGE_OPTIONS)
-def optimize(self, generation_id: str) -> None:
-    _run(self, generation_id, "optimize")
-
-
-@shared_task(name="pipeline.generate", **STAGE_OPTIONS)
-def generate(self, generation_id: str) -> None:
-    _run(self, generation_id, "generate")
-
-
-@shared_task(name="pipeline.store", **STAGE_OPTIONS)
-def store(self, generation_id: str) -> None:
-    _run(self, generation_id, "store")
-
-
-STAGE_TASKS = {
-    t.name.split(".")[1]: t for t in (analyze, enhance, persona, route, optimize, generate, store)
-}
-assert tuple(STAGE_TASKS) == STAGES, "one task per stage, in order"
+STAGE_TASKS = {name: _stage_task(name) for name in STAGES}
+analyze, enhance, persona, route, optimize, generate, store = STAGE_TASKS.values()
 
 
 @shared_task(name="feedback.apply", acks_late=True)
@@ -141,20 +119,13 @@ def apply_feedback_task(feedback_id: int) -> None:
 @shared_task(name="maintenance.redispatch", acks_late=True)
 def redispatch_task() -> None:
     s = current_app.extensions["bff"]
-    try:
+    with _noting_db_outage(s.settings):
         sent = redispatch_stalled(s.db, s.celery, s.settings)
         expired = expire_overdue(s.db, s.settings)
-    except (OperationalError, InterfaceError):
-        note_db_outage(s.settings)
-        raise
     applied = apply_pending_feedback(s.db)
     if sent or applied or expired:
-        log.info(
-            "maintenance: re-dispatched %d generation(s), timed out %d, applied %d feedback",
-            sent,
-            expired,
-            applied,
-        )
+        msg = "maintenance: re-dispatched %d generation(s), timed out %d, applied %d feedback"
+        log.info(msg, sent, expired, applied)
 
 
 @shared_task(name="maintenance.sweep_storage", acks_late=True)

@@ -17,62 +17,51 @@ bp = Blueprint("account", __name__, url_prefix="/api")
 bp.before_request(load_user)
 
 
+TOTALS = text(
+    "SELECT total_generations, completed, failed, canceled, in_progress, total_assets,"
+    " total_cost, avg_duration_seconds FROM user_generation_stats WHERE user_id = :u"
+)
+COST_BY_DAY = text(
+    "SELECT created_day, provider, SUM(cost) FROM generation_summary"
+    " WHERE user_id = :u AND provider IS NOT NULL GROUP BY created_day, provider"
+    " ORDER BY created_day"
+)
+COUNTS = ("total_generations", "completed", "failed", "canceled", "in_progress", "total_assets")
+
+
 @bp.get("/stats")
 def stats():
+    stage = GenerationStage
+    mine = (Generation.id == stage.generation_id) & (Generation.user_id == g.user_id)
+    table = stage.output["priceTable"].as_string()
     with services().db.session() as session:
-        row = (
-            session.execute(
-                text(
-                    "SELECT total_generations, completed, failed, canceled, in_progress,"
-                    " total_assets, total_cost, avg_duration_seconds"
-                    " FROM user_generation_stats WHERE user_id = :u"
-                ),
-                {"u": g.user_id},
-            )
-            .mappings()
-            .one_or_none()
-            or {}
-        )
+        row = session.execute(TOTALS, {"u": g.user_id}).mappings().one_or_none() or {}
         stages = session.execute(
-            select(GenerationStage.name, func.avg(GenerationStage.duration_ms), func.count())
-            .join(Generation, Generation.id == GenerationStage.generation_id)
-            .where(Generation.user_id == g.user_id, GenerationStage.status == "completed")
-            .group_by(GenerationStage.name)
+            select(stage.name, func.avg(stage.duration_ms), func.count())
+            .join(Generation, mine)
+            .where(stage.status == "completed")
+            .group_by(stage.name)
         ).all()
         by_day: dict[str, dict[str, float]] = defaultdict(dict)
-        for day, provider, cost, _count in session.execute(
-            text(
-                "SELECT created_day, provider, SUM(cost), COUNT(*) FROM generation_summary "
-                "WHERE user_id = :u AND provider IS NOT NULL GROUP BY created_day, provider "
-                "ORDER BY created_day"
-            ),
-            {"u": g.user_id},
-        ):
+        for day, provider, cost in session.execute(COST_BY_DAY, {"u": g.user_id}):
             by_day[str(day)][provider] = round(float(cost or 0), 4)
-        table = GenerationStage.output["priceTable"].as_string()
         by_table = session.execute(
             select(table, func.sum(Generation.cost))
-            .join(Generation, Generation.id == GenerationStage.generation_id)
-            .where(Generation.user_id == g.user_id, GenerationStage.name == "generate")
-            .where(GenerationStage.status == "completed")
+            .join(Generation, mine)
+            .where(stage.name == "generate", stage.status == "completed")
             .group_by(table)
         ).all()
-    total = int(row.get("total_generations") or 0)
-    completed = int(row.get("completed") or 0)
-    finished = completed + int(row.get("failed") or 0)
+    counts = {k: int(row.get(k) or 0) for k in COUNTS}
+    finished = counts["completed"] + counts["failed"]
+    avg = row.get("avg_duration_seconds")
     return respond(
         StatsOut,
         {
-            "counts": {
-                k: int(row.get(k) or 0) for k in ("completed", "failed", "canceled", "in_progress")
-            }
-            | {"total": total},
-            "success_rate": round(completed / finished, 4) if finished else None,
-            "assets": int(row.get("total_assets") or 0),
+            "counts": {k: counts[k] for k in COUNTS[1:5]} | {"total": counts["total_generations"]},
+            "success_rate": round(counts["completed"] / finished, 4) if finished else None,
+            "assets": counts["total_assets"],
             "total_cost": round(float(row.get("total_cost") or 0), 4),
-            "avg_duration_seconds": round(float(row["avg_duration_seconds"]), 3)
-            if row.get("avg_duration_seconds") is not None
-            else None,
+            "avg_duration_seconds": None if avg is None else round(float(avg), 3),
             "stage_durations_ms": {
                 name: {"avg": round(float(avg or 0), 1), "count": n} for name, avg, n in stages
             },

@@ -9,7 +9,7 @@ from typing import Any
 from celery import Celery
 from flask import current_app, g, request
 
-from app.api.errors import ApiError
+from app.api.errors import ApiError, invalid
 from app.platform.config import Settings
 from app.platform.db import Database
 from app.platform.storage import Storage
@@ -79,17 +79,7 @@ def int_arg(name: str, default: int, low: int, high: int) -> int:
     try:
         value = int(raw)
     except ValueError:
-        raise ApiError(
-            422,
-            "validation_error",
-            f"{name} must be an integer",
-            [{"field": name, "message": "not an integer"}],
-        ) from None
+        raise invalid(name, f"{name} must be an integer", "not an integer") from None
     if not low <= value <= high:
-        raise ApiError(
-            422,
-            "validation_error",
-            f"{name} must be between {low} and {high}",
-            [{"field": name, "message": f"must be {low}-{high}"}],
-        )
+        raise invalid(name, f"{name} must be between {low} and {high}", f"must be {low}-{high}")
     return value

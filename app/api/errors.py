@@ -1,8 +1,6 @@
-"""Client-visible errors: always ``{"error": {code, message, details}}`` JSON.
-
-Handlers here turn every exception that reaches Flask into that shape with
-the right status, so no client ever sees HTML or a stack trace.
-"""
+"""Client-visible errors: every exception that reaches Flask becomes
+``{"error": {code, message, details}}`` JSON with the right status, never HTML
+or a stack trace."""
 
 from __future__ import annotations
 
@@ -52,6 +50,11 @@ class ApiError(Exception):
 
 def not_found(what: str = "generation") -> ApiError:
     return ApiError(404, "not_found", f"{what} not found")
+
+
+def invalid(field: str, message: str, problem: str, code: str = "validation_error") -> ApiError:
+    """A 422 about one field: ``message`` for people, ``problem`` beside the field."""
+    return ApiError(422, code, message, [{"field": field, "message": problem}])
 
 
 def validation_details(exc: ValidationError) -> list[dict[str, str]]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 
 from flask import Blueprint, Response, current_app, g, request
+from flask.blueprints import BlueprintSetupState
 
 from app.api.auth import load_user
 from app.api.common import services
@@ -21,16 +22,11 @@ from app.platform import events
 bp = Blueprint("events", __name__, url_prefix="/api/generate")
 bp.before_request(load_user)
 
-_LOCK = threading.Lock()
 
-
-def _slots() -> threading.BoundedSemaphore:
-    with _LOCK:
-        sem = current_app.extensions.get("bff_sse_slots")
-        if sem is None:
-            sem = threading.BoundedSemaphore(services().settings.sse_max_streams)
-            current_app.extensions["bff_sse_slots"] = sem
-        return sem
+@bp.record_once
+def _make_slots(state: BlueprintSetupState) -> None:
+    limit = state.app.extensions["bff"].settings.sse_max_streams
+    state.app.extensions["bff_sse_slots"] = threading.BoundedSemaphore(limit)
 
 
 @bp.get("/<generation_id>/events")
@@ -39,7 +35,7 @@ def generation_events(generation_id: str) -> Response:
     with s.db.session() as session:
         if svc.get_owned(session, g.user_id, generation_id) is None:
             raise not_found()
-    slots = _slots()
+    slots = current_app.extensions["bff_sse_slots"]
     if not slots.acquire(blocking=False):
         raise ApiError(
             503,
@@ -48,13 +44,8 @@ def generation_events(generation_id: str) -> Response:
             headers={"Retry-After": "5"},
         )
     try:
-        body = events.stream(
-            s.db,
-            s.settings,
-            g.user_id,
-            generation_id,
-            request.headers.get("Last-Event-ID"),
-        )
+        last_id = request.headers.get("Last-Event-ID")
+        body = events.stream(s.db, s.settings, g.user_id, generation_id, last_id)
         resp = Response(body, mimetype="text/event-stream")
     except BaseException:
         slots.release()

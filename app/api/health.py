@@ -55,5 +55,4 @@ def cdn(key: str):
     storage = services().storage
     if not isinstance(storage, LocalStorage):
         abort(404)
-    resp = send_from_directory(storage.root, key, max_age=31536000)
-    return resp
+    return send_from_directory(storage.root, key, max_age=31536000)

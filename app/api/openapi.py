@@ -1,11 +1,7 @@
 """The OpenAPI 3.1 description of the HTTP API, served at ``/openapi.json``.
-
-Every schema in it comes from a pydantic model the routes use: request bodies
-from ``app.api.schemas`` (what they validate with), answers from
-``app.api.responses`` (what they respond with), so the document cannot drift
-from the API. The routes themselves are declared once below, as data;
-schemathesis checks real answers against the document in the test suite.
-"""
+Every schema comes from the pydantic models the routes validate with
+(``schemas``) and answer with (``responses``), so the document cannot drift;
+the routes are declared once below, as data."""
 
 from __future__ import annotations
 

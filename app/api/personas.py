@@ -15,14 +15,10 @@ from app.domain.models import Persona, new_id
 bp = Blueprint("personas", __name__, url_prefix="/api/personas")
 bp.before_request(load_user)
 
-FIELDS = {
-    "name": "name",
-    "description": "description",
-    "keywords": "keywords",
-    "palette": "palette",
-    "aesthetic": "aesthetic",
-    "isDefault": "is_default",
-}
+
+def _columns(body: PersonaIn | PersonaPatch, **dump: bool) -> dict:
+    """The body's fields as ``Persona`` columns."""
+    return {"is_default" if f == "isDefault" else f: v for f, v in body.model_dump(**dump).items()}
 
 
 def _owned(session, persona_id: str) -> Persona:
@@ -57,11 +53,7 @@ def index():
 def create():
     body = parse(PersonaIn, json_body())
     with services().db.session() as session:
-        p = Persona(
-            id=new_id("per"),
-            user_id=g.user_id,
-            **{col: getattr(body, f) for f, col in FIELDS.items()},
-        )
+        p = Persona(id=new_id("per"), user_id=g.user_id, **_columns(body))
         session.add(p)
         session.flush()
         if p.is_default:
@@ -80,9 +72,8 @@ def patch(persona_id: str):
     body = parse(PersonaPatch, json_body())
     with services().db.session() as session:
         p = _owned(session, persona_id)
-        for f, col in FIELDS.items():
-            if f in body.model_fields_set and getattr(body, f) is not None:
-                setattr(p, col, getattr(body, f))
+        for col, value in _columns(body, exclude_unset=True, exclude_none=True).items():
+            setattr(p, col, value)
         if p.is_default:
             _only_default(session, p.id)
         session.flush()

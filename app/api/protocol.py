@@ -1,11 +1,7 @@
-"""What every request meets before its route: our size limits on the URL and
-the headers (414 and 431 in the JSON error envelope) and ``OPTIONS``.
-
-gunicorn parses the request head first and answers what it refuses with its
-own HTML page, so its limits (gunicorn.conf.py) sit above these: everything
-it lets through and these refuse is answered here, as JSON. Which layer
-answers what: docs/operations.md, "Request limits".
-"""
+"""What every request meets before its route: our limits on the URL and the
+headers (414 and 431 in the JSON error envelope) and ``OPTIONS``. gunicorn's
+own limits sit above these and answer in HTML (docs/operations.md, "Request
+limits")."""
 
 from __future__ import annotations
 

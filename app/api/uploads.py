@@ -12,7 +12,7 @@ import warnings
 from PIL import Image, UnidentifiedImageError
 from werkzeug.datastructures import FileStorage
 
-from app.api.errors import ApiError
+from app.api.errors import ApiError, invalid
 
 ALLOWED = {
     "PNG": ("image/png", "png"),
@@ -30,27 +30,13 @@ def _unsupported(message: str) -> ApiError:
     return ApiError(415, "unsupported_media_type", message, details)
 
 
-def _invalid(why: str) -> ApiError:
-    return ApiError(
-        422,
-        "invalid_image",
-        f"the image cannot be decoded ({why}): it is corrupt or truncated",
-        [{"field": "image", "message": why}],
-    )
-
-
 def read_image(file: FileStorage, max_bytes: int, max_pixels: int) -> tuple[bytes, str, str]:
     """Returns (bytes, content type, extension) or raises the right 4xx."""
     data = file.stream.read(max_bytes + 1)
     if len(data) > max_bytes:
         raise ApiError(413, "payload_too_large", f"image exceeds {max_bytes // (1024 * 1024)} MB")
     if not data:
-        raise ApiError(
-            422,
-            "validation_error",
-            "the image file is empty",
-            [{"field": "image", "message": "empty file"}],
-        )
+        raise invalid("image", "the image file is empty", "empty file")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -67,7 +53,9 @@ def read_image(file: FileStorage, max_bytes: int, max_pixels: int) -> tuple[byte
     except UnidentifiedImageError:
         raise _unsupported("the upload is not a readable PNG, JPEG or WebP image") from None
     except Exception as exc:  # Pillow's decoders raise OSError, SyntaxError, ValueError, ...
-        raise _invalid(str(exc) or type(exc).__name__) from None
+        why = str(exc) or type(exc).__name__
+        message = f"the image cannot be decoded ({why}): it is corrupt or truncated"
+        raise invalid("image", message, why, "invalid_image") from None
     content_type, ext = ALLOWED[img.format]
     return data, content_type, ext
 

@@ -1,9 +1,6 @@
 """GET /: the designer's page (a template plus static JS/CSS, no build step).
-
-The page holds no secrets: the user pastes an API key, kept in their
-browser's localStorage and sent as ``Authorization: Bearer`` by ``fetch()``,
-like every other client. The page and its static files need no key.
-"""
+It holds no secrets: the user pastes an API key, kept in localStorage and sent
+as ``Authorization: Bearer`` by ``fetch()``; the page itself needs no key."""
 
 from __future__ import annotations
 

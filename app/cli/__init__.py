@@ -63,9 +63,7 @@ def database_errors(url: str) -> Iterator[None]:
             raise click.ClickException(
                 f"the database {where} is not set up: run 'bff db upgrade' first"
             ) from None
-        first = (
-            str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else type(exc).__name__
-        )
+        first = (str(exc.orig).strip() or type(exc).__name__).splitlines()[0]
         raise click.ClickException(f"cannot use the database {where}: {first}") from None
 
 

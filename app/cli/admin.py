@@ -11,10 +11,7 @@ from sqlalchemy import select
 
 from app.cli import upgrade_database, with_app
 
-
-@click.group("db")
-def db_cli() -> None:
-    """Database migrations."""
+db_cli = click.Group("db", help="Database migrations.")
 
 
 @db_cli.command("upgrade")
@@ -25,9 +22,7 @@ def db_upgrade(app: Flask) -> None:
     click.echo("database is at head")
 
 
-@click.group("users")
-def users_cli() -> None:
-    """Users and their API keys."""
+users_cli = click.Group("users", help="Users and their API keys.")
 
 
 @users_cli.command("create")
@@ -39,8 +34,7 @@ def users_create(app: Flask, name: str) -> None:
 
     with app.extensions["bff"].db.session() as session:
         user, key = create_user(session, name)
-        user_id = user.id
-    click.echo(f"user {name} (id {user_id}); API key, shown once:")
+    click.echo(f"user {name} (id {user.id}); API key, shown once:")
     click.echo(key)
 
 
@@ -87,9 +81,7 @@ def users_cap(app: Flask, name: str, amount: str | None) -> None:
     click.echo(f"{name}: daily cap {'none' if cap is None else f'${cap}'}")
 
 
-@click.group("providers")
-def providers_cli() -> None:
-    """The image providers."""
+providers_cli = click.Group("providers", help="The image providers.")
 
 
 @providers_cli.command("check")

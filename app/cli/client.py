@@ -1,12 +1,13 @@
 """The ``bff`` commands that talk to a running API over HTTP, as any client
-would (``BFF_API_URL``, ``BFF_API_KEY``): ``bff generate`` (live stage progress
-from the SSE stream, polling as the fallback) and ``bff generations list|show``."""
+would (``BFF_API_URL``, ``BFF_API_KEY``): ``generate`` (live stage progress
+from the SSE stream, polling as the fallback), ``generations``, ``feedback``."""
 
 from __future__ import annotations
 
 import json
 import os
 import time
+from pathlib import Path
 from typing import get_args
 
 import click
@@ -27,18 +28,20 @@ def _api(
     key = os.environ.get("BFF_API_KEY")
     if not key:
         raise click.ClickException("set BFF_API_KEY (from 'bff users create NAME')")
+    headers = {"Authorization": f"Bearer {key}", **(extra_headers or {})}
     try:
-        return requests.request(
-            method,
-            base + path,
-            timeout=30,
-            headers={"Authorization": f"Bearer {key}", **(extra_headers or {})},
-            **kwargs,
-        )
+        return requests.request(method, base + path, timeout=30, headers=headers, **kwargs)
     except requests.ConnectionError:
-        raise click.ClickException(
-            f"cannot reach the API at {base} (is 'make dev' running?)"
-        ) from None
+        msg = f"cannot reach the API at {base} (is 'make dev' running?)"
+        raise click.ClickException(msg) from None
+
+
+def _json(method: str, path: str, ok: int = 200, **kwargs) -> dict:
+    """The API's JSON answer, or its error as a ClickException."""
+    resp = _api(method, path, **kwargs)
+    if resp.status_code != ok:
+        raise _error(resp)
+    return resp.json()
 
 
 def _error(resp: requests.Response) -> click.ClickException:
@@ -90,14 +93,12 @@ def generate(
     body = {"prompt": prompt, "negativePrompt": negative, "personaId": persona_id}
     body = {k: v for k, v in body.items() if v is not None}
     if image:
-        with open(image, "rb") as f:
-            form = {**body, "settings": json.dumps(settings)}
-            resp = _api("POST", "/api/generate/from-image", files={"image": f}, data=form)
+        upload = {"image": (Path(image).name, Path(image).read_bytes())}
+        form = {**body, "settings": json.dumps(settings)}
+        gen_id = _json("POST", "/api/generate/from-image", 202, files=upload, data=form)["id"]
     else:
-        resp = _api("POST", "/api/generate/from-prompt", json={**body, "settings": settings})
-    if resp.status_code != 202:
-        raise _error(resp)
-    gen_id = resp.json()["id"]
+        body = {**body, "settings": settings}
+        gen_id = _json("POST", "/api/generate/from-prompt", 202, json=body)["id"]
     click.echo(f"submitted {gen_id}")
     if not wait:
         return
@@ -142,23 +143,16 @@ def _follow(gen_id: str, timeout: float) -> dict:
 
 
 def _sse_events(resp: requests.Response):
-    event, data, event_id = "message", [], None
+    """(event, data, id) of each event of our stream (one ``data`` line each)."""
+    fields: dict[str, str] = {}
     for line in resp.iter_lines(decode_unicode=True):
-        if line == "":
-            if data:
-                yield event, json.loads("\n".join(data)), event_id
-            event, data = "message", []
-        elif line.startswith(":"):
+        if line:
+            name, _, value = line.partition(":")
+            fields[name] = value.removeprefix(" ")
             continue
-        else:
-            field, _, value = line.partition(":")
-            value = value[1:] if value.startswith(" ") else value
-            if field == "event":
-                event = value
-            elif field == "data":
-                data.append(value)
-            elif field == "id":
-                event_id = value
+        if "data" in fields:
+            yield fields.get("event", "message"), json.loads(fields["data"]), fields.get("id")
+        fields = {}
 
 
 def _poll(gen_id: str, deadline: float, timeout: float) -> dict:
@@ -192,10 +186,7 @@ def generations_list(status: str | None, limit: int, cursor: str | None, every: 
     shown = 0
     while True:
         params = {"limit": limit, "status": status, "cursor": cursor}
-        resp = _api("GET", "/api/generate", params={k: v for k, v in params.items() if v})
-        if resp.status_code != 200:
-            raise _error(resp)
-        body = resp.json()
+        body = _json("GET", "/api/generate", params={k: v for k, v in params.items() if v})
         for gen in body["items"]:
             prompt = (gen["prompt"]["original"] or "(image)").replace("\n", " ")
             click.echo(
@@ -216,10 +207,7 @@ def generations_list(status: str | None, limit: int, cursor: str | None, every: 
 @click.argument("generation_id")
 def generations_show(generation_id: str) -> None:
     """One generation: status, stages with timings, error, image URLs."""
-    resp = _api("GET", f"/api/generate/{generation_id}")
-    if resp.status_code != 200:
-        raise _error(resp)
-    gen = resp.json()
+    gen = _json("GET", f"/api/generate/{generation_id}")
     click.echo(f"{gen['id']}  {gen['status']}  ({gen['mode']}, created {gen['createdAt']})")
     if gen["provider"]:
         click.echo(f"provider: {gen['provider']} / {gen['model']}, cost ${gen['cost']:.3f}")
@@ -253,13 +241,8 @@ def feedback(
     if kind is None:
         raise click.UsageError("give --heart, --outlier, --rating N or --comment TEXT")
     body = {"feedbackType": kind, "rating": rating, "comment": comment, "assetId": asset_id}
-    resp = _api(
-        "POST",
-        f"/api/generate/{generation_id}/feedback",
-        json={k: v for k, v in body.items() if v is not None},
-    )
-    if resp.status_code != 201:
-        raise _error(resp)
+    body = {k: v for k, v in body.items() if v is not None}
+    _json("POST", f"/api/generate/{generation_id}/feedback", 201, json=body)
     click.echo(f"recorded {kind} for {generation_id}")
 
 

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import suppress
 from pathlib import Path
 
 import click
@@ -34,10 +35,8 @@ def _start(port: int, concurrency: int) -> list[subprocess.Popen]:
 
 
 def _signal_group(p: subprocess.Popen, sig: int) -> None:
-    try:
+    with suppress(ProcessLookupError):
         os.killpg(p.pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def _stop(procs: list[subprocess.Popen]) -> None:
@@ -47,21 +46,17 @@ def _stop(procs: list[subprocess.Popen]) -> None:
     # supervisor's own stop timeout when the machine is busy.
     deadline = time.monotonic() + 10
     for p in procs:
-        try:
+        with suppress(subprocess.TimeoutExpired):
             p.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            pass
         _signal_group(p, signal.SIGKILL)  # stragglers: workers of a master gone
         p.wait()
 
 
 def _wait_ready(base: str) -> None:
     for _ in range(100):
-        try:
+        with suppress(requests.RequestException):
             if requests.get(base + "/health", timeout=1).ok:
                 return
-        except requests.RequestException:
-            pass
         time.sleep(0.2)
 
 

@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta
-from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import and_, bindparam, or_, select, update
-from sqlalchemy.orm import Session, joinedload, load_only, selectinload
+from sqlalchemy import bindparam, select, tuple_, update
+from sqlalchemy.orm import Session, defer, joinedload, selectinload
 
 from app.domain.models import Generation, GenerationAsset, GenerationStage, new_id, utcnow
 from app.domain.states import (
@@ -36,72 +35,26 @@ def iso(dt: datetime | None) -> str | None:
     return dt.isoformat().replace("+00:00", "Z")
 
 
-def initial_pipeline_data(vlt_spec: dict[str, Any] | None) -> dict[str, Any]:
-    return {"input": {"vltSpec": vlt_spec}} if vlt_spec else {}
-
-
 def create(
     session: Session,
     *,
-    user_id: int,
-    mode: str,
-    settings: dict[str, Any],
-    prompt: str | None = None,
-    negative_prompt: str | None = None,
-    persona_id: str | None = None,
     vlt_spec: dict[str, Any] | None = None,
-    webhook_url: str | None = None,
-    idempotency_key: str | None = None,
-    request_hash: str | None = None,
     generation_id: str | None = None,
-    input_key: str | None = None,
-    dispatched_at: datetime | None = None,
-    deadline_at: datetime | None = None,
+    **columns: Any,
 ) -> Generation:
-    """The generation (its stage rows are written by its first claim: a
-    submit inserts one row, not eight; until then ``stage_list`` shows seven
-    pending stages). ``dispatched_at``: the submit sets it in the same insert
-    (the chain is sent right after the commit); see ``app.pipeline.maintenance``
-    for how a send that never happened is found."""
+    """A pending generation with ``columns`` (user_id, mode, settings, prompt,
+    …). Its stage rows are written by its first claim; until then
+    ``stage_list`` shows seven pending stages. The submit sets
+    ``dispatched_at`` in the same insert (see ``app.pipeline.maintenance`` for
+    how a send that never happened is found)."""
     gen = Generation(
         id=generation_id or new_id("gen"),
-        user_id=user_id,
         status=PENDING,
-        mode=mode,
-        settings=settings,
-        prompt=prompt,
-        negative_prompt=negative_prompt,
-        persona_id=persona_id,
-        input_key=input_key,
-        webhook_url=webhook_url,
-        idempotency_key=idempotency_key,
-        request_hash=request_hash,
-        pipeline_data=initial_pipeline_data(vlt_spec),
-        dispatched_at=dispatched_at,
-        deadline_at=deadline_at,
+        pipeline_data={"input": {"vltSpec": vlt_spec}} if vlt_spec else {},
+        **columns,
     )
     session.add(gen)
     return gen
-
-
-_PENDING = [
-    SimpleNamespace(
-        name=name,
-        status=S_PENDING,
-        started_at=None,
-        finished_at=None,
-        duration_ms=None,
-        attempts=0,
-        error=None,
-        output=None,
-    )
-    for name in STAGES
-]
-
-
-def stage_list(gen: Generation) -> list[Any]:
-    """The generation's stages, or seven pending ones before its first claim."""
-    return gen.stages or _PENDING
 
 
 def new_stages() -> list[GenerationStage]:
@@ -110,6 +63,11 @@ def new_stages() -> list[GenerationStage]:
         GenerationStage(name=name, position=i, status=S_PENDING, attempts=0)
         for i, name in enumerate(STAGES)
     ]
+
+
+def stage_list(gen: Generation) -> list[GenerationStage]:
+    """The generation's stages, or seven pending ones before its first claim."""
+    return gen.stages or new_stages()
 
 
 def stage_status(gen: Generation, name: str) -> str:
@@ -146,31 +104,22 @@ def get_owned(
     return session.scalars(SHOW, params).unique().one_or_none()
 
 
-# What clients see of one generation, in one indexed query (primary key, then
-# the generation_id indexes of both children: at most 7 stages x 4 assets
-# joined rows), without the bookkeeping columns (they load if asked for).
-# Built once, so its cache key is too.
+# What clients see of one generation, in one indexed query, without the
+# bookkeeping columns (they load if asked for). Built once, so its cache key is too.
 SHOW = (
     select(Generation)
     .where(Generation.id == bindparam("generation_id"), Generation.user_id == bindparam("user_id"))
     .options(
-        load_only(
-            Generation.status,
-            Generation.mode,
-            Generation.settings,
-            Generation.prompt,
-            Generation.negative_prompt,
-            Generation.persona_id,
-            Generation.provider,
-            Generation.model,
-            Generation.cost,
-            Generation.error_stage,
-            Generation.error_message,
-            Generation.error_code,
-            Generation.webhook_url,
-            Generation.created_at,
-            Generation.updated_at,
-            Generation.completed_at,
+        *(
+            defer(column)
+            for column in (
+                Generation.input_key,
+                Generation.pipeline_data,
+                Generation.idempotency_key,
+                Generation.request_hash,
+                Generation.dispatched_at,
+                Generation.deadline_at,
+            )
         ),
         joinedload(Generation.stages).defer(GenerationStage.task_id),
         joinedload(Generation.assets).load_only(
@@ -223,12 +172,7 @@ def list_page(
         created, gid = decode_cursor(cursor)
         if session.get_bind().dialect.name == "sqlite":
             created = created.replace(tzinfo=None)  # compare like with like
-        q = q.where(
-            or_(
-                Generation.created_at < created,
-                and_(Generation.created_at == created, Generation.id < gid),
-            )
-        )
+        q = q.where(tuple_(Generation.created_at, Generation.id) < (created, gid))
     rows = list(session.scalars(q))
     more = len(rows) > limit
     rows = rows[:limit]

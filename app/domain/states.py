@@ -11,15 +11,9 @@ from __future__ import annotations
 
 from app.domain.models import Generation, GenerationStage, utcnow
 
-PENDING, PROCESSING, COMPLETED, FAILED, CANCELED = (
-    "pending",
-    "processing",
-    "completed",
-    "failed",
-    "canceled",
-)
+GENERATION_STATUSES = ("pending", "processing", "completed", "failed", "canceled")
+PENDING, PROCESSING, COMPLETED, FAILED, CANCELED = GENERATION_STATUSES
 FINAL = frozenset({COMPLETED, FAILED, CANCELED})
-GENERATION_STATUSES = (PENDING, PROCESSING, COMPLETED, FAILED, CANCELED)
 
 _GENERATION = {
     PENDING: {PROCESSING, FAILED, CANCELED},
@@ -32,13 +26,8 @@ _GENERATION = {
 # No way out but deletion (failed has one: retry). What the read cache may keep.
 TERMINAL = frozenset(s for s, targets in _GENERATION.items() if not targets)
 
-S_PENDING, S_RUNNING, S_COMPLETED, S_SKIPPED, S_FAILED = (
-    "pending",
-    "running",
-    "completed",
-    "skipped",
-    "failed",
-)
+STAGE_STATUSES = ("pending", "running", "completed", "skipped", "failed")
+S_PENDING, S_RUNNING, S_COMPLETED, S_SKIPPED, S_FAILED = STAGE_STATUSES
 STAGE_DONE = frozenset({S_COMPLETED, S_SKIPPED})
 _STAGE = {
     S_PENDING: {S_RUNNING, S_SKIPPED, S_FAILED},

@@ -1,16 +1,12 @@
-"""SQLAlchemy engine and sessions.
+"""SQLAlchemy engine and sessions: one ``Database`` per Flask app. Service
+functions take a session and never commit; the caller owns the transaction
+(``db.session()`` commits on success, rolls back on error).
 
-One ``Database`` per Flask app (``Services.db``). Service functions take a
-session and never commit; the caller owns the transaction through
-``db.session()``, which commits on success and rolls back on error.
-
-PostgreSQL connections are set up for deployments where the network and the
-server misbehave: ``pool_pre_ping`` (a connection the server closed is
-replaced, not handed out), ``connect_timeout`` (a server that does not
-answer fails fast instead of hanging a request), TCP keepalives (a peer that
-vanished is noticed within about a minute), and ``statement_timeout``
-(``BFF_DB_STATEMENT_TIMEOUT``: no statement holds a request or a worker for
-longer; it includes waiting for a row lock).
+PostgreSQL connections are set up for a network and server that misbehave:
+a closed connection is replaced, not handed out (``pool_pre_ping``); a server
+that does not answer fails fast (``connect_timeout``); a vanished peer is
+noticed within a minute (TCP keepalives); no statement, lock waits included,
+holds a request or worker longer than ``BFF_DB_STATEMENT_TIMEOUT``.
 """
 
 from __future__ import annotations
@@ -87,14 +83,6 @@ class Database:
         self._Reader = sessionmaker(
             self.engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False
         )
-
-    @property
-    def is_postgres(self) -> bool:
-        return self.engine.dialect.name == "postgresql"
-
-    @property
-    def is_sqlite(self) -> bool:
-        return self.engine.dialect.name == "sqlite"
 
     @contextmanager
     def session(self) -> Iterator[Session]:

@@ -1,17 +1,13 @@
-"""Live status: every stage transition and final state is announced here, and
-the Server-Sent Events stream is built here.
+"""Live status: stage transitions and final states are announced here (Redis
+pub/sub ``bff:events:<generation id>``, best effort), and the Server-Sent
+Events stream is built here.
 
-Publishing: with Redis configured, events go to the pub/sub channel
-``bff:events:<generation id>``; without it there is nothing to publish to and
-readers poll the database. Publishing never fails a stage.
-
-Streaming: the database is the truth and Redis only a wake-up call. On each
-wake-up (a pub/sub message, or a poll tick) the stream re-reads the stage rows
-and emits every transition it has not sent yet. Each transition has an id
-derived from the row itself, ``<position>.<attempt>.<rank>`` (rank 1 = the
-stage started, 2 = it finished, was skipped or failed, or its attempt was
-rescheduled), so ids grow with progress and a client that reconnects with
-``Last-Event-ID`` gets exactly the transitions it missed, from the snapshot.
+The database is the truth and Redis only a wake-up call: on each wake-up (a
+message, or a poll tick) the stream re-reads the stage rows and emits every
+transition it has not sent. A transition's id comes from the row,
+``<position>.<attempt>.<rank>`` (rank 1 = started, 2 = finished, skipped,
+failed or rescheduled), so a client reconnecting with ``Last-Event-ID`` gets
+exactly the transitions it missed.
 """
 
 from __future__ import annotations
@@ -20,8 +16,8 @@ import json
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any
+from contextlib import suppress
+from typing import Any, NamedTuple
 
 from app.platform.config import Settings
 from app.platform.db import Database
@@ -50,12 +46,8 @@ def publish(settings: Settings, generation_id: str, event: str, data: dict[str, 
 def stage_changed(
     settings: Settings, generation_id: str, stage: str, status: str, duration_ms: int | None
 ) -> None:
-    publish(
-        settings,
-        generation_id,
-        "stage",
-        {"stage": stage, "status": status, "durationMs": duration_ms},
-    )
+    data = {"stage": stage, "status": status, "durationMs": duration_ms}
+    publish(settings, generation_id, "stage", data)
 
 
 def generation_final(
@@ -91,24 +83,17 @@ def generation_final(
 Key = tuple[int, int, int]
 
 
-@dataclass(frozen=True)
-class StageEvent:
+class StageEvent(NamedTuple):
     key: Key
     data: dict[str, Any]
-
-    @property
-    def id(self) -> str:
-        return ".".join(str(k) for k in self.key)
 
 
 def parse_event_id(raw: str | None) -> Key | None:
     """The last transition a client saw; None (start over) for anything else."""
-    if not raw:
-        return None
     if raw == DONE_ID:
         return (10**6, 0, 0)
     try:
-        pos, attempt, rank = (int(x) for x in raw.split("."))
+        pos, attempt, rank = (int(x) for x in (raw or "").split("."))
     except ValueError:
         return None
     return (pos, attempt, rank)
@@ -173,10 +158,8 @@ class _Waker:
 
     def close(self) -> None:
         if self.pubsub is not None:
-            try:
+            with suppress(Exception):
                 self.pubsub.close()
-            except Exception:
-                pass
         self.pubsub = None
 
 
@@ -202,7 +185,7 @@ def stream(
     waker = _Waker(settings, generation_id)  # subscribe before the first read: no gap
     # With pub/sub the poll is only a safety net; without it, it is the feed.
     poll = settings.sse_poll if waker.pubsub is None else max(settings.sse_poll, 5.0)
-    sent = parse_event_id(last_event_id)
+    sent = parse_event_id(last_event_id) or (-1, 0, 0)
     try:
         yield "retry: 2000\n\n"
         last_write = time.monotonic()
@@ -212,8 +195,8 @@ def stream(
                 yield sse("gone", {"id": generation_id})
                 return
             for ev in stage_events(gen["stages"]):
-                if sent is None or ev.key > sent:
-                    yield sse("stage", ev.data, ev.id)
+                if ev.key > sent:
+                    yield sse("stage", ev.data, ".".join(map(str, ev.key)))
                     sent, last_write = ev.key, time.monotonic()
             if gen["status"] in FINAL:
                 yield sse("done", gen, DONE_ID)

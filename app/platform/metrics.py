@@ -1,19 +1,16 @@
 """GET /metrics: Prometheus metrics computed at scrape time.
 
-Why from the database and Redis rather than in-process counters: the work
-happens in several gunicorn workers and Celery processes (prefork children,
-threads, other machines). Postgres already holds every generation, stage
-timing, retry and cost, and Redis holds the queues, so one scrape of any web
-process gives the same, complete numbers: no multiprocess directory, no
-double counting, nothing lost when a process restarts. Each scrape is a few
-aggregate queries over indexed tables.
-
-Counters here only go down when rows are deleted (a user deleting a job).
+From the database and the broker rather than in-process counters: the work
+happens in many gunicorn and Celery processes, and Postgres already holds
+every generation, stage timing, retry and cost, so one scrape of any web
+process gives the same complete numbers (no multiprocess directory, nothing
+lost on restart). Counters only go down when rows are deleted.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import defaultdict
 from collections.abc import Iterator
 from typing import Any
 
@@ -70,9 +67,7 @@ class DatabaseCollector:
         except Exception as exc:  # the database is down: say so, keep serving the rest
             log.warning("metrics: database unavailable: %s", type(exc).__name__)
             up = 0
-        g = GaugeMetricFamily("bff_database_up", "1 if the database answered this scrape")
-        g.add_metric([], up)
-        yield g
+        yield GaugeMetricFamily("bff_database_up", "1 if the database answered this scrape", up)
         yield from self._queues()
 
     def _generations(self, session) -> Iterator[Metric]:
@@ -82,16 +77,15 @@ class DatabaseCollector:
         cost = CounterMetricFamily(
             "bff_generation_cost_dollars", "Provider cost of generations", labels=["provider"]
         )
-        per_provider_cost: dict[str, float] = {}
+        per_provider: dict[str, float] = defaultdict(float)
         for status, provider, n, spent in session.execute(
             select(
                 Generation.status, Generation.provider, func.count(), func.sum(Generation.cost)
             ).group_by(Generation.status, Generation.provider)
         ):
-            p = provider or "none"
-            gens.add_metric([status, p], n)
-            per_provider_cost[p] = per_provider_cost.get(p, 0.0) + float(spent or 0)
-        for p, spent in per_provider_cost.items():
+            gens.add_metric([status, provider or "none"], n)
+            per_provider[provider or "none"] += float(spent or 0)
+        for p, spent in per_provider.items():
             cost.add_metric([p], spent)
         yield gens
         yield cost
@@ -149,27 +143,24 @@ class DatabaseCollector:
             hook_attempts.add_metric([status], int(tries or 0))
         yield hooks
         yield hook_attempts
-        swept = CounterMetricFamily(
-            "bff_storage_orphans_removed", "Objects without a row the storage sweep removed"
+        yield CounterMetricFamily(
+            "bff_storage_orphans_removed",
+            "Objects without a row the storage sweep removed",
+            sum(session.scalars(select(MaintenanceState.removed))),
         )
-        swept.add_metric([], sum(session.scalars(select(MaintenanceState.removed))))
-        yield swept
 
     def _queues(self) -> Iterator[Metric]:
-        """Messages waiting per queue, as the broker counts them (a passive
-        declare: every broker kombu speaks answers it, priorities included)."""
+        """Messages waiting per queue, as the broker counts them (a passive declare)."""
         fam = GaugeMetricFamily("bff_queue_length", "Messages waiting in a queue", labels=["queue"])
         try:
             with self.services.celery.connection_for_read() as conn:
                 conn.ensure_connection(max_retries=1, timeout=2)
-                channel = conn.default_channel
                 for q in QUEUES:
                     try:
-                        fam.add_metric(
-                            [q], channel.queue_declare(queue=q, passive=True).message_count
-                        )
+                        n = conn.default_channel.queue_declare(queue=q, passive=True).message_count
                     except conn.channel_errors:  # never declared: no worker has consumed it yet
-                        fam.add_metric([q], 0)
+                        n = 0
+                    fam.add_metric([q], n)
         except Exception as exc:
             log.warning("metrics: broker unavailable: %s", type(exc).__name__)
             return

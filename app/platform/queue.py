@@ -1,17 +1,15 @@
 """Celery, bound to the Flask app, and every Celery setting chosen on purpose.
 
 - ``task_acks_late`` + ``task_reject_on_worker_lost``: a message is acked only
-  after its stage ran; a worker killed mid-stage leaves it to be redelivered.
-  Safe because stages are idempotent (``pipeline.runner``).
+  after its stage ran, so a killed worker's stage is redelivered (stages are
+  idempotent).
 - ``worker_prefetch_multiplier = 1``: a slow provider call never sits on
   messages another worker could run.
-- Redis ``visibility_timeout`` (1 h, ``BFF_BROKER_VISIBILITY_TIMEOUT``) is
-  longer than any countdown we use, so a retry scheduled with a countdown is
-  not redelivered early. It is also how long a message held by a killed
-  worker waits before it is delivered again.
+- Redis ``visibility_timeout`` (``BFF_BROKER_VISIBILITY_TIMEOUT``, 1 h) is
+  longer than any countdown we use, so a retry is not redelivered early.
 - No result backend: Postgres is the source of truth for progress.
-- The embedded default broker is kombu's filesystem transport: no server,
-  works across processes (file locks), supports fanout for revoke/inspect.
+- The embedded broker is kombu's filesystem transport: no server, works across
+  processes, supports fanout for revoke/inspect.
 """
 
 from __future__ import annotations
@@ -27,39 +25,28 @@ from app.platform.config import Settings
 
 log = logging.getLogger(__name__)
 
-GENERATION_QUEUE_TASKS = ("pipeline.generate",)
-
 
 def celery_config(settings: Settings) -> dict[str, Any]:
-    conf: dict[str, Any] = {
+    return {
         "broker_url": settings.broker_url,
         "task_ignore_result": True,
-        "result_backend": None,
         "task_serializer": "json",
         "accept_content": ["json"],
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
         "task_default_queue": "pipeline",
-        "task_routes": {
-            **{name: {"queue": "generation"} for name in GENERATION_QUEUE_TASKS},
-            "pipeline.*": {"queue": "pipeline"},
-            "maintenance.*": {"queue": "pipeline"},
-            "feedback.*": {"queue": "pipeline"},
-            "webhooks.*": {"queue": "pipeline"},
-        },
+        # Provider calls on their own queue; everything else on "pipeline".
+        "task_routes": {"pipeline.generate": {"queue": "generation"}},
         "task_soft_time_limit": 300,
         "task_time_limit": 360,
         "worker_send_task_events": True,  # Flower follows tasks by the workers' events
         "broker_connection_retry_on_startup": True,
         # Submitting must not hang when the broker is down: the row is committed
         # and the dispatcher (beat) sends it later.
-        "task_publish_retry_policy": {
-            "max_retries": 2,
-            "interval_start": 0.2,
-            "interval_step": 0.3,
-            "interval_max": 0.5,
-        },
+        "task_publish_retry_policy": dict(
+            max_retries=2, interval_start=0.2, interval_step=0.3, interval_max=0.5
+        ),
         "broker_connection_timeout": 3,
         "beat_schedule": {
             "redispatch-stalled": {
@@ -70,9 +57,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "storage-sweep": {"task": "maintenance.sweep_storage", "schedule": 60.0},
         },
         "worker_hijack_root_logger": False,
-    }
-    conf.update(_transport_options(settings))
-    return conf
+    } | _transport_options(settings)
 
 
 def _transport_options(settings: Settings) -> dict[str, Any]:
@@ -110,31 +95,24 @@ def celery_init_app(app: Flask, settings: Settings) -> Celery:
                 return self.run(*args, **kwargs)
 
     celery_app = Celery(app.name, task_cls=FlaskTask)
-    config = celery_config(settings)
-    celery_app.config_from_object(config)
+    celery_app.config_from_object(celery_config(settings))
     celery_app.set_default()
     app.extensions["celery"] = celery_app
     return celery_app
 
 
-def pipeline_chain(celery_app: Celery, generation_id: str, from_stage: str = STAGES[0]) -> chain:
-    """The chain of stage tasks from ``from_stage`` on, each taking the
+def dispatch(celery_app: Celery, generation_id: str, from_stage: str = STAGES[0]) -> bool:
+    """Send the chain of stage tasks from ``from_stage`` on, each taking the
     generation id only (immutable: a stage's return value is not passed on).
-    Given its app, ``chain`` takes the signatures as they are, instead of
-    folding them with ``|`` (which clones the chain at every step)."""
+    Call after the row is committed. Returns False (and logs) when the broker
+    is unreachable: the caller leaves (or makes) ``dispatched_at`` empty and
+    the dispatcher sends it later."""
     names = STAGES[STAGES.index(from_stage) :]
     sigs = [
         celery_app.signature(f"pipeline.{n}", args=(generation_id,), immutable=True) for n in names
     ]
-    return chain(*sigs, app=celery_app)
-
-
-def dispatch(celery_app: Celery, generation_id: str, from_stage: str = STAGES[0]) -> bool:
-    """Send the chain from ``from_stage`` on. Call after the row is committed.
-    Returns False (and logs) when the broker is unreachable: the caller
-    leaves (or makes) ``dispatched_at`` empty and the dispatcher sends it later."""
     try:
-        pipeline_chain(celery_app, generation_id, from_stage).apply_async()
+        chain(*sigs, app=celery_app).apply_async()
     except Exception as exc:  # kombu and redis-py raise several types for "broker down"
         log.warning("could not enqueue %s: %s", generation_id, type(exc).__name__)
         return False

@@ -1,29 +1,17 @@
-"""Global per-provider rate limits: a token bucket shared by every worker
-process through Redis, so N generator processes together never exceed a
-provider's quota (Celery's ``rate_limit`` is per worker and would not).
-
-One bucket per provider (``bff:ratelimit:<provider>``), ``capacity`` tokens
-refilled at ``capacity / per`` tokens a second (``BFF_RATE_LIMIT_<ID>=100/60``).
-Taking a token is one Lua script, atomic in Redis, timed by Redis's own clock
-(``TIME``) so workers on different machines agree.
+"""Global per-provider rate limits: a token bucket per provider shared by
+every worker process through Redis (Celery's ``rate_limit`` is per worker),
+``capacity`` tokens refilled over ``per`` seconds (``BFF_RATE_LIMIT_<ID>=100/60``).
+Taking a token is one Lua script, atomic and timed by Redis's clock.
 
 No token free: the caller *reserves* the next one (the balance goes below
-zero, up to ``RESERVE_AHEAD`` seconds of tokens) and is told when it is
-due; the stage waits (``StageWaiting``, the worker is freed) and, when it
-runs again, uses its reservation without taking another. Each waiter gets
-its own time, one token apart: a burst of waiters is served in order at the
-limit's pace, instead of all of them asking again at once and one winning
-each time (a thundering herd that filled the generator with futile runs).
-Past the horizon nothing is reserved: the caller is told to ask again when a
-reservation fits. A reservation its holder never uses (the job was canceled)
-is a token lost, never one too many; one used more than ``LATE_OK`` after
-it was due is dropped and a token taken again. The due time is the worker's
-clock (``time.time()``): a job may run again on another machine, so the
-workers' clocks must agree (NTP) to well under a token's interval.
+zero, up to ``RESERVE_AHEAD`` seconds of tokens) and is told when it is due;
+the stage waits without holding the worker and uses its reservation when it
+runs again. Waiters get times one token apart, so a burst is served in order
+at the limit's pace instead of stampeding. A reservation never used is a token
+lost, never one too many. Due times are ``time.time()``: workers' clocks must
+agree (NTP) to well under a token's interval.
 
-Without ``REDIS_URL`` (the embedded default: one machine, a few processes)
-the bucket is process-local: correct for one worker process, N times too
-generous for N. Logged once at first use.
+Without ``REDIS_URL`` (the embedded default) the bucket is per process.
 """
 
 from __future__ import annotations
@@ -50,8 +38,7 @@ RESERVED = "rateLimitTokenAt"
 EARLY_OK = 0.005
 # A reservation used this long after it was due is dropped and a token taken
 # again: the bucket may have refilled meanwhile, and late holders calling on
-# top of a full bucket would exceed the limit (a backlog, a worker lost and
-# its message restored an hour later, a job retried by its owner).
+# top of a full bucket would exceed the limit.
 LATE_OK = 5.0
 
 TAKE = """
@@ -83,8 +70,6 @@ return string.format('%.6f %d', wait, reserved)
 class RedisBuckets:
     """Token buckets in Redis, shared by every process using the same server and db."""
 
-    shared = True
-
     def __init__(self, redis_client: redis.Redis) -> None:
         self.client = redis_client
         self.script = redis_client.register_script(TAKE)
@@ -104,8 +89,6 @@ class RedisBuckets:
 
 class LocalBuckets:
     """The same algorithm in this process only (no Redis configured)."""
-
-    shared = False
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -129,15 +112,11 @@ class LocalBuckets:
 
 
 @lru_cache(maxsize=8)
-def _buckets(redis_url: str | None) -> RedisBuckets | LocalBuckets:
+def buckets_for(redis_url: str | None) -> RedisBuckets | LocalBuckets:
     if redis_url:
         return RedisBuckets(client(redis_url))
     log.warning("no REDIS_URL: provider rate limits are per process, not global")
     return LocalBuckets()
-
-
-def buckets_for(settings: Settings) -> RedisBuckets | LocalBuckets:
-    return _buckets(settings.redis_url)
 
 
 def acquire(settings: Settings, provider_id: str, reserved_at: float | None = None) -> None:
@@ -157,7 +136,7 @@ def acquire(settings: Settings, provider_id: str, reserved_at: float | None = No
     if limit is None:
         return
     capacity, per = limit
-    wait, reserved = buckets_for(settings).take(provider_id, capacity, per)
+    wait, reserved = buckets_for(settings.redis_url).take(provider_id, capacity, per)
     if wait <= 0:
         return
     if reserved:  # its own time, one token after the waiter before it: no jitter

@@ -1,8 +1,6 @@
-"""The process's Redis client: one per URL, from redis-py, shared by the rate
-limiter, live events, metrics and maintenance. Its connection pool hands each
-thread a connection and, after a fork, starts afresh in the child; idle
-connections are checked before use (``health_check_interval``), so one Redis
-closed meanwhile (a restart, its idle timeout) is replaced, not handed out."""
+"""The process's Redis client, one per URL. redis-py's pool gives each thread a
+connection and starts afresh after a fork; idle connections are checked before
+use, so one Redis closed meanwhile is replaced, not handed out."""
 
 from __future__ import annotations
 

@@ -8,8 +8,8 @@ re-running ``store`` overwrites the same object instead of orphaning one.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -84,14 +84,8 @@ class LocalStorage:
         base = self._path(prefix)
         if not base.exists():
             return 0
-        count = 0
-        for path in sorted(base.rglob("*"), reverse=True):
-            if path.is_file():
-                path.unlink()
-                count += 1
-            else:
-                path.rmdir()
-        base.rmdir()
+        count = sum(1 for path in base.rglob("*") if path.is_file())
+        shutil.rmtree(base)
         return count
 
     def delete(self, keys: list[str]) -> None:
@@ -120,13 +114,12 @@ class LocalStorage:
 
 
 class S3Storage:
-    def __init__(self, settings: Settings, retries: int = 3) -> None:
+    def __init__(self, settings: Settings) -> None:
         import boto3
         from botocore.config import Config
 
         self.bucket = settings.r2_bucket_name
         self.cdn_url = settings.r2_cdn_url
-        self.retries = retries
         self.client = boto3.client(
             "s3",
             endpoint_url=settings.r2_endpoint_url,
@@ -136,76 +129,55 @@ class S3Storage:
             config=Config(
                 connect_timeout=5,
                 read_timeout=30,
-                retries={"max_attempts": 2, "mode": "standard"},
+                # 5xx, throttling and connection errors, with exponential backoff
+                retries={"max_attempts": 4, "mode": "standard"},
                 s3={"addressing_style": "path"},
             ),
         )
 
-    def _call(self, fn, **kwargs):
+    def _call(self, method: str, **kwargs):
+        """One call on the bucket: a missing key is KeyError, any other failure
+        (botocore has retried what it could) is StorageError."""
         from botocore.exceptions import BotoCoreError, ClientError
 
-        delay = 0.5
-        for attempt in range(self.retries):
-            try:
-                return fn(**kwargs)
-            except ClientError as exc:
-                status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-                if status == 404 or exc.response.get("Error", {}).get("Code") in (
-                    "NoSuchKey",
-                    "404",
-                ):
-                    raise KeyError(kwargs.get("Key")) from exc
-                if status < 500 or attempt == self.retries - 1:
-                    raise StorageError(f"bucket error: {exc}") from exc
-            except BotoCoreError as exc:
-                if attempt == self.retries - 1:
-                    raise StorageError(f"bucket unreachable: {exc}") from exc
-            time.sleep(delay)
-            delay *= 2
+        try:
+            return getattr(self.client, method)(Bucket=self.bucket, **kwargs)
+        except ClientError as exc:
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+            if status == 404 or exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                raise KeyError(kwargs.get("Key")) from exc
+            raise StorageError(f"bucket error: {exc}") from exc
+        except BotoCoreError as exc:
+            raise StorageError(f"bucket unreachable: {exc}") from exc
 
     def put(self, key: str, data: bytes, content_type: str) -> str:
         self._call(
-            self.client.put_object,
-            Bucket=self.bucket,
-            Key=key,
-            Body=data,
-            ContentType=content_type,
-            CacheControl=CACHE_CONTROL,
+            "put_object", Key=key, Body=data, ContentType=content_type, CacheControl=CACHE_CONTROL
         )
         return self.url(key)
 
     def get(self, key: str) -> bytes:
-        return self._call(self.client.get_object, Bucket=self.bucket, Key=key)["Body"].read()
+        return self._call("get_object", Key=key)["Body"].read()
 
     def delete_prefix(self, prefix: str) -> int:
-        resp = self._call(self.client.list_objects_v2, Bucket=self.bucket, Prefix=prefix)
-        keys = [o["Key"] for o in resp.get("Contents", [])]
+        keys = [o["Key"] for o in self._call("list_objects_v2", Prefix=prefix).get("Contents", [])]
         self.delete(keys)
         return len(keys)
 
     def delete(self, keys: list[str]) -> None:
         if keys:
-            self._call(
-                self.client.delete_objects,
-                Bucket=self.bucket,
-                Delete={"Objects": [{"Key": k} for k in keys], "Quiet": True},
-            )
+            objects = [{"Key": k} for k in keys]
+            self._call("delete_objects", Delete={"Objects": objects, "Quiet": True})
 
     def list(self, prefix: str, after: str | None, limit: int) -> list[StoredObject]:
-        resp = self._call(
-            self.client.list_objects_v2,
-            Bucket=self.bucket,
-            Prefix=prefix,
-            StartAfter=after or "",
-            MaxKeys=limit,
-        )
+        resp = self._call("list_objects_v2", Prefix=prefix, StartAfter=after or "", MaxKeys=limit)
         return [StoredObject(o["Key"], o["LastModified"]) for o in resp.get("Contents", [])]
 
     def url(self, key: str) -> str:
         return f"{self.cdn_url}/{key}"
 
     def check(self) -> None:
-        self._call(self.client.head_bucket, Bucket=self.bucket)
+        self._call("head_bucket")
 
 
 def make_storage(settings: Settings) -> Storage:

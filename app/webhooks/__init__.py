@@ -1,13 +1,6 @@
-"""Webhooks: the final generation POSTed to the job's ``webhookUrl``, signed per
-the Standard Webhooks spec (standardwebhooks.com). The body is the generation
-JSON exactly as ``GET /api/generate/<id>`` shows it; its ``status`` names the
-event, recorded as ``generation.<status>`` in the delivery row.
-
-- ``model``: the ``webhook_deliveries`` table.
-- ``signing``: ``whsec_`` secrets and the signed headers (``standardwebhooks``).
-- ``guard``: the SSRF guard, the same rules at submit and at delivery.
-- ``delivery``: recording, sending, attempts with backoff, the sweep's query.
-"""
+"""Webhooks: the final generation (as ``GET /api/generate/<id>`` shows it)
+POSTed to the job's ``webhookUrl``, signed per the Standard Webhooks spec:
+the table (``model``), signing, the SSRF guard, and delivery with retries."""
 
 from app.webhooks.delivery import attempt, due_deliveries, queue_final, record_final, send
 from app.webhooks.guard import Refused, resolve_target, submit_url_problem

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+from contextlib import suppress
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -63,12 +64,9 @@ def queue_final(services: Any, generation_id: str) -> str | None:
 
 
 def send(celery_app: Any, delivery_id: str, attempt_no: int, countdown: float = 0) -> None:
-    try:
-        celery_app.send_task(
-            "webhooks.deliver", args=(delivery_id, attempt_no), countdown=countdown or None
-        )
-    except Exception:  # broker down: the sweep (beat) sends it when it is due
-        pass
+    with suppress(Exception):  # broker down: the sweep (beat) sends it when it is due
+        args = (delivery_id, attempt_no)
+        celery_app.send_task("webhooks.deliver", args=args, countdown=countdown or None)
 
 
 def backoff(attempts: int, base: float) -> float:
@@ -141,8 +139,7 @@ def _record(
         d = session.get(WebhookDelivery, delivery_id, with_for_update=True)
         d.status, d.last_status_code, d.last_error = status, code, error
         d.next_attempt_at = next_at
-        if status == DELIVERED:
-            d.delivered_at = utcnow()
+        d.delivered_at = utcnow() if status == DELIVERED else None
 
 
 def due_deliveries(db: Database, limit: int = 200) -> list[tuple[str, int]]:

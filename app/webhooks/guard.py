@@ -98,19 +98,13 @@ def post(url: str, ip: str, headers: dict[str, str], body: bytes, timeout: float
     import urllib3
 
     parts = urlsplit(url)
-    host = parts.hostname
-    https = parts.scheme == "https"
-    port = parts.port or (443 if https else 80)
+    host, https = parts.hostname, parts.scheme == "https"
     kw: dict[str, Any] = {"server_hostname": host, "assert_hostname": host} if https else {}
     pool_cls = urllib3.HTTPSConnectionPool if https else urllib3.HTTPConnectionPool
+    port = parts.port or (443 if https else 80)
     with pool_cls(ip, port, timeout=urllib3.Timeout(connect=5, read=timeout), **kw) as pool:
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        resp = pool.urlopen(
-            "POST",
-            path,
-            body=body,
-            headers={**headers, "Host": parts.netloc.rsplit("@", 1)[-1]},
-            redirect=False,
-            retries=False,
-        )
-        return resp.status
+        headers = {**headers, "Host": parts.netloc.rsplit("@", 1)[-1]}
+        return pool.urlopen(
+            "POST", path, body=body, headers=headers, redirect=False, retries=False
+        ).status
