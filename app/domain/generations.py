@@ -12,7 +12,14 @@ from typing import Any
 from sqlalchemy import and_, bindparam, or_, select, update
 from sqlalchemy.orm import Session, joinedload, load_only, selectinload
 
-from app.domain.models import Generation, GenerationAsset, GenerationStage, new_id, utcnow
+from app.domain.models import (
+    Generation,
+    GenerationAsset,
+    GenerationFeedback,
+    GenerationStage,
+    new_id,
+    utcnow,
+)
 from app.domain.states import (
     CANCELED,
     FAILED,
@@ -147,8 +154,9 @@ def get_owned(
 
 
 # What clients see of one generation, in one indexed query (primary key, then
-# the generation_id indexes of both children: at most 7 stages x 4 assets
-# joined rows), without the bookkeeping columns (they load if asked for).
+# the generation_id indexes of the children: at most 7 stages x 4 assets x 3
+# standing feedback rows joined), without the bookkeeping columns (they load
+# if asked for).
 # Built once, so its cache key is too.
 SHOW = (
     select(Generation)
@@ -182,6 +190,9 @@ SHOW = (
             GenerationAsset.content_type,
             GenerationAsset.file_size,
         ),
+        joinedload(Generation.standing_feedback).load_only(
+            GenerationFeedback.feedback_type, GenerationFeedback.rating
+        ),
     )
 )
 
@@ -213,7 +224,11 @@ def list_page(
     q = (
         select(Generation)
         .where(Generation.user_id == user_id)
-        .options(selectinload(Generation.stages), selectinload(Generation.assets))
+        .options(
+            selectinload(Generation.stages),
+            selectinload(Generation.assets),
+            selectinload(Generation.standing_feedback),
+        )
         .order_by(Generation.created_at.desc(), Generation.id.desc())
         .limit(limit + 1)
     )
