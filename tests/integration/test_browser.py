@@ -174,10 +174,10 @@ def test_designer_submits_watches_stages_and_gives_feedback(dev_server, browser,
     with sqlite3.connect(db_path) as conn:
         rows = conn.execute(
             "SELECT feedback_type, asset_id FROM generation_feedback"
-            " WHERE generation_id = ? AND removed_at IS NULL ORDER BY id",
+            " WHERE generation_id = ? AND removed_at IS NULL ORDER BY feedback_type",
             (gen_id,),
         ).fetchall()
-    assert [kind for kind, _ in rows] == ["rating", "outlier"] and rows[0][1] is not None
+    assert [kind for kind, _ in rows] == ["outlier", "rating"] and all(a for _, a in rows)
 
     # Retry resumes the failed one, live, to completion.
     failed.get_by_role("button", name=re.compile("^Retry")).click()
