@@ -136,9 +136,9 @@ def test_hearts_teach_a_token_low_ratings_banish_one_and_users_stay_apart(
     theirs = final(app, client, other_user, make_generation(app, other_user, skirt, salt="o"))
     assert theirs["addedTokens"] == [] and "candlelit glow" not in theirs["finalPrompt"]
 
-    # Five 1-star ratings on a generation with "neon glare" push it below BAD.
-    gid = make_generation(app, user, "leather jacket, neon glare", salt="b")
-    for _ in range(5):
+    # 1-star ratings on five generations with "neon glare" push it below BAD.
+    for i in range(5):
+        gid = make_generation(app, user, "leather jacket, neon glare", salt=f"b{i}")
         feedback(app, client, user, gid, feedbackType="rating", rating=1)
     assert score(app, user, "neon glare") < BAD
     later = final(app, client, user, make_generation(app, user, "silk blouse", salt="l2"))

@@ -14,13 +14,13 @@ from app.api.errors import ApiError, not_found
 from app.api.responses import FeedbackOut, GenerationOut, GenerationPage, respond
 from app.api.schemas import FeedbackIn, parse
 from app.domain import generations as svc
-from app.domain.models import Generation, GenerationAsset, GenerationFeedback
+from app.domain.feedback import feedback_state, give, state_of
+from app.domain.models import Generation, GenerationAsset, GenerationFeedback, standing_feedback
 from app.domain.states import (
     CANCELED,
     FAILED,
     FINAL,
     GENERATION_STATUSES,
-    TERMINAL,
     IllegalTransition,
 )
 from app.platform import events
@@ -41,16 +41,22 @@ def _load(session, generation_id: str, lock: bool = False) -> Generation:
     return gen
 
 
-# Built once (its cache key too): the column every visible change renews.
-STAMP = select(Generation.updated_at).where(
-    Generation.id == bindparam("id"), Generation.user_id == bindparam("user_id")
+# Built once (its cache key too): what the ETag names, in one query: the
+# column every other visible change renews, and the caller's standing feedback.
+STAMP = (
+    select(Generation.updated_at, GenerationFeedback.feedback_type, GenerationFeedback.rating)
+    .outerjoin(GenerationFeedback, standing_feedback())
+    .where(Generation.id == bindparam("id"), Generation.user_id == bindparam("user_id"))
+    .order_by(GenerationFeedback.id)
 )
 
 
-def _etag(updated_at: datetime) -> str:
-    """Every change a client can see renews the generation's ``updated_at``
-    (stages, assets, status), so it names the representation."""
-    return str(round(_aware(updated_at).timestamp() * 1_000_000))
+def _etag(updated_at: datetime, fb: dict) -> str:
+    """Every change a client can see but feedback renews the generation's
+    ``updated_at`` (stages, assets, status); feedback must not, as that is
+    also the running stage's lease. The two name the representation."""
+    micros = round(_aware(updated_at).timestamp() * 1_000_000)
+    return f"{micros}.{fb['heart']:d}{fb['outlier']:d}{fb['rating'] or 0}"
 
 
 def _aware(dt: datetime) -> datetime:
@@ -60,23 +66,22 @@ def _aware(dt: datetime) -> datetime:
 @bp.get("/<generation_id>")
 def show(generation_id: str):
     with services().db.read() as session:
-        if request.if_none_match:  # a poller's revalidation: answered from one column
-            updated_at = session.scalar(STAMP, {"id": generation_id, "user_id": g.user_id})
-            if updated_at is None:
+        if request.if_none_match:  # a poller's revalidation: answered from one query
+            rows = session.execute(STAMP, {"id": generation_id, "user_id": g.user_id}).all()
+            if not rows:
                 raise not_found()
-            if request.if_none_match.contains_weak(_etag(updated_at)):
+            tag = _etag(rows[0][0], state_of((kind, rating) for _, kind, rating in rows))
+            if request.if_none_match.contains_weak(tag):
                 resp = current_app.response_class(status=304)
-                resp.set_etag(_etag(updated_at))
+                resp.set_etag(tag)
                 return resp
         gen = _load(session, generation_id)
         resp, status = respond(GenerationOut, gen), gen.status
-        resp.set_etag(_etag(gen.updated_at))
-    if status in TERMINAL:  # only deletion changes it now
-        resp.cache_control.private, resp.cache_control.max_age = True, 60
-    else:
-        resp.cache_control.private, resp.cache_control.no_cache = True, True
-        if status not in FINAL:
-            resp.headers["Retry-After"] = "1"
+        resp.set_etag(_etag(gen.updated_at, feedback_state(gen)))
+    # Revalidated each time (the 304 is cheap): feedback changes even a final one.
+    resp.cache_control.private, resp.cache_control.no_cache = True, True
+    if status not in FINAL:
+        resp.headers["Retry-After"] = "1"
     return resp
 
 
@@ -190,7 +195,8 @@ def delete(generation_id: str):
 def feedback(generation_id: str):
     s = services()
     with s.db.session() as session:
-        gen = _load(session, generation_id)  # ownership first: 404 before any 4xx
+        # Ownership first (404 before any 4xx); locked, so two quick clicks take turns.
+        gen = _load(session, generation_id, lock=True)
         body = parse(FeedbackIn, json_body())
         if gen.status in (FAILED, CANCELED) and not gen.assets:
             raise ApiError(
@@ -213,20 +219,20 @@ def feedback(generation_id: str):
                 "assetId is not an asset of this generation",
                 [{"field": "assetId", "message": "unknown asset"}],
             )
-        fb = GenerationFeedback(
-            generation_id=gen.id,
-            asset_id=body.assetId,
-            user_id=g.user_id,
-            feedback_type=body.feedbackType,
+        fb, created, changed = give(
+            session,
+            gen,
+            g.user_id,
+            body.feedbackType,
             rating=body.rating,
             comment=body.comment,
-            meta=body.metadata or {},
+            asset_id=body.assetId,
+            meta=body.metadata,
         )
-        session.add(fb)
-        session.flush()
-        resp, feedback_id = respond(FeedbackOut, fb, 201), fb.id
-    try:  # the optimiser learns in a task, not in the request
-        s.celery.send_task("feedback.apply", args=(feedback_id,))
-    except Exception:
-        pass  # the maintenance job applies feedback that was never sent
+        resp = respond(FeedbackOut, (fb, feedback_state(gen)), 201 if created else 200)
+    for feedback_id in changed:  # the optimiser learns (and unlearns) in a task
+        try:
+            s.celery.send_task("feedback.apply", args=(feedback_id,))
+        except Exception:
+            pass  # the maintenance job applies feedback that was never sent
     return resp

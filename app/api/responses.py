@@ -27,6 +27,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from app.api.schemas import FeedbackType
+from app.domain.feedback import feedback_state
 from app.domain.generations import iso, stage_list
 from app.domain.models import Generation
 from app.domain.states import (
@@ -116,6 +117,17 @@ class GenerationErrorOut(Out):
     )
 
 
+class FeedbackStateOut(Out):
+    """The caller's own standing feedback on a generation."""
+
+    heart: bool
+    rating: int | None = Field(ge=1, le=5)
+    outlier: bool = Field(
+        description="marked exceptional: the result stands out for the better; "
+        "the learner's strongest positive signal"
+    )
+
+
 class GenerationOut(_Linked):
     """A generation as clients see it: the API, its webhook and its event stream."""
 
@@ -134,6 +146,7 @@ class GenerationOut(_Linked):
     cost: float
     error: GenerationErrorOut | None
     webhook_url: str | None
+    feedback: FeedbackStateOut
 
     @model_validator(mode="before")
     @classmethod
@@ -163,6 +176,7 @@ class GenerationOut(_Linked):
             }
             if gen.error_message
             else None,
+            "feedback": feedback_state(gen),
         }
         return {f: derived[f] if f in derived else getattr(gen, f) for f in cls.model_fields}
 
@@ -173,6 +187,9 @@ class GenerationPage(Out):
 
 
 class FeedbackOut(Out):
+    """The feedback row an answer is about: the new one (201), or the heart or
+    outlier a second one withdrew (200, ``removedAt`` set)."""
+
     id: int
     generation_id: str
     asset_id: int | None
@@ -180,6 +197,14 @@ class FeedbackOut(Out):
     rating: int | None
     comment: str | None
     created_at: Timestamp
+    removed_at: Timestamp | None
+    feedback: FeedbackStateOut = Field(description="the generation's feedback after this request")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_row(cls, data: tuple[Any, dict[str, Any]]) -> Any:  # (the row, the state)
+        row, state = data
+        return {f: state if f == "feedback" else getattr(row, f) for f in cls.model_fields}
 
 
 class PersonaOut(Out):

@@ -224,8 +224,8 @@ def generations_show(generation_id: str) -> None:
 
 @click.command("feedback")
 @click.argument("generation_id")
-@click.option("--heart", "kind", flag_value="heart", help="you love it")
-@click.option("--outlier", "kind", flag_value="outlier", help="an exceptional result")
+@click.option("--heart", "kind", flag_value="heart", help="you love it (again: take it back)")
+@click.option("--outlier", "kind", flag_value="outlier", help="exceptional (again: take it back)")
 @click.option("--rating", type=click.IntRange(1, 5), help="1-5")
 @click.option("--comment", help="a note")
 @click.option("--asset", "asset_id", type=int, help="one image of the generation")
@@ -236,14 +236,21 @@ def feedback(
     comment: str | None,
     asset_id: int | None,
 ) -> None:
-    """Tell the optimiser what worked: --heart, --outlier, --rating N or --comment TEXT."""
+    """Tell the optimiser what worked: --heart, --outlier, --rating N (replaces
+    your last) or --comment TEXT."""
     kind = kind or ("rating" if rating is not None else "comment" if comment else None)
     if kind is None:
         raise click.UsageError("give --heart, --outlier, --rating N or --comment TEXT")
     body = {"feedbackType": kind, "rating": rating, "comment": comment, "assetId": asset_id}
-    body = {k: v for k, v in body.items() if v is not None}
-    _json("POST", f"/api/generate/{generation_id}/feedback", 201, json=body)
-    click.echo(f"recorded {kind} for {generation_id}")
+    resp = _api(
+        "POST",
+        f"/api/generate/{generation_id}/feedback",
+        json={k: v for k, v in body.items() if v is not None},
+    )
+    if resp.status_code not in (200, 201):
+        raise _error(resp)
+    done = "recorded" if resp.status_code == 201 else "withdrew"  # a second heart or outlier
+    click.echo(f"{done} {kind} for {generation_id}")
 
 
 COMMANDS = (generate, generations_cli, feedback)

@@ -11,7 +11,14 @@ from typing import Any
 from sqlalchemy import bindparam, select, tuple_, update
 from sqlalchemy.orm import Session, defer, joinedload, selectinload
 
-from app.domain.models import Generation, GenerationAsset, GenerationStage, new_id, utcnow
+from app.domain.models import (
+    Generation,
+    GenerationAsset,
+    GenerationFeedback,
+    GenerationStage,
+    new_id,
+    utcnow,
+)
 from app.domain.states import (
     CANCELED,
     FAILED,
@@ -104,8 +111,10 @@ def get_owned(
     return session.scalars(SHOW, params).unique().one_or_none()
 
 
-# What clients see of one generation, in one indexed query, without the
-# bookkeeping columns (they load if asked for). Built once, so its cache key is too.
+# What clients see of one generation, in one indexed query (primary key, then
+# the generation_id indexes of the children: at most 7 stages x 4 assets x 3
+# standing feedback rows joined), without the bookkeeping columns (they load
+# if asked for). Built once, so its cache key is too.
 SHOW = (
     select(Generation)
     .where(Generation.id == bindparam("generation_id"), Generation.user_id == bindparam("user_id"))
@@ -130,6 +139,9 @@ SHOW = (
             GenerationAsset.height,
             GenerationAsset.content_type,
             GenerationAsset.file_size,
+        ),
+        joinedload(Generation.standing_feedback).load_only(
+            GenerationFeedback.feedback_type, GenerationFeedback.rating
         ),
     )
 )
@@ -162,7 +174,11 @@ def list_page(
     q = (
         select(Generation)
         .where(Generation.user_id == user_id)
-        .options(selectinload(Generation.stages), selectinload(Generation.assets))
+        .options(
+            selectinload(Generation.stages),
+            selectinload(Generation.assets),
+            selectinload(Generation.standing_feedback),
+        )
         .order_by(Generation.created_at.desc(), Generation.id.desc())
         .limit(limit + 1)
     )

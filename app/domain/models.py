@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    and_,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -103,6 +104,10 @@ class Generation(Base):
         cascade="all, delete-orphan",
         passive_deletes=True,
     )
+    # The owner's standing heart, outlier and rating (``app.domain.feedback``).
+    standing_feedback: Mapped[list[GenerationFeedback]] = relationship(
+        primaryjoin=lambda: standing_feedback(), order_by="GenerationFeedback.id", viewonly=True
+    )
 
     def stage(self, name: str) -> GenerationStage:
         for s in self.stages:
@@ -164,8 +169,26 @@ class GenerationFeedback(Base):
     rating: Mapped[int | None] = mapped_column(Integer)
     comment: Mapped[str | None] = mapped_column(Text)
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
+    # The learner applies a row once and, once it is withdrawn (a second heart,
+    # a new rating), undoes it once; undone_at is also set when it moved nothing.
     applied_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    removed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    undone_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+STANDING_FEEDBACK = ("heart", "outlier", "rating")  # one each per user and generation
+
+
+def standing_feedback() -> Any:
+    """Joins a generation to its owner's standing (not withdrawn) heart, outlier and rating."""
+    fb = GenerationFeedback
+    return and_(
+        fb.generation_id == Generation.id,
+        fb.user_id == Generation.user_id,
+        fb.removed_at.is_(None),
+        fb.feedback_type.in_(STANDING_FEEDBACK),
+    )
 
 
 class Provider(Base):

@@ -157,16 +157,24 @@ def expire_overdue(db: Database, settings: Settings, limit: int = 100) -> int:
 
 def apply_one_feedback(db: Database, feedback_id: int) -> int:
     with db.session() as session:
-        fb = session.get(GenerationFeedback, feedback_id)
+        fb = session.get(GenerationFeedback, feedback_id, with_for_update=True)
         return apply_feedback(session, fb) if fb else 0
 
 
 def apply_pending_feedback(db: Database, limit: int = 500) -> int:
+    """Feedback whose task was lost: rows never applied, and withdrawn rows never undone."""
     cutoff = utcnow() - UNDISPATCHED_GRACE
+    fb = GenerationFeedback
     with db.session() as session:
         ids = session.scalars(
-            select(GenerationFeedback.id)
-            .where(GenerationFeedback.applied_at.is_(None), GenerationFeedback.created_at < cutoff)
+            select(fb.id)
+            .where(
+                fb.undone_at.is_(None),
+                or_(
+                    and_(fb.applied_at.is_(None), fb.removed_at.is_(None), fb.created_at < cutoff),
+                    and_(fb.applied_at.is_not(None), fb.removed_at < cutoff),
+                ),
+            )
             .limit(limit)
         ).all()
     for fid in ids:

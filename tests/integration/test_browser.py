@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.helpers import wait_final
 from tests.support.services import REQUIRE
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -53,10 +54,42 @@ def browser():
         b.close()
 
 
-def test_designer_submits_watches_stages_and_hearts_the_image(dev_server, browser, tmp_path):
+def fail(db_path: Path, gen_id: str, message: str) -> None:
+    """Leave ``gen_id`` as a provider's refusal would (generate failed, store
+    not run, no images): the embedded default has no provider that refuses."""
+    with sqlite3.connect(db_path) as conn:
+        conn.execute(
+            "UPDATE generations SET status = 'failed', error_stage = 'generate',"
+            " error_message = ?, completed_at = NULL WHERE id = ?",
+            (message, gen_id),
+        )
+        stage = "UPDATE generation_stages SET status = ?, error = ?, output = NULL, attempts = 0"
+        conn.execute(
+            f"{stage} WHERE generation_id = ? AND name = 'generate'", ("failed", message, gen_id)
+        )
+        conn.execute(
+            f"{stage} WHERE generation_id = ? AND name = 'store'", ("pending", None, gen_id)
+        )
+        conn.execute("DELETE FROM generation_assets WHERE generation_id = ?", (gen_id,))
+
+
+def test_designer_submits_watches_stages_and_gives_feedback(dev_server, browser, tmp_path):
+    import requests
     from playwright.sync_api import expect
 
     base, key, db_path = dev_server
+    auth = {"Authorization": f"Bearer {key}"}
+    persona = requests.post(
+        f"{base}/api/personas", json={"name": "Evening gala", "keywords": ["gala"]}, headers=auth
+    ).json()
+    broken = requests.post(
+        f"{base}/api/generate/from-prompt",
+        json={"prompt": "charcoal wool overcoat", "settings": {"provider": "local"}},
+        headers=auth,
+    ).json()["id"]
+    assert wait_final(base, auth, broken)["status"] == "completed"
+    fail(db_path, broken, "the provider refused the prompt")
+
     page = browser.new_page(viewport={"width": 1280, "height": 1000})
     console_errors: list[str] = []
     page.on("console", lambda m: m.type == "error" and console_errors.append(m.text))
@@ -73,47 +106,85 @@ def test_designer_submits_watches_stages_and_hearts_the_image(dev_server, browse
     expect(page.locator("#key-status")).to_have_text("Key OK.")
     assert page.evaluate("localStorage.getItem('bff.apiKey')") == key
 
-    page.get_by_label("Describe the garment").fill("emerald silk slip dress, bias cut")
+    # The estimate follows provider, quality and count, from /api/providers' prices.
+    cost = page.locator("#cost")
+    expect(cost).to_contain_text("Estimated cost: up to $0.000")  # auto: only local here
+    page.get_by_label("Provider").select_option("google-imagen")
+    page.get_by_label("Images").select_option("2")
+    expect(cost).to_contain_text("Estimated cost: $0.120 (2 × $0.060 with google-imagen; not")
     page.get_by_label("Provider").select_option("local")
+    expect(cost).to_have_text("Estimated cost: $0.000 (2 × $0.000 with local)")
+
+    page.get_by_label("Describe the garment").fill("emerald silk slip dress, bias cut")
+    page.get_by_label("Leave out (negative prompt)").fill("logos, busy background")
+    page.get_by_label("Persona").select_option(label="Evening gala")
     page.get_by_label("Size").select_option("portrait")
+    page.get_by_label("Enhance my prompt").uncheck()
     page.get_by_role("button", name="Generate").click()
 
     stages = page.locator("#stages li")
     expect(stages).to_have_count(7)
-    # Every stage ends done (or skipped) and the image appears, fed by the SSE stream.
+    # Every stage ends done (or skipped) and the images appear, fed by the SSE stream.
     for name in ("enhance", "route", "optimize", "generate", "store"):
         expect(page.locator(f'#stages li[data-stage="{name}"]')).to_have_attribute(
             "data-status", "completed", timeout=60_000
         )
-    expect(page.locator('#stages li[data-stage="analyze"]')).to_have_attribute(
-        "data-status", "skipped"
-    )
+    for name in ("analyze", "persona"):  # no photo; enhance off skips the persona
+        expect(page.locator(f'#stages li[data-stage="{name}"]')).to_have_attribute(
+            "data-status", "skipped"
+        )
     expect(page.locator("#gen-status")).to_contain_text("Completed with local")
+    expect(page.locator("#result img")).to_have_count(2)
     result_img = page.locator("#result img").first
-    expect(result_img).to_be_visible()
     assert page.evaluate("(img) => img.naturalWidth > 0", result_img.element_handle())
     # The live view came over SSE with the key in the header, never in the URL.
     assert sse_requests and sse_requests[0]["authorization"] == f"Bearer {key}"
+    gen_id = page.locator("#gen-id").text_content()
+    gen = requests.get(f"{base}/api/generate/{gen_id}", headers=auth).json()
+    assert gen["settings"]["count"] == 2 and gen["settings"]["enhance"] == "off"
+    assert gen["personaId"] == persona["id"] and len(gen["assets"]) == 2
+    assert gen["prompt"]["negative"] == "logos, busy background"
 
-    # The gallery shows it; give it a heart.
-    card = page.locator("#gallery li.item").first
+    # The gallery shows it; heart it, rate it, mark it exceptional.
+    card = page.locator(f'#gallery li.item[data-id="{gen_id}"]')
     expect(card.locator(".badge")).to_have_text("completed")
-    heart = card.get_by_role("button", name=re.compile("^Heart"))
-    heart.click()
-    expect(heart).to_have_attribute("aria-pressed", "true")
+    card.get_by_role("button", name=re.compile("^Heart")).click()
     expect(card.locator(".meta")).to_have_text("Thanks, feedback saved.")
-    gen_id = card.get_attribute("data-id")
-    with sqlite3.connect(db_path) as conn:
-        rows = conn.execute(
-            "SELECT feedback_type, asset_id FROM generation_feedback WHERE generation_id = ?",
-            (gen_id,),
-        ).fetchall()
-    assert len(rows) == 1 and rows[0][0] == "heart" and rows[0][1] is not None
+    card.get_by_label(re.compile("^Rate")).select_option("4")
+    card.get_by_role("button", name=re.compile("as exceptional$")).click()
+    expect(card.locator(".exceptional")).to_have_attribute("aria-pressed", "true")
+    # The failed one says why and offers a retry.
+    failed = page.locator(f'#gallery li.item[data-id="{broken}"]')
+    expect(failed.locator(".reason")).to_have_text("generate: the provider refused the prompt")
+    expect(failed.get_by_role("button", name=re.compile("^Retry"))).to_be_visible()
 
     shot = tmp_path / "web-page.png"
     page.screenshot(path=str(shot), full_page=True)
     if os.environ.get("BFF_UPDATE_SCREENSHOT") == "1":
         shutil.copy(shot, ROOT / "docs" / "web-page.png")
+
+    # After a reload the card shows what was saved; a second heart takes it back.
+    page.reload()
+    expect(card.locator(".heart")).to_have_attribute("aria-pressed", "true")
+    expect(card.locator(".exceptional")).to_have_attribute("aria-pressed", "true")
+    expect(card.locator(".rating")).to_have_value("4")
+    card.get_by_role("button", name=re.compile("^Heart")).click()
+    expect(card.locator(".meta")).to_have_text("Taken back.")
+    expect(card.locator(".heart")).to_have_attribute("aria-pressed", "false")
+    with sqlite3.connect(db_path) as conn:
+        rows = conn.execute(
+            "SELECT feedback_type, asset_id FROM generation_feedback"
+            " WHERE generation_id = ? AND removed_at IS NULL ORDER BY feedback_type",
+            (gen_id,),
+        ).fetchall()
+    assert [kind for kind, _ in rows] == ["outlier", "rating"] and all(a for _, a in rows)
+
+    # Retry resumes the failed one, live, to completion.
+    failed.get_by_role("button", name=re.compile("^Retry")).click()
+    expect(page.locator("#gen-id")).to_have_text(broken)
+    expect(page.locator("#gen-status")).to_contain_text("Completed with local", timeout=60_000)
+    expect(failed.locator(".badge")).to_have_text("completed")
+    expect(failed.locator(".reason")).to_be_hidden()
     assert not console_errors, console_errors
     page.close()
 

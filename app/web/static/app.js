@@ -36,11 +36,54 @@ async function checkKey() {
   try {
     await api("GET", "/api/generate?limit=1");
     showKeyState("Key OK.");
+    loadOptions();
     return true;
   } catch (e) {
     showKeyState(`Key rejected: ${e.message}`);
     return false;
   }
+}
+
+// ---------------------------------------------------------------- options
+
+let catalogue = [];  // GET /api/providers: each model's availability, capabilities, prices
+const RATIO = { square: "1:1", portrait: "3:4", landscape: "4:3" };
+
+async function loadOptions() {
+  try {
+    const [models, personas] = await Promise.all([
+      api("GET", "/api/providers"), api("GET", "/api/personas")]);
+    catalogue = models.items;
+    const picker = $("#persona");
+    const chosen = picker.value;
+    const option = (p) => Object.assign(document.createElement("option"),
+      { value: p.id, textContent: p.name });
+    picker.replaceChildren(picker.options[0], ...personas.items.map(option));
+    picker.value = personas.items.some((p) => p.id === chosen) ? chosen : "";
+  } catch (e) { $("#cost").textContent = e.message; return; }
+  estimate();
+}
+
+// Price per image x count, before submitting; with "auto", the dearest model
+// that could serve it (as the daily cap counts it).
+function estimate() {
+  if (!catalogue.length) return;
+  const pick = $("#provider").value;
+  const quality = $("#quality").value;
+  const count = Number($("#count").value);
+  const ratio = RATIO[$("#size").value] || $("#size").value;
+  const fits = (p) => p.available && p.capabilities.aspectRatios.includes(ratio)
+    && p.capabilities.maxCount >= count;
+  const pool = catalogue.filter((p) => (pick === "auto" ? fits(p) : p.id === pick));
+  const line = $("#cost");
+  if (!pool.length) { line.textContent = "No available model can make this."; return; }
+  const price = Math.max(...pool.map((p) => p.prices[quality][ratio]));
+  const each = `${count} × $${price.toFixed(3)}`;
+  const total = `$${(price * count).toFixed(3)}`;
+  const why = pool[0].available ? "" : `; not available here: ${pool[0].unavailableReason}`;
+  line.textContent = pick === "auto"
+    ? `Estimated cost: up to ${total} (${each}, the dearest model that fits)`
+    : `Estimated cost: ${total} (${each} with ${pick}${why})`;
 }
 
 // ---------------------------------------------------------------- stages
@@ -168,9 +211,14 @@ async function submit(event) {
   const file = $("#image").files[0];
   if (!prompt && !file) { errorBox.textContent = "Type a prompt or add a photo."; return; }
   const settings = {
-    provider: $("#provider").value, quality: $("#quality").value,
-    size: $("#size").value, strategy: $("#strategy").value,
+    provider: $("#provider").value, quality: $("#quality").value, size: $("#size").value,
+    strategy: $("#strategy").value, count: Number($("#count").value),
+    enhance: $("#enhance").checked ? "auto" : "off",
   };
+  // Only what was given: an empty field is no field.
+  const fields = Object.entries({
+    prompt, negativePrompt: $("#negative").value.trim(), personaId: $("#persona").value,
+  }).filter(([, v]) => v);
   const button = $("#submit");
   button.disabled = true;
   try {
@@ -179,23 +227,28 @@ async function submit(event) {
       const form = new FormData();
       form.append("image", file);
       form.append("settings", JSON.stringify(settings));
-      if (prompt) form.append("prompt", prompt);
+      for (const [k, v] of fields) form.append(k, v);
       accepted = await api("POST", "/api/generate/from-image", form);
     } else {
-      accepted = await api("POST", "/api/generate/from-prompt", { prompt, settings });
+      accepted = await api("POST", "/api/generate/from-prompt",
+        { ...Object.fromEntries(fields), settings });
     }
-    resetStages();
-    $("#gen-id").textContent = accepted.id;
-    $("#gen-status").textContent = "Queued…";
-    loadGallery(true);
-    const gen = await follow(accepted.id);
-    showResult(gen);
-    loadGallery(true);
+    await watch(accepted.id);
   } catch (e) {
     errorBox.textContent = e.message;
   } finally {
     button.disabled = false;
   }
+}
+
+// Show a submitted (or retried) generation's stages live, then its result.
+async function watch(id) {
+  resetStages();
+  $("#gen-id").textContent = id;
+  $("#gen-status").textContent = "Queued…";
+  loadGallery(true);
+  showResult(await follow(id));
+  loadGallery(true);
 }
 
 // ---------------------------------------------------------------- gallery
@@ -220,23 +273,8 @@ function card(gen) {
   $(".prompt", li).textContent = label;
   $(".meta", li).textContent = `${new Date(gen.createdAt).toLocaleString()}`
     + `${gen.provider ? ` · ${gen.provider}` : ""}`;
-  const feedback = async (body, button) => {
-    try {
-      await api("POST", `/api/generate/${gen.id}/feedback`, { ...body, assetId: asset?.id });
-      if (button) button.setAttribute("aria-pressed", "true");
-      $(".meta", li).textContent = "Thanks, feedback saved.";
-    } catch (e) { $(".meta", li).textContent = e.message; }
-  };
-  const heart = $(".heart", li);
-  heart.setAttribute("aria-label", `Heart “${label}”`);
-  heart.addEventListener("click", () => feedback({ feedbackType: "heart" }, heart));
-  const flag = $(".flag", li);
-  flag.setAttribute("aria-label", `Flag “${label}” as an outlier`);
-  flag.addEventListener("click", () => feedback({ feedbackType: "outlier" }, flag));
-  const rating = $(".rating", li);
-  rating.setAttribute("aria-label", `Rate “${label}” from 1 to 5`);
-  rating.addEventListener("change", () => rating.value
-    && feedback({ feedbackType: "rating", rating: Number(rating.value) }));
+  feedbackControls(li, gen, asset, label);
+  if (gen.status === "failed") offerRetry(li, gen, label);
   const del = $(".delete", li);
   del.setAttribute("aria-label", `Delete “${label}”`);
   del.addEventListener("click", async () => {
@@ -244,8 +282,50 @@ function card(gen) {
     try { await api("DELETE", `/api/generate/${gen.id}`); li.remove(); }
     catch (e) { $(".meta", li).textContent = e.message; }
   });
-  if (!asset) for (const b of [heart, flag, rating]) b.disabled = true;
   return li;
+}
+
+// Heart, rating and "exceptional" (API: outlier) show the saved state, then each answer's.
+function feedbackControls(li, gen, asset, label) {
+  const [heart, exceptional, rating] = [".heart", ".exceptional", ".rating"].map((c) => $(c, li));
+  const show = (fb) => {
+    heart.setAttribute("aria-pressed", String(fb.heart));
+    exceptional.setAttribute("aria-pressed", String(fb.outlier));
+    rating.value = fb.rating ?? "";
+  };
+  show(gen.feedback);
+  const send = async (body) => {
+    try {
+      const out = await api("POST", `/api/generate/${gen.id}/feedback`,
+        { ...body, assetId: asset?.id });
+      show(out.feedback);
+      $(".meta", li).textContent = out.removedAt ? "Taken back." : "Thanks, feedback saved.";
+    } catch (e) { $(".meta", li).textContent = e.message; }
+  };
+  heart.setAttribute("aria-label", `Heart “${label}”`);
+  heart.addEventListener("click", () => send({ feedbackType: "heart" }));
+  exceptional.setAttribute("aria-label", `Mark “${label}” as exceptional`);
+  exceptional.addEventListener("click", () => send({ feedbackType: "outlier" }));
+  rating.setAttribute("aria-label", `Rate “${label}” from 1 to 5`);
+  rating.addEventListener("change", () => rating.value
+    && send({ feedbackType: "rating", rating: Number(rating.value) }));
+  for (const el of [heart, exceptional, rating.closest("label")]) el.hidden = !asset;
+}
+
+function offerRetry(li, gen, label) {
+  const reason = $(".reason", li);
+  reason.hidden = false;
+  reason.textContent = [gen.error?.stage, gen.error?.message].filter(Boolean).join(": ");
+  const retry = $(".retry", li);
+  retry.hidden = false;
+  retry.setAttribute("aria-label", `Retry “${label}”`);
+  retry.addEventListener("click", async () => {
+    retry.disabled = true;
+    try {
+      await api("POST", `/api/generate/${gen.id}/retry`);
+      await watch(gen.id);
+    } catch (e) { $(".meta", li).textContent = e.message; retry.disabled = false; }
+  });
 }
 
 async function loadGallery(reset) {
@@ -308,6 +388,9 @@ document.addEventListener("DOMContentLoaded", () => {
     showKeyState("Key removed from this browser.");
   });
   $("#gen-form").addEventListener("submit", submit);
+  for (const id of ["provider", "quality", "size", "count"]) {
+    $(`#${id}`).addEventListener("change", estimate);
+  }
   $("#refresh").addEventListener("click", () => loadGallery(true));
   $("#more").addEventListener("click", () => loadGallery(false));
   setupDrop();
