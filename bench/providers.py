@@ -22,8 +22,9 @@ RATE = float(os.environ.get("BENCH_PROVIDER_RATE", "8"))  # predictions created 
 # Few threads on purpose: holding one per prediction would cap us at
 # THREADS / LATENCY = 1 generation/s, far below the rate limit.
 THREADS = int(os.environ.get("BENCH_PROVIDER_THREADS", "2"))
-# Seconds between looks at a running prediction (a countdown, not a sleep).
-POLL = os.environ.get("BENCH_PROVIDER_POLL_SECONDS", "0.25")
+# Seconds between looks at a running prediction (a countdown, not a sleep): a
+# quarter of the service's 2 s default, so a look's cost shows as well as waiting's.
+POLL = os.environ.get("BENCH_PROVIDER_POLL_SECONDS", "0.5")
 FLOOR = 1.1
 
 

@@ -10,6 +10,8 @@
 - No result backend: Postgres is the source of truth for progress.
 - The embedded broker is kombu's filesystem transport: no server, works across
   processes, supports fanout for revoke/inspect.
+- Depth first: each stage's message carries a priority, later stages first,
+  so started generations finish before new ones start (``PRIORITY``).
 """
 
 from __future__ import annotations
@@ -101,6 +103,13 @@ def celery_init_app(app: Flask, settings: Settings) -> Celery:
     return celery_app
 
 
+# Kombu's Redis transport keeps a list per priority step (0, 3, 6, 9 by default)
+# and pops 0 first: a later stage of a started generation runs before the first
+# stage of a new one. The filesystem transport, and RabbitMQ queues declared
+# without x-max-priority, ignore message priorities.
+PRIORITY = {"analyze": 9, "enhance": 6, "persona": 6, "route": 3, "optimize": 3}
+
+
 def dispatch(celery_app: Celery, generation_id: str, from_stage: str = STAGES[0]) -> bool:
     """Send the chain of stage tasks from ``from_stage`` on, each taking the
     generation id only (immutable: a stage's return value is not passed on).
@@ -109,7 +118,10 @@ def dispatch(celery_app: Celery, generation_id: str, from_stage: str = STAGES[0]
     the dispatcher sends it later."""
     names = STAGES[STAGES.index(from_stage) :]
     sigs = [
-        celery_app.signature(f"pipeline.{n}", args=(generation_id,), immutable=True) for n in names
+        celery_app.signature(
+            f"pipeline.{n}", args=(generation_id,), immutable=True, priority=PRIORITY.get(n, 0)
+        )
+        for n in names
     ]
     try:
         chain(*sigs, app=celery_app).apply_async()

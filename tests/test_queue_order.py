@@ -1,0 +1,23 @@
+"""Depth first on the Redis broker: a started generation's next stage is
+taken before a new generation's first, whatever order they were sent in."""
+
+from __future__ import annotations
+
+import json
+
+from celery import Celery
+
+from app.platform.config import Settings
+from app.platform.queue import celery_config, dispatch
+
+
+def test_a_later_stage_is_taken_before_an_earlier_sent_first_stage(redis_url, tmp_path):
+    settings = Settings.from_env({"REDIS_URL": redis_url, "BFF_VAR_DIR": str(tmp_path)})
+    app = Celery("order-test")
+    app.config_from_object(celery_config(settings))
+    assert dispatch(app, "gen_new")  # sent first: its analyze
+    assert dispatch(app, "gen_started", "route")  # then a started one's route
+    with app.connection_for_read() as conn:
+        taken = [conn.default_channel.basic_get("pipeline", no_ack=True) for _ in range(3)]
+    heads = [(m.headers["task"], json.loads(m.body)[0][0]) if m else None for m in taken]
+    assert heads == [("pipeline.route", "gen_started"), ("pipeline.analyze", "gen_new"), None]
