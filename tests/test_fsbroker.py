@@ -54,7 +54,6 @@ def other_filesystem() -> str | None:
     return None
 
 
-@pytest.mark.xfail(strict=True, reason="kombu #1551: a consumer reads a file not yet written")
 @pytest.mark.parametrize("tempdir", ["default", "other filesystem"])
 def test_every_message_is_received_whole_and_exactly_once(tmp_path, monkeypatch, tempdir):
     if tempdir == "other filesystem":
@@ -121,3 +120,17 @@ def test_every_message_is_received_whole_and_exactly_once(tmp_path, monkeypatch,
     assert sorted(received) == sorted(
         f"{n}-{i}" for n in range(PRODUCERS) for i in range(PER_PRODUCER)
     )
+
+
+def test_celery_connects_through_the_fixed_transport(tmp_path):
+    """``broker_transport`` wins over the URL's scheme, for reads and writes."""
+    from celery import Celery
+
+    from app.platform import fsbroker
+
+    celery_app = Celery(set_as_current=False)
+    celery_app.config_from_object(celery_config(Settings.from_env({"BFF_VAR_DIR": str(tmp_path)})))
+    assert celery_app.conf.broker_url == "filesystem://localhost/"
+    for conn in (celery_app.connection_for_write(), celery_app.connection_for_read()):
+        with conn:
+            assert isinstance(conn.transport, fsbroker.Transport)
