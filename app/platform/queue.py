@@ -9,7 +9,9 @@
   longer than any countdown we use, so a retry is not redelivered early.
 - No result backend: Postgres is the source of truth for progress.
 - The embedded broker is kombu's filesystem transport: no server, works across
-  processes, supports fanout for revoke/inspect.
+  processes, supports fanout for revoke/inspect. ``app.platform.fsbroker``
+  makes its writes and takes atomic (kombu #1551); ``broker_url`` stays
+  ``filesystem://`` and ``broker_transport`` names the class.
 - Depth first: each stage's message carries a priority, later stages first,
   so started generations finish before new ones start (``PRIORITY``).
 """
@@ -68,6 +70,8 @@ def _transport_options(settings: Settings) -> dict[str, Any]:
         for sub in ("queue", "control", "processed"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
         return {
+            # kombu's filesystem transport, with atomic writes and takes (kombu #1551).
+            "broker_transport": "app.platform.fsbroker:Transport",
             "broker_transport_options": {
                 "data_folder_in": str(folder / "queue"),
                 "data_folder_out": str(folder / "queue"),

@@ -1,0 +1,77 @@
+"""The embedded broker: kombu's filesystem transport, delivering whole messages.
+
+kombu's filesystem Channel creates a message file under its final name and
+then writes it, and a consumer moves away whatever file it lists, without the
+producer's lock: it can take a file not yet written, and ``loads("")`` kills
+the Celery worker (https://github.com/celery/kombu/issues/1551, open). It also
+moves the file it takes to ``tempfile.gettempdir()``, often another
+filesystem, where a move is a copy and a delete rather than one rename.
+
+This subclass overrides the two methods kombu's virtual transport asks a
+transport to implement, ``_put`` and ``_get``, so that a file under a
+message's name is always complete and only one consumer can take it:
+
+- ``_put`` writes ``<name>.part`` (kombu's queue filter, which matches names
+  ending in ``.<queue>.msg``, skips it) and renames it to ``<name>`` when the
+  write is done; a rename within a folder is atomic.
+- ``_get`` renames the file into the processed folder, beside the queue
+  folder (one filesystem), so one consumer's rename succeeds and the others'
+  find no file; it then reads the file and deletes it unless
+  ``store_processed``.
+
+No fsync: this is the development broker, and the dispatcher re-sends a
+generation whose message was lost.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from queue import Empty
+from time import monotonic
+
+from kombu.exceptions import ChannelError
+from kombu.transport import filesystem
+from kombu.utils.encoding import bytes_to_str, str_to_bytes
+from kombu.utils.json import dumps, loads
+
+
+class Channel(filesystem.Channel):
+    def _put(self, queue, payload, **kwargs):
+        # kombu's name: the creation time first, so a sorted listing is FIFO.
+        name = f"{round(monotonic() * 1000)}_{uuid.uuid4()}.{queue}.msg"
+        path = os.path.join(self.data_folder_out, name)
+        try:
+            with open(path + ".part", "wb") as f:
+                f.write(str_to_bytes(dumps(payload)))
+            os.replace(path + ".part", path)
+        except OSError as exc:
+            raise ChannelError(f"Cannot add file {path!r} to directory") from exc
+
+    def _get(self, queue):
+        wanted = f"{queue}.msg"  # kombu's filter: "<time>_<uuid>.<queue>.msg"
+        for name in sorted(os.listdir(self.data_folder_in)):
+            if name.partition(".")[2] != wanted:
+                continue
+            taken = os.path.join(self.processed_folder, name)
+            try:
+                os.replace(os.path.join(self.data_folder_in, name), taken)
+            except FileNotFoundError:
+                if os.path.isdir(self.processed_folder):
+                    continue  # another consumer took it first
+                raise ChannelError(f"No folder {self.processed_folder!r}") from None
+            except OSError as exc:  # e.g. the processed folder on another filesystem
+                raise ChannelError(f"Cannot take {name!r} from queue.") from exc
+            try:
+                with open(taken, "rb") as f:
+                    payload = f.read()
+                if not self.store_processed:
+                    os.remove(taken)
+            except OSError as exc:
+                raise ChannelError(f"Cannot read file {taken!r} from queue.") from exc
+            return loads(bytes_to_str(payload))
+        raise Empty()
+
+
+class Transport(filesystem.Transport):
+    Channel = Channel
