@@ -68,7 +68,7 @@ class GenerationFailed(Exception):
 # runner chose (provider polls, rate-limit tokens, transient failures it caps
 # itself). With a cap, a long-polled prediction raised
 # MaxRetriesExceededError and its message was dropped
-# (tests/test_worker_process.py).
+# (tests/test_deploy_files.py).
 STAGE_OPTIONS = {
     "bind": True,
     "acks_late": True,

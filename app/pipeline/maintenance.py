@@ -23,9 +23,10 @@ from sqlalchemy import and_, or_, select, update
 from app.domain.generations import first_unfinished, stage_status
 from app.domain.models import Generation, GenerationFeedback, utcnow
 from app.domain.states import PENDING, PROCESSING, S_RUNNING
+from app.pipeline.endings import time_out
 from app.pipeline.lease import aware, stalled
 from app.pipeline.optimize import apply_feedback
-from app.pipeline.runner import time_out, transaction
+from app.pipeline.runner import transaction
 from app.platform.config import Settings
 from app.platform.db import Database
 from app.platform.queue import dispatch

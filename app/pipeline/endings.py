@@ -1,0 +1,156 @@
+"""How a stage run ends when it does not simply succeed: it waits (a
+provider working, a rate-limit token not yet free), it fails and is retried
+with backoff, it fails the generation, or the generation runs out of time.
+Each is one transaction under the generation's lock (``lease.lock``); what it
+announces goes in ``after`` and is sent once the transaction has committed.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy.orm import Session
+
+from app.domain.generations import first_unfinished, new_stages
+from app.domain.models import Generation, GenerationStage, utcnow
+from app.domain.states import FAILED, FINAL, S_FAILED, S_PENDING, set_stage_status, set_status
+from app.pipeline import STAGES, lease
+from app.pipeline.context import StageWaiting
+from app.platform import events
+from app.platform.config import Settings
+from app.providers.health import record_outcome
+from app.webhooks import record_final
+
+log = logging.getLogger(__name__)
+
+After = list[Callable[[], None]]  # what to announce once the transaction has committed
+
+
+@dataclass(frozen=True)
+class Outcome:
+    proceed: bool  # False: stop the chain here
+    retry_in: float | None = None  # set: run this stage again after that many seconds
+    error: str | None = None  # set: the generation failed at this stage
+    gone: bool = False  # the generation was deleted while this stage worked
+
+
+CONTINUE, STOP, GONE = Outcome(True), Outcome(False), Outcome(False, gone=True)
+
+
+def wait(
+    session: Session,
+    settings: Settings,
+    generation_id: str,
+    name: str,
+    task_id: str | None,
+    exc: StageWaiting,
+    after: After,  # nothing to announce: the stage is still running
+) -> Outcome:
+    """The stage is waiting (a provider working, a rate-limit token not yet
+    free): keep what it asked to keep, renew the lease, run it again later."""
+    gen = lease.lock(session, generation_id)
+    if gen is None:
+        return GONE
+    if gen.status in FINAL:
+        return STOP
+    stage = gen.stage(name)
+    if task_id is not None and stage.task_id != task_id:
+        # Taken over while it waited: the owner's checkpoint is not ours.
+        log.warning("%s: %s stopped: taken over by %s", generation_id, name, stage.task_id)
+        return STOP
+    stage.output = {
+        **(stage.output or {}),
+        **exc.state,
+        lease.CHECKPOINT: True,
+        lease.WAITING: exc.reason,
+    }
+    gen.updated_at = utcnow()  # still alive: renews the lease
+    # A longer wait is taken in hops, each renewing the lease, so a waiting
+    # stage never looks lost; a run before its time waits again (the
+    # provider is polled, a reserved token is kept in the checkpoint).
+    return Outcome(True, min(exc.retry_in, settings.stall_timeout / 2))
+
+
+def fail_or_retry(
+    session: Session,
+    settings: Settings,
+    generation_id: str,
+    name: str,
+    error: str,
+    retry_in: float | None,
+    after: After,
+) -> Outcome:
+    gen = lease.lock(session, generation_id)
+    if gen is None:
+        return GONE
+    stage = gen.stage(name)
+    stage.duration_ms = elapsed_ms(stage)
+    if name == "generate" and gen.provider:
+        record_outcome(session, gen.provider, ok=False, error=error)
+    if retry_in is None or gen.status in FINAL:
+        return end_failed(session, settings, gen, stage, error, after)
+    set_stage_status(stage, S_PENDING)
+    stage.error = f"attempt {stage.attempts} failed, retrying in {retry_in:.1f}s: {error}"
+    gen.updated_at = utcnow()
+    after.append(lambda: events.stage_changed(settings, generation_id, name, S_PENDING, None))
+    return Outcome(True, retry_in)
+
+
+def end_failed(
+    session: Session,
+    settings: Settings,
+    gen: Generation,
+    stage: GenerationStage,
+    error: str,
+    after: After,
+) -> Outcome:
+    """Fail the stage and, unless it has ended already, the generation."""
+    was_final = gen.status in FINAL
+    set_stage_status(stage, S_FAILED)
+    stage.error, stage.finished_at = error, utcnow()
+    if not was_final:
+        set_status(gen, FAILED)
+        gen.error_stage, gen.error_message = stage.name, error
+    gen.updated_at = utcnow()  # a change clients see, even of an ended generation
+    gen_id, name = gen.id, stage.name
+    after.append(lambda: events.stage_changed(settings, gen_id, name, S_FAILED, None))
+    if was_final:
+        return STOP
+    delivery = record_final(session, gen)
+    after.append(
+        lambda: events.generation_final(settings, gen_id, FAILED, delivery, record_webhook=False)
+    )
+    return Outcome(False, error=error)
+
+
+def time_out(
+    session: Session, settings: Settings, generation_id: str, after: After
+) -> Generation | None:
+    """Fail a generation past its deadline at the stage it is in (None: it
+    ended meanwhile)."""
+    gen = lease.lock(session, generation_id)
+    if gen is None or gen.status in FINAL:
+        return None
+    if not gen.stages:  # never claimed
+        gen.stages = new_stages()
+    stage = gen.stage(first_unfinished(gen) or STAGES[-1])
+    minutes = settings.generation_timeout / 60
+    error = f"timed out after {minutes:g} min at {stage.name} (BFF_GENERATION_TIMEOUT)"
+    end_failed(session, settings, gen, stage, error, after)
+    gen.error_code = "timeout"
+    return gen
+
+
+def backoff(attempt: int, retry_after: float | None = None) -> float:
+    """Exponential backoff with full jitter, never shorter than the server asked."""
+    delay = random.uniform(0.5, 1.0) * min(60.0, 2.0**attempt)
+    return max(delay, retry_after or 0.0)
+
+
+def elapsed_ms(stage: GenerationStage) -> int | None:
+    if stage.started_at is None:
+        return None
+    return max(0, round((utcnow() - lease.aware(stage.started_at)).total_seconds() * 1000))
