@@ -136,3 +136,38 @@ def test_the_sweep_applies_and_undoes_feedback_whose_task_was_lost(app, client, 
     post(client, user, gid, "outlier")
     assert maintenance.apply_pending_feedback(services(app).db) == 1
     assert scores(app, user) == pytest.approx(dict.fromkeys(scores(app, user), START))
+
+
+@pytest.mark.parametrize("db", ["sqlite", "postgres"])
+def test_two_clicks_at_once_take_turns(request, monkeypatch, db):
+    """On and off arriving together: one adds the heart, the other withdraws it
+    (SQLite has no FOR UPDATE: the request takes its write lock first)."""
+    import threading
+    import time
+
+    import app.domain.feedback as feedback
+
+    app, user = (
+        (request.getfixturevalue("app"), request.getfixturevalue("user"))
+        if db == "sqlite"
+        else (request.getfixturevalue("pg_app"), request.getfixturevalue("pg_user"))
+    )
+    gid = completed(app, app.test_client(), user)
+    real = feedback.utcnow
+    # Widen the window between reading the standing rows and writing.
+    monkeypatch.setattr(feedback, "utcnow", lambda: time.sleep(0.3) or real())
+    barrier, codes = threading.Barrier(2), []
+
+    def click() -> None:
+        client = app.test_client()
+        barrier.wait()
+        codes.append(post(client, user, gid, "heart").status_code)
+
+    threads = [threading.Thread(target=click) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(codes) == [200, 201]
+    shown = app.test_client().get(f"/api/generate/{gid}", headers=user.headers)
+    assert shown.json["feedback"] == NONE

@@ -32,6 +32,7 @@ from app.domain.states import (
     set_status,
 )
 from app.pipeline import STAGES
+from app.platform.db import begin_for_update
 
 
 def iso(dt: datetime | None) -> str | None:
@@ -100,6 +101,7 @@ def get_owned(
     session: Session, user_id: int, generation_id: str, lock: bool = False
 ) -> Generation | None:
     if lock:
+        begin_for_update(session)
         q = (
             select(Generation)
             .where(Generation.id == generation_id, Generation.user_id == user_id)

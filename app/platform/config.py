@@ -128,7 +128,7 @@ class Settings:
     circuit_window_s: int = _env("BFF_CIRCUIT_WINDOW_S", 300, int)
     circuit_min_samples: int = _env("BFF_CIRCUIT_MIN_SAMPLES", 5, int)
     circuit_failure_rate: float = _env("BFF_CIRCUIT_FAILURE_RATE", 0.5, float)
-    # How long a generate run waits on a provider in-process before freeing the worker.
+    # Seconds between looks at a running prediction (a countdown; no run sleeps).
     provider_poll_seconds: float = _env("BFF_PROVIDER_POLL_SECONDS", 2.0, float)
     # Redis broker: an unacked message is redelivered after this many seconds.
     broker_visibility_timeout: int = _env("BFF_BROKER_VISIBILITY_TIMEOUT", 3600, int)

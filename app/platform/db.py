@@ -65,6 +65,17 @@ def make_engine(url: str, statement_timeout: float = 30.0) -> Engine:
     )
 
 
+def begin_for_update(session: Session) -> None:
+    """SQLite has no ``SELECT ... FOR UPDATE`` and pysqlite begins a
+    transaction only at its first write, so two read-then-write requests can
+    both read before either writes. Take SQLite's write lock first (``BEGIN
+    IMMEDIATE``): such requests then run one after the other, as the row lock
+    makes them on PostgreSQL. A no-op elsewhere, or once a transaction began."""
+    conn = session.connection()
+    if conn.dialect.name == "sqlite" and not conn.connection.dbapi_connection.in_transaction:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
 def dialect_insert(dialect_name: str) -> Any:
     """The ``insert`` construct with ``on_conflict_do_*`` for the dialect
     (PostgreSQL's or SQLite's, the two we run on)."""
