@@ -45,9 +45,20 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     protocol.register(app)  # limits and OPTIONS: before any route
     logs.init_app(app)
 
-    from app.api import account, events, generations, health, personas, providers, submit, web
+    from app.api import (
+        account,
+        events,
+        generations,
+        health,
+        personas,
+        providers,
+        replicate_webhook,
+        submit,
+        web,
+    )
     from app.platform import metrics  # no auth: scraped by Prometheus
 
-    for module in (submit, generations, events, personas, account, providers, health, web, metrics):
+    blueprints = (submit, generations, events, personas, account, providers, replicate_webhook)
+    for module in (*blueprints, health, web, metrics):
         app.register_blueprint(module.bp)
     return app

@@ -15,6 +15,7 @@ from pydantic.json_schema import models_json_schema
 
 from app.api import responses as r
 from app.api.providers import ProviderList
+from app.api.replicate_webhook import ReplicatePrediction, WebhookAck
 from app.api.schemas import (
     FeedbackIn,
     ImageSubmit,
@@ -56,6 +57,12 @@ PAGE_QUERY = (
     },
     {"name": "status", "in": "query", "schema": {"enum": list(GENERATION_STATUSES)}},
 )
+REPLICATE_WEBHOOK_PARAMS = (
+    {"name": "generation", "in": "query", "description": "the generation the prediction is for",
+     "schema": {"type": "string"}},
+    *({"name": h, "in": "header", "required": True, "schema": {"type": "string"}}
+      for h in ("webhook-id", "webhook-timestamp", "webhook-signature")),
+)  # fmt: skip
 HEAD_ERRORS = (414, 431)  # any request: app/api/protocol.py
 SUBMIT_ERRORS = (400, 401, 403, 409, 413, 415, 422, 429)
 BODY_ERRORS = (400, 401, 415, 422)
@@ -94,6 +101,10 @@ ROUTES = (
     Route("get", "/api/webhooks/secret", "The caller's webhook signing secret", r.WebhookSecretOut),
     Route("get", "/api/providers", "Each model: availability, capabilities, price per image",
           ProviderList),
+    Route("post", "/api/providers/replicate/webhook",
+          "Replicate's signed prediction webhooks (no API key: the signature is checked)",
+          WebhookAck, errors=(400, 401, 503), body=ReplicatePrediction,
+          query=REPLICATE_WEBHOOK_PARAMS, auth=False),
     Route("get", "/health", "Health of database, broker and storage",
           r.HealthOut, (200, 503), (), auth=False),
 )

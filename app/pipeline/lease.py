@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -33,6 +34,17 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT, WAITING = "checkpoint", "waiting"  # the runner's keys in a stage's output
 CHECKPOINT_PATIENCE = 30.0  # seconds a checkpoint waits out a database outage
+WAKE_UP = "wake-"  # the task id prefix of a delivery sent to wake a waiting stage
+
+
+def wake_up_task_id() -> str:
+    return f"{WAKE_UP}{uuid.uuid4()}"
+
+
+def is_wake_up(task_id: str | None) -> bool:
+    """Only a wake-up takes a waiting stage from its parked copy: a stale or
+    duplicate delivery taking it would leave two chains polling in turn."""
+    return bool(task_id and task_id.startswith(WAKE_UP))
 
 
 def lock(session: Session, generation_id: str) -> Generation | None:

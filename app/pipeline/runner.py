@@ -169,7 +169,11 @@ def claim_stage(
         log.warning("%s: %s delivered before earlier stages finished", generation_id, name)
         return STOP  # a stale message: the chain of the unfinished stage owns this
     own_retry = stage.status == S_RUNNING and task_id is not None and stage.task_id == task_id
-    if stage.status == S_RUNNING and not own_retry:
+    # A waiting stage is parked in the broker, not worked on: a wake-up (a
+    # Replicate webhook) may take it now; the parked copy then stops.
+    parked = stage.status == S_RUNNING and bool(lease.checkpoint_of(stage).get(lease.WAITING))
+    woken = parked and lease.is_wake_up(task_id)
+    if stage.status == S_RUNNING and not (own_retry or woken):
         # Another delivery holds the stage. Its lease is the generation's
         # progress clock: fresh means it is alive, so this copy stops here.
         if not lease.stalled(gen, settings):
@@ -179,7 +183,9 @@ def claim_stage(
             lost = f"{name} made no progress in {stage.attempts} attempts"
             lost += " (its worker was lost each time)"
             return end_failed(session, settings, gen, stage, lost, after)
-    waited = own_retry and lease.checkpoint_of(stage).get(lease.WAITING)
+    waited = parked and (own_retry or woken)
+    if waited:  # running now: no longer parked, so no other delivery takes it
+        stage.output = {k: v for k, v in (stage.output or {}).items() if k != lease.WAITING}
     set_status(gen, PROCESSING)
     set_stage_status(stage, S_RUNNING)
     gen.updated_at = utcnow()  # progress: renews the lease

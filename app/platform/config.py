@@ -128,8 +128,11 @@ class Settings:
     circuit_window_s: int = _env("BFF_CIRCUIT_WINDOW_S", 300, int)
     circuit_min_samples: int = _env("BFF_CIRCUIT_MIN_SAMPLES", 5, int)
     circuit_failure_rate: float = _env("BFF_CIRCUIT_FAILURE_RATE", 0.5, float)
-    # Seconds between looks at a running prediction (a countdown; no run sleeps).
-    provider_poll_seconds: float = _env("BFF_PROVIDER_POLL_SECONDS", 2.0, float)
+    # Seconds between looks at a running prediction (a countdown; no run
+    # sleeps); unset: 2, or 10 while Replicate webhooks wake the stage.
+    provider_poll_override: float | None = _env("BFF_PROVIDER_POLL_SECONDS", None, float)
+    # auto: Replicate webhooks when BFF_PUBLIC_URL is set (see replicate_webhook_url); off.
+    replicate_webhooks: str = _env("BFF_REPLICATE_WEBHOOKS", "auto", str.lower)
     # Redis broker: an unacked message is redelivered after this many seconds.
     broker_visibility_timeout: int = _env("BFF_BROKER_VISIBILITY_TIMEOUT", 3600, int)
     sse_heartbeat: float = _env("BFF_SSE_HEARTBEAT", 15.0, float)
@@ -147,6 +150,25 @@ class Settings:
     prices_file: str | None = _env("BFF_PRICES_FILE")
     # Longest any one SQL statement may run (lock waits included), seconds.
     db_statement_timeout: float = _env("BFF_DB_STATEMENT_TIMEOUT", 30.0, float)
+
+    # BFF_PUBLIC_URL was set, not defaulted to this machine's loopback.
+    public_url_set: bool = False
+
+    @property
+    def replicate_webhook_url(self) -> str | None:
+        """Where Replicate sends prediction webhooks, or None (poll only).
+        "Reachable from outside" is the operator's word: BFF_PUBLIC_URL set
+        explicitly. The loopback default cannot be reached by Replicate."""
+        if self.replicate_webhooks == "off" or not self.public_url_set:
+            return None
+        return f"{self.public_url}/api/providers/replicate/webhook"
+
+    @property
+    def provider_poll_seconds(self) -> float:
+        """With webhooks on, a look is only the fallback for a lost webhook."""
+        if self.provider_poll_override is not None:
+            return self.provider_poll_override
+        return 10.0 if self.replicate_webhook_url else 2.0
 
     @property
     def embedded_broker(self) -> bool:
@@ -186,6 +208,8 @@ class Settings:
             if database_url.startswith(prefix):
                 database_url = "postgresql+psycopg://" + database_url[len(prefix) :]
         storage_backend, r2_endpoint_url = _storage(env)
+        if values.get("replicate_webhooks", "auto") not in ("auto", "off"):
+            raise ConfigError("BFF_REPLICATE_WEBHOOKS must be auto or off")
         rate_limits = {
             pid: _rate(env.get("BFF_RATE_LIMIT_" + pid.upper().replace("-", "_")) or default)
             for pid, default in RATE_LIMIT_DEFAULTS.items()
@@ -199,6 +223,7 @@ class Settings:
             storage_backend=storage_backend,
             media_root=Path(env.get("BFF_MEDIA_ROOT") or var_dir / "media").resolve(),
             public_url=(env.get("BFF_PUBLIC_URL") or f"http://127.0.0.1:{port}").rstrip("/"),
+            public_url_set=bool(env.get("BFF_PUBLIC_URL")),
             port=port,
             r2_endpoint_url=r2_endpoint_url,
             rate_limits=rate_limits,

@@ -114,12 +114,18 @@ def celery_init_app(app: Flask, settings: Settings) -> Celery:
 PRIORITY = {"analyze": 9, "enhance": 6, "persona": 6, "route": 3, "optimize": 3}
 
 
-def dispatch(celery_app: Celery, generation_id: str, from_stage: str = STAGES[0]) -> bool:
+def dispatch(
+    celery_app: Celery,
+    generation_id: str,
+    from_stage: str = STAGES[0],
+    first_task_id: str | None = None,
+) -> bool:
     """Send the chain of stage tasks from ``from_stage`` on, each taking the
     generation id only (immutable: a stage's return value is not passed on).
     Call after the row is committed. Returns False (and logs) when the broker
     is unreachable: the caller leaves (or makes) ``dispatched_at`` empty and
-    the dispatcher sends it later."""
+    the dispatcher sends it later. ``first_task_id`` names the first task
+    (a wake-up: ``lease.wake_up_task_id``)."""
     names = STAGES[STAGES.index(from_stage) :]
     sigs = [
         celery_app.signature(
@@ -127,6 +133,8 @@ def dispatch(celery_app: Celery, generation_id: str, from_stage: str = STAGES[0]
         )
         for n in names
     ]
+    if first_task_id is not None:
+        sigs[0] = sigs[0].set(task_id=first_task_id)
     try:
         chain(*sigs, app=celery_app).apply_async()
     except Exception as exc:  # kombu and redis-py raise several types for "broker down"

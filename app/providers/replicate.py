@@ -10,6 +10,10 @@ thread) and the stage looks again ``job.poll_every`` seconds later. The next
 run resumes the saved ids, so a retried or redelivered stage never pays for a
 second prediction.
 
+With ``BFF_PUBLIC_URL`` set, each prediction is created with a webhook
+(``webhook_events_filter: ["completed"]``): Replicate's call wakes the stage
+at once, and the countdown look is only the fallback for a lost webhook.
+
 Errors, mapped once here (``_mapped``): 429 (``detail``: "... resets in ~Ns"),
 5xx, timeouts and connection errors are transient; 401/403 (token), 402
 (billing), 4xx validation and a ``failed`` prediction with a safety error
@@ -24,6 +28,7 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 import replicate
@@ -99,6 +104,13 @@ def _client(token: str | None, base_url: str | None) -> replicate.Client:
     return client
 
 
+def webhook_secret(settings: Settings) -> str:
+    """The account's default webhook signing secret (``whsec_…``)."""
+    client = _client(settings.replicate_api_token, settings.replicate_base_url)
+    with _mapped("webhook secret"):
+        return client.webhooks.default.secret().key
+
+
 class ReplicateImagen:
     id = "google-imagen"
     model = MODEL
@@ -118,6 +130,7 @@ class ReplicateImagen:
     def __init__(self, settings: Settings, job: Job | None = None) -> None:
         self.client = _client(settings.replicate_api_token, settings.replicate_base_url)
         self.job = job or Job()
+        self.webhook_url = settings.replicate_webhook_url
 
     @staticmethod
     def price_for(request: ImageRequest) -> float:
@@ -150,7 +163,9 @@ class ReplicateImagen:
         while len(ids) < request.count:
             self.job.acquire()  # ProviderPending when no token: ids so far are saved
             with _mapped("create"):
-                prediction = self.client.predictions.create(model=MODEL, input=sent["input"])
+                prediction = self.client.predictions.create(
+                    model=MODEL, input=sent["input"], **self._webhook(request)
+                )
             ids.append(prediction.id)
             self.job.save({"predictions": ids, "sent": sent})  # before waiting on it
         finished = self._wait(ids)
@@ -164,6 +179,14 @@ class ReplicateImagen:
         return ProviderResult(
             outputs=outputs, sent=sent, meta={"predictions": ids, "metrics": metrics}
         )
+
+    def _webhook(self, request: ImageRequest) -> dict[str, Any]:
+        """Replicate calls back when the prediction ends, waking the stage
+        (app/api/replicate_webhook.py); the generation rides in the URL."""
+        if not self.webhook_url:
+            return {}
+        query = urlencode({"generation": request.generation_id})
+        return {"webhook": f"{self.webhook_url}?{query}", "webhook_events_filter": ["completed"]}
 
     def _wait(self, ids: list[str]) -> dict[str, dict[str, Any]]:
         """One look at each prediction: all final, or wait for the next run."""

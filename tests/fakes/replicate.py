@@ -8,16 +8,27 @@ as after Replicate's one-hour retention); cancel works until it is final.
 ``inject(kind, times)`` on the next creates: ``throttle`` (429 "Your rate limit
 resets in ~Ns", option ``seconds``), ``server_error`` (500), ``safety`` (ends
 ``failed`` with E005), ``aborted``; ``get_server_error``: the next GET is a 500.
+Webhooks as Replicate sends them: a create may carry ``webhook`` (a URL) and
+``webhook_events_filter`` (start, output, logs, completed); when such a
+prediction ends, its JSON is POSTed there, signed per Standard Webhooks with
+the secret ``GET /v1/webhooks/default/secret`` serves (``webhook_secret``).
+``lose_webhooks`` drops them; ``webhook_answers`` holds our API's statuses.
 Standalone: ``python -m tests.fakes.replicate --port 8701 [--latency 2]``.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import json
 import secrets
+import threading
 import time
 from datetime import UTC, datetime
 from typing import Any
 
+import httpx
 from werkzeug.wrappers import Request, Response
 
 from ._server import FakeServer, cli, json_response, png
@@ -39,6 +50,8 @@ SIZES = {
     "3:4": (192, 256),
     "4:3": (256, 192),
 }
+WEBHOOK_EVENTS = ("start", "output", "logs", "completed")
+FINAL = ("succeeded", "failed", "canceled", "aborted")
 E005 = (
     "The input or output was flagged as sensitive. Please try again with different inputs. (E005)"
 )
@@ -68,6 +81,10 @@ class FakeReplicate(FakeServer):
         self.expired = False
         self.create_times: list[float] = []
         self.polled: set[str] = set()
+        self.create_bodies: list[dict[str, Any]] = []  # each create's JSON, as sent
+        self.webhook_secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+        self.lose_webhooks = False
+        self.webhook_answers: list[int] = []  # our API's status per delivery
 
     @property
     def creates(self) -> int:
@@ -87,7 +104,9 @@ class FakeReplicate(FakeServer):
             self.predictions.clear()
             self.create_times.clear()
             self.polled.clear()
-            self.expired = False
+            self.create_bodies.clear()
+            self.webhook_answers.clear()
+            self.expired = self.lose_webhooks = False
 
     # -- routes
     def route(self, request: Request) -> Response:
@@ -104,6 +123,8 @@ class FakeReplicate(FakeServer):
             return self.create(request)
         if parts == ["v1", "account"] and request.method == "GET":  # what a key check calls
             return json_response({"type": "user", "username": "bff-test", "name": "BFF test"})
+        if parts == ["v1", "webhooks", "default", "secret"] and request.method == "GET":
+            return json_response({"key": self.webhook_secret})
         if parts[:2] == ["v1", "predictions"] and len(parts) == 3 and request.method == "GET":
             return self.get(parts[2])
         if parts[:2] == ["v1", "predictions"] and parts[3:] == ["cancel"]:
@@ -125,12 +146,14 @@ class FakeReplicate(FakeServer):
                 invalid.append(invalid_field("enum", f"input.{k}", must))
         if not inputs.get("prompt"):
             invalid.append(invalid_field("required", "input", "prompt is required"))
+        invalid += self.invalid_webhook(body)
         if invalid:
             detail = "\n".join(f"- {i['field']}: {i['description']}" for i in invalid)
             return problem(422, "Input validation failed", detail, invalid_fields=invalid)
         failure = self.take_failure(("throttle", "server_error", "safety", "aborted"))
         with self.lock:
             self.counters["create_attempt"] += 1
+            self.create_bodies.append(body)
         if failure and failure["kind"] == "throttle":
             secs = failure.get("seconds", 1)
             return problem(
@@ -154,8 +177,60 @@ class FakeReplicate(FakeServer):
                 "outcome": failure["kind"] if failure else "succeeded",
                 "canceled_at": None,
                 "host": request.host_url.rstrip("/"),
+                "webhook": body.get("webhook"),
+                "events": body.get("webhook_events_filter") or list(WEBHOOK_EVENTS),
+                "notified": False,
             }
+        if body.get("webhook"):  # when it ends: aborted at its start, else at its latency
+            for delay in (self.starting_s, self.latency):
+                threading.Timer(delay + 0.01, self.notify, (pid,)).start()
         return json_response(self.render(pid), 201)
+
+    @staticmethod
+    def invalid_webhook(body: dict[str, Any]) -> list[dict[str, str]]:
+        invalid = []
+        hook, events = body.get("webhook"), body.get("webhook_events_filter")
+        if hook is not None and not (
+            isinstance(hook, str) and hook.startswith(("http://", "https://"))
+        ):
+            invalid.append(invalid_field("format", "webhook", "webhook must be a URI"))
+        if events is not None and (
+            not isinstance(events, list) or any(e not in WEBHOOK_EVENTS for e in events)
+        ):
+            must = "webhook_events_filter items must be one of: " + ", ".join(WEBHOOK_EVENTS)
+            invalid.append(invalid_field("enum", "webhook_events_filter", must))
+        return invalid
+
+    def notify(self, pid: str) -> None:
+        """The ``completed`` webhook, once, if the prediction has ended."""
+        with self.lock:
+            p = self.predictions.get(pid)
+            if p is None or p["notified"] or self.status(p)[0] not in FINAL:
+                return
+            p["notified"] = True
+            if self.lose_webhooks or "completed" not in p["events"]:
+                return
+            body, url = json.dumps(self.render(pid)), p["webhook"]
+        headers = self.signed(secrets.token_hex(8), int(time.time()), body)
+        try:
+            status = httpx.post(url, content=body, headers=headers, timeout=10).status_code
+        except httpx.HTTPError:
+            status = 0
+        with self.lock:
+            self.counters["webhook"] += 1
+            self.webhook_answers.append(status)
+
+    def signed(self, msg_id: str, timestamp: int, body: str) -> dict[str, str]:
+        """Replicate's headers: HMAC-SHA256 of ``id.timestamp.body`` keyed by the
+        secret's base64 part (done by hand: our API verifies with the package)."""
+        key = base64.b64decode(self.webhook_secret.removeprefix("whsec_"))
+        mac = hmac.new(key, f"{msg_id}.{timestamp}.{body}".encode(), hashlib.sha256).digest()
+        return {
+            "content-type": "application/json",
+            "webhook-id": f"msg_{msg_id}",
+            "webhook-timestamp": str(timestamp),
+            "webhook-signature": "v1," + base64.b64encode(mac).decode(),
+        }
 
     def get(self, pid: str) -> Response:
         with self.lock:
@@ -175,6 +250,8 @@ class FakeReplicate(FakeServer):
                 return problem(404, "Not found", "The requested resource could not be found.")
             if self.status(p)[0] in ("starting", "processing"):
                 p["canceled_at"] = time.time()
+        if p.get("webhook"):
+            threading.Thread(target=self.notify, args=(pid,), daemon=True).start()
         return json_response(self.render(pid))
 
     def file(self, name: str) -> Response:

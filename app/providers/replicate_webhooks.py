@@ -1,0 +1,107 @@
+"""Verifying Replicate's prediction webhooks (Standard Webhooks).
+
+Replicate signs each delivery with the account's default webhook secret
+(``GET /v1/webhooks/default/secret``): ``webhook-signature`` is ``v1,`` + the
+base64 HMAC-SHA256 of ``"{webhook-id}.{webhook-timestamp}.{body}"``. The
+``standardwebhooks`` package checks it, and refuses a timestamp more than
+5 minutes off. The secret is fetched once per process and fetched again
+(at most once a minute) when a signature does not match, in case it rotated.
+
+A ``webhook-id`` is acted on once: remembered for ``REPLAY_WINDOW`` seconds
+in Redis (``SET NX``), or in this process without Redis (the embedded
+default). A duplicate slipping through only wakes a stage twice, which the
+runner makes harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import redis
+from standardwebhooks import Webhook
+from standardwebhooks.webhooks import WebhookVerificationError
+
+from app.platform import redis as redis_clients
+from app.platform.config import Settings
+from app.providers.replicate import webhook_secret
+
+log = logging.getLogger(__name__)
+
+HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
+REPLAY_WINDOW = 600  # s: twice the timestamp tolerance, so an old copy is refused either way
+REFETCH_EVERY = 60.0  # s: a flood of bad signatures costs Replicate one call a minute
+MISMATCH = "No matching signature found"
+
+
+class Refused(Exception):
+    """Not a delivery from Replicate (or too old): answer 401."""
+
+
+_lock = threading.Lock()
+_secrets: dict[tuple[str | None, str | None], tuple[str, float]] = {}
+_seen: dict[str, float] = {}  # webhook-id -> expiry, without Redis
+
+
+def _secret(settings: Settings, fresh: bool = False) -> str | None:
+    """The cached secret; ``fresh`` fetches it again (None if that was just
+    done). Replicate's errors arrive mapped (``ProviderTransient``, …)."""
+    key = (settings.replicate_api_token, settings.replicate_base_url)
+    with _lock:
+        cached = _secrets.get(key)
+    if cached and (not fresh or time.monotonic() - cached[1] < REFETCH_EVERY):
+        return None if fresh else cached[0]
+    secret = webhook_secret(settings)
+    with _lock:
+        _secrets[key] = (secret, time.monotonic())
+    return secret
+
+
+def verify(settings: Settings, body: bytes, headers: dict[str, str]) -> None:
+    """Raise ``Refused`` unless Replicate signed this body, recently."""
+    if not settings.replicate_api_token:
+        raise Refused("Replicate is not configured here: no secret to verify with")
+    secret = _secret(settings)
+    for _ in range(2):
+        try:
+            Webhook(secret).verify(body, headers, json_parse=False)
+            return
+        except WebhookVerificationError as exc:
+            if str(exc) != MISMATCH or not (secret := _secret(settings, fresh=True)):
+                raise Refused(f"webhook refused: {exc}") from None
+        except Exception:  # a secret Replicate sent that the package cannot read
+            raise Refused("webhook refused: unusable signing secret") from None
+    raise Refused(f"webhook refused: {MISMATCH}")
+
+
+def first_delivery(settings: Settings, msg_id: str) -> bool:
+    """True the first time ``msg_id`` is seen within the replay window."""
+    if settings.redis_url:
+        try:
+            key = f"bff:replicate-webhook:{msg_id}"
+            first = redis_clients.client(settings.redis_url).set(key, 1, nx=True, ex=REPLAY_WINDOW)
+            return bool(first)
+        except redis.RedisError as exc:  # acting twice is harmless; refusing would lose it
+            log.warning("replay check skipped, Redis: %s", type(exc).__name__)
+            return True
+    now = time.monotonic()
+    with _lock:
+        for old in [k for k, expiry in _seen.items() if expiry < now]:
+            del _seen[old]
+        if msg_id in _seen:
+            return False
+        _seen[msg_id] = now + REPLAY_WINDOW
+        return True
+
+
+def forget(settings: Settings, msg_id: str) -> None:
+    """Not acted on after all (the broker was down): let Replicate's retry in."""
+    if settings.redis_url:
+        try:
+            redis_clients.client(settings.redis_url).delete(f"bff:replicate-webhook:{msg_id}")
+        except redis.RedisError:
+            pass
+        return
+    with _lock:
+        _seen.pop(msg_id, None)
