@@ -211,7 +211,7 @@ class FakeReplicate(FakeServer):
             if self.lose_webhooks or "completed" not in p["events"]:
                 return
             body, url = json.dumps(self.render(pid)), p["webhook"]
-        headers = self.signed(secrets.token_hex(8), int(time.time()), body)
+        headers = self.signed(f"msg_{secrets.token_hex(8)}", int(time.time()), body)
         try:
             status = httpx.post(url, content=body, headers=headers, timeout=10).status_code
         except httpx.HTTPError:
@@ -227,7 +227,7 @@ class FakeReplicate(FakeServer):
         mac = hmac.new(key, f"{msg_id}.{timestamp}.{body}".encode(), hashlib.sha256).digest()
         return {
             "content-type": "application/json",
-            "webhook-id": f"msg_{msg_id}",
+            "webhook-id": msg_id,
             "webhook-timestamp": str(timestamp),
             "webhook-signature": "v1," + base64.b64encode(mac).decode(),
         }

@@ -1,0 +1,193 @@
+"""Replicate webhooks: what the adapter sends, how the route verifies and
+answers (signed by the fake Replicate, by hand, as Replicate signs), and how
+a wake-up takes a waiting stage. End to end over real services:
+tests/integration/test_replicate_webhooks_services.py."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from app.domain.generations import new_stages
+from app.domain.models import Generation
+from app.domain.states import S_RUNNING
+from app.pipeline import STAGE_FUNCS, STAGES, wake
+from app.pipeline.context import StageContext, StageResult, StageWaiting
+from app.pipeline.runner import run_stage
+from app.platform.config import Settings
+from app.providers import replicate_webhooks
+from app.providers.base import ImageRequest, Job, ProviderPending
+from app.providers.replicate import ReplicateImagen
+from tests.fakes.replicate import FakeReplicate
+from tests.support.pipeline import new_generation, run_all, services, submit_prompt
+
+TOKEN = "r8_webhook_test"
+URL = "/api/providers/replicate/webhook"
+
+
+@pytest.fixture(scope="module")
+def server():
+    with FakeReplicate(token=TOKEN) as fake:
+        yield fake
+
+
+@pytest.fixture
+def fake(server):
+    server.reset()
+    server.latency, server.starting_s = 0.2, 0.05
+    return server
+
+
+@pytest.fixture
+def app_config(app_config, fake):
+    return {**app_config, "REPLICATE_API_TOKEN": TOKEN, "REPLICATE_BASE_URL": fake.url}
+
+
+@pytest.fixture
+def woken(monkeypatch) -> list[tuple[str, str, str | None]]:
+    """The wake-ups the route sent: (generation id, stage, first task id)."""
+    sent = []
+
+    def dispatch(_celery, gen_id, stage, first_task_id=None) -> bool:
+        sent.append((gen_id, stage, first_task_id))
+        return True
+
+    monkeypatch.setattr(wake, "dispatch", dispatch)
+    return sent
+
+
+def created(fake: FakeReplicate, **env: str) -> dict:
+    settings = Settings.from_env(
+        {"REPLICATE_API_TOKEN": TOKEN, "REPLICATE_BASE_URL": fake.url, **env}
+    )
+    adapter = ReplicateImagen(settings, Job())
+    with pytest.raises(ProviderPending):
+        adapter.generate(ImageRequest(generation_id="gen_1", prompt="red silk dress"))
+    [body] = fake.create_bodies
+    return body
+
+
+def test_webhooks_are_asked_for_only_with_a_public_url(fake):
+    assert "webhook" not in created(fake)  # the loopback default: Replicate cannot reach it
+    fake.reset()
+    assert "webhook" not in created(
+        fake, BFF_PUBLIC_URL="https://bff.example", BFF_REPLICATE_WEBHOOKS="off"
+    )
+    fake.reset()
+    body = created(fake, BFF_PUBLIC_URL="https://bff.example/")
+    assert body["webhook"] == f"https://bff.example{URL}?generation=gen_1"
+    assert body["webhook_events_filter"] == ["completed"]
+
+
+def test_the_look_is_rarer_while_webhooks_wake_the_stage():
+    public = {"BFF_PUBLIC_URL": "https://bff.example"}
+    assert Settings.from_env({}).provider_poll_seconds == 2.0
+    assert Settings.from_env(public).provider_poll_seconds == 10.0
+    assert (
+        Settings.from_env({**public, "BFF_PROVIDER_POLL_SECONDS": "3"}).provider_poll_seconds == 3
+    )
+
+
+def waiting_generation(app, user, predictions=("p1",)) -> str:
+    gen_id = new_generation(app, user, status="processing")
+    with services(app).db.session() as session:
+        gen = session.get(Generation, gen_id)
+        gen.stages = new_stages()
+        for stage in gen.stages:
+            if stage.position < gen.stage("generate").position:
+                stage.status = "completed"
+        parked = gen.stage("generate")
+        parked.status, parked.task_id = S_RUNNING, "t-generate"
+        parked.output = {"predictions": list(predictions), "checkpoint": True, "waiting": "w"}
+    return gen_id
+
+
+def deliver(client, fake, gen_id: str, pid: str = "p1", msg_id: str = "m1", age: float = 0, **hdr):
+    body = json.dumps({"id": pid, "status": "succeeded", "output": "https://x/y.png"})
+    headers = fake.signed(msg_id, int(time.time() - age), body)
+    return client.post(f"{URL}?generation={gen_id}", data=body, headers={**headers, **hdr})
+
+
+def test_a_signed_webhook_wakes_the_waiting_stage_once(client, fake, app, user, woken):
+    gen_id = waiting_generation(app, user)
+    first = deliver(client, fake, gen_id)
+    assert first.status_code == 200 and first.json == {
+        "received": True,
+        "woken": True,
+        "reason": None,
+    }
+    [(gid, stage, task_id)] = woken
+    assert (gid, stage) == (gen_id, "generate") and task_id.startswith("wake-")
+    again = deliver(client, fake, gen_id)  # Replicate retrying: acknowledged, not acted on
+    assert again.status_code == 200 and again.json["woken"] is False
+    assert "replayed" in again.json["reason"] and len(woken) == 1
+
+
+def test_unsigned_forged_and_stale_deliveries_are_refused(client, fake, app, user, woken):
+    gen_id = waiting_generation(app, user)
+    unsigned = client.post(f"{URL}?generation={gen_id}", json={"id": "p1", "status": "succeeded"})
+    forged = deliver(client, fake, gen_id, msg_id="m2", **{"webhook-signature": "v1,AAAA"})
+    stale = deliver(client, fake, gen_id, msg_id="m3", age=6 * 60)
+    for answer in (unsigned, forged, stale):
+        assert answer.status_code == 401 and answer.json["error"]["code"] == "unauthorized"
+    assert "too old" in stale.json["error"]["message"]
+    assert woken == []
+    assert (
+        deliver(client, fake, gen_id, msg_id="m3").status_code == 200
+    )  # refused ids are not spent
+
+
+def test_a_rotated_secret_is_fetched_again(client, fake, app, user, woken, monkeypatch):
+    gen_id = waiting_generation(app, user)
+    assert deliver(client, fake, gen_id, pid="nope", msg_id="r1").status_code == 200  # cached
+    fake.webhook_secret = "whsec_" + "QUFB" * 11  # 33 bytes
+    monkeypatch.setattr(replicate_webhooks, "REFETCH_EVERY", 0.0)
+    assert deliver(client, fake, gen_id, msg_id="r2").json["woken"] is True
+
+
+def test_deliveries_no_stage_waits_on_are_acknowledged_without_effect(
+    client, fake, app, user, woken
+):
+    gen_id = waiting_generation(app, user)
+    for i, (gid, pid) in enumerate((("gen_unknown", "p1"), (gen_id, "p-other"))):
+        answer = deliver(client, fake, gid, pid=pid, msg_id=f"u{i}")
+        assert answer.status_code == 200 and answer.json["woken"] is False, answer.json
+    with services(app).db.session() as session:
+        session.get(Generation, gen_id).stage("generate").output = {"predictions": ["p1"]}
+    answer = deliver(client, fake, gen_id, msg_id="u9")  # running now, not parked
+    assert answer.json == {
+        "received": True,
+        "woken": False,
+        "reason": "its generate stage is not waiting",
+    }
+    assert woken == []
+
+
+def test_a_wake_up_takes_a_parked_stage_and_its_parked_copy_stops(app, client, user, monkeypatch):
+    looks = []
+
+    def provider(ctx: StageContext) -> StageResult:
+        looks.append(ctx.previous.get("predictions"))
+        if not ctx.previous:
+            ctx.checkpoint({"predictions": ["p1"]})
+            raise StageWaiting(60, "waiting for p1")
+        return StageResult({"done": True})
+
+    monkeypatch.setitem(STAGE_FUNCS, "generate", provider)
+    gen_id = submit_prompt(client, user.headers)
+    run_all(app, gen_id, STAGES[: STAGES.index("generate")])
+    s = services(app)
+
+    def run(task_id: str):
+        return run_stage(s.db, s.settings, s.storage, gen_id, "generate", task_id=task_id)
+
+    assert run("t-parked").retry_in is not None  # parked, countdown pending
+    assert run("t-stale").proceed is False  # a stale copy does not take it
+    woke = run("wake-1")
+    assert woke.proceed and woke.retry_in is None and looks == [None, ["p1"]]
+    assert run("t-parked").proceed  # the countdown copy: the stage is done, it moves on
+    with s.db.session() as session:
+        stage = session.get(Generation, gen_id).stage("generate")
+        assert stage.status == "completed" and stage.attempts == 1
