@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 PROVIDER_KEY_VARS = {
     "google-imagen": "REPLICATE_API_TOKEN",
@@ -131,7 +132,7 @@ class Settings:
     # Seconds between looks at a running prediction (a countdown; no run
     # sleeps); unset: 2, or 10 while Replicate webhooks wake the stage.
     provider_poll_override: float | None = _env("BFF_PROVIDER_POLL_SECONDS", None, float)
-    # auto: Replicate webhooks when BFF_PUBLIC_URL is set (see replicate_webhook_url); off.
+    # auto | on | off: Replicate webhooks (see replicate_webhook_url).
     replicate_webhooks: str = _env("BFF_REPLICATE_WEBHOOKS", "auto", str.lower)
     # Redis broker: an unacked message is redelivered after this many seconds.
     broker_visibility_timeout: int = _env("BFF_BROKER_VISIBILITY_TIMEOUT", 3600, int)
@@ -157,11 +158,15 @@ class Settings:
     @property
     def replicate_webhook_url(self) -> str | None:
         """Where Replicate sends prediction webhooks, or None (poll only).
-        "Reachable from outside" is the operator's word: BFF_PUBLIC_URL set
-        explicitly. The loopback default cannot be reached by Replicate."""
-        if self.replicate_webhooks == "off" or not self.public_url_set:
-            return None
-        return f"{self.public_url}/api/providers/replicate/webhook"
+        ``auto``: "reachable from outside" is the operator's word, BFF_PUBLIC_URL
+        set explicitly to a host that is not loopback; ``on`` forces them (a
+        tunnel, the tests), ``off`` never."""
+        host = urlsplit(self.public_url).hostname or ""
+        loopback = host == "localhost" or host.startswith("127.") or host == "::1"
+        on = self.replicate_webhooks == "on" or (
+            self.replicate_webhooks == "auto" and self.public_url_set and not loopback
+        )
+        return f"{self.public_url}/api/providers/replicate/webhook" if on else None
 
     @property
     def provider_poll_seconds(self) -> float:
@@ -208,8 +213,8 @@ class Settings:
             if database_url.startswith(prefix):
                 database_url = "postgresql+psycopg://" + database_url[len(prefix) :]
         storage_backend, r2_endpoint_url = _storage(env)
-        if values.get("replicate_webhooks", "auto") not in ("auto", "off"):
-            raise ConfigError("BFF_REPLICATE_WEBHOOKS must be auto or off")
+        if values.get("replicate_webhooks", "auto") not in ("auto", "on", "off"):
+            raise ConfigError("BFF_REPLICATE_WEBHOOKS must be auto, on or off")
         rate_limits = {
             pid: _rate(env.get("BFF_RATE_LIMIT_" + pid.upper().replace("-", "_")) or default)
             for pid, default in RATE_LIMIT_DEFAULTS.items()
