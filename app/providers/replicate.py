@@ -10,9 +10,10 @@ thread) and the stage looks again ``job.poll_every`` seconds later. The next
 run resumes the saved ids, so a retried or redelivered stage never pays for a
 second prediction.
 
-With ``BFF_PUBLIC_URL`` set, each prediction is created with a webhook
-(``webhook_events_filter: ["completed"]``): Replicate's call wakes the stage
-at once, and the countdown look is only the fallback for a lost webhook.
+With a public ``BFF_PUBLIC_URL`` (or ``BFF_REPLICATE_WEBHOOKS=on``), each
+prediction is created with a webhook (``webhook_events_filter:
+["completed"]``): Replicate's call wakes the stage at once, and the countdown
+look is only the fallback for a lost webhook.
 
 Errors, mapped once here (``_mapped``): 429 (``detail``: "... resets in ~Ns"),
 5xx, timeouts and connection errors are transient; 401/403 (token), 402
