@@ -98,9 +98,11 @@ def system(
     provider: str = "local",
     generator_concurrency: int = GENERATOR_CONCURRENCY,
     worker_concurrency: int = WORKER_CONCURRENCY,
+    public_web: bool = False,
 ) -> Iterator[System]:
     """Ours (web, worker, generator) or the bare chain (worker, generator),
-    started and ready, with the submit the driver calls; stopped on exit."""
+    started and ready, with the submit the driver calls; stopped on exit.
+    ``public_web``: the workers know web's URL (Replicate webhooks go there)."""
     env.flush_redis()
     procs: dict[str, P.Process] = {}
     base = None
@@ -108,6 +110,8 @@ def system(
         if which == "ours":
             procs["web"], base = web(env)
             submit = http_submitter(base, api_key(env), provider)
+            if public_web:
+                env.vars["BFF_PUBLIC_URL"] = base
         else:
             submit = bare.submitter(env.vars)
         app = "workers" if which == "ours" else "bench.bare"
