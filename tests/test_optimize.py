@@ -10,8 +10,9 @@ from sqlalchemy import select
 from app.domain import generations as svc
 from app.domain.models import PromptTokenScore
 from app.pipeline import STAGES
+from app.pipeline.learning import reward_of
 from app.pipeline.maintenance import apply_one_feedback
-from app.pipeline.optimize import BAD, EXPLOIT_BUDGET, mode_for, optimize, reward_of, tokens
+from app.pipeline.optimize import BAD, EXPLOIT_BUDGET, mode_for, optimize, tokens
 from app.pipeline.runner import run_stage
 from app.pipeline.templates import TEMPLATES
 

@@ -3,7 +3,7 @@ and rating per generation (whichever image they name: the learner learns from
 the generation's prompt, which its images share). A second heart or outlier
 withdraws the first; a new rating replaces the standing one; comments add up.
 Rows are never deleted: a withdrawn one gets ``removed_at`` and the learner
-undoes what it taught (``app.pipeline.optimize.apply_feedback``), so nothing
+undoes what it taught (``app.pipeline.learning.apply_feedback``), so nothing
 is learnt twice. Functions take the session and never commit."""
 
 from __future__ import annotations

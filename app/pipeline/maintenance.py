@@ -24,8 +24,8 @@ from app.domain.generations import first_unfinished, stage_status
 from app.domain.models import Generation, GenerationFeedback, utcnow
 from app.domain.states import PENDING, PROCESSING, S_RUNNING
 from app.pipeline.endings import time_out
+from app.pipeline.learning import apply_feedback
 from app.pipeline.lease import aware, stalled
-from app.pipeline.optimize import apply_feedback
 from app.pipeline.runner import transaction
 from app.platform.config import Settings
 from app.platform.db import Database
