@@ -9,7 +9,8 @@ from sqlalchemy import func, select, text
 
 from app.api.auth import load_user
 from app.api.common import services
-from app.api.responses import StatsOut, WebhookSecretOut, respond
+from app.api.ops_responses import StatsOut, WebhookSecretOut
+from app.api.responses import respond
 from app.domain.models import Generation, GenerationStage, User
 from app.webhooks import ensure_secret
 

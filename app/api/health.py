@@ -5,7 +5,8 @@ from __future__ import annotations
 from flask import Blueprint, abort, send_from_directory
 
 from app.api.common import services
-from app.api.responses import HealthOut, respond
+from app.api.ops_responses import HealthOut
+from app.api.responses import respond
 from app.platform.storage import LocalStorage
 from app.providers import PROVIDERS, verify
 

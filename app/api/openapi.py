@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from app.api import ops_responses as ops
 from app.api import responses as r
 from app.api.providers import ProviderList
 from app.api.replicate_webhook import ReplicatePrediction, WebhookAck
@@ -97,8 +98,9 @@ ROUTES = (
     Route("patch", PERSONA, "Change a persona",
           r.PersonaOut, errors=(*BODY_ERRORS, 404), body=PersonaPatch),
     Route("delete", PERSONA, "Delete a persona", None, (204,), (401, 404)),
-    Route("get", "/api/stats", "The caller's statistics", r.StatsOut),
-    Route("get", "/api/webhooks/secret", "The caller's webhook signing secret", r.WebhookSecretOut),
+    Route("get", "/api/stats", "The caller's statistics", ops.StatsOut),
+    Route("get", "/api/webhooks/secret", "The caller's webhook signing secret",
+          ops.WebhookSecretOut),
     Route("get", "/api/providers", "Each model: availability, capabilities, price per image",
           ProviderList),
     Route("post", "/api/providers/replicate/webhook",
@@ -106,7 +108,7 @@ ROUTES = (
           WebhookAck, errors=(400, 401, 503), body=ReplicatePrediction,
           query=REPLICATE_WEBHOOK_PARAMS, auth=False),
     Route("get", "/health", "Health of database, broker and storage",
-          r.HealthOut, (200, 503), (), auth=False),
+          ops.HealthOut, (200, 503), (), auth=False),
 )
 # fmt: on
 
