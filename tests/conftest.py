@@ -276,3 +276,23 @@ def openai_chat(_openai_chat_server):
     _openai_chat_server.reset()
     yield _openai_chat_server
     _openai_chat_server.reset()
+
+
+REPLICATE_TOKEN = "r8_unit_test_token"
+
+
+@pytest.fixture(scope="session")
+def replicate_server():
+    """The fake Replicate server (Replicate's wire format), one per session."""
+    from tests.fakes.replicate import FakeReplicate
+
+    with FakeReplicate(token=REPLICATE_TOKEN) as fake:
+        yield fake
+
+
+@pytest.fixture
+def replicate_fake(replicate_server):
+    """The fake, reset, its predictions starting at once and done in 0.3 s."""
+    replicate_server.reset()
+    replicate_server.latency, replicate_server.starting_s = 0.3, 0.05
+    return replicate_server

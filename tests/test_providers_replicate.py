@@ -11,22 +11,12 @@ from app.platform.config import Settings
 from app.providers import ProviderRejected, ProviderTransient
 from app.providers.base import ImageRequest, Job, ProviderPending
 from app.providers.replicate import ReplicateImagen
-from tests.fakes.replicate import FakeReplicate
-
-TOKEN = "r8_unit_test_token"
-
-
-@pytest.fixture(scope="module")
-def server():
-    with FakeReplicate(token=TOKEN) as fake:
-        yield fake
+from tests.conftest import REPLICATE_TOKEN as TOKEN
 
 
 @pytest.fixture
-def fake(server):
-    server.reset()
-    server.latency, server.starting_s = 0.3, 0.05
-    return server
+def fake(replicate_fake):
+    return replicate_fake
 
 
 def settings(fake, token: str = TOKEN) -> Settings:

@@ -20,24 +20,17 @@ from app.platform.config import Settings
 from app.providers import replicate_webhooks
 from app.providers.base import ImageRequest, Job, ProviderPending
 from app.providers.replicate import ReplicateImagen
+from tests.conftest import REPLICATE_TOKEN as TOKEN
 from tests.fakes.replicate import FakeReplicate
 from tests.support.pipeline import new_generation, run_all, services, submit_prompt
 
-TOKEN = "r8_webhook_test"
 URL = "/api/providers/replicate/webhook"
 
 
-@pytest.fixture(scope="module")
-def server():
-    with FakeReplicate(token=TOKEN) as fake:
-        yield fake
-
-
 @pytest.fixture
-def fake(server):
-    server.reset()
-    server.latency, server.starting_s = 0.2, 0.05
-    return server
+def fake(replicate_fake):
+    replicate_fake.latency = 0.2
+    return replicate_fake
 
 
 @pytest.fixture
