@@ -40,38 +40,44 @@ class Refused(Exception):
 
 
 _lock = threading.Lock()
-_secrets: dict[tuple[str | None, str | None], tuple[str, float]] = {}
+# (token, endpoint) -> (the secret's verifier, when it was fetched)
+_verifiers: dict[tuple[str | None, str | None], tuple[Webhook, float]] = {}
 _seen: dict[str, float] = {}  # webhook-id -> expiry, without Redis
 
 
-def _secret(settings: Settings, fresh: bool = False) -> str | None:
-    """The cached secret; ``fresh`` fetches it again (None if that was just
-    done). Replicate's errors arrive mapped (``ProviderTransient``, …)."""
+def _verifier(settings: Settings, fresh: bool = False) -> Webhook | None:
+    """The cached verifier; ``fresh`` fetches the secret again (None when that
+    was done less than ``REFETCH_EVERY`` ago). Replicate's errors arrive
+    mapped (``ProviderTransient``, ...)."""
     key = (settings.replicate_api_token, settings.replicate_base_url)
     with _lock:
-        cached = _secrets.get(key)
+        cached = _verifiers.get(key)
     if cached and (not fresh or time.monotonic() - cached[1] < REFETCH_EVERY):
         return None if fresh else cached[0]
-    secret = webhook_secret(settings)
+    try:
+        verifier = Webhook(webhook_secret(settings))
+    except Exception:  # noqa: BLE001 - a secret Replicate sent that the package cannot read
+        raise Refused("webhook refused: unusable signing secret") from None
     with _lock:
-        _secrets[key] = (secret, time.monotonic())
-    return secret
+        _verifiers[key] = (verifier, time.monotonic())
+    return verifier
 
 
 def verify(settings: Settings, body: bytes, headers: dict[str, str]) -> None:
-    """Raise ``Refused`` unless Replicate signed this body, recently."""
+    """Raise ``Refused`` unless Replicate signed this body, recently. On a
+    mismatch the secret is fetched again once (it may have rotated)."""
     if not settings.replicate_api_token:
         raise Refused("Replicate is not configured here: no secret to verify with")
-    secret = _secret(settings)
-    for _ in range(2):
+    for fresh in (False, True):
+        verifier = _verifier(settings, fresh)
+        if verifier is None:  # fetched again too recently to try
+            break
         try:
-            Webhook(secret).verify(body, headers, json_parse=False)
+            verifier.verify(body, headers, json_parse=False)
             return
         except WebhookVerificationError as exc:
-            if str(exc) != MISMATCH or not (secret := _secret(settings, fresh=True)):
+            if str(exc) != MISMATCH:
                 raise Refused(f"webhook refused: {exc}") from None
-        except Exception:  # a secret Replicate sent that the package cannot read
-            raise Refused("webhook refused: unusable signing secret") from None
     raise Refused(f"webhook refused: {MISMATCH}")
 
 
