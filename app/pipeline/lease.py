@@ -110,6 +110,15 @@ def checkpoint_of(stage: GenerationStage) -> dict[str, Any]:
     return dict(output) if output.get(CHECKPOINT) else {}
 
 
+def parked(stage: GenerationStage | None) -> dict[str, Any]:
+    """The checkpoint of a stage parked on a countdown while a provider works
+    (running, but no copy is working on it), else {}."""
+    if stage is None or stage.status != S_RUNNING:
+        return {}
+    checkpoint = checkpoint_of(stage)
+    return checkpoint if checkpoint.get(WAITING) else {}
+
+
 def checkpointer(
     session: Session,
     generation_id: str,

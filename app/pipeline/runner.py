@@ -171,7 +171,7 @@ def claim_stage(
     own_retry = stage.status == S_RUNNING and task_id is not None and stage.task_id == task_id
     # A waiting stage is parked in the broker, not worked on: a wake-up (a
     # Replicate webhook) may take it now; the parked copy then stops.
-    parked = stage.status == S_RUNNING and bool(lease.checkpoint_of(stage).get(lease.WAITING))
+    parked = bool(lease.parked(stage))
     woken = parked and lease.is_wake_up(task_id)
     if stage.status == S_RUNNING and not (own_retry or woken):
         # Another delivery holds the stage. Its lease is the generation's

@@ -11,7 +11,7 @@ from __future__ import annotations
 from celery import Celery
 
 from app.domain.models import Generation
-from app.domain.states import FINAL, S_RUNNING
+from app.domain.states import FINAL
 from app.pipeline import lease
 from app.platform.db import Database
 from app.platform.queue import dispatch
@@ -30,9 +30,8 @@ def wake(db: Database, celery_app: Celery, generation_id: str, prediction_id: st
         gen = session.get(Generation, generation_id)
         if gen is None or gen.status in FINAL:
             return "no such generation in progress"
-        stage = next((s for s in gen.stages if s.name == STAGE), None)
-        parked = lease.checkpoint_of(stage) if stage and stage.status == S_RUNNING else {}
-        if not parked.get(lease.WAITING):
+        parked = lease.parked(gen.stage(STAGE) if gen.stages else None)
+        if not parked:
             return "its generate stage is not waiting"
         if prediction_id not in (parked.get("predictions") or []):
             return "not a prediction its generate stage waits on"
