@@ -65,8 +65,9 @@ def created(fake: FakeReplicate, **env: str) -> dict:
 def test_webhooks_are_asked_for_only_with_a_public_url(fake):
     assert "webhook" not in created(fake)  # the loopback default: Replicate cannot reach it
     fake.reset()
-    assert "webhook" not in created(fake, BFF_PUBLIC_URL="http://localhost:3001")
-    fake.reset()
+    for local in ("localhost:3001", "0.0.0.0:3001", "[::ffff:127.0.0.1]:3001", "app.localhost"):
+        assert "webhook" not in created(fake, BFF_PUBLIC_URL=f"http://{local}"), local
+        fake.reset()
     assert "webhook" in created(
         fake, BFF_PUBLIC_URL="http://127.0.0.1:9", BFF_REPLICATE_WEBHOOKS="on"
     )

@@ -9,12 +9,25 @@ the environment, so tests configure the app exactly as an operator would.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+
+def _local(url: str) -> bool:
+    """A URL only this machine can reach: loopback, unspecified or *.localhost."""
+    host = urlsplit(url).hostname or ""
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError:
+        return host == "localhost" or host.endswith(".localhost")
+    addr = getattr(addr, "ipv4_mapped", None) or addr  # ::ffff:127.0.0.1 is 127.0.0.1
+    return addr.is_loopback or addr.is_unspecified
+
 
 PROVIDER_KEY_VARS = {
     "google-imagen": "REPLICATE_API_TOKEN",
@@ -161,10 +174,10 @@ class Settings:
         ``auto``: "reachable from outside" is the operator's word, BFF_PUBLIC_URL
         set explicitly to a host that is not loopback; ``on`` forces them (a
         tunnel, the tests), ``off`` never."""
-        host = urlsplit(self.public_url).hostname or ""
-        loopback = host == "localhost" or host.startswith("127.") or host == "::1"
         on = self.replicate_webhooks == "on" or (
-            self.replicate_webhooks == "auto" and self.public_url_set and not loopback
+            self.replicate_webhooks == "auto"
+            and self.public_url_set
+            and not _local(self.public_url)
         )
         return f"{self.public_url}/api/providers/replicate/webhook" if on else None
 
