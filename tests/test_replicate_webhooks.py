@@ -10,9 +10,7 @@ import time
 
 import pytest
 
-from app.domain.generations import new_stages
 from app.domain.models import Generation
-from app.domain.states import S_RUNNING
 from app.pipeline import STAGE_FUNCS, STAGES, wake
 from app.pipeline.context import StageContext, StageResult, StageWaiting
 from app.pipeline.runner import run_stage
@@ -22,7 +20,7 @@ from app.providers.base import ImageRequest, Job, ProviderPending
 from app.providers.replicate import ReplicateImagen
 from tests.conftest import REPLICATE_TOKEN as TOKEN
 from tests.fakes.replicate import FakeReplicate
-from tests.support.pipeline import new_generation, run_all, services, submit_prompt
+from tests.support.pipeline import claimed, new_generation, run_all, services, submit_prompt
 
 URL = "/api/providers/replicate/webhook"
 
@@ -90,17 +88,13 @@ def test_the_look_is_rarer_while_webhooks_wake_the_stage():
     )
 
 
-def waiting_generation(app, user, predictions=("p1",)) -> str:
-    gen_id = new_generation(app, user, status="processing")
+def waiting_generation(app, user) -> str:
+    """A generation whose generate stage is parked, waiting on prediction p1."""
+    gen_id = new_generation(app, user)
+    claimed(app, gen_id, 1, "t-generate", "generate")
     with services(app).db.session() as session:
-        gen = session.get(Generation, gen_id)
-        gen.stages = new_stages()
-        for stage in gen.stages:
-            if stage.position < gen.stage("generate").position:
-                stage.status = "completed"
-        parked = gen.stage("generate")
-        parked.status, parked.task_id = S_RUNNING, "t-generate"
-        parked.output = {"predictions": list(predictions), "checkpoint": True, "waiting": "w"}
+        parked = session.get(Generation, gen_id).stage("generate")
+        parked.output = {"predictions": ["p1"], "checkpoint": True, "waiting": "w"}
     return gen_id
 
 
