@@ -185,3 +185,15 @@ def test_a_wake_up_takes_a_parked_stage_and_its_parked_copy_stops(app, client, u
     with s.db.session() as session:
         stage = session.get(Generation, gen_id).stage("generate")
         assert stage.status == "completed" and stage.attempts == 1
+
+
+def test_a_delivery_the_broker_refused_is_answered_503_and_its_retry_wakes(
+    client, fake, app, user, woken, monkeypatch
+):
+    gen_id = waiting_generation(app, user)
+    monkeypatch.setattr(wake, "dispatch", lambda *_a, **_k: False)  # the broker is down
+    down = deliver(client, fake, gen_id, msg_id="m-broker-down")
+    assert down.status_code == 503 and down.json["error"]["code"] == "service_unavailable"
+    monkeypatch.setattr(wake, "dispatch", lambda *_a, **_k: woken.append(_a) or True)
+    again = deliver(client, fake, gen_id, msg_id="m-broker-down")  # Replicate's retry
+    assert again.status_code == 200 and again.json["woken"] is True and len(woken) == 1
