@@ -28,7 +28,7 @@ from pydantic.alias_generators import to_camel
 
 from app.api.schemas import FeedbackType
 from app.domain.feedback import feedback_state
-from app.domain.generations import iso, stage_list
+from app.domain.generations import iso
 from app.domain.models import Generation
 from app.domain.states import (
     GENERATION_STATUSES,
@@ -109,6 +109,23 @@ class AssetOut(Out):
     file_size: int
 
 
+# Before its first claim a generation has no stage rows: it shows these,
+# built once (a model instance is taken as it is, not validated again).
+PENDING_STAGES = tuple(
+    StageOut(
+        name=name,
+        status=S_PENDING,
+        started_at=None,
+        finished_at=None,
+        duration_ms=None,
+        attempts=0,
+        error=None,
+        output=None,
+    )
+    for name in STAGES
+)
+
+
 class GenerationErrorOut(Out):
     stage: str | None
     message: str
@@ -156,7 +173,7 @@ class GenerationOut(_Linked):
         first claim writes them; the rest is read by name."""
         if not isinstance(gen, Generation):
             return gen
-        stages = stage_list(gen)
+        stages = gen.stages or PENDING_STAGES
         outputs = {s.name: s.output or {} for s in stages}
         enhance, optimize = outputs.get("enhance", {}), outputs.get("optimize", {})
         derived = {

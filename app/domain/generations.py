@@ -52,7 +52,7 @@ def create(
 ) -> Generation:
     """A pending generation with ``columns`` (user_id, mode, settings, prompt,
     …). Its stage rows are written by its first claim; until then
-    ``stage_list`` shows seven pending stages. The submit sets
+    its JSON shows seven pending stages. The submit sets
     ``dispatched_at`` in the same insert (see ``app.pipeline.maintenance`` for
     how a send that never happened is found)."""
     gen = Generation(
@@ -71,11 +71,6 @@ def new_stages() -> list[GenerationStage]:
         GenerationStage(name=name, position=i, status=S_PENDING, attempts=0)
         for i, name in enumerate(STAGES)
     ]
-
-
-def stage_list(gen: Generation) -> list[GenerationStage]:
-    """The generation's stages, or seven pending ones before its first claim."""
-    return gen.stages or new_stages()
 
 
 def stage_status(gen: Generation, name: str) -> str:
