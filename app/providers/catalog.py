@@ -24,7 +24,7 @@ docs/providers.md, "Adding a model".
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from app.providers import pricing
@@ -54,7 +54,6 @@ class ModelEntry:
     rate_bucket: str = ""  # the global token bucket's name; "" = the id
     rate_limit: str | None = None  # default N/SECONDS (BFF_RATE_LIMIT_<BUCKET>); None: unlimited
     output_hosts: tuple[str, ...] = ()  # where store may download its outputs
-    mapping_notes: dict[str, str] = field(default_factory=dict)  # our choices, for the docs
 
     @property
     def bucket(self) -> str:

@@ -48,19 +48,12 @@ class Const:
 @dataclass(frozen=True)
 class From:
     attr: str  # an ImageRequest attribute
-    table: tuple[tuple[str, Any], ...] | None = None  # our value -> the model's
-
-    def __init__(self, attr: str, table: dict[str, Any] | None = None) -> None:
-        object.__setattr__(self, "attr", attr)
-        object.__setattr__(self, "table", tuple(table.items()) if table else None)
+    table: dict[str, Any] | None = None  # our value -> the model's
 
 
 @dataclass(frozen=True)
 class Orientation:
-    table: tuple[tuple[str, str], ...]
-
-    def __init__(self, table: dict[str, str]) -> None:
-        object.__setattr__(self, "table", tuple(table.items()))
+    table: dict[str, str]  # square | landscape | portrait -> the model's value
 
 
 @dataclass(frozen=True)
@@ -107,9 +100,9 @@ def map_inputs(
                 out[name] = value
             case From(attr=attr, table=table):
                 value = getattr(request, attr)
-                out[name] = dict(table)[value] if table else value
+                out[name] = table[value] if table else value
             case Orientation(table=table):
-                out[name] = dict(table)[orientation(request.aspect_ratio)]
+                out[name] = table[orientation(request.aspect_ratio)]
             case Ref(many=many):
                 refs = [describe_reference(r.data, r.content_type) for r in request.references]
                 if refs:

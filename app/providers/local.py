@@ -128,22 +128,18 @@ class LocalProvider:
             for i in range(request.count)
         ]
         w, h = dimensions(request.aspect_ratio, self.long_side)
-        return ProviderResult(
-            outputs=outputs,
-            sent={
-                "aspectRatio": request.aspect_ratio,
-                "size": f"{w}x{h}",
-                "n": request.count,
-                "prompt": request.prompt,
-                "negativePrompt": request.negative_prompt,
-                "garment": request.garment_type,
-                "drawn": garment_category(request.garment_type) or "dress",
-                "palette": request.palette,
-                "pattern": request.pattern,
-                **(
-                    {"reference": describe_reference(r.data, r.content_type)}
-                    if (r := (request.references or [None])[0])
-                    else {}
-                ),
-            },
-        )
+        sent = {
+            "aspectRatio": request.aspect_ratio,
+            "size": f"{w}x{h}",
+            "n": request.count,
+            "prompt": request.prompt,
+            "negativePrompt": request.negative_prompt,
+            "garment": request.garment_type,
+            "drawn": garment_category(request.garment_type) or "dress",
+            "palette": request.palette,
+            "pattern": request.pattern,
+        }
+        if request.references:  # drawn from its analysis; recorded, never its bytes
+            ref = request.references[0]
+            sent["reference"] = describe_reference(ref.data, ref.content_type)
+        return ProviderResult(outputs=outputs, sent=sent)

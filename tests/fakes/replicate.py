@@ -25,24 +25,20 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import hmac
-import json
 import secrets
 import threading
 import time
 from datetime import UTC, datetime
 from typing import Any
 
-import httpx
 from werkzeug.wrappers import Request, Response
 
 from ._server import FakeServer, cli, json_response, png
 from .replicate_models import BY_VERSION, MODELS, invalid_field, uris, validate
+from .replicate_webhooks import WEBHOOK_EVENTS, WebhookSender
 
 MODEL = "google/imagen-4-ultra"
 VERSION = MODELS[MODEL].version
-WEBHOOK_EVENTS = ("start", "output", "logs", "completed")
-FINAL = ("succeeded", "failed", "canceled", "aborted")
 E005 = (
     "The input or output was flagged as sensitive. Please try again with different inputs. (E005)"
 )
@@ -58,7 +54,7 @@ def problem(status: int, title: str, detail: str, **extra: Any) -> Response:
     return json_response({"title": title, "detail": detail, "status": status, **extra}, status)
 
 
-class FakeReplicate(FakeServer):
+class FakeReplicate(WebhookSender, FakeServer):
     def __init__(self, host: str = "127.0.0.1", port: int = 0, token: str | None = None) -> None:
         super().__init__(host, port)
         self.token = token  # None: any bearer token is accepted
@@ -202,52 +198,6 @@ class FakeReplicate(FakeServer):
             for delay in (self.starting_s, self.latency):
                 threading.Timer(delay + 0.01, self.notify, (pid,)).start()
         return json_response(self.render(pid), 201)
-
-    @staticmethod
-    def invalid_webhook(body: dict[str, Any]) -> list[dict[str, str]]:
-        invalid = []
-        hook, events = body.get("webhook"), body.get("webhook_events_filter")
-        if hook is not None and not (
-            isinstance(hook, str) and hook.startswith(("http://", "https://"))
-        ):
-            invalid.append(invalid_field("format", "webhook", "webhook must be a URI"))
-        if events is not None and (
-            not isinstance(events, list) or any(e not in WEBHOOK_EVENTS for e in events)
-        ):
-            must = "webhook_events_filter items must be one of: " + ", ".join(WEBHOOK_EVENTS)
-            invalid.append(invalid_field("enum", "webhook_events_filter", must))
-        return invalid
-
-    def notify(self, pid: str) -> None:
-        """The ``completed`` webhook, once, if the prediction has ended."""
-        with self.lock:
-            p = self.predictions.get(pid)
-            if p is None or p["notified"] or self.status(p)[0] not in FINAL:
-                return
-            p["notified"] = True
-            if self.lose_webhooks or "completed" not in p["events"]:
-                return
-            body, url = json.dumps(self.render(pid)), p["webhook"]
-        headers = self.signed(f"msg_{secrets.token_hex(8)}", int(time.time()), body)
-        try:
-            status = httpx.post(url, content=body, headers=headers, timeout=10).status_code
-        except httpx.HTTPError:
-            status = 0
-        with self.lock:
-            self.counters["webhook"] += 1
-            self.webhook_answers.append(status)
-
-    def signed(self, msg_id: str, timestamp: int, body: str) -> dict[str, str]:
-        """Replicate's headers: HMAC-SHA256 of ``id.timestamp.body`` keyed by the
-        secret's base64 part (done by hand: our API verifies with the package)."""
-        key = base64.b64decode(self.webhook_secret.removeprefix("whsec_"))
-        mac = hmac.new(key, f"{msg_id}.{timestamp}.{body}".encode(), hashlib.sha256).digest()
-        return {
-            "content-type": "application/json",
-            "webhook-id": msg_id,
-            "webhook-timestamp": str(timestamp),
-            "webhook-signature": "v1," + base64.b64encode(mac).decode(),
-        }
 
     def get(self, pid: str) -> Response:
         with self.lock:
