@@ -165,3 +165,14 @@ def test_a_versioned_community_model_is_an_entry_too(replicate_fake):
     assert body["input"]["scale"] == 2 and result.sent["input"]["image"]["sha256"]
     [pred] = replicate_fake.predictions.values()
     assert pred["model"] == "nightmareai/real-esrgan"
+
+
+def test_one_key_check_serves_every_replicate_model(monkeypatch):
+    from app.providers import verify
+
+    calls: list[int] = []
+    monkeypatch.setattr(verify, "_recent", {})
+    monkeypatch.setattr(ReplicateModel, "verify_key", lambda s: calls.append(1) or "works")
+    s = Settings.from_env({"REPLICATE_API_TOKEN": "r8_one"})
+    checks = [verify.recent(e.id, s) for e in REPLICATE]
+    assert len(calls) == 1 and all(c.verified for c in checks)

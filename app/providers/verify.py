@@ -41,7 +41,10 @@ _recent: dict[tuple[str, str | None], tuple[float, KeyCheck]] = {}  # key -> (ex
 
 def recent(provider_id: str, settings: Settings) -> KeyCheck:
     """``check``, answered from this process's last one for up to ``TTL`` s."""
-    key = (provider_id, settings.key_for(PROVIDERS[provider_id].key_env_var))
+    entry = PROVIDERS[provider_id]
+    # Every Replicate model asks the same account endpoint: one check serves all.
+    who = "replicate" if entry.api.startswith("replicate") else provider_id
+    key = (who, settings.key_for(entry.key_env_var))
     hit = _recent.get(key)
     if hit is not None and time.monotonic() < hit[0]:
         return hit[1]

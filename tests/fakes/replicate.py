@@ -5,10 +5,11 @@ official models at ``POST /v1/models/{owner}/{name}/predictions``, versions at
 (422 with ``invalid_fields``). ``POST /v1/files`` takes uploads (multipart
 ``content``, as the SDK sends files in an input) and a create may name them
 only by the URL it answered (``uploads`` keeps them; a URL from anywhere else
-is refused, as a private upload must never need a public URL); a prediction is ``starting`` for
-``starting_s``, ``processing`` until ``latency`` s after its creation, then
-``succeeded`` with a PNG served under ``/files/`` (404 after ``expire_outputs()``,
-as after Replicate's one-hour retention); cancel works until it is final.
+is refused, as a private upload must never need a public URL); a prediction is
+``starting`` for ``starting_s``, ``processing`` until ``latency`` s after its
+creation, then ``succeeded`` with a PNG served under ``/files/`` (404 after
+``expire_outputs()``, as after Replicate's one-hour retention); cancel works
+until it is final.
 
 ``inject(kind, times)`` on the next creates: ``throttle`` (429 "Your rate limit
 resets in ~Ns", option ``seconds``), ``server_error`` (500), ``safety`` (ends
@@ -18,8 +19,7 @@ Webhooks as Replicate sends them: a create may carry ``webhook`` (a URL) and
 prediction ends, its JSON is POSTed there, signed per Standard Webhooks with
 the secret ``GET /v1/webhooks/default/secret`` serves (``webhook_secret``).
 ``lose_webhooks`` drops them; ``webhook_answers`` holds our API's statuses.
-Standalone: ``python -m tests.fakes.replicate --port 8701 [--latency 2]``.
-"""
+Standalone: ``python -m tests.fakes.replicate --port 8701 [--latency 2]``."""
 
 from __future__ import annotations
 
@@ -37,8 +37,6 @@ from ._server import FakeServer, cli, json_response, png
 from .replicate_models import BY_VERSION, MODELS, invalid_field, uris, validate
 from .replicate_webhooks import WEBHOOK_EVENTS, WebhookSender
 
-MODEL = "google/imagen-4-ultra"
-VERSION = MODELS[MODEL].version
 E005 = (
     "The input or output was flagged as sensitive. Please try again with different inputs. (E005)"
 )
