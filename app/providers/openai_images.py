@@ -97,8 +97,8 @@ class OpenAIImages:
         self.client = _client(settings.openai_api_key, settings.openai_base_url)
         self.job = job or Job()
 
-    @classmethod
-    def verify_key(cls, settings: Settings, model: str | None = None) -> str:
+    @staticmethod
+    def verify_key(settings: Settings, model: str | None = None) -> str:
         """A free call that needs the key (the model list)."""
         client = _client(settings.openai_api_key, settings.openai_base_url)
         with _mapped():
