@@ -373,6 +373,7 @@ def test_generation_shape_while_pending(client, user):
         "size": "landscape",
         "count": 1,
         "enhance": "auto",
+        "reference": "describe",
         "style": "natural",
         "safetyLevel": "block_only_high",
     }

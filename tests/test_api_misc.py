@@ -13,6 +13,7 @@ from app import create_app
 from app.domain.models import Generation
 from app.pipeline import STAGE_FUNCS
 from app.pipeline.context import StageFailed
+from app.providers.catalog import CATALOGUE
 from tests.support.pipeline import load, run_all, services, submit_prompt
 from tests.support.services import free_port
 
@@ -171,7 +172,7 @@ def test_providers_say_what_each_model_can_do_and_costs(client, user):
     assert client.get("/api/providers").status_code == 401
     body = client.get("/api/providers", headers=user.headers).get_json()
     models = {p["id"]: p for p in body["items"]}
-    assert set(models) == {"google-imagen", "openai-dalle3", "openai-gpt-image", "local"}
+    assert set(models) == set(CATALOGUE)  # every catalogue entry, none besides
     assert models["local"]["available"] and models["local"]["prices"]["hd"]["16:9"] == 0
     imagen = models["google-imagen"]
     assert (
@@ -183,3 +184,12 @@ def test_providers_say_what_each_model_can_do_and_costs(client, user):
     dalle = models["openai-dalle3"]
     assert dalle["prices"]["hd"]["16:9"] == 0.12 and dalle["capabilities"]["styles"]
     assert body["priceTable"].startswith("builtin ")
+    flux, banana = models["flux-pro"], models["nano-banana"]
+    assert flux["model"] == "black-forest-labs/flux-1.1-pro" and flux["api"] == "replicate-official"
+    assert (
+        flux["prices"]["standard"]["16:9"] == 0.04 and banana["prices"]["standard"]["1:1"] == 0.039
+    )
+    assert flux["source"].startswith("https://replicate.com/black-forest-labs/flux-1.1-pro")
+    assert banana["capabilities"]["aspectRatios"] == ["1:1"]
+    refs = {pid for pid, m in models.items() if m["capabilities"]["referenceImages"]}
+    assert refs == {"flux-pro", "nano-banana", "openai-gpt-image", "local"}

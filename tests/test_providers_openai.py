@@ -11,7 +11,9 @@ from PIL import Image
 from app.platform.config import Settings
 from app.providers import ProviderRejected, ProviderTransient
 from app.providers.base import ImageRequest, Job
-from app.providers.openai_images import DallE3, GptImage
+from app.providers.catalog import DALLE3 as DallE3
+from app.providers.catalog import GPT_IMAGE as GptImage
+from app.providers.registry import get_provider
 from tests.fakes.openai_images import FakeOpenAIImages
 
 KEY = "sk-unit-test"
@@ -62,7 +64,7 @@ def test_size_and_quality_are_mapped_and_priced(
     """dall-e-3: one image, a URL and a revised prompt; gpt-image-1: n images as bytes."""
     count = 1 if cls is DallE3 else 2
     req = request(aspect_ratio=ratio, quality=quality, count=count)
-    result = cls(settings(fake), Job()).generate(req)
+    result = get_provider(cls.id, settings(fake), Job()).generate(req)
     extra = DALLE3 if cls is DallE3 else {"model": "gpt-image-1", "n": 2}
     [body] = fake.bodies
     assert body == {"prompt": "linen suit", "size": size, "quality": sent_quality, **extra}
@@ -80,17 +82,19 @@ def test_size_and_quality_are_mapped_and_priced(
 def test_dalle3_count_is_several_single_image_calls_each_saved(fake):
     saved: list[dict] = []
     job = Job(saver=lambda s: saved.append(dict(s)))
-    result = DallE3(settings(fake), job).generate(request(count=3))
+    result = get_provider(DallE3.id, settings(fake), job).generate(request(count=3))
     assert fake.calls("dall-e-3") == 3 and len(result.outputs) == 3
     assert [len(s["images"]) for s in saved] == [1, 2, 3]
     # A retry after the second call resumes: one more call, not three.
     fake.reset()
-    again = DallE3(settings(fake), Job(state=saved[1])).generate(request(count=3))
+    again = get_provider(DallE3.id, settings(fake), Job(state=saved[1])).generate(request(count=3))
     assert fake.calls("dall-e-3") == 1 and len(again.outputs) == 3
 
 
 def test_negative_prompt_is_folded_and_recorded(fake):
-    result = GptImage(settings(fake), Job()).generate(request(negative_prompt="logos"))
+    result = get_provider(GptImage.id, settings(fake), Job()).generate(
+        request(negative_prompt="logos")
+    )
     assert fake.bodies[0]["prompt"] == "linen suit. Avoid: logos"
     assert "folded" in result.sent["negativePromptHandling"]
 
@@ -108,7 +112,7 @@ def test_provider_errors_are_classified_and_not_retried_by_the_sdk(
 ):
     fake.inject(inject, ms=1500)
     with pytest.raises(raised, match=match) as exc:
-        cls(settings(fake), Job()).generate(request())
+        get_provider(cls.id, settings(fake), Job()).generate(request())
     assert len(fake.bodies) == 1, "the SDK must not retry on its own"
     if inject == "rate_limit":
         assert exc.value.retry_after == 1.5  # from retry-after-ms
@@ -116,13 +120,13 @@ def test_provider_errors_are_classified_and_not_retried_by_the_sdk(
 
 def test_bad_key_is_rejected_naming_the_variable(fake):
     with pytest.raises(ProviderRejected, match="OPENAI_API_KEY"):
-        GptImage(settings(fake, key="sk-wrong"), Job()).generate(request())
+        get_provider(GptImage.id, settings(fake, key="sk-wrong"), Job()).generate(request())
 
 
 def test_unreachable_is_transient():
     s = Settings.from_env({"OPENAI_API_KEY": KEY, "OPENAI_BASE_URL": "http://127.0.0.1:9/v1"})
     with pytest.raises(ProviderTransient, match="unreachable"):
-        DallE3(s, Job()).generate(request())
+        get_provider(DallE3.id, s, Job()).generate(request())
 
 
 def test_style_and_safety_level_are_settings_the_api_validates(client, user):

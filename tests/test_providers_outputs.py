@@ -16,7 +16,14 @@ from tests.fakes.replicate import FakeReplicate
 
 
 def test_registry_has_every_provider_with_its_declarations():
-    assert set(PROVIDERS) == {"google-imagen", "openai-dalle3", "openai-gpt-image", "local"}
+    assert set(PROVIDERS) == {
+        "google-imagen",
+        "flux-pro",
+        "nano-banana",
+        "openai-dalle3",
+        "openai-gpt-image",
+        "local",
+    }
     for pid, cls in PROVIDERS.items():
         assert cls.id == pid and cls.model and cls.capabilities
         assert cls.price_for(ImageRequest(generation_id="g", prompt="p")) >= 0

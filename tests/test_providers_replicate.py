@@ -10,7 +10,9 @@ import pytest
 from app.platform.config import Settings
 from app.providers import ProviderRejected, ProviderTransient
 from app.providers.base import ImageRequest, Job, ProviderPending
-from app.providers.replicate import ReplicateImagen
+from app.providers.catalog import IMAGEN
+from app.providers.registry import get_provider
+from app.providers.replicate import ReplicateModel
 from tests.conftest import REPLICATE_TOKEN as TOKEN
 
 
@@ -27,8 +29,8 @@ def request(**kw) -> ImageRequest:
     return ImageRequest(generation_id="gen_test", prompt="red silk dress", **kw)
 
 
-def adapter(fake, job: Job | None = None, token: str = TOKEN) -> ReplicateImagen:
-    return ReplicateImagen(settings(fake, token), job=job or Job())
+def adapter(fake, job: Job | None = None, token: str = TOKEN) -> ReplicateModel:
+    return get_provider("google-imagen", settings(fake, token), job or Job())
 
 
 class Runs:
@@ -69,7 +71,7 @@ def test_hd_asks_for_2k_and_costs_what_the_price_table_says(fake):
     sent = Runs(fake).generate(hd).sent["input"]
     assert sent["image_size"] == "2K" and sent["safety_filter_level"] == "block_medium_and_above"
     row = pricing.table().price("google-imagen", "*", "2K")
-    assert ReplicateImagen.price_for(hd) == ReplicateImagen.price_for(request()) == row.usd == 0.06
+    assert IMAGEN.price_for(hd) == IMAGEN.price_for(request()) == row.usd == 0.06
     assert row.source == "https://replicate.com/google/imagen-4-ultra" and row.checked
 
 
@@ -171,7 +173,7 @@ def test_unreachable_server_is_transient():
         {"REPLICATE_API_TOKEN": TOKEN, "REPLICATE_BASE_URL": "http://127.0.0.1:9"}
     )
     with pytest.raises(ProviderTransient, match="unreachable"):
-        ReplicateImagen(s, job=Job()).generate(request())
+        get_provider("google-imagen", s, Job()).generate(request())
 
 
 def test_an_operators_price_file_overrides_rows_without_a_code_change(app_config, tmp_path):
@@ -186,8 +188,8 @@ def test_an_operators_price_file_overrides_rows_without_a_code_change(app_config
     )
     try:
         create_app({**app_config, "BFF_PRICES_FILE": str(override)})
-        assert ReplicateImagen.price_for(request(quality="hd")) == 0.09
-        assert ReplicateImagen.price_for(request()) == 0.06  # the builtin row still applies
+        assert IMAGEN.price_for(request(quality="hd")) == 0.09
+        assert IMAGEN.price_for(request()) == 0.06  # the builtin row still applies
         assert pricing.table().name.startswith(str(override))
     finally:
         pricing.configure(None)

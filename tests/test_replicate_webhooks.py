@@ -17,7 +17,7 @@ from app.pipeline.runner import run_stage
 from app.platform.config import Settings
 from app.providers import replicate_webhooks
 from app.providers.base import ImageRequest, Job, ProviderPending
-from app.providers.replicate import ReplicateImagen
+from app.providers.registry import get_provider
 from tests.conftest import REPLICATE_TOKEN as TOKEN
 from tests.fakes.replicate import FakeReplicate
 from tests.support.pipeline import claimed, new_generation, run_all, services, submit_prompt
@@ -53,7 +53,7 @@ def created(fake: FakeReplicate, **env: str) -> dict:
     settings = Settings.from_env(
         {"REPLICATE_API_TOKEN": TOKEN, "REPLICATE_BASE_URL": fake.url, **env}
     )
-    adapter = ReplicateImagen(settings, Job())
+    adapter = get_provider("google-imagen", settings, Job())
     with pytest.raises(ProviderPending):
         adapter.generate(ImageRequest(generation_id="gen_1", prompt="red silk dress"))
     [body] = fake.create_bodies

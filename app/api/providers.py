@@ -11,6 +11,7 @@ from app.api.common import services
 from app.api.responses import Out, respond
 from app.providers import PROVIDERS, ImageRequest, pricing, unavailable_reason
 from app.providers.base import ASPECT_RATIOS
+from app.providers.catalog import ModelEntry
 
 bp = Blueprint("providers", __name__, url_prefix="/api")
 bp.before_request(load_user)
@@ -25,11 +26,15 @@ class CapabilitiesOut(Out):
     max_prompt_length: int
     styles: list[str]
     safety_levels: list[str]
+    reference_images: bool  # can take the uploaded photo itself (settings.reference=image)
 
 
 class ProviderOut(Out):
     id: str
     model: str
+    api: str  # replicate-official | replicate-versioned | openai-images | local
+    version: str | None  # replicate-versioned: the model version
+    source: str  # where the model's input schema and price were read
     available: bool
     unavailable_reason: str | None
     capabilities: CapabilitiesOut
@@ -43,26 +48,31 @@ class ProviderList(Out):
 
 
 def describe(provider_id: str) -> dict:
-    cls, settings = PROVIDERS[provider_id], services().settings
-    caps = cls.capabilities
+    entry, settings = PROVIDERS[provider_id], services().settings
+    caps = entry.capabilities
     why = unavailable_reason(provider_id, settings)
+    described = isinstance(entry, ModelEntry)  # (tests register bare stand-ins)
     return {
         "id": provider_id,
-        "model": cls.model,
+        "model": entry.model,
+        "api": entry.api if described else "unknown",
+        "version": entry.version if described else None,
+        "source": entry.source if described else "",
         "available": why is None,
         "unavailable_reason": why,
         "capabilities": {
             "aspect_ratios": list(caps.aspect_ratios),
-            "qualities": list(QUALITIES),
+            "qualities": list(caps.qualities),
             "max_count": caps.max_images,
             "negative_prompt": caps.negative_prompt,
             "max_prompt_length": caps.max_prompt_length,
             "styles": list(caps.styles),
             "safety_levels": list(caps.safety_levels),
+            "reference_images": caps.reference_images,
         },
         "prices": {
             q: {
-                r: cls.price_for(ImageRequest("estimate", "", aspect_ratio=r, quality=q))
+                r: entry.price_for(ImageRequest("estimate", "", aspect_ratio=r, quality=q))
                 for r in ASPECT_RATIOS
             }
             for q in QUALITIES

@@ -20,8 +20,9 @@ from pydantic import (
 )
 
 from app.pipeline.vlt import VltSpec
+from app.providers.catalog import CATALOGUE
 
-PROVIDER_CHOICES = ("auto", "google-imagen", "openai-dalle3", "openai-gpt-image", "local")
+PROVIDER_CHOICES = ("auto", *CATALOGUE)  # every model of the catalogue, by its id
 SIZE_CHOICES = ("square", "portrait", "landscape", "1:1", "16:9", "9:16", "4:3", "3:4")
 MAX_PROMPT = 5000
 FeedbackType = Literal["outlier", "heart", "rating", "comment"]
@@ -96,14 +97,15 @@ def parse(model: type[B], data: Any) -> B:
 
 
 class GenerationSettings(_Body):
-    provider: Literal["auto", "google-imagen", "openai-dalle3", "openai-gpt-image", "local"] = (
-        "auto"
-    )
+    provider: Literal[PROVIDER_CHOICES] = "auto"
     strategy: Literal["balanced", "quality", "cost", "speed"] = "balanced"
     quality: Literal["standard", "hd"] = "standard"
     size: Literal[SIZE_CHOICES] = "square"
     count: Int = Field(1, ge=1, le=4)
     enhance: Literal["auto", "off"] = "auto"  # off: the prompt goes to the provider as written
+    reference: Literal["describe"] = Field(
+        "describe", description="describe: the photo (if any) is analysed into words"
+    )
     style: Literal["natural", "vivid"] = "natural"  # DALL-E 3's
     safetyLevel: Literal[  # noqa: N815 - the API's camelCase
         "block_low_and_above", "block_medium_and_above", "block_only_high"
@@ -122,6 +124,17 @@ class GenerationSettings(_Body):
         return self
 
 
+class ImageSettings(GenerationSettings):
+    """from-image with an uploaded photo: the photo itself may go to the model."""
+
+    reference: Literal["describe", "image"] = Field(
+        "describe",
+        description="describe: the photo is analysed into words (the default); "
+        "image: the photo itself goes, with the enhanced prompt, to a model that "
+        "takes reference images (only those are routed to)",
+    )
+
+
 class _Submit(_Body):
     settings: GenerationSettings = Field(default_factory=GenerationSettings)
     webhookUrl: WebhookUrl | None = None
@@ -137,6 +150,7 @@ class PromptSubmit(_Submit):
 class ImageSubmit(_Submit):
     """from-image's multipart fields, beside the ``image`` file."""
 
+    settings: ImageSettings = Field(default_factory=ImageSettings)
     prompt: text(MAX_PROMPT) | None = None
     negativePrompt: text(MAX_PROMPT) | None = None
     personaId: PersonaId | None = None
@@ -145,6 +159,7 @@ class ImageSubmit(_Submit):
 class SpecSubmit(ImageSubmit):
     """from-image as JSON: a ready VLT spec instead of the photo."""
 
+    settings: GenerationSettings = Field(default_factory=GenerationSettings)  # no photo to send
     vltSpec: VltSpec
 
 

@@ -25,8 +25,7 @@ from app.api.uploads import read_image
 from app.domain import generations as svc
 from app.domain.models import Generation, Persona, new_id, utcnow
 from app.domain.quotas import check_submission
-from app.pipeline.route import estimate, exclusion, routing_request
-from app.platform.config import PROVIDER_KEY_VARS
+from app.pipeline.route import estimate, exclusion, key_missing, routing_request
 from app.platform.queue import dispatch
 from app.platform.storage import StorageError, generation_prefix
 from app.webhooks import submit_url_problem
@@ -97,11 +96,8 @@ def _check_request(body: Body, settings: dict[str, Any]) -> None:
     provider = body.settings.provider
     if provider != "auto":
         # The missing key first: it is the cause a user can act on.
-        var = PROVIDER_KEY_VARS.get(provider)
-        why = (
-            f"{var} not configured"
-            if var and not config.provider_key(provider)
-            else exclusion(provider, routing_request(settings), config)
+        why = key_missing(provider, config) or exclusion(
+            provider, routing_request(settings), config
         )
         if why:
             raise ApiError(

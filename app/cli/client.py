@@ -78,6 +78,13 @@ def _choice(values: tuple[str, ...]) -> click.Choice:
     show_default=True,
     help="off: the prompt goes to the provider as written",
 )
+@click.option(
+    "--reference",
+    type=_choice(("describe", "image")),
+    default=None,
+    help="with --image: describe (the photo in words, the default) or image "
+    "(the photo itself goes to a model that takes reference images)",
+)
 @click.option("--wait", is_flag=True, help="follow the stages and print the image URLs")
 @click.option("--timeout", default=600.0, show_default=True, help="seconds to wait")
 def generate(
@@ -92,6 +99,7 @@ def generate(
     """Submit PROMPT through the HTTP API (BFF_API_URL, BFF_API_KEY)."""
     body = {"prompt": prompt, "negativePrompt": negative, "personaId": persona_id}
     body = {k: v for k, v in body.items() if v is not None}
+    settings = {k: v for k, v in settings.items() if v is not None}  # unset: the API's default
     if image:
         upload = {"image": (Path(image).name, Path(image).read_bytes())}
         form = {**body, "settings": json.dumps(settings)}

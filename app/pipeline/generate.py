@@ -33,6 +33,7 @@ from app.pipeline.subject import head_garment, resolve
 from app.platform import ratelimit
 from app.platform.storage import StorageError, asset_key
 from app.providers import (
+    PROVIDERS,
     ImageRequest,
     ProviderRejected,
     ProviderTransient,
@@ -41,11 +42,12 @@ from app.providers import (
     pricing,
     unavailable_reason,
 )
-from app.providers.base import Job, ProviderPending
+from app.providers.base import Job, ProviderPending, Reference
 
 RUNNER_KEYS = ("checkpoint", "waiting")  # the runner's bookkeeping in a saved state
 
 EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
+CONTENT_TYPES = {ext: ct for ct, ext in EXTENSIONS.items()}
 
 
 def build_request(ctx: StageContext) -> ImageRequest:
@@ -77,7 +79,27 @@ def build_request(ctx: StageContext) -> ImageRequest:
         pattern=subject.pattern,
         style=settings.get("style", "natural"),
         safety_level=settings.get("safetyLevel", "block_only_high"),
+        references=_references(ctx),
     )
+
+
+def _references(ctx: StageContext) -> list[Reference]:
+    """The uploaded photo itself, when the request asks for it
+    (``settings.reference: image``); read from storage on each run, never
+    kept in the stage's saved state."""
+    gen = ctx.generation
+    if (gen.settings or {}).get("reference") != "image":
+        return []
+    if not gen.input_key:
+        raise StageFailed("settings.reference is 'image' but the generation has no uploaded photo")
+    try:
+        data = ctx.storage.get(gen.input_key)
+    except KeyError as exc:
+        raise StageFailed("the uploaded photo is missing from storage") from exc
+    except StorageError as exc:
+        raise StageTransient(f"the uploaded photo cannot be read from storage: {exc}") from exc
+    content_type = CONTENT_TYPES.get(gen.input_key.rsplit(".", 1)[-1], "image/png")
+    return [Reference(data, content_type)]
 
 
 def run(ctx: StageContext) -> StageResult:
@@ -87,10 +109,11 @@ def run(ctx: StageContext) -> StageResult:
         raise StageFailed("no provider was chosen by the route stage")
     if reason := unavailable_reason(provider_id, ctx.settings):
         raise StageFailed(reason)
+    bucket = PROVIDERS[provider_id].bucket  # models may share a provider's limit
 
     def before_paid_call() -> None:
         # A token reserved by an earlier run is this call's (and only this one's).
-        ratelimit.acquire(ctx.settings, provider_id, job.state.get(ratelimit.RESERVED))
+        ratelimit.acquire(ctx.settings, bucket, job.state.get(ratelimit.RESERVED))
         # A checkpoint right before paying: it fences a copy of this stage that
         # was taken over while it waited (StageLeaseLost) and renews the lease.
         job.save({ratelimit.RESERVED: None})

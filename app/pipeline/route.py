@@ -1,10 +1,10 @@
-"""Stage 4, ``route``: choose provider + model. Routing is data: each adapter
-in ``PROVIDERS`` declares its capabilities, price, quality score and typical
-latency, and a strategy weighs normalised 0..1 components of them (the
-weights, the components and who is excluded: docs/judgement.md, "Routing
-strategies"). An explicit ``settings.provider`` wins; with ``auto``,
-``BFF_DEFAULT_PROVIDER`` when it is a candidate, else the highest score.
-"""
+"""Stage 4, ``route``: choose provider + model. Routing is data: each entry of
+the model catalogue (``PROVIDERS``) declares its capabilities (reference
+images among them), price, quality score and typical latency, and a strategy
+weighs normalised 0..1 components of them (the weights, the components and who
+is excluded: docs/judgement.md, "Routing strategies"). An explicit
+``settings.provider`` wins; with ``auto``, ``BFF_DEFAULT_PROVIDER`` when it is
+a candidate, else the highest score."""
 
 from __future__ import annotations
 
@@ -42,6 +42,8 @@ def cannot_serve(provider_id: str, request: dict[str, Any]) -> str | None:
         return f"aspect ratio {request['aspectRatio']} not supported"
     if request["count"] > caps.max_images:
         return f"at most {caps.max_images} images per request"
+    if request.get("referenceImage") and not caps.reference_images:
+        return "takes no reference image (settings.reference=image)"
     return None
 
 
@@ -183,6 +185,7 @@ def routing_request(
         "quality": settings.get("quality", "standard"),
         "aspectRatio": aspect_ratio_of(settings.get("size", "square")),
         "count": settings.get("count", 1),
+        "referenceImage": settings.get("reference") == "image",
         "negativePrompt": negative,
         "promptLength": prompt_length,
     }

@@ -29,17 +29,8 @@ def _local(url: str) -> bool:
     return addr.is_loopback or addr.is_unspecified
 
 
-PROVIDER_KEY_VARS = {
-    "google-imagen": "REPLICATE_API_TOKEN",
-    "openai-dalle3": "OPENAI_API_KEY",
-    "openai-gpt-image": "OPENAI_API_KEY",
-}
-# BFF_RATE_LIMIT_GOOGLE_IMAGEN, BFF_RATE_LIMIT_OPENAI_DALLE3, BFF_RATE_LIMIT_OPENAI_GPT_IMAGE
-RATE_LIMIT_DEFAULTS = {
-    "google-imagen": "100/60",
-    "openai-dalle3": "50/60",
-    "openai-gpt-image": "50/60",
-}
+# The provider keys a catalogue entry may name (``key_env_var``), each a setting.
+KEY_VARS = ("REPLICATE_API_TOKEN", "OPENAI_API_KEY")
 R2_VARS = ("R2_ENDPOINT_URL", "R2_ACCOUNT_ID", "R2_ACCESS_KEY_ID", "R2_SECRET_ACCESS_KEY")
 
 
@@ -203,11 +194,8 @@ class Settings:
 
     def key_for(self, env_var: str | None) -> str | None:
         """The configured value of a provider key variable (routing reads keys by
-        the adapter's ``key_env_var``, so a new adapter needs no table edit)."""
-        return getattr(self, env_var.lower()) if env_var in PROVIDER_KEY_VARS.values() else None
-
-    def provider_key(self, provider_id: str) -> str | None:
-        return self.key_for(PROVIDER_KEY_VARS.get(provider_id))
+        the catalogue entry's ``key_env_var``, so a new model needs no table edit)."""
+        return getattr(self, env_var.lower()) if env_var in KEY_VARS else None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -228,9 +216,13 @@ class Settings:
         storage_backend, r2_endpoint_url = _storage(env)
         if values.get("replicate_webhooks", "auto") not in ("auto", "on", "off"):
             raise ConfigError("BFF_REPLICATE_WEBHOOKS must be auto, on or off")
+        # Each catalogue bucket's limit: BFF_RATE_LIMIT_<BUCKET>, else the entry's.
+        # (Imported here: the catalogue's package imports this module.)
+        from app.providers.catalog import rate_limit_defaults
+
         rate_limits = {
-            pid: _rate(env.get("BFF_RATE_LIMIT_" + pid.upper().replace("-", "_")) or default)
-            for pid, default in RATE_LIMIT_DEFAULTS.items()
+            bucket: _rate(env.get("BFF_RATE_LIMIT_" + bucket.upper().replace("-", "_")) or default)
+            for bucket, default in rate_limit_defaults().items()
         }
         return cls(
             var_dir=var_dir,

@@ -119,24 +119,24 @@ def buckets_for(redis_url: str | None) -> RedisBuckets | LocalBuckets:
     return LocalBuckets()
 
 
-def acquire(settings: Settings, provider_id: str, reserved_at: float | None = None) -> None:
-    """Take one token for ``provider_id``, or use the one reserved for
+def acquire(settings: Settings, bucket: str, reserved_at: float | None = None) -> None:
+    """Take one token for ``bucket``, or use the one reserved for
     ``reserved_at`` (``time.time()``, saved from an earlier ``ProviderPending``).
     Returns when the call may go ahead; else raises ``ProviderPending`` saying
     how long to wait, its ``state`` holding the reservation to save and pass
     back. Providers without a configured limit are unlimited."""
-    reason = f"waiting for a {provider_id} rate-limit token"
+    reason = f"waiting for a {bucket} rate-limit token"
     if reserved_at is not None:
         early = reserved_at - time.time()
         if early > EARLY_OK:
             raise ProviderPending(early, reason, {RESERVED: reserved_at})
         if early >= -LATE_OK:
             return
-    limit = settings.rate_limits.get(provider_id)
+    limit = settings.rate_limits.get(bucket)
     if limit is None:
         return
     capacity, per = limit
-    wait, reserved = buckets_for(settings.redis_url).take(provider_id, capacity, per)
+    wait, reserved = buckets_for(settings.redis_url).take(bucket, capacity, per)
     if wait <= 0:
         return
     if reserved:  # its own time, one token after the waiter before it: no jitter

@@ -1,4 +1,6 @@
-"""Image providers behind one Protocol (``base.ImageProvider``) and a registry."""
+"""Image providers: the model catalogue (``catalog``, data: one entry per
+model), one adapter per provider API behind one Protocol
+(``base.ImageProvider``), and the registry that joins them."""
 
 from app.providers.base import (
     ImageOutput,

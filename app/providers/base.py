@@ -92,6 +92,16 @@ class Capabilities:
     typical_latency_s: float
     styles: tuple[str, ...] = ()  # settings.style values it takes (DALL-E 3)
     safety_levels: tuple[str, ...] = ()  # settings.safetyLevel values it takes (Imagen)
+    reference_images: bool = False  # takes the uploaded photo itself (settings.reference=image)
+    qualities: tuple[str, ...] = ("standard", "hd")  # settings.quality values it tells apart
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A reference image for models that take one: the designer's own upload."""
+
+    data: bytes
+    content_type: str = "image/png"
 
 
 @dataclass
@@ -107,6 +117,7 @@ class ImageRequest:
     pattern: str | None = None
     style: str = "natural"  # DALL-E 3: natural (photographic) or vivid
     safety_level: str = "block_only_high"  # Imagen's safety_filter_level
+    references: list[Reference] = field(default_factory=list)  # settings.reference=image
 
 
 @dataclass
@@ -127,13 +138,15 @@ class ProviderResult:
 
 
 class ImageProvider(Protocol):
+    """One adapter per provider API, made for one catalogue entry
+    (``registry.get_provider``); it answers for the entry's id and model."""
+
     id: str
     model: str
     key_env_var: str | None
     capabilities: Capabilities
 
-    @staticmethod
-    def price_for(request: ImageRequest) -> float:
+    def price_for(self, request: ImageRequest) -> float:
         """USD for one image of this request (the price table lives in ``pricing``)."""
         ...
 
@@ -146,11 +159,11 @@ def unavailable_reason(provider_id: str, settings: Settings) -> str | None:
     """Why a provider cannot be used with these settings, or None if it can."""
     from app.providers.registry import PROVIDERS
 
-    cls = PROVIDERS.get(provider_id)
-    if cls is None:
+    entry = PROVIDERS.get(provider_id)
+    if entry is None:
         return f"unknown provider {provider_id!r}"
-    if cls.key_env_var and not settings.provider_key(provider_id):
-        return f"{cls.key_env_var} not configured"
+    if entry.key_env_var and not settings.key_for(entry.key_env_var):
+        return f"{entry.key_env_var} not configured"
     return None
 
 

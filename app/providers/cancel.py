@@ -9,7 +9,7 @@ import logging
 from app.domain.models import Generation
 from app.domain.states import STAGE_DONE
 from app.platform.config import Settings
-from app.providers.registry import PROVIDERS
+from app.providers.registry import PROVIDERS, get_provider
 
 log = logging.getLogger(__name__)
 
@@ -17,8 +17,8 @@ log = logging.getLogger(__name__)
 def cancel_remote(settings: Settings, gen: Generation) -> int:
     """Cancel the generation's running predictions (ids read from the ``generate``
     stage's checkpoint); returns how many cancel requests were sent."""
-    cls = PROVIDERS.get(gen.provider or "")
-    if cls is None or not hasattr(cls, "cancel"):
+    entry = PROVIDERS.get(gen.provider or "")
+    if entry is None or not entry.api.startswith("replicate"):
         return 0
     stage = next((s for s in gen.stages if s.name == "generate"), None)
     if stage is None or stage.status in STAGE_DONE:
@@ -27,7 +27,7 @@ def cancel_remote(settings: Settings, gen: Generation) -> int:
     if not ids:
         return 0
     try:
-        return cls(settings).cancel(ids)
+        return get_provider(entry.id, settings).cancel(ids)
     except Exception:  # noqa: BLE001 - never fail the user's cancel over this
         log.warning("could not cancel predictions of %s", gen.id, exc_info=True)
         return 0

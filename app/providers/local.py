@@ -16,13 +16,9 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from app.pipeline.colors import RGB, color_rgb
 from app.pipeline.subject import garment_category
-from app.providers.base import (
-    ASPECT_RATIOS,
-    Capabilities,
-    ImageOutput,
-    ImageRequest,
-    ProviderResult,
-)
+from app.providers.base import ImageOutput, ImageRequest, ProviderResult
+from app.providers.catalog import LOCAL
+from app.providers.inputs import describe_reference
 from app.providers.local_shapes import outline
 
 LONG_SIDE = 1024
@@ -112,24 +108,19 @@ def render(request: ImageRequest, index: int, long_side: int = LONG_SIDE) -> byt
 
 
 class LocalProvider:
-    id = "local"
-    model = "bff-local-v1"
-    key_env_var = None
-    capabilities = Capabilities(
-        aspect_ratios=ASPECT_RATIOS,
-        negative_prompt=True,
-        max_prompt_length=5000,
-        max_images=4,
-        quality_score=0.2,
-        typical_latency_s=0.2,
-    )
+    """The catalogue's ``local`` entry. With the photo as a reference it draws
+    what the photo's analysis found (garment, colours, pattern): it cannot
+    look at pixels the way a model does, but the pipeline runs offline alike."""
+
+    id, model, key_env_var = LOCAL.id, LOCAL.model, LOCAL.key_env_var
+    capabilities = LOCAL.capabilities
 
     def __init__(self, long_side: int = LONG_SIDE) -> None:
         self.long_side = long_side
 
     @staticmethod
     def price_for(request: ImageRequest) -> float:
-        return 0.0
+        return LOCAL.price_for(request)
 
     def generate(self, request: ImageRequest) -> ProviderResult:
         outputs = [
@@ -137,17 +128,18 @@ class LocalProvider:
             for i in range(request.count)
         ]
         w, h = dimensions(request.aspect_ratio, self.long_side)
-        return ProviderResult(
-            outputs=outputs,
-            sent={
-                "aspectRatio": request.aspect_ratio,
-                "size": f"{w}x{h}",
-                "n": request.count,
-                "prompt": request.prompt,
-                "negativePrompt": request.negative_prompt,
-                "garment": request.garment_type,
-                "drawn": garment_category(request.garment_type) or "dress",
-                "palette": request.palette,
-                "pattern": request.pattern,
-            },
-        )
+        sent = {
+            "aspectRatio": request.aspect_ratio,
+            "size": f"{w}x{h}",
+            "n": request.count,
+            "prompt": request.prompt,
+            "negativePrompt": request.negative_prompt,
+            "garment": request.garment_type,
+            "drawn": garment_category(request.garment_type) or "dress",
+            "palette": request.palette,
+            "pattern": request.pattern,
+        }
+        if request.references:  # drawn from its analysis; recorded, never its bytes
+            ref = request.references[0]
+            sent["reference"] = describe_reference(ref.data, ref.content_type)
+        return ProviderResult(outputs=outputs, sent=sent)

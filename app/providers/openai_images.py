@@ -1,7 +1,8 @@
 """``openai-dalle3`` and ``openai-gpt-image``: ``POST /v1/images/generations``
-through the ``openai`` SDK with its retries off (the stage runner counts
-attempts and honours ``retry-after-ms`` / ``retry-after``). How our settings
-map to each model's: docs/providers.md, "What is sent".
+(and ``POST /v1/images/edits`` with the designer's photo) through the
+``openai`` SDK with its retries off (the stage runner counts attempts and
+honours ``retry-after-ms`` / ``retry-after``). How our settings map to each
+model's: docs/providers.md, "What is sent".
 
 A synchronous call has no id to resume: a worker killed mid-call means the
 retry calls again (dall-e-3 images already returned are saved, not asked for
@@ -19,10 +20,7 @@ from typing import Any
 import openai
 
 from app.platform.config import Settings
-from app.providers import pricing
 from app.providers.base import (
-    ASPECT_RATIOS,
-    Capabilities,
     ImageOutput,
     ImageRequest,
     Job,
@@ -30,11 +28,12 @@ from app.providers.base import (
     ProviderResult,
     ProviderTransient,
 )
+from app.providers.catalog import ModelEntry
+from app.providers.inputs import reference_fields
 
 POLICY_CODES = ("content_policy_violation", "moderation_blocked")
 QUOTA_CODES = ("insufficient_quota", "billing_hard_limit_reached", "billing_not_active")
-# dall-e-3 image URLs (exact host: any Azure account could sit under the suffix).
-OPENAI_OUTPUT_HOSTS = ("oaidalleapiprodscus.blob.core.windows.net",)
+EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
 
 
 def _retry_after(headers: Any) -> float | None:
@@ -78,144 +77,95 @@ def _mapped() -> Iterator[None]:
         raise ProviderRejected(f"OpenAI rejected the request ({status}): {msg}") from exc
 
 
-def _orientation(aspect_ratio: str) -> str:
-    w, h = map(int, aspect_ratio.split(":"))  # one of ASPECT_RATIOS
-    return "square" if w == h else "landscape" if w > h else "portrait"
-
-
 @functools.cache
 def _client(api_key: str | None, base_url: str | None) -> openai.OpenAI:
     """One client per process and endpoint (each builds a TLS context)."""
     return openai.OpenAI(api_key=api_key, base_url=base_url, max_retries=0, timeout=180.0)
 
 
-class _OpenAIImages:
-    id: str
-    model: str
-    key_env_var = "OPENAI_API_KEY"
-    output_hosts = OPENAI_OUTPUT_HOSTS
-    SIZES: dict[str, str]
-    QUALITY: dict[str, str]
+class OpenAIImages:
+    """A model of OpenAI's Images API, driven by its catalogue entry: the
+    entry's inputs are the call's parameters; ``per_call`` caps ``n``
+    (dall-e-3: 1, so each image is a call of its own, saved as it returns);
+    an entry with a reference field (gpt-image-1's ``image``) goes to the
+    edits endpoint when the request carries the photo."""
 
-    def __init__(self, settings: Settings, job: Job | None = None) -> None:
+    def __init__(self, entry: ModelEntry, settings: Settings, job: Job | None = None) -> None:
+        self.entry = entry
+        self.id, self.model, self.key_env_var = entry.id, entry.model, entry.key_env_var
+        self.capabilities = entry.capabilities
         self.client = _client(settings.openai_api_key, settings.openai_base_url)
         self.job = job or Job()
 
-    @classmethod
-    def verify_key(cls, settings: Settings) -> str:
+    @staticmethod
+    def verify_key(settings: Settings, model: str | None = None) -> str:
         """A free call that needs the key (the model list)."""
+        client = _client(settings.openai_api_key, settings.openai_base_url)
         with _mapped():
-            models = {m.id for m in cls(settings).client.models.list()}
-        return "works" if cls.model in models else f"works, but {cls.model} is not listed"
+            models = {m.id for m in client.models.list()}
+        return "works" if model is None or model in models else f"works, but {model} is not listed"
 
-    @classmethod
-    def size_for(cls, request: ImageRequest) -> str:
-        return cls.SIZES[_orientation(request.aspect_ratio)]
+    def price_for(self, request: ImageRequest) -> float:
+        return self.entry.price_for(request)
 
-    @classmethod
-    def quality_for(cls, request: ImageRequest) -> str:
-        return cls.QUALITY.get(request.quality, cls.QUALITY["standard"])
-
-    @classmethod
-    def price_for(cls, request: ImageRequest) -> float:
-        return pricing.price(cls.id, cls.quality_for(request), cls.size_for(request))
-
-    def _prompt(self, request: ImageRequest) -> tuple[str, dict[str, Any]]:
-        prompt, notes = request.prompt, {}
-        if request.negative_prompt:
-            prompt = f"{prompt}. Avoid: {request.negative_prompt}"
-            notes["negativePromptHandling"] = "no negative prompt input: folded into the prompt"
-        limit = self.capabilities.max_prompt_length
-        if len(prompt) > limit:
-            prompt, notes["promptTruncatedFrom"] = prompt[:limit], len(prompt)
-        return prompt, notes
-
-    def _call(self, params: dict[str, Any]) -> Any:
+    def _call(self, params: dict[str, Any], request: ImageRequest) -> Any:
         self.job.acquire()
+        refs = {k: r for k, r in reference_fields(self.entry.inputs).items() if k in params}
         with _mapped():
-            return self.client.images.generate(**params)
-
-
-class DallE3(_OpenAIImages):
-    id = "openai-dalle3"
-    model = "dall-e-3"
-    capabilities = Capabilities(
-        aspect_ratios=ASPECT_RATIOS,
-        negative_prompt=False,
-        max_prompt_length=4000,
-        max_images=4,
-        quality_score=0.8,
-        typical_latency_s=15.0,
-        styles=("natural", "vivid"),
-    )
-    SIZES = {"square": "1024x1024", "landscape": "1792x1024", "portrait": "1024x1792"}
-    QUALITY = {"standard": "standard", "hd": "hd"}
+            if not refs:
+                return self.client.images.generate(**params)
+            # The photo goes as a multipart file, as the SDK sends it (POST /v1/images/edits).
+            files = [
+                (f"reference-{i}.{EXTENSIONS.get(r.content_type, 'png')}", r.data, r.content_type)
+                for i, r in enumerate(request.references)
+            ]
+            for name, ref in refs.items():
+                params = {**params, name: files if ref.many else files[0]}
+            return self.client.images.edit(**params)
 
     def generate(self, request: ImageRequest) -> ProviderResult:
-        prompt, notes = self._prompt(request)
-        params = {
-            "model": self.model,
-            "prompt": prompt,
-            "n": 1,
-            "size": self.size_for(request),
-            "quality": self.quality_for(request),
-            "style": request.style,  # natural (photographic, the default) or vivid
-            "response_format": "url",
-        }
-        images = list(self.job.state.get("images") or [])
-        while len(images) < request.count:  # dall-e-3 makes one image per call
-            resp = self._call(params)
-            item = (resp.data or [None])[0]
-            if item is None or not item.url:
-                raise ProviderRejected("OpenAI returned no image")
-            images.append({"url": item.url, "revisedPrompt": item.revised_prompt})
-            self.job.save({"images": images})  # never ask for this image again
+        fields, notes = self.entry.map(request)
+        params = {"model": self.model, **fields}
+        images = list(self.job.state.get("images") or [])  # URL images already returned
+        data: list[bytes] = []
+        usage = None
+        while len(images) + len(data) < request.count:
+            n = min(self.entry.per_call, request.count - len(images) - len(data))
+            resp = self._call({**params, "n": n}, request)
+            urls, blobs = _outputs(resp)
+            data += blobs
+            usage = resp.usage.model_dump() if getattr(resp, "usage", None) else usage
+            if urls:
+                images += urls
+                self.job.save({"images": images})  # never ask for these images again
         outputs = [
             ImageOutput(url=i["url"], meta={"revisedPrompt": i["revisedPrompt"]}) for i in images
         ]
-        sent = {**{k: v for k, v in params.items() if k != "prompt"}, "calls": len(images), **notes}
-        return ProviderResult(
-            outputs=outputs,
-            sent=sent,
-            meta={"revisedPrompts": [i["revisedPrompt"] for i in images]},
-        )
+        outputs += [ImageOutput(data=d, content_type="image/png") for d in data]
+        sent = {k: v for k, v in params.items() if k != "prompt"}
+        sent["n"] = min(self.entry.per_call, request.count)
+        meta: dict[str, Any] = {}
+        if images:
+            sent["calls"] = len(images)
+            meta["revisedPrompts"] = [i["revisedPrompt"] for i in images]
+        if data:
+            meta["usage"] = usage
+        return ProviderResult(outputs=outputs, sent={**sent, **notes}, meta=meta)
 
 
-class GptImage(_OpenAIImages):
-    id = "openai-gpt-image"
-    model = "gpt-image-1"
-    capabilities = Capabilities(
-        aspect_ratios=ASPECT_RATIOS,
-        negative_prompt=False,
-        max_prompt_length=32000,
-        max_images=4,
-        quality_score=0.9,
-        typical_latency_s=30.0,
-    )
-    SIZES = {"square": "1024x1024", "landscape": "1536x1024", "portrait": "1024x1536"}
-    QUALITY = {"standard": "medium", "hd": "high"}
-
-    def generate(self, request: ImageRequest) -> ProviderResult:
-        prompt, notes = self._prompt(request)
-        params = {
-            "model": self.model,
-            "prompt": prompt,
-            "n": request.count,
-            "size": self.size_for(request),
-            "quality": self.quality_for(request),
-        }
-        resp = self._call(params)
-        outputs = []
-        for item in resp.data or []:
-            if not item.b64_json:
-                raise ProviderRejected("OpenAI returned an image without data")
+def _outputs(resp: Any) -> tuple[list[dict[str, Any]], list[bytes]]:
+    """(URL images with their revised prompts, image bytes) of one answer."""
+    urls, blobs = [], []
+    for item in resp.data or []:
+        if item.url:
+            urls.append({"url": item.url, "revisedPrompt": item.revised_prompt})
+        elif item.b64_json:
             try:
-                data = base64.b64decode(item.b64_json, validate=True)
+                blobs.append(base64.b64decode(item.b64_json, validate=True))
             except ValueError as exc:
                 raise ProviderRejected("OpenAI returned undecodable image data") from exc
-            outputs.append(ImageOutput(data=data, content_type="image/png"))
-        if not outputs:
-            raise ProviderRejected("OpenAI returned no image")
-        usage = resp.usage.model_dump() if resp.usage is not None else None
-        sent = {**{k: v for k, v in params.items() if k != "prompt"}, **notes}
-        return ProviderResult(outputs=outputs, sent=sent, meta={"usage": usage})
+        else:
+            raise ProviderRejected("OpenAI returned an image without data")
+    if not urls and not blobs:
+        raise ProviderRejected("OpenAI returned no image")
+    return urls, blobs

@@ -1,31 +1,51 @@
-"""Provider id -> adapter class. Routing reads this table; it never branches
-on provider names."""
+"""Model id -> catalogue entry (``PROVIDERS``), and provider API -> adapter
+(``ADAPTERS``). Routing reads the entries; it never branches on model names,
+and no model has an adapter class of its own."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from app.platform.config import Settings
 from app.providers.base import ImageProvider, Job
+from app.providers.catalog import CATALOGUE, ModelEntry
 from app.providers.local import LONG_SIDE, LocalProvider
-from app.providers.openai_images import DallE3, GptImage
-from app.providers.replicate import ReplicateImagen
+from app.providers.openai_images import OpenAIImages
+from app.providers.replicate import ReplicateModel
 
-PROVIDERS: dict[str, type] = {
-    cls.id: cls for cls in (ReplicateImagen, DallE3, GptImage, LocalProvider)
+# The live table (tests swap entries in and out of it like any dict).
+PROVIDERS: dict[str, ModelEntry] = dict(CATALOGUE)
+
+
+def _local(entry: ModelEntry, settings: Settings, job: Job | None) -> ImageProvider:
+    return LocalProvider(long_side=max(8, round(LONG_SIDE * settings.local_render_scale)))
+
+
+ADAPTERS: dict[str, Callable[[ModelEntry, Settings, Job | None], ImageProvider]] = {
+    "replicate-official": ReplicateModel,
+    "replicate-versioned": ReplicateModel,
+    "openai-images": OpenAIImages,
+    "local": _local,
 }
 
 
 def get_provider(provider_id: str, settings: Settings, job: Job | None = None) -> ImageProvider:
     """An adapter for one run of the ``generate`` stage (``job``: its saved state)."""
-    cls = PROVIDERS[provider_id]
-    if cls is LocalProvider:
-        return LocalProvider(long_side=max(8, round(LONG_SIDE * settings.local_render_scale)))
-    return cls(settings, job=job)
+    entry = PROVIDERS[provider_id]
+    return ADAPTERS[entry.api](entry, settings, job)
+
+
+def verify_key(provider_id: str, settings: Settings) -> str:
+    """A free call that proves the entry's key works (``bff providers check``)."""
+    entry = PROVIDERS[provider_id]
+    if entry.api == "openai-images":
+        return OpenAIImages.verify_key(settings, entry.model)
+    return ReplicateModel.verify_key(settings)
 
 
 def is_output_url_allowed(settings: Settings, url: str) -> bool:
-    """Provider outputs are downloaded only from the adapters' own CDNs
+    """Provider outputs are downloaded only from the catalogue's own CDNs
     (``output_hosts``; a leading dot: any subdomain) and the hosts of the
     configured base URLs (a self-hosted gateway or a test fake), the latter
     alone over plain http."""
@@ -37,6 +57,6 @@ def is_output_url_allowed(settings: Settings, url: str) -> bool:
         return parts.scheme in ("https", "http")
     return parts.scheme == "https" and any(
         host == h or (h.startswith(".") and host.endswith(h))
-        for cls in PROVIDERS.values()
-        for h in getattr(cls, "output_hosts", ())
+        for entry in PROVIDERS.values()
+        for h in getattr(entry, "output_hosts", ())
     )

@@ -1,14 +1,15 @@
-"""``google-imagen``: Google Imagen 4 Ultra on Replicate (``google/imagen-4-ultra``)
-through the ``replicate`` SDK.
+"""Every Replicate model of the catalogue (``google-imagen``, ``flux-pro``,
+``nano-banana``, …) through the ``replicate`` SDK, driven by its entry: which
+endpoint (official model or a version), which input fields.
 
-One prediction per image (the model returns one image URL). Per run of the
+One prediction per image (the models return one image URL). Per run of the
 stage: for each missing image take a rate-limit token, create the prediction
-(``POST /v1/models/google/imagen-4-ultra/predictions``) and save its id at
-once; then look once at each (``GET /v1/predictions/{id}``). Still running
-means ``ProviderPending``: the worker is freed at once (no sleep on its
-thread) and the stage looks again ``job.poll_every`` seconds later. The next
-run resumes the saved ids, so a retried or redelivered stage never pays for a
-second prediction.
+(``POST /v1/models/{owner}/{name}/predictions``, or ``POST /v1/predictions``
+with ``version``) and save its id at once; then look once at each (``GET
+/v1/predictions/{id}``). Still running means ``ProviderPending``: the worker
+is freed at once (no sleep on its thread) and the stage looks again
+``job.poll_every`` seconds later. The next run resumes the saved ids, so a
+retried or redelivered stage never pays for a second prediction.
 
 With a public ``BFF_PUBLIC_URL`` (or ``BFF_REPLICATE_WEBHOOKS=on``), each
 prediction is created with a webhook (``webhook_events_filter:
@@ -25,6 +26,7 @@ billed) and "interrupted" failures drop that prediction and retry anew.
 from __future__ import annotations
 
 import functools
+import io
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,10 +38,7 @@ import replicate
 from replicate.exceptions import ReplicateError
 
 from app.platform.config import Settings
-from app.providers import pricing
 from app.providers.base import (
-    ASPECT_RATIOS,
-    Capabilities,
     ImageOutput,
     ImageRequest,
     Job,
@@ -47,15 +46,16 @@ from app.providers.base import (
     ProviderRejected,
     ProviderResult,
     ProviderTransient,
+    Reference,
 )
+from app.providers.catalog import ModelEntry
+from app.providers.inputs import reference_fields
 
-MODEL = "google/imagen-4-ultra"
+EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
 RUNNING = ("starting", "processing")
 SAFETY = re.compile(r"\bE005\b|sensitive|safety|flagged|nsfw", re.IGNORECASE)
 INTERRUPTED = re.compile(r"\(code: PA\)|interrupted", re.IGNORECASE)
 RESETS_IN = re.compile(r"resets in ~?\s*(\d+(?:\.\d+)?)\s*s", re.IGNORECASE)
-NEGATIVE_HANDLING = "no negative_prompt input: folded into the prompt as 'Avoid: …'"
-IMAGE_SIZES = {"standard": "1K", "hd": "2K"}  # the model's resolutions, one price
 
 
 def _detail(exc: ReplicateError) -> str:
@@ -112,70 +112,59 @@ def webhook_secret(settings: Settings) -> str:
         return client.webhooks.default.secret().key
 
 
-class ReplicateImagen:
-    id = "google-imagen"
-    model = MODEL
-    key_env_var = "REPLICATE_API_TOKEN"
-    capabilities = Capabilities(
-        aspect_ratios=ASPECT_RATIOS,
-        negative_prompt=False,
-        max_prompt_length=2000,
-        max_images=4,
-        quality_score=0.95,
-        typical_latency_s=12.0,
-        safety_levels=("block_low_and_above", "block_medium_and_above", "block_only_high"),
-    )
-    # Where its outputs may be downloaded from (plus REPLICATE_BASE_URL's host).
-    output_hosts = ("replicate.delivery", ".replicate.delivery")
+class ReplicateModel:
+    """Any Replicate model in the catalogue: an official model (``POST
+    /v1/models/{owner}/{name}/predictions``) or a versioned community model
+    (``POST /v1/predictions`` with ``version``); its entry says which, and how
+    our request maps onto the model's inputs."""
 
-    def __init__(self, settings: Settings, job: Job | None = None) -> None:
+    def __init__(self, entry: ModelEntry, settings: Settings, job: Job | None = None) -> None:
+        self.entry = entry
+        self.id, self.model, self.key_env_var = entry.id, entry.model, entry.key_env_var
+        self.capabilities = entry.capabilities
         self.client = _client(settings.replicate_api_token, settings.replicate_base_url)
         self.job = job or Job()
         self.webhook_url = settings.replicate_webhook_url
 
-    @staticmethod
-    def price_for(request: ImageRequest) -> float:
-        return pricing.price(ReplicateImagen.id, "*", IMAGE_SIZES[request.quality])
+    def price_for(self, request: ImageRequest) -> float:
+        return self.entry.price_for(request)
 
     def inputs(self, request: ImageRequest) -> dict[str, Any]:
-        """Only fields the model's schema accepts, plus notes on what we changed."""
-        prompt, notes = request.prompt, {}
-        if request.negative_prompt:
-            prompt = f"{prompt}. Avoid: {request.negative_prompt}"
-            notes["negativePromptHandling"] = NEGATIVE_HANDLING
-        limit = self.capabilities.max_prompt_length
-        if len(prompt) > limit:
-            prompt, notes["promptTruncatedFrom"] = prompt[:limit], len(prompt)
-        ratio = request.aspect_ratio if request.aspect_ratio in ASPECT_RATIOS else "1:1"
-        return {
-            "input": {
-                "prompt": prompt,
-                "aspect_ratio": ratio,
-                "output_format": "png",
-                "image_size": IMAGE_SIZES[request.quality],
-                "safety_filter_level": request.safety_level,
-            },
-            **notes,
-        }
+        """Only fields the model's schema accepts (reference images described,
+        not inlined), plus notes on what we changed."""
+        fields, notes = self.entry.map(request)
+        return {"input": fields, **notes}
+
+    def _create(self, request: ImageRequest, fields: dict[str, Any]) -> Any:
+        """One prediction. Reference images go as file objects: the SDK uploads
+        each (``POST /v1/files``) and sends its URL, as Replicate's clients do."""
+        payload = dict(fields)
+        for name, ref in reference_fields(self.entry.inputs).items():
+            if name in payload:
+                files = [_file(r, i) for i, r in enumerate(request.references)]
+                payload[name] = files if ref.many else files[0]
+        target = (
+            {"version": self.entry.version}
+            if self.entry.api == "replicate-versioned"
+            else {"model": self.entry.model}
+        )
+        with _mapped("create"):
+            return self.client.predictions.create(**target, input=payload, **self._webhook(request))
 
     def generate(self, request: ImageRequest) -> ProviderResult:
         sent = self.job.state.get("sent") or self.inputs(request)
         ids = list(self.job.state.get("predictions") or [])
         while len(ids) < request.count:
             self.job.acquire()  # ProviderPending when no token: ids so far are saved
-            with _mapped("create"):
-                prediction = self.client.predictions.create(
-                    model=MODEL, input=sent["input"], **self._webhook(request)
-                )
+            prediction = self._create(request, sent["input"])
             ids.append(prediction.id)
             self.job.save({"predictions": ids, "sent": sent})  # before waiting on it
         finished = self._wait(ids)
         outputs = []
         for pid in ids:
             for url in _urls(finished[pid].get("output")):
-                outputs.append(
-                    ImageOutput(url=url, content_type="image/png", meta={"predictionId": pid})
-                )
+                meta = {"predictionId": pid}
+                outputs.append(ImageOutput(url=url, content_type=_content_type(url), meta=meta))
         metrics = {pid: finished[pid].get("metrics") or {} for pid in ids}
         return ProviderResult(
             outputs=outputs, sent=sent, meta={"predictions": ids, "metrics": metrics}
@@ -221,7 +210,7 @@ class ReplicateImagen:
             # Never ran, or interrupted by Replicate (not billed): try again.
             raise ProviderTransient(f"Replicate prediction {pid} {status}: {error or 'not run'}")
         if status == "failed" and SAFETY.search(error):
-            raise ProviderRejected(f"Imagen's safety filter blocked the prompt: {error}")
+            raise ProviderRejected(f"{self.model}'s safety filter blocked the request: {error}")
         if status == "failed":
             raise ProviderRejected(f"Replicate prediction failed: {error or 'no reason given'}")
         if status == "canceled":
@@ -231,8 +220,9 @@ class ReplicateImagen:
     @staticmethod
     def verify_key(settings: Settings) -> str:
         """A free call that needs the token (Replicate's account endpoint)."""
+        client = _client(settings.replicate_api_token, settings.replicate_base_url)
         with _mapped("account"):
-            account = ReplicateImagen(settings).client.accounts.current()
+            account = client.accounts.current()
         return f"works (account {account.username})"
 
     def cancel(self, prediction_ids: list[str]) -> int:
@@ -245,6 +235,18 @@ class ReplicateImagen:
             except Exception:  # noqa: BLE001 - best effort; the stage guard stops us anyway
                 pass
         return asked
+
+
+def _file(ref: Reference, index: int) -> io.BytesIO:
+    """A named file object: the SDK takes the upload's content type from its name."""
+    file = io.BytesIO(ref.data)
+    file.name = f"reference-{index}.{EXTENSIONS.get(ref.content_type, 'png')}"
+    return file
+
+
+def _content_type(url: str) -> str:
+    ext = url.rsplit("?", 1)[0].rsplit(".", 1)[-1].lower()
+    return {"jpg": "image/jpeg", "jpeg": "image/jpeg", "webp": "image/webp"}.get(ext, "image/png")
 
 
 def _urls(output: Any) -> list[str]:

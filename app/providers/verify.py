@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from app.platform.config import Settings
 from app.providers.base import ProviderRejected, ProviderTransient
-from app.providers.registry import PROVIDERS
+from app.providers.registry import PROVIDERS, verify_key
 
 TTL = 600.0
 
@@ -23,13 +23,13 @@ class KeyCheck:
 
 
 def check(provider_id: str, settings: Settings) -> KeyCheck:
-    cls = PROVIDERS[provider_id]
-    if cls.key_env_var is None:
+    entry = PROVIDERS[provider_id]
+    if entry.key_env_var is None:
         return KeyCheck(True, None, "needs no key")
-    if not settings.provider_key(provider_id):
-        return KeyCheck(False, None, f"{cls.key_env_var} not configured")
+    if not settings.key_for(entry.key_env_var):
+        return KeyCheck(False, None, f"{entry.key_env_var} not configured")
     try:
-        return KeyCheck(True, True, f"{cls.key_env_var} {cls.verify_key(settings)}")
+        return KeyCheck(True, True, f"{entry.key_env_var} {verify_key(provider_id, settings)}")
     except ProviderRejected as exc:
         return KeyCheck(True, False, str(exc))
     except ProviderTransient as exc:
@@ -41,7 +41,10 @@ _recent: dict[tuple[str, str | None], tuple[float, KeyCheck]] = {}  # key -> (ex
 
 def recent(provider_id: str, settings: Settings) -> KeyCheck:
     """``check``, answered from this process's last one for up to ``TTL`` s."""
-    key = (provider_id, settings.provider_key(provider_id))
+    entry = PROVIDERS[provider_id]
+    # Every Replicate model asks the same account endpoint: one check serves all.
+    who = "replicate" if entry.api.startswith("replicate") else provider_id
+    key = (who, settings.key_for(entry.key_env_var))
     hit = _recent.get(key)
     if hit is not None and time.monotonic() < hit[0]:
         return hit[1]

@@ -1,10 +1,12 @@
-"""A fake OpenAI Images API (``POST /v1/images/generations``) for ``dall-e-3`` and
-``gpt-image-1`` in OpenAI's wire format, validating each model's parameters
-(``MODELS``; dall-e-3 only ``n=1``, gpt-image-1 always ``b64_json``); see "Tests
-and fakes" in docs/providers.md. ``inject(kind)``: a ``FAILURES`` entry for the
-next call. ``calls`` counts billed images per model. Standalone:
-``python -m tests.fakes.openai_images --port 8702``.
-"""
+"""A fake OpenAI Images API (``POST /v1/images/generations``) for ``dall-e-3``
+and ``gpt-image-1`` in OpenAI's wire format, validating each model's
+parameters (``MODELS``; dall-e-3 only ``n=1``, gpt-image-1 always
+``b64_json``), and ``POST /v1/images/edits`` (multipart: ``image`` or
+``image[]`` files and the same parameters as form fields; gpt-image-1 only;
+``edits`` keeps each call's fields and files); see "Tests and fakes" in
+docs/providers.md. ``inject(kind)``: a ``FAILURES`` entry for the next call.
+``calls`` counts billed images per model. Standalone: ``python -m
+tests.fakes.openai_images --port 8702``."""
 
 from __future__ import annotations
 
@@ -81,6 +83,7 @@ class FakeOpenAIImages(FakeServer):
         self.files: dict[str, bytes] = {}
         self.bodies: list[dict[str, Any]] = []
         self.call_times: list[float] = []  # when each billed call was answered
+        self.edits: list[dict[str, Any]] = []  # each edits call: form fields and files
 
     def calls(self, model: str | None = None) -> int:
         with self.lock:
@@ -93,6 +96,7 @@ class FakeOpenAIImages(FakeServer):
         with self.lock:
             self.bodies.clear()
             self.call_times.clear()
+            self.edits.clear()
 
     def route(self, request: Request) -> Response:
         parts = [p for p in request.path.split("/") if p]
@@ -107,6 +111,8 @@ class FakeOpenAIImages(FakeServer):
                 {"id": m, "object": "model", "created": 0, "owned_by": "system"} for m in MODELS
             ]
             return json_response({"object": "list", "data": models})
+        if request.path.rstrip("/") == "/v1/images/edits" and request.method == "POST":
+            return self.edit(request)
         if request.path.rstrip("/") != "/v1/images/generations" or request.method != "POST":
             message = f"Invalid URL ({request.method} {request.path})"
             return error(404, message, "invalid_request_error")
@@ -122,6 +128,31 @@ class FakeOpenAIImages(FakeServer):
             ms = str(failure.get("ms", 500))
             after = {"retry-after-ms": ms, "retry-after": str(max(1, int(ms) // 1000))}
             return error(status, message, type_, None, code, after if status == 429 else None)
+        return json_response(self.generate(request, body))
+
+    def edit(self, request: Request) -> Response:
+        """``POST /v1/images/edits``: the photo as a file, the rest as form fields."""
+        if not request.mimetype.startswith("multipart/form-data"):
+            return invalid("image", "invalid_request", "send multipart/form-data")
+        files = request.files.getlist("image") + request.files.getlist("image[]")
+        body: dict[str, Any] = dict(request.form)
+        if "n" in body:
+            body["n"] = int(body["n"]) if body["n"].isdigit() else body["n"]
+        with self.lock:
+            self.bodies.append(body)
+            self.edits.append(
+                {"fields": body, "files": [(f.filename, f.mimetype, f.read()) for f in files]}
+            )
+        if not files:
+            return invalid(
+                "image", "missing_required_parameter", "Missing required parameter: 'image'."
+            )
+        if body.get("model") != "gpt-image-1":
+            return invalid(
+                "model", "invalid_value", f"Invalid value for 'model' = {body.get('model')}."
+            )
+        if (bad := self.validate(body)) is not None:
+            return bad
         return json_response(self.generate(request, body))
 
     def validate(self, body: dict[str, Any]) -> Response | None:

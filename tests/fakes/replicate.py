@@ -1,9 +1,15 @@
-"""A fake Replicate API for ``google/imagen-4-ultra`` in Replicate's wire format
-(see "Tests and fakes" in docs/providers.md): creates are validated against the
-model's ``SCHEMA`` (422 with ``invalid_fields``); a prediction is ``starting`` for
-``starting_s``, ``processing`` until ``latency`` s after its creation, then
-``succeeded`` with a PNG served under ``/files/`` (404 after ``expire_outputs()``,
-as after Replicate's one-hour retention); cancel works until it is final.
+"""A fake Replicate API in Replicate's wire format for the models of
+``replicate_models.MODELS`` (see "Tests and fakes" in docs/providers.md):
+official models at ``POST /v1/models/{owner}/{name}/predictions``, versions at
+``POST /v1/predictions``; creates are validated against the model's schema
+(422 with ``invalid_fields``). ``POST /v1/files`` takes uploads (multipart
+``content``, as the SDK sends files in an input) and a create may name them
+only by the URL it answered (``uploads`` keeps them; a URL from anywhere else
+is refused, as a private upload must never need a public URL); a prediction is
+``starting`` for ``starting_s``, ``processing`` until ``latency`` s after its
+creation, then ``succeeded`` with a PNG served under ``/files/`` (404 after
+``expire_outputs()``, as after Replicate's one-hour retention); cancel works
+until it is final.
 
 ``inject(kind, times)`` on the next creates: ``throttle`` (429 "Your rate limit
 resets in ~Ns", option ``seconds``), ``server_error`` (500), ``safety`` (ends
@@ -13,45 +19,24 @@ Webhooks as Replicate sends them: a create may carry ``webhook`` (a URL) and
 prediction ends, its JSON is POSTed there, signed per Standard Webhooks with
 the secret ``GET /v1/webhooks/default/secret`` serves (``webhook_secret``).
 ``lose_webhooks`` drops them; ``webhook_answers`` holds our API's statuses.
-Standalone: ``python -m tests.fakes.replicate --port 8701 [--latency 2]``.
-"""
+Standalone: ``python -m tests.fakes.replicate --port 8701 [--latency 2]``."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
-import hmac
-import json
 import secrets
 import threading
 import time
 from datetime import UTC, datetime
 from typing import Any
 
-import httpx
 from werkzeug.wrappers import Request, Response
 
 from ._server import FakeServer, cli, json_response, png
+from .replicate_models import BY_VERSION, MODELS, invalid_field, uris, validate
+from .replicate_webhooks import WEBHOOK_EVENTS, WebhookSender
 
-MODEL = "google/imagen-4-ultra"
-# The current version, whose schema has image_size (1K default, 2K).
-VERSION = "94d9d5a0e8bf7691286756bf150fa0c81e1bc3d6e2cddfc7084781f54e0199b5"
-SCHEMA = {
-    "prompt": None,
-    "aspect_ratio": ("1:1", "9:16", "16:9", "3:4", "4:3"),
-    "output_format": ("jpg", "png"),
-    "image_size": ("1K", "2K"),
-    "safety_filter_level": ("block_low_and_above", "block_medium_and_above", "block_only_high"),
-}
-SIZES = {
-    "1:1": (256, 256),
-    "9:16": (144, 256),
-    "16:9": (256, 144),
-    "3:4": (192, 256),
-    "4:3": (256, 192),
-}
-WEBHOOK_EVENTS = ("start", "output", "logs", "completed")
-FINAL = ("succeeded", "failed", "canceled", "aborted")
 E005 = (
     "The input or output was flagged as sensitive. Please try again with different inputs. (E005)"
 )
@@ -67,11 +52,7 @@ def problem(status: int, title: str, detail: str, **extra: Any) -> Response:
     return json_response({"title": title, "detail": detail, "status": status, **extra}, status)
 
 
-def invalid_field(type_: str, field: str, description: str) -> dict[str, str]:
-    return {"type": type_, "field": field, "description": description}
-
-
-class FakeReplicate(FakeServer):
+class FakeReplicate(WebhookSender, FakeServer):
     def __init__(self, host: str = "127.0.0.1", port: int = 0, token: str | None = None) -> None:
         super().__init__(host, port)
         self.token = token  # None: any bearer token is accepted
@@ -85,6 +66,7 @@ class FakeReplicate(FakeServer):
         self.webhook_secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
         self.lose_webhooks = False
         self.webhook_answers: list[int] = []  # our API's status per delivery
+        self.uploads: dict[str, dict[str, Any]] = {}  # POST /v1/files: id -> file
 
     @property
     def creates(self) -> int:
@@ -106,6 +88,7 @@ class FakeReplicate(FakeServer):
             self.polled.clear()
             self.create_bodies.clear()
             self.webhook_answers.clear()
+            self.uploads.clear()
             self.expired = self.lose_webhooks = False
 
     # -- routes
@@ -118,9 +101,18 @@ class FakeReplicate(FakeServer):
             return problem(401, "Unauthenticated", "You did not pass a valid authentication token")
         if parts[:2] == ["v1", "models"] and request.method == "POST":
             model = "/".join(parts[2:-1])
-            if parts[-1] != "predictions" or model != MODEL:
+            if parts[-1] != "predictions" or model not in MODELS or not MODELS[model].official:
                 return problem(404, "Not found", f"Model {model} not found")
-            return self.create(request)
+            return self.create(request, model)
+        if parts == ["v1", "predictions"] and request.method == "POST":
+            version = (request.get_json(silent=True) or {}).get("version")
+            if version not in BY_VERSION:
+                return problem(422, "Invalid version", "Invalid version or not permitted")
+            return self.create(request, BY_VERSION[version])
+        if parts == ["v1", "files"] and request.method == "POST":
+            return self.upload(request)
+        if parts[:2] == ["v1", "files"] and len(parts) == 3 and parts[2] in self.uploads:
+            return json_response(self.uploads[parts[2]]["json"])
         if parts == ["v1", "account"] and request.method == "GET":  # what a key check calls
             return json_response({"type": "user", "username": "bff-test", "name": "BFF test"})
         if parts == ["v1", "webhooks", "default", "secret"] and request.method == "GET":
@@ -131,22 +123,40 @@ class FakeReplicate(FakeServer):
             return self.cancel(parts[2])
         return problem(404, "Not found", "Not found")
 
-    def create(self, request: Request) -> Response:
+    def upload(self, request: Request) -> Response:
+        """``POST /v1/files``: the SDK's upload of a file given in an input."""
+        file = request.files.get("content")
+        if file is None:
+            return problem(400, "Bad request", "content is required")
+        data, fid = file.read(), secrets.token_hex(12)
+        url = f"{request.host_url.rstrip('/')}/v1/files/{fid}"
+        doc = {
+            "id": fid,
+            "name": file.filename,
+            "content_type": file.mimetype,
+            "size": len(data),
+            "etag": hashlib.md5(data).hexdigest(),  # noqa: S324 - an etag, not security
+            "checksums": {"sha256": hashlib.sha256(data).hexdigest()},
+            "metadata": {},
+            "created_at": _iso(time.time()),
+            "expires_at": _iso(time.time() + 86400),
+            "urls": {"get": url},
+        }
+        with self.lock:
+            self.counters["upload"] += 1
+            self.uploads[fid] = {"json": doc, "data": data, "url": url}
+        return json_response(doc, 201)
+
+    def create(self, request: Request, model: str) -> Response:
         body = request.get_json(silent=True) or {}
         inputs = body.get("input")
         if not isinstance(inputs, dict):
             return problem(422, "Invalid request", "input is required")
-        invalid = []
-        for k in [k for k in inputs if k not in SCHEMA]:
-            extra = f"Additional property {k} is not allowed"
-            invalid.append(invalid_field("additional_property_not_allowed", "input", extra))
-        for k, allowed in SCHEMA.items():
-            if allowed and k in inputs and inputs[k] not in allowed:
-                must = f"{k} must be one of the following: {', '.join(allowed)}"
-                invalid.append(invalid_field("enum", f"input.{k}", must))
-        if not inputs.get("prompt"):
-            invalid.append(invalid_field("required", "input", "prompt is required"))
-        invalid += self.invalid_webhook(body)
+        invalid = validate(MODELS[model], inputs) + self.invalid_webhook(body)
+        uploaded = {u["url"] for u in self.uploads.values()}
+        for url in uris(MODELS[model], inputs):
+            if url not in uploaded:  # a test fake stands for a private upload
+                invalid.append(invalid_field("format", "input", f"{url} is not an uploaded file"))
         if invalid:
             detail = "\n".join(f"- {i['field']}: {i['description']}" for i in invalid)
             return problem(422, "Input validation failed", detail, invalid_fields=invalid)
@@ -170,6 +180,7 @@ class FakeReplicate(FakeServer):
             self.create_times.append(now)
             self.predictions[pid] = {
                 "id": pid,
+                "model": model,
                 "input": inputs,
                 "created": now,
                 "latency": self.latency,
@@ -185,52 +196,6 @@ class FakeReplicate(FakeServer):
             for delay in (self.starting_s, self.latency):
                 threading.Timer(delay + 0.01, self.notify, (pid,)).start()
         return json_response(self.render(pid), 201)
-
-    @staticmethod
-    def invalid_webhook(body: dict[str, Any]) -> list[dict[str, str]]:
-        invalid = []
-        hook, events = body.get("webhook"), body.get("webhook_events_filter")
-        if hook is not None and not (
-            isinstance(hook, str) and hook.startswith(("http://", "https://"))
-        ):
-            invalid.append(invalid_field("format", "webhook", "webhook must be a URI"))
-        if events is not None and (
-            not isinstance(events, list) or any(e not in WEBHOOK_EVENTS for e in events)
-        ):
-            must = "webhook_events_filter items must be one of: " + ", ".join(WEBHOOK_EVENTS)
-            invalid.append(invalid_field("enum", "webhook_events_filter", must))
-        return invalid
-
-    def notify(self, pid: str) -> None:
-        """The ``completed`` webhook, once, if the prediction has ended."""
-        with self.lock:
-            p = self.predictions.get(pid)
-            if p is None or p["notified"] or self.status(p)[0] not in FINAL:
-                return
-            p["notified"] = True
-            if self.lose_webhooks or "completed" not in p["events"]:
-                return
-            body, url = json.dumps(self.render(pid)), p["webhook"]
-        headers = self.signed(f"msg_{secrets.token_hex(8)}", int(time.time()), body)
-        try:
-            status = httpx.post(url, content=body, headers=headers, timeout=10).status_code
-        except httpx.HTTPError:
-            status = 0
-        with self.lock:
-            self.counters["webhook"] += 1
-            self.webhook_answers.append(status)
-
-    def signed(self, msg_id: str, timestamp: int, body: str) -> dict[str, str]:
-        """Replicate's headers: HMAC-SHA256 of ``id.timestamp.body`` keyed by the
-        secret's base64 part (done by hand: our API verifies with the package)."""
-        key = base64.b64decode(self.webhook_secret.removeprefix("whsec_"))
-        mac = hmac.new(key, f"{msg_id}.{timestamp}.{body}".encode(), hashlib.sha256).digest()
-        return {
-            "content-type": "application/json",
-            "webhook-id": msg_id,
-            "webhook-timestamp": str(timestamp),
-            "webhook-signature": "v1," + base64.b64encode(mac).decode(),
-        }
 
     def get(self, pid: str) -> Response:
         with self.lock:
@@ -259,7 +224,7 @@ class FakeReplicate(FakeServer):
         p = self.predictions.get(pid)
         if self.expired or p is None or self.status(p)[0] != "succeeded":
             return problem(404, "Not found", "Not found")
-        w, h = SIZES[p["input"].get("aspect_ratio", "1:1")]
+        w, h = MODELS[p["model"]].sizes.get(p["input"].get("aspect_ratio", "1:1"), (256, 256))
         return Response(png(w, h, pid), 200, content_type="image/png")
 
     # -- the prediction document
@@ -286,8 +251,8 @@ class FakeReplicate(FakeServer):
         ok = status == "succeeded"
         return {
             "id": pid,
-            "model": MODEL,
-            "version": VERSION,
+            "model": p["model"],
+            "version": MODELS[p["model"]].version,
             "input": p["input"],
             "logs": "" if status == "starting" else "Generating image...\n",
             "output": f"{base}/files/{pid}.{ext}" if ok else None,

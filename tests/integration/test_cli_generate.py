@@ -62,6 +62,29 @@ def test_generate_from_an_image_and_wait(embedded, tmp_path):
     assert_png_urls(done.stdout)
 
 
+def test_generate_from_the_photo_itself_on_the_embedded_default(embedded, tmp_path):
+    """``--reference image`` without keys: ``local`` stands in for the models
+    that take the photo, and records the photo it was given."""
+    photo = tmp_path / "skirt.png"
+    photo.write_bytes(png_bytes((100, 120), "olive"))
+    done = bff_generate(
+        embedded.env, "an olive skirt", "--image", str(photo), "--reference", "image", "--wait"
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "completed in local" in done.stdout
+    gen_id = re.search(r"^submitted (gen_\w+)$", done.stdout, re.M).group(1)
+    gen = requests.get(
+        f"{embedded.base_url}/api/generate/{gen_id}",
+        headers={"Authorization": f"Bearer {embedded.key}"},
+        timeout=10,
+    ).json()
+    assert gen["settings"]["reference"] == "image"
+    generate = next(s for s in gen["stages"] if s["name"] == "generate")
+    assert generate["output"]["sent"]["reference"]["bytes"] == photo.stat().st_size
+    refused = bff_generate(embedded.env, "x", "--reference", "image")  # no photo to send
+    assert refused.returncode != 0 and "422" in refused.stderr
+
+
 def test_generate_without_wait_only_submits(embedded):
     done = bff_generate(embedded.env, "red wool coat")
     assert done.returncode == 0, done.stderr
