@@ -144,7 +144,7 @@ function short(value) {
 
 function termChart(stats) {
   const { top, bottom, good, bad } = stats.learntTerms;
-  const terms = [...top, ...bottom];
+  const terms = [...top, ...[...bottom].reverse()];  // one ranking, best at the top
   // Strong past the optimiser's thresholds, pale on the way there from the 0.5 start.
   const tint = (s) => (s >= good ? INK.ok : s >= 0.5 ? "#9cc9ab" : s < bad ? INK.bad : "#e5a7a2");
   $("#chart-terms").parentElement.style.height = `${Math.max(160, 24 * terms.length + 40)}px`;
