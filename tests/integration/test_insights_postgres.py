@@ -56,8 +56,8 @@ def test_every_stats_query_has_an_index_path(pg_app, pg_user, monkeypatch):
     finally:
         event.remove(engine, "before_cursor_execute", record)
     assert len(statements) >= 9  # the totals, the days, ... and the five Insights reads
-    with engine.connect() as conn:
-        conn.exec_driver_sql("SET enable_seqscan = off")
+    with engine.connect() as conn:  # one transaction, rolled back: the setting goes with it
+        conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
         for statement, params in statements:
             [[plan]] = conn.exec_driver_sql(f"EXPLAIN (FORMAT JSON) {statement}", params).one()
             plan = plan if isinstance(plan, dict) else json.loads(plan)[0]
