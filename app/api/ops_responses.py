@@ -63,7 +63,8 @@ class PersonaImages(Out):
 
 class TermScore(Out):
     token: str
-    score: float = Field(ge=0, le=1)
+    # 0 to 1, but unbounded here: an undone step may land a rounding error outside.
+    score: float = Field(description="0 (disliked) to 1 (liked); every term starts at 0.5")
     uses: int = Field(description="standing feedback rows that moved it")
 
 

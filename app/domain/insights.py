@@ -73,7 +73,6 @@ def stage_durations(session: Session, user_id: int) -> dict[str, dict[str, Any]]
             _rank_at(rank, n, ms_, 0.95),
         ).group_by(runs.c.name)
     )
-
     return {
         name: {"avg": _ms(avg) or 0.0, "count": count, "p50": _ms(p50), "p95": _ms(p95)}
         for name, avg, count, p50, p95 in rows
