@@ -11,6 +11,7 @@ from app.api.auth import load_user
 from app.api.common import services
 from app.api.ops_responses import StatsOut, WebhookSecretOut
 from app.api.responses import respond
+from app.domain import insights
 from app.domain.models import Generation, GenerationStage, User
 from app.webhooks import ensure_secret
 
@@ -37,12 +38,7 @@ def stats():
     table = stage.output["priceTable"].as_string()
     with services().db.session() as session:
         row = session.execute(TOTALS, {"u": g.user_id}).mappings().one_or_none() or {}
-        stages = session.execute(
-            select(stage.name, func.avg(stage.duration_ms), func.count())
-            .join(Generation, mine)
-            .where(stage.status == "completed")
-            .group_by(stage.name)
-        ).all()
+        stages = insights.stage_durations(session, g.user_id)
         by_day: dict[str, dict[str, float]] = defaultdict(dict)
         for day, provider, cost in session.execute(COST_BY_DAY, {"u": g.user_id}):
             by_day[str(day)][provider] = round(float(cost or 0), 4)
@@ -52,6 +48,13 @@ def stats():
             .where(stage.name == "generate", stage.status == "completed")
             .group_by(table)
         ).all()
+        extra = {
+            "daily_cap": insights.daily_cap(session, g.user_id),
+            "failures_by_stage": insights.failures_by_stage(session, g.user_id),
+            "images_by_persona": insights.images_by_persona(session, g.user_id),
+            "learnt_terms": insights.learnt_terms(session, g.user_id),
+            "most_hearted": insights.most_hearted(session, g.user_id),
+        }
     counts = {k: int(row.get(k) or 0) for k in COUNTS}
     finished = counts["completed"] + counts["failed"]
     avg = row.get("avg_duration_seconds")
@@ -63,9 +66,7 @@ def stats():
             "assets": counts["total_assets"],
             "total_cost": round(float(row.get("total_cost") or 0), 4),
             "avg_duration_seconds": None if avg is None else round(float(avg), 3),
-            "stage_durations_ms": {
-                name: {"avg": round(float(avg or 0), 1), "count": n} for name, avg, n in stages
-            },
+            "stage_durations_ms": stages,
             "cost_by_price_table": [
                 {"table": name or "before price tables were recorded", "cost": round(float(c), 4)}
                 for name, c in by_table
@@ -74,7 +75,8 @@ def stats():
                 {"day": d, "by_provider": p, "total": round(sum(p.values()), 4)}
                 for d, p in by_day.items()
             ],
-        },
+        }
+        | extra,
     )
 
 

@@ -40,6 +40,8 @@ class StatsCounts(Out):
 class StageDuration(Out):
     avg: float
     count: int
+    p50: float | None = Field(description="median, ms (nearest rank); null: none measured")
+    p95: float | None = Field(description="95th percentile, ms (nearest rank)")
 
 
 class DayCost(Out):
@@ -53,6 +55,38 @@ class TableCost(Out):
     cost: float
 
 
+class PersonaImages(Out):
+    persona_id: str | None = Field(description="null: no persona was blended in")
+    name: str
+    images: int
+
+
+class TermScore(Out):
+    token: str
+    # 0 to 1, but unbounded here: an undone step may land a rounding error outside.
+    score: float = Field(description="0 (disliked) to 1 (liked); every term starts at 0.5")
+    uses: int = Field(description="standing feedback rows that moved it")
+
+
+class LearntTerms(Out):
+    """The optimiser's per-user prompt terms (app/pipeline/optimize.py)."""
+
+    top: list[TermScore] = Field(description="best first")
+    bottom: list[TermScore] = Field(description="worst first; none of them in top")
+    good: float = Field(description="terms scoring at least this are added to prompts")
+    bad: float = Field(description="terms scoring below this go to the negative prompt")
+
+
+class HeartedImage(Out):
+    asset_id: int
+    generation_id: str
+    url: str
+    width: int
+    height: int
+    prompt: str | None
+    hearts: int
+
+
 class StatsOut(Out):
     counts: StatsCounts
     success_rate: float | None
@@ -62,6 +96,11 @@ class StatsOut(Out):
     stage_durations_ms: dict[str, StageDuration]
     cost_by_day: list[DayCost]
     cost_by_price_table: list[TableCost]
+    daily_cap: float | None = Field(description="USD a UTC day may cost; null: no cap")
+    failures_by_stage: dict[str, int] = Field(description="failed generations by failing stage")
+    images_by_persona: list[PersonaImages]
+    learnt_terms: LearntTerms
+    most_hearted: list[HeartedImage] = Field(description="most hearts first, at most 12")
 
 
 class WebhookSecretOut(Out):
