@@ -19,6 +19,8 @@ from app import create_app
 from app.api import batch_responses as b
 from app.domain import batch_flows
 from app.domain.models import Batch, Generation, GenerationAsset, GenerationStage, utcnow
+from app.pipeline import STAGE_FUNCS
+from app.pipeline.context import StageFailed
 from app.webhooks import WebhookDelivery
 from tests.conftest import make_user
 from tests.support.pipeline import run_all, services
@@ -313,3 +315,30 @@ def test_the_archive_holds_the_images_and_a_manifest(app, client, user):
             assert row["provider"] == "local" and row["prompt"].startswith("linen shirt")
         else:
             assert row["status"] == "canceled" and row["url"] == ""
+
+
+def test_a_retried_member_reopens_its_batch(app, client, user, monkeypatch):
+    def broken(ctx):
+        raise StageFailed("REPLICATE_API_TOKEN not configured")
+
+    batch_id = submit(client, user, {"items": items(1)})["id"]
+    with monkeypatch.context() as m:
+        m.setitem(STAGE_FUNCS, "generate", broken)
+        run_batch(app, client, user, batch_id)
+    shown = batch(client, user, batch_id)
+    assert shown["status"] == "completed" and shown["counts"]["failed"] == 1
+    assert shown["finishedAt"] is not None
+    [gen] = members(client, user, batch_id)
+    assert client.post(f"/api/generate/{gen['id']}/retry", headers=user.headers).status_code == 202
+    shown = batch(client, user, batch_id)
+    assert shown["status"] == "pending" and shown["finishedAt"] is None  # all pending again
+    run_batch(app, client, user, batch_id)
+    shown = batch(client, user, batch_id)
+    assert shown["status"] == "completed" and shown["counts"]["completed"] == 1
+    assert shown["finishedAt"] is not None
+
+
+def test_the_batch_webhook_url_is_checked_like_a_generations(client, user):
+    body = {"items": items(1), "webhookUrl": "https://10.0.0.7/hook"}
+    error = assert_error(client.post(BATCHES, json=body, headers=user.headers), 422)
+    assert error["details"] == [{"field": "webhookUrl", "message": "10.0.0.7 is a private address"}]

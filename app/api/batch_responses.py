@@ -71,7 +71,7 @@ class BatchOut(_LinkedBatch):
         if not isinstance(data, BatchView):
             return data
         derived = {"status": data.status, "counts": data.counts, "cost": data.cost}
-        return {f: derived[f] if f in derived else getattr(data, f) for f in cls.model_fields}
+        return {f: derived[f] if f in derived else getattr(data.batch, f) for f in cls.model_fields}
 
 
 class BatchPage(Out):

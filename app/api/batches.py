@@ -33,6 +33,7 @@ from app.domain.quotas import check_submission
 from app.pipeline.route import estimate
 from app.platform.queue import dispatch_group
 from app.platform.storage import StorageError, generation_prefix
+from app.webhooks import submit_url_problem
 
 log = logging.getLogger(__name__)
 bp = Blueprint("batches", __name__, url_prefix="/api/batches")
@@ -167,8 +168,8 @@ def submit():
     items = body.items if body.items is not None else expand(body.matrix)
     _check_size(len(items))
     _check_items(items, "items" if body.items is not None else "matrix")
-    if body.webhookUrl is not None:
-        check_request(PromptSubmit(prompt="-", webhookUrl=body.webhookUrl), {})
+    if body.webhookUrl is not None and (why := submit_url_problem(body.webhookUrl, s.settings)):
+        raise invalid("webhookUrl", f"webhookUrl {why}", why)
     cost = round(sum(estimate(i.settings.model_dump(), s.settings)[0] for i in items), 4)
     cols = {"id": new_id("bat"), "idempotency_key": key, "request_hash": req_hash}
     try:

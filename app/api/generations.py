@@ -180,8 +180,11 @@ def retry(generation_id: str):
             raise ApiError(
                 409, "conflict", f"only failed generations can be retried; this one is {gen.status}"
             ) from None
-        in_batch = gen.batch_id is not None
-    if dispatch(s.celery, generation_id, first, background=in_batch):
+        batch_id = gen.batch_id
+    if batch_id is not None:  # its own transaction: never a batch lock under a generation's
+        with s.db.session() as session:
+            batches.reopen(session, batch_id)
+    if dispatch(s.celery, generation_id, first, background=batch_id is not None):
         with s.db.session() as session:
             svc.touch_dispatched(session, generation_id)
     with s.db.session() as session:

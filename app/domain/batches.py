@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import exists, func, select, tuple_
+from sqlalchemy import exists, func, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from app.domain.models import Batch, Generation, utcnow
@@ -43,9 +43,6 @@ class BatchView:
         if sum(self.counts[s] for s in FINAL) >= self.batch.total:
             return COMPLETED
         return PENDING if self.counts[PENDING] == self.batch.total else PROCESSING
-
-    def __getattr__(self, name: str) -> Any:  # the batch's own columns, read by name
-        return getattr(self.batch, name)
 
 
 def create(session: Session, **columns: Any) -> Batch:
@@ -127,17 +124,6 @@ def list_page(
     return views(session, rows), encode_cursor(rows[-1]) if more and rows else None
 
 
-def unfinished_ids(session: Session, batch_id: str) -> list[str]:
-    """The batch's generations that are not final yet, oldest first."""
-    return list(
-        session.scalars(
-            select(Generation.id)
-            .where(Generation.batch_id == batch_id, Generation.status.not_in(FINAL))
-            .order_by(Generation.created_at, Generation.id)
-        )
-    )
-
-
 def lock_unfinished(session: Session, batch_id: str) -> list[Generation]:
     """The batch's generations not final yet, locked, in id order (so two
     lockers of the same rows take them in the same order)."""
@@ -158,6 +144,12 @@ def member_ids(session: Session, batch_id: str) -> list[tuple[str, int]]:
         select(Generation.id, Generation.user_id).where(Generation.batch_id == batch_id)
     ).all()
     return [(gid, uid) for gid, uid in rows]
+
+
+def reopen(session: Session, batch_id: str) -> None:
+    """A member was retried: the batch is not done after all, and its
+    completion (and webhook) comes again when the member ends."""
+    session.execute(update(Batch).where(Batch.id == batch_id).values(finished_at=None))
 
 
 def batch_of(session: Session, generation_id: str) -> str | None:
