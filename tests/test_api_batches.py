@@ -342,3 +342,14 @@ def test_the_batch_webhook_url_is_checked_like_a_generations(client, user):
     body = {"items": items(1), "webhookUrl": "https://10.0.0.7/hook"}
     error = assert_error(client.post(BATCHES, json=body, headers=user.headers), 422)
     assert error["details"] == [{"field": "webhookUrl", "message": "10.0.0.7 is a private address"}]
+
+
+def test_a_member_deleted_on_its_own_is_not_waited_for(app, client, user):
+    batch_id = submit(client, user, {"items": items(2)})["id"]
+    first, second = sorted(members(client, user, batch_id), key=lambda g: g["createdAt"])
+    with app.app_context():
+        run_all(app, first["id"])
+    assert client.delete(f"/api/generate/{second['id']}", headers=user.headers).status_code == 204
+    shown = batch(client, user, batch_id)
+    assert shown["status"] == "completed" and shown["finishedAt"] is not None
+    assert shown["total"] == 2 and shown["counts"]["completed"] == 1

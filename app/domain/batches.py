@@ -40,9 +40,11 @@ class BatchView:
     def status(self) -> str:
         if self.batch.canceled_at is not None:
             return CANCELED
-        if sum(self.counts[s] for s in FINAL) >= self.batch.total:
+        # Counted from the rows there are: a member deleted on its own is no
+        # longer waited for.
+        if not self.counts[PENDING] + self.counts[PROCESSING]:
             return COMPLETED
-        return PENDING if self.counts[PENDING] == self.batch.total else PROCESSING
+        return PENDING if self.counts[PENDING] == sum(self.counts.values()) else PROCESSING
 
 
 def create(session: Session, **columns: Any) -> Batch:
