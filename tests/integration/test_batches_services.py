@@ -21,7 +21,7 @@ from sqlalchemy import func, select
 
 from app import create_app
 from app.domain.models import Generation, User
-from tests.conftest import User as TestUser
+from tests.conftest import User as ApiUser
 from tests.conftest import make_user
 from tests.fakes.replicate import FakeReplicate
 from tests.integration.helpers import submit, wait_final
@@ -40,26 +40,26 @@ class BatchStack:
     app: object
     replicate: FakeReplicate
 
-    def user(self, name: str) -> TestUser:
+    def user(self, name: str) -> ApiUser:
         return make_user(self.app, name)
 
-    def post(self, user: TestUser, path: str, **kwargs) -> requests.Response:
+    def post(self, user: ApiUser, path: str, **kwargs) -> requests.Response:
         return requests.post(self.base_url + path, headers=user.headers, timeout=30, **kwargs)
 
-    def get(self, user: TestUser, path: str, **kwargs) -> requests.Response:
+    def get(self, user: ApiUser, path: str, **kwargs) -> requests.Response:
         return requests.get(self.base_url + path, headers=user.headers, timeout=30, **kwargs)
 
-    def submit(self, user: TestUser, body: dict) -> dict:
+    def submit(self, user: ApiUser, body: dict) -> dict:
         resp = self.post(user, "/api/batches", json=body)
         assert resp.status_code == 202, resp.text
         return resp.json()
 
-    def batch(self, user: TestUser, batch_id: str) -> dict:
+    def batch(self, user: ApiUser, batch_id: str) -> dict:
         resp = self.get(user, f"/api/batches/{batch_id}")
         assert resp.status_code == 200, resp.text
         return resp.json()
 
-    def members(self, user: TestUser, batch_id: str) -> list[dict]:
+    def members(self, user: ApiUser, batch_id: str) -> list[dict]:
         gens, cursor = [], None
         while True:  # paged, as a client reads them
             params = {"batchId": batch_id, "limit": 10, **({"cursor": cursor} if cursor else {})}
@@ -68,7 +68,7 @@ class BatchStack:
             if not (cursor := page["nextCursor"]):
                 return gens
 
-    def wait_batch(self, user: TestUser, batch_id: str, timeout: float) -> dict:
+    def wait_batch(self, user: ApiUser, batch_id: str, timeout: float) -> dict:
         deadline = time.monotonic() + timeout
         while (shown := self.batch(user, batch_id))["status"] in ("pending", "processing"):
             assert time.monotonic() < deadline, shown
