@@ -47,6 +47,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     from app.api import (
         account,
+        batch_archive,
+        batches,
         events,
         generations,
         health,
@@ -58,7 +60,17 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     )
     from app.platform import metrics  # no auth: scraped by Prometheus
 
-    blueprints = (submit, generations, events, personas, account, providers, replicate_webhook)
+    blueprints = (
+        submit,
+        generations,
+        events,
+        personas,
+        account,
+        providers,
+        replicate_webhook,
+        batches,
+        batch_archive,
+    )
     for module in (*blueprints, health, web, metrics):
         app.register_blueprint(module.bp)
     return app

@@ -133,6 +133,35 @@ def test_a_copy_that_was_taken_over_stops_before_paying(app, user, monkeypatch):
     assert (status, task_id) == ("running", "task-b")  # the owner's, untouched
 
 
+def test_a_stage_canceled_as_it_pays_saves_its_prediction_and_cancels_it(app, user, monkeypatch):
+    """A cancel that lands while ``generate`` creates a prediction cannot see
+    its id yet: the checkpoint after the create finds the generation canceled,
+    saves the id and the runner cancels it; nothing more is paid for."""
+    import app.pipeline as pipeline
+    from app.pipeline import runner
+    from app.pipeline.context import StageResult
+
+    gen_id = new_generation(app, user)
+    paid, canceled = [], []
+
+    def pay_while_canceled(ctx):
+        ctx.checkpoint({"intent": "create"})  # before paying: still running
+        paid.append("p1")
+        with app.extensions["bff"].db.session() as session:  # the cancel lands
+            session.get(Generation, gen_id).status = "canceled"
+        ctx.checkpoint({"predictions": ["p1"]})  # after paying: the id is kept
+        paid.append("more")  # never reached
+        return StageResult({"done": True})
+
+    def cancel_remote(settings, gen):
+        canceled.extend(gen.stage("analyze").output["predictions"])
+
+    monkeypatch.setitem(pipeline.STAGE_FUNCS, "analyze", pay_while_canceled)
+    monkeypatch.setattr(runner, "cancel_remote", cancel_remote)
+    assert not _run(app, gen_id, "analyze", "task-a").proceed
+    assert paid == ["p1"] and canceled == ["p1"]
+
+
 def test_the_owner_checkpoints_and_renews_its_lease(app, user, monkeypatch):
     import app.pipeline as pipeline
     from app.pipeline.context import StageResult

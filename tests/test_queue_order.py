@@ -1,5 +1,6 @@
 """Depth first on the Redis broker: a started generation's next stage is
-taken before a new generation's first, whatever order they were sent in."""
+taken before a new generation's first, whatever order they were sent in; and
+every stage of a single job before any of a batch's."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import json
 from celery import Celery
 
 from app.platform.config import Settings
-from app.platform.queue import celery_config, dispatch
+from app.platform.queue import celery_config, dispatch, dispatch_group
 
 
 def test_a_later_stage_is_taken_before_an_earlier_sent_first_stage(redis_url, tmp_path):
@@ -21,3 +22,22 @@ def test_a_later_stage_is_taken_before_an_earlier_sent_first_stage(redis_url, tm
         taken = [conn.default_channel.basic_get("pipeline", no_ack=True) for _ in range(3)]
     heads = [(m.headers["task"], json.loads(m.body)[0][0]) if m else None for m in taken]
     assert heads == [("pipeline.route", "gen_started"), ("pipeline.analyze", "gen_new"), None]
+
+
+def test_a_single_jobs_first_stage_is_taken_before_any_stage_of_a_batch(redis_url, tmp_path):
+    settings = Settings.from_env({"REDIS_URL": redis_url, "BFF_VAR_DIR": str(tmp_path)})
+    app = Celery("order-test")
+    app.config_from_object(celery_config(settings))
+    assert dispatch_group(app, ["gen_b1", "gen_b2"])  # a batch, sent first
+    assert dispatch(app, "gen_b3", "optimize", background=True)  # a batch's, far along
+    assert dispatch(app, "gen_single")  # then a single job
+    with app.connection_for_read() as conn:
+        taken = [conn.default_channel.basic_get("pipeline", no_ack=True) for _ in range(5)]
+    heads = [(m.headers["task"], json.loads(m.body)[0][0]) if m else None for m in taken]
+    assert heads == [
+        ("pipeline.analyze", "gen_single"),
+        ("pipeline.optimize", "gen_b3"),
+        ("pipeline.analyze", "gen_b1"),
+        ("pipeline.analyze", "gen_b2"),
+        None,
+    ]

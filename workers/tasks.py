@@ -15,6 +15,7 @@ from celery.signals import worker_init, worker_process_init
 from flask import current_app
 from sqlalchemy.exc import InterfaceError, OperationalError
 
+from app.domain import batch_flows
 from app.pipeline import STAGES, orphans
 from app.pipeline.maintenance import (
     apply_one_feedback,
@@ -123,6 +124,7 @@ def redispatch_task() -> None:
         sent = redispatch_stalled(s.db, s.celery, s.settings)
         expired = expire_overdue(s.db, s.settings)
     applied = apply_pending_feedback(s.db)
+    batch_flows.sweep(s)  # batches whose last member's own check was lost
     if sent or applied or expired:
         msg = "maintenance: re-dispatched %d generation(s), timed out %d, applied %d feedback"
         log.info(msg, sent, expired, applied)

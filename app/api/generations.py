@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from flask import Blueprint, current_app, g, request
 from sqlalchemy import bindparam, select
+from sqlalchemy.orm import Session
 
 from app.api.auth import load_user
 from app.api.common import int_arg, json_body, services
 from app.api.errors import ApiError, not_found
 from app.api.responses import FeedbackOut, GenerationOut, GenerationPage, respond
 from app.api.schemas import FeedbackIn, parse
+from app.domain import batches
 from app.domain import generations as svc
 from app.domain.feedback import feedback_state, give, state_of
 from app.domain.models import Generation, GenerationAsset, GenerationFeedback, standing_feedback
@@ -96,10 +99,13 @@ def index():
             f"status must be one of {', '.join(GENERATION_STATUSES)}",
             [{"field": "status", "message": "unknown status"}],
         )
+    batch_id = request.args.get("batchId")
     with services().db.session() as session:
+        if batch_id is not None and batches.get_owned(session, g.user_id, batch_id) is None:
+            raise not_found("batch")
         try:
             rows, cursor = svc.list_page(
-                session, g.user_id, limit, request.args.get("cursor"), status
+                session, g.user_id, limit, request.args.get("cursor"), status, batch_id
             )
         except ValueError:
             raise ApiError(400, "bad_request", "cursor is not valid") from None
@@ -122,20 +128,43 @@ def _revoke_running(gen: Generation, ids: list[str]) -> None:
             pass
 
 
+@dataclass(frozen=True)
+class Stopped:
+    """A generation canceled in a transaction, and what to do once it commits."""
+
+    gen: Generation
+    running: list[str]
+    delivery_id: str | None
+
+
+def stop(session: Session, gen: Generation) -> Stopped:
+    """Cancel ``gen`` (locked) in the caller's transaction, its webhook
+    recorded with it. Raises IllegalTransition when it is final already."""
+    svc.cancel(gen)
+    running = _running_tasks(gen)
+    return Stopped(gen, running, record_final(session, gen))
+
+
+def announce_stopped(stopped: list[Stopped]) -> None:
+    """After the commit: stop the running tasks and the provider's paid work,
+    wake the streams, send the webhooks (and finish a batch)."""
+    for st in stopped:
+        _revoke_running(st.gen, st.running)
+    for st in stopped:
+        events.generation_final(
+            services().settings, st.gen.id, st.gen.status, st.delivery_id, record_webhook=False
+        )
+
+
 @bp.post("/<generation_id>/cancel")
 def cancel(generation_id: str):
     with services().db.session() as session:
         gen = _load(session, generation_id, lock=True)
         try:
-            svc.cancel(gen)
+            stopped = stop(session, gen)  # commits with the cancel
         except IllegalTransition:
             raise ApiError(409, "conflict", f"generation is already {gen.status}") from None
-        running = _running_tasks(gen)
-        delivery_id = record_final(session, gen)  # commits with the cancel
-    _revoke_running(gen, running)
-    events.generation_final(
-        services().settings, generation_id, gen.status, delivery_id, record_webhook=False
-    )
+    announce_stopped([stopped])
     with services().db.session() as session:
         return respond(GenerationOut, _load(session, generation_id))
 
@@ -151,7 +180,11 @@ def retry(generation_id: str):
             raise ApiError(
                 409, "conflict", f"only failed generations can be retried; this one is {gen.status}"
             ) from None
-    if dispatch(s.celery, generation_id, first):
+        batch_id = gen.batch_id
+    if batch_id is not None:  # its own transaction: never a batch lock under a generation's
+        with s.db.session() as session:
+            batches.reopen(session, batch_id)
+    if dispatch(s.celery, generation_id, first, background=batch_id is not None):
         with s.db.session() as session:
             svc.touch_dispatched(session, generation_id)
     with s.db.session() as session:

@@ -13,11 +13,13 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from app.api import batch_responses as b
 from app.api import ops_responses as ops
 from app.api import responses as r
 from app.api.providers import ProviderList
 from app.api.replicate_webhook import ReplicatePrediction, WebhookAck
 from app.api.schemas import (
+    BatchSubmit,
     FeedbackIn,
     ImageSubmit,
     PersonaIn,
@@ -26,6 +28,7 @@ from app.api.schemas import (
     SpecSubmit,
 )
 from app.api.uploads import ALLOWED
+from app.domain.batches import CURSOR_PATTERN as BATCH_CURSOR_PATTERN
 from app.domain.generations import CURSOR_PATTERN
 from app.domain.states import GENERATION_STATUSES
 
@@ -57,7 +60,23 @@ PAGE_QUERY = (
         "schema": {"type": "string", "pattern": CURSOR_PATTERN},
     },
     {"name": "status", "in": "query", "schema": {"enum": list(GENERATION_STATUSES)}},
+    {
+        "name": "batchId",
+        "in": "query",
+        "description": "only this batch's generations (404 if it is not one of yours)",
+        "schema": {"type": "string"},
+    },
 )
+BATCH_PAGE_QUERY = (
+    PAGE_QUERY[0],
+    {
+        "name": "cursor",
+        "in": "query",
+        "description": "a page's nextCursor",
+        "schema": {"type": "string", "pattern": BATCH_CURSOR_PATTERN},
+    },
+)
+ZIP = {"application/zip": {"schema": {"type": "string", "format": "binary"}}}
 REPLICATE_WEBHOOK_PARAMS = (
     {"name": "generation", "in": "query", "description": "the generation the prediction is for",
      "schema": {"type": "string"}},
@@ -68,6 +87,7 @@ HEAD_ERRORS = (414, 431)  # any request: app/api/protocol.py
 SUBMIT_ERRORS = (400, 401, 403, 409, 413, 415, 422, 429)
 BODY_ERRORS = (400, 401, 415, 422)
 GEN, PERSONA = "/api/generate/{generation_id}", "/api/personas/{persona_id}"
+BATCH = "/api/batches/{batch_id}"
 
 # fmt: off
 ROUTES = (
@@ -77,7 +97,7 @@ ROUTES = (
           "Submit a garment photo (multipart) or a ready VLT spec (JSON)",
           r.AcceptedOut, (202,), SUBMIT_ERRORS, SpecSubmit, form=ImageSubmit),
     Route("get", "/api/generate", "The caller's generations, newest first",
-          r.GenerationPage, errors=(400, 401, 422), query=PAGE_QUERY),
+          r.GenerationPage, errors=(400, 401, 404, 422), query=PAGE_QUERY),
     Route("get", GEN, "One generation", r.GenerationOut, errors=(401, 404)),
     Route("delete", GEN, "Cancel if running, delete rows and stored objects",
           None, (204,), (401, 404, 503)),
@@ -91,6 +111,19 @@ ROUTES = (
     Route("get", f"{GEN}/events",
           "Server-Sent Events: a `stage` event per stage change, then `done`",
           EVENT_STREAM, errors=(401, 404, 503)),
+    Route("post", "/api/batches",
+          "Submit a batch: up to 100 items, or a matrix expanded into at most 100",
+          b.BatchAcceptedOut, (202,), SUBMIT_ERRORS, BatchSubmit),
+    Route("get", "/api/batches", "The caller's batches, newest first",
+          b.BatchPage, errors=(400, 401, 422), query=BATCH_PAGE_QUERY),
+    Route("get", BATCH, "One batch: status, counts, cost", b.BatchOut, errors=(401, 404)),
+    Route("delete", BATCH, "Cancel what is running, delete the batch's rows and stored objects",
+          None, (204,), (401, 404, 503)),
+    Route("post", f"{BATCH}/cancel", "Cancel every generation of the batch not yet final",
+          b.BatchOut, errors=(401, 404, 409)),
+    Route("get", f"{BATCH}/archive",
+          "A ZIP of the batch's final images and manifest.csv, streamed",
+          ZIP, errors=(401, 404)),
     Route("get", "/api/personas", "The caller's personas", r.PersonaPage),
     Route("post", "/api/personas", "Create a persona",
           r.PersonaOut, (201,), BODY_ERRORS, PersonaIn),

@@ -163,6 +163,7 @@ class GenerationOut(_Linked):
     cost: float
     error: GenerationErrorOut | None
     webhook_url: str | None
+    batch_id: str | None = Field(description="the batch it belongs to; null for a single submit")
     feedback: FeedbackStateOut
 
     @model_validator(mode="before")

@@ -42,13 +42,13 @@ def _accepted(gen_id: str) -> Response:
     return respond(AcceptedOut, {"id": gen_id}, 202, {"Location": generation_path(gen_id)})
 
 
-def _request_hash(payload: dict[str, Any], upload: Upload | None) -> str:
+def request_hash(payload: dict[str, Any], upload: Upload | None) -> str:
     image = hashlib.sha256(upload[0]).hexdigest() if upload else None
     canon = json.dumps({"path": request.path, "body": payload, "image": image}, sort_keys=True)
     return hashlib.sha256(canon.encode()).hexdigest()
 
 
-def _idempotency_key() -> str | None:
+def idempotency_key() -> str | None:
     key = request.headers.get("Idempotency-Key")
     if key is not None and not 1 <= len(key) <= 255:
         raise ApiError(400, "bad_request", "Idempotency-Key must be 1-255 characters")
@@ -89,7 +89,7 @@ def _spec(body: Body) -> dict[str, Any] | None:
     return body.vltSpec.model_dump(mode="json") if isinstance(body, SpecSubmit) else None
 
 
-def _check_request(body: Body, settings: dict[str, Any]) -> None:
+def check_request(body: Body, settings: dict[str, Any]) -> None:
     """The checks that need no database."""
     check_user_id(body.userId)
     config = services().settings
@@ -110,7 +110,7 @@ def _check_request(body: Body, settings: dict[str, Any]) -> None:
         raise _invalid("webhookUrl", why)
 
 
-def _check_persona(session: Session, persona_id: str | None) -> None:
+def check_persona(session: Session, persona_id: str | None) -> None:
     if persona_id and not session.scalar(
         select(Persona.id).where(Persona.id == persona_id, Persona.user_id == g.user_id)
     ):
@@ -141,17 +141,17 @@ def _submit(
     upload: Upload | None = None,
 ) -> Response:
     s = services()
-    key = _idempotency_key()
-    req_hash = _request_hash(payload, upload) if key is not None else None
+    key = idempotency_key()
+    req_hash = request_hash(payload, upload) if key is not None else None
     settings = body.settings.model_dump()
-    _check_request(body, settings)
+    check_request(body, settings)
     gen_id, input_key = new_id("gen"), None
     try:
         with s.db.session() as session:
             if (prior := _replay(session, key, req_hash)) is not None:
                 return _accepted(prior)
             check_submission(session, s.settings, g.user_id, estimate(settings, s.settings)[0])
-            _check_persona(session, body.personaId)
+            check_persona(session, body.personaId)
             if upload is not None:
                 input_key = _store_upload(s, gen_id, upload)
             svc.create(

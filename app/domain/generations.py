@@ -166,7 +166,12 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
 
 
 def list_page(
-    session: Session, user_id: int, limit: int, cursor: str | None = None, status: str | None = None
+    session: Session,
+    user_id: int,
+    limit: int,
+    cursor: str | None = None,
+    status: str | None = None,
+    batch_id: str | None = None,
 ) -> tuple[list[Generation], str | None]:
     q = (
         select(Generation)
@@ -181,6 +186,8 @@ def list_page(
     )
     if status:
         q = q.where(Generation.status == status)
+    if batch_id:
+        q = q.where(Generation.batch_id == batch_id)
     if cursor is not None:
         created, gid = decode_cursor(cursor)
         if session.get_bind().dialect.name == "sqlite":

@@ -59,15 +59,42 @@ class ApiKey(Base):
     user: Mapped[User] = relationship()
 
 
+class Batch(Base):
+    """One ``POST /api/batches``: its generations carry its id. The status is
+    derived from theirs (``app.domain.batches``)."""
+
+    __tablename__ = "batches"
+    __table_args__ = (
+        UniqueConstraint("user_id", "idempotency_key", name="uq_batches_idempotency"),
+        Index("ix_batches_user_created", "user_id", "created_at", "id"),
+        Index("ix_batches_finished", "finished_at"),
+    )
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    total: Mapped[int] = mapped_column(Integer)
+    estimated_cost: Mapped[Decimal] = mapped_column(Numeric(10, 4), default=Decimal("0"))
+    webhook_url: Mapped[str | None] = mapped_column(String(2000))
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    request_hash: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    canceled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Every generation final, the completion webhook recorded (once).
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
 class Generation(Base):
     __tablename__ = "generations"
     __table_args__ = (
         UniqueConstraint("user_id", "idempotency_key", name="uq_generations_idempotency"),
         Index("ix_generations_user_created", "user_id", "created_at", "id"),
         Index("ix_generations_status_updated", "status", "updated_at"),
+        Index("ix_generations_batch", "batch_id"),
     )
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    batch_id: Mapped[str | None] = mapped_column(
+        ForeignKey("batches.id", ondelete="CASCADE", name="fk_generations_batch")
+    )
     status: Mapped[str] = mapped_column(String(20), default="pending")
     mode: Mapped[str] = mapped_column(String(10))
     settings: Mapped[dict[str, Any]] = mapped_column(default=dict)

@@ -47,10 +47,11 @@ QUOTA = _quota_statement()
 
 
 def check_submission(
-    session: Session, settings: Settings, user_id: int, estimate: float = 0.0
+    session: Session, settings: Settings, user_id: int, estimate: float = 0.0, count: int = 1
 ) -> None:
     """429 over the submission rate; 403 when today's spend has reached the
-    daily cap, or this request's ``estimate`` (USD at most) would pass it."""
+    daily cap, or this request's ``estimate`` (USD at most) would pass it.
+    ``count``: how many generations the request makes (a batch's each count)."""
     limit, window = settings.submit_rate_limit
     now = utcnow()
     midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
@@ -60,14 +61,18 @@ def check_submission(
         "midnight": _db_time(session, midnight),
         "limit": max(limit, 1),
     }
-    count, oldest, cap_usd, spent_usd = session.execute(QUOTA, params).one()
-    if limit > 0 and count >= limit:
-        oldest = oldest if oldest.tzinfo else oldest.replace(tzinfo=UTC)
-        wait = max(1, math.ceil(window - (now - oldest).total_seconds()))
+    recent, oldest, cap_usd, spent_usd = session.execute(QUOTA, params).one()
+    if limit > 0 and recent + count > limit:
+        # When the oldest leaves the window (a batch may need more to leave).
+        wait = 1
+        if oldest is not None:
+            oldest = oldest if oldest.tzinfo else oldest.replace(tzinfo=UTC)
+            wait = max(1, math.ceil(window - (now - oldest).total_seconds()))
+        asked = f" ({recent} made, {count} more asked)" if count > 1 else ""
         raise ApiError(
             429,
             "rate_limited",
-            f"at most {limit} generations per {window:g} s; try again in {wait} s",
+            f"at most {limit} generations per {window:g} s{asked}; try again in {wait} s",
             headers={"Retry-After": str(wait)},
         )
     if cap_usd is None:

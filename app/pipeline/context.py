@@ -30,6 +30,12 @@ class StageLeaseLost(Exception):
     stop at once, record nothing, pay for nothing."""
 
 
+class GenerationEnded(StageLeaseLost):
+    """The generation was canceled (or timed out) while this stage worked:
+    what the checkpoint held is saved, so predictions it has just paid for
+    can be canceled at the provider; stop and pay for nothing more."""
+
+
 class StageWaiting(Exception):
     """Not done yet, nothing wrong: run the stage again in ``retry_in`` seconds
     (a provider still working, a rate-limit token not yet free). Waiting does

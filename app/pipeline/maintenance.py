@@ -5,7 +5,7 @@
   stage. The submit writes ``dispatched_at`` with the row and clears it when
   the broker refuses the chain, so one without it is sent after
   ``UNDISPATCHED_GRACE``; a process that died between the commit and the send
-  leaves it set, and the stall rule sends it.
+  leaves it set, and the stall rule sends it. A batch's generations too.
 - ``expire_overdue``: a generation past its deadline fails with code
   ``timeout`` at the stage it was in; its provider predictions are canceled.
 - ``apply_pending_feedback``: feedback whose optimiser task never ran.
@@ -79,7 +79,7 @@ def redispatch_stalled(
     quiet_since = now - timedelta(
         seconds=min(settings.stall_timeout, UNDISPATCHED_GRACE.total_seconds())
     )
-    todo: list[tuple[str, str]] = []
+    todo: list[tuple[str, str, bool]] = []
     owners_may_be_waiting = db_outage_recent(settings)
     with db.session() as session:
         rows = session.scalars(
@@ -100,10 +100,11 @@ def redispatch_stalled(
             if never_sent or (
                 stalled(gen, settings) and not _sent_within(gen, now, settings, stage)
             ):
-                todo.append((gen.id, stage))
+                todo.append((gen.id, stage, gen.batch_id is not None))
     sent = 0
-    for gen_id, stage in todo:
-        if dispatch(celery_app, gen_id, stage):
+    for gen_id, stage, in_batch in todo:
+        # A batch's generation goes back in the background, as its batch sent it.
+        if dispatch(celery_app, gen_id, stage, background=in_batch):
             with db.session() as session:
                 # updated_at is kept as it is (its onupdate would renew it): it
                 # is the stage's lease. Renewing it here made the copy just sent

@@ -35,6 +35,7 @@ from app.domain.states import (
 )
 from app.pipeline import STAGE_FUNCS, STAGES, lease
 from app.pipeline.context import (
+    GenerationEnded,
     StageContext,
     StageFailed,
     StageLeaseLost,
@@ -58,6 +59,7 @@ from app.platform.config import Settings
 from app.platform.db import Database
 from app.platform.db import unavailable as db_unavailable
 from app.platform.storage import Storage, generation_prefix
+from app.providers.cancel import cancel_remote
 from app.providers.health import record_outcome
 from app.webhooks import record_final
 
@@ -105,6 +107,11 @@ def _work(ctx: StageContext, name: str, task_id: str | None, attempt: int) -> Ou
         result = STAGE_FUNCS[name](ctx)
         status = S_SKIPPED if result.skipped else S_COMPLETED
         return transaction(session, record, ctx, name, status, result.output)
+    except GenerationEnded as exc:
+        log.info("%s: %s stopped: %s", gen_id, name, exc)
+        session.rollback()
+        cancel_remote(settings, ctx.generation)  # what it paid for as the cancel came
+        return STOP
     except StageLeaseLost as exc:
         log.warning("%s: %s stopped: %s", gen_id, name, exc)
         return STOP

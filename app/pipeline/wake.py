@@ -35,6 +35,8 @@ def wake(db: Database, celery_app: Celery, generation_id: str, prediction_id: st
             return "its generate stage is not waiting"
         if prediction_id not in (parked.get("predictions") or []):
             return "not a prediction its generate stage waits on"
-    if not dispatch(celery_app, generation_id, STAGE, first_task_id=lease.wake_up_task_id()):
+        in_batch = gen.batch_id is not None
+    wake_id = lease.wake_up_task_id()
+    if not dispatch(celery_app, generation_id, STAGE, wake_id, background=in_batch):
         raise NotSent(generation_id)
     return None

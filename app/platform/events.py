@@ -58,9 +58,10 @@ def generation_final(
     record_webhook: bool = True,
 ) -> None:
     """Called once a generation reaches completed, failed or canceled: wakes the
-    streams and sends the webhook. ``delivery_id``: the delivery recorded in the
-    transition's own transaction (``webhooks.record_final``); without one and
-    with ``record_webhook``, it is recorded now in a transaction of its own."""
+    streams, sends the webhook and finishes its batch if it was the last.
+    ``delivery_id``: the delivery recorded in the transition's own transaction
+    (``webhooks.record_final``); without one and with ``record_webhook``, it
+    is recorded now in a transaction of its own."""
     publish(settings, generation_id, "done", {"id": generation_id, "status": status})
     from flask import current_app, has_app_context
 
@@ -76,6 +77,12 @@ def generation_final(
             queue_final(services, generation_id)
     except Exception:  # never fail the stage that finished the job; the sweep retries
         log.exception("could not queue the webhook for %s", generation_id)
+    from app.domain.batch_flows import note_final
+
+    try:
+        note_final(services, generation_id)  # the last of a batch finishes the batch
+    except Exception:  # as above: the batch sweep finishes it
+        log.exception("could not check the batch of %s", generation_id)
 
 
 # ------------------------------------------------------------------ the stream

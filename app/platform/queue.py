@@ -14,14 +14,19 @@
   ``filesystem://`` and ``broker_transport`` names the class.
 - Depth first: each stage's message carries a priority, later stages first,
   so started generations finish before new ones start (``PRIORITY``).
+- Batches in the background: a batch's chains are sent ``BACKGROUND`` steps
+  below single jobs, so one user's 100-item batch never starves other
+  users' single jobs (``priority``; the Redis broker gets ten steps).
+- A batch is one canvas ``group`` of its chains (``dispatch_group``).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
-from celery import Celery, Task, chain
+from celery import Celery, Task, chain, group
 from flask import Flask
 
 from app.pipeline import STAGES
@@ -86,7 +91,9 @@ def _transport_options(settings: Settings) -> dict[str, Any]:
     if not settings.broker_url.startswith(("redis://", "rediss://")):
         return {}
     vt = settings.broker_visibility_timeout
-    options: dict[str, Any] = {"visibility_timeout": vt}
+    # A list per priority 0-9 (kombu's default is 0, 3, 6, 9): room for batch
+    # stages below every single job's stage (``priority``).
+    options: dict[str, Any] = {"visibility_timeout": vt, "priority_steps": list(range(10))}
     if vt < 3600:  # a short timeout is only useful if abandoned messages are swept often
         options.update(
             unacked_restore_interval=max(1, min(10, vt // 4)), unacked_restore_throttle=1
@@ -107,11 +114,39 @@ def celery_init_app(app: Flask, settings: Settings) -> Celery:
     return celery_app
 
 
-# Kombu's Redis transport keeps a list per priority step (0, 3, 6, 9 by default)
-# and pops 0 first: a later stage of a started generation runs before the first
-# stage of a new one. The filesystem transport, and RabbitMQ queues declared
-# without x-max-priority, ignore message priorities.
-PRIORITY = {"analyze": 9, "enhance": 6, "persona": 6, "route": 3, "optimize": 3}
+# Kombu's Redis transport keeps a list per priority step and pops 0 first: a
+# later stage of a started generation runs before the first stage of a new one,
+# and every single job's stage before any batch's (``BACKGROUND`` steps lower).
+# A retry keeps its message's priority. The filesystem transport, and RabbitMQ
+# queues declared without x-max-priority, ignore message priorities.
+PRIORITY = {"analyze": 3, "enhance": 2, "persona": 2, "route": 1, "optimize": 1}
+BACKGROUND = 5
+
+
+def priority(stage: str, background: bool = False) -> int:
+    """The stage's message priority (0 is taken first); ``background`` for a batch's."""
+    return PRIORITY.get(stage, 0) + (BACKGROUND if background else 0)
+
+
+def stage_chain(
+    celery_app: Celery,
+    generation_id: str,
+    from_stage: str = STAGES[0],
+    background: bool = False,
+    first_task_id: str | None = None,
+) -> chain:
+    """The chain of stage tasks from ``from_stage`` on, each taking the
+    generation id only (immutable: a stage's return value is not passed on)."""
+    names = STAGES[STAGES.index(from_stage) :]
+    sigs = [
+        celery_app.signature(
+            f"pipeline.{n}", args=(generation_id,), immutable=True, priority=priority(n, background)
+        )
+        for n in names
+    ]
+    if first_task_id is not None:
+        sigs[0] = sigs[0].set(task_id=first_task_id)
+    return chain(*sigs, app=celery_app)
 
 
 def dispatch(
@@ -119,25 +154,31 @@ def dispatch(
     generation_id: str,
     from_stage: str = STAGES[0],
     first_task_id: str | None = None,
+    background: bool = False,
 ) -> bool:
-    """Send the chain of stage tasks from ``from_stage`` on, each taking the
-    generation id only (immutable: a stage's return value is not passed on).
-    Call after the row is committed. Returns False (and logs) when the broker
-    is unreachable: the caller leaves (or makes) ``dispatched_at`` empty and
-    the dispatcher sends it later. ``first_task_id`` names the first task
-    (a wake-up: ``lease.wake_up_task_id``)."""
-    names = STAGES[STAGES.index(from_stage) :]
-    sigs = [
-        celery_app.signature(
-            f"pipeline.{n}", args=(generation_id,), immutable=True, priority=PRIORITY.get(n, 0)
-        )
-        for n in names
-    ]
-    if first_task_id is not None:
-        sigs[0] = sigs[0].set(task_id=first_task_id)
+    """Send the generation's chain (``stage_chain``). Call after the row is
+    committed. Returns False (and logs) when the broker is unreachable: the
+    caller leaves (or makes) ``dispatched_at`` empty and the dispatcher sends
+    it later. ``first_task_id`` names the first task (a wake-up:
+    ``lease.wake_up_task_id``); ``background``: a batch's generation."""
+    sig = stage_chain(celery_app, generation_id, from_stage, background, first_task_id)
     try:
-        chain(*sigs, app=celery_app).apply_async()
+        sig.apply_async()
     except Exception as exc:  # kombu and redis-py raise several types for "broker down"
         log.warning("could not enqueue %s: %s", generation_id, type(exc).__name__)
+        return False
+    return True
+
+
+def dispatch_group(celery_app: Celery, generation_ids: Sequence[str]) -> bool:
+    """Send a batch: one canvas ``group`` of its generations' chains, in the
+    background. False (logged) when the broker failed part way: the caller
+    clears ``dispatched_at`` of them all and the dispatcher sends them again
+    (a chain sent twice is harmless: stages are idempotent and leased)."""
+    chains = [stage_chain(celery_app, gid, background=True) for gid in generation_ids]
+    try:
+        group(chains, app=celery_app).apply_async()
+    except Exception as exc:  # as in dispatch
+        log.warning("could not enqueue a batch of %d: %s", len(chains), type(exc).__name__)
         return False
     return True

@@ -2,7 +2,14 @@
 POSTed to the job's ``webhookUrl``, signed per the Standard Webhooks spec:
 the table (``model``), signing, the SSRF guard, and delivery with retries."""
 
-from app.webhooks.delivery import attempt, due_deliveries, queue_final, record_final, send
+from app.webhooks.delivery import (
+    attempt,
+    due_deliveries,
+    queue_final,
+    record_batch_final,
+    record_final,
+    send,
+)
 from app.webhooks.guard import Refused, resolve_target, submit_url_problem
 from app.webhooks.model import DELIVERED, FAILED, PENDING, REFUSED, WebhookDelivery
 from app.webhooks.signing import ensure_secret, generate_secret
@@ -19,6 +26,7 @@ __all__ = [
     "ensure_secret",
     "generate_secret",
     "queue_final",
+    "record_batch_final",
     "record_final",
     "resolve_target",
     "send",

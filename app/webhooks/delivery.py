@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.domain.models import Generation, User, new_id, utcnow
+from app.domain.models import Batch, Generation, User, new_id, utcnow
 from app.platform.config import Settings
 from app.platform.db import Database
 from app.webhooks.guard import Refused, post, resolve_target
@@ -44,6 +44,30 @@ def record_final(session: Session, gen: Generation) -> str | None:
         event_type=f"generation.{gen.status}",
         url=gen.webhook_url,
         payload=json.dumps(generation_json(gen), separators=(",", ":")),
+        status=PENDING,
+        attempts=0,
+        next_attempt_at=utcnow(),
+    )
+    session.add(delivery)
+    return delivery.id
+
+
+def record_batch_final(
+    session: Session, batch: Batch, status: str, payload: dict[str, Any]
+) -> str | None:
+    """Record a batch's completion message (``batch.completed`` or
+    ``batch.canceled``, the batch's JSON) in the caller's transaction: as
+    ``record_final``, for the batch's own ``webhookUrl``."""
+    if not batch.webhook_url:
+        return None
+    ensure_secret(session.get(User, batch.user_id))
+    delivery = WebhookDelivery(
+        id=new_id("msg"),
+        user_id=batch.user_id,
+        batch_id=batch.id,
+        event_type=f"batch.{status}",
+        url=batch.webhook_url,
+        payload=json.dumps(payload, separators=(",", ":")),
         status=PENDING,
         attempts=0,
         next_attempt_at=utcnow(),

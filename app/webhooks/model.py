@@ -21,7 +21,9 @@ class WebhookDelivery(Base):
     )
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
-    generation_id: Mapped[str] = mapped_column(String(40))
+    # A message is about a generation or (its completion) a batch.
+    generation_id: Mapped[str | None] = mapped_column(String(40))
+    batch_id: Mapped[str | None] = mapped_column(String(40))
     event_type: Mapped[str] = mapped_column(String(40))
     url: Mapped[str] = mapped_column(String(2000))
     payload: Mapped[str] = mapped_column(Text)

@@ -11,6 +11,7 @@ import re
 import shutil
 import sqlite3
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -222,3 +223,36 @@ def test_page_and_static_files_need_no_key(dev_server):
     assert page.status_code == 200 and "text/html" in page.headers["Content-Type"]
     for path in re.findall(r'(?:href|src)="(/assets/[^"]+)"', page.text):
         assert requests.get(base + path, timeout=5).status_code == 200, path
+
+
+def test_designer_runs_a_batch_from_the_page(dev_server, browser, tmp_path):
+    from playwright.sync_api import expect
+
+    base, key, _ = dev_server
+    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    console_errors: list[str] = []
+    page.on("console", lambda m: m.type == "error" and console_errors.append(m.text))
+    page.goto(base + "/")
+    page.get_by_label("API key").fill(key)
+    page.get_by_role("button", name="Save").click()
+    expect(page.locator("#key-status")).to_have_text("Key OK.")
+    page.get_by_label("Provider").select_option("local")
+
+    page.get_by_label("Prompts, one a line").fill("ivory linen shirt\n\nrust wool coat\n")
+    page.get_by_label("Colourways").fill("navy, sage")
+    page.get_by_role("button", name="Start the batch").click()
+    status = page.locator("#batch-status")
+    expect(status).to_contain_text("completed, 4 of 4 done (4 completed", timeout=90_000)
+    expect(page.locator("#batch-progress")).to_have_attribute("value", "4")
+    expect(page.locator("#batch-gallery img")).to_have_count(4)
+    expect(page.locator("#batch-gallery")).to_contain_text("rust wool coat, in a sage colorway")
+    expect(page.get_by_role("button", name="Cancel batch")).to_be_hidden()
+
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Download ZIP").click()
+    saved = tmp_path / "batch.zip"
+    download.value.save_as(saved)
+    with zipfile.ZipFile(saved) as archive:
+        assert len([n for n in archive.namelist() if n.endswith(".png")]) == 4
+    assert not console_errors, console_errors
+    page.close()

@@ -1,0 +1,89 @@
+"""GET /api/batches/<id>/archive: the batch's images and a ``manifest.csv``
+as a ZIP streamed while it is written (``app.platform.zipstream``): one
+image in memory at a time, never the archive."""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from collections.abc import Iterator
+
+from flask import Blueprint, current_app, g
+from sqlalchemy import select
+
+from app.api.auth import load_user
+from app.api.common import services
+from app.api.errors import not_found
+from app.domain import batches
+from app.domain.models import Generation, GenerationAsset
+from app.domain.states import COMPLETED
+from app.platform.storage import Storage
+from app.platform.zipstream import Member, stream_zip
+
+log = logging.getLogger(__name__)
+bp = Blueprint("batch_archive", __name__, url_prefix="/api/batches")
+bp.before_request(load_user)
+
+MANIFEST = ("generation_id", "status", "prompt", "provider", "model", "cost", "file", "url")
+EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
+
+
+def _rows(batch_id: str) -> tuple[list[Generation], dict[str, list[GenerationAsset]]]:
+    with services().db.read() as session:
+        if batches.get_owned(session, g.user_id, batch_id) is None:
+            raise not_found("batch")
+        gens = list(
+            session.scalars(
+                select(Generation)
+                .where(Generation.batch_id == batch_id)
+                .order_by(Generation.created_at, Generation.id)
+            )
+        )
+        assets: dict[str, list[GenerationAsset]] = {}
+        for asset in session.scalars(
+            select(GenerationAsset)
+            .join(Generation, Generation.id == GenerationAsset.generation_id)
+            .where(Generation.batch_id == batch_id, Generation.status == COMPLETED)
+            .order_by(GenerationAsset.generation_id, GenerationAsset.position)
+        ):
+            assets.setdefault(asset.generation_id, []).append(asset)
+    return gens, assets
+
+
+def _members(
+    storage: Storage, gens: list[Generation], assets: dict[str, list[GenerationAsset]]
+) -> Iterator[Member]:
+    """Each final image, then the manifest: a row per image, and one (without
+    a file) per generation that made none."""
+    out = io.StringIO()
+    manifest = csv.writer(out)
+    manifest.writerow(MANIFEST)
+    for n, gen in enumerate(gens, 1):
+        row = [gen.id, gen.status, gen.prompt or "", gen.provider or "", gen.model or ""]
+        row.append(f"{float(gen.cost):.4f}")
+        for asset in assets.get(gen.id, []):
+            name = f"{n:03d}-{gen.id}-{asset.position}.{EXTENSIONS.get(asset.content_type, 'bin')}"
+            yield Member(name, lambda key=asset.r2_key: storage.get(key))
+            manifest.writerow([*row, name, asset.cdn_url])
+        if not assets.get(gen.id):
+            manifest.writerow([*row, "", ""])
+    yield Member("manifest.csv", lambda: out.getvalue().encode(), compress=True)
+
+
+@bp.get("/<batch_id>/archive")
+def archive(batch_id: str):
+    gens, assets = _rows(batch_id)
+    storage = services().storage  # the stream runs after the request's context is gone
+
+    def body() -> Iterator[bytes]:
+        try:
+            yield from stream_zip(_members(storage, gens, assets))
+        except Exception:  # headers are sent: all we can do is cut the archive short
+            log.exception("archive of %s failed part way", batch_id)
+            raise
+
+    resp = current_app.response_class(body(), mimetype="application/zip")
+    resp.headers["Content-Disposition"] = f'attachment; filename="{batch_id}.zip"'
+    resp.cache_control.private, resp.cache_control.no_store = True, True
+    return resp

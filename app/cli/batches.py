@@ -1,0 +1,174 @@
+"""``bff batch FILE [--matrix] [--wait]`` and ``bff batch download ID DIR``,
+over the HTTP API as any client would (``BFF_API_URL``, ``BFF_API_KEY``).
+
+FILE is CSV (a header row; ``prompt`` and any of ``negativePrompt``,
+``personaId``, ``webhookUrl`` and the settings' names as columns) or JSON
+Lines (one request object a line, as from-prompt or a JSON from-image takes).
+With ``--matrix``: a JSON object (the API's ``matrix``), or CSV whose columns
+are the axes (``prompts``, ``providers``, ``personas``, ``sizes``,
+``colorways``), their values down each column."""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import click
+
+from app.api.schemas import BatchMatrix, GenerationSettings
+from app.cli.client import _api, _error, _json
+
+SETTINGS = set(GenerationSettings.model_fields) - {"aspectRatio"}
+INTEGERS = {"count"}
+AXES = [name for name in BatchMatrix.model_fields if name not in ("negativePrompt", "settings")]
+FINAL = ("completed", "failed", "canceled")
+
+
+def _is_json(path: Path, text: str) -> bool:
+    if path.suffix.lower() in (".json", ".jsonl", ".ndjson"):
+        return True
+    return path.suffix.lower() != ".csv" and text.lstrip().startswith(("{", "["))
+
+
+def _csv_item(row: dict[str, str]) -> dict[str, Any]:
+    item: dict[str, Any] = {}
+    for name, value in row.items():
+        if name is None or value is None or not value.strip():
+            continue  # an empty cell: the API's default
+        name, value = name.strip(), value.strip()
+        if name in SETTINGS:
+            item.setdefault("settings", {})[name] = int(value) if name in INTEGERS else value
+        else:
+            item[name] = value
+    return item
+
+
+def read_items(path: Path) -> list[dict[str, Any]]:
+    text = path.read_text(encoding="utf-8-sig")
+    if _is_json(path, text):
+        lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+        try:
+            return [json.loads(line) for _, line in lines]
+        except json.JSONDecodeError as exc:
+            raise click.ClickException(f"{path}: not JSON Lines: {exc}") from None
+    try:
+        return [item for row in csv.DictReader(text.splitlines()) if (item := _csv_item(row))]
+    except ValueError as exc:  # a count that is not a number
+        raise click.ClickException(f"{path}: {exc}") from None
+
+
+def read_matrix(path: Path) -> dict[str, Any]:
+    text = path.read_text(encoding="utf-8-sig")
+    if _is_json(path, text):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise click.ClickException(f"{path}: not a JSON object: {exc}") from None
+    matrix: dict[str, list[str]] = {}
+    for row in csv.DictReader(text.splitlines()):
+        for name, value in row.items():
+            axis = (name or "").strip()
+            axis = axis if axis in AXES else f"{axis}s"  # "prompt" is "prompts"
+            if value and value.strip():
+                matrix.setdefault(axis, []).append(value.strip())
+    return matrix
+
+
+class BatchGroup(click.Group):
+    """``bff batch FILE`` submits (``submit`` is implied); ``bff batch download``."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("-h", "--help"):
+            args = ["submit", *args]
+        return super().parse_args(ctx, args)
+
+
+@click.group("batch", cls=BatchGroup)
+def batch_cli() -> None:
+    """Batches: 'bff batch FILE [--matrix] [--wait]' submits FILE (CSV or JSON
+    Lines); 'bff batch download ID DIR' fetches a batch's images."""
+
+
+@batch_cli.command("submit")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--matrix", "is_matrix", is_flag=True, help="FILE is a matrix, not a request a line")
+@click.option("--webhook", help="POST the batch's completion here")
+@click.option("--idempotency-key", help="a retry with the same key returns the first batch")
+@click.option("--wait", is_flag=True, help="show the batch's progress until it is done")
+@click.option("--timeout", default=3600.0, show_default=True, help="seconds to wait")
+def submit(
+    file: Path,
+    is_matrix: bool,
+    webhook: str | None,
+    idempotency_key: str | None,
+    wait: bool,
+    timeout: float,
+) -> None:
+    """Submit the batch in FILE (bff batch FILE)."""
+    body: dict[str, Any] = (
+        {"matrix": read_matrix(file)} if is_matrix else {"items": read_items(file)}
+    )
+    if webhook:
+        body["webhookUrl"] = webhook
+    headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
+    resp = _api("POST", "/api/batches", extra_headers=headers, json=body)
+    if resp.status_code != 202:
+        raise _error(resp)
+    accepted = resp.json()
+    click.echo(
+        f"submitted {accepted['id']}: {accepted['total']} generations, "
+        f"at most ${accepted['estimatedCost']:.2f}"
+    )
+    if wait:
+        _follow(accepted["id"], accepted["total"], timeout)
+
+
+def _follow(batch_id: str, total: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    with click.progressbar(length=total, label=batch_id, show_pos=True) as bar:
+        done = 0
+        while True:
+            shown = _json("GET", f"/api/batches/{batch_id}")
+            finished = sum(shown["counts"][s] for s in FINAL)
+            bar.update(finished - done)
+            done = finished
+            if shown["status"] not in ("pending", "processing"):
+                break
+            if time.monotonic() > deadline:
+                raise click.ClickException(f"still {shown['status']} after {timeout:.0f}s")
+            time.sleep(1)
+    counts = shown["counts"]
+    click.echo(
+        f"{shown['status']}: {counts['completed']} completed, {counts['failed']} failed, "
+        f"{counts['canceled']} canceled; cost ${shown['cost']:.2f}"
+    )
+    if shown["status"] != "completed" or counts["failed"] or counts["canceled"]:
+        raise click.ClickException(f"batch {batch_id} did not complete every generation")
+
+
+@batch_cli.command("download")
+@click.argument("batch_id")
+@click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
+def download(batch_id: str, folder: Path) -> None:
+    """The batch's images and manifest.csv into FOLDER."""
+    folder.mkdir(parents=True, exist_ok=True)
+    part = folder / f".{batch_id}.zip.part"
+    with _api("GET", f"/api/batches/{batch_id}/archive", stream=True) as resp:
+        if resp.status_code != 200:
+            raise _error(resp)
+        with open(part, "wb") as out:  # to disk as it arrives: never all in memory
+            for chunk in resp.iter_content(64 * 1024):
+                out.write(chunk)
+    try:
+        with zipfile.ZipFile(part) as archive:
+            archive.extractall(folder)  # member names are ours; extractall keeps them inside
+            names = archive.namelist()
+    except zipfile.BadZipFile:
+        raise click.ClickException("the archive arrived incomplete; try again") from None
+    finally:
+        part.unlink(missing_ok=True)
+    click.echo(f"{len(names) - 1} images and manifest.csv in {folder}")

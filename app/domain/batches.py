@@ -1,0 +1,199 @@
+"""The batches domain: create, read, list, count and finish batches (the
+JSON clients see: ``app.api.batch_responses``). Functions take the session
+and never commit; ``finish_if_done`` is the completion rule.
+
+A batch's status is derived from its generations' statuses, never stored,
+so a retry, a redispatch or a delete can never leave a counter wrong:
+``canceled`` once a cancel was asked for, ``completed`` once every
+generation is final (whatever each outcome), ``processing`` once one has
+started, else ``pending``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import exists, func, select, tuple_, update
+from sqlalchemy.orm import Session
+
+from app.domain.models import Batch, Generation, utcnow
+from app.domain.states import CANCELED, COMPLETED, FINAL, GENERATION_STATUSES, PENDING, PROCESSING
+from app.platform.db import begin_for_update
+
+BATCH_STATUSES = (PENDING, PROCESSING, COMPLETED, CANCELED)
+MAX_ITEMS = 100
+
+
+@dataclass(frozen=True)
+class BatchView:
+    """A batch with what its generations say: what ``GET /api/batches/<id>`` shows."""
+
+    batch: Batch
+    counts: dict[str, int]
+    cost: float
+
+    @property
+    def status(self) -> str:
+        if self.batch.canceled_at is not None:
+            return CANCELED
+        # Counted from the rows there are: a member deleted on its own is no
+        # longer waited for.
+        if not self.counts[PENDING] + self.counts[PROCESSING]:
+            return COMPLETED
+        return PENDING if self.counts[PENDING] == sum(self.counts.values()) else PROCESSING
+
+
+def create(session: Session, **columns: Any) -> Batch:
+    batch = Batch(**columns)
+    session.add(batch)
+    return batch
+
+
+def get_owned(session: Session, user_id: int, batch_id: str, lock: bool = False) -> Batch | None:
+    q = select(Batch).where(Batch.id == batch_id, Batch.user_id == user_id)
+    if lock:
+        begin_for_update(session)
+        q = q.with_for_update().execution_options(populate_existing=True)
+    return session.scalars(q).one_or_none()
+
+
+def _tallies(session: Session, batch_ids: list[str]) -> dict[str, tuple[dict[str, int], float]]:
+    """Per batch: generations by status and their cost, in one grouped query
+    (the batch_id index)."""
+    rows = session.execute(
+        select(Generation.batch_id, Generation.status, func.count(), func.sum(Generation.cost))
+        .where(Generation.batch_id.in_(batch_ids))
+        .group_by(Generation.batch_id, Generation.status)
+    ).all()
+    out = {bid: (dict.fromkeys(GENERATION_STATUSES, 0), 0.0) for bid in batch_ids}
+    for bid, status, n, cost in rows:
+        counts, total = out[bid]
+        counts[status] = n
+        out[bid] = counts, total + float(cost or Decimal(0))
+    return out
+
+
+def view(session: Session, batch: Batch) -> BatchView:
+    counts, cost = _tallies(session, [batch.id])[batch.id]
+    return BatchView(batch, counts, round(cost, 4))
+
+
+def views(session: Session, batches: list[Batch]) -> list[BatchView]:
+    tallies = _tallies(session, [b.id for b in batches])
+    return [BatchView(b, tallies[b.id][0], round(tallies[b.id][1], 4)) for b in batches]
+
+
+CURSOR_PATTERN = "^[0-9]{1,17}\\.bat_[0-9a-f]{24}$"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def encode_cursor(batch: Batch) -> str:
+    created = batch.created_at if batch.created_at.tzinfo else batch.created_at.replace(tzinfo=UTC)
+    return f"{(created - _EPOCH) // _MICROSECOND}.{batch.id}"
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """Raises ValueError on anything that is not one of our cursors."""
+    if not re.fullmatch(CURSOR_PATTERN, cursor):
+        raise ValueError("invalid cursor")
+    micros, bid = cursor.split(".")
+    return _EPOCH + int(micros) * _MICROSECOND, bid
+
+
+def list_page(
+    session: Session, user_id: int, limit: int, cursor: str | None = None
+) -> tuple[list[BatchView], str | None]:
+    """The user's batches, newest first (index user_id, created_at, id)."""
+    q = (
+        select(Batch)
+        .where(Batch.user_id == user_id)
+        .order_by(Batch.created_at.desc(), Batch.id.desc())
+        .limit(limit + 1)
+    )
+    if cursor is not None:
+        created, bid = decode_cursor(cursor)
+        if session.get_bind().dialect.name == "sqlite":
+            created = created.replace(tzinfo=None)  # compare like with like
+        q = q.where(tuple_(Batch.created_at, Batch.id) < (created, bid))
+    rows = list(session.scalars(q))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return views(session, rows), encode_cursor(rows[-1]) if more and rows else None
+
+
+def lock_unfinished(session: Session, batch_id: str) -> list[Generation]:
+    """The batch's generations not final yet, locked, in id order (so two
+    lockers of the same rows take them in the same order)."""
+    return list(
+        session.scalars(
+            select(Generation)
+            .where(Generation.batch_id == batch_id, Generation.status.not_in(FINAL))
+            .order_by(Generation.id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+    )
+
+
+def member_ids(session: Session, batch_id: str) -> list[tuple[str, int]]:
+    """(generation id, user id) of every generation of the batch."""
+    rows = session.execute(
+        select(Generation.id, Generation.user_id).where(Generation.batch_id == batch_id)
+    ).all()
+    return [(gid, uid) for gid, uid in rows]
+
+
+def reopen(session: Session, batch_id: str) -> None:
+    """A member was retried: the batch is not done after all, and its
+    completion (and webhook) comes again when the member ends."""
+    session.execute(update(Batch).where(Batch.id == batch_id).values(finished_at=None))
+
+
+def batch_of(session: Session, generation_id: str) -> str | None:
+    return session.scalar(select(Generation.batch_id).where(Generation.id == generation_id))
+
+
+def finish_if_done(session: Session, batch_id: str) -> Batch | None:
+    """The completion rule: under the batch row's lock, if every generation of
+    the batch is final and the batch is not finished yet, mark it finished and
+    return it (the caller records the webhook in the same transaction);
+    else None. Called after each member's final transition has committed:
+    the lock makes these checks take turns and each reads what the others
+    committed, so the last member's check always sees the batch done."""
+    begin_for_update(session)
+    batch = session.scalars(
+        select(Batch)
+        .where(Batch.id == batch_id, Batch.finished_at.is_(None))
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).one_or_none()
+    if batch is None:
+        return None
+    busy = session.scalar(
+        select(exists().where(Generation.batch_id == batch_id, Generation.status.not_in(FINAL)))
+    )
+    if busy:
+        return None
+    batch.finished_at = utcnow()
+    return batch
+
+
+def unfinished_batches(session: Session, older_than: timedelta, limit: int = 100) -> list[str]:
+    """Batches not marked finished though every generation is final: a
+    member's check was lost (its process died after the commit). For the sweep."""
+    return list(
+        session.scalars(
+            select(Batch.id)
+            .where(
+                Batch.finished_at.is_(None),
+                Batch.created_at < utcnow() - older_than,
+                ~exists().where(Generation.batch_id == Batch.id, Generation.status.not_in(FINAL)),
+            )
+            .limit(limit)
+        )
+    )

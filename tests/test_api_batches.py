@@ -1,0 +1,355 @@
+"""/api/batches over the Flask test client: validation, matrix expansion,
+idempotency, limits, paging, ownership, completion (and its webhook),
+cancel, delete and the archive. The stages run in-process
+(tests/support/pipeline.py); tests/integration/test_batches_services.py
+runs batches on the real services."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import zipfile
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import func, select, update
+
+from app import create_app
+from app.api import batch_responses as b
+from app.domain import batch_flows
+from app.domain.models import Batch, Generation, GenerationAsset, GenerationStage, utcnow
+from app.pipeline import STAGE_FUNCS
+from app.pipeline.context import StageFailed
+from app.webhooks import WebhookDelivery
+from tests.conftest import make_user
+from tests.support.pipeline import run_all, services
+from tests.test_api_generations import assert_error, conforms
+
+BATCHES = "/api/batches"
+
+
+def items(n: int, **extra) -> list[dict]:
+    return [{"prompt": f"linen shirt no. {i}", **extra} for i in range(n)]
+
+
+def submit(client, user, body: dict, status: int = 202, **headers) -> dict:
+    resp = client.post(BATCHES, json=body, headers={**user.headers, **headers})
+    assert resp.status_code == status, resp.get_json()
+    return resp.get_json()
+
+
+def batch(client, user, batch_id: str) -> dict:
+    resp = client.get(f"{BATCHES}/{batch_id}", headers=user.headers)
+    assert resp.status_code == 200, resp.get_json()
+    conforms(resp.get_json(), b.BatchOut)
+    return resp.get_json()
+
+
+def members(client, user, batch_id: str) -> list[dict]:
+    resp = client.get(f"/api/generate?batchId={batch_id}&limit=100", headers=user.headers)
+    assert resp.status_code == 200, resp.get_json()
+    return resp.get_json()["items"]
+
+
+def run_batch(app, client, user, batch_id: str, only: int | None = None) -> None:
+    """Run the stages of (the first ``only``) generations, as the workers would."""
+    gens = sorted(members(client, user, batch_id), key=lambda g: g["createdAt"])
+    with app.app_context():  # what a worker's task has: webhooks, the batch's completion
+        for gen in gens[:only]:
+            run_all(app, gen["id"])
+
+
+# ------------------------------------------------------------------ submit
+
+
+def test_items_make_a_batch_of_ordinary_generations(client, user):
+    body = {"items": items(2) + [{"vltSpec": {"records": [{"garmentType": "dress"}]}}]}
+    resp = client.post(BATCHES, json=body, headers=user.headers)
+    assert resp.status_code == 202, resp.get_json()
+    accepted = resp.get_json()
+    conforms(accepted, b.BatchAcceptedOut)
+    assert accepted["status"] == "pending" and accepted["total"] == 3
+    assert resp.headers["Location"] == f"{BATCHES}/{accepted['id']}" == accepted["links"]["self"]
+    shown = batch(client, user, accepted["id"])
+    assert shown["status"] == "pending" and shown["total"] == 3
+    assert shown["counts"] == {
+        "pending": 3,
+        "processing": 0,
+        "completed": 0,
+        "failed": 0,
+        "canceled": 0,
+    }
+    gens = members(client, user, accepted["id"])
+    assert len(gens) == 3 and {g["batchId"] for g in gens} == {accepted["id"]}
+    assert sorted(g["mode"] for g in gens) == ["image", "prompt", "prompt"]
+    single = client.post("/api/generate/from-prompt", json={"prompt": "x"}, headers=user.headers)
+    one = client.get(f"/api/generate/{single.get_json()['id']}", headers=user.headers)
+    assert one.get_json()["batchId"] is None
+
+
+def test_a_matrix_is_expanded_server_side(client, user):
+    matrix = {
+        "prompts": ["wool coat", "silk dress"],
+        "sizes": ["square", "3:4"],
+        "colorways": ["navy", "rust"],
+        "settings": {"quality": "hd"},
+    }
+    accepted = submit(client, user, {"matrix": matrix})
+    assert accepted["total"] == 8
+    gens = members(client, user, accepted["id"])
+    combos = {(g["prompt"]["original"], g["settings"]["size"]) for g in gens}
+    assert ("wool coat, in a navy colorway", "3:4") in combos and len(combos) == 8
+    assert {g["settings"]["quality"] for g in gens} == {"hd"}
+
+
+def test_a_matrix_over_personas_and_providers(client, user):
+    persona = client.post(
+        "/api/personas", json={"name": "Noir", "keywords": ["black"]}, headers=user.headers
+    ).get_json()["id"]
+    matrix = {"prompts": ["blazer"], "personas": [persona], "providers": ["local", "auto"]}
+    gens = members(client, user, submit(client, user, {"matrix": matrix})["id"])
+    assert sorted(g["settings"]["provider"] for g in gens) == ["auto", "local"]
+    assert {g["personaId"] for g in gens} == {persona}
+    matrix["personas"] = ["per_not_mine"]
+    error = assert_error(client.post(BATCHES, json={"matrix": matrix}, headers=user.headers), 422)
+    assert error["details"][0]["field"] == "personaId"
+
+
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({}, "body"),
+        ({"items": items(1), "matrix": {"prompts": ["a"]}}, "body"),
+        ({"items": []}, "items"),
+        ({"items": items(101)}, "items"),
+        ({"items": [{"prompt": "a", "colour": "red"}]}, "items.0"),
+        ({"items": [{"prompt": ""}]}, "items.0"),
+        ({"items": None}, "items"),
+        ({"matrix": {"prompts": ["a"] * 11, "colorways": ["c"] * 10}}, "matrix"),
+        ({"matrix": {"prompts": ["a"], "sizes": ["huge"]}}, "matrix.sizes.0"),
+    ],
+)
+def test_invalid_batches_are_422(client, user, body, field):
+    error = assert_error(client.post(BATCHES, json=body, headers=user.headers), 422)
+    assert any(d["field"].startswith(field) for d in error["details"]), error
+
+
+def test_an_item_the_single_submit_refuses_is_named(client, user):
+    body = {"items": items(1) + [{"prompt": "b", "settings": {"provider": "openai-dalle3"}}]}
+    error = assert_error(client.post(BATCHES, json=body, headers=user.headers), 422)
+    assert error["code"] == "provider_unavailable" and "OPENAI_API_KEY" in error["message"]
+    assert error["details"][0]["field"] == "items.1.settings.provider"
+    with services(client.application).db.session() as session:
+        assert session.scalar(select(func.count()).select_from(Batch)) == 0
+
+
+def test_idempotency_key_replays_the_batch(client, user):
+    first = submit(client, user, {"items": items(3)}, **{"Idempotency-Key": "b-1"})
+    again = submit(client, user, {"items": items(3)}, **{"Idempotency-Key": "b-1"})
+    assert again["id"] == first["id"] and again["total"] == 3
+    assert len(members(client, user, first["id"])) == 3
+    resp = client.post(
+        BATCHES, json={"items": items(2)}, headers={**user.headers, "Idempotency-Key": "b-1"}
+    )
+    assert assert_error(resp, 409)["code"] == "idempotency_conflict"
+    with services(client.application).db.session() as session:
+        assert session.scalar(select(func.count()).select_from(Generation)) == 3
+
+
+# ------------------------------------------------------------------ limits
+
+
+def test_the_rate_limit_counts_each_generation(app_config):
+    app = create_app({**app_config, "BFF_SUBMIT_RATE_LIMIT": "5/60"})
+    client, alice = app.test_client(), make_user(app, "alice")
+    error = assert_error(client.post(BATCHES, json={"items": items(6)}, headers=alice.headers), 422)
+    assert "rate limit" in error["message"]
+    submit(client, alice, {"items": items(4)})
+    resp = client.post(BATCHES, json={"items": items(2)}, headers=alice.headers)
+    assert_error(resp, 429)
+    assert int(resp.headers["Retry-After"]) >= 1
+    submit(client, alice, {"items": items(1)})
+
+
+def test_the_whole_batch_is_checked_against_the_daily_cap(app_config, runner):
+    app = create_app({**app_config, "REPLICATE_API_TOKEN": "r8_test"})  # Imagen: $0.06 an image
+    client, alice = app.test_client(), make_user(app, "alice")
+    runner.app = app
+    assert runner.invoke(args=["users", "cap", "alice", "0.20"]).exit_code == 0
+    body = {"items": items(4, settings={"provider": "google-imagen"})}
+    error = assert_error(client.post(BATCHES, json=body, headers=alice.headers), 403)
+    assert error["code"] == "budget_exceeded"
+    assert error["details"] == {"spent": 0, "cap": 0.2, "estimate": 0.24}
+    with services(app).db.session() as session:
+        assert session.scalar(select(func.count()).select_from(Generation)) == 0
+    body["items"] = body["items"][:3]
+    assert submit(client, alice, body)["estimatedCost"] == 0.18
+
+
+# ------------------------------------------------------------------ reading
+
+
+def test_batches_are_paged_newest_first(client, user, other_user):
+    ids = [submit(client, user, {"items": items(1)})["id"] for _ in range(3)]
+    submit(client, other_user, {"items": items(1)})
+    seen, cursor = [], None
+    while True:
+        query = f"?limit=2&cursor={cursor}" if cursor else "?limit=2"
+        page = client.get(BATCHES + query, headers=user.headers).get_json()
+        conforms(page, b.BatchPage)
+        seen += [item["id"] for item in page["items"]]
+        if not (cursor := page["nextCursor"]):
+            break
+    assert seen == ids[::-1]
+    assert_error(client.get(BATCHES + "?cursor=nope", headers=user.headers), 400)
+    assert_error(client.get(BATCHES + "?limit=0", headers=user.headers), 422)
+
+
+def test_another_users_batch_is_404(client, user, other_user):
+    batch_id = submit(client, user, {"items": items(1)})["id"]
+    for method, path in (
+        ("get", f"{BATCHES}/{batch_id}"),
+        ("get", f"{BATCHES}/{batch_id}/archive"),
+        ("post", f"{BATCHES}/{batch_id}/cancel"),
+        ("delete", f"{BATCHES}/{batch_id}"),
+        ("get", f"/api/generate?batchId={batch_id}"),
+    ):
+        resp = getattr(client, method)(path, headers=other_user.headers)
+        assert assert_error(resp, 404)["message"] == "batch not found", path
+    assert batch(client, user, batch_id)["status"] == "pending"
+
+
+# ------------------------------------------------------------------ lifecycle
+
+
+def test_a_batch_completes_once_every_generation_is_final(app_config):
+    app = create_app({**app_config, "BFF_ALLOW_HTTP_WEBHOOKS": "1"})
+    client, alice = app.test_client(), make_user(app, "alice")
+    body = {"items": items(3), "webhookUrl": "http://127.0.0.1:9/batch-done"}
+    batch_id = submit(client, alice, body)["id"]
+    run_batch(app, client, alice, batch_id, only=2)
+    shown = batch(client, alice, batch_id)
+    assert shown["status"] == "processing" and shown["counts"]["completed"] == 2
+    assert shown["finishedAt"] is None
+    run_batch(app, client, alice, batch_id)
+    shown = batch(client, alice, batch_id)
+    assert shown["status"] == "completed" and shown["counts"]["completed"] == 3
+    assert shown["finishedAt"] is not None
+    with services(app).db.session() as session:
+        [delivery] = session.scalars(
+            select(WebhookDelivery).where(WebhookDelivery.batch_id == batch_id)
+        ).all()
+        assert delivery.event_type == "batch.completed" and delivery.generation_id is None
+        payload = json.loads(delivery.payload)
+    conforms(payload, b.BatchOut)
+    assert payload["id"] == batch_id and payload["counts"]["completed"] == 3
+
+
+def test_a_lost_completion_check_is_made_by_the_sweep(app, client, user):
+    batch_id = submit(client, user, {"items": items(2)})["id"]
+    for gen in members(client, user, batch_id):
+        run_all(app, gen["id"])  # outside a task's app context: no completion check
+    with services(app).db.session() as session:
+        assert session.get(Batch, batch_id).finished_at is None
+        session.execute(update(Batch).values(created_at=utcnow() - timedelta(minutes=5)))
+    assert batch_flows.sweep(services(app)) == 1
+    assert batch(client, user, batch_id)["finishedAt"] is not None
+    assert batch_flows.sweep(services(app)) == 0
+
+
+def test_cancel_stops_every_generation_not_final(app, client, user):
+    batch_id = submit(client, user, {"items": items(3)})["id"]
+    run_batch(app, client, user, batch_id, only=1)
+    resp = client.post(f"{BATCHES}/{batch_id}/cancel", headers=user.headers)
+    assert resp.status_code == 200, resp.get_json()
+    shown = resp.get_json()
+    assert shown["status"] == "canceled"
+    assert shown["counts"]["completed"] == 1 and shown["counts"]["canceled"] == 2
+    assert shown["finishedAt"] is not None  # every generation is final
+    statuses = sorted(g["status"] for g in members(client, user, batch_id))
+    assert statuses == ["canceled", "canceled", "completed"]
+    # A stage message still queued finds its generation canceled and stops.
+    gen_id = next(g["id"] for g in members(client, user, batch_id) if g["status"] == "canceled")
+    assert not run_all(app, gen_id)[0].proceed
+    assert_error(client.post(f"{BATCHES}/{batch_id}/cancel", headers=user.headers), 409)
+
+
+def test_delete_removes_rows_and_objects(app, client, user):
+    batch_id = submit(client, user, {"items": items(2)})["id"]
+    run_batch(app, client, user, batch_id, only=1)
+    gen_ids = [g["id"] for g in members(client, user, batch_id)]
+    root = services(app).settings.media_root / "users" / str(user.id) / "generations"
+    assert any((root / gid).exists() for gid in gen_ids)
+    resp = client.delete(f"{BATCHES}/{batch_id}", headers=user.headers)
+    assert resp.status_code == 204 and resp.get_data() == b""
+    assert not any((root / gid).exists() for gid in gen_ids)
+    with services(app).db.session() as session:
+        for model, col in ((Generation, Generation.id), (GenerationStage, None)):
+            col = col if col is not None else GenerationStage.generation_id
+            assert session.scalar(select(func.count()).where(col.in_(gen_ids))) == 0, model
+        assert session.get(Batch, batch_id) is None
+    assert_error(client.get(f"{BATCHES}/{batch_id}", headers=user.headers), 404)
+
+
+def test_the_archive_holds_the_images_and_a_manifest(app, client, user):
+    body = {"items": items(2, settings={"count": 2}) + items(1)}
+    batch_id = submit(client, user, body)["id"]
+    run_batch(app, client, user, batch_id, only=2)
+    client.post(f"{BATCHES}/{batch_id}/cancel", headers=user.headers)
+    resp = client.get(f"{BATCHES}/{batch_id}/archive", headers=user.headers)
+    assert resp.status_code == 200 and resp.mimetype == "application/zip"
+    assert resp.is_streamed
+    archive = zipfile.ZipFile(io.BytesIO(resp.get_data()))
+    assert archive.testzip() is None
+    names = archive.namelist()
+    assert names[-1] == "manifest.csv" and len(names) == 5
+    rows = list(csv.DictReader(io.StringIO(archive.read("manifest.csv").decode())))
+    assert len(rows) == 5  # four images, and the canceled generation without one
+    with services(app).db.session() as session:
+        urls = set(session.scalars(select(GenerationAsset.cdn_url)))
+    for row in rows:
+        if row["file"]:
+            assert row["status"] == "completed" and row["url"] in urls
+            assert archive.read(row["file"]).startswith(b"\x89PNG")
+            assert row["provider"] == "local" and row["prompt"].startswith("linen shirt")
+        else:
+            assert row["status"] == "canceled" and row["url"] == ""
+
+
+def test_a_retried_member_reopens_its_batch(app, client, user, monkeypatch):
+    def broken(ctx):
+        raise StageFailed("REPLICATE_API_TOKEN not configured")
+
+    batch_id = submit(client, user, {"items": items(1)})["id"]
+    with monkeypatch.context() as m:
+        m.setitem(STAGE_FUNCS, "generate", broken)
+        run_batch(app, client, user, batch_id)
+    shown = batch(client, user, batch_id)
+    assert shown["status"] == "completed" and shown["counts"]["failed"] == 1
+    assert shown["finishedAt"] is not None
+    [gen] = members(client, user, batch_id)
+    assert client.post(f"/api/generate/{gen['id']}/retry", headers=user.headers).status_code == 202
+    shown = batch(client, user, batch_id)
+    assert shown["status"] == "pending" and shown["finishedAt"] is None  # all pending again
+    run_batch(app, client, user, batch_id)
+    shown = batch(client, user, batch_id)
+    assert shown["status"] == "completed" and shown["counts"]["completed"] == 1
+    assert shown["finishedAt"] is not None
+
+
+def test_the_batch_webhook_url_is_checked_like_a_generations(client, user):
+    body = {"items": items(1), "webhookUrl": "https://10.0.0.7/hook"}
+    error = assert_error(client.post(BATCHES, json=body, headers=user.headers), 422)
+    assert error["details"] == [{"field": "webhookUrl", "message": "10.0.0.7 is a private address"}]
+
+
+def test_a_member_deleted_on_its_own_is_not_waited_for(app, client, user):
+    batch_id = submit(client, user, {"items": items(2)})["id"]
+    first, second = sorted(members(client, user, batch_id), key=lambda g: g["createdAt"])
+    with app.app_context():
+        run_all(app, first["id"])
+    assert client.delete(f"/api/generate/{second['id']}", headers=user.headers).status_code == 204
+    shown = batch(client, user, batch_id)
+    assert shown["status"] == "completed" and shown["finishedAt"] is not None
+    assert shown["total"] == 2 and shown["counts"]["completed"] == 1
