@@ -147,11 +147,12 @@ def retry(generation_id: str):
         gen = _load(session, generation_id, lock=True)
         try:
             first = svc.prepare_retry(gen, s.settings.generation_timeout)
+            stages = svc.stage_names(gen)
         except IllegalTransition:
             raise ApiError(
                 409, "conflict", f"only failed generations can be retried; this one is {gen.status}"
             ) from None
-    if dispatch(s.celery, generation_id, first):
+    if dispatch(s.celery, generation_id, first, stages=stages):
         with s.db.session() as session:
             svc.touch_dispatched(session, generation_id)
     with s.db.session() as session:

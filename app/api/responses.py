@@ -38,7 +38,7 @@ from app.domain.states import (
     S_RUNNING,
     S_SKIPPED,
 )
-from app.pipeline import STAGES
+from app.pipeline import ALL_STAGES
 
 # What ``iso`` writes: UTC with a trailing Z (SQLite's naive datetimes included).
 Timestamp = Annotated[
@@ -90,7 +90,7 @@ class PromptOut(Out):
 
 
 class StageOut(Out):
-    name: Literal[STAGES]
+    name: Literal[ALL_STAGES]
     status: Literal[S_PENDING, S_RUNNING, S_COMPLETED, S_SKIPPED, S_FAILED]
     started_at: Timestamp | None
     finished_at: Timestamp | None
@@ -107,6 +107,10 @@ class AssetOut(Out):
     height: int
     content_type: str
     file_size: int
+    variant: Literal["original", "upscaled", "cutout"] = Field(
+        description="original: what the provider made; upscaled, cutout: made from sourceAssetId"
+    )
+    source_asset_id: int | None
 
 
 class GenerationErrorOut(Out):

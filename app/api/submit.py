@@ -25,6 +25,7 @@ from app.api.uploads import read_image
 from app.domain import generations as svc
 from app.domain.models import Generation, Persona, new_id, utcnow
 from app.domain.quotas import check_submission
+from app.pipeline import stages_for
 from app.pipeline.route import estimate, exclusion, routing_request
 from app.platform.config import PROVIDER_KEY_VARS
 from app.platform.queue import dispatch
@@ -187,7 +188,7 @@ def _submit(
         if input_key:  # nothing was stored for this request: neither is its upload
             s.storage.delete_prefix(generation_prefix(g.user_id, gen_id))
         raise
-    if not dispatch(s.celery, gen_id):
+    if not dispatch(s.celery, gen_id, stages=stages_for(settings)):
         _leave_to_dispatcher(s, gen_id)
     return _accepted(gen_id)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from celery import Celery
 
+from app.domain.generations import stage_names
 from app.domain.models import Generation
 from app.domain.states import FINAL
 from app.pipeline import lease
@@ -35,6 +36,8 @@ def wake(db: Database, celery_app: Celery, generation_id: str, prediction_id: st
             return "its generate stage is not waiting"
         if prediction_id not in (parked.get("predictions") or []):
             return "not a prediction its generate stage waits on"
-    if not dispatch(celery_app, generation_id, STAGE, first_task_id=lease.wake_up_task_id()):
+        stages = stage_names(gen)
+    task_id = lease.wake_up_task_id()
+    if not dispatch(celery_app, generation_id, STAGE, first_task_id=task_id, stages=stages):
         raise NotSent(generation_id)
     return None

@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from celery import Celery, Task, chain
@@ -41,7 +42,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_prefetch_multiplier": 1,
         "task_default_queue": "pipeline",
         # Provider calls on their own queue; everything else on "pipeline".
-        "task_routes": {"pipeline.generate": {"queue": "generation"}},
+        "task_routes": {
+            "pipeline.generate": {"queue": "generation"},
+            "pipeline.refine": {"queue": "generation"},  # provider calls too
+        },
         "task_soft_time_limit": 300,
         "task_time_limit": 360,
         "worker_send_task_events": True,  # Flower follows tasks by the workers' events
@@ -119,14 +123,16 @@ def dispatch(
     generation_id: str,
     from_stage: str = STAGES[0],
     first_task_id: str | None = None,
+    stages: Sequence[str] = STAGES,
 ) -> bool:
     """Send the chain of stage tasks from ``from_stage`` on, each taking the
     generation id only (immutable: a stage's return value is not passed on).
     Call after the row is committed. Returns False (and logs) when the broker
     is unreachable: the caller leaves (or makes) ``dispatched_at`` empty and
     the dispatcher sends it later. ``first_task_id`` names the first task
-    (a wake-up: ``lease.wake_up_task_id``)."""
-    names = STAGES[STAGES.index(from_stage) :]
+    (a wake-up: ``lease.wake_up_task_id``). ``stages``: the generation's
+    own stages (``generations.stage_names``; with ``refine`` when it asks)."""
+    names = stages[list(stages).index(from_stage) :]
     sigs = [
         celery_app.signature(
             f"pipeline.{n}", args=(generation_id,), immutable=True, priority=PRIORITY.get(n, 0)
