@@ -1,4 +1,5 @@
-"""A fake Replicate API for ``google/imagen-4-ultra`` in Replicate's wire format
+"""A fake Replicate API for ``google/imagen-4-ultra`` (and, by version, the
+refine models of ``replicate_versions``) in Replicate's wire format
 (see "Tests and fakes" in docs/providers.md): creates are validated against the
 model's ``SCHEMA`` (422 with ``invalid_fields``); a prediction is ``starting`` for
 ``starting_s``, ``processing`` until ``latency`` s after its creation, then
@@ -32,6 +33,7 @@ import httpx
 from werkzeug.wrappers import Request, Response
 
 from ._server import FakeServer, cli, json_response, png
+from .replicate_versions import VERSIONS, VersionedModels
 
 MODEL = "google/imagen-4-ultra"
 # The current version, whose schema has image_size (1K default, 2K).
@@ -71,9 +73,11 @@ def invalid_field(type_: str, field: str, description: str) -> dict[str, str]:
     return {"type": type_, "field": field, "description": description}
 
 
-class FakeReplicate(FakeServer):
+class FakeReplicate(VersionedModels, FakeServer):
     def __init__(self, host: str = "127.0.0.1", port: int = 0, token: str | None = None) -> None:
         super().__init__(host, port)
+        self.init_versions()  # community models by version, and uploaded files
+        self.last_invalid: list[dict[str, str]] = []  # what the last create was refused for
         self.token = token  # None: any bearer token is accepted
         self.starting_s = 0.1
         self.latency = 0.6
@@ -106,6 +110,7 @@ class FakeReplicate(FakeServer):
             self.polled.clear()
             self.create_bodies.clear()
             self.webhook_answers.clear()
+            self.files.clear()
             self.expired = self.lose_webhooks = False
 
     # -- routes
@@ -121,6 +126,10 @@ class FakeReplicate(FakeServer):
             if parts[-1] != "predictions" or model != MODEL:
                 return problem(404, "Not found", f"Model {model} not found")
             return self.create(request)
+        if parts == ["v1", "predictions"] and request.method == "POST":  # by version
+            return self.create(request, versioned=True)
+        if parts == ["v1", "files"] and request.method == "POST":
+            return self.upload(request)
         if parts == ["v1", "account"] and request.method == "GET":  # what a key check calls
             return json_response({"type": "user", "username": "bff-test", "name": "BFF test"})
         if parts == ["v1", "webhooks", "default", "secret"] and request.method == "GET":
@@ -131,11 +140,21 @@ class FakeReplicate(FakeServer):
             return self.cancel(parts[2])
         return problem(404, "Not found", "Not found")
 
-    def create(self, request: Request) -> Response:
+    def create(self, request: Request, versioned: bool = False) -> Response:
         body = request.get_json(silent=True) or {}
         inputs = body.get("input")
         if not isinstance(inputs, dict):
             return problem(422, "Invalid request", "input is required")
+        invalid = self.check_versioned(body) if versioned else self.invalid_imagen(inputs)
+        invalid += self.invalid_webhook(body)
+        self.last_invalid = invalid
+        if invalid:
+            detail = "\n".join(f"- {i['field']}: {i['description']}" for i in invalid)
+            return problem(422, "Input validation failed", detail, invalid_fields=invalid)
+        return self.accept(request, body, inputs)
+
+    def invalid_imagen(self, inputs: dict[str, Any]) -> list[dict[str, str]]:
+        """Imagen's schema (``SCHEMA``)."""
         invalid = []
         for k in [k for k in inputs if k not in SCHEMA]:
             extra = f"Additional property {k} is not allowed"
@@ -146,10 +165,9 @@ class FakeReplicate(FakeServer):
                 invalid.append(invalid_field("enum", f"input.{k}", must))
         if not inputs.get("prompt"):
             invalid.append(invalid_field("required", "input", "prompt is required"))
-        invalid += self.invalid_webhook(body)
-        if invalid:
-            detail = "\n".join(f"- {i['field']}: {i['description']}" for i in invalid)
-            return problem(422, "Input validation failed", detail, invalid_fields=invalid)
+        return invalid
+
+    def accept(self, request: Request, body: dict[str, Any], inputs: dict[str, Any]) -> Response:
         failure = self.take_failure(("throttle", "server_error", "safety", "aborted"))
         with self.lock:
             self.counters["create_attempt"] += 1
@@ -171,6 +189,8 @@ class FakeReplicate(FakeServer):
             self.predictions[pid] = {
                 "id": pid,
                 "input": inputs,
+                "version": body.get("version") or VERSION,
+                "model": VERSIONS[body["version"]][0] if body.get("version") else MODEL,
                 "created": now,
                 "latency": self.latency,
                 "starting_s": self.starting_s,
@@ -259,6 +279,8 @@ class FakeReplicate(FakeServer):
         p = self.predictions.get(pid)
         if self.expired or p is None or self.status(p)[0] != "succeeded":
             return problem(404, "Not found", "Not found")
+        if p["version"] in VERSIONS:
+            return Response(self.refine_output(p), 200, content_type="image/png")
         w, h = SIZES[p["input"].get("aspect_ratio", "1:1")]
         return Response(png(w, h, pid), 200, content_type="image/png")
 
@@ -282,12 +304,13 @@ class FakeReplicate(FakeServer):
         p = self.predictions[pid]
         status, started, completed = self.status(p)
         base = p["host"]
-        ext = "png" if p["input"].get("output_format") == "png" else "jpg"
+        png_out = p["input"].get("output_format") == "png" or p["version"] in VERSIONS
+        ext = "png" if png_out else "jpg"
         ok = status == "succeeded"
         return {
             "id": pid,
-            "model": MODEL,
-            "version": VERSION,
+            "model": p["model"],
+            "version": p["version"],
             "input": p["input"],
             "logs": "" if status == "starting" else "Generating image...\n",
             "output": f"{base}/files/{pid}.{ext}" if ok else None,
