@@ -52,13 +52,15 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         health,
         personas,
         providers,
+        refine,
         replicate_webhook,
         submit,
         web,
     )
     from app.platform import metrics  # no auth: scraped by Prometheus
 
-    blueprints = (submit, generations, events, personas, account, providers, replicate_webhook)
+    blueprints = (submit, generations, refine, events, personas, account, providers)
+    blueprints += (replicate_webhook,)
     for module in (*blueprints, health, web, metrics):
         app.register_blueprint(module.bp)
     return app

@@ -1,0 +1,135 @@
+"""POST /api/generate/<id>/assets/<assetId>/refine: a refine after the fact,
+a small job of its own that leaves the generation completed and adds
+variants, shown in its stages and on its event stream."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.api import refine as route
+from app.platform import events
+from tests.support.pipeline import load, run_all, services, stage, stages_by_name, submit_prompt
+
+
+@pytest.fixture
+def sent(monkeypatch) -> list[tuple]:
+    calls = []
+
+    def dispatch(_celery, gen_id, from_stage, first_task_id=None, stages=()):
+        calls.append((gen_id, from_stage, tuple(stages)))
+        return True
+
+    monkeypatch.setattr(route, "dispatch", dispatch)
+    return calls
+
+
+def completed(app, user) -> tuple[str, int]:
+    gen_id = submit_prompt(app.test_client(), user.headers, "red silk dress", provider="local")
+    run_all(app, gen_id)
+    gen = load(app, gen_id)
+    assert gen["status"] == "completed"
+    return gen_id, gen["assets"][0]["id"]
+
+
+def url(gen_id: str, asset_id) -> str:
+    return f"/api/generate/{gen_id}/assets/{asset_id}/refine"
+
+
+def test_a_late_refine_is_accepted_queued_and_adds_a_variant(app, client, user, sent):
+    gen_id, asset_id = completed(app, user)
+    resp = client.post(url(gen_id, asset_id), json={"removeBackground": True}, headers=user.headers)
+    assert resp.status_code == 202, resp.json
+    assert resp.headers["Location"] == f"/api/generate/{gen_id}"
+    body = resp.json
+    assert body["status"] == "completed"  # the generation stays completed
+    assert stages_by_name(body)["refine"]["status"] == "pending"
+    assert sent == [(gen_id, "refine", (*[s["name"] for s in body["stages"]],))]
+    assert sent[0][2][-1] == "refine"
+
+    out = stage(app, gen_id, "refine")  # what the worker runs
+    assert out.error is None
+    gen = load(app, gen_id)
+    assert gen["status"] == "completed" and stages_by_name(gen)["refine"]["status"] == "completed"
+    [orig, cut] = gen["assets"]
+    assert (orig["variant"], orig["sourceAssetId"]) == ("original", None)
+    assert (cut["variant"], cut["sourceAssetId"]) == ("cutout", asset_id)
+    assert (cut["width"], cut["height"]) == (orig["width"], orig["height"])
+
+    # The same again: nothing to make. Another variant: a second late refine.
+    again = client.post(
+        url(gen_id, asset_id), json={"removeBackground": True}, headers=user.headers
+    )
+    assert again.status_code == 409
+    up = client.post(url(gen_id, cut["id"]), json={"upscale": 2}, headers=user.headers)
+    assert up.status_code == 202
+    stage(app, gen_id, "refine")
+    assets = load(app, gen_id)["assets"]
+    assert [(a["variant"], a["sourceAssetId"]) for a in assets][-1] == ("upscaled", cut["id"])
+    assert assets[-1]["width"] == 2 * cut["width"]
+
+
+def test_the_event_stream_follows_a_late_refine_to_its_end(app, client, user, sent):
+    gen_id, asset_id = completed(app, user)
+    client.post(url(gen_id, asset_id), json={"upscale": 2}, headers=user.headers)
+    gen = load(app, gen_id)
+    assert events._late_refine(gen)  # still to run: the stream would go on
+    stage(app, gen_id, "refine")
+    s = services(app)
+    body = "".join(events.stream(s.db, s.settings, user.id, gen_id))
+    assert '"stage":"refine","status":"running"' in body
+    assert '"stage":"refine","status":"completed"' in body
+    assert body.rstrip().split("\n")[-2].startswith("event: done") or "event: done" in body
+
+
+def test_another_users_generation_or_image_is_404(app, client, user, other_user, sent):
+    gen_id, asset_id = completed(app, user)
+    theirs = client.post(url(gen_id, asset_id), json={"upscale": 2}, headers=other_user.headers)
+    assert theirs.status_code == 404 and theirs.json["error"]["code"] == "not_found"
+    other_gen, other_asset = completed(app, other_user)
+    for aid in (other_asset, 999999, "abc", 2**40):
+        resp = client.post(url(gen_id, aid), json={"upscale": 2}, headers=user.headers)
+        assert resp.status_code == 404, aid
+    assert sent == []
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{}, {"upscale": 3}, {"upscale": "2"}, {"removeBackground": "yes"}, {"upscale": 2, "x": 1}],
+)
+def test_bad_options_are_422(app, client, user, sent, body):
+    gen_id, asset_id = completed(app, user)
+    resp = client.post(url(gen_id, asset_id), json=body, headers=user.headers)
+    assert resp.status_code == 422 and resp.json["error"]["code"] == "validation_error"
+    assert sent == []
+
+
+def test_only_a_completed_generation_is_refined_and_one_refine_at_a_time(app, client, user, sent):
+    pending = submit_prompt(client, user.headers, "red dress", provider="local")
+    resp = client.post(url(pending, 1), json={"upscale": 2}, headers=user.headers)
+    assert resp.status_code in (404, 409)  # no images yet
+    gen_id, asset_id = completed(app, user)
+    assert (
+        client.post(url(gen_id, asset_id), json={"upscale": 2}, headers=user.headers).status_code
+        == 202
+    )
+    busy = client.post(url(gen_id, asset_id), json={"upscale": 4}, headers=user.headers)
+    assert busy.status_code == 409 and "already running" in busy.json["error"]["message"]
+
+
+def test_settings_validation_of_the_refine_options(client, user):
+    for settings in ({"upscale": 3}, {"removeBackground": 1}, {"upscale": None, "x": 1}):
+        resp = client.post(
+            "/api/generate/from-prompt",
+            json={"prompt": "red dress", "settings": settings},
+            headers=user.headers,
+        )
+        assert resp.status_code == 422, settings
+    ok = client.post(
+        "/api/generate/from-prompt",
+        json={"prompt": "red dress", "settings": {"upscale": 4, "removeBackground": True}},
+        headers=user.headers,
+    )
+    assert ok.status_code == 202
+    gen = client.get(f"/api/generate/{ok.json['id']}", headers=user.headers).json
+    assert gen["settings"]["upscale"] == 4 and gen["settings"]["removeBackground"] is True
+    assert [s["name"] for s in gen["stages"]][-2:] == ["store", "refine"]
