@@ -9,6 +9,9 @@ Create Date: 2026-12-06
 other asset. Existing rows are originals without a source.
 """
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -19,46 +22,40 @@ depends_on = None
 
 
 FK = "fk_generation_assets_source_asset_id"
-REFERENCE = "REFERENCES generation_assets (id) ON DELETE SET NULL"
+
+
+@contextmanager
+def _views_set_aside() -> Iterator[None]:
+    """SQLite changes a table's constraints by copying it, which the views that
+    read it forbid: drop them (as they are) and put them back after."""
+    if op.get_bind().dialect.name != "sqlite":
+        yield
+        return
+    views = list(
+        op.get_bind().execute(
+            sa.text("SELECT name, sql FROM sqlite_master WHERE type = 'view' ORDER BY rowid")
+        )
+    )
+    for name, _ in reversed(views):
+        op.execute(f"DROP VIEW {name}")
+    yield
+    for _, sql in views:
+        op.execute(sql)
 
 
 def upgrade() -> None:
-    # ADD COLUMN in place, not a batch copy: on SQLite a batch rebuilds the
-    # table, which the generation_summary view (it reads the table) forbids.
-    op.add_column(
-        "generation_assets",
-        sa.Column("variant", sa.String(20), nullable=False, server_default="original"),
-    )
-    if op.get_bind().dialect.name == "sqlite":  # alembic cannot add the reference there
-        op.execute(f"ALTER TABLE generation_assets ADD COLUMN source_asset_id INTEGER {REFERENCE}")
-        return
-    op.add_column(
-        "generation_assets",
-        sa.Column(
-            "source_asset_id",
-            sa.Integer(),
-            sa.ForeignKey("generation_assets.id", name=FK, ondelete="SET NULL"),
-            nullable=True,
-        ),
-    )
+    with _views_set_aside(), op.batch_alter_table("generation_assets") as batch_op:
+        batch_op.add_column(
+            sa.Column("variant", sa.String(20), nullable=False, server_default="original")
+        )
+        batch_op.add_column(sa.Column("source_asset_id", sa.Integer(), nullable=True))
+        batch_op.create_foreign_key(
+            FK, "generation_assets", ["source_asset_id"], ["id"], ondelete="SET NULL"
+        )
 
 
 def downgrade() -> None:
-    if op.get_bind().dialect.name != "sqlite":
-        op.drop_constraint(FK, "generation_assets", type_="foreignkey")
-        op.drop_column("generation_assets", "source_asset_id")
-        op.drop_column("generation_assets", "variant")
-        return
-    # SQLite drops a referencing column only by copying the table, which the
-    # views forbid: set them aside (as they are) and put them back after.
-    views = op.get_bind().execute(
-        sa.text("SELECT name, sql FROM sqlite_master WHERE type = 'view' ORDER BY rowid")
-    )
-    views = list(views)
-    for name, _ in reversed(views):
-        op.execute(f"DROP VIEW {name}")
-    with op.batch_alter_table("generation_assets", schema=None) as batch_op:
+    with _views_set_aside(), op.batch_alter_table("generation_assets") as batch_op:
+        batch_op.drop_constraint(FK, type_="foreignkey")
         batch_op.drop_column("source_asset_id")
         batch_op.drop_column("variant")
-    for _, sql in views:
-        op.execute(sql)
