@@ -94,12 +94,22 @@ const LABEL = {
 };
 
 function resetStages() {
+  $('#stages li[data-stage="refine"]')?.remove();  // only for a generation that refines
   for (const li of document.querySelectorAll("#stages li")) setStage(li.dataset.stage, "idle");
   $("#result").replaceChildren();
 }
 
+// The optional eighth stage: its row appears when a generation has it.
+function refineRow() {
+  const li = $("#stages li").cloneNode(true);
+  li.dataset.stage = "refine";
+  $(".name", li).textContent = "refine";
+  $("#stages").append(li);
+  return li;
+}
+
 function setStage(name, status, durationMs) {
-  const li = $(`#stages li[data-stage="${name}"]`);
+  const li = $(`#stages li[data-stage="${name}"]`) || (name === "refine" ? refineRow() : null);
   if (!li) return;
   li.dataset.status = status;
   const ms = durationMs == null ? "" : ` in ${durationMs < 1000 ? `${durationMs} ms`
@@ -189,15 +199,70 @@ function showResult(gen) {
     status.textContent = `Generation ${gen.status}.`;
   }
   const imgs = gen.assets.map((a) => {
+    const figure = document.createElement("figure");
+    figure.className = `variant ${a.variant}`;
     const link = document.createElement("a");
     link.href = a.url; link.target = "_blank"; link.rel = "noopener";
     const img = document.createElement("img");
     img.src = a.url; img.width = a.width; img.height = a.height;
-    img.alt = `Generated image for “${gen.prompt.original || "garment photo"}”`;
+    img.alt = `${VARIANT[a.variant]} image for “${gen.prompt.original || "garment photo"}”`;
     link.append(img);
-    return link;
+    const caption = document.createElement("figcaption");
+    caption.className = "muted";
+    caption.textContent = `${VARIANT[a.variant]} · ${a.width}×${a.height}`
+      + (a.sourceAssetId ? ` · from #${a.sourceAssetId}` : "");
+    figure.append(link, caption);
+    if (gen.status === "completed") figure.append(refineButtons(gen, a));
+    return figure;
   });
   $("#result").replaceChildren(...imgs);
+}
+
+// ---------------------------------------------------------------- refine
+
+const VARIANT = { original: "Original", upscaled: "Upscaled", cutout: "Cut-out" };
+
+// "Upscale ×2" and "Cut out" for one image: each adds a variant (a refine
+// job of its own), followed live like a generation; a variant it already
+// has is not offered again.
+function refineButtons(gen, asset) {
+  const has = (variant, key) => gen.assets.some((a) => a.sourceAssetId === asset.id
+    && a.variant === variant && (!key || a.width === asset.width * 2));
+  const box = document.createElement("div");
+  box.className = "refine";
+  const offers = [
+    ["Upscale ×2", { upscale: 2 }, has("upscaled", "x2")],
+    ["Cut out", { removeBackground: true }, asset.variant === "cutout" || has("cutout")],
+  ];
+  for (const [label, body, done] of offers) {
+    if (done) continue;
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "ghost";
+    button.textContent = label;
+    button.setAttribute("aria-label", `${label} image #${asset.id}`);
+    button.addEventListener("click", () => refine(gen.id, asset.id, body, box));
+    box.append(button);
+  }
+  return box;
+}
+
+async function refine(genId, assetId, body, box) {
+  for (const b of box.querySelectorAll("button")) b.disabled = true;
+  try {
+    await api("POST", `/api/generate/${genId}/assets/${assetId}/refine`, body);
+    resetStages();
+    $("#gen-id").textContent = genId;
+    $("#gen-status").textContent = "Refining…";
+    const gen = await follow(genId);
+    showResult(gen);
+    const st = gen.stages.find((s) => s.name === "refine");
+    if (st && st.status === "failed") $("#gen-status").textContent = `refine failed: ${st.error}`;
+    loadGallery(true);
+  } catch (e) {
+    $("#gen-status").textContent = e.message;
+    for (const b of box.querySelectorAll("button")) b.disabled = false;
+  }
 }
 
 // ---------------------------------------------------------------- submit
@@ -274,6 +339,7 @@ function card(gen) {
   $(".meta", li).textContent = `${new Date(gen.createdAt).toLocaleString()}`
     + `${gen.provider ? ` · ${gen.provider}` : ""}`;
   feedbackControls(li, gen, asset, label);
+  if (asset && gen.status === "completed") $(".actions", li).prepend(refineButtons(gen, asset));
   if (gen.status === "failed") offerRetry(li, gen, label);
   const del = $(".delete", li);
   del.setAttribute("aria-label", `Delete “${label}”`);
