@@ -133,3 +133,18 @@ def test_settings_validation_of_the_refine_options(client, user):
     gen = client.get(f"/api/generate/{ok.json['id']}", headers=user.headers).json
     assert gen["settings"]["upscale"] == 4 and gen["settings"]["removeBackground"] is True
     assert [s["name"] for s in gen["stages"]][-2:] == ["store", "refine"]
+
+
+def test_refining_a_providers_images_needs_the_replicate_token(app_config, client, user):
+    from app import create_app
+
+    with_openai = create_app({**app_config, "OPENAI_API_KEY": "sk-test"})
+    from tests.conftest import make_user
+
+    u = make_user(with_openai, "olga")
+    resp = with_openai.test_client().post(
+        "/api/generate/from-prompt",
+        json={"prompt": "red dress", "settings": {"provider": "openai-dalle3", "upscale": 2}},
+        headers=u.headers,
+    )
+    assert resp.status_code == 422 and "REPLICATE_API_TOKEN" in resp.json["error"]["message"]

@@ -26,6 +26,7 @@ from app.domain import generations as svc
 from app.domain.models import Generation, Persona, new_id, utcnow
 from app.domain.quotas import check_submission
 from app.pipeline import stages_for
+from app.pipeline.refine import wanted as wants_refine
 from app.pipeline.route import estimate, exclusion, routing_request
 from app.platform.config import PROVIDER_KEY_VARS
 from app.platform.queue import dispatch
@@ -110,6 +111,12 @@ def _check_request(body: Body, settings: dict[str, Any]) -> None:
                 "provider_unavailable",
                 f"provider {provider} cannot be used: {why}",
                 [{"field": "settings.provider", "message": why}],
+            )
+    if provider not in ("auto", "local") and wants_refine(settings):
+        if not config.replicate_api_token:  # refines of a provider's images run on Replicate
+            why = "REPLICATE_API_TOKEN not configured (upscale and removeBackground need it)"
+            raise ApiError(
+                422, "provider_unavailable", why, [{"field": "settings.provider", "message": why}]
             )
     if body.webhookUrl is not None and (why := submit_url_problem(body.webhookUrl, config)):
         raise _invalid("webhookUrl", why)
