@@ -199,3 +199,18 @@ def test_the_budget_is_checked_before_the_paid_refine(app, user, fake):
     assert "daily cap" in gen["error"]["message"]
     assert fake.creates == 1  # the refine never paid
     assert [a["variant"] for a in gen["assets"]] == ["original"]  # kept and shown
+
+
+def test_canceling_a_generation_cancels_its_running_refine_predictions(app, user, fake):
+    gen_id = submit_prompt(
+        app.test_client(), user.headers, "red dress", provider="google-imagen", upscale=2
+    )
+    run_through(app, gen_id, ALL_STAGES[:-1])
+    fake.latency = 5.0  # the refine's prediction runs on
+    out = run_stage(*_s(app), gen_id, "refine", task_id="t-refine")
+    assert out.retry_in is not None  # parked on its prediction
+    resp = app.test_client().post(f"/api/generate/{gen_id}/cancel", headers=user.headers)
+    assert resp.status_code == 200 and resp.json["status"] == "canceled"
+    assert fake.counters["cancel"] == 1
+    [refine_pid] = [p for p, v in fake.predictions.items() if v["version"] == UPSCALER.version]
+    assert fake.render(refine_pid)["status"] == "canceled"

@@ -169,5 +169,21 @@ class ReplicateRefiner:
         raise ProviderRejected(f"the Replicate prediction {pid} ended {status}")
 
 
+def cancel_refines(settings: Settings, stage_output: dict[str, Any] | None) -> int:
+    """Best effort: cancel the refine predictions a running refine stage saved
+    (a canceled or timed-out generation); returns how many were asked."""
+    ids = list(((stage_output or {}).get("predictions") or {}).values())
+    if not ids or not settings.replicate_api_token:
+        return 0
+    client, asked = _client(settings.replicate_api_token, settings.replicate_base_url), 0
+    for pid in ids:
+        try:
+            client.predictions.cancel(pid)
+            asked += 1
+        except Exception:  # noqa: BLE001 - best effort; the stage guard stops us anyway
+            pass
+    return asked
+
+
 def output_url(prediction: dict[str, Any]) -> str:
     return _urls(prediction.get("output"))[0]
