@@ -54,6 +54,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         health,
         personas,
         providers,
+        refine,
         replicate_webhook,
         submit,
         web,
@@ -63,6 +64,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     blueprints = (
         submit,
         generations,
+        refine,
         events,
         personas,
         account,

@@ -41,7 +41,7 @@ def sent(monkeypatch) -> list[tuple[str, str]]:
 
     calls: list[tuple[str, str]] = []
 
-    def fake_dispatch(celery_app, generation_id, from_stage="analyze", background=False):
+    def fake_dispatch(celery_app, generation_id, from_stage="analyze", background=False, stages=()):
         calls.append((generation_id, from_stage))
         return True
 

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from celery.signals import worker_init
 
-from app.pipeline import STAGES
+from app.pipeline import ALL_STAGES
 from tests.conftest import CLEAN
 from tests.support.procs import ROOT, procfile
 
@@ -155,11 +155,12 @@ def test_celery_app_registers_and_routes_the_pipeline_tasks(tmp_path):
     assert done.returncode == 0, done.stderr
     info = json.loads(done.stdout.strip().splitlines()[-1])
     assert info["main"]
-    expected = {f"pipeline.{s}" for s in STAGES}
+    expected = {f"pipeline.{s}" for s in ALL_STAGES}
     assert expected <= set(info["names"]), info["names"]
-    assert len(expected) == 7
+    assert len(expected) == 8  # the seven and the optional refine
+    provider_calls = ("pipeline.generate", "pipeline.refine")
     for name in expected:
-        queue = "generation" if name == "pipeline.generate" else "pipeline"
+        queue = "generation" if name in provider_calls else "pipeline"
         assert info["routes"][name] == queue, (name, info["routes"][name])
     # Everything else (maintenance, feedback) stays off the provider queue.
     for name, queue in info["routes"].items():

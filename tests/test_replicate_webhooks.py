@@ -41,7 +41,7 @@ def woken(monkeypatch) -> list[tuple[str, str, str | None]]:
     """The wake-ups the route sent: (generation id, stage, first task id)."""
     sent = []
 
-    def dispatch(_celery, gen_id, stage, first_task_id=None, background=False) -> bool:
+    def dispatch(_celery, gen_id, stage, first_task_id=None, background=False, stages=()) -> bool:
         sent.append((gen_id, stage, first_task_id))
         return True
 

@@ -16,7 +16,7 @@ from flask import current_app
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from app.domain import batch_flows
-from app.pipeline import STAGES, orphans
+from app.pipeline import ALL_STAGES, orphans
 from app.pipeline.maintenance import (
     apply_one_feedback,
     apply_pending_feedback,
@@ -107,8 +107,8 @@ def _stage_task(name: str):
     return stage
 
 
-STAGE_TASKS = {name: _stage_task(name) for name in STAGES}
-analyze, enhance, persona, route, optimize, generate, store = STAGE_TASKS.values()
+STAGE_TASKS = {name: _stage_task(name) for name in ALL_STAGES}
+analyze, enhance, persona, route, optimize, generate, store, refine = STAGE_TASKS.values()
 
 
 @shared_task(name="feedback.apply", acks_late=True)

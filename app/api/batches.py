@@ -30,6 +30,7 @@ from app.domain import batches
 from app.domain import generations as svc
 from app.domain.models import Batch, new_id, utcnow
 from app.domain.quotas import check_submission
+from app.pipeline import stages_for
 from app.pipeline.route import estimate
 from app.platform.queue import dispatch_group
 from app.platform.storage import StorageError, generation_prefix
@@ -186,7 +187,9 @@ def submit():
             if (prior := _replay(session, key, req_hash)) is not None:
                 return _accepted(prior)
         raise
-    if not dispatch_group(s.celery, ids):
+    # An item whose settings ask for refine has it in its chain (at batch priority too).
+    stages = {gid: stages_for(i.settings.model_dump()) for gid, i in zip(ids, items, strict=True)}
+    if not dispatch_group(s.celery, ids, stages):
         _leave_to_dispatcher(ids)
     return _accepted(batch)
 

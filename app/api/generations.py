@@ -176,6 +176,7 @@ def retry(generation_id: str):
         gen = _load(session, generation_id, lock=True)
         try:
             first = svc.prepare_retry(gen, s.settings.generation_timeout)
+            stages = svc.stage_names(gen)
         except IllegalTransition:
             raise ApiError(
                 409, "conflict", f"only failed generations can be retried; this one is {gen.status}"
@@ -184,7 +185,7 @@ def retry(generation_id: str):
     if batch_id is not None:  # its own transaction: never a batch lock under a generation's
         with s.db.session() as session:
             batches.reopen(session, batch_id)
-    if dispatch(s.celery, generation_id, first, background=batch_id is not None):
+    if dispatch(s.celery, generation_id, first, background=batch_id is not None, stages=stages):
         with s.db.session() as session:
             svc.touch_dispatched(session, generation_id)
     with s.db.session() as session:

@@ -25,6 +25,7 @@ from app.api.schemas import (
     PersonaIn,
     PersonaPatch,
     PromptSubmit,
+    RefineIn,
     SpecSubmit,
 )
 from app.api.uploads import ALLOWED
@@ -108,6 +109,9 @@ ROUTES = (
     Route("post", f"{GEN}/feedback",
           "Feedback: a second heart or outlier withdraws the first (200); a rating replaces",
           r.FeedbackOut, (200, 201), (*BODY_ERRORS, 404, 409), FeedbackIn),
+    Route("post", f"{GEN}/assets/{{asset_id}}/refine",
+          "Upscale and/or cut out one image of a completed generation: adds variant assets",
+          r.GenerationOut, (202,), (*BODY_ERRORS, 403, 404, 409), RefineIn),
     Route("get", f"{GEN}/events",
           "Server-Sent Events: a `stage` event per stage change, then `done`",
           EVENT_STREAM, errors=(401, 404, 503)),

@@ -38,7 +38,7 @@ from app.domain.states import (
     S_RUNNING,
     S_SKIPPED,
 )
-from app.pipeline import STAGES
+from app.pipeline import ALL_STAGES, STAGES, stages_for
 
 # What ``iso`` writes: UTC with a trailing Z (SQLite's naive datetimes included).
 Timestamp = Annotated[
@@ -90,7 +90,7 @@ class PromptOut(Out):
 
 
 class StageOut(Out):
-    name: Literal[STAGES]
+    name: Literal[ALL_STAGES]
     status: Literal[S_PENDING, S_RUNNING, S_COMPLETED, S_SKIPPED, S_FAILED]
     started_at: Timestamp | None
     finished_at: Timestamp | None
@@ -107,23 +107,31 @@ class AssetOut(Out):
     height: int
     content_type: str
     file_size: int
-
-
-# Before its first claim a generation has no stage rows: it shows these,
-# built once (a model instance is taken as it is, not validated again).
-PENDING_STAGES = tuple(
-    StageOut(
-        name=name,
-        status=S_PENDING,
-        started_at=None,
-        finished_at=None,
-        duration_ms=None,
-        attempts=0,
-        error=None,
-        output=None,
+    variant: Literal["original", "upscaled", "cutout"] = Field(
+        description="original: what the provider made; upscaled, cutout: made from sourceAssetId"
     )
-    for name in STAGES
-)
+    source_asset_id: int | None
+
+
+# Before its first claim a generation has no stage rows: it shows these (its
+# settings' stages: with ``refine`` when they ask for it), built once (a model
+# instance is taken as it is, not validated again).
+PENDING_STAGES = {
+    names: tuple(
+        StageOut(
+            name=name,
+            status=S_PENDING,
+            started_at=None,
+            finished_at=None,
+            duration_ms=None,
+            attempts=0,
+            error=None,
+            output=None,
+        )
+        for name in names
+    )
+    for names in (STAGES, ALL_STAGES)
+}
 
 
 class GenerationErrorOut(Out):
@@ -174,7 +182,7 @@ class GenerationOut(_Linked):
         first claim writes them; the rest is read by name."""
         if not isinstance(gen, Generation):
             return gen
-        stages = gen.stages or PENDING_STAGES
+        stages = gen.stages or PENDING_STAGES[stages_for(gen.settings)]
         outputs = {s.name: s.output or {} for s in stages}
         enhance, optimize = outputs.get("enhance", {}), outputs.get("optimize", {})
         derived = {

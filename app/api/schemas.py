@@ -70,6 +70,12 @@ def words(max_length: int) -> Any:
 
 
 Int = Annotated[int, BeforeValidator(_integral)]
+
+
+def _unset(v: Any) -> bool:
+    return v is None or v is False
+
+
 WebhookUrl = Annotated[
     str,
     AfterValidator(_no_nul),
@@ -112,6 +118,16 @@ class GenerationSettings(_Body):
     safetyLevel: Literal[  # noqa: N815 - the API's camelCase
         "block_low_and_above", "block_medium_and_above", "block_only_high"
     ] = "block_only_high"  # Imagen's safety filter
+    # Stage 7, refine: variants of each image, made after it is stored. Kept
+    # in the stored settings only when asked for (exclude_if).
+    upscale: Literal[2, 4] | None = Field(
+        None, description="also an upscaled copy of each image, 2x or 4x", exclude_if=_unset
+    )
+    removeBackground: bool = Field(  # noqa: N815 - the API's camelCase
+        False,
+        description="also a cut-out of each image on a transparent background",
+        exclude_if=_unset,
+    )
     aspectRatio: Literal[SIZE_CHOICES] | None = Field(
         None,
         exclude=True,  # stored and shown as size
@@ -163,6 +179,21 @@ class SpecSubmit(ImageSubmit):
 
     settings: GenerationSettings = Field(default_factory=GenerationSettings)  # no photo to send
     vltSpec: VltSpec
+
+
+class RefineIn(_Body):
+    """POST /api/generate/<id>/assets/<assetId>/refine: at least one option."""
+
+    upscale: Literal[2, 4] | None = Field(None, description="upscale the image 2x or 4x")
+    removeBackground: bool = Field(  # noqa: N815 - the API's camelCase
+        False, description="cut the garment out onto a transparent background"
+    )
+
+    @model_validator(mode="after")
+    def _something(self) -> RefineIn:
+        if self.upscale is None and not self.removeBackground:
+            raise ValueError("ask for upscale (2 or 4) and/or removeBackground: true")
+        return self
 
 
 class FeedbackIn(_Body):

@@ -25,6 +25,8 @@ from app.api.uploads import read_image
 from app.domain import generations as svc
 from app.domain.models import Generation, Persona, new_id, utcnow
 from app.domain.quotas import check_submission
+from app.pipeline import stages_for
+from app.pipeline.refine import wanted as wants_refine
 from app.pipeline.route import estimate, exclusion, key_missing, routing_request
 from app.platform.queue import dispatch
 from app.platform.storage import StorageError, generation_prefix
@@ -106,6 +108,12 @@ def check_request(body: Body, settings: dict[str, Any]) -> None:
                 f"provider {provider} cannot be used: {why}",
                 [{"field": "settings.provider", "message": why}],
             )
+    if provider not in ("auto", "local") and wants_refine(settings):
+        if not config.replicate_api_token:  # refines of a provider's images run on Replicate
+            why = "REPLICATE_API_TOKEN not configured (upscale and removeBackground need it)"
+            raise ApiError(
+                422, "provider_unavailable", why, [{"field": "settings.provider", "message": why}]
+            )
     if body.webhookUrl is not None and (why := submit_url_problem(body.webhookUrl, config)):
         raise _invalid("webhookUrl", why)
 
@@ -183,7 +191,7 @@ def _submit(
         if input_key:  # nothing was stored for this request: neither is its upload
             s.storage.delete_prefix(generation_prefix(g.user_id, gen_id))
         raise
-    if not dispatch(s.celery, gen_id):
+    if not dispatch(s.celery, gen_id, stages=stages_for(settings)):
         _leave_to_dispatcher(s, gen_id)
     return _accepted(gen_id)
 

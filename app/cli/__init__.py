@@ -89,7 +89,7 @@ def main() -> None:
     cli(prog_name="bff")
 
 
-from app.cli import admin, batches, client, dev  # noqa: E402  (they use the helpers above)
+from app.cli import admin, batches, client, dev, refine  # noqa: E402  (they use the helpers above)
 
-for _command in (*admin.COMMANDS, dev.dev, *client.COMMANDS, batches.batch_cli):
+for _command in (*admin.COMMANDS, dev.dev, *client.COMMANDS, *refine.COMMANDS, batches.batch_cli):
     cli.add_command(_command)

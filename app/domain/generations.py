@@ -31,7 +31,7 @@ from app.domain.states import (
     IllegalTransition,
     set_status,
 )
-from app.pipeline import STAGES
+from app.pipeline import ALL_STAGES, stages_for
 from app.platform.db import begin_for_update
 
 
@@ -52,7 +52,7 @@ def create(
 ) -> Generation:
     """A pending generation with ``columns`` (user_id, mode, settings, prompt,
     …). Its stage rows are written by its first claim; until then
-    its JSON shows seven pending stages. The submit sets
+    its JSON shows its pending stages (``stages_for``). The submit sets
     ``dispatched_at`` in the same insert (see ``app.pipeline.maintenance`` for
     how a send that never happened is found)."""
     gen = Generation(
@@ -65,12 +65,20 @@ def create(
     return gen
 
 
-def new_stages() -> list[GenerationStage]:
-    """A new generation's stage rows: all pending, in pipeline order."""
-    return [
-        GenerationStage(name=name, position=i, status=S_PENDING, attempts=0)
-        for i, name in enumerate(STAGES)
-    ]
+def new_stages(gen: Generation | None = None) -> list[GenerationStage]:
+    """A new generation's stage rows: all pending, in pipeline order (with
+    ``refine`` when its settings ask for it)."""
+    names = stages_for(gen.settings if gen is not None else None)
+    return [new_stage(name) for name in names]
+
+
+def new_stage(name: str) -> GenerationStage:
+    return GenerationStage(name=name, position=ALL_STAGES.index(name), status=S_PENDING, attempts=0)
+
+
+def stage_names(gen: Generation) -> tuple[str, ...]:
+    """The stages this generation runs, in order: its chain."""
+    return tuple(s.name for s in gen.stages) if gen.stages else stages_for(gen.settings)
 
 
 def stage_status(gen: Generation, name: str) -> str:
@@ -81,7 +89,7 @@ def stage_status(gen: Generation, name: str) -> str:
 def first_unfinished(gen: Generation) -> str | None:
     """The stage a chain for ``gen`` starts at; None when all are done."""
     done = {s.name for s in gen.stages if s.status in STAGE_DONE}
-    return next((name for name in STAGES if name not in done), None)
+    return next((name for name in stage_names(gen) if name not in done), None)
 
 
 def clear_dispatched(session: Session, *generation_ids: str) -> None:
@@ -136,6 +144,8 @@ SHOW = (
             GenerationAsset.height,
             GenerationAsset.content_type,
             GenerationAsset.file_size,
+            GenerationAsset.variant,
+            GenerationAsset.source_asset_id,
         ),
         joinedload(Generation.standing_feedback).load_only(
             GenerationFeedback.feedback_type, GenerationFeedback.rating
@@ -223,7 +233,7 @@ def prepare_retry(gen: Generation, timeout: float) -> str:
         if s.status == S_PENDING:
             s.attempts = 0
     gen.dispatched_at = None
-    return first_unfinished(gen) or STAGES[-1]
+    return first_unfinished(gen) or stage_names(gen)[-1]
 
 
 def is_final(gen: Generation) -> bool:

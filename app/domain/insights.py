@@ -96,7 +96,8 @@ def failures_by_stage(session: Session, user_id: int) -> dict[str, int]:
 
 def images_by_persona(session: Session, user_id: int) -> list[dict[str, Any]]:
     """Images per persona the ``persona`` stage actually blended in (not the
-    one asked for: it may not have matched); ``personaId`` null: none."""
+    one asked for: it may not have matched); ``personaId`` null: none. Only
+    what ``generate`` made: a refine's variant is not another image."""
     g, s, a, p = Generation, GenerationStage, GenerationAsset, Persona
     used = s.output["personaId"].as_string()
     rows = session.execute(
@@ -105,7 +106,7 @@ def images_by_persona(session: Session, user_id: int) -> list[dict[str, Any]]:
         .join(a, a.generation_id == g.id)
         .outerjoin(s, (s.generation_id == g.id) & (s.name == "persona"))
         .outerjoin(p, p.id == used)
-        .where(g.user_id == user_id)
+        .where(g.user_id == user_id, a.variant == "original")
         .group_by(used, p.name)
         .order_by(func.count(a.id).desc())
     )

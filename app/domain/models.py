@@ -179,6 +179,11 @@ class GenerationAsset(Base):
     height: Mapped[int] = mapped_column(Integer)
     provider_id: Mapped[str | None] = mapped_column(String(40))
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
+    # original (what generate made), upscaled or cutout (made from source_asset_id by refine)
+    variant: Mapped[str] = mapped_column(String(20), default="original")
+    source_asset_id: Mapped[int | None] = mapped_column(
+        ForeignKey("generation_assets.id", ondelete="SET NULL")
+    )
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

@@ -68,3 +68,21 @@ def set_stage_status(stage: GenerationStage, target: str) -> None:
     if target not in _STAGE[stage.status]:
         raise IllegalTransition("stage", stage.status, target)
     stage.status = target
+
+
+# The one stage that also runs on a completed generation: a refine asked for
+# after the fact (POST …/assets/<id>/refine). It adds variants and leaves the
+# generation completed; everything else stops at a final generation.
+LATE_STAGE = "refine"
+
+
+def refining(gen: Generation) -> bool:
+    """A completed generation with a refine asked for after the fact still to run."""
+    return gen.status == COMPLETED and any(
+        s.name == LATE_STAGE and s.status in (S_PENDING, S_RUNNING) for s in gen.stages
+    )
+
+
+def ended_for(gen: Generation, stage: str) -> bool:
+    """The generation has ended as far as ``stage`` is concerned."""
+    return gen.status in FINAL and not (gen.status == COMPLETED and stage == LATE_STAGE)

@@ -16,8 +16,16 @@ from sqlalchemy.orm import Session
 
 from app.domain.generations import first_unfinished, new_stages
 from app.domain.models import Generation, GenerationStage, utcnow
-from app.domain.states import FAILED, FINAL, S_FAILED, S_PENDING, set_stage_status, set_status
-from app.pipeline import STAGES, lease
+from app.domain.states import (
+    FAILED,
+    FINAL,
+    S_FAILED,
+    S_PENDING,
+    ended_for,
+    set_stage_status,
+    set_status,
+)
+from app.pipeline import lease
 from app.pipeline.context import StageWaiting
 from app.platform import events
 from app.platform.config import Settings
@@ -54,7 +62,7 @@ def wait(
     gen = lease.lock(session, generation_id)
     if gen is None:
         return GONE
-    if gen.status in FINAL:
+    if ended_for(gen, name):
         return STOP
     stage = gen.stage(name)
     if task_id is not None and stage.task_id != task_id:
@@ -90,7 +98,7 @@ def fail_or_retry(
     stage.duration_ms = elapsed_ms(stage)
     if name == "generate" and gen.provider:
         record_outcome(session, gen.provider, ok=False, error=error)
-    if retry_in is None or gen.status in FINAL:
+    if retry_in is None or ended_for(gen, name):
         return end_failed(session, settings, gen, stage, error, after)
     set_stage_status(stage, S_PENDING)
     stage.error = f"attempt {stage.attempts} failed, retrying in {retry_in:.1f}s: {error}"
@@ -135,8 +143,8 @@ def time_out(
     if gen is None or gen.status in FINAL:
         return None
     if not gen.stages:  # never claimed
-        gen.stages = new_stages()
-    stage = gen.stage(first_unfinished(gen) or STAGES[-1])
+        gen.stages = new_stages(gen)
+    stage = gen.stage(first_unfinished(gen) or gen.stages[-1].name)
     minutes = settings.generation_timeout / 60
     error = f"timed out after {minutes:g} min at {stage.name} (BFF_GENERATION_TIMEOUT)"
     end_failed(session, settings, gen, stage, error, after)

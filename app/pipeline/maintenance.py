@@ -2,8 +2,9 @@
 
 - ``redispatch_stalled``: a generation never handed to the broker, or silent
   past its stage's stall timeout, is sent again from its first unfinished
-  stage. The submit writes ``dispatched_at`` with the row and clears it when
-  the broker refuses the chain, so one without it is sent after
+  stage (a completed one whose late refine stalled: from ``refine``). The
+  submit writes ``dispatched_at`` with the row and clears it when the broker
+  refuses the chain, so one without it is sent after
   ``UNDISPATCHED_GRACE``; a process that died between the commit and the send
   leaves it set, and the stall rule sends it. A batch's generations too.
 - ``expire_overdue``: a generation past its deadline fails with code
@@ -18,11 +19,18 @@ import time
 from datetime import datetime, timedelta
 
 from celery import Celery
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, exists, or_, select, update
 
-from app.domain.generations import first_unfinished, stage_status
-from app.domain.models import Generation, GenerationFeedback, utcnow
-from app.domain.states import PENDING, PROCESSING, S_RUNNING
+from app.domain.generations import first_unfinished, stage_names, stage_status
+from app.domain.models import Generation, GenerationFeedback, GenerationStage, utcnow
+from app.domain.states import (
+    COMPLETED,
+    LATE_STAGE,
+    PENDING,
+    PROCESSING,
+    S_PENDING,
+    S_RUNNING,
+)
 from app.pipeline.endings import time_out
 from app.pipeline.learning import apply_feedback
 from app.pipeline.lease import aware, stalled
@@ -68,6 +76,17 @@ def _hold(settings: Settings) -> int:
     return int(settings.stall_timeout) + 1
 
 
+# A completed generation with a refine asked for after the fact, not yet done.
+_LATE_REFINE = and_(
+    Generation.status == COMPLETED,
+    exists().where(
+        GenerationStage.generation_id == Generation.id,
+        GenerationStage.name == LATE_STAGE,
+        GenerationStage.status.in_((S_PENDING, S_RUNNING)),
+    ),
+)
+
+
 def redispatch_stalled(
     db: Database, celery_app: Celery, settings: Settings, limit: int = 200
 ) -> int:
@@ -79,13 +98,14 @@ def redispatch_stalled(
     quiet_since = now - timedelta(
         seconds=min(settings.stall_timeout, UNDISPATCHED_GRACE.total_seconds())
     )
-    todo: list[tuple[str, str, bool]] = []
+    todo: list[tuple[str, str, bool, tuple[str, ...]]] = []
     owners_may_be_waiting = db_outage_recent(settings)
     with db.session() as session:
         rows = session.scalars(
             select(Generation)
             .where(
-                Generation.status.in_((PENDING, PROCESSING)), Generation.updated_at < quiet_since
+                or_(Generation.status.in_((PENDING, PROCESSING)), _LATE_REFINE),
+                Generation.updated_at < quiet_since,
             )
             .order_by(Generation.updated_at)
             .limit(limit)
@@ -100,11 +120,11 @@ def redispatch_stalled(
             if never_sent or (
                 stalled(gen, settings) and not _sent_within(gen, now, settings, stage)
             ):
-                todo.append((gen.id, stage, gen.batch_id is not None))
+                todo.append((gen.id, stage, gen.batch_id is not None, stage_names(gen)))
     sent = 0
-    for gen_id, stage, in_batch in todo:
+    for gen_id, stage, in_batch, names in todo:
         # A batch's generation goes back in the background, as its batch sent it.
-        if dispatch(celery_app, gen_id, stage, background=in_batch):
+        if dispatch(celery_app, gen_id, stage, background=in_batch, stages=names):
             with db.session() as session:
                 # updated_at is kept as it is (its onupdate would renew it): it
                 # is the stage's lease. Renewing it here made the copy just sent

@@ -30,10 +30,11 @@ from app.domain.states import (
     S_RUNNING,
     S_SKIPPED,
     STAGE_DONE,
+    ended_for,
     set_stage_status,
     set_status,
 )
-from app.pipeline import STAGE_FUNCS, STAGES, lease
+from app.pipeline import STAGE_FUNCS, lease
 from app.pipeline.context import (
     GenerationEnded,
     StageContext,
@@ -165,11 +166,13 @@ def claim_stage(
 ) -> tuple[Generation, GenerationStage] | Outcome:
     """Take the stage for this delivery, or say why not (an Outcome)."""
     gen = lease.lock(session, generation_id)
-    if gen is None or gen.status in FINAL:
+    if gen is None or ended_for(gen, name):
         return STOP
     if not gen.stages:  # the first claim writes the generation's stage rows
-        gen.stages = new_stages()
-    stage = gen.stage(name)
+        gen.stages = new_stages(gen)
+    stage = next((s for s in gen.stages if s.name == name), None)
+    if stage is None:  # not one of this generation's stages (a refine nobody asked for)
+        return STOP
     if stage.status in STAGE_DONE:
         return CONTINUE
     if any(s.status not in STAGE_DONE for s in gen.stages if s.position < stage.position):
@@ -193,7 +196,8 @@ def claim_stage(
     waited = parked and (own_retry or woken)
     if waited:  # running now: no longer parked, so no other delivery takes it
         stage.output = {k: v for k, v in (stage.output or {}).items() if k != lease.WAITING}
-    set_status(gen, PROCESSING)
+    if gen.status not in FINAL:  # a late refine leaves its completed generation so
+        set_status(gen, PROCESSING)
     set_stage_status(stage, S_RUNNING)
     gen.updated_at = utcnow()  # progress: renews the lease
     if not waited:  # waiting for a provider is not a new attempt
@@ -235,7 +239,7 @@ def record(
             stored = [o["storedKey"] for o in output.get("outputs", []) if o.get("storedKey")]
             after.append(lambda: ctx.storage.delete(stored))
         return STOP
-    if name == STAGES[-1]:
+    if name == gen.stages[-1].name:  # the last of this generation's own stages
         set_status(gen, COMPLETED)
         delivery = record_final(session, gen)
         after.append(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from celery import Celery
 
+from app.domain.generations import stage_names
 from app.domain.models import Generation
 from app.domain.states import FINAL
 from app.pipeline import lease
@@ -36,7 +37,8 @@ def wake(db: Database, celery_app: Celery, generation_id: str, prediction_id: st
         if prediction_id not in (parked.get("predictions") or []):
             return "not a prediction its generate stage waits on"
         in_batch = gen.batch_id is not None
+        stages = stage_names(gen)
     wake_id = lease.wake_up_task_id()
-    if not dispatch(celery_app, generation_id, STAGE, wake_id, background=in_batch):
+    if not dispatch(celery_app, generation_id, STAGE, wake_id, background=in_batch, stages=stages):
         raise NotSent(generation_id)
     return None

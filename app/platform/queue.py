@@ -23,7 +23,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from celery import Celery, Task, chain, group
@@ -46,7 +46,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_prefetch_multiplier": 1,
         "task_default_queue": "pipeline",
         # Provider calls on their own queue; everything else on "pipeline".
-        "task_routes": {"pipeline.generate": {"queue": "generation"}},
+        "task_routes": {
+            "pipeline.generate": {"queue": "generation"},
+            "pipeline.refine": {"queue": "generation"},  # provider calls too
+        },
         "task_soft_time_limit": 300,
         "task_time_limit": 360,
         "worker_send_task_events": True,  # Flower follows tasks by the workers' events
@@ -134,10 +137,13 @@ def stage_chain(
     from_stage: str = STAGES[0],
     background: bool = False,
     first_task_id: str | None = None,
+    stages: Sequence[str] = STAGES,
 ) -> chain:
     """The chain of stage tasks from ``from_stage`` on, each taking the
-    generation id only (immutable: a stage's return value is not passed on)."""
-    names = STAGES[STAGES.index(from_stage) :]
+    generation id only (immutable: a stage's return value is not passed on).
+    ``stages``: the generation's own stages (``generations.stage_names``;
+    with ``refine`` when it asks)."""
+    names = list(stages)[list(stages).index(from_stage) :]
     sigs = [
         celery_app.signature(
             f"pipeline.{n}", args=(generation_id,), immutable=True, priority=priority(n, background)
@@ -155,13 +161,15 @@ def dispatch(
     from_stage: str = STAGES[0],
     first_task_id: str | None = None,
     background: bool = False,
+    stages: Sequence[str] = STAGES,
 ) -> bool:
     """Send the generation's chain (``stage_chain``). Call after the row is
     committed. Returns False (and logs) when the broker is unreachable: the
     caller leaves (or makes) ``dispatched_at`` empty and the dispatcher sends
     it later. ``first_task_id`` names the first task (a wake-up:
-    ``lease.wake_up_task_id``); ``background``: a batch's generation."""
-    sig = stage_chain(celery_app, generation_id, from_stage, background, first_task_id)
+    ``lease.wake_up_task_id``); ``background``: a batch's generation;
+    ``stages``: the generation's own stages (with ``refine`` when it asks)."""
+    sig = stage_chain(celery_app, generation_id, from_stage, background, first_task_id, stages)
     try:
         sig.apply_async()
     except Exception as exc:  # kombu and redis-py raise several types for "broker down"
@@ -170,12 +178,22 @@ def dispatch(
     return True
 
 
-def dispatch_group(celery_app: Celery, generation_ids: Sequence[str]) -> bool:
+def dispatch_group(
+    celery_app: Celery,
+    generation_ids: Sequence[str],
+    stages: Mapping[str, Sequence[str]] | None = None,
+) -> bool:
     """Send a batch: one canvas ``group`` of its generations' chains, in the
-    background. False (logged) when the broker failed part way: the caller
-    clears ``dispatched_at`` of them all and the dispatcher sends them again
-    (a chain sent twice is harmless: stages are idempotent and leased)."""
-    chains = [stage_chain(celery_app, gid, background=True) for gid in generation_ids]
+    background (``stages``: a generation's own stages by id where they are
+    not ``STAGES``: one whose settings ask for ``refine``). False (logged)
+    when the broker failed part way: the caller clears ``dispatched_at`` of
+    them all and the dispatcher sends them again (a chain sent twice is
+    harmless: stages are idempotent and leased)."""
+    own = stages or {}
+    chains = [
+        stage_chain(celery_app, gid, background=True, stages=own.get(gid, STAGES))
+        for gid in generation_ids
+    ]
     try:
         group(chains, app=celery_app).apply_async()
     except Exception as exc:  # as in dispatch

@@ -9,6 +9,7 @@ import logging
 from app.domain.models import Generation
 from app.domain.states import STAGE_DONE
 from app.platform.config import Settings
+from app.providers.refiners import cancel_refines
 from app.providers.registry import PROVIDERS, get_provider
 
 log = logging.getLogger(__name__)
@@ -16,7 +17,10 @@ log = logging.getLogger(__name__)
 
 def cancel_remote(settings: Settings, gen: Generation) -> int:
     """Cancel the generation's running predictions (ids read from the ``generate``
-    stage's checkpoint); returns how many cancel requests were sent."""
+    and ``refine`` stages' checkpoints); returns how many cancel requests were sent."""
+    refine = next((s for s in gen.stages if s.name == "refine"), None)
+    if refine is not None and refine.status not in STAGE_DONE:
+        return cancel_refines(settings, refine.output)  # generate is done by then
     entry = PROVIDERS.get(gen.provider or "")
     if entry is None or not entry.api.startswith("replicate"):
         return 0

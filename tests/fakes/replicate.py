@@ -5,9 +5,11 @@ official models at ``POST /v1/models/{owner}/{name}/predictions``, versions at
 (422 with ``invalid_fields``). ``POST /v1/files`` takes uploads (multipart
 ``content``, as the SDK sends files in an input) and a create may name them
 only by the URL it answered (``uploads`` keeps them; a URL from anywhere else
-is refused, as a private upload must never need a public URL); a prediction is
+is refused, as a private upload must never need a public URL); a refused
+create's ``invalid_fields`` are kept in ``last_invalid``. A prediction is
 ``starting`` for ``starting_s``, ``processing`` until ``latency`` s after its
-creation, then ``succeeded`` with a PNG served under ``/files/`` (404 after
+creation, then ``succeeded`` with a PNG served under ``/files/`` (a refine
+model's made from its uploaded image: ``replicate_models``; 404 after
 ``expire_outputs()``, as after Replicate's one-hour retention); cancel works
 until it is final.
 
@@ -25,12 +27,14 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import secrets
 import threading
 import time
 from datetime import UTC, datetime
 from typing import Any
 
+from PIL import Image, ImageDraw, UnidentifiedImageError
 from werkzeug.wrappers import Request, Response
 
 from ._server import FakeServer, cli, json_response, png
@@ -67,6 +71,7 @@ class FakeReplicate(WebhookSender, FakeServer):
         self.lose_webhooks = False
         self.webhook_answers: list[int] = []  # our API's status per delivery
         self.uploads: dict[str, dict[str, Any]] = {}  # POST /v1/files: id -> file
+        self.last_invalid: list[dict[str, str]] = []  # what the last create was refused for
 
     @property
     def creates(self) -> int:
@@ -89,6 +94,7 @@ class FakeReplicate(WebhookSender, FakeServer):
             self.create_bodies.clear()
             self.webhook_answers.clear()
             self.uploads.clear()
+            self.last_invalid = []
             self.expired = self.lose_webhooks = False
 
     # -- routes
@@ -107,7 +113,13 @@ class FakeReplicate(WebhookSender, FakeServer):
         if parts == ["v1", "predictions"] and request.method == "POST":
             version = (request.get_json(silent=True) or {}).get("version")
             if version not in BY_VERSION:
-                return problem(422, "Invalid version", "Invalid version or not permitted")
+                self.last_invalid = [invalid_field("invalid", "version", "Invalid version")]
+                return problem(
+                    422,
+                    "Invalid version",
+                    "Invalid version or not permitted",
+                    invalid_fields=self.last_invalid,
+                )
             return self.create(request, BY_VERSION[version])
         if parts == ["v1", "files"] and request.method == "POST":
             return self.upload(request)
@@ -154,9 +166,10 @@ class FakeReplicate(WebhookSender, FakeServer):
             return problem(422, "Invalid request", "input is required")
         invalid = validate(MODELS[model], inputs) + self.invalid_webhook(body)
         uploaded = {u["url"] for u in self.uploads.values()}
-        for url in uris(MODELS[model], inputs):
+        for where, url in uris(MODELS[model], inputs):
             if url not in uploaded:  # a test fake stands for a private upload
-                invalid.append(invalid_field("format", "input", f"{url} is not an uploaded file"))
+                invalid.append(invalid_field("format", where, f"{url} is not an uploaded file"))
+        self.last_invalid = invalid
         if invalid:
             detail = "\n".join(f"- {i['field']}: {i['description']}" for i in invalid)
             return problem(422, "Input validation failed", detail, invalid_fields=invalid)
@@ -224,8 +237,29 @@ class FakeReplicate(WebhookSender, FakeServer):
         p = self.predictions.get(pid)
         if self.expired or p is None or self.status(p)[0] != "succeeded":
             return problem(404, "Not found", "Not found")
+        if MODELS[p["model"]].output:
+            return Response(self.refined(p), 200, content_type="image/png")
         w, h = MODELS[p["model"]].sizes.get(p["input"].get("aspect_ratio", "1:1"), (256, 256))
         return Response(png(w, h, pid), 200, content_type="image/png")
+
+    def refined(self, p: dict[str, Any]) -> bytes:
+        """A refine model's output, made from its uploaded ``image``: upscaled
+        ``scale`` times (default 4), or a cut-out (RGBA, its border clear)."""
+        data = next(u["data"] for u in self.uploads.values() if u["url"] == p["input"]["image"])
+        try:
+            with Image.open(io.BytesIO(data)) as src:
+                w, h = src.size
+        except UnidentifiedImageError:  # bytes standing for a photo
+            w, h = 64, 64
+        if MODELS[p["model"]].output == "upscale":
+            scale = p["input"].get("scale", 4)
+            img = Image.new("RGB", (round(w * scale), round(h * scale)), (200, 40, 60))
+        else:
+            img = Image.new("RGBA", (w, h), (0, 0, 0, 0))
+            ImageDraw.Draw(img).ellipse([w // 4, h // 4, 3 * w // 4, 3 * h // 4], (200, 40, 60))
+        buf = io.BytesIO()
+        img.save(buf, "PNG")
+        return buf.getvalue()
 
     # -- the prediction document
     def status(self, p: dict[str, Any]) -> tuple[str, float | None, float | None]:
@@ -247,7 +281,8 @@ class FakeReplicate(WebhookSender, FakeServer):
         p = self.predictions[pid]
         status, started, completed = self.status(p)
         base = p["host"]
-        ext = "png" if p["input"].get("output_format") == "png" else "jpg"
+        png_out = p["input"].get("output_format") == "png" or MODELS[p["model"]].output
+        ext = "png" if png_out else "jpg"
         ok = status == "succeeded"
         return {
             "id": pid,

@@ -2,7 +2,12 @@
 (read from the model's API page, cited per model), and the validation
 Replicate applies to a create: unknown fields, wrong JSON types, values
 outside an enum or a range, missing required fields -> 422 with
-``invalid_fields``. Adding a model to the fake is one entry here."""
+``invalid_fields``. Adding a model to the fake is one entry here.
+
+The Stage 7 refine models are versioned entries (``app/providers/refiners.py``
+pins the same versions); their output is made from the uploaded ``image``
+(``output``): ``upscale``, a PNG ``scale`` times its size; ``cutout``, an
+RGBA PNG of its size, its border transparent."""
 
 from __future__ import annotations
 
@@ -28,6 +33,7 @@ class Model:
     source: str
     official: bool = True  # official: POST /v1/models/{owner}/{name}/predictions
     sizes: dict[str, tuple[int, int]] = field(default_factory=dict)  # aspect ratio -> output
+    output: str | None = None  # "upscale" | "cutout": made from the uploaded image
 
 
 RATIO_SIZES = {
@@ -86,19 +92,37 @@ MODELS = {
             "output_format": Input("string", ("jpg", "png")),
         },
     ),
-    # A versioned community model (POST /v1/predictions with "version"): the
-    # path Stage 7's upscaler takes; here so the generic adapter is tested on it.
+    # Versioned community models (POST /v1/predictions with "version"): Stage
+    # 7's refiners, at the versions app/providers/refiners.py pins.
     "nightmareai/real-esrgan": Model(
-        version="f121d640bd286e1fdc67f9799164c1d5be36ff74576ee11c803ae5b665dd46aa",
-        source="https://replicate.com/nightmareai/real-esrgan/api/schema",
+        version="42fed1c4974146d4d2414e2be2c5277c7fcf05fcc3a73abf41610695738c1d7b",
+        source="https://replicate.com/nightmareai/real-esrgan/api",
         official=False,
         inputs={
             "image": Input("string", format="uri", required=True),
             "scale": Input("number", minimum=0, maximum=10),
             "face_enhance": Input("boolean"),
         },
+        output="upscale",
+    ),
+    "851-labs/background-remover": Model(
+        version="a029dff38972b5fda4ec5d75d7d1cd25aeff621d2cf4946a41055d7db66b80bc",
+        source="https://replicate.com/851-labs/background-remover/api",
+        official=False,
+        inputs={
+            "image": Input("string", format="uri", required=True),
+            "threshold": Input("number", minimum=0, maximum=1),
+            "reverse": Input("boolean"),
+            "background_type": Input(
+                "string", ("rgba", "map", "green", "white", "blur", "overlay")
+            ),
+            "format": Input("string", ("png", "jpg", "webp")),
+        },
+        output="cutout",
     ),
 }
+REAL_ESRGAN = MODELS["nightmareai/real-esrgan"].version
+BACKGROUND_REMOVER = MODELS["851-labs/background-remover"].version
 BY_VERSION = {m.version: name for name, m in MODELS.items()}
 
 TYPES: dict[str, tuple[type, ...]] = {
@@ -159,13 +183,14 @@ def validate(model: Model, inputs: dict[str, Any]) -> list[dict[str, str]]:
     return invalid
 
 
-def uris(model: Model, inputs: dict[str, Any]) -> list[str]:
-    """Every URL a create's inputs name (files it must have been given)."""
-    out: list[str] = []
+def uris(model: Model, inputs: dict[str, Any]) -> list[tuple[str, str]]:
+    """Every URL a create's inputs name (files it must have been given), with
+    the field naming it."""
+    out: list[tuple[str, str]] = []
     for name, spec in model.inputs.items():
         value = inputs.get(name)
         if spec.format == "uri" and isinstance(value, str):
-            out.append(value)
+            out.append((f"input.{name}", value))
         elif spec.items is not None and spec.items.format == "uri" and isinstance(value, list):
-            out += [v for v in value if isinstance(v, str)]
+            out += [(f"input.{name}.{i}", v) for i, v in enumerate(value) if isinstance(v, str)]
     return out

@@ -10,7 +10,7 @@ import time
 import pytest
 from sqlalchemy import text
 
-from tests.faults.stack import FaultStack
+from tests.faults.stack import Batch, FaultStack
 from tests.support import procs as P
 
 pytestmark = pytest.mark.services
@@ -85,3 +85,32 @@ def test_generator_killed_while_predictions_run(faults: FaultStack):
     gens = faults.wait_final(batch, timeout=60)
     faults.assert_nothing_lost(batch, gens)  # resumed the saved predictions: 12 creates
     assert killed_at == 12 and still_running
+
+
+def test_generator_killed_while_refine_predictions_run(faults: FaultStack):
+    """Stage 7 pays once too: the refine's prediction ids are saved before it
+    waits, so the stage that takes over from the dead generator polls them."""
+    faults.replicate.latency = 4.0
+    user = faults.user("killed-refiner")
+    ids = [
+        faults.submit(user, "google-imagen", f"linen shirt, look {i}", upscale=2) for i in range(10)
+    ]
+
+    def refines_created_and_polled() -> bool:
+        refines = [b for b in list(faults.replicate.create_bodies) if b.get("version")]
+        return len(refines) == 10 and not faults.replicate.never_polled()
+
+    P.wait_for(
+        refines_created_and_polled, 60, "every refine prediction created and polled", interval=0.02
+    )
+    faults.kill("generator")
+    still_running = time.time() < max(faults.replicate.create_times) + faults.replicate.latency
+    faults.start("generator")
+
+    batch = Batch(user, dict.fromkeys(ids, 2))  # each: its image and its upscaled variant
+    gens = faults.wait_final(batch, timeout=90)
+    faults.assert_nothing_lost(batch, gens)  # 20 creates for 20 images: none paid twice
+    assert still_running and faults.replicate.creates == 20
+    for gen in gens.values():
+        variants = sorted(a["variant"] for a in gen["assets"])
+        assert variants == ["original", "upscaled"], gen["assets"]

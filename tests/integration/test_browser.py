@@ -146,6 +146,23 @@ def test_designer_submits_watches_stages_and_gives_feedback(dev_server, browser,
     assert gen["personaId"] == persona["id"] and len(gen["assets"]) == 2
     assert gen["prompt"]["negative"] == "logos, busy background"
 
+    # Each image offers "Upscale ×2" and "Cut out": a refine followed live.
+    page.locator("#result figure").first.get_by_role("button", name=re.compile("^Upscale")).click()
+    expect(page.locator('#stages li[data-stage="refine"]')).to_have_attribute(
+        "data-status", "completed", timeout=60_000
+    )
+    expect(page.locator("#result img")).to_have_count(3)
+    expect(page.locator("#result figure.upscaled figcaption")).to_contain_text("Upscaled")
+    first = page.locator("#result figure").first
+    expect(first.get_by_role("button", name=re.compile("^Upscale"))).to_have_count(0)
+    first.get_by_role("button", name=re.compile("^Cut out")).click()
+    expect(page.locator("#result figure.cutout img")).to_have_count(1, timeout=60_000)
+    gen = requests.get(f"{base}/api/generate/{gen_id}", headers=auth).json()
+    assert gen["status"] == "completed"
+    assert sorted(a["variant"] for a in gen["assets"]) == [
+        "cutout", "original", "original", "upscaled"
+    ]  # fmt: skip
+
     # The gallery shows it; heart it, rate it, mark it exceptional.
     card = page.locator(f'#gallery li.item[data-id="{gen_id}"]')
     expect(card.locator(".badge")).to_have_text("completed")

@@ -108,3 +108,27 @@ def test_generate_reports_errors_in_words(embedded):
     assert unset.returncode != 0 and "BFF_API_KEY" in unset.stderr
     down = bff_generate({**embedded.env, "BFF_API_URL": f"http://127.0.0.1:{free_port()}"}, "x")
     assert down.returncode != 0 and "cannot reach the API" in down.stderr
+
+
+def test_refine_an_image_and_wait(embedded):
+    done = bff_generate(embedded.env, "black wool coat", "--wait")
+    assert done.returncode == 0, done.stdout + done.stderr
+    gen_id = re.search(r"^submitted (gen_\w+)$", done.stdout, re.M).group(1)
+    headers = {"Authorization": f"Bearer {embedded.key}"}
+    gen = requests.get(f"{embedded.base_url}/api/generate/{gen_id}", headers=headers, timeout=10)
+    [asset] = gen.json()["assets"]
+    args = ["--upscale", "2", "--remove-background", "--wait"]
+    refine = subprocess.run(
+        [BFF, "refine", gen_id, str(asset["id"]), *args],
+        env=embedded.env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert refine.returncode == 0, refine.stdout + refine.stderr
+    assert re.search(r"^\s+(\S\s+)?refine\s+completed", refine.stdout, re.M), refine.stdout
+    lines = [line.split() for line in refine.stdout.splitlines() if "/cdn/" in line]
+    sizes = {variant: size for variant, size, _url in lines}
+    double = f"{asset['width'] * 2}x{asset['height'] * 2}"
+    assert sizes == {"upscaled": double, "cutout": f"{asset['width']}x{asset['height']}"}
+    assert_png_urls("\n".join(url for *_, url in lines))
+    no_option = subprocess.run([BFF, "refine", gen_id, str(asset["id"])], env=embedded.env,
+                               capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert no_option.returncode != 0 and "--upscale" in no_option.stderr

@@ -94,12 +94,22 @@ const LABEL = {
 };
 
 function resetStages() {
+  $('#stages li[data-stage="refine"]')?.remove();  // only for a generation that refines
   for (const li of document.querySelectorAll("#stages li")) setStage(li.dataset.stage, "idle");
   $("#result").replaceChildren();
 }
 
+// The optional eighth stage: its row appears when a generation has it.
+function refineRow() {
+  const li = $("#stages li").cloneNode(true);
+  li.dataset.stage = "refine";
+  $(".name", li).textContent = "refine";
+  $("#stages").append(li);
+  return li;
+}
+
 function setStage(name, status, durationMs) {
-  const li = $(`#stages li[data-stage="${name}"]`);
+  const li = $(`#stages li[data-stage="${name}"]`) || (name === "refine" ? refineRow() : null);
   if (!li) return;
   li.dataset.status = status;
   const ms = durationMs == null ? "" : ` in ${durationMs < 1000 ? `${durationMs} ms`
@@ -189,13 +199,21 @@ function showResult(gen) {
     status.textContent = `Generation ${gen.status}.`;
   }
   const imgs = gen.assets.map((a) => {
+    const figure = document.createElement("figure");
+    figure.className = `variant ${a.variant}`;
     const link = document.createElement("a");
     link.href = a.url; link.target = "_blank"; link.rel = "noopener";
     const img = document.createElement("img");
     img.src = a.url; img.width = a.width; img.height = a.height;
-    img.alt = `Generated image for “${gen.prompt.original || "garment photo"}”`;
+    img.alt = `${VARIANT[a.variant]} image for “${gen.prompt.original || "garment photo"}”`;
     link.append(img);
-    return link;
+    const caption = document.createElement("figcaption");
+    caption.className = "muted";
+    caption.textContent = `${VARIANT[a.variant]} · ${a.width}×${a.height}`
+      + (a.sourceAssetId ? ` · from #${a.sourceAssetId}` : "");
+    figure.append(link, caption);
+    if (gen.status === "completed") figure.append(refineButtons(gen, a));
+    return figure;
   });
   $("#result").replaceChildren(...imgs);
 }
@@ -274,6 +292,7 @@ function card(gen) {
   $(".meta", li).textContent = `${new Date(gen.createdAt).toLocaleString()}`
     + `${gen.provider ? ` · ${gen.provider}` : ""}`;
   feedbackControls(li, gen, asset, label);
+  if (asset && gen.status === "completed") $(".actions", li).prepend(refineButtons(gen, asset));
   if (gen.status === "failed") offerRetry(li, gen, label);
   const del = $(".delete", li);
   del.setAttribute("aria-label", `Delete “${label}”`);

@@ -1,0 +1,110 @@
+"""POST /api/generate/<id>/assets/<assetId>/refine: upscale and/or cut out one
+image of a completed generation, after the fact. The generation stays
+completed; its ``refine`` stage (added, or reset) runs as a small job of its
+own on the same queues (``pipeline.refine``, queue ``generation``), shown in
+its stages and on its event stream, and adds variant assets (a batch's
+generation: at the batch's background priority; its batch stays finished,
+as the generation stays completed). One refine at a
+time per generation; what the refine costs is checked against the daily cap
+now and again right before the paid call."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Blueprint, g
+from sqlalchemy.exc import SQLAlchemyError
+
+from app.api.auth import load_user
+from app.api.common import json_body, services
+from app.api.errors import ApiError, not_found
+from app.api.responses import GenerationOut, generation_path, respond
+from app.api.schemas import RefineIn, parse
+from app.domain import generations as svc
+from app.domain.models import Generation, GenerationAsset, utcnow
+from app.domain.spend import refusal
+from app.domain.states import COMPLETED, LATE_STAGE, S_PENDING, S_RUNNING
+from app.pipeline.refine import LATE, ops_for
+from app.platform.queue import dispatch
+
+log = logging.getLogger(__name__)
+bp = Blueprint("refine", __name__, url_prefix="/api/generate")
+bp.before_request(load_user)
+
+MAX_ID = 2**31 - 1  # asset ids are 32-bit integers: anything larger names no asset
+
+
+def _asset(gen: Generation, raw_id: str) -> GenerationAsset:
+    asset_id = int(raw_id) if raw_id.isdigit() and int(raw_id) <= MAX_ID else None
+    asset = next((a for a in gen.assets if a.id == asset_id), None)
+    if asset is None:
+        raise not_found("image")
+    return asset
+
+
+def _check(gen: Generation, asset: GenerationAsset, options: dict) -> float:
+    """409 for what cannot be refined now, 422 for an engine not configured;
+    returns what the refine may cost (USD)."""
+    if gen.status != COMPLETED:
+        raise ApiError(
+            409, "conflict", f"only a completed generation can be refined; this one is {gen.status}"
+        )
+    if any(s.name == LATE_STAGE and s.status in (S_PENDING, S_RUNNING) for s in gen.stages):
+        raise ApiError(409, "conflict", "a refine of this generation is already running")
+    made = {(a.source_asset_id, (a.meta or {}).get("refine")) for a in gen.assets}
+    todo = [op for op in ops_for(options) if (asset.id, op.key) not in made]
+    if not todo:
+        raise ApiError(409, "conflict", "this image already has the variants asked for")
+    if gen.provider == "local":
+        return 0.0  # refined offline, free
+    if not services().settings.replicate_api_token:
+        why = "REPLICATE_API_TOKEN not configured (refine runs on Replicate)"
+        raise ApiError(
+            422, "provider_unavailable", why, [{"field": "settings.provider", "message": why}]
+        )
+    return sum(op.model.price for op in todo)
+
+
+@bp.post("/<generation_id>/assets/<asset_id>/refine")
+def refine(generation_id: str, asset_id: str):
+    s = services()
+    with s.db.session() as session:
+        gen = svc.get_owned(session, g.user_id, generation_id, lock=True)
+        if gen is None:
+            raise not_found()
+        asset = _asset(gen, asset_id)
+        options = parse(RefineIn, json_body()).model_dump(exclude_none=True)
+        estimate = _check(gen, asset, options)
+        if estimate and (why := refusal(session, g.user_id, estimate)):
+            raise ApiError(403, "budget_exceeded", why, {"estimate": round(estimate, 4)})
+        _queue(gen, asset.id, options)
+        stages = svc.stage_names(gen)
+        in_batch = gen.batch_id is not None
+    # A batch member's refine goes in the background, as its batch's stages did.
+    if dispatch(s.celery, generation_id, LATE_STAGE, background=in_batch, stages=stages):
+        _mark_dispatched(generation_id)
+    with s.db.session() as session:
+        gen = svc.get_owned(session, g.user_id, generation_id)
+        return respond(GenerationOut, gen, 202, {"Location": generation_path(generation_id)})
+
+
+def _queue(gen: Generation, asset_id: int, options: dict) -> None:
+    """The request, and its stage pending (added, or reset from the last refine)."""
+    gen.pipeline_data = {**(gen.pipeline_data or {}), LATE: {"assetId": asset_id, **options}}
+    stage = next((st for st in gen.stages if st.name == LATE_STAGE), None)
+    if stage is None:
+        stage = svc.new_stage(LATE_STAGE)
+        gen.stages.append(stage)
+    stage.status, stage.attempts, stage.error, stage.output = S_PENDING, 0, None, None
+    stage.started_at = stage.finished_at = stage.duration_ms = stage.task_id = None
+    gen.updated_at = utcnow()  # a change clients see; the dispatcher's clock from now
+    gen.dispatched_at = None  # set once the broker took it
+
+
+def _mark_dispatched(generation_id: str) -> None:
+    # Without it the dispatcher sends the refine once its stall timeout passes.
+    try:
+        with services().db.session() as session:
+            svc.touch_dispatched(session, generation_id)
+    except SQLAlchemyError as exc:
+        log.warning("could not mark the refine of %s dispatched: %s", generation_id, exc)

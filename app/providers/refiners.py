@@ -1,0 +1,190 @@
+"""Refiners on Replicate: models that make a variant of an image we have
+already stored (Stage 7, ``app.pipeline.refine``). Both are community models,
+run as *versioned* predictions (``POST /v1/predictions`` with ``version``),
+pinned to a version whose input schema we read from its API page:
+
+- upscale: ``nightmareai/real-esrgan``, inputs ``image`` (uri), ``scale``
+  (number, 0–10, default 4), ``face_enhance`` (bool, default false); output a
+  URI. https://replicate.com/nightmareai/real-esrgan/api
+- cut-out: ``851-labs/background-remover``, inputs ``image`` (uri),
+  ``threshold`` (0.0–1.0; 0 = soft alpha), ``reverse`` (bool),
+  ``background_type`` ("rgba", …), ``format`` ("png", …); output a URI.
+  https://replicate.com/851-labs/background-remover/api — chosen because its
+  schema lets us *ask* for an RGBA PNG with a soft alpha (fabric edges, sheer
+  cloth), where ``lucataco/remove-bg`` takes only ``image``.
+
+The source image goes up the way the SDK sends files (``client.files.create``,
+``POST /v1/files``), never as a public URL of a private object. The paying
+rules are ``generate``'s: a rate-limit token and a fencing checkpoint before
+each create, the prediction id saved before anything waits on it, one look per
+run (``ProviderPending`` frees the worker), a re-run resumes the saved ids.
+Errors are mapped by ``replicate._mapped``, once.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Any
+
+from app.platform.config import Settings
+from app.providers import pricing
+from app.providers.base import (
+    Job,
+    ProviderPending,
+    ProviderRejected,
+    ProviderTransient,
+)
+from app.providers.catalog import IMAGEN
+from app.providers.replicate import INTERRUPTED, RUNNING, _client, _mapped, _urls
+
+# Replicate limits creates per account: refines take tokens from the same
+# bucket as the catalogue's Imagen entry (BFF_RATE_LIMIT_GOOGLE_IMAGEN).
+RATE_LIMIT_BUCKET = IMAGEN.bucket
+
+
+@dataclass(frozen=True)
+class RefineModel:
+    price_id: str  # its row in prices.toml
+    name: str  # owner/name on Replicate
+    version: str  # the pinned version id
+
+    @property
+    def price(self) -> float:
+        return pricing.price(self.price_id, "*")
+
+
+UPSCALER = RefineModel(
+    "replicate-real-esrgan",
+    "nightmareai/real-esrgan",
+    "42fed1c4974146d4d2414e2be2c5277c7fcf05fcc3a73abf41610695738c1d7b",
+)
+BACKGROUND_REMOVER = RefineModel(
+    "replicate-background-remover",
+    "851-labs/background-remover",
+    "a029dff38972b5fda4ec5d75d7d1cd25aeff621d2cf4946a41055d7db66b80bc",
+)
+
+
+@dataclass(frozen=True)
+class RefineOp:
+    """One variant to make of one source image."""
+
+    variant: str  # "upscaled" | "cutout"
+    scale: int | None = None  # upscaled: 2 or 4
+
+    @property
+    def key(self) -> str:
+        return f"upscaled-x{self.scale}" if self.variant == "upscaled" else self.variant
+
+    @property
+    def model(self) -> RefineModel:
+        return UPSCALER if self.variant == "upscaled" else BACKGROUND_REMOVER
+
+    def inputs(self, image_url: str) -> dict[str, Any]:
+        """Only fields the pinned version's schema has."""
+        if self.variant == "upscaled":
+            return {"image": image_url, "scale": self.scale, "face_enhance": False}
+        return {
+            "image": image_url,
+            "threshold": 0.0,  # soft alpha
+            "reverse": False,
+            "background_type": "rgba",
+            "format": "png",
+        }
+
+
+@dataclass
+class Task:
+    """A variant to make: ``key`` names it in the saved state; ``source``
+    the stored bytes of the image it is made from (read only if needed)."""
+
+    key: str
+    op: RefineOp
+    source: Any  # () -> bytes
+
+
+class ReplicateRefiner:
+    """Runs refine tasks as versioned Replicate predictions, resumably."""
+
+    def __init__(self, settings: Settings, job: Job) -> None:
+        self.client = _client(settings.replicate_api_token, settings.replicate_base_url)
+        self.job = job
+
+    def run(self, tasks: list[Task]) -> dict[str, dict[str, Any]]:
+        """Each task's finished prediction (``output`` a URL), by key; or
+        ``ProviderPending`` while any is still running."""
+        ids: dict[str, str] = dict(self.job.state.get("predictions") or {})
+        for task in tasks:
+            if task.key in ids:
+                continue  # paid for by an earlier run: resume it
+            image_url = self._upload(task)
+            self.job.acquire()  # a token, and the fence: a taken-over copy stops here
+            with _mapped("create"):
+                prediction = self.client.predictions.create(
+                    version=task.op.model.version, input=task.op.inputs(image_url)
+                )
+            ids[task.key] = prediction.id
+            self.job.save({"predictions": ids})  # before waiting on it
+        return self._look(ids)
+
+    def _upload(self, task: Task) -> str:
+        with _mapped("upload"):
+            uploaded = self.client.files.create(
+                io.BytesIO(task.source()), filename=f"{task.key}.png", content_type="image/png"
+            )
+        return uploaded.urls["get"]
+
+    def _look(self, ids: dict[str, str]) -> dict[str, dict[str, Any]]:
+        """One look at each prediction: all final, or wait for the next run."""
+        done, running = {}, []
+        for key, pid in list(ids.items()):
+            # Raw JSON, as the Imagen adapter reads it (SDK 1.0.7 rejects "aborted").
+            with _mapped("poll"):
+                data = self.client._request("GET", f"/v1/predictions/{pid}").json()
+            if data.get("status") in RUNNING:
+                running.append(f"{pid} {data.get('status')}")
+            else:
+                done[key] = self._final(key, pid, data, ids)
+        if running:
+            reason = "waiting for Replicate refine prediction " + ", ".join(running)
+            raise ProviderPending(self.job.poll_every, reason)
+        return done
+
+    def _final(
+        self, key: str, pid: str, data: dict[str, Any], ids: dict[str, str]
+    ) -> dict[str, Any]:
+        status, error = data.get("status"), str(data.get("error") or "")
+        if status == "succeeded":
+            if not _urls(data.get("output")):
+                raise ProviderRejected(f"Replicate prediction {pid} succeeded without an image")
+            return data
+        # Dead: forget it, so a retry (automatic, or the user's) starts anew.
+        del ids[key]
+        dropped = [*self.job.state.get("dropped", []), pid]
+        self.job.save({"predictions": ids, "dropped": dropped})
+        if status == "aborted" or (status == "failed" and INTERRUPTED.search(error)):
+            raise ProviderTransient(f"Replicate prediction {pid} {status}: {error or 'not run'}")
+        if status == "failed":
+            raise ProviderRejected(f"Replicate refine failed: {error or 'no reason given'}")
+        raise ProviderRejected(f"the Replicate prediction {pid} ended {status}")
+
+
+def cancel_refines(settings: Settings, stage_output: dict[str, Any] | None) -> int:
+    """Best effort: cancel the refine predictions a running refine stage saved
+    (a canceled or timed-out generation); returns how many were asked."""
+    ids = list(((stage_output or {}).get("predictions") or {}).values())
+    if not ids or not settings.replicate_api_token:
+        return 0
+    client, asked = _client(settings.replicate_api_token, settings.replicate_base_url), 0
+    for pid in ids:
+        try:
+            client.predictions.cancel(pid)
+            asked += 1
+        except Exception:  # noqa: BLE001 - best effort; the stage guard stops us anyway
+            pass
+    return asked
+
+
+def output_url(prediction: dict[str, Any]) -> str:
+    return _urls(prediction.get("output"))[0]

@@ -1,0 +1,220 @@
+"""POST /api/generate/<id>/assets/<assetId>/refine: a refine after the fact,
+a small job of its own that leaves the generation completed and adds
+variants, shown in its stages and on its event stream."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.api import batches as batches_route
+from app.api import refine as route
+from app.pipeline import ALL_STAGES, STAGES
+from app.platform import events
+from app.platform.queue import BACKGROUND, stage_chain
+from tests.support.pipeline import load, run_all, services, stage, stages_by_name, submit_prompt
+
+
+class Sent(list):
+    """The chains sent: (generation id, first stage, stages); and whether each
+    went in the background (a batch's)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.backgrounds: list[bool] = []
+
+
+@pytest.fixture
+def sent(monkeypatch) -> Sent:
+    calls = Sent()
+
+    def dispatch(_celery, gen_id, from_stage, first_task_id=None, background=False, stages=()):
+        calls.append((gen_id, from_stage, tuple(stages)))
+        calls.backgrounds.append(background)
+        return True
+
+    monkeypatch.setattr(route, "dispatch", dispatch)
+    return calls
+
+
+def completed(app, user) -> tuple[str, int]:
+    gen_id = submit_prompt(app.test_client(), user.headers, "red silk dress", provider="local")
+    run_all(app, gen_id)
+    gen = load(app, gen_id)
+    assert gen["status"] == "completed"
+    return gen_id, gen["assets"][0]["id"]
+
+
+def url(gen_id: str, asset_id) -> str:
+    return f"/api/generate/{gen_id}/assets/{asset_id}/refine"
+
+
+def test_a_late_refine_is_accepted_queued_and_adds_a_variant(app, client, user, sent):
+    gen_id, asset_id = completed(app, user)
+    resp = client.post(url(gen_id, asset_id), json={"removeBackground": True}, headers=user.headers)
+    assert resp.status_code == 202, resp.json
+    assert resp.headers["Location"] == f"/api/generate/{gen_id}"
+    body = resp.json
+    assert body["status"] == "completed"  # the generation stays completed
+    assert stages_by_name(body)["refine"]["status"] == "pending"
+    assert sent == [(gen_id, "refine", (*[s["name"] for s in body["stages"]],))]
+    assert sent[0][2][-1] == "refine"
+
+    out = stage(app, gen_id, "refine")  # what the worker runs
+    assert out.error is None
+    gen = load(app, gen_id)
+    assert gen["status"] == "completed" and stages_by_name(gen)["refine"]["status"] == "completed"
+    [orig, cut] = gen["assets"]
+    assert (orig["variant"], orig["sourceAssetId"]) == ("original", None)
+    assert (cut["variant"], cut["sourceAssetId"]) == ("cutout", asset_id)
+    assert (cut["width"], cut["height"]) == (orig["width"], orig["height"])
+
+    # The same again: nothing to make. Another variant: a second late refine.
+    again = client.post(
+        url(gen_id, asset_id), json={"removeBackground": True}, headers=user.headers
+    )
+    assert again.status_code == 409
+    up = client.post(url(gen_id, cut["id"]), json={"upscale": 2}, headers=user.headers)
+    assert up.status_code == 202
+    stage(app, gen_id, "refine")
+    assets = load(app, gen_id)["assets"]
+    assert [(a["variant"], a["sourceAssetId"]) for a in assets][-1] == ("upscaled", cut["id"])
+    assert assets[-1]["width"] == 2 * cut["width"]
+
+
+def test_the_event_stream_follows_a_late_refine_to_its_end(app, client, user, sent):
+    gen_id, asset_id = completed(app, user)
+    client.post(url(gen_id, asset_id), json={"upscale": 2}, headers=user.headers)
+    gen = load(app, gen_id)
+    assert events._late_refine(gen)  # still to run: the stream would go on
+    stage(app, gen_id, "refine")
+    s = services(app)
+    body = "".join(events.stream(s.db, s.settings, user.id, gen_id))
+    assert '"stage":"refine","status":"running"' in body
+    assert '"stage":"refine","status":"completed"' in body
+    assert body.rstrip().split("\n")[-2].startswith("event: done") or "event: done" in body
+
+
+def test_another_users_generation_or_image_is_404(app, client, user, other_user, sent):
+    gen_id, asset_id = completed(app, user)
+    theirs = client.post(url(gen_id, asset_id), json={"upscale": 2}, headers=other_user.headers)
+    assert theirs.status_code == 404 and theirs.json["error"]["code"] == "not_found"
+    other_gen, other_asset = completed(app, other_user)
+    for aid in (other_asset, 999999, "abc", 2**40):
+        resp = client.post(url(gen_id, aid), json={"upscale": 2}, headers=user.headers)
+        assert resp.status_code == 404, aid
+    assert sent == []
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{}, {"upscale": 3}, {"upscale": "2"}, {"removeBackground": "yes"}, {"upscale": 2, "x": 1}],
+)
+def test_bad_options_are_422(app, client, user, sent, body):
+    gen_id, asset_id = completed(app, user)
+    resp = client.post(url(gen_id, asset_id), json=body, headers=user.headers)
+    assert resp.status_code == 422 and resp.json["error"]["code"] == "validation_error"
+    assert sent == []
+
+
+def test_only_a_completed_generation_is_refined_and_one_refine_at_a_time(app, client, user, sent):
+    pending = submit_prompt(client, user.headers, "red dress", provider="local")
+    resp = client.post(url(pending, 1), json={"upscale": 2}, headers=user.headers)
+    assert resp.status_code in (404, 409)  # no images yet
+    gen_id, asset_id = completed(app, user)
+    assert (
+        client.post(url(gen_id, asset_id), json={"upscale": 2}, headers=user.headers).status_code
+        == 202
+    )
+    busy = client.post(url(gen_id, asset_id), json={"upscale": 4}, headers=user.headers)
+    assert busy.status_code == 409 and "already running" in busy.json["error"]["message"]
+
+
+def test_settings_validation_of_the_refine_options(client, user):
+    for settings in ({"upscale": 3}, {"removeBackground": 1}, {"upscale": None, "x": 1}):
+        resp = client.post(
+            "/api/generate/from-prompt",
+            json={"prompt": "red dress", "settings": settings},
+            headers=user.headers,
+        )
+        assert resp.status_code == 422, settings
+    ok = client.post(
+        "/api/generate/from-prompt",
+        json={"prompt": "red dress", "settings": {"upscale": 4, "removeBackground": True}},
+        headers=user.headers,
+    )
+    assert ok.status_code == 202
+    gen = client.get(f"/api/generate/{ok.json['id']}", headers=user.headers).json
+    assert gen["settings"]["upscale"] == 4 and gen["settings"]["removeBackground"] is True
+    assert [s["name"] for s in gen["stages"]][-2:] == ["store", "refine"]
+
+
+def test_refining_a_providers_images_needs_the_replicate_token(app_config, client, user):
+    from app import create_app
+
+    with_openai = create_app({**app_config, "OPENAI_API_KEY": "sk-test"})
+    from tests.conftest import make_user
+
+    u = make_user(with_openai, "olga")
+    resp = with_openai.test_client().post(
+        "/api/generate/from-prompt",
+        json={"prompt": "red dress", "settings": {"provider": "openai-dalle3", "upscale": 2}},
+        headers=u.headers,
+    )
+    assert resp.status_code == 422 and "REPLICATE_API_TOKEN" in resp.json["error"]["message"]
+
+
+# ------------------------------------------------------------------ batches
+
+
+def test_a_batch_item_asking_for_refine_has_it_in_its_chain_at_batch_priority(
+    app, client, user, monkeypatch
+):
+    groups = []
+
+    def dispatch_group(_celery, ids, stages=None):
+        groups.append((list(ids), dict(stages or {})))
+        return True
+
+    monkeypatch.setattr(batches_route, "dispatch_group", dispatch_group)
+    body = {
+        "items": [
+            {"prompt": "red dress", "settings": {"provider": "local", "upscale": 2}},
+            {"prompt": "blue skirt", "settings": {"provider": "local"}},
+        ]
+    }
+    resp = client.post("/api/batches", json=body, headers=user.headers)
+    assert resp.status_code == 202, resp.get_json()
+    [(ids, stages)] = groups
+    assert stages[ids[0]] == ALL_STAGES and stages[ids[1]] == STAGES
+
+    chain = stage_chain(services(app).celery, ids[0], background=True, stages=stages[ids[0]])
+    last = chain.tasks[-1]
+    assert last.task == "pipeline.refine" and last.options["priority"] == BACKGROUND
+    assert all(t.options["priority"] >= BACKGROUND for t in chain.tasks)
+
+
+def test_a_late_refine_of_a_batch_member_goes_in_the_background(app, client, user, sent):
+    body = {"items": [{"prompt": "red dress", "settings": {"provider": "local"}}]}
+    resp = client.post("/api/batches", json=body, headers=user.headers)
+    assert resp.status_code == 202, resp.get_json()
+    listed = client.get(f"/api/generate?batchId={resp.get_json()['id']}", headers=user.headers)
+    [member] = listed.get_json()["items"]
+    with app.app_context():
+        run_all(app, member["id"])
+    gen = load(app, member["id"])
+    assert gen["status"] == "completed" and gen["batchId"] == resp.get_json()["id"]
+    refined = client.post(
+        url(member["id"], gen["assets"][0]["id"]), json={"upscale": 2}, headers=user.headers
+    )
+    assert refined.status_code == 202, refined.get_json()
+    assert refined.get_json()["batchId"] == gen["batchId"]
+    assert sent == [(member["id"], "refine", ALL_STAGES)] and sent.backgrounds == [True]
+
+
+def test_a_late_refine_of_a_single_job_is_not_in_the_background(app, client, user, sent):
+    gen_id, asset_id = completed(app, user)
+    assert (
+        client.post(url(gen_id, asset_id), json={"upscale": 2}, headers=user.headers).status_code
+        == 202
+    )
+    assert sent.backgrounds == [False]

@@ -1,0 +1,216 @@
+"""Stage 7 on Replicate: the real ``replicate`` SDK against the fake, which
+serves the refine models by version with their documented input schemas
+(and refuses anything else), and takes their images through the files API."""
+
+from __future__ import annotations
+
+import io
+import time
+from decimal import Decimal
+
+import httpx
+import pytest
+from PIL import Image
+from replicate.exceptions import ReplicateError
+
+from app.domain.models import User
+from app.pipeline import ALL_STAGES
+from app.pipeline.runner import run_stage
+from app.platform.config import Settings
+from app.providers import ProviderRejected, pricing
+from app.providers.base import Job, ProviderPending
+from app.providers.refiners import BACKGROUND_REMOVER, UPSCALER, RefineOp, ReplicateRefiner, Task
+from app.providers.replicate import _client, _mapped
+from tests.conftest import REPLICATE_TOKEN as TOKEN
+from tests.fakes import replicate_models as versions
+from tests.support.pipeline import load, services, stages_by_name, submit_prompt
+
+
+@pytest.fixture
+def fake(replicate_fake):
+    return replicate_fake
+
+
+@pytest.fixture
+def app_config(app_config, fake):
+    return {
+        **app_config,
+        "REPLICATE_API_TOKEN": TOKEN,
+        "REPLICATE_BASE_URL": fake.url,
+        "BFF_PROVIDER_POLL_SECONDS": "0.05",
+    }
+
+
+IMAGE = object()  # stands for the URL of an uploaded file
+
+
+def png(size=(64, 48)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, "teal").save(buf, "PNG")
+    return buf.getvalue()
+
+
+def settings(fake) -> Settings:
+    return Settings.from_env({"REPLICATE_API_TOKEN": TOKEN, "REPLICATE_BASE_URL": fake.url})
+
+
+def refine_until_done(fake, tasks, job=None):
+    job = job or Job(poll_every=0.05)
+    while True:
+        try:
+            return ReplicateRefiner(settings(fake), job).run(tasks), job
+        except ProviderPending as exc:
+            time.sleep(exc.retry_in)
+
+
+def test_the_pinned_versions_are_the_ones_the_fake_serves():
+    assert UPSCALER.version == versions.REAL_ESRGAN
+    assert BACKGROUND_REMOVER.version == versions.BACKGROUND_REMOVER
+    for model in (UPSCALER, BACKGROUND_REMOVER):
+        row = pricing.table().price(model.price_id, "*")
+        assert row.model == model.name and row.usd > 0 and row.source.startswith("https://")
+
+
+def test_versioned_predictions_upload_the_image_and_send_only_schema_inputs(fake):
+    tasks = [
+        Task("1:upscaled-x4", RefineOp("upscaled", 4), png),
+        Task("1:cutout", RefineOp("cutout"), png),
+    ]
+    done, job = refine_until_done(fake, tasks)
+    assert fake.creates == 2 and fake.counters["upload"] == 2
+    up, cut = fake.create_bodies
+    assert up["version"] == UPSCALER.version and "model" not in up
+    assert set(up["input"]) == {"image", "scale", "face_enhance"} and up["input"]["scale"] == 4
+    assert up["input"]["image"].startswith(fake.url + "/v1/files/")  # uploaded, not inlined
+    assert cut["version"] == BACKGROUND_REMOVER.version
+    assert cut["input"] | {"image": None} == {
+        "image": None,
+        "threshold": 0.0,
+        "reverse": False,
+        "background_type": "rgba",
+        "format": "png",
+    }
+    assert set(job.state["predictions"]) == {"1:upscaled-x4", "1:cutout"}
+    big = Image.open(io.BytesIO(httpx.get(done["1:upscaled-x4"]["output"]).content))
+    assert big.size == (256, 192)
+    cutout = Image.open(io.BytesIO(httpx.get(done["1:cutout"]["output"]).content))
+    assert cutout.mode == "RGBA" and cutout.getpixel((0, 0))[3] == 0
+
+
+@pytest.mark.parametrize(
+    "version, inputs, field",
+    [
+        (versions.REAL_ESRGAN, {"scale": 2}, "input"),  # no image
+        (versions.REAL_ESRGAN, {"image": IMAGE, "scale": 11}, "input.scale"),
+        (versions.REAL_ESRGAN, {"image": IMAGE, "scale": "2"}, "input.scale"),
+        (versions.REAL_ESRGAN, {"image": IMAGE, "prompt": "x"}, "input"),
+        (versions.REAL_ESRGAN, {"image": "https://elsewhere.example/a.png"}, "input.image"),
+        (versions.BACKGROUND_REMOVER, {"image": IMAGE, "threshold": 2}, "input.threshold"),
+        (
+            versions.BACKGROUND_REMOVER,
+            {"image": IMAGE, "background_type": "x"},
+            "input.background_type",
+        ),
+        ("0" * 64, {"image": IMAGE}, "version"),
+    ],
+)
+def test_the_fake_refuses_what_the_schema_refuses(fake, version, inputs, field):
+    client = _client(TOKEN, fake.url)
+    image = client.files.create(io.BytesIO(png()), filename="a.png").urls["get"]
+    inputs = {k: image if v is IMAGE else v for k, v in inputs.items()}
+    with pytest.raises(ReplicateError) as err:
+        client.predictions.create(version=version, input=inputs)
+    assert err.value.status == 422
+    assert field in {f["field"] for f in fake.last_invalid}
+    assert fake.creates == 0
+    with pytest.raises(ProviderRejected), _mapped("create"):  # and we say so, once
+        client.predictions.create(version=version, input=inputs)
+
+
+def test_a_resumed_refine_polls_its_saved_prediction_and_pays_once(fake):
+    tasks = [Task("7:upscaled-x2", RefineOp("upscaled", 2), png)]
+    job = Job(poll_every=0.05)
+    with pytest.raises(ProviderPending):
+        ReplicateRefiner(settings(fake), job).run(tasks)
+    saved = dict(job.state)  # what the checkpoint holds
+    fresh = Job(state=saved, poll_every=0.05)  # a redelivered run starts from it
+    done, _ = refine_until_done(fake, tasks, fresh)
+    assert (
+        fake.creates == 1 and done["7:upscaled-x2"]["id"] == saved["predictions"]["7:upscaled-x2"]
+    )
+
+
+def run_through(app, gen_id: str, stages=ALL_STAGES, task: str = "t") -> None:
+    """The chain, with its waits taken in-process."""
+    s = services(app)
+    for name in stages:
+        while True:
+            out = run_stage(s.db, s.settings, s.storage, gen_id, name, task_id=f"{task}-{name}")
+            if out.retry_in is None:
+                break
+            time.sleep(min(out.retry_in, 0.05))
+        if not out.proceed:
+            return
+
+
+def test_the_chain_refines_an_imagen_image_priced_and_paid_once(app, user, fake):
+    gen_id = submit_prompt(
+        app.test_client(),
+        user.headers,
+        "red silk dress",
+        provider="google-imagen",
+        upscale=2,
+        removeBackground=True,
+    )
+    run_through(app, gen_id)
+    gen = load(app, gen_id)
+    assert gen["status"] == "completed", gen["error"]
+    assert fake.creates == 3  # the image, its upscale, its cut-out
+    [orig] = [a for a in gen["assets"] if a["variant"] == "original"]
+    by_variant = {a["variant"]: a for a in gen["assets"]}
+    assert by_variant["upscaled"]["sourceAssetId"] == orig["id"]
+    assert by_variant["upscaled"]["width"] == 2 * orig["width"]
+    assert by_variant["cutout"]["sourceAssetId"] == orig["id"]
+    refine = stages_by_name(gen)["refine"]["output"]
+    assert refine["engine"] == "replicate" and len(refine["predictions"]) == 2
+    expected = (
+        Decimal("0.06") + Decimal(str(UPSCALER.price)) + Decimal(str(BACKGROUND_REMOVER.price))
+    )
+    assert gen["cost"] == pytest.approx(float(expected))
+    run_stage(*_s(app), gen_id, "refine", task_id="redelivered")  # done: nothing again
+    assert fake.creates == 3 and len(load(app, gen_id)["assets"]) == 3
+
+
+def _s(app):
+    s = services(app)
+    return s.db, s.settings, s.storage
+
+
+def test_the_budget_is_checked_before_the_paid_refine(app, user, fake):
+    gen_id = submit_prompt(
+        app.test_client(), user.headers, "red dress", provider="google-imagen", upscale=4
+    )
+    run_through(app, gen_id, ALL_STAGES[:-1])  # the image is made and paid: $0.06
+    with services(app).db.session() as session:
+        session.get(User, user.id).daily_spend_cap = Decimal("0.061")
+    run_through(app, gen_id, ["refine"])
+    gen = load(app, gen_id)
+    assert gen["status"] == "failed" and gen["error"]["stage"] == "refine"
+    assert "daily cap" in gen["error"]["message"]
+    assert fake.creates == 1  # the refine never paid
+    assert [a["variant"] for a in gen["assets"]] == ["original"]  # kept and shown
+
+
+def test_canceling_a_generation_cancels_its_running_refine_predictions(app, user, fake):
+    gen_id = submit_prompt(
+        app.test_client(), user.headers, "red dress", provider="google-imagen", upscale=2
+    )
+    run_through(app, gen_id, ALL_STAGES[:-1])
+    fake.latency = 5.0  # the refine's prediction runs on
+    out = run_stage(*_s(app), gen_id, "refine", task_id="t-refine")
+    assert out.retry_in is not None  # parked on its prediction
+    resp = app.test_client().post(f"/api/generate/{gen_id}/cancel", headers=user.headers)
+    assert resp.status_code == 200 and resp.json["status"] == "canceled"
+    assert fake.counters["cancel"] == 1
+    [refine_pid] = [p for p, v in fake.predictions.items() if v["model"] == UPSCALER.name]
+    assert fake.render(refine_pid)["status"] == "canceled"
