@@ -214,3 +214,28 @@ def test_canceling_a_generation_cancels_its_running_refine_predictions(app, user
     assert fake.counters["cancel"] == 1
     [refine_pid] = [p for p, v in fake.predictions.items() if v["model"] == UPSCALER.name]
     assert fake.render(refine_pid)["status"] == "canceled"
+
+
+def test_a_late_refine_of_an_imagen_image_is_not_stopped_by_its_completed_generation(
+    app, user, fake
+):
+    """The checkpoint stops a stage whose generation ended, but a completed
+    generation's late refine runs on: it saves its prediction and finishes."""
+    client = app.test_client()
+    gen_id = submit_prompt(client, user.headers, "red dress", provider="google-imagen")
+    run_through(app, gen_id)
+    gen = load(app, gen_id)
+    assert gen["status"] == "completed", gen["error"]
+    asset_id = gen["assets"][0]["id"]
+    resp = client.post(
+        f"/api/generate/{gen_id}/assets/{asset_id}/refine",
+        json={"upscale": 2},
+        headers=user.headers,
+    )
+    assert resp.status_code == 202, resp.get_json()
+    run_through(app, gen_id, ["refine"], task="late")
+    gen = load(app, gen_id)
+    assert gen["status"] == "completed" and stages_by_name(gen)["refine"]["status"] == "completed"
+    assert fake.creates == 2 and fake.counters["cancel"] == 0
+    [up] = [a for a in gen["assets"] if a["variant"] == "upscaled"]
+    assert up["sourceAssetId"] == asset_id and up["width"] == 2 * gen["assets"][0]["width"]

@@ -24,7 +24,7 @@ from sqlalchemy import bindparam, exists, select, update
 from sqlalchemy.orm import Session, joinedload
 
 from app.domain.models import Generation, GenerationStage, utcnow
-from app.domain.states import FINAL, S_RUNNING
+from app.domain.states import S_RUNNING, ended_for
 from app.pipeline.context import GenerationEnded, StageLeaseLost
 from app.platform.config import Settings
 from app.platform.db import Database
@@ -166,8 +166,9 @@ def _save_checkpoint(
     stage.output = {**state, CHECKPOINT: True}
     gen.updated_at = utcnow()  # progress: renews the lease
     session.commit()
-    if gen.status in FINAL:
+    if ended_for(gen, stage.name):
         # Canceled meanwhile: a checkpoint comes right before a paid call (none
         # is made) or right after one (its ids are saved above, for the runner
-        # to cancel: the cancel itself could not see them yet).
+        # to cancel: the cancel itself could not see them yet). A completed
+        # generation's late refine is not ended by its generation's status.
         raise GenerationEnded(f"the generation was {gen.status} while {stage.name} worked")
