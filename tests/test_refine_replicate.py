@@ -58,7 +58,7 @@ def refine_until_done(fake, tasks, job=None):
     job = job or Job(poll_every=0.05)
     while True:
         try:
-            return ReplicateRefiner(settings(fake), job).run(tasks), job
+            return ReplicateRefiner(settings(fake), job, "gen_1").run(tasks), job
         except ProviderPending as exc:
             time.sleep(exc.retry_in)
 
@@ -131,7 +131,7 @@ def test_a_resumed_refine_polls_its_saved_prediction_and_pays_once(fake):
     tasks = [Task("7:upscaled-x2", RefineOp("upscaled", 2), png)]
     job = Job(poll_every=0.05)
     with pytest.raises(ProviderPending):
-        ReplicateRefiner(settings(fake), job).run(tasks)
+        ReplicateRefiner(settings(fake), job, "gen_1").run(tasks)
     saved = dict(job.state)  # what the checkpoint holds
     fresh = Job(state=saved, poll_every=0.05)  # a redelivered run starts from it
     done, _ = refine_until_done(fake, tasks, fresh)

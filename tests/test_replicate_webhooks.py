@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from app.domain.generations import new_stage
 from app.domain.models import Generation
 from app.pipeline import STAGE_FUNCS, STAGES, wake
 from app.pipeline.context import StageContext, StageResult, StageWaiting
@@ -17,6 +18,7 @@ from app.pipeline.runner import run_stage
 from app.platform.config import Settings
 from app.providers import replicate_webhooks
 from app.providers.base import ImageRequest, Job, ProviderPending
+from app.providers.refiners import RefineOp, ReplicateRefiner, Task
 from app.providers.registry import get_provider
 from tests.conftest import REPLICATE_TOKEN as TOKEN
 from tests.fakes.replicate import FakeReplicate
@@ -77,6 +79,27 @@ def test_webhooks_are_asked_for_only_with_a_public_url(fake):
     body = created(fake, BFF_PUBLIC_URL="https://bff.example/")
     assert body["webhook"] == f"https://bff.example{URL}?generation=gen_1"
     assert body["webhook_events_filter"] == ["completed"]
+
+
+def test_refine_predictions_ask_for_the_webhook_too(fake):
+    public = {"REPLICATE_API_TOKEN": TOKEN, "REPLICATE_BASE_URL": fake.url}
+    settings = Settings.from_env({**public, "BFF_PUBLIC_URL": "https://bff.example"})
+    task = Task("7:upscaled-x2", RefineOp("upscaled", 2), lambda: fake_png())
+    with pytest.raises(ProviderPending):
+        ReplicateRefiner(settings, Job(), "gen_9").run([task])
+    [body] = fake.create_bodies
+    assert body["webhook"] == f"https://bff.example{URL}?generation=gen_9"
+    assert body["webhook_events_filter"] == ["completed"]
+
+
+def fake_png() -> bytes:
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", (32, 24), "white").save(out, "PNG")
+    return out.getvalue()
 
 
 def test_the_look_is_rarer_while_webhooks_wake_the_stage():
@@ -154,9 +177,30 @@ def test_deliveries_no_stage_waits_on_are_acknowledged_without_effect(
     assert answer.json == {
         "received": True,
         "woken": False,
-        "reason": "its generate stage is not waiting",
+        "reason": "no stage of it waits on this prediction",
     }
     assert woken == []
+
+
+def test_a_late_refine_parked_on_a_completed_generation_is_woken(client, fake, app, user, woken):
+    gen_id = new_generation(app, user)
+    claimed(app, gen_id, 1, "t-refine", "generate")  # writes the stage rows
+    with services(app).db.session() as session:
+        gen = session.get(Generation, gen_id)
+        gen.status = "completed"  # refined after the fact: it stays completed
+        gen.stages.append(new_stage("refine"))
+        session.flush()
+        gen.stage("generate").status = "completed"
+        refine = gen.stage("refine")
+        refine.status, refine.task_id = "running", "t-refine"
+        refine.output = {"predictions": {"7:cutout": "p7"}, "checkpoint": True, "waiting": "w"}
+    assert deliver(client, fake, gen_id, pid="p7", msg_id="late").json["woken"] is True
+    [(gid, stage, task_id)] = woken
+    assert (gid, stage) == (gen_id, "refine") and task_id.startswith("wake-")
+    with services(app).db.session() as session:
+        session.get(Generation, gen_id).status = "canceled"
+    ended = deliver(client, fake, gen_id, pid="p7", msg_id="late-2").json
+    assert ended["woken"] is False and ended["reason"] == "the generation has ended"
 
 
 def test_a_wake_up_takes_a_parked_stage_and_its_parked_copy_stops(app, client, user, monkeypatch):

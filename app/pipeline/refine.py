@@ -152,7 +152,7 @@ def _replicate(ctx: StageContext, tasks: list[Task]) -> tuple[dict[str, bytes], 
         poll_every=ctx.settings.provider_poll_seconds,
     )
     try:
-        finished = ReplicateRefiner(ctx.settings, job).run(tasks)
+        finished = ReplicateRefiner(ctx.settings, job, ctx.generation.id).run(tasks)
     except ProviderPending as exc:
         raise StageWaiting(exc.retry_in, exc.reason, exc.state) from exc
     except ProviderTransient as exc:

@@ -36,7 +36,7 @@ from app.providers.base import (
     ProviderTransient,
 )
 from app.providers.catalog import IMAGEN
-from app.providers.replicate import INTERRUPTED, RUNNING, _client, _mapped, _urls
+from app.providers.replicate import INTERRUPTED, RUNNING, _client, _mapped, _urls, webhook_args
 
 # Replicate limits creates per account: refines take tokens from the same
 # bucket as the catalogue's Imagen entry (BFF_RATE_LIMIT_GOOGLE_IMAGEN).
@@ -107,9 +107,11 @@ class Task:
 class ReplicateRefiner:
     """Runs refine tasks as versioned Replicate predictions, resumably."""
 
-    def __init__(self, settings: Settings, job: Job) -> None:
+    def __init__(self, settings: Settings, job: Job, generation_id: str) -> None:
         self.client = _client(settings.replicate_api_token, settings.replicate_base_url)
         self.job = job
+        # With a reachable public URL, Replicate's webhook wakes the stage at once.
+        self.webhook = webhook_args(settings.replicate_webhook_url, generation_id)
 
     def run(self, tasks: list[Task]) -> dict[str, dict[str, Any]]:
         """Each task's finished prediction (``output`` a URL), by key; or
@@ -122,7 +124,7 @@ class ReplicateRefiner:
             self.job.acquire()  # a token, and the fence: a taken-over copy stops here
             with _mapped("create"):
                 prediction = self.client.predictions.create(
-                    version=task.op.model.version, input=task.op.inputs(image_url)
+                    version=task.op.model.version, input=task.op.inputs(image_url), **self.webhook
                 )
             ids[task.key] = prediction.id
             self.job.save({"predictions": ids})  # before waiting on it

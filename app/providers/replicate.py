@@ -105,6 +105,16 @@ def _client(token: str | None, base_url: str | None) -> replicate.Client:
     return client
 
 
+def webhook_args(webhook_url: str | None, generation_id: str) -> dict[str, Any]:
+    """A create's webhook arguments: Replicate calls back when the prediction
+    ends, waking the stage that waits on it (app/api/replicate_webhook.py);
+    the generation rides in the URL. None without a reachable URL."""
+    if not webhook_url:
+        return {}
+    query = urlencode({"generation": generation_id})
+    return {"webhook": f"{webhook_url}?{query}", "webhook_events_filter": ["completed"]}
+
+
 def webhook_secret(settings: Settings) -> str:
     """The account's default webhook signing secret (``whsec_…``)."""
     client = _client(settings.replicate_api_token, settings.replicate_base_url)
@@ -171,12 +181,7 @@ class ReplicateModel:
         )
 
     def _webhook(self, request: ImageRequest) -> dict[str, Any]:
-        """Replicate calls back when the prediction ends, waking the stage
-        (app/api/replicate_webhook.py); the generation rides in the URL."""
-        if not self.webhook_url:
-            return {}
-        query = urlencode({"generation": request.generation_id})
-        return {"webhook": f"{self.webhook_url}?{query}", "webhook_events_filter": ["completed"]}
+        return webhook_args(self.webhook_url, request.generation_id)
 
     def _wait(self, ids: list[str]) -> dict[str, dict[str, Any]]:
         """One look at each prediction: all final, or wait for the next run."""
