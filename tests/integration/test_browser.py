@@ -273,3 +273,28 @@ def test_designer_runs_a_batch_from_the_page(dev_server, browser, tmp_path):
         assert len([n for n in archive.namelist() if n.endswith(".png")]) == 4
     assert not console_errors, console_errors
     page.close()
+
+
+def test_designer_sends_the_photo_itself(dev_server, browser, tmp_path):
+    from PIL import Image
+    from playwright.sync_api import expect
+
+    base, key, _ = dev_server
+    photo = tmp_path / "dress.png"
+    Image.new("RGB", (96, 128), (120, 30, 40)).save(photo)
+    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    page.goto(base + "/")
+    page.get_by_label("API key").fill(key)
+    page.get_by_role("button", name="Save").click()
+    expect(page.locator("#key-status")).to_have_text("Key OK.")
+    choice = page.get_by_label("Send the photo itself")
+    expect(choice).to_be_hidden()  # nothing to send yet
+    page.locator("#image").set_input_files(str(photo))
+    choice.check()
+    page.get_by_label("Provider").select_option("local")
+    with page.expect_response(re.compile(r"/api/generate/from-image$")) as accepted:
+        page.get_by_role("button", name="Generate").click()
+    gen_id = accepted.value.json()["id"]
+    gen = wait_final(base, {"Authorization": f"Bearer {key}"}, gen_id)
+    assert gen["status"] == "completed" and gen["settings"]["reference"] == "image"
+    page.close()

@@ -233,6 +233,7 @@ async function submit(event) {
     strategy: $("#strategy").value, count: Number($("#count").value),
     enhance: $("#enhance").checked ? "auto" : "off",
   };
+  if (file) settings.reference = $("#reference").checked ? "image" : "describe";
   // Only what was given: an empty field is no field.
   const fields = Object.entries({
     prompt, negativePrompt: $("#negative").value.trim(), personaId: $("#persona").value,
@@ -374,6 +375,7 @@ function setupDrop() {
     const f = input.files[0];
     $("#drop-name").textContent = f ? f.name : "";
     $("#drop-clear").hidden = !f;
+    $("#reference-choice").hidden = !f;  // only an uploaded photo can be sent as it is
     drop.classList.toggle("has-file", Boolean(f));
   };
   input.addEventListener("change", show);
