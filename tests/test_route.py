@@ -13,9 +13,9 @@ from sqlalchemy import func, select
 from app.domain.models import ProviderOutcome, utcnow
 from app.pipeline import STAGES
 from app.pipeline.context import StageFailed, StageTransient
-from app.pipeline.route import WEIGHTS, choose, prompt_budget, routing_request
+from app.pipeline.route import WEIGHTS, choose, estimate, prompt_budget, routing_request
 from app.platform.config import Settings
-from app.providers import PROVIDERS, health
+from app.providers import PROVIDERS, health, pricing
 from app.providers.base import ASPECT_RATIOS, Capabilities
 from app.providers.health import (
     WindowStats,
@@ -303,3 +303,16 @@ def test_pruning_runs_at_most_once_a_minute_per_provider(app):
         record_outcome(session, "local", ok=True, now=now + timedelta(seconds=61))
     with s.db.session() as session:
         assert session.scalar(select(func.count()).select_from(ProviderOutcome)) == 3
+
+
+def test_the_estimate_includes_refining_each_image_on_replicate():
+    config = Settings.from_env({"REPLICATE_API_TOKEN": "r8_test"})
+    imagen = {"provider": "google-imagen", "count": 2, "quality": "standard"}
+    plain, _ = estimate(imagen, config)
+    both, _ = estimate({**imagen, "upscale": 2, "removeBackground": True}, config)
+    per_image = pricing.price("replicate-real-esrgan", "*") + pricing.price(
+        "replicate-background-remover", "*"
+    )
+    assert both == pytest.approx(plain + 2 * per_image)
+    local = {"provider": "local", "count": 2, "upscale": 4, "removeBackground": True}
+    assert estimate(local, config) == (0.0, "local")  # refined offline, free

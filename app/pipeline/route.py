@@ -15,6 +15,7 @@ from app.platform.config import Settings
 from app.providers import PROVIDERS, ImageRequest
 from app.providers.base import aspect_ratio_of
 from app.providers.health import WindowStats, open_reason, recent_window_stats
+from app.providers.refiners import price_per_image
 
 MAX_PROMPT = 5000  # our own API's limit, used when no provider is available
 LOCAL = "local"
@@ -194,12 +195,15 @@ def routing_request(
 def estimate(settings: dict[str, Any], config: Settings) -> tuple[float, str | None]:
     """What a request will cost at most, before routing has chosen, and the
     provider that price is for: the named provider's price, or with ``auto``
-    the dearest provider that could serve it (what a daily cap must cover)."""
+    the dearest provider that could serve it (what a daily cap must cover),
+    refining included when the settings ask for it."""
     request = routing_request(settings)
     wanted = request["provider"]
     names = [wanted] if wanted != "auto" else list(PROVIDERS)
+    refine = price_per_image(settings)  # Stage 7 on Replicate; local images refine free
     prices = {
-        pid: PROVIDERS[pid].price_for(_probe(request)) * int(request["count"])
+        pid: (PROVIDERS[pid].price_for(_probe(request)) + (0.0 if pid == LOCAL else refine))
+        * int(request["count"])
         for pid in names
         if not exclusion(pid, request, config)
     }

@@ -24,6 +24,7 @@ Errors are mapped by ``replicate._mapped``, once.
 from __future__ import annotations
 
 import io
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -170,6 +171,13 @@ class ReplicateRefiner:
         if status == "failed":
             raise ProviderRejected(f"Replicate refine failed: {error or 'no reason given'}")
         raise ProviderRejected(f"the Replicate prediction {pid} ended {status}")
+
+
+def price_per_image(options: Mapping[str, Any]) -> float:
+    """USD to refine one image on Replicate as ``options`` ask (settings, or a
+    late request): what a submit's estimate adds for each non-local image."""
+    price = UPSCALER.price if options.get("upscale") else 0.0
+    return price + (BACKGROUND_REMOVER.price if options.get("removeBackground") else 0.0)
 
 
 def cancel_refines(settings: Settings, stage_output: dict[str, Any] | None) -> int:
