@@ -20,11 +20,12 @@ from sqlalchemy.orm import Session
 
 from app.api.auth import load_user
 from app.api.batch_responses import BatchAcceptedOut, BatchOut, BatchPage, batch_path
+from app.api.batch_schemas import BatchMatrix, BatchSubmit
 from app.api.common import int_arg, json_body, services
 from app.api.errors import ApiError, invalid, not_found, validation_details
 from app.api.generations import Stopped, announce_stopped, stop
 from app.api.responses import respond
-from app.api.schemas import BatchMatrix, BatchSubmit, PromptSubmit, SpecSubmit, parse
+from app.api.schemas import PromptSubmit, SpecSubmit, parse
 from app.api.submit import check_persona, check_request, idempotency_key, request_hash
 from app.domain import batches
 from app.domain import generations as svc

@@ -16,10 +16,10 @@ from pydantic.json_schema import models_json_schema
 from app.api import batch_responses as b
 from app.api import ops_responses as ops
 from app.api import responses as r
+from app.api.batch_schemas import BatchSubmit
 from app.api.providers import ProviderList
 from app.api.replicate_webhook import ReplicatePrediction, WebhookAck
 from app.api.schemas import (
-    BatchSubmit,
     FeedbackIn,
     ImageSubmit,
     PersonaIn,

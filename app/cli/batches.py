@@ -19,7 +19,8 @@ from typing import Any
 
 import click
 
-from app.api.schemas import BatchMatrix, GenerationSettings
+from app.api.batch_schemas import BatchMatrix
+from app.api.schemas import GenerationSettings
 from app.cli.client import _api, _error, _json
 
 SETTINGS = set(GenerationSettings.model_fields) - {"aspectRatio"}

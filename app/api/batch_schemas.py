@@ -1,0 +1,95 @@
+"""A batch's request body (``POST /api/batches``): a list of ordinary
+submissions, or a matrix expanded server side. Validated like every body
+(``schemas``): unknown fields refused, no coercion."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import ConfigDict, Discriminator, Field, Tag, model_validator
+
+from app.api.schemas import (
+    MAX_PROMPT,
+    PROVIDER_CHOICES,
+    SIZE_CHOICES,
+    GenerationSettings,
+    PersonaId,
+    PromptSubmit,
+    SpecSubmit,
+    WebhookUrl,
+    _Body,
+    text,
+    words,
+)
+
+MAX_BATCH = 100
+
+
+def _item_kind(item: Any) -> str:
+    spec = isinstance(item, SpecSubmit) or (isinstance(item, dict) and "vltSpec" in item)
+    return "image" if spec else "prompt"
+
+
+# One generation of a batch: what from-prompt accepts, or (with a vltSpec)
+# what from-image accepts as JSON.
+BatchItem = Annotated[
+    Annotated[PromptSubmit, Tag("prompt")] | Annotated[SpecSubmit, Tag("image")],
+    Discriminator(_item_kind),
+]
+
+
+class BatchMatrix(_Body):
+    """Every combination of ``prompts`` with each list given, expanded in this
+    order (prompts outermost); at most 100 combinations."""
+
+    # Room for the longest colorway suffix: every combination is a valid prompt.
+    prompts: list[words(MAX_PROMPT - 80)] = Field(min_length=1, max_length=MAX_BATCH)
+    providers: list[Literal[PROVIDER_CHOICES]] | None = Field(None, min_length=1, max_length=5)
+    personas: list[PersonaId] | None = Field(None, min_length=1, max_length=MAX_BATCH)
+    sizes: list[Literal[SIZE_CHOICES]] | None = Field(None, min_length=1, max_length=8)
+    colorways: list[words(60)] | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_BATCH,
+        description='each appended to the prompt: "<prompt>, in a <colorway> colorway"',
+    )
+    negativePrompt: text(MAX_PROMPT) | None = None
+    settings: GenerationSettings = Field(
+        default_factory=GenerationSettings, description="for every combination"
+    )
+
+    def size(self) -> int:
+        n = len(self.prompts)
+        for axis in (self.providers, self.personas, self.sizes, self.colorways):
+            n *= len(axis or [None])
+        return n
+
+    @model_validator(mode="after")
+    def _at_most(self) -> BatchMatrix:
+        if self.size() > MAX_BATCH:
+            raise ValueError(f"makes {self.size()} combinations; at most {MAX_BATCH}")
+        return self
+
+
+def _one_of_items_or_matrix(schema: dict[str, Any]) -> None:
+    """In the document: exactly one of the two, neither of them null."""
+    schema["oneOf"] = [{"required": ["items"]}, {"required": ["matrix"]}]
+    for name in ("items", "matrix"):
+        schema["properties"][name].pop("default", None)
+
+
+class BatchSubmit(_Body):
+    """``items`` or a ``matrix``, not both."""
+
+    model_config = ConfigDict(json_schema_extra=_one_of_items_or_matrix)
+
+    # Not nullable: the document's oneOf counts a field sent as null as sent.
+    items: list[BatchItem] = Field(None, min_length=1, max_length=MAX_BATCH)  # type: ignore[assignment]
+    matrix: BatchMatrix = Field(None)  # type: ignore[assignment]
+    webhookUrl: WebhookUrl | None = Field(None, description="the batch's completion is POSTed here")
+
+    @model_validator(mode="after")
+    def _one_form(self) -> BatchSubmit:
+        if (self.items is None) == (self.matrix is None):
+            raise ValueError("send either items or matrix")
+        return self
