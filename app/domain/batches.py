@@ -11,15 +11,15 @@ started, else ``pending``.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import exists, func, select, tuple_, update
+from sqlalchemy import exists, func, select, update
 from sqlalchemy.orm import Session
 
+from app.domain import paging
 from app.domain.models import Batch, Generation, utcnow
 from app.domain.states import CANCELED, COMPLETED, FINAL, GENERATION_STATUSES, PENDING, PROCESSING
 from app.platform.db import begin_for_update
@@ -87,43 +87,16 @@ def views(session: Session, batches: list[Batch]) -> list[BatchView]:
     return [BatchView(b, tallies[b.id][0], round(tallies[b.id][1], 4)) for b in batches]
 
 
-CURSOR_PATTERN = "^[0-9]{1,17}\\.bat_[0-9a-f]{24}$"
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
-
-
-def encode_cursor(batch: Batch) -> str:
-    created = batch.created_at if batch.created_at.tzinfo else batch.created_at.replace(tzinfo=UTC)
-    return f"{(created - _EPOCH) // _MICROSECOND}.{batch.id}"
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, str]:
-    """Raises ValueError on anything that is not one of our cursors."""
-    if not re.fullmatch(CURSOR_PATTERN, cursor):
-        raise ValueError("invalid cursor")
-    micros, bid = cursor.split(".")
-    return _EPOCH + int(micros) * _MICROSECOND, bid
+CURSOR_PATTERN = paging.cursor_pattern("bat")
 
 
 def list_page(
     session: Session, user_id: int, limit: int, cursor: str | None = None
 ) -> tuple[list[BatchView], str | None]:
     """The user's batches, newest first (index user_id, created_at, id)."""
-    q = (
-        select(Batch)
-        .where(Batch.user_id == user_id)
-        .order_by(Batch.created_at.desc(), Batch.id.desc())
-        .limit(limit + 1)
-    )
-    if cursor is not None:
-        created, bid = decode_cursor(cursor)
-        if session.get_bind().dialect.name == "sqlite":
-            created = created.replace(tzinfo=None)  # compare like with like
-        q = q.where(tuple_(Batch.created_at, Batch.id) < (created, bid))
-    rows = list(session.scalars(q))
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return views(session, rows), encode_cursor(rows[-1]) if more and rows else None
+    q = select(Batch).where(Batch.user_id == user_id)
+    rows, next_cursor = paging.page(session, q, Batch, limit, cursor, CURSOR_PATTERN)
+    return views(session, rows), next_cursor
 
 
 def lock_unfinished(session: Session, batch_id: str) -> list[Generation]:

@@ -4,13 +4,13 @@ session and never commit."""
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, select, tuple_, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session, defer, joinedload, selectinload
 
+from app.domain import paging
 from app.domain.models import (
     Generation,
     GenerationAsset,
@@ -154,25 +154,7 @@ SHOW = (
 )
 
 
-CURSOR_PATTERN = "^[0-9]{1,17}\\.gen_[0-9a-f]{24}$"
-"""A page's position: microseconds since the epoch of the last item's
-``created_at``, and its id. Every string of this shape is a position, so any
-cursor the API's document allows is one the API answers."""
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
-
-
-def encode_cursor(gen: Generation) -> str:
-    created = gen.created_at if gen.created_at.tzinfo else gen.created_at.replace(tzinfo=UTC)
-    return f"{(created - _EPOCH) // _MICROSECOND}.{gen.id}"
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, str]:
-    """Raises ValueError on anything that is not one of our cursors."""
-    if not re.fullmatch(CURSOR_PATTERN, cursor):
-        raise ValueError("invalid cursor")
-    micros, gid = cursor.split(".")
-    return _EPOCH + int(micros) * _MICROSECOND, gid
+CURSOR_PATTERN = paging.cursor_pattern("gen")
 
 
 def list_page(
@@ -191,22 +173,12 @@ def list_page(
             selectinload(Generation.assets),
             selectinload(Generation.standing_feedback),
         )
-        .order_by(Generation.created_at.desc(), Generation.id.desc())
-        .limit(limit + 1)
     )
     if status:
         q = q.where(Generation.status == status)
     if batch_id:
         q = q.where(Generation.batch_id == batch_id)
-    if cursor is not None:
-        created, gid = decode_cursor(cursor)
-        if session.get_bind().dialect.name == "sqlite":
-            created = created.replace(tzinfo=None)  # compare like with like
-        q = q.where(tuple_(Generation.created_at, Generation.id) < (created, gid))
-    rows = list(session.scalars(q))
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return rows, encode_cursor(rows[-1]) if more and rows else None
+    return paging.page(session, q, Generation, limit, cursor, CURSOR_PATTERN)
 
 
 def cancel(gen: Generation) -> None:
