@@ -36,20 +36,8 @@ def record_final(session: Session, gen: Generation) -> str | None:
         return None
     session.flush()
     session.expire(gen, ["stages", "assets"])  # the payload shows what was just written
-    ensure_secret(session.get(User, gen.user_id))
-    delivery = WebhookDelivery(
-        id=new_id("msg"),
-        user_id=gen.user_id,
-        generation_id=gen.id,
-        event_type=f"generation.{gen.status}",
-        url=gen.webhook_url,
-        payload=json.dumps(generation_json(gen), separators=(",", ":")),
-        status=PENDING,
-        attempts=0,
-        next_attempt_at=utcnow(),
-    )
-    session.add(delivery)
-    return delivery.id
+    event, payload = f"generation.{gen.status}", generation_json(gen)
+    return _queue(session, gen.user_id, gen.webhook_url, event, payload, generation_id=gen.id)
 
 
 def record_batch_final(
@@ -60,17 +48,32 @@ def record_batch_final(
     ``record_final``, for the batch's own ``webhookUrl``."""
     if not batch.webhook_url:
         return None
-    ensure_secret(session.get(User, batch.user_id))
+    event = f"batch.{status}"
+    return _queue(session, batch.user_id, batch.webhook_url, event, payload, batch_id=batch.id)
+
+
+def _queue(
+    session: Session,
+    user_id: int,
+    url: str,
+    event_type: str,
+    payload: dict[str, Any],
+    **owner: str,
+) -> str:
+    """Add one pending delivery of ``event_type`` for its owner (a
+    generation or a batch), the user's signing secret made first if they
+    have none yet; returns its id."""
+    ensure_secret(session.get(User, user_id))
     delivery = WebhookDelivery(
         id=new_id("msg"),
-        user_id=batch.user_id,
-        batch_id=batch.id,
-        event_type=f"batch.{status}",
-        url=batch.webhook_url,
+        user_id=user_id,
+        event_type=event_type,
+        url=url,
         payload=json.dumps(payload, separators=(",", ":")),
         status=PENDING,
         attempts=0,
         next_attempt_at=utcnow(),
+        **owner,
     )
     session.add(delivery)
     return delivery.id
