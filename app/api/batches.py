@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from app.api.auth import load_user
 from app.api.batch_responses import BatchAcceptedOut, BatchOut, BatchPage, batch_path
 from app.api.batch_schemas import BatchMatrix, BatchSubmit
-from app.api.common import int_arg, json_body, services
+from app.api.common import delete_with_objects, int_arg, json_body, services
 from app.api.errors import ApiError, invalid, not_found, validation_details
 from app.api.generations import Stopped, announce_stopped, stop
 from app.api.responses import respond
@@ -34,7 +34,7 @@ from app.domain.quotas import check_submission
 from app.pipeline import stages_for
 from app.pipeline.route import estimate
 from app.platform.queue import dispatch_group
-from app.platform.storage import StorageError, generation_prefix
+from app.platform.storage import generation_prefix
 from app.webhooks import submit_url_problem
 
 log = logging.getLogger(__name__)
@@ -252,23 +252,10 @@ def delete(batch_id: str):
         members = batches.member_ids(session, batch.id)
     prefixes = [generation_prefix(uid, gid) for gid, uid in members]
     announce_stopped(stopped)
-    try:
-        for prefix in prefixes:
-            s.storage.delete_prefix(prefix)
-    except StorageError:
-        raise ApiError(
-            503,
-            "service_unavailable",
-            "storage is unavailable; try again",
-            headers={"Retry-After": "5"},
-        ) from None
-    with s.db.session() as session:
-        session.delete(_load(session, batch_id, lock=True))  # its generations go with it
-    # Again: a stage may have stored something between the first pass and the
-    # rows' delete (one storing after it finds its row gone cleans up).
-    try:
-        for prefix in prefixes:
-            s.storage.delete_prefix(prefix)
-    except StorageError as exc:  # the storage sweep removes what is left
-        log.warning("delete of %s: second pass failed: %s", batch_id, exc)
+
+    def delete_rows() -> None:
+        with s.db.session() as session:
+            session.delete(_load(session, batch_id, lock=True))  # its generations go with it
+
+    delete_with_objects(s.storage, prefixes, delete_rows, batch_id)
     return "", 204

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,7 +14,9 @@ from flask import current_app, g, request
 from app.api.errors import ApiError, invalid
 from app.platform.config import Settings
 from app.platform.db import Database
-from app.platform.storage import Storage
+from app.platform.storage import Storage, StorageError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -83,3 +87,29 @@ def int_arg(name: str, default: int, low: int, high: int) -> int:
     if not low <= value <= high:
         raise invalid(name, f"{name} must be between {low} and {high}", f"must be {low}-{high}")
     return value
+
+
+def delete_with_objects(
+    storage: Storage, prefixes: list[str], delete_rows: Callable[[], None], what: str
+) -> None:
+    """Delete the stored objects under ``prefixes``, then the rows, then the
+    objects again: a stage may store something between the first pass and
+    the rows' delete (one storing after its row is gone cleans up itself).
+    The first pass failing is a 503 with the rows kept, so the client can
+    try again; the second failing is left to the storage sweep."""
+    try:
+        for prefix in prefixes:
+            storage.delete_prefix(prefix)
+    except StorageError:
+        raise ApiError(
+            503,
+            "service_unavailable",
+            "storage is unavailable; try again",
+            headers={"Retry-After": "5"},
+        ) from None
+    delete_rows()
+    try:
+        for prefix in prefixes:
+            storage.delete_prefix(prefix)
+    except StorageError as exc:  # the storage sweep removes what is left
+        log.warning("delete of %s: second pass failed: %s", what, exc)

@@ -11,7 +11,7 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from app.api.auth import load_user
-from app.api.common import int_arg, json_body, services
+from app.api.common import delete_with_objects, int_arg, json_body, services
 from app.api.errors import ApiError, not_found
 from app.api.responses import FeedbackOut, GenerationOut, GenerationPage, respond
 from app.api.schemas import FeedbackIn, parse
@@ -28,7 +28,7 @@ from app.domain.states import (
 )
 from app.platform import events
 from app.platform.queue import dispatch
-from app.platform.storage import StorageError, generation_prefix
+from app.platform.storage import generation_prefix
 from app.providers.cancel import cancel_remote
 from app.webhooks import record_final
 
@@ -204,24 +204,12 @@ def delete(generation_id: str):
     _revoke_running(gen, running)
     if was_running:
         events.generation_final(s.settings, generation_id, gen.status)
-    try:
-        s.storage.delete_prefix(prefix)
-    except StorageError:
-        raise ApiError(
-            503,
-            "service_unavailable",
-            "storage is unavailable; try again",
-            headers={"Retry-After": "5"},
-        ) from None
-    with s.db.session() as session:
-        gen = _load(session, generation_id, lock=True)
-        session.delete(gen)
-    # Again: a stage may have stored something between the first pass and the
-    # row's delete (one storing after it finds the row gone and cleans up).
-    try:
-        s.storage.delete_prefix(prefix)
-    except StorageError as exc:  # the storage sweep removes what is left
-        log.warning("delete of %s: second pass failed: %s", generation_id, exc)
+
+    def delete_rows() -> None:
+        with s.db.session() as session:
+            session.delete(_load(session, generation_id, lock=True))
+
+    delete_with_objects(s.storage, [prefix], delete_rows, generation_id)
     return "", 204
 
 
