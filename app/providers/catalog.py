@@ -76,11 +76,22 @@ def _caps(**kw) -> Capabilities:
     return Capabilities(**{**base, **kw})
 
 
-IMAGEN = ModelEntry(
+def _replicate(**kw) -> ModelEntry:
+    """An official model on Replicate: the account's token, our default
+    rate limit (BFF_RATE_LIMIT_<ID> overrides it) and Replicate's delivery
+    hosts."""
+    base = {
+        "api": "replicate-official",
+        "key_env_var": "REPLICATE_API_TOKEN",
+        "rate_limit": "100/60",
+        "output_hosts": REPLICATE_HOSTS,
+    }
+    return ModelEntry(**{**base, **kw})
+
+
+IMAGEN = _replicate(
     id="google-imagen",
-    api="replicate-official",
     model="google/imagen-4-ultra",
-    key_env_var="REPLICATE_API_TOKEN",
     source="https://replicate.com/google/imagen-4-ultra/api/schema",
     capabilities=_caps(
         max_prompt_length=2000,
@@ -96,15 +107,11 @@ IMAGEN = ModelEntry(
         "safety_filter_level": From("safety_level"),
     },
     price_size="image_size",
-    rate_limit="100/60",
-    output_hosts=REPLICATE_HOSTS,
 )
 
-FLUX_PRO = ModelEntry(
+FLUX_PRO = _replicate(
     id="flux-pro",
-    api="replicate-official",
     model="black-forest-labs/flux-1.1-pro",
-    key_env_var="REPLICATE_API_TOKEN",
     source="https://replicate.com/black-forest-labs/flux-1.1-pro/versions/"
     "96ccd0e758a1796926584ded2246369cdf8eb3d7c34475cf9c442be5e097d926/api",
     capabilities=_caps(
@@ -122,15 +129,11 @@ FLUX_PRO = ModelEntry(
         "prompt_upsampling": Const(False),  # the enhance stage already wrote the prompt
         "image_prompt": Ref(),  # Flux Redux: steers the composition towards the photo
     },
-    rate_limit="100/60",
-    output_hosts=REPLICATE_HOSTS,
 )
 
-NANO_BANANA = ModelEntry(
+NANO_BANANA = _replicate(
     id="nano-banana",
-    api="replicate-official",
     model="google/nano-banana",
-    key_env_var="REPLICATE_API_TOKEN",
     source="https://replicate.com/google/nano-banana/versions/"
     "f0a9d34b12ad1c1cd76269a844b218ff4e64e128ddaba93e15891f47368958a0/api",
     capabilities=_caps(
@@ -148,8 +151,6 @@ NANO_BANANA = ModelEntry(
         "image_input": Ref(many=True),
         "output_format": Const("png"),
     },
-    rate_limit="100/60",
-    output_hosts=REPLICATE_HOSTS,
 )
 
 DALLE3 = ModelEntry(
