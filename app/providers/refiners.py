@@ -32,12 +32,9 @@ from app.platform.config import Settings
 from app.providers import pricing
 from app.providers.base import (
     Job,
-    ProviderPending,
-    ProviderRejected,
-    ProviderTransient,
 )
 from app.providers.catalog import IMAGEN
-from app.providers.replicate import INTERRUPTED, RUNNING, _client, _mapped, _urls, webhook_args
+from app.providers.replicate import _client, _mapped, _urls, look_once, webhook_args
 
 # Replicate limits creates per account: refines take tokens from the same
 # bucket as the catalogue's Imagen entry (BFF_RATE_LIMIT_GOOGLE_IMAGEN).
@@ -129,7 +126,7 @@ class ReplicateRefiner:
                 )
             ids[task.key] = prediction.id
             self.job.save({"predictions": ids})  # before waiting on it
-        return self._look(ids)
+        return self._look(ids, tasks)
 
     def _upload(self, task: Task) -> str:
         with _mapped("upload"):
@@ -138,39 +135,9 @@ class ReplicateRefiner:
             )
         return uploaded.urls["get"]
 
-    def _look(self, ids: dict[str, str]) -> dict[str, dict[str, Any]]:
-        """One look at each prediction: all final, or wait for the next run."""
-        done, running = {}, []
-        for key, pid in list(ids.items()):
-            # Raw JSON, as the Imagen adapter reads it (SDK 1.0.7 rejects "aborted").
-            with _mapped("poll"):
-                data = self.client._request("GET", f"/v1/predictions/{pid}").json()
-            if data.get("status") in RUNNING:
-                running.append(f"{pid} {data.get('status')}")
-            else:
-                done[key] = self._final(key, pid, data, ids)
-        if running:
-            reason = "waiting for Replicate refine prediction " + ", ".join(running)
-            raise ProviderPending(self.job.poll_every, reason)
-        return done
-
-    def _final(
-        self, key: str, pid: str, data: dict[str, Any], ids: dict[str, str]
-    ) -> dict[str, Any]:
-        status, error = data.get("status"), str(data.get("error") or "")
-        if status == "succeeded":
-            if not _urls(data.get("output")):
-                raise ProviderRejected(f"Replicate prediction {pid} succeeded without an image")
-            return data
-        # Dead: forget it, so a retry (automatic, or the user's) starts anew.
-        del ids[key]
-        dropped = [*self.job.state.get("dropped", []), pid]
-        self.job.save({"predictions": ids, "dropped": dropped})
-        if status == "aborted" or (status == "failed" and INTERRUPTED.search(error)):
-            raise ProviderTransient(f"Replicate prediction {pid} {status}: {error or 'not run'}")
-        if status == "failed":
-            raise ProviderRejected(f"Replicate refine failed: {error or 'no reason given'}")
-        raise ProviderRejected(f"the Replicate prediction {pid} ended {status}")
+    def _look(self, ids: dict[str, str], tasks: list[Task]) -> dict[str, dict[str, Any]]:
+        models = ", ".join(sorted({t.op.model.name for t in tasks})) or "the refiner"
+        return look_once(self.client, self.job, ids, models, dict)
 
 
 def price_per_image(options: Mapping[str, Any]) -> float:

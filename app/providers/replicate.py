@@ -28,7 +28,7 @@ from __future__ import annotations
 import functools
 import io
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlencode
@@ -184,43 +184,10 @@ class ReplicateModel:
         return webhook_args(self.webhook_url, request.generation_id)
 
     def _wait(self, ids: list[str]) -> dict[str, dict[str, Any]]:
-        """One look at each prediction: all final, or wait for the next run."""
-        done: dict[str, dict[str, Any]] = {}
-        running = []
-        for pid in ids:
-            # Raw JSON, not the SDK's model: SDK 1.0.7 rejects status "aborted".
-            with _mapped("poll"):
-                data = self.client._request("GET", f"/v1/predictions/{pid}").json()
-            status = data.get("status")
-            if status in RUNNING:
-                running.append(f"{pid} {status}")
-            else:
-                done[pid] = self._final(pid, data, ids)
-        if running:
-            reason = "waiting for Replicate prediction " + ", ".join(running)
-            raise ProviderPending(self.job.poll_every, reason)
-        return done
-
-    def _final(self, pid: str, data: dict[str, Any], ids: list[str]) -> dict[str, Any]:
-        status, error = data.get("status"), str(data.get("error") or "")
-        if status == "succeeded":
-            if not _urls(data.get("output")):
-                raise ProviderRejected(f"Replicate prediction {pid} succeeded without an image")
-            return data
-        # Past this point the prediction is dead: forget it, so a later retry
-        # (automatic, or POST /retry by the user) starts a fresh one.
-        ids.remove(pid)
-        self.job.save({"predictions": ids, "dropped": [*self.job.state.get("dropped", []), pid]})
-        if status == "aborted" or (status == "failed" and INTERRUPTED.search(error)):
-            # Never ran, or interrupted by Replicate (not billed): try again.
-            raise ProviderTransient(f"Replicate prediction {pid} {status}: {error or 'not run'}")
-        if status == "failed" and SAFETY.search(error):
-            raise ProviderRejected(f"{self.model}'s safety filter blocked the request: {error}")
-        if status == "failed":
-            raise ProviderRejected(f"Replicate prediction failed: {error or 'no reason given'}")
-        if status == "canceled":
-            raise ProviderRejected(f"the Replicate prediction {pid} was canceled")
-        raise ProviderRejected(f"Replicate prediction {pid} ended with unknown status {status!r}")
+        keyed = {pid: pid for pid in ids}
+        finished = look_once(self.client, self.job, keyed, self.model, lambda k: list(k.values()))
+        ids[:] = keyed.values()
+        return finished
 
     @staticmethod
     def verify_key(settings: Settings) -> str:
@@ -240,6 +207,57 @@ class ReplicateModel:
             except Exception:  # noqa: BLE001 - best effort; the stage guard stops us anyway
                 pass
         return asked
+
+
+def look_once(
+    client: replicate.Client,
+    job: Job,
+    ids: dict[str, str],
+    model: str,
+    saved: Callable[[dict[str, str]], Any],
+) -> dict[str, dict[str, Any]]:
+    """One look at each prediction of ``ids`` (key -> prediction id): the
+    JSON of each, by key, once all succeeded; ``ProviderPending`` while any
+    still runs (the stage looks again later; the worker is freed now). A dead
+    one is forgotten (taken out of ``ids`` and of the job's saved
+    ``predictions``, as ``saved`` shapes them), so a retry starts it anew,
+    and its error raised."""
+    done: dict[str, dict[str, Any]] = {}
+    running = []
+    for key, pid in list(ids.items()):
+        # Raw JSON, not the SDK's model: SDK 1.0.7 rejects status "aborted".
+        with _mapped("poll"):
+            data = client._request("GET", f"/v1/predictions/{pid}").json()
+        status = data.get("status")
+        if status in RUNNING:
+            running.append(f"{pid} {status}")
+        elif status == "succeeded" and _urls(data.get("output")):
+            done[key] = data
+        else:
+            del ids[key]
+            job.save({"predictions": saved(ids), "dropped": [*job.state.get("dropped", []), pid]})
+            raise _dead(model, pid, status, str(data.get("error") or ""))
+    if running:
+        raise ProviderPending(
+            job.poll_every, "waiting for Replicate prediction " + ", ".join(running)
+        )
+    return done
+
+
+def _dead(model: str, pid: str, status: str | None, error: str) -> Exception:
+    """What a prediction that did not give an image means for the stage."""
+    if status == "succeeded":
+        return ProviderRejected(f"Replicate prediction {pid} succeeded without an image")
+    if status == "aborted" or (status == "failed" and INTERRUPTED.search(error)):
+        # Never ran, or interrupted by Replicate (not billed): try again.
+        return ProviderTransient(f"Replicate prediction {pid} {status}: {error or 'not run'}")
+    if status == "failed" and SAFETY.search(error):
+        return ProviderRejected(f"{model}'s safety filter blocked the request: {error}")
+    if status == "failed":
+        return ProviderRejected(f"{model} failed: {error or 'no reason given'}")
+    if status == "canceled":
+        return ProviderRejected(f"the Replicate prediction {pid} was canceled")
+    return ProviderRejected(f"Replicate prediction {pid} ended with unknown status {status!r}")
 
 
 def _file(ref: Reference, index: int) -> io.BytesIO:
