@@ -117,7 +117,7 @@ def register_error_handlers(app: Flask) -> None:
         if not db_unavailable(exc):
             log.error("database error: %s", exc.orig, exc_info=exc)
             return error_response(500, "internal_error", "an internal error occurred")
-        log.warning("database unavailable: %s", type(exc).__name__)
+        log.warning("database unavailable: %s: %s", type(exc.orig).__name__, exc.orig)
         return error_response(
             503, "service_unavailable", "the database is unavailable", headers={"Retry-After": "5"}
         )
