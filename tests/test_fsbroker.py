@@ -119,3 +119,24 @@ def test_celery_connects_through_the_fixed_transport(tmp_path):
     for conn in (celery_app.connection_for_write(), celery_app.connection_for_read()):
         with conn:
             assert isinstance(conn.transport, fsbroker.Transport)
+
+
+def test_draining_gives_the_worker_loop_back_within_a_tenth_of_a_second(tmp_path, monkeypatch):
+    """Celery's loop for transports without an event loop drains with a 2 s
+    timeout and acks finished tasks only between drains: a full prefetch
+    window of finished tasks would hold up new work that long. The embedded
+    transport waits at most ``DRAIN_WAIT`` for a message, whatever it is asked."""
+    from kombu.transport import filesystem
+
+    from app.platform import fsbroker
+
+    asked: list[float | None] = []
+    monkeypatch.setattr(
+        filesystem.Transport, "drain_events", lambda self, conn, timeout=None: asked.append(timeout)
+    )
+    with embedded_connection(tmp_path) as conn:
+        assert isinstance(conn.transport, fsbroker.Transport)
+        conn.drain_events(timeout=2.0)
+        conn.drain_events(timeout=0.05)
+        conn.drain_events()  # no timeout: block until a message, as asked
+    assert asked == [fsbroker.DRAIN_WAIT, 0.05, None]
