@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import requests
+
 BFF = str(Path(sys.executable).parent / "bff")
 
 
@@ -51,7 +53,12 @@ def test_batch_matrix_and_json_lines(embedded, tmp_path):
     matrix.write_text(json.dumps({"prompts": ["blazer", "trench"], "colorways": ["navy", "camel"]}))
     done = bff_batch(embedded.env, str(matrix), "--matrix")
     assert done.returncode == 0, done.stderr
-    assert re.search(r"^submitted bat_\w+: 4 generations", done.stdout, re.M), done.stdout
+    submitted = re.search(r"^submitted (bat_\w+): 4 generations", done.stdout, re.M)
+    assert submitted, done.stdout
+    # Only the submit is under test: cancel, so the shared server's one worker
+    # is not left 28 stages of work that later tests would queue behind.
+    cancel = f"{embedded.base_url}/api/batches/{submitted.group(1)}/cancel"
+    assert requests.post(cancel, headers=embedded.headers, timeout=10).status_code == 200
 
     lines = tmp_path / "items.jsonl"
     lines.write_text('{"prompt": "a red coat"}\n\n{"prompt": "a blue coat", "colour": "x"}\n')
