@@ -232,12 +232,15 @@ def _stop_all(session: Session, batch: Batch) -> list[Stopped]:
 
 @bp.post("/<batch_id>/cancel")
 def cancel(batch_id: str):
-    with services().db.session() as session:
+    def stop_batch(session: Session) -> list[Stopped]:
         batch = _load(session, batch_id, lock=True)
         if batch.finished_at is not None:
             status = batches.view(session, batch).status
             raise ApiError(409, "conflict", f"batch is already {status}")
-        stopped = _stop_all(session, batch)
+        return _stop_all(session, batch)
+
+    # Run again if PostgreSQL breaks a deadlock with a worker by aborting it.
+    stopped = services().db.transaction(stop_batch)
     announce_stopped(stopped)  # tasks revoked, predictions canceled, webhooks sent
     with services().db.read() as session:
         return respond(BatchOut, batches.view(session, _load(session, batch_id)))
@@ -246,16 +249,18 @@ def cancel(batch_id: str):
 @bp.delete("/<batch_id>")
 def delete(batch_id: str):
     s = services()
-    with s.db.session() as session:
+
+    def stop_batch(session: Session) -> tuple[list[Stopped], list[tuple[str, int]]]:
         batch = _load(session, batch_id, lock=True)
         stopped = _stop_all(session, batch) if batch.finished_at is None else []
-        members = batches.member_ids(session, batch.id)
+        return stopped, batches.member_ids(session, batch.id)
+
+    stopped, members = s.db.transaction(stop_batch)
     prefixes = [generation_prefix(uid, gid) for gid, uid in members]
     announce_stopped(stopped)
 
-    def delete_rows() -> None:
-        with s.db.session() as session:
-            session.delete(_load(session, batch_id, lock=True))  # its generations go with it
+    def delete_rows() -> None:  # its generations go with it
+        s.db.transaction(lambda session: session.delete(_load(session, batch_id, lock=True)))
 
     delete_with_objects(s.storage, prefixes, delete_rows, batch_id)
     return "", 204

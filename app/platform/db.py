@@ -11,9 +11,9 @@ holds a request or worker longer than ``BFF_DB_STATEMENT_TIMEOUT``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -23,6 +23,10 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 POOL_SIZE = 15  # per process; gunicorn threads and Celery threads share it
+# PostgreSQL aborts one transaction to break a deadlock (or a serialization
+# conflict) and advises running it again.
+RETRYABLE_SQLSTATES = ("40P01", "40001")
+T = TypeVar("T")
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -107,6 +111,21 @@ class Database:
         when it runs (there is no transaction to make them agree)."""
         with self._Reader() as session:
             yield session
+
+    def transaction(self, work: Callable[[Session], T], attempts: int = 3) -> T:
+        """``work(session)`` in one transaction (as ``session()``), run again
+        from the start when PostgreSQL aborted it to break a deadlock: for
+        transactions that lock many rows (a batch's generations) while
+        workers lock them one at a time."""
+        for attempt in range(1, attempts + 1):
+            try:
+                with self.session() as session:
+                    return work(session)
+            except DBAPIError as exc:
+                sqlstate = getattr(exc.orig, "sqlstate", None)
+                if sqlstate not in RETRYABLE_SQLSTATES or attempt == attempts:
+                    raise
+        raise AssertionError("unreachable")
 
     def ping(self) -> None:
         with self.engine.connect() as conn:
