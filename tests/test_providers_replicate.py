@@ -154,6 +154,19 @@ def test_aborted_prediction_is_transient_and_the_next_run_starts_a_new_one(fake)
     assert fake.creates == 2
 
 
+def test_a_prediction_that_succeeded_without_an_image_is_kept_not_paid_for_again(fake):
+    fake.inject("empty")
+    job = Job(poll_every=0.05)
+    runs = Runs(fake, job)
+    with pytest.raises(ProviderRejected, match="succeeded without an image"):
+        runs.generate(request())
+    kept = job.state["predictions"]
+    assert len(kept) == 1 and not job.state.get("dropped")  # billed: a retry reads it again
+    with pytest.raises(ProviderRejected, match="succeeded without an image"):
+        runs.generate(request())
+    assert fake.creates == 1 and job.state["predictions"] == kept
+
+
 def test_canceled_prediction_is_rejected(fake):
     job = Job()
     with pytest.raises(ProviderPending):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -32,7 +31,6 @@ from app.platform.storage import generation_prefix
 from app.providers.cancel import cancel_remote
 from app.webhooks import record_final
 
-log = logging.getLogger(__name__)
 bp = Blueprint("generations", __name__, url_prefix="/api/generate")
 bp.before_request(load_user)
 

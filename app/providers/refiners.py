@@ -30,9 +30,7 @@ from typing import Any
 
 from app.platform.config import Settings
 from app.providers import pricing
-from app.providers.base import (
-    Job,
-)
+from app.providers.base import Job
 from app.providers.catalog import IMAGEN
 from app.providers.replicate import _client, _mapped, _urls, look_once, webhook_args
 
@@ -136,7 +134,7 @@ class ReplicateRefiner:
         return uploaded.urls["get"]
 
     def _look(self, ids: dict[str, str], tasks: list[Task]) -> dict[str, dict[str, Any]]:
-        models = ", ".join(sorted({t.op.model.name for t in tasks})) or "the refiner"
+        models = {t.key: t.op.model.name for t in tasks}
         return look_once(self.client, self.job, ids, models, dict)
 
 

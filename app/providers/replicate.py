@@ -28,7 +28,7 @@ from __future__ import annotations
 import functools
 import io
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlencode
@@ -184,10 +184,8 @@ class ReplicateModel:
         return webhook_args(self.webhook_url, request.generation_id)
 
     def _wait(self, ids: list[str]) -> dict[str, dict[str, Any]]:
-        keyed = {pid: pid for pid in ids}
-        finished = look_once(self.client, self.job, keyed, self.model, lambda k: list(k.values()))
-        ids[:] = keyed.values()
-        return finished
+        keyed, models = {pid: pid for pid in ids}, dict.fromkeys(ids, self.model)
+        return look_once(self.client, self.job, keyed, models, lambda k: list(k.values()))
 
     @staticmethod
     def verify_key(settings: Settings) -> str:
@@ -213,15 +211,17 @@ def look_once(
     client: replicate.Client,
     job: Job,
     ids: dict[str, str],
-    model: str,
+    models: Mapping[str, str],
     saved: Callable[[dict[str, str]], Any],
 ) -> dict[str, dict[str, Any]]:
-    """One look at each prediction of ``ids`` (key -> prediction id): the
-    JSON of each, by key, once all succeeded; ``ProviderPending`` while any
-    still runs (the stage looks again later; the worker is freed now). A dead
-    one is forgotten (taken out of ``ids`` and of the job's saved
-    ``predictions``, as ``saved`` shapes them), so a retry starts it anew,
-    and its error raised."""
+    """One look at each prediction of ``ids`` (key -> prediction id; its
+    model's name in ``models``): the JSON of each, by key, once all
+    succeeded; ``ProviderPending`` while any still runs (the stage looks
+    again later; the worker is freed now). A dead one is forgotten (taken out
+    of ``ids`` and of the job's saved ``predictions``, as ``saved`` shapes
+    them), so a retry starts it anew, and its error raised. One that
+    succeeded without an image is kept: it was paid for, and a retry reads
+    it again rather than pay for another."""
     done: dict[str, dict[str, Any]] = {}
     running = []
     for key, pid in list(ids.items()):
@@ -231,12 +231,14 @@ def look_once(
         status = data.get("status")
         if status in RUNNING:
             running.append(f"{pid} {status}")
-        elif status == "succeeded" and _urls(data.get("output")):
+        elif status == "succeeded":
+            if not _urls(data.get("output")):
+                raise ProviderRejected(f"Replicate prediction {pid} succeeded without an image")
             done[key] = data
         else:
             del ids[key]
             job.save({"predictions": saved(ids), "dropped": [*job.state.get("dropped", []), pid]})
-            raise _dead(model, pid, status, str(data.get("error") or ""))
+            raise _dead(models.get(key, "the model"), pid, status, str(data.get("error") or ""))
     if running:
         raise ProviderPending(
             job.poll_every, "waiting for Replicate prediction " + ", ".join(running)
@@ -245,9 +247,7 @@ def look_once(
 
 
 def _dead(model: str, pid: str, status: str | None, error: str) -> Exception:
-    """What a prediction that did not give an image means for the stage."""
-    if status == "succeeded":
-        return ProviderRejected(f"Replicate prediction {pid} succeeded without an image")
+    """What a prediction that ended without succeeding means for the stage."""
     if status == "aborted" or (status == "failed" and INTERRUPTED.search(error)):
         # Never ran, or interrupted by Replicate (not billed): try again.
         return ProviderTransient(f"Replicate prediction {pid} {status}: {error or 'not run'}")

@@ -15,7 +15,8 @@ until it is final.
 
 ``inject(kind, times)`` on the next creates: ``throttle`` (429 "Your rate limit
 resets in ~Ns", option ``seconds``), ``server_error`` (500), ``safety`` (ends
-``failed`` with E005), ``aborted``; ``get_server_error``: the next GET is a 500.
+``failed`` with E005), ``aborted``, ``empty`` (``succeeded`` with no output);
+``get_server_error``: the next GET is a 500.
 Webhooks as Replicate sends them: a create may carry ``webhook`` (a URL) and
 ``webhook_events_filter`` (start, output, logs, completed); when such a
 prediction ends, its JSON is POSTed there, signed per Standard Webhooks with
@@ -173,7 +174,7 @@ class FakeReplicate(WebhookSender, FakeServer):
         if invalid:
             detail = "\n".join(f"- {i['field']}: {i['description']}" for i in invalid)
             return problem(422, "Input validation failed", detail, invalid_fields=invalid)
-        failure = self.take_failure(("throttle", "server_error", "safety", "aborted"))
+        failure = self.take_failure(("throttle", "server_error", "safety", "aborted", "empty"))
         with self.lock:
             self.counters["create_attempt"] += 1
             self.create_bodies.append(body)
@@ -283,7 +284,7 @@ class FakeReplicate(WebhookSender, FakeServer):
         base = p["host"]
         png_out = p["input"].get("output_format") == "png" or MODELS[p["model"]].output
         ext = "png" if png_out else "jpg"
-        ok = status == "succeeded"
+        ok = status == "succeeded" and p["outcome"] != "empty"
         return {
             "id": pid,
             "model": p["model"],
