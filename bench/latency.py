@@ -94,7 +94,7 @@ def run() -> list[str]:
     ]
     return [
         table(
-            f"One generation at a time ({N} each)",
+            f"One generation at a time ({N} each), and {TOGETHER} together ({ROUNDS} rounds)",
             ["", "embedded default", "Postgres + Redis", "services / embedded"],
             rows,
         )

@@ -11,6 +11,7 @@ holds a request or worker longer than ``BFF_DB_STATEMENT_TIMEOUT``.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -22,6 +23,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+log = logging.getLogger(__name__)
 POOL_SIZE = 15  # per process; gunicorn threads and Celery threads share it
 # PostgreSQL aborts one transaction to break a deadlock (or a serialization
 # conflict) and advises running it again.
@@ -117,15 +119,17 @@ class Database:
         from the start when PostgreSQL aborted it to break a deadlock: for
         transactions that lock many rows (a batch's generations) while
         workers lock them one at a time."""
-        for attempt in range(1, attempts + 1):
+        attempt = 1
+        while True:
             try:
                 with self.session() as session:
                     return work(session)
             except DBAPIError as exc:
                 sqlstate = getattr(exc.orig, "sqlstate", None)
-                if sqlstate not in RETRYABLE_SQLSTATES or attempt == attempts:
+                if sqlstate not in RETRYABLE_SQLSTATES or attempt >= attempts:
                     raise
-        raise AssertionError("unreachable")
+                log.info("transaction aborted (%s), running it again", sqlstate)
+                attempt += 1
 
     def ping(self) -> None:
         with self.engine.connect() as conn:

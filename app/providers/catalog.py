@@ -25,7 +25,7 @@ docs/providers.md, "Adding a model".
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Any, Literal
 
 from app.providers import pricing
 from app.providers.base import ASPECT_RATIOS, Capabilities, ImageRequest
@@ -76,9 +76,9 @@ def _caps(**kw) -> Capabilities:
     return Capabilities(**{**base, **kw})
 
 
-def _replicate(**kw) -> ModelEntry:
+def _replicate(**kw: Any) -> ModelEntry:
     """An official model on Replicate: the account's token, our default
-    rate limit (BFF_RATE_LIMIT_<ID> overrides it) and Replicate's delivery
+    rate limit (BFF_RATE_LIMIT_<BUCKET> overrides it) and Replicate's delivery
     hosts."""
     base = {
         "api": "replicate-official",

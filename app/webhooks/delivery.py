@@ -58,7 +58,8 @@ def _queue(
     url: str,
     event_type: str,
     payload: dict[str, Any],
-    **owner: str,
+    generation_id: str | None = None,
+    batch_id: str | None = None,
 ) -> str:
     """Add one pending delivery of ``event_type`` for its owner (a
     generation or a batch), the user's signing secret made first if they
@@ -73,7 +74,8 @@ def _queue(
         status=PENDING,
         attempts=0,
         next_attempt_at=utcnow(),
-        **owner,
+        generation_id=generation_id,
+        batch_id=batch_id,
     )
     session.add(delivery)
     return delivery.id

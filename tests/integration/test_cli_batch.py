@@ -58,7 +58,8 @@ def test_batch_matrix_and_json_lines(embedded, tmp_path):
     # Only the submit is under test: cancel, so the shared server's one worker
     # is not left 28 stages of work that later tests would queue behind.
     cancel = f"{embedded.base_url}/api/batches/{submitted.group(1)}/cancel"
-    assert requests.post(cancel, headers=embedded.headers, timeout=10).status_code == 200
+    # (409: the four were quicker than this request, which is as good.)
+    assert requests.post(cancel, headers=embedded.headers, timeout=10).status_code in (200, 409)
 
     lines = tmp_path / "items.jsonl"
     lines.write_text('{"prompt": "a red coat"}\n\n{"prompt": "a blue coat", "colour": "x"}\n')
