@@ -20,7 +20,7 @@ from app.platform.config import Settings
 from app.providers import ProviderRejected, pricing
 from app.providers.base import Job, ProviderPending
 from app.providers.refiners import BACKGROUND_REMOVER, UPSCALER, RefineOp, ReplicateRefiner, Task
-from app.providers.replicate import _client, _mapped
+from app.providers.replicate import client_for, replicate_errors
 from tests.conftest import REPLICATE_TOKEN as TOKEN
 from tests.fakes import replicate_models as versions
 from tests.support.pipeline import load, services, stages_by_name, submit_prompt
@@ -115,7 +115,7 @@ def test_versioned_predictions_upload_the_image_and_send_only_schema_inputs(fake
     ],
 )
 def test_the_fake_refuses_what_the_schema_refuses(fake, version, inputs, field):
-    client = _client(TOKEN, fake.url)
+    client = client_for(TOKEN, fake.url)
     image = client.files.create(io.BytesIO(png()), filename="a.png").urls["get"]
     inputs = {k: image if v is IMAGE else v for k, v in inputs.items()}
     with pytest.raises(ReplicateError) as err:
@@ -123,7 +123,7 @@ def test_the_fake_refuses_what_the_schema_refuses(fake, version, inputs, field):
     assert err.value.status == 422
     assert field in {f["field"] for f in fake.last_invalid}
     assert fake.creates == 0
-    with pytest.raises(ProviderRejected), _mapped("create"):  # and we say so, once
+    with pytest.raises(ProviderRejected), replicate_errors("create"):  # and we say so, once
         client.predictions.create(version=version, input=inputs)
 
 

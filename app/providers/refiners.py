@@ -18,7 +18,7 @@ The source image goes up the way the SDK sends files (``client.files.create``,
 rules are ``generate``'s: a rate-limit token and a fencing checkpoint before
 each create, the prediction id saved before anything waits on it, one look per
 run (``ProviderPending`` frees the worker), a re-run resumes the saved ids.
-Errors are mapped by ``replicate._mapped``, once.
+Errors are mapped by ``replicate.replicate_errors``, once.
 """
 
 from __future__ import annotations
@@ -32,7 +32,13 @@ from app.platform.config import Settings
 from app.providers import pricing
 from app.providers.base import Job
 from app.providers.catalog import IMAGEN
-from app.providers.replicate import _client, _mapped, _urls, look_once, webhook_args
+from app.providers.replicate import (
+    client_for,
+    look_once,
+    output_urls,
+    replicate_errors,
+    webhook_args,
+)
 
 # Replicate limits creates per account: refines take tokens from the same
 # bucket as the catalogue's Imagen entry (BFF_RATE_LIMIT_GOOGLE_IMAGEN).
@@ -104,7 +110,7 @@ class ReplicateRefiner:
     """Runs refine tasks as versioned Replicate predictions, resumably."""
 
     def __init__(self, settings: Settings, job: Job, generation_id: str) -> None:
-        self.client = _client(settings.replicate_api_token, settings.replicate_base_url)
+        self.client = client_for(settings.replicate_api_token, settings.replicate_base_url)
         self.job = job
         # With a reachable public URL, Replicate's webhook wakes the stage at once.
         self.webhook = webhook_args(settings.replicate_webhook_url, generation_id)
@@ -118,7 +124,7 @@ class ReplicateRefiner:
                 continue  # paid for by an earlier run: resume it
             image_url = self._upload(task)
             self.job.acquire()  # a token, and the fence: a taken-over copy stops here
-            with _mapped("create"):
+            with replicate_errors("create"):
                 prediction = self.client.predictions.create(
                     version=task.op.model.version, input=task.op.inputs(image_url), **self.webhook
                 )
@@ -127,7 +133,7 @@ class ReplicateRefiner:
         return self._look(ids, tasks)
 
     def _upload(self, task: Task) -> str:
-        with _mapped("upload"):
+        with replicate_errors("upload"):
             uploaded = self.client.files.create(
                 io.BytesIO(task.source()), filename=f"{task.key}.png", content_type="image/png"
             )
@@ -151,7 +157,7 @@ def cancel_refines(settings: Settings, stage_output: dict[str, Any] | None) -> i
     ids = list(((stage_output or {}).get("predictions") or {}).values())
     if not ids or not settings.replicate_api_token:
         return 0
-    client, asked = _client(settings.replicate_api_token, settings.replicate_base_url), 0
+    client, asked = client_for(settings.replicate_api_token, settings.replicate_base_url), 0
     for pid in ids:
         try:
             client.predictions.cancel(pid)
@@ -162,4 +168,4 @@ def cancel_refines(settings: Settings, stage_output: dict[str, Any] | None) -> i
 
 
 def output_url(prediction: dict[str, Any]) -> str:
-    return _urls(prediction.get("output"))[0]
+    return output_urls(prediction.get("output"))[0]

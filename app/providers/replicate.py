@@ -16,7 +16,7 @@ prediction is created with a webhook (``webhook_events_filter:
 ["completed"]``): Replicate's call wakes the stage at once, and the countdown
 look is only the fallback for a lost webhook.
 
-Errors, mapped once here (``_mapped``): 429 (``detail``: "... resets in ~Ns"),
+Errors, mapped once here (``replicate_errors``): 429 (``detail``: "... resets in ~Ns"),
 5xx, timeouts and connection errors are transient; 401/403 (token), 402
 (billing), 4xx validation and a ``failed`` prediction with a safety error
 (E005) are rejected with the provider's words. ``aborted`` (never ran, not
@@ -63,7 +63,7 @@ def _detail(exc: ReplicateError) -> str:
 
 
 @contextmanager
-def _mapped(what: str) -> Iterator[None]:
+def replicate_errors(what: str) -> Iterator[None]:
     """Replicate's and httpx's exceptions -> our error tree, in one place."""
     try:
         yield
@@ -91,7 +91,7 @@ def _mapped(what: str) -> Iterator[None]:
 
 
 @functools.cache
-def _client(token: str | None, base_url: str | None) -> replicate.Client:
+def client_for(token: str | None, base_url: str | None) -> replicate.Client:
     """One client per process and endpoint: each builds an httpx client and
     its TLS context, which costs more CPU than a whole look at a prediction."""
     client = replicate.Client(
@@ -117,8 +117,8 @@ def webhook_args(webhook_url: str | None, generation_id: str) -> dict[str, Any]:
 
 def webhook_secret(settings: Settings) -> str:
     """The account's default webhook signing secret (``whsec_…``)."""
-    client = _client(settings.replicate_api_token, settings.replicate_base_url)
-    with _mapped("webhook secret"):
+    client = client_for(settings.replicate_api_token, settings.replicate_base_url)
+    with replicate_errors("webhook secret"):
         return client.webhooks.default.secret().key
 
 
@@ -132,7 +132,7 @@ class ReplicateModel:
         self.entry = entry
         self.id, self.model, self.key_env_var = entry.id, entry.model, entry.key_env_var
         self.capabilities = entry.capabilities
-        self.client = _client(settings.replicate_api_token, settings.replicate_base_url)
+        self.client = client_for(settings.replicate_api_token, settings.replicate_base_url)
         self.job = job or Job()
         self.webhook_url = settings.replicate_webhook_url
 
@@ -158,7 +158,7 @@ class ReplicateModel:
             if self.entry.api == "replicate-versioned"
             else {"model": self.entry.model}
         )
-        with _mapped("create"):
+        with replicate_errors("create"):
             return self.client.predictions.create(**target, input=payload, **self._webhook(request))
 
     def generate(self, request: ImageRequest) -> ProviderResult:
@@ -172,7 +172,7 @@ class ReplicateModel:
         finished = self._wait(ids)
         outputs = []
         for pid in ids:
-            for url in _urls(finished[pid].get("output")):
+            for url in output_urls(finished[pid].get("output")):
                 meta = {"predictionId": pid}
                 outputs.append(ImageOutput(url=url, content_type=_content_type(url), meta=meta))
         metrics = {pid: finished[pid].get("metrics") or {} for pid in ids}
@@ -190,8 +190,8 @@ class ReplicateModel:
     @staticmethod
     def verify_key(settings: Settings) -> str:
         """A free call that needs the token (Replicate's account endpoint)."""
-        client = _client(settings.replicate_api_token, settings.replicate_base_url)
-        with _mapped("account"):
+        client = client_for(settings.replicate_api_token, settings.replicate_base_url)
+        with replicate_errors("account"):
             account = client.accounts.current()
         return f"works (account {account.username})"
 
@@ -226,13 +226,13 @@ def look_once(
     running = []
     for key, pid in list(ids.items()):
         # Raw JSON, not the SDK's model: SDK 1.0.7 rejects status "aborted".
-        with _mapped("poll"):
+        with replicate_errors("poll"):
             data = client._request("GET", f"/v1/predictions/{pid}").json()
         status = data.get("status")
         if status in RUNNING:
             running.append(f"{pid} {status}")
         elif status == "succeeded":
-            if not _urls(data.get("output")):
+            if not output_urls(data.get("output")):
                 raise ProviderRejected(f"Replicate prediction {pid} succeeded without an image")
             done[key] = data
         else:
@@ -272,7 +272,7 @@ def _content_type(url: str) -> str:
     return {"jpg": "image/jpeg", "jpeg": "image/jpeg", "webp": "image/webp"}.get(ext, "image/png")
 
 
-def _urls(output: Any) -> list[str]:
+def output_urls(output: Any) -> list[str]:
     if isinstance(output, str):
         return [output]
     if isinstance(output, list):
