@@ -10,7 +10,7 @@ import zlib
 
 import pytest
 import requests
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 from sqlalchemy import func, select
@@ -193,6 +193,46 @@ def test_any_json_body_gets_an_answer_not_an_error(unlimited, path, body, raw):
             f"/api/generate/{path}", data=data, content_type="application/json", headers=headers
         )
         check_answer(app, resp, before)
+
+
+BATCH_BODIES = st.one_of(
+    st.fixed_dictionaries({"items": st.lists(NEAR_VALID | JSON, max_size=3)}),
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "matrix": st.fixed_dictionaries(
+                {"prompts": st.lists(st.text(max_size=12) | JSON, max_size=3)},
+                optional={
+                    "colorways": st.lists(st.text(max_size=8) | JSON, max_size=3) | JSON,
+                    "sizes": st.lists(st.sampled_from([*SIZE_CHOICES, "2:1"]), max_size=2),
+                    "providers": st.lists(st.sampled_from(["local", "midjourney"]), max_size=2),
+                    "settings": SETTINGS_JSON | JSON,
+                },
+            ),
+            "items": JSON,
+            "webhookUrl": st.text(max_size=20) | JSON,
+        },
+    ),
+    JSON,
+)
+
+
+@HYPOTHESIS
+@given(body=BATCH_BODIES)
+def test_any_batch_body_gets_an_answer_not_an_error(unlimited, body):
+    """A refused batch stores nothing; an accepted one stores each of its generations."""
+    app, client, headers = unlimited
+    before = stored(app)
+    resp = client.post("/api/batches", json=body, headers=headers)
+    event(f"status {resp.status_code}")  # --hypothesis-show-statistics: how many were taken
+    assert resp.status_code < 500, resp.get_data(as_text=True)[:300]
+    if resp.status_code >= 400:
+        assert resp.mimetype == "application/json"
+        assert set(resp.get_json()["error"]) == {"code", "message", "details"}
+        assert stored(app) == before
+    else:
+        assert resp.status_code == 202
+        assert stored(app)[0] == before[0] + resp.get_json()["total"]
 
 
 @HYPOTHESIS
