@@ -172,6 +172,12 @@ def test_the_rate_limit_counts_each_generation(app_config):
     submit(client, alice, {"items": items(1)})
 
 
+def test_the_largest_batch_fits_the_default_rate_limit(client, user):
+    submit(client, user, {"items": items(100)})
+    resp = client.post(BATCHES, json={"items": items(1)}, headers=user.headers)
+    assert_error(resp, 429)  # and it is all a minute allows
+
+
 def test_the_whole_batch_is_checked_against_the_daily_cap(app_config, runner):
     app = create_app({**app_config, "REPLICATE_API_TOKEN": "r8_test"})  # Imagen: $0.06 an image
     client, alice = app.test_client(), make_user(app, "alice")

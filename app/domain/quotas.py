@@ -1,7 +1,8 @@
 """Per-user limits checked before a generation is accepted.
 
 - Submission rate: at most N accepted generations per window per user
-  (``BFF_SUBMIT_RATE_LIMIT``, default ``60/60`` = 60 a minute). Counted from
+  (``BFF_SUBMIT_RATE_LIMIT``, default ``100/60`` = 100 a minute, so the largest
+  batch (100 items) is accepted out of the box). Counted from
   the ``generations`` table (index on user_id, created_at), so it holds across
   every API process with or without Redis. Over it: 429 with ``Retry-After``.
 - Daily spend cap: ``users.daily_spend_cap`` (USD, optional; set with

@@ -119,7 +119,7 @@ class Settings:
     generation_timeout: float = _env("BFF_GENERATION_TIMEOUT", 900.0, float)
     maintenance_interval: float = _env("BFF_MAINTENANCE_INTERVAL", 10.0, float)
     # (count, window seconds); 0 = off
-    submit_rate_limit: tuple[int, float] = _env("BFF_SUBMIT_RATE_LIMIT", (60, 60.0), _rate)
+    submit_rate_limit: tuple[int, float] = _env("BFF_SUBMIT_RATE_LIMIT", (100, 60.0), _rate)
     max_upload_bytes: int = _env("BFF_MAX_UPLOAD_BYTES", 10 * 1024 * 1024, int)
     max_image_pixels: int = _env("BFF_MAX_IMAGE_PIXELS", 40_000_000, int)
     local_render_scale: float = _env("BFF_LOCAL_RENDER_SCALE", 1.0, float)
