@@ -148,6 +148,19 @@ def test_offline_engine_is_deterministic_and_reads_jpeg():
     assert record(png(img, "JPEG"))["colors"]["primary"] == "purple"
 
 
+def test_a_large_jpeg_reads_as_its_small_copy_does():
+    """A big photo is decoded at a fraction of its size (``draft``): what the
+    engine reads must not change with the photo's resolution."""
+    big, d = canvas(size=(4000, 6000))
+    d.rectangle([1000, 800, 3000, 5200], fill=(110, 40, 140))
+    for x in range(1000, 3000, 400):  # stripes, the pattern most sensitive to scale
+        d.rectangle([x, 800, x + 119, 5200], fill=(240, 200, 40))
+    small = big.resize((200, 300), Image.Resampling.NEAREST)
+    read_big, read_small = record(png(big, "JPEG")), record(png(small, "JPEG"))
+    for field in ("garmentType", "silhouette", "fabric", "colors", "promptText"):
+        assert read_big[field] == read_small[field], field
+
+
 # ------------------------------------------------------------------ vision engine
 
 

@@ -71,7 +71,9 @@ def client(settings: Settings) -> openai.OpenAI:
 
 def image_data_url(data: bytes, side: int = IMAGE_SIDE) -> str:
     """The image as a JPEG data URL no larger than ``side`` on its long edge."""
-    img = Image.open(io.BytesIO(data)).convert("RGB")
+    img = Image.open(io.BytesIO(data))
+    img.draft("RGB", (side, side))  # a JPEG decodes at a fraction of its size
+    img = img.convert("RGB")
     img.thumbnail((side, side))
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=88)
