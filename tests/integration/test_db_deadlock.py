@@ -18,6 +18,22 @@ pytestmark = pytest.mark.services
 BUMP = "UPDATE users SET daily_spend_cap = daily_spend_cap + {n} WHERE id = {id}"
 
 
+def wait_for_a_lock_wait(url: str, timeout: float = 10) -> None:
+    """Until a session of this database waits on a lock."""
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(url, autocommit=True) as watcher:
+        while time.monotonic() < deadline:
+            waiting = watcher.execute(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                " AND query LIKE 'UPDATE users SET daily_spend_cap%'"
+            ).fetchone()[0]
+            if waiting:
+                return
+            time.sleep(0.02)
+    raise AssertionError("the transaction never waited on the other's row")
+
+
 def test_a_transaction_aborted_to_break_a_deadlock_runs_again(pg_app):
     db = pg_app.extensions["bff"].db
     a, b = (make_user(pg_app, f"deadlock-{n}-{time.time_ns()}").id for n in (1, 2))
@@ -41,7 +57,8 @@ def test_a_transaction_aborted_to_break_a_deadlock_runs_again(pg_app):
         worker = threading.Thread(target=lambda: result.append(db.transaction(work)))
         worker.start()
         assert holding.wait(10)
-        time.sleep(0.3)  # our transaction waits first, so its deadlock check runs first
+        # Ours waits first, so its deadlock check (after deadlock_timeout) runs first.
+        wait_for_a_lock_wait(url)
         other.execute(BUMP.format(n=10, id=b))
         other.commit()
         worker.join(30)
