@@ -4,11 +4,14 @@ variants, shown in its stages and on its event stream."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 
 from app.api import batches as batches_route
 from app.api import refine as route
-from app.pipeline import ALL_STAGES, STAGES
+from app.domain.models import utcnow
+from app.pipeline import ALL_STAGES, STAGES, maintenance
 from app.platform import events
 from app.platform.queue import BACKGROUND, stage_chain
 from tests.support.pipeline import load, run_all, services, stage, stages_by_name, submit_prompt
@@ -218,3 +221,25 @@ def test_a_late_refine_of_a_single_job_is_not_in_the_background(app, client, use
         == 202
     )
     assert sent.backgrounds == [False]
+
+
+def test_a_late_refine_that_never_ends_times_out_and_the_next_is_accepted(
+    app, client, user, sent, monkeypatch
+):
+    gen_id, asset_id = completed(app, user)
+    assert (
+        client.post(url(gen_id, asset_id), json={"upscale": 2}, headers=user.headers).status_code
+        == 202
+    )
+    s = services(app)
+    assert maintenance.expire_overdue(s.db, s.settings) == 0  # not overdue yet
+    later = utcnow() + timedelta(seconds=s.settings.generation_timeout + 1)
+    monkeypatch.setattr(maintenance, "utcnow", lambda: later)  # the beat, past the deadline
+    assert maintenance.expire_overdue(s.db, s.settings) == 1
+    gen = load(app, gen_id)
+    refine = stages_by_name(gen)["refine"]
+    assert gen["status"] == "completed" and refine["status"] == "failed"
+    assert "timed out" in refine["error"] and "BFF_GENERATION_TIMEOUT" in refine["error"]
+    assert maintenance.expire_overdue(s.db, s.settings) == 0  # once
+    again = client.post(url(gen_id, asset_id), json={"upscale": 2}, headers=user.headers)
+    assert again.status_code == 202, again.json

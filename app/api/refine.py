@@ -23,8 +23,8 @@ from app.api.schemas import RefineIn, parse
 from app.domain import generations as svc
 from app.domain.models import Generation, GenerationAsset, utcnow
 from app.domain.spend import refusal
-from app.domain.states import COMPLETED, LATE_STAGE, S_PENDING, S_RUNNING
-from app.pipeline.refine import LATE, ops_for
+from app.domain.states import COMPLETED, LATE_REQUEST, LATE_STAGE, S_PENDING, S_RUNNING
+from app.pipeline.refine import ops_for
 from app.platform.queue import dispatch
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,8 @@ def refine(generation_id: str, asset_id: str):
 
 def _queue(gen: Generation, asset_id: int, options: dict) -> None:
     """The request, and its stage pending (added, or reset from the last refine)."""
-    gen.pipeline_data = {**(gen.pipeline_data or {}), LATE: {"assetId": asset_id, **options}}
+    asked = {"assetId": asset_id, "askedAt": utcnow().isoformat(), **options}
+    gen.pipeline_data = {**(gen.pipeline_data or {}), LATE_REQUEST: asked}
     stage = next((st for st in gen.stages if st.name == LATE_STAGE), None)
     if stage is None:
         stage = svc.new_stage(LATE_STAGE)

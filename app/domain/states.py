@@ -74,6 +74,7 @@ def set_stage_status(stage: GenerationStage, target: str) -> None:
 # after the fact (POST …/assets/<id>/refine). It adds variants and leaves the
 # generation completed; everything else stops at a final generation.
 LATE_STAGE = "refine"
+LATE_REQUEST = "refine"  # the pipeline_data key of its request (asset, options, askedAt)
 
 
 def refining(gen: Generation) -> bool:

@@ -11,6 +11,7 @@ import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy.orm import Session
 
@@ -19,9 +20,12 @@ from app.domain.models import Generation, GenerationStage, utcnow
 from app.domain.states import (
     FAILED,
     FINAL,
+    LATE_REQUEST,
+    LATE_STAGE,
     S_FAILED,
     S_PENDING,
     ended_for,
+    refining,
     set_stage_status,
     set_status,
 )
@@ -150,6 +154,28 @@ def time_out(
     end_failed(session, settings, gen, stage, error, after)
     gen.error_code = "timeout"
     return gen
+
+
+def time_out_refine(
+    session: Session, settings: Settings, generation_id: str, asked_before: datetime, after: After
+) -> GenerationStage | None:
+    """Fail a refine asked for after the fact (before ``asked_before``) that
+    has not ended (its generation stays completed, and a new refine may be
+    asked for); None: it ended, or was asked for again, meanwhile."""
+    gen = lease.lock(session, generation_id)
+    if gen is None or not refining(gen) or not late_refine_overdue(gen, asked_before):
+        return None
+    stage = gen.stage(LATE_STAGE)
+    minutes = settings.generation_timeout / 60
+    error = f"timed out after {minutes:g} min (BFF_GENERATION_TIMEOUT)"
+    end_failed(session, settings, gen, stage, error, after)
+    return stage
+
+
+def late_refine_overdue(gen: Generation, asked_before: datetime) -> bool:
+    """Its refine asked for after the fact was asked for before ``asked_before``."""
+    asked = ((gen.pipeline_data or {}).get(LATE_REQUEST) or {}).get("askedAt")
+    return bool(asked) and lease.aware(datetime.fromisoformat(asked)) < asked_before
 
 
 def backoff(attempt: int, retry_after: float | None = None) -> float:

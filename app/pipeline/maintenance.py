@@ -9,6 +9,8 @@
   leaves it set, and the stall rule sends it. A batch's generations too.
 - ``expire_overdue``: a generation past its deadline fails with code
   ``timeout`` at the stage it was in; its provider predictions are canceled.
+  A refine asked for after the fact gets the same time (the generation
+  stays completed; only the refine fails).
 - ``apply_pending_feedback``: feedback whose optimiser task never ran.
 """
 
@@ -31,7 +33,7 @@ from app.domain.states import (
     S_PENDING,
     S_RUNNING,
 )
-from app.pipeline.endings import time_out
+from app.pipeline.endings import late_refine_overdue, time_out, time_out_refine
 from app.pipeline.learning import apply_feedback
 from app.pipeline.lease import aware, stalled
 from app.pipeline.runner import transaction
@@ -40,6 +42,7 @@ from app.platform.db import Database
 from app.platform.queue import dispatch
 from app.platform.redis import client
 from app.providers.cancel import cancel_remote
+from app.providers.refiners import cancel_refines
 
 UNDISPATCHED_GRACE = timedelta(seconds=10)
 OUTAGE_KEY = "bff:maintenance:db-unavailable"
@@ -173,6 +176,26 @@ def expire_overdue(db: Database, settings: Settings, limit: int = 100) -> int:
             gen = transaction(session, time_out, settings, gen_id)
             if gen is not None:
                 cancel_remote(settings, gen)  # stop paying for what will never be stored
+                expired += 1
+    return expired + expire_late_refines(db, settings, created_before, limit)
+
+
+def expire_late_refines(
+    db: Database, settings: Settings, asked_before: datetime, limit: int = 100
+) -> int:
+    """Fail every refine asked for after the fact before ``asked_before`` and
+    not ended: the generation stays completed and may be refined again (one
+    left running forever would refuse every later refine). Its predictions
+    are canceled. Returns how many."""
+    with db.read() as session:
+        rows = session.scalars(select(Generation).where(_LATE_REFINE).limit(limit)).all()
+        ids = [gen.id for gen in rows if late_refine_overdue(gen, asked_before)]
+    expired = 0
+    for gen_id in ids:
+        with db.Session() as session:
+            stage = transaction(session, time_out_refine, settings, gen_id, asked_before)
+            if stage is not None:
+                cancel_refines(settings, stage.output)
                 expired += 1
     return expired
 

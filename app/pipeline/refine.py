@@ -31,6 +31,7 @@ from sqlalchemy import func, select
 
 from app.domain.models import GenerationAsset, utcnow
 from app.domain.spend import refusal
+from app.domain.states import LATE_REQUEST
 from app.pipeline.context import (
     StageContext,
     StageFailed,
@@ -51,7 +52,6 @@ from app.providers.base import (
 from app.providers.refiners import RATE_LIMIT_BUCKET, RefineOp, ReplicateRefiner, Task, output_url
 
 RUNNER_KEYS = ("checkpoint", "waiting")
-LATE = "refine"  # pipeline_data key of a refine asked for after the fact
 
 
 def wanted(options: Mapping[str, Any]) -> bool:
@@ -71,7 +71,7 @@ def ops_for(options: Mapping[str, Any]) -> list[RefineOp]:
 def _plan(ctx: StageContext) -> list[Task]:
     """The variants still to make: (source asset, op) pairs without one yet."""
     gen = ctx.generation
-    late = (gen.pipeline_data or {}).get(LATE)
+    late = (gen.pipeline_data or {}).get(LATE_REQUEST)
     assets = {a.id: a for a in gen.assets}
     if late:
         sources, ops = [assets.get(late.get("assetId"))], ops_for(late)
