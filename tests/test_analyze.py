@@ -148,7 +148,7 @@ def test_offline_engine_is_deterministic_and_reads_jpeg():
     assert record(png(img, "JPEG"))["colors"]["primary"] == "purple"
 
 
-def test_a_large_jpeg_reads_as_its_small_copy_does():
+def test_a_large_jpeg_reads_as_its_small_copy_does(monkeypatch):
     """A big photo is decoded at a fraction of its size (``draft``): what the
     engine reads must not change with the photo's resolution."""
     big, d = canvas(size=(4000, 6000))
@@ -156,7 +156,13 @@ def test_a_large_jpeg_reads_as_its_small_copy_does():
     for x in range(1000, 3000, 400):  # stripes, the pattern most sensitive to scale
         d.rectangle([x, 800, x + 119, 5200], fill=(240, 200, 40))
     small = big.resize((200, 300), Image.Resampling.NEAREST)
+    decoded: list[tuple[int, int]] = []
+    load = Image.Image.convert
+    monkeypatch.setattr(
+        Image.Image, "convert", lambda im, *a, **k: decoded.append(im.size) or load(im, *a, **k)
+    )
     read_big, read_small = record(png(big, "JPEG")), record(png(small, "JPEG"))
+    assert decoded[0] == (2000, 3000)  # half of each side: drafted, not decoded whole
     for field in ("garmentType", "silhouette", "fabric", "colors", "promptText"):
         assert read_big[field] == read_small[field], field
 

@@ -21,6 +21,7 @@ from app.domain import batch_flows
 from app.domain.models import Batch, Generation, GenerationAsset, GenerationStage, utcnow
 from app.pipeline import STAGE_FUNCS
 from app.pipeline.context import StageFailed
+from app.platform.config import Settings
 from app.webhooks import WebhookDelivery
 from tests.conftest import make_user
 from tests.support.pipeline import run_all, services
@@ -173,6 +174,7 @@ def test_the_rate_limit_counts_each_generation(app_config):
 
 
 def test_the_largest_batch_fits_the_default_rate_limit(client, user):
+    assert Settings.from_env({}).submit_rate_limit == (100, 60.0)
     submit(client, user, {"items": items(100)})
     resp = client.post(BATCHES, json={"items": items(1)}, headers=user.headers)
     assert_error(resp, 429)  # and it is all a minute allows

@@ -10,7 +10,7 @@ import pytest
 
 from app.api import batches as batches_route
 from app.api import refine as route
-from app.domain.models import utcnow
+from app.domain.models import Generation, utcnow
 from app.pipeline import ALL_STAGES, STAGES, maintenance
 from app.platform import events
 from app.platform.queue import BACKGROUND, stage_chain
@@ -232,6 +232,9 @@ def test_a_late_refine_that_never_ends_times_out_and_the_next_is_accepted(
         == 202
     )
     s = services(app)
+    with s.db.session() as session:  # as a copy parked on a provider's countdown leaves it
+        row = session.get(Generation, gen_id).stage("refine")
+        row.status, row.task_id, row.started_at = "running", "t-refine", utcnow()
     assert maintenance.expire_overdue(s.db, s.settings) == 0  # not overdue yet
     later = utcnow() + timedelta(seconds=s.settings.generation_timeout + 1)
     monkeypatch.setattr(maintenance, "utcnow", lambda: later)  # the beat, past the deadline
@@ -241,5 +244,8 @@ def test_a_late_refine_that_never_ends_times_out_and_the_next_is_accepted(
     assert gen["status"] == "completed" and refine["status"] == "failed"
     assert "timed out" in refine["error"] and "BFF_GENERATION_TIMEOUT" in refine["error"]
     assert maintenance.expire_overdue(s.db, s.settings) == 0  # once
+    # The parked copy's countdown comes due: it stops, making nothing.
+    assert not stage(app, gen_id, "refine").proceed
+    assert len(load(app, gen_id)["assets"]) == len(gen["assets"])
     again = client.post(url(gen_id, asset_id), json={"upscale": 2}, headers=user.headers)
     assert again.status_code == 202, again.json

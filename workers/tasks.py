@@ -126,7 +126,8 @@ def redispatch_task() -> None:
     applied = apply_pending_feedback(s.db)
     batch_flows.sweep(s)  # batches whose last member's own check was lost
     if sent or applied or expired:
-        msg = "maintenance: re-dispatched %d generation(s), timed out %d, applied %d feedback"
+        msg = "maintenance: re-dispatched %d generation(s), timed out %d (or their refines),"
+        msg += " applied %d feedback"
         log.info(msg, sent, expired, applied)
 
 

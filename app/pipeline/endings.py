@@ -33,6 +33,7 @@ from app.pipeline import lease
 from app.pipeline.context import StageWaiting
 from app.platform import events
 from app.platform.config import Settings
+from app.platform.db import begin_for_update
 from app.providers.health import record_outcome
 from app.webhooks import record_final
 
@@ -162,6 +163,7 @@ def time_out_refine(
     """Fail a refine asked for after the fact (before ``asked_before``) that
     has not ended (its generation stays completed, and a new refine may be
     asked for); None: it ended, or was asked for again, meanwhile."""
+    begin_for_update(session)  # SQLite: a refine asked for again waits for us
     gen = lease.lock(session, generation_id)
     if gen is None or not refining(gen) or not late_refine_overdue(gen, asked_before):
         return None
@@ -169,13 +171,25 @@ def time_out_refine(
     minutes = settings.generation_timeout / 60
     error = f"timed out after {minutes:g} min (BFF_GENERATION_TIMEOUT)"
     end_failed(session, settings, gen, stage, error, after)
+    # Fence its copies off: one parked on a countdown, or working now, no
+    # longer owns the stage, so it stops before paying for anything more.
+    stage.task_id = None
     return stage
 
 
 def late_refine_overdue(gen: Generation, asked_before: datetime) -> bool:
-    """Its refine asked for after the fact was asked for before ``asked_before``."""
+    """Its refine asked for after the fact was asked for before ``asked_before``
+    (a request from before ``askedAt`` was kept: its stage's start, else the
+    generation's last change)."""
     asked = ((gen.pipeline_data or {}).get(LATE_REQUEST) or {}).get("askedAt")
-    return bool(asked) and lease.aware(datetime.fromisoformat(asked)) < asked_before
+    try:
+        when = datetime.fromisoformat(asked) if asked else None
+    except (TypeError, ValueError):
+        when = None
+    if when is None:
+        stage = next((s for s in gen.stages if s.name == LATE_STAGE), None)
+        when = (stage.started_at if stage else None) or gen.updated_at
+    return when is not None and lease.aware(when) < asked_before
 
 
 def backoff(attempt: int, retry_after: float | None = None) -> float:

@@ -147,9 +147,10 @@ def _pattern(h_rate: float, v_rate: float, colours: list[tuple[str, float]]) -> 
 
 def read_garment(data: bytes) -> GarmentReading:
     img = Image.open(io.BytesIO(data))
-    # A JPEG decodes at a fraction of its size (1/2 to 1/8, at least 4x the
-    # thumbnail): a 40-megapixel photo takes ~2 MB, not 120, in the worker.
-    img.draft("RGB", (SIDE * 4, SIDE * 4))
+    # A JPEG decodes at a fraction of its size (1/2 to 1/8, at least 8x the
+    # thumbnail, so fine stripes stay apart): a 40-megapixel photo takes a
+    # few MB, not 120, in the worker. Other formats decode whole.
+    img.draft("RGB", (SIDE * 8, SIDE * 8))
     img = img.convert("RGB")
     # Nearest-neighbour sampling keeps real fabric colours (no blended edge pixels).
     img.thumbnail((SIDE, SIDE), resample=Image.Resampling.NEAREST)

@@ -72,7 +72,7 @@ def client(settings: Settings) -> openai.OpenAI:
 def image_data_url(data: bytes, side: int = IMAGE_SIDE) -> str:
     """The image as a JPEG data URL no larger than ``side`` on its long edge."""
     img = Image.open(io.BytesIO(data))
-    img.draft("RGB", (side, side))  # a JPEG decodes at a fraction of its size
+    img.draft("RGB", (2 * side, 2 * side))  # a JPEG decodes at a fraction of its size
     img = img.convert("RGB")
     img.thumbnail((side, side))
     buf = io.BytesIO()

@@ -155,7 +155,8 @@ def _sent_within(gen: Generation, now: datetime, settings: Settings, stage: str)
 
 
 def expire_overdue(db: Database, settings: Settings, limit: int = 100) -> int:
-    """Fail every generation past its deadline; returns how many."""
+    """Fail every generation past its deadline, and every refine asked for
+    after the fact that has had as long; returns how many of both."""
     now = utcnow()
     created_before = now - timedelta(seconds=settings.generation_timeout)
     with db.session() as session:
@@ -188,7 +189,9 @@ def expire_late_refines(
     left running forever would refuse every later refine). Its predictions
     are canceled. Returns how many."""
     with db.read() as session:
-        rows = session.scalars(select(Generation).where(_LATE_REFINE).limit(limit)).all()
+        rows = session.scalars(
+            select(Generation).where(_LATE_REFINE).order_by(Generation.updated_at).limit(limit)
+        ).all()
         ids = [gen.id for gen in rows if late_refine_overdue(gen, asked_before)]
     expired = 0
     for gen_id in ids:
@@ -196,6 +199,7 @@ def expire_late_refines(
             stage = transaction(session, time_out_refine, settings, gen_id, asked_before)
             if stage is not None:
                 cancel_refines(settings, stage.output)
+                log.warning("timed out the refine of %s", gen_id)
                 expired += 1
     return expired
 

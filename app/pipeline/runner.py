@@ -27,6 +27,7 @@ from app.domain.states import (
     FINAL,
     PROCESSING,
     S_COMPLETED,
+    S_FAILED,
     S_RUNNING,
     S_SKIPPED,
     STAGE_DONE,
@@ -175,6 +176,8 @@ def claim_stage(
         return STOP
     if stage.status in STAGE_DONE:
         return CONTINUE
+    if stage.status == S_FAILED:  # a late refine timed out: its generation stays completed
+        return STOP
     if any(s.status not in STAGE_DONE for s in gen.stages if s.position < stage.position):
         log.warning("%s: %s delivered before earlier stages finished", generation_id, name)
         return STOP  # a stale message: the chain of the unfinished stage owns this

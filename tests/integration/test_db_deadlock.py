@@ -59,6 +59,7 @@ def test_a_transaction_aborted_to_break_a_deadlock_runs_again(pg_app):
         assert holding.wait(10)
         # Ours waits first, so its deadlock check (after deadlock_timeout) runs first.
         wait_for_a_lock_wait(url)
+        time.sleep(0.2)  # a margin for the two deadlock checks, deadlock_timeout apart
         other.execute(BUMP.format(n=10, id=b))
         other.commit()
         worker.join(30)
