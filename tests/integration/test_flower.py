@@ -91,10 +91,12 @@ def test_flower_shows_the_generation_id_of_each_task(flower, stack):
     while True:
         tasks = requests.get(base + "/api/tasks", auth=AUTH, timeout=10).json()
         ours = {t["name"]: t for t in tasks.values() if gen_id in (t.get("args") or "")}
-        if len(ours) == 7 and all(t.get("root_id") for t in ours.values()):
+        # The generation is final once store has recorded it; the task's own
+        # task-succeeded event reaches Flower a moment later.
+        done = ours.get("pipeline.store", {}).get("state") == "SUCCESS"
+        if len(ours) == 7 and done and all(t.get("root_id") for t in ours.values()):
             break
-        assert time.monotonic() < deadline, sorted(ours)
+        assert time.monotonic() < deadline, {n: t.get("state") for n, t in ours.items()}
         time.sleep(0.5)
     # One chain per generation: its seven tasks share the first one's id as their root.
     assert {t["root_id"] for t in ours.values()} == {ours["pipeline.analyze"]["uuid"]}
-    assert ours["pipeline.store"]["state"] == "SUCCESS"
