@@ -2,8 +2,10 @@
 over the HTTP API as any client would (``BFF_API_URL``, ``BFF_API_KEY``).
 
 FILE is CSV (a header row; ``prompt`` and any of ``negativePrompt``,
-``personaId``, ``webhookUrl`` and the settings' names as columns) or JSON
-Lines (one request object a line, as from-prompt or a JSON from-image takes).
+``personaId``, ``webhookUrl`` and the settings' names as columns), JSON
+Lines (one request object a line, as from-prompt or a JSON from-image takes)
+or plain text (one prompt a line, commas and all; any file not named
+``.csv`` whose first line names no ``prompt`` column).
 With ``--matrix``: a JSON object (the API's ``matrix``), or CSV whose columns
 are the axes (``prompts``, ``providers``, ``personas``, ``sizes``,
 ``colorways``), their values down each column."""
@@ -56,8 +58,18 @@ def read_items(path: Path) -> list[dict[str, Any]]:
             return [json.loads(line) for _, line in lines]
         except json.JSONDecodeError as exc:
             raise click.ClickException(f"{path}: not JSON Lines: {exc}") from None
+    reader = csv.DictReader(text.splitlines())
+    columns = [(name or "").strip() for name in reader.fieldnames or []]
+    if "prompt" not in columns:
+        if path.suffix.lower() == ".csv":
+            raise click.ClickException(
+                f"{path}: the first row names the columns, and none is 'prompt' (it reads"
+                f" {', '.join(columns)}); add a header row such as 'prompt,size', or give"
+                " a .txt file with one prompt a line"
+            )
+        return [{"prompt": line.strip()} for line in text.splitlines() if line.strip()]
     try:
-        return [item for row in csv.DictReader(text.splitlines()) if (item := _csv_item(row))]
+        return [item for row in reader if (item := _csv_item(row))]
     except ValueError as exc:  # a count that is not a number
         raise click.ClickException(f"{path}: {exc}") from None
 
