@@ -22,8 +22,12 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     and_,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+# A refine stage not ended yet (the migration 0012's partial index holds these).
+OPEN_REFINE = "name = 'refine' AND status IN ('pending', 'running')"
 
 
 def utcnow() -> datetime:
@@ -147,7 +151,16 @@ class GenerationStage(Base):
     """One row per stage per generation: the per-stage record."""
 
     __tablename__ = "generation_stages"
-    __table_args__ = (UniqueConstraint("generation_id", "name", name="uq_generation_stage"),)
+    __table_args__ = (
+        UniqueConstraint("generation_id", "name", name="uq_generation_stage"),
+        # The maintenance beat's look for open refines (a handful of rows).
+        Index(
+            "ix_generation_stages_open_refine",
+            "generation_id",
+            postgresql_where=text(OPEN_REFINE),
+            sqlite_where=text(OPEN_REFINE),
+        ),
+    )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     # Looked up through the unique constraint's index (generation_id first).
     generation_id: Mapped[str] = mapped_column(ForeignKey("generations.id", ondelete="CASCADE"))

@@ -79,7 +79,8 @@ def _hold(settings: Settings) -> int:
     return int(settings.stall_timeout) + 1
 
 
-# A completed generation with a refine asked for after the fact, not yet done.
+# A completed generation with a refine asked for after the fact, not yet done
+# (found through the partial index ix_generation_stages_open_refine).
 _LATE_REFINE = and_(
     Generation.status == COMPLETED,
     exists().where(
@@ -104,15 +105,21 @@ def redispatch_stalled(
     todo: list[tuple[str, str, bool, tuple[str, ...]]] = []
     owners_may_be_waiting = db_outage_recent(settings)
     with db.session() as session:
-        rows = session.scalars(
-            select(Generation)
-            .where(
-                or_(Generation.status.in_((PENDING, PROCESSING)), _LATE_REFINE),
-                Generation.updated_at < quiet_since,
-            )
-            .order_by(Generation.updated_at)
-            .limit(limit)
-        ).all()
+        # Two indexed looks (an OR of them would read every generation): the
+        # unfinished ones, and completed ones with an open late refine.
+        rows = sorted(
+            (
+                gen
+                for unfinished in (Generation.status.in_((PENDING, PROCESSING)), _LATE_REFINE)
+                for gen in session.scalars(
+                    select(Generation)
+                    .where(unfinished, Generation.updated_at < quiet_since)
+                    .order_by(Generation.updated_at)
+                    .limit(limit)
+                )
+            ),
+            key=lambda gen: aware(gen.updated_at),
+        )[:limit]
         for gen in rows:
             stage = first_unfinished(gen)
             if stage is None:
