@@ -41,3 +41,25 @@ def test_json_lines_are_requests_as_the_api_takes_them(tmp_path):
     path = tmp_path / "looks.jsonl"
     path.write_text('{"prompt": "a red coat", "settings": {"provider": "local"}}\n\n')
     assert read_items(path) == [{"prompt": "a red coat", "settings": {"provider": "local"}}]
+
+
+@pytest.mark.parametrize(
+    "name,text,says",
+    [
+        ("prompts.txt", "Prompt\tsize\nlinen shirt\t16:9\n", "looks like a header row"),
+        ("prompts.txt", "prompts\nlinen shirt\n", "looks like a header row"),
+        ("looks.csv", "prompt,size\nwool coat, navy,16:9\n", "quote a prompt with commas"),
+        ("prompts.txt", "\n  \n", "no prompts"),
+    ],
+)
+def test_what_would_send_the_wrong_prompts_is_refused_in_words(tmp_path, name, text, says):
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(click.ClickException, match=says):
+        read_items(path)
+
+
+def test_a_prompt_in_square_brackets_is_a_prompt_not_json(tmp_path):
+    path = tmp_path / "prompts.txt"
+    path.write_text("[SS27] linen shirt\n")
+    assert read_items(path) == [{"prompt": "[SS27] linen shirt"}]

@@ -4,8 +4,8 @@ over the HTTP API as any client would (``BFF_API_URL``, ``BFF_API_KEY``).
 FILE is CSV (a header row; ``prompt`` and any of ``negativePrompt``,
 ``personaId``, ``webhookUrl`` and the settings' names as columns), JSON
 Lines (one request object a line, as from-prompt or a JSON from-image takes)
-or plain text (one prompt a line, commas and all; any file not named
-``.csv`` whose first line names no ``prompt`` column).
+or plain text (one prompt a line, commas and all: a file not named ``.csv``
+that is not JSON and whose first line is not a header row).
 With ``--matrix``: a JSON object (the API's ``matrix``), or CSV whose columns
 are the axes (``prompts``, ``providers``, ``personas``, ``sizes``,
 ``colorways``), their values down each column."""
@@ -34,10 +34,18 @@ FINAL = ("completed", "failed", "canceled")
 def _is_json(path: Path, text: str) -> bool:
     if path.suffix.lower() in (".json", ".jsonl", ".ndjson"):
         return True
-    return path.suffix.lower() != ".csv" and text.lstrip().startswith(("{", "["))
+    if path.suffix.lower() == ".csv" or not text.lstrip().startswith(("{", "[")):
+        return False
+    try:  # "[SS27] linen shirt" is a prompt, not JSON
+        json.loads(text.lstrip().split("\n", 1)[0])
+    except json.JSONDecodeError:
+        return False
+    return True
 
 
-def _csv_item(row: dict[str, str]) -> dict[str, Any]:
+def _csv_item(row: dict[str | None, Any]) -> dict[str, Any]:
+    if any((v or "").strip() for v in row.get(None) or []):  # more cells than columns
+        raise ValueError("a row has more cells than the header: quote a prompt with commas")
     item: dict[str, Any] = {}
     for name, value in row.items():
         if name is None or value is None or not value.strip():
@@ -58,7 +66,10 @@ def read_items(path: Path) -> list[dict[str, Any]]:
             return [json.loads(line) for _, line in lines]
         except json.JSONDecodeError as exc:
             raise click.ClickException(f"{path}: not JSON Lines: {exc}") from None
-    reader = csv.DictReader(text.splitlines())
+    lines = [line.rstrip("\r") for line in text.split("\n") if line.strip()]
+    if not lines:
+        raise click.ClickException(f"{path}: there are no prompts in it")
+    reader = csv.DictReader(lines)
     columns = [(name or "").strip() for name in reader.fieldnames or []]
     if "prompt" not in columns:
         if path.suffix.lower() == ".csv":
@@ -67,7 +78,13 @@ def read_items(path: Path) -> list[dict[str, Any]]:
                 f" {', '.join(columns)}); add a header row such as 'prompt,size', or give"
                 " a .txt file with one prompt a line"
             )
-        return [{"prompt": line.strip()} for line in text.splitlines() if line.strip()]
+        if lines[0].strip().casefold().startswith("prompt") or "\t" in lines[0]:
+            raise click.ClickException(
+                f"{path}: its first line looks like a header row ({lines[0].strip()!r}), not"
+                " a prompt; save it as CSV (commas, a 'prompt' column), or list only prompts,"
+                " one a line"
+            )
+        return [{"prompt": line.strip()} for line in lines]
     try:
         return [item for row in reader if (item := _csv_item(row))]
     except ValueError as exc:  # a count that is not a number
@@ -102,8 +119,9 @@ class BatchGroup(click.Group):
 
 @click.group("batch", cls=BatchGroup)
 def batch_cli() -> None:
-    """Batches: 'bff batch FILE [--matrix] [--wait]' submits FILE (CSV or JSON
-    Lines); 'bff batch download ID DIR' fetches a batch's images."""
+    """Batches: 'bff batch FILE [--matrix] [--wait]' submits FILE (CSV, JSON
+    Lines, or a plain list of prompts, one a line); 'bff batch download ID
+    DIR' fetches a batch's images."""
 
 
 @batch_cli.command("submit")

@@ -110,10 +110,10 @@ def redispatch_stalled(
         rows = sorted(
             (
                 gen
-                for unfinished in (Generation.status.in_((PENDING, PROCESSING)), _LATE_REFINE)
+                for look in (Generation.status.in_((PENDING, PROCESSING)), _LATE_REFINE)
                 for gen in session.scalars(
                     select(Generation)
-                    .where(unfinished, Generation.updated_at < quiet_since)
+                    .where(look, Generation.updated_at < quiet_since)
                     .order_by(Generation.updated_at)
                     .limit(limit)
                 )

@@ -34,6 +34,7 @@ def test_the_beats_looks_have_an_index_path(pg_app, pg_user):
     finally:
         event.remove(s.db.engine, "before_cursor_execute", record)
     assert len(statements) >= 4  # two looks to re-send, two to time out
+    refine_looks = 0
     with s.db.engine.connect() as conn:  # one transaction, rolled back with the setting
         conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
         for statement, params in statements:
@@ -41,4 +42,17 @@ def test_the_beats_looks_have_an_index_path(pg_app, pg_user):
             plan = plan if isinstance(plan, dict) else json.loads(plan)[0]
             scanned = seq_scans(plan["Plan"]) & TABLES
             assert not scanned, f"{scanned} read whole by:\n{statement}"
+            if "generation_stages" in statement and "refine" in str(params):
+                # The open refines come from their partial index, not every stage row.
+                assert "ix_generation_stages_open_refine" in json.dumps(plan), statement
+                refine_looks += 1
         conn.rollback()
+    assert refine_looks == 2  # the re-send's and the time-out's
+
+
+def test_the_open_refine_index_names_the_states_it_stands_for():
+    """The index's predicate is SQL text (models cannot import the states)."""
+    from app.domain.models import OPEN_REFINE
+    from app.domain.states import LATE_STAGE, S_PENDING, S_RUNNING
+
+    assert OPEN_REFINE == f"name = '{LATE_STAGE}' AND status IN ('{S_PENDING}', '{S_RUNNING}')"
