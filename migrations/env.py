@@ -2,6 +2,8 @@
 
 from alembic import context
 
+import app.domain.bookkeeping  # noqa: F401  (its tables on the metadata)
+import app.webhooks  # noqa: F401  (webhook_deliveries on the metadata)
 from app.domain.models import Base
 from app.platform.config import Settings
 from app.platform.db import make_engine

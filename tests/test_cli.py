@@ -15,6 +15,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
 
+import app.domain.bookkeeping  # noqa: F401  (registers its tables on the metadata)
 import app.webhooks  # noqa: F401  (registers webhook_deliveries on the metadata)
 from app.cli import upgrade_database
 from app.domain.models import Base

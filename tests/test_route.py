@@ -10,7 +10,8 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select
 
-from app.domain.models import ProviderOutcome, utcnow
+from app.domain.bookkeeping import ProviderOutcome
+from app.domain.models import utcnow
 from app.pipeline import STAGES
 from app.pipeline.context import StageFailed, StageTransient
 from app.pipeline.route import WEIGHTS, choose, estimate, prompt_budget, routing_request

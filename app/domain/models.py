@@ -10,7 +10,6 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
-    BigInteger,
     Boolean,
     DateTime,
     Float,
@@ -236,22 +235,6 @@ def standing_feedback() -> Any:
     )
 
 
-class Provider(Base):
-    """Provider health as seen by the workers (the registry in code holds the rest)."""
-
-    __tablename__ = "providers"
-    id: Mapped[str] = mapped_column(String(40), primary_key=True)
-    display_name: Mapped[str] = mapped_column(String(80))
-    model: Mapped[str] = mapped_column(String(80))
-    is_active: Mapped[bool] = mapped_column(Boolean, default=True)
-    success_count: Mapped[int] = mapped_column(Integer, default=0)
-    failure_count: Mapped[int] = mapped_column(Integer, default=0)
-    last_error: Mapped[str | None] = mapped_column(Text)
-    updated_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), default=utcnow, onupdate=utcnow
-    )
-
-
 class Persona(Base):
     __tablename__ = "personas"
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
@@ -281,26 +264,3 @@ class PromptTokenScore(Base):
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, onupdate=utcnow
     )
-
-
-class MaintenanceState(Base):
-    """Where a paged periodic job (the storage sweep) stopped, and its tally."""
-
-    __tablename__ = "maintenance_state"
-    name: Mapped[str] = mapped_column(String(40), primary_key=True)
-    position: Mapped[str | None] = mapped_column(Text)
-    removed: Mapped[int] = mapped_column(BigInteger, default=0)
-    updated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-
-
-class ProviderOutcome(Base):
-    """One ``generate`` outcome: the rolling window routing's circuit breaker reads."""
-
-    __tablename__ = "provider_outcomes"
-    # Time first: routing reads every provider's window (migration 0006).
-    __table_args__ = (Index("ix_provider_outcomes_created_provider", "created_at", "provider_id"),)
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    provider_id: Mapped[str] = mapped_column(String(40))
-    ok: Mapped[bool] = mapped_column(Boolean)
-    error: Mapped[str | None] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

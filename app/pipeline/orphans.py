@@ -17,7 +17,8 @@ from datetime import timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.domain.models import Generation, GenerationAsset, MaintenanceState, utcnow
+from app.domain.bookkeeping import MaintenanceState
+from app.domain.models import Generation, GenerationAsset, utcnow
 from app.domain.states import TERMINAL
 from app.platform.db import Database
 from app.platform.storage import Storage, StoredObject

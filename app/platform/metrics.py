@@ -24,7 +24,8 @@ from prometheus_client.core import (
 )
 from sqlalchemy import case, func, select
 
-from app.domain.models import Generation, GenerationStage, MaintenanceState, Provider
+from app.domain.bookkeeping import MaintenanceState, Provider
+from app.domain.models import Generation, GenerationStage
 from app.webhooks import WebhookDelivery
 
 log = logging.getLogger(__name__)

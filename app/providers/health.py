@@ -18,7 +18,8 @@ from typing import Any
 from sqlalchemy import bindparam, delete, func, select, update
 from sqlalchemy.orm import Session
 
-from app.domain.models import Provider, ProviderOutcome, utcnow
+from app.domain.bookkeeping import Provider, ProviderOutcome
+from app.domain.models import utcnow
 from app.platform.config import Settings
 
 RETENTION = timedelta(hours=24)
