@@ -33,6 +33,7 @@ from app.providers import pricing
 from app.providers.base import Job
 from app.providers.catalog import IMAGEN
 from app.providers.replicate import (
+    cancel_predictions,
     client_for,
     look_once,
     output_urls,
@@ -157,14 +158,8 @@ def cancel_refines(settings: Settings, stage_output: dict[str, Any] | None) -> i
     ids = list(((stage_output or {}).get("predictions") or {}).values())
     if not ids or not settings.replicate_api_token:
         return 0
-    client, asked = client_for(settings.replicate_api_token, settings.replicate_base_url), 0
-    for pid in ids:
-        try:
-            client.predictions.cancel(pid)
-            asked += 1
-        except Exception:  # noqa: BLE001 - best effort; the stage guard stops us anyway
-            pass
-    return asked
+    client = client_for(settings.replicate_api_token, settings.replicate_base_url)
+    return cancel_predictions(client, ids)
 
 
 def output_url(prediction: dict[str, Any]) -> str:

@@ -196,15 +196,19 @@ class ReplicateModel:
         return f"works (account {account.username})"
 
     def cancel(self, prediction_ids: list[str]) -> int:
-        """Best effort: cancel running predictions; returns how many were asked."""
-        asked = 0
-        for pid in prediction_ids:
-            try:
-                self.client.predictions.cancel(pid)
-                asked += 1
-            except Exception:  # noqa: BLE001 - best effort; the stage guard stops us anyway
-                pass
-        return asked
+        return cancel_predictions(self.client, prediction_ids)
+
+
+def cancel_predictions(client: replicate.Client, prediction_ids: list[str]) -> int:
+    """Best effort: cancel running predictions; returns how many were asked."""
+    asked = 0
+    for pid in prediction_ids:
+        try:
+            client.predictions.cancel(pid)
+            asked += 1
+        except Exception:  # noqa: BLE001 - best effort; the stage guard stops us anyway
+            pass
+    return asked
 
 
 def look_once(
