@@ -118,8 +118,9 @@ def get_owned(
 
 # What clients see of one generation, in one indexed query (primary key, then
 # the generation_id indexes of the children: at most 7 stages x 4 assets x 3
-# standing feedback rows joined), without the bookkeeping columns (they load
-# if asked for). Built once, so its cache key is too.
+# standing feedback rows joined), with only the columns the answer shows (the
+# rest load if asked for: each column costs the driver a description on every
+# execution). Built once, so its cache key is too.
 SHOW = (
     select(Generation)
     .where(Generation.id == bindparam("generation_id"), Generation.user_id == bindparam("user_id"))
@@ -127,6 +128,7 @@ SHOW = (
         *(
             defer(column)
             for column in (
+                Generation.user_id,
                 Generation.input_key,
                 Generation.pipeline_data,
                 Generation.idempotency_key,
@@ -135,10 +137,18 @@ SHOW = (
                 Generation.deadline_at,
             )
         ),
-        joinedload(Generation.stages).defer(GenerationStage.task_id),
+        joinedload(Generation.stages).load_only(
+            GenerationStage.name,
+            GenerationStage.status,
+            GenerationStage.attempts,
+            GenerationStage.started_at,
+            GenerationStage.finished_at,
+            GenerationStage.duration_ms,
+            GenerationStage.output,
+            GenerationStage.error,
+        ),
         joinedload(Generation.assets).load_only(
             GenerationAsset.id,
-            GenerationAsset.position,
             GenerationAsset.cdn_url,
             GenerationAsset.width,
             GenerationAsset.height,
