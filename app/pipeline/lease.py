@@ -63,6 +63,34 @@ LOCK = (
 )
 
 
+def lock_stage(
+    session: Session, generation_id: str, name: str
+) -> tuple[Generation, GenerationStage | None] | None:
+    """The generation, locked FOR UPDATE, and one of its stages, as committed
+    now; its other stages are not read (a record or a checkpoint writes one)."""
+    gen = session.scalars(LOCK_ROW, {"generation_id": generation_id}).one_or_none()
+    if gen is None:
+        return None
+    params = {"generation_id": generation_id, "name": name}
+    return gen, session.scalars(STAGE, params).one_or_none()
+
+
+LOCK_ROW = (
+    select(Generation)
+    .where(Generation.id == bindparam("generation_id"))
+    .with_for_update()
+    .execution_options(populate_existing=True)
+)
+STAGE = (
+    select(GenerationStage)
+    .where(
+        GenerationStage.generation_id == bindparam("generation_id"),
+        GenerationStage.name == bindparam("name"),
+    )
+    .execution_options(populate_existing=True)
+)
+
+
 def aware(dt: datetime) -> datetime:
     """A database time as aware UTC (SQLite hands back naive UTC)."""
     return dt if dt.tzinfo else dt.replace(tzinfo=UTC)

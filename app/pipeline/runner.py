@@ -35,7 +35,7 @@ from app.domain.states import (
     set_stage_status,
     set_status,
 )
-from app.pipeline import STAGE_FUNCS, lease
+from app.pipeline import STAGE_FUNCS, lease, stages_for
 from app.pipeline.context import (
     GenerationEnded,
     StageContext,
@@ -224,11 +224,12 @@ def record(
     what the stage function wrote (its rows; route's provider, generate's cost)."""
     settings = ctx.settings
     session.flush()  # (a deleted generation: StaleDataError, or an asset's foreign key)
-    gen = lease.lock(session, ctx.generation.id)  # ended, or taken over, by someone meanwhile?
-    if gen is None:
+    # Ended, or taken over, by someone meanwhile?
+    locked = lease.lock_stage(session, ctx.generation.id, name)
+    if locked is None:
         raise GenerationGone(ctx.generation.id)
-    stage = gen.stage(name)
-    if stage.status != S_RUNNING:  # finished by a copy that took it over
+    gen, stage = locked
+    if stage is None or stage.status != S_RUNNING:  # finished by a copy that took it over
         return STOP
     set_stage_status(stage, status)
     stage.finished_at, stage.output = utcnow(), output
@@ -242,7 +243,7 @@ def record(
             stored = [o["storedKey"] for o in output.get("outputs", []) if o.get("storedKey")]
             after.append(lambda: ctx.storage.delete(stored))
         return STOP
-    if name == gen.stages[-1].name:  # the last of this generation's own stages
+    if name == stages_for(gen.settings)[-1]:  # the last of this generation's own stages
         set_status(gen, COMPLETED)
         delivery = record_final(session, gen)
         after.append(
