@@ -109,14 +109,13 @@ def heartbeat(
     seconds, for as long as this copy owns the running stage: a stage that
     works for minutes (a synchronous provider call, a big upload) is never
     taken for lost, so the stall timeout can be short."""
-    done, gen_id = threading.Event(), stage.generation_id
-    owned = [GenerationStage.id == stage.id, GenerationStage.status == S_RUNNING]
-    if task_id is not None:
-        owned.append(GenerationStage.task_id == task_id)
-    renew = update(Generation).where(Generation.id == gen_id, exists().where(*owned))
+    done, gen_id, stage_id = threading.Event(), stage.generation_id, stage.id
 
     def beat() -> None:
+        renew = None  # built at the first beat: most stages end before one
         while not done.wait(every):
+            if renew is None:
+                renew = _renewal(gen_id, stage_id, task_id)
             try:
                 with db.session() as session:
                     session.execute(
@@ -131,6 +130,14 @@ def heartbeat(
         yield
     finally:
         done.set()
+
+
+def _renewal(gen_id: str, stage_id: int, task_id: str | None) -> Any:
+    """Renew the lease only while this copy still owns the running stage."""
+    owned = [GenerationStage.id == stage_id, GenerationStage.status == S_RUNNING]
+    if task_id is not None:
+        owned.append(GenerationStage.task_id == task_id)
+    return update(Generation).where(Generation.id == gen_id, exists().where(*owned))
 
 
 def checkpoint_of(stage: GenerationStage) -> dict[str, Any]:
