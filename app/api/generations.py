@@ -149,8 +149,14 @@ def announce_stopped(stopped: list[Stopped]) -> None:
     for st in stopped:
         _revoke_running(st.gen, st.running)
     for st in stopped:
+        gen = st.gen
         events.generation_final(
-            services().settings, st.gen.id, st.gen.status, st.delivery_id, record_webhook=False
+            services().settings,
+            gen.id,
+            gen.status,
+            st.delivery_id,
+            record_webhook=False,
+            batch_id=gen.batch_id,
         )
 
 
@@ -201,7 +207,7 @@ def delete(generation_id: str):
         running, prefix = _running_tasks(gen), generation_prefix(gen.user_id, gen.id)
     _revoke_running(gen, running)
     if was_running:
-        events.generation_final(s.settings, generation_id, gen.status)
+        events.generation_final(s.settings, generation_id, gen.status, batch_id=gen.batch_id)
 
     def delete_rows() -> None:
         with s.db.session() as session:

@@ -38,15 +38,6 @@ def finish(services: Any, batch_id: str) -> bool:
     return True
 
 
-def note_final(services: Any, generation_id: str) -> None:
-    """A generation reached a final state (committed): if it belongs to a
-    batch, that batch may be done."""
-    with services.db.read() as session:
-        batch_id = batches.batch_of(session, generation_id)
-    if batch_id is not None:
-        finish(services, batch_id)
-
-
 def sweep(services: Any) -> int:
     """Finish every batch whose members are all final but whose own check
     was lost (a process died between a member's commit and its check)."""

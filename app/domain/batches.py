@@ -127,10 +127,6 @@ def reopen(session: Session, batch_id: str) -> None:
     session.execute(update(Batch).where(Batch.id == batch_id).values(finished_at=None))
 
 
-def batch_of(session: Session, generation_id: str) -> str | None:
-    return session.scalar(select(Generation.batch_id).where(Generation.id == generation_id))
-
-
 def finish_if_done(session: Session, batch_id: str) -> Batch | None:
     """The completion rule: under the batch row's lock, if every generation of
     the batch is final and the batch is not finished yet, mark it finished and

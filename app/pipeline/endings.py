@@ -128,13 +128,15 @@ def end_failed(
         set_status(gen, FAILED)
         gen.error_stage, gen.error_message = stage.name, error
     gen.updated_at = utcnow()  # a change clients see, even of an ended generation
-    gen_id, name = gen.id, stage.name
+    gen_id, name, batch_id = gen.id, stage.name, gen.batch_id
     after.append(lambda: events.stage_changed(settings, gen_id, name, S_FAILED, None))
     if was_final:
         return STOP
     delivery = record_final(session, gen)
     after.append(
-        lambda: events.generation_final(settings, gen_id, FAILED, delivery, record_webhook=False)
+        lambda: events.generation_final(
+            settings, gen_id, FAILED, delivery, record_webhook=False, batch_id=batch_id
+        )
     )
     return Outcome(False, error=error)
 

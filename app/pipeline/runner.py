@@ -248,7 +248,7 @@ def record(
         delivery = record_final(session, gen)
         after.append(
             lambda: events.generation_final(
-                settings, gen.id, COMPLETED, delivery, record_webhook=False
+                settings, gen.id, COMPLETED, delivery, record_webhook=False, batch_id=gen.batch_id
             )
         )
     return CONTINUE

@@ -56,12 +56,14 @@ def generation_final(
     status: str,
     delivery_id: str | None = None,
     record_webhook: bool = True,
+    batch_id: str | None = None,
 ) -> None:
     """Called once a generation reaches completed, failed or canceled: wakes the
-    streams, sends the webhook and finishes its batch if it was the last.
-    ``delivery_id``: the delivery recorded in the transition's own transaction
-    (``webhooks.record_final``); without one and with ``record_webhook``, it
-    is recorded now in a transaction of its own."""
+    streams, sends the webhook and finishes its batch (``batch_id``, the
+    generation's) if it was the last. ``delivery_id``: the delivery recorded
+    in the transition's own transaction (``webhooks.record_final``); without
+    one and with ``record_webhook``, it is recorded now in a transaction of
+    its own."""
     publish(settings, generation_id, "done", {"id": generation_id, "status": status})
     from flask import current_app, has_app_context
 
@@ -77,10 +79,12 @@ def generation_final(
             queue_final(services, generation_id)
     except Exception:  # never fail the stage that finished the job; the sweep retries
         log.exception("could not queue the webhook for %s", generation_id)
-    from app.domain.batch_flows import note_final
+    if batch_id is None:
+        return
+    from app.domain.batch_flows import finish
 
     try:
-        note_final(services, generation_id)  # the last of a batch finishes the batch
+        finish(services, batch_id)  # the last of a batch finishes the batch
     except Exception:  # as above: the batch sweep finishes it
         log.exception("could not check the batch of %s", generation_id)
 
