@@ -10,7 +10,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select
 
-from app.domain.bookkeeping import ProviderOutcome
+from app.domain.bookkeeping import Provider, ProviderOutcome
 from app.domain.models import utcnow
 from app.pipeline import STAGES
 from app.pipeline.context import StageFailed, StageTransient
@@ -149,6 +149,8 @@ def test_failures_in_the_window_open_the_circuit(app, providers):
     settings = s.settings
     now = utcnow()
     with s.db.session() as session:
+        session.add_all(Provider(id=pid, display_name=pid, model=pid) for pid in ("hq", "cheap"))
+        session.flush()
         for i in range(5):  # old failures: outside the 300 s window
             record_outcome(
                 session, "hq", ok=False, error="boom", now=now - timedelta(minutes=20 + i)
@@ -162,6 +164,9 @@ def test_failures_in_the_window_open_the_circuit(app, providers):
         assert stats["hq"] == WindowStats(ok=1, failed=4)
         assert "4 of the last 5 calls failed" in circuit_open(session, "hq", settings)
         assert circuit_open(session, "cheap", settings) is None
+        hq, cheap = session.get(Provider, "hq"), session.get(Provider, "cheap")
+        assert (hq.success_count, hq.failure_count, hq.last_error) == (1, 9, "HTTP 500")
+        assert (cheap.success_count, cheap.failure_count, cheap.last_error) == (1, 0, None)
 
     out = choose(req(strategy="quality"), settings, stats)
     assert out["provider"] != "hq"

@@ -66,6 +66,16 @@ def _at(session: Session, when: datetime) -> datetime:
     return when
 
 
+# Built once (their cache keys too): a generate stage records one of them.
+_this_provider = Provider.id == bindparam("provider_id")
+COUNT_OK = update(Provider).where(_this_provider).values(success_count=Provider.success_count + 1)
+COUNT_FAILED = (
+    update(Provider)
+    .where(_this_provider)
+    .values(failure_count=Provider.failure_count + 1, last_error=bindparam("message"))
+)
+
+
 def record_outcome(
     session: Session,
     provider_id: str,
@@ -75,12 +85,12 @@ def record_outcome(
 ) -> None:
     now = now or utcnow()
     message = None if ok else (error or "")[:2000]
-    values = (
-        {"success_count": Provider.success_count + 1}
-        if ok
-        else {"failure_count": Provider.failure_count + 1, "last_error": message}
+    session.execute(
+        COUNT_OK if ok else COUNT_FAILED,
+        {"provider_id": provider_id, "message": message},
+        # A counter bumped in SQL: no loaded Provider to bring up to date.
+        execution_options={"synchronize_session": False},
     )
-    session.execute(update(Provider).where(Provider.id == provider_id).values(**values))
     session.add(ProviderOutcome(provider_id=provider_id, ok=ok, error=message, created_at=now))
     prune_if_due(session, provider_id, now)
     if not ok:  # it may open a circuit: this process's next route reads the window
