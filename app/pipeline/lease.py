@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import bindparam, exists, select, update
+from sqlalchemy import and_, bindparam, exists, select, update
 from sqlalchemy.orm import Session, joinedload
 
 from app.domain.models import Generation, GenerationStage, utcnow
@@ -67,26 +67,24 @@ def lock_stage(
     session: Session, generation_id: str, name: str
 ) -> tuple[Generation, GenerationStage | None] | None:
     """The generation, locked FOR UPDATE, and one of its stages, as committed
-    now; its other stages are not read (a record or a checkpoint writes one)."""
-    gen = session.scalars(LOCK_ROW, {"generation_id": generation_id}).one_or_none()
-    if gen is None:
-        return None
+    now; its other stages are not read (a record writes one)."""
     params = {"generation_id": generation_id, "name": name}
-    return gen, session.scalars(STAGE, params).one_or_none()
+    row = session.execute(LOCK_STAGE, params).one_or_none()
+    return None if row is None else (row[0], row[1])
 
 
-LOCK_ROW = (
-    select(Generation)
-    .where(Generation.id == bindparam("generation_id"))
-    .with_for_update()
-    .execution_options(populate_existing=True)
-)
-STAGE = (
-    select(GenerationStage)
-    .where(
-        GenerationStage.generation_id == bindparam("generation_id"),
-        GenerationStage.name == bindparam("name"),
+# One statement, built once: the generation's row locked, joined to one stage.
+LOCK_STAGE = (
+    select(Generation, GenerationStage)
+    .outerjoin(
+        GenerationStage,
+        and_(
+            GenerationStage.generation_id == Generation.id,
+            GenerationStage.name == bindparam("name"),
+        ),
     )
+    .where(Generation.id == bindparam("generation_id"))
+    .with_for_update(of=Generation)
     .execution_options(populate_existing=True)
 )
 
