@@ -14,8 +14,10 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 from sqlalchemy import func, select
+from werkzeug.wrappers import Request
 
 from app import create_app
+from app.api.protocol import header_sizes
 from app.api.schemas import SIZE_CHOICES
 from app.domain.models import Generation
 from tests.conftest import make_user
@@ -250,6 +252,24 @@ def test_any_upload_gets_an_answer_not_an_error(unlimited, image, form, settings
 
 
 # ------------------------------------------------- the HTTP server in front
+
+
+@pytest.mark.parametrize(
+    "environ",
+    [
+        {"HTTP_HOST": "h", "HTTP_X_PAD": "p" * 10, "CONTENT_TYPE": "", "CONTENT_LENGTH": ""},
+        {"HTTP_ACCEPT": "*/*", "CONTENT_TYPE": "application/json", "CONTENT_LENGTH": "12"},
+        # A client's "Content-Type" arrives unprefixed; a prefixed copy is no field.
+        {"HTTP_CONTENT_TYPE": "text/plain", "HTTP_CONTENT_LENGTH": "3", "HTTP_X_A": ""},
+    ],
+    ids=["empty-content", "content", "prefixed-content"],
+)
+def test_the_header_limit_counts_the_fields_werkzeug_lists(environ):
+    base = {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "SERVER_NAME": "x", "SERVER_PORT": "80"}
+    listed = Request({**base, **environ}).headers.items()
+    assert sorted(header_sizes({**base, **environ})) == sorted(
+        len(name) + len(value) + 4 for name, value in listed
+    )
 
 
 @pytest.fixture(scope="module")

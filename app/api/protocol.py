@@ -12,8 +12,8 @@ from app.api.errors import ApiError
 MAX_URL_BYTES = 4096  # path and query string, as sent
 MAX_HEADER_FIELDS = 64
 MAX_HEADER_BYTES = 16 * 1024  # all fields, names and values
-# Where WSGI puts the request's header fields ("HTTP_X_Y" for "X-Y").
-_HEADER_KEYS = ("HTTP_", "CONTENT_TYPE", "CONTENT_LENGTH")
+# WSGI's two unprefixed header fields (the rest are "HTTP_X_Y" for "X-Y").
+_CONTENT = ("CONTENT_TYPE", "CONTENT_LENGTH")
 
 
 def register(app: Flask) -> None:
@@ -27,13 +27,7 @@ def _check_limits() -> None:
         raise ApiError(
             414, "uri_too_long", f"the URL is {len(target)} bytes; at most {MAX_URL_BYTES} are read"
         )
-    # The WSGI environ's header keys as they are: ``request.headers`` would
-    # build a title-cased copy of each (every request pays for this check).
-    fields = [
-        len(k) - 5 * k.startswith("HTTP_") + len(v) + 4  # "name: value\r\n"
-        for k, v in request.environ.items()
-        if k.startswith(_HEADER_KEYS)
-    ]
+    fields = header_sizes(request.environ)
     size = sum(fields)
     if len(fields) > MAX_HEADER_FIELDS or size > MAX_HEADER_BYTES:
         raise ApiError(
@@ -42,6 +36,20 @@ def _check_limits() -> None:
             f"the request has {len(fields)} header fields, {size} bytes; at most "
             f"{MAX_HEADER_FIELDS} fields and {MAX_HEADER_BYTES} bytes are read",
         )
+
+
+def header_sizes(environ: dict) -> list[int]:
+    """Each header field's size as sent ("name: value\\r\\n"), the fields
+    ``request.headers`` lists, read off the WSGI keys as they are: building
+    that title-cased copy of every header is work each request would pay."""
+    sizes = []
+    for key, value in environ.items():
+        if key.startswith("HTTP_"):
+            if key[5:] not in _CONTENT:  # Werkzeug lists the unprefixed ones instead
+                sizes.append(len(key) - 5 + len(value) + 4)
+        elif key in _CONTENT and value:
+            sizes.append(len(key) + len(value) + 4)
+    return sizes
 
 
 def _options() -> Response | None:
