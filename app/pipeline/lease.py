@@ -20,8 +20,8 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, bindparam, exists, select, update
-from sqlalchemy.orm import Session, joinedload
+from sqlalchemy import bindparam, exists, select, update
+from sqlalchemy.orm import Session, selectinload
 
 from app.domain.models import Generation, GenerationStage, utcnow
 from app.domain.states import S_RUNNING, ended_for
@@ -49,16 +49,18 @@ def is_wake_up(task_id: str | None) -> bool:
 
 def lock(session: Session, generation_id: str) -> Generation | None:
     """The generation, locked FOR UPDATE, with its stages, as committed now."""
-    return session.scalars(LOCK, {"generation_id": generation_id}).unique().one_or_none()
+    return session.scalars(LOCK, {"generation_id": generation_id}).one_or_none()
 
 
-# One statement, built once: the generation's row locked (not its stages'),
-# joined to its stages.
+# Built once. The stages come in a second statement, run once the lock is
+# ours: one that joined them would read them as they were when it began to
+# wait (PostgreSQL re-reads only the locked row), and miss the claim or
+# record of the copy it waited behind.
 LOCK = (
     select(Generation)
     .where(Generation.id == bindparam("generation_id"))
-    .options(joinedload(Generation.stages))
-    .with_for_update(of=Generation)
+    .options(selectinload(Generation.stages))
+    .with_for_update()
     .execution_options(populate_existing=True)
 )
 
@@ -67,24 +69,26 @@ def lock_stage(
     session: Session, generation_id: str, name: str
 ) -> tuple[Generation, GenerationStage | None] | None:
     """The generation, locked FOR UPDATE, and one of its stages, as committed
-    now; its other stages are not read (a record writes one)."""
+    once the lock is ours (as ``lock``); its other stages are not read."""
+    gen = session.scalars(LOCK_ROW, {"generation_id": generation_id}).one_or_none()
+    if gen is None:
+        return None
     params = {"generation_id": generation_id, "name": name}
-    row = session.execute(LOCK_STAGE, params).one_or_none()
-    return None if row is None else (row[0], row[1])
+    return gen, session.scalars(STAGE, params).one_or_none()
 
 
-# One statement, built once: the generation's row locked, joined to one stage.
-LOCK_STAGE = (
-    select(Generation, GenerationStage)
-    .outerjoin(
-        GenerationStage,
-        and_(
-            GenerationStage.generation_id == Generation.id,
-            GenerationStage.name == bindparam("name"),
-        ),
-    )
+LOCK_ROW = (
+    select(Generation)
     .where(Generation.id == bindparam("generation_id"))
-    .with_for_update(of=Generation)
+    .with_for_update()
+    .execution_options(populate_existing=True)
+)
+STAGE = (
+    select(GenerationStage)
+    .where(
+        GenerationStage.generation_id == bindparam("generation_id"),
+        GenerationStage.name == bindparam("name"),
+    )
     .execution_options(populate_existing=True)
 )
 
