@@ -27,7 +27,7 @@ from app.domain.models import Generation, GenerationStage, utcnow
 from app.domain.states import S_RUNNING, ended_for
 from app.pipeline.context import GenerationEnded, StageLeaseLost
 from app.platform.config import Settings
-from app.platform.db import Database
+from app.platform.db import Database, begin_for_update
 from app.platform.db import unavailable as db_unavailable
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,7 @@ def is_wake_up(task_id: str | None) -> bool:
 
 def lock(session: Session, generation_id: str) -> Generation | None:
     """The generation, locked FOR UPDATE, with its stages, as committed now."""
+    begin_for_update(session)  # SQLite: its write lock before the read
     return session.scalars(LOCK, {"generation_id": generation_id}).one_or_none()
 
 
@@ -70,6 +71,7 @@ def lock_stage(
 ) -> tuple[Generation, GenerationStage | None] | None:
     """The generation, locked FOR UPDATE, and one of its stages, as committed
     once the lock is ours (as ``lock``); its other stages are not read."""
+    begin_for_update(session)
     gen = session.scalars(LOCK_ROW, {"generation_id": generation_id}).one_or_none()
     if gen is None:
         return None
