@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import bindparam, exists, select, update
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session, selectinload
 
 from app.domain.models import Generation, GenerationStage, utcnow
@@ -113,19 +113,13 @@ def heartbeat(
     seconds, for as long as this copy owns the running stage: a stage that
     works for minutes (a synchronous provider call, a big upload) is never
     taken for lost, so the stall timeout can be short."""
-    done, gen_id, stage_id = threading.Event(), stage.generation_id, stage.id
+    done, gen_id, name = threading.Event(), stage.generation_id, stage.name
 
     def beat() -> None:
-        renew = None  # built at the first beat: most stages end before one
         while not done.wait(every):
-            if renew is None:
-                renew = _renewal(gen_id, stage_id, task_id)
             try:
                 with db.session() as session:
-                    session.execute(
-                        renew.values(updated_at=utcnow()),
-                        execution_options={"synchronize_session": False},
-                    )
+                    renew(session, gen_id, name, task_id)
             except Exception as exc:  # the next beat tries again; the lease says the rest
                 log.warning("heartbeat of %s: %s", gen_id, type(exc).__name__)
 
@@ -136,12 +130,17 @@ def heartbeat(
         done.set()
 
 
-def _renewal(gen_id: str, stage_id: int, task_id: str | None) -> Any:
-    """Renew the lease only while this copy still owns the running stage."""
-    owned = [GenerationStage.id == stage_id, GenerationStage.status == S_RUNNING]
-    if task_id is not None:
-        owned.append(GenerationStage.task_id == task_id)
-    return update(Generation).where(Generation.id == gen_id, exists().where(*owned))
+def renew(session: Session, generation_id: str, name: str, task_id: str | None) -> bool:
+    """One beat: renew the lease if this copy still owns the running stage,
+    read once the generation's lock is ours (as the fences read it)."""
+    locked = lock_stage(session, generation_id, name)
+    stage = locked[1] if locked else None
+    if stage is None or stage.status != S_RUNNING:
+        return False
+    if task_id is not None and stage.task_id != task_id:
+        return False
+    locked[0].updated_at = utcnow()
+    return True
 
 
 def checkpoint_of(stage: GenerationStage) -> dict[str, Any]:

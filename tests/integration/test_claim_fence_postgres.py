@@ -15,7 +15,7 @@ from sqlalchemy import text
 
 from app.pipeline.context import StageContext
 from app.pipeline.endings import STOP
-from app.pipeline.lease import lock
+from app.pipeline.lease import lock, renew
 from app.pipeline.runner import claim_stage, record, transaction
 from tests.support.pipeline import claimed, load, new_generation, services, stages_by_name
 
@@ -103,3 +103,21 @@ def test_a_record_behind_the_copy_that_finished_the_stage_stops(pg_app, pg_user)
         assert _behind_another_copy(pg_app, gen_id, finished, late_record) is STOP
     analyze = stages_by_name(load(pg_app, gen_id))["analyze"]
     assert analyze["output"] == {"by": "other"}
+
+
+def test_a_heartbeat_behind_a_takeover_renews_nothing(pg_app, pg_user):
+    s = services(pg_app)
+    gen_id = new_generation(pg_app, pg_user)
+    claimed(pg_app, gen_id, attempts=1, task_id="t-stalled")
+    before = load(pg_app, gen_id)["updatedAt"]
+    took_over = "UPDATE generation_stages SET attempts = 2, task_id = 't-new'"
+    took_over += " WHERE generation_id = %s AND name = 'analyze'"
+
+    def beat(session, after):
+        return renew(session, gen_id, "analyze", "t-stalled")
+
+    assert _behind_another_copy(pg_app, gen_id, took_over, beat) is False
+    assert load(pg_app, gen_id)["updatedAt"] == before  # the lease is the new copy's
+    with s.db.session() as session:  # and the owner's own beat does renew it
+        assert renew(session, gen_id, "analyze", "t-new") is True
+    assert load(pg_app, gen_id)["updatedAt"] > before
