@@ -19,6 +19,7 @@ from tests.support.pipeline import (
     redispatch,
     run_all,
     services,
+    stages_by_name,
     submit_prompt,
 )
 from tests.test_metrics import scrape, value
@@ -209,6 +210,7 @@ def test_a_generation_past_its_deadline_times_out_and_its_prediction_is_canceled
         for st in gen.stages[:5]:
             st.status = "completed"
         gen.stage("generate").status = "running"
+        gen.stage("generate").started_at = utcnow() - timedelta(seconds=10)
         gen.stage("generate").output = {"predictions": ["p-1"], "checkpoint": True}
     assert maintenance.expire_overdue(s.db, s.settings) == 2
     assert sorted(canceled) == [[], ["p-1"]]  # legacy had not started: nothing to cancel
@@ -218,6 +220,8 @@ def test_a_generation_past_its_deadline_times_out_and_its_prediction_is_canceled
         body["error"]["stage"] == "generate"
         and "timed out after 15 min" in body["error"]["message"]
     )
+    assert stages_by_name(body)["generate"]["durationMs"] >= 10_000  # as any failed attempt
+    assert stages_by_name(load(app, legacy))["analyze"]["durationMs"] is None  # never started
     with s.db.session() as session:
         assert session.get(Generation, late).error_code == "timeout"
         assert session.get(Generation, legacy).error_stage == "analyze"

@@ -243,6 +243,7 @@ def test_a_late_refine_that_never_ends_times_out_and_the_next_is_accepted(
     refine = stages_by_name(gen)["refine"]
     assert gen["status"] == "completed" and refine["status"] == "failed"
     assert "timed out" in refine["error"] and "BFF_GENERATION_TIMEOUT" in refine["error"]
+    assert refine["durationMs"] is not None and refine["durationMs"] >= 0
     assert maintenance.expire_overdue(s.db, s.settings) == 0  # once
     # The parked copy's countdown comes due: it stops, making nothing.
     assert not stage(app, gen_id, "refine").proceed

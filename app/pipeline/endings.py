@@ -33,7 +33,6 @@ from app.pipeline import lease
 from app.pipeline.context import StageWaiting
 from app.platform import events
 from app.platform.config import Settings
-from app.platform.db import begin_for_update
 from app.providers.health import record_outcome
 from app.webhooks import record_final
 
@@ -154,6 +153,7 @@ def time_out(
     stage = gen.stage(first_unfinished(gen) or gen.stages[-1].name)
     minutes = settings.generation_timeout / 60
     error = f"timed out after {minutes:g} min at {stage.name} (BFF_GENERATION_TIMEOUT)"
+    stage.duration_ms = elapsed_ms(stage)  # as for any failed attempt (None: never started)
     end_failed(session, settings, gen, stage, error, after)
     gen.error_code = "timeout"
     return gen
@@ -165,13 +165,13 @@ def time_out_refine(
     """Fail a refine asked for after the fact (before ``asked_before``) that
     has not ended (its generation stays completed, and a new refine may be
     asked for); None: it ended, or was asked for again, meanwhile."""
-    begin_for_update(session)  # SQLite: a refine asked for again waits for us
-    gen = lease.lock(session, generation_id)
+    gen = lease.lock(session, generation_id)  # (SQLite: a refine asked again waits for us)
     if gen is None or not refining(gen) or not late_refine_overdue(gen, asked_before):
         return None
     stage = gen.stage(LATE_STAGE)
     minutes = settings.generation_timeout / 60
     error = f"timed out after {minutes:g} min (BFF_GENERATION_TIMEOUT)"
+    stage.duration_ms = elapsed_ms(stage)
     end_failed(session, settings, gen, stage, error, after)
     # Fence its copies off: one parked on a countdown, or working now, no
     # longer owns the stage, so it stops before paying for anything more.
