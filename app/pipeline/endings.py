@@ -151,12 +151,25 @@ def time_out(
     if not gen.stages:  # never claimed
         gen.stages = new_stages(gen)
     stage = gen.stage(first_unfinished(gen) or gen.stages[-1].name)
-    minutes = settings.generation_timeout / 60
-    error = f"timed out after {minutes:g} min at {stage.name} (BFF_GENERATION_TIMEOUT)"
-    stage.duration_ms = elapsed_ms(stage)  # as for any failed attempt (None: never started)
-    end_failed(session, settings, gen, stage, error, after)
+    _time_out_stage(session, settings, gen, stage, f" at {stage.name}", after)
     gen.error_code = "timeout"
     return gen
+
+
+def _time_out_stage(
+    session: Session,
+    settings: Settings,
+    gen: Generation,
+    stage: GenerationStage,
+    where: str,
+    after: After,
+) -> None:
+    """Fail ``stage`` for ``BFF_GENERATION_TIMEOUT``, with how long it ran, as
+    any failed attempt (None: it never started)."""
+    minutes = settings.generation_timeout / 60
+    error = f"timed out after {minutes:g} min{where} (BFF_GENERATION_TIMEOUT)"
+    stage.duration_ms = elapsed_ms(stage)
+    end_failed(session, settings, gen, stage, error, after)
 
 
 def time_out_refine(
@@ -169,10 +182,7 @@ def time_out_refine(
     if gen is None or not refining(gen) or not late_refine_overdue(gen, asked_before):
         return None
     stage = gen.stage(LATE_STAGE)
-    minutes = settings.generation_timeout / 60
-    error = f"timed out after {minutes:g} min (BFF_GENERATION_TIMEOUT)"
-    stage.duration_ms = elapsed_ms(stage)
-    end_failed(session, settings, gen, stage, error, after)
+    _time_out_stage(session, settings, gen, stage, "", after)
     # Fence its copies off: one parked on a countdown, or working now, no
     # longer owns the stage, so it stops before paying for anything more.
     stage.task_id = None
