@@ -133,13 +133,11 @@ def heartbeat(
 def renew(session: Session, generation_id: str, name: str, task_id: str | None) -> bool:
     """One beat: renew the lease if this copy still owns the running stage,
     read once the generation's lock is ours (as the fences read it)."""
-    locked = lock_stage(session, generation_id, name)
-    stage = locked[1] if locked else None
-    if stage is None or stage.status != S_RUNNING:
+    gen, stage = lock_stage(session, generation_id, name) or (None, None)
+    owned = stage is not None and stage.status == S_RUNNING
+    if not owned or (task_id is not None and stage.task_id != task_id):
         return False
-    if task_id is not None and stage.task_id != task_id:
-        return False
-    locked[0].updated_at = utcnow()
+    gen.updated_at = utcnow()
     return True
 
 
