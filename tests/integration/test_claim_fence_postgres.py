@@ -7,7 +7,6 @@ were when it started waiting: PostgreSQL re-reads only the locked row.)"""
 from __future__ import annotations
 
 import threading
-import time
 
 import psycopg
 import pytest
@@ -17,27 +16,10 @@ from app.pipeline.context import StageContext
 from app.pipeline.endings import STOP
 from app.pipeline.lease import lock, renew
 from app.pipeline.runner import claim_stage, record, transaction
+from tests.support.locks import pg_url, wait_until_blocked_by
 from tests.support.pipeline import claimed, load, new_generation, services, stages_by_name
 
 pytestmark = pytest.mark.services
-
-
-def _url(db) -> str:
-    return db.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-
-
-def _wait_for_a_lock_wait(url: str, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    with psycopg.connect(url, autocommit=True) as watcher:
-        while time.monotonic() < deadline:
-            (waiting,) = watcher.execute(
-                "SELECT count(*) FROM pg_stat_activity"
-                " WHERE datname = current_database() AND wait_event_type = 'Lock'"
-            ).fetchone()
-            if waiting:
-                return
-            time.sleep(0.02)
-    raise AssertionError("the claim never waited on the generation's lock")
 
 
 def _behind_another_copy(pg_app, gen_id: str, other_sql: str, step) -> object:
@@ -45,7 +27,7 @@ def _behind_another_copy(pg_app, gen_id: str, other_sql: str, step) -> object:
     lock and changes its stage with ``other_sql``; let that commit once
     ``step`` waits on the lock; return what ``step`` returned."""
     s = services(pg_app)
-    url, result = _url(s.db), []
+    url, result = pg_url(s.db), []
     with psycopg.connect(url) as other:
         other.execute("SELECT id FROM generations WHERE id = %s FOR UPDATE", (gen_id,))
         other.execute(other_sql, (gen_id,))
@@ -56,7 +38,7 @@ def _behind_another_copy(pg_app, gen_id: str, other_sql: str, step) -> object:
 
         worker = threading.Thread(target=run)
         worker.start()
-        _wait_for_a_lock_wait(url)
+        wait_until_blocked_by(url, other.info.backend_pid)
         other.commit()
         worker.join(30)
     assert result, "the step did not finish"
