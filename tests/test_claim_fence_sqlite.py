@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-import time
 
-from sqlalchemy import text
+from sqlalchemy import event, text
 
 from app.pipeline.endings import STOP
 from app.pipeline.runner import claim_stage, transaction
@@ -24,14 +23,17 @@ def test_a_claim_behind_another_copys_claim_stops(app, user):
         session.execute(
             text("UPDATE generation_stages SET status = 'pending', attempts = 0, task_id = NULL")
         )
-    result = []
+    result, began = [], threading.Event()
+
+    def claim(session, after):
+        return claim_stage(session, s.settings, gen_id, "analyze", "t-second", after=after)
+
+    def sent(*_) -> None:  # the claim's first statement went out
+        began.set()
 
     def second_claim() -> None:
         with app.app_context(), s.db.Session() as session:
-            step = lambda session, after: claim_stage(  # noqa: E731
-                session, s.settings, gen_id, "analyze", "t-second", after=after
-            )
-            result.append(transaction(session, step))
+            result.append(transaction(session, claim))
 
     path = s.db.engine.url.database
     other = sqlite3.connect(path, isolation_level=None, timeout=30)
@@ -43,11 +45,15 @@ def test_a_claim_behind_another_copys_claim_stops(app, user):
             (gen_id,),
         )
         worker = threading.Thread(target=second_claim)
+        event.listen(s.db.engine, "before_cursor_execute", sent)
         worker.start()
-        time.sleep(0.5)  # the second claim has begun, and waits
+        assert began.wait(10)
+        worker.join(0.3)
+        assert worker.is_alive()  # the second claim has begun, and waits for the other
         other.execute("COMMIT")
         worker.join(30)
     finally:
+        event.remove(s.db.engine, "before_cursor_execute", sent)
         other.close()
     assert result == [STOP]
     analyze = stages_by_name(load(app, gen_id))["analyze"]
