@@ -17,6 +17,7 @@ from sqlalchemy import func, select, update
 
 from app import create_app
 from app.api import batch_responses as b
+from app.api.batch_schemas import MAX_BATCH
 from app.domain import batch_flows
 from app.domain.models import Batch, Generation, GenerationAsset, GenerationStage, utcnow
 from app.pipeline import STAGE_FUNCS
@@ -174,8 +175,8 @@ def test_the_rate_limit_counts_each_generation(app_config):
 
 
 def test_the_largest_batch_fits_the_default_rate_limit(client, user):
-    assert Settings.from_env({}).submit_rate_limit == (100, 60.0)
-    submit(client, user, {"items": items(100)})
+    assert Settings.from_env({}).submit_rate_limit == (MAX_BATCH, 60.0)
+    submit(client, user, {"items": items(MAX_BATCH)})
     resp = client.post(BATCHES, json={"items": items(1)}, headers=user.headers)
     assert_error(resp, 429)  # and it is all a minute allows
 

@@ -25,7 +25,6 @@ from app.domain.states import CANCELED, COMPLETED, FINAL, GENERATION_STATUSES, P
 from app.platform.db import begin_for_update
 
 BATCH_STATUSES = (PENDING, PROCESSING, COMPLETED, CANCELED)
-MAX_ITEMS = 100
 
 
 @dataclass(frozen=True)
