@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
+from app.domain.models import OPEN_REFINE
+from app.domain.states import LATE_STAGE, S_PENDING, S_RUNNING
 from app.pipeline import maintenance
 from tests.support.pipeline import run_all, submit_prompt
 from tests.support.plans import assert_no_table_read_whole, plans, selects_run_by
@@ -15,6 +19,7 @@ from tests.support.plans import assert_no_table_read_whole, plans, selects_run_b
 TABLES = {"generations", "generation_stages"}
 
 
+@pytest.mark.services
 def test_the_beats_looks_have_an_index_path(pg_app, pg_user):
     client, s = pg_app.test_client(), pg_app.extensions["bff"]
     gen_id = submit_prompt(client, pg_user.headers, "red silk dress", provider="local")
@@ -38,7 +43,4 @@ def test_the_beats_looks_have_an_index_path(pg_app, pg_user):
 
 def test_the_open_refine_index_names_the_states_it_stands_for():
     """The index's predicate is SQL text (models cannot import the states)."""
-    from app.domain.models import OPEN_REFINE
-    from app.domain.states import LATE_STAGE, S_PENDING, S_RUNNING
-
     assert OPEN_REFINE == f"name = '{LATE_STAGE}' AND status IN ('{S_PENDING}', '{S_RUNNING}')"
