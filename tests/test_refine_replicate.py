@@ -216,6 +216,23 @@ def test_canceling_a_generation_cancels_its_running_refine_predictions(app, user
     assert fake.render(refine_pid)["status"] == "canceled"
 
 
+def test_canceling_while_generate_runs_cancels_its_predictions_when_a_refine_waits(app, user, fake):
+    """A refine asked for at submit is pending while generate's prediction runs:
+    the cancel must still stop that prediction."""
+    gen_id = submit_prompt(
+        app.test_client(), user.headers, "red dress", provider="google-imagen", upscale=2
+    )
+    run_through(app, gen_id, ALL_STAGES[:5])
+    fake.latency = 5.0  # generate's prediction runs on
+    out = run_stage(*_s(app), gen_id, "generate", task_id="t-generate")
+    assert out.retry_in is not None  # parked on its prediction
+    assert stages_by_name(load(app, gen_id))["refine"]["status"] == "pending"
+    resp = app.test_client().post(f"/api/generate/{gen_id}/cancel", headers=user.headers)
+    assert resp.status_code == 200 and resp.json["status"] == "canceled"
+    [pid] = fake.predictions
+    assert fake.counters["cancel"] == 1 and fake.render(pid)["status"] == "canceled"
+
+
 def test_a_late_refine_of_an_imagen_image_is_not_stopped_by_its_completed_generation(
     app, user, fake
 ):

@@ -17,10 +17,17 @@ log = logging.getLogger(__name__)
 
 def cancel_remote(settings: Settings, gen: Generation) -> int:
     """Cancel the generation's running predictions (ids read from the ``generate``
-    and ``refine`` stages' checkpoints); returns how many cancel requests were sent."""
+    and ``refine`` stages' checkpoints); returns how many cancel requests were sent.
+    Both stages are looked at: a refine asked for at submit is pending while
+    ``generate``'s predictions run."""
     refine = next((s for s in gen.stages if s.name == "refine"), None)
+    sent = 0
     if refine is not None and refine.status not in STAGE_DONE:
-        return cancel_refines(settings, refine.output)  # generate is done by then
+        sent = cancel_refines(settings, refine.output)
+    return sent + _cancel_generate(settings, gen)
+
+
+def _cancel_generate(settings: Settings, gen: Generation) -> int:
     entry = PROVIDERS.get(gen.provider or "")
     if entry is None or not entry.api.startswith("replicate"):
         return 0
