@@ -92,6 +92,35 @@ def test_deeply_nested_settings_field_is_400(app, client, user):
     assert_refused(app, resp, 400, "malformed_json")
 
 
+@pytest.mark.parametrize(
+    "method,path,body",
+    [
+        ("post", "/api/personas", {"name": "n", "keywords": ["\udfff"]}),
+        ("patch", "/api/personas/per_x", {"palette": ["\ud800"]}),
+        ("post", "/api/generate/from-image", {"vltSpec": {"records": [{"silhouette": "\ud800"}]}}),
+        ("post", "/api/generate/from-prompt", {"prompt": "x", "settings": {"\udc00": 1}}),
+    ],
+)
+def test_a_lone_surrogate_is_400_not_a_stored_string_that_breaks_reads(
+    app, client, user, method, path, body
+):
+    """JSON may escape a lone surrogate (json.dumps does); UTF-8 cannot hold
+    one, so it is refused before anything stores it."""
+    resp = getattr(client, method)(
+        path, data=json.dumps(body), content_type="application/json", headers=user.headers
+    )
+    assert "surrogate" in assert_refused(app, resp, 400, "malformed_json")["message"]
+
+
+def test_an_escaped_emoji_is_text(app, client, user):
+    body = json.dumps({"name": "n", "keywords": ["\U0001f457 dress"]})  # as \ud83d\udc57
+    resp = client.post(
+        "/api/personas", data=body, content_type="application/json", headers=user.headers
+    )
+    assert resp.status_code == 201, resp.get_json()
+    assert resp.get_json()["keywords"] == ["\U0001f457 dress"]
+
+
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
 @pytest.mark.parametrize("keep", [0.5, 0.9])
 def test_truncated_image_is_422(app, client, user, fmt, keep):

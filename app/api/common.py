@@ -37,26 +37,35 @@ MAX_JSON_DEPTH = 32  # our deepest document (a vltSpec) is 4 levels deep
 def parse_json(raw: str | bytes, what: str = "the request body") -> Any:
     """Every JSON a request carries is read here: nesting is bounded, so a
     document nested thousands deep is a 400, not a RecursionError (a 500)
-    here or in whatever walks it next (validation, hashing, the database)."""
+    here or in whatever walks it next (validation, hashing, the database);
+    and every string must be text UTF-8 can hold: a lone surrogate
+    (``"\\ud800"``) would be stored, then fail every answer that shows it."""
     try:
         data = json.loads(raw)
     except (ValueError, RecursionError):
         raise ApiError(400, "malformed_json", f"{what} is not valid JSON") from None
-    containers, depth = [data], 0
-    while containers:  # level by level, no recursion
-        depth += 1
+    level, depth = [data], 0
+    while level:  # level by level, no recursion
+        if any(isinstance(x, str) and not _is_text(x) for x in level):
+            raise ApiError(400, "malformed_json", f"{what} has a string with a lone surrogate")
+        containers = [x for x in level if isinstance(x, (dict, list))]
+        depth += bool(containers)
         if depth > MAX_JSON_DEPTH:
             raise ApiError(
                 400, "malformed_json", f"{what} is nested deeper than {MAX_JSON_DEPTH} levels"
             )
-        containers = [
-            child
-            for c in containers
-            if isinstance(c, (dict, list))
-            for child in (c.values() if isinstance(c, dict) else c)
-            if isinstance(child, (dict, list))
+        level = [
+            child for c in containers for child in ((*c, *c.values()) if isinstance(c, dict) else c)
         ]
     return data
+
+
+def _is_text(s: str) -> bool:
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def json_body() -> dict[str, Any]:
