@@ -3,10 +3,12 @@ pagination, the generation's JSON shape, cancel, retry, delete, feedback."""
 
 from __future__ import annotations
 
+import io
 import re
 
 import jsonschema_rs  # schemathesis' own validator
 import pytest
+from PIL import Image
 from sqlalchemy import func, select
 
 from app.api import responses as r
@@ -188,6 +190,18 @@ def test_upload_accepts_png_jpeg_webp(client, user):
         resp = submit_image(client, user.headers, png_bytes(fmt=fmt), filename="x.bin")
         assert resp.status_code == 202, (fmt, resp.get_json())
         assert resp.headers["Location"] == f"/api/generate/{resp.get_json()['id']}"
+
+
+def test_a_phones_multi_picture_jpeg_is_a_jpeg(app, client, user):
+    """Phone cameras save MPO: a JPEG with more pictures after the first."""
+    buf = io.BytesIO()
+    first, depth = Image.open(io.BytesIO(png_bytes())), Image.new("RGB", (64, 80), "gray")
+    first.save(buf, "MPO", save_all=True, append_images=[depth])
+    assert Image.open(io.BytesIO(buf.getvalue())).format == "MPO"
+    resp = submit_image(client, user.headers, buf.getvalue(), filename="IMG_0001.JPG")
+    assert resp.status_code == 202, resp.get_json()
+    run_all(app, resp.get_json()["id"])
+    assert load(app, resp.get_json()["id"])["status"] == "completed"
 
 
 def test_non_image_upload_is_415(client, user):
@@ -437,6 +451,7 @@ def test_retry_only_failed(app, client, user, monkeypatch):
     before = {s["name"]: s for s in load(app, gen_id)["stages"]}
     resp = client.post(f"/api/generate/{gen_id}/retry", headers=user.headers)
     assert resp.status_code == 202
+    assert resp.headers["Location"] == f"/api/generate/{gen_id}"
     gen = resp.get_json()
     assert gen["status"] == "pending" and gen["error"] is None
     stages = {s["name"]: s for s in gen["stages"]}

@@ -102,7 +102,7 @@ def test_another_users_generation_or_image_is_404(app, client, user, other_user,
     theirs = client.post(url(gen_id, asset_id), json={"upscale": 2}, headers=other_user.headers)
     assert theirs.status_code == 404 and theirs.json["error"]["code"] == "not_found"
     other_gen, other_asset = completed(app, other_user)
-    for aid in (other_asset, 999999, "abc", 2**40):
+    for aid in (other_asset, 999999, "abc", 2**40, "%C2%B2", "%D9%A3"):  # "²", Arabic 3
         resp = client.post(url(gen_id, aid), json={"upscale": 2}, headers=user.headers)
         assert resp.status_code == 404, aid
     assert sent == []

@@ -12,7 +12,13 @@ from sqlalchemy.orm import Session
 from app.api.auth import load_user
 from app.api.common import delete_with_objects, int_arg, json_body, services
 from app.api.errors import ApiError, not_found
-from app.api.responses import FeedbackOut, GenerationOut, GenerationPage, respond
+from app.api.responses import (
+    FeedbackOut,
+    GenerationOut,
+    GenerationPage,
+    generation_path,
+    respond,
+)
 from app.api.schemas import FeedbackIn, parse
 from app.domain import batches
 from app.domain import generations as svc
@@ -193,7 +199,8 @@ def retry(generation_id: str):
         with s.db.session() as session:
             svc.touch_dispatched(session, generation_id)
     with s.db.session() as session:
-        return respond(GenerationOut, _load(session, generation_id), 202)
+        where = {"Location": generation_path(generation_id)}
+        return respond(GenerationOut, _load(session, generation_id), 202, where)
 
 
 @bp.delete("/<generation_id>")

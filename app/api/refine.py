@@ -35,7 +35,9 @@ MAX_ID = 2**31 - 1  # asset ids are 32-bit integers: anything larger names no as
 
 
 def _asset(gen: Generation, raw_id: str) -> GenerationAsset:
-    asset_id = int(raw_id) if raw_id.isdigit() and int(raw_id) <= MAX_ID else None
+    # isdecimal() alone admits other scripts' digits ("٣"), and isdigit() "²".
+    digits = raw_id.isascii() and raw_id.isdecimal()
+    asset_id = int(raw_id) if digits and int(raw_id) <= MAX_ID else None
     asset = next((a for a in gen.assets if a.id == asset_id), None)
     if asset is None:
         raise not_found("image")

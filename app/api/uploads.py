@@ -17,6 +17,7 @@ from app.api.errors import ApiError, invalid
 ALLOWED = {
     "PNG": ("image/png", "png"),
     "JPEG": ("image/jpeg", "jpg"),
+    "MPO": ("image/jpeg", "jpg"),  # a phone camera's JPEG with extra pictures after the first
     "WEBP": ("image/webp", "webp"),
 }
 # Decoding a 40 M pixel image holds ~150 MB (PNG) to ~600 MB (WebP) for about
@@ -42,8 +43,9 @@ def read_image(file: FileStorage, max_bytes: int, max_pixels: int) -> tuple[byte
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as img:
                 _check(img, max_pixels)
-                if img.format == "JPEG":
-                    img.draft("RGB", (1, 1))  # every block still decoded, at 1/8 scale
+                # A JPEG's (and MPO's) every block still decoded, at 1/8 scale;
+                # a no-op for the other formats.
+                img.draft("RGB", (1, 1))
                 with _DECODES:
                     img.load()
     except ApiError:
