@@ -54,8 +54,9 @@ def _verifier(settings: Settings, fresh: bool = False) -> Webhook | None:
         cached = _verifiers.get(key)
     if cached and (not fresh or time.monotonic() - cached[1] < REFETCH_EVERY):
         return None if fresh else cached[0]
+    secret = webhook_secret(settings)  # ProviderError when Replicate is unreachable: a 503
     try:
-        verifier = Webhook(webhook_secret(settings))
+        verifier = Webhook(secret)
     except Exception:  # noqa: BLE001 - a secret Replicate sent that the package cannot read
         raise Refused("webhook refused: unusable signing secret") from None
     with _lock:
