@@ -19,6 +19,7 @@ from app import create_app
 from app.domain.models import User
 from app.platform.config import Settings
 from app.webhooks import REFUSED, Refused, WebhookDelivery, attempt, resolve_target
+from app.webhooks.guard import post
 from tests.conftest import make_user
 from tests.support.pipeline import run_all
 
@@ -232,12 +233,48 @@ def test_private_loopback_and_link_local_targets_are_refused(dns, url, why):
 
 def test_public_address_accepted_and_loopback_allowed_in_development():
     prod = Settings.from_env({"REDIS_URL": "redis://127.0.0.1:6379/0"})
-    assert resolve_target("https://hooks.example.com/hook", prod) == PUBLIC
+    assert resolve_target("https://hooks.example.com/hook", prod) == [PUBLIC]
     dev = Settings.from_env({})  # the embedded default
-    assert resolve_target("http://127.0.0.1:9/hook", dev) == "127.0.0.1"
-    assert resolve_target("http://localhost:9/hook", dev) in ("127.0.0.1", "::1")
+    assert resolve_target("http://127.0.0.1:9/hook", dev) == ["127.0.0.1"]
+    assert resolve_target("http://localhost:9/hook", dev) == ["127.0.0.1", "::1"]
     with pytest.raises(Refused, match="must be https"):  # plain http to a public host
         resolve_target("http://hooks.example.com/hook", dev)
+
+
+def test_a_dual_stack_receiver_is_called_on_ipv4_first_then_each_address(dns):
+    """Hosts without IPv6 (containers often) cannot reach an AAAA address."""
+    dns["dual.example.com"] = ["2600:9000:2000::1", "52.84.1.1"]
+    prod = Settings.from_env({"REDIS_URL": "redis://127.0.0.1:6379/0"})
+    ips = resolve_target("https://dual.example.com/hook", prod)
+    assert ips == ["52.84.1.1", "2600:9000:2000::1"]
+    receiver = Receiver([204])
+    try:  # nothing listens on 127.0.0.2: the next address takes the call
+        url = f"http://receiver.test:{receiver.server.server_port}/hook"
+        assert post(url, ["127.0.0.2", "127.0.0.1"], {}, b"{}") == 204
+        assert len(receiver.received) == 1
+    finally:
+        receiver.close()
+
+
+def test_a_resolver_hiccup_at_delivery_is_retried_not_refused(dev_app, dns):
+    receiver = Receiver([200])
+    dns["receiver.test"] = ["127.0.0.1"]
+    try:
+        url = f"http://receiver.test:{receiver.server.server_port}/hook"
+        gen_id = submit(dev_app.test_client(), make_user(dev_app, "hiccup"), url)
+        d, s = finished(dev_app, gen_id), dev_app.extensions["bff"]
+        del dns["receiver.test"]  # the resolver fails for a moment
+        nxt = attempt(s.db, s.settings, d.id, 1)
+        [d] = deliveries(dev_app, gen_id)
+        assert nxt is not None and nxt[0] == 2, (d.status, d.last_error)
+        assert d.status == "pending" and "cannot resolve receiver.test" in d.last_error
+        dns["receiver.test"] = ["127.0.0.1"]
+        time.sleep(nxt[1])
+        assert attempt(s.db, s.settings, d.id, 2) is None
+        [d] = deliveries(dev_app, gen_id)
+        assert d.status == "delivered" and len(receiver.received) == 1
+    finally:
+        receiver.close()
 
 
 def test_target_re_pointed_after_submit_is_refused_at_delivery(dev_app, dns):

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from app.domain.models import Batch, Generation, User, new_id, utcnow
 from app.platform.config import Settings
 from app.platform.db import Database
-from app.webhooks.guard import Refused, post, resolve_target
+from app.webhooks.guard import Refused, Unresolved, post, resolve_target
 from app.webhooks.model import DELIVERED, FAILED, PENDING, REFUSED, WebhookDelivery
 from app.webhooks.signing import ensure_secret, signed_headers
 
@@ -143,14 +143,17 @@ def _call(
 ) -> tuple[int | None, str | None]:
     """POST one signed attempt: ``(status code, error)``, the error None on a
     2xx. Raises Refused when the target fails the guard."""
-    ip = resolve_target(url, settings)
+    try:
+        ips = resolve_target(url, settings)
+    except Unresolved as exc:  # the resolver's outage, or the receiver's: retry
+        return None, str(exc)
     headers = {
         "Content-Type": "application/json",
         "User-Agent": "designer-bff-webhooks/1",
         **signed_headers(secret, msg_id, now, payload),
     }
     try:
-        code = post(url, ip, headers, payload.encode())
+        code = post(url, ips, headers, payload.encode())
     except Exception as exc:  # network errors are the receiver's outage: retry
         return None, f"{type(exc).__name__}: {exc}"[:500]
     return code, None if 200 <= code < 300 else f"HTTP {code}"

@@ -23,6 +23,11 @@ class Refused(Exception):
     """The target is not an address we are willing to call."""
 
 
+class Unresolved(Refused):
+    """The host name does not resolve now: refused at submit, but at delivery
+    time a resolver's hiccup is an outage like any other, retried."""
+
+
 def _ip(raw: str) -> Address:
     addr = ipaddress.ip_address(raw)
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
@@ -62,16 +67,17 @@ def _resolve(parts: SplitResult) -> list[str]:
     try:
         infos = socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
-        raise Refused(f"cannot resolve {parts.hostname}: {exc.strerror}") from None
+        raise Unresolved(f"cannot resolve {parts.hostname}: {exc.strerror}") from None
     except UnicodeError:  # IDNA refuses the name (an empty or over-long label)
         raise Refused(f"{parts.hostname} is not a valid host name") from None
     # A scope id (fe80::1%eth0) is no part of the address checked.
     return sorted({info[4][0].split("%")[0] for info in infos})
 
 
-def resolve_target(url: str, settings: Settings) -> str:
-    """Resolve the host now and check every address; return the one to connect
-    to. Raises Refused."""
+def resolve_target(url: str, settings: Settings) -> list[str]:
+    """Resolve the host now and check every address; return them, IPv4 first
+    (a host without IPv6, as containers often are, cannot reach the others).
+    Raises Refused."""
     parts = _split(url, settings)
     addrs = _resolve(parts)
     for raw in addrs:
@@ -80,7 +86,7 @@ def resolve_target(url: str, settings: Settings) -> str:
             raise Refused(f"{where} {why}")
     if parts.scheme == "http" and not all(_ip(raw).is_loopback for raw in addrs):
         raise Refused(HTTP_ONLY_LOOPBACK)
-    return addrs[0]
+    return sorted(addrs, key=lambda raw: (_ip(raw).version, raw))
 
 
 def submit_url_problem(url: str, settings: Settings) -> str | None:
@@ -93,8 +99,11 @@ def submit_url_problem(url: str, settings: Settings) -> str | None:
     return None
 
 
-def post(url: str, ip: str, headers: dict[str, str], body: bytes, timeout: float = 10) -> int:
-    """POST to the already-checked ``ip``; no redirects followed."""
+def post(
+    url: str, ips: list[str], headers: dict[str, str], body: bytes, timeout: float = 10
+) -> int:
+    """POST to the already-checked addresses, each in turn until one takes the
+    connection; no redirects followed."""
     import urllib3
 
     parts = urlsplit(url)
@@ -102,9 +111,15 @@ def post(url: str, ip: str, headers: dict[str, str], body: bytes, timeout: float
     kw: dict[str, Any] = {"server_hostname": host, "assert_hostname": host} if https else {}
     pool_cls = urllib3.HTTPSConnectionPool if https else urllib3.HTTPConnectionPool
     port = parts.port or (443 if https else 80)
-    with pool_cls(ip, port, timeout=urllib3.Timeout(connect=5, read=timeout), **kw) as pool:
-        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        headers = {**headers, "Host": parts.netloc.rsplit("@", 1)[-1]}
-        return pool.urlopen(
-            "POST", path, body=body, headers=headers, redirect=False, retries=False
-        ).status
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    headers = {**headers, "Host": parts.netloc.rsplit("@", 1)[-1]}
+    for i, ip in enumerate(ips):
+        try:
+            with pool_cls(ip, port, timeout=urllib3.Timeout(connect=5, read=timeout), **kw) as pool:
+                return pool.urlopen(
+                    "POST", path, body=body, headers=headers, redirect=False, retries=False
+                ).status
+        except urllib3.exceptions.ConnectTimeoutError:  # refused or timed out: the next one
+            if i == len(ips) - 1:
+                raise
+    raise ValueError("no address to call")
