@@ -167,13 +167,18 @@ def test_a_prediction_that_succeeded_without_an_image_is_kept_not_paid_for_again
     assert fake.creates == 1 and job.state["predictions"] == kept
 
 
-def test_canceled_prediction_is_rejected(fake):
+def test_a_canceled_prediction_is_forgotten_and_the_next_run_starts_anew(fake):
     job = Job()
     with pytest.raises(ProviderPending):
         adapter(fake, job).generate(request())
-    assert adapter(fake).cancel(job.state["predictions"]) == 1
-    with pytest.raises(ProviderRejected, match="canceled"):
+    [first] = job.state["predictions"]
+    assert adapter(fake).cancel([first]) == 1
+    with pytest.raises(ProviderTransient, match="canceled"):
         adapter(fake, job).generate(request())
+    assert job.state["predictions"] == [] and job.state["dropped"] == [first]
+    with pytest.raises(ProviderPending):  # a new prediction, running
+        adapter(fake, job).generate(request())
+    assert fake.creates == 2 and job.state["predictions"] not in ([], [first])
 
 
 def test_bad_token_is_rejected_naming_the_variable(fake):

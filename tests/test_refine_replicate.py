@@ -233,6 +233,31 @@ def test_canceling_while_generate_runs_cancels_its_predictions_when_a_refine_wai
     assert fake.counters["cancel"] == 1 and fake.render(pid)["status"] == "canceled"
 
 
+def test_a_timed_out_generation_retried_starts_a_new_prediction(app, user, fake):
+    """The timeout cancels the running prediction; the retry must not fail on it."""
+    from datetime import timedelta
+
+    from app.domain.models import Generation, utcnow
+    from app.pipeline import maintenance
+
+    client = app.test_client()
+    gen_id = submit_prompt(client, user.headers, "red dress", provider="google-imagen")
+    run_through(app, gen_id, ALL_STAGES[:5])
+    fake.latency = 5.0
+    assert run_stage(*_s(app), gen_id, "generate", task_id="t-1").retry_in is not None
+    s = services(app)
+    with s.db.session() as session:
+        session.get(Generation, gen_id).deadline_at = utcnow() - timedelta(seconds=1)
+    assert maintenance.expire_overdue(s.db, s.settings) == 1
+    assert fake.counters["cancel"] == 1 and load(app, gen_id)["status"] == "failed"
+    assert client.post(f"/api/generate/{gen_id}/retry", headers=user.headers).status_code == 202
+    fake.latency = 0.05
+    run_through(app, gen_id, ["generate", "store"], task="retry")
+    gen = load(app, gen_id)
+    assert gen["status"] == "completed", gen["error"]
+    assert fake.creates == 2 and len(gen["assets"]) == 1
+
+
 def test_a_late_refine_of_an_imagen_image_is_not_stopped_by_its_completed_generation(
     app, user, fake
 ):

@@ -260,7 +260,9 @@ def _dead(model: str, pid: str, status: str | None, error: str) -> Exception:
     if status == "failed":
         return ProviderRejected(f"{model} failed: {error or 'no reason given'}")
     if status == "canceled":
-        return ProviderRejected(f"the Replicate prediction {pid} was canceled")
+        # As its generation timed out (we cancel what it ran): the user's
+        # retry of it starts a new prediction rather than fail on this one.
+        return ProviderTransient(f"Replicate prediction {pid} was canceled: starting a new one")
     return ProviderRejected(f"Replicate prediction {pid} ended with unknown status {status!r}")
 
 
