@@ -258,6 +258,37 @@ def test_a_timed_out_generation_retried_starts_a_new_prediction(app, user, fake)
     assert fake.creates == 2 and len(gen["assets"]) == 1
 
 
+@pytest.mark.parametrize("meanwhile", ["deleted", "taken over"])
+def test_a_prediction_paid_for_as_its_stage_was_lost_is_canceled(
+    app, user, fake, monkeypatch, meanwhile
+):
+    """The create succeeds but its id cannot be saved: nothing would ever read
+    that prediction, so it is canceled instead of running on, billed."""
+    from app.domain.models import Generation
+    from app.providers.replicate import ReplicateModel
+
+    gen_id = submit_prompt(app.test_client(), user.headers, "red dress", provider="google-imagen")
+    run_through(app, gen_id, ALL_STAGES[:5])
+    fake.latency = 5.0
+    create = ReplicateModel._create
+
+    def create_while_lost(self, request, fields):
+        prediction = create(self, request, fields)
+        with services(app).db.session() as session:
+            gen = session.get(Generation, gen_id)
+            if meanwhile == "deleted":
+                session.delete(gen)
+            else:
+                gen.stage("generate").task_id = "another-copy"
+        return prediction
+
+    monkeypatch.setattr(ReplicateModel, "_create", create_while_lost)
+    out = run_stage(*_s(app), gen_id, "generate", task_id="t-generate")
+    assert not out.proceed and out.retry_in is None
+    [pid] = fake.predictions
+    assert fake.counters["cancel"] == 1 and fake.render(pid)["status"] == "canceled"
+
+
 def test_a_late_refine_of_an_imagen_image_is_not_stopped_by_its_completed_generation(
     app, user, fake
 ):

@@ -29,6 +29,7 @@ from app.pipeline.context import (
     StageTransient,
     StageWaiting,
 )
+from app.pipeline.lease import paying
 from app.pipeline.subject import head_garment, resolve
 from app.platform import ratelimit
 from app.platform.storage import StorageError, asset_key
@@ -118,9 +119,10 @@ def run(ctx: StageContext) -> StageResult:
         # was taken over while it waited (StageLeaseLost) and renews the lease.
         job.save({ratelimit.RESERVED: None})
 
+    state = {k: v for k, v in ctx.previous.items() if k not in RUNNER_KEYS}
     job = Job(
-        state={k: v for k, v in ctx.previous.items() if k not in RUNNER_KEYS},
-        saver=ctx.checkpoint,
+        state=state,
+        saver=paying(ctx.checkpoint, lambda ids: provider.cancel(ids), state),
         acquire=before_paid_call,
         poll_every=ctx.settings.provider_poll_seconds,
     )

@@ -186,6 +186,43 @@ def checkpointer(
     return checkpoint
 
 
+def paying(
+    checkpoint: Callable[[dict[str, Any]], None],
+    cancel: Callable[[list[str]], object],
+    saved: dict[str, Any],
+) -> Callable[[dict[str, Any]], None]:
+    """``checkpoint`` for a stage that pays for predictions (its state's
+    ``predictions``, from ``saved`` on). One just paid for that it cannot save
+    (the generation deleted, the stage taken over, the database gone past the
+    checkpoint's patience) is canceled at once: no run will ever read it. A
+    canceled generation's are saved first (``GenerationEnded``); the runner
+    cancels those."""
+    known = set(_prediction_ids(saved))
+
+    def save(state: dict[str, Any]) -> None:
+        ids = _prediction_ids(state)
+        try:
+            checkpoint(state)
+        except GenerationEnded:
+            raise
+        except Exception:
+            if lost := [i for i in ids if i not in known]:
+                log.warning("canceling predictions nothing will read: %s", lost)
+                try:
+                    cancel(lost)
+                except Exception:  # noqa: BLE001 - best effort, as every cancel
+                    log.warning("could not cancel %s", lost, exc_info=True)
+            raise
+        known.update(ids)
+
+    return save
+
+
+def _prediction_ids(state: dict[str, Any]) -> list[str]:
+    ids = state.get("predictions") or []  # generate's a list, refine's by task
+    return list(ids.values()) if isinstance(ids, dict) else list(ids)
+
+
 def _save_checkpoint(
     session: Session, generation_id: str, stage_id: int, task_id: str | None, state: dict
 ) -> None:

@@ -39,6 +39,7 @@ from app.pipeline.context import (
     StageTransient,
     StageWaiting,
 )
+from app.pipeline.lease import paying
 from app.pipeline.store import _image, download  # store's checks of what it stores
 from app.platform import ratelimit
 from app.platform.storage import StorageError, asset_key
@@ -147,12 +148,13 @@ def _replicate(ctx: StageContext, tasks: list[Task]) -> tuple[dict[str, bytes], 
 
     job = Job(
         state=saved,
-        saver=ctx.checkpoint,
+        saver=paying(ctx.checkpoint, lambda ids: refiner.cancel(ids), saved),
         acquire=before_paid_call,
         poll_every=ctx.settings.provider_poll_seconds,
     )
+    refiner = ReplicateRefiner(ctx.settings, job, ctx.generation.id)
     try:
-        finished = ReplicateRefiner(ctx.settings, job, ctx.generation.id).run(tasks)
+        finished = refiner.run(tasks)
     except ProviderPending as exc:
         raise StageWaiting(exc.retry_in, exc.reason, exc.state) from exc
     except ProviderTransient as exc:

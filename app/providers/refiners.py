@@ -140,6 +140,9 @@ class ReplicateRefiner:
             )
         return uploaded.urls["get"]
 
+    def cancel(self, prediction_ids: list[str]) -> int:
+        return cancel_predictions(self.client, prediction_ids)
+
     def _look(self, ids: dict[str, str], tasks: list[Task]) -> dict[str, dict[str, Any]]:
         models = {t.key: t.op.model.name for t in tasks}
         return look_once(self.client, self.job, ids, models, dict)
