@@ -60,6 +60,29 @@ def test_a_stage_lost_too_often_fails_the_generation(app, user):
         assert gen.error_stage == "analyze" and "no progress in 3 attempts" in gen.error_message
 
 
+def test_a_parked_stage_whose_countdown_was_lost_resumes_without_a_new_attempt(
+    app, user, monkeypatch
+):
+    """Two transient failures, then a paid prediction it waits on: its
+    countdown lost (Redis restarted empty), the re-send resumes the wait."""
+    import app.pipeline as pipeline
+    from app.pipeline.context import StageResult
+
+    gen_id = new_generation(app, user)
+    claimed(app, gen_id, attempts=3, task_id="task-parked")
+    with app.extensions["bff"].db.session() as session:
+        st = session.get(Generation, gen_id).stage("analyze")
+        st.output = {"predictions": ["p1"], "checkpoint": True, "waiting": "p1 processing"}
+    _age(app, gen_id, 3600)
+    seen = []
+    monkeypatch.setitem(
+        pipeline.STAGE_FUNCS, "analyze", lambda ctx: seen.append(ctx.previous) or StageResult({})
+    )
+    assert _run(app, gen_id, "analyze", "task-resent").proceed
+    assert _stage(app, gen_id, "analyze") == ("completed", 3, "task-resent")
+    assert seen[0]["predictions"] == ["p1"]  # resumed: its prediction, not a new one
+
+
 def test_dispatcher_sends_what_never_reached_the_broker(app, user, sent):
     fresh = new_generation(app, user)
     lost = new_generation(app, user)

@@ -192,11 +192,13 @@ def claim_stage(
         if not lease.stalled(gen, settings):
             log.info("%s: %s is already running elsewhere", generation_id, name)
             return STOP
-        if stage.attempts >= settings.stage_max_attempts:
+        if stage.attempts >= settings.stage_max_attempts and not parked:
             lost = f"{name} made no progress in {stage.attempts} attempts"
             lost += " (its worker was lost each time)"
             return end_failed(session, settings, gen, stage, lost, after)
-    waited = parked and (own_retry or woken)
+    # A parked stage is resumed, never attempted anew: by its countdown, by a
+    # wake-up, or, its countdown lost (Redis restarted empty), by a re-send.
+    waited = bool(parked)
     if waited:  # running now: no longer parked, so no other delivery takes it
         stage.output = {k: v for k, v in (stage.output or {}).items() if k != lease.WAITING}
     if gen.status not in FINAL:  # a late refine leaves its completed generation so
