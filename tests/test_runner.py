@@ -224,6 +224,38 @@ def test_transient_errors_retry_then_give_up(app2, monkeypatch):
     assert stages_by_name(gen)["enhance"]["attempts"] == 2
 
 
+def test_a_retry_later_than_the_stall_timeout_is_waited_for_in_hops(app, client, user, monkeypatch):
+    """A provider asking for 90 s (the stall timeout is 30 s): the stage is
+    held, its lease renewed each hop, and a run before its time (a re-send,
+    an early countdown) waits again instead of spending an attempt."""
+    from datetime import timedelta
+
+    from app.domain.models import utcnow
+
+    calls = []
+
+    def limited(ctx: StageContext) -> StageResult:
+        calls.append(1)
+        raise StageTransient("429: slow down", retry_after=90)
+
+    monkeypatch.setitem(STAGE_FUNCS, "enhance", limited)
+    gen_id = submit_prompt(client, user.headers)
+    stage(app, gen_id, "analyze")
+    first = stage(app, gen_id, "enhance")
+    assert first.proceed and first.retry_in == 15  # half the stall timeout
+    early = stage(app, gen_id, "enhance")
+    assert early.proceed and 0 < early.retry_in <= 15
+    row = stage_row(app, gen_id, "enhance")
+    assert (row.status, row.attempts, len(calls)) == ("pending", 1, 1)
+    with services(app).db.session() as session:  # 90 s later
+        held = session.get(Generation, gen_id).stage("enhance")
+        due = utcnow() - timedelta(seconds=1)
+        held.output = {**held.output, "retryAt": due.isoformat()}
+    stage(app, gen_id, "enhance")
+    row = stage_row(app, gen_id, "enhance")
+    assert (row.attempts, len(calls)) == (2, 2)
+
+
 def test_transient_then_success_counts_attempts(app, client, user, monkeypatch):
     real = STAGE_FUNCS["enhance"]
     calls = []

@@ -11,7 +11,7 @@ import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session
 
@@ -108,7 +108,11 @@ def fail_or_retry(
     stage.error = f"attempt {stage.attempts} failed, retrying in {retry_in:.1f}s: {error}"
     gen.updated_at = utcnow()
     after.append(lambda: events.stage_changed(settings, generation_id, name, S_PENDING, None))
-    return Outcome(True, retry_in)
+    hop = min(retry_in, settings.stall_timeout / 2)
+    if hop < retry_in:  # in hops, as a wait: the lease renewed, an early run waits again
+        due = utcnow() + timedelta(seconds=retry_in)
+        stage.output = {**(stage.output or {}), lease.RETRY_AT: due.isoformat()}
+    return Outcome(True, hop)
 
 
 def end_failed(

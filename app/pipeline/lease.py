@@ -32,7 +32,8 @@ from app.platform.db import unavailable as db_unavailable
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT, WAITING = "checkpoint", "waiting"  # the runner's keys in a stage's output
+# The runner's keys in a stage's output.
+CHECKPOINT, WAITING, RETRY_AT = "checkpoint", "waiting", "retryAt"
 CHECKPOINT_PATIENCE = 30.0  # seconds a checkpoint waits out a database outage
 WAKE_UP = "wake-"  # the task id prefix of a delivery sent to wake a waiting stage
 
@@ -144,6 +145,15 @@ def renew(session: Session, generation_id: str, name: str, task_id: str | None) 
 def checkpoint_of(stage: GenerationStage) -> dict[str, Any]:
     output = stage.output or {}
     return dict(output) if output.get(CHECKPOINT) else {}
+
+
+def retry_hold(stage: GenerationStage) -> float:
+    """Seconds until a pending stage's retry is due (taken in hops when the
+    provider asked for longer than half the stall timeout); 0 when due."""
+    due = (stage.output or {}).get(RETRY_AT)
+    if not due:
+        return 0.0
+    return max(0.0, (datetime.fromisoformat(due) - utcnow()).total_seconds())
 
 
 def parked(stage: GenerationStage | None) -> dict[str, Any]:

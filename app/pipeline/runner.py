@@ -28,6 +28,7 @@ from app.domain.states import (
     PROCESSING,
     S_COMPLETED,
     S_FAILED,
+    S_PENDING,
     S_RUNNING,
     S_SKIPPED,
     STAGE_DONE,
@@ -181,6 +182,9 @@ def claim_stage(
     if any(s.status not in STAGE_DONE for s in gen.stages if s.position < stage.position):
         log.warning("%s: %s delivered before earlier stages finished", generation_id, name)
         return STOP  # a stale message: the chain of the unfinished stage owns this
+    if stage.status == S_PENDING and (hold := lease.retry_hold(stage)):
+        gen.updated_at = utcnow()  # run before its retry is due: wait on, alive
+        return Outcome(True, min(hold, settings.stall_timeout / 2))
     own_retry = stage.status == S_RUNNING and task_id is not None and stage.task_id == task_id
     # A waiting stage is parked in the broker, not worked on: a wake-up (a
     # Replicate webhook) may take it now; the parked copy then stops.
@@ -199,8 +203,10 @@ def claim_stage(
     # A parked stage is resumed, never attempted anew: by its countdown, by a
     # wake-up, or, its countdown lost (Redis restarted empty), by a re-send.
     waited = bool(parked)
-    if waited:  # running now: no longer parked, so no other delivery takes it
-        stage.output = {k: v for k, v in (stage.output or {}).items() if k != lease.WAITING}
+    if waited or lease.RETRY_AT in (stage.output or {}):
+        # Running now: no longer parked (no other delivery takes it) or held.
+        runner_keys = (lease.WAITING, lease.RETRY_AT)
+        stage.output = {k: v for k, v in stage.output.items() if k not in runner_keys}
     if gen.status not in FINAL:  # a late refine leaves its completed generation so
         set_status(gen, PROCESSING)
     set_stage_status(stage, S_RUNNING)
