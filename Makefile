@@ -49,11 +49,11 @@ dev: $(STAMP)
 
 ## The whole suite. BFF_REQUIRE_SERVICES=1 turns "skip: no Postgres/Redis" into failures.
 ## Most of its time is spent waiting on processes (workers, recoveries), so it
-## runs on TEST_WORKERS pytest-xdist workers; the fault tests stay on one.
+## runs on TEST_WORKERS pytest-xdist workers (each starts the stacks it needs).
 TEST_WORKERS ?= 2
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -33,16 +33,6 @@ from tests.support.services import (
 # Variables from the developer's shell must not leak into tests.
 CLEAN = {name: "" for name in SERVICE_VARS}
 
-FAULTS = Path(__file__).parent / "faults"
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under ``make test`` (pytest-xdist, ``--dist loadgroup``) the fault tests
-    run on one worker, so their one package-scoped stack is started once."""
-    for item in items:
-        if FAULTS in item.path.parents:
-            item.add_marker(pytest.mark.xdist_group("faults"))
-
 
 @pytest.fixture
 def sent(monkeypatch) -> list[tuple[str, str]]:
