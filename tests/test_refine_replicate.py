@@ -201,6 +201,24 @@ def test_the_budget_is_checked_before_the_paid_refine(app, user, fake):
     assert [a["variant"] for a in gen["assets"]] == ["original"]  # kept and shown
 
 
+def test_jobs_accepted_together_are_each_checked_against_the_cap_before_paying(app, user, fake):
+    """Both fit the cap alone and were accepted before either spent; the
+    second is refused once the first has paid, before its own create."""
+    with services(app).db.session() as session:
+        session.get(User, user.id).daily_spend_cap = Decimal("0.09")  # one $0.06 image
+    client = app.test_client()
+    first, second = (
+        submit_prompt(client, user.headers, "red dress", provider="google-imagen") for _ in range(2)
+    )
+    run_through(app, first)
+    assert load(app, first)["status"] == "completed" and fake.creates == 1
+    run_through(app, second)
+    gen = load(app, second)
+    assert gen["status"] == "failed" and gen["error"]["stage"] == "generate"
+    assert "this image may cost" in gen["error"]["message"], gen["error"]
+    assert fake.creates == 1  # refused before paying
+
+
 def test_canceling_a_generation_cancels_its_running_refine_predictions(app, user, fake):
     gen_id = submit_prompt(
         app.test_client(), user.headers, "red dress", provider="google-imagen", upscale=2

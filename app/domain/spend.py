@@ -1,7 +1,9 @@
 """Today's spend against a user's daily cap (``users.daily_spend_cap``), for
-work that pays after a generation was accepted: a refine checks it before
-its paid call, and its API route before it queues one. (Submissions go
-through ``quotas.check_submission``, which counts the same way.)"""
+work that pays after a generation was accepted: the generate and refine
+stages check it before their paid calls (jobs accepted together are each
+checked against what the earlier ones have since spent), and the refine
+route before it queues one. (Submissions go through
+``quotas.check_submission``, which counts the same way.)"""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from sqlalchemy.orm import Session
 from app.domain.models import Generation, User, utcnow
 
 
-def refusal(session: Session, user_id: int, estimate: float) -> str | None:
+def refusal(session: Session, user_id: int, estimate: float, what: str = "refine") -> str | None:
     """Why ``estimate`` (USD) more would pass the user's cap today, or None."""
     cap = session.scalar(select(User.daily_spend_cap).where(User.id == user_id))
     if cap is None:
@@ -29,7 +31,7 @@ def refusal(session: Session, user_id: int, estimate: float) -> str | None:
         return f"today's spend ${spent:.2f} has reached your daily cap ${cap:.2f}"
     if spent + estimate > cap:
         return (
-            f"this refine may cost ${estimate:.4f}: with today's ${spent:.2f} "
+            f"this {what} may cost ${estimate:.4f}: with today's ${spent:.2f} "
             f"it would pass your daily cap ${cap:.2f}"
         )
     return None

@@ -21,6 +21,7 @@ import base64
 from decimal import Decimal
 from typing import Any
 
+from app.domain.spend import refusal
 from app.pipeline.colors import named_in
 from app.pipeline.context import (
     StageContext,
@@ -128,6 +129,12 @@ def run(ctx: StageContext) -> StageResult:
     )
     provider = get_provider(provider_id, ctx.settings, job)
     request = build_request(ctx)
+    # Jobs accepted together each passed the submit's check before any had
+    # spent: the cap is checked again before paying, against what they have.
+    paid = len(state.get("predictions") or state.get("images") or [])
+    estimate = provider.price_for(request) * max(0, request.count - paid)
+    if estimate and (why := refusal(ctx.session, gen.user_id, estimate, "image")):
+        raise StageFailed(why)
     try:
         result = provider.generate(request)
     except ProviderPending as exc:
