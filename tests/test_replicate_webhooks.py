@@ -252,3 +252,27 @@ def test_a_delivery_while_replicate_is_unreachable_is_503_not_401(app_config, fa
     resp = deliver(app.test_client(), fake, "gen_x", msg_id="m-unreachable")
     assert resp.status_code == 503, resp.json
     assert resp.json["error"]["code"] == "service_unavailable" and resp.headers["Retry-After"]
+
+
+def test_a_retried_stage_is_not_taken_by_a_wake_up_while_it_works(app, client, user, monkeypatch):
+    """A generation that failed while parked keeps its checkpoint; its retry's
+    copy, once it runs, is no parked stage for a wake-up to take."""
+    gen_id = waiting_generation(app, user)
+    with services(app).db.session() as session:
+        gen = session.get(Generation, gen_id)
+        for st in gen.stages[: STAGES.index("generate")]:
+            st.status = "completed"
+        gen.status, gen.stage("generate").status = "failed", "failed"
+    assert client.post(f"/api/generate/{gen_id}/retry", headers=user.headers).status_code == 202
+    s, woken = services(app), []
+
+    def works(ctx: StageContext) -> StageResult:
+        woken.append(run_stage(s.db, s.settings, s.storage, gen_id, "generate", "wake-1"))
+        return StageResult({"done": True})
+
+    monkeypatch.setitem(STAGE_FUNCS, "generate", works)
+    assert run_stage(s.db, s.settings, s.storage, gen_id, "generate", "t-retry").proceed
+    assert woken[0].proceed is False  # "already running elsewhere"
+    with s.db.session() as session:
+        stage = session.get(Generation, gen_id).stage("generate")
+        assert (stage.status, stage.task_id) == ("completed", "t-retry")

@@ -203,10 +203,11 @@ def claim_stage(
     # A parked stage is resumed, never attempted anew: by its countdown, by a
     # wake-up, or, its countdown lost (Redis restarted empty), by a re-send.
     waited = bool(parked)
-    if waited or lease.RETRY_AT in (stage.output or {}):
-        # Running now: no longer parked (no other delivery takes it) or held.
-        runner_keys = (lease.WAITING, lease.RETRY_AT)
-        stage.output = {k: v for k, v in stage.output.items() if k not in runner_keys}
+    held = (lease.WAITING, lease.RETRY_AT)
+    if any(k in (stage.output or {}) for k in held):
+        # Running now: not parked (no wake-up takes it from this copy, even
+        # after a retry of its failed generation) and no longer held.
+        stage.output = {k: v for k, v in stage.output.items() if k not in held}
     if gen.status not in FINAL:  # a late refine leaves its completed generation so
         set_status(gen, PROCESSING)
     set_stage_status(stage, S_RUNNING)
