@@ -227,9 +227,11 @@ def test_api_errors_are_retried_by_the_sdk_then_surface(openai_chat, llm_setting
     openai_chat.script_content(DEFAULT_RECORD)
     assert analyze_with_vision(_garment(), llm_settings)["spec"]["records"][0]
     openai_chat.reset()
-    openai_chat.script_error(401, "Incorrect API key provided", code="invalid_api_key")
-    with pytest.raises(LLMCallFailed, match="401"):
+    refused = "Incorrect API key provided: sk-proj-Ab******9xYz. You can find your API key…"
+    openai_chat.script_error(401, refused, code="invalid_api_key")
+    with pytest.raises(LLMCallFailed, match="401: Incorrect API key provided: sk-….") as exc:
         analyze_with_vision(_garment(), llm_settings)
+    assert "9xYz" not in str(exc.value)
     assert len(openai_chat.requests) == 1  # 401 is not retried
 
 

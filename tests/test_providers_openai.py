@@ -118,9 +118,13 @@ def test_provider_errors_are_classified_and_not_retried_by_the_sdk(
         assert exc.value.retry_after == 1.5  # from retry-after-ms
 
 
-def test_bad_key_is_rejected_naming_the_variable(fake):
-    with pytest.raises(ProviderRejected, match="OPENAI_API_KEY"):
-        get_provider(GptImage.id, settings(fake, key="sk-wrong"), Job()).generate(request())
+def test_bad_key_is_rejected_naming_the_variable_not_the_key(fake):
+    """OpenAI's 401 shows the refused key, masked; users see the error."""
+    key = "sk-proj-Wr0ngKeyAbCdEfGhIjKlMn1234"
+    with pytest.raises(ProviderRejected, match="OPENAI_API_KEY") as exc:
+        get_provider(GptImage.id, settings(fake, key=key), Job()).generate(request())
+    assert "Incorrect API key provided: sk-…." in str(exc.value)
+    assert "sk-proj" not in str(exc.value) and "1234" not in str(exc.value)
 
 
 def test_unreachable_is_transient():

@@ -20,6 +20,7 @@ import openai
 from PIL import Image
 
 from app.platform.config import Settings
+from app.providers.openai_images import error_message
 
 T = TypeVar("T")
 INVALID_RETRIES = 1
@@ -102,8 +103,7 @@ def strict_object(props: dict[str, Any]) -> dict[str, Any]:
 
 def _describe(exc: openai.APIError) -> str:
     if isinstance(exc, openai.APIStatusError):
-        body = exc.body if isinstance(exc.body, dict) else {}
-        return f"OpenAI API error {exc.status_code}: {body.get('message') or exc.message}"
+        return f"OpenAI API error {exc.status_code}: {error_message(exc)}"
     if isinstance(exc, openai.APITimeoutError):
         return "OpenAI API timed out"
     return f"OpenAI API unreachable: {exc}"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -46,9 +47,15 @@ def _retry_after(headers: Any) -> float | None:
     return None
 
 
-def _message(exc: openai.APIStatusError) -> str:
+# OpenAI's 401 names the key it refused, partly masked ("sk-proj-ab**...wxyz"):
+# its message reaches users (the generation's error), the key's shape must not.
+KEY_IN_MESSAGE = re.compile(r"\bsk-[\w*-]+")
+
+
+def error_message(exc: openai.APIStatusError) -> str:
+    """The message of an OpenAI error answer, with any API key in it masked."""
     body = exc.body if isinstance(exc.body, dict) else {}
-    return str(body.get("message") or exc.message)
+    return KEY_IN_MESSAGE.sub("sk-…", str(body.get("message") or exc.message))
 
 
 @contextmanager
@@ -61,7 +68,7 @@ def _mapped() -> Iterator[None]:
     except openai.APIConnectionError as exc:
         raise ProviderTransient("OpenAI unreachable") from exc
     except openai.APIStatusError as exc:
-        status, code, msg = exc.status_code, exc.code or "", _message(exc)
+        status, code, msg = exc.status_code, exc.code or "", error_message(exc)
         if status == 429 and code in QUOTA_CODES:
             raise ProviderRejected(f"OpenAI quota exhausted: {msg}") from exc
         if status in (408, 409, 429) or status >= 500:

@@ -104,7 +104,12 @@ class FakeOpenAIImages(FakeServer):
             return Response(self.files[parts[1]], 200, content_type="image/png")
         auth = request.headers.get("Authorization", "")
         if not auth.startswith("Bearer ") or (self.key and auth != f"Bearer {self.key}"):
-            message = "Incorrect API key provided."
+            given = auth.removeprefix("Bearer ")  # OpenAI names the key it refused, masked
+            masked = f"{given[:8]}{'*' * max(0, len(given) - 12)}{given[-4:]}"
+            message = (
+                f"Incorrect API key provided: {masked}. "
+                "You can find your API key at https://platform.openai.com/account/api-keys."
+            )
             return error(401, message, "invalid_request_error", None, "invalid_api_key")
         if request.path.rstrip("/") == "/v1/models" and request.method == "GET":  # a key check
             models = [
