@@ -24,6 +24,16 @@ def test_rate_limits_are_read_from_the_environment():
     assert Settings.from_env({}).rate_limits["google-imagen"] == (100, 60.0)
 
 
+def test_a_rate_limit_of_zero_is_no_limit_and_a_bad_one_is_refused_by_name():
+    s = Settings.from_env({"BFF_RATE_LIMIT_FLUX_PRO": "0"})
+    assert "flux-pro" not in s.rate_limits and "google-imagen" in s.rate_limits
+    for _ in range(3):  # no bucket, no Redis: every call goes ahead
+        acquire(s, "flux-pro")
+    for bad in ("10/0", "-1/60"):
+        with pytest.raises(ValueError, match="BFF_RATE_LIMIT_FLUX_PRO"):
+            Settings.from_env({"BFF_RATE_LIMIT_FLUX_PRO": bad})
+
+
 def test_local_bucket_allows_capacity_then_reserves_tokens_in_turn():
     b = LocalBuckets()
     assert [b.take("p", 3, 3.0) for _ in range(3)] == [(0.0, True)] * 3

@@ -220,10 +220,14 @@ class Settings:
         # (Imported here: the catalogue's package imports this module.)
         from app.providers.catalog import rate_limit_defaults
 
-        rate_limits = {
-            bucket: _rate(env.get("BFF_RATE_LIMIT_" + bucket.upper().replace("-", "_")) or default)
-            for bucket, default in rate_limit_defaults().items()
-        }
+        rate_limits = {}
+        for bucket, default in rate_limit_defaults().items():
+            var = "BFF_RATE_LIMIT_" + bucket.upper().replace("-", "_")
+            count, per = _rate(env.get(var) or default)
+            if count < 0 or per <= 0:
+                raise ConfigError(f"{var} must be N/SECONDS, N >= 0 (0: no limit), SECONDS > 0")
+            if count:  # 0, as for BFF_SUBMIT_RATE_LIMIT: no limit
+                rate_limits[bucket] = (count, per)
         return cls(
             var_dir=var_dir,
             database_url=database_url,
