@@ -168,7 +168,7 @@ def test_a_prediction_that_succeeded_without_an_image_is_kept_not_paid_for_again
 
 
 def test_a_canceled_prediction_is_forgotten_and_the_next_run_starts_anew(fake):
-    job = Job()
+    fake.latency, job = 30.0, Job()  # each still running at its first look
     with pytest.raises(ProviderPending):
         adapter(fake, job).generate(request())
     [first] = job.state["predictions"]

@@ -56,6 +56,7 @@ def created(fake: FakeReplicate, **env: str) -> dict:
         {"REPLICATE_API_TOKEN": TOKEN, "REPLICATE_BASE_URL": fake.url, **env}
     )
     adapter = get_provider("google-imagen", settings, Job())
+    fake.latency = 30.0  # still running at the first look, however slow the machine
     with pytest.raises(ProviderPending):
         adapter.generate(ImageRequest(generation_id="gen_1", prompt="red silk dress"))
     [body] = fake.create_bodies
@@ -85,6 +86,7 @@ def test_refine_predictions_ask_for_the_webhook_too(fake):
     public = {"REPLICATE_API_TOKEN": TOKEN, "REPLICATE_BASE_URL": fake.url}
     settings = Settings.from_env({**public, "BFF_PUBLIC_URL": "https://bff.example"})
     task = Task("7:upscaled-x2", RefineOp("upscaled", 2), lambda: fake_png())
+    fake.latency = 30.0  # still running at the first look
     with pytest.raises(ProviderPending):
         ReplicateRefiner(settings, Job(), "gen_9").run([task])
     [body] = fake.create_bodies
