@@ -49,7 +49,8 @@ dev: $(STAMP)
 
 ## The whole suite. BFF_REQUIRE_SERVICES=1 turns "skip: no Postgres/Redis" into failures.
 ## Most of its time is spent waiting on processes (workers, recoveries), so it
-## runs on TEST_WORKERS pytest-xdist workers (each starts the stacks it needs).
+## runs on TEST_WORKERS pytest-xdist workers (each starts the stacks it needs;
+## 0: in this process).
 TEST_WORKERS ?= 2
 test: $(STAMP)
 	$(BIN)/ruff check .

@@ -256,6 +256,33 @@ def test_a_retry_later_than_the_stall_timeout_is_waited_for_in_hops(app, client,
     assert (row.attempts, len(calls)) == (2, 2)
 
 
+def test_a_retry_of_the_failed_generation_is_not_held_by_the_old_retry_at(
+    app, client, user, monkeypatch
+):
+    from datetime import timedelta
+
+    from app.domain.models import utcnow
+    from app.pipeline import maintenance
+
+    real = STAGE_FUNCS["enhance"]
+
+    def limited(ctx: StageContext) -> StageResult:
+        raise StageTransient("429: slow down", retry_after=3600)
+
+    monkeypatch.setitem(STAGE_FUNCS, "enhance", limited)
+    gen_id = submit_prompt(client, user.headers)
+    stage(app, gen_id, "analyze")
+    assert stage(app, gen_id, "enhance").retry_in == 15  # held for an hour, in hops
+    s = services(app)
+    with s.db.session() as session:
+        session.get(Generation, gen_id).deadline_at = utcnow() - timedelta(seconds=1)
+    assert maintenance.expire_overdue(s.db, s.settings) == 1  # timed out while held
+    assert client.post(f"/api/generate/{gen_id}/retry", headers=user.headers).status_code == 202
+    monkeypatch.setitem(STAGE_FUNCS, "enhance", real)
+    assert stage(app, gen_id, "enhance").retry_in is None  # runs now: the old hold is gone
+    assert stage_row(app, gen_id, "enhance").status == "completed"
+
+
 def test_transient_then_success_counts_attempts(app, client, user, monkeypatch):
     real = STAGE_FUNCS["enhance"]
     calls = []

@@ -23,6 +23,7 @@ from app.domain.states import (
     CANCELED,
     FAILED,
     FINAL,
+    HOLDS,
     PENDING,
     S_FAILED,
     S_PENDING,
@@ -214,6 +215,8 @@ def prepare_retry(gen: Generation, timeout: float) -> str:
             s.status, s.error = S_PENDING, None
         if s.status == S_PENDING:
             s.attempts = 0
+            if any(k in (s.output or {}) for k in HOLDS):  # its checkpoint stays
+                s.output = {k: v for k, v in s.output.items() if k not in HOLDS}
     gen.dispatched_at = None
     return first_unfinished(gen) or stage_names(gen)[-1]
 

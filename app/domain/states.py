@@ -75,6 +75,10 @@ def set_stage_status(stage: GenerationStage, target: str) -> None:
 # generation completed; everything else stops at a final generation.
 LATE_STAGE = "refine"
 LATE_REQUEST = "refine"  # the pipeline_data key of its request (asset, options, askedAt)
+# A stage output's marks of a wait, which hold its stage from being run:
+# parked on a provider's work, or a retry not due yet. A claim clears them.
+WAITING, RETRY_AT = "waiting", "retryAt"
+HOLDS = (WAITING, RETRY_AT)
 
 
 def refining(gen: Generation) -> bool:

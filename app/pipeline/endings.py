@@ -22,8 +22,10 @@ from app.domain.states import (
     FINAL,
     LATE_REQUEST,
     LATE_STAGE,
+    RETRY_AT,
     S_FAILED,
     S_PENDING,
+    WAITING,
     ended_for,
     refining,
     set_stage_status,
@@ -77,7 +79,7 @@ def wait(
         **(stage.output or {}),
         **exc.state,
         lease.CHECKPOINT: True,
-        lease.WAITING: exc.reason,
+        WAITING: exc.reason,
     }
     gen.updated_at = utcnow()  # still alive: renews the lease
     # A longer wait is taken in hops, each renewing the lease, so a waiting
@@ -111,7 +113,7 @@ def fail_or_retry(
     hop = min(retry_in, settings.stall_timeout / 2)
     if hop < retry_in:  # in hops, as a wait: the lease renewed, an early run waits again
         due = utcnow() + timedelta(seconds=retry_in)
-        stage.output = {**(stage.output or {}), lease.RETRY_AT: due.isoformat()}
+        stage.output = {**(stage.output or {}), RETRY_AT: due.isoformat()}
     return Outcome(True, hop)
 
 

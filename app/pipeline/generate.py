@@ -30,7 +30,7 @@ from app.pipeline.context import (
     StageTransient,
     StageWaiting,
 )
-from app.pipeline.lease import paying
+from app.pipeline.lease import RUNNER_KEYS, paying
 from app.pipeline.subject import head_garment, resolve
 from app.platform import ratelimit
 from app.platform.storage import StorageError, asset_key
@@ -45,8 +45,6 @@ from app.providers import (
     unavailable_reason,
 )
 from app.providers.base import Job, ProviderPending, Reference
-
-RUNNER_KEYS = ("checkpoint", "waiting")  # the runner's bookkeeping in a saved state
 
 EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
 CONTENT_TYPES = {ext: ct for ct, ext in EXTENSIONS.items()}
@@ -130,9 +128,11 @@ def run(ctx: StageContext) -> StageResult:
     provider = get_provider(provider_id, ctx.settings, job)
     request = build_request(ctx)
     # Jobs accepted together each passed the submit's check before any had
-    # spent: the cap is checked again before paying, against what they have.
-    paid = len(state.get("predictions") or state.get("images") or [])
-    estimate = provider.price_for(request) * max(0, request.count - paid)
+    # spent: the cap is checked again before the job starts paying, against
+    # what the others have spent since. (Once it has paid for one image it
+    # finishes: a refusal then would waste what it paid.)
+    started = state.get("predictions") or state.get("images")
+    estimate = 0.0 if started else provider.price_for(request) * request.count
     if estimate and (why := refusal(ctx.session, gen.user_id, estimate, "image")):
         raise StageFailed(why)
     try:

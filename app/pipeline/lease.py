@@ -24,7 +24,7 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session, selectinload
 
 from app.domain.models import Generation, GenerationStage, utcnow
-from app.domain.states import S_RUNNING, ended_for
+from app.domain.states import HOLDS, RETRY_AT, S_RUNNING, WAITING, ended_for
 from app.pipeline.context import GenerationEnded, StageLeaseLost
 from app.platform.config import Settings
 from app.platform.db import Database, begin_for_update
@@ -32,8 +32,8 @@ from app.platform.db import unavailable as db_unavailable
 
 log = logging.getLogger(__name__)
 
-# The runner's keys in a stage's output.
-CHECKPOINT, WAITING, RETRY_AT = "checkpoint", "waiting", "retryAt"
+CHECKPOINT = "checkpoint"  # the runner's mark of a saved state in a stage's output
+RUNNER_KEYS = (CHECKPOINT, *HOLDS)  # the runner's bookkeeping in a saved state
 CHECKPOINT_PATIENCE = 30.0  # seconds a checkpoint waits out a database outage
 WAKE_UP = "wake-"  # the task id prefix of a delivery sent to wake a waiting stage
 
@@ -207,10 +207,10 @@ def paying(
     checkpoint's patience) is canceled at once: no run will ever read it. A
     canceled generation's are saved first (``GenerationEnded``); the runner
     cancels those."""
-    known = set(_prediction_ids(saved))
+    known = set(prediction_ids(saved))
 
     def save(state: dict[str, Any]) -> None:
-        ids = _prediction_ids(state)
+        ids = prediction_ids(state)
         try:
             checkpoint(state)
         except GenerationEnded:
@@ -228,8 +228,10 @@ def paying(
     return save
 
 
-def _prediction_ids(state: dict[str, Any]) -> list[str]:
-    ids = state.get("predictions") or []  # generate's a list, refine's by task
+def prediction_ids(state: dict[str, Any]) -> list[str]:
+    """The Replicate predictions a saved state holds: generate's a list,
+    refine's a mapping of task to id."""
+    ids = state.get("predictions") or []
     return list(ids.values()) if isinstance(ids, dict) else list(ids)
 
 

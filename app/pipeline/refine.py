@@ -39,7 +39,7 @@ from app.pipeline.context import (
     StageTransient,
     StageWaiting,
 )
-from app.pipeline.lease import paying
+from app.pipeline.lease import RUNNER_KEYS, paying
 from app.pipeline.store import _image, download  # store's checks of what it stores
 from app.platform import ratelimit
 from app.platform.storage import StorageError, asset_key
@@ -51,8 +51,6 @@ from app.providers.base import (
     ProviderTransient,
 )
 from app.providers.refiners import RATE_LIMIT_BUCKET, RefineOp, ReplicateRefiner, Task, output_url
-
-RUNNER_KEYS = ("checkpoint", "waiting")
 
 
 def wanted(options: Mapping[str, Any]) -> bool:

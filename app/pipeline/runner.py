@@ -25,6 +25,7 @@ from app.domain.states import (
     CANCELED,
     COMPLETED,
     FINAL,
+    HOLDS,
     PROCESSING,
     S_COMPLETED,
     S_FAILED,
@@ -203,11 +204,10 @@ def claim_stage(
     # A parked stage is resumed, never attempted anew: by its countdown, by a
     # wake-up, or, its countdown lost (Redis restarted empty), by a re-send.
     waited = bool(parked)
-    held = (lease.WAITING, lease.RETRY_AT)
-    if any(k in (stage.output or {}) for k in held):
-        # Running now: not parked (no wake-up takes it from this copy, even
-        # after a retry of its failed generation) and no longer held.
-        stage.output = {k: v for k, v in stage.output.items() if k not in held}
+    if any(k in (stage.output or {}) for k in HOLDS):
+        # Running now: not parked (no wake-up takes it from this copy) and no
+        # longer held.
+        stage.output = {k: v for k, v in stage.output.items() if k not in HOLDS}
     if gen.status not in FINAL:  # a late refine leaves its completed generation so
         set_status(gen, PROCESSING)
     set_stage_status(stage, S_RUNNING)

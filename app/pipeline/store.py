@@ -64,7 +64,7 @@ def _read(resp: requests.Response, limit: int) -> bytes:
     if ctype and not (ctype.startswith("image/") or ctype == "application/octet-stream"):
         raise StageFailed(f"provider output is not an image ({ctype})")
     declared = resp.headers.get("Content-Length", "")
-    if declared.isdigit() and int(declared) > limit:
+    if declared.isascii() and declared.isdecimal() and int(declared) > limit:
         raise StageFailed(f"provider output exceeds {limit // (1024 * 1024)} MB")
     chunks, size = [], 0
     for chunk in resp.iter_content(64 * 1024):

@@ -27,9 +27,7 @@ class NotSent(Exception):
 
 
 def _waits_on(stage: GenerationStage, prediction_id: str) -> bool:
-    predictions = lease.parked(stage).get("predictions") or []
-    ids = predictions.values() if isinstance(predictions, dict) else predictions
-    return prediction_id in ids
+    return prediction_id in lease.prediction_ids(lease.parked(stage))
 
 
 def wake(db: Database, celery_app: Celery, generation_id: str, prediction_id: str) -> str | None:

@@ -20,7 +20,8 @@ Errors, mapped once here (``replicate_errors``): 429 (``detail``: "... resets in
 5xx, timeouts and connection errors are transient; 401/403 (token), 402
 (billing), 4xx validation and a ``failed`` prediction with a safety error
 (E005) are rejected with the provider's words. ``aborted`` (never ran, not
-billed) and "interrupted" failures drop that prediction and retry anew.
+billed), "interrupted" failures and ``canceled`` (by us, as its generation
+timed out) drop that prediction and retry anew.
 """
 
 from __future__ import annotations
