@@ -157,6 +157,31 @@ def test_a_copy_that_was_taken_over_stops_before_paying(app, user, monkeypatch):
     assert (status, task_id) == ("running", "task-b")  # the owner's, untouched
 
 
+def test_a_copy_that_finds_its_stage_finished_by_another_writes_nothing(app, user, monkeypatch):
+    """Its stage function's own writes (rows, the generation's cost) go with
+    its result: the copy that finished first recorded them already."""
+    from decimal import Decimal
+
+    import app.pipeline as pipeline
+    from app.pipeline.context import StageResult
+
+    gen_id = new_generation(app, user)
+
+    def outrun(ctx):
+        ctx.generation.cost = Decimal("0.5")  # as generate and refine add theirs
+        with app.extensions["bff"].db.session() as session:  # task-b finished first
+            st = session.get(Generation, gen_id).stage("analyze")
+            st.status, st.task_id, st.output = "completed", "task-b", {"by": "task-b"}
+        return StageResult({"by": "task-a"})
+
+    monkeypatch.setitem(pipeline.STAGE_FUNCS, "analyze", outrun)
+    assert not _run(app, gen_id, "analyze", "task-a").proceed
+    with app.extensions["bff"].db.session() as session:
+        gen = session.get(Generation, gen_id)
+        assert gen.stage("analyze").output == {"by": "task-b"}
+        assert (gen.cost or 0) == 0  # task-a's write went with its result
+
+
 def test_a_stage_canceled_as_it_pays_saves_its_prediction_and_cancels_it(app, user, monkeypatch):
     """A cancel that lands while ``generate`` creates a prediction cannot see
     its id yet: the checkpoint after the create finds the generation canceled,

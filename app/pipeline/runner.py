@@ -239,6 +239,7 @@ def record(
         raise GenerationGone(ctx.generation.id)
     gen, stage = locked
     if stage is None or stage.status != S_RUNNING:  # finished by a copy that took it over
+        session.rollback()  # and with it what this copy's stage function wrote
         return STOP
     set_stage_status(stage, status)
     stage.finished_at, stage.output = utcnow(), output
