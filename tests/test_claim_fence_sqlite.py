@@ -26,7 +26,7 @@ def test_a_claim_behind_another_copys_claim_stops(app, user):
     result, began = [], threading.Event()
 
     def claim(session, after):
-        return claim_stage(session, s.settings, gen_id, "analyze", "t-second", after=after)
+        return claim_stage(session, s.settings, gen_id, "analyze", "t-second", False, after=after)
 
     def sent(*_) -> None:  # the claim's first statement went out
         began.set()

@@ -278,3 +278,28 @@ def test_a_retried_stage_is_not_taken_by_a_wake_up_while_it_works(app, client, u
     with s.db.session() as session:
         stage = session.get(Generation, gen_id).stage("generate")
         assert (stage.status, stage.task_id) == ("completed", "t-retry")
+
+
+def test_two_wake_ups_do_not_take_a_parked_stage_from_each_other(app, client, user, monkeypatch):
+    """Two predictions' webhooks wake the stage twice; the first wake-up's own
+    countdown (a Celery retry, the same task id) must not take it back."""
+
+    def still_running(ctx: StageContext) -> StageResult:
+        if not ctx.previous:
+            ctx.checkpoint({"predictions": ["p1", "p2"]})
+        raise StageWaiting(5, "waiting for p1, p2")
+
+    monkeypatch.setitem(STAGE_FUNCS, "generate", still_running)
+    gen_id = submit_prompt(client, user.headers)
+    run_all(app, gen_id, STAGES[: STAGES.index("generate")])
+    s = services(app)
+
+    def run(task_id: str, retried: bool = False):
+        return run_stage(s.db, s.settings, s.storage, gen_id, "generate", task_id, retried)
+
+    assert run("t-chain").retry_in is not None  # parked on its countdown
+    assert run("wake-1").retry_in is not None  # p1's webhook: taken, parked again
+    assert run("wake-2").retry_in is not None  # p2's webhook: taken
+    assert run("wake-1", retried=True).proceed is False  # wake-1's countdown stops
+    with s.db.session() as session:
+        assert session.get(Generation, gen_id).stage("generate").task_id == "wake-2"

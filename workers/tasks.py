@@ -89,7 +89,13 @@ def _run(task, generation_id: str, name: str) -> None:
     s = current_app.extensions["bff"]
     with _noting_db_outage(s.settings):
         outcome = run_stage(
-            s.db, s.settings, s.storage, generation_id, name, task_id=task.request.id
+            s.db,
+            s.settings,
+            s.storage,
+            generation_id,
+            name,
+            task_id=task.request.id,
+            retried=bool(task.request.retries),
         )
     if outcome.retry_in is not None:
         raise task.retry(countdown=outcome.retry_in, max_retries=None)

@@ -81,10 +81,14 @@ def run_stage(
     generation_id: str,
     name: str,
     task_id: str | None = None,
+    retried: bool = False,
 ) -> Outcome:
+    """``retried``: this is a Celery retry of the delivery (its countdown), so
+    a wake-up's id no longer wakes anything."""
     # One connection (one checkout, one ping) for every transaction of the stage.
     with db.engine.connect() as conn, db.Session(bind=conn) as session:
-        claim = transaction(session, claim_stage, settings, generation_id, name, task_id)
+        woken = lease.is_wake_up(task_id) and not retried
+        claim = transaction(session, claim_stage, settings, generation_id, name, task_id, woken)
         if isinstance(claim, Outcome):
             return claim
         gen, stage = claim
@@ -165,9 +169,11 @@ def claim_stage(
     generation_id: str,
     name: str,
     task_id: str | None,
+    wake_up: bool,
     after: After,
 ) -> tuple[Generation, GenerationStage] | Outcome:
-    """Take the stage for this delivery, or say why not (an Outcome)."""
+    """Take the stage for this delivery, or say why not (an Outcome).
+    ``wake_up``: a wake-up's first run, which may take a parked stage."""
     gen = lease.lock(session, generation_id)
     if gen is None or ended_for(gen, name):
         return STOP
@@ -190,7 +196,8 @@ def claim_stage(
     # A waiting stage is parked in the broker, not worked on: a wake-up (a
     # Replicate webhook) may take it now; the parked copy then stops.
     parked = bool(lease.parked(stage))
-    woken = parked and lease.is_wake_up(task_id)
+    # (Not its countdown's runs: two wake-ups would take it from each other.)
+    woken = parked and wake_up
     if stage.status == S_RUNNING and not (own_retry or woken):
         # Another delivery holds the stage. Its lease is the generation's
         # progress clock: fresh means it is alive, so this copy stops here.

@@ -61,7 +61,7 @@ def test_a_claim_behind_another_copys_claim_stops(pg_app, pg_user):
     took += " WHERE generation_id = %s AND name = 'enhance'"
 
     def second_claim(session, after):
-        return claim_stage(session, s.settings, gen_id, "enhance", "t-second", after=after)
+        return claim_stage(session, s.settings, gen_id, "enhance", "t-second", False, after=after)
 
     assert _behind_another_copy(pg_app, gen_id, took, second_claim) is STOP
     enhance = stages_by_name(load(pg_app, gen_id))["enhance"]
