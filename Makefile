@@ -50,11 +50,12 @@ dev: $(STAMP)
 ## The whole suite. BFF_REQUIRE_SERVICES=1 turns "skip: no Postgres/Redis" into failures.
 ## Most of its time is spent waiting on processes (workers, recoveries), so it
 ## runs on TEST_WORKERS pytest-xdist workers (each starts the stacks it needs;
-## 0: in this process).
+## 0: in this process). worksteal: a worker that runs dry takes tests queued on
+## the other, so a few minute-long fault tests do not leave one worker idle.
 TEST_WORKERS ?= 2
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

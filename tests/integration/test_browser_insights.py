@@ -10,6 +10,7 @@ Set BFF_UPDATE_SCREENSHOT=1 to refresh docs/insights.png from this run.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import sqlite3
 import subprocess
@@ -45,7 +46,7 @@ def bff(embedded, *args: str) -> str:
 def seeded(embedded):
     """A user of their own: 4 generations (3 images on a persona, 1 without,
     one failed at generate), hearts and a 1-star rating learnt from, a cap."""
-    name = f"insights-{os.getpid()}"
+    name = f"insights-{secrets.token_hex(4)}"  # a user of each set-up's own
     key = bff(embedded, "users", "create", name).strip().splitlines()[-1]
     bff(embedded, "users", "cap", name, str(CAP))
     base, auth = embedded.base_url, {"Authorization": f"Bearer {key}"}
@@ -198,7 +199,8 @@ def test_insights_fit_a_narrow_screen(seeded, browser):  # noqa: F811
 def test_a_new_user_sees_why_charts_are_empty(embedded, browser):  # noqa: F811
     from playwright.sync_api import expect
 
-    key = bff(embedded, "users", "create", f"insights-empty-{os.getpid()}").strip().splitlines()[-1]
+    name = f"insights-empty-{secrets.token_hex(4)}"
+    key = bff(embedded, "users", "create", name).strip().splitlines()[-1]
     page, errors = open_insights(browser, embedded.base_url, key)
     expect(page.locator("#chart-spend + .empty")).to_have_text("Nothing spent yet.")
     expect(page.locator("#chart-failures + .empty")).to_have_text("No failures.")
