@@ -88,7 +88,7 @@ def test_the_event_stream_follows_a_late_refine_to_its_end(app, client, user, se
     gen_id, asset_id = completed(app, user)
     client.post(url(gen_id, asset_id), json={"upscale": 2}, headers=user.headers)
     gen = load(app, gen_id)
-    assert events._late_refine(gen)  # still to run: the stream would go on
+    assert events.late_refine_open(gen)  # still to run: the stream would go on
     stage(app, gen_id, "refine")
     s = services(app)
     body = "".join(events.stream(s.db, s.settings, user.id, gen_id))

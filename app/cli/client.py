@@ -14,6 +14,7 @@ import click
 import requests
 
 from app.api.schemas import PROVIDER_CHOICES, SIZE_CHOICES, GenerationSettings
+from app.platform.events import late_refine_open
 
 FINAL = ("completed", "failed", "canceled")
 # The choices the API accepts, from the request model it validates with.
@@ -33,6 +34,13 @@ def _api(
         return requests.request(method, base + path, timeout=30, headers=headers, **kwargs)
     except requests.ConnectionError:
         msg = f"cannot reach the API at {base} (is 'make dev' running?)"
+        raise click.ClickException(msg) from None
+    except requests.Timeout:
+        raise click.ClickException(f"the API at {base} did not answer within 30 s") from None
+    except requests.RequestException as exc:  # BFF_API_URL without http://, say
+        msg = (
+            f"BFF_API_URL={base} cannot be used ({type(exc).__name__}): e.g. http://127.0.0.1:3001"
+        )
         raise click.ClickException(msg) from None
 
 
@@ -112,8 +120,10 @@ def generate(
         return
     gen = _follow(gen_id, timeout)
     if gen["status"] != "completed":
-        err = gen.get("error") or {}
-        raise click.ClickException(f"{gen['status']}: {err.get('stage')}: {err.get('message')}")
+        err = gen.get("error")
+        raise click.ClickException(
+            f"{gen['status']} at {err['stage']}: {err['message']}" if err else gen["status"]
+        )
     click.echo(f"completed in {gen['provider']} / {gen['model']}, cost ${gen['cost']:.3f}")
     for asset in gen["assets"]:
         click.echo(asset["url"])
@@ -143,7 +153,7 @@ def _follow(gen_id: str, timeout: float) -> dict:
                         _show_stage(data["stage"], data["status"], data["durationMs"])
                     elif event == "done":
                         return data
-                    if time.monotonic() > deadline:
+                    if time.monotonic() > deadline:  # also on keepalives: nothing may change
                         raise click.ClickException(f"not finished after {timeout:.0f}s")
     except requests.RequestException:
         pass
@@ -151,9 +161,13 @@ def _follow(gen_id: str, timeout: float) -> dict:
 
 
 def _sse_events(resp: requests.Response):
-    """(event, data, id) of each event of our stream (one ``data`` line each)."""
+    """(event, data, id) of each event of our stream (one ``data`` line each);
+    a keepalive comment is ``(None, None, None)``."""
     fields: dict[str, str] = {}
     for line in resp.iter_lines(decode_unicode=True):
+        if line.startswith(":"):
+            yield None, None, None
+            continue
         if line:
             name, _, value = line.partition(":")
             fields[name] = value.removeprefix(" ")
@@ -174,7 +188,7 @@ def _poll(gen_id: str, deadline: float, timeout: float) -> dict:
             if seen.get(st["name"]) != st["status"] and st["status"] != "pending":
                 seen[st["name"]] = st["status"]
                 _show_stage(st["name"], st["status"], st["durationMs"])
-        if gen["status"] in FINAL:
+        if gen["status"] in FINAL and not late_refine_open(gen):
             return gen
         if time.monotonic() > deadline:
             raise click.ClickException(f"still {gen['status']} after {timeout:.0f}s")

@@ -183,7 +183,7 @@ def _snapshot(db: Database, user_id: int, generation_id: str) -> dict[str, Any] 
         return None if gen is None else generation_json(gen)
 
 
-def _late_refine(gen: dict[str, Any]) -> bool:
+def late_refine_open(gen: dict[str, Any]) -> bool:
     """A completed generation refining an image asked for after the fact:
     its stream goes on until that ends too."""
     return gen["status"] == "completed" and any(
@@ -217,7 +217,7 @@ def stream(
                 if ev.key > sent:
                     yield sse("stage", ev.data, ".".join(map(str, ev.key)))
                     sent, last_write = ev.key, time.monotonic()
-            if gen["status"] in FINAL and not _late_refine(gen):
+            if gen["status"] in FINAL and not late_refine_open(gen):
                 yield sse("done", gen, DONE_ID)
                 return
             until_beat = settings.sse_heartbeat - (time.monotonic() - last_write)

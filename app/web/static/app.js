@@ -181,7 +181,9 @@ async function poll(id) {
   for (;;) {
     const gen = await api("GET", `/api/generate/${id}`);
     showStages(gen);
-    if (["completed", "failed", "canceled"].includes(gen.status)) return gen;
+    // A completed generation refining an image stays "completed": wait for the refine too.
+    const refining = gen.stages.some((s) => s.name === "refine" && ["pending", "running"].includes(s.status));
+    if (["completed", "failed", "canceled"].includes(gen.status) && !refining) return gen;
     await sleep(1000);
   }
 }

@@ -1,0 +1,89 @@
+"""``bff generate``/``refine`` as an HTTP client: it waits no longer than
+``--timeout`` and ends in one sentence whatever the server or network does.
+Against the Procfile's ``web`` with a broker nothing consumes (jobs stay
+pending), so a wait's end is the client's own doing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from click.testing import CliRunner
+
+from app.cli import client
+from tests.support.live import live_api
+
+BFF = str(Path(sys.executable).parent / "bff")
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory):
+    with live_api(tmp_path_factory.mktemp("cli-live"), BFF_SSE_HEARTBEAT="0.3") as live:
+        yield live
+
+
+def bff(api, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:
+    env = {"BFF_API_URL": api.base_url, "BFF_API_KEY": api.key, "PATH": "/usr/bin:/bin"}
+    return subprocess.run([BFF, *args], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_wait_ends_at_its_timeout_though_no_stage_changes(api):
+    """Only keepalives arrive while nothing runs the job."""
+    started = time.monotonic()
+    run = bff(api, "generate", "red wool coat", "--wait", "--timeout", "1")
+    assert run.returncode == 1 and "not finished after 1s" in run.stderr, run.stderr
+    assert time.monotonic() - started < 15  # the keepalives came every 0.3 s
+
+
+def test_a_generation_canceled_while_waited_on_says_so_in_words(api):
+    proc = subprocess.Popen(
+        [BFF, "generate", "navy blazer", "--wait", "--timeout", "20"],
+        env={"BFF_API_URL": api.base_url, "BFF_API_KEY": api.key, "PATH": "/usr/bin:/bin"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    line = proc.stdout.readline()  # "submitted gen_…"
+    gen_id = line.split()[-1]
+    resp = requests.post(f"{api.base_url}/api/generate/{gen_id}/cancel", headers=api.headers)
+    assert resp.status_code == 200, resp.text
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 1 and err.strip() == "Error: canceled", err
+
+
+@pytest.mark.parametrize(
+    "url,said",
+    [
+        ("127.0.0.1:3001", "BFF_API_URL=127.0.0.1:3001 cannot be used"),
+        ("http://127.0.0.1:9", "cannot reach the API at http://127.0.0.1:9"),
+    ],
+)
+def test_an_unusable_api_url_is_one_sentence(url, said):
+    env = {"BFF_API_URL": url, "BFF_API_KEY": "bff_x"}
+    result = CliRunner().invoke(client.generate, ["red dress"], env=env)
+    assert result.exit_code == 1 and said in result.output, result.output
+    assert "Traceback" not in result.output
+
+
+def test_polling_follows_a_late_refine_to_its_end(monkeypatch):
+    """Without the event stream, a completed generation refining an image is
+    not done until its refine is."""
+    stages = [{"name": "refine", "status": s, "durationMs": None} for s in ("pending", "completed")]
+    answers = iter({"status": "completed", "stages": [st], "assets": []} for st in stages)
+
+    class Answer:
+        status_code, headers = 200, {"Retry-After": "0"}
+
+        def __init__(self) -> None:
+            self.body = next(answers)
+
+        def json(self) -> dict:
+            return self.body
+
+    monkeypatch.setattr(client, "_api", lambda *a, **k: Answer())
+    gen = client._poll("gen_x", time.monotonic() + 10, 10)
+    assert gen["stages"][0]["status"] == "completed"
