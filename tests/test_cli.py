@@ -61,6 +61,9 @@ def test_users_revoke(runner, client):
         )
     again = runner.invoke(args=["users", "revoke", prefix])
     assert again.exit_code != 0 and "no active key" in again.output
+    whole = runner.invoke(args=["users", "revoke", other])  # the key pasted whole
+    assert whole.exit_code == 0 and "revoked 1" in whole.output, whole.output
+    assert other.split("_", 2)[2] not in whole.output
 
 
 def test_bff_is_a_command_of_its_own_with_a_version():
@@ -92,6 +95,13 @@ def test_a_database_that_is_not_set_up_is_one_sentence(tmp_path):
         "run 'bff db upgrade' first"
     ]
     assert not (tmp_path / "var").exists()  # nothing left behind in the working directory
+
+
+def test_a_database_url_that_is_no_url_is_one_sentence(tmp_path):
+    env = {**{k: v for k, v in os.environ.items() if k not in CLEAN}, "DATABASE_URL": "nonsense"}
+    done = bff(["users", "create", "ida"], env, tmp_path)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.startswith("Error: DATABASE_URL is not a database URL")
 
 
 def bff(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:

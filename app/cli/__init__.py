@@ -39,6 +39,8 @@ def the_app() -> Flask:
     run with is one sentence, not a traceback)."""
     ctx = click.get_current_context()
     if not isinstance(ctx.obj, Flask):
+        from sqlalchemy.exc import ArgumentError
+
         from app import create_app
         from app.platform.config import ConfigError
 
@@ -46,6 +48,8 @@ def the_app() -> Flask:
             ctx.obj = create_app()
         except ConfigError as exc:
             raise click.ClickException(str(exc)) from None
+        except ArgumentError as exc:  # SQLAlchemy could not parse DATABASE_URL
+            raise click.ClickException(f"DATABASE_URL is not a database URL: {exc}") from None
     return ctx.obj
 
 

@@ -42,11 +42,13 @@ def users_create(app: Flask, name: str) -> None:
 @click.argument("key_prefix")
 @with_app
 def users_revoke(app: Flask, key_prefix: str) -> None:
-    """Revoke every active key starting with KEY_PREFIX (e.g. bff_1a2b3c4d)."""
+    """Revoke the key with KEY_PREFIX (e.g. bff_1a2b3c4d, the part before its
+    second underscore); the whole key may be given instead."""
+    from app.api.auth import key_prefix as prefix_of
     from app.api.auth import revoke
 
     with app.extensions["bff"].db.session() as session:
-        n = revoke(session, key_prefix)
+        n = revoke(session, prefix_of(key_prefix))
     if not n:
         raise click.ClickException(f"no active key with prefix {key_prefix}")
     click.echo(f"revoked {n} key(s)")
