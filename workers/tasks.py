@@ -14,6 +14,7 @@ from celery.exceptions import Ignore
 from celery.signals import worker_init, worker_process_init
 from flask import current_app
 from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from app.domain import batch_flows
 from app.pipeline import ALL_STAGES, orphans
@@ -73,7 +74,9 @@ class GenerationFailed(Exception):
 STAGE_OPTIONS = {
     "bind": True,
     "acks_late": True,
-    "autoretry_for": (OperationalError, InterfaceError),
+    # TimeoutError: no pooled connection came free in time (every one held
+    # by a stage at work): not the job's fault, as a database outage is not.
+    "autoretry_for": (OperationalError, InterfaceError, PoolTimeout),
     "retry_backoff": 2,
     "retry_backoff_max": 60,
     "max_retries": None,

@@ -119,7 +119,7 @@ def heartbeat(
     def beat() -> None:
         while not done.wait(every):
             try:
-                with db.session() as session:
+                with db.Beats() as session, session.begin():
                     renew(session, gen_id, name, task_id)
             except Exception as exc:  # the next beat tries again; the lease says the rest
                 log.warning("heartbeat of %s: %s", gen_id, type(exc).__name__)

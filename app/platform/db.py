@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 log = logging.getLogger(__name__)
 POOL_SIZE = 15  # per process; gunicorn threads and Celery threads share it
+BEAT_POOL_SIZE = 2  # per process, for lease heartbeats only (created when first used)
 # PostgreSQL aborts one transaction to break a deadlock (or a serialization
 # conflict) and advises running it again.
 RETRYABLE_SQLSTATES = ("40P01", "40001")
@@ -49,14 +50,14 @@ def unavailable(exc: BaseException) -> bool:
     return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
 
 
-def make_engine(url: str, statement_timeout: float = 30.0) -> Engine:
+def make_engine(url: str, statement_timeout: float = 30.0, pool_size: int = POOL_SIZE) -> Engine:
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     return create_engine(
         url,
-        pool_size=POOL_SIZE,
+        pool_size=pool_size,
         max_overflow=0,  # an overflow connection is closed on return: a new backend per burst
         pool_pre_ping=True,
         pool_recycle=1800,
@@ -95,6 +96,12 @@ class Database:
         # Objects stay readable after a commit (a stage reads the generation
         # its claim committed; a route answers with what it just wrote).
         self.Session = sessionmaker(self.engine, expire_on_commit=False)
+        # Lease heartbeats have a pool of their own: a stage holds its
+        # connection while it works, so with every pooled one held (a
+        # generator's threads on slow provider calls) a beat must still get
+        # through, or live stages look lost and are run (and paid for) again.
+        self.beat_engine = make_engine(url, statement_timeout, pool_size=BEAT_POOL_SIZE)
+        self.Beats = sessionmaker(self.beat_engine, expire_on_commit=False)
         # Reads (GET of a generation, a page of them) in autocommit: no BEGIN
         # and COMMIT round trips around what is one statement, or a few.
         self._Reader = sessionmaker(
@@ -138,3 +145,4 @@ class Database:
     def dispose(self) -> None:
         """Drop pooled connections; called after fork so children never share one."""
         self.engine.dispose(close=False)
+        self.beat_engine.dispose(close=False)

@@ -103,3 +103,28 @@ def test_a_heartbeat_behind_a_takeover_renews_nothing(pg_app, pg_user):
     with s.db.session() as session:  # and the owner's own beat does renew it
         assert renew(session, gen_id, "analyze", "t-new") is True
     assert load(pg_app, gen_id)["updatedAt"] > before
+
+
+def test_a_heartbeat_gets_through_with_every_pooled_connection_held(pg_app, pg_user):
+    """A generator's threads hold the pool's connections through slow provider
+    calls; a live stage's lease must still be renewed, or it is run again."""
+    import time
+    from contextlib import ExitStack
+
+    from app.domain.models import Generation
+    from app.pipeline import lease
+    from app.platform.db import POOL_SIZE
+
+    s = services(pg_app)
+    gen_id = new_generation(pg_app, pg_user)
+    claimed(pg_app, gen_id, attempts=1, task_id="t-live")
+    with s.db.session() as session:
+        gen = session.get(Generation, gen_id)
+        stage, before = gen.stage("analyze"), gen.updated_at
+    with ExitStack() as held:
+        for _ in range(POOL_SIZE):  # every stage thread at work
+            held.enter_context(s.db.engine.connect()).execute(text("SELECT 1"))
+        with lease.heartbeat(s.db, stage, "t-live", every=0.1):
+            time.sleep(1.0)
+    with s.db.session() as session:
+        assert session.get(Generation, gen_id).updated_at > before  # renewed
