@@ -326,6 +326,42 @@ def test_the_archive_holds_the_images_and_a_manifest(app, client, user):
             assert row["status"] == "canceled" and row["url"] == ""
 
 
+def _archive_missing_one(app, client, user, mid_stream: bool) -> zipfile.ZipFile:
+    """The archive of a two-image batch whose second image's object is deleted
+    before the request, or after the archive's first bytes are sent."""
+    batch_id = submit(client, user, {"items": items(2)})["id"]
+    run_batch(app, client, user, batch_id)
+    with services(app).db.session() as session:
+        keys = session.scalars(select(GenerationAsset.r2_key).order_by(GenerationAsset.id))
+        gone = services(app).settings.media_root / list(keys)[-1]
+    if not mid_stream:
+        gone.unlink()
+    resp = client.get(f"{BATCHES}/{batch_id}/archive", headers=user.headers)
+    assert resp.status_code == 200
+    chunks = resp.iter_encoded()
+    data = next(chunks)
+    if mid_stream:
+        gone.unlink()
+    data += b"".join(chunks)
+    return zipfile.ZipFile(io.BytesIO(data))
+
+
+@pytest.mark.parametrize("mid_stream", [False, True])
+def test_an_image_missing_from_storage_is_noted_and_the_archive_completes(
+    app, client, user, mid_stream
+):
+    archive = _archive_missing_one(app, client, user, mid_stream)
+    assert archive.testzip() is None
+    rows = list(csv.DictReader(io.StringIO(archive.read("manifest.csv").decode())))
+    assert [(r["status"], bool(r["file"])) for r in rows] == [
+        ("completed", True),
+        ("completed", False),
+    ]
+    assert rows[0]["note"] == "" and rows[1]["note"] == "image missing from storage"
+    assert rows[1]["url"].startswith("http") and archive.namelist()[1:] == ["manifest.csv"]
+    assert archive.read(rows[0]["file"]).startswith(b"\x89PNG")
+
+
 def test_a_retried_member_reopens_its_batch(app, client, user, monkeypatch):
     def broken(ctx):
         raise StageFailed("REPLICATE_API_TOKEN not configured")

@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 bp = Blueprint("batch_archive", __name__, url_prefix="/api/batches")
 bp.before_request(load_user)
 
-MANIFEST = ("generation_id", "status", "prompt", "provider", "model", "cost", "file", "url")
+MANIFEST = ("generation_id", "status", "prompt", "provider", "model", "cost", "file", "url", "note")
+MISSING = "image missing from storage"
 EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
 
 
@@ -55,7 +56,8 @@ def _members(
     storage: Storage, gens: list[Generation], assets: dict[str, list[GenerationAsset]]
 ) -> Iterator[Member]:
     """Each final image, then the manifest: a row per image, and one (without
-    a file) per generation that made none."""
+    a file) per generation that made none. An image whose object is gone is
+    left out, its row saying so, and the rest of the archive still comes."""
     out = io.StringIO()
     manifest = csv.writer(out)
     manifest.writerow(MANIFEST)
@@ -64,10 +66,17 @@ def _members(
         row.append(f"{float(gen.cost):.4f}")
         for asset in assets.get(gen.id, []):
             name = f"{n:03d}-{gen.id}-{asset.position}.{EXTENSIONS.get(asset.content_type, 'bin')}"
-            yield Member(name, lambda key=asset.r2_key: storage.get(key))
-            manifest.writerow([*row, name, asset.cdn_url])
+            try:  # read on its turn, so an object deleted mid-stream is caught too
+                held = [storage.get(asset.r2_key)]
+            except KeyError:  # other storage errors still cut the archive short
+                log.warning("archive: %s is missing from storage", asset.r2_key)
+                manifest.writerow([*row, "", asset.cdn_url, MISSING])
+                continue
+            # pop: once stream_zip has written the bytes nothing here holds them
+            yield Member(name, held.pop)
+            manifest.writerow([*row, name, asset.cdn_url, ""])
         if not assets.get(gen.id):
-            manifest.writerow([*row, "", ""])
+            manifest.writerow([*row, "", "", ""])
     yield Member("manifest.csv", lambda: out.getvalue().encode(), compress=True)
 
 
