@@ -1,13 +1,21 @@
 """What ``bff batch FILE`` reads from each kind of file: CSV with a header
 row, JSON Lines, and a plain list of prompts (the first thing a designer
-writes); a CSV without a ``prompt`` column is refused in words."""
+writes); a CSV without a ``prompt`` column, a file not in UTF-8 and a bad
+cell are refused in words. And ``bff batch download`` when the archive is
+cut short."""
 
 from __future__ import annotations
 
+import io
+import zipfile
+
 import click
 import pytest
+import requests
+from click.testing import CliRunner
 
-from app.cli.batches import read_items
+from app.cli import batches
+from app.cli.batches import batch_cli, read_items, read_matrix
 
 
 def test_csv_rows_are_requests_with_settings_in_their_columns(tmp_path):
@@ -63,3 +71,84 @@ def test_a_prompt_in_square_brackets_is_a_prompt_not_json(tmp_path):
     path = tmp_path / "prompts.txt"
     path.write_text("[SS27] linen shirt\n")
     assert read_items(path) == [{"prompt": "[SS27] linen shirt"}]
+
+
+@pytest.mark.parametrize("read", [read_items, read_matrix])
+def test_a_file_not_in_utf8_is_refused_in_words(tmp_path, read):
+    path = tmp_path / "looks.csv"
+    path.write_bytes("prompt\nrobe en soie \xe9cru\n".encode("latin-1"))  # Excel's "CSV"
+    with pytest.raises(click.ClickException, match="is not UTF-8 text: save it as UTF-8"):
+        read(path)
+
+
+def test_refine_columns_are_sent_as_the_api_types_them(tmp_path):
+    path = tmp_path / "looks.csv"
+    path.write_text("prompt,upscale,removeBackground\nlinen shirt,2,Yes\nwool coat,4,FALSE\n")
+    assert read_items(path) == [
+        {"prompt": "linen shirt", "settings": {"upscale": 2, "removeBackground": True}},
+        {"prompt": "wool coat", "settings": {"upscale": 4, "removeBackground": False}},
+    ]
+
+
+@pytest.mark.parametrize(
+    "text,says",
+    [
+        ("prompt,removeBackground\n\nlinen shirt,1\nwool coat,maybe\n", "line 4, column remov"),
+        ("prompt,upscale\nlinen shirt,2x\n", "line 2, column upscale: '2x' is not a whole"),
+        ("prompt,count\nlinen shirt,two\n", "line 2, column count: 'two' is not a whole"),
+    ],
+)
+def test_a_bad_cell_is_named_by_its_line_and_column(tmp_path, text, says):
+    path = tmp_path / "looks.csv"
+    path.write_text(text)
+    with pytest.raises(click.ClickException, match=says):
+        read_items(path)
+
+
+class _Archive:
+    """The archive response: ``body``'s bytes, then ``error`` if any."""
+
+    status_code = 200
+
+    def __init__(self, body: bytes, error: Exception | None = None) -> None:
+        self.body, self.error = body, error
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def iter_content(self, size: int):
+        yield self.body
+        if self.error:
+            raise self.error
+
+
+def test_an_archive_cut_short_is_one_sentence_and_leaves_no_part_file(tmp_path, monkeypatch):
+    broken = requests.exceptions.ChunkedEncodingError("Connection broken: InvalidChunkLength")
+    monkeypatch.setattr(batches, "_api", lambda *a, **k: _Archive(b"PK\x03\x04" * 25, broken))
+    folder = tmp_path / "ss27"
+    result = CliRunner().invoke(batch_cli, ["download", "bat_1", str(folder)])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    assert "the archive arrived incomplete: the connection broke after 100 bytes; try again" in (
+        result.output
+    )
+    assert list(folder.iterdir()) == []
+
+
+def test_images_missing_from_storage_are_counted_after_the_download(tmp_path, monkeypatch):
+    body = io.BytesIO()
+    with zipfile.ZipFile(body, "w") as archive:
+        archive.writestr("001-gen_a-0.png", b"\x89PNG")
+        archive.writestr(
+            "manifest.csv",
+            "generation_id,status,file,note\ngen_a,completed,001-gen_a-0.png,\n"
+            "gen_b,completed,,image missing from storage\n",
+        )
+    monkeypatch.setattr(batches, "_api", lambda *a, **k: _Archive(body.getvalue()))
+    result = CliRunner().invoke(batch_cli, ["download", "bat_1", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "1 images and manifest.csv" in result.output
+    assert "not found in storage, so not here: 1 image(s)" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["001-gen_a-0.png", "manifest.csv"]

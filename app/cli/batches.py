@@ -13,6 +13,7 @@ are the axes (``prompts``, ``providers``, ``personas``, ``sizes``,
 from __future__ import annotations
 
 import csv
+import io
 import json
 import time
 import zipfile
@@ -20,15 +21,27 @@ from pathlib import Path
 from typing import Any
 
 import click
+import requests
 
 from app.api.batch_schemas import BatchMatrix
 from app.api.schemas import GenerationSettings
 from app.cli.client import _api, _error, _json
 
 SETTINGS = set(GenerationSettings.model_fields) - {"aspectRatio"}
-INTEGERS = {"count"}
+INTEGERS = {"count", "upscale"}  # a CSV cell is text; the API wants these as numbers
+BOOLEANS = {"removeBackground"}
+TRUE, FALSE = ("true", "1", "yes"), ("false", "0", "no")
 AXES = [name for name in BatchMatrix.model_fields if name not in ("negativePrompt", "settings")]
 FINAL = ("completed", "failed", "canceled")
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:  # Excel's plain "CSV" is Windows-1252, not UTF-8
+        raise click.ClickException(
+            f"{path} is not UTF-8 text: save it as UTF-8 (in Excel, 'CSV UTF-8')"
+        ) from None
 
 
 def _is_json(path: Path, text: str) -> bool:
@@ -43,30 +56,49 @@ def _is_json(path: Path, text: str) -> bool:
     return True
 
 
-def _csv_item(row: dict[str | None, Any]) -> dict[str, Any]:
+def _setting(name: str, value: str) -> Any:
+    """A setting's cell as the API's type, or ValueError saying what it is not."""
+    if name in INTEGERS:
+        try:
+            return int(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not a whole number") from None
+    if name in BOOLEANS:
+        if value.casefold() in TRUE + FALSE:
+            return value.casefold() in TRUE
+        raise ValueError(f"{value!r} is not true or false (nor yes/no, 1/0)")
+    return value
+
+
+def _csv_item(row: dict[str | None, Any], line: int) -> dict[str, Any]:
     if any((v or "").strip() for v in row.get(None) or []):  # more cells than columns
-        raise ValueError("a row has more cells than the header: quote a prompt with commas")
+        raise ValueError(f"line {line} has more cells than the header: quote a prompt with commas")
     item: dict[str, Any] = {}
     for name, value in row.items():
         if name is None or value is None or not value.strip():
             continue  # an empty cell: the API's default
         name, value = name.strip(), value.strip()
         if name in SETTINGS:
-            item.setdefault("settings", {})[name] = int(value) if name in INTEGERS else value
+            try:
+                item.setdefault("settings", {})[name] = _setting(name, value)
+            except ValueError as exc:
+                raise ValueError(f"line {line}, column {name}: {exc}") from None
         else:
             item[name] = value
     return item
 
 
 def read_items(path: Path) -> list[dict[str, Any]]:
-    text = path.read_text(encoding="utf-8-sig")
+    text = _read_text(path)
     if _is_json(path, text):
         lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
         try:
             return [json.loads(line) for _, line in lines]
         except json.JSONDecodeError as exc:
             raise click.ClickException(f"{path}: not JSON Lines: {exc}") from None
-    lines = [line.rstrip("\r") for line in text.split("\n") if line.strip()]
+    # Blank lines are left out; the file's line numbers are kept for errors.
+    kept = [(n, line.rstrip("\r")) for n, line in enumerate(text.split("\n"), 1) if line.strip()]
+    lines = [line for _, line in kept]
     if not lines:
         raise click.ClickException(f"{path}: there are no prompts in it")
     reader = csv.DictReader(lines)
@@ -85,14 +117,19 @@ def read_items(path: Path) -> list[dict[str, Any]]:
                 " one a line"
             )
         return [{"prompt": line.strip()} for line in lines]
-    try:
-        return [item for row in reader if (item := _csv_item(row))]
-    except ValueError as exc:  # a count that is not a number
-        raise click.ClickException(f"{path}: {exc}") from None
+    items = []
+    for row in reader:
+        try:  # line_num counts the lines read so far: the row's last one
+            item = _csv_item(row, kept[reader.line_num - 1][0])
+        except ValueError as exc:  # a count that is not a number, a cell too many
+            raise click.ClickException(f"{path}: {exc}") from None
+        if item:
+            items.append(item)
+    return items
 
 
 def read_matrix(path: Path) -> dict[str, Any]:
-    text = path.read_text(encoding="utf-8-sig")
+    text = _read_text(path)
     if _is_json(path, text):
         try:
             return json.loads(text)
@@ -186,20 +223,46 @@ def _follow(batch_id: str, total: int, timeout: float) -> None:
 @click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
 def download(batch_id: str, folder: Path) -> None:
     """The batch's images and manifest.csv into FOLDER."""
-    folder.mkdir(parents=True, exist_ok=True)
     part = folder / f".{batch_id}.zip.part"
     with _api("GET", f"/api/batches/{batch_id}/archive", stream=True) as resp:
         if resp.status_code != 200:
             raise _error(resp)
-        with open(part, "wb") as out:  # to disk as it arrives: never all in memory
+        folder.mkdir(parents=True, exist_ok=True)
+        try:  # whatever happens, no .part file is left behind
+            _save(resp, part)
+            with zipfile.ZipFile(part) as archive:
+                archive.extractall(folder)  # member names are ours; extractall keeps them inside
+                names = archive.namelist()
+                missing = _missing(archive)
+        except zipfile.BadZipFile:
+            raise click.ClickException("the archive arrived incomplete; try again") from None
+        finally:
+            part.unlink(missing_ok=True)
+    click.echo(f"{len(names) - 1} images and manifest.csv in {folder}")
+    if missing:
+        note = "manifest.csv's note column says which"
+        click.echo(f"not found in storage, so not here: {missing} image(s); {note}", err=True)
+
+
+def _save(resp: requests.Response, part: Path) -> None:
+    """The response's body into ``part`` as it arrives: never all in memory."""
+    received = 0
+    with open(part, "wb") as out:
+        try:
             for chunk in resp.iter_content(64 * 1024):
                 out.write(chunk)
-    try:
-        with zipfile.ZipFile(part) as archive:
-            archive.extractall(folder)  # member names are ours; extractall keeps them inside
-            names = archive.namelist()
-    except zipfile.BadZipFile:
-        raise click.ClickException("the archive arrived incomplete; try again") from None
-    finally:
-        part.unlink(missing_ok=True)
-    click.echo(f"{len(names) - 1} images and manifest.csv in {folder}")
+                received += len(chunk)
+        except requests.RequestException:  # the server cut the stream short
+            raise click.ClickException(
+                f"the archive arrived incomplete: the connection broke after {received} bytes;"
+                " try again"
+            ) from None
+
+
+def _missing(archive: zipfile.ZipFile) -> int:
+    """How many images the server could not find (rows with a note)."""
+    if "manifest.csv" not in archive.namelist():
+        return 0
+    with archive.open("manifest.csv") as raw:
+        rows = csv.DictReader(io.TextIOWrapper(raw, encoding="utf-8"))
+        return sum(1 for row in rows if row.get("note"))
