@@ -108,8 +108,8 @@ class OpenAIImages:
     def verify_key(settings: Settings, model: str | None = None) -> str:
         """A free call that needs the key (the model list)."""
         client = _client(settings.openai_api_key, settings.openai_base_url)
-        with _mapped():
-            models = {m.id for m in client.models.list()}
+        with _mapped():  # a probe, not an image: seconds, not the calls' minutes
+            models = {m.id for m in client.with_options(timeout=10.0).models.list()}
         return "works" if model is None or model in models else f"works, but {model} is not listed"
 
     def price_for(self, request: ImageRequest) -> float:

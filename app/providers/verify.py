@@ -40,7 +40,8 @@ _recent: dict[tuple[str, str | None], tuple[float, KeyCheck]] = {}  # key -> (ex
 
 
 def recent(provider_id: str, settings: Settings) -> KeyCheck:
-    """``check``, answered from this process's last one for up to ``TTL`` s."""
+    """``check``, answered from this process's last one for up to ``TTL`` s,
+    for ``/health``."""
     entry = PROVIDERS[provider_id]
     # Every Replicate model asks the same account endpoint: one check serves all.
     who = "replicate" if entry.api.startswith("replicate") else provider_id
@@ -49,5 +50,7 @@ def recent(provider_id: str, settings: Settings) -> KeyCheck:
     if hit is not None and time.monotonic() < hit[0]:
         return hit[1]
     result = check(provider_id, settings)
+    if result.verified:  # /health answers anyone: no account names, only that it works
+        result = KeyCheck(True, True, f"{entry.key_env_var} works")
     _recent[key] = (time.monotonic() + TTL, result)
     return result
