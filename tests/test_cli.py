@@ -97,6 +97,23 @@ def test_a_database_that_is_not_set_up_is_one_sentence(tmp_path):
     assert not (tmp_path / "var").exists()  # nothing left behind in the working directory
 
 
+@pytest.mark.parametrize(
+    "var,raw,why",
+    [
+        ("BFF_STAGE_MAX_ATTEMPTS", "abc", "invalid literal"),
+        ("PORT", "http", "invalid literal"),
+        ("BFF_SUBMIT_RATE_LIMIT", "x/y", "invalid literal"),
+        ("BFF_MAINTENANCE_INTERVAL", "0", "it must be more than 0"),
+        ("BFF_STALL_TIMEOUT", "-5", "it must be more than 0"),
+    ],
+)
+def test_a_bad_setting_is_one_sentence_naming_its_variable(tmp_path, var, raw, why):
+    env = {**{k: v for k, v in os.environ.items() if k not in CLEAN}, var: raw}
+    done = bff(["users", "create", "jo"], env, tmp_path)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.startswith(f"Error: {var}={raw!r} cannot be used: {why}"), done.stderr
+
+
 def test_a_database_url_that_is_no_url_is_one_sentence(tmp_path):
     env = {**{k: v for k, v in os.environ.items() if k not in CLEAN}, "DATABASE_URL": "nonsense"}
     done = bff(["users", "create", "ida"], env, tmp_path)

@@ -49,6 +49,37 @@ def _env(var: str, default: Any = None, parse: Callable[[str], Any] = str, **kw:
     return field(default=default, metadata={"env": var, "parse": parse}, **kw)
 
 
+# Intervals and timeouts that must be more than 0 (a maintenance interval of
+# 0 floods the broker with beats; a stall timeout of 0 takes every stage for lost).
+POSITIVE = (
+    "stall_timeout",
+    "maintenance_interval",
+    "generation_timeout",
+    "sse_heartbeat",
+    "sse_poll",
+    "stage_max_attempts",
+)
+
+
+def _parse(var: str, raw: str, parse: Callable[[str], Any]) -> Any:
+    try:
+        return parse(raw)
+    except (ValueError, OSError) as exc:  # OSError: a file setting names no file
+        raise ConfigError(f"{var}={raw!r} cannot be used: {exc}") from None
+
+
+def _parsed(cls: type, env: Mapping[str, str]) -> dict[str, Any]:
+    """Each set variable's value, parsed; a bad one is a ConfigError naming it."""
+    values = {}
+    for f in fields(cls):
+        var = f.metadata.get("env") if f.metadata else None
+        if var and env.get(var):
+            values[f.name] = value = _parse(var, env[var], f.metadata["parse"])
+            if f.name in POSITIVE and not value > 0:
+                raise ConfigError(f"{var}={env[var]!r} cannot be used: it must be more than 0")
+    return values
+
+
 def _default_var_dir() -> Path:
     """The checkout's ``var/`` when running from one (``make dev``, ``bff``
     from any directory find the same embedded database), else ``./var``."""
@@ -200,13 +231,9 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = dict(os.environ if env is None else env)
-        values = {
-            f.name: f.metadata["parse"](env[f.metadata["env"]])
-            for f in fields(cls)
-            if f.metadata and env.get(f.metadata["env"])
-        }
+        values = _parsed(cls, env)
         var_dir = Path(env.get("BFF_VAR_DIR") or _default_var_dir()).resolve()
-        port = int(env.get("PORT") or 3001)
+        port = _parse("PORT", env.get("PORT") or "3001", int)
         redis_url = env.get("REDIS_URL") or None
         database_url = env.get("DATABASE_URL") or f"sqlite:///{var_dir / 'bff.db'}"
         # Heroku-style URLs name the driver "postgres"; SQLAlchemy wants psycopg 3.
