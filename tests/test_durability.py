@@ -97,6 +97,26 @@ def test_dispatcher_sends_what_never_reached_the_broker(app, user, sent):
     assert redispatch(app) == 0
 
 
+def test_a_copy_still_queued_is_sent_again_at_ever_longer_intervals(app, user, sent):
+    """A generation waiting behind a backlog is not lost: its copies are sent
+    after 30 s, then 60 s more, then 120 s more, not every 30 s."""
+    s = app.extensions["bff"]
+    gen_id = new_generation(app, user, dispatched_at=utcnow() - timedelta(seconds=61))
+    _age(app, gen_id, 120)  # quiet for 120 s, last sent 61 s ago, after 59 s quiet
+    assert redispatch(app) == 1  # 61 s > max(30, 59)
+    assert redispatch(app) == 0  # just sent, after 120 s quiet: the next in 120 s
+    with s.db.session() as session:
+        gen = session.get(Generation, gen_id)
+        gen.dispatched_at = utcnow() - timedelta(seconds=100)  # 100 s later ...
+        gen.updated_at = gen.dispatched_at - timedelta(seconds=120)
+    assert redispatch(app) == 0  # ... is not yet 120 s
+    with s.db.session() as session:
+        gen = session.get(Generation, gen_id)
+        gen.dispatched_at = utcnow() - timedelta(seconds=125)
+        gen.updated_at = gen.dispatched_at - timedelta(seconds=120)
+    assert redispatch(app) == 1 and len(sent) == 2
+
+
 def test_dispatcher_sends_a_submit_whose_chain_never_left(app, user, sent):
     """A submit writes ``dispatched_at`` with the row and sends the chain after
     the commit; a process that died in between leaves a row that looks sent.

@@ -151,14 +151,19 @@ def redispatch_stalled(
 
 
 def _sent_within(gen: Generation, now: datetime, settings: Settings, stage: str) -> bool:
-    """Re-sent after the last stage activity and within this stage's stall
-    timeout: that copy is probably still queued, so do not pile up more."""
+    """Sent after the last stage activity, and recently: that copy is probably
+    still queued, so do not pile up more. Recently is the stall timeout, or,
+    if longer, as long as the generation had been quiet when it was sent: a
+    copy not picked up is sent again after 30 s, 60 s, 120 s, ..., so a long
+    backlog (a batch's members wait their turn) is not flooded with copies."""
     if gen.dispatched_at is None:
         return False
     sent = aware(gen.dispatched_at)
     activity = [aware(t) for s in gen.stages for t in (s.started_at, s.finished_at) if t]
-    picked_up = bool(activity) and max(activity) >= sent
-    return not picked_up and (now - sent).total_seconds() < settings.stall_timeout
+    if activity and max(activity) >= sent:  # picked up since
+        return False
+    quiet_then = (sent - aware(gen.updated_at)).total_seconds()
+    return (now - sent).total_seconds() < max(settings.stall_timeout, quiet_then)
 
 
 def expire_overdue(db: Database, settings: Settings, limit: int = 100) -> int:
