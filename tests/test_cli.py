@@ -66,6 +66,20 @@ def test_users_revoke(runner, client):
     assert other.split("_", 2)[2] not in whole.output
 
 
+def test_providers_check_fails_when_a_configured_key_cannot_be_checked(app_config):
+    from app import create_app
+    from tests.conftest import CliRunner
+    from tests.support.services import free_port
+
+    nowhere = f"http://127.0.0.1:{free_port()}"  # Replicate unreachable
+    app = create_app({**app_config, "REPLICATE_API_TOKEN": "r8_x", "REPLICATE_BASE_URL": nowhere})
+    result = CliRunner(app).invoke(["providers", "check"])
+    assert result.exit_code == 1, result.output
+    assert "google-imagen      UNKNOWN could not check" in result.output
+    assert "3 could not be checked" in result.output  # the three Replicate models
+    assert "local              -       needs no key" in result.output
+
+
 def test_bff_is_a_command_of_its_own_with_a_version():
     done = subprocess.run([BFF, "--help"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0

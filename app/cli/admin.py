@@ -92,14 +92,19 @@ def providers_check(app: Flask) -> None:
     """Verify each configured key with a free call; say which work."""
     from app.providers import PROVIDERS, verify
 
-    broken = 0
-    for pid in PROVIDERS:
+    broken = unchecked = 0
+    for pid, entry in PROVIDERS.items():
         result = verify.check(pid, app.extensions["bff"].settings)
-        mark = {True: "ok", False: "FAILED", None: "-"}[result.verified]
+        # A configured key the provider could not be asked about is no "ok".
+        unknown = result.configured and entry.key_env_var and result.verified is None
+        mark = "UNKNOWN" if unknown else {True: "ok", False: "FAILED", None: "-"}[result.verified]
         click.echo(f"{pid:<18} {mark:<7} {result.detail}")
         broken += result.verified is False
-    if broken:
-        raise click.ClickException(f"{broken} provider key(s) did not work")
+        unchecked += bool(unknown)
+    if broken or unchecked:
+        said = [f"{broken} provider key(s) did not work"] if broken else []
+        said += [f"{unchecked} could not be checked (provider unreachable?)"] if unchecked else []
+        raise click.ClickException("; ".join(said))
 
 
 COMMANDS = (db_cli, users_cli, providers_cli)
