@@ -51,6 +51,12 @@ def test_json_lines_are_requests_as_the_api_takes_them(tmp_path):
     assert read_items(path) == [{"prompt": "a red coat", "settings": {"provider": "local"}}]
 
 
+def test_a_json_array_of_requests_is_the_batch_too(tmp_path):
+    path = tmp_path / "looks.json"
+    path.write_text('[\n  {"prompt": "a red coat"},\n  {"prompt": "a navy blazer"}\n]\n')
+    assert read_items(path) == [{"prompt": "a red coat"}, {"prompt": "a navy blazer"}]
+
+
 @pytest.mark.parametrize(
     "name,text,says",
     [

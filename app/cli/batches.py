@@ -91,6 +91,11 @@ def _csv_item(row: dict[str | None, Any], line: int) -> dict[str, Any]:
 def read_items(path: Path) -> list[dict[str, Any]]:
     text = _read_text(path)
     if _is_json(path, text):
+        if text.lstrip().startswith("["):  # one JSON array of request objects
+            try:
+                return list(json.loads(text))
+            except json.JSONDecodeError as exc:
+                raise click.ClickException(f"{path}: not a JSON array: {exc}") from None
         lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
         try:
             return [json.loads(line) for _, line in lines]
