@@ -29,6 +29,7 @@ from app.pipeline.context import GenerationEnded, StageLeaseLost
 from app.platform.config import Settings
 from app.platform.db import Database, begin_for_update
 from app.platform.db import unavailable as db_unavailable
+from app.providers.base import prediction_ids
 
 log = logging.getLogger(__name__)
 
@@ -226,13 +227,6 @@ def paying(
         known.update(ids)
 
     return save
-
-
-def prediction_ids(state: dict[str, Any]) -> list[str]:
-    """The Replicate predictions a saved state holds: generate's a list,
-    refine's a mapping of task to id."""
-    ids = state.get("predictions") or []
-    return list(ids.values()) if isinstance(ids, dict) else list(ids)
 
 
 def _save_checkpoint(

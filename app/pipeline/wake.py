@@ -16,6 +16,7 @@ from app.domain.states import ended_for
 from app.pipeline import lease
 from app.platform.db import Database
 from app.platform.queue import dispatch
+from app.providers.base import prediction_ids
 
 # The stages that park on Replicate predictions. generate saves a list of
 # ids, refine a mapping of variant -> id.
@@ -27,7 +28,7 @@ class NotSent(Exception):
 
 
 def _waits_on(stage: GenerationStage, prediction_id: str) -> bool:
-    return prediction_id in lease.prediction_ids(lease.parked(stage))
+    return prediction_id in prediction_ids(lease.parked(stage))
 
 
 def wake(db: Database, celery_app: Celery, generation_id: str, prediction_id: str) -> str | None:

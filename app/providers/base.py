@@ -57,6 +57,13 @@ def _no_wait() -> None:
     return None
 
 
+def prediction_ids(state: dict[str, Any] | None) -> list[str]:
+    """The Replicate predictions a saved state (a stage's checkpoint) holds:
+    generate's a list, refine's a mapping of task to id."""
+    ids = (state or {}).get("predictions") or []
+    return list(ids.values()) if isinstance(ids, dict) else list(ids)
+
+
 @dataclass
 class Job:
     """What a remote adapter needs besides the request, so a call can span

@@ -9,6 +9,7 @@ import logging
 from app.domain.models import Generation
 from app.domain.states import STAGE_DONE
 from app.platform.config import Settings
+from app.providers.base import prediction_ids
 from app.providers.refiners import cancel_refines
 from app.providers.registry import PROVIDERS, get_provider
 
@@ -34,7 +35,7 @@ def _cancel_generate(settings: Settings, gen: Generation) -> int:
     stage = next((s for s in gen.stages if s.name == "generate"), None)
     if stage is None or stage.status in STAGE_DONE:
         return 0
-    ids = list((stage.output or {}).get("predictions") or [])
+    ids = prediction_ids(stage.output)
     if not ids:
         return 0
     try:

@@ -30,7 +30,7 @@ from typing import Any
 
 from app.platform.config import Settings
 from app.providers import pricing
-from app.providers.base import Job
+from app.providers.base import Job, prediction_ids
 from app.providers.catalog import IMAGEN
 from app.providers.replicate import (
     cancel_predictions,
@@ -140,8 +140,8 @@ class ReplicateRefiner:
             )
         return uploaded.urls["get"]
 
-    def cancel(self, prediction_ids: list[str]) -> int:
-        return cancel_predictions(self.client, prediction_ids)
+    def cancel(self, ids: list[str]) -> int:
+        return cancel_predictions(self.client, ids)
 
     def _look(self, ids: dict[str, str], tasks: list[Task]) -> dict[str, dict[str, Any]]:
         models = {t.key: t.op.model.name for t in tasks}
@@ -158,7 +158,7 @@ def price_per_image(options: Mapping[str, Any]) -> float:
 def cancel_refines(settings: Settings, stage_output: dict[str, Any] | None) -> int:
     """Best effort: cancel the refine predictions a running refine stage saved
     (a canceled or timed-out generation); returns how many were asked."""
-    ids = list(((stage_output or {}).get("predictions") or {}).values())
+    ids = prediction_ids(stage_output)
     if not ids or not settings.replicate_api_token:
         return 0
     client = client_for(settings.replicate_api_token, settings.replicate_base_url)
