@@ -23,13 +23,13 @@ from app.domain.states import (
     CANCELED,
     FAILED,
     FINAL,
-    HOLDS,
     PENDING,
     S_FAILED,
     S_PENDING,
     S_RUNNING,
     STAGE_DONE,
     IllegalTransition,
+    clear_holds,
     set_status,
 )
 from app.pipeline import ALL_STAGES, stages_for
@@ -215,8 +215,7 @@ def prepare_retry(gen: Generation, timeout: float) -> str:
             s.status, s.error = S_PENDING, None
         if s.status == S_PENDING:
             s.attempts = 0
-            if any(k in (s.output or {}) for k in HOLDS):  # its checkpoint stays
-                s.output = {k: v for k, v in s.output.items() if k not in HOLDS}
+            clear_holds(s)
     gen.dispatched_at = None
     return first_unfinished(gen) or stage_names(gen)[-1]
 

@@ -81,6 +81,12 @@ WAITING, RETRY_AT = "waiting", "retryAt"
 HOLDS = (WAITING, RETRY_AT)
 
 
+def clear_holds(stage: GenerationStage) -> None:
+    """Take a stage's wait marks out of its output; its checkpoint stays."""
+    if any(k in (stage.output or {}) for k in HOLDS):
+        stage.output = {k: v for k, v in stage.output.items() if k not in HOLDS}
+
+
 def refining(gen: Generation) -> bool:
     """A completed generation with a refine asked for after the fact still to run."""
     return gen.status == COMPLETED and any(

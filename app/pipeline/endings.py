@@ -85,7 +85,7 @@ def wait(
     # A longer wait is taken in hops, each renewing the lease, so a waiting
     # stage never looks lost; a run before its time waits again (the
     # provider is polled, a reserved token is kept in the checkpoint).
-    return Outcome(True, min(exc.retry_in, settings.stall_timeout / 2))
+    return Outcome(True, lease.hop(exc.retry_in, settings))
 
 
 def fail_or_retry(
@@ -110,11 +110,11 @@ def fail_or_retry(
     stage.error = f"attempt {stage.attempts} failed, retrying in {retry_in:.1f}s: {error}"
     gen.updated_at = utcnow()
     after.append(lambda: events.stage_changed(settings, generation_id, name, S_PENDING, None))
-    hop = min(retry_in, settings.stall_timeout / 2)
-    if hop < retry_in:  # in hops, as a wait: the lease renewed, an early run waits again
+    countdown = lease.hop(retry_in, settings)
+    if countdown < retry_in:  # in hops, as a wait: the lease renewed, an early run waits again
         due = utcnow() + timedelta(seconds=retry_in)
         stage.output = {**(stage.output or {}), RETRY_AT: due.isoformat()}
-    return Outcome(True, hop)
+    return Outcome(True, countdown)
 
 
 def end_failed(

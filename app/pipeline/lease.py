@@ -148,6 +148,12 @@ def checkpoint_of(stage: GenerationStage) -> dict[str, Any]:
     return dict(output) if output.get(CHECKPOINT) else {}
 
 
+def hop(seconds: float, settings: Settings) -> float:
+    """The countdown for a wait of ``seconds``: at most half the stall timeout,
+    so a waiting stage renews its lease before it could look lost."""
+    return min(seconds, settings.stall_timeout / 2)
+
+
 def retry_hold(stage: GenerationStage) -> float:
     """Seconds until a pending stage's retry is due (taken in hops when the
     provider asked for longer than half the stall timeout); 0 when due."""

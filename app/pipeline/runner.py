@@ -25,7 +25,6 @@ from app.domain.states import (
     CANCELED,
     COMPLETED,
     FINAL,
-    HOLDS,
     PROCESSING,
     S_COMPLETED,
     S_FAILED,
@@ -33,6 +32,7 @@ from app.domain.states import (
     S_RUNNING,
     S_SKIPPED,
     STAGE_DONE,
+    clear_holds,
     ended_for,
     set_stage_status,
     set_status,
@@ -191,7 +191,7 @@ def claim_stage(
         return STOP  # a stale message: the chain of the unfinished stage owns this
     if stage.status == S_PENDING and (hold := lease.retry_hold(stage)):
         gen.updated_at = utcnow()  # run before its retry is due: wait on, alive
-        return Outcome(True, min(hold, settings.stall_timeout / 2))
+        return Outcome(True, lease.hop(hold, settings))
     own_retry = stage.status == S_RUNNING and task_id is not None and stage.task_id == task_id
     # A waiting stage is parked in the broker, not worked on: a wake-up (a
     # Replicate webhook) may take it now; the parked copy then stops.
@@ -211,10 +211,7 @@ def claim_stage(
     # A parked stage is resumed, never attempted anew: by its countdown, by a
     # wake-up, or, its countdown lost (Redis restarted empty), by a re-send.
     waited = bool(parked)
-    if any(k in (stage.output or {}) for k in HOLDS):
-        # Running now: not parked (no wake-up takes it from this copy) and no
-        # longer held.
-        stage.output = {k: v for k, v in stage.output.items() if k not in HOLDS}
+    clear_holds(stage)  # running now: not parked (no wake-up takes it), no longer held
     if gen.status not in FINAL:  # a late refine leaves its completed generation so
         set_status(gen, PROCESSING)
     set_stage_status(stage, S_RUNNING)
