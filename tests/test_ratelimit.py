@@ -29,7 +29,7 @@ def test_a_rate_limit_of_zero_is_no_limit_and_a_bad_one_is_refused_by_name():
     assert "flux-pro" not in s.rate_limits and "google-imagen" in s.rate_limits
     for _ in range(3):  # no bucket, no Redis: every call goes ahead
         acquire(s, "flux-pro")
-    for bad in ("10/0", "-1/60"):
+    for bad in ("10/0", "-1/60", "ten"):
         with pytest.raises(ValueError, match="BFF_RATE_LIMIT_FLUX_PRO"):
             Settings.from_env({"BFF_RATE_LIMIT_FLUX_PRO": bad})
 

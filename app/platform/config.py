@@ -250,7 +250,7 @@ class Settings:
         rate_limits = {}
         for bucket, default in rate_limit_defaults().items():
             var = "BFF_RATE_LIMIT_" + bucket.upper().replace("-", "_")
-            count, per = _rate(env.get(var) or default)
+            count, per = _parse(var, env.get(var) or default, _rate)
             if count < 0 or per <= 0:
                 raise ConfigError(f"{var} must be N/SECONDS, N >= 0 (0: no limit), SECONDS > 0")
             if count:  # 0, as for BFF_SUBMIT_RATE_LIMIT: no limit
