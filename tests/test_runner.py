@@ -4,13 +4,14 @@
 from __future__ import annotations
 
 import io
+from datetime import timedelta
 
 import pytest
 from PIL import Image
 
 from app import create_app
-from app.domain.models import Generation, GenerationAsset, GenerationStage
-from app.pipeline import STAGE_FUNCS, STAGES
+from app.domain.models import Generation, GenerationAsset, GenerationStage, utcnow
+from app.pipeline import STAGE_FUNCS, STAGES, maintenance
 from app.pipeline.context import (
     StageContext,
     StageFailed,
@@ -191,18 +192,24 @@ def app2(app_config):
     return create_app({**app_config, "BFF_STAGE_MAX_ATTEMPTS": "2"})
 
 
-def test_transient_errors_retry_then_give_up(app2, monkeypatch):
-    user = make_user(app2, "tess")
-    client = app2.test_client()
+def failing_enhance(app, user, monkeypatch, error: str, retry_after: float) -> tuple[str, list]:
+    """A submitted generation, analysed, whose enhance stage always fails with
+    ``error`` asking to be retried in ``retry_after`` s; and its calls."""
     calls = []
 
     def flaky(ctx: StageContext) -> StageResult:
         calls.append(1)
-        raise StageTransient("upstream timed out", retry_after=7)
+        raise StageTransient(error, retry_after=retry_after)
 
     monkeypatch.setitem(STAGE_FUNCS, "enhance", flaky)
-    gen_id = submit_prompt(client, user.headers)
-    stage(app2, gen_id, "analyze")
+    gen_id = submit_prompt(app.test_client(), user.headers)
+    stage(app, gen_id, "analyze")
+    return gen_id, calls
+
+
+def test_transient_errors_retry_then_give_up(app2, monkeypatch):
+    user = make_user(app2, "tess")
+    gen_id, calls = failing_enhance(app2, user, monkeypatch, "upstream timed out", 7)
 
     first = stage(app2, gen_id, "enhance")
     assert first.proceed and first.retry_in is not None and first.retry_in >= 7  # Retry-After
@@ -228,23 +235,13 @@ def test_a_retry_later_than_the_stall_timeout_is_waited_for_in_hops(app, client,
     """A provider asking for 90 s (the stall timeout is 30 s): the stage is
     held, its lease renewed each hop, and a run before its time (a re-send,
     an early countdown) waits again instead of spending an attempt."""
-    from datetime import timedelta
-
-    from app.domain.models import utcnow
-
-    calls = []
-
-    def limited(ctx: StageContext) -> StageResult:
-        calls.append(1)
-        raise StageTransient("429: slow down", retry_after=90)
-
-    monkeypatch.setitem(STAGE_FUNCS, "enhance", limited)
-    gen_id = submit_prompt(client, user.headers)
-    stage(app, gen_id, "analyze")
+    gen_id, calls = failing_enhance(app, user, monkeypatch, "429: slow down", 90)
     first = stage(app, gen_id, "enhance")
     assert first.proceed and first.retry_in == 15  # half the stall timeout
+    renewed = load(app, gen_id)["updatedAt"]
     early = stage(app, gen_id, "enhance")
     assert early.proceed and 0 < early.retry_in <= 15
+    assert load(app, gen_id)["updatedAt"] > renewed  # the hop renewed the lease
     row = stage_row(app, gen_id, "enhance")
     assert (row.status, row.attempts, len(calls)) == ("pending", 1, 1)
     with services(app).db.session() as session:  # 90 s later
@@ -259,19 +256,8 @@ def test_a_retry_later_than_the_stall_timeout_is_waited_for_in_hops(app, client,
 def test_a_retry_of_the_failed_generation_is_not_held_by_the_old_retry_at(
     app, client, user, monkeypatch
 ):
-    from datetime import timedelta
-
-    from app.domain.models import utcnow
-    from app.pipeline import maintenance
-
     real = STAGE_FUNCS["enhance"]
-
-    def limited(ctx: StageContext) -> StageResult:
-        raise StageTransient("429: slow down", retry_after=3600)
-
-    monkeypatch.setitem(STAGE_FUNCS, "enhance", limited)
-    gen_id = submit_prompt(client, user.headers)
-    stage(app, gen_id, "analyze")
+    gen_id, _ = failing_enhance(app, user, monkeypatch, "429: slow down", 3600)
     assert stage(app, gen_id, "enhance").retry_in == 15  # held for an hour, in hops
     s = services(app)
     with s.db.session() as session:
