@@ -47,12 +47,16 @@ def test_a_generation_canceled_while_waited_on_says_so_in_words(api):
         stderr=subprocess.PIPE,
         text=True,
     )
-    line = proc.stdout.readline()  # "submitted gen_…"
-    gen_id = line.split()[-1]
-    resp = requests.post(f"{api.base_url}/api/generate/{gen_id}/cancel", headers=api.headers)
-    assert resp.status_code == 200, resp.text
-    out, err = proc.communicate(timeout=20)
-    assert proc.returncode == 1 and err.strip() == "Error: canceled", err
+    try:
+        line = proc.stdout.readline()  # "submitted gen_…"
+        assert line.startswith("submitted "), line + proc.stderr.read()
+        gen_id = line.split()[-1]
+        resp = requests.post(f"{api.base_url}/api/generate/{gen_id}/cancel", headers=api.headers)
+        assert resp.status_code == 200, resp.text
+        out, err = proc.communicate(timeout=20)
+        assert proc.returncode == 1 and err.strip() == "Error: canceled", err
+    finally:
+        proc.kill()
 
 
 @pytest.mark.parametrize(

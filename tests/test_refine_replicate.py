@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import time
+from datetime import timedelta
 from decimal import Decimal
 
 import httpx
@@ -13,14 +14,14 @@ import pytest
 from PIL import Image
 from replicate.exceptions import ReplicateError
 
-from app.domain.models import User
-from app.pipeline import ALL_STAGES
+from app.domain.models import Generation, User, utcnow
+from app.pipeline import ALL_STAGES, maintenance
 from app.pipeline.runner import run_stage
 from app.platform.config import Settings
 from app.providers import ProviderRejected, pricing
 from app.providers.base import Job, ProviderPending
 from app.providers.refiners import BACKGROUND_REMOVER, UPSCALER, RefineOp, ReplicateRefiner, Task
-from app.providers.replicate import client_for, replicate_errors
+from app.providers.replicate import ReplicateModel, client_for, replicate_errors
 from tests.conftest import REPLICATE_TOKEN as TOKEN
 from tests.fakes import replicate_models as versions
 from tests.support.pipeline import load, services, stages_by_name, submit_prompt
@@ -253,11 +254,6 @@ def test_canceling_while_generate_runs_cancels_its_predictions_when_a_refine_wai
 
 def test_a_timed_out_generation_retried_starts_a_new_prediction(app, user, fake):
     """The timeout cancels the running prediction; the retry must not fail on it."""
-    from datetime import timedelta
-
-    from app.domain.models import Generation, utcnow
-    from app.pipeline import maintenance
-
     client = app.test_client()
     gen_id = submit_prompt(client, user.headers, "red dress", provider="google-imagen")
     run_through(app, gen_id, ALL_STAGES[:5])
@@ -282,9 +278,6 @@ def test_a_prediction_paid_for_as_its_stage_was_lost_is_canceled(
 ):
     """The create succeeds but its id cannot be saved: nothing would ever read
     that prediction, so it is canceled instead of running on, billed."""
-    from app.domain.models import Generation
-    from app.providers.replicate import ReplicateModel
-
     gen_id = submit_prompt(app.test_client(), user.headers, "red dress", provider="google-imagen")
     run_through(app, gen_id, ALL_STAGES[:5])
     fake.latency = 5.0

@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from app import create_app
 from app.domain.generations import new_stage
 from app.domain.models import Generation
 from app.pipeline import STAGE_FUNCS, STAGES, wake
@@ -247,10 +248,7 @@ def test_a_delivery_the_broker_refused_is_answered_503_and_its_retry_wakes(
 
 def test_a_delivery_while_replicate_is_unreachable_is_503_not_401(app_config, fake):
     """The secret cannot be fetched: Replicate retries a 503, never a 401."""
-    from app import create_app
-    from tests.support.services import free_port
-
-    app = create_app({**app_config, "REPLICATE_BASE_URL": f"http://127.0.0.1:{free_port()}"})
+    app = create_app({**app_config, "REPLICATE_BASE_URL": "http://127.0.0.1:9"})  # nothing there
     resp = deliver(app.test_client(), fake, "gen_x", msg_id="m-unreachable")
     assert resp.status_code == 503, resp.json
     assert resp.json["error"]["code"] == "service_unavailable" and resp.headers["Retry-After"]

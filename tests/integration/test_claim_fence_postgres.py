@@ -7,15 +7,20 @@ were when it started waiting: PostgreSQL re-reads only the locked row.)"""
 from __future__ import annotations
 
 import threading
+import time
+from contextlib import ExitStack
 
 import psycopg
 import pytest
 from sqlalchemy import text
 
+from app.domain.models import Generation
+from app.pipeline import lease
 from app.pipeline.context import StageContext
 from app.pipeline.endings import STOP
 from app.pipeline.lease import lock, renew
 from app.pipeline.runner import claim_stage, record, transaction
+from app.platform.db import POOL_SIZE
 from tests.support.locks import pg_url, wait_until_blocked_by
 from tests.support.pipeline import claimed, load, new_generation, services, stages_by_name
 
@@ -108,13 +113,6 @@ def test_a_heartbeat_behind_a_takeover_renews_nothing(pg_app, pg_user):
 def test_a_heartbeat_gets_through_with_every_pooled_connection_held(pg_app, pg_user):
     """A generator's threads hold the pool's connections through slow provider
     calls; a live stage's lease must still be renewed, or it is run again."""
-    import time
-    from contextlib import ExitStack
-
-    from app.domain.models import Generation
-    from app.pipeline import lease
-    from app.platform.db import POOL_SIZE
-
     s = services(pg_app)
     gen_id = new_generation(pg_app, pg_user)
     claimed(pg_app, gen_id, attempts=1, task_id="t-live")
