@@ -24,7 +24,7 @@ from app.providers.refiners import BACKGROUND_REMOVER, UPSCALER, RefineOp, Repli
 from app.providers.replicate import ReplicateModel, client_for, replicate_errors
 from tests.conftest import REPLICATE_TOKEN as TOKEN
 from tests.fakes import replicate_models as versions
-from tests.support.pipeline import load, services, stages_by_name, submit_prompt
+from tests.support.pipeline import load, run_through, services, stages_by_name, submit_prompt
 
 
 @pytest.fixture
@@ -139,19 +139,6 @@ def test_a_resumed_refine_polls_its_saved_prediction_and_pays_once(fake):
     assert (
         fake.creates == 1 and done["7:upscaled-x2"]["id"] == saved["predictions"]["7:upscaled-x2"]
     )
-
-
-def run_through(app, gen_id: str, stages=ALL_STAGES, task: str = "t") -> None:
-    """The chain, with its waits taken in-process."""
-    s = services(app)
-    for name in stages:
-        while True:
-            out = run_stage(s.db, s.settings, s.storage, gen_id, name, task_id=f"{task}-{name}")
-            if out.retry_in is None:
-                break
-            time.sleep(min(out.retry_in, 0.05))
-        if not out.proceed:
-            return
 
 
 def test_the_chain_refines_an_imagen_image_priced_and_paid_once(app, user, fake):

@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session, defer, joinedload, selectinload
 
-from app.domain import paging
+from app.domain import paging, spend
 from app.domain.models import (
     Generation,
     GenerationAsset,
@@ -198,6 +198,7 @@ def cancel(gen: Generation) -> None:
     if gen.status in FINAL:
         raise IllegalTransition("generation", gen.status, CANCELED)
     set_status(gen, CANCELED)
+    spend.release(gen)  # a stage that finishes paying yet records its cost
     for s in gen.stages:
         if s.status == S_RUNNING:
             s.error = "canceled while running"

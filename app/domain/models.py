@@ -109,6 +109,10 @@ class Generation(Base):
     provider: Mapped[str | None] = mapped_column(String(40))
     model: Mapped[str | None] = mapped_column(String(80))
     cost: Mapped[Decimal] = mapped_column(Numeric(10, 4), default=Decimal("0"))
+    # Held against the daily cap while a stage pays (``spend.hold``); 0 otherwise.
+    cost_held: Mapped[Decimal] = mapped_column(
+        Numeric(10, 4), default=Decimal("0"), server_default="0"
+    )
     pipeline_data: Mapped[dict[str, Any]] = mapped_column(default=dict)
     error_stage: Mapped[str | None] = mapped_column(String(20))
     error_message: Mapped[str | None] = mapped_column(Text)

@@ -7,7 +7,8 @@
   every API process with or without Redis. Over it: 429 with ``Retry-After``.
 - Daily spend cap: ``users.daily_spend_cap`` (USD, optional; set with
   ``bff users cap NAME AMOUNT``). Once today's (UTC) cost reaches it,
-  submissions are refused with 403 ``budget_exceeded``.
+  submissions are refused with 403 ``budget_exceeded``. What running jobs
+  hold against the cap counts as spent (``spend.hold``).
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ from app.platform.config import Settings
 def _quota_statement():
     """Built once, its parameters bound per call: the user's submissions in the
     rate window (as many as the limit at most: index user_id, created_at), the
-    oldest of them, the user's daily cap and today's spend (summed only when
-    there is a cap)."""
+    oldest of them, the user's daily cap and today's spend, with what is held
+    (summed only when there is a cap)."""
     mine = Generation.user_id == bindparam("user_id")
     recent = (
         select(Generation.created_at)
@@ -37,7 +38,7 @@ def _quota_statement():
     )
     cap = select(User.daily_spend_cap).where(User.id == bindparam("user_id")).scalar_subquery()
     spent = (
-        select(func.coalesce(func.sum(Generation.cost), 0))
+        select(func.coalesce(func.sum(Generation.cost + Generation.cost_held), 0))
         .where(mine, Generation.created_at >= bindparam("midnight"), cap.is_not(None))
         .scalar_subquery()
     )

@@ -1,11 +1,17 @@
 """Today's spend against a user's daily cap (``users.daily_spend_cap``), for
-work that pays after a generation was accepted: the generate and refine
-stages check it before their paid calls (jobs accepted together are each
-checked against what the earlier ones have since spent), and the refine
-route before it queues one. (Submissions go through
-``quotas.check_submission``, which counts the same way.)"""
+work that pays after a generation was accepted.
+
+Today's spend is what today's generations cost plus what they hold: a stage
+that is about to pay holds its estimate (``generations.cost_held``) under the
+user's row lock, so stages paying at the same moment take turns at the cap
+and each counts the others. The hold becomes the cost when the stage records
+it, and is let go when the stage or its generation ends otherwise. The
+refine route checks the cap before it queues one; submissions go through
+``quotas.check_submission``, which counts the same way."""
 
 from __future__ import annotations
+
+from decimal import Decimal
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -13,25 +19,56 @@ from sqlalchemy.orm import Session
 from app.domain.models import Generation, User, utcnow
 
 
-def refusal(session: Session, user_id: int, estimate: float, what: str = "refine") -> str | None:
-    """Why ``estimate`` (USD) more would pass the user's cap today, or None."""
-    cap = session.scalar(select(User.daily_spend_cap).where(User.id == user_id))
-    if cap is None:
-        return None
+def spent_today(session: Session, user_id: int) -> float:
+    """What the user's generations of today (UTC) cost and hold, in USD."""
     midnight = utcnow().replace(hour=0, minute=0, second=0, microsecond=0)
     if session.get_bind().dialect.name == "sqlite":
         midnight = midnight.replace(tzinfo=None)  # SQLite stores naive UTC
     spent = session.scalar(
-        select(func.coalesce(func.sum(Generation.cost), 0)).where(
+        select(func.coalesce(func.sum(Generation.cost + Generation.cost_held), 0)).where(
             Generation.user_id == user_id, Generation.created_at >= midnight
         )
     )
-    spent, cap = float(spent), float(cap)
-    if spent >= cap:
-        return f"today's spend ${spent:.2f} has reached your daily cap ${cap:.2f}"
-    if spent + estimate > cap:
+    return float(spent)
+
+
+def refusal(session: Session, user_id: int, estimate: float, what: str = "refine") -> str | None:
+    """Why ``estimate`` (USD) more would pass the user's cap today, or None."""
+    cap = session.scalar(select(User.daily_spend_cap).where(User.id == user_id))
+    return _over(session, user_id, cap, estimate, what)
+
+
+def hold(session: Session, gen: Generation, estimate: float, what: str) -> str | None:
+    """Hold ``estimate`` against the cap for ``gen`` (locked by the caller),
+    unless it holds already; or say why it would pass the cap. The user's row
+    stays locked until the caller commits, so holds are made one at a time."""
+    if gen.cost_held:  # an earlier run of this stage holds it
+        return None
+    cap = session.scalar(
+        select(User.daily_spend_cap).where(User.id == gen.user_id).with_for_update()
+    )
+    if why := _over(session, gen.user_id, cap, estimate, what):
+        return why
+    gen.cost_held = Decimal(str(estimate))
+    return None
+
+
+def release(gen: Generation) -> None:
+    """Let the hold go: the stage recorded its cost, or ended without paying."""
+    gen.cost_held = Decimal("0")
+
+
+def _over(
+    session: Session, user_id: int, cap: Decimal | None, estimate: float, what: str
+) -> str | None:
+    if cap is None:
+        return None
+    spent, cap_usd = spent_today(session, user_id), float(cap)
+    if spent >= cap_usd:
+        return f"today's spend ${spent:.2f} has reached your daily cap ${cap_usd:.2f}"
+    if spent + estimate > cap_usd:
         return (
             f"this {what} may cost ${estimate:.4f}: with today's ${spent:.2f} "
-            f"it would pass your daily cap ${cap:.2f}"
+            f"it would pass your daily cap ${cap_usd:.2f}"
         )
     return None

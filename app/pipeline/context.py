@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from app.domain import spend
 from app.domain.models import Generation
 from app.platform.config import Settings
 from app.platform.storage import Storage
@@ -50,8 +51,22 @@ class StageWaiting(Exception):
         self.state = state or {}
 
 
-def _no_checkpoint(state: dict[str, Any]) -> None:
+def _no_checkpoint(state: dict[str, Any], also: object = None) -> None:
     raise RuntimeError("checkpoint() is not available outside the runner")
+
+
+def cap_hold(estimate: float, what: str) -> Callable[[Session, Generation], None] | None:
+    """What a paying stage's checkpoints also do (``lease.paying``'s ``hold``):
+    hold ``estimate`` (USD) against the user's daily cap before the first
+    paid call, or fail the stage, unpaid, when it would pass the cap."""
+    if not estimate:
+        return None
+
+    def hold(session: Session, gen: Generation) -> None:
+        if why := spend.hold(session, gen, estimate, what):
+            raise StageFailed(why)
+
+    return hold
 
 
 @dataclass
@@ -66,7 +81,8 @@ class StageContext:
     previous: dict[str, Any] = field(default_factory=dict)
     # Durably save partial progress now, in its own transaction (e.g. a
     # provider's prediction id before waiting on it), so a retry resumes it.
-    checkpoint: Callable[[dict[str, Any]], None] = _no_checkpoint
+    # (``lease.checkpointer``: its ``also`` writes more under the fence.)
+    checkpoint: Callable[..., None] = _no_checkpoint
 
     def output_of(self, stage: str) -> dict[str, Any]:
         """What an earlier stage recorded (``"input"``: what the request supplied)."""

@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session
 
+from app.domain import spend
 from app.domain.generations import first_unfinished, new_stages
 from app.domain.models import Generation, GenerationStage, utcnow
 from app.domain.states import (
@@ -127,6 +128,7 @@ def end_failed(
 ) -> Outcome:
     """Fail the stage and, unless it has ended already, the generation."""
     was_final = gen.status in FINAL
+    spend.release(gen)  # what the stage held, it did not pay
     set_stage_status(stage, S_FAILED)
     stage.error, stage.finished_at = error, utcnow()
     if not was_final:

@@ -21,7 +21,7 @@ import base64
 from decimal import Decimal
 from typing import Any
 
-from app.domain.spend import refusal
+from app.domain import spend
 from app.pipeline.colors import named_in
 from app.pipeline.context import (
     StageContext,
@@ -29,6 +29,7 @@ from app.pipeline.context import (
     StageResult,
     StageTransient,
     StageWaiting,
+    cap_hold,
 )
 from app.pipeline.lease import RUNNER_KEYS, paying
 from app.pipeline.subject import head_garment, resolve
@@ -119,22 +120,18 @@ def run(ctx: StageContext) -> StageResult:
         job.save({ratelimit.RESERVED: None})
 
     state = {k: v for k, v in ctx.previous.items() if k not in RUNNER_KEYS}
-    job = Job(
-        state=state,
-        saver=paying(ctx.checkpoint, lambda ids: provider.cancel(ids), state),
-        acquire=before_paid_call,
-        poll_every=ctx.settings.provider_poll_seconds,
-    )
+    job = Job(state=state, acquire=before_paid_call, poll_every=ctx.settings.provider_poll_seconds)
     provider = get_provider(provider_id, ctx.settings, job)
     request = build_request(ctx)
     # Jobs accepted together each passed the submit's check before any had
-    # spent: the cap is checked again before the job starts paying, against
-    # what the others have spent since. (Once it has paid for one image it
-    # finishes: a refusal then would waste what it paid.)
+    # spent: before its first paid call the job holds its cost against the
+    # cap, counting what the others spent and hold (``spend.hold``). (Once it
+    # has paid for one image it finishes: a refusal then would waste it.)
     started = state.get("predictions") or state.get("images")
     estimate = 0.0 if started else provider.price_for(request) * request.count
-    if estimate and (why := refusal(ctx.session, gen.user_id, estimate, "image")):
-        raise StageFailed(why)
+    job.saver = paying(
+        ctx.checkpoint, lambda ids: provider.cancel(ids), state, cap_hold(estimate, "image")
+    )
     try:
         result = provider.generate(request)
     except ProviderPending as exc:
@@ -159,6 +156,7 @@ def run(ctx: StageContext) -> StageResult:
         outputs.append(ref)
     cost = Decimal(str(provider.price_for(request))) * len(outputs)
     gen.cost = cost
+    spend.release(gen)  # held until now: the cost is recorded with the stage
     return StageResult(
         {
             "provider": provider_id,

@@ -37,6 +37,7 @@ CHECKPOINT = "checkpoint"  # the runner's mark of a saved state in a stage's out
 RUNNER_KEYS = (CHECKPOINT, *HOLDS)  # the runner's bookkeeping in a saved state
 CHECKPOINT_PATIENCE = 30.0  # seconds a checkpoint waits out a database outage
 WAKE_UP = "wake-"  # the task id prefix of a delivery sent to wake a waiting stage
+Also = Callable[[Session, Generation], None]  # more to write under a checkpoint's fence
 
 
 def wake_up_task_id() -> str:
@@ -181,13 +182,15 @@ def checkpointer(
 ) -> Callable[[dict[str, Any]], None]:
     """Commit partial progress in the stage's session. A checkpoint usually
     records something just paid for (a prediction id), so a database outage
-    is waited out for up to ``patience`` seconds rather than lose it."""
+    is waited out for up to ``patience`` seconds rather than lose it.
+    ``also(session, generation)`` writes more under the fence, in the same
+    transaction (and again if it is retried)."""
 
-    def checkpoint(state: dict[str, Any]) -> None:
+    def checkpoint(state: dict[str, Any], also: Also | None = None) -> None:
         deadline, delay = time.monotonic() + patience, 0.2
         while True:
             try:
-                _save_checkpoint(session, generation_id, stage_id, task_id, state)
+                _save_checkpoint(session, generation_id, stage_id, task_id, state, also)
                 return
             except StageLeaseLost:
                 session.rollback()
@@ -204,22 +207,24 @@ def checkpointer(
 
 
 def paying(
-    checkpoint: Callable[[dict[str, Any]], None],
+    checkpoint: Callable[..., None],
     cancel: Callable[[list[str]], object],
     saved: dict[str, Any],
+    hold: Also | None = None,
 ) -> Callable[[dict[str, Any]], None]:
     """``checkpoint`` for a stage that pays for predictions (its state's
     ``predictions``, from ``saved`` on). One just paid for that it cannot save
     (the generation deleted, the stage taken over, the database gone past the
     checkpoint's patience) is canceled at once: no run will ever read it. A
     canceled generation's are saved first (``GenerationEnded``); the runner
-    cancels those."""
+    cancels those. ``hold`` runs with every save (``checkpointer``'s
+    ``also``): the first, right before the first paid call, holds the cost."""
     known = set(prediction_ids(saved))
 
     def save(state: dict[str, Any]) -> None:
         ids = prediction_ids(state)
         try:
-            checkpoint(state)
+            checkpoint(state, also=hold)
         except GenerationEnded:
             raise
         except Exception:
@@ -236,7 +241,12 @@ def paying(
 
 
 def _save_checkpoint(
-    session: Session, generation_id: str, stage_id: int, task_id: str | None, state: dict
+    session: Session,
+    generation_id: str,
+    stage_id: int,
+    task_id: str | None,
+    state: dict,
+    also: Also | None,
 ) -> None:
     # Fence: lock the generation (first, as everyone who changes it does, so
     # two writers never wait on each other in opposite orders) and make sure
@@ -248,10 +258,13 @@ def _save_checkpoint(
         raise StageLeaseLost("the generation was deleted")
     if task_id is not None and stage.task_id != task_id:
         raise StageLeaseLost(f"{stage.name} was taken over by {stage.task_id}")
+    ended = ended_for(gen, stage.name)
+    if also is not None and not ended:
+        also(session, gen)
     stage.output = {**state, CHECKPOINT: True}
     gen.updated_at = utcnow()  # progress: renews the lease
     session.commit()
-    if ended_for(gen, stage.name):
+    if ended:
         # Canceled meanwhile: a checkpoint comes right before a paid call (none
         # is made) or right after one (its ids are saved above, for the runner
         # to cancel: the cancel itself could not see them yet). A completed

@@ -29,8 +29,8 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from app.domain import spend
 from app.domain.models import GenerationAsset, utcnow
-from app.domain.spend import refusal
 from app.domain.states import LATE_REQUEST
 from app.pipeline.context import (
     StageContext,
@@ -38,6 +38,7 @@ from app.pipeline.context import (
     StageResult,
     StageTransient,
     StageWaiting,
+    cap_hold,
 )
 from app.pipeline.lease import RUNNER_KEYS, paying
 from app.pipeline.store import _image, download  # store's checks of what it stores
@@ -116,6 +117,7 @@ def run(ctx: StageContext) -> StageResult:
     except StorageError as exc:
         raise StageTransient(f"storage unavailable: {exc}") from exc
     gen.cost = (gen.cost or Decimal("0")) + cost  # recorded with the stage, once
+    spend.release(gen)  # held until now
     return StageResult({"engine": engine, "variants": variants, "cost": float(cost), **meta})
 
 
@@ -136,9 +138,9 @@ def _replicate(ctx: StageContext, tasks: list[Task]) -> tuple[dict[str, bytes], 
         raise StageFailed("REPLICATE_API_TOKEN not configured (refine runs on Replicate)")
     saved = {k: v for k, v in ctx.previous.items() if k not in RUNNER_KEYS}
     unpaid = [t for t in tasks if t.key not in (saved.get("predictions") or {})]
+    # Held against the daily cap before the first paid call (``spend.hold``).
     estimate = sum(t.op.model.price for t in unpaid)
-    if unpaid and (why := refusal(ctx.session, ctx.generation.user_id, estimate)):
-        raise StageFailed(why)  # before the paid call, never after
+    hold = cap_hold(estimate, "refine")
 
     def before_paid_call() -> None:
         ratelimit.acquire(ctx.settings, RATE_LIMIT_BUCKET, job.state.get(ratelimit.RESERVED))
@@ -146,7 +148,7 @@ def _replicate(ctx: StageContext, tasks: list[Task]) -> tuple[dict[str, bytes], 
 
     job = Job(
         state=saved,
-        saver=paying(ctx.checkpoint, lambda ids: refiner.cancel(ids), saved),
+        saver=paying(ctx.checkpoint, lambda ids: refiner.cancel(ids), saved, hold),
         acquire=before_paid_call,
         poll_every=ctx.settings.provider_poll_seconds,
     )
