@@ -50,6 +50,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         batch_archive,
         batches,
         events,
+        feedback,
         generations,
         health,
         personas,
@@ -64,6 +65,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     blueprints = (
         submit,
         generations,
+        feedback,
         refine,
         events,
         personas,

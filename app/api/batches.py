@@ -14,19 +14,26 @@ from typing import Any
 
 from flask import Blueprint, Response, g, request
 from pydantic import ValidationError
-from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from app.api.auth import load_user
 from app.api.batch_responses import BatchAcceptedOut, BatchOut, BatchPage, batch_path
 from app.api.batch_schemas import BatchMatrix, BatchSubmit
-from app.api.common import delete_with_objects, int_arg, json_body, services
+from app.api.common import (
+    delete_with_objects,
+    idempotency_key,
+    int_arg,
+    json_body,
+    replay,
+    request_hash,
+    services,
+)
 from app.api.errors import ApiError, invalid, not_found, validation_details
 from app.api.generations import Stopped, announce_stopped, stop
 from app.api.responses import respond
 from app.api.schemas import PromptSubmit, SpecSubmit, parse
-from app.api.submit import check_persona, check_request, idempotency_key, request_hash
+from app.api.submit import check_persona, check_request
 from app.domain import batches
 from app.domain import generations as svc
 from app.domain.models import Batch, new_id, utcnow
@@ -109,21 +116,6 @@ def _check_size(n: int) -> None:
         )
 
 
-def _replay(session: Session, key: str | None, req_hash: str | None) -> Batch | None:
-    if key is None:
-        return None
-    prior = session.scalars(
-        select(Batch).where(Batch.user_id == g.user_id, Batch.idempotency_key == key)
-    ).one_or_none()
-    if prior is not None and prior.request_hash != req_hash:
-        raise ApiError(
-            409,
-            "idempotency_conflict",
-            "this Idempotency-Key was already used with a different request",
-        )
-    return prior
-
-
 def _write(
     session: Session, body: BatchSubmit, items: list[Item], cost: float, **cols: Any
 ) -> tuple[Batch, list[str]]:
@@ -176,7 +168,7 @@ def submit():
     cols = {"id": new_id("bat"), "idempotency_key": key, "request_hash": req_hash}
     try:
         with s.db.session() as session:
-            if (prior := _replay(session, key, req_hash)) is not None:
+            if (prior := replay(session, Batch, key, req_hash)) is not None:
                 return _accepted(prior)
             check_submission(session, s.settings, g.user_id, cost, count=len(items))
             for persona_id in sorted({i.personaId for i in items if i.personaId}):
@@ -185,7 +177,7 @@ def submit():
     except IntegrityError:
         # A concurrent request with the same Idempotency-Key committed first.
         with s.db.session() as session:
-            if (prior := _replay(session, key, req_hash)) is not None:
+            if (prior := replay(session, Batch, key, req_hash)) is not None:
                 return _accepted(prior)
         raise
     # An item whose settings ask for refine has it in its chain (at batch priority too).

@@ -1,15 +1,19 @@
-"""Helpers every blueprint uses: the app's services, JSON bodies, ownership."""
+"""Helpers every blueprint uses: the app's services, JSON bodies, ownership,
+``Idempotency-Key`` replays."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from celery import Celery
 from flask import current_app, g, request
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from app.api.errors import ApiError, invalid
 from app.platform.config import Settings
@@ -17,6 +21,8 @@ from app.platform.db import Database
 from app.platform.storage import Storage, StorageError
 
 log = logging.getLogger(__name__)
+Upload = tuple[bytes, str, str]  # bytes, content type, extension
+Row = TypeVar("Row")
 
 
 @dataclass(frozen=True)
@@ -122,3 +128,47 @@ def delete_with_objects(
             storage.delete_prefix(prefix)
     except StorageError as exc:  # the storage sweep removes what is left
         log.warning("delete of %s: second pass failed: %s", what, exc)
+
+
+def idempotency_key() -> str | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not 1 <= len(key) <= 255:
+        raise ApiError(400, "bad_request", "Idempotency-Key must be 1-255 characters")
+    return key
+
+
+def request_hash(payload: dict[str, Any], upload: Upload | None = None) -> str:
+    """What a key's request was: the path (so a key is for one resource), the
+    body (key order aside) and the uploaded image."""
+    image = hashlib.sha256(upload[0]).hexdigest() if upload else None
+    canon = json.dumps({"path": request.path, "body": payload, "image": image}, sort_keys=True)
+    return hashlib.sha256(canon.encode()).hexdigest()
+
+
+def replay(
+    session: Session,
+    model: type[Row],
+    key: str | None,
+    req_hash: str | None,
+    key_column: str = "idempotency_key",
+    hash_column: str = "request_hash",
+) -> Row | None:
+    """The caller's ``model`` row whose ``key_column`` holds ``key`` (the
+    first answer was about it), or None; 409 if the key came with another
+    request. The columns hold a unique (user_id, key) constraint, so a
+    concurrent duplicate's insert fails: look again then."""
+    if key is None:
+        return None
+    prior = session.scalars(
+        select(model).where(
+            model.user_id == g.user_id,
+            getattr(model, key_column) == key,
+        )
+    ).one_or_none()
+    if prior is not None and getattr(prior, hash_column) != req_hash:
+        raise ApiError(
+            409,
+            "idempotency_conflict",
+            "this Idempotency-Key was already used with a different request",
+        )
+    return prior

@@ -1,4 +1,5 @@
-"""/api/generate: read, list, cancel, retry, delete, feedback (submitting: ``submit``)."""
+"""/api/generate: read, list, cancel, retry, delete (submitting: ``submit``;
+feedback: ``feedback``)."""
 
 from __future__ import annotations
 
@@ -10,23 +11,23 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from app.api.auth import load_user
-from app.api.common import delete_with_objects, int_arg, json_body, services
+from app.api.common import (
+    delete_with_objects,
+    int_arg,
+    services,
+)
 from app.api.errors import ApiError, not_found
 from app.api.responses import (
-    FeedbackOut,
     GenerationOut,
     GenerationPage,
     generation_path,
     respond,
 )
-from app.api.schemas import FeedbackIn, parse
 from app.domain import batches
 from app.domain import generations as svc
-from app.domain.feedback import feedback_state, give, state_of
-from app.domain.models import Generation, GenerationAsset, GenerationFeedback, standing_feedback
+from app.domain.feedback import feedback_state, state_of
+from app.domain.models import Generation, GenerationFeedback, standing_feedback
 from app.domain.states import (
-    CANCELED,
-    FAILED,
     FINAL,
     GENERATION_STATUSES,
     IllegalTransition,
@@ -41,7 +42,8 @@ bp = Blueprint("generations", __name__, url_prefix="/api/generate")
 bp.before_request(load_user)
 
 
-def _load(session, generation_id: str, lock: bool = False) -> Generation:
+def load_owned(session, generation_id: str, lock: bool = False) -> Generation:
+    """The caller's generation, or 404."""
     gen = svc.get_owned(session, g.user_id, generation_id, lock=lock)
     if gen is None:
         raise not_found()
@@ -82,7 +84,7 @@ def show(generation_id: str):
                 resp = current_app.response_class(status=304)
                 resp.set_etag(tag)
                 return resp
-        gen = _load(session, generation_id)
+        gen = load_owned(session, generation_id)
         resp, status = respond(GenerationOut, gen), gen.status
         resp.set_etag(_etag(gen.updated_at, feedback_state(gen)))
     # Revalidated each time (the 304 is cheap): feedback changes even a final one.
@@ -169,21 +171,21 @@ def announce_stopped(stopped: list[Stopped]) -> None:
 @bp.post("/<generation_id>/cancel")
 def cancel(generation_id: str):
     with services().db.session() as session:
-        gen = _load(session, generation_id, lock=True)
+        gen = load_owned(session, generation_id, lock=True)
         try:
             stopped = stop(session, gen)  # commits with the cancel
         except IllegalTransition:
             raise ApiError(409, "conflict", f"generation is already {gen.status}") from None
     announce_stopped([stopped])
     with services().db.session() as session:
-        return respond(GenerationOut, _load(session, generation_id))
+        return respond(GenerationOut, load_owned(session, generation_id))
 
 
 @bp.post("/<generation_id>/retry")
 def retry(generation_id: str):
     s = services()
     with s.db.session() as session:
-        gen = _load(session, generation_id, lock=True)
+        gen = load_owned(session, generation_id, lock=True)
         try:
             first = svc.prepare_retry(gen, s.settings.generation_timeout)
             stages = svc.stage_names(gen)
@@ -200,14 +202,14 @@ def retry(generation_id: str):
             svc.touch_dispatched(session, generation_id)
     with s.db.session() as session:
         where = {"Location": generation_path(generation_id)}
-        return respond(GenerationOut, _load(session, generation_id), 202, where)
+        return respond(GenerationOut, load_owned(session, generation_id), 202, where)
 
 
 @bp.delete("/<generation_id>")
 def delete(generation_id: str):
     s = services()
     with s.db.session() as session:
-        gen = _load(session, generation_id, lock=True)
+        gen = load_owned(session, generation_id, lock=True)
         was_running = not svc.is_final(gen)
         if was_running:
             svc.cancel(gen)
@@ -218,54 +220,7 @@ def delete(generation_id: str):
 
     def delete_rows() -> None:
         with s.db.session() as session:
-            session.delete(_load(session, generation_id, lock=True))
+            session.delete(load_owned(session, generation_id, lock=True))
 
     delete_with_objects(s.storage, [prefix], delete_rows, generation_id)
     return "", 204
-
-
-@bp.post("/<generation_id>/feedback")
-def feedback(generation_id: str):
-    s = services()
-    with s.db.session() as session:
-        # Ownership first (404 before any 4xx); locked, so two quick clicks take turns.
-        gen = _load(session, generation_id, lock=True)
-        body = parse(FeedbackIn, json_body())
-        if gen.status in (FAILED, CANCELED) and not gen.assets:
-            raise ApiError(
-                409,
-                "conflict",
-                f"generation is {gen.status} without images: there is nothing to give feedback on",
-            )
-        if (
-            body.assetId is not None
-            and session.scalar(
-                select(GenerationAsset.id).where(
-                    GenerationAsset.id == body.assetId, GenerationAsset.generation_id == gen.id
-                )
-            )
-            is None
-        ):
-            raise ApiError(
-                422,
-                "validation_error",
-                "assetId is not an asset of this generation",
-                [{"field": "assetId", "message": "unknown asset"}],
-            )
-        fb, created, changed = give(
-            session,
-            gen,
-            g.user_id,
-            body.feedbackType,
-            rating=body.rating,
-            comment=body.comment,
-            asset_id=body.assetId,
-            meta=body.metadata,
-        )
-        resp = respond(FeedbackOut, (fb, feedback_state(gen)), 201 if created else 200)
-    for feedback_id in changed:  # the optimiser learns (and unlearns) in a task
-        try:
-            s.celery.send_task("feedback.apply", args=(feedback_id,))
-        except Exception:
-            pass  # the maintenance job applies feedback that was never sent
-    return resp

@@ -130,7 +130,7 @@ ROUTES = (
           ZIP, errors=(401, 404)),
     Route("get", "/api/personas", "The caller's personas", r.PersonaPage),
     Route("post", "/api/personas", "Create a persona",
-          r.PersonaOut, (201,), BODY_ERRORS, PersonaIn),
+          r.PersonaOut, (201,), (*BODY_ERRORS, 409), PersonaIn),
     Route("get", PERSONA, "One persona", r.PersonaOut, errors=(401, 404)),
     Route("patch", PERSONA, "Change a persona",
           r.PersonaOut, errors=(*BODY_ERRORS, 404), body=PersonaPatch),

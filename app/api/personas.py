@@ -1,12 +1,15 @@
-"""/api/personas: the caller's saved style profiles (owned like generations)."""
+"""/api/personas: the caller's saved style profiles (owned like generations).
+A create with an ``Idempotency-Key`` replays the first answer; the same key
+with another body is 409."""
 
 from __future__ import annotations
 
-from flask import Blueprint, g
+from flask import Blueprint, Response, g
 from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
 
 from app.api.auth import load_user
-from app.api.common import json_body, services
+from app.api.common import idempotency_key, json_body, replay, request_hash, services
 from app.api.errors import not_found
 from app.api.responses import PersonaOut, PersonaPage, respond
 from app.api.schemas import PersonaIn, PersonaPatch, parse
@@ -49,16 +52,39 @@ def index():
         return respond(PersonaPage, {"items": rows})
 
 
+def _created(p: Persona) -> Response:
+    return respond(PersonaOut, p, 201, {"Location": f"/api/personas/{p.id}"})
+
+
 @bp.post("")
 def create():
-    body = parse(PersonaIn, json_body())
-    with services().db.session() as session:
-        p = Persona(id=new_id("per"), user_id=g.user_id, **_columns(body))
-        session.add(p)
-        session.flush()
-        if p.is_default:
-            _only_default(session, p.id)
-        return respond(PersonaOut, p, 201, {"Location": f"/api/personas/{p.id}"})
+    payload = json_body()
+    body = parse(PersonaIn, payload)
+    key = idempotency_key()
+    req_hash = request_hash(payload) if key is not None else None
+    db = services().db
+    try:
+        with db.session() as session:
+            if (prior := replay(session, Persona, key, req_hash)) is not None:
+                return _created(prior)  # as it is now (a PATCH since shows)
+            p = Persona(
+                id=new_id("per"),
+                user_id=g.user_id,
+                idempotency_key=key,
+                request_hash=req_hash,
+                **_columns(body),
+            )
+            session.add(p)
+            session.flush()
+            if p.is_default:
+                _only_default(session, p.id)
+            return _created(p)
+    except IntegrityError:
+        # A concurrent request with the same Idempotency-Key committed first.
+        with db.session() as session:
+            if (prior := replay(session, Persona, key, req_hash)) is not None:
+                return _created(prior)
+        raise
 
 
 @bp.get("/<persona_id>")

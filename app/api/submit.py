@@ -5,8 +5,6 @@ body is 409."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from datetime import timedelta
 from typing import Any
@@ -17,7 +15,17 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from app.api.auth import load_user
-from app.api.common import Services, check_user_id, json_body, parse_json, services
+from app.api.common import (
+    Services,
+    Upload,
+    check_user_id,
+    idempotency_key,
+    json_body,
+    parse_json,
+    replay,
+    request_hash,
+    services,
+)
 from app.api.errors import ApiError
 from app.api.responses import AcceptedOut, generation_path, respond
 from app.api.schemas import FORM_FIELDS, ImageSubmit, PromptSubmit, SpecSubmit, parse
@@ -36,46 +44,11 @@ log = logging.getLogger(__name__)
 bp = Blueprint("submit", __name__, url_prefix="/api/generate")
 bp.before_request(load_user)
 
-Upload = tuple[bytes, str, str]  # bytes, content type, extension
 Body = PromptSubmit | ImageSubmit  # SpecSubmit is an ImageSubmit
 
 
 def _accepted(gen_id: str) -> Response:
     return respond(AcceptedOut, {"id": gen_id}, 202, {"Location": generation_path(gen_id)})
-
-
-def request_hash(payload: dict[str, Any], upload: Upload | None) -> str:
-    image = hashlib.sha256(upload[0]).hexdigest() if upload else None
-    canon = json.dumps({"path": request.path, "body": payload, "image": image}, sort_keys=True)
-    return hashlib.sha256(canon.encode()).hexdigest()
-
-
-def idempotency_key() -> str | None:
-    key = request.headers.get("Idempotency-Key")
-    if key is not None and not 1 <= len(key) <= 255:
-        raise ApiError(400, "bad_request", "Idempotency-Key must be 1-255 characters")
-    return key
-
-
-def _replay(session: Session, key: str | None, req_hash: str | None) -> str | None:
-    """The id of the generation this key made before, or None; 409 if the
-    key came with another request."""
-    if key is None:
-        return None
-    prior = session.execute(
-        select(Generation.id, Generation.request_hash).where(
-            Generation.user_id == g.user_id, Generation.idempotency_key == key
-        )
-    ).first()
-    if prior is None:
-        return None
-    if prior.request_hash != req_hash:
-        raise ApiError(
-            409,
-            "idempotency_conflict",
-            "this Idempotency-Key was already used with a different request",
-        )
-    return prior.id
 
 
 def _invalid(field: str, message: str, summary: str | None = None) -> ApiError:
@@ -156,8 +129,8 @@ def _submit(
     gen_id, input_key = new_id("gen"), None
     try:
         with s.db.session() as session:
-            if (prior := _replay(session, key, req_hash)) is not None:
-                return _accepted(prior)
+            if (prior := replay(session, Generation, key, req_hash)) is not None:
+                return _accepted(prior.id)
             check_submission(session, s.settings, g.user_id, estimate(settings, s.settings)[0])
             check_persona(session, body.personaId)
             if upload is not None:
@@ -184,8 +157,8 @@ def _submit(
         if input_key:
             s.storage.delete_prefix(generation_prefix(g.user_id, gen_id))
         with s.db.session() as session:
-            if (prior := _replay(session, key, req_hash)) is not None:
-                return _accepted(prior)
+            if (prior := replay(session, Generation, key, req_hash)) is not None:
+                return _accepted(prior.id)
         raise
     except BaseException:
         if input_key:  # nothing was stored for this request: neither is its upload

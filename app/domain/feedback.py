@@ -39,11 +39,15 @@ def give(
     comment: str | None = None,
     asset_id: int | None = None,
     meta: dict[str, Any] | None = None,
+    key: str | None = None,
+    req_hash: str | None = None,
 ) -> tuple[GenerationFeedback, bool, list[int]]:
     """Record ``kind`` of feedback. Returns the row the answer is about (the
     new one, or the withdrawn heart or outlier), whether it is new, and the
-    rows whose learning must now be applied or undone. Lock ``gen`` first, so
-    two quick clicks take turns."""
+    rows whose learning must now be applied or undone. The request's
+    Idempotency-Key and hash go on that row, as its maker's or its
+    withdrawer's, so a retry finds the answer. Lock ``gen`` first, so two
+    quick clicks take turns."""
     standing: list[GenerationFeedback] = []
     if kind in STANDING_FEEDBACK:  # rows from before withdrawal existed may be several
         standing = list(
@@ -63,7 +67,9 @@ def give(
         old.removed_at = now
     session.expire(gen, ["standing_feedback"])  # feedback_state(gen) reads it afresh
     if standing and kind in TOGGLES:
-        return standing[-1], False, [f.id for f in standing]
+        took = standing[-1]
+        took.withdrawal_idempotency_key, took.withdrawal_request_hash = key, req_hash
+        return took, False, [f.id for f in standing]
     fb = GenerationFeedback(
         generation_id=gen.id,
         asset_id=asset_id,
@@ -72,6 +78,8 @@ def give(
         rating=rating,
         comment=comment,
         meta=meta or {},
+        idempotency_key=key,
+        request_hash=req_hash,
     )
     session.add(fb)
     session.flush()

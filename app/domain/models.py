@@ -206,6 +206,14 @@ class GenerationAsset(Base):
 
 class GenerationFeedback(Base):
     __tablename__ = "generation_feedback"
+    __table_args__ = (
+        UniqueConstraint("user_id", "idempotency_key", name="uq_generation_feedback_idempotency"),
+        UniqueConstraint(
+            "user_id",
+            "withdrawal_idempotency_key",
+            name="uq_generation_feedback_withdrawal_idempotency",
+        ),
+    )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     generation_id: Mapped[str] = mapped_column(
         ForeignKey("generations.id", ondelete="CASCADE"), index=True
@@ -223,6 +231,13 @@ class GenerationFeedback(Base):
     applied_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     removed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     undone_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The Idempotency-Key of the request that made this row, and of the one
+    # that withdrew it (a second heart or outlier answers about the row it
+    # withdrew): a retry of either answers again instead of toggling again.
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    request_hash: Mapped[str | None] = mapped_column(String(64))
+    withdrawal_idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    withdrawal_request_hash: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -244,6 +259,9 @@ def standing_feedback() -> Any:
 
 class Persona(Base):
     __tablename__ = "personas"
+    __table_args__ = (
+        UniqueConstraint("user_id", "idempotency_key", name="uq_personas_idempotency"),
+    )
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     name: Mapped[str] = mapped_column(String(120))
@@ -252,6 +270,8 @@ class Persona(Base):
     palette: Mapped[list[Any]] = mapped_column(default=list)
     aesthetic: Mapped[str | None] = mapped_column(String(60))
     is_default: Mapped[bool] = mapped_column(Boolean, default=False)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    request_hash: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, onupdate=utcnow
