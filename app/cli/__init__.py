@@ -20,17 +20,24 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def upgrade_database(url: str) -> None:
+    cfg = alembic_config(url)  # first: it quiets alembic before alembic loads
+    from alembic import command
+
+    command.upgrade(cfg, "head")
+
+
+def alembic_config(url: str) -> Any:
+    """Alembic's configuration for the database at ``url`` (no alembic.ini)."""
     import logging
 
     # Before alembic loads: it announces each of its plugins at INFO.
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    from alembic import command
     from alembic.config import Config
 
     cfg = Config()
     cfg.set_main_option("script_location", str(ROOT / "migrations"))
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
-    command.upgrade(cfg, "head")
+    return cfg
 
 
 def the_app() -> Flask:

@@ -26,6 +26,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("generations", schema=None) as batch_op:
-        batch_op.drop_column("error_code")
-        batch_op.drop_column("deadline_at")
+    # Not in batch mode: SQLite drops a column in place, while a batch copies
+    # the table, which the views on ``generations`` forbid.
+    op.drop_column("generations", "error_code")
+    op.drop_column("generations", "deadline_at")
