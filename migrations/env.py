@@ -30,7 +30,9 @@ def run_migrations_online() -> None:
         from pathlib import Path
 
         Path(url.split("///", 1)[1]).parent.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(url)
+    # No statement timeout (0): building an index on a big table may take
+    # longer than any API request is allowed, and a release must not fail halfway.
+    engine = make_engine(url, statement_timeout=0)
 
     with engine.connect() as connection:
         context.configure(

@@ -14,7 +14,8 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import create_engine, event, inspect
+from sqlalchemy.engine import Engine
 
 import app.domain.bookkeeping  # noqa: F401  (registers its tables on the metadata)
 import app.webhooks  # noqa: F401  (registers webhook_deliveries on the metadata)
@@ -250,6 +251,24 @@ def test_every_migration_goes_down_and_up_again_on_sqlite(tmp_path):
 @pytest.mark.usefixtures("service_env")
 def test_postgres_schema_matches_the_models(service_env):
     assert _differences(service_env["DATABASE_URL"]) == []
+
+
+@pytest.mark.usefixtures("service_env")
+def test_migrations_run_without_a_statement_timeout(service_env, monkeypatch):
+    """An index built on a big table may take longer than an API request may."""
+    seen = []
+
+    def on_connect(dbapi_conn, _record) -> None:
+        with dbapi_conn.cursor() as cur:
+            cur.execute("SHOW statement_timeout")
+            seen.append(cur.fetchone()[0])
+
+    event.listen(Engine, "connect", on_connect)
+    try:
+        upgrade_database(service_env["DATABASE_URL"])
+    finally:
+        event.remove(Engine, "connect", on_connect)
+    assert seen and set(seen) == {"0"}
 
 
 def test_no_index_duplicates_a_unique_constraint_on_generation_id(tmp_path):
