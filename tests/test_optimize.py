@@ -14,6 +14,7 @@ from app.pipeline.learning import reward_of
 from app.pipeline.maintenance import apply_one_feedback
 from app.pipeline.optimize import BAD, EXPLOIT_BUDGET, mode_for, optimize, tokens
 from app.pipeline.runner import run_stage
+from app.pipeline.subject import conflicts, strays, subject_of
 from app.pipeline.templates import TEMPLATES
 
 
@@ -63,6 +64,29 @@ def test_disliked_tokens_move_to_the_negative_prompt_but_never_the_users_words()
     assert out["finalPrompt"] == "mine, fine"
     assert out["demotedTokens"] == ["neon glare"]
     assert out["negativePrompt"] == "blurry, neon glare, harsh flash"
+
+
+def test_learnt_construction_stays_with_the_garment_it_was_learnt_on():
+    """A hearted coat's "double breasted" is the coat's, not a style: it is
+    never added to a t-shirt, and never made negative either."""
+    scores = {"double breasted": 0.8, "floor-length": 0.75, "peak lapels": 0.7}
+    scores |= {"soft light": 0.6, "cap sleeves": 0.1}
+    shirt = "white cotton t-shirt"
+    out = optimize(gen_id("exploit"), shirt, "", scores, shirt)
+    assert out["addedTokens"] == ["soft light"]
+    assert set(out["heldBackTokens"]) == {"double breasted", "floor-length", "peak lapels"}
+    assert out["finalPrompt"] == f"{shirt}, soft light" and out["negativePrompt"] == ""
+    coat = "navy coat, floor length"  # named, in its own words: the learnt one may join
+    assert "floor-length" in optimize(gen_id("exploit"), coat, "", scores, coat)["addedTokens"]
+
+
+def test_construction_details_contradict_only_their_own_kind():
+    blazer = subject_of("a Double-Breasted blazer, floor length")
+    assert blazer.details == ("double breasted", "floor length")
+    assert conflicts("single breasted, soft light", blazer) == ["single breasted"]
+    assert conflicts("mini", blazer) == ["mini"]  # a length against a length
+    assert conflicts("v-neck", blazer) == [] and strays("v-neck", blazer) == ["v neck"]
+    assert subject_of("a line of models").details == ()  # "a-line" only with its hyphen
 
 
 def test_fits_the_providers_limit_and_is_deterministic():
@@ -130,7 +154,8 @@ def test_hearts_teach_a_token_low_ratings_banish_one_and_users_stay_apart(
     assert later["heldBackTokens"] == ["a-line maroon dress"]
     assert later["finalPrompt"].startswith(f"{skirt}, candlelit glow")
     assert "maroon" not in later["finalPrompt"] and "dress" not in later["finalPrompt"]
-    asked = final(app, client, user, make_generation(app, user, "maroon wool dress", salt="a"))
+    dress = make_generation(app, user, "a-line maroon wool dress", salt="a")
+    asked = final(app, client, user, dress)
     assert "a-line maroon dress" in asked["addedTokens"]  # asked for: it may join
 
     # The other user learnt nothing from that.

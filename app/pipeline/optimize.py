@@ -18,9 +18,10 @@ are added, up to ``NEGATIVE_BUDGET``. The prompt is fitted to the chosen
 provider's maximum prompt length.
 
 Feedback teaches style, lighting, composition and quality, never the subject:
-a learnt term naming a garment, colour, material or pattern the prompt does
-not name is never added (``heldBackTokens``), and terms naming any are never
-demoted or made negative. Under ``enhance: off`` nothing is added or moved.
+a learnt term naming a garment, colour, material, pattern or construction
+detail ("double breasted", "floor length") the prompt does not name is never
+added (``heldBackTokens``), and terms naming any are never demoted or made
+negative. Under ``enhance: off`` nothing is added or moved.
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ def _additions(
     template_id: str | None,
 ) -> tuple[list[str], list[str]]:
     """Terms to add, and learnt ones held back because they name a garment,
-    colour, material or pattern the request does not."""
+    colour, material, pattern or construction detail the request does not."""
     if mode == "exploit":
         ranked = sorted(
             ((s, t) for t, s in scores.items() if s >= GOOD and t not in keys),
@@ -120,7 +121,7 @@ def optimize(
     request = subject_of(prompt)
     added, held = _additions(mode, rng, scores, keys, request, template_id)
     # The designer's words and the garment itself (terms naming a garment,
-    # colour, material or pattern) are never demoted or made negative.
+    # colour, material, pattern or detail) are never demoted or made negative.
     protected = set(tokens(user_words))
 
     def learnable(t: str) -> bool:

@@ -1,4 +1,5 @@
-"""What a designer asks for: the garment, its colours, materials and pattern.
+"""What a designer asks for: the garment, its colours, materials, pattern and
+construction (cut, length, neckline, sleeves, fastening, collar).
 
 ``subject_of`` reads them from words; ``resolve`` merges the words with a
 photo's analysis (the words win wherever they name one). ``strays`` and
@@ -46,6 +47,32 @@ PATTERNS: dict[str, str] = {
     **dict.fromkeys("dotted polka-dot spotted".split(), "polka dot"),
     **dict.fromkeys("print printed leopard zebra camouflage camo".split(), "print"),
 }
+# How the garment is made: its cut, length, neckline, sleeves, fastening and
+# collar, by kind (two of one kind contradict each other; of two kinds, not).
+# Part of what is asked for, like the garment itself: a learnt "double
+# breasted" has no place on a t-shirt. A space here also matches a hyphen
+# ("v-neck"); a hyphen only a hyphen ("a-line", not "a line of models").
+_DETAILS: dict[str, str] = {
+    "length": "floor length|ankle length|knee length|calf length|tea length|hip length|"
+    "full length|mid length|midi|maxi|mini|cropped|longline|long line",
+    "neckline": "v neck|crew neck|crewneck|scoop neck|boat neck|square neck|cowl neck|"
+    "high neck|mock neck|sweetheart neckline|halter neck|halterneck|halter|off shoulder|"
+    "off the shoulder|one shoulder|strapless|plunging neckline",
+    "sleeves": "long sleeve|short sleeve|sleeveless|cap sleeve|puff sleeve|"
+    "puffed sleeve|bishop sleeve|bell sleeve|three quarter sleeve|raglan sleeve",
+    "fastening": "double breasted|single breasted|button down|button up|button front|"
+    "zip front|wrap front|lace up|drawstring waist|belted",
+    "collar": "peak lapel|peaked lapel|notch lapel|notched lapel|shawl collar|"
+    "mandarin collar|peter pan collar|spread collar",
+    "fit": "a-line|bodycon|oversized|slim fit|relaxed fit|boxy|flared|wide leg|straight leg|"
+    "skinny|high waisted|high waist|empire waist|drop waist|mermaid|pleated",
+}
+DETAILS: dict[str, str] = {  # phrase, hyphens as spaces -> kind
+    phrase.replace("-", " "): kind
+    for kind, phrases in _DETAILS.items()
+    for phrase in phrases.split("|")
+}
+
 # Words that end a garment phrase: "a silk blouse with wide trousers" is a blouse.
 _CLAUSE = re.compile(r",|;|\b(?:with|and|over|under|plus|paired|worn|&)\b")
 
@@ -61,6 +88,28 @@ _GARMENT_RE = _word_re([w for w in GARMENTS if w not in PLURAL_ONLY], plural=Tru
 _PLURAL_RE = _word_re(sorted(PLURAL_ONLY), plural=False)
 _MATERIAL_RE = _word_re(sorted(MATERIALS), plural=False)
 _PATTERN_RE = _word_re([*PATTERNS, "polka dot"], plural=True)
+_DETAIL_RE = re.compile(
+    r"(?<![a-z-])("
+    + "|".join(
+        sorted(
+            (
+                re.escape(p).replace(r"\ ", "[ -]")
+                for ps in _DETAILS.values()
+                for p in ps.split("|")
+            ),
+            key=len,
+            reverse=True,
+        )
+    )
+    + r")s?(?![a-z-])"
+)
+
+
+def details_in(text: str) -> list[str]:
+    """The construction details named in ``text``, as listed: "Double-Breasted,
+    long sleeves" -> "double breasted", "long sleeve"."""
+    low = text.lower()
+    return list(dict.fromkeys(m.group(1).replace("-", " ") for m in _DETAIL_RE.finditer(low)))
 
 
 def garment_category(word: str | None) -> str | None:
@@ -93,13 +142,16 @@ class Subject:
     colours: tuple[str, ...] = ()
     materials: tuple[str, ...] = ()
     patterns: tuple[str, ...] = ()
+    details: tuple[str, ...] = ()  # construction: cut, length, neckline, ... (DETAILS)
 
     @property
     def categories(self) -> set[str]:
         return {GARMENTS[g] for g in self.garments}
 
     def __bool__(self) -> bool:
-        return bool(self.garments or self.colours or self.materials or self.patterns)
+        return bool(
+            self.garments or self.colours or self.materials or self.patterns or self.details
+        )
 
 
 def subject_of(text: str) -> Subject:
@@ -111,28 +163,34 @@ def subject_of(text: str) -> Subject:
         patterns=tuple(
             dict.fromkeys(PATTERNS.get(m.group(1), "polka dot") for m in _PATTERN_RE.finditer(low))
         ),
+        details=tuple(details_in(low)),
     )
 
 
 def _kinds(term: Subject, request: Subject) -> list[tuple[tuple[str, ...], list[str]]]:
     """Per kind: what the request names, and the words of ``term`` it does not."""
-    return [
+    kinds = [
         (request.garments, [g for g in term.garments if GARMENTS[g] not in request.categories]),
         (request.colours, [c for c in term.colours if c not in request.colours]),
         (request.materials, [m for m in term.materials if m not in request.materials]),
         (request.patterns, [p for p in term.patterns if p not in request.patterns]),
     ]
+    for kind in _DETAILS:
+        named = tuple(d for d in request.details if DETAILS[d] == kind)
+        kinds.append((named, [d for d in term.details if DETAILS[d] == kind and d not in named]))
+    return kinds
 
 
 def strays(term: str, request: Subject) -> list[str]:
-    """Garment, colour, material and pattern words of ``term`` the request
-    does not name (a learnt term with any is never added)."""
+    """Garment, colour, material, pattern and construction words of ``term``
+    the request does not name (a learnt term with any is never added)."""
     return [w for _, ws in _kinds(subject_of(term), request) for w in ws]
 
 
 def conflicts(term: str, words: Subject) -> list[str]:
     """Words of ``term`` that contradict the designer's: a garment, colour,
-    material or pattern of a kind the designer named, but not the one named."""
+    material, pattern or construction detail (a length, a neckline, ...) of a
+    kind the designer named, but not the one named."""
     return [w for named, ws in _kinds(subject_of(term), words) if named for w in ws]
 
 
