@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 from sqlalchemy import func, select
@@ -139,11 +141,12 @@ def test_a_retry_racing_its_original_takes_its_turn_and_replays(request, monkeyp
     assert learnt == [answers[0].json["id"]]
 
 
-def _lookups_miss(monkeypatch, module, misses: int) -> None:
+@contextmanager
+def _lookups_miss(monkeypatch, module, misses: int) -> Iterator[None]:
     """The next ``misses`` key look-ups find nothing, as when a concurrent
     request with the key has not committed yet: its insert then breaks the
     unique constraint."""
-    real, left = getattr(module, "replay", None), [misses]
+    real, left = module.replay, [misses]
 
     def replay(*args, **kwargs):
         if left[0] > 0:
@@ -151,17 +154,19 @@ def _lookups_miss(monkeypatch, module, misses: int) -> None:
             return None
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(module, "replay", replay, raising=False)
+    monkeypatch.setattr(module, "replay", replay)
+    yield
+    assert left[0] == 0, "the look-ups to miss were never made"
 
 
 def test_a_key_racing_on_another_generation_is_409(app, client, user, monkeypatch, learnt):
     """The unique key decides: the loser's row is rolled back and it is told why."""
-    import app.api.generations as generations
+    import app.api.feedback as feedback
 
     gid, other = completed(app, client, user), completed(app, client, user)
     assert post(client, user, gid, "k").status_code == 201
-    _lookups_miss(monkeypatch, generations, 2)  # made by, withdrawn by
-    assert_error(post(client, user, other, "k"), 409, "idempotency_conflict")
+    with _lookups_miss(monkeypatch, feedback, 2):  # made by, withdrawn by
+        assert_error(post(client, user, other, "k"), 409, "idempotency_conflict")
     assert feedback_rows(app, other) == 0 and len(learnt) == 1
 
 
@@ -195,7 +200,7 @@ def test_a_persona_post_losing_the_race_answers_with_the_winner(app, client, use
     import app.api.personas as personas
 
     first = post_persona(client, user, "p-race")
-    _lookups_miss(monkeypatch, personas, 1)
-    again = post_persona(client, user, "p-race")
+    with _lookups_miss(monkeypatch, personas, 1):
+        again = post_persona(client, user, "p-race")
     assert again.status_code == 201, again.json
     assert again.json["id"] == first.json["id"] and persona_count(app, user) == 1

@@ -12,11 +12,13 @@ from decimal import Decimal
 import psycopg
 import pytest
 
+from app import create_app
 from app.domain import spend
 from app.domain.models import Generation, User
 from app.pipeline import ALL_STAGES
 from app.pipeline.runner import run_stage
 from tests.conftest import REPLICATE_TOKEN as TOKEN
+from tests.conftest import make_user
 from tests.support.locks import pg_url, wait_until_blocked_by
 from tests.support.pipeline import (
     load,
@@ -126,6 +128,41 @@ def test_a_job_that_ends_unpaid_lets_its_hold_go(app, user, fake, ending):
     fake.latency = 0.05
     run_through(app, second)
     assert load(app, second)["status"] == "completed", load(app, second)["error"]
+
+
+@pytest.mark.services
+def test_a_refused_job_takes_no_rate_limit_token(app_config, fake, redis_url):
+    """The cap is held before the shared token is taken: a refused job must
+    not leave another user's job waiting for a token it never used. (The
+    tokens in a Redis db of its own: the per-process buckets outlive a test.)"""
+    limited = {**app_config, "REDIS_URL": redis_url, "BFF_RATE_LIMIT_GOOGLE_IMAGEN": "2/600"}
+    app = create_app(limited)
+    alice, bob = make_user(app, "alice"), make_user(app, "bob")
+    set_cap(app, alice, "0.09")
+    first, second = submit(app, alice), submit(app, alice)
+    paying(app, fake, first)  # the first token
+    run_through(app, second)
+    assert load(app, second)["status"] == "failed" and fake.creates == 1
+    fake.latency = 0.05
+    s, theirs = services(app), submit(app, bob)
+    run_through(app, theirs, ALL_STAGES[:5])
+    out = run_stage(s.db, s.settings, s.storage, theirs, "generate", task_id="t-generate")
+    assert out.retry_in is None or fake.creates == 2, "bob waits for a token alice's refusal took"
+
+
+def test_a_job_that_paid_in_part_holds_the_rest_without_refusal(app, user, fake):
+    """Its hold let go (say by a timeout, then a retry), a job that has paid
+    for part of its work holds again, even over the cap: refusing it then
+    would waste what it paid."""
+    gen_id = submit(app, user)
+    paying(app, fake, gen_id)
+    with services(app).db.session() as session:
+        session.get(Generation, gen_id).cost_held = Decimal("0")
+    set_cap(app, user, "0.01")
+    s = services(app)
+    out = run_stage(s.db, s.settings, s.storage, gen_id, "generate", task_id="t-generate")
+    assert out.retry_in is not None, load(app, gen_id)["error"]  # still waiting, not refused
+    assert held(app, gen_id) == IMAGE and fake.creates == 1
 
 
 @pytest.mark.services

@@ -38,16 +38,19 @@ def refusal(session: Session, user_id: int, estimate: float, what: str = "refine
     return _over(session, user_id, cap, estimate, what)
 
 
-def hold(session: Session, gen: Generation, estimate: float, what: str) -> str | None:
+def hold(
+    session: Session, gen: Generation, estimate: float, what: str, refuse: bool = True
+) -> str | None:
     """Hold ``estimate`` against the cap for ``gen`` (locked by the caller),
-    unless it holds already; or say why it would pass the cap. The user's row
-    stays locked until the caller commits, so holds are made one at a time."""
+    unless it holds already; or, ``refuse``-ing, say why it would pass the
+    cap. The user's row stays locked until the caller commits, so holds are
+    made one at a time (not against the user's inserts: NO KEY UPDATE)."""
     if gen.cost_held:  # an earlier run of this stage holds it
         return None
     cap = session.scalar(
-        select(User.daily_spend_cap).where(User.id == gen.user_id).with_for_update()
+        select(User.daily_spend_cap).where(User.id == gen.user_id).with_for_update(key_share=True)
     )
-    if why := _over(session, gen.user_id, cap, estimate, what):
+    if (why := _over(session, gen.user_id, cap, estimate, what)) and refuse:
         return why
     gen.cost_held = Decimal(str(estimate))
     return None

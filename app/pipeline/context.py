@@ -12,6 +12,7 @@ from app.domain import spend
 from app.domain.models import Generation
 from app.platform.config import Settings
 from app.platform.storage import Storage
+from app.providers.base import prediction_ids
 
 
 class StageFailed(Exception):
@@ -55,18 +56,21 @@ def _no_checkpoint(state: dict[str, Any], also: object = None) -> None:
     raise RuntimeError("checkpoint() is not available outside the runner")
 
 
-def cap_hold(estimate: float, what: str) -> Callable[[Session, Generation], None] | None:
-    """What a paying stage's checkpoints also do (``lease.paying``'s ``hold``):
-    hold ``estimate`` (USD) against the user's daily cap before the first
-    paid call, or fail the stage, unpaid, when it would pass the cap."""
-    if not estimate:
-        return None
+def hold_cost(ctx: StageContext, state: dict[str, Any], estimate: float, what: str) -> None:
+    """Before a job's first paid call (and before it takes a rate-limit token),
+    hold ``estimate`` (USD, its whole price) against the user's daily cap, in
+    a fenced checkpoint of ``state``; an earlier run's hold stands. Over the
+    cap, the stage fails unpaid, unless ``state`` shows it has paid for part
+    of its work already: refusing would waste that, so the rest is held."""
+    if not estimate or ctx.generation.cost_held:
+        return
+    started = bool(prediction_ids(state) or state.get("images"))
 
     def hold(session: Session, gen: Generation) -> None:
-        if why := spend.hold(session, gen, estimate, what):
+        if why := spend.hold(session, gen, estimate, what, refuse=not started):
             raise StageFailed(why)
 
-    return hold
+    ctx.checkpoint(state, also=hold)
 
 
 @dataclass

@@ -29,7 +29,7 @@ from app.pipeline.context import (
     StageResult,
     StageTransient,
     StageWaiting,
-    cap_hold,
+    hold_cost,
 )
 from app.pipeline.lease import RUNNER_KEYS, paying
 from app.pipeline.subject import head_garment, resolve
@@ -120,18 +120,18 @@ def run(ctx: StageContext) -> StageResult:
         job.save({ratelimit.RESERVED: None})
 
     state = {k: v for k, v in ctx.previous.items() if k not in RUNNER_KEYS}
-    job = Job(state=state, acquire=before_paid_call, poll_every=ctx.settings.provider_poll_seconds)
+    job = Job(
+        state=state,
+        saver=paying(ctx.checkpoint, lambda ids: provider.cancel(ids), state),
+        acquire=before_paid_call,
+        poll_every=ctx.settings.provider_poll_seconds,
+    )
     provider = get_provider(provider_id, ctx.settings, job)
     request = build_request(ctx)
     # Jobs accepted together each passed the submit's check before any had
-    # spent: before its first paid call the job holds its cost against the
-    # cap, counting what the others spent and hold (``spend.hold``). (Once it
-    # has paid for one image it finishes: a refusal then would waste it.)
-    started = state.get("predictions") or state.get("images")
-    estimate = 0.0 if started else provider.price_for(request) * request.count
-    job.saver = paying(
-        ctx.checkpoint, lambda ids: provider.cancel(ids), state, cap_hold(estimate, "image")
-    )
+    # spent: before paying, the job holds its price against the cap, counting
+    # what the others spent and hold (``spend.hold``).
+    hold_cost(ctx, state, provider.price_for(request) * request.count, "image")
     try:
         result = provider.generate(request)
     except ProviderPending as exc:

@@ -207,24 +207,22 @@ def checkpointer(
 
 
 def paying(
-    checkpoint: Callable[..., None],
+    checkpoint: Callable[[dict[str, Any]], None],
     cancel: Callable[[list[str]], object],
     saved: dict[str, Any],
-    hold: Also | None = None,
 ) -> Callable[[dict[str, Any]], None]:
     """``checkpoint`` for a stage that pays for predictions (its state's
     ``predictions``, from ``saved`` on). One just paid for that it cannot save
     (the generation deleted, the stage taken over, the database gone past the
     checkpoint's patience) is canceled at once: no run will ever read it. A
     canceled generation's are saved first (``GenerationEnded``); the runner
-    cancels those. ``hold`` runs with every save (``checkpointer``'s
-    ``also``): the first, right before the first paid call, holds the cost."""
+    cancels those."""
     known = set(prediction_ids(saved))
 
     def save(state: dict[str, Any]) -> None:
         ids = prediction_ids(state)
         try:
-            checkpoint(state, also=hold)
+            checkpoint(state)
         except GenerationEnded:
             raise
         except Exception:

@@ -38,7 +38,7 @@ from app.pipeline.context import (
     StageResult,
     StageTransient,
     StageWaiting,
-    cap_hold,
+    hold_cost,
 )
 from app.pipeline.lease import RUNNER_KEYS, paying
 from app.pipeline.store import _image, download  # store's checks of what it stores
@@ -137,10 +137,8 @@ def _replicate(ctx: StageContext, tasks: list[Task]) -> tuple[dict[str, bytes], 
     if not ctx.settings.replicate_api_token:
         raise StageFailed("REPLICATE_API_TOKEN not configured (refine runs on Replicate)")
     saved = {k: v for k, v in ctx.previous.items() if k not in RUNNER_KEYS}
-    unpaid = [t for t in tasks if t.key not in (saved.get("predictions") or {})]
     # Held against the daily cap before the first paid call (``spend.hold``).
-    estimate = sum(t.op.model.price for t in unpaid)
-    hold = cap_hold(estimate, "refine")
+    hold_cost(ctx, saved, sum(t.op.model.price for t in tasks), "refine")
 
     def before_paid_call() -> None:
         ratelimit.acquire(ctx.settings, RATE_LIMIT_BUCKET, job.state.get(ratelimit.RESERVED))
@@ -148,7 +146,7 @@ def _replicate(ctx: StageContext, tasks: list[Task]) -> tuple[dict[str, bytes], 
 
     job = Job(
         state=saved,
-        saver=paying(ctx.checkpoint, lambda ids: refiner.cancel(ids), saved, hold),
+        saver=paying(ctx.checkpoint, lambda ids: refiner.cancel(ids), saved),
         acquire=before_paid_call,
         poll_every=ctx.settings.provider_poll_seconds,
     )
