@@ -63,6 +63,10 @@ def test_outputs_are_only_fetched_from_provider_hosts():
     assert not ok(s, "https://replicate.delivery.evil.example/x.png")
     assert not ok(s, "https://attacker.blob.core.windows.net/x.png")
     assert not ok(s, "http://169.254.169.254/latest/meta-data")
+    # Read one way by urllib, another by the HTTP client: the host called is not the one checked.
+    assert not ok(s, "https://127.0.0.1:3919\\@replicate.delivery/out.png")
+    assert not ok(s, "http://169.254.169.254\\@127.0.0.1:8701/files/x.png")
+    assert not ok(s, "https://user@replicate.delivery/out.png")
     with pytest.raises(StageFailed, match="unexpected host"):
         download(s, "http://169.254.169.254/latest/meta-data")
 

@@ -7,6 +7,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
+from urllib3.exceptions import LocationParseError
+from urllib3.util import parse_url
+
 from app.platform.config import Settings
 from app.providers.base import ImageProvider, Job
 from app.providers.catalog import CATALOGUE, ModelEntry
@@ -48,9 +51,16 @@ def is_output_url_allowed(settings: Settings, url: str) -> bool:
     """Provider outputs are downloaded only from the catalogue's own CDNs
     (``output_hosts``; a leading dot: any subdomain) and the hosts of the
     configured base URLs (a self-hosted gateway or a test fake), the latter
-    alone over plain http."""
-    parts = urlsplit(url)
+    alone over plain http. The host checked must be the host called: a URL
+    that urllib and the HTTP client read differently (a backslash, user
+    info: ``https://10.0.0.1\\@replicate.delivery/``) is refused."""
+    try:
+        parts, called = urlsplit(url), parse_url(url).host
+    except (ValueError, LocationParseError):
+        return False
     host = (parts.hostname or "").lower()
+    if "\\" in url or "@" in parts.netloc or (called or "").lower() != host:
+        return False
     bases = (settings.replicate_base_url, settings.openai_base_url)
     configured = {h.lower() for b in bases if b and (h := urlsplit(b).hostname)}
     if host in configured:

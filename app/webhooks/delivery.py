@@ -128,7 +128,7 @@ def attempt(
     try:
         code, error = _call(settings, url, delivery_id, secret, payload, now)
     except Refused as exc:
-        return _record(db, delivery_id, REFUSED, None, f"refused: {exc}")
+        return _record(db, delivery_id, REFUSED, None, f"refused: {exc.detail}")
     if error is None:
         return _record(db, delivery_id, DELIVERED, code, None)
     delay = backoff(attempt_no, settings.webhook_retry_base)

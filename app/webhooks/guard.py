@@ -20,7 +20,12 @@ HTTP_ONLY_LOOPBACK = "must be https (plain http only to loopback in development)
 
 
 class Refused(Exception):
-    """The target is not an address we are willing to call."""
+    """The target is not an address we are willing to call. ``detail``: the
+    whole reason, for our own records (the message may leave things out)."""
+
+    def __init__(self, message: str, detail: str | None = None) -> None:
+        super().__init__(message)
+        self.detail = detail or message
 
 
 class Unresolved(Refused):
@@ -82,8 +87,14 @@ def resolve_target(url: str, settings: Settings) -> list[str]:
     addrs = _resolve(parts)
     for raw in addrs:
         if why := address_problem(raw, settings):
-            where = f"{raw} is" if raw == parts.hostname else f"{parts.hostname} resolves to {raw},"
-            raise Refused(f"{where} {why}")
+            if raw == parts.hostname:  # an address given: say what is wrong with it
+                raise Refused(f"{raw} is {why}")
+            # A name: its addresses stay ours, or any API key could map our
+            # network's names (postgres, redis, ...) through the answer.
+            raise Refused(
+                f"{parts.hostname} resolves to an address that is not public",
+                f"{parts.hostname} resolves to {raw}, {why}",
+            )
     if parts.scheme == "http" and not all(_ip(raw).is_loopback for raw in addrs):
         raise Refused(HTTP_ONLY_LOOPBACK)
     return sorted(addrs, key=lambda raw: (_ip(raw).version, raw))
