@@ -57,7 +57,8 @@ def _members(
 ) -> Iterator[Member]:
     """Each final image, then the manifest: a row per image, and one (without
     a file) per generation that made none. An image whose object is gone is
-    left out, its row saying so, and the rest of the archive still comes."""
+    left out, its row saying so, and the rest of the archive still comes.
+    URLs are the storage's now (its current public base), not ``cdn_url``."""
     out = io.StringIO()
     manifest = csv.writer(out)
     manifest.writerow(MANIFEST)
@@ -70,11 +71,11 @@ def _members(
                 held = [storage.get(asset.r2_key)]
             except KeyError:  # other storage errors still cut the archive short
                 log.warning("archive: %s is missing from storage", asset.r2_key)
-                manifest.writerow([*row, "", asset.cdn_url, MISSING])
+                manifest.writerow([*row, "", storage.url(asset.r2_key), MISSING])
                 continue
             # pop: once stream_zip has written the bytes nothing here holds them
             yield Member(name, held.pop)
-            manifest.writerow([*row, name, asset.cdn_url, ""])
+            manifest.writerow([*row, name, storage.url(asset.r2_key), ""])
         if not assets.get(gen.id):
             manifest.writerow([*row, "", "", ""])
     yield Member("manifest.csv", lambda: out.getvalue().encode(), compress=True)

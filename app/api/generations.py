@@ -3,6 +3,7 @@ feedback: ``feedback``)."""
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -34,7 +35,7 @@ from app.domain.states import (
 )
 from app.platform import events
 from app.platform.queue import dispatch
-from app.platform.storage import generation_prefix
+from app.platform.storage import current_public_base, generation_prefix
 from app.providers.cancel import cancel_remote
 from app.webhooks import record_final
 
@@ -63,9 +64,11 @@ STAMP = (
 def _etag(updated_at: datetime, fb: dict) -> str:
     """Every change a client can see but feedback renews the generation's
     ``updated_at`` (stages, assets, status); feedback must not, as that is
-    also the running stage's lease. The two name the representation."""
+    also the running stage's lease. The two name the representation, with
+    the image URLs' base (an operator may move the CDN)."""
     micros = round(_aware(updated_at).timestamp() * 1_000_000)
-    return f"{micros}.{fb['heart']:d}{fb['outlier']:d}{fb['rating'] or 0}"
+    base = zlib.crc32(current_public_base().encode())
+    return f"{micros}.{fb['heart']:d}{fb['outlier']:d}{fb['rating'] or 0}.{base:x}"
 
 
 def _aware(dt: datetime) -> datetime:

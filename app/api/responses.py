@@ -3,7 +3,9 @@ payload, the SSE ``done`` event and the OpenAPI document's response schemas
 all come from these, so none of them can drift from another.
 
 Fields are named like the ORM's attributes, so ``from_attributes`` reads rows
-as they are, and are written out under their camelCase alias.
+as they are, and are written out under their camelCase alias; but an asset's
+``url`` is made from its key and the storage's public base of the moment
+(the validation context), never read from ``cdn_url``.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pydantic import (
     Field,
     PlainSerializer,
     ValidationError,
+    ValidationInfo,
     WithJsonSchema,
     computed_field,
     model_validator,
@@ -29,7 +32,7 @@ from pydantic.alias_generators import to_camel
 from app.api.schemas import FeedbackType
 from app.domain.feedback import feedback_state
 from app.domain.generations import iso
-from app.domain.models import Generation
+from app.domain.models import Generation, GenerationAsset
 from app.domain.states import (
     GENERATION_STATUSES,
     S_COMPLETED,
@@ -39,6 +42,7 @@ from app.domain.states import (
     S_SKIPPED,
 )
 from app.pipeline import ALL_STAGES, STAGES, stages_for
+from app.platform.storage import current_public_base, public_url
 
 # What ``iso`` writes: UTC with a trailing Z (SQLite's naive datetimes included).
 Timestamp = Annotated[
@@ -102,7 +106,7 @@ class StageOut(Out):
 
 class AssetOut(Out):
     id: int
-    url: str = Field(validation_alias="cdn_url")
+    url: str
     width: int
     height: int
     content_type: str
@@ -111,6 +115,15 @@ class AssetOut(Out):
         description="original: what the provider made; upscaled, cutout: made from sourceAssetId"
     )
     source_asset_id: int | None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_row(cls, asset: Any, info: ValidationInfo) -> Any:
+        """``url`` from the key and the context's base (the storage's now)."""
+        if not isinstance(asset, GenerationAsset):
+            return asset
+        url = public_url((info.context or {})["publicBase"], asset.r2_key)
+        return {f: url if f == "url" else getattr(asset, f) for f in cls.model_fields}
 
 
 # Before its first claim a generation has no stage rows: it shows these (its
@@ -261,10 +274,13 @@ class ErrorOut(Out):
     error: ErrorBody
 
 
-def _build(model: type[M], data: Any) -> M:
-    """``data`` (a row, or a mapping of field names) as a ``model``."""
+def _build(model: type[M], data: Any, base: str | None = None) -> M:
+    """``data`` (a row, or a mapping of field names) as a ``model``; asset
+    URLs on ``base``, by default the running app's storage's."""
+    if base is None:
+        base = current_public_base()  # once per answer, not per asset
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, context={"publicBase": base})
     except ValidationError as exc:
         # Not the client's fault (the app answers those 422): our bug, so a 500.
         raise TypeError(f"the answer does not fit {model.__name__}") from exc
@@ -277,6 +293,7 @@ def respond(
     return current_app.response_class(body, status, headers, mimetype="application/json")
 
 
-def generation_json(gen: Generation) -> dict[str, Any]:
-    """The generation's JSON as a dict (webhook payloads, SSE events, tests)."""
-    return _build(GenerationOut, gen).model_dump(mode="json", by_alias=True)
+def generation_json(gen: Generation, base: str | None = None) -> dict[str, Any]:
+    """The generation's JSON as a dict (webhook payloads, SSE events, tests);
+    ``base``: as ``_build``'s, for callers outside the app's context."""
+    return _build(GenerationOut, gen, base).model_dump(mode="json", by_alias=True)

@@ -150,7 +150,7 @@ SHOW = (
         ),
         joinedload(Generation.assets).load_only(
             GenerationAsset.id,
-            GenerationAsset.cdn_url,
+            GenerationAsset.r2_key,
             GenerationAsset.width,
             GenerationAsset.height,
             GenerationAsset.content_type,

@@ -31,6 +31,7 @@ from app.domain.models import (
     User,
 )
 from app.pipeline.optimize import BAD, GOOD
+from app.platform.storage import current_public_base, public_url
 
 TERMS = 10  # learnt terms shown at each end
 HEARTED = 12  # most-hearted images shown
@@ -154,7 +155,8 @@ def _term(row: Any) -> dict[str, Any]:
 
 def most_hearted(session: Session, user_id: int) -> list[dict[str, Any]]:
     """The user's images with the most standing hearts, latest heart first on
-    a tie; a heart that named no image counts for the generation's first."""
+    a tie; a heart that named no image counts for the generation's first.
+    URLs on the running app's storage base (an app context), not ``cdn_url``."""
     f, a, g = GenerationFeedback, GenerationAsset, Generation
     first = (
         select(a.id).where(a.generation_id == f.generation_id, a.position == 0).scalar_subquery()
@@ -174,22 +176,23 @@ def most_hearted(session: Session, user_id: int) -> list[dict[str, Any]]:
         .subquery()
     )
     rows = session.execute(
-        select(a.id, a.generation_id, a.cdn_url, a.width, a.height, g.prompt, top.c.hearts)
+        select(a.id, a.generation_id, a.r2_key, a.width, a.height, g.prompt, top.c.hearts)
         .select_from(top)
         .join(a, a.id == top.c.asset_id)
         .join(g, (g.id == a.generation_id) & (g.user_id == user_id))
         .order_by(top.c.hearts.desc(), top.c.last.desc(), a.id.desc())
         .limit(HEARTED)
     )
+    base = current_public_base()
     return [
         {
             "asset_id": asset_id,
             "generation_id": gen_id,
-            "url": url,
+            "url": public_url(base, key),
             "width": width,
             "height": height,
             "prompt": prompt,
             "hearts": n,
         }
-        for asset_id, gen_id, url, width, height, prompt, n in rows
+        for asset_id, gen_id, key, width, height, prompt, n in rows
     ]

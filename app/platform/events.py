@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 from app.platform.config import Settings
 from app.platform.db import Database
 from app.platform.redis import client
+from app.platform.storage import public_base
 
 log = logging.getLogger(__name__)
 
@@ -174,13 +175,13 @@ class _Waker:
         self.pubsub = None
 
 
-def _snapshot(db: Database, user_id: int, generation_id: str) -> dict[str, Any] | None:
+def _snapshot(db: Database, user_id: int, generation_id: str, base: str) -> dict[str, Any] | None:
     from app.api.responses import generation_json
     from app.domain import generations as svc
 
     with db.session() as session:
         gen = svc.get_owned(session, user_id, generation_id)
-        return None if gen is None else generation_json(gen)
+        return None if gen is None else generation_json(gen, base)
 
 
 def late_refine_open(gen: dict[str, Any]) -> bool:
@@ -205,11 +206,12 @@ def stream(
     # With pub/sub the poll is only a safety net; without it, it is the feed.
     poll = settings.sse_poll if waker.pubsub is None else max(settings.sse_poll, 5.0)
     sent = parse_event_id(last_event_id) or (-1, 0, 0)
+    base = public_base(settings)  # the body runs after the request's app context is gone
     try:
         yield "retry: 2000\n\n"
         last_write = time.monotonic()
         while True:
-            gen = _snapshot(db, user_id, generation_id)
+            gen = _snapshot(db, user_id, generation_id, base)
             if gen is None:  # deleted meanwhile
                 yield sse("gone", {"id": generation_id})
                 return

@@ -3,6 +3,11 @@ boto3, or a local folder that the API serves under ``/cdn/``.
 
 Keys are deterministic (``users/<userId>/generations/<id>/<n>.<ext>``), so
 re-running ``store`` overwrites the same object instead of orphaning one.
+
+An object's URL is ``public_url(public_base, key)``, made whenever it is
+shown, from the key and the base configured now: ``generation_assets.cdn_url``
+is written at store time but never read back, so a new port (``BFF_PUBLIC_URL``)
+or CDN domain (``R2_CDN_URL``) moves every link.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ class StoredObject:
 
 
 class Storage(Protocol):
+    public_base: str  # where clients fetch objects: see ``public_base()``
+
     def put(self, key: str, data: bytes, content_type: str) -> str: ...
     def get(self, key: str) -> bytes: ...
     def delete_prefix(self, prefix: str) -> int: ...
@@ -44,6 +51,30 @@ class Storage(Protocol):
     def check(self) -> None: ...
 
 
+def public_base(settings: Settings) -> str:
+    """The base URL clients fetch stored objects from, as configured now:
+    ``R2_CDN_URL`` for the bucket, this API's ``/cdn`` (``BFF_PUBLIC_URL``,
+    else the port) for local disk."""
+    if settings.storage_backend == "s3":
+        return settings.r2_cdn_url or ""
+    return f"{settings.public_url}/cdn"
+
+
+def public_url(base: str, key: str) -> str:
+    """The URL of the object at ``key``: the one formula (``put`` returns it,
+    every answer makes it again on read). A concatenation, no storage call:
+    answers make one per asset."""
+    return f"{base}/{key}"
+
+
+def current_public_base() -> str:
+    """The running app's public base, for readers handed no storage (needs an
+    app context: a request, a worker's task, ``bff``)."""
+    from flask import current_app
+
+    return current_app.extensions["bff"].storage.public_base
+
+
 def generation_prefix(user_id: int, generation_id: str) -> str:
     return f"users/{user_id}/generations/{generation_id}/"
 
@@ -53,10 +84,10 @@ def asset_key(user_id: int, generation_id: str, index: int, ext: str) -> str:
 
 
 class LocalStorage:
-    def __init__(self, root: Path, base_url: str) -> None:
+    def __init__(self, root: Path, base: str) -> None:
         self.root = root
         self._resolved_root = root.resolve()  # once: resolving walks every component
-        self.base_url = base_url.rstrip("/")
+        self.public_base = base.rstrip("/")
 
     def _path(self, key: str) -> Path:
         path = (self._resolved_root / key).resolve()
@@ -105,7 +136,7 @@ class LocalStorage:
         ]
 
     def url(self, key: str) -> str:
-        return f"{self.base_url}/cdn/{key}"
+        return public_url(self.public_base, key)
 
     def check(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -119,7 +150,7 @@ class S3Storage:
         from botocore.config import Config
 
         self.bucket = settings.r2_bucket_name
-        self.cdn_url = settings.r2_cdn_url
+        self.public_base = public_base(settings)
         self.client = boto3.client(
             "s3",
             endpoint_url=settings.r2_endpoint_url,
@@ -174,7 +205,7 @@ class S3Storage:
         return [StoredObject(o["Key"], o["LastModified"]) for o in resp.get("Contents", [])]
 
     def url(self, key: str) -> str:
-        return f"{self.cdn_url}/{key}"
+        return public_url(self.public_base, key)
 
     def check(self) -> None:
         self._call("head_bucket")
@@ -183,4 +214,4 @@ class S3Storage:
 def make_storage(settings: Settings) -> Storage:
     if settings.storage_backend == "s3":
         return S3Storage(settings)
-    return LocalStorage(settings.media_root, settings.public_url)
+    return LocalStorage(settings.media_root, public_base(settings))

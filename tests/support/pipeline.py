@@ -78,7 +78,7 @@ def load(app, gen_id: str) -> dict[str, Any]:
     """The generation as the API shows it."""
     with services(app).db.session() as session:
         gen = session.get(Generation, gen_id)
-        return generation_json(gen) if gen is not None else None
+        return generation_json(gen, services(app).storage.public_base) if gen else None
 
 
 def stages_by_name(gen: dict[str, Any]) -> dict[str, dict[str, Any]]:
