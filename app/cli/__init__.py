@@ -100,7 +100,8 @@ def main() -> None:
     cli(prog_name="bff")
 
 
-from app.cli import admin, batches, client, dev, refine  # noqa: E402  (they use the helpers above)
+from app.cli import admin, batches, client, dev, jobs, refine  # noqa: E402  (they use the helpers above)
 
-for _command in (*admin.COMMANDS, dev.dev, *client.COMMANDS, *refine.COMMANDS, batches.batch_cli):
+_COMMANDS = (*admin.COMMANDS, dev.dev, *client.COMMANDS, *jobs.COMMANDS, *refine.COMMANDS)
+for _command in (*_COMMANDS, batches.batch_cli):
     cli.add_command(_command)

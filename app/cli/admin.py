@@ -32,6 +32,8 @@ def users_create(app: Flask, name: str) -> None:
     """Create NAME (or add a key to it) and print a new API key, shown once."""
     from app.api.auth import create_user
 
+    if not name.strip():
+        raise click.BadParameter("empty or only blanks", param_hint="NAME")
     with app.extensions["bff"].db.session() as session:
         user, key = create_user(session, name)
     click.echo(f"user {name} (id {user.id}); API key, shown once:")

@@ -70,7 +70,7 @@ def _choice(values: tuple[str, ...]) -> click.Choice:
 
 
 @click.command("generate")
-@click.argument("prompt")
+@click.argument("prompt", required=False)
 @click.option("--image", type=click.Path(exists=True, dir_okay=False), help="garment photo")
 @click.option("--negative", help="what the image must not show")
 @click.option("--persona", "persona_id", help="one of your personas' ids")
@@ -96,7 +96,7 @@ def _choice(values: tuple[str, ...]) -> click.Choice:
 @click.option("--wait", is_flag=True, help="follow the stages and print the image URLs")
 @click.option("--timeout", default=600.0, show_default=True, help="seconds to wait")
 def generate(
-    prompt: str,
+    prompt: str | None,
     image: str | None,
     negative: str | None,
     persona_id: str | None,
@@ -104,7 +104,12 @@ def generate(
     timeout: float,
     **settings: str | int,
 ) -> None:
-    """Submit PROMPT through the HTTP API (BFF_API_URL, BFF_API_KEY)."""
+    """Submit PROMPT, or a garment photo (--image, PROMPT then optional),
+    through the HTTP API (BFF_API_URL, BFF_API_KEY)."""
+    if not (prompt or "").strip():
+        if not image:
+            raise click.UsageError("give a PROMPT, or a garment photo with --image PATH")
+        prompt = None  # the photo alone
     body = {"prompt": prompt, "negativePrompt": negative, "personaId": persona_id}
     body = {k: v for k, v in body.items() if v is not None}
     settings = {k: v for k, v in settings.items() if v is not None}  # unset: the API's default
@@ -118,14 +123,37 @@ def generate(
     click.echo(f"submitted {gen_id}")
     if not wait:
         return
-    gen = _follow(gen_id, timeout)
+    report(wait_for(gen_id, timeout))
+
+
+def wait_for(gen_id: str, timeout: float) -> dict:
+    """The generation once final, its stages shown as they change. Ctrl-C
+    stops only the waiting: one line says how to look at the job later."""
+    try:
+        return _follow(gen_id, timeout)
+    except KeyboardInterrupt:
+        click.echo(f"stopped waiting; {gen_id} goes on: bff generations show {gen_id}", err=True)
+        raise click.exceptions.Exit(130) from None  # 128 + SIGINT, as a shell reports it
+
+
+def report(gen: dict) -> None:
+    """A waited-for generation: its images, or why it has none (as an error)."""
     if gen["status"] != "completed":
         err = gen.get("error")
-        raise click.ClickException(
-            f"{gen['status']} at {err['stage']}: {err['message']}" if err else gen["status"]
-        )
+        said = f"{gen['status']} at {err['stage']}: {err['message']}" if err else gen["status"]
+        if gen["status"] == "failed":
+            said += f" (resume it: bff retry {gen['id']})"
+        raise click.ClickException(said)
     click.echo(f"completed in {gen['provider']} / {gen['model']}, cost ${gen['cost']:.3f}")
+    show_assets(gen)
+
+
+def show_assets(gen: dict) -> None:
+    """Each image: its id (for ``bff refine``) and variant, then its URL alone
+    on the next line (scripts take the lines that are URLs)."""
     for asset in gen["assets"]:
+        variant = "" if asset.get("variant", "original") == "original" else f" {asset['variant']}"
+        click.echo(f"asset {asset['id']}{variant}:")
         click.echo(asset["url"])
 
 
@@ -228,7 +256,7 @@ def generations_list(status: str | None, limit: int, cursor: str | None, every: 
 @generations_cli.command("show")
 @click.argument("generation_id")
 def generations_show(generation_id: str) -> None:
-    """One generation: status, stages with timings, error, image URLs."""
+    """One generation: status, stages with timings, error, image ids and URLs."""
     gen = _json("GET", f"/api/generate/{generation_id}")
     click.echo(f"{gen['id']}  {gen['status']}  ({gen['mode']}, created {gen['createdAt']})")
     if gen["provider"]:
@@ -240,8 +268,7 @@ def generations_show(generation_id: str) -> None:
         _show_stage(st["name"], st["status"], st["durationMs"])
     if gen["error"]:
         click.echo(f"error in {gen['error']['stage']}: {gen['error']['message']}")
-    for asset in gen["assets"]:
-        click.echo(asset["url"])
+    show_assets(gen)
 
 
 @click.command("feedback")

@@ -19,19 +19,20 @@ from flask import Flask
 from app.cli import ROOT, upgrade_database, with_app
 
 
-def _start(port: int, concurrency: int) -> list[subprocess.Popen]:
-    """A Celery worker (both queues, beat inside) and gunicorn, each in a
-    process group of its own so a stop reaches their children too."""
+def _start(port: int, concurrency: int) -> dict[str, subprocess.Popen]:
+    """A Celery worker (both queues, beat inside) and gunicorn (``web``), each
+    in a process group of its own so a stop reaches their children too."""
     env = {**os.environ, "PORT": str(port)}
     bin_dir = Path(sys.executable).parent
     worker = [str(bin_dir / "celery"), "-A", "workers", "worker", "-B"]
     worker += ["-Q", "pipeline,generation", "-P", "threads", "-c", str(concurrency)]
+    worker += ["--loglevel", "INFO"]
     web = [str(bin_dir / "gunicorn"), "-c", str(ROOT / "gunicorn.conf.py")]
     web += ["-b", f"127.0.0.1:{port}", "app:create_app()"]
-    return [
-        subprocess.Popen([*worker, "--loglevel", "INFO"], env=env, start_new_session=True),
-        subprocess.Popen(web, env=env, start_new_session=True),
-    ]
+    return {
+        "worker": subprocess.Popen(worker, env=env, start_new_session=True),
+        "web": subprocess.Popen(web, env=env, start_new_session=True),
+    }
 
 
 def _signal_group(p: subprocess.Popen, sig: int) -> None:
@@ -61,12 +62,34 @@ def _wait_ready(base: str) -> None:
 
 
 def _port_free(port: int) -> bool:
+    """Whether gunicorn can bind the port: probed as gunicorn binds, with
+    SO_REUSEADDR, so the TIME-WAIT and FIN-WAIT-2 connections a stopped server
+    leaves for a minute do not count, only a socket that listens."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
             return False
     return True
+
+
+def _first_exit(procs: dict[str, subprocess.Popen]) -> tuple[str, int]:
+    """Wait until one of ``procs`` exits: its name and exit status."""
+    while True:
+        for name, p in procs.items():
+            if (code := p.poll()) is not None:
+                return name, code
+        time.sleep(0.5)
+
+
+def _how(code: int) -> str:
+    """An exit status in words: "exit status 3" or "signal SIGKILL"."""
+    if code >= 0:
+        return f"exit status {code}"
+    with suppress(ValueError):
+        return f"signal {signal.Signals(-code).name}"
+    return f"signal {-code}"
 
 
 def _dev_key(app: Flask) -> str:
@@ -100,8 +123,8 @@ def dev(app: Flask, port: int | None, concurrency: int) -> None:
     key = _dev_key(app)
     procs = _start(port, concurrency)
 
-    def stop(*_: object) -> None:
-        _stop(procs)
+    def stop(*_: object) -> None:  # Ctrl-C: a clean stop
+        _stop(list(procs.values()))
         sys.exit(0)
 
     signal.signal(signal.SIGINT, stop)
@@ -115,7 +138,7 @@ def dev(app: Flask, port: int | None, concurrency: int) -> None:
         '"emerald silk slip dress" --wait\n'
         f"API key (user 'dev'):\n{key}"
     )
-    while all(p.poll() is None for p in procs):
-        time.sleep(0.5)
-    click.echo("a process exited; stopping the rest", err=True)
-    stop()
+    name, code = _first_exit(procs)
+    click.echo(f"Error: {name} exited ({_how(code)}); stopping the rest", err=True)
+    _stop(list(procs.values()))
+    sys.exit(1)  # not a clean stop: make dev says so

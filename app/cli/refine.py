@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import click
 
-from app.cli.client import _follow, _json
+from app.cli.client import _json, wait_for
 
 
 @click.command("refine")
@@ -35,7 +35,7 @@ def refine(
     click.echo(f"refining image {asset_id} of {generation_id}")
     if not wait:
         return
-    gen = _follow(generation_id, timeout)
+    gen = wait_for(generation_id, timeout)
     stage = next((s for s in gen["stages"] if s["name"] == "refine"), {})
     if stage.get("status") != "completed":
         raise click.ClickException(f"refine {stage.get('status')}: {stage.get('error')}")
