@@ -287,3 +287,14 @@ def test_the_new_commands_are_listed(api):
     shown = bff(api, "--help")
     for ours in ("retry", "cancel", "delete"):
         assert f"\n  {ours} " in shown.stdout, shown.stdout
+
+
+@pytest.mark.parametrize(
+    "args", [["--rating", "4", "--comment", "x"], ["--heart", "--rating", "2"]]
+)
+def test_feedback_takes_one_kind_at_a_time(api, args):
+    """The API refuses a rating sent with another kind; say so before sending."""
+    refused = bff(api, "feedback", "gen_x", *args)
+    assert refused.exit_code == 2
+    errors = [line for line in refused.stderr.splitlines() if line.startswith("Error")]
+    assert errors == ["Error: give one of --heart, --outlier, --rating N or --comment TEXT"]

@@ -44,19 +44,27 @@ def test_idempotent_replays_do_not_count(limited_app):
         assert again.status_code == 202 and again.json["id"] == first.json["id"]
 
 
-def test_daily_spend_cap(app, client, user, runner):
+def test_daily_spend_cap(app_config, runner):
+    app = create_app({**app_config, "REPLICATE_API_TOKEN": "r8_test"})  # Imagen: $0.06 an image
+    client, user = app.test_client(), make_user(app, "alice")
+    runner.app = app
+    paid = {"prompt": "red wool coat", "settings": {"provider": "google-imagen"}}
+
+    def submit_paid():
+        return client.post("/api/generate/from-prompt", json=paid, headers=user.headers)
+
     result = runner.invoke(args=["users", "cap", "alice", "0.10"])
     assert result.exit_code == 0, result.output
-    assert submit(client, user).status_code == 202
+    assert submit_paid().status_code == 202
     with app.extensions["bff"].db.session() as session:
         gen = session.query(Generation).filter_by(user_id=user.id).one()
         gen.cost = Decimal("0.12")
         assert session.get(User, user.id).daily_spend_cap == Decimal("0.10")
-    resp = submit(client, user)
+    resp = submit_paid()
     assert resp.status_code == 403
     assert resp.json["error"]["code"] == "budget_exceeded"
     assert runner.invoke(args=["users", "cap", "alice"]).exit_code == 0
-    assert submit(client, user).status_code == 202
+    assert submit_paid().status_code == 202
 
 
 def test_a_request_the_cap_cannot_cover_is_refused_with_its_estimate(app_config, runner):

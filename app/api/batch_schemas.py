@@ -6,18 +6,29 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Discriminator, Field, Tag, model_validator
+from pydantic import (
+    ConfigDict,
+    Discriminator,
+    Field,
+    PlainValidator,
+    Tag,
+    ValidationError,
+    model_validator,
+)
 
+from app.api.errors import ApiError, validation_details
 from app.api.schemas import (
     MAX_PROMPT,
     PROVIDER_CHOICES,
     SIZE_CHOICES,
+    B,
     GenerationSettings,
     PersonaId,
     PromptSubmit,
     SpecSubmit,
     WebhookUrl,
     _Body,
+    parse,
     text,
     words,
 )
@@ -30,12 +41,21 @@ def _item_kind(item: Any) -> str:
     return "image" if spec else "prompt"
 
 
-# One generation of a batch: what from-prompt accepts, or (with a vltSpec)
-# what from-image accepts as JSON.
-BatchItem = Annotated[
+def _item(item: Any) -> PromptSubmit | SpecSubmit:
+    """One item, validated as its own route would: a refusal names the item's
+    field (``items.3.settings.provider``), not the union's branch as well."""
+    if isinstance(item, PromptSubmit | SpecSubmit):
+        return item
+    return parse(SpecSubmit if _item_kind(item) == "image" else PromptSubmit, item)
+
+
+_ITEM_KINDS = Annotated[
     Annotated[PromptSubmit, Tag("prompt")] | Annotated[SpecSubmit, Tag("image")],
     Discriminator(_item_kind),
 ]
+# One generation of a batch: what from-prompt accepts, or (with a vltSpec)
+# what from-image accepts as JSON. The document shows the union.
+BatchItem = Annotated[_ITEM_KINDS, PlainValidator(_item, json_schema_input_type=_ITEM_KINDS)]
 
 
 class BatchMatrix(_Body):
@@ -93,3 +113,25 @@ class BatchSubmit(_Body):
         if (self.items is None) == (self.matrix is None):
             raise ValueError("send either items or matrix")
         return self
+
+
+# A matrix's lists: prompts, providers, personas, sizes, colorways.
+AXES = tuple(
+    name for name in BatchMatrix.model_fields if name not in ("negativePrompt", "settings")
+)
+
+
+def parse_or_hint(model: type[B], data: Any) -> B:
+    """``parse``; a refused body holding a matrix's axes outside ``matrix``
+    (sent to from-prompt, or to /api/batches unwrapped) says where they go."""
+    try:
+        return parse(model, data)
+    except ValidationError as exc:
+        axes = [name for name in AXES if isinstance(data, dict) and name in data]
+        if "prompts" not in axes or "matrix" in data:
+            raise
+        hint = (
+            f"request validation failed: this looks like a batch matrix ({', '.join(axes)}):"
+            ' a matrix goes to POST /api/batches as {"matrix": {"prompts": [...], ...}}'
+        )
+        raise ApiError(422, "validation_error", hint, validation_details(exc)) from None

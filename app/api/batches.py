@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from app.api.auth import load_user
 from app.api.batch_responses import BatchAcceptedOut, BatchOut, BatchPage, batch_path
-from app.api.batch_schemas import BatchMatrix, BatchSubmit
+from app.api.batch_schemas import BatchMatrix, BatchSubmit, parse_or_hint
 from app.api.common import (
     delete_with_objects,
     idempotency_key,
@@ -156,7 +156,7 @@ def _write(
 def submit():
     s = services()
     payload = json_body()
-    body = parse(BatchSubmit, payload)
+    body = parse_or_hint(BatchSubmit, payload)
     key = idempotency_key()
     req_hash = request_hash(payload, None) if key is not None else None
     items = body.items if body.items is not None else expand(body.matrix)

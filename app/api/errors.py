@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Flask, Response
+from flask import Flask, Response, current_app, request
 from pydantic import ValidationError
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from werkzeug.exceptions import HTTPException
@@ -57,6 +57,23 @@ def invalid(field: str, message: str, problem: str, code: str = "validation_erro
     return ApiError(422, code, message, [{"field": field, "message": problem}])
 
 
+def megabytes(n: int) -> str:
+    return f"{n / 2**20:.4g} MB" if n >= 2**20 else f"{n / 2**10:.4g} KB"
+
+
+def _too_large() -> str:
+    """A 413's message: the limit, when the body is over it (else a form
+    part passed Werkzeug's own limits on fields, and there is no one number)."""
+    limit, sent = request.max_content_length, request.content_length
+    if not limit or (sent is not None and sent <= limit):
+        return "request body too large"
+    image = current_app.extensions["bff"].settings.max_upload_bytes
+    return (
+        f"request body too large: the limit is {megabytes(limit)} "
+        f"(an image of up to {megabytes(image)} and the form's other fields)"
+    )
+
+
 def validation_details(exc: ValidationError) -> list[dict[str, str]]:
     return [
         {"field": ".".join(str(p) for p in err["loc"]) or "body", "message": err["msg"]}
@@ -87,7 +104,7 @@ def register_error_handlers(app: Flask) -> None:
         status = exc.code or 500
         message = exc.description or exc.name
         if status == 413:
-            message = "request body too large"
+            message = _too_large()
         # MethodNotAllowed carries the methods itself (it has no response yet).
         headers = {k: v for k, v in exc.get_headers() if k == "Allow"} or None
         return error_response(

@@ -5,7 +5,11 @@ limits")."""
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from flask import Flask, Response, current_app, request
+from werkzeug.exceptions import MethodNotAllowed
+from werkzeug.routing import Map
 
 from app.api.errors import ApiError
 
@@ -19,6 +23,7 @@ _CONTENT = ("CONTENT_TYPE", "CONTENT_LENGTH")
 def register(app: Flask) -> None:
     app.before_request(_check_limits)
     app.before_request(_options)
+    app.before_request(_static_path_methods)
 
 
 def _check_limits() -> None:
@@ -64,3 +69,23 @@ def _options() -> Response | None:
     del resp.headers["Content-Type"]  # no body, so no media type (not text/html)
     resp.headers["Allow"] = ", ".join(sorted(methods))
     return resp
+
+
+@lru_cache(maxsize=8)  # an app's map is complete before its first request
+def _static_routes(url_map: Map) -> dict[str, frozenset[str]]:
+    """Each path a route names without variables, and that route's methods."""
+    routes: dict[str, frozenset[str]] = {}
+    for rule in url_map.iter_rules():
+        if not rule.arguments:
+            routes[rule.rule] = routes.get(rule.rule, frozenset()) | (rule.methods or set())
+    return routes
+
+
+def _static_path_methods() -> None:
+    """A path a route names as it is belongs to that route, whatever the
+    method: ``GET /api/generate/from-prompt`` is a 405 (``Allow: OPTIONS,
+    POST``), not a generation id that is not found (the route with the
+    variable matches too, and Werkzeug tries it when the method does not fit)."""
+    methods = _static_routes(current_app.url_map).get(request.path)
+    if methods and request.method not in methods:
+        raise MethodNotAllowed(valid_methods=sorted(methods))

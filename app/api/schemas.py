@@ -16,6 +16,8 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    ValidationInfo,
+    field_validator,
     model_validator,
 )
 
@@ -194,21 +196,22 @@ class RefineIn(_Body):
         return self
 
 
+def _only_with(kind: str, schema: dict[str, Any]) -> dict[str, Any]:
+    """The document's rule for ``kind``'s own field: required with that
+    feedbackType (as ``schema``), null or absent with any other."""
+    return {
+        "if": {"properties": {"feedbackType": {"const": kind}}},
+        "then": {"required": [kind], "properties": {kind: schema}},
+        "else": {"properties": {kind: {"type": "null"}}},
+    }
+
+
 class FeedbackIn(_Body):
     model_config = ConfigDict(
         json_schema_extra={
             "allOf": [
-                {
-                    "if": {"properties": {"feedbackType": {"const": "rating"}}},
-                    "then": {"required": ["rating"], "properties": {"rating": {"type": "integer"}}},
-                },
-                {
-                    "if": {"properties": {"feedbackType": {"const": "comment"}}},
-                    "then": {
-                        "required": ["comment"],
-                        "properties": {"comment": {"type": "string", "pattern": NOT_BLANK}},
-                    },
-                },
+                _only_with("rating", {"type": "integer"}),
+                _only_with("comment", {"type": "string", "pattern": NOT_BLANK}),
             ]
         }
     )
@@ -216,16 +219,25 @@ class FeedbackIn(_Body):
     feedbackType: FeedbackType
     # Constraints before the validator: after it, the document reads "ge", not "minimum".
     rating: Annotated[int, Field(ge=1, le=5), BeforeValidator(_integral)] | None = Field(
-        None, description="required when feedbackType is rating"
+        None, description="required when feedbackType is rating; only then"
     )
     comment: text(5000) | None = Field(
-        None, description="required (not blank) when feedbackType is comment"
+        None, description="required (not blank) when feedbackType is comment; only then"
     )
     # Ids are 64-bit: a larger number names no asset, and the database cannot hold it.
     assetId: Annotated[int, Field(ge=1, le=2**63 - 1), BeforeValidator(_integral)] | None = Field(
         None, description="one of this generation's assets"
     )
     metadata: dict[str, Any] | None = None
+
+    @field_validator("rating", "comment")
+    @classmethod
+    def _own_type(cls, v: Any, info: ValidationInfo) -> Any:
+        # A heart with a rating would drop the rating without a word.
+        kind = info.data.get("feedbackType")
+        if v is not None and kind is not None and kind != info.field_name:
+            raise ValueError(f"only with feedbackType '{info.field_name}', not '{kind}'")
+        return v
 
     @model_validator(mode="after")
     def _needs(self) -> FeedbackIn:

@@ -15,6 +15,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from app.api.auth import load_user
+from app.api.batch_schemas import parse_or_hint
 from app.api.common import (
     Services,
     Upload,
@@ -184,7 +185,7 @@ def _leave_to_dispatcher(s: Services, gen_id: str) -> None:
 @bp.post("/from-prompt")
 def from_prompt():
     payload = json_body()
-    return _submit(parse(PromptSubmit, payload), "prompt", payload)
+    return _submit(parse_or_hint(PromptSubmit, payload), "prompt", payload)
 
 
 @bp.post("/from-image")

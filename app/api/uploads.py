@@ -12,7 +12,7 @@ import warnings
 from PIL import Image, UnidentifiedImageError
 from werkzeug.datastructures import FileStorage
 
-from app.api.errors import ApiError, invalid
+from app.api.errors import ApiError, invalid, megabytes
 
 ALLOWED = {
     "PNG": ("image/png", "png"),
@@ -20,6 +20,9 @@ ALLOWED = {
     "MPO": ("image/jpeg", "jpg"),  # a phone camera's JPEG with extra pictures after the first
     "WEBP": ("image/webp", "webp"),
 }
+# Containers Pillow cannot read, by their ISO BMFF brand (bytes 8-12, after
+# "ftyp"): an iPhone's photos are HEIC unless exported.
+HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"heim", b"heis", b"hevx", b"mif1", b"msf1"}
 # Decoding a 40 M pixel image holds ~150 MB (PNG) to ~600 MB (WebP) for about
 # a second; one web process decodes at most this many at once, so a burst of
 # small files that claim many pixels cannot exhaust its memory.
@@ -35,7 +38,7 @@ def read_image(file: FileStorage, max_bytes: int, max_pixels: int) -> tuple[byte
     """Returns (bytes, content type, extension) or raises the right 4xx."""
     data = file.stream.read(max_bytes + 1)
     if len(data) > max_bytes:
-        raise ApiError(413, "payload_too_large", f"image exceeds {max_bytes // (1024 * 1024)} MB")
+        raise ApiError(413, "payload_too_large", f"image exceeds {megabytes(max_bytes)}")
     if not data:
         raise invalid("image", "the image file is empty", "empty file")
     try:
@@ -51,9 +54,10 @@ def read_image(file: FileStorage, max_bytes: int, max_pixels: int) -> tuple[byte
     except ApiError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ApiError(422, "image_too_large", "image has too many pixels") from None
+        too_many = f"image has too many pixels; at most {_pixels(max_pixels)} are accepted"
+        raise ApiError(422, "image_too_large", too_many) from None
     except UnidentifiedImageError:
-        raise _unsupported("the upload is not a readable PNG, JPEG or WebP image") from None
+        raise _unsupported(_unreadable(data)) from None
     except Exception as exc:  # Pillow's decoders raise OSError, SyntaxError, ValueError, ...
         why = str(exc) or type(exc).__name__
         message = f"the image cannot be decoded ({why}): it is corrupt or truncated"
@@ -69,5 +73,18 @@ def _check(img: Image.Image, max_pixels: int) -> None:
     w, h = img.size
     if w * h > max_pixels:
         raise ApiError(
-            422, "image_too_large", f"image has {w * h} pixels; at most {max_pixels} are accepted"
+            422,
+            "image_too_large",
+            f"image has {w * h:,} pixels; at most {_pixels(max_pixels)} are accepted",
         )
+
+
+def _unreadable(data: bytes) -> str:
+    """What to say about a file Pillow cannot identify."""
+    if data[4:8] == b"ftyp" and data[8:12] in HEIF_BRANDS:
+        return "HEIC images are not accepted: send PNG, JPEG or WebP (export the photo as JPEG)"
+    return "the upload is not a readable PNG, JPEG or WebP image"
+
+
+def _pixels(n: int) -> str:
+    return f"{n / 1_000_000:g} M pixels" if n >= 1_000_000 else f"{n:,} pixels"

@@ -1,20 +1,13 @@
 """``bff batch FILE [--matrix] [--wait]`` and ``bff batch download ID DIR``,
 over the HTTP API as any client would (``BFF_API_URL``, ``BFF_API_KEY``).
-
-FILE is CSV (a header row; ``prompt`` and any of ``negativePrompt``,
-``personaId``, ``webhookUrl`` and the settings' names as columns), JSON
-Lines (one request object a line, as from-prompt or a JSON from-image takes)
-or plain text (one prompt a line, commas and all: a file not named ``.csv``
-that is not JSON and whose first line is not a header row).
-With ``--matrix``: a JSON object (the API's ``matrix``), or CSV whose columns
-are the axes (``prompts``, ``providers``, ``personas``, ``sizes``,
-``colorways``), their values down each column."""
+What FILE may hold: ``batch_files``. A refusal that names a request's field
+(``items.3.settings.provider``) also says where it is in FILE."""
 
 from __future__ import annotations
 
 import csv
 import io
-import json
+import re
 import time
 import zipfile
 from pathlib import Path
@@ -23,131 +16,37 @@ from typing import Any
 import click
 import requests
 
-from app.api.batch_schemas import BatchMatrix
-from app.api.schemas import GenerationSettings
+from app.cli.batch_files import Source, read_batch, read_items, read_matrix
 from app.cli.client import _api, _error, _json
 
-SETTINGS = set(GenerationSettings.model_fields) - {"aspectRatio"}
-INTEGERS = {"count", "upscale"}  # a CSV cell is text; the API wants these as numbers
-BOOLEANS = {"removeBackground"}
-TRUE, FALSE = ("true", "1", "yes"), ("false", "0", "no")
-AXES = [name for name in BatchMatrix.model_fields if name not in ("negativePrompt", "settings")]
+__all__ = ["batch_cli", "read_items", "read_matrix"]
 FINAL = ("completed", "failed", "canceled")
+ITEM_FIELD = re.compile(r"items\.(\d+)(?:\.(.+))?")
 
 
-def _read_text(path: Path) -> str:
+def _place(field: str, sources: list[Source | None]) -> str | None:
+    """An item's ``field`` (``items.3.settings.provider``) as a place in the file, if known."""
+    m = ITEM_FIELD.fullmatch(field)
+    source = sources[int(m[1])] if m and int(m[1]) < len(sources) else None
+    return source.where(m[2] or "") if m and source else None
+
+
+def _refusal(resp: requests.Response, sources: list[Source | None]) -> click.ClickException:
+    """The API's error as ``_error`` says it, each item's field also named by
+    its place in the file: ``line 5, column provider (items.3.settings.provider): …``."""
     try:
-        return path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError:  # Excel's plain "CSV" is Windows-1252, not UTF-8
-        raise click.ClickException(
-            f"{path} is not UTF-8 text: save it as UTF-8 (in Excel, 'CSV UTF-8')"
-        ) from None
-
-
-def _is_json(path: Path, text: str) -> bool:
-    if path.suffix.lower() in (".json", ".jsonl", ".ndjson"):
-        return True
-    if path.suffix.lower() == ".csv" or not text.lstrip().startswith(("{", "[")):
-        return False
-    try:  # "[SS27] linen shirt" is a prompt, not JSON
-        json.loads(text.lstrip().split("\n", 1)[0])
-    except json.JSONDecodeError:
-        return False
-    return True
-
-
-def _setting(name: str, value: str) -> Any:
-    """A setting's cell as the API's type, or ValueError saying what it is not."""
-    if name in INTEGERS:
-        try:
-            return int(value)
-        except ValueError:
-            raise ValueError(f"{value!r} is not a whole number") from None
-    if name in BOOLEANS:
-        if value.casefold() in TRUE + FALSE:
-            return value.casefold() in TRUE
-        raise ValueError(f"{value!r} is not true or false (nor yes/no, 1/0)")
-    return value
-
-
-def _csv_item(row: dict[str | None, Any], line: int) -> dict[str, Any]:
-    if any((v or "").strip() for v in row.get(None) or []):  # more cells than columns
-        raise ValueError(f"line {line} has more cells than the header: quote a prompt with commas")
-    item: dict[str, Any] = {}
-    for name, value in row.items():
-        if name is None or value is None or not value.strip():
-            continue  # an empty cell: the API's default
-        name, value = name.strip(), value.strip()
-        if name in SETTINGS:
-            try:
-                item.setdefault("settings", {})[name] = _setting(name, value)
-            except ValueError as exc:
-                raise ValueError(f"line {line}, column {name}: {exc}") from None
-        else:
-            item[name] = value
-    return item
-
-
-def read_items(path: Path) -> list[dict[str, Any]]:
-    text = _read_text(path)
-    if _is_json(path, text):
-        if text.lstrip().startswith("["):  # one JSON array of request objects
-            try:
-                return list(json.loads(text))
-            except json.JSONDecodeError as exc:
-                raise click.ClickException(f"{path}: not a JSON array: {exc}") from None
-        lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
-        try:
-            return [json.loads(line) for _, line in lines]
-        except json.JSONDecodeError as exc:
-            raise click.ClickException(f"{path}: not JSON Lines: {exc}") from None
-    # Blank lines are left out; the file's line numbers are kept for errors.
-    kept = [(n, line.rstrip("\r")) for n, line in enumerate(text.split("\n"), 1) if line.strip()]
-    lines = [line for _, line in kept]
-    if not lines:
-        raise click.ClickException(f"{path}: there are no prompts in it")
-    reader = csv.DictReader(lines)
-    columns = [(name or "").strip() for name in reader.fieldnames or []]
-    if "prompt" not in columns:
-        if path.suffix.lower() == ".csv":
-            raise click.ClickException(
-                f"{path}: the first row names the columns, and none is 'prompt' (it reads"
-                f" {', '.join(columns)}); add a header row such as 'prompt,size', or give"
-                " a .txt file with one prompt a line"
-            )
-        if lines[0].strip().casefold().startswith("prompt") or "\t" in lines[0]:
-            raise click.ClickException(
-                f"{path}: its first line looks like a header row ({lines[0].strip()!r}), not"
-                " a prompt; save it as CSV (commas, a 'prompt' column), or list only prompts,"
-                " one a line"
-            )
-        return [{"prompt": line.strip()} for line in lines]
-    items = []
-    for row in reader:
-        try:  # line_num counts the lines read so far: the row's last one
-            item = _csv_item(row, kept[reader.line_num - 1][0])
-        except ValueError as exc:  # a count that is not a number, a cell too many
-            raise click.ClickException(f"{path}: {exc}") from None
-        if item:
-            items.append(item)
-    return items
-
-
-def read_matrix(path: Path) -> dict[str, Any]:
-    text = _read_text(path)
-    if _is_json(path, text):
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise click.ClickException(f"{path}: not a JSON object: {exc}") from None
-    matrix: dict[str, list[str]] = {}
-    for row in csv.DictReader(text.splitlines()):
-        for name, value in row.items():
-            axis = (name or "").strip()
-            axis = axis if axis in AXES else f"{axis}s"  # "prompt" is "prompts"
-            if value and value.strip():
-                matrix.setdefault(axis, []).append(value.strip())
-    return matrix
+        err = resp.json()["error"]
+        details = [d for d in err["details"] or [] if isinstance(d, dict) and "field" in d]
+    except (ValueError, KeyError, TypeError):
+        return _error(resp)
+    places = [_place(str(d["field"]), sources) for d in details]
+    if not any(places):
+        return _error(resp)
+    lines = [f"{resp.status_code} {err['code']}: {err['message']}"]
+    for place, d in zip(places, details, strict=True):
+        name = f"{place} ({d['field']})" if place else d["field"]
+        lines.append(f"  {name}: {d.get('message', '')}")
+    return click.ClickException("\n".join(lines))
 
 
 class BatchGroup(click.Group):
@@ -182,15 +81,18 @@ def submit(
     timeout: float,
 ) -> None:
     """Submit the batch in FILE (bff batch FILE)."""
-    body: dict[str, Any] = (
-        {"matrix": read_matrix(file)} if is_matrix else {"items": read_items(file)}
-    )
+    sources: list[Source | None] = []
+    if is_matrix:
+        body: dict[str, Any] = {"matrix": read_matrix(file)}
+    else:
+        items, sources = read_batch(file)
+        body = {"items": items}
     if webhook:
         body["webhookUrl"] = webhook
     headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
     resp = _api("POST", "/api/batches", extra_headers=headers, json=body)
     if resp.status_code != 202:
-        raise _error(resp)
+        raise _refusal(resp, sources)
     accepted = resp.json()
     click.echo(
         f"submitted {accepted['id']}: {accepted['total']} generations, "

@@ -287,9 +287,10 @@ def feedback(
 ) -> None:
     """Tell the optimiser what worked: --heart, --outlier, --rating N (replaces
     your last) or --comment TEXT."""
-    kind = kind or ("rating" if rating is not None else "comment" if comment else None)
-    if kind is None:
-        raise click.UsageError("give --heart, --outlier, --rating N or --comment TEXT")
+    given = [k for k, v in (("kind", kind), ("rating", rating), ("comment", comment)) if v]
+    if len(given) != 1:  # each is a feedback of its own: the API takes one at a time
+        raise click.UsageError("give one of --heart, --outlier, --rating N or --comment TEXT")
+    kind = kind or ("rating" if rating is not None else "comment")
     body = {"feedbackType": kind, "rating": rating, "comment": comment, "assetId": asset_id}
     resp = _api(
         "POST",

@@ -6,9 +6,11 @@
   the ``generations`` table (index on user_id, created_at), so it holds across
   every API process with or without Redis. Over it: 429 with ``Retry-After``.
 - Daily spend cap: ``users.daily_spend_cap`` (USD, optional; set with
-  ``bff users cap NAME AMOUNT``). Once today's (UTC) cost reaches it,
-  submissions are refused with 403 ``budget_exceeded``. What running jobs
-  hold against the cap counts as spent (``spend.hold``).
+  ``bff users cap NAME AMOUNT``). Once today's (UTC) cost reaches it, or a
+  request's estimate would pass it, submissions that may cost anything are
+  refused with 403 ``budget_exceeded`` (the rule: ``spend.over_cap``); free
+  work (the local provider) never is. What running jobs hold against the
+  cap counts as spent (``spend.hold``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from sqlalchemy.orm import Session
 
 from app.api.errors import ApiError
 from app.domain.models import Generation, User, utcnow
+from app.domain.spend import over_cap
 from app.platform.config import Settings
 
 
@@ -51,8 +54,8 @@ QUOTA = _quota_statement()
 def check_submission(
     session: Session, settings: Settings, user_id: int, estimate: float = 0.0, count: int = 1
 ) -> None:
-    """429 over the submission rate; 403 when today's spend has reached the
-    daily cap, or this request's ``estimate`` (USD at most) would pass it.
+    """429 over the submission rate; 403 when this request's ``estimate``
+    (USD at most; 0 is never refused) would pass the daily cap.
     ``count``: how many generations the request makes (a batch's each count)."""
     limit, window = settings.submit_rate_limit
     now = utcnow()
@@ -80,17 +83,9 @@ def check_submission(
     if cap_usd is None:
         return
     spent, cap = float(spent_usd), float(cap_usd)
-    if spent >= cap or spent + estimate > cap:
-        reached = spent >= cap
-        raise ApiError(
-            403,
-            "budget_exceeded",
-            f"today's spend ${spent:.2f} has reached your daily cap ${cap:.2f}"
-            if reached
-            else f"this request may cost ${estimate:.2f}: with today's ${spent:.2f} "
-            f"it would pass your daily cap ${cap:.2f}",
-            {"spent": round(spent, 4), "cap": round(cap, 4), "estimate": round(estimate, 4)},
-        )
+    if why := over_cap(spent, cap, estimate, "request"):
+        details = {"spent": round(spent, 4), "cap": round(cap, 4), "estimate": round(estimate, 4)}
+        raise ApiError(403, "budget_exceeded", why, details)
 
 
 def _db_time(session: Session, dt: datetime) -> datetime:

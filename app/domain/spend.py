@@ -66,12 +66,19 @@ def _over(
 ) -> str | None:
     if cap is None:
         return None
-    spent, cap_usd = spent_today(session, user_id), float(cap)
-    if spent >= cap_usd:
-        return f"today's spend ${spent:.2f} has reached your daily cap ${cap_usd:.2f}"
-    if spent + estimate > cap_usd:
-        return (
-            f"this {what} may cost ${estimate:.4f}: with today's ${spent:.2f} "
-            f"it would pass your daily cap ${cap_usd:.2f}"
-        )
-    return None
+    return over_cap(spent_today(session, user_id), float(cap), estimate, what)
+
+
+def over_cap(spent: float, cap: float, estimate: float, what: str) -> str | None:
+    """The cap's one rule (submits, stages, refines): why work that may cost
+    ``estimate`` (USD) is refused with ``spent`` of ``cap`` gone today, or None.
+    Work that costs nothing is never refused, even by a cap of $0."""
+    if estimate <= 0 or spent + estimate <= cap:
+        return None
+    if spent >= cap:
+        return f"today's spend ${spent:.2f} has reached your daily cap ${cap:.2f}"
+    price = f"{estimate:.2f}" if round(estimate, 2) == estimate else f"{estimate:.4f}"
+    return (
+        f"this {what} may cost ${price}: with today's ${spent:.2f} "
+        f"it would pass your daily cap ${cap:.2f}"
+    )

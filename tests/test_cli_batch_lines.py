@@ -1,0 +1,152 @@
+"""``bff batch FILE`` names the place in FILE: a quote left open, a JSON
+Lines line that is not JSON, a column the API does not know (all before
+anything is sent), and the request the API refused, by its line (and CSV
+column) beside the API's ``items.N.field``. The API is the real one, over
+the Flask test client."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from app.cli import batches
+from app.cli.batch_files import read_batch
+from app.cli.batches import batch_cli, read_items
+
+
+class _Answer:
+    """The test client's answer as the CLI reads a ``requests`` one."""
+
+    def __init__(self, resp) -> None:
+        self.status_code, self._body = resp.status_code, resp.get_json()
+
+    def json(self) -> Any:
+        return self._body
+
+
+@pytest.fixture
+def sent(monkeypatch, client, user) -> list[Any]:
+    """The bodies ``bff batch`` sent, each to the app's real /api/batches."""
+    bodies: list[Any] = []
+
+    def api(method: str, path: str, extra_headers=None, **kwargs):
+        bodies.append(kwargs.get("json"))
+        headers = {**user.headers, **(extra_headers or {})}
+        return _Answer(client.open(path, method=method, json=kwargs.get("json"), headers=headers))
+
+    monkeypatch.setattr(batches, "_api", api)
+    return bodies
+
+
+def run_batch(tmp_path, name: str, text: str) -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    result = CliRunner().invoke(batch_cli, [str(path)])
+    return result.output
+
+
+# ------------------------------------------------ refused before sending
+
+
+@pytest.mark.parametrize(
+    "text,says",
+    [
+        (
+            'prompt,size\n"unterminated,portrait\n',
+            "line 2 opens a quoted cell that is never closed",
+        ),
+        ('prompt,size\nlinen shirt,square\n\n"a"b,portrait\n', "line 4 has text after a quoted"),
+        ('\nprompt,"size\nlinen shirt,square\n', "line 2 opens a quoted cell that is never"),
+    ],
+)
+def test_a_quote_left_open_is_refused_naming_its_line(tmp_path, text, says):
+    path = tmp_path / "looks.csv"
+    path.write_text(text)
+    with pytest.raises(click.ClickException, match=says) as exc:
+        read_items(path)
+    assert "\n" not in exc.value.message  # one sentence
+
+
+def test_quotes_in_a_plain_list_of_prompts_are_text(tmp_path):
+    path = tmp_path / "prompts.txt"
+    path.write_text('"Bold" linen dress\na 12" hem skirt\n')
+    assert read_items(path) == [{"prompt": '"Bold" linen dress'}, {"prompt": 'a 12" hem skirt'}]
+
+
+def test_a_json_lines_error_names_the_files_line(tmp_path):
+    path = tmp_path / "looks.jsonl"
+    path.write_text('{"prompt": "a red coat"}\n\n{bad\n')
+    with pytest.raises(click.ClickException) as exc:
+        read_items(path)
+    assert "line 3 is not JSON" in exc.value.message and "line 1" not in exc.value.message
+
+
+@pytest.mark.parametrize(
+    "header,says",
+    [
+        ("prompt,Size", "column Size is not a column the API knows (did you mean size?)"),
+        ("prompt,colour", "column colour is not a column the API knows;"),
+    ],
+)
+def test_an_unknown_column_is_named_before_anything_is_sent(tmp_path, sent, header, says):
+    output = run_batch(tmp_path, "looks.csv", f"{header}\nlinen shirt,square\n")
+    assert f"line 1, {says}" in output and "the columns are " in output, output
+    assert sent == []
+
+
+def test_each_request_knows_its_line_and_columns(tmp_path):
+    path = tmp_path / "looks.csv"
+    path.write_text('\nprompt, provider ,count\nlinen shirt,local,2\n\n"wool, navy",,\n')
+    items, sources = read_batch(path)
+    assert [s.line for s in sources] == [3, 5]
+    assert sources[0].where("settings.provider") == "line 3, column provider"
+    assert sources[1].where("") == "line 5"
+
+
+# ------------------------------------------------ the API's refusal, placed in the file
+
+
+@pytest.mark.parametrize(
+    "name,text,says",
+    [
+        (
+            "looks.csv",
+            "prompt,provider\nlinen shirt,local\n\nwool coat,midjourney\n",
+            "line 4, column provider (items.1.settings.provider): Input should be",
+        ),
+        (
+            "looks.csv",
+            "prompt,size\nlinen shirt,huge\n",
+            "line 2, column size (items.0.settings.size): Input should be",
+        ),
+        (
+            "looks.csv",
+            "prompt,provider\nlinen shirt,openai-dalle3\n",
+            "line 2, column provider (items.0.settings.provider): OPENAI_API_KEY",
+        ),
+        (
+            "looks.jsonl",
+            '{"prompt": "a red coat"}\n\n{"prompt": "a blue coat", "colour": "x"}\n',
+            "line 3 (items.1.colour): Extra inputs are not permitted",
+        ),
+        (
+            "prompts.txt",
+            "linen shirt\n\n\n" + "x" * 5001 + "\n",
+            "line 4 (items.1.prompt): String should have at most 5000",
+        ),
+    ],
+)
+def test_a_refused_request_is_named_by_its_place_in_the_file(tmp_path, sent, name, text, says):
+    output = run_batch(tmp_path, name, text)
+    assert len(sent) == 1 and "422" in output, output
+    assert says in output, output
+
+
+def test_a_refusal_about_the_whole_batch_is_as_the_api_said(tmp_path, sent):
+    path = tmp_path / "matrix.json"
+    path.write_text('{"prompts": ["blazer"], "sizes": ["huge"]}')
+    result = CliRunner().invoke(batch_cli, [str(path), "--matrix"])
+    assert "matrix.sizes.0:" in result.output and "line" not in result.output, result.output
