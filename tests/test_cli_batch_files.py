@@ -158,3 +158,26 @@ def test_images_missing_from_storage_are_counted_after_the_download(tmp_path, mo
     assert "1 images and manifest.csv" in result.output
     assert "not found in storage, so not here: 1 image(s)" in result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["001-gen_a-0.png", "manifest.csv"]
+
+
+@pytest.mark.parametrize(
+    "member,size,says",
+    [
+        ("../outside.png", 10, "files a batch archive does not"),
+        ("notes.txt", 10, "files a batch archive does not"),
+        ("001-gen_a-0.png", 50 * 2**20, "unpacks to far more than it holds"),
+    ],
+)
+def test_an_archive_the_server_would_not_write_is_not_opened(
+    tmp_path, monkeypatch, member, size, says
+):
+    """A compromised server could send a zip bomb, or names of its own choosing."""
+    body = io.BytesIO()
+    with zipfile.ZipFile(body, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr(member, b"\0" * size)
+        archive.writestr("manifest.csv", "generation_id,status,file,note\n")
+    monkeypatch.setattr(batches, "_api", lambda *a, **k: _Archive(body.getvalue()))
+    folder = tmp_path / "ss27"
+    result = CliRunner().invoke(batch_cli, ["download", "bat_1", str(folder)])
+    assert result.exit_code == 1 and says in result.output, result.output
+    assert list(folder.iterdir()) == [] and not (tmp_path / "outside.png").exists()

@@ -52,6 +52,12 @@ def _rows(batch_id: str) -> tuple[list[Generation], dict[str, list[GenerationAss
     return gens, assets
 
 
+def _cell(text: str) -> str:
+    """A designer's text as a spreadsheet shows it, never runs it: a cell that
+    starts like a formula (= + - @, a tab, a return) gets a leading quote."""
+    return f"'{text}" if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
 def _members(
     storage: Storage, gens: list[Generation], assets: dict[str, list[GenerationAsset]]
 ) -> Iterator[Member]:
@@ -63,7 +69,7 @@ def _members(
     manifest = csv.writer(out)
     manifest.writerow(MANIFEST)
     for n, gen in enumerate(gens, 1):
-        row = [gen.id, gen.status, gen.prompt or "", gen.provider or "", gen.model or ""]
+        row = [gen.id, gen.status, _cell(gen.prompt or ""), gen.provider or "", gen.model or ""]
         row.append(f"{float(gen.cost):.4f}")
         for asset in assets.get(gen.id, []):
             name = f"{n:03d}-{gen.id}-{asset.position}.{EXTENSIONS.get(asset.content_type, 'bin')}"

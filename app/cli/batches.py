@@ -94,8 +94,9 @@ def submit(
     if resp.status_code != 202:
         raise _refusal(resp, sources)
     accepted = resp.json()
+    total = accepted["total"]
     click.echo(
-        f"submitted {accepted['id']}: {accepted['total']} generations, "
+        f"submitted {accepted['id']}: {total} generation{'s' * (total != 1)}, "
         f"at most ${accepted['estimatedCost']:.2f}"
     )
     if wait:
@@ -138,7 +139,8 @@ def download(batch_id: str, folder: Path) -> None:
         try:  # whatever happens, no .part file is left behind
             _save(resp, part)
             with zipfile.ZipFile(part) as archive:
-                archive.extractall(folder)  # member names are ours; extractall keeps them inside
+                _check_members(archive, part.stat().st_size)
+                archive.extractall(folder)
                 names = archive.namelist()
                 missing = _missing(archive)
         except zipfile.BadZipFile:
@@ -149,6 +151,21 @@ def download(batch_id: str, folder: Path) -> None:
     if missing:
         note = "manifest.csv's note column says which"
         click.echo(f"not found in storage, so not here: {missing} image(s); {note}", err=True)
+
+
+# What the archive route writes: NNN-<generation id>-<n>.<ext>, then the manifest.
+MEMBER = re.compile(r"\d{3,}-gen_[0-9a-z]+-\d+\.(png|jpg|webp|bin)|manifest\.csv")
+
+
+def _check_members(archive: zipfile.ZipFile, size: int) -> None:
+    """Extract only what the server writes (no other names, none over files
+    already there by another name), and no more than it sent: the images are
+    stored uncompressed, so a member far bigger than its bytes is a bomb."""
+    infos = archive.infolist()
+    if any(not MEMBER.fullmatch(i.filename) for i in infos):
+        raise click.ClickException("the archive holds files a batch archive does not; not opened")
+    if sum(i.file_size for i in infos) > 2 * size + 2**20:
+        raise click.ClickException("the archive unpacks to far more than it holds; not opened")
 
 
 def _save(resp: requests.Response, part: Path) -> None:
