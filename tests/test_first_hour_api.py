@@ -78,6 +78,8 @@ def test_a_field_of_another_feedback_type_is_422_and_records_nothing(client, use
     resp = client.post(f"/api/generate/{gid}/feedback", json=body, headers=user.headers)
     error = assert_error(resp, 422, "validation_error")
     assert fields(error) == [field], error
+    [detail] = error["details"]  # our sentence, not pydantic's "Value error, ..."
+    assert detail["message"].startswith(f"only with feedbackType '{field}'"), detail
     with services(client.application).db.session() as session:
         assert session.scalar(select(func.count()).select_from(GenerationFeedback)) == 0
     # ...and the document says so, so clients can know before they send.

@@ -76,7 +76,11 @@ def _too_large() -> str:
 
 def validation_details(exc: ValidationError) -> list[dict[str, str]]:
     return [
-        {"field": ".".join(str(p) for p in err["loc"]) or "body", "message": err["msg"]}
+        {
+            "field": ".".join(str(p) for p in err["loc"]) or "body",
+            # Our validators' own sentences, without pydantic's "Value error, ".
+            "message": err["msg"].removeprefix("Value error, "),
+        }
         for err in exc.errors(include_url=False)
     ]
 
