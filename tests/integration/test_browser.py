@@ -232,6 +232,16 @@ def test_page_works_on_a_narrow_screen_and_by_keyboard(dev_server, browser):
     page.close()
 
 
+def test_a_server_that_does_not_answer_is_said_in_words(dev_server, browser):
+    """Not the browser's "Failed to fetch": what to check."""
+    page = browser.new_page()
+    page.goto(dev_server[0] + "/")
+    page.route("**/api/**", lambda route: route.abort("connectionrefused"))
+    said = page.evaluate("api('GET', '/api/generate').then(() => 'ok', (e) => e.message)")
+    assert said == "the server cannot be reached: is it running? (bff dev, or make dev)"
+    page.close()
+
+
 def test_page_and_static_files_need_no_key(dev_server):
     import requests
 

@@ -16,7 +16,12 @@ async function api(method, path, body) {
     headers["Content-Type"] = "application/json";
     payload = JSON.stringify(body);
   }
-  const resp = await fetch(path, { method, headers, body: payload });
+  let resp;
+  try {
+    resp = await fetch(path, { method, headers, body: payload });
+  } catch (e) {  // no answer at all: the browser's own words ("Failed to fetch") say nothing
+    throw new Error("the server cannot be reached: is it running? (bff dev, or make dev)");
+  }
   if (resp.status === 204) return null;
   const data = await resp.json().catch(() => ({}));
   if (!resp.ok) {
