@@ -126,11 +126,11 @@ def generate(
     report(wait_for(gen_id, timeout))
 
 
-def wait_for(gen_id: str, timeout: float) -> dict:
-    """The generation once final, its stages shown as they change. Ctrl-C
-    stops only the waiting: one line says how to look at the job later."""
+def wait_for(gen_id: str, timeout: float, only: str | None = None) -> dict:
+    """The generation once final, its stages (``only`` that one) shown as they
+    change. Ctrl-C stops only the waiting: one line says how to look later."""
     try:
-        return _follow(gen_id, timeout)
+        return _follow(gen_id, timeout, only)
     except KeyboardInterrupt:
         click.echo(f"stopped waiting; {gen_id} goes on: bff generations show {gen_id}", err=True)
         raise click.exceptions.Exit(130) from None  # 128 + SIGINT, as a shell reports it
@@ -163,7 +163,7 @@ def _show_stage(name: str, status: str, duration_ms: int | None) -> None:
     click.echo(f"  {mark} {name:<9} {status}{ms}")
 
 
-def _follow(gen_id: str, timeout: float) -> dict:
+def _follow(gen_id: str, timeout: float, only: str | None = None) -> dict:
     """Live stage progress from the SSE stream; polling if streaming fails."""
     deadline = time.monotonic() + timeout
     last_id = None
@@ -177,7 +177,7 @@ def _follow(gen_id: str, timeout: float) -> dict:
                     break
                 for event, data, event_id in _sse_events(resp):
                     last_id = event_id or last_id
-                    if event == "stage":
+                    if event == "stage" and only in (None, data["stage"]):
                         _show_stage(data["stage"], data["status"], data["durationMs"])
                     elif event == "done":
                         return data
@@ -185,7 +185,7 @@ def _follow(gen_id: str, timeout: float) -> dict:
                         raise click.ClickException(f"not finished after {timeout:.0f}s")
     except requests.RequestException:
         pass
-    return _poll(gen_id, deadline, timeout)
+    return _poll(gen_id, deadline, timeout, only)
 
 
 def _sse_events(resp: requests.Response):
@@ -205,7 +205,7 @@ def _sse_events(resp: requests.Response):
         fields = {}
 
 
-def _poll(gen_id: str, deadline: float, timeout: float) -> dict:
+def _poll(gen_id: str, deadline: float, timeout: float, only: str | None = None) -> dict:
     seen: dict[str, str] = {}
     while True:
         resp = _api("GET", f"/api/generate/{gen_id}")
@@ -213,7 +213,8 @@ def _poll(gen_id: str, deadline: float, timeout: float) -> dict:
             raise _error(resp)
         gen = resp.json()
         for st in gen["stages"]:
-            if seen.get(st["name"]) != st["status"] and st["status"] != "pending":
+            shown = only in (None, st["name"]) and st["status"] != "pending"
+            if shown and seen.get(st["name"]) != st["status"]:
                 seen[st["name"]] = st["status"]
                 _show_stage(st["name"], st["status"], st["durationMs"])
         if gen["status"] in FINAL and not late_refine_open(gen):

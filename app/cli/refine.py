@@ -35,7 +35,7 @@ def refine(
     click.echo(f"refining image {asset_id} of {generation_id}")
     if not wait:
         return
-    gen = wait_for(generation_id, timeout)
+    gen = wait_for(generation_id, timeout, only="refine")  # not the stages of before
     stage = next((s for s in gen["stages"] if s["name"] == "refine"), {})
     if stage.get("status") != "completed":
         raise click.ClickException(f"refine {stage.get('status')}: {stage.get('error')}")

@@ -124,6 +124,7 @@ def test_refine_an_image_and_wait(embedded):
     )  # fmt: skip
     assert refine.returncode == 0, refine.stdout + refine.stderr
     assert re.search(r"^\s+(\S\s+)?refine\s+completed", refine.stdout, re.M), refine.stdout
+    assert "analyze" not in refine.stdout  # the stages of before are not shown again
     lines = [line.split() for line in refine.stdout.splitlines() if "/cdn/" in line]
     sizes = {variant: size for variant, size, _url in lines}
     double = f"{asset['width'] * 2}x{asset['height'] * 2}"
