@@ -95,9 +95,22 @@ def test_the_webhook_payload_shows_the_current_base(moved, gen_id):
     with moved.app_context(), services(moved).db.session() as session:
         gen = session.get(Generation, gen_id)
         gen.webhook_url = "https://hooks.example.com/bff"
-        delivery_id = record_final(session, gen)
+        delivery_id = record_final(session, gen, services(moved).settings)
         payload = json.loads(session.get(WebhookDelivery, delivery_id).payload)
     assert [a["url"] for a in payload["assets"]] == expected(moved, gen_id, f"{NEW}/cdn")
+
+
+def test_the_runner_records_a_webhook_with_no_app_around_it(app, client, user):
+    """The stages need no Flask app: a webhook's URLs come from the settings."""
+    gen_id = submit_prompt(client, user.headers)
+    with services(app).db.session() as session:
+        session.get(Generation, gen_id).webhook_url = "https://hooks.example.com/bff"
+    run_all(app, gen_id)  # no app context, as the runner's unit tests run it
+    with services(app).db.session() as session:
+        query = select(WebhookDelivery).where(WebhookDelivery.generation_id == gen_id)
+        payload = json.loads(session.scalars(query).one().payload)
+    assert payload["status"] == "completed"
+    assert [a["url"] for a in payload["assets"]] == expected(app, gen_id, f"{OLD}/cdn")
 
 
 def test_most_hearted_shows_the_current_base(client, moved, user, gen_id):

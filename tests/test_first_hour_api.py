@@ -225,6 +225,7 @@ def test_the_one_rule_the_stages_and_refine_use_lets_free_work_through(app, user
     assert spend.over_cap(0.12, 0.10, 0.06, "image") == (
         "today's spend $0.12 has reached your daily cap $0.10"
     )
+    assert spend.over_cap(0.20, 0.24, 0.04, "image") is None  # exactly the cap, not a float over
     assert spend.over_cap(0.05, 0.10, 0.0625, "image") == (
         "this image may cost $0.0625: with today's $0.05 it would pass your daily cap $0.10"
     )

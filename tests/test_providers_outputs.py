@@ -67,6 +67,8 @@ def test_outputs_are_only_fetched_from_provider_hosts():
     assert not ok(s, "https://127.0.0.1:3919\\@replicate.delivery/out.png")
     assert not ok(s, "http://169.254.169.254\\@127.0.0.1:8701/files/x.png")
     assert not ok(s, "https://user@replicate.delivery/out.png")
+    v6 = Settings.from_env({"REPLICATE_BASE_URL": "http://[::1]:8701"})
+    assert ok(v6, "http://[::1]:8701/files/x.png"), "an IPv6 gateway's own outputs"
     with pytest.raises(StageFailed, match="unexpected host"):
         download(s, "http://169.254.169.254/latest/meta-data")
 

@@ -151,7 +151,7 @@ def stop(session: Session, gen: Generation) -> Stopped:
     recorded with it. Raises IllegalTransition when it is final already."""
     svc.cancel(gen)
     running = _running_tasks(gen)
-    return Stopped(gen, running, record_final(session, gen))
+    return Stopped(gen, running, record_final(session, gen, services().settings))
 
 
 def announce_stopped(stopped: list[Stopped]) -> None:

@@ -73,7 +73,8 @@ def over_cap(spent: float, cap: float, estimate: float, what: str) -> str | None
     """The cap's one rule (submits, stages, refines): why work that may cost
     ``estimate`` (USD) is refused with ``spent`` of ``cap`` gone today, or None.
     Work that costs nothing is never refused, even by a cap of $0."""
-    if estimate <= 0 or spent + estimate <= cap:
+    # To the hundredth of a cent: 0.20 + 0.04 is 0.24000000000000002 in floats.
+    if estimate <= 0 or round(spent + estimate, 4) <= round(cap, 4):
         return None
     if spent >= cap:
         return f"today's spend ${spent:.2f} has reached your daily cap ${cap:.2f}"

@@ -139,7 +139,7 @@ def end_failed(
     after.append(lambda: events.stage_changed(settings, gen_id, name, S_FAILED, None))
     if was_final:
         return STOP
-    delivery = record_final(session, gen)
+    delivery = record_final(session, gen, settings)
     after.append(
         lambda: events.generation_final(
             settings, gen_id, FAILED, delivery, record_webhook=False, batch_id=batch_id

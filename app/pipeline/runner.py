@@ -259,7 +259,7 @@ def record(
         return STOP
     if name == stages_for(gen.settings)[-1]:  # the last of this generation's own stages
         set_status(gen, COMPLETED)
-        delivery = record_final(session, gen)
+        delivery = record_final(session, gen, settings)
         after.append(
             lambda: events.generation_final(
                 settings, gen.id, COMPLETED, delivery, record_webhook=False, batch_id=gen.batch_id

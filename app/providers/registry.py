@@ -59,7 +59,7 @@ def is_output_url_allowed(settings: Settings, url: str) -> bool:
     except (ValueError, LocationParseError):
         return False
     host = (parts.hostname or "").lower()
-    if "\\" in url or "@" in parts.netloc or (called or "").lower() != host:
+    if "\\" in url or "@" in parts.netloc or (called or "").strip("[]").lower() != host:
         return False
     bases = (settings.replicate_base_url, settings.openai_base_url)
     configured = {h.lower() for b in bases if b and (h := urlsplit(b).hostname)}

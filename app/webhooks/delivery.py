@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from app.domain.models import Batch, Generation, User, new_id, utcnow
 from app.platform.config import Settings
 from app.platform.db import Database
+from app.platform.storage import public_base
 from app.webhooks.guard import Refused, Unresolved, post, resolve_target
 from app.webhooks.model import DELIVERED, FAILED, PENDING, REFUSED, WebhookDelivery
 from app.webhooks.signing import ensure_secret, signed_headers
@@ -26,17 +27,18 @@ CLAIM = timedelta(seconds=120)  # an attempt in flight; after this the sweep may
 MAX_DELAY = 4 * 3600.0
 
 
-def record_final(session: Session, gen: Generation) -> str | None:
+def record_final(session: Session, gen: Generation, settings: Settings) -> str | None:
     """Record the final-state message for ``gen`` in the caller's transaction,
     so the transition and its webhook commit together (or not at all).
-    Returns the delivery id to send after the commit (None: no webhook)."""
+    Returns the delivery id to send after the commit (None: no webhook).
+    Image URLs on ``settings``' public base (the runner needs no app)."""
     from app.api.responses import generation_json  # it imports the pipeline, which imports us
 
     if not gen.webhook_url:
         return None
     session.flush()
     session.expire(gen, ["stages", "assets"])  # the payload shows what was just written
-    event, payload = f"generation.{gen.status}", generation_json(gen)
+    event, payload = f"generation.{gen.status}", generation_json(gen, public_base(settings))
     return _queue(session, gen.user_id, gen.webhook_url, event, payload, generation_id=gen.id)
 
 
@@ -86,7 +88,7 @@ def queue_final(services: Any, generation_id: str) -> str | None:
     (for callers that have already committed the transition)."""
     with services.db.session() as session:
         gen = session.get(Generation, generation_id)
-        delivery_id = record_final(session, gen) if gen is not None else None
+        delivery_id = record_final(session, gen, services.settings) if gen is not None else None
     if delivery_id:
         send(services.celery, delivery_id, 1)
     return delivery_id
