@@ -32,21 +32,9 @@ def _place(field: str, sources: list[Source | None]) -> str | None:
 
 
 def _refusal(resp: requests.Response, sources: list[Source | None]) -> click.ClickException:
-    """The API's error as ``_error`` says it, each item's field also named by
-    its place in the file: ``line 5, column provider (items.3.settings.provider): …``."""
-    try:
-        err = resp.json()["error"]
-        details = [d for d in err["details"] or [] if isinstance(d, dict) and "field" in d]
-    except (ValueError, KeyError, TypeError):
-        return _error(resp)
-    places = [_place(str(d["field"]), sources) for d in details]
-    if not any(places):
-        return _error(resp)
-    lines = [f"{resp.status_code} {err['code']}: {err['message']}"]
-    for place, d in zip(places, details, strict=True):
-        name = f"{place} ({d['field']})" if place else d["field"]
-        lines.append(f"  {name}: {d.get('message', '')}")
-    return click.ClickException("\n".join(lines))
+    """The API's error, each item's field also named by its place in the file:
+    ``line 5, column provider (items.3.settings.provider): …``."""
+    return _error(resp, lambda field: _place(field, sources))
 
 
 class BatchGroup(click.Group):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import get_args
 
@@ -52,8 +53,12 @@ def _json(method: str, path: str, ok: int = 200, **kwargs) -> dict:
     return resp.json()
 
 
-def _error(resp: requests.Response) -> click.ClickException:
-    """The API's error as it said it: code, message and each field's problem."""
+def _error(
+    resp: requests.Response, place: Callable[[str], str | None] | None = None
+) -> click.ClickException:
+    """The API's error as it said it: code, message and each field's problem
+    (a field also named by ``place(field)``, when it knows one: a batch file's
+    line and column)."""
     try:
         err = resp.json()["error"]
     except (ValueError, KeyError, TypeError):
@@ -61,7 +66,9 @@ def _error(resp: requests.Response) -> click.ClickException:
     lines = [f"{resp.status_code} {err['code']}: {err['message']}"]
     for d in err.get("details") or []:
         if isinstance(d, dict) and "field" in d:
-            lines.append(f"  {d['field']}: {d.get('message', '')}")
+            where = place(str(d["field"])) if place else None
+            name = f"{where} ({d['field']})" if where else d["field"]
+            lines.append(f"  {name}: {d.get('message', '')}")
     return click.ClickException("\n".join(lines))
 
 
@@ -272,36 +279,4 @@ def generations_show(generation_id: str) -> None:
     show_assets(gen)
 
 
-@click.command("feedback")
-@click.argument("generation_id")
-@click.option("--heart", "kind", flag_value="heart", help="you love it (again: take it back)")
-@click.option("--outlier", "kind", flag_value="outlier", help="exceptional (again: take it back)")
-@click.option("--rating", type=click.IntRange(1, 5), help="1-5")
-@click.option("--comment", help="a note")
-@click.option("--asset", "asset_id", type=int, help="one image of the generation")
-def feedback(
-    generation_id: str,
-    kind: str | None,
-    rating: int | None,
-    comment: str | None,
-    asset_id: int | None,
-) -> None:
-    """Tell the optimiser what worked: --heart, --outlier, --rating N (replaces
-    your last) or --comment TEXT."""
-    given = [k for k, v in (("kind", kind), ("rating", rating), ("comment", comment)) if v]
-    if len(given) != 1:  # each is a feedback of its own: the API takes one at a time
-        raise click.UsageError("give one of --heart, --outlier, --rating N or --comment TEXT")
-    kind = kind or ("rating" if rating is not None else "comment")
-    body = {"feedbackType": kind, "rating": rating, "comment": comment, "assetId": asset_id}
-    resp = _api(
-        "POST",
-        f"/api/generate/{generation_id}/feedback",
-        json={k: v for k, v in body.items() if v is not None},
-    )
-    if resp.status_code not in (200, 201):
-        raise _error(resp)
-    done = "recorded" if resp.status_code == 201 else "withdrew"  # a second heart or outlier
-    click.echo(f"{done} {kind} for {generation_id}")
-
-
-COMMANDS = (generate, generations_cli, feedback)
+COMMANDS = (generate, generations_cli)

@@ -1,6 +1,7 @@
-"""``bff retry|cancel|delete ID``: what to do with one generation after it was
-submitted, over the HTTP API (``POST /api/generate/<id>/retry``,
-``POST …/cancel``, ``DELETE /api/generate/<id>``), as any client would."""
+"""``bff retry|cancel|delete|feedback ID``: what to do with one generation
+after it was submitted, over the HTTP API (``POST /api/generate/<id>/retry``,
+``POST …/cancel``, ``DELETE /api/generate/<id>``, ``POST …/feedback``), as
+any client would."""
 
 from __future__ import annotations
 
@@ -41,4 +42,36 @@ def delete(generation_id: str) -> None:
     click.echo(f"deleted {generation_id}")
 
 
-COMMANDS = (retry, cancel, delete)
+@click.command("feedback")
+@click.argument("generation_id")
+@click.option("--heart", "kind", flag_value="heart", help="you love it (again: take it back)")
+@click.option("--outlier", "kind", flag_value="outlier", help="exceptional (again: take it back)")
+@click.option("--rating", type=click.IntRange(1, 5), help="1-5")
+@click.option("--comment", help="a note")
+@click.option("--asset", "asset_id", type=int, help="one image of the generation")
+def feedback(
+    generation_id: str,
+    kind: str | None,
+    rating: int | None,
+    comment: str | None,
+    asset_id: int | None,
+) -> None:
+    """Tell the optimiser what worked: --heart, --outlier, --rating N (replaces
+    your last) or --comment TEXT."""
+    given = [k for k, v in (("kind", kind), ("rating", rating), ("comment", comment)) if v]
+    if len(given) != 1:  # each is a feedback of its own: the API takes one at a time
+        raise click.UsageError("give one of --heart, --outlier, --rating N or --comment TEXT")
+    kind = kind or ("rating" if rating is not None else "comment")
+    body = {"feedbackType": kind, "rating": rating, "comment": comment, "assetId": asset_id}
+    resp = _api(
+        "POST",
+        f"/api/generate/{generation_id}/feedback",
+        json={k: v for k, v in body.items() if v is not None},
+    )
+    if resp.status_code not in (200, 201):
+        raise _error(resp)
+    done = "recorded" if resp.status_code == 201 else "withdrew"  # a second heart or outlier
+    click.echo(f"{done} {kind} for {generation_id}")
+
+
+COMMANDS = (retry, cancel, delete, feedback)
