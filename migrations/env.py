@@ -31,8 +31,11 @@ def run_migrations_online() -> None:
 
         Path(url.split("///", 1)[1]).parent.mkdir(parents=True, exist_ok=True)
     # No statement timeout (0): building an index on a big table may take
-    # longer than any API request is allowed, and a release must not fail halfway.
-    engine = make_engine(url, statement_timeout=0)
+    # longer than any API request is allowed. But a lock waited for at most
+    # 10 s: an ALTER queued behind a long transaction would queue every query
+    # on that table behind itself, and stall the service; the release fails
+    # instead, to be run again.
+    engine = make_engine(url, statement_timeout=0, lock_timeout=10)
 
     with engine.connect() as connection:
         context.configure(

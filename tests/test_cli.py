@@ -255,20 +255,23 @@ def test_postgres_schema_matches_the_models(service_env):
 
 @pytest.mark.usefixtures("service_env")
 def test_migrations_run_without_a_statement_timeout(service_env, monkeypatch):
-    """An index built on a big table may take longer than an API request may."""
+    """An index built on a big table may take longer than an API request may;
+    a lock is waited for 10 s at most, not to stall the queries queued behind."""
     seen = []
 
     def on_connect(dbapi_conn, _record) -> None:
         with dbapi_conn.cursor() as cur:
             cur.execute("SHOW statement_timeout")
-            seen.append(cur.fetchone()[0])
+            statement = cur.fetchone()[0]
+            cur.execute("SHOW lock_timeout")
+            seen.append((statement, cur.fetchone()[0]))
 
     event.listen(Engine, "connect", on_connect)
     try:
         upgrade_database(service_env["DATABASE_URL"])
     finally:
         event.remove(Engine, "connect", on_connect)
-    assert seen and set(seen) == {"0"}
+    assert seen and set(seen) == {("0", "10s")}
 
 
 def test_no_index_duplicates_a_unique_constraint_on_generation_id(tmp_path):

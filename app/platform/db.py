@@ -50,7 +50,12 @@ def unavailable(exc: BaseException) -> bool:
     return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
 
 
-def make_engine(url: str, statement_timeout: float = 30.0, pool_size: int = POOL_SIZE) -> Engine:
+def make_engine(
+    url: str,
+    statement_timeout: float = 30.0,
+    pool_size: int = POOL_SIZE,
+    lock_timeout: float = 0.0,
+) -> Engine:
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
         event.listen(engine, "connect", _sqlite_pragmas)
@@ -67,7 +72,8 @@ def make_engine(url: str, statement_timeout: float = 30.0, pool_size: int = POOL
             "keepalives_idle": 30,
             "keepalives_interval": 10,
             "keepalives_count": 3,
-            "options": f"-c statement_timeout={int(statement_timeout * 1000)}",
+            "options": f"-c statement_timeout={int(statement_timeout * 1000)}"
+            f" -c lock_timeout={int(lock_timeout * 1000)}",
         },
     )
 
