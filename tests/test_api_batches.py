@@ -81,6 +81,7 @@ def test_items_make_a_batch_of_ordinary_generations(client, user):
         "completed": 0,
         "failed": 0,
         "canceled": 0,
+        "deleted": 0,
     }
     gens = members(client, user, accepted["id"])
     assert len(gens) == 3 and {g["batchId"] for g in gens} == {accepted["id"]}
@@ -409,3 +410,4 @@ def test_a_member_deleted_on_its_own_is_not_waited_for(app, client, user):
     shown = batch(client, user, batch_id)
     assert shown["status"] == "completed" and shown["finishedAt"] is not None
     assert shown["total"] == 2 and shown["counts"]["completed"] == 1
+    assert shown["counts"]["deleted"] == 1  # so the counts add up to the total

@@ -48,6 +48,7 @@ class BatchCountsOut(Out):
     completed: int
     failed: int
     canceled: int
+    deleted: int = Field(description="generations of the batch deleted since (not counted above)")
 
 
 class BatchOut(_LinkedBatch):
@@ -70,7 +71,9 @@ class BatchOut(_LinkedBatch):
     def _from_view(cls, data: Any) -> Any:
         if not isinstance(data, BatchView):
             return data
-        derived = {"status": data.status, "counts": data.counts, "cost": data.cost}
+        gone = data.batch.total - sum(data.counts.values())  # deleted one by one since
+        counts = {**data.counts, "deleted": max(0, gone)}
+        derived = {"status": data.status, "counts": counts, "cost": data.cost}
         return {f: derived[f] if f in derived else getattr(data.batch, f) for f in cls.model_fields}
 
 

@@ -97,7 +97,7 @@ def _follow(batch_id: str, total: int, timeout: float) -> None:
         done = 0
         while True:
             shown = _json("GET", f"/api/batches/{batch_id}")
-            finished = sum(shown["counts"][s] for s in FINAL)
+            finished = sum(shown["counts"][s] for s in (*FINAL, "deleted"))
             bar.update(finished - done)
             done = finished
             if shown["status"] not in ("pending", "processing"):
@@ -108,7 +108,9 @@ def _follow(batch_id: str, total: int, timeout: float) -> None:
     counts = shown["counts"]
     click.echo(
         f"{shown['status']}: {counts['completed']} completed, {counts['failed']} failed, "
-        f"{counts['canceled']} canceled; cost ${shown['cost']:.2f}"
+        f"{counts['canceled']} canceled"
+        + (f", {counts['deleted']} deleted" if counts.get("deleted") else "")
+        + f"; cost ${shown['cost']:.2f}"
     )
     if shown["status"] != "completed" or counts["failed"] or counts["canceled"]:
         raise click.ClickException(f"batch {batch_id} did not complete every generation")

@@ -61,11 +61,12 @@ async function followBatch(id) {
 
 function showBatch(batch) {
   const c = batch.counts;
-  const done = c.completed + c.failed + c.canceled;
+  const done = c.completed + c.failed + c.canceled + c.deleted;
   $("#batch-progress").max = batch.total;
   $("#batch-progress").value = done;
   $("#batch-status").textContent = `${batch.id}: ${batch.status}, ${done} of ${batch.total} done`
-    + ` (${c.completed} completed, ${c.failed} failed, ${c.canceled} canceled),`
+    + ` (${c.completed} completed, ${c.failed} failed, ${c.canceled} canceled`
+    + `${c.deleted ? `, ${c.deleted} deleted` : ""}),`
     + ` cost $${batch.cost.toFixed(3)}`;
   const running = batch.status === "pending" || batch.status === "processing";
   $("#batch-cancel").hidden = !running;
