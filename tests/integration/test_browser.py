@@ -242,6 +242,27 @@ def test_a_server_that_does_not_answer_is_said_in_words(dev_server, browser):
     page.close()
 
 
+def test_a_job_no_worker_takes_says_so_after_a_while(dev_server, browser):
+    """Its stream is held (as when no worker ever reports a stage): after 20 s
+    the page says why it may be waiting, instead of "Queued…" for ever."""
+    from playwright.sync_api import expect
+
+    base, key, _ = dev_server
+    page = browser.new_page()
+    page.clock.install()
+    page.route("**/api/generate/*/events", lambda route: None)  # never answered
+    page.goto(base + "/")
+    page.get_by_label("API key").fill(key)
+    page.get_by_role("button", name="Save").click()
+    expect(page.locator("#key-status")).to_have_text("Key OK.")
+    page.get_by_label("Describe the garment").fill("charcoal wool overcoat")
+    page.get_by_role("button", name="Generate").click()
+    expect(page.locator("#gen-status")).to_have_text("Queued…")
+    page.clock.run_for(21_000)
+    expect(page.locator("#gen-status")).to_contain_text("no worker has taken it yet")
+    page.close()
+
+
 def test_page_and_static_files_need_no_key(dev_server):
     import requests
 

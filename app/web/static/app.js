@@ -271,11 +271,24 @@ async function submit(event) {
 async function watch(id) {
   resetStages();
   $("#gen-id").textContent = id;
-  $("#gen-status").textContent = "Queued…";
+  const status = $("#gen-status");
+  status.textContent = QUEUED;
+  // A job no worker takes looks the same as one about to start: say so after a while.
+  const stuck = setTimeout(() => {
+    if (status.textContent === QUEUED) status.textContent = STILL_QUEUED;
+  }, 20000);
   loadGallery(true);
-  showResult(await follow(id));
+  try {
+    showResult(await follow(id));
+  } finally {
+    clearTimeout(stuck);
+  }
   loadGallery(true);
 }
+
+const QUEUED = "Queued…";
+const STILL_QUEUED = "Still queued after 20 s: no worker has taken it yet "
+  + "(busy with earlier jobs, or not running: make dev starts one).";
 
 // ---------------------------------------------------------------- gallery
 
