@@ -142,6 +142,24 @@ def test_cdn_serves_stored_images(app, client, user):
     assert "max-age" in resp.headers["Cache-Control"]
 
 
+def test_every_answer_forbids_sniffing_and_framing(app, client, user):
+    """An upload served from /cdn/ is never read as HTML; the page, which keeps
+    the API key, is never framed by another site."""
+    gen_id = submit_prompt(client, user.headers)
+    run_all(app, gen_id)
+    image = load(app, gen_id)["assets"][0]["url"].removeprefix("http://testserver")
+    for path, headers in (
+        ("/", {}),
+        (image, {}),
+        ("/api/generate", {}),
+        (f"/api/generate/{gen_id}", user.headers),
+    ):
+        resp = client.get(path, headers=headers)
+        assert resp.headers["X-Content-Type-Options"] == "nosniff", path
+        assert resp.headers["X-Frame-Options"] == "DENY", path
+        assert "frame-ancestors 'none'" in resp.headers["Content-Security-Policy"], path
+
+
 def test_cdn_missing_is_404_json(client):
     resp = client.get("/cdn/users/1/generations/gen_nope/0.png")
     assert resp.status_code == 404

@@ -24,6 +24,23 @@ def register(app: Flask) -> None:
     app.before_request(_check_limits)
     app.before_request(_options)
     app.before_request(_static_path_methods)
+    app.after_request(_security_headers)
+
+
+# On every answer: no type sniffing (an upload served from /cdn/ is never
+# taken for HTML), no framing (the page keeps the API key), no referrer
+# carrying ids to other sites.
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": "frame-ancestors 'none'",
+    "Referrer-Policy": "same-origin",
+}
+
+
+def _security_headers(resp: Response) -> Response:
+    resp.headers.update(SECURITY_HEADERS)
+    return resp
 
 
 def _check_limits() -> None:
