@@ -251,3 +251,22 @@ def test_a_late_refine_that_never_ends_times_out_and_the_next_is_accepted(
     assert len(load(app, gen_id)["assets"]) == len(gen["assets"])
     again = client.post(url(gen_id, asset_id), json={"upscale": 2}, headers=user.headers)
     assert again.status_code == 202, again.json
+
+
+def test_a_retried_refine_with_its_key_is_answered_not_refused(app, client, user, sent):
+    """Without the key a retry meets its own refine's 409 and the client
+    cannot tell it was taken; with it, the first answer again, nothing queued."""
+    gen_id, asset_id = completed(app, user)
+    headers = {**user.headers, "Idempotency-Key": "up-1"}
+    first = client.post(url(gen_id, asset_id), json={"upscale": 2}, headers=headers)
+    again = client.post(url(gen_id, asset_id), json={"upscale": 2}, headers=headers)
+    assert first.status_code == again.status_code == 202, again.json
+    assert again.json["id"] == gen_id and len(sent) == 1  # queued once
+    other = client.post(url(gen_id, asset_id), json={"upscale": 4}, headers=headers)
+    assert other.status_code == 409 and other.json["error"]["code"] == "idempotency_conflict"
+    stage(app, gen_id, "refine")  # done: a late retry still answers, and queues nothing
+    late = client.post(url(gen_id, asset_id), json={"upscale": 2}, headers=headers)
+    assert late.status_code == 202 and len(sent) == 1
+    assert stages_by_name(late.json)["refine"]["status"] == "completed"
+    plain = client.post(url(gen_id, asset_id), json={"upscale": 2}, headers=user.headers)
+    assert plain.status_code == 409  # no key: as before, the variant exists

@@ -6,7 +6,9 @@ its stages and on its event stream, and adds variant assets (a batch's
 generation: at the batch's background priority; its batch stays finished,
 as the generation stays completed). One refine at a
 time per generation; what the refine costs is checked against the daily cap
-now and again right before the paid call."""
+now and again right before the paid call. An ``Idempotency-Key`` replays the
+answer to the generation's latest refine asked with it (the same key with
+another body is 409): a retried POST does not meet its own refine's 409."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from flask import Blueprint, g
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.api.auth import load_user
-from app.api.common import json_body, services
+from app.api.common import idempotency_key, json_body, request_hash, services
 from app.api.errors import ApiError, not_found
 from app.api.responses import GenerationOut, generation_path, respond
 from app.api.schemas import RefineIn, parse
@@ -75,24 +77,53 @@ def refine(generation_id: str, asset_id: str):
         if gen is None:
             raise not_found()
         asset = _asset(gen, asset_id)
-        options = parse(RefineIn, json_body()).model_dump(exclude_none=True)
-        estimate = _check(gen, asset, options)
-        if estimate and (why := refusal(session, g.user_id, estimate)):
-            raise ApiError(403, "budget_exceeded", why, {"estimate": round(estimate, 4)})
-        _queue(gen, asset.id, options)
-        stages = svc.stage_names(gen)
-        in_batch = gen.batch_id is not None
+        payload = json_body()
+        options = parse(RefineIn, payload).model_dump(exclude_none=True)
+        key = _key(payload)
+        replay = bool(key) and _asked_before(gen, key)
+        if not replay:
+            estimate = _check(gen, asset, options)
+            if estimate and (why := refusal(session, g.user_id, estimate)):
+                raise ApiError(403, "budget_exceeded", why, {"estimate": round(estimate, 4)})
+            _queue(gen, asset.id, options, key)
+            stages = svc.stage_names(gen)
+            in_batch = gen.batch_id is not None
     # A batch member's refine goes in the background, as its batch's stages did.
-    if dispatch(s.celery, generation_id, LATE_STAGE, background=in_batch, stages=stages):
+    if not replay and dispatch(
+        s.celery, generation_id, LATE_STAGE, background=in_batch, stages=stages
+    ):
         _mark_dispatched(generation_id)
     with s.db.session() as session:
         gen = svc.get_owned(session, g.user_id, generation_id)
         return respond(GenerationOut, gen, 202, {"Location": generation_path(generation_id)})
 
 
-def _queue(gen: Generation, asset_id: int, options: dict) -> None:
-    """The request, and its stage pending (added, or reset from the last refine)."""
-    asked = {"assetId": asset_id, "askedAt": utcnow().isoformat(), **options}
+def _key(payload: dict) -> dict[str, str]:
+    """The request's Idempotency-Key and hash, as the refine request keeps them."""
+    key = idempotency_key()
+    return {"idempotencyKey": key, "requestHash": request_hash(payload)} if key else {}
+
+
+def _asked_before(gen: Generation, key: dict[str, str]) -> bool:
+    """Whether the generation's latest refine was asked with this key (then
+    this is its retry: answered, nothing queued again); 409 if the key came
+    with another request."""
+    asked = (gen.pipeline_data or {}).get(LATE_REQUEST) or {}
+    if asked.get("idempotencyKey") != key["idempotencyKey"]:
+        return False
+    if asked.get("requestHash") != key["requestHash"]:
+        raise ApiError(
+            409,
+            "idempotency_conflict",
+            "this Idempotency-Key was already used with a different request",
+        )
+    return True
+
+
+def _queue(gen: Generation, asset_id: int, options: dict, key: dict[str, str]) -> None:
+    """The request (with its Idempotency-Key, if any), and its stage pending
+    (added, or reset from the last refine)."""
+    asked = {"assetId": asset_id, "askedAt": utcnow().isoformat(), **options, **key}
     gen.pipeline_data = {**(gen.pipeline_data or {}), LATE_REQUEST: asked}
     stage = next((st for st in gen.stages if st.name == LATE_STAGE), None)
     if stage is None:
