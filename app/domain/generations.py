@@ -28,8 +28,10 @@ from app.domain.states import (
     S_PENDING,
     S_RUNNING,
     STAGE_DONE,
+    WAITING,
     IllegalTransition,
     clear_holds,
+    set_stage_status,
     set_status,
 )
 from app.pipeline import ALL_STAGES, stages_for
@@ -202,6 +204,20 @@ def cancel(gen: Generation) -> None:
     for s in gen.stages:
         if s.status == S_RUNNING:
             s.error = "canceled while running"
+            if (s.output or {}).get(WAITING):  # parked: no copy works on it to end it
+                give_up_canceled(s)
+
+
+def give_up_canceled(stage: GenerationStage) -> None:
+    """Fail a running stage of a canceled generation whose work was given up
+    (parked on a provider, or its copy stopped at a checkpoint): nothing else
+    would end it, and it would show running for ever."""
+    set_stage_status(stage, S_FAILED)
+    stage.error, stage.finished_at = "canceled while running", utcnow()
+    if stage.started_at is not None:
+        started = stage.started_at
+        started = started if started.tzinfo else started.replace(tzinfo=UTC)  # SQLite: naive
+        stage.duration_ms = max(0, round((stage.finished_at - started).total_seconds() * 1000))
 
 
 def prepare_retry(gen: Generation, timeout: float) -> str:

@@ -16,9 +16,10 @@ from datetime import datetime, timedelta
 from sqlalchemy.orm import Session
 
 from app.domain import spend
-from app.domain.generations import first_unfinished, new_stages
+from app.domain.generations import first_unfinished, give_up_canceled, new_stages
 from app.domain.models import Generation, GenerationStage, utcnow
 from app.domain.states import (
+    CANCELED,
     FAILED,
     FINAL,
     LATE_REQUEST,
@@ -26,6 +27,7 @@ from app.domain.states import (
     RETRY_AT,
     S_FAILED,
     S_PENDING,
+    S_RUNNING,
     WAITING,
     ended_for,
     refining,
@@ -116,6 +118,25 @@ def fail_or_retry(
         due = utcnow() + timedelta(seconds=retry_in)
         stage.output = {**(stage.output or {}), RETRY_AT: due.isoformat()}
     return Outcome(True, countdown)
+
+
+def stop_canceled(
+    session: Session,
+    settings: Settings,
+    generation_id: str,
+    name: str,
+    task_id: str | None,
+    after: After,
+) -> Outcome:
+    """This copy stopped at a checkpoint: its generation was canceled. The
+    stage it held, still running, is given up (its paid work is canceled)."""
+    gen = lease.lock(session, generation_id)
+    stage = gen.stage(name) if gen is not None and gen.status == CANCELED else None
+    if stage is not None and stage.status == S_RUNNING and stage.task_id == task_id:
+        give_up_canceled(stage)
+        ms = stage.duration_ms
+        after.append(lambda: events.stage_changed(settings, generation_id, name, S_FAILED, ms))
+    return STOP
 
 
 def end_failed(

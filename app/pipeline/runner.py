@@ -56,6 +56,7 @@ from app.pipeline.endings import (
     elapsed_ms,
     end_failed,
     fail_or_retry,
+    stop_canceled,
     wait,
 )
 from app.platform import events
@@ -119,7 +120,7 @@ def _work(ctx: StageContext, name: str, task_id: str | None, attempt: int) -> Ou
         log.info("%s: %s stopped: %s", gen_id, name, exc)
         session.rollback()
         cancel_remote(settings, ctx.generation)  # what it paid for as the cancel came
-        return STOP
+        return transaction(session, stop_canceled, settings, gen_id, name, task_id)
     except StageLeaseLost as exc:
         log.warning("%s: %s stopped: %s", gen_id, name, exc)
         return STOP

@@ -1,0 +1,80 @@
+"""A canceled generation shows no stage running for ever: a stage parked on
+a provider when the cancel comes, or whose copy stops at its checkpoint
+because of it, is failed ("canceled while running"), its predictions
+canceled. Runs the real ``replicate`` SDK against the fake."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.domain.generations import cancel
+from app.domain.models import Generation
+from app.pipeline import ALL_STAGES
+from app.pipeline.runner import run_stage
+from app.providers.replicate import ReplicateModel
+from tests.conftest import REPLICATE_TOKEN as TOKEN
+from tests.support.pipeline import load, run_through, services, stages_by_name, submit_prompt
+
+
+@pytest.fixture
+def fake(replicate_fake):
+    return replicate_fake
+
+
+@pytest.fixture
+def app_config(app_config, fake):
+    return {
+        **app_config,
+        "REPLICATE_API_TOKEN": TOKEN,
+        "REPLICATE_BASE_URL": fake.url,
+        "BFF_PROVIDER_POLL_SECONDS": "0.05",
+    }
+
+
+def generate(app, gen_id: str):
+    s = services(app)
+    return run_stage(s.db, s.settings, s.storage, gen_id, "generate", task_id="t-generate")
+
+
+def canceled_generate(gen: dict) -> dict:
+    assert gen["status"] == "canceled"
+    stage = stages_by_name(gen)["generate"]
+    assert (stage["status"], stage["error"]) == ("failed", "canceled while running"), stage
+    assert stage["finishedAt"] and stage["durationMs"] is not None
+    return stage
+
+
+def test_a_stage_parked_on_a_provider_is_failed_by_the_cancel(app, client, user, fake):
+    gen_id = submit_prompt(client, user.headers, "red dress", provider="google-imagen")
+    run_through(app, gen_id, ALL_STAGES[:5])
+    fake.latency = 30.0
+    assert generate(app, gen_id).retry_in is not None  # parked on its prediction
+    resp = client.post(f"/api/generate/{gen_id}/cancel", headers=user.headers)
+    assert resp.status_code == 200
+    canceled_generate(resp.get_json())  # at once, in the cancel's own answer
+    assert not generate(app, gen_id).proceed  # its countdown's run stops
+    canceled_generate(load(app, gen_id))
+    [pid] = fake.predictions
+    assert fake.render(pid)["status"] == "canceled"
+
+
+def test_a_copy_stopped_at_its_checkpoint_by_the_cancel_fails_its_stage(
+    app, client, user, fake, monkeypatch
+):
+    gen_id = submit_prompt(client, user.headers, "red dress", provider="google-imagen")
+    run_through(app, gen_id, ALL_STAGES[:5])
+    fake.latency = 30.0
+    create = ReplicateModel._create
+
+    def create_as_the_cancel_comes(self, request, fields):
+        prediction = create(self, request, fields)
+        with services(app).db.session() as session:  # the cancel, as the API makes it
+            cancel(session.get(Generation, gen_id))
+        return prediction
+
+    monkeypatch.setattr(ReplicateModel, "_create", create_as_the_cancel_comes)
+    out = generate(app, gen_id)
+    assert not out.proceed and out.retry_in is None
+    canceled_generate(load(app, gen_id))
+    [pid] = fake.predictions
+    assert fake.render(pid)["status"] == "canceled"  # what it paid for is stopped
