@@ -58,6 +58,23 @@ def test_a_json_array_of_requests_is_the_batch_too(tmp_path):
 
 
 @pytest.mark.parametrize(
+    "name,text",
+    [
+        ("looks.json", '["a red coat", {"prompt": "a navy blazer", "settings": {"count": 2}}]'),
+        ("looks.jsonl", '"a red coat"\n{"prompt": "a navy blazer", "settings": {"count": 2}}\n'),
+    ],
+)
+def test_a_prompt_alone_is_a_request_in_json_too(tmp_path, name, text):
+    """Was sent as is, and refused as "not a valid dictionary or PromptSubmit"."""
+    path = tmp_path / name
+    path.write_text(text)
+    assert read_items(path) == [
+        {"prompt": "a red coat"},
+        {"prompt": "a navy blazer", "settings": {"count": 2}},
+    ]
+
+
+@pytest.mark.parametrize(
     "name,text,says",
     [
         ("prompts.txt", "Prompt\tsize\nlinen shirt\t16:9\n", "looks like a header row"),

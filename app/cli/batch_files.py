@@ -148,12 +148,17 @@ def _csv_rows(lines: list[tuple[int, str]]) -> Batch:
     return items, sources
 
 
+def _request(item: Any) -> Any:
+    """A JSON item: a request object as it is, a prompt alone as its request."""
+    return {"prompt": item} if isinstance(item, str) else item
+
+
 def _json_lines(path: Path, text: str) -> Batch:
     items, sources = [], []
     for n, line in enumerate(text.splitlines(), 1):
         if line.strip():
             try:
-                items.append(json.loads(line))
+                items.append(_request(json.loads(line)))
             except json.JSONDecodeError as exc:
                 raise click.ClickException(
                     f"{path}: line {n} is not JSON: {exc.msg} (column {exc.colno})"
@@ -169,7 +174,7 @@ def read_batch(path: Path) -> Batch:
         if not text.lstrip().startswith("["):
             return _json_lines(path, text)
         try:  # one JSON array of request objects
-            items = list(json.loads(text))
+            items = [_request(item) for item in json.loads(text)]
         except json.JSONDecodeError as exc:
             raise click.ClickException(f"{path}: not a JSON array: {exc}") from None
         return items, [None] * len(items)
