@@ -171,6 +171,22 @@ def test_ctrl_c_while_waiting_says_the_job_goes_on_and_how_to_look(api, command)
     assert shown.exit_code == 0 and shown.output.startswith(gen_id), shown.output
 
 
+def test_ctrl_c_while_a_batch_is_followed_says_it_goes_on(api, tmp_path):
+    looks = tmp_path / "looks.txt"
+    looks.write_text("linen shirt\nwool coat\n")
+    proc = start(api, "batch", str(looks), "--wait")
+    batch_id = proc.first_line.split()[1].rstrip(":")
+    try:
+        assert batch_id.startswith("bat_"), proc.first_line + proc.stderr.read()
+        time.sleep(1)  # following the batch
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert err.endswith(f"stopped waiting; {batch_id} goes on: bff batch download {batch_id} DIR\n")
+
+
 def test_generate_wait_gives_each_image_its_id_beside_its_url(api):
     proc = start(api, "generate", "ivory linen shirt", "--count", "2", "--wait")
     gen_id = proc.first_line.split()[-1]

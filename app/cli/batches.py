@@ -87,8 +87,14 @@ def submit(
         f"submitted {accepted['id']}: {total} generation{'s' * (total != 1)}, "
         f"at most ${accepted['estimatedCost']:.2f}"
     )
-    if wait:
+    if not wait:
+        return
+    try:
         _follow(accepted["id"], accepted["total"], timeout)
+    except KeyboardInterrupt:  # only the waiting stops, as for bff generate --wait
+        batch = accepted["id"]
+        click.echo(f"stopped waiting; {batch} goes on: bff batch download {batch} DIR", err=True)
+        raise click.exceptions.Exit(130) from None
 
 
 def _follow(batch_id: str, total: int, timeout: float) -> None:
