@@ -78,3 +78,27 @@ def test_a_copy_stopped_at_its_checkpoint_by_the_cancel_fails_its_stage(
     canceled_generate(load(app, gen_id))
     [pid] = fake.predictions
     assert fake.render(pid)["status"] == "canceled"  # what it paid for is stopped
+
+
+def test_a_copy_that_finds_its_job_canceled_as_it_waits_again_fails_its_stage(
+    app, client, user, fake, monkeypatch
+):
+    """Resumed from its countdown (the parked mark cleared), it looks at its
+    prediction, still running, as the cancel commits: it must not just stop."""
+    gen_id = submit_prompt(client, user.headers, "red dress", provider="google-imagen")
+    run_through(app, gen_id, ALL_STAGES[:5])
+    fake.latency = 30.0
+    assert generate(app, gen_id).retry_in is not None  # parked on its prediction
+    look = ReplicateModel._wait
+
+    def look_as_the_cancel_comes(self, ids):
+        try:
+            return look(self, ids)  # still processing: it will wait again
+        finally:
+            with services(app).db.session() as session:
+                cancel(session.get(Generation, gen_id))
+
+    monkeypatch.setattr(ReplicateModel, "_wait", look_as_the_cancel_comes)
+    out = generate(app, gen_id)  # its countdown's run
+    assert not out.proceed and out.retry_in is None
+    canceled_generate(load(app, gen_id))

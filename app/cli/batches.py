@@ -103,7 +103,7 @@ def _follow(batch_id: str, total: int, timeout: float) -> None:
         done = 0
         while True:
             shown = _json("GET", f"/api/batches/{batch_id}")
-            finished = sum(shown["counts"][s] for s in (*FINAL, "deleted"))
+            finished = sum(shown["counts"].get(s, 0) for s in (*FINAL, "deleted"))
             bar.update(finished - done)
             done = finished
             if shown["status"] not in ("pending", "processing"):

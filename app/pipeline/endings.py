@@ -64,14 +64,15 @@ def wait(
     name: str,
     task_id: str | None,
     exc: StageWaiting,
-    after: After,  # nothing to announce: the stage is still running
+    after: After,
 ) -> Outcome:
     """The stage is waiting (a provider working, a rate-limit token not yet
     free): keep what it asked to keep, renew the lease, run it again later."""
     gen = lease.lock(session, generation_id)
     if gen is None:
         return GONE
-    if ended_for(gen, name):
+    if ended_for(gen, name):  # e.g. canceled as it looked at its provider
+        _give_up_if_canceled(settings, gen, name, task_id, after)
         return STOP
     stage = gen.stage(name)
     if task_id is not None and stage.task_id != task_id:
@@ -128,15 +129,26 @@ def stop_canceled(
     task_id: str | None,
     after: After,
 ) -> Outcome:
-    """This copy stopped at a checkpoint: its generation was canceled. The
-    stage it held, still running, is given up (its paid work is canceled)."""
+    """This copy stopped at a checkpoint: its generation was canceled."""
     gen = lease.lock(session, generation_id)
-    stage = gen.stage(name) if gen is not None and gen.status == CANCELED else None
-    if stage is not None and stage.status == S_RUNNING and stage.task_id == task_id:
-        give_up_canceled(stage)
-        ms = stage.duration_ms
-        after.append(lambda: events.stage_changed(settings, generation_id, name, S_FAILED, ms))
+    if gen is not None:
+        _give_up_if_canceled(settings, gen, name, task_id, after)
     return STOP
+
+
+def _give_up_if_canceled(
+    settings: Settings, gen: Generation, name: str, task_id: str | None, after: After
+) -> None:
+    """A copy that stops because its generation was canceled (at a checkpoint,
+    or about to wait again) gives up the stage it holds, still running: nothing
+    else would end it (its paid work is canceled)."""
+    if gen.status != CANCELED:
+        return
+    stage = gen.stage(name)
+    if stage.status == S_RUNNING and stage.task_id == task_id:
+        give_up_canceled(stage)
+        gen_id, ms = gen.id, stage.duration_ms
+        after.append(lambda: events.stage_changed(settings, gen_id, name, S_FAILED, ms))
 
 
 def end_failed(
