@@ -166,9 +166,11 @@ def replay(
         )
     ).one_or_none()
     if prior is not None and getattr(prior, hash_column) != req_hash:
-        raise ApiError(
-            409,
-            "idempotency_conflict",
-            "this Idempotency-Key was already used with a different request",
-        )
+        raise key_reused()
     return prior
+
+
+def key_reused() -> ApiError:
+    """The 409 for an Idempotency-Key that came with another request first."""
+    message = "this Idempotency-Key was already used with a different request"
+    return ApiError(409, "idempotency_conflict", message)

@@ -18,7 +18,7 @@ from flask import Blueprint, g
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.api.auth import load_user
-from app.api.common import idempotency_key, json_body, request_hash, services
+from app.api.common import idempotency_key, json_body, key_reused, request_hash, services
 from app.api.errors import ApiError, not_found
 from app.api.responses import GenerationOut, generation_path, respond
 from app.api.schemas import RefineIn, parse
@@ -112,11 +112,7 @@ def _asked_before(gen: Generation, key: dict[str, str]) -> bool:
     if asked.get("idempotencyKey") != key["idempotencyKey"]:
         return False
     if asked.get("requestHash") != key["requestHash"]:
-        raise ApiError(
-            409,
-            "idempotency_conflict",
-            "this Idempotency-Key was already used with a different request",
-        )
+        raise key_reused()
     return True
 
 

@@ -214,10 +214,16 @@ def give_up_canceled(stage: GenerationStage) -> None:
     would end it, and it would show running for ever."""
     set_stage_status(stage, S_FAILED)
     stage.error, stage.finished_at = "canceled while running", utcnow()
-    if stage.started_at is not None:
-        started = stage.started_at
-        started = started if started.tzinfo else started.replace(tzinfo=UTC)  # SQLite: naive
-        stage.duration_ms = max(0, round((stage.finished_at - started).total_seconds() * 1000))
+    stage.duration_ms = elapsed_ms(stage)
+
+
+def elapsed_ms(stage: GenerationStage) -> int | None:
+    """How long the stage has run, in ms (None: it never started)."""
+    if stage.started_at is None:
+        return None
+    started = stage.started_at
+    started = started if started.tzinfo else started.replace(tzinfo=UTC)  # SQLite: naive
+    return max(0, round((utcnow() - started).total_seconds() * 1000))
 
 
 def prepare_retry(gen: Generation, timeout: float) -> str:

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from sqlalchemy.orm import Session
 
 from app.domain import spend
-from app.domain.generations import first_unfinished, give_up_canceled, new_stages
+from app.domain.generations import elapsed_ms, first_unfinished, give_up_canceled, new_stages
 from app.domain.models import Generation, GenerationStage, utcnow
 from app.domain.states import (
     CANCELED,
@@ -249,9 +249,3 @@ def backoff(attempt: int, retry_after: float | None = None) -> float:
     """Exponential backoff with full jitter, never shorter than the server asked."""
     delay = random.uniform(0.5, 1.0) * min(60.0, 2.0**attempt)
     return max(delay, retry_after or 0.0)
-
-
-def elapsed_ms(stage: GenerationStage) -> int | None:
-    if stage.started_at is None:
-        return None
-    return max(0, round((utcnow() - lease.aware(stage.started_at)).total_seconds() * 1000))
