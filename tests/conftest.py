@@ -296,3 +296,20 @@ def replicate_fake(replicate_server):
     replicate_server.reset()
     replicate_server.latency, replicate_server.starting_s = 0.3, 0.05
     return replicate_server
+
+
+@pytest.fixture
+def fake(replicate_fake):
+    """The fake Replicate, as the tests that drive it call it."""
+    return replicate_fake
+
+
+def on_replicate(app_config: dict[str, str], fake) -> dict[str, str]:
+    """``app_config`` on the fake Replicate, its polls quick (a module's
+    ``app_config`` fixture returns this to run its app's paid stages there)."""
+    return {
+        **app_config,
+        "REPLICATE_API_TOKEN": REPLICATE_TOKEN,
+        "REPLICATE_BASE_URL": fake.url,
+        "BFF_PROVIDER_POLL_SECONDS": "0.05",
+    }

@@ -12,23 +12,13 @@ from app.domain.models import Generation
 from app.pipeline import ALL_STAGES
 from app.pipeline.runner import run_stage
 from app.providers.replicate import ReplicateModel
-from tests.conftest import REPLICATE_TOKEN as TOKEN
+from tests.conftest import on_replicate
 from tests.support.pipeline import load, run_through, services, stages_by_name, submit_prompt
 
 
 @pytest.fixture
-def fake(replicate_fake):
-    return replicate_fake
-
-
-@pytest.fixture
 def app_config(app_config, fake):
-    return {
-        **app_config,
-        "REPLICATE_API_TOKEN": TOKEN,
-        "REPLICATE_BASE_URL": fake.url,
-        "BFF_PROVIDER_POLL_SECONDS": "0.05",
-    }
+    return on_replicate(app_config, fake)
 
 
 def generate(app, gen_id: str):

@@ -148,6 +148,19 @@ def assets_shown(stdout: str) -> list[tuple[str, str]]:
     return [(lines[i - 1], line) for i, line in enumerate(lines) if URL.fullmatch(line)]
 
 
+def ctrl_c(proc: subprocess.Popen, job_id: str) -> str:
+    """Ctrl-C once ``proc`` follows ``job_id``; it must exit 130. Its stderr."""
+    try:
+        assert job_id in proc.first_line, proc.first_line + proc.stderr.read()
+        time.sleep(1)  # following the job
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    return err
+
+
 @pytest.mark.parametrize("command", ["generate", "refine"])
 def test_ctrl_c_while_waiting_says_the_job_goes_on_and_how_to_look(api, command):
     if command == "generate":
@@ -158,14 +171,7 @@ def test_ctrl_c_while_waiting_says_the_job_goes_on_and_how_to_look(api, command)
         gen_id = gen["id"]
         asset = str(gen["assets"][0]["id"])
         proc = start(api, "refine", gen_id, asset, "--upscale", "2", "--wait")
-    try:
-        assert gen_id in proc.first_line, proc.first_line + proc.stderr.read()
-        time.sleep(1)  # following the stream
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=20)
-    finally:
-        proc.kill()
-    assert proc.returncode == 130, err
+    err = ctrl_c(proc, gen_id)
     assert err == f"stopped waiting; {gen_id} goes on: bff generations show {gen_id}\n"
     shown = bff(api, "generations", "show", gen_id)
     assert shown.exit_code == 0 and shown.output.startswith(gen_id), shown.output
@@ -176,14 +182,8 @@ def test_ctrl_c_while_a_batch_is_followed_says_it_goes_on(api, tmp_path):
     looks.write_text("linen shirt\nwool coat\n")
     proc = start(api, "batch", str(looks), "--wait")
     batch_id = proc.first_line.split()[1].rstrip(":")
-    try:
-        assert batch_id.startswith("bat_"), proc.first_line + proc.stderr.read()
-        time.sleep(1)  # following the batch
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=20)
-    finally:
-        proc.kill()
-    assert proc.returncode == 130, err
+    assert batch_id.startswith("bat_"), proc.first_line
+    err = ctrl_c(proc, batch_id)
     assert err.endswith(f"stopped waiting; {batch_id} goes on: bff batch download {batch_id} DIR\n")
 
 

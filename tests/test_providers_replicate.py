@@ -16,11 +16,6 @@ from app.providers.replicate import ReplicateModel
 from tests.conftest import REPLICATE_TOKEN as TOKEN
 
 
-@pytest.fixture
-def fake(replicate_fake):
-    return replicate_fake
-
-
 def settings(fake, token: str = TOKEN) -> Settings:
     return Settings.from_env({"REPLICATE_API_TOKEN": token, "REPLICATE_BASE_URL": fake.url})
 

@@ -23,23 +23,14 @@ from app.providers.base import Job, ProviderPending
 from app.providers.refiners import BACKGROUND_REMOVER, UPSCALER, RefineOp, ReplicateRefiner, Task
 from app.providers.replicate import ReplicateModel, client_for, replicate_errors
 from tests.conftest import REPLICATE_TOKEN as TOKEN
+from tests.conftest import on_replicate
 from tests.fakes import replicate_models as versions
 from tests.support.pipeline import load, run_through, services, stages_by_name, submit_prompt
 
 
 @pytest.fixture
-def fake(replicate_fake):
-    return replicate_fake
-
-
-@pytest.fixture
 def app_config(app_config, fake):
-    return {
-        **app_config,
-        "REPLICATE_API_TOKEN": TOKEN,
-        "REPLICATE_BASE_URL": fake.url,
-        "BFF_PROVIDER_POLL_SECONDS": "0.05",
-    }
+    return on_replicate(app_config, fake)
 
 
 IMAGE = object()  # stands for the URL of an uploaded file

@@ -17,8 +17,7 @@ from app.domain import spend
 from app.domain.models import Generation, User
 from app.pipeline import ALL_STAGES
 from app.pipeline.runner import run_stage
-from tests.conftest import REPLICATE_TOKEN as TOKEN
-from tests.conftest import make_user
+from tests.conftest import make_user, on_replicate
 from tests.support.locks import pg_url, wait_until_blocked_by
 from tests.support.pipeline import (
     load,
@@ -33,18 +32,8 @@ IMAGE = Decimal("0.06")  # google-imagen's price of one image
 
 
 @pytest.fixture
-def fake(replicate_fake):
-    return replicate_fake
-
-
-@pytest.fixture
 def app_config(app_config, fake):
-    return {
-        **app_config,
-        "REPLICATE_API_TOKEN": TOKEN,
-        "REPLICATE_BASE_URL": fake.url,
-        "BFF_PROVIDER_POLL_SECONDS": "0.05",
-    }
+    return on_replicate(app_config, fake)
 
 
 def set_cap(app, user, usd: str) -> None:
