@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from app import create_app
+from app.domain import spend
 from app.domain.models import Generation
 from app.pipeline import STAGE_FUNCS
 from app.pipeline.context import StageFailed
@@ -74,7 +75,8 @@ def test_health_503_when_the_database_is_unreachable(app_config, url):
 
 def set_cost(app, gen_id: str, cost: str) -> None:
     with services(app).db.session() as session:
-        session.get(Generation, gen_id).cost = Decimal(cost)
+        gen = session.get(Generation, gen_id)
+        spend.charge(session, gen, Decimal(cost), gen.provider, "generate")  # as generate does
 
 
 def test_stats(app, client, user, other_user, monkeypatch):

@@ -183,7 +183,7 @@ def set_cap(app, user, usd: str, spent: str | None = None) -> None:
         session.get(User, user.id).daily_spend_cap = Decimal(usd)
         if spent is not None:
             gen = session.scalars(select(Generation).where(Generation.user_id == user.id)).first()
-            gen.cost = Decimal(spent)
+            spend.charge(session, gen, Decimal(spent), "google-imagen", "generate")
 
 
 @pytest.fixture

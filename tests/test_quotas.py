@@ -7,6 +7,7 @@ from decimal import Decimal
 import pytest
 
 from app import create_app
+from app.domain import spend
 from app.domain.models import Generation, User
 from tests.conftest import make_user
 
@@ -58,7 +59,7 @@ def test_daily_spend_cap(app_config, runner):
     assert submit_paid().status_code == 202
     with app.extensions["bff"].db.session() as session:
         gen = session.query(Generation).filter_by(user_id=user.id).one()
-        gen.cost = Decimal("0.12")
+        spend.charge(session, gen, Decimal("0.12"), "google-imagen", "generate")
         assert session.get(User, user.id).daily_spend_cap == Decimal("0.10")
     resp = submit_paid()
     assert resp.status_code == 403

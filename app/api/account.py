@@ -11,7 +11,7 @@ from app.api.auth import load_user
 from app.api.common import services
 from app.api.ops_responses import StatsOut, WebhookSecretOut
 from app.api.responses import respond
-from app.domain import insights
+from app.domain import insights, spend
 from app.domain.models import Generation, GenerationStage, User
 from app.webhooks import ensure_secret
 
@@ -22,11 +22,6 @@ bp.before_request(load_user)
 TOTALS = text(
     "SELECT total_generations, completed, failed, canceled, in_progress, total_assets,"
     " total_cost, avg_duration_seconds FROM user_generation_stats WHERE user_id = :u"
-)
-COST_BY_DAY = text(
-    "SELECT created_day, provider, SUM(cost) FROM generation_summary"
-    " WHERE user_id = :u AND provider IS NOT NULL GROUP BY created_day, provider"
-    " ORDER BY created_day"
 )
 COUNTS = ("total_generations", "completed", "failed", "canceled", "in_progress", "total_assets")
 
@@ -40,7 +35,7 @@ def stats():
         row = session.execute(TOTALS, {"u": g.user_id}).mappings().one_or_none() or {}
         stages = insights.stage_durations(session, g.user_id)
         by_day: dict[str, dict[str, float]] = defaultdict(dict)
-        for day, provider, cost in session.execute(COST_BY_DAY, {"u": g.user_id}):
+        for day, provider, cost in session.execute(spend.paid_by_day(session, g.user_id)):
             by_day[str(day)][provider] = round(float(cost or 0), 4)
         by_table = session.execute(
             select(table, func.sum(Generation.cost))

@@ -45,8 +45,11 @@ class StageDuration(Out):
 
 
 class DayCost(Out):
+    """What was paid on a UTC day (the day the daily cap counts it), deleted
+    generations and refines of older ones included."""
+
     day: str
-    by_provider: dict[str, float]
+    by_provider: dict[str, float] = Field(description="USD by who was paid")
     total: float
 
 

@@ -6,24 +6,25 @@
   the ``generations`` table (index on user_id, created_at), so it holds across
   every API process with or without Redis. Over it: 429 with ``Retry-After``.
 - Daily spend cap: ``users.daily_spend_cap`` (USD, optional; set with
-  ``bff users cap NAME AMOUNT``). Once today's (UTC) cost reaches it, or a
-  request's estimate would pass it, submissions that may cost anything are
+  ``bff users cap NAME AMOUNT``). Once what was paid today (UTC) reaches it,
+  or a request's estimate would pass it, submissions that may cost anything are
   refused with 403 ``budget_exceeded`` (the rule: ``spend.over_cap``); free
   work (the local provider) never is. What running jobs hold against the
-  cap counts as spent (``spend.hold``).
+  cap counts as spent (``spend.hold``); what was paid is the ledger of
+  ``spend.charge``, so deleting a generation gives nothing back.
 """
 
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, timedelta
 
 from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
 from app.api.errors import ApiError
 from app.domain.models import Generation, User, utcnow
-from app.domain.spend import over_cap
+from app.domain.spend import SPENT, db_time, midnight, over_cap
 from app.platform.config import Settings
 
 
@@ -31,7 +32,7 @@ def _quota_statement():
     """Built once, its parameters bound per call: the user's submissions in the
     rate window (as many as the limit at most: index user_id, created_at), the
     oldest of them, the user's daily cap and today's spend, with what is held
-    (summed only when there is a cap)."""
+    (``spend.SPENT``, summed only when there is a cap)."""
     mine = Generation.user_id == bindparam("user_id")
     recent = (
         select(Generation.created_at)
@@ -40,11 +41,7 @@ def _quota_statement():
         .subquery()
     )
     cap = select(User.daily_spend_cap).where(User.id == bindparam("user_id")).scalar_subquery()
-    spent = (
-        select(func.coalesce(func.sum(Generation.cost + Generation.cost_held), 0))
-        .where(mine, Generation.created_at >= bindparam("midnight"), cap.is_not(None))
-        .scalar_subquery()
-    )
+    spent = select(SPENT).where(cap.is_not(None)).scalar_subquery()
     return select(func.count(), func.min(recent.c.created_at), cap, spent).select_from(recent)
 
 
@@ -59,11 +56,10 @@ def check_submission(
     ``count``: how many generations the request makes (a batch's each count)."""
     limit, window = settings.submit_rate_limit
     now = utcnow()
-    midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
     params = {
         "user_id": user_id,
-        "since": _db_time(session, now - timedelta(seconds=window)),
-        "midnight": _db_time(session, midnight),
+        "since": db_time(session, now - timedelta(seconds=window)),
+        "midnight": db_time(session, midnight()),
         "limit": max(limit, 1),
     }
     recent, oldest, cap_usd, spent_usd = session.execute(QUOTA, params).one()
@@ -86,8 +82,3 @@ def check_submission(
     if why := over_cap(spent, cap, estimate, "request"):
         details = {"spent": round(spent, 4), "cap": round(cap, 4), "estimate": round(estimate, 4)}
         raise ApiError(403, "budget_exceeded", why, details)
-
-
-def _db_time(session: Session, dt: datetime) -> datetime:
-    # SQLite stores naive UTC; compare like with like.
-    return dt.replace(tzinfo=None) if session.get_bind().dialect.name == "sqlite" else dt

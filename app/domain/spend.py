@@ -1,35 +1,116 @@
 """Today's spend against a user's daily cap (``users.daily_spend_cap``), for
 work that pays after a generation was accepted.
 
-Today's spend is what today's generations cost plus what they hold: a stage
-that is about to pay holds its estimate (``generations.cost_held``) under the
-user's row lock, so stages paying at the same moment take turns at the cap
-and each counts the others. The hold becomes the cost when the stage records
-it, and is let go when the stage or its generation ends otherwise. The
+What was paid is a ledger (``charges``): a row for each payment a stage
+records, dated when it was paid and kept when its generation is deleted. So
+today's spend counts a refine of last week's generation today, and deleting a
+generation gives none of its spend back. Today's spend is what today's
+charges add up to plus what jobs hold: a stage that is about to pay holds its
+estimate (``generations.cost_held``) under the user's row lock, so stages
+paying at the same moment take turns at the cap and each counts the others.
+The hold becomes a charge (and the generation's ``cost``) when the stage
+records it, and is let go when the stage or its generation ends otherwise. The
 refine route checks the cap before it queues one; submissions go through
-``quotas.check_submission``, which counts the same way."""
+``quotas.check_submission``, which counts the same way (``SPENT``)."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import (
+    Date,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    Numeric,
+    Select,
+    String,
+    bindparam,
+    cast,
+    func,
+    select,
+)
+from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from app.domain.models import Generation, User, utcnow
+from app.domain.models import Base, Generation, User, utcnow
+
+
+class Charge(Base):
+    """One payment a stage recorded. No foreign key to its generation: a
+    deleted generation's payments still count (the cap, the cost metric)."""
+
+    __tablename__ = "charges"
+    __table_args__ = (Index("ix_charges_user_created", "user_id", "created_at"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    generation_id: Mapped[str] = mapped_column(String(40))
+    provider: Mapped[str] = mapped_column(String(40))  # who was paid
+    what: Mapped[str] = mapped_column(String(20))  # the stage: generate, refine
+    amount: Mapped[Decimal] = mapped_column(Numeric(10, 4))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+def _spent_statement():
+    """Built once: the user's charges since ``midnight`` plus what their jobs
+    hold now (a partial index finds the few generations holding anything)."""
+    user = bindparam("user_id")
+    paid = select(func.coalesce(func.sum(Charge.amount), 0)).where(
+        Charge.user_id == user, Charge.created_at >= bindparam("midnight")
+    )
+    held = select(func.coalesce(func.sum(Generation.cost_held), 0)).where(
+        Generation.user_id == user, Generation.cost_held > 0
+    )
+    return paid.scalar_subquery() + held.scalar_subquery()
+
+
+SPENT = _spent_statement()  # parameters: user_id, midnight (``db_time``)
+
+
+def charge(session: Session, gen: Generation, amount: Decimal, provider: str, what: str) -> None:
+    """Record what ``what`` (a stage of ``gen``) paid ``provider``: a charge,
+    added to the generation's cost, in the stage's record; the hold is let go."""
+    if amount > 0:
+        session.add(
+            Charge(
+                user_id=gen.user_id,
+                generation_id=gen.id,
+                provider=provider,
+                what=what,
+                amount=amount,
+            )
+        )
+        gen.cost = (gen.cost or Decimal("0")) + amount
+    release(gen)
+
+
+def paid_by_day(session: Session, user_id: int) -> Select:
+    """What the user paid each (UTC) day, by provider: (day, provider, USD)."""
+    at = Charge.created_at
+    day = func.date(at) if session.get_bind().dialect.name == "sqlite" else cast(at, Date)
+    return (
+        select(day, Charge.provider, func.sum(Charge.amount))
+        .where(Charge.user_id == user_id)
+        .group_by(day, Charge.provider)
+        .order_by(day)
+    )
+
+
+def db_time(session: Session, dt: datetime) -> datetime:
+    """``dt`` as the database compares it (SQLite stores naive UTC)."""
+    return dt.replace(tzinfo=None) if session.get_bind().dialect.name == "sqlite" else dt
+
+
+def midnight() -> datetime:
+    """The start of today, UTC: the cap's day."""
+    return utcnow().replace(hour=0, minute=0, second=0, microsecond=0)
 
 
 def spent_today(session: Session, user_id: int) -> float:
-    """What the user's generations of today (UTC) cost and hold, in USD."""
-    midnight = utcnow().replace(hour=0, minute=0, second=0, microsecond=0)
-    if session.get_bind().dialect.name == "sqlite":
-        midnight = midnight.replace(tzinfo=None)  # SQLite stores naive UTC
-    spent = session.scalar(
-        select(func.coalesce(func.sum(Generation.cost + Generation.cost_held), 0)).where(
-            Generation.user_id == user_id, Generation.created_at >= midnight
-        )
-    )
-    return float(spent)
+    """What the user paid today (UTC) and what their jobs hold now, in USD."""
+    params = {"user_id": user_id, "midnight": db_time(session, midnight())}
+    return float(session.scalar(select(SPENT), params))
 
 
 def refusal(session: Session, user_id: int, estimate: float, what: str = "refine") -> str | None:

@@ -155,8 +155,7 @@ def run(ctx: StageContext) -> StageResult:
             ref["url"] = out.url
         outputs.append(ref)
     cost = Decimal(str(provider.price_for(request))) * len(outputs)
-    gen.cost = cost
-    spend.release(gen)  # held until now: the cost is recorded with the stage
+    spend.charge(ctx.session, gen, cost, provider_id, "generate")  # with the stage's record
     return StageResult(
         {
             "provider": provider_id,

@@ -116,8 +116,7 @@ def run(ctx: StageContext) -> StageResult:
         variants = _record(ctx, tasks, made, engine)
     except StorageError as exc:
         raise StageTransient(f"storage unavailable: {exc}") from exc
-    gen.cost = (gen.cost or Decimal("0")) + cost  # recorded with the stage, once
-    spend.release(gen)  # held until now
+    spend.charge(ctx.session, gen, cost, engine, "refine")  # with the stage's record, once
     return StageResult({"engine": engine, "variants": variants, "cost": float(cost), **meta})
 
 

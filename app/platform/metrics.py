@@ -4,13 +4,13 @@ From the database and the broker rather than in-process counters: the work
 happens in many gunicorn and Celery processes, and Postgres already holds
 every generation, stage timing, retry and cost, so one scrape of any web
 process gives the same complete numbers (no multiprocess directory, nothing
-lost on restart). Counters only go down when rows are deleted.
+lost on restart). Counters only go down when rows are deleted; the cost is
+the payments' ledger (``charges``), kept when generations are deleted.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
 from collections.abc import Iterator
 from typing import Any
 
@@ -26,6 +26,7 @@ from sqlalchemy import case, func, select
 
 from app.domain.bookkeeping import MaintenanceState, Provider
 from app.domain.models import Generation, GenerationStage
+from app.domain.spend import Charge
 from app.webhooks import WebhookDelivery
 
 log = logging.getLogger(__name__)
@@ -75,20 +76,21 @@ class DatabaseCollector:
         gens = GaugeMetricFamily(
             "bff_generations", "Generations by status and provider", labels=["status", "provider"]
         )
-        cost = CounterMetricFamily(
-            "bff_generation_cost_dollars", "Provider cost of generations", labels=["provider"]
-        )
-        per_provider: dict[str, float] = defaultdict(float)
-        for status, provider, n, spent in session.execute(
-            select(
-                Generation.status, Generation.provider, func.count(), func.sum(Generation.cost)
-            ).group_by(Generation.status, Generation.provider)
+        for status, provider, n in session.execute(
+            select(Generation.status, Generation.provider, func.count()).group_by(
+                Generation.status, Generation.provider
+            )
         ):
             gens.add_metric([status, provider or "none"], n)
-            per_provider[provider or "none"] += float(spent or 0)
-        for p, spent in per_provider.items():
-            cost.add_metric([p], spent)
         yield gens
+        cost = CounterMetricFamily(
+            "bff_generation_cost_dollars", "What stages paid providers", labels=["provider"]
+        )
+        paid = {pid: 0.0 for pid in session.scalars(select(Provider.id))}  # 0, not absent
+        spent = select(Charge.provider, func.sum(Charge.amount)).group_by(Charge.provider)
+        paid.update((provider, float(usd or 0)) for provider, usd in session.execute(spent))
+        for provider, usd in paid.items():
+            cost.add_metric([provider], usd)
         yield cost
 
     def _durations(self, session) -> Iterator[Metric]:

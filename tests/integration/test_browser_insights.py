@@ -78,6 +78,12 @@ def seeded(embedded):
                 " created_at = datetime(created_at, ?) WHERE id = ?",
                 (provider, cost, f"-{days} days", ids[i]),
             )
+            conn.execute(  # paid that day (``spend.charge``)
+                "INSERT INTO charges (user_id, generation_id, provider, what, amount, created_at)"
+                " SELECT user_id, id, provider, 'generate', cost, created_at"
+                " FROM generations WHERE id = ?",
+                (ids[i],),
+            )
     deadline = time.monotonic() + 60  # until the worker's feedback.apply tasks are done
     while unlearnt(embedded.db_path, ids):
         assert time.monotonic() < deadline, "the learner did not apply the feedback"

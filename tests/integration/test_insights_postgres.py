@@ -21,6 +21,7 @@ TABLES = {
     "generation_feedback",
     "personas",
     "prompt_token_scores",
+    "charges",
 }
 
 

@@ -126,9 +126,7 @@ def test_stats_on_postgres(stack):
     for stage in ("enhance", "route", "optimize", "generate", "store"):
         assert body["stageDurationsMs"][stage]["count"] >= 2
         assert body["stageDurationsMs"][stage]["avg"] >= 0
-    [day] = body["costByDay"]
-    assert set(day["byProvider"]) == {"local"}
-    assert day["total"] == 0.0  # the offline renderer is free
+    assert body["costByDay"] == []  # the offline renderer is free: nothing was paid
     # Stats are the caller's own.
     other = requests.get(
         f"{stack.base_url}/api/stats", headers=stack.user("stats-other").headers, timeout=5
