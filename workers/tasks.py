@@ -26,6 +26,7 @@ from app.pipeline.maintenance import (
     redispatch_stalled,
 )
 from app.pipeline.runner import run_stage
+from app.platform import metric_rollup
 
 log = logging.getLogger(__name__)
 
@@ -144,3 +145,8 @@ def redispatch_task() -> None:
 def sweep_storage_task() -> None:
     s = current_app.extensions["bff"]
     orphans.sweep(s.db, s.storage)
+
+
+@shared_task(name="maintenance.roll_up_metrics", acks_late=True)
+def roll_up_metrics_task() -> None:
+    current_app.extensions["bff"].db.transaction(metric_rollup.roll_up)

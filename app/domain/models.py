@@ -172,6 +172,8 @@ class GenerationStage(Base):
             postgresql_where=text(OPEN_REFINE),
             sqlite_where=text(OPEN_REFINE),
         ),
+        # What finished since the metrics' rollup (``metric_rollup``).
+        Index("ix_generation_stages_finished", "finished_at"),
     )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     # Looked up through the unique constraint's index (generation_id first).

@@ -42,7 +42,10 @@ class Charge(Base):
     deleted generation's payments still count (the cap, the cost metric)."""
 
     __tablename__ = "charges"
-    __table_args__ = (Index("ix_charges_user_created", "user_id", "created_at"),)
+    __table_args__ = (
+        Index("ix_charges_user_created", "user_id", "created_at"),
+        Index("ix_charges_created", "created_at"),  # since the metrics' rollup
+    )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     generation_id: Mapped[str] = mapped_column(String(40))

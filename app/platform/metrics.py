@@ -4,8 +4,9 @@ From the database and the broker rather than in-process counters: the work
 happens in many gunicorn and Celery processes, and Postgres already holds
 every generation, stage timing, retry and cost, so one scrape of any web
 process gives the same complete numbers (no multiprocess directory, nothing
-lost on restart). Counters only go down when rows are deleted; the cost is
-the payments' ledger (``charges``), kept when generations are deleted.
+lost on restart). The counters over all history (stage durations, retries,
+the cost from the payments' ledger) are rolled up by the maintenance beat
+(``metric_rollup``), so a scrape does not read every stage ever run.
 """
 
 from __future__ import annotations
@@ -22,36 +23,27 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     Metric,
 )
-from sqlalchemy import case, func, select
+from sqlalchemy import func, select
 
 from app.domain.bookkeeping import MaintenanceState, Provider
-from app.domain.models import Generation, GenerationStage
-from app.domain.spend import Charge
+from app.domain.models import Generation
+from app.platform import metric_rollup as rollup
+from app.platform.metric_rollup import Tally, totals
 from app.webhooks import WebhookDelivery
 
 log = logging.getLogger(__name__)
 
-# Stage and provider latencies span milliseconds (planning) to minutes (images).
-BUCKETS_S = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 QUEUES = ("pipeline", "generation")
 
 bp = Blueprint("metrics", __name__)
 
 
-def _histograms(session, group_col, where, name: str, doc: str, label: str) -> Metric:
-    """Durations (stored in ms) as a Prometheus histogram in seconds."""
-    ms = GenerationStage.duration_ms
-    cols = [func.sum(case((ms <= b * 1000, 1), else_=0)) for b in BUCKETS_S]
-    q = (
-        select(group_col, func.count(), func.sum(ms), *cols)
-        .join(Generation, Generation.id == GenerationStage.generation_id)
-        .where(ms.is_not(None), *where)
-        .group_by(group_col)
-    )
+def _histogram(series: list[tuple[str, Tally]], name: str, doc: str, label: str) -> Metric:
+    """Durations (ms) as a Prometheus histogram in seconds."""
     fam = HistogramMetricFamily(name, doc, labels=[label])
-    for key, count, total, *le in session.execute(q):
-        buckets = [(str(float(b)), int(n or 0)) for b, n in zip(BUCKETS_S, le, strict=True)]
-        fam.add_metric([str(key)], buckets + [("+Inf", int(count))], float(total or 0) / 1000.0)
+    for key, t in series:
+        buckets = [(str(float(b)), n) for b, n in zip(rollup.BUCKETS_S, t.buckets, strict=True)]
+        fam.add_metric([key], buckets + [("+Inf", t.count)], t.total / 1000.0)
     return fam
 
 
@@ -63,7 +55,7 @@ class DatabaseCollector:
         try:
             with self.services.db.session() as session:
                 yield from self._generations(session)
-                yield from self._durations(session)
+                yield from self._history(session)
                 yield from self._outcomes(session)
             up = 1
         except Exception as exc:  # the database is down: say so, keep serving the rest
@@ -83,29 +75,22 @@ class DatabaseCollector:
         ):
             gens.add_metric([status, provider or "none"], n)
         yield gens
-        cost = CounterMetricFamily(
-            "bff_generation_cost_dollars", "What stages paid providers", labels=["provider"]
-        )
-        paid = {pid: 0.0 for pid in session.scalars(select(Provider.id))}  # 0, not absent
-        spent = select(Charge.provider, func.sum(Charge.amount)).group_by(Charge.provider)
-        paid.update((provider, float(usd or 0)) for provider, usd in session.execute(spent))
-        for provider, usd in paid.items():
-            cost.add_metric([provider], usd)
-        yield cost
 
-    def _durations(self, session) -> Iterator[Metric]:
-        yield _histograms(
-            session,
-            GenerationStage.name,
-            [GenerationStage.status.in_(("completed", "skipped"))],
+    def _history(self, session) -> Iterator[Metric]:
+        """The counters over all history (``metric_rollup``)."""
+        tallies = totals(session)
+
+        def series(family: str) -> list[tuple[str, Tally]]:
+            return sorted((label, t) for (f, label), t in tallies.items() if f == family)
+
+        yield _histogram(
+            series(rollup.STAGES),
             "bff_stage_duration_seconds",
             "Duration of finished stages",
             "stage",
         )
-        yield _histograms(
-            session,
-            Generation.provider,
-            [GenerationStage.name == "generate", Generation.provider.is_not(None)],
+        yield _histogram(
+            series(rollup.PROVIDERS),
             "bff_provider_latency_seconds",
             "Duration of the generate stage (the provider call) by provider",
             "provider",
@@ -113,13 +98,17 @@ class DatabaseCollector:
         retries = CounterMetricFamily(
             "bff_stage_retries", "Stage attempts beyond the first", labels=["stage"]
         )
-        for name, extra in session.execute(
-            select(GenerationStage.name, func.sum(GenerationStage.attempts - 1))
-            .where(GenerationStage.attempts > 1)
-            .group_by(GenerationStage.name)
-        ):
-            retries.add_metric([name], int(extra or 0))
+        for name, tally in series(rollup.RETRIES):
+            retries.add_metric([name], tally.count)
         yield retries
+        cost = CounterMetricFamily(
+            "bff_generation_cost_dollars", "What stages paid providers", labels=["provider"]
+        )
+        paid = {pid: 0.0 for pid in session.scalars(select(Provider.id))}  # 0, not absent
+        paid.update((provider, tally.total) for provider, tally in series(rollup.COST))
+        for provider, usd in sorted(paid.items()):
+            cost.add_metric([provider], usd)
+        yield cost
 
     def _outcomes(self, session) -> Iterator[Metric]:
         calls = CounterMetricFamily(

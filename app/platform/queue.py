@@ -67,6 +67,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             },
             "webhooks-sweep": {"task": "webhooks.sweep", "schedule": 60.0},
             "storage-sweep": {"task": "maintenance.sweep_storage", "schedule": 60.0},
+            "metrics-rollup": {"task": "maintenance.roll_up_metrics", "schedule": 60.0},
         },
         "worker_hijack_root_logger": False,
     } | _transport_options(settings)
