@@ -170,6 +170,24 @@ def replay(
     return prior
 
 
+def request_key(payload: dict[str, Any]) -> dict[str, str]:
+    """This request's Idempotency-Key and hash, as a generation keeps them
+    with its latest request of a kind (``asked_before``); {} without a key."""
+    key = idempotency_key()
+    return {"idempotencyKey": key, "requestHash": request_hash(payload)} if key else {}
+
+
+def asked_before(asked: dict[str, Any] | None, key: dict[str, str]) -> bool:
+    """Whether ``asked`` (what a generation keeps of its latest refine,
+    cancel or retry) came with this request's key: this is its retry, to be
+    answered again and not acted on; 409 if the key came with another request."""
+    if not key or (asked or {}).get("idempotencyKey") != key["idempotencyKey"]:
+        return False
+    if asked.get("requestHash") != key["requestHash"]:
+        raise key_reused()
+    return True
+
+
 def key_reused() -> ApiError:
     """The 409 for an Idempotency-Key that came with another request first."""
     message = "this Idempotency-Key was already used with a different request"

@@ -14,8 +14,10 @@ from sqlalchemy.orm import Session
 
 from app.api.auth import load_user
 from app.api.common import (
+    asked_before,
     delete_with_objects,
     int_arg,
+    request_key,
     services,
 )
 from app.api.errors import ApiError, not_found
@@ -30,8 +32,10 @@ from app.domain import generations as svc
 from app.domain.feedback import feedback_state, state_of
 from app.domain.models import Generation, GenerationFeedback, standing_feedback
 from app.domain.states import (
+    CANCEL_REQUEST,
     FINAL,
     GENERATION_STATUSES,
+    RETRY_REQUEST,
     IllegalTransition,
 )
 from app.platform import events
@@ -179,39 +183,63 @@ def announce_stopped(stopped: list[Stopped]) -> None:
 
 @bp.post("/<generation_id>/cancel")
 def cancel(generation_id: str):
+    """With an Idempotency-Key, a retry of the cancel answers it again."""
+    key, stopped = request_key({}), None
     with services().db.session() as session:
         gen = load_owned(session, generation_id, lock=True)
-        try:
-            stopped = stop(session, gen)  # commits with the cancel
-        except IllegalTransition:
-            raise ApiError(409, "conflict", f"generation is already {gen.status}") from None
-    announce_stopped([stopped])
+        if not asked_before((gen.pipeline_data or {}).get(CANCEL_REQUEST), key):
+            try:
+                stopped = stop(session, gen)  # commits with the cancel
+            except IllegalTransition:
+                raise ApiError(409, "conflict", f"generation is already {gen.status}") from None
+            _keep(gen, CANCEL_REQUEST, key)
+    if stopped is not None:
+        announce_stopped([stopped])
     with services().db.session() as session:
         return respond(GenerationOut, load_owned(session, generation_id))
 
 
 @bp.post("/<generation_id>/retry")
 def retry(generation_id: str):
-    s = services()
+    """With an Idempotency-Key, a retry of this request answers it again and
+    resumes nothing twice (the generation's latest retry's key is kept)."""
+    s, key = services(), request_key({})
     with s.db.session() as session:
         gen = load_owned(session, generation_id, lock=True)
-        try:
-            first = svc.prepare_retry(gen, s.settings.generation_timeout)
-            stages = svc.stage_names(gen)
-        except IllegalTransition:
-            raise ApiError(
-                409, "conflict", f"only failed generations can be retried; this one is {gen.status}"
-            ) from None
+        replay = asked_before((gen.pipeline_data or {}).get(RETRY_REQUEST), key)
+        if not replay:
+            try:
+                first = svc.prepare_retry(gen, s.settings.generation_timeout)
+                stages = svc.stage_names(gen)
+            except IllegalTransition:
+                why = f"only failed generations can be retried; this one is {gen.status}"
+                raise ApiError(409, "conflict", why) from None
+            _keep(gen, RETRY_REQUEST, key)
         batch_id = gen.batch_id
-    if batch_id is not None:  # its own transaction: never a batch lock under a generation's
+    if not replay:
+        _resume(generation_id, first, stages, batch_id)
+    with s.db.session() as session:
+        where = {"Location": generation_path(generation_id)}
+        return respond(GenerationOut, load_owned(session, generation_id), 202, where)
+
+
+def _resume(generation_id: str, first: str, stages: tuple[str, ...], batch_id: str | None) -> None:
+    """Send a retried generation from its first unfinished stage; its batch is
+    reopened first, in a transaction of its own (no batch lock under a
+    generation's)."""
+    s = services()
+    if batch_id is not None:
         with s.db.session() as session:
             batches.reopen(session, batch_id)
     if dispatch(s.celery, generation_id, first, background=batch_id is not None, stages=stages):
         with s.db.session() as session:
             svc.touch_dispatched(session, generation_id)
-    with s.db.session() as session:
-        where = {"Location": generation_path(generation_id)}
-        return respond(GenerationOut, load_owned(session, generation_id), 202, where)
+
+
+def _keep(gen: Generation, slot: str, key: dict[str, str]) -> None:
+    """The request's key (if any) with the generation, for its retries."""
+    if key:
+        gen.pipeline_data = {**(gen.pipeline_data or {}), slot: key}
 
 
 @bp.delete("/<generation_id>")

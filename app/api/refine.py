@@ -18,7 +18,7 @@ from flask import Blueprint, g
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.api.auth import load_user
-from app.api.common import idempotency_key, json_body, key_reused, request_hash, services
+from app.api.common import asked_before, json_body, request_key, services
 from app.api.errors import ApiError, not_found
 from app.api.responses import GenerationOut, generation_path, respond
 from app.api.schemas import RefineIn, parse
@@ -79,8 +79,8 @@ def refine(generation_id: str, asset_id: str):
         asset = _asset(gen, asset_id)
         payload = json_body()
         options = parse(RefineIn, payload).model_dump(exclude_none=True)
-        key = _key(payload)
-        replay = bool(key) and _asked_before(gen, key)
+        key = request_key(payload)
+        replay = asked_before((gen.pipeline_data or {}).get(LATE_REQUEST), key)
         if not replay:
             estimate = _check(gen, asset, options)
             if estimate and (why := refusal(session, g.user_id, estimate)):
@@ -96,24 +96,6 @@ def refine(generation_id: str, asset_id: str):
     with s.db.session() as session:
         gen = svc.get_owned(session, g.user_id, generation_id)
         return respond(GenerationOut, gen, 202, {"Location": generation_path(generation_id)})
-
-
-def _key(payload: dict) -> dict[str, str]:
-    """The request's Idempotency-Key and hash, as the refine request keeps them."""
-    key = idempotency_key()
-    return {"idempotencyKey": key, "requestHash": request_hash(payload)} if key else {}
-
-
-def _asked_before(gen: Generation, key: dict[str, str]) -> bool:
-    """Whether the generation's latest refine was asked with this key (then
-    this is its retry: answered, nothing queued again); 409 if the key came
-    with another request."""
-    asked = (gen.pipeline_data or {}).get(LATE_REQUEST) or {}
-    if asked.get("idempotencyKey") != key["idempotencyKey"]:
-        return False
-    if asked.get("requestHash") != key["requestHash"]:
-        raise key_reused()
-    return True
 
 
 def _queue(gen: Generation, asset_id: int, options: dict, key: dict[str, str]) -> None:
