@@ -46,7 +46,9 @@ def test_a_transaction_aborted_to_break_a_deadlock_runs_again(pg_app):
         other.execute(BUMP.format(n=10, id=b))
         other.commit()
         worker.join(30)
-    assert result == ["committed"] and len(runs) == 2, (result, runs)
+    # Aborted at least once, then committed. (Twice, at times: the retry can
+    # take row b again before the other connection does, and meet it anew.)
+    assert result == ["committed"] and len(runs) >= 2, (result, runs)
     with db.session() as s:
         caps = dict(
             s.execute(text(f"SELECT id, daily_spend_cap FROM users WHERE id IN ({a}, {b})")).all()
