@@ -37,7 +37,7 @@ def test_a_retried_cancel_is_answered_again(app, client, user):
     assert again.status_code == 200 and again.get_json() == first.get_json()
     assert_error(post(client, user, gen_id, "cancel", "c-2"), 409)  # a new cancel: too late
     assert_error(post(client, user, gen_id, "cancel", None), 409)
-    assert_error(post(client, user, gen_id, "retry", "c-1"), 409)  # the key named a cancel
+    assert_error(post(client, user, gen_id, "retry", "c-1"), 409, "idempotency_conflict")
 
 
 def test_a_retried_retry_resumes_the_generation_once(app, client, user, monkeypatch):
@@ -51,6 +51,7 @@ def test_a_retried_retry_resumes_the_generation_once(app, client, user, monkeypa
     assert firsts == ["generate"]  # sent once
     assert_error(post(client, user, gen_id, "retry", "r-2"), 409)  # pending: nothing to retry
 
+    assert_error(post(client, user, gen_id, "cancel", "r-1"), 409, "idempotency_conflict")
     run_all(app, gen_id)
     assert load(app, gen_id)["status"] == "completed"
     late = post(client, user, gen_id, "retry", "r-1")  # still its retry: answered, not a 409

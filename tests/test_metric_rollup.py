@@ -94,3 +94,15 @@ def test_what_finished_since_the_mark_is_found_through_indexes(pg_app):
     assert len(statements) == 4  # two histograms, the retries, the cost
     for statement, _, plan in plans(engine, statements):
         assert_no_table_read_whole(plan, {"generation_stages", "charges"}, statement)
+
+
+def test_a_beat_whose_clock_is_behind_never_moves_the_mark_back(app, client, user, monkeypatch):
+    monkeypatch.setattr(rollup, "MARGIN", timedelta(0))
+    made(app, client, user, 1)
+    roll_up(app)
+    before = history(client)
+    monkeypatch.setattr(rollup, "MARGIN", timedelta(hours=1))  # its now is an hour ago
+    roll_up(app)
+    monkeypatch.setattr(rollup, "MARGIN", timedelta(0))
+    roll_up(app)
+    assert history(client) == before and rolled(app)[rollup.STAGES, "generate"] == 1

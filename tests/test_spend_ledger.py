@@ -58,6 +58,8 @@ def test_deleting_a_generation_gives_none_of_the_days_spend_back(app, user, fake
     resp = app.test_client().delete(f"/api/generate/{gen_id}", headers=user.headers)
     assert resp.status_code == 204
     assert spent_today(app, user) == IMAGE
+    stats = app.test_client().get("/api/stats", headers=user.headers).get_json()
+    assert stats["totalCost"] == float(IMAGE) and stats["counts"]["total"] == 0
     resp = submit_paid(app, user)
     assert resp.status_code == 403, resp.get_json()
     assert resp.get_json()["error"]["details"]["spent"] == float(IMAGE)

@@ -34,6 +34,7 @@ def stats():
     with services().db.session() as session:
         row = session.execute(TOTALS, {"u": g.user_id}).mappings().one_or_none() or {}
         stages = insights.stage_durations(session, g.user_id)
+        paid = spend.paid_total(session, g.user_id)  # as the days below: the ledger
         by_day: dict[str, dict[str, float]] = defaultdict(dict)
         for day, provider, cost in session.execute(spend.paid_by_day(session, g.user_id)):
             by_day[str(day)][provider] = round(float(cost or 0), 4)
@@ -59,7 +60,7 @@ def stats():
             "counts": {k: counts[k] for k in COUNTS[1:5]} | {"total": counts["total_generations"]},
             "success_rate": round(counts["completed"] / finished, 4) if finished else None,
             "assets": counts["total_assets"],
-            "total_cost": round(float(row.get("total_cost") or 0), 4),
+            "total_cost": round(paid, 4),
             "avg_duration_seconds": None if avg is None else round(float(avg), 3),
             "stage_durations_ms": stages,
             "cost_by_price_table": [

@@ -16,6 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.api.errors import ApiError, invalid
+from app.domain.states import REQUEST_SLOTS
 from app.platform.config import Settings
 from app.platform.db import Database
 from app.platform.storage import Storage, StorageError
@@ -177,15 +178,18 @@ def request_key(payload: dict[str, Any]) -> dict[str, str]:
     return {"idempotencyKey": key, "requestHash": request_hash(payload)} if key else {}
 
 
-def asked_before(asked: dict[str, Any] | None, key: dict[str, str]) -> bool:
-    """Whether ``asked`` (what a generation keeps of its latest refine,
-    cancel or retry) came with this request's key: this is its retry, to be
-    answered again and not acted on; 409 if the key came with another request."""
-    if not key or (asked or {}).get("idempotencyKey") != key["idempotencyKey"]:
-        return False
-    if asked.get("requestHash") != key["requestHash"]:
-        raise key_reused()
-    return True
+def asked_before(kept: dict[str, Any] | None, slot: str, key: dict[str, str]) -> bool:
+    """Whether the generation's latest request of kind ``slot`` (``kept``:
+    its pipeline_data, which holds its latest refine, cancel and retry) came
+    with this request's key: this is its retry, to be answered again and not
+    acted on. 409 if the key came with another request of any of them."""
+    for name in REQUEST_SLOTS if key else ():
+        asked = (kept or {}).get(name) or {}
+        if asked.get("idempotencyKey") == key["idempotencyKey"]:
+            if name != slot or asked.get("requestHash") != key["requestHash"]:
+                raise key_reused()
+            return True
+    return False
 
 
 def key_reused() -> ApiError:

@@ -187,7 +187,7 @@ def cancel(generation_id: str):
     key, stopped = request_key({}), None
     with services().db.session() as session:
         gen = load_owned(session, generation_id, lock=True)
-        if not asked_before((gen.pipeline_data or {}).get(CANCEL_REQUEST), key):
+        if not asked_before(gen.pipeline_data, CANCEL_REQUEST, key):
             try:
                 stopped = stop(session, gen)  # commits with the cancel
             except IllegalTransition:
@@ -206,7 +206,7 @@ def retry(generation_id: str):
     s, key = services(), request_key({})
     with s.db.session() as session:
         gen = load_owned(session, generation_id, lock=True)
-        replay = asked_before((gen.pipeline_data or {}).get(RETRY_REQUEST), key)
+        replay = asked_before(gen.pipeline_data, RETRY_REQUEST, key)
         if not replay:
             try:
                 first = svc.prepare_retry(gen, s.settings.generation_timeout)

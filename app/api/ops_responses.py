@@ -94,7 +94,7 @@ class StatsOut(Out):
     counts: StatsCounts
     success_rate: float | None
     assets: int
-    total_cost: float
+    total_cost: float = Field(description="USD paid, as costByDay adds up")
     avg_duration_seconds: float | None
     stage_durations_ms: dict[str, StageDuration]
     cost_by_day: list[DayCost]

@@ -80,7 +80,7 @@ def refine(generation_id: str, asset_id: str):
         payload = json_body()
         options = parse(RefineIn, payload).model_dump(exclude_none=True)
         key = request_key(payload)
-        replay = asked_before((gen.pipeline_data or {}).get(LATE_REQUEST), key)
+        replay = asked_before(gen.pipeline_data, LATE_REQUEST, key)
         if not replay:
             estimate = _check(gen, asset, options)
             if estimate and (why := refusal(session, g.user_id, estimate)):

@@ -28,7 +28,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 # A refine stage not ended yet (the migration 0012's partial index holds these).
 OPEN_REFINE = "name = 'refine' AND status IN ('pending', 'running')"
-HOLDING = "cost_held > 0"
+HELD = text("cost_held > 0")
 
 
 def utcnow() -> datetime:
@@ -95,12 +95,7 @@ class Generation(Base):
         Index("ix_generations_status_updated", "status", "updated_at"),
         Index("ix_generations_batch", "batch_id"),
         # The few holding money against the daily cap (``spend.SPENT``).
-        Index(
-            "ix_generations_holding",
-            "user_id",
-            postgresql_where=text(HOLDING),
-            sqlite_where=text(HOLDING),
-        ),
+        Index("ix_generations_holding", "user_id", postgresql_where=HELD, sqlite_where=HELD),
     )
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))

@@ -24,8 +24,9 @@ from sqlalchemy.orm import Session
 
 from app.api.errors import ApiError
 from app.domain.models import Generation, User, utcnow
-from app.domain.spend import SPENT, db_time, midnight, over_cap
+from app.domain.spend import SPENT, midnight, over_cap
 from app.platform.config import Settings
+from app.platform.db import db_time
 
 
 def _quota_statement():

@@ -30,11 +30,13 @@ from sqlalchemy import (
     bindparam,
     cast,
     func,
+    literal_column,
     select,
 )
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from app.domain.models import Base, Generation, User, utcnow
+from app.platform.db import db_time
 
 
 class Charge(Base):
@@ -63,7 +65,7 @@ def _spent_statement():
         Charge.user_id == user, Charge.created_at >= bindparam("midnight")
     )
     held = select(func.coalesce(func.sum(Generation.cost_held), 0)).where(
-        Generation.user_id == user, Generation.cost_held > 0
+        Generation.user_id == user, Generation.cost_held > literal_column("0")
     )
     return paid.scalar_subquery() + held.scalar_subquery()
 
@@ -88,6 +90,12 @@ def charge(session: Session, gen: Generation, amount: Decimal, provider: str, wh
     release(gen)
 
 
+def paid_total(session: Session, user_id: int) -> float:
+    """All the user ever paid, in USD (deleted generations' payments included)."""
+    total = select(func.coalesce(func.sum(Charge.amount), 0)).where(Charge.user_id == user_id)
+    return float(session.scalar(total))
+
+
 def paid_by_day(session: Session, user_id: int) -> Select:
     """What the user paid each (UTC) day, by provider: (day, provider, USD)."""
     at = Charge.created_at
@@ -98,11 +106,6 @@ def paid_by_day(session: Session, user_id: int) -> Select:
         .group_by(day, Charge.provider)
         .order_by(day)
     )
-
-
-def db_time(session: Session, dt: datetime) -> datetime:
-    """``dt`` as the database compares it (SQLite stores naive UTC)."""
-    return dt.replace(tzinfo=None) if session.get_bind().dialect.name == "sqlite" else dt
 
 
 def midnight() -> datetime:

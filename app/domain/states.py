@@ -77,6 +77,7 @@ LATE_STAGE = "refine"
 LATE_REQUEST = "refine"  # the pipeline_data key of its request (asset, options, askedAt)
 # The pipeline_data keys of the Idempotency-Key of the latest cancel and retry.
 CANCEL_REQUEST, RETRY_REQUEST = "cancelRequest", "retryRequest"
+REQUEST_SLOTS = (LATE_REQUEST, CANCEL_REQUEST, RETRY_REQUEST)
 # A stage output's marks of a wait, which hold its stage from being run:
 # parked on a provider's work, or a retry not due yet. A claim clears them.
 WAITING, RETRY_AT = "waiting", "retryAt"

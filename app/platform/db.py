@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import create_engine, event, text
@@ -76,6 +77,11 @@ def make_engine(
             f" -c lock_timeout={int(lock_timeout * 1000)}",
         },
     )
+
+
+def db_time(session: Session, dt: datetime) -> datetime:
+    """``dt`` as the database compares it (SQLite stores naive UTC)."""
+    return dt.replace(tzinfo=None) if session.get_bind().dialect.name == "sqlite" else dt
 
 
 def begin_for_update(session: Session) -> None:

@@ -24,8 +24,8 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from app.domain.bookkeeping import MaintenanceState
 from app.domain.models import Base, Generation, GenerationStage, utcnow
-from app.domain.spend import Charge, db_time
-from app.platform.db import begin_for_update
+from app.domain.spend import Charge
+from app.platform.db import begin_for_update, db_time
 
 NAME = "metrics-rollup"  # its maintenance_state row; position: the watermark (ISO, UTC)
 MARGIN = timedelta(minutes=5)
@@ -93,6 +93,8 @@ def roll_up(session: Session) -> None:
         session.flush()
     since = datetime.fromisoformat(state.position) if state.position else None
     until = utcnow() - MARGIN
+    if since is not None:  # a beat on a host whose clock is behind: never back
+        until = max(until, since)
     rows = {(r.family, r.label): r for r in session.scalars(select(MetricRollup))}
     for key, tally in window(session, since, until).items():
         row = rows.get(key) or MetricRollup(

@@ -21,18 +21,13 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.create_table(
-        "metric_rollups",
-        sa.Column("family", sa.String(20), primary_key=True),
-        sa.Column("label", sa.String(40), primary_key=True),
-        sa.Column("count", sa.BigInteger(), nullable=False),
-        sa.Column("total", sa.Float(), nullable=False),
-        sa.Column("buckets", sa.JSON(), nullable=False),
-    )
     # The stages table is the largest: PostgreSQL builds its index without
-    # blocking the workers' writes (outside a transaction, as it must).
+    # blocking the workers' writes (outside a transaction, as it must), first,
+    # so that a build that fails (say, a lock not had in time) leaves nothing
+    # else committed and the upgrade can simply run again.
     if op.get_bind().dialect.name == "postgresql":
         with op.get_context().autocommit_block():
+            op.execute("DROP INDEX CONCURRENTLY IF EXISTS ix_generation_stages_finished")
             op.create_index(
                 "ix_generation_stages_finished",
                 "generation_stages",
@@ -41,6 +36,14 @@ def upgrade() -> None:
             )
     else:
         op.create_index("ix_generation_stages_finished", "generation_stages", ["finished_at"])
+    op.create_table(
+        "metric_rollups",
+        sa.Column("family", sa.String(20), primary_key=True),
+        sa.Column("label", sa.String(40), primary_key=True),
+        sa.Column("count", sa.BigInteger(), nullable=False),
+        sa.Column("total", sa.Float(), nullable=False),
+        sa.Column("buckets", sa.JSON(), nullable=False),
+    )
     op.create_index("ix_charges_created", "charges", ["created_at"])
 
 

@@ -1,0 +1,36 @@
+"""Migrations on PostgreSQL that a deploy can run again: an index built
+CONCURRENTLY (outside a transaction) that fails for want of a lock leaves
+nothing else committed, and the next ``bff db upgrade`` finishes the job."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+from alembic import command
+
+from app.cli import alembic_config, upgrade_database
+from tests.support.services import postgres_ok, scratch_postgres_db, unavailable
+
+pytestmark = pytest.mark.services
+
+
+def test_an_upgrade_whose_index_build_timed_out_runs_again():
+    if not postgres_ok():
+        unavailable("PostgreSQL on 127.0.0.1:5432")
+    with scratch_postgres_db() as url:
+        upgrade_database(url)
+        command.downgrade(alembic_config(url), "0015")
+        plain = url.replace("postgresql+psycopg://", "postgresql://", 1)
+        with psycopg.connect(plain) as writer:  # a worker mid-transaction on the stages
+            writer.execute("LOCK TABLE generation_stages IN ROW EXCLUSIVE MODE")
+            with pytest.raises(Exception, match="lock timeout"):
+                upgrade_database(url)  # waits its 10 s for the lock, then gives up
+            writer.rollback()
+        upgrade_database(url)
+        with psycopg.connect(plain) as conn:
+            [(version,)] = conn.execute("SELECT version_num FROM alembic_version").fetchall()
+            valid = conn.execute(
+                "SELECT indisvalid FROM pg_index"
+                " WHERE indexrelid = 'ix_generation_stages_finished'::regclass"
+            ).fetchall()
+        assert version == "0016" and valid == [(True,)]
