@@ -74,9 +74,9 @@ def test_health_503_when_the_database_is_unreachable(app_config, url):
 
 
 def set_cost(app, gen_id: str, cost: str) -> None:
-    with services(app).db.session() as session:
+    with services(app).db.Session() as session:  # pay() commits, as generate's
         gen = session.get(Generation, gen_id)
-        spend.charge(session, gen, Decimal(cost), gen.provider, "generate")  # as generate does
+        spend.pay(session, gen, Decimal(cost), gen.provider, "generate")
 
 
 def test_stats(app, client, user, other_user, monkeypatch):

@@ -181,9 +181,10 @@ def test_a_body_over_the_limit_states_the_limit(small_limits):
 def set_cap(app, user, usd: str, spent: str | None = None) -> None:
     with services(app).db.session() as session:
         session.get(User, user.id).daily_spend_cap = Decimal(usd)
-        if spent is not None:
+    if spent is not None:
+        with services(app).db.Session() as session:  # pay() commits, as generate's
             gen = session.scalars(select(Generation).where(Generation.user_id == user.id)).first()
-            spend.charge(session, gen, Decimal(spent), "google-imagen", "generate")
+            spend.pay(session, gen, Decimal(spent), "google-imagen", "generate")
 
 
 @pytest.fixture

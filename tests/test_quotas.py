@@ -57,10 +57,10 @@ def test_daily_spend_cap(app_config, runner):
     result = runner.invoke(args=["users", "cap", "alice", "0.10"])
     assert result.exit_code == 0, result.output
     assert submit_paid().status_code == 202
-    with app.extensions["bff"].db.session() as session:
+    with app.extensions["bff"].db.Session() as session:  # pay() commits, as a stage's
         gen = session.query(Generation).filter_by(user_id=user.id).one()
-        spend.charge(session, gen, Decimal("0.12"), "google-imagen", "generate")
         assert session.get(User, user.id).daily_spend_cap == Decimal("0.10")
+        spend.pay(session, gen, Decimal("0.12"), "google-imagen", "generate")
     resp = submit_paid()
     assert resp.status_code == 403
     assert resp.json["error"]["code"] == "budget_exceeded"

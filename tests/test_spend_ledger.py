@@ -17,6 +17,7 @@ from app.cli import alembic_config, upgrade_database
 from app.domain import spend
 from app.domain.models import Generation, User, utcnow
 from app.domain.spend import Charge
+from app.pipeline import ALL_STAGES
 from app.providers.refiners import UPSCALER
 from tests.conftest import on_replicate
 from tests.support.pipeline import load, run_through, services, submit_prompt
@@ -130,3 +131,36 @@ def test_the_migration_carries_existing_costs_over(tmp_path):
     assert [(*r[:4], float(r[4]), str(r[5])) for r in rows] == [
         (1, "gen_paid", "google-imagen", "generate", 0.12, "2026-12-01 10:00:00")
     ]
+
+
+def test_a_payment_stands_when_its_generation_is_deleted_before_the_record(
+    app, user, fake, monkeypatch
+):
+    """The provider was paid; the designer deletes the generation before its
+    stage records: the stage never records, the payment still counts."""
+    client = app.test_client()
+    gen_id = submit_prompt(client, user.headers, "red dress", provider="google-imagen")
+    run_through(app, gen_id, ALL_STAGES[:5])
+    deleted, real_pay = [], spend.pay
+
+    def pay(*args, **kwargs):
+        real_pay(*args, **kwargs)
+        deleted.append(client.delete(f"/api/generate/{gen_id}", headers=user.headers).status_code)
+
+    monkeypatch.setattr(spend, "pay", pay)
+    run_through(app, gen_id, ["generate"])
+    assert deleted == [204] and fake.creates == 1
+    assert spent_today(app, user) == IMAGE
+    set_cap(app, user, "0.10")
+    assert submit_paid(app, user).status_code == 403
+
+
+def test_a_payment_read_again_is_recorded_once(app, user):
+    gen_id = submit_prompt(app.test_client(), user.headers, "red dress", provider="google-imagen")
+    with services(app).db.Session() as session:
+        gen = session.get(Generation, gen_id)
+        for _ in range(2):  # a resumed stage reading the same predictions again
+            spend.pay(session, gen, IMAGE, "google-imagen", "generate", ["p-1", "p-2"])
+        spend.pay(session, gen, IMAGE, "google-imagen", "generate", ["p-3"])  # another payment
+    assert spent_today(app, user) == 2 * IMAGE
+    assert Decimal(str(load(app, gen_id)["cost"])) == 2 * IMAGE

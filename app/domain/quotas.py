@@ -11,7 +11,7 @@
   refused with 403 ``budget_exceeded`` (the rule: ``spend.over_cap``); free
   work (the local provider) never is. What running jobs hold against the
   cap counts as spent (``spend.hold``); what was paid is the ledger of
-  ``spend.charge``, so deleting a generation gives nothing back.
+  ``spend.pay``, so deleting a generation gives nothing back.
 """
 
 from __future__ import annotations

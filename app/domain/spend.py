@@ -1,20 +1,22 @@
 """Today's spend against a user's daily cap (``users.daily_spend_cap``), for
 work that pays after a generation was accepted.
 
-What was paid is a ledger (``charges``): a row for each payment a stage
-records, dated when it was paid and kept when its generation is deleted. So
+What was paid is a ledger (``charges``): a row for each payment, committed
+the moment a stage has paid (``pay``), kept when its generation is deleted. So
 today's spend counts a refine of last week's generation today, and deleting a
 generation gives none of its spend back. Today's spend is what today's
 charges add up to plus what jobs hold: a stage that is about to pay holds its
 estimate (``generations.cost_held``) under the user's row lock, so stages
 paying at the same moment take turns at the cap and each counts the others.
 The hold becomes a charge (and the generation's ``cost``) when the stage
-records it, and is let go when the stage or its generation ends otherwise. The
+pays, and is let go when the stage or its generation ends otherwise. The
 refine route checks the cap before it queues one; submissions go through
 ``quotas.check_submission``, which counts the same way (``SPENT``)."""
 
 from __future__ import annotations
 
+import hashlib
+import uuid
 from datetime import datetime
 from decimal import Decimal
 
@@ -27,16 +29,19 @@ from sqlalchemy import (
     Numeric,
     Select,
     String,
+    UniqueConstraint,
     bindparam,
     cast,
     func,
     literal_column,
     select,
+    update,
 )
 from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy.orm.attributes import set_committed_value
 
 from app.domain.models import Base, Generation, User, utcnow
-from app.platform.db import db_time
+from app.platform.db import db_time, dialect_insert
 
 
 class Charge(Base):
@@ -47,12 +52,14 @@ class Charge(Base):
     __table_args__ = (
         Index("ix_charges_user_created", "user_id", "created_at"),
         Index("ix_charges_created", "created_at"),  # since the metrics' rollup
+        UniqueConstraint("generation_id", "payment", name="uq_charges_payment"),
     )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     generation_id: Mapped[str] = mapped_column(String(40))
     provider: Mapped[str] = mapped_column(String(40))  # who was paid
     what: Mapped[str] = mapped_column(String(20))  # the stage: generate, refine
+    payment: Mapped[str] = mapped_column(String(64))  # what was paid for (``pay``), hashed
     amount: Mapped[Decimal] = mapped_column(Numeric(10, 4))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
@@ -73,21 +80,49 @@ def _spent_statement():
 SPENT = _spent_statement()  # parameters: user_id, midnight (``db_time``)
 
 
-def charge(session: Session, gen: Generation, amount: Decimal, provider: str, what: str) -> None:
-    """Record what ``what`` (a stage of ``gen``) paid ``provider``: a charge,
-    added to the generation's cost, in the stage's record; the hold is let go."""
-    if amount > 0:
-        session.add(
-            Charge(
-                user_id=gen.user_id,
-                generation_id=gen.id,
-                provider=provider,
-                what=what,
-                amount=amount,
-            )
+def pay(
+    session: Session,
+    gen: Generation,
+    amount: Decimal,
+    provider: str,
+    what: str,
+    payment: list[str] | None = None,
+) -> None:
+    """Record that ``what`` (a stage of ``gen``) has just paid ``provider``,
+    committed at once: the money is gone whatever befalls the stage next
+    (its generation deleted or timed out, its record rolled back, a copy
+    that took it over). The hold becomes the generation's cost. ``payment``
+    names what was paid for (prediction ids): a resumed stage that reads the
+    same predictions again records nothing twice; without it (a blocking
+    call, paid anew each time) every call is a payment of its own."""
+    if amount <= 0:
+        return
+    names = ",".join(sorted(payment)) if payment else uuid.uuid4().hex
+    insert = dialect_insert(session.get_bind().dialect.name)(Charge).values(
+        user_id=gen.user_id,
+        generation_id=gen.id,
+        payment=hashlib.sha256(names.encode()).hexdigest(),
+        provider=provider,
+        what=what,
+        amount=amount,
+        created_at=utcnow(),
+    )
+    recorded = session.execute(
+        insert.on_conflict_do_nothing(index_elements=["generation_id", "payment"]).returning(
+            Charge.id
         )
-        gen.cost = (gen.cost or Decimal("0")) + amount
-    release(gen)
+    ).first()
+    if recorded is not None:  # (a deleted generation's row: no update, the charge stands)
+        session.execute(
+            update(Generation)
+            .where(Generation.id == gen.id)
+            .values(cost=Generation.cost + amount, cost_held=0)
+            .execution_options(synchronize_session=False)
+        )
+        # The stage's copy of the row as it now is (not a change to flush).
+        set_committed_value(gen, "cost", (gen.cost or Decimal("0")) + amount)
+        set_committed_value(gen, "cost_held", Decimal("0"))
+    session.commit()
 
 
 def paid_total(session: Session, user_id: int) -> float:

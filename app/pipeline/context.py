@@ -75,7 +75,7 @@ def hold_cost(ctx: StageContext, state: dict[str, Any], estimate: float, what: s
 
 @dataclass
 class StageContext:
-    session: Session  # read what you need, add rows; never commit
+    session: Session  # read, add rows; commit only through checkpoint and spend.pay
     # The generation with its stages, as the claim left it. A stage assigns
     # only the columns it owns (route: provider, model; generate: cost).
     generation: Generation

@@ -45,7 +45,7 @@ from app.providers import (
     pricing,
     unavailable_reason,
 )
-from app.providers.base import Job, ProviderPending, Reference
+from app.providers.base import Job, ProviderPending, Reference, prediction_ids
 
 EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
 CONTENT_TYPES = {ext: ct for ct, ext in EXTENSIONS.items()}
@@ -141,6 +141,8 @@ def run(ctx: StageContext) -> StageResult:
     except (ProviderRejected, ProviderUnavailable) as exc:
         raise StageFailed(str(exc)) from exc
 
+    cost = Decimal(str(provider.price_for(request))) * len(result.outputs)
+    spend.pay(ctx.session, gen, cost, provider_id, "generate", prediction_ids(job.state))
     outputs: list[dict[str, Any]] = []
     for i, out in enumerate(result.outputs):
         ref: dict[str, Any] = {"index": i, "contentType": out.content_type, **out.meta}
@@ -154,8 +156,6 @@ def run(ctx: StageContext) -> StageResult:
         else:
             ref["url"] = out.url
         outputs.append(ref)
-    cost = Decimal(str(provider.price_for(request))) * len(outputs)
-    spend.charge(ctx.session, gen, cost, provider_id, "generate")  # with the stage's record
     return StageResult(
         {
             "provider": provider_id,

@@ -109,15 +109,17 @@ def run(ctx: StageContext) -> StageResult:
         made, engine, meta = _local(ctx, tasks), "local", {}
         cost = Decimal("0")
     else:
-        made, meta = _replicate(ctx, tasks)
-        engine = "replicate"
-        cost = sum((Decimal(str(t.op.model.price)) for t in tasks), Decimal("0"))
+        made, meta = _replicate(ctx, tasks)  # paid (``spend.pay``) as the predictions end
+        engine, cost = "replicate", _price(tasks)
     try:
         variants = _record(ctx, tasks, made, engine)
     except StorageError as exc:
         raise StageTransient(f"storage unavailable: {exc}") from exc
-    spend.charge(ctx.session, gen, cost, engine, "refine")  # with the stage's record, once
     return StageResult({"engine": engine, "variants": variants, "cost": float(cost), **meta})
+
+
+def _price(tasks: list[Task]) -> Decimal:
+    return sum((Decimal(str(t.op.model.price)) for t in tasks), Decimal("0"))
 
 
 def _local(ctx: StageContext, tasks: list[Task]) -> dict[str, bytes]:
@@ -158,8 +160,10 @@ def _replicate(ctx: StageContext, tasks: list[Task]) -> tuple[dict[str, bytes], 
         raise StageTransient(str(exc), exc.retry_after) from exc
     except ProviderRejected as exc:
         raise StageFailed(str(exc)) from exc
-    made = {key: download(ctx.settings, output_url(p)) for key, p in finished.items()}
     predictions = {key: p["id"] for key, p in finished.items()}
+    paid = _price(tasks)
+    spend.pay(ctx.session, ctx.generation, paid, "replicate", "refine", [*predictions.values()])
+    made = {key: download(ctx.settings, output_url(p)) for key, p in finished.items()}
     metrics = {key: p.get("metrics") or {} for key, p in finished.items()}
     return made, {"predictions": predictions, "metrics": metrics}
 

@@ -30,16 +30,18 @@ def upgrade() -> None:
             "user_id", sa.Integer(), sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False
         ),
         sa.Column("generation_id", sa.String(40), nullable=False),
+        sa.Column("payment", sa.String(64), nullable=False),
         sa.Column("provider", sa.String(40), nullable=False),
         sa.Column("what", sa.String(20), nullable=False),
         sa.Column("amount", sa.Numeric(10, 4), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.UniqueConstraint("generation_id", "payment", name="uq_charges_payment"),
     )
     op.create_index("ix_charges_user_created", "charges", ["user_id", "created_at"])
     op.execute(
-        "INSERT INTO charges (user_id, generation_id, provider, what, amount, created_at) "
-        "SELECT user_id, id, COALESCE(provider, 'unknown'), 'generate', cost, created_at "
-        "FROM generations WHERE cost > 0"
+        "INSERT INTO charges (user_id, generation_id, payment, provider, what, amount,"
+        " created_at) SELECT user_id, id, 'before the ledger', COALESCE(provider, 'unknown'),"
+        " 'generate', cost, created_at FROM generations WHERE cost > 0"
     )
     op.create_index(
         "ix_generations_holding",

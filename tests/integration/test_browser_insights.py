@@ -78,9 +78,9 @@ def seeded(embedded):
                 " created_at = datetime(created_at, ?) WHERE id = ?",
                 (provider, cost, f"-{days} days", ids[i]),
             )
-            conn.execute(  # paid that day (``spend.charge``)
-                "INSERT INTO charges (user_id, generation_id, provider, what, amount, created_at)"
-                " SELECT user_id, id, provider, 'generate', cost, created_at"
+            conn.execute(  # paid that day (``spend.pay``)
+                "INSERT INTO charges (user_id, generation_id, payment, provider, what, amount,"
+                " created_at) SELECT user_id, id, 'seeded', provider, 'generate', cost, created_at"
                 " FROM generations WHERE id = ?",
                 (ids[i],),
             )
