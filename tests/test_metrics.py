@@ -72,3 +72,16 @@ def test_a_known_duration_lands_in_its_bucket_in_seconds(app, client, user):
     bucket = {s.labels["le"]: s.value for s in latency if s.name.endswith("_bucket")}
     assert bucket["1.0"] == 0 and bucket["2.5"] == 1 and bucket["+Inf"] == 1
     assert value(latency, "bff_provider_latency_seconds_sum", provider="local") == 1.2
+
+
+def test_outcomes_of_models_added_to_the_catalogue_are_counted(app, client):
+    """The providers table was seeded with the first four models; the
+    catalogue has more (flux-pro, nano-banana): their calls count too."""
+    from app.providers.health import record_outcome
+
+    with app.extensions["bff"].db.session() as session:
+        for ok in (True, True, False):
+            record_outcome(session, "flux-pro", ok=ok, error=None if ok else "HTTP 500")
+    calls = scrape(client)["bff_provider_calls"]
+    assert value(calls, "bff_provider_calls_total", provider="flux-pro", outcome="success") == 2
+    assert value(calls, "bff_provider_calls_total", provider="flux-pro", outcome="error") == 1

@@ -21,6 +21,8 @@ from sqlalchemy.orm import Session
 from app.domain.bookkeeping import Provider, ProviderOutcome
 from app.domain.models import utcnow
 from app.platform.config import Settings
+from app.platform.db import dialect_insert
+from app.providers.registry import PROVIDERS
 
 RETENTION = timedelta(hours=24)
 # Pruning on every outcome is a DELETE per generation for rows that age out
@@ -85,16 +87,29 @@ def record_outcome(
 ) -> None:
     now = now or utcnow()
     message = None if ok else (error or "")[:2000]
-    session.execute(
-        COUNT_OK if ok else COUNT_FAILED,
-        {"provider_id": provider_id, "message": message},
-        # A counter bumped in SQL: no loaded Provider to bring up to date.
-        execution_options={"synchronize_session": False},
-    )
+    params = {"provider_id": provider_id, "message": message}
+    # A counter bumped in SQL: no loaded Provider to bring up to date.
+    options = {"synchronize_session": False}
+    if not session.execute(
+        COUNT_OK if ok else COUNT_FAILED, params, execution_options=options
+    ).rowcount:
+        _add_row(session, provider_id)  # a catalogue model the table was not seeded with
+        session.execute(COUNT_OK if ok else COUNT_FAILED, params, execution_options=options)
     session.add(ProviderOutcome(provider_id=provider_id, ok=ok, error=message, created_at=now))
     prune_if_due(session, provider_id, now)
     if not ok:  # it may open a circuit: this process's next route reads the window
         forget_windows()
+
+
+def _add_row(session: Session, provider_id: str) -> None:
+    """The model's counters row (migration 0001 seeded the first four models;
+    the catalogue has grown since); a row another worker added first stands."""
+    entry = PROVIDERS.get(provider_id)
+    row = {"id": provider_id, "display_name": provider_id, "model": entry.model if entry else ""}
+    insert = dialect_insert(session.get_bind().dialect.name)(Provider).values(
+        **row, is_active=True, success_count=0, failure_count=0, updated_at=utcnow()
+    )
+    session.execute(insert.on_conflict_do_nothing(index_elements=["id"]))
 
 
 def prune_if_due(session: Session, provider_id: str, now: datetime | None = None) -> None:
