@@ -21,6 +21,7 @@ import app.domain.bookkeeping  # noqa: F401  (registers its tables on the metada
 import app.webhooks  # noqa: F401  (registers webhook_deliveries on the metadata)
 from app.cli import alembic_config, upgrade_database
 from app.domain.models import Base
+from app.platform.config import ConfigError, Settings
 from tests.conftest import CLEAN
 
 BFF = str(Path(sys.executable).parent / "bff")
@@ -120,6 +121,7 @@ def test_a_database_that_is_not_set_up_is_one_sentence(tmp_path):
         ("BFF_SUBMIT_RATE_LIMIT", "x/y", "invalid literal"),
         ("BFF_MAINTENANCE_INTERVAL", "0", "it must be more than 0"),
         ("BFF_STALL_TIMEOUT", "-5", "it must be more than 0"),
+        ("BFF_LOG_LEVEL", "verbose", "it must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL"),
     ],
 )
 def test_a_bad_setting_is_one_sentence_naming_its_variable(tmp_path, var, raw, why):
@@ -127,6 +129,22 @@ def test_a_bad_setting_is_one_sentence_naming_its_variable(tmp_path, var, raw, w
     done = bff(["users", "create", "jo"], env, tmp_path)
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
     assert done.stderr.startswith(f"Error: {var}={raw!r} cannot be used: {why}"), done.stderr
+
+
+@pytest.mark.parametrize(
+    "env,said",
+    [
+        ({"BFF_LOG_FORMAT": "jsn"}, "BFF_LOG_FORMAT='jsn' cannot be used: it must be one of text"),
+        ({"BFF_DEFAULT_PROVIDER": "flux"}, "BFF_DEFAULT_PROVIDER='flux' is not a model: flux-pro,"),
+        ({"BFF_RATE_LIMIT_FLUX": "5/60"}, "BFF_RATE_LIMIT_FLUX names no rate-limited model: one"),
+        ({"BFF_REPLICATE_WEBHOOKS": "yes"}, "BFF_REPLICATE_WEBHOOKS='yes' cannot be used: it must"),
+    ],
+)
+def test_a_setting_naming_nothing_there_is_is_refused(env, said):
+    """A typo would have been ignored: logs in text, jobs routed elsewhere."""
+    with pytest.raises(ConfigError) as refused:
+        Settings.from_env(env)
+    assert str(refused.value).startswith(said), refused.value
 
 
 def test_a_database_url_that_is_no_url_is_one_sentence(tmp_path):
@@ -287,3 +305,14 @@ def test_no_index_duplicates_a_unique_constraint_on_generation_id(tmp_path):
             assert f"ix_{table}_generation_id" not in names, table
     finally:
         engine.dispose()
+
+
+@pytest.mark.usefixtures("service_env")
+def test_a_database_the_server_does_not_have_is_named_as_such(tmp_path):
+    url = "postgresql+psycopg://postgres@127.0.0.1:5432/bff_no_such_database"
+    env = {**{k: v for k, v in os.environ.items() if k not in CLEAN}, "DATABASE_URL": url}
+    done = bff(["db", "upgrade"], env, tmp_path)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        f"Error: the database {url} does not exist: create it (createdb), then 'bff db upgrade'"
+    ]

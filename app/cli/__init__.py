@@ -5,6 +5,7 @@ talks to a running API over HTTP as any client would (``client``)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import wraps
@@ -70,6 +71,10 @@ def database_errors(url: str) -> Iterator[None]:
         yield
     except DBAPIError as exc:
         text = str(exc.orig).lower()
+        if re.search(r'database "[^"]*" does not exist', text):  # the server has none so named
+            raise click.ClickException(
+                f"the database {where} does not exist: create it (createdb), then 'bff db upgrade'"
+            ) from None
         if "no such table" in text or "does not exist" in text:
             raise click.ClickException(
                 f"the database {where} is not set up: run 'bff db upgrade' first"

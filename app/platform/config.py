@@ -38,6 +38,19 @@ class ConfigError(ValueError):
     """The environment cannot be run as it is; the message says what to set."""
 
 
+def _known_names(env: Mapping[str, str], default_provider: str | None) -> None:
+    """Settings that name a model or a rate-limit bucket name one there is
+    (a typo would send jobs elsewhere, or leave a limit unset, silently)."""
+    from app.providers.catalog import CATALOGUE, rate_limit_defaults  # (it imports us)
+
+    if default_provider and default_provider not in {"auto", *CATALOGUE}:
+        models = ", ".join(sorted(CATALOGUE))
+        raise ConfigError(f"BFF_DEFAULT_PROVIDER={default_provider!r} is not a model: {models}")
+    buckets = {"BFF_RATE_LIMIT_" + b.upper().replace("-", "_") for b in rate_limit_defaults()}
+    for var in sorted(v for v in env if v.startswith("BFF_RATE_LIMIT_") and v not in buckets):
+        raise ConfigError(f"{var} names no rate-limited model: one of {', '.join(sorted(buckets))}")
+
+
 def _rate(raw: str) -> tuple[int, float]:
     """``"100/60"`` (100 per 60 s) or ``"100"`` (per minute)."""
     count, _, per = raw.partition("/")
@@ -61,6 +74,14 @@ POSITIVE = (
 )
 
 
+# Settings that take one of a few words (a typo would be ignored, or a traceback).
+CHOICES = {
+    "log_level": ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
+    "log_format": ("text", "json"),
+    "replicate_webhooks": ("auto", "on", "off"),
+}
+
+
 def _parse(var: str, raw: str, parse: Callable[[str], Any]) -> Any:
     try:
         return parse(raw)
@@ -77,6 +98,9 @@ def _parsed(cls: type, env: Mapping[str, str]) -> dict[str, Any]:
             values[f.name] = value = _parse(var, env[var], f.metadata["parse"])
             if f.name in POSITIVE and not value > 0:
                 raise ConfigError(f"{var}={env[var]!r} cannot be used: it must be more than 0")
+            if value not in CHOICES.get(f.name, (value,)):
+                words = ", ".join(CHOICES[f.name])
+                raise ConfigError(f"{var}={env[var]!r} cannot be used: it must be one of {words}")
     return values
 
 
@@ -241,12 +265,11 @@ class Settings:
             if database_url.startswith(prefix):
                 database_url = "postgresql+psycopg://" + database_url[len(prefix) :]
         storage_backend, r2_endpoint_url = _storage(env)
-        if values.get("replicate_webhooks", "auto") not in ("auto", "on", "off"):
-            raise ConfigError("BFF_REPLICATE_WEBHOOKS must be auto, on or off")
         # Each catalogue bucket's limit: BFF_RATE_LIMIT_<BUCKET>, else the entry's.
         # (Imported here: the catalogue's package imports this module.)
         from app.providers.catalog import rate_limit_defaults
 
+        _known_names(env, values.get("default_provider"))
         rate_limits = {}
         for bucket, default in rate_limit_defaults().items():
             var = "BFF_RATE_LIMIT_" + bucket.upper().replace("-", "_")

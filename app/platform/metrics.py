@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from datetime import UTC
 from typing import Any
 
 from flask import Blueprint, Response
@@ -135,11 +136,24 @@ class DatabaseCollector:
             hook_attempts.add_metric([status], int(tries or 0))
         yield hooks
         yield hook_attempts
+        states = session.execute(
+            select(MaintenanceState.name, MaintenanceState.removed, MaintenanceState.updated_at)
+        ).all()
         yield CounterMetricFamily(
             "bff_storage_orphans_removed",
             "Objects without a row the storage sweep removed",
-            sum(session.scalars(select(MaintenanceState.removed))),
+            sum(removed or 0 for _, removed, _ in states),
         )
+        last = GaugeMetricFamily(
+            "bff_maintenance_last_run_timestamp_seconds",
+            "When beat's job last finished a run (Unix time): is beat alive?",
+            labels=["job"],
+        )
+        for name, _, at in states:
+            if at is not None:
+                at = at if at.tzinfo else at.replace(tzinfo=UTC)  # SQLite: naive UTC
+                last.add_metric([name], at.timestamp())
+        yield last
 
     def _queues(self) -> Iterator[Metric]:
         """Messages waiting per queue, as the broker counts them (a passive declare)."""

@@ -174,7 +174,7 @@ def dispatch(
     try:
         sig.apply_async()
     except Exception as exc:  # kombu and redis-py raise several types for "broker down"
-        log.warning("could not enqueue %s: %s", generation_id, type(exc).__name__)
+        log.warning("could not enqueue %s: %s", generation_id, _why(exc))
         return False
     return True
 
@@ -198,6 +198,13 @@ def dispatch_group(
     try:
         group(chains, app=celery_app).apply_async()
     except Exception as exc:  # as in dispatch
-        log.warning("could not enqueue a batch of %d: %s", len(chains), type(exc).__name__)
+        log.warning("could not enqueue a batch of %d: %s", len(chains), _why(exc))
         return False
     return True
+
+
+def _why(exc: BaseException) -> str:
+    """The broker's error for the log, as the workers log it (host, port,
+    reason; kombu and redis-py name no password)."""
+    said = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {said[0][:300]}" if said else type(exc).__name__
