@@ -106,3 +106,11 @@ def test_a_beat_whose_clock_is_behind_never_moves_the_mark_back(app, client, use
     monkeypatch.setattr(rollup, "MARGIN", timedelta(0))
     roll_up(app)
     assert history(client) == before and rolled(app)[rollup.STAGES, "generate"] == 1
+
+
+def test_metrics_say_when_beat_last_ran(app, client):
+    assert scrape(client)["bff_maintenance_last_run_timestamp_seconds"] == []
+    started = rollup.utcnow().timestamp()
+    roll_up(app)
+    [sample] = scrape(client)["bff_maintenance_last_run_timestamp_seconds"]
+    assert sample.labels == {"job": rollup.NAME} and sample.value >= started - 1
