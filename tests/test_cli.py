@@ -69,6 +69,20 @@ def test_users_revoke(runner, client):
     assert other.split("_", 2)[2] not in whole.output
 
 
+def test_users_list_names_each_users_key_prefixes(runner):
+    assert runner.invoke(args=["users", "list"]).output == "no users yet: bff users create NAME\n"
+    kept, gone = create_key(runner, "fay"), create_key(runner, "fay")
+    runner.invoke(args=["users", "revoke", gone])
+    assert runner.invoke(args=["users", "cap", "fay", "2.5"]).exit_code == 0
+    result = runner.invoke(args=["users", "list"])
+    assert result.exit_code == 0, result.output
+    prefix = lambda key: "_".join(key.split("_")[:2])  # noqa: E731
+    assert result.output.splitlines() == [
+        f"fay (id 1): cap $2.5000, $0.00 paid today; keys {prefix(kept)} [{prefix(gone)}]"
+    ]
+    assert kept.split("_", 2)[2] not in result.output  # never the secret
+
+
 def test_providers_check_fails_when_a_configured_key_cannot_be_checked(app_config):
     from app import create_app
     from tests.conftest import CliRunner

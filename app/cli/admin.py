@@ -56,6 +56,29 @@ def users_revoke(app: Flask, key_prefix: str) -> None:
     click.echo(f"revoked {n} key(s)")
 
 
+@users_cli.command("list")
+@with_app
+def users_list(app: Flask) -> None:
+    """Each user: id, daily cap, what they paid today, their keys' prefixes
+    (what ``bff users revoke`` takes; revoked ones in brackets)."""
+    from app.domain import spend
+    from app.domain.models import ApiKey, User
+
+    with app.extensions["bff"].db.session() as session:
+        users = session.scalars(select(User).order_by(User.name)).all()
+        keys = session.execute(
+            select(ApiKey.user_id, ApiKey.prefix, ApiKey.revoked_at).order_by(ApiKey.created_at)
+        ).all()
+        if not users:
+            click.echo("no users yet: bff users create NAME")
+        for user in users:
+            prefixes = [p if gone is None else f"[{p}]" for uid, p, gone in keys if uid == user.id]
+            cap = "no cap" if user.daily_spend_cap is None else f"cap ${user.daily_spend_cap}"
+            paid = spend.spent_today(session, user.id)
+            owned = " ".join(prefixes) or "-"
+            click.echo(f"{user.name} (id {user.id}): {cap}, ${paid:.2f} paid today; keys {owned}")
+
+
 def _amount(raw: str | None) -> Decimal | None:
     if raw is None:
         return None

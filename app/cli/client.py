@@ -34,7 +34,7 @@ def _api(
     try:
         return requests.request(method, base + path, timeout=30, headers=headers, **kwargs)
     except requests.ConnectionError:
-        msg = f"cannot reach the API at {base} (is 'make dev' running?)"
+        msg = f"cannot reach the API at {base}: is it running ('make dev')? BFF_API_URL says where"
         raise click.ClickException(msg) from None
     except requests.Timeout:
         raise click.ClickException(f"the API at {base} did not answer within 30 s") from None
