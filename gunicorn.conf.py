@@ -12,10 +12,19 @@ Override with GUNICORN_WORKERS / GUNICORN_THREADS (see docs/operations.md).
 import gc
 import os
 
-bind = f"0.0.0.0:{os.environ.get('PORT', '3001')}"
-workers = int(os.environ.get("GUNICORN_WORKERS", "2"))
+
+def _count(var: str, default: int) -> int:
+    """A whole number of at least 1 from ``var``, or one sentence saying what is wrong."""
+    raw = os.environ.get(var) or str(default)
+    if not raw.isdigit() or int(raw) < 1:
+        raise SystemExit(f"{var}={raw!r} cannot be used: it must be a whole number, 1 or more")
+    return int(raw)
+
+
+bind = f"0.0.0.0:{_count('PORT', 3001)}"
+workers = _count("GUNICORN_WORKERS", 2)
 worker_class = "gthread"
-threads = int(os.environ.get("GUNICORN_THREADS", "32"))
+threads = _count("GUNICORN_THREADS", 32)
 timeout = 60
 graceful_timeout = 20
 accesslog = "-"

@@ -218,3 +218,12 @@ def test_a_stage_waits_as_often_as_its_runner_says(monkeypatch):
             assert raised.value.when == 0.5
             assert sent[-1]["retries"] == retries + 1 and sent[-1]["countdown"] == 0.5
     assert len(sent) == 3
+
+
+@pytest.mark.parametrize("var,raw", [("GUNICORN_WORKERS", "two"), ("GUNICORN_THREADS", "0")])
+def test_a_bad_gunicorn_count_is_one_sentence(monkeypatch, var, raw):
+    import runpy
+
+    monkeypatch.setenv(var, raw)
+    with pytest.raises(SystemExit, match=f"{var}='{raw}' cannot be used: it must be a whole"):
+        runpy.run_path(str(ROOT / "gunicorn.conf.py"))
