@@ -28,6 +28,7 @@ threads = _count("GUNICORN_THREADS", 32)
 timeout = 60
 graceful_timeout = 20
 accesslog = "-"
+logger_class = "app.platform.gunicorn_logs.Logger"  # JSON lines with BFF_LOG_FORMAT=json
 # gunicorn 27's control socket (one per user home by default) is not used,
 # and concurrent servers (a dev server beside the test suite) fought over it.
 control_socket_disable = True

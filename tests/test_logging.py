@@ -71,3 +71,22 @@ def test_requests_bind_the_generation_in_their_url(app_config):
     a, b = (json.loads(line) for line in buf.getvalue().splitlines())
     assert a["generation_id"] == "gen_fromurl"
     assert b["generation_id"] is None
+
+
+def test_gunicorns_own_lines_are_json_lines_too(monkeypatch, capsys):
+    """Its access log and its errors, as gunicorn.conf.py sets it up."""
+    from gunicorn.config import Config
+
+    from app.platform.gunicorn_logs import Logger
+
+    monkeypatch.setenv("BFF_LOG_FORMAT", "json")
+    cfg = Config()
+    cfg.set("accesslog", "-")
+    log = Logger(cfg)
+    log.error("worker timeout (pid:%s)", 42)
+    log.access_log.info('127.0.0.1 - - "GET /health HTTP/1.1" 200 659')
+    written = capsys.readouterr()
+    lines = [json.loads(line) for line in (written.out + written.err).splitlines()]
+    by_logger = {line["logger"]: line for line in lines}
+    assert len(lines) == 2 and by_logger["gunicorn.access"]["level"] == "INFO"
+    assert by_logger["gunicorn.error"]["message"] == "worker timeout (pid:42)"

@@ -26,7 +26,7 @@ def bind(generation_id: str | None, stage: str | None = None) -> None:
     _context.set((generation_id, stage))
 
 
-def _stamp(record: logging.LogRecord) -> bool:
+def stamp(record: logging.LogRecord) -> bool:
     """Stamps each record with the current generation id and stage."""
     record.generation_id, record.stage = _context.get()
     return True
@@ -67,7 +67,7 @@ def configure(settings: Settings, stream: IO[str] | None = None) -> logging.Hand
             root.removeHandler(h)
     handler = logging.StreamHandler(stream or sys.stderr)
     handler._bff = True  # type: ignore[attr-defined]
-    handler.addFilter(_stamp)
+    handler.addFilter(stamp)
     handler.setFormatter(JsonFormatter() if settings.log_format == "json" else TextFormatter())
     root.addHandler(handler)
     root.setLevel(settings.log_level)
