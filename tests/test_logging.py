@@ -90,3 +90,18 @@ def test_gunicorns_own_lines_are_json_lines_too(monkeypatch, capsys):
     by_logger = {line["logger"]: line for line in lines}
     assert len(lines) == 2 and by_logger["gunicorn.access"]["level"] == "INFO"
     assert by_logger["gunicorn.error"]["message"] == "worker timeout (pid:42)"
+
+
+def test_a_database_outage_in_a_stage_is_a_warning(caplog):
+    """Celery logs its retry at INFO: the outage must reach a WARNING filter."""
+    import pytest
+    from sqlalchemy.exc import OperationalError
+
+    from workers.tasks import _noting_db_outage
+
+    with caplog.at_level(logging.WARNING), pytest.raises(OperationalError):
+        with _noting_db_outage(Settings.from_env({})):
+            raise OperationalError("SELECT 1", {}, Exception("server closed the connection"))
+    assert [r.getMessage() for r in caplog.records] == [
+        "database unavailable (OperationalError): the stage will be retried"
+    ]

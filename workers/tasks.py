@@ -54,8 +54,10 @@ def _noting_db_outage(settings) -> Iterator[None]:
     stages' owners are waiting, not dead, so no takeovers yet."""
     try:
         yield
-    except (OperationalError, InterfaceError):
+    except (OperationalError, InterfaceError) as exc:
         note_db_outage(settings)
+        # (Celery's own retry line is INFO: an outage should reach a WARNING filter.)
+        log.warning("database unavailable (%s): the stage will be retried", type(exc).__name__)
         raise
 
 
