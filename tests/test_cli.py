@@ -78,7 +78,7 @@ def test_users_list_names_each_users_key_prefixes(runner):
     assert result.exit_code == 0, result.output
     prefix = lambda key: "_".join(key.split("_")[:2])  # noqa: E731
     assert result.output.splitlines() == [
-        f"fay (id 1): cap $2.5000, $0.00 paid today; keys {prefix(kept)} [{prefix(gone)}]"
+        f"fay (id 1): cap $2.5000, $0.00 paid or held today; keys {prefix(kept)} [{prefix(gone)}]"
     ]
     assert kept.split("_", 2)[2] not in result.output  # never the secret
 
@@ -135,7 +135,7 @@ def test_a_database_that_is_not_set_up_is_one_sentence(tmp_path):
         ("BFF_SUBMIT_RATE_LIMIT", "x/y", "invalid literal"),
         ("BFF_MAINTENANCE_INTERVAL", "0", "it must be more than 0"),
         ("BFF_STALL_TIMEOUT", "-5", "it must be more than 0"),
-        ("BFF_LOG_LEVEL", "verbose", "it must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL"),
+        ("BFF_LOG_LEVEL", "verbose", "it must be one of CRITICAL, FATAL, ERROR, WARN, WARNING"),
     ],
 )
 def test_a_bad_setting_is_one_sentence_naming_its_variable(tmp_path, var, raw, why):
@@ -330,3 +330,8 @@ def test_a_database_the_server_does_not_have_is_named_as_such(tmp_path):
     assert done.stderr.strip().splitlines() == [
         f"Error: the database {url} does not exist: create it (createdb), then 'bff db upgrade'"
     ]
+
+
+@pytest.mark.parametrize("level", ["warn", "FATAL", "notset", "debug"])
+def test_every_level_name_logging_knows_is_a_log_level(level):
+    assert Settings.from_env({"BFF_LOG_LEVEL": level}).log_level == level.upper()

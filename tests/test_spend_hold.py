@@ -1,7 +1,8 @@
 """The daily cap holds while jobs pay: a stage about to pay holds its
 estimate (``generations.cost_held``) under the user's row lock, so jobs that
-start paying at the same moment count each other; the hold becomes the cost
-when the stage records it, and is let go when it ends otherwise. Runs the
+start paying at the same moment count each other; the hold becomes a payment
+when the provider is paid (``spend.pay``), and is let go when it ends
+otherwise. Runs the
 real ``replicate`` SDK against the fake."""
 
 from __future__ import annotations

@@ -59,7 +59,7 @@ def users_revoke(app: Flask, key_prefix: str) -> None:
 @users_cli.command("list")
 @with_app
 def users_list(app: Flask) -> None:
-    """Each user: id, daily cap, what they paid today, their keys' prefixes
+    """Each user: id, daily cap, what they paid or hold today, their keys' prefixes
     (what ``bff users revoke`` takes; revoked ones in brackets)."""
     from app.domain import spend
     from app.domain.models import ApiKey, User
@@ -76,7 +76,8 @@ def users_list(app: Flask) -> None:
             cap = "no cap" if user.daily_spend_cap is None else f"cap ${user.daily_spend_cap}"
             paid = spend.spent_today(session, user.id)
             owned = " ".join(prefixes) or "-"
-            click.echo(f"{user.name} (id {user.id}): {cap}, ${paid:.2f} paid today; keys {owned}")
+            spent = f"${paid:.2f} paid or held today"
+            click.echo(f"{user.name} (id {user.id}): {cap}, {spent}; keys {owned}")
 
 
 def _amount(raw: str | None) -> Decimal | None:

@@ -78,6 +78,9 @@ def _spent_statement():
 
 
 SPENT = _spent_statement()  # parameters: user_id, midnight (``db_time``)
+# The key of a stage's saved state naming its latest blocking paid call
+# (saved right before it): a re-run that pays nothing new names it again.
+PAID_CALL = "paidCall"
 
 
 def pay(
@@ -91,10 +94,11 @@ def pay(
     """Record that ``what`` (a stage of ``gen``) has just paid ``provider``,
     committed at once: the money is gone whatever befalls the stage next
     (its generation deleted or timed out, its record rolled back, a copy
-    that took it over). The hold becomes the generation's cost. ``payment``
-    names what was paid for (prediction ids): a resumed stage that reads the
-    same predictions again records nothing twice; without it (a blocking
-    call, paid anew each time) every call is a payment of its own."""
+    that took it over). The hold is let go: the payment counts from now.
+    ``payment`` names what was paid for (prediction ids, or the id a stage
+    saved before a blocking call: ``PAID_CALL``), so a resumed stage that
+    reads the same results again records nothing twice (and lets go of the
+    hold it took again on its way); without it, the call is a payment of its own."""
     if amount <= 0:
         return
     names = ",".join(sorted(payment)) if payment else uuid.uuid4().hex
@@ -112,16 +116,17 @@ def pay(
             Charge.id
         )
     ).first()
-    if recorded is not None:  # (a deleted generation's row: no update, the charge stands)
-        session.execute(
-            update(Generation)
-            .where(Generation.id == gen.id)
-            .values(cost=Generation.cost + amount, cost_held=0)
-            .execution_options(synchronize_session=False)
-        )
-        # The stage's copy of the row as it now is (not a change to flush).
-        set_committed_value(gen, "cost", (gen.cost or Decimal("0")) + amount)
-        set_committed_value(gen, "cost_held", Decimal("0"))
+    paid = amount if recorded is not None else Decimal("0")
+    # (A deleted generation's row: no update; the charge stands.)
+    session.execute(
+        update(Generation)
+        .where(Generation.id == gen.id)
+        .values(cost=Generation.cost + paid, cost_held=0)
+        .execution_options(synchronize_session=False)
+    )
+    # The stage's copy of the row as it now is (not a change to flush).
+    set_committed_value(gen, "cost", (gen.cost or Decimal("0")) + paid)
+    set_committed_value(gen, "cost_held", Decimal("0"))
     session.commit()
 
 

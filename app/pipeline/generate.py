@@ -18,6 +18,7 @@ the provider again would pay again. Images behind a URL are recorded for
 from __future__ import annotations
 
 import base64
+import uuid
 from decimal import Decimal
 from typing import Any
 
@@ -116,8 +117,9 @@ def run(ctx: StageContext) -> StageResult:
         # A token reserved by an earlier run is this call's (and only this one's).
         ratelimit.acquire(ctx.settings, bucket, job.state.get(ratelimit.RESERVED))
         # A checkpoint right before paying: it fences a copy of this stage that
-        # was taken over while it waited (StageLeaseLost) and renews the lease.
-        job.save({ratelimit.RESERVED: None})
+        # was taken over while it waited (StageLeaseLost) and renews the lease;
+        # it names the call, so its payment is recorded once (``spend.pay``).
+        job.save({ratelimit.RESERVED: None, spend.PAID_CALL: uuid.uuid4().hex})
 
     state = {k: v for k, v in ctx.previous.items() if k not in RUNNER_KEYS}
     job = Job(
@@ -142,7 +144,9 @@ def run(ctx: StageContext) -> StageResult:
         raise StageFailed(str(exc)) from exc
 
     cost = Decimal(str(provider.price_for(request))) * len(result.outputs)
-    spend.pay(ctx.session, gen, cost, provider_id, "generate", prediction_ids(job.state))
+    call = job.state.get(spend.PAID_CALL)
+    paid_for = prediction_ids(job.state) or ([call] if call else None)
+    spend.pay(ctx.session, gen, cost, provider_id, "generate", paid_for)
     outputs: list[dict[str, Any]] = []
     for i, out in enumerate(result.outputs):
         ref: dict[str, Any] = {"index": i, "contentType": out.content_type, **out.meta}

@@ -10,6 +10,7 @@ the environment, so tests configure the app exactly as an operator would.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -76,7 +77,7 @@ POSITIVE = (
 
 # Settings that take one of a few words (a typo would be ignored, or a traceback).
 CHOICES = {
-    "log_level": ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
+    "log_level": tuple(logging.getLevelNamesMapping()),  # WARN and FATAL too
     "log_format": ("text", "json"),
     "replicate_webhooks": ("auto", "on", "off"),
 }

@@ -1,0 +1,89 @@
+"""A stage that paid and then could not finish (its record hit a database
+outage, a download failed) runs again: it records the payment once, and lets
+go of the hold it took again on its way, for Replicate predictions read again
+and for DALL-E 3 images saved from the paid call (the real SDKs, against the
+fakes)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.exc import OperationalError
+
+from app.domain import spend
+from app.domain.models import Generation
+from app.pipeline import ALL_STAGES, runner
+from app.pipeline import refine as refine_stage
+from app.pipeline.context import StageTransient
+from app.providers.refiners import UPSCALER
+from tests.conftest import on_replicate
+from tests.fakes.openai_images import FakeOpenAIImages
+from tests.support.pipeline import load, run_through, services, submit_prompt
+
+KEY = "sk-unit-test"
+PRICE = {"google-imagen": Decimal("0.06"), "openai-dalle3": Decimal("0.04")}
+
+
+@pytest.fixture
+def openai_fake():
+    with FakeOpenAIImages(key=KEY) as fake:
+        yield fake
+
+
+@pytest.fixture
+def app_config(app_config, fake, openai_fake):
+    openai = {"OPENAI_API_KEY": KEY, "OPENAI_BASE_URL": openai_fake.url + "/v1"}
+    return {**on_replicate(app_config, fake), **openai}
+
+
+def money(app, gen_id: str) -> tuple[Decimal, Decimal, int]:
+    """The generation's cost and hold, and how many charges it has."""
+    with services(app).db.session() as session:
+        gen = session.get(Generation, gen_id)
+        charges = session.scalar(select(func.count()).where(spend.Charge.generation_id == gen_id))
+        return gen.cost, gen.cost_held, charges
+
+
+@pytest.mark.parametrize("provider", ["google-imagen", "openai-dalle3"])
+def test_a_generate_resumed_after_its_record_failed_pays_once(
+    app, user, fake, openai_fake, monkeypatch, provider
+):
+    gen_id = submit_prompt(app.test_client(), user.headers, "red dress", provider=provider)
+    run_through(app, gen_id, ALL_STAGES[:5])
+    real, failed = runner.record, []
+
+    def record(session, ctx, name, *args, **kwargs):
+        if name == "generate" and not failed:  # the database went away as it recorded
+            failed.append(name)
+            raise OperationalError("UPDATE", {}, Exception("server closed the connection"))
+        return real(session, ctx, name, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "record", record)
+    with pytest.raises(OperationalError):
+        run_through(app, gen_id, ["generate"])
+    run_through(app, gen_id, ["generate"])  # Celery's autoretry: the same task again
+    assert load(app, gen_id)["stages"][5]["status"] == "completed"
+    calls = fake.creates if provider == "google-imagen" else openai_fake.calls("dall-e-3")
+    assert calls == 1  # the provider was paid once
+    assert money(app, gen_id) == (PRICE[provider], 0, 1)
+
+
+def test_a_refine_whose_download_failed_after_paying_pays_once(app, user, fake, monkeypatch):
+    gen_id = submit_prompt(
+        app.test_client(), user.headers, "red dress", provider="google-imagen", upscale=2
+    )
+    real, failed = refine_stage.download, []
+
+    def download(settings, url, *args, **kwargs):
+        if not failed:
+            failed.append(url)
+            raise StageTransient("output download failed: ConnectionError")
+        return real(settings, url, *args, **kwargs)
+
+    monkeypatch.setattr(refine_stage, "download", download)
+    run_through(app, gen_id)
+    assert load(app, gen_id)["status"] == "completed" and failed
+    assert fake.creates == 2  # the image and its upscale, each once
+    assert money(app, gen_id) == (PRICE["google-imagen"] + Decimal(str(UPSCALER.price)), 0, 2)
