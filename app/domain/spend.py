@@ -124,10 +124,10 @@ def pay(
         .values(cost=Generation.cost + paid, cost_held=0)
         .execution_options(synchronize_session=False)
     )
+    session.commit()
     # The stage's copy of the row as it now is (not a change to flush).
     set_committed_value(gen, "cost", (gen.cost or Decimal("0")) + paid)
     set_committed_value(gen, "cost_held", Decimal("0"))
-    session.commit()
 
 
 def paid_total(session: Session, user_id: int) -> float:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import uuid
 from decimal import Decimal
+from functools import partial
 from typing import Any
 
 from app.domain import spend
@@ -32,7 +33,7 @@ from app.pipeline.context import (
     StageWaiting,
     hold_cost,
 )
-from app.pipeline.lease import RUNNER_KEYS, paying
+from app.pipeline.lease import RUNNER_KEYS, patiently, paying
 from app.pipeline.subject import head_garment, resolve
 from app.platform import ratelimit
 from app.platform.storage import StorageError, asset_key
@@ -146,7 +147,8 @@ def run(ctx: StageContext) -> StageResult:
     cost = Decimal(str(provider.price_for(request))) * len(result.outputs)
     call = job.state.get(spend.PAID_CALL)
     paid_for = prediction_ids(job.state) or ([call] if call else None)
-    spend.pay(ctx.session, gen, cost, provider_id, "generate", paid_for)
+    pay = partial(spend.pay, ctx.session, gen, cost, provider_id, "generate", paid_for)
+    patiently(ctx.session, pay, "payment")  # paid already: an outage is waited out
     outputs: list[dict[str, Any]] = []
     for i, out in enumerate(result.outputs):
         ref: dict[str, Any] = {"index": i, "contentType": out.content_type, **out.meta}

@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from sqlalchemy import bindparam, select
@@ -187,23 +188,33 @@ def checkpointer(
     transaction (and again if it is retried)."""
 
     def checkpoint(state: dict[str, Any], also: Also | None = None) -> None:
-        deadline, delay = time.monotonic() + patience, 0.2
-        while True:
-            try:
-                _save_checkpoint(session, generation_id, stage_id, task_id, state, also)
-                return
-            except StageLeaseLost:
-                session.rollback()
-                raise
-            except Exception as exc:
-                session.rollback()
-                if not db_unavailable(exc) or time.monotonic() + delay > deadline:
-                    raise
-                log.warning("checkpoint: database unavailable, retrying in %.1fs", delay)
-                time.sleep(delay)
-                delay = min(2.0, delay * 2)
+        save = partial(_save_checkpoint, session, generation_id, stage_id, task_id, state, also)
+        patiently(session, save, "checkpoint", patience)
 
     return checkpoint
+
+
+def patiently(
+    session: Session, step: Callable[[], None], what: str, patience: float = CHECKPOINT_PATIENCE
+) -> None:
+    """``step`` (a transaction that commits on ``session``), run again while
+    the database is unavailable, for up to ``patience`` seconds: what it
+    records was usually just paid for. A lost lease is never waited out."""
+    deadline, delay = time.monotonic() + patience, 0.2
+    while True:
+        try:
+            step()
+            return
+        except StageLeaseLost:
+            session.rollback()
+            raise
+        except Exception as exc:
+            session.rollback()
+            if not db_unavailable(exc) or time.monotonic() + delay > deadline:
+                raise
+            log.warning("%s: database unavailable, retrying in %.1fs", what, delay)
+            time.sleep(delay)
+            delay = min(2.0, delay * 2)
 
 
 def paying(

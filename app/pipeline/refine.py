@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from decimal import Decimal
+from functools import partial
 from typing import Any
 
 from sqlalchemy import func, select
@@ -40,7 +41,7 @@ from app.pipeline.context import (
     StageWaiting,
     hold_cost,
 )
-from app.pipeline.lease import RUNNER_KEYS, paying
+from app.pipeline.lease import RUNNER_KEYS, patiently, paying
 from app.pipeline.store import _image, download  # store's checks of what it stores
 from app.platform import ratelimit
 from app.platform.storage import StorageError, asset_key
@@ -162,7 +163,9 @@ def _replicate(ctx: StageContext, tasks: list[Task]) -> tuple[dict[str, bytes], 
         raise StageFailed(str(exc)) from exc
     predictions = {key: p["id"] for key, p in finished.items()}
     paid = _price(tasks)
-    spend.pay(ctx.session, ctx.generation, paid, "replicate", "refine", [*predictions.values()])
+    ids = [*predictions.values()]
+    pay = partial(spend.pay, ctx.session, ctx.generation, paid, "replicate", "refine", ids)
+    patiently(ctx.session, pay, "payment")  # an outage waited out, as generate's
     made = {key: download(ctx.settings, output_url(p)) for key, p in finished.items()}
     metrics = {key: p.get("metrics") or {} for key, p in finished.items()}
     return made, {"predictions": predictions, "metrics": metrics}
