@@ -92,3 +92,29 @@ def test_a_copy_that_finds_its_job_canceled_as_it_waits_again_fails_its_stage(
     out = generate(app, gen_id)  # its countdown's run
     assert not out.proceed and out.retry_in is None
     canceled_generate(load(app, gen_id))
+
+
+def test_a_stage_whose_worker_died_as_the_cancel_came_is_failed_by_the_beat(app, client, user):
+    """No copy will ever end it: once the generation has been silent a stall
+    timeout, the maintenance beat fails it; a copy still alive keeps it."""
+    from datetime import timedelta
+
+    from app.domain.models import utcnow
+    from app.pipeline.maintenance import end_abandoned_stages
+    from tests.support.pipeline import claimed
+
+    dead, alive = (submit_prompt(client, user.headers, "red dress") for _ in range(2))
+    for gen_id in (dead, alive):
+        claimed(app, gen_id, attempts=1, task_id=f"t-{gen_id}", name="analyze")
+        resp = client.post(f"/api/generate/{gen_id}/cancel", headers=user.headers)
+        assert resp.status_code == 200
+    s = services(app)
+    assert end_abandoned_stages(s.db, s.settings) == 0  # both just canceled
+    with s.db.session() as session:  # the dead one's worker has been silent since
+        gen = session.get(Generation, dead)
+        gen.updated_at = utcnow() - timedelta(seconds=s.settings.stall_timeout + 1)
+    assert end_abandoned_stages(s.db, s.settings) == 1
+    stage = stages_by_name(load(app, dead))["analyze"]
+    assert (stage["status"], stage["error"]) == ("failed", "canceled while running")
+    assert stages_by_name(load(app, alive))["analyze"]["status"] == "running"
+    assert end_abandoned_stages(s.db, s.settings) == 0  # nothing left to end

@@ -21,6 +21,7 @@ from app.pipeline import ALL_STAGES, orphans
 from app.pipeline.maintenance import (
     apply_one_feedback,
     apply_pending_feedback,
+    end_abandoned_stages,
     expire_overdue,
     note_db_outage,
     redispatch_stalled,
@@ -135,6 +136,7 @@ def redispatch_task() -> None:
     with _noting_db_outage(s.settings):
         sent = redispatch_stalled(s.db, s.celery, s.settings)
         expired = expire_overdue(s.db, s.settings)
+        end_abandoned_stages(s.db, s.settings)
     applied = apply_pending_feedback(s.db)
     batch_flows.sweep(s)  # batches whose last member's own check was lost
     if sent or applied or expired:

@@ -12,6 +12,8 @@
   A refine asked for after the fact gets the same time (the generation
   stays completed; only the refine fails).
 - ``apply_pending_feedback``: feedback whose optimiser task never ran.
+- ``end_abandoned_stages``: a canceled generation's stage left running by a
+  worker that died as the cancel came.
 """
 
 from __future__ import annotations
@@ -23,9 +25,10 @@ from datetime import datetime, timedelta
 from celery import Celery
 from sqlalchemy import and_, exists, or_, select, update
 
-from app.domain.generations import first_unfinished, stage_names, stage_status
+from app.domain.generations import first_unfinished, give_up_canceled, stage_names, stage_status
 from app.domain.models import Generation, GenerationFeedback, GenerationStage, utcnow
 from app.domain.states import (
+    CANCELED,
     COMPLETED,
     LATE_STAGE,
     PENDING,
@@ -38,13 +41,14 @@ from app.pipeline.learning import apply_feedback
 from app.pipeline.lease import aware, stalled
 from app.pipeline.runner import transaction
 from app.platform.config import Settings
-from app.platform.db import Database
+from app.platform.db import Database, begin_for_update
 from app.platform.queue import dispatch
 from app.platform.redis import client
 from app.providers.cancel import cancel_remote
 from app.providers.refiners import cancel_refines
 
 UNDISPATCHED_GRACE = timedelta(seconds=10)
+ABANDONED_HORIZON = timedelta(hours=1)  # how far back ``end_abandoned_stages`` looks
 OUTAGE_KEY = "bff:maintenance:db-unavailable"
 log = logging.getLogger(__name__)
 _local_outage: dict[str, float] = {}  # without Redis: this process's own observation
@@ -191,6 +195,43 @@ def expire_overdue(db: Database, settings: Settings, limit: int = 100) -> int:
                 cancel_remote(settings, gen)  # stop paying for what will never be stored
                 expired += 1
     return expired + expire_late_refines(db, settings, created_before, limit)
+
+
+def end_abandoned_stages(db: Database, settings: Settings, limit: int = 100) -> int:
+    """Fail the stage a canceled generation still shows running once its
+    copy has been silent a stall timeout: its worker died as the cancel came
+    (a live copy ends its stage at its next checkpoint or record, and its
+    heartbeat keeps the generation's clock fresh till then). Canceled in the
+    last ``ABANDONED_HORIZON`` only: a look at a few rows, not all history."""
+    if db_outage_recent(settings):  # their owners may only be waiting for the database
+        return 0
+    now = utcnow()
+    silent = (
+        Generation.status == CANCELED,
+        Generation.updated_at < now - timedelta(seconds=settings.stall_timeout),
+    )
+    with db.session() as session:
+        ids = session.scalars(
+            select(Generation.id)
+            .where(
+                *silent,
+                Generation.updated_at > now - ABANDONED_HORIZON,
+                Generation.stages.any(GenerationStage.status == S_RUNNING),
+            )
+            .limit(limit)
+        ).all()
+    ended = 0
+    for gen_id in ids:  # one at a time, each under its own lock, read again
+        with db.session() as session:
+            begin_for_update(session)
+            gen = session.scalars(
+                select(Generation).where(Generation.id == gen_id, *silent).with_for_update()
+            ).one_or_none()
+            for stage in gen.stages if gen is not None else ():
+                if stage.status == S_RUNNING:
+                    give_up_canceled(stage)
+                    ended += 1
+    return ended
 
 
 def expire_late_refines(
