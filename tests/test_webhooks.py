@@ -320,3 +320,43 @@ def test_a_job_canceled_mid_stage_gets_one_webhook(client, user, app, monkeypatc
         run_all(app, gen_id)
     [d] = deliveries(app, gen_id)
     assert d.event_type == "generation.canceled"
+
+
+def test_a_newer_message_supersedes_one_still_being_retried(dev_app, monkeypatch):
+    """The job failed, its receiver was down, the job was retried and
+    completed: the old ``failed`` is never sent after the ``completed``."""
+    import app.pipeline as pipeline
+    from app.pipeline.context import StageFailed
+    from app.webhooks import delivery
+
+    client, user = dev_app.test_client(), make_user(dev_app, "retrier")
+    receiver = Receiver([500])  # down once, then up
+    s = dev_app.extensions["bff"]
+    try:
+        gen_id = submit(client, user, receiver.url)
+        with monkeypatch.context() as m:
+            m.setitem(
+                pipeline.STAGE_FUNCS,
+                "store",
+                lambda ctx: (_ for _ in ()).throw(StageFailed("storage")),
+            )
+            failed = finished(dev_app, gen_id)
+        assert failed.event_type == "generation.failed"
+        assert attempt(s.db, s.settings, failed.id, 1)[0] == 2  # 500: to be retried
+        assert client.post(f"/api/generate/{gen_id}/retry", headers=user.headers).status_code == 202
+        with dev_app.app_context():
+            run_all(dev_app, gen_id, ["store"])
+        by_event = {d.event_type: d for d in deliveries(dev_app, gen_id)}
+        assert by_event["generation.failed"].status == "superseded"
+        assert attempt(s.db, s.settings, failed.id, 2) is None  # never sent again
+        assert attempt(s.db, s.settings, by_event["generation.completed"].id, 1) is None
+        sent = [json.loads(body)["status"] for _, body in receiver.received]
+        assert sent == ["failed", "completed"]
+        # One in flight as it was superseded is not scheduled again either.
+        delivery._record(s.db, failed.id, "pending", 500, "HTTP 500", delivery.utcnow())
+        assert {d.event_type: d.status for d in deliveries(dev_app, gen_id)} == {
+            "generation.failed": "superseded",
+            "generation.completed": "delivered",
+        }
+    finally:
+        receiver.close()

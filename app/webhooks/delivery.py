@@ -2,7 +2,8 @@
 transition it reports; sent at least once (the same ``webhook-id`` on every
 retry, so the receiver can de-duplicate); non-2xx or a network error retried
 with exponential backoff until a day has passed; a refused target recorded as
-``refused`` and never called."""
+``refused`` and never called; one not yet delivered when a newer message
+about the same generation (or batch) is recorded, ``superseded``."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from contextlib import suppress
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from app.domain.models import Batch, Generation, User, new_id, utcnow
@@ -20,7 +21,14 @@ from app.platform.config import Settings
 from app.platform.db import Database
 from app.platform.storage import public_base
 from app.webhooks.guard import Refused, Unresolved, post, resolve_target
-from app.webhooks.model import DELIVERED, FAILED, PENDING, REFUSED, WebhookDelivery
+from app.webhooks.model import (
+    DELIVERED,
+    FAILED,
+    PENDING,
+    REFUSED,
+    SUPERSEDED,
+    WebhookDelivery,
+)
 from app.webhooks.signing import ensure_secret, signed_headers
 
 CLAIM = timedelta(seconds=120)  # an attempt in flight; after this the sweep may take over
@@ -65,10 +73,24 @@ def _queue(
 ) -> str:
     """Add one pending delivery of ``event_type`` for its owner (a
     generation or a batch), the user's signing secret made first if they
-    have none yet; returns its id."""
+    have none yet; returns its id. Its owner's older messages not yet
+    delivered are superseded, never sent: a ``failed`` still being retried
+    must not reach the receiver after the ``completed`` of a retried job."""
     ensure_secret(session.get(User, user_id))
+    msg_id = new_id("msg")
+    owner = (
+        WebhookDelivery.generation_id == generation_id
+        if generation_id
+        else WebhookDelivery.batch_id == batch_id
+    )
+    session.execute(
+        update(WebhookDelivery)
+        .where(owner, WebhookDelivery.status == PENDING)
+        .values(status=SUPERSEDED, last_error=f"superseded by {msg_id}", next_attempt_at=None)
+        .execution_options(synchronize_session=False)
+    )
     delivery = WebhookDelivery(
-        id=new_id("msg"),
+        id=msg_id,
         user_id=user_id,
         event_type=event_type,
         url=url,
@@ -171,6 +193,8 @@ def _record(
 ) -> None:
     with db.session() as session:
         d = session.get(WebhookDelivery, delivery_id, with_for_update=True)
+        if d.status == SUPERSEDED and status == PENDING:  # while in flight: no retry
+            status, next_at, error = SUPERSEDED, None, d.last_error
         d.status, d.last_status_code, d.last_error = status, code, error
         d.next_attempt_at = next_at
         d.delivered_at = utcnow() if status == DELIVERED else None

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from app.domain.models import Base, utcnow
 
 PENDING, DELIVERED, FAILED, REFUSED = "pending", "delivered", "failed", "refused"
+SUPERSEDED = "superseded"  # a newer message about the same generation or batch was queued
 
 
 class WebhookDelivery(Base):
