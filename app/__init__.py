@@ -77,4 +77,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     )
     for module in (*blueprints, health, web, metrics):
         app.register_blueprint(module.bp)
+    # "//" in a path names nothing: a JSON 404, not werkzeug's HTML redirect.
+    for rule in app.url_map.iter_rules():
+        rule.merge_slashes = False
     return app

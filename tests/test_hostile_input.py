@@ -330,3 +330,16 @@ def test_oversized_heads_answer_as_docs_operations_says(live, url, headers, stat
         assert resp.json()["error"]["code"] in ("uri_too_long", "headers_too_large")
     else:
         assert resp.headers["Content-Type"] == "text/html"
+
+
+@pytest.mark.parametrize(
+    "method,path",
+    [
+        ("GET", "/api/generate//events"),
+        ("POST", "/api/generate//from-prompt"),
+        ("GET", "/static//x"),
+    ],
+)
+def test_a_doubled_slash_is_a_json_404_not_an_html_redirect(client, user, method, path):
+    resp = client.open(path, method=method, headers=user.headers)
+    assert (resp.status_code, resp.mimetype) == (404, "application/json"), resp.get_data()
