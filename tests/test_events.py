@@ -193,3 +193,28 @@ def test_streams_beyond_the_limit_get_503_and_slots_come_back(app_config):
 def test_transitions_derived_from_a_stage_row(stage, expected):
     got = [(e.key, e.data["status"]) for e in stage_events([stage])]
     assert got == expected
+
+
+def test_a_stream_resumed_after_a_retry_gets_the_new_run(app, client, user, monkeypatch):
+    """The client saw the job fail at store; it was retried and finished: a
+    stream resumed from the last id it saw gets store's new run, then done."""
+    from app.pipeline import STAGE_FUNCS
+    from app.pipeline.context import StageFailed
+
+    gen_id = submit_prompt(client, user.headers)
+    with monkeypatch.context() as m:
+        m.setitem(STAGE_FUNCS, "store", lambda ctx: (_ for _ in ()).throw(StageFailed("disk")))
+        run_all(app, gen_id)
+    seen = [e for e in read_stream(client, user, gen_id) if e.get("event") == "stage"]
+    assert (seen[-1]["data"]["stage"], seen[-1]["data"]["status"]) == ("store", "failed")
+    time.sleep(0.01)  # the retry starts in a later millisecond, as any real one does
+    assert client.post(f"/api/generate/{gen_id}/retry", headers=user.headers).status_code == 202
+    run_all(app, gen_id, ["store"])
+    resumed = read_stream(client, user, gen_id, seen[-1]["id"])
+    assert [
+        (e["event"], e["data"].get("stage"), e["data"]["status"]) for e in resumed if "id" in e
+    ] == [
+        ("stage", "store", "running"),
+        ("stage", "store", "completed"),
+        ("done", None, "completed"),
+    ]

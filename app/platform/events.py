@@ -17,6 +17,7 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import suppress
+from datetime import datetime
 from typing import Any, NamedTuple
 
 from app.platform.config import Settings
@@ -101,7 +102,9 @@ class StageEvent(NamedTuple):
 
 
 def parse_event_id(raw: str | None) -> Key | None:
-    """The last transition a client saw; None (start over) for anything else."""
+    """The last transition a client saw (``position.run.rank``; an id of the
+    older ``position.attempt.rank`` form sorts before every run, so nothing
+    is skipped); None (start over) for anything else."""
     if raw == DONE_ID:
         return (10**6, 0, 0)
     try:
@@ -111,9 +114,17 @@ def parse_event_id(raw: str | None) -> Key | None:
     return (pos, attempt, rank)
 
 
+def _run(st: dict[str, Any]) -> int:
+    """Which run of a stage a transition belongs to: when it started, in ms.
+    (Not its attempt count: a user's retry and a new refine start that again,
+    and ids that repeat would make a resumed stream skip the new run.)"""
+    started = st.get("startedAt")
+    return round(datetime.fromisoformat(started).timestamp() * 1000) if started else st["attempts"]
+
+
 def _stage_event(pos: int, st: dict[str, Any], rank: int, status: str) -> StageEvent:
     return StageEvent(
-        (pos, st["attempts"], rank),
+        (pos, _run(st), rank),
         {
             "stage": st["name"],
             "status": status,
