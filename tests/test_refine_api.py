@@ -270,3 +270,16 @@ def test_a_retried_refine_with_its_key_is_answered_not_refused(app, client, user
     assert stages_by_name(late.json)["refine"]["status"] == "completed"
     plain = client.post(url(gen_id, asset_id), json={"upscale": 2}, headers=user.headers)
     assert plain.status_code == 409  # no key: as before, the variant exists
+
+
+def test_a_poller_is_told_to_come_back_while_a_late_refine_runs(app, client, user, sent):
+    """The generation stays completed; a poller still needs the hint that it
+    will change (``Retry-After``), until the refine ends."""
+    gen_id, asset_id = completed(app, user)
+    assert "Retry-After" not in client.get(f"/api/generate/{gen_id}", headers=user.headers).headers
+    resp = client.post(url(gen_id, asset_id), json={"upscale": 2}, headers=user.headers)
+    assert resp.status_code == 202
+    polled = client.get(f"/api/generate/{gen_id}", headers=user.headers)
+    assert polled.json["status"] == "completed" and polled.headers["Retry-After"] == "1"
+    stage(app, gen_id, "refine")
+    assert "Retry-After" not in client.get(f"/api/generate/{gen_id}", headers=user.headers).headers

@@ -35,7 +35,10 @@ from app.domain.states import (
     CANCEL_REQUEST,
     FINAL,
     GENERATION_STATUSES,
+    LATE_STAGE,
     RETRY_REQUEST,
+    S_PENDING,
+    S_RUNNING,
     IllegalTransition,
 )
 from app.platform import events
@@ -98,11 +101,15 @@ def show(generation_id: str):
                 resp.set_etag(tag)
                 return resp
         gen = load_owned(session, generation_id)
-        resp, status = respond(GenerationOut, gen), gen.status
+        resp = respond(GenerationOut, gen)
         resp.set_etag(_etag(gen.updated_at, feedback_state(gen)))
+        # Still changing: not final, or a refine asked after it completed runs.
+        working = gen.status not in FINAL or any(
+            s.name == LATE_STAGE and s.status in (S_PENDING, S_RUNNING) for s in gen.stages
+        )
     # Revalidated each time (the 304 is cheap): feedback changes even a final one.
     resp.cache_control.private, resp.cache_control.no_cache = True, True
-    if status not in FINAL:
+    if working:
         resp.headers["Retry-After"] = "1"
     return resp
 
