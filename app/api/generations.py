@@ -35,11 +35,9 @@ from app.domain.states import (
     CANCEL_REQUEST,
     FINAL,
     GENERATION_STATUSES,
-    LATE_STAGE,
     RETRY_REQUEST,
-    S_PENDING,
-    S_RUNNING,
     IllegalTransition,
+    refining,
 )
 from app.platform import events
 from app.platform.queue import dispatch
@@ -103,10 +101,7 @@ def show(generation_id: str):
         gen = load_owned(session, generation_id)
         resp = respond(GenerationOut, gen)
         resp.set_etag(_etag(gen.updated_at, feedback_state(gen)))
-        # Still changing: not final, or a refine asked after it completed runs.
-        working = gen.status not in FINAL or any(
-            s.name == LATE_STAGE and s.status in (S_PENDING, S_RUNNING) for s in gen.stages
-        )
+        working = gen.status not in FINAL or refining(gen)  # still changing
     # Revalidated each time (the 304 is cheap): feedback changes even a final one.
     resp.cache_control.private, resp.cache_control.no_cache = True, True
     if working:

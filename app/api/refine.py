@@ -25,7 +25,7 @@ from app.api.schemas import RefineIn, parse
 from app.domain import generations as svc
 from app.domain.models import Generation, GenerationAsset, utcnow
 from app.domain.spend import refusal
-from app.domain.states import COMPLETED, LATE_REQUEST, LATE_STAGE, S_PENDING, S_RUNNING
+from app.domain.states import COMPLETED, LATE_REQUEST, LATE_STAGE, S_PENDING, refining
 from app.pipeline.refine import ops_for
 from app.platform.queue import dispatch
 
@@ -53,7 +53,7 @@ def _check(gen: Generation, asset: GenerationAsset, options: dict) -> float:
         raise ApiError(
             409, "conflict", f"only a completed generation can be refined; this one is {gen.status}"
         )
-    if any(s.name == LATE_STAGE and s.status in (S_PENDING, S_RUNNING) for s in gen.stages):
+    if refining(gen):
         raise ApiError(409, "conflict", "a refine of this generation is already running")
     made = {(a.source_asset_id, (a.meta or {}).get("refine")) for a in gen.assets}
     todo = [op for op in ops_for(options) if (asset.id, op.key) not in made]

@@ -47,9 +47,14 @@ def _known_names(env: Mapping[str, str], default_provider: str | None) -> None:
     if default_provider and default_provider not in {"auto", *CATALOGUE}:
         models = ", ".join(sorted(CATALOGUE))
         raise ConfigError(f"BFF_DEFAULT_PROVIDER={default_provider!r} is not a model: {models}")
-    buckets = {"BFF_RATE_LIMIT_" + b.upper().replace("-", "_") for b in rate_limit_defaults()}
+    buckets = {rate_var(b) for b in rate_limit_defaults()}
     for var in sorted(v for v in env if v.startswith("BFF_RATE_LIMIT_") and v not in buckets):
         raise ConfigError(f"{var} names no rate-limited model: one of {', '.join(sorted(buckets))}")
+
+
+def rate_var(bucket: str) -> str:
+    """The variable that sets a rate-limit bucket's limit: BFF_RATE_LIMIT_<BUCKET>."""
+    return "BFF_RATE_LIMIT_" + bucket.upper().replace("-", "_")
 
 
 def _rate(raw: str) -> tuple[int, float]:
@@ -273,7 +278,7 @@ class Settings:
         _known_names(env, values.get("default_provider"))
         rate_limits = {}
         for bucket, default in rate_limit_defaults().items():
-            var = "BFF_RATE_LIMIT_" + bucket.upper().replace("-", "_")
+            var = rate_var(bucket)
             count, per = _parse(var, env.get(var) or default, _rate)
             if count < 0 or per <= 0:
                 raise ConfigError(f"{var} must be N/SECONDS, N >= 0 (0: no limit), SECONDS > 0")

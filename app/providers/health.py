@@ -87,14 +87,13 @@ def record_outcome(
 ) -> None:
     now = now or utcnow()
     message = None if ok else (error or "")[:2000]
+    count = COUNT_OK if ok else COUNT_FAILED
     params = {"provider_id": provider_id, "message": message}
     # A counter bumped in SQL: no loaded Provider to bring up to date.
     options = {"synchronize_session": False}
-    if not session.execute(
-        COUNT_OK if ok else COUNT_FAILED, params, execution_options=options
-    ).rowcount:
+    if not session.execute(count, params, execution_options=options).rowcount:
         _add_row(session, provider_id)  # a catalogue model the table was not seeded with
-        session.execute(COUNT_OK if ok else COUNT_FAILED, params, execution_options=options)
+        session.execute(count, params, execution_options=options)
     session.add(ProviderOutcome(provider_id=provider_id, ok=ok, error=message, created_at=now))
     prune_if_due(session, provider_id, now)
     if not ok:  # it may open a circuit: this process's next route reads the window
