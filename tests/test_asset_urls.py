@@ -13,6 +13,7 @@ import json
 import zipfile
 
 import pytest
+from flask import has_app_context
 from sqlalchemy import event, select
 
 from app import create_app
@@ -105,7 +106,8 @@ def test_the_runner_records_a_webhook_with_no_app_around_it(app, client, user):
     gen_id = submit_prompt(client, user.headers)
     with services(app).db.session() as session:
         session.get(Generation, gen_id).webhook_url = "https://hooks.example.com/bff"
-    run_all(app, gen_id)  # no app context, as the runner's unit tests run it
+    assert not has_app_context()  # as a worker runs it
+    run_all(app, gen_id)
     with services(app).db.session() as session:
         query = select(WebhookDelivery).where(WebhookDelivery.generation_id == gen_id)
         payload = json.loads(session.scalars(query).one().payload)

@@ -10,20 +10,22 @@ import pytest
 from app.domain.generations import cancel
 from app.domain.models import Generation
 from app.pipeline import ALL_STAGES
-from app.pipeline.runner import run_stage
 from app.providers.replicate import ReplicateModel
 from tests.conftest import on_replicate
-from tests.support.pipeline import load, run_through, services, stages_by_name, submit_prompt
+from tests.support.pipeline import (
+    load,
+    paying,
+    run_through,
+    services,
+    stage,
+    stages_by_name,
+    submit_prompt,
+)
 
 
 @pytest.fixture
 def app_config(app_config, fake):
     return on_replicate(app_config, fake)
-
-
-def generate(app, gen_id: str):
-    s = services(app)
-    return run_stage(s.db, s.settings, s.storage, gen_id, "generate", task_id="t-generate")
 
 
 def canceled_generate(gen: dict) -> dict:
@@ -36,13 +38,11 @@ def canceled_generate(gen: dict) -> dict:
 
 def test_a_stage_parked_on_a_provider_is_failed_by_the_cancel(app, client, user, fake):
     gen_id = submit_prompt(client, user.headers, "red dress", provider="google-imagen")
-    run_through(app, gen_id, ALL_STAGES[:5])
-    fake.latency = 30.0
-    assert generate(app, gen_id).retry_in is not None  # parked on its prediction
+    paying(app, fake, gen_id)  # parked on its prediction
     resp = client.post(f"/api/generate/{gen_id}/cancel", headers=user.headers)
     assert resp.status_code == 200
     canceled_generate(resp.get_json())  # at once, in the cancel's own answer
-    assert not generate(app, gen_id).proceed  # its countdown's run stops
+    assert not stage(app, gen_id, "generate").proceed  # its countdown's run stops
     canceled_generate(load(app, gen_id))
     [pid] = fake.predictions
     assert fake.render(pid)["status"] == "canceled"
@@ -63,7 +63,7 @@ def test_a_copy_stopped_at_its_checkpoint_by_the_cancel_fails_its_stage(
         return prediction
 
     monkeypatch.setattr(ReplicateModel, "_create", create_as_the_cancel_comes)
-    out = generate(app, gen_id)
+    out = stage(app, gen_id, "generate")
     assert not out.proceed and out.retry_in is None
     canceled_generate(load(app, gen_id))
     [pid] = fake.predictions
@@ -76,9 +76,7 @@ def test_a_copy_that_finds_its_job_canceled_as_it_waits_again_fails_its_stage(
     """Resumed from its countdown (the parked mark cleared), it looks at its
     prediction, still running, as the cancel commits: it must not just stop."""
     gen_id = submit_prompt(client, user.headers, "red dress", provider="google-imagen")
-    run_through(app, gen_id, ALL_STAGES[:5])
-    fake.latency = 30.0
-    assert generate(app, gen_id).retry_in is not None  # parked on its prediction
+    paying(app, fake, gen_id)  # parked on its prediction
     look = ReplicateModel._wait
 
     def look_as_the_cancel_comes(self, ids):
@@ -89,7 +87,7 @@ def test_a_copy_that_finds_its_job_canceled_as_it_waits_again_fails_its_stage(
                 cancel(session.get(Generation, gen_id))
 
     monkeypatch.setattr(ReplicateModel, "_wait", look_as_the_cancel_comes)
-    out = generate(app, gen_id)  # its countdown's run
+    out = stage(app, gen_id, "generate")  # its countdown's run
     assert not out.proceed and out.retry_in is None
     canceled_generate(load(app, gen_id))
 

@@ -100,7 +100,7 @@ def test_an_unknown_column_is_named_before_anything_is_sent(tmp_path, sent, head
 def test_each_request_knows_its_line_and_columns(tmp_path):
     path = tmp_path / "looks.csv"
     path.write_text('\nprompt, provider ,count\nlinen shirt,local,2\n\n"wool, navy",,\n')
-    items, sources = read_batch(path)
+    _, sources = read_batch(path)
     assert [s.line for s in sources] == [3, 5]
     assert sources[0].where("settings.provider") == "line 3, column provider"
     assert sources[1].where("") == "line 5"

@@ -198,13 +198,9 @@ def test_transitions_derived_from_a_stage_row(stage, expected):
 def test_a_stream_resumed_after_a_retry_gets_the_new_run(app, client, user, monkeypatch):
     """The client saw the job fail at store; it was retried and finished: a
     stream resumed from the last id it saw gets store's new run, then done."""
-    from app.pipeline import STAGE_FUNCS
-    from app.pipeline.context import StageFailed
+    from tests.test_api_generations import failed
 
-    gen_id = submit_prompt(client, user.headers)
-    with monkeypatch.context() as m:
-        m.setitem(STAGE_FUNCS, "store", lambda ctx: (_ for _ in ()).throw(StageFailed("disk")))
-        run_all(app, gen_id)
+    gen_id = failed(app, client, user, monkeypatch, stage="store")
     seen = [e for e in read_stream(client, user, gen_id) if e.get("event") == "stage"]
     assert (seen[-1]["data"]["stage"], seen[-1]["data"]["status"]) == ("store", "failed")
     time.sleep(0.01)  # the retry starts in a later millisecond, as any real one does

@@ -14,7 +14,7 @@ def post(client, user, gen_id: str, action: str, key: str | None):
     return client.post(f"/api/generate/{gen_id}/{action}", headers=headers)
 
 
-def sent(app, monkeypatch) -> list[str]:
+def dispatched(monkeypatch) -> list[str]:
     """The first stages of the chains ``app`` sends from now on."""
     from app.api import generations
 
@@ -42,7 +42,7 @@ def test_a_retried_cancel_is_answered_again(app, client, user):
 
 def test_a_retried_retry_resumes_the_generation_once(app, client, user, monkeypatch):
     gen_id = failed(app, client, user, monkeypatch)
-    firsts = sent(app, monkeypatch)
+    firsts = dispatched(monkeypatch)
     first = post(client, user, gen_id, "retry", "r-1")
     assert first.status_code == 202 and first.get_json()["status"] == "pending"
     again = post(client, user, gen_id, "retry", "r-1")

@@ -15,7 +15,7 @@ import pytest
 
 from app import create_app
 from app.domain import spend
-from app.domain.models import Generation, User
+from app.domain.models import Generation
 from app.pipeline import ALL_STAGES
 from app.pipeline.runner import run_stage
 from tests.conftest import make_user, on_replicate
@@ -23,8 +23,10 @@ from tests.support.locks import pg_url, wait_until_blocked_by
 from tests.support.pipeline import (
     load,
     new_generation,
+    paying,
     run_through,
     services,
+    set_cap,
     stages_by_name,
     submit_prompt,
 )
@@ -37,11 +39,6 @@ def app_config(app_config, fake):
     return on_replicate(app_config, fake)
 
 
-def set_cap(app, user, usd: str) -> None:
-    with services(app).db.session() as session:
-        session.get(User, user.id).daily_spend_cap = Decimal(usd)
-
-
 def held(app, gen_id: str) -> Decimal:
     with services(app).db.session() as session:
         return session.get(Generation, gen_id).cost_held
@@ -49,16 +46,6 @@ def held(app, gen_id: str) -> Decimal:
 
 def submit(app, user) -> str:
     return submit_prompt(app.test_client(), user.headers, "red dress", provider="google-imagen")
-
-
-def paying(app, fake, gen_id: str, latency: float = 30.0) -> None:
-    """Run the job until its generate stage is parked on its paid prediction
-    (which runs ``latency`` seconds)."""
-    run_through(app, gen_id, ALL_STAGES[:5])
-    fake.latency = latency
-    s = services(app)
-    out = run_stage(s.db, s.settings, s.storage, gen_id, "generate", task_id="t-generate")
-    assert out.retry_in is not None, load(app, gen_id)["error"]
 
 
 def test_a_job_paying_holds_its_cost_so_another_is_refused_before_paying(app, user, fake):

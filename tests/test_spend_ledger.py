@@ -15,12 +15,12 @@ from alembic import command
 
 from app.cli import alembic_config, upgrade_database
 from app.domain import spend
-from app.domain.models import Generation, User, utcnow
+from app.domain.models import Generation, utcnow
 from app.domain.spend import Charge
 from app.pipeline import ALL_STAGES
 from app.providers.refiners import UPSCALER
 from tests.conftest import on_replicate
-from tests.support.pipeline import load, run_through, services, submit_prompt
+from tests.support.pipeline import load, run_through, services, set_cap, submit_prompt
 
 IMAGE = Decimal("0.06")  # google-imagen's price of one image
 
@@ -43,17 +43,12 @@ def spent_today(app, user) -> Decimal:
         return Decimal(str(spend.spent_today(session, user.id))).quantize(Decimal("0.0001"))
 
 
-def set_cap(app, user, usd: str) -> None:
-    with services(app).db.session() as session:
-        session.get(User, user.id).daily_spend_cap = Decimal(usd)
-
-
 def submit_paid(app, user):
     body = {"prompt": "blue coat", "settings": {"provider": "google-imagen"}}
     return app.test_client().post("/api/generate/from-prompt", json=body, headers=user.headers)
 
 
-def test_deleting_a_generation_gives_none_of_the_days_spend_back(app, user, fake):
+def test_deleting_a_generation_gives_none_of_the_days_spend_back(app, user):
     gen_id = made(app, user)
     set_cap(app, user, "0.10")  # $0.06 paid: another $0.06 image does not fit
     resp = app.test_client().delete(f"/api/generate/{gen_id}", headers=user.headers)
@@ -66,7 +61,7 @@ def test_deleting_a_generation_gives_none_of_the_days_spend_back(app, user, fake
     assert resp.get_json()["error"]["details"]["spent"] == float(IMAGE)
 
 
-def test_a_refine_of_an_older_generation_is_spent_on_the_day_it_is_paid(app, user, fake):
+def test_a_refine_of_an_older_generation_is_spent_on_the_day_it_is_paid(app, user):
     gen_id = made(app, user)
     yesterday = utcnow() - timedelta(days=1)
     with services(app).db.session() as session:  # made and paid yesterday
@@ -95,9 +90,10 @@ def test_a_refine_of_an_older_generation_is_spent_on_the_day_it_is_paid(app, use
     }
 
 
-def test_the_cost_metric_keeps_what_deleted_generations_paid(app, user, fake):
+def test_the_cost_metric_keeps_what_deleted_generations_paid(app, user):
     gen_id = made(app, user)
-    app.test_client().delete(f"/api/generate/{gen_id}", headers=user.headers)
+    resp = app.test_client().delete(f"/api/generate/{gen_id}", headers=user.headers)
+    assert resp.status_code == 204
     text = app.test_client().get("/metrics").get_data(as_text=True)
     assert f'bff_generation_cost_dollars_total{{provider="google-imagen"}} {float(IMAGE)}' in text
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import io
 import time
+from decimal import Decimal
 from typing import Any
 
 from PIL import Image
 
 from app.api.responses import generation_json
 from app.domain import generations as svc
-from app.domain.models import Generation
+from app.domain.models import Generation, User
 from app.pipeline import ALL_STAGES, STAGES, maintenance
 from app.pipeline.runner import Outcome, run_stage
 
@@ -117,3 +118,18 @@ def submit_image(
     return client.post(
         "/api/generate/from-image", data=form, headers=headers, content_type="multipart/form-data"
     )
+
+
+def set_cap(app, user, usd: str) -> None:
+    """The user's daily spend cap, as ``bff users cap`` sets it."""
+    with services(app).db.session() as session:
+        session.get(User, user.id).daily_spend_cap = Decimal(usd)
+
+
+def paying(app, fake, gen_id: str, latency: float = 30.0) -> None:
+    """Run the job until its generate stage is parked on its paid prediction
+    (which runs ``latency`` seconds on the fake Replicate)."""
+    run_through(app, gen_id, ALL_STAGES[:5])
+    fake.latency = latency
+    out = stage(app, gen_id, "generate")
+    assert out.retry_in is not None, load(app, gen_id)["error"]
