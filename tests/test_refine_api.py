@@ -4,9 +4,11 @@ variants, shown in its stages and on its event stream."""
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 
 import pytest
+from sqlalchemy import select
 
 from app.api import batches as batches_route
 from app.api import refine as route
@@ -14,6 +16,7 @@ from app.domain.models import Generation, utcnow
 from app.pipeline import ALL_STAGES, STAGES, maintenance
 from app.platform import events
 from app.platform.queue import BACKGROUND, stage_chain
+from app.webhooks import WebhookDelivery
 from tests.support.pipeline import load, run_all, services, stage, stages_by_name, submit_prompt
 
 
@@ -39,8 +42,14 @@ def sent(monkeypatch) -> Sent:
     return calls
 
 
-def completed(app, user) -> tuple[str, int]:
-    gen_id = submit_prompt(app.test_client(), user.headers, "red silk dress", provider="local")
+def completed(app, user, webhook_url: str | None = None) -> tuple[str, int]:
+    if webhook_url:
+        body = {"prompt": "red silk dress", "webhookUrl": webhook_url}
+        resp = app.test_client().post("/api/generate/from-prompt", json=body, headers=user.headers)
+        assert resp.status_code == 202, resp.get_json()
+        gen_id = resp.get_json()["id"]
+    else:
+        gen_id = submit_prompt(app.test_client(), user.headers, "red silk dress", provider="local")
     run_all(app, gen_id)
     gen = load(app, gen_id)
     assert gen["status"] == "completed"
@@ -283,3 +292,56 @@ def test_a_poller_is_told_to_come_back_while_a_late_refine_runs(app, client, use
     assert polled.json["status"] == "completed" and polled.headers["Retry-After"] == "1"
     stage(app, gen_id, "refine")
     assert "Retry-After" not in client.get(f"/api/generate/{gen_id}", headers=user.headers).headers
+
+
+def messages(app, gen_id: str) -> list[tuple[str, dict]]:
+    """The generation's webhook messages, oldest first: (event, body)."""
+    with services(app).db.session() as session:
+        rows = session.scalars(
+            select(WebhookDelivery)
+            .where(WebhookDelivery.generation_id == gen_id)
+            .order_by(WebhookDelivery.created_at)
+        ).all()
+        return [(d.event_type, json.loads(d.payload)) for d in rows]
+
+
+HOOK = "https://93.184.216.34/bff"  # an address literal: no lookup
+
+
+def test_a_late_refine_sends_the_generation_again_with_its_variant(app, client, user, sent):
+    """A receiver of webhooks learns of the variants without polling."""
+    gen_id, asset_id = completed(app, user, HOOK)
+    client.post(url(gen_id, asset_id), json={"upscale": 2}, headers=user.headers)
+    stage(app, gen_id, "refine")
+    [(first, _), (event, body)] = messages(app, gen_id)
+    assert (first, event) == ("generation.completed", "generation.refined")
+    assert body["status"] == "completed"
+    assert stages_by_name(body)["refine"]["status"] == "completed"
+    assert [a["variant"] for a in body["assets"]] == ["original", "upscaled"]
+
+
+def test_a_late_refine_that_fails_or_times_out_is_sent_too(app, client, user, sent, monkeypatch):
+    import app.pipeline as pipeline
+    from app.pipeline.context import StageFailed
+
+    gen_id, asset_id = completed(app, user, HOOK)
+    client.post(url(gen_id, asset_id), json={"upscale": 2}, headers=user.headers)
+
+    def broken(ctx):
+        raise StageFailed("the upscaler refused the image")
+
+    with monkeypatch.context() as m:
+        m.setitem(pipeline.STAGE_FUNCS, "refine", broken)
+        stage(app, gen_id, "refine")
+    event, body = messages(app, gen_id)[-1]
+    assert event == "generation.refined" and body["status"] == "completed"
+    assert stages_by_name(body)["refine"]["error"] == "the upscaler refused the image"
+
+    # Asked again, and never ending: the beat times it out, and says so.
+    client.post(url(gen_id, asset_id), json={"upscale": 2}, headers=user.headers)
+    later = utcnow() + timedelta(seconds=services(app).settings.generation_timeout + 1)
+    monkeypatch.setattr(maintenance, "utcnow", lambda: later)
+    assert maintenance.expire_overdue(services(app).db, services(app).settings) == 1
+    event, body = messages(app, gen_id)[-1]
+    assert event == "generation.refined" and len(messages(app, gen_id)) == 3
+    assert "timed out" in stages_by_name(body)["refine"]["error"]

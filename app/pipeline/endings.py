@@ -20,6 +20,7 @@ from app.domain.generations import elapsed_ms, first_unfinished, give_up_cancele
 from app.domain.models import Generation, GenerationStage, utcnow
 from app.domain.states import (
     CANCELED,
+    COMPLETED,
     FAILED,
     FINAL,
     LATE_REQUEST,
@@ -171,6 +172,8 @@ def end_failed(
     gen_id, name, batch_id = gen.id, stage.name, gen.batch_id
     after.append(lambda: events.stage_changed(settings, gen_id, name, S_FAILED, None))
     if was_final:
+        if name == LATE_STAGE and gen.status == COMPLETED:  # a refine asked afterwards
+            announce_late_refine(session, settings, gen, after)
         return STOP
     delivery = record_final(session, gen, settings)
     after.append(
@@ -179,6 +182,22 @@ def end_failed(
         )
     )
     return Outcome(False, error=error)
+
+
+def announce_late_refine(
+    session: Session, settings: Settings, gen: Generation, after: After
+) -> None:
+    """A refine asked after its generation completed has ended (its variants
+    recorded, or its error): the generation's webhook gets the generation
+    again, as the receiver would otherwise have to poll for the variants."""
+    delivery = record_final(session, gen, settings, event="generation.refined")
+    if delivery:
+        gen_id = gen.id
+        after.append(
+            lambda: events.generation_final(
+                settings, gen_id, COMPLETED, delivery, record_webhook=False
+            )
+        )
 
 
 def time_out(

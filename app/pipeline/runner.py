@@ -25,6 +25,7 @@ from app.domain.states import (
     CANCELED,
     COMPLETED,
     FINAL,
+    LATE_STAGE,
     PROCESSING,
     S_COMPLETED,
     S_FAILED,
@@ -52,6 +53,7 @@ from app.pipeline.endings import (
     STOP,
     After,
     Outcome,
+    announce_late_refine,
     backoff,
     elapsed_ms,
     end_failed,
@@ -257,6 +259,8 @@ def record(
         if name == "generate" and gen.status == CANCELED:  # store will never record them
             stored = [o["storedKey"] for o in output.get("outputs", []) if o.get("storedKey")]
             after.append(lambda: ctx.storage.delete(stored))
+        if name == LATE_STAGE and gen.status == COMPLETED:  # a refine asked afterwards
+            announce_late_refine(session, settings, gen, after)
         return STOP
     if name == stages_for(gen.settings)[-1]:  # the last of this generation's own stages
         set_status(gen, COMPLETED)

@@ -35,18 +35,22 @@ CLAIM = timedelta(seconds=120)  # an attempt in flight; after this the sweep may
 MAX_DELAY = 4 * 3600.0
 
 
-def record_final(session: Session, gen: Generation, settings: Settings) -> str | None:
+def record_final(
+    session: Session, gen: Generation, settings: Settings, event: str | None = None
+) -> str | None:
     """Record the final-state message for ``gen`` in the caller's transaction,
     so the transition and its webhook commit together (or not at all).
     Returns the delivery id to send after the commit (None: no webhook).
-    Image URLs on ``settings``' public base (the runner needs no app)."""
+    Image URLs on ``settings``' public base (the runner needs no app).
+    ``event``: the delivery's type, if not ``generation.<status>``."""
     from app.api.responses import generation_json  # it imports the pipeline, which imports us
 
     if not gen.webhook_url:
         return None
     session.flush()
     session.expire(gen, ["stages", "assets"])  # the payload shows what was just written
-    event, payload = f"generation.{gen.status}", generation_json(gen, public_base(settings))
+    event = event or f"generation.{gen.status}"
+    payload = generation_json(gen, public_base(settings))
     return _queue(session, gen.user_id, gen.webhook_url, event, payload, generation_id=gen.id)
 
 
