@@ -278,6 +278,29 @@ def test_a_prediction_paid_for_as_its_stage_was_lost_is_canceled(
     assert fake.counters["cancel"] == 1 and fake.render(pid)["status"] == "canceled"
 
 
+def test_a_copy_whose_stage_another_copy_finished_does_not_pay(app, user, fake, monkeypatch):
+    """A copy taken over while it was stalled came back and finished the stage
+    before the new owner's paid call: the new owner's fence stops it there,
+    though the stage still names it (a record does not change the owner)."""
+    from app.platform import ratelimit
+
+    gen_id = submit_prompt(app.test_client(), user.headers, "red dress", provider="google-imagen")
+    run_through(app, gen_id, ALL_STAGES[:5])
+    acquire = ratelimit.acquire
+
+    def finished_meanwhile(*args, **kw):
+        with services(app).db.session() as session:  # as the old copy's record leaves it
+            row = session.get(Generation, gen_id).stage("generate")
+            row.status, row.output = "completed", {"outputs": []}
+        return acquire(*args, **kw)
+
+    monkeypatch.setattr(ratelimit, "acquire", finished_meanwhile)
+    out = run_stage(*_s(app), gen_id, "generate", task_id="t-new-owner")
+    assert not out.proceed and out.error is None
+    assert fake.creates == 0  # nothing paid twice
+    assert stages_by_name(load(app, gen_id))["generate"]["status"] == "completed"
+
+
 def test_a_late_refine_of_an_imagen_image_is_not_stopped_by_its_completed_generation(
     app, user, fake
 ):

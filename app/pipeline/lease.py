@@ -268,6 +268,10 @@ def _save_checkpoint(
     if task_id is not None and stage.task_id != task_id:
         raise StageLeaseLost(f"{stage.name} was taken over by {stage.task_id}")
     ended = ended_for(gen, stage.name)
+    if stage.status != S_RUNNING and not ended:
+        # Finished (or failed) by a copy it took over from, which came back:
+        # a record leaves the stage's task id as it was, so the id alone passes.
+        raise StageLeaseLost(f"{stage.name} was {stage.status} by another copy")
     if also is not None and not ended:
         also(session, gen)
     stage.output = {**state, CHECKPOINT: True}
