@@ -160,3 +160,26 @@ def test_a_payment_read_again_is_recorded_once(app, user):
         spend.pay(session, gen, IMAGE, "google-imagen", "generate", ["p-3"])  # another payment
     assert spent_today(app, user) == 2 * IMAGE
     assert Decimal(str(load(app, gen_id)["cost"])) == 2 * IMAGE
+
+
+@pytest.mark.parametrize("db", ["sqlite", "postgres"])
+def test_a_copy_taken_over_lets_go_of_no_hold_but_its_own(request, db):
+    """A stalled copy that comes back and pays must not let go of what the
+    copy that took its stage over holds: the cap would stop counting it."""
+    prefix = "" if db == "sqlite" else "pg_"
+    app, user = (request.getfixturevalue(prefix + name) for name in ("app", "user"))
+    gen_id = submit_prompt(app.test_client(), user.headers, "red dress", provider="local")
+    run_through(app, gen_id, ALL_STAGES[:5])
+    with services(app).db.Session() as session:
+        gen = session.get(Generation, gen_id)
+        row = gen.stage("generate")
+        row.status, row.task_id, gen.cost_held = "running", "t-new", IMAGE  # the new owner's hold
+        session.commit()
+        spend.pay(session, gen, IMAGE, "google-imagen", "generate", ["p-old"], owner="t-old")
+        assert gen.cost_held == IMAGE  # the stage's copy of the row says so too
+    assert spent_today(app, user) == 2 * IMAGE  # the old copy's payment, and the hold
+    with services(app).db.Session() as session:
+        gen = session.get(Generation, gen_id)
+        spend.pay(session, gen, IMAGE, "google-imagen", "generate", ["p-new"], owner="t-new")
+    assert spent_today(app, user) == 2 * IMAGE  # two payments, nothing held
+    assert Decimal(str(load(app, gen_id)["cost"])) == 2 * IMAGE

@@ -19,6 +19,7 @@ import hashlib
 import uuid
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 from sqlalchemy import (
     Date,
@@ -31,6 +32,7 @@ from sqlalchemy import (
     String,
     UniqueConstraint,
     bindparam,
+    case,
     cast,
     func,
     literal_column,
@@ -40,7 +42,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, Session, mapped_column
 from sqlalchemy.orm.attributes import set_committed_value
 
-from app.domain.models import Base, Generation, User, utcnow
+from app.domain.models import Base, Generation, GenerationStage, User, utcnow
 from app.platform.db import db_time, dialect_insert
 
 
@@ -90,6 +92,7 @@ def pay(
     provider: str,
     what: str,
     payment: list[str] | None = None,
+    owner: str | None = None,
 ) -> None:
     """Record that ``what`` (a stage of ``gen``) has just paid ``provider``,
     committed at once: the money is gone whatever befalls the stage next
@@ -98,7 +101,9 @@ def pay(
     ``payment`` names what was paid for (prediction ids, or the id a stage
     saved before a blocking call: ``PAID_CALL``), so a resumed stage that
     reads the same results again records nothing twice (and lets go of the
-    hold it took again on its way); without it, the call is a payment of its own."""
+    hold it took again on its way); without it, the call is a payment of its own.
+    ``owner``: the paying copy's task id; the hold is let go only while that
+    copy owns the stage (one taken over keeps its hands off the new owner's)."""
     if amount <= 0:
         return
     names = ",".join(sorted(payment)) if payment else uuid.uuid4().hex
@@ -117,17 +122,26 @@ def pay(
         )
     ).first()
     paid = amount if recorded is not None else Decimal("0")
+    held: Any = 0
+    if owner is not None:
+        owns = select(GenerationStage.id).where(
+            GenerationStage.generation_id == gen.id,
+            GenerationStage.name == what,
+            GenerationStage.task_id == owner,
+        )
+        held = case((owns.exists(), 0), else_=Generation.cost_held)
     # (A deleted generation's row: no update; the charge stands.)
-    session.execute(
+    row = session.execute(
         update(Generation)
         .where(Generation.id == gen.id)
-        .values(cost=Generation.cost + paid, cost_held=0)
+        .values(cost=Generation.cost + paid, cost_held=held)
+        .returning(Generation.cost_held)
         .execution_options(synchronize_session=False)
-    )
+    ).first()
     session.commit()
     # The stage's copy of the row as it now is (not a change to flush).
     set_committed_value(gen, "cost", (gen.cost or Decimal("0")) + paid)
-    set_committed_value(gen, "cost_held", Decimal("0"))
+    set_committed_value(gen, "cost_held", row[0] if row else Decimal("0"))
 
 
 def paid_total(session: Session, user_id: int) -> float:

@@ -87,6 +87,7 @@ class StageContext:
     # provider's prediction id before waiting on it), so a retry resumes it.
     # (``lease.checkpointer``: its ``also`` writes more under the fence.)
     checkpoint: Callable[..., None] = _no_checkpoint
+    task_id: str | None = None  # this copy's delivery: what owns the stage (``spend.pay``)
 
     def output_of(self, stage: str) -> dict[str, Any]:
         """What an earlier stage recorded (``"input"``: what the request supplied)."""

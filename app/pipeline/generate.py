@@ -147,7 +147,7 @@ def run(ctx: StageContext) -> StageResult:
     cost = Decimal(str(provider.price_for(request))) * len(result.outputs)
     call = job.state.get(spend.PAID_CALL)
     paid_for = prediction_ids(job.state) or ([call] if call else None)
-    pay = partial(spend.pay, ctx.session, gen, cost, provider_id, "generate", paid_for)
+    pay = partial(spend.pay, ctx.session, gen, cost, provider_id, "generate", paid_for, ctx.task_id)
     patiently(ctx.session, pay, "payment")  # paid already: an outage is waited out
     outputs: list[dict[str, Any]] = []
     for i, out in enumerate(result.outputs):

@@ -164,7 +164,9 @@ def _replicate(ctx: StageContext, tasks: list[Task]) -> tuple[dict[str, bytes], 
     predictions = {key: p["id"] for key, p in finished.items()}
     paid = _price(tasks)
     ids = [*predictions.values()]
-    pay = partial(spend.pay, ctx.session, ctx.generation, paid, "replicate", "refine", ids)
+    pay = partial(
+        spend.pay, ctx.session, ctx.generation, paid, "replicate", "refine", ids, ctx.task_id
+    )
     patiently(ctx.session, pay, "payment")  # an outage waited out, as generate's
     made = {key: download(ctx.settings, output_url(p)) for key, p in finished.items()}
     metrics = {key: p.get("metrics") or {} for key, p in finished.items()}

@@ -102,6 +102,7 @@ def run_stage(
             storage,
             previous=lease.checkpoint_of(stage),
             checkpoint=lease.checkpointer(session, gen.id, stage.id, task_id),
+            task_id=task_id,
         )
         prefix = generation_prefix(gen.user_id, gen.id)
         with lease.heartbeat(db, stage, task_id, every=settings.stall_timeout / 3):
