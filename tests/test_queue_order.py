@@ -22,6 +22,16 @@ def test_a_later_stage_is_taken_before_an_earlier_sent_first_stage(redis_url, tm
         taken = [conn.default_channel.basic_get("pipeline", no_ack=True) for _ in range(3)]
     heads = [(m.headers["task"], json.loads(m.body)[0][0]) if m else None for m in taken]
     assert heads == [("pipeline.route", "gen_started"), ("pipeline.analyze", "gen_new"), None]
+    # Task ids name their generation and stage (log lines, Flower search); the
+    # chain's later tasks travel with theirs.
+    route = taken[0]
+    assert route.headers["id"].startswith("gen_started.route.")
+    later = json.loads(route.body)[2]["chain"]
+    assert [t["options"]["task_id"].split(".")[:2] for t in reversed(later)] == [
+        ["gen_started", "optimize"],
+        ["gen_started", "generate"],
+        ["gen_started", "store"],
+    ]
 
 
 def test_a_single_jobs_first_stage_is_taken_before_any_stage_of_a_batch(redis_url, tmp_path):

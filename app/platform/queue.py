@@ -23,6 +23,7 @@
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -147,13 +148,24 @@ def stage_chain(
     names = list(stages)[list(stages).index(from_stage) :]
     sigs = [
         celery_app.signature(
-            f"pipeline.{n}", args=(generation_id,), immutable=True, priority=priority(n, background)
+            f"pipeline.{n}",
+            args=(generation_id,),
+            immutable=True,
+            priority=priority(n, background),
+            task_id=task_id(generation_id, n),
         )
         for n in names
     ]
     if first_task_id is not None:
         sigs[0] = sigs[0].set(task_id=first_task_id)
     return chain(*sigs, app=celery_app)
+
+
+def task_id(generation_id: str, stage: str) -> str:
+    """A stage task's id names its generation and stage, so the worker's
+    "Task pipeline.generate[…] received" lines and Flower's task ids can be
+    searched by generation id (unique: 64 random bits a send)."""
+    return f"{generation_id}.{stage}.{secrets.token_hex(8)}"
 
 
 def dispatch(

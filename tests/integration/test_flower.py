@@ -100,3 +100,6 @@ def test_flower_shows_the_generation_id_of_each_task(flower, stack):
         time.sleep(0.5)
     # One chain per generation: its seven tasks share the first one's id as their root.
     assert {t["root_id"] for t in ours.values()} == {ours["pipeline.analyze"]["uuid"]}
+    # Each task's id names its generation and stage (what the worker's log lines show).
+    for name, task in ours.items():
+        assert task["uuid"].startswith(f"{gen_id}.{name.removeprefix('pipeline.')}."), task
