@@ -30,6 +30,29 @@ def test_openapi_document_describes_exactly_the_api_routes(app, client):
     assert len(served) >= 17 and documented == served
 
 
+def test_every_operation_is_named_and_says_the_headers_it_reads_and_sends():
+    """What a generated client needs: method names, the Idempotency-Key it may
+    send, the ETag and Location it gets back, the 304 of a revalidation."""
+    paths = build_spec()["paths"]
+    ops = [op for methods in paths.values() for op in methods.values()]
+    names = [op["operationId"] for op in ops]
+    assert len(set(names)) == len(names) == len(ops)
+
+    def headers(op):
+        return {p["name"] for p in op.get("parameters", []) if p["in"] == "header"}
+
+    keyed = {op["operationId"] for op in ops if "Idempotency-Key" in headers(op)}
+    assert keyed == {
+        "submitPrompt", "submitImage", "submitBatch", "giveFeedback", "refineAsset",
+        "cancelGeneration", "retryGeneration",
+    }  # fmt: skip
+    show = paths["/api/generate/{generation_id}"]["get"]
+    assert headers(show) == {"If-None-Match"} and "content" not in show["responses"]["304"]
+    assert set(show["responses"]["200"]["headers"]) == {"ETag", "Retry-After"}
+    accepted = [op["responses"]["202"] for op in ops if "202" in op["responses"]]
+    assert len(accepted) == 5 and all("Location" in a["headers"] for a in accepted)
+
+
 def test_the_live_server_keeps_to_its_document(tmp_path):
     # Schemathesis cannot re-check a multipart body holding a file once a
     # stateful link fills a value in (it counts every such body invalid), so

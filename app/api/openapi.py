@@ -38,6 +38,7 @@ Content = dict[str, Any]  # media type -> {"schema": ...}
 
 @dataclass(frozen=True)
 class Route:
+    op: str  # its operationId: a generated client's method name
     method: str
     path: str
     summary: str
@@ -48,6 +49,7 @@ class Route:
     form: type[BaseModel] | None = None  # the fields of a multipart form, beside the image
     query: tuple[dict[str, Any], ...] = ()
     auth: bool = True
+    headers: tuple[str, ...] = ()  # request headers it reads (``HEADERS``)
 
 
 IMAGE_TYPES = ", ".join(content_type for content_type, _ in ALLOWED.values())
@@ -84,6 +86,31 @@ REPLICATE_WEBHOOK_PARAMS = (
     *({"name": h, "in": "header", "required": True, "schema": {"type": "string"}}
       for h in ("webhook-id", "webhook-timestamp", "webhook-signature")),
 )  # fmt: skip
+HEADERS = {  # the request headers routes read, described once
+    "Idempotency-Key": {
+        "description": "a retry with the same key (and request) is answered again, "
+        "acting on nothing twice; the key with another request is 409",
+        "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+    },
+    "If-None-Match": {
+        "description": "an earlier answer's ETag: 304, no body, while nothing changed",
+        "schema": {"type": "string"},
+    },
+    "Last-Event-ID": {
+        "description": "the id of the last event received: the stream resumes after it",
+        "schema": {"type": "string"},
+    },
+}
+KEYED = ("Idempotency-Key",)
+# The response headers an answer carries, by status (``Location``: every 202).
+ANSWER_HEADERS = {
+    "Location": {"description": "the resource to poll", "schema": {"type": "string"}},
+    "ETag": {"description": "send it back in If-None-Match", "schema": {"type": "string"}},
+    "Retry-After": {
+        "description": "seconds until a poll is worth making (while the job is not final)",
+        "schema": {"type": "integer"},
+    },
+}
 HEAD_ERRORS = (414, 431)  # any request: app/api/protocol.py
 SUBMIT_ERRORS = (400, 401, 403, 409, 413, 415, 422, 429)
 BODY_ERRORS = (400, 401, 415, 422)
@@ -92,59 +119,65 @@ BATCH = "/api/batches/{batch_id}"
 
 # fmt: off
 ROUTES = (
-    Route("post", "/api/generate/from-prompt", "Submit a text prompt",
-          r.AcceptedOut, (202,), SUBMIT_ERRORS, PromptSubmit),
-    Route("post", "/api/generate/from-image",
+    Route("submitPrompt", "post", "/api/generate/from-prompt", "Submit a text prompt",
+          r.AcceptedOut, (202,), SUBMIT_ERRORS, PromptSubmit, headers=KEYED),
+    Route("submitImage", "post", "/api/generate/from-image",
           "Submit a garment photo (multipart) or a ready VLT spec (JSON)",
-          r.AcceptedOut, (202,), SUBMIT_ERRORS, SpecSubmit, form=ImageSubmit),
-    Route("get", "/api/generate", "The caller's generations, newest first",
+          r.AcceptedOut, (202,), SUBMIT_ERRORS, SpecSubmit, form=ImageSubmit, headers=KEYED),
+    Route("listGenerations", "get", "/api/generate", "The caller's generations, newest first",
           r.GenerationPage, errors=(400, 401, 404, 422), query=PAGE_QUERY),
-    Route("get", GEN, "One generation", r.GenerationOut, errors=(401, 404)),
-    Route("delete", GEN, "Cancel if running, delete rows and stored objects",
+    Route("getGeneration", "get", GEN, "One generation",
+          r.GenerationOut, (200, 304), (401, 404), headers=("If-None-Match",)),
+    Route("deleteGeneration", "delete", GEN, "Cancel if running, delete rows and stored objects",
           None, (204,), (401, 404, 503)),
-    Route("post", f"{GEN}/cancel", "Cancel a pending or processing generation",
-          r.GenerationOut, errors=(401, 404, 409)),
-    Route("post", f"{GEN}/retry", "Resume a failed generation from its first unfinished stage",
-          r.GenerationOut, (202,), (401, 404, 409)),
-    Route("post", f"{GEN}/feedback",
+    Route("cancelGeneration", "post", f"{GEN}/cancel",
+          "Cancel a pending or processing generation",
+          r.GenerationOut, errors=(400, 401, 404, 409), headers=KEYED),
+    Route("retryGeneration", "post", f"{GEN}/retry",
+          "Resume a failed generation from its first unfinished stage",
+          r.GenerationOut, (202,), (400, 401, 404, 409), headers=KEYED),
+    Route("giveFeedback", "post", f"{GEN}/feedback",
           "Feedback: a second heart or outlier withdraws the first (200); a rating replaces",
-          r.FeedbackOut, (200, 201), (*BODY_ERRORS, 404, 409), FeedbackIn),
-    Route("post", f"{GEN}/assets/{{asset_id}}/refine",
+          r.FeedbackOut, (200, 201), (*BODY_ERRORS, 404, 409), FeedbackIn, headers=KEYED),
+    Route("refineAsset", "post", f"{GEN}/assets/{{asset_id}}/refine",
           "Upscale and/or cut out one image of a completed generation: adds variant assets",
-          r.GenerationOut, (202,), (*BODY_ERRORS, 403, 404, 409), RefineIn),
-    Route("get", f"{GEN}/events",
+          r.GenerationOut, (202,), (*BODY_ERRORS, 403, 404, 409), RefineIn, headers=KEYED),
+    Route("streamGenerationEvents", "get", f"{GEN}/events",
           "Server-Sent Events: a `stage` event per stage change, then `done`",
-          EVENT_STREAM, errors=(401, 404, 503)),
-    Route("post", "/api/batches",
+          EVENT_STREAM, errors=(401, 404, 503), headers=("Last-Event-ID",)),
+    Route("submitBatch", "post", "/api/batches",
           "Submit a batch: up to 100 items, or a matrix expanded into at most 100",
-          b.BatchAcceptedOut, (202,), SUBMIT_ERRORS, BatchSubmit),
-    Route("get", "/api/batches", "The caller's batches, newest first",
+          b.BatchAcceptedOut, (202,), SUBMIT_ERRORS, BatchSubmit, headers=KEYED),
+    Route("listBatches", "get", "/api/batches", "The caller's batches, newest first",
           b.BatchPage, errors=(400, 401, 422), query=BATCH_PAGE_QUERY),
-    Route("get", BATCH, "One batch: status, counts, cost", b.BatchOut, errors=(401, 404)),
-    Route("delete", BATCH, "Cancel what is running, delete the batch's rows and stored objects",
+    Route("getBatch", "get", BATCH, "One batch: status, counts, cost",
+          b.BatchOut, errors=(401, 404)),
+    Route("deleteBatch", "delete", BATCH,
+          "Cancel what is running, delete the batch's rows and stored objects",
           None, (204,), (401, 404, 503)),
-    Route("post", f"{BATCH}/cancel", "Cancel every generation of the batch not yet final",
+    Route("cancelBatch", "post", f"{BATCH}/cancel",
+          "Cancel every generation of the batch not yet final",
           b.BatchOut, errors=(401, 404, 409)),
-    Route("get", f"{BATCH}/archive",
+    Route("downloadBatchArchive", "get", f"{BATCH}/archive",
           "A ZIP of the batch's final images and manifest.csv, streamed",
           ZIP, errors=(401, 404)),
-    Route("get", "/api/personas", "The caller's personas", r.PersonaPage),
-    Route("post", "/api/personas", "Create a persona",
+    Route("listPersonas", "get", "/api/personas", "The caller's personas", r.PersonaPage),
+    Route("createPersona", "post", "/api/personas", "Create a persona",
           r.PersonaOut, (201,), (*BODY_ERRORS, 409), PersonaIn),
-    Route("get", PERSONA, "One persona", r.PersonaOut, errors=(401, 404)),
-    Route("patch", PERSONA, "Change a persona",
+    Route("getPersona", "get", PERSONA, "One persona", r.PersonaOut, errors=(401, 404)),
+    Route("updatePersona", "patch", PERSONA, "Change a persona",
           r.PersonaOut, errors=(*BODY_ERRORS, 404), body=PersonaPatch),
-    Route("delete", PERSONA, "Delete a persona", None, (204,), (401, 404)),
-    Route("get", "/api/stats", "The caller's statistics", ops.StatsOut),
-    Route("get", "/api/webhooks/secret", "The caller's webhook signing secret",
-          ops.WebhookSecretOut),
-    Route("get", "/api/providers", "Each model: availability, capabilities, price per image",
-          ProviderList),
-    Route("post", "/api/providers/replicate/webhook",
+    Route("deletePersona", "delete", PERSONA, "Delete a persona", None, (204,), (401, 404)),
+    Route("getStats", "get", "/api/stats", "The caller's statistics", ops.StatsOut),
+    Route("getWebhookSecret", "get", "/api/webhooks/secret",
+          "The caller's webhook signing secret", ops.WebhookSecretOut),
+    Route("listProviders", "get", "/api/providers",
+          "Each model: availability, capabilities, price per image", ProviderList),
+    Route("receiveReplicateWebhook", "post", "/api/providers/replicate/webhook",
           "Replicate's signed prediction webhooks (no API key: the signature is checked)",
           WebhookAck, errors=(400, 401, 503), body=ReplicatePrediction,
           query=REPLICATE_WEBHOOK_PARAMS, auth=False),
-    Route("get", "/health", "Health of database, broker and storage",
+    Route("getHealth", "get", "/health", "Health of database, broker and storage",
           ops.HealthOut, (200, 503), (), auth=False),
 )
 # fmt: on
@@ -178,9 +211,12 @@ def _operation(
         if isinstance(content, type):
             content = {"application/json": {"schema": refs[content]}}
         out: dict[str, Any] = {"description": HTTPStatus(status).phrase}
-        return out | {"content": content} if content else out
+        if headers := _answer_headers(route, status):
+            out["headers"] = {name: ANSWER_HEADERS[name] for name in headers}
+        return out | {"content": content} if content and status != 304 else out
 
     op: dict[str, Any] = {
+        "operationId": route.op,
         "summary": route.summary,
         "responses": {str(s): answer(s, route.answer) for s in route.ok}
         | {str(s): answer(s, r.ErrorOut) for s in (*route.errors, *HEAD_ERRORS)},
@@ -189,6 +225,7 @@ def _operation(
         {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
         for name in re.findall(r"{(\w+)}", route.path)
     ] + list(route.query)
+    params += [{"name": name, "in": "header", **HEADERS[name]} for name in route.headers]
     if params:
         op["parameters"] = params
     if route.body is not None:
@@ -199,6 +236,14 @@ def _operation(
     if not route.auth:
         op["security"] = []
     return op
+
+
+def _answer_headers(route: Route, status: int) -> tuple[str, ...]:
+    if status == 202:
+        return ("Location",)
+    if route.op == "getGeneration" and status in (200, 304):
+        return ("ETag", "Retry-After") if status == 200 else ("ETag",)
+    return ()
 
 
 def _multipart(fields: dict[str, Any]) -> Content:
