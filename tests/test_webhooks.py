@@ -260,6 +260,52 @@ def test_a_dual_stack_receiver_is_called_on_ipv4_first_then_each_address(dns):
         receiver.close()
 
 
+class Dripper:
+    """A hostile receiver: reads the request, then sends its status line and
+    headers (or, ``headers=False``, only the first bytes of them) and then a
+    byte at a time, for ever, with a huge Content-Length."""
+
+    def __init__(self, headers: bool) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port, self.sent = self.sock.getsockname()[1], 0
+        threading.Thread(target=self._serve, args=(headers,), daemon=True).start()
+
+    def _serve(self, headers: bool) -> None:
+        conn, _ = self.sock.accept()
+        with conn:
+            conn.recv(65536)
+            head = b"HTTP/1.1 200 OK\r\nContent-Length: 400000000\r\n\r\n"
+            conn.sendall(head if headers else head[:12])
+            try:
+                while True:
+                    conn.sendall(b"x")
+                    self.sent += 1
+                    time.sleep(0.2)
+            except OSError:  # the caller hung up: what we want
+                pass
+
+
+@pytest.mark.parametrize("headers", [True, False])
+def test_a_receiver_dripping_its_answer_holds_no_thread(headers):
+    """The status is what counts: a body is never read (it may be endless or
+    huge), and a status line sent a byte at a time ends at the deadline."""
+    dripper, outcome = Dripper(headers), []
+    url = f"http://receiver.test:{dripper.port}/hook"
+
+    def call() -> None:
+        try:
+            outcome.append(post(url, ["127.0.0.1"], {}, b"{}", timeout=1.5))
+        except Exception as exc:  # whatever the hang-up raises: the delivery is retried
+            outcome.append(type(exc))
+
+    caller = threading.Thread(target=call, daemon=True)
+    caller.start()
+    caller.join(6)
+    dripper.sock.close()
+    assert not caller.is_alive(), f"still reading after {dripper.sent} bytes"
+    assert outcome == [200] if headers else issubclass(outcome[0], Exception)
+
+
 def test_a_resolver_hiccup_at_delivery_is_retried_not_refused(dev_app, dns):
     receiver = Receiver([200])
     dns["receiver.test"] = ["127.0.0.1"]

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import threading
+from contextlib import suppress
 from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
@@ -114,23 +116,42 @@ def post(
     url: str, ips: list[str], headers: dict[str, str], body: bytes, timeout: float = 10
 ) -> int:
     """POST to the already-checked addresses, each in turn until one takes the
-    connection; no redirects followed."""
-    import urllib3
+    connection; no redirects followed. The receiver has ``timeout`` seconds
+    in all to send its status line and headers (a per-read timeout alone lets
+    a byte every few seconds hold the worker's thread for ever); its body is
+    never read (only the status counts, and it may be huge)."""
+    from urllib3.connection import HTTPConnection, HTTPSConnection
+    from urllib3.exceptions import ConnectTimeoutError
 
     parts = urlsplit(url)
     host, https = parts.hostname, parts.scheme == "https"
     kw: dict[str, Any] = {"server_hostname": host, "assert_hostname": host} if https else {}
-    pool_cls = urllib3.HTTPSConnectionPool if https else urllib3.HTTPConnectionPool
     port = parts.port or (443 if https else 80)
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     headers = {**headers, "Host": parts.netloc.rsplit("@", 1)[-1]}
     for i, ip in enumerate(ips):
+        conn = (HTTPSConnection if https else HTTPConnection)(ip, port, timeout=5, **kw)
         try:
-            with pool_cls(ip, port, timeout=urllib3.Timeout(connect=5, read=timeout), **kw) as pool:
-                return pool.urlopen(
-                    "POST", path, body=body, headers=headers, redirect=False, retries=False
-                ).status
-        except urllib3.exceptions.ConnectTimeoutError:  # refused or timed out: the next one
+            conn.connect()
+        except ConnectTimeoutError:  # refused or timed out: the next one
+            conn.close()
             if i == len(ips) - 1:
                 raise
+            continue
+        deadline = threading.Timer(timeout, _hang_up, (conn,))
+        deadline.start()
+        try:
+            conn.sock.settimeout(timeout)
+            conn.request("POST", path, body=body, headers=headers, preload_content=False)
+            return conn.getresponse().status
+        finally:
+            deadline.cancel()
+            conn.close()
     raise ValueError("no address to call")
+
+
+def _hang_up(conn: Any) -> None:
+    """Past the deadline: end the call from the timer's thread (a shutdown
+    wakes the blocked read; a close alone may not)."""
+    with suppress(OSError, AttributeError):
+        conn.sock.shutdown(socket.SHUT_RDWR)
