@@ -130,6 +130,25 @@ def test_truncated_image_is_422(app, client, user, fmt, keep):
     assert err["details"][0]["field"] == "image"
 
 
+def progressive_jpeg(repeats: int) -> bytes:
+    """A progressive JPEG, its last scan sent ``repeats`` times (each repeat
+    is another pass over every block: minutes of CPU from a small file)."""
+    buf = io.BytesIO()
+    Image.new("RGB", (96, 128), "teal").save(buf, "JPEG", progressive=True)
+    data = buf.getvalue()
+    last = data.rindex(b"\xff\xda")
+    return data[:last] + data[last:-2] * repeats + data[-2:]
+
+
+def test_a_jpeg_with_its_scans_repeated_is_refused_before_decoding(app, client, user):
+    err = assert_refused(app, submit_image(client, user.headers, progressive_jpeg(200)), 422,
+                         "invalid_image")  # fmt: skip
+    assert "scans" in err["message"] and err["details"][0]["field"] == "image"
+    # An ordinary progressive JPEG (ten scans or so), and one with a few dozen, are welcome.
+    assert submit_image(client, user.headers, progressive_jpeg(1)).status_code == 202
+    assert submit_image(client, user.headers, progressive_jpeg(60)).status_code == 202
+
+
 @pytest.mark.parametrize("w,h", [(7000, 7000), (20000, 20000)])  # our cap; Pillow's bomb limit
 def test_too_many_pixels_is_422(app, client, user, w, h):
     assert_refused(

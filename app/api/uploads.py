@@ -27,6 +27,11 @@ HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"heim", b"heis", b"hevx", b"mif1", b"
 # a second; one web process decodes at most this many at once, so a burst of
 # small files that claim many pixels cannot exhaust its memory.
 _DECODES = threading.BoundedSemaphore(2)
+# A progressive JPEG is drawn in scans, each a pass over the whole image: a
+# small file can repeat one scan thousands of times and take minutes of CPU to
+# decode. Cameras and encoders write about ten (libjpeg's own -maxscans advice
+# is 100); the start-of-scan marker cannot occur inside the coded data.
+MAX_SCANS = 100
 
 
 def _unsupported(message: str) -> ApiError:
@@ -46,6 +51,10 @@ def read_image(file: FileStorage, max_bytes: int, max_pixels: int) -> tuple[byte
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as img:
                 _check(img, max_pixels)
+                if img.format in ("JPEG", "MPO") and data.count(b"\xff\xda") > MAX_SCANS:
+                    scans = f"more than {MAX_SCANS} scans"
+                    why = f"the JPEG has {scans} (a camera's has about ten): save it again"
+                    raise invalid("image", why, scans, "invalid_image")
                 # A JPEG's (and MPO's) every block still decoded, at 1/8 scale;
                 # a no-op for the other formats.
                 img.draft("RGB", (1, 1))
