@@ -22,7 +22,7 @@ from app.api.schemas import SIZE_CHOICES
 from app.domain.models import Generation
 from tests.conftest import make_user
 from tests.support.live import live_api
-from tests.support.pipeline import png_bytes, services, submit_image
+from tests.support.pipeline import png_bytes, run_all, services, submit_image, submit_prompt
 
 FIELDS = ("prompt", "negativePrompt", "personaId", "settings", "vltSpec", "webhookUrl", "userId")
 RECORD = ("garmentType", "silhouette", "colors", "confidence", "promptText")
@@ -128,6 +128,51 @@ def test_truncated_image_is_422(app, client, user, fmt, keep):
     resp = submit_image(client, user.headers, data[: int(len(data) * keep)])
     err = assert_refused(app, resp, 422, "invalid_image")
     assert err["details"][0]["field"] == "image"
+
+
+SPEC = {"garmentType": "dress"}
+
+
+@pytest.mark.parametrize(
+    "part",
+    [
+        {"silhouette": "x" * 201},  # each field a few words (a spec is stored, and prompted with)
+        {"fabric": {"type": "silk", "notes": "n" * 201}},  # unknown fields are kept, if small
+        {"colors": {"primary": "black", **{f"k{i}": i for i in range(21)}}},  # and few
+        {"style": {"season": "winter", "mood": {"nested": True}}},  # and plain values
+        {"construction": {"seams": "french\u0000seams"}},  # no NUL: PostgreSQL cannot store it
+        {"promptText": "a\u0000b"},
+    ],
+)
+def test_a_vlt_spec_with_oversized_or_unstorable_values_is_422(app, client, user, part):
+    body = {"vltSpec": {"records": [{**SPEC, **part}]}}
+    resp = client.post("/api/generate/from-image", json=body, headers=user.headers)
+    err = assert_refused(app, resp, 422, "validation_error")
+    assert err["details"][0]["field"].startswith("vltSpec.records.0.")
+
+
+def test_a_vlt_spec_keeps_a_few_small_unknown_fields(client, user):
+    part = {"fabric": {"type": "silk", "stretch": "two-way", "gsm": 90, "lined": None}}
+    body = {"vltSpec": {"records": [{**SPEC, **part}]}}
+    resp = client.post("/api/generate/from-image", json=body, headers=user.headers)
+    assert resp.status_code == 202, resp.get_json()
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [{f"k{i}": i for i in range(21)}, {"note": "n" * 1001}, {"k" * 101: 1}, {"deep": {"a": 1}}],
+)
+def test_feedback_metadata_is_a_few_small_values(app, client, user, metadata):
+    gen_id = submit_prompt(client, user.headers, provider="local")
+    run_all(app, gen_id)
+    url = f"/api/generate/{gen_id}/feedback"
+    body = {"feedbackType": "heart", "metadata": metadata}
+    resp = client.post(url, json=body, headers=user.headers)
+    assert resp.status_code == 422, resp.get_json()
+    assert resp.get_json()["error"]["details"][0]["field"].startswith("metadata")
+    ok = {"source": "web", "position": 2, "liked": True}
+    resp = client.post(url, json={"feedbackType": "heart", "metadata": ok}, headers=user.headers)
+    assert resp.status_code == 201, resp.get_json()
 
 
 def progressive_jpeg(repeats: int) -> bytes:

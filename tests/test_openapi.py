@@ -44,7 +44,7 @@ def test_every_operation_is_named_and_says_the_headers_it_reads_and_sends():
     keyed = {op["operationId"] for op in ops if "Idempotency-Key" in headers(op)}
     assert keyed == {
         "submitPrompt", "submitImage", "submitBatch", "giveFeedback", "refineAsset",
-        "cancelGeneration", "retryGeneration",
+        "cancelGeneration", "retryGeneration", "createPersona",
     }  # fmt: skip
     show = paths["/api/generate/{generation_id}"]["get"]
     assert headers(show) == {"If-None-Match"} and "content" not in show["responses"]["304"]

@@ -93,6 +93,8 @@ def test_another_users_persona_is_a_404_everywhere(client, user, other_user):
         {"name": "x", "isDefault": "maybe"},
         {"name": "x", "isDefault": 0},
         {"name": "x", "colour": "red"},
+        {"name": "x", "keywords": ["k" * 81]},  # each entry is a few words
+        {"name": "x", "palette": ["c" * 41]},
     ],
 )
 def test_invalid_bodies_are_422(client, user, body):
@@ -114,3 +116,19 @@ def test_patch_validates_too_and_bad_requests_are_json(client, user):
     assert resp.status_code == 400
     assert client.get("/api/personas").status_code == 401
     assert client.get("/api/personas/per_nope", headers=user.headers).status_code == 404
+
+
+def test_an_account_keeps_at_most_a_hundred_personas(app, client, user, monkeypatch):
+    """Each of a user's jobs reads all their personas, and the list is one answer."""
+    from app.api import personas
+
+    assert personas.MAX_PERSONAS == 100
+    monkeypatch.setattr(personas, "MAX_PERSONAS", 3)
+    made = [create(client, user, name=f"p{i}") for i in range(3)]
+    resp = client.post("/api/personas", json={"name": "one more"}, headers=user.headers)
+    assert resp.status_code == 409, resp.get_json()
+    assert "delete one first" in resp.get_json()["error"]["message"]
+    assert client.delete(f"/api/personas/{made[0]['id']}", headers=user.headers).status_code == 204
+    assert (
+        client.post("/api/personas", json={"name": "now"}, headers=user.headers).status_code == 201
+    )

@@ -163,7 +163,7 @@ ROUTES = (
           ZIP, errors=(401, 404)),
     Route("listPersonas", "get", "/api/personas", "The caller's personas", r.PersonaPage),
     Route("createPersona", "post", "/api/personas", "Create a persona",
-          r.PersonaOut, (201,), (*BODY_ERRORS, 409), PersonaIn),
+          r.PersonaOut, (201,), (*BODY_ERRORS, 409), PersonaIn, headers=KEYED),
     Route("getPersona", "get", PERSONA, "One persona", r.PersonaOut, errors=(401, 404)),
     Route("updatePersona", "patch", PERSONA, "Change a persona",
           r.PersonaOut, errors=(*BODY_ERRORS, 404), body=PersonaPatch),

@@ -1,21 +1,23 @@
 """/api/personas: the caller's saved style profiles (owned like generations).
 A create with an ``Idempotency-Key`` replays the first answer; the same key
-with another body is 409."""
+with another body is 409, as is a create past ``MAX_PERSONAS``."""
 
 from __future__ import annotations
 
 from flask import Blueprint, Response, g
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from app.api.auth import load_user
 from app.api.common import idempotency_key, json_body, replay, request_hash, services
-from app.api.errors import not_found
+from app.api.errors import ApiError, not_found
 from app.api.responses import PersonaOut, PersonaPage, respond
 from app.api.schemas import PersonaIn, PersonaPatch, parse
 from app.domain.models import Persona, new_id
 
 bp = Blueprint("personas", __name__, url_prefix="/api/personas")
+MAX_PERSONAS = 100
 bp.before_request(load_user)
 
 
@@ -67,6 +69,7 @@ def create():
         with db.session() as session:
             if (prior := replay(session, Persona, key, req_hash)) is not None:
                 return _created(prior)  # as it is now (a PATCH since shows)
+            _room_for_one(session)
             p = Persona(
                 id=new_id("per"),
                 user_id=g.user_id,
@@ -85,6 +88,14 @@ def create():
             if (prior := replay(session, Persona, key, req_hash)) is not None:
                 return _created(prior)
         raise
+
+
+def _room_for_one(session: Session) -> None:
+    """Every persona is read by each of the user's jobs and listed whole."""
+    held = select(func.count()).where(Persona.user_id == g.user_id)
+    if session.scalar(held) >= MAX_PERSONAS:
+        why = f"you have {MAX_PERSONAS} personas, the most one account keeps: delete one first"
+        raise ApiError(409, "conflict", why)
 
 
 @bp.get("/<persona_id>")

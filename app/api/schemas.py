@@ -228,7 +228,10 @@ class FeedbackIn(_Body):
     assetId: Annotated[int, Field(ge=1, le=2**63 - 1), BeforeValidator(_integral)] | None = Field(
         None, description="one of this generation's assets"
     )
-    metadata: dict[str, Any] | None = None
+    # A client's own notes: a few small values (they are stored with each row).
+    metadata: dict[text(100), text(1000) | int | float | bool | None] | None = Field(
+        None, max_length=20
+    )
 
     @field_validator("rating", "comment")
     @classmethod
@@ -251,8 +254,8 @@ class FeedbackIn(_Body):
 class PersonaIn(_Body):
     name: words(120)
     description: text(5000) = ""
-    keywords: list[text()] = Field(default_factory=list, max_length=50)
-    palette: list[text()] = Field(default_factory=list, max_length=20)
+    keywords: list[text(80)] = Field(default_factory=list, max_length=50)
+    palette: list[text(40)] = Field(default_factory=list, max_length=20)
     aesthetic: text(60) | None = None
     isDefault: bool = False
 
@@ -260,8 +263,8 @@ class PersonaIn(_Body):
 class PersonaPatch(_Body):
     name: words(120) | None = None
     description: text(5000) | None = None
-    keywords: list[text()] | None = Field(None, max_length=50)
-    palette: list[text()] | None = Field(None, max_length=20)
+    keywords: list[text(80)] | None = Field(None, max_length=50)
+    palette: list[text(40)] | None = Field(None, max_length=20)
     aesthetic: text(60) | None = None
     isDefault: bool | None = None
 

@@ -7,28 +7,62 @@ lower-cased and missing fields defaulted.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from app.pipeline.llm import strict_object
 
 
+def _no_nul(v: str) -> str:
+    if "\x00" in v:  # PostgreSQL cannot store it, and no garment is described with one
+        raise ValueError("must not contain NUL characters")
+    return v
+
+
+# Words about a garment: a few of them (a spec is stored and prompted with).
+NO_NUL = {"pattern": "^[^\\u0000]*$"}  # the document's word for _no_nul
+Words = Annotated[str, Field(max_length=200, json_schema_extra=NO_NUL), AfterValidator(_no_nul)]
+Extra = Words | int | float | bool | None  # what an unknown field may hold
+MAX_EXTRA = 20  # unknown fields a part (or record) may carry
+
+
+def _at_most(schema: dict[str, Any]) -> None:
+    schema["maxProperties"] = len(schema["properties"]) + MAX_EXTRA
+
+
 class _Part(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    # Unknown fields are kept (a client's own notes on the garment), if small
+    # and few: as many as the known fields and MAX_EXTRA more, in all.
+    model_config = ConfigDict(extra="allow", json_schema_extra=_at_most)
+    __pydantic_extra__: dict[str, Extra]
+
+    @model_validator(mode="after")
+    def _few_extras(self) -> Any:
+        sent = len(self.model_fields_set) + len(self.__pydantic_extra__ or {})
+        if sent > len(type(self).model_fields) + MAX_EXTRA:
+            raise ValueError(f"at most {MAX_EXTRA} fields besides the known ones")
+        return self
 
 
 class Fabric(_Part):
-    type: str = "unspecified"
-    texture: str | None = None
-    weight: str | None = None
-    finish: str | None = None
+    type: Words = "unspecified"
+    texture: Words | None = None
+    weight: Words | None = None
+    finish: Words | None = None
 
 
 class Colors(_Part):
-    primary: str = "neutral"
-    secondary: str | None = None
-    pattern: str | None = None
+    primary: Words = "neutral"
+    secondary: Words | None = None
+    pattern: Words | None = None
 
     @field_validator("primary", "secondary", "pattern")
     @classmethod
@@ -37,26 +71,28 @@ class Colors(_Part):
 
 
 class Construction(_Part):
-    seams: str | None = None
-    closure: str | None = None
-    details: str | None = None
+    seams: Words | None = None
+    closure: Words | None = None
+    details: Words | None = None
 
 
 class Style(_Part):
-    aesthetic: str = "contemporary"
-    formality: str = "smart casual"
-    season: str = "all-season"
+    aesthetic: Words = "contemporary"
+    formality: Words = "smart casual"
+    season: Words = "all-season"
 
 
-class VltRecord(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    garmentType: str = Field("garment", min_length=1, max_length=80)
-    silhouette: str = "regular"
+class VltRecord(_Part):
+    garmentType: Annotated[Words, Field(min_length=1, max_length=80)] = "garment"
+    silhouette: Words = "regular"
     fabric: Fabric = Field(default_factory=Fabric)
     colors: Colors = Field(default_factory=Colors)
     construction: Construction = Field(default_factory=Construction)
     style: Style = Field(default_factory=Style)
-    promptText: str | None = Field(None, max_length=5000)
+    promptText: (
+        Annotated[str, Field(max_length=5000, json_schema_extra=NO_NUL), AfterValidator(_no_nul)]
+        | None
+    ) = None
     confidence: float = Field(0.5, ge=0, le=1)
 
     @field_validator("garmentType", "silhouette")
