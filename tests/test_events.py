@@ -154,16 +154,39 @@ def test_events_need_the_owners_key(client, user, other_user):
 
 def test_streams_beyond_the_limit_get_503_and_slots_come_back(app_config):
     app = create_app({**app_config, "BFF_SSE_MAX_STREAMS": "1", "BFF_SSE_POLL": "0.05"})
-    client, user = app.test_client(), make_user(app, "lim")
-    gen_id = submit_prompt(client, user.headers)
+    client, user, other = app.test_client(), make_user(app, "lim"), make_user(app, "lim2")
+    gen_id, theirs = submit_prompt(client, user.headers), submit_prompt(client, other.headers)
     first = client.get(f"/api/generate/{gen_id}/events", headers=user.headers, buffered=False)
     assert first.status_code == 200
-    second = client.get(f"/api/generate/{gen_id}/events", headers=user.headers, buffered=False)
+    second = client.get(f"/api/generate/{theirs}/events", headers=other.headers, buffered=False)
     assert second.status_code == 503 and second.headers["Retry-After"]
     first.close()
-    third = client.get(f"/api/generate/{gen_id}/events", headers=user.headers, buffered=False)
+    third = client.get(f"/api/generate/{theirs}/events", headers=other.headers, buffered=False)
     assert third.status_code == 200
     third.close()
+
+
+def test_one_user_holds_at_most_a_third_of_the_streams(app_config):
+    """One client's streams cannot take every slot from everyone else."""
+    app = create_app({**app_config, "BFF_SSE_MAX_STREAMS": "6", "BFF_SSE_POLL": "0.05"})
+    client, user, other = app.test_client(), make_user(app, "many"), make_user(app, "few")
+    gen_id, theirs = submit_prompt(client, user.headers), submit_prompt(client, other.headers)
+
+    def open_stream(who, gid):
+        return client.get(f"/api/generate/{gid}/events", headers=who.headers, buffered=False)
+
+    mine = [open_stream(user, gen_id) for _ in range(2)]
+    assert [r.status_code for r in mine] == [200, 200]
+    refused = open_stream(user, gen_id)
+    assert refused.status_code == 429 and refused.json["error"]["code"] == "rate_limited"
+    assert "close one" in refused.json["error"]["message"] and refused.headers["Retry-After"]
+    another = open_stream(other, theirs)  # the others' share is untouched
+    assert another.status_code == 200
+    mine[0].close()
+    again = open_stream(user, gen_id)  # a stream closed gives its slot back
+    assert again.status_code == 200
+    for r in (mine[1], another, again):
+        r.close()
 
 
 @pytest.mark.parametrize(

@@ -144,7 +144,7 @@ ROUTES = (
           r.GenerationOut, (202,), (*BODY_ERRORS, 403, 404, 409), RefineIn, headers=KEYED),
     Route("streamGenerationEvents", "get", f"{GEN}/events",
           "Server-Sent Events: a `stage` event per stage change, then `done`",
-          EVENT_STREAM, errors=(401, 404, 503), headers=("Last-Event-ID",)),
+          EVENT_STREAM, errors=(401, 404, 429, 503), headers=("Last-Event-ID",)),
     Route("submitBatch", "post", "/api/batches",
           "Submit a batch: up to 100 items, or a matrix expanded into at most 100",
           b.BatchAcceptedOut, (202,), SUBMIT_ERRORS, BatchSubmit, headers=KEYED),
