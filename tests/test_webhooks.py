@@ -221,6 +221,9 @@ def test_cancel_queues_a_canceled_webhook(client, user, app):
         ("https://localhost/hook", "^localhost resolves to an address that is not public$"),
         ("https://0.0.0.0/hook", "private"),
         ("https://[ff02::1]/hook", "not a public"),
+        ("https://[2002:7f00:1::]/hook", "loopback"),  # 6to4 of 127.0.0.1
+        ("https://[2002:a00:1::]/hook", "private"),  # 6to4 of 10.0.0.1
+        ("https://[fec0::1]/hook", "not a public"),  # site-local
         # A name's addresses are not told: they would map the network's names.
         (
             "https://mixed.example.com/hook",

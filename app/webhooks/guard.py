@@ -37,8 +37,9 @@ class Unresolved(Refused):
 
 def _ip(raw: str) -> Address:
     addr = ipaddress.ip_address(raw)
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
-        return addr.ipv4_mapped  # ::ffff:10.0.0.1 is 10.0.0.1
+    if isinstance(addr, ipaddress.IPv6Address):
+        # ::ffff:10.0.0.1 is 10.0.0.1; so is 6to4's 2002:a00:1:: where a relay routes it.
+        return addr.ipv4_mapped or addr.sixtofour or addr
     return addr
 
 
@@ -52,6 +53,8 @@ def address_problem(raw: str, settings: Settings) -> str | None:
     if addr.is_private:
         return "a private address"
     if addr.is_multicast or addr.is_reserved or addr.is_unspecified or not addr.is_global:
+        return "not a public address"
+    if getattr(addr, "is_site_local", False):  # fec0::/10: deprecated, still private
         return "not a public address"
     return None
 
