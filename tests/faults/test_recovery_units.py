@@ -87,8 +87,17 @@ def test_a_database_outage_mid_stage_is_retried_not_failed(app, user, monkeypatc
         assert session.get(Generation, gen_id).stage("analyze").status == "skipped"
 
 
+def _generating(app, user) -> tuple[str, int]:
+    """A generation whose ``generate`` stage this copy has claimed (a
+    checkpoint is only ever taken by a copy running its stage)."""
+    gen_id, stage_id = _with_stages(app, user)
+    with app.extensions["bff"].db.session() as session:
+        session.get(Generation, gen_id).stage("generate").status = "running"
+    return gen_id, stage_id
+
+
 def test_a_checkpoint_waits_out_a_short_database_outage(app, user, monkeypatch):
-    s, (gen_id, stage_id) = app.extensions["bff"], _with_stages(app, user)
+    s, (gen_id, stage_id) = app.extensions["bff"], _generating(app, user)
     monkeypatch.setattr(lease.time, "sleep", lambda _s: None)
     with s.db.Session() as session:
         failures = iter([_db_gone(), _db_gone()])
@@ -107,7 +116,7 @@ def test_a_checkpoint_waits_out_a_short_database_outage(app, user, monkeypatch):
 
 
 def test_a_checkpoint_does_not_retry_other_database_errors(app, user, monkeypatch):
-    s, (gen_id, stage_id) = app.extensions["bff"], _with_stages(app, user)
+    s, (gen_id, stage_id) = app.extensions["bff"], _generating(app, user)
     with s.db.Session() as session:
         calls, real_commit = [], session.commit
 
