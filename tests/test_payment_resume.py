@@ -107,3 +107,45 @@ def test_a_database_outage_as_it_records_the_payment_is_waited_out(app, user, mo
     run_through(app, gen_id, ["generate"])  # no OperationalError reaches the task
     assert failed and load(app, gen_id)["stages"][5]["attempts"] == 1
     assert money(app, gen_id) == (PRICE["google-imagen"], 0, 1)
+
+
+def two_images_one_read(app, user, fake) -> tuple[str, str, str]:
+    """A two-image Replicate job whose stage has read its first prediction
+    succeeded while the second still runs (parked on it)."""
+    from app.pipeline.runner import run_stage
+
+    s = services(app)
+    gen_id = submit_prompt(
+        app.test_client(), user.headers, "red dress", provider="google-imagen", count=2
+    )
+    run_through(app, gen_id, ALL_STAGES[:5])
+    fake.latency = 60.0
+    assert run_stage(s.db, s.settings, s.storage, gen_id, "generate", "t-1").retry_in
+    first, second = fake.predictions
+    fake.predictions[first]["latency"] = 0.0
+    assert run_stage(s.db, s.settings, s.storage, gen_id, "generate", "t-1", retried=True).retry_in
+    return gen_id, first, second
+
+
+def test_an_image_paid_before_its_job_was_canceled_counts(app, user, fake):
+    """The cancel came while the second image was made: the first was paid
+    for all the same, and today's spend (the cap) says so."""
+    gen_id, _, second = two_images_one_read(app, user, fake)
+    client = app.test_client()
+    assert client.post(f"/api/generate/{gen_id}/cancel", headers=user.headers).status_code == 200
+    assert fake.render(second)["status"] == "canceled"
+    assert money(app, gen_id) == (PRICE["google-imagen"], 0, 1)
+    with services(app).db.session() as session:
+        assert Decimal(str(spend.spent_today(session, user.id))) == PRICE["google-imagen"]
+
+
+def test_an_image_paid_before_another_failed_counts(app, user, fake):
+    """One image blocked by the safety filter fails the job; the other was paid."""
+    from app.pipeline.runner import run_stage
+
+    s = services(app)
+    gen_id, _, second = two_images_one_read(app, user, fake)
+    fake.predictions[second].update(latency=0.0, outcome="safety")
+    out = run_stage(s.db, s.settings, s.storage, gen_id, "generate", "t-1", retried=True)
+    assert out.error and load(app, gen_id)["status"] == "failed"
+    assert money(app, gen_id) == (PRICE["google-imagen"], 0, 1)

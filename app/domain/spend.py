@@ -97,13 +97,14 @@ def pay(
     """Record that ``what`` (a stage of ``gen``) has just paid ``provider``,
     committed at once: the money is gone whatever befalls the stage next
     (its generation deleted or timed out, its record rolled back, a copy
-    that took it over). The hold is let go: the payment counts from now.
+    that took it over). The hold shrinks by as much: the payment counts from now.
     ``payment`` names what was paid for (prediction ids, or the id a stage
     saved before a blocking call: ``PAID_CALL``), so a resumed stage that
-    reads the same results again records nothing twice (and lets go of the
-    hold it took again on its way); without it, the call is a payment of its own.
-    ``owner``: the paying copy's task id; the hold is let go only while that
-    copy owns the stage (one taken over keeps its hands off the new owner's)."""
+    reads the same results again records nothing twice (the hold it took
+    again goes when it ends); without it, the call is a payment of its own.
+    ``owner``: the paying copy's task id; the hold shrinks by what was paid
+    only while that copy owns the stage (one taken over keeps its hands off
+    the new owner's). What is left of it goes when the stage ends."""
     if amount <= 0:
         return
     names = ",".join(sorted(payment)) if payment else uuid.uuid4().hex
@@ -122,14 +123,14 @@ def pay(
         )
     ).first()
     paid = amount if recorded is not None else Decimal("0")
-    held: Any = 0
+    held: Any = case((Generation.cost_held > paid, Generation.cost_held - paid), else_=0)
     if owner is not None:
         owns = select(GenerationStage.id).where(
             GenerationStage.generation_id == gen.id,
             GenerationStage.name == what,
             GenerationStage.task_id == owner,
         )
-        held = case((owns.exists(), 0), else_=Generation.cost_held)
+        held = case((owns.exists(), held), else_=Generation.cost_held)
     # (A deleted generation's row: no update; the charge stands.)
     row = session.execute(
         update(Generation)

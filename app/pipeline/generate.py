@@ -48,6 +48,7 @@ from app.providers import (
     unavailable_reason,
 )
 from app.providers.base import Job, ProviderPending, Reference, prediction_ids
+from app.providers.replicate import output_urls
 
 EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
 CONTENT_TYPES = {ext: ct for ct, ext in EXTENSIONS.items()}
@@ -122,12 +123,22 @@ def run(ctx: StageContext) -> StageResult:
         # it names the call, so its payment is recorded once (``spend.pay``).
         job.save({ratelimit.RESERVED: None, spend.PAID_CALL: uuid.uuid4().hex})
 
+    def paid(_key: str, prediction: dict[str, Any]) -> None:  # a Replicate prediction
+        images = max(1, len(output_urls(prediction.get("output"))))
+        amount = Decimal(str(provider.price_for(request))) * images
+        pay_for([prediction["id"]], amount)
+
+    def pay_for(what: list[str] | None, amount: Decimal) -> None:
+        pay = partial(spend.pay, ctx.session, gen, amount, provider_id, "generate", what)
+        patiently(ctx.session, partial(pay, ctx.task_id), "payment")  # paid: outages waited out
+
     state = {k: v for k, v in ctx.previous.items() if k not in RUNNER_KEYS}
     job = Job(
         state=state,
         saver=paying(ctx.checkpoint, lambda ids: provider.cancel(ids), state),
         acquire=before_paid_call,
         poll_every=ctx.settings.provider_poll_seconds,
+        paid=paid,
     )
     provider = get_provider(provider_id, ctx.settings, job)
     request = build_request(ctx)
@@ -145,10 +156,9 @@ def run(ctx: StageContext) -> StageResult:
         raise StageFailed(str(exc)) from exc
 
     cost = Decimal(str(provider.price_for(request))) * len(result.outputs)
-    call = job.state.get(spend.PAID_CALL)
-    paid_for = prediction_ids(job.state) or ([call] if call else None)
-    pay = partial(spend.pay, ctx.session, gen, cost, provider_id, "generate", paid_for, ctx.task_id)
-    patiently(ctx.session, pay, "payment")  # paid already: an outage is waited out
+    if not prediction_ids(job.state):  # (predictions were paid one by one, as read)
+        call = job.state.get(spend.PAID_CALL)
+        pay_for([call] if call else None, cost)  # a blocking call, named before it was made
     outputs: list[dict[str, Any]] = []
     for i, out in enumerate(result.outputs):
         ref: dict[str, Any] = {"index": i, "contentType": out.content_type, **out.meta}

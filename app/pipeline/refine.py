@@ -110,7 +110,7 @@ def run(ctx: StageContext) -> StageResult:
         made, engine, meta = _local(ctx, tasks), "local", {}
         cost = Decimal("0")
     else:
-        made, meta = _replicate(ctx, tasks)  # paid (``spend.pay``) as the predictions end
+        made, meta = _replicate(ctx, tasks)  # paid (``spend.pay``) as each prediction ends
         engine, cost = "replicate", _price(tasks)
     try:
         variants = _record(ctx, tasks, made, engine)
@@ -146,11 +146,19 @@ def _replicate(ctx: StageContext, tasks: list[Task]) -> tuple[dict[str, bytes], 
         ratelimit.acquire(ctx.settings, RATE_LIMIT_BUCKET, job.state.get(ratelimit.RESERVED))
         job.save({ratelimit.RESERVED: None})  # the fence: a taken-over copy stops here
 
+    prices = {t.key: Decimal(str(t.op.model.price)) for t in tasks}
+
+    def paid(key: str, prediction: dict[str, Any]) -> None:  # each as it is read succeeded
+        gen, ids = ctx.generation, [prediction["id"]]
+        pay = partial(spend.pay, ctx.session, gen, prices[key], "replicate", "refine", ids)
+        patiently(ctx.session, partial(pay, ctx.task_id), "payment")  # outages waited out
+
     job = Job(
         state=saved,
         saver=paying(ctx.checkpoint, lambda ids: refiner.cancel(ids), saved),
         acquire=before_paid_call,
         poll_every=ctx.settings.provider_poll_seconds,
+        paid=paid,
     )
     refiner = ReplicateRefiner(ctx.settings, job, ctx.generation.id)
     try:
@@ -162,12 +170,6 @@ def _replicate(ctx: StageContext, tasks: list[Task]) -> tuple[dict[str, bytes], 
     except ProviderRejected as exc:
         raise StageFailed(str(exc)) from exc
     predictions = {key: p["id"] for key, p in finished.items()}
-    paid = _price(tasks)
-    ids = [*predictions.values()]
-    pay = partial(
-        spend.pay, ctx.session, ctx.generation, paid, "replicate", "refine", ids, ctx.task_id
-    )
-    patiently(ctx.session, pay, "payment")  # an outage waited out, as generate's
     made = {key: download(ctx.settings, output_url(p)) for key, p in finished.items()}
     metrics = {key: p.get("metrics") or {} for key, p in finished.items()}
     return made, {"predictions": predictions, "metrics": metrics}

@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import ObjectDeletedError, StaleDataError
 
+from app.domain import spend
 from app.domain.generations import new_stages
 from app.domain.models import Generation, GenerationStage, utcnow
 from app.domain.states import (
@@ -250,6 +251,8 @@ def record(
         session.rollback()  # and with it what this copy's stage function wrote
         return STOP
     set_stage_status(stage, status)
+    if name in ("generate", "refine"):  # paid as it went: what it held and did not pay goes
+        spend.release(gen)
     stage.finished_at, stage.output = utcnow(), output
     stage.duration_ms = duration = elapsed_ms(stage)
     gen.updated_at = utcnow()

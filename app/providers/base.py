@@ -75,13 +75,17 @@ class Job:
     - ``acquire()``: take a global rate-limit token before each paid call
       (raises ``ProviderPending`` when none is free);
     - ``poll_every``: seconds between looks at work still running at the
-      provider (each look is one run of the stage; no run sleeps).
+      provider (each look is one run of the stage; no run sleeps);
+    - ``paid(key, prediction)``: a prediction was read as succeeded, so it is
+      paid for: recorded at once (once, however often it is read), whatever
+      becomes of the others (one failing, a cancel, a timeout).
     """
 
     state: dict[str, Any] = field(default_factory=dict)
     saver: Callable[[dict[str, Any]], None] | None = None
     acquire: Callable[[], None] = _no_wait
     poll_every: float = 2.0
+    paid: Callable[[str, dict[str, Any]], None] = lambda _key, _prediction: None
 
     def save(self, update: dict[str, Any]) -> None:
         self.state = {**self.state, **copy.deepcopy(update)}  # a snapshot, not aliases

@@ -237,6 +237,7 @@ def look_once(
         if status in RUNNING:
             running.append(f"{pid} {status}")
         elif status == "succeeded":
+            job.paid(key, data)  # before anything else can go wrong
             if not output_urls(data.get("output")):
                 raise ProviderRejected(f"Replicate prediction {pid} succeeded without an image")
             done[key] = data
