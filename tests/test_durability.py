@@ -224,6 +224,7 @@ def test_a_stage_canceled_as_it_pays_saves_its_prediction_and_cancels_it(app, us
 
     def cancel_remote(settings, gen):
         canceled.extend(gen.stage("analyze").output["predictions"])
+        return []  # none had succeeded
 
     monkeypatch.setitem(pipeline.STAGE_FUNCS, "analyze", pay_while_canceled)
     monkeypatch.setattr(runner, "cancel_remote", cancel_remote)
@@ -263,7 +264,7 @@ def test_a_generation_past_its_deadline_times_out_and_its_prediction_is_canceled
 ):
     canceled: list[list[str]] = []
     monkeypatch.setattr(
-        maintenance, "cancel_remote", lambda _s, gen: canceled.append(_predictions(gen))
+        maintenance, "settle_canceled", lambda _db, _s, gen: canceled.append(_predictions(gen))
     )
     s = app.extensions["bff"]
     late = new_generation(

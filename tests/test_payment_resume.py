@@ -149,3 +149,40 @@ def test_an_image_paid_before_another_failed_counts(app, user, fake):
     out = run_stage(s.db, s.settings, s.storage, gen_id, "generate", "t-1", retried=True)
     assert out.error and load(app, gen_id)["status"] == "failed"
     assert money(app, gen_id) == (PRICE["google-imagen"], 0, 1)
+
+
+@pytest.mark.parametrize("how", ["canceled", "timed out", "deleted"])
+def test_an_image_made_before_the_cancel_reached_replicate_counts(app, user, fake, how):
+    """The prediction succeeded after the stage's last look: the cancel finds
+    it paid for (too late to stop) and the ledger records it."""
+    from datetime import timedelta
+
+    from app.domain.models import utcnow
+    from app.pipeline import maintenance
+    from app.pipeline.runner import run_stage
+
+    s, client = services(app), app.test_client()
+    gen_id = submit_prompt(client, user.headers, "red dress", provider="google-imagen")
+    run_through(app, gen_id, ALL_STAGES[:5])
+    fake.latency = 60.0
+    assert run_stage(s.db, s.settings, s.storage, gen_id, "generate", "t-1").retry_in
+    [pid] = fake.predictions
+    fake.predictions[pid].update(latency=0.0, starting_s=0.0)  # done; the stage has not looked
+    if how == "canceled":
+        assert (
+            client.post(f"/api/generate/{gen_id}/cancel", headers=user.headers).status_code == 200
+        )
+    elif how == "deleted":
+        assert client.delete(f"/api/generate/{gen_id}", headers=user.headers).status_code == 204
+    else:
+        with s.db.session() as session:
+            session.get(Generation, gen_id).deadline_at = utcnow() - timedelta(seconds=1)
+        assert maintenance.expire_overdue(s.db, s.settings) == 1
+    assert fake.counters["cancel"] == 1 and fake.render(pid)["status"] == "succeeded"
+    with s.db.session() as session:
+        charged = session.scalar(select(func.sum(spend.Charge.amount)).where(
+            spend.Charge.generation_id == gen_id))  # fmt: skip
+        assert charged == PRICE["google-imagen"]
+        assert Decimal(str(spend.spent_today(session, user.id))) == PRICE["google-imagen"]
+    if how != "deleted":
+        assert money(app, gen_id) == (PRICE["google-imagen"], 0, 1)

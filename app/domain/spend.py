@@ -19,7 +19,7 @@ import hashlib
 import uuid
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import (
     Date,
@@ -83,6 +83,9 @@ SPENT = _spent_statement()  # parameters: user_id, midnight (``db_time``)
 # The key of a stage's saved state naming its latest blocking paid call
 # (saved right before it): a re-run that pays nothing new names it again.
 PAID_CALL = "paidCall"
+# The key of generate's saved state holding the price of one image (USD, a
+# string): what a prediction a cancel found succeeded cost.
+UNIT_PRICE = "unitPrice"
 
 
 def pay(
@@ -107,10 +110,45 @@ def pay(
     the new owner's). What is left of it goes when the stage ends."""
     if amount <= 0:
         return
+    paid, held = _charge(session, gen.user_id, gen.id, amount, provider, what, payment, owner)
+    session.commit()
+    # The stage's copy of the row as it now is (not a change to flush).
+    set_committed_value(gen, "cost", (gen.cost or Decimal("0")) + paid)
+    set_committed_value(gen, "cost_held", held)
+
+
+class TooLate(NamedTuple):
+    """A prediction a cancel found already succeeded: it was paid for."""
+
+    what: str  # the stage that paid: generate, refine
+    prediction_id: str
+    amount: Decimal
+    provider: str
+
+
+def pay_too_late(session: Session, user_id: int, generation_id: str, late: list[TooLate]) -> None:
+    """Record what a cancel (or a timeout's) came too late for, committed
+    (the generation may be gone: its payments count all the same)."""
+    for t in late:
+        _charge(session, user_id, generation_id, t.amount, t.provider, t.what, [t.prediction_id])
+    session.commit()
+
+
+def _charge(
+    session: Session,
+    user_id: int,
+    generation_id: str,
+    amount: Decimal,
+    provider: str,
+    what: str,
+    payment: list[str] | None,
+    owner: str | None = None,
+) -> tuple[Decimal, Decimal]:
+    """``pay`` uncommitted: (what was newly recorded, the hold left)."""
     names = ",".join(sorted(payment)) if payment else uuid.uuid4().hex
     insert = dialect_insert(session.get_bind().dialect.name)(Charge).values(
-        user_id=gen.user_id,
-        generation_id=gen.id,
+        user_id=user_id,
+        generation_id=generation_id,
         payment=hashlib.sha256(names.encode()).hexdigest(),
         provider=provider,
         what=what,
@@ -126,7 +164,7 @@ def pay(
     held: Any = case((Generation.cost_held > paid, Generation.cost_held - paid), else_=0)
     if owner is not None:
         owns = select(GenerationStage.id).where(
-            GenerationStage.generation_id == gen.id,
+            GenerationStage.generation_id == generation_id,
             GenerationStage.name == what,
             GenerationStage.task_id == owner,
         )
@@ -134,15 +172,12 @@ def pay(
     # (A deleted generation's row: no update; the charge stands.)
     row = session.execute(
         update(Generation)
-        .where(Generation.id == gen.id)
+        .where(Generation.id == generation_id)
         .values(cost=Generation.cost + paid, cost_held=held)
         .returning(Generation.cost_held)
         .execution_options(synchronize_session=False)
     ).first()
-    session.commit()
-    # The stage's copy of the row as it now is (not a change to flush).
-    set_committed_value(gen, "cost", (gen.cost or Decimal("0")) + paid)
-    set_committed_value(gen, "cost_held", row[0] if row else Decimal("0"))
+    return paid, row[0] if row else Decimal("0")
 
 
 def paid_total(session: Session, user_id: int) -> float:

@@ -125,7 +125,7 @@ def run(ctx: StageContext) -> StageResult:
 
     def paid(_key: str, prediction: dict[str, Any]) -> None:  # a Replicate prediction
         images = max(1, len(output_urls(prediction.get("output"))))
-        amount = Decimal(str(provider.price_for(request))) * images
+        amount = Decimal(str(price)) * images
         pay_for([prediction["id"]], amount)
 
     def pay_for(what: list[str] | None, amount: Decimal) -> None:
@@ -145,7 +145,9 @@ def run(ctx: StageContext) -> StageResult:
     # Jobs accepted together each passed the submit's check before any had
     # spent: before paying, the job holds its price against the cap, counting
     # what the others spent and hold (``spend.hold``).
-    hold_cost(ctx, state, provider.price_for(request) * request.count, "image")
+    price = provider.price_for(request)
+    state[spend.UNIT_PRICE] = str(price)  # saved with the predictions: a late cancel's price
+    hold_cost(ctx, state, price * request.count, "image")
     try:
         result = provider.generate(request)
     except ProviderPending as exc:
@@ -155,7 +157,7 @@ def run(ctx: StageContext) -> StageResult:
     except (ProviderRejected, ProviderUnavailable) as exc:
         raise StageFailed(str(exc)) from exc
 
-    cost = Decimal(str(provider.price_for(request))) * len(result.outputs)
+    cost = Decimal(str(price)) * len(result.outputs)
     if not prediction_ids(job.state):  # (predictions were paid one by one, as read)
         call = job.state.get(spend.PAID_CALL)
         pay_for([call] if call else None, cost)  # a blocking call, named before it was made

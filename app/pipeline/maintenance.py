@@ -27,6 +27,7 @@ from sqlalchemy import and_, exists, or_, select, update
 
 from app.domain.generations import first_unfinished, give_up_canceled, stage_names, stage_status
 from app.domain.models import Generation, GenerationFeedback, GenerationStage, utcnow
+from app.domain.spend import pay_too_late
 from app.domain.states import (
     CANCELED,
     COMPLETED,
@@ -44,7 +45,7 @@ from app.platform.config import Settings
 from app.platform.db import Database, begin_for_update
 from app.platform.queue import dispatch
 from app.platform.redis import client
-from app.providers.cancel import cancel_remote
+from app.providers.cancel import settle_canceled
 from app.providers.refiners import cancel_refines
 
 UNDISPATCHED_GRACE = timedelta(seconds=10)
@@ -192,7 +193,7 @@ def expire_overdue(db: Database, settings: Settings, limit: int = 100) -> int:
         with db.Session() as session:
             gen = transaction(session, time_out, settings, gen_id)
             if gen is not None:
-                cancel_remote(settings, gen)  # stop paying for what will never be stored
+                settle_canceled(db, settings, gen)  # stop paying for what will never be stored
                 expired += 1
     return expired + expire_late_refines(db, settings, created_before, limit)
 
@@ -251,7 +252,9 @@ def expire_late_refines(
         with db.Session() as session:
             stage = transaction(session, time_out_refine, settings, gen_id, asked_before)
             if stage is not None:
-                cancel_refines(settings, stage.output)
+                if late := cancel_refines(settings, stage.output):  # paid already: recorded
+                    user_id = session.get(Generation, gen_id).user_id
+                    pay_too_late(session, user_id, gen_id, late)
                 log.warning("timed out the refine of %s", gen_id)
                 expired += 1
     return expired

@@ -123,7 +123,9 @@ def _work(ctx: StageContext, name: str, task_id: str | None, attempt: int) -> Ou
     except GenerationEnded as exc:
         log.info("%s: %s stopped: %s", gen_id, name, exc)
         session.rollback()
-        cancel_remote(settings, ctx.generation)  # what it paid for as the cancel came
+        if late := cancel_remote(settings, ctx.generation):  # what it started before the cancel
+            gen = ctx.generation
+            spend.pay_too_late(session, gen.user_id, gen.id, late)
         return transaction(session, stop_canceled, settings, gen_id, name, task_id)
     except StageLeaseLost as exc:
         log.warning("%s: %s stopped: %s", gen_id, name, exc)

@@ -5,41 +5,63 @@ will never be stored. Best effort: the stage guard stops the pipeline anyway."""
 from __future__ import annotations
 
 import logging
+from decimal import Decimal
 
 from app.domain.models import Generation
+from app.domain.spend import UNIT_PRICE, TooLate, pay_too_late
 from app.domain.states import STAGE_DONE
 from app.platform.config import Settings
+from app.platform.db import Database
 from app.providers.base import prediction_ids
 from app.providers.refiners import cancel_refines
-from app.providers.registry import PROVIDERS, get_provider
+from app.providers.registry import PROVIDERS
+from app.providers.replicate import cancel_predictions, client_for
 
 log = logging.getLogger(__name__)
 
 
-def cancel_remote(settings: Settings, gen: Generation) -> int:
+def cancel_remote(settings: Settings, gen: Generation) -> list[TooLate]:
     """Cancel the generation's running predictions (ids read from the ``generate``
-    and ``refine`` stages' checkpoints); returns how many cancel requests were sent.
-    Both stages are looked at: a refine asked for at submit is pending while
-    ``generate``'s predictions run."""
+    and ``refine`` stages' checkpoints); returns those the cancel came too
+    late for (they had succeeded: paid), for the caller to record
+    (``spend.pay_too_late``). Both stages are looked at: a refine asked for
+    at submit is pending while ``generate``'s predictions run."""
     refine = next((s for s in gen.stages if s.name == "refine"), None)
-    sent = 0
+    late = []
     if refine is not None and refine.status not in STAGE_DONE:
-        sent = cancel_refines(settings, refine.output)
-    return sent + _cancel_generate(settings, gen)
+        late = cancel_refines(settings, refine.output)
+    return late + _cancel_generate(settings, gen)
 
 
-def _cancel_generate(settings: Settings, gen: Generation) -> int:
+def _cancel_generate(settings: Settings, gen: Generation) -> list[TooLate]:
     entry = PROVIDERS.get(gen.provider or "")
-    if entry is None or not entry.api.startswith("replicate"):
-        return 0
+    if entry is None or not entry.api.startswith("replicate") or not settings.replicate_api_token:
+        return []
     stage = next((s for s in gen.stages if s.name == "generate"), None)
     if stage is None or stage.status in STAGE_DONE:
-        return 0
+        return []
     ids = prediction_ids(stage.output)
     if not ids:
-        return 0
+        return []
     try:
-        return get_provider(entry.id, settings).cancel(ids)
+        client = client_for(settings.replicate_api_token, settings.replicate_base_url)
+        answered = cancel_predictions(client, ids)
     except Exception:  # noqa: BLE001 - never fail the user's cancel over this
         log.warning("could not cancel predictions of %s", gen.id, exc_info=True)
-        return 0
+        return []
+    price = (stage.output or {}).get(UNIT_PRICE)
+    succeeded = [pid for pid, status in answered.items() if status == "succeeded"]
+    if succeeded and price is None:  # saved by a version before the price was
+        log.warning("%s: predictions %s were paid, at a price not saved", gen.id, succeeded)
+        return []
+    return [TooLate("generate", pid, Decimal(price), entry.id) for pid in succeeded]
+
+
+def settle_canceled(db: Database, settings: Settings, gen: Generation) -> None:
+    """``cancel_remote``, and what it came too late for recorded (best effort)."""
+    if late := cancel_remote(settings, gen):
+        try:
+            with db.session() as session:
+                pay_too_late(session, gen.user_id, gen.id, late)
+        except Exception:  # noqa: BLE001 - the cancel itself stands
+            log.exception("could not record %s's payments found at its cancel", gen.id)

@@ -26,8 +26,10 @@ from __future__ import annotations
 import io
 from collections.abc import Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
+from app.domain.spend import TooLate
 from app.platform.config import Settings
 from app.providers import pricing
 from app.providers.base import Job, prediction_ids
@@ -141,7 +143,7 @@ class ReplicateRefiner:
         return uploaded.urls["get"]
 
     def cancel(self, ids: list[str]) -> int:
-        return cancel_predictions(self.client, ids)
+        return len(cancel_predictions(self.client, ids))
 
     def _look(self, ids: dict[str, str], tasks: list[Task]) -> dict[str, dict[str, Any]]:
         models = {t.key: t.op.model.name for t in tasks}
@@ -155,14 +157,25 @@ def price_per_image(options: Mapping[str, Any]) -> float:
     return price + (BACKGROUND_REMOVER.price if options.get("removeBackground") else 0.0)
 
 
-def cancel_refines(settings: Settings, stage_output: dict[str, Any] | None) -> int:
+def cancel_refines(settings: Settings, stage_output: dict[str, Any] | None) -> list[TooLate]:
     """Best effort: cancel the refine predictions a running refine stage saved
-    (a canceled or timed-out generation); returns how many were asked."""
+    (a canceled or timed-out generation); returns those already paid for."""
     ids = prediction_ids(stage_output)
     if not ids or not settings.replicate_api_token:
-        return 0
+        return []
     client = client_for(settings.replicate_api_token, settings.replicate_base_url)
-    return cancel_predictions(client, ids)
+    answered = cancel_predictions(client, ids)
+    keys = {pid: key for key, pid in (stage_output or {})["predictions"].items()}
+    return [
+        TooLate("refine", pid, Decimal(str(_model_of(keys[pid]).price)), "replicate")
+        for pid, status in answered.items()
+        if status == "succeeded"
+    ]
+
+
+def _model_of(task_key: str) -> RefineModel:
+    """The model a task (``<asset id>:<op key>``) runs."""
+    return UPSCALER if task_key.split(":", 1)[-1].startswith("upscaled") else BACKGROUND_REMOVER
 
 
 def output_url(prediction: dict[str, Any]) -> str:

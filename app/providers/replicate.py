@@ -197,19 +197,19 @@ class ReplicateModel:
         return f"works (account {account.username})"
 
     def cancel(self, prediction_ids: list[str]) -> int:
-        return cancel_predictions(self.client, prediction_ids)
+        return len(cancel_predictions(self.client, prediction_ids))
 
 
-def cancel_predictions(client: replicate.Client, prediction_ids: list[str]) -> int:
-    """Best effort: cancel running predictions; returns how many were asked."""
-    asked = 0
+def cancel_predictions(client: replicate.Client, prediction_ids: list[str]) -> dict[str, str]:
+    """Best effort: cancel running predictions; the status each one answered
+    with, by id (``succeeded``: the cancel came too late, it was paid for)."""
+    answered = {}
     for pid in prediction_ids:
         try:
-            client.predictions.cancel(pid)
-            asked += 1
+            answered[pid] = client.predictions.cancel(pid).status
         except Exception:  # noqa: BLE001 - best effort; the stage guard stops us anyway
             pass
-    return asked
+    return answered
 
 
 def look_once(
