@@ -186,3 +186,23 @@ def test_an_image_made_before_the_cancel_reached_replicate_counts(app, user, fak
         assert Decimal(str(spend.spent_today(session, user.id))) == PRICE["google-imagen"]
     if how != "deleted":
         assert money(app, gen_id) == (PRICE["google-imagen"], 0, 1)
+
+
+def test_a_job_failed_for_good_stops_the_images_still_being_made(app, user, fake):
+    """One image blocked by the safety filter fails the job: the other, still
+    running, would be billed for nothing, so it is canceled."""
+    from app.pipeline.runner import run_stage
+
+    s = services(app)
+    gen_id = submit_prompt(
+        app.test_client(), user.headers, "red dress", provider="google-imagen", count=2
+    )
+    run_through(app, gen_id, ALL_STAGES[:5])
+    fake.latency = 60.0
+    assert run_stage(s.db, s.settings, s.storage, gen_id, "generate", "t-1").retry_in
+    first, second = fake.predictions
+    fake.predictions[second].update(latency=0.0, starting_s=0.0, outcome="safety")
+    out = run_stage(s.db, s.settings, s.storage, gen_id, "generate", "t-1", retried=True)
+    assert out.error and load(app, gen_id)["status"] == "failed"
+    assert fake.render(first)["status"] == "canceled"
+    assert money(app, gen_id) == (0, 0, 0)

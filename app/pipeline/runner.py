@@ -123,9 +123,7 @@ def _work(ctx: StageContext, name: str, task_id: str | None, attempt: int) -> Ou
     except GenerationEnded as exc:
         log.info("%s: %s stopped: %s", gen_id, name, exc)
         session.rollback()
-        if late := cancel_remote(settings, ctx.generation):  # what it started before the cancel
-            gen = ctx.generation
-            spend.pay_too_late(session, gen.user_id, gen.id, late)
+        _stop_paid_work(session, settings, ctx.generation)  # what it started before the cancel
         return transaction(session, stop_canceled, settings, gen_id, name, task_id)
     except StageLeaseLost as exc:
         log.warning("%s: %s stopped: %s", gen_id, name, exc)
@@ -152,7 +150,17 @@ def _work(ctx: StageContext, name: str, task_id: str | None, attempt: int) -> Ou
             retry_in = backoff(attempt, problem.retry_after)
         else:
             error = f"gave up after {attempt} attempts: {error}"
-    return transaction(session, fail_or_retry, settings, gen_id, name, error, retry_in)
+    outcome = transaction(session, fail_or_retry, settings, gen_id, name, error, retry_in)
+    if not outcome.gone and ctx.generation.stage(name).status == S_FAILED:  # for good:
+        _stop_paid_work(session, settings, ctx.generation)  # what still runs is wasted
+    return outcome
+
+
+def _stop_paid_work(session: Session, settings: Settings, gen: Generation) -> None:
+    """Cancel the generation's predictions still running, and record those
+    the cancel found already made (paid for)."""
+    if late := cancel_remote(settings, gen):
+        spend.pay_too_late(session, gen.user_id, gen.id, late)
 
 
 def transaction(session: Session, step: Callable[..., Any], *args: Any) -> Any:
