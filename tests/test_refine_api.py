@@ -345,3 +345,16 @@ def test_a_late_refine_that_fails_or_times_out_is_sent_too(app, client, user, se
     event, body = messages(app, gen_id)[-1]
     assert event == "generation.refined" and len(messages(app, gen_id)) == 3
     assert "timed out" in stages_by_name(body)["refine"]["error"]
+
+
+def test_a_failed_refines_predictions_are_kept_for_the_next_only_while_replicate_keeps_them():
+    from app.domain.models import GenerationStage
+
+    saved = {"predictions": {"7:cutout": "p-1"}, "checkpoint": True, "reserved": None}
+    stage = GenerationStage(name="refine", status="failed", output=saved)
+    stage.finished_at = utcnow() - timedelta(minutes=5)
+    assert route._paid_for(stage) == {"predictions": {"7:cutout": "p-1"}, "checkpoint": True}
+    stage.finished_at = utcnow() - timedelta(hours=2)  # its outputs are gone at Replicate
+    assert route._paid_for(stage) is None
+    stage.finished_at, stage.status = utcnow(), "completed"  # its variants exist: nothing to redo
+    assert route._paid_for(stage) is None

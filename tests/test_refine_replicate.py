@@ -13,8 +13,10 @@ import httpx
 import pytest
 from PIL import Image
 from replicate.exceptions import ReplicateError
+from sqlalchemy import select
 
 from app.domain.models import Generation, User, utcnow
+from app.domain.spend import Charge
 from app.pipeline import ALL_STAGES, maintenance
 from app.pipeline.runner import run_stage
 from app.platform.config import Settings
@@ -324,3 +326,39 @@ def test_a_late_refine_of_an_imagen_image_is_not_stopped_by_its_completed_genera
     assert fake.creates == 2 and fake.counters["cancel"] == 0
     [up] = [a for a in gen["assets"] if a["variant"] == "upscaled"]
     assert up["sourceAssetId"] == asset_id and up["width"] == 2 * gen["assets"][0]["width"]
+
+
+def test_a_refine_asked_again_after_it_failed_half_way_pays_once_for_each_variant(app, user, fake):
+    """Upscale and cut-out asked for; the cut-out was made (paid), the
+    upscale refused, so the refine failed. Asked again, the cut-out is read
+    again from its prediction, not made (and paid for) a second time."""
+    client = app.test_client()
+    gen_id = submit_prompt(client, user.headers, "red dress", provider="google-imagen")
+    run_through(app, gen_id)
+    asset_id = load(app, gen_id)["assets"][0]["id"]
+    url = f"/api/generate/{gen_id}/assets/{asset_id}/refine"
+    body = {"upscale": 2, "removeBackground": True}
+    assert client.post(url, json=body, headers=user.headers).status_code == 202
+    fake.latency = 60.0
+    out = run_stage(*_s(app), gen_id, "refine", task_id="late-1")
+    assert out.retry_in is not None  # both predictions made, the stage waits on them
+    models = {pid: p["model"] for pid, p in fake.predictions.items()}
+    for pid, p in fake.predictions.items():
+        p.update(latency=0.0, starting_s=0.0)
+        if models[pid] == UPSCALER.name:
+            p["outcome"] = "safety"
+    out = run_stage(*_s(app), gen_id, "refine", task_id="late-1", retried=True)
+    assert stages_by_name(load(app, gen_id))["refine"]["status"] == "failed"
+    creates, fake.latency = fake.creates, 0.05
+    assert client.post(url, json=body, headers=user.headers).status_code == 202
+    run_through(app, gen_id, ["refine"], task="late-2")
+    gen = load(app, gen_id)
+    assert stages_by_name(gen)["refine"]["status"] == "completed", gen["stages"]
+    assert fake.creates == creates + 1  # the upscale only
+    assert sorted(a["variant"] for a in gen["assets"]) == ["cutout", "original", "upscaled"]
+    with services(app).db.session() as session:
+        charges = session.scalars(
+            select(Charge.amount).where(Charge.generation_id == gen_id, Charge.what == "refine")
+        ).all()
+    assert sorted(charges) == sorted([Decimal(str(BACKGROUND_REMOVER.price)),
+                                      Decimal(str(UPSCALER.price))])  # fmt: skip

@@ -13,6 +13,7 @@ another body is 409): a retried POST does not meet its own refine's 409."""
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 
 from flask import Blueprint, g
 from sqlalchemy.exc import SQLAlchemyError
@@ -23,9 +24,10 @@ from app.api.errors import ApiError, not_found
 from app.api.responses import GenerationOut, generation_path, respond
 from app.api.schemas import RefineIn, parse
 from app.domain import generations as svc
-from app.domain.models import Generation, GenerationAsset, utcnow
+from app.domain.models import Generation, GenerationAsset, GenerationStage, utcnow
 from app.domain.spend import refusal
-from app.domain.states import COMPLETED, LATE_REQUEST, LATE_STAGE, S_PENDING, refining
+from app.domain.states import COMPLETED, LATE_REQUEST, LATE_STAGE, S_FAILED, S_PENDING, refining
+from app.pipeline.lease import CHECKPOINT, aware, checkpoint_of
 from app.pipeline.refine import ops_for
 from app.platform.queue import dispatch
 
@@ -33,6 +35,7 @@ log = logging.getLogger(__name__)
 bp = Blueprint("refine", __name__, url_prefix="/api/generate")
 bp.before_request(load_user)
 
+REUSABLE = timedelta(minutes=50)  # a failed refine's predictions, read again within this
 MAX_ID = 2**31 - 1  # asset ids are 32-bit integers: anything larger names no asset
 
 
@@ -107,10 +110,22 @@ def _queue(gen: Generation, asset_id: int, options: dict, key: dict[str, str]) -
     if stage is None:
         stage = svc.new_stage(LATE_STAGE)
         gen.stages.append(stage)
-    stage.status, stage.attempts, stage.error, stage.output = S_PENDING, 0, None, None
+    stage.output = _paid_for(stage)
+    stage.status, stage.attempts, stage.error = S_PENDING, 0, None
     stage.started_at = stage.finished_at = stage.duration_ms = stage.task_id = None
     gen.updated_at = utcnow()  # a change clients see; the dispatcher's clock from now
     gen.dispatched_at = None  # set once the broker took it
+
+
+def _paid_for(stage: GenerationStage) -> dict | None:
+    """What the last refine saved of its predictions, if it failed lately: a
+    variant it had made (and paid for) is read again, not paid for twice.
+    (Replicate keeps a prediction's output for an hour.)"""
+    saved = checkpoint_of(stage)
+    recent = stage.finished_at and utcnow() - aware(stage.finished_at) < REUSABLE
+    if stage.status != S_FAILED or not recent or not saved.get("predictions"):
+        return None
+    return {"predictions": saved["predictions"], CHECKPOINT: True}
 
 
 def _mark_dispatched(generation_id: str) -> None:

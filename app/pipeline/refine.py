@@ -139,6 +139,11 @@ def _replicate(ctx: StageContext, tasks: list[Task]) -> tuple[dict[str, bytes], 
     if not ctx.settings.replicate_api_token:
         raise StageFailed("REPLICATE_API_TOKEN not configured (refine runs on Replicate)")
     saved = {k: v for k, v in ctx.previous.items() if k not in RUNNER_KEYS}
+    # Only this plan's (a failed refine's kept for one asked again may name others).
+    planned = {t.key for t in tasks}
+    saved["predictions"] = {
+        k: v for k, v in (saved.get("predictions") or {}).items() if k in planned
+    }
     # Held against the daily cap before the first paid call (``spend.hold``).
     hold_cost(ctx, saved, sum(t.op.model.price for t in tasks), "refine")
 
