@@ -49,6 +49,7 @@ class TcpSwitch:
                 except OSError:
                     _close(client)
                     continue
+                upstream.settimeout(None)  # (5 s was for the connect: an idle link stays up)
                 self.open |= {client, upstream}
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
