@@ -335,3 +335,19 @@ def test_a_database_the_server_does_not_have_is_named_as_such(tmp_path):
 @pytest.mark.parametrize("level", ["warn", "FATAL", "notset", "debug"])
 def test_every_level_name_logging_knows_is_a_log_level(level):
     assert Settings.from_env({"BFF_LOG_LEVEL": level}).log_level == level.upper()
+
+
+@pytest.mark.usefixtures("service_env")
+def test_a_database_that_vanishes_mid_query_is_noticed_within_a_minute(service_env):
+    """Keepalives probe only an idle link; a query sent to a server that
+    vanished waits on TCP's retransmissions unless the connection says
+    how long sent data may go unacknowledged."""
+    from app.platform.db import Database
+
+    db = Database(service_env["DATABASE_URL"])
+    try:
+        with db.engine.connect() as conn:
+            params = conn.connection.dbapi_connection.info.get_parameters()
+    finally:
+        db.engine.dispose()
+    assert params["tcp_user_timeout"] == "60000" and params["keepalives_idle"] == "30"

@@ -5,7 +5,8 @@ functions take a session and never commit; the caller owns the transaction
 PostgreSQL connections are set up for a network and server that misbehave:
 a closed connection is replaced, not handed out (``pool_pre_ping``); a server
 that does not answer fails fast (``connect_timeout``); a vanished peer is
-noticed within a minute (TCP keepalives); no statement, lock waits included,
+noticed within a minute (TCP keepalives, and ``tcp_user_timeout`` while a
+query is unanswered); no statement, lock waits included,
 holds a request or worker longer than ``BFF_DB_STATEMENT_TIMEOUT``.
 """
 
@@ -73,6 +74,10 @@ def make_engine(
             "keepalives_idle": 30,
             "keepalives_interval": 10,
             "keepalives_count": 3,
+            # Keepalives only probe an idle link: a query sent to a server that
+            # vanished (packets dropped, not refused) would wait out TCP's
+            # retransmissions, ~15 minutes. Unacknowledged for a minute: gone.
+            "tcp_user_timeout": 60_000,
             "options": f"-c statement_timeout={int(statement_timeout * 1000)}"
             f" -c lock_timeout={int(lock_timeout * 1000)}",
         },
