@@ -122,7 +122,7 @@ def two_images_one_read(app, user, fake) -> tuple[str, str, str]:
     fake.latency = 60.0
     assert run_stage(s.db, s.settings, s.storage, gen_id, "generate", "t-1").retry_in
     first, second = fake.predictions
-    fake.predictions[first]["latency"] = 0.0
+    fake.predictions[first].update(latency=0.0, starting_s=0.0)
     assert run_stage(s.db, s.settings, s.storage, gen_id, "generate", "t-1", retried=True).retry_in
     return gen_id, first, second
 
@@ -206,3 +206,50 @@ def test_a_job_failed_for_good_stops_the_images_still_being_made(app, user, fake
     assert out.error and load(app, gen_id)["status"] == "failed"
     assert fake.render(first)["status"] == "canceled"
     assert money(app, gen_id) == (0, 0, 0)
+
+
+def test_a_stage_that_paid_for_all_its_images_at_once_is_not_paid_again_per_image(app, user, fake):
+    """Until each prediction was paid as it was read, a stage paid once for all
+    (named by all their ids): resumed across that change, it pays none again."""
+    import time
+
+    from app.pipeline.runner import run_stage
+
+    s = services(app)
+    gen_id, first, second = two_images_one_read(app, user, fake)
+    with s.db.Session() as session:  # as the stage did then, once both had succeeded
+        session.execute(spend.Charge.__table__.delete().where(
+            spend.Charge.generation_id == gen_id))  # fmt: skip
+        gen = session.get(Generation, gen_id)
+        gen.cost = 0
+        session.commit()
+        spend.pay(session, gen, 2 * PRICE["google-imagen"], "google-imagen", "generate",
+                  [first, second])  # fmt: skip
+    fake.predictions[second].update(latency=0.0, starting_s=0.0)
+    while run_stage(s.db, s.settings, s.storage, gen_id, "generate", "t-1", retried=True).retry_in:
+        time.sleep(0.05)
+    assert load(app, gen_id)["stages"][5]["status"] == "completed"
+    assert money(app, gen_id) == (2 * PRICE["google-imagen"], 0, 1)
+
+
+def test_a_retried_job_holds_only_what_it_has_not_paid_for(app, user, fake):
+    """Three of four images paid, the fourth refused: retried, the stage holds
+    the price of one image, not four (the cap would count three twice)."""
+    from app.pipeline.runner import run_stage
+
+    s, client, price = services(app), app.test_client(), PRICE["google-imagen"]
+    gen_id = submit_prompt(client, user.headers, "red dress", provider="google-imagen", count=4)
+    run_through(app, gen_id, ALL_STAGES[:5])
+    fake.latency = 60.0
+    assert run_stage(s.db, s.settings, s.storage, gen_id, "generate", "t-1").retry_in
+    *made, refused = fake.predictions
+    for pid in made:
+        fake.predictions[pid].update(latency=0.0, starting_s=0.0)
+    fake.predictions[refused].update(latency=0.0, starting_s=0.0, outcome="safety")
+    assert run_stage(s.db, s.settings, s.storage, gen_id, "generate", "t-1", retried=True).error
+    assert money(app, gen_id) == (3 * price, 0, 3)
+    assert client.post(f"/api/generate/{gen_id}/retry", headers=user.headers).status_code == 202
+    assert run_stage(s.db, s.settings, s.storage, gen_id, "generate", "t-2").retry_in
+    assert money(app, gen_id) == (3 * price, price, 3)
+    with s.db.session() as session:
+        assert Decimal(str(spend.spent_today(session, user.id))) == 4 * price

@@ -134,6 +134,35 @@ def pay_too_late(session: Session, user_id: int, generation_id: str, late: list[
     session.commit()
 
 
+def charged(session: Session, generation_id: str, payments: list[list[str]]) -> Decimal:
+    """What the generation's payments of these names (each a ``pay``'s
+    ``payment``) add up to: what a resumed stage has paid already."""
+    if not payments:
+        return Decimal("0")
+    hashes = [_name(p) for p in payments]
+    total = select(func.coalesce(func.sum(Charge.amount), 0)).where(
+        Charge.generation_id == generation_id, Charge.payment.in_(hashes)
+    )
+    return Decimal(str(session.scalar(total)))
+
+
+def paid_for_predictions(session: Session, generation_id: str, ids: list[str]) -> Decimal:
+    """What these predictions were paid, one by one (or, paid before that was
+    so, all together: one payment named by all of them)."""
+    return charged(session, generation_id, [[i] for i in ids] + ([ids] if len(ids) > 1 else []))
+
+
+def paid_all_at_once(session: Session, generation_id: str, ids: list[str]) -> bool:
+    """These predictions were paid as one payment, as a stage did until each
+    was paid as it was read: a stage resumed across that change pays none again."""
+    return len(ids) > 1 and charged(session, generation_id, [ids]) > 0
+
+
+def _name(payment: list[str] | None) -> str:
+    names = ",".join(sorted(payment)) if payment else uuid.uuid4().hex
+    return hashlib.sha256(names.encode()).hexdigest()
+
+
 def _charge(
     session: Session,
     user_id: int,
@@ -144,12 +173,14 @@ def _charge(
     payment: list[str] | None,
     owner: str | None = None,
 ) -> tuple[Decimal, Decimal]:
-    """``pay`` uncommitted: (what was newly recorded, the hold left)."""
-    names = ",".join(sorted(payment)) if payment else uuid.uuid4().hex
+    """``pay`` uncommitted: (what was newly recorded, the hold left). The
+    generation's row is locked first, as by everyone who changes it."""
+    lock = select(Generation.id).where(Generation.id == generation_id).with_for_update()
+    session.execute(lock)  # (a deleted generation: no row; its payment still counts)
     insert = dialect_insert(session.get_bind().dialect.name)(Charge).values(
         user_id=user_id,
         generation_id=generation_id,
-        payment=hashlib.sha256(names.encode()).hexdigest(),
+        payment=_name(payment),
         provider=provider,
         what=what,
         amount=amount,

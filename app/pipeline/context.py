@@ -64,10 +64,15 @@ def hold_cost(ctx: StageContext, state: dict[str, Any], estimate: float, what: s
     of its work already: refusing would waste that, so the rest is held."""
     if not estimate or ctx.generation.cost_held:
         return
-    started = bool(prediction_ids(state) or state.get("images"))
+    ids = prediction_ids(state)
+    started = bool(ids or state.get("images"))
 
     def hold(session: Session, gen: Generation) -> None:
-        if why := spend.hold(session, gen, estimate, what, refuse=not started):
+        # A resumed stage's predictions already paid for are not held again.
+        left = (
+            estimate - float(spend.paid_for_predictions(session, gen.id, ids)) if ids else estimate
+        )
+        if why := spend.hold(session, gen, max(left, 0.0), what, refuse=not started):
             raise StageFailed(why)
 
     ctx.checkpoint(state, also=hold)

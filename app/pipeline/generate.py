@@ -124,6 +124,8 @@ def run(ctx: StageContext) -> StageResult:
         job.save({ratelimit.RESERVED: None, spend.PAID_CALL: uuid.uuid4().hex})
 
     def paid(_key: str, prediction: dict[str, Any]) -> None:  # a Replicate prediction
+        if legacy:
+            return
         images = max(1, len(output_urls(prediction.get("output"))))
         amount = Decimal(str(price)) * images
         pay_for([prediction["id"]], amount)
@@ -133,6 +135,7 @@ def run(ctx: StageContext) -> StageResult:
         patiently(ctx.session, partial(pay, ctx.task_id), "payment")  # paid: outages waited out
 
     state = {k: v for k, v in ctx.previous.items() if k not in RUNNER_KEYS}
+    legacy = spend.paid_all_at_once(ctx.session, gen.id, prediction_ids(state))
     job = Job(
         state=state,
         saver=paying(ctx.checkpoint, lambda ids: provider.cancel(ids), state),

@@ -253,8 +253,11 @@ def expire_late_refines(
             stage = transaction(session, time_out_refine, settings, gen_id, asked_before)
             if stage is not None:
                 if late := cancel_refines(settings, stage.output):  # paid already: recorded
-                    user_id = session.get(Generation, gen_id).user_id
-                    pay_too_late(session, user_id, gen_id, late)
+                    try:
+                        user_id = session.get(Generation, gen_id).user_id
+                        pay_too_late(session, user_id, gen_id, late)
+                    except Exception:  # the next expiries go on
+                        log.exception("%s: could not record %s", gen_id, late)
                 log.warning("timed out the refine of %s", gen_id)
                 expired += 1
     return expired

@@ -51,6 +51,7 @@ from app.providers.base import (
     ProviderPending,
     ProviderRejected,
     ProviderTransient,
+    prediction_ids,
 )
 from app.providers.refiners import RATE_LIMIT_BUCKET, RefineOp, ReplicateRefiner, Task, output_url
 
@@ -153,7 +154,11 @@ def _replicate(ctx: StageContext, tasks: list[Task]) -> tuple[dict[str, bytes], 
 
     prices = {t.key: Decimal(str(t.op.model.price)) for t in tasks}
 
+    legacy = spend.paid_all_at_once(ctx.session, ctx.generation.id, prediction_ids(saved))
+
     def paid(key: str, prediction: dict[str, Any]) -> None:  # each as it is read succeeded
+        if legacy:
+            return
         gen, ids = ctx.generation, [prediction["id"]]
         pay = partial(spend.pay, ctx.session, gen, prices[key], "replicate", "refine", ids)
         patiently(ctx.session, partial(pay, ctx.task_id), "payment")  # outages waited out

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -158,9 +159,16 @@ def _work(ctx: StageContext, name: str, task_id: str | None, attempt: int) -> Ou
 
 def _stop_paid_work(session: Session, settings: Settings, gen: Generation) -> None:
     """Cancel the generation's predictions still running, and record those
-    the cancel found already made (paid for)."""
-    if late := cancel_remote(settings, gen):
-        spend.pay_too_late(session, gen.user_id, gen.id, late)
+    the cancel found already made (paid for: an outage is waited out, as
+    every payment's; past that it is logged, and the stage ends all the same)."""
+    if not (late := cancel_remote(settings, gen)):
+        return
+    user_id, gen_id = gen.user_id, gen.id
+    record = partial(spend.pay_too_late, session, user_id, gen_id, late)
+    try:
+        lease.patiently(session, record, "payment")
+    except Exception:
+        log.exception("%s: could not record predictions paid before the cancel: %s", gen_id, late)
 
 
 def transaction(session: Session, step: Callable[..., Any], *args: Any) -> Any:
