@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from datetime import timedelta
+from decimal import Decimal
 
 import pytest
 from sqlalchemy import select
@@ -347,14 +348,29 @@ def test_a_late_refine_that_fails_or_times_out_is_sent_too(app, client, user, se
     assert "timed out" in stages_by_name(body)["refine"]["error"]
 
 
-def test_a_failed_refines_predictions_are_kept_for_the_next_only_while_replicate_keeps_them():
-    from app.domain.models import GenerationStage
+def test_a_failed_refine_hands_on_only_its_own_paid_predictions_while_fresh(app, user):
+    """Made and paid (the cut-out): handed on; never paid (the upscale the
+    timeout canceled): a new one is made; handed on already, or asked for
+    an hour ago (Replicate no longer serves it): not again."""
+    from app.domain import spend
+    from app.domain.generations import new_stage
 
-    saved = {"predictions": {"7:cutout": "p-1"}, "checkpoint": True, "reserved": None}
-    stage = GenerationStage(name="refine", status="failed", output=saved)
-    stage.finished_at = utcnow() - timedelta(minutes=5)
-    assert route._paid_for(stage) == {"predictions": {"7:cutout": "p-1"}, "checkpoint": True}
-    stage.finished_at = utcnow() - timedelta(hours=2)  # its outputs are gone at Replicate
-    assert route._paid_for(stage) is None
-    stage.finished_at, stage.status = utcnow(), "completed"  # its variants exist: nothing to redo
-    assert route._paid_for(stage) is None
+    gen_id, _ = completed(app, user)
+    with services(app).db.Session() as session:  # (spend.pay commits)
+        gen = session.get(Generation, gen_id)
+        gen.stages.append(refine := new_stage("refine"))
+        predictions = {"1:cutout": "p-cut", "1:upscaled-x2": "p-up"}
+        refine.status, refine.output = "failed", {"predictions": predictions, "checkpoint": True}
+        asked = {"assetId": 1, "upscale": 2, "removeBackground": True}
+        gen.pipeline_data = {"refine": {**asked, "askedAt": utcnow().isoformat()}}
+        session.flush()
+        spend.pay(session, gen, Decimal("0.01"), "replicate", "refine", ["p-cut"])
+        assert route._paid_for(session, gen, refine) == {
+            "predictions": {"1:cutout": "p-cut"}, "inherited": ["p-cut"], "checkpoint": True,
+        }  # fmt: skip
+        refine.output = {**refine.output, "inherited": ["p-cut"]}
+        assert route._paid_for(session, gen, refine) is None
+        refine.output = {"predictions": predictions, "checkpoint": True}
+        an_hour_ago = (utcnow() - timedelta(hours=1)).isoformat()
+        gen.pipeline_data = {"refine": {**asked, "askedAt": an_hour_ago}}
+        assert route._paid_for(session, gen, refine) is None

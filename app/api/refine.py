@@ -13,10 +13,11 @@ another body is 409): a retried POST does not meet its own refine's 409."""
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from flask import Blueprint, g
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, object_session
 
 from app.api.auth import load_user
 from app.api.common import asked_before, json_body, request_key, services
@@ -24,11 +25,12 @@ from app.api.errors import ApiError, not_found
 from app.api.responses import GenerationOut, generation_path, respond
 from app.api.schemas import RefineIn, parse
 from app.domain import generations as svc
+from app.domain import spend
 from app.domain.models import Generation, GenerationAsset, GenerationStage, utcnow
 from app.domain.spend import refusal
 from app.domain.states import COMPLETED, LATE_REQUEST, LATE_STAGE, S_FAILED, S_PENDING, refining
 from app.pipeline.lease import CHECKPOINT, aware, checkpoint_of
-from app.pipeline.refine import ops_for
+from app.pipeline.refine import INHERITED, ops_for
 from app.platform.queue import dispatch
 
 log = logging.getLogger(__name__)
@@ -104,28 +106,40 @@ def refine(generation_id: str, asset_id: str):
 def _queue(gen: Generation, asset_id: int, options: dict, key: dict[str, str]) -> None:
     """The request (with its Idempotency-Key, if any), and its stage pending
     (added, or reset from the last refine)."""
+    stage = next((st for st in gen.stages if st.name == LATE_STAGE), None)
+    kept = _paid_for(object_session(gen), gen, stage) if stage is not None else None
     asked = {"assetId": asset_id, "askedAt": utcnow().isoformat(), **options, **key}
     gen.pipeline_data = {**(gen.pipeline_data or {}), LATE_REQUEST: asked}
-    stage = next((st for st in gen.stages if st.name == LATE_STAGE), None)
     if stage is None:
         stage = svc.new_stage(LATE_STAGE)
         gen.stages.append(stage)
-    stage.output = _paid_for(stage)
+    stage.output = kept
     stage.status, stage.attempts, stage.error = S_PENDING, 0, None
     stage.started_at = stage.finished_at = stage.duration_ms = stage.task_id = None
     gen.updated_at = utcnow()  # a change clients see; the dispatcher's clock from now
     gen.dispatched_at = None  # set once the broker took it
 
 
-def _paid_for(stage: GenerationStage) -> dict | None:
-    """What the last refine saved of its predictions, if it failed lately: a
-    variant it had made (and paid for) is read again, not paid for twice.
-    (Replicate keeps a prediction's output for an hour.)"""
+def _paid_for(session: Session, gen: Generation, stage: GenerationStage) -> dict | None:
+    """The variants the last refine made and paid for, if it failed lately:
+    read again from their predictions, not made (and paid for) twice. Only
+    its own (not those it was handed in turn: ``INHERITED``), and only while
+    Replicate serves their outputs (an hour; its request bounds their age)."""
     saved = checkpoint_of(stage)
-    recent = stage.finished_at and utcnow() - aware(stage.finished_at) < REUSABLE
-    if stage.status != S_FAILED or not recent or not saved.get("predictions"):
+    asked = ((gen.pipeline_data or {}).get(LATE_REQUEST) or {}).get("askedAt")
+    if stage.status != S_FAILED or not asked or not saved.get("predictions"):
         return None
-    return {"predictions": saved["predictions"], CHECKPOINT: True}
+    if utcnow() - aware(datetime.fromisoformat(asked)) >= REUSABLE:
+        return None
+    handed = set(saved.get(INHERITED) or [])
+    paid = {
+        key: pid
+        for key, pid in saved["predictions"].items()
+        if pid not in handed and spend.charged(session, gen.id, [[pid]]) > 0
+    }
+    return (
+        {"predictions": paid, INHERITED: sorted(paid.values()), CHECKPOINT: True} if paid else None
+    )
 
 
 def _mark_dispatched(generation_id: str) -> None:

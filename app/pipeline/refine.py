@@ -61,6 +61,11 @@ def wanted(options: Mapping[str, Any]) -> bool:
     return bool(options.get("upscale") or options.get("removeBackground"))
 
 
+# The key of a refine's saved state naming the predictions it was handed by a
+# failed refine before it: never handed on again (their outputs age).
+INHERITED = "inherited"
+
+
 def ops_for(options: Mapping[str, Any]) -> list[RefineOp]:
     ops = []
     if options.get("upscale"):
@@ -140,7 +145,8 @@ def _replicate(ctx: StageContext, tasks: list[Task]) -> tuple[dict[str, bytes], 
     if not ctx.settings.replicate_api_token:
         raise StageFailed("REPLICATE_API_TOKEN not configured (refine runs on Replicate)")
     saved = {k: v for k, v in ctx.previous.items() if k not in RUNNER_KEYS}
-    # Only this plan's (a failed refine's kept for one asked again may name others).
+    # Only this plan's (those a failed refine made, kept for one asked again
+    # (``INHERITED``), may name others).
     planned = {t.key for t in tasks}
     saved["predictions"] = {
         k: v for k, v in (saved.get("predictions") or {}).items() if k in planned
