@@ -381,3 +381,23 @@ def test_fake_server_runs_standalone_and_is_scriptable_over_http(tmp_path):
     finally:
         proc.terminate()
         proc.wait(5)
+
+
+def test_a_wordy_vision_answer_is_cut_short_not_refused():
+    """Refused, the model would be asked (and paid) again; a supplied spec
+    of the same length is the client's to fix (a 422)."""
+    import pydantic
+
+    from app.pipeline.vlt import normalize_record, normalize_spec
+
+    answer = {
+        "garmentType": "dress " * 20,
+        "construction": {"details": "hand-finished seams, " * 15},
+        "fabric": {"type": "silk", "sheen": "liquid " * 40},
+        "promptText": "p" * 6000,
+    }
+    [rec] = normalize_record(answer)["records"]
+    assert len(rec["garmentType"]) <= 80 and len(rec["construction"]["details"]) == 200
+    assert len(rec["fabric"]["sheen"]) == 200 and len(rec["promptText"]) == 5000
+    with pytest.raises(pydantic.ValidationError):
+        normalize_spec({"records": [answer]})

@@ -128,7 +128,21 @@ RECORD_SCHEMA: dict[str, Any] = strict_object(
 
 
 def normalize_record(raw: Any) -> dict[str, Any]:
-    """One record (the vision model's answer) validated into a whole spec."""
+    """One record (the vision model's answer) validated into a whole spec.
+    A wordy model is cut short rather than refused (asked again, it would be
+    paid again): each field to what a supplied spec may hold."""
     if not isinstance(raw, dict):
         raise ValueError("a VLT record must be a JSON object")
-    return normalize_spec({"records": [raw]})
+    return normalize_spec({"records": [_clip(raw, VltRecord)]})
+
+
+def _clip(raw: dict[str, Any], model: type[BaseModel]) -> dict[str, Any]:
+    out = dict(raw)
+    for name, value in raw.items():
+        field = model.model_fields.get(name)
+        if isinstance(value, dict) and field and isinstance(field.default_factory, type):
+            out[name] = _clip(value, field.default_factory)
+        elif isinstance(value, str):
+            limit = 5000 if name == "promptText" else 80 if name == "garmentType" else 200
+            out[name] = value[:limit]
+    return out
