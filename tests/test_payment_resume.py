@@ -253,3 +253,29 @@ def test_a_retried_job_holds_only_what_it_has_not_paid_for(app, user, fake):
     assert money(app, gen_id) == (3 * price, price, 3)
     with s.db.session() as session:
         assert Decimal(str(spend.spent_today(session, user.id))) == 4 * price
+
+
+def test_an_image_paid_is_recorded_once_however_often_the_stage_looks(app, user, fake):
+    from sqlalchemy import event
+
+    from app.pipeline.runner import run_stage
+
+    s = services(app)
+    gen_id, _, _ = two_images_one_read(app, user, fake)  # the first paid, the second running
+    inserts = []
+
+    def count(_conn, _cursor, statement, *_args) -> None:
+        if statement.startswith("INSERT INTO charges"):
+            inserts.append(statement)
+
+    event.listen(s.db.engine, "before_cursor_execute", count)
+    try:
+        for _ in range(3):  # three more looks while the second image is made
+            assert run_stage(s.db, s.settings, s.storage, gen_id, "generate", "t-1", True).retry_in
+    finally:
+        event.remove(s.db.engine, "before_cursor_execute", count)
+    assert inserts == [] and money(app, gen_id) == (
+        PRICE["google-imagen"],
+        PRICE["google-imagen"],
+        1,
+    )

@@ -212,6 +212,9 @@ def cancel_predictions(client: replicate.Client, prediction_ids: list[str]) -> d
     return answered
 
 
+PAID = "paid"  # the key of a job's saved state listing the predictions recorded as paid
+
+
 def look_once(
     client: replicate.Client,
     job: Job,
@@ -228,7 +231,7 @@ def look_once(
     succeeded without an image is kept: it was paid for, and a retry reads
     it again rather than pay for another."""
     done: dict[str, dict[str, Any]] = {}
-    running = []
+    running, paid = [], list(job.state.get(PAID) or [])
     for key, pid in list(ids.items()):
         # Raw JSON, not the SDK's model: SDK 1.0.7 rejects status "aborted".
         with replicate_errors("poll"):
@@ -237,7 +240,9 @@ def look_once(
         if status in RUNNING:
             running.append(f"{pid} {status}")
         elif status == "succeeded":
-            job.paid(key, data)  # before anything else can go wrong
+            if pid not in paid:  # (recorded once; a wait saves which were)
+                job.paid(key, data)  # before anything else can go wrong
+                paid.append(pid)
             if not output_urls(data.get("output")):
                 raise ProviderRejected(f"Replicate prediction {pid} succeeded without an image")
             done[key] = data
@@ -246,9 +251,8 @@ def look_once(
             job.save({"predictions": saved(ids), "dropped": [*job.state.get("dropped", []), pid]})
             raise _dead(models.get(key, "the model"), pid, status, str(data.get("error") or ""))
     if running:
-        raise ProviderPending(
-            job.poll_every, "waiting for Replicate prediction " + ", ".join(running)
-        )
+        reason = "waiting for Replicate prediction " + ", ".join(running)
+        raise ProviderPending(job.poll_every, reason, {PAID: paid})
     return done
 
 
