@@ -54,6 +54,7 @@ def _cancel_generate(settings: Settings, gen: Generation) -> list[TooLate]:
     if succeeded and price is None:  # saved by a version before the price was
         log.warning("%s: predictions %s were paid, at a price not saved", gen.id, succeeded)
         return []
+    # One image a prediction: generate asks each for one (``count`` predictions).
     return [TooLate("generate", pid, Decimal(price), entry.id) for pid in succeeded]
 
 

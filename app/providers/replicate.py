@@ -20,8 +20,9 @@ Errors, mapped once here (``replicate_errors``): 429 (``detail``: "... resets in
 5xx, timeouts and connection errors are transient; 401/403 (token), 402
 (billing), 4xx validation and a ``failed`` prediction with a safety error
 (E005) are rejected with the provider's words. ``aborted`` (never ran, not
-billed), "interrupted" failures and ``canceled`` (by us, as its generation
-timed out) drop that prediction and retry anew.
+billed), "interrupted" failures and ``canceled`` (by us: its generation was
+canceled or timed out, or its stage failed for good) drop that prediction
+and retry anew.
 """
 
 from __future__ import annotations
@@ -266,8 +267,8 @@ def _dead(model: str, pid: str, status: str | None, error: str) -> Exception:
     if status == "failed":
         return ProviderRejected(f"{model} failed: {error or 'no reason given'}")
     if status == "canceled":
-        # As its generation timed out (we cancel what it ran): the user's
-        # retry of it starts a new prediction rather than fail on this one.
+        # By us (a cancel, a timeout, a stage failed for good): the user's
+        # retry starts a new prediction rather than fail on this one.
         return ProviderTransient(f"Replicate prediction {pid} was canceled: starting a new one")
     return ProviderRejected(f"Replicate prediction {pid} ended with unknown status {status!r}")
 
