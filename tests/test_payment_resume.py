@@ -109,18 +109,27 @@ def test_a_database_outage_as_it_records_the_payment_is_waited_out(app, user, mo
     assert money(app, gen_id) == (PRICE["google-imagen"], 0, 1)
 
 
+def generating(app, user, fake, count: int) -> str:
+    """A Replicate job of ``count`` images, its stage parked on their
+    predictions (each takes a minute, until a test says otherwise)."""
+    from app.pipeline.runner import run_stage
+
+    s = services(app)
+    gen_id = submit_prompt(
+        app.test_client(), user.headers, "red dress", provider="google-imagen", count=count
+    )
+    run_through(app, gen_id, ALL_STAGES[:5])
+    fake.latency = 60.0
+    assert run_stage(s.db, s.settings, s.storage, gen_id, "generate", "t-1").retry_in
+    return gen_id
+
+
 def two_images_one_read(app, user, fake) -> tuple[str, str, str]:
     """A two-image Replicate job whose stage has read its first prediction
     succeeded while the second still runs (parked on it)."""
     from app.pipeline.runner import run_stage
 
-    s = services(app)
-    gen_id = submit_prompt(
-        app.test_client(), user.headers, "red dress", provider="google-imagen", count=2
-    )
-    run_through(app, gen_id, ALL_STAGES[:5])
-    fake.latency = 60.0
-    assert run_stage(s.db, s.settings, s.storage, gen_id, "generate", "t-1").retry_in
+    s, gen_id = services(app), generating(app, user, fake, 2)
     first, second = fake.predictions
     fake.predictions[first].update(latency=0.0, starting_s=0.0)
     assert run_stage(s.db, s.settings, s.storage, gen_id, "generate", "t-1", retried=True).retry_in
@@ -159,13 +168,8 @@ def test_an_image_made_before_the_cancel_reached_replicate_counts(app, user, fak
 
     from app.domain.models import utcnow
     from app.pipeline import maintenance
-    from app.pipeline.runner import run_stage
 
-    s, client = services(app), app.test_client()
-    gen_id = submit_prompt(client, user.headers, "red dress", provider="google-imagen")
-    run_through(app, gen_id, ALL_STAGES[:5])
-    fake.latency = 60.0
-    assert run_stage(s.db, s.settings, s.storage, gen_id, "generate", "t-1").retry_in
+    s, client, gen_id = services(app), app.test_client(), generating(app, user, fake, 1)
     [pid] = fake.predictions
     fake.predictions[pid].update(latency=0.0, starting_s=0.0)  # done; the stage has not looked
     if how == "canceled":
@@ -193,13 +197,7 @@ def test_a_job_failed_for_good_stops_the_images_still_being_made(app, user, fake
     running, would be billed for nothing, so it is canceled."""
     from app.pipeline.runner import run_stage
 
-    s = services(app)
-    gen_id = submit_prompt(
-        app.test_client(), user.headers, "red dress", provider="google-imagen", count=2
-    )
-    run_through(app, gen_id, ALL_STAGES[:5])
-    fake.latency = 60.0
-    assert run_stage(s.db, s.settings, s.storage, gen_id, "generate", "t-1").retry_in
+    s, gen_id = services(app), generating(app, user, fake, 2)
     first, second = fake.predictions
     fake.predictions[second].update(latency=0.0, starting_s=0.0, outcome="safety")
     out = run_stage(s.db, s.settings, s.storage, gen_id, "generate", "t-1", retried=True)
@@ -238,10 +236,7 @@ def test_a_retried_job_holds_only_what_it_has_not_paid_for(app, user, fake):
     from app.pipeline.runner import run_stage
 
     s, client, price = services(app), app.test_client(), PRICE["google-imagen"]
-    gen_id = submit_prompt(client, user.headers, "red dress", provider="google-imagen", count=4)
-    run_through(app, gen_id, ALL_STAGES[:5])
-    fake.latency = 60.0
-    assert run_stage(s.db, s.settings, s.storage, gen_id, "generate", "t-1").retry_in
+    gen_id = generating(app, user, fake, 4)
     *made, refused = fake.predictions
     for pid in made:
         fake.predictions[pid].update(latency=0.0, starting_s=0.0)
