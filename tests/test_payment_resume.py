@@ -154,7 +154,7 @@ def test_an_image_paid_before_another_failed_counts(app, user, fake):
 
     s = services(app)
     gen_id, _, second = two_images_one_read(app, user, fake)
-    fake.predictions[second].update(latency=0.0, outcome="safety")
+    fake.predictions[second].update(latency=0.0, starting_s=0.0, outcome="safety")
     out = run_stage(s.db, s.settings, s.storage, gen_id, "generate", "t-1", retried=True)
     assert out.error and load(app, gen_id)["status"] == "failed"
     assert money(app, gen_id) == (PRICE["google-imagen"], 0, 1)
