@@ -1,10 +1,11 @@
 """Settings from the environment, in one place.
 
 Every variable in ARCHITECTURE.md's contract table is read here and nowhere
-else. Unset (or empty) means the embedded default: SQLite and a filesystem
-broker under ``./var/``, local-disk storage served at ``/cdn/``, the offline
-``local`` provider. ``create_app(config)`` lays a dict of the same names over
-the environment, so tests configure the app exactly as an operator would.
+else (those that make one setting together, through ``derived``). Unset (or
+empty) means the embedded default: SQLite and a filesystem broker under
+``./var/``, local-disk storage served at ``/cdn/``, the offline ``local``
+provider. ``create_app(config)`` lays a dict of the same names over the
+environment, so tests configure the app exactly as an operator would.
 """
 
 from __future__ import annotations
@@ -17,6 +18,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+from app.platform.derived import ConfigError, parse_var, provider_rate_limits, rate_pair, storage
+
+__all__ = ["ConfigError", "Settings"]
 
 
 def _local(url: str) -> bool:
@@ -32,35 +37,6 @@ def _local(url: str) -> bool:
 
 # The provider keys a catalogue entry may name (``key_env_var``), each a setting.
 KEY_VARS = ("REPLICATE_API_TOKEN", "OPENAI_API_KEY")
-R2_VARS = ("R2_ENDPOINT_URL", "R2_ACCOUNT_ID", "R2_ACCESS_KEY_ID", "R2_SECRET_ACCESS_KEY")
-
-
-class ConfigError(ValueError):
-    """The environment cannot be run as it is; the message says what to set."""
-
-
-def _known_names(env: Mapping[str, str], default_provider: str | None) -> None:
-    """Settings that name a model or a rate-limit bucket name one there is
-    (a typo would send jobs elsewhere, or leave a limit unset, silently)."""
-    from app.providers.catalog import CATALOGUE, rate_limit_defaults  # (it imports us)
-
-    if default_provider and default_provider not in {"auto", *CATALOGUE}:
-        models = ", ".join(sorted(CATALOGUE))
-        raise ConfigError(f"BFF_DEFAULT_PROVIDER={default_provider!r} is not a model: {models}")
-    buckets = {rate_var(b) for b in rate_limit_defaults()}
-    for var in sorted(v for v in env if v.startswith("BFF_RATE_LIMIT_") and v not in buckets):
-        raise ConfigError(f"{var} names no rate-limited model: one of {', '.join(sorted(buckets))}")
-
-
-def rate_var(bucket: str) -> str:
-    """The variable that sets a rate-limit bucket's limit: BFF_RATE_LIMIT_<BUCKET>."""
-    return "BFF_RATE_LIMIT_" + bucket.upper().replace("-", "_")
-
-
-def _rate(raw: str) -> tuple[int, float]:
-    """``"100/60"`` (100 per 60 s) or ``"100"`` (per minute)."""
-    count, _, per = raw.partition("/")
-    return int(count), float(per or 60)
 
 
 def _env(var: str, default: Any = None, parse: Callable[[str], Any] = str, **kw: Any) -> Any:
@@ -88,20 +64,13 @@ CHOICES = {
 }
 
 
-def _parse(var: str, raw: str, parse: Callable[[str], Any]) -> Any:
-    try:
-        return parse(raw)
-    except (ValueError, OSError) as exc:  # OSError: a file setting names no file
-        raise ConfigError(f"{var}={raw!r} cannot be used: {exc}") from None
-
-
 def _parsed(cls: type, env: Mapping[str, str]) -> dict[str, Any]:
     """Each set variable's value, parsed; a bad one is a ConfigError naming it."""
     values = {}
     for f in fields(cls):
         var = f.metadata.get("env") if f.metadata else None
         if var and env.get(var):
-            values[f.name] = value = _parse(var, env[var], f.metadata["parse"])
+            values[f.name] = value = parse_var(var, env[var], f.metadata["parse"])
             if f.name in POSITIVE and not value > 0:
                 raise ConfigError(f"{var}={env[var]!r} cannot be used: it must be more than 0")
             if value not in CHOICES.get(f.name, (value,)):
@@ -115,34 +84,6 @@ def _default_var_dir() -> Path:
     from any directory find the same embedded database), else ``./var``."""
     checkout = Path(__file__).resolve().parents[2]
     return checkout / "var" if (checkout / "pyproject.toml").exists() else Path("var")
-
-
-def _storage(env: Mapping[str, str]) -> tuple[str, str | None]:
-    """The storage backend and the bucket's endpoint. Without STORAGE_BACKEND,
-    a configured bucket (R2_BUCKET_NAME) is used: the seed's ``.env`` sets
-    only the R2_* variables, and images silently on local disk would be a
-    surprise. Cloudflare's R2_ACCOUNT_ID gives the endpoint."""
-    endpoint = env.get("R2_ENDPOINT_URL") or None
-    if not endpoint and env.get("R2_ACCOUNT_ID"):
-        endpoint = f"https://{env['R2_ACCOUNT_ID']}.r2.cloudflarestorage.com"
-    backend = (env.get("STORAGE_BACKEND") or "").lower()
-    if not backend:
-        if env.get("R2_BUCKET_NAME"):
-            backend = "s3"
-        elif partial := [v for v in R2_VARS if env.get(v)]:
-            raise ConfigError(
-                f"{', '.join(partial)} set but R2_BUCKET_NAME is not: set it to store images "
-                "in the bucket, or STORAGE_BACKEND=local to keep them on local disk"
-            )
-        else:
-            backend = "local"
-    if backend == "s3":
-        missing = [v for v in ("R2_BUCKET_NAME", "R2_CDN_URL") if not env.get(v)]
-        if missing:
-            raise ConfigError(f"the bucket (STORAGE_BACKEND=s3) needs {' and '.join(missing)}")
-    elif backend != "local":
-        raise ConfigError(f"STORAGE_BACKEND={backend} is not one of s3, local")
-    return backend, endpoint
 
 
 @dataclass(frozen=True)
@@ -180,7 +121,7 @@ class Settings:
     generation_timeout: float = _env("BFF_GENERATION_TIMEOUT", 900.0, float)
     maintenance_interval: float = _env("BFF_MAINTENANCE_INTERVAL", 10.0, float)
     # (count, window seconds); 0 = off
-    submit_rate_limit: tuple[int, float] = _env("BFF_SUBMIT_RATE_LIMIT", (100, 60.0), _rate)
+    submit_rate_limit: tuple[int, float] = _env("BFF_SUBMIT_RATE_LIMIT", (100, 60.0), rate_pair)
     max_upload_bytes: int = _env("BFF_MAX_UPLOAD_BYTES", 10 * 1024 * 1024, int)
     max_image_pixels: int = _env("BFF_MAX_IMAGE_PIXELS", 40_000_000, int)
     local_render_scale: float = _env("BFF_LOCAL_RENDER_SCALE", 1.0, float)
@@ -263,27 +204,15 @@ class Settings:
         env = dict(os.environ if env is None else env)
         values = _parsed(cls, env)
         var_dir = Path(env.get("BFF_VAR_DIR") or _default_var_dir()).resolve()
-        port = _parse("PORT", env.get("PORT") or "3001", int)
+        port = parse_var("PORT", env.get("PORT") or "3001", int)
         redis_url = env.get("REDIS_URL") or None
         database_url = env.get("DATABASE_URL") or f"sqlite:///{var_dir / 'bff.db'}"
         # Heroku-style URLs name the driver "postgres"; SQLAlchemy wants psycopg 3.
         for prefix in ("postgres://", "postgresql://"):
             if database_url.startswith(prefix):
                 database_url = "postgresql+psycopg://" + database_url[len(prefix) :]
-        storage_backend, r2_endpoint_url = _storage(env)
-        # Each catalogue bucket's limit: BFF_RATE_LIMIT_<BUCKET>, else the entry's.
-        # (Imported here: the catalogue's package imports this module.)
-        from app.providers.catalog import rate_limit_defaults
-
-        _known_names(env, values.get("default_provider"))
-        rate_limits = {}
-        for bucket, default in rate_limit_defaults().items():
-            var = rate_var(bucket)
-            count, per = _parse(var, env.get(var) or default, _rate)
-            if count < 0 or per <= 0:
-                raise ConfigError(f"{var} must be N/SECONDS, N >= 0 (0: no limit), SECONDS > 0")
-            if count:  # 0, as for BFF_SUBMIT_RATE_LIMIT: no limit
-                rate_limits[bucket] = (count, per)
+        storage_backend, r2_endpoint_url = storage(env)
+        rate_limits = provider_rate_limits(env, values.get("default_provider"))
         return cls(
             var_dir=var_dir,
             database_url=database_url,
