@@ -10,7 +10,7 @@ from datetime import timedelta
 
 from app.domain import generations as svc
 from app.domain.models import Generation, utcnow
-from app.pipeline import maintenance, orphans
+from app.pipeline import maintenance, orphans, payments
 from app.pipeline.runner import run_stage
 from tests.support.pipeline import (
     claimed,
@@ -207,7 +207,6 @@ def test_a_stage_canceled_as_it_pays_saves_its_prediction_and_cancels_it(app, us
     its id yet: the checkpoint after the create finds the generation canceled,
     saves the id and the runner cancels it; nothing more is paid for."""
     import app.pipeline as pipeline
-    from app.pipeline import runner
     from app.pipeline.context import StageResult
 
     gen_id = new_generation(app, user)
@@ -227,7 +226,7 @@ def test_a_stage_canceled_as_it_pays_saves_its_prediction_and_cancels_it(app, us
         return []  # none had succeeded
 
     monkeypatch.setitem(pipeline.STAGE_FUNCS, "analyze", pay_while_canceled)
-    monkeypatch.setattr(runner, "cancel_remote", cancel_remote)
+    monkeypatch.setattr(payments, "cancel_remote", cancel_remote)
     assert not _run(app, gen_id, "analyze", "task-a").proceed
     assert paid == ["p1"] and canceled == ["p1"]
 
@@ -264,7 +263,7 @@ def test_a_generation_past_its_deadline_times_out_and_its_prediction_is_canceled
 ):
     canceled: list[list[str]] = []
     monkeypatch.setattr(
-        maintenance, "settle_canceled", lambda _db, _s, gen: canceled.append(_predictions(gen))
+        payments, "cancel_remote", lambda _s, gen: canceled.append(_predictions(gen)) or []
     )
     s = app.extensions["bff"]
     late = new_generation(

@@ -39,10 +39,10 @@ from app.domain.states import (
     IllegalTransition,
     refining,
 )
+from app.pipeline.payments import stop_paid_work
 from app.platform import events
 from app.platform.queue import dispatch
 from app.platform.storage import current_public_base, generation_prefix
-from app.providers.cancel import settle_canceled
 from app.webhooks import record_final
 
 bp = Blueprint("generations", __name__, url_prefix="/api/generate")
@@ -141,7 +141,8 @@ def _running_tasks(gen: Generation) -> list[str]:
 def _revoke_running(gen: Generation, ids: list[str]) -> None:
     """Best effort: the stage guard already stops every later stage. ``gen``'s
     stages must have been loaded inside the session (``_running_tasks``)."""
-    settle_canceled(services().db, services().settings, gen)  # its running predictions, too
+    with services().db.Session() as session:  # its running predictions, too
+        stop_paid_work(session, services().settings, gen)
     if ids:
         try:
             services().celery.control.revoke(ids)

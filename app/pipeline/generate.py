@@ -20,10 +20,10 @@ from __future__ import annotations
 import base64
 import uuid
 from decimal import Decimal
-from functools import partial
 from typing import Any
 
 from app.domain import spend
+from app.pipeline import payments
 from app.pipeline.colors import named_in
 from app.pipeline.context import (
     StageContext,
@@ -33,7 +33,7 @@ from app.pipeline.context import (
     StageWaiting,
     hold_cost,
 )
-from app.pipeline.lease import RUNNER_KEYS, patiently, paying
+from app.pipeline.lease import RUNNER_KEYS, paying
 from app.pipeline.subject import head_garment, resolve
 from app.platform import ratelimit
 from app.platform.storage import StorageError, asset_key
@@ -123,25 +123,16 @@ def run(ctx: StageContext) -> StageResult:
         # it names the call, so its payment is recorded once (``spend.pay``).
         job.save({ratelimit.RESERVED: None, spend.PAID_CALL: uuid.uuid4().hex})
 
-    def paid(_key: str, prediction: dict[str, Any]) -> None:  # a Replicate prediction
-        if legacy:
-            return
-        images = max(1, len(output_urls(prediction.get("output"))))
-        amount = Decimal(str(price)) * images
-        pay_for([prediction["id"]], amount)
-
-    def pay_for(what: list[str] | None, amount: Decimal) -> None:
-        pay = partial(spend.pay, ctx.session, gen, amount, provider_id, "generate", what)
-        patiently(ctx.session, partial(pay, ctx.task_id), "payment")  # paid: outages waited out
+    def price_of(_key: str, prediction: dict[str, Any]) -> Decimal:  # a Replicate prediction
+        return Decimal(str(price)) * max(1, len(output_urls(prediction.get("output"))))
 
     state = {k: v for k, v in ctx.previous.items() if k not in RUNNER_KEYS}
-    legacy = spend.paid_all_at_once(ctx.session, gen.id, prediction_ids(state))
     job = Job(
         state=state,
         saver=paying(ctx.checkpoint, lambda ids: provider.cancel(ids), state),
         acquire=before_paid_call,
         poll_every=ctx.settings.provider_poll_seconds,
-        paid=paid,
+        paid=payments.paid_as_read(ctx, state, provider_id, "generate", price_of),
     )
     provider = get_provider(provider_id, ctx.settings, job)
     request = build_request(ctx)
@@ -163,7 +154,7 @@ def run(ctx: StageContext) -> StageResult:
     cost = Decimal(str(price)) * len(result.outputs)
     if not prediction_ids(job.state):  # (predictions were paid one by one, as read)
         call = job.state.get(spend.PAID_CALL)
-        pay_for([call] if call else None, cost)  # a blocking call, named before it was made
+        payments.pay(ctx, cost, provider_id, "generate", [call] if call else None)  # named before
     outputs: list[dict[str, Any]] = []
     for i, out in enumerate(result.outputs):
         ref: dict[str, Any] = {"index": i, "contentType": out.content_type, **out.meta}

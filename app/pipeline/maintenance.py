@@ -27,7 +27,6 @@ from sqlalchemy import and_, exists, or_, select, update
 
 from app.domain.generations import first_unfinished, give_up_canceled, stage_names, stage_status
 from app.domain.models import Generation, GenerationFeedback, GenerationStage, utcnow
-from app.domain.spend import pay_too_late
 from app.domain.states import (
     CANCELED,
     COMPLETED,
@@ -40,13 +39,12 @@ from app.domain.states import (
 from app.pipeline.endings import late_refine_overdue, time_out, time_out_refine
 from app.pipeline.learning import apply_feedback
 from app.pipeline.lease import aware, stalled
+from app.pipeline.payments import stop_paid_work
 from app.pipeline.runner import transaction
 from app.platform.config import Settings
 from app.platform.db import Database, begin_for_update
 from app.platform.queue import dispatch
 from app.platform.redis import client
-from app.providers.cancel import settle_canceled
-from app.providers.refiners import cancel_refines
 
 UNDISPATCHED_GRACE = timedelta(seconds=10)
 ABANDONED_HORIZON = timedelta(hours=1)  # how far back ``end_abandoned_stages`` looks
@@ -193,7 +191,7 @@ def expire_overdue(db: Database, settings: Settings, limit: int = 100) -> int:
         with db.Session() as session:
             gen = transaction(session, time_out, settings, gen_id)
             if gen is not None:
-                settle_canceled(db, settings, gen)  # stop paying for what will never be stored
+                stop_paid_work(session, settings, gen)  # nothing will store what it makes
                 expired += 1
     return expired + expire_late_refines(db, settings, created_before, limit)
 
@@ -252,12 +250,7 @@ def expire_late_refines(
         with db.Session() as session:
             stage = transaction(session, time_out_refine, settings, gen_id, asked_before)
             if stage is not None:
-                if late := cancel_refines(settings, stage.output):  # paid already: recorded
-                    try:
-                        user_id = session.get(Generation, gen_id).user_id
-                        pay_too_late(session, user_id, gen_id, late)
-                    except Exception:  # the next expiries go on
-                        log.exception("%s: could not record %s", gen_id, late)
+                stop_paid_work(session, settings, session.get(Generation, gen_id))
                 log.warning("timed out the refine of %s", gen_id)
                 expired += 1
     return expired

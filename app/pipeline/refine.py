@@ -25,14 +25,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from decimal import Decimal
-from functools import partial
 from typing import Any
 
 from sqlalchemy import func, select
 
-from app.domain import spend
 from app.domain.models import GenerationAsset, utcnow
 from app.domain.states import LATE_REQUEST
+from app.pipeline import payments
 from app.pipeline.context import (
     StageContext,
     StageFailed,
@@ -41,7 +40,7 @@ from app.pipeline.context import (
     StageWaiting,
     hold_cost,
 )
-from app.pipeline.lease import RUNNER_KEYS, patiently, paying
+from app.pipeline.lease import RUNNER_KEYS, paying
 from app.pipeline.store import _image, download  # store's checks of what it stores
 from app.platform import ratelimit
 from app.platform.storage import StorageError, asset_key
@@ -51,7 +50,6 @@ from app.providers.base import (
     ProviderPending,
     ProviderRejected,
     ProviderTransient,
-    prediction_ids,
 )
 from app.providers.refiners import RATE_LIMIT_BUCKET, RefineOp, ReplicateRefiner, Task, output_url
 
@@ -159,22 +157,12 @@ def _replicate(ctx: StageContext, tasks: list[Task]) -> tuple[dict[str, bytes], 
         job.save({ratelimit.RESERVED: None})  # the fence: a taken-over copy stops here
 
     prices = {t.key: Decimal(str(t.op.model.price)) for t in tasks}
-
-    legacy = spend.paid_all_at_once(ctx.session, ctx.generation.id, prediction_ids(saved))
-
-    def paid(key: str, prediction: dict[str, Any]) -> None:  # each as it is read succeeded
-        if legacy:
-            return
-        gen, ids = ctx.generation, [prediction["id"]]
-        pay = partial(spend.pay, ctx.session, gen, prices[key], "replicate", "refine", ids)
-        patiently(ctx.session, partial(pay, ctx.task_id), "payment")  # outages waited out
-
     job = Job(
         state=saved,
         saver=paying(ctx.checkpoint, lambda ids: refiner.cancel(ids), saved),
         acquire=before_paid_call,
         poll_every=ctx.settings.provider_poll_seconds,
-        paid=paid,
+        paid=payments.paid_as_read(ctx, saved, "replicate", "refine", lambda k, _p: prices[k]),
     )
     refiner = ReplicateRefiner(ctx.settings, job, ctx.generation.id)
     try:

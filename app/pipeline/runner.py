@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from functools import partial
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -63,12 +62,12 @@ from app.pipeline.endings import (
     stop_canceled,
     wait,
 )
+from app.pipeline.payments import stop_paid_work
 from app.platform import events
 from app.platform.config import Settings
 from app.platform.db import Database
 from app.platform.db import unavailable as db_unavailable
 from app.platform.storage import Storage, generation_prefix
-from app.providers.cancel import cancel_remote
 from app.providers.health import record_outcome
 from app.webhooks import record_final
 
@@ -124,7 +123,7 @@ def _work(ctx: StageContext, name: str, task_id: str | None, attempt: int) -> Ou
     except GenerationEnded as exc:
         log.info("%s: %s stopped: %s", gen_id, name, exc)
         session.rollback()
-        _stop_paid_work(session, settings, ctx.generation)  # what it started before the cancel
+        stop_paid_work(session, settings, ctx.generation)  # what it started before the cancel
         return transaction(session, stop_canceled, settings, gen_id, name, task_id)
     except StageLeaseLost as exc:
         log.warning("%s: %s stopped: %s", gen_id, name, exc)
@@ -153,22 +152,8 @@ def _work(ctx: StageContext, name: str, task_id: str | None, attempt: int) -> Ou
             error = f"gave up after {attempt} attempts: {error}"
     outcome = transaction(session, fail_or_retry, settings, gen_id, name, error, retry_in)
     if not outcome.gone and ctx.generation.stage(name).status == S_FAILED:  # for good:
-        _stop_paid_work(session, settings, ctx.generation)  # what still runs is wasted
+        stop_paid_work(session, settings, ctx.generation)  # what still runs is wasted
     return outcome
-
-
-def _stop_paid_work(session: Session, settings: Settings, gen: Generation) -> None:
-    """Cancel the generation's predictions still running, and record those
-    the cancel found already made (paid for: an outage is waited out, as
-    every payment's; past that it is logged, and the stage ends all the same)."""
-    if not (late := cancel_remote(settings, gen)):
-        return
-    user_id, gen_id = gen.user_id, gen.id
-    record = partial(spend.pay_too_late, session, user_id, gen_id, late)
-    try:
-        lease.patiently(session, record, "payment")
-    except Exception:
-        log.exception("%s: could not record predictions paid before the cancel: %s", gen_id, late)
 
 
 def transaction(session: Session, step: Callable[..., Any], *args: Any) -> Any:

@@ -8,10 +8,9 @@ import logging
 from decimal import Decimal
 
 from app.domain.models import Generation
-from app.domain.spend import UNIT_PRICE, TooLate, pay_too_late
+from app.domain.spend import UNIT_PRICE, TooLate
 from app.domain.states import STAGE_DONE
 from app.platform.config import Settings
-from app.platform.db import Database
 from app.providers.base import prediction_ids
 from app.providers.refiners import cancel_refines
 from app.providers.registry import PROVIDERS
@@ -56,13 +55,3 @@ def _cancel_generate(settings: Settings, gen: Generation) -> list[TooLate]:
         return []
     # One image a prediction: generate asks each for one (``count`` predictions).
     return [TooLate("generate", pid, Decimal(price), entry.id) for pid in succeeded]
-
-
-def settle_canceled(db: Database, settings: Settings, gen: Generation) -> None:
-    """``cancel_remote``, and what it came too late for recorded (best effort)."""
-    if late := cancel_remote(settings, gen):
-        try:
-            with db.session() as session:
-                pay_too_late(session, gen.user_id, gen.id, late)
-        except Exception:  # noqa: BLE001 - the cancel itself stands
-            log.exception("could not record %s's payments found at its cancel", gen.id)
