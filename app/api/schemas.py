@@ -21,6 +21,7 @@ from pydantic import (
     model_validator,
 )
 
+from app.domain.text import no_nul, storable
 from app.pipeline.vlt import VltSpec
 from app.providers.catalog import CATALOGUE
 
@@ -29,20 +30,12 @@ SIZE_CHOICES = ("square", "portrait", "landscape", "1:1", "16:9", "9:16", "4:3",
 MAX_PROMPT = 5000
 FeedbackType = Literal["outlier", "heart", "rating", "comment"]
 
-NO_NUL = "^[^\\u0000]*$"
 NOT_BLANK = "^[^\\u0000]*[^\\s\\u0000][^\\u0000]*$"  # and something besides whitespace
-
-
-def _no_nul(v: str) -> str:
-    # PostgreSQL text cannot hold NUL: a 422 naming the field, not a DataError.
-    if "\x00" in v:
-        raise ValueError("must not contain NUL characters")
-    return v
 
 
 def _tidy(v: str) -> str:
     # Lengths are checked before the strip, as the document's maxLength says.
-    return _no_nul(v).strip()
+    return no_nul(v).strip()
 
 
 def _not_blank(v: str) -> str:
@@ -59,8 +52,7 @@ def _integral(v: Any) -> Any:
 def text(max_length: int | None = None) -> Any:
     """A string type: its length is checked as sent (the constraint comes
     before the validators, as in the document), then it is stripped."""
-    limits = Field(max_length=max_length, json_schema_extra={"pattern": NO_NUL})
-    return Annotated[str, limits, AfterValidator(_tidy)]
+    return Annotated[storable(max_length), AfterValidator(str.strip)]
 
 
 def words(max_length: int) -> Any:
@@ -78,7 +70,7 @@ def _unset(v: Any) -> bool:
 
 WebhookUrl = Annotated[
     str,
-    AfterValidator(_no_nul),
+    AfterValidator(no_nul),
     Field(
         max_length=2000,
         json_schema_extra={

@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -18,18 +17,12 @@ from pydantic import (
     model_validator,
 )
 
+from app.domain.text import storable
 from app.pipeline.llm import strict_object
 
-
-def _no_nul(v: str) -> str:
-    if "\x00" in v:  # PostgreSQL cannot store it, and no garment is described with one
-        raise ValueError("must not contain NUL characters")
-    return v
-
-
 # Words about a garment: a few of them (a spec is stored and prompted with).
-NO_NUL = {"pattern": "^[^\\u0000]*$"}  # the document's word for _no_nul
-Words = Annotated[str, Field(max_length=200, json_schema_extra=NO_NUL), AfterValidator(_no_nul)]
+WORDS, GARMENT, PROMPT = 200, 80, 5000  # the most characters of a field
+Words = storable(WORDS)
 Extra = Words | int | float | bool | None  # what an unknown field may hold
 MAX_EXTRA = 20  # unknown fields a part (or record) may carry
 
@@ -83,16 +76,13 @@ class Style(_Part):
 
 
 class VltRecord(_Part):
-    garmentType: Annotated[Words, Field(min_length=1, max_length=80)] = "garment"
+    garmentType: Annotated[Words, Field(min_length=1, max_length=GARMENT)] = "garment"
     silhouette: Words = "regular"
     fabric: Fabric = Field(default_factory=Fabric)
     colors: Colors = Field(default_factory=Colors)
     construction: Construction = Field(default_factory=Construction)
     style: Style = Field(default_factory=Style)
-    promptText: (
-        Annotated[str, Field(max_length=5000, json_schema_extra=NO_NUL), AfterValidator(_no_nul)]
-        | None
-    ) = None
+    promptText: storable(PROMPT) | None = None
     confidence: float = Field(0.5, ge=0, le=1)
 
     @field_validator("garmentType", "silhouette")
@@ -136,6 +126,9 @@ def normalize_record(raw: Any) -> dict[str, Any]:
     return normalize_spec({"records": [_clip(raw, VltRecord)]})
 
 
+LIMITS = {"promptText": PROMPT, "garmentType": GARMENT}  # the rest: WORDS
+
+
 def _clip(raw: dict[str, Any], model: type[BaseModel]) -> dict[str, Any]:
     out = dict(raw)
     for name, value in raw.items():
@@ -143,6 +136,5 @@ def _clip(raw: dict[str, Any], model: type[BaseModel]) -> dict[str, Any]:
         if isinstance(value, dict) and field and isinstance(field.default_factory, type):
             out[name] = _clip(value, field.default_factory)
         elif isinstance(value, str):
-            limit = 5000 if name == "promptText" else 80 if name == "garmentType" else 200
-            out[name] = value[:limit]
+            out[name] = value[: LIMITS.get(name, WORDS)]
     return out
