@@ -16,8 +16,8 @@ from app.api.responses import PersonaOut, PersonaPage, respond
 from app.api.schemas import PersonaIn, PersonaPatch, parse
 from app.domain.models import Persona, new_id
 
+MAX_PERSONAS = 100  # an account's (each job reads them all; the list is one answer)
 bp = Blueprint("personas", __name__, url_prefix="/api/personas")
-MAX_PERSONAS = 100
 bp.before_request(load_user)
 
 

@@ -52,11 +52,10 @@ def address_problem(raw: str, settings: Settings) -> str | None:
         return "a link-local address"
     if addr.is_private:
         return "a private address"
-    if addr.is_multicast or addr.is_reserved or addr.is_unspecified or not addr.is_global:
+    site_local = getattr(addr, "is_site_local", False)  # fec0::/10: deprecated, still private
+    if addr.is_multicast or addr.is_reserved or addr.is_unspecified or site_local:
         return "not a public address"
-    if getattr(addr, "is_site_local", False):  # fec0::/10: deprecated, still private
-        return "not a public address"
-    return None
+    return None if addr.is_global else "not a public address"
 
 
 def _split(url: str, settings: Settings) -> SplitResult:
