@@ -31,6 +31,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     # Room for a 10 MB image plus the multipart envelope; read_image checks the file itself.
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes + 256 * 1024
     app.json.sort_keys = False
+    app.url_map.merge_slashes = False  # "//" names nothing: a JSON 404, not an HTML redirect
     if settings.database_url == f"sqlite:///{settings.var_dir / 'bff.db'}":
         settings.var_dir.mkdir(parents=True, exist_ok=True)  # SQLite makes the file, not its folder
 
@@ -77,7 +78,4 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     )
     for module in (*blueprints, health, web, metrics):
         app.register_blueprint(module.bp)
-    # "//" in a path names nothing: a JSON 404, not werkzeug's HTML redirect.
-    for rule in app.url_map.iter_rules():
-        rule.merge_slashes = False
     return app

@@ -47,7 +47,7 @@ from app.providers import (
     pricing,
     unavailable_reason,
 )
-from app.providers.base import Job, ProviderPending, Reference, prediction_ids
+from app.providers.base import Job, ProviderPending, ProviderResult, Reference, prediction_ids
 from app.providers.replicate import output_urls
 
 EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
@@ -107,7 +107,6 @@ def _references(ctx: StageContext) -> list[Reference]:
 
 
 def run(ctx: StageContext) -> StageResult:
-    gen = ctx.generation
     provider_id = ctx.output_of("route").get("provider")
     if not provider_id:
         raise StageFailed("no provider was chosen by the route stage")
@@ -155,7 +154,23 @@ def run(ctx: StageContext) -> StageResult:
     if not prediction_ids(job.state):  # (predictions were paid one by one, as read)
         call = job.state.get(spend.PAID_CALL)
         payments.pay(ctx, cost, provider_id, "generate", [call] if call else None)  # named before
-    outputs: list[dict[str, Any]] = []
+    return StageResult(
+        {
+            "provider": provider_id,
+            "model": provider.model,
+            "outputs": _kept(ctx, result),
+            "sent": result.sent,
+            "cost": float(cost),
+            "priceTable": pricing.table().name,  # which prices the cost was computed with
+            **result.meta,
+        }
+    )
+
+
+def _kept(ctx: StageContext, result: ProviderResult) -> list[dict[str, Any]]:
+    """Each output as ``store`` takes it: bytes written to their final key
+    (kept inline if the bucket is down: they were paid for), or a URL."""
+    gen, outputs = ctx.generation, []
     for i, out in enumerate(result.outputs):
         ref: dict[str, Any] = {"index": i, "contentType": out.content_type, **out.meta}
         if out.data is not None:
@@ -163,19 +178,9 @@ def run(ctx: StageContext) -> StageResult:
             try:
                 ctx.storage.put(key, out.data, out.content_type)
                 ref["storedKey"] = key
-            except StorageError:  # paid for: keep the bytes for ``store`` to upload
+            except StorageError:
                 ref["data"] = base64.b64encode(out.data).decode()
         else:
             ref["url"] = out.url
         outputs.append(ref)
-    return StageResult(
-        {
-            "provider": provider_id,
-            "model": provider.model,
-            "outputs": outputs,
-            "sent": result.sent,
-            "cost": float(cost),
-            "priceTable": pricing.table().name,  # which prices the cost was computed with
-            **result.meta,
-        }
-    )
+    return outputs
