@@ -69,8 +69,10 @@ class BatchStack:
                 return gens
 
     def wait_batch(self, user: ApiUser, batch_id: str, timeout: float) -> dict:
+        """The batch once finished (its status, read from its members, turns a
+        moment before finishedAt is written)."""
         deadline = time.monotonic() + timeout
-        while (shown := self.batch(user, batch_id))["status"] in ("pending", "processing"):
+        while (shown := self.batch(user, batch_id))["finishedAt"] is None:
             assert time.monotonic() < deadline, shown
             time.sleep(0.5)
         return shown
