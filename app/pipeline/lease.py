@@ -36,7 +36,10 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint"  # the runner's mark of a saved state in a stage's output
 RUNNER_KEYS = (CHECKPOINT, *HOLDS)  # the runner's bookkeeping in a saved state
-CHECKPOINT_PATIENCE = 30.0  # seconds a checkpoint waits out a database outage
+# Seconds a checkpoint or a payment waits out a database outage: what it
+# records was usually just paid for (a prediction id, images, the payment),
+# so it outlasts a managed database's failover (typically 30 s to 2 min).
+CHECKPOINT_PATIENCE = 300.0
 WAKE_UP = "wake-"  # the task id prefix of a delivery sent to wake a waiting stage
 Also = Callable[[Session, Generation], None]  # more to write under a checkpoint's fence
 

@@ -166,3 +166,30 @@ def test_after_a_database_outage_live_owners_get_a_stall_timeout_to_resume(
     monkeypatch.setattr(maintenance, "_local_outage", {"at": 0.0})  # long ago
     assert redispatch(app) == 1
     assert sent == [(running, "enhance")]
+
+
+def test_what_was_just_paid_for_outlasts_a_database_failover(monkeypatch):
+    # A managed database's failover takes 30 s to 2 minutes: a checkpoint or
+    # a payment giving up sooner sent the stage to a re-run that paid again.
+    clock = [0.0]
+    monkeypatch.setattr(lease.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(lease.time, "sleep", lambda s: clock.__setitem__(0, clock[0] + s))
+
+    class Session:
+        def rollback(self) -> None:
+            pass
+
+    def down_for(seconds: float):
+        def step() -> None:
+            if clock[0] < seconds:
+                raise _db_gone()
+            saved.append(clock[0])
+
+        return step
+
+    saved: list[float] = []
+    lease.patiently(Session(), down_for(120.0), "payment")
+    assert saved and 120.0 <= saved[0] < 123.0  # looked again within seconds of its return
+    with pytest.raises(OperationalError):  # an outage past any failover: the task retries
+        lease.patiently(Session(), down_for(3600.0), "payment")
+    assert clock[0] < 120.0 + lease.CHECKPOINT_PATIENCE + 3.0
