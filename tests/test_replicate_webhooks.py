@@ -301,3 +301,18 @@ def test_two_wake_ups_do_not_take_a_parked_stage_from_each_other(app, client, us
     assert run("wake-1", retried=True).proceed is False  # wake-1's countdown stops
     with s.db.session() as session:
         assert session.get(Generation, gen_id).stage("generate").task_id == "wake-2"
+
+
+def test_a_flood_while_replicate_is_unreachable_asks_it_once(app_config, fake, monkeypatch):
+    """The route needs no key: unsigned junk must not make us call Replicate each time."""
+    app = create_app({**app_config, "REPLICATE_BASE_URL": "http://127.0.0.1:9"})
+    monkeypatch.setattr(replicate_webhooks, "_failed", {})  # (an earlier test's failure)
+    calls = []
+    real = replicate_webhooks.webhook_secret
+    monkeypatch.setattr(replicate_webhooks, "webhook_secret", lambda s: calls.append(1) or real(s))
+    client = app.test_client()
+    answers = [deliver(client, fake, "gen_x", msg_id=f"m-flood-{i}") for i in range(20)]
+    assert {a.status_code for a in answers} == {503} and len(calls) == 1
+    assert "unreachable" in answers[-1].json["error"]["message"]
+    monkeypatch.setattr(replicate_webhooks, "RETRY_FAILED_AFTER", 0.0)  # later: asked again
+    assert deliver(client, fake, "gen_x", msg_id="m-later").status_code == 503 and len(calls) == 2

@@ -6,6 +6,9 @@ base64 HMAC-SHA256 of ``"{webhook-id}.{webhook-timestamp}.{body}"``. The
 ``standardwebhooks`` package checks it, and refuses a timestamp more than
 5 minutes off. The secret is fetched once per process and fetched again
 (at most once a minute) when a signature does not match, in case it rotated.
+The route needs no key, so anyone can make it fetch: one fetch at a time per
+process, and a failed one is not tried again for ``RETRY_FAILED_AFTER``
+seconds (the deliveries meanwhile are ``503``, which Replicate retries).
 
 A ``webhook-id`` is acted on once: remembered for ``REPLAY_WINDOW`` seconds
 in Redis (``SET NX``), or in this process without Redis (the embedded
@@ -25,6 +28,7 @@ from standardwebhooks.webhooks import WebhookVerificationError
 
 from app.platform import redis as redis_clients
 from app.platform.config import Settings
+from app.providers.base import ProviderError, ProviderTransient
 from app.providers.replicate import webhook_secret
 
 log = logging.getLogger(__name__)
@@ -32,6 +36,7 @@ log = logging.getLogger(__name__)
 HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
 REPLAY_WINDOW = 600  # s: twice the timestamp tolerance, so an old copy is refused either way
 REFETCH_EVERY = 60.0  # s: a flood of bad signatures costs Replicate one call a minute
+RETRY_FAILED_AFTER = 10.0  # s: while Replicate is unreachable, a flood costs a call per 10 s
 MISMATCH = "No matching signature found"
 
 
@@ -43,6 +48,8 @@ _lock = threading.Lock()
 # (token, endpoint) -> (the secret's verifier, when it was fetched)
 _verifiers: dict[tuple[str | None, str | None], tuple[Webhook, float]] = {}
 _seen: dict[str, float] = {}  # webhook-id -> expiry, without Redis
+_fetching = threading.Lock()  # one fetch of the secret at a time
+_failed: dict[tuple[str | None, str | None], tuple[str, float]] = {}  # key -> (why, when)
 
 
 def _verifier(settings: Settings, fresh: bool = False) -> Webhook | None:
@@ -54,7 +61,7 @@ def _verifier(settings: Settings, fresh: bool = False) -> Webhook | None:
         cached = _verifiers.get(key)
     if cached and (not fresh or time.monotonic() - cached[1] < REFETCH_EVERY):
         return None if fresh else cached[0]
-    secret = webhook_secret(settings)  # ProviderError when Replicate is unreachable: a 503
+    secret = _fetch(settings, key)
     try:
         verifier = Webhook(secret)
     except Exception:  # noqa: BLE001 - a secret Replicate sent that the package cannot read
@@ -62,6 +69,28 @@ def _verifier(settings: Settings, fresh: bool = False) -> Webhook | None:
     with _lock:
         _verifiers[key] = (verifier, time.monotonic())
     return verifier
+
+
+def _fetch(settings: Settings, key: tuple[str | None, str | None]) -> str:
+    """Replicate's secret; ``ProviderTransient`` (a 503) while a fetch is in
+    flight or failed less than ``RETRY_FAILED_AFTER`` ago."""
+    with _lock:
+        why, when = _failed.get(key, ("", float("-inf")))
+    if time.monotonic() - when < RETRY_FAILED_AFTER:
+        raise ProviderTransient(why)
+    if not _fetching.acquire(blocking=False):
+        raise ProviderTransient("another request is fetching it")
+    try:
+        secret = webhook_secret(settings)  # ProviderError when Replicate is unreachable
+    except ProviderError as exc:
+        with _lock:
+            _failed[key] = (str(exc), time.monotonic())
+        raise
+    finally:
+        _fetching.release()
+    with _lock:
+        _failed.pop(key, None)
+    return secret
 
 
 def verify(settings: Settings, body: bytes, headers: dict[str, str]) -> None:
