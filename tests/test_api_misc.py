@@ -107,7 +107,8 @@ def test_stats(app, client, user, other_user, monkeypatch):
         "completed": 3,
         "failed": 1,
         "canceled": 1,
-        "in_progress": 1,
+        "inProgress": 1,
+        "in_progress": 1,  # the old key, deprecated
     }
     assert stats["successRate"] == 0.75
     assert stats["assets"] == 3

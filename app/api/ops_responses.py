@@ -33,8 +33,11 @@ class StatsCounts(Out):
     completed: int
     failed: int
     canceled: int
-    in_progress: int = Field(serialization_alias="in_progress")  # the view's column name
+    in_progress: int
     total: int
+    # Written snake_case until camelCase was kept here as everywhere: the old
+    # key stays, deprecated, for clients that read it.
+    in_progress_old: int = Field(serialization_alias="in_progress", deprecated="read inProgress")
 
 
 class StageDuration(Out):

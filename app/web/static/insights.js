@@ -82,7 +82,7 @@ function spendChart(stats) {
 function outcomeCharts(stats) {
   const c = stats.counts;
   const outcomes = { completed: c.completed, failed: c.failed, canceled: c.canceled,
-    "in progress": c.in_progress };
+    "in progress": c.inProgress };
   const rate = stats.successRate == null ? "no finished generations"
     : `${Math.round(stats.successRate * 100)} % succeeded`;
   draw("chart-outcomes", {
