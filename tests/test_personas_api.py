@@ -132,3 +132,44 @@ def test_an_account_keeps_at_most_a_hundred_personas(app, client, user, monkeypa
     assert (
         client.post("/api/personas", json={"name": "now"}, headers=user.headers).status_code == 201
     )
+
+
+@pytest.fixture
+def at_once(pg_app):
+    """``request(client)`` from ``n`` threads released together, on PostgreSQL,
+    where requests really run side by side."""
+    import threading
+
+    def run(n: int, request) -> list:
+        barrier, answers = threading.Barrier(n), []
+
+        def one(client) -> None:
+            barrier.wait()
+            answers.append(request(client))
+
+        threads = [threading.Thread(target=one, args=(pg_app.test_client(),)) for _ in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return answers
+
+    return run
+
+
+def test_concurrent_creates_keep_the_cap_and_one_default(pg_app, pg_user, at_once, monkeypatch):
+    """The count, and the unsetting of other defaults, were read before a
+    concurrent create had committed: 6 creates at a cap of 3 made 6 personas."""
+    import time
+
+    from app.api import personas
+
+    real_room, real_only = personas._room_for_one, personas._only_default
+    # Widen each window: between counting and inserting, between inserting and unsetting.
+    monkeypatch.setattr(personas, "_room_for_one", lambda s: real_room(s) or time.sleep(0.1))
+    monkeypatch.setattr(personas, "_only_default", lambda s, k: time.sleep(0.1) or real_only(s, k))
+    monkeypatch.setattr(personas, "MAX_PERSONAS", 3)
+    body = {**BODY, "isDefault": True}
+    answers = at_once(6, lambda c: c.post("/api/personas", json=body, headers=pg_user.headers))
+    assert sorted(a.status_code for a in answers) == [201] * 3 + [409] * 3
+    assert sorted(defaults(pg_app.test_client(), pg_user).values()) == [False, False, True]
