@@ -411,3 +411,20 @@ def test_a_member_deleted_on_its_own_is_not_waited_for(app, client, user):
     assert shown["status"] == "completed" and shown["finishedAt"] is not None
     assert shown["total"] == 2 and shown["counts"]["completed"] == 1
     assert shown["counts"]["deleted"] == 1  # so the counts add up to the total
+
+
+def test_a_webhook_url_its_items_share_is_resolved_once(client, user, monkeypatch):
+    """A batch's request thread resolved the same host once an item (100 DNS
+    look-ups, each up to the resolver's timeout)."""
+    import socket
+
+    looked_up = []
+
+    def getaddrinfo(host, port, *args, **kw):
+        looked_up.append(host)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("93.184.215.14", port))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    hook = {"webhookUrl": "https://hooks.example.com/item"}
+    submit(client, user, {"items": items(30, **hook) + items(2, webhookUrl="https://b.example/")})
+    assert sorted(looked_up) == ["b.example", "hooks.example.com"]

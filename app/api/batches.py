@@ -7,8 +7,10 @@ the background (``app.platform.queue``). The archive: ``batch_archive``."""
 
 from __future__ import annotations
 
+import functools
 import logging
 from datetime import timedelta
+from functools import partial
 from itertools import product
 from typing import Any
 
@@ -95,10 +97,12 @@ def expand(matrix: BatchMatrix) -> list[Item]:
 
 
 def _check_items(items: list[Item], field: str) -> None:
-    """Each item as a single submit checks it (no database), the field named."""
+    """Each item as a single submit checks it (no database), the field named;
+    a webhookUrl items share is resolved once, not once an item."""
+    url_problem = functools.cache(partial(submit_url_problem, settings=services().settings))
     for i, item in enumerate(items):
         try:
-            check_request(item, item.settings.model_dump())
+            check_request(item, item.settings.model_dump(), url_problem)
         except ApiError as exc:
             if isinstance(exc.details, list):
                 exc.details = [{**d, "field": f"{field}.{i}.{d['field']}"} for d in exc.details]

@@ -6,7 +6,9 @@ body is 409."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 from flask import Blueprint, Response, g, request
@@ -65,10 +67,14 @@ def _spec(body: Body) -> dict[str, Any] | None:
     return body.vltSpec.model_dump(mode="json") if isinstance(body, SpecSubmit) else None
 
 
-def check_request(body: Body, settings: dict[str, Any]) -> None:
-    """The checks that need no database."""
+def check_request(
+    body: Body, settings: dict[str, Any], url_problem: Callable[[str], str | None] | None = None
+) -> None:
+    """The checks that need no database. ``url_problem``: the webhookUrl's
+    check (a batch asks each of its URLs once, however many items share it)."""
     check_user_id(body.userId)
     config = services().settings
+    url_problem = url_problem or partial(submit_url_problem, settings=config)
     provider = body.settings.provider
     if provider != "auto":
         # The missing key first: it is the cause a user can act on.
@@ -88,7 +94,7 @@ def check_request(body: Body, settings: dict[str, Any]) -> None:
             raise ApiError(
                 422, "provider_unavailable", why, [{"field": "settings.provider", "message": why}]
             )
-    if body.webhookUrl is not None and (why := submit_url_problem(body.webhookUrl, config)):
+    if body.webhookUrl is not None and (why := url_problem(body.webhookUrl)):
         raise _invalid("webhookUrl", why)
 
 
