@@ -88,6 +88,30 @@ def client(app):
     return app.test_client()
 
 
+@pytest.fixture
+def generator_tasks(app, monkeypatch) -> list[dict]:
+    """The tasks the API sends for the ``generator`` to run (a stopped job's
+    Replicate cancels), run at once as a worker would, their arguments
+    through JSON as the broker carries them. Returns the arguments run."""
+    import json
+
+    import workers.tasks  # noqa: F401  (registers the tasks)
+    from app.pipeline.payments import STOP_PAID_WORK
+
+    celery, ran = app.extensions["bff"].celery, []
+    real = celery.send_task
+
+    def send_task(name, args=(), kwargs=None, **options):
+        if name != STOP_PAID_WORK:
+            return real(name, args, kwargs, **options)
+        ran.append(json.loads(json.dumps(args)))
+        with app.app_context():
+            celery.tasks[name].apply(args=ran[-1], throw=True)
+
+    monkeypatch.setattr(celery, "send_task", send_task)
+    return ran
+
+
 class CliRunner:
     """``bff`` in-process, on the test's app."""
 

@@ -22,6 +22,9 @@ from tests.support.pipeline import (
     submit_prompt,
 )
 
+# A stopped job's predictions are canceled by a task the generator runs.
+pytestmark = pytest.mark.usefixtures("generator_tasks")
+
 
 @pytest.fixture
 def app_config(app_config, fake):
@@ -116,3 +119,25 @@ def test_a_stage_whose_worker_died_as_the_cancel_came_is_failed_by_the_beat(app,
     assert (stage["status"], stage["error"]) == ("failed", "canceled while running")
     assert stages_by_name(load(app, alive))["analyze"]["status"] == "running"
     assert end_abandoned_stages(s.db, s.settings) == 0  # nothing left to end
+
+
+def test_the_cancel_answers_without_waiting_on_replicate(app, client, user, fake, monkeypatch):
+    """Each prediction's cancel waits on Replicate (seconds when it is slow,
+    for each of a batch's predictions): the request sends them to the
+    generator instead, as JSON, and answers at once."""
+    from app.providers import cancel as remote
+
+    gen_id = submit_prompt(client, user.headers, "red dress", provider="google-imagen")
+    paying(app, fake, gen_id)
+    sent, real = [], remote.cancel_predictions
+    celery = services(app).celery
+    monkeypatch.setattr(celery, "send_task", lambda name, args, **_: sent.append((name, args)))
+    monkeypatch.setattr(remote, "cancel_predictions", lambda *a: pytest.fail("in the request"))
+    assert client.post(f"/api/generate/{gen_id}/cancel", headers=user.headers).status_code == 200
+    [(name, (work,))] = sent
+    [pid] = fake.predictions
+    assert name == "providers.stop_paid_work" and fake.render(pid)["status"] != "canceled"
+    monkeypatch.setattr(remote, "cancel_predictions", real)  # the generator runs it
+    with app.app_context():
+        celery.tasks[name].apply(args=(work,), throw=True)
+    assert fake.render(pid)["status"] == "canceled"

@@ -22,6 +22,10 @@ from tests.conftest import on_replicate
 from tests.fakes.openai_images import FakeOpenAIImages
 from tests.support.pipeline import load, run_through, services, submit_prompt
 
+# A stopped job's predictions are canceled by a task the generator runs.
+pytestmark = pytest.mark.usefixtures("generator_tasks")
+
+
 KEY = "sk-unit-test"
 PRICE = {"google-imagen": Decimal("0.06"), "openai-dalle3": Decimal("0.04")}
 

@@ -29,6 +29,9 @@ from tests.conftest import on_replicate
 from tests.fakes import replicate_models as versions
 from tests.support.pipeline import load, run_through, services, stages_by_name, submit_prompt
 
+# A stopped job's predictions are canceled by a task the generator runs.
+pytestmark = pytest.mark.usefixtures("generator_tasks")
+
 
 @pytest.fixture
 def app_config(app_config, fake):

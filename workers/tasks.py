@@ -26,6 +26,7 @@ from app.pipeline.maintenance import (
     note_db_outage,
     redispatch_stalled,
 )
+from app.pipeline.payments import STOP_PAID_WORK, stop_paid_work, unsaved
 from app.pipeline.runner import run_stage
 from app.platform import metric_rollup
 
@@ -122,6 +123,21 @@ def _stage_task(name: str):
 
 STAGE_TASKS = {name: _stage_task(name) for name in ALL_STAGES}
 analyze, enhance, persona, route, optimize, generate, store, refine = STAGE_TASKS.values()
+
+
+@shared_task(
+    name=STOP_PAID_WORK,
+    acks_late=True,  # run again, it records nothing twice (payments are named)
+    autoretry_for=(OperationalError, InterfaceError),
+    retry_backoff=2,
+    retry_backoff_max=60,
+    max_retries=20,
+)
+def stop_paid_work_task(work: dict) -> None:
+    """A stopped generation's predictions, canceled off the API's request."""
+    s = current_app.extensions["bff"]
+    with s.db.Session() as session:
+        stop_paid_work(session, s.settings, unsaved(work))
 
 
 @shared_task(name="feedback.apply", acks_late=True)

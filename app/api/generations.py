@@ -3,6 +3,7 @@ feedback: ``feedback``)."""
 
 from __future__ import annotations
 
+import logging
 import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -39,12 +40,13 @@ from app.domain.states import (
     IllegalTransition,
     refining,
 )
-from app.pipeline.payments import stop_paid_work
+from app.pipeline.payments import STOP_PAID_WORK, paid_work, stop_paid_work
 from app.platform import events
 from app.platform.queue import dispatch
 from app.platform.storage import current_public_base, generation_prefix
 from app.webhooks import record_final
 
+log = logging.getLogger(__name__)
 bp = Blueprint("generations", __name__, url_prefix="/api/generate")
 bp.before_request(load_user)
 
@@ -140,9 +142,16 @@ def _running_tasks(gen: Generation) -> list[str]:
 
 def _revoke_running(gen: Generation, ids: list[str]) -> None:
     """Best effort: the stage guard already stops every later stage. ``gen``'s
-    stages must have been loaded inside the session (``_running_tasks``)."""
-    with services().db.Session() as session:  # its running predictions, too
-        stop_paid_work(session, services().settings, gen)
+    stages must have been loaded inside the session (``_running_tasks``).
+    Its predictions are canceled by a task: each cancel waits on Replicate
+    (seconds when it is slow, for each of a batch's predictions)."""
+    if (work := paid_work(gen)) is not None:
+        try:
+            services().celery.send_task(STOP_PAID_WORK, args=(work,))
+        except Exception:  # the broker is down: cancel them here, as before the task
+            log.warning("%s: canceling its predictions in the request", gen.id)
+            with services().db.Session() as session:
+                stop_paid_work(session, services().settings, gen)
     if ids:
         try:
             services().celery.control.revoke(ids)

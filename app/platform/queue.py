@@ -50,6 +50,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_routes": {
             "pipeline.generate": {"queue": "generation"},
             "pipeline.refine": {"queue": "generation"},  # provider calls too
+            "providers.stop_paid_work": {"queue": "generation"},  # Replicate's cancels
         },
         "task_soft_time_limit": 300,
         "task_time_limit": 360,
