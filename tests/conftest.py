@@ -183,6 +183,29 @@ def pg_user(pg_app) -> User:
 
 
 @pytest.fixture
+def at_once(pg_app):
+    """``request(client)`` from ``n`` threads released together, on PostgreSQL,
+    where requests really run side by side."""
+    import threading
+
+    def run(n: int, request) -> list:
+        barrier, answers = threading.Barrier(n), []
+
+        def one(client) -> None:
+            barrier.wait()
+            answers.append(request(client))
+
+        threads = [threading.Thread(target=one, args=(pg_app.test_client(),)) for _ in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return answers
+
+    return run
+
+
+@pytest.fixture
 def redis_url() -> Iterator[str]:
     """Our own leased, empty Redis db number: test sessions side by side on one
     server never share one (channels that must stay apart carry the number)."""

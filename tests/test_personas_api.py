@@ -134,29 +134,6 @@ def test_an_account_keeps_at_most_a_hundred_personas(app, client, user, monkeypa
     )
 
 
-@pytest.fixture
-def at_once(pg_app):
-    """``request(client)`` from ``n`` threads released together, on PostgreSQL,
-    where requests really run side by side."""
-    import threading
-
-    def run(n: int, request) -> list:
-        barrier, answers = threading.Barrier(n), []
-
-        def one(client) -> None:
-            barrier.wait()
-            answers.append(request(client))
-
-        threads = [threading.Thread(target=one, args=(pg_app.test_client(),)) for _ in range(n)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        return answers
-
-    return run
-
-
 def test_concurrent_creates_keep_the_cap_and_one_default(pg_app, pg_user, at_once, monkeypatch):
     """The count, and the unsetting of other defaults, were read before a
     concurrent create had committed: 6 creates at a cap of 3 made 6 personas."""
@@ -173,3 +150,25 @@ def test_concurrent_creates_keep_the_cap_and_one_default(pg_app, pg_user, at_onc
     answers = at_once(6, lambda c: c.post("/api/personas", json=body, headers=pg_user.headers))
     assert sorted(a.status_code for a in answers) == [201] * 3 + [409] * 3
     assert sorted(defaults(pg_app.test_client(), pg_user).values()) == [False, False, True]
+
+
+def test_a_patch_racing_a_delete_is_a_404_not_a_500(pg_app, pg_user, at_once, monkeypatch):
+    import itertools
+    import time
+
+    from app.api import personas
+
+    client = pg_app.test_client()
+    made = client.post("/api/personas", json=BODY, headers=pg_user.headers).get_json()
+    real = personas._owned  # widen the window between reading the row and writing it
+    monkeypatch.setattr(personas, "_owned", lambda s, i: (real(s, i), time.sleep(0.1))[0])
+    url, turn = f"/api/personas/{made['id']}", itertools.count()
+
+    def patch_or_delete(c):
+        if next(turn) == 0:
+            return c.delete(url, headers=pg_user.headers)
+        return c.patch(url, json={"isDefault": True}, headers=pg_user.headers)
+
+    answers = at_once(5, patch_or_delete)
+    assert {a.status_code for a in answers} <= {200, 204, 404}, [a.get_json() for a in answers]
+    assert 204 in {a.status_code for a in answers}

@@ -84,3 +84,22 @@ def test_a_request_the_cap_cannot_cover_is_refused_with_its_estimate(app_config,
         body["settings"] = settings
         resp = client.post("/api/generate/from-prompt", json=body, headers=alice.headers)
         assert resp.status_code == status
+
+
+def test_concurrent_submits_keep_the_rate_limit(pg_app, pg_user, at_once, monkeypatch):
+    """On PostgreSQL each request counted the user's recent submissions before
+    the others had committed: 30 at once took 14-17 under a limit of 10."""
+    import time
+    from dataclasses import replace
+
+    from app.domain import quotas
+
+    s = pg_app.extensions["bff"]
+    limited = replace(s, settings=replace(s.settings, submit_rate_limit=(5, 60.0)))
+    monkeypatch.setitem(pg_app.extensions, "bff", limited)
+    real = quotas.over_cap  # widen the window between the count and the insert
+    monkeypatch.setattr(quotas, "over_cap", lambda *a: time.sleep(0.05) or real(*a))
+    with s.db.session() as session:  # (over_cap is only asked with a cap)
+        session.get(User, pg_user.id).daily_spend_cap = Decimal("100")
+    answers = at_once(12, lambda c: submit(c, pg_user))
+    assert sorted(a.status_code for a in answers) == [202] * 5 + [429] * 7

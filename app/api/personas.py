@@ -14,8 +14,8 @@ from app.api.common import idempotency_key, json_body, replay, request_hash, ser
 from app.api.errors import ApiError, not_found
 from app.api.responses import PersonaOut, PersonaPage, respond
 from app.api.schemas import PersonaIn, PersonaPatch, parse
-from app.domain.models import Persona, User, new_id
-from app.platform.db import begin_for_update
+from app.domain.models import Persona, new_id
+from app.domain.quotas import lock_user
 
 MAX_PERSONAS = 100  # an account's (each job reads them all; the list is one answer)
 bp = Blueprint("personas", __name__, url_prefix="/api/personas")
@@ -34,14 +34,6 @@ def _owned(session, persona_id: str) -> Persona:
     if p is None:
         raise not_found("persona")
     return p
-
-
-def _lock_account(session: Session) -> None:
-    """The caller's persona writes one at a time (the user row's lock): two
-    creates at the cap each counted 99, two new defaults each unset the
-    other's older ones and both stayed default."""
-    begin_for_update(session)
-    session.execute(select(User.id).where(User.id == g.user_id).with_for_update())
 
 
 def _only_default(session, keep: str) -> None:
@@ -78,7 +70,10 @@ def create():
         with db.session() as session:
             if (prior := replay(session, Persona, key, req_hash)) is not None:
                 return _created(prior)  # as it is now (a PATCH since shows)
-            _lock_account(session)
+            # The account's persona writes one at a time: two creates at the
+            # cap each counted 99; two new defaults each unset only the other's
+            # older ones; two default PATCHes locked each other's rows.
+            lock_user(session, g.user_id)
             _room_for_one(session)
             p = Persona(
                 id=new_id("per"),
@@ -118,7 +113,7 @@ def show(persona_id: str):
 def patch(persona_id: str):
     body = parse(PersonaPatch, json_body())
     with services().db.session() as session:
-        _lock_account(session)
+        lock_user(session, g.user_id)
         p = _owned(session, persona_id)
         for col, value in _columns(body, exclude_unset=True, exclude_none=True).items():
             setattr(p, col, value)
@@ -131,5 +126,6 @@ def patch(persona_id: str):
 @bp.delete("/<persona_id>")
 def delete(persona_id: str):
     with services().db.session() as session:
+        lock_user(session, g.user_id)  # not under a PATCH in flight (it would 500)
         session.delete(_owned(session, persona_id))
     return "", 204
