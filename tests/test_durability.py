@@ -3,15 +3,19 @@ never started twice, and attempts are bounded; the storage sweep of orphans."""
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
 from datetime import timedelta
 
+from sqlalchemy import select
+
 from app.domain import generations as svc
 from app.domain.models import Generation, utcnow
 from app.pipeline import maintenance, orphans, payments
 from app.pipeline.runner import run_stage
+from app.webhooks import WebhookDelivery
 from tests.support.pipeline import (
     claimed,
     load,
@@ -267,7 +271,11 @@ def test_a_generation_past_its_deadline_times_out_and_its_prediction_is_canceled
     )
     s = app.extensions["bff"]
     late = new_generation(
-        app, user, deadline_at=utcnow() - timedelta(seconds=1), provider="google-imagen"
+        app,
+        user,
+        deadline_at=utcnow() - timedelta(seconds=1),
+        provider="google-imagen",
+        webhook_url="https://hooks.example.com/done",
     )
     on_time = new_generation(app, user, deadline_at=utcnow() + timedelta(seconds=60))
     legacy = new_generation(app, user)  # no deadline: created long ago counts from its creation
@@ -293,6 +301,9 @@ def test_a_generation_past_its_deadline_times_out_and_its_prediction_is_canceled
     with s.db.session() as session:
         assert session.get(Generation, late).error_code == "timeout"
         assert session.get(Generation, legacy).error_stage == "analyze"
+        # The webhook says what GET says (it said stage_failed: written before the code).
+        hook = session.scalars(select(WebhookDelivery).filter_by(generation_id=late)).one()
+        assert json.loads(hook.payload)["error"] == body["error"]
     assert load(app, on_time)["status"] == "pending"
     assert maintenance.expire_overdue(s.db, s.settings) == 0  # once
 

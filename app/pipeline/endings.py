@@ -159,15 +159,17 @@ def end_failed(
     stage: GenerationStage,
     error: str,
     after: After,
+    code: str | None = None,
 ) -> Outcome:
-    """Fail the stage and, unless it has ended already, the generation."""
+    """Fail the stage and, unless it has ended already, the generation
+    (``code``: its error's code, e.g. ``timeout``; ``stage_failed`` if None)."""
     was_final = gen.status in FINAL
     spend.release(gen)  # what the stage held, it did not pay
     set_stage_status(stage, S_FAILED)
     stage.error, stage.finished_at = error, utcnow()
     if not was_final:
         set_status(gen, FAILED)
-        gen.error_stage, gen.error_message = stage.name, error
+        gen.error_stage, gen.error_message, gen.error_code = stage.name, error, code
     gen.updated_at = utcnow()  # a change clients see, even of an ended generation
     gen_id, name, batch_id = gen.id, stage.name, gen.batch_id
     after.append(lambda: events.stage_changed(settings, gen_id, name, S_FAILED, None))
@@ -212,7 +214,6 @@ def time_out(
         gen.stages = new_stages(gen)
     stage = gen.stage(first_unfinished(gen) or gen.stages[-1].name)
     _time_out_stage(session, settings, gen, stage, f" at {stage.name}", after)
-    gen.error_code = "timeout"
     return gen
 
 
@@ -229,7 +230,7 @@ def _time_out_stage(
     minutes = settings.generation_timeout / 60
     error = f"timed out after {minutes:g} min{where} (BFF_GENERATION_TIMEOUT)"
     stage.duration_ms = elapsed_ms(stage)
-    end_failed(session, settings, gen, stage, error, after)
+    end_failed(session, settings, gen, stage, error, after, code="timeout")
 
 
 def time_out_refine(
