@@ -174,6 +174,7 @@ def test_signed_delivery_retried_after_500_then_delivered(dev_app):
             payload = Webhook(secret).verify(body, headers)  # raises if the signature is wrong
             assert payload["mode"] == "prompt" and "stages" in payload and payload["assets"]
             assert payload["id"] == gen_id and payload["status"] == "completed"
+            assert headers["BFF-Event"] == "generation.completed"  # (a refine's: .refined)
         assert {h["webhook-id"] for h, _ in receiver.received} == {d.id}  # the same on retries
         # A tampered body or another user's secret does not verify.
         headers, body = receiver.received[-1]

@@ -153,8 +153,9 @@ def attempt(
         d.attempts, d.next_attempt_at = attempt_no, now + CLAIM  # claimed
         secret = ensure_secret(session.get(User, d.user_id))
         url, payload, created = d.url, d.payload, _aware(d.created_at)
+        event = d.event_type
     try:
-        code, error = _call(settings, url, delivery_id, secret, payload, now)
+        code, error = _call(settings, url, delivery_id, secret, payload, now, event)
     except Refused as exc:
         return _record(db, delivery_id, REFUSED, None, f"refused: {exc.detail}")
     if error is None:
@@ -167,10 +168,19 @@ def attempt(
 
 
 def _call(
-    settings: Settings, url: str, msg_id: str, secret: str, payload: str, now: datetime
+    settings: Settings,
+    url: str,
+    msg_id: str,
+    secret: str,
+    payload: str,
+    now: datetime,
+    event: str,
 ) -> tuple[int | None, str | None]:
     """POST one signed attempt: ``(status code, error)``, the error None on a
-    2xx. Raises Refused when the target fails the guard."""
+    2xx. Raises Refused when the target fails the guard. ``BFF-Event`` names
+    the message (``generation.completed``, ``generation.refined``,
+    ``batch.canceled``, ...): the body is the generation or batch as GET
+    shows it, and a refine's message has the same status as the completion's."""
     try:
         ips = resolve_target(url, settings)
     except Unresolved as exc:  # the resolver's outage, or the receiver's: retry
@@ -178,6 +188,7 @@ def _call(
     headers = {
         "Content-Type": "application/json",
         "User-Agent": "designer-bff-webhooks/1",
+        "BFF-Event": event,
         **signed_headers(secret, msg_id, now, payload),
     }
     try:
