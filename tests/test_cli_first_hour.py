@@ -314,3 +314,17 @@ def test_feedback_takes_one_kind_at_a_time(api, args):
     assert refused.exit_code == 2
     errors = [line for line in refused.stderr.splitlines() if line.startswith("Error")]
     assert errors == ["Error: give one of --heart, --outlier, --rating N or --comment TEXT"]
+
+
+def test_retry_names_the_stage_even_when_a_worker_took_it_already(monkeypatch):
+    """The 202 is read after the chain is sent: on a fast worker the stage it
+    resumes is running by then, and the next one was named instead."""
+    from click.testing import CliRunner
+
+    from app.cli import jobs
+
+    stages = [("optimize", "completed"), ("generate", "running"), ("store", "pending")]
+    body = {"stages": [{"name": n, "status": st} for n, st in stages]}
+    monkeypatch.setattr(jobs, "_json", lambda *_a: body)
+    out = CliRunner().invoke(jobs.retry, ["gen_1"]).output
+    assert out == "retrying gen_1 from generate\n"

@@ -108,6 +108,15 @@ def test_patch_validates_too_and_bad_requests_are_json(client, user):
     p = create(client, user)
     url = f"/api/personas/{p['id']}"
     assert client.patch(url, json={"name": ""}, headers=user.headers).status_code == 422
+    # null: aesthetic, which may be null, is cleared; a field that may not is a 422
+    # (both were 200 and changed nothing).
+    cleared = client.patch(url, json={"aesthetic": None}, headers=user.headers)
+    assert cleared.status_code == 200 and cleared.get_json()["aesthetic"] is None
+    for field in ("name", "keywords", "isDefault"):
+        refused = client.patch(url, json={field: None}, headers=user.headers)
+        assert refused.status_code == 422, (field, refused.get_json())
+        assert refused.get_json()["error"]["details"][0]["field"] == field
+    assert client.get(url, headers=user.headers).get_json()["name"] == p["name"]
     resp = client.post("/api/personas", data="name=x", headers=user.headers)
     assert resp.status_code == 415 and resp.get_json()["error"]["code"] == "unsupported_media_type"
     resp = client.post(

@@ -115,7 +115,7 @@ def patch(persona_id: str):
     with services().db.session() as session:
         lock_user(session, g.user_id)
         p = _owned(session, persona_id)
-        for col, value in _columns(body, exclude_unset=True, exclude_none=True).items():
+        for col, value in _columns(body, exclude_unset=True).items():
             setattr(p, col, value)
         if p.is_default:
             _only_default(session, p.id)

@@ -253,12 +253,15 @@ class PersonaIn(_Body):
 
 
 class PersonaPatch(_Body):
-    name: words(120) | None = None
-    description: text(5000) | None = None
-    keywords: list[text(80)] | None = Field(None, max_length=50)
-    palette: list[text(40)] | None = Field(None, max_length=20)
+    """The fields sent are changed, the others kept: ``aesthetic: null``
+    clears it; the rest cannot be null (leave a field out to keep it)."""
+
+    name: words(120) = None
+    description: text(5000) = None
+    keywords: list[text(80)] = Field(None, max_length=50)
+    palette: list[text(40)] = Field(None, max_length=20)
     aesthetic: text(60) | None = None
-    isDefault: bool | None = None
+    isDefault: bool = None
 
 
 FORM_FIELDS = tuple(ImageSubmit.model_fields)

@@ -18,7 +18,9 @@ def retry(generation_id: str, wait: bool, timeout: float) -> None:
     """Resume failed generation ID from its first unfinished stage (a provider
     is never paid twice for a stage it finished)."""
     gen = _json("POST", f"/api/generate/{generation_id}/retry", 202)
-    first = next((s["name"] for s in gen["stages"] if s["status"] == "pending"), None)
+    # Its first unfinished stage: a fast worker may have it running already.
+    done = ("completed", "skipped")
+    first = next((s["name"] for s in gen["stages"] if s["status"] not in done), None)
     click.echo(f"retrying {generation_id}" + (f" from {first}" if first else ""))
     if wait:
         report(wait_for(generation_id, timeout))
