@@ -79,7 +79,9 @@ BATCH_PAGE_QUERY = (
         "schema": {"type": "string", "pattern": BATCH_CURSOR_PATTERN},
     },
 )
-ZIP = {"application/zip": {"schema": {"type": "string", "format": "binary"}}}
+# OpenAPI 3.1: bytes are a media type with no schema ("format: binary" is 3.0's;
+# 3.1 validators read it as a text string and refuse every real ZIP).
+ZIP: dict[str, Any] = {"application/zip": {}}
 REPLICATE_WEBHOOK_PARAMS = (
     {"name": "generation", "in": "query", "description": "the generation the prediction is for",
      "schema": {"type": "string"}},

@@ -252,10 +252,18 @@ class PersonaIn(_Body):
     isDefault: bool = False
 
 
+def _kept(schema: dict[str, Any]) -> None:
+    """A field left out is kept: its ``None`` default is no value it may be sent."""
+    for prop in schema["properties"].values():
+        if prop.get("default", 0) is None and prop.get("type") != "null" and "anyOf" not in prop:
+            del prop["default"]
+
+
 class PersonaPatch(_Body):
     """The fields sent are changed, the others kept: ``aesthetic: null``
     clears it; the rest cannot be null (leave a field out to keep it)."""
 
+    model_config = ConfigDict(json_schema_extra=_kept)
     name: words(120) = None
     description: text(5000) = None
     keywords: list[text(80)] = Field(None, max_length=50)
