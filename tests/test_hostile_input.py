@@ -407,3 +407,16 @@ def test_oversized_heads_answer_as_docs_operations_says(live, url, headers, stat
 def test_a_doubled_slash_is_a_json_404_not_an_html_redirect(client, user, method, path):
     resp = client.open(path, method=method, headers=user.headers)
     assert (resp.status_code, resp.mimetype) == (404, "application/json"), resp.get_data()
+
+
+def test_an_integer_too_long_to_read_says_so(app, client, user):
+    """Valid JSON that Python refuses to convert (more than 4,300 digits): a
+    400 that names the number, not "not valid JSON"."""
+    body = '{"prompt": "x", "settings": {"count": %s}}' % ("9" * 5000)
+    resp = client.post(
+        "/api/generate/from-prompt",
+        data=body,
+        content_type="application/json",
+        headers=user.headers,
+    )
+    assert "number too long" in assert_refused(app, resp, 400, "malformed_json")["message"]

@@ -49,8 +49,10 @@ def parse_json(raw: str | bytes, what: str = "the request body") -> Any:
     (``"\\ud800"``) would be stored, then fail every answer that shows it."""
     try:
         data = json.loads(raw)
-    except (ValueError, RecursionError):
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         raise ApiError(400, "malformed_json", f"{what} is not valid JSON") from None
+    except ValueError:  # valid JSON, but an integer Python will not read (> 4,300 digits)
+        raise ApiError(400, "malformed_json", f"{what} has a number too long to read") from None
     level, depth = [data], 0
     while level:  # level by level, no recursion
         if any(isinstance(x, str) and not _is_text(x) for x in level):
