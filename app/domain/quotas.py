@@ -64,9 +64,12 @@ def check_submission(
     """429 over the submission rate; 403 when this request's ``estimate``
     (USD at most; 0 is never refused) would pass the daily cap.
     ``count``: how many generations the request makes (a batch's each count).
-    Holds the user's lock (``lock_user``) until the caller commits."""
-    lock_user(session, user_id)
+    With a rate limit, holds the user's lock (``lock_user``) until the caller
+    commits. (The cap needs none: a job holds its price before it pays,
+    under its generation's lock, ``spend.hold``.)"""
     limit, window = settings.submit_rate_limit
+    if limit > 0:
+        lock_user(session, user_id)
     now = utcnow()
     params = {
         "user_id": user_id,
