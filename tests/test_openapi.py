@@ -91,3 +91,12 @@ def test_the_document_is_valid_openapi_3_1(client):
     validate(document)
     archive = document["paths"]["/api/batches/{batch_id}/archive"]["get"]["responses"]["200"]
     assert archive["content"] == {"application/zip": {}}
+    # Any route answers 503 (with Retry-After) when the database is down; health its own body.
+    for path, ops in document["paths"].items():
+        for method, op in ops.items():
+            answer = op["responses"]["503"]
+            body = answer["content"]["application/json"]["schema"]["$ref"]
+            if path == "/health":
+                assert body.endswith("/HealthOut") and "headers" not in answer
+            else:
+                assert body.endswith("/ErrorOut") and "Retry-After" in answer["headers"]

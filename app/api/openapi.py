@@ -109,11 +109,14 @@ ANSWER_HEADERS = {
     "Location": {"description": "the resource to poll", "schema": {"type": "string"}},
     "ETag": {"description": "send it back in If-None-Match", "schema": {"type": "string"}},
     "Retry-After": {
-        "description": "seconds until a poll is worth making (while the job is not final)",
+        "description": "seconds to wait before asking again (a generation not final: until"
+        " a poll is worth making)",
         "schema": {"type": "integer"},
     },
 }
-HEAD_ERRORS = (414, 431)  # any request: app/api/protocol.py
+# Any request: its head refused (app/api/protocol.py), or a dependency it
+# needs down (the database: app/api/errors.py).
+ANY_ERRORS = (414, 431, 503)
 SUBMIT_ERRORS = (400, 401, 403, 409, 413, 415, 422, 429)
 BODY_ERRORS = (400, 401, 415, 422)
 GEN, PERSONA = "/api/generate/{generation_id}", "/api/personas/{persona_id}"
@@ -221,7 +224,9 @@ def _operation(
         "operationId": route.op,
         "summary": route.summary,
         "responses": {str(s): answer(s, route.answer) for s in route.ok}
-        | {str(s): answer(s, r.ErrorOut) for s in (*route.errors, *HEAD_ERRORS)},
+        | {
+            str(s): answer(s, r.ErrorOut) for s in (*route.errors, *ANY_ERRORS) if s not in route.ok
+        },
     }
     params = [
         {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
@@ -245,6 +250,8 @@ def _answer_headers(route: Route, status: int) -> tuple[str, ...]:
         return ("Location",)
     if route.op == "getGeneration" and status in (200, 304):
         return ("ETag", "Retry-After") if status == 200 else ("ETag",)
+    if status == 429 or (status == 503 and status not in route.ok):  # (health's: its body)
+        return ("Retry-After",)
     return ()
 
 
