@@ -114,9 +114,12 @@ def test_a_matrix_over_personas_and_providers(client, user):
     gens = members(client, user, submit(client, user, {"matrix": matrix})["id"])
     assert sorted(g["settings"]["provider"] for g in gens) == ["auto", "local"]
     assert {g["personaId"] for g in gens} == {persona}
-    matrix["personas"] = ["per_not_mine"]
+    matrix["personas"] = [persona, "per_not_mine"]  # named where the request names it
     error = assert_error(client.post(BATCHES, json={"matrix": matrix}, headers=user.headers), 422)
-    assert error["details"][0]["field"] == "personaId"
+    assert error["details"][0]["field"] == "matrix.personas.1"
+    items = [{"prompt": "a"}, {"prompt": "b", "personaId": "per_not_mine"}]
+    error = assert_error(client.post(BATCHES, json={"items": items}, headers=user.headers), 422)
+    assert error["details"][0]["field"] == "items.1.personaId"
 
 
 @pytest.mark.parametrize(

@@ -175,8 +175,8 @@ def submit():
             if (prior := replay(session, Batch, key, req_hash)) is not None:
                 return _accepted(prior)
             check_submission(session, s.settings, g.user_id, cost, count=len(items))
-            for persona_id in sorted({i.personaId for i in items if i.personaId}):
-                check_persona(session, persona_id)
+            for persona_id, field in _personas(body, items).items():
+                check_persona(session, persona_id, field)
             batch, ids = _write(session, body, items, cost, **cols)
     except IntegrityError:
         # A concurrent request with the same Idempotency-Key committed first.
@@ -189,6 +189,15 @@ def submit():
     if not dispatch_group(s.celery, ids, stages):
         _leave_to_dispatcher(ids)
     return _accepted(batch)
+
+
+def _personas(body: BatchSubmit, items: list[Item]) -> dict[str, str]:
+    """Each persona the batch names, with where it first names it."""
+    if body.matrix is not None:
+        named = enumerate(body.matrix.personas or [])
+        return {p: f"matrix.personas.{j}" for j, p in reversed(list(named)) if p}
+    named = enumerate(items)
+    return {i.personaId: f"items.{n}.personaId" for n, i in reversed(list(named)) if i.personaId}
 
 
 def _leave_to_dispatcher(ids: list[str]) -> None:

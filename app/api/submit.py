@@ -98,15 +98,16 @@ def check_request(
         raise _invalid("webhookUrl", why)
 
 
-def check_persona(session: Session, persona_id: str | None) -> None:
+def check_persona(session: Session, persona_id: str | None, field: str = "personaId") -> None:
+    """``field``: where the request named it (a batch's item or matrix entry)."""
     if persona_id and not session.scalar(
         select(Persona.id).where(Persona.id == persona_id, Persona.user_id == g.user_id)
     ):
         raise ApiError(
             422,
             "validation_error",
-            "personaId does not name one of your personas",
-            [{"field": "personaId", "message": "unknown persona"}],
+            f"{field} does not name one of your personas",
+            [{"field": field, "message": "unknown persona"}],
         )
 
 
