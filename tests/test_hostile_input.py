@@ -420,3 +420,15 @@ def test_an_integer_too_long_to_read_says_so(app, client, user):
         headers=user.headers,
     )
     assert "number too long" in assert_refused(app, resp, 400, "malformed_json")["message"]
+
+
+def test_a_multipart_body_without_a_boundary_is_400_not_a_missing_image(app, client, user):
+    """No boundary: werkzeug reads no part, and the answer blamed the client
+    for leaving out the image it sent."""
+    resp = client.post(
+        "/api/generate/from-image",
+        data=b"--x\r\nContent-Disposition: form-data; name=image\r\n\r\nabc\r\n--x--\r\n",
+        content_type="multipart/form-data",
+        headers=user.headers,
+    )
+    assert "boundary" in assert_refused(app, resp, 400, "bad_request")["message"]

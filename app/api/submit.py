@@ -206,6 +206,8 @@ def from_image():
             "unsupported_media_type",
             "send multipart/form-data with an 'image' file, or JSON with a vltSpec",
         )
+    if not request.mimetype_params.get("boundary"):  # werkzeug then reads no part at all
+        raise ApiError(400, "bad_request", "the multipart Content-Type names no boundary")
     extra = set(request.form) - {*FORM_FIELDS, "image"} | set(request.files) - {"image"}
     unknown = sorted(name or "(a part without a name)" for name in extra)
     if unknown:
