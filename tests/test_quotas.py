@@ -103,3 +103,39 @@ def test_concurrent_submits_keep_the_rate_limit(pg_app, pg_user, at_once, monkey
         session.get(User, pg_user.id).daily_spend_cap = Decimal("100")
     answers = at_once(12, lambda c: submit(c, pg_user))
     assert sorted(a.status_code for a in answers) == [202] * 5 + [429] * 7
+
+
+def test_the_users_lock_is_not_held_through_an_upload(pg_app, pg_user, monkeypatch):
+    """An image submit counted the rate under the user's lock, then stored
+    the image holding it: the user's other submits, and a worker's payment
+    record for them (FOR UPDATE blocked its foreign key), waited for S3."""
+    import threading
+    from dataclasses import replace
+
+    from tests.support.pipeline import submit_image
+
+    s = pg_app.extensions["bff"]
+    limited = replace(s, settings=replace(s.settings, submit_rate_limit=(100, 60.0)))
+    monkeypatch.setitem(pg_app.extensions, "bff", limited)
+    in_put, release, real = threading.Event(), threading.Event(), s.storage.put
+    monkeypatch.setattr(
+        s.storage, "put", lambda *a, **kw: (in_put.set(), release.wait(30), real(*a, **kw))[2]
+    )
+    uploading = threading.Thread(target=lambda: submit_image(pg_app.test_client(), pg_user.headers))
+    uploading.start()
+    try:
+        assert in_put.wait(10)
+
+        def meanwhile() -> None:
+            assert submit(pg_app.test_client(), pg_user).status_code == 202
+            with s.db.Session() as session:
+                late = [spend.TooLate("generate", "p-1", Decimal("0.01"), "flux-pro")]
+                spend.pay_too_late(session, pg_user.id, "gen_elsewhere", late)
+
+        other = threading.Thread(target=meanwhile)
+        other.start()
+        other.join(10)
+        assert not other.is_alive(), "waited for another request's upload"
+    finally:
+        release.set()
+        uploading.join(30)

@@ -139,10 +139,13 @@ def _submit(
         with s.db.session() as session:
             if (prior := replay(session, Generation, key, req_hash)) is not None:
                 return _accepted(prior.id)
-            check_submission(session, s.settings, g.user_id, estimate(settings, s.settings)[0])
             check_persona(session, body.personaId)
+            quota = partial(check_submission, session, s.settings, g.user_id)
+            cost = estimate(settings, s.settings)[0]
             if upload is not None:
+                quota(cost, lock=False)  # most refusals before the upload, not after it
                 input_key = _store_upload(s, gen_id, upload)
+            quota(cost)  # under the user's lock (not held through the upload) to the commit
             svc.create(
                 session,
                 generation_id=gen_id,
