@@ -96,13 +96,13 @@ def generator_tasks(app, monkeypatch) -> list[dict]:
     import json
 
     import workers.tasks  # noqa: F401  (registers the tasks)
-    from app.pipeline.payments import STOP_PAID_WORK
+    from app.pipeline import stops
 
     celery, ran = app.extensions["bff"].celery, []
     real = celery.send_task
 
     def send_task(name, args=(), kwargs=None, **options):
-        if name != STOP_PAID_WORK:
+        if name != stops.TASK:
             return real(name, args, kwargs, **options)
         ran.append(json.loads(json.dumps(args)))
         with app.app_context():

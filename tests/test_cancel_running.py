@@ -6,10 +6,11 @@ canceled. Runs the real ``replicate`` SDK against the fake."""
 from __future__ import annotations
 
 import pytest
+from sqlalchemy import select
 
 from app.domain.generations import cancel
 from app.domain.models import Generation
-from app.pipeline import ALL_STAGES
+from app.pipeline import ALL_STAGES, stops
 from app.providers.replicate import ReplicateModel
 from tests.conftest import on_replicate
 from tests.support.pipeline import (
@@ -123,8 +124,8 @@ def test_a_stage_whose_worker_died_as_the_cancel_came_is_failed_by_the_beat(app,
 
 def test_the_cancel_answers_without_waiting_on_replicate(app, client, user, fake, monkeypatch):
     """Each prediction's cancel waits on Replicate (seconds when it is slow,
-    for each of a batch's predictions): the request sends them to the
-    generator instead, as JSON, and answers at once."""
+    for each of a batch's predictions): the request owes the stop (a row, in
+    its transaction) and sends it to the generator, and answers at once."""
     from app.providers import cancel as remote
 
     gen_id = submit_prompt(client, user.headers, "red dress", provider="google-imagen")
@@ -134,10 +135,64 @@ def test_the_cancel_answers_without_waiting_on_replicate(app, client, user, fake
     monkeypatch.setattr(celery, "send_task", lambda name, args, **_: sent.append((name, args)))
     monkeypatch.setattr(remote, "cancel_predictions", lambda *a: pytest.fail("in the request"))
     assert client.post(f"/api/generate/{gen_id}/cancel", headers=user.headers).status_code == 200
-    [(name, (work,))] = sent
+    [(name, (stop_id,))] = sent
     [pid] = fake.predictions
     assert name == "providers.stop_paid_work" and fake.render(pid)["status"] != "canceled"
     monkeypatch.setattr(remote, "cancel_predictions", real)  # the generator runs it
     with app.app_context():
-        celery.tasks[name].apply(args=(work,), throw=True)
+        celery.tasks[name].apply(args=(stop_id,), throw=True)
     assert fake.render(pid)["status"] == "canceled"
+    with services(app).db.session() as session:
+        assert session.get(stops.ProviderStop, stop_id) is None  # made: forgotten
+
+
+def test_a_stop_whose_message_was_lost_is_sent_again_by_the_beat(
+    app, client, user, fake, monkeypatch
+):
+    """The broker refused the message, or lost it (Redis restarted empty):
+    the stop is a row, and the beat sends it again a minute on."""
+    from datetime import timedelta
+
+    from app.domain.models import utcnow
+
+    s = services(app)
+    gen_id = submit_prompt(client, user.headers, "red dress", provider="google-imagen")
+    paying(app, fake, gen_id)
+    real = s.celery.send_task
+    monkeypatch.setattr(s.celery, "send_task", lambda *a, **k: None)  # accepted, then lost
+    assert client.delete(f"/api/generate/{gen_id}", headers=user.headers).status_code == 204
+    [pid] = fake.predictions
+    assert fake.render(pid)["status"] != "canceled"
+    monkeypatch.setattr(s.celery, "send_task", real)
+    assert stops.resend_owed(s.db, s.celery) == 0  # sent a moment ago: not yet
+    monkeypatch.setattr(stops, "utcnow", lambda: utcnow() + timedelta(minutes=2))
+    assert stops.resend_owed(s.db, s.celery) == 1
+    assert fake.render(pid)["status"] == "canceled"
+
+
+def test_a_stop_that_cannot_record_its_payment_stays_owed(app, client, user, fake, monkeypatch):
+    """A database outage past the payment's patience is raised for the task
+    to retry: the stop is not forgotten with a payment unrecorded."""
+    from sqlalchemy.exc import OperationalError
+
+    from app.domain import spend
+
+    s = services(app)
+    gen_id = submit_prompt(client, user.headers, "red dress", provider="google-imagen")
+    paying(app, fake, gen_id)
+    [pid] = fake.predictions
+    fake.predictions[pid].update(latency=0.0, starting_s=0.0)  # made: the cancel comes too late
+    monkeypatch.setattr(stops, "patiently", lambda session, step, what: step())
+
+    def db_down(*_a):
+        raise OperationalError("INSERT", {}, Exception("server closed the connection"))
+
+    monkeypatch.setattr(spend, "pay_too_late", db_down)
+    monkeypatch.setattr(s.celery, "send_task", lambda *a, **k: None)
+    assert client.post(f"/api/generate/{gen_id}/cancel", headers=user.headers).status_code == 200
+    with s.db.session() as session:
+        [stop_id] = session.scalars(select(stops.ProviderStop.id)).all()
+    with pytest.raises(OperationalError):
+        stops.make(s.db, s.settings, stop_id)
+    with s.db.session() as session:
+        assert session.get(stops.ProviderStop, stop_id) is not None  # still owed

@@ -13,7 +13,7 @@ from sqlalchemy import select
 
 from app.domain import generations as svc
 from app.domain.models import Generation, utcnow
-from app.pipeline import maintenance, orphans, payments
+from app.pipeline import maintenance, orphans, payments, stops
 from app.pipeline.runner import run_stage
 from app.webhooks import WebhookDelivery
 from tests.support.pipeline import (
@@ -263,11 +263,11 @@ def runner_stalled(gen, app) -> bool:
 
 
 def test_a_generation_past_its_deadline_times_out_and_its_prediction_is_canceled(
-    app, user, monkeypatch
+    app, user, monkeypatch, generator_tasks
 ):
     canceled: list[list[str]] = []
     monkeypatch.setattr(
-        payments, "cancel_remote", lambda _s, gen: canceled.append(_predictions(gen)) or []
+        stops, "cancel_remote", lambda _s, gen: canceled.append(_predictions(gen)) or []
     )
     s = app.extensions["bff"]
     late = new_generation(
@@ -289,7 +289,12 @@ def test_a_generation_past_its_deadline_times_out_and_its_prediction_is_canceled
         gen.stage("generate").started_at = utcnow() - timedelta(seconds=10)
         gen.stage("generate").output = {"predictions": ["p-1"], "checkpoint": True}
     assert maintenance.expire_overdue(s.db, s.settings) == 2
-    assert sorted(canceled) == [[], ["p-1"]]  # legacy had not started: nothing to cancel
+    # The stop is owed (legacy had not started: nothing to stop), and made by
+    # the task the beat's next look sends, not by the look itself.
+    assert canceled == [] and generator_tasks == []
+    assert stops.resend_owed(s.db, s.celery) == 1
+    assert canceled == [["p-1"]] and generator_tasks == [[1]]
+    assert stops.resend_owed(s.db, s.celery) == 0  # made: forgotten
     body = load(app, late)
     assert body["status"] == "failed" and body["error"]["code"] == "timeout"
     assert (

@@ -171,7 +171,7 @@ def test_an_image_made_before_the_cancel_reached_replicate_counts(app, user, fak
     from datetime import timedelta
 
     from app.domain.models import utcnow
-    from app.pipeline import maintenance
+    from app.pipeline import maintenance, stops
 
     s, client, gen_id = services(app), app.test_client(), generating(app, user, fake, 1)
     [pid] = fake.predictions
@@ -186,6 +186,7 @@ def test_an_image_made_before_the_cancel_reached_replicate_counts(app, user, fak
         with s.db.session() as session:
             session.get(Generation, gen_id).deadline_at = utcnow() - timedelta(seconds=1)
         assert maintenance.expire_overdue(s.db, s.settings) == 1
+        assert stops.resend_owed(s.db, s.celery) == 1  # the beat sends the stop it owes
     assert fake.counters["cancel"] == 1 and fake.render(pid)["status"] == "succeeded"
     with s.db.session() as session:
         charged = session.scalar(select(func.sum(spend.Charge.amount)).where(

@@ -17,7 +17,7 @@ from sqlalchemy import select
 
 from app.domain.models import Generation, User, utcnow
 from app.domain.spend import Charge
-from app.pipeline import ALL_STAGES, maintenance
+from app.pipeline import ALL_STAGES, maintenance, stops
 from app.pipeline.runner import run_stage
 from app.platform.config import Settings
 from app.providers import ProviderRejected, pricing
@@ -246,6 +246,7 @@ def test_a_timed_out_generation_retried_starts_a_new_prediction(app, user, fake)
     with s.db.session() as session:
         session.get(Generation, gen_id).deadline_at = utcnow() - timedelta(seconds=1)
     assert maintenance.expire_overdue(s.db, s.settings) == 1
+    assert stops.resend_owed(s.db, s.celery) == 1  # the beat sends the stop it owes
     assert fake.counters["cancel"] == 1 and load(app, gen_id)["status"] == "failed"
     assert client.post(f"/api/generate/{gen_id}/retry", headers=user.headers).status_code == 202
     fake.latency = 0.05

@@ -17,7 +17,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from app.domain import batch_flows
-from app.pipeline import ALL_STAGES, orphans
+from app.pipeline import ALL_STAGES, orphans, stops
 from app.pipeline.maintenance import (
     apply_one_feedback,
     apply_pending_feedback,
@@ -26,7 +26,6 @@ from app.pipeline.maintenance import (
     note_db_outage,
     redispatch_stalled,
 )
-from app.pipeline.payments import STOP_PAID_WORK, stop_paid_work, unsaved
 from app.pipeline.runner import run_stage
 from app.platform import metric_rollup
 
@@ -126,18 +125,17 @@ analyze, enhance, persona, route, optimize, generate, store, refine = STAGE_TASK
 
 
 @shared_task(
-    name=STOP_PAID_WORK,
+    name=stops.TASK,
     acks_late=True,  # run again, it records nothing twice (payments are named)
-    autoretry_for=(OperationalError, InterfaceError),
+    autoretry_for=(OperationalError, InterfaceError, PoolTimeout),
     retry_backoff=2,
     retry_backoff_max=60,
-    max_retries=20,
+    max_retries=None,  # the stop stays owed (a row) whatever happens to this message
 )
-def stop_paid_work_task(work: dict) -> None:
-    """A stopped generation's predictions, canceled off the API's request."""
+def stop_paid_work_task(stop_id: int) -> None:
+    """A stopped generation's predictions canceled, and those found paid recorded."""
     s = current_app.extensions["bff"]
-    with s.db.Session() as session:
-        stop_paid_work(session, s.settings, unsaved(work))
+    stops.make(s.db, s.settings, stop_id)
 
 
 @shared_task(name="feedback.apply", acks_late=True)
@@ -153,6 +151,7 @@ def redispatch_task() -> None:
         sent = redispatch_stalled(s.db, s.celery, s.settings)
         expired = expire_overdue(s.db, s.settings)
         end_abandoned_stages(s.db, s.settings)
+        stops.resend_owed(s.db, s.celery)  # a timeout's, or a stop whose message was lost
     applied = apply_pending_feedback(s.db)
     batch_flows.sweep(s)  # batches whose last member's own check was lost
     if sent or applied or expired:

@@ -3,7 +3,6 @@ feedback: ``feedback``)."""
 
 from __future__ import annotations
 
-import logging
 import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -40,13 +39,12 @@ from app.domain.states import (
     IllegalTransition,
     refining,
 )
-from app.pipeline.payments import STOP_PAID_WORK, paid_work, stop_paid_work
+from app.pipeline import stops
 from app.platform import events
 from app.platform.queue import dispatch
 from app.platform.storage import current_public_base, generation_prefix
 from app.webhooks import record_final
 
-log = logging.getLogger(__name__)
 bp = Blueprint("generations", __name__, url_prefix="/api/generate")
 bp.before_request(load_user)
 
@@ -140,18 +138,11 @@ def _running_tasks(gen: Generation) -> list[str]:
     return [st.task_id for st in gen.stages if st.status == "running" and st.task_id]
 
 
-def _revoke_running(gen: Generation, ids: list[str]) -> None:
-    """Best effort: the stage guard already stops every later stage. ``gen``'s
-    stages must have been loaded inside the session (``_running_tasks``).
-    Its predictions are canceled by a task: each cancel waits on Replicate
-    (seconds when it is slow, for each of a batch's predictions)."""
-    if (work := paid_work(gen)) is not None:
-        try:
-            services().celery.send_task(STOP_PAID_WORK, args=(work,))
-        except Exception:  # the broker is down: cancel them here, as before the task
-            log.warning("%s: canceling its predictions in the request", gen.id)
-            with services().db.Session() as session:
-                stop_paid_work(session, services().settings, gen)
+def _revoke_running(ids: list[str], stop_id: int | None) -> None:
+    """After the commit, best effort: the running tasks revoked (the stage
+    guard stops every later stage anyway) and the stop owed to the
+    provider's paid work sent (``stops``: the beat sends it if this does not)."""
+    stops.send(services().celery, stop_id)
     if ids:
         try:
             services().celery.control.revoke(ids)
@@ -166,21 +157,24 @@ class Stopped:
     gen: Generation
     running: list[str]
     delivery_id: str | None
+    stop_id: int | None  # the stop its paid work is owed
 
 
 def stop(session: Session, gen: Generation) -> Stopped:
     """Cancel ``gen`` (locked) in the caller's transaction, its webhook
-    recorded with it. Raises IllegalTransition when it is final already."""
+    and its paid work's stop recorded with it. Raises IllegalTransition when
+    it is final already."""
     svc.cancel(gen)
     running = _running_tasks(gen)
-    return Stopped(gen, running, record_final(session, gen, services().settings))
+    delivery = record_final(session, gen, services().settings)
+    return Stopped(gen, running, delivery, stops.owe(session, gen))
 
 
 def announce_stopped(stopped: list[Stopped]) -> None:
     """After the commit: stop the running tasks and the provider's paid work,
     wake the streams, send the webhooks (and finish a batch)."""
     for st in stopped:
-        _revoke_running(st.gen, st.running)
+        _revoke_running(st.running, st.stop_id)
     for st in stopped:
         gen = st.gen
         events.generation_final(
@@ -259,11 +253,12 @@ def delete(generation_id: str):
     s = services()
     with s.db.session() as session:
         gen = load_owned(session, generation_id, lock=True)
-        was_running = not svc.is_final(gen)
+        was_running, stop_id = not svc.is_final(gen), None
         if was_running:
             svc.cancel(gen)
+            stop_id = stops.owe(session, gen)  # (made after the rows are gone)
         running, prefix = _running_tasks(gen), generation_prefix(gen.user_id, gen.id)
-    _revoke_running(gen, running)
+    _revoke_running(running, stop_id)
     if was_running:
         events.generation_final(s.settings, generation_id, gen.status, batch_id=gen.batch_id)
 

@@ -6,8 +6,8 @@ the stage's session), a database outage waited out as a checkpoint's is:
 the provider has the money already. A Replicate prediction is paid as it
 is first read succeeded (``paid_as_read``, a ``Job.paid``); one a cancel
 finds made after the stage's last look is recorded by ``stop_paid_work``
-(which the API runs in a task, from ``paid_work``: the cancel calls wait on
-Replicate).
+(the runner's; a cancel, delete or timeout owes the stop to a task:
+``app.pipeline.stops``).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from app.domain import spend
-from app.domain.models import Generation, GenerationStage
+from app.domain.models import Generation
 from app.pipeline.context import StageContext
 from app.pipeline.lease import patiently
 from app.platform.config import Settings
@@ -29,7 +29,6 @@ from app.providers.base import prediction_ids
 from app.providers.cancel import cancel_remote
 
 log = logging.getLogger(__name__)
-STOP_PAID_WORK = "providers.stop_paid_work"  # the task (workers.tasks), on queue generation
 
 
 def pay(
@@ -58,31 +57,6 @@ def paid_as_read(
         pay(ctx, price_of(key, prediction), provider, what, [prediction["id"]])
 
     return paid
-
-
-def paid_work(gen: Generation) -> dict[str, Any] | None:
-    """What ``stop_paid_work`` reads of ``gen``, as JSON for a task (its stages
-    that saved predictions); None when there is nothing it could stop."""
-    stages = {
-        s.name: {"status": s.status, "output": s.output}
-        for s in gen.stages
-        if s.name in ("generate", "refine") and prediction_ids(s.output)
-    }
-    if not stages:
-        return None
-    return {"id": gen.id, "userId": gen.user_id, "provider": gen.provider, "stages": stages}
-
-
-def unsaved(work: dict[str, Any]) -> Generation:
-    """``paid_work``'s generation again, never added to a session (its rows
-    may be deleted by now: what the cancel finds paid is recorded all the same)."""
-    stages = [
-        GenerationStage(name=name, status=s["status"], output=s["output"])
-        for name, s in work["stages"].items()
-    ]
-    return Generation(
-        id=work["id"], user_id=work["userId"], provider=work["provider"], stages=stages
-    )
 
 
 def stop_paid_work(session: Session, settings: Settings, gen: Generation) -> None:

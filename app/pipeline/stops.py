@@ -1,0 +1,131 @@
+"""Paid work owed a stop: a generation stopped by a cancel, a delete or its
+timeout may have Replicate predictions still running (billed for images
+nobody will store) or made since the stage's last look (paid, not yet in
+the ledger).
+
+Canceling them waits on Replicate (30 s of client timeout a call when it is
+slow), so no request and no maintenance pass makes those calls. The stop is
+written as a ``provider_stops`` row in the transaction that stops the
+generation (what to cancel, as JSON: the generation may be deleted next),
+and the ``providers.stop_paid_work`` task (queue ``generation``) makes it:
+it cancels, records what it finds paid (named payments: a second run
+records nothing twice) and deletes the row. The request sends the task once
+it commits; the maintenance beat sends any stop still owed a minute later
+(a refused or lost message), as it does webhooks.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import suppress
+from datetime import datetime, timedelta
+from functools import partial
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, Integer, String, delete, or_, select, update
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from app.domain import spend
+from app.domain.models import Base, Generation, GenerationStage, utcnow
+from app.domain.states import STAGE_DONE
+from app.pipeline.lease import patiently
+from app.platform.config import Settings
+from app.platform.db import Database, db_time
+from app.providers.base import prediction_ids
+from app.providers.cancel import cancel_remote
+
+log = logging.getLogger(__name__)
+
+TASK = "providers.stop_paid_work"  # workers.tasks; routed to queue generation
+RESEND_AFTER = timedelta(seconds=60)
+
+
+class ProviderStop(Base):
+    """One stop owed; deleted once made."""
+
+    __tablename__ = "provider_stops"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    generation_id: Mapped[str] = mapped_column(String(40))  # no foreign key: it may be deleted
+    work: Mapped[dict[str, Any]] = mapped_column(JSON)  # ``paid_work``
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+def paid_work(gen: Generation) -> dict[str, Any] | None:
+    """What a stop needs of ``gen``: its unfinished stages that saved
+    predictions, as JSON; None when there is nothing to stop."""
+    stages = {
+        s.name: {"status": s.status, "output": s.output}
+        for s in gen.stages
+        if s.name in ("generate", "refine")
+        and s.status not in STAGE_DONE
+        and prediction_ids(s.output)
+    }
+    if not stages:
+        return None
+    return {"id": gen.id, "userId": gen.user_id, "provider": gen.provider, "stages": stages}
+
+
+def unsaved(work: dict[str, Any]) -> Generation:
+    """``paid_work``'s generation again, never added to a session."""
+    stages = [
+        GenerationStage(name=name, status=s["status"], output=s["output"])
+        for name, s in work["stages"].items()
+    ]
+    return Generation(
+        id=work["id"], user_id=work["userId"], provider=work["provider"], stages=stages
+    )
+
+
+def owe(session: Session, gen: Generation, sending: bool = True) -> int | None:
+    """Write the stop ``gen`` is owed, in the caller's transaction (the one
+    that stops it); its id, for ``send`` once that commits (None: none owed).
+    ``sending=False``: the beat's next pass sends it."""
+    if (work := paid_work(gen)) is None:
+        return None
+    stop = ProviderStop(generation_id=gen.id, work=work, sent_at=utcnow() if sending else None)
+    session.add(stop)
+    session.flush()
+    return stop.id
+
+
+def send(celery: Any, stop_id: int | None) -> None:
+    if stop_id is not None:
+        with suppress(Exception):  # the broker is down: the beat sends it later
+            celery.send_task(TASK, args=(stop_id,))
+
+
+def make(db: Database, settings: Settings, stop_id: int) -> None:
+    """The task: cancel, record what was found paid, forget the stop. A
+    database outage is raised for the task to retry (a payment record waits
+    it out first, as every payment's)."""
+    with db.Session() as session:
+        stop = session.get(ProviderStop, stop_id)
+        if stop is None:  # made by another copy
+            return
+        work = stop.work
+        session.rollback()  # no transaction held while Replicate answers
+        if late := cancel_remote(settings, unsaved(work)):
+            record = partial(spend.pay_too_late, session, work["userId"], work["id"], late)
+            patiently(session, record, "payment")
+        session.execute(delete(ProviderStop).where(ProviderStop.id == stop_id))
+        session.commit()
+
+
+def resend_owed(db: Database, celery: Any) -> int:
+    """Send the stops not made a minute after they were sent (or never sent:
+    owed by a timeout); returns how many."""
+    with db.session() as session:
+        due = db_time(session, utcnow() - RESEND_AFTER)
+        ids = session.scalars(
+            select(ProviderStop.id)
+            .where(or_(ProviderStop.sent_at.is_(None), ProviderStop.sent_at < due))
+            .limit(100)
+        ).all()
+        if ids:
+            session.execute(
+                update(ProviderStop).where(ProviderStop.id.in_(ids)).values(sent_at=utcnow())
+            )
+    for stop_id in ids:
+        send(celery, stop_id)
+    return len(ids)
