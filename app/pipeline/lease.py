@@ -38,8 +38,9 @@ CHECKPOINT = "checkpoint"  # the runner's mark of a saved state in a stage's out
 RUNNER_KEYS = (CHECKPOINT, *HOLDS)  # the runner's bookkeeping in a saved state
 # Seconds a checkpoint or a payment waits out a database outage: what it
 # records was usually just paid for (a prediction id, images, the payment),
-# so it outlasts a managed database's failover (typically 30 s to 2 min).
-CHECKPOINT_PATIENCE = 300.0
+# so it outlasts a managed database's failover (typically 30 s to 2 min), and
+# ends inside a pipeline task's soft time limit (300 s, app/platform/queue.py).
+CHECKPOINT_PATIENCE = 180.0
 WAKE_UP = "wake-"  # the task id prefix of a delivery sent to wake a waiting stage
 Also = Callable[[Session, Generation], None]  # more to write under a checkpoint's fence
 

@@ -193,3 +193,10 @@ def test_what_was_just_paid_for_outlasts_a_database_failover(monkeypatch):
     with pytest.raises(OperationalError):  # an outage past any failover: the task retries
         lease.patiently(Session(), down_for(3600.0), "payment")
     assert clock[0] < 120.0 + lease.CHECKPOINT_PATIENCE + 3.0
+    # ... yet it ends before a prefork task's soft time limit ends the wait
+    # itself (as an internal error, failing the job).
+    from app.platform.config import Settings
+    from app.platform.queue import celery_config
+
+    limit = celery_config(Settings.from_env({}))["task_soft_time_limit"]
+    assert lease.CHECKPOINT_PATIENCE + 60 <= limit  # a minute left for the paid call itself
