@@ -429,5 +429,6 @@ def test_a_webhook_url_its_items_share_is_resolved_once(client, user, monkeypatc
 
     monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
     hook = {"webhookUrl": "https://hooks.example.com/item"}
-    submit(client, user, {"items": items(30, **hook) + items(2, webhookUrl="https://b.example/")})
-    assert sorted(looked_up) == ["b.example", "hooks.example.com"]
+    both = items(30, **hook) + items(2, webhookUrl="https://b.example/")
+    submit(client, user, {"items": both, "webhookUrl": "https://b.example/"})
+    assert sorted(looked_up) == ["b.example", "hooks.example.com"]  # the batch's too

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Callable
 from datetime import timedelta
 from functools import partial
 from itertools import product
@@ -96,10 +97,9 @@ def expand(matrix: BatchMatrix) -> list[Item]:
     return items
 
 
-def _check_items(items: list[Item], field: str) -> None:
+def _check_items(items: list[Item], field: str, url_problem: Callable[[str], str | None]) -> None:
     """Each item as a single submit checks it (no database), the field named;
-    a webhookUrl items share is resolved once, not once an item."""
-    url_problem = functools.cache(partial(submit_url_problem, settings=services().settings))
+    ``url_problem`` resolves each webhookUrl once, however many items share it."""
     for i, item in enumerate(items):
         try:
             check_request(item, item.settings.model_dump(), url_problem)
@@ -165,8 +165,9 @@ def submit():
     req_hash = request_hash(payload, None) if key is not None else None
     items = body.items if body.items is not None else expand(body.matrix)
     _check_size(len(items))
-    _check_items(items, "items" if body.items is not None else "matrix")
-    if body.webhookUrl is not None and (why := submit_url_problem(body.webhookUrl, s.settings)):
+    url_problem = functools.cache(partial(submit_url_problem, settings=s.settings))
+    _check_items(items, "items" if body.items is not None else "matrix", url_problem)
+    if body.webhookUrl is not None and (why := url_problem(body.webhookUrl)):
         raise invalid("webhookUrl", f"webhookUrl {why}", why)
     cost = round(sum(estimate(i.settings.model_dump(), s.settings)[0] for i in items), 4)
     cols = {"id": new_id("bat"), "idempotency_key": key, "request_hash": req_hash}
