@@ -218,6 +218,22 @@ def test_canceling_a_generation_cancels_its_running_refine_predictions(app, user
     assert fake.render(refine_pid)["status"] == "canceled"
 
 
+def test_deleting_a_completed_generation_stops_its_late_refine(app, user, fake):
+    """Completed, so nothing is canceled: its refine asked for afterwards
+    still runs on Replicate, and would be billed for a variant nobody keeps."""
+    client = app.test_client()
+    gen_id = submit_prompt(client, user.headers, "red dress", provider="google-imagen")
+    run_through(app, gen_id)
+    asset_id = load(app, gen_id)["assets"][0]["id"]
+    url = f"/api/generate/{gen_id}/assets/{asset_id}/refine"
+    assert client.post(url, json={"upscale": 2}, headers=user.headers).status_code == 202
+    fake.latency = 5.0  # the refine's prediction runs on
+    assert run_stage(*_s(app), gen_id, "refine", task_id="late").retry_in is not None
+    assert client.delete(f"/api/generate/{gen_id}", headers=user.headers).status_code == 204
+    [refine_pid] = [p for p, v in fake.predictions.items() if v["model"] == UPSCALER.name]
+    assert fake.render(refine_pid)["status"] == "canceled"
+
+
 def test_canceling_while_generate_runs_cancels_its_predictions_when_a_refine_waits(app, user, fake):
     """A refine asked for at submit is pending while generate's prediction runs:
     the cancel must still stop that prediction."""

@@ -253,10 +253,12 @@ def delete(generation_id: str):
     s = services()
     with s.db.session() as session:
         gen = load_owned(session, generation_id, lock=True)
-        was_running, stop_id = not svc.is_final(gen), None
+        was_running = not svc.is_final(gen)
         if was_running:
             svc.cancel(gen)
-            stop_id = stops.owe(session, gen)  # (made after the rows are gone)
+        # (A completed generation's late refine may be running too.) Made
+        # after the rows are gone: the stop carries what it needs.
+        stop_id = stops.owe(session, gen)
         running, prefix = _running_tasks(gen), generation_prefix(gen.user_id, gen.id)
     _revoke_running(running, stop_id)
     if was_running:
