@@ -234,6 +234,24 @@ def test_deleting_a_completed_generation_stops_its_late_refine(app, user, fake):
     assert fake.render(refine_pid)["status"] == "canceled"
 
 
+def test_deleting_a_batch_stops_a_completed_members_late_refine(app, user, fake):
+    client = app.test_client()
+    item = {"prompt": "red dress", "settings": {"provider": "google-imagen"}}
+    batch = client.post("/api/batches", json={"items": [item]}, headers=user.headers).json
+    [member] = client.get(f"/api/generate?batchId={batch['id']}", headers=user.headers).json[
+        "items"
+    ]
+    run_through(app, member["id"])
+    asset_id = load(app, member["id"])["assets"][0]["id"]
+    url = f"/api/generate/{member['id']}/assets/{asset_id}/refine"
+    assert client.post(url, json={"upscale": 2}, headers=user.headers).status_code == 202
+    fake.latency = 5.0  # the refine's prediction runs on
+    assert run_stage(*_s(app), member["id"], "refine", task_id="late").retry_in is not None
+    assert client.delete(f"/api/batches/{batch['id']}", headers=user.headers).status_code == 204
+    [refine_pid] = [p for p, v in fake.predictions.items() if v["model"] == UPSCALER.name]
+    assert fake.render(refine_pid)["status"] == "canceled"
+
+
 def test_canceling_while_generate_runs_cancels_its_predictions_when_a_refine_waits(app, user, fake):
     """A refine asked for at submit is pending while generate's prediction runs:
     the cancel must still stop that prediction."""

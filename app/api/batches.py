@@ -41,7 +41,7 @@ from app.domain import batches
 from app.domain import generations as svc
 from app.domain.models import Batch, new_id, utcnow
 from app.domain.quotas import check_submission
-from app.pipeline import stages_for
+from app.pipeline import stages_for, stops
 from app.pipeline.route import estimate
 from app.platform.queue import dispatch_group
 from app.platform.storage import generation_prefix
@@ -256,14 +256,18 @@ def cancel(batch_id: str):
 def delete(batch_id: str):
     s = services()
 
-    def stop_batch(session: Session) -> tuple[list[Stopped], list[tuple[str, int]]]:
+    def stop_batch(session: Session) -> tuple[list[Stopped], list[int | None], list]:
         batch = _load(session, batch_id, lock=True)
         stopped = _stop_all(session, batch) if batch.finished_at is None else []
-        return stopped, batches.member_ids(session, batch.id)
+        # A completed member's refine asked for afterwards runs on: stopped too.
+        refines = [stops.owe(session, gen) for gen in batches.lock_refining(session, batch.id)]
+        return stopped, refines, batches.member_ids(session, batch.id)
 
-    stopped, members = s.db.transaction(stop_batch)
+    stopped, refines, members = s.db.transaction(stop_batch)
     prefixes = [generation_prefix(uid, gid) for gid, uid in members]
     announce_stopped(stopped)
+    for stop_id in refines:
+        stops.send(s.celery, stop_id)
 
     def delete_rows() -> None:  # its generations go with it
         s.db.transaction(lambda session: session.delete(_load(session, batch_id, lock=True)))

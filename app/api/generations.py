@@ -256,9 +256,9 @@ def delete(generation_id: str):
         was_running = not svc.is_final(gen)
         if was_running:
             svc.cancel(gen)
-        # (A completed generation's late refine may be running too.) Made
-        # after the rows are gone: the stop carries what it needs.
-        stop_id = stops.owe(session, gen)
+        # (A completed generation's refine asked for afterwards may run on.)
+        # Made after the rows are gone: the stop carries what it needs.
+        stop_id = stops.owe(session, gen) if was_running or refining(gen) else None
         running, prefix = _running_tasks(gen), generation_prefix(gen.user_id, gen.id)
     _revoke_running(running, stop_id)
     if was_running:

@@ -20,6 +20,7 @@ from sqlalchemy import exists, func, select, update
 from sqlalchemy.orm import Session
 
 from app.domain import paging
+from app.domain.generations import OPEN_LATE_REFINE
 from app.domain.models import Batch, Generation, utcnow
 from app.domain.states import CANCELED, COMPLETED, FINAL, GENERATION_STATUSES, PENDING, PROCESSING
 from app.platform.db import begin_for_update
@@ -105,6 +106,20 @@ def lock_unfinished(session: Session, batch_id: str) -> list[Generation]:
         session.scalars(
             select(Generation)
             .where(Generation.batch_id == batch_id, Generation.status.not_in(FINAL))
+            .order_by(Generation.id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+    )
+
+
+def lock_refining(session: Session, batch_id: str) -> list[Generation]:
+    """The batch's completed generations whose refine, asked for afterwards,
+    has not ended, locked in id order (as ``lock_unfinished``)."""
+    return list(
+        session.scalars(
+            select(Generation)
+            .where(Generation.batch_id == batch_id, OPEN_LATE_REFINE)
             .order_by(Generation.id)
             .with_for_update()
             .execution_options(populate_existing=True)

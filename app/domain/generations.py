@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import and_, bindparam, exists, select, update
 from sqlalchemy.orm import Session, defer, joinedload, selectinload
 
 from app.domain import paging, spend
@@ -21,8 +21,10 @@ from app.domain.models import (
 )
 from app.domain.states import (
     CANCELED,
+    COMPLETED,
     FAILED,
     FINAL,
+    LATE_STAGE,
     PENDING,
     S_FAILED,
     S_PENDING,
@@ -36,6 +38,17 @@ from app.domain.states import (
 )
 from app.pipeline import ALL_STAGES, stages_for
 from app.platform.db import begin_for_update
+
+# A completed generation with a refine asked for after the fact, not yet done
+# (found through the partial index ix_generation_stages_open_refine).
+OPEN_LATE_REFINE = and_(
+    Generation.status == COMPLETED,
+    exists().where(
+        GenerationStage.generation_id == Generation.id,
+        GenerationStage.name == LATE_STAGE,
+        GenerationStage.status.in_((S_PENDING, S_RUNNING)),
+    ),
+)
 
 
 def iso(dt: datetime | None) -> str | None:

@@ -24,18 +24,21 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from celery import Celery
-from sqlalchemy import and_, exists, or_, select, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
-from app.domain.generations import first_unfinished, give_up_canceled, stage_names, stage_status
+from app.domain.generations import (
+    OPEN_LATE_REFINE,
+    first_unfinished,
+    give_up_canceled,
+    stage_names,
+    stage_status,
+)
 from app.domain.models import Generation, GenerationFeedback, GenerationStage, utcnow
 from app.domain.states import (
     CANCELED,
-    COMPLETED,
-    LATE_STAGE,
     PENDING,
     PROCESSING,
-    S_PENDING,
     S_RUNNING,
 )
 from app.pipeline import stops
@@ -84,18 +87,6 @@ def _hold(settings: Settings) -> int:
     return int(settings.stall_timeout) + 1
 
 
-# A completed generation with a refine asked for after the fact, not yet done
-# (found through the partial index ix_generation_stages_open_refine).
-_LATE_REFINE = and_(
-    Generation.status == COMPLETED,
-    exists().where(
-        GenerationStage.generation_id == Generation.id,
-        GenerationStage.name == LATE_STAGE,
-        GenerationStage.status.in_((S_PENDING, S_RUNNING)),
-    ),
-)
-
-
 def redispatch_stalled(
     db: Database, celery_app: Celery, settings: Settings, limit: int = 200
 ) -> int:
@@ -115,7 +106,7 @@ def redispatch_stalled(
         rows = sorted(
             (
                 gen
-                for look in (Generation.status.in_((PENDING, PROCESSING)), _LATE_REFINE)
+                for look in (Generation.status.in_((PENDING, PROCESSING)), OPEN_LATE_REFINE)
                 for gen in session.scalars(
                     select(Generation)
                     .where(look, Generation.updated_at < quiet_since)
@@ -249,7 +240,7 @@ def expire_late_refines(
     are canceled. Returns how many."""
     with db.read() as session:
         rows = session.scalars(
-            select(Generation).where(_LATE_REFINE).order_by(Generation.updated_at).limit(limit)
+            select(Generation).where(OPEN_LATE_REFINE).order_by(Generation.updated_at).limit(limit)
         ).all()
         ids = [gen.id for gen in rows if late_refine_overdue(gen, asked_before)]
     expired = 0
