@@ -234,6 +234,56 @@ def test_deleting_a_completed_generation_stops_its_late_refine(app, user, fake):
     assert fake.render(refine_pid)["status"] == "canceled"
 
 
+def test_a_late_refine_working_as_its_generation_is_deleted_pays_for_nothing_more(
+    app, user, fake, monkeypatch
+):
+    """Between the delete's first commit and its rows going, the refine's
+    copy ran on: it found its prediction canceled, took that for a hiccup and
+    created another, which nothing ever canceled. The delete now fences it."""
+    from app.api import generations as api
+
+    client = app.test_client()
+    gen_id = submit_prompt(client, user.headers, "red dress", provider="google-imagen")
+    run_through(app, gen_id)
+    asset_id = load(app, gen_id)["assets"][0]["id"]
+    url = f"/api/generate/{gen_id}/assets/{asset_id}/refine"
+    assert client.post(url, json={"upscale": 2}, headers=user.headers).status_code == 202
+    fake.latency = 30.0
+    assert run_stage(*_s(app), gen_id, "refine", task_id="late").retry_in is not None
+    real, runs = api.delete_with_objects, []
+
+    def the_copy_runs_meanwhile(*args):  # the stop is made; the rows are still there
+        runs.append(run_stage(*_s(app), gen_id, "refine", task_id="late"))
+        return real(*args)
+
+    monkeypatch.setattr(api, "delete_with_objects", the_copy_runs_meanwhile)
+    assert client.delete(f"/api/generate/{gen_id}", headers=user.headers).status_code == 204
+    [run] = runs
+    assert not run.proceed and run.retry_in is None  # it stopped
+    ups = [p for p, v in fake.predictions.items() if v["model"] == UPSCALER.name]
+    assert [fake.render(p)["status"] for p in ups] == ["canceled"]
+
+
+def test_a_retry_or_a_refine_waits_for_the_stop_its_last_run_is_owed(app, user, fake, monkeypatch):
+    """A timed-out run's stop is made by a task: a retry before it would
+    resume the predictions it is about to cancel, a refine asked again would
+    pay for an image made but not yet recorded. Both are 409 till it is made."""
+    client = app.test_client()
+    s = services(app)
+    gen_id = submit_prompt(client, user.headers, "red dress", provider="google-imagen")
+    run_through(app, gen_id, ALL_STAGES[:5])
+    fake.latency = 30.0
+    assert run_stage(*_s(app), gen_id, "generate", task_id="t-1").retry_in is not None
+    with s.db.session() as session:
+        session.get(Generation, gen_id).deadline_at = utcnow() - timedelta(seconds=1)
+    assert maintenance.expire_overdue(s.db, s.settings) == 1  # the stop owed, not yet made
+    early = client.post(f"/api/generate/{gen_id}/retry", headers=user.headers)
+    assert early.status_code == 409 and early.headers["Retry-After"] == "5"
+    assert "being stopped" in early.json["error"]["message"]
+    assert stops.resend_owed(s.db, s.celery) == 1  # made
+    assert client.post(f"/api/generate/{gen_id}/retry", headers=user.headers).status_code == 202
+
+
 def test_deleting_a_batch_stops_a_completed_members_late_refine(app, user, fake):
     client = app.test_client()
     item = {"prompt": "red dress", "settings": {"provider": "google-imagen"}}

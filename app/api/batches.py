@@ -260,7 +260,10 @@ def delete(batch_id: str):
         batch = _load(session, batch_id, lock=True)
         stopped = _stop_all(session, batch) if batch.finished_at is None else []
         # A completed member's refine asked for afterwards runs on: stopped too.
-        refines = [stops.owe(session, gen) for gen in batches.lock_refining(session, batch.id)]
+        refines = []
+        for gen in batches.lock_refining(session, batch.id):
+            svc.end_late_refine(gen, "its batch was deleted")
+            refines.append(stops.owe(session, gen))
         return stopped, refines, batches.member_ids(session, batch.id)
 
     stopped, refines, members = s.db.transaction(stop_batch)

@@ -214,6 +214,7 @@ def retry(generation_id: str):
         gen = load_owned(session, generation_id, lock=True)
         replay = asked_before(gen.pipeline_data, RETRY_REQUEST, key)
         if not replay:
+            stops.refuse_while_owed(session, gen.id, "retry")  # (a timeout's)
             try:
                 first = svc.prepare_retry(gen, s.settings.generation_timeout)
                 stages = svc.stage_names(gen)
@@ -253,12 +254,13 @@ def delete(generation_id: str):
     s = services()
     with s.db.session() as session:
         gen = load_owned(session, generation_id, lock=True)
-        was_running = not svc.is_final(gen)
+        was_running, late_refine = not svc.is_final(gen), refining(gen)
         if was_running:
             svc.cancel(gen)
-        # (A completed generation's refine asked for afterwards may run on.)
+        elif late_refine:  # asked for after completion: fenced, or it would pay on
+            svc.end_late_refine(gen, "its generation was deleted")
         # Made after the rows are gone: the stop carries what it needs.
-        stop_id = stops.owe(session, gen) if was_running or refining(gen) else None
+        stop_id = stops.owe(session, gen) if was_running or late_refine else None
         running, prefix = _running_tasks(gen), generation_prefix(gen.user_id, gen.id)
     _revoke_running(running, stop_id)
     if was_running:

@@ -230,6 +230,16 @@ def give_up_canceled(stage: GenerationStage) -> None:
     stage.duration_ms = elapsed_ms(stage)
 
 
+def end_late_refine(gen: Generation, why: str) -> None:
+    """Fail a completed generation's refine asked for afterwards, its copies
+    fenced off: no task id owns it (a working copy stops at its next
+    checkpoint, before paying), and a parked one's countdown finds it failed."""
+    stage = gen.stage(LATE_STAGE)
+    set_stage_status(stage, S_FAILED)
+    stage.error, stage.finished_at, stage.task_id = why, utcnow(), None
+    stage.duration_ms = elapsed_ms(stage)
+
+
 def elapsed_ms(stage: GenerationStage) -> int | None:
     """How long the stage has run, in ms (None: it never started)."""
     if stage.started_at is None:
