@@ -196,3 +196,25 @@ def test_a_stop_that_cannot_record_its_payment_stays_owed(app, client, user, fak
         stops.make(s.db, s.settings, stop_id)
     with s.db.session() as session:
         assert session.get(stops.ProviderStop, stop_id) is not None  # still owed
+
+
+def test_a_stop_replicate_does_not_answer_is_asked_again(app, client, user, fake, monkeypatch):
+    """Replicate answered the cancel 503: nothing was stopped, yet the stop was
+    forgotten, and the prediction ran on, billed, its success never recorded."""
+    from tests.fakes.replicate import problem
+
+    s = services(app)
+    gen_id = submit_prompt(client, user.headers, "red dress", provider="google-imagen")
+    paying(app, fake, gen_id)
+    real = fake.cancel
+    monkeypatch.setattr(fake, "cancel", lambda pid: problem(503, "Unavailable", "try later"))
+    assert client.post(f"/api/generate/{gen_id}/cancel", headers=user.headers).status_code == 200
+    [pid] = fake.predictions
+    assert fake.render(pid)["status"] != "canceled"
+    with s.db.session() as session:
+        [stop_id] = session.scalars(select(stops.ProviderStop.id)).all()  # still owed
+    monkeypatch.setattr(fake, "cancel", real)  # Replicate answers again
+    stops.make(s.db, s.settings, stop_id)  # (as the beat's re-send would)
+    assert fake.render(pid)["status"] == "canceled"
+    with s.db.session() as session:
+        assert session.get(stops.ProviderStop, stop_id) is None

@@ -15,6 +15,7 @@ from app.domain import generations as svc
 from app.domain.models import Generation, utcnow
 from app.pipeline import maintenance, orphans, payments, stops
 from app.pipeline.runner import run_stage
+from app.providers.base import Canceled
 from app.webhooks import WebhookDelivery
 from tests.support.pipeline import (
     claimed,
@@ -227,7 +228,7 @@ def test_a_stage_canceled_as_it_pays_saves_its_prediction_and_cancels_it(app, us
 
     def cancel_remote(settings, gen):
         canceled.extend(gen.stage("analyze").output["predictions"])
-        return []  # none had succeeded
+        return Canceled()  # none had succeeded
 
     monkeypatch.setitem(pipeline.STAGE_FUNCS, "analyze", pay_while_canceled)
     monkeypatch.setattr(payments, "cancel_remote", cancel_remote)
@@ -267,7 +268,7 @@ def test_a_generation_past_its_deadline_times_out_and_its_prediction_is_canceled
 ):
     canceled: list[list[str]] = []
     monkeypatch.setattr(
-        stops, "cancel_remote", lambda _s, gen: canceled.append(_predictions(gen)) or []
+        stops, "cancel_remote", lambda _s, gen: canceled.append(_predictions(gen)) or Canceled()
     )
     s = app.extensions["bff"]
     late = new_generation(

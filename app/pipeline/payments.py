@@ -63,7 +63,7 @@ def stop_paid_work(session: Session, settings: Settings, gen: Generation) -> Non
     """Cancel the generation's predictions still running, and record those
     the cancel found already made (an outage waited out, as every payment's;
     past that it is logged: the stage or the cancel ends all the same)."""
-    if not (late := cancel_remote(settings, gen)):
+    if not (late := cancel_remote(settings, gen).late):
         return
     user_id, gen_id = gen.user_id, gen.id
     try:

@@ -29,7 +29,7 @@ from app.api.errors import ApiError
 from app.domain import spend
 from app.domain.models import Base, Generation, GenerationStage, utcnow
 from app.domain.states import STAGE_DONE
-from app.pipeline.lease import patiently
+from app.pipeline.lease import aware, patiently
 from app.platform.config import Settings
 from app.platform.db import Database, db_time
 from app.providers.base import prediction_ids
@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 
 TASK = "providers.stop_paid_work"  # workers.tasks; routed to queue generation
 RESEND_AFTER = timedelta(seconds=60)
+# A stop Replicate does not answer is asked again for this long: it keeps a
+# prediction's outputs an hour, and a cancel after that is of nothing.
+GIVE_UP_AFTER = timedelta(hours=1)
 
 
 class ProviderStop(Base):
@@ -113,11 +116,15 @@ def make(db: Database, settings: Settings, stop_id: int) -> None:
         stop = session.get(ProviderStop, stop_id)
         if stop is None:  # made by another copy
             return
-        work = stop.work
+        work, since = stop.work, aware(stop.created_at)
         session.rollback()  # no transaction held while Replicate answers
-        if late := cancel_remote(settings, unsaved(work)):
-            record = partial(spend.pay_too_late, session, work["userId"], work["id"], late)
+        found = cancel_remote(settings, unsaved(work))
+        if found.late:
+            record = partial(spend.pay_too_late, session, work["userId"], work["id"], found.late)
             patiently(session, record, "payment")
+        if found.unanswered and utcnow() - since < GIVE_UP_AFTER:
+            log.warning("%s: no answer to the cancel of %s", work["id"], found.unanswered)
+            return  # still owed: the beat sends it again
         session.execute(delete(ProviderStop).where(ProviderStop.id == stop_id))
         session.commit()
 

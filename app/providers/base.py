@@ -16,9 +16,12 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from app.platform.config import Settings
+
+if TYPE_CHECKING:
+    from app.domain.spend import TooLate
 
 ASPECT_RATIOS = ("1:1", "3:4", "4:3", "16:9", "9:16")
 
@@ -184,3 +187,14 @@ SIZE_ALIASES = {"square": "1:1", "portrait": "3:4", "landscape": "4:3"}
 def aspect_ratio_of(size: str) -> str:
     """Our ``settings.size`` (a name or a ratio) as an aspect ratio."""
     return SIZE_ALIASES.get(size, size)
+
+
+@dataclass
+class Canceled:
+    """What a cancel of a generation's predictions found."""
+
+    late: list[TooLate] = field(default_factory=list)  # made already: paid, to record
+    unanswered: list[str] = field(default_factory=list)  # Replicate did not answer: ask again
+
+    def __add__(self, other: Canceled) -> Canceled:
+        return Canceled(self.late + other.late, self.unanswered + other.unanswered)

@@ -32,7 +32,7 @@ from typing import Any
 from app.domain.spend import TooLate
 from app.platform.config import Settings
 from app.providers import pricing
-from app.providers.base import Job, prediction_ids
+from app.providers.base import Canceled, Job, prediction_ids
 from app.providers.catalog import IMAGEN
 from app.providers.replicate import (
     cancel_predictions,
@@ -157,20 +157,22 @@ def price_per_image(options: Mapping[str, Any]) -> float:
     return price + (BACKGROUND_REMOVER.price if options.get("removeBackground") else 0.0)
 
 
-def cancel_refines(settings: Settings, stage_output: dict[str, Any] | None) -> list[TooLate]:
+def cancel_refines(settings: Settings, stage_output: dict[str, Any] | None) -> Canceled:
     """Best effort: cancel the refine predictions a running refine stage saved
-    (a canceled or timed-out generation); returns those already paid for."""
+    (a canceled or timed-out generation): those already paid for, and those
+    Replicate did not answer about."""
     ids = prediction_ids(stage_output)
     if not ids or not settings.replicate_api_token:
-        return []
+        return Canceled()
     client = client_for(settings.replicate_api_token, settings.replicate_base_url)
     answered = cancel_predictions(client, ids)
     keys = {pid: key for key, pid in (stage_output or {})["predictions"].items()}
-    return [
+    late = [
         TooLate("refine", pid, Decimal(str(_model_of(keys[pid]).price)), "replicate")
         for pid, status in answered.items()
         if status == "succeeded"
     ]
+    return Canceled(late, [pid for pid in ids if pid not in answered])
 
 
 def _model_of(task_key: str) -> RefineModel:

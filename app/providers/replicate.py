@@ -203,11 +203,16 @@ class ReplicateModel:
 
 def cancel_predictions(client: replicate.Client, prediction_ids: list[str]) -> dict[str, str]:
     """Best effort: cancel running predictions; the status each one answered
-    with, by id (``succeeded``: the cancel came too late, it was paid for)."""
+    with, by id (``succeeded``: the cancel came too late, it was paid for;
+    ``gone``: refused for good, e.g. unknown). One Replicate did not answer
+    (down, slow) is left out: ask again."""
     answered = {}
     for pid in prediction_ids:
         try:
             answered[pid] = client.predictions.cancel(pid).status
+        except ReplicateError as exc:
+            if exc.status is not None and 400 <= exc.status < 500 and exc.status != 429:
+                answered[pid] = "gone"
         except Exception:  # noqa: BLE001 - best effort; the stage guard stops us anyway
             pass
     return answered
