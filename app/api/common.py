@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from app.api.errors import ApiError, invalid
 from app.domain.states import REQUEST_SLOTS
+from app.pipeline import stops
 from app.platform.config import Settings
 from app.platform.db import Database
 from app.platform.storage import Storage, StorageError
@@ -198,3 +199,11 @@ def key_reused() -> ApiError:
     """The 409 for an Idempotency-Key that came with another request first."""
     message = "this Idempotency-Key was already used with a different request"
     return ApiError(409, "idempotency_conflict", message)
+
+
+def refuse_while_stopping(session: Session, generation_id: str, what: str) -> None:
+    """409 (``Retry-After``) while the generation's last run is owed a stop
+    (``stops.owed``): ``what`` again in a moment."""
+    if stops.owed(session, generation_id):
+        why = f"its last run's predictions are being stopped; {what} again in a few seconds"
+        raise ApiError(409, "conflict", why, headers={"Retry-After": "5"})

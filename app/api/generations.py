@@ -17,6 +17,7 @@ from app.api.common import (
     asked_before,
     delete_with_objects,
     int_arg,
+    refuse_while_stopping,
     request_key,
     services,
 )
@@ -214,7 +215,7 @@ def retry(generation_id: str):
         gen = load_owned(session, generation_id, lock=True)
         replay = asked_before(gen.pipeline_data, RETRY_REQUEST, key)
         if not replay:
-            stops.refuse_while_owed(session, gen.id, "retry")  # (a timeout's)
+            refuse_while_stopping(session, gen.id, "retry")  # (a timeout's)
             try:
                 first = svc.prepare_retry(gen, s.settings.generation_timeout)
                 stages = svc.stage_names(gen)

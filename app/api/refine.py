@@ -20,7 +20,13 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, object_session
 
 from app.api.auth import load_user
-from app.api.common import asked_before, json_body, request_key, services
+from app.api.common import (
+    asked_before,
+    json_body,
+    refuse_while_stopping,
+    request_key,
+    services,
+)
 from app.api.errors import ApiError, not_found
 from app.api.responses import GenerationOut, generation_path, respond
 from app.api.schemas import RefineIn, parse
@@ -29,7 +35,6 @@ from app.domain import spend
 from app.domain.models import Generation, GenerationAsset, GenerationStage, utcnow
 from app.domain.spend import refusal
 from app.domain.states import COMPLETED, LATE_REQUEST, LATE_STAGE, S_FAILED, S_PENDING, refining
-from app.pipeline import stops
 from app.pipeline.lease import CHECKPOINT, aware, checkpoint_of
 from app.pipeline.refine import INHERITED, ops_for
 from app.platform.queue import dispatch
@@ -89,7 +94,7 @@ def refine(generation_id: str, asset_id: str):
         replay = asked_before(gen.pipeline_data, LATE_REQUEST, key)
         if not replay:
             estimate = _check(gen, asset, options)
-            stops.refuse_while_owed(session, gen.id, "ask")  # (a timed-out refine's)
+            refuse_while_stopping(session, gen.id, "ask")  # (a timed-out refine's)
             if estimate and (why := refusal(session, g.user_id, estimate)):
                 raise ApiError(403, "budget_exceeded", why, {"estimate": round(estimate, 4)})
             _queue(gen, asset.id, options, key)

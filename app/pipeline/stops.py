@@ -25,7 +25,6 @@ from typing import Any
 from sqlalchemy import JSON, DateTime, Integer, String, delete, or_, select, update
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from app.api.errors import ApiError
 from app.domain import spend
 from app.domain.models import Base, Generation, GenerationStage, utcnow
 from app.domain.states import STAGE_DONE
@@ -93,13 +92,12 @@ def owe(session: Session, gen: Generation, sending: bool = True) -> int | None:
     return stop.id
 
 
-def refuse_while_owed(session: Session, generation_id: str, what: str) -> None:
-    """409 (``Retry-After``) while ``generation_id``'s last run is owed a
-    stop: a retry would resume the predictions it is about to cancel, and a
-    refine asked again would pay for an image it made but not yet recorded."""
-    if session.scalar(select(ProviderStop.id).where(ProviderStop.generation_id == generation_id)):
-        why = f"its last run's predictions are being stopped; {what} again in a few seconds"
-        raise ApiError(409, "conflict", why, headers={"Retry-After": "5"})
+def owed(session: Session, generation_id: str) -> bool:
+    """``generation_id``'s last run is owed a stop not yet made: a retry would
+    resume the predictions it is about to cancel, and a refine asked again
+    would pay for an image it made but not yet recorded."""
+    stop = select(ProviderStop.id).where(ProviderStop.generation_id == generation_id)
+    return session.scalar(stop) is not None
 
 
 def send(celery: Any, stop_id: int | None) -> None:
