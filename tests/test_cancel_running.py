@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from app.domain.generations import cancel
 from app.domain.models import Generation
-from app.pipeline import ALL_STAGES, stops
+from app.pipeline import ALL_STAGES, payments, stops
 from app.providers.replicate import ReplicateModel
 from tests.conftest import on_replicate
 from tests.support.pipeline import (
@@ -182,7 +182,7 @@ def test_a_stop_that_cannot_record_its_payment_stays_owed(app, client, user, fak
     paying(app, fake, gen_id)
     [pid] = fake.predictions
     fake.predictions[pid].update(latency=0.0, starting_s=0.0)  # made: the cancel comes too late
-    monkeypatch.setattr(stops, "patiently", lambda session, step, what: step())
+    monkeypatch.setattr(payments, "patiently", lambda session, step, what: step())
 
     def db_down(*_a):
         raise OperationalError("INSERT", {}, Exception("server closed the connection"))

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 
 from app.domain import spend
 from app.domain.models import Generation
+from app.domain.spend import TooLate
 from app.pipeline.context import StageContext
 from app.pipeline.lease import patiently
 from app.platform.config import Settings
@@ -59,14 +60,19 @@ def paid_as_read(
     return paid
 
 
+def record_too_late(session: Session, user_id: int, gen_id: str, late: list[TooLate]) -> None:
+    """``spend.pay_too_late``, a database outage waited out as every payment's."""
+    if late:
+        patiently(session, partial(spend.pay_too_late, session, user_id, gen_id, late), "payment")
+
+
 def stop_paid_work(session: Session, settings: Settings, gen: Generation) -> None:
     """Cancel the generation's predictions still running, and record those
-    the cancel found already made (an outage waited out, as every payment's;
-    past that it is logged: the stage or the cancel ends all the same)."""
-    if not (late := cancel_remote(settings, gen).late):
-        return
-    user_id, gen_id = gen.user_id, gen.id
+    the cancel found already made (past the patience it is logged: the stage
+    ends all the same). The runner's, in its stage; the API's cancels and
+    the timeouts owe theirs to a task (``stops``)."""
+    late = cancel_remote(settings, gen).late
     try:
-        patiently(session, partial(spend.pay_too_late, session, user_id, gen_id, late), "payment")
+        record_too_late(session, gen.user_id, gen.id, late)
     except Exception:
-        log.exception("%s: could not record predictions paid before the cancel: %s", gen_id, late)
+        log.exception("%s: could not record predictions paid before the cancel: %s", gen.id, late)

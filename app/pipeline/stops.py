@@ -19,16 +19,15 @@ from __future__ import annotations
 import logging
 from contextlib import suppress
 from datetime import datetime, timedelta
-from functools import partial
 from typing import Any
 
 from sqlalchemy import JSON, DateTime, Integer, String, delete, or_, select, update
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from app.domain import spend
 from app.domain.models import Base, Generation, GenerationStage, utcnow
 from app.domain.states import STAGE_DONE
-from app.pipeline.lease import aware, patiently
+from app.pipeline import payments
+from app.pipeline.lease import aware
 from app.platform.config import Settings
 from app.platform.db import Database, db_time
 from app.providers.base import prediction_ids
@@ -117,9 +116,7 @@ def make(db: Database, settings: Settings, stop_id: int) -> None:
         work, since = stop.work, aware(stop.created_at)
         session.rollback()  # no transaction held while Replicate answers
         found = cancel_remote(settings, unsaved(work))
-        if found.late:
-            record = partial(spend.pay_too_late, session, work["userId"], work["id"], found.late)
-            patiently(session, record, "payment")
+        payments.record_too_late(session, work["userId"], work["id"], found.late)
         if found.unanswered and utcnow() - since < GIVE_UP_AFTER:
             log.warning("%s: no answer to the cancel of %s", work["id"], found.unanswered)
             return  # still owed: the beat sends it again
