@@ -33,7 +33,7 @@ from app.api.common import (
     services,
 )
 from app.api.errors import ApiError, invalid, not_found, validation_details
-from app.api.generations import Stopped, announce_stopped, stop
+from app.api.generations import Stopped, announce_stopped, fence_late_refine, stop
 from app.api.responses import respond
 from app.api.schemas import PromptSubmit, SpecSubmit, parse
 from app.api.submit import check_persona, check_request
@@ -259,11 +259,10 @@ def delete(batch_id: str):
     def stop_batch(session: Session) -> tuple[list[Stopped], list[int | None], list]:
         batch = _load(session, batch_id, lock=True)
         stopped = _stop_all(session, batch) if batch.finished_at is None else []
-        # A completed member's refine asked for afterwards runs on: stopped too.
-        refines = []
-        for gen in batches.lock_refining(session, batch.id):
-            svc.end_late_refine(gen, "its batch was deleted")
-            refines.append(stops.owe(session, gen))
+        refines = [  # a completed member's refine asked for afterwards runs on
+            fence_late_refine(session, gen, "its batch was deleted")
+            for gen in batches.lock_refining(session, batch.id)
+        ]
         return stopped, refines, batches.member_ids(session, batch.id)
 
     stopped, refines, members = s.db.transaction(stop_batch)

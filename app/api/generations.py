@@ -171,6 +171,16 @@ def stop(session: Session, gen: Generation) -> Stopped:
     return Stopped(gen, running, delivery, stops.owe(session, gen))
 
 
+def fence_late_refine(session: Session, gen: Generation, why: str) -> int | None:
+    """A completed generation about to be deleted: a refine asked for
+    afterwards and still running is failed, its copies fenced off (or it
+    would pay on), and its predictions owed a stop; that stop's id."""
+    if not refining(gen):
+        return None
+    svc.end_late_refine(gen, why)
+    return stops.owe(session, gen)
+
+
 def announce_stopped(stopped: list[Stopped]) -> None:
     """After the commit: stop the running tasks and the provider's paid work,
     wake the streams, send the webhooks (and finish a batch)."""
@@ -255,13 +265,12 @@ def delete(generation_id: str):
     s = services()
     with s.db.session() as session:
         gen = load_owned(session, generation_id, lock=True)
-        was_running, late_refine = not svc.is_final(gen), refining(gen)
+        was_running = not svc.is_final(gen)
         if was_running:
             svc.cancel(gen)
-        elif late_refine:  # asked for after completion: fenced, or it would pay on
-            svc.end_late_refine(gen, "its generation was deleted")
-        # Made after the rows are gone: the stop carries what it needs.
-        stop_id = stops.owe(session, gen) if was_running or late_refine else None
+            stop_id = stops.owe(session, gen)  # made after the rows are gone: it carries all
+        else:
+            stop_id = fence_late_refine(session, gen, "its generation was deleted")
         running, prefix = _running_tasks(gen), generation_prefix(gen.user_id, gen.id)
     _revoke_running(running, stop_id)
     if was_running:

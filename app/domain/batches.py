@@ -100,26 +100,23 @@ def list_page(
 
 
 def lock_unfinished(session: Session, batch_id: str) -> list[Generation]:
-    """The batch's generations not final yet, locked, in id order (so two
-    lockers of the same rows take them in the same order)."""
-    return list(
-        session.scalars(
-            select(Generation)
-            .where(Generation.batch_id == batch_id, Generation.status.not_in(FINAL))
-            .order_by(Generation.id)
-            .with_for_update()
-            .execution_options(populate_existing=True)
-        )
-    )
+    """The batch's generations not final yet, locked."""
+    return _lock_members(session, batch_id, Generation.status.not_in(FINAL))
 
 
 def lock_refining(session: Session, batch_id: str) -> list[Generation]:
     """The batch's completed generations whose refine, asked for afterwards,
-    has not ended, locked in id order (as ``lock_unfinished``)."""
+    has not ended, locked."""
+    return _lock_members(session, batch_id, OPEN_LATE_REFINE)
+
+
+def _lock_members(session: Session, batch_id: str, which: Any) -> list[Generation]:
+    """Those of the batch's generations ``which`` selects, locked in id order
+    (so two lockers of the same rows take them in the same order)."""
     return list(
         session.scalars(
             select(Generation)
-            .where(Generation.batch_id == batch_id, OPEN_LATE_REFINE)
+            .where(Generation.batch_id == batch_id, which)
             .order_by(Generation.id)
             .with_for_update()
             .execution_options(populate_existing=True)
