@@ -218,19 +218,31 @@ def test_canceling_a_generation_cancels_its_running_refine_predictions(app, user
     assert fake.render(refine_pid)["status"] == "canceled"
 
 
-def test_deleting_a_completed_generation_stops_its_late_refine(app, user, fake):
-    """Completed, so nothing is canceled: its refine asked for afterwards
-    still runs on Replicate, and would be billed for a variant nobody keeps."""
+def _refining(app, user, fake, latency: float, gen_id: str | None = None) -> tuple[str, str]:
+    """A completed generation (``gen_id``, or a new one) whose upscale, asked
+    for afterwards, is parked on its prediction: (generation id, refine URL)."""
     client = app.test_client()
-    gen_id = submit_prompt(client, user.headers, "red dress", provider="google-imagen")
+    gen_id = gen_id or submit_prompt(client, user.headers, "red dress", provider="google-imagen")
     run_through(app, gen_id)
     asset_id = load(app, gen_id)["assets"][0]["id"]
     url = f"/api/generate/{gen_id}/assets/{asset_id}/refine"
     assert client.post(url, json={"upscale": 2}, headers=user.headers).status_code == 202
-    fake.latency = 5.0  # the refine's prediction runs on
+    fake.latency = latency  # the refine's prediction runs on
     assert run_stage(*_s(app), gen_id, "refine", task_id="late").retry_in is not None
-    assert client.delete(f"/api/generate/{gen_id}", headers=user.headers).status_code == 204
-    [refine_pid] = [p for p, v in fake.predictions.items() if v["model"] == UPSCALER.name]
+    return gen_id, url
+
+
+def _upscales(fake) -> list[str]:
+    return [p for p, v in fake.predictions.items() if v["model"] == UPSCALER.name]
+
+
+def test_deleting_a_completed_generation_stops_its_late_refine(app, user, fake):
+    """Completed, so nothing is canceled: its refine asked for afterwards
+    still runs on Replicate, and would be billed for a variant nobody keeps."""
+    gen_id, _ = _refining(app, user, fake, latency=5.0)
+    deleted = app.test_client().delete(f"/api/generate/{gen_id}", headers=user.headers)
+    assert deleted.status_code == 204
+    [refine_pid] = _upscales(fake)
     assert fake.render(refine_pid)["status"] == "canceled"
 
 
@@ -243,13 +255,7 @@ def test_a_late_refine_working_as_its_generation_is_deleted_pays_for_nothing_mor
     from app.api import generations as api
 
     client = app.test_client()
-    gen_id = submit_prompt(client, user.headers, "red dress", provider="google-imagen")
-    run_through(app, gen_id)
-    asset_id = load(app, gen_id)["assets"][0]["id"]
-    url = f"/api/generate/{gen_id}/assets/{asset_id}/refine"
-    assert client.post(url, json={"upscale": 2}, headers=user.headers).status_code == 202
-    fake.latency = 30.0
-    assert run_stage(*_s(app), gen_id, "refine", task_id="late").retry_in is not None
+    gen_id, _ = _refining(app, user, fake, latency=30.0)
     real, runs = api.delete_with_objects, []
 
     def the_copy_runs_meanwhile(*args):  # the stop is made; the rows are still there
@@ -260,11 +266,10 @@ def test_a_late_refine_working_as_its_generation_is_deleted_pays_for_nothing_mor
     assert client.delete(f"/api/generate/{gen_id}", headers=user.headers).status_code == 204
     [run] = runs
     assert not run.proceed and run.retry_in is None  # it stopped
-    ups = [p for p, v in fake.predictions.items() if v["model"] == UPSCALER.name]
-    assert [fake.render(p)["status"] for p in ups] == ["canceled"]
+    assert [fake.render(p)["status"] for p in _upscales(fake)] == ["canceled"]
 
 
-def test_a_retry_or_a_refine_waits_for_the_stop_its_last_run_is_owed(app, user, fake, monkeypatch):
+def test_a_retry_or_a_refine_waits_for_the_stop_its_last_run_is_owed(app, user, fake):
     """A timed-out run's stop is made by a task: a retry before it would
     resume the predictions it is about to cancel, a refine asked again would
     pay for an image made but not yet recorded. Both are 409 till it is made."""
@@ -284,6 +289,18 @@ def test_a_retry_or_a_refine_waits_for_the_stop_its_last_run_is_owed(app, user, 
     assert client.post(f"/api/generate/{gen_id}/retry", headers=user.headers).status_code == 202
 
 
+def test_a_refine_asked_again_waits_for_the_stop_its_timeout_owes(app, user, fake, monkeypatch):
+    client, s = app.test_client(), services(app)
+    _, url = _refining(app, user, fake, latency=30.0)
+    later = utcnow() + timedelta(seconds=s.settings.generation_timeout + 1)
+    monkeypatch.setattr(maintenance, "utcnow", lambda: later)
+    assert maintenance.expire_overdue(s.db, s.settings) == 1
+    early = client.post(url, json={"upscale": 2}, headers=user.headers)
+    assert early.status_code == 409 and "being stopped" in early.json["error"]["message"]
+    assert stops.resend_owed(s.db, s.celery) == 1  # made
+    assert client.post(url, json={"upscale": 2}, headers=user.headers).status_code == 202
+
+
 def test_deleting_a_batch_stops_a_completed_members_late_refine(app, user, fake):
     client = app.test_client()
     item = {"prompt": "red dress", "settings": {"provider": "google-imagen"}}
@@ -291,14 +308,9 @@ def test_deleting_a_batch_stops_a_completed_members_late_refine(app, user, fake)
     [member] = client.get(f"/api/generate?batchId={batch['id']}", headers=user.headers).json[
         "items"
     ]
-    run_through(app, member["id"])
-    asset_id = load(app, member["id"])["assets"][0]["id"]
-    url = f"/api/generate/{member['id']}/assets/{asset_id}/refine"
-    assert client.post(url, json={"upscale": 2}, headers=user.headers).status_code == 202
-    fake.latency = 5.0  # the refine's prediction runs on
-    assert run_stage(*_s(app), member["id"], "refine", task_id="late").retry_in is not None
+    _refining(app, user, fake, latency=5.0, gen_id=member["id"])
     assert client.delete(f"/api/batches/{batch['id']}", headers=user.headers).status_code == 204
-    [refine_pid] = [p for p, v in fake.predictions.items() if v["model"] == UPSCALER.name]
+    [refine_pid] = _upscales(fake)
     assert fake.render(refine_pid)["status"] == "canceled"
 
 
