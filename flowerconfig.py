@@ -2,20 +2,16 @@
 (the Procfile, compose and the README start it so; Flower runs this file).
 
 Flower never runs unauthenticated: without ``FLOWER_BASIC_AUTH=user:password``
-it refuses to start. It listens on loopback unless ``FLOWER_ADDRESS`` says
-otherwise (compose sets ``0.0.0.0`` inside its container, behind the port
-mapping).
+it refuses to start (``workers.flower``: started without this file, too).
+It listens on loopback unless ``FLOWER_ADDRESS`` says otherwise (compose
+sets ``0.0.0.0`` inside its container, behind the port mapping).
 """
 
 import os
-import sys
 
-_auth = os.environ.get("FLOWER_BASIC_AUTH", "")
-_user, _, _password = _auth.partition(":")
-if not (_user and _password):
-    sys.exit("Flower refuses to start without credentials: set FLOWER_BASIC_AUTH=user:password")
+from workers.flower import credentials
 
-basic_auth = [_auth]
+basic_auth = [credentials()]
 address = os.environ.get("FLOWER_ADDRESS", "127.0.0.1")
 port = int(os.environ.get("FLOWER_PORT", "5555"))
 persistent = True  # task history survives restarts

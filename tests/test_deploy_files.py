@@ -11,6 +11,7 @@ import re
 import shlex
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -167,6 +168,22 @@ def test_celery_app_registers_and_routes_the_pipeline_tasks(tmp_path):
     for name, queue in info["routes"].items():
         if name not in provider_calls:
             assert queue == "pipeline", (name, queue)
+
+
+def test_flower_started_without_its_config_file_still_needs_credentials(tmp_path):
+    """Plain ``celery -A workers flower`` from another folder: Flower reads no
+    ``flowerconfig.py`` there, and must refuse all the same."""
+    env = {
+        **{k: v for k, v in os.environ.items() if k not in CLEAN and k != "FLOWER_BASIC_AUTH"},
+        "PYTHONPATH": str(ROOT),
+        "BFF_VAR_DIR": str(tmp_path / "var"),
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'bff.db'}",
+    }
+    celery = Path(sys.executable).with_name("celery")
+    cmd = [str(celery), "-A", "workers", "flower", "--address=127.0.0.1", "--port=0"]
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert "set FLOWER_BASIC_AUTH=user:password" in done.stderr
 
 
 # --------------------------------------------------- a worker process at start

@@ -2,7 +2,9 @@
 Flask's Celery pattern: build the Flask app, take its Celery app."""
 
 from app import create_app
+from workers.flower import guard
 
+guard()  # under `celery -A workers flower`: no credentials, no Flower
 flask_app = create_app()
 celery = app = flask_app.extensions["celery"]
 
