@@ -129,6 +129,41 @@ def test_bad_options_are_422(app, client, user, sent, body):
     assert sent == []
 
 
+def test_an_upscale_bigger_than_an_accepted_image_is_422(app_config, sent):
+    """An upscaled variant upscaled again would take gigabytes to make."""
+    from app import create_app
+    from tests.conftest import make_user
+
+    app = create_app({**app_config, "BFF_MAX_IMAGE_PIXELS": "5000000"})
+    user = make_user(app, "uma")
+    gen_id, asset_id = completed(app, user)
+    asset = load(app, gen_id)["assets"][0]
+    assert asset["width"] * asset["height"] * 16 > 5_000_000 >= asset["width"] * asset["height"] * 4
+    client = app.test_client()
+    big = client.post(url(gen_id, asset_id), json={"upscale": 4}, headers=user.headers)
+    assert big.status_code == 422, big.json
+    assert big.json["error"]["details"][0]["field"] == "upscale"
+    assert "BFF_MAX_IMAGE_PIXELS" in big.json["error"]["message"]
+    assert sent == []
+    ok = client.post(url(gen_id, asset_id), json={"upscale": 2}, headers=user.headers)
+    assert ok.status_code == 202
+
+
+def test_a_submitted_upscale_past_the_limit_fails_its_refine_unmade(app_config):
+    from app import create_app
+    from tests.conftest import make_user
+
+    app = create_app({**app_config, "BFF_MAX_IMAGE_PIXELS": "5000000"})
+    user = make_user(app, "ulla")
+    gen_id = submit_prompt(app.test_client(), user.headers, provider="local", upscale=4)
+    run_all(app, gen_id, ALL_STAGES)
+    gen = load(app, gen_id)
+    refine = stages_by_name(gen)["refine"]
+    assert refine["status"] == "failed" and refine["attempts"] == 1
+    assert "BFF_MAX_IMAGE_PIXELS" in gen["error"]["message"]
+    assert [a["variant"] for a in gen["assets"]] == ["original"]
+
+
 def test_only_a_completed_generation_is_refined_and_one_refine_at_a_time(app, client, user, sent):
     pending = submit_prompt(client, user.headers, "red dress", provider="local")
     resp = client.post(url(pending, 1), json={"upscale": 2}, headers=user.headers)

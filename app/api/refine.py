@@ -36,7 +36,7 @@ from app.domain.models import Generation, GenerationAsset, GenerationStage, utcn
 from app.domain.spend import refusal
 from app.domain.states import COMPLETED, LATE_REQUEST, LATE_STAGE, S_FAILED, S_PENDING, refining
 from app.pipeline.lease import CHECKPOINT, aware, checkpoint_of
-from app.pipeline.refine import INHERITED, ops_for
+from app.pipeline.refine import INHERITED, ops_for, oversize
 from app.platform.queue import dispatch
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,10 @@ def _check(gen: Generation, asset: GenerationAsset, options: dict) -> float:
     todo = [op for op in ops_for(options) if (asset.id, op.key) not in made]
     if not todo:
         raise ApiError(409, "conflict", "this image already has the variants asked for")
+    most = services().settings.max_image_pixels
+    if why := next(filter(None, (oversize(asset, op, most) for op in todo)), None):
+        why += ": upscale the original image instead"
+        raise ApiError(422, "validation_error", why, [{"field": "upscale", "message": why}])
     if gen.provider == "local":
         return 0.0  # refined offline, free
     if not services().settings.replicate_api_token:
