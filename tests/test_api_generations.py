@@ -229,6 +229,31 @@ def test_oversized_upload_is_413(client, user):
     assert_error(submit_image(client, user.headers, way_over), 413, "payload_too_large")
 
 
+@pytest.mark.parametrize("path", ["/api/generate/from-prompt", "/api/batches", "/api/personas"])
+def test_a_chunked_json_body_over_the_limit_is_413_not_cut_short(client, user, path):
+    """Sent chunked (no Content-Length), a body is read up to the limit: what
+    was read is no body at all (here, a valid JSON object and a pad)."""
+    limit = client.application.config["MAX_CONTENT_LENGTH"]
+    body = b'{"prompt": "red dress", "name": "n"}' + b" " * limit
+    chunked = {**user.headers, "Content-Type": "application/json", "Transfer-Encoding": "chunked"}
+    resp = client.post(
+        path,
+        input_stream=io.BytesIO(body),
+        headers=chunked,
+        environ_overrides={"wsgi.input_terminated": True},  # as gunicorn says of chunked
+    )
+    assert resp.request.content_length is None
+    assert_error(resp, 413, "payload_too_large")
+    small = b'{"prompt": "red dress"}'
+    resp = client.post(
+        "/api/generate/from-prompt",
+        input_stream=io.BytesIO(small),
+        headers=chunked,
+        environ_overrides={"wsgi.input_terminated": True},
+    )
+    assert resp.status_code == 202, resp.json
+
+
 def test_upload_settings_field_is_validated(client, user):
     bad = submit_image(client, user.headers, settings="{nope")
     assert_error(bad, 400)

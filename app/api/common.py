@@ -14,6 +14,7 @@ from celery import Celery
 from flask import current_app, g, request
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from app.api.errors import ApiError, invalid
 from app.domain.states import REQUEST_SLOTS
@@ -83,7 +84,13 @@ def json_body() -> dict[str, Any]:
         raise ApiError(
             415, "unsupported_media_type", "send a JSON body (Content-Type: application/json)"
         )
-    data = parse_json(request.get_data())
+    raw = request.get_data()
+    limit = request.max_content_length
+    if request.content_length is None and limit is not None and len(raw) >= limit:
+        # Chunked: Werkzeug stops reading at the limit, so what we read is a
+        # body cut short (a 400, or worse, a valid prefix); it was too large.
+        raise RequestEntityTooLarge()
+    data = parse_json(raw)
     if not isinstance(data, dict):
         raise ApiError(400, "malformed_json", "the request body must be a JSON object")
     return data
