@@ -296,6 +296,7 @@ def test_delete_removes_rows_and_objects(app, client, user):
     assert any((root / gid).exists() for gid in gen_ids)
     resp = client.delete(f"{BATCHES}/{batch_id}", headers=user.headers)
     assert resp.status_code == 204 and resp.get_data() == b""
+    assert "Content-Type" not in resp.headers
     assert not any((root / gid).exists() for gid in gen_ids)
     with services(app).db.session() as session:
         for model, col in ((Generation, Generation.id), (GenerationStage, None)):

@@ -507,6 +507,7 @@ def test_delete_removes_rows_and_objects(app, client, user):
 
     resp = client.delete(f"/api/generate/{gen_id}", headers=user.headers)
     assert resp.status_code == 204 and resp.get_data() == b""
+    assert "Content-Type" not in resp.headers  # no body, no media type
     assert not folder.exists()
     with services(app).db.session() as session:
         for model in (Generation, GenerationStage, GenerationAsset, GenerationFeedback):

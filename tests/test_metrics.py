@@ -12,6 +12,9 @@ def scrape(client) -> dict[str, list]:
     resp = client.get("/metrics")  # no Authorization: Prometheus scrapes it as is
     assert resp.status_code == 200
     assert resp.mimetype == "text/plain"
+    # Each parameter once: Prometheus (Go's mime parser) refuses a repeated one.
+    params = [p.split("=")[0].strip() for p in resp.headers["Content-Type"].split(";")[1:]]
+    assert sorted(params) == ["charset", "version"], resp.headers["Content-Type"]
     return {fam.name: fam.samples for fam in text_string_to_metric_families(resp.get_data(True))}
 
 

@@ -40,6 +40,8 @@ SECURITY_HEADERS = {
 
 def _security_headers(resp: Response) -> Response:
     resp.headers.update(SECURITY_HEADERS)
+    if resp.status_code == 204:  # no body, so no media type (Flask's default is text/html)
+        resp.headers.pop("Content-Type", None)
     return resp
 
 
@@ -83,7 +85,6 @@ def _options() -> Response | None:
     same_path = (r for r in current_app.url_map.iter_rules() if r.rule == rule.rule)
     methods = {m for r in same_path for m in r.methods}
     resp = current_app.response_class(status=204)
-    del resp.headers["Content-Type"]  # no body, so no media type (not text/html)
     resp.headers["Allow"] = ", ".join(sorted(methods))
     return resp
 

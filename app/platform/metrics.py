@@ -179,4 +179,6 @@ def metrics() -> Response:
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(DatabaseCollector(services()))
-    return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+    # content_type, not mimetype: Flask would add a second charset, which a
+    # strict media-type parser (Go's, Prometheus') refuses.
+    return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
