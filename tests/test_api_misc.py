@@ -107,8 +107,7 @@ def test_stats(app, client, user, other_user, monkeypatch):
         "completed": 3,
         "failed": 1,
         "canceled": 1,
-        "inProgress": 1,
-        "in_progress": 1,  # the old key, deprecated
+        "inProgress": 1,  # camelCase, as everywhere (in_progress until 2026-12-07)
     }
     assert stats["successRate"] == 0.75
     assert stats["assets"] == 3

@@ -100,3 +100,22 @@ def test_the_document_is_valid_openapi_3_1(client):
                 assert body.endswith("/HealthOut") and "headers" not in answer
             else:
                 assert body.endswith("/ErrorOut") and "Retry-After" in answer["headers"]
+
+
+def test_every_field_the_document_names_is_camel_case(client):
+    """The contract: all JSON uses camelCase (``/api/stats`` once wrote
+    ``in_progress``): no property of any body, ours or a webhook's, has an
+    underscore."""
+    snake: list[str] = []
+
+    def walk(node: object, where: str) -> None:
+        if isinstance(node, dict):
+            snake.extend(f"{where}.{k}" for k in node.get("properties") or {} if "_" in k)
+            for key, value in node.items():
+                walk(value, f"{where}/{key}")
+        elif isinstance(node, list):
+            for value in node:
+                walk(value, where)
+
+    walk(client.get("/openapi.json").json, "")
+    assert snake == []

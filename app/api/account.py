@@ -57,8 +57,7 @@ def stats():
     return respond(
         StatsOut,
         {
-            "counts": {k: counts[k] for k in COUNTS[1:5]}
-            | {"total": counts["total_generations"], "in_progress_old": counts["in_progress"]},
+            "counts": {k: counts[k] for k in COUNTS[1:5]} | {"total": counts["total_generations"]},
             "success_rate": round(counts["completed"] / finished, 4) if finished else None,
             "assets": counts["total_assets"],
             "total_cost": round(paid, 4),

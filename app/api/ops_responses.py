@@ -35,9 +35,6 @@ class StatsCounts(Out):
     canceled: int
     in_progress: int
     total: int
-    # Written snake_case until camelCase was kept here as everywhere: the old
-    # key stays, deprecated, for clients that read it.
-    in_progress_old: int = Field(serialization_alias="in_progress", deprecated="read inProgress")
 
 
 class StageDuration(Out):
