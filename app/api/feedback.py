@@ -18,6 +18,7 @@ from app.api.schemas import FeedbackIn, parse
 from app.domain.feedback import feedback_state, give
 from app.domain.models import Generation, GenerationAsset, GenerationFeedback
 from app.domain.states import CANCELED, FAILED
+from app.platform.queue import LAST
 
 bp = Blueprint("feedback", __name__, url_prefix="/api/generate")
 bp.before_request(load_user)
@@ -103,7 +104,8 @@ def feedback(generation_id: str):
         raise
     for feedback_id in changed:  # the optimiser learns (and unlearns) in a task
         try:
-            s.celery.send_task("feedback.apply", args=(feedback_id,))
+            # Behind every stage: a stream of clicks must not delay anyone's job.
+            s.celery.send_task("feedback.apply", args=(feedback_id,), priority=LAST)
         except Exception:
             pass  # the maintenance job applies feedback that was never sent
     return resp

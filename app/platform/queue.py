@@ -127,6 +127,7 @@ def celery_init_app(app: Flask, settings: Settings) -> Celery:
 # queues declared without x-max-priority, ignore message priorities.
 PRIORITY = {"analyze": 3, "enhance": 2, "persona": 2, "route": 1, "optimize": 1}
 BACKGROUND = 5
+LAST = 9  # after every stage: work nobody waits on (the optimiser learning feedback)
 
 
 def priority(stage: str, background: bool = False) -> int:
