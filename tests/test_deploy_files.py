@@ -129,6 +129,31 @@ def test_compose_services_scale(compose):
     assert "container_name" not in gen and "ports" not in gen
 
 
+def test_compose_publishes_ports_on_the_hosts_loopback_only(compose):
+    """MinIO with its default root credentials, gunicorn (which a client that
+    sends a byte and stalls holds a thread of) and Flower: none of them on
+    every interface of the host."""
+    for name, service in compose["services"].items():
+        for port in service.get("ports") or []:
+            assert str(port).startswith("127.0.0.1:"), (name, port)
+
+
+def test_compose_bucket_lets_anyone_read_an_object_but_list_nothing(compose, tmp_path):
+    """Run the createbucket service's command with a stand-in ``mc`` that
+    keeps the policy it is given: GetObject on the bucket's objects only
+    (mc's canned "download" policy also lets anyone list every key)."""
+    stub = tmp_path / "mc"
+    stub.write_text('#!/bin/sh\n[ "$2" != set-json ] || cp "$3" "$(dirname "$0")/policy.json"\n')
+    stub.chmod(0o755)
+    command = shlex.split(compose["services"]["createbucket"]["entrypoint"])
+    env = {"PATH": f"{tmp_path}{os.pathsep}/usr/bin{os.pathsep}/bin"}
+    subprocess.run(command, env=env, check=True, timeout=30)
+    policy = json.loads((tmp_path / "policy.json").read_text())
+    [statement] = policy["Statement"]
+    assert statement["Action"] == ["s3:GetObject"]
+    assert statement["Resource"] == ["arn:aws:s3:::bff/*"]
+
+
 def test_celery_app_registers_and_routes_the_pipeline_tasks(tmp_path):
     """``celery -A workers`` imports ``workers``: do exactly that, in a clean
     process configured like an operator's (only the environment)."""
