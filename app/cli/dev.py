@@ -119,6 +119,11 @@ def dev(app: Flask, port: int | None, concurrency: int) -> None:
     port = port or services.settings.port
     if not _port_free(port):
         raise click.ClickException(f"port {port} is in use: stop what runs there, or set PORT")
+    # var/ holds the database (webhook secrets), the broker's messages and every
+    # upload: this account's alone, as what is made in it (the processes inherit).
+    os.umask(0o077)
+    services.settings.var_dir.mkdir(parents=True, exist_ok=True)
+    services.settings.var_dir.chmod(0o700)
     upgrade_database(services.settings.database_url)
     key = _dev_key(app)
     procs = _start(port, concurrency)

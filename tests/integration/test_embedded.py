@@ -21,6 +21,9 @@ def test_make_dev_runs_the_whole_system_without_services(tmp_path):
         assert_completed_with_png(gen, "prompt")
         assert gen["assets"][0]["url"].startswith(f"{base}/cdn/users/")
         assert system.db_path.exists()
+        # Its folder (webhook secrets, uploads, messages) is the account's alone.
+        assert system.db_path.parent.stat().st_mode & 0o777 == 0o700
+        assert system.db_path.stat().st_mode & 0o077 == 0
         # The line it suggests works when pasted into a shell (here: without --wait).
         pasted = subprocess.run(
             ["bash", "-c", system.try_line.replace(" --wait", "")],
