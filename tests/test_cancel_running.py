@@ -170,6 +170,28 @@ def test_a_stop_whose_message_was_lost_is_sent_again_by_the_beat(
     assert fake.render(pid)["status"] == "canceled"
 
 
+def test_a_stop_the_broker_refused_goes_at_the_beats_next_pass(
+    app, client, user, fake, monkeypatch
+):
+    """Redis down at the cancel: the predictions are paid for while they run,
+    so the stop is not left for the minute a lost message waits."""
+    s = services(app)
+    gen_id = submit_prompt(client, user.headers, "red dress", provider="google-imagen")
+    paying(app, fake, gen_id)
+    real = s.celery.send_task
+
+    def refused(*args, **kwargs):
+        raise ConnectionError("the broker is down")
+
+    monkeypatch.setattr(s.celery, "send_task", refused)
+    assert client.post(f"/api/generate/{gen_id}/cancel", headers=user.headers).status_code == 200
+    [pid] = fake.predictions
+    assert fake.render(pid)["status"] != "canceled"
+    monkeypatch.setattr(s.celery, "send_task", real)
+    assert stops.resend_owed(s.db, s.celery) == 1  # at once, not a minute on
+    assert fake.render(pid)["status"] == "canceled"
+
+
 def test_a_stop_that_cannot_record_its_payment_stays_owed(app, client, user, fake, monkeypatch):
     """A database outage past the payment's patience is raised for the task
     to retry: the stop is not forgotten with a payment unrecorded."""

@@ -269,7 +269,7 @@ def delete(batch_id: str):
     prefixes = [generation_prefix(uid, gid) for gid, uid in members]
     announce_stopped(stopped)
     for stop_id in refines:
-        stops.send(s.celery, stop_id)
+        stops.send(s.db, s.celery, stop_id)
 
     def delete_rows() -> None:  # its generations go with it
         s.db.transaction(lambda session: session.delete(_load(session, batch_id, lock=True)))

@@ -143,7 +143,7 @@ def _revoke_running(ids: list[str], stop_id: int | None) -> None:
     """After the commit, best effort: the running tasks revoked (the stage
     guard stops every later stage anyway) and the stop owed to the
     provider's paid work sent (``stops``: the beat sends it if this does not)."""
-    stops.send(services().celery, stop_id)
+    stops.send(services().db, services().celery, stop_id)
     if ids:
         try:
             services().celery.control.revoke(ids)

@@ -10,8 +10,8 @@ generation (what to cancel, as JSON: the generation may be deleted next),
 and the ``providers.stop_paid_work`` task (queue ``generation``) makes it:
 it cancels, records what it finds paid (named payments: a second run
 records nothing twice) and deletes the row. The request sends the task once
-it commits; the maintenance beat sends any stop still owed a minute later
-(a refused or lost message), as it does webhooks.
+it commits; the maintenance beat sends any stop the broker refused at its
+next pass, and any still owed a minute after it was sent (a lost message).
 """
 
 from __future__ import annotations
@@ -99,10 +99,19 @@ def owed(session: Session, generation_id: str) -> bool:
     return session.scalar(stop) is not None
 
 
-def send(celery: Any, stop_id: int | None) -> None:
-    if stop_id is not None:
-        with suppress(Exception):  # the broker is down: the beat sends it later
-            celery.send_task(TASK, args=(stop_id,))
+def send(db: Database, celery: Any, stop_id: int | None) -> None:
+    """Send a stop just owed (after its commit). The broker refusing it, it is
+    marked unsent: the beat's next pass sends it, not a minute on, while the
+    predictions it stops are still being paid for."""
+    if stop_id is None:
+        return
+    try:
+        celery.send_task(TASK, args=(stop_id,))
+    except Exception:  # noqa: BLE001 - the broker is down: the beat sends it
+        log.warning("stop %s not sent: the beat sends it", stop_id)
+        with suppress(Exception), db.session() as session:  # (failing: in a minute)
+            unsent = update(ProviderStop).where(ProviderStop.id == stop_id)
+            session.execute(unsent.values(sent_at=None))
 
 
 def make(db: Database, settings: Settings, stop_id: int) -> None:
@@ -139,5 +148,5 @@ def resend_owed(db: Database, celery: Any) -> int:
                 update(ProviderStop).where(ProviderStop.id.in_(ids)).values(sent_at=utcnow())
             )
     for stop_id in ids:
-        send(celery, stop_id)
+        send(db, celery, stop_id)
     return len(ids)
