@@ -18,7 +18,14 @@ from standardwebhooks import Webhook
 from app import create_app
 from app.domain.models import User
 from app.platform.config import Settings
-from app.webhooks import REFUSED, Refused, WebhookDelivery, attempt, resolve_target
+from app.webhooks import (
+    REFUSED,
+    Refused,
+    WebhookDelivery,
+    attempt,
+    due_deliveries,
+    resolve_target,
+)
 from app.webhooks.guard import post
 from tests.conftest import make_user
 from tests.support.pipeline import run_all
@@ -98,6 +105,26 @@ def finished(app, gen_id: str) -> WebhookDelivery:
         run_all(app, gen_id)
     [d] = deliveries(app, gen_id)
     return d
+
+
+def test_a_delivery_the_broker_refused_is_the_next_sweeps(dev_app, monkeypatch):
+    """Redis down as the job ended: its webhook goes at the beat's next pass
+    (seconds), not after the minute a lost message waits."""
+    s = dev_app.extensions["bff"]
+    client, user = dev_app.test_client(), make_user(dev_app, "offline")
+    sent = submit(client, user, "http://127.0.0.1:9/hook")
+    finished(dev_app, sent)  # its message went: nothing for the sweep
+    real = s.celery.send_task
+
+    def refused(name, *args, **kwargs):
+        if name == "webhooks.deliver":
+            raise ConnectionError("the broker is down")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(s.celery, "send_task", refused)
+    d = finished(dev_app, submit(client, user, "http://127.0.0.1:9/hook"))
+    assert (d.status, d.attempts) == ("pending", 0)
+    assert due_deliveries(s.db) == [(d.id, 1)]
 
 
 def test_secret_follows_the_spec_per_user_and_old_style_secrets_are_replaced(

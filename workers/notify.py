@@ -27,11 +27,11 @@ def deliver(delivery_id: str, attempt_no: int) -> None:
     nxt = attempt(s.db, s.settings, delivery_id, attempt_no)
     if nxt is not None:
         next_no, wait = nxt
-        send(s.celery, delivery_id, next_no, min(wait, MAX_COUNTDOWN))
+        send(s.db, s.celery, delivery_id, next_no, min(wait, MAX_COUNTDOWN))
 
 
 @shared_task(name="webhooks.sweep", acks_late=True)
 def sweep() -> None:
     s = current_app.extensions["bff"]
     for delivery_id, attempt_no in due_deliveries(s.db):
-        send(s.celery, delivery_id, attempt_no)
+        send(s.db, s.celery, delivery_id, attempt_no)

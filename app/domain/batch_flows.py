@@ -33,7 +33,7 @@ def finish(services: Any, batch_id: str) -> bool:
         shown = batches.view(session, batch)
         delivery_id = record_batch_final(session, batch, shown.status, batch_json(shown))
     if delivery_id:
-        send(services.celery, delivery_id, 1)
+        send(services.db, services.celery, delivery_id, 1)
     log.info("batch %s finished", batch_id)
     return True
 

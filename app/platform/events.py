@@ -76,7 +76,7 @@ def generation_final(
     services = current_app.extensions["bff"]
     try:
         if delivery_id:
-            send(services.celery, delivery_id, 1)
+            send(services.db, services.celery, delivery_id, 1)
         elif record_webhook:
             queue_final(services, generation_id)
     except Exception:  # never fail the stage that finished the job; the sweep retries

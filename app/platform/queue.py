@@ -67,7 +67,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
                 "task": "maintenance.redispatch",
                 "schedule": settings.maintenance_interval,
             },
-            "webhooks-sweep": {"task": "webhooks.sweep", "schedule": 60.0},
+            # (Every pass: a message the broker refused goes at the next.)
+            "webhooks-sweep": {"task": "webhooks.sweep", "schedule": settings.maintenance_interval},
             "storage-sweep": {"task": "maintenance.sweep_storage", "schedule": 60.0},
             "metrics-rollup": {"task": "maintenance.roll_up_metrics", "schedule": 60.0},
         },

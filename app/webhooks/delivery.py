@@ -31,6 +31,8 @@ from app.webhooks.model import (
 )
 from app.webhooks.signing import ensure_secret, signed_headers
 
+# Overdue this long, an attempt's message was lost (or never sent): the sweep sends it.
+LOST_AFTER = timedelta(seconds=60)
 CLAIM = timedelta(seconds=120)  # an attempt in flight; after this the sweep may take over
 MAX_DELAY = 4 * 3600.0
 
@@ -116,14 +118,27 @@ def queue_final(services: Any, generation_id: str) -> str | None:
         gen = session.get(Generation, generation_id)
         delivery_id = record_final(session, gen, services.settings) if gen is not None else None
     if delivery_id:
-        send(services.celery, delivery_id, 1)
+        send(services.db, services.celery, delivery_id, 1)
     return delivery_id
 
 
-def send(celery_app: Any, delivery_id: str, attempt_no: int, countdown: float = 0) -> None:
-    with suppress(Exception):  # broker down: the sweep (beat) sends it when it is due
+def send(
+    db: Database, celery_app: Any, delivery_id: str, attempt_no: int, countdown: float = 0
+) -> None:
+    """Send an attempt's message. The broker refusing one due now, the
+    delivery is marked overdue for the sweep's next pass (seconds), not left
+    for the minute a lost message waits; a retry's keeps its due time."""
+    try:
         args = (delivery_id, attempt_no)
         celery_app.send_task("webhooks.deliver", args=args, countdown=countdown or None)
+    except Exception:  # noqa: BLE001 - broker down: the sweep (beat) sends it
+        if countdown:
+            return
+        with suppress(Exception), db.session() as session:
+            mark = update(WebhookDelivery).where(
+                WebhookDelivery.id == delivery_id, WebhookDelivery.status == PENDING
+            )
+            session.execute(mark.values(next_attempt_at=utcnow() - LOST_AFTER))
 
 
 def backoff(attempts: int, base: float) -> float:
@@ -218,7 +233,7 @@ def _record(
 def due_deliveries(db: Database, limit: int = 200) -> list[tuple[str, int]]:
     """Pending deliveries whose attempt is overdue (a lost message, a dead
     worker's claim): ``(id, next attempt number)`` for the sweep to send."""
-    cutoff = utcnow() - timedelta(seconds=60)
+    cutoff = utcnow() - LOST_AFTER
     with db.session() as session:
         rows = session.execute(
             select(WebhookDelivery.id, WebhookDelivery.attempts)
