@@ -176,6 +176,17 @@ def test_a_canceled_prediction_is_forgotten_and_the_next_run_starts_anew(fake):
     assert fake.creates == 2 and job.state["predictions"] not in ([], [first])
 
 
+def test_a_saved_prediction_replicate_does_not_know_is_forgotten_not_failed_on(fake):
+    """A failed job's retry after the operator moved to another account's
+    token: its saved prediction is a 404 now, and must not fail every retry."""
+    job = Job(state={"predictions": ["p_of_another_account"]}, poll_every=0.05)
+    with pytest.raises(ProviderTransient, match="does not know prediction"):
+        adapter(fake, job).generate(request())
+    assert job.state["predictions"] == [] and job.state["dropped"] == ["p_of_another_account"]
+    assert Runs(fake, job).generate(request()).outputs
+    assert fake.creates == 1
+
+
 def test_bad_token_is_rejected_naming_the_variable(fake):
     with pytest.raises(ProviderRejected, match="REPLICATE_API_TOKEN"):
         adapter(fake, token="r8_wrong").generate(request())

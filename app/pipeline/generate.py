@@ -47,8 +47,14 @@ from app.providers import (
     pricing,
     unavailable_reason,
 )
-from app.providers.base import Job, ProviderPending, ProviderResult, Reference, prediction_ids
-from app.providers.replicate import output_urls
+from app.providers.base import (
+    Job,
+    ProviderPending,
+    ProviderResult,
+    Reference,
+    output_urls,
+    prediction_ids,
+)
 
 EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
 CONTENT_TYPES = {ext: ct for ct, ext in EXTENSIONS.items()}

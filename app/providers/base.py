@@ -198,3 +198,12 @@ class Canceled:
 
     def __add__(self, other: Canceled) -> Canceled:
         return Canceled(self.late + other.late, self.unanswered + other.unanswered)
+
+
+def output_urls(output: Any) -> list[str]:
+    """The image URLs of a prediction's ``output`` (one, or a list)."""
+    if isinstance(output, str):
+        return [output]
+    if isinstance(output, list):
+        return [u for u in output if isinstance(u, str)]
+    return []

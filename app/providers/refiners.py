@@ -32,13 +32,12 @@ from typing import Any
 from app.domain.spend import TooLate
 from app.platform.config import Settings
 from app.providers import pricing
-from app.providers.base import Canceled, Job, prediction_ids
+from app.providers.base import Canceled, Job, output_urls, prediction_ids
 from app.providers.catalog import IMAGEN
 from app.providers.replicate import (
     cancel_predictions,
     client_for,
     look_once,
-    output_urls,
     replicate_errors,
     webhook_args,
 )

@@ -49,12 +49,14 @@ from app.providers.base import (
     ProviderResult,
     ProviderTransient,
     Reference,
+    output_urls,
 )
 from app.providers.catalog import ModelEntry
 from app.providers.inputs import reference_fields
 
 EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
 RUNNING = ("starting", "processing")
+LOST = "unknown to Replicate"  # a saved prediction Replicate answers 404 for
 SAFETY = re.compile(r"\bE005\b|sensitive|safety|flagged|nsfw", re.IGNORECASE)
 INTERRUPTED = re.compile(r"\(code: PA\)|interrupted", re.IGNORECASE)
 RESETS_IN = re.compile(r"resets in ~?\s*(\d+(?:\.\d+)?)\s*s", re.IGNORECASE)
@@ -115,13 +117,6 @@ def webhook_args(webhook_url: str | None, generation_id: str) -> dict[str, Any]:
         return {}
     query = urlencode({"generation": generation_id})
     return {"webhook": f"{webhook_url}?{query}", "webhook_events_filter": ["completed"]}
-
-
-def webhook_secret(settings: Settings) -> str:
-    """The account's default webhook signing secret (``whsec_…``)."""
-    client = client_for(settings.replicate_api_token, settings.replicate_base_url)
-    with replicate_errors("webhook secret"):
-        return client.webhooks.default.secret().key
 
 
 class ReplicateModel:
@@ -239,9 +234,7 @@ def look_once(
     done: dict[str, dict[str, Any]] = {}
     running, paid = [], list(job.state.get(PAID) or [])
     for key, pid in list(ids.items()):
-        # Raw JSON, not the SDK's model: SDK 1.0.7 rejects status "aborted".
-        with replicate_errors("poll"):
-            data = client._request("GET", f"/v1/predictions/{pid}").json()
+        data = _read(client, pid)
         status = data.get("status")
         if status in RUNNING:
             running.append(f"{pid} {status}")
@@ -262,8 +255,24 @@ def look_once(
     return done
 
 
+def _read(client: replicate.Client, pid: str) -> dict[str, Any]:
+    """A prediction's raw JSON (not the SDK's model: SDK 1.0.7 rejects status
+    "aborted"); status ``LOST`` when Replicate does not know it (404)."""
+    with replicate_errors("poll"):
+        try:
+            return client._request("GET", f"/v1/predictions/{pid}").json()
+        except ReplicateError as exc:
+            if exc.status == 404:
+                return {"status": LOST}
+            raise
+
+
 def _dead(model: str, pid: str, status: str | None, error: str) -> Exception:
     """What a prediction that ended without succeeding means for the stage."""
+    if status == LOST:
+        # Saved by an earlier run, unknown to the token now (an operator moved
+        # to another account's token): a retry would meet it for ever.
+        return ProviderTransient(f"Replicate does not know prediction {pid}: starting a new one")
     if status == "aborted" or (status == "failed" and INTERRUPTED.search(error)):
         # Never ran, or interrupted by Replicate (not billed): try again.
         return ProviderTransient(f"Replicate prediction {pid} {status}: {error or 'not run'}")
@@ -288,11 +297,3 @@ def _file(ref: Reference, index: int) -> io.BytesIO:
 def _content_type(url: str) -> str:
     ext = url.rsplit("?", 1)[0].rsplit(".", 1)[-1].lower()
     return {"jpg": "image/jpeg", "jpeg": "image/jpeg", "webp": "image/webp"}.get(ext, "image/png")
-
-
-def output_urls(output: Any) -> list[str]:
-    if isinstance(output, str):
-        return [output]
-    if isinstance(output, list):
-        return [u for u in output if isinstance(u, str)]
-    return []

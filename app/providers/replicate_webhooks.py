@@ -29,7 +29,7 @@ from standardwebhooks.webhooks import WebhookVerificationError
 from app.platform import redis as redis_clients
 from app.platform.config import Settings
 from app.providers.base import ProviderError, ProviderTransient
-from app.providers.replicate import webhook_secret
+from app.providers.replicate import client_for, replicate_errors
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,13 @@ REPLAY_WINDOW = 600  # s: twice the timestamp tolerance, so an old copy is refus
 REFETCH_EVERY = 60.0  # s: a flood of bad signatures costs Replicate one call a minute
 RETRY_FAILED_AFTER = 10.0  # s: while Replicate is unreachable, a flood costs a call per 10 s
 MISMATCH = "No matching signature found"
+
+
+def webhook_secret(settings: Settings) -> str:
+    """The account's default webhook signing secret (``whsec_…``)."""
+    client = client_for(settings.replicate_api_token, settings.replicate_base_url)
+    with replicate_errors("webhook secret"):
+        return client.webhooks.default.secret().key
 
 
 class Refused(Exception):
