@@ -384,3 +384,15 @@ def test_the_sweep_removes_old_objects_without_a_row(app, client, user):
         assert session.get(Generation, done).assets[0].r2_key in _keys(app)
     m = scrape(client)["bff_storage_orphans_removed"]
     assert value(m, "bff_storage_orphans_removed_total") == 2
+
+
+def test_a_timeout_says_its_length_in_words():
+    from app.pipeline.endings import _duration
+
+    assert [_duration(s) for s in (900, 3600, 40, 90, 0.5)] == [
+        "15 min",
+        "60 min",
+        "40 s",
+        "90 s",
+        "0.5 s",
+    ]

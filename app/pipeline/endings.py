@@ -227,8 +227,9 @@ def _time_out_stage(
 ) -> None:
     """Fail ``stage`` for ``BFF_GENERATION_TIMEOUT``, with how long it ran, as
     any failed attempt (None: it never started)."""
-    minutes = settings.generation_timeout / 60
-    error = f"timed out after {minutes:g} min{where} (BFF_GENERATION_TIMEOUT)"
+    error = (
+        f"timed out after {_duration(settings.generation_timeout)}{where} (BFF_GENERATION_TIMEOUT)"
+    )
     stage.duration_ms = elapsed_ms(stage)
     end_failed(session, settings, gen, stage, error, after, code="timeout")
 
@@ -269,3 +270,10 @@ def backoff(attempt: int, retry_after: float | None = None) -> float:
     """Exponential backoff with full jitter, never shorter than the server asked."""
     delay = random.uniform(0.5, 1.0) * min(60.0, 2.0**attempt)
     return max(delay, retry_after or 0.0)
+
+
+def _duration(seconds: float) -> str:
+    """``15 min``, ``90 min``, ``40 s``: minutes when whole, else seconds."""
+    if seconds >= 60 and seconds % 60 == 0:
+        return f"{seconds / 60:g} min"
+    return f"{seconds:g} s"
