@@ -144,6 +144,7 @@ def test_an_upscale_bigger_than_an_accepted_image_is_422(app_config, sent):
     assert big.status_code == 422, big.json
     assert big.json["error"]["details"][0]["field"] == "upscale"
     assert "BFF_MAX_IMAGE_PIXELS" in big.json["error"]["message"]
+    assert "the original" not in big.json["error"]["message"]  # this one is the original
     assert sent == []
     ok = client.post(url(gen_id, asset_id), json={"upscale": 2}, headers=user.headers)
     assert ok.status_code == 202

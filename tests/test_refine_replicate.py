@@ -428,6 +428,22 @@ def test_a_late_refine_of_an_imagen_image_is_not_stopped_by_its_completed_genera
     assert up["sourceAssetId"] == asset_id and up["width"] == 2 * gen["assets"][0]["width"]
 
 
+def test_an_upscale_on_replicate_is_not_bound_by_the_offline_limit(app_config, fake):
+    """BFF_MAX_IMAGE_PIXELS bounds what our own worker would upscale; on
+    Replicate (Imagen's 2K images by 4: 67 M pixels) the work is Replicate's."""
+    from app import create_app
+    from tests.conftest import make_user
+
+    app = create_app({**app_config, "BFF_MAX_IMAGE_PIXELS": "100000"})
+    user, client = make_user(app, "rita"), app.test_client()
+    gen_id = submit_prompt(client, user.headers, "red dress", provider="google-imagen")
+    run_through(app, gen_id)
+    asset = load(app, gen_id)["assets"][0]
+    assert asset["width"] * asset["height"] * 16 > 100_000
+    url = f"/api/generate/{gen_id}/assets/{asset['id']}/refine"
+    assert client.post(url, json={"upscale": 4}, headers=user.headers).status_code == 202
+
+
 def test_a_refine_asked_again_after_it_failed_half_way_pays_once_for_each_variant(app, user, fake):
     """Upscale and cut-out asked for; the cut-out was made (paid), the
     upscale refused, so the refine failed. Asked again, the cut-out is read

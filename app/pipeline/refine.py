@@ -74,17 +74,19 @@ def ops_for(options: Mapping[str, Any]) -> list[RefineOp]:
 
 
 def oversize(asset: GenerationAsset, op: RefineOp, most: int) -> str | None:
-    """Why ``op`` on ``asset`` would make a bigger image than this service
-    accepts (an upscaled variant upscaled again: 4096² by 4 is 268 M pixels,
-    gigabytes of a worker's memory); None when it would not."""
+    """Why an offline ``op`` on ``asset`` would make a bigger image than this
+    service accepts (an upscaled variant upscaled again: 4096² by 4 is 268 M
+    pixels, gigabytes of a worker's memory); None when it would not. (On
+    Replicate the work is Replicate's; store checks what comes back.)"""
     scale = op.scale if op.variant == "upscaled" else None
     if not scale or asset.width * asset.height * scale * scale <= most:
         return None
     w, h = asset.width * scale, asset.height * scale
-    return (
+    why = (
         f"upscaling this {asset.width}x{asset.height} image {scale}x would make {w}x{h}"
         f" ({w * h / 1e6:.0f} M pixels); at most {most / 1e6:.0f} M (BFF_MAX_IMAGE_PIXELS)"
     )
+    return why if asset.variant == "original" else f"{why}: upscale the original image instead"
 
 
 def _plan(ctx: StageContext) -> list[Task]:
@@ -100,7 +102,7 @@ def _plan(ctx: StageContext) -> list[Task]:
         sources, ops = [a for a in gen.assets if a.variant == "original"], ops_for(gen.settings)
     made = {(a.source_asset_id, (a.meta or {}).get("refine")) for a in gen.assets}
     todo = [(src, op) for src in sources for op in ops if (src.id, op.key) not in made]
-    for src, op in todo:
+    for src, op in todo if gen.provider == "local" else ():
         if why := oversize(src, op, ctx.settings.max_image_pixels):
             raise StageFailed(why)
     return [Task(f"{src.id}:{op.key}", op, _reader(ctx, src)) for src, op in todo]
