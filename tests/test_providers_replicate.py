@@ -12,7 +12,7 @@ from app.providers import ProviderRejected, ProviderTransient
 from app.providers.base import ImageRequest, Job, ProviderPending
 from app.providers.catalog import IMAGEN
 from app.providers.registry import get_provider
-from app.providers.replicate import ReplicateModel
+from app.providers.replicate import LOST_AFTER, UNKNOWN, ReplicateModel
 from tests.conftest import REPLICATE_TOKEN as TOKEN
 
 
@@ -178,8 +178,14 @@ def test_a_canceled_prediction_is_forgotten_and_the_next_run_starts_anew(fake):
 
 def test_a_saved_prediction_replicate_does_not_know_is_forgotten_not_failed_on(fake):
     """A failed job's retry after the operator moved to another account's
-    token: its saved prediction is a 404 now, and must not fail every retry."""
+    token: its saved prediction is a 404 now, and must not fail every retry.
+    A moment's 404 is only looked at again: creating anew would pay twice."""
     job = Job(state={"predictions": ["p_of_another_account"]}, poll_every=0.05)
+    with pytest.raises(ProviderPending, match="not found, looking again"):
+        adapter(fake, job).generate(request())
+    assert fake.creates == 0 and job.state["predictions"] == ["p_of_another_account"]
+    first = job.state[UNKNOWN]["p_of_another_account"]  # saved: counts from run to run
+    job.state[UNKNOWN]["p_of_another_account"] = first - LOST_AFTER  # a minute of 404s
     with pytest.raises(ProviderTransient, match="does not know prediction"):
         adapter(fake, job).generate(request())
     assert job.state["predictions"] == [] and job.state["dropped"] == ["p_of_another_account"]

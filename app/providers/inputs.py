@@ -22,10 +22,11 @@ Each model input field names where its value comes from:
 from __future__ import annotations
 
 import hashlib
+import io
 from dataclasses import dataclass
 from typing import Any
 
-from app.providers.base import ImageRequest
+from app.providers.base import ImageRequest, Reference
 
 NEGATIVE_FOLDED = "no negative prompt input: folded into the prompt as 'Avoid: …'"
 
@@ -112,3 +113,20 @@ def map_inputs(
 
 def reference_fields(mapping: dict[str, Source]) -> dict[str, Ref]:
     return {name: s for name, s in mapping.items() if isinstance(s, Ref)}
+
+
+EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
+
+
+def upload_file(ref: Reference, index: int) -> io.BytesIO:
+    """A reference image as a named file object: an SDK takes the upload's
+    content type from its name."""
+    file = io.BytesIO(ref.data)
+    file.name = f"reference-{index}.{EXTENSIONS.get(ref.content_type, 'png')}"
+    return file
+
+
+def content_type_of(url: str) -> str:
+    """An output's content type, from its URL's extension."""
+    ext = url.rsplit("?", 1)[0].rsplit(".", 1)[-1].lower()
+    return {"jpg": "image/jpeg", "jpeg": "image/jpeg", "webp": "image/webp"}.get(ext, "image/png")

@@ -28,8 +28,8 @@ and retry anew.
 from __future__ import annotations
 
 import functools
-import io
 import re
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -48,15 +48,15 @@ from app.providers.base import (
     ProviderRejected,
     ProviderResult,
     ProviderTransient,
-    Reference,
     output_urls,
 )
 from app.providers.catalog import ModelEntry
-from app.providers.inputs import reference_fields
+from app.providers.inputs import content_type_of, reference_fields, upload_file
 
-EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
 RUNNING = ("starting", "processing")
-LOST = "unknown to Replicate"  # a saved prediction Replicate answers 404 for
+LOST = "unknown to Replicate"  # a saved prediction Replicate answers 404 for...
+LOST_AFTER = 60.0  # ...this long, from run to run: forgotten (another account's token)
+UNKNOWN = "unknown"  # the key of a job's saved state: when each 404 was first seen
 SAFETY = re.compile(r"\bE005\b|sensitive|safety|flagged|nsfw", re.IGNORECASE)
 INTERRUPTED = re.compile(r"\(code: PA\)|interrupted", re.IGNORECASE)
 RESETS_IN = re.compile(r"resets in ~?\s*(\d+(?:\.\d+)?)\s*s", re.IGNORECASE)
@@ -148,7 +148,7 @@ class ReplicateModel:
         payload = dict(fields)
         for name, ref in reference_fields(self.entry.inputs).items():
             if name in payload:
-                files = [_file(r, i) for i, r in enumerate(request.references)]
+                files = [upload_file(r, i) for i, r in enumerate(request.references)]
                 payload[name] = files if ref.many else files[0]
         target = (
             {"version": self.entry.version}
@@ -171,7 +171,7 @@ class ReplicateModel:
         for pid in ids:
             for url in output_urls(finished[pid].get("output")):
                 meta = {"predictionId": pid}
-                outputs.append(ImageOutput(url=url, content_type=_content_type(url), meta=meta))
+                outputs.append(ImageOutput(url=url, content_type=content_type_of(url), meta=meta))
         metrics = {pid: finished[pid].get("metrics") or {} for pid in ids}
         return ProviderResult(
             outputs=outputs, sent=sent, meta={"predictions": ids, "metrics": metrics}
@@ -236,7 +236,9 @@ def look_once(
     for key, pid in list(ids.items()):
         data = _read(client, pid)
         status = data.get("status")
-        if status in RUNNING:
+        if status == LOST and _unknown_for(job, pid) < LOST_AFTER:
+            running.append(f"{pid} not found, looking again")  # a moment's 404 pays nothing twice
+        elif status in RUNNING:
             running.append(f"{pid} {status}")
         elif status == "succeeded":
             if pid not in paid:  # (recorded once; a wait saves which were)
@@ -255,6 +257,15 @@ def look_once(
     return done
 
 
+def _unknown_for(job: Job, pid: str) -> float:
+    """Seconds Replicate has answered 404 for ``pid``, from the first (noted
+    in the job's saved state, so it counts across runs)."""
+    since = dict(job.state.get(UNKNOWN) or {})
+    if pid not in since:
+        job.save({UNKNOWN: {**since, pid: time.time()}})
+    return time.time() - since.get(pid, time.time())
+
+
 def _read(client: replicate.Client, pid: str) -> dict[str, Any]:
     """A prediction's raw JSON (not the SDK's model: SDK 1.0.7 rejects status
     "aborted"); status ``LOST`` when Replicate does not know it (404)."""
@@ -269,9 +280,7 @@ def _read(client: replicate.Client, pid: str) -> dict[str, Any]:
 
 def _dead(model: str, pid: str, status: str | None, error: str) -> Exception:
     """What a prediction that ended without succeeding means for the stage."""
-    if status == LOST:
-        # Saved by an earlier run, unknown to the token now (an operator moved
-        # to another account's token): a retry would meet it for ever.
+    if status == LOST:  # for a minute: a retry would meet it for ever
         return ProviderTransient(f"Replicate does not know prediction {pid}: starting a new one")
     if status == "aborted" or (status == "failed" and INTERRUPTED.search(error)):
         # Never ran, or interrupted by Replicate (not billed): try again.
@@ -285,15 +294,3 @@ def _dead(model: str, pid: str, status: str | None, error: str) -> Exception:
         # retry starts a new prediction rather than fail on this one.
         return ProviderTransient(f"Replicate prediction {pid} was canceled: starting a new one")
     return ProviderRejected(f"Replicate prediction {pid} ended with unknown status {status!r}")
-
-
-def _file(ref: Reference, index: int) -> io.BytesIO:
-    """A named file object: the SDK takes the upload's content type from its name."""
-    file = io.BytesIO(ref.data)
-    file.name = f"reference-{index}.{EXTENSIONS.get(ref.content_type, 'png')}"
-    return file
-
-
-def _content_type(url: str) -> str:
-    ext = url.rsplit("?", 1)[0].rsplit(".", 1)[-1].lower()
-    return {"jpg": "image/jpeg", "jpeg": "image/jpeg", "webp": "image/webp"}.get(ext, "image/png")
