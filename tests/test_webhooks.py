@@ -10,13 +10,14 @@ import json
 import socket
 import threading
 import time
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from standardwebhooks import Webhook
 
 from app import create_app
-from app.domain.models import User
+from app.domain.models import User, utcnow
 from app.platform.config import Settings
 from app.webhooks import (
     REFUSED,
@@ -125,6 +126,37 @@ def test_a_delivery_the_broker_refused_is_the_next_sweeps(dev_app, monkeypatch):
     d = finished(dev_app, submit(client, user, "http://127.0.0.1:9/hook"))
     assert (d.status, d.attempts) == ("pending", 0)
     assert due_deliveries(s.db) == [(d.id, 1)]
+
+
+def test_a_refused_send_leaves_an_attempt_a_worker_claimed_alone(dev_app, monkeypatch):
+    """The message got through though the send raised (a reply lost as Redis
+    flapped), and a worker claimed the attempt: it is not marked overdue,
+    which would send a second POST while the first is in flight."""
+    from app.webhooks import send
+
+    s = dev_app.extensions["bff"]
+    client, user = dev_app.test_client(), make_user(dev_app, "flapping")
+    d = finished(dev_app, submit(client, user, "http://127.0.0.1:9/hook"))
+    with s.db.session() as session:  # the worker's claim of attempt 1
+        claimed = session.get(WebhookDelivery, d.id)
+        claimed.attempts, claimed.next_attempt_at = 1, utcnow() + timedelta(seconds=120)
+
+    def refused(*args, **kwargs):
+        raise ConnectionError("no reply")
+
+    monkeypatch.setattr(s.celery, "send_task", refused)
+    send(s.db, s.celery, d.id, 1)
+    assert due_deliveries(s.db) == []
+
+
+def test_the_sweep_sends_an_overdue_delivery_once_a_minute_not_every_pass(dev_app):
+    s = dev_app.extensions["bff"]
+    client, user = dev_app.test_client(), make_user(dev_app, "lost")
+    d = finished(dev_app, submit(client, user, "http://127.0.0.1:9/hook"))
+    with s.db.session() as session:  # its message lost two minutes ago
+        session.get(WebhookDelivery, d.id).next_attempt_at = utcnow() - timedelta(minutes=2)
+    assert due_deliveries(s.db) == [(d.id, 1)]
+    assert due_deliveries(s.db) == []  # the next pass, seconds later
 
 
 def test_secret_follows_the_spec_per_user_and_old_style_secrets_are_replaced(

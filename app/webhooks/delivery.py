@@ -134,11 +134,16 @@ def send(
     except Exception:  # noqa: BLE001 - broker down: the sweep (beat) sends it
         if countdown:
             return
+        now = utcnow()
         with suppress(Exception), db.session() as session:
             mark = update(WebhookDelivery).where(
-                WebhookDelivery.id == delivery_id, WebhookDelivery.status == PENDING
+                WebhookDelivery.id == delivery_id,
+                WebhookDelivery.status == PENDING,
+                # Not if the message got through after all and a worker claimed it.
+                WebhookDelivery.attempts == attempt_no - 1,
+                WebhookDelivery.next_attempt_at <= now,
             )
-            session.execute(mark.values(next_attempt_at=utcnow() - LOST_AFTER))
+            session.execute(mark.values(next_attempt_at=now - LOST_AFTER))
 
 
 def backoff(attempts: int, base: float) -> float:
@@ -232,12 +237,21 @@ def _record(
 
 def due_deliveries(db: Database, limit: int = 200) -> list[tuple[str, int]]:
     """Pending deliveries whose attempt is overdue (a lost message, a dead
-    worker's claim): ``(id, next attempt number)`` for the sweep to send."""
-    cutoff = utcnow() - LOST_AFTER
+    worker's claim): ``(id, next attempt number)`` for the sweep to send.
+    Each is due again from now: a pass every few seconds sends it once a
+    minute, not at every pass. (One being claimed is skipped.)"""
+    now = utcnow()
     with db.session() as session:
         rows = session.execute(
             select(WebhookDelivery.id, WebhookDelivery.attempts)
-            .where(WebhookDelivery.status == PENDING, WebhookDelivery.next_attempt_at < cutoff)
+            .where(
+                WebhookDelivery.status == PENDING,
+                WebhookDelivery.next_attempt_at < now - LOST_AFTER,
+            )
             .limit(limit)
+            .with_for_update(skip_locked=True)
         ).all()
+        if rows:
+            due = update(WebhookDelivery).where(WebhookDelivery.id.in_([r[0] for r in rows]))
+            session.execute(due.values(next_attempt_at=now))
     return [(rid, attempts + 1) for rid, attempts in rows]
