@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import event, select
 
 from app.api import responses as r
-from app.domain.models import GenerationFeedback, PromptTokenScore
+from app.domain.models import GenerationFeedback, PromptTokenScore, utcnow
 from app.pipeline import maintenance
 from app.pipeline.optimize import START
 from tests.support.pipeline import services
@@ -96,7 +96,7 @@ def scores(app, user) -> dict[str, float]:
 
 
 def test_the_learner_is_fed_once_whatever_the_clicks(app, client, user, monkeypatch):
-    monkeypatch.setattr(maintenance, "UNDISPATCHED_GRACE", timedelta(0))  # for the last line
+    monkeypatch.setattr(maintenance, "FEEDBACK_GRACE", timedelta(0))  # for the last line
     gid = completed(app, client, user)
 
     def click(*feedback: dict) -> dict[str, float]:
@@ -128,9 +128,12 @@ def test_the_learner_is_fed_once_whatever_the_clicks(app, client, user, monkeypa
 
 
 def test_the_sweep_applies_and_undoes_feedback_whose_task_was_lost(app, client, user, monkeypatch):
-    monkeypatch.setattr(maintenance, "UNDISPATCHED_GRACE", timedelta(0))
     gid = completed(app, client, user)
     post(client, user, gid, "outlier")
+    # Its task waits behind every stage: a minute's wait is not yet a loss.
+    monkeypatch.setattr(maintenance, "utcnow", lambda: utcnow() + timedelta(minutes=1))
+    assert maintenance.apply_pending_feedback(services(app).db) == 0
+    monkeypatch.setattr(maintenance, "FEEDBACK_GRACE", timedelta(0))
     assert maintenance.apply_pending_feedback(services(app).db) == 1
     assert all(s > START for s in scores(app, user).values())
     post(client, user, gid, "outlier")

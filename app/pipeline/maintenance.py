@@ -52,6 +52,8 @@ from app.platform.queue import dispatch
 from app.platform.redis import client
 
 UNDISPATCHED_GRACE = timedelta(seconds=10)
+# A feedback task waits behind every stage (priority LAST): only this late is it lost.
+FEEDBACK_GRACE = timedelta(minutes=5)
 ABANDONED_HORIZON = timedelta(hours=1)  # how far back ``end_abandoned_stages`` looks
 OUTAGE_KEY = "bff:maintenance:db-unavailable"
 log = logging.getLogger(__name__)
@@ -268,8 +270,9 @@ def apply_one_feedback(db: Database, feedback_id: int) -> int:
 
 
 def apply_pending_feedback(db: Database, limit: int = 500) -> int:
-    """Feedback whose task was lost: rows never applied, and withdrawn rows never undone."""
-    cutoff = utcnow() - UNDISPATCHED_GRACE
+    """Feedback whose task was lost: rows never applied, and withdrawn rows
+    never undone (applied here, in the maintenance task: at the queue's front)."""
+    cutoff = utcnow() - FEEDBACK_GRACE
     fb = GenerationFeedback
     with db.session() as session:
         ids = session.scalars(
