@@ -351,3 +351,20 @@ def test_a_database_that_vanishes_mid_query_is_noticed_within_a_minute(service_e
     finally:
         db.engine.dispose()
     assert params["tcp_user_timeout"] == "60000" and params["keepalives_idle"] == "30"
+
+
+def test_bff_dev_makes_its_own_var_folder_private_but_not_an_operators(tmp_path):
+    """``BFF_VAR_DIR=/tmp`` must not make /tmp 0700; a folder it makes is."""
+    from app.cli.dev import _keep_private
+
+    theirs, ours = tmp_path / "shared", tmp_path / "new" / "var"
+    theirs.mkdir(mode=0o755)
+    theirs.chmod(0o1777)  # as /tmp
+    before = os.umask(0o022)
+    try:
+        _keep_private(theirs)
+        _keep_private(ours)
+    finally:
+        os.umask(before)
+    assert theirs.stat().st_mode & 0o7777 == 0o1777
+    assert ours.stat().st_mode & 0o777 == 0o700

@@ -109,6 +109,18 @@ def _dev_key(app: Flask) -> str:
     return key
 
 
+def _keep_private(var: Path) -> None:
+    """var/ holds the database (webhook secrets), the broker's messages and
+    every upload: this account's alone, as what is made in it (the processes
+    inherit the umask). Not a folder shared by everyone (BFF_VAR_DIR=/tmp?)
+    or another account's: those are their owner's to set."""
+    os.umask(0o077)
+    var.mkdir(parents=True, exist_ok=True)
+    st = var.stat()
+    if st.st_uid == os.getuid() and not st.st_mode & 0o002:
+        var.chmod(0o700)
+
+
 @click.command("dev")
 @click.option("--port", type=int, default=None, help="API port (default: PORT or 3001)")
 @click.option("--concurrency", default=4, show_default=True)
@@ -119,11 +131,7 @@ def dev(app: Flask, port: int | None, concurrency: int) -> None:
     port = port or services.settings.port
     if not _port_free(port):
         raise click.ClickException(f"port {port} is in use: stop what runs there, or set PORT")
-    # var/ holds the database (webhook secrets), the broker's messages and every
-    # upload: this account's alone, as what is made in it (the processes inherit).
-    os.umask(0o077)
-    services.settings.var_dir.mkdir(parents=True, exist_ok=True)
-    services.settings.var_dir.chmod(0o700)
+    _keep_private(services.settings.var_dir)
     upgrade_database(services.settings.database_url)
     key = _dev_key(app)
     procs = _start(port, concurrency)
