@@ -211,6 +211,36 @@ def test_flower_started_without_its_config_file_still_needs_credentials(tmp_path
     assert "set FLOWER_BASIC_AUTH=user:password" in done.stderr
 
 
+@pytest.mark.parametrize(
+    ("argv", "starts"),
+    [
+        ([], False),
+        (["--basic-auth="], False),
+        (["--basic-auth=ops"], False),
+        (["--basic-auth=ops:pw"], True),  # credentials on Flower's own command line
+        (["--basic_auth=ops:pw"], True),
+        (["--help"], True),  # starts nothing
+    ],
+)
+def test_the_flower_guard_takes_credentials_from_the_command_line_too(monkeypatch, argv, starts):
+    import click
+
+    from workers.flower import guard
+
+    monkeypatch.delenv("FLOWER_BASIC_AUTH", raising=False)
+    ctx = click.Context(click.Group("celery"))
+    ctx.invoked_subcommand = "flower"
+    with ctx:
+        if starts:
+            guard(argv)
+        else:
+            with pytest.raises(SystemExit, match="FLOWER_BASIC_AUTH"):
+                guard(argv)
+    ctx.invoked_subcommand = "worker"
+    with ctx:
+        guard([])  # any other command: nothing to check
+
+
 # --------------------------------------------------- a worker process at start
 
 

@@ -13,17 +13,26 @@ import click
 def credentials() -> str:
     """``FLOWER_BASIC_AUTH`` (``user:password``); the process exits without it."""
     auth = os.environ.get("FLOWER_BASIC_AUTH", "")
-    user, _, password = auth.partition(":")
-    if not (user and password):
+    if not _complete(auth):
         sys.exit("Flower refuses to start without credentials: set FLOWER_BASIC_AUTH=user:password")
     return auth
 
 
-def guard() -> None:
+def _complete(auth: str) -> bool:
+    user, _, password = auth.partition(":")
+    return bool(user and password)
+
+
+def guard(argv: list[str] | None = None) -> None:
     """Run as ``celery -A workers …`` loads the app: Celery's command group
     has already named its subcommand (click's ``invoked_subcommand``); for
     ``flower``, check the credentials before Flower reads any of its own
-    options (Flower itself takes ``FLOWER_BASIC_AUTH`` from the environment)."""
+    options (Flower itself takes ``FLOWER_BASIC_AUTH`` from the environment,
+    or ``--basic-auth`` from its command line; ``--help`` starts nothing)."""
     ctx = click.get_current_context(silent=True)
-    if ctx is not None and ctx.invoked_subcommand == "flower":
+    if ctx is None or ctx.invoked_subcommand != "flower":
+        return
+    args = sys.argv[1:] if argv is None else argv
+    given = (a.partition("=")[2] for a in args if a.startswith(("--basic_auth=", "--basic-auth=")))
+    if "--help" not in args and not any(_complete(auth) for auth in given):
         credentials()
