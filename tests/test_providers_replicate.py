@@ -193,6 +193,23 @@ def test_a_saved_prediction_replicate_does_not_know_is_forgotten_not_failed_on(f
     assert fake.creates == 1
 
 
+def test_a_prediction_found_again_after_a_404_is_no_longer_counted_unknown(fake):
+    """A moment's 404, then found: a later moment's 404 must count from then,
+    not from the first (the prediction would be forgotten and paid for twice)."""
+    fake.latency, job = 30.0, Job(poll_every=0.05)
+    with pytest.raises(ProviderPending):
+        adapter(fake, job).generate(request())
+    [pid] = job.state["predictions"]
+    job.state[UNKNOWN] = {pid: time.time() - 2 * LOST_AFTER}  # a 404 long ago
+    with pytest.raises(ProviderPending):  # found: running
+        adapter(fake, job).generate(request())
+    assert pid not in job.state[UNKNOWN]
+    del fake.predictions[pid]  # a 404 now: a moment's, looked at again
+    with pytest.raises(ProviderPending, match="not found, looking again"):
+        adapter(fake, job).generate(request())
+    assert job.state["predictions"] == [pid] and fake.creates == 1
+
+
 def test_bad_token_is_rejected_naming_the_variable(fake):
     with pytest.raises(ProviderRejected, match="REPLICATE_API_TOKEN"):
         adapter(fake, token="r8_wrong").generate(request())

@@ -2,27 +2,23 @@
 ``nano-banana``, …) through the ``replicate`` SDK, driven by its entry: which
 endpoint (official model or a version), which input fields.
 
-One prediction per image (the models return one image URL). Per run of the
-stage: for each missing image take a rate-limit token, create the prediction
-(``POST /v1/models/{owner}/{name}/predictions``, or ``POST /v1/predictions``
-with ``version``) and save its id at once; then look once at each (``GET
-/v1/predictions/{id}``). Still running means ``ProviderPending``: the worker
-is freed at once (no sleep on its thread) and the stage looks again
-``job.poll_every`` seconds later. The next run resumes the saved ids, so a
-retried or redelivered stage never pays for a second prediction.
+One prediction per image. Per run of the stage: for each missing image take
+a rate-limit token, create the prediction (``POST /v1/models/{owner}/{name}/
+predictions``, or ``POST /v1/predictions`` with ``version``) and save its id
+at once; then look once at each (``GET /v1/predictions/{id}``). Still running
+means ``ProviderPending``: the worker is freed at once (no sleep on its
+thread) and the stage looks again ``job.poll_every`` seconds later. The next
+run resumes the saved ids: a retried or redelivered stage pays for no second.
 
 With a public ``BFF_PUBLIC_URL`` (or ``BFF_REPLICATE_WEBHOOKS=on``), each
 prediction is created with a webhook (``webhook_events_filter:
 ["completed"]``): Replicate's call wakes the stage at once, and the countdown
 look is only the fallback for a lost webhook.
 
-Errors, mapped once here (``replicate_errors``): 429 (``detail``: "... resets in ~Ns"),
-5xx, timeouts and connection errors are transient; 401/403 (token), 402
-(billing), 4xx validation and a ``failed`` prediction with a safety error
-(E005) are rejected with the provider's words. ``aborted`` (never ran, not
-billed), "interrupted" failures and ``canceled`` (by us: its generation was
-canceled or timed out, or its stage failed for good) drop that prediction
-and retry anew.
+Errors, mapped once (``replicate_errors``): 429 ("... resets in ~Ns"), 5xx,
+timeouts, connection errors are transient; 401/403, 402, 4xx and a safety
+failure (E005) rejected in the provider's words. ``aborted``, "interrupted",
+``canceled`` (by us) and a minute of 404s drop the prediction: retry anew.
 """
 
 from __future__ import annotations
@@ -235,7 +231,7 @@ def look_once(
     running, paid = [], list(job.state.get(PAID) or [])
     for key, pid in list(ids.items()):
         data = _read(client, pid)
-        status = data.get("status")
+        status = _known(job, pid, data.get("status"))
         if status == LOST and _unknown_for(job, pid) < LOST_AFTER:
             running.append(f"{pid} not found, looking again")  # a moment's 404 pays nothing twice
         elif status in RUNNING:
@@ -255,6 +251,14 @@ def look_once(
         reason = "waiting for Replicate prediction " + ", ".join(running)
         raise ProviderPending(job.poll_every, reason, {PAID: paid})
     return done
+
+
+def _known(job: Job, pid: str, status: str) -> str:
+    """``status``; a prediction found again is no longer counted unknown."""
+    since = job.state.get(UNKNOWN) or {}
+    if status != LOST and pid in since:
+        job.save({UNKNOWN: {k: v for k, v in since.items() if k != pid}})
+    return status
 
 
 def _unknown_for(job: Job, pid: str) -> float:
