@@ -428,10 +428,12 @@ def test_a_late_refine_of_an_imagen_image_is_not_stopped_by_its_completed_genera
     assert up["sourceAssetId"] == asset_id and up["width"] == 2 * gen["assets"][0]["width"]
 
 
-def test_an_upscale_on_replicate_is_not_bound_by_the_offline_limit(app_config, fake):
+def test_an_upscale_on_replicate_is_bound_by_what_can_be_stored(app_config, fake, monkeypatch):
     """BFF_MAX_IMAGE_PIXELS bounds what our own worker would upscale; on
-    Replicate (Imagen's 2K images by 4: 67 M pixels) the work is Replicate's."""
+    Replicate (Imagen's 2K images by 4: 67 M pixels) the work is Replicate's,
+    but an image store could not open would be paid for and lost."""
     from app import create_app
+    from app.pipeline import refine
     from tests.conftest import make_user
 
     app = create_app({**app_config, "BFF_MAX_IMAGE_PIXELS": "100000"})
@@ -439,9 +441,13 @@ def test_an_upscale_on_replicate_is_not_bound_by_the_offline_limit(app_config, f
     gen_id = submit_prompt(client, user.headers, "red dress", provider="google-imagen")
     run_through(app, gen_id)
     asset = load(app, gen_id)["assets"][0]
-    assert asset["width"] * asset["height"] * 16 > 100_000
+    pixels = asset["width"] * asset["height"]
+    assert pixels * 16 > 100_000
     url = f"/api/generate/{gen_id}/assets/{asset['id']}/refine"
-    assert client.post(url, json={"upscale": 4}, headers=user.headers).status_code == 202
+    monkeypatch.setattr(refine, "STORABLE_PIXELS", pixels * 8)  # (Pillow's: 179 M)
+    too_big = client.post(url, json={"upscale": 4}, headers=user.headers)
+    assert too_big.status_code == 422 and "what can be stored" in too_big.json["error"]["message"]
+    assert client.post(url, json={"upscale": 2}, headers=user.headers).status_code == 202
 
 
 def test_a_refine_asked_again_after_it_failed_half_way_pays_once_for_each_variant(app, user, fake):

@@ -70,11 +70,11 @@ def _check(gen: Generation, asset: GenerationAsset, options: dict) -> float:
     todo = [op for op in ops_for(options) if (asset.id, op.key) not in made]
     if not todo:
         raise ApiError(409, "conflict", "this image already has the variants asked for")
-    if gen.provider == "local":  # refined offline, free, in our worker's memory
-        most = services().settings.max_image_pixels
-        if why := next(filter(None, (oversize(asset, op, most) for op in todo)), None):
-            raise ApiError(422, "validation_error", why, [{"field": "upscale", "message": why}])
-        return 0.0
+    local, settings = gen.provider == "local", services().settings
+    if why := next(filter(None, (oversize(asset, op, local, settings) for op in todo)), None):
+        raise ApiError(422, "validation_error", why, [{"field": "upscale", "message": why}])
+    if local:
+        return 0.0  # refined offline, free
     if not services().settings.replicate_api_token:
         why = "REPLICATE_API_TOKEN not configured (refine runs on Replicate)"
         raise ApiError(

@@ -41,8 +41,9 @@ from app.pipeline.context import (
     hold_cost,
 )
 from app.pipeline.lease import RUNNER_KEYS, paying
-from app.pipeline.store import _image, download  # store's checks of what it stores
+from app.pipeline.store import STORABLE_PIXELS, _image, download  # store's checks
 from app.platform import ratelimit
+from app.platform.config import Settings
 from app.platform.storage import StorageError, asset_key
 from app.providers import local_refine
 from app.providers.base import (
@@ -73,18 +74,23 @@ def ops_for(options: Mapping[str, Any]) -> list[RefineOp]:
     return ops
 
 
-def oversize(asset: GenerationAsset, op: RefineOp, most: int) -> str | None:
-    """Why an offline ``op`` on ``asset`` would make a bigger image than this
-    service accepts (an upscaled variant upscaled again: 4096² by 4 is 268 M
-    pixels, gigabytes of a worker's memory); None when it would not. (On
-    Replicate the work is Replicate's; store checks what comes back.)"""
+def oversize(asset: GenerationAsset, op: RefineOp, local: bool, settings: Settings) -> str | None:
+    """Why ``op`` on ``asset`` would make a bigger image than we take; None
+    when it would not. Offline: what our worker may hold (an upscaled variant
+    upscaled again, 4096² by 4, is 268 M pixels: gigabytes). On Replicate, the
+    work is Replicate's, but what we could not store would be paid for anyway."""
     scale = op.scale if op.variant == "upscaled" else None
+    most, bound = (
+        (settings.max_image_pixels, "BFF_MAX_IMAGE_PIXELS")
+        if local
+        else (STORABLE_PIXELS, "what can be stored")
+    )
     if not scale or asset.width * asset.height * scale * scale <= most:
         return None
     w, h = asset.width * scale, asset.height * scale
     why = (
         f"upscaling this {asset.width}x{asset.height} image {scale}x would make {w}x{h}"
-        f" ({w * h / 1e6:.0f} M pixels); at most {most / 1e6:.0f} M (BFF_MAX_IMAGE_PIXELS)"
+        f" ({w * h / 1e6:.0f} M pixels); at most {most / 1e6:.0f} M ({bound})"
     )
     return why if asset.variant == "original" else f"{why}: upscale the original image instead"
 
@@ -102,8 +108,8 @@ def _plan(ctx: StageContext) -> list[Task]:
         sources, ops = [a for a in gen.assets if a.variant == "original"], ops_for(gen.settings)
     made = {(a.source_asset_id, (a.meta or {}).get("refine")) for a in gen.assets}
     todo = [(src, op) for src in sources for op in ops if (src.id, op.key) not in made]
-    for src, op in todo if gen.provider == "local" else ():
-        if why := oversize(src, op, ctx.settings.max_image_pixels):
+    for src, op in todo:
+        if why := oversize(src, op, gen.provider == "local", ctx.settings):
             raise StageFailed(why)
     return [Task(f"{src.id}:{op.key}", op, _reader(ctx, src)) for src, op in todo]
 

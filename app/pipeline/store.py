@@ -26,6 +26,8 @@ from app.platform.storage import StorageError, asset_key
 from app.providers.registry import is_output_url_allowed
 
 MAX_DOWNLOAD_BYTES = 50 * 1024 * 1024
+# Past this Pillow refuses to open an image (a decompression bomb): not storable.
+STORABLE_PIXELS = 2 * Image.MAX_IMAGE_PIXELS
 MAX_REDIRECTS = 3
 FORMATS = {
     "PNG": ("image/png", "png"),
