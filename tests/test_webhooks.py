@@ -159,6 +159,44 @@ def test_the_sweep_sends_an_overdue_delivery_once_a_minute_not_every_pass(dev_ap
     assert due_deliveries(s.db) == []  # the next pass, seconds later
 
 
+def test_the_sweep_leaves_a_claim_made_as_it_looked_alone(dev_app):
+    """SQLite has no FOR UPDATE: a worker may claim an overdue attempt between
+    the sweep's look and its write; the claim must stand (it guards the
+    attempt in flight from a second POST for two minutes)."""
+    import sqlite3
+
+    from sqlalchemy import event
+
+    s = dev_app.extensions["bff"]
+    client, user = dev_app.test_client(), make_user(dev_app, "racing")
+    d = finished(dev_app, submit(client, user, "http://127.0.0.1:9/hook"))
+    with s.db.session() as session:
+        session.get(WebhookDelivery, d.id).next_attempt_at = utcnow() - timedelta(minutes=2)
+    claim_until = utcnow() + timedelta(seconds=120)
+    path = s.settings.database_url.removeprefix("sqlite:///")
+
+    claimed: list[bool] = []
+
+    def claim_first(conn, cursor, statement, *args) -> None:
+        if statement.startswith("UPDATE webhook_deliveries") and not claimed:
+            claimed.append(True)
+            with sqlite3.connect(path) as worker:  # the worker's claim, committed
+                worker.execute(
+                    "UPDATE webhook_deliveries SET attempts = 1, next_attempt_at = ? WHERE id = ?",
+                    (claim_until.replace(tzinfo=None).isoformat(" "), d.id),
+                )
+
+    event.listen(s.db.engine, "before_cursor_execute", claim_first)
+    try:
+        due_deliveries(s.db)
+    finally:
+        event.remove(s.db.engine, "before_cursor_execute", claim_first)
+    assert claimed
+    [after] = deliveries(dev_app, d.generation_id)
+    assert after.attempts == 1
+    assert after.next_attempt_at.replace(tzinfo=None) == claim_until.replace(tzinfo=None)
+
+
 def test_secret_follows_the_spec_per_user_and_old_style_secrets_are_replaced(
     app, client, user, other_user
 ):

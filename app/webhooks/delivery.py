@@ -13,7 +13,7 @@ from contextlib import suppress
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import and_, select, update
 from sqlalchemy.orm import Session
 
 from app.domain.models import Batch, Generation, User, new_id, utcnow
@@ -241,17 +241,19 @@ def due_deliveries(db: Database, limit: int = 200) -> list[tuple[str, int]]:
     Each is due again from now: a pass every few seconds sends it once a
     minute, not at every pass. (One being claimed is skipped.)"""
     now = utcnow()
+    overdue = and_(
+        WebhookDelivery.status == PENDING, WebhookDelivery.next_attempt_at < now - LOST_AFTER
+    )
     with db.session() as session:
         rows = session.execute(
             select(WebhookDelivery.id, WebhookDelivery.attempts)
-            .where(
-                WebhookDelivery.status == PENDING,
-                WebhookDelivery.next_attempt_at < now - LOST_AFTER,
-            )
+            .where(overdue)
             .limit(limit)
             .with_for_update(skip_locked=True)
         ).all()
-        if rows:
-            due = update(WebhookDelivery).where(WebhookDelivery.id.in_([r[0] for r in rows]))
+        if rows:  # (still overdue: SQLite has no FOR UPDATE, and a claim may have come)
+            due = update(WebhookDelivery).where(
+                WebhookDelivery.id.in_([r[0] for r in rows]), overdue
+            )
             session.execute(due.values(next_attempt_at=now))
     return [(rid, attempts + 1) for rid, attempts in rows]
