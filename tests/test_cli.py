@@ -353,18 +353,22 @@ def test_a_database_that_vanishes_mid_query_is_noticed_within_a_minute(service_e
     assert params["tcp_user_timeout"] == "60000" and params["keepalives_idle"] == "30"
 
 
-def test_bff_dev_makes_its_own_var_folder_private_but_not_an_operators(tmp_path):
-    """``BFF_VAR_DIR=/tmp`` must not make /tmp 0700; a folder it makes is."""
+def test_bff_dev_makes_its_own_var_folder_private_and_refuses_a_shared_one(tmp_path):
+    """``BFF_VAR_DIR=/tmp`` must neither make /tmp 0700 nor hold the server's
+    database and broker where every account may write."""
+    import click
+
     from app.cli.dev import _keep_private
 
-    theirs, ours = tmp_path / "shared", tmp_path / "new" / "var"
-    theirs.mkdir(mode=0o755)
-    theirs.chmod(0o1777)  # as /tmp
+    shared, ours = tmp_path / "shared", tmp_path / "new" / "var"
+    shared.mkdir()
+    shared.chmod(0o1777)  # as /tmp
     before = os.umask(0o022)
     try:
-        _keep_private(theirs)
+        with pytest.raises(click.ClickException, match="shared with other accounts"):
+            _keep_private(shared)
         _keep_private(ours)
     finally:
         os.umask(before)
-    assert theirs.stat().st_mode & 0o7777 == 0o1777
+    assert shared.stat().st_mode & 0o7777 == 0o1777
     assert ours.stat().st_mode & 0o777 == 0o700

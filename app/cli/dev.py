@@ -112,13 +112,18 @@ def _dev_key(app: Flask) -> str:
 def _keep_private(var: Path) -> None:
     """var/ holds the database (webhook secrets), the broker's messages and
     every upload: this account's alone, as what is made in it (the processes
-    inherit the umask). Not a folder shared by everyone (BFF_VAR_DIR=/tmp?)
-    or another account's: those are their owner's to set."""
+    inherit the umask). A folder everyone may write to (BFF_VAR_DIR=/tmp) or
+    another account's is refused: another user could read the secrets or
+    plant the broker's folder first; its mode is its owner's to set."""
     os.umask(0o077)
     var.mkdir(parents=True, exist_ok=True)
     st = var.stat()
-    if st.st_uid == os.getuid() and not st.st_mode & 0o002:
-        var.chmod(0o700)
+    if st.st_uid != os.getuid() or st.st_mode & 0o002:
+        raise click.ClickException(
+            f"{var} (BFF_VAR_DIR) is shared with other accounts: it would hold this"
+            " server's database and messages; name a folder of your own"
+        )
+    var.chmod(0o700)
 
 
 @click.command("dev")
