@@ -199,10 +199,32 @@ class FaultStack:
             return
         assert extra == 0, (
             f"paid for {self.paid_images()} images, made {made}: "
-            f"replicate creates {self.replicate.creates}, openai {self.openai.calls()}"
+            f"replicate creates {self.replicate.creates}, openai {self.openai.calls()}\n"
+            + self.creates_report()
         )
         orphans = in_bucket - self.recorded_keys()
         assert not orphans, f"objects in the bucket without a row: {sorted(orphans)}"
+
+    def creates_report(self) -> str:
+        """For a failure: each Replicate prediction (its generation, model,
+        when made, whether polled or canceled), and what the workers logged
+        of takeovers and cancels, so a rare double create can be read."""
+        fake, t0 = self.replicate, min(self.replicate.create_times, default=0.0)
+        lines = []
+        for pid, p in sorted(fake.predictions.items(), key=lambda kv: kv[1]["created"]):
+            gen = (p.get("webhook") or "").rpartition("generation=")[2] or "?"
+            flags = ("polled" if pid in fake.polled else "never polled") + (
+                ", canceled" if p.get("canceled_at") else ""
+            )
+            lines.append(f"  {p['created'] - t0:7.2f}s {pid} {p['model']} {gen} ({flags})")
+        clues = ("taken over", "stopped", "canceling predictions", "running elsewhere")
+        for log in sorted(self.logs.glob("*.log")):
+            lines += [
+                f"  {log.name}: {line.strip()[:300]}"
+                for line in log.read_text(errors="replace").splitlines()
+                if any(c in line for c in clues)
+            ]
+        return "\n".join(lines)
 
 
 def _ready(st: FaultStack, kind: str, proc: P.Process) -> bool:
