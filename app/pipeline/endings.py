@@ -35,7 +35,7 @@ from app.domain.states import (
     set_stage_status,
     set_status,
 )
-from app.pipeline import lease
+from app.pipeline import lease, stops
 from app.pipeline.context import StageWaiting
 from app.platform import events
 from app.platform.config import Settings
@@ -226,12 +226,14 @@ def _time_out_stage(
     after: After,
 ) -> None:
     """Fail ``stage`` for ``BFF_GENERATION_TIMEOUT``, with how long it ran, as
-    any failed attempt (None: it never started)."""
+    any failed attempt (None: it never started), owing its paid work a stop
+    (nothing will store what it makes): the beat's ``stops.resend_owed`` sends it."""
     error = (
         f"timed out after {_duration(settings.generation_timeout)}{where} (BFF_GENERATION_TIMEOUT)"
     )
     stage.duration_ms = elapsed_ms(stage)
     end_failed(session, settings, gen, stage, error, after, code="timeout")
+    stops.owe(session, gen, sending=False)
 
 
 def time_out_refine(

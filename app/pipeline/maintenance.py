@@ -21,11 +21,9 @@ from __future__ import annotations
 import logging
 import time
 from datetime import datetime, timedelta
-from typing import Any
 
 from celery import Celery
 from sqlalchemy import and_, or_, select, update
-from sqlalchemy.orm import Session
 
 from app.domain.generations import (
     OPEN_LATE_REFINE,
@@ -41,8 +39,7 @@ from app.domain.states import (
     PROCESSING,
     S_RUNNING,
 )
-from app.pipeline import stops
-from app.pipeline.endings import After, late_refine_overdue, time_out, time_out_refine
+from app.pipeline.endings import late_refine_overdue, time_out, time_out_refine
 from app.pipeline.learning import apply_feedback
 from app.pipeline.lease import aware, stalled
 from app.pipeline.runner import transaction
@@ -184,16 +181,8 @@ def expire_overdue(db: Database, settings: Settings, limit: int = 100) -> int:
     expired = 0
     for gen_id in ids:
         with db.Session() as session:
-            expired += transaction(session, _time_out, settings, gen_id) is not None
+            expired += transaction(session, time_out, settings, gen_id) is not None
     return expired + expire_late_refines(db, settings, created_before, limit)
-
-
-def _time_out(session: Session, settings: Settings, gen_id: str, after: After) -> Any:
-    """``time_out``, owing its paid work a stop (nothing will store what it
-    makes): the beat's ``stops.resend_owed`` sends it."""
-    if (gen := time_out(session, settings, gen_id, after)) is not None:
-        stops.owe(session, gen, sending=False)
-    return gen
 
 
 def end_abandoned_stages(db: Database, settings: Settings, limit: int = 100) -> int:
@@ -248,19 +237,11 @@ def expire_late_refines(
     expired = 0
     for gen_id in ids:
         with db.Session() as session:
-            stage = transaction(session, _time_out_refine, settings, gen_id, asked_before)
+            stage = transaction(session, time_out_refine, settings, gen_id, asked_before)
             if stage is not None:
                 log.warning("timed out the refine of %s", gen_id)
                 expired += 1
     return expired
-
-
-def _time_out_refine(
-    session: Session, settings: Settings, gen_id: str, asked_before: datetime, after: After
-) -> Any:
-    if (stage := time_out_refine(session, settings, gen_id, asked_before, after)) is not None:
-        stops.owe(session, session.get(Generation, gen_id), sending=False)
-    return stage
 
 
 def apply_one_feedback(db: Database, feedback_id: int) -> int:
