@@ -75,7 +75,7 @@ def _check(gen: Generation, asset: GenerationAsset, options: dict) -> float:
         raise ApiError(422, "validation_error", why, [{"field": "upscale", "message": why}])
     if local:
         return 0.0  # refined offline, free
-    if not services().settings.replicate_api_token:
+    if not settings.replicate_api_token:
         why = "REPLICATE_API_TOKEN not configured (refine runs on Replicate)"
         raise ApiError(
             422, "provider_unavailable", why, [{"field": "settings.provider", "message": why}]
