@@ -218,19 +218,24 @@ def claim_stage(
             return end_failed(session, settings, gen, stage, lost, after)
     # A parked stage is resumed, never attempted anew: by its countdown, by a
     # wake-up, or, its countdown lost (Redis restarted empty), by a re-send.
-    waited = bool(parked)
+    _take(gen, stage, task_id, resumed=parked)
+    after.append(lambda: events.stage_changed(settings, generation_id, name, S_RUNNING, None))
+    return gen, stage
+
+
+def _take(gen: Generation, stage: GenerationStage, task_id: str | None, resumed: bool) -> None:
+    """Mark the stage running for this delivery and renew the lease;
+    ``resumed``: a parked stage, whose wait for a provider is not a new attempt."""
     clear_holds(stage)  # running now: not parked (no wake-up takes it), no longer held
     if gen.status not in FINAL:  # a late refine leaves its completed generation so
         set_status(gen, PROCESSING)
     set_stage_status(stage, S_RUNNING)
     gen.updated_at = utcnow()  # progress: renews the lease
-    if not waited:  # waiting for a provider is not a new attempt
+    if not resumed:
         stage.attempts += 1
         stage.started_at = utcnow()
     stage.finished_at = stage.duration_ms = stage.error = None
     stage.task_id = task_id
-    after.append(lambda: events.stage_changed(settings, generation_id, name, S_RUNNING, None))
-    return gen, stage
 
 
 def record(
