@@ -12,7 +12,13 @@ from app.providers import ProviderRejected, ProviderTransient
 from app.providers.base import ImageRequest, Job, ProviderPending
 from app.providers.catalog import IMAGEN
 from app.providers.registry import get_provider
-from app.providers.replicate import LOST_AFTER, UNKNOWN, ReplicateModel
+from app.providers.replicate import (
+    LOST_AFTER,
+    UNKNOWN,
+    ReplicateModel,
+    cancel_predictions,
+    client_for,
+)
 from tests.conftest import REPLICATE_TOKEN as TOKEN
 
 
@@ -147,6 +153,20 @@ def test_aborted_prediction_is_transient_and_the_next_run_starts_a_new_one(fake)
     assert "aborted" in str(exc.value)
     assert runs.generate(request()).outputs
     assert fake.creates == 2
+
+
+def test_a_cancel_answered_aborted_counts_as_answered(fake):
+    """Replicate aborted the prediction before our cancel came: its answer
+    says so (a status the SDK's model refuses), and no stop stays owed."""
+    fake.inject("aborted")
+    with pytest.raises(ProviderPending):
+        adapter(fake, job := Job()).generate(request())
+    [pid] = job.state["predictions"]
+    while fake.status(fake.predictions[pid])[0] != "aborted":  # at its start
+        time.sleep(0.02)
+    client = client_for(TOKEN, fake.url)
+    assert cancel_predictions(client, [pid]) == {pid: "aborted"}
+    assert cancel_predictions(client, ["p_unknown"]) == {"p_unknown": "gone"}
 
 
 def test_a_prediction_that_succeeded_without_an_image_is_kept_not_paid_for_again(fake):

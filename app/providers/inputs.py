@@ -17,6 +17,8 @@ Each model input field names where its value comes from:
   field is left out when the request has none. What is *recorded* is a
   description of each image (JSON, saved with the job); the adapter swaps in
   the bytes as file objects when it calls, so its SDK uploads them.
+
+Also what every Replicate create sends beside its inputs (``webhook_args``).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import hashlib
 import io
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlencode
 
 from app.providers.base import ImageRequest, Reference
 
@@ -130,3 +133,13 @@ def content_type_of(url: str) -> str:
     """An output's content type, from its URL's extension."""
     ext = url.rsplit("?", 1)[0].rsplit(".", 1)[-1].lower()
     return {"jpg": "image/jpeg", "jpeg": "image/jpeg", "webp": "image/webp"}.get(ext, "image/png")
+
+
+def webhook_args(webhook_url: str | None, generation_id: str) -> dict[str, Any]:
+    """A create's webhook arguments: Replicate calls back when the prediction
+    ends, waking the stage that waits on it (app/api/replicate_webhook.py);
+    the generation rides in the URL. None without a reachable URL."""
+    if not webhook_url:
+        return {}
+    query = urlencode({"generation": generation_id})
+    return {"webhook": f"{webhook_url}?{query}", "webhook_events_filter": ["completed"]}

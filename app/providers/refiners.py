@@ -34,13 +34,8 @@ from app.platform.config import Settings
 from app.providers import pricing
 from app.providers.base import Canceled, Job, output_urls, prediction_ids
 from app.providers.catalog import IMAGEN
-from app.providers.replicate import (
-    cancel_predictions,
-    client_for,
-    look_once,
-    replicate_errors,
-    webhook_args,
-)
+from app.providers.inputs import webhook_args
+from app.providers.replicate import cancel_predictions, client_for, look_once, replicate_errors
 
 # Replicate limits creates per account: refines take tokens from the same
 # bucket as the catalogue's Imagen entry (BFF_RATE_LIMIT_GOOGLE_IMAGEN).

@@ -29,7 +29,6 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
-from urllib.parse import urlencode
 
 import httpx
 import replicate
@@ -47,7 +46,7 @@ from app.providers.base import (
     output_urls,
 )
 from app.providers.catalog import ModelEntry
-from app.providers.inputs import content_type_of, reference_fields, upload_file
+from app.providers.inputs import content_type_of, reference_fields, upload_file, webhook_args
 
 RUNNING = ("starting", "processing")
 LOST = "unknown to Replicate"  # a saved prediction Replicate answers 404 for...
@@ -103,16 +102,6 @@ def client_for(token: str | None, base_url: str | None) -> replicate.Client:
     if hasattr(transport, "max_attempts"):
         transport.max_attempts = 1
     return client
-
-
-def webhook_args(webhook_url: str | None, generation_id: str) -> dict[str, Any]:
-    """A create's webhook arguments: Replicate calls back when the prediction
-    ends, waking the stage that waits on it (app/api/replicate_webhook.py);
-    the generation rides in the URL. None without a reachable URL."""
-    if not webhook_url:
-        return {}
-    query = urlencode({"generation": generation_id})
-    return {"webhook": f"{webhook_url}?{query}", "webhook_events_filter": ["completed"]}
 
 
 class ReplicateModel:
@@ -200,7 +189,7 @@ def cancel_predictions(client: replicate.Client, prediction_ids: list[str]) -> d
     answered = {}
     for pid in prediction_ids:
         try:
-            answered[pid] = client.predictions.cancel(pid).status
+            answered[pid] = _raw(client, "POST", f"/v1/predictions/{pid}/cancel")["status"]
         except ReplicateError as exc:
             if exc.status is not None and 400 <= exc.status < 500 and exc.status != 429:
                 answered[pid] = "gone"
@@ -271,15 +260,20 @@ def _unknown_for(job: Job, pid: str) -> float:
 
 
 def _read(client: replicate.Client, pid: str) -> dict[str, Any]:
-    """A prediction's raw JSON (not the SDK's model: SDK 1.0.7 rejects status
-    "aborted"); status ``LOST`` when Replicate does not know it (404)."""
+    """A prediction's JSON; status ``LOST`` when Replicate does not know it (404)."""
     with replicate_errors("poll"):
         try:
-            return client._request("GET", f"/v1/predictions/{pid}").json()
+            return _raw(client, "GET", f"/v1/predictions/{pid}")
         except ReplicateError as exc:
             if exc.status == 404:
                 return {"status": LOST}
             raise
+
+
+def _raw(client: replicate.Client, method: str, path: str) -> dict[str, Any]:
+    """A prediction's raw JSON, not the SDK's model: SDK 1.0.7 refuses status
+    "aborted" (a ValidationError), for a read and a cancel's answer alike."""
+    return client._request(method, path).json()
 
 
 def _dead(model: str, pid: str, status: str | None, error: str) -> Exception:
