@@ -133,10 +133,10 @@ def get_owned(
 
 
 # What clients see of one generation, in one indexed query (primary key, then
-# the generation_id indexes of the children: at most 7 stages x 4 assets x 3
-# standing feedback rows joined), with only the columns the answer shows (the
-# rest load if asked for: each column costs the driver a description on every
-# execution). Built once, so its cache key is too.
+# the generation_id indexes of the children: its 7 or 8 stages x its assets
+# (originals and refined variants) x up to 3 standing feedback rows joined),
+# with only the columns the answer shows (the rest load if asked for: each
+# column costs the driver a description on every execution). Built once, so its cache key is too.
 SHOW = (
     select(Generation)
     .where(Generation.id == bindparam("generation_id"), Generation.user_id == bindparam("user_id"))

@@ -1,9 +1,10 @@
-"""Stage 7, ``store``: fetch every output, check it is an image, put it in the
-bucket under its deterministic key and record the asset; a re-run overwrites
-the same keys and rows. Downloads come only from provider hosts
-(``registry.is_output_url_allowed``), never following a redirect elsewhere,
-size-capped. A bucket outage fails the job here with ``generate``'s output
-reference kept, so a retry resumes at this stage without paying again.
+"""The ``store`` stage (the seventh; ``refine`` may follow): fetch every
+output, check it is an image, put it in the bucket under its deterministic
+key and record the asset; a re-run overwrites the same keys and rows.
+Downloads come only from provider hosts (``registry.is_output_url_allowed``),
+never following a redirect elsewhere, size-capped. A bucket outage fails the
+job here with ``generate``'s output reference kept, so a retry resumes at
+this stage without paying again.
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
 """Settings from the environment, in one place.
 
 Every variable in ARCHITECTURE.md's contract table is read here and nowhere
-else (those that make one setting together, through ``derived``). Unset (or
+else (those that make one setting together, through ``derived``), but for
+Flower's ``FLOWER_*`` (``flowerconfig.py``, ``workers.flower``) and gunicorn's
+``BFF_LOG_FORMAT`` (``gunicorn_logs``: its loggers are set up before the app). Unset (or
 empty) means the embedded default: SQLite and a filesystem broker under
 ``./var/``, local-disk storage served at ``/cdn/``, the offline ``local``
 provider. ``create_app(config)`` lays a dict of the same names over the
