@@ -20,7 +20,7 @@ from app.providers import PROVIDERS, health, pricing
 from app.providers.base import ASPECT_RATIOS, Capabilities
 from app.providers.health import (
     WindowStats,
-    circuit_open,
+    open_reason,
     recent_window_stats,
     record_outcome,
     window_stats,
@@ -162,8 +162,8 @@ def test_failures_in_the_window_open_the_circuit(app, providers):
     with s.db.session() as session:
         stats = window_stats(session, settings.circuit_window_s)
         assert stats["hq"] == WindowStats(ok=1, failed=4)
-        assert "4 of the last 5 calls failed" in circuit_open(session, "hq", settings)
-        assert circuit_open(session, "cheap", settings) is None
+        assert "4 of the last 5 calls failed" in open_reason(stats["hq"], settings)
+        assert open_reason(stats["cheap"], settings) is None
         hq, cheap = session.get(Provider, "hq"), session.get(Provider, "cheap")
         assert (hq.success_count, hq.failure_count, hq.last_error) == (1, 9, "HTTP 500")
         assert (cheap.success_count, cheap.failure_count, cheap.last_error) == (1, 0, None)

@@ -75,8 +75,7 @@ class GenerationFailed(Exception):
 # itself). With a cap, a long-polled prediction raised
 # MaxRetriesExceededError and its message was dropped
 # (tests/test_deploy_files.py).
-STAGE_OPTIONS = {
-    "bind": True,
+RETRIED = {
     "acks_late": True,
     # TimeoutError: no pooled connection came free in time (every one held
     # by a stage at work): not the job's fault, as a database outage is not.
@@ -84,8 +83,8 @@ STAGE_OPTIONS = {
     "retry_backoff": 2,
     "retry_backoff_max": 60,
     "max_retries": None,
-    "throws": (GenerationFailed,),
 }
+STAGE_OPTIONS = {**RETRIED, "bind": True, "throws": (GenerationFailed,)}
 
 
 def _run(task, generation_id: str, name: str) -> None:
@@ -124,14 +123,9 @@ STAGE_TASKS = {name: _stage_task(name) for name in ALL_STAGES}
 analyze, enhance, persona, route, optimize, generate, store, refine = STAGE_TASKS.values()
 
 
-@shared_task(
-    name=stops.TASK,
-    acks_late=True,  # run again, it records nothing twice (payments are named)
-    autoretry_for=(OperationalError, InterfaceError, PoolTimeout),
-    retry_backoff=2,
-    retry_backoff_max=60,
-    max_retries=None,  # the stop stays owed (a row) whatever happens to this message
-)
+# Retried as a stage is: it records nothing twice (payments are named), and
+# the stop stays owed (a row) whatever happens to this message.
+@shared_task(name=stops.TASK, **RETRIED)
 def stop_paid_work_task(stop_id: int) -> None:
     """A stopped generation's predictions canceled, and those found paid recorded."""
     s = current_app.extensions["bff"]

@@ -137,11 +137,6 @@ def revoke(session: Session, prefix: str) -> int:
     return len(keys)
 
 
-def authenticate(session: Session, key: str) -> User | None:
-    user_id = authenticate_id(session, key)
-    return None if user_id is None else session.get(User, user_id)
-
-
 def authenticate_id(session: Session, key: str) -> int | None:
     """The id of the user an active key belongs to, in one query (no cache)."""
     if "\x00" in key:  # never a key of ours, and PostgreSQL refuses NUL in text

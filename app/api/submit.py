@@ -38,7 +38,7 @@ from app.domain.models import Generation, Persona, new_id, utcnow
 from app.domain.quotas import check_submission
 from app.pipeline import stages_for
 from app.pipeline.refine import wanted as wants_refine
-from app.pipeline.route import estimate, exclusion, key_missing, routing_request
+from app.pipeline.route import estimate, exclusion, routing_request
 from app.platform.queue import dispatch
 from app.platform.storage import StorageError, generation_prefix
 from app.webhooks import submit_url_problem
@@ -77,11 +77,8 @@ def check_request(
     url_problem = url_problem or partial(submit_url_problem, settings=config)
     provider = body.settings.provider
     if provider != "auto":
-        # The missing key first: it is the cause a user can act on.
-        why = key_missing(provider, config) or exclusion(
-            provider, routing_request(settings), config
-        )
-        if why:
+        # (A missing key first: the cause a user can act on.)
+        if why := exclusion(provider, routing_request(settings), config):
             raise ApiError(
                 422,
                 "provider_unavailable",

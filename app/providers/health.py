@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from app.domain.bookkeeping import Provider, ProviderOutcome
 from app.domain.models import utcnow
 from app.platform.config import Settings
-from app.platform.db import dialect_insert
+from app.platform.db import db_time, dialect_insert
 from app.providers.registry import PROVIDERS
 
 RETENTION = timedelta(hours=24)
@@ -59,13 +59,6 @@ class WindowStats:
     def success_rate(self) -> float:
         """Laplace-smoothed, so one early failure does not read as 0 %."""
         return (self.ok + 1) / (self.samples + 1) if self.samples else 1.0
-
-
-def _at(session: Session, when: datetime) -> datetime:
-    # SQLite stores naive UTC: compare like with like.
-    if session.get_bind().dialect.name == "sqlite":
-        return when.replace(tzinfo=None)
-    return when
 
 
 # Built once (their cache keys too): a generate stage records one of them.
@@ -123,7 +116,7 @@ def prune_if_due(session: Session, provider_id: str, now: datetime | None = None
     session.execute(
         delete(ProviderOutcome).where(
             ProviderOutcome.provider_id == provider_id,
-            ProviderOutcome.created_at < _at(session, now - RETENTION),
+            ProviderOutcome.created_at < db_time(session, now - RETENTION),
         )
     )
 
@@ -140,7 +133,7 @@ WINDOW_QUERY = (
 def window_stats(
     session: Session, window_s: float, now: datetime | None = None
 ) -> dict[str, WindowStats]:
-    cutoff = _at(session, (now or utcnow()) - timedelta(seconds=window_s))
+    cutoff = db_time(session, (now or utcnow()) - timedelta(seconds=window_s))
     rows = session.execute(WINDOW_QUERY, {"cutoff": cutoff})
     counts: dict[str, list[int]] = {}
     for pid, ok, n in rows:
@@ -175,11 +168,3 @@ def open_reason(stats: WindowStats, settings: Settings) -> str | None:
         f"circuit open: {stats.failed} of the last {stats.samples} calls failed "
         f"within {settings.circuit_window_s}s"
     )
-
-
-def circuit_open(
-    session: Session, provider_id: str, settings: Settings, now: datetime | None = None
-) -> str | None:
-    """Why ``provider_id``'s circuit is open, or None when it may be used."""
-    stats = window_stats(session, settings.circuit_window_s, now).get(provider_id, WindowStats())
-    return open_reason(stats, settings)
