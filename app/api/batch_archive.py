@@ -20,6 +20,7 @@ from app.domain.models import Generation, GenerationAsset
 from app.domain.states import COMPLETED
 from app.platform.storage import Storage
 from app.platform.zipstream import Member, stream_zip
+from app.providers.base import EXTENSIONS
 
 log = logging.getLogger(__name__)
 bp = Blueprint("batch_archive", __name__, url_prefix="/api/batches")
@@ -27,7 +28,6 @@ bp.before_request(load_user)
 
 MANIFEST = ("generation_id", "status", "prompt", "provider", "model", "cost", "file", "url", "note")
 MISSING = "image missing from storage"
-EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
 
 
 def _rows(batch_id: str) -> tuple[list[Generation], dict[str, list[GenerationAsset]]]:

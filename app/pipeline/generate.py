@@ -48,6 +48,8 @@ from app.providers import (
     unavailable_reason,
 )
 from app.providers.base import (
+    CONTENT_TYPES,
+    EXTENSIONS,
     Job,
     ProviderPending,
     ProviderResult,
@@ -55,9 +57,6 @@ from app.providers.base import (
     output_urls,
     prediction_ids,
 )
-
-EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
-CONTENT_TYPES = {ext: ct for ct, ext in EXTENSIONS.items()}
 
 
 def build_request(ctx: StageContext) -> ImageRequest:

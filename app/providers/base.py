@@ -24,6 +24,9 @@ if TYPE_CHECKING:
     from app.domain.spend import TooLate
 
 ASPECT_RATIOS = ("1:1", "3:4", "4:3", "16:9", "9:16")
+# The image types taken and made, by content type: their file extension.
+EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
+CONTENT_TYPES = {ext: ct for ct, ext in EXTENSIONS.items()} | {"jpeg": "image/jpeg"}
 
 
 class ProviderError(Exception):

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
-from app.providers.base import ImageRequest, Reference
+from app.providers.base import CONTENT_TYPES, EXTENSIONS, ImageRequest, Reference
 
 NEGATIVE_FOLDED = "no negative prompt input: folded into the prompt as 'Avoid: …'"
 
@@ -118,9 +118,6 @@ def reference_fields(mapping: dict[str, Source]) -> dict[str, Ref]:
     return {name: s for name, s in mapping.items() if isinstance(s, Ref)}
 
 
-EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
-
-
 def upload_file(ref: Reference, index: int) -> io.BytesIO:
     """A reference image as a named file object: an SDK takes the upload's
     content type from its name."""
@@ -132,7 +129,7 @@ def upload_file(ref: Reference, index: int) -> io.BytesIO:
 def content_type_of(url: str) -> str:
     """An output's content type, from its URL's extension."""
     ext = url.rsplit("?", 1)[0].rsplit(".", 1)[-1].lower()
-    return {"jpg": "image/jpeg", "jpeg": "image/jpeg", "webp": "image/webp"}.get(ext, "image/png")
+    return CONTENT_TYPES.get(ext, "image/png")
 
 
 def webhook_args(webhook_url: str | None, generation_id: str) -> dict[str, Any]:

@@ -22,6 +22,7 @@ import openai
 
 from app.platform.config import Settings
 from app.providers.base import (
+    EXTENSIONS,
     ImageOutput,
     ImageRequest,
     Job,
@@ -34,7 +35,6 @@ from app.providers.inputs import reference_fields
 
 POLICY_CODES = ("content_policy_violation", "moderation_blocked")
 QUOTA_CODES = ("insufficient_quota", "billing_hard_limit_reached", "billing_not_active")
-EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
 
 
 def _retry_after(headers: Any) -> float | None:
