@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import lru_cache
 
 from flask import Blueprint, current_app, g, request
@@ -73,7 +73,7 @@ def _etag(updated_at: datetime, fb: dict) -> str:
     ``updated_at`` (stages, assets, status); feedback must not, as that is
     also the running stage's lease. The two name the representation, with
     the image URLs' base (an operator may move the CDN)."""
-    micros = round(_aware(updated_at).timestamp() * 1_000_000)
+    micros = round(updated_at.timestamp() * 1_000_000)
     base = _base_tag(current_public_base())
     return f"{micros}.{fb['heart']:d}{fb['outlier']:d}{fb['rating'] or 0}.{base}"
 
@@ -81,10 +81,6 @@ def _etag(updated_at: datetime, fb: dict) -> str:
 @lru_cache(maxsize=4)  # one base per app: hashed once, not per poll
 def _base_tag(base: str) -> str:
     return f"{zlib.crc32(base.encode()):x}"
-
-
-def _aware(dt: datetime) -> datetime:
-    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)  # SQLite hands back naive UTC
 
 
 @bp.get("/<generation_id>")

@@ -35,7 +35,7 @@ from app.domain import spend
 from app.domain.models import Generation, GenerationAsset, GenerationStage, utcnow
 from app.domain.spend import refusal
 from app.domain.states import COMPLETED, LATE_REQUEST, LATE_STAGE, S_FAILED, S_PENDING, refining
-from app.pipeline.lease import CHECKPOINT, aware, checkpoint_of
+from app.pipeline.lease import CHECKPOINT, checkpoint_of
 from app.pipeline.refine import INHERITED, ops_for, oversize
 from app.platform.queue import dispatch
 
@@ -139,7 +139,7 @@ def _paid_for(session: Session, gen: Generation, stage: GenerationStage) -> dict
     asked = ((gen.pipeline_data or {}).get(LATE_REQUEST) or {}).get("askedAt")
     if stage.status != S_FAILED or not asked or not saved.get("predictions"):
         return None
-    if utcnow() - aware(datetime.fromisoformat(asked)) >= REUSABLE:
+    if utcnow() - datetime.fromisoformat(asked) >= REUSABLE:
         return None
     handed = set(saved.get(INHERITED) or [])
     paid = {

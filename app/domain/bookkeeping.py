@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Boolean, DateTime, Index, Integer, String, Text
+from sqlalchemy import BigInteger, Boolean, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.domain.models import Base, utcnow
+from app.platform.db import UtcDateTime
 
 
 class Provider(Base):
@@ -23,9 +24,7 @@ class Provider(Base):
     success_count: Mapped[int] = mapped_column(Integer, default=0)
     failure_count: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
-    updated_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), default=utcnow, onupdate=utcnow
-    )
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow, onupdate=utcnow)
 
 
 class MaintenanceState(Base):
@@ -35,7 +34,7 @@ class MaintenanceState(Base):
     name: Mapped[str] = mapped_column(String(40), primary_key=True)
     position: Mapped[str | None] = mapped_column(Text)
     removed: Mapped[int] = mapped_column(BigInteger, default=0)
-    updated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
 
 
 class ProviderOutcome(Base):
@@ -48,4 +47,4 @@ class ProviderOutcome(Base):
     provider_id: Mapped[str] = mapped_column(String(40))
     ok: Mapped[bool] = mapped_column(Boolean)
     error: Mapped[str | None] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)

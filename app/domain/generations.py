@@ -4,7 +4,7 @@ session and never commit."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, bindparam, exists, select, update
@@ -54,8 +54,6 @@ OPEN_LATE_REFINE = and_(
 def iso(dt: datetime | None) -> str | None:
     if dt is None:
         return None
-    if dt.tzinfo is None:  # SQLite hands back naive datetimes; we only ever store UTC
-        dt = dt.replace(tzinfo=UTC)
     return dt.isoformat().replace("+00:00", "Z")
 
 
@@ -244,9 +242,7 @@ def elapsed_ms(stage: GenerationStage) -> int | None:
     """How long the stage has run, in ms (None: it never started)."""
     if stage.started_at is None:
         return None
-    started = stage.started_at
-    started = started if started.tzinfo else started.replace(tzinfo=UTC)  # SQLite: naive
-    return max(0, round((utcnow() - started).total_seconds() * 1000))
+    return max(0, round((utcnow() - stage.started_at).total_seconds() * 1000))
 
 
 def prepare_retry(gen: Generation, timeout: float) -> str:

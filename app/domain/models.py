@@ -11,7 +11,6 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     Boolean,
-    DateTime,
     Float,
     ForeignKey,
     Index,
@@ -25,6 +24,8 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from app.platform.db import UtcDateTime
 
 # A refine stage not ended yet (the migration 0012's partial index holds these).
 OPEN_REFINE = "name = 'refine' AND status IN ('pending', 'running')"
@@ -50,7 +51,7 @@ class User(Base):
     name: Mapped[str] = mapped_column(String(120), unique=True)
     webhook_secret: Mapped[str | None] = mapped_column(String(80))
     daily_spend_cap: Mapped[Decimal | None] = mapped_column(Numeric(10, 4))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
 
 class ApiKey(Base):
@@ -59,8 +60,8 @@ class ApiKey(Base):
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     prefix: Mapped[str] = mapped_column(String(32), index=True)
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     user: Mapped[User] = relationship()
 
 
@@ -81,10 +82,10 @@ class Batch(Base):
     webhook_url: Mapped[str | None] = mapped_column(String(2000))
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
     request_hash: Mapped[str | None] = mapped_column(String(64))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    canceled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    canceled_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     # Every generation final, the completion webhook recorded (once).
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
 
 
 class Generation(Base):
@@ -123,14 +124,12 @@ class Generation(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
     request_hash: Mapped[str | None] = mapped_column(String(64))
     webhook_url: Mapped[str | None] = mapped_column(String(2000))
-    dispatched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    dispatched_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     # Not final by then: failed with code "timeout" (BFF_GENERATION_TIMEOUT).
-    deadline_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), default=utcnow, onupdate=utcnow
-    )
-    completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    deadline_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow, onupdate=utcnow)
+    completed_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
 
     stages: Mapped[list[GenerationStage]] = relationship(
         order_by="GenerationStage.position",
@@ -177,8 +176,8 @@ class GenerationStage(Base):
     position: Mapped[int] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String(20), default="pending")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
-    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     duration_ms: Mapped[int | None] = mapped_column(Integer)
     output: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     error: Mapped[str | None] = mapped_column(Text)
@@ -206,7 +205,7 @@ class GenerationAsset(Base):
     source_asset_id: Mapped[int | None] = mapped_column(
         ForeignKey("generation_assets.id", ondelete="SET NULL")
     )
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
 
 class GenerationFeedback(Base):
@@ -233,9 +232,9 @@ class GenerationFeedback(Base):
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
     # The learner applies a row once and, once it is withdrawn (a second heart,
     # a new rating), undoes it once; undone_at is also set when it moved nothing.
-    applied_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    removed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    undone_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    applied_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    removed_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    undone_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     # The Idempotency-Key of the request that made this row, and of the one
     # that withdrew it (a second heart or outlier answers about the row it
     # withdrew): a retry of either answers again instead of toggling again.
@@ -243,7 +242,7 @@ class GenerationFeedback(Base):
     request_hash: Mapped[str | None] = mapped_column(String(64))
     withdrawal_idempotency_key: Mapped[str | None] = mapped_column(String(255))
     withdrawal_request_hash: Mapped[str | None] = mapped_column(String(64))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
 
 STANDING_FEEDBACK = ("heart", "outlier", "rating")  # one each per user and generation
@@ -277,10 +276,8 @@ class Persona(Base):
     is_default: Mapped[bool] = mapped_column(Boolean, default=False)
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
     request_hash: Mapped[str | None] = mapped_column(String(64))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), default=utcnow, onupdate=utcnow
-    )
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow, onupdate=utcnow)
 
 
 class PromptTokenScore(Base):
@@ -293,6 +290,4 @@ class PromptTokenScore(Base):
     token: Mapped[str] = mapped_column(String(80), primary_key=True)
     score: Mapped[float] = mapped_column(Float, default=0.5)
     uses: Mapped[int] = mapped_column(Integer, default=0)
-    updated_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), default=utcnow, onupdate=utcnow
-    )
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow, onupdate=utcnow)

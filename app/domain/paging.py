@@ -24,8 +24,7 @@ def cursor_pattern(id_prefix: str) -> str:
 
 
 def encode_cursor(row: Any) -> str:
-    created = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=UTC)
-    return f"{(created - _EPOCH) // _MICROSECOND}.{row.id}"
+    return f"{(row.created_at - _EPOCH) // _MICROSECOND}.{row.id}"
 
 
 def decode_cursor(cursor: str, pattern: str) -> tuple[datetime, str]:

@@ -17,7 +17,7 @@
 from __future__ import annotations
 
 import math
-from datetime import UTC, timedelta
+from datetime import timedelta
 
 from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
@@ -90,7 +90,6 @@ def check_submission(
         # When the oldest leaves the window (a batch may need more to leave).
         wait = 1
         if oldest is not None:
-            oldest = oldest if oldest.tzinfo else oldest.replace(tzinfo=UTC)
             wait = max(1, math.ceil(window - (now - oldest).total_seconds()))
         asked = f" ({recent} made, {count} more asked)" if count > 1 else ""
         raise ApiError(

@@ -23,7 +23,6 @@ from typing import Any, NamedTuple
 
 from sqlalchemy import (
     Date,
-    DateTime,
     ForeignKey,
     Index,
     Integer,
@@ -43,7 +42,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 from sqlalchemy.orm.attributes import set_committed_value
 
 from app.domain.models import Base, Generation, GenerationStage, User, utcnow
-from app.platform.db import db_time, dialect_insert
+from app.platform.db import UtcDateTime, db_time, dialect_insert
 
 
 class Charge(Base):
@@ -63,7 +62,7 @@ class Charge(Base):
     what: Mapped[str] = mapped_column(String(20))  # the stage: generate, refine
     payment: Mapped[str] = mapped_column(String(64))  # what was paid for (``pay``), hashed
     amount: Mapped[Decimal] = mapped_column(Numeric(10, 4))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
 
 def _spent_statement():

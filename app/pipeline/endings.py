@@ -265,7 +265,7 @@ def late_refine_overdue(gen: Generation, asked_before: datetime) -> bool:
     if when is None:
         stage = next((s for s in gen.stages if s.name == LATE_STAGE), None)
         when = (stage.started_at if stage else None) or gen.updated_at
-    return when is not None and lease.aware(when) < asked_before
+    return when is not None and when < asked_before
 
 
 def backoff(attempt: int, retry_after: float | None = None) -> float:

@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import partial
 from typing import Any
 
@@ -103,14 +103,9 @@ STAGE = (
 )
 
 
-def aware(dt: datetime) -> datetime:
-    """A database time as aware UTC (SQLite hands back naive UTC)."""
-    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
-
-
 def stalled(gen: Any, settings: Settings) -> bool:
     """No progress on this generation for longer than the stall timeout."""
-    return (utcnow() - aware(gen.updated_at)).total_seconds() > settings.stall_timeout
+    return (utcnow() - gen.updated_at).total_seconds() > settings.stall_timeout
 
 
 @contextmanager

@@ -41,7 +41,7 @@ from app.domain.states import (
 )
 from app.pipeline.endings import late_refine_overdue, time_out, time_out_refine
 from app.pipeline.learning import apply_feedback
-from app.pipeline.lease import aware, stalled
+from app.pipeline.lease import stalled
 from app.pipeline.runner import transaction
 from app.platform.config import Settings
 from app.platform.db import Database, begin_for_update
@@ -113,7 +113,7 @@ def redispatch_stalled(
                     .limit(limit)
                 )
             ),
-            key=lambda gen: aware(gen.updated_at),
+            key=lambda gen: gen.updated_at,
         )[:limit]
         for gen in rows:
             stage = first_unfinished(gen)
@@ -153,11 +153,11 @@ def _sent_within(gen: Generation, now: datetime, settings: Settings, stage: str)
     backlog (a batch's members wait their turn) is not flooded with copies."""
     if gen.dispatched_at is None:
         return False
-    sent = aware(gen.dispatched_at)
-    activity = [aware(t) for s in gen.stages for t in (s.started_at, s.finished_at) if t]
+    sent = gen.dispatched_at
+    activity = [t for s in gen.stages for t in (s.started_at, s.finished_at) if t]
     if activity and max(activity) >= sent:  # picked up since
         return False
-    quiet_then = (sent - aware(gen.updated_at)).total_seconds()
+    quiet_then = (sent - gen.updated_at).total_seconds()
     return (now - sent).total_seconds() < max(settings.stall_timeout, quiet_then)
 
 

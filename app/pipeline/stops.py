@@ -21,15 +21,14 @@ from contextlib import suppress
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Integer, String, delete, or_, select, update
+from sqlalchemy import JSON, Integer, String, delete, or_, select, update
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from app.domain.models import Base, Generation, GenerationStage, utcnow
 from app.domain.states import STAGE_DONE
 from app.pipeline import payments
-from app.pipeline.lease import aware
 from app.platform.config import Settings
-from app.platform.db import Database, db_time
+from app.platform.db import Database, UtcDateTime, db_time
 from app.providers.base import prediction_ids
 from app.providers.cancel import cancel_remote
 
@@ -49,8 +48,8 @@ class ProviderStop(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     generation_id: Mapped[str] = mapped_column(String(40))  # no foreign key: it may be deleted
     work: Mapped[dict[str, Any]] = mapped_column(JSON)  # ``paid_work``
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
 
 
 def paid_work(gen: Generation) -> dict[str, Any] | None:
@@ -122,7 +121,7 @@ def make(db: Database, settings: Settings, stop_id: int) -> None:
         stop = session.get(ProviderStop, stop_id)
         if stop is None:  # made by another copy
             return
-        work, since = stop.work, aware(stop.created_at)
+        work, since = stop.work, stop.created_at
         session.rollback()  # no transaction held while Replicate answers
         found = cancel_remote(settings, unsaved(work))
         payments.record_too_late(session, work["userId"], work["id"], found.late)

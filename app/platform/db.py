@@ -15,10 +15,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import create_engine, event, text
+from sqlalchemy import DateTime, TypeDecorator, create_engine, event, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
@@ -82,6 +82,17 @@ def make_engine(
             f" -c lock_timeout={int(lock_timeout * 1000)}",
         },
     )
+
+
+class UtcDateTime(TypeDecorator):
+    """Every timestamp column: aware UTC in Python on both databases (SQLite
+    stores and hands back naive UTC; we only ever write UTC)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
 
 
 def db_time(session: Session, dt: datetime) -> datetime:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from datetime import UTC
 from typing import Any
 
 from flask import Blueprint, Response
@@ -151,7 +150,6 @@ class DatabaseCollector:
         )
         for name, _, at in states:
             if at is not None:
-                at = at if at.tzinfo else at.replace(tzinfo=UTC)  # SQLite: naive UTC
                 last.add_metric([name], at.timestamp())
         yield last
 

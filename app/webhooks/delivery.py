@@ -150,10 +150,6 @@ def backoff(attempts: int, base: float) -> float:
     return min(MAX_DELAY, base * 2 ** (attempts - 1)) * random.uniform(0.9, 1.1)
 
 
-def _aware(dt: datetime) -> datetime:
-    return dt if dt.tzinfo else dt.replace(tzinfo=utcnow().tzinfo)
-
-
 def attempt(
     db: Database, settings: Settings, delivery_id: str, attempt_no: int
 ) -> tuple[int, float] | None:
@@ -167,12 +163,12 @@ def attempt(
         d = session.get(WebhookDelivery, delivery_id, with_for_update=True)
         if d is None or d.status != PENDING or d.attempts != attempt_no - 1:
             return None
-        due = _aware(d.next_attempt_at or now)
+        due = d.next_attempt_at or now
         if due > now + timedelta(seconds=1):
             return attempt_no, (due - now).total_seconds()
         d.attempts, d.next_attempt_at = attempt_no, now + CLAIM  # claimed
         secret = ensure_secret(session.get(User, d.user_id))
-        url, payload, created = d.url, d.payload, _aware(d.created_at)
+        url, payload, created = d.url, d.payload, d.created_at
         event = d.event_type
     try:
         code, error = _call(settings, url, delivery_id, secret, payload, now, event)
