@@ -25,6 +25,7 @@ from app.webhooks import (
     WebhookDelivery,
     attempt,
     due_deliveries,
+    guard,
     resolve_target,
 )
 from app.webhooks.guard import post
@@ -405,6 +406,30 @@ def test_a_receiver_dripping_its_answer_holds_no_thread(headers):
     dripper.sock.close()
     assert not caller.is_alive(), f"still reading after {dripper.sent} bytes"
     assert outcome == [200] if headers else issubclass(outcome[0], Exception)
+
+
+def test_a_receiver_has_the_whole_timeout_to_answer_not_the_connects(monkeypatch):
+    """The connect's timeout bounds taking the connection only: a receiver
+    answering after it, within the delivery's timeout, is heard."""
+    monkeypatch.setattr(guard, "CONNECT_TIMEOUT", 0.3)
+
+    class Slow(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            time.sleep(0.8)
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://receiver.test:{server.server_port}/hook"
+        assert post(url, ["127.0.0.1"], {}, b"{}", timeout=3) == 200
+    finally:
+        server.shutdown()
 
 
 def test_a_resolver_hiccup_at_delivery_is_retried_not_refused(dev_app, dns):

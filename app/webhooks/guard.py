@@ -18,6 +18,7 @@ from urllib.parse import SplitResult, urlsplit
 from app.platform.config import Settings
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+CONNECT_TIMEOUT = 5.0  # seconds for one address to take the connection
 HTTP_ONLY_LOOPBACK = "must be https (plain http only to loopback in development)"
 
 
@@ -132,7 +133,9 @@ def post(
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     headers = {**headers, "Host": parts.netloc.rsplit("@", 1)[-1]}
     for i, ip in enumerate(ips):
-        conn = (HTTPSConnection if https else HTTPConnection)(ip, port, timeout=5, **kw)
+        conn = (HTTPSConnection if https else HTTPConnection)(
+            ip, port, timeout=CONNECT_TIMEOUT, **kw
+        )
         try:
             conn.connect()
         except ConnectTimeoutError:  # refused or timed out: the next one
@@ -143,7 +146,7 @@ def post(
         deadline = threading.Timer(timeout, _hang_up, (conn,))
         deadline.start()
         try:
-            conn.sock.settimeout(timeout)
+            conn.timeout = timeout  # (urllib3 sets each read's from it: not the connect's)
             conn.request("POST", path, body=body, headers=headers, preload_content=False)
             return conn.getresponse().status
         finally:
