@@ -184,9 +184,14 @@ def test_celery_app_registers_and_routes_the_pipeline_tasks(tmp_path):
     expected = {f"pipeline.{s}" for s in ALL_STAGES}
     assert expected <= set(info["names"]), info["names"]
     assert len(expected) == 8  # the seven and the optional refine
-    # Provider calls (a stopped job's Replicate cancels too) on their own queue.
-    provider_calls = ("pipeline.generate", "pipeline.refine", "providers.stop_paid_work")
-    for name in (*expected, "providers.stop_paid_work"):
+    # Calls out (a stopped job's Replicate cancels, webhooks too) on their own queue.
+    provider_calls = (
+        "pipeline.generate",
+        "pipeline.refine",
+        "providers.stop_paid_work",
+        "webhooks.deliver",
+    )
+    for name in (*expected, "providers.stop_paid_work", "webhooks.deliver"):
         queue = "generation" if name in provider_calls else "pipeline"
         assert info["routes"][name] == queue, (name, info["routes"][name])
     # Everything else (maintenance, feedback) stays off the provider queue.

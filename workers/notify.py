@@ -1,5 +1,6 @@
-"""Thin Celery tasks for webhooks (queue ``pipeline``): one delivery attempt,
-and the sweep that re-sends deliveries whose message was lost."""
+"""Thin Celery tasks for webhooks: one delivery attempt (queue ``generation``,
+with the other calls out: a receiver may take its 10 s), and the sweep that
+re-sends deliveries whose message was lost (``pipeline``)."""
 
 from __future__ import annotations
 

@@ -46,11 +46,14 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
         "task_default_queue": "pipeline",
-        # Provider calls on their own queue; everything else on "pipeline".
+        # Calls out (providers, users' webhook receivers) on their own queue,
+        # served by threads: a slow receiver must not hold a light stage's
+        # process. Everything else on "pipeline".
         "task_routes": {
             "pipeline.generate": {"queue": "generation"},
             "pipeline.refine": {"queue": "generation"},  # provider calls too
             "providers.stop_paid_work": {"queue": "generation"},  # Replicate's cancels
+            "webhooks.deliver": {"queue": "generation"},
         },
         "task_soft_time_limit": 300,
         "task_time_limit": 360,
