@@ -242,6 +242,38 @@ def test_a_server_that_does_not_answer_is_said_in_words(dev_server, browser):
     page.close()
 
 
+def test_an_error_is_said_in_its_message_whatever_its_details(dev_server, browser):
+    """Most errors detail fields (a list); a budget's gives its figures (an
+    object): the page says the message either way, never a script error."""
+    import requests
+
+    base, key, _ = dev_server
+    page = browser.new_page()
+    page.goto(base + "/")
+    page.evaluate("k => localStorage.setItem('bff.apiKey', k)", key)
+    invalid = requests.post(
+        base + "/api/generate/from-prompt",
+        json={"prompt": " "},
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=10,
+    )
+    assert invalid.status_code == 422 and isinstance(invalid.json()["error"]["details"], list)
+    cap = "this request may cost $0.16: with today's $0.00 it would pass your daily cap $0.05"
+    budget = {"code": "budget_exceeded", "message": cap, "details": {"spent": 0.0, "cap": 0.05}}
+
+    def answering(status: int, body: dict):  # (a handler taking one argument: the route)
+        return lambda route: route.fulfill(status=status, json=body)
+
+    for status, body in ((422, invalid.json()), (403, {"error": budget})):
+        page.route("**/api/generate/from-prompt", answering(status, body))
+        said = page.evaluate(
+            "api('POST', '/api/generate/from-prompt', {}).then(() => 'ok', (e) => e.message)"
+        )
+        assert said.startswith(body["error"]["message"]), said
+        page.unroute("**/api/generate/from-prompt")
+    page.close()
+
+
 def test_a_job_no_worker_takes_says_so_after_a_while(dev_server, browser):
     """Its stream is held (as when no worker ever reports a stage): after 20 s
     the page says why it may be waiting, instead of "Queued…" for ever."""

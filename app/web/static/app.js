@@ -26,7 +26,9 @@ async function api(method, path, body) {
   const data = await resp.json().catch(() => ({}));
   if (!resp.ok) {
     const err = data.error || {};
-    const detail = (err.details || []).map((d) => `${d.field}: ${d.message}`).join("; ");
+    // A list of fields' problems, or an object of figures (a budget's), already in the message.
+    const fields = Array.isArray(err.details) ? err.details : [];
+    const detail = fields.map((d) => `${d.field}: ${d.message}`).join("; ");
     throw new Error(`${err.message || resp.statusText}${detail ? ` (${detail})` : ""}`);
   }
   return data;
