@@ -18,6 +18,8 @@ from sqlalchemy import event, select
 
 from app import create_app
 from app.domain.models import Generation, GenerationAsset
+from app.platform.config import Settings
+from app.platform.storage import StorageError, make_storage
 from app.webhooks import WebhookDelivery, record_final
 from tests.conftest import make_user
 from tests.support.buckets import s3_client
@@ -171,6 +173,18 @@ def r2_config(app_config, s3_server) -> dict[str, str]:
         "R2_REGION": "us-east-1",
         "R2_CDN_URL": "https://old-cdn.example.com/",
     }
+
+
+def test_a_bucket_that_does_not_exist_is_said_not_taken_for_a_missing_key(r2_config):
+    """A 404 for the bucket is the operator's setting, not a missing image:
+    a stage retries it (StorageError) and its message names the variable."""
+    storage = make_storage(Settings.from_env(r2_config))
+    with pytest.raises(KeyError):  # the bucket exists: this is a missing key
+        storage.get("users/1/nothing.png")
+    wrong = make_storage(Settings.from_env({**r2_config, "R2_BUCKET_NAME": "no-such-bucket"}))
+    for call in (lambda: wrong.get("a.png"), lambda: wrong.put("a.png", b"x", "image/png")):
+        with pytest.raises(StorageError, match="'no-such-bucket' does not exist.*R2_BUCKET_NAME"):
+            call()
 
 
 def test_bucket_urls_follow_r2_cdn_url(r2_config):

@@ -175,7 +175,11 @@ class S3Storage:
             return getattr(self.client, method)(Bucket=self.bucket, **kwargs)
         except ClientError as exc:
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-            if status == 404 or exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+            code = exc.response.get("Error", {}).get("Code")
+            if code == "NoSuchBucket":  # a 404 too, but no key is missing: the setting is wrong
+                missing = f"bucket {self.bucket!r} does not exist (R2_BUCKET_NAME)"
+                raise StorageError(missing) from exc
+            if status == 404 or code in ("NoSuchKey", "404"):
                 raise KeyError(kwargs.get("Key")) from exc
             raise StorageError(f"bucket error: {exc}") from exc
         except BotoCoreError as exc:
