@@ -51,3 +51,25 @@ def test_a_single_jobs_first_stage_is_taken_before_any_stage_of_a_batch(redis_ur
         ("pipeline.analyze", "gen_b2"),
         None,
     ]
+
+
+def test_a_chain_sent_from_a_task_is_its_own_root(redis_url, tmp_path):
+    """Maintenance re-sends chains from a task: each chain's tasks still share
+    its first task's id as their root (Flower: one tree per generation), not
+    the sending task's."""
+    settings = Settings.from_env({"REDIS_URL": redis_url, "BFF_VAR_DIR": str(tmp_path)})
+    app = Celery("root-test")
+    app.config_from_object(celery_config(settings))
+
+    @app.task(name="maintenance.resend")
+    def resend() -> None:
+        assert dispatch(app, "gen_a", "route") and dispatch(app, "gen_b", "route")
+
+    resend.apply()
+    with app.connection_for_read() as conn:
+        taken = [conn.default_channel.basic_get("pipeline", no_ack=True) for _ in range(2)]
+    for message in taken:
+        first = message.headers["id"]
+        assert message.headers["root_id"] == first
+        later = json.loads(message.body)[2]["chain"]
+        assert {t["options"]["root_id"] for t in later} == {first}

@@ -190,7 +190,9 @@ def dispatch(
     ``stages``: the generation's own stages (with ``refine`` when it asks)."""
     sig = stage_chain(celery_app, generation_id, from_stage, background, first_task_id, stages)
     try:
-        sig.apply_async()
+        # Its own root, also when a task sends it (maintenance): Celery would
+        # make the sender the root of every chain it sends.
+        sig.apply_async(root_id=sig.tasks[0].id)
     except Exception as exc:  # kombu and redis-py raise several types for "broker down"
         log.warning("could not enqueue %s: %s", generation_id, _why(exc))
         return False
