@@ -123,6 +123,21 @@ def test_compose_wires_the_contract_env_to_every_app_service(compose):
             assert "migrate" in deps, service
 
 
+def test_compose_gives_a_stop_the_time_gunicorn_takes(compose):
+    """Docker's default 10 s would kill gunicorn inside its graceful_timeout."""
+    graceful = re.search(
+        r"^graceful_timeout = (\d+)", (ROOT / "gunicorn.conf.py").read_text(), re.M
+    )
+    for process in PROCESSES[1:]:
+        grace = compose["services"][SERVICE[process]].get("stop_grace_period", "10s")
+        assert int(grace.rstrip("s")) > int(graceful.group(1)), process
+
+
+def test_the_build_context_leaves_out_local_state_and_keys():
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert {"var", ".venv", ".venv-tools", ".git"} <= set(ignored)
+
+
 def test_compose_services_scale(compose):
     # `--scale generator=N` needs no fixed container name or host port.
     gen = compose["services"]["generator"]
