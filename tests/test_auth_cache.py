@@ -73,6 +73,15 @@ def test_revoke_in_this_process_bites_at_once(app, client, user, other_user, clo
     assert client.get("/api/generate", headers=other_user.headers).status_code == 200
 
 
+def test_a_key_sent_with_another_scheme_is_told_the_one_to_use(client, user):
+    told = client.get("/api/generate", headers={"Authorization": f"Token {user.key}"})
+    assert told.status_code == 401
+    assert told.json["error"]["message"] == (
+        "missing API key: send 'Authorization: Bearer <key>' (not 'Token')"
+    )
+    assert client.get("/api/generate").json["error"]["message"].endswith("Bearer <key>'")
+
+
 def test_failures_are_not_cached(app, client, user, clock):
     bad = {"Authorization": f"Bearer {user.key}x"}
     assert client.get("/api/generate", headers=bad).status_code == 401

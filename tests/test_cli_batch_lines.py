@@ -130,7 +130,7 @@ def test_each_request_knows_its_line_and_columns(tmp_path):
         (
             "looks.jsonl",
             '{"prompt": "a red coat"}\n\n{"prompt": "a blue coat", "colour": "x"}\n',
-            "line 3 (items.1.colour): Extra inputs are not permitted",
+            "line 3 (items.1.colour): unknown field",
         ),
         (
             "prompts.txt",

@@ -63,7 +63,9 @@ def test_feedback_renews_the_etag_but_not_the_lease(app, client, user):
     assert after.status_code == 200 and after.json["feedback"]["rating"] == 4
     assert after.json["updatedAt"] == before.json["updatedAt"]  # the running stage's lease
     revalidate = {**user.headers, "If-None-Match": after.headers["ETag"]}
-    assert client.get(url, headers=revalidate).status_code == 304
+    unchanged = client.get(url, headers=revalidate)
+    assert unchanged.status_code == 304  # with the 200's caching headers (RFC 9110 15.4.5)
+    assert unchanged.headers["Cache-Control"] == after.headers["Cache-Control"]
 
 
 def test_the_list_reads_feedback_in_one_query_per_page(app, client, user):

@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import func, select
 
 from app import create_app
+from app.api.errors import UNKNOWN
 from app.api.openapi import build_spec
 from app.domain import spend
 from app.domain.models import Generation, GenerationFeedback, User
@@ -58,6 +59,13 @@ def test_a_matrix_sent_where_it_does_not_go_says_where_it_does(client, user, pat
 def test_a_plain_refusal_carries_no_matrix_hint(client, user):
     error = assert_error(client.post(PROMPT, json={"prompt": ""}, headers=user.headers), 422)
     assert error["message"] == "request validation failed"
+
+
+def test_a_misspelt_setting_is_called_an_unknown_field(client, user):
+    body = {"prompt": "linen shirt", "settings": {"sise": "portrait"}}
+    error = assert_error(client.post(PROMPT, json=body, headers=user.headers), 422)
+    assert error["details"] == [{"field": "settings.sise", "message": UNKNOWN}]
+    assert "spelling" in UNKNOWN
 
 
 # ------------------------------------------------ feedback fields by type

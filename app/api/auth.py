@@ -159,10 +159,11 @@ def load_user() -> None:
     header = request.headers.get("Authorization", "")
     scheme, _, key = header.partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
+        said = f" (not '{scheme[:20]}')" if header and scheme.lower() != "bearer" else ""
         raise ApiError(
             401,
             "unauthorized",
-            "missing API key: send 'Authorization: Bearer <key>'",
+            f"missing API key: send 'Authorization: Bearer <key>'{said}",
             headers={"WWW-Authenticate": "Bearer"},
         )
     key = key.strip()

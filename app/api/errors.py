@@ -74,12 +74,17 @@ def _too_large() -> str:
     )
 
 
+UNKNOWN = "unknown field: not one the API takes (check its spelling and case)"
+
+
 def validation_details(exc: ValidationError) -> list[dict[str, str]]:
     return [
         {
             "field": ".".join(str(p) for p in err["loc"]) or "body",
             # Our validators' own sentences, without pydantic's "Value error, ".
-            "message": err["msg"].removeprefix("Value error, "),
+            "message": UNKNOWN
+            if err["type"] == "extra_forbidden"
+            else err["msg"].removeprefix("Value error, "),
         }
         for err in exc.errors(include_url=False)
     ]

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
 
-from flask import Blueprint, current_app, g, request
+from flask import Blueprint, Response, current_app, g, request
 from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
@@ -83,6 +83,12 @@ def _base_tag(base: str) -> str:
     return f"{zlib.crc32(base.encode()):x}"
 
 
+def _revalidated(resp: Response) -> Response:
+    """Revalidated each time (the 304 is cheap): feedback changes even a final one."""
+    resp.cache_control.private, resp.cache_control.no_cache = True, True
+    return resp
+
+
 @bp.get("/<generation_id>")
 def show(generation_id: str):
     with services().db.read() as session:
@@ -94,13 +100,12 @@ def show(generation_id: str):
             if request.if_none_match.contains_weak(tag):
                 resp = current_app.response_class(status=304)
                 resp.set_etag(tag)
-                return resp
+                return _revalidated(resp)  # (a 304 repeats the 200's caching headers)
         gen = load_owned(session, generation_id)
         resp = respond(GenerationOut, gen)
         resp.set_etag(_etag(gen.updated_at, feedback_state(gen)))
         working = gen.status not in FINAL or refining(gen)  # still changing
-    # Revalidated each time (the 304 is cheap): feedback changes even a final one.
-    resp.cache_control.private, resp.cache_control.no_cache = True, True
+    _revalidated(resp)
     if working:
         resp.headers["Retry-After"] = "1"
     return resp
