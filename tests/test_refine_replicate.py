@@ -246,6 +246,25 @@ def test_deleting_a_completed_generation_stops_its_late_refine(app, user, fake):
     assert fake.render(refine_pid)["status"] == "canceled"
 
 
+def test_canceling_a_completed_generation_stops_its_late_refine_and_keeps_it(app, user, fake):
+    """The cancel of a completed generation whose refine, asked for
+    afterwards, runs: the refine fails "canceled" (its prediction canceled,
+    its parked copy fenced off), the generation stays completed with its
+    images, and a second cancel finds nothing to stop."""
+    client = app.test_client()
+    gen_id, url = _refining(app, user, fake, latency=30.0)
+    resp = client.post(f"/api/generate/{gen_id}/cancel", headers=user.headers)
+    assert resp.status_code == 200 and resp.json["status"] == "completed"
+    refine = stages_by_name(resp.json)["refine"]
+    assert (refine["status"], refine["error"]) == ("failed", "canceled while running")
+    assert [fake.render(p)["status"] for p in _upscales(fake)] == ["canceled"]
+    parked = run_stage(*_s(app), gen_id, "refine", task_id="late")  # its countdown's run
+    assert not parked.proceed and parked.retry_in is None and len(_upscales(fake)) == 1
+    again = client.post(f"/api/generate/{gen_id}/cancel", headers=user.headers)
+    assert again.status_code == 409
+    assert client.post(url, json={"upscale": 2}, headers=user.headers).status_code == 202
+
+
 def test_a_late_refine_working_as_its_generation_is_deleted_pays_for_nothing_more(
     app, user, fake, monkeypatch
 ):

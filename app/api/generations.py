@@ -34,6 +34,7 @@ from app.domain.feedback import feedback_state, state_of
 from app.domain.models import Generation, GenerationFeedback, standing_feedback
 from app.domain.states import (
     CANCEL_REQUEST,
+    COMPLETED,
     FINAL,
     GENERATION_STATUSES,
     RETRY_REQUEST,
@@ -41,6 +42,7 @@ from app.domain.states import (
     refining,
 )
 from app.pipeline import stops
+from app.pipeline.endings import cancel_late_refine
 from app.platform import events
 from app.platform.queue import dispatch
 from app.platform.storage import current_public_base, generation_prefix
@@ -201,18 +203,26 @@ def announce_stopped(stopped: list[Stopped]) -> None:
 
 @bp.post("/<generation_id>/cancel")
 def cancel(generation_id: str):
-    """With an Idempotency-Key, a retry of the cancel answers it again."""
-    key, stopped = request_key({}), None
-    with services().db.session() as session:
+    """With an Idempotency-Key, a retry of the cancel answers it again. A
+    completed generation's refine asked for afterwards is what it cancels."""
+    s, key, stopped, refine_stop, after = services(), request_key({}), None, None, []
+    with s.db.session() as session:
         gen = load_owned(session, generation_id, lock=True)
         if not asked_before(gen.pipeline_data, CANCEL_REQUEST, key):
-            try:
-                stopped = stop(session, gen)  # commits with the cancel
-            except IllegalTransition:
-                raise ApiError(409, "conflict", f"generation is already {gen.status}") from None
+            if gen.status == COMPLETED and refining(gen):
+                refine_stop = cancel_late_refine(session, s.settings, gen, after)
+            else:
+                try:
+                    stopped = stop(session, gen)  # commits with the cancel
+                except IllegalTransition:
+                    why = f"generation is already {gen.status}"
+                    raise ApiError(409, "conflict", why) from None
             _keep(gen, CANCEL_REQUEST, key)
     if stopped is not None:
         announce_stopped([stopped])
+    for announce in after:  # the refine's stage event and webhook
+        announce()
+    stops.send(s.db, s.celery, refine_stop)
     with services().db.session() as session:
         return respond(GenerationOut, load_owned(session, generation_id))
 

@@ -253,6 +253,20 @@ def time_out_refine(
     return stage
 
 
+def cancel_late_refine(
+    session: Session, settings: Settings, gen: Generation, after: After
+) -> int | None:
+    """Fail ``gen``'s refine asked for after it completed (a cancel of the
+    completed generation: it stays completed), its copies fenced off as a
+    timeout's are; the id of the stop its paid work is owed, to send once
+    this commits."""
+    stage = gen.stage(LATE_STAGE)
+    stage.duration_ms = elapsed_ms(stage)
+    end_failed(session, settings, gen, stage, "canceled while running", after)
+    stage.task_id = None
+    return stops.owe(session, gen)
+
+
 def late_refine_overdue(gen: Generation, asked_before: datetime) -> bool:
     """Its refine asked for after the fact was asked for before ``asked_before``
     (a request from before ``askedAt`` was kept: its stage's start, else the
