@@ -21,6 +21,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from app.platform.checks import (
+    COUNT,
+    HTTP_URL,
+    POSITIVE,
+    RATE,
+    Allowed,
+    number,
+    one_of,
+)
 from app.platform.derived import ConfigError, parse_var, provider_rate_limits, rate_pair, storage
 
 __all__ = ["ConfigError", "Settings"]
@@ -46,38 +55,61 @@ def _env(var: str, default: Any = None, parse: Callable[[str], Any] = str, **kw:
     return field(default=default, metadata={"env": var, "parse": parse}, **kw)
 
 
-# Intervals and timeouts that must be more than 0 (a maintenance interval of
-# 0 floods the broker with beats; a stall timeout of 0 takes every stage for lost).
-POSITIVE = (
-    "stall_timeout",
-    "maintenance_interval",
-    "generation_timeout",
-    "sse_heartbeat",
-    "sse_poll",
-    "stage_max_attempts",
-)
-
-
-# Settings that take one of a few words (a typo would be ignored, or a traceback).
-CHOICES = {
-    "log_level": tuple(logging.getLevelNamesMapping()),  # WARN and FATAL too
-    "log_format": ("text", "json"),
-    "replicate_webhooks": ("auto", "on", "off"),
+# What each variable may be (app/platform/checks.py); any other value stops
+# every process at start with one line. Where 0 is allowed it means "off".
+ALLOWED: dict[str, Allowed] = {
+    "PORT": number(1, 65535),
+    "BFF_PUBLIC_URL": HTTP_URL,
+    "R2_ENDPOINT_URL": HTTP_URL,
+    "R2_CDN_URL": HTTP_URL,
+    "REPLICATE_BASE_URL": HTTP_URL,
+    "OPENAI_BASE_URL": HTTP_URL,
+    "BFF_STAGE_MAX_ATTEMPTS": COUNT,
+    # A stall timeout of 0 takes every stage for lost; an interval of 0
+    # floods the broker with beats.
+    "BFF_STALL_TIMEOUT": POSITIVE,
+    "BFF_GENERATION_TIMEOUT": POSITIVE,
+    "BFF_MAINTENANCE_INTERVAL": POSITIVE,
+    "BFF_SUBMIT_RATE_LIMIT": RATE,
+    "BFF_MAX_UPLOAD_BYTES": COUNT,
+    "BFF_MAX_IMAGE_PIXELS": COUNT,
+    "BFF_LOCAL_RENDER_SCALE": POSITIVE,
+    "BFF_LLM_TIMEOUT": POSITIVE,
+    "BFF_CIRCUIT_WINDOW_S": COUNT,
+    "BFF_CIRCUIT_MIN_SAMPLES": number(0),
+    "BFF_CIRCUIT_FAILURE_RATE": number(0, 1),  # 1: the circuit never opens
+    "BFF_PROVIDER_POLL_SECONDS": POSITIVE,
+    "BFF_BROKER_VISIBILITY_TIMEOUT": COUNT,
+    "BFF_SSE_HEARTBEAT": POSITIVE,
+    "BFF_SSE_POLL": POSITIVE,
+    "BFF_SSE_MAX_STREAMS": COUNT,
+    "BFF_WEBHOOK_RETRY_BASE": POSITIVE,
+    "BFF_WEBHOOK_MAX_AGE": POSITIVE,
+    # Sent as whole milliseconds: under 1 ms is 0, PostgreSQL's "no limit";
+    # past its int range it refuses every connection.
+    "BFF_DB_STATEMENT_TIMEOUT": number(0.001, 2_147_483),
+    "BFF_LOG_LEVEL": one_of(*logging.getLevelNamesMapping()),  # WARN and FATAL too
+    "BFF_LOG_FORMAT": one_of("text", "json"),
+    "BFF_REPLICATE_WEBHOOKS": one_of("auto", "on", "off"),
 }
 
 
+def _setting(var: str, raw: str, parse: Callable[[str], Any] = str) -> Any:
+    """``raw`` parsed; a ConfigError naming ``var`` if it cannot be, or is not allowed."""
+    value = parse_var(var, raw, parse)
+    allowed = ALLOWED.get(var)
+    if allowed and not allowed.test(value):
+        raise ConfigError(f"{var}={raw!r} cannot be used: it must be {allowed.says}")
+    return value
+
+
 def _parsed(cls: type, env: Mapping[str, str]) -> dict[str, Any]:
-    """Each set variable's value, parsed; a bad one is a ConfigError naming it."""
+    """Each set variable's value, parsed and checked."""
     values = {}
     for f in fields(cls):
         var = f.metadata.get("env") if f.metadata else None
         if var and env.get(var):
-            values[f.name] = value = parse_var(var, env[var], f.metadata["parse"])
-            if f.name in POSITIVE and not value > 0:
-                raise ConfigError(f"{var}={env[var]!r} cannot be used: it must be more than 0")
-            if value not in CHOICES.get(f.name, (value,)):
-                words = ", ".join(CHOICES[f.name])
-                raise ConfigError(f"{var}={env[var]!r} cannot be used: it must be one of {words}")
+            values[f.name] = _setting(var, env[var], f.metadata["parse"])
     return values
 
 
@@ -206,7 +238,10 @@ class Settings:
         env = dict(os.environ if env is None else env)
         values = _parsed(cls, env)
         var_dir = Path(env.get("BFF_VAR_DIR") or _default_var_dir()).resolve()
-        port = parse_var("PORT", env.get("PORT") or "3001", int)
+        port = _setting("PORT", env.get("PORT") or "3001", int)
+        for var in ("BFF_PUBLIC_URL", "R2_ENDPOINT_URL"):
+            if env.get(var):
+                _setting(var, env[var])
         redis_url = env.get("REDIS_URL") or None
         database_url = env.get("DATABASE_URL") or f"sqlite:///{var_dir / 'bff.db'}"
         # Heroku-style URLs name the driver "postgres"; SQLAlchemy wants psycopg 3.

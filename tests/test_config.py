@@ -1,0 +1,89 @@
+"""Every numeric and URL setting is range-checked at start (``config.ALLOWED``):
+a value out of range is one line naming the variable, not a service that
+starts and then fails every request. (The bff command's own refusal, as a
+process, is in test_cli.py.)"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+
+import pytest
+
+from app.platform.config import ConfigError, Settings
+
+
+@pytest.mark.parametrize(
+    "var,raw,why",
+    [
+        # Each started, then broke: PostgreSQL refused every connection, every
+        # upload was 413, every SSE stream 503, asset URLs "not a url/cdn/…".
+        ("BFF_DB_STATEMENT_TIMEOUT", "-1", "from 0.001 to 2147483"),
+        ("BFF_DB_STATEMENT_TIMEOUT", "0.0001", "from 0.001"),  # 0 ms: PostgreSQL's "no limit"
+        ("BFF_DB_STATEMENT_TIMEOUT", "2147484", "from 0.001 to 2147483"),  # past int ms
+        ("BFF_MAX_UPLOAD_BYTES", "-1", "at least 1"),
+        ("BFF_MAX_IMAGE_PIXELS", "0", "at least 1"),
+        ("BFF_SSE_MAX_STREAMS", "-3", "at least 1"),
+        ("BFF_PUBLIC_URL", "not a url", "an absolute http:// or https:// URL"),
+        ("BFF_PUBLIC_URL", "ftp://bff.example", "an absolute http:// or https:// URL"),
+        ("BFF_PUBLIC_URL", "https://bff.example/?x=1", "an absolute http:// or https:// URL"),
+        ("BFF_PUBLIC_URL", "https://bff.example:99999", "an absolute http:// or https:// URL"),
+        ("R2_CDN_URL", "cdn.example.com", "an absolute http:// or https:// URL"),
+        ("R2_ENDPOINT_URL", "s3.example.com", "an absolute http:// or https:// URL"),
+        ("REPLICATE_BASE_URL", "localhost:9000", "an absolute http:// or https:// URL"),
+        ("OPENAI_BASE_URL", "/v1", "an absolute http:// or https:// URL"),
+        ("BFF_BROKER_VISIBILITY_TIMEOUT", "-1", "at least 1"),
+        ("BFF_SUBMIT_RATE_LIMIT", "-5/60", "N/SECONDS with N at least 0 (0: off)"),
+        ("BFF_SUBMIT_RATE_LIMIT", "5/0", "N/SECONDS with N at least 0 (0: off)"),
+        ("BFF_WEBHOOK_MAX_AGE", "-1", "more than 0"),
+        ("BFF_WEBHOOK_RETRY_BASE", "0", "more than 0"),
+        ("BFF_CIRCUIT_FAILURE_RATE", "7", "from 0 to 1"),
+        ("BFF_CIRCUIT_FAILURE_RATE", "-0.1", "from 0 to 1"),
+        ("BFF_CIRCUIT_WINDOW_S", "0", "at least 1"),
+        ("BFF_CIRCUIT_MIN_SAMPLES", "-1", "at least 0"),
+        ("BFF_PROVIDER_POLL_SECONDS", "-1", "more than 0"),
+        ("BFF_LLM_TIMEOUT", "-3", "more than 0"),
+        ("BFF_LOCAL_RENDER_SCALE", "0", "more than 0"),
+        ("BFF_SSE_POLL", "0", "more than 0"),
+        ("BFF_STAGE_MAX_ATTEMPTS", "0", "at least 1"),
+        ("BFF_GENERATION_TIMEOUT", "inf", "more than 0"),  # timedelta(seconds=inf) overflows
+        ("BFF_STALL_TIMEOUT", "nan", "more than 0"),
+        ("PORT", "0", "from 1 to 65535"),
+        ("PORT", "70000", "from 1 to 65535"),
+    ],
+)
+def test_a_setting_out_of_range_is_refused_naming_it(var, raw, why):
+    with pytest.raises(ConfigError) as refused:
+        Settings.from_env({var: raw})
+    assert str(refused.value).startswith(f"{var}={raw!r} cannot be used: it must be {why}")
+
+
+@pytest.mark.parametrize(
+    "env,attr,value",
+    [
+        ({"BFF_SUBMIT_RATE_LIMIT": "0"}, "submit_rate_limit", (0, 60.0)),  # 0: off
+        ({"BFF_CIRCUIT_FAILURE_RATE": "0"}, "circuit_failure_rate", 0.0),
+        ({"BFF_CIRCUIT_FAILURE_RATE": "1"}, "circuit_failure_rate", 1.0),  # never opens
+        ({"BFF_CIRCUIT_MIN_SAMPLES": "0"}, "circuit_min_samples", 0),
+        ({"BFF_DB_STATEMENT_TIMEOUT": "0.001"}, "db_statement_timeout", 0.001),
+        ({"BFF_WEBHOOK_MAX_AGE": "0.2"}, "webhook_max_age", 0.2),
+        ({"PORT": "65535"}, "port", 65535),
+        ({"BFF_PUBLIC_URL": "https://bff.example/"}, "public_url", "https://bff.example"),
+        ({"BFF_PUBLIC_URL": "http://[::1]:3001"}, "public_url", "http://[::1]:3001"),
+        ({"R2_CDN_URL": "https://cdn.example/bucket/"}, "r2_cdn_url", "https://cdn.example/bucket"),
+    ],
+)
+def test_the_edges_of_a_range_are_accepted(env, attr, value):
+    assert getattr(Settings.from_env(env), attr) == value
+
+
+def test_every_numeric_setting_has_a_range():
+    """A setting added without a row would start out of range again."""
+    from app.platform.config import ALLOWED
+
+    numeric = {
+        f.metadata["env"]
+        for f in fields(Settings)
+        if f.metadata.get("env") and any(t in str(f.type) for t in ("int", "float"))
+    }
+    assert numeric and numeric - {"BFF_ALLOW_HTTP_WEBHOOKS"} <= set(ALLOWED)
+    assert {"PORT", "BFF_PUBLIC_URL"} <= set(ALLOWED)
