@@ -136,6 +136,7 @@ def test_a_database_that_is_not_set_up_is_one_sentence(tmp_path):
         ("BFF_MAINTENANCE_INTERVAL", "0", "it must be more than 0"),
         ("BFF_STALL_TIMEOUT", "-5", "it must be more than 0"),
         ("BFF_DB_STATEMENT_TIMEOUT", "-1", "it must be from 0.001 to 2147483"),
+        ("REDIS_URL", "rdis://127.0.0.1:6379/0", "it must be a redis://, rediss:// or unix://"),
         ("BFF_LOG_LEVEL", "verbose", "it must be one of CRITICAL, FATAL, ERROR, WARN, WARNING"),
     ],
 )

@@ -9,6 +9,8 @@ from dataclasses import fields
 
 import pytest
 
+from app import create_app
+from app.platform.checks import BROKER
 from app.platform.config import ConfigError, Settings
 
 
@@ -49,6 +51,7 @@ from app.platform.config import ConfigError, Settings
         ("BFF_STALL_TIMEOUT", "nan", "more than 0"),
         ("PORT", "0", "from 1 to 65535"),
         ("PORT", "70000", "from 1 to 65535"),
+        ("REDIS_URL", "http://redis.example", "a redis://, rediss:// or unix:// URL"),
     ],
 )
 def test_a_setting_out_of_range_is_refused_naming_it(var, raw, why):
@@ -86,4 +89,51 @@ def test_every_numeric_setting_has_a_range():
         if f.metadata.get("env") and any(t in str(f.type) for t in ("int", "float"))
     }
     assert numeric and numeric - {"BFF_ALLOW_HTTP_WEBHOOKS"} <= set(ALLOWED)
-    assert {"PORT", "BFF_PUBLIC_URL"} <= set(ALLOWED)
+    assert {"PORT", "BFF_PUBLIC_URL", "REDIS_URL", "CELERY_BROKER_URL"} <= set(ALLOWED)
+
+
+# --------------------------------------------------------------- the broker
+
+
+@pytest.mark.parametrize(
+    "env,var",
+    [
+        # The worker and beat died on "No such transport: rdis"; web answered
+        # 202 to submits that could never be sent.
+        ({"REDIS_URL": "rdis://127.0.0.1:6379/0"}, "REDIS_URL"),
+        ({"CELERY_BROKER_URL": "rdis://127.0.0.1:6379/0"}, "CELERY_BROKER_URL"),
+        ({"CELERY_BROKER_URL": "redis://a:6379/0;rdis://b:6379/0"}, "CELERY_BROKER_URL"),
+        ({"CELERY_BROKER_URL": "localhost"}, "CELERY_BROKER_URL"),  # kombu would try amqp
+        ({"CELERY_BROKER_URL": "os.path://x"}, "CELERY_BROKER_URL"),  # never an import path
+        # redis-py takes unix://, kombu does not: without CELERY_BROKER_URL it is the broker.
+        ({"REDIS_URL": "unix:///run/redis.sock"}, "REDIS_URL"),
+    ],
+)
+def test_a_broker_url_kombu_cannot_use_is_refused(env, var):
+    with pytest.raises(ConfigError) as refused:
+        Settings.from_env(env)
+    assert str(refused.value).startswith(f"{var}={env[var]!r} cannot be used: it must be a")
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {},  # the embedded filesystem broker
+        {"CELERY_BROKER_URL": "filesystem://localhost/"},
+        {"REDIS_URL": "redis://127.0.0.1:6379/0"},
+        {"REDIS_URL": "rediss://redis.example:6380/0"},
+        {"CELERY_BROKER_URL": "memory://"},
+        {"CELERY_BROKER_URL": "amqp://guest@rabbit//"},
+        {"CELERY_BROKER_URL": "sentinel://a:26379;sentinel://b:26379"},
+        {"REDIS_URL": "unix:///run/redis.sock", "CELERY_BROKER_URL": "redis+socket:///run/r.sock"},
+    ],
+)
+def test_a_broker_url_kombu_knows_is_accepted(env):
+    settings = Settings.from_env(env)
+    assert BROKER.test(settings.broker_url)
+
+
+def test_web_refuses_a_broker_it_could_never_send_to(app_config):
+    """create_app is what gunicorn's web process runs: it stops there too."""
+    with pytest.raises(ConfigError, match="REDIS_URL='rdis://h:6379/0' cannot be used"):
+        create_app({**app_config, "CELERY_BROKER_URL": "", "REDIS_URL": "rdis://h:6379/0"})

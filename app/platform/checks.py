@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
+from kombu.transport import TRANSPORT_ALIASES, resolve_transport
+
 
 @dataclass(frozen=True)
 class Allowed:
@@ -65,6 +67,29 @@ def _http_url(url: Any) -> bool:
     )
 
 
+def _redis_url(url: Any) -> bool:
+    parts = _split(url)  # the schemes redis-py's Redis.from_url takes
+    return bool(parts and parts.scheme in ("redis", "rediss", "unix"))
+
+
+def _broker_url(url: Any) -> bool:
+    """Each URL (``;`` separates failover URLs) names a transport kombu has,
+    by its scheme or, as kombu reads ``sqla+postgresql://``, the part before
+    ``+``. Only alias names: kombu imports any dotted name it is given."""
+    if not isinstance(url, str):
+        return False
+    for part in url.split(";"):
+        scheme, sep, _ = part.strip().partition("://")
+        name = scheme.split("+", 1)[0] if "+" in scheme else scheme.lower()
+        if not sep or name not in TRANSPORT_ALIASES:
+            return False
+        try:
+            resolve_transport(name)
+        except ImportError:  # a transport whose library is not installed
+            return False
+    return True
+
+
 POSITIVE = number(0, above=True)
 COUNT = number(1)
 RATE = Allowed(
@@ -72,3 +97,7 @@ RATE = Allowed(
     "N/SECONDS with N at least 0 (0: off) and SECONDS more than 0",
 )
 HTTP_URL = Allowed(_http_url, "an absolute http:// or https:// URL without query or fragment")
+REDIS = Allowed(_redis_url, "a redis://, rediss:// or unix:// URL")
+BROKER = Allowed(
+    _broker_url, "a URL whose scheme is a transport kombu knows (redis://, rediss://, amqp://, …)"
+)

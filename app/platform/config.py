@@ -22,10 +22,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from app.platform.checks import (
+    BROKER,
     COUNT,
     HTTP_URL,
     POSITIVE,
     RATE,
+    REDIS,
     Allowed,
     number,
     one_of,
@@ -64,6 +66,8 @@ ALLOWED: dict[str, Allowed] = {
     "R2_CDN_URL": HTTP_URL,
     "REPLICATE_BASE_URL": HTTP_URL,
     "OPENAI_BASE_URL": HTTP_URL,
+    "REDIS_URL": REDIS,
+    "CELERY_BROKER_URL": BROKER,
     "BFF_STAGE_MAX_ATTEMPTS": COUNT,
     # A stall timeout of 0 takes every stage for lost; an interval of 0
     # floods the broker with beats.
@@ -94,10 +98,13 @@ ALLOWED: dict[str, Allowed] = {
 }
 
 
-def _setting(var: str, raw: str, parse: Callable[[str], Any] = str) -> Any:
-    """``raw`` parsed; a ConfigError naming ``var`` if it cannot be, or is not allowed."""
+def _setting(
+    var: str, raw: str, parse: Callable[[str], Any] = str, allowed: Allowed | None = None
+) -> Any:
+    """``raw`` parsed; a ConfigError naming ``var`` if it cannot be, or is not
+    allowed (``allowed``, else its row in ALLOWED)."""
     value = parse_var(var, raw, parse)
-    allowed = ALLOWED.get(var)
+    allowed = allowed or ALLOWED.get(var)
     if allowed and not allowed.test(value):
         raise ConfigError(f"{var}={raw!r} cannot be used: it must be {allowed.says}")
     return value
@@ -239,10 +246,12 @@ class Settings:
         values = _parsed(cls, env)
         var_dir = Path(env.get("BFF_VAR_DIR") or _default_var_dir()).resolve()
         port = _setting("PORT", env.get("PORT") or "3001", int)
-        for var in ("BFF_PUBLIC_URL", "R2_ENDPOINT_URL"):
+        for var in ("BFF_PUBLIC_URL", "REDIS_URL", "CELERY_BROKER_URL", "R2_ENDPOINT_URL"):
             if env.get(var):
                 _setting(var, env[var])
         redis_url = env.get("REDIS_URL") or None
+        if redis_url and not env.get("CELERY_BROKER_URL"):  # the broker too (unix:// is not)
+            _setting("REDIS_URL", redis_url, allowed=BROKER)
         database_url = env.get("DATABASE_URL") or f"sqlite:///{var_dir / 'bff.db'}"
         # Heroku-style URLs name the driver "postgres"; SQLAlchemy wants psycopg 3.
         for prefix in ("postgres://", "postgresql://"):
