@@ -136,7 +136,7 @@ ROUTES = (
     Route("deleteGeneration", "delete", GEN, "Cancel if running, delete rows and stored objects",
           None, (204,), (401, 404, 503)),
     Route("cancelGeneration", "post", f"{GEN}/cancel",
-          "Cancel a pending or processing generation",
+          "Cancel a pending or processing generation, or a completed one's running refine",
           r.GenerationOut, errors=(400, 401, 404, 409), headers=KEYED),
     Route("retryGeneration", "post", f"{GEN}/retry",
           "Resume a failed generation from its first unfinished stage",
@@ -148,7 +148,8 @@ ROUTES = (
           "Upscale and/or cut out one image of a completed generation: adds variant assets",
           r.GenerationOut, (202,), (*BODY_ERRORS, 403, 404, 409), RefineIn, headers=KEYED),
     Route("streamGenerationEvents", "get", f"{GEN}/events",
-          "Server-Sent Events: a `stage` event per stage change, then `done`",
+          "Server-Sent Events: `stage` ({stage, status, durationMs, attempt}) per stage"
+          " change, then `done` (the final generation), or `gone` ({id}) when deleted",
           EVENT_STREAM, errors=(401, 404, 429, 503), headers=("Last-Event-ID",)),
     Route("submitBatch", "post", "/api/batches",
           "Submit a batch: up to 100 items, or a matrix expanded into at most 100",
