@@ -1,6 +1,11 @@
 """Alembic environment: the URL comes from the app's settings (DATABASE_URL)."""
 
+import logging
+import time
+
 from alembic import context
+from sqlalchemy import text
+from sqlalchemy.engine import Connection
 
 import app.domain.bookkeeping  # noqa: F401  (its tables on the metadata)
 import app.domain.spend  # noqa: F401  (charges)
@@ -13,6 +18,10 @@ from app.platform.db import make_engine
 
 config = context.config
 target_metadata = Base.metadata
+log = logging.getLogger("app.migrations")
+# The advisory lock that runs one migration of a database at a time (any
+# fixed 64-bit number that nothing else of ours locks).
+MIGRATION_LOCK = 0x6266665F6D6967  # "bff_mig"
 
 
 def _url() -> str:
@@ -27,6 +36,30 @@ def run_migrations_offline() -> None:
         context.run_migrations()
 
 
+def _one_at_a_time(connection: Connection) -> None:
+    """Wait for any other migration of this PostgreSQL database to finish.
+    Two releases at once (two containers, a retried deploy) would otherwise
+    both create the first tables and one fail on a duplicate. A session lock,
+    not a transaction's: a migration that builds an index CONCURRENTLY commits
+    halfway (autocommit_block). It ends with the connection (engine.dispose).
+
+    Polled, each try its own short transaction, rather than waited for with
+    ``pg_advisory_lock``: that index build waits for every open transaction
+    to end, the waiter's too, and PostgreSQL would call it a deadlock."""
+    if connection.dialect.name != "postgresql":
+        return  # SQLite lets one writer in at a time anyway
+    try_lock, said = text("SELECT pg_try_advisory_lock(:key)"), False
+    while True:
+        got = connection.execute(try_lock, {"key": MIGRATION_LOCK}).scalar()
+        connection.commit()  # the lock outlives the transaction
+        if got:
+            return
+        if not said:
+            log.warning("another migration of this database is running: waiting for it to finish")
+            said = True
+        time.sleep(1)
+
+
 def run_migrations_online() -> None:
     url = _url()
     if url.startswith("sqlite"):
@@ -39,16 +72,18 @@ def run_migrations_online() -> None:
     # on that table behind itself, and stall the service; the release fails
     # instead, to be run again.
     engine = make_engine(url, statement_timeout=0, lock_timeout=10)
-
-    with engine.connect() as connection:
-        context.configure(
-            connection=connection,
-            target_metadata=target_metadata,
-            render_as_batch=connection.dialect.name == "sqlite",
-        )
-        with context.begin_transaction():
-            context.run_migrations()
-    engine.dispose()
+    try:
+        with engine.connect() as connection:
+            _one_at_a_time(connection)
+            context.configure(
+                connection=connection,
+                target_metadata=target_metadata,
+                render_as_batch=connection.dialect.name == "sqlite",
+            )
+            with context.begin_transaction():
+                context.run_migrations()
+    finally:
+        engine.dispose()  # closes the connection, so a failed run leaves no lock held
 
 
 if context.is_offline_mode():

@@ -1,8 +1,12 @@
 """Migrations on PostgreSQL that a deploy can run again: an index built
 CONCURRENTLY (outside a transaction) that fails for want of a lock leaves
-nothing else committed, and the next ``bff db upgrade`` finishes the job."""
+nothing else committed, and the next ``bff db upgrade`` finishes the job; two
+run at once take turns."""
 
 from __future__ import annotations
+
+import os
+import subprocess
 
 import psycopg
 import pytest
@@ -10,6 +14,7 @@ from alembic import command
 from alembic.script import ScriptDirectory
 
 from app.cli import alembic_config, upgrade_database
+from tests.support.embedded import BFF, SERVICE_VARS
 from tests.support.services import postgres_ok, scratch_postgres_db, unavailable
 
 pytestmark = pytest.mark.services
@@ -36,3 +41,31 @@ def test_an_upgrade_whose_index_build_timed_out_runs_again():
             ).fetchall()
         head = ScriptDirectory.from_config(alembic_config(url)).get_current_head()
         assert version == head and valid == [(True,)]  # 0016's index, and all after it
+
+
+def test_two_upgrades_at_once_take_turns(tmp_path):
+    """Two releases at once on an empty database: without a lock both create
+    the first tables and one fails (duplicate key in pg_type); with it the
+    second waits, then finds the database at head."""
+    if not postgres_ok():
+        unavailable("PostgreSQL on 127.0.0.1:5432")
+    with scratch_postgres_db() as url:
+        env = {k: v for k, v in os.environ.items() if k not in SERVICE_VARS}
+        env |= {"DATABASE_URL": url, "BFF_VAR_DIR": str(tmp_path / "var")}
+        runs = [
+            subprocess.Popen(
+                [BFF, "db", "upgrade"],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            for _ in range(2)
+        ]
+        outputs = [run.communicate(timeout=120)[0] for run in runs]
+        assert [run.returncode for run in runs] == [0, 0], outputs
+        plain = url.replace("postgresql+psycopg://", "postgresql://", 1)
+        with psycopg.connect(plain) as conn:
+            versions = conn.execute("SELECT version_num FROM alembic_version").fetchall()
+        head = ScriptDirectory.from_config(alembic_config(url)).get_current_head()
+        assert versions == [(head,)]
