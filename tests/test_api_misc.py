@@ -8,6 +8,7 @@ from decimal import Decimal
 
 import pytest
 from PIL import Image
+from sqlalchemy import text as sa_text
 
 from app import create_app
 from app.domain import spend
@@ -68,6 +69,50 @@ def test_health_503_when_the_database_is_unreachable(app_config, url):
     assert resp.status_code == 503
     assert resp.get_json()["error"]["code"] == "service_unavailable"
     assert resp.headers["Retry-After"]
+
+
+def _head() -> str:
+    from alembic.script import ScriptDirectory
+
+    from app.cli import alembic_config
+
+    return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+
+
+def test_health_503_on_a_database_nobody_migrated(app_config, tmp_path):
+    """SELECT 1 works on an empty database while every API call fails on a
+    missing table: /health says so, and what to do."""
+    app = create_app({**app_config, "DATABASE_URL": f"sqlite:///{tmp_path / 'empty.db'}"})
+    resp = app.test_client().get("/health")
+    assert resp.status_code == 503
+    assert resp.get_json()["checks"]["database"] == (
+        f"error: database schema at none (never migrated), code needs {_head()}: run bff db upgrade"
+    )
+
+
+def test_health_503_on_a_database_behind_the_code(app_config, tmp_path):
+    from alembic import command
+
+    from app.cli import alembic_config, upgrade_database
+
+    url = f"sqlite:///{tmp_path / 'behind.db'}"
+    upgrade_database(url)
+    command.downgrade(alembic_config(url), "-1")
+    app = create_app({**app_config, "DATABASE_URL": url})
+    resp = app.test_client().get("/health")
+    assert resp.status_code == 503
+    assert resp.get_json()["checks"]["database"].startswith("error: database schema at 00")
+    upgrade_database(url)
+    assert app.test_client().get("/health").status_code == 200
+
+
+def test_health_ok_on_a_database_ahead_of_the_code(app):
+    """A release migrated for the next version while this one still serves (a
+    rolling deploy): not a reason to take this process out of rotation."""
+    with services(app).db.session() as session:
+        session.execute(sa_text("UPDATE alembic_version SET version_num = '9999_next'"))
+    resp = app.test_client().get("/health")
+    assert resp.status_code == 200, resp.get_json()
 
 
 # ------------------------------------------------------------------- stats

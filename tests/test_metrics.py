@@ -88,3 +88,21 @@ def test_outcomes_of_models_added_to_the_catalogue_are_counted(app, client):
     calls = scrape(client)["bff_provider_calls"]
     assert value(calls, "bff_provider_calls_total", provider="flux-pro", outcome="success") == 2
     assert value(calls, "bff_provider_calls_total", provider="flux-pro", outcome="error") == 1
+
+
+def test_database_up_agrees_with_health_on_a_schema_behind_the_code(app_config, tmp_path):
+    """The metrics' queries may still work on an older schema while the API's
+    do not: up means what /health's database check means."""
+    from alembic import command
+
+    from app import create_app
+    from app.cli import alembic_config, upgrade_database
+
+    url = f"sqlite:///{tmp_path / 'behind.db'}"
+    upgrade_database(url)
+    command.downgrade(alembic_config(url), "-1")
+    client = create_app({**app_config, "DATABASE_URL": url}).test_client()
+    assert value(scrape(client)["bff_database_up"], "bff_database_up") == 0
+    assert client.get("/health").status_code == 503
+    upgrade_database(url)
+    assert value(scrape(client)["bff_database_up"], "bff_database_up") == 1

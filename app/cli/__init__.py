@@ -17,6 +17,8 @@ import click
 from flask import Flask
 from sqlalchemy.exc import DBAPIError
 
+from app.platform.schema import alembic_config
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -25,20 +27,6 @@ def upgrade_database(url: str) -> None:
     from alembic import command
 
     command.upgrade(cfg, "head")
-
-
-def alembic_config(url: str) -> Any:
-    """Alembic's configuration for the database at ``url`` (no alembic.ini)."""
-    import logging
-
-    # Before alembic loads: it announces each of its plugins at INFO.
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-    from alembic.config import Config
-
-    cfg = Config()
-    cfg.set_main_option("script_location", str(ROOT / "migrations"))
-    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
-    return cfg
 
 
 def the_app() -> Flask:

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import DateTime, TypeDecorator, create_engine, event, text
+from sqlalchemy import DateTime, TypeDecorator, create_engine, event
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
@@ -165,10 +165,6 @@ class Database:
                     raise
                 log.info("transaction aborted (%s), running it again", sqlstate)
                 attempt += 1
-
-    def ping(self) -> None:
-        with self.engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
 
     def dispose(self) -> None:
         """Drop pooled connections; called after fork so children never share one."""

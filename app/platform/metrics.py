@@ -29,6 +29,7 @@ from app.domain.bookkeeping import MaintenanceState, Provider
 from app.domain.models import Generation
 from app.platform import metric_rollup as rollup
 from app.platform.metric_rollup import Tally, totals
+from app.platform.schema import SchemaOutOfDate, check_schema
 from app.webhooks import WebhookDelivery
 
 log = logging.getLogger(__name__)
@@ -53,15 +54,24 @@ class DatabaseCollector:
 
     def collect(self) -> Iterator[Metric]:
         try:
+            # Up means what /health's database check means: answering, and
+            # migrated (the queries below read the head's tables).
+            with self.services.db.engine.connect() as conn:
+                check_schema(conn)
             with self.services.db.session() as session:
                 yield from self._generations(session)
                 yield from self._history(session)
                 yield from self._outcomes(session)
             up = 1
+        except SchemaOutOfDate as exc:
+            log.warning("metrics: %s", exc)
+            up = 0
         except Exception as exc:  # the database is down: say so, keep serving the rest
             log.warning("metrics: database unavailable: %s", type(exc).__name__)
             up = 0
-        yield GaugeMetricFamily("bff_database_up", "1 if the database answered this scrape", up)
+        yield GaugeMetricFamily(
+            "bff_database_up", "1 if the database answered this scrape and is migrated", up
+        )
         yield from self._queues()
 
     def _generations(self, session) -> Iterator[Metric]:

@@ -1,7 +1,7 @@
 """Migrations on PostgreSQL that a deploy can run again: an index built
 CONCURRENTLY (outside a transaction) that fails for want of a lock leaves
 nothing else committed, and the next ``bff db upgrade`` finishes the job; two
-run at once take turns."""
+run at once take turns. And /health tells a database nobody migrated."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pytest
 from alembic import command
 from alembic.script import ScriptDirectory
 
+from app import create_app
 from app.cli import alembic_config, upgrade_database
 from tests.support.embedded import BFF, SERVICE_VARS
 from tests.support.services import postgres_ok, scratch_postgres_db, unavailable
@@ -69,3 +70,28 @@ def test_two_upgrades_at_once_take_turns(tmp_path):
             versions = conn.execute("SELECT version_num FROM alembic_version").fetchall()
         head = ScriptDirectory.from_config(alembic_config(url)).get_current_head()
         assert versions == [(head,)]
+
+
+def test_health_says_a_database_nobody_migrated_is_not_ok(app_config):
+    if not postgres_ok():
+        unavailable("PostgreSQL on 127.0.0.1:5432")
+    head = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+    with scratch_postgres_db() as url:
+        app = create_app({**app_config, "DATABASE_URL": url})
+        resp = app.test_client().get("/health")
+        assert resp.status_code == 503
+        assert resp.get_json()["checks"]["database"] == (
+            f"error: database schema at none (never migrated), code needs {head}:"
+            " run bff db upgrade"
+        )
+        upgrade_database(url)
+        command.downgrade(alembic_config(url), "-1")
+        before = ScriptDirectory.from_config(alembic_config(url)).get_revision(head).down_revision
+        resp = app.test_client().get("/health")
+        assert resp.get_json()["checks"]["database"] == (
+            f"error: database schema at {before}, code needs {head}: run bff db upgrade"
+        )
+        upgrade_database(url)
+        resp = app.test_client().get("/health")
+        assert resp.status_code == 200, resp.get_json()
+        app.extensions["bff"].db.dispose()  # before the scratch database is dropped
