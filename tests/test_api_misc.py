@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -113,6 +114,63 @@ def test_health_ok_on_a_database_ahead_of_the_code(app):
         session.execute(sa_text("UPDATE alembic_version SET version_num = '9999_next'"))
     resp = app.test_client().get("/health")
     assert resp.status_code == 200, resp.get_json()
+
+
+def test_a_failing_check_is_logged_whole_and_not_at_every_poll(app_config, tmp_path, caplog):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the media folder should be")
+    app = create_app({**app_config, "BFF_MEDIA_ROOT": str(blocker / "media")})
+    with caplog.at_level(logging.WARNING, logger="app.api.health"):
+        for _ in range(5):  # a load balancer polling
+            body = app.test_client().get("/health").get_json()
+    # The anonymous caller learns the class only; the log has the reason.
+    assert body["checks"]["storage"] == "error: NotADirectoryError"
+    lines = [r.getMessage() for r in caplog.records if r.name == "app.api.health"]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("health: storage failing: NotADirectoryError: [Errno 20]")
+    assert str(blocker) in lines[0]
+
+
+def test_failure_log_says_changes_and_reminds_once_a_minute(caplog):
+    from app.api.health import FailureLog
+
+    now = [0.0]
+    failures = FailureLog(every=60, gap=10, clock=lambda: now[0])
+    steps = [  # (seconds later, the check's reason or None for ok)
+        (0, None),  # ok from the start: nothing to say
+        (1, "refused"),  # said
+        (1, "refused"),
+        (30, "refused"),
+        (30, "refused"),  # a minute since it was said: said again
+        (1, "timed out"),  # within the gap: held back
+        (10, "timed out"),  # said
+        (11, None),  # said: ok again
+        (1, "refused"),  # flapping: held back...
+        (1, None),
+        (30, None),  # ...and quiet: it is ok, as last said
+    ]
+    with caplog.at_level(logging.INFO, logger="app.api.health"):
+        for later, why in steps:
+            now[0] += later
+            failures.note("database", why)
+    assert [r.getMessage() for r in caplog.records] == [
+        "health: database failing: refused",
+        "health: database failing: refused",
+        "health: database failing: timed out",
+        "health: database ok again",
+    ]
+    assert [r.levelname for r in caplog.records] == ["WARNING"] * 3 + ["INFO"]
+
+
+def test_failure_reasons_name_no_password():
+    from app.api.health import reason
+
+    exc = OSError("could not reach postgresql+psycopg://bff:s3cr%40t@db:5432/bff (refused)")
+    assert (
+        reason(exc) == "OSError: could not reach postgresql+psycopg://bff:***@db:5432/bff (refused)"
+    )
+    exc = OSError('Could not connect to the endpoint URL: "https://AKIA:wJalr/K7@r2.example/b"')
+    assert "wJalr" not in reason(exc)
 
 
 # ------------------------------------------------------------------- stats

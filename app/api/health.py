@@ -1,8 +1,18 @@
-"""/health (real checks of database, broker and storage) and /cdn/ (local storage)."""
+"""/health (real checks of database, broker and storage) and /cdn/ (local storage).
+
+A failing check answers anonymous callers with its exception's class only;
+the operator gets the whole reason in the log (``FailureLog``: not a line per
+poll of a load balancer)."""
 
 from __future__ import annotations
 
-from flask import Blueprint, abort, send_from_directory
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable
+
+from flask import Blueprint, abort, current_app, send_from_directory
 
 from app.api.common import services
 from app.api.ops_responses import HealthOut
@@ -11,16 +21,62 @@ from app.platform.schema import SchemaOutOfDate, check_schema
 from app.platform.storage import LocalStorage
 from app.providers import PROVIDERS, verify
 
+log = logging.getLogger(__name__)
 bp = Blueprint("health", __name__)
 
+# scheme://user:password@ -> scheme://user:***@ (SQLAlchemy's hide_password
+# spelling): a database, broker or bucket URL in an error must not leak it.
+_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^\s:/@]*:)[^\s@]*@", re.IGNORECASE)
 
-def _check(fn) -> str:
+
+def reason(exc: BaseException) -> str:
+    """What went wrong, on one line, for the log: no password of a URL in it."""
+    said = " ".join(str(exc).split())[:1000]
+    return _PASSWORD.sub(r"\1***@", f"{type(exc).__name__}: {said}" if said else type(exc).__name__)
+
+
+class FailureLog:
+    """One log line per check when its state (ok, or the reason it fails)
+    changes, and a reminder per ``every`` seconds while it keeps failing. A
+    check that flaps (a load balancer polls every second) writes at most one
+    line per ``gap`` seconds; the state it settles in is written after.
+    One per app: its threads share it."""
+
+    def __init__(
+        self, every: float = 60.0, gap: float = 10.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.every, self.gap, self.clock = every, gap, clock
+        self._said: dict[str, tuple[str | None, float]] = {}  # check -> (last logged, when)
+        self._lock = threading.Lock()
+
+    def note(self, check: str, why: str | None) -> None:
+        """``why`` the check failed, or None: it passed."""
+        now = self.clock()
+        with self._lock:
+            said, at = self._said.get(check, (None, float("-inf")))
+            changed = why != said
+            if (why is None and not changed) or now - at < (self.gap if changed else self.every):
+                return
+            self._said[check] = (why, now)
+        if why is None:
+            log.info("health: %s ok again", check)
+        else:
+            log.warning("health: %s failing: %s", check, why)
+
+
+def _failures() -> FailureLog:
+    return current_app.extensions.setdefault("bff.health_failures", FailureLog())
+
+
+def _check(name: str, fn: Callable[[], None]) -> str:
     try:
         fn()
-    except SchemaOutOfDate as exc:  # its message is the fix, and holds no secret
-        return f"error: {exc}"
     except Exception as exc:
+        _failures().note(name, reason(exc))
+        if isinstance(exc, SchemaOutOfDate):  # its message is the fix, and holds no secret
+            return f"error: {exc}"
         return f"error: {type(exc).__name__}"
+    _failures().note(name, None)
     return "ok"
 
 
@@ -39,9 +95,9 @@ def _broker() -> None:
 def health():
     s = services()
     checks = {
-        "database": _check(_database),
-        "broker": _check(_broker),
-        "storage": _check(s.storage.check),
+        "database": _check("database", _database),
+        "broker": _check("broker", _broker),
+        "storage": _check("storage", s.storage.check),
     }
     ok = all(v == "ok" for v in checks.values())
     body = {
