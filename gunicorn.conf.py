@@ -43,6 +43,17 @@ limit_request_fields = 100
 limit_request_field_size = 8190
 
 
+def on_starting(server) -> None:
+    """A bad setting stops the server in one sentence before any worker boots
+    (each would print the app's traceback, then gunicorn its own)."""
+    from app.platform.config import ConfigError, Settings
+
+    try:
+        Settings.from_env()
+    except ConfigError as exc:
+        raise SystemExit(f"Error: {exc}") from None
+
+
 def post_worker_init(worker) -> None:
     # The loaded app (SQLAlchemy, Celery, boto3, ...) is ~180k long-lived objects
     # that every full collection would walk again: 0.2-0.5 s pauses holding the

@@ -313,6 +313,38 @@ def test_a_stage_waits_as_often_as_its_runner_says(monkeypatch):
     assert len(sent) == 3
 
 
+BAD_SETTING = "BFF_DB_STATEMENT_TIMEOUT='-1' cannot be used: it must be from 0.001 to 2147483"
+
+
+def test_a_bad_setting_stops_gunicorn_in_one_sentence(monkeypatch):
+    import runpy
+
+    monkeypatch.setenv("BFF_DB_STATEMENT_TIMEOUT", "-1")
+    conf = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
+    with pytest.raises(SystemExit, match=re.escape(f"Error: {BAD_SETTING}")):
+        conf["on_starting"](None)
+
+
+def test_a_bad_setting_stops_a_celery_process_in_one_line(tmp_path):
+    """Not the 75-line traceback of Celery failing to import ``workers``."""
+    env = {
+        **{k: v for k, v in os.environ.items() if k not in CLEAN},
+        "BFF_VAR_DIR": str(tmp_path / "var"),
+        "BFF_DB_STATEMENT_TIMEOUT": "-1",
+    }
+    celery = str(Path(sys.executable).parent / "celery")
+    done = subprocess.run(
+        [celery, "-A", "workers", "beat"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip() == f"Error: {BAD_SETTING}"
+
+
 @pytest.mark.parametrize("var,raw", [("GUNICORN_WORKERS", "two"), ("GUNICORN_THREADS", "0")])
 def test_a_bad_gunicorn_count_is_one_sentence(monkeypatch, var, raw):
     import runpy

@@ -2,10 +2,14 @@
 Flask's Celery pattern: build the Flask app, take its Celery app."""
 
 from app import create_app
+from app.platform.config import ConfigError
 from workers.flower import guard
 
 guard()  # under `celery -A workers flower`: no credentials, no Flower
-flask_app = create_app()
+try:
+    flask_app = create_app()
+except ConfigError as exc:  # one line, not Celery's traceback of the import
+    raise SystemExit(f"Error: {exc}") from None
 celery = app = flask_app.extensions["celery"]
 
 from . import notify, tasks  # noqa: E402,F401  (registers the tasks on the app)
