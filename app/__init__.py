@@ -8,20 +8,22 @@ from typing import Any
 
 from flask import Flask
 
-from app.api import protocol
-from app.api.common import Services
-from app.api.errors import register_error_handlers
-from app.platform import logs
-from app.platform.config import Settings
-from app.platform.db import Database
-from app.platform.queue import celery_init_app
-from app.platform.storage import make_storage
-from app.providers import pricing
-
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """Build the app. ``config`` uses the environment variables' names
     (``DATABASE_URL``, ``STORAGE_BACKEND``, …) and is laid over ``os.environ``."""
+    # Here, not at the top: importing any ``app`` module runs this package
+    # first, and the ``bff`` command's client side needs none of the server.
+    from app.api import protocol
+    from app.api.common import Services
+    from app.api.errors import register_error_handlers
+    from app.platform import logs
+    from app.platform.config import Settings
+    from app.platform.db import Database
+    from app.platform.queue import celery_init_app
+    from app.platform.storage import make_storage
+    from app.providers import pricing
+
     env = {**os.environ, **{k: str(v) for k, v in (config or {}).items() if v is not None}}
     settings = Settings.from_env(env)
     logs.configure(settings)

@@ -20,8 +20,8 @@ from app.api import batch_responses as b
 from app.api.batch_schemas import MAX_BATCH
 from app.domain import batch_flows
 from app.domain.models import Batch, Generation, GenerationAsset, GenerationStage, utcnow
-from app.pipeline import STAGE_FUNCS
 from app.pipeline.context import StageFailed
+from app.pipeline.runner import STAGE_FUNCS
 from app.platform.config import Settings
 from app.webhooks import WebhookDelivery
 from tests.conftest import make_user

@@ -15,8 +15,9 @@ from app.api import responses as r
 from app.api.auth import key_prefix, revoke
 from app.api.openapi import build_spec
 from app.domain.models import Generation, GenerationAsset, GenerationFeedback, GenerationStage
-from app.pipeline import STAGE_FUNCS, STAGES
+from app.pipeline import STAGES
 from app.pipeline.context import StageFailed
+from app.pipeline.runner import STAGE_FUNCS
 from tests.support.pipeline import (
     load,
     png_bytes,

@@ -14,8 +14,8 @@ from sqlalchemy import text as sa_text
 from app import create_app
 from app.domain import spend
 from app.domain.models import Generation
-from app.pipeline import STAGE_FUNCS
 from app.pipeline.context import StageFailed
+from app.pipeline.runner import STAGE_FUNCS
 from app.providers.catalog import CATALOGUE
 from tests.support.pipeline import load, run_all, services, submit_prompt
 from tests.support.services import free_port

@@ -22,8 +22,8 @@ from sqlalchemy import func, select
 from app.cli import cli
 from app.cli.dev import _port_free
 from app.domain.models import User
-from app.pipeline import STAGE_FUNCS
 from app.pipeline.context import StageFailed
+from app.pipeline.runner import STAGE_FUNCS
 from tests.support.live import live_api
 from tests.support.pipeline import load, run_all, services
 from tests.support.pipeline import png_bytes as photo_bytes

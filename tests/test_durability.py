@@ -70,7 +70,7 @@ def test_a_parked_stage_whose_countdown_was_lost_resumes_without_a_new_attempt(
 ):
     """Two transient failures, then a paid prediction it waits on: its
     countdown lost (Redis restarted empty), the re-send resumes the wait."""
-    import app.pipeline as pipeline
+    from app.pipeline import runner
     from app.pipeline.context import StageResult
 
     gen_id = new_generation(app, user)
@@ -81,7 +81,7 @@ def test_a_parked_stage_whose_countdown_was_lost_resumes_without_a_new_attempt(
     _age(app, gen_id, 3600)
     seen = []
     monkeypatch.setitem(
-        pipeline.STAGE_FUNCS, "analyze", lambda ctx: seen.append(ctx.previous) or StageResult({})
+        runner.STAGE_FUNCS, "analyze", lambda ctx: seen.append(ctx.previous) or StageResult({})
     )
     assert _run(app, gen_id, "analyze", "task-resent").proceed
     assert _stage(app, gen_id, "analyze") == ("completed", 3, "task-resent")
@@ -161,7 +161,7 @@ def test_dispatcher_leaves_final_generations_alone(app, user, sent):
 def test_a_copy_that_was_taken_over_stops_before_paying(app, user, monkeypatch):
     """A stage copy that stalled (say, blocked while Redis was down) and was taken
     over must not go on to pay: the checkpoint before each paid call fences it."""
-    import app.pipeline as pipeline
+    from app.pipeline import runner
     from app.pipeline.context import StageResult
 
     gen_id = new_generation(app, user)
@@ -175,7 +175,7 @@ def test_a_copy_that_was_taken_over_stops_before_paying(app, user, monkeypatch):
         paid.append("create")
         return StageResult({"done": True})
 
-    monkeypatch.setitem(pipeline.STAGE_FUNCS, "analyze", slow_then_pay)
+    monkeypatch.setitem(runner.STAGE_FUNCS, "analyze", slow_then_pay)
     outcome = _run(app, gen_id, "analyze", "task-a")
     assert not outcome.proceed and paid == []
     status, attempts, task_id = _stage(app, gen_id, "analyze")
@@ -187,7 +187,7 @@ def test_a_copy_that_finds_its_stage_finished_by_another_writes_nothing(app, use
     its result: the copy that finished first recorded them already."""
     from decimal import Decimal
 
-    import app.pipeline as pipeline
+    from app.pipeline import runner
     from app.pipeline.context import StageResult
 
     gen_id = new_generation(app, user)
@@ -199,7 +199,7 @@ def test_a_copy_that_finds_its_stage_finished_by_another_writes_nothing(app, use
             st.status, st.task_id, st.output = "completed", "task-b", {"by": "task-b"}
         return StageResult({"by": "task-a"})
 
-    monkeypatch.setitem(pipeline.STAGE_FUNCS, "analyze", outrun)
+    monkeypatch.setitem(runner.STAGE_FUNCS, "analyze", outrun)
     assert not _run(app, gen_id, "analyze", "task-a").proceed
     with app.extensions["bff"].db.session() as session:
         gen = session.get(Generation, gen_id)
@@ -211,7 +211,7 @@ def test_a_stage_canceled_as_it_pays_saves_its_prediction_and_cancels_it(app, us
     """A cancel that lands while ``generate`` creates a prediction cannot see
     its id yet: the checkpoint after the create finds the generation canceled,
     saves the id and the runner cancels it; nothing more is paid for."""
-    import app.pipeline as pipeline
+    from app.pipeline import runner
     from app.pipeline.context import StageResult
 
     gen_id = new_generation(app, user)
@@ -230,14 +230,14 @@ def test_a_stage_canceled_as_it_pays_saves_its_prediction_and_cancels_it(app, us
         canceled.extend(gen.stage("analyze").output["predictions"])
         return Canceled()  # none had succeeded
 
-    monkeypatch.setitem(pipeline.STAGE_FUNCS, "analyze", pay_while_canceled)
+    monkeypatch.setitem(runner.STAGE_FUNCS, "analyze", pay_while_canceled)
     monkeypatch.setattr(payments, "cancel_remote", cancel_remote)
     assert not _run(app, gen_id, "analyze", "task-a").proceed
     assert paid == ["p1"] and canceled == ["p1"]
 
 
 def test_the_owner_checkpoints_and_renews_its_lease(app, user, monkeypatch):
-    import app.pipeline as pipeline
+    from app.pipeline import runner
     from app.pipeline.context import StageResult
 
     gen_id = new_generation(app, user)
@@ -252,7 +252,7 @@ def test_the_owner_checkpoints_and_renews_its_lease(app, user, monkeypatch):
             assert not runner_stalled(gen, app)
         return StageResult({"done": True})
 
-    monkeypatch.setitem(pipeline.STAGE_FUNCS, "analyze", checkpointing)
+    monkeypatch.setitem(runner.STAGE_FUNCS, "analyze", checkpointing)
     assert _run(app, gen_id, "analyze", "task-a").proceed
     assert seen[0]["predictions"] == ["p1"] and seen[0]["checkpoint"] is True
 
@@ -321,21 +321,21 @@ def _predictions(gen: Generation) -> list[str]:
 def test_a_stage_that_works_past_the_stall_timeout_keeps_its_lease(app_config, monkeypatch):
     """The heartbeat renews the lease while the stage works, so a second copy
     finds it alive however long it takes; once it ends, the beats stop."""
-    import app.pipeline as pipeline
     from app import create_app
+    from app.pipeline import runner
     from tests.conftest import make_user
 
     app = create_app({**app_config, "BFF_STALL_TIMEOUT": "0.6"})  # a beat every 0.2 s
     gen_id = new_generation(app, make_user(app, "slow"))
     release, started = threading.Event(), threading.Event()
-    real = pipeline.STAGE_FUNCS["analyze"]
+    real = runner.STAGE_FUNCS["analyze"]
 
     def slow(ctx):
         started.set()
         release.wait(10)
         return real(ctx)
 
-    monkeypatch.setitem(pipeline.STAGE_FUNCS, "analyze", slow)
+    monkeypatch.setitem(runner.STAGE_FUNCS, "analyze", slow)
     first = threading.Thread(target=_run, args=(app, gen_id, "analyze", "task-a"))
     first.start()
     started.wait(5)

@@ -12,8 +12,9 @@ from sqlalchemy import select, update
 
 from app.domain.insights import HEARTED, TERMS
 from app.domain.models import GenerationFeedback, GenerationStage, PromptTokenScore, User
-from app.pipeline import STAGE_FUNCS, maintenance
+from app.pipeline import maintenance
 from app.pipeline.context import StageFailed
+from app.pipeline.runner import STAGE_FUNCS
 from tests.support.pipeline import load, run_all, services, submit_prompt
 
 # Generate-stage durations (ms) given to the three completed generations.

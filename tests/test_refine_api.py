@@ -358,7 +358,7 @@ def test_a_late_refine_sends_the_generation_again_with_its_variant(app, client, 
 
 
 def test_a_late_refine_that_fails_or_times_out_is_sent_too(app, client, user, sent, monkeypatch):
-    import app.pipeline as pipeline
+    from app.pipeline import runner
     from app.pipeline.context import StageFailed
 
     gen_id, asset_id = completed(app, user, HOOK)
@@ -368,7 +368,7 @@ def test_a_late_refine_that_fails_or_times_out_is_sent_too(app, client, user, se
         raise StageFailed("the upscaler refused the image")
 
     with monkeypatch.context() as m:
-        m.setitem(pipeline.STAGE_FUNCS, "refine", broken)
+        m.setitem(runner.STAGE_FUNCS, "refine", broken)
         stage(app, gen_id, "refine")
     event, body = messages(app, gen_id)[-1]
     assert event == "generation.refined" and body["status"] == "completed"

@@ -13,9 +13,9 @@ import pytest
 from app import create_app
 from app.domain.generations import new_stage
 from app.domain.models import Generation
-from app.pipeline import STAGE_FUNCS, STAGES, wake
+from app.pipeline import STAGES, wake
 from app.pipeline.context import StageContext, StageResult, StageWaiting
-from app.pipeline.runner import run_stage
+from app.pipeline.runner import STAGE_FUNCS, run_stage
 from app.platform.config import Settings
 from app.providers import replicate_webhooks
 from app.providers.base import ImageRequest, Job, ProviderPending

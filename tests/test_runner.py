@@ -11,7 +11,7 @@ from PIL import Image
 
 from app import create_app
 from app.domain.models import Generation, GenerationAsset, GenerationStage, utcnow
-from app.pipeline import STAGE_FUNCS, STAGES, maintenance
+from app.pipeline import STAGES, maintenance
 from app.pipeline.context import (
     StageContext,
     StageFailed,
@@ -19,7 +19,7 @@ from app.pipeline.context import (
     StageTransient,
     StageWaiting,
 )
-from app.pipeline.runner import Outcome
+from app.pipeline.runner import STAGE_FUNCS, Outcome
 from tests.conftest import make_user
 from tests.support.pipeline import (
     load,

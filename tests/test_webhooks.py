@@ -476,10 +476,10 @@ def test_completion_and_its_webhook_commit_together(client, user, app):
 
 
 def test_a_job_canceled_mid_stage_gets_one_webhook(client, user, app, monkeypatch):
-    import app.pipeline as pipeline
+    from app.pipeline import runner
 
     gen_id = submit(client, user, "https://hooks.example.com/x")
-    original = pipeline.STAGE_FUNCS["enhance"]
+    original = runner.STAGE_FUNCS["enhance"]
 
     def cancel_while_working(ctx):
         assert (
@@ -487,7 +487,7 @@ def test_a_job_canceled_mid_stage_gets_one_webhook(client, user, app, monkeypatc
         )
         return original(ctx)
 
-    monkeypatch.setitem(pipeline.STAGE_FUNCS, "enhance", cancel_while_working)
+    monkeypatch.setitem(runner.STAGE_FUNCS, "enhance", cancel_while_working)
     with app.app_context():
         run_all(app, gen_id)
     [d] = deliveries(app, gen_id)
@@ -497,7 +497,7 @@ def test_a_job_canceled_mid_stage_gets_one_webhook(client, user, app, monkeypatc
 def test_a_newer_message_supersedes_one_still_being_retried(dev_app, monkeypatch):
     """The job failed, its receiver was down, the job was retried and
     completed: the old ``failed`` is never sent after the ``completed``."""
-    import app.pipeline as pipeline
+    from app.pipeline import runner
     from app.pipeline.context import StageFailed
     from app.webhooks import delivery
 
@@ -508,7 +508,7 @@ def test_a_newer_message_supersedes_one_still_being_retried(dev_app, monkeypatch
         gen_id = submit(client, user, receiver.url)
         with monkeypatch.context() as m:
             m.setitem(
-                pipeline.STAGE_FUNCS,
+                runner.STAGE_FUNCS,
                 "store",
                 lambda ctx: (_ for _ in ()).throw(StageFailed("storage")),
             )

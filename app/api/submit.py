@@ -36,8 +36,7 @@ from app.api.uploads import read_image
 from app.domain import generations as svc
 from app.domain.models import Generation, Persona, new_id, utcnow
 from app.domain.quotas import check_submission
-from app.pipeline import stages_for
-from app.pipeline.refine import wanted as wants_refine
+from app.pipeline import refine_wanted, stages_for
 from app.pipeline.route import estimate, exclusion, routing_request
 from app.platform.queue import dispatch
 from app.platform.storage import StorageError, generation_prefix
@@ -85,7 +84,7 @@ def check_request(
                 f"provider {provider} cannot be used: {why}",
                 [{"field": "settings.provider", "message": why}],
             )
-    if provider not in ("auto", "local") and wants_refine(settings):
+    if provider not in ("auto", "local") and refine_wanted(settings):
         if not config.replicate_api_token:  # refines of a provider's images run on Replicate
             why = "REPLICATE_API_TOKEN not configured (upscale and removeBackground need it)"
             raise ApiError(

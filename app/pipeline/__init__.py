@@ -1,5 +1,7 @@
 """The stages, in order. Each module exposes ``run(ctx) -> StageResult``:
-a plain function with no Celery in it (``runner`` wraps it for the tasks).
+a plain function with no Celery in it (``runner.STAGE_FUNCS`` maps the
+names to them and wraps them for the tasks). Only names here: what imports
+this (the API's schemas, the ``bff`` command) loads no stage.
 
 Every generation runs the seven of ``STAGES``; ``refine`` (Stage 7,
 ``app.pipeline.refine``) is an eighth, after ``store``, only for a
@@ -9,27 +11,21 @@ rows (``app.domain.generations.stage_names``)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-from app.pipeline import analyze, enhance, generate, optimize, persona, refine, route, store
-from app.pipeline.context import StageContext, StageResult
-
-STAGE_FUNCS: dict[str, Callable[[StageContext], StageResult]] = {
-    "analyze": analyze.run,
-    "enhance": enhance.run,
-    "persona": persona.run,
-    "route": route.run,
-    "optimize": optimize.run,
-    "generate": generate.run,
-    "store": store.run,
-    "refine": refine.run,
-}
-ALL_STAGES: tuple[str, ...] = tuple(STAGE_FUNCS)  # every stage there is, in order
 REFINE = "refine"
-STAGES: tuple[str, ...] = ALL_STAGES[: ALL_STAGES.index(REFINE)]  # what every generation runs
+STAGES: tuple[str, ...] = (  # what every generation runs, in order
+    *("analyze", "enhance", "persona", "route", "optimize", "generate", "store"),
+)
+ALL_STAGES: tuple[str, ...] = (*STAGES, REFINE)  # every stage there is, in order
+
+
+def refine_wanted(options: Mapping[str, Any]) -> bool:
+    """Do these settings (or a late request's options) ask for a refine?"""
+    return bool(options.get("upscale") or options.get("removeBackground"))
 
 
 def stages_for(settings: Mapping[str, Any] | None) -> tuple[str, ...]:
     """The stages a new generation with these settings runs."""
-    return ALL_STAGES if refine.wanted(settings or {}) else STAGES
+    return ALL_STAGES if refine_wanted(settings or {}) else STAGES

@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field
 from app.pipeline import llm
 from app.pipeline.subject import conflicts, resolve, subject_of
 from app.pipeline.templates import TEMPLATES, choose_template, merge_negative, package
+from app.pipeline.vlt import strict_object
 from app.platform.config import Settings
 
 LLM_SYSTEM = (
@@ -35,7 +36,7 @@ class LlmPackage(BaseModel):
 
 
 _TEXT = {"type": "string"}
-PACKAGE_SCHEMA = llm.strict_object(
+PACKAGE_SCHEMA = strict_object(
     {
         "mainPrompt": _TEXT,
         "negativePrompt": _TEXT,

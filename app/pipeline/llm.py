@@ -90,17 +90,6 @@ def user_content(text: str, image: bytes | None = None) -> str | list[dict[str, 
     ]
 
 
-def strict_object(props: dict[str, Any]) -> dict[str, Any]:
-    """A JSON schema object as OpenAI's strict structured output wants it:
-    every property required, nothing extra."""
-    return {
-        "type": "object",
-        "properties": props,
-        "required": list(props),
-        "additionalProperties": False,
-    }
-
-
 def _describe(exc: openai.APIError) -> str:
     if isinstance(exc, openai.APIStatusError):
         return f"OpenAI API error {exc.status_code}: {error_message(exc)}"

@@ -54,12 +54,6 @@ from app.providers.base import (
 )
 from app.providers.refiners import RATE_LIMIT_BUCKET, RefineOp, ReplicateRefiner, Task, output_url
 
-
-def wanted(options: Mapping[str, Any]) -> bool:
-    """Do these settings (or a late request's options) ask for a refine?"""
-    return bool(options.get("upscale") or options.get("removeBackground"))
-
-
 # The key of a refine's saved state naming the predictions it was handed by a
 # failed refine before it: never handed on again (their outputs age).
 INHERITED = "inherited"

@@ -39,12 +39,24 @@ from app.domain.states import (
     set_stage_status,
     set_status,
 )
-from app.pipeline import STAGE_FUNCS, lease, stages_for
+from app.pipeline import (
+    analyze,
+    enhance,
+    generate,
+    lease,
+    optimize,
+    persona,
+    refine,
+    route,
+    stages_for,
+    store,
+)
 from app.pipeline.context import (
     GenerationEnded,
     StageContext,
     StageFailed,
     StageLeaseLost,
+    StageResult,
     StageTransient,
     StageWaiting,
 )
@@ -72,6 +84,16 @@ from app.providers.health import record_outcome
 from app.webhooks import record_final
 
 log = logging.getLogger(__name__)
+STAGE_FUNCS: dict[str, Callable[[StageContext], StageResult]] = {
+    "analyze": analyze.run,
+    "enhance": enhance.run,
+    "persona": persona.run,
+    "route": route.run,
+    "optimize": optimize.run,
+    "generate": generate.run,
+    "store": store.run,
+    "refine": refine.run,
+}
 
 
 class GenerationGone(Exception):

@@ -18,7 +18,6 @@ from pydantic import (
 )
 
 from app.domain.text import storable
-from app.pipeline.llm import strict_object
 
 # Words about a garment: a few of them (a spec is stored and prompted with).
 WORDS, GARMENT, PROMPT = 200, 80, 5000  # the most characters of a field
@@ -98,6 +97,17 @@ class VltSpec(BaseModel):
 def normalize_spec(raw: Any) -> dict[str, Any]:
     """Validate and normalise; raises ``pydantic.ValidationError``."""
     return VltSpec.model_validate(raw).model_dump(mode="json")
+
+
+def strict_object(props: dict[str, Any]) -> dict[str, Any]:
+    """A JSON schema object as OpenAI's strict structured output wants it:
+    every property required, nothing extra."""
+    return {
+        "type": "object",
+        "properties": props,
+        "required": list(props),
+        "additionalProperties": False,
+    }
 
 
 _S, _NS = {"type": "string"}, {"type": ["string", "null"]}

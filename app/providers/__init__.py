@@ -13,7 +13,18 @@ from app.providers.base import (
     ProviderUnavailable,
     unavailable_reason,
 )
-from app.providers.registry import PROVIDERS, get_provider
+
+
+def __getattr__(name: str):
+    # The registry (every adapter, with the OpenAI and Replicate SDKs) loads
+    # when first asked for, not with the catalogue's data: the ``bff``
+    # command's client side reads the catalogue and calls no provider.
+    if name in ("PROVIDERS", "get_provider"):
+        from app.providers import registry
+
+        return getattr(registry, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "PROVIDERS",
