@@ -9,6 +9,7 @@ import threading
 import time
 from datetime import timedelta
 
+import pytest
 from sqlalchemy import select
 
 from app.domain import generations as svc
@@ -205,6 +206,33 @@ def test_a_copy_that_finds_its_stage_finished_by_another_writes_nothing(app, use
         gen = session.get(Generation, gen_id)
         assert gen.stage("analyze").output == {"by": "task-b"}
         assert (gen.cost or 0) == 0  # task-a's write went with its result
+
+
+@pytest.mark.parametrize("ends", ["succeeds", "fails"])
+def test_a_copy_whose_running_stage_another_took_records_nothing(app, user, monkeypatch, ends):
+    """Taken over (or fenced off by a cancel or a timeout, and taken by the
+    next request's copy) while it worked: the stage is still running, but
+    another copy's. Its result or failure must not end that copy's work."""
+    from app.pipeline import runner
+    from app.pipeline.context import StageFailed, StageResult
+
+    gen_id = new_generation(app, user)
+
+    def taken_over(ctx):
+        with app.extensions["bff"].db.session() as session:
+            session.get(Generation, gen_id).stage("analyze").task_id = "task-b"
+        if ends == "fails":
+            raise StageFailed("task-a's input was refused")
+        return StageResult({"by": "task-a"})
+
+    monkeypatch.setitem(runner.STAGE_FUNCS, "analyze", taken_over)
+    outcome = _run(app, gen_id, "analyze", "task-a")
+    assert not outcome.proceed and outcome.error is None and outcome.retry_in is None
+    with app.extensions["bff"].db.session() as session:
+        gen = session.get(Generation, gen_id)
+        stage = gen.stage("analyze")
+        assert (stage.status, stage.task_id, stage.error) == ("running", "task-b", None)
+        assert gen.status == "processing" and not (stage.output or {}).get("by")
 
 
 def test_a_stage_canceled_as_it_pays_saves_its_prediction_and_cancels_it(app, user, monkeypatch):

@@ -98,6 +98,7 @@ def fail_or_retry(
     settings: Settings,
     generation_id: str,
     name: str,
+    task_id: str | None,
     error: str,
     retry_in: float | None,
     after: After,
@@ -106,6 +107,9 @@ def fail_or_retry(
     if gen is None:
         return GONE
     stage = gen.stage(name)
+    if stage.task_id != task_id and task_id is not None:  # taken over, or fenced off
+        log.warning("%s: %s failed in a copy that no longer owns it: %s", gen.id, name, error)
+        return STOP
     stage.duration_ms = elapsed_ms(stage)
     if name == "generate" and gen.provider:
         record_outcome(session, gen.provider, ok=False, error=error)

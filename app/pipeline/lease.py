@@ -133,12 +133,18 @@ def heartbeat(
         done.set()
 
 
+def owns(stage: GenerationStage | None, task_id: str | None) -> bool:
+    """This copy (``task_id``; None: a run outside Celery) still holds the
+    running stage: not taken over, not fenced off by a timeout or a cancel."""
+    running = stage is not None and stage.status == S_RUNNING
+    return running and (task_id is None or stage.task_id == task_id)
+
+
 def renew(session: Session, generation_id: str, name: str, task_id: str | None) -> bool:
     """One beat: renew the lease if this copy still owns the running stage,
     read once the generation's lock is ours (as the fences read it)."""
     gen, stage = lock_stage(session, generation_id, name) or (None, None)
-    owned = stage is not None and stage.status == S_RUNNING
-    if not owned or (task_id is not None and stage.task_id != task_id):
+    if not owns(stage, task_id):
         return False
     gen.updated_at = utcnow()
     return True

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from importlib import import_module
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -39,18 +40,7 @@ from app.domain.states import (
     set_stage_status,
     set_status,
 )
-from app.pipeline import (
-    analyze,
-    enhance,
-    generate,
-    lease,
-    optimize,
-    persona,
-    refine,
-    route,
-    stages_for,
-    store,
-)
+from app.pipeline import ALL_STAGES, lease, stages_for
 from app.pipeline.context import (
     GenerationEnded,
     StageContext,
@@ -84,15 +74,9 @@ from app.providers.health import record_outcome
 from app.webhooks import record_final
 
 log = logging.getLogger(__name__)
+# The stage named N is ``app.pipeline.N.run``.
 STAGE_FUNCS: dict[str, Callable[[StageContext], StageResult]] = {
-    "analyze": analyze.run,
-    "enhance": enhance.run,
-    "persona": persona.run,
-    "route": route.run,
-    "optimize": optimize.run,
-    "generate": generate.run,
-    "store": store.run,
-    "refine": refine.run,
+    name: import_module(f"app.pipeline.{name}").run for name in ALL_STAGES
 }
 
 
@@ -172,7 +156,7 @@ def _work(ctx: StageContext, name: str, task_id: str | None, attempt: int) -> Ou
             retry_in = backoff(attempt, problem.retry_after)
         else:
             error = f"gave up after {attempt} attempts: {error}"
-    outcome = transaction(session, fail_or_retry, settings, gen_id, name, error, retry_in)
+    outcome = transaction(session, fail_or_retry, settings, gen_id, name, task_id, error, retry_in)
     if not outcome.gone and ctx.generation.stage(name).status == S_FAILED:  # for good:
         stop_paid_work(session, settings, ctx.generation)  # what still runs is wasted
     return outcome
@@ -277,7 +261,7 @@ def record(
     if locked is None:
         raise GenerationGone(ctx.generation.id)
     gen, stage = locked
-    if stage is None or stage.status != S_RUNNING:  # finished by a copy that took it over
+    if not lease.owns(stage, ctx.task_id):  # taken over (or fenced off) meanwhile
         session.rollback()  # and with it what this copy's stage function wrote
         return STOP
     set_stage_status(stage, status)
