@@ -170,11 +170,17 @@ def test_a_failing_stage_fails_the_generation_and_stops(
         calls.append(ctx.generation.id)
         return StageResult()
 
+    from app.platform import events
+
+    said = []  # the live events: a failed stage's says how long it ran, as a finished one's
+    monkeypatch.setattr(events, "stage_changed", lambda _s, _g, *event: said.append(event))
     monkeypatch.setitem(STAGE_FUNCS, name, broken)
     for n in later:
         monkeypatch.setitem(STAGE_FUNCS, n, spy)
     gen_id = submit_prompt(client, user.headers)
     outcomes = run_all(app, gen_id)
+    [(_, _, duration)] = [e for e in said if e[:2] == (name, "failed")]
+    assert isinstance(duration, int)
     assert outcomes[-1].proceed is False and len(outcomes) == STAGES.index(name) + 1
     assert stage(app, gen_id, later[0]).proceed is False  # so does a stale later message
     assert calls == []

@@ -104,3 +104,16 @@ def test_stage_transition_table(current, target):
         with pytest.raises(IllegalTransition):
             set_stage_status(s, target)
         assert s.status == current
+
+
+def test_a_loaded_time_is_aware_utc_whatever_the_sessions_zone():
+    """PostgreSQL answers in the session's time zone; SQLite in naive UTC."""
+    from datetime import UTC, datetime, timedelta, timezone
+
+    from app.platform.db import UtcDateTime
+
+    paris = datetime(2026, 12, 7, 15, 0, tzinfo=timezone(timedelta(hours=1)))
+    loaded = UtcDateTime().process_result_value(paris, None)
+    assert loaded == paris and loaded.tzinfo == UTC and loaded.hour == 14
+    naive = UtcDateTime().process_result_value(datetime(2026, 12, 7, 14, 0), None)
+    assert naive.tzinfo == UTC and naive.hour == 14

@@ -44,7 +44,7 @@ from app.domain.states import (
 from app.pipeline import ALL_STAGES, STAGES, stages_for
 from app.platform.storage import current_public_base, public_url
 
-# What ``iso`` writes: UTC with a trailing Z (SQLite's naive datetimes included).
+# What ``iso`` writes: UTC with a trailing Z.
 Timestamp = Annotated[
     datetime,
     PlainSerializer(iso, return_type=str),

@@ -176,7 +176,8 @@ def end_failed(
         gen.error_stage, gen.error_message, gen.error_code = stage.name, error, code
     gen.updated_at = utcnow()  # a change clients see, even of an ended generation
     gen_id, name, batch_id = gen.id, stage.name, gen.batch_id
-    after.append(lambda: events.stage_changed(settings, gen_id, name, S_FAILED, None))
+    duration = stage.duration_ms
+    after.append(lambda: events.stage_changed(settings, gen_id, name, S_FAILED, duration))
     if was_final:
         if name == LATE_STAGE and gen.status == COMPLETED:  # a refine asked afterwards
             announce_late_refine(session, settings, gen, after)

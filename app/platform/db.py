@@ -86,13 +86,16 @@ def make_engine(
 
 class UtcDateTime(TypeDecorator):
     """Every timestamp column: aware UTC in Python on both databases (SQLite
-    stores and hands back naive UTC; we only ever write UTC)."""
+    stores and hands back naive UTC, as we only ever write UTC; PostgreSQL
+    answers in the session's time zone, which need not be UTC)."""
 
     impl = DateTime(timezone=True)
     cache_ok = True
 
     def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
-        return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def db_time(session: Session, dt: datetime) -> datetime:

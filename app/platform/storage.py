@@ -212,7 +212,10 @@ class S3Storage:
         return public_url(self.public_base, key)
 
     def check(self) -> None:
-        self._call("head_bucket")
+        try:
+            self._call("head_bucket")
+        except KeyError:  # a HEAD's 404 has no body to say NoSuchBucket in
+            raise StorageError(f"bucket {self.bucket!r} does not exist (R2_BUCKET_NAME)") from None
 
 
 def make_storage(settings: Settings) -> Storage:
