@@ -85,7 +85,7 @@ def _broker_url(url: Any) -> bool:
             return False
         try:
             resolve_transport(name)
-        except ImportError:  # a transport whose library is not installed
+        except Exception:  # noqa: BLE001 - its library missing (kafka's raise NameError)
             return False
     return True
 
@@ -100,4 +100,7 @@ HTTP_URL = Allowed(_http_url, "an absolute http:// or https:// URL without query
 REDIS = Allowed(_redis_url, "a redis://, rediss:// or unix:// URL")
 BROKER = Allowed(
     _broker_url, "a URL whose scheme is a transport kombu knows (redis://, rediss://, amqp://, …)"
+)
+BROKER_TOO = Allowed(  # REDIS_URL when no CELERY_BROKER_URL is set
+    _broker_url, "redis:// or rediss:// to be the broker too (else set CELERY_BROKER_URL)"
 )

@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 from app.platform.checks import (
     BROKER,
+    BROKER_TOO,
     COUNT,
     HTTP_URL,
     POSITIVE,
@@ -251,7 +252,7 @@ class Settings:
                 _setting(var, env[var])
         redis_url = env.get("REDIS_URL") or None
         if redis_url and not env.get("CELERY_BROKER_URL"):  # the broker too (unix:// is not)
-            _setting("REDIS_URL", redis_url, allowed=BROKER)
+            _setting("REDIS_URL", redis_url, allowed=BROKER_TOO)
         database_url = env.get("DATABASE_URL") or f"sqlite:///{var_dir / 'bff.db'}"
         # Heroku-style URLs name the driver "postgres"; SQLAlchemy wants psycopg 3.
         for prefix in ("postgres://", "postgresql://"):
