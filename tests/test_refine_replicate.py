@@ -15,6 +15,7 @@ from PIL import Image
 from replicate.exceptions import ReplicateError
 from sqlalchemy import select
 
+from app.domain import batch_flows
 from app.domain.models import Generation, User, utcnow
 from app.domain.spend import Charge
 from app.pipeline import ALL_STAGES, maintenance, stops
@@ -331,6 +332,27 @@ def test_deleting_a_batch_stops_a_completed_members_late_refine(app, user, fake)
     assert client.delete(f"/api/batches/{batch['id']}", headers=user.headers).status_code == 204
     [refine_pid] = _upscales(fake)
     assert fake.render(refine_pid)["status"] == "canceled"
+
+
+def test_canceling_a_finished_batch_stops_a_members_late_refine(app, user, fake):
+    client = app.test_client()
+    item = {"prompt": "red dress", "settings": {"provider": "google-imagen"}}
+    batch = client.post("/api/batches", json={"items": [item]}, headers=user.headers).json
+    [member] = client.get(f"/api/generate?batchId={batch['id']}", headers=user.headers).json[
+        "items"
+    ]
+    _refining(app, user, fake, latency=30.0, gen_id=member["id"])
+    assert batch_flows.finish(services(app), batch["id"])  # its member's own check
+    canceled = client.post(f"/api/batches/{batch['id']}/cancel", headers=user.headers)
+    assert canceled.status_code == 200 and canceled.json["status"] == "completed"
+    [refine_pid] = _upscales(fake)
+    assert fake.render(refine_pid)["status"] == "canceled"
+    kept = load(app, member["id"])
+    refine = stages_by_name(kept)["refine"]
+    assert kept["status"] == "completed" and len(kept["assets"]) == 1
+    assert (refine["status"], refine["error"]) == ("failed", "canceled while running")
+    again = client.post(f"/api/batches/{batch['id']}/cancel", headers=user.headers)
+    assert again.status_code == 409  # nothing runs now
 
 
 def test_canceling_while_generate_runs_cancels_its_predictions_when_a_refine_waits(app, user, fake):

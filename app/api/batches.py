@@ -42,6 +42,7 @@ from app.domain import generations as svc
 from app.domain.models import Batch, new_id, utcnow
 from app.domain.quotas import check_submission
 from app.pipeline import stages_for, stops
+from app.pipeline.endings import cancel_late_refine
 from app.pipeline.route import estimate
 from app.platform.queue import dispatch_group
 from app.platform.storage import generation_prefix
@@ -238,16 +239,27 @@ def _stop_all(session: Session, batch: Batch) -> list[Stopped]:
 
 @bp.post("/<batch_id>/cancel")
 def cancel(batch_id: str):
-    def stop_batch(session: Session) -> list[Stopped]:
-        batch = _load(session, batch_id, lock=True)
-        if batch.finished_at is not None:
+    """Its unfinished generations, and its completed members' refines asked
+    for afterwards, as a generation's cancel stops them."""
+    s = services()
+
+    def stop_batch(session: Session) -> tuple[list[Stopped], list[int | None], list]:
+        batch, after = _load(session, batch_id, lock=True), []
+        stopped = _stop_all(session, batch) if batch.finished_at is None else []
+        refining = batches.lock_refining(session, batch.id)  # (locked after, as delete does)
+        if batch.finished_at is not None and not refining:
             status = batches.view(session, batch).status
             raise ApiError(409, "conflict", f"batch is already {status}")
-        return _stop_all(session, batch)
+        refines = [cancel_late_refine(session, s.settings, gen, after) for gen in refining]
+        return stopped, refines, after
 
     # Run again if PostgreSQL breaks a deadlock with a worker by aborting it.
-    stopped = services().db.transaction(stop_batch)
+    stopped, refines, after = s.db.transaction(stop_batch)
     announce_stopped(stopped)  # tasks revoked, predictions canceled, webhooks sent
+    for announce in after:  # the refines' stage events and webhooks
+        announce()
+    for stop_id in refines:
+        stops.send(s.db, s.celery, stop_id)
     with services().db.read() as session:
         return respond(BatchOut, batches.view(session, _load(session, batch_id)))
 
