@@ -171,6 +171,8 @@ def test_failure_reasons_name_no_password():
     )
     exc = OSError('Could not connect to the endpoint URL: "https://AKIA:wJalr/K7@r2.example/b"')
     assert "wJalr" not in reason(exc)
+    cut = OSError("x" * 985 + " r://u:hunter2hunter2@redis:6379/0")  # cut at 1000 characters
+    assert "hunter" not in reason(cut)
 
 
 # ------------------------------------------------------------------- stats

@@ -1,8 +1,9 @@
 """/health (real checks of database, broker and storage) and /cdn/ (local storage).
 
-A failing check answers anonymous callers with its exception's class only;
-the operator gets the whole reason in the log (``FailureLog``: not a line per
-poll of a load balancer)."""
+The route needs no key, so a failing check answers with its exception's
+class only (and a schema behind the code with the two revisions and the
+fix); the operator gets the whole reason in the log (``FailureLog``: not a
+line per poll of a load balancer)."""
 
 from __future__ import annotations
 
@@ -31,8 +32,8 @@ _PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^\s:/@]*:)[^\s@]*@", re.IGNOREC
 
 def reason(exc: BaseException) -> str:
     """What went wrong, on one line, for the log: no password of a URL in it."""
-    said = " ".join(str(exc).split())[:1000]
-    return _PASSWORD.sub(r"\1***@", f"{type(exc).__name__}: {said}" if said else type(exc).__name__)
+    said = _PASSWORD.sub(r"\1***@", " ".join(str(exc).split()))[:1000]  # masked, then cut
+    return f"{type(exc).__name__}: {said}" if said else type(exc).__name__
 
 
 class FailureLog:

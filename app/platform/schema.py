@@ -42,9 +42,10 @@ def alembic_config(url: str) -> Any:
 @cache
 def code_revisions() -> tuple[frozenset[str], frozenset[str]]:
     """(the scripts' heads, every revision the scripts know), read once."""
+    cfg = alembic_config("sqlite://")  # first: it quiets alembic before alembic loads
     from alembic.script import ScriptDirectory
 
-    scripts = ScriptDirectory.from_config(alembic_config("sqlite://"))
+    scripts = ScriptDirectory.from_config(cfg)
     known = frozenset(rev.revision for rev in scripts.walk_revisions())
     return frozenset(scripts.get_heads()), known
 
