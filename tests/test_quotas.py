@@ -77,6 +77,9 @@ def test_a_request_the_cap_cannot_cover_is_refused_with_its_estimate(app_config,
     resp = client.post("/api/generate/from-prompt", json=body, headers=alice.headers)
     assert resp.status_code == 403 and resp.json["error"]["code"] == "budget_exceeded"
     assert resp.json["error"]["details"] == {"spent": 0, "cap": 0.1, "estimate": 0.12}
+    assert resp.json["error"]["message"].endswith(
+        "cap $0.10; ask for fewer images or a cheaper model (settings.provider), or a higher cap"
+    )
     for settings, status in (
         ({"provider": "google-imagen", "count": 1}, 202),  # $0.06 fits
         ({"provider": "auto", "count": 2}, 403),  # auto: the dearest that could serve

@@ -28,6 +28,9 @@ from app.domain.spend import SPENT, midnight, over_cap
 from app.platform.config import Settings
 from app.platform.db import begin_for_update, db_time
 
+# What a designer refused by the cap can do now (prices: GET /api/providers).
+WAYS_OUT = "; ask for fewer images or a cheaper model (settings.provider), or a higher cap"
+
 
 def _quota_statement():
     """Built once, its parameters bound per call: the user's submissions in the
@@ -103,4 +106,5 @@ def check_submission(
     spent, cap = float(spent_usd), float(cap_usd)
     if why := over_cap(spent, cap, estimate, "request"):
         details = {"spent": round(spent, 4), "cap": round(cap, 4), "estimate": round(estimate, 4)}
-        raise ApiError(403, "budget_exceeded", why, details)
+        said = f"{why}{WAYS_OUT}" if spent < cap else why  # (reached: only free work runs)
+        raise ApiError(403, "budget_exceeded", said, details)
