@@ -73,6 +73,13 @@ def test_an_unusable_api_url_is_one_sentence(url, said):
     assert "Traceback" not in result.output
 
 
+def test_an_api_url_ending_in_api_says_to_drop_it(api):
+    env = {"BFF_API_URL": api.base_url + "/api/", "BFF_API_KEY": api.key}
+    result = CliRunner().invoke(client.generate, ["red dress"], env=env)
+    assert result.exit_code == 1, result.output
+    assert f"ends in /api: give the server's address, e.g. {api.base_url}\n" in result.output
+
+
 def test_polling_follows_a_late_refine_to_its_end(monkeypatch):
     """Without the event stream, a completed generation refining an image is
     not done until its refine is."""

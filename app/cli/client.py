@@ -32,7 +32,7 @@ def _api(
         raise click.ClickException("set BFF_API_KEY (from 'bff users create NAME')")
     headers = {"Authorization": f"Bearer {key}", **(extra_headers or {})}
     try:
-        return requests.request(method, base + path, timeout=30, headers=headers, **kwargs)
+        resp = requests.request(method, base + path, timeout=30, headers=headers, **kwargs)
     except requests.ConnectionError:
         msg = f"cannot reach the API at {base}: is it running ('make dev')? BFF_API_URL says where"
         raise click.ClickException(msg) from None
@@ -43,6 +43,10 @@ def _api(
             f"BFF_API_URL={base} cannot be used ({type(exc).__name__}): e.g. http://127.0.0.1:3001"
         )
         raise click.ClickException(msg) from None
+    if resp.status_code == 404 and base.endswith("/api"):  # the commands add /api/... themselves
+        msg = f"BFF_API_URL={base} ends in /api: give the server's address, e.g. {base[:-4]}"
+        raise click.ClickException(msg)
+    return resp
 
 
 def _json(method: str, path: str, ok: int = 200, **kwargs) -> dict:
