@@ -81,6 +81,8 @@ def test_a_prompt_alone_is_a_request_in_json_too(tmp_path, name, text):
         ("prompts.txt", "prompts\nlinen shirt\n", "looks like a header row"),
         ("looks.csv", "prompt,size\nwool coat, navy,16:9\n", "quote a prompt with commas"),
         ("prompts.txt", "\n  \n", "no prompts"),
+        ("looks.csv", "prompt,size\n", "no requests in it"),
+        ("looks.json", "[]", "no requests in it"),
     ],
 )
 def test_what_would_send_the_wrong_prompts_is_refused_in_words(tmp_path, name, text, says):

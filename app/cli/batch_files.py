@@ -169,6 +169,13 @@ def _json_lines(path: Path, text: str) -> Batch:
 
 def read_batch(path: Path) -> Batch:
     """The requests in ``path``, and where each is in it (None: not known)."""
+    items, sources = _read_batch(path)
+    if not items:  # a header row alone, an empty JSON array: the server's words are pydantic's
+        raise click.ClickException(f"{path}: there are no requests in it, only a header or []")
+    return items, sources
+
+
+def _read_batch(path: Path) -> Batch:
     text = _read_text(path)
     if _is_json(path, text):
         if not text.lstrip().startswith("["):
