@@ -22,6 +22,7 @@ import app.webhooks  # noqa: F401  (registers webhook_deliveries on the metadata
 from app.cli import alembic_config, upgrade_database
 from app.domain.models import Base
 from app.platform.config import ConfigError, Settings
+from app.platform.schema import code_revisions
 from tests.conftest import CLEAN
 
 BFF = str(Path(sys.executable).parent / "bff")
@@ -188,8 +189,11 @@ def test_db_upgrade_on_a_fresh_sqlite_database_then_create_a_user(tmp_path):
     }
     done = bff(["db", "upgrade"], env, tmp_path)
     assert done.returncode == 0, done.stderr
-    assert "database is at head" in done.stdout
+    head = ", ".join(sorted(code_revisions()[0]))
+    assert done.stdout == f"database migrated from none (empty) to {head}: the code's head\n"
     assert "alembic" not in done.stderr  # its plugins' INFO lines are not ours to print
+    again = bff(["db", "upgrade"], env, tmp_path)
+    assert again.stdout == f"database already at {head}: the code's head\n"
 
     insp = inspect(create_engine(url))
     tables = """users api_keys generations generation_assets generation_feedback

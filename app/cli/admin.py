@@ -10,6 +10,7 @@ from flask import Flask
 from sqlalchemy import select
 
 from app.cli import upgrade_database, with_app
+from app.platform.schema import database_heads
 
 db_cli = click.Group("db", help="Database migrations.")
 
@@ -18,8 +19,17 @@ db_cli = click.Group("db", help="Database migrations.")
 @with_app
 def db_upgrade(app: Flask) -> None:
     """Migrate the configured database (DATABASE_URL) to head."""
-    upgrade_database(app.extensions["bff"].settings.database_url)
-    click.echo("database is at head")
+    s = app.extensions["bff"]
+
+    def revision() -> str:
+        with s.db.engine.connect() as conn:
+            return ", ".join(sorted(database_heads(conn))) or "none (empty)"
+
+    before = revision()
+    upgrade_database(s.settings.database_url)
+    after = revision()
+    said = f"migrated from {before} to {after}" if after != before else f"already at {after}"
+    click.echo(f"database {said}: the code's head")
 
 
 users_cli = click.Group("users", help="Users and their API keys.")
