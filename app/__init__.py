@@ -47,7 +47,11 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     register_error_handlers(app)
     protocol.register(app)  # limits and OPTIONS: before any route
     logs.init_app(app)
+    _register_blueprints(app)
+    return app
 
+
+def _register_blueprints(app: Flask) -> None:
     from app.api import (
         account,
         batch_archive,
@@ -80,4 +84,3 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     )
     for module in (*blueprints, health, web, metrics):
         app.register_blueprint(module.bp)
-    return app
