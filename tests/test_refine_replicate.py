@@ -237,16 +237,6 @@ def _upscales(fake) -> list[str]:
     return [p for p, v in fake.predictions.items() if v["model"] == UPSCALER.name]
 
 
-def test_deleting_a_completed_generation_stops_its_late_refine(app, user, fake):
-    """Completed, so nothing is canceled: its refine asked for afterwards
-    still runs on Replicate, and would be billed for a variant nobody keeps."""
-    gen_id, _ = _refining(app, user, fake, latency=5.0)
-    deleted = app.test_client().delete(f"/api/generate/{gen_id}", headers=user.headers)
-    assert deleted.status_code == 204
-    [refine_pid] = _upscales(fake)
-    assert fake.render(refine_pid)["status"] == "canceled"
-
-
 def test_canceling_a_completed_generation_stops_its_late_refine_and_keeps_it(app, user, fake):
     """The cancel of a completed generation whose refine, asked for
     afterwards, runs: the refine fails "canceled" (its prediction canceled,
@@ -321,37 +311,46 @@ def test_a_refine_asked_again_waits_for_the_stop_its_timeout_owes(app, user, fak
     assert client.post(url, json={"upscale": 2}, headers=user.headers).status_code == 202
 
 
-def test_deleting_a_batch_stops_a_completed_members_late_refine(app, user, fake):
+def _batch_member_refining(app, user, fake, latency: float) -> tuple[str, str]:
+    """A one-member batch whose completed member's upscale, asked for
+    afterwards, is parked on its prediction: (batch id, member id)."""
     client = app.test_client()
     item = {"prompt": "red dress", "settings": {"provider": "google-imagen"}}
     batch = client.post("/api/batches", json={"items": [item]}, headers=user.headers).json
-    [member] = client.get(f"/api/generate?batchId={batch['id']}", headers=user.headers).json[
-        "items"
-    ]
-    _refining(app, user, fake, latency=5.0, gen_id=member["id"])
-    assert client.delete(f"/api/batches/{batch['id']}", headers=user.headers).status_code == 204
+    listed = client.get(f"/api/generate?batchId={batch['id']}", headers=user.headers).json
+    [member] = listed["items"]
+    _refining(app, user, fake, latency=latency, gen_id=member["id"])
+    return batch["id"], member["id"]
+
+
+@pytest.mark.parametrize("deleted", ["generation", "batch"])
+def test_deleting_a_completed_generation_or_its_batch_stops_its_late_refine(
+    app, user, fake, deleted
+):
+    """Completed, so nothing is canceled: its refine asked for afterwards
+    still runs on Replicate, and would be billed for a variant nobody keeps."""
+    if deleted == "generation":
+        path = f"/api/generate/{_refining(app, user, fake, latency=5.0)[0]}"
+    else:
+        path = f"/api/batches/{_batch_member_refining(app, user, fake, latency=5.0)[0]}"
+    assert app.test_client().delete(path, headers=user.headers).status_code == 204
     [refine_pid] = _upscales(fake)
     assert fake.render(refine_pid)["status"] == "canceled"
 
 
 def test_canceling_a_finished_batch_stops_a_members_late_refine(app, user, fake):
     client = app.test_client()
-    item = {"prompt": "red dress", "settings": {"provider": "google-imagen"}}
-    batch = client.post("/api/batches", json={"items": [item]}, headers=user.headers).json
-    [member] = client.get(f"/api/generate?batchId={batch['id']}", headers=user.headers).json[
-        "items"
-    ]
-    _refining(app, user, fake, latency=30.0, gen_id=member["id"])
-    assert batch_flows.finish(services(app), batch["id"])  # its member's own check
-    canceled = client.post(f"/api/batches/{batch['id']}/cancel", headers=user.headers)
+    batch_id, member_id = _batch_member_refining(app, user, fake, latency=30.0)
+    assert batch_flows.finish(services(app), batch_id)  # its member's own check
+    canceled = client.post(f"/api/batches/{batch_id}/cancel", headers=user.headers)
     assert canceled.status_code == 200 and canceled.json["status"] == "completed"
     [refine_pid] = _upscales(fake)
     assert fake.render(refine_pid)["status"] == "canceled"
-    kept = load(app, member["id"])
+    kept = load(app, member_id)
     refine = stages_by_name(kept)["refine"]
     assert kept["status"] == "completed" and len(kept["assets"]) == 1
     assert (refine["status"], refine["error"]) == ("failed", "canceled while running")
-    again = client.post(f"/api/batches/{batch['id']}/cancel", headers=user.headers)
+    again = client.post(f"/api/batches/{batch_id}/cancel", headers=user.headers)
     assert again.status_code == 409  # nothing runs now
 
 
