@@ -41,12 +41,16 @@ class FailureLog:
     changes, and a reminder per ``every`` seconds while it keeps failing. A
     check that flaps (a load balancer polls every second) writes at most one
     line per ``gap`` seconds; the state it settles in is written after.
-    One per app: its threads share it."""
+    One per app and ``what`` (health, metrics): its threads share it."""
 
     def __init__(
-        self, every: float = 60.0, gap: float = 10.0, clock: Callable[[], float] = time.monotonic
+        self,
+        every: float = 60.0,
+        gap: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+        what: str = "health",
     ) -> None:
-        self.every, self.gap, self.clock = every, gap, clock
+        self.every, self.gap, self.clock, self.what = every, gap, clock, what
         self._said: dict[str, tuple[str | None, float]] = {}  # check -> (last logged, when)
         self._lock = threading.Lock()
 
@@ -60,24 +64,25 @@ class FailureLog:
                 return
             self._said[check] = (why, now)
         if why is None:
-            log.info("health: %s ok again", check)
+            log.info("%s: %s ok again", self.what, check)
         else:
-            log.warning("health: %s failing: %s", check, why)
+            log.warning("%s: %s failing: %s", self.what, check, why)
 
 
-def _failures() -> FailureLog:
-    return current_app.extensions.setdefault("bff.health_failures", FailureLog())
+def failures(what: str = "health") -> FailureLog:
+    """The app's log of ``what``'s failing checks (/health's, /metrics')."""
+    return current_app.extensions.setdefault(f"bff.{what}_failures", FailureLog(what=what))
 
 
 def _check(name: str, fn: Callable[[], None]) -> str:
     try:
         fn()
     except Exception as exc:
-        _failures().note(name, reason(exc))
+        failures().note(name, reason(exc))
         if isinstance(exc, SchemaOutOfDate):  # its message is the fix, and holds no secret
             return f"error: {exc}"
         return f"error: {type(exc).__name__}"
-    _failures().note(name, None)
+    failures().note(name, None)
     return "ok"
 
 

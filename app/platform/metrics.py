@@ -49,8 +49,8 @@ def _histogram(series: list[tuple[str, Tally]], name: str, doc: str, label: str)
 
 
 class DatabaseCollector:
-    def __init__(self, services: Any) -> None:
-        self.services = services
+    def __init__(self, services: Any, failures: Any) -> None:
+        self.services, self.failures = services, failures  # (a scrape every 15 s: said once)
 
     def collect(self) -> Iterator[Metric]:
         try:
@@ -62,13 +62,12 @@ class DatabaseCollector:
                 yield from self._generations(session)
                 yield from self._history(session)
                 yield from self._outcomes(session)
-            up = 1
+            up, why = 1, None
         except SchemaOutOfDate as exc:
-            log.warning("metrics: %s", exc)
-            up = 0
+            up, why = 0, str(exc)
         except Exception as exc:  # the database is down: say so, keep serving the rest
-            log.warning("metrics: database unavailable: %s", type(exc).__name__)
-            up = 0
+            up, why = 0, f"unavailable: {type(exc).__name__}"
+        self.failures.note("database", why)
         yield GaugeMetricFamily(
             "bff_database_up", "1 if the database answered this scrape and is migrated", up
         )
@@ -184,9 +183,10 @@ class DatabaseCollector:
 @bp.get("/metrics")
 def metrics() -> Response:
     from app.api.common import services
+    from app.api.health import failures
 
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(DatabaseCollector(services()))
+    registry.register(DatabaseCollector(services(), failures("metrics")))
     # content_type, not mimetype: Flask would add a second charset, which a
     # strict media-type parser (Go's, Prometheus') refuses.
     return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
