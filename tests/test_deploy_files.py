@@ -264,13 +264,28 @@ def test_the_flower_guard_takes_credentials_from_the_command_line_too(monkeypatc
 # --------------------------------------------------- a worker process at start
 
 
-def test_a_starting_worker_freezes_what_it_loaded():
-    import workers.tasks  # noqa: F401  (connects the signal handlers)
+class Worker:
+    """What a worker_init handler reads of Celery's WorkController."""
 
+    def __init__(self, concurrency: int) -> None:
+        self.concurrency = concurrency
+
+
+def test_a_starting_worker_fits_its_pool_and_freezes_what_it_loaded():
+    import workers.tasks  # noqa: F401  (connects the signal handlers)
+    from workers import flask_app
+
+    db = flask_app.extensions["bff"].db
     gc.unfreeze()
     try:
         assert gc.get_freeze_count() == 0
-        worker_init.send(sender=None)
+        worker_init.send(sender=Worker(4))  # prefork: the default pool
+        assert db.engine.pool.size() == 15
+        worker_init.send(sender=Worker(32))  # the generator's threads
+        # A connection for each thread: none waits for another's slow provider call.
+        assert db.engine.pool.size() == 32
+        with db.session() as session, db.read() as reader:
+            assert session.get_bind() is db.engine and reader.get_bind().pool is db.engine.pool
         # the loaded app is out of the collector's sight: full collections stay short
         assert gc.get_freeze_count() > 10_000
     finally:

@@ -33,7 +33,12 @@ log = logging.getLogger(__name__)
 
 
 @worker_init.connect
-def _freeze_loaded_objects(**_: object) -> None:
+def _fit_pool_and_freeze(sender: object, **_: object) -> None:
+    from workers import flask_app
+
+    # A threads pool's tasks share this process's connections (prefork
+    # children run one task each: the default pool is plenty).
+    flask_app.extensions["bff"].db.fit_pool(sender.concurrency)
     # The loaded app is ~200k long-lived objects every full collection would
     # walk again: moved out of the collector's sight (before the fork, so
     # prefork children inherit it).

@@ -59,7 +59,9 @@ def make_engine(
     lock_timeout: float = 0.0,
 ) -> Engine:
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        engine = create_engine(
+            url, pool_size=pool_size, connect_args={"timeout": 30, "check_same_thread": False}
+        )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     return create_engine(
@@ -122,7 +124,7 @@ def dialect_insert(dialect_name: str) -> Any:
 
 class Database:
     def __init__(self, url: str, statement_timeout: float = 30.0) -> None:
-        self.url = url
+        self.url, self.statement_timeout = url, statement_timeout
         self.engine = make_engine(url, statement_timeout)
         # Objects stay readable after a commit (a stage reads the generation
         # its claim committed; a route answers with what it just wrote).
@@ -168,6 +170,19 @@ class Database:
                     raise
                 log.info("transaction aborted (%s), running it again", sqlstate)
                 attempt += 1
+
+    def fit_pool(self, threads: int) -> None:
+        """A pooled connection for each of ``threads`` working at once (a
+        Celery worker's): a stage holds one while it works, through a slow
+        provider call, so a smaller pool left the other threads' stages
+        waiting, and their generations looking stalled (re-sent)."""
+        if threads <= self.engine.pool.size():
+            return
+        old = self.engine
+        self.engine = make_engine(self.url, self.statement_timeout, pool_size=threads)
+        self.Session.configure(bind=self.engine)
+        self._Reader.configure(bind=self.engine.execution_options(isolation_level="AUTOCOMMIT"))
+        old.dispose()
 
     def dispose(self) -> None:
         """Drop pooled connections; called after fork so children never share one."""
