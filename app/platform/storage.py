@@ -176,7 +176,9 @@ class S3Storage:
         except ClientError as exc:
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
             code = exc.response.get("Error", {}).get("Code")
-            if code == "NoSuchBucket":  # a 404 too, but no key is missing: the setting is wrong
+            # A 404 that is no key's (NoSuchBucket; a HEAD of the bucket says
+            # nothing but 404): the setting is wrong, not an image missing.
+            if code == "NoSuchBucket" or (status == 404 and "Key" not in kwargs):
                 missing = f"bucket {self.bucket!r} does not exist (R2_BUCKET_NAME)"
                 raise StorageError(missing) from exc
             if status == 404 or code in ("NoSuchKey", "404"):
@@ -212,10 +214,7 @@ class S3Storage:
         return public_url(self.public_base, key)
 
     def check(self) -> None:
-        try:
-            self._call("head_bucket")
-        except KeyError:  # a HEAD's 404 has no body to say NoSuchBucket in
-            raise StorageError(f"bucket {self.bucket!r} does not exist (R2_BUCKET_NAME)") from None
+        self._call("head_bucket")
 
 
 def make_storage(settings: Settings) -> Storage:
