@@ -128,7 +128,7 @@ class Database:
         self.engine = make_engine(url, statement_timeout)
         # Objects stay readable after a commit (a stage reads the generation
         # its claim committed; a route answers with what it just wrote).
-        self.Session = sessionmaker(self.engine, expire_on_commit=False)
+        self.Session = sessionmaker(expire_on_commit=False)
         # Lease heartbeats have a pool of their own: a stage holds its
         # connection while it works, so with every pooled one held (a
         # generator's threads on slow provider calls) a beat must still get
@@ -137,9 +137,13 @@ class Database:
         self.Beats = sessionmaker(self.beat_engine, expire_on_commit=False)
         # Reads (GET of a generation, a page of them) in autocommit: no BEGIN
         # and COMMIT round trips around what is one statement, or a few.
-        self._Reader = sessionmaker(
-            self.engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False
-        )
+        self._Reader = sessionmaker(expire_on_commit=False)
+        self._bind()
+
+    def _bind(self) -> None:
+        """Point the sessions at ``engine`` (again, when ``fit_pool`` replaced it)."""
+        self.Session.configure(bind=self.engine)
+        self._Reader.configure(bind=self.engine.execution_options(isolation_level="AUTOCOMMIT"))
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -180,8 +184,7 @@ class Database:
             return
         old = self.engine
         self.engine = make_engine(self.url, self.statement_timeout, pool_size=threads)
-        self.Session.configure(bind=self.engine)
-        self._Reader.configure(bind=self.engine.execution_options(isolation_level="AUTOCOMMIT"))
+        self._bind()
         old.dispose()
 
     def dispose(self) -> None:
