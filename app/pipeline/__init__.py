@@ -16,7 +16,13 @@ from typing import Any
 
 REFINE = "refine"
 STAGES: tuple[str, ...] = (  # what every generation runs, in order
-    *("analyze", "enhance", "persona", "route", "optimize", "generate", "store"),
+    "analyze",
+    "enhance",
+    "persona",
+    "route",
+    "optimize",
+    "generate",
+    "store",
 )
 ALL_STAGES: tuple[str, ...] = (*STAGES, REFINE)  # every stage there is, in order
 
