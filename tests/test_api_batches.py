@@ -271,6 +271,15 @@ def test_a_lost_completion_check_is_made_by_the_sweep(app, client, user):
     assert batch_flows.sweep(services(app)) == 0
 
 
+def test_cancel_of_a_batch_done_but_not_yet_marked_so_is_a_conflict(app, client, user):
+    batch_id = submit(client, user, {"items": items(2)})["id"]
+    for gen in members(client, user, batch_id):
+        run_all(app, gen["id"])  # no completion check: finished_at stays unset
+    resp = client.post(f"{BATCHES}/{batch_id}/cancel", headers=user.headers)
+    assert assert_error(resp, 409)["message"] == "batch is already completed"
+    assert batch(client, user, batch_id)["status"] == "completed"
+
+
 def test_cancel_stops_every_generation_not_final(app, client, user):
     batch_id = submit(client, user, {"items": items(3)})["id"]
     run_batch(app, client, user, batch_id, only=1)

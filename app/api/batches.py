@@ -232,9 +232,10 @@ def _stop_all(session: Session, batch: Batch) -> list[Stopped]:
     """Cancel the batch's unfinished generations in one transaction (the
     caller's, holding the batch's lock): once it commits, no stage of any of
     them starts."""
-    if batch.canceled_at is None:
+    stopped = [stop(session, gen) for gen in batches.lock_unfinished(session, batch.id)]
+    if stopped and batch.canceled_at is None:  # (every member already final: not canceled)
         batch.canceled_at = utcnow()
-    return [stop(session, gen) for gen in batches.lock_unfinished(session, batch.id)]
+    return stopped
 
 
 @bp.post("/<batch_id>/cancel")
@@ -247,7 +248,8 @@ def cancel(batch_id: str):
         batch, after = _load(session, batch_id, lock=True), []
         stopped = _stop_all(session, batch) if batch.finished_at is None else []
         refining = batches.lock_refining(session, batch.id)  # (locked after, as delete does)
-        if batch.finished_at is not None and not refining:
+        # Every member final, though perhaps not yet marked so: nothing to cancel.
+        if not stopped and not refining:
             status = batches.view(session, batch).status
             raise ApiError(409, "conflict", f"batch is already {status}")
         refines = [cancel_late_refine(session, s.settings, gen, after) for gen in refining]
