@@ -53,6 +53,31 @@ def test_every_operation_is_named_and_says_the_headers_it_reads_and_sends():
     assert len(accepted) == 5 and all("Location" in a["headers"] for a in accepted)
 
 
+def test_the_webhooks_a_receiver_gets_are_described():
+    """Their bodies (the job as GET shows it), every event the code sends,
+    and the headers it signs them with."""
+    from datetime import UTC, datetime
+
+    from app.domain.states import CANCELED, COMPLETED, FINAL
+    from app.webhooks.signing import signed_headers
+
+    hooks = build_spec()["webhooks"]
+    signed = set(signed_headers("whsec_" + "A" * 32, "msg_1", datetime.now(UTC), "{}"))
+    sent = {
+        "generationFinished": ("GenerationOut", {f"generation.{s}" for s in FINAL} | {
+            "generation.refined"}),
+        "batchFinished": ("BatchOut", {f"batch.{s}" for s in (COMPLETED, CANCELED)}),
+    }  # fmt: skip
+    assert set(hooks) == set(sent)
+    for name, (model, events) in sent.items():
+        post = hooks[name]["post"]
+        body = post["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+        assert body == f"#/components/schemas/{model}"
+        headers = {p["name"]: p for p in post["parameters"] if p["in"] == "header"}
+        assert set(headers) == signed | {"BFF-Event"}
+        assert set(headers["BFF-Event"]["schema"]["enum"]) == events
+
+
 def test_the_live_server_keeps_to_its_document(tmp_path):
     # Schemathesis cannot re-check a multipart body holding a file once a
     # stateful link fills a value in (it counts every such body invalid), so

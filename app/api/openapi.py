@@ -17,6 +17,7 @@ from app.api import batch_responses as b
 from app.api import ops_responses as ops
 from app.api import responses as r
 from app.api.batch_schemas import BatchSubmit
+from app.api.openapi_webhooks import webhooks
 from app.api.providers import ProviderList
 from app.api.replicate_webhook import ReplicatePrediction, WebhookAck
 from app.api.schemas import (
@@ -207,6 +208,7 @@ def build_spec() -> dict[str, Any]:
         },
         "security": [{"apiKey": []}],
         "paths": paths,
+        "webhooks": webhooks(refs),
     }
 
 
