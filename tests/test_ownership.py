@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 
 from app.domain.models import Generation, Persona
-from tests.support.pipeline import submit_image, submit_prompt
+from tests.support.pipeline import run_all, submit_image, submit_prompt
 
 BODIES = {"feedback": {"feedbackType": "heart"}, "personas": {"name": "x"}}
 
@@ -57,3 +57,19 @@ def test_logs_never_contain_api_keys(app, client, user, caplog):
     text = caplog.text
     assert user.key not in text and user.key.split("_", 2)[2] not in text
     assert "bff_deadbeef_secret" not in text
+
+
+def test_an_uploaded_photo_is_not_served_beside_its_images(app, client, user):
+    """An image's URL is shared (it is public by design); the photo uploaded
+    for it is not, nor is its key derivable from that URL."""
+    gen_id = submit_image(client, user.headers).json["id"]
+    run_all(app, gen_id)
+    gen = client.get(f"/api/generate/{gen_id}", headers=user.headers).json
+    assert gen["status"] == "completed", gen["error"]
+    folder = gen["assets"][0]["url"].split("/cdn/", 1)[1].rsplit("/", 1)[0]
+    assert client.get(f"/cdn/{gen['assets'][0]['url'].split('/cdn/', 1)[1]}").status_code == 200
+    for ext in ("png", "jpg", "jpeg", "webp"):
+        assert client.get(f"/cdn/{folder}/input.{ext}").status_code == 404
+    with app.extensions["bff"].db.session() as session:
+        key = session.get(Generation, gen_id).input_key
+    assert key.startswith(f"{folder}/input-") and len(key) > len(f"{folder}/input-.png") + 30

@@ -6,6 +6,7 @@ body is 409."""
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Callable
 from datetime import timedelta
 from functools import partial
@@ -108,8 +109,12 @@ def check_persona(session: Session, persona_id: str | None, field: str = "person
 
 
 def _store_upload(s: Services, gen_id: str, upload: Upload) -> str:
+    """The photo, under a name nobody can guess: the bucket (or ``/cdn/``)
+    serves every key to anyone, and an image's shared URL names its folder.
+    The photo is the designer's own, as sent (an unreleased design, its EXIF
+    with the place it was taken), and no answer shows it."""
     data, content_type, ext = upload
-    key = f"{generation_prefix(g.user_id, gen_id)}input.{ext}"
+    key = f"{generation_prefix(g.user_id, gen_id)}input-{secrets.token_hex(16)}.{ext}"
     try:
         s.storage.put(key, data, content_type)
     except StorageError:
