@@ -532,3 +532,23 @@ def test_a_newer_message_supersedes_one_still_being_retried(dev_app, monkeypatch
         }
     finally:
         receiver.close()
+
+
+@pytest.mark.parametrize(
+    ("env", "allowed"),
+    [
+        ({}, True),  # make dev: the embedded default on a laptop
+        ({"BFF_PUBLIC_URL": "http://127.0.0.1:3001"}, True),
+        ({"BFF_PUBLIC_URL": "https://bff.example.com"}, False),  # served to others
+        ({"BFF_PUBLIC_URL": "https://bff.example.com", "BFF_ALLOW_HTTP_WEBHOOKS": "1"}, True),
+    ],
+)
+def test_loopback_webhooks_are_for_a_server_nobody_else_uses(tmp_path, env, allowed):
+    """The embedded default takes loopback webhooks (a receiver on the same
+    laptop); an embedded server published under a public URL does not,
+    unless its operator opts in: any key holder would make it POST to this
+    machine's own ports."""
+    settings = Settings.from_env({"BFF_VAR_DIR": str(tmp_path), **env})
+    assert settings.embedded_broker
+    problem = guard.submit_url_problem("http://127.0.0.1:5555/api/workers", settings)
+    assert (problem is None) is allowed, problem

@@ -229,8 +229,12 @@ class Settings:
 
     @property
     def webhooks_allow_loopback(self) -> bool:
-        """Plain-http webhooks to loopback: the embedded default (a laptop) or opt-in."""
-        return self.allow_http_webhooks or self.embedded_broker
+        """Plain-http webhooks to loopback: the embedded default (a laptop) or
+        opt-in. Not an embedded server given a public BFF_PUBLIC_URL: others
+        hold keys there, and any of them could POST to this machine's own
+        services (Flower, a database's HTTP port, an admin page)."""
+        laptop = self.embedded_broker and not (self.public_url_set and not _local(self.public_url))
+        return self.allow_http_webhooks or laptop
 
     @property
     def broker_folder(self) -> Path:
