@@ -233,8 +233,8 @@ class Settings:
         opt-in. Not an embedded server given a public BFF_PUBLIC_URL: others
         hold keys there, and any of them could POST to this machine's own
         services (Flower, a database's HTTP port, an admin page)."""
-        laptop = self.embedded_broker and not (self.public_url_set and not _local(self.public_url))
-        return self.allow_http_webhooks or laptop
+        published = self.public_url_set and not _local(self.public_url)
+        return self.allow_http_webhooks or (self.embedded_broker and not published)
 
     @property
     def broker_folder(self) -> Path:
