@@ -176,3 +176,20 @@ def test_one_key_check_serves_every_replicate_model(monkeypatch):
     s = Settings.from_env({"REPLICATE_API_TOKEN": "r8_one"})
     checks = [verify.recent(e.id, s) for e in REPLICATE]
     assert len(calls) == 1 and all(c.verified for c in checks)
+
+
+def test_health_says_a_key_was_refused_but_not_the_providers_words(monkeypatch):
+    from app.providers import verify
+
+    said = "Replicate refused REPLICATE_API_TOKEN: Invalid token r8_…abcd (account design-co)"
+
+    def refuse(_model):
+        raise ProviderRejected(said)
+
+    monkeypatch.setattr(verify, "_recent", {})
+    monkeypatch.setattr(ReplicateModel, "verify_key", refuse)
+    s = Settings.from_env({"REPLICATE_API_TOKEN": "r8_one"})
+    shown = verify.recent(REPLICATE[0].id, s)
+    assert shown.verified is False and "abcd" not in shown.detail
+    assert shown.detail == "REPLICATE_API_TOKEN refused: bff providers check says why"
+    assert verify.check(REPLICATE[0].id, s).detail == said  # the operator's CLI

@@ -50,7 +50,11 @@ def recent(provider_id: str, settings: Settings) -> KeyCheck:
     if hit is not None and time.monotonic() < hit[0]:
         return hit[1]
     result = check(provider_id, settings)
-    if result.verified:  # /health answers anyone: no account names, only that it works
+    # /health answers anyone: no account names, nor the provider's words on a
+    # refused key (they quote the key's last characters); the CLI says those.
+    if result.verified:
         result = KeyCheck(True, True, f"{entry.key_env_var} works")
+    elif result.verified is False:
+        result = KeyCheck(True, False, f"{entry.key_env_var} refused: bff providers check says why")
     _recent[key] = (time.monotonic() + TTL, result)
     return result
