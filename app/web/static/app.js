@@ -27,9 +27,12 @@ async function api(method, path, body) {
   if (!resp.ok) {
     const err = data.error || {};
     // A list of fields' problems, or an object of figures (a budget's), already in the message.
+    // A field's problem the message already says (an upload's, a provider's) is not said twice.
+    const message = err.message || resp.statusText;
     const fields = Array.isArray(err.details) ? err.details : [];
-    const detail = fields.map((d) => `${d.field}: ${d.message}`).join("; ");
-    throw new Error(`${err.message || resp.statusText}${detail ? ` (${detail})` : ""}`);
+    const detail = fields.filter((d) => !message.includes(d.message))
+      .map((d) => `${d.field}: ${d.message}`).join("; ");
+    throw new Error(`${message}${detail ? ` (${detail})` : ""}`);
   }
   return data;
 }
