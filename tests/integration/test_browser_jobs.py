@@ -1,14 +1,23 @@
-"""The page submitting a job, in Chromium against ``bff dev``: an upload
-refused. Each test has a user of its own.
+"""The page while a job runs, in Chromium against ``bff dev``: a reload in the
+middle, a cancel, a server that goes away, a click whose answer is off
+screen, an upload refused. Each test has a user of its own, so the page finds
+no one else's jobs running. A job "in the middle" is a finished one put back
+to running in SQLite: the offline provider is done in a second.
 """
 
 from __future__ import annotations
 
+import json
+import re
 import secrets
+import sqlite3
 import subprocess
+from pathlib import Path
 
 import pytest
+import requests
 
+from tests.integration.helpers import submit, wait_final
 from tests.integration.test_browser import BFF, browser  # noqa: F401
 
 
@@ -23,11 +32,110 @@ def user(embedded) -> tuple[str, str, dict[str, str]]:
     return embedded.base_url, key, {"Authorization": f"Bearer {key}"}
 
 
+def put_back_to_running(db_path: Path, gen_id: str) -> None:
+    """Leave ``gen_id`` as if its worker were still storing its images."""
+    with sqlite3.connect(db_path) as conn:
+        conn.execute(
+            "UPDATE generations SET status = 'processing', completed_at = NULL WHERE id = ?",
+            (gen_id,),
+        )
+        conn.execute(
+            "UPDATE generation_stages SET status = 'running', finished_at = NULL,"
+            " duration_ms = NULL WHERE generation_id = ? AND name = 'store'",
+            (gen_id,),
+        )
+
+
+def running_job(embedded, base: str, auth: dict[str, str]) -> str:
+    gen_id = submit(base, auth, "black tuxedo jumpsuit", settings={"provider": "local"})
+    assert wait_final(base, auth, gen_id)["status"] == "completed"
+    put_back_to_running(embedded.db_path, gen_id)
+    return gen_id
+
+
 def open_page(browser, base: str, key: str, **viewport):  # noqa: F811
     page = browser.new_page(viewport=viewport or {"width": 1280, "height": 900})
     page.goto(base + "/")
     page.evaluate("k => localStorage.setItem('bff.apiKey', k)", key)
     return page
+
+
+def test_a_reload_mid_job_goes_on_following_it_and_can_cancel_it(embedded, browser, user):  # noqa: F811
+    """Before, the Progress panel said "Nothing running yet." after a reload
+    and the card said "pending" until the designer thought of Refresh."""
+    from playwright.sync_api import expect
+
+    base, key, auth = user
+    gen_id = running_job(embedded, base, auth)
+    page = open_page(browser, base, key)
+    page.reload()
+    expect(page.locator("#gen-id")).to_have_text(gen_id)
+    expect(page.locator('#stages li[data-stage="store"]')).to_have_attribute(
+        "data-status", "running"
+    )
+    card = page.locator(f'#gallery li.item[data-id="{gen_id}"]')
+    expect(card.locator(".badge")).to_have_text("processing")
+
+    page.get_by_role("button", name="Cancel", exact=True).click()
+    expect(page.locator("#gen-status")).to_have_text("Generation canceled.")
+    expect(card.locator(".badge")).to_have_text("canceled")
+    expect(page.get_by_role("button", name="Cancel", exact=True)).to_be_hidden()
+    assert requests.get(f"{base}/api/generate/{gen_id}", headers=auth).json()["status"] == (
+        "canceled"
+    )
+    page.close()
+
+
+def test_losing_the_server_mid_job_says_so_and_stops_the_spinner(embedded, browser, user):  # noqa: F811
+    """The stream says generate is running, then the server is gone: before,
+    generate span on for ever beside "generate: running…"."""
+    from playwright.sync_api import expect
+
+    base, key, _ = user
+    page = open_page(browser, base, key)
+    page.reload()
+    expect(page.locator("#key-status")).to_have_text("Key OK.")
+    running = {"stage": "generate", "status": "running", "durationMs": None, "attempt": 1}
+    streams: list[str] = []
+
+    def events(route) -> None:  # the first stream tells of generate, then nothing answers
+        streams.append(route.request.url)
+        if len(streams) > 1:
+            route.abort("connectionrefused")
+            return
+        body = f"event: stage\ndata: {json.dumps(running)}\n\n"
+        route.fulfill(status=200, content_type="text/event-stream", body=body)
+
+    page.route(re.compile(r"/api/generate/gen_\w+/events$"), events)
+    page.route(re.compile(r"/api/generate/gen_\w+$"), lambda r: r.abort("connectionrefused"))
+    page.get_by_label("Describe the garment").fill("ivory lace wedding gown")
+    page.get_by_role("button", name="Generate").click()
+    status = page.locator("#gen-status")
+    expect(status).to_contain_text("No news of gen_")
+    expect(status).to_contain_text("the server cannot be reached")
+    expect(page.locator('#stages li[data-status="running"]')).to_have_count(0)
+    expect(page.locator('#stages li[data-stage="generate"]')).to_have_attribute(
+        "data-status", "unknown"
+    )
+    page.close()
+
+
+def test_progress_comes_into_view_on_a_phone(browser, user):  # noqa: F811
+    """On a phone the Progress panel is below the form: before, Generate
+    showed nothing on screen but a button greyed for a second."""
+    from playwright.sync_api import expect
+
+    base, key, _ = user
+    page = open_page(browser, base, key, width=375, height=700)
+    page.reload()
+    expect(page.locator("#key-status")).to_have_text("Key OK.")
+    status = page.locator("#gen-status")
+    page.get_by_label("Describe the garment").fill("camel wool wrap coat")
+    page.get_by_label("Provider").select_option("local")
+    page.get_by_role("button", name="Generate").click()  # (Playwright scrolls to it first)
+    expect(status).to_contain_text("Completed with local")
+    expect(status).to_be_in_viewport()
+    page.close()
 
 
 def test_a_refused_upload_is_said_once(browser, user, tmp_path):  # noqa: F811

@@ -1,6 +1,5 @@
 // Designer BFF page: plain JS, no build step. Every API call sends the key as
-// "Authorization: Bearer"; live progress is read from the SSE endpoint with
-// fetch() streaming (EventSource cannot send headers), falling back to polling.
+// "Authorization: Bearer"; live progress is follow.js's.
 "use strict";
 
 const KEY = "bff.apiKey";
@@ -100,7 +99,7 @@ function estimate() {
 
 const LABEL = {
   idle: "waiting", pending: "retrying", running: "running…", completed: "done",
-  skipped: "skipped", failed: "failed",
+  skipped: "skipped", failed: "failed", unknown: "no news",
 };
 
 function resetStages() {
@@ -131,74 +130,6 @@ function showStages(gen) {
   for (const st of gen.stages) setStage(st.name, st.status === "pending" && !st.attempts
     ? "idle" : st.status, st.durationMs);
 }
-
-function parseBlock(block) {
-  const ev = { event: "message", data: "" };
-  for (const line of block.split("\n")) {
-    if (!line || line.startsWith(":")) continue;
-    const i = line.indexOf(":");
-    const field = i < 0 ? line : line.slice(0, i);
-    const value = i < 0 ? "" : line.slice(i + 1).replace(/^ /, "");
-    if (field === "data") ev.data += value;
-    else ev[field] = value;
-  }
-  return ev;
-}
-
-// Follow a generation over SSE; resume with Last-Event-ID after a drop.
-async function follow(id) {
-  let lastId = null;
-  for (let attempt = 0; attempt < 5; attempt++) {
-    const headers = { Authorization: `Bearer ${apiKey()}` };
-    if (lastId) headers["Last-Event-ID"] = lastId;
-    let resp;
-    try {
-      resp = await fetch(`/api/generate/${id}/events`, { headers });
-    } catch (e) { await sleep(1000); continue; }
-    if (!resp.ok || !resp.body) break;  // e.g. 503: too many streams; poll instead
-    const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
-    let buf = "";
-    try {
-      for (;;) {
-        const { value, done } = await reader.read();
-        if (done) break;
-        buf += value;
-        let cut;
-        while ((cut = buf.indexOf("\n\n")) >= 0) {
-          const ev = parseBlock(buf.slice(0, cut));
-          buf = buf.slice(cut + 2);
-          if (ev.id) lastId = ev.id;
-          if (ev.event === "stage") {
-            const d = JSON.parse(ev.data);
-            setStage(d.stage, d.status, d.durationMs);
-            $("#gen-status").textContent = `${d.stage}: ${LABEL[d.status] || d.status}`;
-          } else if (ev.event === "done") {
-            return JSON.parse(ev.data);
-          } else if (ev.event === "gone") {
-            throw new Error("this generation was deleted");
-          }
-        }
-      }
-    } catch (e) {
-      if (e.message.includes("deleted")) throw e;
-    }
-    await sleep(500);
-  }
-  return poll(id);
-}
-
-async function poll(id) {
-  for (;;) {
-    const gen = await api("GET", `/api/generate/${id}`);
-    showStages(gen);
-    // A completed generation refining an image stays "completed": wait for the refine too.
-    const refining = gen.stages.some((s) => s.name === "refine" && ["pending", "running"].includes(s.status));
-    if (["completed", "failed", "canceled"].includes(gen.status) && !refining) return gen;
-    await sleep(1000);
-  }
-}
-
-function sleep(ms) { return new Promise((r) => setTimeout(r, ms)); }
 
 function showResult(gen) {
   showStages(gen);
@@ -265,35 +196,12 @@ async function submit(event) {
         { ...Object.fromEntries(fields), settings });
     }
     await watch(accepted.id);
-  } catch (e) {
+  } catch (e) {  // refused (watch() says a following's trouble in the Progress panel)
     errorBox.textContent = e.message;
   } finally {
     button.disabled = false;
   }
 }
-
-// Show a submitted (or retried) generation's stages live, then its result.
-async function watch(id) {
-  resetStages();
-  $("#gen-id").textContent = id;
-  const status = $("#gen-status");
-  status.textContent = QUEUED;
-  // A job no worker takes looks the same as one about to start: say so after a while.
-  const stuck = setTimeout(() => {
-    if (status.textContent === QUEUED) status.textContent = STILL_QUEUED;
-  }, 20000);
-  loadGallery(true);
-  try {
-    showResult(await follow(id));
-  } finally {
-    clearTimeout(stuck);
-  }
-  loadGallery(true);
-}
-
-const QUEUED = "Queued…";
-const STILL_QUEUED = "Still queued after 20 s: no worker has taken it yet "
-  + "(busy with earlier jobs, or not running: make dev starts one).";
 
 // ---------------------------------------------------------------- gallery
 
@@ -386,8 +294,10 @@ async function loadGallery(reset) {
     cursor = page.nextCursor;
     $("#more").hidden = !cursor;
     $("#gallery-empty").textContent = $("#gallery").children.length ? "" : "No generations yet.";
+    return page.items;
   } catch (e) {
     $("#gallery-empty").textContent = e.message;
+    return null;
   }
 }
 
@@ -425,7 +335,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#key-form").addEventListener("submit", async (e) => {
     e.preventDefault();
     localStorage.setItem(KEY, $("#api-key").value.trim());
-    if (await checkKey()) loadGallery(true);
+    if (await checkKey()) resumeRunning(await loadGallery(true));
   });
   $("#key-forget").addEventListener("click", () => {
     localStorage.removeItem(KEY);
@@ -434,11 +344,12 @@ document.addEventListener("DOMContentLoaded", () => {
     showKeyState("Key removed from this browser.");
   });
   $("#gen-form").addEventListener("submit", submit);
+  $("#gen-cancel").addEventListener("click", cancelWatched);
   for (const id of ["provider", "quality", "size", "count"]) {
     $(`#${id}`).addEventListener("change", estimate);
   }
   $("#refresh").addEventListener("click", () => loadGallery(true));
   $("#more").addEventListener("click", () => loadGallery(false));
   setupDrop();
-  checkKey().then((ok) => ok && loadGallery(true));
+  checkKey().then(async (ok) => ok && resumeRunning(await loadGallery(true)));
 });

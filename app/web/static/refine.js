@@ -33,6 +33,7 @@ async function refine(genId, assetId, body, box) {
   try {
     await api("POST", `/api/generate/${genId}/assets/${assetId}/refine`, body);
     resetStages();
+    revealProgress();
     $("#gen-id").textContent = genId;
     $("#gen-status").textContent = "Refining…";
     const gen = await follow(genId);
