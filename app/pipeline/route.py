@@ -12,7 +12,7 @@ from typing import Any
 
 from app.pipeline.context import StageContext, StageFailed, StageResult, StageTransient
 from app.platform.config import Settings
-from app.providers import PROVIDERS, ImageRequest
+from app.providers import PROVIDERS, ImageRequest, unavailable_reason
 from app.providers.base import aspect_ratio_of
 from app.providers.health import WindowStats, open_reason, recent_window_stats
 from app.providers.refiners import price_per_image
@@ -28,15 +28,6 @@ WEIGHTS = {
 }
 
 
-def key_missing(provider_id: str, settings: Settings) -> str | None:
-    cls = PROVIDERS.get(provider_id)
-    if cls is None:
-        return f"unknown provider {provider_id!r}"
-    if cls.key_env_var and not settings.key_for(cls.key_env_var):
-        return f"{cls.key_env_var} not configured"
-    return None
-
-
 def cannot_serve(provider_id: str, request: dict[str, Any]) -> str | None:
     caps = PROVIDERS[provider_id].capabilities
     if request["aspectRatio"] not in caps.aspect_ratios:
@@ -50,7 +41,7 @@ def cannot_serve(provider_id: str, request: dict[str, Any]) -> str | None:
 
 def exclusion(provider_id: str, request: dict[str, Any], settings: Settings) -> str | None:
     """Why this provider can never serve this request with these settings, or None."""
-    return key_missing(provider_id, settings) or cannot_serve(provider_id, request)
+    return unavailable_reason(provider_id, settings) or cannot_serve(provider_id, request)
 
 
 def prompt_budget(request: dict[str, Any], settings: Settings) -> dict[str, Any]:
@@ -116,7 +107,7 @@ def _candidates(
     }
     notes: list[str] = []
     if wanted != "auto":
-        if why := (static.get(wanted) or key_missing(wanted, settings)):
+        if why := (static.get(wanted) or unavailable_reason(wanted, settings)):
             raise StageFailed(f"provider {wanted} cannot serve this request: {why}")
         if wanted in circuits:  # asked for by name: use it, but say so
             notes.append(f"{wanted}: {circuits.pop(wanted)}; used because it was requested")
