@@ -184,28 +184,25 @@ def checkpointer(
     generation_id: str,
     stage_id: int,
     task_id: str | None,
-    patience: float = CHECKPOINT_PATIENCE,
 ) -> Callable[[dict[str, Any]], None]:
     """Commit partial progress in the stage's session. A checkpoint usually
     records something just paid for (a prediction id), so a database outage
-    is waited out for up to ``patience`` seconds rather than lose it.
+    is waited out (``patiently``) rather than lose it.
     ``also(session, generation)`` writes more under the fence, in the same
     transaction (and again if it is retried)."""
 
     def checkpoint(state: dict[str, Any], also: Also | None = None) -> None:
         save = partial(_save_checkpoint, session, generation_id, stage_id, task_id, state, also)
-        patiently(session, save, "checkpoint", patience)
+        patiently(session, save, "checkpoint")
 
     return checkpoint
 
 
-def patiently(
-    session: Session, step: Callable[[], None], what: str, patience: float = CHECKPOINT_PATIENCE
-) -> None:
+def patiently(session: Session, step: Callable[[], None], what: str) -> None:
     """``step`` (a transaction that commits on ``session``), run again while
-    the database is unavailable, for up to ``patience`` seconds: what it
-    records was usually just paid for. A lost lease is never waited out."""
-    deadline, delay = time.monotonic() + patience, 0.2
+    the database is unavailable, for up to ``CHECKPOINT_PATIENCE`` seconds:
+    what it records was usually just paid for. A lost lease is never waited out."""
+    deadline, delay = time.monotonic() + CHECKPOINT_PATIENCE, 0.2
     while True:
         try:
             step()

@@ -70,20 +70,18 @@ def client(settings: Settings) -> openai.OpenAI:
     )
 
 
-def image_data_url(data: bytes, side: int = IMAGE_SIDE) -> str:
-    """The image as a JPEG data URL no larger than ``side`` on its long edge."""
+def image_data_url(data: bytes) -> str:
+    """The image as a JPEG data URL no larger than ``IMAGE_SIDE`` on its long edge."""
     img = Image.open(io.BytesIO(data))
-    img.draft("RGB", (2 * side, 2 * side))  # a JPEG decodes at a fraction of its size
+    img.draft("RGB", (2 * IMAGE_SIDE, 2 * IMAGE_SIDE))  # a JPEG decodes at a fraction of its size
     img = img.convert("RGB")
-    img.thumbnail((side, side))
+    img.thumbnail((IMAGE_SIDE, IMAGE_SIDE))
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=88)
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def user_content(text: str, image: bytes | None = None) -> str | list[dict[str, Any]]:
-    if image is None:
-        return text
+def user_content(text: str, image: bytes) -> list[dict[str, Any]]:
     return [
         {"type": "text", "text": text},
         {"type": "image_url", "image_url": {"url": image_data_url(image), "detail": "low"}},
@@ -106,14 +104,13 @@ def chat_json(
     schema_name: str,
     schema: dict[str, Any],
     validate: Callable[[Any], T],
-    api: openai.OpenAI | None = None,
 ) -> LLMAnswer:
     """Ask for a JSON document matching ``schema``; return ``validate(doc)``.
 
     ``validate`` raises (ValueError, pydantic's ValidationError …) on an
     answer it will not accept; that answer is asked for once more.
     """
-    api = api or client(settings)
+    api = client(settings)
     answer = LLMAnswer(value=None, model=settings.llm_model, attempts=0)
     for _ in range(1 + INVALID_RETRIES):
         answer.attempts += 1
