@@ -11,6 +11,7 @@ from sqlalchemy import select
 from app.domain.generations import cancel
 from app.domain.models import Generation
 from app.pipeline import ALL_STAGES, payments, stops
+from app.providers import replicate
 from app.providers.replicate import ReplicateModel
 from tests.conftest import on_replicate
 from tests.support.pipeline import (
@@ -81,16 +82,16 @@ def test_a_copy_that_finds_its_job_canceled_as_it_waits_again_fails_its_stage(
     prediction, still running, as the cancel commits: it must not just stop."""
     gen_id = submit_prompt(client, user.headers, "red dress", provider="google-imagen")
     paying(app, fake, gen_id)  # parked on its prediction
-    look = ReplicateModel._wait
+    look = replicate.look_once
 
-    def look_as_the_cancel_comes(self, ids):
+    def look_as_the_cancel_comes(*args):
         try:
-            return look(self, ids)  # still processing: it will wait again
+            return look(*args)  # still processing: it will wait again
         finally:
             with services(app).db.session() as session:
                 cancel(session.get(Generation, gen_id))
 
-    monkeypatch.setattr(ReplicateModel, "_wait", look_as_the_cancel_comes)
+    monkeypatch.setattr(replicate, "look_once", look_as_the_cancel_comes)
     out = stage(app, gen_id, "generate")  # its countdown's run
     assert not out.proceed and out.retry_in is None
     canceled_generate(load(app, gen_id))

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,7 +13,13 @@ from app.domain import spend
 from app.domain.models import Generation
 from app.platform.config import Settings
 from app.platform.storage import Storage
-from app.providers.base import prediction_ids
+from app.providers.base import (
+    ProviderPending,
+    ProviderRejected,
+    ProviderTransient,
+    ProviderUnavailable,
+    prediction_ids,
+)
 
 
 class StageFailed(Exception):
@@ -50,6 +57,20 @@ class StageWaiting(Exception):
         self.retry_in = retry_in
         self.reason = reason
         self.state = state or {}
+
+
+@contextmanager
+def provider_outcomes() -> Iterator[None]:
+    """A provider's errors (``providers.base``, mapped once per adapter) as
+    the paying stage's outcomes."""
+    try:
+        yield
+    except ProviderPending as exc:
+        raise StageWaiting(exc.retry_in, exc.reason, exc.state) from exc
+    except ProviderTransient as exc:
+        raise StageTransient(str(exc), exc.retry_after) from exc
+    except (ProviderRejected, ProviderUnavailable) as exc:
+        raise StageFailed(str(exc)) from exc
 
 
 def _no_checkpoint(state: dict[str, Any], also: object = None) -> None:

@@ -30,8 +30,8 @@ from app.pipeline.context import (
     StageFailed,
     StageResult,
     StageTransient,
-    StageWaiting,
     hold_cost,
+    provider_outcomes,
 )
 from app.pipeline.lease import RUNNER_KEYS, paying
 from app.pipeline.subject import head_garment, resolve
@@ -40,9 +40,6 @@ from app.platform.storage import StorageError, asset_key
 from app.providers import (
     PROVIDERS,
     ImageRequest,
-    ProviderRejected,
-    ProviderTransient,
-    ProviderUnavailable,
     get_provider,
     pricing,
     unavailable_reason,
@@ -51,7 +48,6 @@ from app.providers.base import (
     CONTENT_TYPES,
     EXTENSIONS,
     Job,
-    ProviderPending,
     ProviderResult,
     Reference,
     output_urls,
@@ -146,14 +142,8 @@ def run(ctx: StageContext) -> StageResult:
     price = provider.price_for(request)
     state[spend.UNIT_PRICE] = str(price)  # saved with the predictions: a late cancel's price
     hold_cost(ctx, state, price * request.count, "image")
-    try:
+    with provider_outcomes():
         result = provider.generate(request)
-    except ProviderPending as exc:
-        raise StageWaiting(exc.retry_in, exc.reason, exc.state) from exc
-    except ProviderTransient as exc:
-        raise StageTransient(str(exc), exc.retry_after) from exc
-    except (ProviderRejected, ProviderUnavailable) as exc:
-        raise StageFailed(str(exc)) from exc
 
     cost = Decimal(str(price)) * len(result.outputs)
     if not prediction_ids(job.state):  # (predictions were paid one by one, as read)

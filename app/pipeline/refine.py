@@ -37,8 +37,8 @@ from app.pipeline.context import (
     StageFailed,
     StageResult,
     StageTransient,
-    StageWaiting,
     hold_cost,
+    provider_outcomes,
 )
 from app.pipeline.lease import RUNNER_KEYS, paying
 from app.pipeline.store import STORABLE_PIXELS, _image, download  # store's checks
@@ -46,12 +46,7 @@ from app.platform import ratelimit
 from app.platform.config import Settings
 from app.platform.storage import StorageError, asset_key
 from app.providers import local_refine
-from app.providers.base import (
-    Job,
-    ProviderPending,
-    ProviderRejected,
-    ProviderTransient,
-)
+from app.providers.base import Job
 from app.providers.refiners import RATE_LIMIT_BUCKET, RefineOp, ReplicateRefiner, Task, output_url
 
 # The key of a refine's saved state naming the predictions it was handed by a
@@ -180,14 +175,8 @@ def _replicate(ctx: StageContext, tasks: list[Task]) -> tuple[dict[str, bytes], 
         paid=payments.paid_as_read(ctx, saved, "replicate", "refine", lambda k, _p: prices[k]),
     )
     refiner = ReplicateRefiner(ctx.settings, job, ctx.generation.id)
-    try:
+    with provider_outcomes():
         finished = refiner.run(tasks)
-    except ProviderPending as exc:
-        raise StageWaiting(exc.retry_in, exc.reason, exc.state) from exc
-    except ProviderTransient as exc:
-        raise StageTransient(str(exc), exc.retry_after) from exc
-    except ProviderRejected as exc:
-        raise StageFailed(str(exc)) from exc
     predictions = {key: p["id"] for key, p in finished.items()}
     made = {key: download(ctx.settings, output_url(p)) for key, p in finished.items()}
     metrics = {key: p.get("metrics") or {} for key, p in finished.items()}

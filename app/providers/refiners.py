@@ -127,7 +127,8 @@ class ReplicateRefiner:
                 )
             ids[task.key] = prediction.id
             self.job.save({"predictions": ids})  # before waiting on it
-        return self._look(ids, tasks)
+        models = {t.key: t.op.model.name for t in tasks}
+        return look_once(self.client, self.job, ids, models, dict)
 
     def _upload(self, task: Task) -> str:
         with replicate_errors("upload"):
@@ -138,10 +139,6 @@ class ReplicateRefiner:
 
     def cancel(self, ids: list[str]) -> int:
         return len(cancel_predictions(self.client, ids))
-
-    def _look(self, ids: dict[str, str], tasks: list[Task]) -> dict[str, dict[str, Any]]:
-        models = {t.key: t.op.model.name for t in tasks}
-        return look_once(self.client, self.job, ids, models, dict)
 
 
 def price_per_image(options: Mapping[str, Any]) -> float:

@@ -141,7 +141,8 @@ class ReplicateModel:
             else {"model": self.entry.model}
         )
         with replicate_errors("create"):
-            return self.client.predictions.create(**target, input=payload, **self._webhook(request))
+            webhook = webhook_args(self.webhook_url, request.generation_id)
+            return self.client.predictions.create(**target, input=payload, **webhook)
 
     def generate(self, request: ImageRequest) -> ProviderResult:
         sent = self.job.state.get("sent") or self.inputs(request)
@@ -151,7 +152,8 @@ class ReplicateModel:
             prediction = self._create(request, sent["input"])
             ids.append(prediction.id)
             self.job.save({"predictions": ids, "sent": sent})  # before waiting on it
-        finished = self._wait(ids)
+        keyed, models = {pid: pid for pid in ids}, dict.fromkeys(ids, self.model)
+        finished = look_once(self.client, self.job, keyed, models, lambda k: list(k.values()))
         outputs = []
         for pid in ids:
             for url in output_urls(finished[pid].get("output")):
@@ -161,13 +163,6 @@ class ReplicateModel:
         return ProviderResult(
             outputs=outputs, sent=sent, meta={"predictions": ids, "metrics": metrics}
         )
-
-    def _webhook(self, request: ImageRequest) -> dict[str, Any]:
-        return webhook_args(self.webhook_url, request.generation_id)
-
-    def _wait(self, ids: list[str]) -> dict[str, dict[str, Any]]:
-        keyed, models = {pid: pid for pid in ids}, dict.fromkeys(ids, self.model)
-        return look_once(self.client, self.job, keyed, models, lambda k: list(k.values()))
 
     @staticmethod
     def verify_key(settings: Settings) -> str:
