@@ -12,10 +12,15 @@ from app.domain.models import PromptTokenScore
 from app.pipeline import STAGES
 from app.pipeline.learning import reward_of
 from app.pipeline.maintenance import apply_one_feedback
-from app.pipeline.optimize import BAD, EXPLOIT_BUDGET, mode_for, optimize, tokens
+from app.pipeline.optimize import BAD, EXPLOIT_BUDGET, optimize, tokens
 from app.pipeline.runner import run_stage
 from app.pipeline.subject import conflicts, strays, subject_of
 from app.pipeline.templates import TEMPLATES
+
+
+def mode_for(generation_id: str) -> str:
+    """The mode the optimiser's seeded coin picks for this generation."""
+    return optimize(generation_id, "", "", {})["mode"]
 
 
 def gen_id(mode: str, salt: str = "") -> str:

@@ -70,10 +70,6 @@ def _rng(generation_id: str) -> random.Random:
     return random.Random(int.from_bytes(hashlib.sha256(generation_id.encode()).digest()[:8]))
 
 
-def mode_for(generation_id: str) -> str:
-    return "explore" if _rng(generation_id).random() < EXPLORE_RATE else "exploit"
-
-
 def _additions(
     mode: str,
     rng: random.Random,
