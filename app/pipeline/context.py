@@ -73,7 +73,7 @@ def provider_outcomes() -> Iterator[None]:
         raise StageFailed(str(exc)) from exc
 
 
-def _no_checkpoint(state: dict[str, Any], also: object = None) -> None:
+def _no_checkpoint(*_: object) -> None:
     raise RuntimeError("checkpoint() is not available outside the runner")
 
 

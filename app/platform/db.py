@@ -158,11 +158,11 @@ class Database:
         with self._Reader() as session:
             yield session
 
-    def transaction(self, work: Callable[[Session], T], attempts: int = 3) -> T:
+    def transaction(self, work: Callable[[Session], T]) -> T:
         """``work(session)`` in one transaction (as ``session()``), run again
-        from the start when PostgreSQL aborted it to break a deadlock: for
-        transactions that lock many rows (a batch's generations) while
-        workers lock them one at a time."""
+        from the start (up to three times in all) when PostgreSQL aborted it
+        to break a deadlock: for transactions that lock many rows (a batch's
+        generations) while workers lock them one at a time."""
         attempt = 1
         while True:
             try:
@@ -170,7 +170,7 @@ class Database:
                     return work(session)
             except DBAPIError as exc:
                 sqlstate = getattr(exc.orig, "sqlstate", None)
-                if sqlstate not in RETRYABLE_SQLSTATES or attempt >= attempts:
+                if sqlstate not in RETRYABLE_SQLSTATES or attempt >= 3:
                     raise
                 log.info("transaction aborted (%s), running it again", sqlstate)
                 attempt += 1

@@ -104,10 +104,9 @@ def _add_row(session: Session, provider_id: str) -> None:
     session.execute(insert.on_conflict_do_nothing(index_elements=["id"]))
 
 
-def prune_if_due(session: Session, provider_id: str, now: datetime | None = None) -> None:
+def prune_if_due(session: Session, provider_id: str, now: datetime) -> None:
     """Delete ``provider_id``'s outcomes older than ``RETENTION``, at most once
     per ``PRUNE_EVERY`` per process and database."""
-    now = now or utcnow()
     with _lock:
         turns = _last_prune.setdefault(session.get_bind().engine, {})
         if provider_id in turns and now - turns[provider_id] < PRUNE_EVERY:
