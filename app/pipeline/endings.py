@@ -175,20 +175,27 @@ def end_failed(
         set_status(gen, FAILED)
         gen.error_stage, gen.error_message, gen.error_code = stage.name, error, code
     gen.updated_at = utcnow()  # a change clients see, even of an ended generation
-    gen_id, name, batch_id = gen.id, stage.name, gen.batch_id
-    duration = stage.duration_ms
+    gen_id, name, duration = gen.id, stage.name, stage.duration_ms
     after.append(lambda: events.stage_changed(settings, gen_id, name, S_FAILED, duration))
     if was_final:
         if name == LATE_STAGE and gen.status == COMPLETED:  # a refine asked afterwards
             announce_late_refine(session, settings, gen, after)
         return STOP
+    announce_final(session, settings, gen, after)
+    return Outcome(False, error=error)
+
+
+def announce_final(session: Session, settings: Settings, gen: Generation, after: After) -> None:
+    """``gen`` has just ended: its webhook is recorded in this transaction;
+    once that commits, the streams are woken, the webhook sent and its batch
+    finished if it was the last."""
     delivery = record_final(session, gen, settings)
+    gen_id, status, batch_id = gen.id, gen.status, gen.batch_id
     after.append(
         lambda: events.generation_final(
-            settings, gen_id, FAILED, delivery, record_webhook=False, batch_id=batch_id
+            settings, gen_id, status, delivery, record_webhook=False, batch_id=batch_id
         )
     )
-    return Outcome(False, error=error)
 
 
 def announce_late_refine(

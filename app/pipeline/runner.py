@@ -56,6 +56,7 @@ from app.pipeline.endings import (
     STOP,
     After,
     Outcome,
+    announce_final,
     announce_late_refine,
     backoff,
     elapsed_ms,
@@ -71,7 +72,6 @@ from app.platform.db import Database
 from app.platform.db import unavailable as db_unavailable
 from app.platform.storage import Storage, generation_prefix
 from app.providers.health import record_outcome
-from app.webhooks import record_final
 
 log = logging.getLogger(__name__)
 # The stage named N is ``app.pipeline.N.run``.
@@ -282,10 +282,5 @@ def record(
         return STOP
     if name == stages_for(gen.settings)[-1]:  # the last of this generation's own stages
         set_status(gen, COMPLETED)
-        delivery = record_final(session, gen, settings)
-        after.append(
-            lambda: events.generation_final(
-                settings, gen.id, COMPLETED, delivery, record_webhook=False, batch_id=gen.batch_id
-            )
-        )
+        announce_final(session, settings, gen, after)
     return CONTINUE
