@@ -160,12 +160,7 @@ def load_user() -> None:
     scheme, _, key = header.partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
         said = f" (not '{scheme[:20]}')" if header and scheme.lower() != "bearer" else ""
-        raise ApiError(
-            401,
-            "unauthorized",
-            f"missing API key: send 'Authorization: Bearer <key>'{said}",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+        raise _unauthorized(f"missing API key: send 'Authorization: Bearer <key>'{said}")
     key = key.strip()
     db = current_app.extensions["bff"].db
     digest = hash_key(key)
@@ -175,11 +170,10 @@ def load_user() -> None:
             user_id = authenticate_id(session, key)
         if user_id is None:
             key_cache.forget(db.url, digest)  # revoked since it was verified
-            raise ApiError(
-                401,
-                "unauthorized",
-                "invalid or revoked API key",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
+            raise _unauthorized("invalid or revoked API key")
         key_cache.put(db.url, digest, user_id, key_prefix(key))
     g.user_id = user_id
+
+
+def _unauthorized(message: str) -> ApiError:
+    return ApiError(401, "unauthorized", message, headers={"WWW-Authenticate": "Bearer"})

@@ -16,7 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from app.api.errors import ApiError, invalid
+from app.api.errors import ApiError, invalid, service_unavailable
 from app.domain.states import REQUEST_SLOTS
 from app.pipeline import stops
 from app.platform.config import Settings
@@ -127,12 +127,7 @@ def delete_with_objects(
         for prefix in prefixes:
             storage.delete_prefix(prefix)
     except StorageError:
-        raise ApiError(
-            503,
-            "service_unavailable",
-            "storage is unavailable; try again",
-            headers={"Retry-After": "5"},
-        ) from None
+        raise service_unavailable("storage is unavailable; try again") from None
     delete_rows()
     try:
         for prefix in prefixes:

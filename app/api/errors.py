@@ -57,6 +57,11 @@ def invalid(field: str, message: str, problem: str, code: str = "validation_erro
     return ApiError(422, code, message, [{"field": field, "message": problem}])
 
 
+def service_unavailable(message: str) -> ApiError:
+    """A 503 for something the request needs that is down: try again shortly."""
+    return ApiError(503, "service_unavailable", message, headers={"Retry-After": "5"})
+
+
 def megabytes(n: int) -> str:
     return f"{n / 2**20:.4g} MB" if n >= 2**20 else f"{n / 2**10:.4g} KB"
 

@@ -18,7 +18,7 @@ from flask.blueprints import BlueprintSetupState
 
 from app.api.auth import load_user
 from app.api.common import services
-from app.api.errors import ApiError, not_found
+from app.api.errors import ApiError, not_found, service_unavailable
 from app.domain import generations as svc
 from app.platform import events
 
@@ -40,12 +40,8 @@ class Slots:
                 why = f"you have {self.share} live streams open on this server: close one, or poll"
                 raise ApiError(429, "rate_limited", why, headers={"Retry-After": "5"})
             if self.free <= 0:
-                raise ApiError(
-                    503,
-                    "service_unavailable",
-                    "too many live streams on this server; poll GET /api/generate/<id> instead",
-                    headers={"Retry-After": "5"},
-                )
+                why = "too many live streams on this server; poll GET /api/generate/<id> instead"
+                raise service_unavailable(why)
             self.free -= 1
             self.held[user_id] += 1
 

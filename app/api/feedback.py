@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from app.api.auth import load_user
 from app.api.common import idempotency_key, json_body, replay, request_hash, services
-from app.api.errors import ApiError
+from app.api.errors import ApiError, invalid
 from app.api.generations import load_owned
 from app.api.responses import FeedbackOut, respond
 from app.api.schemas import FeedbackIn, parse
@@ -56,12 +56,7 @@ def _check_target(session: Session, gen: Generation, body: FeedbackIn) -> None:
         )
         is None
     ):
-        raise ApiError(
-            422,
-            "validation_error",
-            "assetId is not an asset of this generation",
-            [{"field": "assetId", "message": "unknown asset"}],
-        )
+        raise invalid("assetId", "assetId is not an asset of this generation", "unknown asset")
 
 
 @bp.post("/<generation_id>/feedback")

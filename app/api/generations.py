@@ -21,7 +21,7 @@ from app.api.common import (
     request_key,
     services,
 )
-from app.api.errors import ApiError, not_found
+from app.api.errors import ApiError, invalid, not_found
 from app.api.responses import (
     GenerationOut,
     GenerationPage,
@@ -118,12 +118,8 @@ def index():
     limit = int_arg("limit", 20, 1, 100)
     status = request.args.get("status")
     if status is not None and status not in GENERATION_STATUSES:
-        raise ApiError(
-            422,
-            "validation_error",
-            f"status must be one of {', '.join(GENERATION_STATUSES)}",
-            [{"field": "status", "message": "unknown status"}],
-        )
+        said = f"status must be one of {', '.join(GENERATION_STATUSES)}"
+        raise invalid("status", said, "unknown status")
     batch_id = request.args.get("batchId")
     with services().db.session() as session:
         if batch_id is not None and batches.get_owned(session, g.user_id, batch_id) is None:

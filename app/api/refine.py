@@ -27,7 +27,7 @@ from app.api.common import (
     request_key,
     services,
 )
-from app.api.errors import ApiError, not_found
+from app.api.errors import ApiError, invalid, not_found
 from app.api.responses import GenerationOut, generation_path, respond
 from app.api.schemas import RefineIn, parse
 from app.domain import generations as svc
@@ -72,14 +72,12 @@ def _check(gen: Generation, asset: GenerationAsset, options: dict) -> float:
         raise ApiError(409, "conflict", "this image already has the variants asked for")
     local, settings = gen.provider == "local", services().settings
     if why := next(filter(None, (oversize(asset, op, local, settings) for op in todo)), None):
-        raise ApiError(422, "validation_error", why, [{"field": "upscale", "message": why}])
+        raise invalid("upscale", why, why)
     if local:
         return 0.0  # refined offline, free
     if not settings.replicate_api_token:
         why = "REPLICATE_API_TOKEN not configured (refine runs on Replicate)"
-        raise ApiError(
-            422, "provider_unavailable", why, [{"field": "settings.provider", "message": why}]
-        )
+        raise invalid("settings.provider", why, why, "provider_unavailable")
     return sum(op.model.price for op in todo)
 
 

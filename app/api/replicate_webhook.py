@@ -17,7 +17,7 @@ from flask import Blueprint, request
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from app.api.common import parse_json, services
-from app.api.errors import ApiError
+from app.api.errors import ApiError, service_unavailable
 from app.api.responses import Out, respond
 from app.pipeline.wake import NotSent, wake
 from app.providers.base import ProviderError
@@ -42,10 +42,6 @@ class WebhookAck(Out):
     reason: str | None  # why nothing was woken
 
 
-def _unavailable(message: str) -> ApiError:
-    return ApiError(503, "service_unavailable", message, headers={"Retry-After": "5"})
-
-
 @bp.post("/webhook")
 def replicate_webhook():
     s = services()
@@ -58,7 +54,7 @@ def replicate_webhook():
     except Refused as exc:
         raise ApiError(401, "unauthorized", str(exc)) from None
     except ProviderError as exc:  # Replicate unreachable: it retries the delivery later
-        raise _unavailable(f"cannot fetch Replicate's webhook secret: {exc}") from None
+        raise service_unavailable(f"cannot fetch Replicate's webhook secret: {exc}") from None
     try:
         pid = ReplicatePrediction.model_validate(parse_json(body, "the webhook body")).id
     except ValidationError:
@@ -72,7 +68,7 @@ def replicate_webhook():
         why = wake(s.db, s.celery, gen_id, pid)
     except NotSent:
         forget(s.settings, headers["webhook-id"])  # Replicate's retry may wake it
-        raise _unavailable("the queue is unavailable") from None
+        raise service_unavailable("the queue is unavailable") from None
     log.info("replicate webhook %s for %s: %s", pid, gen_id, why or "woken")
     return _ack(why)
 

@@ -30,7 +30,7 @@ from app.api.common import (
     request_hash,
     services,
 )
-from app.api.errors import ApiError
+from app.api.errors import ApiError, invalid, service_unavailable
 from app.api.responses import AcceptedOut, generation_path, respond
 from app.api.schemas import FORM_FIELDS, ImageSubmit, PromptSubmit, SpecSubmit, parse
 from app.api.uploads import read_image
@@ -54,15 +54,6 @@ def _accepted(gen_id: str) -> Response:
     return respond(AcceptedOut, {"id": gen_id}, 202, {"Location": generation_path(gen_id)})
 
 
-def _invalid(field: str, message: str, summary: str | None = None) -> ApiError:
-    return ApiError(
-        422,
-        "validation_error",
-        summary or f"{field} {message}",
-        [{"field": field, "message": message}],
-    )
-
-
 def _spec(body: Body) -> dict[str, Any] | None:
     return body.vltSpec.model_dump(mode="json") if isinstance(body, SpecSubmit) else None
 
@@ -79,20 +70,14 @@ def check_request(
     if provider != "auto":
         # (A missing key first: the cause a user can act on.)
         if why := exclusion(provider, routing_request(settings), config):
-            raise ApiError(
-                422,
-                "provider_unavailable",
-                f"provider {provider} cannot be used: {why}",
-                [{"field": "settings.provider", "message": why}],
-            )
+            said = f"provider {provider} cannot be used: {why}"
+            raise invalid("settings.provider", said, why, "provider_unavailable")
     if provider not in ("auto", "local") and refine_wanted(settings):
         if not config.replicate_api_token:  # refines of a provider's images run on Replicate
             why = "REPLICATE_API_TOKEN not configured (upscale and removeBackground need it)"
-            raise ApiError(
-                422, "provider_unavailable", why, [{"field": "settings.provider", "message": why}]
-            )
+            raise invalid("settings.provider", why, why, "provider_unavailable")
     if body.webhookUrl is not None and (why := url_problem(body.webhookUrl)):
-        raise _invalid("webhookUrl", why)
+        raise invalid("webhookUrl", f"webhookUrl {why}", why)
 
 
 def check_persona(session: Session, persona_id: str | None, field: str = "personaId") -> None:
@@ -100,12 +85,7 @@ def check_persona(session: Session, persona_id: str | None, field: str = "person
     if persona_id and not session.scalar(
         select(Persona.id).where(Persona.id == persona_id, Persona.user_id == g.user_id)
     ):
-        raise ApiError(
-            422,
-            "validation_error",
-            f"{field} does not name one of your personas",
-            [{"field": field, "message": "unknown persona"}],
-        )
+        raise invalid(field, f"{field} does not name one of your personas", "unknown persona")
 
 
 def _store_upload(s: Services, gen_id: str, upload: Upload) -> str:
@@ -118,9 +98,7 @@ def _store_upload(s: Services, gen_id: str, upload: Upload) -> str:
     try:
         s.storage.put(key, data, content_type)
     except StorageError:
-        raise ApiError(
-            503, "service_unavailable", "storage is unavailable", headers={"Retry-After": "5"}
-        ) from None
+        raise service_unavailable("storage is unavailable") from None
     return key
 
 
@@ -223,7 +201,7 @@ def from_image():
         )
     file = request.files.get("image")
     if file is None:
-        raise _invalid("image", "required", "the 'image' file field is required")
+        raise invalid("image", "the 'image' file field is required", "required")
     fields: dict[str, Any] = {k: v for k, v in request.form.items() if k != "settings"}
     if "settings" in request.form:
         fields["settings"] = parse_json(request.form["settings"], "the settings field")
