@@ -96,12 +96,6 @@ def json_body() -> dict[str, Any]:
     return data
 
 
-def check_user_id(claimed: Any) -> None:
-    """The seed's clients send ``userId``: it must be the key's own user."""
-    if claimed is not None and str(claimed) != str(g.user_id):
-        raise ApiError(403, "forbidden", "userId does not match the API key's user")
-
-
 def int_arg(name: str, default: int, low: int, high: int) -> int:
     raw = request.args.get(name)
     if raw is None:

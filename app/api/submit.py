@@ -22,7 +22,6 @@ from app.api.batch_schemas import parse_or_hint
 from app.api.common import (
     Services,
     Upload,
-    check_user_id,
     idempotency_key,
     json_body,
     parse_json,
@@ -63,7 +62,9 @@ def check_request(
 ) -> None:
     """The checks that need no database. ``url_problem``: the webhookUrl's
     check (a batch asks each of its URLs once, however many items share it)."""
-    check_user_id(body.userId)
+    # The seed's clients send userId: it must be the key's own user.
+    if body.userId is not None and str(body.userId) != str(g.user_id):
+        raise ApiError(403, "forbidden", "userId does not match the API key's user")
     config = services().settings
     url_problem = url_problem or partial(submit_url_problem, settings=config)
     provider = body.settings.provider
