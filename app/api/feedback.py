@@ -5,7 +5,6 @@ generation's images (the rules: ``app.domain.feedback``). A POST with an
 from __future__ import annotations
 
 from flask import Blueprint, Response, g
-from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -16,7 +15,7 @@ from app.api.generations import load_owned
 from app.api.responses import FeedbackOut, respond
 from app.api.schemas import FeedbackIn, parse
 from app.domain.feedback import feedback_state, give
-from app.domain.models import Generation, GenerationAsset, GenerationFeedback
+from app.domain.models import Generation, GenerationFeedback
 from app.domain.states import CANCELED, FAILED
 from app.platform.queue import LAST
 
@@ -41,21 +40,14 @@ def _replayed(
     return _answer(gen, took, False) if took is not None else None
 
 
-def _check_target(session: Session, gen: Generation, body: FeedbackIn) -> None:
+def _check_target(gen: Generation, body: FeedbackIn) -> None:
     if gen.status in (FAILED, CANCELED) and not gen.assets:
         raise ApiError(
             409,
             "conflict",
             f"generation is {gen.status} without images: there is nothing to give feedback on",
         )
-    if body.assetId is not None and (
-        session.scalar(
-            select(GenerationAsset.id).where(
-                GenerationAsset.id == body.assetId, GenerationAsset.generation_id == gen.id
-            )
-        )
-        is None
-    ):
+    if body.assetId is not None and body.assetId not in {a.id for a in gen.assets}:
         raise invalid("assetId", "assetId is not an asset of this generation", "unknown asset")
 
 
@@ -75,7 +67,7 @@ def feedback(generation_id: str):
                 req_hash = request_hash(payload)
             if (prior := _replayed(session, gen, key, req_hash)) is not None:
                 return prior
-            _check_target(session, gen, body)
+            _check_target(gen, body)
             fb, created, changed = give(
                 session,
                 gen,
