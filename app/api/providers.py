@@ -11,7 +11,6 @@ from app.api.common import services
 from app.api.responses import Out, respond
 from app.providers import PROVIDERS, ImageRequest, pricing, unavailable_reason
 from app.providers.base import ASPECT_RATIOS
-from app.providers.catalog import ModelEntry
 
 bp = Blueprint("providers", __name__, url_prefix="/api")
 bp.before_request(load_user)
@@ -51,13 +50,12 @@ def describe(provider_id: str) -> dict:
     entry, settings = PROVIDERS[provider_id], services().settings
     caps = entry.capabilities
     why = unavailable_reason(provider_id, settings)
-    described = isinstance(entry, ModelEntry)  # (tests register bare stand-ins)
     return {
         "id": provider_id,
         "model": entry.model,
-        "api": entry.api if described else "unknown",
-        "version": entry.version if described else None,
-        "source": entry.source if described else "",
+        "api": entry.api,
+        "version": entry.version,
+        "source": entry.source,
         "available": why is None,
         "unavailable_reason": why,
         "capabilities": {
