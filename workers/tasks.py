@@ -109,7 +109,7 @@ def _run(task, generation_id: str, name: str) -> None:
             retried=bool(task.request.retries),
         )
     if outcome.retry_in is not None:
-        raise task.retry(countdown=outcome.retry_in, max_retries=None)
+        raise task.retry(countdown=outcome.retry_in)
     if outcome.error is not None:
         raise GenerationFailed(outcome.error)
     if not outcome.proceed:
