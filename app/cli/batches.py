@@ -17,10 +17,9 @@ import click
 import requests
 
 from app.cli.batch_files import Source, read_batch, read_items, read_matrix
-from app.cli.client import _api, _error, _json
+from app.cli.client import FINAL, _api, _error, _json
 
 __all__ = ["batch_cli", "read_items", "read_matrix"]
-FINAL = ("completed", "failed", "canceled")
 ITEM_FIELD = re.compile(r"items\.(\d+)(?:\.(.+))?")
 
 
