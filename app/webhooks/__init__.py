@@ -11,13 +11,10 @@ from app.webhooks.delivery import (
     send,
 )
 from app.webhooks.guard import Refused, resolve_target, submit_url_problem
-from app.webhooks.model import DELIVERED, FAILED, PENDING, REFUSED, WebhookDelivery
+from app.webhooks.model import REFUSED, WebhookDelivery
 from app.webhooks.signing import ensure_secret, generate_secret
 
 __all__ = [
-    "DELIVERED",
-    "FAILED",
-    "PENDING",
     "REFUSED",
     "Refused",
     "WebhookDelivery",
