@@ -14,10 +14,25 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     (``DATABASE_URL``, ``STORAGE_BACKEND``, …) and is laid over ``os.environ``."""
     # Here, not at the top: importing any ``app`` module runs this package
     # first, and the ``bff`` command's client side needs none of the server.
-    from app.api import protocol
+    from app.api import (
+        account,
+        batch_archive,
+        batches,
+        events,
+        feedback,
+        generations,
+        health,
+        personas,
+        protocol,
+        providers,
+        refine,
+        replicate_webhook,
+        submit,
+        web,
+    )
     from app.api.common import Services
     from app.api.errors import register_error_handlers
-    from app.platform import logs
+    from app.platform import logs, metrics
     from app.platform.config import Settings
     from app.platform.db import Database
     from app.platform.queue import celery_init_app
@@ -47,40 +62,21 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     register_error_handlers(app)
     protocol.register(app)  # limits and OPTIONS: before any route
     logs.init_app(app)
-    _register_blueprints(app)
-    return app
-
-
-def _register_blueprints(app: Flask) -> None:
-    from app.api import (
-        account,
-        batch_archive,
-        batches,
-        events,
-        feedback,
+    for module in (
+        submit,
         generations,
+        feedback,
+        refine,
+        events,
+        personas,
+        account,
+        providers,
+        replicate_webhook,
+        batches,
+        batch_archive,
         health,
-        personas,
-        providers,
-        refine,
-        replicate_webhook,
-        submit,
         web,
-    )
-    from app.platform import metrics  # no auth: scraped by Prometheus
-
-    blueprints = (
-        submit,
-        generations,
-        feedback,
-        refine,
-        events,
-        personas,
-        account,
-        providers,
-        replicate_webhook,
-        batches,
-        batch_archive,
-    )
-    for module in (*blueprints, health, web, metrics):
+        metrics,  # no auth: scraped by Prometheus
+    ):
         app.register_blueprint(module.bp)
+    return app
