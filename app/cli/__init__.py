@@ -93,8 +93,7 @@ def main() -> None:
     cli(prog_name="bff")
 
 
-from app.cli import admin, batches, client, dev, jobs, refine  # noqa: E402  (they use the helpers above)
+from app.cli import admin, batches, client, dev, jobs  # noqa: E402  (they use the helpers above)
 
-_COMMANDS = (*admin.COMMANDS, dev.dev, *client.COMMANDS, *jobs.COMMANDS, *refine.COMMANDS)
-for _command in (*_COMMANDS, batches.batch_cli):
+for _command in (*admin.COMMANDS, dev.dev, *client.COMMANDS, *jobs.COMMANDS, batches.batch_cli):
     cli.add_command(_command)
