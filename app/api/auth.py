@@ -94,11 +94,6 @@ class KeyCache:
                 del self._entries[k]
                 self._verifying.discard(k)
 
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
-            self._verifying.clear()
-
 
 key_cache = KeyCache()  # module global, looked up at call time (tests swap it)
 
