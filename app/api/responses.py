@@ -293,7 +293,7 @@ def respond(
     return current_app.response_class(body, status, headers, mimetype="application/json")
 
 
-def generation_json(gen: Generation, base: str | None = None) -> dict[str, Any]:
-    """The generation's JSON as a dict (webhook payloads, SSE events, tests);
-    ``base``: as ``_build``'s, for callers outside the app's context."""
+def generation_json(gen: Generation, base: str) -> dict[str, Any]:
+    """The generation's JSON as a dict (webhook payloads, SSE events, tests),
+    its asset URLs on ``base``: its callers run outside a request's app."""
     return _build(GenerationOut, gen, base).model_dump(mode="json", by_alias=True)
