@@ -24,16 +24,11 @@ ITEM_FIELD = re.compile(r"items\.(\d+)(?:\.(.+))?")
 
 
 def _place(field: str, sources: list[Source | None]) -> str | None:
-    """An item's ``field`` (``items.3.settings.provider``) as a place in the file, if known."""
+    """An item's ``field`` (``items.3.settings.provider``) as a place in the file,
+    if known: a refusal then reads ``line 5, column provider (items.3.…): …``."""
     m = ITEM_FIELD.fullmatch(field)
     source = sources[int(m[1])] if m and int(m[1]) < len(sources) else None
     return source.where(m[2] or "") if m and source else None
-
-
-def _refusal(resp: requests.Response, sources: list[Source | None]) -> click.ClickException:
-    """The API's error, each item's field also named by its place in the file:
-    ``line 5, column provider (items.3.settings.provider): …``."""
-    return _error(resp, lambda field: _place(field, sources))
 
 
 class BatchGroup(click.Group):
@@ -79,7 +74,7 @@ def submit(
     headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
     resp = _api("POST", "/api/batches", extra_headers=headers, json=body)
     if resp.status_code != 202:
-        raise _refusal(resp, sources)
+        raise _error(resp, lambda field: _place(field, sources))
     accepted = resp.json()
     total = accepted["total"]
     click.echo(
