@@ -6,7 +6,6 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass
 from datetime import datetime
-from functools import lru_cache
 
 from flask import Blueprint, Response, current_app, g, request
 from sqlalchemy import bindparam, select
@@ -76,13 +75,8 @@ def _etag(updated_at: datetime, fb: dict) -> str:
     also the running stage's lease. The two name the representation, with
     the image URLs' base (an operator may move the CDN)."""
     micros = round(updated_at.timestamp() * 1_000_000)
-    base = _base_tag(current_public_base())
-    return f"{micros}.{fb['heart']:d}{fb['outlier']:d}{fb['rating'] or 0}.{base}"
-
-
-@lru_cache(maxsize=4)  # one base per app: hashed once, not per poll
-def _base_tag(base: str) -> str:
-    return f"{zlib.crc32(base.encode()):x}"
+    base = zlib.crc32(current_public_base().encode())
+    return f"{micros}.{fb['heart']:d}{fb['outlier']:d}{fb['rating'] or 0}.{base:x}"
 
 
 def _revalidated(resp: Response) -> Response:
