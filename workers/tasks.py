@@ -89,7 +89,6 @@ RETRIED = {
     "retry_backoff_max": 60,
     "max_retries": None,
 }
-STAGE_OPTIONS = {**RETRIED, "bind": True, "throws": (GenerationFailed,)}
 
 
 def _run(task, generation_id: str, name: str) -> None:
@@ -117,7 +116,7 @@ def _run(task, generation_id: str, name: str) -> None:
 
 
 def _stage_task(name: str):
-    @shared_task(name=f"pipeline.{name}", **STAGE_OPTIONS)
+    @shared_task(name=f"pipeline.{name}", bind=True, throws=(GenerationFailed,), **RETRIED)
     def stage(self, generation_id: str) -> None:
         _run(self, generation_id, name)
 
