@@ -7,11 +7,10 @@ the background (``app.platform.queue``). The archive: ``batch_archive``."""
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Callable
 from datetime import timedelta
-from functools import partial
+from functools import cache, partial
 from itertools import product
 from typing import Any
 
@@ -166,7 +165,7 @@ def submit():
     req_hash = request_hash(payload, None) if key is not None else None
     items = body.items if body.items is not None else expand(body.matrix)
     _check_size(len(items))
-    url_problem = functools.cache(partial(submit_url_problem, settings=s.settings))
+    url_problem = cache(partial(submit_url_problem, settings=s.settings))
     _check_items(items, "items" if body.items is not None else "matrix", url_problem)
     if body.webhookUrl is not None and (why := url_problem(body.webhookUrl)):
         raise invalid("webhookUrl", f"webhookUrl {why}", why)
