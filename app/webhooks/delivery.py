@@ -111,7 +111,7 @@ def _queue(
     return delivery.id
 
 
-def queue_final(services: Any, generation_id: str) -> str | None:
+def queue_final(services: Any, generation_id: str) -> None:
     """Record and send the final-state message in a transaction of its own
     (for callers that have already committed the transition)."""
     with services.db.session() as session:
@@ -119,7 +119,6 @@ def queue_final(services: Any, generation_id: str) -> str | None:
         delivery_id = record_final(session, gen, services.settings) if gen is not None else None
     if delivery_id:
         send(services.db, services.celery, delivery_id, 1)
-    return delivery_id
 
 
 def send(
