@@ -162,7 +162,7 @@ def submit():
     payload = json_body()
     body = parse_or_hint(BatchSubmit, payload)
     key = idempotency_key()
-    req_hash = request_hash(payload, None) if key is not None else None
+    req_hash = request_hash(payload) if key is not None else None
     items = body.items if body.items is not None else expand(body.matrix)
     _check_size(len(items))
     url_problem = cache(partial(submit_url_problem, settings=s.settings))

@@ -55,14 +55,21 @@ class Route:
 
 IMAGE_TYPES = ", ".join(content_type for content_type, _ in ALLOWED.values())
 EVENT_STREAM = {"text/event-stream": {"schema": {"type": "string"}}}
+LIMIT = {
+    "name": "limit",
+    "in": "query",
+    "schema": {"type": "integer", "minimum": 1, "maximum": 100},
+}
+
+
+def _cursor(pattern: str) -> dict[str, Any]:
+    schema = {"type": "string", "pattern": pattern}
+    return {"name": "cursor", "in": "query", "description": "a page's nextCursor", "schema": schema}
+
+
 PAGE_QUERY = (
-    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100}},
-    {
-        "name": "cursor",
-        "in": "query",
-        "description": "a page's nextCursor",
-        "schema": {"type": "string", "pattern": CURSOR_PATTERN},
-    },
+    LIMIT,
+    _cursor(CURSOR_PATTERN),
     {"name": "status", "in": "query", "schema": {"enum": list(GENERATION_STATUSES)}},
     {
         "name": "batchId",
@@ -71,15 +78,7 @@ PAGE_QUERY = (
         "schema": {"type": "string"},
     },
 )
-BATCH_PAGE_QUERY = (
-    PAGE_QUERY[0],
-    {
-        "name": "cursor",
-        "in": "query",
-        "description": "a page's nextCursor",
-        "schema": {"type": "string", "pattern": BATCH_CURSOR_PATTERN},
-    },
-)
+BATCH_PAGE_QUERY = (LIMIT, _cursor(BATCH_CURSOR_PATTERN))
 # OpenAPI 3.1: bytes are a media type with no schema ("format: binary" is 3.0's;
 # 3.1 validators read it as a text string and refuse every real ZIP).
 ZIP: dict[str, Any] = {"application/zip": {}}
