@@ -9,12 +9,12 @@ from flask import Blueprint
 from app.api.auth import load_user
 from app.api.common import services
 from app.api.responses import Out, respond
+from app.api.schemas import QUALITIES
 from app.providers import PROVIDERS, ImageRequest, pricing, unavailable_reason
 from app.providers.base import ASPECT_RATIOS
 
 bp = Blueprint("providers", __name__, url_prefix="/api")
 bp.before_request(load_user)
-QUALITIES = ("standard", "hd")
 
 
 class CapabilitiesOut(Out):

@@ -26,6 +26,8 @@ from app.pipeline.vlt import VltSpec
 from app.providers.catalog import CATALOGUE
 
 PROVIDER_CHOICES = ("auto", *CATALOGUE)  # every model of the catalogue, by its id
+STRATEGIES = ("balanced", "quality", "cost", "speed")
+QUALITIES = ("standard", "hd")
 SIZE_CHOICES = ("square", "portrait", "landscape", "1:1", "16:9", "9:16", "4:3", "3:4")
 MAX_PROMPT = 5000
 FeedbackType = Literal["outlier", "heart", "rating", "comment"]
@@ -98,8 +100,8 @@ def parse(model: type[B], data: Any) -> B:
 
 class GenerationSettings(_Body):
     provider: Literal[PROVIDER_CHOICES] = "auto"
-    strategy: Literal["balanced", "quality", "cost", "speed"] = "balanced"
-    quality: Literal["standard", "hd"] = "standard"
+    strategy: Literal[STRATEGIES] = "balanced"
+    quality: Literal[QUALITIES] = "standard"
     size: Literal[SIZE_CHOICES] = "square"
     count: Int = Field(1, ge=1, le=4)
     enhance: Literal["auto", "off"] = "auto"  # off: the prompt goes to the provider as written

@@ -5,11 +5,10 @@ as ``Authorization: Bearer`` by ``fetch()``; the page itself needs no key."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import get_args
 
 from flask import Blueprint, render_template
 
-from app.api.schemas import SIZE_CHOICES, GenerationSettings
+from app.api.schemas import PROVIDER_CHOICES, QUALITIES, SIZE_CHOICES, STRATEGIES
 from app.pipeline import STAGES
 
 WEB = Path(__file__).resolve().parent.parent / "web"
@@ -25,12 +24,11 @@ bp = Blueprint(
 
 @bp.get("/")
 def index():
-    fields = GenerationSettings.model_fields
     return render_template(
         "index.html",
         stages=STAGES,
-        providers=get_args(fields["provider"].annotation),
-        qualities=get_args(fields["quality"].annotation),
-        strategies=get_args(fields["strategy"].annotation),
+        providers=PROVIDER_CHOICES,
+        qualities=QUALITIES,
+        strategies=STRATEGIES,
         sizes=[s for s in SIZE_CHOICES if s != "1:1"],  # "1:1" is "square"
     )

@@ -1,6 +1,7 @@
 """The ``bff`` commands that talk to a running API over HTTP, as any client
 would (``BFF_API_URL``, ``BFF_API_KEY``): ``generate`` (live stage progress
-from the SSE stream, polling as the fallback), ``generations``, ``feedback``."""
+from the SSE stream, polling as the fallback) and ``generations``; and the
+calls and waiting the other client commands (``jobs``, ``batches``) share."""
 
 from __future__ import annotations
 
@@ -9,18 +10,14 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import get_args
 
 import click
 import requests
 
-from app.api.schemas import PROVIDER_CHOICES, SIZE_CHOICES, GenerationSettings
+from app.api.schemas import PROVIDER_CHOICES, QUALITIES, SIZE_CHOICES, STRATEGIES
 from app.platform.events import late_refine_open
 
 FINAL = ("completed", "failed", "canceled")
-# The choices the API accepts, from the request model it validates with.
-STRATEGIES = get_args(GenerationSettings.model_fields["strategy"].annotation)
-QUALITIES = get_args(GenerationSettings.model_fields["quality"].annotation)
 
 
 def _api(
