@@ -266,7 +266,7 @@ def delete(generation_id: str):
     s = services()
     with s.db.session() as session:
         gen = load_owned(session, generation_id, lock=True)
-        was_running = not svc.is_final(gen)
+        was_running = gen.status not in FINAL
         if was_running:
             svc.cancel(gen)
             stop_id = stops.owe(session, gen)  # made after the rows are gone: it carries all

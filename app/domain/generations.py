@@ -262,10 +262,6 @@ def prepare_retry(gen: Generation, timeout: float) -> str:
     return first_unfinished(gen) or stage_names(gen)[-1]
 
 
-def is_final(gen: Generation) -> bool:
-    return gen.status in FINAL
-
-
 def touch_dispatched(session: Session, generation_id: str) -> None:
     session.execute(
         update(Generation).where(Generation.id == generation_id).values(dispatched_at=utcnow())
