@@ -3,6 +3,7 @@
 "use strict";
 
 const KEY = "bff.apiKey";
+const NEED_KEY = "Save your API key first.";
 const $ = (sel, root = document) => root.querySelector(sel);
 let cursor = null;
 
@@ -60,15 +61,8 @@ const RATIO = { square: "1:1", portrait: "3:4", landscape: "4:3" };
 
 async function loadOptions() {
   try {
-    const [models, personas] = await Promise.all([
-      api("GET", "/api/providers"), api("GET", "/api/personas")]);
-    catalogue = models.items;
-    const picker = $("#persona");
-    const chosen = picker.value;
-    const option = (p) => Object.assign(document.createElement("option"),
-      { value: p.id, textContent: p.name });
-    picker.replaceChildren(picker.options[0], ...personas.items.map(option));
-    picker.value = personas.items.some((p) => p.id === chosen) ? chosen : "";
+    loadStyles();  // the panel and the Persona picker: personas.js's
+    catalogue = (await api("GET", "/api/providers")).items;
   } catch (e) { $("#cost").textContent = e.message; return; }
   estimate();
 }
@@ -167,7 +161,7 @@ async function submit(event) {
   event.preventDefault();
   const errorBox = $("#form-error");
   errorBox.textContent = "";
-  if (!apiKey()) { errorBox.textContent = "Save your API key first."; $("#api-key").focus(); return; }
+  if (!apiKey()) { errorBox.textContent = NEED_KEY; $("#api-key").focus(); return; }
   const prompt = $("#prompt").value.trim();
   const file = $("#image").files[0];
   if (!prompt && !file) { errorBox.textContent = "Type a prompt or add a photo."; return; }
@@ -341,6 +335,7 @@ document.addEventListener("DOMContentLoaded", () => {
     localStorage.removeItem(KEY);
     $("#api-key").value = "";
     $("#gallery").replaceChildren();
+    forgetStyles();
     showKeyState("Key removed from this browser.");
   });
   $("#gen-form").addEventListener("submit", submit);

@@ -17,7 +17,7 @@ async function submitBatch(event) {
   event.preventDefault();
   const errorBox = $("#batch-error");
   errorBox.textContent = "";
-  if (!apiKey()) { errorBox.textContent = "Save your API key first."; return; }
+  if (!apiKey()) { errorBox.textContent = NEED_KEY; return; }
   const prompts = $("#batch-prompts").value.split("\n").map((p) => p.trim()).filter(Boolean);
   if (!prompts.length) { errorBox.textContent = "Type at least one prompt."; return; }
   const matrix = { prompts, settings: batchSettings() };

@@ -1,0 +1,109 @@
+"""The "Saved styles" panel in Chromium against ``bff dev``: a designer's
+personas made, made default, refused and deleted on the page, the Persona
+picker following. Before, the page offered personas but only the HTTP API made
+them. Each test has a user of its own (test_browser_jobs.py's)."""
+
+from __future__ import annotations
+
+import os
+
+import requests
+
+from tests.integration.test_browser import browser  # noqa: F401
+from tests.integration.test_browser_jobs import open_page, user  # noqa: F401
+
+
+def personas(base: str, auth: dict[str, str]) -> dict[str, dict]:
+    items = requests.get(f"{base}/api/personas", headers=auth, timeout=10).json()["items"]
+    return {p["name"]: p for p in items}
+
+
+def test_designer_adds_makes_default_and_deletes_a_saved_style(browser, user):  # noqa: F811
+    from playwright.sync_api import expect
+
+    base, key, auth = user
+    page = open_page(browser, base, key)
+    console_errors: list[str] = []
+    page.on("console", lambda m: m.type == "error" and console_errors.append(m.text))
+    page.on("dialog", lambda d: d.accept())
+    page.reload()
+    expect(page.locator("#key-status")).to_have_text("Key OK.")
+    expect(page.locator("#styles-empty")).to_have_text("No saved styles yet: add one below.")
+
+    page.get_by_label("Name", exact=True).fill("Evening gala")
+    page.get_by_label("Keywords, comma-separated").fill("silk, draped, , floor length")
+    page.get_by_label("Palette colours, comma-separated").fill("emerald , champagne")
+    page.get_by_label("Aesthetic (optional)").fill("romantic")
+    page.get_by_label("Description (optional)").fill("black-tie evening wear")
+    page.get_by_label("Default style").check()
+    page.get_by_role("button", name="Add style").click()
+    gala = page.locator("#style-list li", has_text="Evening gala")
+    expect(gala).to_contain_text("Keywords: silk, draped, floor length")
+    expect(gala).to_contain_text("Colours: emerald, champagne · Aesthetic: romantic")
+    expect(gala.locator(".badge")).to_have_text("default")
+    expect(page.get_by_label("Name", exact=True)).to_have_value("")  # ready for the next
+    saved = personas(base, auth)["Evening gala"]
+    assert saved["keywords"] == ["silk", "draped", "floor length"]
+    assert saved["palette"] == ["emerald", "champagne"]
+    assert saved["aesthetic"] == "romantic" and saved["isDefault"] is True
+    assert saved["description"] == "black-tie evening wear"
+    # The form's picker has it at once, no reload.
+    expect(page.locator("#persona option", has_text="Evening gala")).to_have_count(1)
+
+    # By keyboard: type in the fields, Enter submits.
+    page.get_by_label("Name", exact=True).focus()
+    page.keyboard.type("Streetwear")
+    page.keyboard.press("Tab")  # the aesthetic
+    page.keyboard.press("Tab")
+    page.keyboard.type("oversized, hoodie")
+    page.keyboard.press("Enter")
+    street = page.locator("#style-list li", has_text="Streetwear")
+    expect(street).to_contain_text("Keywords: oversized, hoodie")
+    expect(street.locator(".badge")).to_have_count(0)
+
+    # One default at a time: making Streetwear the default unsets the gala's.
+    page.get_by_role("button", name="Make “Streetwear” the default").click()
+    expect(street.locator(".badge")).to_have_text("default")
+    expect(gala.locator(".badge")).to_have_count(0)
+    assert personas(base, auth)["Evening gala"]["isDefault"] is False
+    page.get_by_role("button", name="Unset “Streetwear” as the default").click()
+    expect(street.locator(".badge")).to_have_count(0)
+    assert not any(p["isDefault"] for p in personas(base, auth).values())
+
+    assert not console_errors, console_errors  # (the refusal below logs its 422)
+
+    # The API's refusal, in its words: a keyword past 80 characters.
+    page.get_by_label("Name", exact=True).fill("Too long")
+    page.get_by_label("Keywords, comma-separated").fill("x" * 81)
+    page.get_by_role("button", name="Add style").click()
+    refused = requests.post(
+        f"{base}/api/personas", json={"name": "Too long", "keywords": ["x" * 81]}, headers=auth
+    )
+    assert refused.status_code == 422
+    error = page.locator("#style-error")
+    expect(error).to_contain_text(refused.json()["error"]["message"])
+    expect(error).to_contain_text("keywords")
+    if shots := os.environ.get("BFF_SHOTS"):
+        page.locator("#styles").screenshot(path=f"{shots}/styles-refused.png")
+    assert "Too long" not in personas(base, auth)
+
+    page.get_by_role("button", name="Delete the style “Evening gala”").click()
+    expect(gala).to_have_count(0)
+    expect(page.locator("#persona option", has_text="Evening gala")).to_have_count(0)
+    assert list(personas(base, auth)) == ["Streetwear"]
+    page.close()
+
+
+def test_forgetting_the_key_hides_the_styles(browser, user):  # noqa: F811
+    from playwright.sync_api import expect
+
+    base, key, auth = user
+    requests.post(f"{base}/api/personas", json={"name": "Resort"}, headers=auth, timeout=10)
+    page = open_page(browser, base, key)
+    page.reload()
+    expect(page.locator("#style-list li")).to_have_count(1)
+    expect(page.locator("#style-list li")).to_contain_text("Resort")
+    page.get_by_role("button", name="Forget").click()
+    expect(page.locator("#style-list li")).to_have_count(0)
+    expect(page.locator("#persona option")).to_have_count(1)  # "best match" only
+    page.close()
