@@ -156,3 +156,37 @@ def test_a_refused_upload_is_said_once(browser, user, tmp_path):  # noqa: F811
         "GIF images are not accepted: send PNG, JPEG or WebP"
     )
     page.close()
+
+
+def test_a_refused_upload_clears_the_last_result(browser, user, tmp_path):  # noqa: F811
+    """Before, the earlier job's images stayed under Progress beside the
+    refusal, as if they were the refused photo's result."""
+    from PIL import Image
+    from playwright.sync_api import expect
+
+    base, key, _ = user
+    whole = tmp_path / "whole.jpg"
+    Image.new("RGB", (256, 256), (120, 30, 40)).save(whole)
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(whole.read_bytes()[:400])  # a JPEG cut off: it does not decode
+    page = open_page(browser, base, key)
+    page.reload()
+    expect(page.locator("#key-status")).to_have_text("Key OK.")
+    page.get_by_label("Describe the garment").fill("camel wool wrap coat")
+    page.get_by_label("Provider").select_option("local")
+    page.get_by_role("button", name="Generate").click()
+    expect(page.locator("#gen-status")).to_contain_text("Completed with local")
+    expect(page.locator("#result img")).to_have_count(1)
+
+    page.locator("#image").set_input_files(str(corrupt))
+    with page.expect_response(re.compile(r"/api/generate/from-image$")) as answer:
+        page.get_by_role("button", name="Generate").click()
+    assert answer.value.status == 422
+    expect(page.locator("#form-error")).not_to_be_empty()
+    expect(page.locator("#result img")).to_have_count(0)
+    expect(page.locator("#gen-id")).to_be_empty()
+    expect(page.locator("#gen-status")).to_have_text(
+        "Nothing started: corrupt.jpg was refused (see under Generate)."
+    )
+    expect(page.locator('#stages li[data-status="completed"]')).to_have_count(0)
+    page.close()

@@ -192,9 +192,19 @@ async function submit(event) {
     await watch(accepted.id);
   } catch (e) {  // refused (watch() says a following's trouble in the Progress panel)
     errorBox.textContent = e.message;
+    if (!watching) refused(file);
   } finally {
     button.disabled = false;
   }
+}
+
+// Nothing started: the Progress panel must not go on showing an earlier
+// job's result as if it were this one's.
+function refused(file) {
+  resetStages();
+  $("#gen-id").textContent = "";
+  $("#gen-status").textContent = `Nothing started: ${file ? `${file.name} was` : "it was"}`
+    + " refused (see under Generate).";
 }
 
 // ---------------------------------------------------------------- gallery
