@@ -41,6 +41,13 @@ async function api(method, path, body) {
 
 function showKeyState(text) { $("#key-status").textContent = text; }
 
+// A key is saved: the "save your key" reminders under the forms go.
+function clearKeyReminders() {
+  for (const box of [$("#form-error"), $("#batch-error"), $("#style-error")]) {
+    if (box.textContent === NEED_KEY) box.textContent = "";
+  }
+}
+
 async function checkKey() {
   if (!apiKey()) { showKeyState("No key saved."); return false; }
   try {
@@ -339,7 +346,10 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#key-form").addEventListener("submit", async (e) => {
     e.preventDefault();
     localStorage.setItem(KEY, $("#api-key").value.trim());
-    if (await checkKey()) resumeRunning(await loadGallery(true));
+    if (await checkKey()) {
+      clearKeyReminders();
+      resumeRunning(await loadGallery(true));
+    }
   });
   $("#key-forget").addEventListener("click", () => {
     localStorage.removeItem(KEY);

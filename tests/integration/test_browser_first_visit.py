@@ -1,0 +1,36 @@
+"""The page before and as a key is saved, in Chromium against ``bff dev``:
+where a key comes from, the reminder to save one going once one is, and the
+models this server cannot use marked in the picker. Each test has a user of
+its own (test_browser_jobs.py's)."""
+
+from __future__ import annotations
+
+from tests.integration.test_browser import browser  # noqa: F401
+from tests.integration.test_browser_jobs import user  # noqa: F401
+
+
+def save_key(page, key: str) -> None:
+    from playwright.sync_api import expect
+
+    page.get_by_label("API key").fill(key)
+    page.get_by_role("button", name="Save").click()
+    expect(page.locator("#key-status")).to_have_text("Key OK.")
+
+
+def test_saving_a_key_takes_the_reminder_to_save_one_away(browser, user):  # noqa: F811
+    """Before, "Save your API key first." stayed under Generate after it was."""
+    from playwright.sync_api import expect
+
+    base, key, _ = user
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(base + "/")
+    page.get_by_label("Describe the garment").fill("camel wool wrap coat")
+    page.get_by_role("button", name="Generate").click()
+    expect(page.locator("#form-error")).to_have_text("Save your API key first.")
+    page.get_by_label("Prompts, one a line").fill("ivory linen shirt")
+    page.get_by_role("button", name="Start the batch").click()
+    expect(page.locator("#batch-error")).to_have_text("Save your API key first.")
+    save_key(page, key)
+    expect(page.locator("#form-error")).to_be_empty()
+    expect(page.locator("#batch-error")).to_be_empty()
+    page.close()
