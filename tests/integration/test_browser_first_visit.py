@@ -34,3 +34,19 @@ def test_saving_a_key_takes_the_reminder_to_save_one_away(browser, user):  # noq
     expect(page.locator("#form-error")).to_be_empty()
     expect(page.locator("#batch-error")).to_be_empty()
     page.close()
+
+
+def test_a_first_visit_says_where_a_key_comes_from(embedded, browser):  # noqa: F811
+    """Before, only "No key saved.": nothing said make dev prints one."""
+    from playwright.sync_api import expect
+
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(embedded.base_url + "/")
+    status = page.locator("#key-status")
+    expect(status).to_have_text(
+        "No key saved: make dev prints one (and keeps it in var/dev-api-key),"
+        " or run bff users create NAME."
+    )
+    # What it says is so: the key `bff dev` printed is in that file.
+    assert (embedded.folder / "var" / "dev-api-key").read_text().strip() == embedded.key
+    page.close()

@@ -41,6 +41,9 @@ async function api(method, path, body) {
 
 function showKeyState(text) { $("#key-status").textContent = text; }
 
+const NO_KEY = "No key saved: make dev prints one (and keeps it in var/dev-api-key),"
+  + " or run bff users create NAME.";
+
 // A key is saved: the "save your key" reminders under the forms go.
 function clearKeyReminders() {
   for (const box of [$("#form-error"), $("#batch-error"), $("#style-error")]) {
@@ -49,7 +52,7 @@ function clearKeyReminders() {
 }
 
 async function checkKey() {
-  if (!apiKey()) { showKeyState("No key saved."); return false; }
+  if (!apiKey()) { showKeyState(NO_KEY); return false; }
   try {
     await api("GET", "/api/generate?limit=1");
     showKeyState("Key OK.");
