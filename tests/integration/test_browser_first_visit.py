@@ -5,6 +5,8 @@ its own (test_browser_jobs.py's)."""
 
 from __future__ import annotations
 
+import requests
+
 from tests.integration.test_browser import browser  # noqa: F401
 from tests.integration.test_browser_jobs import user  # noqa: F401
 
@@ -49,4 +51,54 @@ def test_a_first_visit_says_where_a_key_comes_from(embedded, browser):  # noqa: 
     )
     # What it says is so: the key `bff dev` printed is in that file.
     assert (embedded.folder / "var" / "dev-api-key").read_text().strip() == embedded.key
+    page.close()
+
+
+def test_a_model_not_set_up_here_cannot_be_picked(browser, user):  # noqa: F811
+    """Before, every model looked selectable, and only Generate's refusal
+    said "REPLICATE_API_TOKEN not configured"."""
+    from playwright.sync_api import expect
+
+    base, key, auth = user
+    models = requests.get(f"{base}/api/providers", headers=auth, timeout=10).json()["items"]
+    available = {m["id"]: m["available"] for m in models}
+    assert available["local"] and not available["google-imagen"]  # the embedded default's
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(base + "/")
+    save_key(page, key)
+    picker = page.get_by_label("Provider")
+    imagen = picker.locator('option[value="google-imagen"]')
+    expect(imagen).to_be_disabled()
+    expect(imagen).to_have_text("google-imagen (not set up here)")
+    assert imagen.get_attribute("title") == next(
+        m["unavailableReason"] for m in models if m["id"] == "google-imagen"
+    )
+    for model_id in ("auto", "local"):
+        expect(picker.locator(f'option[value="{model_id}"]')).to_be_enabled()
+    unavailable = [m for m, ok in available.items() if not ok]
+    expect(picker.locator("option:disabled")).to_have_count(len(unavailable))
+    page.close()
+
+
+def test_the_estimate_is_the_chosen_models_price_times_the_count(browser, user):  # noqa: F811
+    """With every model available (the catalogue answered so), a priced one."""
+    from playwright.sync_api import expect
+
+    base, key, _ = user
+
+    def all_available(route) -> None:
+        body = route.fetch().json()
+        for model in body["items"]:
+            model.update(available=True, unavailableReason=None)
+        route.fulfill(json=body)
+
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.route("**/api/providers", all_available)
+    page.goto(base + "/")
+    save_key(page, key)
+    page.get_by_label("Provider").select_option("google-imagen")
+    page.get_by_label("Images").select_option("2")
+    expect(page.locator("#cost")).to_have_text(
+        "Estimated cost: $0.120 (2 × $0.060 with google-imagen)"
+    )
     page.close()

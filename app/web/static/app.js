@@ -74,7 +74,22 @@ async function loadOptions() {
     loadStyles();  // the panel and the Persona picker: personas.js's
     catalogue = (await api("GET", "/api/providers")).items;
   } catch (e) { $("#cost").textContent = e.message; return; }
+  markUnavailable();
   estimate();
+}
+
+// A model this server cannot use (no token for it) cannot be picked: it would
+// only be refused. "auto" picks among the available ones.
+function markUnavailable() {
+  const picker = $("#provider");
+  for (const option of picker.options) {
+    const model = catalogue.find((p) => p.id === option.value);
+    if (!model) continue;
+    option.disabled = !model.available;
+    option.textContent = model.available ? model.id : `${model.id} (not set up here)`;
+    option.title = model.unavailableReason || "";
+  }
+  if (picker.selectedOptions[0]?.disabled) picker.value = "auto";
 }
 
 // Price per image x count, before submitting; with "auto", the dearest model
@@ -93,10 +108,9 @@ function estimate() {
   const price = Math.max(...pool.map((p) => p.prices[quality][ratio]));
   const each = `${count} × $${price.toFixed(3)}`;
   const total = `$${(price * count).toFixed(3)}`;
-  const why = pool[0].available ? "" : `; not available here: ${pool[0].unavailableReason}`;
   line.textContent = pick === "auto"
     ? `Estimated cost: up to ${total} (${each}, the dearest model that fits)`
-    : `Estimated cost: ${total} (${each} with ${pick}${why})`;
+    : `Estimated cost: ${total} (${each} with ${pick})`;
 }
 
 // ---------------------------------------------------------------- stages
