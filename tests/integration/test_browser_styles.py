@@ -107,3 +107,20 @@ def test_forgetting_the_key_hides_the_styles(browser, user):  # noqa: F811
     expect(page.locator("#style-list li")).to_have_count(0)
     expect(page.locator("#persona option")).to_have_count(1)  # "best match" only
     page.close()
+
+
+def test_a_batch_for_each_style_without_any_says_where_to_add_one(browser, user):  # noqa: F811
+    """Before, "You have no personas yet.", a word the page used nowhere else."""
+    from playwright.sync_api import expect
+
+    base, key, _ = user
+    page = open_page(browser, base, key)
+    page.reload()
+    expect(page.locator("#key-status")).to_have_text("Key OK.")
+    page.get_by_label("Prompts, one a line").fill("ivory linen shirt")
+    page.get_by_label("Once for each of my saved styles").check()
+    page.get_by_role("button", name="Start the batch").click()
+    expect(page.locator("#batch-error")).to_have_text(
+        "You have no saved styles yet: add one under Saved styles above."
+    )
+    page.close()

@@ -4,6 +4,7 @@
 "use strict";
 
 let batchId = null;
+const NO_STYLES_FOR_BATCH = "You have no saved styles yet: add one under Saved styles above.";
 
 function batchSettings() {  // the main form's options, as a single submit sends them
   return {
@@ -28,7 +29,7 @@ async function submitBatch(event) {
   try {
     if ($("#batch-personas").checked) {
       const personas = (await api("GET", "/api/personas")).items.map((p) => p.id);
-      if (!personas.length) throw new Error("You have no personas yet.");
+      if (!personas.length) throw new Error(NO_STYLES_FOR_BATCH);
       matrix.personas = personas;
     }
     const accepted = await api("POST", "/api/batches", { matrix });
