@@ -18,22 +18,59 @@ from app.cli import batches
 from app.cli.batches import batch_cli, read_items, read_matrix
 
 
-def test_csv_rows_are_requests_with_settings_in_their_columns(tmp_path):
-    path = tmp_path / "looks.csv"
-    path.write_text('prompt,size,count\nlinen shirt,16:9,2\n\n"wool coat, navy",,\n')
-    assert read_items(path) == [
-        {"prompt": "linen shirt", "settings": {"size": "16:9", "count": 2}},
-        {"prompt": "wool coat, navy"},
-    ]
-
-
-def test_a_plain_list_is_one_prompt_a_line_commas_and_all(tmp_path):
-    path = tmp_path / "prompts.txt"
-    path.write_text("linen shirt\n\nwool coat, in a navy colourway\n")
-    assert read_items(path) == [
-        {"prompt": "linen shirt"},
-        {"prompt": "wool coat, in a navy colourway"},
-    ]
+@pytest.mark.parametrize(
+    "name,text,items",
+    [
+        (
+            "looks.csv",
+            'prompt,size,count\nlinen shirt,16:9,2\n\n"wool coat, navy",,\n',
+            [
+                {"prompt": "linen shirt", "settings": {"size": "16:9", "count": 2}},
+                {"prompt": "wool coat, navy"},
+            ],
+        ),
+        (
+            "looks.csv",  # refine columns, typed as the API types them
+            "prompt,upscale,removeBackground\nlinen shirt,2,Yes\nwool coat,4,FALSE\n",
+            [
+                {"prompt": "linen shirt", "settings": {"upscale": 2, "removeBackground": True}},
+                {"prompt": "wool coat", "settings": {"upscale": 4, "removeBackground": False}},
+            ],
+        ),
+        (
+            "prompts.txt",  # a plain list: one prompt a line, commas and all
+            "linen shirt\n\nwool coat, in a navy colourway\n",
+            [{"prompt": "linen shirt"}, {"prompt": "wool coat, in a navy colourway"}],
+        ),
+        ("prompts.txt", "[SS27] linen shirt\n", [{"prompt": "[SS27] linen shirt"}]),  # not JSON
+        (
+            "looks.jsonl",
+            '{"prompt": "a red coat", "settings": {"provider": "local"}}\n\n',
+            [{"prompt": "a red coat", "settings": {"provider": "local"}}],
+        ),
+        (
+            "looks.json",
+            '[\n  {"prompt": "a red coat"},\n  {"prompt": "a navy blazer"}\n]\n',
+            [{"prompt": "a red coat"}, {"prompt": "a navy blazer"}],
+        ),
+        # A prompt alone is a request in JSON too (was refused as "not a valid dictionary").
+        (
+            "looks.json",
+            '["a red coat", {"prompt": "a navy blazer", "settings": {"count": 2}}]',
+            [{"prompt": "a red coat"}, {"prompt": "a navy blazer", "settings": {"count": 2}}],
+        ),
+        (
+            "looks.jsonl",
+            '"a red coat"\n{"prompt": "a navy blazer", "settings": {"count": 2}}\n',
+            [{"prompt": "a red coat"}, {"prompt": "a navy blazer", "settings": {"count": 2}}],
+        ),
+    ],
+    ids=["csv", "csv-refine", "txt", "txt-brackets", "jsonl", "json", "json-str", "jsonl-str"],
+)
+def test_each_kind_of_file_reads_as_the_requests_the_api_takes(tmp_path, name, text, items):
+    path = tmp_path / name
+    path.write_text(text)
+    assert read_items(path) == items
 
 
 def test_a_csv_without_a_prompt_column_is_refused_saying_what_it_read(tmp_path):
@@ -43,35 +80,6 @@ def test_a_csv_without_a_prompt_column_is_refused_saying_what_it_read(tmp_path):
         read_items(path)
     message = exc.value.message
     assert "none is 'prompt'" in message and "linen shirt" in message and ".txt" in message
-
-
-def test_json_lines_are_requests_as_the_api_takes_them(tmp_path):
-    path = tmp_path / "looks.jsonl"
-    path.write_text('{"prompt": "a red coat", "settings": {"provider": "local"}}\n\n')
-    assert read_items(path) == [{"prompt": "a red coat", "settings": {"provider": "local"}}]
-
-
-def test_a_json_array_of_requests_is_the_batch_too(tmp_path):
-    path = tmp_path / "looks.json"
-    path.write_text('[\n  {"prompt": "a red coat"},\n  {"prompt": "a navy blazer"}\n]\n')
-    assert read_items(path) == [{"prompt": "a red coat"}, {"prompt": "a navy blazer"}]
-
-
-@pytest.mark.parametrize(
-    "name,text",
-    [
-        ("looks.json", '["a red coat", {"prompt": "a navy blazer", "settings": {"count": 2}}]'),
-        ("looks.jsonl", '"a red coat"\n{"prompt": "a navy blazer", "settings": {"count": 2}}\n'),
-    ],
-)
-def test_a_prompt_alone_is_a_request_in_json_too(tmp_path, name, text):
-    """Was sent as is, and refused as "not a valid dictionary or PromptSubmit"."""
-    path = tmp_path / name
-    path.write_text(text)
-    assert read_items(path) == [
-        {"prompt": "a red coat"},
-        {"prompt": "a navy blazer", "settings": {"count": 2}},
-    ]
 
 
 @pytest.mark.parametrize(
@@ -92,27 +100,12 @@ def test_what_would_send_the_wrong_prompts_is_refused_in_words(tmp_path, name, t
         read_items(path)
 
 
-def test_a_prompt_in_square_brackets_is_a_prompt_not_json(tmp_path):
-    path = tmp_path / "prompts.txt"
-    path.write_text("[SS27] linen shirt\n")
-    assert read_items(path) == [{"prompt": "[SS27] linen shirt"}]
-
-
 @pytest.mark.parametrize("read", [read_items, read_matrix])
 def test_a_file_not_in_utf8_is_refused_in_words(tmp_path, read):
     path = tmp_path / "looks.csv"
     path.write_bytes("prompt\nrobe en soie \xe9cru\n".encode("latin-1"))  # Excel's "CSV"
     with pytest.raises(click.ClickException, match="is not UTF-8 text: save it as UTF-8"):
         read(path)
-
-
-def test_refine_columns_are_sent_as_the_api_types_them(tmp_path):
-    path = tmp_path / "looks.csv"
-    path.write_text("prompt,upscale,removeBackground\nlinen shirt,2,Yes\nwool coat,4,FALSE\n")
-    assert read_items(path) == [
-        {"prompt": "linen shirt", "settings": {"upscale": 2, "removeBackground": True}},
-        {"prompt": "wool coat", "settings": {"upscale": 4, "removeBackground": False}},
-    ]
 
 
 @pytest.mark.parametrize(
