@@ -1,5 +1,5 @@
 """``bff dev`` (``make dev``) when one of its processes dies: it says which
-and how, stops the rest and fails; Ctrl-C still stops everything cleanly."""
+and how, stops the rest and fails (Ctrl-C: test_embedded.py)."""
 
 from __future__ import annotations
 
@@ -44,10 +44,3 @@ def test_a_process_that_dies_is_named_and_bff_dev_fails(tmp_path):
         assert "a process exited" not in "".join(system.output)
     with pytest.raises(requests.ConnectionError):  # the web process was stopped too
         requests.get(system.base_url + "/health", timeout=2)
-
-
-def test_ctrl_c_still_stops_bff_dev_cleanly(tmp_path):
-    with embedded_system(tmp_path) as system:
-        assert system.stop(), "bff dev did not stop on Ctrl-C"
-        assert system.proc.returncode == 0
-        assert not any(line.startswith("Error") for line in system.output), system.output

@@ -44,6 +44,8 @@ def test_make_dev_runs_the_whole_system_without_services(tmp_path):
         )
         assert again.returncode != 0 and "is in use" in again.stderr, again
         assert system.stop(), "bff dev did not stop on Ctrl-C"
+        assert system.proc.returncode == 0
+        assert not any(line.startswith("Error") for line in system.output), system.output
     # Every process it started has gone too: nothing answers on its port.
     with pytest.raises(requests.ConnectionError):
         requests.get(base + "/health", timeout=2)
