@@ -131,6 +131,16 @@ def runner(app):
     return CliRunner(app)
 
 
+@pytest.fixture(scope="session")
+def api(tmp_path_factory):
+    """The Procfile's ``web`` (tests/support/live.py) the ``bff`` client tests
+    talk to, its event streams sending keepalives every 0.3 s."""
+    from tests.support.live import live_api  # it imports this module
+
+    with live_api(tmp_path_factory.mktemp("cli-live"), BFF_SSE_HEARTBEAT="0.3") as live:
+        yield live
+
+
 @dataclass
 class User:
     id: int

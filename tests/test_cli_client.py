@@ -15,15 +15,8 @@ import requests
 from click.testing import CliRunner
 
 from app.cli import client
-from tests.support.live import live_api
 
 BFF = str(Path(sys.executable).parent / "bff")
-
-
-@pytest.fixture(scope="module")
-def api(tmp_path_factory):
-    with live_api(tmp_path_factory.mktemp("cli-live"), BFF_SSE_HEARTBEAT="0.3") as live:
-        yield live
 
 
 def bff(api, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:

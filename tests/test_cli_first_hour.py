@@ -24,7 +24,6 @@ from app.cli.dev import _port_free
 from app.domain.models import User
 from app.pipeline.context import StageFailed
 from app.pipeline.runner import STAGE_FUNCS
-from tests.support.live import live_api
 from tests.support.pipeline import load, run_all, services
 from tests.support.pipeline import png_bytes as photo_bytes
 
@@ -93,12 +92,6 @@ def test_a_port_something_listens_on_is_in_use_on_any_address():
 
 
 # ------------------------------------------------- the client, against a web
-
-
-@pytest.fixture(scope="module")
-def api(tmp_path_factory):
-    with live_api(tmp_path_factory.mktemp("first-hour"), BFF_SSE_HEARTBEAT="0.3") as live:
-        yield live
 
 
 def env_of(api) -> dict[str, str]:
