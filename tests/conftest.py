@@ -196,23 +196,15 @@ def pg_user(pg_app) -> User:
 def at_once(pg_app):
     """``request(client)`` from ``n`` threads released together, on PostgreSQL,
     where requests really run side by side."""
-    import threading
+    return lambda n, request: P.together(n, lambda _: request(pg_app.test_client()))
 
-    def run(n: int, request) -> list:
-        barrier, answers = threading.Barrier(n), []
 
-        def one(client) -> None:
-            barrier.wait()
-            answers.append(request(client))
-
-        threads = [threading.Thread(target=one, args=(pg_app.test_client(),)) for _ in range(n)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        return answers
-
-    return run
+@pytest.fixture(params=["sqlite", "postgres"])
+def any_db(request) -> tuple:
+    """(app, user): on SQLite, then on PostgreSQL."""
+    if request.param == "sqlite":
+        return request.getfixturevalue("app"), request.getfixturevalue("user")
+    return request.getfixturevalue("pg_app"), request.getfixturevalue("pg_user")
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ from app.domain.models import GenerationFeedback, PromptTokenScore, utcnow
 from app.pipeline import maintenance
 from app.pipeline.optimize import START
 from tests.support.pipeline import services
+from tests.support.procs import together
 from tests.test_api_generations import completed, conforms
 
 NONE = {"heart": False, "rating": None, "outlier": False}
@@ -143,36 +144,19 @@ def test_the_sweep_applies_and_undoes_feedback_whose_task_was_lost(app, client, 
     assert scores(app, user) == pytest.approx(dict.fromkeys(scores(app, user), START))
 
 
-@pytest.mark.parametrize("db", ["sqlite", "postgres"])
-def test_two_clicks_at_once_take_turns(request, monkeypatch, db):
+def test_two_clicks_at_once_take_turns(any_db, monkeypatch):
     """On and off arriving together: one adds the heart, the other withdraws it
     (SQLite has no FOR UPDATE: the request takes its write lock first)."""
-    import threading
     import time
 
     import app.domain.feedback as feedback
 
-    app, user = (
-        (request.getfixturevalue("app"), request.getfixturevalue("user"))
-        if db == "sqlite"
-        else (request.getfixturevalue("pg_app"), request.getfixturevalue("pg_user"))
-    )
+    app, user = any_db
     gid = completed(app, app.test_client(), user)
     real = feedback.utcnow
     # Widen the window between reading the standing rows and writing.
     monkeypatch.setattr(feedback, "utcnow", lambda: time.sleep(0.3) or real())
-    barrier, codes = threading.Barrier(2), []
-
-    def click() -> None:
-        client = app.test_client()
-        barrier.wait()
-        codes.append(post(client, user, gid, "heart").status_code)
-
-    threads = [threading.Thread(target=click) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert sorted(codes) == [200, 201]
+    answers = together(2, lambda _: post(app.test_client(), user, gid, "heart"))
+    assert sorted(a.status_code for a in answers) == [200, 201]
     shown = app.test_client().get(f"/api/generate/{gid}", headers=user.headers)
     assert shown.json["feedback"] == NONE

@@ -6,7 +6,6 @@ persona POST makes no second persona. The same key with another request is
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,6 +17,7 @@ from app.api import responses as r
 from app.domain.models import GenerationFeedback, Persona
 from app.platform.queue import LAST
 from tests.support.pipeline import services
+from tests.support.procs import together
 from tests.test_api_generations import assert_error, completed, conforms
 from tests.test_personas_api import BODY as PERSONA
 
@@ -109,34 +109,18 @@ def test_the_same_key_with_another_request_is_409(app, client, user, learnt):
     assert shown["feedback"] == {**NONE, "heart": True}
 
 
-@pytest.mark.parametrize("db", ["sqlite", "postgres"])
-def test_a_retry_racing_its_original_takes_its_turn_and_replays(request, monkeypatch, db):
+def test_a_retry_racing_its_original_takes_its_turn_and_replays(any_db, monkeypatch):
     """Both arrive together: the generation's lock makes the second wait for
     the first's commit, then it finds the first's answer."""
     import app.domain.feedback as feedback
 
-    app, user = (
-        (request.getfixturevalue("app"), request.getfixturevalue("user"))
-        if db == "sqlite"
-        else (request.getfixturevalue("pg_app"), request.getfixturevalue("pg_user"))
-    )
+    app, user = any_db
     gid = completed(app, app.test_client(), user)
     learnt = learning(app, monkeypatch)
     real = feedback.utcnow
     # Widen the window between reading the standing rows and writing.
     monkeypatch.setattr(feedback, "utcnow", lambda: time.sleep(0.3) or real())
-    barrier, answers = threading.Barrier(2), []
-
-    def click() -> None:
-        client = app.test_client()
-        barrier.wait()
-        answers.append(post(client, user, gid, f"race-{gid}"))
-
-    threads = [threading.Thread(target=click) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    answers = together(2, lambda _: post(app.test_client(), user, gid, f"race-{gid}"))
     assert [a.status_code for a in answers] == [201, 201], [a.json for a in answers]
     assert answers[0].json["id"] == answers[1].json["id"]
     shown = app.test_client().get(f"/api/generate/{gid}", headers=user.headers)

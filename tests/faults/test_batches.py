@@ -12,7 +12,6 @@ import requests
 from sqlalchemy import text
 
 from tests.faults.stack import Batch, FaultStack
-from tests.faults.test_idempotency import _concurrently
 from tests.support import procs as P
 
 pytestmark = pytest.mark.services
@@ -70,7 +69,7 @@ def test_concurrent_duplicate_batches_make_one(faults: FaultStack):
             timeout=30,
         )
 
-    answers = _concurrently(6, send)
+    answers = P.together(6, send)
     assert [r.status_code for r in answers] == [202] * 6, [r.text for r in answers]
     assert len({r.json()["id"] for r in answers}) == 1
     with faults.app.extensions["bff"].db.session() as s:

@@ -4,30 +4,14 @@ generation; every caller gets its id. The same key with another body is 409."""
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 import requests
 from sqlalchemy import text
 
 from tests.faults.stack import Batch, FaultStack
+from tests.support.procs import together
 
 pytestmark = pytest.mark.services
-
-
-def _concurrently(n: int, send) -> list[requests.Response]:
-    barrier, out = threading.Barrier(n), [None] * n
-
-    def worker(i: int) -> None:
-        barrier.wait()
-        out[i] = send(i)
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
-    return out
 
 
 def test_concurrent_duplicates_make_one_generation(faults: FaultStack):
@@ -43,7 +27,7 @@ def test_concurrent_duplicates_make_one_generation(faults: FaultStack):
             timeout=20,
         )
 
-    answers = _concurrently(12, send)
+    answers = together(12, send)
     assert [r.status_code for r in answers] == [202] * 12, [r.text for r in answers]
     ids = {keys[i % 3]: set() for i in range(3)}
     for i, r in enumerate(answers):
@@ -71,7 +55,7 @@ def test_concurrent_same_key_different_bodies_one_wins(faults: FaultStack):
             timeout=20,
         )
 
-    answers = _concurrently(6, send)
+    answers = together(6, send)
     codes = sorted(r.status_code for r in answers)
     assert codes == [202] + [409] * 5, [r.text for r in answers]
     for r in answers:

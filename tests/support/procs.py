@@ -8,6 +8,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -108,6 +109,23 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.1, procs=
         time.sleep(interval)
     logs = "\n".join(f"--- {p.name}\n{p.output()[-3000:]}" for p in procs)
     raise TimeoutError(f"timed out after {timeout}s waiting for {what}\n{logs}")
+
+
+def together(n: int, call) -> list:
+    """``call(i)`` for each i below ``n``, each in a thread of its own, all
+    released at once; their answers in the order of i."""
+    barrier, out = threading.Barrier(n), [None] * n
+
+    def one(i: int) -> None:
+        barrier.wait()
+        out[i] = call(i)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return out
 
 
 def http_ok(url: str) -> bool:
