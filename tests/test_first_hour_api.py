@@ -170,11 +170,6 @@ def test_too_many_pixels_states_the_limit(small_limits, w, h):
     assert "at most 2.5 M pixels are accepted" in error["message"], error
 
 
-def test_the_default_pixel_limit_is_stated_too(client, user):
-    error = assert_error(submit_image(client, user.headers, png_header(20000, 20000)), 422)
-    assert "at most 40 M pixels are accepted" in error["message"], error
-
-
 def test_a_body_over_the_limit_states_the_limit(small_limits):
     _, client, user = small_limits
     resp = submit_image(client, user.headers, png_bytes() + bytes(2 * 1024 * 1024))
