@@ -50,7 +50,11 @@ def option(args: list[str], name: str) -> str | None:
 
 
 def test_procfile_has_exactly_the_contract_processes():
-    assert set(procfile()) == set(PROCESSES)
+    pf = procfile()
+    assert set(pf) == set(PROCESSES)
+    assert argv(pf["release"]) == ["bff", "db", "upgrade"]  # release migrates
+    web = argv(pf["web"])  # gunicorn on the app factory
+    assert web[0] == "gunicorn" and web[-1] == "app:create_app()"
 
 
 def test_compose_runs_the_same_processes_with_the_same_commands(compose):
@@ -71,18 +75,8 @@ def same(args: list[str]) -> list[str]:
     return [a.split("=", 1)[0] if a.split("=", 1)[0] in PLATFORM_VALUES else a for a in args]
 
 
-def test_release_migrates():
-    assert argv(procfile()["release"]) == ["bff", "db", "upgrade"]
-
-
-def test_web_is_gunicorn_on_the_app_factory():
-    args = argv(procfile()["web"])
-    assert args[0] == "gunicorn" and args[-1] == "app:create_app()"
-
-
 def test_gunicorn_workers_freeze_the_loaded_app_out_of_gc():
     """Full collections walking the whole loaded app were the API's p99."""
-    import gc
     import runpy
 
     conf = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
@@ -138,12 +132,6 @@ def test_the_build_context_leaves_out_local_state_and_keys():
     assert {"var", ".venv", ".venv-tools", ".git"} <= set(ignored)
 
 
-def test_compose_services_scale(compose):
-    # `--scale generator=N` needs no fixed container name or host port.
-    gen = compose["services"]["generator"]
-    assert "container_name" not in gen and "ports" not in gen
-
-
 def test_compose_publishes_ports_on_the_hosts_loopback_only(compose):
     """MinIO with its default root credentials, gunicorn (which a client that
     sends a byte and stalls holds a thread of) and Flower: none of them on
@@ -151,6 +139,9 @@ def test_compose_publishes_ports_on_the_hosts_loopback_only(compose):
     for name, service in compose["services"].items():
         for port in service.get("ports") or []:
             assert str(port).startswith("127.0.0.1:"), (name, port)
+    # `--scale generator=N` needs no fixed container name or host port.
+    gen = compose["services"]["generator"]
+    assert "container_name" not in gen and "ports" not in gen
 
 
 def test_compose_bucket_lets_anyone_read_an_object_but_list_nothing(compose, tmp_path):
