@@ -22,10 +22,9 @@ from tests.support.buckets import public_bucket
 from tests.support.embedded import SERVICE_VARS, Embedded, embedded_system
 from tests.support.services import (
     free_port,
+    own_redis_db,
     postgres_ok,
-    redis_db_number,
     redis_ok,
-    release_redis_db,
     scratch_postgres_db,
     unavailable,
 )
@@ -213,14 +212,8 @@ def redis_url() -> Iterator[str]:
     server never share one (channels that must stay apart carry the number)."""
     if not redis_ok():
         unavailable("Redis on 127.0.0.1:6379")
-    import redis
-
-    n = redis_db_number()
-    redis.Redis("127.0.0.1", 6379, db=n).flushdb()
-    try:
-        yield f"redis://127.0.0.1:6379/{n}"
-    finally:
-        release_redis_db(n)
+    with own_redis_db() as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
@@ -242,31 +235,24 @@ def service_env(tmp_path_factory, s3_server) -> Iterator[dict[str, str]]:
         unavailable("PostgreSQL on 127.0.0.1:5432")
     if not redis_ok():
         unavailable("Redis on 127.0.0.1:6379")
-    import redis
-
-    db_number = redis_db_number()
-    redis.Redis("127.0.0.1", 6379, db=db_number).flushdb()
     bucket = "bff-test"
     public_bucket(s3_server, bucket)
-    with scratch_postgres_db() as url:
+    with own_redis_db() as redis_url, scratch_postgres_db() as url:
         upgrade_database(url)
-        try:
-            yield {
-                **{k: v for k, v in os.environ.items() if k not in CLEAN},
-                **CLEAN,
-                "DATABASE_URL": url,
-                "REDIS_URL": f"redis://127.0.0.1:6379/{db_number}",
-                "STORAGE_BACKEND": "s3",
-                "R2_ENDPOINT_URL": s3_server,
-                "R2_ACCESS_KEY_ID": "test",
-                "R2_SECRET_ACCESS_KEY": "test",
-                "R2_BUCKET_NAME": bucket,
-                "R2_CDN_URL": f"{s3_server}/{bucket}",
-                "R2_REGION": "us-east-1",
-                "BFF_VAR_DIR": str(tmp_path_factory.mktemp("var")),
-            }
-        finally:
-            release_redis_db(db_number)
+        yield {
+            **{k: v for k, v in os.environ.items() if k not in CLEAN},
+            **CLEAN,
+            "DATABASE_URL": url,
+            "REDIS_URL": redis_url,
+            "STORAGE_BACKEND": "s3",
+            "R2_ENDPOINT_URL": s3_server,
+            "R2_ACCESS_KEY_ID": "test",
+            "R2_SECRET_ACCESS_KEY": "test",
+            "R2_BUCKET_NAME": bucket,
+            "R2_CDN_URL": f"{s3_server}/{bucket}",
+            "R2_REGION": "us-east-1",
+            "BFF_VAR_DIR": str(tmp_path_factory.mktemp("var")),
+        }
 
 
 @dataclass
@@ -292,20 +278,8 @@ def stack(service_env, tmp_path_factory) -> Iterator[Stack]:
         "BFF_ALLOW_HTTP_WEBHOOKS": "1",
         "BFF_WEBHOOK_RETRY_BASE": "0.5",
     }
-    logs = tmp_path_factory.mktemp("logs")
-    pf = P.procfile()
-    procs = {name: P.Process(name, pf[name], env, logs) for name in ("web", "worker", "generator")}
-    base = f"http://127.0.0.1:{port}"
-    try:
-        P.wait_for(lambda: P.http_ok(base + "/health"), 60, "the API", procs=procs.values())
-        for name in ("worker", "generator"):
-            P.wait_for(
-                lambda n=name: P.worker_ready(procs[n]), 60, f"the {name}", procs=procs.values()
-            )
-        yield Stack(base, env, procs, create_app({k: env[k] for k in env}))
-    finally:
-        for p in procs.values():
-            p.stop()
+    with P.running(env, tmp_path_factory.mktemp("logs")) as (base, procs):
+        yield Stack(base, env, procs, create_app(dict(env)))
 
 
 # ---------------------------------------------------------------- fake OpenAI chat

@@ -26,7 +26,7 @@ from tests.conftest import make_user
 from tests.fakes.replicate import FakeReplicate
 from tests.integration.helpers import submit, wait_final
 from tests.support import procs as P
-from tests.support.services import free_port, redis_db_number, release_redis_db
+from tests.support.services import free_port, own_redis_db
 
 pytestmark = pytest.mark.services
 IMAGEN = {"provider": "google-imagen"}  # paid: $0.06 an image
@@ -85,36 +85,20 @@ class BatchStack:
 
 @pytest.fixture(scope="module")
 def bstack(service_env, tmp_path_factory) -> Iterator[BatchStack]:
-    import redis
-
-    db = redis_db_number()  # our own queues: fairness is measured on an idle broker
-    redis.Redis("127.0.0.1", 6379, db=db).flushdb()
-    replicate = FakeReplicate(token="r8_batches").start()
-    port = free_port()
-    env = {
-        **service_env,
-        "REDIS_URL": f"redis://127.0.0.1:6379/{db}",
-        "REPLICATE_API_TOKEN": replicate.token,
-        "REPLICATE_BASE_URL": replicate.url,
-        "BFF_PROVIDER_POLL_SECONDS": "0.3",
-        "BFF_SUBMIT_RATE_LIMIT": "0",
-        **P.procfile_env(port),
-        "BFF_VAR_DIR": str(tmp_path_factory.mktemp("bvar")),
-    }
-    logs = tmp_path_factory.mktemp("blogs")
-    names = ("web", "worker", "generator")
-    procs = {name: P.Process(name, P.procfile()[name], env, logs) for name in names}
-    base = f"http://127.0.0.1:{port}"
-    try:
-        P.wait_for(lambda: P.http_ok(base + "/health"), 60, "the API", procs=procs.values())
-        for name in ("worker", "generator"):
-            P.wait_for(lambda n=name: P.worker_ready(procs[n]), 60, name, procs=procs.values())
-        yield BatchStack(base, procs, create_app(dict(env)), replicate)
-    finally:
-        for p in procs.values():
-            p.stop()
-        replicate.stop()
-        release_redis_db(db)
+    # Our own Redis db: fairness is measured on an idle broker.
+    with own_redis_db() as redis_url, FakeReplicate(token="r8_batches") as replicate:
+        env = {
+            **service_env,
+            "REDIS_URL": redis_url,
+            "REPLICATE_API_TOKEN": replicate.token,
+            "REPLICATE_BASE_URL": replicate.url,
+            "BFF_PROVIDER_POLL_SECONDS": "0.3",
+            "BFF_SUBMIT_RATE_LIMIT": "0",
+            **P.procfile_env(free_port()),
+            "BFF_VAR_DIR": str(tmp_path_factory.mktemp("bvar")),
+        }
+        with P.running(env, tmp_path_factory.mktemp("blogs")) as (base, procs):
+            yield BatchStack(base, procs, create_app(dict(env)), replicate)
 
 
 def test_a_20_item_batch_completes_and_its_archive_unzips_to_its_files(bstack, tmp_path):

@@ -23,7 +23,7 @@ from tests.fakes.tcp_switch import TcpSwitch
 from tests.integration.helpers import assert_completed_with_png, stage_of, submit, wait_final
 from tests.support import procs as P
 from tests.support.embedded import BFF
-from tests.support.services import free_port, redis_db_number, release_redis_db
+from tests.support.services import free_port, own_redis_db
 
 pytestmark = pytest.mark.services
 
@@ -64,42 +64,34 @@ class ProviderStack:
 
 @pytest.fixture(scope="module")
 def pstack(service_env, tmp_path_factory) -> Iterator[ProviderStack]:
-    import redis
-
-    db = redis_db_number()  # our own queues: the shared `stack` has no provider keys
-    redis.Redis("127.0.0.1", 6379, db=db).flushdb()
     moto = urlsplit(service_env["R2_ENDPOINT_URL"])
     bucket = TcpSwitch(moto.hostname, moto.port)
-    replicate = FakeReplicate(token="r8_integration").start()
-    openai = FakeOpenAIImages(key="sk-integration").start()
-    port = free_port()
-    env = {
-        **service_env,
-        "REDIS_URL": f"redis://127.0.0.1:6379/{db}",
-        "R2_ENDPOINT_URL": bucket.url,  # the CDN URL still reaches moto directly
-        **P.fake_providers_env(replicate, openai),
-        "BFF_RATE_LIMIT_OPENAI_DALLE3": "{}/{}".format(*DALLE_LIMIT),
-        "BFF_BROKER_VISIBILITY_TIMEOUT": "8",
-        "BFF_STAGE_MAX_ATTEMPTS": "3",
-        **P.procfile_env(port),
-        "BFF_VAR_DIR": str(tmp_path_factory.mktemp("pvar")),
-    }
-    logs = tmp_path_factory.mktemp("plogs")
-    procs = {name: P.Process(name, P.procfile()[name], env, logs) for name in ("web", "worker")}
-    base = f"http://127.0.0.1:{port}"
-    st = ProviderStack(base, env, procs, create_app(dict(env)), replicate, openai, bucket, logs)
-    try:
-        st.start_generators()
-        P.wait_for(lambda: P.http_ok(base + "/health"), 60, "the API", procs=procs.values())
-        P.wait_for(lambda: P.worker_ready(procs["worker"]), 60, "the worker")
-        yield st
-    finally:
-        for p in procs.values():
-            p.stop()
-        replicate.stop()
-        openai.stop()
-        bucket.close()
-        release_redis_db(db)
+    # Our own Redis db (queues): the shared `stack` has no provider keys.
+    with (
+        own_redis_db() as redis_url,
+        FakeReplicate(token="r8_integration") as replicate,
+        FakeOpenAIImages(key="sk-integration") as openai,
+    ):
+        env = {
+            **service_env,
+            "REDIS_URL": redis_url,
+            "R2_ENDPOINT_URL": bucket.url,  # the CDN URL still reaches moto directly
+            **P.fake_providers_env(replicate, openai),
+            "BFF_RATE_LIMIT_OPENAI_DALLE3": "{}/{}".format(*DALLE_LIMIT),
+            "BFF_BROKER_VISIBILITY_TIMEOUT": "8",
+            "BFF_STAGE_MAX_ATTEMPTS": "3",
+            **P.procfile_env(free_port()),
+            "BFF_VAR_DIR": str(tmp_path_factory.mktemp("pvar")),
+        }
+        logs = tmp_path_factory.mktemp("plogs")
+        try:
+            with P.running(env, logs, ("web", "worker")) as (base, procs):
+                app = create_app(dict(env))
+                st = ProviderStack(base, env, procs, app, replicate, openai, bucket, logs)
+                st.start_generators()  # into procs: stopped with the rest
+                yield st
+        finally:
+            bucket.close()
 
 
 @pytest.fixture

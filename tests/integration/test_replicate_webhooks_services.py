@@ -15,7 +15,7 @@ from tests.conftest import make_user
 from tests.fakes.replicate import FakeReplicate
 from tests.integration.helpers import submit, wait_final
 from tests.support import procs as P
-from tests.support.services import free_port, redis_db_number, release_redis_db
+from tests.support.services import free_port, own_redis_db
 
 pytestmark = pytest.mark.services
 
@@ -24,36 +24,20 @@ HOP = 8.0  # BFF_STALL_TIMEOUT=16: a waiting stage looks again every 8 s at the 
 
 @pytest.fixture(scope="module")
 def stack(service_env, tmp_path_factory) -> Iterator[tuple[str, FakeReplicate, object]]:
-    import redis
-
-    db = redis_db_number()
-    redis.Redis("127.0.0.1", 6379, db=db).flushdb()
-    fake = FakeReplicate(token="r8_webhooks").start()
-    port = free_port()
-    env = {
-        **service_env,
-        "REDIS_URL": f"redis://127.0.0.1:6379/{db}",
-        "REPLICATE_API_TOKEN": fake.token,
-        "REPLICATE_BASE_URL": fake.url,
-        **P.procfile_env(port),
-        "BFF_REPLICATE_WEBHOOKS": "on",  # loopback: reachable by the fake
-        "BFF_PROVIDER_POLL_SECONDS": "60",
-        "BFF_STALL_TIMEOUT": str(2 * HOP),
-        "BFF_VAR_DIR": str(tmp_path_factory.mktemp("whvar")),
-    }
-    logs = tmp_path_factory.mktemp("whlogs")
-    procs = {n: P.Process(n, P.procfile()[n], env, logs) for n in ("web", "worker", "generator")}
-    base = f"http://127.0.0.1:{port}"
-    try:
-        P.wait_for(lambda: P.http_ok(base + "/health"), 60, "the API", procs=procs.values())
-        for name in ("worker", "generator"):
-            P.wait_for(lambda n=name: P.worker_ready(procs[n]), 60, name)
-        yield base, fake, make_user(create_app(dict(env)), "webhooks")
-    finally:
-        for p in procs.values():
-            p.stop()
-        fake.stop()
-        release_redis_db(db)
+    with own_redis_db() as redis_url, FakeReplicate(token="r8_webhooks") as fake:
+        env = {
+            **service_env,
+            "REDIS_URL": redis_url,
+            "REPLICATE_API_TOKEN": fake.token,
+            "REPLICATE_BASE_URL": fake.url,
+            **P.procfile_env(free_port()),
+            "BFF_REPLICATE_WEBHOOKS": "on",  # loopback: reachable by the fake
+            "BFF_PROVIDER_POLL_SECONDS": "60",
+            "BFF_STALL_TIMEOUT": str(2 * HOP),
+            "BFF_VAR_DIR": str(tmp_path_factory.mktemp("whvar")),
+        }
+        with P.running(env, tmp_path_factory.mktemp("whlogs")) as (base, _):
+            yield base, fake, make_user(create_app(dict(env)), "webhooks")
 
 
 def generate(stack, lose: bool) -> tuple[dict, float]:

@@ -10,6 +10,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import requests
@@ -72,6 +74,24 @@ class Process:
                 self.popen.wait(5)
         self.kill(signal.SIGKILL)  # stragglers in the group (prefork children)
         self.log.close()
+
+
+@contextmanager
+def running(
+    env: dict[str, str], logs: Path, names=("web", "worker", "generator")
+) -> Iterator[tuple[str, dict[str, Process]]]:
+    """The Procfile's ``names`` (web first) on ``env``, each ready: the API's
+    base URL and the processes by name. Stopped on the way out."""
+    procs = {name: Process(name, procfile()[name], env, logs) for name in names}
+    base = f"http://127.0.0.1:{env['PORT']}"
+    try:
+        wait_for(lambda: http_ok(base + "/health"), 60, "the API", procs=procs.values())
+        for name in names[1:]:
+            wait_for(lambda n=name: worker_ready(procs[n]), 60, f"the {name}", procs=procs.values())
+        yield base, procs
+    finally:
+        for p in procs.values():
+            p.stop()
 
 
 def procfile_env(port: int) -> dict[str, str]:

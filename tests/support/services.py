@@ -80,6 +80,20 @@ def redis_db_number() -> int:
     raise RuntimeError("all Redis test databases 1-15 are in use")
 
 
+@contextmanager
+def own_redis_db() -> Iterator[str]:
+    """The URL of a Redis db number of our own (``redis_db_number``), emptied
+    first and released after."""
+    import redis
+
+    n = redis_db_number()
+    redis.Redis(REDIS_HOST, REDIS_PORT, db=n).flushdb()
+    try:
+        yield f"redis://{REDIS_HOST}:{REDIS_PORT}/{n}"
+    finally:
+        release_redis_db(n)
+
+
 def release_redis_db(n: int) -> None:
     import redis
 
