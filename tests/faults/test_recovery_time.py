@@ -25,6 +25,15 @@ def defaults(service_env, s3_server, tmp_path_factory):
         yield st
 
 
+def all_final_within_a_minute(st: FaultStack, batch, since: float, what: str) -> None:
+    """Every job of ``batch`` final, nothing lost, within RESUMED_WITHIN of ``since``."""
+    gens = st.wait_final(batch, timeout=RESUMED_WITHIN + 30)
+    took = time.monotonic() - since
+    st.assert_nothing_lost(batch, gens)  # a saved prediction resumed: no second create
+    assert took < RESUMED_WITHIN, f"recovered {took:.0f} s after {what}"
+    print(f"{what}: all final {took:.1f} s after it")
+
+
 def test_generator_killed_with_predictions_running(defaults: FaultStack):
     st = defaults
     st.replicate.reset()
@@ -38,11 +47,7 @@ def test_generator_killed_with_predictions_running(defaults: FaultStack):
     st.kill("generator")
     killed = time.monotonic()
     st.start("generator")  # as its process manager would
-    gens = st.wait_final(batch, timeout=RESUMED_WITHIN + 30)
-    took = time.monotonic() - killed
-    st.assert_nothing_lost(batch, gens)  # the saved predictions resumed: five creates
-    assert took < RESUMED_WITHIN, f"recovered {took:.0f} s after the kill"
-    print(f"generator killed: all final {took:.1f} s after the kill")
+    all_final_within_a_minute(st, batch, killed, "the generator's kill")
 
 
 def test_pipeline_worker_killed_mid_burst(defaults: FaultStack):
@@ -57,11 +62,7 @@ def test_pipeline_worker_killed_mid_burst(defaults: FaultStack):
     st.kill("worker")
     killed = time.monotonic()
     st.start("worker")
-    gens = st.wait_final(batch, timeout=RESUMED_WITHIN + 30)
-    took = time.monotonic() - killed
-    st.assert_nothing_lost(batch, gens)
-    assert took < RESUMED_WITHIN, f"recovered {took:.0f} s after the kill"
-    print(f"pipeline worker killed: all final {took:.1f} s after the kill")
+    all_final_within_a_minute(st, batch, killed, "the pipeline worker's kill")
 
 
 def test_redis_restarted_empty_mid_burst(defaults: FaultStack):
@@ -74,10 +75,6 @@ def test_redis_restarted_empty_mid_burst(defaults: FaultStack):
     lost = time.monotonic()
     time.sleep(2)
     st.redis.start()  # empty: every queued and countdown message is gone
-    gens = st.wait_final(batch, timeout=RESUMED_WITHIN + 30)
-    took = time.monotonic() - lost
+    all_final_within_a_minute(st, batch, lost, "Redis went")
     for kind in ("web", "worker", "generator", "beat"):  # nobody restarted anything
         assert st.procs[kind].alive(), kind
-    st.assert_nothing_lost(batch, gens)
-    assert took < RESUMED_WITHIN, f"recovered {took:.0f} s after Redis went"
-    print(f"redis restarted empty: all final {took:.1f} s after it went")
