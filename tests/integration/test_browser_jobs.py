@@ -190,3 +190,36 @@ def test_a_refused_upload_clears_the_last_result(browser, user, tmp_path):  # no
     )
     expect(page.locator('#stages li[data-status="completed"]')).to_have_count(0)
     page.close()
+
+
+def test_a_cancel_answered_after_the_stream_ends_leaves_the_ending_shown(
+    embedded,
+    browser,
+    user,  # noqa: F811
+):
+    """The cancel's commit wakes the stream before its own answer is sent: the
+    stream's ``done`` may come first. Before, "Canceling…" then replaced
+    "Generation canceled." for good."""
+    from playwright.sync_api import expect
+
+    base, key, auth = user
+    gen_id = running_job(embedded, base, auth)
+    page = open_page(browser, base, key)
+    held = []
+
+    def hold(route) -> None:  # the cancel reaches the server; its answer waits
+        held.append((route, route.fetch()))
+
+    page.route(re.compile(r"/api/generate/gen_\w+/cancel$"), hold)
+    page.reload()
+    expect(page.locator("#gen-id")).to_have_text(gen_id)
+    cancel = page.get_by_role("button", name="Cancel", exact=True)
+    cancel.click()
+    status = page.locator("#gen-status")
+    expect(status).to_have_text("Generation canceled.")
+    route, answer = held[0]
+    with page.expect_response(re.compile(r"/cancel$")):
+        route.fulfill(response=answer)
+    page.wait_for_function("() => !document.querySelector('#gen-cancel').disabled")
+    expect(status).to_have_text("Generation canceled.")
+    page.close()

@@ -134,14 +134,17 @@ function revealProgress() {
 }
 
 async function cancelWatched() {
-  if (!watching) return;
+  const mine = watching;
+  if (!mine) return;
   const button = $("#gen-cancel");
   button.disabled = true;
   try {
-    await api("POST", `/api/generate/${watching.id}/cancel`);
-    $("#gen-status").textContent = "Canceling…";
+    await api("POST", `/api/generate/${mine.id}/cancel`);
+    // Its commit wakes the stream before this answer is sent: the ending
+    // (or another job, followed since) may be shown already. Keep it.
+    if (watching === mine) $("#gen-status").textContent = "Canceling…";
   } catch (e) {
-    $("#gen-status").textContent = e.message;
+    if (watching === mine) $("#gen-status").textContent = e.message;
   } finally {
     button.disabled = false;
   }
