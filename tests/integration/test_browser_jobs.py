@@ -192,11 +192,7 @@ def test_a_refused_upload_clears_the_last_result(browser, user, tmp_path):  # no
     page.close()
 
 
-def test_a_cancel_answered_after_the_stream_ends_leaves_the_ending_shown(
-    embedded,
-    browser,
-    user,  # noqa: F811
-):
+def test_a_late_cancel_answer_leaves_the_ending(embedded, browser, user):  # noqa: F811
     """The cancel's commit wakes the stream before its own answer is sent: the
     stream's ``done`` may come first. Before, "Canceling…" then replaced
     "Generation canceled." for good."""
@@ -222,4 +218,27 @@ def test_a_cancel_answered_after_the_stream_ends_leaves_the_ending_shown(
         route.fulfill(response=answer)
     page.wait_for_function("() => !document.querySelector('#gen-cancel').disabled")
     expect(status).to_have_text("Generation canceled.")
+    page.close()
+
+
+def test_a_refine_takes_the_progress_panel(embedded, browser, user):  # noqa: F811
+    """After a reload the page follows a running job; a refine of another
+    image then shows in the panel. Before, that job's stream went on writing
+    there and Cancel, beside the refine, canceled that job."""
+    from playwright.sync_api import expect
+
+    base, key, auth = user
+    done = submit(base, auth, "emerald silk slip dress", settings={"provider": "local"})
+    asset = wait_final(base, auth, done)["assets"][0]["id"]
+    running = running_job(embedded, base, auth)
+    page = open_page(browser, base, key)
+    page.reload()
+    expect(page.locator("#gen-id")).to_have_text(running)
+    page.get_by_role("button", name=f"Upscale ×2 image #{asset}").click()
+    expect(page.locator("#gen-status")).to_contain_text("Completed with local")
+    expect(page.locator("#gen-id")).to_have_text(done)
+    expect(page.get_by_role("button", name="Cancel", exact=True)).to_be_hidden()
+    assert requests.get(f"{base}/api/generate/{running}", headers=auth).json()["status"] == (
+        "processing"
+    )
     page.close()

@@ -1,6 +1,7 @@
 // Stage 7 on the page: "Upscale ×2" and "Cut out" under each finished image.
-// Loaded before app.js (both deferred, in order); uses its api(), follow(),
-// resetStages(), showResult() and loadGallery() when a button is clicked.
+// Loaded before follow.js and app.js (deferred, in order); uses their api(),
+// follow(), watching, revealProgress(), resetStages(), showResult() and
+// loadGallery() when a button is clicked.
 const VARIANT = { original: "Original", upscaled: "Upscaled", cutout: "Cut-out" };
 
 // "Upscale ×2" and "Cut out" for one image: each adds a variant (a refine
@@ -28,22 +29,32 @@ function refineButtons(gen, asset) {
   return box;
 }
 
+// The refine takes the Progress panel over as watch() does: the job followed
+// there till now (after a reload, say) stops writing to it, and Cancel cancels
+// this refine (a completed generation's cancel stops its refine), not that job.
 async function refine(genId, assetId, body, box) {
   for (const b of box.querySelectorAll("button")) b.disabled = true;
+  let mine = null;
   try {
     await api("POST", `/api/generate/${genId}/assets/${assetId}/refine`, body);
+    watching?.stop.abort();
+    mine = { id: genId, stop: new AbortController() };
+    watching = mine;
     resetStages();
     revealProgress();
     $("#gen-id").textContent = genId;
+    $("#gen-cancel").hidden = false;
     $("#gen-status").textContent = "Refining…";
-    const gen = await follow(genId);
+    const gen = await follow(genId, mine.stop.signal);
     showResult(gen);
     const st = gen.stages.find((s) => s.name === "refine");
     if (st && st.status === "failed") $("#gen-status").textContent = `refine failed: ${st.error}`;
     loadGallery(true);
   } catch (e) {
+    if (mine?.stop.signal.aborted) return;
     $("#gen-status").textContent = e.message;
     for (const b of box.querySelectorAll("button")) b.disabled = false;
+  } finally {
+    if (mine && watching === mine) { watching = null; $("#gen-cancel").hidden = true; }
   }
 }
-
