@@ -86,6 +86,24 @@ def test_a_reload_mid_job_goes_on_following_it_and_can_cancel_it(embedded, brows
     page.close()
 
 
+def test_forgetting_the_key_stops_showing_its_job(embedded, browser, user):  # noqa: F811
+    """Before, the forgotten key's job went on streaming into the panel, its
+    Cancel still offered (a 401 once clicked)."""
+    from playwright.sync_api import expect
+
+    base, key, auth = user
+    gen_id = running_job(embedded, base, auth)
+    page = open_page(browser, base, key)
+    page.reload()
+    expect(page.locator("#gen-id")).to_have_text(gen_id)
+    page.get_by_role("button", name="Forget").click()
+    expect(page.locator("#gen-id")).to_have_text("")
+    expect(page.locator("#gen-status")).to_have_text("Nothing running yet.")
+    expect(page.get_by_role("button", name="Cancel", exact=True)).to_be_hidden()
+    expect(page.locator('#stages li[data-status="running"]')).to_have_count(0)
+    page.close()
+
+
 def test_losing_the_server_mid_job_says_so_and_stops_the_spinner(embedded, browser, user):  # noqa: F811
     """The stream says generate is running, then the server is gone: before,
     generate span on for ever beside "generate: running…"."""

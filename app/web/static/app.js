@@ -372,6 +372,7 @@ document.addEventListener("DOMContentLoaded", () => {
     localStorage.removeItem(KEY);
     $("#api-key").value = "";
     $("#gallery").replaceChildren();
+    stopWatching();
     forgetStyles();
     showKeyState("Key removed from this browser.");
   });

@@ -150,6 +150,16 @@ async function cancelWatched() {
   }
 }
 
+// The key is forgotten: its job is no longer followed, nor shown.
+function stopWatching() {
+  watching?.stop.abort();
+  watching = null;
+  resetStages();
+  $("#gen-id").textContent = "";
+  $("#gen-cancel").hidden = true;
+  $("#gen-status").textContent = "Nothing running yet.";
+}
+
 // After a reload the page goes on following the newest single generation not
 // yet final (a batch's belong to the batch): else its card said "pending" for ever.
 function resumeRunning(items) {
