@@ -55,6 +55,17 @@ def embedded(tmp_path_factory) -> Iterator[Embedded]:
         yield system
 
 
+@pytest.fixture(autouse=True)
+def _embedded_still_running(request) -> None:
+    """A test of the shared `bff dev` whose processes stopped earlier in the
+    session fails saying so, with its last output (otherwise each such test
+    says only that the API cannot be reached)."""
+    if "embedded" in request.fixturenames:
+        system = request.getfixturevalue("embedded")
+        last = "".join(system.output[-30:])
+        assert system.proc.poll() is None, f"the session's bff dev has stopped:\n{last}"
+
+
 @pytest.fixture(scope="session")
 def sqlite_template(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("template") / "bff.db"
