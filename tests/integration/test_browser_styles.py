@@ -109,6 +109,26 @@ def test_forgetting_the_key_hides_the_styles(browser, user):  # noqa: F811
     page.close()
 
 
+def test_a_refused_key_after_a_good_one_hides_the_last_accounts_styles(browser, user):  # noqa: F811
+    from playwright.sync_api import expect
+
+    base, key, auth = user
+    requests.post(f"{base}/api/personas", json={"name": "Resort"}, headers=auth, timeout=10)
+    body = {"prompt": "ivory linen shirt"}
+    requests.post(f"{base}/api/generate/from-prompt", json=body, headers=auth, timeout=10)
+    page = open_page(browser, base, key)
+    page.reload()
+    expect(page.locator("#style-list li")).to_have_count(1)
+    expect(page.locator("#gallery li")).not_to_have_count(0)
+    page.locator("#api-key").fill("bff_00000000_not-a-key")
+    page.get_by_role("button", name="Save").click()
+    expect(page.locator("#key-status")).to_contain_text("Key rejected")
+    expect(page.locator("#style-list li")).to_have_count(0)
+    expect(page.locator("#persona option")).to_have_count(1)  # "best match" only
+    expect(page.locator("#gallery li")).to_have_count(0)
+    page.close()
+
+
 def test_a_batch_for_each_style_without_any_says_where_to_add_one(browser, user):  # noqa: F811
     """Before, "You have no personas yet.", a word the page used nowhere else."""
     from playwright.sync_api import expect

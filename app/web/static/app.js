@@ -358,11 +358,19 @@ function setupDrop() {
   $("#drop-clear").addEventListener("click", () => { input.value = ""; show(); });
 }
 
+// What the page shows of one key's account: gone when the key changes.
+function clearAccount() {
+  $("#gallery").replaceChildren();
+  stopWatching();
+  forgetStyles();
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   $("#api-key").value = apiKey();
   $("#key-form").addEventListener("submit", async (e) => {
     e.preventDefault();
     localStorage.setItem(KEY, $("#api-key").value.trim());
+    clearAccount();  // the last key's: a refused key must not leave them shown
     if (await checkKey()) {
       clearKeyReminders();
       resumeRunning(await loadGallery(true));
@@ -371,9 +379,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#key-forget").addEventListener("click", () => {
     localStorage.removeItem(KEY);
     $("#api-key").value = "";
-    $("#gallery").replaceChildren();
-    stopWatching();
-    forgetStyles();
+    clearAccount();
     showKeyState("Key removed from this browser.");
   });
   $("#gen-form").addEventListener("submit", submit);
