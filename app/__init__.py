@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from flask import Flask
+from flask import Blueprint, Flask
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
@@ -14,25 +14,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     (``DATABASE_URL``, ``STORAGE_BACKEND``, …) and is laid over ``os.environ``."""
     # Here, not at the top: importing any ``app`` module runs this package
     # first, and the ``bff`` command's client side needs none of the server.
-    from app.api import (
-        account,
-        batch_archive,
-        batches,
-        events,
-        feedback,
-        generations,
-        health,
-        personas,
-        protocol,
-        providers,
-        refine,
-        replicate_webhook,
-        submit,
-        web,
-    )
+    from app.api import protocol
     from app.api.common import Services
     from app.api.errors import register_error_handlers
-    from app.platform import logs, metrics
+    from app.platform import logs
     from app.platform.config import Settings
     from app.platform.db import Database
     from app.platform.queue import celery_init_app
@@ -62,21 +47,30 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     register_error_handlers(app)
     protocol.register(app)  # limits and OPTIONS: before any route
     logs.init_app(app)
-    for module in (
-        submit,
-        generations,
-        feedback,
-        refine,
-        events,
-        personas,
-        account,
-        providers,
-        replicate_webhook,
-        batches,
-        batch_archive,
-        health,
-        web,
-        metrics,  # no auth: scraped by Prometheus
-    ):
-        app.register_blueprint(module.bp)
+    for blueprint in _blueprints():
+        app.register_blueprint(blueprint)
     return app
+
+
+def _blueprints() -> list[Blueprint]:
+    """Every route of the app, in the order they are registered."""
+    from app.api import (
+        account,
+        batch_archive,
+        batches,
+        events,
+        feedback,
+        generations,
+        health,
+        personas,
+        providers,
+        refine,
+        replicate_webhook,
+        submit,
+        web,
+    )
+    from app.platform import metrics  # no auth: scraped by Prometheus
+
+    modules = (submit, generations, feedback, refine, events, personas, account, providers)
+    modules += (replicate_webhook, batches, batch_archive, health, web, metrics)
+    return [module.bp for module in modules]
