@@ -24,6 +24,7 @@ from app.domain.states import (
     COMPLETED,
     FAILED,
     FINAL,
+    LATE_REQUEST,
     LATE_STAGE,
     PENDING,
     S_FAILED,
@@ -266,3 +267,18 @@ def touch_dispatched(session: Session, generation_id: str) -> None:
     session.execute(
         update(Generation).where(Generation.id == generation_id).values(dispatched_at=utcnow())
     )
+
+
+def late_refine_overdue(gen: Generation, asked_before: datetime) -> bool:
+    """Its refine asked for after the fact was asked for before ``asked_before``
+    (a request from before ``askedAt`` was kept: its stage's start, else the
+    generation's last change)."""
+    asked = ((gen.pipeline_data or {}).get(LATE_REQUEST) or {}).get("askedAt")
+    try:
+        when = datetime.fromisoformat(asked) if asked else None
+    except (TypeError, ValueError):
+        when = None
+    if when is None:
+        stage = next((s for s in gen.stages if s.name == LATE_STAGE), None)
+        when = (stage.started_at if stage else None) or gen.updated_at
+    return when is not None and when < asked_before

@@ -16,14 +16,19 @@ from datetime import datetime, timedelta
 from sqlalchemy.orm import Session
 
 from app.domain import spend
-from app.domain.generations import elapsed_ms, first_unfinished, give_up_canceled, new_stages
+from app.domain.generations import (
+    elapsed_ms,
+    first_unfinished,
+    give_up_canceled,
+    late_refine_overdue,
+    new_stages,
+)
 from app.domain.models import Generation, GenerationStage, utcnow
 from app.domain.states import (
     CANCELED,
     COMPLETED,
     FAILED,
     FINAL,
-    LATE_REQUEST,
     LATE_STAGE,
     RETRY_AT,
     S_FAILED,
@@ -277,21 +282,6 @@ def cancel_late_refine(
     end_failed(session, settings, gen, stage, "canceled while running", after)
     stage.task_id = None
     return stops.owe(session, gen)
-
-
-def late_refine_overdue(gen: Generation, asked_before: datetime) -> bool:
-    """Its refine asked for after the fact was asked for before ``asked_before``
-    (a request from before ``askedAt`` was kept: its stage's start, else the
-    generation's last change)."""
-    asked = ((gen.pipeline_data or {}).get(LATE_REQUEST) or {}).get("askedAt")
-    try:
-        when = datetime.fromisoformat(asked) if asked else None
-    except (TypeError, ValueError):
-        when = None
-    if when is None:
-        stage = next((s for s in gen.stages if s.name == LATE_STAGE), None)
-        when = (stage.started_at if stage else None) or gen.updated_at
-    return when is not None and when < asked_before
 
 
 def backoff(attempt: int, retry_after: float | None = None) -> float:

@@ -29,6 +29,7 @@ from app.domain.generations import (
     OPEN_LATE_REFINE,
     first_unfinished,
     give_up_canceled,
+    late_refine_overdue,
     stage_names,
     stage_status,
 )
@@ -39,7 +40,7 @@ from app.domain.states import (
     PROCESSING,
     S_RUNNING,
 )
-from app.pipeline.endings import late_refine_overdue, time_out, time_out_refine
+from app.pipeline.endings import time_out, time_out_refine
 from app.pipeline.learning import apply_feedback
 from app.pipeline.lease import stalled
 from app.pipeline.runner import transaction
