@@ -237,24 +237,14 @@ function card(gen) {
   const li = $("#card-tpl").content.firstElementChild.cloneNode(true);
   li.dataset.id = gen.id;
   li.dataset.status = gen.status;
-  const asset = gen.assets[0];
-  const img = $("img", li);
   const label = gen.prompt.original || "garment photo";
-  if (asset) {
-    img.src = asset.url; img.width = asset.width; img.height = asset.height;
-    img.alt = `Generated image for “${label}”`;
-    $(".img-link", li).href = asset.url;
-  } else {
-    $(".img-link", li).replaceWith(Object.assign(document.createElement("div"),
-      { className: "placeholder", textContent: gen.status }));
-  }
+  const shown = cardImages(li, gen, label);  // cards.js
   $(".badge", li).textContent = gen.status;
   $(".badge", li).dataset.status = gen.status;
   $(".prompt", li).textContent = label;
   $(".meta", li).textContent = `${new Date(gen.createdAt).toLocaleString()}`
     + `${gen.provider ? ` · ${gen.provider}` : ""}`;
-  feedbackControls(li, gen, asset, label);
-  if (asset && gen.status === "completed") $(".actions", li).prepend(refineButtons(gen, asset));
+  feedbackControls(li, gen, shown, label);
   if (gen.status === "failed") offerRetry(li, gen, label);
   const del = $(".delete", li);
   del.setAttribute("aria-label", `Delete “${label}”`);
@@ -264,33 +254,6 @@ function card(gen) {
     catch (e) { $(".meta", li).textContent = e.message; }
   });
   return li;
-}
-
-// Heart, rating and "exceptional" (API: outlier) show the saved state, then each answer's.
-function feedbackControls(li, gen, asset, label) {
-  const [heart, exceptional, rating] = [".heart", ".exceptional", ".rating"].map((c) => $(c, li));
-  const show = (fb) => {
-    heart.setAttribute("aria-pressed", String(fb.heart));
-    exceptional.setAttribute("aria-pressed", String(fb.outlier));
-    rating.value = fb.rating ?? "";
-  };
-  show(gen.feedback);
-  const send = async (body) => {
-    try {
-      const out = await api("POST", `/api/generate/${gen.id}/feedback`,
-        { ...body, assetId: asset?.id });
-      show(out.feedback);
-      $(".meta", li).textContent = out.removedAt ? "Taken back." : "Thanks, feedback saved.";
-    } catch (e) { $(".meta", li).textContent = e.message; }
-  };
-  heart.setAttribute("aria-label", `Heart “${label}”`);
-  heart.addEventListener("click", () => send({ feedbackType: "heart" }));
-  exceptional.setAttribute("aria-label", `Mark “${label}” as exceptional`);
-  exceptional.addEventListener("click", () => send({ feedbackType: "outlier" }));
-  rating.setAttribute("aria-label", `Rate “${label}” from 1 to 5`);
-  rating.addEventListener("change", () => rating.value
-    && send({ feedbackType: "rating", rating: Number(rating.value) }));
-  for (const el of [heart, exceptional, rating.closest("label")]) el.hidden = !asset;
 }
 
 function offerRetry(li, gen, label) {

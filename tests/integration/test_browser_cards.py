@@ -1,0 +1,52 @@
+"""A gallery card in Chromium against ``bff dev``: a job's several images,
+the rating control, deleting the job the Progress panel shows; and the drop
+zone's keyboard use. Each test has a user of its own (test_browser_jobs.py's).
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+
+from tests.integration.helpers import submit, wait_final
+from tests.integration.test_browser import browser  # noqa: F401
+from tests.integration.test_browser_jobs import open_page, user  # noqa: F401
+
+
+def test_a_card_shows_each_of_its_images_and_feedback_names_the_one_shown(
+    embedded,
+    browser,  # noqa: F811
+    user,  # noqa: F811
+):
+    """Before, a card of a 3-image job showed the first image only, with no
+    hint of the others, and a heart always went to that first image."""
+    from playwright.sync_api import expect
+
+    base, key, auth = user
+    gen_id = submit(base, auth, "rust wool coat", settings={"provider": "local", "count": 3})
+    assets = wait_final(base, auth, gen_id)["assets"]
+    assert len(assets) == 3
+    page = open_page(browser, base, key)
+    page.reload()
+    card = page.locator(f'#gallery li.item[data-id="{gen_id}"]')
+    expect(card.get_by_role("group", name="3 images")).to_be_visible()
+    expect(card.locator(".thumbs .count")).to_contain_text("3 images")
+    second = card.get_by_role("button", name="Show image 2 of 3")
+    expect(second).to_have_attribute("aria-pressed", "false")
+    second.click()
+    expect(second).to_have_attribute("aria-pressed", "true")
+    main = card.locator(".img-link img")
+    expect(main).to_have_attribute("src", assets[1]["url"])
+    expect(main).to_have_attribute("alt", "Generated image 2 of 3 for “rust wool coat”")
+    expect(card.get_by_role("button", name=f"Upscale ×2 image #{assets[1]['id']}")).to_be_visible()
+
+    card.get_by_role("button", name=re.compile("^Heart")).click()
+    expect(card.locator(".meta")).to_have_text("Thanks, feedback saved.")
+    with sqlite3.connect(embedded.db_path) as conn:
+        rows = conn.execute(
+            "SELECT asset_id FROM generation_feedback WHERE generation_id = ?"
+            " AND feedback_type = 'heart' AND removed_at IS NULL",
+            (gen_id,),
+        ).fetchall()
+    assert rows == [(assets[1]["id"],)]
+    page.close()
