@@ -50,3 +50,26 @@ def test_a_card_shows_each_of_its_images_and_feedback_names_the_one_shown(
         ).fetchall()
     assert rows == [(assets[1]["id"],)]
     page.close()
+
+
+def test_a_rating_once_given_offers_no_way_to_remove_it(browser, user):  # noqa: F811
+    """The API cannot remove a rating: before, "–" stayed on offer, looked as
+    if it removed it, and the old value came back after a reload."""
+    from playwright.sync_api import expect
+
+    base, key, auth = user
+    gen_id = submit(base, auth, "sage linen shirt", settings={"provider": "local"})
+    assert wait_final(base, auth, gen_id)["status"] == "completed"
+    page = open_page(browser, base, key)
+    page.reload()
+    card = page.locator(f'#gallery li.item[data-id="{gen_id}"]')
+    options = card.locator(".rating option")
+    expect(options).to_have_text(["–", "1", "2", "3", "4", "5"])  # not rated yet
+    card.get_by_label(re.compile("^Rate")).select_option("4")
+    expect(card.locator(".meta")).to_have_text("Thanks, feedback saved.")
+    expect(options).to_have_text(["1", "2", "3", "4", "5"])
+    expect(card.locator(".rating")).to_have_attribute("title", re.compile("cannot be removed"))
+    page.reload()
+    expect(card.locator(".rating")).to_have_value("4")
+    expect(options).to_have_text(["1", "2", "3", "4", "5"])
+    page.close()

@@ -63,6 +63,11 @@ function feedbackControls(li, gen, shown, label) {
     heart.setAttribute("aria-pressed", String(fb.heart));
     exceptional.setAttribute("aria-pressed", String(fb.outlier));
     rating.value = fb.rating ?? "";
+    // The API replaces a rating but cannot remove one: once rated, "–" is not offered.
+    if (fb.rating != null) {
+      rating.querySelector('option[value=""]')?.remove();
+      rating.title = "A new rating replaces this one; a rating cannot be removed.";
+    }
   };
   show(gen.feedback);
   const send = async (body) => {
