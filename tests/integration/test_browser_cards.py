@@ -8,6 +8,8 @@ from __future__ import annotations
 import re
 import sqlite3
 
+import requests
+
 from tests.integration.helpers import submit, wait_final
 from tests.integration.test_browser import browser  # noqa: F401
 from tests.integration.test_browser_jobs import open_page, user  # noqa: F401
@@ -72,4 +74,31 @@ def test_a_rating_once_given_offers_no_way_to_remove_it(browser, user):  # noqa:
     page.reload()
     expect(card.locator(".rating")).to_have_value("4")
     expect(options).to_have_text(["1", "2", "3", "4", "5"])
+    page.close()
+
+
+def test_deleting_the_job_the_progress_panel_shows_clears_it(browser, user):  # noqa: F811
+    """Before, its stages stayed "done" and its image under Progress, as if the
+    deleted generation were still there."""
+    from playwright.sync_api import expect
+
+    base, key, auth = user
+    page = open_page(browser, base, key)
+    page.reload()
+    expect(page.locator("#key-status")).to_have_text("Key OK.")
+    page.get_by_label("Describe the garment").fill("navy pleated midi skirt")
+    page.get_by_label("Provider").select_option("local")
+    page.get_by_role("button", name="Generate").click()
+    expect(page.locator("#gen-status")).to_contain_text("Completed with local")
+    expect(page.locator("#result img")).to_have_count(1)
+    gen_id = page.locator("#gen-id").text_content()
+    page.on("dialog", lambda d: d.accept())
+    card = page.locator(f'#gallery li.item[data-id="{gen_id}"]')
+    card.get_by_role("button", name=re.compile("^Delete")).click()
+    expect(card).to_have_count(0)
+    expect(page.locator("#result img")).to_have_count(0)
+    expect(page.locator("#gen-id")).to_be_empty()
+    expect(page.locator("#gen-status")).to_have_text("That generation was deleted.")
+    expect(page.locator('#stages li[data-status="completed"]')).to_have_count(0)
+    assert requests.get(f"{base}/api/generate/{gen_id}", headers=auth).status_code == 404
     page.close()

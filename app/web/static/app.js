@@ -250,7 +250,12 @@ function card(gen) {
   del.setAttribute("aria-label", `Delete “${label}”`);
   del.addEventListener("click", async () => {
     if (!confirm("Delete this generation and its images?")) return;
-    try { await api("DELETE", `/api/generate/${gen.id}`); li.remove(); }
+    try {
+      await api("DELETE", `/api/generate/${gen.id}`);
+      li.remove();
+      // Its stages and images must not stay under Progress as if it were still there.
+      if ($("#gen-id").textContent === gen.id) stopWatching("That generation was deleted.");
+    }
     catch (e) { $(".meta", li).textContent = e.message; }
   });
   return li;

@@ -150,14 +150,14 @@ async function cancelWatched() {
   }
 }
 
-// The key is forgotten: its job is no longer followed, nor shown.
-function stopWatching() {
+// The key is forgotten, or the job shown deleted: it is no longer followed, nor shown.
+function stopWatching(message = "Nothing running yet.") {
   watching?.stop.abort();
   watching = null;
   resetStages();
   $("#gen-id").textContent = "";
   $("#gen-cancel").hidden = true;
-  $("#gen-status").textContent = "Nothing running yet.";
+  $("#gen-status").textContent = message;
 }
 
 // After a reload the page goes on following the newest single generation not
