@@ -102,3 +102,49 @@ def test_deleting_the_job_the_progress_panel_shows_clears_it(browser, user):  # 
     expect(page.locator('#stages li[data-status="completed"]')).to_have_count(0)
     assert requests.get(f"{base}/api/generate/{gen_id}", headers=auth).status_code == 404
     page.close()
+
+
+def test_the_drop_zone_is_one_keyboard_stop_with_no_control_nested_in_a_button(
+    browser,  # noqa: F811
+    user,  # noqa: F811
+    tmp_path,
+):
+    """Before, the drop zone was a role="button" holding the file input and
+    "Remove photo": controls inside a button, and Tab stopped on it twice."""
+    from PIL import Image
+    from playwright.sync_api import expect
+
+    base, key, _ = user
+    photo = tmp_path / "dress.png"
+    Image.new("RGB", (64, 64), (120, 30, 40)).save(photo)
+    page = open_page(browser, base, key)
+    page.reload()
+    page.bring_to_front()  # a later page in this browser is not the focused tab: no chooser
+    nested = "[role=button] :is(input, button, select, textarea, a[href], [tabindex])"
+    assert page.locator(nested).count() == 0
+    focused = "() => document.activeElement.id"
+    page.get_by_label("Leave out (negative prompt)").focus()
+    page.keyboard.press("Tab")
+    assert page.evaluate(focused) == "image"  # the file input, named by its label
+    expect(page.get_by_label(re.compile("^Or drop a garment photo"))).to_be_focused()
+    with page.expect_file_chooser() as chooser:
+        page.keyboard.press("Enter")
+    chooser.value.set_files(str(photo))
+    expect(page.locator("#drop-name")).to_have_text("dress.png")
+    page.keyboard.press("Tab")
+    expect(page.get_by_role("button", name="Remove photo")).to_be_focused()
+    page.keyboard.press("Enter")
+    expect(page.locator("#drop-name")).to_be_empty()
+    page.get_by_label(re.compile("^Or drop a garment photo")).focus()
+    with page.expect_file_chooser():
+        page.keyboard.press(" ")
+
+    # A photo dropped on it still goes to the form.
+    dropped = page.evaluate_handle(
+        "() => { const dt = new DataTransfer();"
+        " dt.items.add(new File(['x'], 'coat.png', {type: 'image/png'})); return dt; }"
+    )
+    page.locator("#drop").dispatch_event("drop", {"dataTransfer": dropped})
+    expect(page.locator("#drop-name")).to_have_text("coat.png")
+    assert page.evaluate("() => document.querySelector('#image').files[0].name") == "coat.png"
+    page.close()

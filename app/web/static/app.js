@@ -299,6 +299,9 @@ async function loadGallery(reset) {
 
 // ---------------------------------------------------------------- wiring
 
+// The drop zone is no control of its own: its file input (covering it, unseen)
+// is the one keyboard stop, and opens the chooser on Space as any file input
+// does, and on Enter; "Remove photo" is a button beside it, not inside one.
 function setupDrop() {
   const drop = $("#drop");
   const input = $("#image");
@@ -310,8 +313,8 @@ function setupDrop() {
     drop.classList.toggle("has-file", Boolean(f));
   };
   input.addEventListener("change", show);
-  drop.addEventListener("keydown", (e) => {
-    if (e.key === "Enter" || e.key === " ") { e.preventDefault(); input.click(); }
+  input.addEventListener("keydown", (e) => {  // else Enter submits the form, as in a text field
+    if (e.key === "Enter") { e.preventDefault(); input.click(); }
   });
   for (const type of ["dragenter", "dragover"]) {
     drop.addEventListener(type, (e) => { e.preventDefault(); drop.classList.add("over"); });
