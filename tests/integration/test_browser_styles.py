@@ -144,3 +144,20 @@ def test_a_batch_for_each_style_without_any_says_where_to_add_one(browser, user)
         "You have no saved styles yet: add one under Saved styles above."
     )
     page.close()
+
+
+def test_a_refused_style_button_is_said_where_screen_readers_hear_it(browser, user):  # noqa: F811
+    from playwright.sync_api import expect
+
+    base, key, auth = user
+    requests.post(f"{base}/api/personas", json={"name": "Resort"}, headers=auth, timeout=10)
+    page = open_page(browser, base, key)
+    page.on("dialog", lambda d: d.accept())
+    page.reload()
+    item = page.locator("#style-list li", has_text="Resort")
+    expect(item).to_have_count(1)
+    gone = {"error": {"code": "not_found", "message": "persona not found"}}
+    page.route("**/api/personas/*", lambda route: route.fulfill(status=404, json=gone))
+    item.get_by_role("button", name="Delete").click()
+    expect(item.locator('[aria-live="polite"]')).to_have_text("persona not found")
+    page.close()

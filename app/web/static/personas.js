@@ -52,6 +52,7 @@ function styleItem(p) {
   ].filter(Boolean);
   const meta = Object.assign(document.createElement("span"),
     { className: "meta muted", textContent: facts.join(" · ") || "No keywords or colours." });
+  meta.setAttribute("aria-live", "polite");  // a refused button's message lands here: said aloud
   const about = Object.assign(document.createElement("span"),
     { className: "muted", textContent: p.description, hidden: !p.description });
   li.append(head, meta, about, styleActions(p, meta));
