@@ -345,7 +345,19 @@ def test_pagination_walks_everything_newest_first(client, user, other_user):
     assert default["nextCursor"] is None
 
 
-@pytest.mark.parametrize("query", ["limit=0", "limit=101", "limit=abc", "status=done"])
+# Python's int() also reads other scripts' digits, underscores and spaces.
+@pytest.mark.parametrize(
+    "query",
+    [
+        "limit=0",
+        "limit=101",
+        "limit=abc",
+        "status=done",
+        "limit=٣",
+        "limit=1_0",
+        "limit= 5",
+    ],
+)
 def test_bad_list_parameters_are_422(client, user, query):
     assert_error(client.get(f"/api/generate?{query}", headers=user.headers), 422)
 
