@@ -12,7 +12,7 @@ import requests
 
 from tests.integration.helpers import submit, wait_final
 from tests.integration.test_browser import browser  # noqa: F401
-from tests.integration.test_browser_jobs import open_page, user  # noqa: F401
+from tests.integration.test_browser_jobs import generate_on_page, open_page, user  # noqa: F401
 
 
 def test_a_card_shows_each_of_its_images_and_feedback_names_the_one_shown(
@@ -84,13 +84,7 @@ def test_deleting_the_job_the_progress_panel_shows_clears_it(browser, user):  # 
 
     base, key, auth = user
     page = open_page(browser, base, key)
-    page.reload()
-    expect(page.locator("#key-status")).to_have_text("Key OK.")
-    page.get_by_label("Describe the garment").fill("navy pleated midi skirt")
-    page.get_by_label("Provider").select_option("local")
-    page.get_by_role("button", name="Generate").click()
-    expect(page.locator("#gen-status")).to_contain_text("Completed with local")
-    expect(page.locator("#result img")).to_have_count(1)
+    generate_on_page(page, "navy pleated midi skirt")
     gen_id = page.locator("#gen-id").text_content()
     page.on("dialog", lambda d: d.accept())
     card = page.locator(f'#gallery li.item[data-id="{gen_id}"]')
@@ -119,7 +113,6 @@ def test_the_drop_zone_is_one_keyboard_stop_with_no_control_nested_in_a_button(
     Image.new("RGB", (64, 64), (120, 30, 40)).save(photo)
     page = open_page(browser, base, key)
     page.reload()
-    page.bring_to_front()  # a later page in this browser is not the focused tab: no chooser
     nested = "[role=button] :is(input, button, select, textarea, a[href], [tabindex])"
     assert page.locator(nested).count() == 0
     focused = "() => document.activeElement.id"
@@ -127,17 +120,22 @@ def test_the_drop_zone_is_one_keyboard_stop_with_no_control_nested_in_a_button(
     page.keyboard.press("Tab")
     assert page.evaluate(focused) == "image"  # the file input, named by its label
     expect(page.get_by_label(re.compile("^Or drop a garment photo"))).to_be_focused()
-    with page.expect_file_chooser() as chooser:
-        page.keyboard.press("Enter")
-    chooser.value.set_files(str(photo))
+    # Enter opens the chooser (Space does so natively), counted as the click
+    # the page makes: whether a background tab of this browser may show a
+    # chooser at all is Chromium's to decide, not the page's.
+    page.evaluate(
+        "() => { window.clicks = 0;"
+        " document.querySelector('#image').addEventListener('click', () => window.clicks++); }"
+    )
+    page.keyboard.press("Enter")
+    assert page.evaluate("() => window.clicks") == 1
+    page.set_input_files("#image", str(photo))
     expect(page.locator("#drop-name")).to_have_text("dress.png")
+    page.locator("#image").focus()
     page.keyboard.press("Tab")
     expect(page.get_by_role("button", name="Remove photo")).to_be_focused()
     page.keyboard.press("Enter")
     expect(page.locator("#drop-name")).to_be_empty()
-    page.get_by_label(re.compile("^Or drop a garment photo")).focus()
-    with page.expect_file_chooser():
-        page.keyboard.press(" ")
 
     # A photo dropped on it still goes to the form.
     dropped = page.evaluate_handle(

@@ -53,6 +53,20 @@ def running_job(embedded, base: str, auth: dict[str, str]) -> str:
     return gen_id
 
 
+def generate_on_page(page, prompt: str) -> None:
+    """After a reload with the key saved: ``prompt`` generated from the page
+    on the local provider, its result shown under Progress."""
+    from playwright.sync_api import expect
+
+    page.reload()
+    expect(page.locator("#key-status")).to_have_text("Key OK.")
+    page.get_by_label("Describe the garment").fill(prompt)
+    page.get_by_label("Provider").select_option("local")
+    page.get_by_role("button", name="Generate").click()  # (Playwright scrolls to it first)
+    expect(page.locator("#gen-status")).to_contain_text("Completed with local")
+    expect(page.locator("#result img")).to_have_count(1)
+
+
 def open_page(browser, base: str, key: str, **viewport):  # noqa: F811
     page = browser.new_page(viewport=viewport or {"width": 1280, "height": 900})
     page.goto(base + "/")
@@ -145,14 +159,8 @@ def test_progress_comes_into_view_on_a_phone(browser, user):  # noqa: F811
 
     base, key, _ = user
     page = open_page(browser, base, key, width=375, height=700)
-    page.reload()
-    expect(page.locator("#key-status")).to_have_text("Key OK.")
-    status = page.locator("#gen-status")
-    page.get_by_label("Describe the garment").fill("camel wool wrap coat")
-    page.get_by_label("Provider").select_option("local")
-    page.get_by_role("button", name="Generate").click()  # (Playwright scrolls to it first)
-    expect(status).to_contain_text("Completed with local")
-    expect(status).to_be_in_viewport()
+    generate_on_page(page, "camel wool wrap coat")
+    expect(page.locator("#gen-status")).to_be_in_viewport()
     page.close()
 
 
@@ -188,13 +196,7 @@ def test_a_refused_upload_clears_the_last_result(browser, user, tmp_path):  # no
     corrupt = tmp_path / "corrupt.jpg"
     corrupt.write_bytes(whole.read_bytes()[:400])  # a JPEG cut off: it does not decode
     page = open_page(browser, base, key)
-    page.reload()
-    expect(page.locator("#key-status")).to_have_text("Key OK.")
-    page.get_by_label("Describe the garment").fill("camel wool wrap coat")
-    page.get_by_label("Provider").select_option("local")
-    page.get_by_role("button", name="Generate").click()
-    expect(page.locator("#gen-status")).to_contain_text("Completed with local")
-    expect(page.locator("#result img")).to_have_count(1)
+    generate_on_page(page, "camel wool wrap coat")
 
     page.locator("#image").set_input_files(str(corrupt))
     with page.expect_response(re.compile(r"/api/generate/from-image$")) as answer:
