@@ -17,7 +17,7 @@ from app.api import batch_responses as b
 from app.api import ops_responses as ops
 from app.api import responses as r
 from app.api.batch_schemas import BatchSubmit
-from app.api.openapi_webhooks import webhooks
+from app.api.openapi_webhooks import REPLICATE_WEBHOOK_PARAMS, webhooks
 from app.api.providers import ProviderList
 from app.api.replicate_webhook import ReplicatePrediction, WebhookAck
 from app.api.schemas import (
@@ -82,12 +82,6 @@ BATCH_PAGE_QUERY = (LIMIT, _cursor(BATCH_CURSOR_PATTERN))
 # OpenAPI 3.1: bytes are a media type with no schema ("format: binary" is 3.0's;
 # 3.1 validators read it as a text string and refuse every real ZIP).
 ZIP: dict[str, Any] = {"application/zip": {}}
-REPLICATE_WEBHOOK_PARAMS = (
-    {"name": "generation", "in": "query", "description": "the generation the prediction is for",
-     "schema": {"type": "string"}},
-    *({"name": h, "in": "header", "required": True, "schema": {"type": "string"}}
-      for h in ("webhook-id", "webhook-timestamp", "webhook-signature")),
-)  # fmt: skip
 HEADERS = {  # the request headers routes read, described once
     "Idempotency-Key": {
         "description": "a retry with the same key (and request) is answered again, "

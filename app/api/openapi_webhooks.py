@@ -12,11 +12,26 @@ from pydantic import BaseModel
 from app.api import batch_responses as b
 from app.api import responses as r
 
-_SIGNED = (
-    ("webhook-id", "the message's id: the same on every attempt (deduplicate by it)"),
-    ("webhook-timestamp", "when this attempt was signed, in seconds since the epoch"),
-    ("webhook-signature", "v1,<base64 HMAC-SHA256> with the secret of GET /api/webhooks/secret"),
-)
+# Standard Webhooks' headers: on the messages we send, and on Replicate's to us.
+_SIGNED = {
+    "webhook-id": "the message's id: the same on every attempt (deduplicate by it)",
+    "webhook-timestamp": "when this attempt was signed, in seconds since the epoch",
+    "webhook-signature": "v1,<base64 HMAC-SHA256> with the secret of GET /api/webhooks/secret",
+}
+
+
+def _header(name: str, description: str | None = None) -> dict[str, Any]:
+    header = {"name": name, "in": "header", "required": True, "schema": {"type": "string"}}
+    if description:
+        header["description"] = description
+    return header
+
+
+REPLICATE_WEBHOOK_PARAMS = (
+    {"name": "generation", "in": "query", "description": "the generation the prediction is for",
+     "schema": {"type": "string"}},
+    *(_header(name) for name in _SIGNED),  # (signed with Replicate's secret, not ours)
+)  # fmt: skip
 _ANSWERS = {
     "2XX": {"description": "received: the message is not sent again"},
     "default": {
@@ -53,8 +68,7 @@ def webhooks(refs: dict[type[BaseModel], Any]) -> dict[str, Any]:
                 "parameters": [
                     {"name": "BFF-Event", "in": "header", "required": True,
                      "schema": {"enum": list(events)}},
-                    *({"name": h, "in": "header", "required": True, "description": d,
-                       "schema": {"type": "string"}} for h, d in _SIGNED),
+                    *(_header(h, d) for h, d in _SIGNED.items()),
                 ],
                 "requestBody": {
                     "required": True,
