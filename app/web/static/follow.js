@@ -84,14 +84,8 @@ let watching = null;
 // Show a submitted, retried or (after a reload) still running generation's
 // stages live, then its result. `gen`: what is known of it already.
 async function watch(id, { gen = null, reveal = true } = {}) {
-  watching?.stop.abort();
-  const mine = { id, stop: new AbortController() };
-  watching = mine;
-  resetStages();
+  const mine = takePanel(id, reveal);
   if (gen) showStages(gen);
-  $("#gen-id").textContent = id;
-  $("#gen-cancel").hidden = false;
-  if (reveal) revealProgress();
   const status = $("#gen-status");
   status.textContent = gen?.status === "processing" ? "Running…" : QUEUED;
   // A job no worker takes looks the same as one about to start: say so after a while.
@@ -106,9 +100,27 @@ async function watch(id, { gen = null, reveal = true } = {}) {
     lost(id, e);
   } finally {
     clearTimeout(stuck);
-    if (watching === mine) { watching = null; $("#gen-cancel").hidden = true; }
+    letGo(mine);
   }
   loadGallery(true);
+}
+
+// The Progress panel taken for generation `id` (a submit, a retry, a refine):
+// the one followed there till now stops writing to it, and Cancel is this one's.
+function takePanel(id, reveal = true) {
+  watching?.stop.abort();
+  const mine = { id, stop: new AbortController() };
+  watching = mine;
+  resetStages();
+  $("#gen-id").textContent = id;
+  $("#gen-cancel").hidden = false;
+  if (reveal) revealProgress();
+  return mine;
+}
+
+// `mine`'s following has ended: Cancel goes, unless another took the panel since.
+function letGo(mine) {
+  if (watching === mine) { watching = null; $("#gen-cancel").hidden = true; }
 }
 
 const QUEUED = "Queued…";

@@ -1,7 +1,7 @@
 // Stage 7 on the page: "Upscale ×2" and "Cut out" under each finished image.
 // Loaded before follow.js and app.js (deferred, in order); uses their api(),
-// follow(), watching, revealProgress(), resetStages(), showResult() and
-// loadGallery() when a button is clicked.
+// follow(), takePanel(), letGo(), showResult() and loadGallery() when a button
+// is clicked.
 const VARIANT = { original: "Original", upscaled: "Upscaled", cutout: "Cut-out" };
 
 // "Upscale ×2" and "Cut out" for one image: each adds a variant (a refine
@@ -29,21 +29,14 @@ function refineButtons(gen, asset) {
   return box;
 }
 
-// The refine takes the Progress panel over as watch() does: the job followed
-// there till now (after a reload, say) stops writing to it, and Cancel cancels
-// this refine (a completed generation's cancel stops its refine), not that job.
+// The refine takes the Progress panel over as watch() does (takePanel): Cancel
+// then cancels this refine (a completed generation's cancel stops its refine).
 async function refine(genId, assetId, body, box) {
   for (const b of box.querySelectorAll("button")) b.disabled = true;
   let mine = null;
   try {
     await api("POST", `/api/generate/${genId}/assets/${assetId}/refine`, body);
-    watching?.stop.abort();
-    mine = { id: genId, stop: new AbortController() };
-    watching = mine;
-    resetStages();
-    revealProgress();
-    $("#gen-id").textContent = genId;
-    $("#gen-cancel").hidden = false;
+    mine = takePanel(genId);
     $("#gen-status").textContent = "Refining…";
     const gen = await follow(genId, mine.stop.signal);
     showResult(gen);
@@ -55,6 +48,6 @@ async function refine(genId, assetId, body, box) {
     $("#gen-status").textContent = e.message;
     for (const b of box.querySelectorAll("button")) b.disabled = false;
   } finally {
-    if (mine && watching === mine) { watching = null; $("#gen-cancel").hidden = true; }
+    if (mine) letGo(mine);
   }
 }
