@@ -9,6 +9,7 @@ from sqlalchemy.engine import Connection
 
 import app.domain.bookkeeping  # noqa: F401  (its tables on the metadata)
 import app.domain.spend  # noqa: F401  (charges)
+import app.domain.tombstones  # noqa: F401  (submission_tombstones)
 import app.pipeline.stops  # noqa: F401  (provider_stops)
 import app.platform.metric_rollup  # noqa: F401  (metric_rollups)
 import app.webhooks  # noqa: F401  (webhook_deliveries on the metadata)

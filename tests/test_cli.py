@@ -18,6 +18,7 @@ from sqlalchemy import create_engine, event, inspect
 from sqlalchemy.engine import Engine
 
 import app.domain.bookkeeping  # noqa: F401  (registers its tables on the metadata)
+import app.domain.tombstones  # noqa: F401  (registers submission_tombstones)
 import app.webhooks  # noqa: F401  (registers webhook_deliveries on the metadata)
 from app.cli import alembic_config, upgrade_database
 from app.domain.models import Base

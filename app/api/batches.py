@@ -36,9 +36,9 @@ from app.api.generations import Stopped, announce_stopped, fence_late_refine, st
 from app.api.responses import respond
 from app.api.schemas import PromptSubmit, SpecSubmit, parse
 from app.api.submit import check_persona, check_request
-from app.domain import batches
+from app.domain import batches, tombstones
 from app.domain import generations as svc
-from app.domain.models import Batch, new_id, utcnow
+from app.domain.models import Batch, Generation, new_id, utcnow
 from app.domain.quotas import check_submission
 from app.pipeline import stages_for, stops
 from app.pipeline.endings import cancel_late_refine
@@ -284,8 +284,10 @@ def delete(batch_id: str):
     for stop_id in refines:
         stops.send(s.db, s.celery, stop_id)
 
-    def delete_rows() -> None:  # its generations go with it
-        s.db.transaction(lambda session: session.delete(_load(session, batch_id, lock=True)))
+    def delete_rows(session: Session) -> None:  # its generations go with it (the FK cascades)
+        batch = _load(session, batch_id, lock=True)
+        tombstones.record_deleted(session, s.settings, Generation.batch_id == batch.id)
+        session.delete(batch)
 
-    delete_with_objects(s.storage, prefixes, delete_rows, batch_id)
+    delete_with_objects(s.storage, prefixes, lambda: s.db.transaction(delete_rows), batch_id)
     return "", 204

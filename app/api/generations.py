@@ -27,7 +27,7 @@ from app.api.responses import (
     generation_path,
     respond,
 )
-from app.domain import batches
+from app.domain import batches, tombstones
 from app.domain import generations as svc
 from app.domain.feedback import feedback_state, state_of
 from app.domain.models import Generation, GenerationFeedback, standing_feedback
@@ -279,7 +279,9 @@ def delete(generation_id: str):
 
     def delete_rows() -> None:
         with s.db.session() as session:
-            session.delete(load_owned(session, generation_id, lock=True))
+            gen = load_owned(session, generation_id, lock=True)
+            tombstones.record_deleted(session, s.settings, Generation.id == gen.id)
+            session.delete(gen)
 
     delete_with_objects(s.storage, [prefix], delete_rows, generation_id)
     return "", 204

@@ -3,8 +3,11 @@
 - Submission rate: at most N accepted generations per window per user
   (``BFF_SUBMIT_RATE_LIMIT``, default ``100/60`` = 100 a minute, so the largest
   batch (100 items) is accepted out of the box). Counted from
-  the ``generations`` table (index on user_id, created_at), so it holds across
-  every API process with or without Redis. Over it: 429 with ``Retry-After``.
+  the ``generations`` table and the tombstones of those deleted inside the
+  window (``tombstones``; each indexed on user_id, created_at), so it holds
+  across every API process with or without Redis, and deleting does not
+  make room. Over it: 429 with ``Retry-After`` (when the oldest counted,
+  deleted or not, leaves the window).
 - Daily spend cap: ``users.daily_spend_cap`` (USD, optional; set with
   ``bff users cap NAME AMOUNT``). Once what was paid today (UTC) reaches it,
   or a request's estimate would pass it, submissions that may cost anything are
@@ -19,12 +22,13 @@ from __future__ import annotations
 import math
 from datetime import timedelta
 
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import Subquery, bindparam, func, select, union_all
 from sqlalchemy.orm import Session
 
 from app.api.errors import ApiError
 from app.domain.models import Generation, User, utcnow
 from app.domain.spend import SPENT, midnight, over_cap
+from app.domain.tombstones import TOMBSTONES
 from app.platform.config import Settings
 from app.platform.db import begin_for_update, db_time
 
@@ -32,21 +36,31 @@ from app.platform.db import begin_for_update, db_time
 WAYS_OUT = "; ask for fewer images or a cheaper model (settings.provider), or a higher cap"
 
 
-def _quota_statement():
-    """Built once, its parameters bound per call: the user's submissions in the
-    rate window (as many as the limit at most: index user_id, created_at), the
-    oldest of them, the user's daily cap and today's spend, with what is held
-    (``spend.SPENT``, summed only when there is a cap)."""
-    mine = Generation.user_id == bindparam("user_id")
-    recent = (
-        select(Generation.created_at)
-        .where(mine, Generation.created_at >= bindparam("since"))
+def _oldest_in_window(user_id, created_at) -> Subquery:
+    """The user's oldest ``limit`` times in the rate window, through the
+    table's (user_id, created_at) index."""
+    return (
+        select(created_at.label("at"))
+        .where(user_id == bindparam("user_id"), created_at >= bindparam("since"))
+        .order_by(created_at)
         .limit(bindparam("limit"))
         .subquery()
     )
+
+
+def _quota_statement():
+    """Built once, its parameters bound per call: the user's submissions in the
+    rate window, made or deleted since (``tombstones``), each table read as
+    far as the limit at most (so up to twice the limit counted), the oldest
+    of them, the user's daily cap and today's spend, with what is held
+    (``spend.SPENT``, summed only when there is a cap). One statement: the
+    submit's only read."""
+    made = _oldest_in_window(Generation.user_id, Generation.created_at)
+    gone = _oldest_in_window(TOMBSTONES.c.user_id, TOMBSTONES.c.created_at)
+    recent = union_all(select(made.c.at), select(gone.c.at)).subquery()
     cap = select(User.daily_spend_cap).where(User.id == bindparam("user_id")).scalar_subquery()
     spent = select(SPENT).where(cap.is_not(None)).scalar_subquery()
-    return select(func.count(), func.min(recent.c.created_at), cap, spent).select_from(recent)
+    return select(func.count(), func.min(recent.c.at), cap, spent).select_from(recent)
 
 
 QUOTA = _quota_statement()
@@ -88,7 +102,8 @@ def check_submission(
         "midnight": db_time(session, midnight()),
         "limit": max(limit, 1),
     }
-    recent, oldest, cap_usd, spent_usd = session.execute(QUOTA, params).one()
+    counted, oldest, cap_usd, spent_usd = session.execute(QUOTA, params).one()
+    recent = min(counted, limit)
     if limit > 0 and recent + count > limit:
         # When the oldest leaves the window (a batch may need more to leave).
         wait = 1
