@@ -10,10 +10,12 @@ from datetime import timedelta
 
 import pytest
 from sqlalchemy import delete as sa_delete
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from app.domain import tombstones
-from app.domain.models import Generation, User
+from app.domain.models import Generation, User, utcnow
+from app.pipeline import maintenance
+from workers.tasks import redispatch_task
 
 LIMIT = (3, 60.0)
 BATCHES = "/api/batches"
@@ -105,4 +107,19 @@ def test_a_tombstone_goes_with_its_user(limited):
     assert tombstones_of(app, user) == 1
     with app.extensions["bff"].db.session() as session:
         session.execute(sa_delete(User).where(User.id == user.id))
+    assert tombstones_of(app, user) == 0
+
+
+def test_the_beat_forgets_tombstones_past_the_window(limited):
+    app, user = limited
+    client, s = app.test_client(), app.extensions["bff"]
+    gen_id = submit(client, user).json["id"]
+    age(app, gen_id, 30)
+    delete(client, user, gen_id)
+    assert maintenance.forget_tombstones(s.db, s.settings) == 0  # 30 s old: still counted
+    gone = utcnow() - timedelta(seconds=61)
+    with s.db.session() as session:
+        session.execute(update(tombstones.TOMBSTONES).values(created_at=gone))
+    with app.app_context():
+        redispatch_task()  # the beat's pass
     assert tombstones_of(app, user) == 0

@@ -23,6 +23,7 @@ from app.pipeline.maintenance import (
     apply_pending_feedback,
     end_abandoned_stages,
     expire_overdue,
+    forget_tombstones,
     note_db_outage,
     redispatch_stalled,
 )
@@ -149,6 +150,7 @@ def redispatch_task() -> None:
         sent = redispatch_stalled(s.db, s.celery, s.settings)
         expired = expire_overdue(s.db, s.settings)
         end_abandoned_stages(s.db, s.settings)
+        forget_tombstones(s.db, s.settings)
         stops.resend_owed(s.db, s.celery)  # a timeout's, or a stop whose message was lost
     applied = apply_pending_feedback(s.db)
     batch_flows.sweep(s)  # batches whose last member's own check was lost

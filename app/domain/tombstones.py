@@ -6,9 +6,10 @@ could submit up to the limit, delete, and submit again at once. So a delete
 leaves a tombstone for each generation it removes that the window still
 counts (a batch's members one each, as at submit): the user and when the
 generation was made, nothing else, since a delete is for privacy. The rate
-counts tombstones as it counts generations, until they leave the window.
-Submits add nothing here: only a delete writes, and the rate's one
-statement reads both tables through their (user_id, created_at) indexes.
+counts tombstones as it counts generations, until they leave the window;
+the maintenance beat forgets them then (``prune``). Submits add nothing
+here: only a delete writes, and the rate's one statement reads both tables
+through their (user_id, created_at) indexes.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from sqlalchemy import (
     Index,
     Integer,
     Table,
+    delete,
     insert,
     select,
 )
@@ -65,3 +67,10 @@ def record_deleted(session: Session, settings: Settings, deleted: ColumnElement[
         .with_for_update()
     )
     session.execute(insert(TOMBSTONES).from_select(["user_id", "created_at"], in_window))
+
+
+def prune(session: Session, settings: Settings) -> int:
+    """Forget the tombstones the window no longer counts; returns how many.
+    (No index leads with created_at: the table holds one window's deletes.)"""
+    before = _window_start(session, settings)
+    return session.execute(delete(TOMBSTONES).where(TOMBSTONES.c.created_at < before)).rowcount

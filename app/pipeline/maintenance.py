@@ -14,6 +14,8 @@
 - ``apply_pending_feedback``: feedback whose optimiser task never ran.
 - ``end_abandoned_stages``: a canceled generation's stage left running by a
   worker that died as the cancel came.
+- ``forget_tombstones``: deleted submissions the rate limit no longer counts
+  (``app.domain.tombstones``).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from datetime import datetime, timedelta
 from celery import Celery
 from sqlalchemy import and_, or_, select, update
 
+from app.domain import tombstones
 from app.domain.generations import (
     OPEN_LATE_REFINE,
     first_unfinished,
@@ -271,3 +274,10 @@ def apply_pending_feedback(db: Database, limit: int = 500) -> int:
     for fid in ids:
         apply_one_feedback(db, fid)
     return len(ids)
+
+
+def forget_tombstones(db: Database, settings: Settings) -> int:
+    """Delete the tombstones of deleted submissions that have left the rate
+    window (a few rows: only deletes inside a window write them)."""
+    with db.session() as session:
+        return tombstones.prune(session, settings)

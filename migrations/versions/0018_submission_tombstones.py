@@ -9,8 +9,8 @@ created in the window, so submitting up to the limit, deleting and submitting
 again was never refused. A delete now leaves, for each generation the window
 still counts, a row of the user and the generation's creation time (nothing
 else: a delete is for privacy), which the rate counts beside the generations
-(app/domain/tombstones.py). No key of its own; the index serves the rate's
-look, (user_id, created_at) as the generations'.
+until the beat forgets it (app/domain/tombstones.py). No key of its own;
+the index serves the rate's look, (user_id, created_at) as the generations'.
 """
 
 import sqlalchemy as sa
