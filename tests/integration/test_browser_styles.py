@@ -161,3 +161,76 @@ def test_a_refused_style_button_is_said_where_screen_readers_hear_it(browser, us
     item.get_by_role("button", name="Delete").click()
     expect(item.locator('[aria-live="polite"]')).to_have_text("persona not found")
     page.close()
+
+
+def test_designer_edits_a_saved_style_in_its_card(browser, user):  # noqa: F811
+    """Before, a style could only be deleted and added again to change it:
+    the page never used PATCH /api/personas/<id>."""
+    from playwright.sync_api import expect
+
+    base, key, auth = user
+    body = {"name": "Evening gala", "keywords": ["silk", "draped"], "aesthetic": "romantic"}
+    requests.post(f"{base}/api/personas", json={**body, "isDefault": True}, headers=auth)
+    requests.post(f"{base}/api/personas", json={"name": "Resort"}, headers=auth)
+    gala_id = personas(base, auth)["Evening gala"]["id"]
+    page = open_page(browser, base, key)
+    console_errors: list[str] = []
+    page.on("console", lambda m: m.type == "error" and console_errors.append(m.text))
+    page.reload()
+    page.get_by_label("Persona").select_option(label="Evening gala")
+
+    gala = page.locator(f'#style-list li[data-id="{gala_id}"]')
+    gala.get_by_role("button", name="Edit the style “Evening gala”").click()
+    form = gala.locator("#style-form")  # in the style's own card
+    expect(form.get_by_role("heading")).to_have_text("Edit “Evening gala”")
+    name = form.get_by_label("Name", exact=True)
+    expect(name).to_be_focused()
+    expect(name).to_have_value("Evening gala")
+    expect(form.get_by_label("Keywords, comma-separated")).to_have_value("silk, draped")
+    expect(form.get_by_label("Aesthetic (optional)")).to_have_value("romantic")
+    expect(form.get_by_label("Default style")).to_be_checked()
+
+    name.fill("Black tie")
+    form.get_by_label("Keywords, comma-separated").fill("silk, velvet, ")
+    form.get_by_label("Palette colours, comma-separated").fill("midnight")
+    form.get_by_label("Aesthetic (optional)").fill("")  # cleared: null, not kept
+    form.get_by_label("Description (optional)").fill("white-tie too")
+    form.get_by_label("Default style").uncheck()
+    form.get_by_role("button", name="Save changes").click()
+    expect(gala).to_contain_text("Keywords: silk, velvet · Colours: midnight")
+    expect(gala.locator("strong")).to_have_text("Black tie")
+    expect(gala.locator(".badge")).to_have_count(0)
+    expect(gala.locator("#style-form")).to_have_count(0)  # back under the list, empty
+    expect(page.locator("#style-form-title")).to_have_text("Add a style")
+    expect(page.get_by_label("Name", exact=True)).to_have_value("")
+    expect(gala.get_by_role("button", name="Edit the style “Black tie”")).to_be_focused()
+    saved = personas(base, auth)["Black tie"]
+    assert saved["id"] == gala_id and saved["aesthetic"] is None
+    assert saved["keywords"] == ["silk", "velvet"] and saved["palette"] == ["midnight"]
+    assert saved["description"] == "white-tie too" and saved["isDefault"] is False
+    # The picker follows: the new name, still the one picked.
+    picker = page.get_by_label("Persona")
+    expect(picker.locator("option:checked")).to_have_text("Black tie")
+    expect(picker.locator("option", has_text="Evening gala")).to_have_count(0)
+    assert not console_errors, console_errors  # (the refusal below logs its 422)
+
+    # A refusal is said beside the form, in its card, and changes nothing.
+    resort = page.locator("#style-list li", has_text="Resort")
+    resort.get_by_role("button", name="Edit the style “Resort”").click()
+    resort.get_by_label("Keywords, comma-separated").fill("x" * 81)
+    resort.get_by_role("button", name="Save changes").click()
+    refused = requests.patch(
+        f"{base}/api/personas/{personas(base, auth)['Resort']['id']}",
+        json={"keywords": ["x" * 81]}, headers=auth, timeout=10,
+    )  # fmt: skip
+    assert refused.status_code == 422
+    error = resort.get_by_role("alert")
+    expect(error).to_contain_text(refused.json()["error"]["message"])
+    expect(error).to_contain_text("keywords")
+    if shots := os.environ.get("BFF_SHOTS"):
+        page.locator("#styles").screenshot(path=f"{shots}/styles-edit-refused.png")
+    assert personas(base, auth)["Resort"]["keywords"] == []
+    page.keyboard.press("Escape")  # gives up the edit
+    expect(resort.locator("#style-form")).to_have_count(0)
+    expect(page.locator("#style-error")).to_be_empty()
+    page.close()
