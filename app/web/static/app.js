@@ -57,6 +57,7 @@ async function checkKey() {
     await api("GET", "/api/generate?limit=1");
     showKeyState("Key OK.");
     loadOptions();
+    loadBatches();  // batches.js's
     return true;
   } catch (e) {
     showKeyState(`Key rejected: ${e.message}`);
@@ -334,6 +335,7 @@ function clearAccount() {
   $("#gallery").replaceChildren();
   stopWatching();
   forgetStyles();
+  forgetBatches();
 }
 
 document.addEventListener("DOMContentLoaded", () => {

@@ -1,9 +1,12 @@
-// The batch form: a list of prompts (× colourways, × the user's personas) sent
-// as one POST /api/batches matrix; then the batch's progress, its images and a
-// cancel, polled from GET /api/batches/<id>. Uses app.js's $, api() and apiKey().
+// The batch panel: a list of prompts (× colourways, × the user's personas)
+// sent as one POST /api/batches matrix; the caller's newest batches; the one
+// shown: its progress and cancel (GET /api/batches/<id>) and its generations'
+// cards (GET /api/generate?batchId=), polled while it runs. Uses app.js's $,
+// api(), apiKey(), card() and loadGallery(), and follow.js's sleep().
 "use strict";
 
-let batchId = null;
+let batchId = null;  // the batch shown
+let batchRuns = 0;  // bumped whenever another is shown (or none): an older loop then stops
 const NO_STYLES_FOR_BATCH = "You have no saved styles yet: add one under Saved styles above.";
 
 function batchSettings() {  // the main form's options, as a single submit sends them
@@ -34,6 +37,7 @@ async function submitBatch(event) {
     }
     const accepted = await api("POST", "/api/batches", { matrix });
     followBatch(accepted.id);
+    loadBatches();  // its row, among the others
   } catch (e) {
     errorBox.textContent = e.message;
   } finally {
@@ -41,61 +45,124 @@ async function submitBatch(event) {
   }
 }
 
+// The caller's newest batches (however submitted: this form, `bff batch`, the
+// API), each a button showing it; a running one is followed, unless one is already.
+async function loadBatches() {
+  if (!apiKey()) return;
+  let items;
+  try { items = (await api("GET", "/api/batches?limit=10")).items; } catch (e) {
+    $("#batches-empty").textContent = e.message; return;
+  }
+  $("#batch-list").replaceChildren(...items.map(batchRow));
+  $("#batches-empty").textContent = items.length ? "" : "No batches yet.";
+  const running = items.find((b) => RUNNING.includes(b.status));
+  if (running && !batchId) followBatch(running.id);
+}
+
+const RUNNING = ["pending", "processing"];
+const done = (c) => c.completed + c.failed + c.canceled + c.deleted;
+
+function batchRow(batch) {
+  const li = document.createElement("li");
+  li.dataset.id = batch.id;
+  const when = new Date(batch.createdAt).toLocaleString();
+  const button = Object.assign(document.createElement("button"), {
+    type: "button", className: "ghost",
+    textContent: `${when} · ${batch.total} generation${batch.total === 1 ? "" : "s"}`,
+  });
+  button.setAttribute("aria-pressed", String(batch.id === batchId));
+  button.addEventListener("click", () => followBatch(batch.id));
+  li.append(button, Object.assign(document.createElement("span"), { className: "badge" }),
+    Object.assign(document.createElement("span"), { className: "muted" }));
+  fillRow(li, batch);
+  return li;
+}
+
+// The row's status and tally (in place: its button may have the focus).
+function fillRow(li, batch) {
+  const badge = $(".badge", li);
+  badge.textContent = batch.status;
+  badge.dataset.status = batch.status;
+  $(".muted", li).textContent = `${done(batch.counts)} of ${batch.total} done`;
+}
+
+// Show batch `id` below the list: its progress, and a card for each of its
+// generations (app.js's, with cards.js's images), till every one is final.
 async function followBatch(id) {
+  const run = ++batchRuns;
   batchId = id;
   $("#batch-run").hidden = false;
   $("#batch-archive").hidden = true;
   $("#batch-gallery").replaceChildren();
+  for (const b of document.querySelectorAll("#batch-list button")) {
+    b.setAttribute("aria-pressed", String(b.closest("li").dataset.id === id));
+  }
   for (;;) {
-    if (batchId !== id) return;  // another batch was submitted meanwhile
     let batch;
-    try { batch = await api("GET", `/api/batches/${id}`); } catch (e) {
-      $("#batch-status").textContent = e.message; return;
+    try {
+      batch = await api("GET", `/api/batches/${id}`);
+      if (run !== batchRuns) return;  // another batch is shown meanwhile, or the key forgotten
+      showBatch(batch);
+      await showMembers(id, run);
+    } catch (e) {
+      if (run === batchRuns) $("#batch-status").textContent = e.message;
+      return;
     }
-    showBatch(batch);
-    if (batch.status !== "pending" && batch.status !== "processing") break;
+    if (!RUNNING.includes(batch.status)) break;
     await sleep(1000);
   }
-  await showBatchImages(id);
   loadGallery(true);
 }
 
 function showBatch(batch) {
   const c = batch.counts;
-  const done = c.completed + c.failed + c.canceled + c.deleted;
   $("#batch-progress").max = batch.total;
-  $("#batch-progress").value = done;
-  $("#batch-status").textContent = `${batch.id}: ${batch.status}, ${done} of ${batch.total} done`
+  $("#batch-progress").value = done(c);
+  $("#batch-status").textContent = `${batch.id}: ${batch.status}, ${done(c)} of ${batch.total} done`
     + ` (${c.completed} completed, ${c.failed} failed, ${c.canceled} canceled`
     + `${c.deleted ? `, ${c.deleted} deleted` : ""}),`
     + ` cost $${batch.cost.toFixed(3)}`;
-  const running = batch.status === "pending" || batch.status === "processing";
+  const running = RUNNING.includes(batch.status);
   $("#batch-cancel").hidden = !running;
   $("#batch-archive").hidden = running;
+  const row = $(`#batch-list li[data-id="${batch.id}"]`);
+  if (row) fillRow(row, batch);
 }
 
-async function showBatchImages(id) {
-  const page = await api("GET", `/api/generate?batchId=${id}&limit=100`);
-  const items = page.items.flatMap((gen) => gen.assets.map((a) => {
-    const li = document.createElement("li");
-    li.className = "item";
-    const img = Object.assign(document.createElement("img"), {
-      src: a.url, width: a.width, height: a.height, loading: "lazy",
-      alt: `Generated image for “${gen.prompt.original}”`,
-    });
-    const caption = Object.assign(document.createElement("span"), {
-      className: "prompt", textContent: gen.prompt.original,
-    });
-    li.append(img, caption);
-    return li;
-  }));
-  $("#batch-gallery").replaceChildren(...items);
+// A card per member; one is built again only when its status or images
+// changed, so a poll leaves a card being used (its focus, its message) be.
+async function showMembers(id, run) {
+  const gens = (await api("GET", `/api/generate?batchId=${id}&limit=100`)).items;
+  if (run !== batchRuns) return;
+  const box = $("#batch-gallery");
+  const key = (gen) => `${gen.status} ${gen.assets.length}`;
+  const built = (gen) => { const li = card(gen); li.dataset.key = key(gen); return li; };
+  const shown = [...box.children];
+  if (shown.length !== gens.length || shown.some((li, i) => li.dataset.id !== gens[i].id)) {
+    box.replaceChildren(...gens.map(built));
+    return;
+  }
+  gens.forEach((gen, i) => { if (shown[i].dataset.key !== key(gen)) shown[i].replaceWith(built(gen)); });
+}
+
+// The key is forgotten or changed: no batch of the last one's is shown.
+function forgetBatches() {
+  batchRuns++;
+  batchId = null;
+  $("#batch-run").hidden = true;
+  $("#batch-gallery").replaceChildren();
+  $("#batch-list").replaceChildren();
+  $("#batches-empty").textContent = "Save your API key to see your batches.";
 }
 
 async function cancelBatch() {
-  if (!batchId) return;
-  try { showBatch(await api("POST", `/api/batches/${batchId}/cancel`)); } catch (e) {
-    $("#batch-error").textContent = e.message;
+  const id = batchId;
+  if (!id) return;
+  try {
+    const batch = await api("POST", `/api/batches/${id}/cancel`);
+    if (batchId === id) showBatch(batch);  // (not if another batch is shown since)
+  } catch (e) {
+    $("#batch-status").textContent = e.message;
   }
 }
 

@@ -1,0 +1,114 @@
+"""A batch on the page in Chromium against ``bff dev``, as a designer who
+sent it with `bff batch` or the API sees it: listed, followed while it runs,
+each generation a card (with its images and status), cancelled there. Each
+test has a user of its own (test_browser_jobs.py's). A member "still running"
+is a finished one put back to running in SQLite, as there."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+
+import requests
+
+from tests.integration.test_browser import browser  # noqa: F401
+from tests.integration.test_browser_jobs import open_page, put_back_to_running, user  # noqa: F401
+
+LOCAL = {"provider": "local"}
+
+
+def finished_batch(base: str, auth: dict[str, str], items: list[dict]) -> tuple[str, list[dict]]:
+    """A batch sent as `bff batch` sends one, waited for: (its id, its generations)."""
+    resp = requests.post(f"{base}/api/batches", json={"items": items}, headers=auth, timeout=10)
+    assert resp.status_code == 202, resp.text
+    batch_id = resp.json()["id"]
+    deadline = time.monotonic() + 90
+    while (batch := requests.get(f"{base}/api/batches/{batch_id}", headers=auth).json())[
+        "status"
+    ] != "completed":
+        assert time.monotonic() < deadline, batch
+        time.sleep(0.2)
+    gens = requests.get(f"{base}/api/generate?batchId={batch_id}", headers=auth).json()["items"]
+    return batch_id, gens
+
+
+def test_a_running_batch_shows_each_generation_and_can_be_cancelled(embedded, browser, user):  # noqa: F811
+    """Before, a batch sent from outside the page was nowhere on it, and one
+    sent from it showed a status line only until every generation was final."""
+    from playwright.sync_api import expect
+
+    base, key, auth = user
+    items = [
+        {"prompt": "ivory linen shirt", "settings": {**LOCAL, "count": 2}},
+        {"prompt": "rust wool coat", "settings": LOCAL},
+        {"prompt": "sage trench", "settings": LOCAL},
+    ]
+    batch_id, gens = finished_batch(base, auth, items)
+    shirt = next(g for g in gens if g["prompt"]["original"] == "ivory linen shirt")
+    trench = next(g for g in gens if g["prompt"]["original"] == "sage trench")
+    put_back_to_running(embedded.db_path, trench["id"])  # still storing, no image yet
+    with sqlite3.connect(embedded.db_path) as conn:
+        conn.execute("DELETE FROM generation_assets WHERE generation_id = ?", (trench["id"],))
+        conn.execute("UPDATE batches SET finished_at = NULL WHERE id = ?", (batch_id,))
+
+    page = open_page(browser, base, key)
+    console_errors: list[str] = []
+    page.on("console", lambda m: m.type == "error" and console_errors.append(m.text))
+    page.reload()
+    row = page.locator(f'#batch-list li[data-id="{batch_id}"]')
+    expect(row.locator(".badge")).to_have_text("processing")
+    expect(row).to_contain_text("3 generations")
+    expect(row).to_contain_text("2 of 3 done")
+    expect(row.get_by_role("button")).to_have_attribute("aria-pressed", "true")  # followed
+    expect(page.locator("#batch-status")).to_contain_text(f"{batch_id}: processing, 2 of 3 done")
+    expect(page.get_by_role("progressbar", name="Batch progress")).to_have_attribute("value", "2")
+
+    members = page.get_by_role("list", name="The batch's generations")
+    expect(members.locator("li.item")).to_have_count(3)
+    card = members.locator(f'li.item[data-id="{shirt["id"]}"]')
+    expect(card.locator(".badge")).to_have_text("completed")
+    expect(card.get_by_role("group", name="2 images")).to_be_visible()  # cards.js's thumbnails
+    expect(card.locator(".img-link img")).to_have_attribute("src", shirt["assets"][0]["url"])
+    running = members.locator(f'li.item[data-id="{trench["id"]}"]')
+    expect(running.locator(".badge")).to_have_text("processing")
+    expect(running.locator(".placeholder")).to_have_text("processing")
+    if shots := os.environ.get("BFF_SHOTS"):
+        page.locator("#batch").screenshot(path=f"{shots}/batch-running.png")
+
+    page.get_by_role("button", name="Cancel batch").click()
+    expect(page.locator("#batch-status")).to_contain_text(f"{batch_id}: canceled, 3 of 3 done")
+    expect(running.locator(".badge")).to_have_text("canceled")
+    expect(row.locator(".badge")).to_have_text("canceled")
+    expect(page.get_by_role("button", name="Cancel batch")).to_be_hidden()
+    expect(page.get_by_role("button", name="Download ZIP")).to_be_visible()
+    assert (
+        requests.get(f"{base}/api/batches/{batch_id}", headers=auth).json()["counts"]["canceled"]
+        == 1
+    )
+    assert not console_errors, console_errors
+    page.close()
+
+
+def test_an_earlier_batch_is_shown_from_the_list(browser, user):  # noqa: F811
+    from playwright.sync_api import expect
+
+    base, key, auth = user
+    older, _ = finished_batch(base, auth, [{"prompt": "navy blazer", "settings": LOCAL}])
+    newer, _ = finished_batch(base, auth, [{"prompt": "camel coat", "settings": LOCAL}] * 2)
+    page = open_page(browser, base, key)
+    page.reload()
+    rows = page.locator("#batch-list li")
+    expect(rows).to_have_count(2)
+    expect(rows.first).to_have_attribute("data-id", newer)  # newest first
+    expect(page.locator("#batch-run")).to_be_hidden()  # none running: none opened unasked
+    rows.last.get_by_role("button").click()
+    members = page.get_by_role("list", name="The batch's generations")
+    expect(members.locator("li.item")).to_have_count(1)
+    expect(members).to_contain_text("navy blazer")
+    expect(members.locator("li.item .img-link img")).to_have_count(1)
+    expect(page.locator("#batch-status")).to_contain_text(f"{older}: completed, 1 of 1 done")
+    page.get_by_role("button", name="Forget").click()  # another's key: none of this shown
+    expect(rows).to_have_count(0)
+    expect(page.locator("#batch-run")).to_be_hidden()
+    page.close()
