@@ -65,7 +65,8 @@ def test_a_running_batch_shows_each_generation_and_can_be_cancelled(embedded, br
     expect(page.get_by_role("progressbar", name="Batch progress")).to_have_attribute("value", "2")
 
     members = page.get_by_role("list", name="The batch's generations")
-    expect(members.locator("li.item")).to_have_count(3)
+    prompts = [i["prompt"] for i in items]
+    expect(members.locator("li.item .prompt")).to_have_text(prompts)  # the batch's order
     card = members.locator(f'li.item[data-id="{shirt["id"]}"]')
     expect(card.locator(".badge")).to_have_text("completed")
     expect(card.get_by_role("group", name="2 images")).to_be_visible()  # cards.js's thumbnails

@@ -129,10 +129,13 @@ function showBatch(batch) {
   if (row) fillRow(row, batch);
 }
 
-// A card per member; one is built again only when its status or images
-// changed, so a poll leaves a card being used (its focus, its message) be.
+// A card per member, in the batch's order; one is built again only when its
+// status or images changed, so a poll leaves a card being used (its focus,
+// its message) be.
 async function showMembers(id, run) {
-  const gens = (await api("GET", `/api/generate?batchId=${id}&limit=100`)).items;
+  // Newest first, each created a moment after the one before it: reversed,
+  // the batch's own order (a matrix's prompts outermost).
+  const gens = (await api("GET", `/api/generate?batchId=${id}&limit=100`)).items.reverse();
   if (run !== batchRuns) return;
   const box = $("#batch-gallery");
   const key = (gen) => `${gen.status} ${gen.assets.length}`;
