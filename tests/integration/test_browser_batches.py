@@ -113,3 +113,20 @@ def test_an_earlier_batch_is_shown_from_the_list(browser, user):  # noqa: F811
     expect(rows).to_have_count(0)
     expect(page.locator("#batch-run")).to_be_hidden()
     page.close()
+
+
+def test_a_batch_s_buttons_stay_on_its_card_on_a_phone(browser, user):  # noqa: F811
+    """Before, the batch id (one long word) kept Download ZIP past the card's edge."""
+    from playwright.sync_api import expect
+
+    base, key, auth = user
+    finished_batch(base, auth, [{"prompt": "navy blazer", "settings": LOCAL}])
+    page = open_page(browser, base, key, width=390, height=800)
+    page.reload()
+    page.locator("#batch-list li").get_by_role("button").click()
+    download = page.get_by_role("button", name="Download ZIP")
+    expect(download).to_be_visible()
+    panel = page.locator("#batch").bounding_box()
+    button = download.bounding_box()
+    assert button["x"] + button["width"] <= panel["x"] + panel["width"], (button, panel)
+    page.close()
