@@ -130,3 +130,32 @@ def test_a_batch_s_buttons_stay_on_its_card_on_a_phone(browser, user):  # noqa: 
     button = download.bounding_box()
     assert button["x"] + button["width"] <= panel["x"] + panel["width"], (button, panel)
     page.close()
+
+
+def test_retrying_a_failed_member_follows_its_batch_again(embedded, browser, user):  # noqa: F811
+    """Before, the batch shown said "completed" and the member's card "failed"
+    while the retried member ran again, and after it ended."""
+    from playwright.sync_api import expect
+
+    from tests.integration.test_browser import fail
+
+    base, key, auth = user
+    items = [
+        {"prompt": "navy blazer", "settings": LOCAL},
+        {"prompt": "camel coat", "settings": LOCAL},
+    ]
+    batch_id, gens = finished_batch(base, auth, items)
+    coat = next(g for g in gens if g["prompt"]["original"] == "camel coat")
+    fail(embedded.db_path, coat["id"], "the provider refused the prompt")
+    page = open_page(browser, base, key)
+    page.reload()
+    page.locator(f'#batch-list li[data-id="{batch_id}"]').get_by_role("button").click()
+    members = page.get_by_role("list", name="The batch's generations")
+    card = members.locator(f'li.item[data-id="{coat["id"]}"]')
+    expect(card.locator(".reason")).to_have_text("generate: the provider refused the prompt")
+    expect(page.locator("#batch-status")).to_contain_text("1 completed, 1 failed")
+    card.get_by_role("button", name="Retry “camel coat”").click()
+    expect(card.locator(".badge")).to_have_text("completed")
+    expect(card.locator(".img-link img")).to_have_count(1)
+    expect(page.locator("#batch-status")).to_contain_text("completed, 2 of 2 done (2 completed")
+    page.close()

@@ -273,6 +273,7 @@ function offerRetry(li, gen, label) {
     retry.disabled = true;
     try {
       await api("POST", `/api/generate/${gen.id}/retry`);
+      batchMemberRetried(gen);  // batches.js's: its batch runs again
       await watch(gen.id);
     } catch (e) { $(".meta", li).textContent = e.message; retry.disabled = false; }
   });

@@ -90,10 +90,10 @@ function fillRow(li, batch) {
 // generations (app.js's, with cards.js's images), till every one is final.
 async function followBatch(id) {
   const run = ++batchRuns;
+  if (id !== batchId) $("#batch-gallery").replaceChildren();  // (its own cards are kept)
   batchId = id;
   $("#batch-run").hidden = false;
   $("#batch-archive").hidden = true;
-  $("#batch-gallery").replaceChildren();
   for (const b of document.querySelectorAll("#batch-list button")) {
     b.setAttribute("aria-pressed", String(b.closest("li").dataset.id === id));
   }
@@ -146,6 +146,11 @@ async function showMembers(id, run) {
     return;
   }
   gens.forEach((gen, i) => { if (shown[i].dataset.key !== key(gen)) shown[i].replaceWith(built(gen)); });
+}
+
+// A retried member reopens its batch: shown, it is followed again till it ends.
+function batchMemberRetried(gen) {
+  if (gen.batchId && gen.batchId === batchId) followBatch(batchId);
 }
 
 // The key is forgotten or changed: no batch of the last one's is shown.
