@@ -109,6 +109,15 @@ def test_an_earlier_batch_is_shown_from_the_list(browser, user):  # noqa: F811
     expect(members).to_contain_text("navy blazer")
     expect(members.locator("li.item .img-link img")).to_have_count(1)
     expect(page.locator("#batch-status")).to_contain_text(f"{older}: completed, 1 of 1 done")
+    # Looking at a finished batch leaves the gallery as it was (its pages, "Load more").
+    reloads: list[str] = []
+    page.on("request", lambda r: "/api/generate?limit=12" in r.url and reloads.append(r.url))
+    rows.first.get_by_role("button").click()
+    expect(page.locator("#batch-status")).to_contain_text(f"{newer}: completed, 2 of 2 done")
+    expect(members.locator("li.item")).to_have_count(2)
+    rows.last.get_by_role("button").click()
+    expect(members.locator("li.item")).to_have_count(1)
+    assert not reloads, reloads
     page.get_by_role("button", name="Forget").click()  # another's key: none of this shown
     expect(rows).to_have_count(0)
     expect(page.locator("#batch-run")).to_be_hidden()

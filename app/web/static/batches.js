@@ -97,6 +97,7 @@ async function followBatch(id) {
   for (const b of document.querySelectorAll("#batch-list button")) {
     b.setAttribute("aria-pressed", String(b.closest("li").dataset.id === id));
   }
+  let ran = false;  // it ran while shown: the gallery's cards of it are out of date
   for (;;) {
     let batch;
     try {
@@ -109,9 +110,10 @@ async function followBatch(id) {
       return;
     }
     if (!RUNNING.includes(batch.status)) break;
+    ran = true;
     await sleep(1000);
   }
-  loadGallery(true);
+  if (ran) loadGallery(true);
 }
 
 function showBatch(batch) {
