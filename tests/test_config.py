@@ -141,3 +141,38 @@ def test_web_refuses_a_broker_it_could_never_send_to(app_config):
     """create_app is what gunicorn's web process runs: it stops there too."""
     with pytest.raises(ConfigError, match="REDIS_URL='rdis://h:6379/0' cannot be used"):
         create_app({**app_config, "CELERY_BROKER_URL": "", "REDIS_URL": "rdis://h:6379/0"})
+
+
+# ------------------------------------------------------------- the database
+
+
+@pytest.mark.parametrize(
+    "url,said",
+    [
+        # Each was a traceback in every process (gunicorn "Worker failed to
+        # boot", Celery failing to import ``workers``): the driver is not installed.
+        ("postgresql+psycopg2://bff:s3cret@db/bff", "DATABASE_URL names postgresql+psycopg2://"),
+        ("mysql://bff:s3cret@db/bff", "DATABASE_URL names mysql://"),
+        ("nonsense", "DATABASE_URL is not a database URL"),
+        ("postgresql://bff:s3cret@db:port/bff", "DATABASE_URL is not a database URL"),
+    ],
+)
+def test_a_database_url_the_code_cannot_use_is_one_line(url, said):
+    with pytest.raises(ConfigError) as refused:
+        Settings.from_env({"DATABASE_URL": url})
+    assert str(refused.value).startswith(said)
+    assert "s3cret" not in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    "url,used",
+    [
+        ("postgres://bff@db/bff", "postgresql+psycopg://bff@db/bff"),  # Heroku's
+        ("postgresql://bff@db/bff", "postgresql+psycopg://bff@db/bff"),
+        ("postgresql+psycopg://bff@db/bff?connect_timeout=2", None),
+        ("sqlite:///var/bff.db", None),
+        ("sqlite://", None),
+    ],
+)
+def test_a_database_url_of_postgresql_or_sqlite_is_used(url, used):
+    assert Settings.from_env({"DATABASE_URL": url}).database_url == (used or url)

@@ -33,7 +33,14 @@ from app.platform.checks import (
     number,
     one_of,
 )
-from app.platform.derived import ConfigError, parse_var, provider_rate_limits, rate_pair, storage
+from app.platform.derived import (
+    ConfigError,
+    parse_var,
+    provider_rate_limits,
+    rate_pair,
+    sqlalchemy_url,
+    storage,
+)
 
 __all__ = ["ConfigError", "Settings"]
 
@@ -257,11 +264,7 @@ class Settings:
         redis_url = env.get("REDIS_URL") or None
         if redis_url and not env.get("CELERY_BROKER_URL"):  # the broker too (unix:// is not)
             _setting("REDIS_URL", redis_url, allowed=BROKER_TOO)
-        database_url = env.get("DATABASE_URL") or f"sqlite:///{var_dir / 'bff.db'}"
-        # Heroku-style URLs name the driver "postgres"; SQLAlchemy wants psycopg 3.
-        for prefix in ("postgres://", "postgresql://"):
-            if database_url.startswith(prefix):
-                database_url = "postgresql+psycopg://" + database_url[len(prefix) :]
+        database_url = sqlalchemy_url(env.get("DATABASE_URL") or f"sqlite:///{var_dir / 'bff.db'}")
         storage_backend, r2_endpoint_url = storage(env)
         rate_limits = provider_rate_limits(env, values.get("default_provider"))
         return cls(

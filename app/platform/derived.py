@@ -22,6 +22,33 @@ def parse_var(var: str, raw: str, parse: Callable[[str], Any]) -> Any:
         raise ConfigError(f"{var}={raw!r} cannot be used: {exc}") from None
 
 
+# The databases the code runs on, by the drivers it installs (SQLAlchemy's names).
+DATABASE_DRIVERS = ("postgresql+psycopg", "sqlite", "sqlite+pysqlite")
+
+
+def sqlalchemy_url(raw: str) -> str:
+    """DATABASE_URL for SQLAlchemy: Heroku-style ``postgres://`` and plain
+    ``postgresql://`` name psycopg 3 (the driver installed). Any other driver
+    (``postgresql+psycopg2://``, ``mysql://``) or no URL at all is one line here,
+    not a traceback in every process; the line never shows the password."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    for prefix in ("postgres://", "postgresql://"):
+        if raw.startswith(prefix):
+            raw = "postgresql+psycopg://" + raw[len(prefix) :]
+    try:
+        driver = make_url(raw).drivername
+    except (ArgumentError, ValueError):  # ValueError: a port that is no number
+        raise ConfigError("DATABASE_URL is not a database URL") from None
+    if driver not in DATABASE_DRIVERS:
+        raise ConfigError(
+            f"DATABASE_URL names {driver}://, which cannot be used: it must be "
+            "postgresql+psycopg:// (postgres:// and postgresql:// mean it too) or sqlite:///"
+        )
+    return raw
+
+
 def storage(env: Mapping[str, str]) -> tuple[str, str | None]:
     """The storage backend and the bucket's endpoint. Without STORAGE_BACKEND,
     a configured bucket (R2_BUCKET_NAME) is used: the seed's ``.env`` sets
