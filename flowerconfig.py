@@ -2,16 +2,17 @@
 (the Procfile, compose and the README start it so; Flower runs this file).
 
 Flower never runs unauthenticated: without ``FLOWER_BASIC_AUTH=user:password``
-it refuses to start (``workers.flower``: started without this file, too).
-It listens on loopback unless ``FLOWER_ADDRESS`` says otherwise (compose
-sets ``0.0.0.0`` inside its container, behind the port mapping).
+(or ``user1:password1,user2:password2``) it refuses to start (``workers.flower``:
+started without this file, too). It listens on loopback unless
+``FLOWER_ADDRESS`` says otherwise (compose sets ``0.0.0.0`` inside its
+container, behind the port mapping).
 """
 
 import os
 
 from workers.flower import credentials
 
-basic_auth = [credentials()]
+basic_auth = credentials()  # one "user:password" per account
 address = os.environ.get("FLOWER_ADDRESS", "127.0.0.1")
 port = int(os.environ.get("FLOWER_PORT", "5555"))
 persistent = True  # task history survives restarts

@@ -252,6 +252,28 @@ def test_the_flower_guard_takes_credentials_from_the_command_line_too(monkeypatc
         guard([])  # any other command: nothing to check
 
 
+@pytest.mark.parametrize(
+    ("auth", "accounts"),
+    [
+        ("ops:pw", ["ops:pw"]),
+        # Flower's own form for several accounts: each logs in with its own
+        # password (read as one, nobody could but "ops" with "pw,dev:pw2").
+        ("ops:pw,dev:pw2", ["ops:pw", "dev:pw2"]),
+        ("ops:pw,dev", None),  # an account without a password
+        ("ops:pw,", None),
+    ],
+)
+def test_flowerconfig_gives_flower_each_account(monkeypatch, auth, accounts):
+    import runpy
+
+    monkeypatch.setenv("FLOWER_BASIC_AUTH", auth)
+    if accounts is None:
+        with pytest.raises(SystemExit, match="set FLOWER_BASIC_AUTH=user:password"):
+            runpy.run_path(str(ROOT / "flowerconfig.py"))
+    else:
+        assert runpy.run_path(str(ROOT / "flowerconfig.py"))["basic_auth"] == accounts
+
+
 # --------------------------------------------------- a worker process at start
 
 

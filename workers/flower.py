@@ -10,17 +10,19 @@ import sys
 import click
 
 
-def credentials() -> str:
-    """``FLOWER_BASIC_AUTH`` (``user:password``); the process exits without it."""
+def credentials() -> list[str]:
+    """``FLOWER_BASIC_AUTH``: ``user:password``, or several separated by commas
+    (Flower's own reading of it); the process exits without them."""
     auth = os.environ.get("FLOWER_BASIC_AUTH", "")
     if not _complete(auth):
         sys.exit("Flower refuses to start without credentials: set FLOWER_BASIC_AUTH=user:password")
-    return auth
+    return auth.split(",")
 
 
 def _complete(auth: str) -> bool:
-    user, _, password = auth.partition(":")
-    return bool(user and password)
+    """Every comma-separated entry has a user and a password."""
+    pairs = [entry.partition(":") for entry in auth.split(",")]
+    return all(user and password for user, _, password in pairs)
 
 
 def guard(argv: list[str] | None = None) -> None:
