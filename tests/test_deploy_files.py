@@ -373,6 +373,38 @@ def test_a_bad_setting_stops_a_celery_process_in_one_line(tmp_path):
     assert done.stderr.strip() == f"Error: {BAD_SETTING}"
 
 
+@pytest.mark.parametrize(
+    ("bff_level", "celery_level", "root"),
+    [
+        (None, "WARNING", "INFO"),  # `celery worker` without --loglevel: silent before
+        ("WARNING", "INFO", "WARNING"),  # the Procfile's --loglevel INFO: noisy before
+    ],
+)
+def test_bff_log_level_decides_in_a_celery_process(tmp_path, bff_level, celery_level, root):
+    """Celery's worker and beat set the root logger to their --loglevel once
+    the app has set it up (Worker.setup_logging: ``app.log.setup``)."""
+    env = {
+        **{k: v for k, v in os.environ.items() if k not in CLEAN and k != "BFF_LOG_LEVEL"},
+        "BFF_VAR_DIR": str(tmp_path / "var"),
+        **({"BFF_LOG_LEVEL": bff_level} if bff_level else {}),
+    }
+    code = (
+        "import logging, workers; "
+        f"workers.celery.log.setup({celery_level!r}); "
+        "print(logging.getLevelName(logging.getLogger().level))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == root
+
+
 @pytest.mark.parametrize("var,raw", [("GUNICORN_WORKERS", "two"), ("GUNICORN_THREADS", "0")])
 def test_a_bad_gunicorn_count_is_one_sentence(monkeypatch, var, raw):
     import runpy

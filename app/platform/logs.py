@@ -14,7 +14,7 @@ from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import IO, Any
 
-from celery.signals import task_postrun, task_prerun
+from celery.signals import after_setup_logger, task_postrun, task_prerun
 from flask import Flask, request
 
 from app.platform.config import Settings
@@ -67,11 +67,22 @@ def configure(settings: Settings, stream: IO[str] | None = None) -> logging.Hand
             root.removeHandler(h)
     handler = logging.StreamHandler(stream or sys.stderr)
     handler._bff = True  # type: ignore[attr-defined]
+    handler._bff_level = settings.log_level  # type: ignore[attr-defined]
     handler.addFilter(stamp)
     handler.setFormatter(JsonFormatter() if settings.log_format == "json" else TextFormatter())
     root.addHandler(handler)
     root.setLevel(settings.log_level)
     return handler
+
+
+@after_setup_logger.connect(weak=False, dispatch_uid="bff-log-level")
+def _keep_the_level(logger: logging.Logger, **_: Any) -> None:
+    """Celery's worker and beat set the root logger to their ``--loglevel``
+    (WARNING when not given) after the app configured it; BFF_LOG_LEVEL
+    decides in every process, as it does in ``web``."""
+    for h in logger.handlers:
+        if getattr(h, "_bff", False):
+            logger.setLevel(h._bff_level)
 
 
 def init_app(app: Flask) -> None:
