@@ -92,6 +92,21 @@ def test_outcomes_of_models_added_to_the_catalogue_are_counted(app, client):
     assert value(calls, "bff_provider_calls_total", provider="flux-pro", outcome="error") == 1
 
 
+def test_every_model_has_its_counters_before_its_first_call(client):
+    """Zero, not absent: a series that appears with its first call hides that
+    call from rate() (and from the ProviderErrors alert of docs/operations.md).
+    The seeded providers table lacked flux-pro and nano-banana."""
+    from app.providers.catalog import CATALOGUE
+
+    families = scrape(client)
+    for pid in CATALOGUE:
+        for outcome in ("success", "error"):
+            calls = families["bff_provider_calls"]
+            assert value(calls, "bff_provider_calls_total", provider=pid, outcome=outcome) == 0
+        cost = families["bff_generation_cost_dollars"]
+        assert value(cost, "bff_generation_cost_dollars_total", provider=pid) == 0
+
+
 def test_database_up_agrees_with_health_on_a_schema_behind_the_code(app_config, tmp_path, caplog):
     """The metrics' queries may still work on an older schema while the API's
     do not: up means what /health's database check means."""

@@ -30,6 +30,7 @@ from app.domain.models import Generation
 from app.platform import metric_rollup as rollup
 from app.platform.metric_rollup import Tally, totals
 from app.platform.schema import SchemaOutOfDate, check_schema
+from app.providers.catalog import CATALOGUE
 from app.webhooks import WebhookDelivery
 
 log = logging.getLogger(__name__)
@@ -113,7 +114,9 @@ class DatabaseCollector:
         cost = CounterMetricFamily(
             "bff_generation_cost_dollars", "What stages paid providers", labels=["provider"]
         )
-        paid = {pid: 0.0 for pid in session.scalars(select(Provider.id))}  # 0, not absent
+        # 0, not absent: every model of the catalogue (the providers table
+        # holds a model only once something recorded an outcome for it).
+        paid = dict.fromkeys([*CATALOGUE, *session.scalars(select(Provider.id))], 0.0)
         paid.update((provider, tally.total) for provider, tally in series(rollup.COST))
         for provider, usd in sorted(paid.items()):
             cost.add_metric([provider], usd)
@@ -123,9 +126,14 @@ class DatabaseCollector:
         calls = CounterMetricFamily(
             "bff_provider_calls", "Provider outcomes", labels=["provider", "outcome"]
         )
-        for pid, ok, bad in session.execute(
-            select(Provider.id, Provider.success_count, Provider.failure_count)
-        ):
+        outcomes = dict.fromkeys(CATALOGUE, (0, 0))  # 0, not absent (as the cost)
+        outcomes.update(
+            (pid, (ok, bad))
+            for pid, ok, bad in session.execute(
+                select(Provider.id, Provider.success_count, Provider.failure_count)
+            )
+        )
+        for pid, (ok, bad) in outcomes.items():
             calls.add_metric([pid, "success"], ok)
             calls.add_metric([pid, "error"], bad)
         yield calls
