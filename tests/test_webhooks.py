@@ -287,6 +287,24 @@ def test_signed_delivery_retried_after_500_then_delivered(dev_app):
         receiver.close()
 
 
+def test_a_long_retry_wait_is_taken_in_hops_a_broker_lets_a_worker_hold(app, monkeypatch):
+    """A countdown's message is held by a worker, unacked, until it runs: past
+    RabbitMQ's consumer_timeout (30 min by default, delivery to ack) RabbitMQ
+    closes the channel and the generator's every unacked message with it;
+    past Redis' visibility timeout (1 h) it is delivered again. A 4 h wait
+    (BFF_WEBHOOK_RETRY_BASE doubled to its cap) goes in hops well inside both."""
+    import workers.notify as notify
+
+    sent = []
+    monkeypatch.setattr(notify, "attempt", lambda db, settings, d, n: (n + 1, 4 * 3600.0))
+    monkeypatch.setattr(notify, "send", lambda db, celery, d, n, countdown: sent.append(countdown))
+    with app.app_context():
+        notify.deliver.run("whd_x", 9)
+    [countdown] = sent
+    rabbitmq_consumer_timeout = 1800
+    assert 0 < countdown <= rabbitmq_consumer_timeout / 2
+
+
 def test_gives_up_after_the_max_age(app_config):
     app = create_app({**app_config, **DEV, "BFF_WEBHOOK_MAX_AGE": "0.2"})
     receiver = Receiver([503] * 10)

@@ -10,9 +10,13 @@ from sqlalchemy.exc import OperationalError
 
 from app.webhooks import attempt, due_deliveries, send
 
-# A Redis message held longer than the broker's visibility timeout (1 h) is
-# redelivered, so long waits are taken in hops; attempt() drops duplicates.
-MAX_COUNTDOWN = 1800.0
+# A worker holds a countdown's message unacked until it runs: Redis delivers
+# one held past its visibility timeout (1 h) again, and RabbitMQ closes the
+# channel of one held past its consumer_timeout (30 min by default, delivery
+# to ack: the run's own seconds count too), taking every unacked message of
+# that worker with it. So long waits go in hops well inside both; attempt()
+# drops the duplicates.
+MAX_COUNTDOWN = 900.0
 
 
 @shared_task(
