@@ -132,6 +132,14 @@ def test_the_build_context_leaves_out_local_state_and_keys():
     assert {"var", ".venv", ".venv-tools", ".git"} <= set(ignored)
 
 
+def test_the_image_installs_with_the_uv_make_uses():
+    """The lock is read by the uv the Makefile pins; the Dockerfile says to keep
+    its own equal, and a uv of another version may read the lock differently."""
+    image = re.search(r"^ARG UV_VERSION=(\S+)$", (ROOT / "Dockerfile").read_text(), re.M)
+    make = re.search(r"^UV_VERSION := (\S+)$", (ROOT / "Makefile").read_text(), re.M)
+    assert image and make and image.group(1) == make.group(1)
+
+
 def test_compose_publishes_ports_on_the_hosts_loopback_only(compose):
     """MinIO with its default root credentials, gunicorn (which a client that
     sends a byte and stalls holds a thread of) and Flower: none of them on
