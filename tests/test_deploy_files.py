@@ -127,6 +127,16 @@ def test_compose_gives_a_stop_the_time_gunicorn_takes(compose):
         assert int(grace.rstrip("s")) > int(graceful.group(1)), process
 
 
+def test_compose_lets_a_stopping_generator_finish_a_blocking_provider_call(compose):
+    """An OpenAI image call blocks its thread and has no idempotency key: a
+    generator killed during one (a deploy's SIGKILL after the grace) pays
+    for the image again when the stage runs again."""
+    from app.providers.openai_images import CALL_TIMEOUT_S
+
+    grace = compose["services"]["generator"].get("stop_grace_period", "10s")
+    assert int(grace.rstrip("s")) > CALL_TIMEOUT_S
+
+
 def test_the_build_context_leaves_out_local_state_and_keys():
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {"var", ".venv", ".venv-tools", ".git"} <= set(ignored)

@@ -84,10 +84,15 @@ def _mapped() -> Iterator[None]:
         raise ProviderRejected(f"OpenAI rejected the request ({status}): {msg}") from exc
 
 
+# The longest one image call may take (gpt-image-1 at high quality takes
+# minutes); a generator stopping waits for it (docker-compose.yml's grace).
+CALL_TIMEOUT_S = 180.0
+
+
 @functools.cache
 def _client(api_key: str | None, base_url: str | None) -> openai.OpenAI:
     """One client per process and endpoint (each builds a TLS context)."""
-    return openai.OpenAI(api_key=api_key, base_url=base_url, max_retries=0, timeout=180.0)
+    return openai.OpenAI(api_key=api_key, base_url=base_url, max_retries=0, timeout=CALL_TIMEOUT_S)
 
 
 class OpenAIImages:
