@@ -10,7 +10,7 @@ from flask import Flask
 from sqlalchemy import select
 
 from app.cli import upgrade_database, with_app
-from app.platform.schema import database_heads
+from app.platform.schema import code_revisions, database_heads
 
 db_cli = click.Group("db", help="Database migrations.")
 
@@ -21,14 +21,28 @@ def db_upgrade(app: Flask) -> None:
     """Migrate the configured database (DATABASE_URL) to head."""
     s = app.extensions["bff"]
 
-    def revision() -> str:
+    def revisions() -> frozenset[str]:
         with s.db.engine.connect() as conn:
-            return ", ".join(sorted(database_heads(conn))) or "none (empty)"
+            return database_heads(conn)
 
-    before = revision()
+    def named(revs: frozenset[str]) -> str:
+        return ", ".join(sorted(revs)) or "none (empty)"
+
+    before, (heads, known) = revisions(), code_revisions()
+    if not before <= known:
+        # A newer release migrated it (this is a rollback, or an old copy
+        # still running): what /health accepts, not a revision error.
+        click.echo(
+            f"database at {named(before)}, ahead of this code's head {named(heads)}: left as it is"
+        )
+        return
     upgrade_database(s.settings.database_url)
-    after = revision()
-    said = f"migrated from {before} to {after}" if after != before else f"already at {after}"
+    after = revisions()
+    said = (
+        f"migrated from {named(before)} to {named(after)}"
+        if after != before
+        else f"already at {named(after)}"
+    )
     click.echo(f"database {said}: the code's head")
 
 
