@@ -137,6 +137,27 @@ def test_compose_lets_a_stopping_generator_finish_a_blocking_provider_call(compo
     assert int(grace.rstrip("s")) > CALL_TIMEOUT_S
 
 
+def test_compose_postgres_takes_the_connections_of_the_scale_the_readme_shows(compose):
+    """``docker compose up --scale generator=4`` (README): each process's pool
+    as docs/operations.md counts it, at the compose defaults. Past PostgreSQL's
+    100 the stages of a busy moment failed "too many clients" and retried."""
+    from app.platform.db import BEAT_POOL_SIZE, POOL_SIZE
+
+    def concurrency(service: str) -> int:
+        return int(option(argv(compose["services"][service]["command"]), "--concurrency"))
+
+    gunicorn = re.search(
+        r'_count\("GUNICORN_WORKERS", (\d+)\)', (ROOT / "gunicorn.conf.py").read_text()
+    )
+    web = int(gunicorn.group(1)) * POOL_SIZE
+    generators = 4 * (concurrency("generator") + BEAT_POOL_SIZE)
+    workers = concurrency("worker") * (1 + BEAT_POOL_SIZE)  # a prefork child runs one task
+    admin = 5  # beat, a release, bff commands, psql
+    command = compose["services"]["postgres"].get("command") or []
+    given = option(argv(command), "-c") or "max_connections=100"
+    assert int(given.removeprefix("max_connections=")) >= web + generators + workers + admin
+
+
 def test_the_build_context_leaves_out_local_state_and_keys():
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {"var", ".venv", ".venv-tools", ".git"} <= set(ignored)
