@@ -292,6 +292,34 @@ def test_the_flower_guard_takes_credentials_from_the_command_line_too(monkeypatc
 
 
 @pytest.mark.parametrize(
+    ("cwd", "port", "refused"),
+    [
+        (ROOT, "5555", None),
+        # A unit file without the checkout as its working directory:
+        # Flower's FileNotFoundError traceback.
+        (Path("/"), "5555", "Flower's --conf=./flowerconfig.py is not in /: start it from"),
+        (ROOT, "fifty", "FLOWER_PORT='fifty' cannot be used: it must be a port number"),
+    ],
+)
+def test_the_flower_guard_says_in_one_line_what_flower_cannot_read(monkeypatch, cwd, port, refused):
+    import click
+
+    from workers.flower import guard
+
+    monkeypatch.setenv("FLOWER_BASIC_AUTH", "ops:pw")
+    monkeypatch.setenv("FLOWER_PORT", port)
+    monkeypatch.chdir(cwd)
+    ctx = click.Context(click.Group("celery"))
+    ctx.invoked_subcommand = "flower"
+    with ctx:
+        if refused is None:
+            guard(["--conf=./flowerconfig.py"])
+        else:
+            with pytest.raises(SystemExit, match=re.escape(refused)):
+                guard(["--conf=./flowerconfig.py"])
+
+
+@pytest.mark.parametrize(
     ("auth", "accounts"),
     [
         ("ops:pw", ["ops:pw"]),

@@ -35,6 +35,21 @@ def guard(argv: list[str] | None = None) -> None:
     if ctx is None or ctx.invoked_subcommand != "flower":
         return
     args = sys.argv[1:] if argv is None else argv
+    if "--help" in args:
+        return
     given = (a.partition("=")[2] for a in args if a.startswith(("--basic_auth=", "--basic-auth=")))
-    if "--help" not in args and not any(_complete(auth) for auth in given):
+    if not any(_complete(auth) for auth in given):
         credentials()
+    _readable(args)
+
+
+def _readable(args: list[str]) -> None:
+    """What Flower reads before it starts is there and a number where it must
+    be: else one line, not the traceback Flower gives (its --conf is read
+    from the current folder; it parses FLOWER_PORT itself, before --conf)."""
+    conf = next((a.partition("=")[2] for a in args if a.startswith("--conf=")), None)
+    if conf and not os.path.isfile(conf):
+        sys.exit(f"Flower's --conf={conf} is not in {os.getcwd()}: start it from the checkout")
+    port = os.environ.get("FLOWER_PORT", "")
+    if port and not port.isdigit():
+        sys.exit(f"FLOWER_PORT={port!r} cannot be used: it must be a port number")
