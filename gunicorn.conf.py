@@ -47,11 +47,13 @@ def on_starting(server) -> None:
     """A bad setting stops the server in one sentence before any worker boots
     (each would print the app's traceback, then gunicorn its own)."""
     from app.platform.config import ConfigError, Settings
+    from app.platform.queue import warn_of_a_local_broker
 
     try:
-        Settings.from_env()
+        settings = Settings.from_env()
     except ConfigError as exc:
         raise SystemExit(f"Error: {exc}") from None
+    warn_of_a_local_broker(settings)
 
 
 def post_worker_init(worker) -> None:

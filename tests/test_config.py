@@ -176,3 +176,38 @@ def test_a_database_url_the_code_cannot_use_is_one_line(url, said):
 )
 def test_a_database_url_of_postgresql_or_sqlite_is_used(url, used):
     assert Settings.from_env({"DATABASE_URL": url}).database_url == (used or url)
+
+
+@pytest.mark.parametrize(
+    ("env", "warned"),
+    [
+        # The database shared, the broker a folder of this machine's: with the
+        # web and the workers on two machines every job stayed pending, /health "ok".
+        ({"DATABASE_URL": "postgresql+psycopg://bff@db.example/bff"}, True),
+        ({}, False),  # SQLite: the embedded default, one machine by nature
+        (
+            {
+                "DATABASE_URL": "postgresql+psycopg://bff@db.example/bff",
+                "REDIS_URL": "redis://redis.example:6379/0",
+            },
+            False,
+        ),
+    ],
+)
+def test_web_warns_at_start_of_a_shared_database_beside_the_embedded_broker(
+    monkeypatch, caplog, tmp_path, env, warned
+):
+    """gunicorn's start (the Procfile's web); Celery's processes warn the same
+    way as they load ``workers`` (workers/__init__.py)."""
+    import runpy
+
+    from tests.support.procs import ROOT
+
+    for var in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("BFF_VAR_DIR", str(tmp_path))
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    runpy.run_path(str(ROOT / "gunicorn.conf.py"))["on_starting"](None)
+    said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("no REDIS_URL or CELERY_BROKER_URL" in m for m in said) == warned, said

@@ -124,6 +124,19 @@ def celery_init_app(app: Flask, settings: Settings) -> Celery:
     return celery_app
 
 
+def warn_of_a_local_broker(settings: Settings) -> None:
+    """At a server process's start (web, Celery): a shared database beside a
+    broker in this machine's folder means a web and a worker on two machines
+    (or containers) never see each other's jobs, and /health cannot tell (a
+    REDIS_URL under another name, say)."""
+    if settings.embedded_broker and not settings.database_url.startswith("sqlite"):
+        log.warning(
+            "no REDIS_URL or CELERY_BROKER_URL: jobs go through the embedded broker in %s, "
+            "which only processes sharing that folder see",
+            settings.broker_folder,
+        )
+
+
 # Kombu's Redis transport keeps a list per priority step and pops 0 first: a
 # later stage of a started generation runs before the first stage of a new one,
 # and every single job's stage before any batch's (``BACKGROUND`` steps lower).
