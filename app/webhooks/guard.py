@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 import threading
+from concurrent.futures import Future
 from contextlib import suppress
 from typing import Any
 from urllib.parse import SplitResult, urlsplit
@@ -19,6 +20,14 @@ from app.platform.config import Settings
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 CONNECT_TIMEOUT = 5.0  # seconds for one address to take the connection
+# The system resolver's own limit (resolv.conf's timeout x attempts x servers)
+# is tens of seconds: a host whose name servers never answer would hold an
+# API request's thread that long. Past this, the host "did not resolve in time".
+RESOLVE_TIMEOUT = 3.0
+# A lookup past its deadline keeps its thread until the resolver gives up:
+# at most this many per process may be running, the next refused at once.
+RESOLVE_MAX_PENDING = 8
+_lookups = threading.BoundedSemaphore(RESOLVE_MAX_PENDING)
 HTTP_ONLY_LOOPBACK = "must be https (plain http only to loopback in development)"
 
 
@@ -72,10 +81,36 @@ def _split(url: str, settings: Settings) -> SplitResult:
     return parts
 
 
+def _getaddrinfo(host: str, port: int) -> list[tuple[Any, ...]]:
+    """``socket.getaddrinfo`` with a deadline: it has none of its own, so it
+    runs on a thread of its own and we stop waiting after RESOLVE_TIMEOUT."""
+    slots = _lookups
+    if not slots.acquire(blocking=False):
+        raise Unresolved(f"cannot resolve {host} now (too many lookups still waiting)")
+    answer: Future[list[tuple[Any, ...]]] = Future()
+
+    def lookup() -> None:
+        try:
+            answer.set_result(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting caller
+            answer.set_exception(exc)
+        finally:
+            slots.release()
+
+    # A daemon: a lookup still waiting on a dead name server holds up no exit.
+    threading.Thread(target=lookup, name="webhook-resolve", daemon=True).start()
+    try:
+        return answer.result(timeout=RESOLVE_TIMEOUT)
+    except TimeoutError:
+        raise Unresolved(
+            f"cannot resolve {host} in time (no answer within {RESOLVE_TIMEOUT:g} s)"
+        ) from None
+
+
 def _resolve(parts: SplitResult) -> list[str]:
     port = parts.port or (443 if parts.scheme == "https" else 80)
     try:
-        infos = socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
+        infos = _getaddrinfo(parts.hostname, port)
     except socket.gaierror as exc:
         raise Unresolved(f"cannot resolve {parts.hostname}: {exc.strerror}") from None
     except UnicodeError:  # IDNA refuses the name (an empty or over-long label)

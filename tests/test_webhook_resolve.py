@@ -1,0 +1,116 @@
+"""A webhook host's name that does not resolve in time: the system resolver
+has no deadline of its own (tens of seconds when the name servers never
+answer), so the guard gives up after RESOLVE_TIMEOUT. At submit that is the
+webhookUrl's 422, at delivery an outage retried; lookups still waiting on a
+dead name server are bounded. Resolution is faked in-process: a hung name
+server is a lookup that blocks until the test ends."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from app import create_app
+from app.webhooks import attempt, guard
+from tests.conftest import make_user
+from tests.test_webhooks import DEV, Receiver, deliveries, finished, submit
+
+HUNG = "hung.example.com"
+# Without the deadline, how long the fake resolver hangs before giving up
+# (a test of the old code fails after this long instead of hanging).
+RESOLVER_GIVES_UP = 5.0
+
+
+class Resolver:
+    """Names from ``names`` resolve at once; a name in ``hung`` blocks until
+    ``release`` (or RESOLVER_GIVES_UP), then fails as a dead server's does."""
+
+    def __init__(self) -> None:
+        self.names = {"hooks.example.com": ["93.184.215.14"], "receiver.test": ["127.0.0.1"]}
+        self.hung: set[str] = set()
+        self.released = threading.Event()
+        self.waiting = 0  # lookups blocked right now
+        self.lock = threading.Lock()
+        self.real = socket.getaddrinfo
+
+    def getaddrinfo(self, host, port, *args, **kw):
+        if host in self.hung:
+            with self.lock:
+                self.waiting += 1
+            try:
+                self.released.wait(RESOLVER_GIVES_UP)
+            finally:
+                with self.lock:
+                    self.waiting -= 1
+            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+        kw["flags"] = socket.AI_NUMERICHOST
+        addrs = self.names.get(host, [host])
+        return [info for raw in addrs for info in self.real(raw, port, *args, **kw)]
+
+
+@pytest.fixture
+def resolver(monkeypatch) -> Iterator[Resolver]:
+    fake = Resolver()
+    monkeypatch.setattr(socket, "getaddrinfo", fake.getaddrinfo)
+    monkeypatch.setattr(guard, "RESOLVE_TIMEOUT", 0.05, raising=False)
+    monkeypatch.setattr(guard, "_lookups", threading.BoundedSemaphore(2), raising=False)
+    fake.hung.add(HUNG)
+    yield fake
+    fake.released.set()  # the lookups left behind end now
+
+
+def submit_hung(client, user) -> dict:
+    resp = client.post(
+        "/api/generate/from-prompt",
+        headers=user.headers,
+        json={"prompt": "coat", "webhookUrl": f"https://{HUNG}/hook"},
+    )
+    assert resp.status_code == 422, resp.json
+    [detail] = resp.json["error"]["details"]
+    assert detail["field"] == "webhookUrl"
+    return detail
+
+
+def test_a_host_that_does_not_resolve_in_time_is_a_422_at_submit(client, user, resolver):
+    detail = submit_hung(client, user)
+    assert f"cannot resolve {HUNG} in time" in detail["message"], detail
+    # Answered while the lookup still waits on the name server.
+    assert resolver.waiting == 1
+
+
+def test_lookups_left_waiting_are_bounded_then_refused_at_once(client, user, resolver):
+    for _ in range(2):  # each leaves its lookup waiting
+        assert "in time" in submit_hung(client, user)["message"]
+    assert resolver.waiting == 2
+    detail = submit_hung(client, user)  # no third thread is started
+    assert "too many lookups still waiting" in detail["message"], detail
+    assert resolver.waiting == 2
+    hooks = {"prompt": "coat", "webhookUrl": "https://hooks.example.com/hook"}
+    busy = client.post("/api/generate/from-prompt", headers=user.headers, json=hooks)
+    assert "too many lookups" in busy.json["error"]["details"][0]["message"]
+    resolver.released.set()  # the resolver gives up: the slots come back
+    slots = guard._lookups  # noqa: SLF001 - the test's own bound
+    assert slots.acquire(timeout=5) and slots.acquire(timeout=5)
+    slots.release(), slots.release()
+    ok = client.post("/api/generate/from-prompt", headers=user.headers, json=hooks)
+    assert ok.status_code == 202, ok.json
+
+
+def test_a_resolver_timeout_at_delivery_is_an_outage_retried(app_config, resolver):
+    app = create_app({**app_config, **DEV})
+    receiver = Receiver([200])
+    try:
+        url = f"http://receiver.test:{receiver.server.server_port}/hook"
+        gen_id = submit(app.test_client(), make_user(app, "slowdns"), url)
+        d, s = finished(app, gen_id), app.extensions["bff"]
+        resolver.hung.add("receiver.test")  # its name servers stop answering
+        nxt = attempt(s.db, s.settings, d.id, 1)
+        [d] = deliveries(app, gen_id)
+        assert nxt is not None and nxt[0] == 2, (d.status, d.last_error)
+        assert d.status == "pending" and "cannot resolve receiver.test in time" in d.last_error
+        assert resolver.waiting == 1 and not receiver.received
+    finally:
+        receiver.close()
