@@ -8,6 +8,9 @@
 - Redis ``visibility_timeout`` (``BFF_BROKER_VISIBILITY_TIMEOUT``, 1 h) is
   longer than any countdown we use, so a retry is not redelivered early.
 - No result backend: Postgres is the source of truth for progress.
+- A broker that is down or silent costs a publish seconds, not the request:
+  a short retry policy, and (Redis) socket timeouts kombu leaves unset; the
+  dispatcher (beat) sends what was refused.
 - The embedded broker is kombu's filesystem transport: no server, works across
   processes, supports fanout for revoke/inspect. ``app.platform.fsbroker``
   makes its writes and takes atomic (kombu #1551); ``broker_url`` stays
@@ -34,6 +37,12 @@ from app.pipeline import STAGES
 from app.platform.config import Settings
 
 log = logging.getLogger(__name__)
+# Seconds to connect to the broker, and for any one reply of a Redis broker.
+# kombu's Redis transport waits for ever by default (no socket timeouts; not
+# ``broker_connection_timeout``'s), so a publish to a Redis that accepted the
+# connection but never answers held the submit's request thread for good.
+BROKER_CONNECT_TIMEOUT = 3.0
+BROKER_SOCKET_TIMEOUT = 3.0  # above the transport's 1 s BRPOP: a worker's wait is no timeout
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -64,7 +73,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_publish_retry_policy": dict(
             max_retries=2, interval_start=0.2, interval_step=0.3, interval_max=0.5
         ),
-        "broker_connection_timeout": 3,
+        "broker_connection_timeout": BROKER_CONNECT_TIMEOUT,
         "beat_schedule": {
             "redispatch-stalled": {
                 "task": "maintenance.redispatch",
@@ -103,7 +112,12 @@ def _transport_options(settings: Settings) -> dict[str, Any]:
     vt = settings.broker_visibility_timeout
     # A list per priority 0-9 (kombu's default is 0, 3, 6, 9): room for batch
     # stages below every single job's stage (``priority``).
-    options: dict[str, Any] = {"visibility_timeout": vt, "priority_steps": list(range(10))}
+    options: dict[str, Any] = {
+        "visibility_timeout": vt,
+        "priority_steps": list(range(10)),
+        "socket_connect_timeout": BROKER_CONNECT_TIMEOUT,
+        "socket_timeout": BROKER_SOCKET_TIMEOUT,
+    }
     if vt < 3600:  # a short timeout is only useful if abandoned messages are swept often
         options.update(
             unacked_restore_interval=max(1, min(10, vt // 4)), unacked_restore_throttle=1

@@ -1,0 +1,85 @@
+"""Nothing waits minutes: a service that takes the connection and then never
+answers (a stopped process, a half-open link) is given up on in seconds,
+through each library's own timeouts. The tests shrink those seconds; each
+call runs on a thread of its own so that, without its bound, the test fails
+(after HANG_GUARD seconds) instead of hanging."""
+
+from __future__ import annotations
+
+import socket
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from celery import Celery
+
+from app.platform import queue
+from app.platform.config import Settings
+
+HANG_GUARD = 15.0  # far above any bound under test: only a hang reaches it
+
+
+class Silent:
+    """A TCP server that accepts every connection and never says a word."""
+
+    def __init__(self) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0), backlog=64)
+        self.port = self.server.getsockname()[1]
+        self.accepted: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:  # closed
+                return
+            self.accepted.append(conn)
+
+    def close(self) -> None:
+        self.server.close()
+        for conn in self.accepted:
+            conn.close()
+
+
+@pytest.fixture
+def silent() -> Iterator[Silent]:
+    server = Silent()
+    yield server
+    server.close()
+
+
+def returns(call: Callable[[], Any]) -> Any:
+    """``call()``'s result (or exception), on a thread: failing the test if it
+    has not returned after HANG_GUARD seconds."""
+    out: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            out["value"] = call()
+        except Exception as exc:  # noqa: BLE001 - handed back to the test
+            out["error"] = exc
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(HANG_GUARD)
+    assert not worker.is_alive(), f"still waiting after {HANG_GUARD:g} s"
+    return out
+
+
+def test_a_publish_to_a_redis_broker_that_never_answers_gives_up(silent, monkeypatch):
+    """kombu's Redis transport has no socket timeout by default: the submit's
+    ``dispatch`` waited for ever on a Redis that took the connection."""
+    monkeypatch.setattr(queue, "BROKER_SOCKET_TIMEOUT", 0.2, raising=False)
+    monkeypatch.setattr(queue, "BROKER_CONNECT_TIMEOUT", 0.2, raising=False)
+    env = {"REDIS_URL": f"redis://127.0.0.1:{silent.port}/0", "BFF_VAR_DIR": tempfile.mkdtemp()}
+    app = Celery("timeouts")
+    app.config_from_object(queue.celery_config(Settings.from_env(env)))
+    try:
+        out = returns(lambda: queue.dispatch(app, "gen_silent"))
+    finally:
+        app.close()
+    assert out == {"value": False}  # left for the dispatcher (beat) to send
+    assert silent.accepted  # it did get through to the silent server
