@@ -83,3 +83,39 @@ def test_a_publish_to_a_redis_broker_that_never_answers_gives_up(silent, monkeyp
         app.close()
     assert out == {"value": False}  # left for the dispatcher (beat) to send
     assert silent.accepted  # it did get through to the silent server
+
+
+def silent_bucket(silent: Silent, monkeypatch) -> Any:
+    from app.platform import storage
+
+    for name in ("READ_TIMEOUT", "CONNECT_TIMEOUT", "PROBE_READ_TIMEOUT", "PROBE_CONNECT_TIMEOUT"):
+        monkeypatch.setattr(storage, name, 0.2, raising=False)
+    env = {
+        "R2_ENDPOINT_URL": f"http://127.0.0.1:{silent.port}",
+        "R2_ACCESS_KEY_ID": "key",
+        "R2_SECRET_ACCESS_KEY": "secret",
+        "R2_BUCKET_NAME": "bff",
+        "R2_CDN_URL": "https://cdn.example.com",
+    }
+    return storage.S3Storage(Settings.from_env(env))
+
+
+def test_health_asks_a_bucket_that_never_answers_once(silent, monkeypatch):
+    """/health's bucket check: one short try, where five of 30 s each held
+    the probe (and a gunicorn thread) for two and a half minutes."""
+    from app.platform.storage import StorageError
+
+    bucket = silent_bucket(silent, monkeypatch)
+    out = returns(bucket.check)
+    assert isinstance(out.get("error"), StorageError), out
+    assert len(silent.accepted) == 1
+
+
+def test_an_upload_to_a_bucket_that_never_answers_is_tried_three_times(silent, monkeypatch):
+    """A submit's photo upload: three tries, each READ_TIMEOUT at most."""
+    from app.platform.storage import StorageError
+
+    bucket = silent_bucket(silent, monkeypatch)
+    out = returns(lambda: bucket.put("users/1/in.png", b"\x89PNG", "image/png"))
+    assert isinstance(out.get("error"), StorageError), out
+    assert len(silent.accepted) == 3

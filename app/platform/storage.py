@@ -18,11 +18,21 @@ import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from app.platform.config import Settings
 
 CACHE_CONTROL = "public, max-age=31536000, immutable"
+# A bucket that takes the connection and never answers costs a call at most
+# ATTEMPTS x READ_TIMEOUT (plus botocore's backoff, a few seconds): ~35 s, where
+# five tries of 30 s held a submit's upload or /health for 150 s. A read is one
+# wait for bytes, not the whole transfer: an image streams as long as it needs.
+CONNECT_TIMEOUT = 3.0
+READ_TIMEOUT = 10.0
+ATTEMPTS = 3  # in all: 5xx, throttling and connection errors retried twice
+# /health's probe: one short try (a load balancer's own probe gives up in seconds).
+PROBE_CONNECT_TIMEOUT = 2.0
+PROBE_READ_TIMEOUT = 3.0
 
 
 class StorageError(Exception):
@@ -151,28 +161,34 @@ class S3Storage:
 
         self.bucket = settings.r2_bucket_name
         self.public_base = public_base(settings)
-        self.client = boto3.client(
-            "s3",
-            endpoint_url=settings.r2_endpoint_url,
-            aws_access_key_id=settings.r2_access_key_id,
-            aws_secret_access_key=settings.r2_secret_access_key,
-            region_name=settings.r2_region,
-            config=Config(
-                connect_timeout=5,
-                read_timeout=30,
-                # 5xx, throttling and connection errors, with exponential backoff
-                retries={"max_attempts": 4, "mode": "standard"},
-                s3={"addressing_style": "path"},
-            ),
-        )
 
-    def _call(self, method: str, **kwargs):
-        """One call on the bucket: a missing key is KeyError, any other failure
-        (botocore has retried what it could) is StorageError."""
+        def client(connect: float, read: float, attempts: int) -> Any:
+            return boto3.client(
+                "s3",
+                endpoint_url=settings.r2_endpoint_url,
+                aws_access_key_id=settings.r2_access_key_id,
+                aws_secret_access_key=settings.r2_secret_access_key,
+                region_name=settings.r2_region,
+                config=Config(
+                    connect_timeout=connect,
+                    read_timeout=read,
+                    # with exponential backoff between attempts
+                    retries={"total_max_attempts": attempts, "mode": "standard"},
+                    s3={"addressing_style": "path"},
+                ),
+            )
+
+        self.client = client(CONNECT_TIMEOUT, READ_TIMEOUT, ATTEMPTS)
+        self.probe = client(PROBE_CONNECT_TIMEOUT, PROBE_READ_TIMEOUT, 1)
+
+    def _call(self, method: str, client: Any = None, **kwargs):
+        """One call on the bucket (``client``: another than ours): a missing
+        key is KeyError, any other failure (botocore has retried what it
+        could) is StorageError."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
-            return getattr(self.client, method)(Bucket=self.bucket, **kwargs)
+            return getattr(client or self.client, method)(Bucket=self.bucket, **kwargs)
         except ClientError as exc:
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
             code = exc.response.get("Error", {}).get("Code")
@@ -214,7 +230,7 @@ class S3Storage:
         return public_url(self.public_base, key)
 
     def check(self) -> None:
-        self._call("head_bucket")
+        self._call("head_bucket", client=self.probe)
 
 
 def make_storage(settings: Settings) -> Storage:
