@@ -119,3 +119,15 @@ def test_an_upload_to_a_bucket_that_never_answers_is_tried_three_times(silent, m
     out = returns(lambda: bucket.put("users/1/in.png", b"\x89PNG", "image/png"))
     assert isinstance(out.get("error"), StorageError), out
     assert len(silent.accepted) == 3
+
+
+def test_a_replicate_key_check_is_a_probe_of_seconds(silent, monkeypatch):
+    """/health checks the key on a request thread (every TTL): 10 s, not the
+    30 s a prediction's call may take."""
+    from app.providers import replicate
+    from app.providers.base import ProviderTransient
+
+    monkeypatch.setattr(replicate, "PROBE_TIMEOUT", 0.2, raising=False)
+    env = {"REPLICATE_API_TOKEN": "r8_x", "REPLICATE_BASE_URL": f"http://127.0.0.1:{silent.port}"}
+    out = returns(lambda: replicate.ReplicateModel.verify_key(Settings.from_env(env)))
+    assert isinstance(out.get("error"), ProviderTransient), out

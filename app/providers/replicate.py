@@ -55,6 +55,10 @@ UNKNOWN = "unknown"  # the key of a job's saved state: when each 404 was first s
 SAFETY = re.compile(r"\bE005\b|sensitive|safety|flagged|nsfw", re.IGNORECASE)
 INTERRUPTED = re.compile(r"\(code: PA\)|interrupted", re.IGNORECASE)
 RESETS_IN = re.compile(r"resets in ~?\s*(\d+(?:\.\d+)?)\s*s", re.IGNORECASE)
+READ_TIMEOUT = 30.0  # s for an answer: a prediction's create, a look, a cancel
+# Calls a request thread waits on (/health's key check, a webhook's signing
+# secret): a probe, not a prediction.
+PROBE_TIMEOUT = 10.0
 
 
 def _detail(exc: ReplicateError) -> str:
@@ -90,11 +94,14 @@ def replicate_errors(what: str) -> Iterator[None]:
 
 
 @functools.cache
-def client_for(token: str | None, base_url: str | None) -> replicate.Client:
-    """One client per process and endpoint: each builds an httpx client and
-    its TLS context, which costs more CPU than a whole look at a prediction."""
+def client_for(
+    token: str | None, base_url: str | None, read_timeout: float = READ_TIMEOUT
+) -> replicate.Client:
+    """One client per process, endpoint and timeout: each builds an httpx
+    client and its TLS context, which costs more CPU than a whole look at a
+    prediction."""
     client = replicate.Client(
-        api_token=token, base_url=base_url, timeout=httpx.Timeout(30.0, connect=5.0)
+        api_token=token, base_url=base_url, timeout=httpx.Timeout(read_timeout, connect=5.0)
     )
     # The SDK retries GETs on 429/503/504 up to 10 times behind our back;
     # attempts are counted (and backed off) once, by the stage runner.
@@ -167,7 +174,9 @@ class ReplicateModel:
     @staticmethod
     def verify_key(settings: Settings) -> str:
         """A free call that needs the token (Replicate's account endpoint)."""
-        client = client_for(settings.replicate_api_token, settings.replicate_base_url)
+        client = client_for(
+            settings.replicate_api_token, settings.replicate_base_url, PROBE_TIMEOUT
+        )
         with replicate_errors("account"):
             account = client.accounts.current()
         return f"works (account {account.username})"

@@ -29,7 +29,7 @@ from standardwebhooks.webhooks import WebhookVerificationError
 from app.platform import redis as redis_clients
 from app.platform.config import Settings
 from app.providers.base import ProviderError, ProviderTransient
-from app.providers.replicate import client_for, replicate_errors
+from app.providers.replicate import PROBE_TIMEOUT, client_for, replicate_errors
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ MISMATCH = "No matching signature found"
 
 def webhook_secret(settings: Settings) -> str:
     """The account's default webhook signing secret (``whsec_…``)."""
-    client = client_for(settings.replicate_api_token, settings.replicate_base_url)
+    client = client_for(settings.replicate_api_token, settings.replicate_base_url, PROBE_TIMEOUT)
     with replicate_errors("webhook secret"):
         return client.webhooks.default.secret().key
 
