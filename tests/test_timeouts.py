@@ -131,3 +131,63 @@ def test_a_replicate_key_check_is_a_probe_of_seconds(silent, monkeypatch):
     env = {"REPLICATE_API_TOKEN": "r8_x", "REPLICATE_BASE_URL": f"http://127.0.0.1:{silent.port}"}
     out = returns(lambda: replicate.ReplicateModel.verify_key(Settings.from_env(env)))
     assert isinstance(out.get("error"), ProviderTransient), out
+
+
+class Unreachable:
+    """A port whose SYNs go unanswered (its one-place accept queue is full),
+    as a host behind a firewall that drops packets: a connect waits."""
+
+    def __init__(self) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0), backlog=0)
+        self.port = self.server.getsockname()[1]
+        self.fillers = []
+        for _ in range(4):
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex(("127.0.0.1", self.port))
+            self.fillers.append(filler)
+
+    def close(self) -> None:
+        for sock in (*self.fillers, self.server):
+            sock.close()
+
+
+@pytest.fixture
+def unreachable() -> Iterator[Unreachable]:
+    port = Unreachable()
+    yield port
+    port.close()
+
+
+def openai_env(port: int) -> dict[str, str]:
+    return {"OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": f"http://127.0.0.1:{port}/v1"}
+
+
+def test_an_llm_call_to_a_host_that_drops_packets_gives_up_in_seconds(unreachable, monkeypatch):
+    """Each of the SDK's three attempts waited BFF_LLM_TIMEOUT (30 s) for the
+    connection: ~100 s before analyze or enhance fell back."""
+    from app.pipeline import llm
+
+    monkeypatch.setattr(llm, "CONNECT_TIMEOUT", 0.2, raising=False)
+    monkeypatch.setattr(llm, "SDK_RETRIES", 0)  # one attempt shows it (and skips the backoff)
+    settings = Settings.from_env(openai_env(unreachable.port))
+    schema = {"type": "object"}
+    out = returns(
+        lambda: llm.chat_json(
+            settings, system="s", content="c", schema_name="n", schema=schema, validate=dict
+        )
+    )
+    assert isinstance(out.get("error"), llm.LLMCallFailed), out
+
+
+def test_an_image_call_to_a_host_that_drops_packets_gives_up_in_seconds(unreachable, monkeypatch):
+    """The image client's 180 s (an image may take minutes) was its connect's too."""
+    import openai
+
+    from app.providers import openai_images
+
+    monkeypatch.setattr(openai_images, "CONNECT_TIMEOUT", 0.2, raising=False)
+    env = openai_env(unreachable.port)
+    client = openai_images._client(env["OPENAI_API_KEY"], env["OPENAI_BASE_URL"])  # noqa: SLF001
+    out = returns(lambda: client.images.generate(model="gpt-image-1", prompt="a coat"))
+    assert isinstance(out.get("error"), openai.APITimeoutError), out

@@ -25,6 +25,9 @@ from app.providers.openai_images import error_message
 T = TypeVar("T")
 INVALID_RETRIES = 1
 SDK_RETRIES = 2
+# A host that drops our packets is told in seconds, not BFF_LLM_TIMEOUT: the
+# SDK makes its attempts each with the whole timeout (3 x 30 s, ~100 s).
+CONNECT_TIMEOUT = 5.0
 IMAGE_SIDE = 1024  # vision models downscale anyway; smaller requests are faster
 
 
@@ -65,7 +68,9 @@ def client(settings: Settings) -> openai.OpenAI:
     return openai.OpenAI(
         api_key=settings.openai_api_key,
         base_url=settings.openai_base_url,  # None: the SDK's own default / env
-        timeout=settings.llm_timeout_s,
+        timeout=openai.Timeout(
+            settings.llm_timeout_s, connect=min(CONNECT_TIMEOUT, settings.llm_timeout_s)
+        ),
         max_retries=SDK_RETRIES,
     )
 

@@ -33,6 +33,7 @@ from app.providers.base import (
 from app.providers.catalog import ModelEntry
 from app.providers.inputs import reference_fields
 
+CONNECT_TIMEOUT = 5.0  # s: a host that drops our packets, told in seconds
 POLICY_CODES = ("content_policy_violation", "moderation_blocked")
 QUOTA_CODES = ("insufficient_quota", "billing_hard_limit_reached", "billing_not_active")
 
@@ -92,7 +93,9 @@ CALL_TIMEOUT_S = 180.0
 @functools.cache
 def _client(api_key: str | None, base_url: str | None) -> openai.OpenAI:
     """One client per process and endpoint (each builds a TLS context)."""
-    return openai.OpenAI(api_key=api_key, base_url=base_url, max_retries=0, timeout=CALL_TIMEOUT_S)
+    # An image may take minutes to answer; a connection, seconds.
+    timeout = openai.Timeout(CALL_TIMEOUT_S, connect=CONNECT_TIMEOUT)
+    return openai.OpenAI(api_key=api_key, base_url=base_url, max_retries=0, timeout=timeout)
 
 
 class OpenAIImages:
