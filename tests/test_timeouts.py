@@ -137,14 +137,14 @@ class Unreachable:
     """A port whose SYNs go unanswered (its one-place accept queue is full),
     as a host behind a firewall that drops packets: a connect waits."""
 
-    def __init__(self) -> None:
-        self.server = socket.create_server(("127.0.0.1", 0), backlog=0)
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.server = socket.create_server((host, port), backlog=0)
         self.port = self.server.getsockname()[1]
         self.fillers = []
         for _ in range(4):
             filler = socket.socket()
             filler.setblocking(False)
-            filler.connect_ex(("127.0.0.1", self.port))
+            filler.connect_ex((host, self.port))
             self.fillers.append(filler)
 
     def close(self) -> None:
@@ -191,3 +191,24 @@ def test_an_image_call_to_a_host_that_drops_packets_gives_up_in_seconds(unreacha
     client = openai_images._client(env["OPENAI_API_KEY"], env["OPENAI_BASE_URL"])  # noqa: SLF001
     out = returns(lambda: client.images.generate(model="gpt-image-1", prompt="a coat"))
     assert isinstance(out.get("error"), openai.APITimeoutError), out
+
+
+def test_a_webhook_host_of_many_silent_addresses_costs_one_connect_budget(monkeypatch):
+    """A name may resolve to dozens of addresses that drop our packets: each
+    cost CONNECT_TIMEOUT (5 s) in turn, a receiver's choice of how long a
+    delivery holds a worker's thread."""
+    from urllib3.exceptions import ConnectTimeoutError
+
+    from app.webhooks import guard
+
+    monkeypatch.setattr(guard, "CONNECT_BUDGET", 0.5, raising=False)
+    first = Unreachable("127.0.0.2")
+    ports = [first] + [Unreachable(f"127.0.0.{n}", first.port) for n in (3, 4, 5)]
+    try:
+        ips = [f"127.0.0.{n}" for n in (2, 3, 4, 5)]
+        url = f"http://receiver.test:{first.port}/hook"
+        out = returns(lambda: guard.post(url, ips, {}, b"{}"))
+    finally:
+        for port in ports:
+            port.close()
+    assert isinstance(out.get("error"), ConnectTimeoutError), out

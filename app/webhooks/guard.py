@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 import threading
+import time
 from concurrent.futures import Future
 from contextlib import suppress
 from typing import Any
@@ -20,6 +21,9 @@ from app.platform.config import Settings
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 CONNECT_TIMEOUT = 5.0  # seconds for one address to take the connection
+# Seconds for all the addresses' connects: a name may resolve to dozens of
+# addresses that drop our packets, each costing CONNECT_TIMEOUT in turn.
+CONNECT_BUDGET = 10.0
 # The system resolver's own limit (resolv.conf's timeout x attempts x servers)
 # is tens of seconds: a host whose name servers never answer would hold an
 # API request's thread that long. Past this, the host "did not resolve in time".
@@ -154,10 +158,11 @@ def post(
     url: str, ips: list[str], headers: dict[str, str], body: bytes, timeout: float = 10
 ) -> int:
     """POST to the already-checked addresses, each in turn until one takes the
-    connection; no redirects followed. The receiver has ``timeout`` seconds
-    in all to send its status line and headers (a per-read timeout alone lets
-    a byte every few seconds hold the worker's thread for ever); its body is
-    never read (only the status counts, and it may be huge)."""
+    connection (all of them within CONNECT_BUDGET); no redirects followed.
+    The receiver has ``timeout`` seconds in all to send its status line and
+    headers (a per-read timeout alone lets a byte every few seconds hold the
+    worker's thread for ever); its body is never read (only the status
+    counts, and it may be huge)."""
     from urllib3.connection import HTTPConnection, HTTPSConnection
     from urllib3.exceptions import ConnectTimeoutError
 
@@ -167,11 +172,14 @@ def post(
     port = parts.port or (443 if https else 80)
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     headers = {**headers, "Host": parts.netloc.rsplit("@", 1)[-1]}
+    budget_ends = time.monotonic() + CONNECT_BUDGET
     for i, ip in enumerate(ips):
-        conn = (HTTPSConnection if https else HTTPConnection)(
-            ip, port, timeout=CONNECT_TIMEOUT, **kw
-        )
-        try:
+        left = budget_ends - time.monotonic()
+        if left <= 0:
+            raise ConnectTimeoutError(f"no address took the connection in {CONNECT_BUDGET:g} s")
+        connect = min(CONNECT_TIMEOUT, left)
+        conn = (HTTPSConnection if https else HTTPConnection)(ip, port, timeout=connect, **kw)
+        try:  # (CPython gives the TLS handshake, all of it, the connect's timeout)
             conn.connect()
         except ConnectTimeoutError:  # refused or timed out: the next one
             conn.close()
