@@ -72,6 +72,32 @@ def test_health_503_when_the_database_is_unreachable(app_config, url):
     assert resp.headers["Retry-After"]
 
 
+def test_503_when_every_pooled_connection_stays_busy(app_config, monkeypatch):
+    """A pool with no connection free in time is a busy database (503, as an
+    outage), not a crash (500)."""
+    from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+    from app.platform import db
+
+    monkeypatch.setattr(db, "POOL_TIMEOUT", 0.1)
+    app = create_app(app_config)
+    engine, held = app.extensions["bff"].db.engine, []
+    try:
+        while len(held) < 50:  # every connection the pool will give
+            held.append(engine.connect())
+    except PoolTimeout:
+        pass
+    try:
+        headers = {"Authorization": "Bearer bff_x_y"}  # its lookup needs a connection
+        resp = app.test_client().get("/api/generate", headers=headers)
+    finally:
+        for conn in held:
+            conn.close()
+    assert resp.status_code == 503, resp.get_data(as_text=True)
+    assert resp.get_json()["error"]["code"] == "service_unavailable"
+    assert resp.headers["Retry-After"]
+
+
 def _head() -> str:
     from alembic.script import ScriptDirectory
 

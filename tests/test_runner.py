@@ -192,6 +192,25 @@ def test_a_failing_stage_fails_the_generation_and_stops(
     assert all(stages[n]["status"] == "pending" for n in later)
 
 
+def test_a_database_pool_with_no_connection_free_is_retried_not_failed(
+    app, client, user, monkeypatch
+):
+    """No pooled connection free in time is the database's outage: the task
+    retries the stage (autoretry_for), the job does not fail as our crash."""
+    from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+    def busy(ctx: StageContext) -> StageResult:
+        raise PoolTimeout("QueuePool limit of size 15 overflow 0 reached")
+
+    monkeypatch.setitem(STAGE_FUNCS, "persona", busy)
+    gen_id = submit_prompt(client, user.headers)
+    run_all(app, gen_id, STAGES[: STAGES.index("persona")])
+    with pytest.raises(PoolTimeout):
+        stage(app, gen_id, "persona")
+    assert load(app, gen_id)["status"] == "processing"
+    assert stage_row(app, gen_id, "persona").status == "running"  # resumed by the retry
+
+
 @pytest.fixture
 def app2(app_config):
     """An app that gives up after two attempts."""

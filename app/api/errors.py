@@ -10,6 +10,7 @@ from typing import Any
 from flask import Flask, Response, current_app, request
 from pydantic import ValidationError
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 
 from app.api.responses import ErrorOut, respond
@@ -149,11 +150,22 @@ def register_error_handlers(app: Flask) -> None:
             log.error("database error: %s", exc.orig, exc_info=exc)
             return error_response(500, "internal_error", "an internal error occurred")
         log.warning("database unavailable: %s: %s", type(exc.orig).__name__, exc.orig)
-        return error_response(
-            503, "service_unavailable", "the database is unavailable", headers={"Retry-After": "5"}
-        )
+        return _database_unavailable()
+
+    @app.errorhandler(PoolTimeout)
+    def _pool_exhausted(exc: PoolTimeout):
+        # Every pooled connection stayed busy for POOL_TIMEOUT (a slow or
+        # overloaded database): the client may try again, as for an outage.
+        log.warning("no database connection free: %s", exc)
+        return _database_unavailable()
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):
         log.exception("unhandled error")
         return error_response(500, "internal_error", "an internal error occurred")
+
+
+def _database_unavailable() -> Response:
+    return error_response(
+        503, "service_unavailable", "the database is unavailable", headers={"Retry-After": "5"}
+    )

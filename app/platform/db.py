@@ -23,11 +23,15 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
 log = logging.getLogger(__name__)
 POOL_SIZE = 15  # per process; gunicorn threads and Celery threads share it
 BEAT_POOL_SIZE = 2  # per process, for lease heartbeats only (created when first used)
+# Seconds a thread waits for a pooled connection when all are in use (then
+# ``PoolTimeout``: the database is too busy, an outage like any other).
+POOL_TIMEOUT = 30.0
 # PostgreSQL aborts one transaction to break a deadlock (or a serialization
 # conflict) and advises running it again.
 RETRYABLE_SQLSTATES = ("40P01", "40001")
@@ -46,8 +50,9 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 
 def unavailable(exc: BaseException) -> bool:
     """The database went away (refused, cut, restarting, locked), as opposed to
-    a statement or a value it refused: worth waiting for, never the job's fault."""
-    if isinstance(exc, OperationalError | InterfaceError):
+    a statement or a value it refused: worth waiting for, never the job's fault.
+    A pool with no connection free for ``POOL_TIMEOUT`` seconds counts too."""
+    if isinstance(exc, OperationalError | InterfaceError | PoolTimeout):
         return True
     return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
 
@@ -60,7 +65,10 @@ def make_engine(
 ) -> Engine:
     if url.startswith("sqlite"):
         engine = create_engine(
-            url, pool_size=pool_size, connect_args={"timeout": 30, "check_same_thread": False}
+            url,
+            pool_size=pool_size,
+            pool_timeout=POOL_TIMEOUT,
+            connect_args={"timeout": 30, "check_same_thread": False},
         )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
@@ -68,6 +76,7 @@ def make_engine(
         url,
         pool_size=pool_size,
         max_overflow=0,  # an overflow connection is closed on return: a new backend per burst
+        pool_timeout=POOL_TIMEOUT,
         pool_pre_ping=True,
         pool_recycle=1800,
         connect_args={
