@@ -72,12 +72,22 @@ def redis_db_number() -> int:
     r = redis.Redis(REDIS_HOST, REDIS_PORT, db=0)
     for n in range(1, 16):
         if r.set(f"bff-test:db:{n}", os.getpid(), nx=True, ex=3600):
-            return n
+            if not _connected(r, n):
+                return n
+            r.delete(f"bff-test:db:{n}")
+            continue
         holder = r.get(f"bff-test:db:{n}")
-        if holder is not None and not _pid_alive(int(holder)):
+        if holder is not None and not _pid_alive(int(holder)) and not _connected(r, n):
             r.set(f"bff-test:db:{n}", os.getpid(), ex=3600)
             return n
     raise RuntimeError("all Redis test databases 1-15 are in use")
+
+
+def _connected(r, n: int) -> bool:
+    """Someone is still connected to db ``n``: the workers of a run that was
+    killed (its lease gone with it) would take this session's messages, and
+    its generations would stall, their stages delivered to another database."""
+    return any(client.get("db") == str(n) for client in r.client_list())
 
 
 @contextmanager
