@@ -15,6 +15,7 @@ from werkzeug.exceptions import HTTPException
 
 from app.api.responses import ErrorOut, respond
 from app.platform.db import unavailable as db_unavailable
+from app.webhooks.guard import ResolverBusy
 
 log = logging.getLogger(__name__)
 
@@ -152,17 +153,27 @@ def register_error_handlers(app: Flask) -> None:
         log.warning("database unavailable: %s: %s", type(exc.orig).__name__, exc.orig)
         return _database_unavailable()
 
-    @app.errorhandler(PoolTimeout)
-    def _pool_exhausted(exc: PoolTimeout):
-        # Every pooled connection stayed busy for POOL_TIMEOUT (a slow or
-        # overloaded database): the client may try again, as for an outage.
-        log.warning("no database connection free: %s", exc)
-        return _database_unavailable()
+    app.register_error_handler(PoolTimeout, _pool_exhausted)
+    app.register_error_handler(ResolverBusy, _resolver_busy)
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):
         log.exception("unhandled error")
         return error_response(500, "internal_error", "an internal error occurred")
+
+
+def _pool_exhausted(exc: PoolTimeout) -> Response:
+    # Every pooled connection stayed busy for POOL_TIMEOUT (a slow or
+    # overloaded database): the client may try again, as for an outage.
+    log.warning("no database connection free: %s", exc)
+    return _database_unavailable()
+
+
+def _resolver_busy(exc: ResolverBusy) -> Response:
+    # A webhookUrl that could not be looked up for want of room (other
+    # lookups hang on dead name servers): the URL may be fine, try again.
+    log.warning("webhook URL not checked: %s", exc)
+    return error_response(503, "service_unavailable", str(exc), headers={"Retry-After": "5"})
 
 
 def _database_unavailable() -> Response:

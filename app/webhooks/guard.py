@@ -49,6 +49,12 @@ class Unresolved(Refused):
     time a resolver's hiccup is an outage like any other, retried."""
 
 
+class ResolverBusy(Unresolved):
+    """No lookup may start now (too many still wait on dead name servers):
+    no fault of the URL's, so a submit is a 503 to try again (another key's
+    hung names must not make a good URL a 422); a delivery retries it."""
+
+
 def _ip(raw: str) -> Address:
     addr = ipaddress.ip_address(raw)
     if isinstance(addr, ipaddress.IPv6Address):
@@ -90,7 +96,7 @@ def _getaddrinfo(host: str, port: int) -> list[tuple[Any, ...]]:
     runs on a thread of its own and we stop waiting after RESOLVE_TIMEOUT."""
     slots = _lookups
     if not slots.acquire(blocking=False):
-        raise Unresolved(f"cannot resolve {host} now (too many lookups still waiting)")
+        raise ResolverBusy(f"cannot resolve {host} now (too many lookups still waiting)")
     answer: Future[list[tuple[Any, ...]]] = Future()
 
     def lookup() -> None:
@@ -146,9 +152,12 @@ def resolve_target(url: str, settings: Settings) -> list[str]:
 
 def submit_url_problem(url: str, settings: Settings) -> str | None:
     """Why ``url`` cannot be a webhookUrl (None if fine): the delivery's own check,
-    made at submit so a URL it would refuse is never accepted."""
+    made at submit so a URL it would refuse is never accepted. Raises
+    ResolverBusy when no lookup may start now."""
     try:
         resolve_target(url, settings)
+    except ResolverBusy:
+        raise  # not the URL's fault: the API's 503
     except Refused as exc:
         return str(exc)
     return None
