@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import socket
 import threading
+import types
 from collections.abc import Iterator
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -124,3 +126,21 @@ def test_a_resolver_timeout_at_delivery_is_an_outage_retried(app_config, resolve
         assert resolver.waiting == 1 and not receiver.received
     finally:
         receiver.close()
+
+
+def test_a_lookup_whose_thread_cannot_start_gives_its_slot_back(resolver, monkeypatch):
+    """A process out of threads ("can't start new thread"): the lookup is
+    refused as the resolver's outage, and its slot is not lost for good
+    (RESOLVE_MAX_PENDING such moments refused every webhookUrl after)."""
+
+    class NoThread(threading.Thread):
+        def start(self) -> None:
+            raise RuntimeError("can't start new thread")
+
+    parts = urlsplit("https://hooks.example.com/hook")
+    monkeypatch.setattr(guard, "threading", types.SimpleNamespace(Thread=NoThread))
+    for _ in range(3):  # more than the fixture's 2 slots
+        with pytest.raises(guard.ResolverBusy, match="no thread to spare"):
+            guard._resolve(parts)  # noqa: SLF001
+    monkeypatch.setattr(guard, "threading", threading)
+    assert guard._resolve(parts) == ["93.184.215.14"]  # noqa: SLF001

@@ -50,8 +50,8 @@ class Unresolved(Refused):
 
 
 class ResolverBusy(Unresolved):
-    """No lookup may start now (too many still wait on dead name servers):
-    no fault of the URL's, so a submit is a 503 to try again (another key's
+    """No lookup may start now (too many still wait on dead name servers, or
+    no thread to spare): no fault of the URL's, so a submit is a 503 to try again (another key's
     hung names must not make a good URL a 422); a delivery retries it."""
 
 
@@ -107,8 +107,11 @@ def _getaddrinfo(host: str, port: int) -> list[tuple[Any, ...]]:
         finally:
             slots.release()
 
-    # A daemon: a lookup still waiting on a dead name server holds up no exit.
-    threading.Thread(target=lookup, name="webhook-resolve", daemon=True).start()
+    try:  # A daemon: a lookup still waiting on a dead name server holds up no exit.
+        threading.Thread(target=lookup, name="webhook-resolve", daemon=True).start()
+    except RuntimeError:  # "can't start new thread": its slot back, or it is lost for good
+        slots.release()
+        raise ResolverBusy(f"cannot resolve {host} now (no thread to spare)") from None
     try:
         return answer.result(timeout=RESOLVE_TIMEOUT)
     except TimeoutError:
