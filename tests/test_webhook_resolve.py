@@ -37,21 +37,30 @@ class Resolver:
         self.released = threading.Event()
         self.waiting = 0  # lookups blocked right now
         self.lock = threading.Lock()
+        self.changed = threading.Condition(self.lock)
         self.real = socket.getaddrinfo
 
     def getaddrinfo(self, host, port, *args, **kw):
         if host in self.hung:
-            with self.lock:
+            with self.changed:
                 self.waiting += 1
+                self.changed.notify_all()
             try:
                 self.released.wait(RESOLVER_GIVES_UP)
             finally:
-                with self.lock:
+                with self.changed:
                     self.waiting -= 1
+                    self.changed.notify_all()
             raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
         kw["flags"] = socket.AI_NUMERICHOST
         addrs = self.names.get(host, [host])
         return [info for raw in addrs for info in self.real(raw, port, *args, **kw)]
+
+    def have_waiting(self, n: int) -> bool:
+        """Whether ``n`` lookups are (soon) blocked: a lookup's thread may not
+        have run yet when its caller gave up on it (2 busy cores, xdist)."""
+        with self.changed:
+            return self.changed.wait_for(lambda: self.waiting == n, timeout=RESOLVER_GIVES_UP)
 
 
 @pytest.fixture
@@ -81,7 +90,7 @@ def test_a_host_that_does_not_resolve_in_time_is_a_422_at_submit(client, user, r
     detail = submit_hung(client, user)
     assert f"cannot resolve {HUNG} in time" in detail["message"], detail
     # Answered while the lookup still waits on the name server.
-    assert resolver.waiting == 1
+    assert resolver.have_waiting(1)
 
 
 def busy(resp) -> None:
@@ -95,7 +104,7 @@ def busy(resp) -> None:
 def test_lookups_left_waiting_are_bounded_then_refused_at_once(client, user, resolver):
     for _ in range(2):  # each leaves its lookup waiting
         assert "in time" in submit_hung(client, user)["message"]
-    assert resolver.waiting == 2
+    assert resolver.have_waiting(2)
     hung = {"prompt": "coat", "webhookUrl": f"https://{HUNG}/hook"}
     busy(client.post("/api/generate/from-prompt", headers=user.headers, json=hung))
     assert resolver.waiting == 2  # no third thread is started
@@ -123,7 +132,7 @@ def test_a_resolver_timeout_at_delivery_is_an_outage_retried(app_config, resolve
         [d] = deliveries(app, gen_id)
         assert nxt is not None and nxt[0] == 2, (d.status, d.last_error)
         assert d.status == "pending" and "cannot resolve receiver.test in time" in d.last_error
-        assert resolver.waiting == 1 and not receiver.received
+        assert resolver.have_waiting(1) and not receiver.received
     finally:
         receiver.close()
 
