@@ -299,6 +299,8 @@ def test_the_flower_guard_takes_credentials_from_the_command_line_too(monkeypatc
         # Flower's FileNotFoundError traceback.
         (Path("/"), "5555", "Flower's --conf=./flowerconfig.py is not in /: start it from"),
         (ROOT, "fifty", "FLOWER_PORT='fifty' cannot be used: it must be a port number"),
+        # An `.env` line `FLOWER_PORT=`: set, so Flower and flowerconfig.py read it.
+        (ROOT, "", "FLOWER_PORT='' cannot be used: it must be a port number"),
     ],
 )
 def test_the_flower_guard_says_in_one_line_what_flower_cannot_read(monkeypatch, cwd, port, refused):

@@ -50,6 +50,6 @@ def _readable(args: list[str]) -> None:
     conf = next((a.partition("=")[2] for a in args if a.startswith("--conf=")), None)
     if conf and not os.path.isfile(conf):
         sys.exit(f"Flower's --conf={conf} is not in {os.getcwd()}: start it from the checkout")
-    port = os.environ.get("FLOWER_PORT", "")
-    if port and not port.isdigit():
+    port = os.environ.get("FLOWER_PORT")
+    if port is not None and not port.isdigit():  # set but empty too: int("") for both
         sys.exit(f"FLOWER_PORT={port!r} cannot be used: it must be a port number")
