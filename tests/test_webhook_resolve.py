@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 import types
 from collections.abc import Iterator
 from urllib.parse import urlsplit
@@ -68,10 +69,22 @@ def resolver(monkeypatch) -> Iterator[Resolver]:
     fake = Resolver()
     monkeypatch.setattr(socket, "getaddrinfo", fake.getaddrinfo)
     monkeypatch.setattr(guard, "RESOLVE_TIMEOUT", 0.05, raising=False)
-    monkeypatch.setattr(guard, "_lookups", threading.BoundedSemaphore(2), raising=False)
+    monkeypatch.setattr(guard, "RESOLVE_MAX_PENDING", 2)
+    monkeypatch.setattr(guard, "_overdue", guard._Overdue())  # noqa: SLF001 - the test's own
     fake.hung.add(HUNG)
     yield fake
     fake.released.set()  # the lookups left behind end now
+
+
+def overdue_become(n: int) -> bool:
+    """Whether the guard's count of lookups left waiting is ``n`` (their
+    threads end a moment after the resolver gives up)."""
+    deadline = time.monotonic() + RESOLVER_GIVES_UP
+    while guard._overdue.count != n:  # noqa: SLF001 - the fixture's own
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 def submit_hung(client, user) -> dict:
@@ -113,9 +126,7 @@ def test_lookups_left_waiting_are_bounded_then_refused_at_once(client, user, res
     busy(client.post("/api/generate/from-prompt", headers=user.headers, json=hooks))
     busy(client.post("/api/batches", headers=user.headers, json={"items": [hooks]}))
     resolver.released.set()  # the resolver gives up: the slots come back
-    slots = guard._lookups  # noqa: SLF001 - the test's own bound
-    assert slots.acquire(timeout=5) and slots.acquire(timeout=5)
-    slots.release(), slots.release()
+    assert overdue_become(0)
     ok = client.post("/api/generate/from-prompt", headers=user.headers, json=hooks)
     assert ok.status_code == 202, ok.json
 
@@ -153,3 +164,32 @@ def test_a_lookup_whose_thread_cannot_start_gives_its_slot_back(resolver, monkey
             guard._resolve(parts)  # noqa: SLF001
     monkeypatch.setattr(guard, "threading", threading)
     assert guard._resolve(parts) == ["93.184.215.14"]  # noqa: SLF001
+
+
+def test_lookups_answered_in_time_are_not_bounded(resolver, monkeypatch):
+    """The bound is on lookups left waiting past their deadline: more at once
+    that answer in time (gunicorn's and the generator's 32 threads each) all
+    resolve. Each here answers once all three are under way."""
+    monkeypatch.setattr(guard, "RESOLVE_TIMEOUT", 5.0)
+    together, answer = threading.Barrier(3, timeout=3), resolver.getaddrinfo
+
+    def lookup(*args, **kw):
+        together.wait()
+        return answer(*args, **kw)
+
+    monkeypatch.setattr(socket, "getaddrinfo", lookup)
+    results: list = []
+
+    def resolve() -> None:
+        try:
+            results.append(guard._resolve(urlsplit("https://hooks.example.com/hook")))  # noqa: SLF001
+        except Exception as exc:  # noqa: BLE001 - shown by the assert
+            results.append(exc)
+
+    callers = [threading.Thread(target=resolve) for _ in range(3)]
+    for t in callers:
+        t.start()
+    for t in callers:
+        t.join(10)
+    assert results == [["93.184.215.14"]] * 3
+    assert overdue_become(0)

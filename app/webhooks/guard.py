@@ -29,9 +29,9 @@ CONNECT_BUDGET = 10.0
 # API request's thread that long. Past this, the host "did not resolve in time".
 RESOLVE_TIMEOUT = 3.0
 # A lookup past its deadline keeps its thread until the resolver gives up:
-# at most this many per process may be running, the next refused at once.
+# at most this many per process may be left so, the next refused at once
+# (lookups that answer in time are not counted: 32 threads may resolve at once).
 RESOLVE_MAX_PENDING = 8
-_lookups = threading.BoundedSemaphore(RESOLVE_MAX_PENDING)
 HTTP_ONLY_LOOPBACK = "must be https (plain http only to loopback in development)"
 
 
@@ -53,6 +53,18 @@ class ResolverBusy(Unresolved):
     """No lookup may start now (too many still wait on dead name servers, or
     no thread to spare): no fault of the URL's, so a submit is a 503 to try again (another key's
     hung names must not make a good URL a 422); a delivery retries it."""
+
+
+class _Overdue:
+    """The lookups given up on (past RESOLVE_TIMEOUT) whose threads still
+    wait on the resolver."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.count = 0
+
+
+_overdue = _Overdue()
 
 
 def _ip(raw: str) -> Address:
@@ -94,10 +106,12 @@ def _split(url: str, settings: Settings) -> SplitResult:
 def _getaddrinfo(host: str, port: int) -> list[tuple[Any, ...]]:
     """``socket.getaddrinfo`` with a deadline: it has none of its own, so it
     runs on a thread of its own and we stop waiting after RESOLVE_TIMEOUT."""
-    slots = _lookups
-    if not slots.acquire(blocking=False):
-        raise ResolverBusy(f"cannot resolve {host} now (too many lookups still waiting)")
+    overdue = _overdue
+    with overdue.lock:
+        if overdue.count >= RESOLVE_MAX_PENDING:
+            raise ResolverBusy(f"cannot resolve {host} now (too many lookups still waiting)")
     answer: Future[list[tuple[Any, ...]]] = Future()
+    state = {"done": False, "overdue": False}  # under overdue.lock
 
     def lookup() -> None:
         try:
@@ -105,16 +119,22 @@ def _getaddrinfo(host: str, port: int) -> list[tuple[Any, ...]]:
         except BaseException as exc:  # noqa: BLE001 - handed to the waiting caller
             answer.set_exception(exc)
         finally:
-            slots.release()
+            with overdue.lock:
+                state["done"] = True
+                if state["overdue"]:
+                    overdue.count -= 1
 
     try:  # A daemon: a lookup still waiting on a dead name server holds up no exit.
         threading.Thread(target=lookup, name="webhook-resolve", daemon=True).start()
-    except RuntimeError:  # "can't start new thread": its slot back, or it is lost for good
-        slots.release()
+    except RuntimeError:  # "can't start new thread"
         raise ResolverBusy(f"cannot resolve {host} now (no thread to spare)") from None
     try:
         return answer.result(timeout=RESOLVE_TIMEOUT)
     except TimeoutError:
+        with overdue.lock:
+            if not state["done"]:  # (else it answered just now: nothing left waiting)
+                state["overdue"] = True
+                overdue.count += 1
         raise Unresolved(
             f"cannot resolve {host} in time (no answer within {RESOLVE_TIMEOUT:g} s)"
         ) from None
