@@ -105,3 +105,17 @@ def test_a_database_outage_in_a_stage_is_a_warning(caplog):
     assert [r.getMessage() for r in caplog.records] == [
         "database unavailable (OperationalError): the stage will be retried"
     ]
+
+
+def test_the_sdks_request_lines_show_at_debug_only():
+    """Each look at a running prediction was an INFO line of httpx's."""
+    for level, shown in (("INFO", False), ("DEBUG", True)):
+        buf = io.StringIO()
+        logs.configure(Settings.from_env({"BFF_LOG_LEVEL": level}), stream=buf)
+        for name in ("httpx", "httpx2"):
+            logging.getLogger(name).info('HTTP Request: GET http://r8/v1/predictions/p "200 OK"')
+            logging.getLogger(name).warning("retrying")
+        lines = buf.getvalue().splitlines()
+        assert sum("HTTP Request" in line for line in lines) == (2 if shown else 0), level
+        assert sum("retrying" in line for line in lines) == 2
+    logs.configure(Settings.from_env({}))

@@ -58,6 +58,9 @@ class TextFormatter(logging.Formatter):
         return super().format(record)
 
 
+SDK_HTTP_LOGGERS = ("httpx", "httpx2")  # replicate's client; openai's own copy of httpx
+
+
 def configure(settings: Settings, stream: IO[str] | None = None) -> logging.Handler:
     """Install our one handler on the root logger (replacing the one a previous
     ``create_app`` installed; other handlers, e.g. pytest's, stay)."""
@@ -72,6 +75,11 @@ def configure(settings: Settings, stream: IO[str] | None = None) -> logging.Hand
     handler.setFormatter(JsonFormatter() if settings.log_format == "json" else TextFormatter())
     root.addHandler(handler)
     root.setLevel(settings.log_level)
+    # The SDKs' HTTP clients log each request at INFO: a line for every look
+    # at a running prediction, every few seconds. Detail for DEBUG only.
+    chatty = logging.DEBUG if root.level <= logging.DEBUG else logging.WARNING
+    for name in SDK_HTTP_LOGGERS:
+        logging.getLogger(name).setLevel(chatty)
     return handler
 
 
