@@ -93,6 +93,7 @@ def test_503_when_every_pooled_connection_stays_busy(app_config, monkeypatch):
     finally:
         for conn in held:
             conn.close()
+        engine.dispose()
     assert resp.status_code == 503, resp.get_data(as_text=True)
     assert resp.get_json()["error"]["code"] == "service_unavailable"
     assert resp.headers["Retry-After"]
