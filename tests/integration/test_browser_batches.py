@@ -168,3 +168,30 @@ def test_retrying_a_failed_member_follows_its_batch_again(embedded, browser, use
     expect(card.locator(".img-link img")).to_have_count(1)
     expect(page.locator("#batch-status")).to_contain_text("completed, 2 of 2 done (2 completed")
     page.close()
+
+
+def test_the_batch_shown_can_be_deleted(browser, user):  # noqa: F811
+    """Before, the page had no way to delete a batch: only the API's DELETE."""
+    from playwright.sync_api import expect
+
+    base, key, auth = user
+    kept, _ = finished_batch(base, auth, [{"prompt": "camel coat", "settings": LOCAL}])
+    batch_id, gens = finished_batch(base, auth, [{"prompt": "navy blazer", "settings": LOCAL}] * 2)
+    page = open_page(browser, base, key)
+    page.reload()
+    page.locator(f'#batch-list li[data-id="{batch_id}"]').get_by_role("button").click()
+    members = page.get_by_role("list", name="The batch's generations")
+    expect(members.locator("li.item")).to_have_count(2)
+    gallery = page.locator("#gallery li.item")
+    expect(gallery).to_have_count(3)
+    dialogs: list[str] = []
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.accept()))
+    page.get_by_role("button", name="Delete batch").click()
+    expect(page.locator("#batch-list li")).to_have_count(1)
+    expect(page.locator("#batch-list li")).to_have_attribute("data-id", kept)
+    expect(page.locator("#batch-run")).to_be_hidden()
+    expect(gallery).to_have_count(1)  # its generations' cards gone from the gallery too
+    expect(gallery).to_contain_text("camel coat")
+    assert dialogs and "Delete this batch" in dialogs[0], dialogs
+    assert requests.get(f"{base}/api/batches/{batch_id}", headers=auth).status_code == 404
+    page.close()

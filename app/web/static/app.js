@@ -262,6 +262,13 @@ function card(gen) {
   return li;
 }
 
+// A generation deleted: its cards go (gallery and batch alike), and its stages
+// and images must not stay under Progress as if it were still there.
+function dropCards(id) {
+  for (const li of document.querySelectorAll(`li.item[data-id="${id}"]`)) li.remove();
+  if ($("#gen-id").textContent === id) stopWatching("That generation was deleted.");
+}
+
 function offerRetry(li, gen, label) {
   const reason = $(".reason", li);
   reason.hidden = false;

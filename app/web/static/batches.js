@@ -2,7 +2,7 @@
 // sent as one POST /api/batches matrix; the caller's newest batches; the one
 // shown: its progress and cancel (GET /api/batches/<id>) and its generations'
 // cards (GET /api/generate?batchId=), polled while it runs. Uses app.js's $,
-// api(), apiKey(), card() and loadGallery(), and follow.js's sleep().
+// api(), apiKey(), card(), dropCards() and loadGallery(), and follow.js's sleep().
 "use strict";
 
 let batchId = null;  // the batch shown
@@ -176,6 +176,25 @@ async function cancelBatch() {
   }
 }
 
+// The batch shown, with its generations and images (the API cancels any still
+// running first): their cards go from the whole page, its row from the list.
+async function deleteBatch() {
+  const id = batchId;
+  if (!id || !confirm("Delete this batch, its generations and their images?"
+    + " Any still running are cancelled.")) return;
+  const members = [...$("#batch-gallery").children].map((li) => li.dataset.id);
+  try {
+    await api("DELETE", `/api/batches/${id}`);
+  } catch (e) { $("#batch-status").textContent = e.message; return; }
+  members.forEach(dropCards);  // app.js's
+  if (batchId === id) {
+    batchRuns++;  // its poll stops
+    batchId = null;
+    $("#batch-run").hidden = true;
+  }
+  loadBatches();
+}
+
 // The archive needs the Authorization header: fetched, then saved from a blob URL.
 async function downloadArchive() {
   const resp = await fetch(`/api/batches/${batchId}/archive`,
@@ -192,4 +211,5 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#batch-form").addEventListener("submit", submitBatch);
   $("#batch-cancel").addEventListener("click", cancelBatch);
   $("#batch-archive").addEventListener("click", downloadArchive);
+  $("#batch-delete").addEventListener("click", deleteBatch);
 });
