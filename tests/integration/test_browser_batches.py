@@ -195,3 +195,39 @@ def test_the_batch_shown_can_be_deleted(browser, user):  # noqa: F811
     assert dialogs and "Delete this batch" in dialogs[0], dialogs
     assert requests.get(f"{base}/api/batches/{batch_id}", headers=auth).status_code == 404
     page.close()
+
+
+def test_a_generation_deleted_anywhere_leaves_the_whole_page(browser, user):  # noqa: F811
+    """Before, a member deleted from its batch card stayed in the gallery and
+    the batch's counts did not change till it was opened again; deleted from
+    the gallery, its batch card stayed."""
+    from playwright.sync_api import expect
+
+    base, key, auth = user
+    items = [
+        {"prompt": "navy blazer", "settings": LOCAL},
+        {"prompt": "camel coat", "settings": LOCAL},
+    ]
+    batch_id, gens = finished_batch(base, auth, items)
+    blazer, coat = (next(g for g in gens if g["prompt"]["original"] == i["prompt"]) for i in items)
+    page = open_page(browser, base, key)
+    page.reload()
+    page.on("dialog", lambda d: d.accept())
+    page.locator(f'#batch-list li[data-id="{batch_id}"]').get_by_role("button").click()
+    members = page.get_by_role("list", name="The batch's generations")
+    gallery = page.locator("#gallery")
+    expect(members.locator("li.item")).to_have_count(2)
+    expect(gallery.locator("li.item")).to_have_count(2)
+    status = page.locator("#batch-status")
+    expect(status).not_to_contain_text("deleted")
+
+    members.get_by_role("button", name="Delete “navy blazer”").click()
+    expect(members.locator(f'li.item[data-id="{blazer["id"]}"]')).to_have_count(0)
+    expect(gallery.locator(f'li.item[data-id="{blazer["id"]}"]')).to_have_count(0)
+    expect(status).to_contain_text("1 deleted")
+
+    gallery.get_by_role("button", name="Delete “camel coat”").click()
+    expect(gallery.locator("li.item")).to_have_count(0)
+    expect(members.locator("li.item")).to_have_count(0)
+    expect(status).to_contain_text("2 deleted")
+    page.close()

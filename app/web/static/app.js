@@ -253,9 +253,8 @@ function card(gen) {
     if (!confirm("Delete this generation and its images?")) return;
     try {
       await api("DELETE", `/api/generate/${gen.id}`);
-      li.remove();
-      // Its stages and images must not stay under Progress as if it were still there.
-      if ($("#gen-id").textContent === gen.id) stopWatching("That generation was deleted.");
+      dropCards(gen.id);
+      refreshBatchOf(gen);  // batches.js's: its counts change
     }
     catch (e) { $(".meta", li).textContent = e.message; }
   });
@@ -280,7 +279,7 @@ function offerRetry(li, gen, label) {
     retry.disabled = true;
     try {
       await api("POST", `/api/generate/${gen.id}/retry`);
-      batchMemberRetried(gen);  // batches.js's: its batch runs again
+      refreshBatchOf(gen);  // batches.js's: its batch runs again
       await watch(gen.id);
     } catch (e) { $(".meta", li).textContent = e.message; retry.disabled = false; }
   });

@@ -150,8 +150,9 @@ async function showMembers(id, run) {
   gens.forEach((gen, i) => { if (shown[i].dataset.key !== key(gen)) shown[i].replaceWith(built(gen)); });
 }
 
-// A retried member reopens its batch: shown, it is followed again till it ends.
-function batchMemberRetried(gen) {
+// A member retried (its batch reopens) or deleted (its counts change): its
+// batch, if shown, is read again, and followed till it ends.
+function refreshBatchOf(gen) {
   if (gen.batchId && gen.batchId === batchId) followBatch(batchId);
 }
 
