@@ -321,7 +321,7 @@ def test_designer_runs_a_batch_from_the_page(dev_server, browser, tmp_path):
     page.get_by_label("Colourways").fill("navy, sage")
     page.get_by_role("button", name="Start the batch").click()
     status = page.locator("#batch-status")
-    expect(status).to_contain_text("completed, 4 of 4 done (4 completed", timeout=90_000)
+    expect(status).to_have_text("Finished: 4 of 4 done · $0.000", timeout=90_000)
     expect(page.locator("#batch-progress")).to_have_attribute("value", "4")
     expect(page.locator("#batch-gallery img")).to_have_count(4)
     expect(page.locator("#batch-gallery")).to_contain_text("rust wool coat, in a sage colorway")

@@ -60,6 +60,9 @@ async function loadBatches() {
 }
 
 const RUNNING = ["pending", "processing"];
+const STATE = {  // a batch's status, as the status line says it
+  pending: "Waiting", processing: "Running", completed: "Finished", canceled: "Canceled",
+};
 const done = (c) => c.completed + c.failed + c.canceled + c.deleted;
 
 function batchRow(batch) {
@@ -120,10 +123,12 @@ function showBatch(batch) {
   const c = batch.counts;
   $("#batch-progress").max = batch.total;
   $("#batch-progress").value = done(c);
-  $("#batch-status").textContent = `${batch.id}: ${batch.status}, ${done(c)} of ${batch.total} done`
-    + ` (${c.completed} completed, ${c.failed} failed, ${c.canceled} canceled`
-    + `${c.deleted ? `, ${c.deleted} deleted` : ""}),`
-    + ` cost $${batch.cost.toFixed(3)}`;
+  // A sentence for the designer; the id (for bff and the API) under it, small.
+  $("#batch-status").textContent = [`${STATE[batch.status] || batch.status}:`
+    + ` ${done(c)} of ${batch.total} done`,
+  ...["failed", "canceled", "deleted"].filter((k) => c[k]).map((k) => `${c[k]} ${k}`),
+  `$${batch.cost.toFixed(3)}`].join(" · ");
+  $("#batch-id").textContent = `Batch ${batch.id}`;
   const running = RUNNING.includes(batch.status);
   $("#batch-cancel").hidden = !running;
   $("#batch-archive").hidden = running;
