@@ -236,4 +236,5 @@ def test_a_generation_deleted_anywhere_leaves_the_whole_page(browser, user):  # 
     expect(gallery.locator("li.item")).to_have_count(0)
     expect(members.locator("li.item")).to_have_count(0)
     expect(status).to_have_text("Finished: 2 of 2 done · 2 deleted · $0.000")
+    expect(page.locator("#gallery-empty")).to_have_text("No generations yet.")
     page.close()

@@ -265,6 +265,9 @@ function card(gen) {
 // and images must not stay under Progress as if it were still there.
 function dropCards(id) {
   for (const li of document.querySelectorAll(`li.item[data-id="${id}"]`)) li.remove();
+  if (!$("#gallery").children.length && !cursor) {
+    $("#gallery-empty").textContent = "No generations yet.";  // as loadGallery() says it
+  }
   if ($("#gen-id").textContent === id) stopWatching("That generation was deleted.");
 }
 
