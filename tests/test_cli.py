@@ -98,6 +98,22 @@ def test_providers_check_fails_when_a_configured_key_cannot_be_checked(app_confi
     assert "local              -       needs no key" in result.output
 
 
+def test_providers_check_asks_replicate_once_for_all_its_models(app_config, fake, monkeypatch):
+    """The three Replicate models share one token and one account endpoint."""
+    from app import create_app
+    from app.providers import verify
+    from tests.conftest import REPLICATE_TOKEN, CliRunner
+
+    asked, real = [], verify.check
+    monkeypatch.setattr(verify, "check", lambda pid, s: asked.append(pid) or real(pid, s))
+    env = {"REPLICATE_API_TOKEN": REPLICATE_TOKEN, "REPLICATE_BASE_URL": fake.url}
+    result = CliRunner(create_app({**app_config, **env})).invoke(["providers", "check"])
+    assert result.exit_code == 0, result.output
+    for model in ("google-imagen", "flux-pro", "nano-banana"):
+        assert f"{model:<18} ok      REPLICATE_API_TOKEN" in result.output
+    assert sum(verify.PROVIDERS[pid].api.startswith("replicate") for pid in asked) == 1
+
+
 def test_bff_is_a_command_of_its_own_with_a_version():
     done = subprocess.run([BFF, "--help"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0

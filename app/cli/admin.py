@@ -143,8 +143,9 @@ def providers_check(app: Flask) -> None:
     from app.providers import PROVIDERS, verify
 
     broken = unchecked = 0
+    checked = verify.check_all(app.extensions["bff"].settings)
     for pid, entry in PROVIDERS.items():
-        result = verify.check(pid, app.extensions["bff"].settings)
+        result = checked[pid]
         # A configured key the provider could not be asked about is no "ok".
         unknown = result.configured and entry.key_env_var and result.verified is None
         mark = "UNKNOWN" if unknown else {True: "ok", False: "FAILED", None: "-"}[result.verified]

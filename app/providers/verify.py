@@ -36,6 +36,24 @@ def check(provider_id: str, settings: Settings) -> KeyCheck:
         return KeyCheck(True, None, f"could not check: {exc}")
 
 
+def _account(provider_id: str, settings: Settings) -> tuple[str, str | None]:
+    """Whose key a check asks about: every Replicate model asks the same
+    account endpoint with the same token, so one check serves them all."""
+    entry = PROVIDERS[provider_id]
+    who = "replicate" if entry.api.startswith("replicate") else provider_id
+    return who, settings.key_for(entry.key_env_var)
+
+
+def check_all(settings: Settings) -> dict[str, KeyCheck]:
+    """``check`` of every provider, each account asked once."""
+    asked: dict[tuple[str, str | None], KeyCheck] = {}
+    for pid in PROVIDERS:
+        account = _account(pid, settings)
+        if account not in asked:
+            asked[account] = check(pid, settings)
+    return {pid: asked[_account(pid, settings)] for pid in PROVIDERS}
+
+
 _recent: dict[tuple[str, str | None], tuple[float, KeyCheck]] = {}  # key -> (expiry, check)
 
 
@@ -43,9 +61,7 @@ def recent(provider_id: str, settings: Settings) -> KeyCheck:
     """``check``, answered from this process's last one for up to ``TTL`` s,
     for ``/health``."""
     entry = PROVIDERS[provider_id]
-    # Every Replicate model asks the same account endpoint: one check serves all.
-    who = "replicate" if entry.api.startswith("replicate") else provider_id
-    key = (who, settings.key_for(entry.key_env_var))
+    key = _account(provider_id, settings)
     hit = _recent.get(key)
     if hit is not None and time.monotonic() < hit[0]:
         return hit[1]
