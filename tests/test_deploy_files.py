@@ -75,6 +75,15 @@ def same(args: list[str]) -> list[str]:
     return [a.split("=", 1)[0] if a.split("=", 1)[0] in PLATFORM_VALUES else a for a in args]
 
 
+def run_here(args: list[str], tmp_path: Path, drop: tuple[str, ...] = (), **env: str):
+    """``args`` run in the checkout as a process of its own: the test
+    environment without the service variables (and ``drop``), a var dir
+    of its own, and ``env`` on top."""
+    base = {k: v for k, v in os.environ.items() if k not in CLEAN and k not in drop}
+    env = {**base, "BFF_VAR_DIR": str(tmp_path / "var"), **env}
+    return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+
+
 def test_gunicorn_workers_freeze_the_loaded_app_out_of_gc():
     """Full collections walking the whole loaded app were the API's p99."""
     import runpy
@@ -209,19 +218,11 @@ def test_celery_app_registers_and_routes_the_pipeline_tasks(tmp_path):
         "routes = {n: app.amqp.router.route({}, n)['queue'].name for n in names}\n"
         "print(json.dumps({'names': names, 'routes': routes, 'main': workers.app is app}))\n"
     )
-    env = {
-        **{k: v for k, v in os.environ.items() if k not in CLEAN},
-        "BFF_VAR_DIR": str(tmp_path / "var"),
-        "DATABASE_URL": f"sqlite:///{tmp_path / 'bff.db'}",
-        "REDIS_URL": "redis://127.0.0.1:6399/0",  # never contacted: routing is local
-    }
-    done = subprocess.run(
+    done = run_here(
         [sys.executable, "-c", script],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
+        tmp_path,
+        DATABASE_URL=f"sqlite:///{tmp_path / 'bff.db'}",
+        REDIS_URL="redis://127.0.0.1:6399/0",  # never contacted: routing is local
     )
     assert done.returncode == 0, done.stderr
     info = json.loads(done.stdout.strip().splitlines()[-1])
@@ -424,20 +425,8 @@ def test_a_bad_setting_stops_gunicorn_in_one_sentence(monkeypatch):
 
 def test_a_bad_setting_stops_a_celery_process_in_one_line(tmp_path):
     """Not the 75-line traceback of Celery failing to import ``workers``."""
-    env = {
-        **{k: v for k, v in os.environ.items() if k not in CLEAN},
-        "BFF_VAR_DIR": str(tmp_path / "var"),
-        "BFF_DB_STATEMENT_TIMEOUT": "-1",
-    }
     celery = str(Path(sys.executable).parent / "celery")
-    done = subprocess.run(
-        [celery, "-A", "workers", "beat"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = run_here([celery, "-A", "workers", "beat"], tmp_path, BFF_DB_STATEMENT_TIMEOUT="-1")
     assert done.returncode == 1
     assert done.stderr.strip() == f"Error: {BAD_SETTING}"
 
@@ -452,24 +441,13 @@ def test_a_bad_setting_stops_a_celery_process_in_one_line(tmp_path):
 def test_bff_log_level_decides_in_a_celery_process(tmp_path, bff_level, celery_level, root):
     """Celery's worker and beat set the root logger to their --loglevel once
     the app has set it up (Worker.setup_logging: ``app.log.setup``)."""
-    env = {
-        **{k: v for k, v in os.environ.items() if k not in CLEAN and k != "BFF_LOG_LEVEL"},
-        "BFF_VAR_DIR": str(tmp_path / "var"),
-        **({"BFF_LOG_LEVEL": bff_level} if bff_level else {}),
-    }
     code = (
         "import logging, workers; "
         f"workers.celery.log.setup({celery_level!r}); "
         "print(logging.getLevelName(logging.getLogger().level))"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    level = {"BFF_LOG_LEVEL": bff_level} if bff_level else {}
+    done = run_here([sys.executable, "-c", code], tmp_path, drop=("BFF_LOG_LEVEL",), **level)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == root
 
