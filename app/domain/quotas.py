@@ -20,7 +20,6 @@
 from __future__ import annotations
 
 import math
-from datetime import timedelta
 
 from sqlalchemy import Subquery, bindparam, func, select, union_all
 from sqlalchemy.orm import Session
@@ -28,7 +27,7 @@ from sqlalchemy.orm import Session
 from app.api.errors import ApiError
 from app.domain.models import Generation, User, utcnow
 from app.domain.spend import SPENT, midnight, over_cap
-from app.domain.tombstones import TOMBSTONES
+from app.domain.tombstones import TOMBSTONES, window_start
 from app.platform.config import Settings
 from app.platform.db import begin_for_update, db_time
 
@@ -98,7 +97,7 @@ def check_submission(
     now = utcnow()
     params = {
         "user_id": user_id,
-        "since": db_time(session, now - timedelta(seconds=window)),
+        "since": window_start(session, settings, now),
         "midnight": db_time(session, midnight()),
         "limit": max(limit, 1),
     }

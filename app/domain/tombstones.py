@@ -43,9 +43,10 @@ TOMBSTONES = Table(
 )
 
 
-def _window_start(session: Session, settings: Settings) -> datetime:
+def window_start(session: Session, settings: Settings, now: datetime | None = None) -> datetime:
+    """When the submission rate's window (as of ``now``) began, as the database compares."""
     _, window = settings.submit_rate_limit
-    return db_time(session, utcnow() - timedelta(seconds=window))
+    return db_time(session, (now or utcnow()) - timedelta(seconds=window))
 
 
 def record_deleted(session: Session, settings: Settings, deleted: ColumnElement[bool]) -> None:
@@ -62,7 +63,7 @@ def record_deleted(session: Session, settings: Settings, deleted: ColumnElement[
         return
     in_window = (
         select(Generation.user_id, Generation.created_at)
-        .where(deleted, Generation.created_at >= _window_start(session, settings))
+        .where(deleted, Generation.created_at >= window_start(session, settings))
         .order_by(Generation.id)
         .with_for_update()
     )
@@ -72,5 +73,5 @@ def record_deleted(session: Session, settings: Settings, deleted: ColumnElement[
 def prune(session: Session, settings: Settings) -> int:
     """Forget the tombstones the window no longer counts; returns how many.
     (No index leads with created_at: the table holds one window's deletes.)"""
-    before = _window_start(session, settings)
+    before = window_start(session, settings)
     return session.execute(delete(TOMBSTONES).where(TOMBSTONES.c.created_at < before)).rowcount
