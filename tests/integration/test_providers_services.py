@@ -27,7 +27,11 @@ from tests.support.services import free_port, own_redis_db
 
 pytestmark = pytest.mark.services
 
-DALLE_LIMIT = (2, 2.0)  # BFF_RATE_LIMIT_OPENAI_DALLE3=2/2: 2 tokens, refilled at one a second
+# BFF_RATE_LIMIT_OPENAI_DALLE3=2/4: 2 tokens, refilled at one every 2 s. Slow
+# enough that however a loaded machine spreads the six jobs' arrivals at
+# generate, some must wait for a token (at one a second, a spread of 1 s each
+# let all six through without a wait, and the test then proved nothing).
+DALLE_LIMIT = (2, 4.0)
 GENERATORS = ("generator-a", "generator-b")
 
 
@@ -229,10 +233,7 @@ def test_rate_limit_is_global_across_two_generator_processes(fakes):
         gen_id: len(re.findall(rf"\[{gen_id} generate\]: Task pipeline\.generate\S* retry:", logs))
         for gen_id in ids
     }
-    # (How many had to wait depends on how bunched they reached generate: on a
-    # loaded machine the earlier stages spread them out. Some always do.)
     assert sum(waits.values()) >= 1 and max(waits.values()) <= 2, waits
-    assert max(waits.values()) <= 2, waits
 
 
 def test_kill_9_mid_prediction_resumes_it_without_a_second_create(fakes):
