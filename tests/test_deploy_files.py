@@ -8,6 +8,11 @@ import os
 import re
 import shlex
 import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 import yaml
@@ -95,6 +100,47 @@ def test_compose_wires_the_contract_env_to_every_app_service(compose):
         if process != "release":
             deps = services[service].get("depends_on") or {}
             assert "migrate" in deps, service
+    # Flower's password goes to Flower alone, not to every process's environment.
+    holders = [
+        s for s, spec in services.items() if "FLOWER_BASIC_AUTH" in (spec.get("environment") or {})
+    ]
+    assert holders == ["flower"], holders
+
+
+def test_compose_web_is_healthy_only_while_health_answers_200(compose):
+    """The healthcheck's own command, run against a server answering as
+    /health does when all is well and when something is unreachable."""
+    web = compose["services"]["web"]
+    test = web["healthcheck"]["test"]
+    assert test[:2] == ["CMD", "python"] and "http://127.0.0.1:3001/health" in test[-1], test
+    port = re.search(r"_count\('PORT', (\d+)\)", (ROOT / "gunicorn.conf.py").read_text())
+    assert web["ports"] == [f"127.0.0.1:{port.group(1)}:{port.group(1)}"]
+    for status, healthy in ((200, True), (503, False)):
+        with answering(status) as url:
+            command = [sys.executable, *test[2:-1], test[-1].replace("http://127.0.0.1:3001", url)]
+            done = subprocess.run(command, capture_output=True, timeout=30)
+        assert (done.returncode == 0) == healthy, (status, done.stderr)
+
+
+@contextmanager
+def answering(status: int) -> Iterator[str]:
+    """A local HTTP server answering every GET with ``status``."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            self.send_response(status)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_compose_gives_a_stop_the_time_gunicorn_takes(compose):
