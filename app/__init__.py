@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from flask import Blueprint, Flask
+if TYPE_CHECKING:  # imported in create_app: the ``bff`` client runs no server
+    from flask import Blueprint, Flask
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
@@ -14,6 +15,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     (``DATABASE_URL``, ``STORAGE_BACKEND``, …) and is laid over ``os.environ``."""
     # Here, not at the top: importing any ``app`` module runs this package
     # first, and the ``bff`` command's client side needs none of the server.
+    from flask import Flask
+
     from app.api import protocol
     from app.api.common import Services
     from app.api.errors import register_error_handlers

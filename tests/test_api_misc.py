@@ -102,7 +102,7 @@ def test_503_when_every_pooled_connection_stays_busy(app_config, monkeypatch):
 def _head() -> str:
     from alembic.script import ScriptDirectory
 
-    from app.cli import alembic_config
+    from app.platform.schema import alembic_config
 
     return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
 
@@ -121,7 +121,8 @@ def test_health_503_on_a_database_nobody_migrated(app_config, tmp_path):
 def test_health_503_on_a_database_behind_the_code(app_config, tmp_path):
     from alembic import command
 
-    from app.cli import alembic_config, upgrade_database
+    from app.cli import upgrade_database
+    from app.platform.schema import alembic_config
 
     url = f"sqlite:///{tmp_path / 'behind.db'}"
     upgrade_database(url)

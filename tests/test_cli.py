@@ -20,10 +20,10 @@ from sqlalchemy.engine import Engine
 import app.domain.bookkeeping  # noqa: F401  (registers its tables on the metadata)
 import app.domain.tombstones  # noqa: F401  (registers submission_tombstones)
 import app.webhooks  # noqa: F401  (registers webhook_deliveries on the metadata)
-from app.cli import alembic_config, upgrade_database
+from app.cli import upgrade_database
 from app.domain.models import Base
 from app.platform.config import ConfigError, Settings
-from app.platform.schema import code_revisions
+from app.platform.schema import alembic_config, code_revisions
 from tests.conftest import CLEAN
 
 BFF = str(Path(sys.executable).parent / "bff")

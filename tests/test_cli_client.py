@@ -91,3 +91,29 @@ def test_polling_follows_a_late_refine_to_its_end(monkeypatch):
     monkeypatch.setattr(client, "_api", lambda *a, **k: Answer())
     gen = client._poll("gen_x", time.monotonic() + 10, 10)
     assert gen["stages"][0]["status"] == "completed"
+
+
+SERVER_LIBRARIES = ("flask", "sqlalchemy", "pydantic", "redis", "celery", "psycopg", "boto3")
+
+
+def test_client_commands_load_none_of_the_servers_libraries(api):
+    """Each ``bff`` call starts a Python process: with the server's libraries
+    loaded too, a client command spent 2-3 s starting before it did anything."""
+    script = (
+        "import json, sys\n"
+        "from app.cli import cli\n"
+        "for args in (['--help'], ['generate', '--help'], ['batch', '--help'],\n"
+        "             ['generate', 'red wool coat'], ['cancel', 'no-such-id']):\n"
+        "    try:\n"
+        "        cli.main(args, prog_name='bff', standalone_mode=False)\n"
+        "    except Exception as exc:\n"
+        "        print(type(exc).__name__, exc, file=sys.stderr)\n"
+        f"print(json.dumps([m for m in {SERVER_LIBRARIES!r} if m in sys.modules]))\n"
+    )
+    env = {"BFF_API_URL": api.base_url, "BFF_API_KEY": api.key, "PATH": "/usr/bin:/bin"}
+    run = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert run.returncode == 0, run.stderr
+    assert "not found" in run.stderr.lower() or "404" in run.stderr, run.stderr  # it did ask
+    assert run.stdout.splitlines()[-1] == "[]", run.stdout

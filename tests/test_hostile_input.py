@@ -18,7 +18,7 @@ from werkzeug.wrappers import Request
 
 from app import create_app
 from app.api.protocol import header_sizes
-from app.api.schemas import SIZE_CHOICES
+from app.domain.choices import SIZE_CHOICES
 from app.domain.models import Generation
 from tests.conftest import make_user
 from tests.support.live import live_api

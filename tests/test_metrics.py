@@ -113,7 +113,8 @@ def test_database_up_agrees_with_health_on_a_schema_behind_the_code(app_config, 
     from alembic import command
 
     from app import create_app
-    from app.cli import alembic_config, upgrade_database
+    from app.cli import upgrade_database
+    from app.platform.schema import alembic_config
 
     url = f"sqlite:///{tmp_path / 'behind.db'}"
     upgrade_database(url)

@@ -13,11 +13,12 @@ import pytest
 import sqlalchemy as sa
 from alembic import command
 
-from app.cli import alembic_config, upgrade_database
+from app.cli import upgrade_database
 from app.domain import spend
 from app.domain.models import Generation, utcnow
 from app.domain.spend import Charge
 from app.pipeline import ALL_STAGES
+from app.platform.schema import alembic_config
 from app.providers.refiners import UPSCALER
 from tests.conftest import on_replicate
 from tests.support.pipeline import load, run_through, services, set_cap, submit_prompt

@@ -19,8 +19,6 @@ from pydantic import (
 from app.api.errors import ApiError, validation_details
 from app.api.schemas import (
     MAX_PROMPT,
-    PROVIDER_CHOICES,
-    SIZE_CHOICES,
     B,
     GenerationSettings,
     PersonaId,
@@ -32,6 +30,7 @@ from app.api.schemas import (
     text,
     words,
 )
+from app.domain.choices import PROVIDER_CHOICES, SIZE_CHOICES
 
 MAX_BATCH = 100
 

@@ -9,7 +9,7 @@ from flask import Blueprint
 from app.api.auth import load_user
 from app.api.common import services
 from app.api.responses import Out, respond
-from app.api.schemas import QUALITIES
+from app.domain.choices import QUALITIES
 from app.providers import PROVIDERS, ImageRequest, pricing, unavailable_reason
 from app.providers.base import ASPECT_RATIOS
 

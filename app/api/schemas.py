@@ -21,14 +21,10 @@ from pydantic import (
     model_validator,
 )
 
+from app.domain.choices import PROVIDER_CHOICES, QUALITIES, SIZE_CHOICES, STRATEGIES
 from app.domain.text import no_nul, storable
 from app.pipeline.vlt import VltSpec
-from app.providers.catalog import CATALOGUE
 
-PROVIDER_CHOICES = ("auto", *CATALOGUE)  # every model of the catalogue, by its id
-STRATEGIES = ("balanced", "quality", "cost", "speed")
-QUALITIES = ("standard", "hd")
-SIZE_CHOICES = ("square", "portrait", "landscape", "1:1", "16:9", "9:16", "4:3", "3:4")
 MAX_PROMPT = 5000
 FeedbackType = Literal["outlier", "heart", "rating", "comment"]
 

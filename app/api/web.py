@@ -8,7 +8,7 @@ from pathlib import Path
 
 from flask import Blueprint, render_template
 
-from app.api.schemas import PROVIDER_CHOICES, QUALITIES, SIZE_CHOICES, STRATEGIES
+from app.domain.choices import PROVIDER_CHOICES, QUALITIES, SIZE_CHOICES, STRATEGIES
 from app.pipeline import STAGES
 
 WEB = Path(__file__).resolve().parent.parent / "web"

@@ -4,13 +4,14 @@
 from __future__ import annotations
 
 from decimal import Decimal, InvalidOperation
+from typing import TYPE_CHECKING
 
 import click
-from flask import Flask
-from sqlalchemy import select
 
 from app.cli import upgrade_database, with_app
-from app.platform.schema import code_revisions, database_heads
+
+if TYPE_CHECKING:
+    from flask import Flask
 
 db_cli = click.Group("db", help="Database migrations.")
 
@@ -19,6 +20,8 @@ db_cli = click.Group("db", help="Database migrations.")
 @with_app
 def db_upgrade(app: Flask) -> None:
     """Migrate the configured database (DATABASE_URL) to head."""
+    from app.platform.schema import code_revisions, database_heads
+
     s = app.extensions["bff"]
 
     def revisions() -> frozenset[str]:
@@ -85,6 +88,8 @@ def users_revoke(app: Flask, key_prefix: str) -> None:
 def users_list(app: Flask) -> None:
     """Each user: id, daily cap, what they paid or hold today, their keys' prefixes
     (what ``bff users revoke`` takes; revoked ones in brackets)."""
+    from sqlalchemy import select
+
     from app.domain import spend
     from app.domain.models import ApiKey, User
 
@@ -122,6 +127,8 @@ def _amount(raw: str | None) -> Decimal | None:
 @with_app
 def users_cap(app: Flask, name: str, amount: str | None) -> None:
     """Set NAME's daily spend cap in USD (omit AMOUNT to remove it)."""
+    from sqlalchemy import select
+
     from app.domain.models import User
 
     cap = _amount(amount)

@@ -19,16 +19,25 @@ import csv
 import difflib
 import json
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import click
 
-from app.api.batch_schemas import AXES
-from app.api.schemas import GenerationSettings, PromptSubmit
 
-SETTINGS = set(GenerationSettings.model_fields) - {"aspectRatio"}
-COLUMNS = (set(PromptSubmit.model_fields) - {"settings", "userId"}) | SETTINGS
+@cache
+def _fields() -> tuple[frozenset[str], frozenset[str], tuple[str, ...]]:
+    """The API's names: the settings a column may set, every column, and a
+    matrix's axes; from its request models, loaded when a file needs them."""
+    from app.api.batch_schemas import AXES
+    from app.api.schemas import GenerationSettings, PromptSubmit
+
+    settings = frozenset(GenerationSettings.model_fields) - {"aspectRatio"}
+    columns = (frozenset(PromptSubmit.model_fields) - {"settings", "userId"}) | settings
+    return settings, columns, AXES
+
+
 INTEGERS = {"count", "upscale"}  # a CSV cell is text; the API wants these as numbers
 BOOLEANS = {"removeBackground"}
 TRUE, FALSE = ("true", "1", "yes"), ("false", "0", "no")
@@ -100,7 +109,7 @@ def _csv_item(row: dict[str | None, Any], line: int) -> dict[str, Any]:
         name, value = name.strip(), value.strip()
         if not name:
             raise ValueError(f"line {line} has a cell in a column without a name")
-        if name in SETTINGS:
+        if name in _fields()[0]:
             try:
                 item.setdefault("settings", {})[name] = _setting(name, value)
             except ValueError as exc:
@@ -113,14 +122,15 @@ def _csv_item(row: dict[str | None, Any], line: int) -> dict[str, Any]:
 def _check_columns(columns: list[str], line: int) -> None:
     """Every named column is a field the API takes: ``Size`` is refused here,
     not sent along to be refused as an unknown field of every request."""
+    known = _fields()[1]
     for name in columns:
-        if name and name not in COLUMNS:
-            near = [c for c in COLUMNS if c.casefold() == name.casefold()]
-            near = near or difflib.get_close_matches(name, sorted(COLUMNS), n=1)
+        if name and name not in known:
+            near = [c for c in known if c.casefold() == name.casefold()]
+            near = near or difflib.get_close_matches(name, sorted(known), n=1)
             hint = f" (did you mean {near[0]}?)" if near else ""
             raise ValueError(
                 f"line {line}, column {name} is not a column the API knows{hint};"
-                f" the columns are {', '.join(sorted(COLUMNS))}"
+                f" the columns are {', '.join(sorted(known))}"
             )
 
 
@@ -135,7 +145,7 @@ def _csv_rows(lines: list[tuple[int, str]]) -> Batch:
     try:
         columns = [(name or "").strip() for name in reader.fieldnames or []]
         _check_columns(columns, first)
-        where = {f"settings.{c}" if c in SETTINGS else c: c for c in columns if c}
+        where = {f"settings.{c}" if c in _fields()[0] else c: c for c in columns if c}
         while reader.line_num < len(lines):
             first = lines[reader.line_num][0]  # the row's first line
             row = next(reader, None)
@@ -226,7 +236,7 @@ def read_matrix(path: Path) -> dict[str, Any]:
     for row in csv.DictReader(text.splitlines()):
         for name, value in row.items():
             axis = (name or "").strip()
-            axis = axis if axis in AXES else f"{axis}s"  # "prompt" is "prompts"
+            axis = axis if axis in _fields()[2] else f"{axis}s"  # "prompt" is "prompts"
             if value and value.strip():
                 matrix.setdefault(axis, []).append(value.strip())
     return matrix

@@ -14,8 +14,13 @@ from pathlib import Path
 import click
 import requests
 
-from app.api.schemas import PROVIDER_CHOICES, QUALITIES, SIZE_CHOICES, STRATEGIES
-from app.platform.events import late_refine_open
+from app.domain.choices import (
+    PROVIDER_CHOICES,
+    QUALITIES,
+    SIZE_CHOICES,
+    STRATEGIES,
+    late_refine_open,
+)
 
 FINAL = ("completed", "failed", "canceled")
 

@@ -11,12 +11,15 @@ import sys
 import time
 from contextlib import suppress
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import requests
-from flask import Flask
 
 from app.cli import ROOT, upgrade_database, with_app
+
+if TYPE_CHECKING:
+    from flask import Flask
 
 
 def _start(port: int, concurrency: int) -> dict[str, subprocess.Popen]:

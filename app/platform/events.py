@@ -20,6 +20,7 @@ from contextlib import suppress
 from datetime import datetime
 from typing import Any, NamedTuple
 
+from app.domain.choices import late_refine_open
 from app.platform.config import Settings
 from app.platform.db import Database
 from app.platform.redis import client
@@ -193,14 +194,6 @@ def _snapshot(db: Database, user_id: int, generation_id: str, base: str) -> dict
     with db.session() as session:
         gen = svc.get_owned(session, user_id, generation_id)
         return None if gen is None else generation_json(gen, base)
-
-
-def late_refine_open(gen: dict[str, Any]) -> bool:
-    """A completed generation refining an image asked for after the fact:
-    its stream goes on until that ends too."""
-    return gen["status"] == "completed" and any(
-        s["name"] == "refine" and s["status"] in ("pending", "running") for s in gen["stages"]
-    )
 
 
 def stream(

@@ -14,7 +14,8 @@ from alembic import command
 from alembic.script import ScriptDirectory
 
 from app import create_app
-from app.cli import alembic_config, upgrade_database
+from app.cli import upgrade_database
+from app.platform.schema import alembic_config
 from tests.support.embedded import BFF, SERVICE_VARS
 from tests.support.services import postgres_ok, scratch_postgres_db, unavailable
 
