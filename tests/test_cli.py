@@ -253,18 +253,6 @@ def test_the_embedded_broker_url_names_a_host(app):
     assert url.startswith("filesystem://") and Connection(url).hostname
 
 
-def test_the_dev_key_is_kept_across_restarts(app):
-    from app.api.auth import revoke
-    from app.cli.dev import _dev_key
-
-    with app.app_context():
-        first = _dev_key(app)
-        assert _dev_key(app) == first  # a restart shows the same key
-        with app.extensions["bff"].db.session() as session:
-            revoke(session, "_".join(first.split("_")[:2]))
-        assert _dev_key(app) not in (first, "")  # a revoked one is replaced
-
-
 @pytest.mark.parametrize(
     ("env", "backend", "endpoint", "refused"),
     [
@@ -384,24 +372,3 @@ def test_a_database_that_vanishes_mid_query_is_noticed_within_a_minute(service_e
     finally:
         db.engine.dispose()
     assert params["tcp_user_timeout"] == "60000" and params["keepalives_idle"] == "30"
-
-
-def test_bff_dev_makes_its_own_var_folder_private_and_refuses_a_shared_one(tmp_path):
-    """``BFF_VAR_DIR=/tmp`` must neither make /tmp 0700 nor hold the server's
-    database and broker where every account may write."""
-    import click
-
-    from app.cli.dev import _keep_private
-
-    shared, ours = tmp_path / "shared", tmp_path / "new" / "var"
-    shared.mkdir()
-    shared.chmod(0o1777)  # as /tmp
-    before = os.umask(0o022)
-    try:
-        with pytest.raises(click.ClickException, match="shared with other accounts"):
-            _keep_private(shared)
-        _keep_private(ours)
-    finally:
-        os.umask(before)
-    assert shared.stat().st_mode & 0o7777 == 0o1777
-    assert ours.stat().st_mode & 0o777 == 0o700

@@ -22,9 +22,10 @@ if TYPE_CHECKING:
     from flask import Flask
 
 
-def _start(port: int, concurrency: int) -> dict[str, subprocess.Popen]:
+def _start(port: int, concurrency: int, procs: dict[str, subprocess.Popen]) -> None:
     """A Celery worker (both queues, beat inside) and gunicorn (``web``), each
-    in a process group of its own so a stop reaches their children too."""
+    in a process group of its own so a stop reaches their children too; into
+    ``procs`` as each starts."""
     env = {**os.environ, "PORT": str(port)}
     bin_dir = Path(sys.executable).parent
     worker = [str(bin_dir / "celery"), "-A", "workers", "worker", "-B"]
@@ -32,10 +33,8 @@ def _start(port: int, concurrency: int) -> dict[str, subprocess.Popen]:
     worker += ["--loglevel", "INFO"]
     web = [str(bin_dir / "gunicorn"), "-c", str(ROOT / "gunicorn.conf.py")]
     web += ["-b", f"127.0.0.1:{port}", "app:create_app()"]
-    return {
-        "worker": subprocess.Popen(worker, env=env, start_new_session=True),
-        "web": subprocess.Popen(web, env=env, start_new_session=True),
-    }
+    procs["worker"] = subprocess.Popen(worker, env=env, start_new_session=True)
+    procs["web"] = subprocess.Popen(web, env=env, start_new_session=True)
 
 
 def _signal_group(p: subprocess.Popen, sig: int) -> None:
@@ -142,14 +141,16 @@ def dev(app: Flask, port: int | None, concurrency: int) -> None:
     _keep_private(services.settings.var_dir)
     upgrade_database(services.settings.database_url)
     key = _dev_key(app)
-    procs = _start(port, concurrency)
+    procs: dict[str, subprocess.Popen] = {}
 
     def stop(*_: object) -> None:  # Ctrl-C: a clean stop
         _stop(list(procs.values()))
         sys.exit(0)
 
+    # Before the start: a Ctrl-C while it starts stops what it started so far.
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
+    _start(port, concurrency, procs)
     base = f"http://127.0.0.1:{port}"
     _wait_ready(base)
     bff = Path(sys.executable).parent / "bff"
