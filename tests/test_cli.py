@@ -303,12 +303,10 @@ def test_every_migration_goes_down_and_up_again_on_sqlite(tmp_path):
     assert _differences(url) == []
 
 
-@pytest.mark.usefixtures("service_env")
 def test_postgres_schema_matches_the_models(service_env):
     assert _differences(service_env["DATABASE_URL"]) == []
 
 
-@pytest.mark.usefixtures("service_env")
 def test_migrations_run_without_a_statement_timeout(service_env, monkeypatch):
     """An index built on a big table may take longer than an API request may;
     a lock is waited for 10 s at most, not to stall the queries queued behind."""
@@ -358,7 +356,6 @@ def test_every_level_name_logging_knows_is_a_log_level(level):
     assert Settings.from_env({"BFF_LOG_LEVEL": level}).log_level == level.upper()
 
 
-@pytest.mark.usefixtures("service_env")
 def test_a_database_that_vanishes_mid_query_is_noticed_within_a_minute(service_env):
     """Keepalives probe only an idle link; a query sent to a server that
     vanished waits on TCP's retransmissions unless the connection says

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-import pytest
-
 from app.platform import metric_rollup as rollup
 from app.platform.metric_rollup import MetricRollup
 from tests.support.pipeline import run_all, services, submit_prompt
@@ -80,7 +78,6 @@ def test_what_finished_within_the_margin_is_left_to_the_next_roll_up(app, client
     assert count(history(client), "bff_stage_duration_seconds", stage="store") == 1
 
 
-@pytest.mark.usefixtures("service_env")
 def test_what_finished_since_the_mark_is_found_through_indexes(pg_app):
     engine = pg_app.extensions["bff"].db.engine
 

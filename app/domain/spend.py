@@ -239,10 +239,10 @@ def spent_today(session: Session, user_id: int) -> float:
     return float(session.scalar(select(SPENT), params))
 
 
-def refusal(session: Session, user_id: int, estimate: float, what: str = "refine") -> str | None:
-    """Why ``estimate`` (USD) more would pass the user's cap today, or None."""
+def refusal(session: Session, user_id: int, estimate: float) -> str | None:
+    """Why ``estimate`` (USD) more of refining would pass the user's cap today, or None."""
     cap = session.scalar(select(User.daily_spend_cap).where(User.id == user_id))
-    return _over(session, user_id, cap, estimate, what)
+    return _over(session, user_id, cap, estimate, "refine")
 
 
 def hold(

@@ -54,9 +54,11 @@ def nearest_color(rgb: RGB) -> str:
     return min(FASHION_COLORS, key=lambda name: dist(FASHION_COLORS[name]))
 
 
-def color_rgb(name: str | None, default: RGB = (128, 128, 128)) -> RGB:
+def color_rgb(name: str | None) -> RGB:
+    """The colour a name or #rrggbb says; grey for none or one not known."""
+    grey = (128, 128, 128)
     if not name:
-        return default
+        return grey
     key = name.strip().lower()
     if key in NAMED_COLORS:
         return NAMED_COLORS[key]
@@ -64,14 +66,14 @@ def color_rgb(name: str | None, default: RGB = (128, 128, 128)) -> RGB:
         try:
             return tuple(int(key[i : i + 2], 16) for i in (1, 3, 5))  # type: ignore[return-value]
         except ValueError:
-            return default
+            return grey
     named = named_in(key)  # "deep sage green" -> sage
     if named:
         return NAMED_COLORS[named[0]]
     for known, rgb in FASHION_COLORS.items():
         if known in key or key in known:
             return rgb
-    return default
+    return grey
 
 
 # Longest first ("sky blue" before "blue"), each compiled once.

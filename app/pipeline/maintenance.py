@@ -126,9 +126,7 @@ def redispatch_stalled(
             never_sent = gen.status == PENDING and gen.dispatched_at is None
             if owners_may_be_waiting and stage_status(gen, stage) == S_RUNNING:
                 continue  # give its owner a stall timeout to resume after the outage
-            if never_sent or (
-                stalled(gen, settings) and not _sent_within(gen, now, settings, stage)
-            ):
+            if never_sent or (stalled(gen, settings) and not _sent_within(gen, now, settings)):
                 todo.append((gen.id, stage, gen.batch_id is not None, stage_names(gen)))
     sent = 0
     for gen_id, stage, in_batch, names in todo:
@@ -149,7 +147,7 @@ def redispatch_stalled(
     return sent
 
 
-def _sent_within(gen: Generation, now: datetime, settings: Settings, stage: str) -> bool:
+def _sent_within(gen: Generation, now: datetime, settings: Settings) -> bool:
     """Sent after the last stage activity, and recently: that copy is probably
     still queued, so do not pile up more. Recently is the stall timeout, or,
     if longer, as long as the generation had been quiet when it was sent: a

@@ -129,10 +129,8 @@ WINDOW_QUERY = (
 )
 
 
-def window_stats(
-    session: Session, window_s: float, now: datetime | None = None
-) -> dict[str, WindowStats]:
-    cutoff = db_time(session, (now or utcnow()) - timedelta(seconds=window_s))
+def window_stats(session: Session, window_s: float) -> dict[str, WindowStats]:
+    cutoff = db_time(session, utcnow() - timedelta(seconds=window_s))
     rows = session.execute(WINDOW_QUERY, {"cutoff": cutoff})
     counts: dict[str, list[int]] = {}
     for pid, ok, n in rows:

@@ -4,7 +4,6 @@ integration tests talk to."""
 from __future__ import annotations
 
 import os
-import shlex
 import signal
 import subprocess
 import sys
@@ -157,7 +156,3 @@ def http_ok(url: str) -> bool:
 
 def worker_ready(proc: Process) -> bool:
     return " ready." in proc.output()
-
-
-def shell_quote(s: str) -> str:
-    return shlex.quote(s)
