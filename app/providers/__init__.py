@@ -2,17 +2,7 @@
 model), one adapter per provider API behind one Protocol
 (``base.ImageProvider``), and the registry that joins them."""
 
-from app.providers.base import (
-    ImageOutput,
-    ImageProvider,
-    ImageRequest,
-    ProviderError,
-    ProviderRejected,
-    ProviderResult,
-    ProviderTransient,
-    ProviderUnavailable,
-    unavailable_reason,
-)
+from app.providers.base import ImageRequest, ProviderRejected, ProviderTransient, unavailable_reason
 
 
 def __getattr__(name: str):
@@ -28,14 +18,9 @@ def __getattr__(name: str):
 
 __all__ = [
     "PROVIDERS",
-    "ImageOutput",
-    "ImageProvider",
     "ImageRequest",
-    "ProviderError",
     "ProviderRejected",
-    "ProviderResult",
     "ProviderTransient",
-    "ProviderUnavailable",
     "get_provider",
     "unavailable_reason",
 ]
