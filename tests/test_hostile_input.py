@@ -236,11 +236,6 @@ BODIES = st.one_of(
     st.dictionaries(st.sampled_from(FIELDS) | st.text(max_size=8), JSON, max_size=5),
     st.integers(1, 3000).map(nested),
 )
-FORMS = st.dictionaries(
-    st.sampled_from(["prompt", "negativePrompt", "userId", "webhookUrl"]) | st.text(max_size=8),
-    st.text(max_size=30),
-    max_size=3,
-)
 
 
 def image_bytes():
