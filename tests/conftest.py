@@ -56,6 +56,15 @@ def embedded(tmp_path_factory) -> Iterator[Embedded]:
 
 
 @pytest.fixture(autouse=True)
+def _llm_asked_afresh() -> Iterator[None]:
+    """An LLM outage one test provoked must not pause the LLM for the next."""
+    yield
+    from app.pipeline import llm
+
+    llm.forget_outages()
+
+
+@pytest.fixture(autouse=True)
 def _embedded_still_running(request) -> None:
     """A test of the shared `bff dev` whose processes stopped earlier in the
     session fails saying so, with its last output (otherwise each such test

@@ -11,6 +11,7 @@ import random
 import pytest
 from PIL import Image, ImageDraw
 
+from app.pipeline import llm
 from app.pipeline.analyze import analyze_image, analyze_with_vision
 from app.pipeline.llm import LLMCallFailed, LLMInvalidOutput
 from app.pipeline.vlt import normalize_spec
@@ -233,6 +234,32 @@ def test_api_errors_are_retried_by_the_sdk_then_surface(openai_chat, llm_setting
         analyze_with_vision(_garment(), llm_settings)
     assert "9xYz" not in str(exc.value)
     assert len(openai_chat.requests) == 1  # 401 is not retried
+
+
+def test_an_llm_outage_pauses_asking_so_stages_fall_back_at_once(
+    openai_chat, llm_settings, monkeypatch
+):
+    """Through an outage every analyze and enhance waited out the SDK's three
+    attempts (up to 3 x BFF_LLM_TIMEOUT) before its offline engine answered."""
+    for _ in range(3):  # the first attempt and the SDK's two retries
+        openai_chat.script_error(503, "overloaded", retry_after=0.01)
+    with pytest.raises(LLMCallFailed, match="503"):
+        analyze_with_vision(_garment(), llm_settings)
+    asked = len(openai_chat.requests)
+    openai_chat.script_content(DEFAULT_RECORD)
+    with pytest.raises(LLMCallFailed, match="not asked: OpenAI API error 503: overloaded"):
+        analyze_with_vision(_garment(), llm_settings)
+    assert len(openai_chat.requests) == asked
+    monkeypatch.setattr(llm, "OUTAGE_PAUSE", 0.0)  # the pause is over: asked again
+    assert analyze_with_vision(_garment(), llm_settings)["spec"]["records"][0]
+
+
+def test_a_refused_llm_request_does_not_pause_asking(openai_chat, llm_settings):
+    openai_chat.script_error(400, "Invalid schema for response_format")
+    with pytest.raises(LLMCallFailed, match="400"):
+        analyze_with_vision(_garment(), llm_settings)
+    openai_chat.script_content(DEFAULT_RECORD)
+    assert analyze_with_vision(_garment(), llm_settings)["spec"]["records"][0]
 
 
 # ------------------------------------------------------------------ supplied spec

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -29,6 +30,12 @@ SDK_RETRIES = 2
 # SDK makes its attempts each with the whole timeout (3 x 30 s, ~100 s).
 CONNECT_TIMEOUT = 5.0
 IMAGE_SIDE = 1024  # vision models downscale anyway; smaller requests are faster
+# After the API failed to answer (unreachable, timed out, 5xx or 429 once the
+# SDK's retries were spent), this process asks it nothing for OUTAGE_PAUSE
+# seconds: through an outage every analyze and enhance would otherwise wait
+# up to three times BFF_LLM_TIMEOUT before its offline engine answered.
+OUTAGE_PAUSE = 60.0
+_outages: dict[str, tuple[float, str]] = {}  # API base URL -> (when it failed, why)
 
 
 class LLMError(Exception):
@@ -93,6 +100,18 @@ def user_content(text: str, image: bytes) -> list[dict[str, Any]]:
     ]
 
 
+def _outage(exc: openai.APIError) -> bool:
+    """The API did not answer, not: it refused this request (a bad key, a bad body)."""
+    if isinstance(exc, openai.APIStatusError):
+        return exc.status_code == 429 or exc.status_code >= 500
+    return isinstance(exc, openai.APIConnectionError)  # timeouts too
+
+
+def forget_outages() -> None:
+    """Ask the API again at the next call (tests; a process told the API is back)."""
+    _outages.clear()
+
+
 def _describe(exc: openai.APIError) -> str:
     if isinstance(exc, openai.APIStatusError):
         return f"OpenAI API error {exc.status_code}: {error_message(exc)}"
@@ -115,6 +134,9 @@ def chat_json(
     ``validate`` raises (ValueError, pydantic's ValidationError …) on an
     answer it will not accept; that answer is asked for once more.
     """
+    where = settings.openai_base_url or ""
+    if (outage := _outages.get(where)) and (ago := time.monotonic() - outage[0]) < OUTAGE_PAUSE:
+        raise LLMCallFailed(f"not asked: {outage[1]} {ago:.0f} s ago (paused {OUTAGE_PAUSE:.0f} s)")
     api = client(settings)
     answer = LLMAnswer(value=None, model=settings.llm_model, attempts=0)
     for _ in range(1 + INVALID_RETRIES):
@@ -133,6 +155,8 @@ def chat_json(
                 temperature=0.2,
             )
         except openai.APIError as exc:
+            if _outage(exc):
+                _outages[where] = (time.monotonic(), _describe(exc))
             raise LLMCallFailed(_describe(exc)) from exc
         answer.model = completion.model or answer.model
         if completion.usage is not None:
