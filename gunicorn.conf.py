@@ -11,6 +11,7 @@ Override with GUNICORN_WORKERS / GUNICORN_THREADS (see docs/operations.md).
 
 import gc
 import os
+import signal
 
 
 def _count(var: str, default: int) -> int:
@@ -61,3 +62,8 @@ def post_worker_init(worker) -> None:
     # that every full collection would walk again: 0.2-0.5 s pauses holding the
     # GIL under load, the API's p99. Frozen, a full collection takes ~2 ms.
     gc.freeze()
+    # A stop (SIGTERM) ends the open event streams at once: each would hold
+    # the worker for graceful_timeout, then be cut anyway.
+    from app.platform.events import end_streams_on
+
+    end_streams_on(signal.SIGTERM)

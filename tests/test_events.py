@@ -237,3 +237,30 @@ def test_a_stream_resumed_after_a_retry_gets_the_new_run(app, client, user, monk
         ("stage", "store", "completed"),
         ("done", None, "completed"),
     ]
+
+
+@pytest.mark.parametrize("redis", [True, False])
+def test_a_stopping_server_ends_its_open_streams(app_config, monkeypatch, redis):
+    """Waiting on pub/sub (or a poll) for up to a minute, a stream held the
+    server's stop for its graceful timeout, and was then cut."""
+    from app.platform import events
+
+    config = {**app_config, "BFF_SSE_POLL": "60", "BFF_SSE_HEARTBEAT": "60"}
+    if redis:
+        server = fakeredis.FakeServer()
+        monkeypatch.setattr(events, "client", lambda _url: fakeredis.FakeRedis(server=server))
+        config["REDIS_URL"] = "redis://redis.test/0"
+    monkeypatch.setattr(events, "STOPPING", threading.Event(), raising=False)
+    app = create_app(config)
+    client, user = app.test_client(), make_user(app, "stop")
+    gen_id = submit_prompt(client, user.headers)
+    resp = client.get(f"/api/generate/{gen_id}/events", headers=user.headers, buffered=False)
+    text = []
+    reader = threading.Thread(target=lambda: text.append(_read_all(resp)), daemon=True)
+    reader.start()
+    time.sleep(0.3)  # subscribed and waiting
+    assert reader.is_alive()
+    events.STOPPING.set()
+    reader.join(10)  # far above WAKE_SLICE: only a stream that never ends reaches it
+    assert not reader.is_alive(), "the stream went on after the server began to stop"
+    assert "event: done" not in text[0]  # ended, not finished: the client resumes elsewhere

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import suppress
@@ -29,6 +31,24 @@ from app.platform.storage import public_base
 log = logging.getLogger(__name__)
 
 DONE_ID = "done"
+# Set when the server begins to stop: open streams end (the client resumes
+# on another process with Last-Event-ID) instead of holding the stop for its
+# whole graceful timeout, and then being cut.
+STOPPING = threading.Event()
+WAKE_SLICE = 1.0  # seconds: how soon a waiting stream sees STOPPING
+
+
+def end_streams_on(signum: int = signal.SIGTERM) -> None:
+    """Set STOPPING on ``signum``, then run the handler that was there (the
+    server's own, e.g. gunicorn's graceful stop). Call in the serving process."""
+    before = signal.getsignal(signum)
+
+    def stopping(sig: int, frame: Any) -> None:
+        STOPPING.set()
+        if callable(before):
+            before(sig, frame)
+
+    signal.signal(signum, stopping)
 
 
 def channel(generation_id: str) -> str:
@@ -170,13 +190,17 @@ class _Waker:
                 self.close()
 
     def wait(self, timeout: float) -> None:
+        """Until a message, ``timeout`` or STOPPING, whichever comes first."""
         if self.pubsub is None:
-            time.sleep(timeout)
+            STOPPING.wait(timeout)
             return
+        deadline = time.monotonic() + timeout
         try:
-            if self.pubsub.get_message(timeout=timeout) is not None:
-                while self.pubsub.get_message(timeout=0) is not None:
-                    pass  # one reload covers a burst of messages
+            while (left := deadline - time.monotonic()) > 0 and not STOPPING.is_set():
+                if self.pubsub.get_message(timeout=min(left, WAKE_SLICE)) is not None:
+                    while self.pubsub.get_message(timeout=0) is not None:
+                        pass  # one reload covers a burst of messages
+                    return
         except Exception:
             self.close()
 
@@ -231,5 +255,7 @@ def stream(
                 yield ": keepalive\n\n"
                 last_write, until_beat = time.monotonic(), settings.sse_heartbeat
             waker.wait(min(poll, until_beat))
+            if STOPPING.is_set():  # the server stops: the client resumes elsewhere
+                return
     finally:
         waker.close()
