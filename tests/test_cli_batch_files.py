@@ -6,6 +6,7 @@ cut short."""
 
 from __future__ import annotations
 
+import errno
 import io
 import zipfile
 
@@ -193,3 +194,25 @@ def test_an_archive_the_server_would_not_write_is_not_opened(
     result = CliRunner().invoke(batch_cli, ["download", "bat_1", str(folder)])
     assert result.exit_code == 1 and says in result.output, result.output
     assert list(folder.iterdir()) == [] and not (tmp_path / "outside.png").exists()
+
+
+def test_a_folder_that_cannot_be_made_is_one_sentence(tmp_path, monkeypatch):
+    monkeypatch.setattr(batches, "_api", lambda *a, **k: _Archive(b""))
+    (tmp_path / "looks").write_text("a file, not a folder")
+    folder = tmp_path / "looks" / "ss27"
+    result = CliRunner().invoke(batch_cli, ["download", "bat_1", str(folder)])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert result.output == f"Error: cannot make {folder}: Not a directory\n"
+
+
+def test_a_disk_that_fills_up_is_one_sentence_and_leaves_no_part_file(tmp_path, monkeypatch):
+    def full(resp, part):
+        part.write_bytes(b"PK")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(batches, "_api", lambda *a, **k: _Archive(b""))
+    monkeypatch.setattr(batches, "_save", full)
+    result = CliRunner().invoke(batch_cli, ["download", "bat_1", str(tmp_path)])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert result.output == f"Error: cannot write to {tmp_path}: No space left on device\n"
+    assert list(tmp_path.iterdir()) == []

@@ -125,7 +125,10 @@ def download(batch_id: str, folder: Path) -> None:
     with _api("GET", f"/api/batches/{batch_id}/archive", stream=True) as resp:
         if resp.status_code != 200:
             raise _error(resp)
-        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # under a file, say, or where this account may not write
+            raise click.ClickException(f"cannot make {folder}: {exc.strerror}") from None
         try:  # whatever happens, no .part file is left behind
             _save(resp, part)
             with zipfile.ZipFile(part) as archive:
@@ -135,6 +138,8 @@ def download(batch_id: str, folder: Path) -> None:
                 missing = _missing(archive)
         except zipfile.BadZipFile:
             raise click.ClickException("the archive arrived incomplete; try again") from None
+        except OSError as exc:  # a folder this account may not write in, a full disk
+            raise click.ClickException(f"cannot write to {folder}: {exc.strerror}") from None
         finally:
             part.unlink(missing_ok=True)
     click.echo(f"{len(names) - 1} images and manifest.csv in {folder}")
