@@ -66,6 +66,21 @@ def test_an_unusable_api_url_is_one_sentence(url, said):
     assert "Traceback" not in result.output
 
 
+def test_a_key_pasted_with_its_line_break_is_used_as_the_key(api):
+    env = {"BFF_API_URL": api.base_url, "BFF_API_KEY": api.key + "\n"}
+    result = CliRunner().invoke(client.generations_list, [], env=env)
+    assert result.exit_code == 0, result.output
+
+
+def test_a_key_that_cannot_be_sent_is_blamed_not_the_url():
+    env = {"BFF_API_URL": "http://127.0.0.1:9", "BFF_API_KEY": "bff_x\nbff_y"}
+    result = CliRunner().invoke(client.generate, ["red dress"], env=env)
+    assert result.exit_code == 1, result.output
+    assert result.output == (
+        "Error: BFF_API_KEY cannot be sent: it holds a line break; copy the key again\n"
+    )
+
+
 def test_an_api_url_ending_in_api_says_to_drop_it(api):
     env = {"BFF_API_URL": api.base_url + "/api/", "BFF_API_KEY": api.key}
     result = CliRunner().invoke(client.generate, ["red dress"], env=env)

@@ -29,7 +29,7 @@ def _api(
     method: str, path: str, extra_headers: dict[str, str] | None = None, **kwargs
 ) -> requests.Response:
     base = os.environ.get("BFF_API_URL", "http://127.0.0.1:3001").rstrip("/")
-    key = os.environ.get("BFF_API_KEY")
+    key = os.environ.get("BFF_API_KEY", "").strip()  # a pasted key keeps its newline
     if not key:
         raise click.ClickException("set BFF_API_KEY (from 'bff users create NAME')")
     headers = {"Authorization": f"Bearer {key}", **(extra_headers or {})}
@@ -40,6 +40,9 @@ def _api(
         raise click.ClickException(msg) from None
     except requests.Timeout:
         raise click.ClickException(f"the API at {base} did not answer within 30 s") from None
+    except requests.exceptions.InvalidHeader:  # the key, not the URL: only it goes in a header
+        msg = "BFF_API_KEY cannot be sent: it holds a line break; copy the key again"
+        raise click.ClickException(msg) from None
     except requests.RequestException as exc:  # BFF_API_URL without http://, say
         msg = (
             f"BFF_API_URL={base} cannot be used ({type(exc).__name__}): e.g. http://127.0.0.1:3001"
