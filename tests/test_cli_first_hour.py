@@ -91,6 +91,13 @@ def test_a_port_something_listens_on_is_in_use_on_any_address():
         listener.close()
 
 
+def test_a_dev_port_no_socket_can_have_is_one_sentence():
+    """As ``PORT`` is: 1-65535 (0 would be a random port no one could find)."""
+    result = Click().invoke(cli, ["dev", "--port", "70000"])
+    assert result.exit_code == 2, result.output
+    assert "Invalid value for '--port': 70000 is not in the range 1<=x<=65535." in result.output
+
+
 # ------------------------------------------------- the client, against a web
 
 

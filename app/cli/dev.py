@@ -129,7 +129,7 @@ def _keep_private(var: Path) -> None:
 
 
 @click.command("dev")
-@click.option("--port", type=int, default=None, help="API port (default: PORT or 3001)")
+@click.option("--port", type=click.IntRange(1, 65535), help="API port (default: PORT or 3001)")
 @click.option("--concurrency", default=4, show_default=True)
 @with_app
 def dev(app: Flask, port: int | None, concurrency: int) -> None:
