@@ -131,6 +131,20 @@ def test_a_negative_cap_is_refused(runner):
     assert result.exit_code == 2 and "give 0 or more USD" in result.output
 
 
+def test_a_cap_is_confirmed_as_it_is_kept(runner):
+    """The column keeps 4 places: the line says what was stored, rounded down,
+    and a cap too big for it is refused rather than mangled."""
+    create_key(runner, "hana")
+    result = runner.invoke(args=["users", "cap", "hana", "0.123456"])
+    assert result.exit_code == 0 and result.output == "hana: daily cap $0.1234\n", result.output
+    listed = runner.invoke(args=["users", "list"]).output
+    assert "hana (id 1): cap $0.1234," in listed, listed
+    too_big = runner.invoke(args=["users", "cap", "hana", "1e30"])
+    assert too_big.exit_code == 2, too_big.output
+    assert "1e30 is more than a cap holds: 999999.9999" in too_big.output
+    assert "hana (id 1): cap $0.1234," in runner.invoke(args=["users", "list"]).output
+
+
 def test_a_database_that_is_not_set_up_is_one_sentence(tmp_path):
     env = {
         **{k: v for k, v in os.environ.items() if k not in CLEAN},

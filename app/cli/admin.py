@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_DOWN, Decimal, InvalidOperation
 from typing import TYPE_CHECKING
 
 import click
@@ -109,6 +109,10 @@ def users_list(app: Flask) -> None:
             click.echo(f"{user.name} (id {user.id}): {cap}, {spent}; keys {owned}")
 
 
+CAP_PLACES = Decimal("0.0001")  # users.daily_spend_cap is Numeric(10, 4)
+MAX_CAP = Decimal("999999.9999")
+
+
 def _amount(raw: str | None) -> Decimal | None:
     if raw is None:
         return None
@@ -118,7 +122,10 @@ def _amount(raw: str | None) -> Decimal | None:
         raise click.BadParameter(f"{raw!r} is not an amount in USD", param_hint="AMOUNT") from None
     if not cap.is_finite() or cap < 0:
         raise click.BadParameter(f"{raw} is not a cap: give 0 or more USD", param_hint="AMOUNT")
-    return cap
+    if cap > MAX_CAP:
+        raise click.BadParameter(f"{raw} is more than a cap holds: {MAX_CAP}", param_hint="AMOUNT")
+    # As the column keeps it (4 places), rounded down: a cap never allows more than asked.
+    return cap.quantize(CAP_PLACES, rounding=ROUND_DOWN)
 
 
 @users_cli.command("cap")
