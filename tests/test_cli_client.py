@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -132,3 +134,44 @@ def test_client_commands_load_none_of_the_servers_libraries(api):
     assert run.returncode == 0, run.stderr
     assert "not found" in run.stderr.lower() or "404" in run.stderr, run.stderr  # it did ask
     assert run.stdout.splitlines()[-1] == "[]", run.stdout
+
+
+class _WebPage(BaseHTTPRequestHandler):
+    """Another server on the port: a front end's dev server answers every
+    path with its page."""
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.end_headers()
+        self.wfile.write(b"<!doctype html><div id=app></div>")
+
+    do_POST = do_GET
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def web_page():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _WebPage)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize(
+    "command,args,path",
+    [
+        (client.generations_list, [], "/api/generate?limit=20"),
+        (client.generations_show, ["gen_1"], "/api/generate/gen_1"),
+    ],
+)
+def test_another_server_at_the_api_url_is_one_sentence(web_page, command, args, path):
+    env = {"BFF_API_URL": web_page, "BFF_API_KEY": "bff_x"}
+    result = CliRunner().invoke(command, args, env=env)
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert result.output == (
+        f"Error: {web_page}{path} answered without JSON: is BFF_API_URL this API's address?\n"
+    )

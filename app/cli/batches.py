@@ -17,7 +17,7 @@ import click
 import requests
 
 from app.cli.batch_files import Source, read_batch, read_items, read_matrix
-from app.cli.client import FINAL, _api, _error, _json
+from app.cli.client import FINAL, _api, _error, _json, body_of
 
 __all__ = ["batch_cli", "read_items", "read_matrix"]
 ITEM_FIELD = re.compile(r"items\.(\d+)(?:\.(.+))?")
@@ -75,7 +75,7 @@ def submit(
     resp = _api("POST", "/api/batches", extra_headers=headers, json=body)
     if resp.status_code != 202:
         raise _error(resp, lambda field: _place(field, sources))
-    accepted = resp.json()
+    accepted = body_of(resp)
     total = accepted["total"]
     click.echo(
         f"submitted {accepted['id']}: {total} generation{'s' * (total != 1)}, "

@@ -59,7 +59,17 @@ def _json(method: str, path: str, ok: int = 200, **kwargs) -> dict:
     resp = _api(method, path, **kwargs)
     if resp.status_code != ok:
         raise _error(resp)
-    return resp.json()
+    return body_of(resp)
+
+
+def body_of(resp: requests.Response) -> dict:
+    """A successful answer's JSON: anything else (a web page another server
+    on that port sends for every path) means BFF_API_URL names another server."""
+    try:
+        return resp.json()
+    except ValueError:
+        msg = f"{resp.url} answered without JSON: is BFF_API_URL this API's address?"
+        raise click.ClickException(msg) from None
 
 
 def _error(
@@ -227,7 +237,7 @@ def _poll(gen_id: str, deadline: float, timeout: float, only: str | None = None)
         resp = _api("GET", f"/api/generate/{gen_id}")
         if resp.status_code != 200:
             raise _error(resp)
-        gen = resp.json()
+        gen = body_of(resp)
         for st in gen["stages"]:
             shown = only in (None, st["name"]) and st["status"] != "pending"
             if shown and seen.get(st["name"]) != st["status"]:
