@@ -14,11 +14,13 @@ from datetime import timedelta
 
 import pytest
 from sqlalchemy import func, select, update
+from sqlalchemy.exc import OperationalError
 
 from app import create_app
 from app.api import batch_responses as b
 from app.api.batch_schemas import MAX_BATCH
 from app.domain import batch_flows
+from app.domain import batches as batches_domain
 from app.domain.models import Batch, Generation, GenerationAsset, GenerationStage, utcnow
 from app.pipeline.context import StageFailed
 from app.pipeline.runner import STAGE_FUNCS
@@ -406,6 +408,36 @@ def test_a_retried_member_reopens_its_batch(app, client, user, monkeypatch):
     shown = batch(client, user, batch_id)
     assert shown["status"] == "completed" and shown["counts"]["completed"] == 1
     assert shown["finishedAt"] is not None
+
+
+def test_a_retry_the_database_broke_off_leaves_no_member_running_in_a_finished_batch(
+    app, client, user, monkeypatch
+):
+    """A retried member and its batch's reopening commit together: a member
+    running in a batch still marked finished could not be stopped by the
+    batch's cancel or delete (they leave a finished batch's members alone),
+    and its end would bring no batch completion. Here the database goes away
+    as the batch is reopened: the retry is refused whole, nothing runs."""
+
+    def broken(ctx):
+        raise StageFailed("REPLICATE_API_TOKEN not configured")
+
+    def database_gone(session, batch_id):
+        raise OperationalError("UPDATE", {}, Exception("server closed the connection"))
+
+    batch_id = submit(client, user, {"items": items(1)})["id"]
+    with monkeypatch.context() as m:
+        m.setitem(STAGE_FUNCS, "generate", broken)
+        run_batch(app, client, user, batch_id)
+    [gen] = members(client, user, batch_id)
+    retry = f"/api/generate/{gen['id']}/retry"
+    with monkeypatch.context() as m:
+        m.setattr(batches_domain, "reopen", database_gone)
+        assert client.post(retry, headers=user.headers).status_code == 503
+    [gen] = members(client, user, batch_id)
+    assert gen["status"] == "failed" and batch(client, user, batch_id)["finishedAt"] is not None
+    assert client.post(retry, headers=user.headers).status_code == 202  # once it is back
+    assert batch(client, user, batch_id)["finishedAt"] is None
 
 
 def test_the_batch_webhook_url_is_checked_like_a_generations(client, user):

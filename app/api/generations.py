@@ -222,34 +222,38 @@ def retry(generation_id: str):
     """With an Idempotency-Key, a retry of this request answers it again and
     resumes nothing twice (the generation's latest retry's key is kept)."""
     s, key = services(), request_key({})
-    with s.db.session() as session:
+
+    def reset(session: Session) -> tuple[tuple[str, tuple[str, ...]] | None, str | None]:
+        """(where to resume, or None for a replay; the batch)."""
+        batch_id = batches.lock_batch_of(session, g.user_id, generation_id)
         gen = load_owned(session, generation_id, lock=True)
-        replay = asked_before(gen.pipeline_data, RETRY_REQUEST, key)
-        if not replay:
-            refuse_while_stopping(session, gen.id, "retry")  # (a timeout's)
-            try:
-                first = svc.prepare_retry(gen, s.settings.generation_timeout)
-                stages = svc.stage_names(gen)
-            except IllegalTransition:
-                why = f"only failed generations can be retried; this one is {gen.status}"
-                raise ApiError(409, "conflict", why) from None
-            _keep(gen, RETRY_REQUEST, key)
-        batch_id = gen.batch_id
-    if not replay:
-        _resume(generation_id, first, stages, batch_id)
+        if asked_before(gen.pipeline_data, RETRY_REQUEST, key):
+            return None, batch_id
+        refuse_while_stopping(session, gen.id, "retry")  # (a timeout's)
+        try:
+            first = svc.prepare_retry(gen, s.settings.generation_timeout)
+        except IllegalTransition:
+            why = f"only failed generations can be retried; this one is {gen.status}"
+            raise ApiError(409, "conflict", why) from None
+        _keep(gen, RETRY_REQUEST, key)
+        if batch_id is not None:  # with the member, or its batch's cancel would miss it
+            batches.reopen(session, batch_id)
+        return (first, svc.stage_names(gen)), batch_id
+
+    # Run again if PostgreSQL breaks a deadlock with a worker (the batch's
+    # lock is taken first, as a batch's cancel takes it).
+    resume, batch_id = s.db.transaction(reset)
+    if resume is not None:
+        _resume(generation_id, *resume, batch_id)
     with s.db.session() as session:
         where = {"Location": generation_path(generation_id)}
         return respond(GenerationOut, load_owned(session, generation_id), 202, where)
 
 
 def _resume(generation_id: str, first: str, stages: tuple[str, ...], batch_id: str | None) -> None:
-    """Send a retried generation from its first unfinished stage; its batch is
-    reopened first, in a transaction of its own (no batch lock under a
-    generation's)."""
+    """Send a retried generation (its batch reopened with it) from its first
+    unfinished stage."""
     s = services()
-    if batch_id is not None:
-        with s.db.session() as session:
-            batches.reopen(session, batch_id)
     if dispatch(s.celery, generation_id, first, background=batch_id is not None, stages=stages):
         with s.db.session() as session:
             svc.touch_dispatched(session, generation_id)

@@ -99,6 +99,21 @@ def list_page(
     return views(session, rows), next_cursor
 
 
+def lock_batch_of(session: Session, user_id: int, generation_id: str) -> str | None:
+    """Lock the generation's batch, if it has one (its id), before the
+    generation itself is locked: the order a batch's cancel and delete take
+    them in. A retry reopens the batch in that transaction, so a finished
+    batch never holds a running member (its cancel and delete skip those)."""
+    batch_id = session.scalar(
+        select(Generation.batch_id).where(
+            Generation.id == generation_id, Generation.user_id == user_id
+        )
+    )
+    if batch_id is not None:
+        get_owned(session, user_id, batch_id, lock=True)
+    return batch_id
+
+
 def lock_unfinished(session: Session, batch_id: str) -> list[Generation]:
     """The batch's generations not final yet, locked."""
     return _lock_members(session, batch_id, Generation.status.not_in(FINAL))
