@@ -404,6 +404,25 @@ def test_a_doubled_slash_is_a_json_404_not_an_html_redirect(client, user, method
     assert (resp.status_code, resp.mimetype) == (404, "application/json"), resp.get_data()
 
 
+@pytest.mark.parametrize(
+    "path,body",
+    [
+        (
+            "/api/generate/from-prompt",
+            {"prompt": "x", "settings": {f"k{i}": 0 for i in range(1001)}},
+        ),
+        ("/api/batches", {"items": [{}] * 1001}),
+        ("/api/personas", {"name": "n", "keywords": ["k"] * 5000}),
+    ],
+    ids=["object", "array", "persona-array"],
+)
+def test_an_array_or_object_of_thousands_of_entries_is_400(app, client, user, path, body):
+    """Refused as it is read: each entry would be one more thing validated,
+    and one more problem the 422 lists."""
+    resp = client.post(path, json=body, headers=user.headers)
+    assert "1000 entries" in assert_refused(app, resp, 400, "malformed_json")["message"]
+
+
 def test_an_integer_too_long_to_read_says_so(app, client, user):
     """Valid JSON that Python refuses to convert (more than 4,300 digits): a
     400 that names the number, not "not valid JSON"."""

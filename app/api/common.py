@@ -42,12 +42,17 @@ def services() -> Services:
 
 
 MAX_JSON_DEPTH = 32  # our deepest document (a vltSpec) is 4 levels deep
+# Entries of one array or object: ours hold 100 at most (a batch's items). A
+# body of 10 MB can hold millions, each one more error pydantic makes and
+# the 422 lists (a 94 MB answer to a settings object of a million keys).
+MAX_JSON_ENTRIES = 1000
 
 
 def parse_json(raw: str | bytes, what: str = "the request body") -> Any:
-    """Every JSON a request carries is read here: nesting is bounded, so a
-    document nested thousands deep is a 400, not a RecursionError (a 500)
-    here or in whatever walks it next (validation, hashing, the database);
+    """Every JSON a request carries is read here: nesting and the size of
+    each array and object are bounded, so a document nested thousands deep
+    is a 400, not a RecursionError (a 500) here or in whatever walks it next
+    (validation, hashing, the database);
     and every string must be text UTF-8 can hold: a lone surrogate
     (``"\\ud800"``) would be stored, then fail every answer that shows it."""
     try:
@@ -61,6 +66,9 @@ def parse_json(raw: str | bytes, what: str = "the request body") -> Any:
         if any(isinstance(x, str) and not _is_text(x) for x in level):
             raise ApiError(400, "malformed_json", f"{what} has a string with a lone surrogate")
         containers = [x for x in level if isinstance(x, (dict, list))]
+        if any(len(c) > MAX_JSON_ENTRIES for c in containers):
+            why = f"{what} has an array or object of more than {MAX_JSON_ENTRIES} entries"
+            raise ApiError(400, "malformed_json", why)
         depth += bool(containers)
         if depth > MAX_JSON_DEPTH:
             raise ApiError(
