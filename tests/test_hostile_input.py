@@ -423,6 +423,19 @@ def test_an_array_or_object_of_thousands_of_entries_is_400(app, client, user, pa
     assert "1000 entries" in assert_refused(app, resp, 400, "malformed_json")["message"]
 
 
+def test_a_422_lists_its_first_problems_and_counts_them_all(app, client, user):
+    """A body of many bad fields is not answered with a longer body."""
+    settings = {f"k{i}": 0 for i in range(300)}
+    resp = client.post(
+        "/api/generate/from-prompt",
+        json={"prompt": "x", "settings": settings},
+        headers=user.headers,
+    )
+    err = assert_refused(app, resp, 422, "validation_error")
+    assert len(err["details"]) == 50 and err["details"][0]["field"] == "settings.k0"
+    assert "300 problems" in err["message"]
+
+
 def test_an_integer_too_long_to_read_says_so(app, client, user):
     """Valid JSON that Python refuses to convert (more than 4,300 digits): a
     400 that names the number, not "not valid JSON"."""
