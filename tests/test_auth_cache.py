@@ -82,6 +82,15 @@ def test_a_key_sent_with_another_scheme_is_told_the_one_to_use(client, user):
     assert client.get("/api/generate").json["error"]["message"].endswith("Bearer <key>'")
 
 
+@pytest.mark.parametrize("header", ["{key}", "Bearer:{key}", "Bearer={key}", "bearer-{key}"])
+def test_a_key_sent_without_the_scheme_is_not_echoed(client, user, header):
+    told = client.get("/api/generate", headers={"Authorization": header.format(key=user.key)})
+    assert told.status_code == 401
+    body = told.get_data(as_text=True)
+    assert "bff_" not in body and user.key.split("_", 2)[2][:7] not in body, body
+    assert told.json["error"]["message"].endswith("Bearer <key>'")
+
+
 def test_failures_are_not_cached(app, client, user, clock):
     bad = {"Authorization": f"Bearer {user.key}x"}
     assert client.get("/api/generate", headers=bad).status_code == 401

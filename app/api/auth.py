@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 import threading
 import time
@@ -35,6 +36,7 @@ from app.webhooks import generate_secret
 # Seconds a verified key is trusted without asking the database (keep <= 10).
 KEY_CACHE_TTL = 5.0
 KEY_CACHE_MAX = 10_000
+SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9-]{0,19}")  # "Token", "Basic": never a key
 
 
 class KeyCache:
@@ -154,7 +156,11 @@ def load_user() -> None:
     header = request.headers.get("Authorization", "")
     scheme, _, key = header.partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
-        said = f" (not '{scheme[:20]}')" if header and scheme.lower() != "bearer" else ""
+        # Named only if it is a scheme's name: a key sent bare, or after
+        # "Bearer:", would have its first characters echoed in the answer.
+        said = (
+            f" (not '{scheme}')" if SCHEME.fullmatch(scheme) and scheme.lower() != "bearer" else ""
+        )
         raise _unauthorized(f"missing API key: send 'Authorization: Bearer <key>'{said}")
     key = key.strip()
     db = current_app.extensions["bff"].db
