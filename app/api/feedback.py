@@ -9,7 +9,14 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.api.auth import load_user
-from app.api.common import idempotency_key, json_body, replay, request_hash, services
+from app.api.common import (
+    idempotency_key,
+    json_body,
+    receive_body,
+    replay,
+    request_hash,
+    services,
+)
 from app.api.errors import ApiError, invalid
 from app.api.generations import load_owned
 from app.api.responses import FeedbackOut, respond
@@ -56,6 +63,7 @@ def feedback(generation_id: str):
     s = services()
     key: str | None = None
     req_hash: str | None = None
+    receive_body()
     try:
         with s.db.session() as session:
             # Ownership first (404 before any 4xx); locked, so two quick clicks

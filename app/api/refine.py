@@ -23,6 +23,7 @@ from app.api.auth import load_user
 from app.api.common import (
     asked_before,
     json_body,
+    receive_body,
     refuse_while_stopping,
     request_key,
     services,
@@ -84,6 +85,7 @@ def _check(gen: Generation, asset: GenerationAsset, options: dict) -> float:
 @bp.post("/<generation_id>/assets/<asset_id>/refine")
 def refine(generation_id: str, asset_id: str):
     s = services()
+    receive_body()
     with s.db.session() as session:
         gen = svc.get_owned(session, g.user_id, generation_id, lock=True)
         if gen is None:
