@@ -459,3 +459,16 @@ def test_a_multipart_body_without_a_boundary_is_400_not_a_missing_image(app, cli
         headers=user.headers,
     )
     assert "boundary" in assert_refused(app, resp, 400, "bad_request")["message"]
+
+
+@pytest.mark.parametrize("method", ["GET", "DELETE"])
+@pytest.mark.parametrize(
+    "path", ["/api/generate/{}", "/api/generate/{}/events", "/api/batches/{}", "/api/personas/{}"]
+)
+def test_an_id_with_a_control_character_names_nothing(pg_app, pg_user, path, method):
+    """404 as any id that names nothing, on PostgreSQL too (which refuses a NUL)."""
+    client = pg_app.test_client()
+    for bad in ("a%00b", "gen_%0a"):
+        resp = client.open(path.format(bad), method=method, headers=pg_user.headers)
+        assert resp.status_code == 404, resp.get_data()
+        assert resp.mimetype == "application/json"

@@ -73,6 +73,20 @@ def test_requests_bind_the_generation_in_their_url(app_config):
     assert b["generation_id"] is None
 
 
+def test_a_url_cannot_write_lines_of_its_own_in_the_log(app_config):
+    app = create_app(app_config)
+    buf = capture("text")
+    forged = "x%0A2026-12-07 21:00:00,000 WARNING app.api.auth: key revoked%00"
+    with app.test_request_context(f"/api/generate/{forged}/events"):
+        try:
+            app.preprocess_request()
+        except ApiError:  # no API key: the request stops at auth, the context is set
+            pass
+        logging.getLogger("app.api").warning("in the request")
+    [line] = buf.getvalue().splitlines()
+    assert line.endswith("WARNING app.api: in the request") and "\x00" not in line
+
+
 def test_gunicorns_own_lines_are_json_lines_too(monkeypatch, capsys):
     """Its access log and its errors, as gunicorn.conf.py sets it up."""
     from gunicorn.config import Config

@@ -9,7 +9,7 @@ from functools import lru_cache
 
 from flask import Flask, Response, current_app, request
 from werkzeug.exceptions import MethodNotAllowed
-from werkzeug.routing import Map
+from werkzeug.routing import BaseConverter, Map
 
 from app.api.errors import ApiError
 
@@ -20,7 +20,17 @@ MAX_HEADER_BYTES = 16 * 1024  # all fields, names and values
 _CONTENT = ("CONTENT_TYPE", "CONTENT_LENGTH")
 
 
+class IdConverter(BaseConverter):
+    """A URL's ids (``<generation_id>``, ...): no control character names
+    anything, and a NUL would reach PostgreSQL, which refuses it (a 400
+    saying a value "cannot be stored", where SQLite answered 404)."""
+
+    regex = r"[^/\x00-\x1f\x7f]+"
+
+
 def register(app: Flask) -> None:
+    """Before any route is added (the converter applies to those added after)."""
+    app.url_map.converters["default"] = IdConverter
     app.before_request(_check_limits)
     app.before_request(_options)
     app.before_request(_static_path_methods)
