@@ -474,3 +474,30 @@ def test_a_webhook_url_its_items_share_is_resolved_once(client, user, monkeypatc
     both = items(30, **hook) + items(2, webhookUrl="https://b.example/")
     submit(client, user, {"items": both, "webhookUrl": "https://b.example/"})
     assert sorted(looked_up) == ["b.example", "hooks.example.com"]  # the batch's too
+
+
+def test_a_batch_of_many_slow_webhook_hosts_is_checked_within_a_budget(
+    app, client, user, monkeypatch
+):
+    """100 hosts whose look-ups each take just under the resolver's timeout
+    held the request's thread for five minutes; it stops at the budget."""
+    import socket
+
+    from app.webhooks import guard
+
+    now, looked_up = [0.0], []
+
+    def getaddrinfo(host, port, *args, **kw):
+        looked_up.append(host)
+        now[0] += 2.9  # an answer, just inside RESOLVE_TIMEOUT
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("93.184.215.14", port))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    monkeypatch.setattr(guard, "_clock", lambda: now[0])
+    body = {
+        "items": [{"prompt": "linen", "webhookUrl": f"https://h{i}.example/"} for i in range(100)]
+    }
+    error = submit(client, user, body, 422)["error"]
+    assert len(looked_up) == 4 and now[0] <= guard.LOOKUP_BUDGET + 3
+    assert error["details"][0]["field"] == "items.4.webhookUrl"
+    assert "in time" in error["details"][0]["message"]

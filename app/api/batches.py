@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import timedelta
-from functools import cache, partial
 from itertools import product
 from typing import Any
 
@@ -45,7 +44,7 @@ from app.pipeline.endings import cancel_late_refine
 from app.pipeline.route import estimate
 from app.platform.queue import dispatch_group
 from app.platform.storage import generation_prefix
-from app.webhooks import submit_url_problem
+from app.webhooks import url_checker
 
 log = logging.getLogger(__name__)
 bp = Blueprint("batches", __name__, url_prefix="/api/batches")
@@ -165,7 +164,7 @@ def submit():
     req_hash = request_hash(payload) if key is not None else None
     items = body.items if body.items is not None else expand(body.matrix)
     _check_size(len(items))
-    url_problem = cache(partial(submit_url_problem, settings=s.settings))
+    url_problem = url_checker(s.settings)  # each URL once, all within a budget
     _check_items(items, "items" if body.items is not None else "matrix", url_problem)
     if body.webhookUrl is not None and (why := url_problem(body.webhookUrl)):
         raise invalid("webhookUrl", f"webhookUrl {why}", why)

@@ -10,7 +10,7 @@ from app.webhooks.delivery import (
     record_final,
     send,
 )
-from app.webhooks.guard import Refused, resolve_target, submit_url_problem
+from app.webhooks.guard import Refused, resolve_target, submit_url_problem, url_checker
 from app.webhooks.model import REFUSED, WebhookDelivery
 from app.webhooks.signing import ensure_secret, generate_secret
 
@@ -28,4 +28,5 @@ __all__ = [
     "resolve_target",
     "send",
     "submit_url_problem",
+    "url_checker",
 ]

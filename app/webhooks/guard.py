@@ -12,8 +12,10 @@ import ipaddress
 import socket
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from contextlib import suppress
+from functools import cache
 from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
@@ -184,6 +186,30 @@ def submit_url_problem(url: str, settings: Settings) -> str | None:
     except Refused as exc:
         return str(exc)
     return None
+
+
+# Seconds one request's webhookUrl checks may take in all: each look-up may
+# take up to RESOLVE_TIMEOUT, and a batch's 100 items may name 100 hosts.
+LOOKUP_BUDGET = 10.0
+_clock = time.monotonic
+
+
+def url_checker(settings: Settings) -> Callable[[str], str | None]:
+    """``submit_url_problem`` for one request's URLs: each checked once, all
+    within ``LOOKUP_BUDGET`` (hosts whose name servers answer just inside
+    the timeout held a batch's thread for minutes). Past it, a URL is
+    refused as one that does not resolve in time is."""
+    ends = _clock() + LOOKUP_BUDGET
+
+    @cache
+    def problem(url: str) -> str | None:
+        if _clock() > ends:
+            return (
+                f"cannot be checked in time (the request's look-ups took over {LOOKUP_BUDGET:g} s)"
+            )
+        return submit_url_problem(url, settings)
+
+    return problem
 
 
 def post(
