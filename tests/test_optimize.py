@@ -85,6 +85,34 @@ def test_learnt_construction_stays_with_the_garment_it_was_learnt_on():
     assert "floor-length" in optimize(gen_id("exploit"), coat, "", scores, coat)["addedTokens"]
 
 
+def test_a_vast_vocabulary_is_read_only_as_far_as_the_budgets_need(monkeypatch):
+    """Prompts of many short terms, hearted, grow a vocabulary of 100,000
+    terms: every term was then checked for what it names, seconds of CPU a job
+    on the shared pipeline worker."""
+    from app.pipeline import optimize as module
+
+    looked: list[str] = []
+    monkeypatch.setattr(module, "strays", lambda t, req: looked.append(t) or strays(t, req))
+    monkeypatch.setattr(module, "subject_of", lambda t: looked.append(t) or subject_of(t))
+    scores = {f"soft glow {i:05d}": 0.9 for i in range(5000)}
+    scores |= {f"harsh glare {i:05d}": 0.1 for i in range(5000)}
+    out = optimize(gen_id("exploit"), "white cotton t-shirt", "", scores, "white cotton t-shirt")
+    assert out["addedTokens"] == ["soft glow 00000", "soft glow 00001", "soft glow 00002"]
+    assert out["negativePrompt"].startswith("harsh glare 00000, harsh glare 00001")
+    assert len(looked) <= 2 * module.CONSIDERED, len(looked)
+
+
+def test_only_learnt_terms_passed_over_are_held_back():
+    """Held back: ranked above a term that was added. One ranked below the
+    last added would not have been added anyway."""
+    scores = {"soft light": 0.9, "rim light": 0.85, "film grain": 0.8, "red wool coat": 0.7}
+    scores |= {"navy blazer": 0.95}
+    shirt = "white cotton t-shirt"
+    out = optimize(gen_id("exploit"), shirt, "", scores, shirt)
+    assert out["addedTokens"] == ["soft light", "rim light", "film grain"]
+    assert out["heldBackTokens"] == ["navy blazer"]
+
+
 def test_construction_details_contradict_only_their_own_kind():
     blazer = subject_of("a Double-Breasted blazer, floor length")
     assert blazer.details == ("double breasted", "floor length")

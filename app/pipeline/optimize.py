@@ -27,6 +27,7 @@ negative. Under ``enhance: off`` nothing is added or moved.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import random
 from typing import Any
 
@@ -46,6 +47,10 @@ START = 0.5
 GOOD, BAD = 0.55, 0.3
 EXPLOIT_BUDGET = 3
 NEGATIVE_BUDGET = 8
+# Learnt terms looked at, best (or worst) first, for what to add (or make
+# negative): a few qualify among the first, and a vocabulary of 100,000
+# terms (prompts of many short terms, hearted) cost seconds of CPU a job.
+CONSIDERED = 1000
 MAX_TOKEN = 80  # prompt_token_scores.token is VARCHAR(80)
 
 
@@ -81,12 +86,14 @@ def _additions(
     """Terms to add, and learnt ones held back because they name a garment,
     colour, material, pattern or construction detail the request does not."""
     if mode == "exploit":
-        ranked = sorted(
-            ((s, t) for t, s in scores.items() if s >= GOOD and t not in keys),
-            key=lambda st: (-st[0], st[1]),
-        )
-        held = [t for _, t in ranked if strays(t, request)]
-        return [t for _, t in ranked if t not in held][:EXPLOIT_BUDGET], held[:EXPLOIT_BUDGET]
+        best = ((-s, t) for t, s in scores.items() if s >= GOOD and t not in keys)
+        added: list[str] = []
+        held: list[str] = []  # passed over, ranked above what was added
+        for _, t in heapq.nsmallest(CONSIDERED, best):
+            if len(added) == EXPLOIT_BUDGET:
+                break
+            (held if strays(t, request) else added).append(t)
+        return added, held[:EXPLOIT_BUDGET]
     pool = sorted(
         {
             term
@@ -129,9 +136,10 @@ def optimize(
     while lead < len(kept) and kept[lead].lower() in protected:
         lead += 1
     final = fit_prompt(kept[: max(lead, 1)] + added + kept[max(lead, 1) :], max_len)
-    disliked = sorted((s, t) for t, s in scores.items() if s < BAD and learnable(t))
-    negatives = terms(", ".join([negative, *demoted, *(t for _, t in disliked)]))
     extra = len(terms(negative)) + len(demoted) + NEGATIVE_BUDGET
+    worst = heapq.nsmallest(CONSIDERED, ((s, t) for t, s in scores.items() if s < BAD))
+    disliked = [t for _, t in worst if learnable(t)][:extra]  # each fills a slot at most
+    negatives = terms(", ".join([negative, *demoted, *disliked]))
     used = tokens(final)
 
     def mean(ts: list[str]) -> float:
