@@ -238,3 +238,24 @@ def test_a_generation_deleted_anywhere_leaves_the_whole_page(browser, user):  # 
     expect(status).to_have_text("Finished: 2 of 2 done · 2 deleted · $0.000")
     expect(page.locator("#gallery-empty")).to_have_text("No generations yet.")
     page.close()
+
+
+def test_a_refine_from_a_batch_card_shows_on_that_card(browser, user):  # noqa: F811
+    """Before, the batch's card kept its one image and went on offering
+    "Upscale ×2" (a 409 when clicked) after the refine it started completed."""
+    from playwright.sync_api import expect
+
+    base, key, auth = user
+    batch_id, gens = finished_batch(base, auth, [{"prompt": "navy blazer", "settings": LOCAL}])
+    page = open_page(browser, base, key)
+    page.reload()
+    page.locator(f'#batch-list li[data-id="{batch_id}"]').get_by_role("button").click()
+    card = page.get_by_role("list", name="The batch's generations").locator("li.item")
+    expect(card.locator(".img-link img")).to_have_count(1)
+    card.get_by_role("button", name="Upscale ×2").click()
+    expect(page.locator('#stages li[data-stage="refine"]')).to_have_attribute(
+        "data-status", "completed", timeout=60_000
+    )
+    expect(card.get_by_role("group", name="2 images")).to_be_visible()
+    expect(card.get_by_role("button", name="Upscale ×2")).to_have_count(0)
+    page.close()

@@ -1,7 +1,7 @@
 // Stage 7 on the page: "Upscale ×2" and "Cut out" under each finished image.
 // Loaded before follow.js and app.js (deferred, in order); uses their api(),
-// follow(), takePanel(), letGo(), showResult() and loadGallery() when a button
-// is clicked.
+// follow(), takePanel(), letGo(), showResult() and loadGallery(), and
+// batches.js's refreshBatchOf(), when a button is clicked.
 const VARIANT = { original: "Original", upscaled: "Upscaled", cutout: "Cut-out" };
 
 // "Upscale ×2" and "Cut out" for one image: each adds a variant (a refine
@@ -40,6 +40,7 @@ async function refine(genId, assetId, body, box) {
     $("#gen-status").textContent = "Refining…";
     const gen = await follow(genId, mine.stop.signal);
     showResult(gen);
+    refreshBatchOf(gen);  // batches.js's: a member's card there shows its new images too
     const st = gen.stages.find((s) => s.name === "refine");
     if (st && st.status === "failed") $("#gen-status").textContent = `refine failed: ${st.error}`;
     loadGallery(true);
