@@ -240,6 +240,31 @@ def test_a_generation_deleted_anywhere_leaves_the_whole_page(browser, user):  # 
     page.close()
 
 
+def test_a_batch_from_the_page_keeps_the_forms_persona_and_what_to_leave_out(browser, user):  # noqa: F811
+    """Before, a batch started on the page dropped the Persona picked and the
+    "Leave out" text the hint under it said came from the form above."""
+    from playwright.sync_api import expect
+
+    base, key, auth = user
+    persona = requests.post(
+        f"{base}/api/personas", json={"name": "Riviera", "keywords": ["linen"]}, headers=auth
+    ).json()["id"]
+    page = open_page(browser, base, key)
+    page.reload()
+    page.get_by_label("Leave out (negative prompt)").fill("logos")
+    page.get_by_label("Persona").select_option(label="Riviera")
+    page.get_by_label("Provider").select_option("local")
+    page.get_by_label("Prompts, one a line").fill("navy blazer\ncamel coat")
+    page.get_by_role("button", name="Start the batch").click()
+    expect(page.locator("#batch-id")).to_contain_text("Batch bat_")
+    batch_id = page.locator("#batch-id").text_content().split()[-1]
+    gens = requests.get(f"{base}/api/generate?batchId={batch_id}", headers=auth).json()["items"]
+    assert len(gens) == 2, gens
+    assert {g["personaId"] for g in gens} == {persona}
+    assert all(g["prompt"]["negative"].startswith("logos") for g in gens), gens  # enhance adds
+    page.close()
+
+
 def test_a_refine_from_a_batch_card_shows_on_that_card(browser, user):  # noqa: F811
     """Before, the batch's card kept its one image and went on offering
     "Upscale ×2" (a 409 when clicked) after the refine it started completed."""

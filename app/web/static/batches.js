@@ -25,6 +25,8 @@ async function submitBatch(event) {
   const prompts = $("#batch-prompts").value.split("\n").map((p) => p.trim()).filter(Boolean);
   if (!prompts.length) { errorBox.textContent = "Type at least one prompt."; return; }
   const matrix = { prompts, settings: batchSettings() };
+  const negative = $("#negative").value.trim();  // "Leave out", as a single submit sends it
+  if (negative) matrix.negativePrompt = negative;
   const colorways = $("#batch-colorways").value.split(",").map((c) => c.trim()).filter(Boolean);
   if (colorways.length) matrix.colorways = colorways;
   const button = $("#batch-submit");
@@ -34,6 +36,8 @@ async function submitBatch(event) {
       const personas = (await api("GET", "/api/personas")).items.map((p) => p.id);
       if (!personas.length) throw new Error(NO_STYLES_FOR_BATCH);
       matrix.personas = personas;
+    } else if ($("#persona").value) {  // the Persona picked above, as a single submit uses it
+      matrix.personas = [$("#persona").value];
     }
     const accepted = await api("POST", "/api/batches", { matrix });
     followBatch(accepted.id);
