@@ -27,7 +27,7 @@ from app.pipeline.runner import STAGE_FUNCS
 from app.platform.config import Settings
 from app.webhooks import WebhookDelivery
 from tests.conftest import make_user
-from tests.support.pipeline import run_all, services
+from tests.support.pipeline import run_all, run_through, services
 from tests.test_api_generations import assert_error, conforms
 
 BATCHES = "/api/batches"
@@ -340,6 +340,21 @@ def test_the_archive_holds_the_images_and_a_manifest(app, client, user):
             assert row["provider"] == "local" and row["prompt"].startswith("linen shirt")
         else:
             assert row["status"] == "canceled" and row["url"] == ""
+
+
+def test_the_manifest_says_which_file_is_a_variant_of_which(app, client, user):
+    """Before, an upscaled and a cut-out file were named like the original
+    they came from, and no column told them apart."""
+    refine = {"provider": "local", "upscale": 2, "removeBackground": True}
+    batch_id = submit(client, user, {"items": items(1, settings=refine)})["id"]
+    with app.app_context():
+        run_through(app, members(client, user, batch_id)[0]["id"])  # refine too
+    resp = client.get(f"{BATCHES}/{batch_id}/archive", headers=user.headers)
+    archive = zipfile.ZipFile(io.BytesIO(resp.get_data()))
+    rows = list(csv.DictReader(io.StringIO(archive.read("manifest.csv").decode())))
+    original = next(r["file"] for r in rows if r["variant"] == "original")
+    shown = sorted((r["variant"], r["source_file"]) for r in rows)
+    assert shown == [("cutout", original), ("original", ""), ("upscaled", original)]
 
 
 def test_the_manifest_shows_a_prompt_that_looks_like_a_formula_as_text(client, user):

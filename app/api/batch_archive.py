@@ -26,7 +26,10 @@ log = logging.getLogger(__name__)
 bp = Blueprint("batch_archive", __name__, url_prefix="/api/batches")
 bp.before_request(load_user)
 
-MANIFEST = ("generation_id", "status", "prompt", "provider", "model", "cost", "file", "url", "note")
+MANIFEST = (
+    *("generation_id", "status", "prompt", "provider", "model", "cost", "file", "url", "note"),
+    *("variant", "source_file"),  # last, so readers of the first nine columns read on
+)
 MISSING = "image missing from storage"
 
 
@@ -71,19 +74,22 @@ def _members(
     for n, gen in enumerate(gens, 1):
         row = [gen.id, gen.status, _cell(gen.prompt or ""), gen.provider or "", gen.model or ""]
         row.append(f"{float(gen.cost):.4f}")
+        names: dict[int, str] = {}  # asset id -> file: a variant's row names its source's
         for asset in assets.get(gen.id, []):
             name = f"{n:03d}-{gen.id}-{asset.position}.{EXTENSIONS.get(asset.content_type, 'bin')}"
+            names[asset.id] = name
+            kind = [asset.variant, names.get(asset.source_asset_id, "")]
             try:  # read on its turn, so an object deleted mid-stream is caught too
                 held = [storage.get(asset.r2_key)]
             except KeyError:  # other storage errors still cut the archive short
                 log.warning("archive: %s is missing from storage", asset.r2_key)
-                manifest.writerow([*row, "", storage.url(asset.r2_key), MISSING])
+                manifest.writerow([*row, "", storage.url(asset.r2_key), MISSING, *kind])
                 continue
             # pop: once stream_zip has written the bytes nothing here holds them
             yield Member(name, held.pop)
-            manifest.writerow([*row, name, storage.url(asset.r2_key), ""])
+            manifest.writerow([*row, name, storage.url(asset.r2_key), "", *kind])
         if not assets.get(gen.id):
-            manifest.writerow([*row, "", "", ""])
+            manifest.writerow([*row, "", "", "", "", ""])
     yield Member("manifest.csv", lambda: out.getvalue().encode(), compress=True)
 
 
