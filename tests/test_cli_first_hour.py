@@ -210,10 +210,31 @@ def test_generations_show_gives_each_image_its_id_beside_its_url(api):
     upscaled = next(a for a in load(api.app, gen["id"])["assets"] if a["variant"] == "upscaled")
     shown = bff(api, "generations", "show", gen["id"])
     assert shown.exit_code == 0, shown.output
+    size = f"{upscaled['width']}x{upscaled['height']}"
     assert assets_shown(shown.stdout) == [
         (f"asset {original['id']}:", original["url"]),
-        (f"asset {upscaled['id']} upscaled:", upscaled["url"]),
+        (f"asset {upscaled['id']} upscaled from {original['id']}, {size}:", upscaled["url"]),
     ], shown.stdout
+
+
+def test_refine_wait_gives_each_new_image_its_id_to_refine_again(api):
+    """Before, it printed "upscaled  2048x2048  URL": the id that a cut-out of
+    the upscaled image needs was only in ``generations show``."""
+    gen = completed(api)
+    original = gen["assets"][0]
+    proc = start(api, "refine", gen["id"], str(original["id"]), "--upscale", "2", "--wait")
+    try:
+        assert gen["id"] in proc.first_line, proc.first_line + proc.stderr.read()
+        run_all(api.app, gen["id"], ("refine",))
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    [upscaled] = [a for a in load(api.app, gen["id"])["assets"] if a["variant"] == "upscaled"]
+    size = f"{upscaled['width']}x{upscaled['height']}"
+    assert assets_shown(out) == [
+        (f"asset {upscaled['id']} upscaled from {original['id']}, {size}:", upscaled["url"])
+    ], out
 
 
 def test_a_failed_wait_says_how_to_retry_and_retry_wait_finishes_it(api, monkeypatch):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 import click
@@ -174,11 +174,17 @@ def report(gen: dict) -> None:
     show_assets(gen)
 
 
-def show_assets(gen: dict) -> None:
-    """Each image: its id (for ``bff refine``) and variant, then its URL alone
-    on the next line (scripts take the lines that are URLs)."""
+def show_assets(gen: dict, only: Collection[int] | None = None) -> None:
+    """Each image (or those of ids ``only``): its id (for ``bff refine``), a
+    variant's kind, source image and size, then its URL alone on the next line
+    (scripts take the lines that are URLs)."""
     for asset in gen["assets"]:
-        variant = "" if asset.get("variant", "original") == "original" else f" {asset['variant']}"
+        if only is not None and asset["id"] not in only:
+            continue
+        variant = ""
+        if asset.get("variant", "original") != "original":
+            variant = f" {asset['variant']} from {asset['sourceAssetId']}"
+            variant += f", {asset['width']}x{asset['height']}"
         click.echo(f"asset {asset['id']}{variant}:")
         click.echo(asset["url"])
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import click
 
-from app.cli.client import _api, _error, _json, report, wait_for
+from app.cli.client import _api, _error, _json, report, show_assets, wait_for
 
 
 @click.command("retry")
@@ -106,9 +106,7 @@ def refine(
     stage = next((s for s in gen["stages"] if s["name"] == "refine"), {})
     if stage.get("status") != "completed":
         raise click.ClickException(f"refine {stage.get('status')}: {stage.get('error')}")
-    for asset in gen["assets"]:
-        if asset["id"] not in before:
-            click.echo(f"{asset['variant']:<9} {asset['width']}x{asset['height']}  {asset['url']}")
+    show_assets(gen, only={a["id"] for a in gen["assets"]} - before)  # ids, to refine again
 
 
 COMMANDS = (retry, cancel, delete, feedback, refine)

@@ -125,11 +125,13 @@ def test_refine_an_image_and_wait(embedded):
     assert refine.returncode == 0, refine.stdout + refine.stderr
     assert re.search(r"^\s+(\S\s+)?refine\s+completed", refine.stdout, re.M), refine.stdout
     assert "analyze" not in refine.stdout  # the stages of before are not shown again
-    lines = [line.split() for line in refine.stdout.splitlines() if "/cdn/" in line]
-    sizes = {variant: size for variant, size, _url in lines}
+    shown = re.findall(r"^asset \d+ (\w+) from (\d+), (\S+):\n(\S+)$", refine.stdout, re.M)
+    sizes = {variant: (int(source), size) for variant, source, size, _url in shown}
     double = f"{asset['width'] * 2}x{asset['height'] * 2}"
-    assert sizes == {"upscaled": double, "cutout": f"{asset['width']}x{asset['height']}"}
-    assert_png_urls("\n".join(url for *_, url in lines))
+    same = f"{asset['width']}x{asset['height']}"
+    want = {"upscaled": (asset["id"], double), "cutout": (asset["id"], same)}
+    assert sizes == want, refine.stdout
+    assert_png_urls("\n".join(url for *_, url in shown))
     no_option = subprocess.run([BFF, "refine", gen_id, str(asset["id"])], env=embedded.env,
                                capture_output=True, text=True, timeout=60)  # fmt: skip
     assert no_option.returncode != 0 and "--upscale" in no_option.stderr
