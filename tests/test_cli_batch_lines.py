@@ -150,3 +150,42 @@ def test_a_refusal_about_the_whole_batch_is_as_the_api_said(tmp_path, sent):
     path.write_text('{"prompts": ["blazer"], "sizes": ["huge"]}')
     result = CliRunner().invoke(batch_cli, [str(path), "--matrix"])
     assert "matrix.sizes.0:" in result.output and "line" not in result.output, result.output
+
+
+# ------------------------------------------------ a persona by its name
+
+
+@pytest.fixture
+def riviera(monkeypatch, client, user, sent) -> str:
+    """A persona named "Riviera summer"; ``bff`` reads /api/personas from the app too."""
+    from app.cli import client as http
+
+    def api(method: str, path: str, extra_headers=None, **kwargs):
+        return _Answer(client.open(path, method=method, headers=user.headers))
+
+    monkeypatch.setattr(http, "_api", api)
+    body = {"name": "Riviera summer", "keywords": ["linen"]}
+    return client.post("/api/personas", json=body, headers=user.headers).get_json()["id"]
+
+
+@pytest.mark.parametrize(
+    "name,text,matrix",
+    [
+        ("looks.csv", "prompt,personaId\nlinen shirt, riviera SUMMER\n", False),
+        ("axes.csv", "prompts,personas\nlinen shirt,Riviera summer\n", True),
+    ],
+)
+def test_a_persona_is_named_in_the_file_by_its_name(tmp_path, sent, riviera, name, text, matrix):
+    """Before, only its id (which the page does not show) was taken: a name
+    was refused as "unknown persona"."""
+    path = tmp_path / name
+    path.write_text(text)
+    result = CliRunner().invoke(batch_cli, [str(path), *(["--matrix"] if matrix else [])])
+    assert result.exit_code == 0, result.output
+    body = sent[-1]
+    assert (body["matrix"]["personas"] if matrix else [body["items"][0]["personaId"]]) == [riviera]
+
+
+def test_a_name_no_persona_has_is_refused_by_its_line(tmp_path, sent, riviera):
+    output = run_batch(tmp_path, "looks.csv", "prompt,personaId\nlinen shirt,Evening gala\n")
+    assert "line 2, column personaId (items.0.personaId): unknown persona" in output, output

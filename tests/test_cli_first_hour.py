@@ -217,6 +217,18 @@ def test_generations_show_gives_each_image_its_id_beside_its_url(api):
     ], shown.stdout
 
 
+def test_generate_takes_a_persona_by_its_name(api):
+    """Before, --persona took only an id, which neither the page nor bff shows."""
+    import requests
+
+    auth = {"Authorization": f"Bearer {api.key}"}
+    body = {"name": "Riviera summer", "keywords": ["linen"]}
+    persona = requests.post(f"{api.base_url}/api/personas", json=body, headers=auth, timeout=10)
+    done = bff(api, "generate", "linen shirt", "--persona", "riviera summer")
+    assert done.exit_code == 0, done.output
+    assert load(api.app, submitted(done.output))["personaId"] == persona.json()["id"]
+
+
 def test_refine_wait_gives_each_new_image_its_id_to_refine_again(api):
     """Before, it printed "upscaled  2048x2048  URL": the id that a cut-out of
     the upscaled image needs was only in ``generations show``."""

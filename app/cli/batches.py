@@ -17,7 +17,7 @@ import click
 import requests
 
 from app.cli.batch_files import Source, read_batch, read_items, read_matrix
-from app.cli.client import FINAL, _api, _error, _json, body_of
+from app.cli.client import FINAL, _api, _error, _json, body_of, persona_ids
 
 __all__ = ["batch_cli", "read_items", "read_matrix"]
 ITEM_FIELD = re.compile(r"items\.(\d+)(?:\.(.+))?")
@@ -69,6 +69,7 @@ def submit(
     else:
         items, sources = read_batch(file)
         body = {"items": items}
+    _personas_by_id(body)
     if webhook:
         body["webhookUrl"] = webhook
     headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
@@ -89,6 +90,20 @@ def submit(
         batch = accepted["id"]
         click.echo(f"stopped waiting; {batch} goes on: bff batch download {batch} DIR", err=True)
         raise click.exceptions.Exit(130) from None
+
+
+def _personas_by_id(body: dict[str, Any]) -> None:
+    """A persona named in FILE by its name (the page shows no ids) is sent as its id."""
+    matrix, items = body.get("matrix") or {}, body.get("items") or []
+    named = [i for i in items if isinstance(i, dict) and isinstance(i.get("personaId"), str)]
+    axis = matrix.get("personas") if isinstance(matrix.get("personas"), list) else []
+    given = [i["personaId"] for i in named] + [v for v in axis if isinstance(v, str)]
+    if not (ids := persona_ids(given)):
+        return
+    for item in named:
+        item["personaId"] = ids.get(item["personaId"], item["personaId"])
+    if axis:
+        matrix["personas"] = [ids.get(v, v) if isinstance(v, str) else v for v in axis]
 
 
 def _follow(batch_id: str, total: int, timeout: float) -> None:

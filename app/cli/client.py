@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 
 import click
@@ -72,6 +72,19 @@ def body_of(resp: requests.Response) -> dict:
         raise click.ClickException(msg) from None
 
 
+def persona_ids(given: Iterable[str]) -> dict[str, str]:
+    """Each of ``given`` that names one of the caller's personas by its name
+    (what the page shows; any case) -> that persona's id. Ids (``per_…``) and
+    names no persona has are left out: the API says what is wrong with them."""
+    names = {v for v in given if not v.startswith("per_")}
+    if not names:
+        return {}
+    ids: dict[str, str] = {}
+    for persona in _json("GET", "/api/personas")["items"]:
+        ids.setdefault(persona["name"].strip().casefold(), persona["id"])
+    return {v: ids[v.strip().casefold()] for v in names if v.strip().casefold() in ids}
+
+
 def _error(
     resp: requests.Response, place: Callable[[str], str | None] | None = None
 ) -> click.ClickException:
@@ -99,7 +112,7 @@ def _choice(values: tuple[str, ...]) -> click.Choice:
 @click.argument("prompt", required=False)
 @click.option("--image", type=click.Path(exists=True, dir_okay=False), help="garment photo")
 @click.option("--negative", help="what the image must not show")
-@click.option("--persona", "persona_id", help="one of your personas' ids")
+@click.option("--persona", "persona_id", help="one of your personas: its name or id")
 @click.option("--provider", type=_choice(PROVIDER_CHOICES), default="auto", show_default=True)
 @click.option("--strategy", type=_choice(STRATEGIES), default="balanced", show_default=True)
 @click.option("--quality", type=_choice(QUALITIES), default="standard", show_default=True)
@@ -136,6 +149,8 @@ def generate(
         if not image:
             raise click.UsageError("give a PROMPT, or a garment photo with --image PATH")
         prompt = None  # the photo alone
+    if persona_id:
+        persona_id = persona_ids([persona_id]).get(persona_id, persona_id)
     body = {"prompt": prompt, "negativePrompt": negative, "personaId": persona_id}
     body = {k: v for k, v in body.items() if v is not None}
     settings = {k: v for k, v in settings.items() if v is not None}  # unset: the API's default
