@@ -132,6 +132,11 @@ def check_insights(app, client, user, other, seeded: Seeded) -> None:
     assert as_rows(terms["top"]) == best and as_rows(terms["bottom"]) == worst
     assert terms["top"][0]["score"] > 0.5 > terms["bottom"][0]["score"]  # hearts vs a 1-star
     assert terms["good"] > terms["bad"]
+    # What was asked for is learnt, but never made negative nor added elsewhere:
+    # the page shows it apart from the thresholds.
+    subject = {t["token"]: t["subject"] for t in terms["top"] + terms["bottom"]}
+    assert subject["neon vinyl raincoat"] and subject["emerald silk slip dress"], subject
+    assert not subject["haute couture"], subject
 
     # Only the caller's own.
     theirs = client.get("/api/stats", headers=other.headers).get_json()

@@ -69,6 +69,10 @@ class TermScore(Out):
     # 0 to 1, but unbounded here: an undone step may land a rounding error outside.
     score: float = Field(description="0 (disliked) to 1 (liked); every term starts at 0.5")
     uses: int = Field(description="standing feedback rows that moved it")
+    subject: bool = Field(
+        description="names what is asked for (a garment, colour, material, pattern or detail):"
+        " never sent to the negative prompt, nor added to a prompt naming another"
+    )
 
 
 class LearntTerms(Out):

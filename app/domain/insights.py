@@ -31,6 +31,7 @@ from app.domain.models import (
     User,
 )
 from app.pipeline.optimize import BAD, GOOD
+from app.pipeline.subject import subject_of
 from app.platform.storage import current_public_base, public_url
 
 TERMS = 10  # learnt terms shown at each end
@@ -150,7 +151,16 @@ def learnt_terms(session: Session, user_id: int) -> dict[str, Any]:
 
 
 def _term(row: Any) -> dict[str, Any]:
-    return {"token": row.token, "score": round(float(row.score), 4), "uses": row.uses}
+    """A term, and whether it names what is asked for (a garment, colour,
+    material, ...): the optimiser never sends such a term to the negative
+    prompt, nor adds it to a prompt that names another (``optimize``)."""
+    score = round(float(row.score), 4)
+    return {
+        "token": row.token,
+        "score": score,
+        "uses": row.uses,
+        "subject": bool(subject_of(row.token)),
+    }
 
 
 def most_hearted(session: Session, user_id: int) -> list[dict[str, Any]]:

@@ -145,16 +145,20 @@ function short(value) {
 function termChart(stats) {
   const { top, bottom, good, bad } = stats.learntTerms;
   const terms = [...top, ...[...bottom].reverse()];  // one ranking, best at the top
-  // Strong past the optimiser's thresholds, pale on the way there from the 0.5 start.
-  const tint = (s) => (s >= good ? INK.ok : s >= 0.5 ? "#9cc9ab" : s < bad ? INK.bad : "#e5a7a2");
+  // Strong past the optimiser's thresholds, pale on the way there from the 0.5 start;
+  // grey, what was asked for (a garment, colour, ...): no threshold applies to it.
+  const tint = (t) => (t.subject ? INK.grey : t.score >= good ? INK.ok
+    : t.score >= 0.5 ? "#9cc9ab" : t.score < bad ? INK.bad : "#e5a7a2");
   $("#chart-terms").parentElement.style.height = `${Math.max(160, 24 * terms.length + 40)}px`;
   $("#terms-note").textContent = `Scores run from 0 to 1. At ${good} or more a term is added to `
-    + `your prompts; below ${bad} it goes to the negative prompt.`;
+    + `your prompts; below ${bad} it goes to the negative prompt. Grey: it names what you `
+    + "asked for (a garment, colour, material, pattern or detail), so it is never made "
+    + "negative, nor added to a prompt asking for something else.";
   draw("chart-terms", {
     type: "bar",
     data: { labels: terms.map((t) => t.token),
       datasets: [{ label: "score", data: terms.map((t) => t.score),
-        backgroundColor: terms.map((t) => tint(t.score)) }] },
+        backgroundColor: terms.map(tint) }] },
     options: { indexAxis: "y", plugins: { legend: { display: false } },
       scales: { x: { min: 0, max: 1 }, y: { ticks: { autoSkip: false, callback: short } } } },
   }, terms.length ? "" : "Nothing learnt yet: heart, rate or mark images exceptional.",
