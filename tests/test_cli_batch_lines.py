@@ -189,3 +189,17 @@ def test_a_persona_is_named_in_the_file_by_its_name(tmp_path, sent, riviera, nam
 def test_a_name_no_persona_has_is_refused_by_its_line(tmp_path, sent, riviera):
     output = run_batch(tmp_path, "looks.csv", "prompt,personaId\nlinen shirt,Evening gala\n")
     assert "line 2, column personaId (items.0.personaId): unknown persona" in output, output
+
+
+def test_the_estimate_is_shown_to_the_tenth_of_a_cent_as_the_page_shows_it(tmp_path, monkeypatch):
+    """Before, a nano-banana image's $0.039 read "at most $0.04" (the page: $0.039)."""
+
+    class Accepted:
+        status_code = 202
+
+        def json(self) -> dict:
+            return {"id": "bat_1", "total": 1, "estimatedCost": 0.039}
+
+    monkeypatch.setattr(batches, "_api", lambda *a, **k: Accepted())
+    output = run_batch(tmp_path, "looks.txt", "linen shirt\n")
+    assert "submitted bat_1: 1 generation, at most $0.039" in output, output

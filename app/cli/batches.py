@@ -80,7 +80,7 @@ def submit(
     total = accepted["total"]
     click.echo(
         f"submitted {accepted['id']}: {total} generation{'s' * (total != 1)}, "
-        f"at most ${accepted['estimatedCost']:.2f}"
+        f"at most ${accepted['estimatedCost']:.3f}"
     )
     if not wait:
         return
@@ -125,7 +125,7 @@ def _follow(batch_id: str, total: int, timeout: float) -> None:
         f"{shown['status']}: {counts['completed']} completed, {counts['failed']} failed, "
         f"{counts['canceled']} canceled"
         + (f", {counts['deleted']} deleted" if counts.get("deleted") else "")
-        + f"; cost ${shown['cost']:.2f}"
+        + f"; cost ${shown['cost']:.3f}"
     )
     if shown["status"] != "completed" or counts["failed"] or counts["canceled"]:
         raise click.ClickException(f"batch {batch_id} did not complete every generation")
