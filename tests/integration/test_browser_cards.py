@@ -146,3 +146,23 @@ def test_the_drop_zone_is_one_keyboard_stop_with_no_control_nested_in_a_button(
     expect(page.locator("#drop-name")).to_have_text("coat.png")
     assert page.evaluate("() => document.querySelector('#image').files[0].name") == "coat.png"
     page.close()
+
+
+def test_a_refused_refine_says_why_on_the_card_clicked(browser, user):  # noqa: F811
+    """Before, the refusal went to the Progress panel, out of view from a card
+    lower down: the button seemed to do nothing."""
+    from playwright.sync_api import expect
+
+    base, key, auth = user
+    gen_id = submit(base, auth, "rust wool coat", settings={"provider": "local"})
+    [asset] = wait_final(base, auth, gen_id)["assets"]
+    page = open_page(browser, base, key)
+    page.reload()
+    card = page.locator(f'#gallery li.item[data-id="{gen_id}"]')
+    upscale = card.get_by_role("button", name=f"Upscale ×2 image #{asset['id']}")
+    expect(upscale).to_be_visible()
+    refine = f"{base}/api/generate/{gen_id}/assets/{asset['id']}/refine"
+    assert requests.post(refine, json={"upscale": 2}, headers=auth).status_code == 202
+    upscale.click()  # meanwhile made elsewhere (bff refine): a 409, or one running
+    expect(card.locator(".meta")).to_have_text(re.compile("already"))
+    page.close()

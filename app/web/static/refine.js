@@ -46,7 +46,9 @@ async function refine(genId, assetId, body, box) {
     loadGallery(true);
   } catch (e) {
     if (mine?.stop.signal.aborted) return;
-    $("#gen-status").textContent = e.message;
+    // Refused: said on the card clicked (the Progress panel may be out of view).
+    const card = !mine && box.closest("li.item");
+    (card ? $(".meta", card) : $("#gen-status")).textContent = e.message;
     for (const b of box.querySelectorAll("button")) b.disabled = false;
   } finally {
     if (mine) letGo(mine);
