@@ -158,7 +158,7 @@ def test_a_refusal_about_the_whole_batch_is_as_the_api_said(tmp_path, sent):
 @pytest.fixture
 def riviera(monkeypatch, client, user, sent) -> str:
     """A persona named "Riviera summer"; ``bff`` reads /api/personas from the app too."""
-    from app.cli import client as http
+    from app.cli import http
 
     def api(method: str, path: str, extra_headers=None, **kwargs):
         return _Answer(client.open(path, method=method, headers=user.headers))

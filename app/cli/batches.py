@@ -17,7 +17,7 @@ import click
 import requests
 
 from app.cli.batch_files import Source, read_batch, read_items, read_matrix
-from app.cli.client import FINAL, _api, _error, _json, body_of, persona_ids
+from app.cli.http import FINAL, _api, _error, _json, body_of, persona_ids
 
 __all__ = ["batch_cli", "read_items", "read_matrix"]
 ITEM_FIELD = re.compile(r"items\.(\d+)(?:\.(.+))?")

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import click
 
-from app.cli.client import _api, _error, _json, report, show_assets, wait_for
+from app.cli.client import report, show_assets, wait_for
+from app.cli.http import _api, _error, _json
 
 
 @click.command("retry")
