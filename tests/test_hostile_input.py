@@ -472,3 +472,12 @@ def test_an_id_with_a_control_character_names_nothing(pg_app, pg_user, path, met
         resp = client.open(path.format(bad), method=method, headers=pg_user.headers)
         assert resp.status_code == 404, resp.get_data()
         assert resp.mimetype == "application/json"
+
+
+def test_a_batch_id_with_a_control_character_in_the_query_names_no_batch(pg_app, pg_user):
+    """As in the path: a 404, not PostgreSQL's refusal of a NUL (a 400)."""
+    client = pg_app.test_client()
+    for bad in ("a%00b", "bat_%0a"):
+        resp = client.get(f"/api/generate?batchId={bad}", headers=pg_user.headers)
+        assert resp.status_code == 404, resp.get_data()
+        assert resp.json["error"]["message"] == "batch not found"

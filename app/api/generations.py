@@ -21,6 +21,7 @@ from app.api.common import (
     services,
 )
 from app.api.errors import ApiError, invalid, not_found
+from app.api.protocol import names_an_id
 from app.api.responses import (
     GenerationOut,
     GenerationPage,
@@ -116,7 +117,9 @@ def index():
         raise invalid("status", said, "unknown status")
     batch_id = request.args.get("batchId")
     with services().db.session() as session:
-        if batch_id is not None and batches.get_owned(session, g.user_id, batch_id) is None:
+        if batch_id is not None and (
+            not names_an_id(batch_id) or batches.get_owned(session, g.user_id, batch_id) is None
+        ):
             raise not_found("batch")
         try:
             rows, cursor = svc.list_page(

@@ -5,6 +5,7 @@ limits")."""
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 
 from flask import Flask, Response, current_app, request
@@ -26,6 +27,12 @@ class IdConverter(BaseConverter):
     saying a value "cannot be stored", where SQLite answered 404)."""
 
     regex = r"[^/\x00-\x1f\x7f]+"
+
+
+def names_an_id(value: str) -> bool:
+    """Whether ``value`` (an id a query string carries) could name anything,
+    as a URL's id must (``IdConverter``)."""
+    return re.fullmatch(IdConverter.regex, value) is not None
 
 
 def register(app: Flask) -> None:
