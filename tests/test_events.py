@@ -264,3 +264,28 @@ def test_a_stopping_server_ends_its_open_streams(app_config, monkeypatch, redis)
     reader.join(10)  # far above WAKE_SLICE: only a stream that never ends reaches it
     assert not reader.is_alive(), "the stream went on after the server began to stop"
     assert "event: done" not in text[0]  # ended, not finished: the client resumes elsewhere
+
+
+def test_ending_streams_on_a_signal_keeps_what_it_did_before():
+    """A process whose SIGTERM ended it still ends (streams ended first); one
+    that ignored it still ignores it. In a process of its own: a handler set
+    here would stay for the rest of the session."""
+    import signal
+    import subprocess
+    import sys
+
+    script = (
+        "import os, signal, sys, time\n"
+        "from app.platform import events\n"
+        "if sys.argv[1] == 'ignored':\n"
+        "    signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "events.end_streams_on(signal.SIGTERM)\n"
+        "os.kill(os.getpid(), signal.SIGTERM)\n"
+        "time.sleep(0.1)\n"  # a pending Python handler runs here at the latest
+        "print('stopping' if events.STOPPING.is_set() else 'not stopping')\n"
+    )
+    run = [sys.executable, "-c", script]
+    ended = subprocess.run([*run, "default"], capture_output=True, text=True, timeout=60)
+    assert ended.returncode == -signal.SIGTERM, (ended.returncode, ended.stdout, ended.stderr)
+    ignored = subprocess.run([*run, "ignored"], capture_output=True, text=True, timeout=60)
+    assert (ignored.returncode, ignored.stdout) == (0, "stopping\n"), ignored.stderr

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import threading
 import time
@@ -47,6 +48,9 @@ def end_streams_on(signum: int = signal.SIGTERM) -> None:
         STOPPING.set()
         if callable(before):
             before(sig, frame)
+        elif before == signal.SIG_DFL:  # it ended the process: it still does
+            signal.signal(sig, signal.SIG_DFL)
+            os.kill(os.getpid(), sig)
 
     signal.signal(signum, stopping)
 
