@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +63,18 @@ def _llm_asked_afresh() -> Iterator[None]:
     from app.pipeline import llm
 
     llm.forget_outages()
+
+
+@pytest.fixture(autouse=True)
+def _sigterm_handler_kept() -> Iterator[None]:
+    """A SIGTERM handler a test installs (gunicorn.conf.py's
+    post_worker_init, ``bff dev``) must not outlive it: for the rest of the
+    session a SIGTERM would run it (end every event stream, or not stop)."""
+    before = signal.getsignal(signal.SIGTERM)
+    yield
+    if signal.getsignal(signal.SIGTERM) != before:
+        signal.signal(signal.SIGTERM, before)
+        pytest.fail("the test left a SIGTERM handler of its own installed")
 
 
 @pytest.fixture(autouse=True)

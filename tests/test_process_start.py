@@ -29,17 +29,22 @@ def run_here(args: list[str], tmp_path: Path, drop: tuple[str, ...] = (), **env:
     return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
 
 
-def test_gunicorn_workers_freeze_the_loaded_app_out_of_gc():
-    """Full collections walking the whole loaded app were the API's p99."""
+def test_gunicorn_workers_freeze_the_loaded_app_out_of_gc_and_end_streams_on_a_stop():
+    """Full collections walking the whole loaded app were the API's p99; an
+    open event stream held a stopping worker for its graceful timeout."""
     import runpy
+    import signal
 
     conf = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
     assert gc.get_freeze_count() == 0
+    handler = signal.getsignal(signal.SIGTERM)  # the worker's: not this session's to keep
     try:
         conf["post_worker_init"](None)
         assert gc.get_freeze_count() > 0
+        assert signal.getsignal(signal.SIGTERM) != handler  # events.end_streams_on's
     finally:
         gc.unfreeze()
+        signal.signal(signal.SIGTERM, handler)
 
 
 def test_celery_app_registers_and_routes_the_pipeline_tasks(tmp_path):
