@@ -7,29 +7,35 @@ to running in SQLite: the offline provider is done in a second.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import secrets
 import sqlite3
-import subprocess
 from pathlib import Path
 
 import pytest
 import requests
 
+from app.api.auth import create_user
+from app.platform.db import Database
 from tests.integration.helpers import submit, wait_final
-from tests.integration.test_browser import BFF, browser  # noqa: F401
+from tests.integration.test_browser import browser  # noqa: F401
 
 
 @pytest.fixture
 def user(embedded) -> tuple[str, str, dict[str, str]]:
-    """(base URL, key, auth headers) of a new user."""
-    run = subprocess.run(
-        [BFF, "users", "create", f"jobs-{secrets.token_hex(4)}"],
-        cwd=embedded.folder, env=embedded.env, capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    key = run.stdout.strip().splitlines()[-1]
+    """(base URL, key, auth headers) of a new user, made in the system's
+    database as ``bff users create`` makes one (a ``bff`` process a test
+    cost 2-3 s of the suite's time)."""
+    with _database(embedded.db_path).session() as session:
+        _, key = create_user(session, f"jobs-{secrets.token_hex(4)}")
     return embedded.base_url, key, {"Authorization": f"Bearer {key}"}
+
+
+@functools.cache
+def _database(path: Path) -> Database:
+    return Database(f"sqlite:///{path}")
 
 
 def put_back_to_running(db_path: Path, gen_id: str) -> None:
