@@ -95,6 +95,22 @@ def test_a_running_batch_shows_each_generation_and_can_be_cancelled(embedded, br
     page.close()
 
 
+def test_refresh_shows_a_batch_sent_from_elsewhere(browser, user):  # noqa: F811
+    """ "Your batches" was read once, at load: a batch sent with bff while the
+    page was open appeared only after a reload."""
+    from playwright.sync_api import expect
+
+    base, key, auth = user
+    page = open_page(browser, base, key)
+    page.reload()
+    expect(page.locator("#batches-empty")).to_have_text("No batches yet.")
+    batch_id, _ = finished_batch(base, auth, [{"prompt": "navy blazer", "settings": LOCAL}])
+    page.locator("#refresh").click()
+    expect(page.locator(f'#batch-list li[data-id="{batch_id}"]')).to_contain_text("1 of 1 done")
+    expect(page.locator("#batches-empty")).to_have_text("")
+    expect(page.locator("#gallery")).to_contain_text("navy blazer")
+
+
 def test_an_earlier_batch_is_shown_from_the_list(browser, user):  # noqa: F811
     from playwright.sync_api import expect
 

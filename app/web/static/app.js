@@ -370,7 +370,8 @@ document.addEventListener("DOMContentLoaded", () => {
   for (const id of ["provider", "quality", "size", "count"]) {
     $(`#${id}`).addEventListener("change", estimate);
   }
-  $("#refresh").addEventListener("click", () => loadGallery(true));
+  // Work sent from elsewhere (bff, the API) shows up: batches too.
+  $("#refresh").addEventListener("click", () => { loadGallery(true); loadBatches(); });
   $("#more").addEventListener("click", () => loadGallery(false));
   setupDrop();
   checkKey().then(async (ok) => ok && resumeRunning(await loadGallery(true)));
