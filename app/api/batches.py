@@ -44,7 +44,7 @@ from app.pipeline.endings import cancel_late_refine
 from app.pipeline.route import estimate
 from app.platform.queue import dispatch_group
 from app.platform.storage import generation_prefix
-from app.webhooks import url_checker
+from app.webhooks import forget, url_checker
 
 log = logging.getLogger(__name__)
 bp = Blueprint("batches", __name__, url_prefix="/api/batches")
@@ -286,6 +286,7 @@ def delete(batch_id: str):
     def delete_rows(session: Session) -> None:  # its generations go with it (the FK cascades)
         batch = _load(session, batch_id, lock=True)
         tombstones.record_deleted(session, s.settings, Generation.batch_id == batch.id)
+        forget(session, [gid for gid, _ in members], batch.id)  # copies of what goes
         session.delete(batch)
 
     delete_with_objects(s.storage, prefixes, lambda: s.db.transaction(delete_rows), batch_id)

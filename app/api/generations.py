@@ -46,7 +46,7 @@ from app.pipeline.endings import cancel_late_refine
 from app.platform import events
 from app.platform.queue import dispatch
 from app.platform.storage import current_public_base, generation_prefix
-from app.webhooks import record_final
+from app.webhooks import forget, record_final
 
 bp = Blueprint("generations", __name__, url_prefix="/api/generate")
 bp.before_request(load_user)
@@ -288,6 +288,7 @@ def delete(generation_id: str):
         with s.db.session() as session:
             gen = load_owned(session, generation_id, lock=True)
             tombstones.record_deleted(session, s.settings, Generation.id == gen.id)
+            forget(session, [gen.id])  # the bodies its webhooks sent hold its prompt
             session.delete(gen)
 
     delete_with_objects(s.storage, [prefix], delete_rows, generation_id)

@@ -5,6 +5,7 @@ the table (``model``), signing, the SSRF guard, and delivery with retries."""
 from app.webhooks.delivery import (
     attempt,
     due_deliveries,
+    forget,
     queue_final,
     record_batch_final,
     record_final,
@@ -21,6 +22,7 @@ __all__ = [
     "attempt",
     "due_deliveries",
     "ensure_secret",
+    "forget",
     "generate_secret",
     "queue_final",
     "record_batch_final",

@@ -13,7 +13,7 @@ from contextlib import suppress
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, select, update
+from sqlalchemy import and_, delete, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.domain.models import Batch, Generation, User, new_id, utcnow
@@ -225,9 +225,33 @@ def _record(
         d = session.get(WebhookDelivery, delivery_id, with_for_update=True)
         if d.status == SUPERSEDED and status == PENDING:  # while in flight: no retry
             status, next_at, error = SUPERSEDED, None, d.last_error
+        if status != PENDING and _owner_gone(session, d):  # sent after its delete: forgotten
+            session.delete(d)
+            return
         d.status, d.last_status_code, d.last_error = status, code, error
         d.next_attempt_at = next_at
         d.delivered_at = utcnow() if status == DELIVERED else None
+
+
+def forget(session: Session, generation_ids: list[str], batch_id: str | None = None) -> None:
+    """Deleted generations' (and a deleted batch's) messages go with them:
+    each holds a copy of what was deleted (its prompt, its images' URLs).
+    One still to be sent is sent first (its receiver was told to expect
+    it), then forgotten (``_record``)."""
+    owners = [WebhookDelivery.generation_id.in_(generation_ids)]
+    if batch_id is not None:
+        owners.append(WebhookDelivery.batch_id == batch_id)
+    session.execute(
+        delete(WebhookDelivery)
+        .where(or_(*owners), WebhookDelivery.status != PENDING)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def _owner_gone(session: Session, d: WebhookDelivery) -> bool:
+    if d.generation_id is not None:
+        return session.get(Generation, d.generation_id) is None
+    return d.batch_id is not None and session.get(Batch, d.batch_id) is None
 
 
 def due_deliveries(db: Database, limit: int = 200) -> list[tuple[str, int]]:
