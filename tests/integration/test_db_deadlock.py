@@ -35,6 +35,9 @@ def test_a_transaction_aborted_to_break_a_deadlock_runs_again(pg_app):
         return "committed"
 
     with psycopg.connect(url) as other:
+        # The other side checks for a deadlock only after ours has: on a busy
+        # machine a check due 0.2 s after ours could run first, and abort it.
+        other.execute("SET deadlock_timeout = '10s'")
         other.execute(BUMP.format(n=10, id=a))
         result: list[str] = []
         worker = threading.Thread(target=lambda: result.append(db.transaction(work)))
