@@ -5,7 +5,6 @@ deleted is counted once."""
 
 from __future__ import annotations
 
-import threading
 from dataclasses import replace
 
 import psycopg
@@ -14,7 +13,7 @@ from sqlalchemy import func, select
 
 from app.domain.models import Generation
 from app.domain.tombstones import TOMBSTONES
-from tests.support.locks import pg_url, wait_until_blocked_by
+from tests.support.locks import pg_url, run_behind
 from tests.support.plans import assert_no_table_read_whole, plans, selects_run_by
 
 pytestmark = pytest.mark.services
@@ -54,7 +53,7 @@ def test_a_member_deleted_as_its_batch_is_deleted_is_counted_once(limited, pg_us
     assert client.post(f"/api/batches/{batch}/cancel", headers=pg_user.headers).status_code == 200
     with s.db.session() as session:
         member = session.scalars(select(Generation.id).where(Generation.batch_id == batch)).first()
-    url, answers = pg_url(s.db), []
+    url = pg_url(s.db)
     with psycopg.connect(url) as single:  # DELETE /api/generate/<member>, about to commit
         single.execute(
             "INSERT INTO submission_tombstones (user_id, created_at)"
@@ -62,13 +61,11 @@ def test_a_member_deleted_as_its_batch_is_deleted_is_counted_once(limited, pg_us
             (member,),
         )
         single.execute("DELETE FROM generations WHERE id = %s", (member,))
-        deleting = threading.Thread(
-            target=lambda: answers.append(
-                client.delete(f"/api/batches/{batch}", headers=pg_user.headers).status_code
-            )
+        deleting, answers = run_behind(
+            url,
+            single.info.backend_pid,
+            lambda: client.delete(f"/api/batches/{batch}", headers=pg_user.headers).status_code,
         )
-        deleting.start()
-        wait_until_blocked_by(url, single.info.backend_pid)
         single.commit()
     deleting.join(30)
     assert answers == [204]

@@ -3,10 +3,16 @@ behind another's transaction before letting it go."""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
+from typing import TypeVar
+
 import psycopg
 
 from app.platform.db import Database
 from tests.support.procs import wait_for
+
+T = TypeVar("T")
 
 
 def pg_url(db: Database) -> str:
@@ -27,3 +33,15 @@ def wait_until_blocked_by(url: str, blocker_pid: int, timeout: float = 10) -> No
             return n > 0
 
         wait_for(blocked, timeout, f"a session blocked by backend {blocker_pid}", interval=0.02)
+
+
+def run_behind(
+    url: str, blocker_pid: int, call: Callable[[], T]
+) -> tuple[threading.Thread, list[T]]:
+    """``call`` on a thread of its own, returned once it waits on a lock the
+    backend ``blocker_pid`` holds: (the thread, the list its result goes in)."""
+    results: list[T] = []
+    thread = threading.Thread(target=lambda: results.append(call()))
+    thread.start()
+    wait_until_blocked_by(url, blocker_pid)
+    return thread, results
