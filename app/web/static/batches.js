@@ -1,8 +1,9 @@
 // The batch panel: a list of prompts (× colourways, × the user's personas)
 // sent as one POST /api/batches matrix; the caller's newest batches; the one
 // shown: its progress and cancel (GET /api/batches/<id>) and its generations'
-// cards (GET /api/generate?batchId=), polled while it runs. Uses app.js's $,
-// api(), apiKey(), card(), dropCards() and loadGallery(), and follow.js's sleep().
+// cards (GET /api/generate?batchId=), polled while it runs. Uses api.js's $,
+// api() and apiKey(), gallery.js's card(), dropCards() and loadGallery(), and
+// follow.js's sleep().
 "use strict";
 
 let batchId = null;  // the batch shown
@@ -94,7 +95,7 @@ function fillRow(li, batch) {
 }
 
 // Show batch `id` below the list: its progress, and a card for each of its
-// generations (app.js's, with cards.js's images), till every one is final.
+// generations (gallery.js's, with cards.js's images), till every one is final.
 async function followBatch(id) {
   const run = ++batchRuns;
   if (id !== batchId) $("#batch-gallery").replaceChildren();  // (its own cards are kept)
@@ -196,7 +197,7 @@ async function deleteBatch() {
   try {
     await api("DELETE", `/api/batches/${id}`);
   } catch (e) { $("#batch-status").textContent = e.message; return; }
-  members.forEach(dropCards);  // app.js's
+  members.forEach(dropCards);  // gallery.js's
   if (batchId === id) {
     batchRuns++;  // its poll stops
     batchId = null;

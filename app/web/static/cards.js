@@ -1,5 +1,5 @@
-// A gallery card's images and feedback. Loaded before app.js (deferred, in
-// order); uses its $ and api(), and refine.js's refineButtons(), when a card is built.
+// A gallery card's images and feedback, for gallery.js's card(). Uses api.js's
+// $ and api(), and refine.js's refineButtons(), when a card is built.
 "use strict";
 
 // The image a card shows: the first, or the one picked under it. With

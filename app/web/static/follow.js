@@ -1,8 +1,8 @@
 // Following one generation in the Progress panel: its stage events over SSE,
 // read with fetch() streaming (EventSource cannot send headers), falling back
-// to polling; a cancel; picking a running one up again after a reload. Loaded
-// before app.js (both deferred, in order); uses its $, api(), apiKey(),
-// setStage(), showStages(), resetStages(), showResult() and loadGallery().
+// to polling; a cancel; picking a running one up again after a reload. Uses
+// api.js's $, api() and apiKey(), progress.js's LABEL, setStage(), showStages(),
+// resetStages() and showResult(), and gallery.js's loadGallery().
 "use strict";
 
 function parseBlock(block) {
@@ -179,3 +179,7 @@ function resumeRunning(items) {
   const running = items.find((g) => !g.batchId && ["pending", "processing"].includes(g.status));
   if (running) watch(running.id, { gen: running, reveal: false });
 }
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("#gen-cancel").addEventListener("click", cancelWatched);
+});

@@ -1,5 +1,5 @@
 // Insights view: GET /api/stats drawn with Chart.js (vendor/chart.umd.min.js,
-// the global `Chart`); uses api(), apiKey() and $() from app.js. Each chart is
+// the global `Chart`); uses api(), apiKey() and $() from api.js. Each chart is
 // a Chart instance on its canvas, so Chart.getChart(canvas).data is what it shows.
 "use strict";
 

@@ -1,7 +1,7 @@
 // Stage 7 on the page: "Upscale ×2" and "Cut out" under each finished image.
-// Loaded before follow.js and app.js (deferred, in order); uses their api(),
-// follow(), takePanel(), letGo(), showResult() and loadGallery(), and
-// batches.js's refreshBatchOf(), when a button is clicked.
+// Uses api.js's $ and api(), follow.js's follow(), takePanel() and letGo(),
+// progress.js's showResult(), gallery.js's loadGallery() and batches.js's
+// refreshBatchOf(), when a button is clicked.
 const VARIANT = { original: "Original", upscaled: "Upscaled", cutout: "Cut-out" };
 
 // "Upscale ×2" and "Cut out" for one image: each adds a variant (a refine
