@@ -102,3 +102,28 @@ def test_the_estimate_is_the_chosen_models_price_times_the_count(browser, user):
         "Estimated cost: $0.120 (2 × $0.060 with google-imagen)"
     )
     page.close()
+
+
+def test_forgetting_the_key_takes_the_gallery_and_its_next_page_away(browser, user):  # noqa: F811
+    """Before, "Load more" stayed after Forget (and after a refused key it
+    asked for the old key's next page)."""
+    from playwright.sync_api import expect
+
+    base, key, auth = user
+    body = {"prompt": "sage cotton shirt dress", "settings": {"provider": "local"}}
+    for _ in range(13):  # one more than the page's first page
+        r = requests.post(f"{base}/api/generate/from-prompt", json=body, headers=auth, timeout=10)
+        assert r.status_code == 202
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(base + "/")
+    save_key(page, key)
+    expect(page.locator("#more")).to_be_visible()
+    expect(page.locator("#gallery > *")).to_have_count(12)
+    page.get_by_role("button", name="Forget").click()
+    expect(page.locator("#key-status")).to_have_text("Key removed from this browser.")
+    expect(page.locator("#more")).to_be_hidden()
+    expect(page.locator("#gallery > *")).to_have_count(0)
+    expect(page.locator("#gallery-empty")).to_have_text(
+        "Save your API key to see your generations."
+    )
+    page.close()

@@ -33,7 +33,7 @@ async function checkKey() {
 
 // What the page shows of one key's account: gone when the key changes.
 function clearAccount() {
-  $("#gallery").replaceChildren();
+  forgetGallery();  // gallery.js's
   stopWatching();
   forgetStyles();
   forgetBatches();

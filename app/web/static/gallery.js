@@ -60,6 +60,14 @@ function offerRetry(li, gen, label) {
   });
 }
 
+// Another key's (or none): its cards, its next page and "Load more" go.
+function forgetGallery() {
+  $("#gallery").replaceChildren();
+  cursor = null;
+  $("#more").hidden = true;
+  $("#gallery-empty").textContent = "Save your API key to see your generations.";
+}
+
 async function loadGallery(reset) {
   if (!apiKey()) return;
   if (reset) cursor = null;
