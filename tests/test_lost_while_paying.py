@@ -1,0 +1,102 @@
+"""A generator killed again and again while ``generate`` looks at its paid
+prediction: the job neither loses the prediction nor pays for it twice.
+
+A kill is simulated in-process: the look raises a ``BaseException`` (nothing
+after it runs in that copy: no record, no wait), then the generation is aged
+past the stall timeout, as the dispatcher's re-send finds it."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+from sqlalchemy import func, select
+
+from app.domain import spend
+from app.domain.models import Generation, utcnow
+from app.pipeline.runner import Outcome, run_stage
+from app.providers import replicate
+from tests.conftest import on_replicate
+from tests.support.pipeline import load, run_through, services, stages_by_name
+from tests.test_payment_resume import generating
+
+pytestmark = pytest.mark.usefixtures("generator_tasks")
+
+PRICE = Decimal("0.06")  # google-imagen, one image
+
+
+@pytest.fixture
+def app_config(app_config, fake):
+    return on_replicate(app_config, fake)
+
+
+class Killed(BaseException):
+    """SIGKILL mid-run."""
+
+
+def run(app, gen_id: str, task_id: str, retried: bool = False) -> Outcome:
+    s = services(app)
+    return run_stage(s.db, s.settings, s.storage, gen_id, "generate", task_id, retried)
+
+
+def killed_while_looking(app, monkeypatch, gen_id: str, task_id: str, retried: bool) -> Outcome:
+    """One copy of ``generate`` whose worker dies as it looks at its
+    prediction; then its lease runs out. Returns the copy's outcome when it
+    stopped before it looked (nothing was killed)."""
+
+    def die(_client, _pid):
+        raise Killed()
+
+    with monkeypatch.context() as m:
+        m.setattr(replicate, "_read", die)
+        try:
+            return run(app, gen_id, task_id, retried)
+        except Killed:
+            pass
+    s = services(app)
+    with s.db.session() as session:
+        gen = session.get(Generation, gen_id)
+        gen.updated_at = utcnow() - timedelta(seconds=s.settings.stall_timeout + 1)
+    return None
+
+
+def money(app, gen_id: str) -> tuple[Decimal, Decimal, int]:
+    """The generation's cost and hold, and how many charges it has."""
+    with services(app).db.session() as session:
+        gen = session.get(Generation, gen_id)
+        charges = session.scalar(select(func.count()).where(spend.Charge.generation_id == gen_id))
+        return gen.cost, gen.cost_held, charges
+
+
+def generate_stage(app, gen_id: str) -> dict:
+    return stages_by_name(load(app, gen_id))["generate"]
+
+
+def lost_at_every_look(app, monkeypatch, gen_id: str) -> tuple[int, Outcome]:
+    """Every copy killed as it looks (its countdown's run, then each
+    re-send's takeover) until a re-send finds the stage lost too often:
+    how many were killed, and that re-send's outcome."""
+    for kills in range(10):
+        out = killed_while_looking(app, monkeypatch, gen_id, f"t-{kills + 1}", kills == 0)
+        if out is not None:
+            return kills, out
+    raise AssertionError("the job kept killing its worker")
+
+
+def test_a_retry_after_lost_attempts_resumes_the_saved_prediction(app, user, fake, monkeypatch):
+    """The generation failed with its prediction still running at Replicate
+    (not canceled): ``POST …/retry`` polls that prediction and pays it once;
+    it creates nothing."""
+    gen_id = generating(app, user, fake, 1)
+    assert lost_at_every_look(app, monkeypatch, gen_id)[1].error
+    (pid,) = fake.predictions
+    assert fake.predictions[pid]["canceled_at"] is None
+    fake.predictions[pid].update(latency=0.0, starting_s=0.0)
+
+    resp = app.test_client().post(f"/api/generate/{gen_id}/retry", headers=user.headers)
+    assert resp.status_code == 202, resp.get_json()
+    run_through(app, gen_id, ["generate", "store"], task="r")
+    gen = load(app, gen_id)
+    assert gen["status"] == "completed" and len(gen["assets"]) == 1, gen["error"]
+    assert fake.creates == 1 and money(app, gen_id) == (PRICE, 0, 1)
