@@ -1,5 +1,6 @@
 """A generator killed again and again while ``generate`` looks at its paid
-prediction: the job neither loses the prediction nor pays for it twice.
+prediction: the job neither loses the prediction nor pays for it twice, and
+a job that kills its worker at every look still fails within a bound.
 
 A kill is simulated in-process: the look raises a ``BaseException`` (nothing
 after it runs in that copy: no record, no wait), then the generation is aged
@@ -73,6 +74,27 @@ def generate_stage(app, gen_id: str) -> dict:
     return stages_by_name(load(app, gen_id))["generate"]
 
 
+def test_kills_while_it_polls_a_paid_prediction_spend_no_attempt(app, user, fake, monkeypatch):
+    """Each kill lands as a copy looks again at the saved prediction (after
+    a wait): its takeover only resumes that wait. More kills than
+    ``BFF_STAGE_MAX_ATTEMPTS`` neither fail the job nor create a second one."""
+    gen_id = generating(app, user, fake, 1)  # parked on its prediction: attempt 1
+    kills = app.extensions["bff"].settings.stage_max_attempts + 1
+    for n in range(1, kills + 1):
+        # Its countdown's run (the same task id) is killed as it looks...
+        assert killed_while_looking(app, monkeypatch, gen_id, f"t-{n}", retried=True) is None
+        # ...and the dispatcher's re-send takes over: it looks, and waits again.
+        assert run(app, gen_id, f"t-{n + 1}").retry_in, load(app, gen_id)["error"]
+    assert generate_stage(app, gen_id)["attempts"] == 1
+    (pid,) = fake.predictions
+    fake.predictions[pid].update(latency=0.0, starting_s=0.0)
+    assert run(app, gen_id, f"t-{kills + 1}", retried=True).retry_in is None  # its countdown
+    run_through(app, gen_id, ["store"])
+    gen = load(app, gen_id)
+    assert gen["status"] == "completed", gen["error"]
+    assert fake.creates == 1 and money(app, gen_id) == (PRICE, 0, 1)
+
+
 def lost_at_every_look(app, monkeypatch, gen_id: str) -> tuple[int, Outcome]:
     """Every copy killed as it looks (its countdown's run, then each
     re-send's takeover) until a re-send finds the stage lost too often:
@@ -82,6 +104,20 @@ def lost_at_every_look(app, monkeypatch, gen_id: str) -> tuple[int, Outcome]:
         if out is not None:
             return kills, out
     raise AssertionError("the job kept killing its worker")
+
+
+def test_a_job_that_kills_its_worker_at_every_look_still_fails(app, user, fake, monkeypatch):
+    """A crash because of the job (say, at every look) must not loop for
+    ever: once its free takeover is spent, each lost copy is an attempt."""
+    gen_id = generating(app, user, fake, 1)
+    kills, out = lost_at_every_look(app, monkeypatch, gen_id)
+    max_attempts = app.extensions["bff"].settings.stage_max_attempts
+    assert kills == max_attempts + 1  # one takeover was free: its copy only looked again
+    assert not out.proceed and "no progress in" in (out.error or ""), out
+    gen = load(app, gen_id)
+    assert gen["status"] == "failed" and gen["error"]["stage"] == "generate"
+    assert generate_stage(app, gen_id)["attempts"] == max_attempts
+    assert fake.creates == 1 and money(app, gen_id) == (0, 0, 0)  # nothing read: unrecorded
 
 
 def test_a_retry_after_lost_attempts_resumes_the_saved_prediction(app, user, fake, monkeypatch):
@@ -100,3 +136,35 @@ def test_a_retry_after_lost_attempts_resumes_the_saved_prediction(app, user, fak
     gen = load(app, gen_id)
     assert gen["status"] == "completed" and len(gen["assets"]) == 1, gen["error"]
     assert fake.creates == 1 and money(app, gen_id) == (PRICE, 0, 1)
+
+
+@pytest.mark.parametrize("saved", [False, True])
+def test_a_copy_lost_after_it_saved_anything_spends_an_attempt(app, user, monkeypatch, saved):
+    """Only a copy that resumed a wait and saved nothing since (it looked
+    again) is taken over for free: one that checkpointed (right before a
+    paid call, as after a rate-limit wait) may have paid, so its loss counts."""
+    from app.pipeline import runner
+    from app.pipeline.context import StageResult
+    from tests.support.pipeline import claimed, new_generation
+
+    gen_id = new_generation(app, user)
+    claimed(app, gen_id, attempts=1, task_id="t-1")
+    with services(app).db.session() as session:
+        st = session.get(Generation, gen_id).stage("analyze")
+        st.output = {"checkpoint": True, "waiting": "no rate-limit token free"}
+
+    def resumed(ctx):
+        if saved:
+            ctx.checkpoint({"paidCall": "c1"})  # about to pay
+        raise Killed()
+
+    s = services(app)
+    monkeypatch.setitem(runner.STAGE_FUNCS, "analyze", resumed)
+    with pytest.raises(Killed):  # its countdown's run, lost
+        run_stage(s.db, s.settings, s.storage, gen_id, "analyze", "t-1", retried=True)
+    with s.db.session() as session:
+        gen = session.get(Generation, gen_id)
+        gen.updated_at = utcnow() - timedelta(seconds=s.settings.stall_timeout + 1)
+    monkeypatch.setitem(runner.STAGE_FUNCS, "analyze", lambda ctx: StageResult({}))
+    assert run_stage(s.db, s.settings, s.storage, gen_id, "analyze", "t-2").proceed
+    assert stages_by_name(load(app, gen_id))["analyze"]["attempts"] == (2 if saved else 1)

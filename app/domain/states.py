@@ -78,10 +78,12 @@ LATE_REQUEST = "refine"  # the pipeline_data key of its request (asset, options,
 # The pipeline_data keys of the Idempotency-Key of the latest cancel and retry.
 CANCEL_REQUEST, RETRY_REQUEST = "cancelRequest", "retryRequest"
 REQUEST_SLOTS = (LATE_REQUEST, CANCEL_REQUEST, RETRY_REQUEST)
-# A stage output's marks of a wait, which hold its stage from being run:
-# parked on a provider's work, or a retry not due yet. A claim clears them.
-WAITING, RETRY_AT = "waiting", "retryAt"
-HOLDS = (WAITING, RETRY_AT)
+# A stage output's marks of a wait: parked on a provider's work, or a retry
+# not due yet (both hold its stage from being run); or a wait being resumed
+# (a copy lost as it only looked again is taken over as a wait: no attempt).
+# A claim clears them.
+WAITING, RETRY_AT, RESUMED = "waiting", "retryAt", "resumed"
+HOLDS = (WAITING, RETRY_AT, RESUMED)
 
 
 def clear_holds(stage: GenerationStage) -> None:

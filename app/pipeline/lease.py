@@ -25,7 +25,7 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session, selectinload
 
 from app.domain.models import Generation, GenerationStage, utcnow
-from app.domain.states import HOLDS, RETRY_AT, S_RUNNING, WAITING, ended_for
+from app.domain.states import HOLDS, RESUMED, RETRY_AT, S_RUNNING, WAITING, ended_for
 from app.pipeline.context import GenerationEnded, StageLeaseLost
 from app.platform.config import Settings
 from app.platform.db import Database, begin_for_update
@@ -177,6 +177,12 @@ def parked(stage: GenerationStage | None) -> dict[str, Any]:
         return {}
     checkpoint = checkpoint_of(stage)
     return checkpoint if checkpoint.get(WAITING) else {}
+
+
+def resuming(stage: GenerationStage) -> bool:
+    """A running stage taken to resume its wait, whose copy has saved nothing
+    since (its checkpoints drop the mark): one that only looked again."""
+    return stage.status == S_RUNNING and bool((stage.output or {}).get(RESUMED))
 
 
 def checkpointer(

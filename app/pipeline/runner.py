@@ -29,6 +29,7 @@ from app.domain.states import (
     FINAL,
     LATE_STAGE,
     PROCESSING,
+    RESUMED,
     S_COMPLETED,
     S_FAILED,
     S_PENDING,
@@ -212,27 +213,36 @@ def claim_stage(
     parked = bool(lease.parked(stage))
     # (Not its countdown's runs: two wake-ups would take it from each other.)
     woken = parked and wake_up
+    # A copy lost as it resumed a wait, having saved (and paid) nothing since,
+    # was only looking again: taken over as the wait, once. A copy lost again
+    # before it waits counts, so a job that kills its worker is still bounded.
+    resumed = parked or lease.resuming(stage)
     if stage.status == S_RUNNING and not (own_retry or woken):
         # Another delivery holds the stage. Its lease is the generation's
         # progress clock: fresh means it is alive, so this copy stops here.
         if not lease.stalled(gen, settings):
             log.info("%s: %s is already running elsewhere", generation_id, name)
             return STOP
-        if stage.attempts >= settings.stage_max_attempts and not parked:
+        if stage.attempts >= settings.stage_max_attempts and not resumed:
             lost = f"{name} made no progress in {stage.attempts} attempts"
             lost += " (its worker was lost each time)"
             return end_failed(session, settings, gen, stage, lost, after)
     # A parked stage is resumed, never attempted anew: by its countdown, by a
     # wake-up, or, its countdown lost (Redis restarted empty), by a re-send.
-    _take(gen, stage, task_id, resumed=parked)
+    _take(gen, stage, task_id, resumed, parked)
     after.append(lambda: events.stage_changed(settings, generation_id, name, S_RUNNING, None))
     return gen, stage
 
 
-def _take(gen: Generation, stage: GenerationStage, task_id: str | None, resumed: bool) -> None:
+def _take(
+    gen: Generation, stage: GenerationStage, task_id: str | None, resumed: bool, parked: bool
+) -> None:
     """Mark the stage running for this delivery and renew the lease;
-    ``resumed``: a parked stage, whose wait for a provider is not a new attempt."""
+    ``resumed``: its wait for a provider goes on, no new attempt; ``parked``:
+    it resumes its wait (marked so, until it saves anything: ``lease.resuming``)."""
     clear_holds(stage)  # running now: not parked (no wake-up takes it), no longer held
+    if parked:
+        stage.output = {**(stage.output or {}), RESUMED: True}
     if gen.status not in FINAL:  # a late refine leaves its completed generation so
         set_status(gen, PROCESSING)
     set_stage_status(stage, S_RUNNING)
