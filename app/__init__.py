@@ -18,7 +18,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     from flask import Flask
 
     from app.api import protocol
-    from app.api.common import Services
+    from app.api.common import MAX_JSON_BYTES, Services
     from app.api.errors import register_error_handlers
     from app.platform import logs
     from app.platform.config import Settings
@@ -33,8 +33,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     pricing.configure(settings.prices_file)
 
     app = Flask(__name__)
-    # Room for a 10 MB image plus the multipart envelope; read_image checks the file itself.
-    app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes + 256 * 1024
+    # Every body's limit, checked before it is read: an image upload's form
+    # is allowed more by its route (``submit.from_image``).
+    app.config["MAX_CONTENT_LENGTH"] = MAX_JSON_BYTES
     app.json.sort_keys = False
     app.url_map.merge_slashes = False  # "//" names nothing: a JSON 404, not an HTML redirect
     if settings.database_url == f"sqlite:///{settings.var_dir / 'bff.db'}":

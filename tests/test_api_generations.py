@@ -4,6 +4,7 @@ pagination, the generation's JSON shape, cancel, retry, delete, feedback."""
 from __future__ import annotations
 
 import io
+import os
 import re
 
 import jsonschema_rs  # schemathesis' own validator
@@ -12,6 +13,7 @@ from PIL import Image
 from sqlalchemy import func, select
 
 from app.api import responses as r
+from app.api.common import MAX_JSON_BYTES
 from app.api.openapi import build_spec
 from app.domain.models import Generation, GenerationAsset, GenerationFeedback, GenerationStage
 from app.pipeline import STAGES
@@ -245,6 +247,43 @@ def test_a_chunked_json_body_over_the_limit_is_413_not_cut_short(client, user, p
         environ_overrides={"wsgi.input_terminated": True},
     )
     assert resp.status_code == 202, resp.json
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        PROMPT,
+        "/api/generate/from-image",
+        "/api/batches",
+        "/api/personas",
+        "/api/personas/per_x",
+        "/api/generate/gen_x/feedback",
+        "/api/generate/gen_x/assets/1/refine",
+    ],
+)
+def test_a_json_body_over_its_own_limit_is_413_unread(client, user, path):
+    """A JSON body has a limit of its own, far below an upload's: one over it
+    is refused by its Content-Length, before it is read or parsed (here a
+    valid object and a pad, which it would otherwise accept)."""
+    body = b'{"prompt": "red dress", "name": "n"}' + b" " * MAX_JSON_BYTES
+    send = client.patch if path.startswith("/api/personas/") else client.post
+    resp = send(path, data=body, headers={**user.headers, "Content-Type": "application/json"})
+    error = assert_error(resp, 413, "payload_too_large")
+    assert error["message"] == "request body too large: the limit is 4 MB", error
+    small = send(
+        path, data=body.strip(), headers={**user.headers, "Content-Type": "application/json"}
+    )
+    assert small.status_code != 413
+
+
+def test_an_upload_may_be_larger_than_a_json_body(client, user):
+    """The upload's form keeps its own limit (10 MB and the form)."""
+    noise = Image.frombytes("RGB", (1300, 1300), os.urandom(1300 * 1300 * 3))
+    buf = io.BytesIO()
+    noise.save(buf, "PNG")
+    assert MAX_JSON_BYTES < len(buf.getvalue()) < 10 * 2**20
+    resp = submit_image(client, user.headers, buf.getvalue())
+    assert resp.status_code == 202, resp.get_json()
 
 
 def test_upload_settings_field_is_validated(client, user):

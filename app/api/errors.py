@@ -68,6 +68,14 @@ def megabytes(n: int) -> str:
     return f"{n / 2**20:.4g} MB" if n >= 2**20 else f"{n / 2**10:.4g} KB"
 
 
+FORM_ROOM = 256 * 1024  # an upload's multipart envelope and other fields, beside the image
+
+
+def upload_limit(max_upload_bytes: int) -> int:
+    """The most an image upload's form may be (``submit.from_image``)."""
+    return max_upload_bytes + FORM_ROOM
+
+
 def _too_large() -> str:
     """A 413's message: the limit, when the body is over it (else a form
     part passed Werkzeug's own limits on fields, and there is no one number)."""
@@ -75,6 +83,8 @@ def _too_large() -> str:
     if not limit or (sent is not None and sent <= limit):
         return "request body too large"
     image = current_app.extensions["bff"].settings.max_upload_bytes
+    if limit != upload_limit(image):
+        return f"request body too large: the limit is {megabytes(limit)}"
     return (
         f"request body too large: the limit is {megabytes(limit)} "
         f"(an image of up to {megabytes(image)} and the form's other fields)"

@@ -112,7 +112,7 @@ ANSWER_HEADERS = {
 # needs down (the database: app/api/errors.py).
 ANY_ERRORS = (414, 431, 503)
 SUBMIT_ERRORS = (400, 401, 403, 409, 413, 415, 422, 429)
-BODY_ERRORS = (400, 401, 415, 422)
+BODY_ERRORS = (400, 401, 413, 415, 422)
 GEN, PERSONA = "/api/generate/{generation_id}", "/api/personas/{persona_id}"
 BATCH = "/api/batches/{batch_id}"
 

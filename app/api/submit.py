@@ -29,7 +29,7 @@ from app.api.common import (
     request_hash,
     services,
 )
-from app.api.errors import ApiError, invalid, service_unavailable
+from app.api.errors import ApiError, invalid, service_unavailable, upload_limit
 from app.api.responses import AcceptedOut, generation_path, respond
 from app.api.schemas import FORM_FIELDS, ImageSubmit, PromptSubmit, SpecSubmit, parse
 from app.api.uploads import read_image
@@ -191,6 +191,9 @@ def from_image():
         )
     if not request.mimetype_params.get("boundary"):  # werkzeug then reads no part at all
         raise ApiError(400, "bad_request", "the multipart Content-Type names no boundary")
+    limits = services().settings
+    # Room for the image (every other body has MAX_JSON_BYTES): set before the form is read.
+    request.max_content_length = upload_limit(limits.max_upload_bytes)
     extra = set(request.form) - {*FORM_FIELDS, "image"} | set(request.files) - {"image"}
     unknown = sorted(name or "(a part without a name)" for name in extra)
     if unknown:
@@ -207,6 +210,5 @@ def from_image():
     if "settings" in request.form:
         fields["settings"] = parse_json(request.form["settings"], "the settings field")
     body = parse(ImageSubmit, fields)
-    limits = services().settings
     upload = read_image(file, limits.max_upload_bytes, limits.max_image_pixels)
     return _submit(body, "image", fields, upload)
