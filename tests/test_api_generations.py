@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 from sqlalchemy import func, select
 
+from app import create_app
 from app.api import responses as r
 from app.api.common import MAX_JSON_BYTES
 from app.api.openapi import build_spec
@@ -19,6 +20,7 @@ from app.domain.models import Generation, GenerationAsset, GenerationFeedback, G
 from app.pipeline import STAGES
 from app.pipeline.context import StageFailed
 from app.pipeline.runner import STAGE_FUNCS
+from tests.conftest import make_user
 from tests.support.pipeline import (
     load,
     png_bytes,
@@ -533,6 +535,25 @@ def test_retry_only_failed(app, client, user, monkeypatch):
     gen = load(app, gen_id)
     assert gen["status"] == "completed" and len(gen["assets"]) == 1
     assert {s["name"]: s["attempts"] for s in gen["stages"]}["route"] == 1
+
+
+def test_a_retry_counts_against_the_submission_rate(app_config, monkeypatch):
+    """A retry runs the generation's paid work again: it counts as one
+    submission (429 and Retry-After over the rate, nothing reset or queued);
+    its Idempotency-Key replay is no new one."""
+    app = create_app({**app_config, "BFF_SUBMIT_RATE_LIMIT": "3/60"})
+    client, user = app.test_client(), make_user(app, "alice")
+    first, second = (failed(app, client, user, monkeypatch) for _ in range(2))
+    keyed = {**user.headers, "Idempotency-Key": "retry-1"}
+    for _ in range(2):
+        assert client.post(f"/api/generate/{first}/retry", headers=keyed).status_code == 202
+    resp = client.post(f"/api/generate/{second}/retry", headers=user.headers)
+    error = assert_error(resp, 429, "rate_limited")
+    assert "retries" in error["message"], error
+    assert 1 <= int(resp.headers["Retry-After"]) <= 60
+    assert load(app, second)["status"] == "failed"
+    more = client.post(PROMPT, json={"prompt": "red dress"}, headers=user.headers)
+    assert_error(more, 429, "rate_limited")
 
 
 # ------------------------------------------------------------------ delete

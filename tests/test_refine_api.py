@@ -299,6 +299,28 @@ def test_a_late_refine_that_never_ends_times_out_and_the_next_is_accepted(
     assert again.status_code == 202, again.json
 
 
+def test_a_refine_counts_against_the_submission_rate(app_config, sent):
+    """A refine is a paid call: it counts as one submission (429 and
+    Retry-After over the rate, nothing queued); its Idempotency-Key replay
+    is no new one."""
+    from app import create_app
+    from tests.conftest import make_user
+
+    app = create_app({**app_config, "BFF_SUBMIT_RATE_LIMIT": "3/60"})
+    client, user = app.test_client(), make_user(app, "rita")
+    (first, asset), (second, other) = completed(app, user), completed(app, user)
+    keyed = {**user.headers, "Idempotency-Key": "up-1"}
+    for _ in range(2):
+        resp = client.post(url(first, asset), json={"upscale": 2}, headers=keyed)
+        assert resp.status_code == 202, resp.json
+    resp = client.post(url(second, other), json={"upscale": 2}, headers=user.headers)
+    assert resp.status_code == 429 and resp.json["error"]["code"] == "rate_limited"
+    assert 1 <= int(resp.headers["Retry-After"]) <= 60
+    assert "refine" not in stages_by_name(load(app, second)) and len(sent) == 1
+    more = client.post("/api/generate/from-prompt", json={"prompt": "x"}, headers=user.headers)
+    assert more.status_code == 429
+
+
 def test_a_retried_refine_with_its_key_is_answered_not_refused(app, client, user, sent):
     """Without the key a retry meets its own refine's 409 and the client
     cannot tell it was taken; with it, the first answer again, nothing queued."""

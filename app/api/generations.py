@@ -32,6 +32,7 @@ from app.domain import batches, tombstones
 from app.domain import generations as svc
 from app.domain.feedback import feedback_state, state_of
 from app.domain.models import Generation, GenerationFeedback, standing_feedback
+from app.domain.quotas import count_rerun
 from app.domain.states import (
     CANCEL_REQUEST,
     COMPLETED,
@@ -238,6 +239,7 @@ def retry(generation_id: str):
         except IllegalTransition:
             why = f"only failed generations can be retried; this one is {gen.status}"
             raise ApiError(409, "conflict", why) from None
+        count_rerun(session, s.settings, g.user_id)  # a run again: 429 over the rate
         _keep(gen, RETRY_REQUEST, key)
         if batch_id is not None:  # with the member, or its batch's cancel would miss it
             batches.reopen(session, batch_id)

@@ -34,6 +34,7 @@ from app.api.schemas import RefineIn, parse
 from app.domain import generations as svc
 from app.domain import spend
 from app.domain.models import Generation, GenerationAsset, GenerationStage, utcnow
+from app.domain.quotas import count_rerun
 from app.domain.spend import refusal
 from app.domain.states import COMPLETED, LATE_REQUEST, LATE_STAGE, S_FAILED, S_PENDING, refining
 from app.pipeline.lease import CHECKPOINT, checkpoint_of
@@ -98,6 +99,7 @@ def refine(generation_id: str, asset_id: str):
         if not replay:
             estimate = _check(gen, asset, options)
             refuse_while_stopping(session, gen.id, "ask")  # (a timed-out refine's)
+            count_rerun(session, s.settings, g.user_id)  # 429 over the rate, as a submit
             if estimate and (why := refusal(session, g.user_id, estimate)):
                 raise ApiError(403, "budget_exceeded", why, {"estimate": round(estimate, 4)})
             _queue(gen, asset.id, options, key)

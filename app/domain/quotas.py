@@ -6,8 +6,9 @@
   the ``generations`` table and the tombstones of those deleted inside the
   window (``tombstones``; each indexed on user_id, created_at), so it holds
   across every API process with or without Redis, and deleting does not
-  make room. Over it: 429 with ``Retry-After`` (when the oldest counted,
-  deleted or not, leaves the window).
+  make room. A retry and a refine count one each (``count_rerun``): each
+  queues paid work again. Over it: 429 with ``Retry-After`` (when the
+  oldest counted, deleted or not, leaves the window).
 - Daily spend cap: ``users.daily_spend_cap`` (USD, optional; set with
   ``bff users cap NAME AMOUNT``). Once what was paid today (UTC) reaches it,
   or a request's estimate would pass it, submissions that may cost anything are
@@ -27,7 +28,7 @@ from sqlalchemy.orm import Session
 from app.api.errors import ApiError
 from app.domain.models import Generation, User, utcnow
 from app.domain.spend import SPENT, midnight, over_cap
-from app.domain.tombstones import TOMBSTONES, window_start
+from app.domain.tombstones import TOMBSTONES, record_rerun, window_start
 from app.platform.config import Settings
 from app.platform.db import begin_for_update, db_time
 
@@ -112,7 +113,8 @@ def check_submission(
         raise ApiError(
             429,
             "rate_limited",
-            f"at most {limit} generations per {window:g} s{asked}; try again in {wait} s",
+            f"at most {limit} generations, retries and refines per {window:g} s{asked}; "
+            f"try again in {wait} s",
             headers={"Retry-After": str(wait)},
         )
     if cap_usd is None:
@@ -122,3 +124,15 @@ def check_submission(
         details = {"spent": round(spent, 4), "cap": round(cap, 4), "estimate": round(estimate, 4)}
         said = f"{why}{WAYS_OUT}" if spent < cap else why  # (reached: only free work runs)
         raise ApiError(403, "budget_exceeded", said, details)
+
+
+def count_rerun(session: Session, settings: Settings, user_id: int) -> None:
+    """A retry or a refine, about to be queued: it runs paid work again
+    without a new generation, so it counts against the submission rate as
+    one (429 over it), as a submit does, until it leaves the window. Holds
+    the user's lock until the caller commits. (Its cost is the caller's to
+    check: a refine's now, a retry's when its job holds its price.)"""
+    if settings.submit_rate_limit[0] <= 0:
+        return
+    check_submission(session, settings, user_id)
+    record_rerun(session, user_id)

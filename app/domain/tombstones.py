@@ -1,15 +1,19 @@
-"""Deleted submissions the rate limit still counts (``submission_tombstones``).
+"""Submissions the rate limit counts that no generation row shows
+(``submission_tombstones``).
 
 The submission rate (``quotas.check_submission``) counts the user's
 generations created in the window. Counted from those rows alone, a client
 could submit up to the limit, delete, and submit again at once. So a delete
 leaves a tombstone for each generation it removes that the window still
 counts (a batch's members one each, as at submit): the user and when the
-generation was made, nothing else, since a delete is for privacy. The rate
-counts tombstones as it counts generations, until they leave the window;
-the maintenance beat forgets them then (``prune``). Submits add nothing
-here: only a delete writes, and the rate's one statement reads both tables
-through their (user_id, created_at) indexes.
+generation was made, nothing else, since a delete is for privacy. A retry
+and a refine queue (paid) work again for a generation made before, whose
+row shows only when it was made: each leaves one too, the user and when it
+was asked (``record_rerun``). The rate counts tombstones as it counts
+generations, until they leave the window; the maintenance beat forgets
+them then (``prune``). Submits add nothing here (their rows count), and the
+rate's one statement reads both tables through their (user_id, created_at)
+indexes.
 """
 
 from __future__ import annotations
@@ -68,6 +72,11 @@ def record_deleted(session: Session, settings: Settings, deleted: ColumnElement[
         .with_for_update()
     )
     session.execute(insert(TOMBSTONES).from_select(["user_id", "created_at"], in_window))
+
+
+def record_rerun(session: Session, user_id: int) -> None:
+    """In a retry's or a refine's transaction: one more counted in the window."""
+    session.execute(insert(TOMBSTONES).values(user_id=user_id, created_at=utcnow()))
 
 
 def prune(session: Session, settings: Settings) -> int:
