@@ -124,6 +124,34 @@ def test_a_matrix_over_personas_and_providers(client, user):
     assert error["details"][0]["field"] == "items.1.personaId"
 
 
+def test_a_matrix_takes_its_prompts_as_the_text_of_a_txt_file(client, user):
+    """The page's Batch box sends what was typed; the server reads it as
+    ``bff batch`` reads a .txt file (``app.domain.batch_text``). Before, the
+    page sent every non-blank line: ``# autumn drop`` was a paid prompt."""
+    text = "\ufeff# autumn drop\r\nwool coat  \r\n\r\n  # later\r\nsilk dress, bias cut\r\n"
+    matrix = {"promptsText": text, "colorways": ["navy"]}
+    accepted = submit(client, user, {"matrix": matrix})
+    assert accepted["total"] == 2
+    prompts = {g["prompt"]["original"] for g in members(client, user, accepted["id"])}
+    assert prompts == {"wool coat, in a navy colorway", "silk dress, bias cut, in a navy colorway"}
+
+
+@pytest.mark.parametrize(
+    "matrix, says",
+    [
+        ({"promptsText": "wool coat\nsilk dress\nWool  coat\n"}, "line 3 repeats line 1"),
+        ({"promptsText": "# autumn drop\n\n"}, "promptsText has no prompts"),
+        ({"promptsText": "prompt\nwool coat\n"}, "line 1 looks like a header row"),
+        ({"promptsText": "wool coat", "prompts": ["wool coat"]}, "either prompts or promptsText"),
+        ({"colorways": ["navy"]}, "send prompts (a list) or promptsText"),
+    ],
+)
+def test_prompts_text_that_would_pay_for_what_was_not_meant_is_422(client, user, matrix, says):
+    error = assert_error(client.post(BATCHES, json={"matrix": matrix}, headers=user.headers), 422)
+    assert any(says in d["message"] for d in error["details"]), error
+    assert client.get(BATCHES, headers=user.headers).get_json()["items"] == []
+
+
 @pytest.mark.parametrize(
     "body, field",
     [

@@ -74,6 +74,88 @@ def test_each_kind_of_file_reads_as_the_requests_the_api_takes(tmp_path, name, t
     assert read_items(path) == items
 
 
+# ------------------------------------------------ only the lines the designer meant
+
+
+@pytest.mark.parametrize(
+    "name,data,items",
+    [
+        (  # Notepad on Windows: a byte-order mark, CRLF; notes and spaces typed freely
+            "prompts.txt",
+            "\ufeff# autumn drop\r\nlinen shirt  \r\n\r\n   # not this one\r\n"
+            "\twool coat, navy\t\r\n",
+            [{"prompt": "linen shirt"}, {"prompt": "wool coat, navy"}],
+        ),
+        ("prompts.txt", "linen shirt #1 of 3\n", [{"prompt": "linen shirt #1 of 3"}]),
+        (  # Excel's "CSV UTF-8": a byte-order mark, CRLF; a note above the header
+            "looks.csv",
+            "\ufeff# SS27 looks\r\nprompt,size\r\nlinen shirt,16:9\r\n# wool coat,square\r\n",
+            [{"prompt": "linen shirt", "settings": {"size": "16:9"}}],
+        ),
+        (  # a note row exported by a spreadsheet has its empty cells
+            "looks.csv",
+            "prompt,size\n# autumn drop,,\nlinen shirt,\n",
+            [{"prompt": "linen shirt"}],
+        ),
+        (  # inside a quoted cell a line is the cell's, "#" and blank alike
+            "looks.csv",
+            'prompt,size\n"linen shirt\n\n# hand-rolled hem",square\n"#1 bestseller",\n',
+            [
+                {"prompt": "linen shirt\n\n# hand-rolled hem", "settings": {"size": "square"}},
+                {"prompt": "#1 bestseller"},
+            ],
+        ),
+        (  # the same prompt in another size is another request
+            "looks.csv",
+            "prompt,size\nlinen shirt,square\nlinen shirt,portrait\n",
+            [
+                {"prompt": "linen shirt", "settings": {"size": "square"}},
+                {"prompt": "linen shirt", "settings": {"size": "portrait"}},
+            ],
+        ),
+        ("looks.jsonl", '# SS27\n{"prompt": "a red coat"}\r\n', [{"prompt": "a red coat"}]),
+    ],
+    ids=[
+        "txt-notepad",
+        "txt-hash-inside",
+        "csv-excel",
+        "csv-note-row",
+        "csv-quoted",
+        "csv-sizes",
+        "jsonl-note",
+    ],
+)
+def test_only_the_lines_meant_as_requests_are_sent(tmp_path, name, data, items):
+    """Before, ``# autumn drop`` was a prompt (a paid generation) in a .txt
+    and a CSV, and in a .txt a note above the prompts was read as a CSV header."""
+    path = tmp_path / name
+    path.write_bytes(data.encode())
+    assert read_items(path) == items
+
+
+@pytest.mark.parametrize(
+    "name,text,says",
+    [
+        ("prompts.txt", "linen shirt\n# x\nwool coat\nLinen  Shirt \n", "line 4 repeats line 1"),
+        ("looks.csv", "prompt,size\nlinen shirt,square\n\nlinen shirt,square\n", "line 4 repeats"),
+        ("looks.jsonl", '"a red coat"\n{"prompt": "a red coat"}\n', "line 2 repeats line 1"),
+        ("looks.json", '["a red coat", "A red coat"]', "request 2 repeats request 1"),
+    ],
+)
+def test_a_request_twice_is_refused_before_it_is_paid_twice(tmp_path, name, text, says):
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(click.ClickException, match=says) as exc:
+        read_items(path)
+    assert "set count (1 to 4)" in exc.value.message
+
+
+def test_a_matrix_csv_leaves_notes_out_too(tmp_path):
+    path = tmp_path / "axes.csv"
+    path.write_bytes(b"\xef\xbb\xbfprompts,colorways\r\n# SS27,\r\nblazer,navy\r\ntrench,\r\n")
+    assert read_matrix(path) == {"prompts": ["blazer", "trench"], "colorways": ["navy"]}
+
+
 def test_a_csv_without_a_prompt_column_is_refused_saying_what_it_read(tmp_path):
     path = tmp_path / "looks.csv"
     path.write_text("linen shirt\nwool coat\n")

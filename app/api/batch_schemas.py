@@ -30,6 +30,7 @@ from app.api.schemas import (
     text,
     words,
 )
+from app.domain import batch_text
 from app.domain.choices import PROVIDER_CHOICES, SIZE_CHOICES
 
 MAX_BATCH = 100
@@ -57,12 +58,30 @@ _ITEM_KINDS = Annotated[
 BatchItem = Annotated[_ITEM_KINDS, PlainValidator(_item, json_schema_input_type=_ITEM_KINDS)]
 
 
+def _prompts_or_text(schema: dict[str, Any]) -> None:
+    """In the document: exactly one of ``prompts`` and ``promptsText``."""
+    schema["oneOf"] = [{"required": ["prompts"]}, {"required": ["promptsText"]}]
+    schema["properties"]["prompts"].pop("default", None)
+
+
+MAX_TEXT = MAX_BATCH * MAX_PROMPT
+
+
 class BatchMatrix(_Body):
     """Every combination of ``prompts`` with each list given, expanded in this
     order (prompts outermost); at most 100 combinations."""
 
+    model_config = ConfigDict(json_schema_extra=_prompts_or_text)
+
     # Room for the longest colorway suffix: every combination is a valid prompt.
-    prompts: list[words(MAX_PROMPT - 80)] = Field(min_length=1, max_length=MAX_BATCH)
+    prompts: list[words(MAX_PROMPT - 80)] = Field(None, min_length=1, max_length=MAX_BATCH)  # type: ignore[assignment]
+    promptsText: str | None = Field(
+        None,
+        max_length=MAX_TEXT,
+        description="instead of prompts: the text of a .txt batch file, one prompt a line"
+        " (blank lines and lines starting with # left out; a prompt twice refused), as the"
+        " web page's Batch box sends it",
+    )
     providers: list[Literal[PROVIDER_CHOICES]] | None = Field(None, min_length=1, max_length=5)
     personas: list[PersonaId] | None = Field(None, min_length=1, max_length=MAX_BATCH)
     sizes: list[Literal[SIZE_CHOICES]] | None = Field(None, min_length=1, max_length=8)
@@ -83,8 +102,29 @@ class BatchMatrix(_Body):
             n *= len(axis or [None])
         return n
 
+    @model_validator(mode="before")
+    @classmethod
+    def _text_to_prompts(cls, data: Any) -> Any:
+        """``promptsText`` read as ``bff batch`` reads a .txt file (``batch_text``)."""
+        if not isinstance(data, dict) or data.get("promptsText") is None:
+            return data
+        text = data["promptsText"]
+        if "prompts" in data:
+            raise ValueError("send either prompts or promptsText")
+        if not isinstance(text, str) or len(text) > MAX_TEXT:
+            return data  # the field's own check says what is wrong
+        try:
+            lines = batch_text.prompts(text)
+        except batch_text.BatchTextError as exc:
+            raise ValueError(f"promptsText: {exc}") from None
+        if not lines:
+            raise ValueError("promptsText has no prompts: only blank lines and notes (#)")
+        return data | {"prompts": [prompt for _, prompt in lines]}
+
     @model_validator(mode="after")
     def _at_most(self) -> BatchMatrix:
+        if self.prompts is None:
+            raise ValueError("send prompts (a list) or promptsText (one prompt a line)")
         if self.size() > MAX_BATCH:
             raise ValueError(f"makes {self.size()} combinations; at most {MAX_BATCH}")
         return self
@@ -116,7 +156,9 @@ class BatchSubmit(_Body):
 
 # A matrix's lists: prompts, providers, personas, sizes, colorways.
 AXES = tuple(
-    name for name in BatchMatrix.model_fields if name not in ("negativePrompt", "settings")
+    name
+    for name in BatchMatrix.model_fields
+    if name not in ("negativePrompt", "settings", "promptsText")
 )
 
 

@@ -9,9 +9,13 @@ With ``--matrix``: a JSON object (the API's ``matrix``), or CSV whose columns
 are the axes (``prompts``, ``providers``, ``personas``, ``sizes``,
 ``colorways``), their values down each column.
 
-Mistakes the file itself shows (a quote never closed, a column the API does
-not know, a count that is no number) are refused before anything is sent,
-naming the line (and column); ``Source`` names them for the API's refusals."""
+Lines are read by ``app.domain.batch_text``'s rules, as the page's Batch box
+is: a byte-order mark, CRLF and white space around a prompt are no text, a
+blank line or one starting with ``#`` no request, and a request twice is
+refused. Mistakes the file itself shows (a quote never closed, a column the
+API does not know, a count that is no number, a request repeated) are
+refused before anything is sent, naming the line (and column); ``Source``
+names them for the API's refusals."""
 
 from __future__ import annotations
 
@@ -24,6 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import click
+
+from app.domain import batch_text
+from app.domain.batch_text import BatchTextError
 
 
 @cache
@@ -66,11 +73,9 @@ Batch = tuple[list[dict[str, Any]], list[Source | None]]
 
 def _read_text(path: Path) -> str:
     try:
-        return path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError:  # Excel's plain "CSV" is Windows-1252, not UTF-8
-        raise click.ClickException(
-            f"{path} is not UTF-8 text: save it as UTF-8 (in Excel, 'CSV UTF-8')"
-        ) from None
+        return batch_text.decode(path.read_bytes())
+    except BatchTextError as exc:
+        raise click.ClickException(f"{path} {exc}") from None
 
 
 def _is_json(path: Path, text: str) -> bool:
@@ -138,7 +143,7 @@ def _csv_rows(lines: list[tuple[int, str]]) -> Batch:
     """The rows of a CSV with a ``prompt`` column: ``lines`` are the file's
     non-blank lines with their numbers. Quotes are read strictly, so a quote
     left open is refused, not read as a prompt that swallows the rest."""
-    reader = csv.DictReader([line for _, line in lines], strict=True)
+    reader = csv.DictReader([f"{line}\n" for _, line in lines], strict=True)
     items: list[dict[str, Any]] = []
     sources: list[Source | None] = []
     first = lines[0][0]
@@ -165,15 +170,14 @@ def _request(item: Any) -> Any:
 
 def _json_lines(path: Path, text: str) -> Batch:
     items, sources = [], []
-    for n, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            try:
-                items.append(_request(json.loads(line)))
-            except json.JSONDecodeError as exc:
-                raise click.ClickException(
-                    f"{path}: line {n} is not JSON: {exc.msg} (column {exc.colno})"
-                ) from None
-            sources.append(Source(n))
+    for n, line in batch_text.lines(text):
+        try:
+            items.append(_request(json.loads(line)))
+        except json.JSONDecodeError as exc:
+            raise click.ClickException(
+                f"{path}: line {n} is not JSON: {exc.msg} (column {exc.colno})"
+            ) from None
+        sources.append(Source(n))
     return items, sources
 
 
@@ -182,6 +186,11 @@ def read_batch(path: Path) -> Batch:
     items, sources = _read_batch(path)
     if not items:  # a header row alone, an empty JSON array: the server's words are pydantic's
         raise click.ClickException(f"{path}: there are no requests in it, only a header or []")
+    places = [s.where("") if s else f"request {i}" for i, s in enumerate(sources, 1)]
+    try:  # a line pasted twice would be paid twice
+        batch_text.refuse_repeats(zip(places, map(batch_text.request_key, items), strict=True))
+    except BatchTextError as exc:
+        raise click.ClickException(f"{path}: {exc}") from None
     return items, sources
 
 
@@ -195,8 +204,8 @@ def _read_batch(path: Path) -> Batch:
         except json.JSONDecodeError as exc:
             raise click.ClickException(f"{path}: not a JSON array: {exc}") from None
         return items, [None] * len(items)
-    # Blank lines are left out; the file's line numbers are kept for errors.
-    kept = [(n, line.rstrip("\r")) for n, line in enumerate(text.split("\n"), 1) if line.strip()]
+    # Blank lines and notes are left out; the file's line numbers are kept for errors.
+    kept = batch_text.lines(text, quoted=True)
     if not kept:
         raise click.ClickException(f"{path}: there are no prompts in it")
     header = kept[0][1]
@@ -212,13 +221,11 @@ def _read_batch(path: Path) -> Batch:
             f" {', '.join(columns)}); add a header row such as 'prompt,size', or give"
             " a .txt file with one prompt a line"
         )
-    if header.strip().casefold().startswith("prompt") or "\t" in header:
-        raise click.ClickException(
-            f"{path}: its first line looks like a header row ({header.strip()!r}), not"
-            " a prompt; save it as CSV (commas, a 'prompt' column), or list only prompts,"
-            " one a line"
-        )
-    return [{"prompt": line.strip()} for _, line in kept], [Source(n) for n, _ in kept]
+    try:
+        kept = batch_text.prompts(text)
+    except BatchTextError as exc:  # a header row, a prompt twice
+        raise click.ClickException(f"{path}: {exc}") from None
+    return [{"prompt": line} for _, line in kept], [Source(n) for n, _ in kept]
 
 
 def read_items(path: Path) -> list[dict[str, Any]]:
@@ -233,7 +240,7 @@ def read_matrix(path: Path) -> dict[str, Any]:
         except json.JSONDecodeError as exc:
             raise click.ClickException(f"{path}: not a JSON object: {exc}") from None
     matrix: dict[str, list[str]] = {}
-    for row in csv.DictReader(text.splitlines()):
+    for row in csv.DictReader([f"{line}\n" for _, line in batch_text.lines(text, quoted=True)]):
         for name, value in row.items():
             axis = (name or "").strip()
             axis = axis if axis in _fields()[2] else f"{axis}s"  # "prompt" is "prompts"

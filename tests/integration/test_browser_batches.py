@@ -281,6 +281,30 @@ def test_a_batch_from_the_page_keeps_the_forms_persona_and_what_to_leave_out(bro
     page.close()
 
 
+def test_a_note_in_the_batch_box_is_not_a_prompt_and_a_repeat_is_refused(browser, user):  # noqa: F811
+    """Before, every non-blank line was a prompt (``# autumn drop`` a paid
+    generation), and a line pasted twice was two; the box is read as a .txt
+    file is read by ``bff batch``."""
+    from playwright.sync_api import expect
+
+    base, key, auth = user
+    page = open_page(browser, base, key)
+    page.reload()
+    page.get_by_label("Provider").select_option("local")
+    box = page.get_by_label("Prompts, one a line")
+    box.fill("navy blazer\ncamel coat\nnavy blazer ")
+    page.get_by_role("button", name="Start the batch").click()
+    expect(page.locator("#batch-error")).to_contain_text("line 3 repeats line 1")
+    box.fill("# autumn drop\r\nnavy blazer\n\n  # later: camel coat\n")
+    page.get_by_role("button", name="Start the batch").click()
+    expect(page.locator("#batch-id")).to_contain_text("Batch bat_")
+    expect(page.locator("#batch-error")).to_have_text("")
+    batch_id = page.locator("#batch-id").text_content().split()[-1]
+    gens = requests.get(f"{base}/api/generate?batchId={batch_id}", headers=auth).json()["items"]
+    assert [g["prompt"]["original"] for g in gens] == ["navy blazer"]
+    page.close()
+
+
 def test_a_refine_from_a_batch_card_shows_on_that_card(browser, user):  # noqa: F811
     """Before, the batch's card kept its one image and went on offering
     "Upscale ×2" (a 409 when clicked) after the refine it started completed."""

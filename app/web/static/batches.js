@@ -1,5 +1,5 @@
 // The batch panel: a list of prompts (× colourways, × the user's personas)
-// sent as one POST /api/batches matrix; the caller's newest batches; the one
+// sent as one POST /api/batches matrix (its promptsText: the box as typed); the caller's newest batches; the one
 // shown: its progress and cancel (GET /api/batches/<id>) and its generations'
 // cards (GET /api/generate?batchId=), polled while it runs. Uses api.js's $,
 // api() and apiKey(), gallery.js's card(), dropCards() and loadGallery(), and
@@ -23,9 +23,11 @@ async function submitBatch(event) {
   const errorBox = $("#batch-error");
   errorBox.textContent = "";
   if (!apiKey()) { errorBox.textContent = NEED_KEY; return; }
-  const prompts = $("#batch-prompts").value.split("\n").map((p) => p.trim()).filter(Boolean);
-  if (!prompts.length) { errorBox.textContent = "Type at least one prompt."; return; }
-  const matrix = { prompts, settings: batchSettings() };
+  // Sent as typed: the server reads it as `bff batch` reads a .txt file (notes, blank
+  // lines and a prompt twice are its to judge: app/domain/batch_text.py), so both agree.
+  const promptsText = $("#batch-prompts").value;
+  if (!promptsText.trim()) { errorBox.textContent = "Type at least one prompt."; return; }
+  const matrix = { promptsText, settings: batchSettings() };
   const negative = $("#negative").value.trim();  // "Leave out", as a single submit sends it
   if (negative) matrix.negativePrompt = negative;
   const colorways = $("#batch-colorways").value.split(",").map((c) => c.trim()).filter(Boolean);

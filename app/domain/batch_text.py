@@ -1,0 +1,102 @@
+"""A batch written as text, a line at a time: the rules ``bff batch`` reads a
+``.txt`` or ``.csv`` file by and the page's Batch box is read by
+(``matrix.promptsText``), in one place so that the same text makes the same
+paid generations wherever it is sent.
+
+- UTF-8; a byte-order mark at the start (Notepad, Excel's "CSV UTF-8") is no text;
+- lines end in LF, CRLF or CR; white space at either end of a line is not
+  part of its prompt;
+- a blank line, and a line whose first character that is not white space is
+  ``#`` (a note to yourself: ``# autumn drop``), is no request; in CSV, a line
+  inside a quoted cell is the cell's, whatever it holds;
+- the same request twice (prompts compared without case and extra spaces) is
+  refused, naming both lines: it would pay twice for what was typed once.
+  More images of one prompt: ``count`` (1 to 4).
+
+Functions raise ``BatchTextError`` (a ValueError) saying the line."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any
+
+BOM = "\ufeff"
+COMMENT = "#"
+
+
+class BatchTextError(ValueError):
+    """The text is not a batch as written; the message names the line."""
+
+
+def decode(data: bytes) -> str:
+    """``data`` as text, without a byte-order mark; not UTF-8: BatchTextError."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:  # Excel's plain "CSV" is Windows-1252, not UTF-8
+        raise BatchTextError(
+            "is not UTF-8 text: save it as UTF-8 (in Excel, 'CSV UTF-8')"
+        ) from None
+
+
+def is_note(line: str) -> bool:
+    """A blank line, or a comment: no request."""
+    stripped = line.strip()
+    return not stripped or stripped.startswith(COMMENT)
+
+
+def lines(text: str, quoted: bool = False) -> list[tuple[int, str]]:
+    """The lines that may hold requests, each with its line number in the
+    text, trailing white space (and a CR) removed. ``quoted``: the text is
+    CSV, and a line that continues a quoted cell is kept as it is (the
+    cell's), even blank or starting with ``#``."""
+    kept: list[tuple[int, str]] = []
+    in_quote = False
+    for n, line in enumerate(text.removeprefix(BOM).splitlines(), 1):
+        if in_quote or not is_note(line):
+            kept.append((n, line if in_quote else line.rstrip()))
+        if quoted:  # "" inside a cell counts twice, so the parity says it all
+            in_quote ^= line.count('"') % 2 == 1
+    return kept
+
+
+def _same(prompt: Any) -> Any:
+    return " ".join(prompt.split()).casefold() if isinstance(prompt, str) else prompt
+
+
+def request_key(request: Any) -> str:
+    """What makes two requests the same: their fields, the prompt's case
+    and spacing aside."""
+    if isinstance(request, dict) and "prompt" in request:
+        request = request | {"prompt": _same(request["prompt"])}
+    return json.dumps(_same(request), sort_keys=True, default=str)
+
+
+def refuse_repeats(keyed: Iterable[tuple[str, str]]) -> None:
+    """``keyed``: (where, key) of each request in order; the first request
+    that repeats an earlier one is refused, naming both places."""
+    seen: dict[str, str] = {}
+    for where, key in keyed:
+        if key in seen:
+            raise BatchTextError(
+                f"{where} repeats {seen[key]}: each line is a paid generation, so a"
+                " request is sent once; for more images of one prompt set count (1 to 4)"
+            )
+        seen[key] = where
+
+
+def looks_like_header(line: str) -> bool:
+    """``prompt``, ``Prompts``, ``Prompt<TAB>size``: a header row, no prompt."""
+    return line.strip().casefold().startswith("prompt") or "\t" in line
+
+
+def prompts(text: str) -> list[tuple[int, str]]:
+    """A plain list of prompts, one a line: each with its line number."""
+    kept = [(n, line.strip()) for n, line in lines(text)]
+    if kept and looks_like_header(kept[0][1]):
+        raise BatchTextError(
+            f"line {kept[0][0]} looks like a header row ({kept[0][1]!r}), not a prompt;"
+            " list only prompts, one a line (or save it as CSV with a 'prompt' column)"
+        )
+    refuse_repeats((f"line {n}", request_key({"prompt": p})) for n, p in kept)
+    return kept
