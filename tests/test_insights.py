@@ -12,7 +12,7 @@ from sqlalchemy import select, update
 
 from app.domain.insights import HEARTED, TERMS
 from app.domain.models import GenerationFeedback, GenerationStage, PromptTokenScore, User
-from app.pipeline import maintenance
+from app.pipeline import ALL_STAGES, maintenance
 from app.pipeline.context import StageFailed
 from app.pipeline.runner import STAGE_FUNCS
 from tests.support.pipeline import load, run_all, services, submit_prompt
@@ -117,6 +117,7 @@ def check_insights(app, client, user, other, seeded: Seeded) -> None:
         {"personaId": seeded.persona, "name": "Evening gala", "images": 3},
         {"personaId": None, "name": "no persona", "images": 1},
     ]
+    assert stats["images"] == 4 and stats["assets"] == 4 and stats["variants"] == 0
 
     hearted = stats["mostHearted"]
     assert [h["assetId"] for h in hearted] == seeded.hearted
@@ -172,3 +173,16 @@ def test_percentiles_ignore_unmeasured_runs(app, client, user):
     stats = client.get("/api/stats", headers=user.headers).get_json()["stageDurationsMs"]
     assert stats["store"] == {"avg": 0.0, "count": 1, "p50": None, "p95": None}
     assert stats["generate"]["p50"] == stats["generate"]["p95"] is not None
+
+
+def test_the_images_tile_counts_what_the_persona_chart_counts(app, client, user):
+    """Before, ``assets`` (the page's Images tile) counted a refine's variants
+    as images while ``imagesByPersona`` did not: one upscaled and cut-out
+    image read "3 images" on the tile and 1 on the chart."""
+    refine = {"upscale": 2, "removeBackground": True}
+    refined = submit_prompt(client, user.headers, "red silk dress", **refine)
+    run_all(app, refined, ALL_STAGES)
+    run_all(app, submit_prompt(client, user.headers, "navy blazer"))
+    stats = client.get("/api/stats", headers=user.headers).get_json()
+    assert stats["images"] == sum(r["images"] for r in stats["imagesByPersona"]) == 2
+    assert stats["variants"] == 2 and stats["assets"] == 4

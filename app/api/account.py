@@ -44,7 +44,10 @@ def stats():
             .where(stage.name == "generate", stage.status == "completed")
             .group_by(table)
         ).all()
+        images, variants = insights.images_and_variants(session, g.user_id)
         extra = {
+            "images": images,
+            "variants": variants,
             "daily_cap": insights.daily_cap(session, g.user_id),
             "failures_by_stage": insights.failures_by_stage(session, g.user_id),
             "images_by_persona": insights.images_by_persona(session, g.user_id),

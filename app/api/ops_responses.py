@@ -97,7 +97,9 @@ class HeartedImage(Out):
 class StatsOut(Out):
     counts: StatsCounts
     success_rate: float | None
-    assets: int
+    assets: int = Field(description="every stored image: images + variants")
+    images: int = Field(description="images generate made (as imagesByPersona counts them)")
+    variants: int = Field(description="upscaled and cut-out variants refine made of them")
     total_cost: float = Field(description="USD paid, as costByDay adds up")
     avg_duration_seconds: float | None
     stage_durations_ms: dict[str, StageDuration]

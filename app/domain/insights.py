@@ -6,6 +6,7 @@ caller's rows only, each reached through an index (EXPLAIN on PostgreSQL):
 - failures by stage: ``generations`` by ``ix_generations_user_created``;
 - images per persona: the same, then ``uq_generation_stage`` for the persona
   stage, ``uq_asset_position`` for the images, ``personas`` by primary key;
+- images and refined variants: the same generations, then ``uq_asset_position``;
 - learnt terms: ``prompt_token_scores`` by its primary key (user_id, token);
 - most-hearted images: ``generation_feedback`` by ``ix_generation_feedback_user_id``,
   then assets and generations by primary key.
@@ -120,6 +121,20 @@ def images_by_persona(session: Session, user_id: int) -> list[dict[str, Any]]:
         }
         for pid, name, images in rows
     ]
+
+
+def images_and_variants(session: Session, user_id: int) -> tuple[int, int]:
+    """The images ``generate`` made, and the variants refine made of them:
+    the page's Images tile counts what its persona chart counts."""
+    g, a = Generation, GenerationAsset
+    original = case((a.variant == "original", 1), else_=0)
+    images, stored = session.execute(
+        select(func.coalesce(func.sum(original), 0), func.count(a.id))
+        .select_from(g)
+        .join(a, a.generation_id == g.id)
+        .where(g.user_id == user_id)
+    ).one()
+    return int(images), int(stored) - int(images)
 
 
 def learnt_terms(session: Session, user_id: int) -> dict[str, Any]:

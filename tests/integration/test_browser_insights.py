@@ -44,8 +44,9 @@ def bff(embedded, *args: str) -> str:
 
 @pytest.fixture(scope="module")
 def seeded(embedded):
-    """A user of their own: 4 generations (3 images on a persona, 1 without,
-    one failed at generate), hearts and a 1-star rating learnt from, a cap."""
+    """A user of their own: 4 generations (3 images on a persona, 1 without
+    and its upscaled variant, one failed at generate), hearts and a 1-star
+    rating learnt from, a cap."""
     name = f"insights-{secrets.token_hex(4)}"  # a user of each set-up's own
     key = bff(embedded, "users", "create", name).strip().splitlines()[-1]
     bff(embedded, "users", "cap", name, str(CAP))
@@ -57,7 +58,7 @@ def seeded(embedded):
     ids = [
         submit(base, auth, "emerald silk slip dress", personaId=persona, settings=two),
         submit(base, auth, "charcoal wool overcoat", personaId=persona, settings=local),
-        submit(base, auth, "neon vinyl raincoat", settings=local),
+        submit(base, auth, "neon vinyl raincoat", settings={**local, "upscale": 2}),
         submit(base, auth, "ivory linen shirt", settings=local),
     ]  # fmt: skip
     gens = [wait_final(base, auth, gen_id) for gen_id in ids]
@@ -134,6 +135,10 @@ def test_insights_view_charts_the_users_real_data(seeded, browser, tmp_path):  #
 
     expect(page.locator("#tile-total")).to_have_text("4")
     expect(page.locator("#tile-success")).to_have_text("75 %")
+    # Images as the persona chart counts them; before, the variant made it 5 against 4.
+    expect(page.locator("#tile-images")).to_have_text("4")
+    expect(page.locator("#tile-variants")).to_have_text("+ 1 refined variant")
+    assert stats["images"] == sum(r["images"] for r in stats["imagesByPersona"]) == 4
 
     # Spend: 30 UTC days, a stacked bar per provider, the cap as a line.
     spend = charts["chart-spend"]

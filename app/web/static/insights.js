@@ -188,7 +188,11 @@ function tiles(stats) {
   $("#tile-success").textContent = stats.successRate == null ? "–"
     : `${Math.round(stats.successRate * 100)} %`;
   $("#tile-spent").textContent = usd(stats.totalCost);
-  $("#tile-images").textContent = String(stats.assets);
+  // What generate made, as the persona chart counts them; refine's variants apart.
+  $("#tile-images").textContent = String(stats.images);
+  const variants = $("#tile-variants");
+  variants.hidden = !stats.variants;
+  variants.textContent = `+ ${stats.variants} refined variant${stats.variants === 1 ? "" : "s"}`;
 }
 
 async function loadInsights() {
