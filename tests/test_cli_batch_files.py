@@ -114,6 +114,16 @@ def test_each_kind_of_file_reads_as_the_requests_the_api_takes(tmp_path, name, t
             ],
         ),
         ("looks.jsonl", '# SS27\n{"prompt": "a red coat"}\r\n', [{"prompt": "a red coat"}]),
+        (  # Excel users capitalise headers: before, "none is 'prompt' (it reads Prompt, ...)"
+            "looks.csv",
+            "\ufeffPrompt,Size,Count,RemoveBackground\r\nlinen shirt,portrait,2,yes\r\n",
+            [
+                {
+                    "prompt": "linen shirt",
+                    "settings": {"size": "portrait", "count": 2, "removeBackground": True},
+                }
+            ],
+        ),
     ],
     ids=[
         "txt-notepad",
@@ -123,6 +133,7 @@ def test_each_kind_of_file_reads_as_the_requests_the_api_takes(tmp_path, name, t
         "csv-quoted",
         "csv-sizes",
         "jsonl-note",
+        "csv-capitalised",
     ],
 )
 def test_only_the_lines_meant_as_requests_are_sent(tmp_path, name, data, items):
@@ -152,7 +163,7 @@ def test_a_request_twice_is_refused_before_it_is_paid_twice(tmp_path, name, text
 
 def test_a_matrix_csv_leaves_notes_out_too(tmp_path):
     path = tmp_path / "axes.csv"
-    path.write_bytes(b"\xef\xbb\xbfprompts,colorways\r\n# SS27,\r\nblazer,navy\r\ntrench,\r\n")
+    path.write_bytes(b"\xef\xbb\xbfPrompt,Colorways\r\n# SS27,\r\nblazer,navy\r\ntrench,\r\n")
     assert read_matrix(path) == {"prompts": ["blazer", "trench"], "colorways": ["navy"]}
 
 

@@ -87,7 +87,7 @@ def test_a_json_lines_error_names_the_files_line(tmp_path):
 @pytest.mark.parametrize(
     "header,says",
     [
-        ("prompt,Size", "column Size is not a column the API knows (did you mean size?)"),
+        ("prompt,sise", "column sise is not a column the API knows (did you mean size?)"),
         ("prompt,colour", "column colour is not a column the API knows;"),
     ],
 )
@@ -121,6 +121,11 @@ def test_each_request_knows_its_line_and_columns(tmp_path):
             "looks.csv",
             "prompt,size\nlinen shirt,huge\n",
             "line 2, column size (items.0.settings.size): Input should be",
+        ),
+        (  # the column as the file spells it
+            "looks.csv",
+            "Prompt,Size\nlinen shirt,huge\n",
+            "line 2, column Size (items.0.settings.size): Input should be",
         ),
         (
             "looks.csv",

@@ -124,14 +124,21 @@ def _csv_item(row: dict[str | None, Any], line: int) -> dict[str, Any]:
     return item
 
 
+def _column(name: str, known: frozenset[str] | tuple[str, ...] | None = None) -> str:
+    """A header's name as the API spells it: ``Prompt`` and ``Size`` (as Excel
+    users write them) are ``prompt`` and ``size``; no two fields differ by case
+    alone. A name it knows in no case is returned as it is."""
+    name = name.strip()
+    return next((c for c in known or _fields()[1] if c.casefold() == name.casefold()), name)
+
+
 def _check_columns(columns: list[str], line: int) -> None:
-    """Every named column is a field the API takes: ``Size`` is refused here,
-    not sent along to be refused as an unknown field of every request."""
+    """Every named column is a field the API takes: ``colour`` is refused
+    here, not sent along to be refused as an unknown field of every request."""
     known = _fields()[1]
     for name in columns:
         if name and name not in known:
-            near = [c for c in known if c.casefold() == name.casefold()]
-            near = near or difflib.get_close_matches(name, sorted(known), n=1)
+            near = difflib.get_close_matches(name, sorted(known), n=1)
             hint = f" (did you mean {near[0]}?)" if near else ""
             raise ValueError(
                 f"line {line}, column {name} is not a column the API knows{hint};"
@@ -148,9 +155,12 @@ def _csv_rows(lines: list[tuple[int, str]]) -> Batch:
     sources: list[Source | None] = []
     first = lines[0][0]
     try:
-        columns = [(name or "").strip() for name in reader.fieldnames or []]
+        named = [(name or "").strip() for name in reader.fieldnames or []]
+        columns = [_column(name) for name in named]
         _check_columns(columns, first)
-        where = {f"settings.{c}" if c in _fields()[0] else c: c for c in columns if c}
+        reader.fieldnames = columns  # each row's cells under the API's names
+        settings, pairs = _fields()[0], zip(columns, named, strict=True)
+        where = {f"settings.{c}" if c in settings else c: n for c, n in pairs if c}
         while reader.line_num < len(lines):
             first = lines[reader.line_num][0]  # the row's first line
             row = next(reader, None)
@@ -210,7 +220,7 @@ def _read_batch(path: Path) -> Batch:
         raise click.ClickException(f"{path}: there are no prompts in it")
     header = kept[0][1]
     columns = [name.strip() for name in next(csv.reader([header]))]
-    if "prompt" in columns:
+    if "prompt" in map(_column, columns):
         try:
             return _csv_rows(kept)
         except ValueError as exc:  # a quote left open, a count that is no number, …
@@ -240,10 +250,12 @@ def read_matrix(path: Path) -> dict[str, Any]:
         except json.JSONDecodeError as exc:
             raise click.ClickException(f"{path}: not a JSON object: {exc}") from None
     matrix: dict[str, list[str]] = {}
+    axes = _fields()[2]
     for row in csv.DictReader([f"{line}\n" for _, line in batch_text.lines(text, quoted=True)]):
         for name, value in row.items():
-            axis = (name or "").strip()
-            axis = axis if axis in _fields()[2] else f"{axis}s"  # "prompt" is "prompts"
+            axis = _column(name or "", axes)
+            if axis not in axes:  # "prompt" is "prompts", "Colorway" "colorways"
+                axis = _column(f"{axis}s", axes)
             if value and value.strip():
                 matrix.setdefault(axis, []).append(value.strip())
     return matrix
