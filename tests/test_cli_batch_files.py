@@ -158,7 +158,7 @@ def test_a_request_twice_is_refused_before_it_is_paid_twice(tmp_path, name, text
     path.write_text(text)
     with pytest.raises(click.ClickException, match=says) as exc:
         read_items(path)
-    assert "set count (1 to 4)" in exc.value.message
+    assert "ask for more (count, 1 to 4: Images on the web page)" in exc.value.message
 
 
 def test_a_matrix_csv_leaves_notes_out_too(tmp_path):

@@ -11,7 +11,7 @@ paid generations wherever it is sent.
   inside a quoted cell is the cell's, whatever it holds;
 - the same request twice (prompts compared without case and extra spaces) is
   refused, naming both lines: it would pay twice for what was typed once.
-  More images of one prompt: ``count`` (1 to 4).
+  More images of one prompt: ``count`` (1 to 4; the page's *Images*).
 
 Functions raise ``BatchTextError`` (a ValueError) saying the line."""
 
@@ -80,7 +80,8 @@ def refuse_repeats(keyed: Iterable[tuple[str, str]]) -> None:
         if key in seen:
             raise BatchTextError(
                 f"{where} repeats {seen[key]}: each line is a paid generation, so a"
-                " request is sent once; for more images of one prompt set count (1 to 4)"
+                " request is sent once; for more images of one prompt, ask for more"
+                " (count, 1 to 4: Images on the web page)"
             )
         seen[key] = where
 
