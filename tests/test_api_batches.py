@@ -144,6 +144,7 @@ def test_a_matrix_takes_its_prompts_as_the_text_of_a_txt_file(client, user):
         ({"promptsText": "prompt\nwool coat\n"}, "line 1 looks like a header row"),
         ({"promptsText": "wool coat", "prompts": ["wool coat"]}, "either prompts or promptsText"),
         ({"colorways": ["navy"]}, "send prompts (a list) or promptsText"),
+        ({"promptsText": "# x\nwool coat\n" + "x" * 4921}, "line 3 has 4921 characters"),
     ],
 )
 def test_prompts_text_that_would_pay_for_what_was_not_meant_is_422(client, user, matrix, says):

@@ -65,6 +65,7 @@ def _prompts_or_text(schema: dict[str, Any]) -> None:
 
 
 MAX_TEXT = MAX_BATCH * MAX_PROMPT
+MAX_MATRIX_PROMPT = MAX_PROMPT - 80  # room for the longest colorway suffix
 
 
 class BatchMatrix(_Body):
@@ -74,7 +75,7 @@ class BatchMatrix(_Body):
     model_config = ConfigDict(json_schema_extra=_prompts_or_text)
 
     # Room for the longest colorway suffix: every combination is a valid prompt.
-    prompts: list[words(MAX_PROMPT - 80)] = Field(None, min_length=1, max_length=MAX_BATCH)  # type: ignore[assignment]
+    prompts: list[words(MAX_MATRIX_PROMPT)] = Field(None, min_length=1, max_length=MAX_BATCH)  # type: ignore[assignment]
     promptsText: str | None = Field(
         None,
         max_length=MAX_TEXT,
@@ -119,6 +120,12 @@ class BatchMatrix(_Body):
             raise ValueError(f"promptsText: {exc}") from None
         if not lines:
             raise ValueError("promptsText has no prompts: only blank lines and notes (#)")
+        for n, prompt in lines:  # said by its line: "prompts.1" is no place in the text
+            if len(prompt) > MAX_MATRIX_PROMPT:
+                raise ValueError(
+                    f"promptsText: line {n} has {len(prompt)} characters; a matrix's prompt"
+                    f" has at most {MAX_MATRIX_PROMPT} (room for a colourway)"
+                )
         return data | {"prompts": [prompt for _, prompt in lines]}
 
     @model_validator(mode="after")
