@@ -161,6 +161,11 @@ def test_a_request_twice_is_refused_before_it_is_paid_twice(tmp_path, name, text
     assert "ask for more (count, 1 to 4: Images on the web page)" in exc.value.message
 
 
+def test_the_help_says_what_a_line_of_the_file_is():
+    result = CliRunner().invoke(batch_cli, ["--help"])
+    assert "blank lines and lines starting with # are notes" in " ".join(result.output.split())
+
+
 def test_a_matrix_csv_leaves_notes_out_too(tmp_path):
     path = tmp_path / "axes.csv"
     path.write_bytes(b"\xef\xbb\xbfPrompt,Colorways\r\n# SS27,\r\nblazer,navy\r\ntrench,\r\n")
@@ -181,6 +186,8 @@ def test_a_csv_without_a_prompt_column_is_refused_saying_what_it_read(tmp_path):
     [
         ("prompts.txt", "Prompt\tsize\nlinen shirt\t16:9\n", "looks like a header row"),
         ("prompts.txt", "prompts\nlinen shirt\n", "looks like a header row"),
+        # Two cells pasted from a sheet: before, only a first line was refused for its tab.
+        ("prompts.txt", "wool coat\nlinen shirt\t16:9\n", "line 2 holds a tab, as cells"),
         ("looks.csv", "prompt,size\nwool coat, navy,16:9\n", "quote a prompt with commas"),
         ("prompts.txt", "\n  \n", "no prompts"),
         ("looks.csv", "prompt,size\n", "no requests in it"),

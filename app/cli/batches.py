@@ -43,8 +43,9 @@ class BatchGroup(click.Group):
 @click.group("batch", cls=BatchGroup)
 def batch_cli() -> None:
     """Batches: 'bff batch FILE [--matrix] [--wait]' submits FILE (CSV, JSON
-    Lines, or a plain list of prompts, one a line); 'bff batch download ID
-    DIR' fetches a batch's images."""
+    Lines, or a plain list of prompts, one a line: blank lines and lines
+    starting with # are notes, a request twice is refused); 'bff batch
+    download ID DIR' fetches a batch's images."""
 
 
 @batch_cli.command("submit")

@@ -11,7 +11,9 @@ paid generations wherever it is sent.
   inside a quoted cell is the cell's, whatever it holds;
 - the same request twice (prompts compared without case and extra spaces) is
   refused, naming both lines: it would pay twice for what was typed once.
-  More images of one prompt: ``count`` (1 to 4; the page's *Images*).
+  More images of one prompt: ``count`` (1 to 4; the page's *Images*);
+- in a plain list of prompts, a first line ``prompt``/``Prompts`` (a header
+  row) and a line holding a tab (cells pasted from a sheet) are refused.
 
 Functions raise ``BatchTextError`` (a ValueError) saying the line."""
 
@@ -86,18 +88,22 @@ def refuse_repeats(keyed: Iterable[tuple[str, str]]) -> None:
         seen[key] = where
 
 
-def looks_like_header(line: str) -> bool:
-    """``prompt``, ``Prompts``, ``Prompt<TAB>size``: a header row, no prompt."""
-    return line.strip().casefold().startswith("prompt") or "\t" in line
-
-
 def prompts(text: str) -> list[tuple[int, str]]:
-    """A plain list of prompts, one a line: each with its line number."""
+    """A plain list of prompts, one a line: each with its line number. A
+    first line ``prompt``/``Prompts`` is a header row, and a tab between
+    words the border of cells pasted from a spreadsheet: neither is a prompt."""
     kept = [(n, line.strip()) for n, line in lines(text)]
-    if kept and looks_like_header(kept[0][1]):
+    if kept and kept[0][1].casefold().startswith("prompt"):
         raise BatchTextError(
             f"line {kept[0][0]} looks like a header row ({kept[0][1]!r}), not a prompt;"
             " list only prompts, one a line (or save it as CSV with a 'prompt' column)"
         )
+    for n, prompt in kept:
+        if "\t" in prompt:
+            raise BatchTextError(
+                f"line {n} holds a tab, as cells pasted from a spreadsheet do"
+                f" ({prompt!r}); list only prompts, one a line, or save the sheet as"
+                " CSV with a 'prompt' column and a column for each setting"
+            )
     refuse_repeats((f"line {n}", request_key({"prompt": p})) for n, p in kept)
     return kept
