@@ -365,6 +365,21 @@ def test_a_database_the_server_does_not_have_is_named_as_such(tmp_path):
     ]
 
 
+@pytest.mark.usefixtures("service_env")
+def test_a_role_the_server_does_not_have_is_not_called_a_missing_migration(tmp_path):
+    url = "postgresql+psycopg://bff_no_such_role:***@127.0.0.1:5432/postgres"
+    env = {
+        **{k: v for k, v in os.environ.items() if k not in CLEAN},
+        "DATABASE_URL": url.replace("***", "pw"),
+    }
+    done = bff(["users", "list"], env, tmp_path)
+    assert done.returncode == 1
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith(f"Error: cannot use the database {url}: ")
+    assert 'role "bff_no_such_role" does not exist' in line
+    assert "bff db upgrade" not in line
+
+
 @pytest.mark.parametrize("level", ["warn", "FATAL", "notset", "debug"])
 def test_every_level_name_logging_knows_is_a_log_level(level):
     assert Settings.from_env({"BFF_LOG_LEVEL": level}).log_level == level.upper()

@@ -69,7 +69,9 @@ def database_errors(url: str) -> Iterator[None]:
             raise click.ClickException(
                 f"the database {where} does not exist: create it (createdb), then 'bff db upgrade'"
             ) from None
-        if "no such table" in text or "does not exist" in text:
+        # A table or column the code needs (not a role, as in 'role "x" does
+        # not exist': upgrading would not help).
+        if "no such table" in text or re.search(r'(relation|column) "[^"]*" does not exist', text):
             raise click.ClickException(
                 f"the database {where} is not set up: run 'bff db upgrade' first"
             ) from None
