@@ -120,6 +120,28 @@ def test_a_broker_url_kombu_cannot_use_is_refused(env, var):
 
 
 @pytest.mark.parametrize(
+    "var,raw,said",
+    [
+        # Every process prints the refusal at start, into its logs.
+        ("REDIS_URL", "rdis://:hunter2@r:6379/0", "'rdis://:***@r:6379/0'"),
+        ("REDIS_URL", "redis://:hunter2@r:port/0", "'redis://:***@r:port/0'"),
+        ("CELERY_BROKER_URL", "amqpx://bff:hunter2@mq//", "'amqpx://bff:***@mq//'"),
+        (
+            "CELERY_BROKER_URL",
+            "redis://:hunter2@a:6379/0;rdis://:hunter2@b/0",
+            "'redis://:***@a:6379/0;rdis://:***@b/0'",
+        ),
+        ("R2_ENDPOINT_URL", "ftp://key:hunter2@r2.example", "'ftp://key:***@r2.example'"),
+    ],
+)
+def test_a_refused_url_never_shows_its_password(var, raw, said):
+    with pytest.raises(ConfigError) as refused:
+        Settings.from_env({var: raw})
+    assert str(refused.value).startswith(f"{var}={said} cannot be used: ")
+    assert "hunter2" not in str(refused.value)
+
+
+@pytest.mark.parametrize(
     "env",
     [
         {},  # the embedded filesystem broker

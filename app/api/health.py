@@ -8,7 +8,6 @@ line per poll of a load balancer)."""
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable
@@ -18,6 +17,7 @@ from flask import Blueprint, abort, current_app, send_from_directory
 from app.api.common import services
 from app.api.ops_responses import HealthOut
 from app.api.responses import respond
+from app.platform.derived import hide_passwords
 from app.platform.schema import SchemaOutOfDate, check_schema
 from app.platform.storage import LocalStorage
 from app.providers import PROVIDERS, verify
@@ -25,14 +25,10 @@ from app.providers import PROVIDERS, verify
 log = logging.getLogger(__name__)
 bp = Blueprint("health", __name__)
 
-# scheme://user:password@ -> scheme://user:***@ (SQLAlchemy's hide_password
-# spelling): a database, broker or bucket URL in an error must not leak it.
-_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^\s:/@]*:)[^\s@]*@", re.IGNORECASE)
-
 
 def reason(exc: BaseException) -> str:
     """What went wrong, on one line, for the log: no password of a URL in it."""
-    said = _PASSWORD.sub(r"\1***@", " ".join(str(exc).split()))[:1000]  # masked, then cut
+    said = hide_passwords(" ".join(str(exc).split()))[:1000]  # masked, then cut
     return f"{type(exc).__name__}: {said}" if said else type(exc).__name__
 
 

@@ -38,6 +38,7 @@ from app.platform.derived import (
     parse_var,
     provider_rate_limits,
     rate_pair,
+    shown,
     sqlalchemy_url,
     storage,
 )
@@ -114,7 +115,7 @@ def _setting(
     value = parse_var(var, raw, parse)
     allowed = allowed or ALLOWED.get(var)
     if allowed and not allowed.test(value):
-        raise ConfigError(f"{var}={raw!r} cannot be used: it must be {allowed.says}")
+        raise ConfigError(f"{var}={shown(raw)} cannot be used: it must be {allowed.says}")
     return value
 
 

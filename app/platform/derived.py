@@ -5,6 +5,7 @@ calls these; nothing else reads the environment."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -15,11 +16,28 @@ class ConfigError(ValueError):
     """The environment cannot be run as it is; the message says what to set."""
 
 
+# scheme://user:password@ -> scheme://user:***@ (SQLAlchemy's hide_password
+# spelling), each URL of a text (or of ``;``-separated failover URLs).
+_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^\s:/@]*:)[^\s@]*@", re.IGNORECASE)
+
+
+def hide_passwords(text: str) -> str:
+    """``text`` with the password of every URL in it masked: a database,
+    broker or bucket URL in a log line or an error must not leak it."""
+    return _PASSWORD.sub(r"\1***@", text)
+
+
+def shown(raw: str) -> str:
+    """A setting's value as a refusal prints it (every process says it at
+    start, into its log): quoted, a URL's password masked."""
+    return repr(hide_passwords(raw))
+
+
 def parse_var(var: str, raw: str, parse: Callable[[str], Any]) -> Any:
     try:
         return parse(raw)
     except (ValueError, OSError) as exc:  # OSError: a file setting names no file
-        raise ConfigError(f"{var}={raw!r} cannot be used: {exc}") from None
+        raise ConfigError(f"{var}={shown(raw)} cannot be used: {exc}") from None
 
 
 # The databases the code runs on, by the drivers it installs (SQLAlchemy's names).
