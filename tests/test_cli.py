@@ -69,6 +69,9 @@ def test_users_revoke(runner, client):
     whole = runner.invoke(args=["users", "revoke", other])  # the key pasted whole
     assert whole.exit_code == 0 and "revoked 1" in whole.output, whole.output
     assert other.split("_", 2)[2] not in whole.output
+    twice = runner.invoke(args=["users", "revoke", other])  # no longer active
+    assert twice.exit_code == 1
+    assert twice.output.strip() == f"Error: no active key with prefix {other[:12]}"
 
 
 def test_users_list_names_each_users_key_prefixes(runner):

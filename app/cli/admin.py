@@ -76,10 +76,11 @@ def users_revoke(app: Flask, key_prefix: str) -> None:
     from app.api.auth import key_prefix as prefix_of
     from app.api.auth import revoke
 
+    prefix = prefix_of(key_prefix)
     with app.extensions["bff"].db.session() as session:
-        n = revoke(session, prefix_of(key_prefix))
-    if not n:
-        raise click.ClickException(f"no active key with prefix {key_prefix}")
+        n = revoke(session, prefix)
+    if not n:  # the prefix looked for, never a whole key pasted (its secret)
+        raise click.ClickException(f"no active key with prefix {prefix}")
     click.echo(f"revoked {n} key(s)")
 
 
