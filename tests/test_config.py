@@ -233,3 +233,24 @@ def test_web_warns_at_start_of_a_shared_database_beside_the_embedded_broker(
     runpy.run_path(str(ROOT / "gunicorn.conf.py"))["on_starting"](None)
     said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert any("no REDIS_URL or CELERY_BROKER_URL" in m for m in said) == warned, said
+
+
+@pytest.mark.parametrize(
+    "text,why",
+    [
+        (None, "No such file or directory"),
+        ("price = [", "Invalid"),  # TOML that does not parse
+        ("x = 1\n", "it has no [[price]] rows"),
+        ('[[price]]\nprovider = "local"\n', "a [[price]] row is not one of prices.toml's"),
+    ],
+)
+def test_a_price_file_that_cannot_be_read_is_one_line_at_start(tmp_path, text, why):
+    """It was a traceback in every process (gunicorn's workers, each Celery
+    process, the bff command), from the first request's import of prices."""
+    path = tmp_path / "prices.toml"
+    if text is not None:
+        path.write_text(text)
+    with pytest.raises(ConfigError) as refused:
+        Settings.from_env({"BFF_PRICES_FILE": str(path)})
+    assert str(refused.value).startswith(f"BFF_PRICES_FILE={str(path)!r} cannot be used: ")
+    assert why in str(refused.value)

@@ -36,6 +36,7 @@ from app.platform.checks import (
 from app.platform.derived import (
     ConfigError,
     parse_var,
+    prices_file,
     provider_rate_limits,
     rate_pair,
     shown,
@@ -204,7 +205,7 @@ class Settings:
     webhook_retry_base: float = _env("BFF_WEBHOOK_RETRY_BASE", 5.0, float)  # doubles per attempt
     webhook_max_age: float = _env("BFF_WEBHOOK_MAX_AGE", 86400.0, float)  # then give up
     # Rows laid over app/providers/prices.toml.
-    prices_file: str | None = _env("BFF_PRICES_FILE")
+    prices_file: str | None = _env("BFF_PRICES_FILE", parse=prices_file)
     # Longest any one SQL statement may run (lock waits included), seconds.
     db_statement_timeout: float = _env("BFF_DB_STATEMENT_TIMEOUT", 30.0, float)
 

@@ -128,6 +128,14 @@ def _known_names(env: Mapping[str, str], default_provider: str | None) -> None:
         raise ConfigError(f"{var} names no rate-limited model: one of {', '.join(sorted(buckets))}")
 
 
+def prices_file(raw: str) -> str:
+    """BFF_PRICES_FILE, checked to be a price table (a ValueError or OSError
+    saying why not)."""
+    from app.providers import pricing  # (its package imports the settings)
+
+    return pricing.checked(raw)
+
+
 def rate_var(bucket: str) -> str:
     """The variable that sets a rate-limit bucket's limit: BFF_RATE_LIMIT_<BUCKET>."""
     return "BFF_RATE_LIMIT_" + bucket.upper().replace("-", "_")

@@ -41,8 +41,23 @@ class PriceTable:
 
 
 def _rows(path: Path) -> dict[tuple[str, str, str], Price]:
-    prices = (Price(**r) for r in tomllib.loads(path.read_text("utf-8"))["price"])
+    """The file's ``[[price]]`` rows; a ValueError saying what is wrong (an
+    OSError: no such file)."""
+    rows = tomllib.loads(path.read_text("utf-8")).get("price")
+    if not isinstance(rows, list):
+        raise ValueError("it has no [[price]] rows")
+    try:
+        prices = [Price(**r) for r in rows]
+    except TypeError as exc:  # a row with other fields than prices.toml's
+        raise ValueError(f"a [[price]] row is not one of prices.toml's: {exc}") from None
     return {(p.provider, p.size, p.quality): p for p in prices}
+
+
+def checked(path: str) -> str:
+    """``BFF_PRICES_FILE``, read once at start: a file that is missing or
+    does not parse stops every process in one line, not in a stage."""
+    _table(path)
+    return path
 
 
 @lru_cache(maxsize=4)
@@ -61,7 +76,7 @@ _override: str | None = None
 def configure(prices_file: str | None) -> None:
     """The operator's file (``BFF_PRICES_FILE``), set once when the app is made."""
     global _override
-    _table(prices_file)  # a file that does not parse stops the start, not a stage
+    _table(prices_file)  # (read already by the settings: ``checked``)
     _override = prices_file
 
 
