@@ -74,6 +74,13 @@ def test_users_revoke(runner, client):
     assert twice.output.strip() == f"Error: no active key with prefix {other[:12]}"
 
 
+def test_a_name_longer_than_the_column_is_refused_as_such(runner):
+    result = runner.invoke(args=["users", "create", "x" * 121])
+    assert result.exit_code == 2
+    assert "Invalid value for NAME: longer than 120 characters" in result.output
+    assert runner.invoke(args=["users", "create", "x" * 120]).exit_code == 0
+
+
 def test_users_list_names_each_users_key_prefixes(runner):
     assert runner.invoke(args=["users", "list"]).output == "no users yet: bff users create NAME\n"
     kept, gone = create_key(runner, "fay"), create_key(runner, "fay")

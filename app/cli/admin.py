@@ -50,6 +50,7 @@ def db_upgrade(app: Flask) -> None:
 
 
 users_cli = click.Group("users", help="Users and their API keys.")
+NAME_MAX = 120  # users.name is String(120)
 
 
 @users_cli.command("create")
@@ -61,6 +62,8 @@ def users_create(app: Flask, name: str) -> None:
 
     if not name.strip():
         raise click.BadParameter("empty or only blanks", param_hint="NAME")
+    if len(name) > NAME_MAX:  # PostgreSQL would refuse it (SQLite keeps it)
+        raise click.BadParameter(f"longer than {NAME_MAX} characters", param_hint="NAME")
     with app.extensions["bff"].db.session() as session:
         user, key = create_user(session, name)
     click.echo(f"user {name} (id {user.id}); API key, shown once:")
