@@ -137,8 +137,10 @@ def test_bff_is_a_command_of_its_own_with_a_version():
 
 def test_a_negative_cap_is_refused(runner):
     create_key(runner, "gina")
-    result = runner.invoke(args=["users", "cap", "gina", "--", "-5"])
-    assert result.exit_code == 2 and "give 0 or more USD" in result.output
+    for args in (["gina", "--", "-5"], ["gina", "-5"], ["gina", "-0.5"]):
+        result = runner.invoke(args=["users", "cap", *args])
+        assert result.exit_code == 2 and "give 0 or more USD" in result.output, result.output
+    assert "Usage: " in runner.invoke(args=["users", "cap", "--help"]).output
 
 
 def test_a_cap_is_confirmed_as_it_is_kept(runner):

@@ -132,7 +132,8 @@ def _amount(raw: str | None) -> Decimal | None:
     return cap.quantize(CAP_PLACES, rounding=ROUND_DOWN)
 
 
-@users_cli.command("cap")
+# A negative AMOUNT is an amount (refused as such), not an unknown option.
+@users_cli.command("cap", context_settings={"ignore_unknown_options": True})
 @click.argument("name")
 @click.argument("amount", required=False)
 @with_app
