@@ -254,3 +254,20 @@ def test_a_price_file_that_cannot_be_read_is_one_line_at_start(tmp_path, text, w
         Settings.from_env({"BFF_PRICES_FILE": str(path)})
     assert str(refused.value).startswith(f"BFF_PRICES_FILE={str(path)!r} cannot be used: ")
     assert why in str(refused.value)
+
+
+@pytest.mark.parametrize("raw,on", [("1", True), ("Yes", True), ("off", False), ("0", False)])
+def test_an_on_off_setting_takes_the_words_for_on_and_off(raw, on):
+    assert Settings.from_env({"BFF_ALLOW_HTTP_WEBHOOKS": raw}).allow_http_webhooks is on
+
+
+@pytest.mark.parametrize("raw", ["enabled", "2", "y"])
+def test_an_on_off_setting_that_is_neither_is_refused(raw):
+    """It was taken for off: plain-http webhooks an operator meant to allow
+    were refused at delivery, seen only in webhook_deliveries."""
+    with pytest.raises(ConfigError) as refused:
+        Settings.from_env({"BFF_ALLOW_HTTP_WEBHOOKS": raw})
+    assert str(refused.value) == (
+        f"BFF_ALLOW_HTTP_WEBHOOKS={raw!r} cannot be used: "
+        "it must be one of 1, true, yes, on (or 0, false, no, off)"
+    )

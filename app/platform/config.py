@@ -42,6 +42,7 @@ from app.platform.derived import (
     shown,
     sqlalchemy_url,
     storage,
+    switch,
 )
 
 __all__ = ["ConfigError", "Settings"]
@@ -199,9 +200,7 @@ class Settings:
     # Per web process: each open stream holds a gunicorn thread.
     sse_max_streams: int = _env("BFF_SSE_MAX_STREAMS", 24, int)
     # http:// webhooks to loopback (development).
-    allow_http_webhooks: bool = _env(
-        "BFF_ALLOW_HTTP_WEBHOOKS", False, lambda v: v.lower() in ("1", "true", "yes", "on")
-    )
+    allow_http_webhooks: bool = _env("BFF_ALLOW_HTTP_WEBHOOKS", False, switch)
     webhook_retry_base: float = _env("BFF_WEBHOOK_RETRY_BASE", 5.0, float)  # doubles per attempt
     webhook_max_age: float = _env("BFF_WEBHOOK_MAX_AGE", 86400.0, float)  # then give up
     # Rows laid over app/providers/prices.toml.

@@ -136,6 +136,17 @@ def prices_file(raw: str) -> str:
     return pricing.checked(raw)
 
 
+def switch(raw: str) -> bool:
+    """An on/off setting: a word that is neither (``enabled``, ``2``) is
+    refused, not taken silently for off."""
+    word = raw.strip().lower()
+    if word in ("1", "true", "yes", "on"):
+        return True
+    if word in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("it must be one of 1, true, yes, on (or 0, false, no, off)")
+
+
 def rate_var(bucket: str) -> str:
     """The variable that sets a rate-limit bucket's limit: BFF_RATE_LIMIT_<BUCKET>."""
     return "BFF_RATE_LIMIT_" + bucket.upper().replace("-", "_")
