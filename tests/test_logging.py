@@ -121,6 +121,28 @@ def test_a_database_outage_in_a_stage_is_a_warning(caplog):
     ]
 
 
+def test_a_database_outage_in_a_beat_job_is_one_warning_a_pass(app_config, tmp_path, caplog):
+    """Each pass raised, and Celery logged an ERROR with a traceback for every
+    one: several a minute from redispatch and the webhook sweep alone."""
+    from workers.notify import sweep
+    from workers.tasks import redispatch_task, roll_up_metrics_task, sweep_storage_task
+
+    gone = tmp_path / "gone" / "bff.db"  # a folder that is not there: no database opens
+    app = create_app({**app_config, "DATABASE_URL": f"sqlite:///{gone}"})
+    with app.app_context(), caplog.at_level(logging.WARNING):
+        for job in (redispatch_task, sweep, sweep_storage_task, roll_up_metrics_task):
+            job()  # returns: beat sends the next pass
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{job} skipped: database unavailable (OperationalError)"
+        for job in (
+            "maintenance.redispatch",
+            "webhooks.sweep",
+            "maintenance.sweep_storage",
+            "maintenance.roll_up_metrics",
+        )
+    ]
+
+
 def test_the_sdks_request_lines_show_at_debug_only():
     """Each look at a running prediction was an INFO line of httpx's."""
     for level, shown in (("INFO", False), ("DEBUG", True)):

@@ -9,6 +9,7 @@ from flask import current_app
 from sqlalchemy.exc import OperationalError
 
 from app.webhooks import attempt, due_deliveries, send
+from workers.tasks import beat_pass
 
 # A worker holds a countdown's message unacked until it runs: Redis delivers
 # one held past its visibility timeout (1 h) again, and RabbitMQ closes the
@@ -38,5 +39,6 @@ def deliver(delivery_id: str, attempt_no: int) -> None:
 @shared_task(name="webhooks.sweep", acks_late=True)
 def sweep() -> None:
     s = current_app.extensions["bff"]
-    for delivery_id, attempt_no in due_deliveries(s.db):
-        send(s.db, s.celery, delivery_id, attempt_no)
+    with beat_pass("webhooks.sweep"):
+        for delivery_id, attempt_no in due_deliveries(s.db):
+            send(s.db, s.celery, delivery_id, attempt_no)

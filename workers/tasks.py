@@ -8,6 +8,7 @@ import gc
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from celery import shared_task
 from celery.exceptions import Ignore
@@ -29,6 +30,9 @@ from app.pipeline.maintenance import (
 )
 from app.pipeline.runner import run_stage
 from app.platform import metric_rollup
+
+if TYPE_CHECKING:
+    from app.platform.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +72,24 @@ def _noting_db_outage(settings) -> Iterator[None]:
         raise
 
 
+# The database did not answer (or no pooled connection came free in time).
+DB_UNAVAILABLE = (OperationalError, InterfaceError, PoolTimeout)
+
+
+@contextmanager
+def beat_pass(job: str, settings: Settings | None = None) -> Iterator[None]:
+    """A beat job's pass that meets a database outage ends in one WARNING
+    line: beat sends the next pass within seconds, so Celery's ERROR and
+    traceback for every pass (several a minute) would only bury the outage.
+    ``settings``: note the outage too (``_noting_db_outage``)."""
+    try:
+        yield
+    except DB_UNAVAILABLE as exc:
+        if settings is not None:
+            note_db_outage(settings)
+        log.warning("%s skipped: database unavailable (%s)", job, type(exc).__name__)
+
+
 class GenerationFailed(Exception):
     """The generation failed at this stage (its error is recorded): the chain
     stops and Flower shows the task failed with the reason. Declared in the
@@ -85,7 +107,7 @@ RETRIED = {
     "acks_late": True,
     # TimeoutError: no pooled connection came free in time (every one held
     # by a stage at work): not the job's fault, as a database outage is not.
-    "autoretry_for": (OperationalError, InterfaceError, PoolTimeout),
+    "autoretry_for": DB_UNAVAILABLE,
     "retry_backoff": 2,
     "retry_backoff_max": 60,
     "max_retries": None,
@@ -146,26 +168,28 @@ def apply_feedback_task(feedback_id: int) -> None:
 @shared_task(name="maintenance.redispatch", acks_late=True)
 def redispatch_task() -> None:
     s = current_app.extensions["bff"]
-    with _noting_db_outage(s.settings):
+    with beat_pass("maintenance.redispatch", s.settings):
         sent = redispatch_stalled(s.db, s.celery, s.settings)
         expired = expire_overdue(s.db, s.settings)
         end_abandoned_stages(s.db, s.settings)
         forget_tombstones(s.db, s.settings)
         stops.resend_owed(s.db, s.celery)  # a timeout's, or a stop whose message was lost
-    applied = apply_pending_feedback(s.db)
-    batch_flows.sweep(s)  # batches whose last member's own check was lost
-    if sent or applied or expired:
-        msg = "maintenance: re-dispatched %d generation(s), timed out %d (or their refines),"
-        msg += " applied %d feedback"
-        log.info(msg, sent, expired, applied)
+        applied = apply_pending_feedback(s.db)
+        batch_flows.sweep(s)  # batches whose last member's own check was lost
+        if sent or applied or expired:
+            msg = "maintenance: re-dispatched %d generation(s), timed out %d (or their refines),"
+            msg += " applied %d feedback"
+            log.info(msg, sent, expired, applied)
 
 
 @shared_task(name="maintenance.sweep_storage", acks_late=True)
 def sweep_storage_task() -> None:
     s = current_app.extensions["bff"]
-    orphans.sweep(s.db, s.storage)
+    with beat_pass("maintenance.sweep_storage"):
+        orphans.sweep(s.db, s.storage)
 
 
 @shared_task(name="maintenance.roll_up_metrics", acks_late=True)
 def roll_up_metrics_task() -> None:
-    current_app.extensions["bff"].db.transaction(metric_rollup.roll_up)
+    with beat_pass("maintenance.roll_up_metrics"):
+        current_app.extensions["bff"].db.transaction(metric_rollup.roll_up)
