@@ -10,6 +10,7 @@ Override with GUNICORN_WORKERS / GUNICORN_THREADS (see docs/operations.md).
 """
 
 import gc
+import logging
 import os
 import signal
 
@@ -55,6 +56,15 @@ def on_starting(server) -> None:
     except ConfigError as exc:
         raise SystemExit(f"Error: {exc}") from None
     warn_of_a_local_broker(settings)
+    if settings.sse_max_streams >= threads:
+        # Event streams could then hold every thread: /health and every other
+        # request would wait behind them (GUNICORN_THREADS lowered alone).
+        logging.getLogger("gunicorn.error").warning(
+            "BFF_SSE_MAX_STREAMS=%d leaves no thread of GUNICORN_THREADS=%d for other "
+            "requests: raise GUNICORN_THREADS or lower BFF_SSE_MAX_STREAMS",
+            settings.sse_max_streams,
+            threads,
+        )
 
 
 def post_worker_init(worker) -> None:

@@ -262,6 +262,28 @@ def test_a_bad_setting_stops_gunicorn_in_one_sentence(monkeypatch):
         conf["on_starting"](None)
 
 
+@pytest.mark.parametrize(("threads", "warned"), [("16", True), ("24", True), ("32", False)])
+def test_gunicorn_warns_when_event_streams_could_take_every_thread(
+    monkeypatch, caplog, threads, warned
+):
+    """Lowering GUNICORN_THREADS alone let the 24 streams a process admits
+    hold all its threads: /health and every request waited behind them."""
+    import logging
+    import runpy
+
+    monkeypatch.setenv("GUNICORN_THREADS", threads)
+    monkeypatch.delenv("BFF_SSE_MAX_STREAMS", raising=False)
+    conf = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
+    with caplog.at_level(logging.WARNING, logger="gunicorn.error"):
+        conf["on_starting"](None)
+    said = [r.getMessage() for r in caplog.records if r.name == "gunicorn.error"]
+    expected = (
+        f"BFF_SSE_MAX_STREAMS=24 leaves no thread of GUNICORN_THREADS={threads} for other "
+        "requests: raise GUNICORN_THREADS or lower BFF_SSE_MAX_STREAMS"
+    )
+    assert said == ([expected] if warned else [])
+
+
 def test_a_bad_setting_stops_a_celery_process_in_one_line(tmp_path):
     """Not the 75-line traceback of Celery failing to import ``workers``."""
     celery = str(Path(sys.executable).parent / "celery")
