@@ -59,13 +59,16 @@ def test_a_generation_canceled_while_waited_on_says_so_in_words(api):
     [
         ("127.0.0.1:3001", "BFF_API_URL=127.0.0.1:3001 cannot be used"),
         ("http://127.0.0.1:9", "cannot reach the API at http://127.0.0.1:9"),
+        # A proxy's credentials in the URL are not printed with it.
+        ("http://ops:hunter2@127.0.0.1:9", "cannot reach the API at http://ops:***@127.0.0.1:9"),
+        ("htp://ops:hunter2@127.0.0.1:9", "BFF_API_URL=htp://ops:***@127.0.0.1:9 cannot be used"),
     ],
 )
 def test_an_unusable_api_url_is_one_sentence(url, said):
     env = {"BFF_API_URL": url, "BFF_API_KEY": "bff_x"}
     result = CliRunner().invoke(client.generate, ["red dress"], env=env)
     assert result.exit_code == 1 and said in result.output, result.output
-    assert "Traceback" not in result.output
+    assert "Traceback" not in result.output and "hunter2" not in result.output
 
 
 def test_a_key_pasted_with_its_line_break_is_used_as_the_key(api):

@@ -10,6 +10,8 @@ from collections.abc import Callable, Iterable
 import click
 import requests
 
+from app.platform.derived import hide_passwords
+
 FINAL = ("completed", "failed", "canceled")
 
 
@@ -17,6 +19,7 @@ def _api(
     method: str, path: str, extra_headers: dict[str, str] | None = None, **kwargs
 ) -> requests.Response:
     base = os.environ.get("BFF_API_URL", "http://127.0.0.1:3001").rstrip("/")
+    shown = hide_passwords(base)  # a proxy's user:password in the URL stays out of errors
     key = os.environ.get("BFF_API_KEY", "").strip()  # a pasted key keeps its newline
     if not key:
         raise click.ClickException("set BFF_API_KEY (from 'bff users create NAME')")
@@ -24,20 +27,20 @@ def _api(
     try:
         resp = requests.request(method, base + path, timeout=30, headers=headers, **kwargs)
     except requests.ConnectionError:
-        msg = f"cannot reach the API at {base}: is it running ('make dev')? BFF_API_URL says where"
+        msg = f"cannot reach the API at {shown}: is it running ('make dev')? BFF_API_URL says where"
         raise click.ClickException(msg) from None
     except requests.Timeout:
-        raise click.ClickException(f"the API at {base} did not answer within 30 s") from None
+        raise click.ClickException(f"the API at {shown} did not answer within 30 s") from None
     except requests.exceptions.InvalidHeader:  # the key, not the URL: only it goes in a header
         msg = "BFF_API_KEY cannot be sent: it holds a line break; copy the key again"
         raise click.ClickException(msg) from None
     except requests.RequestException as exc:  # BFF_API_URL without http://, say
         msg = (
-            f"BFF_API_URL={base} cannot be used ({type(exc).__name__}): e.g. http://127.0.0.1:3001"
+            f"BFF_API_URL={shown} cannot be used ({type(exc).__name__}): e.g. http://127.0.0.1:3001"
         )
         raise click.ClickException(msg) from None
     if resp.status_code == 404 and base.endswith("/api"):  # the commands add /api/... themselves
-        msg = f"BFF_API_URL={base} ends in /api: give the server's address, e.g. {base[:-4]}"
+        msg = f"BFF_API_URL={shown} ends in /api: give the server's address, e.g. {shown[:-4]}"
         raise click.ClickException(msg)
     return resp
 
@@ -56,7 +59,8 @@ def body_of(resp: requests.Response) -> dict:
     try:
         return resp.json()
     except ValueError:
-        msg = f"{resp.url} answered without JSON: is BFF_API_URL this API's address?"
+        url = hide_passwords(resp.url)
+        msg = f"{url} answered without JSON: is BFF_API_URL this API's address?"
         raise click.ClickException(msg) from None
 
 
