@@ -7,7 +7,9 @@ import io
 import json
 import logging
 
+import pytest
 from celery.signals import task_postrun, task_prerun
+from sqlalchemy.exc import DBAPIError
 
 from app import create_app
 from app.api.errors import ApiError
@@ -155,3 +157,24 @@ def test_the_sdks_request_lines_show_at_debug_only():
         assert sum("HTTP Request" in line for line in lines) == (2 if shown else 0), level
         assert sum("retrying" in line for line in lines) == 2
     logs.configure(Settings.from_env({}))
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_failed_statement_never_quotes_its_values(backend, tmp_path, request):
+    """A statement's error goes to logs and tracebacks: its values (a prompt,
+    a webhook secret) must not go with it."""
+    from sqlalchemy import text
+
+    from app.platform.db import make_engine
+
+    url = f"sqlite:///{tmp_path}/x.db"
+    if backend == "postgresql":
+        url = request.getfixturevalue("service_env")["DATABASE_URL"]
+    engine = make_engine(url)
+    try:
+        with pytest.raises(DBAPIError) as caught, engine.connect() as conn:
+            conn.execute(text("SELECT * FROM no_such_table WHERE x = :x"), {"x": "whsec_s3cret"})
+        assert "no_such_table" in str(caught.value)
+        assert "whsec_s3cret" not in str(caught.value)
+    finally:
+        engine.dispose()

@@ -66,6 +66,7 @@ def make_engine(
     if url.startswith("sqlite"):
         engine = create_engine(
             url,
+            hide_parameters=True,  # (see below)
             pool_size=pool_size,
             pool_timeout=POOL_TIMEOUT,
             connect_args={"timeout": 30, "check_same_thread": False},
@@ -74,6 +75,9 @@ def make_engine(
         return engine
     return create_engine(
         url,
+        # A statement's error never quotes its values (prompts, webhook
+        # secrets) into logs and tracebacks: only the SQL is shown.
+        hide_parameters=True,
         pool_size=pool_size,
         max_overflow=0,  # an overflow connection is closed on return: a new backend per burst
         pool_timeout=POOL_TIMEOUT,
