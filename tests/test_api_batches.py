@@ -545,3 +545,29 @@ def test_a_batch_of_many_slow_webhook_hosts_is_checked_within_a_budget(
     assert len(looked_up) == 4 and now[0] <= guard.LOOKUP_BUDGET + 3
     assert error["details"][0]["field"] == "items.4.webhookUrl"
     assert "in time" in error["details"][0]["message"]
+
+
+def test_the_largest_batch_of_cjk_prompts_fits_as_bff_sends_it(client, user, monkeypatch):
+    """Every prompt and negative prompt at 5,000 CJK characters: as UTF-8
+    3 MB, under the 4 MB body limit; \\u-escaped (requests' ``json=``) 6 MB."""
+    import requests
+
+    from app.api.schemas import MAX_PROMPT
+    from app.cli import http
+
+    cjk = "红" * MAX_PROMPT
+    body = {"items": [{"prompt": cjk, "negativePrompt": cjk} for _ in range(MAX_BATCH)]}
+    sent = []
+
+    def request(method, url, timeout, **kwargs):
+        sent.append(requests.Request(method, url, **kwargs).prepare())  # as it goes out
+        raise requests.Timeout()  # (what the server answers is asked below)
+
+    monkeypatch.setenv("BFF_API_KEY", "k")
+    monkeypatch.setattr(http.requests, "request", request)
+    with pytest.raises(http.click.ClickException):
+        http._api("POST", BATCHES, json=body)
+    (out,) = sent
+    headers = {**user.headers, "Content-Type": out.headers["Content-Type"]}
+    resp = client.post(BATCHES, data=out.body, headers=headers)
+    assert resp.status_code == 202, resp.get_json()

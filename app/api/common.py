@@ -50,8 +50,8 @@ MAX_JSON_ENTRIES = 1000
 # that one be larger): JSON is read whole before MAX_JSON_ENTRIES can refuse
 # it, and 10 MB of "[]," held 270 MB and 2.3 s of CPU. Our largest: a batch
 # of 100 items, each prompt and negative prompt at 5,000 characters, is
-# 1.2 MB in ASCII and 3.1 MB as CJK in UTF-8; its prompts alone 2.9 MB sent
-# \u-escaped (Python's default, the ``bff`` client's).
+# 1.2 MB in ASCII and 3.1 MB as CJK in UTF-8 (as the ``bff`` client sends
+# it); \u-escaped (Python's ``json`` default) it is 6 MB, over the limit.
 MAX_JSON_BYTES = 4 * 2**20
 
 
