@@ -36,13 +36,15 @@ class Killed(BaseException):
     """SIGKILL mid-run."""
 
 
-def run(app, gen_id: str, task_id: str, retried: bool = False) -> Outcome:
+def run(app, gen_id: str, task_id: str, retried: bool = False, stage: str = "generate") -> Outcome:
     s = services(app)
-    return run_stage(s.db, s.settings, s.storage, gen_id, "generate", task_id, retried)
+    return run_stage(s.db, s.settings, s.storage, gen_id, stage, task_id, retried)
 
 
-def killed_while_looking(app, monkeypatch, gen_id: str, task_id: str, retried: bool) -> Outcome:
-    """One copy of ``generate`` whose worker dies as it looks at its
+def killed_while_looking(
+    app, monkeypatch, gen_id: str, task_id: str, retried: bool, stage: str = "generate"
+) -> Outcome:
+    """One copy of ``stage`` whose worker dies as it looks at its
     prediction; then its lease runs out. Returns the copy's outcome when it
     stopped before it looked (nothing was killed)."""
 
@@ -52,7 +54,7 @@ def killed_while_looking(app, monkeypatch, gen_id: str, task_id: str, retried: b
     with monkeypatch.context() as m:
         m.setattr(replicate, "_read", die)
         try:
-            return run(app, gen_id, task_id, retried)
+            return run(app, gen_id, task_id, retried, stage)
         except Killed:
             pass
     s = services(app)
@@ -95,12 +97,15 @@ def test_kills_while_it_polls_a_paid_prediction_spend_no_attempt(app, user, fake
     assert fake.creates == 1 and money(app, gen_id) == (PRICE, 0, 1)
 
 
-def lost_at_every_look(app, monkeypatch, gen_id: str) -> tuple[int, Outcome]:
+def lost_at_every_look(
+    app, monkeypatch, gen_id: str, stage: str = "generate"
+) -> tuple[int, Outcome]:
     """Every copy killed as it looks (its countdown's run, then each
     re-send's takeover) until a re-send finds the stage lost too often:
     how many were killed, and that re-send's outcome."""
     for kills in range(10):
-        out = killed_while_looking(app, monkeypatch, gen_id, f"t-{kills + 1}", kills == 0)
+        task_id, first = f"t-{kills + 1}", kills == 0
+        out = killed_while_looking(app, monkeypatch, gen_id, task_id, first, stage)
         if out is not None:
             return kills, out
     raise AssertionError("the job kept killing its worker")
@@ -168,3 +173,25 @@ def test_a_copy_lost_after_it_saved_anything_spends_an_attempt(app, user, monkey
     monkeypatch.setitem(runner.STAGE_FUNCS, "analyze", lambda ctx: StageResult({}))
     assert run_stage(s.db, s.settings, s.storage, gen_id, "analyze", "t-2").proceed
     assert stages_by_name(load(app, gen_id))["analyze"]["attempts"] == (2 if saved else 1)
+
+
+def test_a_late_refine_lost_at_every_look_stops_its_predictions(app, user, fake, monkeypatch):
+    """A completed generation's refine has no retry to resume its saved
+    predictions: failed for its lost copies, it is owed their stop, as any
+    other failure of it, and a refine asked again waits for that stop rather
+    than pay for a second prediction while the first runs on."""
+    from app.pipeline import stops
+    from tests.test_refine_replicate import _refining, _upscales
+
+    gen_id, url = _refining(app, user, fake, latency=30.0)  # its countdown's task: "late"
+    with services(app).db.session() as session:
+        session.get(Generation, gen_id).stage("refine").task_id = "t-1"
+    _, out = lost_at_every_look(app, monkeypatch, gen_id, "refine")
+    assert not out.proceed and load(app, gen_id)["status"] == "completed"
+    assert stages_by_name(load(app, gen_id))["refine"]["status"] == "failed"
+    client, s = app.test_client(), services(app)
+    early = client.post(url, json={"upscale": 2}, headers=user.headers)
+    assert early.status_code == 409 and "being stopped" in early.json["error"]["message"]
+    assert stops.resend_owed(s.db, s.celery) == 1  # the beat sends it; made at once here
+    assert [fake.render(p)["status"] for p in _upscales(fake)] == ["canceled"]
+    assert client.post(url, json={"upscale": 2}, headers=user.headers).status_code == 202

@@ -41,7 +41,7 @@ from app.domain.states import (
     set_stage_status,
     set_status,
 )
-from app.pipeline import ALL_STAGES, lease, stages_for
+from app.pipeline import ALL_STAGES, lease, stages_for, stops
 from app.pipeline.context import (
     GenerationEnded,
     StageContext,
@@ -226,6 +226,8 @@ def claim_stage(
         if stage.attempts >= settings.stage_max_attempts and not resumed:
             lost = f"{name} made no progress in {stage.attempts} attempts"
             lost += " (its worker was lost each time)"
+            if name == LATE_STAGE and gen.status == COMPLETED:  # no retry resumes its predictions
+                stops.owe(session, gen, sending=False)  # so they are stopped (the beat sends it)
             return end_failed(session, settings, gen, stage, lost, after)
     # A parked stage is resumed, never attempted anew: by its countdown, by a
     # wake-up, or, its countdown lost (Redis restarted empty), by a re-send.
