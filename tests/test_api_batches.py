@@ -136,6 +136,16 @@ def test_a_matrix_takes_its_prompts_as_the_text_of_a_txt_file(client, user):
     assert prompts == {"wool coat, in a navy colorway", "silk dress, bias cut, in a navy colorway"}
 
 
+def test_prompts_text_lines_end_only_at_a_newline(client, user):
+    """Before, a line separator (U+2028) or form feed pasted inside a prompt
+    split it in two: two paid generations for what is one line in the box."""
+    text = "linen shirt\u2028soft collar\nwool coat\x0cnavy\n"
+    accepted = submit(client, user, {"matrix": {"promptsText": text}})
+    assert accepted["total"] == 2
+    prompts = {g["prompt"]["original"] for g in members(client, user, accepted["id"])}
+    assert prompts == {"linen shirt\u2028soft collar", "wool coat\x0cnavy"}
+
+
 @pytest.mark.parametrize(
     "matrix, says",
     [

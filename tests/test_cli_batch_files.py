@@ -114,6 +114,12 @@ def test_each_kind_of_file_reads_as_the_requests_the_api_takes(tmp_path, name, t
             ],
         ),
         ("looks.jsonl", '# SS27\n{"prompt": "a red coat"}\r\n', [{"prompt": "a red coat"}]),
+        (  # only LF, CRLF and CR end a line, not a pasted line separator or form feed
+            "prompts.txt",
+            "linen shirt\u2028soft collar\nwool coat\x0cnavy\r\n",
+            [{"prompt": "linen shirt\u2028soft collar"}, {"prompt": "wool coat\x0cnavy"}],
+        ),
+        ("looks.jsonl", '{"prompt": "a red\u2028coat"}\n', [{"prompt": "a red\u2028coat"}]),
         (  # Excel users capitalise headers: before, "none is 'prompt' (it reads Prompt, ...)"
             "looks.csv",
             "\ufeffPrompt,Size,Count,RemoveBackground\r\nlinen shirt,portrait,2,yes\r\n",
@@ -133,6 +139,8 @@ def test_each_kind_of_file_reads_as_the_requests_the_api_takes(tmp_path, name, t
         "csv-quoted",
         "csv-sizes",
         "jsonl-note",
+        "txt-line-ends",
+        "jsonl-line-separator",
         "csv-capitalised",
     ],
 )

@@ -20,6 +20,7 @@ Functions raise ``BatchTextError`` (a ValueError) saying the line."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -47,6 +48,11 @@ def is_note(line: str) -> bool:
     return not stripped or stripped.startswith(COMMENT)
 
 
+# Only these end a line: str.splitlines() also splits at U+2028, VT, FF and NEL,
+# which a prompt pasted from a word processor may hold (one prompt, not two).
+NEWLINE = re.compile(r"\r\n|\r|\n")
+
+
 def lines(text: str, quoted: bool = False) -> list[tuple[int, str]]:
     """The lines that may hold requests, each with its line number in the
     text, trailing white space (and a CR) removed. ``quoted``: the text is
@@ -54,7 +60,9 @@ def lines(text: str, quoted: bool = False) -> list[tuple[int, str]]:
     cell's), even blank or starting with ``#``."""
     kept: list[tuple[int, str]] = []
     in_quote = False
-    for n, line in enumerate(text.removeprefix(BOM).splitlines(), 1):
+    text = text.removeprefix(BOM)
+    split = NEWLINE.split(text.removesuffix("\n").removesuffix("\r")) if text else []
+    for n, line in enumerate(split, 1):
         if in_quote or not is_note(line):
             kept.append((n, line if in_quote else line.rstrip()))
         if quoted:  # "" inside a cell counts twice, so the parity says it all
