@@ -114,6 +114,16 @@ def test_each_kind_of_file_reads_as_the_requests_the_api_takes(tmp_path, name, t
             ],
         ),
         ("looks.jsonl", '# SS27\n{"prompt": "a red coat"}\r\n', [{"prompt": "a red coat"}]),
+        (  # a quote in a note opens no quoted cell: before, the next note was a prompt
+            "looks.csv",
+            'prompt,size\n# 5" heels\nlinen shirt,square\n# autumn drop\ncoat,\n',
+            [{"prompt": "linen shirt", "settings": {"size": "square"}}, {"prompt": "coat"}],
+        ),
+        (  # nor does one inside a cell (inches), as the csv module reads it
+            "looks.csv",
+            'prompt,size\nboots with 3" heel,square\n# autumn drop\ncoat,\n',
+            [{"prompt": 'boots with 3" heel', "settings": {"size": "square"}}, {"prompt": "coat"}],
+        ),
         (  # only LF, CRLF and CR end a line, not a pasted line separator or form feed
             "prompts.txt",
             "linen shirt\u2028soft collar\nwool coat\x0cnavy\r\n",
@@ -139,6 +149,8 @@ def test_each_kind_of_file_reads_as_the_requests_the_api_takes(tmp_path, name, t
         "csv-quoted",
         "csv-sizes",
         "jsonl-note",
+        "csv-note-quote",
+        "csv-inches",
         "txt-line-ends",
         "jsonl-line-separator",
         "csv-capitalised",

@@ -53,6 +53,25 @@ def is_note(line: str) -> bool:
 NEWLINE = re.compile(r"\r\n|\r|\n")
 
 
+def _ends_quoted(line: str, in_quote: bool) -> bool:
+    """Whether a CSV line leaves a quoted cell open, as the csv module reads
+    it: a quote opens a cell only as its first character (``5" heel`` is
+    text), and inside one ``""`` is a quote, a lone ``"`` its end."""
+    at_start, i = not in_quote, 0
+    while i < len(line):
+        c = line[i]
+        if in_quote and c == '"':
+            if line[i + 1 : i + 2] == '"':
+                i += 1  # an escaped quote
+            else:
+                in_quote = False
+        elif not in_quote and c == '"' and at_start:
+            in_quote = True
+        at_start = not in_quote and c == ","
+        i += 1
+    return in_quote
+
+
 def lines(text: str, quoted: bool = False) -> list[tuple[int, str]]:
     """The lines that may hold requests, each with its line number in the
     text, trailing white space (and a CR) removed. ``quoted``: the text is
@@ -63,10 +82,11 @@ def lines(text: str, quoted: bool = False) -> list[tuple[int, str]]:
     text = text.removeprefix(BOM)
     split = NEWLINE.split(text.removesuffix("\n").removesuffix("\r")) if text else []
     for n, line in enumerate(split, 1):
-        if in_quote or not is_note(line):
-            kept.append((n, line if in_quote else line.rstrip()))
-        if quoted:  # "" inside a cell counts twice, so the parity says it all
-            in_quote ^= line.count('"') % 2 == 1
+        if not in_quote and is_note(line):
+            continue  # not read as CSV, so its quotes open nothing
+        kept.append((n, line if in_quote else line.rstrip()))
+        if quoted:
+            in_quote = _ends_quoted(line, in_quote)
     return kept
 
 
