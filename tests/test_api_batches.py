@@ -146,20 +146,29 @@ def test_prompts_text_lines_end_only_at_a_newline(client, user):
     assert prompts == {"linen shirt\u2028soft collar", "wool coat\x0cnavy"}
 
 
+TEXT = "matrix.promptsText"
+
+
 @pytest.mark.parametrize(
-    "matrix, says",
+    "matrix, field, says",
     [
-        ({"promptsText": "wool coat\nsilk dress\nWool  coat\n"}, "line 3 repeats line 1"),
-        ({"promptsText": "# autumn drop\n\n"}, "promptsText has no prompts"),
-        ({"promptsText": "prompt\nwool coat\n"}, "line 1 looks like a header row"),
-        ({"promptsText": "wool coat", "prompts": ["wool coat"]}, "either prompts or promptsText"),
-        ({"colorways": ["navy"]}, "send prompts (a list) or promptsText"),
-        ({"promptsText": "# x\nwool coat\n" + "x" * 4921}, "line 3 has 4921 characters"),
+        ({"promptsText": "wool coat\nsilk dress\nWool  coat\n"}, TEXT, "line 3 repeats line 1"),
+        ({"promptsText": "# autumn drop\n\n"}, TEXT, "has no prompts"),
+        ({"promptsText": "prompt\nwool coat\n"}, TEXT, "line 1 looks like a header row"),
+        ({"promptsText": "wool coat", "prompts": ["wool coat"]}, "matrix", "either prompts or"),
+        ({"colorways": ["navy"]}, "matrix", "send prompts (a list) or promptsText"),
+        ({"promptsText": "# x\nwool coat\n" + "x" * 4921}, TEXT, "line 3 has 4921 characters"),
+        # Before, these were said at matrix.prompts and matrix.prompts.1: fields not sent.
+        ({"promptsText": "\n".join(f"coat {i}" for i in range(101))}, TEXT, "has 101 prompts"),
+        ({"promptsText": "# x\nlinen\nwool\x00coat\n"}, TEXT, "line 3 holds a NUL"),
     ],
 )
-def test_prompts_text_that_would_pay_for_what_was_not_meant_is_422(client, user, matrix, says):
+def test_prompts_text_that_would_pay_for_what_was_not_meant_is_422(
+    client, user, matrix, field, says
+):
     error = assert_error(client.post(BATCHES, json={"matrix": matrix}, headers=user.headers), 422)
-    assert any(says in d["message"] for d in error["details"]), error
+    assert [d["field"] for d in error["details"]] == [field], error
+    assert says in error["details"][0]["message"], error
     assert client.get(BATCHES, headers=user.headers).get_json()["items"] == []
 
 

@@ -13,6 +13,7 @@ from pydantic import (
     PlainValidator,
     Tag,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -68,6 +69,28 @@ MAX_TEXT = MAX_BATCH * MAX_PROMPT
 MAX_MATRIX_PROMPT = MAX_PROMPT - 80  # room for the longest colorway suffix
 
 
+def _text_prompts(text: str) -> list[str]:
+    """The prompts of ``promptsText``, each as ``prompts`` would take it;
+    ValueError saying the line that is not."""
+    try:
+        lines = batch_text.prompts(text)
+    except batch_text.BatchTextError as exc:
+        raise ValueError(str(exc)) from None
+    if not lines:
+        raise ValueError("has no prompts: only blank lines and notes (#)")
+    if len(lines) > MAX_BATCH:
+        raise ValueError(f"has {len(lines)} prompts; at most {MAX_BATCH}")
+    for n, prompt in lines:
+        if "\x00" in prompt:
+            raise ValueError(f"line {n} holds a NUL character")
+        if len(prompt) > MAX_MATRIX_PROMPT:
+            raise ValueError(
+                f"line {n} has {len(prompt)} characters; a matrix's prompt"
+                f" has at most {MAX_MATRIX_PROMPT} (room for a colourway)"
+            )
+    return [prompt for _, prompt in lines]
+
+
 class BatchMatrix(_Body):
     """Every combination of ``prompts`` with each list given, expanded in this
     order (prompts outermost); at most 100 combinations."""
@@ -115,18 +138,18 @@ class BatchMatrix(_Body):
         if not isinstance(text, str) or len(text) > MAX_TEXT:
             return data  # the field's own check says what is wrong
         try:
-            lines = batch_text.prompts(text)
-        except batch_text.BatchTextError as exc:
-            raise ValueError(f"promptsText: {exc}") from None
-        if not lines:
-            raise ValueError("promptsText has no prompts: only blank lines and notes (#)")
-        for n, prompt in lines:  # said by its line: "prompts.1" is no place in the text
-            if len(prompt) > MAX_MATRIX_PROMPT:
-                raise ValueError(
-                    f"promptsText: line {n} has {len(prompt)} characters; a matrix's prompt"
-                    f" has at most {MAX_MATRIX_PROMPT} (room for a colourway)"
-                )
-        return data | {"prompts": [prompt for _, prompt in lines]}
+            return data | {"prompts": _text_prompts(text)}
+        except ValueError:
+            return data  # said by _readable, at matrix.promptsText
+
+    @field_validator("promptsText")
+    @classmethod
+    def _readable(cls, text: str | None) -> str | None:
+        """A mistake in the text, said at ``matrix.promptsText`` by its line
+        (not at ``matrix``, nor at ``matrix.prompts.1``: no place in the text)."""
+        if text is not None:
+            _text_prompts(text)
+        return text
 
     @model_validator(mode="after")
     def _at_most(self) -> BatchMatrix:
