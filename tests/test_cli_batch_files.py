@@ -87,6 +87,11 @@ def test_each_kind_of_file_reads_as_the_requests_the_api_takes(tmp_path, name, t
             [{"prompt": "linen shirt"}, {"prompt": "wool coat, navy"}],
         ),
         ("prompts.txt", "linen shirt #1 of 3\n", [{"prompt": "linen shirt #1 of 3"}]),
+        (  # before, refused as "a header row" for its first six letters
+            "prompts.txt",
+            "Prompted by the 70s: flared denim\npromptly cut blazer\n",
+            [{"prompt": "Prompted by the 70s: flared denim"}, {"prompt": "promptly cut blazer"}],
+        ),
         (  # Excel's "CSV UTF-8": a byte-order mark, CRLF; a note above the header
             "looks.csv",
             "\ufeff# SS27 looks\r\nprompt,size\r\nlinen shirt,16:9\r\n# wool coat,square\r\n",
@@ -144,6 +149,7 @@ def test_each_kind_of_file_reads_as_the_requests_the_api_takes(tmp_path, name, t
     ids=[
         "txt-notepad",
         "txt-hash-inside",
+        "txt-prompted",
         "csv-excel",
         "csv-note-row",
         "csv-quoted",
@@ -206,6 +212,7 @@ def test_a_csv_without_a_prompt_column_is_refused_saying_what_it_read(tmp_path):
     [
         ("prompts.txt", "Prompt\tsize\nlinen shirt\t16:9\n", "looks like a header row"),
         ("prompts.txt", "prompts\nlinen shirt\n", "looks like a header row"),
+        ("prompts.txt", "Prompts: SS27\nlinen shirt\n", "looks like a header row"),
         # Two cells pasted from a sheet: before, only a first line was refused for its tab.
         ("prompts.txt", "wool coat\nlinen shirt\t16:9\n", "line 2 holds a tab, as cells"),
         ("looks.csv", "prompt,size\nwool coat, navy,16:9\n", "quote a prompt with commas"),

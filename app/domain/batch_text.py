@@ -12,8 +12,9 @@ paid generations wherever it is sent.
 - the same request twice (prompts compared without case and extra spaces) is
   refused, naming both lines: it would pay twice for what was typed once.
   More images of one prompt: ``count`` (1 to 4; the page's *Images*);
-- in a plain list of prompts, a first line ``prompt``/``Prompts`` (a header
-  row) and a line holding a tab (cells pasted from a sheet) are refused.
+- in a plain list of prompts, a first line whose first word is ``prompt``
+  or ``Prompts`` (a header row) and a line holding a tab (cells pasted from a
+  sheet) are refused.
 
 Functions raise ``BatchTextError`` (a ValueError) saying the line."""
 
@@ -51,6 +52,8 @@ def is_note(line: str) -> bool:
 # Only these end a line: str.splitlines() also splits at U+2028, VT, FF and NEL,
 # which a prompt pasted from a word processor may hold (one prompt, not two).
 NEWLINE = re.compile(r"\r\n|\r|\n")
+# A header row's first word; "Prompted by the 70s" and "promptly cut" are prompts.
+HEADER = re.compile(r"prompts?\b", re.IGNORECASE)
 
 
 def _ends_quoted(line: str, in_quote: bool) -> bool:
@@ -118,10 +121,11 @@ def refuse_repeats(keyed: Iterable[tuple[str, str]]) -> None:
 
 def prompts(text: str) -> list[tuple[int, str]]:
     """A plain list of prompts, one a line: each with its line number. A
-    first line ``prompt``/``Prompts`` is a header row, and a tab between
-    words the border of cells pasted from a spreadsheet: neither is a prompt."""
+    first line whose first word is ``prompt``/``Prompts`` is a header row,
+    and a tab between words the border of cells pasted from a spreadsheet:
+    neither is a prompt."""
     kept = [(n, line.strip()) for n, line in lines(text)]
-    if kept and kept[0][1].casefold().startswith("prompt"):
+    if kept and HEADER.match(kept[0][1]):
         raise BatchTextError(
             f"line {kept[0][0]} looks like a header row ({kept[0][1]!r}), not a prompt;"
             " list only prompts, one a line (or save it as CSV with a 'prompt' column)"
