@@ -136,6 +136,11 @@ def test_a_matrix_takes_its_prompts_as_the_text_of_a_txt_file(client, user):
     assert prompts == {"wool coat, in a navy colorway", "silk dress, bias cut, in a navy colorway"}
 
 
+def test_prompts_text_of_a_thousand_lines_is_read(client, user):
+    text = "# SS27\n" * 998 + "wool coat\nsilk dress\n\n"
+    assert submit(client, user, {"matrix": {"promptsText": text}})["total"] == 2
+
+
 def test_prompts_text_lines_end_only_at_a_newline(client, user):
     """Before, a line separator (U+2028) or form feed pasted inside a prompt
     split it in two: two paid generations for what is one line in the box."""
@@ -161,6 +166,8 @@ TEXT = "matrix.promptsText"
         # Before, these were said at matrix.prompts and matrix.prompts.1: fields not sent.
         ({"promptsText": "\n".join(f"coat {i}" for i in range(101))}, TEXT, "has 101 prompts"),
         ({"promptsText": "# x\nlinen\nwool\x00coat\n"}, TEXT, "line 3 holds a NUL"),
+        # Before, each of 95,000 lines was read (half a second) to say "at most 100".
+        ({"promptsText": "#\r\n" * 1000 + "coat\n"}, TEXT, "has 1001 lines; at most 1000"),
     ],
 )
 def test_prompts_text_that_would_pay_for_what_was_not_meant_is_422(

@@ -17,6 +17,7 @@ from pydantic import (
     model_validator,
 )
 
+from app.api.common import MAX_JSON_ENTRIES
 from app.api.errors import ApiError, validation_details
 from app.api.schemas import (
     MAX_PROMPT,
@@ -72,6 +73,12 @@ MAX_MATRIX_PROMPT = MAX_PROMPT - 80  # room for the longest colorway suffix
 def _text_prompts(text: str) -> list[str]:
     """The prompts of ``promptsText``, each as ``prompts`` would take it;
     ValueError saying the line that is not."""
+    # As a list has at most 1,000 entries: counted in C, before each line is read in Python.
+    count = len(batch_text.NEWLINE.findall(text.rstrip("\r\n"))) + 1
+    if count > MAX_JSON_ENTRIES:
+        raise ValueError(
+            f"has {count} lines; at most {MAX_JSON_ENTRIES}, notes and blank lines included"
+        )
     try:
         lines = batch_text.prompts(text)
     except batch_text.BatchTextError as exc:
@@ -103,8 +110,8 @@ class BatchMatrix(_Body):
         None,
         max_length=MAX_TEXT,
         description="instead of prompts: the text of a .txt batch file, one prompt a line"
-        " (blank lines and lines starting with # left out; a prompt twice refused), as the"
-        " web page's Batch box sends it",
+        " (blank lines and lines starting with # left out; a prompt twice refused; at most"
+        " 1,000 lines), as the web page's Batch box sends it",
     )
     providers: list[Literal[PROVIDER_CHOICES]] | None = Field(None, min_length=1, max_length=5)
     personas: list[PersonaId] | None = Field(None, min_length=1, max_length=MAX_BATCH)
