@@ -136,6 +136,24 @@ def test_a_matrix_takes_its_prompts_as_the_text_of_a_txt_file(client, user):
     assert prompts == {"wool coat, in a navy colorway", "silk dress, bias cut, in a navy colorway"}
 
 
+@pytest.mark.parametrize(
+    "matrix, field",
+    [
+        ({"prompts": ["wool coat"], "colorways": ["navy", "camel", "Navy "]}, "colorways"),
+        ({"prompts": ["wool coat", "Wool  coat"]}, "prompts"),
+        ({"promptsText": "wool coat", "providers": ["local", "local"]}, "providers"),
+        ({"promptsText": "wool coat", "sizes": ["square", "portrait", "square"]}, "sizes"),
+    ],
+)
+def test_an_axis_value_twice_is_refused(client, user, matrix, field):
+    """Before, each combination with it was made, and paid, twice: the
+    page's Colourways "navy, navy", a --matrix CSV's column of colourways."""
+    error = assert_error(client.post(BATCHES, json={"matrix": matrix}, headers=user.headers), 422)
+    assert [d["field"] for d in error["details"]] == [f"matrix.{field}"], error
+    assert "twice" in error["details"][0]["message"]
+    assert client.get(BATCHES, headers=user.headers).get_json()["items"] == []
+
+
 def test_prompts_text_of_a_thousand_lines_is_read(client, user):
     text = "# SS27\n" * 998 + "wool coat\nsilk dress\n\n"
     assert submit(client, user, {"matrix": {"promptsText": text}})["total"] == 2

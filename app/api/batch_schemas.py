@@ -61,9 +61,12 @@ BatchItem = Annotated[_ITEM_KINDS, PlainValidator(_item, json_schema_input_type=
 
 
 def _prompts_or_text(schema: dict[str, Any]) -> None:
-    """In the document: exactly one of ``prompts`` and ``promptsText``."""
+    """In the document: exactly one of ``prompts`` and ``promptsText``, and
+    each axis' values once (``_each_once``)."""
     schema["oneOf"] = [{"required": ["prompts"]}, {"required": ["promptsText"]}]
     schema["properties"]["prompts"].pop("default", None)
+    for axis in ("prompts", "providers", "personas", "sizes", "colorways"):
+        schema["properties"][axis]["uniqueItems"] = True
 
 
 MAX_TEXT = MAX_BATCH * MAX_PROMPT
@@ -132,6 +135,22 @@ class BatchMatrix(_Body):
         for axis in (self.providers, self.personas, self.sizes, self.colorways):
             n *= len(axis or [None])
         return n
+
+    @field_validator("prompts", "providers", "personas", "sizes", "colorways")
+    @classmethod
+    def _each_once(cls, values: list[str] | None) -> list[str] | None:
+        """An axis' value twice makes every combination with it twice: paid
+        twice for what was typed once (``navy, navy`` in the page's Colourways)."""
+        seen: set[str] = set()
+        for value in values or []:
+            key = batch_text.request_key(value)  # as a text's prompts: case and spacing aside
+            if key in seen:
+                raise ValueError(
+                    f"holds {value!r} twice: each combination with it would be made, and"
+                    " paid, twice; list each once"
+                )
+            seen.add(key)
+        return values
 
     @model_validator(mode="before")
     @classmethod
