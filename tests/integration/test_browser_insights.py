@@ -154,6 +154,13 @@ def test_insights_view_charts_the_users_real_data(seeded, browser, tmp_path):  #
     assert {d["label"]: d["type"] for d in spend["datasets"]}["Daily cap"] == "line"
 
     assert charts["chart-outcomes"]["datasets"][0]["data"] == [3, 1, 0, 0]
+    # Read aloud: the rate is of the finished ones (before, "75 % succeeded"
+    # beside a total that counts canceled and running ones too).
+    expect(page.locator("#chart-outcomes")).to_have_attribute(
+        "aria-label",
+        "Outcomes of 4 generations: 3 completed, 1 failed, 0 canceled, 0 in progress;"
+        " 75 % of those finished succeeded.",
+    )
     assert charts["chart-failures"]["labels"] == ["generate"] == list(stats["failuresByStage"])
     assert charts["chart-failures"]["datasets"][0]["data"] == [1]
 

@@ -83,8 +83,10 @@ function outcomeCharts(stats) {
   const c = stats.counts;
   const outcomes = { completed: c.completed, failed: c.failed, canceled: c.canceled,
     "in progress": c.inProgress };
-  const rate = stats.successRate == null ? "no finished generations"
-    : `${Math.round(stats.successRate * 100)} % succeeded`;
+  // The rate is of the finished ones (completed or failed), not of the total.
+  const rate = stats.successRate == null ? "none finished"
+    : `${Math.round(stats.successRate * 100)} % of those finished succeeded`;
+  const each = Object.entries(outcomes).map(([name, n]) => `${n} ${name}`).join(", ");
   draw("chart-outcomes", {
     type: "doughnut",
     data: {
@@ -94,7 +96,7 @@ function outcomeCharts(stats) {
     },
     options: { plugins: { legend: { position: "right" } } },
   }, c.total ? "" : "No generations yet.",
-  `Outcomes of ${c.total} generations: ${rate}.`);
+  `Outcomes of ${c.total} generations: ${each}; ${rate}.`);
 
   const stages = byStage(Object.keys(stats.failuresByStage));
   draw("chart-failures", {
