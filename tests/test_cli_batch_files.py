@@ -94,7 +94,7 @@ def test_each_kind_of_file_reads_as_the_requests_the_api_takes(tmp_path, name, t
         ),
         (  # Excel's "CSV UTF-8": a byte-order mark, CRLF; a note above the header
             "looks.csv",
-            "\ufeff# SS27 looks\r\nprompt,size\r\nlinen shirt,16:9\r\n# wool coat,square\r\n",
+            "\ufeff# SS27 looks\r\nprompt,size\r\nlinen shirt,16:9\r\n# wool coat,\r\n",
             [{"prompt": "linen shirt", "settings": {"size": "16:9"}}],
         ),
         (  # a note row exported by a spreadsheet has its empty cells
@@ -104,11 +104,23 @@ def test_each_kind_of_file_reads_as_the_requests_the_api_takes(tmp_path, name, t
         ),
         (  # inside a quoted cell a line is the cell's, "#" and blank alike
             "looks.csv",
-            'prompt,size\n"linen shirt\n\n# hand-rolled hem",square\n"#1 bestseller",\n',
-            [
-                {"prompt": "linen shirt\n\n# hand-rolled hem", "settings": {"size": "square"}},
-                {"prompt": "#1 bestseller"},
-            ],
+            'prompt,size\n"linen shirt\n\n# hand-rolled hem",square\n',
+            [{"prompt": "linen shirt\n\n# hand-rolled hem", "settings": {"size": "square"}}],
+        ),
+        (  # Excel quotes a note typed with a comma: before, a paid prompt "# SS27: linen, wool"
+            "looks.csv",
+            '\ufeffprompt,size\r\n"# SS27: linen, wool",\r\nlinen shirt,square\r\n',
+            [{"prompt": "linen shirt", "settings": {"size": "square"}}],
+        ),
+        (  # and above the header: before, read as the header ("none is 'prompt'")
+            "looks.csv",
+            '"# SS27: linen, wool",\n# SS27, hand-typed\nprompt,size\nlinen shirt,\n',
+            [{"prompt": "linen shirt"}],
+        ),
+        (  # a note typed in another column: before, a request without a prompt
+            "looks.csv",
+            "prompt,size\nlinen shirt,\n,# check the sizes\n",
+            [{"prompt": "linen shirt"}],
         ),
         (  # the same prompt in another size is another request
             "looks.csv",
@@ -153,6 +165,9 @@ def test_each_kind_of_file_reads_as_the_requests_the_api_takes(tmp_path, name, t
         "csv-excel",
         "csv-note-row",
         "csv-quoted",
+        "csv-quoted-note",
+        "csv-quoted-note-above-header",
+        "csv-note-other-column",
         "csv-sizes",
         "jsonl-note",
         "csv-note-quote",
@@ -193,8 +208,11 @@ def test_the_help_says_what_a_line_of_the_file_is():
 
 
 def test_a_matrix_csv_leaves_notes_out_too(tmp_path):
+    """Before, Excel's quoted note (``"# linen, wool",``) was a prompt of the matrix."""
     path = tmp_path / "axes.csv"
-    path.write_bytes(b"\xef\xbb\xbfPrompt,Colorways\r\n# SS27,\r\nblazer,navy\r\ntrench,\r\n")
+    path.write_bytes(
+        b'\xef\xbb\xbfPrompt,Colorways\r\n# SS27,\r\n"# linen, wool",\r\nblazer,navy\r\ntrench,\r\n'
+    )
     assert read_matrix(path) == {"prompts": ["blazer", "trench"], "colorways": ["navy"]}
 
 

@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from app.cli import batches
-from app.cli.batch_files import read_batch
+from app.cli.batch_files import read_batch, read_matrix
 from app.cli.batches import batch_cli, read_items
 
 
@@ -95,6 +95,42 @@ def test_an_unknown_column_is_named_before_anything_is_sent(tmp_path, sent, head
     output = run_batch(tmp_path, "looks.csv", f"{header}\nlinen shirt,square\n")
     assert f"line 1, {says}" in output and "the columns are " in output, output
     assert sent == []
+
+
+@pytest.mark.parametrize(
+    "text,says",
+    [
+        # A prompt starting with "#" that sets a size: before, dropped as a note.
+        (
+            "prompt,size\n#1 bestseller tee,portrait\n",
+            "line 2: starts with '#' (a note) but sets size;",
+        ),
+        (  # a row commented out, as Excel saves it
+            "\ufeff# SS27\r\nPrompt,Size,Count\r\nlinen shirt,,\r\n# wool coat,square,2\r\n",
+            "line 4: starts with '#' (a note) but sets Size, Count;",
+        ),
+        # a note's comma left unquoted: a cell past the header's
+        (
+            "prompt\nlinen shirt\n# SS27: linen, wool\n",
+            "line 3: starts with '#' (a note) but sets cell 2;",
+        ),
+        (  # the line a row starts on, after a quoted cell of three lines
+            'prompt,size\n"linen shirt\n\nsoft collar",square\n# wool coat,portrait\n',
+            "line 5: starts with '#' (a note) but sets size;",
+        ),
+    ],
+)
+def test_a_note_that_sets_a_cell_is_refused_not_dropped(tmp_path, sent, text, says):
+    output = run_batch(tmp_path, "looks.csv", text)
+    assert says in output and "quote a note that holds commas, or remove the '#'" in output, output
+    assert "\n" not in output.strip() and sent == []
+
+
+def test_a_matrix_note_that_sets_a_cell_is_refused(tmp_path):
+    path = tmp_path / "axes.csv"
+    path.write_text("prompts,colorways\nblazer,\n# trench,navy\n")
+    with pytest.raises(click.ClickException, match="line 3: starts with '#' .* sets colorways;"):
+        read_matrix(path)
 
 
 def test_each_request_knows_its_line_and_columns(tmp_path):

@@ -11,17 +11,19 @@ are the axes (``prompts``, ``providers``, ``personas``, ``sizes``,
 
 Lines are read by ``app.domain.batch_text``'s rules, as the page's Batch box
 is: a byte-order mark, CRLF and white space around a prompt are no text, a
-blank line or one starting with ``#`` no request, and a request twice is
-refused. Mistakes the file itself shows (a quote never closed, a column the
-API does not know, a count that is no number, a request repeated) are
-refused before anything is sent, naming the line (and column); ``Source``
-names them for the API's refusals."""
+blank line or one starting with ``#`` no request (in CSV: a row whose one
+non-empty cell does), and a request twice is refused. Mistakes the file
+itself shows (a quote never closed, a column the API does not know, a
+count that is no number, a note that sets a size, a request
+repeated) are refused before anything is sent, naming the line (and
+column); ``Source`` names them for the API's refusals."""
 
 from __future__ import annotations
 
 import csv
 import difflib
 import json
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -48,11 +50,6 @@ def _fields() -> tuple[frozenset[str], frozenset[str], tuple[str, ...]]:
 INTEGERS = {"count", "upscale"}  # a CSV cell is text; the API wants these as numbers
 BOOLEANS = {"removeBackground"}
 TRUE, FALSE = ("true", "1", "yes"), ("false", "0", "no")
-CSV_ERRORS = {  # the csv module's words, in the file's
-    "unexpected end of data": 'opens a quoted cell that is never closed: end it with "',
-    "',' expected after '\"'": "has text after a quoted cell's closing \": quote the whole"
-    ' cell, and write a " inside it as ""',
-}
 
 
 @dataclass(frozen=True)
@@ -69,6 +66,7 @@ class Source:
 
 
 Batch = tuple[list[dict[str, Any]], list[Source | None]]
+Header = tuple[int, list[str], list[str]]  # its line, its names as written, their columns
 
 
 def _read_text(path: Path) -> str:
@@ -104,14 +102,14 @@ def _setting(name: str, value: str) -> Any:
     return value
 
 
-def _csv_item(row: dict[str | None, Any], line: int) -> dict[str, Any]:
-    if any((v or "").strip() for v in row.get(None) or []):  # more cells than columns
-        raise ValueError(f"line {line} has more cells than the header: quote a prompt with commas")
+def _csv_item(row: list[tuple[str, str]], line: int) -> dict[str, Any]:
+    """A row's request: ``row`` its cells under the API's names ("" for a
+    column without a name, or a cell past the header's columns)."""
     item: dict[str, Any] = {}
-    for name, value in row.items():
-        if name is None or value is None or not value.strip():
+    for name, value in row:
+        if not value.strip():
             continue  # an empty cell: the API's default
-        name, value = name.strip(), value.strip()
+        value = value.strip()
         if not name:
             raise ValueError(f"line {line} has a cell in a column without a name")
         if name in _fields()[0]:
@@ -122,6 +120,14 @@ def _csv_item(row: dict[str | None, Any], line: int) -> dict[str, Any]:
         else:
             item[name] = value
     return item
+
+
+def _cells(cells: list[str], columns: list[str], line: int) -> list[tuple[str, str]]:
+    """A row's cells, each under its column; more cells than columns is a
+    prompt's commas left unquoted, refused."""
+    if any(cell.strip() for cell in cells[len(columns) :]):
+        raise ValueError(f"line {line} has more cells than the header: quote a prompt with commas")
+    return list(zip(columns, cells, strict=False))
 
 
 def _column(name: str, known: frozenset[str] | tuple[str, ...] | None = None) -> str:
@@ -146,30 +152,36 @@ def _check_columns(columns: list[str], line: int) -> None:
             )
 
 
-def _csv_rows(lines: list[tuple[int, str]]) -> Batch:
-    """The rows of a CSV with a ``prompt`` column: ``lines`` are the file's
-    non-blank lines with their numbers. Quotes are read strictly, so a quote
-    left open is refused, not read as a prompt that swallows the rest."""
-    reader = csv.DictReader([f"{line}\n" for _, line in lines], strict=True)
+def _header(rows: Iterator[tuple[int, list[str]]], name: Callable[[str], str]) -> Header:
+    """The header row of ``rows``: its line, its names as written, and the
+    column ``name`` says each names."""
+    header = batch_text.csv_header(rows)
+    if header is None:
+        raise ValueError("there is no header row in it, only notes and blank lines")
+    line, named = header[0], [cell.strip() for cell in header[1]]
+    return line, named, [name(cell) for cell in named]
+
+
+def _csv_rows(text: str) -> Batch:
+    """The requests of a CSV with a ``prompt`` column, each with its row's
+    first line and its columns as the file names them."""
+    rows = batch_text.csv_rows(text)
+    line, named, columns = _header(rows, _column)
+    if "prompt" not in columns:
+        raise ValueError(
+            f"the first row names the columns, and none is 'prompt' (it reads"
+            f" {', '.join(named)}); add a header row such as 'prompt,size', or give"
+            " a .txt file with one prompt a line"
+        )
+    _check_columns(columns, line)
+    settings, pairs = _fields()[0], zip(columns, named, strict=True)
+    where = {f"settings.{c}" if c in settings else c: n for c, n in pairs if c}
     items: list[dict[str, Any]] = []
     sources: list[Source | None] = []
-    first = lines[0][0]
-    try:
-        named = [(name or "").strip() for name in reader.fieldnames or []]
-        columns = [_column(name) for name in named]
-        _check_columns(columns, first)
-        reader.fieldnames = columns  # each row's cells under the API's names
-        settings, pairs = _fields()[0], zip(columns, named, strict=True)
-        where = {f"settings.{c}" if c in settings else c: n for c, n in pairs if c}
-        while reader.line_num < len(lines):
-            first = lines[reader.line_num][0]  # the row's first line
-            row = next(reader, None)
-            if row is not None and (item := _csv_item(row, first)):
-                items.append(item)
-                sources.append(Source(first, where))
-    except csv.Error as exc:
-        why = CSV_ERRORS.get(str(exc), f"is not CSV as read: {exc}")
-        raise ValueError(f"line {first} {why}") from None
+    for n, cells in rows:
+        if not batch_text.is_note_row(n, cells, named, columns.index("prompt")):
+            items.append(_csv_item(_cells(cells, columns, n), n))
+            sources.append(Source(n, where))
     return items, sources
 
 
@@ -214,23 +226,15 @@ def _read_batch(path: Path) -> Batch:
         except json.JSONDecodeError as exc:
             raise click.ClickException(f"{path}: not a JSON array: {exc}") from None
         return items, [None] * len(items)
-    # Blank lines and notes are left out; the file's line numbers are kept for errors.
-    kept = batch_text.lines(text, quoted=True)
+    kept = batch_text.lines(text)
     if not kept:
         raise click.ClickException(f"{path}: there are no prompts in it")
-    header = kept[0][1]
-    columns = [name.strip() for name in next(csv.reader([header]))]
-    if "prompt" in map(_column, columns):
-        try:
-            return _csv_rows(kept)
-        except ValueError as exc:  # a quote left open, a count that is no number, …
+    columns = next(csv.reader([kept[0][1]]))
+    if path.suffix.lower() == ".csv" or "prompt" in map(_column, columns):
+        try:  # a quote left open, a count that is no number, a note that sets a size, …
+            return _csv_rows(text)
+        except ValueError as exc:
             raise click.ClickException(f"{path}: {exc}") from None
-    if path.suffix.lower() == ".csv":
-        raise click.ClickException(
-            f"{path}: the first row names the columns, and none is 'prompt' (it reads"
-            f" {', '.join(columns)}); add a header row such as 'prompt,size', or give"
-            " a .txt file with one prompt a line"
-        )
     try:
         kept = batch_text.prompts(text)
     except BatchTextError as exc:  # a header row, a prompt twice
@@ -249,13 +253,31 @@ def read_matrix(path: Path) -> dict[str, Any]:
             return json.loads(text)
         except json.JSONDecodeError as exc:
             raise click.ClickException(f"{path}: not a JSON object: {exc}") from None
-    matrix: dict[str, list[str]] = {}
+    try:
+        return _matrix_rows(text)
+    except ValueError as exc:
+        raise click.ClickException(f"{path}: {exc}") from None
+
+
+def _axis(name: str) -> str:
+    """A header's name as the axis it names: "prompt" is "prompts", "Colorway" "colorways"."""
     axes = _fields()[2]
-    for row in csv.DictReader([f"{line}\n" for _, line in batch_text.lines(text, quoted=True)]):
-        for name, value in row.items():
-            axis = _column(name or "", axes)
-            if axis not in axes:  # "prompt" is "prompts", "Colorway" "colorways"
-                axis = _column(f"{axis}s", axes)
-            if value and value.strip():
+    axis = _column(name, axes)
+    return axis if axis in axes or not name else _column(f"{axis}s", axes)
+
+
+def _matrix_rows(text: str) -> dict[str, list[str]]:
+    """A matrix from CSV: each column an axis, its values down the column."""
+    rows = batch_text.csv_rows(text)
+    _, named, columns = _header(rows, _axis)
+    prompt = columns.index("prompts") if "prompts" in columns else None
+    matrix: dict[str, list[str]] = {}
+    for n, cells in rows:
+        if batch_text.is_note_row(n, cells, named, prompt):
+            continue
+        for axis, value in _cells(cells, columns, n):
+            if value.strip() and not axis:
+                raise ValueError(f"line {n} has a cell in a column without a name")
+            if value.strip():
                 matrix.setdefault(axis, []).append(value.strip())
     return matrix

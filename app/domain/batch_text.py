@@ -1,14 +1,19 @@
-"""A batch written as text, a line at a time: the rules ``bff batch`` reads a
-``.txt`` or ``.csv`` file by and the page's Batch box is read by
-(``matrix.promptsText``), in one place so that the same text makes the same
-paid generations wherever it is sent.
+"""A batch written as text: the rules ``bff batch`` reads a ``.txt`` or
+``.csv`` file by and the page's Batch box is read by (``matrix.promptsText``),
+in one place so that the same text makes the same paid generations wherever
+it is sent.
 
 - UTF-8; a byte-order mark at the start (Notepad, Excel's "CSV UTF-8") is no text;
-- lines end in LF, CRLF or CR; white space at either end of a line is not
-  part of its prompt;
+- lines end in LF, CRLF or CR; white space at either end of a line (of a
+  CSV cell) is not part of its prompt;
 - a blank line, and a line whose first character that is not white space is
-  ``#`` (a note to yourself: ``# autumn drop``), is no request; in CSV, a line
-  inside a quoted cell is the cell's, whatever it holds;
+  ``#`` (a note to yourself: ``# autumn drop``), is no request;
+- CSV is read as the csv module reads it, and notes are decided on its cells
+  (a note holding a comma is saved quoted: ``"# SS27: linen, wool",``): a
+  blank row, a row above the header whose first cell starts with ``#``, and
+  below it a row whose one non-empty cell starts with ``#`` are no request;
+  a row whose prompt starts with ``#`` but that sets another cell
+  (``#1 bestseller tee,portrait``) is refused;
 - the same request twice (prompts compared without case and extra spaces) is
   refused, naming both lines: it would pay twice for what was typed once.
   More images of one prompt: ``count`` (1 to 4; the page's *Images*);
@@ -20,9 +25,10 @@ Functions raise ``BatchTextError`` (a ValueError) saying the line."""
 
 from __future__ import annotations
 
+import csv
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 BOM = "\ufeff"
@@ -75,22 +81,72 @@ def _ends_quoted(line: str, in_quote: bool) -> bool:
     return in_quote
 
 
-def lines(text: str, quoted: bool = False) -> list[tuple[int, str]]:
-    """The lines that may hold requests, each with its line number in the
-    text, trailing white space (and a CR) removed. ``quoted``: the text is
-    CSV, and a line that continues a quoted cell is kept as it is (the
-    cell's), even blank or starting with ``#``."""
-    kept: list[tuple[int, str]] = []
-    in_quote = False
+def _split(text: str) -> list[str]:
     text = text.removeprefix(BOM)
-    split = NEWLINE.split(text.removesuffix("\n").removesuffix("\r")) if text else []
-    for n, line in enumerate(split, 1):
-        if not in_quote and is_note(line):
-            continue  # not read as CSV, so its quotes open nothing
-        kept.append((n, line if in_quote else line.rstrip()))
-        if quoted:
-            in_quote = _ends_quoted(line, in_quote)
-    return kept
+    return NEWLINE.split(text.removesuffix("\n").removesuffix("\r")) if text else []
+
+
+def lines(text: str) -> list[tuple[int, str]]:
+    """The lines that may hold requests, each with its line number in the
+    text, trailing white space (and a CR) removed."""
+    return [(n, line.rstrip()) for n, line in enumerate(_split(text), 1) if not is_note(line)]
+
+
+CSV_ERRORS = {  # the csv module's words, in the file's
+    "unexpected end of data": 'opens a quoted cell that is never closed: end it with "',
+    "',' expected after '\"'": "has text after a quoted cell's closing \": quote the whole"
+    ' cell, and write a " inside it as ""',
+}
+
+
+def _csv_lines(text: str) -> Iterator[str]:
+    """The text's lines for the csv module; white space after the last cell
+    of a line is no text (a line continuing a quoted cell is the cell's)."""
+    in_quote = False
+    for line in _split(text):
+        yield f"{line if in_quote else line.rstrip()}\n"
+        in_quote = _ends_quoted(line, in_quote)
+
+
+def csv_rows(text: str) -> Iterator[tuple[int, list[str]]]:
+    """The rows of CSV ``text`` that are not blank, each with the number of
+    the line it starts on (a quoted cell may hold line ends). Read strictly:
+    a quote left open is refused, not read as a cell that swallows the rest."""
+    reader = csv.reader(_csv_lines(text), strict=True)
+    first = 1
+    try:
+        for cells in reader:
+            if any(cell.strip() for cell in cells):
+                yield first, cells
+            first = reader.line_num + 1
+    except csv.Error as exc:
+        why = CSV_ERRORS.get(str(exc), f"is not CSV as read: {exc}")
+        raise BatchTextError(f"line {first} {why}") from None
+
+
+def csv_header(rows: Iterator[tuple[int, list[str]]]) -> tuple[int, list[str]] | None:
+    """The header row, taken from ``rows`` (which go on with the rows below
+    it): the first whose first cell does not start with ``#``. Above it
+    nothing is sent, so a note there (``# SS27, linen``) is one whatever it holds."""
+    return next(((n, cells) for n, cells in rows if not cells[0].strip().startswith(COMMENT)), None)
+
+
+def is_note_row(line: int, cells: list[str], named: list[str], prompt: int | None) -> bool:
+    """Whether a CSV row below the header (``named``; ``prompt``: its prompt
+    column's index) is a note: its one non-empty cell starts with ``#``. A
+    row whose prompt starts with ``#`` and that sets another cell is refused:
+    a note with a comma left unquoted, or a prompt that would be dropped."""
+    filled = [i for i, cell in enumerate(cells) if cell.strip()]
+    if len(filled) == 1 and cells[filled[0]].strip().startswith(COMMENT):
+        return True
+    if prompt is None or prompt >= len(cells) or not cells[prompt].strip().startswith(COMMENT):
+        return False
+    sets = [named[i] if i < len(named) and named[i] else f"cell {i + 1}" for i in filled]
+    sets.remove(named[prompt])
+    raise BatchTextError(
+        f"line {line}: starts with '#' (a note) but sets {', '.join(sets)};"
+        " quote a note that holds commas, or remove the '#' to send it as a prompt"
+    )
 
 
 def _same(prompt: Any) -> Any:
