@@ -6,6 +6,7 @@ the Flask test client."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import click
@@ -131,6 +132,34 @@ def test_a_matrix_note_that_sets_a_cell_is_refused(tmp_path):
     path.write_text("prompts,colorways\nblazer,\n# trench,navy\n")
     with pytest.raises(click.ClickException, match="line 3: starts with '#' .* sets colorways;"):
         read_matrix(path)
+
+
+@pytest.mark.parametrize(
+    "name,text,says",
+    [
+        (
+            "looks.csv",
+            "prompt,Prompt\nlinen shirt,wool coat\n",
+            "column prompt twice (prompt and Prompt)",
+        ),
+        (
+            "looks.txt",
+            "\n# SS27\nprompt,size,SIZE\nlinen shirt,,square\n",
+            "line 3 names the column size twice (size and SIZE)",
+        ),
+        (
+            "axes.csv",
+            "prompts,Prompt\nblazer,trench\n",
+            "column prompts twice (prompts and Prompt)",
+        ),
+    ],
+)
+def test_a_column_named_twice_is_refused_naming_both(tmp_path, name, text, says):
+    """Before, ``Prompt``'s cells took the place of ``prompt``'s, unsaid."""
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(click.ClickException, match=re.escape(says)):
+        (read_matrix if name.startswith("axes") else read_items)(path)
 
 
 def test_each_request_knows_its_line_and_columns(tmp_path):

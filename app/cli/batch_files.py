@@ -13,8 +13,8 @@ Lines are read by ``app.domain.batch_text``'s rules, as the page's Batch box
 is: a byte-order mark, CRLF and white space around a prompt are no text, a
 blank line or one starting with ``#`` no request (in CSV: a row whose one
 non-empty cell does), and a request twice is refused. Mistakes the file
-itself shows (a quote never closed, a column the API does not know, a
-count that is no number, a note that sets a size, a request
+itself shows (a quote never closed, a column the API does not know or
+named twice, a count that is no number, a note that sets a size, a request
 repeated) are refused before anything is sent, naming the line (and
 column); ``Source`` names them for the API's refusals."""
 
@@ -154,12 +154,14 @@ def _check_columns(columns: list[str], line: int) -> None:
 
 def _header(rows: Iterator[tuple[int, list[str]]], name: Callable[[str], str]) -> Header:
     """The header row of ``rows``: its line, its names as written, and the
-    column ``name`` says each names."""
+    column ``name`` says each names; a column named twice is refused."""
     header = batch_text.csv_header(rows)
     if header is None:
         raise ValueError("there is no header row in it, only notes and blank lines")
     line, named = header[0], [cell.strip() for cell in header[1]]
-    return line, named, [name(cell) for cell in named]
+    columns = [name(cell) for cell in named]
+    batch_text.refuse_same_column(line, named, columns)
+    return line, named, columns
 
 
 def _csv_rows(text: str) -> Batch:

@@ -13,7 +13,8 @@ it is sent.
   blank row, a row above the header whose first cell starts with ``#``, and
   below it a row whose one non-empty cell starts with ``#`` are no request;
   a row whose prompt starts with ``#`` but that sets another cell
-  (``#1 bestseller tee,portrait``) is refused;
+  (``#1 bestseller tee,portrait``) is refused, as is a header naming one
+  column twice (``prompt,Prompt``);
 - the same request twice (prompts compared without case and extra spaces) is
   refused, naming both lines: it would pay twice for what was typed once.
   More images of one prompt: ``count`` (1 to 4; the page's *Images*);
@@ -129,6 +130,22 @@ def csv_header(rows: Iterator[tuple[int, list[str]]]) -> tuple[int, list[str]] |
     it): the first whose first cell does not start with ``#``. Above it
     nothing is sent, so a note there (``# SS27, linen``) is one whatever it holds."""
     return next(((n, cells) for n, cells in rows if not cells[0].strip().startswith(COMMENT)), None)
+
+
+def refuse_same_column(line: int, named: list[str], columns: list[str]) -> None:
+    """``named``: the header's names as written, ``columns`` what each names
+    (``Prompt`` names ``prompt``); a column named twice is refused, naming
+    both: each row would keep one of its two cells and drop the other."""
+    seen: dict[str, str] = {}
+    for name, column in zip(named, columns, strict=True):
+        if not name:
+            continue  # a column without a name (a sheet's trailing commas): its cells are refused
+        if column in seen:
+            raise BatchTextError(
+                f"line {line} names the column {column} twice ({seen[column]} and {name}):"
+                " each row would keep only one of the two cells; keep one column"
+            )
+        seen[column] = name
 
 
 def is_note_row(line: int, cells: list[str], named: list[str], prompt: int | None) -> bool:
