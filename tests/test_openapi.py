@@ -11,6 +11,7 @@ import re
 import subprocess
 
 from app.api.openapi import build_spec
+from app.api.schemas import field_title
 from tests.support.live import live_api
 from tests.support.procs import BIN, ROOT
 
@@ -51,6 +52,23 @@ def test_every_operation_is_named_and_says_the_headers_it_reads_and_sends():
     assert set(show["responses"]["200"]["headers"]) == {"ETag", "Retry-After"}
     accepted = [op["responses"]["202"] for op in ops if "202" in op["responses"]]
     assert len(accepted) == 5 and all("Location" in a["headers"] for a in accepted)
+
+
+def test_every_field_is_titled_in_words():
+    """Before, pydantic ran a camelCase name's words together in its title:
+    matrix.promptsText was "Promptstext", createdAt "Createdat"."""
+    schemas = build_spec()["components"]["schemas"]
+    assert schemas["BatchMatrix"]["properties"]["promptsText"]["title"] == "Prompts Text"
+    assert schemas["GenerationOut"]["properties"]["createdAt"]["title"] == "Created At"
+    titles = {
+        (model, name): prop["title"]
+        for model, schema in schemas.items()
+        if model != "VltRecord"  # the pipeline's vltSpec, not the API's own model
+        for name, prop in schema.get("properties", {}).items()
+        if "title" in prop
+    }
+    assert len(titles) > 50
+    assert {k: t for k, t in titles.items() if t != field_title(k[1])} == {}
 
 
 def test_the_webhooks_a_receiver_gets_are_described():

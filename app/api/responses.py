@@ -29,7 +29,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from app.api.schemas import FeedbackType
+from app.api.schemas import FeedbackType, field_title
 from app.domain.feedback import feedback_state
 from app.domain.generations import iso
 from app.domain.models import Generation, GenerationAsset
@@ -57,6 +57,7 @@ class Out(BaseModel):
         from_attributes=True,
         alias_generator=AliasGenerator(serialization_alias=to_camel),
         json_schema_serialization_defaults_required=True,  # defaults are written out too
+        field_title_generator=field_title,
     )
 
 

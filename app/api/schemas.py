@@ -8,6 +8,7 @@ Rules a JSON type cannot carry are in the document too, as patterns.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
@@ -81,8 +82,14 @@ WebhookUrl = Annotated[
 PersonaId = Annotated[text(40), Field(description="one of the caller's personas")]
 
 
+def field_title(name: str, _field: Any = None) -> str:
+    """A field's title in the document, in words: ``negativePrompt`` (and
+    ``created_at``) is "Negative Prompt", not pydantic's "Negativeprompt"."""
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", " ", name).replace("_", " ").title()
+
+
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, field_title_generator=field_title)
 
 
 B = TypeVar("B", bound=_Body)
