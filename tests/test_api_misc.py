@@ -144,6 +144,38 @@ def test_health_ok_on_a_database_ahead_of_the_code(app):
     assert resp.status_code == 200, resp.get_json()
 
 
+def test_health_checks_a_redis_apart_from_the_broker(app_config, redis_url):
+    """REDIS_URL beside another broker (CELERY_BROKER_URL): the broker's check
+    does not reach it, yet the rate limits need it (generation stalls)."""
+    app = create_app({**app_config, "REDIS_URL": redis_url})  # the broker: memory://
+    resp = app.test_client().get("/health")
+    assert resp.status_code == 200, resp.get_json()
+    assert resp.get_json()["checks"] == {
+        "database": "ok",
+        "broker": "ok",
+        "storage": "ok",
+        "redis": "ok",
+    }
+    down = create_app({**app_config, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"})
+    resp = down.test_client().get("/health")
+    assert resp.status_code == 503
+    body = resp.get_json()
+    assert body["status"] == "degraded"
+    assert body["checks"]["redis"] == "error: ConnectionError"
+    assert body["checks"]["broker"] == "ok"
+
+
+def test_health_checks_redis_once_when_it_is_the_broker(app_config):
+    """Without CELERY_BROKER_URL, REDIS_URL is the broker: ``broker`` is its check."""
+    config = {k: v for k, v in app_config.items() if k != "CELERY_BROKER_URL"}
+    app = create_app({**config, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"})
+    resp = app.test_client().get("/health")
+    assert resp.status_code == 503
+    checks = resp.get_json()["checks"]
+    assert set(checks) == {"database", "broker", "storage"}
+    assert checks["broker"].startswith("error")
+
+
 def test_a_failing_check_is_logged_whole_and_not_at_every_poll(app_config, tmp_path, caplog):
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("a file where the media folder should be")

@@ -1,4 +1,5 @@
-"""/health (real checks of database, broker and storage) and /cdn/ (local storage).
+"""/health (real checks of database, broker, storage and a separate Redis) and
+/cdn/ (local storage).
 
 The route needs no key, so a failing check answers with its exception's
 class only (and a schema behind the code with the two revisions and the
@@ -17,7 +18,9 @@ from flask import Blueprint, abort, current_app, send_from_directory
 from app.api.common import services
 from app.api.ops_responses import HealthOut
 from app.api.responses import respond
+from app.platform.config import Settings
 from app.platform.derived import hide_passwords
+from app.platform.redis import client
 from app.platform.schema import SchemaOutOfDate, check_schema
 from app.platform.storage import LocalStorage
 from app.providers import PROVIDERS, verify
@@ -93,6 +96,15 @@ def _broker() -> None:
         conn.ensure_connection(max_retries=1, timeout=2)
 
 
+def _separate_redis(settings: Settings) -> str | None:
+    """REDIS_URL when it is not the broker too (CELERY_BROKER_URL names
+    another): the broker's check does not reach it, and without it the shared
+    rate limits fail closed (rate-limited stages retry, then fail) and live
+    events fall back to polling."""
+    url = settings.redis_url
+    return url if url and url != settings.broker_url else None
+
+
 @bp.get("/health")
 def health():
     s = services()
@@ -101,6 +113,8 @@ def health():
         "broker": _check("broker", _broker),
         "storage": _check("storage", s.storage.check),
     }
+    if redis_url := _separate_redis(s.settings):
+        checks["redis"] = _check("redis", lambda: client(redis_url).ping())
     ok = all(v == "ok" for v in checks.values())
     body = {
         "status": "ok" if ok else "degraded",

@@ -177,7 +177,7 @@ ROUTES = (
           "Replicate's signed prediction webhooks (no API key: the signature is checked)",
           WebhookAck, errors=(400, 401, 503), body=ReplicatePrediction,
           query=REPLICATE_WEBHOOK_PARAMS, auth=False),
-    Route("getHealth", "get", "/health", "Health of database, broker and storage",
+    Route("getHealth", "get", "/health", "Health of database, broker, storage, a separate Redis",
           ops.HealthOut, (200, 503), (), auth=False),
 )
 # fmt: on

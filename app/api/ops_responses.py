@@ -10,10 +10,23 @@ from pydantic import Field
 from app.api.responses import Out
 
 
+def _string_or_absent(schema: dict) -> None:
+    """A field sent as a string, or left out: never null, so no default."""
+    schema.pop("anyOf", None)
+    schema.pop("default", None)
+    schema["type"] = "string"
+
+
 class HealthChecks(Out):
     database: str
     broker: str
     storage: str
+    redis: str | None = Field(
+        default=None,
+        exclude_if=lambda v: v is None,
+        json_schema_extra=_string_or_absent,
+        description="only when REDIS_URL is set and CELERY_BROKER_URL names another broker",
+    )
 
 
 class ProviderKeyOut(Out):
