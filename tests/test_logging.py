@@ -159,6 +159,33 @@ def test_the_sdks_request_lines_show_at_debug_only():
     logs.configure(Settings.from_env({}))
 
 
+@pytest.mark.parametrize(("level", "shown"), [("INFO", False), ("DEBUG", True)])
+def test_the_openai_sdks_retries_show_at_debug_only(openai_chat, level, shown):
+    """The SDK's own "Retrying request in …" notice is INFO, once per retry
+    (the LLM client retries twice): detail, as its HTTP client's lines are."""
+    from app.pipeline import llm
+
+    buf = io.StringIO()
+    env = {
+        "BFF_LOG_LEVEL": level,
+        "OPENAI_API_KEY": "sk-x",
+        "OPENAI_BASE_URL": openai_chat.base_url,
+    }
+    settings = Settings.from_env(env)
+    logs.configure(settings, stream=buf)
+    openai_chat.script_error(503, "overloaded", retry_after=0.01)
+    openai_chat.script_content("fine")
+    try:
+        answer = llm.client(settings).chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+        )
+    finally:
+        logs.configure(Settings.from_env({}))
+    assert answer.choices[0].message.content == "fine"
+    assert len(openai_chat.requests) == 2  # it did retry
+    assert ("Retrying request" in buf.getvalue()) == shown, buf.getvalue()
+
+
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_a_failed_statement_never_quotes_its_values(backend, tmp_path, request):
     """A statement's error goes to logs and tracebacks: its values (a prompt,

@@ -58,7 +58,9 @@ class TextFormatter(logging.Formatter):
         return super().format(record)
 
 
-SDK_HTTP_LOGGERS = ("httpx", "httpx2")  # replicate's client; openai's own copy of httpx
+# replicate's HTTP client; openai's own copy of httpx; the openai SDK's own
+# logger (its "Retrying request in …" notice is INFO, once per retry).
+SDK_HTTP_LOGGERS = ("httpx", "httpx2", "openai")
 
 
 def configure(settings: Settings, stream: IO[str] | None = None) -> logging.Handler:
@@ -76,7 +78,8 @@ def configure(settings: Settings, stream: IO[str] | None = None) -> logging.Hand
     root.addHandler(handler)
     root.setLevel(settings.log_level)
     # The SDKs' HTTP clients log each request at INFO: a line for every look
-    # at a running prediction, every few seconds. Detail for DEBUG only.
+    # at a running prediction, every few seconds; openai each retry of its
+    # own. Detail for DEBUG only: our own lines say what a call came to.
     chatty = logging.DEBUG if root.level <= logging.DEBUG else logging.WARNING
     for name in SDK_HTTP_LOGGERS:
         logging.getLogger(name).setLevel(chatty)
