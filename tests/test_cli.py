@@ -81,6 +81,33 @@ def test_a_name_longer_than_the_column_is_refused_as_such(runner):
     assert runner.invoke(args=["users", "create", "x" * 120]).exit_code == 0
 
 
+@pytest.mark.parametrize(
+    ("name", "said"),
+    [
+        ("ann\tlee", "holds a control character (U+0009)"),
+        ("ann\nlee", "holds a control character (U+000A)"),
+        ("ann\x1b[31mlee", "holds a control character (U+001B)"),
+        ("ann\x85lee", "holds a control character (U+0085)"),
+        ("ann\u2028lee", "holds a control character (U+2028)"),
+        ("ann\udcfflee", "not valid UTF-8"),  # a byte not UTF-8 on the command line
+    ],
+    ids=["tab", "newline", "escape", "nel", "line-separator", "not-utf8"],
+)
+def test_a_name_that_would_break_a_listing_is_refused(runner, name, said):
+    """Names are printed one to a line (``bff users list``, logs)."""
+    result = runner.invoke(args=["users", "create", name])
+    assert result.exit_code == 2, result.output
+    assert f"Invalid value for NAME: {said}" in result.output
+    assert "Traceback" not in result.output
+    assert runner.invoke(args=["users", "list"]).output == "no users yet: bff users create NAME\n"
+
+
+def test_a_name_of_any_script_with_inner_spaces_is_kept(runner):
+    name = "Zoë Ångström 张伟 👩\u200d🎨"  # a zero-width joiner is no control character
+    assert runner.invoke(args=["users", "create", name]).exit_code == 0
+    assert runner.invoke(args=["users", "list"]).output.startswith(f"{name} (id 1)")
+
+
 def test_users_list_names_each_users_key_prefixes(runner):
     assert runner.invoke(args=["users", "list"]).output == "no users yet: bff users create NAME\n"
     kept, gone = create_key(runner, "fay"), create_key(runner, "fay")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from decimal import ROUND_DOWN, Decimal, InvalidOperation
 from typing import TYPE_CHECKING
 
@@ -51,6 +52,24 @@ def db_upgrade(app: Flask) -> None:
 
 users_cli = click.Group("users", help="Users and their API keys.")
 NAME_MAX = 120  # users.name is String(120)
+# Control characters (tab, newline, ESC, C1's NEL, …) and line or paragraph
+# separators: a name is printed one to a line (``bff users list``, logs).
+BREAKS_LINES = frozenset({"Cc", "Zl", "Zp"})
+
+
+def _name_problem(name: str) -> str | None:
+    """Why NAME cannot be a user's name, or None."""
+    if not name.strip():
+        return "empty or only blanks"
+    if len(name) > NAME_MAX:  # PostgreSQL would refuse it (SQLite keeps it)
+        return f"longer than {NAME_MAX} characters"
+    for c in name:
+        kind = unicodedata.category(c)
+        if kind == "Cs":  # an argument's bytes that were not UTF-8 (surrogateescape)
+            return "not valid UTF-8"
+        if kind in BREAKS_LINES:
+            return f"holds a control character (U+{ord(c):04X})"
+    return None
 
 
 @users_cli.command("create")
@@ -60,10 +79,8 @@ def users_create(app: Flask, name: str) -> None:
     """Create NAME (or add a key to it) and print a new API key, shown once."""
     from app.api.auth import create_user
 
-    if not name.strip():
-        raise click.BadParameter("empty or only blanks", param_hint="NAME")
-    if len(name) > NAME_MAX:  # PostgreSQL would refuse it (SQLite keeps it)
-        raise click.BadParameter(f"longer than {NAME_MAX} characters", param_hint="NAME")
+    if problem := _name_problem(name):
+        raise click.BadParameter(problem, param_hint="NAME")
     with app.extensions["bff"].db.session() as session:
         user, key = create_user(session, name)
     click.echo(f"user {name} (id {user.id}); API key, shown once:")
