@@ -183,6 +183,20 @@ def test_flowerconfig_gives_flower_each_account(monkeypatch, auth, accounts):
         assert runpy.run_path(str(ROOT / "flowerconfig.py"))["basic_auth"] == accounts
 
 
+def test_flowerconfig_bounds_the_task_history_flower_keeps(monkeypatch):
+    """Flower saves and frees every task it keeps when it stops: its default
+    100,000 made a stop take 11-15 s (past Docker's 10 s default grace). The
+    name must be one of Flower's options: tornado ignores the others."""
+    import runpy
+
+    from flower.options import options
+
+    monkeypatch.setenv("FLOWER_BASIC_AUTH", "ops:pw")
+    conf = runpy.run_path(str(ROOT / "flowerconfig.py"))
+    assert "max_tasks" in options and options.max_tasks == 100000  # Flower's default
+    assert conf["persistent"] is True and conf["max_tasks"] == 10000
+
+
 # --------------------------------------------------- a worker process at start
 
 
