@@ -233,6 +233,8 @@ def test_failure_reasons_name_no_password():
     assert "wJalr" not in reason(exc)
     cut = OSError("x" * 985 + " r://u:hunter2hunter2@redis:6379/0")  # cut at 1000 characters
     assert "hunter" not in reason(cut)
+    exc = OSError("Error connecting to unix:///run/r.sock?db=0&password=hunter2: refused")
+    assert "unix:///run/r.sock?db=0&password=***" in reason(exc) and "hunter" not in reason(exc)
 
 
 # ------------------------------------------------------------------- stats

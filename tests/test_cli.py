@@ -419,6 +419,16 @@ def test_a_role_the_server_does_not_have_is_not_called_a_missing_migration(tmp_p
     assert "bff db upgrade" not in line
 
 
+@pytest.mark.usefixtures("service_env")
+def test_a_password_in_the_database_urls_query_is_not_printed(tmp_path):
+    """psycopg takes ?password=…; SQLAlchemy's hide_password masks only user:pw@."""
+    url = "postgresql+psycopg://bff_no_such_role@127.0.0.1:5432/postgres?password=hunter2"
+    env = {**{k: v for k, v in os.environ.items() if k not in CLEAN}, "DATABASE_URL": url}
+    done = bff(["users", "list"], env, tmp_path)
+    assert done.returncode == 1
+    assert "?password=***: " in done.stderr and "hunter2" not in done.stderr
+
+
 @pytest.mark.parametrize("level", ["warn", "FATAL", "notset", "debug"])
 def test_every_level_name_logging_knows_is_a_log_level(level):
     assert Settings.from_env({"BFF_LOG_LEVEL": level}).log_level == level.upper()

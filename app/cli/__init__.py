@@ -60,7 +60,10 @@ def database_errors(url: str) -> Iterator[None]:
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import DBAPIError
 
-    where = make_url(url).render_as_string(hide_password=True)
+    from app.platform.derived import hide_passwords
+
+    # (and a ?password=… in its query, which SQLAlchemy's hiding leaves)
+    where = hide_passwords(make_url(url).render_as_string(hide_password=True))
     try:
         yield
     except DBAPIError as exc:

@@ -17,14 +17,21 @@ class ConfigError(ValueError):
 
 
 # scheme://user:password@ -> scheme://user:***@ (SQLAlchemy's hide_password
-# spelling), each URL of a text (or of ``;``-separated failover URLs).
-_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^\s:/@]*:)[^\s@]*@", re.IGNORECASE)
+# spelling), each URL of a text (or of ``;``-separated failover URLs). The
+# password runs to the last "@" of the host part: the URL parsers (redis-py,
+# kombu) take "p@ss" from redis://:p@ss@host.
+_PASSWORD = re.compile(
+    r"(\b[a-z][a-z0-9+.-]*://[^\s:/@]*:)[^\s@]*(?:@[^\s@/?#;]*(?=@))*@", re.IGNORECASE
+)
+# ?password=… (redis-py's form for unix:// sockets, psycopg's too) and a
+# conninfo's password=…
+_PASSWORD_PARAM = re.compile(r"(\bpassword=)[^\s&;#'\"]*", re.IGNORECASE)
 
 
 def hide_passwords(text: str) -> str:
     """``text`` with the password of every URL in it masked: a database,
     broker or bucket URL in a log line or an error must not leak it."""
-    return _PASSWORD.sub(r"\1***@", text)
+    return _PASSWORD_PARAM.sub(r"\1***", _PASSWORD.sub(r"\1***@", text))
 
 
 def shown(raw: str) -> str:
