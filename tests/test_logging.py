@@ -145,6 +145,37 @@ def test_a_database_outage_in_a_beat_job_is_one_warning_a_pass(app_config, tmp_p
     ]
 
 
+def test_a_statement_the_database_refused_in_a_beat_job_is_not_an_outage(app_config, caplog):
+    """SQLite says "no such table" with an OperationalError, as it says it
+    cannot open the file: the pass raises (Celery's ERROR and traceback)."""
+    import sqlite3
+
+    from sqlalchemy.exc import OperationalError
+
+    from workers.tasks import roll_up_metrics_task
+
+    with sqlite3.connect(app_config["DATABASE_URL"].removeprefix("sqlite:///")) as db:
+        db.execute("DROP TABLE metric_rollups")
+    app = create_app(app_config)
+    with app.app_context(), pytest.raises(OperationalError, match="no such table"):
+        roll_up_metrics_task()
+    assert not [r for r in caplog.records if "skipped" in r.getMessage()]
+
+
+def test_a_statement_timeout_is_not_an_outage():
+    import psycopg
+    from sqlalchemy.exc import OperationalError
+
+    from workers.tasks import unavailable
+
+    def wrapped(orig: Exception) -> OperationalError:
+        return OperationalError("SELECT 1", None, orig)
+
+    assert not unavailable(wrapped(psycopg.errors.QueryCanceled("statement timeout")))
+    assert unavailable(wrapped(psycopg.OperationalError("connection failed")))
+    assert unavailable(wrapped(psycopg.errors.AdminShutdown("terminating connection")))
+
+
 def test_the_sdks_request_lines_show_at_debug_only():
     """Each look at a running prediction was an INFO line of httpx's."""
     for level, shown in (("INFO", False), ("DEBUG", True)):
