@@ -239,6 +239,18 @@ def test_web_warns_at_start_of_a_shared_database_beside_the_embedded_broker(
     assert any("no REDIS_URL or CELERY_BROKER_URL" in m for m in said) == warned, said
 
 
+PRICE_ROW = """[[price]]
+provider = "local"
+model = "local"
+size = "*"
+quality = "*"
+usd = {usd}
+unit = "image"
+source = "mine"
+checked = 2026-12-01
+"""
+
+
 @pytest.mark.parametrize(
     "text,why",
     [
@@ -246,6 +258,9 @@ def test_web_warns_at_start_of_a_shared_database_beside_the_embedded_broker(
         ("price = [", "Invalid"),  # TOML that does not parse
         ("x = 1\n", "it has no [[price]] rows"),
         ('[[price]]\nprovider = "local"\n', "a [[price]] row is not one of prices.toml's"),
+        (PRICE_ROW.format(usd='"0.04"'), "the local row's usd is '0.04', not a number 0 or more"),
+        (PRICE_ROW.format(usd="-1"), "the local row's usd is -1, not a number 0 or more"),
+        (PRICE_ROW.format(usd="nan"), "the local row's usd is nan, not a number 0 or more"),
     ],
 )
 def test_a_price_file_that_cannot_be_read_is_one_line_at_start(tmp_path, text, why):

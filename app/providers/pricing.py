@@ -50,6 +50,9 @@ def _rows(path: Path) -> dict[tuple[str, str, str], Price]:
         prices = [Price(**r) for r in rows]
     except TypeError as exc:  # a row with other fields than prices.toml's
         raise ValueError(f"a [[price]] row is not one of prices.toml's: {exc}") from None
+    for p in prices:  # (a dataclass checks no types: usd = "0.04" failed in a stage)
+        if isinstance(p.usd, bool) or not isinstance(p.usd, int | float) or not p.usd >= 0:
+            raise ValueError(f"the {p.provider} row's usd is {p.usd!r}, not a number 0 or more")
     return {(p.provider, p.size, p.quality): p for p in prices}
 
 
