@@ -56,14 +56,16 @@ def on_starting(server) -> None:
     except ConfigError as exc:
         raise SystemExit(f"Error: {exc}") from None
     warn_of_a_local_broker(settings)
-    if settings.sse_max_streams >= threads:
+    # The count gunicorn runs: --threads or GUNICORN_CMD_ARGS override this file's.
+    running = server.cfg.threads if server is not None else threads
+    if settings.sse_max_streams >= running:
         # Event streams could then hold every thread: /health and every other
         # request would wait behind them (GUNICORN_THREADS lowered alone).
         logging.getLogger("gunicorn.error").warning(
             "BFF_SSE_MAX_STREAMS=%d leaves no thread of GUNICORN_THREADS=%d for other "
             "requests: raise GUNICORN_THREADS or lower BFF_SSE_MAX_STREAMS",
             settings.sse_max_streams,
-            threads,
+            running,
         )
 
 

@@ -298,6 +298,21 @@ def test_gunicorn_warns_when_event_streams_could_take_every_thread(
     assert said == ([expected] if warned else [])
 
 
+def test_the_warning_counts_the_threads_gunicorn_runs(monkeypatch, caplog):
+    """--threads 8 (or GUNICORN_CMD_ARGS) overrides the file's 32."""
+    import logging
+    import runpy
+    from types import SimpleNamespace
+
+    monkeypatch.delenv("GUNICORN_THREADS", raising=False)
+    monkeypatch.delenv("BFF_SSE_MAX_STREAMS", raising=False)
+    conf = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
+    with caplog.at_level(logging.WARNING, logger="gunicorn.error"):
+        conf["on_starting"](SimpleNamespace(cfg=SimpleNamespace(threads=8)))
+    said = [r.getMessage() for r in caplog.records if r.name == "gunicorn.error"]
+    assert said and "GUNICORN_THREADS=8 " in said[0], said
+
+
 def test_a_bad_setting_stops_a_celery_process_in_one_line(tmp_path):
     """Not the 75-line traceback of Celery failing to import ``workers``."""
     celery = str(Path(sys.executable).parent / "celery")
