@@ -275,6 +275,22 @@ def test_a_price_file_that_cannot_be_read_is_one_line_at_start(tmp_path, text, w
     assert why in str(refused.value)
 
 
+def test_a_price_file_edited_after_the_check_is_read_as_it_is_then(tmp_path):
+    """gunicorn's master checks the settings; a HUP forks new workers from it,
+    which read the file as edited (the check kept no table for them)."""
+    from app.providers import pricing
+
+    path = tmp_path / "prices.toml"
+    path.write_text(PRICE_ROW.format(usd="0.5"))
+    Settings.from_env({"BFF_PRICES_FILE": str(path)})  # the master, at start
+    path.write_text(PRICE_ROW.format(usd="0.7"))
+    try:
+        pricing.configure(str(path))  # a worker forked after the edit
+        assert pricing.price("local", "standard") == 0.7
+    finally:
+        pricing.configure(None)
+
+
 @pytest.mark.parametrize("raw,on", [("1", True), ("Yes", True), ("off", False), ("0", False)])
 def test_an_on_off_setting_takes_the_words_for_on_and_off(raw, on):
     assert Settings.from_env({"BFF_ALLOW_HTTP_WEBHOOKS": raw}).allow_http_webhooks is on

@@ -57,9 +57,11 @@ def _rows(path: Path) -> dict[tuple[str, str, str], Price]:
 
 
 def checked(path: str) -> str:
-    """``BFF_PRICES_FILE``, read once at start: a file that is missing or
-    does not parse stops every process in one line, not in a stage."""
-    _table(path)
+    """``BFF_PRICES_FILE``, read at start: a file that is missing or does
+    not parse stops every process in one line, not in a stage. Not kept
+    (``_table``'s cache): gunicorn's master checks it too, and the workers
+    it forks on a HUP must read the file as it is then."""
+    _rows(Path(path))
     return path
 
 
@@ -79,7 +81,7 @@ _override: str | None = None
 def configure(prices_file: str | None) -> None:
     """The operator's file (``BFF_PRICES_FILE``), set once when the app is made."""
     global _override
-    _table(prices_file)  # (read already by the settings: ``checked``)
+    _table(prices_file)  # (checked already by the settings: ``checked``)
     _override = prices_file
 
 
