@@ -306,3 +306,24 @@ def test_an_on_off_setting_that_is_neither_is_refused(raw):
         f"BFF_ALLOW_HTTP_WEBHOOKS={raw!r} cannot be used: "
         "it must be one of 1, true, yes, on (or 0, false, no, off)"
     )
+
+
+def test_the_settings_repr_shows_no_secret():
+    """A traceback or a debug line may show the settings: never a key or a
+    password (before, R2's secret and the URLs' passwords were in it)."""
+    secrets = {
+        "DATABASE_URL": "postgresql+psycopg://bff:pg-s3cret@db/bff",
+        "REDIS_URL": "redis://:redis-s3cret@r:6379/0",
+        "CELERY_BROKER_URL": "amqp://bff:amqp-s3cret@mq//",
+        "STORAGE_BACKEND": "s3",
+        "R2_ENDPOINT_URL": "https://r2.example.com",
+        "R2_ACCESS_KEY_ID": "id",
+        "R2_SECRET_ACCESS_KEY": "r2-s3cret",
+        "R2_BUCKET_NAME": "b",
+        "R2_CDN_URL": "https://cdn.example.com",
+        "REPLICATE_API_TOKEN": "r8_s3cret",
+        "OPENAI_API_KEY": "sk-s3cret",
+    }
+    shown = repr(Settings.from_env(secrets))
+    assert "s3cret" not in shown
+    assert "r2.example.com" in shown  # the rest is still there to read

@@ -142,9 +142,11 @@ def _default_var_dir() -> Path:
 class Settings:
     # Derived in from_env from several variables.
     var_dir: Path
-    database_url: str
-    redis_url: str | None
-    broker_url: str
+    # Secrets (and URLs that may hold a password) stay out of repr(settings):
+    # a traceback or a debug line that shows the settings shows no key.
+    database_url: str = field(repr=False)
+    redis_url: str | None = field(repr=False)
+    broker_url: str = field(repr=False)
     storage_backend: str
     media_root: Path
     public_url: str
@@ -155,7 +157,7 @@ class Settings:
 
     # One variable each.
     r2_access_key_id: str | None = _env("R2_ACCESS_KEY_ID")
-    r2_secret_access_key: str | None = _env("R2_SECRET_ACCESS_KEY")
+    r2_secret_access_key: str | None = _env("R2_SECRET_ACCESS_KEY", repr=False)
     r2_bucket_name: str | None = _env("R2_BUCKET_NAME")
     r2_cdn_url: str | None = _env("R2_CDN_URL", parse=lambda v: v.rstrip("/") or None)
     r2_region: str = _env("R2_REGION", "auto")
