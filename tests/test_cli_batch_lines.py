@@ -273,3 +273,55 @@ def test_the_estimate_is_shown_to_the_tenth_of_a_cent_as_the_page_shows_it(tmp_p
     monkeypatch.setattr(batches, "_api", lambda *a, **k: Accepted())
     output = run_batch(tmp_path, "looks.txt", "linen shirt\n")
     assert "submitted bat_1: 1 generation, at most $0.039" in output, output
+
+
+@pytest.mark.parametrize(
+    "text,says",
+    [  # before: "none is 'prompt' (it reads prompt;size)", the separator unsaid
+        (
+            "\ufeffprompt;size\r\nlinen shirt;square\r\n",
+            "line 1 separates its cells with semicolons",
+        ),
+        ("Prompt\tSize\nlinen shirt\tsquare\n", "line 1 separates its cells with tabs"),
+        # Excel's hint naming the separator; before: "it reads sep=;"
+        ("sep=;\r\nprompt;size\r\nlinen shirt;square\r\n", "line 1 ('sep=;') says its cells"),
+    ],
+)
+@pytest.mark.parametrize("matrix", [False, True])
+def test_a_csv_separated_by_semicolons_is_refused_saying_so(tmp_path, text, says, matrix):
+    """European Excel saves "CSV" with semicolons; before, a matrix of such a
+    file was {'prompt;sizes': [...]}, sent to be refused for a name never typed."""
+    path = tmp_path / "looks.csv"
+    path.write_text(text)
+    with pytest.raises(click.ClickException, match=re.escape(says)) as exc:
+        (read_matrix if matrix else read_items)(path)
+    assert "save the sheet as CSV with commas" in exc.value.message
+
+
+def test_excels_sep_line_naming_commas_is_no_row(tmp_path):
+    path = tmp_path / "looks.csv"
+    path.write_text("sep=,\r\nprompt,size\r\nlinen shirt,square\r\n")
+    assert read_items(path) == [{"prompt": "linen shirt", "settings": {"size": "square"}}]
+    path.write_text("sep=,\r\nprompts,sizes\r\nlinen shirt,square\r\n")
+    assert read_matrix(path) == {"prompts": ["linen shirt"], "sizes": ["square"]}
+
+
+def test_a_matrix_column_that_is_no_axis_is_named_as_written(tmp_path):
+    """Before, ``colours`` was sent as the axis ``colourss``, for the API to refuse."""
+    path = tmp_path / "axes.csv"
+    path.write_text("prompts,Colours\nblazer,navy\n")
+    with pytest.raises(
+        click.ClickException,
+        match=r"line 1, column Colours is not a column the"
+        r" API knows \(did you mean colorways\?\)",
+    ):
+        read_matrix(path)
+
+
+def test_a_header_cell_of_two_lines_is_named_on_one(tmp_path):
+    """Alt+Enter in Excel's header cell: before, the error was two lines."""
+    path = tmp_path / "looks.csv"
+    path.write_text('prompt,"Size\n(ratio)"\nlinen shirt,square\n')
+    with pytest.raises(click.ClickException, match=r"line 1, column Size \(ratio\) is not") as exc:
+        read_items(path)
+    assert "\n" not in exc.value.message

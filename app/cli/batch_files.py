@@ -13,10 +13,11 @@ Lines are read by ``app.domain.batch_text``'s rules, as the page's Batch box
 is: a byte-order mark, CRLF and white space around a prompt are no text, a
 blank line or one starting with ``#`` no request (in CSV: a row whose one
 non-empty cell does), and a request twice is refused. Mistakes the file
-itself shows (a quote never closed, a column the API does not know or
-named twice, a count that is no number, a note that sets a size, a request
-repeated) are refused before anything is sent, naming the line (and
-column); ``Source`` names them for the API's refusals."""
+itself shows (a quote never closed, cells separated by ``;``, a column
+the API (or a matrix) does not know or named twice, a count that is no
+number, a note that sets a size, a request repeated) are refused before
+anything is sent, naming the line (and column); ``Source`` names them for
+the API's refusals."""
 
 from __future__ import annotations
 
@@ -67,6 +68,7 @@ class Source:
 
 Batch = tuple[list[dict[str, Any]], list[Source | None]]
 Header = tuple[int, list[str], list[str]]  # its line, its names as written, their columns
+Name = tuple[Callable[[str], str], frozenset[str] | tuple[str, ...]]  # a name's column; the known
 
 
 def _read_text(path: Path) -> str:
@@ -138,12 +140,14 @@ def _column(name: str, known: frozenset[str] | tuple[str, ...] | None = None) ->
     return next((c for c in known or _fields()[1] if c.casefold() == name.casefold()), name)
 
 
-def _check_columns(columns: list[str], line: int) -> None:
-    """Every named column is a field the API takes: ``colour`` is refused
-    here, not sent along to be refused as an unknown field of every request."""
-    known = _fields()[1]
-    for name in columns:
-        if name and name not in known:
+def _check_columns(
+    line: int, named: list[str], columns: list[str], known: frozenset[str] | tuple[str, ...]
+) -> None:
+    """Every named column is one ``known`` (the API's fields, a matrix's
+    axes): ``colour`` is refused here, naming it as written, not sent along
+    to be refused as an unknown field of every request (or as ``colours``)."""
+    for name, column in zip(named, columns, strict=True):
+        if name and column not in known:
             near = difflib.get_close_matches(name, sorted(known), n=1)
             hint = f" (did you mean {near[0]}?)" if near else ""
             raise ValueError(
@@ -152,14 +156,34 @@ def _check_columns(columns: list[str], line: int) -> None:
             )
 
 
-def _header(rows: Iterator[tuple[int, list[str]]], name: Callable[[str], str]) -> Header:
-    """The header row of ``rows``: its line, its names as written, and the
-    column ``name`` says each names; a column named twice is refused."""
+SEPARATORS = ((";", "semicolons"), ("\t", "tabs"))
+
+
+def _refuse_other_separator(line: int, named: list[str], name: Name) -> None:
+    """A header read as one cell that splits at ``;`` (or a tab) into a name
+    the file may have: Excel where a comma is the decimal mark saves its CSV
+    with semicolons, and each row would be read as one cell."""
+    filled = [cell for cell in named if cell]
+    for sep, word in SEPARATORS:
+        parts = filled[0].split(sep) if len(filled) == 1 else []
+        if len(parts) > 1 and any(name[0](part) in name[1] for part in parts):
+            raise ValueError(
+                f"line {line} separates its cells with {word}, not commas ({filled[0]!r}):"
+                " save the sheet as CSV with commas (Excel uses the list separator of"
+                " the computer's region settings), or give the file as JSON"
+            )
+
+
+def _header(rows: Iterator[tuple[int, list[str]]], name: Name) -> Header:
+    """The header row of ``rows``: its line, its names as written (a cell's
+    line ends, Alt+Enter in Excel, as spaces: an error stays one line), and
+    the column ``name`` says each names; a column named twice is refused."""
     header = batch_text.csv_header(rows)
     if header is None:
         raise ValueError("there is no header row in it, only notes and blank lines")
-    line, named = header[0], [cell.strip() for cell in header[1]]
-    columns = [name(cell) for cell in named]
+    _refuse_other_separator(header[0], [cell.strip() for cell in header[1]], name)
+    line, named = header[0], [" ".join(cell.split()) for cell in header[1]]
+    columns = [name[0](cell) for cell in named]
     batch_text.refuse_same_column(line, named, columns)
     return line, named, columns
 
@@ -168,14 +192,14 @@ def _csv_rows(text: str) -> Batch:
     """The requests of a CSV with a ``prompt`` column, each with its row's
     first line and its columns as the file names them."""
     rows = batch_text.csv_rows(text)
-    line, named, columns = _header(rows, _column)
+    line, named, columns = _header(rows, (_column, _fields()[1]))
     if "prompt" not in columns:
         raise ValueError(
             f"the first row names the columns, and none is 'prompt' (it reads"
             f" {', '.join(named)}); add a header row such as 'prompt,size', or give"
             " a .txt file with one prompt a line"
         )
-    _check_columns(columns, line)
+    _check_columns(line, named, columns, _fields()[1])
     settings, pairs = _fields()[0], zip(columns, named, strict=True)
     where = {f"settings.{c}" if c in settings else c: n for c, n in pairs if c}
     items: list[dict[str, Any]] = []
@@ -271,7 +295,8 @@ def _axis(name: str) -> str:
 def _matrix_rows(text: str) -> dict[str, list[str]]:
     """A matrix from CSV: each column an axis, its values down the column."""
     rows = batch_text.csv_rows(text)
-    _, named, columns = _header(rows, _axis)
+    line, named, columns = _header(rows, (_axis, _fields()[2]))
+    _check_columns(line, named, columns, _fields()[2])
     prompt = columns.index("prompts") if "prompts" in columns else None
     matrix: dict[str, list[str]] = {}
     for n, cells in rows:

@@ -14,7 +14,8 @@ it is sent.
   below it a row whose one non-empty cell starts with ``#`` are no request;
   a row whose prompt starts with ``#`` but that sets another cell
   (``#1 bestseller tee,portrait``) is refused, as is a header naming one
-  column twice (``prompt,Prompt``);
+  column twice (``prompt,Prompt``); a first line ``sep=,`` (Excel's) is no
+  row, one naming another separator is refused;
 - the same request twice (prompts compared without case and extra spaces) is
   refused, naming both lines: it would pay twice for what was typed once.
   More images of one prompt: ``count`` (1 to 4; the page's *Images*);
@@ -125,11 +126,28 @@ def csv_rows(text: str) -> Iterator[tuple[int, list[str]]]:
         raise BatchTextError(f"line {first} {why}") from None
 
 
+# Excel's own first line naming the separator ("sep=;"), which it writes no cell of.
+EXCEL_SEP = re.compile(r"sep=(.?)", re.IGNORECASE)
+
+
 def csv_header(rows: Iterator[tuple[int, list[str]]]) -> tuple[int, list[str]] | None:
     """The header row, taken from ``rows`` (which go on with the rows below
     it): the first whose first cell does not start with ``#``. Above it
-    nothing is sent, so a note there (``# SS27, linen``) is one whatever it holds."""
-    return next(((n, cells) for n, cells in rows if not cells[0].strip().startswith(COMMENT)), None)
+    nothing is sent, so a note there (``# SS27, linen``) is one whatever it
+    holds; a first line ``sep=,`` is Excel's hint, no row, and one naming
+    another separator is refused: each row would be read as one cell."""
+    for n, cells in rows:
+        if n == 1 and (sep := EXCEL_SEP.fullmatch(",".join(cells).strip())):
+            if sep[1] == ",":
+                continue
+            raise BatchTextError(
+                f"line 1 ({sep[0]!r}) says its cells are separated by"
+                f" {repr(sep[1]) if sep[1] else 'tabs'}, not commas: save the sheet as CSV"
+                " with commas (Excel uses the list separator of the computer's region settings)"
+            )
+        if not cells[0].strip().startswith(COMMENT):
+            return n, cells
+    return None
 
 
 def refuse_same_column(line: int, named: list[str], columns: list[str]) -> None:
