@@ -325,3 +325,14 @@ def test_a_header_cell_of_two_lines_is_named_on_one(tmp_path):
     with pytest.raises(click.ClickException, match=r"line 1, column Size \(ratio\) is not") as exc:
         read_items(path)
     assert "\n" not in exc.value.message
+
+
+@pytest.mark.parametrize("matrix", [False, True])
+def test_a_column_named_hash_is_named_not_read_as_a_note(tmp_path, matrix):
+    """A sheet numbering its rows (``#,prompt,size``): before, its header was
+    a note and the first row the header ("none is 'prompt' (it reads 1, ...)";
+    a matrix's "column 1 is not ...")."""
+    path = tmp_path / "looks.csv"
+    path.write_text(f"# SS27\n#,{'prompts' if matrix else 'prompt'},size\n1,linen shirt,square\n")
+    with pytest.raises(click.ClickException, match="line 2, column # is not a column the API"):
+        (read_matrix if matrix else read_items)(path)

@@ -134,8 +134,10 @@ def csv_header(rows: Iterator[tuple[int, list[str]]]) -> tuple[int, list[str]] |
     """The header row, taken from ``rows`` (which go on with the rows below
     it): the first whose first cell does not start with ``#``. Above it
     nothing is sent, so a note there (``# SS27, linen``) is one whatever it
-    holds; a first line ``sep=,`` is Excel's hint, no row, and one naming
-    another separator is refused: each row would be read as one cell."""
+    holds, but a first cell ``#`` alone beside a named column is a header's
+    (``#,prompt``: a sheet numbering its rows), its column refused by name;
+    a first line ``sep=,`` is Excel's hint, no row, and one naming another
+    separator is refused: each row would be read as one cell."""
     for n, cells in rows:
         if n == 1 and (sep := EXCEL_SEP.fullmatch(",".join(cells).strip())):
             if sep[1] == ",":
@@ -145,7 +147,8 @@ def csv_header(rows: Iterator[tuple[int, list[str]]]) -> tuple[int, list[str]] |
                 f" {repr(sep[1]) if sep[1] else 'tabs'}, not commas: save the sheet as CSV"
                 " with commas (Excel uses the list separator of the computer's region settings)"
             )
-        if not cells[0].strip().startswith(COMMENT):
+        numbered = cells[0].strip() == COMMENT and any(cell.strip() for cell in cells[1:])
+        if numbered or not cells[0].strip().startswith(COMMENT):
             return n, cells
     return None
 
