@@ -176,6 +176,25 @@ def test_health_checks_redis_once_when_it_is_the_broker(app_config):
     assert checks["broker"].startswith("error")
 
 
+@pytest.mark.parametrize("broker", ["redis://127.0.0.1:{port}", "redis://127.0.0.1:{port}/0/"])
+def test_health_checks_redis_once_when_the_broker_names_it_otherwise(app_config, broker):
+    """The broker's URL written without db 0, or with a trailing slash: the
+    same Redis. Before, it was checked twice, a silent one answering after both."""
+    port = free_port()
+    app = create_app(
+        {
+            **app_config,
+            "REDIS_URL": f"redis://127.0.0.1:{port}/0",
+            "CELERY_BROKER_URL": broker.format(port=port),
+        }
+    )
+    assert set(app.test_client().get("/health").get_json()["checks"]) == {
+        "database",
+        "broker",
+        "storage",
+    }
+
+
 def test_a_failing_check_is_logged_whole_and_not_at_every_poll(app_config, tmp_path, caplog):
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("a file where the media folder should be")

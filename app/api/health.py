@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 
 from flask import Blueprint, abort, current_app, send_from_directory
+from redis.connection import parse_url
 
 from app.api.common import services
 from app.api.ops_responses import HealthOut
@@ -102,7 +103,19 @@ def _separate_redis(settings: Settings) -> str | None:
     rate limits fail closed (rate-limited stages retry, then fail) and live
     events fall back to polling."""
     url = settings.redis_url
-    return url if url and url != settings.broker_url else None
+    return url if url and _server(url) != _server(settings.broker_url) else None
+
+
+def _server(url: str) -> tuple[object, ...] | str:
+    """Which Redis, as whom, ``url`` names: ``redis://host:6379`` and
+    ``redis://host:6379/0/`` are one broker and REDIS_URL (db 0 implicit).
+    A URL that is no Redis's (``amqp://``) is itself."""
+    try:
+        k = parse_url(url)
+    except ValueError:
+        return url
+    where = (k.get("host"), k.get("port", 6379), k.get("path"), k.get("db", 0))
+    return (*where, k.get("username"), k.get("password"), k.get("connection_class"))
 
 
 @bp.get("/health")
