@@ -166,14 +166,14 @@ def test_a_statement_timeout_is_not_an_outage():
     import psycopg
     from sqlalchemy.exc import OperationalError
 
-    from workers.tasks import unavailable
+    from app.platform.db import went_away
 
     def wrapped(orig: Exception) -> OperationalError:
         return OperationalError("SELECT 1", None, orig)
 
-    assert not unavailable(wrapped(psycopg.errors.QueryCanceled("statement timeout")))
-    assert unavailable(wrapped(psycopg.OperationalError("connection failed")))
-    assert unavailable(wrapped(psycopg.errors.AdminShutdown("terminating connection")))
+    assert not went_away(wrapped(psycopg.errors.QueryCanceled("statement timeout")))
+    assert went_away(wrapped(psycopg.OperationalError("connection failed")))
+    assert went_away(wrapped(psycopg.errors.AdminShutdown("terminating connection")))
 
 
 def test_the_sdks_request_lines_show_at_debug_only():

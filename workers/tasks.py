@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
@@ -31,6 +30,7 @@ from app.pipeline.maintenance import (
 )
 from app.pipeline.runner import run_stage
 from app.platform import metric_rollup
+from app.platform.db import went_away
 
 if TYPE_CHECKING:
     from app.platform.config import Settings
@@ -77,30 +77,17 @@ def _noting_db_outage(settings) -> Iterator[None]:
 DB_UNAVAILABLE = (OperationalError, InterfaceError, PoolTimeout)
 
 
-def unavailable(exc: BaseException) -> bool:
-    """The database did not answer, not a statement it refused: SQLite's
-    SQLITE_ERROR (no such table, a syntax error) and PostgreSQL's codes but
-    a failed connection (08, none: the client's own), a shutdown (57P) or
-    too many connections (53300), e.g. a statement timeout (57014), are
-    both OperationalError too, and are the job's faults."""
-    orig = getattr(exc, "orig", None)
-    if isinstance(orig, sqlite3.Error):
-        return orig.sqlite_errorname != "SQLITE_ERROR"
-    code = getattr(orig, "sqlstate", None)
-    return code is None or code.startswith(("08", "57P")) or code == "53300"
-
-
 @contextmanager
 def beat_pass(job: str, settings: Settings | None = None) -> Iterator[None]:
     """A beat job's pass that meets a database outage ends in one WARNING
     line: beat sends the next pass within seconds, so Celery's ERROR and
     traceback for every pass (several a minute) would only bury the outage.
-    Any other error (``unavailable``) is Celery's ERROR with its traceback.
+    Any other error (``went_away``) is Celery's ERROR with its traceback.
     ``settings``: note the outage too (``_noting_db_outage``)."""
     try:
         yield
     except DB_UNAVAILABLE as exc:
-        if not unavailable(exc):
+        if not went_away(exc):
             raise
         if settings is not None:
             note_db_outage(settings)

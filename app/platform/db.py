@@ -13,6 +13,7 @@ holds a request or worker longer than ``BFF_DB_STATEMENT_TIMEOUT``.
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -55,6 +56,23 @@ def unavailable(exc: BaseException) -> bool:
     if isinstance(exc, OperationalError | InterfaceError | PoolTimeout):
         return True
     return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+
+
+def went_away(exc: BaseException) -> bool:
+    """Of the errors ``unavailable`` lets a job retry, those that are an
+    outage: the database did not answer, not a statement it refused.
+    SQLite's SQLITE_ERROR (no such table, a syntax error) and PostgreSQL's
+    codes but a failed connection (08, none: the client's own), a shutdown
+    (57P) or too many connections (53300), e.g. a statement timeout (57014)
+    or a deadlock, are OperationalError too. (Beat's passes log an outage as
+    one warning; anything else must reach Celery's ERROR.)"""
+    if not unavailable(exc):
+        return False
+    orig = getattr(exc, "orig", None)
+    if isinstance(orig, sqlite3.Error):
+        return orig.sqlite_errorname != "SQLITE_ERROR"
+    code = getattr(orig, "sqlstate", None)
+    return code is None or code.startswith(("08", "57P")) or code == "53300"
 
 
 def make_engine(
