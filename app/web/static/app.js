@@ -1,8 +1,9 @@
 // The API key (saved in this browser, checked, forgotten) and the page's
 // start: with a good key, the account's options, styles, batches and gallery
-// load, and a generation still running is followed again. Loaded after the
-// other studio files and before insights.js, whose key-form listener must
-// run after this one's; uses their functions.
+// load, and a generation still running is followed again. Loaded before
+// insights.js, whose key-form listener must run after this one's; uses the
+// other files' functions (batches.js and personas.js load after it: all are
+// defined by DOMContentLoaded, when this file first calls them).
 "use strict";
 
 function showKeyState(text) { $("#key-status").textContent = text; }

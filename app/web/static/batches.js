@@ -2,8 +2,8 @@
 // sent as one POST /api/batches matrix (its promptsText: the box as typed); the caller's newest batches; the one
 // shown: its progress and cancel (GET /api/batches/<id>) and its generations'
 // cards (GET /api/generate?batchId=), polled while it runs. Uses api.js's $,
-// api() and apiKey(), gallery.js's card(), dropCards() and loadGallery(), and
-// follow.js's sleep().
+// api(), apiKey() and NEED_KEY, gallery.js's card(), dropCards() and
+// loadGallery(), and follow.js's sleep().
 "use strict";
 
 let batchId = null;  // the batch shown

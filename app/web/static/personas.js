@@ -1,7 +1,8 @@
 // The "Saved styles" panel: the caller's personas (GET/POST /api/personas,
 // PATCH/DELETE /api/personas/<id>) listed, added, edited, made default,
 // deleted; the form's Persona picker follows every change. Editing moves the
-// one style form into the style's card. Uses api.js's $, api() and apiKey().
+// one style form into the style's card. Uses api.js's $, api(), apiKey() and
+// NEED_KEY.
 "use strict";
 
 const NO_STYLES = "No saved styles yet: add one below.";
