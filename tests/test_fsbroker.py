@@ -140,3 +140,40 @@ def test_draining_gives_the_worker_loop_back_within_a_tenth_of_a_second(tmp_path
         conn.drain_events(timeout=0.05)
         conn.drain_events()  # no timeout: block until a message, as asked
     assert asked == [fsbroker.DRAIN_WAIT, 0.05, None] and fsbroker.DRAIN_WAIT <= 0.1
+
+
+def test_a_message_of_a_lower_priority_number_is_taken_first(tmp_path):
+    """As on the Redis broker (``test_queue_order``): priority 0 first, first
+    in first out within a priority, so a single job sent behind a batch does
+    not wait for the whole batch, and started generations finish first."""
+    from app.platform.queue import priority
+
+    name = f"order-{uuid.uuid4().hex}"  # (see the first test)
+    sent = [
+        ("batch analyze", priority("analyze", background=True)),
+        ("batch generate", priority("generate", background=True)),
+        ("single analyze", priority("analyze")),
+        ("batch analyze 2", priority("analyze", background=True)),
+        ("single route", priority("route")),
+        ("maintenance", None),  # no priority: as 0
+        ("single analyze 2", priority("analyze")),
+    ]
+    with embedded_connection(tmp_path) as conn:
+        queue = conn.SimpleQueue(name)
+        for body, pri in sent:
+            queue.put(body, **({} if pri is None else {"priority": pri}))
+        taken = []
+        for _ in sent:
+            message = queue.get_nowait()
+            message.ack()
+            taken.append(message.payload)
+        queue.close()
+    assert taken == [
+        "maintenance",
+        "single route",
+        "single analyze",
+        "single analyze 2",
+        "batch generate",
+        "batch analyze",
+        "batch analyze 2",
+    ]

@@ -19,6 +19,13 @@ message's name is always complete and only one consumer can take it:
   find no file; it then reads the file and deletes it unless
   ``store_processed``.
 
+``_put`` also starts the name with the message's priority, so ``_get``'s
+sorted listing takes priority 0 first, as kombu's Redis transport does (and
+first in, first out within a priority): depth first, and a single job's
+stages before a batch's (``app.platform.queue.priority``). kombu's own
+transport ignores priorities: a single job sent behind a 100-item batch
+waited for the whole batch.
+
 ``Transport.drain_events`` waits briefly, so the worker acks finished tasks
 at once (see there).
 
@@ -31,7 +38,7 @@ from __future__ import annotations
 import os
 import uuid
 from queue import Empty
-from time import monotonic
+from time import monotonic_ns
 
 from kombu.exceptions import ChannelError
 from kombu.transport import filesystem
@@ -39,10 +46,22 @@ from kombu.utils.encoding import bytes_to_str, str_to_bytes
 from kombu.utils.json import dumps, loads
 
 
+def _priority(payload: dict) -> int:
+    """The message's priority, 0 (taken first) to 9, as kombu's Redis transport
+    reads it; 0 when it has none."""
+    try:
+        return max(0, min(9, int(payload["properties"]["priority"])))
+    except (TypeError, ValueError, KeyError):
+        return 0
+
+
 class Channel(filesystem.Channel):
     def _put(self, queue, payload, **kwargs):
-        # kombu's name: the creation time first, so a sorted listing is FIFO.
-        name = f"{round(monotonic() * 1000)}_{uuid.uuid4()}.{queue}.msg"
+        # The priority, then the creation time (fixed width: compared as text;
+        # in ns, not kombu's ms: a batch's messages are sent within one ms),
+        # so a sorted listing is by priority, first in first out within one.
+        stamp = f"{_priority(payload)}_{monotonic_ns():020d}"
+        name = f"{stamp}_{uuid.uuid4()}.{queue}.msg"
         path = os.path.join(self.data_folder_out, name)
         try:
             with open(path + ".part", "wb") as f:

@@ -19,7 +19,8 @@
   so started generations finish before new ones start (``PRIORITY``).
 - Batches in the background: a batch's chains are sent ``BACKGROUND`` steps
   below single jobs, so one user's 100-item batch never starves other
-  users' single jobs (``priority``; the Redis broker gets ten steps).
+  users' single jobs (``priority``; the Redis broker gets ten steps, the
+  embedded one orders its files by them).
 - A batch is one canvas ``group`` of its chains (``dispatch_group``).
 """
 
@@ -154,8 +155,9 @@ def warn_of_a_local_broker(settings: Settings) -> None:
 # Kombu's Redis transport keeps a list per priority step and pops 0 first: a
 # later stage of a started generation runs before the first stage of a new one,
 # and every single job's stage before any batch's (``BACKGROUND`` steps lower).
-# A retry keeps its message's priority. The filesystem transport, and RabbitMQ
-# queues declared without x-max-priority, ignore message priorities.
+# A retry keeps its message's priority. The embedded broker takes them in the
+# same order (``fsbroker``); RabbitMQ queues declared without x-max-priority
+# ignore message priorities.
 PRIORITY = {"analyze": 3, "enhance": 2, "persona": 2, "route": 1, "optimize": 1}
 BACKGROUND = 5
 LAST = 9  # after every stage: work nobody waits on (the optimiser learning feedback)
