@@ -177,3 +177,22 @@ def test_a_message_of_a_lower_priority_number_is_taken_first(tmp_path):
         "batch analyze",
         "batch analyze 2",
     ]
+
+
+def test_a_message_file_is_stamped_with_the_wall_clock_time(tmp_path):
+    """The queue folder outlives a reboot, which restarts the monotonic clock:
+    stamped by it, a message left from before the reboot would be taken after
+    every newer message of its priority (by the previous boot's uptime). The
+    wall clock goes on, so they stay first in, first out."""
+    import time
+
+    name = f"stamp-{uuid.uuid4().hex}"  # (see the first test)
+    with embedded_connection(tmp_path) as conn:
+        queue = conn.SimpleQueue(name)
+        before = time.time_ns()
+        queue.put("body", priority=4)
+        after = time.time_ns()
+        queue.close()
+    (path,) = (tmp_path / "broker" / "queue").glob(f"*.{name}.msg")
+    pri, stamp, _ = path.name.split("_", 2)
+    assert pri == "4" and len(stamp) == 20 and before <= int(stamp) <= after

@@ -38,7 +38,7 @@ from __future__ import annotations
 import os
 import uuid
 from queue import Empty
-from time import monotonic_ns
+from time import time_ns
 
 from kombu.exceptions import ChannelError
 from kombu.transport import filesystem
@@ -60,7 +60,10 @@ class Channel(filesystem.Channel):
         # The priority, then the creation time (fixed width: compared as text;
         # in ns, not kombu's ms: a batch's messages are sent within one ms),
         # so a sorted listing is by priority, first in first out within one.
-        stamp = f"{_priority(payload)}_{monotonic_ns():020d}"
+        # Wall-clock time, not kombu's monotonic: the folder outlives a reboot,
+        # which restarts the monotonic clock, so messages left from before it
+        # would sort behind newer ones by the previous boot's uptime.
+        stamp = f"{_priority(payload)}_{time_ns():020d}"
         name = f"{stamp}_{uuid.uuid4()}.{queue}.msg"
         path = os.path.join(self.data_folder_out, name)
         try:
@@ -71,7 +74,7 @@ class Channel(filesystem.Channel):
             raise ChannelError(f"Cannot add file {path!r} to directory") from exc
 
     def _get(self, queue):
-        wanted = f"{queue}.msg"  # kombu's filter: "<time>_<uuid>.<queue>.msg"
+        wanted = f"{queue}.msg"  # kombu's filter: "<priority>_<time>_<uuid>.<queue>.msg"
         for name in sorted(os.listdir(self.data_folder_in)):
             if name.partition(".")[2] != wanted:
                 continue
