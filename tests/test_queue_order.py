@@ -1,19 +1,31 @@
-"""Depth first on the Redis broker: a started generation's next stage is
-taken before a new generation's first, whatever order they were sent in; and
-every stage of a single job before any of a batch's."""
+"""Depth first on the Redis broker and the embedded one: a started
+generation's next stage is taken before a new generation's first, whatever
+order they were sent in; and every stage of a single job before any of a
+batch's."""
 
 from __future__ import annotations
 
 import json
 
+import pytest
 from celery import Celery
 
 from app.platform.config import Settings
 from app.platform.queue import celery_config, dispatch, dispatch_group
 
 
-def test_a_later_stage_is_taken_before_an_earlier_sent_first_stage(redis_url, tmp_path):
-    settings = Settings.from_env({"REDIS_URL": redis_url, "BFF_VAR_DIR": str(tmp_path)})
+@pytest.fixture(params=["redis", "embedded"])
+def broker_env(request, tmp_path) -> dict[str, str]:
+    """Redis orders by its list per priority, the embedded broker by its
+    message files' names (``app.platform.fsbroker``): the same order."""
+    env = {"BFF_VAR_DIR": str(tmp_path)}
+    if request.param == "redis":
+        env["REDIS_URL"] = request.getfixturevalue("redis_url")
+    return env
+
+
+def test_a_later_stage_is_taken_before_an_earlier_sent_first_stage(broker_env):
+    settings = Settings.from_env(broker_env)
     app = Celery("order-test")
     app.config_from_object(celery_config(settings))
     assert dispatch(app, "gen_new")  # sent first: its analyze
@@ -34,8 +46,8 @@ def test_a_later_stage_is_taken_before_an_earlier_sent_first_stage(redis_url, tm
     ]
 
 
-def test_a_single_jobs_first_stage_is_taken_before_any_stage_of_a_batch(redis_url, tmp_path):
-    settings = Settings.from_env({"REDIS_URL": redis_url, "BFF_VAR_DIR": str(tmp_path)})
+def test_a_single_jobs_first_stage_is_taken_before_any_stage_of_a_batch(broker_env):
+    settings = Settings.from_env(broker_env)
     app = Celery("order-test")
     app.config_from_object(celery_config(settings))
     assert dispatch_group(app, ["gen_b1", "gen_b2"])  # a batch, sent first
