@@ -123,6 +123,28 @@ def test_a_database_outage_in_a_stage_is_a_warning(caplog):
     ]
 
 
+def test_a_statement_timeout_in_a_stage_holds_back_no_takeover(caplog, monkeypatch):
+    """Noted as an outage, a statement timeout that recurs at every retry would
+    keep stalled stages of dead workers from being taken over; it is retried
+    (re-raised) all the same."""
+    import psycopg
+    from sqlalchemy.exc import OperationalError
+
+    from app.pipeline import maintenance
+    from workers.tasks import _noting_db_outage
+
+    monkeypatch.setattr(maintenance, "_local_outage", {})
+    settings = Settings.from_env({})
+    timeout = psycopg.errors.QueryCanceled("canceling statement due to statement timeout")
+    with caplog.at_level(logging.WARNING), pytest.raises(OperationalError):
+        with _noting_db_outage(settings):
+            raise OperationalError("SELECT 1", {}, timeout)
+    assert not maintenance.db_outage_recent(settings)
+    assert [r.getMessage() for r in caplog.records] == [
+        "database refused a statement (QueryCanceled): the stage will be retried"
+    ]
+
+
 def test_a_database_outage_in_a_beat_job_is_one_warning_a_pass(app_config, tmp_path, caplog):
     """Each pass raised, and Celery logged an ERROR with a traceback for every
     one: several a minute from redispatch and the webhook sweep alone."""

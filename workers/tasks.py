@@ -63,10 +63,17 @@ def _dispose_engine_after_fork(**_: object) -> None:
 @contextmanager
 def _noting_db_outage(settings) -> Iterator[None]:
     """A database outage is re-raised for Celery to retry, and noted: the
-    stages' owners are waiting, not dead, so no takeovers yet."""
+    stages' owners are waiting, not dead, so no takeovers yet. A statement
+    the database refused (``went_away``: e.g. a statement timeout) is retried
+    too, but noted as an outage it would hold every takeover back while it
+    recurs."""
     try:
         yield
     except (OperationalError, InterfaceError) as exc:
+        if not went_away(exc):
+            why = type(exc.orig or exc).__name__  # its class: a message may quote values
+            log.warning("database refused a statement (%s): the stage will be retried", why)
+            raise
         note_db_outage(settings)
         # (Celery's own retry line is INFO: an outage should reach a WARNING filter.)
         log.warning("database unavailable (%s): the stage will be retried", type(exc).__name__)
