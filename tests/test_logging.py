@@ -187,6 +187,7 @@ def test_a_statement_the_database_refused_in_a_beat_job_is_not_an_outage(app_con
 def test_a_statement_timeout_is_not_an_outage():
     import psycopg
     from sqlalchemy.exc import OperationalError
+    from sqlalchemy.exc import TimeoutError as PoolTimeout
 
     from app.platform.db import went_away
 
@@ -196,6 +197,9 @@ def test_a_statement_timeout_is_not_an_outage():
     assert not went_away(wrapped(psycopg.errors.QueryCanceled("statement timeout")))
     assert went_away(wrapped(psycopg.OperationalError("connection failed")))
     assert went_away(wrapped(psycopg.errors.AdminShutdown("terminating connection")))
+    assert not went_away(wrapped(psycopg.errors.DeadlockDetected("deadlock detected")))
+    # No pooled connection came free in time: no DBAPI error behind it.
+    assert went_away(PoolTimeout("QueuePool limit of size 15 overflow 0 reached"))
 
 
 def test_the_sdks_request_lines_show_at_debug_only():
