@@ -108,12 +108,16 @@ def test_gunicorns_own_lines_are_json_lines_too(monkeypatch, capsys):
     assert by_logger["gunicorn.error"]["message"] == "worker timeout (pid:42)"
 
 
-def test_a_database_outage_in_a_stage_is_a_warning(caplog):
+def test_a_database_outage_in_a_stage_is_a_warning(caplog, monkeypatch):
     """Celery logs its retry at INFO: the outage must reach a WARNING filter."""
     import pytest
     from sqlalchemy.exc import OperationalError
 
+    from app.pipeline import maintenance
     from workers.tasks import _noting_db_outage
+
+    # (Noted in this process: later tests' takeovers would wait for it.)
+    monkeypatch.setattr(maintenance, "_local_outage", {})
 
     with caplog.at_level(logging.WARNING), pytest.raises(OperationalError):
         with _noting_db_outage(Settings.from_env({})):
@@ -145,9 +149,14 @@ def test_a_statement_timeout_in_a_stage_holds_back_no_takeover(caplog, monkeypat
     ]
 
 
-def test_a_database_outage_in_a_beat_job_is_one_warning_a_pass(app_config, tmp_path, caplog):
+def test_a_database_outage_in_a_beat_job_is_one_warning_a_pass(
+    app_config, tmp_path, caplog, monkeypatch
+):
     """Each pass raised, and Celery logged an ERROR with a traceback for every
     one: several a minute from redispatch and the webhook sweep alone."""
+    from app.pipeline import maintenance
+
+    monkeypatch.setattr(maintenance, "_local_outage", {})  # (as above)
     from workers.notify import sweep
     from workers.tasks import redispatch_task, roll_up_metrics_task, sweep_storage_task
 
