@@ -50,9 +50,11 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 
 
 def unavailable(exc: BaseException) -> bool:
-    """The database went away (refused, cut, restarting, locked), as opposed to
-    a statement or a value it refused: worth waiting for, never the job's fault.
-    A pool with no connection free for ``POOL_TIMEOUT`` seconds counts too."""
+    """Worth running again: the database went away (refused, cut, restarting,
+    locked), or aborted a statement that may pass next time (a deadlock, a
+    statement timeout: OperationalError too), as opposed to a statement or a
+    value it refused. A pool with no connection free for ``POOL_TIMEOUT``
+    seconds counts too. Which of these is an outage: ``went_away``."""
     if isinstance(exc, OperationalError | InterfaceError | PoolTimeout):
         return True
     return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
