@@ -226,3 +226,25 @@ def test_a_new_user_sees_why_charts_are_empty(embedded, browser):  # noqa: F811
     assert not any(page.evaluate(READ_CHARTS).values())
     assert not errors, errors
     page.close()
+
+
+def test_forget_takes_the_accounts_insights_off_the_page(seeded, browser):  # noqa: F811
+    from playwright.sync_api import expect
+
+    base, key, _, _ = seeded
+    page, errors = open_insights(browser, base, key)
+    expect(page.locator("#tile-total")).to_have_text("4")
+    expect(page.locator("#hearted img")).not_to_have_count(0)
+    page.get_by_role("button", name="Forget").click()
+    # The next person at this browser sees none of it: no figure, chart or image.
+    for tile in ["#tile-total", "#tile-success", "#tile-spent", "#tile-images"]:
+        expect(page.locator(tile)).to_have_text("–")
+    expect(page.locator("#tile-variants")).to_be_hidden()
+    expect(page.locator("#hearted img")).to_have_count(0)
+    expect(page.locator("#insights-status")).to_have_text("Save your API key to see your insights.")
+    assert not any(page.evaluate(READ_CHARTS).values())
+    page.get_by_role("link", name="Studio").click()
+    page.get_by_role("link", name="Insights").click()
+    expect(page.locator("#tile-total")).to_have_text("–")
+    assert not errors, errors
+    page.close()

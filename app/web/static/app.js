@@ -2,8 +2,8 @@
 // start: with a good key, the account's options, styles, batches and gallery
 // load, and a generation still running is followed again. Loaded before
 // insights.js, whose key-form listener must run after this one's; uses the
-// other files' functions (batches.js and personas.js load after it: all are
-// defined by DOMContentLoaded, when this file first calls them).
+// other files' functions (insights.js, batches.js and personas.js load after
+// it: all are defined by DOMContentLoaded, when this file first calls them).
 "use strict";
 
 function showKeyState(text) { $("#key-status").textContent = text; }
@@ -38,6 +38,7 @@ function clearAccount() {
   stopWatching();
   forgetStyles();
   forgetBatches();
+  forgetInsights();  // insights.js's
 }
 
 document.addEventListener("DOMContentLoaded", () => {

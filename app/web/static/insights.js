@@ -197,20 +197,46 @@ function tiles(stats) {
   variants.textContent = `+ ${stats.variants} refined variant${stats.variants === 1 ? "" : "s"}`;
 }
 
+let insightsRuns = 0;  // bumped by each load and by forgetInsights(): an older answer is dropped
+
+// Another key's (or none): its figures, charts and hearted images go, not
+// left for the next person at this browser to read as theirs.
+function forgetInsights() {
+  insightsRuns++;
+  for (const id of ["tile-total", "tile-success", "tile-spent", "tile-images"]) {
+    $(`#${id}`).textContent = "–";
+  }
+  $("#tile-variants").hidden = true;
+  const charts = typeof Chart !== "undefined";
+  for (const canvas of document.querySelectorAll("#insights canvas")) {
+    if (charts) Chart.getChart(canvas)?.destroy();
+    canvas.hidden = true;
+  }
+  for (const note of document.querySelectorAll("#insights .chart .empty")) note.hidden = true;
+  $("#terms-note").textContent = "";
+  $("#hearted").replaceChildren();
+  $("#hearted-empty").hidden = true;
+  $("#insights-status").textContent = "Save your API key to see your insights.";
+  delete $("#insights").dataset.state;
+}
+
 async function loadInsights() {
   const view = $("#insights");
   const status = $("#insights-status");
   if (!apiKey()) { status.textContent = "Save your API key to see your insights."; return; }
   if (typeof Chart === "undefined") { status.textContent = "The charting library did not load."; return; }
+  const run = ++insightsRuns;
   view.dataset.state = "loading";
   status.textContent = "Loading…";
   try {
     const stats = await api("GET", "/api/stats");
+    if (run !== insightsRuns) return;  // the key was forgotten or changed meanwhile
     for (const part of [tiles, spendChart, outcomeCharts, durationChart, personaChart, termChart,
       heartedImages]) part(stats);
     status.textContent = `Updated at ${new Date().toLocaleTimeString()}.`;
     view.dataset.state = "ready";
   } catch (e) {
+    if (run !== insightsRuns) return;
     status.textContent = e.message;
     view.dataset.state = "error";
   }
