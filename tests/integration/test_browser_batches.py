@@ -294,7 +294,19 @@ def test_a_note_in_the_batch_box_is_not_a_prompt_and_a_repeat_is_refused(browser
     box = page.get_by_label("Prompts, one a line")
     box.fill("navy blazer\ncamel coat\nnavy blazer ")
     page.get_by_role("button", name="Start the batch").click()
-    expect(page.locator("#batch-error")).to_contain_text("line 3 repeats line 1")
+    # Said by the box's own name, not the API's ("request validation failed
+    # (matrix.promptsText: …)", before).
+    error = page.locator("#batch-error")
+    expect(error).to_contain_text("Prompts: line 3 repeats line 1")
+    assert "matrix." not in error.text_content() and "validation" not in error.text_content()
+    page.get_by_label("Colourways (optional, comma-separated: each prompt in each)").fill(
+        "navy, Navy"
+    )
+    box.fill("navy blazer")
+    page.get_by_role("button", name="Start the batch").click()
+    expect(error).to_contain_text("Colourways: ")
+    assert "matrix." not in error.text_content()
+    page.get_by_label("Colourways (optional, comma-separated: each prompt in each)").fill("")
     box.fill("# autumn drop\r\nnavy blazer\n\n  # later: camel coat\n")
     page.get_by_role("button", name="Start the batch").click()
     expect(page.locator("#batch-id")).to_contain_text("Batch bat_")

@@ -33,7 +33,9 @@ async function api(method, path, body) {
     const fields = Array.isArray(err.details) ? err.details : [];
     const detail = fields.filter((d) => !message.includes(d.message))
       .map((d) => `${d.field}: ${d.message}`).join("; ");
-    throw new Error(`${message}${detail ? ` (${detail})` : ""}`);
+    const error = new Error(`${message}${detail ? ` (${detail})` : ""}`);
+    error.fields = fields;  // for a form that can say a problem by its own labels
+    throw error;
   }
   return data;
 }

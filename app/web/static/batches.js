@@ -18,6 +18,17 @@ function batchSettings() {  // the main form's options, as a single submit sends
   };
 }
 
+// The form's own fields, by the labels the designer sees.
+const BATCH_FIELDS = { "matrix.promptsText": "Prompts", "matrix.colorways": "Colourways" };
+
+// A refusal of what was typed, said by the box it was typed in ("Prompts:
+// line 5 repeats line 2 …"), not as the API's field names; anything else as is.
+function inBatchWords(error) {
+  const ours = (error.fields || []).filter((d) => BATCH_FIELDS[d.field]);
+  if (!ours.length) return error.message;
+  return ours.map((d) => `${BATCH_FIELDS[d.field]}: ${d.message}`).join(" ");
+}
+
 async function submitBatch(event) {
   event.preventDefault();
   const errorBox = $("#batch-error");
@@ -46,7 +57,7 @@ async function submitBatch(event) {
     followBatch(accepted.id);
     loadBatches();  // its row, among the others
   } catch (e) {
-    errorBox.textContent = e.message;
+    errorBox.textContent = inBatchWords(e);
   } finally {
     button.disabled = false;
   }
