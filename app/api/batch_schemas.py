@@ -13,6 +13,7 @@ from pydantic import (
     PlainValidator,
     Tag,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -170,10 +171,11 @@ class BatchMatrix(_Body):
 
     @field_validator("promptsText")
     @classmethod
-    def _readable(cls, text: str | None) -> str | None:
+    def _readable(cls, text: str | None, info: ValidationInfo) -> str | None:
         """A mistake in the text, said at ``matrix.promptsText`` by its line
-        (not at ``matrix``, nor at ``matrix.prompts.1``: no place in the text)."""
-        if text is not None:
+        (not at ``matrix``, nor at ``matrix.prompts.1``: no place in the text).
+        Read again only when ``_text_to_prompts`` could not read it."""
+        if text is not None and info.data.get("prompts") is None:
             _text_prompts(text)
         return text
 
