@@ -64,25 +64,6 @@ NEWLINE = re.compile(r"\r\n|\r|\n")
 HEADER = re.compile(r"prompts?\b", re.IGNORECASE)
 
 
-def _ends_quoted(line: str, in_quote: bool) -> bool:
-    """Whether a CSV line leaves a quoted cell open, as the csv module reads
-    it: a quote opens a cell only as its first character (``5" heel`` is
-    text), and inside one ``""`` is a quote, a lone ``"`` its end."""
-    at_start, i = not in_quote, 0
-    while i < len(line):
-        c = line[i]
-        if in_quote and c == '"':
-            if line[i + 1 : i + 2] == '"':
-                i += 1  # an escaped quote
-            else:
-                in_quote = False
-        elif not in_quote and c == '"' and at_start:
-            in_quote = True
-        at_start = not in_quote and c == ","
-        i += 1
-    return in_quote
-
-
 def _split(text: str) -> list[str]:
     text = text.removeprefix(BOM)
     return NEWLINE.split(text.removesuffix("\n").removesuffix("\r")) if text else []
@@ -102,12 +83,9 @@ CSV_ERRORS = {  # the csv module's words, in the file's
 
 
 def _csv_lines(text: str) -> Iterator[str]:
-    """The text's lines for the csv module; white space after the last cell
-    of a line is no text (a line continuing a quoted cell is the cell's)."""
-    in_quote = False
-    for line in _split(text):
-        yield f"{line if in_quote else line.rstrip()}\n"
-        in_quote = _ends_quoted(line, in_quote)
+    """The text's lines for the csv module, white space at their ends no text
+    (so ``"linen shirt"  `` is one quoted cell, not text after its quote)."""
+    return (f"{line.rstrip()}\n" for line in _split(text))
 
 
 def csv_rows(text: str) -> Iterator[tuple[int, list[str]]]:
