@@ -16,7 +16,8 @@ from typing import Any
 import click
 import requests
 
-from app.cli.batch_files import Source, read_batch, read_items, read_matrix
+from app.cli.batch_csv import Source
+from app.cli.batch_files import read_batch, read_items, read_matrix
 from app.cli.http import FINAL, _api, _error, _json, body_of, persona_ids
 
 __all__ = ["batch_cli", "read_items", "read_matrix"]
