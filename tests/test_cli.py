@@ -185,10 +185,7 @@ def test_a_cap_is_confirmed_as_it_is_kept(runner):
 
 
 def test_a_database_that_is_not_set_up_is_one_sentence(tmp_path):
-    env = {
-        **{k: v for k, v in os.environ.items() if k not in CLEAN},
-        "DATABASE_URL": f"sqlite:///{tmp_path / 'empty.db'}",
-    }
+    env = clean_env(DATABASE_URL=f"sqlite:///{tmp_path / 'empty.db'}")
     done = bff(["users", "create", "henry"], env, tmp_path)
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() == [
@@ -212,7 +209,7 @@ def test_a_database_that_is_not_set_up_is_one_sentence(tmp_path):
     ],
 )
 def test_a_bad_setting_is_one_sentence_naming_its_variable(tmp_path, var, raw, why):
-    env = {**{k: v for k, v in os.environ.items() if k not in CLEAN}, var: raw}
+    env = clean_env(**{var: raw})
     done = bff(["users", "create", "jo"], env, tmp_path)
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
     assert done.stderr.startswith(f"Error: {var}={raw!r} cannot be used: {why}"), done.stderr
@@ -235,10 +232,15 @@ def test_a_setting_naming_nothing_there_is_is_refused(env, said):
 
 
 def test_a_database_url_that_is_no_url_is_one_sentence(tmp_path):
-    env = {**{k: v for k, v in os.environ.items() if k not in CLEAN}, "DATABASE_URL": "nonsense"}
+    env = clean_env(DATABASE_URL="nonsense")
     done = bff(["users", "create", "ida"], env, tmp_path)
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
     assert done.stderr.startswith("Error: DATABASE_URL is not a database URL")
+
+
+def clean_env(**changes: str) -> dict[str, str]:
+    """This environment without the project's variables (``CLEAN``), plus ``changes``."""
+    return {**{k: v for k, v in os.environ.items() if k not in CLEAN}, **changes}
 
 
 def bff(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
@@ -252,11 +254,7 @@ def test_db_upgrade_on_a_fresh_sqlite_database_then_create_a_user(tmp_path):
     db = tmp_path / "fresh" / "bff.db"
     db.parent.mkdir()
     url = f"sqlite:///{db}"
-    env = {
-        **{k: v for k, v in os.environ.items() if k not in CLEAN},
-        "DATABASE_URL": url,
-        "BFF_VAR_DIR": str(tmp_path / "var"),
-    }
+    env = clean_env(DATABASE_URL=url, BFF_VAR_DIR=str(tmp_path / "var"))
     done = bff(["db", "upgrade"], env, tmp_path)
     assert done.returncode == 0, done.stderr
     head = ", ".join(sorted(code_revisions()[0]))
@@ -396,7 +394,7 @@ def test_no_index_duplicates_a_unique_constraint_on_generation_id(tmp_path):
 @pytest.mark.usefixtures("service_env")
 def test_a_database_the_server_does_not_have_is_named_as_such(tmp_path):
     url = "postgresql+psycopg://postgres@127.0.0.1:5432/bff_no_such_database"
-    env = {**{k: v for k, v in os.environ.items() if k not in CLEAN}, "DATABASE_URL": url}
+    env = clean_env(DATABASE_URL=url)
     done = bff(["db", "upgrade"], env, tmp_path)
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() == [
@@ -407,10 +405,7 @@ def test_a_database_the_server_does_not_have_is_named_as_such(tmp_path):
 @pytest.mark.usefixtures("service_env")
 def test_a_role_the_server_does_not_have_is_not_called_a_missing_migration(tmp_path):
     url = "postgresql+psycopg://bff_no_such_role:***@127.0.0.1:5432/postgres"
-    env = {
-        **{k: v for k, v in os.environ.items() if k not in CLEAN},
-        "DATABASE_URL": url.replace("***", "pw"),
-    }
+    env = clean_env(DATABASE_URL=url.replace("***", "pw"))
     done = bff(["users", "list"], env, tmp_path)
     assert done.returncode == 1
     [line] = done.stderr.strip().splitlines()
@@ -423,7 +418,7 @@ def test_a_role_the_server_does_not_have_is_not_called_a_missing_migration(tmp_p
 def test_a_password_in_the_database_urls_query_is_not_printed(tmp_path):
     """psycopg takes ?password=…; SQLAlchemy's hide_password masks only user:pw@."""
     url = "postgresql+psycopg://bff_no_such_role@127.0.0.1:5432/postgres?password=hunter2"
-    env = {**{k: v for k, v in os.environ.items() if k not in CLEAN}, "DATABASE_URL": url}
+    env = clean_env(DATABASE_URL=url)
     done = bff(["users", "list"], env, tmp_path)
     assert done.returncode == 1
     assert "?password=***: " in done.stderr and "hunter2" not in done.stderr
